@@ -1,0 +1,108 @@
+"""The `farts-edge` command."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from farts import __version__, config
+
+
+def _serve(cfg: config.Config, banner: str = "") -> int:
+    import uvloop
+
+    from farts.node import Node
+
+    async def main() -> None:
+        node = Node(cfg)
+        await node.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"farts-edge {__version__}: node {cfg.node.id} is up", flush=True)
+        for name, url in node.urls().items():
+            print(f"  {name:6} {url}", flush=True)
+        if banner:
+            print(banner, flush=True)
+        print("Ctrl-C stops the node.", flush=True)  # the last line: tests wait for it
+        await stop.wait()
+        print("stopping...", flush=True)
+        await node.stop()
+
+    try:
+        uvloop.run(main())
+    except OSError as e:
+        print(f"farts-edge: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_up(args) -> int:
+    from farts import quickstart
+
+    data_dir = Path(args.data_dir)
+    path = quickstart.prepare(data_dir)
+    cfg = config.load(path)
+    key = cfg.tenants[0].api_keys[0] if cfg.tenants and cfg.tenants[0].api_keys else "-"
+    banner = (f"  config {path}\n  CA     {data_dir / 'ca' / 'ca.crt'} (curl --cacert it for HTTPS)\n"
+              f"  tenant demo, API key {key}")
+    return _serve(cfg, banner)
+
+
+def cmd_serve(args) -> int:
+    return _serve(config.load(args.config))
+
+
+def cmd_config_check(args) -> int:
+    cfg = config.load(args.file)
+    print(f"{args.file}: ok ({len(cfg.tenants)} tenants, {len(cfg.routes)} routes, "
+          f"{len(cfg.upstreams)} upstream groups)")
+    return 0
+
+
+def cmd_config_example(args) -> int:
+    sys.stdout.write(config.EXAMPLE)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="farts-edge", description="An edge node: TLS, HTTP, proxy, and more.")
+    p.add_argument("--version", action="version", version=f"farts-edge {__version__}")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start a node on embedded defaults (writes a CA, certs and a config on first run)")
+    up.add_argument("--data-dir", default="./farts-data")
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="run one node from a config file")
+    serve.add_argument("--config", required=True)
+    serve.set_defaults(func=cmd_serve)
+
+    cfg = sub.add_parser("config", help="check or print configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+    example = cfg_sub.add_parser("example", help="print a complete, commented example config")
+    example.set_defaults(func=cmd_config_example)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except config.ConfigError as e:
+        print(f"farts-edge: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

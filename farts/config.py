@@ -1,0 +1,355 @@
+"""One TOML file → frozen dataclasses.
+
+Every error names the file and the key path (``listeners.https.port: expected an
+integer 1-65535, got "x"``) because the operator reading it has only the file open.
+Validation is driven by the dataclass fields themselves: each field's type says what
+the TOML value must be, and ``metadata["check"]`` adds a range or a choice, so adding a
+setting is adding one field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the file and the key path."""
+
+
+class Check:
+    """A rule for a value beyond its type: ``ok(value)`` and the words for what is expected."""
+
+    def __init__(self, ok, expected: str) -> None:
+        self.ok, self.expected = ok, expected
+
+
+def _address_ok(v: str) -> bool:
+    host, sep, port = v.rpartition(":")
+    return bool(sep and host and port.isdigit() and 1 <= int(port) <= 65535)
+
+
+PORT = Check(lambda v: 1 <= v <= 65535, "an integer 1-65535")
+POSITIVE = Check(lambda v: v > 0, "a positive number")
+NON_NEGATIVE = Check(lambda v: v >= 0, "a number >= 0")
+FRACTION = Check(lambda v: 0 <= v <= 1, "a number between 0 and 1")
+PREFIX = Check(lambda v: v.startswith("/"), "a path prefix starting with '/'")
+ADDRESSES = Check(lambda v: bool(v) and all(_address_ok(s) for s in v), "a non-empty list of 'host:port'")
+
+
+def _one_of(*choices) -> Check:
+    return Check(lambda v: v in choices, "one of " + ", ".join(json.dumps(c) for c in choices))
+
+
+def _checked(default: Any = dataclasses.MISSING, check=None, **kw) -> Any:
+    if default is not dataclasses.MISSING and isinstance(default, (list, dict)):
+        kw["default_factory"] = (lambda d=default: type(d)(d))
+    elif default is not dataclasses.MISSING:
+        kw["default"] = default
+    return field(metadata={"check": check} if check else {}, **kw)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: str = "node-1"
+    region: str = "local"
+    lat: float = _checked(0.0, Check(lambda v: -90 <= v <= 90, "a latitude -90..90"))
+    lon: float = _checked(0.0, Check(lambda v: -180 <= v <= 180, "a longitude -180..180"))
+    data_dir: str = "./farts-data"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    host: str = "127.0.0.1"
+    port: int = _checked(8080, PORT)
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class TLSListenerConfig:
+    host: str = "127.0.0.1"
+    port: int = _checked(8443, PORT)
+    enabled: bool = True
+    # Directory of <name>.crt/<name>.key pairs (relative to node.data_dir); the SNI
+    # name picks the pair whose certificate covers it, the first pair is the default.
+    cert_dir: str = "certs"
+    # Seconds between checks of cert_dir for changed files (hot reload).
+    reload_interval: float = _checked(2.0, POSITIVE)
+
+
+@dataclass(frozen=True)
+class Listeners:
+    http: ListenerConfig = field(default_factory=ListenerConfig)
+    https: TLSListenerConfig = field(default_factory=TLSListenerConfig)
+    admin: ListenerConfig = field(default_factory=lambda: ListenerConfig(port=9100))
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = _checked(16384, POSITIVE)
+    max_headers: int = _checked(100, POSITIVE)
+    max_body_bytes: int = _checked(10 * 1024 * 1024, NON_NEGATIVE)
+    header_timeout: float = _checked(10.0, POSITIVE)
+    idle_timeout: float = _checked(75.0, POSITIVE)
+    max_connections: int = _checked(10000, POSITIVE)
+    max_connections_per_ip: int = _checked(1000, POSITIVE)
+    slow_request_seconds: float = _checked(0.1, POSITIVE)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    hosts: list[str]
+    api_keys: list[str] = _checked([])
+    secret: str = ""
+
+
+@dataclass(frozen=True)
+class Route:
+    prefix: str = _checked(check=PREFIX)
+    kind: str = _checked(check=_one_of("proxy", "static", "admin"))
+    # kind = "proxy": the name of an upstream group.
+    upstream: str = ""
+    # kind = "static": a fixed response.
+    status: int = _checked(200, Check(lambda v: 100 <= v <= 599, "an HTTP status 100-599"))
+    body: str = ""
+    content_type: str = "text/plain; charset=utf-8"
+    # Only for these tenants (empty: every tenant).
+    tenants: list[str] = _checked([])
+    # Overrides limits.max_body_bytes for requests on this route.
+    max_body_bytes: int = _checked(-1, Check(lambda v: v >= -1, "a number >= 0, or -1"))
+
+
+@dataclass(frozen=True)
+class Upstream:
+    servers: list[str] = _checked(check=ADDRESSES)
+    connect_timeout: float = _checked(2.0, POSITIVE)
+    read_timeout: float = _checked(30.0, POSITIVE)
+    # Connect failures in a row that mark a server down, and for how long.
+    max_fails: int = _checked(2, POSITIVE)
+    fail_timeout: float = _checked(10.0, POSITIVE)
+    # Idle keep-alive connections kept per server.
+    pool_size: int = _checked(32, NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    # Status for a Host that belongs to no tenant: 421 (Misdirected) or 404.
+    unknown_host_status: int = _checked(421, _one_of(404, 421))
+    # Access log as JSON lines: fraction of requests logged (0 = off, 1 = every one).
+    access_log_sample: float = _checked(0.0, FRACTION)
+    access_log: str = ""  # a file path; empty = standard error
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    listeners: Listeners = field(default_factory=Listeners)
+    limits: Limits = field(default_factory=Limits)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    tenants: list[Tenant] = _checked([])
+    routes: list[Route] = _checked([])
+    upstreams: dict[str, Upstream] = _checked({})
+    # Where the file was read from; relative paths in it are relative to data_dir,
+    # and data_dir itself to the file's folder.
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    @property
+    def data_dir(self) -> Path:
+        base = Path(self.source).parent if self.source != "<defaults>" else Path.cwd()
+        return (base / self.node.data_dir).resolve()
+
+    def path(self, relative: str) -> Path:
+        return self.data_dir / relative
+
+
+def _show(value: Any) -> str:
+    """A value as it would look in TOML, so the message quotes what the file says."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "a table"
+    return json.dumps(value, default=str)
+
+
+def _convert(value: Any, tp: Any, path: str, source: str, check: Check | None = None) -> Any:
+    def fail(expected: str) -> typing.NoReturn:
+        if check is not None:  # "an integer 1-65535" says more than "an integer"
+            expected = check.expected
+        raise ConfigError(f"{source}: {path}: expected {expected}, got {_show(value)}")
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            fail("a table")
+        return _build(tp, value, path, source)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            fail("a list")
+        return [_convert(v, item, f"{path}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            fail("a table")
+        return {k: _convert(v, item, f"{path}.{k}", source) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail("a string")
+        return value
+    raise TypeError(f"unsupported config type {tp!r}")  # a bug here, not in the file
+
+
+def _build(cls: type, table: dict, path: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    prefix = f"{path}." if path else ""
+    for key in table:
+        if key not in fields:
+            raise ConfigError(f"{source}: {prefix}{key}: unknown key (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        key_path = prefix + name
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: {key_path}: required key is missing")
+            continue
+        check = f.metadata.get("check")
+        value = _convert(table[name], hints[name], key_path, source, check)
+        if check is not None and not check.ok(value):
+            raise ConfigError(f"{source}: {key_path}: expected {check.expected}, got {_show(table[name])}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _cross_check(cfg: Config) -> None:
+    """Rules that involve more than one key."""
+    src = cfg.source
+    tenant_ids = set()
+    hosts: dict[str, str] = {}
+    for i, t in enumerate(cfg.tenants):
+        if t.id in tenant_ids:
+            raise ConfigError(f"{src}: tenants[{i}].id: duplicate tenant id {t.id!r}")
+        tenant_ids.add(t.id)
+        for host in t.hosts:
+            if host.lower() in hosts:
+                raise ConfigError(f"{src}: tenants[{i}].hosts: {host!r} already belongs to tenant {hosts[host.lower()]!r}")
+            hosts[host.lower()] = t.id
+    for i, r in enumerate(cfg.routes):
+        if r.kind == "proxy":
+            if not r.upstream:
+                raise ConfigError(f"{src}: routes[{i}].upstream: required for kind = \"proxy\"")
+            if r.upstream not in cfg.upstreams:
+                raise ConfigError(f"{src}: routes[{i}].upstream: no upstream named {r.upstream!r} (known: {', '.join(cfg.upstreams) or 'none'})")
+        for t in r.tenants:
+            if t not in tenant_ids:
+                raise ConfigError(f"{src}: routes[{i}].tenants: no tenant named {t!r}")
+
+
+def parse(text: str, source: str = "<string>") -> Config:
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    cfg = dataclasses.replace(_build(Config, table, "", source), source=source)
+    _cross_check(cfg)
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    return parse(text, str(path.resolve()))
+
+
+# Kept next to the dataclasses so a new setting gets its line here in the same change;
+# a test parses it, so it cannot drift from what load() accepts.
+EXAMPLE = '''\
+# farts-edge node configuration. Every key is optional unless marked required.
+
+[node]
+id = "node-1"               # unique in the deployment
+region = "eu-central"
+lat = 50.11                 # coordinates, used by the geo DNS
+lon = 8.68
+data_dir = "./farts-data"   # relative to this file; certs, caches and the DB live here
+
+[listeners.http]
+host = "127.0.0.1"
+port = 8080
+
+[listeners.https]
+host = "127.0.0.1"
+port = 8443
+cert_dir = "certs"          # <name>.crt + <name>.key pairs, relative to data_dir; reloaded when changed
+reload_interval = 2.0
+
+[listeners.admin]           # /metrics, /healthz
+host = "127.0.0.1"
+port = 9100
+
+[limits]
+max_header_bytes = 16384    # larger header sections get 431
+max_headers = 100
+max_body_bytes = 10485760   # larger bodies get 413 (routes may override)
+header_timeout = 10.0       # seconds to send a whole header section, else 408
+idle_timeout = 75.0         # keep-alive idle seconds
+max_connections = 10000
+max_connections_per_ip = 1000
+slow_request_seconds = 0.1  # requests slower than this are counted and logged
+
+[http]
+unknown_host_status = 421   # or 404
+access_log_sample = 0.0     # 0 = off, 1 = every request, 0.01 = one in a hundred
+access_log = ""             # file path; empty = standard error
+
+[[tenants]]
+id = "demo"                 # required
+hosts = ["localhost", "127.0.0.1"]   # required
+api_keys = ["demo-key"]
+secret = "change-me"
+
+[upstreams.app]
+servers = ["127.0.0.1:3000"]   # required
+connect_timeout = 2.0
+read_timeout = 30.0
+max_fails = 2               # connect failures in a row that mark a server down
+fail_timeout = 10.0         # for this many seconds
+pool_size = 32              # idle keep-alive connections per server
+
+[[routes]]
+prefix = "/widget/"         # required
+kind = "proxy"              # required: proxy, static or admin
+upstream = "app"
+
+[[routes]]
+prefix = "/hello"
+kind = "static"
+status = 200
+body = "hello from farts-edge\\n"
+content_type = "text/plain; charset=utf-8"
+tenants = []                # empty: every tenant
+max_body_bytes = -1         # -1: limits.max_body_bytes
+'''

@@ -1,0 +1,95 @@
+"""The composition root: builds the services of one node and wires them together.
+
+Services never import each other; what one needs of another is handed over here as
+a plain object or function.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from farts import __version__
+from farts.admin import AdminHandler
+from farts.config import Config, Route
+from farts.metrics import Metrics
+from farts.proxy import ProxyHandler
+from farts.transport.fixed import FixedHandler
+from farts.transport.listener import AccessLog, HTTPStats, Listener
+from farts.transport.router import Router
+from farts.transport.tls import CertStore
+
+log = logging.getLogger("farts.node")
+
+
+class Node:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.listeners: dict[str, Listener] = {}
+        self.stats = HTTPStats(self.metrics, self.listeners)
+        self.started_at = time.time()
+        self.certs: CertStore | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.admin = AdminHandler(self.metrics.render, self.status)
+        self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, self.metrics)
+                          for name, up in cfg.upstreams.items()}
+        self.metrics.gauge("farts_node_info", "This node", lambda: {(cfg.node.id, cfg.node.region, __version__): 1},
+                           ("node", "region", "version"))
+
+    def _handler_for(self, route: Route):
+        if route.kind == "static":
+            return FixedHandler(route)
+        if route.kind == "proxy":
+            return self.upstreams[route.upstream]
+        if route.kind == "admin":
+            return self.admin
+        raise ValueError(f"route kind {route.kind!r} has no handler")  # config.py rejects it first
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        access = AccessLog(cfg.http.access_log_sample, cfg.http.access_log)
+        public = Router(cfg.tenants, [(r, self._handler_for(r)) for r in cfg.routes],
+                        cfg.limits.max_body_bytes, cfg.http.unknown_host_status)
+        admin = Router(None, [(Route(prefix="/", kind="admin"), self.admin)], 0)
+        ls = cfg.listeners
+        if ls.http.enabled:
+            await self._listen("http", "http", public, ls.http.host, ls.http.port, None, access)
+        if ls.https.enabled:
+            self.certs = CertStore(cfg.path(ls.https.cert_dir))
+            self.metrics.gauge("farts_tls_certificate_reloads", "Times the certificate directory was loaded",
+                               lambda: self.certs.reloads)
+            self._tasks.append(asyncio.ensure_future(self.certs.watch(ls.https.reload_interval)))
+            await self._listen("https", "https", public, ls.https.host, ls.https.port,
+                               self.certs.listening, access)
+        if ls.admin.enabled:
+            await self._listen("admin", "http", admin, ls.admin.host, ls.admin.port, None, None)
+
+    async def _listen(self, name, scheme, router, host, port, ssl_context, access) -> None:
+        listener = Listener(name, scheme, router, self.cfg.limits, self.stats, access)
+        try:
+            await listener.start(host, port, ssl_context)
+        except OSError as e:
+            raise OSError(e.errno, f"listeners.{name}: cannot listen on {host}:{port}: {e.strerror}") from None
+        self.listeners[name] = listener
+
+    def urls(self) -> dict[str, str]:
+        out = {}
+        for name, li in self.listeners.items():
+            host, port = li.address
+            host = f"[{host}]" if ":" in host else host
+            out[name] = f"{li.scheme}://{host}:{port}/"
+        return out
+
+    def status(self) -> dict:
+        return {"node": self.cfg.node.id, "region": self.cfg.node.region, "version": __version__,
+                "uptime_s": round(time.time() - self.started_at, 1), "listeners": self.urls(),
+                "connections": {n: len(li.connections) for n, li in self.listeners.items()}}
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for li in self.listeners.values():
+            await li.close()
+        for up in self.upstreams.values():
+            up.close()

@@ -1,0 +1,79 @@
+"""Header rewriting between client and upstream: pure functions, no I/O."""
+from __future__ import annotations
+
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade"})
+# Framing is redone by the writer (request_head / response_head); Expect is answered by
+# the transport; the X-Forwarded-* ones are rebuilt below.
+REQUEST_DROP = HOP_BY_HOP | {b"content-length", b"expect", b"x-forwarded-for",
+                             b"x-forwarded-proto"}
+RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+
+
+def connection_tokens(headers) -> frozenset | None:
+    """The header names listed in Connection (also hop-by-hop), or None."""
+    tokens = None
+    for name, value in headers:
+        if name == b"connection":
+            for t in value.split(b","):
+                t = t.strip().lower()
+                if t:
+                    if tokens is None:
+                        tokens = set()
+                    tokens.add(t)
+    return frozenset(tokens) if tokens else None
+
+
+def request_headers(headers, client: str, scheme: str, new_request_id, fallback_host: bytes):
+    """Headers for the upstream request: ``headers`` are (lowercase name, value) pairs.
+
+    Returns ``(headers, request_id)``. Host is kept as the client sent it.
+    """
+    extra = connection_tokens(headers)
+    out = []
+    xff = None
+    rid = None
+    host = False
+    for name, value in headers:
+        if name in REQUEST_DROP:
+            if name == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+            continue
+        if extra is not None and name in extra:
+            continue
+        if name == b"x-request-id":
+            rid = value
+        elif name == b"host":
+            host = True
+        out.append((name, value))
+    if not host:
+        out.insert(0, (b"host", fallback_host))
+    ip = client.encode()
+    out.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
+    out.append((b"x-forwarded-proto", scheme.encode()))
+    if rid is None:
+        rid = new_request_id()
+        out.append((b"x-request-id", rid))
+    return out, rid
+
+
+def response_headers(headers) -> list:
+    extra = connection_tokens(headers)
+    if extra is None:
+        return [h for h in headers if h[0] not in RESPONSE_DROP]
+    return [h for h in headers if h[0] not in RESPONSE_DROP and h[0] not in extra]
+
+
+def origin_form(target: bytes) -> bytes:
+    """An absolute-form target (``http://host/path?q``) as the origin-form ``/path?q``."""
+    if target[:1] == b"/" or target == b"*":
+        return target
+    scheme_end = target.find(b"://")
+    if scheme_end < 0:
+        return target
+    slash = target.find(b"/", scheme_end + 3)
+    if slash < 0:
+        q = target.find(b"?", scheme_end + 3)
+        return b"/" + (target[q:] if q >= 0 else b"")
+    return target[slash:]

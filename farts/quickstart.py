@@ -1,0 +1,72 @@
+"""What `farts-edge up` needs on first run: a CA, a localhost certificate, a config file.
+
+Everything is written under the data dir and reused by later runs, so the API key
+and the CA a developer trusted once stay the same.
+"""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from farts import pki
+
+CONFIG_NAME = "farts.toml"
+
+TEMPLATE = '''\
+# Written by `farts-edge up` on first run; edit freely, `farts-edge serve --config` reads it.
+[node]
+id = "node-1"
+region = "local"
+data_dir = "."              # this folder
+
+[listeners.http]
+host = "127.0.0.1"
+port = 8080
+
+[listeners.https]
+host = "127.0.0.1"
+port = 8443
+cert_dir = "certs"          # localhost.crt/.key, signed by ca/ca.crt
+
+[listeners.admin]
+host = "127.0.0.1"
+port = 9100
+
+[[tenants]]
+id = "demo"
+hosts = ["localhost", "127.0.0.1"]
+api_keys = ["{api_key}"]
+secret = "{secret}"
+
+[upstreams.app]             # your application servers
+servers = ["127.0.0.1:3000"]
+
+[[routes]]
+prefix = "/widget/"
+kind = "proxy"
+upstream = "app"
+
+[[routes]]
+prefix = "/healthz"
+kind = "admin"
+
+[[routes]]
+prefix = "/"
+kind = "static"
+body = "farts-edge is up. Try /healthz, /widget/ (proxied to 127.0.0.1:3000), and the admin listener's /metrics.\\n"
+'''
+
+
+def prepare(data_dir: Path) -> Path:
+    """Creates what is missing under data_dir and returns the config file's path."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ca_dir = data_dir / "ca"
+    pki.make_ca(ca_dir)
+    crt, key = data_dir / "certs" / "localhost.crt", data_dir / "certs" / "localhost.key"
+    if not (crt.exists() and key.exists()):
+        pki.issue(ca_dir, crt, key, ["localhost", "127.0.0.1", "::1"])
+    config = data_dir / CONFIG_NAME
+    if not config.exists():
+        config.write_text(TEMPLATE.format(api_key=secrets.token_urlsafe(24),
+                                          secret=secrets.token_urlsafe(32)))
+    return config

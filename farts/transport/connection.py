@@ -1,0 +1,357 @@
+"""The asyncio side of HTTP/1.1: a thin Protocol around ``fast.http1.RequestParser``.
+
+States of one connection (drawn, not awaited: no coroutine here waits on another):
+
+    reading head ──head──▶ handling ──response written──▶ reading head (keep-alive)
+         │                   │  body pieces flow to request.body meanwhile
+         │                   └─ sync handler: response written at once, the rest
+         │                      of its body is counted and dropped (``discarding``)
+         └─ parse error / limit / timeout ──▶ error response, close
+
+Pipelined requests that arrive while a handler runs wait in ``pending`` (as parsed
+events) and are taken in order when the response is done, so answers keep the order
+of requests. Reading pauses while too much waits (pending events, unread body bytes)
+and resumes when it has been taken.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from time import perf_counter
+
+from fast.http1 import END, HTTPError, RequestParser, encode_chunk, response_head
+from fast.http1 import LAST_CHUNK
+from fast.http1 import Request as RequestHead
+
+from .http import ClientGone, Fixed, Request, RequestBody, Response
+
+log = logging.getLogger("farts.http")
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+MAX_PENDING_EVENTS = 256
+PAUSE_PENDING, PAUSE_BODY, PAUSE_WRITE = 1, 2, 4
+
+
+class HTTP1Connection(asyncio.Protocol):
+    __slots__ = ("listener", "parser", "transport", "client", "pending", "in_flight",
+                 "body", "discarding", "keep_alive", "expect_continue", "paused",
+                 "write_paused", "drain_waiter", "task", "head_started", "idle_since",
+                 "requests", "closed", "current", "responding")
+
+    def __init__(self, listener) -> None:
+        self.listener = listener
+        limits = listener.limits
+        self.parser = RequestParser(limits.max_header_bytes, limits.max_headers)
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+        self.pending: deque = deque()
+        self.in_flight = False      # a handler is running or its response is being written
+        self.current: Request | None = None
+        self.body: RequestBody | None = None   # the body being received, if any
+        self.discarding = False     # the response went out before the body came in
+        self.keep_alive = True
+        self.expect_continue = False
+        self.paused = 0             # PAUSE_* reasons for which reading is paused
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future | None = None
+        self.task: asyncio.Task | None = None
+        self.head_started = 0.0
+        self.idle_since = 0.0
+        self.requests = 0
+        self.closed = False
+        self.responding = False     # the current async response has started on the wire
+
+    # -- connection lifetime ----------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else "unix"
+        self.idle_since = self.listener.now
+        refusal = self.listener.admit(self)
+        if refusal is not None:
+            self.closed = True
+            transport.write(refusal.close)
+            transport.close()
+
+    def connection_lost(self, exc) -> None:
+        if self.closed and self.transport is None:
+            return
+        self.closed = True
+        self.listener.release(self)
+        if self.body is not None:
+            self.body.fail(ClientGone())
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        w = self.drain_waiter
+        if w is not None and not w.done():
+            w.set_exception(ClientGone())
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        w = self.drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ClientGone()
+        if self.write_paused:
+            self.drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.drain_waiter
+            finally:
+                self.drain_waiter = None
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        was = self.paused
+        self.paused &= ~reason
+        if was and not self.paused and self.transport is not None:
+            self.transport.resume_reading()
+
+    # called by RequestBody
+    def pause_body(self) -> None:
+        self._pause(PAUSE_BODY)
+
+    def resume_body(self) -> None:
+        self._resume(PAUSE_BODY)
+
+    def body_wanted(self) -> None:
+        if self.expect_continue:
+            self.expect_continue = False
+            self.transport.write(CONTINUE)
+
+    # -- input ------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self.listener.bytes_in += len(data)
+        events = self.parser.feed(data)
+        if self.pending:
+            self.pending.extend(events)
+            self._pump()
+        else:
+            for i, ev in enumerate(events):
+                if type(ev) is bytes:
+                    self._on_body(ev)
+                elif ev is END:
+                    self._on_end()
+                elif self.in_flight or self.closed:
+                    self.pending.extend(events[i:])
+                    break
+                elif type(ev) is RequestHead:
+                    self._on_head(ev)
+                else:
+                    self._on_parse_error(ev)
+                    return
+        if self.parser.in_head:
+            if not self.head_started:
+                self.head_started = self.listener.now
+        if len(self.pending) > MAX_PENDING_EVENTS:
+            self._pause(PAUSE_PENDING)
+
+    def _pump(self) -> None:
+        pending = self.pending
+        while pending and not self.closed:
+            ev = pending[0]
+            if type(ev) is bytes:
+                self._on_body(ev)
+            elif ev is END:
+                self._on_end()
+            elif self.in_flight:
+                break
+            elif type(ev) is RequestHead:
+                self._on_head(ev)
+            else:
+                pending.clear()
+                self._on_parse_error(ev)
+                return
+            pending.popleft()
+        if len(pending) <= MAX_PENDING_EVENTS // 2:
+            self._resume(PAUSE_PENDING)
+
+    def _on_body(self, data: bytes) -> None:
+        body = self.body
+        if body is not None and not body.feed(data):
+            if body.discarding:  # its response is out already: nothing more to say
+                self._close()
+            else:
+                self._fail(413, "request body too large")
+
+    def _on_end(self) -> None:
+        body = self.body
+        if body is not None:
+            body.finish()
+            self.body = None
+
+    def _on_parse_error(self, err: HTTPError) -> None:
+        self.listener.parse_error(err.status)
+        self._fail(err.status, err.reason)
+
+    def _fail(self, status: int, reason: str) -> None:
+        """Answer with an error, unless a response has started, and close."""
+        if self.closed:
+            return
+        task = self.task
+        if task is not None:
+            self.task = None
+            task.cancel()
+        if not self.responding:
+            self.transport.write(Fixed.error(status, reason).close)
+            self.listener.count_error(status)
+        self._close()
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.pending.clear()
+        if self.body is not None:
+            self.body.fail(ClientGone())
+        self.transport.close()
+
+    # -- one request --------------------------------------------------------------
+    def _on_head(self, head: RequestHead) -> None:
+        listener = self.listener
+        self.requests += 1
+        self.head_started = 0.0
+        start = perf_counter()
+        self.keep_alive = head.keep_alive
+        resolved = listener.router.resolve(head.host, head.path)
+        if type(resolved) is Fixed:  # unknown host or no route
+            if head.chunked or head.content_length > 0:
+                self.body = RequestBody(self, listener.limits.max_body_bytes)
+            self._answer_now(resolved, None, start, head)
+            return
+        tenant, route, handler, body_limit = resolved
+        body = None
+        if head.chunked or head.content_length > 0:
+            if head.content_length > body_limit:
+                self._fail(413, "request body too large")
+                return
+            body = self.body = RequestBody(self, body_limit)
+            self.expect_continue = head.expect_continue
+        req = Request(head, tenant, route, self.client, listener.scheme, body, start)
+        try:
+            result = handler.handle(req)
+        except Exception:
+            log.exception("handler for %s failed", route.prefix)
+            result = Fixed.error(500)
+        if type(result) is Fixed:
+            self._answer_now(result, route, start, head)
+        elif type(result) is Response and type(result.body) is bytes:
+            self.transport.write(self._framed(result, head))
+            self._finished(route, result.status, start, head)
+        else:
+            self.in_flight = True
+            self.current = req
+            self.task = asyncio.ensure_future(self._respond_later(req, result))
+
+    def _answer_now(self, fixed: Fixed, route, start: float, head: RequestHead) -> None:
+        self.transport.write(self._fixed_bytes(fixed, head))
+        self._finished(route, fixed.status, start, head)
+
+    def _fixed_bytes(self, fixed: Fixed, head: RequestHead) -> bytes:
+        data = fixed.keep if self.keep_alive else fixed.close
+        if head.method == b"HEAD":
+            data = data[:len(data) - fixed.body_len]
+        return data
+
+    def _framed(self, resp: Response, head: RequestHead) -> bytes:
+        """Head (and body, if it is bytes) of a response as they go on the wire."""
+        body = resp.body
+        status = resp.status
+        length = len(body) if type(body) is bytes else resp.content_length
+        if status in (204, 304) or 100 <= status < 200:
+            length = -2
+        data = response_head(status, resp.headers, length, self.keep_alive)
+        if type(body) is bytes and not resp.head_only and head.method != b"HEAD":
+            data += body
+        return data
+
+    async def _respond_later(self, req: Request, result) -> None:
+        try:
+            if inspect.isawaitable(result):
+                result = await result
+            status = result.status
+            if type(result) is Fixed:
+                self.transport.write(self._fixed_bytes(result, req.head))
+            else:
+                await self._write_response(result, req.head)
+        except (asyncio.CancelledError, ClientGone):
+            self.task = None
+            self._close()
+            return
+        except Exception:
+            self.task = None
+            log.exception("handler for %s failed", req.route.prefix)
+            self._fail(500, "internal error")
+            return
+        self.task = None
+        self.in_flight = False
+        self.responding = False
+        self.current = None
+        self._finished(req.route, status, req.start, req.head)
+        if not self.closed:
+            self._pump()
+
+    async def _write_response(self, resp: Response, head: RequestHead) -> None:
+        write = self.transport.write
+        self.responding = True
+        write(self._framed(resp, head))
+        body = resp.body
+        if type(body) is bytes:
+            return
+        skip = resp.head_only or head.method == b"HEAD"
+        chunked = resp.content_length < 0 and not skip
+        sent = 0
+        try:
+            async for piece in body:
+                if not piece or skip:
+                    continue
+                sent += len(piece)
+                write(encode_chunk(piece) if chunked else piece)
+                if self.write_paused:
+                    await self.drain()
+        finally:
+            close = getattr(body, "aclose", None)
+            if close is not None:
+                await close()
+        self.listener.bytes_out += sent
+        if chunked:
+            write(LAST_CHUNK)
+        elif not skip and sent != resp.content_length:
+            # The source ended short: the framing is broken, so the connection must go.
+            self.keep_alive = False
+
+    def _finished(self, route, status: int, start: float, head: RequestHead) -> None:
+        self.listener.record(route, status, start, head, self.client)
+        self.idle_since = self.listener.now
+        if not self.keep_alive:
+            self._close()
+        elif self.body is not None:
+            # Answered before the whole body arrived: the rest is counted against the
+            # limit and dropped, so the next request on this connection still parses.
+            self.body.discard()
+
+    # -- timeouts (called about once a second by the listener) -------------------
+    def check_timeouts(self, now: float) -> None:
+        if self.closed or self.in_flight or self.body is not None:
+            return
+        limits = self.listener.limits
+        if self.parser.in_head or self.requests == 0:
+            started = self.head_started or self.idle_since
+            if now - started > limits.header_timeout:
+                self.listener.timeout("header")
+                self._fail(408, "request header timeout")
+        elif now - self.idle_since > limits.idle_timeout:
+            self.listener.timeout("idle")
+            self._close()

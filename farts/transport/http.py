@@ -1,0 +1,200 @@
+"""The HTTP handler interface every HTTP service implements.
+
+A handler is any object with ``handle(request) -> Response | Fixed | Awaitable[...]``.
+The transport parses, enforces the limits, resolves tenant and route, calls the
+handler, and writes what it returns:
+
+- ``Fixed``: a complete response framed once when the route is built; the fast path
+  for fixed answers and error pages: no task, no per-request object.
+- ``Response``: status, headers and a body that is ``bytes`` or an async iterator of
+  ``bytes`` (streamed with write flow control, chunked when no length is known).
+- an awaitable of either: the transport runs it as a task; later pipelined requests
+  wait their turn so responses stay in order.
+
+The request body is an async iterator (``request.body``) fed by the connection with
+read flow control, so neither direction is ever fully buffered.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fast.http1 import response_head
+
+if TYPE_CHECKING:
+    from fast.http1 import Request as RequestHead
+
+    from farts.config import Route, Tenant
+
+
+class BodyTooLarge(Exception):
+    """The request body passed the route's limit (the transport answers 413)."""
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the request body was complete."""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int = 200
+    headers: list[tuple[bytes | str, bytes | str]] = field(default_factory=list)
+    # bytes, or an async iterator of bytes for a streamed body.
+    body: bytes | AsyncIterator[bytes] = b""
+    # For a streamed body: its length when known (else the body is sent chunked).
+    content_length: int = -1
+    # Answering HEAD, 204 or 304: the head only (content_length still describes it).
+    head_only: bool = False
+
+
+class Fixed:
+    """A whole response, framed once: one variant keeps the connection, one closes it."""
+
+    __slots__ = ("status", "keep", "close", "body_len")
+
+    def __init__(self, status: int, body: bytes,
+                 content_type: bytes = b"text/plain; charset=utf-8",
+                 headers: list[tuple[bytes, bytes]] = ()) -> None:
+        self.status = status
+        hs = [(b"content-type", content_type), *headers]
+        self.keep = response_head(status, hs, len(body), True) + body
+        self.close = response_head(status, hs, len(body), False) + body
+        self.body_len = len(body)  # HEAD requests get the head only
+
+    @classmethod
+    def error(cls, status: int, reason: str = "") -> Fixed:
+        text = f"{status} {REASONS.get(status, 'Error')}"
+        return cls(status, (f"{text}: {reason}" if reason else text).encode() + b"\n")
+
+
+REASONS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+           421: "Misdirected Request", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+           503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+
+
+class Handler(Protocol):
+    def handle(self, request: Request) -> Response | Fixed | Awaitable[Response | Fixed]: ...
+
+
+class RequestBody:
+    """The body of one request, delivered piece by piece by the connection.
+
+    Flow control: the connection pauses reading from the socket while more than
+    ``high_water`` bytes wait here, and resumes when the handler has taken them.
+    """
+
+    __slots__ = ("_chunks", "_buffered", "_done", "_error", "_waiter", "_conn", "received",
+                 "limit", "_started", "discarding")
+
+    high_water = 256 * 1024
+
+    def __init__(self, conn: Any, limit: int) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future | None = None
+        self._conn = conn
+        self._started = False
+        self.received = 0
+        self.limit = limit
+        self.discarding = False
+
+    # -- fed by the connection -------------------------------------------------
+    def feed(self, data: bytes) -> bool:
+        """Returns False when the limit is passed (the caller answers 413)."""
+        self.received += len(data)
+        if self.received > self.limit:
+            self.fail(BodyTooLarge())
+            return False
+        if self.discarding:
+            return True
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > self.high_water:
+            self._conn.pause_body()
+        self._wake()
+        return True
+
+    def finish(self) -> None:
+        self._done = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self._done:
+            self._error = exc
+            self._done = True
+            self._wake()
+
+    def discard(self) -> None:
+        """The response went out before the body came in: count the rest, keep none."""
+        self.discarding = True
+        self._chunks.clear()
+        self._buffered = 0
+        self._conn.resume_body()
+        self.fail(ClientGone())
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    @property
+    def complete(self) -> bool:
+        return self._done and self._error is None
+
+    # -- read by the handler ---------------------------------------------------
+    def __aiter__(self) -> RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._started:
+            self._started = True
+            self._conn.body_wanted()  # sends 100 Continue if the client waits for it
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = self._chunks.popleft()
+        self._buffered -= len(data)
+        if self._buffered <= self.high_water // 2:
+            self._conn.resume_body()
+        return data
+
+    async def read(self) -> bytes:
+        """The whole body (for small bodies only: handlers of large ones iterate)."""
+        return b"".join([c async for c in self])
+
+
+class Request:
+    """One request as a handler sees it: the parsed head plus what the edge knows."""
+
+    __slots__ = ("head", "tenant", "route", "client", "scheme", "body", "start")
+
+    def __init__(self, head: RequestHead, tenant: Tenant | None, route: Route | None,
+                 client: str, scheme: str, body: RequestBody | None, start: float) -> None:
+        self.head = head
+        self.tenant = tenant
+        self.route = route
+        self.client = client
+        self.scheme = scheme
+        self.body = body
+        self.start = start
+
+    @property
+    def method(self) -> bytes:
+        return self.head.method
+
+    @property
+    def path(self) -> bytes:
+        return self.head.path

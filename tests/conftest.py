@@ -1,0 +1,141 @@
+"""Fixtures that start real nodes (the `farts-edge serve` command, as a subprocess) on loopback.
+
+Tests write a config with port 0 everywhere; the node prints the URLs it bound, and
+the fixture reads them, so parallel or repeated runs never fight over ports.
+"""
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from farts import pki
+
+URL_LINE = re.compile(rb"^\s+(\w+)\s+(https?://\S+)")
+
+
+@dataclass
+class RunningNode:
+    proc: subprocess.Popen
+    urls: dict[str, str]
+    data_dir: Path
+    log_path: Path
+    ca: Path
+    output: list[bytes] = field(default_factory=list)
+
+    def url(self, listener: str, path: str = "/") -> str:
+        return self.urls[listener].rstrip("/") + path
+
+    def port(self, listener: str) -> int:
+        return int(self.urls[listener].rsplit(":", 1)[1].strip("/"))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+BASE_CONFIG = """
+[node]
+id = "test-node"
+data_dir = "{data_dir}"
+
+[listeners.http]
+port = 0
+[listeners.https]
+port = 0
+reload_interval = 0.2
+[listeners.admin]
+port = 0
+
+[[tenants]]
+id = "demo"
+hosts = ["localhost", "127.0.0.1"]
+api_keys = ["demo-key"]
+secret = "demo-secret"
+
+[[tenants]]
+id = "other"
+hosts = ["other.test"]
+api_keys = ["other-key"]
+secret = "other-secret"
+"""
+
+
+def make_certs(data_dir: Path) -> Path:
+    """A CA under data_dir/ca and a localhost certificate in data_dir/certs."""
+    ca_dir = data_dir / "ca"
+    pki.make_ca(ca_dir)
+    pki.issue(ca_dir, data_dir / "certs" / "localhost.crt", data_dir / "certs" / "localhost.key",
+              ["localhost", "127.0.0.1"])
+    return ca_dir / "ca.crt"
+
+
+def start_node(tmp_path: Path, extra_config: str = "", base: str = BASE_CONFIG,
+               env: dict | None = None, args: tuple = ()) -> RunningNode:
+    data_dir = tmp_path / "node"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ca = make_certs(data_dir)
+    config = data_dir / "farts.toml"
+    config.write_text(base.format(data_dir=data_dir) + textwrap.dedent(extra_config))
+    log_path = data_dir / "node.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farts.cli", *args, "serve", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=open(log_path, "wb"),  # noqa: SIM115
+        env={**os.environ, **(env or {})})
+    urls: dict[str, str] = {}
+    node = RunningNode(proc, urls, data_dir, log_path, ca)
+    deadline = time.monotonic() + 20
+    buf = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            for line in buf.splitlines():
+                m = URL_LINE.match(line)
+                if m:
+                    urls[m.group(1).decode()] = m.group(2).decode()
+            if b"Ctrl-C stops the node." in buf:
+                node.output.append(buf)
+                return node
+        elif proc.poll() is not None:
+            break
+    node.stop(signal.SIGKILL)
+    raise RuntimeError(f"node did not start; output {buf!r}; log:\n{log_path.read_text()}")
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    started: list[RunningNode] = []
+
+    def factory(extra_config: str = "", **kw) -> RunningNode:
+        node = start_node(tmp_path / f"n{len(started)}", extra_config, **kw)
+        started.append(node)
+        return node
+
+    yield factory
+    for node in started:
+        node.stop()

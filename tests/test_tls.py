@@ -1,0 +1,117 @@
+"""TLS termination: SNI picks the certificate, TLS 1.2+ only, ALPN, hot reload."""
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import time
+
+import httpx
+import pytest
+from cryptography import x509
+
+from farts import pki
+
+ROUTES = """
+[[routes]]
+prefix = "/"
+kind = "static"
+body = "over tls\\n"
+"""
+
+
+@pytest.fixture
+def node(node_factory):
+    return node_factory(ROUTES)
+
+
+def peer_cert(port: int, server_name: str, ca: str, **ctx_options) -> tuple[x509.Certificate, ssl.SSLSocket]:
+    ctx = ssl.create_default_context(cafile=ca)
+    for k, v in ctx_options.items():
+        setattr(ctx, k, v)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s = ctx.wrap_socket(raw, server_hostname=server_name)
+    return x509.load_der_x509_certificate(s.getpeercert(binary_form=True)), s
+
+
+def test_curl_over_https_with_sni(node):
+    out = subprocess.run(["curl", "-s", "--cacert", str(node.ca), node.url("https", "/").replace("127.0.0.1", "localhost")],
+                         capture_output=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"over tls\n"
+    r = httpx.get(node.url("https", "/"), verify=ssl.create_default_context(cafile=str(node.ca)))
+    assert r.text == "over tls\n"
+
+
+def test_sni_picks_the_certificate_for_the_name(node):
+    ca_dir = node.data_dir / "ca"
+    pki.issue(ca_dir, node.data_dir / "certs" / "other.crt", node.data_dir / "certs" / "other.key", ["other.test"])
+    time.sleep(1.0)  # reload_interval is 0.2 s in tests
+    port = node.port("https")
+    cert, s = peer_cert(port, "other.test", str(node.ca))
+    s.close()
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == ["other.test"]
+    cert, s = peer_cert(port, "localhost", str(node.ca))
+    s.close()
+    assert "localhost" in cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    # curl with SNI other.test gets the other tenant's certificate, verified by the CA.
+    out = subprocess.run(["curl", "-s", "--cacert", str(node.ca), "--resolve", f"other.test:{port}:127.0.0.1",
+                          f"https://other.test:{port}/"], capture_output=True, timeout=10)
+    assert out.returncode == 0 and out.stdout == b"over tls\n", out.stderr
+
+
+def test_alpn_offers_http11_and_tls13_is_used(node):
+    _, s = peer_cert(node.port("https"), "localhost", str(node.ca))
+    assert s.selected_alpn_protocol() == "http/1.1"
+    assert s.version() == "TLSv1.3"
+    s.close()
+
+
+def test_tls12_is_accepted_and_tls11_refused(node):
+    _, s = peer_cert(node.port("https"), "localhost", str(node.ca), maximum_version=ssl.TLSVersion.TLSv1_2)
+    assert s.version() == "TLSv1.2"
+    s.close()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_ciphers("ALL:@SECLEVEL=0")  # let the client offer TLS 1.1; the server must refuse
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    raw = socket.create_connection(("127.0.0.1", node.port("https")), timeout=5)
+    with pytest.raises(ssl.SSLError):
+        ctx.wrap_socket(raw, server_hostname="localhost")
+    raw.close()
+
+
+def test_certificates_hot_reload(node):
+    port = node.port("https")
+    before, s = peer_cert(port, "localhost", str(node.ca))
+    s.close()
+    certs = node.data_dir / "certs"
+    pki.issue(node.data_dir / "ca", certs / "new.crt", certs / "new.key", ["localhost"])
+    (certs / "new.key").replace(certs / "localhost.key.tmp")
+    (certs / "new.crt").replace(certs / "localhost.crt")
+    (certs / "localhost.key.tmp").replace(certs / "localhost.key")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        after, s = peer_cert(port, "localhost", str(node.ca))
+        s.close()
+        if after.serial_number != before.serial_number:
+            break
+        time.sleep(0.2)
+    assert after.serial_number != before.serial_number
+    assert "loaded certificates" in node.log()
+
+
+def test_plain_http_on_the_tls_port_does_not_hurt(node):
+    s = socket.create_connection(("127.0.0.1", node.port("https")), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    try:
+        s.recv(100)
+    except (ConnectionResetError, TimeoutError):
+        pass
+    s.close()
+    r = httpx.get(node.url("https", "/"), verify=ssl.create_default_context(cafile=str(node.ca)))
+    assert r.status_code == 200

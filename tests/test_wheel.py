@@ -1,0 +1,45 @@
+"""The wheel: built with `python -m build --wheel`, installed into a new venv, it works alone."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_wheel_installs_into_a_fresh_venv_with_compiled_modules(tmp_path):
+    dist = tmp_path / "dist"
+    # --no-isolation: the test venv already has the build requirements; isolation would
+    # download them again for every run.
+    build = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    (wheel,) = dist.glob("farts_edge-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("fast/http1.") and n.endswith(".so") for n in names), names
+    assert not any(n.endswith((".pyx", ".c")) for n in names)
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    install = subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)],
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+
+    # Run from an empty folder so the source tree cannot be imported by accident.
+    version = subprocess.run([str(env_dir / "bin" / "farts-edge"), "--version"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("farts-edge 0."), version.stderr
+    probe = ("import fast.http1, importlib.machinery as m, farts; "
+             "assert fast.http1.__file__.endswith(tuple(m.EXTENSION_SUFFIXES)), fast.http1.__file__; "
+             "assert 'site-packages' in fast.http1.__file__ and 'site-packages' in farts.__file__; "
+             "print(fast.http1.RequestParser().feed(b'GET / HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n')[0].host)")
+    out = subprocess.run([str(py), "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "b'a'"
