@@ -34,7 +34,7 @@ def _address_ok(v: str) -> bool:
     return bool(sep and host and port.isdigit() and 1 <= int(port) <= 65535)
 
 
-PORT = Check(lambda v: 1 <= v <= 65535, "an integer 1-65535")
+PORT = Check(lambda v: 0 <= v <= 65535, "an integer 0-65535 (0: any free port)")
 POSITIVE = Check(lambda v: v > 0, "a positive number")
 NON_NEGATIVE = Check(lambda v: v >= 0, "a number >= 0")
 FRACTION = Check(lambda v: 0 <= v <= 1, "a number between 0 and 1")

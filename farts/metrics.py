@@ -36,7 +36,7 @@ class Counter:
     def collect(self):
         fam = CounterMetricFamily(self.name, self.help, labels=self.labels)
         for key, value in self.values.items():
-            fam.add_metric(list(key), value)
+            fam.add_metric([str(k) for k in key], value)
         return fam
 
 
@@ -53,7 +53,7 @@ class Gauge:
         fam = GaugeMetricFamily(self.name, self.help, labels=self.labels)
         value = self.read()
         for key, v in (value.items() if isinstance(value, dict) else [((), value)]):
-            fam.add_metric(list(key), v)
+            fam.add_metric([str(k) for k in key], v)
         return fam
 
 
@@ -84,7 +84,7 @@ class Histogram:
             for bound, n in zip((*self.buckets, float("inf")), s[:-1], strict=True):
                 running += n
                 cumulative.append((repr(bound) if bound != float("inf") else "+Inf", running))
-            fam.add_metric(list(key), cumulative, s[-1])
+            fam.add_metric([str(k) for k in key], cumulative, s[-1])
         return fam
 
 

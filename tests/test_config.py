@@ -22,8 +22,8 @@ def test_defaults_without_a_file():
 
 
 @pytest.mark.parametrize("text, message", [
-    ('[listeners.https]\nport = "x"', 'listeners.https.port: expected an integer 1-65535, got "x"'),
-    ("[listeners.https]\nport = 0", "listeners.https.port: expected an integer 1-65535, got 0"),
+    ('[listeners.https]\nport = "x"', 'listeners.https.port: expected an integer 0-65535 (0: any free port), got "x"'),
+    ("[listeners.https]\nport = -1", "listeners.https.port: expected an integer 0-65535 (0: any free port), got -1"),
     ("[limits]\nmax_header_bytes = 1.5", "limits.max_header_bytes: expected a positive number, got 1.5"),
     ("[limits]\nheader_timeout = -1", "limits.header_timeout: expected a positive number, got -1"),
     ("[node]\nnmae = 1", "node.nmae: unknown key"),
@@ -80,7 +80,7 @@ def test_cli_config_check_reports_the_key_and_fails(tmp_path):
     f.write_text('[listeners.https]\nport = "x"\n')
     out = run_cli("config", "check", str(f))
     assert out.returncode == 2
-    assert f'{f.resolve()}: listeners.https.port: expected an integer 1-65535, got "x"' in out.stderr
+    assert f'{f.resolve()}: listeners.https.port: expected an integer 0-65535 (0: any free port), got "x"' in out.stderr
 
 
 def test_cli_version():

@@ -16,7 +16,6 @@ import signal
 
 import httptools
 import uvloop
-
 from body import make_body
 
 

@@ -176,11 +176,13 @@ class Server:
         return now >= self.down_until
 
     def failed(self) -> bool:
-        """Counts a connect failure; True when it marks the server down."""
+        """Counts a connect failure; True when it marks an up server down."""
         self.fails += 1
         if self.fails >= self.max_fails:
-            self.down_until = time.monotonic() + self.fail_timeout
-            return True
+            now = time.monotonic()
+            was_up = now >= self.down_until
+            self.down_until = now + self.fail_timeout
+            return was_up
         return False
 
     def succeeded(self) -> None:

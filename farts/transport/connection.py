@@ -194,7 +194,12 @@ class HTTP1Connection(asyncio.Protocol):
 
     def _on_parse_error(self, err: HTTPError) -> None:
         self.listener.parse_error(err.status)
-        self._fail(err.status, err.reason)
+        if self.body is not None and self.body.discarding:
+            # The bad bytes are in the body of a request answered already: a second
+            # answer would be read as the response to a request that was never sent.
+            self._close()
+        else:
+            self._fail(err.status, err.reason)
 
     def _fail(self, status: int, reason: str) -> None:
         """Answer with an error, unless a response has started, and close."""
