@@ -231,7 +231,7 @@ class ProxyHandler:
         replayable = method in IDEMPOTENT
         start = perf_counter()
         tried: list[Server] = []
-        retry_other = True; retry_stale = False
+        retry_other = retry_stale = True
         fresh = False
         while True:
             conn = None if fresh else server.take()
