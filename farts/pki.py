@@ -28,7 +28,7 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def make_ca(directory: Path, name: str = "farts-edge local CA") -> tuple[Path, Path]:

@@ -21,8 +21,7 @@ import logging
 from collections import deque
 from time import perf_counter
 
-from fast.http1 import END, HTTPError, RequestParser, encode_chunk, response_head
-from fast.http1 import LAST_CHUNK
+from fast.http1 import END, LAST_CHUNK, HTTPError, RequestParser, encode_chunk, response_head
 from fast.http1 import Request as RequestHead
 
 from .http import ClientGone, Fixed, Request, RequestBody, Response
