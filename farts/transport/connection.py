@@ -138,42 +138,42 @@ class HTTP1Connection(asyncio.Protocol):
             self.pending.extend(events)
             self._pump()
         else:
+            dispatch = self._dispatch
             for i, ev in enumerate(events):
-                if type(ev) is bytes:
-                    self._on_body(ev)
-                elif ev is END:
-                    self._on_end()
-                elif self.in_flight or self.closed:
-                    self.pending.extend(events[i:])
+                if not dispatch(ev):
+                    if not self.closed:
+                        self.pending.extend(events[i:])
                     break
-                elif type(ev) is RequestHead:
-                    self._on_head(ev)
-                else:
-                    self._on_parse_error(ev)
-                    return
         if self.parser.in_head:
             if not self.head_started:
                 self.head_started = self.listener.now
         if len(self.pending) > MAX_PENDING_EVENTS:
             self._pause(PAUSE_PENDING)
 
+    def _dispatch(self, ev) -> bool:
+        """Handles one parsed event; False when it must wait (or the connection is gone)."""
+        if self.closed:
+            return False
+        t = type(ev)
+        if t is bytes:
+            self._on_body(ev)
+        elif ev is END:
+            self._on_end()
+        elif t is RequestHead:
+            if self.in_flight:
+                return False  # pipelined: its turn comes when the response in flight is out
+            self._on_head(ev)
+        elif self.in_flight and self.body is None:
+            return False  # an error in a later request: answered in its turn
+        else:
+            self._on_parse_error(ev)
+        return True
+
     def _pump(self) -> None:
         pending = self.pending
-        while pending and not self.closed:
-            ev = pending[0]
-            if type(ev) is bytes:
-                self._on_body(ev)
-            elif ev is END:
-                self._on_end()
-            elif self.in_flight:
-                break
-            elif type(ev) is RequestHead:
-                self._on_head(ev)
-            else:
-                pending.clear()
-                self._on_parse_error(ev)
-                return
-            pending.popleft()
+        while pending and self._dispatch(pending[0]):
+            if pending:  # (an error may have closed the connection and cleared it)
+                pending.popleft()
         if len(pending) <= MAX_PENDING_EVENTS // 2:
             self._resume(PAUSE_PENDING)
 
