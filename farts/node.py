@@ -13,7 +13,7 @@ from farts import __version__
 from farts.admin import AdminHandler
 from farts.config import Config, Route
 from farts.metrics import Metrics
-from farts.proxy import ProxyHandler
+from farts.proxy import ProxyHandler, ProxyStats
 from farts.transport.fixed import FixedHandler
 from farts.transport.listener import AccessLog, HTTPStats, Listener
 from farts.transport.router import Router
@@ -32,7 +32,8 @@ class Node:
         self.certs: CertStore | None = None
         self._tasks: list[asyncio.Task] = []
         self.admin = AdminHandler(self.metrics.render, self.status)
-        self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, self.metrics)
+        proxy_stats = ProxyStats(self.metrics)
+        self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats)
                           for name, up in cfg.upstreams.items()}
         self.metrics.gauge("farts_node_info", "This node", lambda: {(cfg.node.id, cfg.node.region, __version__): 1},
                            ("node", "region", "version"))

@@ -306,3 +306,26 @@ def test_the_node_survives_a_burst_of_garbage(node):
         raw(node, bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 3000))), timeout=2)
     assert node.alive()
     assert httpx.get(node.url("http", "/a")).text == "route a\n"
+
+
+def test_unknown_host_status_404_and_total_connection_limit(tmp_path):
+    from conftest import start_node
+
+    n = start_node(tmp_path, '[http]\nunknown_host_status = 404\n'
+                   '[limits]\nmax_connections = 3\n'
+                   '[[routes]]\nprefix = "/"\nkind = "static"\nbody = "x"\n')
+    socks = []
+    try:
+        r = httpx.get(n.url("http", "/"), headers={"Host": "stranger.test"})
+        assert r.status_code == 404 and "unknown host" in r.text
+        for _ in range(3):
+            socks.append(socket.create_connection(("127.0.0.1", n.port("http"))))
+            socks[-1].sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert status_of(socks[-1].recv(4096)) == 200
+        assert status_of(raw(n, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")) == 503
+        assert metric(n, "farts_http_connections_refused_total", reason="max_connections") == 1
+        assert metric(n, "farts_http_connections_open", listener="http") == 3
+    finally:
+        for s in socks:
+            s.close()
+        n.stop()

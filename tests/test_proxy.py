@@ -7,7 +7,6 @@ import hashlib
 import json
 import random
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -508,12 +507,13 @@ def test_header_rewriting():
 def test_server_choice_and_health():
     from farts.config import Upstream
     from farts.metrics import Metrics
-    from farts.proxy import ProxyHandler
+    from farts.proxy import ProxyHandler, ProxyStats
 
     metrics = Metrics()
+    stats = ProxyStats(metrics)
     up = Upstream(servers=["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"], max_fails=2, fail_timeout=5)
-    p = ProxyHandler("g", up, "n1", metrics)
-    ProxyHandler("other", Upstream(servers=["10.0.0.9:80"]), "n1", metrics)  # metrics shared
+    p = ProxyHandler("g", up, "n1", stats)
+    ProxyHandler("other", Upstream(servers=["10.0.0.9:80"]), "n1", stats)  # metrics shared
     a, b, c = p.servers
     assert [p.pick() for _ in range(6)] == [a, b, c, a, b, c]
     assert not b.failed()           # one failure: still up

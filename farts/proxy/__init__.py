@@ -1,4 +1,4 @@
 """Reverse proxy to the application servers (``[upstreams.NAME]`` groups)."""
-from .handler import ProxyHandler
+from .handler import ProxyHandler, ProxyStats
 
-__all__ = ["ProxyHandler"]
+__all__ = ["ProxyHandler", "ProxyStats"]

@@ -18,15 +18,13 @@ import itertools
 import logging
 import os
 import time
-import weakref
 from time import perf_counter
-
-from fast.http1 import END, LAST_CHUNK, HTTPError, encode_chunk, request_head
-from fast.http1 import Response as ResponseHead
 
 from farts.config import Upstream
 from farts.metrics import Metrics
 from farts.transport.http import Fixed, Request, Response
+from fast.http1 import END, LAST_CHUNK, HTTPError, encode_chunk, request_head
+from fast.http1 import Response as ResponseHead
 
 from .headers import origin_form, request_headers, response_headers
 from .upstream import Server, UpstreamConnection, UpstreamGone, UpstreamTimeout
@@ -48,8 +46,8 @@ class UpstreamBodyError(Exception):
     """The upstream response body broke off (timeout, reset, bad framing)."""
 
 
-class _ProxyMetrics:
-    """The proxy metrics of one node, shared by all its upstream groups."""
+class ProxyStats:
+    """The proxy metrics of one node, shared by all its upstream groups (node.py makes one)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.handlers: list[ProxyHandler] = []
@@ -74,16 +72,6 @@ class _ProxyMetrics:
 
     def _idle(self) -> dict:
         return {(h.name,): sum(len(s.idle) for s in h.servers) for h in self.handlers}
-
-
-_shared: weakref.WeakKeyDictionary[Metrics, _ProxyMetrics] = weakref.WeakKeyDictionary()
-
-
-def _metrics_for(metrics: Metrics) -> _ProxyMetrics:
-    m = _shared.get(metrics)
-    if m is None:
-        m = _shared[metrics] = _ProxyMetrics(metrics)
-    return m
 
 
 class _Empty:
@@ -170,13 +158,13 @@ class UpstreamBody:
 
 
 class ProxyHandler:
-    def __init__(self, name: str, up: Upstream, node_id: str, metrics: Metrics) -> None:
+    def __init__(self, name: str, up: Upstream, node_id: str, stats: ProxyStats) -> None:
         self.name = name
         self.up = up
         self.servers = [Server(a, up.pool_size, up.max_fails, up.fail_timeout) for a in up.servers]
         self.rr = 0
-        self.m = _metrics_for(metrics)
-        self.m.handlers.append(self)
+        self.m = stats
+        stats.handlers.append(self)
         self.rid_prefix = f"{node_id}-{_BOOT}-".encode()
         self._labels: dict[tuple[str, str], tuple] = {}
         self._key = (name,)
