@@ -132,8 +132,9 @@ class Upstream:
     # Connect failures in a row that mark a server down, and for how long.
     max_fails: int = _checked(2, POSITIVE)
     fail_timeout: float = _checked(10.0, POSITIVE)
-    # Idle keep-alive connections kept per server.
-    pool_size: int = _checked(32, NON_NEGATIVE)
+    # Idle keep-alive connections kept per server. Below the number of requests in
+    # flight, connections churn: a connect per request costs more than the request.
+    pool_size: int = _checked(128, NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -336,7 +337,7 @@ connect_timeout = 2.0
 read_timeout = 30.0
 max_fails = 2               # connect failures in a row that mark a server down
 fail_timeout = 10.0         # for this many seconds
-pool_size = 32              # idle keep-alive connections per server
+pool_size = 128             # idle keep-alive connections per server
 
 [[routes]]
 prefix = "/widget/"         # required

@@ -294,17 +294,21 @@ class ProxyHandler:
         status = resp.status
         head_only = is_head or status == 204 or status == 304
         content_length = -1 if resp.chunked else resp.content_length
-        events = conn.events
-        if events and events[0] is END:  # no body (HEAD, 204, 304, length 0): done already
-            events.popleft()
+        whole = conn.take_whole_body()
+        if whole is None:
+            body_out = UpstreamBody(self, conn, resp.keep_alive, head)
+        else:
+            # The whole body came with the head (the usual case for small answers): hand
+            # it over as bytes, so the transport writes head and body in one send.
             self.count(server, "ok")
             if resp.keep_alive:
                 server.release(conn)
             else:
                 conn.abort()
-            body_out = EMPTY
-        else:
-            body_out = UpstreamBody(self, conn, resp.keep_alive, head)
+            if head_only:  # no body by definition; the head keeps the upstream's length
+                body_out = EMPTY
+            else:
+                body_out = whole
         return Response(status, response_headers(resp.headers), body_out, content_length, head_only)
 
     async def _send_body(self, conn: UpstreamConnection, body, chunked: bool) -> None:

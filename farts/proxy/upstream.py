@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import deque
 
-from fast.http1 import ResponseParser
+from fast.http1 import END, ResponseParser
 
 HIGH_WATER = 256 * 1024   # queued response body bytes before reading pauses
 LOW_WATER = 64 * 1024
@@ -141,6 +141,22 @@ class UpstreamConnection(asyncio.Protocol):
                 self.read_paused = False
                 self.transport.resume_reading()
         return ev
+
+    def take_whole_body(self) -> bytes | None:
+        """The rest of the current body if it has fully arrived (END queued), else None."""
+        events = self.events
+        for i, ev in enumerate(events):
+            if ev is END:
+                pieces = [events.popleft() for _ in range(i)]
+                events.popleft()
+                self.buffered -= sum(map(len, pieces))
+                if self.read_paused and self.transport is not None:
+                    self.read_paused = False
+                    self.transport.resume_reading()
+                return b"".join(pieces)
+            if type(ev) is not bytes:
+                return None
+        return None
 
     def abort(self) -> None:
         if self.pooled:
