@@ -14,7 +14,7 @@ from farts.admin import AdminHandler
 from farts.config import Config, Route
 from farts.metrics import Metrics
 from farts.proxy import ProxyHandler, ProxyStats
-from farts.transport.fixed import FixedHandler
+from farts.transport.http import Fixed
 from farts.transport.listener import AccessLog, HTTPStats, Listener
 from farts.transport.router import Router
 from farts.transport.tls import CertStore
@@ -39,8 +39,8 @@ class Node:
                            ("node", "region", "version"))
 
     def _handler_for(self, route: Route):
-        if route.kind == "static":
-            return FixedHandler(route)
+        if route.kind == "static":  # the transport writes a Fixed itself, no handler call
+            return Fixed(route.status, route.body.encode(), route.content_type.encode())
         if route.kind == "proxy":
             return self.upstreams[route.upstream]
         if route.kind == "admin":

@@ -243,6 +243,9 @@ class HTTP1Connection(asyncio.Protocol):
                 return
             body = self.body = RequestBody(self, body_limit)
             self.expect_continue = head.expect_continue
+        if type(handler) is Fixed:  # a fixed answer needs no Request object, no call
+            self._answer_now(handler, route, start, head)
+            return
         req = Request(head, tenant, route, self.client, listener.scheme, body, start)
         try:
             result = handler.handle(req)

@@ -5,15 +5,20 @@ from farts.config import Route, Tenant
 
 from .http import Fixed, Handler
 
+RouteTarget = Handler | Fixed
+
 
 class Router:
     """Resolves a request to ``(tenant, route, handler, body_limit)`` or a Fixed error.
+
+    A handler may itself be a ``Fixed`` (routes of kind "static"): the connection writes
+    it without calling anything.
 
     ``tenants=None`` makes a router that ignores Host (the admin listener): every
     request resolves with tenant None.
     """
 
-    def __init__(self, tenants: list[Tenant] | None, entries: list[tuple[Route, Handler]],
+    def __init__(self, tenants: list[Tenant] | None, entries: list[tuple[Route, RouteTarget]],
                  max_body_bytes: int, unknown_host_status: int = 421) -> None:
         def table_for(tenant: Tenant | None):
             rows = [(r.prefix.encode(), (tenant, r, h, r.max_body_bytes if r.max_body_bytes >= 0 else max_body_bytes))
