@@ -13,7 +13,7 @@ Targets (--only takes a comma-separated subset, in any order; they run in this o
   farts-proxy            farts-edge, a `kind = "proxy"` route to the shared upstream
   nginx-static           nginx, worker_processes 1, Debian-default-like (sendfile on, access log on)
   nginx-static-tuned     the same with sendfile off, open_file_cache max=100, access_log off
-  nginx-proxy            nginx proxy_pass to the shared upstream, upstream keepalive 32
+  nginx-proxy            nginx proxy_pass to the shared upstream, upstream keepalive 128 (farts-edge: pool_size 128, its default)
   uvicorn                uvicorn --http httptools --loop uvloop, a raw ASGI app
   bare-uvloop-httptools  an asyncio.Protocol + httptools on uvloop: the ceiling of Python
 
@@ -482,7 +482,7 @@ upstream = "up"
             up = self.shared_upstream()
             port = free_port()
             block = ("    access_log off;\n"
-                     f"    upstream up {{\n        server 127.0.0.1:{up.port};\n        keepalive 32;\n    }}\n"
+                     f"    upstream up {{\n        server 127.0.0.1:{up.port};\n        keepalive 128;\n    }}\n"
                      f"    server {{\n        listen 127.0.0.1:{port};\n"
                      "        location / {\n            proxy_pass http://up;\n"
                      "            proxy_http_version 1.1;\n"
@@ -544,6 +544,10 @@ upstream = "up"
             # The median run by requests/s (the only one with --repeat 1); errors of any run count.
             stats = sorted(runs, key=lambda r: r["rps"])[(len(runs) - 1) // 2]
             result.update(stats)
+            if stats.get("server_cpu_pct"):
+                # Requests per CPU-second of the server: steadier than requests/s when other
+                # processes steal the wrk core (the server then idles, waiting for requests).
+                result["rps_per_server_cpu"] = stats["rps"] / (stats["server_cpu_pct"] / 100)
             if len(runs) > 1:
                 result["runs_rps"] = [r["rps"] for r in runs]
                 stats = dict(stats, non_2xx_3xx=sum(r["non_2xx_3xx"] for r in runs),
@@ -577,6 +581,9 @@ upstream = "up"
                 rc = self.procs.stop(srv.proc, srv.stop_signal)
                 result["exit_status"] = rc
                 result["log"] = srv.log
+            access_log = self.path(name, "access.log")
+            if os.path.exists(access_log):  # nginx-static's: one line per request, ~100 MB
+                os.remove(access_log)
         return result
 
     def _save_metrics(self, name: str, admin_port: int, result: dict) -> None:
@@ -691,7 +698,7 @@ def fmt_ms(v) -> str:
 
 def report(results: list[dict], args) -> str:
     lines = []
-    header = (f"{'name':<23} {'requests/s':>11} {'p50':>9} {'p99':>9} {'B/resp':>7} "
+    header = (f"{'name':<23} {'requests/s':>11} {'req/cpu-s':>10} {'p50':>9} {'p99':>9} {'B/resp':>7} "
               f"{'srv cpu':>7} {'wrk cpu':>7} {'irq':>4} {'others':>6} {'cores busy':>10}  status")
     lines += [header, "-" * len(header)]
     for r in results:
@@ -705,9 +712,12 @@ def report(results: list[dict], args) -> str:
         others = f"{r['others_cpu_pct']:.0f}%" if "others_cpu_pct" in r else "-"
         irq = f"{r['irq_cpu_pct']:.0f}%" if "irq_cpu_pct" in r else "-"
         cores = "/".join(f"{v:.0f}" for _, v in sorted(r.get("core_busy_pct", {}).items())) or "-"
-        lines.append(f"{r['name']:<23} {rps:>11} {fmt_ms(r.get('p50_ms')):>9} "
+        eff = f"{r['rps_per_server_cpu']:,.0f}" if "rps_per_server_cpu" in r else "-"
+        lines.append(f"{r['name']:<23} {rps:>11} {eff:>10} {fmt_ms(r.get('p50_ms')):>9} "
                      f"{fmt_ms(r.get('p99_ms')):>9} {r.get('bytes_per_response', '-'):>7} "
                      f"{srv_cpu:>7} {wrk_cpu:>7} {irq:>4} {others:>6} {cores:>10}  {status}")
+    lines.append("req/cpu-s = requests/s divided by the server's CPU share (requests per "
+                 "CPU-second of the server process)")
     lines.append("CPU over the wrk run, in % of one core: srv = the server process, wrk = wrk, "
                  "irq = irq + softirq (loopback TCP), others = everything else\n(other "
                  "processes on the machine, e.g. builds; not the proxies' upstream, shown in "
@@ -719,7 +729,9 @@ def report(results: list[dict], args) -> str:
             ratio = by[a]["rps"] / by[b]["rps"]
             p99 = (f", p99 x{by[a]['p99_ms'] / by[b]['p99_ms']:.2f}"
                    if by[a].get("p99_ms") and by[b].get("p99_ms") else "")
-            lines.append(f"{a} / {b}: {ratio:.2f} (requests/s{p99})")
+            eff = (f", per server CPU-second {by[a]['rps_per_server_cpu'] / by[b]['rps_per_server_cpu']:.2f}"
+                   if by[a].get("rps_per_server_cpu") and by[b].get("rps_per_server_cpu") else "")
+            lines.append(f"{a} / {b}: {ratio:.2f} (requests/s{eff}{p99})")
         else:
             missing = ", ".join(n for n in (a, b) if n not in by)
             lines.append(f"{a} / {b}: n/a ({missing} not measured)")
