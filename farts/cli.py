@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
 from pathlib import Path
 
 from farts import __version__, config
+
+
+def _with_flags(cfg: config.Config, args) -> config.Config:
+    if args.access_log is not None:
+        cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, access_log_sample=args.access_log))
+    return cfg
 
 
 def _serve(cfg: config.Config, banner: str = "") -> int:
@@ -46,7 +53,7 @@ def cmd_up(args) -> int:
 
     data_dir = Path(args.data_dir)
     path = quickstart.prepare(data_dir)
-    cfg = config.load(path)
+    cfg = _with_flags(config.load(path), args)
     key = cfg.tenants[0].api_keys[0] if cfg.tenants and cfg.tenants[0].api_keys else "-"
     banner = (f"  config {path}\n  CA     {data_dir / 'ca' / 'ca.crt'} (curl --cacert it for HTTPS)\n"
               f"  tenant demo, API key {key}")
@@ -54,7 +61,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    return _serve(config.load(args.config))
+    return _serve(_with_flags(config.load(args.config), args))
 
 
 def cmd_config_check(args) -> int:
@@ -67,6 +74,13 @@ def cmd_config_check(args) -> int:
 def cmd_config_example(args) -> int:
     sys.stdout.write(config.EXAMPLE)
     return 0
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("expected a number between 0 and 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run one node from a config file")
     serve.add_argument("--config", required=True)
     serve.set_defaults(func=cmd_serve)
+
+    for command in (up, serve):
+        command.add_argument("--access-log", type=_fraction, metavar="FRACTION",
+                             help="log this fraction of requests as JSON lines to standard error "
+                                  "(1: all; overrides http.access_log_sample)")
 
     cfg = sub.add_parser("config", help="check or print configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)

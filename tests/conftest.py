@@ -92,7 +92,7 @@ def make_certs(data_dir: Path) -> Path:
 
 
 def start_node(tmp_path: Path, extra_config: str = "", base: str = BASE_CONFIG,
-               env: dict | None = None, args: tuple = ()) -> RunningNode:
+               env: dict | None = None, args: tuple = (), serve_args: tuple = ()) -> RunningNode:
     data_dir = tmp_path / "node"
     data_dir.mkdir(parents=True, exist_ok=True)
     ca = make_certs(data_dir)
@@ -100,7 +100,7 @@ def start_node(tmp_path: Path, extra_config: str = "", base: str = BASE_CONFIG,
     config.write_text(base.format(data_dir=data_dir) + textwrap.dedent(extra_config))
     log_path = data_dir / "node.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "farts.cli", *args, "serve", "--config", str(config)],
+        [sys.executable, "-m", "farts.cli", *args, "serve", "--config", str(config), *serve_args],
         stdout=subprocess.PIPE, stderr=open(log_path, "wb"),  # noqa: SIM115
         env={**os.environ, **(env or {})})
     urls: dict[str, str] = {}

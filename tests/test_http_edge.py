@@ -329,3 +329,23 @@ def test_unknown_host_status_404_and_total_connection_limit(tmp_path):
         for s in socks:
             s.close()
         n.stop()
+
+
+def test_access_log_flag_turns_it_on(tmp_path):
+    from conftest import start_node
+
+    n = start_node(tmp_path, '[[routes]]\nprefix = "/"\nkind = "static"\nbody = "x"\n', args=())
+    try:
+        httpx.get(n.url("http", "/no-log-by-default"))
+    finally:
+        n.stop()
+    assert "/no-log-by-default" not in n.log()
+    n = start_node(tmp_path / "flag", '[[routes]]\nprefix = "/"\nkind = "static"\nbody = "x"\n',
+                   serve_args=("--access-log", "1"))
+    try:
+        httpx.get(n.url("http", "/logged-by-flag"))
+        time.sleep(0.2)
+    finally:
+        n.stop()
+    (line,) = [json.loads(x) for x in n.log().splitlines() if "/logged-by-flag" in x]
+    assert line["status"] == 200
