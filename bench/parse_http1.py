@@ -60,7 +60,7 @@ class _Collector:
         self.done += 1
 
 
-ROUND = 0.25    # seconds per measurement round
+ROUND = 0.25  # seconds per measurement round
 
 
 def _rate(run_batch, requests_per_batch, seconds):
@@ -76,54 +76,59 @@ def _rate(run_batch, requests_per_batch, seconds):
             return count / (now - start)
 
 
+def _buffers(pipeline, count):
+    """``count`` distinct bytes objects holding ``pipeline`` requests each, as a socket would
+    hand them over (a fresh buffer per read, never the same object twice in a row)."""
+    return [bytes(bytearray(REQUEST * pipeline)) for _ in range(count)]
+
+
 def fast_single():
-    data = REQUEST
+    buffers = _buffers(1, 200)
 
     def batch():
         # A new parser per request includes the per-connection setup: the worst case.
-        for _ in range(200):
+        for data in buffers:
             events = RequestParser().feed(data)
             assert type(events[0]) is Request and events[1] is END
 
-    return batch, 200
+    return batch, len(buffers)
 
 
 def fast_keepalive():
     parser = RequestParser()
-    data = REQUEST
+    buffers = _buffers(1, 200)
 
     def batch():
-        for _ in range(200):
+        for data in buffers:
             events = parser.feed(data)
             assert events[1] is END
 
-    return batch, 200
+    return batch, len(buffers)
 
 
 def fast_pipelined():
     parser = RequestParser()
-    data = REQUEST * PIPELINE
+    buffers = _buffers(PIPELINE, 20)
 
     def batch():
-        for _ in range(20):
+        for data in buffers:
             events = parser.feed(data)
             assert len(events) == 2 * PIPELINE
 
-    return batch, 20 * PIPELINE
+    return batch, len(buffers) * PIPELINE
 
 
 def httptools_feed(pipeline):
     proto = _Collector()
     parser = httptools.HttpRequestParser(proto)
-    data = REQUEST * pipeline
-    loops = max(1, 200 // pipeline)
+    buffers = _buffers(pipeline, max(1, 200 // pipeline))
 
     def batch():
-        for _ in range(loops):
+        for data in buffers:
             parser.feed_data(data)
         assert proto.headers
 
-    return batch, loops * pipeline
+    return batch, len(buffers) * pipeline
 
 
 def main():

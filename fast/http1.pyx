@@ -135,6 +135,7 @@ cdef enum:
     _SLOTS = 512            # open-addressing table, kept at most ~15 % full
     _INTERN_MAX = 64        # longer names are never interned (and are lowercased in place)
     _STACK_OUT = 1024       # writers: a typical head fits on the stack
+    _INLINE_FIELDS = 32     # header tuples a parser holds without a heap allocation
 
 cdef PyObject *_name_slot[_SLOTS]
 
@@ -161,11 +162,31 @@ cdef void _init_names() noexcept:
 _init_names()
 
 
+cdef inline bint _same(const char *a, const char *b, Py_ssize_t n) noexcept:
+    # Inline equality for short names: a libc memcmp call costs more than the comparison.
+    cdef uint64_t x, y
+    while n >= 8:
+        memcpy(&x, a, 8)
+        memcpy(&y, b, 8)
+        if x != y:
+            return False
+        a += 8
+        b += 8
+        n -= 8
+    while n > 0:
+        if a[0] != b[0]:
+            return False
+        a += 1
+        b += 1
+        n -= 1
+    return True
+
+
 cdef inline object _interned(const char *low, Py_ssize_t n):
     cdef unsigned int i = _name_hash(low, n) & (_SLOTS - 1)
     cdef PyObject *o = _name_slot[i]
     while o != NULL:
-        if PyBytes_GET_SIZE(<object>o) == n and memcmp(PyBytes_AS_STRING(<object>o), low, n) == 0:
+        if PyBytes_GET_SIZE(<object>o) == n and _same(PyBytes_AS_STRING(<object>o), low, n):
             return <object>o
         i = (i + 1) & (_SLOTS - 1)
         o = _name_slot[i]
@@ -225,6 +246,24 @@ cdef inline bint _field_value_ok(const char *s, Py_ssize_t n) noexcept:
         i += 8
     while i < n:
         if not _FIELD_CHAR[<unsigned char>s[i]]:
+            return False
+        i += 1
+    return True
+
+
+cdef inline bint _target_ok(const char *s, Py_ssize_t n) noexcept:
+    # Visible ASCII only (0x21-0x7e), eight bytes at a time.  For each word the test is
+    # exact: a byte below 0x21, at or above 0x80, or equal to 0x7f sets its high bit.
+    cdef uint64_t x, y
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&x, s + i, 8)
+        y = x ^ 0x7F7F7F7F7F7F7F7FULL
+        if ((x - 0x2121212121212121ULL) | x | (y - 0x0101010101010101ULL)) & 0x8080808080808080ULL:
+            return False
+        i += 8
+    while i < n:
+        if not _TARGET_CHAR[<unsigned char>s[i]]:
             return False
         i += 1
     return True
@@ -387,9 +426,6 @@ cdef class _End:
     def __repr__(self):
         return "END"
 
-    def __reduce__(self):
-        return "END"
-
 
 cdef _End _END = _End()
 END = _END
@@ -429,9 +465,11 @@ cdef class _Parser:
     cdef Py_ssize_t _head_len  # bytes of the head (or trailer section) so far
     cdef Py_ssize_t _nfields
     # Header tuples of the head being parsed, as owned references: the list is built once
-    # at its final size instead of being regrown while fields arrive.
+    # at its final size instead of being regrown while fields arrive.  _fields points to
+    # _inline_fields until a head has more fields than that.
     cdef PyObject **_fields
     cdef Py_ssize_t _nkept, _fields_cap
+    cdef PyObject *_inline_fields[_INLINE_FIELDS]
     cdef long long _remaining
     cdef long long _cl
     cdef bint _te_seen, _te_last_chunked, _te_bad
@@ -449,11 +487,14 @@ cdef class _Parser:
         self._pending = _EMPTY
         self._rest = _EMPTY
         self._state = S_IDLE
+        self._fields = self._inline_fields
+        self._fields_cap = _INLINE_FIELDS
         return 0
 
     def __dealloc__(self):
         self._drop_fields()
-        free(self._fields)
+        if self._fields != self._inline_fields:
+            free(self._fields)
 
     @cython.final
     cdef void _drop_fields(self) noexcept:
@@ -468,8 +509,13 @@ cdef class _Parser:
         cdef PyObject *t
         cdef Py_ssize_t cap
         if self._nkept == self._fields_cap:
-            cap = self._fields_cap * 2 if self._fields_cap else 16
-            grown = <PyObject **>realloc(self._fields, cap * sizeof(PyObject *))
+            cap = self._fields_cap * 2
+            if self._fields == self._inline_fields:
+                grown = <PyObject **>malloc(cap * sizeof(PyObject *))
+                if grown != NULL:
+                    memcpy(grown, self._inline_fields, self._nkept * sizeof(PyObject *))
+            else:
+                grown = <PyObject **>realloc(self._fields, cap * sizeof(PyObject *))
             if grown == NULL:
                 raise MemoryError()
             self._fields = grown
@@ -870,9 +916,8 @@ cdef class RequestParser(_Parser):
             return self._fail(400, b"malformed request line")
         t = sp + 1
         tlen = v - 1 - t
-        for i in range(tlen):
-            if not _TARGET_CHAR[<unsigned char>t[i]]:
-                return self._fail(400, b"invalid request target")
+        if not _target_ok(t, tlen):
+            return self._fail(400, b"invalid request target")
         req = Request.__new__(Request)
         self._req = req
         self._target_host = None
@@ -881,7 +926,6 @@ cdef class RequestParser(_Parser):
         req.method = method
         req.target = target
         req.query = _EMPTY
-        req.content_length = -1
         if method is _M_CONNECT:
             # authority-form: uri-host ":" port (RFC 9112 §3.2.3)
             self._target_host = _host_of(t, tlen, None, &has_port)
