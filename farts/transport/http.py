@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fast.http1 import response_head
 
 if TYPE_CHECKING:
-    from fast.http1 import Request as RequestHead
-
     from farts.config import Route, Tenant
+    from fast.http1 import Request as RequestHead
 
 
 class BodyTooLarge(Exception):
