@@ -20,11 +20,14 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 
 class Counter:
-    __slots__ = ("name", "help", "labels", "values")
+    __slots__ = ("name", "help", "labels", "values", "sources")
 
     def __init__(self, name: str, help: str, labels: Iterable[str] = ()) -> None:
         self.name, self.help, self.labels = name, help, tuple(labels)
         self.values: dict[tuple, float] = {}
+        # Functions returning more {labels: count} kept elsewhere (by the hottest paths,
+        # which count in place and are summed here only when scraped).
+        self.sources: list[Callable[[], dict[tuple, float]]] = []
 
     def inc(self, key: tuple = (), amount: float = 1) -> None:
         v = self.values
@@ -33,9 +36,16 @@ class Counter:
     def get(self, key: tuple = ()) -> float:
         return self.values.get(key, 0)
 
+    def totals(self) -> dict[tuple, float]:
+        out = dict(self.values)
+        for source in self.sources:
+            for key, value in source().items():
+                out[key] = out.get(key, 0) + value
+        return out
+
     def collect(self):
         fam = CounterMetricFamily(self.name, self.help, labels=self.labels)
-        for key, value in self.values.items():
+        for key, value in self.totals().items():
             fam.add_metric([str(k) for k in key], value)
         return fam
 
@@ -58,13 +68,15 @@ class Gauge:
 
 
 class Histogram:
-    __slots__ = ("name", "help", "labels", "buckets", "series")
+    __slots__ = ("name", "help", "labels", "buckets", "series", "zero_sources")
 
     def __init__(self, name: str, help: str, labels: Iterable[str] = (),
                  buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.name, self.help, self.labels, self.buckets = name, help, tuple(labels), buckets
         # label tuple -> [count per bucket (+Inf last)..., sum]
         self.series: dict[tuple, list[float]] = {}
+        # Functions returning {labels: count} of observations of 0 counted elsewhere.
+        self.zero_sources: list[Callable[[], dict[tuple, float]]] = []
 
     def observe(self, value: float, key: tuple = ()) -> None:
         s = self.series.get(key)
@@ -73,13 +85,14 @@ class Histogram:
         s[bisect_left(self.buckets, value)] += 1
         s[-1] += value
 
-    def count(self, key: tuple = ()) -> int:
-        s = self.series.get(key)
-        return int(sum(s[:-1])) if s else 0
-
     def collect(self):
         fam = HistogramMetricFamily(self.name, self.help, labels=self.labels)
-        for key, s in self.series.items():
+        series = {k: list(v) for k, v in self.series.items()}
+        for source in self.zero_sources:
+            for key, n in source().items():
+                s = series.setdefault(key, [0] * (len(self.buckets) + 2))
+                s[0] += n
+        for key, s in series.items():
             cumulative, running = [], 0
             for bound, n in zip((*self.buckets, float("inf")), s[:-1], strict=True):
                 running += n

@@ -52,7 +52,7 @@ class Response:
 class Fixed:
     """A whole response, framed once: one variant keeps the connection, one closes it."""
 
-    __slots__ = ("status", "keep", "close", "body_len")
+    __slots__ = ("status", "keep", "close", "body_len", "served")
 
     def __init__(self, status: int, body: bytes,
                  content_type: bytes = b"text/plain; charset=utf-8",
@@ -62,6 +62,9 @@ class Fixed:
         self.keep = response_head(status, hs, len(body), True) + body
         self.close = response_head(status, hs, len(body), False) + body
         self.body_len = len(body)  # HEAD requests get the head only
+        # Times written by the connection itself, per listener name: counted here, in
+        # place, because this is the hottest path (the listener's metrics sum it).
+        self.served: dict[str, int] = {}
 
     @classmethod
     def error(cls, status: int, reason: str = "") -> Fixed:

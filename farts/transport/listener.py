@@ -48,6 +48,24 @@ class HTTPStats:
             ("listener", "reason"))
         self.timeouts = metrics.counter(
             "farts_http_timeouts_total", "Connections closed by a timeout", ("listener", "kind"))
+        def fixed_counts() -> dict[tuple, float]:
+            out: dict[tuple, float] = {}
+            for name, li in listeners.items():
+                for label, fixed in li.router.fixed_answers():
+                    n = fixed.served.get(name)
+                    if n:
+                        key = (name, label, fixed.status)
+                        out[key] = out.get(key, 0) + n
+            return out
+
+        def fixed_zero_latency() -> dict[tuple, float]:
+            out: dict[tuple, float] = {}
+            for (name, label, _), n in fixed_counts().items():
+                out[(name, label)] = out.get((name, label), 0) + n
+            return out
+
+        self.requests.sources.append(fixed_counts)
+        self.latency.zero_sources.append(fixed_zero_latency)
         metrics.gauge("farts_http_connections_open", "Open client connections",
                       lambda: {(n,): len(li.connections) for n, li in listeners.items()}, ("listener",))
         metrics.gauge("farts_http_received_bytes", "Bytes received from clients",
@@ -113,7 +131,8 @@ class Listener:
                 del self.per_ip[conn.client]
 
     def record(self, route, status: int, start: float, head: RequestHead, client: str) -> None:
-        seconds = perf_counter() - start
+        """Counts one answered request; ``start`` 0 means answered at once (not timed)."""
+        seconds = perf_counter() - start if start else 0.0
         label = route.prefix if route is not None else "-"
         stats = self.stats
         stats.requests.inc((self.name, label, status))
@@ -123,6 +142,9 @@ class Listener:
             log.warning("slow request: %s %s %s -> %d in %.0f ms", self.name,
                         head.method.decode("latin-1"), head.target[:200].decode("latin-1"),
                         status, seconds * 1000)
+        self.log_access(head, status, seconds, client)
+
+    def log_access(self, head: RequestHead, status: int, seconds: float, client: str) -> None:
         if self.access_log is not None and random.random() < self.access_log.sample:
             self.access_log.write(self.name, client, head, status, seconds)
 

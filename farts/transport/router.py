@@ -36,6 +36,12 @@ class Router:
         self.unknown_host = Fixed.error(unknown_host_status, "unknown host")
         self.not_found = Fixed.error(404)
 
+    def fixed_answers(self) -> list[tuple[str, Fixed]]:
+        """(route label, Fixed) of every answer the connection writes by itself."""
+        rows = {id(r[2]): (r[1].prefix, r[2]) for table in [self.default, *self.by_host.values()]
+                for _, r in table if type(r[2]) is Fixed}
+        return [("-", self.unknown_host), ("-", self.not_found), *rows.values()]
+
     def resolve(self, host: bytes, path: bytes):
         table = self.default if self.any_host else self.by_host.get(host)
         if table is None:
