@@ -17,8 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from farts import pki
+
+# CI runs the same examples every time (a red build is then reproducible, never a
+# coin toss); FARTS_HYPOTHESIS=explore searches new ones locally.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("FARTS_HYPOTHESIS", "ci"))
 
 URL_LINE = re.compile(rb"^\s+(\w+)\s+(https?://\S+)")
 
