@@ -27,7 +27,7 @@ from fast.http1 import END, LAST_CHUNK, HTTPError, encode_chunk, request_head
 from fast.http1 import Response as ResponseHead
 
 from .headers import origin_form, request_headers, response_headers
-from .upstream import Server, UpstreamConnection, UpstreamGone, UpstreamTimeout
+from .upstream import Deadlines, Server, UpstreamConnection, UpstreamGone, UpstreamTimeout
 
 log = logging.getLogger("farts.proxy")
 
@@ -161,7 +161,9 @@ class ProxyHandler:
     def __init__(self, name: str, up: Upstream, node_id: str, stats: ProxyStats) -> None:
         self.name = name
         self.up = up
-        self.servers = [Server(a, up.pool_size, up.max_fails, up.fail_timeout) for a in up.servers]
+        self.deadlines = Deadlines()
+        self.servers = [Server(a, up.pool_size, up.max_fails, up.fail_timeout, self.deadlines)
+                        for a in up.servers]
         self.rr = 0
         self.m = stats
         stats.handlers.append(self)
@@ -349,5 +351,6 @@ class ProxyHandler:
                 raise BadResponse(f"unexpected {ev!r:.40}")
 
     def close(self) -> None:
+        self.deadlines.close()
         for s in self.servers:
             s.close()
