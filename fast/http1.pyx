@@ -349,6 +349,14 @@ cdef object _host_of(const char *s, Py_ssize_t n, object value, bint *has_port):
 # ----------------------------------------------------------------------------------------
 # Events
 
+cdef object _first_value(list headers, bytes name):
+    cdef tuple pair
+    for pair in headers:
+        if <bytes>pair[0] == name:
+            return pair[1]
+    return None
+
+
 @cython.final
 @cython.freelist(64)
 cdef class Request:
@@ -369,11 +377,7 @@ cdef class Request:
 
     def header(self, bytes name):
         """First value of the field ``name`` (given in lowercase), or None."""
-        cdef tuple pair
-        for pair in self.headers:
-            if <bytes>pair[0] == name:
-                return pair[1]
-        return None
+        return _first_value(self.headers, name)
 
     def __repr__(self):
         return "<Request %r %r HTTP/%d.%d>" % (
@@ -395,11 +399,7 @@ cdef class Response:
 
     def header(self, bytes name):
         """First value of the field ``name`` (given in lowercase), or None."""
-        cdef tuple pair
-        for pair in self.headers:
-            if <bytes>pair[0] == name:
-                return pair[1]
-        return None
+        return _first_value(self.headers, name)
 
     def __repr__(self):
         return "<Response HTTP/%d.%d %d %r>" % (
