@@ -86,7 +86,8 @@ def _fraction(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farts-edge", description="An edge node: TLS, HTTP, proxy, and more.")
     p.add_argument("--version", action="version", version=f"farts-edge {__version__}")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--log-level", default="INFO", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start a node on embedded defaults (writes a CA, certs and a config on first run)")

@@ -90,7 +90,7 @@ class Listeners:
 
 @dataclass(frozen=True)
 class Limits:
-    max_header_bytes: int = _checked(16384, POSITIVE)
+    max_header_bytes: int = _checked(16384, Check(lambda v: v >= 256, "an integer >= 256"))
     max_headers: int = _checked(100, POSITIVE)
     max_body_bytes: int = _checked(10 * 1024 * 1024, NON_NEGATIVE)
     header_timeout: float = _checked(10.0, POSITIVE)
@@ -115,7 +115,10 @@ class Route:
     # kind = "proxy": the name of an upstream group.
     upstream: str = ""
     # kind = "static": a fixed response.
-    status: int = _checked(200, Check(lambda v: 100 <= v <= 599, "an HTTP status 100-599"))
+    # 1xx, 204 and 304 carry no body by definition: a fixed answer with one would be
+    # read by clients as the start of the next response.
+    status: int = _checked(200, Check(lambda v: 200 <= v <= 599 and v not in (204, 304),
+                                      "an HTTP status 200-599 other than 204 and 304"))
     body: str = ""
     content_type: str = "text/plain; charset=utf-8"
     # Only for these tenants (empty: every tenant).

@@ -24,7 +24,12 @@ def test_defaults_without_a_file():
 @pytest.mark.parametrize("text, message", [
     ('[listeners.https]\nport = "x"', 'listeners.https.port: expected an integer 0-65535 (0: any free port), got "x"'),
     ("[listeners.https]\nport = -1", "listeners.https.port: expected an integer 0-65535 (0: any free port), got -1"),
-    ("[limits]\nmax_header_bytes = 1.5", "limits.max_header_bytes: expected a positive number, got 1.5"),
+    ("[limits]\nmax_header_bytes = 1.5", "limits.max_header_bytes: expected an integer >= 256, got 1.5"),
+    ("[limits]\nmax_header_bytes = 8", "limits.max_header_bytes: expected an integer >= 256, got 8"),
+    ('[[routes]]\nprefix = "/x"\nkind = "static"\nstatus = 204',
+     "routes[0].status: expected an HTTP status 200-599 other than 204 and 304, got 204"),
+    ('[[routes]]\nprefix = "/x"\nkind = "static"\nstatus = 100',
+     "routes[0].status: expected an HTTP status 200-599 other than 204 and 304, got 100"),
     ("[limits]\nheader_timeout = -1", "limits.header_timeout: expected a positive number, got -1"),
     ("[node]\nnmae = 1", "node.nmae: unknown key"),
     ("surprise = 1", "surprise: unknown key"),
@@ -81,6 +86,11 @@ def test_cli_config_check_reports_the_key_and_fails(tmp_path):
     out = run_cli("config", "check", str(f))
     assert out.returncode == 2
     assert f'{f.resolve()}: listeners.https.port: expected an integer 0-65535 (0: any free port), got "x"' in out.stderr
+
+
+def test_cli_rejects_an_unknown_log_level():
+    out = run_cli("--log-level", "nope", "config", "example")
+    assert out.returncode == 2 and "invalid choice" in out.stderr
 
 
 def test_cli_version():

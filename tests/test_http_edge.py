@@ -350,3 +350,44 @@ def test_access_log_flag_turns_it_on(tmp_path):
         n.stop()
     (line,) = [json.loads(x) for x in n.log().splitlines() if "/logged-by-flag" in x]
     assert line["status"] == 200
+
+
+def test_body_arriving_after_the_answer_in_its_own_read(node):
+    s = socket.create_connection(("127.0.0.1", node.port("http")), timeout=5)
+    s.sendall(b"POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\n")
+    assert status_of(s.recv(4096)) == 200
+    s.sendall(b"hello")  # [body, END] in one read, after the answer went out
+    time.sleep(0.1)
+    s.sendall(b"GET /b HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert s.recv(4096).endswith(b"route b\n")
+    s.close()
+
+
+def test_a_client_that_stops_sending_its_body_is_closed(node):
+    s = socket.create_connection(("127.0.0.1", node.port("http")), timeout=10)
+    s.sendall(b"POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nab")
+    assert status_of(s.recv(4096)) == 200
+    t0 = time.monotonic()
+    assert s.recv(4096) == b""  # idle_timeout is 2 s in this config
+    assert time.monotonic() - t0 < 6
+    s.close()
+
+
+def test_upgrade_requests_are_answered_then_closed(node):
+    out = raw(node, b"GET /a HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n"
+                    + b"x" * 100000 + b"GET /b HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert status_of(out) == 200 and b"connection: close" in out.lower()
+    assert b"route b" not in out
+
+
+def test_transfer_codings_other_than_chunked_are_501(node):
+    out = raw(node, b"POST /a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                    b"5\r\nhello\r\n0\r\n\r\n")
+    assert status_of(out) == 501
+
+
+def test_expect_100_with_an_early_answer_closes(node):
+    out = raw(node, b"POST /a HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: 10\r\n\r\n")
+    assert status_of(out) == 200 and b"connection: close" in out.lower()
+    assert b"100 Continue" not in out

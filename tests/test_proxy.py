@@ -483,15 +483,24 @@ def test_header_rewriting():
           (b"content-length", b"5"), (b"x-forwarded-for", b"1.1.1.1"),
           (b"x-forwarded-for", b"2.2.2.2"), (b"x-forwarded-proto", b"gopher"),
           (b"expect", b"100-continue"), (b"accept", b"*/*")]
-    out, rid = request_headers(hs, "9.9.9.9", "https", lambda: b"gen-1", b"fallback:1")
+    out, rid = request_headers(hs, "9.9.9.9", "https", lambda: b"gen-1", None, b"fallback:1")
     assert out == [(b"host", b"example.com"), (b"accept", b"*/*"),
                    (b"x-forwarded-for", b"1.1.1.1, 2.2.2.2, 9.9.9.9"),
                    (b"x-forwarded-proto", b"https"), (b"x-request-id", b"gen-1")]
     assert rid == b"gen-1"
-    out, rid = request_headers([(b"x-request-id", b"mine")], "::1", "http", lambda: b"no", b"up:80")
+    out, rid = request_headers([(b"x-request-id", b"mine")], "::1", "http", lambda: b"no", None, b"up:80")
     assert out == [(b"host", b"up:80"), (b"x-request-id", b"mine"),
                    (b"x-forwarded-for", b"::1"), (b"x-forwarded-proto", b"http")]
     assert rid == b"mine"
+    # An absolute-form target's authority is the Host the edge routed by: it replaces the
+    # client's Host header, and Connection cannot remove it.
+    out, _ = request_headers([(b"host", b"localhost"), (b"connection", b"host")], "::1", "http",
+                             lambda: b"r", b"other.test:8080", b"up:80")
+    assert out[0] == (b"host", b"other.test:8080") and [h for h in out if h[0] == b"host"] == [out[0]]
+    from farts.proxy.headers import authority_of
+    assert authority_of(b"http://other.test/private/x") == b"other.test"
+    assert authority_of(b"http://h:81?q") == b"h:81"
+    assert authority_of(b"/x") is None
 
     assert response_headers([(b"connection", b"x-a"), (b"x-a", b"1"), (b"content-length", b"3"),
                              (b"transfer-encoding", b"chunked"), (b"set-cookie", b"a=1"),
@@ -612,3 +621,30 @@ def test_bad_chunk_while_the_upstream_reads_gets_400(node, ups):
     _, rest = raw_exchange(node, b"POST /app/echo HTTP/1.1\r\nHost: localhost\r\n"
                                  b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
     assert rest.startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_large_unread_body_then_an_error_keeps_the_connection_usable(node, ups):
+    # The upstream cannot be reached: the 300 kB body (past the pause threshold) is never
+    # read by anyone; after the 502 the same connection must serve the next request.
+    s = socket.create_connection(("127.0.0.1", node.port("http")), timeout=10)
+    s.sendall(b"POST /dead/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 300000\r\n\r\n"
+              + b"b" * 300000)
+    first = s.recv(65536)
+    assert first.startswith(b"HTTP/1.1 502 ")
+    s.sendall(b"GET /app/echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    rest = b""
+    while chunk := s.recv(65536):
+        rest += chunk
+    s.close()
+    assert b"HTTP/1.1 200 " in first + rest
+
+
+def test_an_interim_100_from_the_upstream_is_not_its_answer():
+    from farts.proxy.upstream import Deadlines, Server, UpstreamConnection
+    from fast.http1 import ResponseParser
+
+    conn = UpstreamConnection(Server("127.0.0.1:1", 1, 1, 1.0, Deadlines()))
+    conn.events.extend(ResponseParser().feed(b"HTTP/1.1 100 Continue\r\n\r\n"))
+    assert not conn.has_final_head()
+    conn.events.extend(ResponseParser().feed(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"))
+    assert conn.has_final_head()

@@ -26,7 +26,7 @@ from farts.transport.http import Fixed, Request, Response
 from fast.http1 import END, LAST_CHUNK, HTTPError, encode_chunk, request_head
 from fast.http1 import Response as ResponseHead
 
-from .headers import origin_form, request_headers, response_headers
+from .headers import authority_of, origin_form, request_headers, response_headers
 from .upstream import Deadlines, Server, UpstreamConnection, UpstreamGone, UpstreamTimeout
 
 log = logging.getLogger("farts.proxy")
@@ -215,6 +215,7 @@ class ProxyHandler:
             length = head.content_length if head.content_length >= 0 else -2
         server = self.pick()
         headers, _ = request_headers(head.headers, req.client, req.scheme, self.new_request_id,
+                                     authority_of(head.target),
                                      server.address.encode())
         data = request_head(method, target, headers, length)
         is_head = method == b"HEAD"
@@ -316,7 +317,7 @@ class ProxyHandler:
     async def _send_body(self, conn: UpstreamConnection, body, chunked: bool) -> None:
         timeout = self.up.read_timeout
         async for piece in body:
-            if conn.events or conn.closed:
+            if conn.closed or conn.has_final_head():
                 # The upstream answered (or gave up) before taking the whole body.
                 conn.reusable = False
                 return

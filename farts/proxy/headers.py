@@ -25,30 +25,35 @@ def connection_tokens(headers) -> frozenset | None:
     return frozenset(tokens) if tokens else None
 
 
-def request_headers(headers, client: str, scheme: str, new_request_id, fallback_host: bytes):
+def request_headers(headers, client: str, scheme: str, new_request_id, authority: bytes | None,
+                    fallback_host: bytes):
     """Headers for the upstream request: ``headers`` are (lowercase name, value) pairs.
 
-    Returns ``(headers, request_id)``. Host is kept as the client sent it.
+    Returns ``(headers, request_id)``. Host is the host the request was routed by: the
+    client's Host header, or for an absolute-form target its authority (RFC 9112 §3.2.2
+    says the target wins), so the application sees the tenant the edge chose.
     """
     extra = connection_tokens(headers)
     out = []
     xff = None
     rid = None
-    host = False
+    host = authority
     for name, value in headers:
         if name in REQUEST_DROP:
             if name == b"x-forwarded-for":
                 xff = value if xff is None else xff + b", " + value
             continue
+        if name == b"host":
+            # Always written by us, first, even if Connection lists it.
+            if host is None:
+                host = value
+            continue
         if extra is not None and name in extra:
             continue
         if name == b"x-request-id":
             rid = value
-        elif name == b"host":
-            host = True
         out.append((name, value))
-    if not host:
-        out.insert(0, (b"host", fallback_host))
+    out.insert(0, (b"host", host if host is not None else fallback_host))
     ip = client.encode()
     out.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
     out.append((b"x-forwarded-proto", scheme.encode()))
@@ -63,6 +68,22 @@ def response_headers(headers) -> list:
     if extra is None:
         return [h for h in headers if h[0] not in RESPONSE_DROP]
     return [h for h in headers if h[0] not in RESPONSE_DROP and h[0] not in extra]
+
+
+def authority_of(target: bytes) -> bytes | None:
+    """``host:port`` of an absolute-form target, None for the origin form."""
+    if target[:1] == b"/" or target == b"*":
+        return None
+    start = target.find(b"://")
+    if start < 0:
+        return None
+    start += 3
+    end = len(target)
+    for sep in (b"/", b"?"):
+        i = target.find(sep, start)
+        if 0 <= i < end:
+            end = i
+    return target[start:end]
 
 
 def origin_form(target: bytes) -> bytes:

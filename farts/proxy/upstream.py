@@ -12,6 +12,7 @@ import time
 from collections import deque
 
 from fast.http1 import END, ResponseParser
+from fast.http1 import Response as ResponseHead
 
 HIGH_WATER = 256 * 1024   # queued response body bytes before reading pauses
 LOW_WATER = 64 * 1024
@@ -178,6 +179,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self.read_paused = False
                 self.transport.resume_reading()
         return ev
+
+    def has_final_head(self) -> bool:
+        """A final (non-1xx) response head is queued: the upstream has answered."""
+        return any(type(ev) is ResponseHead and ev.status >= 200 for ev in self.events)
 
     def take_whole_body(self) -> bytes | None:
         """The rest of the current body if it has fully arrived (END queued), else None."""

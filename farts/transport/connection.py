@@ -37,7 +37,7 @@ class HTTP1Connection(asyncio.Protocol):
     __slots__ = ("listener", "parser", "transport", "client", "pending", "in_flight",
                  "body", "keep_alive", "expect_continue", "paused",
                  "write_paused", "drain_waiter", "task", "head_started", "idle_since",
-                 "requests", "closed", "responding")
+                 "requests", "closed", "responding", "req_body", "last_progress")
 
     def __init__(self, listener) -> None:
         self.listener = listener
@@ -59,13 +59,15 @@ class HTTP1Connection(asyncio.Protocol):
         self.requests = 0
         self.closed = False
         self.responding = False     # the current async response has started on the wire
+        self.req_body: RequestBody | None = None  # the current request's body, until answered
+        self.last_progress = 0.0    # last time bytes moved either way (coarse clock)
 
     # -- connection lifetime ----------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else "unix"
-        self.idle_since = self.listener.now
+        self.idle_since = self.last_progress = self.listener.now
         refusal = self.listener.admit(self)
         if refusal is not None:
             self.closed = True
@@ -91,6 +93,7 @@ class HTTP1Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.last_progress = self.listener.now
         w = self.drain_waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -131,11 +134,13 @@ class HTTP1Connection(asyncio.Protocol):
     # -- input ------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self.listener.bytes_in += len(data)
+        self.last_progress = self.listener.now
         events = self.parser.feed(data)
         if self.pending:
             self.pending.extend(events)
             self._pump()
-        elif len(events) == 2 and events[1] is END and not self.in_flight:
+        elif (len(events) == 2 and events[1] is END and not self.in_flight
+              and type(events[0]) is RequestHead):
             # The usual keep-alive request without a body: [head, END].
             self._on_head(events[0])
         else:
@@ -229,10 +234,20 @@ class HTTP1Connection(asyncio.Protocol):
         self.requests += 1
         self.head_started = 0.0
         self.keep_alive = head.keep_alive
+        if head.upgrade is not None or head.method == b"CONNECT":
+            # No protocol switch here (yet): answer this request, read nothing after it
+            # (the parser keeps it unparsed), then close.
+            self.keep_alive = False
+            self._pause(PAUSE_PENDING)
+        if head.chunked and head.header(b"transfer-encoding").lower() != b"chunked":
+            # Other codings (gzip, ...) cannot be forwarded faithfully: RFC 9112 §6.1.
+            self._fail(501, "transfer coding not supported")
+            return
         resolved = listener.router.resolve(head.host, head.path)
         if type(resolved) is Fixed:  # unknown host or no route
             if head.chunked or head.content_length > 0:
-                self.body = RequestBody(self, listener.limits.max_body_bytes)
+                self.body = self.req_body = RequestBody(self, listener.limits.max_body_bytes)
+                self.expect_continue = head.expect_continue
             self._answer_now(resolved, head)
             return
         tenant, route, handler, body_limit = resolved
@@ -241,7 +256,7 @@ class HTTP1Connection(asyncio.Protocol):
             if head.content_length > body_limit:
                 self._fail(413, "request body too large")
                 return
-            body = self.body = RequestBody(self, body_limit)
+            body = self.body = self.req_body = RequestBody(self, body_limit)
             self.expect_continue = head.expect_continue
         if type(handler) is Fixed:  # a fixed answer needs no Request object, no call
             self._answer_now(handler, head)
@@ -267,23 +282,20 @@ class HTTP1Connection(asyncio.Protocol):
         """One of the router's fixed answers, written at once: the hottest path, so it
         counts in place (``fixed.served``) and is not timed: from head to write is a few
         microseconds of this function, recorded as 0 (the first latency bucket)."""
-        keep = self.keep_alive
-        data = fixed.keep if keep else fixed.close
-        if head.method == b"HEAD":
-            data = data[:len(data) - fixed.body_len]
-        self.transport.write(data)
+        self.transport.write(self._fixed_bytes(fixed, head))
         listener = self.listener
         served = fixed.served
         served[listener.name] = served.get(listener.name, 0) + 1
         if listener.access_log is not None:
             listener.log_access(head, fixed.status, 0.0, self.client)
         self.idle_since = listener.now
-        if not keep:
-            self._close()
-        elif self.body is not None:
-            self.body.discard()
+        self._request_done()
 
     def _fixed_bytes(self, fixed: Fixed, head: RequestHead) -> bytes:
+        if self.expect_continue:
+            # The client holds its body back for a 100 we will not send: it may send the
+            # body or its next request next, so the only safe framing is to close.
+            self.keep_alive = False
         data = fixed.keep if self.keep_alive else fixed.close
         if head.method == b"HEAD":
             data = data[:len(data) - fixed.body_len]
@@ -291,6 +303,8 @@ class HTTP1Connection(asyncio.Protocol):
 
     def _framed(self, resp: Response, head: RequestHead) -> bytes:
         """Head (and body, if it is bytes) of a response as they go on the wire."""
+        if self.expect_continue:  # see _fixed_bytes
+            self.keep_alive = False
         body = resp.body
         status = resp.status
         length = len(body) if type(body) is bytes else resp.content_length
@@ -342,6 +356,7 @@ class HTTP1Connection(asyncio.Protocol):
                     continue
                 sent += len(piece)
                 write(encode_chunk(piece) if chunked else piece)
+                self.last_progress = self.listener.now
                 if self.write_paused:
                     await self.drain()
         finally:
@@ -358,18 +373,32 @@ class HTTP1Connection(asyncio.Protocol):
     def _finished(self, route, status: int, start: float, head: RequestHead) -> None:
         self.listener.record(route, status, start, head, self.client)
         self.idle_since = self.listener.now  # (_answer_now does the same for fixed answers)
+        self._request_done()
+
+    def _request_done(self) -> None:
+        body = self.req_body
+        if body is not None:
+            # Whatever of the body the handler did not take is dropped (and reading
+            # resumes if it was paused for it); what has still to come is counted against
+            # the limit and dropped, so the next request on this connection parses.
+            self.req_body = None
+            body.discard()
         if not self.keep_alive:
             self._close()
-        elif self.body is not None:
-            # Answered before the whole body arrived: the rest is counted against the
-            # limit and dropped, so the next request on this connection still parses.
-            self.body.discard()
 
     # -- timeouts (called about once a second by the listener) -------------------
     def check_timeouts(self, now: float) -> None:
-        if self.closed or self.in_flight or self.body is not None:
+        if self.closed:
             return
         limits = self.listener.limits
+        if self.in_flight or self.body is not None:
+            # A request in progress: its handler has its own timeouts, but when no byte
+            # has moved either way for idle_timeout (a client that stopped sending its
+            # body or stopped reading the response) the connection goes.
+            if now - self.last_progress > limits.idle_timeout:
+                self.listener.timeout("stalled")
+                self._close()
+            return
         if self.parser.in_head or self.requests == 0:
             started = self.head_started or self.idle_since
             if now - started > limits.header_timeout:
