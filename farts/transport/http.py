@@ -145,10 +145,6 @@ class RequestBody:
         if w is not None and not w.done():
             w.set_result(None)
 
-    @property
-    def complete(self) -> bool:
-        return self._done and self._error is None
-
     # -- read by the handler ---------------------------------------------------
     def __aiter__(self) -> RequestBody:
         return self
