@@ -269,6 +269,23 @@ cdef inline bint _target_ok(const char *s, Py_ssize_t n) noexcept:
     return True
 
 
+cdef inline Py_ssize_t _list_item(const char *s, Py_ssize_t n, Py_ssize_t i,
+                                  Py_ssize_t *start, Py_ssize_t *end) noexcept:
+    """The comma-list element starting at ``i`` (RFC 9110 §5.6.1), OWS trimmed, as
+    [start, end); returns where the next element starts (n + 1 after the last)."""
+    cdef Py_ssize_t a = i, e
+    while i < n and s[i] != b',':
+        i += 1
+    e = i
+    while a < e and (s[a] == b' ' or s[a] == b'\t'):
+        a += 1
+    while e > a and (s[e - 1] == b' ' or s[e - 1] == b'\t'):
+        e -= 1
+    start[0] = a
+    end[0] = e
+    return i + 1
+
+
 cdef inline bint _ieq(const char *s, Py_ssize_t n, const char *lit, Py_ssize_t litn) noexcept:
     # Case-insensitive comparison with a lowercase ASCII literal.
     cdef Py_ssize_t i
@@ -811,15 +828,7 @@ cdef class _Parser:
         cdef Py_ssize_t i = 0, a, e
         self._te_seen = True
         while i <= n:
-            a = i
-            while i < n and s[i] != b',':
-                i += 1
-            e = i
-            i += 1
-            while a < e and (s[a] == b' ' or s[a] == b'\t'):
-                a += 1
-            while e > a and (s[e - 1] == b' ' or s[e - 1] == b'\t'):
-                e -= 1
+            i = _list_item(s, n, i, &a, &e)
             if a == e:
                 continue
             if self._te_last_chunked:
@@ -830,15 +839,7 @@ cdef class _Parser:
     cdef void _on_connection(self, const char *s, Py_ssize_t n) noexcept:
         cdef Py_ssize_t i = 0, a, e
         while i <= n:
-            a = i
-            while i < n and s[i] != b',':
-                i += 1
-            e = i
-            i += 1
-            while a < e and (s[a] == b' ' or s[a] == b'\t'):
-                a += 1
-            while e > a and (s[e - 1] == b' ' or s[e - 1] == b'\t'):
-                e -= 1
+            i = _list_item(s, n, i, &a, &e)
             if _ieq(s + a, e - a, b"close", 5):
                 self._conn_close = True
             elif _ieq(s + a, e - a, b"keep-alive", 10):
