@@ -12,7 +12,6 @@ contenders start from bytes and end with bytes, and both get their records preco
 import argparse
 import os
 import sys
-import time
 
 import dns.edns
 import dns.flags
@@ -20,6 +19,8 @@ import dns.message
 import dns.rrset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+from microbench import best_rates  # noqa: E402  (bench/ is the script's own folder)
 
 from fast.dns import A, Record, encode_response, parse_query  # noqa: E402
 
@@ -29,19 +30,6 @@ QUERY = dns.message.make_query(
     QNAME, "A", use_edns=0, payload=1232,
     options=[dns.edns.ECSOption("203.0.113.77", 24), dns.edns.GenericOption(10, b"\x01" * 8)],
 ).to_wire()
-ROUND = 0.25  # seconds per measurement round
-
-
-def _rate(run_batch, per_batch, seconds):
-    count = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        run_batch()
-        count += per_batch
-        now = time.perf_counter()
-        if now >= deadline:
-            return count / (now - start)
 
 
 def _buffers(count=200):
@@ -142,10 +130,7 @@ def main():
         "fast  parse only": fast_parse(),
         "fast  answer only (Record)": fast_encode(),
     }
-    best = dict.fromkeys(contenders, 0.0)
-    for _ in range(max(1, round(args.seconds / ROUND))):
-        for label, (batch, per_batch) in contenders.items():
-            best[label] = max(best[label], _rate(batch, per_batch, ROUND))
+    best = best_rates(contenders, args.seconds)
     reference = {
         "fast  parse + answer (Record)": "dnspython  parse + answer",
         "fast  parse + answer (tuples)": "dnspython  parse + answer",

@@ -10,11 +10,12 @@ how a server built on it has to collect them.
 import argparse
 import os
 import sys
-import time
 
 import httptools
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+from microbench import best_rates  # noqa: E402  (bench/ is the script's own folder)
 
 from fast.http1 import END, Request, RequestParser  # noqa: E402
 
@@ -60,20 +61,6 @@ class _Collector:
         self.done += 1
 
 
-ROUND = 0.25  # seconds per measurement round
-
-
-def _rate(run_batch, requests_per_batch, seconds):
-    """Run batches for about ``seconds``; return requests per second."""
-    count = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        run_batch()
-        count += requests_per_batch
-        now = time.perf_counter()
-        if now >= deadline:
-            return count / (now - start)
 
 
 def _buffers(pipeline, count):
@@ -150,12 +137,7 @@ def main():
         "fast  keep-alive, 1 request/feed": fast_keepalive(),
         f"fast  {PIPELINE} pipelined/feed": fast_pipelined(),
     }
-    # Short interleaved rounds, best round kept: on a shared machine the best round is the
-    # one least disturbed by other processes, and interleaving spreads any drift evenly.
-    best = dict.fromkeys(contenders, 0.0)
-    for _ in range(max(1, round(args.seconds / ROUND))):
-        for label, (batch, per_batch) in contenders.items():
-            best[label] = max(best[label], _rate(batch, per_batch, ROUND))
+    best = best_rates(contenders, args.seconds)
     reference = {
         "fast  new parser per request": "httptools  1 request/feed",
         "fast  keep-alive, 1 request/feed": "httptools  1 request/feed",

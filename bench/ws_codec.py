@@ -13,13 +13,14 @@ import argparse
 import os
 import random
 import sys
-import time
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.frame_protocol import FrameProtocol
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+from microbench import best_rates  # noqa: E402  (bench/ is the script's own folder)
 
 from fast.ws import (  # noqa: E402
     OP_BINARY,
@@ -37,20 +38,9 @@ EVENT = (
 EVENT = EVENT + b" " * (100 - len(EVENT))
 assert len(EVENT) == 100
 BIG = 64 * 1024
-ROUND = 0.25  # seconds per measurement round
 rnd = random.Random(1)
 
 
-def _rate(run_batch, ops_per_batch, seconds):
-    count = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        run_batch()
-        count += ops_per_batch
-        now = time.perf_counter()
-        if now >= deadline:
-            return count / (now - start)
 
 
 def _text(n):
@@ -190,11 +180,7 @@ def main():
         "decode 64 KiB text  fast.ws": "decode 64 KiB text  wsproto",
         "UTF-8 check 64 KiB  fast.ws": "UTF-8 check 64 KiB  bytes.decode",
     }
-    # Short interleaved rounds, best round kept (see bench/parse_http1.py).
-    best = dict.fromkeys(contenders, 0.0)
-    for _ in range(max(1, round(args.seconds / ROUND))):
-        for label, ((batch, per_batch), _size) in contenders.items():
-            best[label] = max(best[label], _rate(batch, per_batch, ROUND))
+    best = best_rates({label: run for label, (run, _size) in contenders.items()}, args.seconds)
     for label, rate in best.items():
         line = f"{label:42} {rate:12,.0f} ops/s"
         size = contenders[label][1]
