@@ -111,7 +111,7 @@ class Tenant:
 @dataclass(frozen=True)
 class Route:
     prefix: str = _checked(check=PREFIX)
-    kind: str = _checked(check=_one_of("proxy", "static", "admin"))
+    kind: str = _checked(check=_one_of("proxy", "static", "admin", "pubsub", "cdn"))
     # kind = "proxy": the name of an upstream group.
     upstream: str = ""
     # kind = "static": a fixed response.
@@ -149,6 +149,46 @@ class HTTPConfig:
     access_log: str = ""  # a file path; empty = standard error
 
 
+# ---- service sections: each service owns its dataclass below (one per service) ----
+
+
+@dataclass(frozen=True)
+class PubSubConfig:
+    # Events kept per channel for resume: the last history_size, at most history_seconds old.
+    history_size: int = _checked(100, POSITIVE)
+    history_seconds: float = _checked(300.0, POSITIVE)
+    # A subscriber whose unsent bytes pass this is disconnected (close 1008).
+    max_buffer_bytes: int = _checked(1024 * 1024, POSITIVE)
+
+
+@dataclass(frozen=True)
+class CDNConfig:
+    # Bytes of object bodies kept under data_dir/cache; least recently used go first.
+    capacity_bytes: int = _checked(1024 * 1024 * 1024, POSITIVE)
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = _checked(5353, PORT)
+
+
+@dataclass(frozen=True)
+class DBConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = _checked(27017, PORT)
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = _checked(7946, PORT)
+    seeds: list[str] = _checked([])
+
+
 @dataclass(frozen=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
@@ -158,6 +198,11 @@ class Config:
     tenants: list[Tenant] = _checked([])
     routes: list[Route] = _checked([])
     upstreams: dict[str, Upstream] = _checked({})
+    pubsub: PubSubConfig = field(default_factory=PubSubConfig)
+    cdn: CDNConfig = field(default_factory=CDNConfig)
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    db: DBConfig = field(default_factory=DBConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     # Where the file was read from; relative paths in it are relative to data_dir,
     # and data_dir itself to the file's folder.
     source: str = field(default="<defaults>", metadata={"internal": True})
@@ -355,4 +400,28 @@ body = "hello from farts-edge\\n"
 content_type = "text/plain; charset=utf-8"
 tenants = []                # empty: every tenant
 max_body_bytes = -1         # -1: limits.max_body_bytes
+
+[pubsub]
+history_size = 100          # events kept per channel for resume ...
+history_seconds = 300.0     # ... and at most this old
+max_buffer_bytes = 1048576  # a subscriber with more unsent bytes is dropped (close 1008)
+
+[cdn]
+capacity_bytes = 1073741824 # bytes of cached bodies under data_dir/cache (LRU eviction)
+
+[dns]
+enabled = false
+host = "127.0.0.1"
+port = 5353                 # UDP and TCP
+
+[db]
+enabled = false
+host = "127.0.0.1"
+port = 27017                # MongoDB wire protocol
+
+[mesh]
+enabled = false
+host = "127.0.0.1"
+port = 7946
+seeds = []                  # "host:port" of other nodes
 '''
