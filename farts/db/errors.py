@@ -1,0 +1,49 @@
+"""MongoDB errors as exceptions, and the error document a command replies with.
+
+Codes and code names are MongoDB's own (src/mongo/base/error_codes.yml), so drivers raise
+the exception class they would raise against a real server (e.g. DuplicateKeyError for 11000).
+"""
+from __future__ import annotations
+
+BAD_VALUE = 2
+FAILED_TO_PARSE = 9
+TYPE_MISMATCH = 14
+CONFLICTING_UPDATE_OPERATORS = 40
+COMMAND_NOT_FOUND = 59
+IMMUTABLE_FIELD = 66
+INVALID_OPTIONS = 72
+DUPLICATE_KEY = 11000
+
+CODE_NAMES = {
+    BAD_VALUE: "BadValue",
+    FAILED_TO_PARSE: "FailedToParse",
+    TYPE_MISMATCH: "TypeMismatch",
+    CONFLICTING_UPDATE_OPERATORS: "ConflictingUpdateOperators",
+    COMMAND_NOT_FOUND: "CommandNotFound",
+    IMMUTABLE_FIELD: "ImmutableField",
+    INVALID_OPTIONS: "InvalidOptions",
+    DUPLICATE_KEY: "DuplicateKey",
+}
+
+
+class MongoError(Exception):
+    """An error MongoDB would answer with: numeric code, code name and message."""
+
+    def __init__(self, code: int, code_name: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.code_name = code_name
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"MongoError({self.code}, {self.code_name!r}, {self.message!r})"
+
+
+def error(code: int, message: str, code_name: str | None = None) -> MongoError:
+    """A MongoError whose code name comes from the table (Location codes have name 'Location<code>')."""
+    return MongoError(code, code_name or CODE_NAMES.get(code, f"Location{code}"), message)
+
+
+def error_document(e: MongoError) -> dict:
+    """The reply body of a failed command, as mongod sends it."""
+    return {"ok": 0.0, "errmsg": e.message, "code": e.code, "codeName": e.code_name}
