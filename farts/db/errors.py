@@ -8,20 +8,28 @@ from __future__ import annotations
 BAD_VALUE = 2
 FAILED_TO_PARSE = 9
 TYPE_MISMATCH = 14
+PATH_NOT_VIABLE = 28
 CONFLICTING_UPDATE_OPERATORS = 40
+NOT_SINGLE_VALUE_FIELD = 54
+EMPTY_FIELD_NAME = 56
 COMMAND_NOT_FOUND = 59
 IMMUTABLE_FIELD = 66
 INVALID_OPTIONS = 72
+INVALID_PIPELINE_OPERATOR = 168
 DUPLICATE_KEY = 11000
 
 CODE_NAMES = {
     BAD_VALUE: "BadValue",
     FAILED_TO_PARSE: "FailedToParse",
     TYPE_MISMATCH: "TypeMismatch",
+    PATH_NOT_VIABLE: "PathNotViable",
     CONFLICTING_UPDATE_OPERATORS: "ConflictingUpdateOperators",
+    NOT_SINGLE_VALUE_FIELD: "NotSingleValueField",
+    EMPTY_FIELD_NAME: "EmptyFieldName",
     COMMAND_NOT_FOUND: "CommandNotFound",
     IMMUTABLE_FIELD: "ImmutableField",
     INVALID_OPTIONS: "InvalidOptions",
+    INVALID_PIPELINE_OPERATOR: "InvalidPipelineOperator",
     DUPLICATE_KEY: "DuplicateKey",
 }
 

@@ -1,0 +1,540 @@
+"""MongoDB update documents applied to a document, returning the new document.
+
+Operator updates follow MongoDB 5.0+: all paths are checked for conflicts first (error 40),
+then applied in field-name order (numeric names numerically), so new fields appear in
+lexicographic order whatever order the update lists them in. `_id` never changes (66).
+"""
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from decimal import Decimal, localcontext
+from typing import Any
+
+from bson.decimal128 import Decimal128, create_decimal128_context
+from bson.int64 import Int64
+from bson.timestamp import Timestamp
+
+from farts.db.errors import (
+    BAD_VALUE,
+    CONFLICTING_UPDATE_OPERATORS,
+    EMPTY_FIELD_NAME,
+    FAILED_TO_PARSE,
+    IMMUTABLE_FIELD,
+    NOT_SINGLE_VALUE_FIELD,
+    PATH_NOT_VIABLE,
+    TYPE_MISMATCH,
+    error,
+)
+from farts.db.ordering import MISSING, compare, sort_documents, sort_key, values_equal
+from farts.db.query import (
+    bson_type_number,
+    compile_field_operators,
+    compile_filter,
+    equality_pairs,
+    is_operator_document,
+)
+
+_INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
+_TYPE_NAMES = {1: "double", 2: "string", 3: "object", 4: "array", 5: "binData", 7: "objectId",
+               8: "bool", 9: "date", 10: "null", 11: "regex", 13: "javascript", 16: "int",
+               17: "timestamp", 18: "long", 19: "decimal", -1: "minKey", 127: "maxKey"}
+_UNSUPPORTED = ("$bit",)
+
+
+def is_replacement(update: Any) -> bool:
+    """True for a replacement document (no top-level '$' keys), False for operators/pipelines."""
+    return isinstance(update, dict) and not any(
+        isinstance(k, str) and k.startswith("$") for k in update)
+
+
+def apply_update(doc: dict, update: dict | list, *, is_upsert_insert: bool = False,
+                 now: datetime.datetime | None = None) -> dict:
+    """The document after the update; `doc` itself is left untouched.
+
+    Compare old and new with bson.encode() to decide "modified": Python's == says 1 == 1.0
+    == True and ignores field order, MongoDB does not.
+    """
+    if isinstance(update, list):
+        raise error(BAD_VALUE, "pipeline-style updates (an array of stages) are not supported")
+    if not isinstance(update, dict):
+        raise error(FAILED_TO_PARSE, "Update document must be an object")
+    if is_replacement(update):
+        return _replace(doc, update)
+    operations = _parse(update)
+    new = _copy(doc)
+    for path, op, arg in sorted(operations, key=lambda o: _path_order(o[0])):
+        if op == "$setOnInsert" and not is_upsert_insert:
+            continue
+        _APPLIERS[op](new, path, arg, now)
+    if "_id" in doc and not _same_value(new.get("_id", MISSING), doc["_id"]):
+        raise error(IMMUTABLE_FIELD,
+                    "Performing an update on the path '_id' would modify the immutable field '_id'")
+    return new
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return a is not MISSING and bson_type_number(a) == bson_type_number(b) and values_equal(a, b)
+
+
+def _replace(doc: dict, replacement: dict) -> dict:
+    new: dict = {}
+    if "_id" in doc:
+        if "_id" in replacement and not _same_value(replacement["_id"], doc["_id"]):
+            raise error(IMMUTABLE_FIELD,
+                        "After applying the update, the (immutable) field '_id' was found to "
+                        f"have been altered to _id: {replacement['_id']!r}")
+        new["_id"] = doc["_id"]
+    for name, value in replacement.items():
+        if name not in new:
+            new[name] = _copy(value)
+    return new
+
+
+def _copy(value: Any) -> Any:
+    """A copy of the containers (dicts and lists); BSON scalars are immutable and shared."""
+    if type(value) is dict or isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _path_order(path: str) -> tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.split("."))
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+def _parse(update: dict) -> list[tuple[str, str, Any]]:
+    operations: list[tuple[str, str, Any]] = []
+    claimed: list[str] = []
+    for op, fields in update.items():
+        if op not in _APPLIERS:
+            if op in _UNSUPPORTED:
+                raise error(FAILED_TO_PARSE, f"{op} is not supported by this server")
+            raise error(FAILED_TO_PARSE, f"Unknown modifier: {op}. Expected a valid update "
+                                         "modifier or pipeline-style update specified as an array")
+        if not isinstance(fields, dict):
+            raise error(FAILED_TO_PARSE,
+                        f"Modifiers operate on fields but we found type {_type_name(fields)} "
+                        f"instead. For example: {{$mod: {{<field>: ...}}}} not {{{op}: {fields!r}}}")
+        for path, arg in fields.items():
+            _check_path(path)
+            paths = [path]
+            if op == "$rename":
+                if not isinstance(arg, str):
+                    raise error(BAD_VALUE,
+                                f"The 'to' field for $rename must be a string: {path}: {arg!r}")
+                _check_path(arg)
+                if arg == path:
+                    raise error(BAD_VALUE, "The source and target field for $rename must "
+                                           f"differ: {path}: {arg!r}")
+                paths.append(arg)
+            for p in paths:
+                for other in claimed:
+                    shorter, longer = sorted((p, other), key=len)
+                    if longer == shorter or longer.startswith(shorter + "."):
+                        raise error(CONFLICTING_UPDATE_OPERATORS,
+                                    f"Updating the path '{p}' would create a conflict at "
+                                    f"'{shorter}'")
+                claimed.append(p)
+            operations.append((path, op, arg))
+    return operations
+
+
+def _check_path(path: Any) -> None:
+    if not isinstance(path, str) or not path:
+        raise error(EMPTY_FIELD_NAME, "An empty update path is not valid.")
+    parts = path.split(".")
+    if "" in parts:
+        raise error(EMPTY_FIELD_NAME, f"The update path '{path}' contains an empty field name, "
+                                       "which is not allowed.")
+    for part in parts:
+        if part == "$" or part.startswith("$["):
+            raise error(BAD_VALUE, f"positional update operators ('{part}' in '{path}') are not "
+                                   "supported by this server")
+
+
+def _type_name(value: Any) -> str:
+    return _TYPE_NAMES.get(bson_type_number(value), type(value).__name__)
+
+
+# --- navigation ------------------------------------------------------------------------------
+
+def _element_text(name: str, value: Any) -> str:
+    return f"{{{name}: {value!r}}}"
+
+
+def _parent(doc: dict, path: str, create: bool) -> tuple[Any, str] | None:
+    """The container holding the last component of path, and that component.
+
+    With create, missing documents along the way are created (and arrays padded with null);
+    a scalar in the way is an error. Without create, None when the path does not exist.
+    """
+    parts = path.split(".")
+    container: Any = doc
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(container, dict):
+            child = container.get(part, MISSING)
+            if child is MISSING:
+                if not create:
+                    return None
+                child = container[part] = {}
+        elif isinstance(container, list) and part.isdigit():
+            index = int(part)
+            if index >= len(container):
+                if not create:
+                    return None
+                container.extend([None] * (index - len(container)))
+                container.append({})
+            child = container[index]
+        else:
+            if not create:
+                return None
+            raise error(PATH_NOT_VIABLE, f"Cannot create field '{part}' in element "
+                        f"{_element_text(parts[depth - 1] if depth else '', container)}")
+        if not isinstance(child, (dict, list)):
+            if not create:
+                return None
+            raise error(PATH_NOT_VIABLE, f"Cannot create field '{parts[depth + 1]}' in element "
+                                          f"{_element_text(part, child)}")
+        container = child
+    last = parts[-1]
+    if isinstance(container, list) and not last.isdigit():
+        if not create:
+            return None
+        raise error(PATH_NOT_VIABLE, f"Cannot create field '{last}' in element "
+                                      f"{_element_text(parts[-2] if len(parts) > 1 else '', container)}")
+    return container, last
+
+
+def _get(doc: dict, path: str) -> Any:
+    found = _parent(doc, path, create=False)
+    if found is None:
+        return MISSING
+    container, last = found
+    if isinstance(container, dict):
+        return container.get(last, MISSING)
+    index = int(last)
+    return container[index] if index < len(container) else MISSING
+
+
+def _put(container: Any, last: str, value: Any) -> None:
+    if isinstance(container, dict):
+        container[last] = value
+        return
+    index = int(last)
+    if index >= len(container):
+        container.extend([None] * (index + 1 - len(container)))
+    container[index] = value
+
+
+def _set_path(doc: dict, path: str, value: Any) -> None:
+    container, last = _parent(doc, path, create=True)
+    _put(container, last, value)
+
+
+# --- operators -------------------------------------------------------------------------------
+
+def _op_set(doc: dict, path: str, arg: Any, now: Any) -> None:
+    _set_path(doc, path, _copy(arg))
+
+
+def _op_unset(doc: dict, path: str, arg: Any, now: Any) -> None:
+    found = _parent(doc, path, create=False)
+    if found is None:
+        return
+    container, last = found
+    if isinstance(container, dict):
+        container.pop(last, None)
+    elif int(last) < len(container):
+        container[int(last)] = None  # $unset on an array element leaves a null in place
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, Decimal128)) and not isinstance(value, bool)
+
+
+def _arithmetic(name: str, current: Any, arg: Any, fn: Callable[[Any, Any], Any]) -> Any:
+    if isinstance(current, Decimal128) or isinstance(arg, Decimal128):
+        with localcontext(create_decimal128_context()) as ctx:
+            return Decimal128(ctx.create_decimal(fn(_as_decimal(current), _as_decimal(arg))))
+    if isinstance(current, float) or isinstance(arg, float):
+        return fn(float(current), float(arg))
+    result = fn(int(current), int(arg))
+    if not _INT64_MIN <= result <= _INT64_MAX:
+        raise error(BAD_VALUE, f"Failed to apply {name} operations to current value "
+                               f"({current!r}) : integer overflow")
+    if isinstance(current, Int64) or isinstance(arg, Int64):
+        return Int64(result)
+    return result
+
+
+def _as_decimal(value: Any) -> Decimal:
+    if isinstance(value, Decimal128):
+        return value.to_decimal()
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(int(value))
+
+
+def _numeric_op(name: str, verb: str, fn: Callable[[Any, Any], Any], start: Callable[[Any], Any]):
+    def apply(doc: dict, path: str, arg: Any, now: Any) -> None:
+        if not _is_number(arg):
+            raise error(TYPE_MISMATCH, f"Cannot {verb} with non-numeric argument: "
+                                       f"{{{path}: {arg!r}}}")
+        container, last = _parent(doc, path, create=True)
+        current = _get(doc, path)
+        if current is MISSING:
+            _put(container, last, start(arg))
+            return
+        if not _is_number(current):
+            raise error(TYPE_MISMATCH,
+                        f"Cannot apply {name} to a value of non-numeric type. "
+                        f"{{_id: {doc.get('_id')!r}}} has the field '{last}' of non-numeric type "
+                        f"{_type_name(current)}")
+        _put(container, last, _arithmetic(name, current, arg, fn))
+    return apply
+
+
+def _zero_like(arg: Any) -> Any:
+    if isinstance(arg, Decimal128):
+        return Decimal128("0")
+    if isinstance(arg, float):
+        return 0.0
+    return Int64(0) if isinstance(arg, Int64) else 0
+
+
+def _min_max(want: int):
+    def apply(doc: dict, path: str, arg: Any, now: Any) -> None:
+        container, last = _parent(doc, path, create=True)
+        current = _get(doc, path)
+        if current is MISSING or compare(arg, current) == want:
+            _put(container, last, _copy(arg))
+    return apply
+
+
+def _op_current_date(doc: dict, path: str, arg: Any, now: Any) -> None:
+    kind = "date"
+    if isinstance(arg, dict):
+        kind = arg.get("$type")
+        if set(arg) != {"$type"} or kind not in ("date", "timestamp"):
+            raise error(BAD_VALUE, "The '$type' string field is required to be 'date' or "
+                                   f"'timestamp': {{$currentDate: {{field : {{$type: 'date'}}}}}}"
+                                   f" (got {arg!r})")
+    elif not isinstance(arg, bool):
+        raise error(BAD_VALUE, f"{_type_name(arg)} is not valid type for $currentDate. Please "
+                               "use a boolean ('true') or a $type expression ({$type: "
+                               "'timestamp/date'}).")
+    if now is None:
+        now = datetime.datetime.now(datetime.UTC)
+    if now.tzinfo is not None:
+        now = now.astimezone(datetime.UTC).replace(tzinfo=None)
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # BSON dates hold milliseconds
+    if kind == "timestamp":
+        seconds = int((now - datetime.datetime(1970, 1, 1)).total_seconds())
+        _set_path(doc, path, Timestamp(seconds, 1))
+    else:
+        _set_path(doc, path, now)
+
+
+def _op_rename(doc: dict, path: str, target: str, now: Any) -> None:
+    for p, role in ((path, "source"), (target, "destination")):
+        if _crosses_array(doc, p):
+            raise error(BAD_VALUE, f"The {role} field cannot be an array element, '{p}' in doc "
+                                   f"with _id: {doc.get('_id')!r} has an array field")
+    value = _get(doc, path)
+    if value is MISSING:
+        return
+    _op_unset(doc, path, None, now)
+    _op_unset(doc, target, None, now)
+    _set_path(doc, target, value)
+
+
+def _crosses_array(doc: dict, path: str) -> bool:
+    container: Any = doc
+    for part in path.split(".")[:-1]:
+        if not isinstance(container, dict):
+            return False
+        container = container.get(part, MISSING)
+        if isinstance(container, list):
+            return True
+    return False
+
+
+def _array_at(doc: dict, path: str, create: bool, message: Callable[[Any], str], code: int
+              ) -> list | None:
+    container, last = _parent(doc, path, create=True) if create else (
+        _parent(doc, path, create=False) or (None, None))
+    if container is None:
+        return None
+    current = _get(doc, path)
+    if current is MISSING:
+        if not create:
+            return None
+        current = []
+        _put(container, last, current)
+    if not isinstance(current, list):
+        raise error(code, message(current))
+    return current
+
+
+def _op_push(doc: dict, path: str, arg: Any, now: Any) -> None:
+    values, position, slice_, sort_spec = [arg], None, None, None
+    if isinstance(arg, dict) and "$each" in arg:
+        for clause in arg:
+            if clause not in ("$each", "$slice", "$position", "$sort"):
+                raise error(BAD_VALUE, f"Unrecognized clause in $push: {clause}")
+        values = arg["$each"]
+        if not isinstance(values, list):
+            raise error(BAD_VALUE, "The argument to $each in $push must be an array but it was "
+                                   f"of type: {_type_name(values)}")
+        position = _integer_clause(arg, "$position")
+        slice_ = _integer_clause(arg, "$slice")
+        if "$sort" in arg:
+            sort_spec = _push_sort_spec(arg["$sort"])
+    array = _array_at(doc, path, True, lambda cur: f"The field '{path}' must be an array but is "
+                      f"of type {_type_name(cur)} in document {{_id: {doc.get('_id')!r}}}",
+                      BAD_VALUE)
+    new = [_copy(v) for v in values]
+    if position is None:
+        array.extend(new)
+    else:
+        at = min(position, len(array)) if position >= 0 else max(len(array) + position, 0)
+        array[at:at] = new
+    if sort_spec is not None:
+        array[:] = _sorted_elements(array, sort_spec)
+    if slice_ is not None:
+        array[:] = array[:slice_] if slice_ >= 0 else array[slice_:] if -slice_ < len(array) \
+            else array
+    return None
+
+
+def _integer_clause(arg: dict, clause: str) -> int | None:
+    if clause not in arg:
+        return None
+    value = arg[clause]
+    if _is_number(value) and not isinstance(value, Decimal128) and float(value) == int(value):
+        return int(value)
+    raise error(BAD_VALUE, f"The value for {clause} must be an integer value but was given "
+                           f"type: {_type_name(value)}")
+
+
+def _push_sort_spec(spec: Any) -> Any:
+    if _is_number(spec) and spec in (1, -1):
+        return int(spec)
+    if isinstance(spec, dict) and spec and all(
+            _is_number(d) and d in (1, -1) for d in spec.values()):
+        return spec
+    raise error(BAD_VALUE, "The $sort is invalid: use 1/-1 to sort the whole element, or "
+                           "{field:1/-1} to sort embedded fields")
+
+
+def _sorted_elements(array: list, spec: Any) -> list:
+    if isinstance(spec, int):
+        return sorted(array, key=sort_key, reverse=spec < 0)
+    # Elements that are not documents sort as if every field were missing.
+    return sort_documents(array, spec)
+
+
+def _op_add_to_set(doc: dict, path: str, arg: Any, now: Any) -> None:
+    values = [arg]
+    if isinstance(arg, dict) and next(iter(arg), None) == "$each":
+        if len(arg) != 1:
+            raise error(BAD_VALUE, f"Found unexpected fields after $each in $addToSet: {arg!r}")
+        values = arg["$each"]
+        if not isinstance(values, list):
+            raise error(TYPE_MISMATCH, "The argument to $each in $addToSet must be an array but "
+                                       f"it was of type {_type_name(values)}")
+    array = _array_at(doc, path, True, lambda cur: "Cannot apply $addToSet to non-array field. "
+                      f"Field named '{path.rsplit('.', 1)[-1]}' has non-array type "
+                      f"{_type_name(cur)}", BAD_VALUE)
+    for value in values:
+        if not any(values_equal(existing, value) for existing in array):
+            array.append(_copy(value))
+
+
+def _non_array_pull(op: str) -> Callable[[Any], str]:
+    return lambda cur: f"Cannot apply {op} to a non-array value"
+
+
+def _op_pull(doc: dict, path: str, arg: Any, now: Any) -> None:
+    array = _array_at(doc, path, False, _non_array_pull("$pull"), BAD_VALUE)
+    if array is None:
+        return
+    remove = _pull_condition(arg)
+    array[:] = [e for e in array if not remove(e)]
+
+
+def _pull_condition(arg: Any) -> Callable[[Any], bool]:
+    if isinstance(arg, dict) and is_operator_document(arg) and \
+            next(iter(arg)) not in ("$and", "$or", "$nor"):
+        # {$gte: 6}: the operators apply to each element as a value.
+        match_value = compile_field_operators("v", arg)
+        return lambda e: match_value({"v": e})
+    if isinstance(arg, dict):
+        # {score: 8}: a query each document element must match (not an exact equality).
+        match_doc = compile_filter(arg)
+        return lambda e: isinstance(e, dict) and match_doc(e)
+    if hasattr(arg, "pattern") and hasattr(arg, "flags"):
+        match_regex = compile_filter({"v": arg})
+        return lambda e: match_regex({"v": e})
+    return lambda e: values_equal(e, arg)
+
+
+def _op_pull_all(doc: dict, path: str, arg: Any, now: Any) -> None:
+    if not isinstance(arg, list):
+        raise error(BAD_VALUE, f"$pullAll requires an array argument but was given a "
+                               f"{_type_name(arg)}")
+    array = _array_at(doc, path, False, _non_array_pull("$pullAll"), BAD_VALUE)
+    if array is not None:
+        array[:] = [e for e in array if not any(values_equal(e, v) for v in arg)]
+
+
+def _op_pop(doc: dict, path: str, arg: Any, now: Any) -> None:
+    if not _is_number(arg) or arg not in (1, -1):
+        raise error(FAILED_TO_PARSE, f"$pop expects 1 or -1, found: {arg!r}")
+    array = _array_at(doc, path, False, lambda cur: f"Path '{path}' contains an element of "
+                      f"non-array type '{_type_name(cur)}'", TYPE_MISMATCH)
+    if array:
+        array.pop(0 if arg < 0 else -1)
+
+
+_APPLIERS: dict[str, Callable[[dict, str, Any, Any], None]] = {
+    "$set": _op_set,
+    "$setOnInsert": _op_set,
+    "$unset": _op_unset,
+    "$inc": _numeric_op("$inc", "increment", lambda a, b: a + b, lambda arg: arg),
+    "$mul": _numeric_op("$mul", "multiply", lambda a, b: a * b, _zero_like),
+    "$min": _min_max(-1),
+    "$max": _min_max(1),
+    "$currentDate": _op_current_date,
+    "$rename": _op_rename,
+    "$push": _op_push,
+    "$addToSet": _op_add_to_set,
+    "$pull": _op_pull,
+    "$pullAll": _op_pull_all,
+    "$pop": _op_pop,
+}
+
+
+# --- upsert ----------------------------------------------------------------------------------
+
+def upsert_seed(filter: dict | None) -> dict:
+    """The document an upsert starts from: the filter's equality fields, dotted paths expanded."""
+    seed: dict = {}
+    seen: list[str] = []
+    for path, value in equality_pairs(filter):
+        if path.startswith("$"):
+            continue
+        for other in seen:
+            if other == path:
+                raise error(NOT_SINGLE_VALUE_FIELD, "cannot infer query fields to set, path "
+                                                     f"'{path}' is matched twice")
+            shorter, longer = sorted((path, other), key=len)
+            if longer.startswith(shorter + "."):
+                raise error(NOT_SINGLE_VALUE_FIELD, "cannot infer query fields to set, both "
+                                                     f"paths '{shorter}' and '{longer}' are matched")
+        seen.append(path)
+        _check_path(path)
+        _set_path(seed, path, _copy(value))
+    return seed
