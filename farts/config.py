@@ -159,6 +159,13 @@ class PubSubConfig:
     history_seconds: float = _checked(300.0, POSITIVE)
     # A subscriber whose unsent bytes pass this is disconnected (close 1008).
     max_buffer_bytes: int = _checked(1024 * 1024, POSITIVE)
+    # Largest client→server WebSocket message (a command); bigger ones close with 1009.
+    max_command_bytes: int = _checked(65536, Check(lambda v: v >= 125, "an integer >= 125"))
+    max_subscriptions: int = _checked(256, POSITIVE)     # per connection
+    max_batch: int = _checked(1000, POSITIVE)            # messages in one publish request
+    # Seconds between server pings (WebSocket) and heartbeats (SSE); a WebSocket client
+    # silent for two intervals is closed.
+    ping_interval: float = _checked(20.0, POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,32 @@ class MeshConfig:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = _checked(7946, PORT)
-    seeds: list[str] = _checked([])
+    seeds: list[str] = _checked([], Check(lambda v: all(_address_ok(s) for s in v), "a list of 'host:port'"))
+    # "host:port" peers dial to reach this node (empty: host:port above).
+    advertise: str = _checked("", Check(lambda v: not v or _address_ok(v), "'host:port' or empty"))
+    # Addresses clients are sent to (the DNS answers with them); empty: the HTTP listener's host.
+    public_addresses: list[str] = _checked([])
+    # The cluster CA and this node's certificate (CN and URI SAN farts-node:<node.id>),
+    # relative to data_dir; `farts-edge ca init/issue` writes them.
+    ca: str = "mesh/ca.crt"
+    cert: str = "mesh/node.crt"
+    key: str = "mesh/node.key"
+    # SWIM: one probe per interval, an ack within probe_timeout or k indirect probes,
+    # then suspicion for suspicion_timeout (x log10(members) past 10 members, up to
+    # suspicion_max_mult times more while no other member confirms) before "dead".
+    probe_interval: float = _checked(1.0, POSITIVE)
+    probe_timeout: float = _checked(0.5, POSITIVE)
+    indirect_probes: int = _checked(3, NON_NEGATIVE)
+    suspicion_timeout: float = _checked(1.5, POSITIVE)
+    suspicion_max_mult: float = _checked(2.0, Check(lambda v: v >= 1, "a number >= 1"))
+    retransmit_mult: int = _checked(4, POSITIVE)
+    push_pull_interval: float = _checked(15.0, POSITIVE)
+    # Links: redial backoff (doubling, with jitter), handshake limit, frame and queue limits.
+    reconnect_min: float = _checked(0.1, POSITIVE)
+    reconnect_max: float = _checked(5.0, POSITIVE)
+    handshake_timeout: float = _checked(5.0, POSITIVE)
+    max_frame_bytes: int = _checked(1024 * 1024, Check(lambda v: v >= 1024, "an integer >= 1024"))
+    queue_max_bytes: int = _checked(8 * 1024 * 1024, POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -405,6 +437,10 @@ max_body_bytes = -1         # -1: limits.max_body_bytes
 history_size = 100          # events kept per channel for resume ...
 history_seconds = 300.0     # ... and at most this old
 max_buffer_bytes = 1048576  # a subscriber with more unsent bytes is dropped (close 1008)
+max_command_bytes = 65536   # largest WebSocket command from a client (else close 1009)
+max_subscriptions = 256     # channels per connection
+max_batch = 1000            # messages per publish request
+ping_interval = 20.0        # seconds between pings/heartbeats; silent clients go after two
 
 [cdn]
 capacity_bytes = 1073741824 # bytes of cached bodies under data_dir/cache (LRU eviction)
@@ -423,5 +459,22 @@ port = 27017                # MongoDB wire protocol
 enabled = false
 host = "127.0.0.1"
 port = 7946
-seeds = []                  # "host:port" of other nodes
+seeds = []                  # "host:port" of other nodes (one is enough)
+advertise = ""              # "host:port" peers dial; empty: host:port above
+public_addresses = []       # what the DNS answers with; empty: the HTTP listener's host
+ca = "mesh/ca.crt"          # cluster CA (`farts-edge ca init`), relative to data_dir
+cert = "mesh/node.crt"      # this node's certificate, id in it (`farts-edge ca issue NODE_ID`)
+key = "mesh/node.key"
+probe_interval = 1.0        # seconds between probes (SWIM protocol period)
+probe_timeout = 0.5         # direct ack wait before indirect probes
+indirect_probes = 3         # members asked to probe for us when the direct probe fails
+suspicion_timeout = 1.5     # suspect -> dead (x log10(members) past 10 members)
+suspicion_max_mult = 2.0    # ... up to this many times longer while nobody confirms
+retransmit_mult = 4         # each change is piggybacked retransmit_mult x log10(members) times
+push_pull_interval = 15.0   # full state exchange with one random member
+reconnect_min = 0.1         # link redial backoff: doubling from here ...
+reconnect_max = 5.0         # ... up to here, with jitter
+handshake_timeout = 5.0     # TLS + HELLO must finish within this
+max_frame_bytes = 1048576   # a larger frame closes the link
+queue_max_bytes = 8388608   # a peer with more unsent bytes is disconnected
 '''

@@ -14,6 +14,7 @@ from farts.admin import AdminHandler
 from farts.config import Config, Route
 from farts.metrics import Metrics
 from farts.proxy import ProxyHandler, ProxyStats
+from farts.pubsub import PubSub
 from farts.transport.http import Fixed
 from farts.transport.listener import AccessLog, HTTPStats, Listener
 from farts.transport.router import Router
@@ -35,6 +36,7 @@ class Node:
         proxy_stats = ProxyStats(self.metrics)
         self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats)
                           for name, up in cfg.upstreams.items()}
+        self.pubsub = PubSub(cfg.node.id, cfg.pubsub, cfg.tenants, self.metrics)
         self.metrics.gauge("farts_node_info", "This node", lambda: {(cfg.node.id, cfg.node.region, __version__): 1},
                            ("node", "region", "version"))
 
@@ -45,10 +47,13 @@ class Node:
             return self.upstreams[route.upstream]
         if route.kind == "admin":
             return self.admin
+        if route.kind == "pubsub":
+            return self.pubsub
         raise ValueError(f"route kind {route.kind!r} has no handler")  # config.py rejects it first
 
     async def start(self) -> None:
         cfg = self.cfg
+        await self.pubsub.start()
         access = AccessLog(cfg.http.access_log_sample, cfg.http.access_log)
         public = Router(cfg.tenants, [(r, self._handler_for(r)) for r in cfg.routes],
                         cfg.limits.max_body_bytes, cfg.http.unknown_host_status)
@@ -90,6 +95,7 @@ class Node:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        await self.pubsub.stop()
         for li in self.listeners.values():
             await li.close()
         for up in self.upstreams.values():

@@ -46,6 +46,18 @@ prefix = "/widget/"
 kind = "proxy"
 upstream = "app"
 
+[[routes]]                  # live pub/sub: WebSocket /live, SSE /live/sse
+prefix = "/live"
+kind = "pubsub"
+
+[[routes]]                  # POST /api/publish, GET /api/presence (Bearer API key)
+prefix = "/api/publish"
+kind = "pubsub"
+
+[[routes]]
+prefix = "/api/presence"
+kind = "pubsub"
+
 [[routes]]
 prefix = "/healthz"
 kind = "admin"

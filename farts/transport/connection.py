@@ -24,7 +24,7 @@ from time import perf_counter
 from fast.http1 import END, LAST_CHUNK, HTTPError, RequestParser, encode_chunk, response_head
 from fast.http1 import Request as RequestHead
 
-from .http import ClientGone, Fixed, Request, RequestBody, Response
+from .http import ClientGone, Fixed, Request, RequestBody, Response, Takeover
 
 log = logging.getLogger("farts.http")
 
@@ -235,8 +235,8 @@ class HTTP1Connection(asyncio.Protocol):
         self.head_started = 0.0
         self.keep_alive = head.keep_alive
         if head.upgrade is not None or head.method == b"CONNECT":
-            # No protocol switch here (yet): answer this request, read nothing after it
-            # (the parser keeps it unparsed), then close.
+            # Unless the handler takes the connection over (Takeover), answer this
+            # request, read nothing after it (the parser keeps it unparsed), then close.
             self.keep_alive = False
             self._pause(PAUSE_PENDING)
         if head.chunked and head.header(b"transfer-encoding").lower() != b"chunked":
@@ -274,9 +274,29 @@ class HTTP1Connection(asyncio.Protocol):
         elif type(result) is Response and type(result.body) is bytes:
             self.transport.write(self._framed(result, head))
             self._finished(route, result.status, start, head)
+        elif type(result) is Takeover:
+            self._take_over(result, route, start, head)
         else:
             self.in_flight = True
             self.task = asyncio.ensure_future(self._respond_later(req, result))
+
+    def _take_over(self, takeover: Takeover, route, start: float, head: RequestHead) -> None:
+        """Hands the socket to the handler's protocol; this object is then dropped."""
+        if self.body is not None or self.pending:
+            # A body or pipelined requests after an upgrade request: the byte stream
+            # cannot be split safely between two protocols.
+            self._fail(400, "data after a protocol switch request")
+            return
+        transport = self.transport
+        transport.write(takeover.head)
+        self.listener.record(route, takeover.status, start, head, self.client)
+        self.closed = True
+        self.transport = None
+        release = self.listener.hand_over(self)
+        transport.set_protocol(takeover.protocol)
+        takeover.protocol.taken_over(transport, self.parser.take_rest(), release)
+        if self.paused:
+            transport.resume_reading()
 
     def _answer_now(self, fixed: Fixed, head: RequestHead) -> None:
         """One of the router's fixed answers, written at once: the hottest path, so it

@@ -10,6 +10,8 @@ handler, and writes what it returns:
   ``bytes`` (streamed with write flow control, chunked when no length is known).
 - an awaitable of either: the transport runs it as a task; later pipelined requests
   wait their turn so responses stay in order.
+- ``Takeover`` (returned at once, not awaited): the handler takes the connection over
+  after a response head (101 for WebSocket, 200 for an event stream); see there.
 
 The request body is an async iterator (``request.body``) fed by the connection with
 read flow control, so neither direction is ever fully buffered.
@@ -72,7 +74,26 @@ class Fixed:
         return cls(status, (f"{text}: {reason}" if reason else text).encode() + b"\n")
 
 
-REASONS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+class Takeover:
+    """The handler takes the connection: the transport writes ``head``, then the socket
+    belongs to ``protocol``. The connection object is dropped (a long-lived subscriber
+    keeps no HTTP state), so the protocol is told what it needs in one call:
+
+        protocol.taken_over(transport, rest, release)
+
+    ``rest``: bytes that followed the request head; ``release``: call it once when the
+    connection is lost (it frees the connection's place in the listener's limits).
+    From then on the transport calls the protocol's ``data_received``,
+    ``connection_lost``, ``pause_writing`` and ``resume_writing`` directly.
+    """
+
+    __slots__ = ("status", "head", "protocol")
+
+    def __init__(self, status: int, head: bytes, protocol: Any) -> None:
+        self.status, self.head, self.protocol = status, head, protocol
+
+
+REASONS = {426: "Upgrade Required", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
            421: "Misdirected Request", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported"}

@@ -67,7 +67,7 @@ class HTTPStats:
         self.requests.sources.append(fixed_counts)
         self.latency.zero_sources.append(fixed_zero_latency)
         metrics.gauge("farts_http_connections_open", "Open client connections",
-                      lambda: {(n,): len(li.connections) for n, li in listeners.items()}, ("listener",))
+                      lambda: {(n,): len(li.connections) + li.taken_over for n, li in listeners.items()}, ("listener",))
         metrics.gauge("farts_http_received_bytes", "Bytes received from clients",
                       lambda: {(n,): li.bytes_in for n, li in listeners.items()}, ("listener",))
         metrics.gauge("farts_http_sent_body_bytes", "Streamed response body bytes sent to clients",
@@ -99,6 +99,7 @@ class Listener:
         self.stats = stats
         self.access_log = access_log if access_log is not None and access_log.sample > 0 else None
         self.connections: set[HTTP1Connection] = set()
+        self.taken_over = 0  # connections handed to another protocol (Takeover), still counted
         self.per_ip: dict[str, int] = {}
         self.bytes_in = 0
         self.bytes_out = 0
@@ -111,7 +112,7 @@ class Listener:
     def admit(self, conn: HTTP1Connection) -> Fixed | None:
         ip = conn.client
         n = self.per_ip.get(ip, 0)
-        if len(self.connections) >= self.limits.max_connections:
+        if len(self.connections) + self.taken_over >= self.limits.max_connections:
             self.stats.refused.inc((self.name, "max_connections"))
             return BUSY
         if n >= self.limits.max_connections_per_ip:
@@ -129,6 +130,22 @@ class Listener:
                 self.per_ip[conn.client] = n
             else:
                 del self.per_ip[conn.client]
+
+    def hand_over(self, conn: HTTP1Connection):
+        """The connection now belongs to another protocol: it keeps its place in the
+        limits until the returned function is called (once, when it is lost)."""
+        self.connections.discard(conn)
+        self.taken_over += 1
+        ip = conn.client
+
+        def release() -> None:
+            self.taken_over -= 1
+            n = self.per_ip[ip] - 1
+            if n:
+                self.per_ip[ip] = n
+            else:
+                del self.per_ip[ip]
+        return release
 
     def record(self, route, status: int, start: float, head: RequestHead, client: str) -> None:
         """Counts one answered request; ``start`` 0 means answered at once (not timed)."""

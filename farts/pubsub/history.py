@@ -1,0 +1,131 @@
+"""Channel history and the cursors that resume it, on any node.
+
+Every event is stamped by the node it was published on (its *origin*) with a sequence
+number that only grows on that origin: ``max(last + 1, microseconds since the epoch)``,
+so it also keeps growing across restarts. Events of one origin reach every node in
+that order (the mesh link is one ordered stream per peer), so "have seen origin o up to
+seq s" is exact on every node, whatever the interleaving of origins there.
+
+A cursor is therefore a vector: ``"node-1:1732582394123456,node-2:1732582394130001"``,
+the last seq of each origin the node had seen when the event went out. Resuming with it
+on any node replays the history events whose seq passes the cursor's entry for their
+origin. The vector lists only origins that still have events in some history on the
+issuing node (others have nothing left to replay), so ids stay short. For an origin the
+cursor does not list, events newer than the cursor's newest seq are replayed; that one
+comparison is across clocks, as precise as the nodes' clocks agree.
+
+``recovered`` is false when the node may lack events the client has not seen: some were
+evicted past the cursor, or the channel's record on this node starts after it.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(vector: dict[str, int]) -> str:
+    return ",".join(f"{origin}:{seq}" for origin, seq in sorted(vector.items()))
+
+
+def decode_cursor(text: str) -> dict[str, int]:
+    vector = {}
+    if not text or len(text) > 8192:
+        raise BadCursor("empty or oversized cursor")
+    for part in text.split(","):
+        origin, sep, seq = part.rpartition(":")
+        if not sep or not origin or not seq.isdigit():
+            raise BadCursor(f"bad cursor part {part[:64]!r}")
+        vector[origin] = int(seq)
+    return vector
+
+
+class Event:
+    __slots__ = ("origin", "seq", "at", "id", "message")
+
+    def __init__(self, origin: str, seq: int, at: float, id: str, message: bytes) -> None:
+        self.origin, self.seq, self.at, self.id, self.message = origin, seq, at, id, message
+
+
+class Channel:
+    """One channel's recent events, oldest first."""
+
+    __slots__ = ("events", "evicted", "born")
+
+    def __init__(self, born: int) -> None:
+        self.events: deque[Event] = deque()
+        self.evicted: dict[str, int] = {}   # origin -> newest seq dropped from here
+        self.born = born                    # seq clock reading when this record started
+
+
+class History:
+    """Histories of all channels of a node, the origin clocks, and the id vector."""
+
+    def __init__(self, node_id: str, size: int, seconds: float) -> None:
+        self.node_id = node_id
+        self.size = size
+        self.seconds = seconds
+        self.channels: dict[str, Channel] = {}
+        self.last_seq: dict[str, int] = {}     # per origin: newest seq applied here (dedupe)
+        self.retained: dict[str, int] = {}     # per origin: events of it held in histories
+
+    def next_seq(self) -> int:
+        seq = max(self.last_seq.get(self.node_id, 0) + 1, time.time_ns() // 1000)
+        return seq
+
+    def channel(self, key: str, create: bool = True) -> Channel | None:
+        ch = self.channels.get(key)
+        if ch is None and create:
+            ch = self.channels[key] = Channel(self.next_seq())
+        return ch
+
+    def is_new(self, origin: str, seq: int) -> bool:
+        return seq > self.last_seq.get(origin, 0)
+
+    def append(self, key: str, origin: str, seq: int, make_message) -> Event:
+        """Records the event and returns it; ``make_message(id)`` builds its JSON text."""
+        now = time.monotonic()
+        self.last_seq[origin] = seq
+        self.retained[origin] = self.retained.get(origin, 0) + 1
+        ch = self.channel(key)
+        vector = {o: self.last_seq[o] for o, n in self.retained.items() if n > 0}
+        event_id = encode_cursor(vector)
+        ev = Event(origin, seq, now, event_id, make_message(event_id))
+        ch.events.append(ev)
+        self._trim(ch, now)
+        return ev
+
+    def _trim(self, ch: Channel, now: float) -> None:
+        events = ch.events
+        oldest = now - self.seconds
+        while events and (len(events) > self.size or events[0].at < oldest):
+            ev = events.popleft()
+            if ev.seq > ch.evicted.get(ev.origin, 0):
+                ch.evicted[ev.origin] = ev.seq
+            n = self.retained[ev.origin] - 1
+            if n:
+                self.retained[ev.origin] = n
+            else:
+                del self.retained[ev.origin]
+
+    def since(self, key: str, cursor: dict[str, int]) -> tuple[list[Event], bool]:
+        """Events after ``cursor`` on the channel, and whether that list is complete."""
+        ch = self.channel(key)
+        self._trim(ch, time.monotonic())
+        newest = max(cursor.values())
+        recovered = newest >= ch.born and all(
+            seq <= cursor.get(origin, newest) for origin, seq in ch.evicted.items())
+        out = [ev for ev in ch.events if ev.seq > cursor.get(ev.origin, newest)]
+        return out, recovered
+
+    def sweep(self, is_watched) -> None:
+        """Drops expired events, and channels with no events that nobody watches."""
+        now = time.monotonic()
+        for key in list(self.channels):
+            ch = self.channels[key]
+            self._trim(ch, now)
+            if not ch.events and not is_watched(key):
+                del self.channels[key]

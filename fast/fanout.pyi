@@ -1,0 +1,32 @@
+"""Type stub for fast.fanout (subscriber registry and publish loop; see fast/fanout.pyx)."""
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+class Subscriber:
+    """Subclassed by the protocol classes: one object per connection."""
+
+    transport: Any
+    sse: bool
+    paused: bool
+    dropped: bool
+    @property
+    def pending_bytes(self) -> int: ...
+
+class Fanout:
+    max_buffer: int
+    deliveries: int
+    writes: int
+    def __init__(self, call_soon: Callable[[Callable[[], Any]], Any],
+                 on_slow: Callable[[Subscriber], Any], max_buffer: int = 1048576) -> None: ...
+    def subscribe(self, key: Hashable, sub: Subscriber) -> bool: ...
+    def unsubscribe(self, key: Hashable, sub: Subscriber) -> bool: ...
+    def count(self, key: Hashable) -> int: ...
+    def subscriptions(self) -> int: ...
+    def channel_count(self) -> int: ...
+    def has(self, key: Hashable) -> bool: ...
+    def publish(self, key: Hashable, ws_frame: bytes, sse_chunk: bytes) -> int:
+        """Queues the event for every subscriber of the channel; returns how many."""
+    def send(self, sub: Subscriber, data: bytes) -> None: ...
+    def flush(self) -> None:
+        """One write per subscriber with queued pieces (scheduled by publish/send)."""

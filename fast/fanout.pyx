@@ -1,0 +1,175 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Fanout: which subscribers listen on which channel, and the publish loop.
+
+Sans-IO in the sense that matters: no sockets of its own, no clock, no asyncio.  A
+subscriber carries the transport its bytes go to (anything with ``write`` and
+``get_write_buffer_size``), and the fanout is handed the loop's ``call_soon``.
+
+One event is encoded once per transport kind by the caller (one WebSocket frame, one
+SSE chunk); ``publish`` hands the same bytes object to every subscriber of the channel.
+Nothing is written there: each subscriber collects its pieces, and one ``flush`` at the
+end of the loop iteration makes a single ``write`` per subscriber.  Events published in
+the same iteration therefore cost one syscall per connection, not one per event.
+
+Slow consumers: after its write, a subscriber whose transport has more than
+``max_buffer`` bytes unsent (checked only once the transport has paused writing, so the
+fast path reads no buffer size) is handed to ``on_slow``, which disconnects it.
+"""
+
+cdef class Subscriber:
+    """One connection's side of the fanout.  Protocol classes subclass it (one object
+    per connection), and set ``transport`` and ``paused`` (from pause/resume_writing)."""
+
+    cdef public object transport
+    cdef public bint sse          # takes the SSE chunk instead of the WebSocket frame
+    cdef public bint paused       # the transport asked us to stop writing
+    cdef public bint dropped      # disconnected as a slow consumer: nothing more is queued
+    cdef object first             # the first piece waiting for the flush (most flushes have one)
+    cdef list more                # the others, in order
+    cdef bint queued              # in the fanout's dirty list
+
+    @property
+    def pending_bytes(self):
+        """Bytes queued for the next flush (tests and metrics)."""
+        cdef Py_ssize_t n = 0
+        if self.first is not None:
+            n = len(self.first)
+            if self.more is not None:
+                for piece in self.more:
+                    n += len(piece)
+        return n
+
+
+cdef class Fanout:
+    cdef dict channels            # channel key -> {Subscriber: None}, an ordered set
+    cdef list dirty               # subscribers with pieces waiting for the flush
+    cdef public Py_ssize_t max_buffer
+    cdef object call_soon
+    cdef object on_slow
+    cdef bint flush_scheduled
+    cdef public unsigned long long deliveries   # pieces queued by publish
+    cdef public unsigned long long writes       # transport writes made by flush
+
+    def __init__(self, call_soon, on_slow, Py_ssize_t max_buffer=1024 * 1024):
+        self.channels = {}
+        self.dirty = []
+        self.call_soon = call_soon
+        self.on_slow = on_slow
+        self.max_buffer = max_buffer
+        self.flush_scheduled = False
+        self.deliveries = 0
+        self.writes = 0
+
+    # -- the registry ---------------------------------------------------------------
+    def subscribe(self, key, Subscriber sub not None):
+        """Adds ``sub`` to the channel; False if it was there already."""
+        subs = self.channels.get(key)
+        if subs is None:
+            self.channels[key] = {sub: None}
+            return True
+        if sub in subs:
+            return False
+        (<dict>subs)[sub] = None
+        return True
+
+    def unsubscribe(self, key, Subscriber sub not None):
+        """Removes ``sub`` from the channel; False if it was not there."""
+        subs = self.channels.get(key)
+        if subs is None or sub not in subs:
+            return False
+        del (<dict>subs)[sub]
+        if not subs:
+            del self.channels[key]
+        return True
+
+    def count(self, key):
+        """Subscribers of one channel (the presence count)."""
+        subs = self.channels.get(key)
+        return 0 if subs is None else len(<dict>subs)
+
+    def subscriptions(self):
+        """Subscriptions over all channels."""
+        cdef Py_ssize_t n = 0
+        for subs in self.channels.values():
+            n += len(<dict>subs)
+        return n
+
+    def channel_count(self):
+        return len(self.channels)
+
+    def has(self, key):
+        return key in self.channels
+
+    # -- the hot path -------------------------------------------------------------------
+    cdef inline void _queue(self, Subscriber sub, object piece):
+        if sub.first is None:
+            sub.first = piece
+        elif sub.more is None:
+            sub.more = [piece]
+        else:
+            sub.more.append(piece)
+        if not sub.queued:
+            sub.queued = True
+            self.dirty.append(sub)
+
+    cpdef Py_ssize_t publish(self, key, bytes ws_frame, bytes sse_chunk):
+        """Queues the event for every subscriber of the channel; returns how many."""
+        cdef Subscriber sub
+        cdef Py_ssize_t n = 0
+        subs = self.channels.get(key)
+        if subs is None:
+            return 0
+        for obj in <dict>subs:
+            sub = <Subscriber>obj
+            if sub.dropped:
+                continue
+            self._queue(sub, sse_chunk if sub.sse else ws_frame)
+            n += 1
+        if n:
+            self.deliveries += n
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.call_soon(self.flush)
+        return n
+
+    def send(self, Subscriber sub not None, bytes data):
+        """Queues bytes for one subscriber (replies, replayed history), in order with
+        the events queued for it."""
+        if sub.dropped:
+            return
+        self._queue(sub, data)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.call_soon(self.flush)
+
+    cpdef flush(self):
+        """One write per subscriber with queued pieces."""
+        cdef Subscriber sub
+        cdef list dirty = self.dirty
+        cdef list slow = None
+        self.dirty = []
+        self.flush_scheduled = False
+        for obj in dirty:
+            sub = <Subscriber>obj
+            sub.queued = False
+            data = sub.first
+            if data is None:
+                continue
+            if sub.more is not None:
+                sub.more.insert(0, data)
+                data = b"".join(sub.more)
+                sub.more = None
+            sub.first = None
+            transport = sub.transport
+            if transport is None or sub.dropped:
+                continue
+            transport.write(data)
+            self.writes += 1
+            if sub.paused and transport.get_write_buffer_size() > self.max_buffer:
+                if slow is None:
+                    slow = []
+                slow.append(sub)
+        if slow is not None:
+            for sub in slow:
+                sub.dropped = True
+                self.on_slow(sub)
