@@ -1,0 +1,542 @@
+"""Aggregation pipelines over an iterable of documents, and the expressions they use.
+
+Stages: $match $sort $skip $limit $project $addFields/$set $unset $group $count $unwind
+$replaceRoot/$replaceWith $sortByCount. Anything else raises MongoError 40324 (unknown stage)
+or names the stage as unsupported ($lookup, $out, ... need the store, not this engine).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
+from typing import Any
+
+from bson.decimal128 import Decimal128
+from bson.int64 import Int64
+
+from farts.db.errors import BAD_VALUE, INVALID_PIPELINE_OPERATOR, error
+from farts.db.ordering import MISSING, compare, sort_documents, sort_key, values_equal
+from farts.db.projection import compile_projection
+from farts.db.query import compile_filter
+
+_UNSUPPORTED_STAGES = ("$lookup", "$graphLookup", "$out", "$merge", "$facet", "$bucket",
+                       "$bucketAuto", "$geoNear", "$sample", "$unionWith", "$densify", "$fill",
+                       "$setWindowFields", "$redact", "$collStats", "$indexStats",
+                       "$currentOp", "$listSessions", "$planCacheStats", "$search",
+                       "$changeStream", "$documents")
+
+
+def run_pipeline(docs: Iterable[dict], pipeline: list[dict]) -> list[dict]:
+    """The documents the pipeline outputs."""
+    if not isinstance(pipeline, list):
+        raise error(14, "'pipeline' option must be specified as an array", "TypeMismatch")
+    stream: Iterable[dict] = docs
+    for stage in pipeline:
+        stream = _compile_stage(stage)(stream)
+    return list(stream)
+
+
+Stage = Callable[[Iterable[dict]], Iterable[dict]]
+
+
+def _compile_stage(stage: Any) -> Stage:
+    if not isinstance(stage, dict) or len(stage) != 1:
+        raise error(40323, "A pipeline stage specification object must contain exactly one field.")
+    name, arg = next(iter(stage.items()))
+    if name in _STAGES:
+        return _STAGES[name](arg)
+    if name in _UNSUPPORTED_STAGES:
+        raise error(BAD_VALUE, f"pipeline stage {name} is not supported by this server")
+    raise error(40324, f"Unrecognized pipeline stage name: '{name}'")
+
+
+def _stage_match(arg: Any) -> Stage:
+    if not isinstance(arg, dict):
+        raise error(15959, "the match filter must be an expression in an object")
+    match = compile_filter(arg)
+    return lambda docs: (d for d in docs if match(d))
+
+
+def _stage_sort(arg: Any) -> Stage:
+    if not isinstance(arg, dict):
+        raise error(15973, "the $sort key specification must be an object")
+    if not arg:
+        raise error(15976, "$sort stage must have at least one sort key")
+    sort_documents([], arg)  # validates the specification now, not at the first document
+    return lambda docs: sort_documents(docs, arg)
+
+
+def _non_negative_int(arg: Any, code: int, message: str) -> int:
+    if isinstance(arg, bool) or not isinstance(arg, (int, float, Decimal128)):
+        raise error(code, message)
+    value = arg.to_decimal() if isinstance(arg, Decimal128) else arg
+    if value != value or value != int(value) or value < 0:
+        raise error(code, message)
+    return int(value)
+
+
+def _stage_skip(arg: Any) -> Stage:
+    n = _non_negative_int(arg, 15956, f"Argument to $skip cannot be negative or non-integral: {arg!r}")
+    return lambda docs: itertools.islice(docs, n, None)
+
+
+def _stage_limit(arg: Any) -> Stage:
+    n = _non_negative_int(arg, 15958, f"the limit must be positive: {arg!r}")
+    if n == 0:
+        raise error(15958, "the limit must be positive")
+    return lambda docs: itertools.islice(docs, n)
+
+
+def _stage_project(arg: Any) -> Stage:
+    if not isinstance(arg, dict):
+        raise error(15969, "$project specification must be an object")
+    apply = compile_projection(arg, in_pipeline=True, evaluate=evaluate)
+    return lambda docs: (apply(d) for d in docs)
+
+
+def _stage_add_fields(arg: Any) -> Stage:
+    if not isinstance(arg, dict):
+        raise error(40272, "$addFields specification stage must be an object")
+    fields = list(arg.items())
+    for name, _ in fields:
+        if not isinstance(name, str) or not name or name.startswith("$") or "" in name.split("."):
+            raise error(16410, f"FieldPath field names may not start with '$' or be empty: {name!r}")
+
+    def add(doc: dict) -> dict:
+        out = dict(doc)
+        for name, expr in fields:
+            _set_field(out, name.split("."), evaluate(expr, doc))
+        return out
+    return lambda docs: (add(d) for d in docs)
+
+
+def _set_field(doc: dict, parts: list[str], value: Any) -> None:
+    head = parts[0]
+    if len(parts) == 1:
+        if value is MISSING:
+            doc.pop(head, None)
+        else:
+            doc[head] = value
+        return
+    current = doc.get(head)
+    if isinstance(current, list):
+        # $addFields {"a.b": x} on an array sets b in each document of a.
+        new_list = []
+        for element in current:
+            if isinstance(element, dict):
+                element = dict(element)
+                _set_field(element, parts[1:], value)
+            new_list.append(element)
+        doc[head] = new_list
+        return
+    sub = dict(current) if isinstance(current, dict) else {}
+    _set_field(sub, parts[1:], value)
+    doc[head] = sub
+
+
+def _stage_unset(arg: Any) -> Stage:
+    names = [arg] if isinstance(arg, str) else arg
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise error(31002, "$unset specification must be a string or an array of strings")
+    apply = compile_projection({n: 0 for n in names}, in_pipeline=True, evaluate=evaluate)
+    return lambda docs: (apply(d) for d in docs)
+
+
+def _stage_count(arg: Any) -> Stage:
+    if not isinstance(arg, str) or not arg:
+        raise error(40156, "the count field must be a non-empty string")
+    if arg.startswith("$"):
+        raise error(40158, "the count field cannot be a $-prefixed path")
+    if "." in arg:
+        raise error(40160, "the count field cannot contain '.'")
+
+    def count(docs: Iterable[dict]) -> Iterator[dict]:
+        n = sum(1 for _ in docs)
+        if n:
+            yield {arg: n}
+    return count
+
+
+def _stage_unwind(arg: Any) -> Stage:
+    if isinstance(arg, str):
+        arg = {"path": arg}
+    if not isinstance(arg, dict):
+        raise error(15981, "expected either a string or an object as specification for $unwind "
+                           f"stage, got {type(arg).__name__}")
+    for key in arg:
+        if key not in ("path", "includeArrayIndex", "preserveNullAndEmptyArrays"):
+            raise error(28811, f"unrecognized option to $unwind stage: {key}")
+    path = arg.get("path")
+    if not isinstance(path, str):
+        raise error(28812, "no path specified to $unwind stage")
+    if not path.startswith("$"):
+        raise error(28818, f"path option to $unwind stage should be prefixed with a '$': {path}")
+    parts = path[1:].split(".")
+    preserve = arg.get("preserveNullAndEmptyArrays", False)
+    if not isinstance(preserve, bool):
+        raise error(28809, "expected a boolean for the preserveNullAndEmptyArrays option to "
+                           "$unwind stage")
+    index_field = arg.get("includeArrayIndex")
+    if index_field is not None and (not isinstance(index_field, str) or not index_field or
+                                    index_field.startswith("$")):
+        raise error(28822, "includeArrayIndex option to $unwind stage should be a non-empty "
+                           "string without a '$' prefix")
+
+    def unwind(docs: Iterable[dict]) -> Iterator[dict]:
+        for doc in docs:
+            value = field_path(doc, parts)
+            if isinstance(value, list) and value:
+                for i, element in enumerate(value):
+                    out = _with(doc, parts, element)
+                    if index_field:
+                        _set_field(out, index_field.split("."), i)
+                    yield out
+            elif isinstance(value, list) or value is None or value is MISSING:
+                if preserve:
+                    out = _with(doc, parts, MISSING) if isinstance(value, list) else dict(doc)
+                    if index_field:
+                        _set_field(out, index_field.split("."), None)
+                    yield out
+            else:
+                out = dict(doc)
+                if index_field:
+                    _set_field(out, index_field.split("."), None)
+                yield out
+    return unwind
+
+
+def _with(doc: dict, parts: list[str], value: Any) -> dict:
+    out = dict(doc)
+    _set_field(out, parts, value)
+    return out
+
+
+def _stage_replace_root(arg: Any, key: str = "newRoot") -> Stage:
+    expr = arg.get(key) if key and isinstance(arg, dict) else arg
+    if key and not (isinstance(arg, dict) and set(arg) == {key}):
+        raise error(40231, f"no newRoot specified for the $replaceRoot stage: {arg!r}")
+
+    def replace(doc: dict) -> dict:
+        new = evaluate(expr, doc)
+        if not isinstance(new, dict):
+            raise error(40228, "'newRoot' expression must evaluate to an object, but resulting "
+                               f"value was: {new!r}")
+        return new
+    return lambda docs: (replace(d) for d in docs)
+
+
+def _stage_sort_by_count(arg: Any) -> Stage:
+    group = _stage_group({"_id": arg, "count": {"$sum": 1}})
+    sort = _stage_sort({"count": -1})
+    return lambda docs: sort(group(docs))
+
+
+# --- $group ----------------------------------------------------------------------------------
+
+class _Accumulator:
+    __slots__ = ("name", "op", "expr")
+
+    def __init__(self, name: str, op: str, expr: Any):
+        self.name, self.op, self.expr = name, op, expr
+
+
+_ACCUMULATORS = ("$sum", "$count", "$min", "$max", "$avg", "$first", "$last", "$push",
+                 "$addToSet")
+
+
+def _stage_group(arg: Any) -> Stage:
+    if not isinstance(arg, dict):
+        raise error(15947, "a group's fields must be specified in an object")
+    if "_id" not in arg:
+        raise error(15955, "a group specification must include an _id")
+    accumulators = []
+    for name, spec in arg.items():
+        if name == "_id":
+            continue
+        if "." in name:
+            raise error(40235, f"The field name '{name}' cannot contain '.'")
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise error(40234, f"The field '{name}' must be an accumulator object")
+        op, expr = next(iter(spec.items()))
+        if op not in _ACCUMULATORS:
+            raise error(15952, f"unknown group operator '{op}'")
+        if op == "$count" and expr != {}:
+            raise error(BAD_VALUE, "$count takes no arguments, i.e. $count:{}")
+        accumulators.append(_Accumulator(name, op, expr))
+    id_expr = arg["_id"]
+
+    def group(docs: Iterable[dict]) -> Iterator[dict]:
+        groups: dict[tuple, tuple[Any, list[list]]] = {}
+        for doc in docs:
+            key = evaluate(id_expr, doc)
+            if key is MISSING:
+                key = None
+            slot = groups.get(sort_key(key))
+            if slot is None:
+                slot = groups[sort_key(key)] = (key, [[] for _ in accumulators])
+            for acc, values in zip(accumulators, slot[1], strict=True):
+                values.append(MISSING if acc.op == "$count" else evaluate(acc.expr, doc))
+        for key, values_per_acc in groups.values():
+            out = {"_id": key}
+            for acc, values in zip(accumulators, values_per_acc, strict=True):
+                out[acc.name] = _accumulate(acc.op, values)
+            yield out
+    return group
+
+
+def _accumulate(op: str, values: list) -> Any:
+    if op == "$count":
+        return len(values)
+    if op == "$sum":
+        return _sum(v for v in values if _is_number(v))
+    if op == "$avg":
+        numbers = [v for v in values if _is_number(v)]
+        if not numbers:
+            return None
+        total = _sum(numbers)
+        if isinstance(total, Decimal128):
+            return Decimal128(total.to_decimal() / len(numbers))
+        return float(total) / len(numbers)
+    if op in ("$min", "$max"):
+        present = [v for v in values if v is not MISSING and v is not None]
+        if not present:
+            return None
+        best = present[0]
+        for v in present[1:]:
+            if compare(v, best) == (-1 if op == "$min" else 1):
+                best = v
+        return best
+    if op == "$first":
+        return None if not values or values[0] is MISSING else values[0]
+    if op == "$last":
+        return None if not values or values[-1] is MISSING else values[-1]
+    if op == "$push":
+        return [v for v in values if v is not MISSING]
+    unique: list = []
+    for v in values:
+        if v is not MISSING and not any(values_equal(v, u) for u in unique):
+            unique.append(v)
+    return unique
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, Decimal128)) and not isinstance(v, bool)
+
+
+def _sum(numbers: Iterable[Any]) -> Any:
+    """MongoDB's $sum widening: int → long → double → decimal, whichever the inputs need."""
+    numbers = list(numbers)
+    if any(isinstance(v, Decimal128) for v in numbers):
+        return Decimal128(str(sum(_as_decimal(v) for v in numbers)))
+    if any(isinstance(v, float) for v in numbers):
+        return math.fsum(numbers)  # mongod sums doubles with extra precision too
+    total = sum(numbers)
+    if not -2**63 <= total < 2**63:
+        return float(total)
+    return Int64(total) if any(isinstance(v, Int64) for v in numbers) else total
+
+
+def _as_decimal(v: Any) -> Decimal:
+    if isinstance(v, Decimal128):
+        return v.to_decimal()
+    return Decimal(repr(v)) if isinstance(v, float) else Decimal(v)
+
+
+# --- expressions -----------------------------------------------------------------------------
+
+def field_path(doc: Any, parts: list[str]) -> Any:
+    """"$a.b" as aggregation reads it: through arrays it collects the values of each element."""
+    value = doc
+    for i, part in enumerate(parts):
+        if isinstance(value, dict):
+            value = value.get(part, MISSING)
+        elif isinstance(value, list):
+            collected = []
+            for element in value:
+                if isinstance(element, (dict, list)):
+                    found = field_path(element, parts[i:])
+                    if found is not MISSING:
+                        collected.append(found)
+            return collected
+        else:
+            return MISSING
+    return value
+
+
+def evaluate(expr: Any, doc: dict) -> Any:
+    """The value of an aggregation expression for one document (MISSING when it has none)."""
+    if isinstance(expr, str):
+        if expr.startswith("$$"):
+            name, _, rest = expr[2:].partition(".")
+            if name in ("ROOT", "CURRENT"):
+                return field_path(doc, rest.split(".")) if rest else doc
+            if name == "REMOVE":
+                return MISSING
+            raise error(17276, f"Use of undefined variable: {name}")
+        if expr.startswith("$"):
+            if len(expr) == 1:
+                raise error(16872, "'$' by itself is not a valid FieldPath")
+            return field_path(doc, expr[1:].split("."))
+        return expr
+    if isinstance(expr, list):
+        return [None if v is MISSING else v for v in (evaluate(e, doc) for e in expr)]
+    if isinstance(expr, dict):
+        if expr and isinstance(next(iter(expr)), str) and next(iter(expr)).startswith("$"):
+            if len(expr) != 1:
+                raise error(15983, "an expression specification must contain exactly one field, "
+                                   f"the name of the expression. Found {len(expr)} fields in "
+                                   f"{expr!r}")
+            op, args = next(iter(expr.items()))
+            if op == "$literal":
+                return args
+            if op not in _OPERATORS:
+                raise error(INVALID_PIPELINE_OPERATOR, f"Unrecognized expression '{op}'")
+            return _OPERATORS[op](_arguments(op, args, doc))
+        out = {}
+        for name, sub in expr.items():
+            value = evaluate(sub, doc)
+            if value is not MISSING:
+                out[name] = value
+        return out
+    return expr
+
+
+def _arguments(op: str, args: Any, doc: dict) -> list:
+    if op == "$cond" and isinstance(args, dict):
+        args = [args.get("if"), args.get("then"), args.get("else")]
+    if not isinstance(args, list):
+        args = [args]
+    return [evaluate(a, doc) for a in args]
+
+
+def _nullish(v: Any) -> bool:
+    return v is None or v is MISSING
+
+
+def _arity(op: str, n: int, fn: Callable[..., Any]) -> Callable[[list], Any]:
+    def apply(args: list) -> Any:
+        if len(args) != n:
+            raise error(16020, f"Expression {op} takes exactly {n} arguments. {len(args)} were "
+                               "passed in.")
+        return fn(*args)
+    return apply
+
+
+def _numeric(op: str, fn: Callable[[list], Any]) -> Callable[[list], Any]:
+    def apply(args: list) -> Any:
+        if any(_nullish(a) for a in args):
+            return None
+        for a in args:
+            if not _is_number(a):
+                raise error(16554, f"{op} only supports numeric types, not "
+                                   f"{type(a).__name__}")
+        if any(isinstance(a, Decimal128) for a in args):
+            return Decimal128(str(fn([_as_decimal(a) for a in args])))
+        return fn(args)
+    return apply
+
+
+def _divide(args: list) -> Any:
+    if args[1] == 0:
+        raise error(2, "can't $divide by zero")
+    return args[0] / args[1]
+
+
+def _concat(args: list) -> Any:
+    if any(_nullish(a) for a in args):
+        return None
+    for a in args:
+        if not isinstance(a, str):
+            raise error(16702, f"$concat only supports strings, not {type(a).__name__}")
+    return "".join(args)
+
+
+def _size(v: Any) -> int:
+    if not isinstance(v, list):
+        raise error(17124, f"The argument to $size must be an array. Type of argument is "
+                           f"{type(v).__name__}")
+    return len(v)
+
+
+def _string_case(fn: Callable[[str], str]) -> Callable[[Any], str]:
+    return lambda v: "" if _nullish(v) else fn(v if isinstance(v, str) else str(v))
+
+
+def _in(value: Any, array: Any) -> bool:
+    if not isinstance(array, list):
+        raise error(40081, "$in requires an array as a second argument")
+    return any(values_equal(value, e) for e in array)
+
+
+def _array_elem_at(array: Any, index: Any) -> Any:
+    if _nullish(array) or _nullish(index):
+        return None
+    if not isinstance(array, list):
+        raise error(28689, "$arrayElemAt's first argument must be an array")
+    if not _is_number(index) or index != int(index):
+        raise error(28691, "$arrayElemAt's second argument must be a numeric value")
+    i = int(index)
+    return array[i] if -len(array) <= i < len(array) else MISSING
+
+
+def _truthy(v: Any) -> bool:
+    if _nullish(v) or v is False:
+        return False
+    if _is_number(v):
+        return (v.to_decimal() if isinstance(v, Decimal128) else v) != 0
+    return True
+
+
+def _compare_op(test: Callable[[int], bool]) -> Callable[[Any, Any], bool]:
+    return lambda a, b: test(compare(None if a is MISSING else a, None if b is MISSING else b))
+
+
+def _product(values: list) -> Any:
+    return math.prod(values)
+
+
+_OPERATORS: dict[str, Callable[[list], Any]] = {
+    "$add": _numeric("$add", sum),
+    "$subtract": _arity("$subtract", 2, lambda a, b: _numeric("$subtract",
+                                                               lambda v: v[0] - v[1])([a, b])),
+    "$multiply": _numeric("$multiply", _product),
+    "$divide": _arity("$divide", 2, lambda a, b: _numeric("$divide", _divide)([a, b])),
+    "$concat": _concat,
+    "$toLower": _arity("$toLower", 1, _string_case(str.lower)),
+    "$toUpper": _arity("$toUpper", 1, _string_case(str.upper)),
+    "$size": _arity("$size", 1, _size),
+    "$ifNull": lambda args: next((a for a in args[:-1] if not _nullish(a)), args[-1]
+                                 if args else None),
+    "$cond": _arity("$cond", 3, lambda c, t, f: t if _truthy(c) else f),
+    "$eq": _arity("$eq", 2, _compare_op(lambda c: c == 0)),
+    "$ne": _arity("$ne", 2, _compare_op(lambda c: c != 0)),
+    "$gt": _arity("$gt", 2, _compare_op(lambda c: c > 0)),
+    "$gte": _arity("$gte", 2, _compare_op(lambda c: c >= 0)),
+    "$lt": _arity("$lt", 2, _compare_op(lambda c: c < 0)),
+    "$lte": _arity("$lte", 2, _compare_op(lambda c: c <= 0)),
+    "$cmp": _arity("$cmp", 2, _compare_op(lambda c: c)),
+    "$and": lambda args: all(_truthy(a) for a in args),
+    "$or": lambda args: any(_truthy(a) for a in args),
+    "$not": _arity("$not", 1, lambda a: not _truthy(a)),
+    "$in": _arity("$in", 2, _in),
+    "$arrayElemAt": _arity("$arrayElemAt", 2, _array_elem_at),
+}
+
+
+_STAGES: dict[str, Callable[[Any], Stage]] = {
+    "$match": _stage_match,
+    "$sort": _stage_sort,
+    "$skip": _stage_skip,
+    "$limit": _stage_limit,
+    "$project": _stage_project,
+    "$addFields": _stage_add_fields,
+    "$set": _stage_add_fields,
+    "$unset": _stage_unset,
+    "$group": _stage_group,
+    "$count": _stage_count,
+    "$unwind": _stage_unwind,
+    "$replaceRoot": _stage_replace_root,
+    "$replaceWith": lambda arg: _stage_replace_root(arg, key=""),
+    "$sortByCount": _stage_sort_by_count,
+}
