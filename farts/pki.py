@@ -57,16 +57,23 @@ def make_ca(directory: Path, name: str = "farts-edge local CA") -> tuple[Path, P
     return crt, key_path
 
 
+NODE_URI = "farts-node:"
+
+
 def issue(ca_dir: Path, out_crt: Path, out_key: Path, names: list[str], days: int = 825,
-          client: bool = False) -> None:
+          client: bool = False, node_id: str | None = None) -> None:
     """Issues a certificate for names (DNS names or IP addresses), signed by the CA in ca_dir.
 
     The chain file holds the leaf then the CA, so clients that trust the CA verify it.
+    With node_id, it is a mesh node certificate: CN = the id, a URI SAN
+    ``farts-node:<id>`` (what a peer checks against the id the node claims), and
+    usable as both TLS client and server (mesh links authenticate both ways).
     """
     ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
     ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
     key = ec.generate_private_key(ec.SECP256R1())
-    alt: list[x509.GeneralName] = []
+    alt: list[x509.GeneralName] = [x509.UniformResourceIdentifier(NODE_URI + node_id)] if node_id else []
+    client = client or node_id is not None
     for n in names:
         try:
             alt.append(x509.IPAddress(ipaddress.ip_address(n)))
@@ -74,7 +81,7 @@ def issue(ca_dir: Path, out_crt: Path, out_key: Path, names: list[str], days: in
             alt.append(x509.DNSName(n))
     usages = [ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
     cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id or names[0])]))
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -88,3 +95,18 @@ def issue(ca_dir: Path, out_crt: Path, out_key: Path, names: list[str], days: in
     out_crt.parent.mkdir(parents=True, exist_ok=True)
     _write_key(out_key, key)
     out_crt.write_bytes(_pem(cert) + _pem(ca_cert))
+
+
+def issue_node(ca_dir: Path, out_dir: Path, node_id: str, names: list[str] = ()) -> tuple[Path, Path]:
+    """A mesh node certificate in out_dir/<node_id>.crt and .key; returns their paths."""
+    crt, key = out_dir / f"{node_id}.crt", out_dir / f"{node_id}.key"
+    issue(ca_dir, crt, key, list(names), node_id=node_id)
+    return crt, key
+
+
+def node_id_of(peercert: dict) -> str | None:
+    """The node id in a verified peer certificate (ssl's getpeercert() dict), or None."""
+    for kind, value in peercert.get("subjectAltName", ()):
+        if kind == "URI" and value.startswith(NODE_URI):
+            return value[len(NODE_URI):]
+    return None

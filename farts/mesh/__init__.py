@@ -1,0 +1,5 @@
+"""The mesh: mutual-TLS links, SWIM membership, and the message bus (see service.py)."""
+from farts.mesh.bus import Bus, BusMessage
+from farts.mesh.service import MeshService, MeshStatusHandler
+
+__all__ = ["Bus", "BusMessage", "MeshService", "MeshStatusHandler"]

@@ -1,0 +1,120 @@
+"""The message bus other services get from the mesh (handed over by farts/node.py).
+
+- ``members()`` and ``on_member_change(fn)``: the live node map the mesh keeps.
+- ``broadcast(type, body)``: to every member with a link; ``send(node_id, type, body)``:
+  to one. Both return without waiting; the caller does its own local delivery.
+- ``subscribe(type, fn)``: ``fn(BusMessage)`` for each message of that type from a peer.
+
+Ordering: a broadcast carries its origin, the origin's process epoch and a sequence
+number that grows by one per broadcast. Links are direct (full mesh) TCP, so
+messages from one origin arrive in order; a message older than the last one seen
+from that origin (same epoch) is dropped, and a jump forward (a link dropped in
+between, or a slow peer was disconnected) is counted as a gap and handed on with
+``gap`` set, so a subscriber can catch up from its own history. A new epoch is a
+restarted origin: its sequence starts again.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from farts.members import Member, MemberMap
+from farts.mesh.frames import BUS, HLC, encode
+from farts.metrics import Metrics
+
+log = logging.getLogger("farts.mesh.bus")
+
+
+@dataclass(frozen=True, slots=True)
+class BusMessage:
+    type: str
+    origin: str
+    epoch: int
+    seq: int                 # per-origin broadcast number (0: a direct send)
+    hlc: tuple[int, int]     # the origin's hybrid logical clock when it sent
+    body: Any
+    gap: int = 0             # broadcasts from this origin missed just before this one
+
+
+class Bus:
+    def __init__(self, me: str, epoch: int, members: MemberMap, hlc: HLC, wall_ms: Callable[[], int],
+                 links: Callable[[], dict], metrics: Metrics) -> None:
+        self.me, self.epoch, self._members, self.hlc, self._wall_ms = me, epoch, members, hlc, wall_ms
+        self._links = links  # node id -> an object with send(bytes) -> bool
+        self._subs: dict[str, list[Callable[[BusMessage], None]]] = {}
+        self._seq = 0
+        self._last: dict[str, tuple[int, int]] = {}   # origin -> (epoch, seq)
+        self.sent = metrics.counter("farts_mesh_bus_sent_total", "Bus messages queued to peers", ("type",))
+        self.dropped = metrics.counter("farts_mesh_bus_dropped_total",
+                                       "Bus messages not queued (no link, or the peer was too slow)", ("type",))
+        self.received = metrics.counter("farts_mesh_bus_received_total", "Bus messages received", ("type",))
+        self.gaps = metrics.counter("farts_mesh_bus_gaps_total", "Broadcasts missed (sequence jumps)", ("origin",))
+
+    # ---- for the services ------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        return self._members.members()
+
+    def on_member_change(self, fn: Callable[[Member | None, Member], None]) -> Callable[[], None]:
+        return self._members.on_change(fn)
+
+    def subscribe(self, msg_type: str, fn: Callable[[BusMessage], None]) -> Callable[[], None]:
+        """Calls fn(BusMessage) for every message of msg_type from a peer; returns an unsubscribe."""
+        self._subs.setdefault(msg_type, []).append(fn)
+        return lambda: self._subs[msg_type].remove(fn)
+
+    def broadcast(self, msg_type: str, body: Any) -> int:
+        """Queues body to every linked peer; returns how many took it."""
+        self._seq += 1
+        frame = self._frame(msg_type, self._seq, body)
+        n = 0
+        for link in list(self._links().values()):
+            if link.send(frame):
+                n += 1
+            else:
+                self.dropped.inc((msg_type,))
+        self.sent.inc((msg_type,), n)
+        return n
+
+    def send(self, node_id: str, msg_type: str, body: Any) -> bool:
+        """Queues body to one peer; False when there is no link to it or it was too slow."""
+        link = self._links().get(node_id)
+        if link is not None and link.send(self._frame(msg_type, 0, body)):
+            self.sent.inc((msg_type,))
+            return True
+        self.dropped.inc((msg_type,))
+        return False
+
+    # ---- for the mesh service ----------------------------------------------------
+
+    def _frame(self, msg_type: str, seq: int, body: Any) -> bytes:
+        ms, c = self.hlc.now(self._wall_ms())
+        return encode(BUS, [msg_type, self.me, self.epoch, seq, ms, c, body])
+
+    def deliver(self, src: str, payload: list) -> None:
+        """One BUS frame from the link to src. Raises ValueError/TypeError if malformed."""
+        msg_type, origin, epoch, seq, ms, c, body = payload
+        if not isinstance(msg_type, str) or origin != src:
+            raise ValueError("bus message type or origin")
+        self.hlc.update(self._wall_ms(), (int(ms), int(c)))
+        gap = 0
+        if seq:
+            last = self._last.get(origin)
+            if last is not None and last[0] == epoch:
+                if seq <= last[1]:
+                    return  # a duplicate or older: already delivered
+                gap = seq - last[1] - 1
+            elif last is not None and epoch < last[0]:
+                return  # from an older life of that origin
+            self._last[origin] = (epoch, seq)
+            if gap:
+                self.gaps.inc((origin,), gap)
+        self.received.inc((msg_type,))
+        msg = BusMessage(msg_type, origin, epoch, seq, (ms, c), body, gap)
+        for fn in list(self._subs.get(msg_type, ())):
+            try:
+                fn(msg)
+            except Exception:  # one broken subscriber must not cut the link for the others
+                log.exception("bus subscriber for %r failed", msg_type)
