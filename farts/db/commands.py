@@ -1,0 +1,848 @@
+"""The command set: a parsed command in, a reply document (or an awaitable of one) out.
+
+Reads run on the event loop while they stay small (a budget of examined documents)
+and are rerun in the thread pool when they do not; writes go to the store's writer
+thread and come back after their commit. Namespaces are mapped per tenant:
+client database "app" of tenant "demo" is "demo$app" inside ("$" cannot appear in a
+MongoDB database name, so no client name can reach another tenant's).
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import bson
+from bson.binary import Binary
+from bson.int64 import Int64
+from bson.objectid import ObjectId
+
+from farts.db import scram
+from farts.db.aggregate import run_pipeline
+from farts.db.errors import MongoError
+from farts.db.keys import path_values
+from farts.db.ordering import sort_documents, sort_key
+from farts.db.projection import project
+from farts.db.query import compile_filter
+from farts.db.store import Collection, Index, ScanStats, Store, TooBig
+from farts.db.update import apply_update, upsert_seed
+
+log = logging.getLogger("farts.db")
+
+MAX_WIRE_VERSION = 21   # MongoDB 7.0: within what pymongo 4.x and the Node 7.x driver accept
+MAX_BSON_OBJECT = 16 * 1024 * 1024
+DEFAULT_BATCH = 101
+LOOP_READ_BUDGET = 256  # documents a read may examine on the event loop before moving to the pool
+HANDSHAKE = frozenset({"hello", "isMaster", "ismaster", "saslStart", "saslContinue"})
+_BAD_DB_CHARS = set('/\\. "$*<>:|?\0')
+_UNSUPPORTED_INDEX_OPTIONS = ("sparse", "partialFilterExpression", "expireAfterSeconds", "collation",
+                              "weights", "default_language", "2dsphereIndexVersion", "wildcardProjection")
+
+
+def _err(code: int, name: str, message: str) -> MongoError:
+    return MongoError(code, name, message)
+
+
+@dataclass
+class Session:
+    """One client connection's state."""
+    id: int
+    peer: str = ""
+    user: str | None = None
+    tenant: str = ""
+    compression: list[str] = field(default_factory=list)
+    client: dict | None = None
+    scram: scram.ScramServer | None = None
+    scram_skip_empty: bool = False
+
+
+@dataclass
+class Command:
+    name: str
+    db: str
+    body: dict
+    sequences: dict
+    # Kept for routing (the next issue): the read preference the driver passed through.
+    read_preference: dict | None = None
+
+
+@dataclass
+class Cursor:
+    id: int
+    ns: str
+    display: str
+    docs: list
+    pos: int
+    owner: tuple
+    used: float
+
+
+class Commands:
+    def __init__(self, store: Store, *, node_id: str, auth: bool, credentials: dict[str, scram.Credential],
+                 max_message_bytes: int, compressors: tuple[str, ...] = ("zstd", "zlib"),
+                 cursor_timeout: float = 600.0, metrics=None) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.auth = auth
+        self.credentials = credentials
+        self.max_message_bytes = max_message_bytes
+        self.compressors = compressors
+        self.cursor_timeout = cursor_timeout
+        self.cursors: dict[int, Cursor] = {}
+        self._cursor_ids = itertools.count(int.from_bytes(os.urandom(4), "big") + 1)
+        self.started = time.time()
+        self.opcounters = dict.fromkeys(("insert", "query", "update", "delete", "getmore", "command"), 0)
+        self.connections_current = 0
+        self.connections_total = 0
+        self.read_preferences = metrics.counter(
+            "farts_db_read_preference_total", "Commands that carried a $readPreference, by mode",
+            ("mode",)) if metrics else None
+        self.handlers = {
+            "hello": self.hello, "isMaster": self.hello, "ismaster": self.hello,
+            "saslStart": self.sasl_start, "saslContinue": self.sasl_continue,
+            "ping": self.ping, "buildInfo": self.build_info, "buildinfo": self.build_info,
+            "getParameter": self.get_parameter, "endSessions": self.ping,
+            "connectionStatus": self.connection_status, "killCursors": self.kill_cursors,
+            "listDatabases": self.list_databases, "serverStatus": self.server_status,
+            "insert": self.insert, "find": self.find, "getMore": self.get_more,
+            "update": self.update, "delete": self.delete, "findAndModify": self.find_and_modify,
+            "findandmodify": self.find_and_modify, "count": self.count, "distinct": self.distinct,
+            "aggregate": self.aggregate, "create": self.create, "drop": self.drop,
+            "dropDatabase": self.drop_database, "listCollections": self.list_collections,
+            "createIndexes": self.create_indexes, "listIndexes": self.list_indexes,
+            "dropIndexes": self.drop_indexes, "explain": self.explain,
+        }
+
+    # ---- entry ----
+
+    def parse(self, body: dict, sequences: dict) -> Command:
+        if not body:
+            raise _err(59, "CommandNotFound", "no command in an empty document")
+        name = next(iter(body))
+        db = body.get("$db")
+        if not isinstance(db, str):
+            raise _err(40571, "Location40571", "OP_MSG requests require a $db argument")
+        rp = body.get("$readPreference")
+        return Command(name, db, body, sequences, rp if isinstance(rp, dict) else None)
+
+    def run(self, session: Session, cmd: Command):
+        """The reply document, or an awaitable of it. Raises MongoError."""
+        handler = self.handlers.get(cmd.name)
+        if self.auth and session.user is None and cmd.name not in HANDSHAKE:
+            raise _err(13, "Unauthorized", f"command {cmd.name} requires authentication")
+        if handler is None:
+            raise _err(59, "CommandNotFound", f"no such command: '{cmd.name}'")
+        if "startTransaction" in cmd.body or "autocommit" in cmd.body:
+            raise _err(20, "IllegalOperation", "multi-document transactions are not supported")
+        if cmd.read_preference is not None and self.read_preferences is not None:
+            self.read_preferences.inc((str(cmd.read_preference.get("mode", "")),))
+        return handler(session, cmd)
+
+    # ---- namespaces ----
+
+    def ns(self, session: Session, db: str, coll) -> str:
+        check_db_name(db)
+        if not isinstance(coll, str) or not coll or "\0" in coll or "$" in coll or coll.startswith("."):
+            raise _err(73, "InvalidNamespace", f"Invalid collection name: {coll!r}")
+        return f"{session.tenant}${db}.{coll}"
+
+    def db_prefix(self, session: Session, db: str) -> str:
+        check_db_name(db)
+        return f"{session.tenant}${db}."
+
+    def _coll_arg(self, cmd: Command) -> str:
+        return cmd.body[cmd.name]
+
+    # ---- handshake, auth, admin ----
+
+    def hello(self, session: Session, cmd: Command) -> dict:
+        b = cmd.body
+        reply = {"isWritablePrimary" if cmd.name == "hello" else "ismaster": True,
+                 "msg": "isdbgrid", "maxBsonObjectSize": MAX_BSON_OBJECT,
+                 "maxMessageSizeBytes": self.max_message_bytes, "maxWriteBatchSize": 100000,
+                 "localTime": datetime.datetime.now(datetime.UTC), "logicalSessionTimeoutMinutes": 30,
+                 "connectionId": session.id, "minWireVersion": 0, "maxWireVersion": MAX_WIRE_VERSION,
+                 "readOnly": False}
+        if isinstance(b.get("client"), dict) and session.client is None:
+            session.client = b["client"]
+        if isinstance(b.get("compression"), list):
+            session.compression = [c for c in b["compression"] if c in self.compressors]
+            reply["compression"] = session.compression
+        mechs = b.get("saslSupportedMechs")
+        if isinstance(mechs, str):
+            user = mechs.split(".", 1)[-1]
+            if user in self.credentials:
+                reply["saslSupportedMechs"] = [scram.MECHANISM]
+        spec = b.get("speculativeAuthenticate")
+        if isinstance(spec, dict) and spec.get("mechanism") == scram.MECHANISM:
+            try:
+                reply["speculativeAuthenticate"] = self._sasl_start(session, spec)
+            except MongoError:
+                pass  # the driver falls back to a full saslStart, which reports the error
+        reply["ok"] = 1.0
+        return reply
+
+    def _sasl_start(self, session: Session, body: dict) -> dict:
+        mech = body.get("mechanism")
+        if mech != scram.MECHANISM:
+            raise _err(334, "MechanismUnavailable",
+                       f"Received authentication for mechanism {mech} which is not enabled")
+        payload = body.get("payload")
+        if not isinstance(payload, bytes):
+            raise _err(14, "TypeMismatch", "saslStart payload must be binary")
+        opts = body.get("options")
+        session.scram = scram.ScramServer(self.credentials)
+        session.scram_skip_empty = isinstance(opts, dict) and bool(opts.get("skipEmptyExchange"))
+        try:
+            out = session.scram.step(payload)
+        except scram.AuthError as e:
+            session.scram = None
+            log.info("db auth failed from %s: %s", session.peer, e)
+            raise _err(18, "AuthenticationFailed", "Authentication failed.") from None
+        return {"conversationId": 1, "done": False, "payload": Binary(out)}
+
+    def sasl_start(self, session: Session, cmd: Command) -> dict:
+        return {**self._sasl_start(session, cmd.body), "ok": 1.0}
+
+    def sasl_continue(self, session: Session, cmd: Command) -> dict:
+        conv = session.scram
+        payload = cmd.body.get("payload", b"")
+        if conv is None or cmd.body.get("conversationId") != 1 or not isinstance(payload, bytes):
+            raise _err(17, "ProtocolError", "No SASL session state found")
+        if conv.done:
+            session.scram = None
+            return {"conversationId": 1, "done": True, "payload": Binary(b""), "ok": 1.0}
+        try:
+            out = conv.step(payload)
+        except scram.AuthError as e:
+            session.scram = None
+            log.info("db auth failed from %s: %s", session.peer, e)
+            raise _err(18, "AuthenticationFailed", "Authentication failed.") from None
+        cred = conv.credential
+        session.user, session.tenant = cred.user, cred.tenant
+        for c in [c for c in self.cursors.values() if c.owner[0] == session.id]:
+            self.cursors.pop(c.id, None)  # a new identity does not inherit cursors
+        done = session.scram_skip_empty
+        if done:
+            session.scram = None
+        return {"conversationId": 1, "done": done, "payload": Binary(out), "ok": 1.0}
+
+    def ping(self, session: Session, cmd: Command) -> dict:
+        return {"ok": 1.0}
+
+    def build_info(self, session: Session, cmd: Command) -> dict:
+        return {"version": "7.0.0", "versionArray": [7, 0, 0, 0], "gitVersion": "farts-edge",
+                "bits": 64, "maxBsonObjectSize": MAX_BSON_OBJECT, "storageEngines": ["lmdb"],
+                "modules": [], "javascriptEngine": "none", "ok": 1.0}
+
+    def get_parameter(self, session: Session, cmd: Command) -> dict:
+        known = {"featureCompatibilityVersion": {"version": "7.0"},
+                 "authenticationMechanisms": [scram.MECHANISM],
+                 "maxBSONDepth": 100}
+        if cmd.body.get("getParameter") == "*":
+            return {**known, "ok": 1.0}
+        out = {k: v for k, v in known.items() if k in cmd.body}
+        if not out:
+            raise _err(72, "InvalidOptions", "no option found to get")
+        return {**out, "ok": 1.0}
+
+    def connection_status(self, session: Session, cmd: Command) -> dict:
+        users = [{"user": session.user, "db": "admin"}] if session.user else []
+        return {"authInfo": {"authenticatedUsers": users, "authenticatedUserRoles": []}, "ok": 1.0}
+
+    def server_status(self, session: Session, cmd: Command) -> dict:
+        up = time.time() - self.started
+        return {"host": self.node_id, "version": "7.0.0", "process": "farts-edge", "pid": os.getpid(),
+                "uptime": int(up), "uptimeMillis": Int64(int(up * 1000)),
+                "localTime": datetime.datetime.now(datetime.UTC),
+                "connections": {"current": self.connections_current, "totalCreated": self.connections_total},
+                "opcounters": dict(self.opcounters),
+                "storageEngine": {"name": "lmdb", "persistent": True},
+                "farts": {"storeBytes": self.store.size_bytes(), "oplogLength": self.store.oplog_length(),
+                          "commits": self.store.commits, "committedWrites": self.store.committed_ops,
+                          "openCursors": len(self.cursors)},
+                "ok": 1.0}
+
+    def list_databases(self, session: Session, cmd: Command) -> dict:
+        prefix = f"{session.tenant}$"
+        sizes: dict[str, int] = {}
+        for ns in self.store.catalog:
+            if ns.startswith(prefix):
+                sizes[ns[len(prefix):].split(".", 1)[0]] = 0
+        dbs = [{"name": n, "sizeOnDisk": 0, "empty": False} for n in sorted(sizes)]
+        flt = cmd.body.get("filter")
+        if flt:
+            m = compile_filter(flt)
+            dbs = [d for d in dbs if m(d)]
+        if cmd.body.get("nameOnly"):
+            dbs = [{"name": d["name"]} for d in dbs]
+        return {"databases": dbs, "totalSize": 0, "ok": 1.0}
+
+    # ---- cursors ----
+
+    def _batch_size(self, value, default: int) -> int:
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise _err(2, "BadValue", f"batchSize must be a non-negative number, got {value!r}")
+        return int(value)
+
+    def _cursor_reply(self, session: Session, ns: str, docs: list, batch: int, single: bool = False,
+                      key: str = "firstBatch") -> dict:
+        display = self.store.display_ns(ns)
+        first, cid = _take(docs, 0, batch)
+        if cid < len(docs) and not single:
+            self._reap()
+            cursor = Cursor(next(self._cursor_ids), ns, display, docs, cid, (session.id, session.user), time.monotonic())
+            self.cursors[cursor.id] = cursor
+            return {"cursor": {key: first, "id": Int64(cursor.id), "ns": display}, "ok": 1.0}
+        return {"cursor": {key: first, "id": Int64(0), "ns": display}, "ok": 1.0}
+
+    def _reap(self) -> None:
+        cutoff = time.monotonic() - self.cursor_timeout
+        for cid in [c.id for c in self.cursors.values() if c.used < cutoff]:
+            del self.cursors[cid]
+
+    def drop_session_cursors(self, session: Session) -> None:
+        for cid in [c.id for c in self.cursors.values() if c.owner[0] == session.id]:
+            del self.cursors[cid]
+
+    def get_more(self, session: Session, cmd: Command) -> dict:
+        self.opcounters["getmore"] += 1
+        cid = cmd.body["getMore"]
+        cursor = self.cursors.get(int(cid)) if isinstance(cid, int) else None
+        if cursor is None or cursor.owner[1] != session.user or \
+                cursor.ns != self.ns(session, cmd.db, cmd.body.get("collection")):
+            raise _err(43, "CursorNotFound", f"cursor id {cid} not found")
+        batch = self._batch_size(cmd.body.get("batchSize"), len(cursor.docs))
+        docs, cursor.pos = _take(cursor.docs, cursor.pos, batch or len(cursor.docs))
+        cursor.used = time.monotonic()
+        done = cursor.pos >= len(cursor.docs)
+        if done:
+            del self.cursors[cursor.id]
+        return {"cursor": {"nextBatch": docs, "id": Int64(0 if done else cursor.id), "ns": cursor.display},
+                "ok": 1.0}
+
+    def kill_cursors(self, session: Session, cmd: Command) -> dict:
+        ns = self.ns(session, cmd.db, cmd.body.get("killCursors"))
+        killed, missing = [], []
+        for cid in cmd.body.get("cursors") or []:
+            c = self.cursors.get(int(cid)) if isinstance(cid, int) else None
+            if c is not None and c.ns == ns and c.owner[1] == session.user:
+                del self.cursors[c.id]
+                killed.append(Int64(cid))
+            else:
+                missing.append(cid)
+        return {"cursorsKilled": killed, "cursorsNotFound": missing, "cursorsAlive": [],
+                "cursorsUnknown": [], "ok": 1.0}
+
+    # ---- reads ----
+
+    def _read(self, query):
+        """query(txn, budget) on the loop if it stays small, else again in the pool."""
+        try:
+            with self.store.read() as txn:
+                return query(txn, LOOP_READ_BUDGET)
+        except TooBig:
+            pass
+
+        def in_pool():
+            with self.store.read() as txn:
+                return query(txn, None)
+
+        return asyncio.get_running_loop().run_in_executor(None, in_pool)
+
+    def _find_docs(self, txn, budget, ns: str, flt, sort, skip: int, limit: int, projection,
+                   stats: ScanStats | None = None) -> list:
+        matcher = compile_filter(flt) if flt else None
+        early = skip + limit if limit and not sort else None
+        docs = self.store.scan(txn, ns, flt or {}, matcher, stats, budget, limit=early)
+        if sort:
+            docs = sort_documents(docs, sort)
+        if skip:
+            docs = docs[skip:]
+        if limit:
+            docs = docs[:limit]
+        if projection:
+            docs = [project(d, projection) for d in docs]
+        return docs
+
+    def _find_args(self, body: dict):
+        flt = body.get("filter") or {}
+        if not isinstance(flt, dict):
+            raise _err(14, "TypeMismatch", "filter must be an object")
+        sort = body.get("sort") or None
+        projection = body.get("projection") or None
+        skip, limit = body.get("skip") or 0, body.get("limit") or 0
+        for name, v in (("skip", skip), ("limit", limit)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise _err(2, "BadValue", f"{name} must be a non-negative number")
+        compile_filter(flt)  # errors (unknown operators) before any work
+        return flt, sort, projection, int(skip), int(limit)
+
+    def find(self, session: Session, cmd: Command):
+        self.opcounters["query"] += 1
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        flt, sort, projection, skip, limit = self._find_args(cmd.body)
+        batch = self._batch_size(cmd.body.get("batchSize"), DEFAULT_BATCH)
+        single = bool(cmd.body.get("singleBatch"))
+
+        def query(txn, budget):
+            return self._find_docs(txn, budget, ns, flt, sort, skip, limit, projection)
+
+        return self._then(self._read(query), lambda docs: self._cursor_reply(session, ns, docs, batch, single))
+
+    def count(self, session: Session, cmd: Command):
+        self.opcounters["command"] += 1
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        flt = cmd.body.get("query") or {}
+        body = {"filter": flt, "skip": cmd.body.get("skip"), "limit": cmd.body.get("limit")}
+        flt, _, _, skip, limit = self._find_args(body)
+
+        def query(txn, budget):
+            return len(self._find_docs(txn, budget, ns, flt, None, skip, limit, None))
+
+        return self._then(self._read(query), lambda n: {"n": n, "ok": 1.0})
+
+    def distinct(self, session: Session, cmd: Command):
+        self.opcounters["command"] += 1
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        key = cmd.body.get("key")
+        if not isinstance(key, str) or not key:
+            raise _err(14, "TypeMismatch", "distinct key must be a non-empty string")
+        flt, _, _, _, _ = self._find_args({"filter": cmd.body.get("query") or {}})
+
+        def query(txn, budget):
+            return self._find_docs(txn, budget, ns, flt, None, 0, 0, None)
+
+        def values(docs):
+            seen = {}
+            for d in docs:
+                vals, _ = path_values(d, key)
+                for v in vals:
+                    if v is None and not _has_path(d, key):
+                        continue
+                    seen.setdefault(repr(sort_key(v)), v)
+            return {"values": sorted(seen.values(), key=sort_key), "ok": 1.0}
+
+        return self._then(self._read(query), values)
+
+    def aggregate(self, session: Session, cmd: Command):
+        self.opcounters["command"] += 1
+        coll = self._coll_arg(cmd)
+        if not isinstance(coll, str):
+            raise _err(72, "InvalidOptions", "aggregate without a collection ({aggregate: 1}) is not supported")
+        ns = self.ns(session, cmd.db, coll)
+        pipeline = cmd.body.get("pipeline")
+        if not isinstance(pipeline, list) or not all(isinstance(s, dict) for s in pipeline):
+            raise _err(14, "TypeMismatch", "'pipeline' must be an array of objects")
+        if "cursor" not in cmd.body and not cmd.body.get("explain"):
+            raise _err(9, "FailedToParse", "The 'cursor' option is required, except for aggregate with the explain argument")
+        cursor_opts = cmd.body.get("cursor") or {}
+        batch = self._batch_size(cursor_opts.get("batchSize") if isinstance(cursor_opts, dict) else None,
+                                 DEFAULT_BATCH)
+        first = pipeline[0].get("$match") if pipeline and len(pipeline[0]) == 1 else None
+        flt = first if isinstance(first, dict) else {}
+        compile_filter(flt)
+
+        def query(txn, budget):
+            docs = self._find_docs(txn, budget, ns, flt, None, 0, 0, None)
+            return run_pipeline(docs, pipeline)
+
+        return self._then(self._read(query), lambda docs: self._cursor_reply(session, ns, docs, batch))
+
+    def explain(self, session: Session, cmd: Command):
+        inner = cmd.body.get("explain")
+        if not isinstance(inner, dict) or not inner:
+            raise _err(9, "FailedToParse", "explain requires a command object")
+        name = next(iter(inner))
+        if name not in ("find", "count", "aggregate"):
+            raise _err(72, "InvalidOptions", f"explain is supported for find, count and aggregate, not {name}")
+        ns = self.ns(session, cmd.db, inner[name])
+        if name == "aggregate":
+            pipeline = inner.get("pipeline") or []
+            first = pipeline[0].get("$match") if pipeline and isinstance(pipeline[0], dict) else None
+            args = ((first or {}), None, None, 0, 0)
+        else:
+            args = self._find_args(inner if name == "find" else {"filter": inner.get("query") or {}})
+        flt, sort, projection, skip, limit = args
+        stats = ScanStats()
+
+        def query(txn, budget):
+            stats.keys = stats.docs = 0
+            return self._find_docs(txn, budget, ns, flt, sort, skip, limit, projection, stats)
+
+        def reply(docs):
+            scan = {"stage": stats.plan}
+            if stats.index:
+                scan = {"stage": "FETCH", "inputStage": {"stage": "IXSCAN", "indexName": stats.index}}
+            display = self.store.display_ns(ns)
+            return {"queryPlanner": {"namespace": display, "winningPlan": scan, "rejectedPlans": []},
+                    "executionStats": {"executionSuccess": True, "nReturned": len(docs),
+                                       "totalKeysExamined": stats.keys, "totalDocsExamined": stats.docs},
+                    "ok": 1.0}
+
+        return self._then(self._read(query), reply)
+
+    def list_collections(self, session: Session, cmd: Command) -> dict:
+        prefix = self.db_prefix(session, cmd.db)
+        out = []
+        for ns in sorted(self.store.catalog):
+            if ns.startswith(prefix):
+                out.append({"name": ns[len(prefix):], "type": "collection",
+                            "options": self.store.catalog[ns].options, "info": {"readOnly": False},
+                            "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}})
+        flt = cmd.body.get("filter")
+        if flt:
+            m = compile_filter(flt)
+            out = [c for c in out if m(c)]
+        if cmd.body.get("nameOnly"):
+            out = [{"name": c["name"], "type": c["type"]} for c in out]
+        opts = cmd.body.get("cursor")
+        batch = self._batch_size(opts.get("batchSize") if isinstance(opts, dict) else None, len(out) or 1)
+        return self._cursor_reply(session, f"{prefix}$cmd.listCollections", out, batch)
+
+    def list_indexes(self, session: Session, cmd: Command) -> dict:
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        coll = self.store.catalog.get(ns)
+        if coll is None:
+            raise _err(26, "NamespaceNotFound", f"ns does not exist: {self.store.display_ns(ns)}")
+        specs = [{"v": 2, "key": {"_id": 1}, "name": "_id_"}] + [i.spec() for i in coll.indexes]
+        return self._cursor_reply(session, ns, specs, len(specs))
+
+    # ---- writes ----
+
+    async def _write(self, fn, exclusive: bool = False):
+        return await asyncio.wrap_future(self.store.submit(fn, exclusive))
+
+    def _docs_arg(self, cmd: Command, key: str) -> list:
+        docs = cmd.body.get(key)
+        if docs is None:
+            docs = cmd.sequences.get(key)
+        if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
+            raise _err(14, "TypeMismatch", f"'{key}' must be an array of objects")
+        if len(docs) > 100000:
+            raise _err(10334, "BSONObjectTooLarge", f"write batch of {len(docs)} is over 100000")
+        return docs
+
+    def insert(self, session: Session, cmd: Command):
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        docs = self._docs_arg(cmd, "documents")
+        ordered = cmd.body.get("ordered", True) is not False
+        self.opcounters["insert"] += len(docs)
+
+        def fn(w):
+            n, errors = 0, []
+            for i, doc in enumerate(docs):
+                try:
+                    w.atomic(lambda doc=doc: w.insert(ns, doc))
+                    n += 1
+                except MongoError as e:
+                    errors.append(_write_error(i, e))
+                    if ordered:
+                        break
+            return _write_reply(n, errors)
+
+        return self._write(fn)
+
+    def update(self, session: Session, cmd: Command):
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        statements = self._docs_arg(cmd, "updates")
+        ordered = cmd.body.get("ordered", True) is not False
+        self.opcounters["update"] += len(statements)
+        for s in statements:
+            if not isinstance(s.get("q", {}), dict) or not isinstance(s.get("u"), (dict, list)):
+                raise _err(9, "FailedToParse", "each update needs a 'q' object and a 'u' object")
+            if s.get("arrayFilters"):
+                raise _err(2, "BadValue", "arrayFilters are not supported")
+            compile_filter(s.get("q") or {})
+
+        def fn(w):
+            matched = modified = 0
+            upserted, errors = [], []
+            now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+            for i, s in enumerate(statements):
+                try:
+                    m, mod, up = w.atomic(lambda s=s: _update_one_statement(w, ns, s, now))
+                except MongoError as e:
+                    errors.append(_write_error(i, e))
+                    if ordered:
+                        break
+                    continue
+                matched, modified = matched + m, modified + mod
+                if up is not None:
+                    upserted.append({"index": i, "_id": up})
+            reply = _write_reply(matched + len(upserted), errors)
+            reply["nModified"] = modified
+            if upserted:
+                reply["upserted"] = upserted
+            return reply
+
+        return self._write(fn)
+
+    def delete(self, session: Session, cmd: Command):
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        statements = self._docs_arg(cmd, "deletes")
+        ordered = cmd.body.get("ordered", True) is not False
+        self.opcounters["delete"] += len(statements)
+        parsed = []
+        for s in statements:
+            q, limit = s.get("q"), s.get("limit", 0)
+            if not isinstance(q, dict) or limit not in (0, 1):
+                raise _err(9, "FailedToParse", "each delete needs a 'q' object and a 'limit' of 0 or 1")
+            parsed.append((q, compile_filter(q), limit))
+
+        def fn(w):
+            n, errors = 0, []
+            for i, (q, matcher, limit) in enumerate(parsed):
+                def one(q=q, matcher=matcher, limit=limit):
+                    docs = w.find(ns, q, matcher, limit=1 if limit else None)
+                    for d in docs:
+                        w.delete(ns, d)
+                    return len(docs)
+                try:
+                    n += w.atomic(one)
+                except MongoError as e:
+                    errors.append(_write_error(i, e))
+                    if ordered:
+                        break
+            return _write_reply(n, errors)
+
+        return self._write(fn)
+
+    def find_and_modify(self, session: Session, cmd: Command):
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        b = cmd.body
+        query = b.get("query") or {}
+        sort, fields = b.get("sort") or None, b.get("fields") or None
+        remove, update = bool(b.get("remove")), b.get("update")
+        if remove == (update is not None):
+            raise _err(9, "FailedToParse", "Either an update or remove=true must be specified")
+        if remove and b.get("upsert"):
+            raise _err(9, "FailedToParse", "Cannot specify both upsert=true and remove=true")
+        if update is not None and not isinstance(update, dict):
+            raise _err(2, "BadValue", "pipeline-style updates are not supported")
+        matcher = compile_filter(query)
+        self.opcounters["command"] += 1
+
+        def fn(w):
+            docs = w.find(ns, query, matcher)
+            if sort:
+                docs = sort_documents(docs, sort)
+            doc = docs[0] if docs else None
+            if remove:
+                if doc is not None:
+                    w.delete(ns, doc)
+                return _fam_reply(doc, {"n": int(doc is not None)}, fields)
+            now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+            if doc is None:
+                if not b.get("upsert"):
+                    return _fam_reply(None, {"n": 0, "updatedExisting": False}, fields)
+                new = w.insert(ns, apply_update(upsert_seed(query), update, is_upsert_insert=True, now=now))
+                return _fam_reply(new if b.get("new") else None,
+                                  {"n": 1, "updatedExisting": False, "upserted": new["_id"]}, fields)
+            new = apply_update(doc, update, now=now)
+            _write_changed(w, ns, doc, new, update, now)
+            return _fam_reply(new if b.get("new") else doc, {"n": 1, "updatedExisting": True}, fields)
+
+        return self._write(fn)
+
+    def create(self, session: Session, cmd: Command):
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        for opt in ("capped", "viewOn", "timeseries", "clusteredIndex", "validator"):
+            if cmd.body.get(opt):
+                raise _err(72, "InvalidOptions", f"create option '{opt}' is not supported")
+
+        async def run():
+            await self._write(lambda w: w.create_collection(ns, {}), exclusive=True)
+            return {"ok": 1.0}
+
+        return run()
+
+    def drop(self, session: Session, cmd: Command):
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+
+        async def run():
+            await self._write(lambda w: w.drop_collection(ns), exclusive=True)
+            self._kill_ns(lambda n: n == ns)
+            return {"ns": self.store.display_ns(ns), "nIndexesWas": 0, "ok": 1.0}
+
+        return run()
+
+    def drop_database(self, session: Session, cmd: Command):
+        prefix = self.db_prefix(session, cmd.db)
+
+        def fn(w):
+            for ns in [n for n in w.catalog if n.startswith(prefix)]:
+                w.drop_collection(ns)
+
+        async def run():
+            await self._write(fn, exclusive=True)
+            self._kill_ns(lambda n: n.startswith(prefix))
+            return {"dropped": cmd.db, "ok": 1.0}
+
+        return run()
+
+    def _kill_ns(self, pred) -> None:
+        for cid in [c.id for c in self.cursors.values() if pred(c.ns)]:
+            del self.cursors[cid]
+
+    def create_indexes(self, session: Session, cmd: Command):
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        specs = cmd.body.get("indexes")
+        if not isinstance(specs, list) or not specs:
+            raise _err(2, "BadValue", "'indexes' must be a non-empty array")
+        indexes = [parse_index_spec(s) for s in specs]
+
+        def fn(w):
+            before = w.catalog.get(ns)
+            created_coll = before is None
+            n_before = 1 + (len(before.indexes) if before else 0)
+            for idx in indexes:
+                w.create_index(ns, idx)
+            return {"numIndexesBefore": n_before, "numIndexesAfter": 1 + len(w.catalog[ns].indexes),
+                    "createdCollectionAutomatically": created_coll, "ok": 1.0}
+
+        return self._write(fn, exclusive=True)
+
+    def drop_indexes(self, session: Session, cmd: Command):
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        which = cmd.body.get("index")
+
+        def fn(w):
+            coll: Collection | None = w.catalog.get(ns)
+            if coll is None:
+                raise _err(26, "NamespaceNotFound", f"ns not found {self.store.display_ns(ns)}")
+            n = 1 + len(coll.indexes)
+            if which == "*":
+                names = [i.name for i in coll.indexes]
+            elif isinstance(which, str):
+                names = [which]
+            elif isinstance(which, list):
+                names = list(which)
+            elif isinstance(which, dict):
+                fields = tuple((k, int(v)) for k, v in which.items())
+                match = [i.name for i in coll.indexes if i.fields == fields]
+                if not match:
+                    raise _err(27, "IndexNotFound", f"can't find index with key: {which}")
+                names = match
+            else:
+                raise _err(14, "TypeMismatch", "'index' must be a name, a key pattern or '*'")
+            for name in names:
+                w.drop_index(ns, name)
+            return {"nIndexesWas": n, "ok": 1.0}
+
+        return self._write(fn, exclusive=True)
+
+    # ---- helpers ----
+
+    @staticmethod
+    def _then(value, fn):
+        if asyncio.isfuture(value) or asyncio.iscoroutine(value):
+            async def chain():
+                return fn(await value)
+            return chain()
+        return fn(value)
+
+
+def check_db_name(db) -> None:
+    if not isinstance(db, str) or not db or len(db) >= 64 or any(c in _BAD_DB_CHARS for c in db):
+        raise _err(73, "InvalidNamespace", f"Invalid database name: {db!r}")
+
+
+def parse_index_spec(spec) -> Index:
+    if not isinstance(spec, dict) or not isinstance(spec.get("key"), dict) or not spec["key"]:
+        raise _err(9, "FailedToParse", "an index spec needs a non-empty 'key' object")
+    fields = []
+    for path, direction in spec["key"].items():
+        if isinstance(direction, str):
+            raise _err(67, "CannotCreateIndex", f"index type '{direction}' (on {path}) is not supported")
+        if isinstance(direction, bool) or not isinstance(direction, (int, float)) or direction not in (1, -1):
+            raise _err(67, "CannotCreateIndex", f"index key values must be 1 or -1, got {direction!r} for {path}")
+        fields.append((path, int(direction)))
+    for opt in _UNSUPPORTED_INDEX_OPTIONS:
+        if opt in spec:
+            raise _err(67, "CannotCreateIndex", f"index option '{opt}' is not supported")
+    name = spec.get("name") or "_".join(f"{p}_{d}" for p, d in fields)
+    if not isinstance(name, str):
+        raise _err(14, "TypeMismatch", "index name must be a string")
+    return Index(name, tuple(fields), bool(spec.get("unique")))
+
+
+def _take(docs: list, pos: int, n: int) -> tuple[list, int]:
+    """Up to n documents from pos (n = 0: all), fewer if they would pass 16 MB in one reply."""
+    end = min(len(docs), pos + n) if n else len(docs)
+    if end - pos > 1:
+        size, stop = 0, pos
+        while stop < end:
+            size += len(bson.encode(docs[stop]))
+            if size > MAX_BSON_OBJECT and stop > pos:
+                break
+            stop += 1
+        end = stop
+    return docs[pos:end], end
+
+
+def _has_path(doc, path: str) -> bool:
+    cur = doc
+    for part in path.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        else:
+            return isinstance(cur, list)
+    return True
+
+
+def _write_error(i: int, e: MongoError) -> dict:
+    out = {"index": i, "code": e.code, "codeName": e.code_name, "errmsg": e.message}
+    out.update(getattr(e, "details", None) or {})
+    return out
+
+
+def _write_reply(n: int, errors: list) -> dict:
+    reply = {"n": n, "ok": 1.0}
+    if errors:
+        reply["writeErrors"] = errors
+    return reply
+
+
+def _write_changed(w, ns: str, old: dict, new: dict, update: dict, now) -> bool:
+    """Writes new over old if it differs; the oplog gets the operators or the replacement."""
+    if bson.encode(new) == bson.encode(old):
+        return False
+    if any(isinstance(k, str) and k.startswith("$") for k in update):
+        w.replace(ns, old, new, {"op": "u", "u": update, "now": now})
+    else:
+        w.replace(ns, old, new, {"op": "r", "doc": new})
+    return True
+
+
+def _update_one_statement(w, ns: str, s: dict, now) -> tuple[int, int, object]:
+    q, u = s.get("q") or {}, s["u"]
+    multi, upsert = bool(s.get("multi")), bool(s.get("upsert"))
+    if isinstance(u, dict) and multi and u and not any(isinstance(k, str) and k.startswith("$") for k in u):
+        raise _err(9, "FailedToParse", "multi update is not supported for replacement-style update")
+    matcher = compile_filter(q)
+    docs = w.find(ns, q, matcher, limit=None if multi else 1)
+    modified = 0
+    for doc in docs:
+        new = apply_update(doc, u, now=now)
+        modified += _write_changed(w, ns, doc, new, u, now)
+    if docs or not upsert:
+        return len(docs), modified, None
+    new = apply_update(upsert_seed(q), u, is_upsert_insert=True, now=now)
+    new = w.insert(ns, new)
+    return 0, 0, new["_id"]
+
+
+def _fam_reply(doc, last_error: dict, fields) -> dict:
+    if doc is not None and fields:
+        doc = project(doc, fields)
+    return {"lastErrorObject": last_error, "value": doc, "ok": 1.0}
+
+
+__all__ = ["Commands", "Session", "Command", "check_db_name", "ObjectId"]

@@ -1,0 +1,589 @@
+"""The node's local replica: LMDB under data_dir/db, written by one thread.
+
+Sub-databases: ``docs`` (key: namespace, NUL, the _id's order-preserving key; value:
+the BSON document; so it is also the _id index), ``meta`` (the collection catalog, the
+oplog sequence and the clock), ``oplog`` (key: origin node, NUL, 8-byte sequence), and
+one ``i:<ns>:<index>`` per secondary index (key: the index key, then the _id key for
+non-unique indexes; unique ones map the index key to the _id key).
+
+Writes: callers hand a function to ``submit``; a single writer thread runs every
+function waiting in its queue inside one LMDB write transaction (each in a nested
+transaction, so a failing one leaves no trace) and commits once: concurrent writers
+share one fsync (group commit). Catalog changes (indexes, drops) run alone because
+they open sub-databases. Every document write appends its operation-log record in
+the same transaction. Reads use read transactions and never wait for the writer.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import struct
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import bson
+import lmdb
+from bson.int64 import Int64
+from bson.objectid import ObjectId
+from bson.regex import Regex
+
+from farts.db import keys
+from farts.db.errors import MongoError
+from farts.db.hlc import HLC
+
+log = logging.getLogger("farts.db.store")
+
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+_SEQ = struct.Struct(">Q")
+_GROUP_MAX = 512   # write functions per commit
+
+
+def _err(code: int, name: str, message: str) -> MongoError:
+    return MongoError(code, name, message)
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    fields: tuple[tuple[str, int], ...]
+    unique: bool = False
+    multikey: bool = False
+
+    def spec(self) -> dict:
+        out = {"v": 2, "key": dict(self.fields), "name": self.name}
+        if self.unique:
+            out["unique"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class Collection:
+    ns: str
+    indexes: tuple[Index, ...] = ()
+    options: dict = field(default_factory=dict)
+
+    def index(self, name: str) -> Index | None:
+        return next((i for i in self.indexes if i.name == name), None)
+
+    def encode(self) -> bytes:
+        return bson.encode({"ns": self.ns, "options": self.options, "indexes": [
+            {"name": i.name, "fields": [list(f) for f in i.fields], "unique": i.unique, "multikey": i.multikey}
+            for i in self.indexes]})
+
+    @staticmethod
+    def decode(data: bytes) -> Collection:
+        d = bson.decode(data)
+        return Collection(d["ns"], tuple(Index(i["name"], tuple((f, int(x)) for f, x in i["fields"]),
+                                               i["unique"], i["multikey"]) for i in d["indexes"]),
+                          d["options"])
+
+
+def index_db_name(ns: str, index: str) -> bytes:
+    return f"i:{ns}:{index}".encode()
+
+
+def ns_prefix(ns: str) -> bytes:
+    return ns.encode() + b"\0"
+
+
+@dataclass
+class ScanStats:
+    """What one query read: the evidence an index was used (explain, tests, metrics)."""
+    plan: str = "COLLSCAN"
+    index: str | None = None
+    keys: int = 0
+    docs: int = 0
+
+
+class TooBig(Exception):
+    """A read on the event loop went over its budget; the caller reruns it in the pool."""
+
+
+class Store:
+    def __init__(self, path: Path, node_id: str, *, sync: bool = True, map_size: int = 1 << 32,
+                 max_dbs: int = 4096, display_ns=lambda ns: ns) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.node_id = node_id
+        self.display_ns = display_ns  # internal namespace → the name a client knows
+        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=max_dbs, sync=sync,
+                             metasync=sync, max_readers=256)
+        self.docs = self.env.open_db(b"docs")
+        self.meta = self.env.open_db(b"meta")
+        self.oplog = self.env.open_db(b"oplog")
+        self._origin = node_id.encode() + b"\0"
+        self._index_dbs: dict[bytes, object] = {}
+        catalog = {}
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(self.meta).iternext():
+                if k.startswith(b"c:"):
+                    c = Collection.decode(v)
+                    catalog[c.ns] = c
+            seq = txn.get(b"seq", db=self.meta)
+            hlc = txn.get(b"hlc", db=self.meta)
+        for c in catalog.values():
+            for i in c.indexes:
+                name = index_db_name(c.ns, i.name)
+                self._index_dbs[name] = self.env.open_db(name)
+        self.catalog: dict[str, Collection] = catalog   # as committed; read by the loop
+        self._wcat = dict(catalog)                       # the writer's view (uncommitted)
+        self.seq = _SEQ.unpack(seq)[0] if seq else 0     # last sequence of this origin
+        self.hlc = HLC(_SEQ.unpack(hlc)[0] if hlc else 0)
+        self.doc_reads = 0      # documents fetched by queries (evidence for index use)
+        self.commits = 0
+        self.committed_ops = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._writer, name="farts-db-writer", daemon=True)
+        self._thread.start()
+
+    # ---- writes ----
+
+    def submit(self, fn, exclusive: bool = False) -> concurrent.futures.Future:
+        """Runs fn(WriteTxn) in the writer thread; the future resolves after the commit."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((fn, fut, exclusive))
+        return fut
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+        self.env.close()
+
+    def _writer(self) -> None:
+        pending = []
+        while True:
+            if not pending:
+                item = self._queue.get()
+                if item is None:
+                    return
+                pending.append(item)
+            stop = False
+            while len(pending) < _GROUP_MAX:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                pending.append(item)
+            if pending[0][2]:
+                group, pending = pending[:1], pending[1:]
+            else:
+                n = next((i for i, it in enumerate(pending) if it[2]), len(pending))
+                group, pending = pending[:n], pending[n:]
+            self._commit_group(group)
+            if stop:
+                for _, fut, _ in pending:
+                    fut.set_exception(RuntimeError("store closed"))
+                return
+
+    def _commit_group(self, group) -> None:
+        results = []
+        seq_before, hlc_before = self.seq, self.hlc.last
+        try:
+            txn = self.env.begin(write=True, db=self.docs)
+            for fn, fut, _ in group:
+                w = WriteTxn(self, txn)
+                try:
+                    results.append((fut, w.atomic(lambda w=w, fn=fn: fn(w)), None))
+                except Exception as e:  # noqa: BLE001 - handed to the waiting caller
+                    if not isinstance(e, MongoError):
+                        log.exception("write failed")
+                    results.append((fut, None, e))
+            txn.put(b"seq", _SEQ.pack(self.seq), db=self.meta)
+            txn.put(b"hlc", _SEQ.pack(self.hlc.last), db=self.meta)
+            txn.commit()
+        except lmdb.Error as e:
+            log.error("LMDB commit failed: %s", e)
+            try:
+                txn.abort()
+            except lmdb.Error:
+                pass
+            self.seq, self.hlc.last = seq_before, hlc_before
+            self._wcat = dict(self.catalog)
+            err = _err(1, "InternalError", f"storage commit failed: {e}")
+            for fut, _, _ in results or [(f, None, None) for _, f, _ in group]:
+                fut.set_exception(err)
+            return
+        self.catalog = dict(self._wcat)
+        self.commits += 1
+        self.committed_ops += len(group)
+        for fut, value, exc in results:
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+
+    def index_db(self, txn, ns: str, index: str, create: bool = False):
+        name = index_db_name(ns, index)
+        db = self._index_dbs.get(name)
+        if db is None and create:
+            db = self._index_dbs[name] = self.env.open_db(name, txn=txn)
+        return db
+
+    # ---- reads ----
+
+    def read(self):
+        return self.env.begin(db=self.docs)
+
+    def get(self, txn, ns: str, _id) -> dict | None:
+        data = txn.get(ns_prefix(ns) + keys.encode(_id), db=self.docs)
+        if data is None:
+            return None
+        self.doc_reads += 1
+        return bson.decode(data)
+
+    def scan(self, txn, ns: str, flt: dict, matcher, stats: ScanStats | None = None,
+             budget: int | None = None, catalog: dict | None = None, limit: int | None = None):
+        """The documents of ns that match (matcher is the compiled flt); the filter's
+        index-able parts pick an index, the matcher decides on every candidate."""
+        stats = stats if stats is not None else ScanStats()
+        coll = (catalog if catalog is not None else self.catalog).get(ns)
+        if coll is None:
+            return []
+        prefix = ns_prefix(ns)
+        bounds = keys.field_bounds(flt) if flt else {}
+        best = None
+        if bounds:
+            id_scan = keys.plan_index("_id_", [("_id", 1)], False, bounds)
+            best = id_scan
+            for idx in coll.indexes:
+                s = keys.plan_index(idx.name, idx.fields, idx.multikey, bounds)
+                if s and (best is None or (s.point_fields, s.ranged) > (best.point_fields, best.ranged)):
+                    best = s
+        out: list[dict] = []
+        docs_db = self.docs
+        cur_docs = txn.cursor(docs_db)
+        decode = bson.decode
+
+        def consider(data: bytes) -> bool:
+            stats.docs += 1
+            self.doc_reads += 1
+            if budget is not None and stats.docs > budget:
+                raise TooBig
+            doc = decode(data)
+            if matcher is None or matcher(doc):
+                out.append(doc)
+                return limit is not None and len(out) >= limit
+            return False
+
+        if best is None:
+            cur = cur_docs
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    if consider(v):
+                        break
+            return out
+        stats.plan, stats.index = "IXSCAN", best.index
+        seen: set[bytes] = set()
+        if best.index == "_id_":
+            cur = cur_docs
+            for start, stop in best.ranges:
+                if not cur.set_range(prefix + start):
+                    continue
+                for k, v in cur:
+                    if (stop is not None and k >= prefix + stop) or not k.startswith(prefix):
+                        break
+                    stats.keys += 1
+                    if k in seen:
+                        continue
+                    seen.add(k)
+                    if consider(v):
+                        return out
+            return out
+        idx = coll.index(best.index)
+        db = self.index_db(txn, ns, idx.name)
+        cur = txn.cursor(db)
+        for start, stop in best.ranges:
+            if not cur.set_range(start):
+                continue
+            for k, v in cur:
+                if stop is not None and k >= stop:
+                    break
+                stats.keys += 1
+                id_key = v if idx.unique else _id_key_of(k, len(idx.fields))
+                if id_key in seen:
+                    continue
+                seen.add(id_key)
+                data = txn.get(prefix + id_key, db=docs_db)
+                if data is not None and consider(data):
+                    return out
+        return out
+
+    # ---- sizes (metrics) ----
+
+    def size_bytes(self) -> int:
+        info, stat = self.env.info(), self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"]
+
+    def oplog_length(self) -> int:
+        with self.env.begin() as txn:
+            return txn.stat(self.oplog)["entries"]
+
+    def oplog_records(self, txn=None) -> list[dict]:
+        with (txn or self.env.begin()) as t:
+            return [bson.decode(v) for _, v in t.cursor(self.oplog)]
+
+
+def _id_key_of(index_key: bytes, nfields: int) -> bytes:
+    """The _id key after the field components of a non-unique index key."""
+    pos = 0
+    for _ in range(nfields):
+        pos = _component_end(index_key, pos)
+    return index_key[pos:]
+
+
+_FIXED = {keys.R_MINKEY: 1, keys.R_NULL: 1, keys.R_NUMBER: 13, keys.R_OBJECTID: 13, keys.R_BOOL: 2,
+          keys.R_DATE: 9, keys.R_TIMESTAMP: 9, keys.R_MAXKEY: 1}
+
+
+def _component_end(key: bytes, pos: int) -> int:
+    rank = key[pos]
+    inverted = rank >= 0x80
+    if inverted:
+        rank = 255 - rank
+    n = _FIXED.get(rank)
+    if n is not None:
+        return pos + n
+    if rank == keys.R_BINARY:
+        raw = key[pos + 1:pos + 5]
+        length = struct.unpack(">I", bytes(255 - b for b in raw) if inverted else raw)[0]
+        return pos + 6 + length
+    terms = 2 if rank == keys.R_REGEX else 1
+    zero = 0xFF if inverted else 0x00
+    p = pos + 1
+    for _ in range(terms):
+        while True:
+            if key[p] == zero and key[p + 1] == zero:
+                p += 2
+                break
+            p += 2 if key[p] == zero else 1
+    return p
+
+
+class WriteTxn:
+    """What a write function sees: document primitives inside the writer's transaction."""
+
+    def __init__(self, store: Store, txn) -> None:
+        self.store = store
+        self.txn = txn
+        self._frames: list[dict] = []
+        self.now = None  # the wall time of this write (for $currentDate), set by callers
+
+    @property
+    def catalog(self) -> dict[str, Collection]:
+        return self.store._wcat
+
+    def atomic(self, fn):
+        """Runs fn in a nested transaction: all of its writes, or none of them."""
+        st = self.store
+        parent = self.txn
+        child = st.env.begin(write=True, parent=parent, db=st.docs)
+        frame = {"cat": {}, "seq": st.seq}
+        self.txn = child
+        self._frames.append(frame)
+        try:
+            result = fn()
+        except BaseException:
+            child.abort()
+            for ns, old in frame["cat"].items():
+                if old is None:
+                    st._wcat.pop(ns, None)
+                else:
+                    st._wcat[ns] = old
+            st.seq = frame["seq"]
+            raise
+        else:
+            child.commit()
+            if len(self._frames) > 1:
+                for ns, old in frame["cat"].items():
+                    self._frames[-2]["cat"].setdefault(ns, old)
+            return result
+        finally:
+            self.txn = parent
+            self._frames.pop()
+
+    def _set_collection(self, ns: str, coll: Collection | None) -> None:
+        cat = self.store._wcat
+        if self._frames:
+            self._frames[-1]["cat"].setdefault(ns, cat.get(ns))
+        key = b"c:" + ns.encode()
+        if coll is None:
+            cat.pop(ns, None)
+            self.txn.delete(key, db=self.store.meta)
+        else:
+            cat[ns] = coll
+            self.txn.put(key, coll.encode(), db=self.store.meta)
+
+    def collection(self, ns: str, create: bool = True) -> Collection | None:
+        coll = self.store._wcat.get(ns)
+        if coll is None and create:
+            coll = Collection(ns)
+            self._set_collection(ns, coll)
+        return coll
+
+    def log(self, ns: str, op: str, _id=None, **fields) -> None:
+        st = self.store
+        st.seq += 1
+        rec = {"o": st.node_id, "s": Int64(st.seq), "ts": Int64(st.hlc.now()), "ns": ns, "op": op}
+        if _id is not None:
+            rec["id"] = _id
+        rec.update(fields)
+        self.txn.put(st._origin + _SEQ.pack(st.seq), bson.encode(rec), db=st.oplog)
+
+    # -- documents --
+
+    def get(self, ns: str, _id) -> dict | None:
+        return self.store.get(self.txn, ns, _id)
+
+    def find(self, ns: str, flt: dict, matcher, limit: int | None = None) -> list[dict]:
+        return self.store.scan(self.txn, ns, flt, matcher, catalog=self.store._wcat, limit=limit)
+
+    def _encode_doc(self, doc: dict) -> bytes:
+        data = bson.encode(doc)
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise _err(10334, "BSONObjectTooLarge",
+                       f"document is {len(data)} bytes, over the {MAX_DOCUMENT_BYTES}-byte limit")
+        return data
+
+    def _dup(self, ns: str, index: Index, values: tuple) -> MongoError:
+        pattern = dict(index.fields)
+        key_value = {f: v for (f, _), v in zip(index.fields, values, strict=True)}
+        shown = ", ".join(f"{f}: {_show(v)}" for f, v in key_value.items())
+        e = _err(11000, "DuplicateKey", f"E11000 duplicate key error collection: {self.store.display_ns(ns)} "
+                                        f"index: {index.name} dup key: {{ {shown} }}")
+        e.details = {"keyPattern": pattern, "keyValue": key_value}
+        return e
+
+    def _index_put(self, ns: str, coll: Collection, doc: dict, id_key: bytes, old: dict | None) -> None:
+        """Adds doc's index keys (and removes old's that it no longer has)."""
+        txn = self.txn
+        for pos, idx in enumerate(coll.indexes):
+            db = self.store.index_db(txn, ns, idx.name)
+            new_keys, multikey = keys.index_keys(doc, idx.fields)
+            old_keys = keys.index_keys(old, idx.fields)[0] if old is not None else {}
+            for k in old_keys.keys() - new_keys.keys():
+                txn.delete(k if idx.unique else k + id_key, db=db)
+            for k, values in new_keys.items():
+                if k in old_keys:
+                    continue
+                if idx.unique:
+                    if not txn.put(k, id_key, db=db, overwrite=False):
+                        if txn.get(k, db=db) != id_key:
+                            raise self._dup(ns, idx, values)
+                else:
+                    txn.put(k + id_key, b"", db=db)
+            if multikey and not idx.multikey:
+                coll = replace(coll, indexes=coll.indexes[:pos] + (replace(idx, multikey=True),) +
+                               coll.indexes[pos + 1:])
+                self._set_collection(ns, coll)
+
+    def insert(self, ns: str, doc: dict) -> dict:
+        if "_id" not in doc:
+            doc = {"_id": ObjectId(), **doc}
+        _id = doc["_id"]
+        if isinstance(_id, (list, Regex)) or type(_id).__name__ == "Pattern":
+            raise _err(2, "BadValue", f"can't use {'an array' if isinstance(_id, list) else 'a regex'} for _id")
+        coll = self.collection(ns)
+        data = self._encode_doc(doc)
+        id_key = keys.encode(_id)
+        if not self.txn.put(ns_prefix(ns) + id_key, data, overwrite=False):
+            raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
+        self._index_put(ns, coll, doc, id_key, None)
+        self.log(ns, "i", _id, doc=doc)
+        return doc
+
+    def replace(self, ns: str, old: dict, new: dict, op: dict) -> None:
+        """Writes new over old (same _id); op is the oplog record's body."""
+        coll = self.collection(ns)
+        data = self._encode_doc(new)
+        id_key = keys.encode(old["_id"])
+        self.txn.put(ns_prefix(ns) + id_key, data)
+        self._index_put(ns, coll, new, id_key, old)
+        self.log(ns, op.pop("op"), old["_id"], **op)
+
+    def delete(self, ns: str, doc: dict) -> None:
+        coll = self.collection(ns)
+        id_key = keys.encode(doc["_id"])
+        txn = self.txn
+        for idx in coll.indexes:
+            db = self.store.index_db(txn, ns, idx.name)
+            for k in keys.index_keys(doc, idx.fields)[0]:
+                txn.delete(k if idx.unique else k + id_key, db=db)
+        txn.delete(ns_prefix(ns) + id_key)
+        self.log(ns, "d", doc["_id"])
+
+    # -- catalog (run with submit(..., exclusive=True): they open sub-databases) --
+
+    def create_collection(self, ns: str, options: dict) -> None:
+        if ns in self.store._wcat:
+            raise _err(48, "NamespaceExists", f"Collection {self.store.display_ns(ns)} already exists.")
+        self._set_collection(ns, Collection(ns, (), options))
+        self.log(ns, "c", cmd={"create": ns, "options": options})
+
+    def drop_collection(self, ns: str) -> bool:
+        coll = self.store._wcat.get(ns)
+        if coll is None:
+            return False
+        prefix = ns_prefix(ns)
+        cur = self.txn.cursor(self.store.docs)
+        if cur.set_range(prefix):
+            while cur.key().startswith(prefix):
+                if not cur.delete():
+                    break
+        for idx in coll.indexes:
+            self.txn.drop(self.store.index_db(self.txn, ns, idx.name), delete=False)
+        self._set_collection(ns, None)
+        self.log(ns, "c", cmd={"drop": ns})
+        return True
+
+    def create_index(self, ns: str, index: Index) -> bool:
+        """False if an identical index exists; raises on a conflicting one or a duplicate."""
+        coll = self.collection(ns)
+        for existing in ((Index("_id_", (("_id", 1),), True),) + coll.indexes):
+            same_name, same_key = existing.name == index.name, existing.fields == index.fields
+            if same_name and same_key and (existing.unique == index.unique or existing.name == "_id_"):
+                return False
+            if same_name:
+                raise _err(86, "IndexKeySpecsConflict",
+                           f"An existing index has the same name as the requested index: {index.name}")
+            if same_key:
+                raise _err(85, "IndexOptionsConflict",
+                           f"Index with name: {index.name} already exists with a different name or options")
+        db = self.store.index_db(self.txn, ns, index.name, create=True)
+        self.txn.drop(db, delete=False)  # left over from an earlier index of the same name
+        coll = replace(coll, indexes=coll.indexes + (index,))
+        self._set_collection(ns, coll)
+        prefix = ns_prefix(ns)
+        cur = self.txn.cursor(self.store.docs)
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                self._index_put(ns, self.store._wcat[ns], bson.decode(v), k[len(prefix):], None)
+        self.log(ns, "c", cmd={"createIndexes": ns, "index": index.spec()})
+        return True
+
+    def drop_index(self, ns: str, name: str) -> None:
+        coll = self.store._wcat.get(ns)
+        if name == "_id_":
+            raise _err(72, "InvalidOptions", "cannot drop _id index")
+        if coll is None or coll.index(name) is None:
+            raise _err(27, "IndexNotFound", f"index not found with name [{name}]")
+        self.txn.drop(self.store.index_db(self.txn, ns, name), delete=False)
+        self._set_collection(ns, replace(coll, indexes=tuple(i for i in coll.indexes if i.name != name)))
+        self.log(ns, "c", cmd={"dropIndexes": ns, "index": name})
+
+
+def _show(v) -> str:
+    if isinstance(v, str):
+        return '"' + v.replace('"', '\\"') + '"'
+    if v is None:
+        return "null"
+    if isinstance(v, ObjectId):
+        return f"ObjectId('{v}')"
+    return str(v)
