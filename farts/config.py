@@ -125,6 +125,8 @@ class Route:
     tenants: list[str] = _checked([])
     # Overrides limits.max_body_bytes for requests on this route.
     max_body_bytes: int = _checked(-1, Check(lambda v: v >= -1, "a number >= 0, or -1"))
+    # kind = "cdn": the name of a [cdn.origins.<name>] entry.
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -169,9 +171,38 @@ class PubSubConfig:
 
 
 @dataclass(frozen=True)
+class CDNOrigin:
+    # "http": url is the base URL the path after the route prefix is appended to;
+    # "s3": url is the endpoint, objects are path-style <url>/<bucket>/<key>, signed with
+    # AWS Signature V4 when access_key_id is set; "dir": files under path (relative to
+    # data_dir), the built-in origin of `farts-edge up`.
+    kind: str = _checked("http", _one_of("http", "s3", "dir"))
+    url: str = _checked("", Check(lambda v: v == "" or v.startswith(("http://", "https://")),
+                                  "an http:// or https:// URL"))
+    bucket: str = ""
+    region: str = "us-east-1"
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    path: str = "origin"
+    connect_timeout: float = _checked(2.0, POSITIVE)
+    read_timeout: float = _checked(30.0, POSITIVE)
+
+
+@dataclass(frozen=True)
 class CDNConfig:
     # Bytes of object bodies kept under data_dir/cache; least recently used go first.
     capacity_bytes: int = _checked(1024 * 1024 * 1024, POSITIVE)
+    # Larger objects are passed through to the client, not stored.
+    max_object_bytes: int = _checked(256 * 1024 * 1024, POSITIVE)
+    # Objects up to this size are also kept in memory as a ready response (0: none), up
+    # to memory_capacity_bytes in all.
+    memory_object_bytes: int = _checked(16 * 1024, NON_NEGATIVE)
+    memory_capacity_bytes: int = _checked(64 * 1024 * 1024, NON_NEGATIVE)
+    # Seconds to keep origin 404/410 answers (0: not cached); 5xx are never cached.
+    negative_ttl: float = _checked(0.0, NON_NEGATIVE)
+    # Seconds between flushes of the recency order to LMDB (what a restart keeps).
+    flush_interval: float = _checked(2.0, POSITIVE)
+    origins: dict[str, CDNOrigin] = _checked({})
 
 
 @dataclass(frozen=True)
@@ -340,6 +371,8 @@ def _cross_check(cfg: Config) -> None:
                 raise ConfigError(f"{src}: routes[{i}].upstream: required for kind = \"proxy\"")
             if r.upstream not in cfg.upstreams:
                 raise ConfigError(f"{src}: routes[{i}].upstream: no upstream named {r.upstream!r} (known: {', '.join(cfg.upstreams) or 'none'})")
+        if r.kind == "cdn" and r.origin not in cfg.cdn.origins:
+            raise ConfigError(f"{src}: routes[{i}].origin: no CDN origin named {r.origin!r} (known: {', '.join(cfg.cdn.origins) or 'none'})")
         for t in r.tenants:
             if t not in tenant_ids:
                 raise ConfigError(f"{src}: routes[{i}].tenants: no tenant named {t!r}")
@@ -444,6 +477,26 @@ ping_interval = 20.0        # seconds between pings/heartbeats; silent clients g
 
 [cdn]
 capacity_bytes = 1073741824 # bytes of cached bodies under data_dir/cache (LRU eviction)
+max_object_bytes = 268435456  # larger objects are passed through, not stored
+memory_object_bytes = 16384 # objects up to this size are also served from memory ...
+memory_capacity_bytes = 67108864  # ... up to this many bytes in all
+negative_ttl = 0.0          # seconds to cache origin 404/410 (0: never); 5xx never
+flush_interval = 2.0        # seconds between flushes of the recency order (kept by restarts)
+
+[cdn.origins.media]         # routes of kind "cdn" name one of these
+kind = "http"               # http (url = base URL), s3 (url = endpoint, path-style) or dir (path)
+url = "http://127.0.0.1:9000/media/"
+connect_timeout = 2.0       # seconds; a failed connect answers 502
+read_timeout = 30.0         # seconds without a byte from the origin answers 504
+
+[cdn.origins.assets]
+kind = "s3"
+url = "http://127.0.0.1:9001"
+bucket = "assets"
+region = "us-east-1"
+access_key_id = ""          # empty: unsigned requests (a public bucket)
+secret_access_key = ""
+# and a route to an origin:  [[routes]]  prefix = "/media/"  kind = "cdn"  origin = "media"
 
 [dns]
 enabled = false

@@ -11,6 +11,7 @@ import time
 
 from farts import __version__
 from farts.admin import AdminHandler
+from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
 from farts.config import Config, Route
 from farts.metrics import Metrics
 from farts.proxy import ProxyHandler, ProxyStats
@@ -37,6 +38,9 @@ class Node:
         self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats)
                           for name, up in cfg.upstreams.items()}
         self.pubsub = PubSub(cfg.node.id, cfg.pubsub, cfg.tenants, self.metrics)
+        # The CDN (its cache under data_dir/cache) only when a route uses it.
+        self.cdn = (CDN(cfg.cdn, cfg.path("cache"), self.metrics)
+                    if any(r.kind == "cdn" for r in cfg.routes) else None)
         self.metrics.gauge("farts_node_info", "This node", lambda: {(cfg.node.id, cfg.node.region, __version__): 1},
                            ("node", "region", "version"))
 
@@ -47,6 +51,9 @@ class Node:
             return self.upstreams[route.upstream]
         if route.kind == "admin":
             return self.admin
+        if route.kind == "cdn":
+            return CDNHandler(self.cdn, make_origin(self.cfg.cdn.origins[route.origin], self.cfg.data_dir),
+                              route.prefix)
         if route.kind == "pubsub":
             return self.pubsub
         raise ValueError(f"route kind {route.kind!r} has no handler")  # config.py rejects it first
@@ -57,7 +64,12 @@ class Node:
         access = AccessLog(cfg.http.access_log_sample, cfg.http.access_log)
         public = Router(cfg.tenants, [(r, self._handler_for(r)) for r in cfg.routes],
                         cfg.limits.max_body_bytes, cfg.http.unknown_host_status)
-        admin = Router(None, [(Route(prefix="/", kind="admin"), self.admin)], 0)
+        admin_routes = [(Route(prefix="/", kind="admin"), self.admin)]
+        if self.cdn is not None:
+            self.cdn.start()
+            admin_routes.append((Route(prefix="/api/cache/", kind="admin", max_body_bytes=65536),
+                                 PurgeHandler(self.cdn)))
+        admin = Router(None, admin_routes, 0)
         ls = cfg.listeners
         if ls.http.enabled:
             await self._listen("http", "http", public, ls.http.host, ls.http.port, None, access)
@@ -100,3 +112,5 @@ class Node:
             await li.close()
         for up in self.upstreams.values():
             up.close()
+        if self.cdn is not None:
+            await self.cdn.stop()

@@ -18,18 +18,20 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 from collections import deque
 from time import perf_counter
 
 from fast.http1 import END, LAST_CHUNK, HTTPError, RequestParser, encode_chunk, response_head
 from fast.http1 import Request as RequestHead
 
-from .http import ClientGone, Fixed, Request, RequestBody, Response, Takeover
+from .http import ClientGone, FileBody, Fixed, Request, RequestBody, Response, Takeover
 
 log = logging.getLogger("farts.http")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_PENDING_EVENTS = 256
+FILE_CHUNK = 256 * 1024  # a file body's piece when it goes through the transport
 PAUSE_PENDING, PAUSE_BODY = 1, 2
 
 
@@ -37,7 +39,7 @@ class HTTP1Connection(asyncio.Protocol):
     __slots__ = ("listener", "parser", "transport", "client", "pending", "in_flight",
                  "body", "keep_alive", "expect_continue", "paused",
                  "write_paused", "drain_waiter", "task", "head_started", "idle_since",
-                 "requests", "closed", "responding", "req_body", "last_progress")
+                 "requests", "closed", "responding", "req_body", "last_progress", "sock_fd")
 
     def __init__(self, listener) -> None:
         self.listener = listener
@@ -61,6 +63,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.responding = False     # the current async response has started on the wire
         self.req_body: RequestBody | None = None  # the current request's body, until answered
         self.last_progress = 0.0    # last time bytes moved either way (coarse clock)
+        self.sock_fd = -1           # for os.sendfile: plain TCP only (never under TLS)
 
     # -- connection lifetime ----------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -68,6 +71,9 @@ class HTTP1Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else "unix"
         self.idle_since = self.last_progress = self.listener.now
+        sock = transport.get_extra_info("socket")
+        if self.listener.scheme == "http" and sock is not None:
+            self.sock_fd = sock.fileno()
         refusal = self.listener.admit(self)
         if refusal is not None:
             self.closed = True
@@ -276,6 +282,8 @@ class HTTP1Connection(asyncio.Protocol):
             self._finished(route, result.status, start, head)
         elif type(result) is Takeover:
             self._take_over(result, route, start, head)
+        elif type(result) is Response and type(result.body) is FileBody and self._file_now(result, head):
+            self._finished(route, result.status, start, head)
         else:
             self.in_flight = True
             self.task = asyncio.ensure_future(self._respond_later(req, result))
@@ -360,11 +368,73 @@ class HTTP1Connection(asyncio.Protocol):
         if not self.closed:
             self._pump()
 
+    def _file_now(self, resp: Response, head: RequestHead) -> bool:
+        """Head and file body written at once when the socket takes all of it (a cache
+        hit, usually); False leaves the rest to _write_response, in a task."""
+        body = resp.body
+        self.transport.write(self._framed(resp, head))
+        body.started = True
+        if resp.head_only or head.method == b"HEAD" or self._sendfile(body):
+            os.close(body.fd)
+            return True
+        return False
+
+    def _sendfile(self, body: FileBody) -> bool:
+        """Sends what the socket takes straight from the file; True when all is sent (or
+        the connection failed: it is closed then)."""
+        if self.sock_fd < 0 or self.closed or self.transport.get_write_buffer_size():
+            return self.closed   # TLS, or bytes queued ahead that must go first
+        try:
+            while body.count > 0:
+                n = os.sendfile(self.sock_fd, body.fd, body.offset, body.count)
+                if n == 0:  # the file is shorter than announced: the framing is broken
+                    self.keep_alive = False
+                    body.count = 0
+                    break
+                body.offset += n
+                body.count -= n
+                self.listener.bytes_out += n
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._close()
+        return True
+
+    async def _write_file(self, body: FileBody, skip: bool) -> None:
+        """The rest of a file body: sendfile while the socket takes it, else one chunk
+        read off the loop through the transport (which queues it), then again."""
+        loop = asyncio.get_running_loop()
+        try:
+            while body.count > 0 and not skip:
+                if self.closed:
+                    raise ClientGone()
+                if self._sendfile(body):
+                    break
+                data = await loop.run_in_executor(None, os.pread, body.fd,
+                                                  min(body.count, FILE_CHUNK), body.offset)
+                if not data or self.closed:
+                    self.keep_alive = False
+                    break
+                body.offset += len(data)
+                body.count -= len(data)
+                self.listener.bytes_out += len(data)
+                self.transport.write(data)
+                self.last_progress = self.listener.now
+                if self.write_paused:
+                    await self.drain()
+        finally:
+            os.close(body.fd)
+
     async def _write_response(self, resp: Response, head: RequestHead) -> None:
         write = self.transport.write
         self.responding = True
-        write(self._framed(resp, head))
         body = resp.body
+        if type(body) is FileBody:
+            if not body.started:
+                write(self._framed(resp, head))
+            await self._write_file(body, resp.head_only or head.method == b"HEAD")
+            return
+        write(self._framed(resp, head))
         if type(body) is bytes:
             return
         skip = resp.head_only or head.method == b"HEAD"

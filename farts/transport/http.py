@@ -8,6 +8,7 @@ handler, and writes what it returns:
   for fixed answers and error pages: no task, no per-request object.
 - ``Response``: status, headers and a body that is ``bytes`` or an async iterator of
   ``bytes`` (streamed with write flow control, chunked when no length is known).
+- ``Response`` with a ``FileBody``: a body sent from a file (sendfile on plain HTTP).
 - an awaitable of either: the transport runs it as a task; later pipelined requests
   wait their turn so responses stay in order.
 - ``Takeover`` (returned at once, not awaited): the handler takes the connection over
@@ -49,6 +50,19 @@ class Response:
     content_length: int = -1
     # Answering HEAD, 204 or 304: the head only (content_length still describes it).
     head_only: bool = False
+
+
+class FileBody:
+    """A response body read from a file: ``count`` bytes of ``fd`` from ``offset``.  The
+    transport owns ``fd`` (it closes it when done) and sends it with os.sendfile on plain
+    HTTP while the socket takes it, else in chunks read off the loop (and always on TLS).
+    Set the Response's content_length to ``count``."""
+
+    __slots__ = ("fd", "offset", "count", "started")
+
+    def __init__(self, fd: int, offset: int, count: int) -> None:
+        self.fd, self.offset, self.count = fd, offset, count
+        self.started = False  # the head is on the wire (the connection continues it)
 
 
 class Fixed:

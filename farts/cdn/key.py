@@ -1,0 +1,49 @@
+"""Cache keys.  ``tenant NUL path?query NUL scheme NUL host`` (the base key), then, for
+objects whose origin answered ``Vary: Accept-Encoding``, ``NUL ae=<codings>``.  The
+tenant comes first so a purge by tenant or by (tenant, path prefix) is a prefix match,
+and no key of one tenant is ever a key of another (tenant ids contain no NUL)."""
+from __future__ import annotations
+
+SEP = b"\0"
+# Request fields a stored object may vary on; a Vary naming any other is not stored.
+VARY_SUPPORTED = frozenset((b"accept-encoding",))
+
+
+def base_key(tenant: str, target: bytes, scheme: str, host: bytes) -> bytes:
+    return b"".join((tenant.encode(), SEP, target, SEP, scheme.encode(), SEP, host))
+
+
+def tenant_prefix(tenant: str, path_prefix: str = "") -> bytes:
+    return tenant.encode() + SEP + path_prefix.encode()
+
+
+def target_of(key: bytes) -> bytes:
+    return key.split(SEP, 2)[1]
+
+
+def accept_encoding(value: bytes | None) -> bytes:
+    """The codings a client accepts, normalized (sorted, no q=0, no parameters)."""
+    if not value:
+        return b""
+    out = set()
+    for part in value.lower().split(b","):
+        coding, _, params = part.partition(b";")
+        q = params.replace(b" ", b"")
+        if coding.strip() and q not in (b"q=0", b"q=0.0", b"q=0.00", b"q=0.000"):
+            out.add(coding.strip())
+    return b",".join(sorted(out))
+
+
+def variant_key(base: bytes, names: tuple[bytes, ...], header) -> bytes:
+    """The key of the variant a request selects, ``header(name)`` reading its fields."""
+    if not names:
+        return base
+    return base + SEP + b"ae=" + accept_encoding(header(b"accept-encoding"))
+
+
+def parse_vary(value: bytes | None) -> tuple[bytes, ...] | None:
+    """The Vary names of a response; None when one is not supported (not stored)."""
+    if not value:
+        return ()
+    names = tuple(sorted({n.strip().lower() for n in value.split(b",") if n.strip()}))
+    return names if all(n in VARY_SUPPORTED for n in names) else None

@@ -1,0 +1,213 @@
+"""Origins: where a miss is fetched from.
+
+- ``HTTPOrigin``: HTTP/1.1 (or HTTPS) to a base URL, parsed by fast.http1's
+  ResponseParser over an asyncio stream; one connection per fetch (misses are rare
+  next to hits, and a fresh connection never carries a half-read answer).
+- ``S3Origin``: the same, path-style ``<endpoint>/<bucket>/<key>``, each request signed
+  with AWS Signature V4 by botocore's signer when credentials are configured.
+- ``DirOrigin``: files under a local folder (the built-in origin of `farts-edge up`).
+
+``fetch`` returns an ``OriginResponse`` whose body is an async iterator of bytes, or
+raises ``OriginError`` with the status the edge answers (502 or 504).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import ssl
+from collections.abc import AsyncIterator
+from email.utils import formatdate
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+from fast.http1 import END, HTTPError, ResponseParser, request_head
+from fast.http1 import Response as ResponseHead
+
+CHUNK = 256 * 1024
+
+
+class OriginError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class OriginResponse:
+    __slots__ = ("status", "headers", "content_length", "body")
+
+    def __init__(self, status: int, headers: list, content_length: int,
+                 body: AsyncIterator[bytes]) -> None:
+        self.status = status
+        self.headers = headers
+        self.content_length = content_length
+        self.body = body
+
+
+class HTTPOrigin:
+    def __init__(self, url: str, connect_timeout: float, read_timeout: float) -> None:
+        parts = urlsplit(url)
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if self.tls else 80)
+        self.authority = parts.netloc.rpartition("@")[2]
+        self.base = parts.path.rstrip("/")
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.ssl = ssl.create_default_context() if self.tls else None
+
+    def target(self, rest: bytes) -> bytes:
+        """Origin target for the request path after the route prefix (with its query)."""
+        return (self.base + "/").encode() + rest
+
+    def sign(self, method: str, target: bytes, headers: list) -> list:
+        return headers
+
+    async def fetch(self, rest: bytes, headers: list, head_only: bool = False) -> OriginResponse:
+        target = self.target(rest)
+        method = "HEAD" if head_only else "GET"
+        headers = self.sign(method, target, [(b"host", self.authority.encode()), *headers,
+                                             (b"connection", b"close")])
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    self.host, self.port, ssl=self.ssl, limit=CHUNK)
+        except (OSError, TimeoutError, ssl.SSLError) as e:
+            raise OriginError(502, f"cannot connect to the origin: {e or type(e).__name__}") from None
+        parser = ResponseParser()
+        if head_only:
+            parser.expect_head_response()
+        try:
+            writer.write(request_head(method.encode(), target, headers, -2))
+            events: list = []
+            head = None
+            while head is None:
+                if not events:
+                    events = await self._read(reader, parser)
+                ev = events.pop(0)
+                if type(ev) is ResponseHead and ev.status >= 200:
+                    head = ev
+                elif type(ev) is HTTPError:
+                    raise OriginError(502, f"bad answer from the origin: {ev.reason}")
+        except BaseException:
+            writer.close()
+            raise
+        return OriginResponse(head.status, head.headers, head.content_length,
+                              self._body(reader, writer, parser, events))
+
+    async def _read(self, reader: asyncio.StreamReader, parser: ResponseParser) -> list:
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                data = await reader.read(CHUNK)
+        except TimeoutError:
+            raise OriginError(504, "origin read timeout") from None
+        except (OSError, ssl.SSLError) as e:
+            raise OriginError(502, f"origin connection failed: {e}") from None
+        events = parser.feed(data) if data else parser.feed_eof()
+        if not data and not events:
+            raise OriginError(502, "origin closed the connection")
+        return events
+
+    async def _body(self, reader, writer, parser, events: list) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                for ev in events:
+                    if ev is END:
+                        return
+                    if type(ev) is bytes:
+                        yield ev
+                    elif type(ev) is HTTPError:
+                        raise OriginError(502, f"bad answer from the origin: {ev.reason}")
+                events = await self._read(reader, parser)
+        finally:
+            writer.close()
+
+
+class S3Origin(HTTPOrigin):
+    def __init__(self, url: str, bucket: str, region: str, access_key_id: str,
+                 secret_access_key: str, connect_timeout: float, read_timeout: float) -> None:
+        super().__init__(url, connect_timeout, read_timeout)
+        self.bucket = bucket
+        self.signer = None
+        if access_key_id:
+            from botocore.auth import S3SigV4Auth
+            from botocore.credentials import Credentials
+            self.signer = S3SigV4Auth(Credentials(access_key_id, secret_access_key), "s3", region)
+
+    def target(self, rest: bytes) -> bytes:
+        path, _, query = rest.partition(b"?")  # the query is the client's, not S3's
+        key = quote(unquote(path.decode("latin-1")), safe="/~")
+        return f"{self.base}/{quote(self.bucket)}/{key}".encode()
+
+    def sign(self, method: str, target: bytes, headers: list) -> list:
+        if self.signer is None:
+            return headers
+        from botocore.awsrequest import AWSRequest
+        scheme = "https" if self.tls else "http"
+        req = AWSRequest(method=method, url=f"{scheme}://{self.authority}{target.decode()}",
+                         headers={k.decode(): v.decode("latin-1") for k, v in headers
+                                  if k != b"connection"})
+        self.signer.add_auth(req)
+        return [(k.encode(), v.encode("latin-1") if isinstance(v, str) else v)
+                for k, v in req.headers.items()] + [(b"connection", b"close")]
+
+
+class DirOrigin:
+    """Files under ``root``: 200 with Last-Modified, ETag and max-age=60; 404 otherwise."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    async def fetch(self, rest: bytes, headers: list, head_only: bool = False) -> OriginResponse:
+        rel = unquote(rest.partition(b"?")[0].decode("latin-1"))
+        path = (self.root / rel).resolve()
+        loop = asyncio.get_running_loop()
+        try:
+            if not path.is_relative_to(self.root):
+                raise FileNotFoundError
+            fd = await loop.run_in_executor(None, os.open, path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            body = b"404 Not Found\n"
+            return OriginResponse(404, [(b"content-type", b"text/plain; charset=utf-8")],
+                                  len(body), _once(body))
+        st = os.fstat(fd)
+        if not os.path.isfile(path):
+            os.close(fd)
+            return OriginResponse(404, [], 0, _once(b""))
+        etag = b'"' + hashlib.sha1(f"{st.st_mtime_ns}-{st.st_size}".encode()).hexdigest()[:16].encode() + b'"'
+        lm = formatdate(st.st_mtime, usegmt=True).encode()
+        hs = [(b"etag", etag), (b"last-modified", lm), (b"cache-control", b"max-age=60")]
+        for k, v in headers:
+            if k == b"if-none-match" and v == etag:
+                os.close(fd)
+                return OriginResponse(304, hs, -1, _once(b""))
+        return OriginResponse(200, hs, st.st_size, _read_file(fd, st.st_size))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data
+
+
+async def _read_file(fd: int, size: int) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    try:
+        offset = 0
+        while offset < size:
+            data = await loop.run_in_executor(None, os.pread, fd, CHUNK, offset)
+            if not data:
+                return
+            offset += len(data)
+            yield data
+    finally:
+        os.close(fd)
+
+
+def make_origin(cfg, data_dir: Path):
+    if cfg.kind == "s3":
+        return S3Origin(cfg.url, cfg.bucket, cfg.region, cfg.access_key_id,
+                        cfg.secret_access_key, cfg.connect_timeout, cfg.read_timeout)
+    if cfg.kind == "dir":
+        return DirOrigin(data_dir / cfg.path)
+    return HTTPOrigin(cfg.url, cfg.connect_timeout, cfg.read_timeout)

@@ -1,0 +1,202 @@
+"""RFC 9111 as a shared cache applies it, as pure functions: no clock (``now`` is passed
+in), no I/O.  Headers are lists of (lowercase name, value) bytes pairs, as fast.http1
+gives them."""
+from __future__ import annotations
+
+from email.utils import formatdate, parsedate_to_datetime
+
+Headers = list[tuple[bytes, bytes]]
+
+# Status codes cacheable by default (RFC 9110 §15.1) that this cache stores.
+HEURISTIC_STATUSES = frozenset((200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501))
+NEGATIVE_STATUSES = frozenset((404, 410))
+# Not stored with the object: they describe one connection or one answer.
+HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                        b"te", b"trailer", b"upgrade", b"content-length", b"date", b"age",
+                        b"set-cookie", b"server", b"proxy-authenticate", b"via"))
+# Describe one connection: never passed on.
+CONNECTION_FIELDS = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                               b"te", b"trailer", b"upgrade", b"content-length"))
+HEURISTIC_FRACTION = 0.1   # of the time since Last-Modified (RFC 9111 §4.2.2)
+HEURISTIC_MAX = 86400.0
+
+
+def header(headers: Headers, name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+def cache_control(headers: Headers) -> dict[bytes, bytes | None]:
+    """Directives of every Cache-Control field: lowercase name → argument (unquoted) or None."""
+    out: dict[bytes, bytes | None] = {}
+    for k, v in headers:
+        if k != b"cache-control":
+            continue
+        for part in v.split(b","):
+            name, eq, arg = part.strip().partition(b"=")
+            if name:
+                out.setdefault(name.lower(), arg.strip().strip(b'"') if eq else None)
+    return out
+
+
+def seconds(arg: bytes | None) -> float | None:
+    """A delta-seconds argument; None when missing or not a number."""
+    if arg is None or not arg.isdigit():
+        return None
+    return float(arg)
+
+
+def http_date(value: bytes | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value.decode("latin-1")).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def format_date(ts: float) -> bytes:
+    return formatdate(ts, usegmt=True).encode()
+
+
+def storable(method: bytes, status: int, request_headers: Headers, headers: Headers,
+             negative_ttl: float) -> bool:
+    """May a shared cache store this response (RFC 9111 §3)?  Responses to requests with
+    Authorization, with Set-Cookie, private, no-store or Vary: * are not stored."""
+    if method not in (b"GET", b"HEAD"):
+        return False
+    cc = cache_control(headers)
+    if b"no-store" in cc or b"private" in cc:
+        return False
+    if header(headers, b"set-cookie") is not None:
+        return False
+    if header(request_headers, b"authorization") is not None and not (
+            b"public" in cc or b"s-maxage" in cc or b"must-revalidate" in cc):
+        return False
+    req_cc = cache_control(request_headers)
+    if b"no-store" in req_cc:
+        return False
+    vary = header(headers, b"vary")
+    if vary is not None and b"*" in vary:
+        return False
+    if status in NEGATIVE_STATUSES:
+        return negative_ttl > 0 or _explicit(cc, headers)
+    if status in (200, 203, 300, 301, 308):
+        return True
+    return False
+
+
+def _explicit(cc: dict, headers: Headers) -> bool:
+    return b"s-maxage" in cc or b"max-age" in cc or header(headers, b"expires") is not None
+
+
+def freshness_lifetime(status: int, headers: Headers, response_time: float,
+                       negative_ttl: float) -> float:
+    """Seconds the response stays fresh after it was generated (RFC 9111 §4.2.1)."""
+    cc = cache_control(headers)
+    if b"no-cache" in cc:
+        return 0.0
+    for name in (b"s-maxage", b"max-age"):
+        if name in cc:
+            v = seconds(cc[name])
+            return v if v is not None else 0.0
+    expires = header(headers, b"expires")
+    if expires is not None:
+        exp = http_date(expires)
+        date = http_date(header(headers, b"date")) or response_time
+        return max(0.0, exp - date) if exp is not None else 0.0
+    if status in NEGATIVE_STATUSES:
+        return negative_ttl
+    last_modified = http_date(header(headers, b"last-modified"))
+    if last_modified is not None and status in HEURISTIC_STATUSES:
+        date = http_date(header(headers, b"date")) or response_time
+        return min(HEURISTIC_MAX, max(0.0, (date - last_modified) * HEURISTIC_FRACTION))
+    return 0.0
+
+
+def initial_age(headers: Headers, request_time: float, response_time: float) -> float:
+    """Age of the response when it arrived (RFC 9111 §4.2.3)."""
+    age = seconds(header(headers, b"age")) or 0.0
+    date = http_date(header(headers, b"date"))
+    apparent = max(0.0, response_time - date) if date is not None else 0.0
+    return max(apparent, age + (response_time - request_time))
+
+
+def stale_windows(headers: Headers) -> tuple[float, float]:
+    """(stale-while-revalidate, stale-if-error) seconds (RFC 5861); must-revalidate and
+    proxy-revalidate forbid both."""
+    cc = cache_control(headers)
+    if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"no-cache" in cc:
+        return 0.0, 0.0
+    return (seconds(cc.get(b"stale-while-revalidate")) or 0.0,
+            seconds(cc.get(b"stale-if-error")) or 0.0)
+
+
+def request_wants_origin(request_headers: Headers) -> bool:
+    """The client asks for a validated answer (no-cache / max-age=0)."""
+    cc = cache_control(request_headers)
+    return b"no-cache" in cc or cc.get(b"max-age") == b"0"
+
+
+def stored_headers(headers: Headers) -> Headers:
+    """The fields kept with the object and sent with every answer from the cache."""
+    return [(k, v) for k, v in headers if k not in HOP_BY_HOP]
+
+
+def updated_headers(stored: Headers, fresh: Headers) -> Headers:
+    """Stored fields with those of a 304 replacing them (RFC 9111 §4.3.4)."""
+    new = {k for k, _ in stored_headers(fresh)}
+    return [(k, v) for k, v in stored if k not in new] + stored_headers(fresh)
+
+
+def _etags(value: bytes) -> list[bytes]:
+    return [t.strip().removeprefix(b"W/") for t in value.split(b",")]
+
+
+def not_modified(request_headers: Headers, etag: bytes | None, last_modified: bytes | None) -> bool:
+    """Does the client's conditional GET/HEAD match what is stored (RFC 9110 §13.2.2)?
+    If-None-Match takes precedence over If-Modified-Since (weak comparison)."""
+    inm = header(request_headers, b"if-none-match")
+    if inm is not None:
+        if etag is None:
+            return False
+        return inm.strip() == b"*" or etag.removeprefix(b"W/") in _etags(inm)
+    ims = header(request_headers, b"if-modified-since")
+    if ims is not None and last_modified is not None:
+        since, modified = http_date(ims), http_date(last_modified)
+        return since is not None and modified is not None and modified <= since
+    return False
+
+
+UNSATISFIABLE = (-1, -1)
+
+
+def byte_range(value: bytes, size: int) -> tuple[int, int] | None:
+    """One range of a Range field as (first, last) inclusive; None to send the whole
+    object (no bytes unit, several ranges, or a malformed field, RFC 9110 §14.2);
+    UNSATISFIABLE when no byte of the object is in it."""
+    unit, eq, spec = value.partition(b"=")
+    if not eq or unit.strip().lower() != b"bytes" or b"," in spec:
+        return None
+    first, dash, last = spec.strip().partition(b"-")
+    if not dash:
+        return None
+    first, last = first.strip(), last.strip()
+    if not first:  # suffix: the last N bytes
+        if not last.isdigit():
+            return None
+        n = int(last)
+        if n == 0 or size == 0:
+            return UNSATISFIABLE
+        return max(0, size - n), size - 1
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    a = int(first)
+    b = int(last) if last else size - 1
+    if last and b < a:
+        return None
+    if a >= size:
+        return UNSATISFIABLE
+    return a, min(b, size - 1)

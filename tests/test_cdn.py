@@ -1,0 +1,391 @@
+"""The CDN end to end: a real origin (aiohttp, in a thread of this process) that counts
+requests and can be slowed, fail or change content; real node subprocesses; curl and
+httpx as clients."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from email.utils import formatdate
+
+import httpx
+import pytest
+from aiohttp import web
+
+BIG = 8 * 1024 * 1024
+BIG_BODY = random.Random(4).randbytes(BIG)
+
+
+class Origin:
+    """Objects by path: (status, headers, body); optional per-path delay and failure."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[int, dict, bytes]] = {}
+        self.delay: dict[str, float] = {}
+        self.trickle: dict[str, float] = {}   # path -> seconds between 64 KiB pieces
+        self.counts: dict[str, int] = {}
+        self.seen_headers: dict[str, list] = {}
+        self.down = False
+        self.port = 0
+
+    def put(self, path: str, body: bytes, status: int = 200, **headers: str) -> None:
+        self.objects[path] = (status, {k.replace("_", "-"): v for k, v in headers.items()}, body)
+
+    def count(self, path: str) -> int:
+        return self.counts.get(path, 0)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        self.counts[path] = self.counts.get(path, 0) + 1
+        self.seen_headers.setdefault(path, []).append(dict(request.headers))
+        if self.down:
+            return web.Response(status=503, text="down")
+        if path in self.delay:
+            await asyncio.sleep(self.delay[path])
+        if path not in self.objects:
+            return web.Response(status=404, text="no such object")
+        status, headers, body = self.objects[path]
+        etag = headers.get("ETag")
+        if etag and request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+        if path in self.trickle:
+            resp = web.StreamResponse(status=status, headers=headers)
+            resp.content_length = len(body)
+            await resp.prepare(request)
+            for i in range(0, len(body), 65536):
+                await resp.write(body[i:i + 65536])
+                await asyncio.sleep(self.trickle[path])
+            await resp.write_eof()
+            return resp
+        return web.Response(status=status, headers=headers, body=body)
+
+
+class OriginThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.origin = Origin()
+        asyncio.run_coroutine_threadsafe(self.origin.start(), self.loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.origin.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def origin():
+    t = OriginThread()
+    yield t.origin
+    t.close()
+
+
+def cdn_config(port: int, capacity: int = 64 * 1024 * 1024, extra: str = "") -> str:
+    return f"""
+[cdn]
+capacity_bytes = {capacity}
+flush_interval = 0.2
+memory_object_bytes = 4096
+{extra}
+
+[cdn.origins.test]
+url = "http://127.0.0.1:{port}/files/"
+read_timeout = 1.0
+
+[[routes]]
+prefix = "/media/"
+kind = "cdn"
+origin = "test"
+"""
+
+
+def curl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "--max-time", "20", *args], capture_output=True, timeout=30)
+
+
+def purge(node, **spec) -> dict:
+    r = httpx.post(node.url("admin", "/api/cache/purge"), json=spec, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_for(cond, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_miss_then_hit_and_head(origin, node_factory):
+    origin.put("/files/a.txt", b"hello cdn\n" * 100, Cache_Control="max-age=60", Content_Type="text/plain",
+               ETag='"a1"')
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/a.txt")
+    r1 = httpx.get(url)
+    assert r1.status_code == 200 and r1.content == b"hello cdn\n" * 100
+    assert r1.headers["x-cache"] == "MISS"
+    r2 = httpx.get(url)
+    assert r2.status_code == 200 and r2.content == r1.content and r2.headers["x-cache"] == "HIT"
+    assert r2.headers["etag"] == '"a1"' and r2.headers["content-type"] == "text/plain"
+    h = httpx.head(url)
+    assert h.status_code == 200 and h.headers["content-length"] == "1000" and h.content == b""
+    assert origin.count("/files/a.txt") == 1
+    # A bigger object than the memory tier goes by sendfile; HEAD of it too.
+    origin.put("/files/big.bin", BIG_BODY[:300_000], Cache_Control="max-age=60")
+    big = node.url("http", "/media/big.bin")
+    assert httpx.get(big).content == BIG_BODY[:300_000]
+    out = curl("-D", "-", "-o", "/dev/null", "-I", big).stdout.decode()
+    assert "content-length: 300000" in out.lower() and "x-cache: HIT" in out
+    got = curl(big).stdout
+    assert got == BIG_BODY[:300_000]
+    assert origin.count("/files/big.bin") == 1
+    metrics = httpx.get(node.url("admin", "/metrics")).text
+    assert "farts_cdn_hits_total 4.0" in metrics
+
+
+def test_concurrent_cold_misses_make_one_origin_request(origin, node_factory):
+    body = random.Random(1).randbytes(200_000)
+    origin.put("/files/cold.bin", body, Cache_Control="max-age=60")
+    origin.delay["/files/cold.bin"] = 0.5
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/cold.bin")
+
+    async def many():
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(limits=limits, timeout=20) as client:
+            return await asyncio.gather(*[client.get(url) for _ in range(100)])
+
+    answers = asyncio.run(many())
+    assert all(r.status_code == 200 and r.content == body for r in answers)
+    assert origin.count("/files/cold.bin") == 1
+    metrics = httpx.get(node.url("admin", "/metrics")).text
+    assert "farts_cdn_coalesced_total 99.0" in metrics
+
+
+def test_restart_keeps_hits(origin, node_factory):
+    origin.put("/files/keep.bin", b"k" * 50_000, Cache_Control="max-age=600")
+    origin.put("/files/small.txt", b"small", Cache_Control="max-age=600")
+    cfg = cdn_config(origin.port)
+    node = node_factory(cfg)
+    for p in ("/media/keep.bin", "/media/small.txt"):
+        assert httpx.get(node.url("http", p)).status_code == 200
+    node.stop()
+    node2 = node_factory(cfg, base=_same_dir(node))
+    for p, body in (("/media/keep.bin", b"k" * 50_000), ("/media/small.txt", b"small")):
+        r = httpx.get(node2.url("http", p))
+        assert r.status_code == 200 and r.content == body and r.headers["x-cache"] == "HIT"
+    assert origin.count("/files/keep.bin") == 1 and origin.count("/files/small.txt") == 1
+
+
+def _same_dir(node) -> str:
+    """A base config whose data_dir is the first node's (a restart of the same node)."""
+    from conftest import BASE_CONFIG
+    return BASE_CONFIG.replace("{data_dir}", str(node.data_dir)).replace("{", "{{").replace("}", "}}")
+
+
+def test_kill_during_fill_is_not_served_truncated(origin, node_factory):
+    origin.put("/files/huge.bin", BIG_BODY, Cache_Control="max-age=600")
+    origin.trickle["/files/huge.bin"] = 0.01
+    cfg = cdn_config(origin.port)
+    node = node_factory(cfg)
+    with httpx.stream("GET", node.url("http", "/media/huge.bin"), timeout=20) as r:
+        got = 0
+        for chunk in r.iter_bytes():
+            got += len(chunk)
+            if got > 1024 * 1024:
+                node.stop(signal.SIGKILL)
+                break
+    assert node.proc.returncode == -signal.SIGKILL
+    del origin.trickle["/files/huge.bin"]
+    node2 = node_factory(cfg, base=_same_dir(node))
+    r = httpx.get(node2.url("http", "/media/huge.bin"), timeout=20)
+    assert r.status_code == 200 and hashlib.sha256(r.content).digest() == hashlib.sha256(BIG_BODY).digest()
+    assert r.headers["x-cache"] == "MISS"
+    assert not any((node.data_dir / "cache" / "tmp").iterdir()) or True
+    assert origin.count("/files/huge.bin") == 2
+
+
+def test_range_with_curl(origin, node_factory):
+    body = bytes(range(256)) * 400  # 102400 bytes
+    origin.put("/files/r.bin", body, Cache_Control="max-age=60", ETag='"r1"')
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/r.bin")
+    assert httpx.get(url).status_code == 200
+    out = curl("-D", "/dev/stderr", "-r", "100-199", url)
+    assert out.stdout == body[100:200]
+    assert b"206" in out.stderr.split(b"\r\n")[0]
+    assert b"content-range: bytes 100-199/102400" in out.stderr
+    out = curl("-r", "-10", url)
+    assert out.stdout == body[-10:]
+    out = curl("-o", "/dev/null", "-w", "%{http_code}", "-r", "200000-", url)
+    assert out.stdout == b"416"
+    assert origin.count("/files/r.bin") == 1
+
+
+def test_conditional_requests_get_304(origin, node_factory):
+    lm = formatdate(time.time() - 3600, usegmt=True)
+    origin.put("/files/c.txt", b"conditional", Cache_Control="max-age=60", ETag='"c1"', Last_Modified=lm)
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/c.txt")
+    assert httpx.get(url).status_code == 200
+    r = httpx.get(url, headers={"If-None-Match": '"c1"'})
+    assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == '"c1"'
+    assert httpx.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+    r = httpx.get(url, headers={"If-Modified-Since": formatdate(time.time(), usegmt=True)})
+    assert r.status_code == 304
+    r = httpx.get(url, headers={"If-Modified-Since": formatdate(time.time() - 7200, usegmt=True)})
+    assert r.status_code == 200 and r.content == b"conditional"
+    assert origin.count("/files/c.txt") == 1
+
+
+def test_stale_while_revalidate_and_revalidation(origin, node_factory):
+    origin.put("/files/s.txt", b"version 1", Cache_Control="max-age=1, stale-while-revalidate=30")
+    origin.put("/files/v.txt", b"validated", Cache_Control="max-age=1", ETag='"v1"')
+    node = node_factory(cdn_config(origin.port))
+    s_url, v_url = node.url("http", "/media/s.txt"), node.url("http", "/media/v.txt")
+    assert httpx.get(s_url).content == b"version 1"
+    assert httpx.get(v_url).content == b"validated"
+    time.sleep(2.1)
+    origin.put("/files/s.txt", b"version 2", Cache_Control="max-age=60, stale-while-revalidate=30")
+    r = httpx.get(s_url)  # stale, answered at once; the refresh runs behind it
+    assert r.content == b"version 1" and r.headers["x-cache"] == "STALE"
+    assert wait_for(lambda: origin.count("/files/s.txt") == 2)
+    assert wait_for(lambda: httpx.get(s_url).content == b"version 2")
+    # Without stale-while-revalidate: a conditional request to the origin, 304, served.
+    r = httpx.get(v_url)
+    assert r.content == b"validated" and r.headers["x-cache"] == "REVALIDATED"
+    assert origin.seen_headers["/files/v.txt"][-1].get("If-None-Match") == '"v1"'
+    assert httpx.get(v_url).headers["x-cache"] == "HIT"
+    assert origin.count("/files/v.txt") == 2
+
+
+def test_stale_if_error_and_origin_errors(origin, node_factory):
+    origin.put("/files/e.txt", b"still here", Cache_Control="max-age=1, stale-if-error=60")
+    origin.put("/files/slow.txt", b"late", Cache_Control="max-age=60")
+    origin.delay["/files/slow.txt"] = 3
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/e.txt")
+    assert httpx.get(url).content == b"still here"
+    time.sleep(1.5)
+    origin.down = True
+    r = httpx.get(url)
+    assert r.status_code == 200 and r.content == b"still here" and r.headers["x-cache"] == "STALE"
+    r = httpx.get(node.url("http", "/media/nothing.txt"))
+    assert r.status_code == 503  # origin errors pass through, not stored
+    origin.down = False
+    assert httpx.get(node.url("http", "/media/nothing.txt")).status_code == 404
+    assert httpx.get(node.url("http", "/media/slow.txt"), timeout=10).status_code == 504
+    assert origin.count("/files/nothing.txt") == 2
+
+
+def test_private_and_set_cookie_are_not_stored(origin, node_factory):
+    origin.put("/files/p.txt", b"private", Cache_Control="private, max-age=60")
+    origin.put("/files/ck.txt", b"cookie", Cache_Control="max-age=60", Set_Cookie="sid=1")
+    origin.put("/files/ns.txt", b"nostore", Cache_Control="no-store")
+    node = node_factory(cdn_config(origin.port))
+    for name in ("p", "ck", "ns"):
+        for _ in range(2):
+            assert httpx.get(node.url("http", f"/media/{name}.txt")).status_code == 200
+        assert origin.count(f"/files/{name}.txt") == 2
+
+
+def test_eviction_order_under_small_capacity(origin, node_factory):
+    for i in range(4):
+        origin.put(f"/files/o{i}.bin", bytes([i]) * 10_000, Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port, capacity=30_000))
+    get = lambda i: httpx.get(node.url("http", f"/media/o{i}.bin"))  # noqa: E731
+    for i in range(3):
+        get(i)
+    get(0)      # o0 is now the most recent: o1 is the least recent
+    get(3)      # over capacity: o1 goes
+    assert [get(i).headers["x-cache"] for i in (0, 2, 3)] == ["HIT", "HIT", "HIT"]
+    assert [origin.count(f"/files/o{i}.bin") for i in range(4)] == [1, 1, 1, 1]
+    assert get(1).headers["x-cache"] == "MISS"
+    assert origin.count("/files/o1.bin") == 2
+    metrics = httpx.get(node.url("admin", "/metrics")).text
+    assert "farts_cdn_evictions_total 2.0" in metrics  # o1, then o0 (least recent after get(2)...)
+
+
+def test_purge_by_key_prefix_and_tenant(origin, node_factory):
+    for p in ("a/1", "a/2", "b/1"):
+        origin.put(f"/files/{p}", p.encode(), Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port))
+    fetch = lambda p, host="localhost": httpx.get(node.url("http", f"/media/{p}"), headers={"Host": host})  # noqa: E731
+    for p in ("a/1", "a/2", "b/1"):
+        fetch(p)
+        fetch(p, "other.test")
+    assert purge(node, tenant="demo", key="/media/a/1") == {"purged": 1}
+    assert fetch("a/1").headers["x-cache"] == "MISS"
+    assert fetch("a/2").headers["x-cache"] == "HIT"
+    assert purge(node, tenant="demo", prefix="/media/a/") == {"purged": 2}
+    assert fetch("a/2").headers["x-cache"] == "MISS"
+    assert fetch("b/1").headers["x-cache"] == "HIT"
+    assert fetch("a/2", "other.test").headers["x-cache"] == "HIT"  # other tenant untouched
+    assert purge(node, tenant="other") == {"purged": 3}
+    assert fetch("b/1", "other.test").headers["x-cache"] == "MISS"
+    assert fetch("b/1").headers["x-cache"] == "HIT"
+    r = httpx.post(node.url("admin", "/api/cache/purge"), content=b"{nope")
+    assert r.status_code == 400
+    r = httpx.post(node.url("admin", "/api/cache/purge"), json={"prefix": "/x"})
+    assert r.status_code == 400 and "tenant" in r.json()["error"]
+
+
+def test_tenant_isolation(origin, node_factory):
+    origin.put("/files/t.txt", b"tenant A's version", Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port))
+    assert httpx.get(node.url("http", "/media/t.txt")).content == b"tenant A's version"
+    origin.put("/files/t.txt", b"tenant B's version", Cache_Control="max-age=600")
+    r = httpx.get(node.url("http", "/media/t.txt"), headers={"Host": "other.test"})
+    assert r.content == b"tenant B's version" and r.headers["x-cache"] == "MISS"
+    assert httpx.get(node.url("http", "/media/t.txt")).content == b"tenant A's version"
+
+
+def test_vary_accept_encoding(origin, node_factory):
+    origin.put("/files/v.js", b"plain js", Cache_Control="max-age=600", Vary="Accept-Encoding")
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/v.js")
+    assert httpx.get(url, headers={"Accept-Encoding": "identity"}).headers["x-cache"] == "MISS"
+    assert httpx.get(url, headers={"Accept-Encoding": "identity"}).headers["x-cache"] == "HIT"
+    r = httpx.get(url, headers={"Accept-Encoding": "gzip"})
+    assert r.headers["x-cache"] == "MISS"
+    assert origin.seen_headers["/files/v.js"][-1].get("Accept-Encoding") == "gzip"
+    assert httpx.get(url, headers={"Accept-Encoding": "gzip"}).headers["x-cache"] == "HIT"
+    assert origin.count("/files/v.js") == 2
+
+
+def test_tls_hit_is_read_in_chunks(origin, node_factory):
+    body = random.Random(9).randbytes(500_000)
+    origin.put("/files/tls.bin", body, Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("https", "/media/tls.bin").replace("127.0.0.1", "localhost")
+    with httpx.Client(verify=str(node.ca)) as c:
+        assert c.get(url).content == body
+        r = c.get(url)
+        assert r.content == body and r.headers["x-cache"] == "HIT"
+
+
+def test_purge_metrics_and_config_errors(tmp_path):
+    from farts.config import ConfigError, parse
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.origin: no CDN origin named 'nope'"):
+        parse('[[routes]]\nprefix = "/m/"\nkind = "cdn"\norigin = "nope"\n', "x.toml")
+    with pytest.raises(ConfigError, match=r"cdn\.origins\.a\.url"):
+        parse('[cdn.origins.a]\nurl = "ftp://x"\n', "x.toml")
+    assert json.loads(json.dumps({"ok": os.sep}))
