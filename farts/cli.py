@@ -110,7 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
     example = cfg_sub.add_parser("example", help="print a complete, commented example config")
     example.set_defaults(func=cmd_config_example)
+
+    dns = sub.add_parser("dns", help="geo DNS tools")
+    dns_sub = dns.add_subparsers(dest="dns_command", required=True)
+    lookup = dns_sub.add_parser("lookup", help="which nodes a client gets for a name, and why")
+    lookup.add_argument("name")
+    lookup.add_argument("--client", required=True, help="the client's (or its ECS subnet's) address")
+    lookup.add_argument("--subnet", type=int, metavar="PREFIX",
+                        help="treat --client as an ECS subnet of this prefix length")
+    lookup.add_argument("--type", default="A", choices=["A", "AAAA"])
+    lookup.add_argument("--config", default="./farts-data/farts.toml")
+    lookup.set_defaults(func=cmd_dns_lookup)
     return p
+
+
+def cmd_dns_lookup(args) -> int:
+    from farts.dns.lookup import explain_text
+
+    print(explain_text(config.load(args.config), args.name, args.client, args.type, args.subnet))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -206,10 +206,69 @@ class CDNConfig:
 
 
 @dataclass(frozen=True)
+class DNSRecord:
+    # "@" is the apex; a name without a final dot is relative to the zone.
+    name: str
+    type: str = _checked(check=_one_of("A", "AAAA", "CNAME", "TXT", "MX", "CAA", "NS"))
+    # Presentation form: "192.0.2.1", "10 mail.example.com.", '0 issue "letsencrypt.org"'.
+    value: str = _checked()
+    ttl: int = _checked(-1, Check(lambda v: v >= -1, "an integer >= 0, or -1 (dns.ttl)"))
+
+
+@dataclass(frozen=True)
+class DNSGeoName:
+    # Answers A/AAAA with the nearest live nodes; "*.edge" also covers every name below it.
+    name: str
+    answers: int = _checked(2, POSITIVE)
+    ttl: int = _checked(30, NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class DNSNode:
+    """A node the geo names may return (the static map until the mesh reports them)."""
+    id: str
+    region: str = ""
+    lat: float = _checked(0.0, Check(lambda v: -90 <= v <= 90, "a latitude -90..90"))
+    lon: float = _checked(0.0, Check(lambda v: -180 <= v <= 180, "a longitude -180..180"))
+    addresses: list[str] = _checked([])
+
+
+@dataclass(frozen=True)
 class DNSConfig:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = _checked(5353, PORT)
+    zone: str = "farts.test"
+    ttl: int = _checked(300, NON_NEGATIVE)   # static records without their own ttl
+    # SOA: mname defaults to the first NS, rname to hostmaster.<zone>.
+    soa_mname: str = ""
+    soa_rname: str = ""
+    soa_serial: int = _checked(1, NON_NEGATIVE)
+    soa_refresh: int = _checked(3600, NON_NEGATIVE)
+    soa_retry: int = _checked(600, NON_NEGATIVE)
+    soa_expire: int = _checked(604800, NON_NEGATIVE)
+    soa_minimum: int = _checked(30, NON_NEGATIVE)   # negative-answer TTL (RFC 2308)
+    ns: list[str] = _checked([])                    # default: ns1.<zone>
+    records: list[DNSRecord] = _checked([])
+    geo: list[DNSGeoName] = _checked([])
+    nodes: list[DNSNode] = _checked([])
+    # Region whose nodes clients of unknown location get (empty: the first nodes listed).
+    default_region: str = ""
+    geoip_database: str = ""                         # empty: the bundled GeoLite2 City
+    rebuild_interval: float = _checked(604800.0, POSITIVE)   # seconds; file changes rebuild at once
+    # Response rate limiting per client /24 (IPv4) or /56 (IPv6), UDP only.
+    rrl_rate: float = _checked(200.0, NON_NEGATIVE)  # responses/s (0: no limit)
+    rrl_burst: float = _checked(400.0, POSITIVE)
+    rrl_slip: int = _checked(2, NON_NEGATIVE)        # every Nth limited reply goes out truncated (0: none)
+    tcp_idle_timeout: float = _checked(10.0, POSITIVE)
+    max_tcp_connections: int = _checked(1000, POSITIVE)
+
+
+@dataclass(frozen=True)
+class DBUser:
+    name: str
+    password: str
+    tenant: str   # the user sees only this tenant's databases
 
 
 @dataclass(frozen=True)
@@ -501,7 +560,41 @@ secret_access_key = ""
 [dns]
 enabled = false
 host = "127.0.0.1"
-port = 5353                 # UDP and TCP
+port = 5353                 # UDP and TCP (53 in production)
+zone = "example.com"        # authoritative for this zone only; other names get REFUSED
+ttl = 300                   # static records without a ttl
+ns = ["ns1.example.com"]
+soa_rname = "hostmaster.example.com"
+soa_serial = 1
+soa_minimum = 30            # TTL of NXDOMAIN/NODATA answers
+default_region = "eu-central"   # clients the database cannot place get this region's nodes
+geoip_database = ""         # a GeoIP2/GeoLite2 City or Country .mmdb; empty: the bundled GeoLite2 City
+rebuild_interval = 604800.0 # seconds; a changed file is picked up within seconds anyway
+rrl_rate = 200.0            # responses/s per client /24 or /56 over UDP (0: unlimited) ...
+rrl_burst = 400.0
+rrl_slip = 2                # ... every 2nd limited reply is sent truncated (TC) instead of dropped
+
+[[dns.geo]]                 # answered with the nearest live nodes
+name = "edge"               # edge.example.com; "*.edge" covers names below it too
+answers = 2
+ttl = 30
+
+[[dns.records]]
+name = "@"
+type = "MX"
+value = "10 mail.example.com."
+
+[[dns.records]]
+name = "www"
+type = "CNAME"
+value = "edge.example.com."
+
+[[dns.nodes]]               # until the mesh runs: the nodes geo names may return
+id = "node-1"
+region = "eu-central"
+lat = 50.11
+lon = 8.68
+addresses = ["192.0.2.10", "2001:db8::10"]
 
 [db]
 enabled = false

@@ -13,6 +13,7 @@ from farts import __version__
 from farts.admin import AdminHandler
 from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
 from farts.config import Config, Route
+from farts.members import Member, MemberMap
 from farts.metrics import Metrics
 from farts.proxy import ProxyHandler, ProxyStats
 from farts.pubsub import PubSub
@@ -38,6 +39,10 @@ class Node:
         self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats)
                           for name, up in cfg.upstreams.items()}
         self.pubsub = PubSub(cfg.node.id, cfg.pubsub, cfg.tenants, self.metrics)
+        # The live node map: the static list from [[dns.nodes]] until the mesh writes it.
+        self.members = MemberMap([Member(n.id, n.region, n.lat, n.lon, tuple(n.addresses))
+                                  for n in cfg.dns.nodes])
+        self.dns = None
         # The CDN (its cache under data_dir/cache) only when a route uses it.
         self.cdn = (CDN(cfg.cdn, cfg.path("cache"), self.metrics)
                     if any(r.kind == "cdn" for r in cfg.routes) else None)
@@ -60,6 +65,10 @@ class Node:
 
     async def start(self) -> None:
         cfg = self.cfg
+        if cfg.dns.enabled:
+            from farts.dns import DNSServer  # loads the geo index builder only when used
+            self.dns = DNSServer(cfg.dns, self.members, self.metrics, cfg.source)
+            await self.dns.start()
         await self.pubsub.start()
         access = AccessLog(cfg.http.access_log_sample, cfg.http.access_log)
         public = Router(cfg.tenants, [(r, self._handler_for(r)) for r in cfg.routes],
@@ -97,6 +106,9 @@ class Node:
             host, port = li.address
             host = f"[{host}]" if ":" in host else host
             out[name] = f"{li.scheme}://{host}:{port}/"
+        if self.dns is not None and self.dns.address:   # UDP and TCP on the same port
+            host, port = self.dns.address
+            out["dns"] = f"dns://{f'[{host}]' if ':' in host else host}:{port}/"
         return out
 
     def status(self) -> dict:
@@ -107,6 +119,8 @@ class Node:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self.dns is not None:
+            await self.dns.stop()
         await self.pubsub.stop()
         for li in self.listeners.values():
             await li.close()

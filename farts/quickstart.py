@@ -32,6 +32,25 @@ cert_dir = "certs"          # localhost.crt/.key, signed by ca/ca.crt
 host = "127.0.0.1"
 port = 9100
 
+[dns]                       # try: dig @127.0.0.1 -p 5353 edge.farts.test
+enabled = true
+host = "127.0.0.1"
+port = 5353                 # UDP and TCP
+zone = "farts.test"
+default_region = "local"
+
+[[dns.geo]]                 # edge.farts.test: the nearest live nodes for each client
+name = "edge"
+answers = 2
+ttl = 30
+
+[[dns.nodes]]               # one table per node: what edge.farts.test may return
+id = "node-1"
+region = "local"
+lat = 50.11
+lon = 8.68
+addresses = ["127.0.0.1"]
+
 [[tenants]]
 id = "demo"
 hosts = ["localhost", "127.0.0.1"]

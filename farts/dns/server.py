@@ -1,0 +1,179 @@
+"""The DNS service: UDP and TCP listeners around the Responder, plus its geo index.
+
+The asyncio protocols are thin: bytes from a socket go to ``Responder.answer`` and the
+reply goes back. TCP carries the two-byte length prefix of RFC 1035 §4.2.2, several
+queries per connection, an idle timeout and a connection limit.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import time
+
+from farts.config import DNSConfig
+from farts.dns.geoindex import GeoSource, default_database
+from farts.dns.responder import Responder
+from farts.dns.rrl import RateLimiter
+from farts.dns.zone import Zone
+from farts.members import MemberMap
+from farts.metrics import Metrics
+
+log = logging.getLogger("farts.dns")
+
+
+def _packed(host: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host.split("%", 1)[0])
+
+
+class _UDP(asyncio.DatagramProtocol):
+    def __init__(self, responder: Responder) -> None:
+        self.responder = responder
+        self.transport = None
+        self._hosts: dict[str, bytes] = {}
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        started = time.perf_counter()
+        hosts = self._hosts
+        client = hosts.get(addr[0])
+        if client is None:
+            if len(hosts) > 10_000:
+                hosts.clear()
+            client = hosts[addr[0]] = _packed(addr[0])
+        out = self.responder.answer(data, client, False)
+        if out is not None:
+            self.transport.sendto(out, addr)
+        self.responder.stats.latency.observe(time.perf_counter() - started)
+
+    def error_received(self, exc) -> None:   # ICMP errors for earlier replies: nothing to do
+        log.debug("udp error: %s", exc)
+
+
+class _TCP(asyncio.Protocol):
+    def __init__(self, server: DNSServer) -> None:
+        self.server = server
+        self.buf = bytearray()
+        self.transport = None
+        self.client = b""
+        self._idle = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        srv = self.server
+        if len(srv.connections) >= srv.cfg.max_tcp_connections:
+            srv.responder.stats.dropped.inc(("tcp_limit",))
+            transport.abort()
+            return
+        srv.connections.add(self)
+        self.client = _packed(transport.get_extra_info("peername")[0])
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(self.server.cfg.tcp_idle_timeout, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        buf = self.buf
+        responder = self.server.responder
+        out = []
+        while len(buf) >= 2:
+            n = (buf[0] << 8) | buf[1]
+            if len(buf) < 2 + n:
+                break
+            started = time.perf_counter()
+            reply = responder.answer(bytes(buf[2:2 + n]), self.client, True)
+            del buf[:2 + n]
+            if reply is not None:
+                out.append(len(reply).to_bytes(2, "big") + reply)
+            responder.stats.latency.observe(time.perf_counter() - started)
+        if out:
+            self.transport.write(b"".join(out))
+        self._arm()
+
+    def connection_lost(self, exc) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self.server.connections.discard(self)
+
+
+class DNSServer:
+    """One node's DNS: zone from the config, nodes from ``members``, geo index from the file."""
+
+    def __init__(self, cfg: DNSConfig, members: MemberMap, metrics: Metrics | None = None,
+                 source: str = "<config>", geo: GeoSource | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.zone = Zone(cfg, source)
+        self.geo = geo or GeoSource(cfg.geoip_database or default_database(), cfg.rebuild_interval)
+        self.rrl = RateLimiter(cfg.rrl_rate, cfg.rrl_burst, cfg.rrl_slip)
+        self.responder = Responder(self.zone, members, self.geo, cfg.default_region, self.rrl, self.metrics)
+        self.connections: set[_TCP] = set()
+        self._udp = None
+        self._tcp = None
+        self.address: tuple[str, int] | None = None
+        m = self.metrics
+        m.gauge("farts_dns_index_age_seconds", "Seconds since the geo index was built",
+                lambda: time.time() - self.geo.current.built_at if self.geo.current else -1)
+        m.gauge("farts_dns_index_ranges", "Address ranges in the geo index", self._ranges, ("family",))
+        m.gauge("farts_dns_index_bytes", "Bytes of the geo index tables",
+                lambda: self.geo.current.index.nbytes if self.geo.current else 0)
+        m.gauge("farts_dns_index_builds", "Geo index builds (ok, failed)",
+                lambda: {("ok",): self.geo.version, ("failed",): self.geo.failures}, ("result",))
+
+    def _ranges(self) -> dict:
+        if self.geo.current is None:
+            return {("ipv4",): 0, ("ipv6",): 0}
+        n4, n6 = self.geo.current.index.ranges
+        return {("ipv4",): n4, ("ipv6",): n6}
+
+    async def start(self, wait_for_index: bool = False) -> None:
+        """Binds UDP and TCP on the same port (the UDP port when cfg.port is 0)."""
+        host = self.cfg.host
+        # Port 0: the UDP socket picks a free port, TCP takes the same one; when TCP
+        # finds it taken, try another.
+        for attempt in range(20 if self.cfg.port == 0 else 1):
+            try:
+                port = await self._bind(host, self.cfg.port)
+                break
+            except OSError as e:
+                if attempt == 19 or self.cfg.port != 0 or e.errno != errno.EADDRINUSE:
+                    raise OSError(e.errno, f"dns: cannot listen on {host}:{self.cfg.port}: {e.strerror}") from None
+        self.address = (host, port)
+        if self.geo.current is None:
+            if wait_for_index:
+                await self.geo.check()
+            else:
+                asyncio.ensure_future(self.geo.check())
+        self.geo.start()
+        log.info("dns: zone %s on %s:%d (udp, tcp)", self.zone.apex.decode(), host, port)
+
+    async def _bind(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        udp, _ = await loop.create_datagram_endpoint(lambda: _UDP(self.responder),
+                                                     local_addr=(host, port), family=family)
+        port = udp.get_extra_info("sockname")[1]
+        try:
+            self._tcp = await loop.create_server(lambda: _TCP(self), host, port, family=family,
+                                                 reuse_address=True)
+        except OSError:
+            udp.close()
+            raise
+        self._udp = udp
+        return port
+
+    async def stop(self) -> None:
+        self.geo.stop()
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            for c in list(self.connections):
+                c.transport.close()
+            await self._tcp.wait_closed()
