@@ -1,0 +1,144 @@
+"""fast.fanout against a plain-Python reference: dict of ordered sets, a list per
+subscriber, one join per flush (what the compiled registry replaces)."""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fast.fanout import Fanout, Subscriber
+
+
+class Transport:
+    def __init__(self, buffered: int = 0) -> None:
+        self.writes: list[bytes] = []
+        self.buffered = buffered
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+class Sub(Subscriber):
+    __slots__ = ("name",)
+
+    def __init__(self, name: int, sse: bool) -> None:
+        self.name = name
+        self.sse = sse
+        self.transport = Transport()
+
+
+class ReferenceFanout:
+    def __init__(self) -> None:
+        self.channels: dict[str, dict[int, None]] = {}
+        self.pending: dict[int, list[bytes]] = {}
+        self.written: dict[int, list[bytes]] = {}
+
+    def subscribe(self, key, sub):
+        subs = self.channels.setdefault(key, {})
+        if sub in subs:
+            return False
+        subs[sub] = None
+        return True
+
+    def unsubscribe(self, key, sub):
+        subs = self.channels.get(key)
+        if not subs or sub not in subs:
+            return False
+        del subs[sub]
+        if not subs:
+            del self.channels[key]
+        return True
+
+    def publish(self, key, ws, sse, kinds):
+        subs = self.channels.get(key, {})
+        for s in subs:
+            self.pending.setdefault(s, []).append(sse if kinds[s] else ws)
+        return len(subs)
+
+    def send(self, sub, data):
+        self.pending.setdefault(sub, []).append(data)
+
+    def flush(self):
+        for s, pieces in self.pending.items():
+            self.written.setdefault(s, []).append(b"".join(pieces))
+        self.pending = {}
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("sub"), st.integers(0, 5), st.sampled_from("abc")),
+    st.tuples(st.just("unsub"), st.integers(0, 5), st.sampled_from("abc")),
+    st.tuples(st.just("pub"), st.sampled_from("abcd"), st.binary(min_size=1, max_size=8)),
+    st.tuples(st.just("send"), st.integers(0, 5), st.binary(min_size=1, max_size=8)),
+    st.tuples(st.just("flush"), st.just(0), st.just(0)),
+), max_size=60)
+
+
+@settings(max_examples=300)
+@given(ops, st.lists(st.booleans(), min_size=6, max_size=6))
+def test_fanout_matches_the_reference(operations, kinds):
+    scheduled = []
+    fo = Fanout(scheduled.append, lambda s: None)
+    ref = ReferenceFanout()
+    subs = [Sub(i, kinds[i]) for i in range(6)]
+    for op, a, b in operations:
+        if op == "sub":
+            assert fo.subscribe(b, subs[a]) == ref.subscribe(b, a)
+        elif op == "unsub":
+            assert fo.unsubscribe(b, subs[a]) == ref.unsubscribe(b, a)
+        elif op == "pub":
+            assert fo.publish(a, b"W" + b, b"S" + b) == ref.publish(a, b"W" + b, b"S" + b, kinds)
+        elif op == "send":
+            fo.send(subs[a], b)
+            ref.send(a, b)
+        else:
+            fo.flush()
+            ref.flush()
+        for key in "abcd":
+            assert fo.count(key) == len(ref.channels.get(key, {}))
+    fo.flush()
+    ref.flush()
+    assert len(scheduled) <= len(operations)   # at most one flush scheduled per batch
+    for i, s in enumerate(subs):
+        assert s.transport.writes == ref.written.get(i, [])
+    assert fo.subscriptions() == sum(len(v) for v in ref.channels.values())
+
+
+def test_one_write_per_subscriber_per_flush_and_the_same_bytes_object():
+    scheduled = []
+    fo = Fanout(scheduled.append, lambda s: None)
+    subs = [Sub(i, False) for i in range(3)]
+    for s in subs:
+        fo.subscribe("c", s)
+    frame = b"frame-bytes"
+    assert fo.publish("c", frame, b"sse") == 3
+    assert len(scheduled) == 1
+    scheduled[0]()
+    assert all(s.transport.writes[0] is frame for s in subs)  # shared, not copied
+    for _ in range(5):
+        fo.publish("c", b"x", b"y")
+    assert len(scheduled) == 2
+    scheduled[1]()
+    assert [s.transport.writes for s in subs] == [[frame, b"xxxxx"]] * 3
+    assert (fo.deliveries, fo.writes) == (18, 6)
+
+
+def test_slow_subscriber_is_handed_over_once_and_gets_nothing_more():
+    scheduled, slow = [], []
+    fo = Fanout(scheduled.append, slow.append, max_buffer=100)
+    fast_sub, slow_sub = Sub(0, False), Sub(1, False)
+    slow_sub.transport.buffered = 500
+    for s in (fast_sub, slow_sub):
+        fo.subscribe("c", s)
+    fo.publish("c", b"a", b"")
+    fo.flush()
+    assert slow == []               # not paused: the buffer size is not even read
+    slow_sub.paused = True
+    fo.publish("c", b"b", b"")
+    fo.flush()
+    assert slow == [slow_sub] and slow_sub.dropped
+    assert fo.publish("c", b"c", b"") == 1
+    fo.flush()
+    assert slow_sub.transport.writes == [b"a", b"b"]
+    assert fast_sub.transport.writes == [b"a", b"b", b"c"]
