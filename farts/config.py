@@ -276,6 +276,15 @@ class DBConfig:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = _checked(27017, PORT)
+    # false: no authentication needed (MongoDB's localhost exception); true: SCRAM-SHA-256 first.
+    auth: bool = False
+    users: list[DBUser] = _checked([])
+    # fsync every commit before acknowledging a write (group commit shares one fsync).
+    sync: bool = True
+    max_message_bytes: int = _checked(48_000_000, Check(lambda v: 1024 <= v <= 48_000_000,
+                                                          "an integer 1024-48000000"))
+    # The largest the LMDB file may grow to (address space; the file grows as used).
+    map_size: int = _checked(4 << 30, Check(lambda v: v >= 1 << 20, "an integer >= 1048576"))
 
 
 @dataclass(frozen=True)
@@ -600,6 +609,15 @@ addresses = ["192.0.2.10", "2001:db8::10"]
 enabled = false
 host = "127.0.0.1"
 port = 27017                # MongoDB wire protocol
+auth = false                # true: every client authenticates (SCRAM-SHA-256) as a user below
+sync = true                 # fsync before acknowledging writes
+max_message_bytes = 48000000
+map_size = 4294967296       # upper bound of the LMDB file under data_dir/db
+
+[[db.users]]                # each user sees only its tenant's databases
+name = "app"                # required
+password = "change-me"      # required
+tenant = "demo"             # required
 
 [mesh]
 enabled = false

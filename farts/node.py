@@ -43,6 +43,7 @@ class Node:
         self.members = MemberMap([Member(n.id, n.region, n.lat, n.lon, tuple(n.addresses))
                                   for n in cfg.dns.nodes])
         self.dns = None
+        self.db = None
         # The CDN (its cache under data_dir/cache) only when a route uses it.
         self.cdn = (CDN(cfg.cdn, cfg.path("cache"), self.metrics)
                     if any(r.kind == "cdn" for r in cfg.routes) else None)
@@ -69,6 +70,11 @@ class Node:
             from farts.dns import DNSServer  # loads the geo index builder only when used
             self.dns = DNSServer(cfg.dns, self.members, self.metrics, cfg.source)
             await self.dns.start()
+        if cfg.db.enabled:
+            from farts.db.server import DBService  # LMDB and the query engine only when used
+            self.db = DBService(cfg.db, cfg.path("db"), cfg.node.id, self.metrics,
+                                {t.id for t in cfg.tenants} or None, cfg.source)
+            await self.db.start()
         await self.pubsub.start()
         access = AccessLog(cfg.http.access_log_sample, cfg.http.access_log)
         public = Router(cfg.tenants, [(r, self._handler_for(r)) for r in cfg.routes],
@@ -109,6 +115,8 @@ class Node:
         if self.dns is not None and self.dns.address:   # UDP and TCP on the same port
             host, port = self.dns.address
             out["dns"] = f"dns://{f'[{host}]' if ':' in host else host}:{port}/"
+        if self.db is not None:
+            out["db"] = self.db.url()
         return out
 
     def status(self) -> dict:
@@ -121,6 +129,8 @@ class Node:
             t.cancel()
         if self.dns is not None:
             await self.dns.stop()
+        if self.db is not None:
+            await self.db.stop()
         await self.pubsub.stop()
         for li in self.listeners.values():
             await li.close()

@@ -184,10 +184,6 @@ class Bounds:
     high: tuple[bytes, bool] | None = None
 
 
-def _rank_end(key: bytes) -> bytes:
-    return bytes((key[0] + 1,))
-
-
 def field_bounds(flt: dict) -> dict[str, Bounds]:
     """Constraints an index can serve, from the top level of a filter (and of its $and).
 
@@ -258,21 +254,22 @@ def plan_index(name: str, fields: list[tuple[str, int]], multikey: bool, bounds:
     ranges: list[tuple[bytes, bytes | None]] = []
     nxt = fields[used] if used < len(fields) else None
     b = bounds.get(nxt[0]) if nxt else None
-    if b is not None and not b.points and nxt[1] > 0 and (b.low or b.high):
+    if b is not None and not b.points and (b.low or b.high):
         low, high = b.low, b.high
         if low and high and low[0][0] != high[0][0]:
             high = None  # different brackets match nothing together; scan the lower one
         if multikey and low and high:
             high = None  # an array can meet each bound with a different element
+        rank = (low or high)[0][0]
         for p in prefixes:
-            if low:
-                start = p + low[0] if low[1] else p + low[0] + b"\xff"
-            else:
-                start = p + bytes((high[0][0],))
-            if high:
-                stop = p + high[0] + b"\xff" if high[1] else p + high[0]
-            else:
-                stop = p + _rank_end(low[0])
+            if nxt[1] > 0:
+                start = (p + low[0] if low[1] else p + low[0] + b"\xff") if low else p + bytes((rank,))
+                stop = (p + high[0] + b"\xff" if high[1] else p + high[0]) if high else p + bytes((rank + 1,))
+            else:  # a descending field: inverted keys, so the high bound comes first
+                start = (p + invert(high[0]) if high[1] else p + invert(high[0]) + b"\xff") if high \
+                    else p + bytes((255 - rank,))
+                stop = (p + invert(low[0]) + b"\xff" if low[1] else p + invert(low[0])) if low \
+                    else p + bytes((256 - rank,))
             ranges.append((start, stop))
         ranged = True
     elif used:

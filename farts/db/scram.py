@@ -64,8 +64,9 @@ def _unescape_name(name: str) -> str:
 class ScramServer:
     """One conversation. step() takes a client payload and returns the server payload."""
 
-    def __init__(self, credentials: dict[str, Credential]) -> None:
+    def __init__(self, credentials: dict[str, Credential], server_nonce: str | None = None) -> None:
         self.credentials = credentials
+        self._server_nonce = server_nonce  # fixed only by tests (RFC 7677's example)
         self.state = "start"
         self.credential: Credential | None = None
         self._nonce = ""
@@ -104,7 +105,7 @@ class ScramServer:
         self.credential = cred
         salt = cred.salt if cred else hashlib.sha256(b"unknown:" + user.encode()).digest()[:28]
         iterations = cred.iterations if cred else ITERATIONS
-        self._nonce = attrs["r"] + base64.b64encode(secrets.token_bytes(24)).decode()
+        self._nonce = attrs["r"] + (self._server_nonce or base64.b64encode(secrets.token_bytes(24)).decode())
         self._server_first = f"r={self._nonce},s={base64.b64encode(salt).decode()},i={iterations}"
         self.state = "first"
         return self._server_first.encode()

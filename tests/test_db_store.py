@@ -1,0 +1,138 @@
+"""The LMDB store without the wire: index plans against a full scan, group commit,
+atomic write functions, the oplog in the same transaction, restarts."""
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+from bson.objectid import ObjectId
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from farts.db.errors import MongoError
+from farts.db.query import compile_filter
+from farts.db.store import Index, ScanStats, Store
+
+NS = "t$db.c"
+VALUES = [None, 0, 1, 1.5, 2, -3, "a", "b", "ab", "", True, False, [1, 2], [], ["a", 3], {"x": 1}]
+
+
+def random_doc(rng: random.Random, i: int) -> dict:
+    doc = {"_id": i}
+    for field in ("a", "b"):
+        if rng.random() < 0.85:
+            doc[field] = rng.choice(VALUES)
+    if rng.random() < 0.3:
+        doc["s"] = {"a": rng.choice(VALUES)}
+    return doc
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = Store(tmp_path_factory.mktemp("store") / "db", "n1")
+    rng = random.Random(7)
+    docs = [random_doc(rng, i) for i in range(300)]
+
+    def load(w):
+        for d in docs:
+            w.insert(NS, d)
+
+    s.submit(load).result()
+    for idx in (Index("a_1", (("a", 1),)), Index("a_1_b_-1", (("a", 1), ("b", -1))), Index("b_-1", (("b", -1),)),
+                Index("s.a_1", (("s.a", 1),))):
+        s.submit(lambda w, idx=idx: w.create_index(NS, idx), exclusive=True).result()
+    yield s
+    s.close()
+
+
+scalar = st.sampled_from([v for v in VALUES if not isinstance(v, (list, dict))] + [0.5, 3, "c"])
+condition = st.one_of(
+    scalar,
+    st.builds(lambda op, v: {op: v}, st.sampled_from(["$eq", "$gt", "$gte", "$lt", "$lte", "$ne"]), scalar),
+    st.builds(lambda lo, hi: {"$gte": lo, "$lt": hi}, scalar, scalar),
+    st.builds(lambda vs: {"$in": vs}, st.lists(scalar, min_size=1, max_size=3)),
+)
+filters = st.one_of(
+    st.dictionaries(st.sampled_from(["a", "b", "s.a", "_id"]), condition, min_size=1, max_size=2),
+    st.builds(lambda x, y: {"$and": [{"a": x}, {"b": y}]}, condition, condition),
+)
+
+
+@settings(max_examples=300)
+@given(filters)
+def test_index_plans_return_exactly_what_a_full_scan_returns(store, flt):
+    matcher = compile_filter(flt)
+    with store.read() as txn:
+        stats = ScanStats()
+        planned = store.scan(txn, NS, flt, matcher, stats)
+        everything = store.scan(txn, NS, {}, None)
+    expected = sorted(d["_id"] for d in everything if matcher(d))
+    assert sorted(d["_id"] for d in planned) == expected, (flt, stats)
+
+
+def test_an_index_reads_fewer_documents(store):
+    with store.read() as txn:
+        stats = ScanStats()
+        got = store.scan(txn, NS, {"a": "ab"}, compile_filter({"a": "ab"}), stats)
+    assert stats.plan == "IXSCAN" and stats.docs == len(got) < 300
+
+
+def test_group_commit_shares_commits_between_concurrent_writers(tmp_path):
+    s = Store(tmp_path / "db", "n1")
+    barrier = threading.Barrier(16)
+    futures = []
+
+    def writer(k):
+        barrier.wait()
+        for i in range(20):
+            futures.append(s.submit(lambda w, k=k, i=i: w.insert(NS, {"_id": k * 100 + i})))
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for f in futures:
+        f.result(timeout=30)
+    assert s.committed_ops == 320 and s.commits < 320
+    assert s.oplog_length() == 320
+    s.close()
+
+
+def test_failed_write_function_leaves_no_trace(tmp_path):
+    s = Store(tmp_path / "db", "n1")
+    s.submit(lambda w: w.create_index(NS, Index("u_1", (("u", 1),), unique=True)), exclusive=True).result()
+    s.submit(lambda w: w.insert(NS, {"_id": 1, "u": 1})).result()
+    before = s.oplog_length()
+
+    def two_then_fail(w):
+        w.insert(NS, {"_id": 2, "u": 2})
+        w.insert(NS, {"_id": 3, "u": 1})   # duplicate u: the whole function is undone
+
+    with pytest.raises(MongoError) as e:
+        s.submit(two_then_fail).result()
+    assert e.value.code == 11000
+    with s.read() as txn:
+        assert s.get(txn, NS, 2) is None
+        assert [d["_id"] for d in s.scan(txn, NS, {"u": 2}, None)] == []
+    assert s.oplog_length() == before and s.seq == before
+    s.submit(lambda w: w.insert(NS, {"_id": 2, "u": 2})).result()   # the unique key was freed
+    s.close()
+
+
+def test_restart_keeps_catalog_sequence_and_clock(tmp_path):
+    s = Store(tmp_path / "db", "n1")
+    s.submit(lambda w: w.create_index(NS, Index("k_1", (("k", 1),))), exclusive=True).result()
+    oid = ObjectId()
+    s.submit(lambda w: w.insert(NS, {"_id": oid, "k": "v"})).result()
+    seq, clock = s.seq, s.hlc.last
+    s.close()
+    s = Store(tmp_path / "db", "n1")
+    assert s.seq == seq and s.hlc.last == clock and s.catalog[NS].index("k_1")
+    with s.read() as txn:
+        assert [d["_id"] for d in s.scan(txn, NS, {"k": "v"}, None)] == [oid]
+    records = s.oplog_records()
+    assert [r["op"] for r in records] == ["c", "i"] and records[-1]["s"] == seq
+    assert records[0]["ts"] < records[1]["ts"] and records[1]["o"] == "n1"
+    s.close()
