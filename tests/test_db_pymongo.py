@@ -15,10 +15,9 @@ import bson
 import pymongo
 import pytest
 import zstandard
+from conftest import start_node
 from pymongo import monitoring
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
-
-from conftest import start_node
 
 DB_CONFIG = """
 [db]
@@ -142,7 +141,7 @@ def test_cursor_many_batches_and_kill(client, listener):
 
 def test_index_is_used_instead_of_a_scan(client):
     col = client.ix.events
-    col.insert_many([{"_id": i, "user": i % 100, "at": i, "kind": "k%d" % (i % 5)} for i in range(3000)])
+    col.insert_many([{"_id": i, "user": i % 100, "at": i, "kind": f"k{i % 5}"} for i in range(3000)])
     scan = col.find({"user": 42}).explain()["executionStats"]
     assert scan["totalDocsExamined"] == 3000 and scan["nReturned"] == 30
     assert col.create_index("user") == "user_1"
