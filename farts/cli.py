@@ -15,6 +15,9 @@ from farts import __version__, config
 def _with_flags(cfg: config.Config, args) -> config.Config:
     if args.access_log is not None:
         cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, access_log_sample=args.access_log))
+    if getattr(args, "cdn_origin", None) and "media" in cfg.cdn.origins:
+        media = config.CDNOrigin(kind="http", url=args.cdn_origin)
+        cfg = dataclasses.replace(cfg, cdn=dataclasses.replace(cfg.cdn, origins={**cfg.cdn.origins, "media": media}))
     return cfg
 
 
@@ -76,6 +79,12 @@ def cmd_config_example(args) -> int:
     return 0
 
 
+def _http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError("expected an http:// or https:// URL")
+    return text
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -92,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start a node on embedded defaults (writes a CA, certs and a config on first run)")
     up.add_argument("--data-dir", default="./farts-data")
+    up.add_argument("--cdn-origin", metavar="URL", type=_http_url,
+                    help="the origin of the /media/ CDN route (default: files in DATA_DIR/origin/)")
     up.set_defaults(func=cmd_up)
 
     serve = sub.add_parser("serve", help="run one node from a config file")

@@ -60,6 +60,15 @@ secret = "{secret}"
 [upstreams.app]             # your application servers
 servers = ["127.0.0.1:3000"]
 
+[cdn.origins.media]         # `up --cdn-origin URL` replaces this with an HTTP origin
+kind = "dir"
+path = "origin"             # files under this folder, served as /media/<file>
+
+[[routes]]
+prefix = "/media/"          # cached on disk under cache/ (purge: POST admin /api/cache/purge)
+kind = "cdn"
+origin = "media"
+
 [[routes]]
 prefix = "/widget/"
 kind = "proxy"
@@ -96,6 +105,10 @@ def prepare(data_dir: Path) -> Path:
     crt, key = data_dir / "certs" / "localhost.crt", data_dir / "certs" / "localhost.key"
     if not (crt.exists() and key.exists()):
         pki.issue(ca_dir, crt, key, ["localhost", "127.0.0.1", "::1"])
+    origin = data_dir / "origin"  # the built-in CDN origin's files
+    if not origin.exists():
+        origin.mkdir()
+        (origin / "hello.txt").write_text("hello from the farts-edge CDN (cached under cache/)\n")
     config = data_dir / CONFIG_NAME
     if not config.exists():
         config.write_text(TEMPLATE.format(api_key=secrets.token_urlsafe(24),

@@ -389,3 +389,58 @@ def test_purge_metrics_and_config_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"cdn\.origins\.a\.url"):
         parse('[cdn.origins.a]\nurl = "ftp://x"\n', "x.toml")
     assert json.loads(json.dumps({"ok": os.sep}))
+
+
+def test_private_s3_bucket_with_sigv4(monkeypatch, node_factory):
+    # moto checks signatures once its first N (setup) actions are done.
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "4")
+    import boto3
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        _, port = server.get_host_and_port()
+        url = f"http://127.0.0.1:{port}"
+        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
+                           aws_access_key_id="AKIAIOSFODNN7EXAMPLE", aws_secret_access_key="setup")
+        iam.create_user(UserName="cdn")
+        key = iam.create_access_key(UserName="cdn")["AccessKey"]
+        iam.put_user_policy(UserName="cdn", PolicyName="s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                          aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        s3.create_bucket(Bucket="assets")
+        body = random.Random(3).randbytes(70_000)
+        s3.put_object(Bucket="assets", Key="img/a b.bin", Body=body, CacheControl="max-age=600")
+        assert httpx.get(f"{url}/assets/img/a%20b.bin").status_code == 403  # private
+        node = node_factory(f"""
+[cdn.origins.bucket]
+kind = "s3"
+url = "{url}"
+bucket = "assets"
+access_key_id = "{key['AccessKeyId']}"
+secret_access_key = "{key['SecretAccessKey']}"
+
+[cdn.origins.anonymous]
+kind = "s3"
+url = "{url}"
+bucket = "assets"
+
+[[routes]]
+prefix = "/s3/"
+kind = "cdn"
+origin = "bucket"
+
+[[routes]]
+prefix = "/anon/"
+kind = "cdn"
+origin = "anonymous"
+""")
+        first = httpx.get(node.url("http", "/s3/img/a%20b.bin"))
+        assert first.status_code == 200 and first.content == body and first.headers["x-cache"] == "MISS"
+        again = curl("-D", "/dev/stderr", node.url("http", "/s3/img/a%20b.bin"))
+        assert again.stdout == body and b"x-cache: HIT" in again.stderr
+        assert httpx.get(node.url("http", "/anon/img/a%20b.bin")).status_code == 403
+    finally:
+        server.stop()

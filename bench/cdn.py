@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""CDN cache hits: farts-edge against nginx proxy_cache, in front of the same origin, with wrk.
+
+    python bench/cdn.py [--seconds 10] [--connections 64] [--sizes 1024,102400] [--json FILE]
+
+The origin is an nginx (worker_processes 1, pinned to the wrk core) serving one object per
+size with Cache-Control: max-age=3600.  The caches under test run one after another,
+pinned to core 0 (`taskset -c 0`):
+
+  farts-cdn        farts-edge, a `kind = "cdn"` route (objects up to memory_object_bytes,
+                   16 KiB by default, are answered from memory; larger ones by sendfile)
+  nginx-cache      nginx proxy_cache, worker_processes 1, sendfile on, access_log off
+  nginx-cache-nosf the same with sendfile off (nginx's better setting for small objects)
+
+Each is warmed (the object is fetched until the answer is a cache hit), then measured by
+`taskset -c 1 wrk -t1 -cN -dS --latency URL`.  Processes, ports, waits and stops come
+from bench/http.py's helpers (Procs, pinned, wait_ready, run_wrk, CPUWatch).  Not run in
+CI; ci/bench-setup installs wrk and nginx.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location("bench_http", os.path.join(HERE, "http.py"))
+H = importlib.util.module_from_spec(_spec)
+sys.modules["bench_http"] = H
+_spec.loader.exec_module(H)
+
+TARGETS = ["farts-cdn", "nginx-cache", "nginx-cache-nosf"]
+
+
+class CDNBench:
+    def __init__(self, args) -> None:
+        self.args = args
+        # bench/http.py's Bench writes nginx configs and starts them pinned; reused here.
+        self.hb = H.Bench(argparse.Namespace(**{**vars(args), "size": 1024}))
+        self.www = os.path.join(self.hb.dir, "origin-files")
+        os.makedirs(self.www)
+        for size in args.sizes:
+            with open(os.path.join(self.www, f"obj-{size}"), "wb") as f:
+                f.write(os.urandom(size))
+        self.origin = self._origin()
+
+    def body(self, size: int) -> bytes:
+        with open(os.path.join(self.www, f"obj-{size}"), "rb") as f:
+            return f.read()
+
+    def _origin(self) -> H.Server:
+        port = H.free_port()
+        block = ("    access_log off;\n    default_type application/octet-stream;\n"
+                 f"    server {{\n        listen 127.0.0.1:{port};\n        root {self.www};\n"
+                 "        location / {\n            add_header Cache-Control \"max-age=3600\";\n"
+                 "        }\n    }")
+        srv = self.hb._nginx("origin", block, self.args.client_cpu)
+        size = self.args.sizes[0]
+        H.wait_ready(srv.proc, srv.port, f"/obj-{size}", self.body(size), srv.log)
+        return srv
+
+    def start(self, name: str) -> H.Server:
+        a = self.args
+        if name == "farts-cdn":
+            d = self.hb.path(name)
+            os.makedirs(d, exist_ok=True)
+            port, admin = H.free_port(), H.free_port()
+            cfg = os.path.join(d, "farts.toml")
+            with open(cfg, "w") as f:
+                f.write(f"""[node]
+id = "bench"
+data_dir = {json.dumps(os.path.join(d, "data"))}
+[listeners.http]
+host = "127.0.0.1"
+port = {port}
+[listeners.https]
+enabled = false
+[listeners.admin]
+host = "127.0.0.1"
+port = {admin}
+[[tenants]]
+id = "bench"
+hosts = ["127.0.0.1", "localhost"]
+[cdn.origins.o]
+url = "http://127.0.0.1:{self.origin.port}/"
+[[routes]]
+prefix = "/"
+kind = "cdn"
+origin = "o"
+""")
+            log = os.path.join(d, "node.log")
+            proc = self.hb.procs.start(name, H.pinned(a.server_cpu, [*self.hb.farts_command(), "serve",
+                                                                     "--config", cfg]), log, cwd=H.ROOT)
+            return H.Server(proc, port, "/", log, admin_port=admin)
+        port = H.free_port()
+        cache = self.hb.path(name, "cache")
+        sendfile = "on" if name == "nginx-cache" else "off"
+        block = (f"    access_log off;\n    sendfile {sendfile};\n"
+                 f"    proxy_cache_path {cache} levels=1:2 keys_zone=c:10m max_size=1g inactive=1h;\n"
+                 f"    server {{\n        listen 127.0.0.1:{port};\n"
+                 "        location / {\n"
+                 f"            proxy_pass http://127.0.0.1:{self.origin.port};\n"
+                 "            proxy_cache c;\n            proxy_cache_valid 200 1h;\n"
+                 "            proxy_cache_lock on;\n"
+                 "            add_header X-Cache $upstream_cache_status;\n        }\n    }")
+        return self.hb._nginx(name, block, a.server_cpu)
+
+    def measure(self, name: str) -> list[dict]:
+        a = self.args
+        out = []
+        srv = None
+        try:
+            srv = self.start(name)
+            for size in a.sizes:
+                path = f"/obj-{size}"
+                body = self.body(size)
+                H.wait_ready(srv.proc, srv.port, path, body, srv.log)
+                for _ in range(20):  # until the answer comes from the cache
+                    _, headers, _ = H.get("127.0.0.1", srv.port, path)
+                    low = {k.lower(): v for k, v in headers.items()}
+                    if low.get("x-cache") == "HIT":
+                        break
+                    time.sleep(0.1)
+                else:
+                    raise H.BenchError(f"{name}: {path} never became a cache hit")
+                url = f"http://127.0.0.1:{srv.port}{path}"
+                H.run_wrk(a, url, a.warmup)
+                waited, busy = H.wait_idle(a.idle_wait)
+                watch = H.CPUWatch({"server": srv.proc.pid})
+                r, raw = H.run_wrk(a, url, a.seconds)
+                r.update(watch.result())
+                r.update(name=name, size=size, ok=not r["non_2xx_3xx"] and not any(r["socket_errors"].values()),
+                         mib_per_s=round(r["rps"] * size / 2 ** 20, 1))
+                out.append(r)
+                print(f"  {name:17} {size:>7} B  {r['rps']:>9.0f} req/s  {r['mib_per_s']:>8.1f} MiB/s"
+                      f"  server cpu {r.get('server_cpu_pct', 0):.0f}%", flush=True)
+        finally:
+            if srv is not None:
+                self.hb.procs.stop(srv.proc)
+        return out
+
+    def close(self) -> None:
+        self.hb.procs.stop_all()
+        if not self.args.keep:
+            shutil.rmtree(self.hb.dir, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--warmup", type=float, default=2)
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 102400])
+    p.add_argument("--only", type=lambda s: s.split(","), default=TARGETS)
+    p.add_argument("--server-cpu", default="0")
+    p.add_argument("--client-cpu", default="1")
+    p.add_argument("--upstream-cpu", default="1")
+    p.add_argument("--idle-wait", type=float, default=10, help="seconds to wait for quiet cores before each run")
+    p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--keep", action="store_true", help="keep the temp directory")
+    args = p.parse_args(argv)
+    bench = CDNBench(args)
+    results: list[dict] = []
+    failed = False
+    try:
+        for name in [t for t in TARGETS if t in args.only]:
+            try:
+                results += bench.measure(name)
+            except H.BenchError as e:
+                failed = True
+                print(f"  {name}: FAILED: {e}", flush=True)
+    finally:
+        bench.close()
+    by = {(r["name"], r["size"]): r for r in results}
+    print("\nsize      farts-cdn req/s   best nginx req/s   ratio   farts MiB/s   nginx MiB/s")
+    for size in args.sizes:
+        f = by.get(("farts-cdn", size))
+        ng = [by[(n, size)] for n in ("nginx-cache", "nginx-cache-nosf") if (n, size) in by]
+        if f and ng:
+            best = max(ng, key=lambda r: r["rps"])
+            print(f"{size:>7} B  {f['rps']:>14.0f}   {best['rps']:>14.0f} ({best['name']})"
+                  f"  {f['rps'] / best['rps']:.2f}x  {f['mib_per_s']:>10.1f}   {best['mib_per_s']:>10.1f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return 1 if failed or not all(r["ok"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
