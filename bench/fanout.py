@@ -61,6 +61,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEERS = os.path.join(HERE, "peers")
 CLIENT = os.path.join(HERE, "fanout_client.py")
+C_SUBSCRIBER = os.path.join(PEERS, "fanout_sub.c")
 
 # The process, CPU and py-spy helpers of the HTTP bench (its file name shadows the stdlib
 # `http` package, so it is loaded by path under another name).
@@ -120,7 +121,10 @@ class Child:
         def setup() -> None:
             raise_nofile()
             if nice:
-                os.nice(nice)
+                try:
+                    os.nice(nice)
+                except PermissionError:
+                    pass  # a negative value needs root; the run notes the value asked
         errlog = open(log, "ab")
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -171,6 +175,13 @@ class Bench:
         self.args = args
         self.dir = tempfile.mkdtemp(prefix="farts-fanout-")
         self.procs = Procs()
+        self.c_subscriber = None
+        if args.client == "c":
+            self.c_subscriber = self.path("fanout_sub")
+            done = subprocess.run([args.cc, "-O2", "-o", self.c_subscriber, C_SUBSCRIBER],
+                                  capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise BenchError(f"{args.cc} could not build {C_SUBSCRIBER}:\n{done.stderr}")
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
@@ -209,6 +220,15 @@ class Bench:
         wait_listening(proc, sorted({port, pub_port}), log)
         return proc, port, pub_port, log
 
+    def subscriber_argv(self, port: int, connections: int) -> list[str]:
+        a = self.args
+        if self.c_subscriber:
+            return pinned(a.client_cpu, [self.c_subscriber, "127.0.0.1", str(port), "127.0.0.1", "/live",
+                                         "bench", str(connections), str(a.sample_every), "200",
+                                         str(a.timeout)])
+        return self.client_argv("subscribe", port, ["--connections", str(connections),
+                                                    "--sample-every", str(a.sample_every)])
+
     def client_argv(self, mode: str, port: int, extra: list[str]) -> list[str]:
         a = self.args
         return pinned(a.client_cpu, [a.python, CLIENT, mode, "--port", str(port), "--host-header",
@@ -232,10 +252,8 @@ class Bench:
                       for i in range(a.client_procs)]
             t0 = time.monotonic()
             for i, share in enumerate(s for s in shares if s):
-                subs.append(Child(self.procs, f"subscribers-{i}", self.client_argv(
-                    "subscribe", port, ["--connections", str(share), "--sample-every",
-                                        str(a.sample_every)]), self.path(tag, f"sub{i}.log"),
-                                    nice=a.subscriber_nice))
+                subs.append(Child(self.procs, f"subscribers-{i}", self.subscriber_argv(port, share),
+                                  self.path(tag, f"sub{i}.log"), nice=a.subscriber_nice))
             budget = a.timeout * (2 + n / 200)
             ready = [c.read(budget) for c in subs]
             failed = sum(x["failed"] for x in ready)
@@ -259,7 +277,7 @@ class Bench:
             if name == "farts":
                 pub_extra += ["--api-key", API_KEY]
             pub = Child(self.procs, "publisher", self.client_argv("publish", pub_port, pub_extra),
-                        self.path(tag, "pub.log"))
+                        self.path(tag, "pub.log"), nice=a.publisher_nice)
             pub.read(a.timeout)
             time.sleep(a.warmup)
             windows = []
@@ -469,12 +487,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=0, help="events/s in all; 0 = closed loop (default)")
     ap.add_argument("--window", type=int, default=2, help="publish requests in flight (default 2)")
     ap.add_argument("--size", type=int, default=100, help="event data bytes (default 100)")
+    ap.add_argument("--client", choices=("c", "python"), default="c" if shutil.which("cc") else "python",
+                    help="subscriber processes: bench/peers/fanout_sub.c (built with --cc; default "
+                         "where a C compiler exists) or bench/fanout_client.py on uvloop")
+    ap.add_argument("--cc", default="cc", help="C compiler for --client c")
     ap.add_argument("--client-procs", type=int, default=4, help="subscriber processes (default 4)")
     ap.add_argument("--sample-every", type=int, default=20,
                     help="every K-th subscriber reads the latency of each event (default 20)")
     ap.add_argument("--subscriber-nice", type=int, default=10,
                     help="nice value of the subscriber processes, so that the publisher sharing "
                          "their core is never kept waiting (default 10; 0: same priority)")
+    ap.add_argument("--publisher-nice", type=int, default=-5,
+                    help="nice value of the publisher (default -5 where allowed: with one or two "
+                         "requests in flight, a publisher kept waiting by other processes idles "
+                         "the server)")
     ap.add_argument("--server-cpu", default="0", help="taskset -c for the server (default 0; 'none')")
     ap.add_argument("--client-cpu", default="1", help="taskset -c for clients and publisher (default 1)")
     ap.add_argument("--timeout", type=float, default=30, help="bound on each wait, seconds")
@@ -507,12 +533,17 @@ def main(argv: list[str] | None = None) -> int:
     def on_sigterm(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_sigterm)
-    bench = Bench(args)
+    try:
+        bench = Bench(args)
+    except BenchError as e:
+        print(e)
+        return 1
     started = datetime.datetime.now(datetime.UTC)
     print(f"farts-edge fanout bench: {', '.join(selected)}; N = {', '.join(map(str, counts))}; "
           f"{args.size}-byte event data; publisher: {'closed loop' if not args.rate else f'{args.rate:g} events/s'}, "
           f"{args.window} in flight; {args.repeat} window(s) of {args.seconds:g}s after {args.warmup:g}s warm-up")
-    print(f"  server on cpu {args.server_cpu}; {args.client_procs} subscriber processes and the publisher "
+    print(f"  server on cpu {args.server_cpu}; {args.client_procs} subscriber processes ({args.client}) "
+          f"and the publisher (uvloop) "
           f"on cpu {args.client_cpu}; {os.cpu_count()} cpus, python {platform.python_version()}")
     print(f"  files: {bench.dir}", flush=True)
     results: list[dict] = []
