@@ -12,7 +12,7 @@ Sans-IO: the caller reads the file; nothing here opens one.  ``walk_tree`` relea
 GIL, so a rebuild in a worker thread does not stall the event loop.
 
 IPv4 lookups go to the IPv4 table (an IPv6 database keeps IPv4 under ``::/96``); IPv6
-addresses that embed an IPv4 one (``::ffff:a.b.c.d``, 6to4 ``2002:aabb:ccdd::``) are
+addresses that embed an IPv4 one (``::a.b.c.d``, ``::ffff:a.b.c.d``, 6to4 ``2002:aabb:ccdd::``) are
 looked up as that IPv4 address, as MaxMind's own aliases do.
 """
 
@@ -116,7 +116,7 @@ cdef int _walk(_Tree *t, uint32_t root, int bits, uint32_t skip, _Ranges *out) n
         if node >= t.nodes or (node == skip and depth > 0):
             # a leaf: empty, data, or the skipped subtree
             if node == skip and depth > 0:
-                val = -1
+                val = -2    # kept apart from empty ranges: scopes must not span it
             elif node == t.nodes:
                 val = -1
             else:
@@ -245,7 +245,7 @@ def walk_tree(data, int node_count, int record_size, int ip_version):
             for k in range(out.v4.n):
                 out.v4_rec[k] = -1 if out.v4.val[k] < 0 else <int32_t>_find_i64(uniq, nuniq, out.v4.val[k])
             for k in range(out.v6.n):
-                out.v6_rec[k] = -1 if out.v6.val[k] < 0 else <int32_t>_find_i64(uniq, nuniq, out.v6.val[k])
+                out.v6_rec[k] = <int32_t>out.v6.val[k] if out.v6.val[k] < 0 else <int32_t>_find_i64(uniq, nuniq, out.v6.val[k])
     if rc == -1:
         free(uniq)
         raise MemoryError()
@@ -344,7 +344,7 @@ cdef class GeoIndex:
         self.n4 = n
         n = 0
         for k in range(tree.v6.n):
-            loc = -1 if tree.v6_rec[k] < 0 else recmap[tree.v6_rec[k]]
+            loc = tree.v6_rec[k] if tree.v6_rec[k] < 0 else recmap[tree.v6_rec[k]]
             if n and self.v6_loc[n - 1] == loc:
                 continue
             self.v6_hi[n] = tree.v6.hi[k]
@@ -444,7 +444,7 @@ cdef class GeoIndex:
                         continue
                 scope[0] = L
                 break
-        return self.v6_loc[k]
+        return self.v6_loc[k] if self.v6_loc[k] >= 0 else -1
 
     cdef int locate(self, int family, const unsigned char *addr, int *scope) noexcept nogil:
         """family 1: 4 bytes; family 2: 16 bytes (IPv4-mapped and 6to4 go to IPv4)."""
@@ -454,7 +454,7 @@ cdef class GeoIndex:
             return self.locate4(_be32(addr), scope)
         hi = _be64(addr)
         lo = _be64(addr + 8)
-        if hi == 0 and (lo >> 32) == 0xFFFF:
+        if hi == 0 and ((lo >> 32) == 0xFFFF or (lo >> 32) == 0):   # ::ffff:a.b.c.d, ::a.b.c.d
             r = self.locate4(<uint32_t>lo, &s)
             if scope != NULL:
                 scope[0] = s + 96

@@ -8,6 +8,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import random
 import re
 import socket
 import subprocess
@@ -275,6 +276,32 @@ def test_geolite_clients_get_their_nearest_node(geolite):
         assert ecs_of(resp).scopelen > 0
     finally:
         srv.close()
+
+
+def expected(reader, ip):
+    loc = (reader.get(ip) or {}).get("location") or {}
+    return (loc["latitude"], loc["longitude"]) if "latitude" in loc else None
+
+
+def test_geolite2_index_agrees_with_maxminddb(geolite):
+    """fast.geo's index of the real database against the maxminddb reader."""
+    path, data = geolite
+    reader = maxminddb.open_database(path)
+    rnd = random.Random(5)
+    for _ in range(3000):
+        ip = str(ipaddress.IPv4Address(rnd.getrandbits(32)))
+        want = expected(reader, ip)
+        loc, _ = data.index.lookup(ipaddress.ip_address(ip).packed)
+        where = data.index.coords(loc) if loc >= 0 else None
+        assert where == want or (want is None and where is not None and reader.get(ip)), ip
+    for _ in range(1000):
+        ip = str(ipaddress.IPv6Address((rnd.choice([0x2001, 0x2400, 0x2600, 0x2a00, 0x2c0f]) << 112)
+                                       | rnd.getrandbits(112)))
+        want = expected(reader, ip)
+        loc, _ = data.index.lookup(ipaddress.ip_address(ip).packed)
+        where = data.index.coords(loc) if loc >= 0 else None
+        assert where == want or (want is None and where is not None and reader.get(ip)), ip
+    assert data.index.nloc > 10000 and sum(data.index.ranges) > 100000
 
 
 # ---------------------------------------------------------------------------------------
