@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -157,6 +158,9 @@ class CDN:
         self.fills: dict[bytes, Fill] = {}
         self.tasks: set[asyncio.Task] = set()
         self.mem_used = 0
+        self.open_fds = 0
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.max_open_fds = max(0, min(4096, soft // 4))  # the rest stays for sockets
         self.hits = self.misses = self.stale = self.coalesced = self.bytes_hit = self.evictions = 0
         self.stats = CDNStats(metrics, self)
         self._flusher: asyncio.Task | None = None
@@ -199,7 +203,7 @@ class CDN:
     def install(self, entry: Entry, vary_base: bytes | None, names: tuple[bytes, ...]) -> None:
         old = self.entries.get(entry.key)
         if old is not None:
-            self._forget_memory(old)
+            self._release(old)
         self.entries[entry.key] = entry
         self.index.insert(entry.key, entry.size)
         if entry.body is not None:
@@ -209,11 +213,32 @@ class CDN:
             self.store.delete([], [old.file])
         self._evict()
 
-    def _forget_memory(self, e: Entry) -> None:
+    def _release(self, e: Entry) -> None:
+        """Drop what an entry holds besides its file: the body in memory, the descriptor."""
         if e.body is not None:
             self.mem_used -= len(e.body)
             e.body = None
         e.fixed = None
+        if e.fd >= 0:
+            os.close(e.fd)
+            e.fd = -1
+            self.open_fds -= 1
+
+    def file_of(self, e: Entry) -> FileBody | None:
+        """A body from the entry's file: its kept descriptor (opened once, for up to
+        max_open_fds entries), or one of its own; None if the file has gone."""
+        fd = e.fd
+        if fd >= 0:
+            return FileBody(fd, 0, e.size, owned=False)
+        try:
+            fd = os.open(self.store.path(e.file), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        if self.open_fds < self.max_open_fds:
+            e.fd = fd
+            self.open_fds += 1
+            return FileBody(fd, 0, e.size, owned=False)
+        return FileBody(fd, 0, e.size)
 
     def _evict(self) -> None:
         keys = self.index.evict_until(self.cfg.capacity_bytes)
@@ -226,7 +251,7 @@ class CDN:
         for k in keys:
             e = self.entries.pop(k, None)
             if e is not None:
-                self._forget_memory(e)
+                self._release(e)
                 files.append(e.file)
         self.store.delete(keys, files)
 
@@ -322,12 +347,11 @@ class CDNHandler:
                 e.fixed, e.fixed_second = fixed, second
             self.cdn.bytes_hit += e.size
             return fixed
-        try:
-            fd = os.open(self.cdn.store.path(e.file), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        body = self.cdn.file_of(e)
+        if body is None:
             return None
         self.cdn.bytes_hit += e.size
-        return Response(e.status, self.headers(e, now, state), FileBody(fd, 0, e.size), e.size)
+        return Response(e.status, self.headers(e, now, state), body, e.size)
 
     def headers(self, e: Entry, now: float, state: bytes) -> list:
         return [*e.headers, (b"age", str(int(now - e.response_time + e.initial_age)).encode()),
@@ -352,15 +376,14 @@ class CDNHandler:
                                     b"416 Range Not Satisfiable\n")
                 if r is not None:
                     first, last = r
-                    try:
-                        fd = os.open(self.cdn.store.path(e.file), os.O_RDONLY | os.O_CLOEXEC)
-                    except OSError:
+                    body = self.cdn.file_of(e)
+                    if body is None:
                         return None
-                    n = last - first + 1
+                    n = body.count = last - first + 1
+                    body.offset = first
                     self.cdn.bytes_hit += n
                     return Response(206, [*self.headers(e, now, state), (
-                        b"content-range", f"bytes {first}-{last}/{e.size}".encode())],
-                                    FileBody(fd, first, n), n)
+                        b"content-range", f"bytes {first}-{last}/{e.size}".encode())], body, n)
         return self.whole(e, now, state)
 
     # -- misses, stale entries ------------------------------------------------------------------

@@ -32,7 +32,7 @@ class Entry:
 
     __slots__ = ("key", "status", "headers", "size", "file", "response_time", "request_time",
                  "lifetime", "initial_age", "swr", "sie", "etag", "last_modified",
-                 "fresh_until", "fixed", "fixed_second", "body")
+                 "fresh_until", "fixed", "fixed_second", "body", "fd")
 
     def __init__(self, key: bytes, status: int, headers: list, size: int, file: str,
                  request_time: float, response_time: float, lifetime: float,
@@ -59,6 +59,7 @@ class Entry:
         self.fixed = None        # the whole answer, ready (memory tier), and ...
         self.fixed_second = -1   # ... the second whose Age it carries
         self.body: bytes | None = None
+        self.fd = -1             # the file, kept open for hits (CDN.file_of)
 
     def pack(self) -> bytes:
         return msgpack.packb([self.status, [list(h) for h in self.headers], self.size, self.file,
@@ -77,6 +78,7 @@ class Store:
     def __init__(self, root: Path, map_size: int = 1 << 30) -> None:
         self.root = root
         self.objects = root / "objects"
+        self.objects_prefix = str(self.objects) + "/"
         self.tmp = root / "tmp"
         shutil.rmtree(self.tmp, ignore_errors=True)  # fills a crash interrupted
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -131,7 +133,7 @@ class Store:
         return f"{h[:2]}/{h[2:4]}/{h[4:32]}.{secrets.token_hex(4)}"
 
     def path(self, name: str) -> str:
-        return str(self.objects / name)
+        return self.objects_prefix + name
 
     def _settle(self, fd: int, tmp: str, name: str) -> None:
         os.fsync(fd)

@@ -375,8 +375,11 @@ class HTTP1Connection(asyncio.Protocol):
         self.transport.write(self._framed(resp, head))
         body.started = True
         if resp.head_only or head.method == b"HEAD" or self._sendfile(body):
-            os.close(body.fd)
+            if body.owned:
+                os.close(body.fd)
             return True
+        if not body.owned:  # the rest goes on in a task: hold the file ourselves
+            body.fd, body.owned = os.dup(body.fd), True
         return False
 
     def _sendfile(self, body: FileBody) -> bool:
@@ -430,6 +433,8 @@ class HTTP1Connection(asyncio.Protocol):
         self.responding = True
         body = resp.body
         if type(body) is FileBody:
+            if not body.owned:  # (before any await: the handler's descriptor is open now)
+                body.fd, body.owned = os.dup(body.fd), True
             if not body.started:
                 write(self._framed(resp, head))
             await self._write_file(body, resp.head_only or head.method == b"HEAD")

@@ -53,15 +53,18 @@ class Response:
 
 
 class FileBody:
-    """A response body read from a file: ``count`` bytes of ``fd`` from ``offset``.  The
-    transport owns ``fd`` (it closes it when done) and sends it with os.sendfile on plain
-    HTTP while the socket takes it, else in chunks read off the loop (and always on TLS).
-    Set the Response's content_length to ``count``."""
+    """A response body read from a file: ``count`` bytes of ``fd`` from ``offset``, sent
+    with os.sendfile on plain HTTP while the socket takes it, else in chunks read off the
+    loop (and always on TLS).  Set the Response's content_length to ``count``.
 
-    __slots__ = ("fd", "offset", "count", "started")
+    ``owned``: the transport closes ``fd`` when done.  Otherwise the handler keeps it open
+    (a cache's descriptor shared by many answers) and the transport takes a dup() of it
+    before the body outlives the call that returned it."""
 
-    def __init__(self, fd: int, offset: int, count: int) -> None:
-        self.fd, self.offset, self.count = fd, offset, count
+    __slots__ = ("fd", "offset", "count", "started", "owned")
+
+    def __init__(self, fd: int, offset: int, count: int, owned: bool = True) -> None:
+        self.fd, self.offset, self.count, self.owned = fd, offset, count, owned
         self.started = False  # the head is on the wire (the connection continues it)
 
 
