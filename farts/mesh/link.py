@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,13 @@ def tls_contexts(ca: Path, cert: Path, key: Path) -> tuple[ssl.SSLContext, ssl.S
         ctx.verify_mode = ssl.CERT_REQUIRED
     client.check_hostname = False  # peers are named by node id, checked against the certificate
     return server, client
+
+
+def _nodelay(writer: asyncio.StreamWriter) -> None:
+    # Probes and acks are small frames that must not wait for Nagle's algorithm.
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class LinkStats:
@@ -116,6 +124,8 @@ class Link:
             self.close(e.reason)
         except (ConnectionError, ssl.SSLError, OSError) as e:
             self.close(type(e).__name__)
+        except asyncio.CancelledError:  # the loop is shutting down
+            self.close("stopping")
 
 
 class LinkManager:
@@ -133,7 +143,8 @@ class LinkManager:
         self.links: dict[str, Link] = {}
         self.seen: set[str] = set()            # peers we had a link with once (reconnect counting)
         self._dialers: dict[str, asyncio.Task] = {}   # key: node id or "seed:host:port"
-        self._tasks: set[asyncio.Task] = set()
+        self._dial_address: dict[str, str] = {}
+        self._accepting: set[asyncio.Task] = set()
         self._server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
         self.own_addresses: set[str] = set()
@@ -142,33 +153,53 @@ class LinkManager:
     # ---- accepting -------------------------------------------------------------
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._accepted, host, port)
+        mgr = self
+
+        class CountingSSLObject(ssl.SSLObject):
+            # The TLS layer of an asyncio server fails handshakes out of our sight; this
+            # is the one place that sees each failure (no client certificate, another CA).
+            def do_handshake(self) -> None:
+                try:
+                    super().do_handshake()
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    raise
+                except ssl.SSLError as e:
+                    mgr.stats.refused.inc(("tls",))
+                    log.warning("mesh: refused a connection (tls): %s", e)
+                    raise
+
+        self.server_ctx.sslobject_class = CountingSSLObject
+        self._server = await asyncio.start_server(self._accepted, host, port, ssl=self.server_ctx,
+                                                  ssl_handshake_timeout=self.handshake_timeout)
         self.address = self._server.sockets[0].getsockname()[:2]
         return self.address
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._tasks.add(asyncio.current_task())
+        task = asyncio.current_task()
+        self._accepting.add(task)
         try:
-            try:
-                await asyncio.wait_for(writer.start_tls(self.server_ctx), self.handshake_timeout)
-            except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as e:
-                self._refuse(writer, "tls", f"TLS handshake from {writer.get_extra_info('peername')}: {e!r}")
-                return
+            _nodelay(writer)
             link = await self._handshake(reader, writer, outgoing=False, expected=None)
             if link is not None:
                 await link.run()
+        except asyncio.CancelledError:  # stopping
+            writer.transport.abort()
         finally:
-            self._tasks.discard(asyncio.current_task())
+            self._accepting.discard(task)
 
     # ---- dialing -----------------------------------------------------------------
 
     def dial(self, key: str, address: str, expected: str | None) -> None:
         """Keeps a link to address (the member `expected`, or a seed when None) until undial(key)."""
-        if key not in self._dialers:
-            self._dialers[key] = asyncio.ensure_future(self._dial_loop(key, address, expected))
+        if key in self._dialers and self._dial_address.get(key) == address:
+            return
+        self.undial(key)  # a member that came back on a new address
+        self._dial_address[key] = address
+        self._dialers[key] = asyncio.ensure_future(self._dial_loop(key, address, expected))
 
     def undial(self, key: str) -> None:
         task = self._dialers.pop(key, None)
+        self._dial_address.pop(key, None)
         if task is not None:
             task.cancel()
 
@@ -213,6 +244,7 @@ class LinkManager:
             return None
         except (TimeoutError, ConnectionError, OSError):
             return None
+        _nodelay(writer)
         link = await self._handshake(reader, writer, outgoing=True, expected=expected)
         if link is None and self._last_was_self:
             self.own_addresses.add(f"{host}:{port}")
@@ -289,5 +321,5 @@ class LinkManager:
             self._server.close()
         for link in list(self.links.values()):
             link.close("stopping")
-        for task in list(self._tasks):
+        for task in list(self._accepting):
             task.cancel()

@@ -10,8 +10,8 @@ tell a broken link from a dead node, and a link that drops (a peer killed: the
 kernel resets the connection) triggers an immediate probe of that peer rather than
 waiting its turn.
 
-The machine gets loop time (``loop.time()``); a loop timer wakes it at its next
-deadline, and each received message or link change is handed to it at once, then
+The machine gets ``time.monotonic()`` (uvloop's loop clock has millisecond steps,
+too coarse for loopback RTTs); a loop timer wakes it at its next deadline, and each received message or link change is handed to it at once, then
 its outbox goes out on the links.
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ class MeshService:
         except OSError as e:
             raise OSError(e.errno, f"mesh: cannot listen on {mc.host}:{mc.port}: {e.strerror}") from None
         hello = self._hello()
-        self.swim = Swim(self.me, hello.meta(), self.swim_cfg, self._loop.time())
+        self.swim = Swim(self.me, hello.meta(), self.swim_cfg, time.monotonic())
         me = self.members.get(self.me)
         self.members.update(Member(self.me, hello.region, hello.lat, hello.lon, hello.addresses, ALIVE, 0,
                                    me.load if me else 0.0, {"mesh": hello.mesh}))
@@ -120,7 +120,7 @@ class MeshService:
     async def stop(self) -> None:
         if self.swim is None:
             return
-        self.swim.leave(self._loop.time())
+        self.swim.leave(time.monotonic())
         self._flush()
         if self._timer:
             self._timer.cancel()
@@ -131,7 +131,7 @@ class MeshService:
 
     def _wake(self) -> None:
         self._timer_at = float("inf")
-        self.swim.tick(self._loop.time())
+        self.swim.tick(time.monotonic())
         self._flush()
 
     def _flush(self) -> None:
@@ -157,7 +157,7 @@ class MeshService:
             if self._timer:
                 self._timer.cancel()
             self._timer_at = at
-            self._timer = self._loop.call_at(max(at, self._loop.time()), self._wake)
+            self._timer = self._loop.call_later(max(0.0, at - time.monotonic()), self._wake)
 
     def _changed(self, p: Peer, old: str | None) -> None:
         m = p.meta
@@ -174,7 +174,7 @@ class MeshService:
             self.links.dial(p.id, m["mesh"], p.id)
 
     def _up(self, link: Link) -> None:
-        now = self._loop.time()
+        now = time.monotonic()
         h = link.hello
         self.hlc.update(int(time.time() * 1000), h.hlc)
         self.swim.add_peer(now, h.id, h.incarnation, h.meta())
@@ -184,13 +184,13 @@ class MeshService:
     def _down(self, link: Link) -> None:
         if self.swim.leaving:
             return
-        self.swim.link_lost(self._loop.time(), link.peer)
+        self.swim.link_lost(time.monotonic(), link.peer)
         self._flush()
 
     def _frame(self, link: Link, kind: int, payload) -> None:
         try:
             if kind == SWIM:
-                self.swim.receive(self._loop.time(), link.peer, payload)
+                self.swim.receive(time.monotonic(), link.peer, payload)
                 self._flush()
             elif kind == BUS:
                 self.bus.deliver(link.peer, payload)
@@ -204,7 +204,7 @@ class MeshService:
 
     def status(self) -> dict:
         """The members table (`farts-edge status`, /api/mesh)."""
-        now = self._loop.time() if self._loop else 0.0
+        now = time.monotonic()
         rows = [{"id": self.me, "region": self.cfg.node.region, "state": LEFT if self.swim and self.swim.leaving
                  else ALIVE, "incarnation": self.swim.incarnation if self.swim else 0, "rtt_ms": None,
                  "last_heard_s": 0.0, "link": None, "self": True,
