@@ -55,12 +55,115 @@ def cmd_up(args) -> int:
     from farts import quickstart
 
     data_dir = Path(args.data_dir)
+    if args.nodes > 1:
+        return _up_cluster(args, quickstart.prepare_cluster(data_dir, args.nodes))
     path = quickstart.prepare(data_dir)
     cfg = _with_flags(config.load(path), args)
     key = cfg.tenants[0].api_keys[0] if cfg.tenants and cfg.tenants[0].api_keys else "-"
     banner = (f"  config {path}\n  CA     {data_dir / 'ca' / 'ca.crt'} (curl --cacert it for HTTPS)\n"
               f"  tenant demo, API key {key}")
     return _serve(cfg, banner)
+
+
+def _up_cluster(args, configs: list[Path]) -> int:
+    """One `serve` process per node (so one can be killed), output prefixed by node;
+    Ctrl-C or SIGTERM stops them all."""
+    flags = ["--access-log", str(args.access_log)] if args.access_log is not None else []
+
+    async def main() -> int:
+        procs = [await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "farts.cli", "--log-level", args.log_level, "serve", "--config", str(path),
+            *flags, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True)  # a terminal's Ctrl-C reaches the parent, which stops them in order
+            for path in configs]
+        ready = asyncio.Event()
+        up: set[int] = set()
+
+        async def forward(i: int, proc) -> None:
+            async for line in proc.stdout:
+                text = line.decode(errors="replace").rstrip()
+                if text == "Ctrl-C stops the node.":
+                    up.add(i)
+                    if len(up) == len(procs):
+                        ready.set()
+                    continue
+                print(f"[node-{i}] {text}", flush=True)
+            code = await proc.wait()
+            print(f"[node-{i}] exited ({code})", flush=True)
+
+        tasks = [asyncio.ensure_future(forward(i, p)) for i, p in enumerate(procs, 1)]
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        waiting = asyncio.ensure_future(ready.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if ready.is_set():
+            print(f"farts-edge {__version__}: {len(procs)} nodes up, one CA: "
+                  f"{Path(args.data_dir) / 'ca' / 'ca.crt'}\n"
+                  f"  mesh view: farts-edge status --admin http://127.0.0.1:9100/\n"
+                  "Ctrl-C stops the cluster.", flush=True)
+        await stopping
+        print("stopping the cluster...", flush=True)
+        for p in procs:
+            if p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        except TimeoutError:
+            for p in procs:
+                if p.returncode is None:
+                    p.kill()
+        return 0
+
+    return asyncio.run(main())
+
+
+def cmd_ca_init(args) -> int:
+    from farts import pki
+
+    crt, key = pki.make_ca(Path(args.dir))
+    print(f"CA certificate {crt}\nCA key         {key} (keep it private)")
+    return 0
+
+
+def cmd_ca_issue(args) -> int:
+    from farts import pki
+
+    ca_dir = Path(args.dir)
+    if not (ca_dir / "ca.crt").exists():
+        print(f"farts-edge: no CA in {ca_dir} (farts-edge ca init --dir {ca_dir})", file=sys.stderr)
+        return 2
+    crt, key = pki.issue_node(ca_dir, Path(args.out or args.dir), args.node_id, args.name)
+    print(f"node certificate {crt} (id {args.node_id})\nnode key         {key}\n"
+          f"set mesh.ca = {ca_dir / 'ca.crt'}, mesh.cert and mesh.key to them")
+    return 0
+
+
+def cmd_status(args) -> int:
+    import json
+    import urllib.request
+
+    url = args.admin.rstrip("/") + "/api/mesh"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            data = json.load(r)
+    except (OSError, ValueError) as e:
+        print(f"farts-edge: cannot read {url}: {e}", file=sys.stderr)
+        return 1
+    rows = [("ID", "REGION", "STATE", "INC", "RTT", "LAST HEARD", "LINK")]
+    for m in data["members"]:
+        rows.append((m["id"] + (" *" if m["self"] else ""), m["region"] or "-", m["state"], str(m["incarnation"]),
+                     "-" if m["rtt_ms"] is None else f"{m['rtt_ms']:.2f} ms",
+                     "-" if m["self"] or m["last_heard_s"] is None else f"{m['last_heard_s']:.1f} s ago",
+                     "-" if m["link"] is None else ("up" if m["link"] else "down")))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    print(f"({data['node']} is the node asked, marked *; "
+          + ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n) + ")")
+    return 0
 
 
 def cmd_serve(args) -> int:
@@ -103,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default="./farts-data")
     up.add_argument("--cdn-origin", metavar="URL", type=_http_url,
                     help="the origin of the /media/ CDN route (default: files in DATA_DIR/origin/)")
+    up.add_argument("--nodes", type=int, default=1, choices=range(1, 255), metavar="N",
+                    help="a local cluster of N nodes, node i on 127.0.0.i, data in DIR/node-i (default 1)")
     up.set_defaults(func=cmd_up)
 
     serve = sub.add_parser("serve", help="run one node from a config file")
@@ -121,6 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
     example = cfg_sub.add_parser("example", help="print a complete, commented example config")
     example.set_defaults(func=cmd_config_example)
+
+    ca = sub.add_parser("ca", help="the cluster CA that mesh certificates come from")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    ca_init = ca_sub.add_parser("init", help="make a cluster CA (kept if DIR has one)")
+    ca_init.add_argument("--dir", required=True)
+    ca_init.set_defaults(func=cmd_ca_init)
+    ca_issue = ca_sub.add_parser("issue", help="issue a node certificate (the node id in it)")
+    ca_issue.add_argument("node_id")
+    ca_issue.add_argument("--dir", required=True, help="the CA's directory")
+    ca_issue.add_argument("--out", help="where NODE_ID.crt/.key go (default: --dir)")
+    ca_issue.add_argument("--name", action="append", default=[], help="a DNS name or IP to add (repeatable)")
+    ca_issue.set_defaults(func=cmd_ca_issue)
+
+    status = sub.add_parser("status", help="the mesh as a node sees it (its members table)")
+    status.add_argument("--admin", default="http://127.0.0.1:9100/", help="the node's admin listener URL")
+    status.set_defaults(func=cmd_status)
 
     dns = sub.add_parser("dns", help="geo DNS tools")
     dns_sub = dns.add_subparsers(dest="dns_command", required=True)

@@ -14,6 +14,7 @@ from farts.admin import AdminHandler
 from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
 from farts.config import Config, Route
 from farts.members import Member, MemberMap
+from farts.mesh import MeshService, MeshStatusHandler
 from farts.metrics import Metrics
 from farts.proxy import ProxyHandler, ProxyStats
 from farts.pubsub import PubSub
@@ -44,6 +45,8 @@ class Node:
                                   for n in cfg.dns.nodes])
         self.dns = None
         self.db = None
+        # The mesh writes the member map (this node included) once it runs.
+        self.mesh = MeshService(cfg, self.members, self.metrics) if cfg.mesh.enabled else None
         # The CDN (its cache under data_dir/cache) only when a route uses it.
         self.cdn = (CDN(cfg.cdn, cfg.path("cache"), self.metrics)
                     if any(r.kind == "cdn" for r in cfg.routes) else None)
@@ -75,11 +78,15 @@ class Node:
             self.db = DBService(cfg.db, cfg.path("db"), cfg.node.id, self.metrics,
                                 {t.id for t in cfg.tenants} or None, cfg.source)
             await self.db.start()
+        if self.mesh is not None:
+            await self.mesh.start()
         await self.pubsub.start()
         access = AccessLog(cfg.http.access_log_sample, cfg.http.access_log)
         public = Router(cfg.tenants, [(r, self._handler_for(r)) for r in cfg.routes],
                         cfg.limits.max_body_bytes, cfg.http.unknown_host_status)
         admin_routes = [(Route(prefix="/", kind="admin"), self.admin)]
+        if self.mesh is not None:
+            admin_routes.append((Route(prefix="/api/mesh", kind="admin"), MeshStatusHandler(self.mesh)))
         if self.cdn is not None:
             self.cdn.start()
             admin_routes.append((Route(prefix="/api/cache/", kind="admin", max_body_bytes=65536),
@@ -117,6 +124,9 @@ class Node:
             out["dns"] = f"dns://{f'[{host}]' if ':' in host else host}:{port}/"
         if self.db is not None:
             out["db"] = self.db.url()
+        if self.mesh is not None and self.mesh.links is not None:
+            host, port = self.mesh.links.address
+            out["mesh"] = f"mesh://{f'[{host}]' if ':' in host else host}:{port}/"
         return out
 
     def status(self) -> dict:
@@ -127,6 +137,8 @@ class Node:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self.mesh is not None:  # first: peers hear "left" while the rest shuts down
+            await self.mesh.stop()
         if self.dns is not None:
             await self.dns.stop()
         if self.db is not None:

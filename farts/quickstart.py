@@ -5,7 +5,9 @@ and the CA a developer trusted once stay the same.
 """
 from __future__ import annotations
 
+import re
 import secrets
+import tomllib
 from pathlib import Path
 
 from farts import pki
@@ -114,3 +116,64 @@ def prepare(data_dir: Path) -> Path:
         config.write_text(TEMPLATE.format(api_key=secrets.token_urlsafe(24),
                                           secret=secrets.token_urlsafe(32)))
     return config
+
+
+# `up --nodes N`: node i on 127.0.0.i, the same ports on each address (a clone per
+# address, as in production), its data under DATA_DIR/node-i, certificates from one CA.
+# Three nodes stand in for three continents, so the geo DNS has something to choose.
+SITES = [("us-west", 45.52, -122.68), ("eu-central", 50.11, 8.68), ("ap-southeast", 1.35, 103.82)]
+MESH_PORT = 7946
+
+
+def node_config(text: str, i: int, n: int) -> str:
+    """The single-node config `text` (TEMPLATE, filled in) turned into node i of n.
+
+    Only the lines that differ per node are rewritten, so blocks other services add
+    to TEMPLATE come along unchanged (their listeners move to 127.0.0.i with the rest).
+    """
+    host = f"127.0.0.{i}"
+    region, lat, lon = SITES[(i - 1) % len(SITES)]
+    text = re.sub(r'(?m)^id = "node-1"', f'id = "node-{i}"', text, count=1)
+    text = re.sub(r'(?m)^region = "local"', f'region = "{region}"\nlat = {lat}\nlon = {lon}', text, count=1)
+    text = re.sub(r'(?m)^(host\s*=\s*)"127\.0\.0\.1"', rf'\g<1>"{host}"', text)
+    if i != 1:
+        text = re.sub(r'(?m)^(hosts = \[.*)\]', rf'\1, "{host}"]', text, count=1)
+    seeds = ", ".join(f'"127.0.0.{j}:{MESH_PORT}"' for j in range(1, n + 1) if j != i)
+    return text + f'''
+[mesh]                      # written by `farts-edge up --nodes {n}`
+enabled = true
+host = "{host}"
+port = {MESH_PORT}
+seeds = [{seeds}]
+public_addresses = ["{host}"]
+ca = "../ca/ca.crt"
+cert = "mesh/node.crt"
+key = "mesh/node.key"
+'''
+
+
+def prepare_cluster(data_dir: Path, n: int) -> list[Path]:
+    """Creates what is missing for an n-node local cluster; returns the config paths."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ca_dir = data_dir / "ca"
+    pki.make_ca(ca_dir)
+    first = data_dir / "node-1" / CONFIG_NAME
+    if first.exists():  # one deployment: the nodes share the tenant's key and secret
+        tenant = tomllib.loads(first.read_text())["tenants"][0]
+        api_key, secret = tenant["api_keys"][0], tenant["secret"]
+    else:
+        api_key, secret = secrets.token_urlsafe(24), secrets.token_urlsafe(32)
+    paths = []
+    for i in range(1, n + 1):
+        d, host = data_dir / f"node-{i}", f"127.0.0.{i}"
+        d.mkdir(exist_ok=True)
+        crt, key = d / "certs" / "localhost.crt", d / "certs" / "localhost.key"
+        if not (crt.exists() and key.exists()):
+            pki.issue(ca_dir, crt, key, ["localhost", host])
+        if not (d / "mesh" / "node.crt").exists():
+            pki.issue(ca_dir, d / "mesh" / "node.crt", d / "mesh" / "node.key", [host], node_id=f"node-{i}")
+        config = d / CONFIG_NAME
+        if not config.exists():
+            config.write_text(node_config(TEMPLATE.format(api_key=api_key, secret=secret), i, n))
+        paths.append(config)
+    return paths
