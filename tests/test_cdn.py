@@ -448,3 +448,90 @@ origin = "anonymous"
         assert httpx.get(node.url("http", "/anon/img/a%20b.bin")).status_code == 403
     finally:
         server.stop()
+
+
+def test_quickstart_media_route_on_the_built_in_origin(tmp_path):
+    import re
+
+    from conftest import start_node
+
+    from farts import quickstart
+    data = tmp_path / "node"
+    config = quickstart.prepare(data)
+    text = re.sub(r"(?m)^port = \d+", "port = 0", config.read_text())
+    node = start_node(tmp_path, base=text.replace("{", "{{").replace("}", "}}"))
+    try:
+        url = node.url("http", "/media/hello.txt")
+        first = httpx.get(url)
+        assert first.status_code == 200 and first.content.startswith(b"hello from the farts-edge CDN")
+        assert first.headers["x-cache"] == "MISS" and first.headers["etag"]
+        assert httpx.get(url).headers["x-cache"] == "HIT"
+        for path in ("/media/../farts.toml", "/media/%2e%2e/farts.toml"):  # outside origin/
+            out = curl("--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", node.url("http", path))
+            assert out.stdout == b"404"
+    finally:
+        node.stop()
+
+
+def test_up_cdn_origin_flag(capsys):
+    from farts import cli, config, quickstart
+    cfg = config.parse(quickstart.TEMPLATE.format(api_key="k", secret="s"), "farts.toml")
+    args = cli.build_parser().parse_args(["up", "--cdn-origin", "https://media.example.com/assets/"])
+    media = cli._with_flags(cfg, args).cdn.origins["media"]
+    assert (media.kind, media.url) == ("http", "https://media.example.com/assets/")
+    assert cfg.cdn.origins["media"].kind == "dir"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["up", "--cdn-origin", "ftp://x"])
+    assert "expected an http:// or https:// URL" in capsys.readouterr().err
+
+
+def test_recency_survives_a_restart(origin, node_factory):
+    for i in range(4):
+        origin.put(f"/files/r{i}.bin", bytes([i]) * 10_000, Cache_Control="max-age=600")
+    cfg = cdn_config(origin.port, capacity=30_000)
+    node = node_factory(cfg)
+    get = lambda n, i: httpx.get(n.url("http", f"/media/r{i}.bin"))  # noqa: E731
+    for i in (0, 1, 2, 0):
+        get(node, i)
+    time.sleep(0.6)  # > flush_interval: the recency order is in LMDB
+    node.stop()
+    node2 = node_factory(cfg, base=_same_dir(node))
+    get(node2, 3)  # over capacity: the least recent before the restart (r1) goes
+    assert [get(node2, i).headers["x-cache"] for i in (0, 2, 3)] == ["HIT", "HIT", "HIT"]
+    assert get(node2, 1).headers["x-cache"] == "MISS"
+
+
+def test_limits_negative_ttl_and_origin_down(origin, node_factory):
+    origin.put("/files/big.bin", BIG_BODY[:200_000], Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port, extra="max_object_bytes = 100000\nnegative_ttl = 60") + """
+[cdn.origins.nowhere]
+url = "http://127.0.0.1:9/"
+[[routes]]
+prefix = "/down/"
+kind = "cdn"
+origin = "nowhere"
+""")
+    for _ in range(2):  # too big to store: passed through each time, whole
+        r = httpx.get(node.url("http", "/media/big.bin"))
+        assert r.status_code == 200 and r.content == BIG_BODY[:200_000]
+    assert origin.count("/files/big.bin") == 2
+    for _ in range(2):  # a 404 kept for negative_ttl
+        assert httpx.get(node.url("http", "/media/missing")).status_code == 404
+    assert origin.count("/files/missing") == 1
+    r = httpx.get(node.url("http", "/down/x"))
+    assert r.status_code == 502 and "cannot connect" in r.text
+    metrics = httpx.get(node.url("admin", "/metrics")).text
+    assert 'farts_cdn_origin_errors_total{status="502"} 1.0' in metrics
+
+
+def test_head_on_a_miss_and_methods(origin, node_factory):
+    origin.put("/files/h.txt", b"head first", Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/h.txt")
+    h = httpx.head(url)
+    assert h.status_code == 200 and h.headers["content-length"] == "10" and h.content == b""
+    assert wait_for(lambda: httpx.get(url).headers["x-cache"] == "HIT")
+    assert httpx.get(url).content == b"head first"
+    r = httpx.post(url, content=b"x")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    assert origin.count("/files/h.txt") == 1
