@@ -37,6 +37,8 @@ MAX_WIRE_VERSION = 21   # MongoDB 7.0: within what pymongo 4.x and the Node 7.x 
 MAX_BSON_OBJECT = 16 * 1024 * 1024
 DEFAULT_BATCH = 101
 LOOP_READ_BUDGET = 256  # documents a read may examine on the event loop before moving to the pool
+# _id values looked up by key directly (the general path handles operators, arrays, regexes).
+_ID_POINT_TYPES = frozenset({int, str, ObjectId, Int64, float, bool, datetime.datetime})
 HANDSHAKE = frozenset({"hello", "isMaster", "ismaster", "saslStart", "saslContinue"})
 _BAD_DB_CHARS = set('/\\. "$*<>:|?\0')
 _UNSUPPORTED_INDEX_OPTIONS = ("sparse", "partialFilterExpression", "expireAfterSeconds", "collation",
@@ -387,14 +389,25 @@ class Commands:
     def find(self, session: Session, cmd: Command):
         self.opcounters["query"] += 1
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
-        flt, sort, projection, skip, limit = self._find_args(cmd.body)
-        batch = self._batch_size(cmd.body.get("batchSize"), DEFAULT_BATCH)
-        single = bool(cmd.body.get("singleBatch"))
+        body = cmd.body
+        flt = body.get("filter")
+        if flt and len(flt) == 1 and type(flt.get("_id")) in _ID_POINT_TYPES and not body.get("skip"):
+            return self._find_by_id(session, ns, flt["_id"], body.get("projection"))
+        flt, sort, projection, skip, limit = self._find_args(body)
+        batch = self._batch_size(body.get("batchSize"), DEFAULT_BATCH)
+        single = bool(body.get("singleBatch"))
 
         def query(txn, budget):
             return self._find_docs(txn, budget, ns, flt, sort, skip, limit, projection)
 
         return self._then(self._read(query), lambda docs: self._cursor_reply(session, ns, docs, batch, single))
+
+    def _find_by_id(self, session: Session, ns: str, _id, projection) -> dict:
+        """find({_id: value}): one key lookup, the hot path of most applications."""
+        with self.store.read() as txn:
+            doc = self.store.get(txn, ns, _id)
+        docs = [] if doc is None else [project(doc, projection) if projection else doc]
+        return {"cursor": {"firstBatch": docs, "id": Int64(0), "ns": self.store.display_ns(ns)}, "ok": 1.0}
 
     def count(self, session: Session, cmd: Command):
         self.opcounters["command"] += 1
@@ -844,5 +857,3 @@ def _fam_reply(doc, last_error: dict, fields) -> dict:
         doc = project(doc, fields)
     return {"lastErrorObject": last_error, "value": doc, "ok": 1.0}
 
-
-__all__ = ["Commands", "Session", "Command", "check_db_name", "ObjectId"]

@@ -20,6 +20,7 @@ import logging
 import queue
 import struct
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -134,6 +135,8 @@ class Store:
         self.commits = 0
         self.committed_ops = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._last_group = 1          # writes in the last commit
+        self._commit_seconds = 0.0    # moving average of a commit's duration (its fsyncs)
         self._thread = threading.Thread(target=self._writer, name="farts-db-writer", daemon=True)
         self._thread.start()
 
@@ -159,11 +162,21 @@ class Store:
                     return
                 pending.append(item)
             stop = False
+            # Group commit: take what is queued; if fewer writers are waiting than joined the
+            # last commit, wait a fraction of a commit's time for the rest (their replies were
+            # just sent, their next writes are on the way) instead of paying a sync each.
+            deadline = time.monotonic() + min(0.002, self._commit_seconds / 4)
             while len(pending) < _GROUP_MAX:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    wait = deadline - time.monotonic()
+                    if len(pending) >= self._last_group or wait <= 0:
+                        break
+                    try:
+                        item = self._queue.get(timeout=wait)
+                    except queue.Empty:
+                        break
                 if item is None:
                     stop = True
                     break
@@ -173,7 +186,10 @@ class Store:
             else:
                 n = next((i for i, it in enumerate(pending) if it[2]), len(pending))
                 group, pending = pending[:n], pending[n:]
+            started = time.monotonic()
             self._commit_group(group)
+            self._last_group = len(group)
+            self._commit_seconds = 0.8 * self._commit_seconds + 0.2 * (time.monotonic() - started)
             if stop:
                 for _, fut, _ in pending:
                     fut.set_exception(RuntimeError("store closed"))

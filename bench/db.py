@@ -1,0 +1,262 @@
+"""The MongoDB endpoint under pymongo, against its ceiling (ping) and an embedded store.
+
+Workloads (a collection of --docs documents, 20 per value of an indexed field "g"):
+  ping          admin ping: the round trip of the protocol alone (the ceiling)
+  find_one      find_one({"_id": random})
+  find20        list(find({"g": random}))          20 documents through the index
+  insert_one    insert_one({...})                  sync commits (group commit shares fsyncs)
+  update_inc    update_one({"_id": random}, {"$inc": {"n": 1}})
+with 1 and 16 concurrent clients (one process each: pymongo threads would share one GIL),
+operations/s and p50/p99 latency. The "embedded" rows run the same operations on LMDB
+from Python (py-lmdb + bson, same key layout, one sync commit per write, threads for
+concurrency) without the wire protocol: what the protocol and the server cost.
+
+    .venv/bin/python bench/db.py [--seconds 3] [--docs 20000] [--clients 1,16] [--pin]
+
+--pin puts the server on cpu 0 and the clients on cpu 1 (2-core machines).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import re
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import bson  # noqa: E402
+import lmdb  # noqa: E402
+import pymongo  # noqa: E402
+
+WORKLOADS = ("ping", "find_one", "find20", "insert_one", "update_inc")
+CONFIG = """
+[node]
+id = "bench"
+data_dir = "{data}"
+[listeners.http]
+enabled = false
+[listeners.https]
+enabled = false
+[listeners.admin]
+enabled = false
+[db]
+enabled = true
+port = 0
+"""
+
+
+def start_server(data: Path, pin: bool) -> tuple[subprocess.Popen, int]:
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "farts.toml").write_text(CONFIG.format(data=data))
+    cmd = [sys.executable, "-m", "farts.cli", "--log-level", "WARNING", "serve", "--config", str(data / "farts.toml")]
+    if pin and shutil.which("taskset"):
+        cmd = ["taskset", "-c", "0", *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
+    buf, deadline = b"", time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 0.2)[0]:
+            buf += os.read(proc.stdout.fileno(), 65536)
+            m = re.search(rb"mongodb://[\d.]+:(\d+)/", buf)
+            if m and b"Ctrl-C" in buf:
+                return proc, int(m.group(1))
+    proc.kill()
+    raise RuntimeError(f"server did not start: {buf!r}")
+
+
+def load(port: int, docs: int) -> None:
+    with pymongo.MongoClient("127.0.0.1", port) as c:
+        col = c.bench.items
+        col.drop()
+        for start in range(0, docs, 1000):
+            col.insert_many([{"_id": i, "g": i // 20, "n": 0, "name": f"item-{i}", "body": "x" * 200}
+                             for i in range(start, min(docs, start + 1000))])
+        col.create_index("g")
+
+
+def client_proc(port, workload, seconds, docs, seed, start_at, out, pin):
+    if pin:
+        os.sched_setaffinity(0, {1})
+    rng = random.Random(seed)
+    c = pymongo.MongoClient("127.0.0.1", port, maxPoolSize=1)
+    col = c.bench.items
+    groups = docs // 20
+    ops = {
+        "ping": lambda: c.admin.command("ping"),
+        "find_one": lambda: col.find_one({"_id": rng.randrange(docs)}),
+        "find20": lambda: list(col.find({"g": rng.randrange(groups)})),
+        "insert_one": lambda: col.insert_one({"name": "new", "n": 0, "body": "x" * 200}),
+        "update_inc": lambda: col.update_one({"_id": rng.randrange(docs)}, {"$inc": {"n": 1}}),
+    }
+    op = ops[workload]
+    for _ in range(50):
+        op()
+    while time.time() < start_at:
+        time.sleep(0.001)
+    lat = []
+    end = start_at + seconds
+    now = time.perf_counter
+    while time.time() < end:
+        t = now()
+        op()
+        lat.append(now() - t)
+    out.put(lat)
+    c.close()
+
+
+def run_clients(port, workload, clients, seconds, docs, pin) -> list[float]:
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    start_at = time.time() + 1.0 + 0.05 * clients
+    procs = [ctx.Process(target=client_proc, args=(port, workload, seconds, docs, i, start_at, q, pin))
+             for i in range(clients)]
+    for p in procs:
+        p.start()
+    lats = [q.get(timeout=seconds + 60) for _ in procs]
+    for p in procs:
+        p.join()
+    return [x for lat in lats for x in lat]
+
+
+# ---- the same operations on LMDB alone ----
+
+class Embedded:
+    def __init__(self, path: Path, docs: int) -> None:
+        self.env = lmdb.open(str(path), map_size=1 << 32, max_dbs=8, sync=True, metasync=True)
+        self.docs_db = self.env.open_db(b"docs")
+        self.index_db = self.env.open_db(b"g")
+        self.docs = docs
+        self.next_id = docs
+        with self.env.begin(write=True) as txn:
+            for i in range(docs):
+                txn.put(b"c\0" + i.to_bytes(8, "big"), bson.encode(
+                    {"_id": i, "g": i // 20, "n": 0, "name": f"item-{i}", "body": "x" * 200}), db=self.docs_db)
+                txn.put((i // 20).to_bytes(8, "big") + i.to_bytes(8, "big"), b"", db=self.index_db)
+        self.lock = threading.Lock()
+
+    def find_one(self, rng):
+        with self.env.begin(db=self.docs_db) as txn:
+            return bson.decode(txn.get(b"c\0" + rng.randrange(self.docs).to_bytes(8, "big")))
+
+    def find20(self, rng):
+        g = rng.randrange(self.docs // 20).to_bytes(8, "big")
+        with self.env.begin() as txn:
+            cur = txn.cursor(self.index_db)
+            out = []
+            if cur.set_range(g):
+                for k, _ in cur:
+                    if not k.startswith(g):
+                        break
+                    out.append(bson.decode(txn.get(b"c\0" + k[8:], db=self.docs_db)))
+            return out
+
+    def insert_one(self, rng):
+        with self.lock:
+            i = self.next_id
+            self.next_id += 1
+        with self.env.begin(write=True) as txn:
+            txn.put(b"c\0" + i.to_bytes(8, "big"), bson.encode({"_id": i, "name": "new", "n": 0, "body": "x" * 200}),
+                    db=self.docs_db)
+
+    def update_inc(self, rng):
+        key = b"c\0" + rng.randrange(self.docs).to_bytes(8, "big")
+        with self.env.begin(write=True, db=self.docs_db) as txn:
+            doc = bson.decode(txn.get(key))
+            doc["n"] += 1
+            txn.put(key, bson.encode(doc))
+
+
+def run_embedded(emb: Embedded, workload, clients, seconds) -> list[float]:
+    fn = getattr(emb, workload)
+    lats: list[list[float]] = [[] for _ in range(clients)]
+    start_at = time.time() + 0.2
+
+    def worker(i):
+        rng = random.Random(i)
+        while time.time() < start_at:
+            time.sleep(0.001)
+        end = start_at + seconds
+        now = time.perf_counter
+        lat = lats[i]
+        while time.time() < end:
+            t = now()
+            fn(rng)
+            lat.append(now() - t)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [x for lat in lats for x in lat]
+
+
+def summary(lat: list[float], seconds: float) -> dict:
+    lat = sorted(lat)
+    return {"ops": len(lat) / seconds, "p50": statistics.median(lat) * 1e3 if lat else 0,
+            "p99": lat[int(len(lat) * 0.99)] * 1e3 if lat else 0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--docs", type=int, default=20000)
+    ap.add_argument("--clients", default="1,16")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--pin", action="store_true")
+    ap.add_argument("--no-embedded", action="store_true")
+    args = ap.parse_args()
+    clients = [int(x) for x in args.clients.split(",")]
+    workloads = args.workloads.split(",")
+    tmp = Path(tempfile.mkdtemp(prefix="farts-bench-db-"))
+    results: dict[tuple[str, str, int], dict] = {}
+    proc, port = start_server(tmp / "node", args.pin)
+    try:
+        load(port, args.docs)
+        for n in clients:
+            for w in workloads:
+                results[("farts", w, n)] = r = summary(run_clients(port, w, n, args.seconds, args.docs, args.pin),
+                                                      args.seconds)
+                print(f"farts     {w:11} c={n:<3} {r['ops']:10,.0f} ops/s  p50 {r['p50']:6.3f} ms  "
+                      f"p99 {r['p99']:6.3f} ms", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    if not args.no_embedded:
+        emb = Embedded(tmp / "embedded", args.docs)
+        for n in clients:
+            for w in workloads:
+                if w == "ping":
+                    continue
+                results[("embedded", w, n)] = r = summary(run_embedded(emb, w, n, args.seconds), args.seconds)
+                print(f"embedded  {w:11} c={n:<3} {r['ops']:10,.0f} ops/s  p50 {r['p50']:6.3f} ms  "
+                      f"p99 {r['p99']:6.3f} ms", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("\nratios (operations/s)")
+    for n in clients:
+        ping = results.get(("farts", "ping", n))
+        for w in workloads:
+            if w == "ping" or ("farts", w, n) not in results:
+                continue
+            r = results[("farts", w, n)]
+            parts = []
+            if ping:
+                parts.append(f"vs ping {r['ops'] / ping['ops']:.2f}x")
+            e = results.get(("embedded", w, n))
+            if e:
+                parts.append(f"vs embedded lmdb {r['ops'] / e['ops']:.2f}x")
+            print(f"  {w:11} c={n:<3} " + ", ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
