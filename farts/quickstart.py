@@ -53,6 +53,11 @@ lat = 50.11
 lon = 8.68
 addresses = ["127.0.0.1"]
 
+[db]                        # MongoDB wire protocol: mongodb://127.0.0.1:27017/ (no auth on loopback)
+enabled = true
+host = "127.0.0.1"
+port = 27017
+
 [[tenants]]
 id = "demo"
 hosts = ["localhost", "127.0.0.1"]

@@ -190,3 +190,25 @@ def test_scram_wrong_proof_and_unknown_user_fail_alike():
         nonce = first.split(",")[0][2:]
         with pytest.raises(scram.AuthError, match="Authentication failed"):
             server.step(f"c=biws,r={nonce},p={base64.b64encode(b'x' * 32).decode()}".encode())
+
+
+def test_up_template_serves_the_database_on_27017_without_auth():
+    from farts import config, quickstart
+    text = quickstart.TEMPLATE.replace("{api_key}", "k").replace("{secret}", "s")
+    cfg = config.parse(text, "farts.toml")
+    assert cfg.db.enabled and cfg.db.port == 27017 and cfg.db.host == "127.0.0.1" and not cfg.db.auth
+    example = config.parse(config.EXAMPLE, "example.toml")
+    assert example.db.users[0].tenant == "demo" and example.db.sync
+
+
+def test_db_config_errors_name_the_key(tmp_path):
+    from farts import config
+    from farts.db.server import DBService
+    from farts.metrics import Metrics
+    with pytest.raises(config.ConfigError, match=r"db.max_message_bytes: expected an integer 1024-48000000"):
+        config.parse("[db]\nmax_message_bytes = 100000000\n", "f.toml")
+    with pytest.raises(config.ConfigError, match=r"db.users\[0\].tenant: required key is missing"):
+        config.parse('[[db.users]]\nname = "a"\npassword = "b"\n', "f.toml")
+    cfg = config.parse('[db]\nauth = true\n[[db.users]]\nname = "a"\npassword = "b"\ntenant = "nope"\n', "f.toml")
+    with pytest.raises(config.ConfigError, match=r"f.toml: db.users\[0\].tenant: no tenant named 'nope'"):
+        DBService(cfg.db, tmp_path, "n", Metrics(), {"demo"}, "f.toml")
