@@ -26,7 +26,9 @@ The protocol (Das et al., "SWIM", 2002; Dadgar et al., "Lifeguard", 2018):
   receiver itself (so a suspected member hears it at its next contact);
 - a full state exchange (``sync``) on every new link and every
   ``push_pull_interval`` with a random member heals what gossip missed (after a
-  partition, each side's "dead" list meets the live member, who refutes it). A
+  partition, each side's "dead" list meets the live member, who refutes it; one
+  member believed dead is also synced with each time, so a side that lost all its
+  links still finds its way back). A
   "dead" learned by sync counts only as "suspect": we verify it ourselves;
 - ``leave()`` tells every member we left; left members are not probed.
 
@@ -182,6 +184,11 @@ class Swim:
             live = [p.id for p in self.peers.values() if p.state in (ALIVE, SUSPECT)]
             if live:
                 self._send(self.rng.choice(live), ["sync", True, self._states()])
+            # And one member we think dead: if it lives (a healed partition, a false
+            # death), its answer brings each side back into the other's view.
+            dead = [p.id for p in self.peers.values() if p.state == DEAD]
+            if dead:
+                self._send(self.rng.choice(dead), ["sync", True, self._states()])
             for pid in [p.id for p in self.peers.values()
                         if p.state in (DEAD, LEFT) and now - p.since >= self.cfg.forget_after]:
                 del self.peers[pid]
