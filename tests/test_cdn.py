@@ -535,3 +535,24 @@ def test_head_on_a_miss_and_methods(origin, node_factory):
     r = httpx.post(url, content=b"x")
     assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
     assert origin.count("/files/h.txt") == 1
+
+
+def test_concurrent_private_answers_are_not_shared(origin, node_factory):
+    origin.put("/files/me.txt", b"yours only", Cache_Control="private", Set_Cookie="sid=42")
+    origin.delay["/files/me.txt"] = 0.3
+    origin.put("/files/huge-err.txt", b"broken", status=500)
+    origin.delay["/files/huge-err.txt"] = 0.3
+    node = node_factory(cdn_config(origin.port))
+
+    async def many(path: str, n: int):
+        async with httpx.AsyncClient(timeout=20) as client:
+            return await asyncio.gather(*[client.get(node.url("http", path)) for _ in range(n)])
+
+    answers = asyncio.run(many("/media/me.txt", 10))
+    assert all(r.status_code == 200 and r.headers["set-cookie"] == "sid=42" for r in answers)
+    assert origin.count("/files/me.txt") == 10  # each client its own origin answer
+    answers = asyncio.run(many("/media/huge-err.txt", 10))
+    assert all(r.status_code == 500 for r in answers)
+    assert origin.count("/files/huge-err.txt") == 1  # an error is shared by the waiters, not stored
+    assert httpx.get(node.url("http", "/media/huge-err.txt")).status_code == 500
+    assert origin.count("/files/huge-err.txt") == 2

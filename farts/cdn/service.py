@@ -40,7 +40,7 @@ class Fill:
 
     __slots__ = ("key", "base", "ae", "head_ready", "status", "headers", "content_length",
                  "fd", "tmp", "written", "done", "failed", "error", "entry", "cacheable",
-                 "readers", "waiters", "purged", "names")
+                 "readers", "waiters", "purged", "names", "private")
 
     def __init__(self, key: bytes, base: bytes, ae: bytes) -> None:
         self.key, self.base, self.ae = key, base, ae
@@ -60,6 +60,7 @@ class Fill:
         self.waiters: list[asyncio.Future] = []
         self.purged = False
         self.names: tuple[bytes, ...] = ()
+        self.private = False          # private or Set-Cookie: for the client that asked only
 
     def wake(self) -> None:
         waiters, self.waiters = self.waiters, []
@@ -115,6 +116,11 @@ class FollowBody:
             await w
 
     async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.fill.release()
+
+    def __del__(self) -> None:  # a client that went before its body was read
         if not self.closed:
             self.closed = True
             self.fill.release()
@@ -433,9 +439,10 @@ class CDNHandler:
             fill.release()
             vkey = variant_key(base, fill.names, head.header)
             return await self.slow(req, target, vkey, base, cdn.entries.get(vkey))
-        if not fill.cacheable and not started:
-            # An answer that is not stored (private, Set-Cookie, too large, an error) is
-            # never handed to another client: this one asks the origin itself.
+        if fill.private and not started:
+            # An answer for one client (private, Set-Cookie) is never handed to another:
+            # this one asks the origin itself.  (Other answers that are not stored, too
+            # large or errors, are shared by the clients that waited for them.)
             fill.release()
             fill = self.start_fill(key, base, target, head, None, register=False)
             fill.readers += 1
@@ -526,6 +533,8 @@ class CDNHandler:
                      and resp.content_length <= cfg.max_object_bytes)
         fill.names = names or ()
         fill.cacheable = cacheable
+        fill.private = (policy.header(headers, b"set-cookie") is not None
+                        or b"private" in policy.cache_control(headers))
         fill.status = status
         fill.headers = (policy.stored_headers(headers) if cacheable else
                         [(k, v) for k, v in headers if k not in policy.CONNECTION_FIELDS])
