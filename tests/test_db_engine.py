@@ -258,6 +258,15 @@ def test_numeric_path_component_indexes_and_names_as_jstests_find6():
     assert ids({"a.0": {"$lt": 0}}, docs) == []
 
 
+def test_nan_equals_nan_and_is_outside_ranges():
+    nan = float("nan")
+    docs = [{"_id": 1, "v": nan}, {"_id": 2, "v": Decimal128("NaN")}, {"_id": 3, "v": 1}]
+    assert ids({"v": nan}, docs) == [1, 2]
+    assert ids({"v": {"$lt": 5}}, docs) == [3]
+    assert ids({"v": {"$gte": nan}}, docs) == [1, 2]
+    assert len(apply_update({"_id": 1, "a": [nan]}, {"$addToSet": {"a": float("nan")}})["a"]) == 1
+
+
 def test_subdocument_equality_is_field_order_sensitive():
     docs = [{"_id": 1, "a": {"x": 1, "y": 2}}, {"_id": 2, "a": {"y": 2, "x": 1}}]
     assert ids({"a": {"x": 1, "y": 2}}, docs) == [1]
@@ -502,6 +511,7 @@ def test_projection_keeps_document_order_with_id_first():
     ({"a": 1, "a.b": 1}, 31249),
     ({"a": {}}, 51270),
     ({"a": {"$meta": "textScore"}}, 2),
+    ({"arr.$": 1}, 2),
 ])
 def test_projection_errors(projection, code):
     raises(code, project, PDOC, projection)

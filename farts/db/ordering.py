@@ -188,7 +188,7 @@ def values_equal(a: Any, b: Any) -> bool:
     return compare(a, b) == 0
 
 
-_SCALAR_FAST_TYPES = frozenset({str, float})
+_SCALAR_FAST_TYPES = frozenset({str, int})  # not float: NaN equals NaN here
 
 
 def _sort_path_values(doc: Any, parts: list[str]) -> list:

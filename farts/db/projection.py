@@ -94,6 +94,9 @@ def _flatten(spec: dict, prefix: str, in_pipeline: bool) -> list[tuple[str, _Lea
             raise error(BAD_VALUE if not in_pipeline else 16410,
                         f"FieldPath field names may not start with '$': {name!r}")
         path = prefix + name
+        if any(part.startswith("$") or not part for part in path.split(".")):
+            raise error(BAD_VALUE, f"positional and $-prefixed projection paths ({path!r}) are "
+                                   "not supported by this server")
         if isinstance(value, bool) or isinstance(value, (int, float, Decimal128)):
             truthy = bool(value.to_decimal() if isinstance(value, Decimal128) else value)
             leaves.append((path, _Leaf("include" if truthy else "exclude")))

@@ -191,7 +191,8 @@ def _equality_test(target: Any) -> Predicate:
         # bool is an int in Python but a different BSON type.
         return lambda v: (type(v) is int or type(v) is float or type(v) is Int64) and v == target \
             or (type(v) is Decimal128 and values_equal(v, target))
-    return lambda v: v is not MISSING and values_equal(v, target)
+    rank, key = type_rank(target), sort_key(target)
+    return lambda v: v is not MISSING and type_rank(v) == rank and sort_key(v) == key
 
 
 _COMPARATORS = {"$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
