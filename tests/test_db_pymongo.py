@@ -154,6 +154,14 @@ def test_index_is_used_instead_of_a_scan(client):
     assert ranged["totalDocsExamined"] == 60 == ranged["nReturned"]
     compound = col.find({"kind": "k3", "at": {"$gt": 2900}}).explain()["executionStats"]
     assert compound["totalDocsExamined"] == compound["nReturned"] == 20
+    # A page of a listing sorted by an indexed field reads only the page.
+    page = col.find({"kind": "k3"}).sort("at", -1).skip(2).limit(5)
+    assert [d["at"] for d in page] == [2988, 2983, 2978, 2973, 2968]
+    paged = col.find({"kind": "k3"}).sort("at", -1).skip(2).limit(5).explain()
+    assert paged["executionStats"]["totalDocsExamined"] == 7
+    assert paged["queryPlanner"]["winningPlan"]["stage"] == "FETCH"   # no SORT stage
+    unindexed = col.find({}).sort("at", 1).limit(5).explain()
+    assert unindexed["queryPlanner"]["winningPlan"]["stage"] == "SORT"
     by_id = col.find({"_id": {"$in": [5, 7, 99999]}}).explain()["executionStats"]
     assert by_id["totalDocsExamined"] == 2
     # Index maintenance follows updates and deletes.

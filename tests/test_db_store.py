@@ -11,11 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from farts.db.errors import MongoError
+from farts.db.ordering import sort_documents, sort_value_key
 from farts.db.query import compile_filter
 from farts.db.store import Index, ScanStats, Store
 
 NS = "t$db.c"
 VALUES = [None, 0, 1, 1.5, 2, -3, "a", "b", "ab", "", True, False, [1, 2], [], ["a", 3], {"x": 1}]
+SCALARS = [None, 0, 1, 1.5, 2, -3, "a", "b", "ab", "", True, False]
 
 
 def random_doc(rng: random.Random, i: int) -> dict:
@@ -25,6 +27,9 @@ def random_doc(rng: random.Random, i: int) -> dict:
             doc[field] = rng.choice(VALUES)
     if rng.random() < 0.3:
         doc["s"] = {"a": rng.choice(VALUES)}
+    for field in ("t", "u"):   # scalars only: indexes on them stay non-multikey (sortable)
+        if rng.random() < 0.9:
+            doc[field] = rng.choice(SCALARS)
     return doc
 
 
@@ -40,7 +45,7 @@ def store(tmp_path_factory):
 
     s.submit(load).result()
     for idx in (Index("a_1", (("a", 1),)), Index("a_1_b_-1", (("a", 1), ("b", -1))), Index("b_-1", (("b", -1),)),
-                Index("s.a_1", (("s.a", 1),))):
+                Index("s.a_1", (("s.a", 1),)), Index("t_1_u_-1", (("t", 1), ("u", -1))), Index("u_1", (("u", 1),))):
         s.submit(lambda w, idx=idx: w.create_index(NS, idx), exclusive=True).result()
     yield s
     s.close()
@@ -69,6 +74,35 @@ def test_index_plans_return_exactly_what_a_full_scan_returns(store, flt):
         everything = store.scan(txn, NS, {}, None)
     expected = sorted(d["_id"] for d in everything if matcher(d))
     assert sorted(d["_id"] for d in planned) == expected, (flt, stats)
+
+
+sort_specs = st.sampled_from([[("t", 1)], [("t", -1)], [("t", 1), ("u", -1)], [("t", -1), ("u", 1)], [("u", 1)],
+                              [("u", -1)], [("_id", -1)], [("_id", 1)], [("a", 1)]])
+sort_filters = st.one_of(st.just({}), st.dictionaries(st.sampled_from(["t", "u", "a"]), condition, max_size=2))
+
+
+@settings(max_examples=300)
+@given(sort_filters, sort_specs, st.integers(1, 40))
+def test_index_ordered_reads_match_an_in_memory_sort(store, flt, order, limit):
+    matcher = compile_filter(flt)
+    with store.read() as txn:
+        stats = ScanStats()
+        got = store.scan_sorted(txn, NS, flt, matcher, order, limit, stats)
+        everything = [d for d in store.scan(txn, NS, {}, None) if matcher(d)]
+    expected = sort_documents(everything, order)[:limit]
+    if got is None:
+        assert order == [("a", 1)] or not stats.sorted   # multikey, or no index has the order
+        return
+    key = lambda d: [sort_value_key(d, p, o) for p, o in order]  # noqa: E731
+    assert [key(d) for d in got] == [key(d) for d in expected], (flt, order, stats)
+
+
+def test_paging_reads_only_the_page(store):
+    flt = {"t": "a"}
+    with store.read() as txn:
+        stats = ScanStats()
+        got = store.scan_sorted(txn, NS, flt, compile_filter(flt), [("u", -1)], 3, stats)
+    assert stats.sorted and stats.index == "t_1_u_-1" and stats.docs == len(got) == 3
 
 
 def test_an_index_reads_fewer_documents(store):

@@ -25,7 +25,7 @@ from farts.db import scram
 from farts.db.aggregate import run_pipeline
 from farts.db.errors import MongoError
 from farts.db.keys import path_values
-from farts.db.ordering import sort_documents, sort_key
+from farts.db.ordering import parse_sort_spec, sort_documents, sort_key
 from farts.db.projection import project
 from farts.db.query import compile_filter
 from farts.db.store import Collection, Index, ScanStats, Store, TooBig
@@ -361,10 +361,16 @@ class Commands:
     def _find_docs(self, txn, budget, ns: str, flt, sort, skip: int, limit: int, projection,
                    stats: ScanStats | None = None) -> list:
         matcher = compile_filter(flt) if flt else None
-        early = skip + limit if limit and not sort else None
-        docs = self.store.scan(txn, ns, flt or {}, matcher, stats, budget, limit=early)
-        if sort:
-            docs = sort_documents(docs, sort)
+        stats = stats if stats is not None else ScanStats()
+        docs = None
+        if sort and limit:
+            docs = self.store.scan_sorted(txn, ns, flt or {}, matcher, parse_sort_spec(sort), skip + limit,
+                                          stats, budget)
+        if docs is None:
+            early = skip + limit if limit and not sort else None
+            docs = self.store.scan(txn, ns, flt or {}, matcher, stats, budget, limit=early)
+            if sort:
+                docs = sort_documents(docs, sort)
         if skip:
             docs = docs[skip:]
         if limit:
@@ -493,6 +499,8 @@ class Commands:
             scan = {"stage": stats.plan}
             if stats.index:
                 scan = {"stage": "FETCH", "inputStage": {"stage": "IXSCAN", "indexName": stats.index}}
+            if sort and not stats.sorted:
+                scan = {"stage": "SORT", "inputStage": scan}
             display = self.store.display_ns(ns)
             return {"queryPlanner": {"namespace": display, "winningPlan": scan, "rejectedPlans": []},
                     "executionStats": {"executionSuccess": True, "nReturned": len(docs),

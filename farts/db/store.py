@@ -96,6 +96,7 @@ class ScanStats:
     index: str | None = None
     keys: int = 0
     docs: int = 0
+    sorted: bool = False   # read in index order: no in-memory sort
 
 
 class TooBig(Exception):
@@ -260,15 +261,7 @@ class Store:
         if coll is None:
             return []
         prefix = ns_prefix(ns)
-        bounds = keys.field_bounds(flt) if flt else {}
-        best = None
-        if bounds:
-            id_scan = keys.plan_index("_id_", [("_id", 1)], False, bounds)
-            best = id_scan
-            for idx in coll.indexes:
-                s = keys.plan_index(idx.name, idx.fields, idx.multikey, bounds)
-                if s and (best is None or (s.point_fields, s.ranged) > (best.point_fields, best.ranged)):
-                    best = s
+        best = _best_plan(coll, flt)
         out: list[dict] = []
         docs_db = self.docs
         cur_docs = txn.cursor(docs_db)
@@ -330,6 +323,81 @@ class Store:
                     return out
         return out
 
+    def scan_sorted(self, txn, ns: str, flt: dict, matcher, order: list[tuple[str, int]], limit: int,
+                    stats: ScanStats, budget: int | None = None) -> list[dict] | None:
+        """The first `limit` matches in `order`, read in index order (paging queries), or
+        None when no index gives that order: then the caller sorts in memory."""
+        coll = self.catalog.get(ns)
+        if coll is None:
+            return []
+        candidates = [Index("_id_", (("_id", 1),), True)] + [i for i in coll.indexes if not i.multikey]
+        bounds = keys.field_bounds(flt) if flt else {}
+        found = None
+        for idx in candidates:
+            # Leading fields the filter pins to one value keep the order of the fields after them
+            # (comments of one thread by time: index {thread: 1, at: -1}).
+            pinned = 0
+            while pinned < len(idx.fields) and (b := bounds.get(idx.fields[pinned][0])) is not None \
+                    and b.points is not None and len(b.points) == 1:
+                pinned += 1
+            for m in range(pinned, -1, -1):
+                head = idx.fields[m:m + len(order)]
+                if len(head) != len(order) or any(f != o[0] for (f, _), o in zip(head, order, strict=True)):
+                    continue
+                same = [d == o[1] for (_, d), o in zip(head, order, strict=True)]
+                if all(same) or not any(same):
+                    found = (idx, not same[0], m)
+                break
+            if found:
+                break
+        if found is None:
+            return None
+        idx, reverse, pinned = found
+        plan = keys.plan_index(idx.name, idx.fields, idx.multikey, bounds) if bounds else None
+        if plan is not None and len(plan.ranges) != 1:
+            return None  # several ranges ($in): merging them in order is not done here
+        start, stop = plan.ranges[0] if plan else (b"", None)
+        prefix = ns_prefix(ns)
+        is_id = idx.name == "_id_"
+        db = self.docs if is_id else self.index_db(txn, ns, idx.name)
+        if is_id:
+            start, stop = prefix + start, prefix + stop if stop is not None else keys.prefix_end(prefix)
+        cur = txn.cursor(db)
+        if reverse:
+            if stop is not None and cur.set_range(stop):
+                positioned = cur.prev()   # the last key before stop
+            else:
+                positioned = cur.last()
+            items = cur.iterprev() if positioned else iter(())
+        else:
+            items = iter(cur) if cur.set_range(start) else iter(())
+        out: list[dict] = []
+        stats.plan, stats.index, stats.sorted = "IXSCAN", idx.name, True
+        nfields = pinned + len(order)
+        for k, v in items:
+            if k < start or (stop is not None and k >= stop):
+                break
+            stats.keys += 1
+            key = k[len(prefix):] if is_id else k
+            if not _exactly_ordered(key, nfields):
+                stats.keys = stats.docs = 0
+                stats.sorted = False
+                return None  # an object, array or regex value: its key order is not MongoDB's
+            data = v if is_id else txn.get(prefix + (v if idx.unique else _id_key_of(k, len(idx.fields))),
+                                           db=self.docs)
+            if data is None:
+                continue
+            stats.docs += 1
+            self.doc_reads += 1
+            if budget is not None and stats.docs > budget:
+                raise TooBig
+            doc = bson.decode(data)
+            if matcher is None or matcher(doc):
+                out.append(doc)
+                if len(out) >= limit:
+                    break
+        return out
+
     # ---- sizes (metrics) ----
 
     def size_bytes(self) -> int:
@@ -343,6 +411,33 @@ class Store:
     def oplog_records(self, txn=None) -> list[dict]:
         with (txn or self.env.begin()) as t:
             return [bson.decode(v) for _, v in t.cursor(self.oplog)]
+
+
+def _best_plan(coll: Collection, flt: dict) -> keys.Scan | None:
+    """The index (or the _id key range) that narrows flt the most, if any does."""
+    bounds = keys.field_bounds(flt) if flt else {}
+    if not bounds:
+        return None
+    best = keys.plan_index("_id_", [("_id", 1)], False, bounds)
+    for idx in coll.indexes:
+        s = keys.plan_index(idx.name, idx.fields, idx.multikey, bounds)
+        if s and (best is None or (s.point_fields, s.ranged) > (best.point_fields, best.ranged)):
+            best = s
+    return best
+
+
+_EXACT_RANKS = frozenset({keys.R_MINKEY, keys.R_NULL, keys.R_NUMBER, keys.R_STRING, keys.R_BINARY,
+                          keys.R_OBJECTID, keys.R_BOOL, keys.R_DATE, keys.R_TIMESTAMP, keys.R_MAXKEY})
+
+
+def _exactly_ordered(key: bytes, nfields: int) -> bool:
+    pos = 0
+    for _ in range(nfields):
+        rank = key[pos]
+        if (rank if rank < 0x80 else 255 - rank) not in _EXACT_RANKS:
+            return False
+        pos = _component_end(key, pos)
+    return True
 
 
 def _id_key_of(index_key: bytes, nfields: int) -> bytes:
