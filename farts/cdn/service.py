@@ -23,7 +23,7 @@ from farts.transport.http import ClientGone, FileBody, Fixed, Request, Response
 from fast.lru import LRUIndex
 
 from . import policy
-from .key import accept_encoding, base_key, parse_vary, variant_key
+from .key import SEP, accept_encoding, parse_vary, variant_key
 from .origin import CHUNK, OriginError
 from .store import Entry, Store
 
@@ -287,6 +287,9 @@ class CDNHandler:
         self.origin = origin
         self.prefix_len = len(prefix.encode())
         self.memory_object_bytes = cdn.cfg.memory_object_bytes
+        # The parts of base_key() that do not change per request, built once.
+        self.tenant_part: dict[str, bytes] = {}
+        self.scheme_part = {s: SEP + s.encode() + SEP for s in ("http", "https")}
 
     def handle(self, req: Request):
         head = req.head
@@ -295,7 +298,11 @@ class CDNHandler:
         target = head.target
         if target[:1] != b"/":  # absolute-form: keep path and query only
             target = head.path + (b"?" + head.query if head.query else b"")
-        base = base_key(req.tenant.id if req.tenant is not None else "-", target, req.scheme, head.host)
+        tenant = req.tenant.id if req.tenant is not None else "-"
+        part = self.tenant_part.get(tenant)
+        if part is None:
+            part = self.tenant_part[tenant] = tenant.encode() + SEP
+        base = part + target + self.scheme_part[req.scheme] + head.host  # = base_key(...)
         cdn = self.cdn
         names = cdn.vary.get(base)
         key = variant_key(base, names, head.header) if names else base

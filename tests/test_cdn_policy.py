@@ -1,0 +1,127 @@
+"""The CDN's pure parts: RFC 9111 freshness and storability, conditional requests, byte
+ranges (against hand-computed cases and, for ranges, a brute-force reading of RFC 9110
+§14.1.2), and the cache key layout."""
+from __future__ import annotations
+
+from email.utils import formatdate
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from farts.cdn import policy
+from farts.cdn.key import accept_encoding, base_key, parse_vary, tenant_prefix, variant_key
+
+NOW = 1_700_000_000.0
+
+
+def h(**fields: str) -> list[tuple[bytes, bytes]]:
+    return [(k.replace("_", "-").lower().encode(), v.encode()) for k, v in fields.items()]
+
+
+def test_freshness_lifetime_precedence():
+    date = formatdate(NOW, usegmt=True)
+    assert policy.freshness_lifetime(200, h(Cache_Control="max-age=60, s-maxage=600"), NOW, 0) == 600
+    assert policy.freshness_lifetime(200, h(Cache_Control="max-age=60"), NOW, 0) == 60
+    assert policy.freshness_lifetime(200, h(Cache_Control="max-age=60, no-cache"), NOW, 0) == 0
+    assert policy.freshness_lifetime(200, h(Date=date, Expires=formatdate(NOW + 90, usegmt=True)), NOW, 0) == 90
+    assert policy.freshness_lifetime(200, h(Expires="0"), NOW, 0) == 0  # invalid date: already expired
+    # Heuristic: 10% of the time since Last-Modified.
+    lm = formatdate(NOW - 1000, usegmt=True)
+    assert policy.freshness_lifetime(200, h(Date=date, Last_Modified=lm), NOW, 0) == 100
+    assert policy.freshness_lifetime(404, [], NOW, 30) == 30
+    assert policy.freshness_lifetime(200, h(Cache_Control="max-age=abc"), NOW, 0) == 0
+
+
+def test_storable():
+    assert policy.storable(b"GET", 200, [], h(Cache_Control="max-age=60"), 0)
+    assert not policy.storable(b"POST", 200, [], h(Cache_Control="max-age=60"), 0)
+    assert not policy.storable(b"GET", 200, [], h(Cache_Control="private, max-age=60"), 0)
+    assert not policy.storable(b"GET", 200, [], h(Cache_Control="no-store"), 0)
+    assert not policy.storable(b"GET", 200, [], h(Cache_Control="max-age=60", Set_Cookie="a=1"), 0)
+    assert not policy.storable(b"GET", 200, [], h(Vary="*"), 0)
+    assert not policy.storable(b"GET", 200, h(Authorization="x"), h(Cache_Control="max-age=60"), 0)
+    assert policy.storable(b"GET", 200, h(Authorization="x"), h(Cache_Control="s-maxage=60"), 0)
+    assert not policy.storable(b"GET", 404, [], [], 0)
+    assert policy.storable(b"GET", 404, [], [], 10)
+    assert not policy.storable(b"GET", 500, [], h(Cache_Control="max-age=60"), 0)
+
+
+def test_age_and_stale_windows():
+    date = formatdate(NOW - 10, usegmt=True)
+    assert policy.initial_age(h(Date=date, Age="5"), NOW - 1, NOW) == 10
+    assert policy.initial_age(h(Age="30"), NOW - 1, NOW) == 31
+    assert policy.stale_windows(h(Cache_Control="max-age=1, stale-while-revalidate=30, stale-if-error=60")) == (30, 60)
+    assert policy.stale_windows(h(Cache_Control="max-age=1, must-revalidate, stale-while-revalidate=30")) == (0, 0)
+
+
+def test_conditionals():
+    lm = formatdate(NOW, usegmt=True).encode()
+    assert policy.not_modified(h(If_None_Match='"a", W/"b"'), b'"b"', None)
+    assert policy.not_modified(h(If_None_Match="*"), b'"b"', None)
+    assert not policy.not_modified(h(If_None_Match='"a"'), b'"b"', lm)
+    # If-None-Match wins over If-Modified-Since.
+    assert not policy.not_modified(h(If_None_Match='"a"', If_Modified_Since=lm.decode()), b'"b"', lm)
+    assert policy.not_modified(h(If_Modified_Since=formatdate(NOW + 1, usegmt=True)), None, lm)
+    assert not policy.not_modified(h(If_Modified_Since=formatdate(NOW - 1, usegmt=True)), None, lm)
+    assert not policy.not_modified(h(If_Modified_Since="garbage"), None, lm)
+
+
+def test_updated_headers_replace_what_the_304_carries():
+    stored = h(Etag='"1"', Cache_Control="max-age=1", Content_Type="text/plain")
+    merged = policy.updated_headers(stored, h(Cache_Control="max-age=60", Date="x", Connection="close"))
+    assert dict(merged) == {b"etag": b'"1"', b"content-type": b"text/plain", b"cache-control": b"max-age=60"}
+
+
+def reference_range(spec: str, size: int):
+    """RFC 9110 §14.1.2 for one range, read literally."""
+    if not spec.startswith("bytes=") or "," in spec:
+        return None
+    first, sep, last = spec[6:].partition("-")
+    if not sep:
+        return None
+    if first == "":
+        if not last.isdigit():
+            return None
+        n = int(last)
+        return policy.UNSATISFIABLE if n == 0 or size == 0 else (max(0, size - n), size - 1)
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    a = int(first)
+    if last and int(last) < a:
+        return None
+    if a >= size:
+        return policy.UNSATISFIABLE
+    return a, min(int(last) if last else size - 1, size - 1)
+
+
+@given(st.one_of(st.integers(0, 300).map(str), st.just("")), st.one_of(st.integers(0, 300).map(str), st.just("")),
+       st.integers(0, 200), st.sampled_from(["bytes=", "bytes=", "items=", "bytes=1-2,"]))
+def test_byte_range_against_the_rfc(first, last, size, unit):
+    spec = f"{unit}{first}-{last}"
+    assert policy.byte_range(spec.encode(), size) == reference_range(spec, size)
+
+
+def test_byte_range_cases():
+    assert policy.byte_range(b"bytes=0-0", 10) == (0, 0)
+    assert policy.byte_range(b"bytes=5-", 10) == (5, 9)
+    assert policy.byte_range(b"bytes=-3", 10) == (7, 9)
+    assert policy.byte_range(b"bytes=-30", 10) == (0, 9)
+    assert policy.byte_range(b"bytes=8-100", 10) == (8, 9)
+    assert policy.byte_range(b"bytes=10-", 10) == policy.UNSATISFIABLE
+    assert policy.byte_range(b"bytes=3-1", 10) is None
+    assert policy.byte_range(b"bytes=0-1,3-4", 10) is None
+    assert policy.byte_range(b"lines=1-2", 10) is None
+
+
+def test_keys():
+    k = base_key("demo", b"/media/a.jpg?x=1", "https", b"cdn.example")
+    assert k == b"demo\0/media/a.jpg?x=1\0https\0cdn.example"
+    assert k.startswith(tenant_prefix("demo", "/media/"))
+    assert not k.startswith(tenant_prefix("dem"))  # one tenant id is never another's prefix
+    assert not base_key("demo2", b"/media/a.jpg", "https", b"h").startswith(tenant_prefix("demo"))
+    assert accept_encoding(b"gzip;q=1.0, br, identity;q=0, GZIP") == b"br,gzip"
+    assert variant_key(k, (b"accept-encoding",), {b"accept-encoding": b"br, gzip"}.get) == k + b"\0ae=br,gzip"
+    assert variant_key(k, (), None) == k
+    assert parse_vary(b"Accept-Encoding") == (b"accept-encoding",)
+    assert parse_vary(b"Accept-Encoding, Cookie") is None
+    assert parse_vary(None) == ()
