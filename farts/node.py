@@ -47,11 +47,45 @@ class Node:
         self.db = None
         # The mesh writes the member map (this node included) once it runs.
         self.mesh = MeshService(cfg, self.members, self.metrics) if cfg.mesh.enabled else None
+        if self.mesh is not None:
+            self._bridge_pubsub(self.mesh.bus)
         # The CDN (its cache under data_dir/cache) only when a route uses it.
         self.cdn = (CDN(cfg.cdn, cfg.path("cache"), self.metrics)
                     if any(r.kind == "cdn" for r in cfg.routes) else None)
         self.metrics.gauge("farts_node_info", "This node", lambda: {(cfg.node.id, cfg.node.region, __version__): 1},
                            ("node", "region", "version"))
+
+    def _bridge_pubsub(self, bus) -> None:
+        """Cross-node pub/sub over the mesh bus: every local publish is broadcast; peers
+        apply it (deduplicated by origin and seq). A peer that comes back alive, or a
+        gap in an origin's broadcasts, triggers a catch-up: this node sends what it has
+        (origin -> newest seq) and the peer answers with the events it lacks."""
+        ps, me = self.pubsub, self.cfg.node.id
+        ps.on_local_event = lambda ev: bus.broadcast("pubsub.event", ev)
+
+        def on_event(msg) -> None:
+            ps.apply_remote(msg.body)
+            if msg.gap:
+                bus.send(msg.origin, "pubsub.catchup", ps.have())
+
+        def on_catchup(msg) -> None:
+            if isinstance(msg.body, dict):
+                events = ps.events_after(msg.body)
+                for i in range(0, len(events), 200):  # frames well under mesh.max_frame_bytes
+                    bus.send(msg.origin, "pubsub.events", events[i:i + 200])
+
+        def on_events(msg) -> None:
+            for ev in msg.body if isinstance(msg.body, list) else ():
+                ps.apply_remote(ev)
+
+        def on_member(old, new) -> None:
+            if new.id != me and new.state == "alive" and (old is None or old.state != "alive"):
+                bus.send(new.id, "pubsub.catchup", ps.have())
+
+        bus.subscribe("pubsub.event", on_event)
+        bus.subscribe("pubsub.catchup", on_catchup)
+        bus.subscribe("pubsub.events", on_events)
+        bus.on_member_change(on_member)
 
     def _handler_for(self, route: Route):
         if route.kind == "static":  # the transport writes a Fixed itself, no handler call

@@ -82,13 +82,36 @@ class History:
             ch = self.channels[key] = Channel(self.next_seq())
         return ch
 
-    def is_new(self, origin: str, seq: int) -> bool:
-        return seq > self.last_seq.get(origin, 0)
+    def is_new(self, key: str, origin: str, seq: int) -> bool:
+        """Whether an event from another node should be applied: newer than anything of
+        its origin here, or a late one (a catch-up after a partition) that this channel
+        has neither seen nor evicted."""
+        if seq > self.last_seq.get(origin, 0):
+            return True
+        ch = self.channels.get(key)
+        if ch is None:
+            return True   # nothing of this channel is held here: nothing to duplicate
+        if seq <= ch.evicted.get(origin, 0):
+            return False
+        return not any(ev.seq == seq and ev.origin == origin for ev in ch.events)
+
+    def after(self, have: dict[str, int], limit: int) -> list[tuple[str, Event]]:
+        """(channel key, event) of every event held here that ``have`` (origin -> last
+        seq, from a peer) lacks, oldest first per channel: the catch-up a peer asks for."""
+        out = []
+        for key, ch in self.channels.items():
+            for ev in ch.events:
+                if ev.seq > have.get(ev.origin, 0):
+                    out.append((key, ev))
+                    if len(out) >= limit:
+                        return out
+        return out
 
     def append(self, key: str, origin: str, seq: int, make_message) -> Event:
         """Records the event and returns it; ``make_message(id)`` builds its JSON text."""
         now = time.monotonic()
-        self.last_seq[origin] = seq
+        if seq > self.last_seq.get(origin, 0):
+            self.last_seq[origin] = seq
         self.retained[origin] = self.retained.get(origin, 0) + 1
         ch = self.channel(key)
         vector = {o: self.last_seq[o] for o, n in self.retained.items() if n > 0}

@@ -297,13 +297,37 @@ class PubSub:
         return event_id
 
     def apply_remote(self, event: dict) -> bool:
-        """An event published on another node (from the mesh); False if seen already."""
-        origin, seq = event["origin"], event["seq"]
-        if not self.history.is_new(origin, seq):
+        """An event published on another node (from the mesh); False if seen already.
+
+        ``event`` is what ``on_local_event`` got on its origin: tenant, channel, origin,
+        seq, data (JSON text)."""
+        try:
+            tenant, channel, origin, seq, data = (event["tenant"], event["channel"], event["origin"],
+                                                  int(event["seq"]), event["data"])
+        except (KeyError, TypeError, ValueError):
+            self.errors.inc(("bad_remote_event",))
             return False
-        self._deliver(event["tenant"], event["channel"], origin, seq, event["data"])
+        if tenant not in self.tenants or _channel_problem(channel) or not isinstance(data, str):
+            self.errors.inc(("bad_remote_event",))
+            return False
+        if not self.history.is_new(f"{tenant}\0{channel}", origin, seq):
+            return False
+        self._deliver(tenant, channel, origin, seq, data)
         self.published.inc(("remote",))
         return True
+
+    def have(self) -> dict[str, int]:
+        """Origin -> newest seq applied here: what a peer's catch-up starts after."""
+        return dict(self.history.last_seq)
+
+    def events_after(self, have: dict, limit: int = 2000) -> list[dict]:
+        """The events held here that a peer with ``have`` lacks (for its catch-up)."""
+        out = []
+        for key, ev in self.history.after(have, limit):
+            tenant, _, channel = key.partition("\0")
+            data = json.dumps(json.loads(ev.message)["data"], separators=(",", ":"))
+            out.append({"tenant": tenant, "channel": channel, "origin": ev.origin, "seq": ev.seq, "data": data})
+        return out
 
     def _deliver(self, tenant_id: str, channel: str, origin: str, seq: int, data_json: str) -> str:
         start = perf_counter()
