@@ -167,6 +167,11 @@ class MeshService:
         self.members.update(Member(p.id, str(m.get("region", "")), float(m.get("lat", 0.0)),
                                    float(m.get("lon", 0.0)), tuple(m.get("addresses", ())), p.state,
                                    p.incarnation, prev.load if prev else 0.0, {"mesh": m.get("mesh", "")}))
+        # A link to a member declared dead is closed: if the member lives after all (a
+        # healed partition), a fresh connection finds it at once instead of a TCP
+        # connection stuck in retransmission backoff.
+        if p.state in (DEAD, LEFT) and p.id in self.links.links:
+            self.links.links[p.id].close(p.state)
         # The smaller id dials; a left member is not redialed (it comes back through its seeds).
         if p.state == LEFT:
             self.links.undial(p.id)
