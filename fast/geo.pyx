@@ -278,25 +278,12 @@ cdef inline uint64_t _be64(const unsigned char *a) noexcept nogil:
     return (<uint64_t>_be32(a) << 32) | _be32(a + 4)
 
 
-@cython.final
 cdef class GeoIndex:
-    """Range tables plus one location per distinct record.
+    """Range tables plus one location per distinct record (attributes in geo.pxd).
 
     ``locate`` gives (location number or -1, scope): the scope is the longest prefix of
     the address that lies wholly inside its range (what an ECS answer may claim to cover).
     """
-
-    cdef uint32_t *v4_start
-    cdef int32_t *v4_loc
-    cdef Py_ssize_t n4
-    cdef uint64_t *v6_hi
-    cdef uint64_t *v6_lo
-    cdef int32_t *v6_loc
-    cdef Py_ssize_t n6
-    cdef double *lat_
-    cdef double *lon_
-    cdef readonly Py_ssize_t nloc
-    cdef readonly list locations
 
     def __cinit__(self, Tree tree not None, list locations not None, list rec_location not None):
         """``locations``: one (lat, lon, label) per location; ``rec_location[i]``: the

@@ -107,12 +107,12 @@ def dns_config(db: str, rrl_rate: float = 0, rrl_burst: float = 100):
 class Running:
     """A DNSServer in its own event loop thread (the test's clients block)."""
 
-    def __init__(self, cfg, members: MemberMap, geo: GeoSource | None = None) -> None:
+    def __init__(self, cfg, members: MemberMap, geo: GeoSource | None = None, fast_udp: bool = True) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.members = members
-        self.server = DNSServer(cfg, members, source="test.toml", geo=geo)
+        self.server = DNSServer(cfg, members, source="test.toml", geo=geo, fast_udp=fast_udp)
         self.call(self.server.start(wait_for_index=True))
         self.port = self.server.address[1]
 
@@ -188,6 +188,13 @@ def addresses(resp) -> list[str]:
 
 def ecs_of(resp):
     return next((o for o in resp.options if isinstance(o, dns.edns.ECSOption)), None)
+
+
+def raw_udp(port: int, wire: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.sendto(wire, ("127.0.0.1", port))
+        return s.recv(65535)
 
 
 def run_dig(tool: str, port: int, *args: str) -> str:
@@ -536,6 +543,33 @@ def test_tcp_several_queries_per_connection_and_split_frames(server):
                 buf = buf[2 + n:]
     assert [r.id for r in got] == [m.id for m in msgs]
     assert [r.rcode() for r in got] == [0, 0, dns.rcode.NXDOMAIN]
+
+
+def test_reply_cache_in_c_matches_the_asyncio_path_and_is_counted(server, exact_db):
+    """The same queries through fast.dnsloop (replies cached in C) and through the plain
+    asyncio endpoint give the same bytes; cached replays count in the metrics."""
+    plain = Running(dns_config(exact_db), MemberMap(list(NODES)), fast_udp=False)
+    try:
+        assert server.server.fast is not None and plain.server.fast is None
+        msgs = [query("edge.farts.test", subnet="10.2.0.0/24"), query("EDGE.farts.test"),
+                query("one.farts.test", "AAAA", subnet="2001:db8:1::/48"), query("nothing.farts.test"),
+                query("big.farts.test", "TXT"), query("farts.test", "ANY"), query("x.org"),
+                query("static.farts.test", use_edns=0, payload=4096, want_dnssec=True)]
+        for m in msgs:
+            for _ in range(3):   # the second and third come from the cache
+                # raw bytes: dnspython's to_wire() would shuffle the records
+                a, b = raw_udp(server.port, m.to_wire()), raw_udp(plain.port, m.to_wire())
+                assert a == b, m.question
+        assert server.server.fast.hits >= 2 * len(msgs)
+        text = server.server.metrics.render().decode()
+        n = float(re.search(r'farts_dns_queries_total\{rcode="NOERROR",transport="udp",type="A"\} (\S+)', text).group(1))
+        assert n >= 6
+        # a node change empties the C cache at once
+        server.call(lambda: server.members.set_state("frankfurt", DEAD))
+        assert server.server.fast.entries == 0
+        assert addresses(server.udp(msgs[0])) == ["127.0.0.1", "127.0.0.3"]
+    finally:
+        plain.close()
 
 
 # ---------------------------------------------------------------------------------------

@@ -140,35 +140,44 @@ class Responder:
         return data.locate(client)[0], 0
 
     def answer(self, data: bytes, client: bytes, tcp: bool, now: float | None = None) -> bytes | None:
-        """The reply to one message from ``client`` (packed address), or None to send nothing."""
-        transport = "tcp" if tcp else "udp"
-        q = parse_query(data)
-        stats = self.stats
-        if not tcp and self.rrl is not None and self.rrl.rate > 0 and not (type(q) is fd.ParseError and q.drop):
+        """The reply to one message from ``client`` (packed address), or None to send nothing.
+        UDP replies are rate limited here (the C fast path limits before calling respond)."""
+        if not tcp and self.rrl is not None and self.rrl.rate > 0:
             action = self.rrl.check(rrl_mod.network_key(client), time.monotonic() if now is None else now)
-            if action == rrl_mod.DROP:
-                stats.rrl.inc(("drop",))
-                return None
-            if action == rrl_mod.SLIP:
-                stats.rrl.inc(("slip",))
+            if action != rrl_mod.ALLOW:
+                q = parse_query(data)
+                if type(q) is fd.ParseError and q.drop:
+                    return None
+                if action == rrl_mod.DROP:
+                    self.stats.rrl.inc(("drop",))
+                    return None
+                self.stats.rrl.inc(("slip",))
                 out = bytearray(error_response(q, q.rcode if type(q) is fd.ParseError else 0))
                 out[2] |= 0x02   # TC: retry over TCP
                 return bytes(out)
+        return self.respond(data, client, tcp)[0]
+
+    def respond(self, data: bytes, client: bytes, tcp: bool) -> tuple[bytes | None, tuple | None]:
+        """(reply or None, label): the label is what a replay of this reply from a cache
+        must count ((type, rcode, transport), chosen nodes), None when not to be cached."""
+        transport = "tcp" if tcp else "udp"
+        q = parse_query(data)
+        stats = self.stats
         if type(q) is fd.ParseError:
             if q.drop:
                 stats.dropped.inc(("unparseable",))
-                return None
+                return None, None
             stats.queries.inc(("-", RCODE_NAMES.get(q.rcode, str(q.rcode)), transport))
-            return error_response(q)
+            return error_response(q), None
         qtype = q.qtype
         if q.edns_version > 0:
             stats.queries.inc((TYPE_NAMES.get(qtype, str(qtype)), "BADVERS", transport))
-            return error_response(q, fd.BADVERS)
+            return error_response(q, fd.BADVERS), None
         if q.qclass not in (fd.IN, fd.ANY) or qtype in META_TYPES:
             res = Resolution(REFUSED, rcode=fd.REFUSED)
         else:
             res = self.zone.resolve(q.qname_lower, qtype)
-        answers, scope = res.answers, 0
+        answers, scope, chosen = res.answers, 0, ()
         if res.kind == GEO:
             loc, scope = self.locate(client, q.ecs)
             g = res.geo
@@ -178,9 +187,10 @@ class Responder:
                 stats.answers.inc(key)
             if not records:
                 res = Resolution(NODATA, authority=(self.zone.soa,))
-        stats.queries.inc((TYPE_NAMES.get(qtype, str(qtype)), RCODE_NAMES.get(res.rcode), transport))
+        label = (TYPE_NAMES.get(qtype, str(qtype)), RCODE_NAMES.get(res.rcode), transport)
+        stats.queries.inc(label)
         return encode_response(q, res.rcode, res.kind != REFUSED, answers, res.authority, None,
-                               65535 if tcp else 0, scope)
+                               65535 if tcp else 0, scope), (label, chosen)
 
     # ---- explanation (farts-edge dns lookup) ----
 

@@ -20,7 +20,20 @@ from farts.dns.zone import Zone
 from farts.members import MemberMap
 from farts.metrics import Metrics
 
+try:
+    from fast.dnsloop import UDPFastPath
+except ImportError:   # a platform without recvmmsg/sendmmsg: asyncio handles UDP
+    UDPFastPath = None
+
 log = logging.getLogger("farts.dns")
+
+
+def _sum_labels(replayed: dict, keys) -> dict:
+    out: dict = {}
+    for label, hits in replayed.items():
+        for key in keys(label):
+            out[key] = out.get(key, 0) + hits
+    return out
 
 
 def _packed(host: str) -> bytes:
@@ -106,8 +119,14 @@ class DNSServer:
     """One node's DNS: zone from the config, nodes from ``members``, geo index from the file."""
 
     def __init__(self, cfg: DNSConfig, members: MemberMap, metrics: Metrics | None = None,
-                 source: str = "<config>", geo: GeoSource | None = None) -> None:
+                 source: str = "<config>", geo: GeoSource | None = None, fast_udp: bool = True) -> None:
+        """``fast_udp``: UDP through fast.dnsloop (recvmmsg batches, replies cached in C);
+        False: a plain asyncio datagram endpoint (same answers, a fraction of the rate)."""
         self.cfg = cfg
+        self.members = members
+        self.fast_udp = fast_udp and UDPFastPath is not None
+        self.fast: UDPFastPath | None = None
+        self._udp_sock: socket.socket | None = None
         self.metrics = metrics or Metrics()
         self.zone = Zone(cfg, source)
         self.geo = geo or GeoSource(cfg.geoip_database or default_database(), cfg.rebuild_interval)
@@ -116,6 +135,7 @@ class DNSServer:
         self.connections: set[_TCP] = set()
         self._udp = None
         self._tcp = None
+        self._unsubscribe = None
         self.address: tuple[str, int] | None = None
         m = self.metrics
         m.gauge("farts_dns_index_age_seconds", "Seconds since the geo index was built",
@@ -156,20 +176,66 @@ class DNSServer:
     async def _bind(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        udp, _ = await loop.create_datagram_endpoint(lambda: _UDP(self.responder),
-                                                     local_addr=(host, port), family=family)
-        port = udp.get_extra_info("sockname")[1]
+        if self.fast_udp:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                raise
+            sock.setblocking(False)
+            udp = None
+            port = sock.getsockname()[1]
+        else:
+            udp, _ = await loop.create_datagram_endpoint(lambda: _UDP(self.responder),
+                                                         local_addr=(host, port), family=family)
+            sock = None
+            port = udp.get_extra_info("sockname")[1]
         try:
             self._tcp = await loop.create_server(lambda: _TCP(self), host, port, family=family,
                                                  reuse_address=True)
         except OSError:
-            udp.close()
+            udp.close() if udp is not None else sock.close()
             raise
-        self._udp = udp
+        self._udp, self._udp_sock = udp, sock
+        if sock is not None:
+            self._start_fast(loop, sock)
         return port
+
+    def _start_fast(self, loop, sock: socket.socket) -> None:
+        cfg = self.cfg
+        fast = self.fast = UDPFastPath(sock.fileno(), self._miss, cfg.rrl_rate, cfg.rrl_burst, cfg.rrl_slip)
+        if self.geo.current is not None:
+            fast.set_geo(self.geo.current.index)
+        self.geo.on_swap.append(lambda data: fast.set_geo(data.index))
+        self._unsubscribe = self.members.on_change(lambda old, new: fast.clear())
+        stats = self.responder.stats
+        stats.queries.sources.append(lambda: _sum_labels(fast.replayed(), lambda label: [label[0]]))
+        stats.answers.sources.append(lambda: _sum_labels(fast.replayed(), lambda label: label[1]))
+        stats.rrl.sources.append(lambda: {("drop",): fast.rrl_dropped, ("slip",): fast.rrl_slipped})
+        stats.dropped.sources.append(lambda: {("unparseable",): fast.dropped, ("send_failed",): fast.send_errors})
+        # Replies replayed from the C cache take well under the smallest bucket.
+        stats.latency.zero_sources.append(lambda: {(): fast.hits})
+        loop.add_reader(sock.fileno(), fast.on_readable)
+
+    def _miss(self, data: bytes, client: bytes):
+        started = time.perf_counter()
+        try:
+            return self.responder.respond(data, client, False)
+        except Exception:   # a bug must cost one query, not the batch
+            log.exception("dns: answering a query failed")
+            return None, None
+        finally:
+            self.responder.stats.latency.observe(time.perf_counter() - started)
 
     async def stop(self) -> None:
         self.geo.stop()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._udp_sock is not None:
+            asyncio.get_running_loop().remove_reader(self._udp_sock.fileno())
+            self._udp_sock.close()
         if self._udp is not None:
             self._udp.close()
         if self._tcp is not None:
