@@ -457,3 +457,65 @@ def test_node_ws_client_subscribes_and_receives(node_factory, tmp_path):
     got = [json.loads(line) for line in out.splitlines()]
     assert [g["data"] for g in got] == [{"i": 0}, {"i": 1}, {"i": 2}], err
     assert [g["id"] for g in got] == ids
+
+
+def test_reconnect_storm_is_served_while_publishing_goes_on(node_factory):
+    """1,000 clients connect and subscribe at once (a node restart's worth of
+    reconnects, scaled to this machine) while events are published: every publish is
+    answered, every storm client is subscribed, and a subscriber from before the storm
+    gets every event in order. Per-IP limits still apply to WebSocket connections."""
+    node = pubsub_node(node_factory, """
+        [limits]
+        max_connections_per_ip = 3000
+        """)
+
+    async def main():
+        async with websockets.connect(ws_url(node)) as steady:
+            await subscribe(steady, "storm")
+
+            async def storm_client():
+                ws = await websockets.connect(ws_url(node), open_timeout=60)
+                await ws.send('{"op":"subscribe","channel":"storm"}')
+                assert (await recv_json(ws, timeout=60))["op"] == "subscribed"
+                return ws
+
+            async def publisher():
+                ids = []
+                for k in range(40):
+                    ids += await asyncio.to_thread(publish_batch, node, [{"channel": "storm", "data": k}])
+                    await asyncio.sleep(0.01)
+                return ids
+
+            pub = asyncio.ensure_future(publisher())
+            clients = await asyncio.gather(*[storm_client() for _ in range(1000)])
+            ids = await pub
+            got = [await recv_json(steady, timeout=10) for _ in range(40)]
+            assert [g["data"] for g in got] == list(range(40)) and [g["id"] for g in got] == ids
+            await asyncio.gather(*[ws.close() for ws in clients])
+    run(main())
+    assert node.alive()
+
+
+def test_per_ip_connection_limit_applies_to_websocket_subscribers(node_factory):
+    node = pubsub_node(node_factory, """
+        [limits]
+        max_connections_per_ip = 5
+        """)
+
+    async def main():
+        conns = [await websockets.connect(ws_url(node)) for _ in range(5)]
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            await websockets.connect(ws_url(node))
+        assert refused.value.response.status_code == 503
+        await conns[0].close()
+        for _ in range(50):  # until the node has seen the close and freed the place
+            try:
+                again = await websockets.connect(ws_url(node))
+                break
+            except websockets.exceptions.InvalidStatus:
+                await asyncio.sleep(0.1)
+        assert (await subscribe(again, "c"))["op"] == "subscribed"
+        for ws in [*conns[1:], again]:
+            await ws.close()
+    run(main())
+    assert metric(node, "farts_http_connections_refused_total") >= 1
