@@ -285,6 +285,8 @@ class DBConfig:
                                                           "an integer 1024-48000000"))
     # The largest the LMDB file may grow to (address space; the file grows as used).
     map_size: int = _checked(4 << 30, Check(lambda v: v >= 1 << 20, "an integer >= 1048576"))
+    # Connections beyond this are closed on accept (drivers keep pools of them open).
+    max_connections: int = _checked(10000, POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -613,6 +615,7 @@ auth = false                # true: every client authenticates (SCRAM-SHA-256) a
 sync = true                 # fsync before acknowledging writes
 max_message_bytes = 48000000
 map_size = 4294967296       # upper bound of the LMDB file under data_dir/db
+max_connections = 10000
 
 [[db.users]]                # each user sees only its tenant's databases
 name = "app"                # required

@@ -257,6 +257,7 @@ def test_read_preference_passes_through_and_metrics(client, node):
     assert re.search(r'farts_db_commands_total\{command="insert",outcome="ok"\} [1-9]', text)
     assert re.search(r'farts_db_commands_total\{command="unknown",outcome="error"\} [1-9]', text)
     assert "farts_db_command_seconds_bucket" in text
+    assert re.search(r'farts_db_compressed_messages_total\{compressor="zlib"\} [1-9]', text)   # negotiated
     assert re.search(r"farts_db_oplog_entries [1-9]", text) and re.search(r"farts_db_store_bytes [1-9]", text)
     assert "farts_db_open_cursors" in text
 
@@ -345,3 +346,32 @@ def test_bad_input_keeps_the_server_and_other_clients_alive(node, client):
     s.close()
     time.sleep(0.1)
     assert node.alive() and client.bad.c.find_one({"_id": 1}) == {"_id": 1}
+
+
+def test_connection_limit(tmp_path):
+    """In-process DBService: the connection over db.max_connections is closed, the others serve."""
+    import asyncio
+
+    from farts.config import DBConfig
+    from farts.db.server import DBService
+    from farts.metrics import Metrics
+
+    async def main():
+        svc = DBService(DBConfig(enabled=True, port=0, max_connections=2), tmp_path / "db", "n", Metrics())
+        await svc.start()
+        try:
+            host, port = svc.address
+            conns = [await asyncio.open_connection(host, port) for _ in range(3)]
+            assert await asyncio.wait_for(conns[2][0].read(), 5) == b""
+            reader, writer = conns[0]
+            writer.write(msg({"ping": 1, "$db": "admin"}))
+            head = await asyncio.wait_for(reader.readexactly(16), 5)
+            body = await reader.readexactly(struct.unpack("<i", head[:4])[0] - 16)
+            assert bson.decode(body[5:])["ok"] == 1
+            assert svc.stats.refused.get() == 1
+            for _, w in conns:
+                w.close()
+        finally:
+            await svc.stop()
+
+    asyncio.run(main())

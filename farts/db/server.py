@@ -35,6 +35,10 @@ class DBStats:
         self.protocol_errors = metrics.counter("farts_db_protocol_errors_total",
                                                "Malformed MongoDB wire messages, by kind", ("kind",))
         self.slow = metrics.counter("farts_db_slow_commands_total", "MongoDB commands slower than 100 ms")
+        self.compressed = metrics.counter("farts_db_compressed_messages_total",
+                                          "MongoDB requests that came in OP_COMPRESSED", ("compressor",))
+        self.refused = metrics.counter("farts_db_connections_refused_total",
+                                       "MongoDB connections closed on accept (db.max_connections)")
         metrics.gauge("farts_db_open_cursors", "Open MongoDB cursors", lambda: len(service.commands.cursors))
         metrics.gauge("farts_db_connections", "Open MongoDB wire connections", lambda: len(service.connections))
         metrics.gauge("farts_db_store_bytes", "Bytes used by the LMDB store", lambda: service.store.size_bytes())
@@ -59,12 +63,21 @@ class DBProtocol(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.session.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if len(self.service.connections) >= self.service.cfg.max_connections:
+            self.service.stats.refused.inc()
+            log.warning("db: refusing %s: db.max_connections (%d) reached", self.session.peer,
+                        self.service.cfg.max_connections)
+            self.closing = True
+            transport.abort()
+            return
         self.service.connections.add(self)
         c = self.service.commands
         c.connections_current, c.connections_total = len(self.service.connections), c.connections_total + 1
 
     def connection_lost(self, exc) -> None:
         self.closing = True
+        if self not in self.service.connections:
+            return
         self.service.connections.discard(self)
         self.service.commands.connections_current = len(self.service.connections)
         self.pending.clear()
@@ -134,6 +147,8 @@ class DBProtocol(asyncio.Protocol):
         if elapsed > SLOW_SECONDS:
             stats.slow.inc()
             log.info("slow db command %s: %.0f ms from %s", label, elapsed * 1000, self.session.peer)
+        if req.compressor:
+            stats.compressed.inc((req.compressor,))
         if req.more_to_come or self.closing:
             return
         compressor = req.compressor if req.compressor in self.session.compression else None
