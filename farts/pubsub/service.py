@@ -180,14 +180,18 @@ class PubSub:
             except Denied as e:
                 self.errors.inc(("auth",))
                 return Fixed.error(e.code, e.reason)
-        sub = sse.SSESubscriber(self, req.tenant)
-        for name in names:
-            self._subscribe(sub, name, cursor)
-        return Takeover(200, sse.HEAD, sub)
+        # Subscribed once the connection is handed over (taken_over), not before: a
+        # takeover the transport refuses leaves nothing registered.
+        return Takeover(200, sse.HEAD, sse.SSESubscriber(self, req.tenant, names, cursor))
 
     # -- subscriber lifetime (called by the protocols) ----------------------------------
     def opened(self, sub) -> None:
         (self.sse if sub.sse else self.ws).add(sub)
+
+    def sse_opened(self, sub: sse.SSESubscriber, names: list[str], cursor: dict | None) -> None:
+        self.sse.add(sub)
+        for name in names:
+            self._subscribe(sub, name, cursor)
 
     def closed(self, sub) -> None:
         (self.sse if sub.sse else self.ws).discard(sub)

@@ -24,20 +24,23 @@ def comment_chunk(text: str) -> bytes:
 
 
 class SSESubscriber(Subscriber):
-    __slots__ = ("service", "tenant", "channels", "release", "closing")
+    __slots__ = ("service", "tenant", "channels", "release", "closing", "wanted")
 
-    def __init__(self, service, tenant) -> None:
+    def __init__(self, service, tenant, names: list[str], cursor: dict | None) -> None:
         self.service = service
         self.tenant = tenant
         self.sse = True
         self.channels: list[str] = []
         self.release = None
         self.closing = False
+        self.wanted = (names, cursor)   # subscribed to when the connection is ours
 
     def taken_over(self, transport, rest: bytes, release) -> None:
         self.transport = transport
         self.release = release
-        self.service.opened(self)
+        names, cursor = self.wanted
+        self.wanted = None
+        self.service.sse_opened(self, names, cursor)
 
     def data_received(self, data: bytes) -> None:
         # A client has nothing to send on an event stream; a pipelined request here
