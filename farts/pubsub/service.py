@@ -343,7 +343,8 @@ class PubSub:
 
         ev = self.history.append(key, origin, seq, message)
         if self.fanout.has(key):
-            self.fanout.publish(key, encode_text(ev.message), sse.event_chunk(ev.id, ev.message))
+            self.fanout.publish(key, encode_text(ev.message),
+                                sse.event_chunk(ev.id, ev.message) if self.sse else b"")
         self.fanout_time.observe(perf_counter() - start)
         return ev.id
 
