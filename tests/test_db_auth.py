@@ -168,7 +168,13 @@ def test_node_driver_against_the_node(node):
     assert r["paged"] == ["n102", "n103", "n105"] and r["secondaryRead"] == 1
     assert r["collections"] == ["items"] and "nodeapp" in r["databases"]
     assert r["badOp"]["code"] == 2 and "$where" in r["badOp"]["message"]
+    assert r["operators"] == {"l": [3, 2], "tags": True, "group": -1, "top": 7, "at": True}
+    assert r["aggOps"] == [{"n": 18, "avg": 356 / 18, "lo": 1, "first": 1, "last": 39}]
+    assert r["aggCount"] == [{"n": 5}]
+    assert r["killCursors"] == 1 and r["endSessions"] == 1
+    assert (r["buildInfo"], r["serverStatus"], r["getParameter"], r["createTwice"]) == (7, "lmdb", "7.0", 48)
     assert r["dropIndex"] == 1 and r["dropped"] is True
+    assert r["dropDatabase"] is True and "nodeapp" not in r["afterDropDatabase"]
     # The wrong password fails in the Node driver too.
     bad = subprocess.run(["node", script, str(port), "alice", "wrong"], env=env, capture_output=True,
                          text=True, timeout=60)

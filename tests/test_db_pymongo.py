@@ -36,12 +36,13 @@ def db_address(node) -> tuple[str, int]:
 class Commands(monitoring.CommandListener):
     def __init__(self) -> None:
         self.names: list[str] = []
+        self.ok: list[str] = []
 
     def started(self, event):
         self.names.append(event.command_name)
 
     def succeeded(self, event):
-        pass
+        self.ok.append(event.command_name)
 
     def failed(self, event):
         pass
@@ -245,6 +246,14 @@ def test_admin_commands(client):
     with pytest.raises(OperationFailure) as e:
         client.admin.command("frobnicate")
     assert e.value.code == 59 and "frobnicate" in str(e.value)
+
+
+def test_sessions_end_when_the_client_closes(node):
+    listener = Commands()
+    c = pymongo.MongoClient(*db_address(node), event_listeners=[listener], serverSelectionTimeoutMS=5000)
+    c.sess.c.insert_one({})
+    c.close()
+    assert "endSessions" in listener.names and "endSessions" in listener.ok
 
 
 def test_read_preference_passes_through_and_metrics(client, node):

@@ -54,9 +54,34 @@ async function main() {
   out.databases = (await client.db().admin().listDatabases()).databases.map((d) => d.name);
   try { await col.find({ x: { $where: "1" } }).toArray(); out.badOp = null; }
   catch (e) { out.badOp = { code: e.code, message: e.message }; }
+  // Every update operator, through the Node driver's encoding.
+  await col.updateOne({ _id: 5 }, { $push: { l: { $each: [3, 1, 2] } }, $unset: { tags: "" }, $min: { group: -1 },
+    $max: { top: 7 }, $currentDate: { at: true } });
+  await col.updateOne({ _id: 5 }, { $pull: { l: 1 } });
+  const five = await col.findOne({ _id: 5 });
+  out.operators = { l: five.l, tags: five.tags === undefined, group: five.group, top: five.top,
+                    at: five.at instanceof Date };
+  out.aggOps = await col.aggregate([{ $match: { _id: { $lt: 40 } } }, { $unwind: "$tags" },
+    { $group: { _id: null, n: { $count: {} }, avg: { $avg: "$_id" }, lo: { $min: "$_id" }, first: { $first: "$_id" },
+                last: { $last: "$_id" } } }, { $project: { _id: 0 } }]).toArray();
+  out.aggCount = await col.aggregate([{ $match: { group: 1 } }, { $skip: 2 }, { $limit: 5 }, { $count: "n" }]).toArray();
+  const early = col.find({}, { batchSize: 5 });
+  await early.next();
+  await early.close();
+  out.killCursors = started.killCursors || 0;
+  out.buildInfo = (await client.db("admin").command({ buildInfo: 1 })).versionArray[0];
+  out.serverStatus = (await client.db("admin").command({ serverStatus: 1 })).storageEngine.name;
+  out.getParameter = (await client.db("admin").command({ getParameter: 1, featureCompatibilityVersion: 1 }))
+    .featureCompatibilityVersion.version;
+  await db.createCollection("made");
+  try { await db.createCollection("made"); out.createTwice = null; }
+  catch (e) { out.createTwice = e.code; }
   out.dropIndex = (await col.dropIndex("name_1")).ok;
   out.dropped = await col.drop();
+  out.dropDatabase = await db.dropDatabase();
+  out.afterDropDatabase = (await client.db().admin().listDatabases()).databases.map((d) => d.name);
   await client.close();
+  out.endSessions = started.endSessions || 0;
   console.log(JSON.stringify(out));
 }
 
