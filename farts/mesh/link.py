@@ -124,8 +124,9 @@ class Link:
             self.close(e.reason)
         except (ConnectionError, ssl.SSLError, OSError) as e:
             self.close(type(e).__name__)
-        except asyncio.CancelledError:  # the loop is shutting down
+        except asyncio.CancelledError:  # stopping
             self.close("stopping")
+            raise
 
 
 class LinkManager:
