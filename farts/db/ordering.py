@@ -21,6 +21,7 @@ from bson.binary import Binary
 from bson.code import Code
 from bson.dbref import DBRef
 from bson.decimal128 import Decimal128
+from bson.int64 import Int64
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
 from bson.objectid import ObjectId
@@ -139,6 +140,11 @@ def _date_millis(value: datetime.datetime) -> int:
 
 def sort_key(value: Any) -> tuple:
     """A tuple whose Python ordering is MongoDB's ordering of the value."""
+    t = type(value)
+    if t is int or t is Int64:
+        return (RANK_NUMBER, 1, value)
+    if t is str:
+        return (RANK_STRING, value)
     rank = type_rank(value)
     if rank == RANK_NUMBER:
         if is_nan(value):
@@ -228,29 +234,15 @@ _EMPTY_ARRAY: Any = object()
 
 def sort_value_key(doc: Any, path: str, direction: int) -> tuple:
     """The key of one document for one sort field: smallest element ascending, largest descending."""
+    if "." not in path and isinstance(doc, dict):
+        value = doc.get(path, MISSING)
+        if type(value) is not list:
+            return sort_key(value)
     keys = [_EMPTY_ARRAY_KEY if v is _EMPTY_ARRAY else sort_key(v)
             for v in _sort_path_values(doc, path.split("."))]
     if not keys:
         return sort_key(None)
     return min(keys) if direction > 0 else max(keys)
-
-
-class _Descending:
-    """Reverses the order of a key inside a tuple of mixed directions."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: tuple):
-        self.key = key
-
-    def __lt__(self, other: _Descending) -> bool:
-        return other.key < self.key
-
-    def __gt__(self, other: _Descending) -> bool:
-        return other.key > self.key
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Descending) and self.key == other.key
 
 
 def parse_sort_spec(spec: Any) -> list[tuple[str, int]]:
@@ -282,8 +274,8 @@ def sort_documents(docs: Iterable[dict], sort_spec: Any) -> list[dict]:
     if not pairs:
         return docs
 
-    def key(doc: dict) -> tuple:
-        return tuple(sort_value_key(doc, path, d) if d > 0 else
-                     _Descending(sort_value_key(doc, path, d)) for path, d in pairs)
-
-    return sorted(docs, key=key)
+    # One stable pass per field, least significant first; reverse=True keeps ties in order.
+    for path, direction in reversed(pairs):
+        docs.sort(key=lambda doc, p=path, d=direction: sort_value_key(doc, p, d),
+                  reverse=direction < 0)
+    return docs

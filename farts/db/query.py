@@ -63,7 +63,16 @@ def compile_filter(filter: dict | None) -> Predicate:
         return _always
     if len(clauses) == 1:
         return clauses[0]
-    return lambda doc: all(clause(doc) for clause in clauses)
+    if len(clauses) == 2:
+        first, second = clauses
+        return lambda doc: first(doc) and second(doc)
+
+    def match_all(doc: Any) -> bool:
+        for clause in clauses:
+            if not clause(doc):
+                return False
+        return True
+    return match_all
 
 
 def _always(doc: Any) -> bool:
@@ -102,9 +111,15 @@ def _compile_top_operator(name: str, value: Any) -> Predicate:
         subs = [compile_filter(entry) for entry in value]
         if name == "$and":
             return lambda doc: all(sub(doc) for sub in subs)
+
+        def any_matches(doc: Any) -> bool:
+            for sub in subs:
+                if sub(doc):
+                    return True
+            return False
         if name == "$or":
-            return lambda doc: any(sub(doc) for sub in subs)
-        return lambda doc: not any(sub(doc) for sub in subs)
+            return any_matches
+        return lambda doc: not any_matches(doc)
     if name == "$comment":
         return _always
     if name in _UNSUPPORTED_TOP:
@@ -153,12 +168,29 @@ def _path_any(path: str, test: Predicate, expand_arrays: bool) -> Predicate:
                 value = doc.get(path, MISSING)
                 if test(value):
                     return True
-                return type(value) is list and any(test(e) for e in value)
+                if type(value) is list:
+                    for element in value:
+                        if test(element):
+                            return True
+                return False
             return match_field
         return lambda doc: test(doc.get(path, MISSING))
     parts = path.split(".")
 
     def match_path(doc: dict) -> bool:
+        value = doc
+        for part in parts:
+            if type(value) is not dict:
+                break
+            value = value.get(part, MISSING)
+        else:  # only documents on the way: one value
+            if test(value):
+                return True
+            if expand_arrays and type(value) is list:
+                for element in value:
+                    if test(element):
+                        return True
+            return False
         found: list = []
         _walk(doc, parts, 0, found)
         for value in found:
@@ -185,6 +217,8 @@ def _equality_test(target: Any) -> Predicate:
     if is_nan(target):
         return is_nan
     t = type(target)
+    if t is bool:
+        return lambda v: v is target
     if t is str:
         return lambda v: type(v) is str and v == target
     if t is int or t is float:
@@ -210,6 +244,15 @@ def _comparison_test(op: str, target: Any) -> Predicate:
     if rank == RANK_NULL:
         return (lambda v: v is None or v is MISSING) if op in ("$gte", "$lte") else (lambda v: False)
     key = sort_key(target)
+    if type(target) in (int, float, Int64):
+        def number_test(v: Any) -> bool:
+            t = type(v)
+            if t is int or t is float or t is Int64:
+                return v == v and compare(v, target)  # v != v: NaN is outside every range
+            return t is Decimal128 and not is_nan(v) and compare(sort_key(v), key)
+        return number_test
+    if type(target) is str:
+        return lambda v: type(v) is str and compare(v, target)
 
     def test(v: Any) -> bool:
         if type_rank(v) != rank or is_nan(v):
@@ -257,12 +300,34 @@ def _regex_test(value: Any, options: str | None = None) -> Predicate:
 def _in_test(op: str, targets: Any) -> Predicate:
     if not isinstance(targets, list):
         raise error(BAD_VALUE, f"{op} needs an array")
+    strings: set[str] = set()
+    numbers: set = set()
     tests = []
     for target in targets:
         if is_operator_document(target):
             raise error(BAD_VALUE, f"cannot nest $ under {op}")
-        tests.append(_regex_test(target) if _is_regex(target) else _equality_test(target))
-    return lambda v: any(test(v) for test in tests)
+        t = type(target)
+        # Plain strings and numbers go into sets (1 and 1.0 hash alike, as they compare).
+        if t is str:
+            strings.add(target)
+        elif (t is int or t is float or t is Int64) and target == target:
+            numbers.add(target)
+        else:
+            tests.append(_regex_test(target) if _is_regex(target) else _equality_test(target))
+
+    def test(v: Any) -> bool:
+        t = type(v)
+        if t is str:
+            if v in strings:
+                return True
+        elif t is int or t is float or t is Int64:
+            if v in numbers:
+                return True
+        for other in tests:
+            if other(v):
+                return True
+        return False
+    return test
 
 
 _TYPE_ALIASES = {"double": 1, "string": 2, "object": 3, "array": 4, "binData": 5,
