@@ -1,0 +1,76 @@
+"""`farts-edge up --nodes 3`: a local cluster, one process per node on 127.0.0.i, and the
+`ca` commands an operator uses to make the same certificates by hand."""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from mesh_helpers import wait_for
+
+
+def cli(*args, timeout=30):
+    return subprocess.run([sys.executable, "-m", "farts.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_ca_init_and_issue_put_the_node_id_in_the_certificate(tmp_path):
+    r = cli("ca", "init", "--dir", str(tmp_path / "ca"))
+    assert r.returncode == 0, r.stderr
+    r = cli("ca", "issue", "node-7", "--dir", str(tmp_path / "ca"), "--out", str(tmp_path / "n7"),
+            "--name", "10.0.0.7")
+    assert r.returncode == 0, r.stderr
+    cert = x509.load_pem_x509_certificate((tmp_path / "n7" / "node-7.crt").read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "node-7"
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["farts-node:node-7"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+    r = cli("ca", "issue", "node-8", "--dir", str(tmp_path / "no-ca"))
+    assert r.returncode == 2 and "ca init" in r.stderr
+
+
+def test_up_three_nodes_forms_a_cluster_and_ctrl_c_stops_it(tmp_path):
+    data = tmp_path / "cluster"
+    proc = subprocess.Popen([sys.executable, "-m", "farts.cli", "up", "--nodes", "3", "--data-dir", str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"Ctrl-C stops the cluster." not in out and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([proc.stdout], [], [], 0.5)[0]:
+                out += os.read(proc.stdout.fileno(), 65536)
+        assert b"Ctrl-C stops the cluster." in out, out.decode(errors="replace")
+        for i in (1, 2, 3):
+            assert f"[node-{i}]   https  https://127.0.0.{i}:8443/".encode() in out
+            assert (data / f"node-{i}" / "farts.toml").exists()
+
+        def table():
+            r = cli("status", "--admin", "http://127.0.0.2:9100/")
+            return r.stdout if r.returncode == 0 and r.stdout.count(" alive ") == 3 else ""
+        text = wait_for(table, 20)
+        assert text, cli("status", "--admin", "http://127.0.0.2:9100/")
+        for region in ("us-west", "eu-central", "ap-southeast"):
+            assert region in text
+        assert "node-2 *" in text
+
+        ca = data / "ca" / "ca.crt"
+        https = subprocess.run(["curl", "-sS", "--cacert", str(ca), "https://127.0.0.3:8443/"],
+                               capture_output=True, timeout=10)
+        assert https.returncode == 0 and https.stdout.startswith(b"farts-edge is up"), https.stderr
+        mesh = httpx.get("http://127.0.0.1:9100/api/mesh").json()
+        assert {m["id"]: m["mesh"] for m in mesh["members"]} == {
+            f"node-{i}": f"127.0.0.{i}:7946" for i in (1, 2, 3)}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, rest.decode(errors="replace")
+    assert rest.count(b"exited (0)") == 3
+    for i in (1, 2, 3):  # nothing is left listening
+        assert subprocess.run(["curl", "-sS", "-m", "2", f"http://127.0.0.{i}:9100/healthz"],
+                              capture_output=True).returncode != 0
