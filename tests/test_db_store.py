@@ -170,3 +170,21 @@ def test_restart_keeps_catalog_sequence_and_clock(tmp_path):
     assert [r["op"] for r in records] == ["c", "i"] and records[-1]["s"] == seq
     assert records[0]["ts"] < records[1]["ts"] and records[1]["o"] == "n1"
     s.close()
+
+
+def test_index_count_is_bounded_and_dropped_indexes_are_reclaimed(tmp_path):
+    s = Store(tmp_path / "db", "n1", max_indexes=2)
+    for name in ("a_1", "b_1"):
+        s.submit(lambda w, name=name: w.create_index(NS, Index(name, ((name[0], 1),))), exclusive=True).result()
+    with pytest.raises(MongoError) as e:
+        s.submit(lambda w: w.create_index(NS, Index("c_1", (("c", 1),))), exclusive=True).result()
+    assert e.value.code == 67 and "db.max_indexes = 2" in e.value.message
+    assert [i.name for i in s.catalog[NS].indexes] == ["a_1", "b_1"]
+    s.submit(lambda w: w.drop_index(NS, "a_1"), exclusive=True).result()
+    s.close()
+    s = Store(tmp_path / "db", "n1", max_indexes=2)   # the dropped one's sub-database is gone
+    s.submit(lambda w: w.create_index(NS, Index("c_1", (("c", 1),))), exclusive=True).result()
+    with s.env.begin() as txn:
+        names = sorted(k for k, _ in txn.cursor() if k.startswith(b"i:"))
+    assert names == [b"i:" + NS.encode() + b":b_1", b"i:" + NS.encode() + b":c_1"]
+    s.close()
