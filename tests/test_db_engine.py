@@ -267,6 +267,14 @@ def test_nan_equals_nan_and_is_outside_ranges():
     assert len(apply_update({"_id": 1, "a": [nan]}, {"$addToSet": {"a": float("nan")}})["a"]) == 1
 
 
+def test_pcre_spellings_python_lacks():
+    docs = [{"_id": 1, "s": "ab12"}, {"_id": 2, "s": "ab12\n"}, {"_id": 3, "s": "AB"}]
+    assert ids({"s": {"$regex": r"(?<digits>\d+)\z"}}, docs) == [1]
+    assert ids({"s": {"$regex": r"\d\Z"}}, docs) == [1, 2]  # PCRE \Z: before a final newline
+    assert ids({"s": {"$regex": "^a b", "$options": "ix"}}, docs) == [1, 2, 3]
+    assert ids({"s": {"$regex": "2.$", "$options": "s"}}, docs) == [2]
+
+
 def test_subdocument_equality_is_field_order_sensitive():
     docs = [{"_id": 1, "a": {"x": 1, "y": 2}}, {"_id": 2, "a": {"y": 2, "x": 1}}]
     assert ids({"a": {"x": 1, "y": 2}}, docs) == [1]

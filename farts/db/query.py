@@ -261,6 +261,26 @@ def _comparison_test(op: str, target: Any) -> Predicate:
     return test
 
 
+def _pcre_to_python(pattern: str) -> str:
+    """The few PCRE spellings Python's re lacks: (?<name>...), \\z and PCRE's \\Z."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            pair = pattern[i:i + 2]
+            out.append({"\\z": "\\Z", "\\Z": "(?=\\n?\\Z)"}.get(pair, pair))
+            i += 2
+            continue
+        if pattern.startswith("(?<", i) and pattern[i + 3:i + 4] not in ("=", "!"):
+            out.append("(?P<")
+            i += 3
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def _regex_compile(pattern: str, options: str) -> re.Pattern:
     flags = 0
     for letter in options:
@@ -268,7 +288,7 @@ def _regex_compile(pattern: str, options: str) -> re.Pattern:
             raise error(51108, f"invalid flag in regex options: {letter}")
         flags |= _REGEX_OPTION_FLAGS[letter]
     try:
-        return re.compile(pattern, flags)
+        return re.compile(_pcre_to_python(pattern), flags)
     except re.error as e:
         raise error(51091, f"Regular expression is invalid: {e}") from None
 
