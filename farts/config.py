@@ -287,6 +287,9 @@ class DBConfig:
     map_size: int = _checked(4 << 30, Check(lambda v: v >= 1 << 20, "an integer >= 1048576"))
     # Connections beyond this are closed on accept (drivers keep pools of them open).
     max_connections: int = _checked(10000, POSITIVE)
+    # Secondary indexes over all collections and tenants (each is an LMDB sub-database,
+    # and every read transaction costs more the more of them are allowed).
+    max_indexes: int = _checked(500, Check(lambda v: 1 <= v <= 30000, "an integer 1-30000"))
 
 
 @dataclass(frozen=True)
@@ -616,6 +619,7 @@ sync = true                 # fsync before acknowledging writes
 max_message_bytes = 48000000
 map_size = 4294967296       # upper bound of the LMDB file under data_dir/db
 max_connections = 10000
+max_indexes = 500           # secondary indexes, all tenants together
 
 [[db.users]]                # each user sees only its tenant's databases
 name = "app"                # required

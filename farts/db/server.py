@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import inspect
 import itertools
 import logging
 import time
@@ -115,7 +114,7 @@ class DBProtocol(asyncio.Protocol):
         except Exception as e:  # noqa: BLE001 - a bug answers an error, never kills the connection
             log.exception("db command %s failed", name)
             result = MongoError(1, "InternalError", f"internal error: {type(e).__name__}")
-        if inspect.isawaitable(result):
+        if type(result) is not dict and not isinstance(result, MongoError):  # a coroutine
             self.busy = True
             asyncio.ensure_future(self._finish(req, name, started, result))
         else:
@@ -206,7 +205,7 @@ class DBService:
         creds = await loop.run_in_executor(None, lambda: {
             u.name: scram.make_credential(u.name, u.password, u.tenant) for u in cfg.users})
         self.store = Store(self.data_dir, self.node_id, sync=cfg.sync, map_size=cfg.map_size,
-                           display_ns=display_ns)
+                           max_indexes=cfg.max_indexes, display_ns=display_ns)
         self.commands = Commands(self.store, node_id=self.node_id, auth=cfg.auth, credentials=creds,
                                  max_message_bytes=cfg.max_message_bytes, metrics=self.metrics)
         self.stats = DBStats(self.metrics, self)
