@@ -120,6 +120,13 @@ def test_query_semantics_through_the_wire(client):
     with pytest.raises(OperationFailure) as e:
         col.find_one({"v": {"$where": "x"}})
     assert e.value.code == 2 and "$where" in str(e.value)
+    # Options that would change the answer are refused, not ignored.
+    with pytest.raises(OperationFailure) as e:
+        col.find_one({"s": "S01"}, collation={"locale": "en", "strength": 2})
+    assert "collation" in str(e.value)
+    with pytest.raises(OperationFailure) as e:
+        col.update_one({"s": "S01"}, {"$set": {"x": 1}}, collation={"locale": "en", "strength": 2})
+    assert "collation" in str(e.value)
 
 
 def test_cursor_many_batches_and_kill(client, listener):

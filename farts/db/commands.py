@@ -40,6 +40,10 @@ LOOP_READ_BUDGET = 256  # documents a read may examine on the event loop before 
 # _id values looked up by key directly (the general path handles operators, arrays, regexes).
 _ID_POINT_TYPES = frozenset({int, str, ObjectId, Int64, float, bool, datetime.datetime})
 HANDSHAKE = frozenset({"hello", "isMaster", "ismaster", "saslStart", "saslContinue"})
+# Options that change what a command answers: refused rather than ignored (hint, maxTimeMS,
+# comment, allowDiskUse and the like only change how, and are ignored).
+_UNSUPPORTED_OPTIONS = ("collation", "min", "max", "returnKey", "showRecordId", "tailable", "awaitData",
+                        "let")
 _BAD_DB_CHARS = set('/\\. "$*<>:|?\0')
 _UNSUPPORTED_INDEX_OPTIONS = ("sparse", "partialFilterExpression", "expireAfterSeconds", "collation",
                               "weights", "default_language", "2dsphereIndexVersion", "wildcardProjection")
@@ -140,6 +144,13 @@ class Commands:
             raise _err(59, "CommandNotFound", f"no such command: '{cmd.name}'")
         if "startTransaction" in cmd.body or "autocommit" in cmd.body:
             raise _err(20, "IllegalOperation", "multi-document transactions are not supported")
+        for option in _UNSUPPORTED_OPTIONS:
+            if cmd.body.get(option):
+                raise _err(2, "BadValue", f"{cmd.name} option '{option}' is not supported")
+        for key in ("updates", "deletes"):
+            for statement in cmd.body.get(key) or cmd.sequences.get(key) or ():
+                if isinstance(statement, dict) and statement.get("collation"):
+                    raise _err(2, "BadValue", f"{cmd.name} option 'collation' is not supported")
         if cmd.read_preference is not None and self.read_preferences is not None:
             self.read_preferences.inc((str(cmd.read_preference.get("mode", "")),))
         return handler(session, cmd)
