@@ -250,6 +250,8 @@ def test_admin_commands(client):
     assert status["storageEngine"]["name"] == "lmdb" and status["connections"]["current"] >= 1
     hello = client.admin.command("hello")
     assert hello["isWritablePrimary"] and hello["msg"] == "isdbgrid" and hello["maxWireVersion"] == 21
+    legacy = client.admin.command("isMaster", helloOk=True)
+    assert legacy["ismaster"] and legacy["helloOk"] and "isWritablePrimary" not in legacy
     with pytest.raises(OperationFailure) as e:
         client.admin.command("frobnicate")
     assert e.value.code == 59 and "frobnicate" in str(e.value)

@@ -180,6 +180,8 @@ class Commands:
                  "localTime": datetime.datetime.now(datetime.UTC), "logicalSessionTimeoutMinutes": 30,
                  "connectionId": session.id, "minWireVersion": 0, "maxWireVersion": MAX_WIRE_VERSION,
                  "readOnly": False}
+        if b.get("helloOk"):
+            reply["helloOk"] = True   # drivers switch from legacy isMaster to hello
         if isinstance(b.get("client"), dict) and session.client is None:
             session.client = b["client"]
         if isinstance(b.get("compression"), list):
