@@ -324,28 +324,27 @@ class CDNHandler:
                         cdn.hits += 1
                         cdn.index.touch(key)
                         return answer
-        return self.slow(req, target, key, base, e)
+        return self.slow(req, target, key, base)
 
     # -- answers from an entry --------------------------------------------------------------
     def whole(self, e: Entry, now: float, state: bytes):
         """The whole object: a ready response from memory, or the file; None if the file
         has gone (purged or evicted under us)."""
-        if e.size <= self.memory_object_bytes:
+        cdn = self.cdn
+        if e.size <= self.memory_object_bytes and (
+                e.body is not None or cdn.mem_used + e.size <= cdn.cfg.memory_capacity_bytes):
             second = int(now)
             if e.fixed is not None and e.fixed_second == second:
-                self.cdn.bytes_hit += e.size
+                cdn.bytes_hit += e.size
                 return e.fixed
             body = e.body
-            if body is None:
+            if body is None:  # small: read on the loop, once
                 try:
-                    with open(self.cdn.store.path(e.file), "rb") as f:
-                        body = f.read()
+                    with open(cdn.store.path(e.file), "rb") as f:
+                        body = e.body = f.read()
                 except OSError:
                     return None
-                cdn = self.cdn
-                if cdn.mem_used + len(body) <= cdn.cfg.memory_capacity_bytes:
-                    e.body = body
-                    cdn.mem_used += len(body)
+                cdn.mem_used += len(body)
             ctype = b"application/octet-stream"
             hs = []
             for k, v in e.headers:
@@ -356,9 +355,9 @@ class CDNHandler:
             hs.append((b"age", str(int(now - e.response_time + e.initial_age)).encode()))
             hs.append((b"x-cache", state))
             fixed = Fixed(e.status, body, ctype, hs)
-            if state == b"HIT" and e.body is not None:
+            if state == b"HIT":
                 e.fixed, e.fixed_second = fixed, second
-            self.cdn.bytes_hit += e.size
+            cdn.bytes_hit += e.size
             return fixed
         body = self.cdn.file_of(e)
         if body is None:
@@ -400,10 +399,11 @@ class CDNHandler:
         return self.whole(e, now, state)
 
     # -- misses, stale entries ------------------------------------------------------------------
-    async def slow(self, req: Request, target: bytes, key: bytes, base: bytes, e: Entry | None):
+    async def slow(self, req: Request, target: bytes, key: bytes, base: bytes):
         cdn = self.cdn
         head = req.head
         now = time.time()
+        e = cdn.entries.get(key)  # (this task starts later than handle(): look again)
         if e is not None and not policy.request_wants_origin(head.headers):
             if now < e.fresh_until:  # fresh, but its file had gone: fetch again
                 e = None
@@ -445,7 +445,7 @@ class CDNHandler:
             # The answer varies and this client asked for another variant.
             fill.release()
             vkey = variant_key(base, fill.names, head.header)
-            return await self.slow(req, target, vkey, base, cdn.entries.get(vkey))
+            return await self.slow(req, target, vkey, base)
         if fill.private and not started:
             # An answer for one client (private, Set-Cookie) is never handed to another:
             # this one asks the origin itself.  (Other answers that are not stored, too
