@@ -79,31 +79,38 @@ class FrameReader:
         self.hello_seen = False
 
     def feed(self, data: bytes) -> list[tuple[int, object]]:
-        self.buf += data
-        out = []
-        while len(self.buf) >= 4:
-            (n,) = _LEN.unpack_from(self.buf)
-            if n > self.max:
-                raise FrameError("oversized", f"{n} bytes > max_frame_bytes {self.max}")
-            if len(self.buf) < 4 + n:
-                break
-            body = bytes(self.buf[4:4 + n])
-            del self.buf[:4 + n]
-            try:
-                kind, payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
-            except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-                raise FrameError("garbage", repr(e)[:100]) from None
-            if not isinstance(kind, int) or kind not in KINDS:
-                raise FrameError("unknown_type", repr(kind)[:40])
-            if not self.hello_seen:
-                if kind != HELLO:
-                    raise FrameError("no_hello", f"first frame is of kind {kind}")
-                self.hello_seen = True
-                payload = Hello.from_payload(payload)
-            elif kind == HELLO:
-                raise FrameError("unexpected_hello")
-            out.append((kind, payload))
+        buf = self.buf
+        buf += data
+        out, pos, end = [], 0, len(buf)
+        try:
+            while end - pos >= 4:
+                (n,) = _LEN.unpack_from(buf, pos)
+                if n > self.max:
+                    raise FrameError("oversized", f"{n} bytes > max_frame_bytes {self.max}")
+                if end - pos - 4 < n:
+                    break
+                body = bytes(buf[pos + 4:pos + 4 + n])
+                pos += 4 + n
+                out.append(self._frame(body))
+        finally:
+            del buf[:pos]  # once per read, not per frame
         return out
+
+    def _frame(self, body: bytes) -> tuple[int, object]:
+        try:
+            kind, payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+            raise FrameError("garbage", repr(e)[:100]) from None
+        if not isinstance(kind, int) or kind not in KINDS:
+            raise FrameError("unknown_type", repr(kind)[:40])
+        if not self.hello_seen:
+            if kind != HELLO:
+                raise FrameError("no_hello", f"first frame is of kind {kind}")
+            self.hello_seen = True
+            payload = Hello.from_payload(payload)
+        elif kind == HELLO:
+            raise FrameError("unexpected_hello")
+        return kind, payload
 
 
 class HLC:

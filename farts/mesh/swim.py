@@ -180,7 +180,11 @@ class Swim:
             if now >= expiry:
                 del self._relays[seq]
         if now >= self._next_sync:
-            self._next_sync = now + self.cfg.push_pull_interval
+            # A sync carries the whole member list: past 32 members it is spaced out with
+            # log2(n) (as memberlist does), so its share of traffic does not grow as n^2.
+            n = self._n_live()
+            scale = 1 + max(0, math.ceil(math.log2(n / 32))) if n > 32 else 1
+            self._next_sync = now + self.cfg.push_pull_interval * scale
             live = [p.id for p in self.peers.values() if p.state in (ALIVE, SUSPECT)]
             if live:
                 self._send(self.rng.choice(live), ["sync", True, self._states()])
