@@ -20,6 +20,7 @@ import bson
 from bson.binary import Binary
 from bson.int64 import Int64
 from bson.objectid import ObjectId
+from bson.raw_bson import RawBSONDocument
 
 from farts.db import scram
 from farts.db.aggregate import run_pipeline
@@ -372,16 +373,16 @@ class Commands:
         return asyncio.get_running_loop().run_in_executor(None, in_pool)
 
     def _find_docs(self, txn, budget, ns: str, flt, sort, skip: int, limit: int, projection,
-                   stats: ScanStats | None = None) -> list:
+                   stats: ScanStats | None = None, raw: dict | None = None) -> list:
         matcher = compile_filter(flt) if flt else None
         stats = stats if stats is not None else ScanStats()
         docs = None
         if sort and limit:
             docs = self.store.scan_sorted(txn, ns, flt or {}, matcher, parse_sort_spec(sort), skip + limit,
-                                          stats, budget)
+                                          stats, budget, raw)
         if docs is None:
             early = skip + limit if limit and not sort else None
-            docs = self.store.scan(txn, ns, flt or {}, matcher, stats, budget, limit=early)
+            docs = self.store.scan(txn, ns, flt or {}, matcher, stats, budget, limit=early, raw=raw)
             if sort:
                 docs = sort_documents(docs, sort)
         if skip:
@@ -417,15 +418,20 @@ class Commands:
         single = bool(body.get("singleBatch"))
 
         def query(txn, budget):
-            return self._find_docs(txn, budget, ns, flt, sort, skip, limit, projection)
+            raw = None if projection else {}
+            docs = self._find_docs(txn, budget, ns, flt, sort, skip, limit, projection, raw=raw)
+            return _as_stored(docs, raw) if raw else docs
 
         return self._then(self._read(query), lambda docs: self._cursor_reply(session, ns, docs, batch, single))
 
     def _find_by_id(self, session: Session, ns: str, _id, projection) -> dict:
         """find({_id: value}): one key lookup, the hot path of most applications."""
         with self.store.read() as txn:
-            doc = self.store.get(txn, ns, _id)
-        docs = [] if doc is None else [project(doc, projection) if projection else doc]
+            data = self.store.get_raw(txn, ns, _id)
+        if data is None:
+            docs = []
+        else:
+            docs = [project(bson.decode(data), projection) if projection else RawBSONDocument(data)]
         return {"cursor": {"firstBatch": docs, "id": Int64(0), "ns": self.store.display_ns(ns)}, "ok": 1.0}
 
     def count(self, session: Session, cmd: Command):
@@ -807,13 +813,26 @@ def parse_index_spec(spec) -> Index:
     return Index(name, tuple(fields), bool(spec.get("unique")))
 
 
+def _as_stored(docs: list, raw: dict) -> list:
+    """Documents as their stored BSON where they are unchanged (no decode-encode round trip)."""
+    out = []
+    for d in docs:
+        entry = raw.get(id(d))
+        out.append(RawBSONDocument(entry[1]) if entry is not None and entry[0] is d else d)
+    return out
+
+
+def _bson_size(doc) -> int:
+    return len(doc.raw) if type(doc) is RawBSONDocument else len(bson.encode(doc))
+
+
 def _take(docs: list, pos: int, n: int) -> tuple[list, int]:
     """Up to n documents from pos (n = 0: all), fewer if they would pass 16 MB in one reply."""
     end = min(len(docs), pos + n) if n else len(docs)
     if end - pos > 1:
         size, stop = 0, pos
         while stop < end:
-            size += len(bson.encode(docs[stop]))
+            size += _bson_size(docs[stop])
             if size > MAX_BSON_OBJECT and stop > pos:
                 break
             stop += 1

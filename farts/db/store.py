@@ -255,6 +255,12 @@ class Store:
     def read(self):
         return self.env.begin(db=self.docs)
 
+    def get_raw(self, txn, ns: str, _id) -> bytes | None:
+        data = txn.get(ns_prefix(ns) + keys.encode(_id), db=self.docs)
+        if data is not None:
+            self.doc_reads += 1
+        return data
+
     def get(self, txn, ns: str, _id) -> dict | None:
         data = txn.get(ns_prefix(ns) + keys.encode(_id), db=self.docs)
         if data is None:
@@ -263,7 +269,8 @@ class Store:
         return bson.decode(data)
 
     def scan(self, txn, ns: str, flt: dict, matcher, stats: ScanStats | None = None,
-             budget: int | None = None, catalog: dict | None = None, limit: int | None = None):
+             budget: int | None = None, catalog: dict | None = None, limit: int | None = None,
+             raw: dict | None = None):
         """The documents of ns that match (matcher is the compiled flt); the filter's
         index-able parts pick an index, the matcher decides on every candidate."""
         stats = stats if stats is not None else ScanStats()
@@ -285,6 +292,8 @@ class Store:
             doc = decode(data)
             if matcher is None or matcher(doc):
                 out.append(doc)
+                if raw is not None:  # the stored bytes go into the reply as they are
+                    raw[id(doc)] = (doc, data)
                 return limit is not None and len(out) >= limit
             return False
 
@@ -334,7 +343,7 @@ class Store:
         return out
 
     def scan_sorted(self, txn, ns: str, flt: dict, matcher, order: list[tuple[str, int]], limit: int,
-                    stats: ScanStats, budget: int | None = None) -> list[dict] | None:
+                    stats: ScanStats, budget: int | None = None, raw: dict | None = None) -> list[dict] | None:
         """The first `limit` matches in `order`, read in index order (paging queries), or
         None when no index gives that order: then the caller sorts in memory."""
         coll = self.catalog.get(ns)
@@ -404,6 +413,8 @@ class Store:
             doc = bson.decode(data)
             if matcher is None or matcher(doc):
                 out.append(doc)
+                if raw is not None:
+                    raw[id(doc)] = (doc, data)
                 if len(out) >= limit:
                     break
         return out
