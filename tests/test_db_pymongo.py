@@ -238,6 +238,14 @@ def test_admin_commands(client):
     db.c2.insert_one({})
     assert sorted(db.list_collection_names()) == ["c1", "c2"]
     assert "adm" in client.list_database_names()
+    for i in range(3, 8):
+        db.create_collection(f"c{i}")
+    paged = db.command("listCollections", nameOnly=True, cursor={"batchSize": 2})
+    names = [c["name"] for c in paged["cursor"]["firstBatch"]]
+    more = db.command("getMore", paged["cursor"]["id"], collection="$cmd.listCollections")
+    assert names + [c["name"] for c in more["cursor"]["nextBatch"]] == [f"c{i}" for i in range(1, 8)]
+    for i in range(3, 8):
+        db.drop_collection(f"c{i}")
     db.drop_collection("c1")
     assert db.list_collection_names() == ["c2"]
     client.drop_database("adm")

@@ -323,16 +323,12 @@ class Commands:
         for cid in [c.id for c in self.cursors.values() if c.used < cutoff]:
             del self.cursors[cid]
 
-    def drop_session_cursors(self, session: Session) -> None:
-        for cid in [c.id for c in self.cursors.values() if c.owner[0] == session.id]:
-            del self.cursors[cid]
-
     def get_more(self, session: Session, cmd: Command) -> dict:
         self.opcounters["getmore"] += 1
         cid = cmd.body["getMore"]
         cursor = self.cursors.get(int(cid)) if isinstance(cid, int) else None
         if cursor is None or cursor.owner[1] != session.user or \
-                cursor.ns != self.ns(session, cmd.db, cmd.body.get("collection")):
+                cursor.ns != f"{session.tenant}${cmd.db}.{cmd.body.get('collection')}":
             raise _err(43, "CursorNotFound", f"cursor id {cid} not found")
         batch = self._batch_size(cmd.body.get("batchSize"), len(cursor.docs))
         docs, cursor.pos = _take(cursor.docs, cursor.pos, batch or len(cursor.docs))
@@ -344,7 +340,7 @@ class Commands:
                 "ok": 1.0}
 
     def kill_cursors(self, session: Session, cmd: Command) -> dict:
-        ns = self.ns(session, cmd.db, cmd.body.get("killCursors"))
+        ns = f"{session.tenant}${cmd.db}.{cmd.body.get('killCursors')}"   # (listCollections: $cmd...)
         killed, missing = [], []
         for cid in cmd.body.get("cursors") or []:
             c = self.cursors.get(int(cid)) if isinstance(cid, int) else None

@@ -504,7 +504,6 @@ class WriteTxn:
         self.store = store
         self.txn = txn
         self._frames: list[dict] = []
-        self.now = None  # the wall time of this write (for $currentDate), set by callers
 
     @property
     def catalog(self) -> dict[str, Collection]:
