@@ -30,6 +30,8 @@ The protocol (Das et al., "SWIM", 2002; Dadgar et al., "Lifeguard", 2018):
   member believed dead is also synced with each time, so a side that lost all its
   links still finds its way back). A
   "dead" learned by sync counts only as "suspect": we verify it ourselves;
+- a member that declares another dead tells every live member directly (once per
+  death; piggybacks would take up to a protocol period per hop);
 - ``leave()`` tells every member we left; left members are not probed.
 
 Wire values (msgpack-friendly lists): ``["ping", seq, gossip]``,
@@ -366,8 +368,15 @@ class Swim:
         self._probing.discard(node_id)
         if state == DEAD:
             self.stats["deaths"] += 1
-        self._queue(node_id, [state, node_id, inc, None, by])
+        entry = [state, node_id, inc, None, by]
+        self._queue(node_id, entry)
         self._changed(p, old)
+        if by == self.me:
+            # Our own verdict goes to every live member at once (one small message each,
+            # once per death) rather than waiting for piggybacks: all views agree sooner.
+            for q in self.peers.values():
+                if q.state in (ALIVE, SUSPECT):
+                    self.outbox.append((q.id, ["gossip", [entry]]))
 
     def _apply(self, now: float, state: str, node_id: str, inc: int, meta, by: str) -> None:
         if state == ALIVE:
