@@ -342,6 +342,7 @@ class Bench:
         pub_cpu0 = proc_cpu_seconds(pub.proc.pid) or 0
         cpu0, busy0, t0 = proc_cpu_seconds(server_pid), cpu_busy(), time.monotonic()
         client_cpu0 = sum(proc_cpu_seconds(c.proc.pid) or 0 for c in subs)
+        perf = self.count_sends(server_pid) if a.perf else None
         first = [x[0] for x in ask_all(subs, "mark", a.timeout)]
         time.sleep(a.seconds)
         second = ask_all(subs, "mark", a.timeout, answers=2)
@@ -361,7 +362,44 @@ class Bench:
                 w["per_server_cpu_s"] = rate / (w["server_cpu_pct"] / 100)
         w["subscriber_procs_cpu_pct"] = round(100 * (client_cpu1 - client_cpu0) / wall, 1)
         w["publisher_cpu_pct"] = round(100 * ((proc_cpu_seconds(pub.proc.pid) or 0) - pub_cpu0) / wall, 1)
+        if perf is not None:
+            sends = self.sends_counted(perf)
+            if sends is not None and rate > 0:
+                # perf counted over --seconds starting just before the first mark: close
+                # enough to the window to say how many deliveries one send carries.
+                w["sends_per_s"] = sends / a.seconds
+                w["deliveries_per_send"] = rate / w["sends_per_s"] if sends else None
         return w
+
+    SEND_EVENTS = ("syscalls:sys_enter_write", "syscalls:sys_enter_writev",
+                   "syscalls:sys_enter_sendto", "syscalls:sys_enter_sendmsg")
+
+    def count_sends(self, pid: int) -> tuple[subprocess.Popen, str]:
+        """`perf stat` of the server's write-like syscalls for the next --seconds."""
+        out = self.path(f"perf-{pid}-{time.monotonic_ns()}.csv")
+        argv = ["perf", "stat", "-x", ",", "-o", out, "-e", ",".join(self.SEND_EVENTS), "-p", str(pid),
+                "--", "sleep", str(self.args.seconds)]
+        proc = self.procs.start("perf", pinned(self.args.client_cpu, argv), out + ".log")
+        return proc, out
+
+    def sends_counted(self, perf: tuple[subprocess.Popen, str]) -> int | None:
+        proc, out = perf
+        try:
+            proc.wait(self.args.timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self.procs.stop(proc)
+        total, seen = 0, 0
+        try:
+            with open(out) as f:
+                for line in f:
+                    fields = line.strip().split(",")
+                    if len(fields) > 2 and fields[2] in self.SEND_EVENTS and fields[0].isdigit():
+                        total += int(fields[0])
+                        seen += 1
+        except OSError:
+            return None
+        return total if seen else None
 
     def profile(self, server_pid: int, subs: list[Child], pub: Child, tag: str) -> dict:
         """py-spy on the server for one more window (the table keeps the unprofiled one)."""
@@ -437,12 +475,12 @@ def fmt(v, spec: str = ",.0f", unit: str = "") -> str:
 
 def report(results: list[dict]) -> str:
     lines = ["| target | subscribers | deliveries/s | per server CPU-s | p50 | p99 | server CPU "
-             "| subscribers / publisher CPU | cores busy | KiB RSS / idle conn | complete |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| subscribers / publisher CPU | cores busy | deliveries / send | KiB RSS / idle conn | complete |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         if not r["ok"] and "deliveries_per_s" not in r:
             lines.append(f"| {r['name']} | {r['subscribers']:,} | FAILED: "
-                         f"{r.get('error', '?').splitlines()[0][:150]} | | | | | | | | |")
+                         f"{r.get('error', '?').splitlines()[0][:150]} | | | | | | | | | |")
             continue
         flag = "" if r["ok"] else " (FAILED: " + r.get("error", "?").splitlines()[0][:100] + ")"
         flag += "".join(f" ({n})" for n in r.get("notes", []))
@@ -452,7 +490,7 @@ def report(results: list[dict]) -> str:
             f"| {fmt(r.get('p99_ms'), '.1f', ' ms')} | {fmt(r.get('server_cpu_pct'), '.0f', '%')} "
             f"| {fmt(r.get('subscriber_procs_cpu_pct'), '.0f', '%')} / {fmt(r.get('publisher_cpu_pct'), '.0f', '%')} "
             f"| {'/'.join(f'{v:.0f}' for _, v in sorted(r.get('core_busy_pct', {}).items())) or '-'} "
-            f"| {fmt(r.get('kib_per_conn'), '.2f')} | {fmt(r.get('complete_pct'), '.2f', '%')} |")
+            f"| {fmt(r.get('deliveries_per_send'), '.2f')} | {fmt(r.get('kib_per_conn'), '.2f')} | {fmt(r.get('complete_pct'), '.2f', '%')} |")
     lines.append("")
     for n in sorted({r["subscribers"] for r in results}):
         by = {r["name"]: r for r in results if r["subscribers"] == n and r["ok"]}
@@ -506,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=30, help="bound on each wait, seconds")
     ap.add_argument("--python", default=venv_python if os.path.exists(venv_python) else sys.executable)
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--perf", action=argparse.BooleanOptionalAction, default=bool(shutil.which("perf")),
+                    help="count the server's write/send syscalls with `perf stat` during each window "
+                         "(deliveries per send; default: on where perf exists)")
     ap.add_argument("--profile", action="store_true", help="one more window on farts under py-spy")
     ap.add_argument("--profile-native", action="store_true", help="py-spy --native")
     args = ap.parse_args(argv)
@@ -545,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  server on cpu {args.server_cpu}; {args.client_procs} subscriber processes ({args.client}) "
           f"and the publisher (uvloop) "
           f"on cpu {args.client_cpu}; {os.cpu_count()} cpus, python {platform.python_version()}")
+    print(f"  command: {' '.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])}")
     print(f"  files: {bench.dir}", flush=True)
     results: list[dict] = []
     interrupted = False
