@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# bench/http.py would shadow the standard library's http package (prometheus-client needs it).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 import bson  # noqa: E402
 import lmdb  # noqa: E402
@@ -201,6 +202,73 @@ def run_embedded(emb: Embedded, workload, clients, seconds) -> list[float]:
     return [x for lat in lats for x in lat]
 
 
+def server_cpu(docs: int) -> dict[str, float]:
+    """µs of server work per request, without sockets: OP_MSG bytes fed to the connection
+    protocol with a transport that drops the reply (codec, dispatch, store, reply encoding)."""
+    import asyncio
+    import struct
+    import uuid
+
+    from bson.binary import Binary
+
+    from farts.config import DBConfig
+    from farts.db.server import DBProtocol, DBService
+    from farts.db.store import Index
+    from farts.metrics import Metrics
+
+    class Sink:
+        def write(self, data):
+            pass
+
+        def get_extra_info(self, key):
+            return ("127.0.0.1", 1)
+
+        def close(self):
+            pass
+
+    def msg(body):
+        payload = b"\0\0\0\0\0" + bson.encode(body)
+        return struct.pack("<iiii", 16 + len(payload), 1, 0, 2013) + payload
+
+    async def run() -> dict[str, float]:
+        svc = DBService(DBConfig(enabled=True, port=0), Path(tempfile.mkdtemp()) / "db", "bench", Metrics())
+        await svc.start()
+        await svc.commands._write(lambda w: [w.insert("$bench.items", {"_id": i, "g": i // 20, "n": 0,
+                                                                        "name": f"item-{i}", "body": "x" * 200})
+                                              for i in range(docs)])
+        await svc.commands._write(lambda w: w.create_index("$bench.items", Index("g_1", (("g", 1),))), True)
+        proto = DBProtocol(svc)
+        proto.connection_made(Sink())
+        lsid = {"id": Binary(uuid.uuid4().bytes, 4)}
+        requests = {"ping": msg({"ping": 1, "lsid": lsid, "$db": "admin"}),
+                    "find_one": msg({"find": "items", "filter": {"_id": 5}, "limit": 1, "singleBatch": True,
+                                     "lsid": lsid, "$db": "bench"}),
+                    "find20": msg({"find": "items", "filter": {"g": 7}, "lsid": lsid, "$db": "bench"})}
+        best: dict[str, float] = {}
+        for _ in range(5):
+            for name, data in requests.items():
+                t = time.perf_counter()
+                for _ in range(2000):
+                    proto.data_received(data)
+                best[name] = min(best.get(name, 1e9), (time.perf_counter() - t) / 2000 * 1e6)
+        await svc.stop()
+        return best
+
+    return asyncio.run(run())
+
+
+def fdatasync_ms(path: Path) -> float:
+    fd = os.open(path / "fsync-probe", os.O_CREAT | os.O_WRONLY)
+    lat = []
+    for i in range(100):
+        os.pwrite(fd, b"x" * 4096, (i % 8) * 4096)
+        t = time.perf_counter()
+        os.fdatasync(fd)
+        lat.append(time.perf_counter() - t)
+    os.close(fd)
+    return statistics.median(lat) * 1e3
+
+
 def summary(lat: list[float], seconds: float) -> dict:
     lat = sorted(lat)
     return {"ops": len(lat) / seconds, "p50": statistics.median(lat) * 1e3 if lat else 0,
@@ -241,6 +309,9 @@ def main() -> None:
                 results[("embedded", w, n)] = r = summary(run_embedded(emb, w, n, args.seconds), args.seconds)
                 print(f"embedded  {w:11} c={n:<3} {r['ops']:10,.0f} ops/s  p50 {r['p50']:6.3f} ms  "
                       f"p99 {r['p99']:6.3f} ms", flush=True)
+    print("\nserver work per request, in-process (best of 5 x 2000): "
+          + ", ".join(f"{k} {v:.1f} us" for k, v in server_cpu(min(args.docs, 5000)).items()))
+    print(f"fdatasync on this disk: p50 {fdatasync_ms(tmp):.2f} ms (an LMDB sync commit does two)")
     shutil.rmtree(tmp, ignore_errors=True)
     print("\nratios (operations/s)")
     for n in clients:
