@@ -170,9 +170,9 @@ class Store:
                 pending.append(item)
             stop = False
             # Group commit: take what is queued; if fewer writers are waiting than joined the
-            # last commit, wait a fraction of a commit's time for the rest (their replies were
+            # last commit, wait up to half a commit's time for the rest (their replies were
             # just sent, their next writes are on the way) instead of paying a sync each.
-            deadline = time.monotonic() + min(0.002, self._commit_seconds / 4)
+            deadline = time.monotonic() + min(0.002, max(0.0005, self._commit_seconds / 2))
             while len(pending) < _GROUP_MAX:
                 try:
                     item = self._queue.get_nowait()
