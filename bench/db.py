@@ -251,6 +251,29 @@ def server_cpu(docs: int) -> dict[str, float]:
                 for _ in range(2000):
                     proto.data_received(data)
                 best[name] = min(best.get(name, 1e9), (time.perf_counter() - t) / 2000 * 1e6)
+
+        # 16 writers with one insert in flight each, as 16 clients would be (sync commits).
+        class Waiter(Sink):
+            def __init__(self):
+                self.event = asyncio.Event()
+
+            def write(self, data):
+                self.event.set()
+
+        async def writer(k: int, n: int) -> None:
+            conn, sink = DBProtocol(svc), Waiter()
+            conn.connection_made(sink)
+            for i in range(n):
+                sink.event.clear()
+                conn.data_received(msg({"insert": "w", "documents": [{"_id": k * 1_000_000 + i, "body": "x" * 200}],
+                                        "lsid": lsid, "$db": "bench"}))
+                await sink.event.wait()
+
+        commits, ops = svc.store.commits, svc.store.committed_ops
+        t = time.perf_counter()
+        await asyncio.gather(*(writer(k, 300) for k in range(16)))
+        best["insert_16_writers_per_s"] = 16 * 300 / (time.perf_counter() - t)
+        best["writes_per_commit"] = (svc.store.committed_ops - ops) / (svc.store.commits - commits)
         await svc.stop()
         return best
 
@@ -309,8 +332,11 @@ def main() -> None:
                 results[("embedded", w, n)] = r = summary(run_embedded(emb, w, n, args.seconds), args.seconds)
                 print(f"embedded  {w:11} c={n:<3} {r['ops']:10,.0f} ops/s  p50 {r['p50']:6.3f} ms  "
                       f"p99 {r['p99']:6.3f} ms", flush=True)
+    cpu = server_cpu(min(args.docs, 5000))
     print("\nserver work per request, in-process (best of 5 x 2000): "
-          + ", ".join(f"{k} {v:.1f} us" for k, v in server_cpu(min(args.docs, 5000)).items()))
+          + ", ".join(f"{k} {cpu[k]:.1f} us" for k in ("ping", "find_one", "find20")))
+    print(f"in-process insert_one, 16 writers, sync: {cpu['insert_16_writers_per_s']:,.0f}/s, "
+          f"{cpu['writes_per_commit']:.1f} writes per commit")
     print(f"fdatasync on this disk: p50 {fdatasync_ms(tmp):.2f} ms (an LMDB sync commit does two)")
     shutil.rmtree(tmp, ignore_errors=True)
     print("\nratios (operations/s)")
