@@ -277,6 +277,8 @@ def test_read_preference_passes_through_and_metrics(client, node):
     col = client.rp.get_collection("c", read_preference=pymongo.ReadPreference.NEAREST)
     col.database.c.insert_one({"x": 1})
     assert col.find_one({"x": 1})["x"] == 1
+    with pytest.raises(OperationFailure):
+        client.admin.command("no-such-command")
     host, port = node.urls["admin"].split("//")[1].rstrip("/").split(":")
     text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
     assert 'farts_db_read_preference_total{mode="nearest"}' in text
