@@ -64,6 +64,30 @@ def test_unauthenticated_clients_get_only_the_handshake(node):
             assert e.value.code == 13
 
 
+def test_speculative_authentication_in_hello(node):
+    """pymongo puts saslStart inside its hello; when the server answers it there, the
+    driver goes straight to saslContinue."""
+    from pymongo import monitoring
+
+    class Names(monitoring.CommandListener):
+        def __init__(self):
+            self.names = []
+
+        def started(self, event):
+            self.names.append(event.command_name)
+
+        def succeeded(self, event):
+            pass
+
+        def failed(self, event):
+            pass
+
+    listener = Names()
+    with connect(node, "alice", "alice-secret", event_listeners=[listener]) as c:
+        c.spec.c.find_one()
+    assert "saslContinue" in listener.names and "saslStart" not in listener.names
+
+
 def test_wrong_password_and_unknown_user_fail(node):
     for user, pw in (("alice", "nope"), ("mallory", "x")):
         with connect(node, user, pw, authMechanism="SCRAM-SHA-256") as c:
