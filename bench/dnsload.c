@@ -118,7 +118,8 @@ int main(int argc, char **argv) {
         }
         struct pollfd p = {fd, POLLIN, 0};
         poll(&p, 1, 10);
-        int got = recvmmsg(fd, rmsg, BATCH, MSG_DONTWAIT, NULL);
+        int got;
+        while ((got = recvmmsg(fd, rmsg, BATCH, MSG_DONTWAIT, NULL)) > 0) {   /* drain */
         t = now();
         for (int i = 0; i < got; i++) {
             if (rmsg[i].msg_len < 12) continue;
@@ -132,6 +133,9 @@ int main(int argc, char **argv) {
             lat[nlat++] = l;
             pending[npending++] = slot;
         }
+        if (got < BATCH) break;
+        }
+        t = now();
         if (t - last_sweep > 0.25) {   /* slots waiting more than 1 s: lost */
             last_sweep = t;
             for (int s = 0; s < inflight; s++) {

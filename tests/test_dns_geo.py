@@ -79,6 +79,34 @@ def test_index_agrees_with_maxminddb(tmp_path, v4, v6, rnd):
             assert got(data, str(sixtofour))[0] == expected(reader, str(ip))
 
 
+def test_record_fields_decoded_like_maxminddb(tmp_path):
+    """decode_locations against the reader: f32 and f64 coordinates, nested names in
+    several languages, registered_country as the fallback, records without location."""
+    w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoIP2-City", float_type="f32")
+    recs = {
+        "10.0.0.0/8": {"location": {"latitude": 12.5, "longitude": -3.25, "accuracy_radius": 50},
+                       "continent": {"code": "AF", "names": {"en": "Africa", "de": "Afrika"}},
+                       "country": {"iso_code": "ML"}, "city": {"names": {"de": "Bamako-Stadt", "en": "Bamako"}}},
+        "11.0.0.0/8": {"registered_country": {"iso_code": "SE"}, "continent": {"code": "EU"}},
+        "12.0.0.0/8": {"traits": {"is_anycast": True}, "location": {"time_zone": "UTC"}},
+        "13.0.0.0/8": {"location": {"latitude": MmdbF64(-33.8688), "longitude": MmdbF64(151.2093)},
+                       "subdivisions": [{"iso_code": "NSW"}], "postal": {"code": "2000"}},
+    }
+    for net, rec in recs.items():
+        w.insert_network(IPSet([net]), rec)
+    w.to_db_file(str(tmp_path / "f.mmdb"))
+    from farts.dns.geoindex import record_location
+    data = build(str(tmp_path / "f.mmdb"))
+    reader = maxminddb.open_database(str(tmp_path / "f.mmdb"))
+    for net in recs:
+        ip = net.split("/")[0]
+        want = record_location(reader.get(ip))
+        loc, _ = data.index.lookup(ipaddress.ip_address(ip).packed)
+        got_loc = data.index.locations[loc] if loc >= 0 else None
+        assert got_loc == want, (net, got_loc, want)
+    assert data.index.locations[data.index.lookup(bytes([10, 1, 2, 3]))[0]][2] == "AF/ML/Bamako"
+
+
 def test_ipv4_only_database(tmp_path):
     path = write(tmp_path / "v4.mmdb", ["10.0.0.0/8", "10.1.0.0/16", "192.0.2.0/24"], ip_version=4)
     data = build(path)

@@ -31,9 +31,10 @@ from mmdb_writer import MmdbF64, MMDBWriter
 from netaddr import IPSet
 
 from farts import config
-from farts.dns.geoindex import GeoSource, build, default_database
+from farts.dns.geoindex import GeoSource, _location, build, default_database, record_location
 from farts.dns.server import DNSServer
 from farts.members import DEAD, DRAINING, Member, MemberMap
+from fast.geo import decode_locations, walk_tree
 
 OREGON = Member("oregon", "us-west", 45.52, -122.68, ("127.0.0.1", "::1"))
 FRANKFURT = Member("frankfurt", "eu-central", 50.11, 8.68, ("127.0.0.2",))
@@ -309,6 +310,15 @@ def test_geolite2_index_agrees_with_maxminddb(geolite):
         where = data.index.coords(loc) if loc >= 0 else None
         assert where == want or (want is None and where is not None and reader.get(ip)), ip
     assert data.index.nloc > 10000 and sum(data.index.ranges) > 100000
+    # the C record decoder against the reader's full decode, on a sample of records
+    raw = open(path, "rb").read()
+    meta = reader.metadata()
+    tree = walk_tree(raw, meta.node_count, meta.record_size, meta.ip_version)
+    sample = rnd.sample(tree.records, 3000)
+    fields = decode_locations(raw, meta.node_count * meta.record_size // 4 + 16, [off for off, _ in sample])
+    for (off, packed), f in zip(sample, fields, strict=True):
+        rec = reader.get(ipaddress.ip_address(packed))
+        assert record_location(rec) == (None if f is None else _location(*f)), (off, rec, f)
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ either the old or the new index, never a half-built one.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import threading
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 
 import maxminddb
 
-from fast.geo import GeoIndex, walk_tree
+from fast.geo import GeoIndex, decode_locations, walk_tree
 
 log = logging.getLogger("farts.dns.geo")
 
@@ -56,14 +55,17 @@ class GeoData:
 
 
 def record_location(record) -> tuple[float, float, str] | None:
+    """(lat, lon, label) of a decoded record (a dict from maxminddb), or None."""
     if not isinstance(record, dict):
         return None
     loc = record.get("location") or {}
-    continent = (record.get("continent") or {}).get("code", "")
     country = (record.get("country") or record.get("registered_country") or {}).get("iso_code", "")
-    city = ((record.get("city") or {}).get("names") or {}).get("en", "")
+    return _location(loc.get("latitude"), loc.get("longitude"), (record.get("continent") or {}).get("code", ""),
+                     country, ((record.get("city") or {}).get("names") or {}).get("en", ""))
+
+
+def _location(lat, lon, continent: str, country: str, city: str) -> tuple[float, float, str] | None:
     label = "/".join(p for p in (continent, country, city) if p) or "?"
-    lat, lon = loc.get("latitude"), loc.get("longitude")
     if isinstance(lat, (int, float)) and isinstance(lon, (int, float)):
         return float(lat), float(lon), label
     if continent in CONTINENT_CENTRES:
@@ -78,16 +80,19 @@ def build(path: str) -> GeoData:
     mtime = os.stat(path).st_mtime
     with open(path, "rb") as f:
         data = f.read()
-    reader = maxminddb.open_database(path)  # the C reader: ~10x faster per record
+    reader = maxminddb.open_database(path)   # validates the file; gives the metadata
     try:
         meta = reader.metadata()
         tree = walk_tree(data, meta.node_count, meta.record_size, meta.ip_version)
-        del data
         locations: list[tuple[float, float, str]] = []
         numbers: dict[tuple[float, float, str], int] = {}
         rec_location: list[int] = []
-        for _offset, packed in tree.records:
-            where = record_location(reader.get(ipaddress.ip_address(packed)))
+        # Only the fields we use, decoded in C: reader.get() per record took ~20x longer.
+        fields = decode_locations(data, meta.node_count * meta.record_size // 4 + 16,
+                                  [offset for offset, _ in tree.records])
+        del data
+        for f in fields:
+            where = None if f is None else _location(*f)
             if where is None:
                 rec_location.append(-1)
                 continue
