@@ -40,3 +40,10 @@ class GeoIndex:
     def coords(self, loc: int) -> tuple[float, float]: ...
     def lookup_many(self, packed: list[bytes], rounds: int = 1) -> int:
         """Benchmark helper: every lookup in C; the sum of location numbers."""
+
+def decode_locations(
+    data: bytes | bytearray | memoryview, data_start: int, offsets: list[int]
+) -> list[tuple[float | None, float | None, str, str, str] | None]:
+    """Per data-section offset: (latitude, longitude, continent code, country ISO code
+    (or registered_country's), English city name), decoded in C without the rest of the
+    record; None for a record that is not a map or is malformed."""
