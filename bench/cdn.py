@@ -134,10 +134,14 @@ origin = "o"
                 r, raw = H.run_wrk(a, url, a.seconds)
                 r.update(watch.result())
                 r.update(name=name, size=size, ok=not r["non_2xx_3xx"] and not any(r["socket_errors"].values()),
-                         mib_per_s=round(r["rps"] * size / 2 ** 20, 1))
+                         mib_per_s=round(r["rps"] * size / 2 ** 20, 1), idle_wait_s=round(waited, 1),
+                         busy_before=busy)
+                # CPU time of the server per answer: steadier than req/s on a shared machine.
+                r["cpu_us_per_req"] = round(r.get("server_cpu_pct", 0) * 1e4 / r["rps"], 2) if r["rps"] else None
                 out.append(r)
                 print(f"  {name:17} {size:>7} B  {r['rps']:>9.0f} req/s  {r['mib_per_s']:>8.1f} MiB/s"
-                      f"  server cpu {r.get('server_cpu_pct', 0):.0f}%", flush=True)
+                      f"  server cpu {r.get('server_cpu_pct', 0):.0f}% = {r['cpu_us_per_req']} us/req"
+                      f"  (p99 {r.get('p99_ms', 0):.2f} ms)", flush=True)
         finally:
             if srv is not None:
                 self.hb.procs.stop(srv.proc)
@@ -179,14 +183,16 @@ def main(argv=None) -> int:
     finally:
         bench.close()
     by = {(r["name"], r["size"]): r for r in results}
-    print("\nsize      farts-cdn req/s   best nginx req/s   ratio   farts MiB/s   nginx MiB/s")
+    print("\nsize      farts-cdn req/s   best nginx req/s   ratio   farts MiB/s   nginx MiB/s"
+          "   cpu us/req farts / nginx")
     for size in args.sizes:
         f = by.get(("farts-cdn", size))
         ng = [by[(n, size)] for n in ("nginx-cache", "nginx-cache-nosf") if (n, size) in by]
         if f and ng:
             best = max(ng, key=lambda r: r["rps"])
             print(f"{size:>7} B  {f['rps']:>14.0f}   {best['rps']:>14.0f} ({best['name']})"
-                  f"  {f['rps'] / best['rps']:.2f}x  {f['mib_per_s']:>10.1f}   {best['mib_per_s']:>10.1f}")
+                  f"  {f['rps'] / best['rps']:.2f}x  {f['mib_per_s']:>10.1f}   {best['mib_per_s']:>10.1f}"
+                  f"   {f['cpu_us_per_req']} / {best['cpu_us_per_req']}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
