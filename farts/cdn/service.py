@@ -126,6 +126,11 @@ class FollowBody:
             self.fill.release()
 
 
+def _log_failure(fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("CDN metadata commit failed: %s", fut.exception())
+
+
 async def _nothing():
     return
     yield  # an empty async iterator: a HEAD answer whose length is known
@@ -214,7 +219,7 @@ class CDN:
         self.index.insert(entry.key, entry.size)
         if entry.body is not None:
             self.mem_used += len(entry.body)
-        self.store.put(entry, vary_base, names)
+        self.store.put(entry, vary_base, names).add_done_callback(_log_failure)
         if old is not None and old.file != entry.file:
             self.store.delete([], [old.file])
         self._evict()
@@ -458,7 +463,7 @@ class CDNHandler:
                 fill.release()
                 return Fixed.error(fill.error.status, fill.error.reason)
         status, headers, length = fill.status, fill.headers, fill.content_length
-        if head.method == b"HEAD":
+        if head.method == b"HEAD" or status in (204, 304):  # a head without a body
             fill.release()
             return Response(status, [*headers, (b"x-cache", b"MISS")], _nothing(),
                             length, head_only=True)
