@@ -875,8 +875,11 @@ def _update_one_statement(w, ns: str, s: dict, now) -> tuple[int, int, object]:
     multi, upsert = bool(s.get("multi")), bool(s.get("upsert"))
     if isinstance(u, dict) and multi and u and not any(isinstance(k, str) and k.startswith("$") for k in u):
         raise _err(9, "FailedToParse", "multi update is not supported for replacement-style update")
-    matcher = compile_filter(q)
-    docs = w.find(ns, q, matcher, limit=None if multi else 1)
+    if len(q) == 1 and type(q.get("_id")) in _ID_POINT_TYPES:   # by _id: one key lookup
+        doc = w.get(ns, q["_id"])
+        docs = [doc] if doc is not None else []
+    else:
+        docs = w.find(ns, q, compile_filter(q), limit=None if multi else 1)
     modified = 0
     for doc in docs:
         new = apply_update(doc, u, now=now)

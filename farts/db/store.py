@@ -594,6 +594,8 @@ class WriteTxn:
         """Adds doc's index keys (and removes old's that it no longer has)."""
         txn = self.txn
         for pos, idx in enumerate(coll.indexes):
+            if old is not None and all(_same_scalar(old.get(top), doc.get(top)) for top in _tops(idx)):
+                continue   # the update left every indexed field alone
             db = self.store.index_db(txn, ns, idx.name)
             new_keys, multikey = keys.index_keys(doc, idx.fields)
             old_keys = keys.index_keys(old, idx.fields)[0] if old is not None else {}
@@ -708,6 +710,19 @@ class WriteTxn:
         self.txn.drop(self.store.index_db(self.txn, ns, name), delete=False)
         self._set_collection(ns, replace(coll, indexes=tuple(i for i in coll.indexes if i.name != name)))
         self.log(ns, "c", cmd={"dropIndexes": ns, "index": name})
+
+
+_SCALARS = (int, float, str, bool, type(None), ObjectId)
+
+
+def _same_scalar(a, b) -> bool:
+    """Same value and type, for scalars only (containers are recomputed: 1 and True inside
+    them compare equal in Python but index differently)."""
+    return a is b or (type(a) is type(b) and isinstance(a, _SCALARS) and a == b)
+
+
+def _tops(index: Index) -> set[str]:
+    return {path.split(".", 1)[0] for path, _ in index.fields}
 
 
 def _show(v) -> str:
