@@ -428,6 +428,11 @@ def _build(cls: type, table: dict, path: str, source: str) -> Any:
 def _cross_check(cfg: Config) -> None:
     """Rules that involve more than one key."""
     src = cfg.source
+    for name, o in cfg.cdn.origins.items():
+        if o.kind in ("http", "s3") and not o.url:
+            raise ConfigError(f"{src}: cdn.origins.{name}.url: required for kind = \"{o.kind}\"")
+        if o.kind == "s3" and not o.bucket:
+            raise ConfigError(f"{src}: cdn.origins.{name}.bucket: required for kind = \"s3\"")
     tenant_ids = set()
     hosts: dict[str, str] = {}
     for i, t in enumerate(cfg.tenants):

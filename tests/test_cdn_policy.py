@@ -125,3 +125,19 @@ def test_keys():
     assert parse_vary(b"Accept-Encoding") == (b"accept-encoding",)
     assert parse_vary(b"Accept-Encoding, Cookie") is None
     assert parse_vary(None) == ()
+
+
+def test_origin_config_errors_name_the_key():
+    import pytest
+
+    from farts.config import ConfigError, parse
+    with pytest.raises(ConfigError, match=r"x.toml: routes\[0\]\.origin: no CDN origin named 'nope'"):
+        parse('[[routes]]\nprefix = "/m/"\nkind = "cdn"\norigin = "nope"\n', "x.toml")
+    with pytest.raises(ConfigError, match=r"x.toml: cdn\.origins\.a\.url: expected an http:// or https:// URL"):
+        parse('[cdn.origins.a]\nurl = "ftp://x"\n', "x.toml")
+    with pytest.raises(ConfigError, match=r"cdn\.origins\.a\.url: required for kind = \"http\""):
+        parse('[cdn.origins.a]\nkind = "http"\n', "x.toml")
+    with pytest.raises(ConfigError, match=r"cdn\.origins\.b\.bucket: required for kind = \"s3\""):
+        parse('[cdn.origins.b]\nkind = "s3"\nurl = "http://127.0.0.1:9000"\n', "x.toml")
+    with pytest.raises(ConfigError, match=r"cdn\.capacity_bytes: expected a positive number"):
+        parse('[cdn]\ncapacity_bytes = 0\n', "x.toml")
