@@ -46,7 +46,7 @@ class Node:
         self.dns = None
         self.db = None
         # The mesh writes the member map (this node included) once it runs.
-        self.mesh = MeshService(cfg, self.members, self.metrics) if cfg.mesh.enabled else None
+        self.mesh = MeshService(cfg, self.members, self.metrics, self._load) if cfg.mesh.enabled else None
         if self.mesh is not None:
             self._bridge_pubsub(self.mesh.bus)
         # The CDN (its cache under data_dir/cache) only when a route uses it.
@@ -162,6 +162,11 @@ class Node:
             host, port = self.mesh.links.address
             out["mesh"] = f"mesh://{f'[{host}]' if ':' in host else host}:{port}/"
         return out
+
+    def _load(self) -> float:
+        """The load figure peers (and their DNS) see: open client connections over the limit."""
+        open_ = sum(len(li.connections) for name, li in self.listeners.items() if name != "admin")
+        return min(1.0, open_ / self.cfg.limits.max_connections)
 
     def status(self) -> dict:
         return {"node": self.cfg.node.id, "region": self.cfg.node.region, "version": __version__,

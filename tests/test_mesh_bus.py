@@ -32,7 +32,7 @@ queue_max_bytes = 262144
 """
 
 
-def make(tmp_path, node_id, seeds=()):
+def make(tmp_path, node_id, seeds=(), load=None):
     ca = tmp_path / "ca"
     pki.make_ca(ca)
     d = tmp_path / node_id
@@ -40,7 +40,7 @@ def make(tmp_path, node_id, seeds=()):
     text = CFG.format(id=node_id, dir=d, ca=ca / "ca.crt", seeds=list(seeds)).replace("'", '"')
     cfg = config.parse(text, str(d / "farts.toml"))
     members = MemberMap()
-    return MeshService(cfg, members, Metrics())
+    return MeshService(cfg, members, Metrics(), load)
 
 
 async def until(check, timeout=10.0):
@@ -58,7 +58,7 @@ def address(svc):
 @pytest.fixture
 def trio(tmp_path):
     async def start():
-        a = make(tmp_path, "a")
+        a = make(tmp_path, "a", load=lambda: 0.25)
         await a.start()
         b, c = make(tmp_path, "b", [address(a)]), make(tmp_path, "c", [address(a)])
         await b.start()
@@ -84,12 +84,16 @@ def test_broadcast_arrives_once_in_order_and_send_reaches_one(trio):
         await until(lambda: len(got["b"]) == len(got["c"]) == 1000 and direct)
         for msgs in got.values():
             assert [m.body["n"] for m in msgs] == list(range(1000))
-            assert [m.seq for m in msgs] == list(range(1, 1001))
+            seqs = [m.seq for m in msgs]  # one sequence per origin, across message types
+            assert seqs == sorted(set(seqs)) and seqs[-1] - seqs[0] < 1010
             assert all(m.origin == "a" and m.gap == 0 and m.epoch == a.epoch for m in msgs)
             assert [m.hlc for m in msgs] == sorted(m.hlc for m in msgs)
         assert direct[0].body == b"only c" and direct[0].seq == 0
-        # The member map each service writes: everyone, with region and mesh address.
+        # The member map each service writes: everyone, with region and mesh address, and
+        # each member's load figure as it shares it.
         assert {m.id: m.region for m in b.bus.members()} == {"a": "r-a", "b": "r-b", "c": "r-c"}
+        await until(lambda: b.members.get("a").load == 0.25 and c.members.get("a").load == 0.25)
+        assert b.members.get("c").load == 0.0
         changes = []
         a.bus.on_member_change(lambda old, new: changes.append((new.id, new.state)))
         await c.stop()

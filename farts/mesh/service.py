@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from farts.config import Config, ConfigError
 from farts.members import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberMap
@@ -33,12 +34,18 @@ from farts.transport.http import Request, Response
 
 log = logging.getLogger("farts.mesh")
 
+LOAD_INTERVAL = 5.0
 RTT_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class MeshService:
-    def __init__(self, cfg: Config, members: MemberMap, metrics: Metrics) -> None:
+    def __init__(self, cfg: Config, members: MemberMap, metrics: Metrics,
+                 load: Callable[[], float] | None = None) -> None:
         self.cfg, self.mc, self.members, self.metrics = cfg, cfg.mesh, members, metrics
+        # This node's load figure (0 = idle, 1 = at its limits), shared with every member
+        # every LOAD_INTERVAL for the DNS to weigh; it rides the bus, not SWIM.
+        self.load = load or (lambda: 0.0)
+        self._load_task: asyncio.Task | None = None
         self.me = cfg.node.id
         mc = self.mc
         self.swim_cfg = SwimConfig(mc.probe_interval, mc.probe_timeout, mc.indirect_probes,
@@ -115,7 +122,23 @@ class MeshService:
         for seed in mc.seeds:
             if seed != hello.mesh:
                 self.links.dial("seed:" + seed, seed, None)
+        self.bus.subscribe("mesh.load", self._peer_load)
+        self._load_task = asyncio.ensure_future(self._share_load())
         self._wake()
+
+    async def _share_load(self) -> None:
+        while True:
+            value = round(float(self.load()), 3)
+            me = self.members.get(self.me)
+            if me is not None and me.load != value:
+                self.members.update(dataclasses.replace(me, load=value))
+            self.bus.broadcast("mesh.load", value)
+            await asyncio.sleep(LOAD_INTERVAL)
+
+    def _peer_load(self, msg) -> None:
+        m = self.members.get(msg.origin)
+        if m is not None and isinstance(msg.body, (int, float)) and m.load != msg.body:
+            self.members.update(dataclasses.replace(m, load=float(msg.body)))
 
     async def stop(self) -> None:
         if self.swim is None:
@@ -124,6 +147,8 @@ class MeshService:
         self._flush()
         if self._timer:
             self._timer.cancel()
+        if self._load_task:
+            self._load_task.cancel()
         await asyncio.sleep(0.05)  # let the "left" frames reach the kernel's buffers
         await self.links.close()
 
@@ -185,6 +210,9 @@ class MeshService:
         self.swim.add_peer(now, h.id, h.incarnation, h.meta())
         self.swim.connected(now, h.id)
         self._flush()
+        me = self.members.get(self.me)
+        if me is not None:  # a new peer gets our load now, not at the next round
+            self.bus.send(h.id, "mesh.load", me.load)
 
     def _down(self, link: Link) -> None:
         if self.swim.leaving:
