@@ -7,8 +7,10 @@ class Tree:
     """A MaxMind search tree flattened into sorted ranges."""
 
     @property
-    def records(self) -> list[tuple[int, bytes]]:
-        """One entry per distinct data record: (data offset, a packed address that has it)."""
+    def records(self) -> list[int]:
+        """The data offset of each distinct record."""
+    def address_of(self, i: int) -> bytes:
+        """A packed address inside a network that has record i."""
     @property
     def v4_ranges(self) -> int: ...
     @property

@@ -166,13 +166,13 @@ cdef Py_ssize_t _find_i64(const int64_t *arr, Py_ssize_t n, int64_t v) noexcept 
 @cython.final
 cdef class Tree:
     """The flattened trie of one database: range starts, and for each range the number of
-    a distinct record (an index into ``records``) or -1.  ``records[i]`` is
-    ``(data offset, an address inside a network that has it)``: enough for the caller to
-    decode each distinct record once with ``reader.get(address)``."""
+    a distinct record (an index into ``records``) or -1.  ``records[i]`` is the data
+    offset of record i; ``address_of(i)`` an address inside a network that has it."""
 
     cdef _Ranges v4, v6
     cdef int32_t *v4_rec
     cdef int32_t *v6_rec
+    cdef int64_t *first       # per record: its first range (v6 ranges after the v4 ones)
     cdef readonly list records
 
     def __dealloc__(self):
@@ -180,6 +180,17 @@ cdef class Tree:
         _free_ranges(&self.v6)
         free(self.v4_rec)
         free(self.v6_rec)
+        free(self.first)
+
+    def address_of(self, Py_ssize_t i):
+        """The packed start address of the first range of record i."""
+        if i < 0 or i >= len(self.records):
+            raise IndexError(i)
+        cdef int64_t k = self.first[i]
+        if k < self.v4.n:
+            return (<uint32_t>self.v4.lo[k]).to_bytes(4, "big")
+        k -= self.v4.n
+        return self.v6.hi[k].to_bytes(8, "big") + self.v6.lo[k].to_bytes(8, "big")
 
     @property
     def v4_ranges(self):
@@ -252,18 +263,22 @@ def walk_tree(data, int node_count, int record_size, int ip_version):
     if rc == -2:
         free(uniq)
         raise ValueError("malformed search tree")
-    # One sample address per distinct record (the first range that has it).
-    records = [None] * nuniq
+    out.first = <int64_t *>malloc((nuniq + 1) * sizeof(int64_t))
+    if out.first == NULL:
+        free(uniq)
+        raise MemoryError()
+    for k in range(nuniq):
+        out.first[k] = -1
     for k in range(out.v4.n):
         i = out.v4_rec[k]
-        if i >= 0 and records[i] is None:
-            records[i] = (uniq[i], (<uint32_t>out.v4.lo[k]).to_bytes(4, "big"))
+        if i >= 0 and out.first[i] < 0:
+            out.first[i] = k
     for k in range(out.v6.n):
         i = out.v6_rec[k]
-        if i >= 0 and records[i] is None:
-            records[i] = (uniq[i], out.v6.hi[k].to_bytes(8, "big") + out.v6.lo[k].to_bytes(8, "big"))
+        if i >= 0 and out.first[i] < 0:
+            out.first[i] = out.v4.n + k
+    out.records = [uniq[k] for k in range(nuniq)]
     free(uniq)
-    out.records = records
     return out
 
 

@@ -314,10 +314,12 @@ def test_geolite2_index_agrees_with_maxminddb(geolite):
     raw = open(path, "rb").read()
     meta = reader.metadata()
     tree = walk_tree(raw, meta.node_count, meta.record_size, meta.ip_version)
-    sample = rnd.sample(tree.records, 3000)
-    fields = decode_locations(raw, meta.node_count * meta.record_size // 4 + 16, [off for off, _ in sample])
-    for (off, packed), f in zip(sample, fields, strict=True):
-        rec = reader.get(ipaddress.ip_address(packed))
+    sample = rnd.sample(range(len(tree.records)), 3000)
+    fields = decode_locations(raw, meta.node_count * meta.record_size // 4 + 16,
+                              [tree.records[i] for i in sample])
+    for i, f in zip(sample, fields, strict=True):
+        off = tree.records[i]
+        rec = reader.get(ipaddress.ip_address(tree.address_of(i)))
         assert record_location(rec) == (None if f is None else _location(*f)), (off, rec, f)
 
 
@@ -574,7 +576,12 @@ def test_reply_cache_in_c_matches_the_asyncio_path_and_is_counted(server, exact_
         text = server.server.metrics.render().decode()
         n = float(re.search(r'farts_dns_queries_total\{rcode="NOERROR",transport="udp",type="A"\} (\S+)', text).group(1))
         assert n >= 6
-        # a node change empties the C cache at once
+        # heartbeat-like updates (incarnation, load) keep the cache; a state change empties it
+        entries = server.server.fast.entries
+        assert entries > 0
+        server.call(lambda: server.members.update(
+            dataclasses.replace(server.members.get("frankfurt"), incarnation=7, load=0.5)))
+        assert server.server.fast.entries == entries
         server.call(lambda: server.members.set_state("frankfurt", DEAD))
         assert server.server.fast.entries == 0
         assert addresses(server.udp(msgs[0])) == ["127.0.0.1", "127.0.0.3"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from farts.dns import rrl as rrl_mod
 from farts.dns.zone import GEO, META_TYPES, NODATA, REFUSED, Resolution, Zone
-from farts.members import Member, MemberMap
+from farts.members import SERVING, Member, MemberMap
 from farts.metrics import Metrics
 from fast import dns as fd
 from fast.dns import encode_response, error_response, parse_query
@@ -80,12 +80,25 @@ class Responder:
         self.stats = Stats(metrics)
         self._cache: dict = {}
         self._cache_key = (-1, -1)
+        # Bumped only by changes that alter answers: the mesh also rewrites members for
+        # incarnation or load updates, which must not empty the caches every heartbeat.
+        self.nodes_version = 0
+        self.on_nodes_change: list = []
+        self.close = members.on_change(self._member_changed)
         self._addresses: dict[str, tuple] = {}
 
     # ---- node choice ----
 
+    def _member_changed(self, old: Member | None, new: Member) -> None:
+        if (old is not None and (old.state in SERVING) == (new.state in SERVING)
+                and (old.lat, old.lon, old.region, old.addresses) == (new.lat, new.lon, new.region, new.addresses)):
+            return
+        self.nodes_version += 1
+        for fn in list(self.on_nodes_change):
+            fn()
+
     def _fresh_cache(self) -> dict:
-        key = (self.members.version, self.geo.version)
+        key = (self.nodes_version, self.geo.version)
         if key != self._cache_key:
             self._cache = {}
             self._addresses = {}

@@ -135,7 +135,6 @@ class DNSServer:
         self.connections: set[_TCP] = set()
         self._udp = None
         self._tcp = None
-        self._unsubscribe = None
         self.address: tuple[str, int] | None = None
         m = self.metrics
         m.gauge("farts_dns_index_age_seconds", "Seconds since the geo index was built",
@@ -209,7 +208,7 @@ class DNSServer:
         if self.geo.current is not None:
             fast.set_geo(self.geo.current.index)
         self.geo.on_swap.append(lambda data: fast.set_geo(data.index))
-        self._unsubscribe = self.members.on_change(lambda old, new: fast.clear())
+        self.responder.on_nodes_change.append(fast.clear)
         stats = self.responder.stats
         stats.queries.sources.append(lambda: _sum_labels(fast.replayed(), lambda label: [label[0]]))
         stats.answers.sources.append(lambda: _sum_labels(fast.replayed(), lambda label: label[1]))
@@ -231,8 +230,7 @@ class DNSServer:
 
     async def stop(self) -> None:
         self.geo.stop()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
+        self.responder.close()
         if self._udp_sock is not None:
             asyncio.get_running_loop().remove_reader(self._udp_sock.fileno())
             self._udp_sock.close()
