@@ -42,6 +42,7 @@ differential tests keep clear of them (each one is covered by an exact case inst
 16. $first/$last on a missing field: MongoDB gives null, mongomock skips that document.
 17. $exists on a dotted path through an array of documents: mongomock tests each element,
     so {"b.y": {$exists: false}} matches b: [{}, {y: 1}]; MongoDB: b.y exists there.
+18. mongomock has no all-positional "a.$[]" path (it crashes): only "a.$" is compared.
 """
 from __future__ import annotations
 
@@ -929,3 +930,44 @@ def test_aggregate_matches_mongomock(docs, pipeline):
         return
     got = run_pipeline([dict(d) for d in docs], pipeline)
     assert [canonical(d) for d in got] == [canonical(d) for d in expected]
+
+
+def test_positional_updates():
+    doc = {"_id": 1, "c": [{"id": 1, "v": 0}, {"id": 2, "v": 0}], "n": [1, 5, 9]}
+    assert up(doc, {"$inc": {"c.$.v": 1}}, filter={"c.id": 2})["c"] == \
+        [{"id": 1, "v": 0}, {"id": 2, "v": 1}]
+    assert up(doc, {"$set": {"n.$": 0}}, filter={"n": {"$gt": 4}})["n"] == [1, 0, 9]
+    assert up(doc, {"$set": {"c.$.x": 1}}, filter={"c": {"$elemMatch": {"id": 1}}})["c"] == \
+        [{"id": 1, "v": 0, "x": 1}, {"id": 2, "v": 0}]
+    assert up(doc, {"$inc": {"c.$[].v": 2, "n.$[]": 1}}) == \
+        {"_id": 1, "c": [{"id": 1, "v": 2}, {"id": 2, "v": 2}], "n": [2, 6, 10]}
+    e = raises(2, apply_update, doc, {"$set": {"c.$.v": 1}}, filter={"n": 1})
+    assert e.message == "The positional operator did not find the match needed from the query."
+    raises(2, apply_update, doc, {"$set": {"c.$.v": 1}})  # no filter given
+    raises(2, apply_update, doc, {"$set": {"x.$[].v": 1}})
+    raises(2, apply_update, doc, {"$set": {"c.$[i].v": 1}})  # arrayFilters: not supported
+    raises(2, apply_update, doc, {"$set": {"c.$.$": 1}}, filter={"c.id": 1})
+
+
+POSITIONAL_DOCUMENTS = st.lists(st.fixed_dictionaries({"c": st.lists(st.fixed_dictionaries(
+    {"id": st.sampled_from([2, 3, -2])}, optional={"v": AGG_NUMBERS}), max_size=4)}),
+    min_size=1, max_size=4)
+POSITIONAL_UPDATES = st.one_of(
+    st.builds(lambda op, v: {op: {"c.$.v": v}}, st.sampled_from(["$set", "$inc", "$max"]),
+              AGG_NUMBERS),
+    st.builds(lambda v: {"$set": {"c.$.w": v}}, AGG_NUMBERS),
+)
+
+
+@DIFFERENTIAL
+@given(POSITIONAL_DOCUMENTS, st.sampled_from([2, 3, -2]), POSITIONAL_UPDATES)
+def test_positional_update_matches_mongomock(docs, wanted_id, update):
+    docs = [dict(d, _id=i) for i, d in enumerate(docs)]
+    collection = mongo_collection(docs)
+    filter = {"c.id": wanted_id}
+    match = compile_filter(filter)
+    selected = [d for d in docs if match(d)]
+    collection.update_many(filter, update)
+    for doc in selected:
+        expected = collection.find_one({"_id": doc["_id"]})
+        assert canonical(apply_update(doc, update, filter=filter)) == canonical(expected)

@@ -49,9 +49,11 @@ def is_replacement(update: Any) -> bool:
 
 
 def apply_update(doc: dict, update: dict | list, *, is_upsert_insert: bool = False,
-                 now: datetime.datetime | None = None) -> dict:
+                 now: datetime.datetime | None = None, filter: dict | None = None) -> dict:
     """The document after the update; `doc` itself is left untouched.
 
+    `filter` is the query that selected the document: the positional "a.$" path needs it to
+    find the array element the query matched. "a.$[]" means every element of a.
     Compare old and new with bson.encode() to decide "modified": Python's == says 1 == 1.0
     == True and ignores field order, MongoDB does not.
     """
@@ -66,7 +68,8 @@ def apply_update(doc: dict, update: dict | list, *, is_upsert_insert: bool = Fal
     for path, op, arg in sorted(operations, key=lambda o: _path_order(o[0])):
         if op == "$setOnInsert" and not is_upsert_insert:
             continue
-        _APPLIERS[op](new, path, arg, now)
+        for concrete in _positional_paths(new, path, filter):
+            _APPLIERS[op](new, concrete, arg, now)
     if "_id" in doc and not _same_value(new.get("_id", MISSING), doc["_id"]):
         raise error(IMMUTABLE_FIELD,
                     "Performing an update on the path '_id' would modify the immutable field '_id'")
@@ -127,6 +130,9 @@ def _parse(update: dict) -> list[tuple[str, str, Any]]:
                     raise error(BAD_VALUE,
                                 f"The 'to' field for $rename must be a string: {path}: {arg!r}")
                 _check_path(arg)
+                if "$" in path or "$" in arg:
+                    raise error(BAD_VALUE, f"$rename paths may not be dynamic (positional): "
+                                           f"{path}: {arg!r}")
                 if arg == path:
                     raise error(BAD_VALUE, "The source and target field for $rename must "
                                            f"differ: {path}: {arg!r}")
@@ -150,10 +156,88 @@ def _check_path(path: Any) -> None:
     if "" in parts:
         raise error(EMPTY_FIELD_NAME, f"The update path '{path}' contains an empty field name, "
                                        "which is not allowed.")
+    if parts[0].startswith("$"):
+        raise error(BAD_VALUE, f"The update path '{path}' may not start with a '$' field name")
     for part in parts:
-        if part == "$" or part.startswith("$["):
-            raise error(BAD_VALUE, f"positional update operators ('{part}' in '{path}') are not "
-                                   "supported by this server")
+        if part.startswith("$[") and part != "$[]":
+            raise error(BAD_VALUE, f"array filters ('{part}' in '{path}') are not supported by "
+                                   "this server")
+    if parts.count("$") > 1:
+        raise error(BAD_VALUE, f"Too many positional (i.e. '$') elements found in path '{path}'")
+
+
+# --- positional paths ------------------------------------------------------------------------
+
+def _positional_paths(doc: dict, path: str, filter: dict | None) -> list[str]:
+    """The concrete paths of "a.$.b" (the matched element) and "a.$[].b" (every element)."""
+    if "$" not in path:
+        return [path]
+    parts = path.split(".")
+    if "$" in parts:
+        at = parts.index("$")
+        position = _matched_position(doc, ".".join(parts[:at]), filter)
+        if position is None:
+            raise error(BAD_VALUE, "The positional operator did not find the match needed from "
+                                   "the query.")
+        parts[at] = str(position)
+    if "$[]" not in parts:
+        return [".".join(parts)]
+    at = parts.index("$[]")
+    prefix = ".".join(parts[:at])
+    array = _get(doc, prefix)
+    if not isinstance(array, list):
+        raise error(BAD_VALUE, f"The path '{prefix}' must exist in the document in order to "
+                               "apply array updates.")
+    paths: list[str] = []
+    for index in range(len(array)):
+        paths.extend(_positional_paths(doc, ".".join(parts[:at] + [str(index)] + parts[at + 1:]),
+                                       filter))
+    return paths
+
+
+def _matched_position(doc: dict, prefix: str, filter: dict | None) -> int | None:
+    """The first element of the array at prefix that meets the filter's conditions on it.
+
+    MongoDB uses the element its matcher last looked at; the two agree whenever one element
+    satisfies all of the filter's conditions on the array, the way positional updates are used.
+    """
+    array = _get(doc, prefix)
+    if not isinstance(array, list) or not filter:
+        return None
+    tests = [_element_test(path[len(prefix) + 1:], condition)
+             for path, condition in _and_conditions(filter)
+             if path == prefix or path.startswith(prefix + ".")]
+    if not tests:
+        return None
+    for candidates in (tests, tests[-1:]):
+        for index, element in enumerate(array):
+            if all(test(element) for test in candidates):
+                return index
+    return None
+
+
+def _and_conditions(filter: dict) -> list[tuple[str, Any]]:
+    conditions = []
+    for name, value in filter.items():
+        if name == "$and" and isinstance(value, list):
+            for entry in value:
+                if isinstance(entry, dict):
+                    conditions.extend(_and_conditions(entry))
+        elif not name.startswith("$"):
+            conditions.append((name, value))
+    return conditions
+
+
+def _element_test(rest: str, condition: Any) -> Callable[[Any], bool]:
+    if not rest and isinstance(condition, dict) and list(condition) == ["$elemMatch"]:
+        spec = condition["$elemMatch"]
+        if is_operator_document(spec) and next(iter(spec)) not in ("$and", "$or", "$nor"):
+            match_value = compile_filter({"v": spec})
+            return lambda e: match_value({"v": e})
+        match_doc = compile_filter(spec)
+        return lambda e: isinstance(e, dict) and match_doc(e)
+    match = compile_filter({"v." + rest if rest else "v": condition})
+    return lambda e: match({"v": e})
 
 
 def _type_name(value: Any) -> str:
