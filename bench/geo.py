@@ -51,6 +51,9 @@ def main():
     def c_loop():
         index.lookup_many(packed, rounds)
 
+    def c_loop_no_scope():
+        index.lookup_many(packed, rounds, False)
+
     def py_calls():
         for p in packed:
             index.lookup(p)
@@ -60,7 +63,8 @@ def main():
             reader.get(t)
 
     best = best_rates({
-        "fast.geo  lookups in C (lookup_many)": (c_loop, len(packed) * rounds),
+        "fast.geo  in C, location + ECS scope": (c_loop, len(packed) * rounds),
+        "fast.geo  in C, location only": (c_loop_no_scope, len(packed) * rounds),
         "fast.geo  lookup() from Python": (py_calls, len(packed)),
         "maxminddb reader.get() (C extension)": (mmdb, len(packed)),
     }, args.seconds)

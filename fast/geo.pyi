@@ -40,7 +40,7 @@ class GeoIndex:
         address wholly inside its range: the ECS scope). IPv4-mapped and 6to4 IPv6
         addresses are looked up as IPv4."""
     def coords(self, loc: int) -> tuple[float, float]: ...
-    def lookup_many(self, packed: list[bytes], rounds: int = 1) -> int:
+    def lookup_many(self, packed: list[bytes], rounds: int = 1, with_scope: bool = True) -> int:
         """Benchmark helper: every lookup in C; the sum of location numbers."""
 
 def decode_locations(
