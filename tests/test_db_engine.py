@@ -136,7 +136,11 @@ def test_sort_multi_key_dotted():
     assert [d["_id"] for d in sort_documents(docs, [("a.b", 1), ("_id", -1)])] == [3, 2, 4, 1]
 
 
-def test_sort_spec_errors():
+def test_sort_spec_errors_and_natural_order():
+    docs = [{"_id": 2}, {"_id": 1}]
+    assert sort_documents(docs, {"$natural": -1}) == [{"_id": 1}, {"_id": 2}]
+    assert sort_documents(docs, [("$natural", 1)]) == docs
+    raises(2, sort_documents, docs, {"$bogus": 1})
     raises(15975, sort_documents, [{}], {"a": 2})
     raises(2, sort_documents, [{}], {"a": {"$meta": "textScore"}})
 

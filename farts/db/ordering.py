@@ -263,6 +263,11 @@ def parse_sort_spec(spec: Any) -> list[tuple[str, int]]:
             raise error(15975, "$sort key ordering must be 1 (for ascending) or -1 (for descending)")
         if not isinstance(path, str) or not path:
             raise error(BAD_VALUE, f"invalid sort field name {path!r}")
+        if path == "$natural":
+            pairs.append((path, int(direction)))
+            continue
+        if path.startswith("$"):
+            raise error(BAD_VALUE, f"unsupported sort key {path!r}")
         pairs.append((path, int(direction)))
     return pairs
 
@@ -274,6 +279,9 @@ def sort_documents(docs: Iterable[dict], sort_spec: Any) -> list[dict]:
     if not pairs:
         return docs
 
+    if pairs[0][0] == "$natural":
+        # Insertion order, the order documents arrive in (reversed for -1); nothing else.
+        return docs[::-1] if pairs[0][1] < 0 else docs
     # One stable pass per field, least significant first; reverse=True keeps ties in order.
     for path, direction in reversed(pairs):
         docs.sort(key=lambda doc, p=path, d=direction: sort_value_key(doc, p, d),

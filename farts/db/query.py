@@ -219,6 +219,8 @@ def _equality_test(target: Any) -> Predicate:
     t = type(target)
     if t is bool:
         return lambda v: v is target
+    if t is ObjectId:
+        return lambda v: type(v) is ObjectId and v == target
     if t is str:
         return lambda v: type(v) is str and v == target
     if t is int or t is float:
