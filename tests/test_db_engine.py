@@ -621,6 +621,14 @@ def test_add_fields_and_expressions():
                     "c": "$notapath", "d": "big", "e": "text!", "f": 0}]
 
 
+def test_sum_avg_min_max_as_expressions():
+    out = run_pipeline([{"_id": 1, "arr": [1, 2.5, "x", None], "a": 2, "b": 5}], [
+        {"$project": {"_id": 0, "s": {"$sum": "$arr"}, "avg": {"$avg": "$arr"},
+                      "lo": {"$min": ["$a", "$b"]}, "hi": {"$max": "$arr"},
+                      "both": {"$sum": ["$a", "$b", "$missing"]}}}])
+    assert out == [{"s": 3.5, "avg": 1.75, "lo": 2, "hi": "x", "both": 7}]
+
+
 @pytest.mark.parametrize("pipeline, code", [
     ([{"$foo": {}}], 40324),
     ([{"$match": {}, "$sort": {"a": 1}}], 40323),

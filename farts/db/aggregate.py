@@ -496,7 +496,19 @@ def _product(values: list) -> Any:
     return math.prod(values)
 
 
+def _over_values(op: str) -> Callable[[list], Any]:
+    """$sum/$avg/$min/$max as expressions: over one array argument, or over the arguments."""
+    def apply(args: list) -> Any:
+        values = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+        return _accumulate(op, values)
+    return apply
+
+
 _OPERATORS: dict[str, Callable[[list], Any]] = {
+    "$sum": _over_values("$sum"),
+    "$avg": _over_values("$avg"),
+    "$min": _over_values("$min"),
+    "$max": _over_values("$max"),
     "$add": _numeric("$add", sum),
     "$subtract": _arity("$subtract", 2, lambda a, b: _numeric("$subtract",
                                                                lambda v: v[0] - v[1])([a, b])),
