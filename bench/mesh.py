@@ -5,12 +5,14 @@ N `farts-edge serve` processes (default 5) with the default mesh timing
 
 - idle: bytes and frames each node sends per second per member, from the nodes' own
   farts_mesh_bytes_total / farts_mesh_frames_total counters over --idle seconds;
+- pauses: --pauses times, SIGSTOP of a random node for --pause seconds (a GC pause, a
+  VM steal), then 5 s of watching that no other node declares it dead;
 - kills: --kills times, `kill -9` of a random node other than node-1, then the time
   until the first and until every other node's /api/mesh shows it dead (polled every
   50 ms, so figures are up to 50 ms late); the node is restarted and rejoins before
   the next kill.
 
-    .venv/bin/python bench/mesh.py --nodes 5 --kills 20 --idle 30
+    .venv/bin/python bench/mesh.py --nodes 5 --kills 20 --idle 30 --pauses 10
 """
 from __future__ import annotations
 
@@ -84,6 +86,12 @@ class Node:
     def mesh(self) -> str:
         return next(m["mesh"] for m in json.loads(self.get("/api/mesh"))["members"] if m["self"])
 
+    def plain(self, name: str) -> float:
+        for line in self.get("/metrics").decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def counter(self, name: str) -> float:
         total = 0.0
         for line in self.get("/metrics").decode().splitlines():
@@ -111,6 +119,8 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=5)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--idle", type=float, default=30.0)
+    ap.add_argument("--pauses", type=int, default=10, help="SIGSTOPs of --pause seconds (no death expected)")
+    ap.add_argument("--pause", type=float, default=1.0)
     ap.add_argument("--json")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mesh-bench-"))
@@ -145,6 +155,29 @@ def main() -> None:
               f"({args.nodes} nodes, {args.idle:.0f} s)", flush=True)
 
         rng = random.Random(1)
+        deaths = suspected = 0
+        for k in range(args.pauses):
+            victim = rng.choice(sorted(ids))
+            others = [n for i, n in nodes.items() if i != victim]
+            s0 = sum(n.plain("farts_mesh_suspicions_total") for n in others)
+            nodes[victim].proc.send_signal(signal.SIGSTOP)
+            time.sleep(args.pause)
+            nodes[victim].proc.send_signal(signal.SIGCONT)
+            died = False
+            end = time.monotonic() + 5
+            while time.monotonic() < end:
+                died = died or any(n.states().get(victim) == "dead" for n in others)
+                time.sleep(0.1)
+            s1 = sum(n.plain("farts_mesh_suspicions_total") for n in others)
+            deaths += died
+            suspected += s1 > s0
+            print(f"pause {k + 1:2}: {victim} stopped {args.pause:.1f} s: "
+                  f"{'DECLARED DEAD' if died else 'not dead'}, {s1 - s0:.0f} suspicion(s) started", flush=True)
+            assert wait(lambda v=victim: all(n.states().get(v) == "alive" for n in nodes.values()), 30)
+        if args.pauses:
+            result.update(pauses=args.pauses, pause_s=args.pause, pause_deaths=deaths, pause_suspected=suspected)
+            print(f"{args.pauses} pauses of {args.pause:.1f} s: {deaths} declared dead, {suspected} with suspicions "
+                  f"(and refuted)", flush=True)
         first, every = [], []
         for k in range(args.kills):
             victim = rng.choice(sorted(ids - {"node-1"}))
