@@ -43,6 +43,9 @@ differential tests keep clear of them (each one is covered by an exact case inst
 17. $exists on a dotted path through an array of documents: mongomock tests each element,
     so {"b.y": {$exists: false}} matches b: [{}, {y: 1}]; MongoDB: b.y exists there.
 18. mongomock has no all-positional "a.$[]" path (it crashes): only "a.$" is compared.
+19. Projections on a dotted path through a scalar or a non-document array element:
+    mongomock crashes or drops the parent field ({"c.y": 0} removes c: 2.0); MongoDB keeps
+    what the path cannot reach. Those documents are left out.
 """
 from __future__ import annotations
 
@@ -510,6 +513,9 @@ PDOC = {"_id": 1, "a": 1, "b": {"c": 2, "d": 3}, "arr": [{"c": 1, "d": 2}, 5, {"
     ({"arr.d": 1}, {"_id": 1, "arr": [{"d": 2}, {"d": 4}]}),
     ({"b": {"d": True}}, {"_id": 1, "b": {"d": 3}}),
     ({"a": 0}, {"_id": 1, "b": {"c": 2, "d": 3}, "arr": PDOC["arr"], "list": [1, 2, 3, 4]}),
+    ({"a": 0, "_id": 1, "b.c": 0, "arr": 0, "list": 0}, {"_id": 1, "b": {"d": 3}}),
+    ({"a.x": 0}, PDOC),  # a path through a scalar excludes nothing
+    ({"a.x": 1}, {"_id": 1}),  # a path through a scalar includes nothing
     ({"_id": 0, "b.c": 0, "arr.c": 0, "list": 0},
      {"a": 1, "b": {"d": 3}, "arr": [{"d": 2}, 5, {"d": 4}]}),
     ({"list": {"$slice": 2}, "arr": 0, "b": 0},
@@ -983,3 +989,24 @@ def test_positional_update_matches_mongomock(docs, wanted_id, update):
     for doc in selected:
         expected = collection.find_one({"_id": doc["_id"]})
         assert canonical(apply_update(doc, update, filter=filter)) == canonical(expected)
+
+
+PROJECTIONS = st.dictionaries(st.sampled_from(["a", "b", "a.x", "c.y", "_id", "b.x.y"]),
+                              st.sampled_from([0, 1]), min_size=1, max_size=3)
+
+
+@DIFFERENTIAL
+@given(DOCUMENTS, PROJECTIONS)
+def test_projection_matches_mongomock(docs, projection):
+    docs = [dict(d, _id=i) for i, d in enumerate(docs)]
+    docs = [d for d in docs if not any("." in p and _stops_short(d, p.split("."))  # note 19
+                                       for p in projection)]
+    try:
+        expected = list(mongo_collection(docs).find({}, projection))
+    except (mongomock.OperationFailure, ValueError, NotImplementedError):
+        # mixing inclusion and exclusion, or colliding paths: MongoDB refuses both
+        with pytest.raises(MongoError):
+            [project(d, projection) for d in docs]
+        return
+    assert [canonical(project(d, projection)) for d in docs] == \
+        [canonical(d) for d in expected]

@@ -72,6 +72,9 @@ def compile_projection(projection: dict, *, in_pipeline: bool = False,
         # Only _id (and/or $slice) listed: {_id: 0} is an exclusion, {_id: 1} an inclusion.
         mode = _INCLUDE if id_leaf is not None and id_leaf.kind != "exclude" and not any(
             leaf.kind == "slice" for _, leaf in leaves) else _EXCLUDE
+    if mode == _EXCLUDE:
+        # {_id: 1} next to exclusions only confirms the default: keep _id.
+        leaves = [(p, leaf) for p, leaf in leaves if not (p == "_id" and leaf.kind != "exclude")]
     tree = _tree(leaves)
     keep_id = id_leaf is None or id_leaf.kind != "exclude"
 
