@@ -88,6 +88,17 @@ def test_restart_rejoins_with_a_higher_incarnation_and_leave_is_left():
     assert not any(s == DEAD for _, _, subj, s, _ in net.log if subj == "n1")
 
 
+def test_dead_members_are_forgotten_after_forget_after():
+    net = SimNet(ids(4), SwimConfig(push_pull_interval=5.0, forget_after=30.0), seed=6)
+    net.run_until(2)
+    net.crash("n3")
+    net.run_until(20)
+    assert net.state("n0", "n3") == DEAD
+    net.run_until(80)
+    assert all("n3" not in net.nodes[o].peers for o in net.live())
+    assert "n3" in net.nodes["n0"].forgotten
+
+
 def test_a_new_member_learns_everyone_from_one_sync():
     a = Swim("a", {"region": "x"}, CFG, 0.0)
     b = Swim("b", {}, CFG, 0.0)

@@ -172,6 +172,9 @@ class MeshService:
         for peer_id, rtt in swim.rtt_samples:
             self.rtt.observe(rtt, (peer_id,))
         swim.rtt_samples.clear()
+        for peer_id in swim.forgotten:  # long dead: stop redialing it
+            self.links.undial(peer_id)
+        swim.forgotten.clear()
         me = self.members.get(self.me)
         if me is not None and me.incarnation != swim.incarnation:
             self.members.update(dataclasses.replace(me, incarnation=swim.incarnation))

@@ -106,6 +106,7 @@ class Swim:
         # (peer, old state or None) for every change of a peer's state, incarnation or meta.
         self.changes: list[tuple[Peer, str | None]] = []
         self.rtt_samples: list[tuple[str, float]] = []
+        self.forgotten: list[str] = []   # dead or left members dropped after forget_after
         self.stats = {"suspicions": 0, "refutations": 0, "deaths": 0, "probes": 0,
                       "indirect_probes": 0, "probe_failures": 0}
         self._seq = 0
@@ -198,6 +199,7 @@ class Swim:
             for pid in [p.id for p in self.peers.values()
                         if p.state in (DEAD, LEFT) and now - p.since >= self.cfg.forget_after]:
                 del self.peers[pid]
+                self.forgotten.append(pid)
                 self._n_live_cache = None
 
     def receive(self, now: float, src: str, msg: list) -> None:
