@@ -9,20 +9,27 @@ N and each target, one after another:
 
 1. the server is started pinned to --server-cpu (`taskset -c 0`) with RLIMIT_NOFILE
    raised to 20000, and its VmRSS (/proc/PID/status) read once it listens;
-2. --client-procs subscriber processes (bench/fanout_client.py, raw asyncio Protocols on
-   uvloop, pinned to --client-cpu) open N WebSocket connections to `GET /live`, each
-   subscribes and waits for its `subscribed` reply; after --settle seconds idle the
+2. --client-procs subscriber processes, pinned to --client-cpu and niced (--subscriber-nice)
+   so that the publisher on the same core is never kept waiting, open N WebSocket
+   connections to `GET /live`; each subscribes and waits for its `subscribed` reply.
+   --client c (the default where `cc` exists): bench/peers/fanout_sub.c, one epoll loop,
+   built into the run's temp dir; --client python: bench/fanout_client.py, raw asyncio
+   Protocols on uvloop. Both count frames by walking the frame headers (no JSON
+   decoding) and speak the same stdin/stdout protocol. After --settle seconds idle the
    server's VmRSS is read again: (after - before) / N is the RSS per idle subscribed
    connection;
-3. one publisher process (same file, same cpu as the clients) POSTs events to
-   `/api/publish`, --window requests in flight over keep-alive connections (closed
-   loop: each answer releases the next request), or at most --rate events/s; each
-   event's data carries the publisher's CLOCK_MONOTONIC time;
+3. one publisher process (bench/fanout_client.py, uvloop, on the clients' core, niced up
+   by --publisher-nice) POSTs events to `/api/publish`, --window requests in flight over
+   as many keep-alive connections (closed loop: each answer releases the next request),
+   or at most --rate events/s; each event's data is 100 bytes of JSON carrying the
+   publisher's CLOCK_MONOTONIC time (system-wide, so comparable across processes);
 4. after --warmup seconds, --repeat windows of --seconds each: deliveries/s is the sum
    over the subscriber processes of the data frames they received in the window, each
    divided by its own window length; publish-to-delivery latency comes from every
-   --sample-every'th connection reading the timestamp out of every event it gets;
-   the best window (by deliveries/s) is reported;
+   --sample-every'th connection reading the timestamp out of every event it gets; with
+   --perf (default where perf exists) `perf stat` counts the server's write/writev/
+   sendto/sendmsg syscalls, giving deliveries per send; the best window (by
+   deliveries/s) is reported;
 5. the publisher stops; the clients' totals must reach published × N (every event to
    every subscriber: `complete` column) within --drain seconds, and no subscriber may
    have been dropped; then everything is stopped by PID.
