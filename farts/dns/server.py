@@ -135,6 +135,7 @@ class DNSServer:
         self.connections: set[_TCP] = set()
         self._udp = None
         self._tcp = None
+        self._first_build = None
         self.address: tuple[str, int] | None = None
         m = self.metrics
         m.gauge("farts_dns_index_age_seconds", "Seconds since the geo index was built",
@@ -168,7 +169,7 @@ class DNSServer:
             if wait_for_index:
                 await self.geo.check()
             else:
-                asyncio.ensure_future(self.geo.check())
+                self._first_build = asyncio.ensure_future(self.geo.check())   # (kept: tasks are weak)
         self.geo.start()
         log.info("dns: zone %s on %s:%d (udp, tcp)", self.zone.apex.decode(), host, port)
 
@@ -230,6 +231,8 @@ class DNSServer:
 
     async def stop(self) -> None:
         self.geo.stop()
+        if self._first_build is not None:
+            self._first_build.cancel()
         self.responder.close()
         if self._udp_sock is not None:
             asyncio.get_running_loop().remove_reader(self._udp_sock.fileno())
