@@ -12,6 +12,7 @@ import time
 from farts import __version__
 from farts.admin import AdminHandler
 from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
+from farts.cdn import purge as cdn_purge
 from farts.config import Config, Route
 from farts.members import Member, MemberMap
 from farts.mesh import MeshService, MeshStatusHandler
@@ -54,6 +55,22 @@ class Node:
                     if any(r.kind == "cdn" for r in cfg.routes) else None)
         self.metrics.gauge("farts_node_info", "This node", lambda: {(cfg.node.id, cfg.node.region, __version__): 1},
                            ("node", "region", "version"))
+
+    def _purge_everywhere(self):
+        """With a mesh, a purge on this node's admin API is broadcast and every peer with
+        a CDN runs it too (a peer without one ignores it)."""
+        if self.mesh is None:
+            return None
+        bus, cdn = self.mesh.bus, self.cdn
+
+        def on_remote(msg) -> None:
+            spec = msg.body
+            if (isinstance(spec, dict) and isinstance(spec.get("tenant"), str)
+                    and all(isinstance(spec.get(k), (str, type(None))) for k in ("prefix", "key"))):
+                cdn_purge.apply(cdn, spec)
+
+        bus.subscribe("cdn.purge", on_remote)
+        return lambda spec: bus.broadcast("cdn.purge", spec)
 
     def _bridge_pubsub(self, bus) -> None:
         """Cross-node pub/sub over the mesh bus: every local publish is broadcast; peers
@@ -124,7 +141,7 @@ class Node:
         if self.cdn is not None:
             self.cdn.start()
             admin_routes.append((Route(prefix="/api/cache/", kind="admin", max_body_bytes=65536),
-                                 PurgeHandler(self.cdn)))
+                                 PurgeHandler(self.cdn, self._purge_everywhere())))
         admin = Router(None, admin_routes, 0)
         ls = cfg.listeners
         if ls.http.enabled:

@@ -22,9 +22,20 @@ def _bad(reason: str) -> Response:
                     json.dumps({"error": reason}).encode() + b"\n")
 
 
+def apply(cdn: CDN, spec: dict) -> int:
+    """Runs a checked purge request (``{"tenant", "prefix"?, "key"?}``); returns how many
+    objects went. Also what a purge from another node (through the mesh) runs."""
+    tenant, prefix, key = spec["tenant"], spec.get("prefix"), spec.get("key")
+    if key is not None:
+        return cdn.purge(tenant_prefix(tenant, key), exact=True)
+    return cdn.purge(tenant_prefix(tenant, prefix or ""), exact=False)
+
+
 class PurgeHandler:
-    def __init__(self, cdn: CDN) -> None:
+    def __init__(self, cdn: CDN, on_purge=None) -> None:
         self.cdn = cdn
+        # Called with each accepted purge request (node.py broadcasts it to the mesh).
+        self.on_purge = on_purge
         self.not_found = Fixed.error(404)
         self.not_allowed = Fixed(405, b"405 Method Not Allowed: POST a purge request\n",
                                  headers=[(b"allow", b"POST")])
@@ -53,10 +64,9 @@ class PurgeHandler:
             if value is not None and (not isinstance(value, str) or not value.startswith("/")
                                       or "\0" in value):
                 return _bad(f'"{name}" must be a path starting with "/"')
-        if key is not None:
-            n = self.cdn.purge(tenant_prefix(tenant, key), exact=True)
-        else:
-            n = self.cdn.purge(tenant_prefix(tenant, prefix or ""), exact=False)
+        n = apply(self.cdn, spec)
+        if self.on_purge is not None:
+            self.on_purge(spec)
         return Response(200, [(b"content-type", b"application/json")],
                         json.dumps({"purged": n}).encode() + b"\n")
 
