@@ -356,6 +356,15 @@ def test_bad_input_keeps_the_server_and_other_clients_alive(node, client):
     assert read_reply(s)["compression"] == ["zstd"]
     s.sendall(struct.pack("<iiii", 25 + len(packed), 11, 0, 2012) + struct.pack("<iiB", 2013, len(inner), 3) + packed)
     assert read_reply(s)["ok"] == 1
+    # OP_QUERY is only the legacy handshake: isMaster answers (OP_REPLY), a find does not.
+    for query, check in (({"isMaster": 1}, lambda r: r["ismaster"] is True and r["msg"] == "isdbgrid"),
+                         ({"find": "c"}, lambda r: r["code"] == 352)):
+        q = struct.pack("<i", 0) + b"bad.$cmd\0" + struct.pack("<ii", 0, -1) + bson.encode(query)
+        s.sendall(struct.pack("<iiii", 16 + len(q), 20, 0, 2004) + q)
+        head = s.recv(16, socket.MSG_WAITALL)
+        length, _, response_to, op = struct.unpack("<iiii", head)
+        body = s.recv(length - 16, socket.MSG_WAITALL)
+        assert (op, response_to) == (1, 20) and check(bson.decode(body[20:]))
     s.close()
     # Oversized: an error reply, then the server closes.
     s = raw(node)

@@ -18,6 +18,7 @@ from farts.db.store import Store
 log = logging.getLogger("farts.db")
 
 SLOW_SECONDS = 0.1
+LEGACY_HANDSHAKE = frozenset({"isMaster", "ismaster", "hello"})
 MAX_PENDING = 64   # parsed requests queued behind a running one before reading pauses
 
 
@@ -108,6 +109,9 @@ class DBProtocol(asyncio.Protocol):
         try:
             cmd = svc.commands.parse(req.body, req.sequences)
             name = cmd.name
+            if req.op_code == wire.OP_QUERY and name not in LEGACY_HANDSHAKE:
+                raise MongoError(352, "UnsupportedOpQueryCommand", f"Unsupported OP_QUERY command: {name}. "
+                                 "OP_QUERY serves only the isMaster handshake; the client driver may require an upgrade.")
             result = svc.commands.run(self.session, cmd)
         except MongoError as e:
             result = e
