@@ -412,3 +412,18 @@ def test_connection_limit(tmp_path):
             await svc.stop()
 
     asyncio.run(main())
+
+
+def test_a_client_that_does_not_read_its_replies_is_paused(node, client):
+    client.slow.big.insert_one({"_id": 1, "blob": "x" * (1 << 20)})
+    before = client.admin.command("serverStatus")["opcounters"]["query"]
+    s = raw(node)
+    request = msg({"find": "big", "filter": {"_id": 1}, "$db": "slow"})
+    s.sendall(request * 200)        # 200 MB of answers asked for, none read yet
+    time.sleep(1.0)
+    answered = client.admin.command("serverStatus")["opcounters"]["query"] - before
+    assert answered < 50            # the server stopped reading once its replies piled up
+    assert client.slow.big.find_one({}, {"_id": 1}) == {"_id": 1}   # everyone else is served
+    for _ in range(200):
+        assert read_reply(s)["cursor"]["firstBatch"][0]["_id"] == 1
+    s.close()

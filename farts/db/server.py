@@ -56,7 +56,8 @@ class DBProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending: collections.deque = collections.deque()
         self.busy = False
-        self.paused = False
+        self.paused = False          # reading paused: too many parsed requests waiting
+        self.write_paused = False    # the client does not read its replies fast enough
         self.closing = False
 
     def connection_made(self, transport) -> None:
@@ -89,8 +90,19 @@ class DBProtocol(asyncio.Protocol):
             self.paused = True
             self.transport.pause_reading()
 
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if not self.paused:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.paused and not self.closing:
+            self.transport.resume_reading()
+        self._drain()
+
     def _drain(self) -> None:
-        while self.pending and not self.busy and not self.closing:
+        while self.pending and not self.busy and not self.closing and not self.write_paused:
             event = self.pending.popleft()
             if isinstance(event, wire.Request):
                 self._request(event)
@@ -100,7 +112,8 @@ class DBProtocol(asyncio.Protocol):
                 self._bad(event, close=True)
         if self.paused and len(self.pending) < MAX_PENDING // 2 and not self.closing:
             self.paused = False
-            self.transport.resume_reading()
+            if not self.write_paused:
+                self.transport.resume_reading()
 
     def _request(self, req: wire.Request) -> None:
         svc = self.service
