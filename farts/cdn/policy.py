@@ -134,12 +134,6 @@ def stale_windows(headers: Headers) -> tuple[float, float]:
             seconds(cc.get(b"stale-if-error")) or 0.0)
 
 
-def request_wants_origin(request_headers: Headers) -> bool:
-    """The client asks for a validated answer (no-cache / max-age=0)."""
-    cc = cache_control(request_headers)
-    return b"no-cache" in cc or cc.get(b"max-age") == b"0"
-
-
 def stored_headers(headers: Headers) -> Headers:
     """The fields kept with the object and sent with every answer from the cache."""
     return [(k, v) for k, v in headers if k not in HOP_BY_HOP]

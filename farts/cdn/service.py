@@ -169,6 +169,8 @@ class CDN:
         self.fills: dict[bytes, Fill] = {}
         self.tasks: set[asyncio.Task] = set()
         self.mem_used = 0
+        # time.time() - perf_counter(): a request's start (perf_counter) as wall time.
+        self.wall_offset = time.time() - time.perf_counter()
         self.open_fds = 0
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.max_open_fds = max(0, min(4096, soft // 4))  # the rest stays for sockets
@@ -187,6 +189,7 @@ class CDN:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.flush_interval)
+            self.wall_offset = time.time() - time.perf_counter()  # follows clock steps
             await self.flush()
 
     async def flush(self) -> None:
@@ -313,17 +316,21 @@ class CDNHandler:
         key = variant_key(base, names, head.header) if names else base
         e = cdn.entries.get(key)
         if e is not None:
-            now = time.time()
+            now = req.start + cdn.wall_offset  # wall clock time without another clock call
             if now < e.fresh_until:
                 header = head.header
                 if (header(b"range") is None and header(b"if-none-match") is None
-                        and header(b"if-modified-since") is None and header(b"cache-control") is None):
+                        and header(b"if-modified-since") is None):
                     cdn.hits += 1
                     cdn.index.touch(key)
+                    fixed = e.fixed
+                    if fixed is not None and now < e.fixed_until:  # (its Age is right)
+                        cdn.bytes_hit += e.size
+                        return fixed
                     answer = self.whole(e, now, b"HIT")
                     if answer is not None:
                         return answer
-                elif not policy.request_wants_origin(head.headers):
+                else:
                     answer = self.serve(e, head, now, b"HIT")
                     if answer is not None:
                         cdn.hits += 1
@@ -338,10 +345,6 @@ class CDNHandler:
         cdn = self.cdn
         if e.size <= self.memory_object_bytes and (
                 e.body is not None or cdn.mem_used + e.size <= cdn.cfg.memory_capacity_bytes):
-            second = int(now)
-            if e.fixed is not None and e.fixed_second == second:
-                cdn.bytes_hit += e.size
-                return e.fixed
             body = e.body
             if body is None:  # small: read on the loop, once
                 try:
@@ -360,8 +363,8 @@ class CDNHandler:
             hs.append((b"age", str(int(now - e.response_time + e.initial_age)).encode()))
             hs.append((b"x-cache", state))
             fixed = Fixed(e.status, body, ctype, hs)
-            if state == b"HIT":
-                e.fixed, e.fixed_second = fixed, second
+            if state == b"HIT":  # kept until the Age it carries changes
+                e.fixed, e.fixed_until = fixed, now + 1 - (now - e.response_time + e.initial_age) % 1
             cdn.bytes_hit += e.size
             return fixed
         body = self.cdn.file_of(e)
@@ -409,7 +412,7 @@ class CDNHandler:
         head = req.head
         now = time.time()
         e = cdn.entries.get(key)  # (this task starts later than handle(): look again)
-        if e is not None and not policy.request_wants_origin(head.headers):
+        if e is not None:
             if now < e.fresh_until:  # fresh, but its file had gone: fetch again
                 e = None
             elif now - e.fresh_until <= e.swr:
