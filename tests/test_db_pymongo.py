@@ -205,6 +205,12 @@ def test_unique_index_violations(client):
         col2.create_index("k", unique=True)
     assert e.value.code == 11000
     assert [i["name"] for i in col2.list_indexes()] == ["_id_"]
+    # The failed build left nothing behind: the same index without unique builds and serves.
+    assert col2.create_index("k") == "k_1"
+    col2.insert_one({"k": 1})
+    plan = col2.find({"k": 1}).explain()
+    assert plan["queryPlanner"]["winningPlan"]["inputStage"]["indexName"] == "k_1"
+    assert plan["executionStats"]["nReturned"] == 3
 
 
 def test_aggregation_and_counts(client):

@@ -141,6 +141,7 @@ class Store:
         self.doc_reads = 0      # documents fetched by queries (evidence for index use)
         self.commits = 0
         self.committed_ops = 0
+        self._fresh: list[bytes] = []  # index sub-databases opened by the uncommitted group
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._last_group = 1          # writes in the last commit
         self._commit_seconds = 0.0    # moving average of a commit's duration (its fsyncs)
@@ -226,11 +227,13 @@ class Store:
                 pass
             self.seq, self.hlc.last = seq_before, hlc_before
             self._wcat = dict(self.catalog)
+            self._forget_fresh(0)
             err = _err(1, "InternalError", f"storage commit failed: {e}")
             for fut, _, _ in results or [(f, None, None) for _, f, _ in group]:
                 fut.set_exception(err)
             return
         self.catalog = dict(self._wcat)
+        self._fresh.clear()
         self.commits += 1
         self.committed_ops += len(group)
         for fut, value, exc in results:
@@ -239,12 +242,19 @@ class Store:
             else:
                 fut.set_result(value)
 
+    def _forget_fresh(self, keep: int) -> None:
+        """Drops handles opened by an aborted transaction (LMDB closed them with it)."""
+        for name in self._fresh[keep:]:
+            self._index_dbs.pop(name, None)
+        del self._fresh[keep:]
+
     def index_db(self, txn, ns: str, index: str, create: bool = False):
         name = index_db_name(ns, index)
         db = self._index_dbs.get(name)
         if db is None and create:
             try:
                 db = self._index_dbs[name] = self.env.open_db(name, txn=txn)
+                self._fresh.append(name)   # the handle dies with its transaction if that aborts
             except lmdb.DbsFullError:
                 raise _err(67, "CannotCreateIndex", f"too many indexes on this node "
                                                    f"(db.max_indexes = {self.max_indexes})") from None
@@ -514,7 +524,7 @@ class WriteTxn:
         st = self.store
         parent = self.txn
         child = st.env.begin(write=True, parent=parent, db=st.docs)
-        frame = {"cat": {}, "seq": st.seq}
+        frame = {"cat": {}, "seq": st.seq, "fresh": len(st._fresh)}
         self.txn = child
         self._frames.append(frame)
         try:
@@ -527,6 +537,7 @@ class WriteTxn:
                 else:
                     st._wcat[ns] = old
             st.seq = frame["seq"]
+            st._forget_fresh(frame["fresh"])
             raise
         else:
             child.commit()
