@@ -150,11 +150,15 @@ def test_cursor_many_batches_and_kill(client, listener):
 def test_index_is_used_instead_of_a_scan(client):
     col = client.ix.events
     col.insert_many([{"_id": i, "user": i % 100, "at": i, "kind": f"k{i % 5}"} for i in range(3000)])
+    pool_reads = client.admin.command("serverStatus")["farts"]["poolReads"]
     scan = col.find({"user": 42}).explain()["executionStats"]
     assert scan["totalDocsExamined"] == 3000 and scan["nReturned"] == 30
+    # 3000 documents examined: too many for the event loop, so the read ran in the pool.
+    assert client.admin.command("serverStatus")["farts"]["poolReads"] == pool_reads + 1
     assert col.create_index("user") == "user_1"
     col.create_index([("kind", 1), ("at", -1)])
     plan = col.find({"user": 42}).explain()
+    assert client.admin.command("serverStatus")["farts"]["poolReads"] == pool_reads + 1   # 30: on the loop
     assert plan["queryPlanner"]["winningPlan"]["inputStage"]["indexName"] == "user_1"
     assert plan["executionStats"]["totalDocsExamined"] == 30 == plan["executionStats"]["nReturned"]
     assert sorted(d["_id"] for d in col.find({"user": 42})) == list(range(42, 3000, 100))

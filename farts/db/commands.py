@@ -103,6 +103,7 @@ class Commands:
         self._cursor_ids = itertools.count(int.from_bytes(os.urandom(4), "big") + 1)
         self.started = time.time()
         self.opcounters = dict.fromkeys(("insert", "query", "update", "delete", "getmore", "command"), 0)
+        self.pool_reads = 0   # reads that outgrew LOOP_READ_BUDGET and ran in the thread pool
         self.connections_current = 0
         self.connections_total = 0
         self.read_preferences = metrics.counter(
@@ -280,6 +281,7 @@ class Commands:
                 "storageEngine": {"name": "lmdb", "persistent": True},
                 "farts": {"storeBytes": self.store.size_bytes(), "oplogLength": self.store.oplog_length(),
                           "commits": self.store.commits, "committedWrites": self.store.committed_ops,
+                          "poolReads": self.pool_reads,
                           "openCursors": len(self.cursors)},
                 "ok": 1.0}
 
@@ -360,7 +362,7 @@ class Commands:
             with self.store.read() as txn:
                 return query(txn, LOOP_READ_BUDGET)
         except TooBig:
-            pass
+            self.pool_reads += 1
 
         def in_pool():
             with self.store.read() as txn:

@@ -46,6 +46,8 @@ class DBStats:
         metrics.gauge("farts_db_commits", "LMDB write transactions committed (group commits)",
                       lambda: service.store.commits)
         metrics.gauge("farts_db_committed_writes", "Write commands committed", lambda: service.store.committed_ops)
+        metrics.gauge("farts_db_pool_reads", "Reads too large for the event loop, run in the thread pool",
+                      lambda: service.commands.pool_reads)
 
 
 class DBProtocol(asyncio.Protocol):
