@@ -67,6 +67,8 @@ class MeshService:
                                             "Well-framed messages that made no sense (link closed)", ("kind",))
         metrics.gauge("farts_mesh_members", "Members by state, as this node sees them",
                       self._by_state, ("state",))
+        metrics.gauge("farts_mesh_local_health", "Lifeguard local health (0: healthy; each step "
+                      "adds a probe period of patience)", lambda: self.swim.health if self.swim else 0)
         for name, key, help in (("farts_mesh_suspicions_total", "suspicions", "Members this node started suspecting"),
                                 ("farts_mesh_refutations_total", "refutations",
                                  "Suspicions of this node it refuted (incarnation bumped)"),

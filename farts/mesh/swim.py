@@ -18,6 +18,11 @@ The protocol (Das et al., "SWIM", 2002; Dadgar et al., "Lifeguard", 2018):
   ``suspicion_max_mult`` x the minimum and shrinks towards the minimum as other
   members independently confirm it (Lifeguard: a lone, possibly overloaded
   prober cannot kill a node quickly; a consensus can);
+- Lifeguard's local health: a member asked to probe for us answers ``nack`` when the
+  target stays silent; when even the nacks do not come back (or we had to refute a
+  suspicion of ourselves) the fault is likely ours (CPU starved, paused), and we wait
+  one more probe period and timeout per step of ``health`` (0..``max_local_health``)
+  before accusing anyone; every ack takes a step back;
 - incarnation numbers order claims about a member: a live member that hears it is
   suspected (or declared dead, or left) bumps its incarnation and says ``alive``,
   which overrides any claim with a lower incarnation (a *refutation*);
@@ -35,7 +40,7 @@ The protocol (Das et al., "SWIM", 2002; Dadgar et al., "Lifeguard", 2018):
 - ``leave()`` tells every member we left; left members are not probed.
 
 Wire values (msgpack-friendly lists): ``["ping", seq, gossip]``,
-``["ack", seq, gossip]``, ``["preq", seq, target, gossip]``, ``["gossip", gossip]``,
+``["ack", seq, gossip]``, ``["preq", seq, target, gossip]``, ``["nack", seq]``, ``["gossip", gossip]``,
 ``["sync", reply_wanted, states]``; a gossip entry is ``[state, id, incarnation,
 meta, from]`` and a state record ``[id, incarnation, state, meta]``.
 """
@@ -62,6 +67,9 @@ class SwimConfig:
     suspicion_max_mult: float = 2.0
     retransmit_mult: int = 4
     push_pull_interval: float = 15.0
+    # Lifeguard's local health: up to this many extra probe periods of patience while
+    # this node itself looks slow (its indirect probes' nacks do not come back).
+    max_local_health: int = 8
     # Dead and left members are forgotten after this long (until then a dead one is
     # still dialed, so a healed partition finds it again).
     forget_after: float = 3600.0
@@ -92,6 +100,8 @@ class _Probe:
     end: float
     indirect_sent: bool = False
     acked: bool = False
+    nacks_expected: int = 0
+    nacks: int = 0
 
 
 class Swim:
@@ -112,7 +122,11 @@ class Swim:
         self._seq = 0
         self._probes: dict[int, _Probe] = {}
         self._probing: set[str] = set()           # targets with a probe in flight
-        self._relays: dict[int, tuple[str, int, float]] = {}  # our seq -> (requester, their seq, expiry)
+        # Indirect probes we run for others: our seq -> [requester, their seq, expiry, nack due or None].
+        self._relays: dict[int, list] = {}
+        # Lifeguard's local health multiplier: 0 healthy; each step adds a probe period
+        # and a probe timeout of patience (a slow node must not accuse healthy ones).
+        self.health = 0
         self._order: list[str] = []
         self._next_probe = now + self.rng.uniform(0, cfg.probe_interval)
         self._next_sync = now + cfg.push_pull_interval * self.rng.uniform(0.5, 1.0)
@@ -152,6 +166,9 @@ class Swim:
             t = min(t, pr.end if pr.indirect_sent else pr.direct_deadline)
         for sid in self._suspects:
             t = min(t, self._suspicion_deadline(self.peers[sid]))
+        for relay in self._relays.values():
+            if relay[3] is not None:
+                t = min(t, relay[3])
         return t
 
     def tick(self, now: float) -> None:
@@ -167,11 +184,14 @@ class Swim:
                 del self._probes[seq]
                 self._probing.discard(pr.target)
                 self.stats["probe_failures"] += 1
+                if pr.nacks < pr.nacks_expected:
+                    # The members we asked did not even say "no answer": we are the slow one.
+                    self.health = min(self.cfg.max_local_health, self.health + 1)
                 p = self.peers.get(pr.target)
                 if p is not None and p.state in (ALIVE, SUSPECT):
                     self._suspect(now, pr.target, p.incarnation, self.me)
         if now >= self._next_probe:
-            self._next_probe = now + self.cfg.probe_interval
+            self._next_probe = now + self.cfg.probe_interval * (1 + self.health)
             target = self._next_target()
             if target is not None and target not in self._probing:
                 self._probe(now, target)
@@ -179,8 +199,11 @@ class Swim:
             p = self.peers[sid]
             if now >= self._suspicion_deadline(p):
                 self._dead(now, sid, p.incarnation, self.me, DEAD)
-        for seq, (_, _, expiry) in list(self._relays.items()):
-            if now >= expiry:
+        for seq, relay in list(self._relays.items()):
+            if relay[3] is not None and now >= relay[3]:  # the target is silent: tell the requester
+                self._send(relay[0], ["nack", relay[1]])
+                relay[3] = None
+            if now >= relay[2]:
                 del self._relays[seq]
         if now >= self._next_sync:
             # A sync carries the whole member list: past 32 members it is spaced out with
@@ -218,8 +241,12 @@ class Swim:
             self._merge(now, msg[3])
             target = msg[2]
             seq = self._next_seq()
-            self._relays[seq] = (src, msg[1], now + self.cfg.probe_interval)
+            self._relays[seq] = [src, msg[1], now + self.cfg.probe_interval, now + self.cfg.probe_timeout * 0.8]
             self._send(target, ["ping", seq])
+        elif kind == "nack":
+            pr = self._probes.get(msg[1])
+            if pr is not None:
+                pr.nacks += 1
         elif kind == "gossip":
             self._merge(now, msg[1])
         elif kind == "sync":
@@ -250,14 +277,18 @@ class Swim:
 
     def _probe(self, now: float, target: str) -> None:
         seq = self._next_seq()
-        self._probes[seq] = _Probe(target, now, now + self.cfg.probe_timeout, now + self.cfg.probe_interval)
+        scale = 1 + self.health
+        self._probes[seq] = _Probe(target, now, now + self.cfg.probe_timeout * scale,
+                                   now + self.cfg.probe_interval * scale)
         self._probing.add(target)
         self.stats["probes"] += 1
         self._send(target, ["ping", seq])
 
     def _ask_others(self, now: float, seq: int, target: str) -> None:
         others = [p.id for p in self.peers.values() if p.state == ALIVE and p.id != target]
-        for pid in self.rng.sample(others, min(self.cfg.indirect_probes, len(others))):
+        chosen = self.rng.sample(others, min(self.cfg.indirect_probes, len(others)))
+        self._probes[seq].nacks_expected = len(chosen)
+        for pid in chosen:
             self.stats["indirect_probes"] += 1
             self._send(pid, ["preq", seq, target])
 
@@ -271,6 +302,7 @@ class Swim:
             return  # late: the probe already ended
         self._probing.discard(pr.target)
         pr.acked = True
+        self.health = max(0, self.health - 1)
         if src == pr.target:
             p = self.peers.get(src)
             rtt = now - pr.sent
@@ -298,6 +330,8 @@ class Swim:
 
     def _refute(self, incarnation: int) -> None:
         self.incarnation = max(self.incarnation, incarnation) + 1
+        # Being suspected means others did not hear from us in time: likely our fault.
+        self.health = min(self.cfg.max_local_health, self.health + 1)
         self.stats["refutations"] += 1
         self._queue(self.me, [ALIVE, self.me, self.incarnation, self.meta, self.me])
 
