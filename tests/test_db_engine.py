@@ -251,6 +251,15 @@ def test_query_operator(filter, expected):
     assert ids(filter, DOCS) == expected
 
 
+def test_expr_compares_fields_of_one_document():
+    docs = [{"_id": 1, "a": 3, "b": 2}, {"_id": 2, "a": 1, "b": 2}, {"_id": 3, "b": 0},
+            {"_id": 4, "a": [1], "b": []}]
+    # Expressions compare whole values in BSON order: [1] > [], missing < 0.
+    assert ids({"$expr": {"$gt": ["$a", "$b"]}}, docs) == [1, 4]
+    assert ids({"$expr": {"$eq": [{"$size": "$b"}, 0]}, "a": 1}, docs) == [4]
+    assert ids({"$expr": "$a"}, docs) == [1, 2, 4]  # truthy: not null/missing/false/0
+
+
 def test_null_through_paths_as_mongodb_jstests_null2():
     # jstests/core/null2.js: {"a.b": null} and {"a.b": {$in: [null]}} match [2, 4].
     docs = [{"_id": 1, "a": [{"b": 5}]}, {"_id": 2, "a": [{}]}, {"_id": 3, "a": []},
@@ -314,7 +323,7 @@ def test_other_bson_types_match_by_value():
     ({"a": {"$foo": 1}}, 2, "unknown operator: $foo"),
     ({"$foo": 1}, 2, "unknown top level operator: $foo"),
     ({"$where": "this.a"}, 2, "$where"),
-    ({"$expr": {"$eq": ["$a", 1]}}, 2, "$expr"),
+    ({"$expr": {"$eq": [{"$frob": "$a"}, 1]}}, 168, "Unrecognized expression '$frob'"),
     ({"a": {"$near": [0, 0]}}, 2, "$near"),
     ({"a": {"$in": 5}}, 2, "$in needs an array"),
     ({"a": {"$nin": {"x": 1}}}, 2, "$nin needs an array"),
@@ -624,6 +633,14 @@ def test_add_fields_and_expressions():
                   "e": {"$concat": ["$lit", "!"]}, "f": {"$ifNull": ["$missing", 0]}}}])
     assert out == [{"_id": 1, "a": 2, "s": {"x": 1, "y": 3}, "b": 2, "lit": "text",
                     "c": "$notapath", "d": "big", "e": "text!", "f": 0}]
+
+
+def test_facet_runs_each_sub_pipeline_on_the_same_input():
+    out = run_pipeline(SALES, [{"$match": {"qty": {"$gte": 2}}}, {"$facet": {
+        "count": [{"$count": "n"}],
+        "page": [{"$sort": {"qty": -1}}, {"$limit": 2}, {"$project": {"_id": 1}}]}}])
+    assert out == [{"count": [{"n": 4}], "page": [{"_id": 3}, {"_id": 4}]}]
+    raises(40600, run_pipeline, SALES, [{"$facet": {"x": [{"$facet": {}}]}}])
 
 
 def test_sum_avg_min_max_as_expressions():

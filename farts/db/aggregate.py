@@ -1,8 +1,8 @@
 """Aggregation pipelines over an iterable of documents, and the expressions they use.
 
 Stages: $match $sort $skip $limit $project $addFields/$set $unset $group $count $unwind
-$replaceRoot/$replaceWith $sortByCount. Anything else raises MongoError 40324 (unknown stage)
-or names the stage as unsupported ($lookup, $out, ... need the store, not this engine).
+$replaceRoot/$replaceWith $sortByCount $facet. Anything else raises MongoError 40324 (unknown
+stage) or names the stage as unsupported ($lookup, $out, ... need the store, not this engine).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from farts.db.ordering import MISSING, compare, sort_documents, sort_key, values
 from farts.db.projection import compile_projection
 from farts.db.query import compile_filter
 
-_UNSUPPORTED_STAGES = ("$lookup", "$graphLookup", "$out", "$merge", "$facet", "$bucket",
+_UNSUPPORTED_STAGES = ("$lookup", "$graphLookup", "$out", "$merge", "$bucket",
                        "$bucketAuto", "$geoNear", "$sample", "$unionWith", "$densify", "$fill",
                        "$setWindowFields", "$redact", "$collStats", "$indexStats",
                        "$currentOp", "$listSessions", "$planCacheStats", "$search",
@@ -226,6 +226,30 @@ def _stage_replace_root(arg: Any, key: str = "newRoot") -> Stage:
     return lambda docs: (replace(d) for d in docs)
 
 
+def _stage_facet(arg: Any) -> Stage:
+    if not isinstance(arg, dict) or not arg:
+        raise error(40169, "the $facet specification must be a non-empty object")
+    facets = {}
+    for name, stages in arg.items():
+        if not isinstance(stages, list) or not stages:
+            raise error(40170, f"arguments to $facet must be non-empty arrays, {name!r} is not")
+        for stage in stages:
+            if isinstance(stage, dict) and set(stage) & {"$facet", "$out", "$merge"}:
+                raise error(40600, f"{next(iter(stage))} is not allowed inside a $facet stage")
+        facets[name] = [_compile_stage(stage) for stage in stages]
+
+    def facet(docs: Iterable[dict]) -> Iterator[dict]:
+        docs = list(docs)
+        out = {}
+        for name, stages in facets.items():
+            stream: Iterable[dict] = docs
+            for stage in stages:
+                stream = stage(stream)
+            out[name] = list(stream)
+        yield out
+    return facet
+
+
 def _stage_sort_by_count(arg: Any) -> Stage:
     group = _stage_group({"_id": arg, "count": {"$sum": 1}})
     sort = _stage_sort({"count": -1})
@@ -402,6 +426,24 @@ def evaluate(expr: Any, doc: dict) -> Any:
     return expr
 
 
+def validate_expression(expr: Any) -> None:
+    """Raise now for an unknown expression operator anywhere in expr (not at some document)."""
+    if isinstance(expr, list):
+        for item in expr:
+            validate_expression(item)
+    elif isinstance(expr, dict):
+        if expr and isinstance(next(iter(expr)), str) and next(iter(expr)).startswith("$"):
+            op, args = next(iter(expr.items()))
+            if op == "$literal":
+                return
+            if op not in _OPERATORS:
+                raise error(INVALID_PIPELINE_OPERATOR, f"Unrecognized expression '{op}'")
+            validate_expression(args)
+        else:
+            for value in expr.values():
+                validate_expression(value)
+
+
 def _arguments(op: str, args: Any, doc: dict) -> list:
     if op == "$cond" and isinstance(args, dict):
         args = [args.get("if"), args.get("then"), args.get("else")]
@@ -480,7 +522,8 @@ def _array_elem_at(array: Any, index: Any) -> Any:
     return array[i] if -len(array) <= i < len(array) else MISSING
 
 
-def _truthy(v: Any) -> bool:
+def expression_truthy(v: Any) -> bool:
+    """What $cond, $and, $or and $expr take as true: not false, null, missing or zero."""
     if _nullish(v) or v is False:
         return False
     if _is_number(v):
@@ -520,7 +563,7 @@ _OPERATORS: dict[str, Callable[[list], Any]] = {
     "$size": _arity("$size", 1, _size),
     "$ifNull": lambda args: next((a for a in args[:-1] if not _nullish(a)), args[-1]
                                  if args else None),
-    "$cond": _arity("$cond", 3, lambda c, t, f: t if _truthy(c) else f),
+    "$cond": _arity("$cond", 3, lambda c, t, f: t if expression_truthy(c) else f),
     "$eq": _arity("$eq", 2, _compare_op(lambda c: c == 0)),
     "$ne": _arity("$ne", 2, _compare_op(lambda c: c != 0)),
     "$gt": _arity("$gt", 2, _compare_op(lambda c: c > 0)),
@@ -528,9 +571,9 @@ _OPERATORS: dict[str, Callable[[list], Any]] = {
     "$lt": _arity("$lt", 2, _compare_op(lambda c: c < 0)),
     "$lte": _arity("$lte", 2, _compare_op(lambda c: c <= 0)),
     "$cmp": _arity("$cmp", 2, _compare_op(lambda c: c)),
-    "$and": lambda args: all(_truthy(a) for a in args),
-    "$or": lambda args: any(_truthy(a) for a in args),
-    "$not": _arity("$not", 1, lambda a: not _truthy(a)),
+    "$and": lambda args: all(expression_truthy(a) for a in args),
+    "$or": lambda args: any(expression_truthy(a) for a in args),
+    "$not": _arity("$not", 1, lambda a: not expression_truthy(a)),
     "$in": _arity("$in", 2, _in),
     "$arrayElemAt": _arity("$arrayElemAt", 2, _array_elem_at),
 }
@@ -551,4 +594,5 @@ _STAGES: dict[str, Callable[[Any], Stage]] = {
     "$replaceRoot": _stage_replace_root,
     "$replaceWith": lambda arg: _stage_replace_root(arg, key=""),
     "$sortByCount": _stage_sort_by_count,
+    "$facet": _stage_facet,
 }

@@ -45,7 +45,7 @@ from farts.db.ordering import (
 Predicate = Callable[[Any], bool]
 
 _LOGICAL = ("$and", "$or", "$nor")
-_UNSUPPORTED_TOP = ("$expr", "$where", "$text", "$jsonSchema", "$sampleRate")
+_UNSUPPORTED_TOP = ("$where", "$text", "$jsonSchema", "$sampleRate")
 _UNSUPPORTED_FIELD = ("$geoWithin", "$geoIntersects", "$near", "$nearSphere", "$bitsAllSet",
                       "$bitsAllClear", "$bitsAnySet", "$bitsAnyClear", "$jsonSchema", "$within")
 _REGEX_OPTION_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE,
@@ -122,6 +122,11 @@ def _compile_top_operator(name: str, value: Any) -> Predicate:
         return lambda doc: not any_matches(doc)
     if name == "$comment":
         return _always
+    if name == "$expr":
+        # Imported here: aggregate imports this module for its $match stage.
+        from farts.db.aggregate import evaluate, expression_truthy, validate_expression
+        validate_expression(value)
+        return lambda doc: expression_truthy(evaluate(value, doc))
     if name in _UNSUPPORTED_TOP:
         raise error(BAD_VALUE, f"{name} is not supported by this server")
     raise error(BAD_VALUE, f"unknown top level operator: {name}")
