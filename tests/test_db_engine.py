@@ -256,7 +256,8 @@ def test_expr_compares_fields_of_one_document():
             {"_id": 4, "a": [1], "b": []}]
     # Expressions compare whole values in BSON order: [1] > [], missing < 0.
     assert ids({"$expr": {"$gt": ["$a", "$b"]}}, docs) == [1, 4]
-    assert ids({"$expr": {"$eq": [{"$size": "$b"}, 0]}, "a": 1}, docs) == [4]
+    assert ids({"$expr": {"$lt": ["$b", "$a"]}, "a": {"$type": "array"}}, docs) == [4]
+    raises(17124, ids, {"$expr": {"$eq": [{"$size": "$b"}, 0]}}, docs)  # b: 2 is no array
     assert ids({"$expr": "$a"}, docs) == [1, 2, 4]  # truthy: not null/missing/false/0
 
 
