@@ -4,12 +4,15 @@ The same `Swim` machine the nodes run, driven by farts/mesh/simnet.py (virtual t
 0.5-5 ms latency, independent random loss per message). Two variants in the same
 run, on the same seeds:
 
-- farts: the defaults (Lifeguard suspicion: starts at suspicion_max_mult x the
-  minimum, shrinks with independent confirmations; suspects probed at once);
-- swim-fixed: the classic SWIM suspicion, one fixed timeout (suspicion_max_mult = 1).
+- farts: the defaults (Lifeguard: the suspicion timeout starts at
+  suspicion_max_mult x the minimum and shrinks with independent confirmations; local
+  health slows a node that looks like the slow one);
+- swim-classic: the same machine without Lifeguard: one fixed suspicion timeout
+  (suspicion_max_mult = 1) and no local health (max_local_health = 0).
 
-For each: a quiet period (no failure) counts false suspicions and false deaths (a
-live member declared dead by anyone, per member-hour), then members are crashed one
+For each: a quiet period (no failure) counts false suspicions (distinct member and
+incarnation pairs suspected by anyone) and false deaths (declarations of a live
+member as dead, by anyone), per member-hour, then members are crashed one
 at a time: time from the crash to the first "dead" anywhere and to "dead" in every
 live member's view. Idle traffic is counted in messages and msgpack bytes per member.
 
@@ -66,7 +69,8 @@ def run(members: int, loss: float, quiet: float, kills: int, cfg: SwimConfig, se
     net.counting = False
     quiet_log = net.log[start_log:]
     false_dead = sum(1 for _, _, _, st, _ in quiet_log if st == DEAD)
-    false_suspect = sum(1 for _, _, _, st, _ in quiet_log if st == SUSPECT)
+    # Distinct suspicions: (member, incarnation) pairs anyone suspected, not how many heard.
+    false_suspect = len({(subj, inc) for _, _, subj, st, inc in quiet_log if st == SUSPECT})
     messages = net.sent - start_sent
     rng = random.Random(seed)
     first, every = [], []
@@ -105,7 +109,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json")
     args = ap.parse_args()
-    variants = {"farts": SwimConfig(), "swim-fixed": dataclasses.replace(SwimConfig(), suspicion_max_mult=1.0)}
+    variants = {"farts": SwimConfig(),
+                "swim-classic": dataclasses.replace(SwimConfig(), suspicion_max_mult=1.0, max_local_health=0)}
     rows = []
     for n in args.members:
         quiet = args.quiet if args.quiet is not None else (300.0 if n <= 100 else 60.0)
@@ -122,7 +127,7 @@ def main() -> None:
                   f"{r['msgs_per_member_s']:.2f} msg/s, {r['bytes_per_member_s']:.0f} B/s per member "
                   f"[{r['wall_s']:.0f}s wall]", flush=True)
         a, b = rows[-2], rows[-1]
-        print(f"  ratio farts/swim-fixed: detection (everyone, p50) {a['detect_all_p50'] / b['detect_all_p50']:.2f}, "
+        print(f"  ratio farts/swim-classic: detection (everyone, p50) {a['detect_all_p50'] / b['detect_all_p50']:.2f}, "
               f"false suspicions {a['false_suspect_per_member_hour'] / max(b['false_suspect_per_member_hour'], 1e-9):.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
