@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import uuid
 
 import bson
 import mongomock
@@ -318,6 +319,9 @@ def test_other_bson_types_match_by_value():
     assert ids({"v": 1.5}, docs) == [4]
     assert ids({"v": {"$type": "timestamp"}}, docs) == [5]
     assert ids({"v": {"$type": "binData"}}, docs) == [3]
+    u = uuid.UUID(bytes=b"\x01" * 16)
+    assert compare(u, Binary(b"\x01" * 16, 4)) == 0 and compare(u, Binary(b"\x01" * 16, 3)) == 1
+    assert ids({"v": Binary(u.bytes, 4)}, [{"_id": 1, "v": u}]) == [1]
 
 
 @pytest.mark.parametrize("filter, code, words", [

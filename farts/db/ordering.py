@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import math
 import re
+import uuid
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
@@ -85,7 +86,7 @@ def type_rank(value: Any) -> int:
         return RANK_OBJECT
     if isinstance(value, (list, tuple)):
         return RANK_ARRAY
-    if isinstance(value, (bytes, bytearray)):
+    if isinstance(value, (bytes, bytearray, uuid.UUID)):
         return RANK_BINARY
     if isinstance(value, ObjectId):
         return RANK_OBJECTID
@@ -160,6 +161,8 @@ def sort_key(value: Any) -> tuple:
     if rank == RANK_ARRAY:
         return (RANK_ARRAY, tuple(sort_key(v) for v in value))
     if rank == RANK_BINARY:
+        if isinstance(value, uuid.UUID):  # a codec with uuid_representation decodes subtype 4
+            return (RANK_BINARY, 16, 4, value.bytes)
         subtype = value.subtype if isinstance(value, Binary) else 0
         return (RANK_BINARY, len(value), subtype, bytes(value))
     if rank == RANK_OBJECTID:

@@ -17,6 +17,7 @@ import datetime
 import math
 import operator
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -386,7 +387,7 @@ def bson_type_number(v: Any) -> int | None:
         return 3
     if isinstance(v, list):
         return 4
-    if isinstance(v, (bytes, bytearray)):
+    if isinstance(v, (bytes, bytearray, uuid.UUID)):
         return 5
     if isinstance(v, ObjectId):
         return 7
