@@ -10,6 +10,7 @@ import math
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -438,6 +439,79 @@ def test_new_database_file_is_followed_without_restart_or_failed_queries(tmp_pat
             time.sleep(0.05)
         assert geo.failures >= 1
         assert addresses(srv.udp(q)) == ["127.0.0.3"]
+    finally:
+        srv.close()
+
+
+def test_answers_keep_flowing_through_a_long_rebuild(tmp_path):
+    """Swapping the small database for GeoLite2 (seconds to index): queries, cached and
+    uncached (a new ECS subnet each time), are answered throughout, then follow the new
+    index (10.1.0.0/16 is private space there: unknown, so the default region)."""
+    path = write_mmdb(tmp_path / "geo.mmdb", EXACT)
+    geo = GeoSource(path, 3600, check_every=0.05)
+    srv = Running(dns_config(path), MemberMap(list(NODES)), geo)
+    try:
+        log, errors = [], []
+        stop = threading.Event()
+
+        def client():
+            i = 0
+            while not stop.is_set() and i < 100000:
+                q = query("one.farts.test", subnet=f"10.1.{i % 256}.0/24")
+                i += 1
+                sent_at, version = time.monotonic(), geo.version   # read before sending
+                try:
+                    got = addresses(srv.udp(q, timeout=2))
+                    log.append((sent_at, version, got))
+                    time.sleep(0.002)   # steady traffic, not a GIL-hogging spin
+                except Exception as e:  # noqa: BLE001 - every failure is counted
+                    errors.append(e)
+        t = threading.Thread(target=client)
+        t.start()
+        before = geo.version
+        shutil.copyfile(default_database(), tmp_path / "new.mmdb")
+        replaced = time.monotonic()
+        os.replace(tmp_path / "new.mmdb", path)
+        os.utime(path, (time.time() + 5, time.time() + 5))
+        deadline = time.monotonic() + 90
+        while geo.version == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        stop.set()
+        t.join(10)
+        assert geo.version > before and not errors
+        during = [got for ts, version, got in log if ts > replaced and version == before]
+        after = [got for ts, version, got in log if version > before]
+        assert during and during[0] == ["127.0.0.1"]   # answered from the old index meanwhile
+        assert after and all(got == ["127.0.0.3"] for got in after)
+        answers = [got[0] for _, _, got in log]
+        first_new = answers.index("127.0.0.3")
+        assert set(answers[:first_new]) == {"127.0.0.1"} and set(answers[first_new:]) == {"127.0.0.3"}
+    finally:
+        srv.close()
+
+
+def test_ipv6_listener(exact_db):
+    cfg = dataclasses.replace(dns_config(exact_db, rrl_rate=5, rrl_burst=5), host="::1")
+    srv = Running(cfg, MemberMap(list(NODES)))
+    try:
+        for extra in ((), ("+tcp",)):
+            text = subprocess.run(["dig", "@::1", "-p", str(srv.port), "edge.farts.test", "+subnet=10.2.0.0/24",
+                                   *extra], capture_output=True, text=True, timeout=20).stdout
+            assert dig_addresses(text, "edge.farts.test") == ["127.0.0.2", "127.0.0.1"], text
+        # RRL keys IPv6 clients by /56: a burst from ::1 is limited
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.settimeout(1.0)
+            for _ in range(40):
+                s.sendto(query("static.farts.test").to_wire(), ("::1", srv.port))
+            replies = []
+            try:
+                while True:
+                    replies.append(dns.message.from_wire(s.recv(4096)))
+            except TimeoutError:
+                pass
+        full = [r for r in replies if not r.flags & dns.flags.TC]
+        assert 0 < len(full) < 40 and any(r.flags & dns.flags.TC for r in replies)
     finally:
         srv.close()
 
