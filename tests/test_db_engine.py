@@ -3,7 +3,8 @@ aggregate): exact cases per operator, then differential tests against mongomock.
 
 Exact cases come from MongoDB's documentation and its own jstests (null2.js, find6.js,
 cited where used). The differential tests insert hypothesis-generated documents into a
-mongomock collection and compare find / update / sort results with the engine.
+mongomock collection and compare the engine's results with its find (filters and
+projections), update_many (operators and "a.$"), upsert inserts, sort and aggregate.
 
 Known places where the oracle (mongomock 4.3) differs from MongoDB, and how the
 differential tests keep clear of them (each one is covered by an exact case instead):
