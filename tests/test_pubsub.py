@@ -135,8 +135,10 @@ def test_sse_subscriber_gets_events_heartbeats_and_resumes(node_factory):
                     if len(events) == n:
                         return events
                 continue
+            if line.startswith(":"):
+                continue  # a comment (heartbeat)
             field, _, value = line.partition(": ")
-            current[field] = current.get(field, "") + value if field else value
+            current[field] = current.get(field, "") + value
         return events
 
     with httpx.Client(timeout=10) as client:

@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+# Compiling every fast/ module and installing the runtime dependencies into a new venv
+# takes minutes on a busy 2-core machine: past the suite's default 120 s.
+@pytest.mark.timeout(900)
 def test_wheel_installs_into_a_fresh_venv_with_compiled_modules(tmp_path):
     # Build from a copy of the files git knows (tracked or new, not ignored): what a
     # clean clone holds, without this tree's build/ leftovers or in-place .so files.
