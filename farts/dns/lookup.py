@@ -32,7 +32,7 @@ def explain_text(cfg: Config, name: str, client: str, qtype: str = "A", subnet: 
     lines.append(f"  location  {e['location']}" + (f", ECS scope /{e['scope']}" if subnet is not None else ""))
     if e["location"] == "unknown location":
         lines.append(f"  unknown location: nodes of the default region {cfg.dns.default_region!r} first")
-    lines.append("  live nodes, nearest first:")
+    lines.append("  nodes from the config (the mesh may mark some dead), nearest first:")
     for node_id, region, lat, lon, dist, addrs in e["candidates"]:
         mark = "*" if node_id in e["chosen"] else " "
         d = "    ?   " if dist is None else f"{dist:8.0f} km"
