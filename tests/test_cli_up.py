@@ -1,7 +1,9 @@
 """`farts-edge up`: a node on embedded defaults, on the documented ports, from nothing."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -48,6 +50,17 @@ def test_up_writes_its_defaults_serves_and_stops_cleanly(tmp_path):
         assert "farts_http_requests_total" in httpx.get("http://127.0.0.1:9100/metrics").text
         # The proxy route exists; nothing listens on the app port, so the answer is 502.
         assert httpx.get("http://localhost:8080/widget/x").status_code == 502
+        # Live pub/sub for the demo tenant with the generated API key: an SSE subscriber
+        # gets what is published.
+        key = re.search(rb"API key (\S+)", out).group(1).decode()
+        with httpx.Client(timeout=10) as client, \
+                client.stream("GET", "http://127.0.0.1:8080/live/sse", params={"channel": "demo"}) as stream:
+            lines = stream.iter_lines()
+            published = client.post("http://127.0.0.1:8080/api/publish", json={"channel": "demo", "data": "hi"},
+                                     headers={"authorization": f"Bearer {key}"})
+            assert published.status_code == 200, published.text
+            event = next(line for line in lines if line.startswith("data: "))
+            assert json.loads(event[6:])["data"] == "hi"
     finally:
         code, rest = stop(proc)
     assert code == 0 and b"stopping" in rest
