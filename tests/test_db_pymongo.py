@@ -437,3 +437,31 @@ def test_a_client_that_does_not_read_its_replies_is_paused(node, client):
     for _ in range(200):
         assert read_reply(s)["cursor"]["firstBatch"][0]["_id"] == 1
     s.close()
+
+
+def test_retryable_writes_apply_once(node, client):
+    """A driver that lost the reply resends the write with the same lsid and txnNumber."""
+    import uuid
+
+    from bson.binary import Binary
+
+    lsid = {"id": Binary(uuid.uuid4().bytes, 4)}
+    before = client.admin.command("serverStatus")["farts"]["retriedWrites"]
+    first, second = raw(node), raw(node)
+    insert = {"insert": "c", "documents": [{"_id": 1, "n": 0}], "lsid": lsid, "txnNumber": bson.Int64(1),
+              "$db": "retry"}
+    first.sendall(msg(insert, 1))
+    assert read_reply(first) == {"n": 1, "ok": 1.0}
+    first.close()                    # as if the reply had been lost with the connection
+    second.sendall(msg(insert, 2))
+    assert read_reply(second) == {"n": 1, "ok": 1.0}   # the first answer, not a duplicate key
+    inc = {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}}], "lsid": lsid,
+           "$db": "retry"}
+    for number, rid in ((2, 3), (2, 4), (3, 5)):
+        second.sendall(msg({**inc, "txnNumber": bson.Int64(number)}, rid))
+        assert read_reply(second)["nModified"] == 1
+    second.sendall(msg({**inc, "txnNumber": bson.Int64(1)}, 6))
+    assert read_reply(second)["code"] == 225
+    second.close()
+    assert client.retry.c.find_one({"_id": 1}) == {"_id": 1, "n": 2}
+    assert client.admin.command("serverStatus")["farts"]["retriedWrites"] == before + 2

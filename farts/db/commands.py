@@ -9,6 +9,7 @@ MongoDB database name, so no client name can reach another tenant's).
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import itertools
 import logging
@@ -37,6 +38,7 @@ log = logging.getLogger("farts.db")
 MAX_WIRE_VERSION = 21   # MongoDB 7.0: within what pymongo 4.x and the Node 7.x driver accept
 MAX_BSON_OBJECT = 16 * 1024 * 1024
 DEFAULT_BATCH = 101
+MAX_RETRYABLE_SESSIONS = 100_000   # sessions whose last retryable write is remembered
 LOOP_READ_BUDGET = 256  # documents a read may examine on the event loop before moving to the pool
 # _id values looked up by key directly (the general path handles operators, arrays, regexes).
 _ID_POINT_TYPES = frozenset({int, str, ObjectId, Int64, float, bool, datetime.datetime})
@@ -104,6 +106,9 @@ class Commands:
         self.started = time.time()
         self.opcounters = dict.fromkeys(("insert", "query", "update", "delete", "getmore", "command"), 0)
         self.pool_reads = 0   # reads that outgrew LOOP_READ_BUDGET and ran in the thread pool
+        # (tenant, user, lsid) → (txnNumber, future of its reply): retryable writes run once.
+        self.retryable: collections.OrderedDict = collections.OrderedDict()
+        self.retried_writes = 0
         self.connections_current = 0
         self.connections_total = 0
         self.read_preferences = metrics.counter(
@@ -281,7 +286,7 @@ class Commands:
                 "storageEngine": {"name": "lmdb", "persistent": True},
                 "farts": {"storeBytes": self.store.size_bytes(), "oplogLength": self.store.oplog_length(),
                           "commits": self.store.commits, "committedWrites": self.store.committed_ops,
-                          "poolReads": self.pool_reads,
+                          "poolReads": self.pool_reads, "retriedWrites": self.retried_writes,
                           "openCursors": len(self.cursors)},
                 "ok": 1.0}
 
@@ -557,6 +562,29 @@ class Commands:
     async def _write(self, fn, exclusive: bool = False):
         return await asyncio.wrap_future(self.store.submit(fn, exclusive))
 
+    def _write_once(self, session: Session, cmd: Command, fn):
+        """A retryable write (lsid + txnNumber, as drivers send by default) runs once: the
+        retry a driver sends after losing the connection gets the first attempt's answer
+        instead of inserting or incrementing again. Kept in memory (not across restarts)."""
+        lsid, number = cmd.body.get("lsid"), cmd.body.get("txnNumber")
+        if not isinstance(lsid, dict) or not isinstance(number, int) or isinstance(number, bool):
+            return self._write(fn)
+        key = (session.tenant, session.user, bytes(lsid.get("id") or b""))
+        seen = self.retryable.get(key)
+        if seen is not None:
+            if number < seen[0]:
+                raise _err(225, "TransactionTooOld",
+                           f"txnNumber {number} is older than the last one of this session ({seen[0]})")
+            if number == seen[0] and not (seen[1].done() and seen[1].exception() is not None):
+                self.retried_writes += 1
+                return asyncio.shield(seen[1])
+        fut = asyncio.ensure_future(self._write(fn))
+        self.retryable[key] = (number, fut)
+        self.retryable.move_to_end(key)
+        while len(self.retryable) > MAX_RETRYABLE_SESSIONS:
+            self.retryable.popitem(last=False)
+        return asyncio.shield(fut)
+
     def _docs_arg(self, cmd: Command, key: str) -> list:
         docs = cmd.body.get(key)
         if docs is None:
@@ -585,7 +613,7 @@ class Commands:
                         break
             return _write_reply(n, errors)
 
-        return self._write(fn)
+        return self._write_once(session, cmd, fn)
 
     def update(self, session: Session, cmd: Command):
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
@@ -620,7 +648,7 @@ class Commands:
                 reply["upserted"] = upserted
             return reply
 
-        return self._write(fn)
+        return self._write_once(session, cmd, fn)
 
     def delete(self, session: Session, cmd: Command):
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
@@ -650,7 +678,7 @@ class Commands:
                         break
             return _write_reply(n, errors)
 
-        return self._write(fn)
+        return self._write_once(session, cmd, fn)
 
     def find_and_modify(self, session: Session, cmd: Command):
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
@@ -687,7 +715,7 @@ class Commands:
             _write_changed(w, ns, doc, new, update, now)
             return _fam_reply(new if b.get("new") else doc, {"n": 1, "updatedExisting": True}, fields)
 
-        return self._write(fn)
+        return self._write_once(session, cmd, fn)
 
     def create(self, session: Session, cmd: Command):
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
