@@ -232,6 +232,9 @@ def test_aggregation_and_counts(client):
     assert projected == [{"amount": 5}]
     assert col.count_documents({"cust": "a", "amount": {"$gt": 3}}) == 2
     assert col.estimated_document_count() == 15
+    assert [client.agg.command("count", "orders", skip=sk, limit=li)["n"] for sk, li in ((10, 3), (14, 5), (20, 0))] \
+        == [3, 1, 0]
+    assert client.agg.command("count", "orders", query={"cust": "b"}, skip=1)["n"] == 4
     assert sorted(col.distinct("cust")) == ["a", "b", "c"]
     assert col.distinct("amount", {"cust": "a"}) == [1, 2, 3, 4, 5]
     with pytest.raises(OperationFailure) as e:

@@ -445,6 +445,9 @@ class Commands:
         flt, _, _, skip, limit = self._find_args(body)
 
         def query(txn, budget):
+            if not flt:   # estimatedDocumentCount: count keys, decode nothing
+                n = max(0, self.store.count_keys(txn, ns, budget and budget * 16) - skip)
+                return min(n, limit) if limit else n
             return len(self._find_docs(txn, budget, ns, flt, None, skip, limit, None))
 
         return self._then(self._read(query), lambda n: {"n": n, "ok": 1.0})

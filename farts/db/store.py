@@ -429,6 +429,20 @@ class Store:
                     break
         return out
 
+    def count_keys(self, txn, ns: str, budget: int | None = None) -> int:
+        """The number of documents in ns, from the keys alone."""
+        prefix = ns_prefix(ns)
+        cur = txn.cursor(self.docs)
+        n = 0
+        if cur.set_range(prefix):
+            for k in cur.iternext(keys=True, values=False):
+                if not k.startswith(prefix):
+                    break
+                n += 1
+                if budget is not None and n > budget:
+                    raise TooBig
+        return n
+
     # ---- sizes (metrics) ----
 
     def size_bytes(self) -> int:
