@@ -204,8 +204,10 @@ class LinkManager:
         if task is not None:
             task.cancel()
 
-    def dialing(self) -> set[str]:
-        return set(self._dialers)
+    def _dialed(self, key: str) -> None:
+        """A dial loop ends by itself (a seed answered, or it was this node)."""
+        self._dialers.pop(key, None)
+        self._dial_address.pop(key, None)
 
     async def _dial_loop(self, key: str, address: str, expected: str | None) -> None:
         host, _, port = address.rpartition(":")
@@ -220,12 +222,12 @@ class LinkManager:
                 if link is None:
                     failures += 1
                     if expected is None and address in self.own_addresses:
-                        self._dialers.pop(key, None)  # the seed list names this node
+                        self._dialed(key)  # the seed list names this node
                         return
                 else:
                     failures = 0
                     if expected is None:  # a seed answered: from now on it is a member like any other
-                        self._dialers.pop(key, None)
+                        self._dialed(key)
                         await link.run()
                         return
                     await link.run()

@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 
 from farts.members import ALIVE, DEAD, LEFT, SUSPECT
 
-STATES = (ALIVE, SUSPECT, DEAD, LEFT)
 # Most gossip entries piggybacked on one message (TCP has no MTU to fit, but a
 # message must stay small next to the bus traffic it shares the link with).
 MAX_PIGGYBACK = 8
