@@ -8,11 +8,20 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
+from pathlib import Path
 
 import httpx
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from mesh_helpers import wait_for
+
+
+def _cmdline(proc_dir: Path) -> bytes:
+    try:
+        return (proc_dir / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def cli(*args, timeout=30):
@@ -66,11 +75,29 @@ def test_up_three_nodes_forms_a_cluster_and_ctrl_c_stops_it(tmp_path):
         mesh = httpx.get("http://127.0.0.1:9100/api/mesh").json()
         assert {m["id"]: m["mesh"] for m in mesh["members"]} == {
             f"node-{i}": f"127.0.0.{i}:7946" for i in (1, 2, 3)}
+
+        # The geo DNS answers from the member map the mesh writes: a London client gets
+        # Frankfurt (node-2) until node-2 is killed, then no longer.
+        dns = tomllib.loads((data / "node-1" / "farts.toml").read_text())["dns"]
+        name = f"{dns['geo'][0]['name']}.{dns['zone']}"
+
+        def answer():
+            r = subprocess.run(["dig", "+short", "@127.0.0.1", "-p", str(dns["port"]), name,
+                                "+subnet=81.2.69.0/24"], capture_output=True, text=True, timeout=10)
+            return r.stdout.split()
+        assert wait_for(lambda: "127.0.0.2" in answer(), 20), answer()  # once the geo index is built
+        node2 = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                     and str(data / "node-2" / "farts.toml").encode() in _cmdline(p))
+        os.kill(node2, signal.SIGKILL)
+        assert wait_for(lambda: "127.0.0.2" not in answer(), 15), answer()
+        assert answer()  # still the live nodes
+        status = cli("status", "--admin", "http://127.0.0.1:9100/").stdout
+        assert any(line.startswith("node-2 ") and " dead " in line for line in status.splitlines()), status
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, rest.decode(errors="replace")
-    assert rest.count(b"exited (0)") == 3
+    assert (out + rest).count(b"exited (0)") == 2 and b"[node-2] exited (-9)" in out + rest
     for i in (1, 2, 3):  # nothing is left listening
         assert subprocess.run(["curl", "-sS", "-m", "2", f"http://127.0.0.{i}:9100/healthz"],
                               capture_output=True).returncode != 0
