@@ -106,6 +106,17 @@ def test_crud(client):
     assert e.value.code == 66
 
 
+def test_positional_updates_through_the_wire(client):
+    """'a.$' needs the statement's query to find the element it matched."""
+    col = client.crud.positional
+    col.insert_one({"_id": 1, "grades": [80, 85, 90], "items": [{"k": "a", "n": 1}, {"k": "b", "n": 1}]})
+    assert col.update_one({"_id": 1, "grades": 85}, {"$set": {"grades.$": 86}}).modified_count == 1
+    col.update_many({"items.k": "b"}, {"$inc": {"items.$.n": 10}})
+    col.find_one_and_update({"_id": 1, "items.k": "a"}, {"$set": {"items.$.seen": True}})
+    assert col.find_one({"_id": 1}) == {"_id": 1, "grades": [80, 86, 90],
+                                        "items": [{"k": "a", "n": 1, "seen": True}, {"k": "b", "n": 11}]}
+
+
 def test_query_semantics_through_the_wire(client):
     col = client.q.items
     col.insert_many([{"_id": i, "v": i, "arr": [i, i + 10], "sub": {"k": i % 3}, "s": f"s{i:02d}"}

@@ -714,7 +714,7 @@ class Commands:
                 new = w.insert(ns, apply_update(upsert_seed(query), update, is_upsert_insert=True, now=now))
                 return _fam_reply(new if b.get("new") else None,
                                   {"n": 1, "updatedExisting": False, "upserted": new["_id"]}, fields)
-            new = apply_update(doc, update, now=now)
+            new = apply_update(doc, update, now=now, filter=query)
             _write_changed(w, ns, doc, new, update, now)
             return _fam_reply(new if b.get("new") else doc, {"n": 1, "updatedExisting": True}, fields)
 
@@ -915,7 +915,7 @@ def _update_one_statement(w, ns: str, s: dict, now) -> tuple[int, int, object]:
         docs = w.find(ns, q, compile_filter(q), limit=None if multi else 1)
     modified = 0
     for doc in docs:
-        new = apply_update(doc, u, now=now)
+        new = apply_update(doc, u, now=now, filter=q)
         modified += _write_changed(w, ns, doc, new, u, now)
     if docs or not upsert:
         return len(docs), modified, None
