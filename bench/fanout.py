@@ -55,6 +55,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import select
 import shutil
 import signal
@@ -87,11 +88,22 @@ NOFILE = 20000
 
 
 def raise_nofile() -> None:
-    """preexec_fn for every process started: 10,000 connections need more than 1024 files."""
-    import resource
+    """10,000 connections need more than 1024 files."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < NOFILE:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(NOFILE, hard), hard))
+
+
+def process_setup(nice: int):
+    """preexec_fn for every process started: the file limit, then the nice value."""
+    def setup() -> None:
+        raise_nofile()
+        if nice:
+            try:
+                os.nice(nice)
+            except PermissionError:
+                pass  # a negative value needs root; the run prints the values asked
+    return setup
 
 
 def vm_rss_kib(pid: int) -> int | None:
@@ -125,17 +137,10 @@ class Child:
     """A client process driven by lines on its standard input, answering JSON lines."""
 
     def __init__(self, procs: Procs, name: str, argv: list[str], log: str, nice: int = 0) -> None:
-        def setup() -> None:
-            raise_nofile()
-            if nice:
-                try:
-                    os.nice(nice)
-                except PermissionError:
-                    pass  # a negative value needs root; the run notes the value asked
         errlog = open(log, "ab")
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=errlog, preexec_fn=setup)
+                                         stderr=errlog, preexec_fn=process_setup(nice))
         finally:
             errlog.close()
         procs.running[self.proc.pid] = (name, self.proc)
@@ -220,7 +225,8 @@ class Bench:
         errlog = open(log, "ab")
         try:
             proc = subprocess.Popen(pinned(a.server_cpu, argv), cwd=ROOT, stdin=subprocess.DEVNULL,
-                                    stdout=errlog, stderr=subprocess.STDOUT, preexec_fn=raise_nofile)
+                                    stdout=errlog, stderr=subprocess.STDOUT,
+                                    preexec_fn=process_setup(a.server_nice))
         finally:
             errlog.close()
         self.procs.running[proc.pid] = (name, proc)
@@ -542,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subscriber-nice", type=int, default=10,
                     help="nice value of the subscriber processes, so that the publisher sharing "
                          "their core is never kept waiting (default 10; 0: same priority)")
+    ap.add_argument("--server-nice", type=int, default=0,
+                    help="nice value of the server under test (default 0; a negative value, as "
+                         "root, shields it from other people's builds on a shared machine)")
     ap.add_argument("--publisher-nice", type=int, default=-5,
                     help="nice value of the publisher (default -5 where allowed: with one or two "
                          "requests in flight, a publisher kept waiting by other processes idles "
@@ -591,8 +600,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.size}-byte event data; publisher: {'closed loop' if not args.rate else f'{args.rate:g} events/s'}, "
           f"{args.window} in flight; {args.repeat} window(s) of {args.seconds:g}s after {args.warmup:g}s warm-up")
     print(f"  server on cpu {args.server_cpu}; {args.client_procs} subscriber processes ({args.client}) "
-          f"and the publisher (uvloop) "
-          f"on cpu {args.client_cpu}; {os.cpu_count()} cpus, python {platform.python_version()}")
+          f"and the publisher (uvloop) on cpu {args.client_cpu}; nice: server {args.server_nice}, "
+          f"publisher {args.publisher_nice}, subscribers {args.subscriber_nice}; "
+          f"{os.cpu_count()} cpus, python {platform.python_version()}")
     print(f"  command: {' '.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])}")
     print(f"  files: {bench.dir}", flush=True)
     results: list[dict] = []
