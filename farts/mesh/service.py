@@ -74,6 +74,8 @@ class MeshService:
                                  "Suspicions of this node it refuted (incarnation bumped)"),
                                 ("farts_mesh_deaths_total", "deaths", "Members this node saw declared dead"),
                                 ("farts_mesh_probes_total", "probes", "Direct probes sent"),
+                                ("farts_mesh_indirect_probes_total", "indirect_probes",
+                                 "Ping-requests sent to other members after a direct probe got no ack"),
                                 ("farts_mesh_probe_failures_total", "probe_failures",
                                  "Probes with no ack, direct or indirect")):
             c = metrics.counter(name, help)
