@@ -461,7 +461,11 @@ class CDNHandler:
             fill.release()
             fill = self.start_fill(key, base, target, head, None, register=False)
             fill.readers += 1
-            await asyncio.shield(fill.head_ready)  # (its own: nobody else waits on it)
+            try:
+                await asyncio.shield(fill.head_ready)  # (its own: nobody else waits on it)
+            except BaseException:
+                fill.release()
+                raise
             if fill.error is not None:
                 fill.release()
                 return Fixed.error(fill.error.status, fill.error.reason)
