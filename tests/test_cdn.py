@@ -157,6 +157,7 @@ def test_miss_then_hit_and_head(origin, node_factory):
     r2 = httpx.get(url)
     assert r2.status_code == 200 and r2.content == r1.content and r2.headers["x-cache"] == "HIT"
     assert r2.headers["etag"] == '"a1"' and r2.headers["content-type"] == "text/plain"
+    assert 0 <= int(r2.headers["age"]) <= 60 and "set-cookie" not in r2.headers
     h = httpx.head(url)
     assert h.status_code == 200 and h.headers["content-length"] == "1000" and h.content == b""
     assert origin.count("/files/a.txt") == 1
