@@ -58,12 +58,12 @@ key = "node.key"
 
 
 class Node:
-    def __init__(self, root: Path, node_id: str, seeds: list[str]) -> None:
+    def __init__(self, root: Path, node_id: str, seeds: list[str], extra: str = "") -> None:
         self.id, d = node_id, root / node_id
         if not (d / "node.crt").exists():
             pki.issue(root / "ca", d / "node.crt", d / "node.key", ["127.0.0.1"], node_id=node_id)
         (d / "farts.toml").write_text(CONFIG.format(id=node_id, dir=d, ca=root / "ca" / "ca.crt",
-                                                    seeds=json.dumps(seeds)))
+                                                    seeds=json.dumps(seeds)) + extra)
         self.proc = subprocess.Popen([sys.executable, "-m", "farts.cli", "--log-level", "WARNING", "serve",
                                       "--config", str(d / "farts.toml")], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=open(d / "node.log", "ab"))  # noqa: SIM115
@@ -72,6 +72,7 @@ class Node:
             if select.select([self.proc.stdout], [], [], 0.2)[0]:
                 buf += os.read(self.proc.stdout.fileno(), 65536)
         self.admin = re.search(rb"admin\s+(http://\S+)", buf).group(1).decode().rstrip("/")
+        self.http_hostport = re.search(rb"http\s+http://(\S+?)/", buf).group(1).decode()
 
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(self.admin + path, timeout=5) as r:
