@@ -95,9 +95,15 @@ class Node:
             for ev in msg.body if isinstance(msg.body, list) else ():
                 ps.apply_remote(ev)
 
+        def ask_catchup(node_id: str, tries: int) -> None:
+            # A member can be alive (heard through gossip) before its link is up: the
+            # send fails until then, so it is tried again for a few seconds.
+            if not bus.send(node_id, "pubsub.catchup", ps.have()) and tries > 1:
+                asyncio.get_running_loop().call_later(0.5, ask_catchup, node_id, tries - 1)
+
         def on_member(old, new) -> None:
             if new.id != me and new.state == "alive" and (old is None or old.state != "alive"):
-                bus.send(new.id, "pubsub.catchup", ps.have())
+                ask_catchup(new.id, 20)
 
         bus.subscribe("pubsub.event", on_event)
         bus.subscribe("pubsub.catchup", on_catchup)

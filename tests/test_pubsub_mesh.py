@@ -1,4 +1,4 @@
-"""Cross-node pub/sub: three real node processes joined by the mesh, WebSocket clients
+"""Cross-node pub/sub: five real node processes joined by the mesh, WebSocket clients
 (the websockets library) on each, events published through one node's HTTP API."""
 from __future__ import annotations
 
@@ -61,35 +61,37 @@ def test_events_cross_the_mesh_and_a_client_resumes_on_another_node(tmp_path):
     ca_dir = make_ca(tmp_path)
     nodes = []
     try:
-        n1 = start(tmp_path, ca_dir, "n1", [])
-        nodes.append(n1)
-        seed = mesh_address(n1)
-        nodes += [start(tmp_path, ca_dir, f"n{i}", [seed]) for i in (2, 3)]
+        nodes.append(start(tmp_path, ca_dir, "n1", []))
+        seed = mesh_address(nodes[0])
+        nodes += [start(tmp_path, ca_dir, f"n{i}", [seed]) for i in range(2, 6)]
+
         def linked(node):  # every other member alive, with a direct link (the bus has no relay)
             rows = [m for m in mesh_view(node)["members"] if not m["self"]]
-            return len(rows) == 2 and all(m["state"] == "alive" and m["link"] for m in rows)
+            return len(rows) == 4 and all(m["state"] == "alive" and m["link"] for m in rows)
 
         for node in nodes:
             assert wait_for(lambda node=node: linked(node), 30), mesh_view(node)
-        n1, n2, n3 = nodes
+        n1, n2, n3, n4, n5 = nodes
 
         async def main():
-            ws2, _ = await subscribe(n2, "thread")
-            ws3, _ = await subscribe(n3, "thread")
+            subs = [(await subscribe(node, "thread"))[0] for node in (n2, n3, n4, n5)]
             ids = await asyncio.to_thread(publish, n1, "thread", list(range(5)))
-            got2, got3 = await take(ws2, 5), await take(ws3, 5)
-            assert [m["data"] for m in got2] == [m["data"] for m in got3] == list(range(5))
-            assert [m["id"] for m in got2] == [m["id"] for m in got3] == ids  # the same cursors everywhere
-            # a publish on n3 reaches n2 (and n1's history) too: each node is an origin
+            for ws in subs:  # nodes 2-5 each get node 1's events, in order, with the same ids
+                got = await take(ws, 5)
+                assert [m["data"] for m in got] == list(range(5))
+                assert [m["id"] for m in got] == ids
+            # a publish on n3 reaches the others too: each node is an origin
             more = await asyncio.to_thread(publish, n3, "thread", ["from n3"])
-            m2, m3 = (await take(ws2, 1))[0], (await take(ws3, 1))[0]
-            assert m2["data"] == m3["data"] == "from n3" and m3["id"] == more[0]
-            last_seen = m2["id"]
-            await ws2.close()
+            for ws in subs:
+                m = (await take(ws, 1))[0]
+                assert m["data"] == "from n3" and m["id"] == more[0]
+            last_seen = m["id"]
+            for ws in subs:
+                await ws.close()
             await asyncio.to_thread(publish, n1, "thread", [f"missed {i}" for i in range(10)])
-            await asyncio.to_thread(publish, n3, "elsewhere", ["other channel"])
-            # resume on n3 with the cursor n2 gave: exactly the ten, then live ones
-            ws, reply = await subscribe(n3, "thread", since=last_seen)
+            await asyncio.to_thread(publish, n5, "elsewhere", ["other channel"])
+            # resume on n4 with the cursor n2..n5 gave: exactly the ten, then live ones
+            ws, reply = await subscribe(n4, "thread", since=last_seen)
             assert reply["recovered"] is True
             got = await take(ws, 10)
             assert [m["data"] for m in got] == [f"missed {i}" for i in range(10)]
@@ -97,7 +99,6 @@ def test_events_cross_the_mesh_and_a_client_resumes_on_another_node(tmp_path):
             nxt = (await take(ws, 1))[0]
             assert (nxt["data"], nxt["id"]) == ("live", live[0])
             await ws.close()
-            await ws3.close()
         asyncio.run(asyncio.wait_for(main(), 60))
     finally:
         for node in nodes:
