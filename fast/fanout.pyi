@@ -10,6 +10,8 @@ class Subscriber:
     sse: bool
     paused: bool
     dropped: bool
+    closing: bool
+    fd: int
     @property
     def pending_bytes(self) -> int: ...
 

@@ -25,6 +25,17 @@ Slow consumers: after its write, a subscriber whose transport has more than
 fast path reads no buffer size) is handed to ``on_slow``, which disconnects it.
 """
 
+cdef extern from "Python.h":
+    char *PyBytes_AS_STRING(object o)
+    Py_ssize_t PyBytes_GET_SIZE(object o)
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int sockfd, const void *buf, size_t len, int flags)
+    enum:
+        MSG_DONTWAIT
+        MSG_NOSIGNAL
+
+
 cdef class Subscriber:
     """One connection's side of the fanout.  Protocol classes subclass it (one object
     per connection), and set ``transport`` and ``paused`` (from pause/resume_writing)."""
@@ -33,9 +44,18 @@ cdef class Subscriber:
     cdef public bint sse          # takes the SSE chunk instead of the WebSocket frame
     cdef public bint paused       # the transport asked us to stop writing
     cdef public bint dropped      # disconnected as a slow consumer: nothing more is queued
+    cdef public bint closing      # a close is under way: nothing more goes straight to the socket
+    # The plain TCP socket's fd (-1 under TLS or unknown): when the transport has nothing
+    # buffered, the flush sends straight to it and the transport only takes what the
+    # socket did not (profiles show the kernel's send is nearly all of a delivery, and
+    # the transport's write path a tenth of the rest).
+    cdef public int fd
     cdef object first             # the first piece waiting for the flush (most flushes have one)
     cdef list more                # the others, in order
     cdef bint queued              # in the fanout's dirty list
+
+    def __cinit__(self):
+        self.fd = -1
 
     @property
     def pending_bytes(self):
@@ -159,6 +179,7 @@ cdef class Fanout:
         cdef Subscriber sub
         cdef list dirty = self.dirty
         cdef list slow = None
+        cdef Py_ssize_t size, sent
         self.dirty = []
         self.flush_scheduled = False
         for obj in dirty:
@@ -175,8 +196,19 @@ cdef class Fanout:
             transport = sub.transport
             if transport is None or sub.dropped:
                 continue
-            transport.write(data)
             self.writes += 1
+            # is_closing() first: once a transport is closing its fd may be closed and its
+            # number reused by another connection, which must never get these bytes.
+            if sub.fd >= 0 and not sub.paused and not sub.closing and not transport.is_closing() \
+                    and transport.get_write_buffer_size() == 0:
+                size = PyBytes_GET_SIZE(data)
+                sent = send(sub.fd, PyBytes_AS_STRING(data), size, MSG_DONTWAIT | MSG_NOSIGNAL)
+                if sent == size:
+                    continue
+                if sent > 0:
+                    data = data[sent:]
+                # else EAGAIN or an error: the transport takes it all and finds out itself
+            transport.write(data)
             if sub.paused and transport.get_write_buffer_size() > self.max_buffer:
                 if slow is None:
                     slow = []

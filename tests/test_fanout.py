@@ -150,3 +150,42 @@ def test_slow_subscriber_is_handed_over_once_and_gets_nothing_more():
     fo.flush()
     assert slow_sub.transport.writes == [b"a", b"b"]
     assert fast_sub.transport.writes == [b"a", b"b", b"c"]
+
+
+def test_flush_sends_straight_to_the_socket_only_when_the_transport_is_idle_and_open():
+    import socket
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    try:
+        class Idle(Transport):
+            closing = False
+
+            def is_closing(self):
+                return self.closing
+
+        scheduled = []
+        fo = Fanout(scheduled.append, lambda s: None)
+        sub = Sub(0, False)
+        sub.transport = Idle()
+        sub.fd = a.fileno()
+        fo.subscribe("c", sub)
+        fo.publish("c", b"one", b"")
+        fo.flush()
+        assert b.recv(100) == b"one" and sub.transport.writes == []     # the socket took it
+        sub.transport.buffered = 10            # bytes queued in the transport: they go first
+        fo.publish("c", b"two", b"")
+        fo.flush()
+        assert sub.transport.writes == [b"two"]
+        sub.transport.buffered = 0
+        sub.transport.closing = True           # its fd may be closed (and reused) soon
+        fo.publish("c", b"three", b"")
+        fo.flush()
+        assert sub.transport.writes == [b"two", b"three"]
+        try:
+            leaked = b.recv(100)
+        except BlockingIOError:
+            leaked = b""
+        assert leaked == b""
+    finally:
+        a.close()
+        b.close()

@@ -24,7 +24,7 @@ def comment_chunk(text: str) -> bytes:
 
 
 class SSESubscriber(Subscriber):
-    __slots__ = ("service", "tenant", "channels", "release", "closing", "wanted")
+    __slots__ = ("service", "tenant", "channels", "release", "wanted")
 
     def __init__(self, service, tenant, names: list[str], cursor: dict | None) -> None:
         self.service = service
@@ -37,6 +37,9 @@ class SSESubscriber(Subscriber):
 
     def taken_over(self, transport, rest: bytes, release) -> None:
         self.transport = transport
+        if transport.get_extra_info("sslcontext") is None:
+            sock = transport.get_extra_info("socket")
+            self.fd = sock.fileno() if sock is not None else -1
         self.release = release
         names, cursor = self.wanted
         self.wanted = None

@@ -65,7 +65,7 @@ def reply(obj: dict) -> bytes:
 
 
 class WebSocketSubscriber(Subscriber):
-    __slots__ = ("service", "tenant", "decoder", "channels", "release", "heard", "closing")
+    __slots__ = ("service", "tenant", "decoder", "channels", "release", "heard")
 
     def __init__(self, service, tenant) -> None:
         self.service = service
@@ -79,6 +79,9 @@ class WebSocketSubscriber(Subscriber):
     # -- asyncio protocol (after the transport's Takeover) ---------------------------
     def taken_over(self, transport, rest: bytes, release) -> None:
         self.transport = transport
+        if transport.get_extra_info("sslcontext") is None:
+            sock = transport.get_extra_info("socket")
+            self.fd = sock.fileno() if sock is not None else -1
         self.release = release
         self.heard = self.service.now
         self.service.opened(self)
