@@ -7,8 +7,9 @@ proxies from closing an idle stream. Resume with ``Last-Event-ID`` or ``?since=`
 """
 from __future__ import annotations
 
-from fast.fanout import Subscriber
 from fast.http1 import LAST_CHUNK, encode_chunk
+
+from .subscriber import SubscriberProtocol
 
 HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
         b"x-accel-buffering: no\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -23,24 +24,16 @@ def comment_chunk(text: str) -> bytes:
     return encode_chunk(b": " + text.replace("\n", " ").encode() + b"\n\n")
 
 
-class SSESubscriber(Subscriber):
-    __slots__ = ("service", "tenant", "channels", "release", "wanted")
+class SSESubscriber(SubscriberProtocol):
+    __slots__ = ("wanted",)
 
     def __init__(self, service, tenant, names: list[str], cursor: dict | None) -> None:
-        self.service = service
-        self.tenant = tenant
+        super().__init__(service, tenant)
         self.sse = True
-        self.channels: list[str] = []
-        self.release = None
-        self.closing = False
         self.wanted = (names, cursor)   # subscribed to when the connection is ours
 
     def taken_over(self, transport, rest: bytes, release) -> None:
-        self.transport = transport
-        if transport.get_extra_info("sslcontext") is None:
-            sock = transport.get_extra_info("socket")
-            self.fd = sock.fileno() if sock is not None else -1
-        self.release = release
+        self.attach(transport, release)
         names, cursor = self.wanted
         self.wanted = None
         self.service.sse_opened(self, names, cursor)
@@ -50,24 +43,6 @@ class SSESubscriber(Subscriber):
         # would never be answered, so the stream ends.
         self.close()
 
-    def eof_received(self) -> bool:
-        return False
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-
-    def connection_lost(self, exc) -> None:
-        if self.transport is None:
-            return
-        self.transport = None
-        self.service.closed(self)
-        if self.release is not None:
-            self.release()
-            self.release = None
-
     def close(self) -> None:
         if self.closing or self.transport is None:
             return
@@ -75,11 +50,3 @@ class SSESubscriber(Subscriber):
         self.service.fanout.send(self, LAST_CHUNK)
         self.service.fanout.flush()
         self.transport.close()
-
-    def drop_slow(self) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        self.closing = True
-        transport.close()
-        self.service.loop.call_later(2.0, transport.abort)

@@ -18,9 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 
-from fast.fanout import Subscriber
 from fast.ws import (
     Close,
     FrameDecoder,
@@ -32,7 +30,7 @@ from fast.ws import (
     encode_text,
 )
 
-log = logging.getLogger("farts.pubsub")
+from .subscriber import SubscriberProtocol
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -64,25 +62,17 @@ def reply(obj: dict) -> bytes:
     return encode_text(json.dumps(obj, separators=(",", ":")).encode())
 
 
-class WebSocketSubscriber(Subscriber):
-    __slots__ = ("service", "tenant", "decoder", "channels", "release", "heard")
+class WebSocketSubscriber(SubscriberProtocol):
+    __slots__ = ("decoder", "heard")
 
     def __init__(self, service, tenant) -> None:
-        self.service = service
-        self.tenant = tenant
+        super().__init__(service, tenant)
         self.decoder: FrameDecoder | None = None   # made on the first bytes (idle costs nothing)
-        self.channels: list[str] = []              # channel keys, usually one or two
-        self.release = None
         self.heard = 0.0                           # service clock when the client last sent
-        self.closing = False
 
     # -- asyncio protocol (after the transport's Takeover) ---------------------------
     def taken_over(self, transport, rest: bytes, release) -> None:
-        self.transport = transport
-        if transport.get_extra_info("sslcontext") is None:
-            sock = transport.get_extra_info("socket")
-            self.fd = sock.fileno() if sock is not None else -1
-        self.release = release
+        self.attach(transport, release)
         self.heard = self.service.now
         self.service.opened(self)
         if rest:
@@ -112,24 +102,6 @@ class WebSocketSubscriber(Subscriber):
             if self.transport is None or self.closing:
                 return
 
-    def eof_received(self) -> bool:
-        return False
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-
-    def connection_lost(self, exc) -> None:
-        if self.transport is None:
-            return
-        self.transport = None
-        self.service.closed(self)
-        if self.release is not None:
-            self.release()
-            self.release = None
-
     # -- replies and closing ----------------------------------------------------------
     def error(self, code: int, reason: str, **extra) -> None:
         self.service.fanout.send(self, reply({"op": "error", "code": code, "reason": reason, **extra}))
@@ -148,11 +120,7 @@ class WebSocketSubscriber(Subscriber):
         self.transport.close()
 
     def drop_slow(self) -> None:
-        """Over the buffer limit: close 1008 and free the buffer soon, read or not."""
-        transport = self.transport
-        if transport is None:
-            return
-        self.closing = True
-        transport.write(encode_close(1008, b"slow consumer"))
-        transport.close()
-        self.service.loop.call_later(2.0, transport.abort)
+        super().drop_slow(SLOW_CONSUMER)
+
+
+SLOW_CONSUMER = encode_close(1008, b"slow consumer")
