@@ -97,11 +97,11 @@ def namespaces():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def start(tmp_path, ca_dir, node_id):
+def start(tmp_path, ca_dir, node_id, extra: str = ""):
     d = tmp_path / node_id
     pki.issue(ca_dir, d / "mesh" / "node.crt", d / "mesh" / "node.key", [ADDR[node_id]], node_id=node_id)
     cfg = d / "farts.toml"
-    cfg.write_text(CONFIG.format(id=node_id, data_dir=d, addr=ADDR[node_id], ca=ca_dir / "ca.crt"))
+    cfg.write_text(CONFIG.format(id=node_id, data_dir=d, addr=ADDR[node_id], ca=ca_dir / "ca.crt") + extra)
     log = open(d / "node.log", "wb")  # noqa: SIM115 (the process keeps it)
     proc = subprocess.Popen(["ip", "netns", "exec", NODES[node_id], sys.executable, "-m", "farts.cli", "serve",
                              "--config", str(cfg)], stdout=subprocess.PIPE, stderr=log)

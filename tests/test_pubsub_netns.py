@@ -6,46 +6,14 @@ reads the SSE stream."""
 from __future__ import annotations
 
 import json
-import os
-import select
 import signal
 import subprocess
-import sys
-import time
 
 from mesh_helpers import wait_for
-from test_mesh_netns import ADDR, CONFIG, HUB, NODES, PORT, agree, namespaces, sh, view  # noqa: F401
+from test_mesh_netns import HUB, NODES, PORT, agree, namespaces, sh, start, view  # noqa: F401
+from test_pubsub_mesh import TENANT_AND_ROUTES
 
 from farts import pki
-
-PUBSUB = """
-[[tenants]]
-id = "demo"
-hosts = ["localhost", "127.0.0.1"]
-api_keys = ["demo-key"]
-[[routes]]
-prefix = "/live"
-kind = "pubsub"
-[[routes]]
-prefix = "/api/publish"
-kind = "pubsub"
-"""
-
-
-def start(tmp_path, ca_dir, node_id):
-    d = tmp_path / node_id
-    pki.issue(ca_dir, d / "mesh" / "node.crt", d / "mesh" / "node.key", [ADDR[node_id]], node_id=node_id)
-    cfg = d / "farts.toml"
-    cfg.write_text(CONFIG.format(id=node_id, data_dir=d, addr=ADDR[node_id], ca=ca_dir / "ca.crt") + PUBSUB)
-    log = open(d / "node.log", "wb")  # noqa: SIM115 (the process keeps it)
-    proc = subprocess.Popen(["ip", "netns", "exec", NODES[node_id], sys.executable, "-m", "farts.cli", "serve",
-                             "--config", str(cfg)], stdout=subprocess.PIPE, stderr=log)
-    buf, deadline = b"", time.monotonic() + 20
-    while b"Ctrl-C stops the node." not in buf and time.monotonic() < deadline and proc.poll() is None:
-        if select.select([proc.stdout], [], [], 0.2)[0]:
-            buf += os.read(proc.stdout.fileno(), 65536)
-    assert b"Ctrl-C stops the node." in buf, (buf, (d / "node.log").read_text())
-    return proc
 
 
 def curl(node_id, *args, timeout=10) -> subprocess.CompletedProcess:
@@ -73,7 +41,7 @@ def test_history_catches_up_after_a_partition_heals(namespaces, tmp_path):  # no
     procs = []
     try:
         for node_id in NODES:
-            procs.append(start(tmp_path, ca_dir, node_id))
+            procs.append(start(tmp_path, ca_dir, node_id, TENANT_AND_ROUTES))
         everyone = {"node-1": "alive", "node-2": "alive", "node-3": "alive"}
         assert wait_for(agree({n: everyone for n in NODES}), 20), {n: view(n) for n in NODES}
         (before,) = publish("node-1", ["before"])
