@@ -605,16 +605,8 @@ class Commands:
         self.opcounters["insert"] += len(docs)
 
         def fn(w):
-            n, errors = 0, []
-            for i, doc in enumerate(docs):
-                try:
-                    w.atomic(lambda doc=doc: w.insert(ns, doc))
-                    n += 1
-                except MongoError as e:
-                    errors.append(_write_error(i, e))
-                    if ordered:
-                        break
-            return _write_reply(n, errors)
+            done, errors = _each_statement(w, docs, ordered, lambda doc: w.insert(ns, doc))
+            return _write_reply(len(done), errors)
 
         return self._write_once(session, cmd, fn)
 
@@ -631,22 +623,12 @@ class Commands:
             compile_filter(s.get("q") or {})
 
         def fn(w):
-            matched = modified = 0
-            upserted, errors = [], []
             now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-            for i, s in enumerate(statements):
-                try:
-                    m, mod, up = w.atomic(lambda s=s: _update_one_statement(w, ns, s, now))
-                except MongoError as e:
-                    errors.append(_write_error(i, e))
-                    if ordered:
-                        break
-                    continue
-                matched, modified = matched + m, modified + mod
-                if up is not None:
-                    upserted.append({"index": i, "_id": up})
-            reply = _write_reply(matched + len(upserted), errors)
-            reply["nModified"] = modified
+            done, errors = _each_statement(w, statements, ordered,
+                                           lambda s: _update_one_statement(w, ns, s, now))
+            upserted = [{"index": i, "_id": up} for i, (_, _, up) in done if up is not None]
+            reply = _write_reply(sum(m for _, (m, _, _) in done) + len(upserted), errors)
+            reply["nModified"] = sum(mod for _, (_, mod, _) in done)
             if upserted:
                 reply["upserted"] = upserted
             return reply
@@ -666,20 +648,14 @@ class Commands:
             parsed.append((q, compile_filter(q), limit))
 
         def fn(w):
-            n, errors = 0, []
-            for i, (q, matcher, limit) in enumerate(parsed):
-                def one(q=q, matcher=matcher, limit=limit):
-                    docs = w.find(ns, q, matcher, limit=1 if limit else None)
-                    for d in docs:
-                        w.delete(ns, d)
-                    return len(docs)
-                try:
-                    n += w.atomic(one)
-                except MongoError as e:
-                    errors.append(_write_error(i, e))
-                    if ordered:
-                        break
-            return _write_reply(n, errors)
+            def one(statement):
+                q, matcher, limit = statement
+                docs = w.find(ns, q, matcher, limit=1 if limit else None)
+                for d in docs:
+                    w.delete(ns, d)
+                return len(docs)
+            done, errors = _each_statement(w, parsed, ordered, one)
+            return _write_reply(sum(n for _, n in done), errors)
 
         return self._write_once(session, cmd, fn)
 
@@ -883,6 +859,21 @@ def _write_error(i: int, e: MongoError) -> dict:
     out = {"index": i, "code": e.code, "codeName": e.code_name, "errmsg": e.message}
     out.update(getattr(e, "details", None) or {})
     return out
+
+
+def _each_statement(w, statements: list, ordered: bool, one) -> tuple[list, list]:
+    """Runs ``one(statement)`` for each statement of a write command, each in its own
+    atomic step: ([(index, result)...] of those that succeeded, writeErrors); an ordered
+    command stops at its first error."""
+    done, errors = [], []
+    for i, statement in enumerate(statements):
+        try:
+            done.append((i, w.atomic(lambda statement=statement: one(statement))))
+        except MongoError as e:
+            errors.append(_write_error(i, e))
+            if ordered:
+                break
+    return done, errors
 
 
 def _write_reply(n: int, errors: list) -> dict:
