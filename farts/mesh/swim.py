@@ -358,15 +358,24 @@ class Swim:
         self._queue(node_id, [ALIVE, node_id, inc, p.meta, self.me])
         self._changed(p, old)
 
-    def _suspect(self, now: float, node_id: str, inc: int, by: str) -> None:
+    def _accused(self, node_id: str, inc: int) -> Peer | None:
+        """The peer a suspect/dead report at incarnation ``inc`` applies to, or None: a
+        report about this node is refuted, a stale one (older incarnation, or no news
+        about a node already dead or gone) is ignored."""
         if node_id == self.me:
             if not self.leaving and inc >= self.incarnation:
                 self._refute(inc)
-            return
+            return None
         p = self.peers.get(node_id)
         if p is None or inc < p.incarnation:
-            return
+            return None
         if p.state in (DEAD, LEFT) and inc <= p.incarnation:
+            return None
+        return p
+
+    def _suspect(self, now: float, node_id: str, inc: int, by: str) -> None:
+        p = self._accused(node_id, inc)
+        if p is None:
             return
         if p.state == SUSPECT and inc == p.incarnation:
             if by not in p.suspectors:  # a confirmation: spread it, shorten the timeout
@@ -388,14 +397,8 @@ class Swim:
             self._probe(now, node_id)
 
     def _dead(self, now: float, node_id: str, inc: int, by: str, state: str) -> None:
-        if node_id == self.me:
-            if not self.leaving and inc >= self.incarnation:
-                self._refute(inc)
-            return
-        p = self.peers.get(node_id)
-        if p is None or inc < p.incarnation:
-            return
-        if p.state in (DEAD, LEFT) and inc <= p.incarnation:
+        p = self._accused(node_id, inc)
+        if p is None:
             return
         old = p.state
         p.state, p.incarnation, p.since = state, inc, now
