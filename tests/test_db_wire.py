@@ -14,8 +14,8 @@ from bson.objectid import ObjectId
 from hypothesis import given
 from hypothesis import strategies as st
 
+from farts.clock import HLC, unpack
 from farts.db import keys, scram, wire
-from farts.db.hlc import HLC, unpack
 from farts.db.ordering import compare
 
 

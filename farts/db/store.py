@@ -30,9 +30,9 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 from bson.regex import Regex
 
+from farts.clock import HLC
 from farts.db import keys
 from farts.db.errors import MongoError
-from farts.db.hlc import HLC
 
 log = logging.getLogger("farts.db.store")
 
