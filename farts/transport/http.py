@@ -227,10 +227,49 @@ class Request:
         self.body = body
         self.start = start
 
+    # The version-neutral view handlers use (an HTTP/2 stream will offer the same).
     @property
     def method(self) -> bytes:
         return self.head.method
 
     @property
+    def target(self) -> bytes:
+        return self.head.target
+
+    @property
     def path(self) -> bytes:
         return self.head.path
+
+    @property
+    def query(self) -> bytes:
+        return self.head.query
+
+    @property
+    def host(self) -> bytes:
+        return self.head.host
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """(lowercase name, value), in order."""
+        return self.head.headers
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of ``name`` (lowercase)."""
+        return self.head.header(name)
+
+    @property
+    def version(self) -> str:
+        """"1.0", "1.1" (and "2" over HTTP/2)."""
+        return "1.1" if self.head.version == 11 else "1.0"
+
+    @property
+    def upgrade(self) -> bytes | None:
+        """The protocol the client asks to switch to (HTTP/1.1 Upgrade with Connection:
+        upgrade; over HTTP/2 the :protocol of an extended CONNECT), lowercase."""
+        return self.head.upgrade
+
+    @property
+    def content_length(self) -> int:
+        """The body's declared length; -1 when not known in advance (chunked)."""
+        head = self.head
+        return -1 if head.chunked else head.content_length
