@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 
@@ -165,6 +166,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the results here")
     p.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = p.parse_args(argv)
+
+    def on_sigterm(signum, frame):  # stop the servers below, as on Ctrl-C
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_sigterm)
     bench = CDNBench(args)
     results: list[dict] = []
     failed = False
