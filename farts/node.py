@@ -13,6 +13,7 @@ from farts import __version__
 from farts.admin import AdminHandler
 from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
 from farts.cdn import purge as cdn_purge
+from farts.clock import LoopClock
 from farts.config import Config, Route
 from farts.members import Member, MemberMap
 from farts.mesh import MeshService, MeshStatusHandler
@@ -31,6 +32,7 @@ class Node:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
+        self.clock = LoopClock()
         self.listeners: dict[str, Listener] = {}
         self.stats = HTTPStats(self.metrics, self.listeners)
         self.started_at = time.time()
@@ -163,7 +165,7 @@ class Node:
             await self._listen("admin", "http", admin, ls.admin.host, ls.admin.port, None, None)
 
     async def _listen(self, name, scheme, router, host, port, ssl_context, access) -> None:
-        listener = Listener(name, scheme, router, self.cfg.limits, self.stats, access)
+        listener = Listener(name, scheme, router, self.cfg.limits, self.stats, access, self.clock)
         try:
             await listener.start(host, port, ssl_context)
         except OSError as e:
