@@ -20,6 +20,7 @@ from farts.mesh import MeshService, MeshStatusHandler
 from farts.metrics import Metrics
 from farts.proxy import ProxyHandler, ProxyStats
 from farts.pubsub import PubSub
+from farts.transport.client import Client
 from farts.transport.http import Fixed
 from farts.transport.listener import AccessLog, HTTPStats, Listener
 from farts.transport.router import Router
@@ -33,6 +34,7 @@ class Node:
         self.cfg = cfg
         self.metrics = Metrics()
         self.clock = LoopClock()
+        self.http_client = Client(self.clock)  # outbound HTTP(S): proxy upstreams, CDN origins
         self.listeners: dict[str, Listener] = {}
         self.stats = HTTPStats(self.metrics, self.listeners)
         self.started_at = time.time()
@@ -40,7 +42,7 @@ class Node:
         self._tasks: list[asyncio.Task] = []
         self.admin = AdminHandler(self.metrics.render, self.status)
         proxy_stats = ProxyStats(self.metrics)
-        self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats)
+        self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats, self.http_client)
                           for name, up in cfg.upstreams.items()}
         self.pubsub = PubSub(cfg.node.id, cfg.pubsub, cfg.tenants, self.metrics)
         # The live node map: the static list from [[dns.nodes]] until the mesh writes it.
@@ -120,7 +122,8 @@ class Node:
         if route.kind == "admin":
             return self.admin
         if route.kind == "cdn":
-            return CDNHandler(self.cdn, make_origin(self.cfg.cdn.origins[route.origin], self.cfg.data_dir),
+            return CDNHandler(self.cdn, make_origin(self.cfg.cdn.origins[route.origin], self.cfg.data_dir,
+                                          self.http_client),
                               route.prefix)
         if route.kind == "pubsub":
             return self.pubsub
@@ -212,5 +215,6 @@ class Node:
             await li.close()
         for up in self.upstreams.values():
             up.close()
+        self.http_client.close()
         if self.cdn is not None:
             await self.cdn.stop()
