@@ -138,7 +138,8 @@ class Node:
         if cfg.db.enabled:
             from farts.db.server import DBService  # LMDB and the query engine only when used
             self.db = DBService(cfg.db, cfg.path("db"), cfg.node.id, self.metrics,
-                                {t.id for t in cfg.tenants} or None, cfg.source)
+                                {t.id for t in cfg.tenants} or None, cfg.source,
+                                limits=cfg.limits, clock=self.clock)
             await self.db.start()
         if self.mesh is not None:
             await self.mesh.start()

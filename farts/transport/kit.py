@@ -143,11 +143,13 @@ class ListenerKit:
 class StreamProtocol(asyncio.Protocol):
     """A byte-stream connection of a kit (not HTTP: connection.py has its own states).
 
-    Subclasses implement ``received(data)`` and, when they hold a partial message,
-    say so through ``partial()``; they call ``self.done_reply()`` after answering. The
-    deadlines: a partial message with no byte for ``read_timeout`` ("read"), nothing in
-    progress for ``idle_timeout`` ("idle"). ``writable()`` is called when a paused
-    transport takes data again.
+    Subclasses implement ``received(data)``, say through ``partial()`` when they hold
+    part of a message and through ``busy()`` when they are answering, and call
+    ``done_reply()`` after answering. The deadlines, counted from the last byte in or
+    answer out: a partial message for ``read_timeout`` ("read"), nothing in progress
+    for ``idle_timeout`` ("idle"), answers the client does not read for
+    ``idle_timeout`` ("stalled"). ``writable()`` is called when a paused transport
+    takes data again.
     """
 
     def __init__(self, kit: ListenerKit, idle_timeout: float, read_timeout: float) -> None:
@@ -167,9 +169,11 @@ class StreamProtocol(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else "unix"
-        self.last_activity = self.kit.clock.monotonic()
-        if self.kit.admit(self) is not None:
+        self.last_activity = self.kit.now
+        reason = self.kit.admit(self)
+        if reason is not None:
             self.closing = True
+            self.refused(reason)
             transport.abort()
             return
         self.admitted = True
@@ -210,14 +214,19 @@ class StreamProtocol(asyncio.Protocol):
 
     # -- deadlines (called by the kit's sweep) -------------------------------------------
     def check_timeouts(self, now: float) -> None:
-        if self.closing or self.busy():
+        if self.closing:
             return
-        if self.partial():
-            if now - self.last_activity > self.read_timeout:
-                self.kit.timeout("read")
-                self.close()
-        elif now - self.last_activity > self.idle_timeout:
-            self.kit.timeout("idle")
+        quiet = now - self.last_activity
+        if self.busy():
+            # Answering: the request's own work has no deadline here, but a client that
+            # has stopped reading its answers for idle_timeout goes.
+            kind = "stalled" if self.write_paused and quiet > self.idle_timeout else None
+        elif self.partial():
+            kind = "read" if quiet > self.read_timeout else None
+        else:
+            kind = "idle" if quiet > self.idle_timeout else None
+        if kind is not None:
+            self.kit.timeout(kind)
             self.close()
 
     def done_reply(self) -> None:
@@ -231,6 +240,9 @@ class StreamProtocol(asyncio.Protocol):
     # -- for subclasses ------------------------------------------------------------
     def accepted(self) -> None:
         """The connection was admitted."""
+
+    def refused(self, reason: str) -> None:
+        """The connection is refused (counted already); it is aborted after this."""
 
     def lost(self) -> None:
         """An admitted connection is gone."""
