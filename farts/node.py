@@ -133,7 +133,8 @@ class Node:
         cfg = self.cfg
         if cfg.dns.enabled:
             from farts.dns import DNSServer  # loads the geo index builder only when used
-            self.dns = DNSServer(cfg.dns, self.members, self.metrics, cfg.source)
+            self.dns = DNSServer(cfg.dns, self.members, self.metrics, cfg.source,
+                                 limits=cfg.limits, clock=self.clock)
             await self.dns.start()
         if cfg.db.enabled:
             from farts.db.server import DBService  # LMDB and the query engine only when used
