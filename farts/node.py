@@ -160,10 +160,10 @@ class Node:
         if ls.http.enabled:
             await self._listen("http", "http", public, ls.http.host, ls.http.port, None, access)
         if ls.https.enabled:
-            self.certs = CertStore(cfg.path(ls.https.cert_dir))
+            self.certs = CertStore(cfg.path(ls.https.cert_dir), self.clock)
             self.metrics.gauge("farts_tls_certificate_reloads", "Times the certificate directory was loaded",
                                lambda: self.certs.reloads)
-            self._tasks.append(asyncio.ensure_future(self.certs.watch(ls.https.reload_interval)))
+            self._tasks.append(self.certs.watch(ls.https.reload_interval))
             await self._listen("https", "https", public, ls.https.host, ls.https.port,
                                self.certs.listening, access)
         if ls.admin.enabled:
