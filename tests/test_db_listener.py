@@ -51,19 +51,24 @@ def run(tmp_path, test) -> None:
     asyncio.run(main())
 
 
+async def closed_between(svc, clock, reader, writer, still_open: float, closed: float, kind: str) -> None:
+    """Time moves ``still_open`` s: the connection stays; ``closed`` s more: it goes."""
+    clock.advance(still_open)
+    await asyncio.sleep(0.05)
+    assert len(svc.connections) == 1
+    clock.advance(closed)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert svc.kit.stats.timeouts.get(("db", kind)) == 1
+    writer.close()
+
+
 def test_an_idle_connection_is_closed_after_idle_timeout(tmp_path):
     async def test(svc, clock):
         reader, writer = await asyncio.open_connection(*svc.address)
         assert (await ping(reader, writer))["ok"] == 1
         clock.advance(59)
         assert (await ping(reader, writer))["ok"] == 1   # the answer counts as activity
-        clock.advance(59)
-        await asyncio.sleep(0.05)
-        assert len(svc.connections) == 1
-        clock.advance(2)
-        assert await asyncio.wait_for(reader.read(), 5) == b""
-        assert svc.kit.stats.timeouts.get(("db", "idle")) == 1
-        writer.close()
+        await closed_between(svc, clock, reader, writer, 59, 2, "idle")
 
     run(tmp_path, test)
 
@@ -75,13 +80,7 @@ def test_a_message_that_stops_half_way_is_closed_after_the_read_deadline(tmp_pat
         writer.write(msg({"ping": 1, "$db": "admin"})[:20])
         conn = next(iter(svc.connections))
         await until(conn.partial)
-        clock.advance(4)
-        await asyncio.sleep(0.05)
-        assert len(svc.connections) == 1
-        clock.advance(2)
-        assert await asyncio.wait_for(reader.read(), 5) == b""
-        assert svc.kit.stats.timeouts.get(("db", "read")) == 1
-        writer.close()
+        await closed_between(svc, clock, reader, writer, 4, 2, "read")
 
     run(tmp_path, test)
 

@@ -6,7 +6,6 @@ import logging
 import random
 import ssl
 import sys
-import time
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -75,9 +74,10 @@ class AccessLog:
         self.sample = sample
         self.out = open(path, "a", buffering=1) if path and sample > 0 else sys.stderr  # noqa: SIM115
 
-    def write(self, listener: str, client: str, head: RequestHead, status: int, seconds: float) -> None:
+    def write(self, listener: str, client: str, head: RequestHead, status: int, seconds: float,
+              wall: float) -> None:
         self.out.write(json.dumps({
-            "ts": round(time.time(), 3), "listener": listener, "client": client,
+            "ts": round(wall, 3), "listener": listener, "client": client,
             "method": head.method.decode("latin-1"), "target": head.target.decode("latin-1"),
             "host": head.host.decode("latin-1"), "status": status, "ms": round(seconds * 1000, 3),
         }) + "\n")
@@ -120,7 +120,7 @@ class Listener(ListenerKit):
 
     def log_access(self, head: RequestHead, status: int, seconds: float, client: str) -> None:
         if self.access_log is not None and random.random() < self.access_log.sample:
-            self.access_log.write(self.name, client, head, status, seconds)
+            self.access_log.write(self.name, client, head, status, seconds, self.clock.wall())
 
     def parse_error(self, status: int) -> None:
         self.stats.parse_errors.inc((self.name, status))
