@@ -307,9 +307,18 @@ async def send_body(conn: ClientConnection, body, chunked: bool, timeout: float)
         conn.write(LAST_CHUNK)
 
 
-async def read_head(conn: ClientConnection, timeout: float) -> ResponseHead:
-    """The final response head (1xx answers skipped); raises ConnectionLost,
-    ReadTimeout or BadResponse."""
+async def exchange(conn: ClientConnection, data: bytes, body, chunked: bool, head_only: bool,
+                   timeout: float) -> ResponseHead:
+    """Sends a request (``data``: its head; ``body``: None or an async iterator) and
+    returns the final response head (1xx answers skipped). Raises ConnectionLost,
+    ReadTimeout or BadResponse; ``conn.received`` tells afterwards whether any byte came.
+    (One coroutine for all of it: this is the proxy's hot path.)"""
+    conn.received = 0
+    if head_only:
+        conn.parser.expect_head_response()
+    conn.write(data)
+    if body is not None:
+        await send_body(conn, body, chunked, timeout)
     deadlines = conn.pool.deadlines
     deadline = deadlines.start() + timeout
     interim = False
@@ -330,19 +339,6 @@ async def read_head(conn: ClientConnection, timeout: float) -> ResponseHead:
             raise BadResponse(f"{ev.status} {ev.reason}")
         else:
             raise BadResponse(f"unexpected {ev!r:.40}")
-
-
-async def exchange(conn: ClientConnection, data: bytes, body, chunked: bool, head_only: bool,
-                   timeout: float) -> ResponseHead:
-    """Sends a request (``data``: its head; ``body``: None or an async iterator) and
-    returns the response head. ``conn.received`` tells afterwards whether any byte came."""
-    conn.received = 0
-    if head_only:
-        conn.parser.expect_head_response()
-    conn.write(data)
-    if body is not None:
-        await send_body(conn, body, chunked, timeout)
-    return await read_head(conn, timeout)
 
 
 class ResponseBody:
