@@ -79,15 +79,15 @@ def kit(clock=None, **caps) -> ListenerKit:
 def test_admission_caps_count_their_refusals_and_free_their_places():
     k = kit()
     a1, a2, a3, b1, c1 = Conn("a"), Conn("a"), Conn("a"), Conn("b"), Conn("c")
-    assert k.admit(a1) is None and k.admit(a2) is None
-    assert k.admit(a3) == "max_connections_per_ip"
-    assert k.admit(b1) is None
-    assert k.admit(c1) == "max_connections"
+    assert k.place(a1) is None and k.place(a2) is None
+    assert k.place(a3) == "max_connections_per_ip"
+    assert k.place(b1) is None
+    assert k.place(c1) == "max_connections"
     assert k.stats.refused.totals() == {("test", "max_connections_per_ip"): 1, ("test", "max_connections"): 1}
     release = k.hand_over(a1)           # still counted while another protocol has it
-    assert k.open == 3 and k.admit(c1) == "max_connections"
+    assert k.open == 3 and k.place(c1) == "max_connections"
     release()
-    assert k.admit(c1) is None and k.per_ip == {"a": 1, "b": 1, "c": 1}
+    assert k.place(c1) is None and k.per_ip == {"a": 1, "b": 1, "c": 1}
     for conn in (a2, b1, c1):
         k.release(conn)
     k.release(c1)                       # twice is harmless
@@ -98,7 +98,7 @@ def test_the_sweep_runs_on_the_clock_and_stops_with_the_kit():
     clock = FakeClock(start=100.0)
     k = kit(clock, tick=0.5)
     conn = Conn("a")
-    k.admit(conn)
+    k.place(conn)
     k._sweep = clock.every(k.tick, k.sweep)     # what start() schedules once listening
     clock.advance(1.2)
     assert conn.checked == [100.5, 101.0] and k.now == 101.0

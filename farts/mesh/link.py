@@ -205,7 +205,7 @@ class LinkManager:
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         incoming = Incoming(writer)
-        reason = self.kit.admit(incoming)
+        reason = self.kit.place(incoming)
         if reason is not None:
             self._refuse(writer, reason, f"{incoming.client}: {reason} reached")
             return

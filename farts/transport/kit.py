@@ -3,7 +3,7 @@
 A ``ListenerKit`` owns one listening socket (TLS with SNI when given a context, e.g.
 ``CertStore.listening``) and the connections accepted on it:
 
-- admission: at most ``max_connections`` open, at most ``max_connections_per_ip`` from
+- admission (``place``): at most ``max_connections`` open, at most ``max_connections_per_ip`` from
   one address; a refusal is counted by reason;
 - deadlines: one sweep on the injected clock (``clock.every``) calls
   ``conn.check_timeouts(now)`` on each connection; a connection that times out says so
@@ -67,7 +67,7 @@ class ListenerKit:
         return len(self.connections) + self.taken_over
 
     # -- admission ----------------------------------------------------------------
-    def admit(self, conn) -> str | None:
+    def place(self, conn) -> str | None:
         """Takes ``conn`` in, or returns why not (counted)."""
         ip = conn.client
         n = self.per_ip.get(ip, 0)
@@ -170,7 +170,7 @@ class StreamProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else "unix"
         self.last_activity = self.kit.now
-        reason = self.kit.admit(self)
+        reason = self.kit.place(self)
         if reason is not None:
             self.closing = True
             self.refused(reason)

@@ -102,7 +102,7 @@ class Listener(ListenerKit):
 
     # -- called by connections --------------------------------------------------
     def admit(self, conn: HTTP1Connection) -> Fixed | None:
-        return None if super().admit(conn) is None else BUSY
+        return None if self.place(conn) is None else BUSY
 
     def record(self, route, status: int, start: float, head: RequestHead, client: str) -> None:
         """Counts one answered request; ``start`` 0 means answered at once (not timed)."""
