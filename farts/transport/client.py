@@ -408,7 +408,7 @@ class ResponseBody:
         """The reader stopped (cancelled, or aclose) before the end."""
 
 
-class Response:
+class ClientResponse:
     __slots__ = ("head", "body")
 
     def __init__(self, head: ResponseHead, body: ResponseBody | bytes) -> None:
@@ -447,7 +447,7 @@ class Client:
 
     async def request(self, pool: Pool, method: bytes, target: bytes, headers: list, *,
                       connect_timeout: float, read_timeout: float, body=None, length: int = -2,
-                      head_only: bool = False) -> Response:
+                      head_only: bool = False) -> ClientResponse:
         """One request through ``pool``. ``length``: the body's length, -1 chunked, -2
         none. Raises TimeoutError/OSError (connect), ConnectionLost, ReadTimeout or
         BadResponse. A pooled connection found stale (closed before any answer) is
@@ -473,12 +473,12 @@ class Client:
                 raise
             whole = conn.take_whole_body()
             if whole is None:
-                return Response(head, ResponseBody(conn, head.keep_alive, read_timeout))
+                return ClientResponse(head, ResponseBody(conn, head.keep_alive, read_timeout))
             if head.keep_alive:
                 pool.release(conn)
             else:
                 conn.abort()
-            return Response(head, whole)
+            return ClientResponse(head, whole)
 
     def close(self) -> None:
         self.deadlines.close()
