@@ -13,12 +13,14 @@ from farts import __version__
 from farts.admin import AdminHandler
 from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
 from farts.cdn import purge as cdn_purge
+from farts.clock import LoopClock
 from farts.config import Config, Route
 from farts.members import Member, MemberMap
 from farts.mesh import MeshService, MeshStatusHandler
 from farts.metrics import Metrics
 from farts.proxy import ProxyHandler, ProxyStats
 from farts.pubsub import PubSub
+from farts.transport.client import Client
 from farts.transport.http import Fixed
 from farts.transport.listener import AccessLog, HTTPStats, Listener
 from farts.transport.router import Router
@@ -31,6 +33,8 @@ class Node:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
+        self.clock = LoopClock()
+        self.http_client = Client(self.clock)  # outbound HTTP(S): proxy upstreams, CDN origins
         self.listeners: dict[str, Listener] = {}
         self.stats = HTTPStats(self.metrics, self.listeners)
         self.started_at = time.time()
@@ -38,7 +42,7 @@ class Node:
         self._tasks: list[asyncio.Task] = []
         self.admin = AdminHandler(self.metrics.render, self.status)
         proxy_stats = ProxyStats(self.metrics)
-        self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats)
+        self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats, self.http_client)
                           for name, up in cfg.upstreams.items()}
         self.pubsub = PubSub(cfg.node.id, cfg.pubsub, cfg.tenants, self.metrics)
         # The live node map: the static list from [[dns.nodes]] until the mesh writes it.
@@ -118,7 +122,8 @@ class Node:
         if route.kind == "admin":
             return self.admin
         if route.kind == "cdn":
-            return CDNHandler(self.cdn, make_origin(self.cfg.cdn.origins[route.origin], self.cfg.data_dir),
+            return CDNHandler(self.cdn, make_origin(self.cfg.cdn.origins[route.origin], self.cfg.data_dir,
+                                          self.http_client),
                               route.prefix)
         if route.kind == "pubsub":
             return self.pubsub
@@ -128,12 +133,14 @@ class Node:
         cfg = self.cfg
         if cfg.dns.enabled:
             from farts.dns import DNSServer  # loads the geo index builder only when used
-            self.dns = DNSServer(cfg.dns, self.members, self.metrics, cfg.source)
+            self.dns = DNSServer(cfg.dns, self.members, self.metrics, cfg.source,
+                                 limits=cfg.limits, clock=self.clock)
             await self.dns.start()
         if cfg.db.enabled:
             from farts.db.server import DBService  # LMDB and the query engine only when used
             self.db = DBService(cfg.db, cfg.path("db"), cfg.node.id, self.metrics,
-                                {t.id for t in cfg.tenants} or None, cfg.source)
+                                {t.id for t in cfg.tenants} or None, cfg.source,
+                                limits=cfg.limits, clock=self.clock)
             await self.db.start()
         if self.mesh is not None:
             await self.mesh.start()
@@ -153,17 +160,17 @@ class Node:
         if ls.http.enabled:
             await self._listen("http", "http", public, ls.http.host, ls.http.port, None, access)
         if ls.https.enabled:
-            self.certs = CertStore(cfg.path(ls.https.cert_dir))
+            self.certs = CertStore(cfg.path(ls.https.cert_dir), self.clock)
             self.metrics.gauge("farts_tls_certificate_reloads", "Times the certificate directory was loaded",
                                lambda: self.certs.reloads)
-            self._tasks.append(asyncio.ensure_future(self.certs.watch(ls.https.reload_interval)))
+            self._tasks.append(self.certs.watch(ls.https.reload_interval))
             await self._listen("https", "https", public, ls.https.host, ls.https.port,
                                self.certs.listening, access)
         if ls.admin.enabled:
             await self._listen("admin", "http", admin, ls.admin.host, ls.admin.port, None, None)
 
     async def _listen(self, name, scheme, router, host, port, ssl_context, access) -> None:
-        listener = Listener(name, scheme, router, self.cfg.limits, self.stats, access)
+        listener = Listener(name, scheme, router, self.cfg.limits, self.stats, access, self.clock)
         try:
             await listener.start(host, port, ssl_context)
         except OSError as e:
@@ -210,5 +217,6 @@ class Node:
             await li.close()
         for up in self.upstreams.values():
             up.close()
+        self.http_client.close()
         if self.cdn is not None:
             await self.cdn.stop()

@@ -429,7 +429,7 @@ def test_connection_limit(tmp_path):
             head = await asyncio.wait_for(reader.readexactly(16), 5)
             body = await reader.readexactly(struct.unpack("<i", head[:4])[0] - 16)
             assert bson.decode(body[5:])["ok"] == 1
-            assert svc.stats.refused.get() == 1
+            assert svc.stats.refused.get(("db", "max_connections")) == 1
             for _, w in conns:
                 w.close()
         finally:

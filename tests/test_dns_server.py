@@ -631,6 +631,46 @@ def test_tcp_several_queries_per_connection_and_split_frames(server):
     assert [r.rcode() for r in got] == [0, 0, dns.rcode.NXDOMAIN]
 
 
+def test_tcp_client_that_does_not_read_gets_no_more_answers_queued(server):
+    """Back-pressure: while the transport is paused, the server answers nothing more and
+    stops reading; every answer still comes once the client reads."""
+    n = 1000   # ~2.7 KB of TXT each: ~2.7 MB of answers, more than the socket buffers hold
+    msgs = [query("huge.farts.test", "TXT", use_edns=0, payload=4096) for _ in range(n)]
+    wire = b"".join(len(w).to_bytes(2, "big") + w for w in (m.to_wire() for m in msgs))
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", server.port))
+    try:
+        s.sendall(wire)
+
+        def state():
+            conns = list(server.server.connections)
+            if not conns or not conns[0].write_paused:
+                return None
+            return conns[0].transport.get_write_buffer_size()
+
+        for _ in range(1000):
+            queued = server.call(state)
+            if queued is not None:
+                break
+            time.sleep(0.01)
+        assert queued is not None, "the transport never paused"
+        # What waits in our buffer: below the transport's high-water mark plus one batch.
+        assert queued <= 64 * 1024 + 64 * 1024 + 4096
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        got, buf = 0, b""
+        while got < n:
+            buf += s.recv(1 << 16)
+            while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
+                size = int.from_bytes(buf[:2], "big")
+                assert dns.message.from_wire(buf[2:2 + size]).id == msgs[got].id
+                buf = buf[2 + size:]
+                got += 1
+    finally:
+        s.close()
+
+
 def test_reply_cache_in_c_matches_the_asyncio_path_and_is_counted(server, exact_db):
     """The same queries through fast.dnsloop (replies cached in C) and through the plain
     asyncio endpoint give the same bytes; cached replays count in the metrics."""

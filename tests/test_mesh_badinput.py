@@ -130,3 +130,44 @@ def test_bad_frames_on_an_established_link_close_it(cluster, send, reason):
     assert wait_for(lambda: metric(n1, "farts_mesh_links_closed_total", f'reason="{reason}"') == before + 1, 5)
     assert wait_for(lambda: states(n1)["node-9"][0] == "dead", 15)
     assert still_working(n1, n2)
+
+
+def test_incoming_connections_over_the_per_ip_cap_are_refused(tmp_path):
+    """The mesh listener's admission is the listener kit's: with a cap of one connection
+    per address, a second connection from it is refused and counted (in-process)."""
+    import asyncio
+
+    from farts.clock import FakeClock
+    from farts.mesh.link import LinkManager, LinkStats, tls_contexts
+    from farts.metrics import Metrics
+
+    ca_dir = tmp_path / "ca"
+    pki.make_ca(ca_dir)
+    crt, key = pki.issue_node(ca_dir, tmp_path / "me", "node-a", ["127.0.0.1"])
+    peer_crt, peer_key = pki.issue_node(ca_dir, tmp_path / "peer", "node-b", ["127.0.0.1"])
+    server_ctx, _ = tls_contexts(ca_dir / "ca.crt", crt, key)
+    _, client_ctx = tls_contexts(ca_dir / "ca.crt", peer_crt, peer_key)
+
+    async def main() -> None:
+        stats = LinkStats(Metrics())
+        hello = Hello("node-a", "r", 0.0, 0.0, (), "127.0.0.1:1", (0, 0), 1)
+        mgr = LinkManager("node-a", server_ctx, client_ctx, lambda: hello, stats, max_frame_bytes=1 << 20,
+                          queue_max_bytes=1 << 20, handshake_timeout=30, reconnect_min=1, reconnect_max=2,
+                          on_up=print, on_down=print, on_frame=print, clock=FakeClock(),
+                          max_incoming_per_ip=1)
+        host, port = await mgr.listen("127.0.0.1", 0)
+        try:
+            # The first peer holds its place: TLS done, its HELLO not sent yet.
+            first = await asyncio.open_connection(host, port, ssl=client_ctx, server_hostname=host)
+            second = await asyncio.open_connection(host, port, ssl=client_ctx, server_hostname=host)
+            with pytest.raises((ConnectionError, ssl.SSLError, asyncio.IncompleteReadError)):
+                await asyncio.wait_for(second[0].readexactly(1), 5)
+            assert stats.refused.get(("max_connections_per_ip",)) == 1
+            assert stats.connections.refused.get(("mesh", "max_connections_per_ip")) == 1
+            assert mgr.kit.open == 1
+            for _, w in (first, second):
+                w.transport.abort()
+        finally:
+            await mgr.close()
+
+    asyncio.run(main())

@@ -640,10 +640,11 @@ def test_a_large_unread_body_then_an_error_keeps_the_connection_usable(node, ups
 
 
 def test_an_interim_100_from_the_upstream_is_not_its_answer():
-    from farts.proxy.upstream import Deadlines, Server, UpstreamConnection
+    from farts.clock import FakeClock
+    from farts.transport.client import ClientConnection, Deadlines, Pool
     from fast.http1 import ResponseParser
 
-    conn = UpstreamConnection(Server("127.0.0.1:1", 1, 1, 1.0, Deadlines()))
+    conn = ClientConnection(Pool("127.0.0.1", 1, 1, Deadlines(FakeClock())))
     conn.events.extend(ResponseParser().feed(b"HTTP/1.1 100 Continue\r\n\r\n"))
     assert not conn.has_final_head()
     conn.events.extend(ResponseParser().feed(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"))

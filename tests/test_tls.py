@@ -118,3 +118,29 @@ def test_plain_http_on_the_tls_port_does_not_hurt(node):
     s.close()
     r = httpx.get(node.url("https", "/"), verify=ssl.create_default_context(cafile=str(node.ca)))
     assert r.status_code == 200
+
+
+def test_the_certificate_directory_is_checked_on_the_clock(tmp_path):
+    """The reload check is a clock entry: a new pair is picked up at the next tick, a
+    broken one keeps the old set."""
+    from farts.clock import FakeClock
+    from farts.transport.tls import CertStore
+
+    pki.make_ca(tmp_path / "ca")
+    certs = tmp_path / "certs"
+    pki.issue(tmp_path / "ca", certs / "a.crt", certs / "a.key", ["a.test"])
+    clock = FakeClock()
+    store = CertStore(certs, clock)
+    timer = store.watch(2.0)
+    assert store.reloads == 1 and store.context_for("b.test") is None
+    pki.issue(tmp_path / "ca", certs / "b.crt", certs / "b.key", ["b.test"])
+    clock.advance(1.0)
+    assert store.reloads == 1
+    clock.advance(1.5)
+    assert store.reloads == 2 and store.context_for("b.test") is not None
+    (certs / "a.crt").write_text("not a certificate")
+    (certs / "b.crt").write_text("not a certificate")
+    clock.advance(2.0)
+    assert store.reloads == 2 and store.context_for("b.test") is not None
+    timer.cancel()
+    assert clock.pending() == 0

@@ -1,8 +1,8 @@
 """Origins: where a miss is fetched from.
 
-- ``HTTPOrigin``: HTTP/1.1 (or HTTPS) to a base URL, parsed by fast.http1's
-  ResponseParser over an asyncio stream; one connection per fetch (misses are rare
-  next to hits, and a fresh connection never carries a half-read answer).
+- ``HTTPOrigin``: HTTP/1.1 (or HTTPS) to a base URL through the node's pooled
+  outbound client (farts.transport.client): keep-alive connections, so a run of
+  misses costs one TLS handshake, not one each.
 - ``S3Origin``: the same, path-style ``<endpoint>/<bucket>/<key>``, each request signed
   with AWS Signature V4 by botocore's signer when credentials are configured.
 - ``DirOrigin``: files under a local folder (the built-in origin of `farts-edge up`).
@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import ssl
 from collections.abc import AsyncIterator
 from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from fast.http1 import END, HTTPError, ResponseParser, request_head
-from fast.http1 import Response as ResponseHead
+from farts.clock import LoopClock
+from farts.transport.client import BadResponse, Client, ConnectionLost, ReadTimeout, ResponseBody
 
 CHUNK = 256 * 1024
 
@@ -46,16 +45,16 @@ class OriginResponse:
 
 
 class HTTPOrigin:
-    def __init__(self, url: str, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(self, url: str, connect_timeout: float, read_timeout: float,
+                 client: Client | None = None) -> None:
         parts = urlsplit(url)
         self.tls = parts.scheme == "https"
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or (443 if self.tls else 80)
         self.authority = parts.netloc.rpartition("@")[2]
         self.base = parts.path.rstrip("/")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.ssl = ssl.create_default_context() if self.tls else None
+        self.client = client or Client(LoopClock())
+        self.pool = self.client.pool_for(url)
 
     def target(self, rest: bytes) -> bytes:
         """Origin target for the request path after the route prefix (with its query)."""
@@ -67,67 +66,43 @@ class HTTPOrigin:
     async def fetch(self, rest: bytes, headers: list, head_only: bool = False) -> OriginResponse:
         target = self.target(rest)
         method = "HEAD" if head_only else "GET"
-        headers = self.sign(method, target, [(b"host", self.authority.encode()), *headers,
-                                             (b"connection", b"close")])
+        headers = self.sign(method, target, [(b"host", self.authority.encode()), *headers])
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    self.host, self.port, ssl=self.ssl, limit=CHUNK)
-        except (OSError, TimeoutError, ssl.SSLError) as e:
-            raise OriginError(502, f"cannot connect to the origin: {e or type(e).__name__}") from None
-        parser = ResponseParser()
-        if head_only:
-            parser.expect_head_response()
-        try:
-            writer.write(request_head(method.encode(), target, headers, -2))
-            events: list = []
-            head = None
-            while head is None:
-                if not events:
-                    events = await self._read(reader, parser)
-                ev = events.pop(0)
-                if type(ev) is ResponseHead and ev.status >= 200:
-                    head = ev
-                elif type(ev) is HTTPError:
-                    raise OriginError(502, f"bad answer from the origin: {ev.reason}")
-        except BaseException:
-            writer.close()
-            raise
-        return OriginResponse(head.status, head.headers, head.content_length,
-                              self._body(reader, writer, parser, events))
-
-    async def _read(self, reader: asyncio.StreamReader, parser: ResponseParser) -> list:
-        try:
-            async with asyncio.timeout(self.read_timeout):
-                data = await reader.read(CHUNK)
-        except TimeoutError:
+            resp = await self.client.request(self.pool, method.encode(), target, headers,
+                                             connect_timeout=self.connect_timeout,
+                                             read_timeout=self.read_timeout, head_only=head_only)
+        except ReadTimeout:
             raise OriginError(504, "origin read timeout") from None
-        except (OSError, ssl.SSLError) as e:
+        except ConnectionLost as e:
             raise OriginError(502, f"origin connection failed: {e}") from None
-        events = parser.feed(data) if data else parser.feed_eof()
-        if not data and not events:
-            raise OriginError(502, "origin closed the connection")
-        return events
+        except BadResponse as e:
+            raise OriginError(502, f"bad answer from the origin: {e}") from None
+        except (OSError, TimeoutError) as e:  # connecting (TLS included)
+            raise OriginError(502, f"cannot connect to the origin: {e or type(e).__name__}") from None
+        head = resp.head
+        body = _once(resp.body) if type(resp.body) is bytes else _stream(resp.body)
+        return OriginResponse(head.status, head.headers, head.content_length, body)
 
-    async def _body(self, reader, writer, parser, events: list) -> AsyncIterator[bytes]:
-        try:
-            while True:
-                for ev in events:
-                    if ev is END:
-                        return
-                    if type(ev) is bytes:
-                        yield ev
-                    elif type(ev) is HTTPError:
-                        raise OriginError(502, f"bad answer from the origin: {ev.reason}")
-                events = await self._read(reader, parser)
-        finally:
-            writer.close()
+
+async def _stream(body: ResponseBody) -> AsyncIterator[bytes]:
+    """The body with the client's errors as the CDN's; closing it early (or losing it)
+    closes the connection instead of leaving it half read."""
+    try:
+        async for piece in body:
+            yield piece
+    except ReadTimeout:
+        raise OriginError(504, "origin read timeout") from None
+    except (ConnectionLost, BadResponse) as e:
+        raise OriginError(502, f"bad answer from the origin: {e}") from None
+    finally:
+        await body.aclose()
 
 
 class S3Origin(HTTPOrigin):
     def __init__(self, url: str, bucket: str, region: str, access_key_id: str,
-                 secret_access_key: str, connect_timeout: float, read_timeout: float) -> None:
-        super().__init__(url, connect_timeout, read_timeout)
+                 secret_access_key: str, connect_timeout: float, read_timeout: float,
+                 client: Client | None = None) -> None:
+        super().__init__(url, connect_timeout, read_timeout, client)
         self.bucket = bucket
         self.signer = None
         if access_key_id:
@@ -146,11 +121,10 @@ class S3Origin(HTTPOrigin):
         from botocore.awsrequest import AWSRequest
         scheme = "https" if self.tls else "http"
         req = AWSRequest(method=method, url=f"{scheme}://{self.authority}{target.decode()}",
-                         headers={k.decode(): v.decode("latin-1") for k, v in headers
-                                  if k != b"connection"})
+                         headers={k.decode(): v.decode("latin-1") for k, v in headers})
         self.signer.add_auth(req)
         return [(k.encode(), v.encode("latin-1") if isinstance(v, str) else v)
-                for k, v in req.headers.items()] + [(b"connection", b"close")]
+                for k, v in req.headers.items()]
 
 
 class DirOrigin:
@@ -204,10 +178,11 @@ async def _read_file(fd: int, size: int) -> AsyncIterator[bytes]:
         os.close(fd)
 
 
-def make_origin(cfg, data_dir: Path):
+def make_origin(cfg, data_dir: Path, client: Client | None = None):
+    """``client``: the node's shared outbound client (its pools outlive one route)."""
     if cfg.kind == "s3":
         return S3Origin(cfg.url, cfg.bucket, cfg.region, cfg.access_key_id,
-                        cfg.secret_access_key, cfg.connect_timeout, cfg.read_timeout)
+                        cfg.secret_access_key, cfg.connect_timeout, cfg.read_timeout, client)
     if cfg.kind == "dir":
         return DirOrigin(data_dir / cfg.path)
-    return HTTPOrigin(cfg.url, cfg.connect_timeout, cfg.read_timeout)
+    return HTTPOrigin(cfg.url, cfg.connect_timeout, cfg.read_timeout, client)

@@ -14,7 +14,6 @@ import datetime
 import itertools
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 
 import bson
@@ -23,6 +22,7 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 
+from farts.clock import Clock, LoopClock
 from farts.db import scram
 from farts.db.aggregate import run_pipeline
 from farts.db.errors import MongoError
@@ -93,7 +93,8 @@ class Cursor:
 class Commands:
     def __init__(self, store: Store, *, node_id: str, auth: bool, credentials: dict[str, scram.Credential],
                  max_message_bytes: int, compressors: tuple[str, ...] = ("zstd", "zlib"),
-                 cursor_timeout: float = 600.0, metrics=None) -> None:
+                 cursor_timeout: float = 600.0, metrics=None, clock: Clock | None = None) -> None:
+        self.clock = clock or LoopClock()
         self.store = store
         self.node_id = node_id
         self.auth = auth
@@ -103,7 +104,7 @@ class Commands:
         self.cursor_timeout = cursor_timeout
         self.cursors: dict[int, Cursor] = {}
         self._cursor_ids = itertools.count(int.from_bytes(os.urandom(4), "big") + 1)
-        self.started = time.time()
+        self.started = self.clock.wall()
         self.opcounters = dict.fromkeys(("insert", "query", "update", "delete", "getmore", "command"), 0)
         self.pool_reads = 0   # reads that outgrew LOOP_READ_BUDGET and ran in the thread pool
         # (tenant, user, lsid) → (txnNumber, future of its reply): retryable writes run once.
@@ -177,6 +178,9 @@ class Commands:
     def _coll_arg(self, cmd: Command) -> str:
         return cmd.body[cmd.name]
 
+    def _utc_now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC)
+
     # ---- handshake, auth, admin ----
 
     def hello(self, session: Session, cmd: Command) -> dict:
@@ -184,7 +188,7 @@ class Commands:
         reply = {"isWritablePrimary" if cmd.name == "hello" else "ismaster": True,
                  "msg": "isdbgrid", "maxBsonObjectSize": MAX_BSON_OBJECT,
                  "maxMessageSizeBytes": self.max_message_bytes, "maxWriteBatchSize": 100000,
-                 "localTime": datetime.datetime.now(datetime.UTC), "logicalSessionTimeoutMinutes": 30,
+                 "localTime": self._utc_now(), "logicalSessionTimeoutMinutes": 30,
                  "connectionId": session.id, "minWireVersion": 0, "maxWireVersion": MAX_WIRE_VERSION,
                  "readOnly": False}
         if b.get("helloOk"):
@@ -277,10 +281,10 @@ class Commands:
         return {"authInfo": {"authenticatedUsers": users, "authenticatedUserRoles": []}, "ok": 1.0}
 
     def server_status(self, session: Session, cmd: Command) -> dict:
-        up = time.time() - self.started
+        up = self.clock.wall() - self.started
         return {"host": self.node_id, "version": "7.0.0", "process": "farts-edge", "pid": os.getpid(),
                 "uptime": int(up), "uptimeMillis": Int64(int(up * 1000)),
-                "localTime": datetime.datetime.now(datetime.UTC),
+                "localTime": self._utc_now(),
                 "connections": {"current": self.connections_current, "totalCreated": self.connections_total},
                 "opcounters": dict(self.opcounters),
                 "storageEngine": {"name": "lmdb", "persistent": True},
@@ -320,13 +324,14 @@ class Commands:
         first, cid = _take(docs, 0, batch)
         if cid < len(docs) and not single:
             self._reap()
-            cursor = Cursor(next(self._cursor_ids), ns, display, docs, cid, (session.id, session.user), time.monotonic())
+            cursor = Cursor(next(self._cursor_ids), ns, display, docs, cid, (session.id, session.user),
+                            self.clock.monotonic())
             self.cursors[cursor.id] = cursor
             return {"cursor": {key: first, "id": Int64(cursor.id), "ns": display}, "ok": 1.0}
         return {"cursor": {key: first, "id": Int64(0), "ns": display}, "ok": 1.0}
 
     def _reap(self) -> None:
-        cutoff = time.monotonic() - self.cursor_timeout
+        cutoff = self.clock.monotonic() - self.cursor_timeout
         for cid in [c.id for c in self.cursors.values() if c.used < cutoff]:
             del self.cursors[cid]
 
@@ -339,7 +344,7 @@ class Commands:
             raise _err(43, "CursorNotFound", f"cursor id {cid} not found")
         batch = self._batch_size(cmd.body.get("batchSize"), len(cursor.docs))
         docs, cursor.pos = _take(cursor.docs, cursor.pos, batch or len(cursor.docs))
-        cursor.used = time.monotonic()
+        cursor.used = self.clock.monotonic()
         done = cursor.pos >= len(cursor.docs)
         if done:
             del self.cursors[cursor.id]
@@ -623,7 +628,7 @@ class Commands:
             compile_filter(s.get("q") or {})
 
         def fn(w):
-            now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+            now = self._utc_now().replace(tzinfo=None)
             done, errors = _each_statement(w, statements, ordered,
                                            lambda s: _update_one_statement(w, ns, s, now))
             upserted = [{"index": i, "_id": up} for i, (_, _, up) in done if up is not None]
@@ -683,7 +688,7 @@ class Commands:
                 if doc is not None:
                     w.delete(ns, doc)
                 return _fam_reply(doc, {"n": int(doc is not None)}, fields)
-            now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+            now = self._utc_now().replace(tzinfo=None)
             if doc is None:
                 if not b.get("upsert"):
                     return _fam_reply(None, {"n": 0, "updatedExisting": False}, fields)

@@ -9,11 +9,13 @@ import logging
 import time
 from pathlib import Path
 
-from farts.config import ConfigError, DBConfig
+from farts.clock import Clock, LoopClock
+from farts.config import ConfigError, DBConfig, Limits
 from farts.db import scram, wire
 from farts.db.commands import Commands, Session
 from farts.db.errors import MongoError, error_document
 from farts.db.store import Store
+from farts.transport.kit import QUEUE, ConnectionStats, ListenerKit, StreamProtocol
 
 log = logging.getLogger("farts.db")
 
@@ -37,8 +39,9 @@ class DBStats:
         self.slow = metrics.counter("farts_db_slow_commands_total", "MongoDB commands slower than 100 ms")
         self.compressed = metrics.counter("farts_db_compressed_messages_total",
                                           "MongoDB requests that came in OP_COMPRESSED", ("compressor",))
-        self.refused = metrics.counter("farts_db_connections_refused_total",
-                                       "MongoDB connections closed on accept (db.max_connections)")
+        # Refusals (db.max_connections, limits.max_connections_per_ip) and timeouts:
+        # farts_db_connections_refused_total{listener,reason}, farts_db_timeouts_total.
+        self.refused = service.kit.stats.refused
         metrics.gauge("farts_db_open_cursors", "Open MongoDB cursors", lambda: len(service.commands.cursors))
         metrics.gauge("farts_db_connections", "Open MongoDB wire connections", lambda: len(service.connections))
         metrics.gauge("farts_db_store_bytes", "Bytes used by the LMDB store", lambda: service.store.size_bytes())
@@ -50,61 +53,49 @@ class DBStats:
                       lambda: service.commands.pool_reads)
 
 
-class DBProtocol(asyncio.Protocol):
+class DBProtocol(StreamProtocol):
+    """One wire connection on the service's listener kit (admission, per-IP cap, read
+    and idle deadlines, write flow control)."""
+
     def __init__(self, service: DBService) -> None:
+        limits = service.limits
+        super().__init__(service.kit, limits.idle_timeout, limits.header_timeout)
         self.service = service
         self.codec = wire.WireCodec(service.cfg.max_message_bytes)
         self.session = Session(next(service._ids))
-        self.transport: asyncio.Transport | None = None
         self.pending: collections.deque = collections.deque()
-        self.busy = False
-        self.paused = False          # reading paused: too many parsed requests waiting
-        self.write_paused = False    # the client does not read its replies fast enough
-        self.closing = False
+        self.running = False         # a command is being answered (off the loop, or awaited)
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
+    def accepted(self) -> None:
+        peer = self.transport.get_extra_info("peername")
         self.session.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if len(self.service.connections) >= self.service.cfg.max_connections:
-            self.service.stats.refused.inc()
-            log.warning("db: refusing %s: db.max_connections (%d) reached", self.session.peer,
-                        self.service.cfg.max_connections)
-            self.closing = True
-            transport.abort()
-            return
-        self.service.connections.add(self)
         c = self.service.commands
-        c.connections_current, c.connections_total = len(self.service.connections), c.connections_total + 1
+        c.connections_current, c.connections_total = len(self.kit.connections), c.connections_total + 1
 
-    def connection_lost(self, exc) -> None:
-        self.closing = True
-        if self not in self.service.connections:
-            return
-        self.service.connections.discard(self)
-        self.service.commands.connections_current = len(self.service.connections)
+    def refused(self, reason: str) -> None:
+        log.warning("db: refusing a connection from %s: %s reached", self.client, reason)
+
+    def lost(self) -> None:
+        self.service.commands.connections_current = len(self.kit.connections)
         self.pending.clear()
 
-    def data_received(self, data: bytes) -> None:
+    def partial(self) -> bool:
+        return bool(self.codec.buffered)
+
+    def busy(self) -> bool:
+        return self.running or bool(self.pending)
+
+    def received(self, data: bytes) -> None:
         self.pending.extend(self.codec.receive(data))
         self._drain()
-        if len(self.pending) > MAX_PENDING and not self.paused and not self.closing:
-            self.paused = True
-            self.transport.pause_reading()
+        if len(self.pending) > MAX_PENDING:
+            self.pause_reading(QUEUE)
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        if not self.paused:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if not self.paused and not self.closing:
-            self.transport.resume_reading()
+    def writable(self) -> None:
         self._drain()
 
     def _drain(self) -> None:
-        while self.pending and not self.busy and not self.closing and not self.write_paused:
+        while self.pending and not self.running and not self.closing and not self.write_paused:
             event = self.pending.popleft()
             if isinstance(event, wire.Request):
                 self._request(event)
@@ -112,10 +103,8 @@ class DBProtocol(asyncio.Protocol):
                 self._bad(event, close=False)
             else:
                 self._bad(event, close=True)
-        if self.paused and len(self.pending) < MAX_PENDING // 2 and not self.closing:
-            self.paused = False
-            if not self.write_paused:
-                self.transport.resume_reading()
+        if len(self.pending) < MAX_PENDING // 2:
+            self.resume_reading(QUEUE)
 
     def _request(self, req: wire.Request) -> None:
         svc = self.service
@@ -134,7 +123,7 @@ class DBProtocol(asyncio.Protocol):
             log.exception("db command %s failed", name)
             result = MongoError(1, "InternalError", f"internal error: {type(e).__name__}")
         if type(result) is not dict and not isinstance(result, MongoError):  # a coroutine
-            self.busy = True
+            self.running = True
             asyncio.ensure_future(self._finish(req, name, started, result))
         else:
             self._reply(req, name, started, result)
@@ -147,7 +136,7 @@ class DBProtocol(asyncio.Protocol):
         except Exception as e:  # noqa: BLE001
             log.exception("db command %s failed", name)
             result = MongoError(1, "InternalError", f"internal error: {type(e).__name__}")
-        self.busy = False
+        self.running = False
         self._reply(req, name, started, result)
         self._drain()
 
@@ -177,6 +166,7 @@ class DBProtocol(asyncio.Protocol):
             data = wire.encode_answer(req.op_code, req.request_id, error_document(
                 MongoError(10334, "BSONObjectTooLarge", f"reply cannot be encoded: {e}")))
         self.transport.write(data)
+        self.done_reply()
 
     def _bad(self, event, close: bool) -> None:
         self.service.stats.protocol_errors.inc((event.code_name,))
@@ -196,14 +186,17 @@ class DBService:
     """The MongoDB wire endpoint of one node (start/stop/address, as node.py expects)."""
 
     def __init__(self, cfg: DBConfig, data_dir: Path, node_id: str, metrics, tenants: set[str] | None = None,
-                 source: str = "<config>") -> None:
+                 source: str = "<config>", *, limits: Limits | None = None, clock: Clock | None = None) -> None:
+        """``limits``: the node's [limits] (per-IP cap, header_timeout as the read
+        deadline of a message, idle_timeout); ``db.max_connections`` caps the total."""
         self.cfg = cfg
         self.data_dir = data_dir
         self.node_id = node_id
         self.metrics = metrics
-        self.connections: set[DBProtocol] = set()
+        self.limits = limits or Limits()
+        self.clock = clock or LoopClock()
+        self.kit: ListenerKit | None = None
         self._ids = itertools.count(1)
-        self._server: asyncio.AbstractServer | None = None
         seen = set()
         for i, u in enumerate(cfg.users):
             if u.name in seen:
@@ -226,27 +219,32 @@ class DBService:
         self.store = Store(self.data_dir, self.node_id, sync=cfg.sync, map_size=cfg.map_size,
                            max_indexes=cfg.max_indexes, display_ns=display_ns)
         self.commands = Commands(self.store, node_id=self.node_id, auth=cfg.auth, credentials=creds,
-                                 max_message_bytes=cfg.max_message_bytes, metrics=self.metrics)
+                                 max_message_bytes=cfg.max_message_bytes, metrics=self.metrics,
+                                 clock=self.clock)
+        self.kit = ListenerKit("db", self.clock, ConnectionStats(self.metrics, "farts_db", "MongoDB wire"),
+                               max_connections=cfg.max_connections,
+                               max_connections_per_ip=self.limits.max_connections_per_ip)
         self.stats = DBStats(self.metrics, self)
         try:
-            self._server = await loop.create_server(lambda: DBProtocol(self), cfg.host, cfg.port)
+            await self.kit.start(lambda: DBProtocol(self), cfg.host, cfg.port)
         except OSError as e:
             self.store.close()
             raise OSError(e.errno, f"db: cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from None
 
     @property
+    def connections(self) -> set[DBProtocol]:
+        return self.kit.connections
+
+    @property
     def address(self) -> tuple[str, int]:
-        return self._server.sockets[0].getsockname()[:2]
+        return self.kit.address
 
     def url(self) -> str:
         host, port = self.address
         return f"mongodb://{'[' + host + ']' if ':' in host else host}:{port}/"
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for conn in list(self.connections):
-                conn.transport.close()
-            await self._server.wait_closed()
+        if self.kit is not None:
+            await self.kit.close()
         if self.store is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.store.close)

@@ -212,6 +212,11 @@ class WireCodec:
         self._buf = bytearray()
         self.closed = False
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of a message not complete yet."""
+        return len(self._buf)
+
     def receive(self, data: bytes) -> list:
         if self.closed:
             return []

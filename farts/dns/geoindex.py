@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import maxminddb
 
+from farts.clock import Clock, LoopClock, Timer
 from fast.geo import GeoIndex, decode_locations, walk_tree
 
 log = logging.getLogger("farts.dns.geo")
@@ -73,8 +74,9 @@ def _location(lat, lon, continent: str, country: str, city: str) -> tuple[float,
     return None
 
 
-def build(path: str) -> GeoData:
+def build(path: str, built_at: float | None = None) -> GeoData:
     """Reads and indexes one database file (blocking: run it in a worker thread).
+    ``built_at``: the wall time to stamp it with (now when not given).
     Raises OSError or ValueError (maxminddb.InvalidDatabaseError) for a bad file."""
     started = time.perf_counter()
     mtime = os.stat(path).st_mtime
@@ -103,7 +105,8 @@ def build(path: str) -> GeoData:
                 rec_location.append(n)
         del data
         index = GeoIndex(tree, locations, rec_location)
-        return GeoData(index, path, mtime, time.time(), time.perf_counter() - started,
+        return GeoData(index, path, mtime, time.time() if built_at is None else built_at,
+                       time.perf_counter() - started,
                        len(tree.records), meta.database_type)
     finally:
         reader.close()
@@ -142,7 +145,8 @@ class GeoSource:
     """
 
     def __init__(self, path: str, interval: float, check_every: float = 5.0,
-                 initial: GeoData | None = None) -> None:
+                 initial: GeoData | None = None, clock: Clock | None = None) -> None:
+        self.clock = clock or LoopClock()
         self.path = path
         self.interval = interval
         self.check_every = check_every
@@ -151,10 +155,11 @@ class GeoSource:
         self.failures = 0
         self.on_swap: list = []
         self._bad_mtime: float | None = None
-        self._task: asyncio.Task | None = None
+        self._ticker: Timer | None = None
+        self._checking: asyncio.Task | None = None
 
     async def load(self) -> GeoData:
-        data = await _in_daemon_thread(build, self.path)
+        data = await _in_daemon_thread(build, self.path, self.clock.wall())
         self.current = data   # the swap: one assignment on the loop thread
         self.version += 1
         log.info("geo index: %s (%s), %d records, %d+%d ranges, %d locations, built in %.2fs",
@@ -173,7 +178,7 @@ class GeoSource:
             return False   # keep serving what we have until a good file appears
         if cur is None:
             return True
-        return mtime != cur.mtime or time.time() - cur.built_at >= self.interval
+        return mtime != cur.mtime or self.clock.wall() - cur.built_at >= self.interval
 
     def _mtime(self) -> float | None:
         try:
@@ -194,14 +199,15 @@ class GeoSource:
             return False
         return True
 
-    async def watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.check_every)
-            await self.check()
+    def _tick(self, _now: float) -> None:
+        if self._checking is None or self._checking.done():  # one check at a time
+            self._checking = asyncio.ensure_future(self.check())
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self.watch())
+        self._ticker = self.clock.every(self.check_every, self._tick)
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._checking is not None:
+            self._checking.cancel()

@@ -2,7 +2,8 @@
 
 The asyncio protocols are thin: bytes from a socket go to ``Responder.answer`` and the
 reply goes back. TCP carries the two-byte length prefix of RFC 1035 §4.2.2, several
-queries per connection, an idle timeout and a connection limit.
+queries per connection; its listener is the shared listener kit (connection limits,
+idle and read deadlines, write back-pressure).
 """
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import logging
 import socket
 import time
 
-from farts.config import DNSConfig
+from farts.clock import Clock, LoopClock
+from farts.config import DNSConfig, Limits
 from farts.dns.geoindex import GeoSource, default_database
 from farts.dns.responder import Responder
 from farts.dns.rrl import RateLimiter
 from farts.dns.zone import Zone
 from farts.members import MemberMap
 from farts.metrics import Metrics
+from farts.transport.kit import ConnectionStats, ListenerKit, StreamProtocol
 
 try:
     from fast.dnsloop import UDPFastPath
@@ -26,6 +29,8 @@ except ImportError:   # a platform without recvmmsg/sendmmsg: asyncio handles UD
     UDPFastPath = None
 
 log = logging.getLogger("farts.dns")
+
+REPLY_BATCH = 64 * 1024  # TCP reply bytes written at once before back-pressure is checked
 
 
 def _sum_labels(replayed: dict, keys) -> dict:
@@ -66,62 +71,75 @@ class _UDP(asyncio.DatagramProtocol):
         log.debug("udp error: %s", exc)
 
 
-class _TCP(asyncio.Protocol):
+class _TCP(StreamProtocol):
+    """DNS over TCP on the server's listener kit. Replies go out in batches of at most
+    REPLY_BATCH bytes; while the transport is paused (a client that does not read its
+    answers) no further query is answered and reading stops, so what waits for such a
+    client is bounded by the transport's buffer plus one batch."""
+
     def __init__(self, server: DNSServer) -> None:
+        timeout = server.cfg.tcp_idle_timeout
+        super().__init__(server.kit, timeout, timeout)
         self.server = server
         self.buf = bytearray()
-        self.transport = None
-        self.client = b""
-        self._idle = None
+        self.packed = b""
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        srv = self.server
-        if len(srv.connections) >= srv.cfg.max_tcp_connections:
-            srv.responder.stats.dropped.inc(("tcp_limit",))
-            transport.abort()
-            return
-        srv.connections.add(self)
-        self.client = _packed(transport.get_extra_info("peername")[0])
-        self._arm()
+    def accepted(self) -> None:
+        self.packed = _packed(self.client)
 
-    def _arm(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(self.server.cfg.tcp_idle_timeout, self.transport.close)
+    def refused(self, reason: str) -> None:
+        self.server.responder.stats.dropped.inc(("tcp_limit",))
 
-    def data_received(self, data: bytes) -> None:
+    def partial(self) -> bool:
+        return bool(self.buf)
+
+    def busy(self) -> bool:
+        return self.write_paused
+
+    def received(self, data: bytes) -> None:
         self.buf += data
+        self._answer()
+
+    def writable(self) -> None:
+        self._answer()
+
+    def _answer(self) -> None:
         buf = self.buf
         responder = self.server.responder
         out = []
-        while len(buf) >= 2:
+        size = 0
+        while len(buf) >= 2 and not self.write_paused and not self.closing:
             n = (buf[0] << 8) | buf[1]
             if len(buf) < 2 + n:
                 break
             started = time.perf_counter()
-            reply = responder.answer(bytes(buf[2:2 + n]), self.client, True)
+            reply = responder.answer(bytes(buf[2:2 + n]), self.packed, True)
             del buf[:2 + n]
             if reply is not None:
                 out.append(len(reply).to_bytes(2, "big") + reply)
+                size += len(reply) + 2
             responder.stats.latency.observe(time.perf_counter() - started)
+            if size >= REPLY_BATCH:
+                self._send(out)
+                out, size = [], 0
         if out:
-            self.transport.write(b"".join(out))
-        self._arm()
+            self._send(out)
 
-    def connection_lost(self, exc) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self.server.connections.discard(self)
+    def _send(self, out: list) -> None:
+        self.transport.write(b"".join(out))  # may pause writing: the loop above then stops
+        self.done_reply()
 
 
 class DNSServer:
     """One node's DNS: zone from the config, nodes from ``members``, geo index from the file."""
 
     def __init__(self, cfg: DNSConfig, members: MemberMap, metrics: Metrics | None = None,
-                 source: str = "<config>", geo: GeoSource | None = None, fast_udp: bool = True) -> None:
+                 source: str = "<config>", geo: GeoSource | None = None, fast_udp: bool = True, *,
+                 limits: Limits | None = None, clock: Clock | None = None) -> None:
         """``fast_udp``: UDP through fast.dnsloop (recvmmsg batches, replies cached in C);
-        False: a plain asyncio datagram endpoint (same answers, a fraction of the rate)."""
+        False: a plain asyncio datagram endpoint (same answers, a fraction of the rate).
+        ``limits``: the node's [limits] (the per-IP cap of TCP connections)."""
+        self.clock = clock = clock or LoopClock()
         self.cfg = cfg
         self.members = members
         self.fast_udp = fast_udp and UDPFastPath is not None
@@ -129,17 +147,20 @@ class DNSServer:
         self._udp_sock: socket.socket | None = None
         self.metrics = metrics or Metrics()
         self.zone = Zone(cfg, source)
-        self.geo = geo or GeoSource(cfg.geoip_database or default_database(), cfg.rebuild_interval)
+        self.geo = geo or GeoSource(cfg.geoip_database or default_database(), cfg.rebuild_interval,
+                                    clock=clock)
         self.rrl = RateLimiter(cfg.rrl_rate, cfg.rrl_burst, cfg.rrl_slip)
         self.responder = Responder(self.zone, members, self.geo, cfg.default_region, self.rrl, self.metrics)
-        self.connections: set[_TCP] = set()
+        self.kit = ListenerKit("dns", clock, ConnectionStats(self.metrics, "farts_dns_tcp", "DNS over TCP"),
+                               max_connections=cfg.max_tcp_connections,
+                               max_connections_per_ip=(limits or Limits()).max_connections_per_ip)
+        self.connections = self.kit.connections
         self._udp = None
-        self._tcp = None
         self._first_build = None
         self.address: tuple[str, int] | None = None
         m = self.metrics
         m.gauge("farts_dns_index_age_seconds", "Seconds since the geo index was built",
-                lambda: time.time() - self.geo.current.built_at if self.geo.current else -1)
+                lambda: clock.wall() - self.geo.current.built_at if self.geo.current else -1)
         m.gauge("farts_dns_index_ranges", "Address ranges in the geo index", self._ranges, ("family",))
         m.gauge("farts_dns_index_bytes", "Bytes of the geo index tables",
                 lambda: self.geo.current.index.nbytes if self.geo.current else 0)
@@ -193,8 +214,7 @@ class DNSServer:
             sock = None
             port = udp.get_extra_info("sockname")[1]
         try:
-            self._tcp = await loop.create_server(lambda: _TCP(self), host, port, family=family,
-                                                 reuse_address=True)
+            await self.kit.start(lambda: _TCP(self), host, port, family=family)
         except OSError:
             udp.close() if udp is not None else sock.close()
             raise
@@ -239,8 +259,4 @@ class DNSServer:
             self._udp_sock.close()
         if self._udp is not None:
             self._udp.close()
-        if self._tcp is not None:
-            self._tcp.close()
-            for c in list(self.connections):
-                c.transport.close()
-            await self._tcp.wait_closed()
+        await self.kit.close()

@@ -24,8 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from farts import pki
+from farts.clock import Clock, LoopClock
 from farts.mesh.frames import FrameError, FrameReader, Hello
 from farts.metrics import Metrics
+from farts.transport.kit import ConnectionStats, ListenerKit
+
+# Admission of incoming links (the kit's caps): far above what a cluster needs, low
+# enough that a flood of connections cannot take the node's file descriptors.
+MAX_INCOMING = 4096
+MAX_INCOMING_PER_IP = 256
 
 log = logging.getLogger("farts.mesh")
 
@@ -60,6 +67,22 @@ class LinkStats:
         self.frames = metrics.counter("farts_mesh_frames_total", "Mesh frames", ("peer", "direction"))
         self.bytes = metrics.counter("farts_mesh_bytes_total", "Mesh bytes (frames incl. length prefix)",
                                      ("peer", "direction"))
+        self.connections = ConnectionStats(metrics, "farts_mesh", "incoming mesh")
+
+
+class Incoming:
+    """An accepted connection as the listener kit counts it, until it is a link or gone.
+    Deadlines are the link's own (the handshake timeout, then SWIM's probes)."""
+
+    __slots__ = ("client", "transport")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.transport = writer.transport
+        peer = writer.get_extra_info("peername")
+        self.client = peer[0] if peer else "unix"
+
+    def check_timeouts(self, now: float) -> None:
+        pass
 
 
 class Link:
@@ -134,8 +157,12 @@ class LinkManager:
                  hello: Callable[[], Hello], stats: LinkStats, *, max_frame_bytes: int,
                  queue_max_bytes: int, handshake_timeout: float, reconnect_min: float,
                  reconnect_max: float, on_up: Callable[[Link], None], on_down: Callable[[Link], None],
-                 on_frame: Callable[[Link, int, object], None]) -> None:
+                 on_frame: Callable[[Link, int, object], None], clock: Clock | None = None,
+                 max_incoming: int = MAX_INCOMING, max_incoming_per_ip: int = MAX_INCOMING_PER_IP) -> None:
         self.me, self.server_ctx, self.client_ctx, self.hello = me, server_ctx, client_ctx, hello
+        self.clock = clock = clock or LoopClock()
+        self.kit = ListenerKit("mesh", clock, stats.connections, max_connections=max_incoming,
+                               max_connections_per_ip=max_incoming_per_ip)
         self.stats = stats
         self.max_frame_bytes, self.queue_max_bytes = max_frame_bytes, queue_max_bytes
         self.handshake_timeout = handshake_timeout
@@ -146,7 +173,6 @@ class LinkManager:
         self._dialers: dict[str, asyncio.Task] = {}   # key: node id or "seed:host:port"
         self._dial_address: dict[str, str] = {}
         self._accepting: set[asyncio.Task] = set()
-        self._server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
         self.own_addresses: set[str] = set()
         self._last_was_self = False
@@ -170,12 +196,19 @@ class LinkManager:
                     raise
 
         self.server_ctx.sslobject_class = CountingSSLObject
-        self._server = await asyncio.start_server(self._accepted, host, port, ssl=self.server_ctx,
-                                                  ssl_handshake_timeout=self.handshake_timeout)
-        self.address = self._server.sockets[0].getsockname()[:2]
+
+        def stream() -> asyncio.StreamReaderProtocol:  # what asyncio.start_server builds
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._accepted)
+
+        self.address = await self.kit.start(stream, host, port, self.server_ctx, self.handshake_timeout)
         return self.address
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        incoming = Incoming(writer)
+        reason = self.kit.place(incoming)
+        if reason is not None:
+            self._refuse(writer, reason, f"{incoming.client}: {reason} reached")
+            return
         task = asyncio.current_task()
         self._accepting.add(task)
         try:
@@ -187,6 +220,7 @@ class LinkManager:
             writer.transport.abort()
         finally:
             self._accepting.discard(task)
+            self.kit.release(incoming)
 
     # ---- dialing -----------------------------------------------------------------
 
@@ -233,7 +267,16 @@ class LinkManager:
                     await link.run()
             # Exponential backoff with jitter, so a restarted peer is not hit by all in step.
             delay = min(self.reconnect_max, self.reconnect_min * 2 ** min(failures, 20))
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+            await self._pause(random.uniform(delay / 2, delay))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleeps on the injected clock (a FakeClock's advance ends it)."""
+        done = asyncio.get_running_loop().create_future()
+        timer = self.clock.call_later(seconds, lambda: done.done() or done.set_result(None))
+        try:
+            await done
+        finally:
+            timer.cancel()
 
     async def _connect(self, host: str, port: int, expected: str | None) -> Link | None:
         try:
@@ -320,9 +363,8 @@ class LinkManager:
         for task in self._dialers.values():
             task.cancel()
         self._dialers.clear()
-        if self._server is not None:
-            self._server.close()
         for link in list(self.links.values()):
             link.close("stopping")
         for task in list(self._accepting):
             task.cancel()
+        await self.kit.close()

@@ -13,33 +13,35 @@ One request, as a coroutine (the transport runs it as a task):
 """
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
-import time
 from time import perf_counter
 
+from farts.clock import LoopClock
 from farts.config import Upstream
 from farts.metrics import Metrics
+from farts.transport.client import (
+    IDEMPOTENT,
+    BadResponse,
+    Client,
+    ClientConnection,
+    ConnectionLost,
+    ReadTimeout,
+    ResponseBody,
+    exchange,
+)
 from farts.transport.http import Fixed, Request, Response
-from fast.http1 import END, LAST_CHUNK, HTTPError, encode_chunk, request_head
-from fast.http1 import Response as ResponseHead
+from fast.http1 import request_head
 
 from .headers import authority_of, origin_form, request_headers, response_headers
-from .upstream import Deadlines, Server, UpstreamConnection, UpstreamGone, UpstreamTimeout
+from .upstream import Server
 
 log = logging.getLogger("farts.proxy")
-
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 # X-Request-Id: node id, a per-process boot tag and a counter (unique, cheap).
 _BOOT = os.urandom(3).hex()
 _request_ids = itertools.count(1)
-
-
-class BadResponse(Exception):
-    """The upstream sent something that is not a valid HTTP/1.x response."""
 
 
 class UpstreamBodyError(Exception):
@@ -66,7 +68,7 @@ class ProxyStats:
                       self._idle, ("upstream",))
 
     def _up(self) -> dict:
-        now = time.monotonic()
+        now = self.handlers[0].clock.monotonic() if self.handlers else 0.0
         return {(h.name, s.address): 1.0 if s.up(now) else 0.0
                 for h in self.handlers for s in h.servers}
 
@@ -92,77 +94,44 @@ class _Empty:
 EMPTY = _Empty()
 
 
-def _what(head) -> str:
+def _what(req: Request) -> str:
     """The request as log lines show it (built only when something is logged)."""
-    return f"{head.method.decode('latin-1')} {head.target[:200].decode('latin-1')}"
+    return f"{req.method.decode('latin-1')} {req.target[:200].decode('latin-1')}"
 
 
-class UpstreamBody:
-    """Streams one upstream response body; owns the connection until the body ends."""
+class UpstreamBody(ResponseBody):
+    """Streams one upstream response body, counting how it ended."""
 
-    __slots__ = ("proxy", "conn", "keep_alive", "timeout", "head")
+    __slots__ = ("proxy", "req")
 
-    def __init__(self, proxy: ProxyHandler, conn: UpstreamConnection, keep_alive: bool,
-                 head) -> None:
+    def __init__(self, proxy: ProxyHandler, conn: ClientConnection, keep_alive: bool,
+                 req: Request) -> None:
+        super().__init__(conn, keep_alive, proxy.up.read_timeout)
         self.proxy = proxy
-        self.conn: UpstreamConnection | None = conn
-        self.keep_alive = keep_alive
-        self.timeout = proxy.up.read_timeout
-        self.head = head
+        self.req = req
 
-    def __aiter__(self):
-        return self
+    def ended(self, conn: ClientConnection) -> None:
+        self.proxy.count(conn.pool, "ok")
 
-    async def __anext__(self) -> bytes:
-        conn = self.conn
-        if conn is None:
-            raise StopAsyncIteration
-        try:
-            ev = await conn.next_event(self.timeout)
-        except UpstreamTimeout:
-            self._fail("body_timeout", f"no data for {self.timeout}s mid-body")
-        except BaseException:
-            self.conn = None
-            conn.abort()
-            self.proxy.count(conn.server, "client_gone")
-            raise
-        if type(ev) is bytes:
-            return ev
-        if ev is END:
-            self.conn = None
-            self.proxy.count(conn.server, "ok")
-            if self.keep_alive:
-                conn.server.release(conn)
-            else:
-                conn.abort()
-            raise StopAsyncIteration
-        if ev is None or conn.closed:
-            self._fail("body_error", f"connection lost mid-body ({conn.exc or 'closed'})")
-        self._fail("bad_response", f"bad response body: {getattr(ev, 'reason', ev)!r}")
-
-    def _fail(self, outcome: str, why: str):
-        conn = self.conn
-        self.conn = None
-        conn.abort()
-        self.proxy.count(conn.server, outcome)
+    def failed(self, conn: ClientConnection, outcome: str, why: str, error) -> Exception:
+        self.proxy.count(conn.pool, outcome)
         log.warning("upstream %s server %s: %s: %s; closing the client connection",
-                    self.proxy.name, conn.server.address, _what(self.head), why)
-        raise UpstreamBodyError(why)
+                    self.proxy.name, conn.pool.address, _what(self.req), why)
+        return UpstreamBodyError(why)
 
-    async def aclose(self) -> None:
-        conn = self.conn
-        if conn is not None:  # the client went away before the end
-            self.conn = None
-            conn.abort()
-            self.proxy.count(conn.server, "client_gone")
+    def gone(self, conn: ClientConnection) -> None:
+        self.proxy.count(conn.pool, "client_gone")
 
 
 class ProxyHandler:
-    def __init__(self, name: str, up: Upstream, node_id: str, stats: ProxyStats) -> None:
+    def __init__(self, name: str, up: Upstream, node_id: str, stats: ProxyStats,
+                 client: Client | None = None) -> None:
         self.name = name
         self.up = up
-        self.deadlines = Deadlines()
-        self.servers = [Server(a, up.pool_size, up.max_fails, up.fail_timeout, self.deadlines)
+        self.own_client = client is None
+        self.client = client = client or Client(LoopClock())
+        self.clock = clock = client.deadlines.clock
+        self.servers = [Server(a, up.pool_size, up.max_fails, up.fail_timeout, client.deadlines, clock)
                         for a in up.servers]
         self.rr = 0
         self.m = stats
@@ -188,7 +157,7 @@ class ProxyHandler:
     def pick(self, exclude=()) -> Server | None:
         servers = self.servers
         n = len(servers)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         i = self.rr
         for k in range(n):
             s = servers[(i + k) % n]
@@ -204,18 +173,17 @@ class ProxyHandler:
         return self._proxy(request)
 
     async def _proxy(self, req: Request) -> Response | Fixed:
-        head = req.head
-        method = head.method
-        target = origin_form(head.target)
+        method = req.method
+        client_target = req.target
+        target = origin_form(client_target)
         up = self.up
         body = req.body
-        if body is not None:
-            length = head.content_length if not head.chunked and head.content_length >= 0 else -1
-        else:
-            length = head.content_length if head.content_length >= 0 else -2
+        length = req.content_length  # -1: chunked
+        if body is None and length < 0:
+            length = -2  # no body
         server = self.pick()
-        headers, _ = request_headers(head.headers, req.client, req.scheme, self.new_request_id,
-                                     authority_of(head.target),
+        headers, _ = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
+                                     authority_of(client_target),
                                      server.address.encode())
         data = request_head(method, target, headers, length)
         is_head = method == b"HEAD"
@@ -244,28 +212,20 @@ class ProxyHandler:
                     nxt = self.pick(tried) if retry_other else None
                     if nxt is not None:
                         log.info("upstream %s server %s: %s: %s; retrying on %s",
-                                 self.name, server.address, _what(head), why, nxt.address)
+                                 self.name, server.address, _what(req), why, nxt.address)
                         retry_other = False
                         self._retry()
                         server, fresh = nxt, False
                         continue
                     log.warning("upstream %s server %s: %s: %s",
-                                self.name, server.address, _what(head), why)
+                                self.name, server.address, _what(req), why)
                     return Fixed.error(504 if timed_out else 502, f"upstream {why}")
                 server.succeeded()
-            body_read = False
             try:
-                conn.received = 0
-                if is_head:
-                    conn.parser.expect_head_response()
-                conn.write(data)
-                if body is not None:
-                    body_read = True
-                    await self._send_body(conn, body, length < 0)
-                resp = await self._read_head(conn)
-            except UpstreamGone as e:
+                resp = await exchange(conn, data, body, length == -1, is_head, up.read_timeout)
+            except ConnectionLost as e:
                 conn.abort()
-                if reused and conn.received == 0 and replayable and not body_read and retry_stale:
+                if reused and conn.received == 0 and replayable and body is None and retry_stale:
                     # The usual race: the upstream closed the idle connection as we sent.
                     self.count(server, "stale")
                     retry_stale = False
@@ -274,19 +234,19 @@ class ProxyHandler:
                     continue
                 self.count(server, "bad_response")
                 log.warning("upstream %s server %s: %s: connection lost before the response (%s)",
-                            self.name, server.address, _what(head), conn.exc or e)
+                            self.name, server.address, _what(req), conn.exc or e)
                 return Fixed.error(502, "upstream closed the connection")
-            except UpstreamTimeout:
+            except ReadTimeout:
                 conn.abort()
                 self.count(server, "timeout")
                 log.warning("upstream %s server %s: %s: no response within %ss",
-                            self.name, server.address, _what(head), up.read_timeout)
+                            self.name, server.address, _what(req), up.read_timeout)
                 return Fixed.error(504, "upstream timeout")
             except BadResponse as e:
                 conn.abort()
                 self.count(server, "bad_response")
                 log.warning("upstream %s server %s: %s: bad response: %s",
-                            self.name, server.address, _what(head), e)
+                            self.name, server.address, _what(req), e)
                 return Fixed.error(502, "bad upstream response")
             except BaseException:  # cancelled (client gone), client body errors
                 conn.abort()
@@ -299,7 +259,7 @@ class ProxyHandler:
         content_length = -1 if resp.chunked else resp.content_length
         whole = conn.take_whole_body()
         if whole is None:
-            body_out = UpstreamBody(self, conn, resp.keep_alive, head)
+            body_out = UpstreamBody(self, conn, resp.keep_alive, req)
         else:
             # The whole body came with the head (the usual case for small answers): hand
             # it over as bytes, so the transport writes head and body in one send.
@@ -314,44 +274,8 @@ class ProxyHandler:
                 body_out = whole
         return Response(status, response_headers(resp.headers), body_out, content_length, head_only)
 
-    async def _send_body(self, conn: UpstreamConnection, body, chunked: bool) -> None:
-        timeout = self.up.read_timeout
-        async for piece in body:
-            if conn.closed or conn.has_final_head():
-                # The upstream answered (or gave up) before taking the whole body.
-                conn.reusable = False
-                return
-            if not piece:
-                continue
-            conn.write(encode_chunk(piece) if chunked else piece)
-            if conn.write_paused:
-                await conn.drain(timeout)
-        if chunked:
-            conn.write(LAST_CHUNK)
-
-    async def _read_head(self, conn: UpstreamConnection) -> ResponseHead:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.up.read_timeout
-        interim = False
-        while True:
-            ev = await conn.next_event(max(deadline - loop.time(), 0.001))
-            t = type(ev)
-            if t is ResponseHead:
-                if ev.status >= 200:
-                    return ev
-                if ev.status == 101:
-                    raise BadResponse("101 Switching Protocols to a request without Upgrade")
-                interim = True  # 1xx: skipped, with the END that follows it
-            elif ev is END and interim:
-                interim = False
-            elif ev is None:
-                raise UpstreamGone("connection closed")
-            elif t is HTTPError:
-                raise BadResponse(f"{ev.status} {ev.reason}")
-            else:
-                raise BadResponse(f"unexpected {ev!r:.40}")
-
     def close(self) -> None:
-        self.deadlines.close()
         for s in self.servers:
             s.close()
+        if self.own_client:
+            self.client.close()

@@ -9,12 +9,13 @@ assignment: handshakes in progress keep the context they started with.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from pathlib import Path
 
 from cryptography import x509
+
+from farts.clock import Clock, LoopClock, Timer
 
 log = logging.getLogger("farts.tls")
 
@@ -42,8 +43,9 @@ def names_in(cert_path: Path) -> list[str]:
 
 
 class CertStore:
-    def __init__(self, cert_dir: Path) -> None:
+    def __init__(self, cert_dir: Path, clock: Clock | None = None) -> None:
         self.cert_dir = cert_dir
+        self.clock = clock or LoopClock()
         self.by_name: dict[str, ssl.SSLContext] = {}
         self.default: ssl.SSLContext | None = None
         self._seen: dict[str, float] = {}
@@ -105,12 +107,14 @@ class CertStore:
     def changed(self) -> bool:
         return self._files() != self._seen
 
-    async def watch(self, interval: float) -> None:
-        """Reload when a file in the directory changes (checked every ``interval`` s)."""
-        while True:
-            await asyncio.sleep(interval)
-            if self.changed():
-                try:
-                    self.load()
-                except (OSError, ssl.SSLError) as e:
-                    log.error("certificate reload failed, keeping the old ones: %s", e)
+    def check(self, _now: float = 0.0) -> None:
+        """Reloads if a file in the directory changed; a bad new set keeps the old one."""
+        if self.changed():
+            try:
+                self.load()
+            except (OSError, ssl.SSLError) as e:
+                log.error("certificate reload failed, keeping the old ones: %s", e)
+
+    def watch(self, interval: float) -> Timer:
+        """Checks the directory every ``interval`` s; cancel the returned timer to stop."""
+        return self.clock.every(interval, self.check)

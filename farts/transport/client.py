@@ -1,0 +1,486 @@
+"""The outbound HTTP/1.1 client every service uses (reverse proxy, CDN origin, later ACME
+and webhooks): keep-alive pools per (scheme, host, port), TLS with SNI, connect and
+read timeouts, streaming bodies both ways, ``fast.http1.ResponseParser`` for answers.
+
+``ClientConnection`` is a thin asyncio Protocol: bytes in → parser events queued for
+the one coroutine that owns the connection, with read flow control (reading pauses
+while too many body bytes wait) and write flow control (``drain`` waits for
+``resume_writing``). No locks: one loop, one owner.
+
+Layers, from the bottom: ``Pool`` (idle connections to one origin, connect),
+``exchange`` (one request on one connection: head, body, response head, 1xx skipped),
+``ResponseBody`` (streams the answer; the connection goes back to its pool at the
+clean end), and ``Client.request`` (all of it, with one retry on a fresh connection
+when a pooled one turns out stale). The proxy uses the lower layers itself because it
+picks servers and counts each attempt.
+"""
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from urllib.parse import urlsplit
+
+from farts.clock import Clock, Timer
+from fast.http1 import END, LAST_CHUNK, HTTPError, ResponseParser, encode_chunk, request_head
+from fast.http1 import Response as ResponseHead
+
+HIGH_WATER = 256 * 1024   # queued response body bytes before reading pauses
+LOW_WATER = 64 * 1024
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+_TIMEOUT = object()
+
+
+class ConnectionLost(Exception):
+    """The connection closed (or failed) under a request."""
+
+
+class ReadTimeout(Exception):
+    """Nothing came from the server within the read timeout."""
+
+
+class BadResponse(Exception):
+    """The server sent something that is not a valid HTTP/1.x response."""
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(_TIMEOUT)
+
+
+class Deadlines:
+    """Read timeouts of the waits in flight, checked by one sweep every TICK seconds.
+
+    A loop timer per wait (``call_later`` + ``cancel``) cost a fifth of the proxy's
+    throughput (bench/http.py farts-proxy: 22k → 27k req/s without it); timeouts of
+    seconds do not need better than TICK precision, so deadlines are counted from the
+    time of the last sweep (``now``), which costs no clock read per wait.
+    """
+
+    TICK = 0.1
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.now = 0.0
+        self.waiting: dict[asyncio.Future, float] = {}
+        self.sweeper: Timer | None = None
+
+    def start(self) -> float:
+        """Starts the sweep (on first use: it needs the running loop); returns ``now``."""
+        if self.sweeper is None:
+            self.now = self.clock.monotonic()
+            self.sweeper = self.clock.every(self.TICK, self.sweep)
+        return self.now
+
+    def add(self, fut: asyncio.Future, timeout: float) -> None:
+        if self.sweeper is None:
+            self.start()
+        self.waiting[fut] = self.now + timeout
+
+    def remove(self, fut: asyncio.Future) -> None:
+        self.waiting.pop(fut, None)
+
+    def sweep(self, now: float) -> None:
+        self.now = now
+        for fut in [f for f, deadline in self.waiting.items() if deadline <= now]:
+            del self.waiting[fut]
+            _expire(fut)
+
+    def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = ("pool", "parser", "transport", "events", "buffered", "waiter",
+                 "write_paused", "read_paused", "closed", "exc", "received", "pooled",
+                 "reusable")
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.parser = ResponseParser()
+        self.transport: asyncio.Transport | None = None
+        self.events: deque = deque()
+        self.buffered = 0            # body bytes queued in events
+        self.waiter: asyncio.Future | None = None  # the owner waits for events/drain here
+        self.write_paused = False
+        self.read_paused = False
+        self.closed = False
+        self.exc: BaseException | None = None
+        self.received = 0            # bytes received since the current request was sent
+        self.pooled = False
+        self.reusable = True         # cleared when a request was not fully sent
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        if self.pooled:  # an idle connection has nothing to say: drop it
+            self.abort()
+            return
+        self.received += len(data)
+        events = self.parser.feed(data)
+        if events:
+            for ev in events:
+                if type(ev) is bytes:
+                    self.buffered += len(ev)
+            self.events.extend(events)
+            if self.buffered > HIGH_WATER and not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+            self._wake()
+
+    def eof_received(self):
+        return False  # close the transport: we never half-close towards the server
+
+    def connection_lost(self, exc) -> None:
+        if self.closed and self.transport is None:
+            return
+        self.closed = True
+        self.exc = exc
+        self.transport = None
+        if self.pooled:
+            self.pool.forget(self)
+            return
+        try:
+            self.events.extend(self.parser.feed_eof())
+        except Exception:  # a dead parser: the owner sees the loss
+            pass
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- used by the owning coroutine -------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionLost("the server closed the connection")
+        self.transport.write(data)
+
+    async def _wait(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        fut = self.waiter = loop.create_future()
+        deadlines = self.pool.deadlines
+        deadlines.add(fut, timeout)
+        try:
+            if await fut is _TIMEOUT:
+                raise ReadTimeout()
+        finally:
+            deadlines.remove(fut)
+            self.waiter = None
+
+    async def drain(self, timeout: float) -> None:
+        """Waits until the write buffer drains; returns early if a response arrives."""
+        while self.write_paused and not self.closed and not self.events:
+            await self._wait(timeout)
+        if self.closed and not self.events:
+            raise ConnectionLost("the server closed the connection")
+
+    async def next_event(self, timeout: float):
+        """The next parser event; None when the connection is gone with nothing left."""
+        events = self.events
+        while not events:
+            if self.closed:
+                return None
+            await self._wait(timeout)
+        ev = events.popleft()
+        if type(ev) is bytes:
+            self.buffered -= len(ev)
+            if self.read_paused and self.buffered <= LOW_WATER and self.transport is not None:
+                self.read_paused = False
+                self.transport.resume_reading()
+        return ev
+
+    def has_final_head(self) -> bool:
+        """A final (non-1xx) response head is queued: the server has answered."""
+        return any(type(ev) is ResponseHead and ev.status >= 200 for ev in self.events)
+
+    def take_whole_body(self) -> bytes | None:
+        """The rest of the current body if it has fully arrived (END queued), else None."""
+        events = self.events
+        for i, ev in enumerate(events):
+            if ev is END:
+                pieces = [events.popleft() for _ in range(i)]
+                events.popleft()
+                self.buffered -= sum(map(len, pieces))
+                if self.read_paused and self.transport is not None:
+                    self.read_paused = False
+                    self.transport.resume_reading()
+                return b"".join(pieces)
+            if type(ev) is not bytes:
+                return None
+        return None
+
+    def abort(self) -> None:
+        if self.pooled:
+            self.pool.forget(self)
+        self.closed = True
+        t = self.transport
+        if t is not None:
+            self.transport = None
+            t.abort()
+
+
+class Pool:
+    """Keep-alive connections to one (scheme, host, port): a stack, warmest on top."""
+
+    __slots__ = ("host", "port", "ssl", "idle", "pool_size", "closed", "deadlines")
+
+    def __init__(self, host: str, port: int, pool_size: int, deadlines: Deadlines,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.ssl = ssl_context
+        self.deadlines = deadlines
+        self.idle: list[ClientConnection] = []
+        self.pool_size = pool_size
+        self.closed = False
+
+    def take(self) -> ClientConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            conn.pooled = False
+            if not conn.closed:
+                return conn
+        return None
+
+    def release(self, conn: ClientConnection) -> None:
+        if (self.closed or conn.closed or not conn.reusable or conn.events
+                or len(self.idle) >= self.pool_size):
+            conn.abort()
+            return
+        conn.pooled = True
+        self.idle.append(conn)
+
+    def forget(self, conn: ClientConnection) -> None:
+        conn.pooled = False
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    async def connect(self, timeout: float) -> ClientConnection:
+        """A new connection (TLS with SNI = host when the pool has a context).
+        Raises TimeoutError or OSError (ssl.SSLError is one)."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            _, conn = await loop.create_connection(
+                lambda: ClientConnection(self), self.host, self.port, ssl=self.ssl,
+                server_hostname=self.host if self.ssl is not None else None)
+        return conn
+
+    def close(self) -> None:
+        self.closed = True
+        while self.idle:
+            self.idle.pop().abort()
+
+
+# -- one exchange on one connection --------------------------------------------------------
+
+async def send_body(conn: ClientConnection, body, chunked: bool, timeout: float) -> None:
+    """Streams a request body (an async iterator of bytes) with write flow control."""
+    async for piece in body:
+        if conn.closed or conn.has_final_head():
+            # The server answered (or gave up) before taking the whole body.
+            conn.reusable = False
+            return
+        if not piece:
+            continue
+        conn.write(encode_chunk(piece) if chunked else piece)
+        if conn.write_paused:
+            await conn.drain(timeout)
+    if chunked:
+        conn.write(LAST_CHUNK)
+
+
+async def exchange(conn: ClientConnection, data: bytes, body, chunked: bool, head_only: bool,
+                   timeout: float) -> ResponseHead:
+    """Sends a request (``data``: its head; ``body``: None or an async iterator) and
+    returns the final response head (1xx answers skipped). Raises ConnectionLost,
+    ReadTimeout or BadResponse; ``conn.received`` tells afterwards whether any byte came.
+    (One coroutine for all of it: this is the proxy's hot path.)"""
+    conn.received = 0
+    if head_only:
+        conn.parser.expect_head_response()
+    conn.write(data)
+    if body is not None:
+        await send_body(conn, body, chunked, timeout)
+    deadlines = conn.pool.deadlines
+    deadline = deadlines.start() + timeout
+    interim = False
+    while True:
+        ev = await conn.next_event(max(deadline - deadlines.now, 0.001))
+        t = type(ev)
+        if t is ResponseHead:
+            if ev.status >= 200:
+                return ev
+            if ev.status == 101:
+                raise BadResponse("101 Switching Protocols to a request without Upgrade")
+            interim = True  # 1xx: skipped, with the END that follows it
+        elif ev is END and interim:
+            interim = False
+        elif ev is None:
+            raise ConnectionLost("connection closed")
+        elif t is HTTPError:
+            raise BadResponse(f"{ev.status} {ev.reason}")
+        else:
+            raise BadResponse(f"unexpected {ev!r:.40}")
+
+
+class ResponseBody:
+    """Streams one response body; owns the connection until the body ends. At its clean
+    end the connection goes back to its pool (if the server keeps it alive); on an
+    error or ``aclose`` before the end it is closed. ``ended``/``failed`` are hooks."""
+
+    __slots__ = ("conn", "keep_alive", "timeout")
+
+    def __init__(self, conn: ClientConnection, keep_alive: bool, timeout: float) -> None:
+        self.conn: ClientConnection | None = conn
+        self.keep_alive = keep_alive
+        self.timeout = timeout
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self.conn
+        if conn is None:
+            raise StopAsyncIteration
+        try:
+            ev = await conn.next_event(self.timeout)
+        except ReadTimeout:
+            self._fail("body_timeout", f"no data for {self.timeout}s mid-body", ReadTimeout)
+        except BaseException:
+            self.conn = None
+            conn.abort()
+            self.gone(conn)
+            raise
+        if type(ev) is bytes:
+            return ev
+        if ev is END:
+            self.conn = None
+            self.ended(conn)
+            if self.keep_alive:
+                conn.pool.release(conn)
+            else:
+                conn.abort()
+            raise StopAsyncIteration
+        if ev is None or conn.closed:
+            self._fail("body_error", f"connection lost mid-body ({conn.exc or 'closed'})", ConnectionLost)
+        self._fail("bad_response", f"bad response body: {getattr(ev, 'reason', ev)!r}", BadResponse)
+
+    def _fail(self, outcome: str, why: str, error: type[Exception]):
+        conn = self.conn
+        self.conn = None
+        conn.abort()
+        raise self.failed(conn, outcome, why, error)
+
+    async def aclose(self) -> None:
+        conn = self.conn
+        if conn is not None:  # the reader went away before the end
+            self.conn = None
+            conn.abort()
+            self.gone(conn)
+
+    # -- hooks ---------------------------------------------------------------------
+    def ended(self, conn: ClientConnection) -> None:
+        """The body ended cleanly."""
+
+    def failed(self, conn: ClientConnection, outcome: str, why: str, error: type[Exception]) -> Exception:
+        """The body broke off; returns the exception to raise."""
+        return error(why)
+
+    def gone(self, conn: ClientConnection) -> None:
+        """The reader stopped (cancelled, or aclose) before the end."""
+
+
+class ClientResponse:
+    __slots__ = ("head", "body")
+
+    def __init__(self, head: ResponseHead, body: ResponseBody | bytes) -> None:
+        self.head = head
+        self.body = body  # bytes when the whole body came with the head
+
+
+class Client:
+    """Pools by (scheme, host, port), shared by every user of one node."""
+
+    def __init__(self, clock: Clock, pool_size: int = 32, ca_file: str | None = None) -> None:
+        self.deadlines = Deadlines(clock)
+        self.pool_size = pool_size
+        self.ca_file = ca_file
+        self.pools: dict[tuple[str, str, int], Pool] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context(cafile=self.ca_file)
+        return self._tls
+
+    def pool(self, scheme: str, host: str, port: int) -> Pool:
+        key = (scheme, host, port)
+        pool = self.pools.get(key)
+        if pool is None:
+            ctx = self.tls_context() if scheme == "https" else None
+            pool = self.pools[key] = Pool(host, port, self.pool_size, self.deadlines, ctx)
+        return pool
+
+    def pool_for(self, url: str) -> Pool:
+        parts = urlsplit(url)
+        tls = parts.scheme == "https"
+        return self.pool(parts.scheme or "http", parts.hostname or "127.0.0.1",
+                         parts.port or (443 if tls else 80))
+
+    async def request(self, pool: Pool, method: bytes, target: bytes, headers: list, *,
+                      connect_timeout: float, read_timeout: float, body=None, length: int = -2,
+                      head_only: bool = False) -> ClientResponse:
+        """One request through ``pool``. ``length``: the body's length, -1 chunked, -2
+        none. Raises TimeoutError/OSError (connect), ConnectionLost, ReadTimeout or
+        BadResponse. A pooled connection found stale (closed before any answer) is
+        replaced by a fresh one once, when the request can be sent again."""
+        data = request_head(method, target, headers, length)
+        retry_stale = body is None and method in IDEMPOTENT
+        fresh = False
+        while True:
+            conn = None if fresh else pool.take()
+            reused = conn is not None
+            if conn is None:
+                conn = await pool.connect(connect_timeout)
+            try:
+                head = await exchange(conn, data, body, length == -1, head_only, read_timeout)
+            except ConnectionLost:
+                conn.abort()
+                if reused and conn.received == 0 and retry_stale:
+                    retry_stale, fresh = False, True
+                    continue
+                raise
+            except BaseException:
+                conn.abort()
+                raise
+            whole = conn.take_whole_body()
+            if whole is None:
+                return ClientResponse(head, ResponseBody(conn, head.keep_alive, read_timeout))
+            if head.keep_alive:
+                pool.release(conn)
+            else:
+                conn.abort()
+            return ClientResponse(head, whole)
+
+    def close(self) -> None:
+        self.deadlines.close()
+        for pool in self.pools.values():
+            pool.close()
