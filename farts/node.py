@@ -13,6 +13,7 @@ from farts import __version__
 from farts.admin import AdminHandler
 from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
 from farts.cdn import purge as cdn_purge
+from farts.clock import LoopClock
 from farts.config import Config, Route
 from farts.members import Member, MemberMap
 from farts.mesh import MeshService, MeshStatusHandler
@@ -40,7 +41,7 @@ class Node:
         proxy_stats = ProxyStats(self.metrics)
         self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats)
                           for name, up in cfg.upstreams.items()}
-        self.pubsub = PubSub(cfg.node.id, cfg.pubsub, cfg.tenants, self.metrics)
+        self.pubsub = PubSub(cfg.node.id, cfg.pubsub, cfg.tenants, self.metrics, LoopClock())
         # The live node map: the static list from [[dns.nodes]] until the mesh writes it.
         self.members = MemberMap([Member(n.id, n.region, n.lat, n.lon, tuple(n.addresses))
                                   for n in cfg.dns.nodes])
