@@ -138,17 +138,18 @@ class H1Machine:
 
     def next_event(self):
         """The next parsed event the connection may act on now, or None (nothing, or it
-        waits for the response in flight, or the connection switched or closed).
+        waits for the response in flight, or follows an upgrade request, or the
+        connection switched or closed).
 
         A request head moves to HANDLING; END ends the body (or its discarding); an
         HTTPError is handed out for the adapter to answer (``error_bytes``)."""
         pending = self.pending
-        if not pending or self.state in (CLOSED, SWITCHED) or self.switching:
+        if not pending or self.state in (CLOSED, SWITCHED):
             return None
         ev = pending[0]
         t = type(ev)
         if t is RequestHead:
-            if self.state not in (IDLE, HEAD):
+            if self.state not in (IDLE, HEAD) or self.switching:
                 return None  # pipelined: its turn comes when the response in flight is out
             pending.popleft()
             self._on_head(ev)
