@@ -68,16 +68,11 @@ class HTTP1Connection(asyncio.Protocol):
         self.req_body: RequestBody | None = None  # the current request's body, until answered
         self.sock_fd = -1           # for os.sendfile: plain TCP only (never under TLS)
 
-    @property
-    def requests(self) -> int:
-        return self.machine.requests
-
     # -- connection lifetime ----------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else "unix"
-        self.machine.idle_since = self.machine.last_progress = self.listener.now
         sock = transport.get_extra_info("socket")
         if self.listener.scheme == "http" and sock is not None:
             self.sock_fd = sock.fileno()
@@ -349,7 +344,7 @@ class HTTP1Connection(asyncio.Protocol):
             while body.count > 0:
                 n = os.sendfile(self.sock_fd, body.fd, body.offset, body.count)
                 if n == 0:  # the file is shorter than announced: the framing is broken
-                    self.machine.keep_alive = False
+                    self.machine.framing_broken()
                     body.count = 0
                     break
                 body.offset += n
@@ -374,7 +369,7 @@ class HTTP1Connection(asyncio.Protocol):
                 data = await loop.run_in_executor(None, os.pread, body.fd,
                                                   min(body.count, FILE_CHUNK), body.offset)
                 if not data or self.closed:
-                    self.machine.keep_alive = False
+                    self.machine.framing_broken()
                     break
                 body.offset += len(data)
                 body.count -= len(data)
@@ -424,7 +419,7 @@ class HTTP1Connection(asyncio.Protocol):
             write(machine.end_bytes(chunked))
         elif not skip and sent != resp.content_length:
             # The source ended short: the framing is broken, so the connection must go.
-            machine.keep_alive = False
+            machine.framing_broken()
 
     def _finished(self, route, status: int, start: float, head: RequestHead) -> None:
         self.listener.record(route, status, start, head, self.client)

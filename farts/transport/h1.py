@@ -73,6 +73,16 @@ BODY_TRANSITIONS: dict[tuple[str, str], str] = {
     (DISCARDING, B_END): NONE,
 }
 
+# The same tables by state, for the lookups (no tuple built per transition: the hot path
+# makes three of them per request).
+_NEXT: dict[str, dict[str, str]] = {}
+for (_state, _event), _to_state in TRANSITIONS.items():
+    _NEXT.setdefault(_state, {})[_event] = _to_state
+_BODY_NEXT: dict[str, dict[str, str]] = {}
+for (_state, _event), _to_state in BODY_TRANSITIONS.items():
+    _BODY_NEXT.setdefault(_state, {})[_event] = _to_state
+del _state, _event, _to_state
+
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_PENDING_EVENTS = 256
 
@@ -106,13 +116,13 @@ class H1Machine:
     # -- the tables ---------------------------------------------------------------------
     def _to(self, event: str) -> None:
         try:
-            self.state = TRANSITIONS[(self.state, event)]
+            self.state = _NEXT[self.state][event]
         except KeyError:
             raise H1StateError(f"{event!r} in state {self.state}") from None
 
     def _body_to(self, event: str) -> None:
         try:
-            self.body = BODY_TRANSITIONS[(self.body, event)]
+            self.body = _BODY_NEXT[self.body][event]
         except KeyError:
             raise H1StateError(f"body {event!r} in body state {self.body}") from None
 
@@ -271,6 +281,11 @@ class H1Machine:
             return True
         self._to(CLOSE)
         return False
+
+    def framing_broken(self) -> None:
+        """A body ended short of its announced length: the client cannot find the next
+        response, so the connection closes after this one."""
+        self.keep_alive = False
 
     def switch(self) -> bytes:
         """The handler took the connection (stream upgrade): the bytes after the head."""
