@@ -48,13 +48,21 @@ async def service(cfg: PubSubConfig | None = None) -> tuple[PubSub, FakeClock]:
     return ps, clock
 
 
+def websocket(ps: PubSub, *commands: bytes) -> tuple[RecordingSink, WebSocketSubscriber]:
+    """A WebSocket subscriber on a recording sink, after ``commands``."""
+    sink = RecordingSink(RAW)
+    sub = WebSocketSubscriber(ps, TENANT)
+    sub.opened(sink, b"")
+    for text in commands:
+        ps.command(sub, text)
+    ps.flush()
+    return sink, sub
+
+
 def test_websocket_subscribe_publish_and_pings_on_the_clock():
     async def main():
         ps, clock = await service()
-        sink = RecordingSink(RAW)
-        sub = WebSocketSubscriber(ps, TENANT)
-        sub.opened(sink, b"")
-        ps.command(sub, b'{"op":"subscribe","channel":"news"}')
+        sink, sub = websocket(ps, b'{"op":"subscribe","channel":"news"}')
         ps.publish("t1", "news", {"x": 1})
         ps.flush()
         assert b'"op":"subscribed"' in sink.data and b'"data":{"x":1}' in sink.data
@@ -115,13 +123,8 @@ def test_history_expires_on_the_clock():
 def test_unsubscribe_and_errors_are_counted():
     async def main():
         ps, _ = await service()
-        sink = RecordingSink(RAW)
-        sub = WebSocketSubscriber(ps, TENANT)
-        sub.opened(sink, b"")
-        ps.command(sub, b'{"op":"subscribe","channel":"a"}')
-        ps.command(sub, b'{"op":"unsubscribe","channel":"a"}')
-        ps.command(sub, b"nope")
-        ps.flush()
+        sink, _ = websocket(ps, b'{"op":"subscribe","channel":"a"}',
+                            b'{"op":"unsubscribe","channel":"a"}', b"nope")
         assert ps.channels.count("t1\0a") == 0
         texts = [json.loads(m) for m in _messages(sink.data)]
         assert [t.get("op") for t in texts] == ["subscribed", "unsubscribed", "error"]
