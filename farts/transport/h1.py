@@ -9,12 +9,12 @@ for a ``now`` the caller passes (``check_timeouts``).  The asyncio adapter is
 ``connection.py``; the model is h11's ``_state.py``.
 
 The connection's states and every allowed transition are in ONE table, ``TRANSITIONS``
-(state, event) -> next state; any other pair raises ``H1StateError``::
+(state, event) -> next state; any other pair raises ``H1StateError``.  Drawn::
 
-    IDLE ──part──▶ HEAD ──head──▶ HANDLING ──respond──────────────▶ DONE ──next──▶ IDLE
-      └──────────head──────────▶    │ └──started──▶ RESPONDING ──done──▶ │  └──close──▶ CLOSED
-                                    └──switch──▶ SWITCHED               (keep-alive or not)
-    any state ──close──▶ CLOSED
+    IDLE ─part─▶ HEAD ─head─▶ HANDLING ─respond─────────────────▶ DONE ─next─▶ IDLE
+    IDLE ─head──────────────▶ HANDLING ─started─▶ RESPONDING ─done─▶ DONE ─close─▶ CLOSED
+                              HANDLING ─switch─▶ SWITCHED
+    every state but DONE ─close─▶ CLOSED     (DONE is left at once: next or close)
 
 - IDLE: between requests (idle deadline; the header deadline before the first one).
 - HEAD: part of a request head is in (header deadline).
@@ -30,8 +30,13 @@ rest is counted against the limit and dropped so the next request parses).
 
 Pipelining: events that arrive while a request is answered wait in ``pending``
 (``next_event`` returns None for them) and come out in order when the response is done,
-so answers keep the order of requests.  After an upgrade or CONNECT head nothing more is
-handed out: the parser keeps the rest unparsed for the protocol switched to.
+so answers keep the order of requests.  After an upgrade or CONNECT head no further head
+is handed out: the parser keeps the rest unparsed for the protocol switched to.
+
+Where each event is handled: bytes -> ``receive``; a head -> ``_on_head`` (keep-alive,
+upgrade, body start); body bytes and END -> ``next_event``; the answer -> ``respond`` /
+``response_started`` + ``response_done`` -> ``_done`` (body discarding, keep-alive or
+close); an Upgrade -> ``switch``; time -> ``check_timeouts``.
 """
 from __future__ import annotations
 

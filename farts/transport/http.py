@@ -17,6 +17,11 @@ handler, and writes what it returns:
 
 The request body is an async iterator (``request.body``) fed by the connection with
 read flow control, so neither direction is ever fully buffered.
+
+Nothing here is HTTP/1-specific: a handler reads the Request's version-neutral view
+(never the HTTP/1 parser's head) and returns one of the above, so another HTTP version's
+adapter can drive the same handlers.  HTTP/1.1 is ``h1.py`` (the connection's states,
+sans-IO) and ``connection.py`` (its asyncio adapter).
 """
 from __future__ import annotations
 
