@@ -119,11 +119,17 @@ class H1Machine:
         self.switching = False     # an upgrade/CONNECT head: nothing after it is handed out
 
     # -- the tables ---------------------------------------------------------------------
+    # (The hot path, a bodyless keep-alive request, inlines the lookup of ``_to`` in
+    # ``_on_head`` and ``respond``: a Python call per transition is a measurable share
+    # of a fixed answer.)
     def _to(self, event: str) -> None:
         try:
             self.state = _NEXT[self.state][event]
         except KeyError:
-            raise H1StateError(f"{event!r} in state {self.state}") from None
+            raise self._refused(event) from None
+
+    def _refused(self, event: str) -> H1StateError:
+        return H1StateError(f"{event!r} in state {self.state}")
 
     def _body_to(self, event: str) -> None:
         try:
@@ -181,7 +187,10 @@ class H1Machine:
         return ev
 
     def _on_head(self, head: RequestHead) -> None:
-        self._to(HEAD_IN)
+        try:
+            self.state = _NEXT[self.state][HEAD_IN]
+        except KeyError:
+            raise self._refused(HEAD_IN) from None
         self.requests += 1
         self.head_started = 0.0
         self.keep_alive = head.keep_alive
@@ -219,7 +228,8 @@ class H1Machine:
             self.keep_alive = False
 
     def fixed_bytes(self, fixed: Fixed, head: RequestHead) -> bytes:
-        self._no_continue()
+        if self.expect_continue:   # (_no_continue, inline: the hottest path)
+            self.keep_alive = False
         data = fixed.keep if self.keep_alive else fixed.close
         if head.method == b"HEAD":
             data = data[:len(data) - fixed.body_len]
@@ -264,7 +274,15 @@ class H1Machine:
     # -- what the adapter did ---------------------------------------------------------------
     def respond(self, now: float) -> bool:
         """The whole answer is written; returns True when the connection stays open."""
-        self._to(RESPOND)
+        try:
+            self.state = done = _NEXT[self.state][RESPOND]
+        except KeyError:
+            raise self._refused(RESPOND) from None
+        if self.keep_alive and self.body == NONE and not self.parser.in_head:
+            # The usual case of _done, inline: back to IDLE, nothing else to do.
+            self.idle_since = now
+            self.state = _NEXT[done][NEXT]
+            return True
         return self._done(now)
 
     def response_started(self) -> None:
