@@ -287,13 +287,16 @@ class HTTP1Connection(asyncio.Protocol):
         """One of the router's fixed answers, written at once: the hottest path, so it
         counts in place (``fixed.served``) and is not timed: from head to write is a few
         microseconds of this function, recorded as 0 (the first latency bucket)."""
-        self.transport.write(self.machine.fixed_bytes(fixed, head))
+        machine = self.machine
+        self.transport.write(machine.fixed_bytes(fixed, head))
         listener = self.listener
         served = fixed.served
         served[listener.name] = served.get(listener.name, 0) + 1
         if listener.access_log is not None:
             listener.log_access(head, fixed.status, 0.0, self.client)
-        self._request_done(self.machine.respond(listener.now))
+        keep = machine.respond(listener.now)
+        if not keep or self.req_body is not None:  # (else _request_done has nothing to do)
+            self._request_done(keep)
 
     async def _respond_later(self, req: Request, result) -> None:
         head = req._head

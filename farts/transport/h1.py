@@ -146,7 +146,7 @@ class H1Machine:
         events = self.parser.feed(data)
         state = self.state
         if (len(events) == 2 and events[1] is END and not self.pending and not self.switching
-                and (state == IDLE or state == HEAD) and type(events[0]) is RequestHead):
+                and (state is IDLE or state is HEAD) and type(events[0]) is RequestHead):
             head = events[0]
             self._on_head(head)
             return head
