@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from fast.http1 import END, LAST_CHUNK, HTTPError, RequestParser, encode_chunk, response_head
+from fast.http1 import END, LAST_CHUNK, RequestParser, encode_chunk, response_head
 from fast.http1 import Request as RequestHead
 
 from .http import Fixed, Response
@@ -345,6 +345,3 @@ class H1Machine:
             started = self.head_started or self.idle_since
             return HEADER_TIMEOUT if now - started > self.header_timeout else None
         return IDLE_TIMEOUT if now - self.idle_since > self.idle_timeout else None
-
-
-__all__ = ["H1Machine", "H1StateError", "TRANSITIONS", "BODY_TRANSITIONS", "HTTPError"]
