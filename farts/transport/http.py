@@ -106,7 +106,8 @@ class Upgrade:
     transport writes the head from ``status`` and ``headers`` (the handler never builds a
     raw head nor looks at the HTTP version), then drives ``handler``, a StreamHandler,
     with a Sink.  A request the transport cannot switch (a body or pipelined requests
-    after it) is answered 400 and ``handler.opened`` is never called."""
+    after it; an event stream over HTTP/1.0, which has no chunked bodies) is answered
+    400 and ``handler.opened`` is never called."""
 
     __slots__ = ("status", "headers", "handler", "kind")
 
