@@ -4,9 +4,9 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 class Subscriber:
-    """Subclassed by the protocol classes: one object per connection."""
+    """Subclassed by the stream handlers (farts/pubsub): one object per connection."""
 
-    transport: Any
+    transport: Any   # the Sink written to (farts.transport.http.Sink)
     sse: bool
     paused: bool
     dropped: bool

@@ -2,11 +2,13 @@
 """Fanout: which subscribers listen on which channel, and the publish loop.
 
 Sans-IO in the sense that matters: no sockets of its own, no clock, no asyncio.  A
-subscriber carries the transport its bytes go to (anything with ``write`` and
-``get_write_buffer_size``), and the fanout is handed the loop's ``call_soon``.
+subscriber carries the sink its bytes go to (``transport``: the HTTP transport's Sink,
+see farts/transport/http.py: ``write``, ``is_closing``, ``get_write_buffer_size``), and
+the fanout is handed the loop's ``call_soon``.  The direct send to ``fd`` is an
+HTTP/1-over-plain-TCP optimisation the sink offers (fd -1 elsewhere).
 
-One event is encoded once per transport kind by the caller (one WebSocket frame, one
-SSE chunk); ``publish`` hands the same bytes object to every subscriber of the channel.
+One event is encoded once per transport kind and sink framing by the caller (one
+WebSocket frame, one chunk of an HTTP/1.1 event stream); ``publish`` hands the same bytes object to every subscriber of the channel.
 Nothing is written there: each subscriber collects its pieces, and one ``flush`` makes a
 single ``write`` per subscriber, so events published close together cost one syscall per
 connection, not one per event.
@@ -38,7 +40,8 @@ cdef extern from "<sys/socket.h>" nogil:
 
 cdef class Subscriber:
     """One connection's side of the fanout.  Protocol classes subclass it (one object
-    per connection), and set ``transport`` and ``paused`` (from pause/resume_writing)."""
+    per connection), and set ``transport`` (the Sink), ``fd`` (the sink's) and ``paused``
+    (from pause/resume_writing)."""
 
     cdef public object transport
     cdef public bint sse          # takes the SSE chunk instead of the WebSocket frame

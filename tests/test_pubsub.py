@@ -363,6 +363,11 @@ def test_http_errors_of_the_endpoints(node_factory):
     assert httpx.get(pub, headers=auth).status_code == 405
     assert httpx.get(node.url("http", "/live/sse")).status_code == 400
     assert httpx.get(node.url("http", "/live/sse"), params={"channel": "c", "since": "x"}).status_code == 400
+    # An event stream is a chunked body: over HTTP/1.0 the transport refuses the upgrade.
+    with socket.create_connection(("127.0.0.1", node.port("http")), timeout=5) as s:
+        s.sendall(b"GET /live/sse?channel=c HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        assert s.recv(200).startswith(b"HTTP/1.1 400"), "event stream over HTTP/1.0"
+    assert metric(node, "farts_pubsub_connections") == 0
 
 
 # -- presence, slow consumers, many subscribers -----------------------------------------

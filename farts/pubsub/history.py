@@ -19,8 +19,9 @@ evicted past the cursor, or the channel's record on this node starts after it.
 """
 from __future__ import annotations
 
-import time
 from collections import deque
+
+from farts.clock import Clock
 
 
 class BadCursor(ValueError):
@@ -64,8 +65,9 @@ class Channel:
 class History:
     """Histories of all channels of a node, the origin clocks, and the id vector."""
 
-    def __init__(self, node_id: str, size: int, seconds: float) -> None:
+    def __init__(self, node_id: str, size: int, seconds: float, clock: Clock) -> None:
         self.node_id = node_id
+        self.clock = clock
         self.size = size
         self.seconds = seconds
         self.channels: dict[str, Channel] = {}
@@ -73,7 +75,7 @@ class History:
         self.retained: dict[str, int] = {}     # per origin: events of it held in histories
 
     def next_seq(self) -> int:
-        seq = max(self.last_seq.get(self.node_id, 0) + 1, time.time_ns() // 1000)
+        seq = max(self.last_seq.get(self.node_id, 0) + 1, int(self.clock.wall() * 1_000_000))
         return seq
 
     def channel(self, key: str, create: bool = True) -> Channel | None:
@@ -109,7 +111,7 @@ class History:
 
     def append(self, key: str, origin: str, seq: int, make_message) -> Event:
         """Records the event and returns it; ``make_message(id)`` builds its JSON text."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if seq > self.last_seq.get(origin, 0):
             self.last_seq[origin] = seq
         self.retained[origin] = self.retained.get(origin, 0) + 1
@@ -137,7 +139,7 @@ class History:
     def since(self, key: str, cursor: dict[str, int]) -> tuple[list[Event], bool]:
         """Events after ``cursor`` on the channel, and whether that list is complete."""
         ch = self.channel(key)
-        self._trim(ch, time.monotonic())
+        self._trim(ch, self.clock.monotonic())
         newest = max(cursor.values())
         recovered = newest >= ch.born and all(
             seq <= cursor.get(origin, newest) for origin, seq in ch.evicted.items())
@@ -146,7 +148,7 @@ class History:
 
     def sweep(self, is_watched) -> None:
         """Drops expired events, and channels with no events that nobody watches."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for key in list(self.channels):
             ch = self.channels[key]
             self._trim(ch, now)

@@ -1,4 +1,4 @@
-"""The pub/sub service: subscribers, publishing, history, presence, metrics.
+"""The pub/sub service: the HTTP endpoints, the publish API and the mesh's entry points.
 
 Routes of kind "pubsub" lead here; the path picks the endpoint:
 
@@ -7,38 +7,43 @@ Routes of kind "pubsub" lead here; the path picks the endpoint:
     POST /api/publish          {"channel","data"} or {"messages":[...]}, Bearer API key
     GET  /api/presence?channel=..   subscriber count on this node, Bearer API key
 
-Channels are keyed ``tenant id + "\\0" + name``: the same name in two tenants is two
-channels. Subscribers get their tenant from the Host they reached, publishers from
-their API key.
+Where the rest is:
 
-An event is encoded once per transport (a WebSocket frame, an SSE chunk) and handed to
-the fanout (fast/fanout.pyx), which queues the same bytes for every subscriber and
-writes once per connection at the end of the loop iteration.
+- commands.py: the WebSocket command protocol, sans-IO (JSON command in, action out);
+- channels.py: the channel registry (fanout subscriptions, connections) and the one
+  encoding of each event per transport; history.py: recent events and resume cursors;
+- websocket.py, sse.py: the two transports, StreamHandlers on the HTTP transport's
+  ``Upgrade`` (they never build an HTTP head nor look at the HTTP version).
+
+Subscribers get their tenant from the Host they reached, publishers from their API key.
+Server pings, SSE heartbeats, dead-peer checks and history expiry run every
+``ping_interval`` on the injected clock (``clock.every``).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable
 from time import perf_counter
 from urllib.parse import parse_qs
 
+from farts.clock import Clock, Timer
 from farts.config import PubSubConfig, Tenant
 from farts.metrics import Metrics
-from farts.transport.http import Fixed, Request, Response, Takeover
+from farts.transport.http import EVENTS, STREAM, Fixed, Request, Response, Upgrade
 from fast.fanout import Fanout, Subscriber
-from fast.ws import encode_ping, encode_text
+from fast.ws import encode_ping
 
 from . import sse
 from .auth import Denied, check_token
+from .channels import Channels, channel_key
+from .commands import Refuse, Reply, Subscribe, Unsubscribe, channel_problem, decide
 from .history import BadCursor, History, decode_cursor
-from .websocket import WebSocketSubscriber, accept_head, handshake_problem, reply
+from .websocket import WebSocketSubscriber, accept_headers, event_frame, handshake_problem
 
 log = logging.getLogger("farts.pubsub")
 
-MAX_CHANNEL_NAME = 200
 JSON = [(b"content-type", b"application/json")]
 
 
@@ -50,37 +55,28 @@ def _json_response(status: int, obj) -> Response:
     return Response(status, JSON, json.dumps(obj, separators=(",", ":")).encode() + b"\n")
 
 
-def _channel_problem(name) -> str | None:
-    if not isinstance(name, str) or not name:
-        return "channel must be a non-empty string"
-    if len(name) > MAX_CHANNEL_NAME:
-        return f"channel name longer than {MAX_CHANNEL_NAME}"
-    if any(c in name for c in "\0\r\n"):
-        return "channel name has control characters"
-    return None
-
-
 class PubSub:
-    def __init__(self, node_id: str, cfg: PubSubConfig, tenants: list[Tenant], metrics: Metrics) -> None:
+    def __init__(self, node_id: str, cfg: PubSubConfig, tenants: list[Tenant], metrics: Metrics,
+                 clock: Clock) -> None:
         self.node_id = node_id
         self.cfg = cfg
+        self.clock = clock
         self.tenants = {t.id: t for t in tenants}
         self.by_key = {k: t for t in tenants for k in t.api_keys}
         self.max_command_bytes = cfg.max_command_bytes
-        self.history = History(node_id, cfg.history_size, cfg.history_seconds)
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.history = History(node_id, cfg.history_size, cfg.history_seconds, clock)
+        self.channels = Channels(self.history)
         self.fanout: Fanout | None = None
-        self.ws: set[WebSocketSubscriber] = set()
-        self.sse: set[sse.SSESubscriber] = set()
-        self.now = time.monotonic()
-        self._ticker: asyncio.Task | None = None
+        self.now = clock.monotonic()   # as of the last tick: when a WebSocket client was heard
+        self._ticker: Timer | None = None
         # Called with every event published on this node (the mesh forwards it).
         self.on_local_event: Callable[[dict], None] | None = None
         self._metrics(metrics)
 
     def _metrics(self, m: Metrics) -> None:
+        ch = self.channels
         m.gauge("farts_pubsub_connections", "Open subscriber connections",
-                lambda: {("websocket",): len(self.ws), ("sse",): len(self.sse)}, ("transport",))
+                lambda: {("websocket",): len(ch.websockets), ("sse",): len(ch.streams)}, ("transport",))
         m.gauge("farts_pubsub_subscriptions", "Channel subscriptions on this node",
                 lambda: self.fanout.subscriptions() if self.fanout else 0)
         m.gauge("farts_pubsub_channels", "Channels with subscribers or history",
@@ -98,34 +94,33 @@ class PubSub:
 
     # -- lifetime ------------------------------------------------------------------------
     async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.fanout = Fanout(self.loop.call_soon, self._slow, self.cfg.max_buffer_bytes)
-        self._ticker = asyncio.ensure_future(self._tick())
+        loop = asyncio.get_running_loop()
+        self.fanout = self.channels.fanout = Fanout(loop.call_soon, self._slow, self.cfg.max_buffer_bytes)
+        self.send, self.flush = self.fanout.send, self.fanout.flush
+        self._ticker = self.clock.every(self.cfg.ping_interval, self._tick)
 
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-        for sub in list(self.ws):
+        for sub in list(self.channels.websockets):
             sub.close(1001, "node shutting down")
-        for sub in list(self.sse):
+        for sub in list(self.channels.streams):
             sub.close()
 
-    async def _tick(self) -> None:
+    def _tick(self, now: float) -> None:
         """Server pings, SSE heartbeats, dead-peer checks and history expiry."""
+        self.now = now
         interval = self.cfg.ping_interval
-        while True:
-            await asyncio.sleep(interval)
-            self.now = now = time.monotonic()
-            ping = encode_ping(b"")
-            for sub in list(self.ws):
-                if now - sub.heard > 2 * interval:
-                    self.errors.inc(("no_pong",))
-                    sub.close(1001, "no answer to ping")
-                else:
-                    self.fanout.send(sub, ping)
-            for sub in list(self.sse):
-                self.fanout.send(sub, sse.HEARTBEAT)
-            self.history.sweep(self.fanout.has)
+        ping = encode_ping(b"")
+        for sub in list(self.channels.websockets):
+            if now - sub.heard > 2 * interval:
+                self.errors.inc(("no_pong",))
+                sub.close(1001, "no answer to ping")
+            else:
+                self.send(sub, ping)
+        for sub in list(self.channels.streams):
+            self.send(sub, sse.HEARTBEAT)
+        self.channels.sweep()
 
     # -- the HTTP handler -----------------------------------------------------------------
     def handle(self, req: Request):
@@ -143,27 +138,27 @@ class PubSub:
         return Fixed.error(404)
 
     def _websocket(self, req: Request):
-        if req.head.upgrade is None:
+        if req.upgrade is None:
             return Response(426, [(b"upgrade", b"websocket"), (b"content-type", b"text/plain")],
                             b"426 Upgrade Required: this is a WebSocket endpoint\n")
-        problem = handshake_problem(req.head)
+        problem = handshake_problem(req)
         if problem is not None:
             status, reason = problem
             self.errors.inc(("handshake",))
             return Response(status, [(b"sec-websocket-version", b"13"), (b"content-type", b"text/plain")],
                             f"{status} {reason}\n".encode())
-        return Takeover(101, accept_head(req.head), WebSocketSubscriber(self, req.tenant))
+        return Upgrade(101, accept_headers(req), WebSocketSubscriber(self, req.tenant), STREAM)
 
     def _sse(self, req: Request):
-        if req.method != b"GET" or req.head.version != 11:
+        if req.method != b"GET":
             return Fixed.error(400, "event streams need GET over HTTP/1.1")
-        query = parse_qs(req.head.query.decode("latin-1"))
+        query = parse_qs(req.query.decode("latin-1"))
         names = query.get("channel", [])
         if not names:
             return Fixed.error(400, "add ?channel=NAME (repeat for more)")
         if len(names) > self.cfg.max_subscriptions:
             return Fixed.error(400, "too many channels")
-        since = query.get("since", [None])[0] or (req.head.header(b"last-event-id") or b"").decode("latin-1")
+        since = query.get("since", [None])[0] or (req.header(b"last-event-id") or b"").decode("latin-1")
         cursor = None
         if since:
             try:
@@ -172,7 +167,7 @@ class PubSub:
                 return Fixed.error(400, str(e))
         token = query.get("token", [None])[0]
         for name in names:
-            problem = _channel_problem(name)
+            problem = channel_problem(name)
             if problem:
                 return Fixed.error(400, problem)
             try:
@@ -180,24 +175,19 @@ class PubSub:
             except Denied as e:
                 self.errors.inc(("auth",))
                 return Fixed.error(e.code, e.reason)
-        # Subscribed once the connection is handed over (taken_over), not before: a
-        # takeover the transport refuses leaves nothing registered.
-        return Takeover(200, sse.HEAD, sse.SSESubscriber(self, req.tenant, names, cursor))
+        # Subscribed once the stream is open (opened), not before: an upgrade the
+        # transport refuses leaves nothing registered.
+        return Upgrade(200, sse.HEADERS, sse.SSESubscriber(self, req.tenant, names, cursor), EVENTS)
 
-    # -- subscriber lifetime (called by the protocols) ----------------------------------
-    def opened(self, sub) -> None:
-        (self.sse if sub.sse else self.ws).add(sub)
-
-    def sse_opened(self, sub: sse.SSESubscriber, names: list[str], cursor: dict | None) -> None:
-        self.sse.add(sub)
+    # -- subscribers (called by the transports) -------------------------------------------
+    def stream_opened(self, sub: sse.SSESubscriber, names: list[str], cursor: dict | None) -> None:
+        self.channels.opened(sub)
         for name in names:
-            self._subscribe(sub, name, cursor)
-
-    def closed(self, sub) -> None:
-        (self.sse if sub.sse else self.ws).discard(sub)
-        for key in sub.channels:
-            self.fanout.unsubscribe(key, sub)
-        sub.channels = []
+            events, recovered = self.channels.subscribe(sub, channel_key(sub.tenant.id, name), cursor)
+            if cursor is not None and not recovered:
+                self.send(sub, sse.comment_chunk(f"not recovered: {name}"))
+            for ev in events:
+                self.send(sub, sse.event_chunk(ev))
 
     def _slow(self, sub: Subscriber) -> None:
         self.slow_drops.inc(("sse" if sub.sse else "websocket",))
@@ -209,86 +199,30 @@ class PubSub:
         self.errors.inc(("protocol",))
         log.info("WebSocket protocol error: %s", reason)
 
-    # -- commands --------------------------------------------------------------------------
     def command(self, sub: WebSocketSubscriber, text: bytes) -> None:
-        try:
-            cmd = json.loads(text)
-        except ValueError:
-            self.errors.inc(("bad_json",))
-            sub.error(400, "command is not JSON")
-            return
-        if not isinstance(cmd, dict):
-            self.errors.inc(("bad_command",))
-            sub.error(400, "command must be a JSON object")
-            return
-        op = cmd.get("op")
-        if op == "subscribe":
-            self._subscribe_command(sub, cmd)
-        elif op == "unsubscribe":
-            name = cmd.get("channel")
-            key = f"{sub.tenant.id}\0{name}"
-            if isinstance(name, str) and key in sub.channels:
-                sub.channels.remove(key)
-                self.fanout.unsubscribe(key, sub)
-            self.fanout.send(sub, reply({"op": "unsubscribed", "channel": name}))
-        elif op == "ping":
-            self.fanout.send(sub, reply({"op": "pong"}))
-        else:
-            self.errors.inc(("unknown_op",))
-            sub.error(400, f"unknown op {str(op)[:40]!r}")
-
-    def _subscribe_command(self, sub: WebSocketSubscriber, cmd: dict) -> None:
-        name = cmd.get("channel")
-        problem = _channel_problem(name)
-        if problem:
-            self.errors.inc(("bad_command",))
-            sub.error(400, problem, channel=name if isinstance(name, str) else None)
-            return
-        if len(sub.channels) >= self.cfg.max_subscriptions:
-            self.errors.inc(("too_many",))
-            sub.error(429, "too many subscriptions on this connection", channel=name)
-            return
-        try:
-            check_token(sub.tenant.secret, cmd.get("token"), name)
-        except Denied as e:
-            self.errors.inc(("auth",))
-            sub.error(e.code, e.reason, channel=name)
-            return
-        cursor = None
-        since = cmd.get("since")
-        if since is not None:
-            try:
-                if not isinstance(since, str):
-                    raise BadCursor("since must be a string")
-                cursor = decode_cursor(since)
-            except BadCursor as e:
-                self.errors.inc(("bad_command",))
-                sub.error(400, str(e), channel=name)
-                return
-        self._subscribe(sub, name, cursor)
-
-    def _subscribe(self, sub, name: str, cursor: dict | None) -> None:
-        """Registers, replies (WebSocket) and replays what the cursor missed, in one go:
-        no event can slip between the replay and the live stream."""
-        key = f"{sub.tenant.id}\0{name}"
-        self.history.channel(key)
-        if self.fanout.subscribe(key, sub):
-            sub.channels.append(key)
-        events, recovered = self.history.since(key, cursor) if cursor else ([], False)
-        if not sub.sse:
-            self.fanout.send(sub, reply({"op": "subscribed", "channel": name, "recovered": recovered}))
+        """Carries out what the command protocol decides for one command."""
+        action = decide(text, sub.tenant.secret, len(sub.channels), self.cfg.max_subscriptions)
+        t = type(action)
+        if t is Subscribe:
+            events, recovered = self.channels.subscribe(
+                sub, channel_key(sub.tenant.id, action.channel), action.cursor)
+            sub.send_message({"op": "subscribed", "channel": action.channel, "recovered": recovered})
             for ev in events:
-                self.fanout.send(sub, encode_text(ev.message))
-        else:
-            if cursor is not None and not recovered:
-                self.fanout.send(sub, sse.comment_chunk(f"not recovered: {name}"))
-            for ev in events:
-                self.fanout.send(sub, sse.event_chunk(ev.id, ev.message))
+                self.send(sub, event_frame(ev))
+        elif t is Unsubscribe:
+            if isinstance(action.channel, str):
+                self.channels.unsubscribe(sub, channel_key(sub.tenant.id, action.channel))
+            sub.send_message({"op": "unsubscribed", "channel": action.channel})
+        elif t is Reply:
+            sub.send_message(action.message)
+        elif t is Refuse:
+            self.errors.inc((action.metric,))
+            sub.send_message(action.message())
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, tenant_id: str, channel: str, data) -> str:
         """Publishes one event from this node; returns its cursor."""
-        problem = _channel_problem(channel)
+        problem = channel_problem(channel)
         if problem:
             raise PublishError(problem)
         data_json = json.dumps(data, separators=(",", ":"))
@@ -311,10 +245,10 @@ class PubSub:
         except (KeyError, TypeError, ValueError):
             self.errors.inc(("bad_remote_event",))
             return False
-        if tenant not in self.tenants or _channel_problem(channel) or not isinstance(data, str):
+        if tenant not in self.tenants or channel_problem(channel) or not isinstance(data, str):
             self.errors.inc(("bad_remote_event",))
             return False
-        if not self.history.is_new(f"{tenant}\0{channel}", origin, seq):
+        if not self.history.is_new(channel_key(tenant, channel), origin, seq):
             return False
         self._deliver(tenant, channel, origin, seq, data)
         self.published.inc(("remote",))
@@ -335,21 +269,12 @@ class PubSub:
 
     def _deliver(self, tenant_id: str, channel: str, origin: str, seq: int, data_json: str) -> str:
         start = perf_counter()
-        key = f"{tenant_id}\0{channel}"
-        prefix = '{"channel":' + json.dumps(channel) + ',"id":"'
-
-        def message(event_id: str) -> bytes:
-            return (prefix + event_id + '","data":' + data_json + "}").encode()
-
-        ev = self.history.append(key, origin, seq, message)
-        if self.fanout.has(key):
-            self.fanout.publish(key, encode_text(ev.message),
-                                sse.event_chunk(ev.id, ev.message) if self.sse else b"")
+        event_id = self.channels.deliver(channel_key(tenant_id, channel), channel, origin, seq, data_json)
         self.fanout_time.observe(perf_counter() - start)
-        return ev.id
+        return event_id
 
     def _tenant_by_key(self, req: Request) -> Tenant | None:
-        auth = req.head.header(b"authorization") or b""
+        auth = req.header(b"authorization") or b""
         if auth[:7].lower() != b"bearer ":
             return None
         return self.by_key.get(auth[7:].strip().decode("latin-1"))
@@ -373,7 +298,7 @@ class PubSub:
             where = f"messages[{i}]" if batch else "body"
             if not isinstance(m, dict) or "data" not in m:
                 return _json_response(400, {"error": f"{where}: expected {{\"channel\": ..., \"data\": ...}}"})
-            problem = _channel_problem(m.get("channel"))
+            problem = channel_problem(m.get("channel"))
             if problem:
                 return _json_response(400, {"error": f"{where}.channel: {problem}"})
         ids = [self.publish(tenant.id, m["channel"], m["data"]) for m in messages]
@@ -384,9 +309,9 @@ class PubSub:
         if tenant is None:
             self.errors.inc(("auth",))
             return _json_response(401, {"error": "missing or unknown API key (Authorization: Bearer KEY)"})
-        names = parse_qs(req.head.query.decode("latin-1")).get("channel", [])
+        names = parse_qs(req.query.decode("latin-1")).get("channel", [])
         if not names:
             return _json_response(400, {"error": "add ?channel=NAME"})
-        counts = {n: self.fanout.count(f"{tenant.id}\0{n}") for n in names}
+        counts = {n: self.fanout.count(channel_key(tenant.id, n)) for n in names}
         return _json_response(200, {"channel": names[0], "subscribers": counts[names[0]]}
                               if len(names) == 1 else {"channels": counts})

@@ -1,42 +1,47 @@
 """Server-Sent Events subscribers: ``GET /live/sse?channel=a&channel=b``.
 
-The response is ``text/event-stream``, chunked, never ending; each event is
+The handler answers with ``Upgrade(200, HEADERS, subscriber, EVENTS)``: a never-ending
+``text/event-stream`` body (the transport writes the head and frames the body for its
+HTTP version; on HTTP/1.1 each piece is a chunk, see ``frame``).  Each event is
 ``id: <cursor>`` plus ``data: <the same JSON a WebSocket subscriber gets>``, encoded
-once per event for all SSE subscribers. A comment line every heartbeat interval keeps
-proxies from closing an idle stream. Resume with ``Last-Event-ID`` or ``?since=``.
+once per event for all SSE subscribers.  A comment line every heartbeat interval keeps
+proxies from closing an idle stream.  Resume with ``Last-Event-ID`` or ``?since=``.
 """
 from __future__ import annotations
 
-from fast.http1 import LAST_CHUNK, encode_chunk
+from farts.transport.http import CHUNKED, frame
 
-from .subscriber import SubscriberProtocol
+from .subscriber import SubscriberStream
 
-HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-        b"x-accel-buffering: no\r\ntransfer-encoding: chunked\r\n\r\n")
-HEARTBEAT = encode_chunk(b": heartbeat\n\n")
+HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+           (b"x-accel-buffering", b"no")]
+# Every SSE sink today is an HTTP/1.1 chunked body: the pieces below are framed for it
+# once, for all subscribers (a sink of another framing would need its own encoding).
+FRAMING = CHUNKED
+HEARTBEAT = frame(FRAMING, b": heartbeat\n\n")
 
 
-def event_chunk(event_id: str, message: bytes) -> bytes:
-    return encode_chunk(b"id: " + event_id.encode() + b"\ndata: " + message + b"\n\n")
+def event_chunk(ev) -> bytes:
+    return frame(FRAMING, b"id: " + ev.id.encode() + b"\ndata: " + ev.message + b"\n\n")
 
 
 def comment_chunk(text: str) -> bytes:
-    return encode_chunk(b": " + text.replace("\n", " ").encode() + b"\n\n")
+    return frame(FRAMING, b": " + text.replace("\n", " ").encode() + b"\n\n")
 
 
-class SSESubscriber(SubscriberProtocol):
+class SSESubscriber(SubscriberStream):
     __slots__ = ("wanted",)
 
     def __init__(self, service, tenant, names: list[str], cursor: dict | None) -> None:
         super().__init__(service, tenant)
         self.sse = True
-        self.wanted = (names, cursor)   # subscribed to when the connection is ours
+        self.wanted = (names, cursor)   # subscribed to when the stream is open
 
-    def taken_over(self, transport, rest: bytes, release) -> None:
-        self.attach(transport, release)
+    def opened(self, sink, rest: bytes) -> None:
+        super().opened(sink, rest)
         names, cursor = self.wanted
         self.wanted = None
-        self.service.sse_opened(self, names, cursor)
+        self.service.stream_opened(self, names, cursor)
 
     def data_received(self, data: bytes) -> None:
         # A client has nothing to send on an event stream; a pipelined request here
@@ -47,6 +52,5 @@ class SSESubscriber(SubscriberProtocol):
         if self.closing or self.transport is None:
             return
         self.closing = True
-        self.service.fanout.send(self, LAST_CHUNK)
-        self.service.fanout.flush()
-        self.transport.close()
+        self.service.flush()
+        self.transport.close()   # (the sink ends the body: the last chunk on HTTP/1.1)

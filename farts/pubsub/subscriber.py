@@ -1,29 +1,23 @@
-"""What WebSocket and SSE subscribers share: the asyncio protocol's life after the
-transport handed the connection over (Takeover), and the slow-consumer drop."""
+"""What WebSocket and SSE subscribers share: the StreamHandler side of an Upgrade (the
+transport's Sink is what the fanout writes to) and the slow-consumer drop."""
 from __future__ import annotations
 
 from fast.fanout import Subscriber
 
 
-class SubscriberProtocol(Subscriber):
-    __slots__ = ("service", "tenant", "channels", "release")
+class SubscriberStream(Subscriber):
+    __slots__ = ("service", "tenant", "channels")
 
     def __init__(self, service, tenant) -> None:
         self.service = service
         self.tenant = tenant
         self.channels: list[str] = []   # channel keys, usually one or two
-        self.release = None
 
-    def attach(self, transport, release) -> None:
-        """Called first by each subclass's ``taken_over``."""
-        self.transport = transport
-        self.release = release
-        if transport.get_extra_info("sslcontext") is None:   # plain TCP: the fanout may send directly
-            sock = transport.get_extra_info("socket")
-            self.fd = sock.fileno() if sock is not None else -1
-
-    def eof_received(self) -> bool:
-        return False
+    def opened(self, sink, rest: bytes) -> None:
+        """Called first by each subclass's ``opened``: the fanout writes to the sink, and
+        straight to its socket when the sink offers one (plain TCP)."""
+        self.transport = sink
+        self.fd = sink.fd
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -31,22 +25,19 @@ class SubscriberProtocol(Subscriber):
     def resume_writing(self) -> None:
         self.paused = False
 
-    def connection_lost(self, exc) -> None:
+    def closed(self, exc) -> None:
         if self.transport is None:
             return
         self.transport = None
-        self.service.closed(self)
-        if self.release is not None:
-            self.release()
-            self.release = None
+        self.service.channels.closed(self)
 
     def drop_slow(self, last: bytes = b"") -> None:
         """Over the buffer limit: close (after ``last``) and free the buffer soon, read or not."""
-        transport = self.transport
-        if transport is None:
+        sink = self.transport
+        if sink is None:
             return
         self.closing = True
         if last:
-            transport.write(last)
-        transport.close()
-        self.service.loop.call_later(2.0, transport.abort)
+            sink.write(last)
+        sink.close()
+        self.service.clock.call_later(2.0, sink.abort)

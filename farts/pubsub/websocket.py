@@ -1,23 +1,18 @@
-"""WebSocket subscribers: the RFC 6455 handshake and the JSON command protocol.
+"""WebSocket subscribers: the RFC 6455 handshake and the frames of the command protocol.
 
-Client → server text frames are commands:
-    {"op":"subscribe","channel":"c","since":"<cursor>"?,"token":"<jwt>"?}
-    {"op":"unsubscribe","channel":"c"}
-    {"op":"ping"}
-Server → client: events {"channel":"c","id":"<cursor>","data":...}, replies
-{"op":"subscribed","channel":"c","recovered":bool}, {"op":"unsubscribed",...},
-{"op":"pong"}, {"op":"error","code":N,"reason":"..."}.
+The handler answers a valid handshake with ``Upgrade(101, [accept], subscriber, STREAM)``;
+the transport writes the head and hands this subscriber a Sink.  Text frames from the
+client are commands (commands.py decides, the service applies); everything sent goes
+through the fanout so replies, replayed history and live events keep their order.
 
 A bad command gets an error reply and the connection stays; bad framing closes it with
 the RFC's code (1002 protocol, 1003 binary data, 1007 bad UTF-8, 1009 too big).
-Frames are decoded by fast.ws; everything sent goes through the fanout so replies,
-replayed history and live events keep their order.
+Frames are decoded and encoded by fast.ws.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 
 from fast.ws import (
     Close,
@@ -30,20 +25,23 @@ from fast.ws import (
     encode_text,
 )
 
-from .subscriber import SubscriberProtocol
+from .commands import reply_text
+from .subscriber import SubscriberStream
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+SLOW_CONSUMER = encode_close(1008, b"slow consumer")
 
 
-def handshake_problem(head) -> tuple[int, str] | None:
-    """What is wrong with an upgrade request for RFC 6455, as (status, reason)."""
-    if head.method != b"GET" or head.version != 11:
+def handshake_problem(req) -> tuple[int, str] | None:
+    """What is wrong with an upgrade request for RFC 6455, as (status, reason).  (Only
+    an HTTP/1.1 request has ``upgrade`` set, so the version needs no check here.)"""
+    if req.method != b"GET":
         return 400, "WebSocket needs GET over HTTP/1.1"
-    if head.upgrade != b"websocket":
+    if req.upgrade != b"websocket":
         return 426, "expected Upgrade: websocket"
-    if head.header(b"sec-websocket-version") != b"13":
+    if req.header(b"sec-websocket-version") != b"13":
         return 426, "only Sec-WebSocket-Version 13"
-    key = head.header(b"sec-websocket-key") or b""
+    key = req.header(b"sec-websocket-key") or b""
     try:
         if len(base64.b64decode(key, validate=True)) != 16:
             raise ValueError
@@ -52,17 +50,21 @@ def handshake_problem(head) -> tuple[int, str] | None:
     return None
 
 
-def accept_head(head) -> bytes:
-    accept = base64.b64encode(hashlib.sha1(head.header(b"sec-websocket-key") + GUID).digest())
-    return (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
-            b"sec-websocket-accept: " + accept + b"\r\n\r\n")
+def accept_headers(req) -> list[tuple[bytes, bytes]]:
+    """The headers of the 101 besides Upgrade/Connection (the transport adds those)."""
+    accept = base64.b64encode(hashlib.sha1(req.header(b"sec-websocket-key") + GUID).digest())
+    return [(b"sec-websocket-accept", accept)]
 
 
-def reply(obj: dict) -> bytes:
-    return encode_text(json.dumps(obj, separators=(",", ":")).encode())
+def reply(message: dict) -> bytes:
+    return encode_text(reply_text(message))
 
 
-class WebSocketSubscriber(SubscriberProtocol):
+def event_frame(ev) -> bytes:
+    return encode_text(ev.message)
+
+
+class WebSocketSubscriber(SubscriberStream):
     __slots__ = ("decoder", "heard")
 
     def __init__(self, service, tenant) -> None:
@@ -70,11 +72,11 @@ class WebSocketSubscriber(SubscriberProtocol):
         self.decoder: FrameDecoder | None = None   # made on the first bytes (idle costs nothing)
         self.heard = 0.0                           # service clock when the client last sent
 
-    # -- asyncio protocol (after the transport's Takeover) ---------------------------
-    def taken_over(self, transport, rest: bytes, release) -> None:
-        self.attach(transport, release)
+    # -- the StreamHandler side -------------------------------------------------------
+    def opened(self, sink, rest: bytes) -> None:
+        super().opened(sink, rest)
         self.heard = self.service.now
-        self.service.opened(self)
+        self.service.channels.opened(self)
         if rest:
             self.data_received(rest)
 
@@ -90,7 +92,7 @@ class WebSocketSubscriber(SubscriberProtocol):
                     return
                 self.service.command(self, ev.data)
             elif t is Ping:
-                self.service.fanout.send(self, encode_pong(ev.payload))
+                self.service.send(self, encode_pong(ev.payload))
             elif t is Close:
                 self.close(1000 if ev.code == 1005 else ev.code, "")
                 return
@@ -103,8 +105,8 @@ class WebSocketSubscriber(SubscriberProtocol):
                 return
 
     # -- replies and closing ----------------------------------------------------------
-    def error(self, code: int, reason: str, **extra) -> None:
-        self.service.fanout.send(self, reply({"op": "error", "code": code, "reason": reason, **extra}))
+    def send_message(self, message: dict) -> None:
+        self.service.send(self, reply(message))
 
     def close(self, code: int, reason: str) -> None:
         """Sends a close frame (after what is queued) and closes the connection."""
@@ -115,12 +117,9 @@ class WebSocketSubscriber(SubscriberProtocol):
             frame = encode_close(code, reason.encode()[:123])
         except ValueError:
             frame = encode_close(1002, b"")
-        self.service.fanout.send(self, frame)
-        self.service.fanout.flush()
+        self.service.send(self, frame)
+        self.service.flush()
         self.transport.close()
 
     def drop_slow(self) -> None:
         super().drop_slow(SLOW_CONSUMER)
-
-
-SLOW_CONSUMER = encode_close(1008, b"slow consumer")

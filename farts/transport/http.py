@@ -11,11 +11,17 @@ handler, and writes what it returns:
 - ``Response`` with a ``FileBody``: a body sent from a file (sendfile on plain HTTP).
 - an awaitable of either: the transport runs it as a task; later pipelined requests
   wait their turn so responses stay in order.
-- ``Takeover`` (returned at once, not awaited): the handler takes the connection over
-  after a response head (101 for WebSocket, 200 for an event stream); see there.
+- ``Upgrade`` (returned at once, not awaited): the request becomes a stream, a two-way
+  byte stream (WebSocket) or a never-ending body (an event stream), that the handler
+  writes to through a ``Sink`` and reads through ``StreamHandler`` callbacks; see there.
 
 The request body is an async iterator (``request.body``) fed by the connection with
 read flow control, so neither direction is ever fully buffered.
+
+Nothing here is HTTP/1-specific: a handler reads the Request's version-neutral view
+(never the HTTP/1 parser's head) and returns one of the above, so another HTTP version's
+adapter can drive the same handlers.  HTTP/1.1 is ``h1.py`` (the connection's states,
+sans-IO) and ``connection.py`` (its asyncio adapter).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fast.http1 import response_head
+from fast.http1 import encode_chunk, response_head
 
 if TYPE_CHECKING:
     from farts.config import Route, Tenant
@@ -91,23 +97,66 @@ class Fixed:
         return cls(status, (f"{text}: {reason}" if reason else text).encode() + b"\n")
 
 
-class Takeover:
-    """The handler takes the connection: the transport writes ``head``, then the socket
-    belongs to ``protocol``. The connection object is dropped (a long-lived subscriber
-    keeps no HTTP state), so the protocol is told what it needs in one call:
+class Upgrade:
+    """The handler turns the request into a stream (returned at once, not awaited).
 
-        protocol.taken_over(transport, rest, release)
+    ``kind`` is STREAM (a two-way byte stream: WebSocket; on HTTP/1.1 a 101 switching to
+    the request's Upgrade protocol, over HTTP/2 a 200 to an extended CONNECT) or EVENTS
+    (a never-ending response body: an event stream; on HTTP/1.1 a chunked 200).  The
+    transport writes the head from ``status`` and ``headers`` (the handler never builds a
+    raw head nor looks at the HTTP version), then drives ``handler``, a StreamHandler,
+    with a Sink.  A request the transport cannot switch (a body or pipelined requests
+    after it; an event stream over HTTP/1.0, which has no chunked bodies) is answered
+    400 and ``handler.opened`` is never called."""
 
-    ``rest``: bytes that followed the request head; ``release``: call it once when the
-    connection is lost (it frees the connection's place in the listener's limits).
-    From then on the transport calls the protocol's ``data_received``,
-    ``connection_lost``, ``pause_writing`` and ``resume_writing`` directly.
-    """
+    __slots__ = ("status", "headers", "handler", "kind")
 
-    __slots__ = ("status", "head", "protocol")
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], handler: StreamHandler,
+                 kind: str) -> None:
+        self.status, self.headers, self.handler, self.kind = status, headers, handler, kind
 
-    def __init__(self, status: int, head: bytes, protocol: Any) -> None:
-        self.status, self.head, self.protocol = status, head, protocol
+
+STREAM, EVENTS = "stream", "events"
+# How a sink frames what is written to it: RAW bytes go as they are (a switched
+# protocol, an HTTP/2 DATA frame's payload), CHUNKED ones are the pieces of an HTTP/1.1
+# chunked body (the writer encodes each piece with ``frame``, once for all sinks alike).
+RAW, CHUNKED = "raw", "chunked"
+
+
+def frame(framing: str, data: bytes) -> bytes:
+    """``data`` as it goes to a sink of ``framing``: encode once, write to many."""
+    return encode_chunk(data) if framing == CHUNKED else data
+
+
+class Sink(Protocol):
+    """Where a stream handler writes (the transport's side of an Upgrade).  Over
+    HTTP/1.1 the methods are the socket transport's own (no call in between).
+
+    ``framing``: RAW or CHUNKED (see ``frame``). ``fd``: the plain TCP socket when the
+    caller may send to it directly (nothing must be buffered in the sink then, see
+    fast/fanout.pyx), else -1 (TLS, HTTP/2)."""
+
+    framing: str
+    fd: int
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None:
+        """Ends the stream after what is written (an event stream's last chunk)."""
+    def abort(self) -> None: ...
+    def is_closing(self) -> bool: ...
+    def get_write_buffer_size(self) -> int:
+        """Bytes written and not yet sent."""
+
+
+class StreamHandler(Protocol):
+    def opened(self, sink: Sink, rest: bytes) -> None:
+        """The head is written; ``rest``: bytes the client sent after its request."""
+    def data_received(self, data: bytes) -> None: ...
+    def pause_writing(self) -> None:
+        """The sink holds too much: stop writing until resume_writing."""
+    def resume_writing(self) -> None: ...
+    def closed(self, exc: BaseException | None) -> None:
+        """The stream is gone (either side); the sink must not be used any more."""
 
 
 REASONS = {426: "Upgrade Required", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
@@ -215,11 +264,11 @@ class RequestBody:
 class Request:
     """One request as a handler sees it: the parsed head plus what the edge knows."""
 
-    __slots__ = ("head", "tenant", "route", "client", "scheme", "body", "start")
+    __slots__ = ("_head", "tenant", "route", "client", "scheme", "body", "start")
 
     def __init__(self, head: RequestHead, tenant: Tenant | None, route: Route | None,
                  client: str, scheme: str, body: RequestBody | None, start: float) -> None:
-        self.head = head
+        self._head = head   # the HTTP/1 parser's object: the transport's, not the handler's
         self.tenant = tenant
         self.route = route
         self.client = client
@@ -227,49 +276,55 @@ class Request:
         self.body = body
         self.start = start
 
+    @property
+    def head(self) -> RequestHead:
+        """Transitional: the CDN and the proxy still read it (their own branches move
+        them to the view below); no new handler may."""
+        return self._head
+
     # The version-neutral view handlers use (an HTTP/2 stream will offer the same).
     @property
     def method(self) -> bytes:
-        return self.head.method
+        return self._head.method
 
     @property
     def target(self) -> bytes:
-        return self.head.target
+        return self._head.target
 
     @property
     def path(self) -> bytes:
-        return self.head.path
+        return self._head.path
 
     @property
     def query(self) -> bytes:
-        return self.head.query
+        return self._head.query
 
     @property
     def host(self) -> bytes:
-        return self.head.host
+        return self._head.host
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
         """(lowercase name, value), in order."""
-        return self.head.headers
+        return self._head.headers
 
     def header(self, name: bytes) -> bytes | None:
         """First value of ``name`` (lowercase)."""
-        return self.head.header(name)
+        return self._head.header(name)
 
     @property
     def version(self) -> str:
         """"1.0", "1.1" (and "2" over HTTP/2)."""
-        return "1.1" if self.head.version == 11 else "1.0"
+        return "1.1" if self._head.version == 11 else "1.0"
 
     @property
     def upgrade(self) -> bytes | None:
         """The protocol the client asks to switch to (HTTP/1.1 Upgrade with Connection:
         upgrade; over HTTP/2 the :protocol of an extended CONNECT), lowercase."""
-        return self.head.upgrade
+        return self._head.upgrade
 
     @property
     def content_length(self) -> int:
         """The body's declared length; -1 when not known in advance (chunked)."""
-        head = self.head
+        head = self._head
         return -1 if head.chunked else head.content_length

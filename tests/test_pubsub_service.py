@@ -1,0 +1,153 @@
+"""The pub/sub service's logic without sockets: subscribers on a recording Sink, the
+ticker (pings, dead peers, heartbeats, history expiry) driven by a FakeClock."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from farts.clock import FakeClock
+from farts.config import PubSubConfig, Tenant
+from farts.metrics import Metrics
+from farts.pubsub import PubSub
+from farts.pubsub.sse import SSESubscriber
+from farts.pubsub.websocket import WebSocketSubscriber
+from farts.transport.http import CHUNKED, RAW
+
+TENANT = Tenant("t1", ["t1.example"], api_keys=["key"])
+
+
+class RecordingSink:
+    """A Sink that keeps what is written (no socket: fd -1, never buffers)."""
+
+    def __init__(self, framing: str) -> None:
+        self.framing, self.fd = framing, -1
+        self.data = b""
+        self.closed = self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def service(cfg: PubSubConfig | None = None) -> tuple[PubSub, FakeClock]:
+    clock = FakeClock()
+    ps = PubSub("n1", cfg or PubSubConfig(ping_interval=10.0, history_seconds=30.0),
+                [TENANT], Metrics(), clock)
+    await ps.start()
+    return ps, clock
+
+
+def websocket(ps: PubSub, *commands: bytes) -> tuple[RecordingSink, WebSocketSubscriber]:
+    """A WebSocket subscriber on a recording sink, after ``commands``."""
+    sink = RecordingSink(RAW)
+    sub = WebSocketSubscriber(ps, TENANT)
+    sub.opened(sink, b"")
+    for text in commands:
+        ps.command(sub, text)
+    ps.flush()
+    return sink, sub
+
+
+def test_websocket_subscribe_publish_and_pings_on_the_clock():
+    async def main():
+        ps, clock = await service()
+        sink, sub = websocket(ps, b'{"op":"subscribe","channel":"news"}')
+        ps.publish("t1", "news", {"x": 1})
+        ps.flush()
+        assert b'"op":"subscribed"' in sink.data and b'"data":{"x":1}' in sink.data
+        assert ps.channels.count("t1\0news") == 1
+        before = len(sink.data)
+        assert clock.advance(10.0) == 1     # one tick: a ping
+        ps.flush()
+        assert sink.data[before:] == b"\x89\x00"
+        sub.heard = ps.now                  # the client answered
+        clock.advance(10.0)
+        assert not sink.closed
+        clock.advance(25.0)                 # silent for more than two intervals
+        ps.flush()
+        assert sink.closed and b"no answer to ping" in sink.data
+        sub.closed(None)
+        assert ps.channels.count("t1\0news") == 0 and not ps.channels.websockets
+        await ps.stop()
+    asyncio.run(main())
+
+
+def test_event_stream_gets_chunks_heartbeats_and_replay():
+    async def main():
+        ps, clock = await service()
+        first = ps.publish("t1", "a", "one")
+        ps.publish("t1", "a", "two")
+        sink = RecordingSink(CHUNKED)
+        sub = SSESubscriber(ps, TENANT, ["a"], {"n1": int(first.split(":")[1])})
+        sub.opened(sink, b"")
+        ps.flush()
+        assert b'data: {"channel":"a"' in sink.data and b'"two"' in sink.data
+        assert b'"one"' not in sink.data       # replayed after the cursor only
+        pieces = _chunks(sink.data)
+        # (the channel's record starts after its first event, so that cursor is not
+        # known to be complete: said in a comment, existing behaviour)
+        assert pieces[0] == b": not recovered: a\n\n"
+        assert pieces[1].startswith(b"id: ") and b'"data":"two"' in pieces[1]
+        clock.advance(10.0)
+        ps.flush()
+        assert _chunks(sink.data)[-1] == b": heartbeat\n\n"
+        sub.close()
+        assert sink.closed
+        await ps.stop()
+    asyncio.run(main())
+
+
+def test_history_expires_on_the_clock():
+    async def main():
+        ps, clock = await service()
+        ps.publish("t1", "gone", 1)
+        assert "t1\0gone" in ps.history.channels
+        clock.advance(40.0)                  # past history_seconds, with ticks on the way
+        assert "t1\0gone" not in ps.history.channels
+        await ps.stop()
+        assert clock.advance(100.0) == 0     # stop cancels the ticker
+    asyncio.run(main())
+
+
+def test_unsubscribe_and_errors_are_counted():
+    async def main():
+        ps, _ = await service()
+        sink, _ = websocket(ps, b'{"op":"subscribe","channel":"a"}',
+                            b'{"op":"unsubscribe","channel":"a"}', b"nope")
+        assert ps.channels.count("t1\0a") == 0
+        texts = [json.loads(m) for m in _messages(sink.data)]
+        assert [t.get("op") for t in texts] == ["subscribed", "unsubscribed", "error"]
+        assert ps.errors.get(("bad_json",)) == 1
+        await ps.stop()
+    asyncio.run(main())
+
+
+def _messages(data: bytes) -> list[bytes]:
+    """Payloads of unmasked server text frames (short ones: 7-bit lengths)."""
+    out = []
+    while data:
+        n = data[1] & 0x7F
+        out.append(data[2:2 + n])
+        data = data[2 + n:]
+    return out
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    out = []
+    while data:
+        size, _, data = data.partition(b"\r\n")
+        n = int(size, 16)
+        out.append(data[:n])
+        data = data[n + 2:]
+    return out
