@@ -44,7 +44,7 @@ class Node:
         proxy_stats = ProxyStats(self.metrics)
         self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats, self.http_client)
                           for name, up in cfg.upstreams.items()}
-        self.pubsub = PubSub(cfg.node.id, cfg.pubsub, cfg.tenants, self.metrics, LoopClock())
+        self.pubsub = PubSub(cfg.node.id, cfg.pubsub, cfg.tenants, self.metrics, self.clock)
         # The live node map: the static list from [[dns.nodes]] until the mesh writes it.
         self.members = MemberMap([Member(n.id, n.region, n.lat, n.lon, tuple(n.addresses))
                                   for n in cfg.dns.nodes])
