@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from farts import __version__
 from farts.admin import AdminHandler
 from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
-from farts.cdn import purge as cdn_purge
+from farts.cdn.peer import PurgePeer
+from farts.clock import LoopClock
 from farts.config import Config, Route
 from farts.members import Member, MemberMap
 from farts.mesh import MeshService, MeshStatusHandler
 from farts.metrics import Metrics
 from farts.proxy import ProxyHandler, ProxyStats
 from farts.pubsub import PubSub
+from farts.pubsub.peer import PubSubPeer
 from farts.transport.http import Fixed
 from farts.transport.listener import AccessLog, HTTPStats, Listener
 from farts.transport.router import Router
@@ -31,9 +32,10 @@ class Node:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
+        self.clock = LoopClock()   # the node's one clock: services that take `clock` get it
         self.listeners: dict[str, Listener] = {}
         self.stats = HTTPStats(self.metrics, self.listeners)
-        self.started_at = time.time()
+        self.started_at = self.clock.wall()
         self.certs: CertStore | None = None
         self._tasks: list[asyncio.Task] = []
         self.admin = AdminHandler(self.metrics.render, self.status)
@@ -47,68 +49,22 @@ class Node:
         self.dns = None
         self.db = None
         # The mesh writes the member map (this node included) once it runs.
-        self.mesh = MeshService(cfg, self.members, self.metrics, self._load) if cfg.mesh.enabled else None
-        if self.mesh is not None:
-            self._bridge_pubsub(self.mesh.bus)
+        self.mesh = (MeshService(cfg, self.members, self.metrics, self._load, clock=self.clock)
+                     if cfg.mesh.enabled else None)
         # The CDN (its cache under data_dir/cache) only when a route uses it.
         self.cdn = (CDN(cfg.cdn, cfg.path("cache"), self.metrics)
                     if any(r.kind == "cdn" for r in cfg.routes) else None)
+        # The services' peer protocols on the mesh bus.
+        self.peers = [] if self.mesh is None else [PubSubPeer(cfg.node.id, self.pubsub, self.mesh.bus, self.clock),
+                                                    PurgePeer(self.cdn, self.mesh.bus)]
         self.metrics.gauge("farts_node_info", "This node", lambda: {(cfg.node.id, cfg.node.region, __version__): 1},
                            ("node", "region", "version"))
 
-    def _purge_everywhere(self):
-        """With a mesh, a purge on this node's admin API is broadcast and every peer with
-        a CDN runs it too (a peer without one ignores it)."""
-        if self.mesh is None:
-            return None
-        bus, cdn = self.mesh.bus, self.cdn
-
-        def on_remote(msg) -> None:
-            spec = msg.body
-            if (isinstance(spec, dict) and isinstance(spec.get("tenant"), str)
-                    and all(isinstance(spec.get(k), (str, type(None))) for k in ("prefix", "key"))):
-                cdn_purge.apply(cdn, spec)
-
-        bus.subscribe("cdn.purge", on_remote)
-        return lambda spec: bus.broadcast("cdn.purge", spec)
-
-    def _bridge_pubsub(self, bus) -> None:
-        """Cross-node pub/sub over the mesh bus: every local publish is broadcast; peers
-        apply it (deduplicated by origin and seq). A peer that comes back alive, or a
-        gap in an origin's broadcasts, triggers a catch-up: this node sends what it has
-        (origin -> newest seq) and the peer answers with the events it lacks."""
-        ps, me = self.pubsub, self.cfg.node.id
-        ps.on_local_event = lambda ev: bus.broadcast("pubsub.event", ev)
-
-        def on_event(msg) -> None:
-            ps.apply_remote(msg.body)
-            if msg.gap:
-                bus.send(msg.origin, "pubsub.catchup", ps.have())
-
-        def on_catchup(msg) -> None:
-            if isinstance(msg.body, dict):
-                events = ps.events_after(msg.body)
-                for i in range(0, len(events), 200):  # frames well under mesh.max_frame_bytes
-                    bus.send(msg.origin, "pubsub.events", events[i:i + 200])
-
-        def on_events(msg) -> None:
-            for ev in msg.body if isinstance(msg.body, list) else ():
-                ps.apply_remote(ev)
-
-        def ask_catchup(node_id: str, tries: int) -> None:
-            # A member can be alive (heard through gossip) before its link is up: the
-            # send fails until then, so it is tried again for a few seconds.
-            if not bus.send(node_id, "pubsub.catchup", ps.have()) and tries > 1:
-                asyncio.get_running_loop().call_later(0.5, ask_catchup, node_id, tries - 1)
-
-        def on_member(old, new) -> None:
-            if new.id != me and new.state == "alive" and (old is None or old.state != "alive"):
-                ask_catchup(new.id, 20)
-
-        bus.subscribe("pubsub.event", on_event)
-        bus.subscribe("pubsub.catchup", on_catchup)
-        bus.subscribe("pubsub.events", on_events)
-        bus.on_member_change(on_member)
+    def _purge_everywhere(self, spec: dict) -> None:
+        """With a mesh, a purge on this node's admin API runs on every peer with a CDN too."""
+        for peer in self.peers:
+            if isinstance(peer, PurgePeer):
+                peer.purge_everywhere(spec)
 
     def _handler_for(self, route: Route):
         if route.kind == "static":  # the transport writes a Fixed itself, no handler call
@@ -147,7 +103,7 @@ class Node:
         if self.cdn is not None:
             self.cdn.start()
             admin_routes.append((Route(prefix="/api/cache/", kind="admin", max_body_bytes=65536),
-                                 PurgeHandler(self.cdn, self._purge_everywhere())))
+                                 PurgeHandler(self.cdn, self._purge_everywhere)))
         admin = Router(None, admin_routes, 0)
         ls = cfg.listeners
         if ls.http.enabled:
@@ -193,12 +149,14 @@ class Node:
 
     def status(self) -> dict:
         return {"node": self.cfg.node.id, "region": self.cfg.node.region, "version": __version__,
-                "uptime_s": round(time.time() - self.started_at, 1), "listeners": self.urls(),
+                "uptime_s": round(self.clock.wall() - self.started_at, 1), "listeners": self.urls(),
                 "connections": {n: len(li.connections) for n, li in self.listeners.items()}}
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        for peer in self.peers:
+            getattr(peer, "stop", lambda: None)()
         if self.mesh is not None:  # first: peers hear "left" while the rest shuts down
             await self.mesh.stop()
         if self.dns is not None:
