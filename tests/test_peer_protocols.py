@@ -215,12 +215,6 @@ def test_a_purge_is_broadcast_and_a_peers_purge_runs_here():
     assert cdn.purged == [(tenant_prefix("t", "/a.jpg?v=2"), True), (tenant_prefix("t", ""), False)]
 
 
-def test_a_node_without_a_cdn_ignores_peers_purges():
-    bus = FakeBus()
-    PurgePeer(None, bus)
-    assert bus.subs == {}
-
-
 # ---- the mesh's Bus as the PeerBus -----------------------------------------------------------
 
 

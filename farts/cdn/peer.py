@@ -45,13 +45,12 @@ class Purge(PeerMessage):
 
 
 class PurgePeer:
-    """Runs peers' purges on this node's CDN (when it has one); ``purge_everywhere(spec)``
-    is what the admin API calls after a local purge."""
+    """Runs peers' purges on this node's CDN; ``purge_everywhere(spec)`` is what the admin
+    API calls after a local purge. (A node without a CDN has no PurgePeer: it ignores them.)"""
 
-    def __init__(self, cdn: CDN | None, bus: PeerBus) -> None:
+    def __init__(self, cdn: CDN, bus: PeerBus) -> None:
         self.cdn, self.bus = cdn, bus
-        if cdn is not None:
-            bus.subscribe(Purge, self.on_purge)
+        bus.subscribe(Purge, self.on_purge)
 
     def purge_everywhere(self, spec: dict) -> int:
         return self.bus.broadcast(Purge(spec["tenant"], spec.get("prefix"), spec.get("key")))

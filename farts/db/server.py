@@ -9,9 +9,10 @@ import logging
 import time
 from pathlib import Path
 
-from farts.config import ConfigError, DBConfig
+from farts.config import ConfigError
 from farts.db import scram, wire
 from farts.db.commands import Commands, Session
+from farts.db.config import DBConfig
 from farts.db.errors import MongoError, error_document
 from farts.db.store import Store
 

@@ -12,7 +12,7 @@ import logging
 import socket
 import time
 
-from farts.config import DNSConfig
+from farts.dns.config import DNSConfig
 from farts.dns.geoindex import GeoSource, default_database
 from farts.dns.responder import Responder
 from farts.dns.rrl import RateLimiter

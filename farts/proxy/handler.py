@@ -20,8 +20,8 @@ import os
 import time
 from time import perf_counter
 
-from farts.config import Upstream
 from farts.metrics import Metrics
+from farts.proxy.config import Upstream
 from farts.transport.http import Fixed, Request, Response
 from fast.http1 import END, LAST_CHUNK, HTTPError, encode_chunk, request_head
 from fast.http1 import Response as ResponseHead

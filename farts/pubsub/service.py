@@ -25,8 +25,9 @@ from collections.abc import Callable
 from time import perf_counter
 from urllib.parse import parse_qs
 
-from farts.config import PubSubConfig, Tenant
+from farts.config import Tenant
 from farts.metrics import Metrics
+from farts.pubsub.config import PubSubConfig
 from farts.transport.http import Fixed, Request, Response, Takeover
 from fast.fanout import Fanout, Subscriber
 from fast.ws import encode_ping, encode_text
