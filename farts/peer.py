@@ -14,6 +14,7 @@ version this node does not speak is refused as a ``BadMessage``.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -31,17 +32,24 @@ class BadMessage(ValueError):
 
 class PeerMessage:
     """Base of every peer message: subclasses are frozen dataclasses that set TYPE and
-    VERSION and implement ``to_wire`` (-> a msgpack-able body) and ``from_wire``."""
+    VERSION. Most carry one value, sent as it is: such a message only says how to check
+    it (``parse(body) -> value``, raising ``BadMessage``); one with more fields overrides
+    ``to_wire`` and ``from_wire``."""
 
     __slots__ = ()
     TYPE: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
 
     def to_wire(self) -> Any:
-        raise NotImplementedError
+        (only,) = dataclasses.fields(self)
+        return getattr(self, only.name)
 
     @classmethod
     def from_wire(cls, body: Any) -> PeerMessage:
+        return cls(cls.parse(body))
+
+    @classmethod
+    def parse(cls, body: Any) -> Any:
         raise NotImplementedError
 
     @classmethod

@@ -50,14 +50,11 @@ class Load(PeerMessage):
     VERSION = 1
     value: float
 
-    def to_wire(self) -> float:
-        return self.value
-
     @classmethod
-    def from_wire(cls, body: Any) -> Load:
+    def parse(cls, body: Any) -> float:
         need(cls, isinstance(body, (int, float)) and not isinstance(body, bool) and math.isfinite(body),
              "a number")
-        return cls(float(body))
+        return float(body)
 
 
 class MeshService:

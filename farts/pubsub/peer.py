@@ -24,13 +24,6 @@ CATCHUP_TRIES = 20        # a member heard through gossip may have no link yet: 
 CATCHUP_RETRY = 0.5       # ... every half second, for ten seconds
 
 
-def _have(cls: type[PeerMessage], body: Any) -> dict[str, int]:
-    need(cls, isinstance(body, dict), "an object origin -> seq")
-    need(cls, all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                  for k, v in body.items()), "origin -> integer seq")
-    return body
-
-
 @dataclass(frozen=True, slots=True)
 class Event(PeerMessage):
     """One event published on its origin (what ``PubSub.on_local_event`` got there)."""
@@ -38,14 +31,11 @@ class Event(PeerMessage):
     VERSION = 1
     event: dict
 
-    def to_wire(self) -> dict:
-        return self.event
-
     @classmethod
-    def from_wire(cls, body: Any) -> Event:
+    def parse(cls, body: Any) -> dict:
         # The fields are PubSub.apply_remote's to check (it counts bad_remote_event).
         need(cls, isinstance(body, dict), "an event object")
-        return cls(body)
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +45,12 @@ class CatchupRequest(PeerMessage):
     VERSION = 1
     have: dict
 
-    def to_wire(self) -> dict:
-        return self.have
-
     @classmethod
-    def from_wire(cls, body: Any) -> CatchupRequest:
-        return cls(_have(cls, body))
+    def parse(cls, body: Any) -> dict[str, int]:
+        need(cls, isinstance(body, dict), "an object origin -> seq")
+        need(cls, all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                      for k, v in body.items()), "origin -> integer seq")
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +60,11 @@ class CatchupEvents(PeerMessage):
     VERSION = 1
     events: tuple
 
-    def to_wire(self) -> list:
-        return list(self.events)
-
     @classmethod
-    def from_wire(cls, body: Any) -> CatchupEvents:
+    def parse(cls, body: Any) -> tuple:
         need(cls, isinstance(body, list), "a list of events")
         need(cls, all(isinstance(ev, dict) for ev in body), "event objects")
-        return cls(tuple(body))
+        return tuple(body)
 
 
 MESSAGES = (Event, CatchupRequest, CatchupEvents)
