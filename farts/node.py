@@ -51,7 +51,9 @@ class Service:
     section: config.Section | None
     # node -> the service object, or None when the config leaves it off. It gets the
     # node's shared parts (node.cfg, node.metrics, node.clock, node.members) and what
-    # it needs of another service as a plain object or function.
+    # it needs of another service as a plain object or function. Every service that
+    # takes a `clock` gets node.clock (the mesh does; the others as their constructors
+    # grow the parameter: pass clock=n.clock in their build).
     build: Callable[[Node], Any]
     start_rank: int = 100                 # lower starts first, all before the listeners
     stop_rank: int = 100                  # lower stops first (see LISTENERS_STOP)

@@ -278,3 +278,27 @@ def test_hlc_out_of_range_in_a_frame_is_bad():
     hello = Hello("a", "r", 0.0, 0.0, (), "h:1", (5, 1 << 16), 0).encode()
     with pytest.raises(FrameError, match="hlc"):
         FrameReader(1 << 20).feed(hello)
+
+
+# ---- the mesh's load figure, on the injected clock ----------------------------------------------
+
+
+def test_the_load_figure_is_shared_every_interval_and_peers_loads_land_in_the_member_map():
+    from farts import config
+    from farts.mesh.service import LOAD_INTERVAL, MeshService
+
+    cfg = config.parse('[node]\nid = "a"\n[mesh]\nenabled = true', "x.toml")
+    members, clock, load = MemberMap([Member("a"), Member("b")]), FakeClock(), [0.25]
+    mesh = MeshService(cfg, members, Metrics(), lambda: load[0], clock=clock)
+    sent = []
+    mesh.bus.broadcast = sent.append
+    mesh.share_load()
+    clock.advance(0)
+    assert sent == [Load(0.25)] and members.get("a").load == 0.25
+    load[0] = 0.5
+    clock.advance(LOAD_INTERVAL - 0.01)
+    assert sent == [Load(0.25)]
+    clock.advance(0.01)
+    assert sent == [Load(0.25), Load(0.5)] and members.get("a").load == 0.5
+    mesh.bus.deliver("b", ["mesh.load", "b", 1, 1, 5, 0, 0.75])
+    assert members.get("b").load == 0.75

@@ -143,9 +143,13 @@ class MeshService:
         for seed in mc.seeds:
             if seed != hello.mesh:
                 self.links.dial("seed:" + seed, seed, None)
+        self.share_load()
+        self._wake()
+
+    def share_load(self) -> None:
+        """This node's load goes to every member now and each LOAD_INTERVAL; theirs comes in."""
         self.bus.subscribe(Load, self._peer_load)
         self._load_timer = self.clock.every(LOAD_INTERVAL, self._share_load, first=0.0)
-        self._wake()
 
     def _share_load(self, now: float) -> None:
         value = round(float(self.load()), 3)
