@@ -211,7 +211,7 @@ def server_cpu(docs: int) -> dict[str, float]:
 
     from bson.binary import Binary
 
-    from farts.config import DBConfig
+    from farts.db.config import DBConfig
     from farts.db.server import DBProtocol, DBService
     from farts.db.store import Index
     from farts.metrics import Metrics

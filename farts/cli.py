@@ -16,8 +16,9 @@ def _with_flags(cfg: config.Config, args) -> config.Config:
     if args.access_log is not None:
         cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, access_log_sample=args.access_log))
     if getattr(args, "cdn_origin", None) and "media" in cfg.cdn.origins:
-        media = config.CDNOrigin(kind="http", url=args.cdn_origin)
-        cfg = dataclasses.replace(cfg, cdn=dataclasses.replace(cfg.cdn, origins={**cfg.cdn.origins, "media": media}))
+        from farts.cdn.config import CDNOrigin
+        media = CDNOrigin(kind="http", url=args.cdn_origin)
+        cfg = cfg.with_section("cdn", dataclasses.replace(cfg.cdn, origins={**cfg.cdn.origins, "media": media}))
     return cfg
 
 

@@ -5,13 +5,21 @@ integer 1-65535, got "x"``) because the operator reading it has only the file op
 Validation is driven by the dataclass fields themselves: each field's type says what
 the TOML value must be, and ``metadata["check"]`` adds a range or a choice, so adding a
 setting is adding one field.
+
+This module holds the loader and the shared sections (node, listeners, limits, http,
+tenants, routes). Each service owns its section in ``farts/<service>/config.py`` (a
+``Section``: its name, its dataclass, the rules across keys, its route kinds), and
+the composition root (``farts/node.py``, its table of services) registers them; a
+registered section reads as ``cfg.<name>`` like a shared one.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,7 @@ class Check:
         self.ok, self.expected = ok, expected
 
 
-def _address_ok(v: str) -> bool:
+def address_ok(v: str) -> bool:
     host, sep, port = v.rpartition(":")
     return bool(sep and host and port.isdigit() and 1 <= int(port) <= 65535)
 
@@ -38,14 +46,65 @@ POSITIVE = Check(lambda v: v > 0, "a positive number")
 NON_NEGATIVE = Check(lambda v: v >= 0, "a number >= 0")
 FRACTION = Check(lambda v: 0 <= v <= 1, "a number between 0 and 1")
 PREFIX = Check(lambda v: v.startswith("/"), "a path prefix starting with '/'")
-ADDRESSES = Check(lambda v: bool(v) and all(_address_ok(s) for s in v), "a non-empty list of 'host:port'")
+ADDRESSES = Check(lambda v: bool(v) and all(address_ok(s) for s in v), "a non-empty list of 'host:port'")
 
 
-def _one_of(*choices) -> Check:
+def one_of(*choices) -> Check:
     return Check(lambda v: v in choices, "one of " + ", ".join(json.dumps(c) for c in choices))
 
 
-def _checked(default: Any = dataclasses.MISSING, check=None, **kw) -> Any:
+# ---- the sections services register ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    """A service's config section: ``[name]`` parsed as ``type`` (a config dataclass, or
+    ``dict[str, Dataclass]`` for named tables), ``default()`` when absent, ``cross_check(cfg)``
+    for rules involving other keys, and the route kinds the service serves."""
+    name: str
+    type: Any
+    default: Callable[[], Any]
+    cross_check: Callable[[Config], None] | None = None
+    route_kinds: tuple[str, ...] = ()
+
+
+SHARED_ROUTE_KINDS = ("static", "admin")
+_sections: dict[str, Section] = {}
+
+
+def register(section: Section) -> None:
+    """Called by the composition root for each service; registering the same again is a no-op."""
+    known = _sections.get(section.name)
+    if known is not None and known != section:
+        raise ValueError(f"config section {section.name!r} registered twice")
+    _sections[section.name] = section
+
+
+def sections() -> dict[str, Section]:
+    """The registered sections, filled by the composition root (imported here on first use,
+    so a bare ``config.parse`` knows every section a node would)."""
+    if not _sections:
+        importlib.import_module("farts.node")
+    return _sections
+
+
+def route_kinds() -> tuple[str, ...]:
+    kinds = [k for s in sections().values() for k in s.route_kinds]
+    return (*kinds[:1], *SHARED_ROUTE_KINDS, *kinds[1:])
+
+
+class _RouteKind(Check):
+    """one_of the registered route kinds, read when checked (registration comes later)."""
+
+    def __init__(self) -> None:
+        self.ok = lambda v: v in route_kinds()
+
+    @property
+    def expected(self) -> str:
+        return one_of(*route_kinds()).expected
+
+
+def setting(default: Any = dataclasses.MISSING, check=None, **kw) -> Any:
     if default is not dataclasses.MISSING and isinstance(default, (list, dict)):
         kw["default_factory"] = (lambda d=default: type(d)(d))
     elif default is not dataclasses.MISSING:
@@ -57,28 +116,28 @@ def _checked(default: Any = dataclasses.MISSING, check=None, **kw) -> Any:
 class NodeConfig:
     id: str = "node-1"
     region: str = "local"
-    lat: float = _checked(0.0, Check(lambda v: -90 <= v <= 90, "a latitude -90..90"))
-    lon: float = _checked(0.0, Check(lambda v: -180 <= v <= 180, "a longitude -180..180"))
+    lat: float = setting(0.0, Check(lambda v: -90 <= v <= 90, "a latitude -90..90"))
+    lon: float = setting(0.0, Check(lambda v: -180 <= v <= 180, "a longitude -180..180"))
     data_dir: str = "./farts-data"
 
 
 @dataclass(frozen=True)
 class ListenerConfig:
     host: str = "127.0.0.1"
-    port: int = _checked(8080, PORT)
+    port: int = setting(8080, PORT)
     enabled: bool = True
 
 
 @dataclass(frozen=True)
 class TLSListenerConfig:
     host: str = "127.0.0.1"
-    port: int = _checked(8443, PORT)
+    port: int = setting(8443, PORT)
     enabled: bool = True
     # Directory of <name>.crt/<name>.key pairs (relative to node.data_dir); the SNI
     # name picks the pair whose certificate covers it, the first pair is the default.
     cert_dir: str = "certs"
     # Seconds between checks of cert_dir for changed files (hot reload).
-    reload_interval: float = _checked(2.0, POSITIVE)
+    reload_interval: float = setting(2.0, POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -90,239 +149,52 @@ class Listeners:
 
 @dataclass(frozen=True)
 class Limits:
-    max_header_bytes: int = _checked(16384, Check(lambda v: v >= 256, "an integer >= 256"))
-    max_headers: int = _checked(100, POSITIVE)
-    max_body_bytes: int = _checked(10 * 1024 * 1024, NON_NEGATIVE)
-    header_timeout: float = _checked(10.0, POSITIVE)
-    idle_timeout: float = _checked(75.0, POSITIVE)
-    max_connections: int = _checked(10000, POSITIVE)
-    max_connections_per_ip: int = _checked(1000, POSITIVE)
-    slow_request_seconds: float = _checked(0.1, POSITIVE)
+    max_header_bytes: int = setting(16384, Check(lambda v: v >= 256, "an integer >= 256"))
+    max_headers: int = setting(100, POSITIVE)
+    max_body_bytes: int = setting(10 * 1024 * 1024, NON_NEGATIVE)
+    header_timeout: float = setting(10.0, POSITIVE)
+    idle_timeout: float = setting(75.0, POSITIVE)
+    max_connections: int = setting(10000, POSITIVE)
+    max_connections_per_ip: int = setting(1000, POSITIVE)
+    slow_request_seconds: float = setting(0.1, POSITIVE)
 
 
 @dataclass(frozen=True)
 class Tenant:
     id: str
     hosts: list[str]
-    api_keys: list[str] = _checked([])
+    api_keys: list[str] = setting([])
     secret: str = ""
 
 
 @dataclass(frozen=True)
 class Route:
-    prefix: str = _checked(check=PREFIX)
-    kind: str = _checked(check=_one_of("proxy", "static", "admin", "pubsub", "cdn"))
+    prefix: str = setting(check=PREFIX)
+    kind: str = setting(check=_RouteKind())
     # kind = "proxy": the name of an upstream group.
     upstream: str = ""
     # kind = "static": a fixed response.
     # 1xx, 204 and 304 carry no body by definition: a fixed answer with one would be
     # read by clients as the start of the next response.
-    status: int = _checked(200, Check(lambda v: 200 <= v <= 599 and v not in (204, 304),
+    status: int = setting(200, Check(lambda v: 200 <= v <= 599 and v not in (204, 304),
                                       "an HTTP status 200-599 other than 204 and 304"))
     body: str = ""
     content_type: str = "text/plain; charset=utf-8"
     # Only for these tenants (empty: every tenant).
-    tenants: list[str] = _checked([])
+    tenants: list[str] = setting([])
     # Overrides limits.max_body_bytes for requests on this route.
-    max_body_bytes: int = _checked(-1, Check(lambda v: v >= -1, "a number >= 0, or -1"))
+    max_body_bytes: int = setting(-1, Check(lambda v: v >= -1, "a number >= 0, or -1"))
     # kind = "cdn": the name of a [cdn.origins.<name>] entry.
     origin: str = ""
 
 
 @dataclass(frozen=True)
-class Upstream:
-    servers: list[str] = _checked(check=ADDRESSES)
-    connect_timeout: float = _checked(2.0, POSITIVE)
-    read_timeout: float = _checked(30.0, POSITIVE)
-    # Connect failures in a row that mark a server down, and for how long.
-    max_fails: int = _checked(2, POSITIVE)
-    fail_timeout: float = _checked(10.0, POSITIVE)
-    # Idle keep-alive connections kept per server. Below the number of requests in
-    # flight, connections churn: a connect per request costs more than the request.
-    pool_size: int = _checked(128, NON_NEGATIVE)
-
-
-@dataclass(frozen=True)
 class HTTPConfig:
     # Status for a Host that belongs to no tenant: 421 (Misdirected) or 404.
-    unknown_host_status: int = _checked(421, _one_of(404, 421))
+    unknown_host_status: int = setting(421, one_of(404, 421))
     # Access log as JSON lines: fraction of requests logged (0 = off, 1 = every one).
-    access_log_sample: float = _checked(0.0, FRACTION)
+    access_log_sample: float = setting(0.0, FRACTION)
     access_log: str = ""  # a file path; empty = standard error
-
-
-# ---- service sections: each service owns its dataclass below (one per service) ----
-
-
-@dataclass(frozen=True)
-class PubSubConfig:
-    # Events kept per channel for resume: the last history_size, at most history_seconds old.
-    history_size: int = _checked(100, POSITIVE)
-    history_seconds: float = _checked(300.0, POSITIVE)
-    # A subscriber whose unsent bytes pass this is disconnected (close 1008).
-    max_buffer_bytes: int = _checked(1024 * 1024, POSITIVE)
-    # Largest client→server WebSocket message (a command); bigger ones close with 1009.
-    max_command_bytes: int = _checked(65536, Check(lambda v: v >= 125, "an integer >= 125"))
-    max_subscriptions: int = _checked(256, POSITIVE)     # per connection
-    max_batch: int = _checked(1000, POSITIVE)            # messages in one publish request
-    # Seconds between server pings (WebSocket) and heartbeats (SSE); a WebSocket client
-    # silent for two intervals is closed.
-    ping_interval: float = _checked(20.0, POSITIVE)
-
-
-@dataclass(frozen=True)
-class CDNOrigin:
-    # "http": url is the base URL the path after the route prefix is appended to;
-    # "s3": url is the endpoint, objects are path-style <url>/<bucket>/<key>, signed with
-    # AWS Signature V4 when access_key_id is set; "dir": files under path (relative to
-    # data_dir), the built-in origin of `farts-edge up`.
-    kind: str = _checked("http", _one_of("http", "s3", "dir"))
-    url: str = _checked("", Check(lambda v: v == "" or v.startswith(("http://", "https://")),
-                                  "an http:// or https:// URL"))
-    bucket: str = ""
-    region: str = "us-east-1"
-    access_key_id: str = ""
-    secret_access_key: str = ""
-    path: str = "origin"
-    connect_timeout: float = _checked(2.0, POSITIVE)
-    read_timeout: float = _checked(30.0, POSITIVE)
-
-
-@dataclass(frozen=True)
-class CDNConfig:
-    # Bytes of object bodies kept under data_dir/cache; least recently used go first.
-    capacity_bytes: int = _checked(1024 * 1024 * 1024, POSITIVE)
-    # Larger objects are passed through to the client, not stored.
-    max_object_bytes: int = _checked(256 * 1024 * 1024, POSITIVE)
-    # Objects up to this size are also kept in memory as a ready response (0: none), up
-    # to memory_capacity_bytes in all.
-    memory_object_bytes: int = _checked(16 * 1024, NON_NEGATIVE)
-    memory_capacity_bytes: int = _checked(64 * 1024 * 1024, NON_NEGATIVE)
-    # Seconds to keep origin 404/410 answers (0: not cached); 5xx are never cached.
-    negative_ttl: float = _checked(0.0, NON_NEGATIVE)
-    # Seconds between flushes of the recency order to LMDB (what a restart keeps).
-    flush_interval: float = _checked(2.0, POSITIVE)
-    origins: dict[str, CDNOrigin] = _checked({})
-
-
-@dataclass(frozen=True)
-class DNSRecord:
-    # "@" is the apex; a name without a final dot is relative to the zone.
-    name: str
-    type: str = _checked(check=_one_of("A", "AAAA", "CNAME", "TXT", "MX", "CAA", "NS"))
-    # Presentation form: "192.0.2.1", "10 mail.example.com.", '0 issue "letsencrypt.org"'.
-    value: str = _checked()
-    ttl: int = _checked(-1, Check(lambda v: v >= -1, "an integer >= 0, or -1 (dns.ttl)"))
-
-
-@dataclass(frozen=True)
-class DNSGeoName:
-    # Answers A/AAAA with the nearest live nodes; "*.edge" also covers every name below it.
-    name: str
-    answers: int = _checked(2, POSITIVE)
-    ttl: int = _checked(30, NON_NEGATIVE)
-
-
-@dataclass(frozen=True)
-class DNSNode:
-    """A node the geo names may return (the static map until the mesh reports them)."""
-    id: str
-    region: str = ""
-    lat: float = _checked(0.0, Check(lambda v: -90 <= v <= 90, "a latitude -90..90"))
-    lon: float = _checked(0.0, Check(lambda v: -180 <= v <= 180, "a longitude -180..180"))
-    addresses: list[str] = _checked([])
-
-
-@dataclass(frozen=True)
-class DNSConfig:
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = _checked(5353, PORT)
-    zone: str = "farts.test"
-    ttl: int = _checked(300, NON_NEGATIVE)   # static records without their own ttl
-    # SOA: mname defaults to the first NS, rname to hostmaster.<zone>.
-    soa_mname: str = ""
-    soa_rname: str = ""
-    soa_serial: int = _checked(1, NON_NEGATIVE)
-    soa_refresh: int = _checked(3600, NON_NEGATIVE)
-    soa_retry: int = _checked(600, NON_NEGATIVE)
-    soa_expire: int = _checked(604800, NON_NEGATIVE)
-    soa_minimum: int = _checked(30, NON_NEGATIVE)   # negative-answer TTL (RFC 2308)
-    ns: list[str] = _checked([])                    # default: ns1.<zone>
-    records: list[DNSRecord] = _checked([])
-    geo: list[DNSGeoName] = _checked([])
-    nodes: list[DNSNode] = _checked([])
-    # Region whose nodes clients of unknown location get (empty: the first nodes listed).
-    default_region: str = ""
-    geoip_database: str = ""                         # empty: the bundled GeoLite2 City
-    rebuild_interval: float = _checked(604800.0, POSITIVE)   # seconds; file changes rebuild at once
-    # Response rate limiting per client /24 (IPv4) or /56 (IPv6), UDP only.
-    rrl_rate: float = _checked(200.0, NON_NEGATIVE)  # responses/s (0: no limit)
-    rrl_burst: float = _checked(400.0, POSITIVE)
-    rrl_slip: int = _checked(2, NON_NEGATIVE)        # every Nth limited reply goes out truncated (0: none)
-    tcp_idle_timeout: float = _checked(10.0, POSITIVE)
-    max_tcp_connections: int = _checked(1000, POSITIVE)
-
-
-@dataclass(frozen=True)
-class DBUser:
-    name: str
-    password: str
-    tenant: str   # the user sees only this tenant's databases
-
-
-@dataclass(frozen=True)
-class DBConfig:
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = _checked(27017, PORT)
-    # false: no authentication needed (MongoDB's localhost exception); true: SCRAM-SHA-256 first.
-    auth: bool = False
-    users: list[DBUser] = _checked([])
-    # fsync every commit before acknowledging a write (group commit shares one fsync).
-    sync: bool = True
-    max_message_bytes: int = _checked(48_000_000, Check(lambda v: 1024 <= v <= 48_000_000,
-                                                          "an integer 1024-48000000"))
-    # The largest the LMDB file may grow to (address space; the file grows as used).
-    map_size: int = _checked(4 << 30, Check(lambda v: v >= 1 << 20, "an integer >= 1048576"))
-    # Connections beyond this are closed on accept (drivers keep pools of them open).
-    max_connections: int = _checked(10000, POSITIVE)
-    # Secondary indexes over all collections and tenants (each is an LMDB sub-database,
-    # and every read transaction costs more the more of them are allowed).
-    max_indexes: int = _checked(500, Check(lambda v: 1 <= v <= 30000, "an integer 1-30000"))
-
-
-@dataclass(frozen=True)
-class MeshConfig:
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = _checked(7946, PORT)
-    seeds: list[str] = _checked([], Check(lambda v: all(_address_ok(s) for s in v), "a list of 'host:port'"))
-    # "host:port" peers dial to reach this node (empty: host:port above).
-    advertise: str = _checked("", Check(lambda v: not v or _address_ok(v), "'host:port' or empty"))
-    # Addresses clients are sent to (the DNS answers with them); empty: the HTTP listener's host.
-    public_addresses: list[str] = _checked([])
-    # The cluster CA and this node's certificate (CN and URI SAN farts-node:<node.id>),
-    # relative to data_dir; `farts-edge ca init/issue` writes them.
-    ca: str = "mesh/ca.crt"
-    cert: str = "mesh/node.crt"
-    key: str = "mesh/node.key"
-    # SWIM: one probe per interval, an ack within probe_timeout or k indirect probes,
-    # then suspicion for suspicion_timeout (x log10(members) past 10 members, up to
-    # suspicion_max_mult times more while no other member confirms) before "dead".
-    probe_interval: float = _checked(1.0, POSITIVE)
-    probe_timeout: float = _checked(0.5, POSITIVE)
-    indirect_probes: int = _checked(3, NON_NEGATIVE)
-    suspicion_timeout: float = _checked(1.5, POSITIVE)
-    suspicion_max_mult: float = _checked(2.0, Check(lambda v: v >= 1, "a number >= 1"))
-    retransmit_mult: int = _checked(4, POSITIVE)
-    push_pull_interval: float = _checked(15.0, POSITIVE)
-    # Links: redial backoff (doubling, with jitter), handshake limit, frame and queue limits.
-    reconnect_min: float = _checked(0.1, POSITIVE)
-    reconnect_max: float = _checked(5.0, POSITIVE)
-    handshake_timeout: float = _checked(5.0, POSITIVE)
-    max_frame_bytes: int = _checked(1024 * 1024, Check(lambda v: v >= 1024, "an integer >= 1024"))
-    queue_max_bytes: int = _checked(8 * 1024 * 1024, POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -331,14 +203,10 @@ class Config:
     listeners: Listeners = field(default_factory=Listeners)
     limits: Limits = field(default_factory=Limits)
     http: HTTPConfig = field(default_factory=HTTPConfig)
-    tenants: list[Tenant] = _checked([])
-    routes: list[Route] = _checked([])
-    upstreams: dict[str, Upstream] = _checked({})
-    pubsub: PubSubConfig = field(default_factory=PubSubConfig)
-    cdn: CDNConfig = field(default_factory=CDNConfig)
-    dns: DNSConfig = field(default_factory=DNSConfig)
-    db: DBConfig = field(default_factory=DBConfig)
-    mesh: MeshConfig = field(default_factory=MeshConfig)
+    tenants: list[Tenant] = setting([])
+    routes: list[Route] = setting([])
+    # The registered services' sections by name (read as cfg.<name>).
+    sections: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
     # Where the file was read from; relative paths in it are relative to data_dir,
     # and data_dir itself to the file's folder.
     source: str = field(default="<defaults>", metadata={"internal": True})
@@ -350,6 +218,22 @@ class Config:
 
     def path(self, relative: str) -> Path:
         return self.data_dir / relative
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: a service's section.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        built = self.__dict__.get("sections", {})
+        if name in built:
+            return built[name]
+        section = sections().get(name)
+        if section is None:
+            raise AttributeError(f"Config has no section {name!r}")
+        return section.default()
+
+    def with_section(self, name: str, value: Any) -> Config:
+        """A copy with one service section replaced (``dataclasses.replace`` for sections)."""
+        return dataclasses.replace(self, sections={**self.sections, name: value})
 
 
 def _show(value: Any) -> str:
@@ -426,13 +310,8 @@ def _build(cls: type, table: dict, path: str, source: str) -> Any:
 
 
 def _cross_check(cfg: Config) -> None:
-    """Rules that involve more than one key."""
+    """Rules that involve more than one key (the shared sections'; then each service's)."""
     src = cfg.source
-    for name, o in cfg.cdn.origins.items():
-        if o.kind in ("http", "s3") and not o.url:
-            raise ConfigError(f"{src}: cdn.origins.{name}.url: required for kind = \"{o.kind}\"")
-        if o.kind == "s3" and not o.bucket:
-            raise ConfigError(f"{src}: cdn.origins.{name}.bucket: required for kind = \"s3\"")
     tenant_ids = set()
     hosts: dict[str, str] = {}
     for i, t in enumerate(cfg.tenants):
@@ -444,16 +323,12 @@ def _cross_check(cfg: Config) -> None:
                 raise ConfigError(f"{src}: tenants[{i}].hosts: {host!r} already belongs to tenant {hosts[host.lower()]!r}")
             hosts[host.lower()] = t.id
     for i, r in enumerate(cfg.routes):
-        if r.kind == "proxy":
-            if not r.upstream:
-                raise ConfigError(f"{src}: routes[{i}].upstream: required for kind = \"proxy\"")
-            if r.upstream not in cfg.upstreams:
-                raise ConfigError(f"{src}: routes[{i}].upstream: no upstream named {r.upstream!r} (known: {', '.join(cfg.upstreams) or 'none'})")
-        if r.kind == "cdn" and r.origin not in cfg.cdn.origins:
-            raise ConfigError(f"{src}: routes[{i}].origin: no CDN origin named {r.origin!r} (known: {', '.join(cfg.cdn.origins) or 'none'})")
         for t in r.tenants:
             if t not in tenant_ids:
                 raise ConfigError(f"{src}: routes[{i}].tenants: no tenant named {t!r}")
+    for section in sections().values():
+        if section.cross_check is not None:
+            section.cross_check(cfg)
 
 
 def parse(text: str, source: str = "<string>") -> Config:
@@ -461,7 +336,15 @@ def parse(text: str, source: str = "<string>") -> Config:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    cfg = dataclasses.replace(_build(Config, table, "", source), source=source)
+    registered = sections()
+    shared = [f.name for f in dataclasses.fields(Config) if not f.metadata.get("internal")]
+    for key in table:
+        if key not in shared and key not in registered:
+            raise ConfigError(f"{source}: {key}: unknown key (known: {', '.join([*shared, *registered])})")
+    built = {name: _convert(table[name], s.type, name, source) if name in table else s.default()
+             for name, s in registered.items()}
+    cfg = dataclasses.replace(_build(Config, {k: v for k, v in table.items() if k in shared}, "", source),
+                              source=source, sections=built)
     _cross_check(cfg)
     return cfg
 

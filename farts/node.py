@@ -1,25 +1,38 @@
-"""The composition root: builds the services of one node and wires them together.
+"""The composition root: a table of the services of one node, and the Node that runs it.
 
 Services never import each other; what one needs of another is handed over here as
-a plain object or function.
+a plain object or function. Each row of ``SERVICES`` says everything the node needs
+to know about a service: its config section (registered with ``farts.config``), how
+it is built from the config and the node's shared parts (metrics, clock, member map),
+when it starts and stops, the route kinds it serves, the admin routes it adds, and
+its peer protocols on the mesh bus. Adding a service is adding a row.
 """
 from __future__ import annotations
 
-import asyncio
+import inspect
 import logging
-import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from farts import __version__
+from farts import __version__, config
 from farts.admin import AdminHandler
 from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
-from farts.cdn import purge as cdn_purge
-from farts.clock import LoopClock
+from farts.cdn import config as cdn_config
+from farts.cdn.peer import PurgePeer
+from farts.clock import LoopClock, Timer
 from farts.config import Config, Route
+from farts.db import config as db_config
+from farts.dns import config as dns_config
 from farts.members import Member, MemberMap
 from farts.mesh import MeshService, MeshStatusHandler
+from farts.mesh import config as mesh_config
 from farts.metrics import Metrics
 from farts.proxy import ProxyHandler, ProxyStats
+from farts.proxy import config as proxy_config
 from farts.pubsub import PubSub
+from farts.pubsub import config as pubsub_config
+from farts.pubsub.peer import PubSubPeer
 from farts.transport.client import Client
 from farts.transport.http import Fixed
 from farts.transport.listener import AccessLog, HTTPStats, Listener
@@ -28,133 +41,166 @@ from farts.transport.tls import CertStore
 
 log = logging.getLogger("farts.node")
 
+# The listeners close at this point of the stop order: services ranked lower stop first.
+LISTENERS_STOP = 50
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    section: config.Section | None
+    # node -> the service object, or None when the config leaves it off. It gets the
+    # node's shared parts (node.cfg, node.metrics, node.clock, node.members) and what
+    # it needs of another service as a plain object or function. Every service that
+    # takes a `clock` gets node.clock (the mesh does; the others as their constructors
+    # grow the parameter: pass clock=n.clock in their build).
+    build: Callable[[Node], Any]
+    start_rank: int = 100                 # lower starts first, all before the listeners
+    stop_rank: int = 100                  # lower stops first (see LISTENERS_STOP)
+    start: Callable[[Any], Any] | None = lambda s: s.start()   # may return an awaitable
+    stop: Callable[[Any], Any] | None = lambda s: s.stop()
+    # route kind -> (node, service, route) -> the handler for that route
+    routes: dict[str, Callable[[Node, Any, Route], Any]] = field(default_factory=dict)
+    # (node, service) -> [(route, handler)] on the admin listener
+    admin_routes: Callable[[Node, Any], list] | None = None
+    # (node, service, bus) -> the service's peer protocol objects (each subscribes itself)
+    peers: Callable[[Node, Any, Any], list] | None = None
+
+
+def _build_dns(node: Node):
+    if not node.cfg.dns.enabled:
+        return None
+    from farts.dns import DNSServer  # loads the geo index builder only when used
+    return DNSServer(node.cfg.dns, node.members, node.metrics, node.cfg.source,
+                     limits=node.cfg.limits, clock=node.clock)
+
+
+def _build_db(node: Node):
+    cfg = node.cfg
+    if not cfg.db.enabled:
+        return None
+    from farts.db.server import DBService  # LMDB and the query engine only when used
+    return DBService(cfg.db, cfg.path("db"), cfg.node.id, node.metrics, {t.id for t in cfg.tenants} or None,
+                     cfg.source, limits=cfg.limits, clock=node.clock)
+
+
+def _close_upstreams(upstreams: dict) -> None:
+    for up in upstreams.values():
+        up.close()
+
+
+def _purge_routes(node: Node, cdn: CDN) -> list:
+    # With a mesh, a purge on this node's admin API runs on every peer with a CDN too.
+    peer = next((p for p in node.peers.get("cdn", ()) if isinstance(p, PurgePeer)), None)
+    return [(Route(prefix="/api/cache/", kind="admin", max_body_bytes=65536),
+             PurgeHandler(cdn, peer.purge_everywhere if peer else None))]
+
+
+SERVICES: tuple[Service, ...] = (
+    Service("proxy", proxy_config.SECTION,
+            build=lambda n: {name: ProxyHandler(name, up, n.cfg.node.id, n.proxy_stats, n.http_client)
+                             for name, up in n.cfg.upstreams.items()},
+            start=None, stop=_close_upstreams, stop_rank=60,
+            routes={"proxy": lambda n, ups, r: ups[r.upstream]}),
+    Service("dns", dns_config.SECTION, build=_build_dns, start_rank=10, stop_rank=10),
+    Service("db", db_config.SECTION, build=_build_db, start_rank=20, stop_rank=20),
+    Service("mesh", mesh_config.SECTION,
+            # The mesh writes the member map (this node included) once it runs.
+            build=lambda n: (MeshService(n.cfg, n.members, n.metrics, n.load, clock=n.clock)
+                             if n.cfg.mesh.enabled else None),
+            start_rank=30, stop_rank=0,  # stops first: peers hear "left" while the rest shuts down
+            admin_routes=lambda n, mesh: [(Route(prefix="/api/mesh", kind="admin"), MeshStatusHandler(mesh))]),
+    Service("pubsub", pubsub_config.SECTION,
+            build=lambda n: PubSub(n.cfg.node.id, n.cfg.pubsub, n.cfg.tenants, n.metrics, n.clock),
+            start_rank=40, stop_rank=30,
+            routes={"pubsub": lambda n, ps, r: ps},
+            peers=lambda n, ps, bus: [PubSubPeer(n.cfg.node.id, ps, bus, n.clock)]),
+    Service("cdn", cdn_config.SECTION,
+            # The CDN (its cache under data_dir/cache) only when a route uses it.
+            build=lambda n: (CDN(n.cfg.cdn, n.cfg.path("cache"), n.metrics)
+                             if any(r.kind == "cdn" for r in n.cfg.routes) else None),
+            start_rank=50, stop_rank=70,
+            routes={"cdn": lambda n, cdn, r: CDNHandler(cdn, make_origin(n.cfg.cdn.origins[r.origin],
+                                                                         n.cfg.data_dir, n.http_client),
+                                                             r.prefix)},
+            admin_routes=_purge_routes,
+            peers=lambda n, cdn, bus: [PurgePeer(cdn, bus)]),
+)
+
+for _service in SERVICES:
+    if _service.section is not None:
+        config.register(_service.section)
+
+
+async def _run(fn: Callable[[Any], Any] | None, service: Any) -> None:
+    if fn is not None:
+        result = fn(service)
+        if inspect.isawaitable(result):
+            await result
+
 
 class Node:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, services: tuple[Service, ...] = SERVICES) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
-        self.clock = LoopClock()
+        self.clock = LoopClock()   # the node's one clock: services that take `clock` get it
         self.http_client = Client(self.clock)  # outbound HTTP(S): proxy upstreams, CDN origins
         self.listeners: dict[str, Listener] = {}
         self.stats = HTTPStats(self.metrics, self.listeners)
-        self.started_at = time.time()
+        self.started_at = self.clock.wall()
         self.certs: CertStore | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._timers: list[Timer] = []  # periodic entries the node itself set
         self.admin = AdminHandler(self.metrics.render, self.status)
-        proxy_stats = ProxyStats(self.metrics)
-        self.upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats, self.http_client)
-                          for name, up in cfg.upstreams.items()}
-        self.pubsub = PubSub(cfg.node.id, cfg.pubsub, cfg.tenants, self.metrics, self.clock)
+        self.proxy_stats = ProxyStats(self.metrics)
         # The live node map: the static list from [[dns.nodes]] until the mesh writes it.
         self.members = MemberMap([Member(n.id, n.region, n.lat, n.lon, tuple(n.addresses))
                                   for n in cfg.dns.nodes])
-        self.dns = None
-        self.db = None
-        # The mesh writes the member map (this node included) once it runs.
-        self.mesh = MeshService(cfg, self.members, self.metrics, self._load) if cfg.mesh.enabled else None
-        if self.mesh is not None:
-            self._bridge_pubsub(self.mesh.bus)
-        # The CDN (its cache under data_dir/cache) only when a route uses it.
-        self.cdn = (CDN(cfg.cdn, cfg.path("cache"), self.metrics)
-                    if any(r.kind == "cdn" for r in cfg.routes) else None)
+        self.table = services
+        self.services: dict[str, Any] = {}
+        for row in services:
+            self.services[row.name] = row.build(self)
+        self._route_kinds = {kind: (row, make) for row in services for kind, make in row.routes.items()}
+        # The services' peer protocols on the mesh bus (none without a mesh).
+        self.peers: dict[str, list] = {}
+        bus = self.mesh.bus if self.mesh is not None else None
+        for row in services:
+            service = self.services[row.name]
+            if bus is not None and service is not None and row.peers is not None:
+                self.peers[row.name] = row.peers(self, service, bus)
         self.metrics.gauge("farts_node_info", "This node", lambda: {(cfg.node.id, cfg.node.region, __version__): 1},
                            ("node", "region", "version"))
 
-    def _purge_everywhere(self):
-        """With a mesh, a purge on this node's admin API is broadcast and every peer with
-        a CDN runs it too (a peer without one ignores it)."""
-        if self.mesh is None:
-            return None
-        bus, cdn = self.mesh.bus, self.cdn
+    # What other code reads of the node by name (cli, status).
+    upstreams = property(lambda self: self.services.get("proxy") or {})
+    pubsub = property(lambda self: self.services.get("pubsub"))
+    mesh = property(lambda self: self.services.get("mesh"))
+    cdn = property(lambda self: self.services.get("cdn"))
+    dns = property(lambda self: self.services.get("dns"))
+    db = property(lambda self: self.services.get("db"))
 
-        def on_remote(msg) -> None:
-            spec = msg.body
-            if (isinstance(spec, dict) and isinstance(spec.get("tenant"), str)
-                    and all(isinstance(spec.get(k), (str, type(None))) for k in ("prefix", "key"))):
-                cdn_purge.apply(cdn, spec)
-
-        bus.subscribe("cdn.purge", on_remote)
-        return lambda spec: bus.broadcast("cdn.purge", spec)
-
-    def _bridge_pubsub(self, bus) -> None:
-        """Cross-node pub/sub over the mesh bus: every local publish is broadcast; peers
-        apply it (deduplicated by origin and seq). A peer that comes back alive, or a
-        gap in an origin's broadcasts, triggers a catch-up: this node sends what it has
-        (origin -> newest seq) and the peer answers with the events it lacks."""
-        ps, me = self.pubsub, self.cfg.node.id
-        ps.on_local_event = lambda ev: bus.broadcast("pubsub.event", ev)
-
-        def on_event(msg) -> None:
-            ps.apply_remote(msg.body)
-            if msg.gap:
-                bus.send(msg.origin, "pubsub.catchup", ps.have())
-
-        def on_catchup(msg) -> None:
-            if isinstance(msg.body, dict):
-                events = ps.events_after(msg.body)
-                for i in range(0, len(events), 200):  # frames well under mesh.max_frame_bytes
-                    bus.send(msg.origin, "pubsub.events", events[i:i + 200])
-
-        def on_events(msg) -> None:
-            for ev in msg.body if isinstance(msg.body, list) else ():
-                ps.apply_remote(ev)
-
-        def ask_catchup(node_id: str, tries: int) -> None:
-            # A member can be alive (heard through gossip) before its link is up: the
-            # send fails until then, so it is tried again for a few seconds.
-            if not bus.send(node_id, "pubsub.catchup", ps.have()) and tries > 1:
-                asyncio.get_running_loop().call_later(0.5, ask_catchup, node_id, tries - 1)
-
-        def on_member(old, new) -> None:
-            if new.id != me and new.state == "alive" and (old is None or old.state != "alive"):
-                ask_catchup(new.id, 20)
-
-        bus.subscribe("pubsub.event", on_event)
-        bus.subscribe("pubsub.catchup", on_catchup)
-        bus.subscribe("pubsub.events", on_events)
-        bus.on_member_change(on_member)
+    def _running(self, rank: Callable[[Service], int]) -> list[tuple[Service, Any]]:
+        rows = sorted(self.table, key=rank)
+        return [(row, self.services[row.name]) for row in rows if self.services[row.name] is not None]
 
     def _handler_for(self, route: Route):
         if route.kind == "static":  # the transport writes a Fixed itself, no handler call
             return Fixed(route.status, route.body.encode(), route.content_type.encode())
-        if route.kind == "proxy":
-            return self.upstreams[route.upstream]
         if route.kind == "admin":
             return self.admin
-        if route.kind == "cdn":
-            return CDNHandler(self.cdn, make_origin(self.cfg.cdn.origins[route.origin], self.cfg.data_dir,
-                                          self.http_client),
-                              route.prefix)
-        if route.kind == "pubsub":
-            return self.pubsub
-        raise ValueError(f"route kind {route.kind!r} has no handler")  # config.py rejects it first
+        row, make = self._route_kinds[route.kind]  # config.py rejects unknown kinds first
+        return make(self, self.services[row.name], route)
 
     async def start(self) -> None:
         cfg = self.cfg
-        if cfg.dns.enabled:
-            from farts.dns import DNSServer  # loads the geo index builder only when used
-            self.dns = DNSServer(cfg.dns, self.members, self.metrics, cfg.source,
-                                 limits=cfg.limits, clock=self.clock)
-            await self.dns.start()
-        if cfg.db.enabled:
-            from farts.db.server import DBService  # LMDB and the query engine only when used
-            self.db = DBService(cfg.db, cfg.path("db"), cfg.node.id, self.metrics,
-                                {t.id for t in cfg.tenants} or None, cfg.source,
-                                limits=cfg.limits, clock=self.clock)
-            await self.db.start()
-        if self.mesh is not None:
-            await self.mesh.start()
-        await self.pubsub.start()
+        for row, service in self._running(lambda r: r.start_rank):
+            await _run(row.start, service)
         access = AccessLog(cfg.http.access_log_sample, cfg.http.access_log)
         public = Router(cfg.tenants, [(r, self._handler_for(r)) for r in cfg.routes],
                         cfg.limits.max_body_bytes, cfg.http.unknown_host_status)
         admin_routes = [(Route(prefix="/", kind="admin"), self.admin)]
-        if self.mesh is not None:
-            admin_routes.append((Route(prefix="/api/mesh", kind="admin"), MeshStatusHandler(self.mesh)))
-        if self.cdn is not None:
-            self.cdn.start()
-            admin_routes.append((Route(prefix="/api/cache/", kind="admin", max_body_bytes=65536),
-                                 PurgeHandler(self.cdn, self._purge_everywhere())))
+        for row, service in self._running(lambda r: r.start_rank):
+            if row.admin_routes is not None:
+                admin_routes += row.admin_routes(self, service)
         admin = Router(None, admin_routes, 0)
         ls = cfg.listeners
         if ls.http.enabled:
@@ -163,7 +209,7 @@ class Node:
             self.certs = CertStore(cfg.path(ls.https.cert_dir), self.clock)
             self.metrics.gauge("farts_tls_certificate_reloads", "Times the certificate directory was loaded",
                                lambda: self.certs.reloads)
-            self._tasks.append(self.certs.watch(ls.https.reload_interval))
+            self._timers.append(self.certs.watch(ls.https.reload_interval))
             await self._listen("https", "https", public, ls.https.host, ls.https.port,
                                self.certs.listening, access)
         if ls.admin.enabled:
@@ -193,30 +239,32 @@ class Node:
             out["mesh"] = f"mesh://{f'[{host}]' if ':' in host else host}:{port}/"
         return out
 
-    def _load(self) -> float:
+    def load(self) -> float:
         """The load figure peers (and their DNS) see: open client connections over the limit."""
         open_ = sum(len(li.connections) for name, li in self.listeners.items() if name != "admin")
         return min(1.0, open_ / self.cfg.limits.max_connections)
 
     def status(self) -> dict:
         return {"node": self.cfg.node.id, "region": self.cfg.node.region, "version": __version__,
-                "uptime_s": round(time.time() - self.started_at, 1), "listeners": self.urls(),
+                "uptime_s": round(self.clock.wall() - self.started_at, 1), "listeners": self.urls(),
                 "connections": {n: len(li.connections) for n, li in self.listeners.items()}}
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        for t in self._timers:
             t.cancel()
-        if self.mesh is not None:  # first: peers hear "left" while the rest shuts down
-            await self.mesh.stop()
-        if self.dns is not None:
-            await self.dns.stop()
-        if self.db is not None:
-            await self.db.stop()
-        await self.pubsub.stop()
+        for peers in self.peers.values():
+            for peer in peers:
+                getattr(peer, "stop", lambda: None)()
+        listeners_closed = False
+        for row, service in self._running(lambda r: r.stop_rank):
+            if row.stop_rank >= LISTENERS_STOP and not listeners_closed:
+                await self._close_listeners()
+                listeners_closed = True
+            await _run(row.stop, service)
+        if not listeners_closed:
+            await self._close_listeners()
+        self.http_client.close()
+
+    async def _close_listeners(self) -> None:
         for li in self.listeners.values():
             await li.close()
-        for up in self.upstreams.values():
-            up.close()
-        self.http_client.close()
-        if self.cdn is not None:
-            await self.cdn.stop()

@@ -413,7 +413,7 @@ def test_connection_limit(tmp_path):
     """In-process DBService: the connection over db.max_connections is closed, the others serve."""
     import asyncio
 
-    from farts.config import DBConfig
+    from farts.db.config import DBConfig
     from farts.db.server import DBService
     from farts.metrics import Metrics
 

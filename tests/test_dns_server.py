@@ -32,6 +32,7 @@ from mmdb_writer import MmdbF64, MMDBWriter
 from netaddr import IPSet
 
 from farts import config
+from farts.dns.config import DNSRecord
 from farts.dns.geoindex import GeoSource, _location, build, default_database, record_location
 from farts.dns.server import DNSServer
 from farts.members import DEAD, DRAINING, Member, MemberMap
@@ -809,6 +810,6 @@ def test_config_errors_name_the_key(exact_db):
         DNSServer(cfg.dns, MemberMap(), source="bad.toml")
     with pytest.raises(config.ConfigError, match=r"dns.records\[0\].type"):
         config.parse('[[dns.records]]\nname = "x"\ntype = "SRV"\nvalue = "1"\n', "t.toml")
-    out_of_zone = dataclasses.replace(cfg.dns, records=[config.DNSRecord("a.example.com.", "A", "192.0.2.1")])
+    out_of_zone = dataclasses.replace(cfg.dns, records=[DNSRecord("a.example.com.", "A", "192.0.2.1")])
     with pytest.raises(config.ConfigError, match="outside the zone"):
         DNSServer(out_of_zone, MemberMap(), source="t.toml")

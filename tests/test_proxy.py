@@ -514,9 +514,9 @@ def test_header_rewriting():
 
 
 def test_server_choice_and_health():
-    from farts.config import Upstream
     from farts.metrics import Metrics
     from farts.proxy import ProxyHandler, ProxyStats
+    from farts.proxy.config import Upstream
 
     metrics = Metrics()
     stats = ProxyStats(metrics)

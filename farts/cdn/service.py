@@ -17,7 +17,7 @@ import resource
 import time
 from pathlib import Path
 
-from farts.config import CDNConfig
+from farts.cdn.config import CDNConfig
 from farts.metrics import Metrics
 from farts.transport.http import ClientGone, FileBody, Fixed, Request, Response
 from fast.lru import LRUIndex

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 from farts.clock import Clock, LoopClock
-from farts.config import ConfigError, DBConfig, Limits
+from farts.config import ConfigError, Limits
 from farts.db import scram, wire
 from farts.db.commands import Commands, Session
+from farts.db.config import DBConfig
 from farts.db.errors import MongoError, error_document
 from farts.db.store import Store
 from farts.transport.kit import QUEUE, ConnectionStats, ListenerKit, StreamProtocol

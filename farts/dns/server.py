@@ -14,7 +14,8 @@ import socket
 import time
 
 from farts.clock import Clock, LoopClock
-from farts.config import DNSConfig, Limits
+from farts.config import Limits
+from farts.dns.config import DNSConfig
 from farts.dns.geoindex import GeoSource, default_database
 from farts.dns.responder import Responder
 from farts.dns.rrl import RateLimiter

@@ -9,7 +9,8 @@ import ipaddress
 import shlex
 from dataclasses import dataclass, field
 
-from farts.config import ConfigError, DNSConfig
+from farts.config import ConfigError
+from farts.dns.config import DNSConfig
 from fast import dns as fd
 
 TYPES = {"A": fd.A, "AAAA": fd.AAAA, "CNAME": fd.CNAME, "TXT": fd.TXT, "MX": fd.MX,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import msgpack
 
+from farts.clock import LOGICAL_MASK
+
 VERSION = 1
 HELLO, SWIM, BUS = 1, 2, 3
 KINDS = frozenset((HELLO, SWIM, BUS))
@@ -40,7 +42,7 @@ class Hello:
     lon: float
     addresses: tuple[str, ...]   # public addresses clients are sent to
     mesh: str                    # "host:port" peers dial
-    hlc: tuple[int, int]         # hybrid logical clock reading (ms, logical)
+    hlc: tuple[int, int]         # farts.clock HLC reading, unpacked: (ms, logical)
     incarnation: int
     version: int = VERSION
 
@@ -60,6 +62,8 @@ class Hello:
         if not (isinstance(h.id, str) and h.id and isinstance(h.mesh, str) and isinstance(h.region, str)
                 and all(isinstance(a, str) for a in h.addresses)):
             raise FrameError("bad_hello", "field types")
+        if not (0 <= h.hlc[0] and 0 <= h.hlc[1] <= LOGICAL_MASK):
+            raise FrameError("bad_hello", "hlc")
         if h.version != VERSION:
             raise FrameError("version", f"peer speaks version {h.version}, we speak {VERSION}")
         return h
@@ -112,35 +116,3 @@ class FrameReader:
             raise FrameError("unexpected_hello")
         return kind, payload
 
-
-class HLC:
-    """Hybrid logical clock (Kulkarni et al. 2014): wall milliseconds + a counter.
-
-    Sans-IO like the rest: the caller passes the wall clock reading. Readings are
-    monotonic per node and move past any reading received, so they order causally
-    related events across nodes even when wall clocks disagree a little.
-    """
-
-    def __init__(self) -> None:
-        self.ms, self.c = 0, 0
-
-    def now(self, wall_ms: int) -> tuple[int, int]:
-        if wall_ms > self.ms:
-            self.ms, self.c = wall_ms, 0
-        else:
-            self.c += 1
-        return self.ms, self.c
-
-    def update(self, wall_ms: int, remote: tuple[int, int]) -> tuple[int, int]:
-        rms, rc = remote
-        m = max(self.ms, rms, wall_ms)
-        if m == self.ms == rms:
-            c = max(self.c, rc) + 1
-        elif m == self.ms:
-            c = self.c + 1
-        elif m == rms:
-            c = rc + 1
-        else:
-            c = 0
-        self.ms, self.c = m, c
-        return m, c

@@ -10,9 +10,10 @@ tell a broken link from a dead node, and a link that drops (a peer killed: the
 kernel resets the connection) triggers an immediate probe of that peer rather than
 waiting its turn.
 
-The machine gets ``time.monotonic()`` (uvloop's loop clock has millisecond steps,
-too coarse for loopback RTTs); a loop timer wakes it at its next deadline, and each received message or link change is handed to it at once, then
-its outbox goes out on the links.
+The machine gets the injected clock's ``monotonic()`` (``LoopClock`` reads
+``time.monotonic()``: uvloop's loop clock has millisecond steps, too coarse for
+loopback RTTs); a clock timer wakes it at its next deadline, and each received message
+or link change is handed to it at once, then its outbox goes out on the links.
 """
 from __future__ import annotations
 
@@ -20,16 +21,20 @@ import asyncio
 import dataclasses
 import json
 import logging
-import time
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+from farts.clock import Clock, LoopClock, Timer, pack, unpack
 from farts.config import Config, ConfigError
 from farts.members import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberMap
 from farts.mesh.bus import Bus
-from farts.mesh.frames import BUS, HLC, SWIM, Hello, encode
+from farts.mesh.frames import BUS, SWIM, Hello, encode
 from farts.mesh.link import Link, LinkManager, LinkStats, tls_contexts
 from farts.mesh.swim import Peer, Swim, SwimConfig
 from farts.metrics import Metrics
+from farts.peer import Envelope, PeerMessage, need
 from farts.transport.http import Request, Response
 
 log = logging.getLogger("farts.mesh")
@@ -38,33 +43,46 @@ LOAD_INTERVAL = 5.0
 RTT_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
+@dataclass(frozen=True, slots=True)
+class Load(PeerMessage):
+    """A node's load figure (0 = idle, 1 = at its limits), for the DNS to weigh."""
+    TYPE = "mesh.load"
+    VERSION = 1
+    value: float
+
+    @classmethod
+    def parse(cls, body: Any) -> float:
+        need(cls, isinstance(body, (int, float)) and not isinstance(body, bool) and math.isfinite(body),
+             "a number")
+        return float(body)
+
+
 class MeshService:
     def __init__(self, cfg: Config, members: MemberMap, metrics: Metrics,
-                 load: Callable[[], float] | None = None) -> None:
+                 load: Callable[[], float] | None = None, clock: Clock | None = None) -> None:
         self.cfg, self.mc, self.members, self.metrics = cfg, cfg.mesh, members, metrics
+        self.clock = clock or LoopClock()
         # This node's load figure (0 = idle, 1 = at its limits), shared with every member
         # every LOAD_INTERVAL for the DNS to weigh; it rides the bus, not SWIM.
         self.load = load or (lambda: 0.0)
-        self._load_task: asyncio.Task | None = None
+        self._load_timer: Timer | None = None
         self.me = cfg.node.id
         mc = self.mc
         self.swim_cfg = SwimConfig(mc.probe_interval, mc.probe_timeout, mc.indirect_probes,
                                    mc.suspicion_timeout, mc.suspicion_max_mult, mc.retransmit_mult,
                                    mc.push_pull_interval)
-        self.hlc = HLC()
-        self.epoch = int(time.time() * 1000)
+        self.hlc = self.clock.hlc   # the process's one HLC, shared with the store
+        self.epoch = self.clock.wall_ms()
         self.swim: Swim | None = None
         self.links: LinkManager | None = None
-        self.bus = Bus(self.me, self.epoch, members, self.hlc, lambda: int(time.time() * 1000),
+        self.bus = Bus(self.me, self.epoch, members, self.hlc,
                        lambda: self.links.links if self.links else {}, metrics)
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_at = float("inf")
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = LinkStats(metrics)
         self.rtt = metrics.histogram("farts_mesh_probe_rtt_seconds", "Direct probe round trips", ("peer",),
                                      buckets=RTT_BUCKETS)
-        self.bad_messages = metrics.counter("farts_mesh_bad_messages_total",
-                                            "Well-framed messages that made no sense (link closed)", ("kind",))
+        self.bad_messages = self.bus.bad
         metrics.gauge("farts_mesh_members", "Members by state, as this node sees them",
                       self._by_state, ("state",))
         metrics.gauge("farts_mesh_local_health", "Lifeguard local health (0: healthy; each step "
@@ -94,7 +112,7 @@ class MeshService:
         host, port = self.links.address
         mesh = mc.advertise or f"{host}:{port}"
         public = tuple(mc.public_addresses) or (self.cfg.listeners.http.host,)
-        return Hello(self.me, n.region, n.lat, n.lon, public, mesh, self.hlc.now(int(time.time() * 1000)),
+        return Hello(self.me, n.region, n.lat, n.lon, public, mesh, unpack(self.hlc.now()),
                      self.swim.incarnation if self.swim else 0)
 
     async def start(self) -> None:
@@ -108,7 +126,6 @@ class MeshService:
             server_ctx, client_ctx = tls_contexts(paths["ca"], paths["cert"], paths["key"])
         except (OSError, ValueError) as e:
             raise ConfigError(f"{self.cfg.source}: mesh.cert: cannot load the mesh certificate: {e}") from None
-        self._loop = asyncio.get_running_loop()
         self.links = LinkManager(self.me, server_ctx, client_ctx, self._hello, self.stats,
                                  max_frame_bytes=mc.max_frame_bytes, queue_max_bytes=mc.queue_max_bytes,
                                  handshake_timeout=mc.handshake_timeout, reconnect_min=mc.reconnect_min,
@@ -119,40 +136,42 @@ class MeshService:
         except OSError as e:
             raise OSError(e.errno, f"mesh: cannot listen on {mc.host}:{mc.port}: {e.strerror}") from None
         hello = self._hello()
-        self.swim = Swim(self.me, hello.meta(), self.swim_cfg, time.monotonic())
+        self.swim = Swim(self.me, hello.meta(), self.swim_cfg, self.clock.monotonic())
         me = self.members.get(self.me)
         self.members.update(Member(self.me, hello.region, hello.lat, hello.lon, hello.addresses, ALIVE, 0,
                                    me.load if me else 0.0, {"mesh": hello.mesh}))
         for seed in mc.seeds:
             if seed != hello.mesh:
                 self.links.dial("seed:" + seed, seed, None)
-        self.bus.subscribe("mesh.load", self._peer_load)
-        self._load_task = asyncio.ensure_future(self._share_load())
+        self.share_load()
         self._wake()
 
-    async def _share_load(self) -> None:
-        while True:
-            value = round(float(self.load()), 3)
-            me = self.members.get(self.me)
-            if me is not None and me.load != value:
-                self.members.update(dataclasses.replace(me, load=value))
-            self.bus.broadcast("mesh.load", value)
-            await asyncio.sleep(LOAD_INTERVAL)
+    def share_load(self) -> None:
+        """This node's load goes to every member now and each LOAD_INTERVAL; theirs comes in."""
+        self.bus.subscribe(Load, self._peer_load)
+        self._load_timer = self.clock.every(LOAD_INTERVAL, self._share_load, first=0.0)
 
-    def _peer_load(self, msg) -> None:
-        m = self.members.get(msg.origin)
-        if m is not None and isinstance(msg.body, (int, float)) and m.load != msg.body:
-            self.members.update(dataclasses.replace(m, load=float(msg.body)))
+    def _share_load(self, now: float) -> None:
+        value = round(float(self.load()), 3)
+        me = self.members.get(self.me)
+        if me is not None and me.load != value:
+            self.members.update(dataclasses.replace(me, load=value))
+        self.bus.broadcast(Load(value))
+
+    def _peer_load(self, msg: Load, env: Envelope) -> None:
+        m = self.members.get(env.origin)
+        if m is not None and m.load != msg.value:
+            self.members.update(dataclasses.replace(m, load=msg.value))
 
     async def stop(self) -> None:
         if self.swim is None:
             return
-        self.swim.leave(time.monotonic())
+        self.swim.leave(self.clock.monotonic())
         self._flush()
         if self._timer:
             self._timer.cancel()
-        if self._load_task:
-            self._load_task.cancel()
+        if self._load_timer:
+            self._load_timer.cancel()
         await asyncio.sleep(0.05)  # let the "left" frames reach the kernel's buffers
         await self.links.close()
 
@@ -160,7 +179,7 @@ class MeshService:
 
     def _wake(self) -> None:
         self._timer_at = float("inf")
-        self.swim.tick(time.monotonic())
+        self.swim.tick(self.clock.monotonic())
         self._flush()
 
     def _flush(self) -> None:
@@ -189,7 +208,7 @@ class MeshService:
             if self._timer:
                 self._timer.cancel()
             self._timer_at = at
-            self._timer = self._loop.call_later(max(0.0, at - time.monotonic()), self._wake)
+            self._timer = self.clock.call_at(at, self._wake)
 
     def _changed(self, p: Peer, old: str | None) -> None:
         m = p.meta
@@ -211,26 +230,26 @@ class MeshService:
             self.links.dial(p.id, m["mesh"], p.id)
 
     def _up(self, link: Link) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         h = link.hello
-        self.hlc.update(int(time.time() * 1000), h.hlc)
+        self.hlc.observe(pack(*h.hlc))
         self.swim.add_peer(now, h.id, h.incarnation, h.meta())
         self.swim.connected(now, h.id)
         self._flush()
         me = self.members.get(self.me)
         if me is not None:  # a new peer gets our load now, not at the next round
-            self.bus.send(h.id, "mesh.load", me.load)
+            self.bus.send(h.id, Load(me.load))
 
     def _down(self, link: Link) -> None:
         if self.swim.leaving:
             return
-        self.swim.link_lost(time.monotonic(), link.peer)
+        self.swim.link_lost(self.clock.monotonic(), link.peer)
         self._flush()
 
     def _frame(self, link: Link, kind: int, payload) -> None:
         try:
             if kind == SWIM:
-                self.swim.receive(time.monotonic(), link.peer, payload)
+                self.swim.receive(self.clock.monotonic(), link.peer, payload)
                 self._flush()
             elif kind == BUS:
                 self.bus.deliver(link.peer, payload)
@@ -244,7 +263,7 @@ class MeshService:
 
     def status(self) -> dict:
         """The members table (`farts-edge status`, /api/mesh)."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         rows = [{"id": self.me, "region": self.cfg.node.region, "state": LEFT if self.swim and self.swim.leaving
                  else ALIVE, "incarnation": self.swim.incarnation if self.swim else 0, "rtt_ms": None,
                  "last_heard_s": 0.0, "link": None, "self": True,

@@ -19,8 +19,8 @@ import os
 from time import perf_counter
 
 from farts.clock import LoopClock
-from farts.config import Upstream
 from farts.metrics import Metrics
+from farts.proxy.config import Upstream
 from farts.transport.client import (
     IDEMPOTENT,
     BadResponse,

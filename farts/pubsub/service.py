@@ -29,8 +29,9 @@ from time import perf_counter
 from urllib.parse import parse_qs
 
 from farts.clock import Clock, Timer
-from farts.config import PubSubConfig, Tenant
+from farts.config import Tenant
 from farts.metrics import Metrics
+from farts.pubsub.config import PubSubConfig
 from farts.transport.http import EVENTS, STREAM, Fixed, Request, Response, Upgrade
 from fast.fanout import Fanout, Subscriber
 from fast.ws import encode_ping

@@ -1,0 +1,33 @@
+"""The proxy's config section: ``[upstreams.<name>]`` groups and the ``proxy`` route kind."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from farts.config import ADDRESSES, NON_NEGATIVE, POSITIVE, ConfigError, Section, setting
+
+
+@dataclass(frozen=True)
+class Upstream:
+    servers: list[str] = setting(check=ADDRESSES)
+    connect_timeout: float = setting(2.0, POSITIVE)
+    read_timeout: float = setting(30.0, POSITIVE)
+    # Connect failures in a row that mark a server down, and for how long.
+    max_fails: int = setting(2, POSITIVE)
+    fail_timeout: float = setting(10.0, POSITIVE)
+    # Idle keep-alive connections kept per server. Below the number of requests in
+    # flight, connections churn: a connect per request costs more than the request.
+    pool_size: int = setting(128, NON_NEGATIVE)
+
+
+def _cross_check(cfg) -> None:
+    for i, r in enumerate(cfg.routes):
+        if r.kind != "proxy":
+            continue
+        if not r.upstream:
+            raise ConfigError(f"{cfg.source}: routes[{i}].upstream: required for kind = \"proxy\"")
+        if r.upstream not in cfg.upstreams:
+            raise ConfigError(f"{cfg.source}: routes[{i}].upstream: no upstream named {r.upstream!r} "
+                              f"(known: {', '.join(cfg.upstreams) or 'none'})")
+
+
+SECTION = Section("upstreams", dict[str, Upstream], dict, _cross_check, route_kinds=("proxy",))

@@ -1,0 +1,126 @@
+"""Cross-node pub/sub over the mesh bus, sans-IO.
+
+Every local publish is broadcast (``Event``); peers apply it (the PubSub object
+deduplicates by origin and seq). A gap in an origin's broadcasts, or a peer that
+comes back alive, triggers a catch-up: this node sends what it has (``CatchupRequest``:
+origin -> newest seq) and the peer answers with the events it lacks (``CatchupEvents``,
+in batches of ``BATCH`` so frames stay well under mesh.max_frame_bytes).
+
+The protocol talks to the PubSub object only through ``publish``'s hook
+``on_local_event``, ``apply_remote(event)``, ``have()`` and ``events_after(have)``; it
+reads no clock: a retry is a timer on the injected clock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from farts.clock import Clock, Timer
+from farts.members import ALIVE, Member
+from farts.peer import Envelope, PeerBus, PeerMessage, need
+
+BATCH = 200
+CATCHUP_TRIES = 20        # a member heard through gossip may have no link yet: retry ...
+CATCHUP_RETRY = 0.5       # ... every half second, for ten seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Event(PeerMessage):
+    """One event published on its origin (what ``PubSub.on_local_event`` got there)."""
+    TYPE = "pubsub.event"
+    VERSION = 1
+    event: dict
+
+    @classmethod
+    def parse(cls, body: Any) -> dict:
+        # The fields are PubSub.apply_remote's to check (it counts bad_remote_event).
+        need(cls, isinstance(body, dict), "an event object")
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupRequest(PeerMessage):
+    """"Send me what you have after this": origin -> newest seq the sender applied."""
+    TYPE = "pubsub.catchup"
+    VERSION = 1
+    have: dict
+
+    @classmethod
+    def parse(cls, body: Any) -> dict[str, int]:
+        need(cls, isinstance(body, dict), "an object origin -> seq")
+        need(cls, all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                      for k, v in body.items()), "origin -> integer seq")
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupEvents(PeerMessage):
+    """One batch of the events a catch-up asked for."""
+    TYPE = "pubsub.events"
+    VERSION = 1
+    events: tuple
+
+    @classmethod
+    def parse(cls, body: Any) -> tuple:
+        need(cls, isinstance(body, list), "a list of events")
+        need(cls, all(isinstance(ev, dict) for ev in body), "event objects")
+        return tuple(body)
+
+
+MESSAGES = (Event, CatchupRequest, CatchupEvents)
+
+
+class PubSubAPI(Protocol):
+    on_local_event: Any
+
+    def apply_remote(self, event: dict) -> bool: ...
+
+    def have(self) -> dict[str, int]: ...
+
+    def events_after(self, have: dict, limit: int = ...) -> list[dict]: ...
+
+
+class PubSubPeer:
+    """Subscribes to the bus and hooks the PubSub's local events when built."""
+
+    def __init__(self, me: str, pubsub: PubSubAPI, bus: PeerBus, clock: Clock) -> None:
+        self.me, self.pubsub, self.bus, self.clock = me, pubsub, bus, clock
+        self._retries: dict[str, Timer] = {}   # member -> its pending catch-up retry
+        pubsub.on_local_event = self.local_event
+        bus.subscribe(Event, self.on_event)
+        bus.subscribe(CatchupRequest, self.on_catchup)
+        bus.subscribe(CatchupEvents, self.on_events)
+        bus.on_member_change(self.on_member)
+
+    def local_event(self, event: dict) -> None:
+        self.bus.broadcast(Event(event))
+
+    def on_event(self, msg: Event, env: Envelope) -> None:
+        self.pubsub.apply_remote(msg.event)
+        if env.gap:
+            self.bus.send(env.origin, CatchupRequest(self.pubsub.have()))
+
+    def on_catchup(self, msg: CatchupRequest, env: Envelope) -> None:
+        events = self.pubsub.events_after(msg.have)
+        for i in range(0, len(events), BATCH):
+            self.bus.send(env.origin, CatchupEvents(tuple(events[i:i + BATCH])))
+
+    def on_events(self, msg: CatchupEvents, env: Envelope) -> None:
+        for ev in msg.events:
+            self.pubsub.apply_remote(ev)
+
+    def on_member(self, old: Member | None, new: Member) -> None:
+        if new.id != self.me and new.state == ALIVE and (old is None or old.state != ALIVE):
+            self._ask_catchup(new.id, CATCHUP_TRIES)
+
+    def _ask_catchup(self, node_id: str, tries: int) -> None:
+        pending = self._retries.pop(node_id, None)
+        if pending is not None:  # alive again before the last round of retries ended
+            pending.cancel()
+        if not self.bus.send(node_id, CatchupRequest(self.pubsub.have())) and tries > 1:
+            self._retries[node_id] = self.clock.call_later(CATCHUP_RETRY, self._ask_catchup, node_id, tries - 1)
+
+    def stop(self) -> None:
+        for t in self._retries.values():
+            t.cancel()
+        self._retries.clear()
