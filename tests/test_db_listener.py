@@ -10,7 +10,8 @@ import struct
 import bson
 
 from farts.clock import FakeClock
-from farts.config import DBConfig, Limits
+from farts.config import Limits
+from farts.db.config import DBConfig
 from farts.db.server import DBService
 from farts.metrics import Metrics
 

@@ -6,9 +6,10 @@ import asyncio
 import json
 
 from farts.clock import FakeClock
-from farts.config import PubSubConfig, Tenant
+from farts.config import Tenant
 from farts.metrics import Metrics
 from farts.pubsub import PubSub
+from farts.pubsub.config import PubSubConfig
 from farts.pubsub.sse import SSESubscriber
 from farts.pubsub.websocket import WebSocketSubscriber
 from farts.transport.http import CHUNKED, RAW
