@@ -13,6 +13,7 @@ from farts import __version__
 from farts.admin import AdminHandler
 from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
 from farts.cdn import purge as cdn_purge
+from farts.clock import LoopClock
 from farts.config import Config, Route
 from farts.members import Member, MemberMap
 from farts.mesh import MeshService, MeshStatusHandler
@@ -51,7 +52,7 @@ class Node:
         if self.mesh is not None:
             self._bridge_pubsub(self.mesh.bus)
         # The CDN (its cache under data_dir/cache) only when a route uses it.
-        self.cdn = (CDN(cfg.cdn, cfg.path("cache"), self.metrics)
+        self.cdn = (CDN(cfg.cdn, cfg.path("cache"), self.metrics, LoopClock())
                     if any(r.kind == "cdn" for r in cfg.routes) else None)
         self.metrics.gauge("farts_node_info", "This node", lambda: {(cfg.node.id, cfg.node.region, __version__): 1},
                            ("node", "region", "version"))
