@@ -35,8 +35,8 @@ def on_request(entry: Entry | None, now: float, filling: bool) -> str:
     if entry is not None:
         if now < entry.fresh_until:
             return HIT
-        if now - entry.fresh_until <= entry.swr:
-            return STALE if filling else STALE_REFRESH
+        if entry.swr and now - entry.fresh_until <= entry.swr:  # (no window: none at all,
+            return STALE if filling else STALE_REFRESH          # not even at its edge)
     if filling:
         return JOIN
     return FILL if entry is None else REVALIDATE
@@ -44,7 +44,7 @@ def on_request(entry: Entry | None, now: float, filling: bool) -> str:
 
 def stale_if_error(entry: Entry | None, now: float) -> bool:
     """May ``entry`` stand in for an origin that failed (RFC 5861 stale-if-error)?"""
-    return entry is not None and now - entry.fresh_until <= entry.sie
+    return entry is not None and entry.sie > 0 and now - entry.fresh_until <= entry.sie
 
 
 def conditional_headers(accept_encoding: bytes | None, stale: Entry | None) -> list:
