@@ -50,7 +50,7 @@ class Fill:
 
     __slots__ = ("key", "base", "ae", "head_ready", "status", "headers", "content_length",
                  "fd", "tmp", "written", "done", "failed", "error", "entry", "cacheable",
-                 "readers", "waiters", "purged", "names", "private", "at")
+                 "readers", "waiters", "purged", "names", "private", "at", "pool_ops")
 
     def __init__(self, key: bytes, base: bytes, ae: bytes) -> None:
         self.key, self.base, self.ae = key, base, ae
@@ -72,6 +72,7 @@ class Fill:
         self.names: tuple[bytes, ...] = ()
         self.private = False          # private or Set-Cookie: for the client that asked only
         self.at = 0.0                 # when the origin answered or the fetch failed (wall)
+        self.pool_ops = 0             # reads and writes of fd running in the disk pool
 
     def wake(self) -> None:
         waiters, self.waiters = self.waiters, []
@@ -89,9 +90,23 @@ class Fill:
         self._close_if_unused()
 
     def _close_if_unused(self) -> None:
-        if self.done and self.readers <= 0 and self.fd >= 0:
+        if self.done and self.readers <= 0 and self.pool_ops == 0 and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def in_pool(self, pool: ThreadPoolExecutor, fn, *args) -> asyncio.Future:
+        """``fn(self.fd, *args)`` in the disk pool.  The descriptor stays open until the
+        thread is done with it, even when the task awaiting it is cancelled: closed
+        under a running write, its number could be reused by another file or socket."""
+        loop = asyncio.get_running_loop()
+        self.pool_ops += 1
+        cf = pool.submit(fn, self.fd, *args)
+        cf.add_done_callback(lambda _cf: loop.is_closed() or loop.call_soon_threadsafe(self._pool_op_done))
+        return asyncio.wrap_future(cf, loop=loop)
+
+    def _pool_op_done(self) -> None:
+        self.pool_ops -= 1
+        self._close_if_unused()
 
 
 class FollowBody:
@@ -115,8 +130,8 @@ class FollowBody:
                 raise StopAsyncIteration
             if self.offset < fill.written:
                 # (the descriptor stays open while this reader is counted)
-                data = await asyncio.get_running_loop().run_in_executor(
-                    self.disk, os.pread, fill.fd, min(CHUNK, fill.written - self.offset), self.offset)
+                data = await fill.in_pool(self.disk, os.pread, min(CHUNK, fill.written - self.offset),
+                                       self.offset)
                 self.offset += len(data)
                 return data
             if fill.done:
@@ -596,9 +611,8 @@ class CDNHandler:
         fill.answered()
         small = [] if cacheable and 0 <= resp.content_length <= self.memory_object_bytes else None
         fd = fill.fd
-        loop = asyncio.get_running_loop()
         async for chunk in resp.body:
-            await loop.run_in_executor(cdn.disk, _write_all, fd, chunk)
+            await fill.in_pool(cdn.disk, _write_all, chunk)
             fill.written += len(chunk)
             cdn.stats.origin_bytes.inc((), len(chunk))
             if small is not None:
