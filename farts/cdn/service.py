@@ -360,7 +360,9 @@ class CDNHandler:
         key = variant_key(base, names, header) if names else base
         now = cdn.clock.wall()  # the one read of the time for this request
         e = cdn.entries.get(key)
+        # The hit path, in this call (no task).  (A fill in flight does not change a HIT.)
         if e is not None and on_request(e, now, False) is HIT:
+            # No field that could make the answer more than the object: its ready Fixed.
             if (header(b"range") is None and header(b"if-none-match") is None
                     and header(b"if-modified-since") is None):
                 fixed = e.fixed
