@@ -72,7 +72,7 @@ class Fill:
         self.names: tuple[bytes, ...] = ()
         self.private = False          # private or Set-Cookie: for the client that asked only
         self.at = 0.0                 # when the origin answered or the fetch failed (wall)
-        self.pool_ops = 0             # reads and writes of fd running in the disk pool
+        self.pool_ops = 0             # reads, writes, fsync of fd running in a thread
 
     def wake(self) -> None:
         waiters, self.waiters = self.waiters, []
@@ -95,7 +95,7 @@ class Fill:
             self.fd = -1
 
     def in_pool(self, pool: ThreadPoolExecutor, fn, *args) -> asyncio.Future:
-        """``fn(self.fd, *args)`` in the disk pool.  The descriptor stays open until the
+        """``fn(self.fd, *args)`` in a thread of ``pool``.  The descriptor stays open until the
         thread is done with it, even when the task awaiting it is cancelled: closed
         under a running write, its number could be reused by another file or socket."""
         loop = asyncio.get_running_loop()
@@ -612,7 +612,6 @@ class CDNHandler:
         fill.fd, fill.tmp = cdn.store.temp_file()  # (open of a new file: a metadata call)
         fill.answered()
         small = [] if cacheable and 0 <= resp.content_length <= self.memory_object_bytes else None
-        fd = fill.fd
         async for chunk in resp.body:
             await fill.in_pool(cdn.disk, _write_all, chunk)
             fill.written += len(chunk)
@@ -629,7 +628,7 @@ class CDNHandler:
         name = cdn.store.new_name(fill.key)
         tmp, fill.tmp = fill.tmp, ""
         try:
-            await cdn.store.settle(fd, tmp, name)
+            await fill.in_pool(cdn.store.worker, cdn.store.settle, tmp, name)
         except OSError:
             fill.tmp = tmp
             raise
