@@ -117,7 +117,7 @@ SERVICES: tuple[Service, ...] = (
             peers=lambda n, ps, bus: [PubSubPeer(n.cfg.node.id, ps, bus, n.clock)]),
     Service("cdn", cdn_config.SECTION,
             # The CDN (its cache under data_dir/cache) only when a route uses it.
-            build=lambda n: (CDN(n.cfg.cdn, n.cfg.path("cache"), n.metrics)
+            build=lambda n: (CDN(n.cfg.cdn, n.cfg.path("cache"), n.metrics, n.clock)
                              if any(r.kind == "cdn" for r in n.cfg.routes) else None),
             start_rank=50, stop_rank=70,
             routes={"cdn": lambda n, cdn, r: CDNHandler(cdn, make_origin(n.cfg.cdn.origins[r.origin],

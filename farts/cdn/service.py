@@ -1,12 +1,19 @@
 """The CDN service: the cache (index, entries, store), fills from origins, the handlers.
 
-A request resolves to a key (farts/cdn/key.py).  A fresh entry is answered at once, in
-the connection's own call (no task): from memory for small objects (a ready ``Fixed``),
-else a ``FileBody`` the transport sends with sendfile.  Anything else goes to a task:
-stale within stale-while-revalidate → served, refreshed in the background; otherwise the
-key's ``Fill`` (one per key at a time: concurrent misses share it) fetches from the
-origin, writes the body to a temp file while every waiting client streams from that
-file, and on completion the file is renamed into the store and the entry installed.
+A request resolves to a key (farts/cdn/key.py); what to do with it is decided by the
+pure functions of farts/cdn/decide.py, and this module carries the decisions out.  A
+fresh entry is answered at once, in the connection's own call (no task): from memory for
+small objects (a ready ``Fixed``), else a ``FileBody`` the transport sends with sendfile.
+Anything else goes to a task: stale within stale-while-revalidate → served, refreshed in
+the background; otherwise the key's ``Fill`` (one per key at a time: concurrent misses
+share it) fetches from the origin, writes the body to a temp file while every waiting
+client streams from that file, and on completion the file is renamed into the store and
+the entry installed.
+
+The time is read once per request (``clock.wall()``; a fill reads it when it asks the
+origin and when the origin answers).  File contents are read and written in the
+``disk`` thread pool, never on the loop; on the loop only metadata calls (open, close,
+unlink of one path) and sendfile, which the transport does without blocking.
 """
 from __future__ import annotations
 
@@ -14,16 +21,18 @@ import asyncio
 import logging
 import os
 import resource
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from farts.cdn.config import CDNConfig
+from farts.clock import Clock
 from farts.metrics import Metrics
 from farts.transport.http import ClientGone, FileBody, Fixed, Request, Response
 from fast.lru import LRUIndex
 
-from . import policy
-from .key import SEP, accept_encoding, parse_vary, variant_key
+from . import decide
+from .decide import HIT, JOIN, STALE, STALE_REFRESH, on_request
+from .key import SEP, accept_encoding, variant_key
 from .origin import CHUNK, OriginError
 from .store import Entry, Store
 
@@ -31,8 +40,9 @@ log = logging.getLogger("farts.cdn")
 
 NOT_ALLOWED = Fixed(405, b"405 Method Not Allowed: the CDN answers GET and HEAD\n",
                     headers=[(b"allow", b"GET, HEAD")])
-# Fields a client's request may carry that make the answer more than "the object".
-SPECIAL = (b"range", b"if-none-match", b"if-modified-since", b"cache-control")
+STATE = {HIT: b"HIT", STALE: b"STALE", STALE_REFRESH: b"STALE"}  # X-Cache of an answer
+DISK_THREADS = 4
+LOAD = object()  # whole(): a small object to read into memory first (CDNHandler.load)
 
 
 class Fill:
@@ -40,7 +50,7 @@ class Fill:
 
     __slots__ = ("key", "base", "ae", "head_ready", "status", "headers", "content_length",
                  "fd", "tmp", "written", "done", "failed", "error", "entry", "cacheable",
-                 "readers", "waiters", "purged", "names", "private")
+                 "readers", "waiters", "purged", "names", "private", "at", "pool_ops")
 
     def __init__(self, key: bytes, base: bytes, ae: bytes) -> None:
         self.key, self.base, self.ae = key, base, ae
@@ -61,6 +71,8 @@ class Fill:
         self.purged = False
         self.names: tuple[bytes, ...] = ()
         self.private = False          # private or Set-Cookie: for the client that asked only
+        self.at = 0.0                 # when the origin answered or the fetch failed (wall)
+        self.pool_ops = 0             # reads, writes, fsync of fd running in a thread
 
     def wake(self) -> None:
         waiters, self.waiters = self.waiters, []
@@ -78,18 +90,33 @@ class Fill:
         self._close_if_unused()
 
     def _close_if_unused(self) -> None:
-        if self.done and self.readers <= 0 and self.fd >= 0:
+        if self.done and self.readers <= 0 and self.pool_ops == 0 and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def in_pool(self, pool: ThreadPoolExecutor, fn, *args) -> asyncio.Future:
+        """``fn(self.fd, *args)`` in a thread of ``pool``.  The descriptor stays open until the
+        thread is done with it, even when the task awaiting it is cancelled: closed
+        under a running write, its number could be reused by another file or socket."""
+        loop = asyncio.get_running_loop()
+        self.pool_ops += 1
+        cf = pool.submit(fn, self.fd, *args)
+        cf.add_done_callback(lambda _cf: loop.is_closed() or loop.call_soon_threadsafe(self._pool_op_done))
+        return asyncio.wrap_future(cf, loop=loop)
+
+    def _pool_op_done(self) -> None:
+        self.pool_ops -= 1
+        self._close_if_unused()
 
 
 class FollowBody:
     """A client's view of a fill: the body as it is written to the temp file."""
 
-    __slots__ = ("fill", "offset", "closed")
+    __slots__ = ("fill", "disk", "offset", "closed")
 
-    def __init__(self, fill: Fill) -> None:
+    def __init__(self, fill: Fill, disk: ThreadPoolExecutor) -> None:
         self.fill = fill      # the caller has counted this reader already
+        self.disk = disk
         self.offset = 0
         self.closed = False
 
@@ -102,8 +129,9 @@ class FollowBody:
             if self.closed:
                 raise StopAsyncIteration
             if self.offset < fill.written:
-                # Just written by the fill: in the page cache, so read on the loop.
-                data = os.pread(fill.fd, min(CHUNK, fill.written - self.offset), self.offset)
+                # (the descriptor stays open while this reader is counted)
+                data = await fill.in_pool(self.disk, os.pread, min(CHUNK, fill.written - self.offset),
+                                       self.offset)
                 self.offset += len(data)
                 return data
             if fill.done:
@@ -129,6 +157,20 @@ class FollowBody:
 def _log_failure(fut: asyncio.Future) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.error("CDN metadata commit failed: %s", fut.exception())
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_file(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 async def _nothing():
@@ -160,8 +202,10 @@ class CDNStats:
 
 
 class CDN:
-    def __init__(self, cfg: CDNConfig, root: Path, metrics: Metrics) -> None:
+    def __init__(self, cfg: CDNConfig, root: Path, metrics: Metrics, clock: Clock) -> None:
         self.cfg = cfg
+        self.clock = clock
+        self.disk = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="cdn-disk")
         self.store = Store(root)
         self.index = LRUIndex()
         self.entries: dict[bytes, Entry] = {}
@@ -169,14 +213,12 @@ class CDN:
         self.fills: dict[bytes, Fill] = {}
         self.tasks: set[asyncio.Task] = set()
         self.mem_used = 0
-        # time.time() - perf_counter(): a request's start (perf_counter) as wall time.
-        self.wall_offset = time.time() - time.perf_counter()
         self.open_fds = 0
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.max_open_fds = max(0, min(4096, soft // 4))  # the rest stays for sockets
         self.hits = self.misses = self.stale = self.coalesced = self.bytes_hit = self.evictions = 0
         self.stats = CDNStats(metrics, self)
-        self._flusher: asyncio.Task | None = None
+        self._flusher = None  # the clock's Timer of the recency flush
         entries, self.vary = self.store.load()
         self.index.load((e.key, e.size) for e in entries)
         for e in entries:
@@ -184,13 +226,12 @@ class CDN:
         self._evict()
 
     def start(self) -> None:
-        self._flusher = asyncio.ensure_future(self._flush_loop())
+        self._flusher = self.clock.every(self.cfg.flush_interval, self._flush_tick)
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.flush_interval)
-            self.wall_offset = time.time() - time.perf_counter()  # follows clock steps
-            await self.flush()
+    def _flush_tick(self, _now: float) -> None:
+        keys = self.index.take_touched()
+        if keys:
+            self.store.touch(keys).add_done_callback(_log_failure)
 
     async def flush(self) -> None:
         """Persist the recency order of what was used since the last flush."""
@@ -206,6 +247,7 @@ class CDN:
         for t in list(self.tasks):
             t.cancel()
         await self.flush()
+        self.disk.shutdown(wait=False)
         await asyncio.get_running_loop().run_in_executor(None, self.store.close)
 
     def spawn(self, coro) -> None:
@@ -244,7 +286,7 @@ class CDN:
         fd = e.fd
         if fd >= 0:
             return FileBody(fd, 0, e.size, owned=False)
-        try:
+        try:  # (an open is a metadata call: on the loop, like sendfile's setup)
             fd = os.open(self.store.path(e.file), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
@@ -288,7 +330,7 @@ class CDN:
 
 
 class CDNHandler:
-    """The handler of one route of kind "cdn"."""
+    """The handler of one route of kind "cdn": carries out decide.py's decisions."""
 
     def __init__(self, cdn: CDN, origin, prefix: str) -> None:
         self.cdn = cdn
@@ -300,194 +342,210 @@ class CDNHandler:
         self.scheme_part = {s: SEP + s.encode() + SEP for s in ("http", "https")}
 
     def handle(self, req: Request):
-        head = req.head
-        if head.method != b"GET" and head.method != b"HEAD":
+        method = req.method
+        if method != b"GET" and method != b"HEAD":
             return NOT_ALLOWED
-        target = head.target
+        target = req.target
         if target[:1] != b"/":  # absolute-form: keep path and query only
-            target = head.path + (b"?" + head.query if head.query else b"")
+            query = req.query
+            target = req.path + (b"?" + query if query else b"")
         tenant = req.tenant.id if req.tenant is not None else "-"
         part = self.tenant_part.get(tenant)
         if part is None:
             part = self.tenant_part[tenant] = tenant.encode() + SEP
-        base = part + target + self.scheme_part[req.scheme] + head.host  # = base_key(...)
+        base = part + target + self.scheme_part[req.scheme] + req.host  # = base_key(...)
         cdn = self.cdn
+        header = req.header
         names = cdn.vary.get(base)
-        key = variant_key(base, names, head.header) if names else base
+        key = variant_key(base, names, header) if names else base
+        now = cdn.clock.wall()  # the one read of the time for this request
         e = cdn.entries.get(key)
-        if e is not None:
-            now = req.start + cdn.wall_offset  # wall clock time without another clock call
-            if now < e.fresh_until:
-                header = head.header
-                if (header(b"range") is None and header(b"if-none-match") is None
-                        and header(b"if-modified-since") is None):
+        # The hit path, in this call (no task).  (A fill in flight does not change a HIT.)
+        if e is not None and on_request(e, now, False) is HIT:
+            # No field that could make the answer more than the object: its ready Fixed.
+            if (header(b"range") is None and header(b"if-none-match") is None
+                    and header(b"if-modified-since") is None):
+                fixed = e.fixed
+                if fixed is not None and now < e.fixed_until:  # (its Age is right)
                     cdn.hits += 1
                     cdn.index.touch(key)
-                    fixed = e.fixed
-                    if fixed is not None and now < e.fixed_until:  # (its Age is right)
-                        cdn.bytes_hit += e.size
-                        return fixed
-                    answer = self.whole(e, now, b"HIT")
-                    if answer is not None:
-                        return answer
-                else:
-                    answer = self.serve(e, head, now, b"HIT")
-                    if answer is not None:
-                        cdn.hits += 1
-                        cdn.index.touch(key)
-                        return answer
-        return self.slow(req, target, key, base)
+                    cdn.bytes_hit += e.size
+                    return fixed
+                answer = self.whole(e, now, b"HIT")
+            else:
+                answer = self.serve(e, req.headers, now, b"HIT")
+            if answer is not None and answer is not LOAD:
+                cdn.hits += 1
+                cdn.index.touch(key)
+                return answer
+            if answer is None:  # its file has gone: as if nothing were stored
+                return self.slow(req, target, key, base, now, e)
+        return self.slow(req, target, key, base, now, None)
 
     # -- answers from an entry --------------------------------------------------------------
     def whole(self, e: Entry, now: float, state: bytes):
-        """The whole object: a ready response from memory, or the file; None if the file
-        has gone (purged or evicted under us)."""
+        """The whole object: a ready response from memory, or the file; LOAD when a small
+        object must first be read into memory (off the loop: ``load``); None if the
+        file has gone (purged or evicted under us)."""
         cdn = self.cdn
         if e.size <= self.memory_object_bytes and (
                 e.body is not None or cdn.mem_used + e.size <= cdn.cfg.memory_capacity_bytes):
-            body = e.body
-            if body is None:  # small: read on the loop, once
-                try:
-                    with open(cdn.store.path(e.file), "rb") as f:
-                        body = e.body = f.read()
-                except OSError:
-                    return None
-                cdn.mem_used += len(body)
-            ctype = b"application/octet-stream"
-            hs = []
-            for k, v in e.headers:
-                if k == b"content-type":
-                    ctype = v
-                else:
-                    hs.append((k, v))
-            hs.append((b"age", str(int(now - e.response_time + e.initial_age)).encode()))
-            hs.append((b"x-cache", state))
-            fixed = Fixed(e.status, body, ctype, hs)
-            if state == b"HIT":  # kept until the Age it carries changes
-                e.fixed, e.fixed_until = fixed, now + 1 - (now - e.response_time + e.initial_age) % 1
-            cdn.bytes_hit += e.size
-            return fixed
-        body = self.cdn.file_of(e)
+            if e.body is None:
+                return LOAD
+            return self.fixed(e, e.body, now, state)
+        body = cdn.file_of(e)
         if body is None:
             return None
-        self.cdn.bytes_hit += e.size
+        cdn.bytes_hit += e.size
         return Response(e.status, self.headers(e, now, state), body, e.size)
+
+    def fixed(self, e: Entry, body: bytes, now: float, state: bytes) -> Fixed:
+        ctype = b"application/octet-stream"
+        hs = []
+        for k, v in e.headers:
+            if k == b"content-type":
+                ctype = v
+            else:
+                hs.append((k, v))
+        age = now - e.response_time + e.initial_age
+        hs.append((b"age", str(int(age)).encode()))
+        hs.append((b"x-cache", state))
+        fixed = Fixed(e.status, body, ctype, hs)
+        if state == b"HIT" and e.body is body:  # kept until the Age it carries changes
+            e.fixed, e.fixed_until = fixed, now + 1 - age % 1
+        self.cdn.bytes_hit += e.size
+        return fixed
+
+    async def load(self, e: Entry, now: float, state: bytes):
+        """A small object's answer, its file read into memory in the disk pool."""
+        cdn = self.cdn
+        body = await asyncio.get_running_loop().run_in_executor(
+            cdn.disk, _read_file, cdn.store.path(e.file))
+        if body is None:
+            return None
+        if e.body is None and cdn.entries.get(e.key) is e:  # still stored: keep it in memory
+            e.body = body
+            cdn.mem_used += len(body)
+        return self.fixed(e, body, now, state)
 
     def headers(self, e: Entry, now: float, state: bytes) -> list:
         return [*e.headers, (b"age", str(int(now - e.response_time + e.initial_age)).encode()),
                 (b"x-cache", state)]
 
-    def serve(self, e: Entry, head, now: float, state: bytes):
-        """An entry as the request asks for it: 304, 206/416 for a Range, or whole."""
-        hs = head.headers
-        if policy.not_modified(hs, e.etag, e.last_modified):
+    def serve(self, e: Entry, headers: list, now: float, state: bytes):
+        """An entry as the request asks for it: 304, 206/416 for a Range, or whole
+        (LOAD or None as ``whole`` answers)."""
+        shape = decide.shape(headers, e)
+        if shape is decide.WHOLE:
+            return self.whole(e, now, state)
+        if shape is decide.NOT_MODIFIED:
             keep = [(k, v) for k, v in self.headers(e, now, state)
                     if k in (b"etag", b"last-modified", b"cache-control", b"expires", b"vary",
                              b"content-location", b"age", b"x-cache")]
             return Response(304, keep, b"", head_only=True)
-        rng = head.header(b"range")
-        if rng is not None and e.status == 200:
-            if_range = head.header(b"if-range")
-            if if_range is None or if_range in (e.etag, e.last_modified):
-                r = policy.byte_range(rng, e.size)
-                if r == policy.UNSATISFIABLE:
-                    return Response(416, [(b"content-range", f"bytes */{e.size}".encode()),
-                                          (b"content-type", b"text/plain; charset=utf-8")],
-                                    b"416 Range Not Satisfiable\n")
-                if r is not None:
-                    first, last = r
-                    body = self.cdn.file_of(e)
-                    if body is None:
-                        return None
-                    n = body.count = last - first + 1
-                    body.offset = first
-                    self.cdn.bytes_hit += n
-                    return Response(206, [*self.headers(e, now, state), (
-                        b"content-range", f"bytes {first}-{last}/{e.size}".encode())], body, n)
-        return self.whole(e, now, state)
+        if shape is decide.UNSATISFIABLE:
+            return Response(416, [(b"content-range", f"bytes */{e.size}".encode()),
+                                  (b"content-type", b"text/plain; charset=utf-8")],
+                            b"416 Range Not Satisfiable\n")
+        first, last = shape
+        body = self.cdn.file_of(e)
+        if body is None:
+            return None
+        n = body.count = last - first + 1
+        body.offset = first
+        self.cdn.bytes_hit += n
+        return Response(206, [*self.headers(e, now, state), (
+            b"content-range", f"bytes {first}-{last}/{e.size}".encode())], body, n)
+
+    async def answer(self, e: Entry, headers: list, now: float, state: bytes):
+        answer = self.serve(e, headers, now, state)
+        if answer is LOAD:
+            answer = await self.load(e, now, state)
+        return answer
 
     # -- misses, stale entries ------------------------------------------------------------------
-    async def slow(self, req: Request, target: bytes, key: bytes, base: bytes):
+    async def slow(self, req: Request, target: bytes, key: bytes, base: bytes, now: float,
+                   gone: Entry | None):
+        """Everything but a fresh hit from memory or a kept file; ``gone``: an entry whose
+        file was found missing (treated as not stored)."""
         cdn = self.cdn
-        head = req.head
-        now = time.time()
-        e = cdn.entries.get(key)  # (this task starts later than handle(): look again)
-        if e is not None:
-            if now < e.fresh_until:  # fresh, but its file had gone: fetch again
+        headers = req.headers
+        while True:
+            e = cdn.entries.get(key)  # (this task starts later than handle(): look again)
+            if e is gone:
                 e = None
-            elif now - e.fresh_until <= e.swr:
-                answer = self.serve(e, head, now, b"STALE")
-                if answer is not None:
+            action = on_request(e, now, key in cdn.fills)
+            if action is HIT or action is STALE or action is STALE_REFRESH:
+                answer = await self.answer(e, headers, now, STATE[action])
+                if answer is None:  # its file has gone
+                    gone = e
+                    continue
+                if action is HIT:
+                    cdn.hits += 1
+                    cdn.index.touch(key)
+                else:
                     cdn.stale += 1
                     if key not in cdn.fills:
-                        self.start_fill(key, base, target, head, e)
+                        self.start_fill(key, base, target, req, e)
+                return answer
+            started = action is not JOIN
+            if started:
+                fill = self.start_fill(key, base, target, req, e)
+                cdn.misses += 1
+            else:
+                fill = cdn.fills[key]
+                cdn.coalesced += 1
+            fill = await self.wait(fill)
+            client_ae = accept_encoding(req.header(b"accept-encoding"))
+            head_only = req.method == b"HEAD"
+            step = decide.after_fill(fill.error is not None, e, fill.at, fill.entry, fill.names,
+                                     fill.ae, client_ae, fill.private, started, head_only,
+                                     fill.status)
+            if step is decide.OWN_FETCH:
+                # An answer for one client (private, Set-Cookie) is never handed to another:
+                # this one asks the origin itself.  (Other answers that are not stored, too
+                # large or errors, are shared by the clients that waited for them.)
+                fill.release()
+                fill = await self.wait(self.start_fill(key, base, target, req, None, register=False))
+                step = decide.after_fill(fill.error is not None, None, fill.at, None, (),
+                                         fill.ae, fill.ae, False, True, head_only, fill.status)
+            if step is decide.PASS:
+                return Response(fill.status, [*fill.headers, (b"x-cache", b"MISS")],
+                                FollowBody(fill, cdn.disk), fill.content_length)
+            fill.release()
+            if step is decide.PASS_HEAD:  # a head without a body
+                return Response(fill.status, [*fill.headers, (b"x-cache", b"MISS")], _nothing(),
+                                fill.content_length, head_only=True)
+            if step is decide.OTHER_VARIANT:  # the answer varies: this client's variant
+                key, gone = variant_key(base, fill.names, req.header), None
+                continue
+            if step is decide.SERVE_ENTRY:  # revalidated (304) or stored before we looked
+                answer = await self.answer(fill.entry, headers, fill.at, b"REVALIDATED")
+                return answer if answer is not None else Fixed.error(502, "cached object vanished")
+            if step is decide.SERVE_STALE:
+                answer = await self.answer(e, headers, fill.at, b"STALE")
+                if answer is not None:
+                    cdn.stale += 1
                     return answer
-        fill = cdn.fills.get(key)
-        started = fill is None
-        if started:
-            fill = self.start_fill(key, base, target, head, e)
-            cdn.misses += 1
-        else:
-            cdn.coalesced += 1
+            return Fixed.error(fill.error.status, fill.error.reason)
+
+    async def wait(self, fill: Fill) -> Fill:
+        """Wait, as one more reader, until the fill has the origin's answer (or failed)."""
         fill.readers += 1
         try:
             await asyncio.shield(fill.head_ready)
         except BaseException:
             fill.release()
             raise
-        if fill.error is not None:
-            fill.release()
-            if e is not None and time.time() - e.fresh_until <= e.sie:
-                answer = self.serve(e, head, time.time(), b"STALE")
-                if answer is not None:
-                    cdn.stale += 1
-                    return answer
-            return Fixed.error(fill.error.status, fill.error.reason)
-        if fill.entry is not None:  # revalidated (304) or stored before we looked
-            fill.release()
-            answer = self.serve(fill.entry, head, time.time(), b"REVALIDATED")
-            if answer is not None:
-                return answer
-            return Fixed.error(502, "cached object vanished")
-        if fill.names and fill.ae != accept_encoding(head.header(b"accept-encoding")):
-            # The answer varies and this client asked for another variant.
-            fill.release()
-            vkey = variant_key(base, fill.names, head.header)
-            return await self.slow(req, target, vkey, base)
-        if fill.private and not started:
-            # An answer for one client (private, Set-Cookie) is never handed to another:
-            # this one asks the origin itself.  (Other answers that are not stored, too
-            # large or errors, are shared by the clients that waited for them.)
-            fill.release()
-            fill = self.start_fill(key, base, target, head, None, register=False)
-            fill.readers += 1
-            try:
-                await asyncio.shield(fill.head_ready)  # (its own: nobody else waits on it)
-            except BaseException:
-                fill.release()
-                raise
-            if fill.error is not None:
-                fill.release()
-                return Fixed.error(fill.error.status, fill.error.reason)
-        status, headers, length = fill.status, fill.headers, fill.content_length
-        if head.method == b"HEAD" or status in (204, 304):  # a head without a body
-            fill.release()
-            return Response(status, [*headers, (b"x-cache", b"MISS")], _nothing(),
-                            length, head_only=True)
-        return Response(status, [*headers, (b"x-cache", b"MISS")], FollowBody(fill), length)
+        return fill
 
-    def start_fill(self, key: bytes, base: bytes, target: bytes, head, stale: Entry | None,
-                   register: bool = True) -> Fill:
-        ae = head.header(b"accept-encoding")
+    def start_fill(self, key: bytes, base: bytes, target: bytes, req: Request,
+                   stale: Entry | None, register: bool = True) -> Fill:
+        ae = req.header(b"accept-encoding")
         fill = Fill(key, base, accept_encoding(ae))
         if register:
             self.cdn.fills[key] = fill
-        headers = [(b"accept-encoding", ae)] if ae else []
-        if stale is not None:
-            if stale.etag is not None:
-                headers.append((b"if-none-match", stale.etag))
-            if stale.last_modified is not None:
-                headers.append((b"if-modified-since", stale.last_modified))
+        headers = decide.conditional_headers(ae, stale)
         self.cdn.spawn(self.run_fill(fill, target[self.prefix_len:], headers, stale))
         return fill
 
@@ -498,20 +556,16 @@ class CDNHandler:
         except OriginError as err:
             cdn.stats.origin_errors.inc((err.status,))
             log.warning("origin fetch of %r failed: %s", rest[:200], err.reason)
-            if not fill.head_ready.done():
-                fill.error = err
-            fill.failed = True
+            self._failed(fill, err)
         except Exception:
             log.exception("CDN fill of %r failed", rest[:200])
-            if not fill.head_ready.done():
-                fill.error = OriginError(502, "internal error")
-            fill.failed = True
+            self._failed(fill, OriginError(502, "internal error"))
         finally:
             if cdn.fills.get(fill.key) is fill:
                 del cdn.fills[fill.key]
             if fill.tmp:
                 try:
-                    os.unlink(fill.tmp)  # still there: not stored
+                    os.unlink(fill.tmp)  # still there: not stored (a metadata call)
                 except FileNotFoundError:
                     pass
             fill.done = True
@@ -519,53 +573,47 @@ class CDNHandler:
             fill.wake()
             fill._close_if_unused()
 
+    def _failed(self, fill: Fill, err: OriginError) -> None:
+        if not fill.head_ready.done():
+            fill.error = err
+            if not fill.at:
+                fill.at = self.cdn.clock.wall()
+        fill.failed = True
+
     async def _fetch(self, fill: Fill, rest: bytes, req_headers: list, stale: Entry | None) -> None:
         cdn, cfg = self.cdn, self.cdn.cfg
-        request_time = time.time()
+        request_time = cdn.clock.wall()
         cdn.stats.origin_requests.inc()
         resp = await self.origin.fetch(rest, req_headers)
-        response_time = time.time()
-        status, headers = resp.status, resp.headers
-        if status == 304 and stale is not None:
-            async for _ in resp.body:
-                pass
-            merged = policy.updated_headers(stale.headers, headers)
-            entry = Entry(fill.key, stale.status, merged, stale.size, stale.file, request_time,
-                          response_time, policy.freshness_lifetime(stale.status, merged, response_time, cfg.negative_ttl),
-                          policy.initial_age(headers, request_time, response_time),
-                          *policy.stale_windows(merged))
-            cdn.stats.revalidations.inc(("not_modified",))
-            if not fill.purged and cdn.entries.get(fill.key) is stale:
-                cdn.install(entry, None, ())
-            fill.entry = entry
-            return
-        if status >= 500 and stale is not None and response_time - stale.fresh_until <= stale.sie:
-            # An error answer while a stale copy may stand in (stale-if-error, RFC 5861).
+        response_time = fill.at = cdn.clock.wall()
+        status = resp.status
+        verdict = decide.on_origin(fill.key, status, resp.headers, resp.content_length, stale,
+                                   req_headers, request_time, response_time, cfg.negative_ttl,
+                                   cfg.max_object_bytes)
+        if not isinstance(verdict, decide.Take):
             async for _ in resp.body:  # (read to the end: that also closes the connection)
                 pass
-            raise OriginError(status, f"origin answered {status}")
+            if isinstance(verdict, decide.UseStale):  # stale-if-error (RFC 5861)
+                raise OriginError(status, f"origin answered {status}")
+            cdn.stats.revalidations.inc(("not_modified",))
+            if not fill.purged and cdn.entries.get(fill.key) is stale:
+                cdn.install(verdict.entry, None, ())
+            fill.entry = verdict.entry
+            return
         if stale is not None:
             cdn.stats.revalidations.inc(("modified",))
-        names = parse_vary(policy.header(headers, b"vary"))
-        cacheable = (names is not None and status != 304 and
-                     policy.storable(b"GET", status, req_headers, headers, cfg.negative_ttl)
-                     and resp.content_length <= cfg.max_object_bytes)
-        fill.names = names or ()
+        cacheable = verdict.cacheable
+        fill.names = verdict.names
         fill.cacheable = cacheable
-        fill.private = (policy.header(headers, b"set-cookie") is not None
-                        or b"private" in policy.cache_control(headers))
+        fill.private = verdict.private
         fill.status = status
-        fill.headers = (policy.stored_headers(headers) if cacheable else
-                        [(k, v) for k, v in headers if k not in policy.CONNECTION_FIELDS])
+        fill.headers = verdict.headers
         fill.content_length = resp.content_length
-        fill.fd, fill.tmp = cdn.store.temp_file()
+        fill.fd, fill.tmp = cdn.store.temp_file()  # (open of a new file: a metadata call)
         fill.answered()
         small = [] if cacheable and 0 <= resp.content_length <= self.memory_object_bytes else None
-        fd = fill.fd
         async for chunk in resp.body:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
+            await fill.in_pool(cdn.disk, _write_all, chunk)
             fill.written += len(chunk)
             cdn.stats.origin_bytes.inc((), len(chunk))
             if small is not None:
@@ -580,21 +628,18 @@ class CDNHandler:
         name = cdn.store.new_name(fill.key)
         tmp, fill.tmp = fill.tmp, ""
         try:
-            await cdn.store.settle(fd, tmp, name)
+            await fill.in_pool(cdn.store.worker, cdn.store.settle, tmp, name)
         except OSError:
             fill.tmp = tmp
             raise
         if fill.purged:
             cdn.store.delete([], [name])
             return
-        lifetime = policy.freshness_lifetime(status, headers, response_time, cfg.negative_ttl)
         store_key = variant_key(fill.base, fill.names, lambda _n: fill.ae) if fill.names else fill.key
         entry = Entry(store_key, status, fill.headers, fill.written, name, request_time, response_time,
-                      lifetime, policy.initial_age(headers, request_time, response_time),
-                      *policy.stale_windows(headers))
+                      verdict.lifetime, verdict.initial_age, *verdict.windows)
         if small is not None and cdn.mem_used + fill.written <= cfg.memory_capacity_bytes:
             entry.body = b"".join(small)
         if fill.names:
             cdn.vary[fill.base] = fill.names
         cdn.install(entry, fill.base if fill.names else None, fill.names)
-

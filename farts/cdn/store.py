@@ -135,15 +135,13 @@ class Store:
     def path(self, name: str) -> str:
         return self.objects_prefix + name
 
-    def _settle(self, fd: int, tmp: str, name: str) -> None:
+    def settle(self, fd: int, tmp: str, name: str) -> None:
+        """Make the temp file the object's file (fsync + rename): blocking, for the
+        ``worker`` thread (the caller keeps ``fd`` open until it has returned)."""
         os.fsync(fd)
         final = self.objects / name
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(tmp, final)
-
-    async def settle(self, fd: int, tmp: str, name: str) -> None:
-        """Make the temp file the object's file (fsync + rename), off the loop."""
-        await asyncio.get_running_loop().run_in_executor(self.worker, self._settle, fd, tmp, name)
 
     # -- metadata --------------------------------------------------------------------------
     def _put(self, entry: Entry, packed: bytes, seq: int, vary: tuple[bytes, bytes] | None) -> None:

@@ -276,12 +276,6 @@ class Request:
         self.body = body
         self.start = start
 
-    @property
-    def head(self) -> RequestHead:
-        """Transitional: the CDN and the proxy still read it (their own branches move
-        them to the view below); no new handler may."""
-        return self._head
-
     # The version-neutral view handlers use (an HTTP/2 stream will offer the same).
     @property
     def method(self) -> bytes:

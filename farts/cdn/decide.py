@@ -1,0 +1,169 @@
+"""What the CDN does with a request, as pure functions: facts in, an action out.
+
+No clock (``now`` is passed in), no I/O, no loop: the service (farts/cdn/service.py)
+executes the actions.  Three moments ask for a decision:
+
+  on_request   a client's request met the cache: the stored entry (or None), whether a
+               fill of its key is in flight, now → HIT, STALE (+ background revalidation
+               unless one runs), JOIN the fill in flight, FILL, REVALIDATE.
+  on_origin    a fill's origin answered (or its fetch failed): → store the 304's merged
+               entry, stand the stale copy in (stale-if-error), or take the new answer
+               (cacheable?, Vary names, private?, the headers to keep).
+  after_fill   a client waited on a fill that answered → serve the revalidated entry,
+               serve the stale copy on the fill's error, fetch another Vary variant,
+               fetch its own private answer, or pass the fill's answer on.
+  shape        how an entry answers this request: whole, 304, 206 (first, last) or 416.
+"""
+from __future__ import annotations
+
+from . import policy
+from .key import parse_vary
+from .store import Entry
+
+# -- on_request -----------------------------------------------------------------------
+HIT = "hit"                # fresh: answer from the entry
+STALE = "stale"            # stale within stale-while-revalidate, a refresh is in flight
+STALE_REFRESH = "stale+refresh"  # the same, and start the (conditional) refresh
+JOIN = "join"              # a fill of this key is in flight: wait for its answer
+FILL = "fill"              # nothing usable stored: fetch
+REVALIDATE = "revalidate"  # stale beyond stale-while-revalidate: conditional fetch
+
+
+def on_request(entry: Entry | None, now: float, filling: bool) -> str:
+    """``entry`` is what is stored for the request's key (None when nothing, or when its
+    file has gone); ``filling`` whether a fill of that key is in flight."""
+    if entry is not None:
+        if now < entry.fresh_until:
+            return HIT
+        if entry.swr and now - entry.fresh_until <= entry.swr:  # (no window: none at all,
+            return STALE if filling else STALE_REFRESH          # not even at its edge)
+    if filling:
+        return JOIN
+    return FILL if entry is None else REVALIDATE
+
+
+def stale_if_error(entry: Entry | None, now: float) -> bool:
+    """May ``entry`` stand in for an origin that failed (RFC 5861 stale-if-error)?"""
+    return entry is not None and entry.sie > 0 and now - entry.fresh_until <= entry.sie
+
+
+def conditional_headers(accept_encoding: bytes | None, stale: Entry | None) -> list:
+    """The request fields a fill sends its origin."""
+    headers = [(b"accept-encoding", accept_encoding)] if accept_encoding else []
+    if stale is not None:
+        if stale.etag is not None:
+            headers.append((b"if-none-match", stale.etag))
+        if stale.last_modified is not None:
+            headers.append((b"if-modified-since", stale.last_modified))
+    return headers
+
+
+# -- on_origin ------------------------------------------------------------------------
+class Revalidated:
+    """The origin answered 304 to a conditional fill: the stale entry, refreshed."""
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+
+
+class UseStale:
+    """The origin answered an error while the stale copy may stand in for it."""
+    __slots__ = ("status",)
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class Take:
+    """A new answer: stream it to the waiting clients, store it when ``cacheable``."""
+    __slots__ = ("cacheable", "names", "private", "headers", "lifetime", "initial_age", "windows")
+
+    def __init__(self, cacheable: bool, names: tuple[bytes, ...], private: bool, headers: list,
+                 lifetime: float, initial_age: float, windows: tuple[float, float]) -> None:
+        self.cacheable = cacheable
+        self.names = names
+        self.private = private
+        self.headers = headers
+        self.lifetime = lifetime
+        self.initial_age = initial_age
+        self.windows = windows
+
+
+def on_origin(key: bytes, status: int, headers: list, content_length: int, stale: Entry | None,
+              request_headers: list, request_time: float, response_time: float,
+              negative_ttl: float, max_object_bytes: int) -> Revalidated | UseStale | Take:
+    """The origin's answer to a fill (``stale``: the entry it revalidates, or None)."""
+    if status == 304 and stale is not None:
+        merged = policy.updated_headers(stale.headers, headers)
+        return Revalidated(Entry(
+            key, stale.status, merged, stale.size, stale.file, request_time, response_time,
+            policy.freshness_lifetime(stale.status, merged, response_time, negative_ttl),
+            policy.initial_age(headers, request_time, response_time),
+            *policy.stale_windows(merged)))
+    if status >= 500 and stale_if_error(stale, response_time):
+        return UseStale(status)
+    names = parse_vary(policy.header(headers, b"vary"))
+    cacheable = (names is not None and status != 304
+                 and policy.storable(b"GET", status, request_headers, headers, negative_ttl)
+                 and content_length <= max_object_bytes)
+    private = (policy.header(headers, b"set-cookie") is not None
+               or b"private" in policy.cache_control(headers))
+    kept = (policy.stored_headers(headers) if cacheable else
+            [(k, v) for k, v in headers if k not in policy.CONNECTION_FIELDS])
+    return Take(cacheable, names or (), private, kept,
+                policy.freshness_lifetime(status, headers, response_time, negative_ttl),
+                policy.initial_age(headers, request_time, response_time),
+                policy.stale_windows(headers))
+
+
+# -- after_fill -----------------------------------------------------------------------
+SERVE_ENTRY = "serve-entry"      # the fill revalidated (304) or stored: answer from its entry
+SERVE_STALE = "serve-stale"      # the fill failed and the stale copy may stand in
+ERROR = "error"                  # the fill failed: answer its error
+OTHER_VARIANT = "other-variant"  # the answer varies and this client selects another variant
+OWN_FETCH = "own-fetch"          # a private answer was for the client that asked: fetch again
+PASS_HEAD = "pass-head"          # pass the answer's head on (HEAD, 204, 304)
+PASS = "pass"                    # pass the answer on, its body followed as it is written
+
+
+def after_fill(failed: bool, stale: Entry | None, at: float, entry: Entry | None,
+               names: tuple[bytes, ...], fill_ae: bytes, client_ae: bytes, private: bool,
+               started: bool, head_only: bool, status: int) -> str:
+    """A client's next step once the fill it waited on answered (or failed) at ``at``.
+    ``stale``: the entry this client could fall back on; ``started``: this client's
+    request started the fill (an answer for one client is never handed to another)."""
+    if failed:
+        return SERVE_STALE if stale_if_error(stale, at) else ERROR
+    if entry is not None:
+        return SERVE_ENTRY
+    if names and fill_ae != client_ae:
+        return OTHER_VARIANT
+    if private and not started:
+        return OWN_FETCH
+    if head_only or status in (204, 304):
+        return PASS_HEAD
+    return PASS
+
+
+# -- shape ----------------------------------------------------------------------------
+WHOLE = "whole"
+NOT_MODIFIED = "not-modified"
+UNSATISFIABLE = "unsatisfiable"
+
+
+def shape(headers: list, entry: Entry) -> str | tuple[int, int]:
+    """How ``entry`` answers a request with these fields: WHOLE, NOT_MODIFIED (304),
+    UNSATISFIABLE (416), or (first, last) for a 206."""
+    if policy.not_modified(headers, entry.etag, entry.last_modified):
+        return NOT_MODIFIED
+    rng = policy.header(headers, b"range")
+    if rng is not None and entry.status == 200:
+        if_range = policy.header(headers, b"if-range")
+        if if_range is None or if_range in (entry.etag, entry.last_modified):
+            r = policy.byte_range(rng, entry.size)
+            if r == policy.UNSATISFIABLE:
+                return UNSATISFIABLE
+            if r is not None:
+                return r
+    return WHOLE

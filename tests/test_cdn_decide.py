@@ -1,0 +1,225 @@
+"""The CDN's decisions alone (farts/cdn/decide.py): no sockets, no loop, time passed in."""
+from __future__ import annotations
+
+from farts.cdn import decide
+from farts.cdn.decide import (
+    FILL,
+    HIT,
+    JOIN,
+    REVALIDATE,
+    STALE,
+    STALE_REFRESH,
+    Revalidated,
+    Take,
+    UseStale,
+    after_fill,
+    on_origin,
+    on_request,
+    shape,
+)
+from farts.cdn.policy import format_date
+from farts.cdn.store import Entry
+
+T0 = 1_700_000_000.0  # when the origin answered
+NEG_TTL = 30.0
+MAX = 1 << 20
+
+
+def take(headers, status=200, length=100, req_headers=(), negative_ttl=NEG_TTL):
+    verdict = on_origin(b"k", status, list(headers), length, None, list(req_headers),
+                        T0, T0, negative_ttl, MAX)
+    assert isinstance(verdict, Take)
+    return verdict
+
+
+def stored(cc=b"max-age=60", extra=(), status=200, size=100):
+    """An entry as the service stores it from an origin's answer at T0."""
+    headers = [(b"cache-control", cc), *extra] if cc else list(extra)
+    v = take(headers, status, size)
+    assert v.cacheable
+    return Entry(b"k", status, v.headers, size, "f", T0, T0, v.lifetime, v.initial_age, *v.windows)
+
+
+# -- on_request ------------------------------------------------------------------------------
+def test_nothing_stored_fills_or_joins_the_fill_in_flight():
+    assert on_request(None, T0, False) == FILL
+    assert on_request(None, T0, True) == JOIN
+
+
+def test_fresh_is_a_hit_until_its_lifetime_ends():
+    e = stored(b"max-age=60")
+    assert on_request(e, T0, False) == HIT
+    assert on_request(e, T0 + 59.9, True) == HIT  # a fill in flight does not matter
+    # At the very edge, with no stale-while-revalidate: not stale-served (the service used
+    # to serve it stale at exactly fresh_until, a zero-width window it had no right to).
+    assert on_request(e, T0 + 60, False) == REVALIDATE
+
+
+def test_age_from_the_origin_shortens_freshness():
+    e = stored(b"max-age=60", [(b"age", b"50")])
+    assert on_request(e, T0 + 9, False) == HIT
+    assert on_request(e, T0 + 11, False) == REVALIDATE
+
+
+def test_stale_within_stale_while_revalidate_is_served_and_refreshed_once():
+    e = stored(b"max-age=60, stale-while-revalidate=30")
+    assert on_request(e, T0 + 70, False) == STALE_REFRESH
+    assert on_request(e, T0 + 70, True) == STALE   # the refresh is already in flight
+    assert on_request(e, T0 + 90, False) == STALE_REFRESH
+    assert on_request(e, T0 + 91, False) == REVALIDATE  # beyond the window
+    assert on_request(e, T0 + 91, True) == JOIN
+
+
+def test_must_revalidate_and_no_cache_allow_no_stale_answer():
+    for cc in (b"max-age=60, must-revalidate, stale-while-revalidate=30, stale-if-error=30",
+               b"max-age=60, proxy-revalidate, stale-while-revalidate=30"):
+        e = stored(cc)
+        assert (e.swr, e.sie) == (0.0, 0.0)
+        assert on_request(e, T0 + 61, False) == REVALIDATE
+        assert after_fill(True, e, T0 + 61, None, (), b"", b"", False, True, False, 0) == decide.ERROR
+    e = stored(b"no-cache, max-age=60, stale-while-revalidate=30")
+    assert e.lifetime == 0.0
+    assert on_request(e, T0, False) == REVALIDATE  # stored, but asked again every time
+
+
+# -- on_origin -----------------------------------------------------------------------------------
+def test_private_and_set_cookie_answers_are_not_stored_and_marked_private():
+    for headers in ([(b"cache-control", b"private, max-age=60")],
+                    [(b"cache-control", b"max-age=60"), (b"set-cookie", b"a=1")]):
+        v = take(headers)
+        assert not v.cacheable and v.private
+        assert v.headers == headers  # passed on as they came (Set-Cookie included)
+    v = take([(b"cache-control", b"max-age=60"), (b"transfer-encoding", b"chunked")])
+    assert v.cacheable and not v.private
+    assert all(k != b"transfer-encoding" for k, _ in v.headers)
+
+
+def test_negative_caching_uses_negative_ttl_unless_told():
+    v = take([], status=404)
+    assert v.cacheable and v.lifetime == NEG_TTL
+    assert not take([], status=404, negative_ttl=0).cacheable
+    v = take([(b"cache-control", b"max-age=5")], status=404, negative_ttl=0)
+    assert v.cacheable and v.lifetime == 5
+    assert not take([(b"cache-control", b"max-age=60")], status=500).cacheable
+
+
+def test_too_large_and_authorized_answers_are_not_stored():
+    assert not take([(b"cache-control", b"max-age=60")], length=MAX + 1).cacheable
+    auth = [(b"authorization", b"x")]
+    assert not take([(b"cache-control", b"max-age=60")], req_headers=auth).cacheable
+    assert take([(b"cache-control", b"public, max-age=60")], req_headers=auth).cacheable
+
+
+def test_vary_accept_encoding_is_stored_by_variant_other_vary_is_not():
+    v = take([(b"cache-control", b"max-age=60"), (b"vary", b"Accept-Encoding")])
+    assert v.cacheable and v.names == (b"accept-encoding",)
+    for vary in (b"*", b"Cookie", b"accept-encoding, user-agent"):
+        v = take([(b"cache-control", b"max-age=60"), (b"vary", vary)])
+        assert not v.cacheable and v.names == ()
+
+
+def test_304_from_origin_refreshes_the_stale_entry():
+    e = stored(b"max-age=60", [(b"etag", b'"v1"'), (b"content-type", b"image/png")], size=7)
+    later = T0 + 100
+    v = on_origin(b"k", 304, [(b"cache-control", b"max-age=120"), (b"etag", b'"v1"')], 0, e,
+                  [], later, later, NEG_TTL, MAX)
+    assert isinstance(v, Revalidated)
+    n = v.entry
+    assert (n.file, n.size, n.status) == (e.file, 7, 200)
+    assert (b"content-type", b"image/png") in n.headers
+    assert (b"cache-control", b"max-age=120") in n.headers
+    assert (b"cache-control", b"max-age=60") not in n.headers
+    assert on_request(n, later + 119, False) == HIT
+    assert on_request(n, later + 121, False) == REVALIDATE
+    # A 304 to an unconditional fill is only passed on.
+    assert isinstance(on_origin(b"k", 304, [], 0, None, [], later, later, NEG_TTL, MAX), Take)
+
+
+def test_origin_error_stands_in_the_stale_copy_within_stale_if_error():
+    e = stored(b"max-age=60, stale-if-error=100")
+    v = on_origin(b"k", 503, [], 0, e, [], T0 + 150, T0 + 150, NEG_TTL, MAX)
+    assert isinstance(v, UseStale) and v.status == 503
+    v = on_origin(b"k", 503, [], 0, e, [], T0 + 161, T0 + 161, NEG_TTL, MAX)
+    assert isinstance(v, Take) and not v.cacheable  # beyond the window: the error itself
+    v = on_origin(b"k", 404, [], 0, e, [], T0 + 150, T0 + 150, NEG_TTL, MAX)
+    assert isinstance(v, Take)  # not an error of the origin's: the new answer
+
+
+def test_conditional_headers_of_a_fill():
+    e = stored(b"max-age=60", [(b"etag", b'"v1"'), (b"last-modified", format_date(T0 - 10))])
+    assert decide.conditional_headers(b"gzip", e) == [
+        (b"accept-encoding", b"gzip"), (b"if-none-match", b'"v1"'),
+        (b"if-modified-since", format_date(T0 - 10))]
+    assert decide.conditional_headers(None, None) == []
+
+
+# -- after_fill ----------------------------------------------------------------------------------
+def after(failed=False, stale=None, at=T0, entry=None, names=(), fill_ae=b"", client_ae=b"",
+          private=False, started=True, head_only=False, status=200):
+    return after_fill(failed, stale, at, entry, names, fill_ae, client_ae, private, started,
+                      head_only, status)
+
+
+def test_after_a_failed_fill_stale_if_error_or_the_error():
+    e = stored(b"max-age=60, stale-if-error=100")
+    assert after(failed=True, stale=e, at=T0 + 160) == decide.SERVE_STALE
+    assert after(failed=True, stale=e, at=T0 + 161) == decide.ERROR
+    assert after(failed=True, stale=None) == decide.ERROR
+    assert after(failed=True, stale=stored(b"max-age=60"), at=T0 + 60) == decide.ERROR  # no window
+
+
+def test_after_a_revalidation_the_entry_answers():
+    e = stored()
+    assert after(entry=e, started=False) == decide.SERVE_ENTRY
+
+
+def test_after_a_varying_fill_another_variant_is_fetched_for_itself():
+    names = (b"accept-encoding",)
+    assert after(names=names, fill_ae=b"gzip", client_ae=b"") == decide.OTHER_VARIANT
+    assert after(names=names, fill_ae=b"gzip", client_ae=b"gzip") == decide.PASS
+    assert after(names=(), fill_ae=b"gzip", client_ae=b"") == decide.PASS
+
+
+def test_a_private_answer_goes_only_to_the_client_that_asked():
+    assert after(private=True, started=True) == decide.PASS
+    assert after(private=True, started=False) == decide.OWN_FETCH
+    assert after(private=False, started=False) == decide.PASS
+
+
+def test_heads_without_a_body():
+    assert after(head_only=True) == decide.PASS_HEAD
+    assert after(status=204) == decide.PASS_HEAD
+    assert after(status=304) == decide.PASS_HEAD
+    assert after(status=404) == decide.PASS
+
+
+# -- shape -----------------------------------------------------------------------------------------
+LM = format_date(T0 - 1000)
+
+
+def test_conditional_requests_answer_304():
+    e = stored(b"max-age=60", [(b"etag", b'"v1"'), (b"last-modified", LM)])
+    assert shape([], e) == decide.WHOLE
+    assert shape([(b"if-none-match", b'"v1"')], e) == decide.NOT_MODIFIED
+    assert shape([(b"if-none-match", b'W/"v1", "v2"')], e) == decide.NOT_MODIFIED
+    assert shape([(b"if-none-match", b"*")], e) == decide.NOT_MODIFIED
+    assert shape([(b"if-none-match", b'"v2"')], e) == decide.WHOLE
+    # If-None-Match wins over If-Modified-Since.
+    assert shape([(b"if-none-match", b'"v2"'), (b"if-modified-since", format_date(T0))], e) == decide.WHOLE
+    assert shape([(b"if-modified-since", format_date(T0))], e) == decide.NOT_MODIFIED
+    assert shape([(b"if-modified-since", format_date(T0 - 2000))], e) == decide.WHOLE
+
+
+def test_ranges_answer_206_or_416_or_whole():
+    e = stored(b"max-age=60", [(b"etag", b'"v1"')], size=100)
+    assert shape([(b"range", b"bytes=0-9")], e) == (0, 9)
+    assert shape([(b"range", b"bytes=90-")], e) == (90, 99)
+    assert shape([(b"range", b"bytes=-10")], e) == (90, 99)
+    assert shape([(b"range", b"bytes=50-500")], e) == (50, 99)
+    assert shape([(b"range", b"bytes=100-")], e) == decide.UNSATISFIABLE
+    assert shape([(b"range", b"bytes=0-1,5-6")], e) == decide.WHOLE  # several: the whole
+    assert shape([(b"range", b"items=0-1")], e) == decide.WHOLE
+    assert shape([(b"range", b"bytes=0-9"), (b"if-range", b'"v1"')], e) == (0, 9)
+    assert shape([(b"range", b"bytes=0-9"), (b"if-range", b'"v0"')], e) == decide.WHOLE
+    neg = stored(None, status=404, size=100)
+    assert shape([(b"range", b"bytes=0-9")], neg) == decide.WHOLE  # ranges of a 200 only
