@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 
+from farts.cdn.config import CDNConfig
 from farts.cdn.origin import OriginResponse
 from farts.cdn.service import CDN, CDNHandler
 from farts.clock import FakeClock
-from farts.config import CDNConfig
 from farts.metrics import Metrics
 from farts.transport.http import FileBody, Fixed, Request
 from fast.http1 import RequestParser

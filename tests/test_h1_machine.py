@@ -395,3 +395,25 @@ def test_closed_connection_has_no_deadlines():
     m = machine()
     m.close()
     assert m.check_timeouts(1e9) is None
+
+
+def test_end_of_a_chunked_body_carries_the_trailers_and_is_parsed_back():
+    from fast.http1 import ResponseParser
+
+    end = H1Machine.end_bytes(True, [(b"x-checksum", b"abc"), ("server-timing", "db;dur=3")])
+    assert end == b"0\r\nx-checksum: abc\r\nserver-timing: db;dur=3\r\n\r\n"
+    assert H1Machine.end_bytes(True, None) == H1Machine.end_bytes(True, []) == b"0\r\n\r\n"
+    assert H1Machine.end_bytes(False, [(b"x-a", b"b")]) == b""  # a known length has no trailers
+    # A client's parser takes the body and the trailer section, and the connection goes on.
+    parser = ResponseParser()
+    wire = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            + H1Machine.piece(b"hello", True) + end)
+    events = parser.feed(wire)
+    assert b"".join(e for e in events if type(e) is bytes) == b"hello"
+    assert events[-1] is END
+
+
+@pytest.mark.parametrize("field", [(b"x-a", b"b\r\nx-evil: 1"), (b"x a", b"b"), (b"", b"b"), (b"x:a", b"b")])
+def test_a_trailer_that_would_break_the_framing_is_refused(field):
+    with pytest.raises(ValueError):
+        H1Machine.end_bytes(True, [field])

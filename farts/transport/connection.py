@@ -419,7 +419,8 @@ class HTTP1Connection(asyncio.Protocol):
                 await close()
         self.listener.bytes_out += sent
         if chunked:
-            write(machine.end_bytes(chunked))
+            trailers = resp.trailers() if callable(resp.trailers) else resp.trailers
+            write(machine.end_bytes(chunked, trailers))
         elif not skip and sent != resp.content_length:
             # The source ended short: the framing is broken, so the connection must go.
             machine.framing_broken()

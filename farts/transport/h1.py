@@ -253,8 +253,23 @@ class H1Machine:
         return encode_chunk(data) if chunked else data
 
     @staticmethod
-    def end_bytes(chunked: bool) -> bytes:
-        return LAST_CHUNK if chunked else b""
+    def end_bytes(chunked: bool, trailers=None) -> bytes:
+        """The end of a streamed body: the last chunk, with the trailer fields when there
+        are any (HTTP/1.1 carries trailers only in a chunked body: a body of known length
+        drops them, as RFC 9110 §6.5.1 allows)."""
+        if not chunked:
+            return b""
+        if not trailers:
+            return LAST_CHUNK
+        out = [b"0\r\n"]
+        for name, value in trailers:
+            name = name.encode("latin-1") if isinstance(name, str) else name
+            value = value.encode("latin-1") if isinstance(value, str) else value
+            if not name or any(c in name for c in b"\r\n\0: ") or any(c in value for c in b"\r\n\0"):
+                raise ValueError(f"invalid trailer field {name[:40]!r}")
+            out.append(name + b": " + value + b"\r\n")
+        out.append(b"\r\n")
+        return b"".join(out)
 
     @staticmethod
     def upgrade_head(status: int, headers, upgrade: bytes | None) -> bytes:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -56,6 +56,9 @@ class Response:
     content_length: int = -1
     # Answering HEAD, 204 or 304: the head only (content_length still describes it).
     head_only: bool = False
+    # Trailer fields after a streamed body: a list, or a function called once the body
+    # has ended (their values are usually known only then, e.g. a checksum).
+    trailers: list | Callable[[], list] | None = None
 
 
 class FileBody:
