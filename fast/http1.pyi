@@ -44,6 +44,40 @@ class Request:
         """First value of the field ``name`` (given in lowercase)."""
 
 @final
+class HandlerRequest:
+    """The version-neutral request a handler sees, over an HTTP/1 head."""
+
+    tenant: object
+    route: object
+    client: str
+    scheme: str
+    body: object
+    start: float
+    def __init__(self, head: Request, tenant: object, route: object, client: str, scheme: str,
+                 body: object, start: float) -> None: ...
+    @property
+    def _head(self) -> Request: ...
+    @property
+    def method(self) -> bytes: ...
+    @property
+    def target(self) -> bytes: ...
+    @property
+    def path(self) -> bytes: ...
+    @property
+    def query(self) -> bytes: ...
+    @property
+    def host(self) -> bytes: ...
+    @property
+    def headers(self) -> list[Header]: ...
+    def header(self, name: bytes) -> bytes | None: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def upgrade(self) -> bytes | None: ...
+    @property
+    def content_length(self) -> int: ...
+
+@final
 class Response:
     """A response head; followed in the event list by body pieces and END."""
 

@@ -402,6 +402,77 @@ cdef class Request:
 
 
 @cython.final
+@cython.freelist(64)
+cdef class HandlerRequest:
+    """The version-neutral request a handler sees (farts/transport/http.py names it
+    ``Request``), over an HTTP/1 head: compiled because every handler call makes one and
+    reads it several times (a Python class with properties cost a CDN hit 0.4 us)."""
+
+    cdef readonly Request _head      # the transport's, not the handler's
+    cdef public object tenant
+    cdef public object route
+    cdef public str client
+    cdef public str scheme
+    cdef public object body
+    cdef public double start
+
+    def __cinit__(self, Request head not None, tenant, route, str client, str scheme, body,
+                  double start):
+        self._head = head
+        self.tenant = tenant
+        self.route = route
+        self.client = client
+        self.scheme = scheme
+        self.body = body
+        self.start = start
+
+    @property
+    def method(self):
+        return self._head.method
+
+    @property
+    def target(self):
+        return self._head.target
+
+    @property
+    def path(self):
+        return self._head.path
+
+    @property
+    def query(self):
+        return self._head.query
+
+    @property
+    def host(self):
+        return self._head.host
+
+    @property
+    def headers(self):
+        """(lowercase name, value), in order."""
+        return self._head.headers
+
+    def header(self, bytes name):
+        """First value of ``name`` (lowercase), or None."""
+        return _first_value(self._head.headers, name)
+
+    @property
+    def version(self):
+        """"1.0" or "1.1" (an HTTP/2 request says "2")."""
+        return "1.1" if self._head.version == 11 else "1.0"
+
+    @property
+    def upgrade(self):
+        """The protocol the client asks to switch to (HTTP/1.1 Upgrade with Connection:
+        upgrade; over HTTP/2 the :protocol of an extended CONNECT), lowercase, or None."""
+        return self._head.upgrade
+
+    @property
+    def content_length(self):
+        """The body's declared length; -1 when not known in advance (chunked)."""
+        return -1 if self._head.chunked else self._head.content_length
+
+
+@cython.final
 @cython.freelist(16)
 cdef class Response:
     """A parsed response head.  Body pieces and END follow it in the event list."""

@@ -1255,3 +1255,24 @@ def test_simple_response():
     assert msg["body"] == b"x" * 5000 and not msg["keep_alive"]
     assert (b"content-type", b"text/html") in msg["headers"]
     assert simple_response(204, b"") == b"HTTP/1.1 204 No Content\r\n\r\n"
+
+
+def test_handler_request_is_the_version_neutral_view_of_a_head():
+    from fast.http1 import HandlerRequest
+
+    wire = (b"POST /up?x=1 HTTP/1.1\r\nHost: A.example:8080\r\nTransfer-Encoding: chunked\r\n"
+            b"X-Two: a\r\nX-Two: b\r\n\r\n0\r\n\r\n"
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\n"
+            b"Content-Length: 0\r\n\r\n")
+    chunked, plain = [e for e in RequestParser().feed(wire) if type(e) is Request]
+    old = RequestParser().feed(b"GET / HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc")[0]
+    r = HandlerRequest(chunked, "tenant", "route", "10.0.0.1", "https", None, 1.5)
+    assert (r.method, r.target, r.path, r.query, r.host) == (b"POST", b"/up?x=1", b"/up", b"x=1", b"a.example")
+    assert r.header(b"x-two") == b"a" and r.header(b"nope") is None
+    assert [v for k, v in r.headers if k == b"x-two"] == [b"a", b"b"]
+    assert r.content_length == -1 and r.version == "1.1" and r.upgrade is None
+    assert (r.tenant, r.route, r.client, r.scheme, r.body, r.start) == ("tenant", "route", "10.0.0.1", "https", None, 1.5)
+    ws = HandlerRequest(plain, None, None, "c", "http", None, 0.0)
+    assert ws.upgrade == b"websocket" and ws.content_length == 0
+    h10 = HandlerRequest(old, None, None, "c", "http", None, 0.0)
+    assert h10.version == "1.0" and h10.content_length == 3
