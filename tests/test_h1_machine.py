@@ -417,3 +417,15 @@ def test_end_of_a_chunked_body_carries_the_trailers_and_is_parsed_back():
 def test_a_trailer_that_would_break_the_framing_is_refused(field):
     with pytest.raises(ValueError):
         H1Machine.end_bytes(True, [field])
+
+
+def test_an_empty_chunked_body_in_one_read_ends_its_body_and_the_next_request_parses():
+    m = H1Machine(65536, 100, 5.0, 5.0, 0.0)
+    data = (b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert m.receive(data, 0.0) is None       # not the bodyless fast path: END is queued
+    head = m.next_event()
+    assert type(head) is RequestHead and m.body == OPEN
+    assert m.next_event() is END and m.body == NONE
+    assert m.respond(0.0) is True and m.state == IDLE
+    m.receive(b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz", 0.0)
+    assert type(m.next_event()) is RequestHead and m.body == OPEN

@@ -146,7 +146,8 @@ class H1Machine:
         events = self.parser.feed(data)
         state = self.state
         if (len(events) == 2 and events[1] is END and not self.pending and not self.switching
-                and (state is IDLE or state is HEAD) and type(events[0]) is RequestHead):
+                and (state is IDLE or state is HEAD) and type(events[0]) is RequestHead
+                and not events[0].chunked):  # (an empty chunked body is [head, END] too: its END must be seen)
             head = events[0]
             self._on_head(head)
             return head
