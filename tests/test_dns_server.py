@@ -755,7 +755,7 @@ def _valid_queries():
                      lambda t: _valid_queries()[t[0]][:t[1]] + t[2])))
 def test_bad_packets_never_crash_the_responder(server, data):
     for tcp in (False, True):
-        out = server.server.responder.answer(data, b"\x7f\x00\x00\x01", tcp)
+        out = server.server.responder.answer(data, b"\x7f\x00\x00\x01", tcp, 0.0)
         if out is not None:
             resp = dns.message.from_wire(out)
             assert resp.flags & dns.flags.QR

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import time
 from dataclasses import dataclass
 
 from farts.dns import rrl as rrl_mod
@@ -152,11 +151,12 @@ class Responder:
             return -1, 0
         return data.locate(client)[0], 0
 
-    def answer(self, data: bytes, client: bytes, tcp: bool, now: float | None = None) -> bytes | None:
+    def answer(self, data: bytes, client: bytes, tcp: bool, now: float) -> bytes | None:
         """The reply to one message from ``client`` (packed address), or None to send nothing.
-        UDP replies are rate limited here (the C fast path limits before calling respond)."""
+        UDP replies are rate limited here (the C fast path limits before calling respond);
+        ``now`` is the node clock's monotonic time, for the limiter."""
         if not tcp and self.rrl is not None and self.rrl.rate > 0:
-            action = self.rrl.check(rrl_mod.network_key(client), time.monotonic() if now is None else now)
+            action = self.rrl.check(rrl_mod.network_key(client), now)
             if action != rrl_mod.ALLOW:
                 q = parse_query(data)
                 if type(q) is fd.ParseError and q.drop:

@@ -47,8 +47,9 @@ def _packed(host: str) -> bytes:
 
 
 class _UDP(asyncio.DatagramProtocol):
-    def __init__(self, responder: Responder) -> None:
+    def __init__(self, responder: Responder, clock: Clock) -> None:
         self.responder = responder
+        self.clock = clock
         self.transport = None
         self._hosts: dict[str, bytes] = {}
 
@@ -63,7 +64,7 @@ class _UDP(asyncio.DatagramProtocol):
             if len(hosts) > 10_000:
                 hosts.clear()
             client = hosts[addr[0]] = _packed(addr[0])
-        out = self.responder.answer(data, client, False)
+        out = self.responder.answer(data, client, False, self.clock.monotonic())
         if out is not None:
             self.transport.sendto(out, addr)
         self.responder.stats.latency.observe(time.perf_counter() - started)
@@ -114,7 +115,7 @@ class _TCP(StreamProtocol):
             if len(buf) < 2 + n:
                 break
             started = time.perf_counter()
-            reply = responder.answer(bytes(buf[2:2 + n]), self.packed, True)
+            reply = responder.answer(bytes(buf[2:2 + n]), self.packed, True, 0.0)  # (TCP: not rate limited)
             del buf[:2 + n]
             if reply is not None:
                 out.append(len(reply).to_bytes(2, "big") + reply)
@@ -210,7 +211,7 @@ class DNSServer:
             udp = None
             port = sock.getsockname()[1]
         else:
-            udp, _ = await loop.create_datagram_endpoint(lambda: _UDP(self.responder),
+            udp, _ = await loop.create_datagram_endpoint(lambda: _UDP(self.responder, self.clock),
                                                          local_addr=(host, port), family=family)
             sock = None
             port = udp.get_extra_info("sockname")[1]
