@@ -428,7 +428,11 @@ class Client:
 
     def tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
-            self._tls = ssl.create_default_context(cafile=self.ca_file)
+            # The system's CAs, plus ca_file when given (a private origin, a test ACME CA):
+            # the client is shared, so a CA for one origin must not drop the others'.
+            self._tls = ssl.create_default_context()
+            if self.ca_file:
+                self._tls.load_verify_locations(cafile=self.ca_file)
         return self._tls
 
     def pool(self, scheme: str, host: str, port: int) -> Pool:
