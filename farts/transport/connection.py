@@ -41,6 +41,7 @@ from .http import (
     Response,
     Upgrade,
 )
+from .kit import close_after_timeout
 
 log = logging.getLogger("farts.http")
 
@@ -206,14 +207,17 @@ class HTTP1Connection(asyncio.Protocol):
             self.listener.count_error(status)
         self._close()
 
-    def _close(self) -> None:
+    def _close(self, timed_out: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
         self.machine.close()
         if self.body is not None:
             self.body.fail(ClientGone())
-        self.transport.close()
+        if timed_out:
+            close_after_timeout(self.transport)
+        else:
+            self.transport.close()
 
     # -- one request --------------------------------------------------------------
     def _on_head(self, head: RequestHead) -> None:
@@ -451,7 +455,7 @@ class HTTP1Connection(asyncio.Protocol):
         if kind == HEADER_TIMEOUT:
             self._fail(408, "request header timeout")
         else:
-            self._close()
+            self._close(timed_out=True)
 
 
 class StreamProtocol(asyncio.Protocol):

@@ -30,6 +30,16 @@ from farts.metrics import Metrics
 TICK = 0.5  # seconds between deadline sweeps; deadlines are as precise as this
 
 
+def close_after_timeout(transport) -> None:
+    """Closes a connection its deadline ended. With bytes still unsent it is aborted: the
+    client is not reading (that may be why it timed out), so a graceful close would wait
+    for it forever and the connection would keep its place in the listener's limits."""
+    if transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()
+
+
 class ConnectionStats:
     """The connection metrics of one kind of listener (``prefix``: farts_http, farts_db...),
     shared by its kits and labelled by listener name."""
@@ -227,7 +237,9 @@ class StreamProtocol(asyncio.Protocol):
             kind = "idle" if quiet > self.idle_timeout else None
         if kind is not None:
             self.kit.timeout(kind)
-            self.close()
+            self.closing = True
+            if self.transport is not None:
+                close_after_timeout(self.transport)
 
     def done_reply(self) -> None:
         self.last_activity = self.kit.now
