@@ -264,7 +264,43 @@ def test_no_continue_before_a_request():
     assert machine().continue_bytes() == b""
 
 
+def test_no_continue_once_an_answer_has_started():
+    # A handler that answers first and reads the body later: a 100 then would land in
+    # the middle of its response.
+    m = machine()
+    assert m.receive(EXPECT, 0.0) is None
+    head = m.next_event()
+    data = m.framed(Response(200, [], None, content_length=-1), head)
+    m.response_started()
+    assert b"connection: close" in data.lower() and not m.expect_continue
+    assert m.continue_bytes() == b""
+
+
 # -- response bytes ---------------------------------------------------------------------------
+def test_streamed_body_framing_is_decided_once_by_the_machine():
+    m = machine()
+    head = m.receive(GET, 0.0)
+    data = m.framed(Response(200, [], None, content_length=-1), head)
+    assert b"transfer-encoding: chunked" in data and m.chunked and m.send_body and m.keep_alive
+
+
+def test_http10_gets_an_unknown_length_body_delimited_by_close_not_chunks():
+    m = machine()
+    head = m.receive(b"GET /a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n", 0.0)
+    assert m.keep_alive
+    data = m.framed(Response(200, [], None, content_length=-1), head)
+    assert b"chunked" not in data and b"content-length" not in data
+    assert not m.chunked and m.send_body and not m.keep_alive
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_a_bodyless_status_sends_no_body_even_when_streamed(status):
+    m = machine()
+    head = m.receive(GET, 0.0)
+    data = m.framed(Response(status, [], None, content_length=-1), head)
+    assert b"chunked" not in data and not m.chunked and not m.send_body
+
+
 def test_head_request_gets_no_body():
     m = machine()
     head = m.receive(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)

@@ -251,18 +251,22 @@ class HTTP1Connection(asyncio.Protocol):
         except Exception:
             log.exception("handler for %s failed", route.prefix)
             result = Fixed.error(500)
-        if type(result) is Fixed:
-            self.transport.write(self.machine.fixed_bytes(result, head))
-            self._finished(route, result.status, start, head)
-        elif type(result) is Response and type(result.body) is bytes:
-            self.transport.write(self.machine.framed(result, head))
-            self._finished(route, result.status, start, head)
-        elif type(result) is Upgrade:
-            self._switch(result, route, start, head)
-        elif type(result) is Response and type(result.body) is FileBody and self._file_now(result, head):
-            self._finished(route, result.status, start, head)
-        else:
-            self.task = asyncio.ensure_future(self._respond_later(req, result))
+        try:
+            if type(result) is Fixed:
+                self.transport.write(self.machine.fixed_bytes(result, head))
+                self._finished(route, result.status, start, head)
+            elif type(result) is Response and type(result.body) is bytes:
+                self.transport.write(self.machine.framed(result, head))
+                self._finished(route, result.status, start, head)
+            elif type(result) is Upgrade:
+                self._switch(result, route, start, head)
+            elif type(result) is Response and type(result.body) is FileBody and self._file_now(result, head):
+                self._finished(route, result.status, start, head)
+            else:
+                self.task = asyncio.ensure_future(self._respond_later(req, result))
+        except Exception:  # a response that cannot be framed (a bad header from the handler)
+            log.exception("handler for %s answered badly", route.prefix)
+            self._fail(500, "internal error")
 
     def _switch(self, upgrade: Upgrade, route, start: float, head: RequestHead) -> None:
         """Writes the stream's head and hands the socket to a StreamProtocol around the
@@ -332,12 +336,19 @@ class HTTP1Connection(asyncio.Protocol):
         """Head and file body written at once when the socket takes all of it (a cache
         hit, usually); False leaves the rest to _write_response, in a task."""
         body = resp.body
-        self.transport.write(self.machine.framed(resp, head))
+        machine = self.machine
+        try:
+            self.transport.write(machine.framed(resp, head))
+        except Exception:
+            if body.owned:
+                os.close(body.fd)
+            raise
         body.started = True
-        if resp.head_only or head.method == b"HEAD" or self._sendfile(body):
+        if not machine.send_body or self._sendfile(body):
             if body.owned:
                 os.close(body.fd)
             return True
+        machine.response_started()  # (the head is out: no other answer may follow it now)
         if not body.owned:  # the rest goes on in a task: hold the file ourselves
             body.fd, body.owned = os.dup(body.fd), True
         return False
@@ -363,54 +374,56 @@ class HTTP1Connection(asyncio.Protocol):
             self._close()
         return True
 
-    async def _write_file(self, body: FileBody, skip: bool) -> None:
+    async def _write_file(self, body: FileBody) -> None:
         """The rest of a file body: sendfile while the socket takes it, else one chunk
         read off the loop through the transport (which queues it), then again."""
         loop = asyncio.get_running_loop()
-        try:
-            while body.count > 0 and not skip:
-                if self.closed:
-                    raise ClientGone()
-                if self._sendfile(body):
-                    break
-                data = await loop.run_in_executor(None, os.pread, body.fd,
-                                                  min(body.count, FILE_CHUNK), body.offset)
-                if not data or self.closed:
-                    self.machine.framing_broken()
-                    break
-                body.offset += len(data)
-                body.count -= len(data)
-                self.listener.bytes_out += len(data)
-                self.transport.write(data)
-                self.machine.progress(self.listener.now)
-                if self.write_paused:
-                    await self.drain()
-        finally:
-            os.close(body.fd)
+        while body.count > 0:
+            if self.closed:
+                raise ClientGone()
+            if self._sendfile(body):
+                break
+            data = await loop.run_in_executor(None, os.pread, body.fd,
+                                              min(body.count, FILE_CHUNK), body.offset)
+            if not data or self.closed:
+                self.machine.framing_broken()
+                break
+            body.offset += len(data)
+            body.count -= len(data)
+            self.listener.bytes_out += len(data)
+            self.transport.write(data)
+            self.machine.progress(self.listener.now)
+            if self.write_paused:
+                await self.drain()
 
     async def _write_response(self, resp: Response, head: RequestHead) -> None:
+        """Writes a response whose body takes time (a stream, or a file the socket did
+        not take at once). Whatever happens, the body's source is released: the file
+        closed, the stream's aclose awaited (an upstream connection goes back or away)."""
         write = self.transport.write
         machine = self.machine
         body = resp.body
         if type(body) is FileBody:
             if not body.owned:  # (before any await: the handler's descriptor is open now)
                 body.fd, body.owned = os.dup(body.fd), True
-            if not body.started:
-                write(machine.framed(resp, head))
-            machine.response_started()
-            await self._write_file(body, resp.head_only or head.method == b"HEAD")
+            try:
+                if not body.started:
+                    write(machine.framed(resp, head))
+                    machine.response_started()
+                if machine.send_body:
+                    await self._write_file(body)
+            finally:
+                os.close(body.fd)
             return
-        write(machine.framed(resp, head))
-        machine.response_started()
-        if type(body) is bytes:
-            return
-        skip = resp.head_only or head.method == b"HEAD"
-        chunked = resp.content_length < 0 and not skip
-        piece_bytes = machine.piece
         sent = 0
         try:
+            write(machine.framed(resp, head))
+            machine.response_started()
+            if type(body) is bytes:
+                return
+            send, chunked, piece_bytes = machine.send_body, machine.chunked, machine.piece
             async for piece in body:
-                if not piece or skip:
+                if not piece or not send:
                     continue
                 sent += len(piece)
                 write(piece_bytes(piece, chunked))
@@ -425,7 +438,7 @@ class HTTP1Connection(asyncio.Protocol):
         if chunked:
             trailers = resp.trailers() if callable(resp.trailers) else resp.trailers
             write(machine.end_bytes(chunked, trailers))
-        elif not skip and sent != resp.content_length:
+        elif send and resp.content_length >= 0 and sent != resp.content_length:
             # The source ended short: the framing is broken, so the connection must go.
             machine.framing_broken()
 

@@ -102,7 +102,7 @@ class H1StateError(Exception):
 class H1Machine:
     __slots__ = ("parser", "state", "body", "keep_alive", "expect_continue", "pending",
                  "requests", "head_started", "idle_since", "last_progress",
-                 "header_timeout", "idle_timeout", "switching")
+                 "header_timeout", "idle_timeout", "switching", "chunked", "send_body")
 
     def __init__(self, max_header_bytes: int, max_headers: int, header_timeout: float,
                  idle_timeout: float, now: float) -> None:
@@ -117,6 +117,10 @@ class H1Machine:
         self.idle_since = self.last_progress = now
         self.header_timeout, self.idle_timeout = header_timeout, idle_timeout
         self.switching = False     # an upgrade/CONNECT head: nothing after it is handed out
+        # The framing of the response being written, decided once by ``framed``: its body
+        # goes as chunks, and whether it has a body on the wire at all.
+        self.chunked = False
+        self.send_body = True
 
     # -- the tables ---------------------------------------------------------------------
     # (The hot path, a bodyless keep-alive request, inlines the lookup of ``_to`` in
@@ -217,7 +221,7 @@ class H1Machine:
     def continue_bytes(self) -> bytes:
         """The 100 Continue, once, when the handler starts reading a body the client
         holds back for it; else b""."""
-        if self.expect_continue and self.state in (HANDLING, RESPONDING):
+        if self.expect_continue and self.state == HANDLING:  # (never inside a response)
             self.expect_continue = False
             return CONTINUE
         return b""
@@ -227,25 +231,33 @@ class H1Machine:
             # The client holds its body back for a 100 we will not send: it may send the
             # body or its next request next, so the only safe framing is to close.
             self.keep_alive = False
+            self.expect_continue = False
 
     def fixed_bytes(self, fixed: Fixed, head: RequestHead) -> bytes:
         if self.expect_continue:   # (_no_continue, inline: the hottest path)
-            self.keep_alive = False
+            self.keep_alive = self.expect_continue = False
         data = fixed.keep if self.keep_alive else fixed.close
         if head.method == b"HEAD":
             data = data[:len(data) - fixed.body_len]
         return data
 
     def framed(self, resp: Response, head: RequestHead) -> bytes:
-        """Head (and body, if it is bytes) of a response as they go on the wire."""
+        """Head (and body, if it is bytes) of a response as they go on the wire; decides
+        the framing of the body the adapter writes after it (``chunked``, ``send_body``)."""
         self._no_continue()
         body = resp.body
         status = resp.status
         length = len(body) if type(body) is bytes else resp.content_length
+        send = not resp.head_only and head.method != b"HEAD"
         if status in (204, 304) or 100 <= status < 200:
-            length = -2
+            length, send = -2, False
+        elif length < 0 and head.version != 11:
+            # HTTP/1.0 has no chunked coding: a body of unknown length ends with the connection.
+            length, self.keep_alive = -2, False
+        self.chunked = length == -1 and send
+        self.send_body = send
         data = response_head(status, resp.headers, length, self.keep_alive)
-        if type(body) is bytes and not resp.head_only and head.method != b"HEAD":
+        if send and type(body) is bytes:
             data += body
         return data
 
