@@ -27,6 +27,24 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 settings.register_profile("explore", deadline=None, max_examples=2000)
 settings.load_profile(os.environ.get("FARTS_HYPOTHESIS", "ci"))
 
+
+
+def pytest_sessionstart(session):
+    """Refuses to test compiled modules older than their sources: an edit of a .pyx or of
+    a compiled .py (setup.py's COMPILED) would otherwise go untested, shadowed by the old
+    build."""
+    root = Path(__file__).resolve().parent.parent
+    stale = []
+    for built in [*root.glob("fast/*.so"), *root.glob("farts/**/*.so")]:
+        stem = built.name.split(".")[0]
+        for source in (built.with_name(stem + ".pyx"), built.with_name(stem + ".py")):
+            if source.exists() and built.stat().st_mtime < source.stat().st_mtime:
+                stale.append(str(source.relative_to(root)))
+    if stale:
+        raise pytest.UsageError(f"compiled modules older than their sources ({', '.join(stale)}): "
+                                "run `.venv/bin/python setup.py build_ext --inplace` (ci/setup does)")
+
+
 URL_LINE = re.compile(rb"^\s+(\w+)\s+(https?://\S+)")
 
 

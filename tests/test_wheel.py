@@ -39,6 +39,7 @@ def test_wheel_installs_into_a_fresh_venv_with_compiled_modules(tmp_path):
     (wheel,) = dist.glob("farts_edge-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("fast/http1.") and n.endswith(".so") for n in names), names
+    assert any(n.startswith("farts/transport/h1.") and n.endswith(".so") for n in names), names
     assert not any(n.endswith((".pyx", ".c")) for n in names)
 
     # auditwheel turns it into a manylinux wheel (the one to publish); install that one.
@@ -60,8 +61,9 @@ def test_wheel_installs_into_a_fresh_venv_with_compiled_modules(tmp_path):
     version = subprocess.run([str(env_dir / "bin" / "farts-edge"), "--version"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("farts-edge 0."), version.stderr
-    probe = ("import fast.http1, importlib.machinery as m, farts; "
+    probe = ("import fast.http1, importlib.machinery as m, farts, farts.transport.h1 as h1; "
              "assert fast.http1.__file__.endswith(tuple(m.EXTENSION_SUFFIXES)), fast.http1.__file__; "
+             "assert h1.__file__.endswith(tuple(m.EXTENSION_SUFFIXES)), h1.__file__; "
              "assert 'site-packages' in fast.http1.__file__ and 'site-packages' in farts.__file__; "
              "print(fast.http1.RequestParser().feed(b'GET / HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n')[0].host)")
     out = subprocess.run([str(py), "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)

@@ -28,7 +28,7 @@ from time import perf_counter
 from fast.http1 import END, LAST_CHUNK
 from fast.http1 import Request as RequestHead
 
-from .h1 import HEADER_TIMEOUT, H1Machine, H1StateError
+from .h1 import CLOSED, HEADER_TIMEOUT, H1Machine, H1StateError
 from .http import (
     CHUNKED,
     EVENTS,
@@ -296,15 +296,14 @@ class HTTP1Connection(asyncio.Protocol):
         counts in place (``fixed.served``) and is not timed: from head to write is a few
         microseconds of this function, recorded as 0 (the first latency bucket)."""
         machine = self.machine
-        self.transport.write(machine.fixed_bytes(fixed, head))
         listener = self.listener
+        self.transport.write(machine.answer_fixed(fixed, head, listener.now))
         served = fixed.served
         served[listener.name] = served.get(listener.name, 0) + 1
         if listener.access_log is not None:
             listener.log_access(head, fixed.status, 0.0, self.client)
-        keep = machine.respond(listener.now)
-        if not keep or self.req_body is not None:  # (else _request_done has nothing to do)
-            self._request_done(keep)
+        if machine.state is CLOSED or self.req_body is not None:  # (else _request_done has nothing to do)
+            self._request_done(machine.state is not CLOSED)
 
     async def _respond_later(self, req: Request, result) -> None:
         head = req._head
