@@ -12,7 +12,7 @@ import pytest
 from farts import pki
 from farts.cdn.origin import HTTPOrigin, OriginError
 from farts.clock import FakeClock, LoopClock
-from farts.transport.client import Client, ReadTimeout
+from farts.transport.client import Client, Deadlines, ReadTimeout
 
 
 class RawServer:
@@ -151,3 +151,23 @@ def test_read_timeout_runs_on_the_injected_clock():
         await srv.stop()
 
     asyncio.run(main())
+
+
+def test_a_read_timeout_never_fires_early():
+    # Deadlines count from the last sweep's time, which is up to a TICK old when a wait
+    # starts: 0.09 s here. A 1.05 s wait that starts at 0.19 must still be waiting at
+    # 1.23 (the sweep at 1.2 must not end it).
+    clock = FakeClock(start=0.0)
+    deadlines = Deadlines(clock)
+    deadlines.start()
+    clock.advance(0.19)
+    loop = asyncio.new_event_loop()
+    try:
+        fut = loop.create_future()
+        deadlines.add(fut, 1.05)
+        clock.advance(1.04)           # 1.23 s
+        assert not fut.done()
+        clock.advance(0.25)           # 1.48 s: past it by no more than two sweeps
+        assert fut.done()
+    finally:
+        loop.close()
