@@ -36,6 +36,22 @@ def test_crc32c_matches_the_standard_check_value():
     assert wire.crc32c(b"123456789") == 0xE3069283   # the CRC-32C check value (RFC 3720)
 
 
+def _crc32c_bitwise(data: bytes) -> int:
+    """CRC-32C by its definition (reflected polynomial 0x82F63B78), one bit at a time."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+@given(st.binary(max_size=300), st.integers(0, 300))
+def test_crc32c_agrees_with_the_definition_whole_and_in_pieces(data, cut):
+    assert wire.crc32c(data) == _crc32c_bitwise(data)
+    assert wire.crc32c(memoryview(data)[cut:], wire.crc32c(data[:cut])) == _crc32c_bitwise(data)
+
+
 def test_op_msg_with_document_sequence_and_split_delivery():
     frame = op_msg({"insert": "c", "$db": "d"}, sequences={"documents": [{"a": 1}, {"a": 2}]})
     codec = wire.WireCodec()
