@@ -399,6 +399,32 @@ def test_node_marked_dead_or_draining_is_gone_from_the_next_answer(server):
     assert resp.rcode() == dns.rcode.NOERROR and not resp.answer and resp.authority[0].rdtype == 6
 
 
+def test_a_node_over_the_load_threshold_is_given_out_after_the_nodes_with_room(server):
+    # Nearest to 10.2.0.0/24 (Frankfurt): frankfurt, oregon, then singapore.
+    q = query("edge.farts.test", subnet="10.2.0.0/24")
+    one = query("one.farts.test", subnet="10.2.0.0/24")
+    assert addresses(server.udp(q)) == ["127.0.0.2", "127.0.0.1"]
+    shifted = server.server.responder.stats.shifted
+
+    def load(node_id, value):
+        server.call(lambda: server.members.update(dataclasses.replace(server.members.get(node_id), load=value)))
+
+    load("frankfurt", 0.5)      # under the threshold (0.9): nothing changes
+    assert addresses(server.udp(q)) == ["127.0.0.2", "127.0.0.1"]
+    assert shifted.totals() == {}
+    load("frankfurt", 0.95)     # over it: the next nearest with room first
+    assert addresses(server.udp(q)) == ["127.0.0.1", "127.0.0.3"]
+    assert addresses(server.tcp(q)) == ["127.0.0.1", "127.0.0.3"]
+    for _ in range(3):          # (replies replayed from the UDP fast path's cache count too)
+        assert addresses(server.udp(one)) == ["127.0.0.1"]
+    assert server.call(lambda: shifted.totals()) == {("frankfurt",): 5}   # 1 + 1 + 3
+    load("oregon", 1.0)
+    load("singapore", 1.0)      # everyone over: nearest first again
+    assert addresses(server.udp(q)) == ["127.0.0.2", "127.0.0.1"]
+    load("frankfurt", 0.2)
+    assert addresses(server.udp(q)) == ["127.0.0.2", "127.0.0.1"]
+
+
 def test_new_database_file_is_followed_without_restart_or_failed_queries(tmp_path):
     path = write_mmdb(tmp_path / "geo.mmdb", EXACT)
     geo = GeoSource(path, 3600, check_every=0.05)

@@ -55,6 +55,9 @@ class DNSConfig:
     nodes: list[DNSNode] = setting([])
     # Region whose nodes clients of unknown location get (empty: the first nodes listed).
     default_region: str = ""
+    # A node whose load figure (shared through the mesh: 0 idle .. 1 at its limits) is at
+    # or over this is given out only after every node with room (above 1: never).
+    load_threshold: float = setting(0.9, POSITIVE)
     geoip_database: str = ""                         # empty: the bundled GeoLite2 City
     rebuild_interval: float = setting(604800.0, POSITIVE)   # seconds; file changes rebuild at once
     # Response rate limiting per client /24 (IPv4) or /56 (IPv6), UDP only.

@@ -22,7 +22,7 @@ def explain_text(cfg: Config, name: str, client: str, qtype: str = "A", subnet: 
     members = MemberMap([Member(n.id, n.region, n.lat, n.lon, tuple(n.addresses)) for n in cfg.dns.nodes])
     path = cfg.dns.geoip_database or default_database()
     geo = _OneAddress(path, subnet_address(client, subnet))
-    r = Responder(zone, members, geo, cfg.dns.default_region)
+    r = Responder(zone, members, geo, cfg.dns.default_region, load_threshold=cfg.dns.load_threshold)
     e = r.explain(name, client, fd.AAAA if qtype == "AAAA" else fd.A, subnet)
     lines = [f"{name} {qtype} for client {client}" + (f"/{subnet} (ECS)" if subnet is not None else "")]
     if e["kind"] != "geo":

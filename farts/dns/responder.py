@@ -48,7 +48,9 @@ def _packed_addresses(m: Member) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
 
 @dataclass(frozen=True)
 class Choice:
-    """The nodes a location gets, nearest first, with distances (None: unknown location)."""
+    """The nodes a location gets, in the order they are given out: nearest first, but a
+    node at or over the load threshold after every node with room; with distances
+    (None: unknown location)."""
     nodes: tuple[Member, ...]
     distances: tuple[float | None, ...]
 
@@ -59,6 +61,9 @@ class Stats:
         self.queries = m.counter("farts_dns_queries_total", "DNS queries answered, by type, rcode and transport",
                                  ("type", "rcode", "transport"))
         self.answers = m.counter("farts_dns_answers_total", "Nodes returned in geo answers", ("node", "region"))
+        self.shifted = m.counter("farts_dns_load_shifted_total",
+                                 "Geo answers that passed over a nearer node at or over the load threshold, by that node",
+                                 ("node",))
         self.dropped = m.counter("farts_dns_dropped_total", "Messages not answered", ("reason",))
         self.rrl = m.counter("farts_dns_rrl_total", "Rate-limited UDP replies", ("action",))
         self.latency = m.histogram("farts_dns_query_seconds", "Time to answer one DNS message",
@@ -69,9 +74,13 @@ class Stats:
 
 class Responder:
     def __init__(self, zone: Zone, members: MemberMap, geo, default_region: str = "",
-                 rrl: rrl_mod.RateLimiter | None = None, metrics: Metrics | None = None) -> None:
-        """``geo``: anything with ``current`` (a GeoData or None) and ``version``."""
+                 rrl: rrl_mod.RateLimiter | None = None, metrics: Metrics | None = None,
+                 load_threshold: float = 0.9) -> None:
+        """``geo``: anything with ``current`` (a GeoData or None) and ``version``.
+        ``load_threshold``: a node whose load figure (0 idle .. 1 at its limits, from the
+        mesh) is at or over it is given out only after the nodes with room."""
         self.zone = zone
+        self.load_threshold = load_threshold
         self.members = members
         self.geo = geo
         self.default_region = default_region
@@ -80,7 +89,8 @@ class Responder:
         self._cache: dict = {}
         self._cache_key = (-1, -1)
         # Bumped only by changes that alter answers: the mesh also rewrites members for
-        # incarnation or load updates, which must not empty the caches every heartbeat.
+        # incarnation or load updates, which must not empty the caches every heartbeat
+        # (a load update alters answers only when it crosses the threshold).
         self.nodes_version = 0
         self.on_nodes_change: list = []
         self.close = members.on_change(self._member_changed)
@@ -90,7 +100,8 @@ class Responder:
 
     def _member_changed(self, old: Member | None, new: Member) -> None:
         if (old is not None and (old.state in SERVING) == (new.state in SERVING)
-                and (old.lat, old.lon, old.region, old.addresses) == (new.lat, new.lon, new.region, new.addresses)):
+                and (old.lat, old.lon, old.region, old.addresses) == (new.lat, new.lon, new.region, new.addresses)
+                and self.overloaded(old) == self.overloaded(new)):
             return
         self.nodes_version += 1
         for fn in list(self.on_nodes_change):
@@ -106,16 +117,20 @@ class Responder:
             self._cache.clear()
         return self._cache
 
-    def choose(self, loc: int) -> Choice:
+    def overloaded(self, m: Member) -> bool:
+        return m.load >= self.load_threshold
+
+    def choose(self, loc: int, weigh_load: bool = True) -> Choice:
         alive = self.members.alive()
         data = self.geo.current
+        over = self.overloaded if weigh_load else lambda m: False
         if loc < 0 or data is None:
-            first = [m for m in alive if m.region == self.default_region]
-            rest = [m for m in alive if m.region != self.default_region]
-            return Choice(tuple(first + rest), (None,) * len(alive))
+            # (sorted is stable: within each group the default region first, then config order)
+            nodes = sorted(alive, key=lambda m: (over(m), m.region != self.default_region))
+            return Choice(tuple(nodes), (None,) * len(alive))
         lat, lon = data.index.coords(loc)
-        ranked = sorted((great_circle_km(lat, lon, m.lat, m.lon), m.id, m) for m in alive)
-        return Choice(tuple(r[2] for r in ranked), tuple(r[0] for r in ranked))
+        ranked = sorted((over(m), great_circle_km(lat, lon, m.lat, m.lon), m.id, m) for m in alive)
+        return Choice(tuple(r[3] for r in ranked), tuple(r[1] for r in ranked))
 
     def _geo_records(self, name: bytes, qtype: int, count: int, ttl: int, loc: int):
         cache = self._fresh_cache()
@@ -125,18 +140,28 @@ class Responder:
             return hit
         family = 0 if qtype == fd.A else 1
         records, chosen = [], []
-        for m in self.choose(loc).nodes:
+        for m in self._serving(self.choose(loc), family, count):
+            records.extend(fd.Record(name, qtype, ttl, a) for a in self._addresses[m.id][family])
+            chosen.append((m.id, m.region))
+        # The nodes the answer would have had without their load, and has not.
+        given = {m for m, _ in chosen}
+        shifted = tuple((m.id,) for m in self._serving(self.choose(loc, weigh_load=False), family, count)
+                        if m.id not in given)
+        hit = cache[key] = (tuple(records), tuple(chosen), shifted)
+        return hit
+
+    def _serving(self, choice: Choice, family: int, count: int) -> list[Member]:
+        """The first ``count`` nodes of a choice with an address of the family (0: v4, 1: v6)."""
+        out = []
+        for m in choice.nodes:
             addrs = self._addresses.get(m.id)
             if addrs is None:
                 addrs = self._addresses[m.id] = _packed_addresses(m)
-            if not addrs[family]:
-                continue
-            records.extend(fd.Record(name, qtype, ttl, a) for a in addrs[family])
-            chosen.append((m.id, m.region))
-            if len(chosen) == count:
-                break
-        hit = cache[key] = (tuple(records), tuple(chosen))
-        return hit
+            if addrs[family]:
+                out.append(m)
+                if len(out) == count:
+                    break
+        return out
 
     # ---- messages ----
 
@@ -172,7 +197,8 @@ class Responder:
 
     def respond(self, data: bytes, client: bytes, tcp: bool) -> tuple[bytes | None, tuple | None]:
         """(reply or None, label): the label is what a replay of this reply from a cache
-        must count ((type, rcode, transport), chosen nodes), None when not to be cached."""
+        must count ((type, rcode, transport), chosen nodes, nodes passed over for load),
+        None when not to be cached."""
         transport = "tcp" if tcp else "udp"
         q = parse_query(data)
         stats = self.stats
@@ -190,20 +216,22 @@ class Responder:
             res = Resolution(REFUSED, rcode=fd.REFUSED)
         else:
             res = self.zone.resolve(q.qname_lower, qtype)
-        answers, scope, chosen = res.answers, 0, ()
+        answers, scope, chosen, shifted = res.answers, 0, (), ()
         if res.kind == GEO:
             loc, scope = self.locate(client, q.ecs)
             g = res.geo
-            records, chosen = self._geo_records(g.name, qtype, g.answers, g.ttl, loc)
+            records, chosen, shifted = self._geo_records(g.name, qtype, g.answers, g.ttl, loc)
             answers = answers + records if answers else records
             for key in chosen:
                 stats.answers.inc(key)
+            for key in shifted:
+                stats.shifted.inc(key)
             if not records:
                 res = Resolution(NODATA, authority=(self.zone.soa,))
         label = (TYPE_NAMES.get(qtype, str(qtype)), RCODE_NAMES.get(res.rcode), transport)
         stats.queries.inc(label)
         return encode_response(q, res.rcode, res.kind != REFUSED, answers, res.authority, None,
-                               65535 if tcp else 0, scope), (label, chosen)
+                               65535 if tcp else 0, scope), (label, chosen, shifted)
 
     # ---- explanation (farts-edge dns lookup) ----
 
@@ -228,7 +256,8 @@ class Responder:
         out["scope"] = scope
         out["candidates"] = [(m.id, m.region, m.lat, m.lon, d, list(m.addresses))
                              for m, d in zip(choice.nodes, choice.distances, strict=True)]
-        records, chosen = self._geo_records(res.geo.name, qtype, res.geo.answers, res.geo.ttl, loc)
+        records, chosen, shifted = self._geo_records(res.geo.name, qtype, res.geo.answers, res.geo.ttl, loc)
         out["chosen"] = [c[0] for c in chosen]
+        out["shifted"] = [s[0] for s in shifted]
         out["answers"] = [str(ipaddress.ip_address(r.value)) for r in records]
         return out

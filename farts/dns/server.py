@@ -152,7 +152,8 @@ class DNSServer:
         self.geo = geo or GeoSource(cfg.geoip_database or default_database(), cfg.rebuild_interval,
                                     clock=clock)
         self.rrl = RateLimiter(cfg.rrl_rate, cfg.rrl_burst, cfg.rrl_slip)
-        self.responder = Responder(self.zone, members, self.geo, cfg.default_region, self.rrl, self.metrics)
+        self.responder = Responder(self.zone, members, self.geo, cfg.default_region, self.rrl, self.metrics,
+                                   cfg.load_threshold)
         self.kit = ListenerKit("dns", clock, ConnectionStats(self.metrics, "farts_dns_tcp", "DNS over TCP"),
                                max_connections=cfg.max_tcp_connections,
                                max_connections_per_ip=(limits or Limits()).max_connections_per_ip)
@@ -235,6 +236,7 @@ class DNSServer:
         stats = self.responder.stats
         stats.queries.sources.append(lambda: _sum_labels(fast.replayed(), lambda label: [label[0]]))
         stats.answers.sources.append(lambda: _sum_labels(fast.replayed(), lambda label: label[1]))
+        stats.shifted.sources.append(lambda: _sum_labels(fast.replayed(), lambda label: label[2]))
         stats.rrl.sources.append(lambda: {("drop",): fast.rrl_dropped, ("slip",): fast.rrl_slipped})
         stats.dropped.sources.append(lambda: {("unparseable",): fast.dropped, ("send_failed",): fast.send_errors})
         # Replies replayed from the C cache take well under the smallest bucket.
