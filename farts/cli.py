@@ -167,6 +167,22 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_drain(args) -> int:
+    import json
+    import urllib.request
+
+    url = args.admin.rstrip("/") + "/api/drain"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=5) as r:
+            data = json.load(r)
+    except (OSError, ValueError) as e:
+        print(f"farts-edge: cannot drain through {url}: {e}", file=sys.stderr)
+        return 1
+    print(f"{data['node']} is draining" + ("" if data["changed"] else " (it was already)")
+          + ": peers no longer give it out in DNS answers; it keeps serving until stopped")
+    return 0
+
+
 def cmd_serve(args) -> int:
     return _serve(_with_flags(config.load(args.config), args))
 
@@ -243,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the mesh as a node sees it (its members table)")
     status.add_argument("--admin", default="http://127.0.0.1:9100/", help="the node's admin listener URL")
     status.set_defaults(func=cmd_status)
+    drain = sub.add_parser("drain", help="take the node out of every node's DNS answers (it keeps serving)")
+    drain.add_argument("--admin", default="http://127.0.0.1:9100/", help="the node's admin listener URL")
+    drain.set_defaults(func=cmd_drain)
 
     dns = sub.add_parser("dns", help="geo DNS tools")
     dns_sub = dns.add_subparsers(dest="dns_command", required=True)

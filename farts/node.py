@@ -25,7 +25,7 @@ from farts.config import Config, Route
 from farts.db import config as db_config
 from farts.dns import config as dns_config
 from farts.members import Member, MemberMap
-from farts.mesh import MeshService, MeshStatusHandler
+from farts.mesh import DrainHandler, MeshService, MeshStatusHandler
 from farts.mesh import config as mesh_config
 from farts.metrics import Metrics
 from farts.proxy import ProxyHandler, ProxyStats
@@ -109,7 +109,8 @@ SERVICES: tuple[Service, ...] = (
             build=lambda n: (MeshService(n.cfg, n.members, n.metrics, n.load, clock=n.clock)
                              if n.cfg.mesh.enabled else None),
             start_rank=30, stop_rank=0,  # stops first: peers hear "left" while the rest shuts down
-            admin_routes=lambda n, mesh: [(Route(prefix="/api/mesh", kind="admin"), MeshStatusHandler(mesh))]),
+            admin_routes=lambda n, mesh: [(Route(prefix="/api/mesh", kind="admin"), MeshStatusHandler(mesh)),
+                                          (Route(prefix="/api/drain", kind="admin"), DrainHandler(mesh))]),
     Service("pubsub", pubsub_config.SECTION,
             build=lambda n: PubSub(n.cfg.node.id, n.cfg.pubsub, n.cfg.tenants, n.metrics, n.clock),
             start_rank=40, stop_rank=30,

@@ -94,6 +94,23 @@ def test_restart_rejoins_with_a_higher_incarnation_and_leave_is_left():
     assert not any(s == DEAD for _, _, subj, s, _ in net.log if subj == "n1")
 
 
+def test_new_metadata_reaches_every_member_and_outlives_a_suspicion():
+    # A member that drains announces it in its metadata at a new incarnation: everyone
+    # has it at once; the lossy network then suspects and refutes, and the meta stays.
+    net = SimNet(ids(6), CFG, seed=9, loss=0.1)
+    net.run_until(3)
+    n2 = net.nodes["n2"]
+    n2.announce(net.now, {**n2.meta, "draining": True})
+    net._flush("n2")
+    net.run_until(3.5)
+    for o in net.live():
+        if o != "n2":
+            assert net.nodes[o].peers["n2"].meta.get("draining") is True, o
+            assert net.state(o, "n2") in (ALIVE, SUSPECT)
+    net.run_until(40)
+    assert all(net.nodes[o].peers["n2"].meta.get("draining") is True for o in net.live() if o != "n2")
+
+
 def test_dead_members_are_forgotten_after_forget_after():
     net = SimNet(ids(4), SwimConfig(push_pull_interval=5.0, forget_after=30.0), seed=6)
     net.run_until(2)

@@ -37,6 +37,9 @@ class MeshConfig:
     handshake_timeout: float = setting(5.0, POSITIVE)
     max_frame_bytes: int = setting(1024 * 1024, Check(lambda v: v >= 1024, "an integer >= 1024"))
     queue_max_bytes: int = setting(8 * 1024 * 1024, POSITIVE)
+    # On shutdown the node drains first (peers' DNS stops giving it out) and keeps serving
+    # this long before it leaves: set it to the geo names' TTL for restarts no client sees.
+    drain_seconds: float = setting(0.0, NON_NEGATIVE)
 
 
 SECTION = Section("mesh", MeshConfig, MeshConfig)

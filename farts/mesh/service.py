@@ -28,7 +28,7 @@ from typing import Any
 
 from farts.clock import Clock, LoopClock, Timer, pack, unpack
 from farts.config import Config, ConfigError
-from farts.members import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberMap
+from farts.members import ALIVE, DEAD, DRAINING, LEFT, SUSPECT, Member, MemberMap
 from farts.mesh.bus import Bus
 from farts.mesh.frames import BUS, SWIM, Hello, encode
 from farts.mesh.link import Link, LinkManager, LinkStats, tls_contexts
@@ -163,9 +163,30 @@ class MeshService:
         if m is not None and m.load != msg.value:
             self.members.update(dataclasses.replace(m, load=msg.value))
 
+    def drain(self) -> bool:
+        """Takes this node out of the answers of every node's DNS while it keeps serving
+        (``draining`` in its gossiped metadata; members show DRAINING). False if it was."""
+        if self.swim is None or self.swim.meta.get("draining"):
+            return False
+        log.info("mesh: draining: peers stop sending clients here")
+        self.swim.announce(self.clock.monotonic(), {**self.swim.meta, "draining": True})
+        me = self.members.get(self.me)
+        if me is not None:
+            self.members.update(dataclasses.replace(me, state=DRAINING))
+        self._flush()
+        return True
+
+    @property
+    def draining(self) -> bool:
+        return bool(self.swim is not None and self.swim.meta.get("draining"))
+
     async def stop(self) -> None:
         if self.swim is None:
             return
+        # Drain first: peers stop answering with this node while it still serves, for
+        # mesh.drain_seconds (a DNS TTL's worth lets resolvers' caches move on), then leave.
+        if self.drain() and self.mc.drain_seconds > 0:
+            await asyncio.sleep(self.mc.drain_seconds)
         self.swim.leave(self.clock.monotonic())
         self._flush()
         if self._timer:
@@ -215,8 +236,9 @@ class MeshService:
         if old != p.state:
             log.info("mesh: %s is %s (incarnation %d, was %s)", p.id, p.state, p.incarnation, old or "unknown")
         prev = self.members.get(p.id)
+        state = DRAINING if m.get("draining") and p.state in (ALIVE, SUSPECT) else p.state
         self.members.update(Member(p.id, str(m.get("region", "")), float(m.get("lat", 0.0)),
-                                   float(m.get("lon", 0.0)), tuple(m.get("addresses", ())), p.state,
+                                   float(m.get("lon", 0.0)), tuple(m.get("addresses", ())), state,
                                    p.incarnation, prev.load if prev else 0.0, {"mesh": m.get("mesh", "")}))
         # A link to a member declared dead is closed: if the member lives after all (a
         # healed partition), a fresh connection finds it at once instead of a TCP
@@ -265,17 +287,32 @@ class MeshService:
         """The members table (`farts-edge status`, /api/mesh)."""
         now = self.clock.monotonic()
         rows = [{"id": self.me, "region": self.cfg.node.region, "state": LEFT if self.swim and self.swim.leaving
-                 else ALIVE, "incarnation": self.swim.incarnation if self.swim else 0, "rtt_ms": None,
+                 else DRAINING if self.draining else ALIVE, "incarnation": self.swim.incarnation if self.swim else 0, "rtt_ms": None,
                  "last_heard_s": 0.0, "link": None, "self": True,
                  "mesh": self.swim.meta.get("mesh") if self.swim else None}]
         links = self.links.links if self.links else {}
         for p in sorted(self.swim.peers.values() if self.swim else (), key=lambda p: p.id):
-            rows.append({"id": p.id, "region": p.meta.get("region", ""), "state": p.state,
+            state = DRAINING if p.meta.get("draining") and p.state in (ALIVE, SUSPECT) else p.state
+            rows.append({"id": p.id, "region": p.meta.get("region", ""), "state": state,
                          "incarnation": p.incarnation, "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 3),
                          "last_heard_s": None if p.last_heard is None else round(now - p.last_heard, 2),
                          "link": p.id in links, "self": False, "mesh": p.meta.get("mesh")})
-        counts = {s: sum(1 for r in rows if r["state"] == s) for s in (ALIVE, SUSPECT, DEAD, LEFT)}
+        counts = {s: sum(1 for r in rows if r["state"] == s) for s in (ALIVE, SUSPECT, DRAINING, DEAD, LEFT)}
         return {"node": self.me, "members": rows, "counts": counts}
+
+
+class DrainHandler:
+    """POST /api/drain on the admin listener (`farts-edge drain`): see MeshService.drain."""
+
+    def __init__(self, mesh: MeshService) -> None:
+        self.mesh = mesh
+
+    def handle(self, request: Request) -> Response:
+        if request.method != b"POST":
+            return Response(405, [(b"allow", b"POST"), (b"content-type", b"text/plain")], b"POST only\n")
+        changed = self.mesh.drain()
+        return Response(200, [(b"content-type", b"application/json")],
+                        json.dumps({"node": self.mesh.me, "draining": True, "changed": changed}).encode() + b"\n")
 
 
 class MeshStatusHandler:

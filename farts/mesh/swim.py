@@ -159,6 +159,17 @@ class Swim:
             if p.state in (ALIVE, SUSPECT):
                 self.outbox.append((p.id, ["gossip", [entry]]))
 
+    def announce(self, now: float, meta: dict) -> None:
+        """This node's metadata changed (it drains, say): a new incarnation carries it to
+        every live member at once, and on in the gossip."""
+        self.meta = dict(meta)
+        self.incarnation += 1
+        entry = [ALIVE, self.me, self.incarnation, self.meta, self.me]
+        self._queue(self.me, entry)
+        for p in self.peers.values():
+            if p.state in (ALIVE, SUSPECT):
+                self.outbox.append((p.id, ["gossip", [entry]]))
+
     def next_wakeup(self) -> float:
         t = min(self._next_probe, self._next_sync)
         for pr in self._probes.values():
