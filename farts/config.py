@@ -481,6 +481,12 @@ name = "edge"               # edge.example.com; "*.edge" covers names below it t
 answers = 2
 ttl = 30
 
+# Static records: name ("@" the apex; no final dot = relative to the zone), type, value in
+# presentation form, optional ttl. Types and their values:
+#   A "192.0.2.1"   AAAA "2001:db8::1"   CNAME "edge.example.com."   NS "ns1.example.com."
+#   MX "10 mail.example.com."   CAA '0 issue "letsencrypt.org"'
+#   TXT: the text as it is (one string), or quoted strings '"part one" "part two"' for
+#   several; each string at most 255 bytes (RFC 1035), longer text split into strings.
 [[dns.records]]
 name = "@"
 type = "MX"
@@ -490,6 +496,11 @@ value = "10 mail.example.com."
 name = "www"
 type = "CNAME"
 value = "edge.example.com."
+
+[[dns.records]]
+name = "@"
+type = "TXT"
+value = '"v=spf1 mx -all"'
 
 [[dns.nodes]]               # until the mesh runs: the nodes geo names may return
 id = "node-1"

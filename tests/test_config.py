@@ -96,3 +96,22 @@ def test_cli_rejects_an_unknown_log_level():
 def test_cli_version():
     out = run_cli("--version")
     assert out.returncode == 0 and out.stdout.startswith("farts-edge ")
+
+
+@pytest.mark.parametrize("text", [
+    # A TXT string over 255 bytes: the zone refuses it (RFC 1035 §3.3).
+    '[dns]\nenabled = true\nport = 0\n[[dns.records]]\nname = "t"\ntype = "TXT"\nvalue = "' + "x" * 300 + '"\n',
+    '[dns]\nenabled = true\nport = 0\n[[dns.records]]\nname = "www"\ntype = "CNAME"\nvalue = "a.farts.test."\n'
+    '[[dns.records]]\nname = "www"\ntype = "A"\nvalue = "192.0.2.1"\n',
+    '[dns]\nenabled = true\nport = 0\n[[dns.records]]\nname = "x.example.org."\ntype = "A"\nvalue = "192.0.2.1"\n',
+    '[listeners.https]\nport = "x"\n',
+    '[[routes]]\nprefix = "/x"\nkind = "proxy"\nupstream = "nope"\n',
+])
+def test_config_check_and_serve_refuse_the_same_configs_with_the_same_error(tmp_path, text):
+    f = tmp_path / "farts.toml"
+    f.write_text('[node]\ndata_dir = "data"\n[listeners.http]\nport = 0\n[listeners.admin]\nport = 0\n' + text)
+    checked = run_cli("config", "check", str(f))
+    served = run_cli("serve", "--config", str(f))
+    assert checked.returncode == 2 and served.returncode == 2, (checked, served)
+    error = [ln for ln in checked.stderr.splitlines() if "config error" in ln]
+    assert error and error == [ln for ln in served.stderr.splitlines() if "config error" in ln]

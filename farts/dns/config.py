@@ -68,4 +68,12 @@ class DNSConfig:
     max_tcp_connections: int = setting(1000, POSITIVE)
 
 
-SECTION = Section("dns", DNSConfig, DNSConfig)
+def _cross_check(cfg) -> None:
+    # The zone the DNS service builds at start, built here too: `config check` and
+    # `serve` refuse the same records with the same error (one validation path).
+    if cfg.dns.enabled:
+        from farts.dns.zone import Zone
+        Zone(cfg.dns, cfg.source)
+
+
+SECTION = Section("dns", DNSConfig, DNSConfig, _cross_check)
