@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,11 +16,19 @@ from farts import __version__, config
 def _with_flags(cfg: config.Config, args) -> config.Config:
     if args.access_log is not None:
         cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, access_log_sample=args.access_log))
-    if getattr(args, "cdn_origin", None) and "media" in cfg.cdn.origins:
-        from farts.cdn.config import CDNOrigin
-        media = CDNOrigin(kind="http", url=args.cdn_origin)
-        cfg = cfg.with_section("cdn", dataclasses.replace(cfg.cdn, origins={**cfg.cdn.origins, "media": media}))
     return cfg
+
+
+UP_PORTS = ("http", "https", "admin", "dns", "db")
+
+
+def _up_flags_into(path: Path, args) -> None:
+    """`up`'s flags go into the config it writes: `serve --config` then runs the same node."""
+    from farts import quickstart
+
+    quickstart.apply_flags(path, cdn_origin=args.cdn_origin, access_log=args.access_log,
+                           ports={name: getattr(args, f"{name}_port") for name in UP_PORTS
+                                  if getattr(args, f"{name}_port") is not None})
 
 
 def _serve(cfg: config.Config, banner: str = "") -> int:
@@ -57,24 +66,34 @@ def cmd_up(args) -> int:
 
     data_dir = Path(args.data_dir)
     if args.nodes > 1:
-        return _up_cluster(args, quickstart.prepare_cluster(data_dir, args.nodes))
+        configs = quickstart.prepare_cluster(data_dir, args.nodes)
+        for path in configs:
+            _up_flags_into(path, args)
+        return _up_cluster(args, configs)
     path = quickstart.prepare(data_dir)
-    cfg = _with_flags(config.load(path), args)
-    key = cfg.tenants[0].api_keys[0] if cfg.tenants and cfg.tenants[0].api_keys else "-"
+    _up_flags_into(path, args)
+    cfg = config.load(path)
+    # (The API key is a secret: its place is printed, not the key, which would end up
+    # in terminal scrollback and CI logs on every start.)
     banner = (f"  config {path}\n  CA     {data_dir / 'ca' / 'ca.crt'} (curl --cacert it for HTTPS)\n"
-              f"  tenant demo, API key {key}")
+              f"  tenant demo: its API key is tenants[0].api_keys in the config")
     return _serve(cfg, banner)
 
 
 def _up_cluster(args, configs: list[Path]) -> int:
     """One `serve` process per node (so one can be killed), output prefixed by node;
     Ctrl-C or SIGTERM stops them all."""
-    flags = ["--access-log", str(args.access_log)] if args.access_log is not None else []
+    # The children import farts from where this process did (PYTHONSAFEPATH: not from the
+    # working folder, which may hold another farts/ source tree, e.g. a checkout).
+    import farts
+    root = str(Path(farts.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONSAFEPATH": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
     async def main() -> int:
         procs = [await asyncio.create_subprocess_exec(
             sys.executable, "-m", "farts.cli", "--log-level", args.log_level, "serve", "--config", str(path),
-            *flags, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
             start_new_session=True)  # a terminal's Ctrl-C reaches the parent, which stops them in order
             for path in configs]
         ready = asyncio.Event()
@@ -225,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the origin of the /media/ CDN route (default: files in DATA_DIR/origin/)")
     up.add_argument("--nodes", type=int, default=1, choices=range(1, 255), metavar="N",
                     help="a local cluster of N nodes, node i on 127.0.0.i, data in DIR/node-i (default 1)")
+    for name, default in zip(UP_PORTS, (8080, 8443, 9100, 5353, 27017), strict=True):
+        up.add_argument(f"--{name}-port", type=int, metavar="PORT",
+                        help=f"the {name} port (default {default}; 0: any free port)")
+    up.epilog = ("Every flag is written into DATA_DIR/farts.toml (each node's, with --nodes), "
+                 "so `farts-edge serve --config` runs the same node; edit that file for the rest.")
     up.set_defaults(func=cmd_up)
 
     serve = sub.add_parser("serve", help="run one node from a config file")

@@ -123,6 +123,53 @@ def prepare(data_dir: Path) -> Path:
     return config
 
 
+def set_keys(text: str, table: str, values: dict[str, object]) -> str:
+    """``text`` (a TOML document) with ``key = value`` set in ``[table]`` (added at the end
+    when missing) for each of ``values``; a value of None removes the key. Only those
+    lines change: the comments and the rest of the file stay as they are."""
+    header = re.compile(rf"(?m)^\[{re.escape(table)}\][ \t]*(#.*)?$")
+    m = header.search(text)
+    if m is None:
+        text = text.rstrip("\n") + f"\n\n[{table}]\n"
+        m = header.search(text)
+    start = m.end() + 1
+    nxt = re.compile(r"(?m)^\[").search(text, start)
+    end = nxt.start() if nxt else len(text)
+    body = text[start:end]
+    for key, value in values.items():
+        line = re.compile(rf"(?m)^{re.escape(key)}[ \t]*=.*\n?")
+        new = "" if value is None else f"{key} = {_toml(value)}\n"
+        body, n = line.subn(new, body, count=1)
+        if not n and new:
+            body = new + body
+    return text[:start] + body + text[end:]
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def apply_flags(path: Path, *, cdn_origin: str | None = None, access_log: float | None = None,
+                ports: dict[str, int] | None = None) -> None:
+    """Writes `up`'s flags into the config file, so that `serve --config` runs the same
+    node: ``ports`` by listener (http, https, admin) or service (dns, db)."""
+    text = original = path.read_text()
+    if cdn_origin is not None:
+        text = set_keys(text, "cdn.origins.media", {"kind": "http", "url": cdn_origin, "path": None})
+    if access_log is not None:
+        text = set_keys(text, "http", {"access_log_sample": access_log})
+    for name, port in (ports or {}).items():
+        table = name if name in ("dns", "db") else f"listeners.{name}"
+        text = set_keys(text, table, {"port": port})
+    if text != original:
+        tomllib.loads(text)   # (never write a file serve cannot read)
+        path.write_text(text)
+
+
 # `up --nodes N`: node i on 127.0.0.i, the same ports on each address (a clone per
 # address, as in production), its data under DATA_DIR/node-i, certificates from one CA.
 # Three nodes stand in for three continents, so the geo DNS has something to choose.

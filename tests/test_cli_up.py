@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 
 import httpx
 
 
-def start_up(data_dir) -> tuple[subprocess.Popen, bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "farts.cli", "up", "--data-dir", str(data_dir)],
+def started(*args: str) -> tuple[subprocess.Popen, bytes]:
+    """`farts-edge ARGS` started, and its output up to the line that says it is up."""
+    proc = subprocess.Popen([sys.executable, "-m", "farts.cli", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = b""
     deadline = time.monotonic() + 30
@@ -28,10 +30,31 @@ def start_up(data_dir) -> tuple[subprocess.Popen, bytes]:
     return proc, out
 
 
+def start_up(data_dir) -> tuple[subprocess.Popen, bytes]:
+    return started("up", "--data-dir", str(data_dir))
+
+
 def stop(proc) -> tuple[int, bytes]:
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=15)
     return proc.returncode, rest
+
+
+def test_up_flags_go_into_the_config_and_serve_runs_the_same_node(tmp_path):
+    data = tmp_path / "d"
+    proc, out = started("up", "--data-dir", str(data), "--http-port", "0", "--https-port", "0",
+                        "--admin-port", "0", "--dns-port", "0", "--db-port", "0",
+                        "--cdn-origin", "http://127.0.0.1:9/", "--access-log", "0.25")
+    stop(proc)
+    assert b":8080/" not in out and re.search(rb"http +http://127\.0\.0\.1:\d+/", out)
+    cfg = tomllib.loads((data / "farts.toml").read_text())
+    assert cfg["cdn"]["origins"]["media"] == {"kind": "http", "url": "http://127.0.0.1:9/"}
+    assert all(cfg["listeners"][n]["port"] == 0 for n in ("http", "https", "admin"))
+    assert cfg["dns"]["port"] == 0 and cfg["db"]["port"] == 0 and cfg["http"]["access_log_sample"] == 0.25
+    # serve reads the same file: the same node (free ports again, the HTTP origin).
+    served, out = started("serve", "--config", str(data / "farts.toml"))
+    stop(served)
+    assert b":8080/" not in out, out.decode(errors="replace")
 
 
 def test_up_writes_its_defaults_serves_and_stops_cleanly(tmp_path):
@@ -52,7 +75,8 @@ def test_up_writes_its_defaults_serves_and_stops_cleanly(tmp_path):
         assert httpx.get("http://localhost:8080/widget/x").status_code == 502
         # Live pub/sub for the demo tenant with the generated API key: an SSE subscriber
         # gets what is published.
-        key = re.search(rb"API key (\S+)", out).group(1).decode()
+        key = tomllib.loads((data / "farts.toml").read_text())["tenants"][0]["api_keys"][0]
+        assert key.encode() not in out   # a secret: where it is, not what it is
         with httpx.Client(timeout=10) as client, \
                 client.stream("GET", "http://127.0.0.1:8080/live/sse", params={"channel": "demo"}) as stream:
             lines = stream.iter_lines()

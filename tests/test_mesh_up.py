@@ -46,7 +46,14 @@ def test_ca_init_and_issue_put_the_node_id_in_the_certificate(tmp_path):
 
 def test_up_three_nodes_forms_a_cluster_and_ctrl_c_stops_it(tmp_path):
     data = tmp_path / "cluster"
-    proc = subprocess.Popen([sys.executable, "-m", "farts.cli", "up", "--nodes", "3", "--data-dir", str(data)],
+    # Run as an installed user would (the console script), from a folder that holds
+    # another farts/ source tree: the nodes must import what the command imports.
+    checkout = tmp_path / "checkout"
+    (checkout / "farts").mkdir(parents=True)
+    (checkout / "farts" / "__init__.py").write_text('raise ImportError("the checkout\'s farts was imported")\n')
+    command = Path(sys.executable).parent / "farts-edge"
+    proc = subprocess.Popen([str(command), "up", "--nodes", "3", "--data-dir", str(data),
+                             "--cdn-origin", "http://127.0.0.1:9/"], cwd=checkout,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = b""
     try:
@@ -57,7 +64,8 @@ def test_up_three_nodes_forms_a_cluster_and_ctrl_c_stops_it(tmp_path):
         assert b"Ctrl-C stops the cluster." in out, out.decode(errors="replace")
         for i in (1, 2, 3):
             assert f"[node-{i}]   https  https://127.0.0.{i}:8443/".encode() in out
-            assert (data / f"node-{i}" / "farts.toml").exists()
+            node_cfg = tomllib.loads((data / f"node-{i}" / "farts.toml").read_text())
+            assert node_cfg["cdn"]["origins"]["media"] == {"kind": "http", "url": "http://127.0.0.1:9/"}
 
         def table():
             r = cli("status", "--admin", "http://127.0.0.2:9100/")
