@@ -68,15 +68,13 @@ class Gauge:
 
 
 class Histogram:
-    __slots__ = ("name", "help", "labels", "buckets", "series", "zero_sources")
+    __slots__ = ("name", "help", "labels", "buckets", "series")
 
     def __init__(self, name: str, help: str, labels: Iterable[str] = (),
                  buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.name, self.help, self.labels, self.buckets = name, help, tuple(labels), buckets
         # label tuple -> [count per bucket (+Inf last)..., sum]
         self.series: dict[tuple, list[float]] = {}
-        # Functions returning {labels: count} of observations of 0 counted elsewhere.
-        self.zero_sources: list[Callable[[], dict[tuple, float]]] = []
 
     def observe(self, value: float, key: tuple = ()) -> None:
         s = self.series.get(key)
@@ -87,12 +85,7 @@ class Histogram:
 
     def collect(self):
         fam = HistogramMetricFamily(self.name, self.help, labels=self.labels)
-        series = {k: list(v) for k, v in self.series.items()}
-        for source in self.zero_sources:
-            for key, n in source().items():
-                s = series.setdefault(key, [0] * (len(self.buckets) + 2))
-                s[0] += n
-        for key, s in series.items():
+        for key, s in self.series.items():
             cumulative, running = [], 0
             for bound, n in zip((*self.buckets, float("inf")), s[:-1], strict=True):
                 running += n

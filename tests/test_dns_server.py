@@ -399,6 +399,17 @@ def test_node_marked_dead_or_draining_is_gone_from_the_next_answer(server):
     assert resp.rcode() == dns.rcode.NOERROR and not resp.answer and resp.authority[0].rdtype == 6
 
 
+def test_replies_from_the_c_cache_are_counted_apart_not_timed_as_zero(server):
+    stats = server.server.responder.stats
+    q = query("static.farts.test")
+    timed = server.call(lambda: sum(sum(s[:-1]) for s in stats.latency.series.values()))
+    for _ in range(5):
+        assert addresses(server.udp(q)) == ["192.0.2.7"]
+    assert server.call(lambda: stats.cached.totals()) == {(): 4}      # the first was a miss
+    after = server.call(lambda: sum(sum(s[:-1]) for s in stats.latency.series.values()))
+    assert after == timed + 1                                          # only the miss was timed
+
+
 def test_a_node_over_the_load_threshold_is_given_out_after_the_nodes_with_room(server):
     # Nearest to 10.2.0.0/24 (Frankfurt): frankfurt, oregon, then singapore.
     q = query("edge.farts.test", subnet="10.2.0.0/24")

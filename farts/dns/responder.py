@@ -66,7 +66,11 @@ class Stats:
                                  ("node",))
         self.dropped = m.counter("farts_dns_dropped_total", "Messages not answered", ("reason",))
         self.rrl = m.counter("farts_dns_rrl_total", "Rate-limited UDP replies", ("action",))
-        self.latency = m.histogram("farts_dns_query_seconds", "Time to answer one DNS message",
+        self.cached = m.counter("farts_dns_cached_replies_total",
+                                "UDP replies replayed from the C reply cache (not timed: see farts_dns_query_seconds)")
+        self.latency = m.histogram("farts_dns_query_seconds",
+                                   "Time to answer one DNS message in Python (replies replayed from the "
+                                   "C cache are counted in farts_dns_cached_replies_total, not timed)",
                                    buckets=(0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                             0.01, 0.1))
         self.metrics = m

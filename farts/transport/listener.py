@@ -33,7 +33,10 @@ class HTTPStats:
         self.requests = metrics.counter(
             "farts_http_requests_total", "HTTP requests answered", ("listener", "route", "status"))
         self.latency = metrics.histogram(
-            "farts_http_request_duration_seconds", "Time from request head to response written",
+            "farts_http_request_duration_seconds",
+            "Time from request head to response written, for requests a handler answered (the "
+            "router's fixed answers, written by the connection in microseconds, are counted in "
+            "farts_http_requests_total and not timed)",
             ("listener", "route"))
         self.slow = metrics.counter(
             "farts_http_slow_requests_total", "Requests slower than limits.slow_request_seconds",
@@ -53,14 +56,7 @@ class HTTPStats:
                         out[key] = out.get(key, 0) + n
             return out
 
-        def fixed_zero_latency() -> dict[tuple, float]:
-            out: dict[tuple, float] = {}
-            for (name, label, _), n in fixed_counts().items():
-                out[(name, label)] = out.get((name, label), 0) + n
-            return out
-
         self.requests.sources.append(fixed_counts)
-        self.latency.zero_sources.append(fixed_zero_latency)
         metrics.gauge("farts_http_received_bytes", "Bytes received from clients",
                       lambda: {(n,): li.bytes_in for n, li in listeners.items()}, ("listener",))
         metrics.gauge("farts_http_sent_body_bytes", "Streamed response body bytes sent to clients",
