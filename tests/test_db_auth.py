@@ -206,3 +206,53 @@ def test_node_driver_against_the_node(node):
     # Bob (another tenant) saw none of it.
     with connect(node, "bob", "bob-secret") as bob:
         assert "nodeapp" not in bob.list_database_names()
+
+
+def _op_msg(body: dict, request_id: int) -> bytes:
+    payload = b"\0\0\0\0\0" + bson.encode(body)
+    return struct.pack("<iiii", 16 + len(payload), request_id, 0, 2013) + payload
+
+
+def _until_closed(s: socket.socket) -> bytes:
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_before_authentication_a_client_gets_small_messages_few_commands_and_little_time(tmp_path):
+    n = start_node(tmp_path, AUTH_CONFIG.replace("auth = true", "auth = true\nauth_timeout = 1.0\n"
+                                                               "preauth_max_commands = 5"))
+    try:
+        address = db_address(n)
+        # A 1 MB message from a client that has not authenticated: the error, then closed.
+        s = socket.create_connection(address, timeout=10)
+        s.sendall(_op_msg({"hello": 1, "$db": "admin", "pad": "x" * 1_000_000}, 1))
+        reply = _until_closed(s)
+        assert b"outside 16..65536" in reply, reply[:200]
+        # Five commands, then the sixth is refused and the connection closed.
+        s = socket.create_connection(address, timeout=10)
+        for i in range(5):
+            s.sendall(_op_msg({"hello": 1, "$db": "admin"}, 10 + i))
+            assert read_reply(s)["ok"] == 1.0
+        s.sendall(_op_msg({"hello": 1, "$db": "admin"}, 20))
+        assert read_reply(s)["codeName"] == "Unauthorized"
+        assert _until_closed(s) == b""
+        # Connected and silent: closed once db.auth_timeout has passed.
+        s = socket.create_connection(address, timeout=10)
+        assert _until_closed(s) == b""
+        # Authenticated clients keep the full limits (a 1 MB document) and no deadline.
+        with connect(n, "alice", "alice-secret") as alice:
+            alice.g.big.insert_one({"_id": 1, "pad": "y" * 1_000_000})
+            assert len(alice.g.big.find_one()["pad"]) == 1_000_000
+        text = subprocess.run(["curl", "-sS", n.url("admin", "/metrics")], capture_output=True, text=True,
+                              timeout=10).stdout
+        assert 'farts_db_timeouts_total{kind="auth",listener="db"} 1.0' in text or \
+            'farts_db_timeouts_total{listener="db",kind="auth"} 1.0' in text, \
+            [ln for ln in text.splitlines() if "timeouts" in ln]
+        assert n.alive()
+    finally:
+        n.stop()

@@ -62,12 +62,19 @@ class DBProtocol(StreamProtocol):
         limits = service.limits
         super().__init__(service.kit, limits.idle_timeout, limits.header_timeout)
         self.service = service
-        self.codec = wire.WireCodec(service.cfg.max_message_bytes)
+        cfg = service.cfg
+        # Until it authenticates (auth = true), a client gets small messages, few
+        # commands and little time: an unauthenticated peer cannot make the node parse
+        # (and checksum) 48 MB frames or hold a connection open doing nothing useful.
+        self.preauth = cfg.auth
+        self.codec = wire.WireCodec(cfg.preauth_max_message_bytes if cfg.auth else cfg.max_message_bytes)
+        self.preauth_commands = 0
         self.session = Session(next(service._ids))
         self.pending: collections.deque = collections.deque()
         self.running = False         # a command is being answered (off the loop, or awaited)
 
     def accepted(self) -> None:
+        self.opened_at = self.kit.now
         peer = self.transport.get_extra_info("peername")
         self.session.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         c = self.service.commands
@@ -107,8 +114,29 @@ class DBProtocol(StreamProtocol):
         if len(self.pending) < MAX_PENDING // 2:
             self.resume_reading(QUEUE)
 
+    def check_timeouts(self, now: float) -> None:
+        if self.preauth and not self.closing and now - self.opened_at > self.service.cfg.auth_timeout:
+            self.kit.timeout("auth")
+            self._refuse_unauthenticated("no authentication within db.auth_timeout")
+            return
+        super().check_timeouts(now)
+
+    def _refuse_unauthenticated(self, why: str) -> None:
+        self.service.stats.protocol_errors.inc(("PreAuthLimit",))
+        log.warning("db: closing %s: %s", self.session.peer, why)
+        self.closing = True
+        self.pending.clear()
+        self.transport.close()
+
     def _request(self, req: wire.Request) -> None:
         svc = self.service
+        if self.preauth:
+            self.preauth_commands += 1
+            if self.preauth_commands > svc.cfg.preauth_max_commands:
+                self._reply(req, "?", time.perf_counter(), MongoError(
+                    13, "Unauthorized", "too many commands before authentication (db.preauth_max_commands)"))
+                self._refuse_unauthenticated("too many commands before authentication")
+                return
         started = time.perf_counter()
         name = "?"
         try:
@@ -168,6 +196,9 @@ class DBProtocol(StreamProtocol):
                 MongoError(10334, "BSONObjectTooLarge", f"reply cannot be encoded: {e}")))
         self.transport.write(data)
         self.done_reply()
+        if self.preauth and self.session.user is not None:  # authenticated: the full limits
+            self.preauth = False
+            self.codec.max_message_bytes = self.service.cfg.max_message_bytes
 
     def _bad(self, event, close: bool) -> None:
         self.service.stats.protocol_errors.inc((event.code_name,))
