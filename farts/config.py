@@ -192,6 +192,11 @@ class Route:
 class HTTPConfig:
     # Status for a Host that belongs to no tenant: 421 (Misdirected) or 404.
     unknown_host_status: int = setting(421, one_of(404, 421))
+    # Percent-encoded slashes (%2F) in a path: "pass" (kept as they are: not a separator
+    # for routing, handed on encoded) or "reject" (400). Dot segments ("/../", "/./",
+    # encoded or not, with either slash) are always refused with 400: routing by prefix
+    # must see the path the application will see.
+    encoded_slashes: str = setting("pass", one_of("pass", "reject"))
     # Access log as JSON lines: fraction of requests logged (0 = off, 1 = every one).
     access_log_sample: float = setting(0.0, FRACTION)
     access_log: str = ""  # a file path; empty = standard error
@@ -396,6 +401,7 @@ slow_request_seconds = 0.1  # requests slower than this are counted and logged
 
 [http]
 unknown_host_status = 421   # or 404
+encoded_slashes = "pass"    # %2F in paths: "pass" or "reject" (400); dot segments always get 400
 access_log_sample = 0.0     # 0 = off, 1 = every request, 0.01 = one in a hundred
 access_log = ""             # file path; empty = standard error
 

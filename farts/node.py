@@ -197,7 +197,7 @@ class Node:
             await _run(row.start, service)
         access = AccessLog(cfg.http.access_log_sample, cfg.http.access_log)
         public = Router(cfg.tenants, [(r, self._handler_for(r)) for r in cfg.routes],
-                        cfg.limits.max_body_bytes, cfg.http.unknown_host_status)
+                        cfg.limits.max_body_bytes, cfg.http.unknown_host_status, cfg.http.encoded_slashes)
         admin_routes = [(Route(prefix="/", kind="admin"), self.admin)]
         for row, service in self._running(lambda r: r.start_rank):
             if row.admin_routes is not None:

@@ -130,6 +130,29 @@ def test_host_picks_the_tenant(node):
         assert r.status_code == 421 and "unknown host" in r.text
 
 
+@pytest.mark.parametrize("path", ["/b/../only-other", "/b/%2e%2e/only-other", "/b%2F..%2Fonly-other",
+                                  "/./a", "/a/.%2E"])
+def test_dot_segments_are_refused_before_routing(node, path):
+    # curl --path-as-is sends the path unresolved, as an attacker would.
+    out = subprocess.run(["curl", "-s", "-i", "--path-as-is", node.url("http", path)], capture_output=True,
+                         timeout=10)
+    assert out.stdout.startswith(b"HTTP/1.1 400 ") and b"dot segments in the path" in out.stdout, out.stdout
+    assert httpx.get(node.url("http", "/.well-known-ish")).status_code == 404   # a dot name is fine
+    assert httpx.get(node.url("http", "/a/x%2Fy")).status_code == 200           # encoded_slashes = "pass"
+
+
+def test_encoded_slashes_can_be_refused(tmp_path):
+    from conftest import start_node
+
+    n = start_node(tmp_path, '[http]\nencoded_slashes = "reject"\n[[routes]]\nprefix = "/"\nkind = "static"\nbody = "x"\n')
+    try:
+        r = httpx.get(n.url("http", "/a%2Fb"))
+        assert r.status_code == 400 and "encoded slash" in r.text
+        assert httpx.get(n.url("http", "/a/b")).status_code == 200
+    finally:
+        n.stop()
+
+
 def test_no_route_is_404(node):
     assert httpx.get(node.url("http", "/nothing-here")).status_code == 404
 

@@ -1,11 +1,31 @@
 """Host → tenant, then path prefix → route and handler, resolved once per request."""
 from __future__ import annotations
 
+import re
+
 from farts.config import Route, Tenant
 
 from .http import Fixed, Handler
 
 RouteTarget = Handler | Fixed
+
+# A path segment that is "." or "..", plain or percent-encoded, between "/" or "%2F".
+_DOT_SEGMENT = re.compile(rb"(?:^|/|%2[fF])(?:\.|%2[eE]){1,2}(?=$|/|%2[fF]|\?)")
+
+
+DOT_SEGMENTS = "dot segments in the path"
+ENCODED_SLASH = "encoded slash in the path (http.encoded_slashes)"
+
+
+def path_problem(path: bytes, reject_encoded_slashes: bool) -> str | None:
+    """Why a request path may not be routed, or None. Dot segments are refused rather
+    than resolved: a prefix match on "/pub/../private" would route to /pub what the
+    application reads as /private (browsers and curl resolve them before sending)."""
+    if _DOT_SEGMENT.search(path):
+        return DOT_SEGMENTS
+    if reject_encoded_slashes and (b"%2f" in path or b"%2F" in path):
+        return ENCODED_SLASH
+    return None
 
 
 class Router:
@@ -19,7 +39,7 @@ class Router:
     """
 
     def __init__(self, tenants: list[Tenant] | None, entries: list[tuple[Route, RouteTarget]],
-                 max_body_bytes: int, unknown_host_status: int = 421) -> None:
+                 max_body_bytes: int, unknown_host_status: int = 421, encoded_slashes: str = "pass") -> None:
         def table_for(tenant: Tenant | None):
             rows = [(r.prefix.encode(), (tenant, r, h, r.max_body_bytes if r.max_body_bytes >= 0 else max_body_bytes))
                     for r, h in entries if tenant is None or not r.tenants or tenant.id in r.tenants]
@@ -35,14 +55,21 @@ class Router:
                 self.by_host[host.lower().encode()] = table
         self.unknown_host = Fixed.error(unknown_host_status, "unknown host")
         self.not_found = Fixed.error(404)
+        self.reject_encoded_slashes = encoded_slashes == "reject"
+        self.bad_path = {why: Fixed.error(400, why) for why in (DOT_SEGMENTS, ENCODED_SLASH)}
 
     def fixed_answers(self) -> list[tuple[str, Fixed]]:
         """(route label, Fixed) of every answer the connection writes by itself."""
         rows = {id(r[2]): (r[1].prefix, r[2]) for table in [self.default, *self.by_host.values()]
                 for _, r in table if type(r[2]) is Fixed}
-        return [("-", self.unknown_host), ("-", self.not_found), *rows.values()]
+        return [("-", self.unknown_host), ("-", self.not_found), *(("-", f) for f in self.bad_path.values()),
+                *rows.values()]
 
     def resolve(self, host: bytes, path: bytes):
+        if b"/." in path or b"%" in path:   # (the usual path has neither: one scan each)
+            problem = path_problem(path, self.reject_encoded_slashes)
+            if problem is not None:
+                return self.bad_path[problem]
         table = self.default if self.any_host else self.by_host.get(host)
         if table is None:
             return self.unknown_host
