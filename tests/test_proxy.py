@@ -623,6 +623,17 @@ def test_bad_chunk_while_the_upstream_reads_gets_400(node, ups):
     assert rest.startswith(b"HTTP/1.1 400 ")
 
 
+def test_a_bad_chunk_in_the_first_read_leaves_no_handler_coroutine_unawaited(node, ups):
+    # Head and bad chunk line in one read: the connection fails before the proxy's
+    # coroutine had its first step. It must still run (and end), never be dropped.
+    for _ in range(5):
+        _, rest = raw_exchange(node, b"POST /app/echo HTTP/1.1\r\nHost: localhost\r\n"
+                                     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
+        assert rest.startswith(b"HTTP/1.1 400 ")
+    assert httpx.get(node.url("http", "/app/echo")).status_code == 200   # (the loop went on)
+    assert "never awaited" not in node.log()
+
+
 def test_a_large_unread_body_then_an_error_keeps_the_connection_usable(node, ups):
     # The upstream cannot be reached: the 300 kB body (past the pause threshold) is never
     # read by anyone; after the 502 the same connection must serve the next request.

@@ -8,8 +8,12 @@ turns what they return into the machine's response events:
   comes straight back as its head) -> ``_pump`` takes ``machine.next_event()``:
   a head -> ``_on_head`` (route, call the handler), body bytes -> ``_on_body``,
   END -> ``_on_end``, an HTTPError -> ``_on_parse_error``.
-- A handler's answer written at once -> ``machine.respond``; one written by a task
-  (``_respond_later``) -> ``machine.response_started`` ... ``response_done``; an
+- A handler's answer written at once -> ``machine.respond``. A handler that returns
+  a coroutine gets it run as the connection's task (the coroutine itself, no wrapper:
+  a task always runs its coroutine, even one cancelled before its first step, so none
+  is ever left un-awaited); its result is answered by ``_answered`` the same way. A
+  streamed body is written by a task (``_stream``) -> ``machine.response_started`` ...
+  ``response_done``; an
   ``Upgrade`` -> ``machine.switch`` and ``_switch`` (the socket then drives a
   ``StreamProtocol`` around the handler's StreamHandler, with this transport as Sink).
 - ``check_timeouts(now)`` (the listener's tick) -> ``machine.check_timeouts``.
@@ -51,7 +55,7 @@ PAUSE_PENDING, PAUSE_BODY = 1, 2
 
 class HTTP1Connection(asyncio.Protocol):
     __slots__ = ("listener", "machine", "transport", "client", "body", "paused",
-                 "write_paused", "drain_waiter", "task", "closed", "req_body", "sock_fd")
+                 "write_paused", "drain_waiter", "task", "closed", "req_body", "sock_fd", "request")
 
     def __init__(self, listener) -> None:
         self.listener = listener
@@ -65,6 +69,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiter: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
+        self.request: Request | None = None   # the request the task answers
         self.closed = False
         self.req_body: RequestBody | None = None  # the current request's body, until answered
         self.sock_fd = -1           # for os.sendfile: plain TCP only (never under TLS)
@@ -251,6 +256,38 @@ class HTTP1Connection(asyncio.Protocol):
         except Exception:
             log.exception("handler for %s failed", route.prefix)
             result = Fixed.error(500)
+        if inspect.isawaitable(result):
+            task = self.task = asyncio.ensure_future(result)
+            self.request = req
+            task.add_done_callback(self._answered)
+            return
+        self._answer(req, result)
+
+    def _answered(self, task: asyncio.Task) -> None:
+        """The handler's coroutine has ended: its answer, or the error it raised."""
+        if task is not self.task:  # the connection failed or closed meanwhile
+            if not task.cancelled():
+                task.exception()   # (taken: not logged as "never retrieved")
+            return
+        self.task = None
+        req, self.request = self.request, None
+        if task.cancelled():
+            self._close()
+            return
+        exc = task.exception()
+        if exc is not None:
+            if isinstance(exc, ClientGone):
+                self._close()
+            else:
+                log.error("handler for %s failed", req.route.prefix, exc_info=exc)
+                self._fail(500, "internal error")
+            return
+        self._answer(req, task.result())
+        if not self.closed and self.task is None:
+            self._pump()   # (requests pipelined behind this one)
+
+    def _answer(self, req: Request, result) -> None:
+        head, route, start = req._head, req.route, req.start
         try:
             if type(result) is Fixed:
                 self.transport.write(self.machine.fixed_bytes(result, head))
@@ -263,7 +300,7 @@ class HTTP1Connection(asyncio.Protocol):
             elif type(result) is Response and type(result.body) is FileBody and self._file_now(result, head):
                 self._finished(route, result.status, start, head)
             else:
-                self.task = asyncio.ensure_future(self._respond_later(req, result))
+                self.task = asyncio.ensure_future(self._stream(req, result))
         except Exception:  # a response that cannot be framed (a bad header from the handler)
             log.exception("handler for %s answered badly", route.prefix)
             self._fail(500, "internal error")
@@ -293,8 +330,8 @@ class HTTP1Connection(asyncio.Protocol):
 
     def _answer_now(self, fixed: Fixed, head: RequestHead) -> None:
         """One of the router's fixed answers, written at once: the hottest path, so it
-        counts in place (``fixed.served``) and is not timed: from head to write is a few
-        microseconds of this function, recorded as 0 (the first latency bucket)."""
+        counts in place (``fixed.served``) and is not timed (from head to write is a few
+        microseconds of this function; the latency histogram leaves these out)."""
         machine = self.machine
         listener = self.listener
         self.transport.write(machine.answer_fixed(fixed, head, listener.now))
@@ -305,17 +342,10 @@ class HTTP1Connection(asyncio.Protocol):
         if machine.state is CLOSED or self.req_body is not None:  # (else _request_done has nothing to do)
             self._request_done(machine.state is not CLOSED)
 
-    async def _respond_later(self, req: Request, result) -> None:
+    async def _stream(self, req: Request, resp: Response) -> None:
         head = req._head
         try:
-            if inspect.isawaitable(result):
-                result = await result
-            status = result.status
-            if type(result) is Fixed:
-                self.transport.write(self.machine.fixed_bytes(result, head))
-                self.machine.response_started()
-            else:
-                await self._write_response(result, head)
+            await self._write_response(resp, head)
         except (asyncio.CancelledError, ClientGone):
             self.task = None
             self._close()
@@ -326,7 +356,7 @@ class HTTP1Connection(asyncio.Protocol):
             self._fail(500, "internal error")
             return
         self.task = None
-        self.listener.record(req.route, status, req.start, head, self.client)
+        self.listener.record(req.route, resp.status, req.start, head, self.client)
         self._request_done(self.machine.response_done(self.listener.now))
         if not self.closed:
             self._pump()
