@@ -147,6 +147,17 @@ def test_add_wins_over_a_concurrent_pull_of_the_same_value():
     assert every_order(BASE, add, pull_seen)["tags"] == []
 
 
+def test_adding_a_value_already_there_still_wins_over_a_concurrent_pull():
+    doc = every_order((Stamp(10, "a", 1), ins({"_id": 1, "tags": ["x"]})),
+                      (Stamp(20, "b", 1), upd(add={"tags": ["x"]})),
+                      (Stamp(30, "c", 1), upd(pull={"tags": ["x"]}, ctx={"a": 1})))
+    assert doc["tags"] == ["x"]
+    doc = every_order((Stamp(10, "a", 1), ins({"_id": 1, "tags": ["x"]})),
+                      (Stamp(20, "b", 1), upd(add={"tags": ["x"]})),
+                      (Stamp(30, "c", 1), upd(pull={"tags": ["x"]}, ctx={"a": 1, "b": 1})))
+    assert doc["tags"] == []
+
+
 def test_pull_removes_what_an_insert_or_set_put_there_once_seen():
     doc = every_order((Stamp(10, "a", 1), ins({"_id": 1, "tags": ["x", "y", "x"]})),
                       (Stamp(20, "b", 1), upd(pull={"tags": ["x"]}, ctx={"a": 1})))

@@ -42,9 +42,10 @@ order gives for each rule:
   newer than it count on top. An increment of a non-number (a concurrent ``$set`` of a
   string) does nothing.
 - ``$push``: values are appended in (HLC, origin) order.
-- ``$addToSet``/``$pull``: add-wins (an observed-remove set): a ``$pull`` removes only
-  the elements whose adding operation its origin had seen (``ctx``), so an element
-  added concurrently with a ``$pull`` of the same value stays.
+- ``$addToSet``/``$pull``: add-wins (an observed-remove set): a ``$pull`` removes an
+  element only if its origin had seen (``ctx``) every operation that added it, so a
+  value added concurrently with a ``$pull`` of it stays (also when it was there already:
+  the ``$addToSet`` counts as one more add of that element).
 - Concurrent inserts of the same ``_id``: the later one sets its fields on the earlier
   one (field by field); fields only the earlier one has stay.
 - Deletes: the delete is a tombstone at its stamp. An update never creates a document
@@ -61,8 +62,9 @@ The state of one document (``RDoc``, a BSON-encodable dict):
 
 - ``v``: the visible document (``None`` when it does not exist),
 - ``m``: its per-field metadata: ``w`` {path: stamp of the write that set it} and ``e``
-  {path: [stamp of the operation that added each element]} for arrays that ``$push``,
-  ``$addToSet`` or ``$pull`` touched (what a ``$pull`` tests against its ``ctx``),
+  {path: [[stamps of the operations that added each element]]} for arrays that ``$push``,
+  ``$addToSet`` or ``$pull`` touched (what a ``$pull`` tests against its ``ctx``; an
+  ``$addToSet`` of a value already there adds its stamp to that element),
 - ``o``: the pending operations, sorted, and ``b``: the base they replay from (both
   absent when nothing is pending),
 - ``t``: the compaction horizon (HLC): operations at or below it are folded into ``v``.
@@ -271,12 +273,13 @@ def _inc(doc, meta, stamp, path, delta, ctx=None) -> None:
     # anything else: a later $set made it a non-number; the increment does nothing
 
 
-def _element_stamps(meta, path: str, n: int) -> list[Stamp]:
-    stamps = meta["e"].get(path)
-    if stamps is not None and len(stamps) == n:
-        return list(stamps)
+def _element_tags(meta, path: str, n: int) -> list[list[Stamp]]:
+    """Per element of the array at path, the stamps of the operations that added it."""
+    tags = meta["e"].get(path)
+    if tags is not None and len(tags) == n:
+        return [list(t) for t in tags]
     writer = max((p for p in meta["w"] if _under(path, p)), key=len, default=None)
-    return [meta["w"][writer] if writer is not None else COMPACTED] * n
+    return [[meta["w"][writer] if writer is not None else COMPACTED] for _ in range(n)]
 
 
 def _array(doc, meta, path):
@@ -294,13 +297,16 @@ def _push(doc, meta, stamp, path, values, ctx=None, dedupe=False) -> None:
     array = _array(doc, meta, path)
     if array is None:
         return
-    stamps = _element_stamps(meta, path, len(array))
+    tags = _element_tags(meta, path, len(array))
     for v in values:
-        if dedupe and any(values_equal(x, v) for x in array):
-            continue
+        if dedupe:
+            at = next((i for i, x in enumerate(array) if values_equal(x, v)), None)
+            if at is not None:   # there already: one more add of it (a concurrent $pull leaves it)
+                tags[at].append(stamp)
+                continue
         array.append(copy.deepcopy(v))
-        stamps.append(stamp)
-    meta["e"][path] = stamps
+        tags.append([stamp])
+    meta["e"][path] = tags
 
 
 def _add(doc, meta, stamp, path, values, ctx=None) -> None:
@@ -319,11 +325,14 @@ def _pull(doc, meta, stamp, path, values, ctx=None) -> None:
     array = _get(*found)
     if not isinstance(array, list):
         return
-    stamps = _element_stamps(meta, path, len(array))
-    keep = [(x, s) for x, s in zip(array, stamps, strict=True)
-            if not (seen(s, ctx) and any(values_equal(x, v) for v in values))]
+    keep = []
+    for x, tags in zip(array, _element_tags(meta, path, len(array)), strict=True):
+        if any(values_equal(x, v) for v in values):
+            tags = [t for t in tags if not seen(t, ctx)]   # an add it had not seen keeps it
+        if tags:
+            keep.append((x, tags))
     array[:] = [x for x, _ in keep]
-    meta["e"][path] = [s for _, s in keep]
+    meta["e"][path] = [t for _, t in keep]
 
 
 FIELD_TABLE: dict[str, Callable] = {
@@ -331,8 +340,8 @@ FIELD_TABLE: dict[str, Callable] = {
     "unset": _unset,  # the same, removing the field
     "inc": _inc,      # adds to a number; a missing field starts at 0; a non-number is left alone
     "push": _push,    # appends (duplicates kept); a non-array is left alone
-    "add": _add,      # appends the values not already there; each element remembers its adder
-    "pull": _pull,    # removes equal elements whose adder the pull's origin had seen (add wins)
+    "add": _add,      # appends the values not already there; each element remembers its adders
+    "pull": _pull,    # removes equal elements whose adders the pull's origin had all seen (add wins)
 }
 
 
@@ -355,12 +364,12 @@ def visible(state: dict | None) -> dict | None:
 
 def _decode_meta(m: dict) -> dict:
     return {"w": {p: Stamp.of(s) for p, s in m["w"].items()},
-            "e": {p: [Stamp.of(s) for s in ss] for p, ss in m["e"].items()}}
+            "e": {p: [[Stamp.of(s) for s in tags] for tags in ss] for p, ss in m["e"].items()}}
 
 
 def _encode_meta(m: dict) -> dict:
     return {"w": {p: s.to_bson() for p, s in m["w"].items()},
-            "e": {p: [s.to_bson() for s in ss] for p, ss in m["e"].items()}}
+            "e": {p: [[s.to_bson() for s in tags] for tags in ss] for p, ss in m["e"].items()}}
 
 
 def _replay(base: dict, ops: list) -> tuple[dict | None, dict]:
@@ -434,13 +443,13 @@ def compact(state: dict | None, stable: int) -> dict | None:
         # stamps there are no longer needed to tell what a $pull saw.
         meta = _decode_meta(state["m"])
         meta["w"] = {p: s for p, s in meta["w"].items() if s.hlc > stable}
-        for p, stamps in list(meta["e"].items()):
-            stamps = [COMPACTED if s.hlc <= stable else s for s in stamps]
+        for p, elements in list(meta["e"].items()):
+            elements = [sorted({COMPACTED if s.hlc <= stable else s for s in tags}) for tags in elements]
             writer = max((w for w in meta["w"] if _under(p, w)), key=len, default=None)
-            if all(s == COMPACTED for s in stamps) and writer is None:
+            if all(tags == [COMPACTED] for tags in elements) and writer is None:
                 del meta["e"][p]
             else:
-                meta["e"][p] = stamps
+                meta["e"][p] = elements
         state["m"] = _encode_meta(meta)
     state["t"] = Int64(max(int(state["t"]), stable))
     if state["v"] is None and not rest:
