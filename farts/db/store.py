@@ -2,9 +2,16 @@
 
 Sub-databases: ``docs`` (key: namespace, NUL, the _id's order-preserving key; value:
 the BSON document; so it is also the _id index), ``meta`` (the collection catalog, the
-oplog sequence and the clock), ``oplog`` (key: origin node, NUL, 8-byte sequence), and
-one ``i:<ns>:<index>`` per secondary index (key: the index key, then the _id key for
-non-unique indexes; unique ones map the index key to the _id key).
+oplog sequence and the clock, and ``vv:<origin>``: the last record of each other origin
+applied here), ``oplog`` (key: origin node, NUL, 8-byte sequence), ``rmeta`` (same key
+as ``docs``: the document's replication metadata, ``farts.db.merge``'s state without the
+value), and one ``i:<ns>:<index>`` per secondary index (key: the index key, then the _id
+key for non-unique indexes; unique ones map the index key to the _id key).
+
+Replication (``replicated=True``): every local write also goes through the merge rules
+(its effect is applied to the document's merge state, and the oplog record carries that
+effect as ``e``), and ``apply_remote`` applies other nodes' records, each in its own
+nested transaction together with its origin's applied position, exactly once.
 
 Writes: callers hand a function to ``submit``; a single writer thread runs every
 function waiting in its queue inside one LMDB write transaction (each in a nested
@@ -31,13 +38,14 @@ from bson.objectid import ObjectId
 from bson.regex import Regex
 
 from farts.clock import HLC
-from farts.db import keys
+from farts.db import keys, merge
 from farts.db.errors import MongoError
 
 log = logging.getLogger("farts.db.store")
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 _SEQ = struct.Struct(">Q")
+_POS = struct.Struct(">QQ")   # applied position: seq, HLC
 _GROUP_MAX = 512   # write functions per commit
 
 
@@ -105,18 +113,21 @@ class TooBig(Exception):
 
 class Store:
     def __init__(self, path: Path, node_id: str, *, sync: bool = True, map_size: int = 1 << 32,
-                 max_indexes: int = 500, display_ns=lambda ns: ns) -> None:
+                 max_indexes: int = 500, display_ns=lambda ns: ns, replicated: bool = False) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.node_id = node_id
         self.display_ns = display_ns  # internal namespace → the name a client knows
         self.max_indexes = max_indexes
         # Every read transaction pays for max_dbs (0.5 µs at 512, 7 µs at 4096), so the
         # number of index sub-databases is bounded by configuration.
-        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=max_indexes + 3, sync=sync,
+        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=max_indexes + 4, sync=sync,
                              metasync=sync, max_readers=256)
         self.docs = self.env.open_db(b"docs")
         self.meta = self.env.open_db(b"meta")
         self.oplog = self.env.open_db(b"oplog")
+        self.rmeta = self.env.open_db(b"rmeta")
+        self.replicated = replicated
+        vv: dict[str, tuple[int, int]] = {}
         self._origin = node_id.encode() + b"\0"
         self._index_dbs: dict[bytes, object] = {}
         catalog = {}
@@ -125,6 +136,8 @@ class Store:
                 if k.startswith(b"c:"):
                     c = Collection.decode(v)
                     catalog[c.ns] = c
+                elif k.startswith(b"vv:"):
+                    vv[k[3:].decode()] = _POS.unpack(v)
             seq = txn.get(b"seq", db=self.meta)
             hlc = txn.get(b"hlc", db=self.meta)
         live = {index_db_name(c.ns, i.name) for c in catalog.values() for i in c.indexes}
@@ -138,6 +151,8 @@ class Store:
         self._wcat = dict(catalog)                       # the writer's view (uncommitted)
         self.seq = _SEQ.unpack(seq)[0] if seq else 0     # last sequence of this origin
         self.hlc = HLC(_SEQ.unpack(hlc)[0] if hlc else 0)
+        self._wvv = vv                # other origins' applied positions (the writer's view)
+        self._committed_vv = {**vv, node_id: (self.seq, self.hlc.last)}
         self.doc_reads = 0      # documents fetched by queries (evidence for index use)
         self.commits = 0
         self.committed_ops = 0
@@ -205,7 +220,7 @@ class Store:
 
     def _commit_group(self, group) -> None:
         results = []
-        seq_before, hlc_before = self.seq, self.hlc.last
+        seq_before, hlc_before, vv_before = self.seq, self.hlc.last, dict(self._wvv)
         try:
             txn = self.env.begin(write=True, db=self.docs)
             for fn, fut, _ in group:
@@ -225,7 +240,7 @@ class Store:
                 txn.abort()
             except lmdb.Error:
                 pass
-            self.seq, self.hlc.last = seq_before, hlc_before
+            self.seq, self.hlc.last, self._wvv = seq_before, hlc_before, vv_before
             self._wcat = dict(self.catalog)
             self._forget_fresh(0)
             err = _err(1, "InternalError", f"storage commit failed: {e}")
@@ -233,6 +248,7 @@ class Store:
                 fut.set_exception(err)
             return
         self.catalog = dict(self._wcat)
+        self._committed_vv = {**self._wvv, self.node_id: (self.seq, self.hlc.last)}
         self._fresh.clear()
         self.commits += 1
         self.committed_ops += len(group)
@@ -457,6 +473,53 @@ class Store:
         with (txn or self.env.begin()) as t:
             return [bson.decode(v) for _, v in t.cursor(self.oplog)]
 
+    # ---- replication (farts.db.replica.ReplicaStore) ----
+
+    def applied(self) -> dict[str, tuple[int, int]]:
+        """origin -> (seq, HLC) of the last record applied here, as committed."""
+        return dict(self._committed_vv)
+
+    def apply_remote(self, records: list) -> concurrent.futures.Future:
+        """Applies other nodes' records (``farts.db.replica.Record``, each origin's in seq
+        order): each in its own nested transaction with its origin's applied position, all
+        in one commit. Resolves to each record's outcome (a merge outcome, "duplicate" if it
+        was applied before, or the exception that undid it: the records of that origin after
+        it are left for later)."""
+        def run(w: WriteTxn) -> list:
+            failed: set[str] = set()
+            out: list = []
+            for r in records:
+                if r.origin in failed:
+                    out.append(None)
+                    continue
+                try:
+                    out.append(w.atomic(lambda r=r: w.apply_record(r)))
+                except MongoError as e:
+                    failed.add(r.origin)
+                    out.append(e)
+            return out
+        return self.submit(run)
+
+    def records_after(self, origin: str, seq: int, limit: int) -> list | None:
+        """Retained records of origin after seq, as ``farts.db.replica.Record``; None when
+        seq + 1 is no longer retained."""
+        from farts.db.replica import Record
+        prefix = origin.encode() + b"\0"
+        out = []
+        with self.env.begin(db=self.oplog) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix + _SEQ.pack(seq + 1)):
+                for k, v in cur:
+                    if not k.startswith(prefix) or len(out) >= limit:
+                        break
+                    d = bson.decode(v)
+                    if int(d["s"]) != seq + 1 + len(out) or "e" not in d:
+                        break
+                    out.append(Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"), d["e"]))
+        if not out and seq < self._committed_vv.get(origin, (0, 0))[0]:
+            return None
+        return out
+
 
 def _best_plan(coll: Collection, flt: dict) -> keys.Scan | None:
     """The index (or the _id key range) that narrows flt the most, if any does."""
@@ -582,14 +645,19 @@ class WriteTxn:
             self._set_collection(ns, coll)
         return coll
 
-    def log(self, ns: str, op: str, _id=None, **fields) -> None:
+    def _stamp(self) -> merge.Stamp:
         st = self.store
         st.seq += 1
-        rec = {"o": st.node_id, "s": Int64(st.seq), "ts": Int64(st.hlc.now()), "ns": ns, "op": op}
+        return merge.Stamp(st.hlc.now(), st.node_id, st.seq)
+
+    def log(self, ns: str, op: str, _id=None, stamp: merge.Stamp | None = None, **fields) -> None:
+        st = self.store
+        stamp = stamp or self._stamp()
+        rec = {"o": st.node_id, "s": Int64(stamp.seq), "ts": Int64(stamp.hlc), "ns": ns, "op": op}
         if _id is not None:
             rec["id"] = _id
         rec.update(fields)
-        self.txn.put(st._origin + _SEQ.pack(st.seq), bson.encode(rec), db=st.oplog)
+        self.txn.put(st._origin + _SEQ.pack(stamp.seq), bson.encode(rec), db=st.oplog)
 
     # -- documents --
 
@@ -647,22 +715,32 @@ class WriteTxn:
         if isinstance(_id, (list, Regex)) or type(_id).__name__ == "Pattern":
             raise _err(2, "BadValue", f"can't use {'an array' if isinstance(_id, list) else 'a regex'} for _id")
         coll = self.collection(ns)
-        data = self._encode_doc(doc)
         id_key = keys.encode(_id)
+        stamp, effect = None, {}
+        if self.store.replicated:
+            stamp, effect = self._stamp(), {"e": {"op": "i", "doc": doc}}
+            self._merge(ns, id_key, None, stamp, effect["e"])   # a tombstone's metadata, if any, goes
+        data = self._encode_doc(doc)
         if not self.txn.put(ns_prefix(ns) + id_key, data, overwrite=False):
             raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
         self._index_put(ns, coll, doc, id_key, None)
-        self.log(ns, "i", _id, doc=doc)
+        self.log(ns, "i", _id, stamp=stamp, doc=doc, **effect)
         return doc
 
     def replace(self, ns: str, old: dict, new: dict, op: dict) -> None:
         """Writes new over old (same _id); op is the oplog record's body."""
         coll = self.collection(ns)
-        data = self._encode_doc(new)
         id_key = keys.encode(old["_id"])
+        stamp = None
+        if self.store.replicated:
+            stamp = self._stamp()
+            ctx = {o: seq for o, (seq, _) in self.store._wvv.items()} | {self.store.node_id: stamp.seq - 1}
+            op["e"] = merge.effect_of(op["u"], old, new, ctx) if op["op"] == "u" else {"op": "r", "doc": new}
+            new = self._merge(ns, id_key, old, stamp, op["e"])
+        data = self._encode_doc(new)
         self.txn.put(ns_prefix(ns) + id_key, data)
         self._index_put(ns, coll, new, id_key, old)
-        self.log(ns, op.pop("op"), old["_id"], **op)
+        self.log(ns, op.pop("op"), old["_id"], stamp=stamp, **op)
 
     def delete(self, ns: str, doc: dict) -> None:
         coll = self.collection(ns)
@@ -673,7 +751,72 @@ class WriteTxn:
             for k in keys.index_keys(doc, idx.fields)[0]:
                 txn.delete(k if idx.unique else k + id_key, db=db)
         txn.delete(ns_prefix(ns) + id_key)
-        self.log(ns, "d", doc["_id"])
+        stamp, effect = None, {}
+        if self.store.replicated:
+            stamp, effect = self._stamp(), {"e": {"op": "d"}}
+            self._merge(ns, id_key, doc, stamp, effect["e"])
+        self.log(ns, "d", doc["_id"], stamp=stamp, **effect)
+
+    # -- replication --
+
+    def _merge(self, ns: str, id_key: bytes, doc: dict | None, stamp: merge.Stamp, op: dict,
+               outcome: list | None = None) -> dict | None:
+        """Applies one replicated operation to the document's merge state (kept in rmeta);
+        returns the document it makes (and appends the merge outcome to ``outcome``). A
+        document without metadata was written before replication, or compacted: everything
+        in it comes before what is to come."""
+        st, key = self.store, ns_prefix(ns) + id_key
+        raw = self.txn.get(key, db=st.rmeta)
+        if raw is not None:
+            state = bson.decode(raw)
+            state["v"] = doc
+        elif doc is not None:
+            state = {"v": doc, "m": {"w": {}, "e": {}}, "t": Int64(0)}
+        else:
+            state = None
+        applied = merge.apply(state, stamp, op)
+        if outcome is not None:
+            outcome.append(applied.outcome)
+        result = applied.state
+        if result is None:
+            self.txn.delete(key, db=st.rmeta)
+            return None
+        value = result.pop("v")
+        self.txn.put(key, bson.encode(result), db=st.rmeta)
+        return value
+
+    def apply_record(self, r) -> str:
+        """One record of another node (``farts.db.replica.Record``), exactly once: the
+        document, its indexes, its metadata, the record (kept for shipping on) and the
+        origin's applied position change together."""
+        st = self.store
+        have = st._wvv.get(r.origin, (0, 0))[0]
+        if r.seq <= have:
+            return "duplicate"
+        if r.seq != have + 1:
+            raise _err(1, "InternalError", f"record {r.origin}:{r.seq} is not the next of its origin ({have})")
+        coll = self.collection(r.ns)
+        id_key = keys.encode(r.id)
+        key = ns_prefix(r.ns) + id_key
+        old = self.store.get(self.txn, r.ns, r.id)
+        outcome: list[str] = []
+        new = self._merge(r.ns, id_key, old, r.stamp, r.op, outcome)
+        if new is not None:
+            self.txn.put(key, self._encode_doc(new))
+            self._index_put(r.ns, coll, new, id_key, old)
+        elif old is not None:
+            for idx in coll.indexes:
+                db = st.index_db(self.txn, r.ns, idx.name)
+                for k in keys.index_keys(old, idx.fields)[0]:
+                    self.txn.delete(k if idx.unique else k + id_key, db=db)
+            self.txn.delete(key)
+        rec = {"o": r.origin, "s": Int64(r.seq), "ts": Int64(r.hlc), "ns": r.ns, "op": r.op["op"], "id": r.id,
+               "e": r.op}
+        self.txn.put(r.origin.encode() + b"\0" + _SEQ.pack(r.seq), bson.encode(rec), db=st.oplog)
+        self.txn.put(b"vv:" + r.origin.encode(), _POS.pack(r.seq, r.hlc), db=st.meta)
+        st.hlc.observe(r.hlc)
+        st._wvv[r.origin] = (r.seq, r.hlc)
+        return outcome[0]
 
     # -- catalog (run with submit(..., exclusive=True): they open sub-databases) --
 
