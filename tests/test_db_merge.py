@@ -183,6 +183,23 @@ def test_concurrent_inserts_of_one_id_merge_field_by_field():
     assert doc == {"_id": 1, "x": "b", "only_a": 1, "only_b": 1}
 
 
+def test_concurrent_upserts_of_a_counter_add_up():
+    upsert = {"op": "i", "doc": {"_id": 1, "k": "v"}, "u": {"inc": {"n": 1}, "push": {"log": ["x"]}}}
+    doc = every_order((Stamp(10, "a", 1), upsert), (Stamp(11, "b", 1), upsert),
+                      (Stamp(12, "c", 1), upd(inc={"n": 5})))
+    assert doc == {"_id": 1, "k": "v", "n": 7, "log": ["x", "x"]}
+
+
+def test_the_effect_of_an_upsert_keeps_its_increments_apart():
+    seed, update = {"_id": 1}, {"$inc": {"n": 2, "a.m": 1}, "$set": {"k": 1}, "$addToSet": {"s": 3}}
+    doc = apply_update(seed, update, is_upsert_insert=True)
+    op = merge.upsert_effect(doc, seed, update, {})
+    merge.check_op(op)
+    assert op == {"op": "i", "doc": {"_id": 1, "a": {}, "k": 1}, "u": {"inc": {"n": 2, "a.m": 1}, "add": {"s": [3]}}}
+    assert visible(run((Stamp(10, "a", 1), op))) == {"_id": 1, "a": {"m": 1}, "k": 1, "n": 2, "s": [3]}
+    assert merge.upsert_effect({"_id": 1, "k": 1}, seed, {"$set": {"k": 1}}, {}) == ins({"_id": 1, "k": 1})
+
+
 def test_delete_wins_against_a_concurrent_update_in_either_stamp_order():
     delete = (Stamp(20, "b", 1), {"op": "d"})
     assert every_order(BASE, delete, (Stamp(30, "c", 1), upd(set={"x": 1}, inc={"n": 1}))) is None
@@ -257,6 +274,7 @@ def test_state_round_trips_through_bson():
     None, {}, {"op": "x"}, {"op": "i", "doc": {"x": 1}}, {"op": "r"}, {"op": "u", "set": []},
     {"op": "u", "inc": {"n": "1"}}, {"op": "u", "push": {"a": 1}}, {"op": "u", "unset": "a"},
     {"op": "u", "bit": {"a": 1}}, {"op": "u", "pull": {"a": [1]}, "ctx": {"a": "1"}}, {"op": "u", "set": {"": 1}},
+    {"op": "i", "doc": {"_id": 1}, "u": {"set": {"a": 1}}}, {"op": "i", "doc": {"_id": 1}, "u": {"inc": {"a": "x"}}},
 ])
 def test_malformed_operations_are_refused(op):
     with pytest.raises(ValueError):

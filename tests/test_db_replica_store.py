@@ -3,13 +3,16 @@ merge metadata and ship their effect; other nodes' records apply exactly once, e
 own transaction with the applied position, indexes included; restarts keep the position."""
 from __future__ import annotations
 
+import random
+
 import bson
+import msgpack
 import pytest
 
 from farts.db import keys, merge
 from farts.db.errors import MongoError
 from farts.db.query import compile_filter
-from farts.db.replica import Record
+from farts.db.replica import Record, Replica
 from farts.db.store import Index, ScanStats, Store, ns_prefix
 from farts.db.update import apply_update
 
@@ -150,3 +153,171 @@ def test_effects_in_the_oplog_are_replicated_operations(pair):
     assert isinstance(rec, Record)
     merge.check_op(rec.op)
     assert rec.op["pull"] == {"a": [2, 3]} and rec.op["ctx"] == {"a": 1} and "d" in rec.op["set"]
+
+
+# ---- Replicas on LMDB stores: the simulated network, the real store -------------------------
+
+
+class Cluster:
+    """Replicas on real stores; messages in wire form; the store's commits are waited for
+    (they run in its writer thread) and handed back to the replica as the node would."""
+
+    def __init__(self, path, ids, *, seed=0, retain_records=100_000):
+        self.path, self.ids, self.now = path, list(ids), 0.0
+        self.rnd = random.Random(seed)
+        self.retain = retain_records
+        self.stores, self.replicas, self.shipped = {}, {}, {}
+        self.flight, self.cut, self.written = [], set(), []
+        for n in self.ids:
+            self._start(n)
+
+    def _start(self, n):
+        self.stores[n] = open_store(self.path, n)
+        self.stores[n].submit(lambda w: w.create_index(NS, Index("k_1", (("k", 1),))), exclusive=True).result()
+        self.replicas[n] = Replica(n, self.stores[n], tuple(self.ids), retain_records=self.retain)
+        self.shipped[n] = self.stores[n].applied().get(n, (0, 0))[0]
+        self._local(n)
+
+    def add(self, n):
+        self.ids.append(n)
+        for m in self.ids[:-1]:
+            self.replicas[m].set_members(self.ids)
+        self._start(n)
+        for m in self.ids[:-1]:
+            self.send(n, self.replicas[n].link_up(m, self.now))
+
+    def close(self):
+        for s in self.stores.values():
+            s.close()
+
+    def send(self, src, out):
+        for to, msg in out:
+            for dst in [to] if to else [n for n in self.ids if n != src]:
+                if frozenset((src, dst)) not in self.cut:
+                    self.flight.append((src, dst, type(msg), msgpack.packb(msg.to_wire())))
+
+    def _commits(self, n):
+        while self.replicas[n].waiting:
+            for fut in self.replicas[n].waiting:
+                fut.result(timeout=30)
+            self.send(n, self.replicas[n].committed(self.now))
+
+    def deliver(self, i, dup=False):
+        src, dst, cls, wire = self.flight[i] if dup else self.flight.pop(i)
+        if frozenset((src, dst)) in self.cut:
+            return
+        self.send(dst, self.replicas[dst].receive(cls.from_wire(msgpack.unpackb(wire)), src, self.now))
+        self._commits(dst)
+
+    def _local(self, n):
+        records = self.stores[n].records_after(n, self.shipped[n], 1 << 30) or []
+        for r in records:
+            self.replicas[n].local(r)
+            if r.op["op"] != "n":
+                self.written.append(r)
+        if records:
+            self.shipped[n] = records[-1].seq
+
+    def write(self, n, fn):
+        try:
+            self.stores[n].submit(fn).result()
+        except MongoError:
+            pass             # not acknowledged: nothing to replicate
+        self._local(n)
+
+    def settle(self, rounds=40):
+        self.cut = set()
+        for m in self.ids:
+            for o in self.ids:
+                if m < o:
+                    self.send(m, self.replicas[m].link_up(o, self.now))
+        for _ in range(rounds):
+            self.now += 0.6
+            for n in self.ids:
+                self.send(n, self.replicas[n].tick(self.now))
+            while self.flight:
+                self.deliver(self.rnd.randrange(len(self.flight)))
+        for s in self.stores.values():      # retention and compaction run in the writers
+            s.submit(lambda w: None).result()
+
+    def expected(self):
+        per_doc = {}
+        for r in self.written:
+            per_doc.setdefault(keys.encode(r.id), []).append(r)
+        out = []
+        for _, records in sorted(per_doc.items()):
+            state = None
+            for r in sorted(records, key=lambda r: r.stamp.key()):
+                state = merge.apply(state, r.stamp, r.op).state
+            if merge.visible(state) is not None:
+                out.append(merge.visible(state))
+        return out
+
+
+def random_write(rnd, i):
+    _id = rnd.choice([1, 2, 3, "c"])
+    kind = rnd.choice(["insert", "update", "update", "update", "delete"])
+    if _id == "c":    # the counter: only ever upserted with $inc (concurrent upserts add up)
+        return lambda w: _upsert(w, "c", {"$inc": {"n": 1}})
+    if kind == "insert":
+        return lambda w: w.insert(NS, {"_id": _id, "k": rnd.choice("xyz"), "tags": [i % 3]})
+    if kind == "delete":
+        return lambda w: w.get(NS, _id) and w.delete(NS, w.get(NS, _id))
+    upd = rnd.choice([{"$set": {"k": rnd.choice("xyz")}}, {"$inc": {"n": 2}}, {"$addToSet": {"tags": i % 4}},
+                      {"$pull": {"tags": i % 4}}, {"$push": {"log": i}}, {"$unset": {"k": 1}},
+                      {"$mul": {"n": 2}}, {"$set": {"d.e": i}}])
+    return lambda w: w.get(NS, _id) and _update(w, _id, upd)
+
+
+def _upsert(w, _id, upd):
+    if w.get(NS, _id) is not None:
+        return _update(w, _id, upd)
+    seed = {"_id": _id}
+    return w.insert(NS, apply_update(seed, upd, is_upsert_insert=True), upsert=(seed, upd))
+
+
+def _update(w, _id, upd):
+    old = w.get(NS, _id)
+    w.replace(NS, old, apply_update(old, upd), {"op": "u", "u": upd, "now": None})
+    return True
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_replicas_on_lmdb_converge_after_partitions_drops_and_duplicates(tmp_path, seed):
+    c = Cluster(tmp_path, ["a", "b", "c"], seed=seed, retain_records=8)
+    rnd = random.Random(seed)
+    try:
+        for i in range(80):
+            c.write(rnd.choice(c.ids), random_write(rnd, i))
+            event = rnd.random()
+            if event < 0.05:
+                side = {rnd.choice(c.ids)}
+                c.cut = {frozenset((a, b)) for a in side for b in c.ids if b not in side}
+            elif event < 0.1:
+                c.cut = set()
+            elif event < 0.5 and c.flight:
+                c.deliver(rnd.randrange(len(c.flight)), dup=rnd.random() < 0.2)
+            elif event < 0.6 and c.flight:
+                c.flight.pop(rnd.randrange(len(c.flight)))
+            elif event < 0.8:
+                c.now += 0.6
+                n = rnd.choice(c.ids)
+                c.send(n, c.replicas[n].tick(c.now))
+        c.settle()
+        expected = c.expected()
+        incs = sum(1 for r in c.written if r.id == "c" and "inc" in r.op.get("u", r.op))
+        for n in c.ids:
+            assert dump(c.stores[n]) == expected, n
+            assert c.replicas[n].stats["late"] == c.replicas[n].stats["failed"] == 0
+            for value in "xyz":         # the index agrees with the documents
+                docs, stats = find(c.stores[n], {"k": value})
+                assert stats.plan == "IXSCAN" and docs == [d for d in expected if d.get("k") == value]
+        assert {d["_id"]: d for d in expected}.get("c", {}).get("n") == incs
+        c.add("d")                       # a new node gets a snapshot (the others dropped their oplogs)
+        c.write("d", random_write(rnd, 99))
+        c.settle()
+        assert c.replicas["d"].stats["snapshots_installed"] >= 1
+        for n in c.ids:
+            assert dump(c.stores[n]) == c.expected(), n
+    finally:
+        c.close()

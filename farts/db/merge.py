@@ -14,9 +14,12 @@ used to tell what an operation's origin had seen). The operation is the *effect*
 write as its origin computed it (``effect_of`` turns a MongoDB update into one):
 
 =====================  ==============================================================
-``{"op": "i", "doc"}``  insert (an upsert that inserted is one too); ``doc`` has ``_id``
+``{"op": "i", "doc"}``  insert; ``doc`` has ``_id``. An upsert that inserted is one too,
+                        with ``u``: its commuting field operations (``inc``, ``add``,
+                        ``push``), applied after the fields (``upsert_effect``)
 ``{"op": "r", "doc"}``  replacement of the whole document (``_id`` kept)
 ``{"op": "d"}``         delete
+``{"op": "n"}``         no effect on documents (a catalog change: not replicated yet)
 ``{"op": "u", ...}``    field operations: ``set`` {path: value}, ``unset`` [path],
                         ``inc`` {path: number}, ``push`` {path: [values]},
                         ``add`` {path: [values]} ($addToSet), ``pull`` {path: [values]}
@@ -89,7 +92,7 @@ from farts.db.errors import MongoError
 from farts.db.ordering import MISSING, values_equal
 from farts.db.update import _arithmetic, _is_number, _op_unset
 
-OPS = ("i", "r", "u", "d")
+OPS = ("i", "r", "u", "d", "n")
 FIELD_OPS = ("set", "unset", "inc", "push", "add", "pull")
 
 
@@ -142,6 +145,13 @@ def _merge_fields(doc, meta, stamp, op):
     return doc, meta
 
 
+def _insert(doc, meta, stamp, op):
+    doc, meta = (_create if doc is None else _merge_fields)(doc, meta, stamp, op)
+    if op.get("u"):
+        _update(doc, meta, stamp, {"op": "u", **op["u"]})
+    return doc, meta
+
+
 def _replace(doc, meta, stamp, op):
     return _create(doc, meta, stamp, {"op": "r", "doc": {**op["doc"], "_id": doc["_id"]}})
 
@@ -164,14 +174,17 @@ def _update(doc, meta, stamp, op):
 
 
 TABLE: dict[tuple[bool, str], tuple[Callable, str]] = {
-    (False, "i"): (_create, "created from the insert's fields"),
-    (True, "i"): (_merge_fields, "each inserted field is set (concurrent inserts merge field by field)"),
+    (False, "i"): (_insert, "created from the insert's fields, then an upsert's field operations"),
+    (True, "i"): (_insert, "each inserted field is set (concurrent inserts merge field by field), then an "
+                           "upsert's field operations (concurrent upserts of a counter add up)"),
     (False, "r"): (_create, "created from the replacement"),
     (True, "r"): (_replace, "every field replaced; fields it lacks are gone; _id kept"),
     (False, "u"): (_nothing, "no effect: an update never creates a document (a delete before it wins)"),
     (True, "u"): (_update, "the field operations, in FIELD_TABLE order, paths sorted"),
     (False, "d"): (_nothing, "stays deleted"),
     (True, "d"): (_delete, "deleted: a tombstone at the delete's stamp; metadata cleared"),
+    (False, "n"): (_nothing, "nothing (the record only moves its origin's position)"),
+    (True, "n"): (_nothing, "nothing (the record only moves its origin's position)"),
 }
 
 # ---- field operations -----------------------------------------------------------------------
@@ -463,11 +476,15 @@ def compact(state: dict | None, stable: int) -> dict | None:
 def check_op(op: Any) -> None:
     """Raises ValueError unless op is a well-formed replicated operation."""
     if not isinstance(op, dict) or op.get("op") not in OPS:
-        raise ValueError("an operation object with op in i, r, u, d")
+        raise ValueError("an operation object with op in i, r, u, d, n")
     kind = op["op"]
     if kind in ("i", "r"):
         if not isinstance(op.get("doc"), dict) or "_id" not in op["doc"]:
             raise ValueError("a document with its _id")
+        if kind == "i" and "u" in op:
+            if not isinstance(op["u"], dict) or not set(op["u"]) <= {"inc", "add", "push"}:
+                raise ValueError("an upsert's u: inc, add, push")
+            check_op({"op": "u", **op["u"]})
     if kind != "u":
         return
     for name, arg in op.items():
@@ -488,6 +505,21 @@ def check_op(op: Any) -> None:
     ctx = op.get("ctx", {})
     if not isinstance(ctx, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in ctx.items()):
         raise ValueError("ctx: origin -> seq")
+
+
+def upsert_effect(doc: dict, seed: dict, update: dict, ctx: dict) -> dict:
+    """The replicated insert for an upsert that inserted ``doc`` from the filter's ``seed``:
+    the fields, without what the update's commuting operators made, which travel as
+    field operations applied on top (so concurrent upserts of one counter add up)."""
+    u = effect_of(update, {**seed, "_id": doc["_id"]}, doc, ctx)
+    ops = {k: u[k] for k in ("inc", "add", "push") if k in u}
+    if not ops:
+        return {"op": "i", "doc": doc}
+    base = copy.deepcopy(doc)
+    for arg in ops.values():
+        for path in arg:
+            _op_unset(base, path, None, None)
+    return {"op": "i", "doc": base, "u": ops}
 
 
 def effect_of(update: dict, before: dict, after: dict, ctx: dict) -> dict:

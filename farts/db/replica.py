@@ -45,8 +45,11 @@ The protocol
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import copy
 import itertools
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -58,6 +61,8 @@ from farts.db import merge
 from farts.db.keys import encode as id_key
 from farts.members import ALIVE, LEFT, Member
 from farts.peer import Envelope, PeerBus, PeerMessage, need
+
+log = logging.getLogger("farts.db.replica")
 
 BATCH = 256                # records per Records message
 BATCH_BYTES = 256 * 1024   # and bytes (mesh frames are at most 1 MiB by default)
@@ -191,9 +196,9 @@ class ReplicaStore(Protocol):
     def applied(self) -> dict[str, tuple[int, int]]:
         """origin -> (highest contiguous seq applied, that record's HLC)."""
 
-    def apply(self, records: list[Record]) -> list[str]:
-        """Applies records (each the next of its origin) in one transaction with the applied
-        position; returns each one's merge outcome."""
+    def apply_remote(self, records: list[Record]) -> list | concurrent.futures.Future:
+        """Applies records (each the next of its origin), each with its applied position;
+        returns (or resolves to) each one's merge outcome, or the exception that undid it."""
 
     def records_after(self, origin: str, seq: int, limit: int) -> list[Record] | None:
         """Retained records of origin after seq (at most limit); None if seq + 1 is gone."""
@@ -201,7 +206,7 @@ class ReplicaStore(Protocol):
     def retained(self, origin: str) -> int:
         """How many records of origin are retained."""
 
-    def truncate(self, origin: str, upto: int) -> None:
+    def truncate(self, origin: str, upto: int) -> Any:
         """Drops the retained records of origin up to seq upto."""
 
     def first_retained(self, origin: str) -> int:
@@ -210,12 +215,16 @@ class ReplicaStore(Protocol):
     def snapshot(self) -> tuple[dict[str, int], Iterator[tuple[str, Any, dict]]]:
         """A consistent view: the version vector and (ns, _id, merge state) of every document."""
 
-    def install_snapshot(self, vv: dict[str, int], docs: list[tuple[str, Any, dict]]) -> None:
+    def install_snapshot(self, vv: dict[str, int], docs: list[tuple[str, Any, dict]]) -> Any:
         """Replaces every document with docs, then re-applies the retained records the
         snapshot lacks; the applied position follows."""
 
-    def compact(self, stable: int) -> None:
-        """merge.compact of every document with operations at or below stable."""
+    def compact(self, stable: int) -> Any:
+        """merge.compact of every document with operations at or below stable.
+
+        The writes (apply_remote, install_snapshot, truncate, compact) may return a
+        concurrent Future (the LMDB store's writer thread): the replica waits for the first
+        two (``waiting``, ``committed``) and not for the others."""
 
 
 @dataclass
@@ -251,9 +260,14 @@ class Replica:
         self._snapshots_out: dict[str, _Outgoing] = {}
         self._snapshot_in: dict | None = None       # {sender, sid, index, docs}
         self._sids = itertools.count(1)
+        self._inflight: dict[str, int] = {}         # origin -> last seq handed to the store, not committed
+        self._waiting: list = []                    # (future, {origin: seq} or None for a snapshot)
+        self._installing = False
+        self._ack_to: set[str] = set()
         self.compacted = 0
         self.stats = {"shipped": 0, "applied": 0, "duplicates": 0, "late": 0, "buffered_dropped": 0,
-                      "snapshots_sent": 0, "snapshots_installed": 0, "snapshot_docs": 0, "catchup_records": 0}
+                      "snapshots_sent": 0, "snapshots_installed": 0, "snapshot_docs": 0, "catchup_records": 0,
+                      "failed": 0}
 
     # ---- membership --------------------------------------------------------------
 
@@ -299,10 +313,14 @@ class Replica:
         """A peer is (again) reachable: exchange vectors."""
         return [(node_id, self.status())]
 
+    def _have(self, origin: str, applied: dict) -> int:
+        """The last seq of origin applied or handed to the store to apply."""
+        return max(applied.get(origin, (0, 0))[0], self._inflight.get(origin, 0))
+
     def _on_records(self, records, sender: str, now: float) -> Out:
         applied = self.store.applied()
         for r in records:
-            have = applied.get(r.origin, (0, 0))[0]
+            have = self._have(r.origin, applied)
             buf = self._buffer.setdefault(r.origin, {})
             if r.seq <= have or r.seq in buf:
                 self.stats["duplicates"] += 1
@@ -314,7 +332,9 @@ class Replica:
         applied = self.store.applied()
         gap = any(buf for buf in self._buffer.values())
         out: Out = []
-        if n:
+        if self._waiting:
+            self._ack_to.add(sender)     # acknowledged once committed (``committed``)
+        elif n:
             self._refresh(applied)
             out.append((sender, self.status()))
         elif gap and now - self._asked.get(sender, float("-inf")) >= self.status_interval:
@@ -323,11 +343,14 @@ class Replica:
         return out
 
     def _drain(self) -> int:
-        """Applies what the buffer holds that is next in line; returns how many."""
+        """Applies what the buffer holds that is next in line; returns how many (0 when the
+        store commits later: ``committed`` goes on from there)."""
+        if self._installing:
+            return 0
         applied = self.store.applied()
         ready: list[Record] = []
         for origin, buf in self._buffer.items():
-            seq = applied.get(origin, (0, 0))[0]
+            seq = self._have(origin, applied)
             for s in [s for s in buf if s <= seq]:
                 del buf[s]
             while seq + 1 in buf:
@@ -335,11 +358,54 @@ class Replica:
                 ready.append(buf.pop(seq))
         if not ready:
             return 0
-        for outcome in self.store.apply(ready):
+        result = self.store.apply_remote(ready)
+        if isinstance(result, concurrent.futures.Future):
+            upto = {r.origin: r.seq for r in ready}
+            self._inflight.update(upto)
+            self._waiting.append((result, upto))
+            return 0
+        self._count(result)
+        return len(ready)
+
+    def _count(self, outcomes) -> None:
+        for outcome in outcomes:
             if outcome == "late":
                 self.stats["late"] += 1
-        self.stats["applied"] += len(ready)
-        return len(ready)
+            if isinstance(outcome, str):
+                self.stats["applied"] += 1
+            elif isinstance(outcome, Exception):
+                self.stats["failed"] += 1
+
+    @property
+    def waiting(self) -> list[concurrent.futures.Future]:
+        """The store's commits this replica waits for; call ``committed`` when one is done."""
+        return [f for f, _ in self._waiting]
+
+    def committed(self, now: float) -> Out:
+        """Goes on after the store committed what it was handed: counts, acknowledges the
+        senders, applies what became next in line."""
+        while self._waiting and self._waiting[0][0].done():
+            fut, upto = self._waiting.pop(0)
+            try:
+                result = fut.result()
+            except Exception:   # noqa: BLE001 - the store failed the whole commit: asked again later
+                log.exception("applying replicated records failed")
+                result = None
+            if upto is None:     # a snapshot's installation
+                self._installing = False
+                if fut.exception() is None:
+                    self.stats["snapshots_installed"] += 1
+            else:
+                self._count(result or [])
+                for origin, seq in upto.items():
+                    if self._inflight.get(origin) == seq:
+                        del self._inflight[origin]
+        self._drain()
+        if self._waiting:
+            return []
+        self._refresh(self.store.applied())
+        ack, self._ack_to = self._ack_to, set()
+        return [(peer, self.status()) for peer in sorted(ack)]
 
     def _on_status(self, msg: Status, sender: str, now: float) -> Out:
         peer = self._peer(sender)
@@ -425,7 +491,12 @@ class Replica:
         if msg.vv is None:
             return []
         self._snapshot_in = None
-        self.store.install_snapshot(msg.vv, cur["docs"])
+        result = self.store.install_snapshot(msg.vv, cur["docs"])
+        if isinstance(result, concurrent.futures.Future):
+            self._installing = True
+            self._waiting.append((result, None))
+            self._ack_to.add(sender)
+            return []
         self.stats["snapshots_installed"] += 1
         self._drain()
         self._refresh(self.store.applied())
@@ -531,6 +602,7 @@ class ReplicaPeer:
     def __init__(self, replica: Replica, bus: PeerBus, clock: Clock, tick: float = 0.05) -> None:
         self.replica, self.bus, self.clock = replica, bus, clock
         self._flush_timer = None
+        self._watched: set = set()
         self._unsubscribe = [bus.subscribe(cls, self._on_message) for cls in MESSAGES]
         self._unsubscribe.append(bus.on_member_change(self._on_member))
         self._members()
@@ -548,6 +620,20 @@ class ReplicaPeer:
 
     def _on_message(self, msg: PeerMessage, env: Envelope) -> None:
         self._send(self.replica.receive(msg, env.origin, self.clock.monotonic()))
+        self._watch()
+
+    def _watch(self) -> None:
+        """The store commits in its writer thread: back on the loop when it has."""
+        for fut in self.replica.waiting:
+            if fut not in self._watched:
+                self._watched.add(fut)
+                loop = asyncio.get_running_loop()
+                fut.add_done_callback(lambda f, loop=loop: loop.call_soon_threadsafe(self._committed, f))
+
+    def _committed(self, fut) -> None:
+        self._watched.discard(fut)
+        self._send(self.replica.committed(self.clock.monotonic()))
+        self._watch()
 
     def _on_member(self, old: Member | None, new: Member) -> None:
         self._members()
@@ -595,7 +681,7 @@ class MemoryStore:
             op["ctx"] = {o: seq for o, (seq, _) in self._applied.items()}
         seq = self._applied.get(self.me, (0, 0))[0] + 1
         record = Record(self.me, seq, self.hlc.now(), ns, _id, op)
-        self.apply([record])
+        self.apply_remote([record])
         return record
 
     def get(self, ns: str, _id: Any) -> dict | None:
@@ -610,7 +696,7 @@ class MemoryStore:
     def applied(self) -> dict[str, tuple[int, int]]:
         return dict(self._applied)
 
-    def apply(self, records: list[Record]) -> list[str]:
+    def apply_remote(self, records: list[Record]) -> list[str]:
         outcomes = []
         for r in records:
             if r.seq != self._applied.get(r.origin, (0, 0))[0] + 1:
@@ -618,7 +704,9 @@ class MemoryStore:
             self.hlc.observe(r.hlc)
             key = (r.ns, id_key(r.id))
             result = merge.apply(self.docs.get(key, (None, None))[1], r.stamp, r.op)
-            if result.state is None:
+            if r.op["op"] == "n":
+                pass
+            elif result.state is None:
                 self.docs.pop(key, None)
             else:
                 self.docs[key] = (r.id, result.state)
@@ -663,7 +751,7 @@ class MemoryStore:
         self._applied = {o: (seq, 0) for o, seq in vv.items()}
         for r in retained:
             if r.seq == self._applied.get(r.origin, (0, 0))[0] + 1:
-                self.apply([r])
+                self.apply_remote([r])
 
     def compact(self, stable: int) -> None:
         for key, (_id, state) in list(self.docs.items()):

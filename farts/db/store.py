@@ -40,6 +40,7 @@ from bson.regex import Regex
 from farts.clock import HLC
 from farts.db import keys, merge
 from farts.db.errors import MongoError
+from farts.db.update import is_replacement
 
 log = logging.getLogger("farts.db.store")
 
@@ -479,7 +480,7 @@ class Store:
         """origin -> (seq, HLC) of the last record applied here, as committed."""
         return dict(self._committed_vv)
 
-    def apply_remote(self, records: list) -> concurrent.futures.Future:
+    def apply_remote(self, records: list) -> concurrent.futures.Future:  # ReplicaStore
         """Applies other nodes' records (``farts.db.replica.Record``, each origin's in seq
         order): each in its own nested transaction with its origin's applied position, all
         in one commit. Resolves to each record's outcome (a merge outcome, "duplicate" if it
@@ -503,22 +504,167 @@ class Store:
     def records_after(self, origin: str, seq: int, limit: int) -> list | None:
         """Retained records of origin after seq, as ``farts.db.replica.Record``; None when
         seq + 1 is no longer retained."""
-        from farts.db.replica import Record
-        prefix = origin.encode() + b"\0"
-        out = []
-        with self.env.begin(db=self.oplog) as txn:
-            cur = txn.cursor()
-            if cur.set_range(prefix + _SEQ.pack(seq + 1)):
-                for k, v in cur:
-                    if not k.startswith(prefix) or len(out) >= limit:
-                        break
-                    d = bson.decode(v)
-                    if int(d["s"]) != seq + 1 + len(out) or "e" not in d:
-                        break
-                    out.append(Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"), d["e"]))
+        with self.env.begin() as txn:
+            out = self.records_after_in(txn, origin, seq, limit)
         if not out and seq < self._committed_vv.get(origin, (0, 0))[0]:
             return None
         return out
+
+    def records_after_in(self, txn, origin: str, seq: int, limit: int) -> list:
+        from farts.db.replica import Record
+        prefix = origin.encode() + b"\0"
+        out: list = []
+        cur = txn.cursor(self.oplog)
+        if cur.set_range(prefix + _SEQ.pack(seq + 1)):
+            for k, v in cur:
+                if not k.startswith(prefix) or len(out) >= limit:
+                    break
+                d = bson.decode(v)
+                if int(d["s"]) != seq + 1 + len(out):
+                    break
+                # a record without an effect (a catalog change, a write from before
+                # replication) travels as a no-op: the sequence stays contiguous
+                out.append(Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"),
+                                  d.get("e") or {"op": "n"}))
+        return out
+
+    def retained(self, origin: str) -> int:
+        prefix = origin.encode() + b"\0"
+        n = 0
+        with self.env.begin(db=self.oplog) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k in cur.iternext(keys=True, values=False):
+                    if not k.startswith(prefix):
+                        break
+                    n += 1
+        return n
+
+    def first_retained(self, origin: str) -> int:
+        prefix = origin.encode() + b"\0"
+        with self.env.begin(db=self.oplog) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix) and cur.key().startswith(prefix):
+                return _SEQ.unpack(cur.key()[len(prefix):])[0]
+        return 0
+
+    def truncate(self, origin: str, upto: int) -> concurrent.futures.Future:
+        """Drops the oplog records of origin up to seq upto (the oplog's retention)."""
+        prefix = origin.encode() + b"\0"
+
+        def run(w: WriteTxn) -> int:
+            cur = w.txn.cursor(self.oplog)
+            n = 0
+            if cur.set_range(prefix):
+                while cur.key().startswith(prefix) and _SEQ.unpack(cur.key()[len(prefix):])[0] <= upto:
+                    n += 1
+                    if not cur.delete():
+                        break
+            return n
+        return self.submit(run)
+
+    def snapshot(self):
+        """(version vector, iterator of (ns, _id, merge state)) from one read transaction,
+        kept open while the iterator is (LMDB readers see one point in time)."""
+        txn = self.env.begin()
+        vv = {o: seq for o, (seq, _) in self._committed_vv.items()}
+        for k, v in txn.cursor(self.meta).iternext():
+            if k.startswith(b"vv:"):
+                vv[k[3:].decode()] = _POS.unpack(v)[0]
+        seq = txn.get(b"seq", db=self.meta)
+        vv[self.node_id] = _SEQ.unpack(seq)[0] if seq else 0
+
+        def docs():
+            try:
+                meta = txn.cursor(self.rmeta)
+                has_meta = meta.first()
+                for k, v in txn.cursor(self.docs).iternext():
+                    while has_meta and meta.key() < k:     # metadata of a deleted document
+                        yield _snapshot_entry(meta.key(), None, meta.value())
+                        has_meta = meta.next()
+                    extra = None
+                    if has_meta and meta.key() == k:
+                        extra = meta.value()
+                        has_meta = meta.next()
+                    yield _snapshot_entry(k, v, extra)
+                while has_meta:
+                    yield _snapshot_entry(meta.key(), None, meta.value())
+                    has_meta = meta.next()
+            finally:
+                txn.abort()
+        return vv, docs()
+
+    def install_snapshot(self, vv: dict[str, int], docs) -> concurrent.futures.Future:
+        """Replaces every document with a peer's snapshot (``docs``: (ns, _id, merge state)),
+        sets the applied positions to its vector, then re-applies the retained records it
+        lacks (this node's own later writes among them). The local catalog (collections,
+        index definitions) stays; index entries are rebuilt."""
+        def run(w: WriteTxn) -> None:
+            txn, st = w.txn, self
+            for coll in st._wcat.values():
+                for idx in coll.indexes:
+                    txn.drop(st.index_db(txn, coll.ns, idx.name), delete=False)
+            txn.drop(st.docs, delete=False)
+            txn.drop(st.rmeta, delete=False)
+            for k in [k for k, _ in txn.cursor(st.meta) if k.startswith(b"vv:")]:
+                txn.delete(k, db=st.meta)
+            for ns, _id, state in docs:
+                coll = w.collection(ns)
+                id_key = keys.encode(_id)
+                doc = state.get("v")
+                if doc is not None:
+                    txn.put(ns_prefix(ns) + id_key, w._encode_doc(doc))
+                    w._index_put(ns, coll, doc, id_key, None)
+                txn.put(ns_prefix(ns) + id_key, _rmeta_encode(_id, state), db=st.rmeta)
+            st._wvv = {o: (seq, 0) for o, seq in vv.items() if o != st.node_id}
+            for o, (seq, hlc) in st._wvv.items():
+                txn.put(b"vv:" + o.encode(), _POS.pack(seq, hlc), db=st.meta)
+            st.seq = max(st.seq, vv.get(st.node_id, 0))
+            for origin in {k.split(b"\0", 1)[0].decode() for k, _ in txn.cursor(st.oplog)}:
+                start = vv.get(origin, 0)
+                for r in st.records_after_in(txn, origin, start, 1 << 62):
+                    w.apply_record(r, position=origin != st.node_id)
+        return self.submit(run, exclusive=True)
+
+    def compact(self, stable: int, limit: int = 10_000) -> concurrent.futures.Future:
+        """merge.compact on the documents with metadata (at most limit of them a call): what
+        every node has passed is folded, metadata with nothing left in it is dropped (the
+        document then counts as older than anything to come), stable tombstones go."""
+        def run(w: WriteTxn) -> int:
+            txn, n = w.txn, 0
+            for k, v in list(txn.cursor(self.rmeta).iternext())[:limit]:
+                data = txn.get(k, db=self.docs)
+                _id, state = _rmeta_decode(v, bson.decode(data) if data is not None else None)
+                new = merge.compact(state, stable)
+                if new is None or (new["v"] is not None and "o" not in new and not new["m"]["w"]
+                                   and not new["m"]["e"]):
+                    txn.delete(k, db=self.rmeta)
+                else:
+                    txn.put(k, _rmeta_encode(_id, new), db=self.rmeta)
+                n += 1
+            return n
+        return self.submit(run)
+
+
+def _rmeta_encode(_id, state: dict) -> bytes:
+    """A document's merge state without its value (that is in docs), with its _id (for a
+    deleted document's tombstone)."""
+    return bson.encode({"id": _id, "s": {k: v for k, v in state.items() if k != "v"}})
+
+
+def _rmeta_decode(data: bytes, doc: dict | None) -> tuple[object, dict]:
+    d = bson.decode(data)
+    d["s"]["v"] = doc
+    return d["id"], d["s"]
+
+
+def _snapshot_entry(key: bytes, data: bytes | None, meta: bytes | None) -> tuple[str, object, dict]:
+    ns = key.split(b"\0", 1)[0].decode()
+    doc = bson.decode(data) if data is not None else None
+    if meta is None:
+        return ns, doc["_id"], {"v": doc, "m": {"w": {}, "e": {}}, "t": Int64(0)}
+    _id, state = _rmeta_decode(meta, doc)
+    return ns, _id, state
 
 
 def _best_plan(coll: Collection, flt: dict) -> keys.Scan | None:
@@ -708,7 +854,8 @@ class WriteTxn:
                                coll.indexes[pos + 1:])
                 self._set_collection(ns, coll)
 
-    def insert(self, ns: str, doc: dict) -> dict:
+    def insert(self, ns: str, doc: dict, upsert: tuple[dict, dict] | None = None) -> dict:
+        """``upsert``: (the filter's seed, the update) when an upsert inserted doc."""
         if "_id" not in doc:
             doc = {"_id": ObjectId(), **doc}
         _id = doc["_id"]
@@ -719,7 +866,9 @@ class WriteTxn:
         stamp, effect = None, {}
         if self.store.replicated:
             stamp, effect = self._stamp(), {"e": {"op": "i", "doc": doc}}
-            self._merge(ns, id_key, None, stamp, effect["e"])   # a tombstone's metadata, if any, goes
+            if upsert is not None and not is_replacement(upsert[1]):
+                effect["e"] = merge.upsert_effect(doc, upsert[0], upsert[1], self._ctx(stamp))
+            doc = self._merge(ns, _id, id_key, None, stamp, effect["e"])   # what every node will have
         data = self._encode_doc(doc)
         if not self.txn.put(ns_prefix(ns) + id_key, data, overwrite=False):
             raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
@@ -734,9 +883,9 @@ class WriteTxn:
         stamp = None
         if self.store.replicated:
             stamp = self._stamp()
-            ctx = {o: seq for o, (seq, _) in self.store._wvv.items()} | {self.store.node_id: stamp.seq - 1}
-            op["e"] = merge.effect_of(op["u"], old, new, ctx) if op["op"] == "u" else {"op": "r", "doc": new}
-            new = self._merge(ns, id_key, old, stamp, op["e"])
+            op["e"] = merge.effect_of(op["u"], old, new, self._ctx(stamp)) if op["op"] == "u" else \
+                {"op": "r", "doc": new}
+            new = self._merge(ns, old["_id"], id_key, old, stamp, op["e"])
         data = self._encode_doc(new)
         self.txn.put(ns_prefix(ns) + id_key, data)
         self._index_put(ns, coll, new, id_key, old)
@@ -754,12 +903,16 @@ class WriteTxn:
         stamp, effect = None, {}
         if self.store.replicated:
             stamp, effect = self._stamp(), {"e": {"op": "d"}}
-            self._merge(ns, id_key, doc, stamp, effect["e"])
+            self._merge(ns, doc["_id"], id_key, doc, stamp, effect["e"])
         self.log(ns, "d", doc["_id"], stamp=stamp, **effect)
 
     # -- replication --
 
-    def _merge(self, ns: str, id_key: bytes, doc: dict | None, stamp: merge.Stamp, op: dict,
+    def _ctx(self, stamp: merge.Stamp) -> dict:
+        """This node's version vector before the write stamped so (what a $pull had seen)."""
+        return {o: seq for o, (seq, _) in self.store._wvv.items()} | {self.store.node_id: stamp.seq - 1}
+
+    def _merge(self, ns: str, _id, id_key: bytes, doc: dict | None, stamp: merge.Stamp, op: dict,
                outcome: list | None = None) -> dict | None:
         """Applies one replicated operation to the document's merge state (kept in rmeta);
         returns the document it makes (and appends the merge outcome to ``outcome``). A
@@ -768,8 +921,7 @@ class WriteTxn:
         st, key = self.store, ns_prefix(ns) + id_key
         raw = self.txn.get(key, db=st.rmeta)
         if raw is not None:
-            state = bson.decode(raw)
-            state["v"] = doc
+            state = _rmeta_decode(raw, doc)[1]
         elif doc is not None:
             state = {"v": doc, "m": {"w": {}, "e": {}}, "t": Int64(0)}
         else:
@@ -781,26 +933,42 @@ class WriteTxn:
         if result is None:
             self.txn.delete(key, db=st.rmeta)
             return None
-        value = result.pop("v")
-        self.txn.put(key, bson.encode(result), db=st.rmeta)
-        return value
+        self.txn.put(key, _rmeta_encode(_id, result), db=st.rmeta)
+        return result["v"]
 
-    def apply_record(self, r) -> str:
+    def apply_record(self, r, position: bool = True) -> str:
         """One record of another node (``farts.db.replica.Record``), exactly once: the
         document, its indexes, its metadata, the record (kept for shipping on) and the
-        origin's applied position change together."""
+        origin's applied position change together. ``position=False``: one of this
+        node's own records played again over a snapshot (nothing but the document)."""
         st = self.store
         have = st._wvv.get(r.origin, (0, 0))[0]
-        if r.seq <= have:
+        if position and r.seq <= have:
             return "duplicate"
-        if r.seq != have + 1:
+        if position and r.seq != have + 1:
             raise _err(1, "InternalError", f"record {r.origin}:{r.seq} is not the next of its origin ({have})")
+        if r.op["op"] != "n":
+            outcome = self._apply_effect(r)
+        else:
+            outcome = "applied"
+        if not position:
+            return outcome
+        rec = {"o": r.origin, "s": Int64(r.seq), "ts": Int64(r.hlc), "ns": r.ns, "op": r.op["op"], "id": r.id,
+               "e": r.op}
+        self.txn.put(r.origin.encode() + b"\0" + _SEQ.pack(r.seq), bson.encode(rec), db=st.oplog)
+        self.txn.put(b"vv:" + r.origin.encode(), _POS.pack(r.seq, r.hlc), db=st.meta)
+        st.hlc.observe(r.hlc)
+        st._wvv[r.origin] = (r.seq, r.hlc)
+        return outcome
+
+    def _apply_effect(self, r) -> str:
+        st = self.store
         coll = self.collection(r.ns)
         id_key = keys.encode(r.id)
         key = ns_prefix(r.ns) + id_key
         old = self.store.get(self.txn, r.ns, r.id)
         outcome: list[str] = []
-        new = self._merge(r.ns, id_key, old, r.stamp, r.op, outcome)
+        new = self._merge(r.ns, r.id, id_key, old, r.stamp, r.op, outcome)
         if new is not None:
             self.txn.put(key, self._encode_doc(new))
             self._index_put(r.ns, coll, new, id_key, old)
@@ -810,12 +978,6 @@ class WriteTxn:
                 for k in keys.index_keys(old, idx.fields)[0]:
                     self.txn.delete(k if idx.unique else k + id_key, db=db)
             self.txn.delete(key)
-        rec = {"o": r.origin, "s": Int64(r.seq), "ts": Int64(r.hlc), "ns": r.ns, "op": r.op["op"], "id": r.id,
-               "e": r.op}
-        self.txn.put(r.origin.encode() + b"\0" + _SEQ.pack(r.seq), bson.encode(rec), db=st.oplog)
-        self.txn.put(b"vv:" + r.origin.encode(), _POS.pack(r.seq, r.hlc), db=st.meta)
-        st.hlc.observe(r.hlc)
-        st._wvv[r.origin] = (r.seq, r.hlc)
         return outcome[0]
 
     # -- catalog (run with submit(..., exclusive=True): they open sub-databases) --
