@@ -4,6 +4,7 @@ own transaction with the applied position, indexes included; restarts keep the p
 from __future__ import annotations
 
 import random
+import threading
 
 import bson
 import msgpack
@@ -321,3 +322,23 @@ def test_replicas_on_lmdb_converge_after_partitions_drops_and_duplicates(tmp_pat
             assert dump(c.stores[n]) == c.expected(), n
     finally:
         c.close()
+
+
+def test_covered_stays_below_a_write_not_yet_committed(pair):
+    """What a node reports as covered must hold every own write at or below it: a write
+    stamped but not committed keeps it below that stamp until the commit."""
+    a, _ = pair
+    stamped, release = threading.Event(), threading.Event()
+
+    def slow(w):
+        w.insert(NS, {"_id": "slow"})
+        stamped.set()
+        release.wait(30)
+    fut = a.submit(slow)
+    assert stamped.wait(30)
+    during = a.covered()
+    release.set()
+    fut.result()
+    record = a.records_after("a", 0, 10)[-1]
+    assert during < record.hlc <= a.covered()
+    assert a.applied()["a"][0] == record.seq

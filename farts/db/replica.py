@@ -191,7 +191,12 @@ MESSAGES = (Records, Status, SnapshotChunk)
 class ReplicaStore(Protocol):
     """What replication needs of the node's store."""
 
-    hlc: HLC
+    def covered(self) -> int:
+        """An HLC at or below which every write of this node is committed and above which
+        every later one will be (it may move the clock on)."""
+
+    def observe(self, hlc: int) -> None:
+        """Moves this node's clock past a peer's timestamp."""
 
     def applied(self) -> dict[str, tuple[int, int]]:
         """origin -> (highest contiguous seq applied, that record's HLC)."""
@@ -410,7 +415,7 @@ class Replica:
     def _on_status(self, msg: Status, sender: str, now: float) -> Out:
         peer = self._peer(sender)
         peer.report = msg
-        self.store.hlc.observe(msg.hlc)
+        self.store.observe(msg.hlc)
         applied = self.store.applied()
         self._refresh(applied)
         out: Out = []
@@ -515,10 +520,10 @@ class Replica:
                 peer.stable = max(peer.stable, r.stable)
             peer.covered = max(peer.covered, applied.get(node_id, (0, 0))[1])
 
-    def frontier(self) -> int:
+    def frontier(self, own: int | None = None, applied: dict | None = None) -> int:
         """An HLC at or below which every operation of every origin is applied here."""
-        applied = self.store.applied()
-        own = self.store.hlc.now()
+        own = self.store.covered() if own is None else own
+        applied = self.store.applied() if applied is None else applied
         origins = self.members - {self.me}   # a node that left writes no more
         return min([own] + [max(self._peer(o).covered, applied.get(o, (0, 0))[1]) for o in origins])
 
@@ -529,9 +534,10 @@ class Replica:
         return min([f] + [r.frontier if r is not None else 0 for r in reports])
 
     def status(self) -> Status:
-        f = self.frontier()
-        vv = {o: seq for o, (seq, _) in self.store.applied().items()}
-        return Status(vv, self.store.hlc.now(), f, self.stable(f))
+        own = self.store.covered()       # first: the vector read after it holds every write below it
+        applied = self.store.applied()
+        f = self.frontier(own, applied)
+        return Status({o: seq for o, (seq, _) in applied.items()}, own, f, self.stable(f))
 
     def compaction_point(self) -> int:
         """The least stable time of the members, each counted once its records are here."""
@@ -560,7 +566,7 @@ class Replica:
 
     def _retain(self) -> None:
         applied = self.store.applied()
-        cutoff = pack(unpack(self.store.hlc.now())[0] - int(self.retain_seconds * 1000), 0)
+        cutoff = pack(unpack(self.store.covered())[0] - int(self.retain_seconds * 1000), 0)
         for origin, (seq, _) in applied.items():
             everyone = min([seq] + [self.peers[n].report.vv.get(origin, 0)
                                     if n in self.peers and self.peers[n].report else 0
@@ -683,6 +689,12 @@ class MemoryStore:
         record = Record(self.me, seq, self.hlc.now(), ns, _id, op)
         self.apply_remote([record])
         return record
+
+    def covered(self) -> int:
+        return self.hlc.now()
+
+    def observe(self, hlc: int) -> None:
+        self.hlc.observe(hlc)
 
     def get(self, ns: str, _id: Any) -> dict | None:
         entry = self.docs.get((ns, id_key(_id)))

@@ -153,6 +153,10 @@ class Store:
         self.seq = _SEQ.unpack(seq)[0] if seq else 0     # last sequence of this origin
         self.hlc = HLC(_SEQ.unpack(hlc)[0] if hlc else 0)
         self._wvv = vv                # other origins' applied positions (the writer's view)
+        # The HLC is read by the writer (stamps) and by replication on the loop (covered,
+        # observe): the one piece of state the two threads share, so it has a lock.
+        self._hlc_lock = threading.Lock()
+        self._group_stamp: int | None = None   # the first stamp of the group being written
         self._committed_vv = {**vv, node_id: (self.seq, self.hlc.last)}
         self.doc_reads = 0      # documents fetched by queries (evidence for index use)
         self.commits = 0
@@ -221,7 +225,7 @@ class Store:
 
     def _commit_group(self, group) -> None:
         results = []
-        seq_before, hlc_before, vv_before = self.seq, self.hlc.last, dict(self._wvv)
+        seq_before, vv_before = self.seq, dict(self._wvv)
         try:
             txn = self.env.begin(write=True, db=self.docs)
             for fn, fut, _ in group:
@@ -241,7 +245,9 @@ class Store:
                 txn.abort()
             except lmdb.Error:
                 pass
-            self.seq, self.hlc.last, self._wvv = seq_before, hlc_before, vv_before
+            # the clock is not put back: stamps handed out stay handed out
+            self.seq, self._wvv = seq_before, vv_before
+            self._group_done()
             self._wcat = dict(self.catalog)
             self._forget_fresh(0)
             err = _err(1, "InternalError", f"storage commit failed: {e}")
@@ -250,6 +256,7 @@ class Store:
             return
         self.catalog = dict(self._wcat)
         self._committed_vv = {**self._wvv, self.node_id: (self.seq, self.hlc.last)}
+        self._group_done()
         self._fresh.clear()
         self.commits += 1
         self.committed_ops += len(group)
@@ -258,6 +265,31 @@ class Store:
                 fut.set_exception(exc)
             else:
                 fut.set_result(value)
+
+    def _group_done(self) -> None:
+        with self._hlc_lock:
+            self._group_stamp = None
+
+    def stamp_hlc(self) -> int:
+        """A new HLC for a write of this node (writer thread)."""
+        with self._hlc_lock:
+            ts = self.hlc.now()
+            if self._group_stamp is None:
+                self._group_stamp = ts
+            return ts
+
+    def covered(self) -> int:
+        """An HLC at or below which every write of this node is committed and above which
+        every later one will be (ReplicaStore; any thread)."""
+        with self._hlc_lock:
+            if self._group_stamp is not None:
+                return self._group_stamp - 1
+            return self.hlc.now()
+
+    def observe(self, hlc: int) -> None:
+        """Moves the clock past a peer's timestamp (ReplicaStore; any thread)."""
+        with self._hlc_lock:
+            self.hlc.observe(hlc)
 
     def _forget_fresh(self, keep: int) -> None:
         """Drops handles opened by an aborted transaction (LMDB closed them with it)."""
@@ -794,7 +826,7 @@ class WriteTxn:
     def _stamp(self) -> merge.Stamp:
         st = self.store
         st.seq += 1
-        return merge.Stamp(st.hlc.now(), st.node_id, st.seq)
+        return merge.Stamp(st.stamp_hlc(), st.node_id, st.seq)
 
     def log(self, ns: str, op: str, _id=None, stamp: merge.Stamp | None = None, **fields) -> None:
         st = self.store
@@ -957,7 +989,7 @@ class WriteTxn:
                "e": r.op}
         self.txn.put(r.origin.encode() + b"\0" + _SEQ.pack(r.seq), bson.encode(rec), db=st.oplog)
         self.txn.put(b"vv:" + r.origin.encode(), _POS.pack(r.seq, r.hlc), db=st.meta)
-        st.hlc.observe(r.hlc)
+        st.observe(r.hlc)
         st._wvv[r.origin] = (r.seq, r.hlc)
         return outcome
 
