@@ -167,7 +167,7 @@ class Cluster:
         self.path, self.ids, self.now = path, list(ids), 0.0
         self.rnd = random.Random(seed)
         self.retain = retain_records
-        self.stores, self.replicas, self.shipped = {}, {}, {}
+        self.stores, self.replicas, self.shipped = {}, {}, {}   # shipped: own records seen by the test
         self.flight, self.cut, self.written = [], set(), []
         for n in self.ids:
             self._start(n)
@@ -213,7 +213,6 @@ class Cluster:
     def _local(self, n):
         records = self.stores[n].records_after(n, self.shipped[n], 1 << 30) or []
         for r in records:
-            self.replicas[n].local(r)
             if r.op["op"] != "n":
                 self.written.append(r)
         if records:

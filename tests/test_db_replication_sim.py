@@ -90,7 +90,6 @@ class Net:
 
     def write(self, node: str, _id, op: dict) -> Record:
         record = self.stores[node].write(NS, _id, op)
-        self.replicas[node].local(record)
         self.written.append(record)
         return record
 
@@ -386,7 +385,8 @@ def test_on_a_bus_local_writes_are_flushed_together_and_a_peer_coming_up_gets_th
     peer = ReplicaPeer(Replica("a", store), bus, clock, tick=10)
     assert peer.replica.members == {"a", "b"} and set(bus.subs) == set(MESSAGES)
     for i in range(3):
-        peer.local(store.write(NS, i, {"op": "i", "doc": {"_id": i}}))
+        store.write(NS, i, {"op": "i", "doc": {"_id": i}})
+        peer.committed_locally()
     clock.advance(0)
     assert [(to, type(m), len(m.records)) for to, m in sent] == [(None, Records, 3)]
     bus.map.update(Member("b", state=ALIVE))

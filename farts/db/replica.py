@@ -10,8 +10,10 @@ here, for tests; the LMDB store implements the same calls).
 
 The protocol
 ------------
-- **Shipping**: a node's own new records are broadcast in ``Records`` batches (at most
-  ``BATCH`` records, ``BATCH_BYTES`` bytes) when ``flush`` runs.
+- **Shipping**: ``flush`` reads this node's records committed since the last flush from
+  the store and broadcasts them in ``Records`` batches (at most ``BATCH`` records,
+  ``BATCH_BYTES`` bytes); ``tick`` flushes, and ``ReplicaPeer.committed_locally`` makes
+  a flush happen at the end of the loop iteration (one batch for every write in it).
 - **Applying, exactly once**: a node applies an origin's records in sequence order; its
   *version vector* (origin -> highest contiguous seq applied) says what it has. A record
   at or below the vector is a duplicate and dropped; one after a gap waits in a bounded
@@ -258,7 +260,8 @@ class Replica:
         self.retain_records, self.retain_seconds = retain_records, retain_seconds
         self.members: set[str] = {me, *members}
         self.peers: dict[str, _Peer] = {}
-        self._queued: list[Record] = []             # own records not yet broadcast
+        self._own_shipped = store.applied().get(me, (0, 0))[0]   # own records broadcast up to
+        # (what a restart did not ship reaches the peers by catch-up)
         self._buffer: dict[str, dict[int, Record]] = {}   # origin -> seq -> record after a gap
         self._last_status = float("-inf")
         self._asked: dict[str, float] = {}          # peer -> when we last asked it to catch us up
@@ -288,13 +291,17 @@ class Replica:
 
     # ---- local writes ---------------------------------------------------------------
 
-    def local(self, record: Record) -> None:
-        """A record this node committed; it goes out with the next flush."""
-        self._queued.append(record)
-
     def flush(self, now: float) -> Out:
+        """Broadcasts this node's records committed since the last flush."""
         out: Out = []
-        records, self._queued = self._queued, []
+        records = self.store.records_after(self.me, self._own_shipped, BATCH * 8)
+        if records is None:    # every peer had them (retention dropped them): go on after them
+            self._own_shipped = max(self._own_shipped, self.store.first_retained(self.me) - 1)
+            records = self.store.records_after(self.me, self._own_shipped, BATCH * 8) or []
+        if records:
+            self._own_shipped = records[-1].seq
+        elif self._own_shipped > self.store.applied().get(self.me, (0, 0))[0]:
+            self._own_shipped = self.store.applied().get(self.me, (0, 0))[0]   # a snapshot went back
         for batch in _batches(records):
             out.append((None, Records(tuple(batch))))
             self.stats["shipped"] += len(batch)
@@ -602,8 +609,9 @@ def _batches(records: list[Record]) -> Iterator[list[Record]]:
 
 class ReplicaPeer:
     """Runs a Replica on a PeerBus and a clock: subscribes its messages, sends what it
-    returns, ticks it, exchanges vectors with every peer that comes up, and flushes local
-    records at the end of the loop iteration that committed them (one batch for all)."""
+    returns, ticks it, exchanges vectors with every peer that comes up, waits for the
+    store's commits, and flushes local records at the end of the loop iteration that
+    committed them (one batch for all)."""
 
     def __init__(self, replica: Replica, bus: PeerBus, clock: Clock, tick: float = 0.05) -> None:
         self.replica, self.bus, self.clock = replica, bus, clock
@@ -646,8 +654,9 @@ class ReplicaPeer:
         if new.id != self.replica.me and new.state == ALIVE and (old is None or old.state != ALIVE):
             self._send(self.replica.link_up(new.id, self.clock.monotonic()))
 
-    def local(self, record: Record) -> None:
-        self.replica.local(record)
+    def committed_locally(self) -> None:
+        """The store committed writes of this node: they go out with the flush at the end of
+        this loop iteration."""
         if self._flush_timer is None:
             self._flush_timer = self.clock.call_later(0, self._flush)
 
