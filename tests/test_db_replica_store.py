@@ -14,7 +14,7 @@ from farts.db import keys, merge
 from farts.db.errors import MongoError
 from farts.db.query import compile_filter
 from farts.db.replica import Record, Replica
-from farts.db.store import Index, ScanStats, Store, ns_prefix
+from farts.db.store import Index, ScanStats, Store
 from farts.db.update import apply_update
 
 NS = "t$db.c"
@@ -111,18 +111,37 @@ def test_concurrent_writes_on_two_stores_converge(pair):
 
 
 def test_a_record_that_fails_leaves_no_trace_and_holds_its_origin_back(pair):
-    a, b = pair
-    b.submit(lambda w: w.create_index(NS, Index("u_1", (("u", 1),), unique=True)), exclusive=True).result()
-    b.submit(lambda w: w.insert(NS, {"_id": "mine", "u": 1})).result()
-    a.submit(lambda w: w.insert(NS, {"_id": "theirs", "u": 1})).result()
-    a.submit(lambda w: w.insert(NS, {"_id": "next"})).result()
-    outcomes = ship(a, b)
-    assert isinstance(outcomes[0], MongoError) and outcomes[0].code == 11000 and outcomes[1] is None
-    assert b.applied().get("a", (0, 0))[0] == 0
-    assert [d["_id"] for d in dump(b)] == ["mine"]
+    _, b = pair
+    records = [Record("a", 1, 10, NS, "big", {"op": "i", "doc": {"_id": "big", "s": "x" * (17 << 20)}}),
+               Record("a", 2, 11, NS, "next", {"op": "i", "doc": {"_id": "next"}})]
+    outcomes = b.apply_remote(records).result()
+    assert isinstance(outcomes[0], MongoError) and outcomes[0].code == 10334 and outcomes[1] is None
+    assert b.applied().get("a", (0, 0))[0] == 0 and dump(b) == []
     with b.read() as txn:
-        assert txn.get(ns_prefix(NS) + keys.encode("theirs"), db=b.rmeta) is None
-        assert "a" not in {bson.decode(v)["o"] for _, v in txn.cursor(b.oplog)}
+        assert txn.stat(b.rmeta)["entries"] == txn.stat(b.oplog)["entries"] == 0
+
+
+def test_a_unique_key_written_on_two_nodes_is_resolved_the_same_everywhere_and_reported(pair):
+    a, b = pair
+    for s in pair:
+        s.submit(lambda w: w.create_index(NS, Index("u_1", (("u", 1),), unique=True)), exclusive=True).result()
+    a.submit(lambda w: w.insert(NS, {"_id": 2, "u": 1})).result()
+    b.submit(lambda w: w.insert(NS, {"_id": 1, "u": 1})).result()
+    ship(a, b)
+    ship(b, a)
+    assert a.unique_conflicts == b.unique_conflicts == 1        # each node met the other's
+    for s in pair:
+        assert dump(s) == [{"_id": 1, "u": 1}, {"_id": 2, "u": 1}]   # both documents stay
+        assert find(s, {"u": 1})[0] == [{"_id": 1, "u": 1}]         # the smaller _id holds the key
+    a.submit(lambda w: w.insert(NS, {"_id": 4, "u": 2})).result()  # replication goes on
+    a.submit(lambda w: w.delete(NS, w.get(NS, 1))).result()         # the holder goes: the other takes over
+    ship(a, b)
+    for s in pair:
+        assert find(s, {"u": 1})[0] == [{"_id": 2, "u": 1}] and find(s, {"u": 2})[0] == [{"_id": 4, "u": 2}]
+        with s.read() as txn:
+            assert txn.stat(s.conflicts)["entries"] == 0
+    with pytest.raises(MongoError):        # a local write still gets the usual error
+        b.submit(lambda w: w.insert(NS, {"_id": 9, "u": 2})).result()
 
 
 def test_gaps_are_refused(pair):
@@ -174,7 +193,8 @@ class Cluster:
 
     def _start(self, n):
         self.stores[n] = open_store(self.path, n)
-        self.stores[n].submit(lambda w: w.create_index(NS, Index("k_1", (("k", 1),))), exclusive=True).result()
+        for idx in (Index("k_1", (("k", 1),)), Index("u_1", (("u", 1),), unique=True)):
+            self.stores[n].submit(lambda w, idx=idx: w.create_index(NS, idx), exclusive=True).result()
         self.replicas[n] = Replica(n, self.stores[n], tuple(self.ids), retain_records=self.retain)
         self.shipped[n] = self.stores[n].applied().get(n, (0, 0))[0]
         self._local(n)
@@ -260,12 +280,12 @@ def random_write(rnd, i):
     if _id == "c":    # the counter: only ever upserted with $inc (concurrent upserts add up)
         return lambda w: _upsert(w, "c", {"$inc": {"n": 1}})
     if kind == "insert":
-        return lambda w: w.insert(NS, {"_id": _id, "k": rnd.choice("xyz"), "tags": [i % 3]})
+        return lambda w: w.insert(NS, {"_id": _id, "k": rnd.choice("xyz"), "u": rnd.randrange(3), "tags": [i % 3]})
     if kind == "delete":
         return lambda w: w.get(NS, _id) and w.delete(NS, w.get(NS, _id))
     upd = rnd.choice([{"$set": {"k": rnd.choice("xyz")}}, {"$inc": {"n": 2}}, {"$addToSet": {"tags": i % 4}},
                       {"$pull": {"tags": i % 4}}, {"$push": {"log": i}}, {"$unset": {"k": 1}},
-                      {"$mul": {"n": 2}}, {"$set": {"d.e": i}}])
+                      {"$mul": {"n": 2}}, {"$set": {"d.e": i}}, {"$set": {"u": rnd.randrange(3)}}])
     return lambda w: w.get(NS, _id) and _update(w, _id, upd)
 
 
@@ -312,6 +332,9 @@ def test_replicas_on_lmdb_converge_after_partitions_drops_and_duplicates(tmp_pat
             for value in "xyz":         # the index agrees with the documents
                 docs, stats = find(c.stores[n], {"k": value})
                 assert stats.plan == "IXSCAN" and docs == [d for d in expected if d.get("k") == value]
+            for value in range(3):      # the unique index: the smallest _id of a shared key holds it
+                docs, stats = find(c.stores[n], {"u": value})
+                assert stats.plan == "IXSCAN" and docs == [d for d in expected if d.get("u") == value][:1]
         assert {d["_id"]: d for d in expected}.get("c", {}).get("n") == incs
         c.add("d")                       # a new node gets a snapshot (the others dropped their oplogs)
         c.write("d", random_write(rnd, 99))

@@ -5,8 +5,10 @@ the BSON document; so it is also the _id index), ``meta`` (the collection catalo
 oplog sequence and the clock, and ``vv:<origin>``: the last record of each other origin
 applied here), ``oplog`` (key: origin node, NUL, 8-byte sequence), ``rmeta`` (same key
 as ``docs``: the document's replication metadata, ``farts.db.merge``'s state without the
-value), and one ``i:<ns>:<index>`` per secondary index (key: the index key, then the _id
-key for non-unique indexes; unique ones map the index key to the _id key).
+value), ``conflicts`` (documents of two nodes that share a unique index key: the smaller
+_id key holds the index entry, the others are listed here, see ``_unique_put``), and one
+``i:<ns>:<index>`` per secondary index (key: the index key, then the _id key for
+non-unique indexes; unique ones map the index key to the _id key).
 
 Replication (``replicated=True``): every local write also goes through the merge rules
 (its effect is applied to the document's merge state, and the oplog record carries that
@@ -121,12 +123,14 @@ class Store:
         self.max_indexes = max_indexes
         # Every read transaction pays for max_dbs (0.5 µs at 512, 7 µs at 4096), so the
         # number of index sub-databases is bounded by configuration.
-        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=max_indexes + 4, sync=sync,
+        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=max_indexes + 5, sync=sync,
                              metasync=sync, max_readers=256)
         self.docs = self.env.open_db(b"docs")
         self.meta = self.env.open_db(b"meta")
         self.oplog = self.env.open_db(b"oplog")
         self.rmeta = self.env.open_db(b"rmeta")
+        self.conflicts = self.env.open_db(b"conflicts")
+        self.unique_conflicts = 0     # resolved since start (a metric)
         self.replicated = replicated
         vv: dict[str, tuple[int, int]] = {}
         self._origin = node_id.encode() + b"\0"
@@ -638,6 +642,7 @@ class Store:
                     txn.drop(st.index_db(txn, coll.ns, idx.name), delete=False)
             txn.drop(st.docs, delete=False)
             txn.drop(st.rmeta, delete=False)
+            txn.drop(st.conflicts, delete=False)
             for k in [k for k, _ in txn.cursor(st.meta) if k.startswith(b"vv:")]:
                 txn.delete(k, db=st.meta)
             for ns, _id, state in docs:
@@ -646,7 +651,7 @@ class Store:
                 doc = state.get("v")
                 if doc is not None:
                     txn.put(ns_prefix(ns) + id_key, w._encode_doc(doc))
-                    w._index_put(ns, coll, doc, id_key, None)
+                    w._index_put(ns, coll, doc, id_key, None, resolve=True)
                 txn.put(ns_prefix(ns) + id_key, _rmeta_encode(_id, state), db=st.rmeta)
             st._wvv = {o: (seq, 0) for o, seq in vv.items() if o != st.node_id}
             for o, (seq, hlc) in st._wvv.items():
@@ -676,6 +681,10 @@ class Store:
                 n += 1
             return n
         return self.submit(run)
+
+
+def _conflict_prefix(ns: str, idx: Index, k: bytes) -> bytes:
+    return index_db_name(ns, idx.name) + b"\0" + struct.pack(">I", len(k)) + k
 
 
 def _rmeta_encode(_id, state: dict) -> bytes:
@@ -861,8 +870,11 @@ class WriteTxn:
         e.details = {"keyPattern": pattern, "keyValue": key_value}
         return e
 
-    def _index_put(self, ns: str, coll: Collection, doc: dict, id_key: bytes, old: dict | None) -> None:
-        """Adds doc's index keys (and removes old's that it no longer has)."""
+    def _index_put(self, ns: str, coll: Collection, doc: dict, id_key: bytes, old: dict | None,
+                   resolve: bool = False) -> None:
+        """Adds doc's index keys (and removes old's that it no longer has). A unique key held
+        by another document is a DuplicateKey error, or with ``resolve`` (a replicated write:
+        it happened elsewhere and cannot be refused) a conflict resolved by ``_unique_put``."""
         txn = self.txn
         for pos, idx in enumerate(coll.indexes):
             if old is not None and all(_same_scalar(old.get(top), doc.get(top)) for top in _tops(idx)):
@@ -871,20 +883,61 @@ class WriteTxn:
             new_keys, multikey = keys.index_keys(doc, idx.fields)
             old_keys = keys.index_keys(old, idx.fields)[0] if old is not None else {}
             for k in old_keys.keys() - new_keys.keys():
-                txn.delete(k if idx.unique else k + id_key, db=db)
+                self._index_delete(ns, idx, db, k, id_key)
             for k, values in new_keys.items():
                 if k in old_keys:
                     continue
                 if idx.unique:
-                    if not txn.put(k, id_key, db=db, overwrite=False):
-                        if txn.get(k, db=db) != id_key:
-                            raise self._dup(ns, idx, values)
+                    self._unique_put(ns, idx, db, k, id_key, values, resolve)
                 else:
                     txn.put(k + id_key, b"", db=db)
             if multikey and not idx.multikey:
                 coll = replace(coll, indexes=coll.indexes[:pos] + (replace(idx, multikey=True),) +
                                coll.indexes[pos + 1:])
                 self._set_collection(ns, coll)
+
+    def _unique_put(self, ns: str, idx: Index, db, k: bytes, id_key: bytes, values: tuple, resolve: bool) -> None:
+        txn = self.txn
+        if txn.put(k, id_key, db=db, overwrite=False):
+            return
+        holder = txn.get(k, db=db)
+        if holder == id_key:
+            return
+        if not resolve:
+            raise self._dup(ns, idx, values)
+        # Two nodes' documents share a unique key. Both stay (each converges by the merge
+        # rules); the one with the smaller _id key holds the index entry, on every node, and
+        # the other is listed in conflicts until one of them changes: reported, not refused.
+        winner, loser = sorted((holder, id_key))
+        txn.put(k, winner, db=db)
+        txn.put(_conflict_prefix(ns, idx, k) + loser, b"", db=self.store.conflicts)
+        self.store.unique_conflicts += 1
+        log.warning("unique index conflict between nodes' writes: %s index %s %s: the document with the "
+                    "smaller _id holds the index entry", self.store.display_ns(ns), idx.name, values)
+
+    def _index_delete(self, ns: str, idx: Index, db, k: bytes, id_key: bytes) -> None:
+        txn = self.txn
+        if not idx.unique:
+            txn.delete(k + id_key, db=db)
+            return
+        prefix = _conflict_prefix(ns, idx, k)
+        if txn.get(k, db=db) != id_key:          # a conflict's loser lets go of the key
+            txn.delete(prefix + id_key, db=self.store.conflicts)
+            return
+        cur = txn.cursor(self.store.conflicts)
+        if cur.set_range(prefix) and cur.key().startswith(prefix):   # the next smallest takes over
+            txn.put(k, cur.key()[len(prefix):], db=db)
+            cur.delete()
+        else:
+            txn.delete(k, db=db)
+
+    def _forget_conflicts(self, ns: str, idx: Index) -> None:
+        prefix = index_db_name(ns, idx.name) + b"\0"
+        cur = self.txn.cursor(self.store.conflicts)
+        if cur.set_range(prefix):
+            while cur.key().startswith(prefix):
+                if not cur.delete():
+                    break
 
     def insert(self, ns: str, doc: dict, upsert: tuple[dict, dict] | None = None) -> dict:
         """``upsert``: (the filter's seed, the update) when an upsert inserted doc."""
@@ -930,7 +983,7 @@ class WriteTxn:
         for idx in coll.indexes:
             db = self.store.index_db(txn, ns, idx.name)
             for k in keys.index_keys(doc, idx.fields)[0]:
-                txn.delete(k if idx.unique else k + id_key, db=db)
+                self._index_delete(ns, idx, db, k, id_key)
         txn.delete(ns_prefix(ns) + id_key)
         stamp, effect = None, {}
         if self.store.replicated:
@@ -1003,12 +1056,12 @@ class WriteTxn:
         new = self._merge(r.ns, r.id, id_key, old, r.stamp, r.op, outcome)
         if new is not None:
             self.txn.put(key, self._encode_doc(new))
-            self._index_put(r.ns, coll, new, id_key, old)
+            self._index_put(r.ns, coll, new, id_key, old, resolve=True)
         elif old is not None:
             for idx in coll.indexes:
                 db = st.index_db(self.txn, r.ns, idx.name)
                 for k in keys.index_keys(old, idx.fields)[0]:
-                    self.txn.delete(k if idx.unique else k + id_key, db=db)
+                    self._index_delete(r.ns, idx, db, k, id_key)
             self.txn.delete(key)
         return outcome[0]
 
@@ -1032,6 +1085,7 @@ class WriteTxn:
                     break
         for idx in coll.indexes:
             self.txn.drop(self.store.index_db(self.txn, ns, idx.name), delete=False)
+            self._forget_conflicts(ns, idx)
         self._set_collection(ns, None)
         self.log(ns, "c", cmd={"drop": ns})
         return True
@@ -1070,6 +1124,7 @@ class WriteTxn:
         if coll is None or coll.index(name) is None:
             raise _err(27, "IndexNotFound", f"index not found with name [{name}]")
         self.txn.drop(self.store.index_db(self.txn, ns, name), delete=False)
+        self._forget_conflicts(ns, coll.index(name))
         self._set_collection(ns, replace(coll, indexes=tuple(i for i in coll.indexes if i.name != name)))
         self.log(ns, "c", cmd={"dropIndexes": ns, "index": name})
 
