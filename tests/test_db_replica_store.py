@@ -110,15 +110,37 @@ def test_concurrent_writes_on_two_stores_converge(pair):
     assert dump(b) == [{"_id": 1, "again": True}]
 
 
-def test_a_record_that_fails_leaves_no_trace_and_holds_its_origin_back(pair):
-    _, b = pair
-    records = [Record("a", 1, 10, NS, "big", {"op": "i", "doc": {"_id": "big", "s": "x" * (17 << 20)}}),
-               Record("a", 2, 11, NS, "next", {"op": "i", "doc": {"_id": "next"}})]
-    outcomes = b.apply_remote(records).result()
-    assert isinstance(outcomes[0], MongoError) and outcomes[0].code == 10334 and outcomes[1] is None
-    assert b.applied().get("a", (0, 0))[0] == 0 and dump(b) == []
-    with b.read() as txn:
-        assert txn.stat(b.rmeta)["entries"] == txn.stat(b.oplog)["entries"] == 0
+def test_a_record_that_fails_leaves_no_trace_and_holds_its_origin_back(tmp_path):
+    b = Store(tmp_path / "small", "b", sync=False, replicated=True, map_size=1 << 20)
+    try:
+        records = [Record("a", 1, 10, NS, "big", {"op": "i", "doc": {"_id": "big", "s": "x" * (2 << 20)}}),
+                   Record("a", 2, 11, NS, "next", {"op": "i", "doc": {"_id": "next"}}),
+                   Record("c", 1, 12, NS, "other", {"op": "i", "doc": {"_id": "other"}})]
+        outcomes = b.apply_remote(records).result()
+        assert isinstance(outcomes[0], Exception) and outcomes[1] is None and outcomes[2] == "applied"
+        assert b.applied().get("a", (0, 0))[0] == 0 and b.applied()["c"][0] == 1
+        assert dump(b) == [{"_id": "other"}]
+        with b.read() as txn:
+            assert [bson.decode(v)["o"] for _, v in txn.cursor(b.oplog)] == ["c"]
+            assert txn.stat(b.rmeta)["entries"] == 1
+    finally:
+        b.close()
+
+
+def test_writes_of_two_nodes_merged_past_16_mb_are_kept_and_counted(pair):
+    a, b = pair
+    a.submit(lambda w: w.insert(NS, {"_id": 1, "s": []})).result()
+    ship(a, b)
+    chunk = "x" * (9 << 20)
+    update(a, 1, {"$push": {"s": chunk}})
+    update(b, 1, {"$push": {"s": chunk}})
+    ship(a, b)
+    ship(b, a)
+    assert a.oversized == b.oversized == 1
+    assert dump(a) == dump(b) and len(dump(a)[0]["s"]) == 2
+    with pytest.raises(MongoError) as e:          # a local write to it is refused until it shrinks
+        update(a, 1, {"$set": {"y": 1}})
+    assert e.value.code == 10334
 
 
 def test_a_unique_key_written_on_two_nodes_is_resolved_the_same_everywhere_and_reported(pair):

@@ -131,6 +131,7 @@ class Store:
         self.rmeta = self.env.open_db(b"rmeta")
         self.conflicts = self.env.open_db(b"conflicts")
         self.unique_conflicts = 0     # resolved since start (a metric)
+        self.oversized = 0            # replicated documents merged past MAX_DOCUMENT_BYTES (a metric)
         self.replicated = replicated
         vv: dict[str, tuple[int, int]] = {}
         self._origin = node_id.encode() + b"\0"
@@ -531,7 +532,9 @@ class Store:
                     continue
                 try:
                     out.append(w.atomic(lambda r=r: w.apply_record(r)))
-                except MongoError as e:
+                except Exception as e:  # noqa: BLE001 - that record is undone; its origin waits
+                    if not isinstance(e, MongoError):
+                        log.exception("applying %s:%s failed", r.origin, r.seq)
                     failed.add(r.origin)
                     out.append(e)
             return out
@@ -1055,7 +1058,14 @@ class WriteTxn:
         outcome: list[str] = []
         new = self._merge(r.ns, r.id, id_key, old, r.stamp, r.op, outcome)
         if new is not None:
-            self.txn.put(key, self._encode_doc(new))
+            data = bson.encode(new)
+            if len(data) > MAX_DOCUMENT_BYTES:
+                # Writes of several nodes merged past the limit: kept (refusing would stop
+                # replication from that node for good), logged and counted; a local write
+                # to it gets BSONObjectTooLarge until it shrinks.
+                st.oversized += 1
+                log.warning("replicated document %s %r merged to %d bytes", st.display_ns(r.ns), r.id, len(data))
+            self.txn.put(key, data)
             self._index_put(r.ns, coll, new, id_key, old, resolve=True)
         elif old is not None:
             for idx in coll.indexes:
