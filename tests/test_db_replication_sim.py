@@ -173,6 +173,23 @@ def test_a_write_is_shipped_applied_and_acknowledged():
     assert net.replicas["a"].acked("a", rec.seq) == 2
 
 
+def test_lag_per_origin_is_what_its_last_report_says_it_wrote_and_this_node_lacks():
+    net = Net(["a", "b"])
+    net.write("a", 1, {"op": "i", "doc": {"_id": 1}})
+    net.send("a", net.replicas["a"].flush(net.now))
+    net.deliver()
+    net.flight.clear()
+    net.now += 3
+    net.write("a", 1, {"op": "u", "set": {"x": 1}})
+    net.send("a", net.replicas["a"].link_up("b", net.now))     # a's status, its record not shipped
+    net.deliver()
+    assert net.replicas["b"].lag_ms() == {"a": 3000}
+    net.send("a", net.replicas["a"].flush(net.now))
+    while net.flight:
+        net.deliver()
+    assert net.replicas["b"].lag_ms() == {"a": 0}
+
+
 def test_a_duplicate_batch_is_applied_once():
     net = Net(["a", "b"])
     net.write("a", 1, {"op": "i", "doc": {"_id": 1, "n": 0}})

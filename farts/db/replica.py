@@ -551,6 +551,21 @@ class Replica:
         own = self.stable()
         return min([own] + [self.peers[n].stable if n in self.peers else 0 for n in self.members - {self.me}])
 
+    def lag_ms(self) -> dict[str, int]:
+        """Per origin, how far (its HLC's milliseconds) this node is behind what the origin
+        last reported having written: 0 when this node has everything it reported
+        (``maxStalenessSeconds``, the operator view)."""
+        applied = self.store.applied()
+        out = {}
+        for node_id, peer in self.peers.items():
+            r = peer.report
+            if r is None or node_id == self.me:
+                continue
+            seq, hlc = applied.get(node_id, (0, 0))
+            behind = seq < r.vv.get(node_id, 0)
+            out[node_id] = max(0, unpack(r.hlc)[0] - unpack(max(hlc, peer.covered))[0]) if behind else 0
+        return out
+
     def acked(self, origin: str, seq: int) -> int:
         """How many nodes (this one included) have the record (origin, seq): write concern."""
         return sum(1 for n in self.members if (
