@@ -82,7 +82,6 @@ order any more).
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -90,7 +89,7 @@ from bson.int64 import Int64
 
 from farts.db.errors import MongoError
 from farts.db.ordering import MISSING, values_equal
-from farts.db.update import _arithmetic, _is_number, _op_unset
+from farts.db.update import _arithmetic, _copy, _is_number, _op_unset
 
 OPS = ("i", "r", "u", "d", "n")
 FIELD_OPS = ("set", "unset", "inc", "push", "add", "pull")
@@ -133,7 +132,7 @@ def _create(doc, meta, stamp, op):
     new = {"_id": op["doc"]["_id"]}
     for k, v in op["doc"].items():
         if k != "_id":
-            new[k] = copy.deepcopy(v)
+            new[k] = _copy(v)
     fields = {k: stamp for k in new if k != "_id"}
     return new, {"w": {"": stamp} if op["op"] == "r" else fields, "e": {}}
 
@@ -258,7 +257,7 @@ def _set(doc, meta, stamp, path, value, ctx=None) -> None:
     if found is None:
         return
     _forget(meta, path)
-    _put(*found, copy.deepcopy(value))
+    _put(*found, _copy(value))
     meta["w"][path] = stamp
 
 
@@ -317,7 +316,7 @@ def _push(doc, meta, stamp, path, values, ctx=None, dedupe=False) -> None:
             if at is not None:   # there already: one more add of it (a concurrent $pull leaves it)
                 tags[at].append(stamp)
                 continue
-        array.append(copy.deepcopy(v))
+        array.append(_copy(v))
         tags.append([stamp])
     meta["e"][path] = tags
 
@@ -386,7 +385,7 @@ def _encode_meta(m: dict) -> dict:
 
 
 def _replay(base: dict, ops: list) -> tuple[dict | None, dict]:
-    doc, meta = copy.deepcopy(base["v"]), _decode_meta(base["m"])
+    doc, meta = _copy(base["v"]), _decode_meta(base["m"])
     for stamp, op in ops:
         doc, meta = apply_one(doc, meta, Stamp.of(stamp), op)
     return doc, meta
@@ -404,7 +403,7 @@ def apply(state: dict | None, stamp: Stamp, op: dict) -> Applied:
     at or below the compaction horizon  ``late``: applied on top (it can no longer be ordered)
     ==================================  ==========================================================
     """
-    state = copy.deepcopy(state) if state is not None else empty()
+    state = _copy(state) if state is not None else empty()
     ops = state.get("o", [])
     key = stamp.key()
     for s, _ in ops:
@@ -423,13 +422,13 @@ def apply(state: dict | None, stamp: Stamp, op: dict) -> Applied:
         return Applied(state, "late")
     if not ops or Stamp.of(ops[-1][0]).key() < key:
         if not ops:
-            state["b"] = {"v": copy.deepcopy(state["v"]), "m": state["m"]}
+            state["b"] = {"v": _copy(state["v"]), "m": state["m"]}
         doc, meta = apply_one(state["v"], _decode_meta(state["m"]), stamp, op)
-        state["o"] = ops + [[stamp.to_bson(), copy.deepcopy(op)]]
+        state["o"] = ops + [[stamp.to_bson(), _copy(op)]]
         state["v"], state["m"] = doc, _encode_meta(meta)
         return Applied(state, "applied")
     at = next(i for i, (s, _) in enumerate(ops) if Stamp.of(s).key() > key)
-    ops.insert(at, [stamp.to_bson(), copy.deepcopy(op)])
+    ops.insert(at, [stamp.to_bson(), _copy(op)])
     state["o"] = ops
     doc, meta = _replay(state["b"], ops)
     state["v"], state["m"] = doc, _encode_meta(meta)
@@ -441,7 +440,7 @@ def compact(state: dict | None, stable: int) -> dict | None:
     left (a deleted document whose tombstone every node has passed)."""
     if state is None:
         return None
-    state = copy.deepcopy(state)
+    state = _copy(state)
     ops = state.get("o", [])
     folded = [o for o in ops if int(o[0][0]) <= stable]
     rest = ops[len(folded):]
@@ -515,7 +514,7 @@ def upsert_effect(doc: dict, seed: dict, update: dict, ctx: dict) -> dict:
     ops = {k: u[k] for k in ("inc", "add", "push") if k in u}
     if not ops:
         return {"op": "i", "doc": doc}
-    base = copy.deepcopy(doc)
+    base = _copy(doc)
     for arg in ops.values():
         for path in arg:
             _op_unset(base, path, None, None)
@@ -541,7 +540,7 @@ def effect_of(update: dict, before: dict, after: dict, ctx: dict) -> dict:
         if value is MISSING:
             op.setdefault("unset", []).append(path)
         else:
-            put("set", path, copy.deepcopy(value))
+            put("set", path, _copy(value))
 
     for name, fields in update.items():
         for path, arg in fields.items():
@@ -549,7 +548,7 @@ def effect_of(update: dict, before: dict, after: dict, ctx: dict) -> dict:
                 as_set(path.split(".$", 1)[0])
                 continue
             if name == "$set":
-                put("set", path, copy.deepcopy(arg))
+                put("set", path, _copy(arg))
             elif name == "$unset":
                 op.setdefault("unset", []).append(path)
             elif name == "$inc" and _is_number(get_path(after, path)):
