@@ -44,6 +44,16 @@ The protocol
   also once there are more than ``retain_records`` of an origin or they are older than
   ``retain_seconds`` (a node that is further behind gets a snapshot). A node's own
   records are kept until every member has them: they exist nowhere else.
+
+Left for the integration (issue 12): a row in ``farts/node.py`` that builds
+``Store(replicated=True)`` and a ``ReplicaPeer`` on the mesh bus (the process that owns
+the mesh and the store's writer), with ``committed_locally()`` called after local write
+commits, ``[db]`` settings for retention, and metrics from ``stats``, ``lag_ms()``,
+``Store.unique_conflicts`` and ``Store.oversized``; ``readPreference``/primary forwarding,
+causal reads (wait until ``frontier()`` passes ``afterClusterTime``) and
+``w: "majority"`` (``acked(origin, seq)``). A node must exchange vectors (and observe
+its peers' HLCs) before it takes writes, or a node with a slow clock may write below
+what the others compacted (counted as ``late``). Catalog commands travel as no-ops.
 """
 from __future__ import annotations
 
