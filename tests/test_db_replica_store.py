@@ -3,6 +3,7 @@ merge metadata and ship their effect; other nodes' records apply exactly once, e
 own transaction with the applied position, indexes included; restarts keep the position."""
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 
@@ -10,12 +11,15 @@ import bson
 import msgpack
 import pytest
 
+from farts.clock import LoopClock
 from farts.db import keys, merge
 from farts.db.errors import MongoError
 from farts.db.query import compile_filter
-from farts.db.replica import Record, Replica
+from farts.db.replica import Record, Replica, ReplicaPeer
 from farts.db.store import Index, ScanStats, Store
 from farts.db.update import apply_update
+from farts.members import Member, MemberMap
+from farts.peer import Envelope
 
 NS = "t$db.c"
 
@@ -386,3 +390,65 @@ def test_covered_stays_below_a_write_not_yet_committed(pair):
     record = a.records_after("a", 0, 10)[-1]
     assert during < record.hlc <= a.covered()
     assert a.applied()["a"][0] == record.seq
+
+
+def test_replica_peers_on_an_event_loop_with_lmdb_stores(tmp_path):
+    """ReplicaPeer on a real loop: the store commits in its writer thread and the replica
+    goes on when the commit comes back to the loop; two nodes, an in-process bus."""
+
+    class Bus:
+        def __init__(self, me, net):
+            self.me, self.net, self.subs = me, net, {}
+            self.map = MemberMap([Member("a"), Member("b")])
+
+        def members(self):
+            return self.map.members()
+
+        def on_member_change(self, fn):
+            return self.map.on_change(fn)
+
+        def send(self, node_id, msg):
+            wire = msgpack.packb(msg.to_wire())
+            asyncio.get_running_loop().call_soon(self.net[node_id].deliver, type(msg), wire, self.me)
+            return True
+
+        def broadcast(self, msg):
+            return sum(self.send(n, msg) for n in self.net if n != self.me)
+
+        def subscribe(self, cls, fn):
+            self.subs[cls] = fn
+            return lambda: None
+
+        def deliver(self, cls, wire, origin):
+            self.subs[cls](cls.from_wire(msgpack.unpackb(wire)), Envelope(origin))
+
+    async def main():
+        clock = LoopClock()
+        net, stores, peers = {}, {}, {}
+        for n in ("a", "b"):
+            net[n] = Bus(n, net)
+            stores[n] = open_store(tmp_path, n)
+            peers[n] = ReplicaPeer(Replica(n, stores[n]), net[n], clock, tick=0.05)
+        try:
+            for i in range(50):
+                await asyncio.wrap_future(stores["a"].submit(lambda w, i=i: w.insert(NS, {"_id": i, "n": 0})))
+                peers["a"].committed_locally()
+            await asyncio.wrap_future(stores["b"].submit(lambda w: _upsert(w, 1000, {"$inc": {"n": 1}})))
+            peers["b"].committed_locally()
+            for _ in range(500):           # until both have everything (bounded: fails, not hangs)
+                if len(dump(stores["b"])) == 51 and dump(stores["a"]) == dump(stores["b"]):
+                    break
+                await asyncio.sleep(0.01)
+            assert dump(stores["a"]) == dump(stores["b"]) and len(dump(stores["b"])) == 51
+            assert peers["b"].replica.stats["applied"] == 50       # each exactly once
+            for _ in range(500):           # the acks come back: a knows b has all of a's writes
+                if peers["a"].replica.acked("a", 50) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert peers["a"].replica.acked("a", 50) == 2
+        finally:
+            for n in ("a", "b"):
+                peers[n].stop()
+                stores[n].close()
+
+    asyncio.run(main())

@@ -190,6 +190,16 @@ def test_lag_per_origin_is_what_its_last_report_says_it_wrote_and_this_node_lack
     assert net.replicas["b"].lag_ms() == {"a": 0}
 
 
+def test_own_records_not_flushed_yet_are_left_to_the_flush_not_shipped_twice():
+    net = Net(["a", "b"])
+    net.write("a", 1, {"op": "i", "doc": {"_id": 1}})
+    net.send("b", net.replicas["b"].link_up("a", net.now))    # b asks before a flushed
+    net.deliver()
+    assert not [m for m in net.flight if m[2] is Records]
+    net.send("a", net.replicas["a"].flush(net.now))
+    assert [(s, d, c) for s, d, c, _ in net.flight if c is Records] == [("a", "b", Records)]
+
+
 def test_a_duplicate_batch_is_applied_once():
     net = Net(["a", "b"])
     net.write("a", 1, {"op": "i", "doc": {"_id": 1, "n": 0}})

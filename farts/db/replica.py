@@ -438,6 +438,8 @@ class Replica:
         out: Out = []
         behind = False
         for origin, (seq, _) in applied.items():
+            if origin == self.me:
+                seq = min(seq, self._own_shipped)   # the rest goes out with the next flush
             theirs = msg.vv.get(origin, 0)
             if theirs >= seq:
                 continue
