@@ -692,7 +692,8 @@ class Commands:
             if doc is None:
                 if not b.get("upsert"):
                     return _fam_reply(None, {"n": 0, "updatedExisting": False}, fields)
-                new = w.insert(ns, apply_update(upsert_seed(query), update, is_upsert_insert=True, now=now))
+                seed = upsert_seed(query)
+                new = w.insert(ns, apply_update(seed, update, is_upsert_insert=True, now=now), upsert=(seed, update))
                 return _fam_reply(new if b.get("new") else None,
                                   {"n": 1, "updatedExisting": False, "upserted": new["_id"]}, fields)
             new = apply_update(doc, update, now=now, filter=query)
@@ -915,8 +916,8 @@ def _update_one_statement(w, ns: str, s: dict, now) -> tuple[int, int, object]:
         modified += _write_changed(w, ns, doc, new, u, now)
     if docs or not upsert:
         return len(docs), modified, None
-    new = apply_update(upsert_seed(q), u, is_upsert_insert=True, now=now)
-    new = w.insert(ns, new)
+    seed = upsert_seed(q)
+    new = w.insert(ns, apply_update(seed, u, is_upsert_insert=True, now=now), upsert=(seed, u))
     return 0, 0, new["_id"]
 
 

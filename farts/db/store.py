@@ -2,9 +2,18 @@
 
 Sub-databases: ``docs`` (key: namespace, NUL, the _id's order-preserving key; value:
 the BSON document; so it is also the _id index), ``meta`` (the collection catalog, the
-oplog sequence and the clock), ``oplog`` (key: origin node, NUL, 8-byte sequence), and
-one ``i:<ns>:<index>`` per secondary index (key: the index key, then the _id key for
+oplog sequence and the clock, and ``vv:<origin>``: the last record of each other origin
+applied here), ``oplog`` (key: origin node, NUL, 8-byte sequence), ``rmeta`` (same key
+as ``docs``: the document's replication metadata, ``farts.db.merge``'s state without the
+value), ``conflicts`` (documents of two nodes that share a unique index key: the smaller
+_id key holds the index entry, the others are listed here, see ``_unique_put``), and one
+``i:<ns>:<index>`` per secondary index (key: the index key, then the _id key for
 non-unique indexes; unique ones map the index key to the _id key).
+
+Replication (``replicated=True``): every local write also goes through the merge rules
+(its effect is applied to the document's merge state, and the oplog record carries that
+effect as ``e``), and ``apply_remote`` applies other nodes' records, each in its own
+nested transaction together with its origin's applied position, exactly once.
 
 Writes: callers hand a function to ``submit``; a single writer thread runs every
 function waiting in its queue inside one LMDB write transaction (each in a nested
@@ -31,13 +40,15 @@ from bson.objectid import ObjectId
 from bson.regex import Regex
 
 from farts.clock import HLC
-from farts.db import keys
+from farts.db import keys, merge
 from farts.db.errors import MongoError
+from farts.db.update import is_replacement
 
 log = logging.getLogger("farts.db.store")
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 _SEQ = struct.Struct(">Q")
+_POS = struct.Struct(">QQ")   # applied position: seq, HLC
 _GROUP_MAX = 512   # write functions per commit
 
 
@@ -105,18 +116,24 @@ class TooBig(Exception):
 
 class Store:
     def __init__(self, path: Path, node_id: str, *, sync: bool = True, map_size: int = 1 << 32,
-                 max_indexes: int = 500, display_ns=lambda ns: ns) -> None:
+                 max_indexes: int = 500, display_ns=lambda ns: ns, replicated: bool = False) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.node_id = node_id
         self.display_ns = display_ns  # internal namespace → the name a client knows
         self.max_indexes = max_indexes
         # Every read transaction pays for max_dbs (0.5 µs at 512, 7 µs at 4096), so the
         # number of index sub-databases is bounded by configuration.
-        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=max_indexes + 3, sync=sync,
+        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=max_indexes + 5, sync=sync,
                              metasync=sync, max_readers=256)
         self.docs = self.env.open_db(b"docs")
         self.meta = self.env.open_db(b"meta")
         self.oplog = self.env.open_db(b"oplog")
+        self.rmeta = self.env.open_db(b"rmeta")
+        self.conflicts = self.env.open_db(b"conflicts")
+        self.unique_conflicts = 0     # resolved since start (a metric)
+        self.oversized = 0            # replicated documents merged past MAX_DOCUMENT_BYTES (a metric)
+        self.replicated = replicated
+        vv: dict[str, tuple[int, int]] = {}
         self._origin = node_id.encode() + b"\0"
         self._index_dbs: dict[bytes, object] = {}
         catalog = {}
@@ -125,6 +142,8 @@ class Store:
                 if k.startswith(b"c:"):
                     c = Collection.decode(v)
                     catalog[c.ns] = c
+                elif k.startswith(b"vv:"):
+                    vv[k[3:].decode()] = _POS.unpack(v)
             seq = txn.get(b"seq", db=self.meta)
             hlc = txn.get(b"hlc", db=self.meta)
         live = {index_db_name(c.ns, i.name) for c in catalog.values() for i in c.indexes}
@@ -138,6 +157,12 @@ class Store:
         self._wcat = dict(catalog)                       # the writer's view (uncommitted)
         self.seq = _SEQ.unpack(seq)[0] if seq else 0     # last sequence of this origin
         self.hlc = HLC(_SEQ.unpack(hlc)[0] if hlc else 0)
+        self._wvv = vv                # other origins' applied positions (the writer's view)
+        # The HLC is read by the writer (stamps) and by replication on the loop (covered,
+        # observe): the one piece of state the two threads share, so it has a lock.
+        self._hlc_lock = threading.Lock()
+        self._group_stamp: int | None = None   # the first stamp of the group being written
+        self._committed_vv = {**vv, node_id: (self.seq, self.hlc.last)}
         self.doc_reads = 0      # documents fetched by queries (evidence for index use)
         self.commits = 0
         self.committed_ops = 0
@@ -205,7 +230,7 @@ class Store:
 
     def _commit_group(self, group) -> None:
         results = []
-        seq_before, hlc_before = self.seq, self.hlc.last
+        seq_before, vv_before = self.seq, dict(self._wvv)
         try:
             txn = self.env.begin(write=True, db=self.docs)
             for fn, fut, _ in group:
@@ -225,7 +250,9 @@ class Store:
                 txn.abort()
             except lmdb.Error:
                 pass
-            self.seq, self.hlc.last = seq_before, hlc_before
+            # the clock is not put back: stamps handed out stay handed out
+            self.seq, self._wvv = seq_before, vv_before
+            self._group_done()
             self._wcat = dict(self.catalog)
             self._forget_fresh(0)
             err = _err(1, "InternalError", f"storage commit failed: {e}")
@@ -233,6 +260,8 @@ class Store:
                 fut.set_exception(err)
             return
         self.catalog = dict(self._wcat)
+        self._committed_vv = {**self._wvv, self.node_id: (self.seq, self.hlc.last)}
+        self._group_done()
         self._fresh.clear()
         self.commits += 1
         self.committed_ops += len(group)
@@ -241,6 +270,31 @@ class Store:
                 fut.set_exception(exc)
             else:
                 fut.set_result(value)
+
+    def _group_done(self) -> None:
+        with self._hlc_lock:
+            self._group_stamp = None
+
+    def stamp_hlc(self) -> int:
+        """A new HLC for a write of this node (writer thread)."""
+        with self._hlc_lock:
+            ts = self.hlc.now()
+            if self._group_stamp is None:
+                self._group_stamp = ts
+            return ts
+
+    def covered(self) -> int:
+        """An HLC at or below which every write of this node is committed and above which
+        every later one will be (ReplicaStore; any thread)."""
+        with self._hlc_lock:
+            if self._group_stamp is not None:
+                return self._group_stamp - 1
+            return self.hlc.now()
+
+    def observe(self, hlc: int) -> None:
+        """Moves the clock past a peer's timestamp (ReplicaStore; any thread)."""
+        with self._hlc_lock:
+            self.hlc.observe(hlc)
 
     def _forget_fresh(self, keep: int) -> None:
         """Drops handles opened by an aborted transaction (LMDB closed them with it)."""
@@ -457,6 +511,205 @@ class Store:
         with (txn or self.env.begin()) as t:
             return [bson.decode(v) for _, v in t.cursor(self.oplog)]
 
+    # ---- replication (farts.db.replica.ReplicaStore) ----
+
+    def applied(self) -> dict[str, tuple[int, int]]:
+        """origin -> (seq, HLC) of the last record applied here, as committed."""
+        return dict(self._committed_vv)
+
+    def apply_remote(self, records: list) -> concurrent.futures.Future:  # ReplicaStore
+        """Applies other nodes' records (``farts.db.replica.Record``, each origin's in seq
+        order): each in its own nested transaction with its origin's applied position, all
+        in one commit. Resolves to each record's outcome (a merge outcome, "duplicate" if it
+        was applied before, or the exception that undid it: the records of that origin after
+        it are left for later)."""
+        def run(w: WriteTxn) -> list:
+            failed: set[str] = set()
+            out: list = []
+            for r in records:
+                if r.origin in failed:
+                    out.append(None)
+                    continue
+                try:
+                    out.append(w.atomic(lambda r=r: w.apply_record(r)))
+                except Exception as e:  # noqa: BLE001 - that record is undone; its origin waits
+                    if not isinstance(e, MongoError):
+                        log.exception("applying %s:%s failed", r.origin, r.seq)
+                    failed.add(r.origin)
+                    out.append(e)
+            return out
+        return self.submit(run)
+
+    def records_after(self, origin: str, seq: int, limit: int) -> list | None:
+        """Retained records of origin after seq, as ``farts.db.replica.Record``; None when
+        seq + 1 is no longer retained."""
+        with self.env.begin() as txn:
+            out = self.records_after_in(txn, origin, seq, limit)
+        if not out and seq < self._committed_vv.get(origin, (0, 0))[0]:
+            return None
+        return out
+
+    def records_after_in(self, txn, origin: str, seq: int, limit: int) -> list:
+        from farts.db.replica import Record
+        prefix = origin.encode() + b"\0"
+        out: list = []
+        cur = txn.cursor(self.oplog)
+        if cur.set_range(prefix + _SEQ.pack(seq + 1)):
+            for k, v in cur:
+                if not k.startswith(prefix) or len(out) >= limit:
+                    break
+                d = bson.decode(v)
+                if int(d["s"]) != seq + 1 + len(out):
+                    break
+                # a record without an effect (a catalog change, a write from before
+                # replication) travels as a no-op: the sequence stays contiguous
+                out.append(Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"),
+                                  d.get("e") or {"op": "n"}))
+        return out
+
+    def retained(self, origin: str) -> int:
+        prefix = origin.encode() + b"\0"
+        n = 0
+        with self.env.begin(db=self.oplog) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k in cur.iternext(keys=True, values=False):
+                    if not k.startswith(prefix):
+                        break
+                    n += 1
+        return n
+
+    def first_retained(self, origin: str) -> int:
+        prefix = origin.encode() + b"\0"
+        with self.env.begin(db=self.oplog) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix) and cur.key().startswith(prefix):
+                return _SEQ.unpack(cur.key()[len(prefix):])[0]
+        return 0
+
+    def truncate(self, origin: str, upto: int) -> concurrent.futures.Future:
+        """Drops the oplog records of origin up to seq upto (the oplog's retention)."""
+        prefix = origin.encode() + b"\0"
+
+        def run(w: WriteTxn) -> int:
+            cur = w.txn.cursor(self.oplog)
+            n = 0
+            if cur.set_range(prefix):
+                while cur.key().startswith(prefix) and _SEQ.unpack(cur.key()[len(prefix):])[0] <= upto:
+                    n += 1
+                    if not cur.delete():
+                        break
+            return n
+        return self.submit(run)
+
+    def snapshot(self):
+        """(version vector, iterator of (ns, _id, merge state)) from one read transaction,
+        kept open while the iterator is (LMDB readers see one point in time)."""
+        txn = self.env.begin()
+        vv = {o: seq for o, (seq, _) in self._committed_vv.items()}
+        for k, v in txn.cursor(self.meta).iternext():
+            if k.startswith(b"vv:"):
+                vv[k[3:].decode()] = _POS.unpack(v)[0]
+        seq = txn.get(b"seq", db=self.meta)
+        vv[self.node_id] = _SEQ.unpack(seq)[0] if seq else 0
+
+        def docs():
+            try:
+                meta = txn.cursor(self.rmeta)
+                has_meta = meta.first()
+                for k, v in txn.cursor(self.docs).iternext():
+                    while has_meta and meta.key() < k:     # metadata of a deleted document
+                        yield _snapshot_entry(meta.key(), None, meta.value())
+                        has_meta = meta.next()
+                    extra = None
+                    if has_meta and meta.key() == k:
+                        extra = meta.value()
+                        has_meta = meta.next()
+                    yield _snapshot_entry(k, v, extra)
+                while has_meta:
+                    yield _snapshot_entry(meta.key(), None, meta.value())
+                    has_meta = meta.next()
+            finally:
+                txn.abort()
+        return vv, docs()
+
+    def install_snapshot(self, vv: dict[str, int], docs) -> concurrent.futures.Future:
+        """Replaces every document with a peer's snapshot (``docs``: (ns, _id, merge state)),
+        sets the applied positions to its vector, then re-applies the retained records it
+        lacks (this node's own later writes among them). The local catalog (collections,
+        index definitions) stays; index entries are rebuilt."""
+        def run(w: WriteTxn) -> None:
+            txn, st = w.txn, self
+            for coll in st._wcat.values():
+                for idx in coll.indexes:
+                    txn.drop(st.index_db(txn, coll.ns, idx.name), delete=False)
+            txn.drop(st.docs, delete=False)
+            txn.drop(st.rmeta, delete=False)
+            txn.drop(st.conflicts, delete=False)
+            for k in [k for k, _ in txn.cursor(st.meta) if k.startswith(b"vv:")]:
+                txn.delete(k, db=st.meta)
+            for ns, _id, state in docs:
+                coll = w.collection(ns)
+                id_key = keys.encode(_id)
+                doc = state.get("v")
+                if doc is not None:
+                    txn.put(ns_prefix(ns) + id_key, w._encode_doc(doc))
+                    w._index_put(ns, coll, doc, id_key, None, resolve=True)
+                txn.put(ns_prefix(ns) + id_key, _rmeta_encode(_id, state), db=st.rmeta)
+            st._wvv = {o: (seq, 0) for o, seq in vv.items() if o != st.node_id}
+            for o, (seq, hlc) in st._wvv.items():
+                txn.put(b"vv:" + o.encode(), _POS.pack(seq, hlc), db=st.meta)
+            st.seq = max(st.seq, vv.get(st.node_id, 0))
+            for origin in {k.split(b"\0", 1)[0].decode() for k, _ in txn.cursor(st.oplog)}:
+                start = vv.get(origin, 0)
+                for r in st.records_after_in(txn, origin, start, 1 << 62):
+                    w.apply_record(r, position=origin != st.node_id)
+        return self.submit(run, exclusive=True)
+
+    def compact(self, stable: int, limit: int = 10_000) -> concurrent.futures.Future:
+        """merge.compact on the documents with metadata (at most limit of them a call): what
+        every node has passed is folded, metadata with nothing left in it is dropped (the
+        document then counts as older than anything to come), stable tombstones go."""
+        def run(w: WriteTxn) -> int:
+            txn, n = w.txn, 0
+            for k, v in list(txn.cursor(self.rmeta).iternext())[:limit]:
+                data = txn.get(k, db=self.docs)
+                _id, state = _rmeta_decode(v, bson.decode(data) if data is not None else None)
+                new = merge.compact(state, stable)
+                if new is None or (new["v"] is not None and "o" not in new and not new["m"]["w"]
+                                   and not new["m"]["e"]):
+                    txn.delete(k, db=self.rmeta)
+                else:
+                    txn.put(k, _rmeta_encode(_id, new), db=self.rmeta)
+                n += 1
+            return n
+        return self.submit(run)
+
+
+def _conflict_prefix(ns: str, idx: Index, k: bytes) -> bytes:
+    return index_db_name(ns, idx.name) + b"\0" + struct.pack(">I", len(k)) + k
+
+
+def _rmeta_encode(_id, state: dict) -> bytes:
+    """A document's merge state without its value (that is in docs), with its _id (for a
+    deleted document's tombstone)."""
+    return bson.encode({"id": _id, "s": {k: v for k, v in state.items() if k != "v"}})
+
+
+def _rmeta_decode(data: bytes, doc: dict | None) -> tuple[object, dict]:
+    d = bson.decode(data)
+    d["s"]["v"] = doc
+    return d["id"], d["s"]
+
+
+def _snapshot_entry(key: bytes, data: bytes | None, meta: bytes | None) -> tuple[str, object, dict]:
+    ns = key.split(b"\0", 1)[0].decode()
+    doc = bson.decode(data) if data is not None else None
+    if meta is None:
+        return ns, doc["_id"], {"v": doc, "m": {"w": {}, "e": {}}, "t": Int64(0)}
+    _id, state = _rmeta_decode(meta, doc)
+    return ns, _id, state
+
 
 def _best_plan(coll: Collection, flt: dict) -> keys.Scan | None:
     """The index (or the _id key range) that narrows flt the most, if any does."""
@@ -582,14 +835,19 @@ class WriteTxn:
             self._set_collection(ns, coll)
         return coll
 
-    def log(self, ns: str, op: str, _id=None, **fields) -> None:
+    def _stamp(self) -> merge.Stamp:
         st = self.store
         st.seq += 1
-        rec = {"o": st.node_id, "s": Int64(st.seq), "ts": Int64(st.hlc.now()), "ns": ns, "op": op}
+        return merge.Stamp(st.stamp_hlc(), st.node_id, st.seq)
+
+    def log(self, ns: str, op: str, _id=None, stamp: merge.Stamp | None = None, **fields) -> None:
+        st = self.store
+        stamp = stamp or self._stamp()
+        rec = {"o": st.node_id, "s": Int64(stamp.seq), "ts": Int64(stamp.hlc), "ns": ns, "op": op}
         if _id is not None:
             rec["id"] = _id
         rec.update(fields)
-        self.txn.put(st._origin + _SEQ.pack(st.seq), bson.encode(rec), db=st.oplog)
+        self.txn.put(st._origin + _SEQ.pack(stamp.seq), bson.encode(rec), db=st.oplog)
 
     # -- documents --
 
@@ -615,8 +873,11 @@ class WriteTxn:
         e.details = {"keyPattern": pattern, "keyValue": key_value}
         return e
 
-    def _index_put(self, ns: str, coll: Collection, doc: dict, id_key: bytes, old: dict | None) -> None:
-        """Adds doc's index keys (and removes old's that it no longer has)."""
+    def _index_put(self, ns: str, coll: Collection, doc: dict, id_key: bytes, old: dict | None,
+                   resolve: bool = False) -> None:
+        """Adds doc's index keys (and removes old's that it no longer has). A unique key held
+        by another document is a DuplicateKey error, or with ``resolve`` (a replicated write:
+        it happened elsewhere and cannot be refused) a conflict resolved by ``_unique_put``."""
         txn = self.txn
         for pos, idx in enumerate(coll.indexes):
             if old is not None and all(_same_scalar(old.get(top), doc.get(top)) for top in _tops(idx)):
@@ -625,14 +886,12 @@ class WriteTxn:
             new_keys, multikey = keys.index_keys(doc, idx.fields)
             old_keys = keys.index_keys(old, idx.fields)[0] if old is not None else {}
             for k in old_keys.keys() - new_keys.keys():
-                txn.delete(k if idx.unique else k + id_key, db=db)
+                self._index_delete(ns, idx, db, k, id_key)
             for k, values in new_keys.items():
                 if k in old_keys:
                     continue
                 if idx.unique:
-                    if not txn.put(k, id_key, db=db, overwrite=False):
-                        if txn.get(k, db=db) != id_key:
-                            raise self._dup(ns, idx, values)
+                    self._unique_put(ns, idx, db, k, id_key, values, resolve)
                 else:
                     txn.put(k + id_key, b"", db=db)
             if multikey and not idx.multikey:
@@ -640,29 +899,85 @@ class WriteTxn:
                                coll.indexes[pos + 1:])
                 self._set_collection(ns, coll)
 
-    def insert(self, ns: str, doc: dict) -> dict:
+    def _unique_put(self, ns: str, idx: Index, db, k: bytes, id_key: bytes, values: tuple, resolve: bool) -> None:
+        txn = self.txn
+        if txn.put(k, id_key, db=db, overwrite=False):
+            return
+        holder = txn.get(k, db=db)
+        if holder == id_key:
+            return
+        if not resolve:
+            raise self._dup(ns, idx, values)
+        # Two nodes' documents share a unique key. Both stay (each converges by the merge
+        # rules); the one with the smaller _id key holds the index entry, on every node, and
+        # the other is listed in conflicts until one of them changes: reported, not refused.
+        winner, loser = sorted((holder, id_key))
+        txn.put(k, winner, db=db)
+        txn.put(_conflict_prefix(ns, idx, k) + loser, b"", db=self.store.conflicts)
+        self.store.unique_conflicts += 1
+        log.warning("unique index conflict between nodes' writes: %s index %s %s: the document with the "
+                    "smaller _id holds the index entry", self.store.display_ns(ns), idx.name, values)
+
+    def _index_delete(self, ns: str, idx: Index, db, k: bytes, id_key: bytes) -> None:
+        txn = self.txn
+        if not idx.unique:
+            txn.delete(k + id_key, db=db)
+            return
+        prefix = _conflict_prefix(ns, idx, k)
+        if txn.get(k, db=db) != id_key:          # a conflict's loser lets go of the key
+            txn.delete(prefix + id_key, db=self.store.conflicts)
+            return
+        cur = txn.cursor(self.store.conflicts)
+        if cur.set_range(prefix) and cur.key().startswith(prefix):   # the next smallest takes over
+            txn.put(k, cur.key()[len(prefix):], db=db)
+            cur.delete()
+        else:
+            txn.delete(k, db=db)
+
+    def _forget_conflicts(self, ns: str, idx: Index) -> None:
+        prefix = index_db_name(ns, idx.name) + b"\0"
+        cur = self.txn.cursor(self.store.conflicts)
+        if cur.set_range(prefix):
+            while cur.key().startswith(prefix):
+                if not cur.delete():
+                    break
+
+    def insert(self, ns: str, doc: dict, upsert: tuple[dict, dict] | None = None) -> dict:
+        """``upsert``: (the filter's seed, the update) when an upsert inserted doc."""
         if "_id" not in doc:
             doc = {"_id": ObjectId(), **doc}
         _id = doc["_id"]
         if isinstance(_id, (list, Regex)) or type(_id).__name__ == "Pattern":
             raise _err(2, "BadValue", f"can't use {'an array' if isinstance(_id, list) else 'a regex'} for _id")
         coll = self.collection(ns)
-        data = self._encode_doc(doc)
         id_key = keys.encode(_id)
+        stamp, effect = None, {}
+        if self.store.replicated:
+            stamp, effect = self._stamp(), {"e": {"op": "i", "doc": doc}}
+            if upsert is not None and not is_replacement(upsert[1]):
+                effect["e"] = merge.upsert_effect(doc, upsert[0], upsert[1], self._ctx(stamp))
+            doc = self._merge(ns, _id, id_key, None, stamp, effect["e"])   # what every node will have
+        data = self._encode_doc(doc)
         if not self.txn.put(ns_prefix(ns) + id_key, data, overwrite=False):
             raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
         self._index_put(ns, coll, doc, id_key, None)
-        self.log(ns, "i", _id, doc=doc)
+        self.log(ns, "i", _id, stamp=stamp, doc=doc, **effect)
         return doc
 
     def replace(self, ns: str, old: dict, new: dict, op: dict) -> None:
         """Writes new over old (same _id); op is the oplog record's body."""
         coll = self.collection(ns)
-        data = self._encode_doc(new)
         id_key = keys.encode(old["_id"])
+        stamp = None
+        if self.store.replicated:
+            stamp = self._stamp()
+            op["e"] = merge.effect_of(op["u"], old, new, self._ctx(stamp)) if op["op"] == "u" else \
+                {"op": "r", "doc": new}
+            new = self._merge(ns, old["_id"], id_key, old, stamp, op["e"])
+        data = self._encode_doc(new)
         self.txn.put(ns_prefix(ns) + id_key, data)
         self._index_put(ns, coll, new, id_key, old)
-        self.log(ns, op.pop("op"), old["_id"], **op)
+        self.log(ns, op.pop("op"), old["_id"], stamp=stamp, **op)
 
     def delete(self, ns: str, doc: dict) -> None:
         coll = self.collection(ns)
@@ -671,9 +986,94 @@ class WriteTxn:
         for idx in coll.indexes:
             db = self.store.index_db(txn, ns, idx.name)
             for k in keys.index_keys(doc, idx.fields)[0]:
-                txn.delete(k if idx.unique else k + id_key, db=db)
+                self._index_delete(ns, idx, db, k, id_key)
         txn.delete(ns_prefix(ns) + id_key)
-        self.log(ns, "d", doc["_id"])
+        stamp, effect = None, {}
+        if self.store.replicated:
+            stamp, effect = self._stamp(), {"e": {"op": "d"}}
+            self._merge(ns, doc["_id"], id_key, doc, stamp, effect["e"])
+        self.log(ns, "d", doc["_id"], stamp=stamp, **effect)
+
+    # -- replication --
+
+    def _ctx(self, stamp: merge.Stamp) -> dict:
+        """This node's version vector before the write stamped so (what a $pull had seen)."""
+        return {o: seq for o, (seq, _) in self.store._wvv.items()} | {self.store.node_id: stamp.seq - 1}
+
+    def _merge(self, ns: str, _id, id_key: bytes, doc: dict | None, stamp: merge.Stamp, op: dict,
+               outcome: list | None = None) -> dict | None:
+        """Applies one replicated operation to the document's merge state (kept in rmeta);
+        returns the document it makes (and appends the merge outcome to ``outcome``). A
+        document without metadata was written before replication, or compacted: everything
+        in it comes before what is to come."""
+        st, key = self.store, ns_prefix(ns) + id_key
+        raw = self.txn.get(key, db=st.rmeta)
+        if raw is not None:
+            state = _rmeta_decode(raw, doc)[1]
+        elif doc is not None:
+            state = {"v": doc, "m": {"w": {}, "e": {}}, "t": Int64(0)}
+        else:
+            state = None
+        applied = merge.apply(state, stamp, op)
+        if outcome is not None:
+            outcome.append(applied.outcome)
+        result = applied.state
+        if result is None:
+            self.txn.delete(key, db=st.rmeta)
+            return None
+        self.txn.put(key, _rmeta_encode(_id, result), db=st.rmeta)
+        return result["v"]
+
+    def apply_record(self, r, position: bool = True) -> str:
+        """One record of another node (``farts.db.replica.Record``), exactly once: the
+        document, its indexes, its metadata, the record (kept for shipping on) and the
+        origin's applied position change together. ``position=False``: one of this
+        node's own records played again over a snapshot (nothing but the document)."""
+        st = self.store
+        have = st._wvv.get(r.origin, (0, 0))[0]
+        if position and r.seq <= have:
+            return "duplicate"
+        if position and r.seq != have + 1:
+            raise _err(1, "InternalError", f"record {r.origin}:{r.seq} is not the next of its origin ({have})")
+        if r.op["op"] != "n":
+            outcome = self._apply_effect(r)
+        else:
+            outcome = "applied"
+        if not position:
+            return outcome
+        rec = {"o": r.origin, "s": Int64(r.seq), "ts": Int64(r.hlc), "ns": r.ns, "op": r.op["op"], "id": r.id,
+               "e": r.op}
+        self.txn.put(r.origin.encode() + b"\0" + _SEQ.pack(r.seq), bson.encode(rec), db=st.oplog)
+        self.txn.put(b"vv:" + r.origin.encode(), _POS.pack(r.seq, r.hlc), db=st.meta)
+        st.observe(r.hlc)
+        st._wvv[r.origin] = (r.seq, r.hlc)
+        return outcome
+
+    def _apply_effect(self, r) -> str:
+        st = self.store
+        coll = self.collection(r.ns)
+        id_key = keys.encode(r.id)
+        key = ns_prefix(r.ns) + id_key
+        old = self.store.get(self.txn, r.ns, r.id)
+        outcome: list[str] = []
+        new = self._merge(r.ns, r.id, id_key, old, r.stamp, r.op, outcome)
+        if new is not None:
+            data = bson.encode(new)
+            if len(data) > MAX_DOCUMENT_BYTES:
+                # Writes of several nodes merged past the limit: kept (refusing would stop
+                # replication from that node for good), logged and counted; a local write
+                # to it gets BSONObjectTooLarge until it shrinks.
+                st.oversized += 1
+                log.warning("replicated document %s %r merged to %d bytes", st.display_ns(r.ns), r.id, len(data))
+            self.txn.put(key, data)
+            self._index_put(r.ns, coll, new, id_key, old, resolve=True)
+        elif old is not None:
+            for idx in coll.indexes:
+                db = st.index_db(self.txn, r.ns, idx.name)
+                for k in keys.index_keys(old, idx.fields)[0]:
+                    self._index_delete(r.ns, idx, db, k, id_key)
+            self.txn.delete(key)
+        return outcome[0]
 
     # -- catalog (run with submit(..., exclusive=True): they open sub-databases) --
 
@@ -695,6 +1095,7 @@ class WriteTxn:
                     break
         for idx in coll.indexes:
             self.txn.drop(self.store.index_db(self.txn, ns, idx.name), delete=False)
+            self._forget_conflicts(ns, idx)
         self._set_collection(ns, None)
         self.log(ns, "c", cmd={"drop": ns})
         return True
@@ -733,6 +1134,7 @@ class WriteTxn:
         if coll is None or coll.index(name) is None:
             raise _err(27, "IndexNotFound", f"index not found with name [{name}]")
         self.txn.drop(self.store.index_db(self.txn, ns, name), delete=False)
+        self._forget_conflicts(ns, coll.index(name))
         self._set_collection(ns, replace(coll, indexes=tuple(i for i in coll.indexes if i.name != name)))
         self.log(ns, "c", cmd={"dropIndexes": ns, "index": name})
 

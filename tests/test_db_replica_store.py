@@ -1,0 +1,454 @@
+"""Replication on the LMDB store (farts/db/store.py with replicated=True): local writes keep
+merge metadata and ship their effect; other nodes' records apply exactly once, each in its
+own transaction with the applied position, indexes included; restarts keep the position."""
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+
+import bson
+import msgpack
+import pytest
+
+from farts.clock import LoopClock
+from farts.db import keys, merge
+from farts.db.errors import MongoError
+from farts.db.query import compile_filter
+from farts.db.replica import Record, Replica, ReplicaPeer
+from farts.db.store import Index, ScanStats, Store
+from farts.db.update import apply_update
+from farts.members import Member, MemberMap
+from farts.peer import Envelope
+
+NS = "t$db.c"
+
+
+def open_store(path, node):
+    return Store(path / node, node, sync=False, replicated=True)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    a, b = open_store(tmp_path, "a"), open_store(tmp_path, "b")
+    yield a, b
+    a.close()
+    b.close()
+
+
+def update(store, _id, upd):
+    def run(w):
+        old = w.get(NS, _id)
+        w.replace(NS, old, apply_update(old, upd), {"op": "u", "u": upd, "now": None})
+    store.submit(run).result()
+
+
+def ship(src: Store, dst: Store) -> list:
+    """What src has that dst lacks, every origin, applied on dst; returns the outcomes."""
+    have = dst.applied()
+    records = []
+    for origin in src.applied():
+        records += src.records_after(origin, have.get(origin, (0, 0))[0], 10_000) or []
+    return dst.apply_remote(records).result()
+
+
+def find(store, flt):
+    stats = ScanStats()
+    with store.read() as txn:
+        return store.scan(txn, NS, flt, compile_filter(flt), stats), stats
+
+
+def dump(store):
+    with store.read() as txn:
+        return [bson.decode(v) for _, v in txn.cursor(store.docs)]
+
+
+def test_records_apply_once_with_their_indexes_and_the_position(pair, tmp_path):
+    a, b = pair
+    b.submit(lambda w: w.create_index(NS, Index("k_1", (("k", 1),))), exclusive=True).result()
+    a.submit(lambda w: w.insert(NS, {"_id": 1, "k": "old", "n": 0})).result()
+    update(a, 1, {"$set": {"k": "new"}, "$inc": {"n": 2}})
+    assert ship(a, b) == ["applied", "applied"]
+    docs, stats = find(b, {"k": "new"})
+    assert docs == [{"_id": 1, "k": "new", "n": 2}] and stats.plan == "IXSCAN"
+    assert find(b, {"k": "old"})[0] == []                    # the old index key went
+    assert b.applied()["a"][0] == 2
+    records = a.records_after("a", 0, 10)
+    assert b.apply_remote(records).result() == ["duplicate", "duplicate"]
+    assert dump(b) == [{"_id": 1, "k": "new", "n": 2}]
+    b.close()
+    b2 = open_store(tmp_path, "b")        # the position survives a restart
+    try:
+        assert b2.applied()["a"][0] == 2
+        assert b2.apply_remote(records).result() == ["duplicate", "duplicate"]
+        assert [r.seq for r in b2.records_after("a", 0, 10)] == [1, 2]   # kept for shipping on
+    finally:
+        b2.close()
+        b.close = lambda: None
+
+
+def test_concurrent_writes_on_two_stores_converge(pair):
+    a, b = pair
+    a.submit(lambda w: w.insert(NS, {"_id": 1, "n": 0, "tags": ["x"]})).result()
+    ship(a, b)
+    update(a, 1, {"$inc": {"n": 1}, "$set": {"who": "a"}, "$addToSet": {"tags": "y"}})
+    update(b, 1, {"$inc": {"n": 10}, "$set": {"who": "b"}, "$pull": {"tags": "x"}})
+    update(b, 1, {"$mul": {"m": 3}})
+    ship(a, b)
+    ship(b, a)
+    assert dump(a) == dump(b)
+    doc = dump(a)[0]
+    stamp_a = a.records_after("a", 1, 1)[0].stamp.key()
+    stamp_b = b.records_after("b", 0, 1)[0].stamp.key()
+    assert doc["n"] == 11 and doc["who"] == ("a" if stamp_a > stamp_b else "b")
+    assert doc["tags"] == ["y"] and doc["m"] == 0
+    # a delete on one side and an update on the other: the delete wins on both
+    b.submit(lambda w: w.delete(NS, w.get(NS, 1))).result()
+    update(a, 1, {"$inc": {"n": 1}})
+    ship(a, b)
+    ship(b, a)
+    assert dump(a) == dump(b) == []
+    # an insert after it brings it back on both
+    a.submit(lambda w: w.insert(NS, {"_id": 1, "again": True})).result()
+    ship(a, b)
+    assert dump(b) == [{"_id": 1, "again": True}]
+
+
+def test_a_record_that_fails_leaves_no_trace_and_holds_its_origin_back(tmp_path):
+    b = Store(tmp_path / "small", "b", sync=False, replicated=True, map_size=1 << 20)
+    try:
+        records = [Record("a", 1, 10, NS, "big", {"op": "i", "doc": {"_id": "big", "s": "x" * (2 << 20)}}),
+                   Record("a", 2, 11, NS, "next", {"op": "i", "doc": {"_id": "next"}}),
+                   Record("c", 1, 12, NS, "other", {"op": "i", "doc": {"_id": "other"}})]
+        outcomes = b.apply_remote(records).result()
+        assert isinstance(outcomes[0], Exception) and outcomes[1] is None and outcomes[2] == "applied"
+        assert b.applied().get("a", (0, 0))[0] == 0 and b.applied()["c"][0] == 1
+        assert dump(b) == [{"_id": "other"}]
+        with b.read() as txn:
+            assert [bson.decode(v)["o"] for _, v in txn.cursor(b.oplog)] == ["c"]
+            assert txn.stat(b.rmeta)["entries"] == 1
+    finally:
+        b.close()
+
+
+def test_writes_of_two_nodes_merged_past_16_mb_are_kept_and_counted(pair):
+    a, b = pair
+    a.submit(lambda w: w.insert(NS, {"_id": 1, "s": []})).result()
+    ship(a, b)
+    chunk = "x" * (9 << 20)
+    update(a, 1, {"$push": {"s": chunk}})
+    update(b, 1, {"$push": {"s": chunk}})
+    ship(a, b)
+    ship(b, a)
+    assert a.oversized == b.oversized == 1
+    assert dump(a) == dump(b) and len(dump(a)[0]["s"]) == 2
+    with pytest.raises(MongoError) as e:          # a local write to it is refused until it shrinks
+        update(a, 1, {"$set": {"y": 1}})
+    assert e.value.code == 10334
+
+
+def test_a_unique_key_written_on_two_nodes_is_resolved_the_same_everywhere_and_reported(pair):
+    a, b = pair
+    for s in pair:
+        s.submit(lambda w: w.create_index(NS, Index("u_1", (("u", 1),), unique=True)), exclusive=True).result()
+    a.submit(lambda w: w.insert(NS, {"_id": 2, "u": 1})).result()
+    b.submit(lambda w: w.insert(NS, {"_id": 1, "u": 1})).result()
+    ship(a, b)
+    ship(b, a)
+    assert a.unique_conflicts == b.unique_conflicts == 1        # each node met the other's
+    for s in pair:
+        assert dump(s) == [{"_id": 1, "u": 1}, {"_id": 2, "u": 1}]   # both documents stay
+        assert find(s, {"u": 1})[0] == [{"_id": 1, "u": 1}]         # the smaller _id holds the key
+    a.submit(lambda w: w.insert(NS, {"_id": 4, "u": 2})).result()  # replication goes on
+    a.submit(lambda w: w.delete(NS, w.get(NS, 1))).result()         # the holder goes: the other takes over
+    ship(a, b)
+    for s in pair:
+        assert find(s, {"u": 1})[0] == [{"_id": 2, "u": 1}] and find(s, {"u": 2})[0] == [{"_id": 4, "u": 2}]
+        with s.read() as txn:
+            assert txn.stat(s.conflicts)["entries"] == 0
+    with pytest.raises(MongoError):        # a local write still gets the usual error
+        b.submit(lambda w: w.insert(NS, {"_id": 9, "u": 2})).result()
+
+
+def test_gaps_are_refused(pair):
+    a, b = pair
+    for i in range(3):
+        a.submit(lambda w, i=i: w.insert(NS, {"_id": i})).result()
+    records = a.records_after("a", 0, 10)
+    out = b.apply_remote(records[1:]).result()
+    assert isinstance(out[0], MongoError) and b.applied().get("a", (0, 0))[0] == 0
+    assert b.apply_remote(records).result() == ["applied"] * 3
+
+
+def test_a_store_without_replication_writes_as_before(tmp_path):
+    s = Store(tmp_path / "plain", "n1", sync=False)
+    try:
+        s.submit(lambda w: w.insert(NS, {"_id": 1})).result()
+        assert "e" not in s.oplog_records()[0]
+        with s.read() as txn:
+            assert txn.stat(s.rmeta)["entries"] == 0
+    finally:
+        s.close()
+
+
+def test_effects_in_the_oplog_are_replicated_operations(pair):
+    a, _ = pair
+    a.submit(lambda w: w.insert(NS, {"_id": 1, "a": [1, 2, 3]})).result()
+    update(a, 1, {"$pull": {"a": {"$gte": 2}}, "$currentDate": {"d": True}})
+    rec = a.records_after("a", 1, 10)[0]
+    assert isinstance(rec, Record)
+    merge.check_op(rec.op)
+    assert rec.op["pull"] == {"a": [2, 3]} and rec.op["ctx"] == {"a": 1} and "d" in rec.op["set"]
+
+
+# ---- Replicas on LMDB stores: the simulated network, the real store -------------------------
+
+
+class Cluster:
+    """Replicas on real stores; messages in wire form; the store's commits are waited for
+    (they run in its writer thread) and handed back to the replica as the node would."""
+
+    def __init__(self, path, ids, *, seed=0, retain_records=100_000):
+        self.path, self.ids, self.now = path, list(ids), 0.0
+        self.rnd = random.Random(seed)
+        self.retain = retain_records
+        self.stores, self.replicas, self.shipped = {}, {}, {}   # shipped: own records seen by the test
+        self.flight, self.cut, self.written = [], set(), []
+        for n in self.ids:
+            self._start(n)
+
+    def _start(self, n):
+        self.stores[n] = open_store(self.path, n)
+        for idx in (Index("k_1", (("k", 1),)), Index("u_1", (("u", 1),), unique=True)):
+            self.stores[n].submit(lambda w, idx=idx: w.create_index(NS, idx), exclusive=True).result()
+        self.replicas[n] = Replica(n, self.stores[n], tuple(self.ids), retain_records=self.retain)
+        self.shipped[n] = self.stores[n].applied().get(n, (0, 0))[0]
+        self._local(n)
+
+    def add(self, n):
+        self.ids.append(n)
+        for m in self.ids[:-1]:
+            self.replicas[m].set_members(self.ids)
+        self._start(n)
+        for m in self.ids[:-1]:
+            self.send(n, self.replicas[n].link_up(m, self.now))
+
+    def close(self):
+        for s in self.stores.values():
+            s.close()
+
+    def send(self, src, out):
+        for to, msg in out:
+            for dst in [to] if to else [n for n in self.ids if n != src]:
+                if frozenset((src, dst)) not in self.cut:
+                    self.flight.append((src, dst, type(msg), msgpack.packb(msg.to_wire())))
+
+    def _commits(self, n):
+        while self.replicas[n].waiting:
+            for fut in self.replicas[n].waiting:
+                fut.result(timeout=30)
+            self.send(n, self.replicas[n].committed(self.now))
+
+    def deliver(self, i, dup=False):
+        src, dst, cls, wire = self.flight[i] if dup else self.flight.pop(i)
+        if frozenset((src, dst)) in self.cut:
+            return
+        self.send(dst, self.replicas[dst].receive(cls.from_wire(msgpack.unpackb(wire)), src, self.now))
+        self._commits(dst)
+
+    def _local(self, n):
+        records = self.stores[n].records_after(n, self.shipped[n], 1 << 30) or []
+        for r in records:
+            if r.op["op"] != "n":
+                self.written.append(r)
+        if records:
+            self.shipped[n] = records[-1].seq
+
+    def write(self, n, fn):
+        try:
+            self.stores[n].submit(fn).result()
+        except MongoError:
+            pass             # not acknowledged: nothing to replicate
+        self._local(n)
+
+    def settle(self, rounds=40):
+        self.cut = set()
+        for m in self.ids:
+            for o in self.ids:
+                if m < o:
+                    self.send(m, self.replicas[m].link_up(o, self.now))
+        for _ in range(rounds):
+            self.now += 0.6
+            for n in self.ids:
+                self.send(n, self.replicas[n].tick(self.now))
+            while self.flight:
+                self.deliver(self.rnd.randrange(len(self.flight)))
+        for s in self.stores.values():      # retention and compaction run in the writers
+            s.submit(lambda w: None).result()
+
+    def expected(self):
+        per_doc = {}
+        for r in self.written:
+            per_doc.setdefault(keys.encode(r.id), []).append(r)
+        out = []
+        for _, records in sorted(per_doc.items()):
+            state = None
+            for r in sorted(records, key=lambda r: r.stamp.key()):
+                state = merge.apply(state, r.stamp, r.op).state
+            if merge.visible(state) is not None:
+                out.append(merge.visible(state))
+        return out
+
+
+def random_write(rnd, i):
+    _id = rnd.choice([1, 2, 3, "c"])
+    kind = rnd.choice(["insert", "update", "update", "update", "delete"])
+    if _id == "c":    # the counter: only ever upserted with $inc (concurrent upserts add up)
+        return lambda w: _upsert(w, "c", {"$inc": {"n": 1}})
+    if kind == "insert":
+        return lambda w: w.insert(NS, {"_id": _id, "k": rnd.choice("xyz"), "u": rnd.randrange(3), "tags": [i % 3]})
+    if kind == "delete":
+        return lambda w: w.get(NS, _id) and w.delete(NS, w.get(NS, _id))
+    upd = rnd.choice([{"$set": {"k": rnd.choice("xyz")}}, {"$inc": {"n": 2}}, {"$addToSet": {"tags": i % 4}},
+                      {"$pull": {"tags": i % 4}}, {"$push": {"log": i}}, {"$unset": {"k": 1}},
+                      {"$mul": {"n": 2}}, {"$set": {"d.e": i}}, {"$set": {"u": rnd.randrange(3)}}])
+    return lambda w: w.get(NS, _id) and _update(w, _id, upd)
+
+
+def _upsert(w, _id, upd):
+    if w.get(NS, _id) is not None:
+        return _update(w, _id, upd)
+    seed = {"_id": _id}
+    return w.insert(NS, apply_update(seed, upd, is_upsert_insert=True), upsert=(seed, upd))
+
+
+def _update(w, _id, upd):
+    old = w.get(NS, _id)
+    w.replace(NS, old, apply_update(old, upd), {"op": "u", "u": upd, "now": None})
+    return True
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_replicas_on_lmdb_converge_after_partitions_drops_and_duplicates(tmp_path, seed):
+    c = Cluster(tmp_path, ["a", "b", "c"], seed=seed, retain_records=8)
+    rnd = random.Random(seed)
+    try:
+        for i in range(80):
+            c.write(rnd.choice(c.ids), random_write(rnd, i))
+            event = rnd.random()
+            if event < 0.05:
+                side = {rnd.choice(c.ids)}
+                c.cut = {frozenset((a, b)) for a in side for b in c.ids if b not in side}
+            elif event < 0.1:
+                c.cut = set()
+            elif event < 0.5 and c.flight:
+                c.deliver(rnd.randrange(len(c.flight)), dup=rnd.random() < 0.2)
+            elif event < 0.6 and c.flight:
+                c.flight.pop(rnd.randrange(len(c.flight)))
+            elif event < 0.8:
+                c.now += 0.6
+                n = rnd.choice(c.ids)
+                c.send(n, c.replicas[n].tick(c.now))
+        c.settle()
+        expected = c.expected()
+        incs = sum(1 for r in c.written if r.id == "c" and "inc" in r.op.get("u", r.op))
+        for n in c.ids:
+            assert dump(c.stores[n]) == expected, n
+            assert c.replicas[n].stats["late"] == c.replicas[n].stats["failed"] == 0
+            for value in "xyz":         # the index agrees with the documents
+                docs, stats = find(c.stores[n], {"k": value})
+                assert stats.plan == "IXSCAN" and docs == [d for d in expected if d.get("k") == value]
+            for value in range(3):      # the unique index: the smallest _id of a shared key holds it
+                docs, stats = find(c.stores[n], {"u": value})
+                assert stats.plan == "IXSCAN" and docs == [d for d in expected if d.get("u") == value][:1]
+        assert {d["_id"]: d for d in expected}.get("c", {}).get("n") == incs
+        c.add("d")                       # a new node gets a snapshot (the others dropped their oplogs)
+        c.write("d", random_write(rnd, 99))
+        c.settle()
+        assert c.replicas["d"].stats["snapshots_installed"] >= 1
+        for n in c.ids:
+            assert dump(c.stores[n]) == c.expected(), n
+    finally:
+        c.close()
+
+
+def test_covered_stays_below_a_write_not_yet_committed(pair):
+    """What a node reports as covered must hold every own write at or below it: a write
+    stamped but not committed keeps it below that stamp until the commit."""
+    a, _ = pair
+    stamped, release = threading.Event(), threading.Event()
+
+    def slow(w):
+        w.insert(NS, {"_id": "slow"})
+        stamped.set()
+        release.wait(30)
+    fut = a.submit(slow)
+    assert stamped.wait(30)
+    during = a.covered()
+    release.set()
+    fut.result()
+    record = a.records_after("a", 0, 10)[-1]
+    assert during < record.hlc <= a.covered()
+    assert a.applied()["a"][0] == record.seq
+
+
+def test_replica_peers_on_an_event_loop_with_lmdb_stores(tmp_path):
+    """ReplicaPeer on a real loop: the store commits in its writer thread and the replica
+    goes on when the commit comes back to the loop; two nodes, an in-process bus."""
+
+    class Bus:
+        def __init__(self, me, net):
+            self.me, self.net, self.subs = me, net, {}
+            self.map = MemberMap([Member("a"), Member("b")])
+
+        def members(self):
+            return self.map.members()
+
+        def on_member_change(self, fn):
+            return self.map.on_change(fn)
+
+        def send(self, node_id, msg):
+            wire = msgpack.packb(msg.to_wire())
+            asyncio.get_running_loop().call_soon(self.net[node_id].deliver, type(msg), wire, self.me)
+            return True
+
+        def broadcast(self, msg):
+            return sum(self.send(n, msg) for n in self.net if n != self.me)
+
+        def subscribe(self, cls, fn):
+            self.subs[cls] = fn
+            return lambda: None
+
+        def deliver(self, cls, wire, origin):
+            self.subs[cls](cls.from_wire(msgpack.unpackb(wire)), Envelope(origin))
+
+    async def main():
+        clock = LoopClock()
+        net, stores, peers = {}, {}, {}
+        for n in ("a", "b"):
+            net[n] = Bus(n, net)
+            stores[n] = open_store(tmp_path, n)
+            peers[n] = ReplicaPeer(Replica(n, stores[n]), net[n], clock, tick=0.05)
+        try:
+            for i in range(50):
+                await asyncio.wrap_future(stores["a"].submit(lambda w, i=i: w.insert(NS, {"_id": i, "n": 0})))
+                peers["a"].committed_locally()
+            await asyncio.wrap_future(stores["b"].submit(lambda w: _upsert(w, 1000, {"$inc": {"n": 1}})))
+            peers["b"].committed_locally()
+            for _ in range(500):           # until both have everything (bounded: fails, not hangs)
+                if len(dump(stores["b"])) == 51 and dump(stores["a"]) == dump(stores["b"]):
+                    break
+                await asyncio.sleep(0.01)
+            assert dump(stores["a"]) == dump(stores["b"]) and len(dump(stores["b"])) == 51
+            assert peers["b"].replica.stats["applied"] == 50       # each exactly once
+            for _ in range(500):           # the acks come back: a knows b has all of a's writes
+                if peers["a"].replica.acked("a", 50) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert peers["a"].replica.acked("a", 50) == 2
+        finally:
+            for n in ("a", "b"):
+                peers[n].stop()
+                stores[n].close()
+
+    asyncio.run(main())

@@ -1,0 +1,528 @@
+"""Replication between simulated nodes (farts/db/replica.py over farts/db/merge.py).
+
+No sockets and no real time: each node is a Replica on a MemoryStore with its own wall
+clock (skewed), the network is a list of messages in flight, in their wire form (msgpack
+of to_wire, decoded with from_wire as the mesh bus does). The test decides what is
+delivered, in which order, what is duplicated or dropped, and which links are cut.
+
+The property: after any such history and a heal, every node holds exactly the documents
+the stamp-ordered replay of every acknowledged write defines (so they are identical),
+every acknowledged $inc is counted, and no operation ever arrived below a node's
+compaction horizon.
+"""
+from __future__ import annotations
+
+import random
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from farts.clock import FakeClock
+from farts.db import merge
+from farts.db.keys import encode as id_key
+from farts.db.replica import (
+    BATCH,
+    MESSAGES,
+    RESEND,
+    MemoryStore,
+    Record,
+    Records,
+    Replica,
+    ReplicaPeer,
+    SnapshotChunk,
+    Status,
+)
+from farts.members import ALIVE, Member, MemberMap
+from farts.peer import BadMessage, Envelope
+
+NS = "t.c"
+COUNTERS = ("c1", "c2")
+
+
+class Net:
+    def __init__(self, ids, *, seed: int = 0, retain_records: int = 100_000, skew=None) -> None:
+        self.ids = list(ids)
+        self.now = 0.0
+        self.rnd = random.Random(seed)
+        skew = skew or {}
+        self.stores = {n: MemoryStore(n, lambda n=n: 1_700_000_000_000 + int(self.now * 1000) + skew.get(n, 0))
+                       for n in self.ids}
+        self.replicas = {n: Replica(n, self.stores[n], tuple(self.ids), retain_records=retain_records)
+                         for n in self.ids}
+        self.flight: list[tuple[str, str, type, bytes]] = []
+        self.cut: set[frozenset] = set()
+        self.written: list[Record] = []     # every acknowledged (locally committed) write
+
+    # -- the network --
+
+    def up(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) not in self.cut
+
+    def send(self, src: str, out) -> None:
+        for to, msg in out:
+            for dst in ([to] if to is not None else [n for n in self.ids if n != src]):
+                if dst in self.replicas and self.up(src, dst):   # a send on a cut link is refused
+                    self.flight.append((src, dst, type(msg), msgpack.packb(msg.to_wire())))
+
+    def deliver(self, i: int = 0, dup: bool = False) -> None:
+        src, dst, cls, wire = self.flight[i] if dup else self.flight.pop(i)
+        if not self.up(src, dst):
+            return
+        msg = cls.from_wire(msgpack.unpackb(wire))
+        self.send(dst, self.replicas[dst].receive(msg, src, self.now))
+
+    def partition(self, *groups) -> None:
+        self.cut = {frozenset((a, b)) for g in groups for h in groups if g is not h for a in g for b in h}
+
+    def heal(self) -> None:
+        cut, self.cut = self.cut, set()
+        for pair in cut:
+            a, b = sorted(pair)
+            self.send(a, self.replicas[a].link_up(b, self.now))
+            self.send(b, self.replicas[b].link_up(a, self.now))
+
+    def tick(self, node: str) -> None:
+        self.send(node, self.replicas[node].tick(self.now))
+
+    # -- the nodes --
+
+    def write(self, node: str, _id, op: dict) -> Record:
+        record = self.stores[node].write(NS, _id, op)
+        self.written.append(record)
+        return record
+
+    def add_node(self, node: str, **kw) -> None:
+        self.ids.append(node)
+        self.stores[node] = MemoryStore(node, lambda: 1_700_000_000_000 + int(self.now * 1000))
+        self.replicas[node] = Replica(node, self.stores[node], tuple(self.ids), **kw)
+        for n in self.ids:
+            self.replicas[n].set_members(self.ids)
+        for n in self.ids[:-1]:
+            self.send(node, self.replicas[node].link_up(n, self.now))
+
+    def settle(self, rounds: int = 60) -> int:
+        """Heals, then ticks everyone and delivers everything (shuffled) until nothing moves."""
+        self.heal()
+        for r in range(rounds):
+            self.now += 0.5
+            for n in self.ids:
+                self.tick(n)
+            while self.flight:
+                self.deliver(self.rnd.randrange(len(self.flight)))
+            if r > 3 and self.converged():
+                return r
+        return rounds
+
+    def converged(self) -> bool:
+        vvs = [self.stores[n].applied() for n in self.ids]
+        dumps = [self.stores[n].dump() for n in self.ids]
+        return all(v.keys() == vvs[0].keys() and all(v[o][0] == vvs[0][o][0] for o in v) for v in vvs) \
+            and all(d == dumps[0] for d in dumps)
+
+    def expected(self) -> dict:
+        """The definition: every acknowledged write, replayed per document in stamp order."""
+        per_doc: dict = {}
+        for r in self.written:
+            per_doc.setdefault((r.ns, id_key(r.id)), []).append(r)
+        out = {}
+        for key, records in sorted(per_doc.items()):
+            state = None
+            for r in sorted(records, key=lambda r: r.stamp.key()):
+                state = merge.apply(state, r.stamp, r.op).state
+            if merge.visible(state) is not None:
+                out[key] = merge.visible(state)
+        return out
+
+
+def assert_converged(net: Net) -> None:
+    expected = net.expected()
+    for n in net.ids:
+        assert net.stores[n].dump() == expected, n
+        assert net.stores[n].outcomes.get("late", 0) == 0, n
+    incs = {c: sum(r.op["inc"]["n"] for r in net.written if r.id == c and "inc" in r.op) for c in COUNTERS}
+    for n in net.ids:
+        for c in COUNTERS:
+            doc = net.stores[n].get(NS, c)
+            assert doc is not None and doc["n"] == incs[c], (n, c)
+
+
+def seeded(ids=("a", "b", "c"), **kw) -> Net:
+    """A cluster whose counters exist everywhere before the test starts."""
+    net = Net(ids, **kw)
+    for c in COUNTERS:
+        net.write(ids[0], c, {"op": "i", "doc": {"_id": c, "n": 0}})
+    net.settle()
+    return net
+
+
+# ---- the protocol, step by step -----------------------------------------------------------------
+
+
+def test_a_write_is_shipped_applied_and_acknowledged():
+    net = Net(["a", "b"])
+    rec = net.write("a", 1, {"op": "i", "doc": {"_id": 1, "x": 1}})
+    assert net.replicas["a"].acked("a", rec.seq) == 1
+    net.send("a", net.replicas["a"].flush(net.now))
+    assert [(s, d, c) for s, d, c, _ in net.flight] == [("a", "b", Records)]
+    net.deliver()
+    assert net.stores["b"].get(NS, 1) == {"_id": 1, "x": 1}
+    assert [(s, d, c) for s, d, c, _ in net.flight] == [("b", "a", Status)]    # the ack
+    net.deliver()
+    assert net.replicas["a"].acked("a", rec.seq) == 2
+
+
+def test_lag_per_origin_is_what_its_last_report_says_it_wrote_and_this_node_lacks():
+    net = Net(["a", "b"])
+    net.write("a", 1, {"op": "i", "doc": {"_id": 1}})
+    net.send("a", net.replicas["a"].flush(net.now))
+    net.deliver()
+    net.flight.clear()
+    net.now += 3
+    net.write("a", 1, {"op": "u", "set": {"x": 1}})
+    net.send("a", net.replicas["a"].link_up("b", net.now))     # a's status, its record not shipped
+    net.deliver()
+    assert net.replicas["b"].lag_ms() == {"a": 3000}
+    net.send("a", net.replicas["a"].flush(net.now))
+    while net.flight:
+        net.deliver()
+    assert net.replicas["b"].lag_ms() == {"a": 0}
+
+
+def test_own_records_not_flushed_yet_are_left_to_the_flush_not_shipped_twice():
+    net = Net(["a", "b"])
+    net.write("a", 1, {"op": "i", "doc": {"_id": 1}})
+    net.send("b", net.replicas["b"].link_up("a", net.now))    # b asks before a flushed
+    net.deliver()
+    assert not [m for m in net.flight if m[2] is Records]
+    net.send("a", net.replicas["a"].flush(net.now))
+    assert [(s, d, c) for s, d, c, _ in net.flight if c is Records] == [("a", "b", Records)]
+
+
+def test_a_duplicate_batch_is_applied_once():
+    net = Net(["a", "b"])
+    net.write("a", 1, {"op": "i", "doc": {"_id": 1, "n": 0}})
+    net.write("a", 1, {"op": "u", "inc": {"n": 1}})
+    net.send("a", net.replicas["a"].flush(net.now))
+    net.deliver(0, dup=True)
+    net.deliver(0)
+    assert net.stores["b"].get(NS, 1)["n"] == 1
+    assert net.replicas["b"].stats["duplicates"] == 2 and net.stores["b"].applied()["a"][0] == 2
+
+
+def test_a_gap_is_held_back_and_filled_by_catch_up():
+    net = Net(["a", "b"])
+    net.write("a", 1, {"op": "i", "doc": {"_id": 1, "n": 0}})
+    net.send("a", net.replicas["a"].flush(net.now))
+    net.flight.clear()                                   # the first batch is lost
+    net.write("a", 1, {"op": "u", "inc": {"n": 5}})
+    net.send("a", net.replicas["a"].flush(net.now))
+    net.deliver()
+    assert net.stores["b"].get(NS, 1) is None            # seq 2 waits for seq 1
+    assert [(s, d, c) for s, d, c, _ in net.flight] == [("b", "a", Status)]
+    net.now += 10
+    net.deliver()                                        # a ships seq 1 again
+    net.deliver()
+    assert net.stores["b"].get(NS, 1) == {"_id": 1, "n": 5}
+
+
+def test_catch_up_after_a_partition_ships_exactly_what_is_missing():
+    net = seeded()
+    net.partition({"a"}, {"b", "c"})
+    for i in range(30):
+        net.write("a", f"a{i}", {"op": "i", "doc": {"_id": f"a{i}"}})
+        net.write("b", f"b{i}", {"op": "i", "doc": {"_id": f"b{i}"}})
+        net.write("c", "c1", {"op": "u", "inc": {"n": 1}})
+    for n in "abc":
+        net.tick(n)
+    net.flight = [m for m in net.flight if m[2] is not Records or m[0] != "a"]   # a's broadcast lost
+    while net.flight:
+        net.deliver()
+    before = {n: dict(net.replicas[n].stats) for n in "abc"}
+    net.settle()
+    assert_converged(net)
+    shipped = sum(net.replicas[n].stats["catchup_records"] - before[n]["catchup_records"] for n in "abc")
+    applied = sum(net.replicas[n].stats["applied"] - before[n]["applied"] for n in "abc")
+    assert applied == 30 * 2 + 60                   # a's 30 to b and to c; b's and c's 60 to a
+    assert shipped >= applied - 0 and shipped <= applied * 2   # a catch-up never ships everything again
+
+
+def test_a_new_node_behind_the_retained_oplog_gets_a_snapshot():
+    net = seeded(retain_records=5)
+    for i in range(40):
+        net.write("abc"[i % 3], f"d{i % 7}", {"op": "u", "set": {"x": i}} if i > 7 else
+                  {"op": "i", "doc": {"_id": f"d{i % 7}", "s": [i]}})
+    net.write("b", "d1", {"op": "u", "pull": {"s": [1]}})
+    net.settle()
+    assert all(net.stores[n].retained("a") < 5 for n in "bc")    # everyone has them: dropped
+    net.add_node("d", retain_records=5)
+    net.settle()
+    assert_converged(net)
+    assert net.replicas["d"].stats["snapshots_installed"] >= 1
+    # d writes and everyone sees it
+    net.write("d", "c2", {"op": "u", "inc": {"n": 3}})
+    net.settle()
+    assert_converged(net)
+
+
+def test_a_node_keeps_its_own_unshipped_writes_through_a_snapshot():
+    net = seeded(retain_records=3)
+    net.partition({"c"}, {"a", "b"})
+    for i in range(20):
+        net.write("a", f"x{i}", {"op": "i", "doc": {"_id": f"x{i}"}})
+        net.write("b", f"x{i}", {"op": "u", "set": {"b": i}})
+    for _ in range(6):                       # more than c retains of anyone else's
+        net.write("c", "c1", {"op": "u", "inc": {"n": 7}})
+    net.write("c", "mine", {"op": "i", "doc": {"_id": "mine"}})
+    for _ in range(5):                       # a and b settle between themselves, drop what they both have
+        net.now += 1
+        for n in "abc":
+            net.tick(n)
+        while net.flight:
+            net.deliver()
+    net.replicas["a"].set_members(["a", "b"])    # c counts as gone for a while: a drops b's records
+    net.replicas["b"].set_members(["a", "b"])
+    for n in "ab":
+        net.now += 1
+        net.tick(n)
+    net.flight.clear()
+    assert net.stores["a"].retained("b") == 0
+    for n in "ab":
+        net.replicas[n].set_members(["a", "b", "c"])
+    net.settle()
+    assert_converged(net)
+    assert net.replicas["c"].stats["snapshots_installed"] >= 1
+    assert net.stores["a"].get(NS, "mine") == {"_id": "mine"}
+
+
+def test_compaction_runs_once_every_member_has_reported_and_forgets_metadata():
+    net = seeded()
+    net.write("a", "d", {"op": "i", "doc": {"_id": "d", "s": []}})
+    net.write("b", "d", {"op": "u", "add": {"s": ["x"]}})
+    net.write("c", "d", {"op": "u", "set": {"y": 1}})
+    net.write("a", "gone", {"op": "i", "doc": {"_id": "gone"}})
+    net.write("b", "gone", {"op": "d"})
+    net.settle()
+    for _ in range(4):                       # the reports go round twice more
+        net.settle(rounds=1)
+    for n in "abc":
+        docs = net.stores[n].docs
+        assert (NS, id_key("gone")) not in docs                 # the tombstone is gone
+        state = docs[(NS, id_key("d"))][1]
+        assert "o" not in state and state["m"] == {"w": {}, "e": {}} and state["t"] > 0
+    assert_converged(net)
+
+
+def test_compaction_waits_until_no_pull_in_flight_can_have_missed_what_it_forgets():
+    """c (clock 10 s ahead) pulls "x" before b's re-add of "x" reaches it; its pull is still
+    in flight when every node has applied b's add and c has said so. Compacting b's add on
+    a now would make it look seen by the pull: a would drop "x", the others keep it."""
+    net = seeded(skew={"c": 10_000})
+    net.write("a", "s", {"op": "i", "doc": {"_id": "s", "s": ["x"]}})
+    net.settle()
+
+    def pump(drop):
+        while net.flight:
+            if drop(net.flight[0]):
+                net.flight.pop(0)
+            else:
+                net.deliver(0)
+
+    x = net.write("b", "s", {"op": "u", "add": {"s": ["x"]}})
+    net.tick("b")
+    lost = [m for m in net.flight if m[1] == "c"]
+    pump(lambda m: m[1] == "c")                       # b's add reaches a, not c
+    net.now += 1.1
+    net.tick("c")                                     # c reports (its HLC is past b's add)
+    pump(lambda m: m[1] == "c")
+    pull = net.write("c", "s", {"op": "u", "pull": {"s": ["x"]}})
+    assert pull.op["ctx"].get("b", 0) < x.seq         # c had not seen b's add
+    net.tick("c")
+    net.flight = [m for m in net.flight if m[2] is not Records] + lost   # the pull is delayed
+    for _ in range(6):                                # everyone has b's add and reports it
+        pump(lambda m: m[0] == "c" and m[2] is Records)
+        net.now += 1.1
+        for n in "abc":
+            net.tick(n)
+    pump(lambda m: m[0] == "c" and m[2] is Records)
+    assert net.stores["c"].applied()["b"][0] >= x.seq
+    assert net.replicas["a"].stable() >= x.hlc        # every node has applied the add ...
+    assert net.replicas["a"].compaction_point() < x.hlc   # ... but c's pull may not have seen it
+    net.settle()
+    assert_converged(net)
+    assert net.stores["a"].get(NS, "s")["s"] == ["x"]
+
+
+def test_a_dead_member_holds_compaction_back():
+    net = seeded()
+    net.partition({"c"}, {"a", "b"})
+    net.write("a", "d", {"op": "i", "doc": {"_id": "d"}})
+    point = {n: net.replicas[n].compaction_point() for n in "ab"}
+    for _ in range(10):
+        net.now += 1
+        for n in "ab":
+            net.tick(n)
+        while net.flight:
+            net.deliver()
+    assert all(net.replicas[n].compaction_point() == point[n] for n in "ab")
+    assert "o" in net.stores["a"].docs[(NS, id_key("d"))][1]
+
+
+def test_malformed_messages_are_refused():
+    good = Record("a", 1, 5, NS, 1, {"op": "d"}).to_wire()
+    assert Records.from_wire([good]).records[0].op == {"op": "d"}
+    for bad in ([good[:4]], [["a", 0] + good[2:]], [good[:4] + [b"xx"]], "x",
+                [good[:4] + [Record("a", 1, 5, NS, 1, {"op": "u", "inc": {"n": "1"}}).to_wire()[4]]]):
+        with pytest.raises(BadMessage):
+            Records.from_wire(bad)
+    with pytest.raises(BadMessage):
+        Status.from_wire({"vv": {"a": -1}, "hlc": 1, "frontier": 0, "stable": 0})
+    with pytest.raises(BadMessage):
+        SnapshotChunk.from_wire({"sid": 1, "index": 0, "docs": [["ns", "not bytes"]], "vv": None})
+
+
+def test_on_a_bus_local_writes_are_flushed_together_and_a_peer_coming_up_gets_the_vector():
+    sent = []
+
+    class Bus:
+        def __init__(self):
+            self.map, self.subs = MemberMap([Member("a"), Member("b", state="dead")]), {}
+
+        def members(self):
+            return self.map.members()
+
+        def on_member_change(self, fn):
+            return self.map.on_change(fn)
+
+        def broadcast(self, msg):
+            sent.append((None, msg))
+            return 1
+
+        def send(self, node_id, msg):
+            sent.append((node_id, msg))
+            return True
+
+        def subscribe(self, cls, fn):
+            self.subs[cls] = fn
+            return lambda: None
+
+    bus, clock = Bus(), FakeClock()
+    store = MemoryStore("a", clock.wall_ms)
+    peer = ReplicaPeer(Replica("a", store), bus, clock, tick=10)
+    assert peer.replica.members == {"a", "b"} and set(bus.subs) == set(MESSAGES)
+    for i in range(3):
+        store.write(NS, i, {"op": "i", "doc": {"_id": i}})
+        peer.committed_locally()
+    clock.advance(0)
+    assert [(to, type(m), len(m.records)) for to, m in sent] == [(None, Records, 3)]
+    bus.map.update(Member("b", state=ALIVE))
+    assert sent[-1][0] == "b" and sent[-1][1].vv == {"a": 3}
+    bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
+    assert not [m for to, m in sent if to == "b" and isinstance(m, Records)]   # in flight: not yet again
+    clock.advance(RESEND)
+    bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
+    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [3]
+    peer.stop()
+
+
+# ---- the property ----------------------------------------------------------------------------
+
+IDS = ("d0", "d1", "d2")
+FIELDS = st.sampled_from(["x", "n", "s", "d.y"])
+VALUES = st.sampled_from([0, 1, "v", [1]])
+
+
+@st.composite
+def operations(draw):
+    if draw(st.integers(0, 3)) == 0:
+        return draw(st.sampled_from(COUNTERS)), {"op": "u", "inc": {"n": draw(st.sampled_from([1, 2, 5]))}}
+    _id, f = draw(st.sampled_from(IDS)), draw(FIELDS)
+    kind = draw(st.sampled_from(["i", "r", "d", "set", "unset", "inc", "push", "add", "pull"]))
+    if kind in ("i", "r"):
+        return _id, {"op": kind, "doc": {"_id": _id, f.split(".")[0]: draw(VALUES), "s": [draw(VALUES)]}}
+    if kind == "d":
+        return _id, {"op": "d"}
+    if kind == "unset":
+        return _id, {"op": "u", "unset": [f]}
+    if kind == "inc":
+        return _id, {"op": "u", "inc": {f: 1}}
+    if kind == "set":
+        return _id, {"op": "u", "set": {f: draw(VALUES)}}
+    return _id, {"op": "u", kind: {"s": draw(st.lists(st.sampled_from([0, 1, "v"]), min_size=1, max_size=2))}}
+
+
+@st.composite
+def histories(draw, nodes):
+    steps = []
+    for _ in range(draw(st.integers(5, 40))):
+        kind = draw(st.sampled_from(["write", "write", "write", "deliver", "deliver", "dup", "drop",
+                                     "tick", "time", "partition", "heal"]))
+        if kind == "write":
+            steps.append(("write", draw(st.sampled_from(nodes)), draw(operations())))
+        elif kind == "partition":
+            steps.append(("partition", draw(st.lists(st.sampled_from(nodes), min_size=1, unique=True))))
+        elif kind == "tick":
+            steps.append(("tick", draw(st.sampled_from(nodes))))
+        else:
+            steps.append((kind, draw(st.integers(0, 10**6))))
+    return steps
+
+
+def run_history(net: Net, steps) -> None:
+    for step in steps:
+        kind = step[0]
+        if kind == "write":
+            _, node, (_id, op) = step
+            net.write(node, _id, op)
+        elif kind == "tick":
+            net.tick(step[1])
+        elif kind == "time":
+            net.now += step[1] % 3 + 0.1
+        elif kind == "partition":
+            side = set(step[1])
+            net.partition(side, set(net.ids) - side)
+        elif kind == "heal":
+            net.heal()
+        elif net.flight:
+            i = step[1] % len(net.flight)
+            if kind == "drop":
+                net.flight.pop(i)
+            else:
+                net.deliver(i, dup=(kind == "dup"))
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_any_history_converges_to_the_replay_of_every_acknowledged_write(n):
+    nodes = "abcde"[:n]
+
+    @settings(max_examples=40 if n == 3 else 15, suppress_health_check=[HealthCheck.too_slow])
+    @given(histories(nodes), st.sampled_from([4, 100_000]), st.integers(0, 2**32),
+           st.lists(st.integers(-3000, 3000), min_size=n, max_size=n))
+    def check(steps, retain, seed, skews):
+        net = seeded(tuple(nodes), seed=seed, retain_records=retain, skew=dict(zip(nodes, skews, strict=True)))
+        run_history(net, steps)
+        net.settle()
+        assert_converged(net)
+
+    check()
+
+
+def test_a_long_partition_with_writes_on_both_sides_heals():
+    net = seeded(("a", "b", "c", "d"), seed=7, retain_records=BATCH)
+    rnd = random.Random(7)
+    net.partition({"a", "b"}, {"c", "d"})
+    for i in range(600):
+        node = rnd.choice("abcd")
+        net.write(node, rnd.choice(COUNTERS + ("p", "q")),
+                  rnd.choice([{"op": "u", "inc": {"n": 1}}, {"op": "u", "add": {"s": [i % 5]}},
+                              {"op": "u", "pull": {"s": [i % 5]}}]))
+        if i % 50 == 0:
+            net.write(node, "p", {"op": "i", "doc": {"_id": "p", "s": []}})
+            net.now += 1
+            for n in "abcd":
+                net.tick(n)
+            while net.flight:
+                net.deliver(rnd.randrange(len(net.flight)))
+    net.settle()
+    assert_converged(net)
