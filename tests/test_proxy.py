@@ -281,6 +281,8 @@ def test_echo_headers_rewritten_and_bodies_streamed(node, ups):
     assert hs["x-forwarded-for"] == "10.1.1.1, 127.0.0.1"
     assert hs["x-forwarded-proto"] == "http"
     assert hs["x-request-id"].startswith("test-node-")
+    # ... and the client gets the same id back, to quote in a report.
+    assert f"x-request-id: {hs['x-request-id']}\r\n".encode() in head.lower()
     assert hs["x-custom"] == "kept"
     for hop in ("x-hop", "te", "proxy-connection", "trailer", "upgrade"):
         assert hop not in hs, hop
@@ -370,6 +372,7 @@ def test_errors_502_504(node, ups):
     t = time.monotonic()
     r = httpx.get(node.url("http", "/slow/slow?delay=3"), timeout=10)
     assert r.status_code == 504, r.text
+    assert r.headers["x-request-id"].startswith("test-node-")   # the proxy's own errors carry it too
     assert time.monotonic() - t < 2.5
 
     r = httpx.get(node.url("http", "/raw/garbage"))
@@ -504,7 +507,9 @@ def test_header_rewriting():
 
     assert response_headers([(b"connection", b"x-a"), (b"x-a", b"1"), (b"content-length", b"3"),
                              (b"transfer-encoding", b"chunked"), (b"set-cookie", b"a=1"),
-                             (b"set-cookie", b"b=2")]) == [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
+                             (b"set-cookie", b"b=2")], b"r-1") == [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"),
+                                                                   (b"x-request-id", b"r-1")]
+    assert response_headers([(b"x-request-id", b"app")], b"r-1") == [(b"x-request-id", b"app")]
 
     assert origin_form(b"/a?b") == b"/a?b"
     assert origin_form(b"http://h:1/p/q?x=1") == b"/p/q?x=1"

@@ -31,7 +31,7 @@ from farts.transport.client import (
     ResponseBody,
     exchange,
 )
-from farts.transport.http import Fixed, Request, Response
+from farts.transport.http import REASONS, Request, Response
 from fast.http1 import request_head
 
 from .headers import authority_of, origin_form, request_headers, response_headers
@@ -92,6 +92,12 @@ class _Empty:
 
 
 EMPTY = _Empty()
+
+
+def _error(status: int, reason: str, request_id: bytes) -> Response:
+    """The proxy's own error answer, with the request's X-Request-Id (a client can quote it)."""
+    return Response(status, [(b"content-type", b"text/plain; charset=utf-8"), (b"x-request-id", request_id)],
+                    f"{status} {REASONS.get(status, 'Error')}: {reason}\n".encode())
 
 
 def _what(req: Request) -> str:
@@ -172,7 +178,7 @@ class ProxyHandler:
     def handle(self, request: Request):
         return self._proxy(request)
 
-    async def _proxy(self, req: Request) -> Response | Fixed:
+    async def _proxy(self, req: Request) -> Response:
         method = req.method
         client_target = req.target
         target = origin_form(client_target)
@@ -182,7 +188,7 @@ class ProxyHandler:
         if body is None and length < 0:
             length = -2  # no body
         server = self.pick()
-        headers, _ = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
+        headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
                                      authority_of(client_target),
                                      server.address.encode())
         data = request_head(method, target, headers, length)
@@ -219,7 +225,7 @@ class ProxyHandler:
                         continue
                     log.warning("upstream %s server %s: %s: %s",
                                 self.name, server.address, _what(req), why)
-                    return Fixed.error(504 if timed_out else 502, f"upstream {why}")
+                    return _error(504 if timed_out else 502, f"upstream {why}", rid)
                 server.succeeded()
             try:
                 resp = await exchange(conn, data, body, length == -1, is_head, up.read_timeout)
@@ -235,19 +241,19 @@ class ProxyHandler:
                 self.count(server, "bad_response")
                 log.warning("upstream %s server %s: %s: connection lost before the response (%s)",
                             self.name, server.address, _what(req), conn.exc or e)
-                return Fixed.error(502, "upstream closed the connection")
+                return _error(502, "upstream closed the connection", rid)
             except ReadTimeout:
                 conn.abort()
                 self.count(server, "timeout")
                 log.warning("upstream %s server %s: %s: no response within %ss",
                             self.name, server.address, _what(req), up.read_timeout)
-                return Fixed.error(504, "upstream timeout")
+                return _error(504, "upstream timeout", rid)
             except BadResponse as e:
                 conn.abort()
                 self.count(server, "bad_response")
                 log.warning("upstream %s server %s: %s: bad response: %s",
                             self.name, server.address, _what(req), e)
-                return Fixed.error(502, "bad upstream response")
+                return _error(502, "bad upstream response", rid)
             except BaseException:  # cancelled (client gone), client body errors
                 conn.abort()
                 self.count(server, "client_gone")
@@ -272,7 +278,7 @@ class ProxyHandler:
                 body_out = EMPTY
             else:
                 body_out = whole
-        return Response(status, response_headers(resp.headers), body_out, content_length, head_only)
+        return Response(status, response_headers(resp.headers, rid), body_out, content_length, head_only)
 
     def close(self) -> None:
         for s in self.servers:

@@ -63,11 +63,14 @@ def request_headers(headers, client: str, scheme: str, new_request_id, authority
     return out, rid
 
 
-def response_headers(headers) -> list:
+def response_headers(headers, request_id: bytes) -> list:
+    """Headers for the client: hop-by-hop ones dropped, and the request's X-Request-Id
+    echoed (unless the upstream answered with its own), so a client can quote it."""
     extra = connection_tokens(headers)
-    if extra is None:
-        return [h for h in headers if h[0] not in RESPONSE_DROP]
-    return [h for h in headers if h[0] not in RESPONSE_DROP and h[0] not in extra]
+    out = [h for h in headers if h[0] not in RESPONSE_DROP and (extra is None or h[0] not in extra)]
+    if not any(h[0] == b"x-request-id" for h in out):
+        out.append((b"x-request-id", request_id))
+    return out
 
 
 def authority_of(target: bytes) -> bytes | None:
