@@ -418,6 +418,8 @@ read_timeout = 30.0
 max_fails = 2               # connect failures in a row that mark a server down
 fail_timeout = 10.0         # for this many seconds
 pool_size = 128             # idle keep-alive connections per server
+request_buffering = true    # bodies up to request_buffer_bytes are read whole before forwarding
+request_buffer_bytes = 1048576   # larger ones stream from the first byte once it is full
 
 [[routes]]
 prefix = "/widget/"         # required

@@ -117,6 +117,9 @@ END: Final[_End]
 Event = Request | Response | bytes | _End | HTTPError
 
 class _Parser:
+    max_body: int
+    """The most a chunked body may declare in chunk sizes (-1, the default: no limit); a
+    larger declaration is an HTTPError(413) when its size line is read."""
     @property
     def idle(self) -> bool:
         """No message in progress and nothing buffered."""

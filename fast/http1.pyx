@@ -549,7 +549,11 @@ cdef class _Parser:
     cdef bytes _pending        # unterminated line carried over to the next feed
     cdef bytes _rest           # bytes after a protocol switch
     cdef const char *_why
+    # The most a chunked body may declare in chunk sizes (-1: no limit): a larger one is
+    # refused (413) when its size line is read, before any of its data is handed out.
+    cdef public long long max_body
     # per message
+    cdef long long _declared   # chunk sizes declared by the current body so far
     cdef Py_ssize_t _head_len  # bytes of the head (or trailer section) so far
     cdef Py_ssize_t _nfields
     # Header tuples of the head being parsed, as owned references: the list is built once
@@ -577,6 +581,7 @@ cdef class _Parser:
         self._state = S_IDLE
         self._fields = self._inline_fields
         self._fields_cap = _INLINE_FIELDS
+        self.max_body = -1
         return 0
 
     def __dealloc__(self):
@@ -933,6 +938,10 @@ cdef class _Parser:
             i += 1
         if i == 0 or (i < n and s[i] != b';'):
             return self._fail(400, b"invalid chunk size")
+        if self.max_body >= 0:
+            if size > self.max_body - self._declared:
+                return self._fail(413, b"request body too large")
+            self._declared += size
         # Extensions are ignored, but control characters in them are still refused.
         for i in range(i, n):
             if not _FIELD_CHAR[<unsigned char>s[i]]:
@@ -1081,6 +1090,7 @@ cdef class RequestParser(_Parser):
             # A CONNECT request has no content; what follows belongs to the tunnel.
             self._message_done(events)
         elif self._te_seen:
+            self._declared = 0
             self._state = S_CHUNK_SIZE
         elif self._cl > 0:
             self._remaining = self._cl

@@ -1276,3 +1276,21 @@ def test_handler_request_is_the_version_neutral_view_of_a_head():
     assert ws.upgrade == b"websocket" and ws.content_length == 0
     h10 = HandlerRequest(old, None, None, "c", "http", None, 0.0)
     assert h10.version == "1.0" and h10.content_length == 3
+
+
+def test_a_chunked_body_declaring_more_than_max_body_is_refused_at_its_size_line():
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    p = RequestParser()
+    p.max_body = 10
+    events = p.feed(head + b"5\r\nhello\r\n")
+    assert events[1:] == [b"hello"]
+    # The second size line takes the declared total past 10: refused before its data.
+    events = p.feed(b"6\r\n")
+    assert type(events[-1]) is HTTPError and events[-1].status == 413
+    # Exactly the limit is fine; the count starts again with the next message.
+    p = RequestParser()
+    p.max_body = 10
+    events = p.feed(head + b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n" + head + b"a\r\n0123456789\r\n0\r\n\r\n")
+    assert [e for e in events if type(e) is bytes] == [b"hello", b"world", b"0123456789"]
+    assert not any(type(e) is HTTPError for e in events)
+    assert RequestParser().max_body == -1   # no limit unless set

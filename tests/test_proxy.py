@@ -622,6 +622,24 @@ def test_chunked_upload_over_the_route_limit_is_413(node, ups):
     assert ups.a.requests >= before + 1
 
 
+def test_request_bodies_are_read_before_the_upstream_sees_the_request(node, ups):
+    before = ups.a.requests
+    # A chunk declaring 4 GiB: refused (413) when its size line is read.
+    _, rest = raw_exchange(node, b"POST /app/echo HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n100000000\r\nabc")
+    assert rest.startswith(b"HTTP/1.1 413 ")
+    # A client that goes away mid-body: nothing reached the application.
+    s = socket.create_connection(("127.0.0.1", node.port("http")), timeout=10)
+    s.sendall(b"POST /app/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+    s.close()
+    # A small chunked upload arrives whole, with its length.
+    r = httpx.post(node.url("http", "/app/echo"), content=iter([b"a" * 10, b"b" * 10]))
+    hs = {k.lower(): v for k, v in r.json()["headers"]}
+    assert r.json()["body"] == "a" * 10 + "b" * 10
+    assert hs.get("content-length") == "20" and "transfer-encoding" not in hs
+    assert ups.a.requests == before + 1   # only the last one
+
+
 def test_bad_chunk_while_the_upstream_reads_gets_400(node, ups):
     _, rest = raw_exchange(node, b"POST /app/echo HTTP/1.1\r\nHost: localhost\r\n"
                                  b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")

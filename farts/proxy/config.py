@@ -17,6 +17,14 @@ class Upstream:
     # Idle keep-alive connections kept per server. Below the number of requests in
     # flight, connections churn: a connect per request costs more than the request.
     pool_size: int = setting(128, NON_NEGATIVE)
+    # Request bodies up to request_buffer_bytes are read whole before the upstream is
+    # contacted (as nginx's proxy_request_buffering, in memory): a body over the route's
+    # limit, a bad chunk or a client that stalls never reaches the application, the
+    # request goes with a Content-Length, and a stale pooled connection can be retried.
+    # Larger bodies stream from the first byte once the buffer is full. false: always
+    # stream from the first byte.
+    request_buffering: bool = True
+    request_buffer_bytes: int = setting(1024 * 1024, NON_NEGATIVE)
 
 
 def _cross_check(cfg) -> None:

@@ -76,6 +76,25 @@ class ProxyStats:
         return {(h.name,): sum(len(s.idle) for s in h.servers) for h in self.handlers}
 
 
+async def _read_up_to(body, limit: int):
+    """(None, the whole body) when it ends within ``limit`` bytes, else (an iterator of
+    what was read followed by the rest, b""): the body then streams."""
+    pieces, size = [], 0
+    async for piece in body:
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit:
+            return _chain(pieces, body), b""
+    return None, b"".join(pieces)
+
+
+async def _chain(pieces: list[bytes], rest):
+    for piece in pieces:
+        yield piece
+    async for piece in rest:
+        yield piece
+
+
 class _Empty:
     """The body of a response that had none (HEAD, 204, 304, length 0)."""
 
@@ -185,13 +204,21 @@ class ProxyHandler:
         up = self.up
         body = req.body
         length = req.content_length  # -1: chunked
-        if body is None and length < 0:
-            length = -2  # no body
+        buffered = b""
+        if body is None:
+            if length < 0:
+                length = -2  # no body
+        elif up.request_buffering and length <= up.request_buffer_bytes:
+            body, buffered = await _read_up_to(body, up.request_buffer_bytes)
+            if body is None:   # all of it: sent with the head, as a known length
+                length = len(buffered)
         server = self.pick()
         headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
                                      authority_of(client_target),
                                      server.address.encode())
         data = request_head(method, target, headers, length)
+        if buffered:
+            data += buffered
         is_head = method == b"HEAD"
         replayable = method in IDEMPOTENT
         start = perf_counter()

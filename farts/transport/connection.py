@@ -62,6 +62,7 @@ class HTTP1Connection(asyncio.Protocol):
         limits = listener.limits
         self.machine = H1Machine(limits.max_header_bytes, limits.max_headers,
                                  limits.header_timeout, limits.idle_timeout, listener.now)
+        self.machine.parser.max_body = listener.router.max_body
         self.transport: asyncio.Transport | None = None
         self.client = ""
         self.body: RequestBody | None = None   # the body being received, if any

@@ -53,6 +53,11 @@ class Router:
             table = table_for(t)
             for host in t.hosts:
                 self.by_host[host.lower().encode()] = table
+        # The largest body any request here may have: the parser refuses a chunked body
+        # declaring more as soon as it reads the size (the route's own limit is checked
+        # on the bytes, and by the proxy's buffering before anything is forwarded).
+        self.max_body = max([max_body_bytes, *(row[1][3] for table in [self.default, *self.by_host.values()]
+                                               for row in table)])
         self.unknown_host = Fixed.error(unknown_host_status, "unknown host")
         self.not_found = Fixed.error(404)
         self.reject_encoded_slashes = encoded_slashes == "reject"
