@@ -80,6 +80,16 @@ class App:
                 i += 1
             await resp.write_eof()
             return resp
+        if action == "ws" and request.headers.get("Upgrade", "").lower() == "websocket":
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            await ws.send_str(f"hello from {self.name}, request id {request.headers.get('X-Request-Id')}")
+            async for msg in ws:
+                if msg.type == web.WSMsgType.TEXT:
+                    await ws.send_str("echo:" + msg.data)
+                elif msg.type == web.WSMsgType.BINARY:
+                    await ws.send_bytes(msg.data[::-1])
+            return ws
         if action == "slow":
             await asyncio.sleep(float(q.get("delay", "2")))
             return web.Response(text="slow done")
@@ -638,6 +648,33 @@ def test_request_bodies_are_read_before_the_upstream_sees_the_request(node, ups)
     assert r.json()["body"] == "a" * 10 + "b" * 10
     assert hs.get("content-length") == "20" and "transfer-encoding" not in hs
     assert ups.a.requests == before + 1   # only the last one
+
+
+def test_websocket_passes_through_to_an_application_that_speaks_it(node, ups):
+    from websockets.sync.client import connect
+
+    url = node.url("http", "/app/ws").replace("http://", "ws://")
+    with connect(url, open_timeout=10) as ws:
+        first = ws.recv(timeout=10)
+        assert first.startswith("hello from A, request id test-node-")
+        for i in range(20):
+            ws.send(f"m{i}")
+            assert ws.recv(timeout=10) == f"m{i}".join(["echo:", ""])
+        big = bytes(range(256)) * 4000           # 1 MB each way, past every buffer
+        ws.send(big)
+        assert ws.recv(timeout=20) == big[::-1]
+    # An application that refuses the switch: its answer goes back as it is.
+    r = httpx.get(node.url("http", "/app/status?code=426"),
+                  headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+    assert r.status_code == 426
+    # Over TLS to the edge as well.
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(node.ca))
+    with connect(node.url("https", "/app/ws").replace("https://", "wss://"), ssl=ctx, open_timeout=10) as ws:
+        assert ws.recv(timeout=10).startswith("hello from A")
+        ws.send("tls")
+        assert ws.recv(timeout=10) == "echo:tls"
+    assert metric(node, "farts_proxy_requests_total", upstream="main", outcome="upgraded") == 2
 
 
 def test_bad_chunk_while_the_upstream_reads_gets_400(node, ups):

@@ -31,10 +31,12 @@ from farts.transport.client import (
     ResponseBody,
     exchange,
 )
-from farts.transport.http import REASONS, Request, Response
-from fast.http1 import request_head
+from farts.transport.http import REASONS, STREAM, Request, Response, Upgrade
+from fast.http1 import END, HTTPError, request_head
+from fast.http1 import Response as ResponseHead
 
 from .headers import authority_of, origin_form, request_headers, response_headers
+from .tunnel import Tunnel
 from .upstream import Server
 
 log = logging.getLogger("farts.proxy")
@@ -74,6 +76,23 @@ class ProxyStats:
 
     def _idle(self) -> dict:
         return {(h.name,): sum(len(s.idle) for s in h.servers) for h in self.handlers}
+
+
+async def _switch_answer(conn: ClientConnection, timeout: float):
+    """The upstream's answer to an Upgrade request: its 101, or its final response head
+    (other 1xx skipped)."""
+    while True:
+        ev = await conn.next_event(timeout)
+        t = type(ev)
+        if t is ResponseHead:
+            if ev.status == 101 or ev.status >= 200:
+                return ev
+        elif ev is None:
+            raise ConnectionLost("connection closed")
+        elif t is HTTPError:
+            raise BadResponse(f"{ev.status} {ev.reason}")
+        elif ev is not END:
+            raise BadResponse(f"unexpected {ev!r:.40}")
 
 
 async def _read_up_to(body, limit: int):
@@ -197,7 +216,9 @@ class ProxyHandler:
     def handle(self, request: Request):
         return self._proxy(request)
 
-    async def _proxy(self, req: Request) -> Response:
+    async def _proxy(self, req: Request) -> Response | Upgrade:
+        if req.upgrade is not None:
+            return await self._tunnel(req)
         method = req.method
         client_target = req.target
         target = origin_form(client_target)
@@ -306,6 +327,53 @@ class ProxyHandler:
             else:
                 body_out = whole
         return Response(status, response_headers(resp.headers, rid), body_out, content_length, head_only)
+
+    async def _tunnel(self, req: Request) -> Response | Upgrade:
+        """An Upgrade request (WebSocket) passed through: sent on a connection of its own;
+        a 101 opens a Tunnel, any other answer goes back as it is (and the client
+        connection closes after it, as after every refused switch)."""
+        up = self.up
+        server = self.pick()
+        headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
+                                       authority_of(req.target), server.address.encode())
+        headers += [(b"connection", b"upgrade"), (b"upgrade", req.upgrade)]
+        data = request_head(req.method, origin_form(req.target), headers, -2)
+        try:
+            conn = await server.connect(up.connect_timeout)
+        except (TimeoutError, OSError) as e:
+            timed_out = isinstance(e, TimeoutError)
+            self.count(server, "connect_timeout" if timed_out else "connect_error")
+            server.failed()
+            log.warning("upstream %s server %s: %s: connect failed (%s)", self.name, server.address, _what(req),
+                        "timeout" if timed_out else e)
+            return _error(504 if timed_out else 502, "upstream connect failed", rid)
+        server.succeeded()
+        try:
+            conn.write(data)
+            head = await _switch_answer(conn, up.read_timeout)
+        except ReadTimeout:
+            conn.abort()
+            self.count(server, "timeout")
+            return _error(504, "upstream timeout", rid)
+        except (ConnectionLost, BadResponse) as e:
+            conn.abort()
+            self.count(server, "bad_response")
+            log.warning("upstream %s server %s: %s: no switch answer (%s)", self.name, server.address, _what(req), e)
+            return _error(502, "bad upstream response", rid)
+        except BaseException:
+            conn.abort()
+            self.count(server, "client_gone")
+            raise
+        if head.status != 101:   # refused: its answer, then both connections close
+            whole = conn.take_whole_body()
+            body = whole if whole is not None else UpstreamBody(self, conn, False, req)
+            if whole is not None:
+                self.count(server, "ok")
+                conn.abort()
+            return Response(head.status, response_headers(head.headers, rid), body,
+                            -1 if head.chunked else head.content_length)
+        self.count(server, "upgraded")
+        return Upgrade(101, response_headers(head.headers, rid), Tunnel(conn), STREAM)
 
     def close(self) -> None:
         for s in self.servers:

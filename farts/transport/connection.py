@@ -537,7 +537,7 @@ class H1Sink:
     first ends the chunked body."""
 
     __slots__ = ("write", "abort", "is_closing", "get_write_buffer_size", "close", "framing",
-                 "fd", "_transport")
+                 "fd", "_transport", "pause_reading", "resume_reading")
 
     def __init__(self, transport, framing: str, fd: int) -> None:
         self._transport = transport
@@ -545,6 +545,8 @@ class H1Sink:
         self.abort = transport.abort
         self.is_closing = transport.is_closing
         self.get_write_buffer_size = transport.get_write_buffer_size
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
         self.close = self._end_body if framing == CHUNKED else transport.close
         self.framing = framing
         self.fd = fd

@@ -148,6 +148,9 @@ class Sink(Protocol):
     def is_closing(self) -> bool: ...
     def get_write_buffer_size(self) -> int:
         """Bytes written and not yet sent."""
+    def pause_reading(self) -> None:
+        """Stop reading from the client (what it sends cannot be passed on now)."""
+    def resume_reading(self) -> None: ...
 
 
 class StreamHandler(Protocol):
