@@ -3,8 +3,6 @@ pymongo here, and the Node.js mongodb driver (tests/node/db_smoke.js)."""
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import os
 import shutil
@@ -19,6 +17,8 @@ import pytest
 from conftest import start_node
 from pymongo.errors import OperationFailure
 from test_db_pymongo import db_address, read_reply
+
+from farts.db import scram
 
 AUTH_CONFIG = """
 [db]
@@ -131,15 +131,8 @@ def _scram_client(sock: socket.socket, user: str, password: str) -> None:
     first_bare = f"n={user},r={nonce}"
     r = call({"saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": f"n,,{first_bare}".encode(),
               "options": {"skipEmptyExchange": True}}, 1)
-    server_first = r["payload"].decode()
-    attrs = dict(p.split("=", 1) for p in server_first.split(","))
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    without_proof = f"c=biws,r={attrs['r']}"
-    auth_message = f"{first_bare},{server_first},{without_proof}".encode()
-    signature = hmac.new(hashlib.sha256(client_key).digest(), auth_message, hashlib.sha256).digest()
-    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
-    r = call({"saslContinue": 1, "conversationId": 1, "payload": f"{without_proof},p={proof}".encode()}, 2)
+    final = scram.client_final(user, password, nonce, r["payload"].decode())
+    r = call({"saslContinue": 1, "conversationId": 1, "payload": final.encode()}, 2)
     assert r["done"]
 
 

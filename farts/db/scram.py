@@ -61,6 +61,20 @@ def _unescape_name(name: str) -> str:
     return name.replace("=2C", ",").replace("=3D", "=")
 
 
+def client_final(user: str, password: str, client_nonce: str, server_first: str) -> str:
+    """The client's final message (RFC 5802 §3) for a login started with ``n,,n=USER,r=NONCE``:
+    what a driver sends to ``saslContinue``. The node never logs in anywhere; the tests and
+    bench/fuzz.py do, on raw sockets, and this is the one copy of the client's proof."""
+    attrs = _attrs(server_first)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+    client_key = _hmac(salted, b"Client Key")
+    without_proof = f"c=biws,r={attrs['r']}"
+    auth_message = f"n={user},r={client_nonce},{server_first},{without_proof}".encode()
+    signature = _hmac(hashlib.sha256(client_key).digest(), auth_message)
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
+    return f"{without_proof},p={proof}"
+
+
 class ScramServer:
     """One conversation. step() takes a client payload and returns the server payload."""
 
