@@ -453,3 +453,19 @@ def test_settings_from_the_client_open_windows():
     raw_rst.error_code = 8
     p.raw(raw_rst.serialize())
     assert p.server.state(sid) == CLOSED
+
+
+def test_a_head_and_its_reset_in_one_read_leave_nothing_to_answer():
+    """The events of one read come out together: the stream is gone by the time the
+    adapter answers its head, and answering it is a no-op, not an error."""
+    p = Pair()
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"),
+                                (b":authority", b"localhost"), (b":path", b"/")], end_stream=True)
+    p.client.reset_stream(sid, ErrorCodes.CANCEL)
+    evs = p.raw(p.client.data_to_send())
+    assert [type(e) for e in evs] == [RequestHead, Reset]
+    assert not p.server.is_open(sid)
+    p.server.send_head(sid, 200, [], True)
+    assert p.server.send_data(sid, b"x", True) == 0
+    assert p.server.data_to_send() == b""

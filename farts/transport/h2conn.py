@@ -400,7 +400,13 @@ class H2Machine:
         return s is None or s.head_sent
 
     def send_head(self, sid: int, status: int, headers: list, end: bool) -> None:
-        self.streams[sid].head_sent = True
+        """(Nothing, when the stream is gone: events of one read are handed out together,
+        so a stream may be reset by the peer, or the connection closed, by the time the
+        adapter answers its head.)"""
+        s = self.streams.get(sid)
+        if s is None or self.closed:
+            return
+        s.head_sent = True
         self.conn.send_headers(sid, [(b":status", str(status).encode()), *headers], end_stream=end)
         if end:
             self._sent_end(sid)

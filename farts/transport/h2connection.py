@@ -167,6 +167,7 @@ class HTTP2Connection(asyncio.Protocol):
         self.drain_waiters: list[asyncio.Future] = []
         self.connected_at = self.last_activity = listener.now
         self.gone: asyncio.Future | None = None   # done when the connection is lost
+        self.receiving = False
 
     # -- connection lifetime ----------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -233,6 +234,11 @@ class HTTP2Connection(asyncio.Protocol):
             await w
 
     def _flush(self) -> None:
+        """Writes what the machine has to send; while input is being handled this waits
+        for its end (``data_received`` flushes once: one TLS record and one send for all
+        the answers a read produced, not one per stream)."""
+        if self.receiving:
+            return
         data = self.machine.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
@@ -258,7 +264,16 @@ class HTTP2Connection(asyncio.Protocol):
         listener = self.listener
         listener.bytes_in += len(data)
         self.last_activity = listener.now
-        for ev in self.machine.receive(data, listener.now):
+        self.receiving = True
+        try:
+            self._received(self.machine.receive(data, listener.now))
+        finally:
+            self.receiving = False
+        self._flush()
+
+    def _received(self, events: list) -> None:
+        listener = self.listener
+        for ev in events:
             t = type(ev)
             if t is Body:
                 self._on_body(ev)
@@ -280,9 +295,9 @@ class HTTP2Connection(asyncio.Protocol):
                 if not ev.by_peer:
                     log.info("http2 connection from %s closed: %s", self.client, ev.error)
                 self._forget_all()
+                self.receiving = False
                 self._close()
                 return
-        self._flush()
 
     def _on_body(self, ev: Body) -> None:
         st = self.streams.get(ev.stream_id)
@@ -343,6 +358,8 @@ class HTTP2Connection(asyncio.Protocol):
     def _on_head(self, ev: RequestHead) -> None:
         listener = self.listener
         sid = ev.stream_id
+        if not self.machine.is_open(sid):   # reset (or the connection ended) in the same read
+            return
         st = self.streams[sid] = StreamState(sid)
         method = path_b = authority = protocol = None
         fields = []
