@@ -7,8 +7,8 @@ Both serve the same 1 KiB answer (bench/peers/body.py) over TLS 1.3 with the sam
 certificate (a local CA's, issued by farts.pki), one after another in --rounds
 interleaved rounds, each pinned to core 0 (`taskset -c 0`):
 
-  farts-h2    farts-edge, a `kind = "static"` route on the HTTPS listener (ALPN h2)
-  nginx-h2    nginx, worker_processes 1, `listen ... ssl http2`, the file from memory
+  farts       farts-edge, a `kind = "static"` route on the HTTPS listener (ALPN h2)
+  nginx       nginx, worker_processes 1, `listen ... ssl http2`, the file from memory
               (open_file_cache), sendfile off, access_log off
 
 measured by `taskset -c 1 h2load -t1 -c64 -m10 -D5 --log-file=...` (the log gives
@@ -41,7 +41,7 @@ H = importlib.util.module_from_spec(_spec)
 sys.modules["bench_http"] = H
 _spec.loader.exec_module(H)
 
-TARGETS = ["farts-h2", "nginx-h2"]
+TARGETS = ["farts", "nginx"]
 
 
 class H2Bench:
@@ -57,7 +57,7 @@ class H2Bench:
 
     def start(self, name: str) -> H.Server:
         a = self.args
-        if name == "farts-h2":
+        if name == "farts":
             d = self.hb.path(name)
             os.makedirs(os.path.join(d, "data", "certs"), exist_ok=True)
             for f in (self.crt, self.key):
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     for r in results:
         if r["name"] not in best or r["rps"] > best[r["name"]]["rps"]:
             best[r["name"]] = r
-    f, n = best.get("farts-h2"), best.get("nginx-h2")
+    f, n = best.get("farts"), best.get("nginx")
     if f and n:
         print(f"\nbest of {args.rounds}: farts-edge {f['rps']:.0f} req/s (p99 {f['p99_ms']} ms), "
               f"nginx {n['rps']:.0f} req/s (p99 {n['p99_ms']} ms): ratio {f['rps'] / n['rps']:.2f}x")

@@ -277,12 +277,16 @@ def test_the_reset_budget_refills_with_time():
         assert not p.of(Closed, p.raw(p.client.data_to_send()))
 
 
-@pytest.mark.parametrize("frame", ["ping", "settings"])
-def test_ping_and_settings_floods_get_enhance_your_calm(frame):
+@pytest.mark.parametrize("frame", ["ping", "settings", "empty data"])
+def test_ping_settings_and_empty_data_floods_get_enhance_your_calm(frame):
     p = Pair(H2Limits(control_burst=20, control_rate=1.0))
     data = b""
+    if frame == "empty data":
+        p.request(b"/up", b"POST", end=False)
     for i in range(100):
-        if frame == "ping":
+        if frame == "empty data":
+            f = DataFrame(1)
+        elif frame == "ping":
             f = PingFrame(0)
             f.opaque_data = i.to_bytes(8, "big")
         else:

@@ -20,7 +20,8 @@ library's ``H2Connection``; this module adds what an edge server needs around it
   limit twice as high); a header list over ``max_header_list_size`` is a request the
   adapter answers 431 (one over the hard limit, an HPACK bomb, is a connection error
   from h2); a CONTINUATION sequence holding more than ``max_continuation_bytes`` closes
-  the connection; resets (rapid reset, CVE-2023-44487), PINGs and SETTINGS are counted
+  the connection; resets (rapid reset, CVE-2023-44487), PINGs, SETTINGS and empty DATA
+  frames are counted
   against token buckets (``Budget``) and a peer over one gets GOAWAY
   ENHANCE_YOUR_CALM; receive windows are fixed sizes (a stream's, the connection's)
   handed back only as the handler consumes the body (``consumed``), so a peer can make
@@ -277,6 +278,10 @@ class H2Machine:
         for ev in h2_events:
             t = type(ev)
             if t is DataReceived:
+                if not ev.data and ev.stream_ended is None and not self.controls.spend(now):
+                    # Empty DATA frames cost us work and the peer nothing (CVE-2019-9518).
+                    out.append(self._fail(ErrorCodes.ENHANCE_YOUR_CALM))
+                    return out
                 s = streams.get(ev.stream_id)
                 if s is None:  # (a stream we reset meanwhile): hand its window back
                     conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
