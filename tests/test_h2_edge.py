@@ -19,7 +19,7 @@ import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import DataReceived, ResponseReceived, StreamEnded, TrailersReceived
+from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset, TrailersReceived
 from h2.settings import SettingCodes, Settings
 from hpack import Encoder
 from hyperframe.frame import (
@@ -537,5 +537,67 @@ def test_responses_to_a_client_that_does_not_read_stay_within_its_window(node):
             sock.sendall(c.data_to_send())
         assert head and got <= 1024   # our stream window: not a byte more
         served_meanwhile(node)
+    finally:
+        sock.close()
+
+
+def test_websocket_over_h2_by_extended_connect(node):
+    """RFC 8441 from a client on the h2 library (frames by wsproto): the server's
+    SETTINGS allow extended CONNECT, /live answers 200, and the WebSocket commands and
+    events of the pub/sub service flow in DATA frames; a plain CONNECT gets 501."""
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    c.initiate_connection()
+    ctx = tls(node)
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", node.port("https")), timeout=10),
+                           server_hostname="localhost")
+    ws = FrameProtocol(client=True, extensions=[])
+    got: list = []   # (kind, value) from the server, in order
+
+    def pump(until) -> None:
+        sock.sendall(c.data_to_send())
+        while not until():
+            data = sock.recv(65536)
+            assert data, "the server closed"
+            for ev in c.receive_data(data):
+                if isinstance(ev, ResponseReceived):
+                    got.append(("status", ev.stream_id, dict(ev.headers)[b":status"]))
+                elif isinstance(ev, DataReceived):
+                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    if ev.stream_id != 1:   # (the 501's body)
+                        continue
+                    ws.receive_bytes(ev.data)
+                    for f in ws.received_frames():
+                        if f.opcode is Opcode.TEXT:
+                            got.append(("message", ev.stream_id, json.loads(f.payload)))
+                        elif f.opcode is Opcode.CLOSE:
+                            got.append(("close", ev.stream_id, f.payload[0]))
+                elif isinstance(ev, (StreamReset, StreamEnded)):
+                    got.append(("end", ev.stream_id, getattr(ev, "error_code", 0)))
+            sock.sendall(c.data_to_send())
+
+    try:
+        pump(lambda: c.remote_settings.enable_connect_protocol == 1)
+        c.send_headers(1, [(b":method", b"CONNECT"), (b":protocol", b"websocket"),
+                           (b":scheme", b"https"), (b":authority", b"localhost"), (b":path", b"/live"),
+                           (b"sec-websocket-version", b"13")])
+        pump(lambda: any(g[0] == "status" for g in got))
+        assert got[0] == ("status", 1, b"200")
+        c.send_data(1, bytes(ws.send_data(json.dumps({"op": "subscribe", "channel": "ws2"}), fin=True)))
+        pump(lambda: any(g[0] == "message" for g in got))
+        r = httpx.post(node.url("http", "/api/publish"), json={"channel": "ws2", "data": "via h2"},
+                       headers={"authorization": "Bearer demo-key"})
+        assert r.status_code == 200
+        pump(lambda: any(g[0] == "message" and g[2].get("data") == "via h2" for g in got))
+        # The client closes: the server answers the close frame and ends the stream.
+        c.send_data(1, bytes(ws.close(1000)))
+        pump(lambda: any(g[:2] == ("end", 1) for g in got))
+        assert ("close", 1, 1000) in got
+        # A plain CONNECT (a tunnel) is not served.
+        c.send_headers(3, [(b":method", b"CONNECT"), (b":authority", b"example.com:443")])
+        pump(lambda: any(g[:2] == ("status", 3) for g in got))
+        assert ("status", 3, b"501") in got
     finally:
         sock.close()

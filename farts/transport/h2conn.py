@@ -223,6 +223,8 @@ class H2Machine:
             SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
             SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,
             SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
+            # RFC 8441: WebSocket (and other protocols) over a stream, by extended CONNECT.
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
         }
         conn.local_settings = Settings(client=False, initial_values=advertised)
         conn.initiate_connection()

@@ -21,8 +21,9 @@ body, a ``FileBody``, trailers; ``Upgrade`` of kind EVENTS as a never-ending bod
 - ``shutdown()``: graceful GOAWAY; the connection closes when its streams are done.
 
 Which machine serves a connection: ``choose_protocol`` (ALPN on TLS, the client
-preface on a plain listener with h2c).  WebSocket over HTTP/2 (RFC 8441) is not done
-yet: an ``Upgrade`` of kind STREAM on an HTTP/2 stream is answered 501.
+preface on a plain listener with h2c).  WebSocket over HTTP/2 (RFC 8441) comes
+as an extended CONNECT (``:protocol``), which the handler sees as the GET with Upgrade
+it is on HTTP/1.1; an ``Upgrade`` of kind STREAM is then a 200 and a two-way stream.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from .h2conn import (
     Reset,
     WindowOpened,
 )
-from .http import CHUNKED, EVENTS, ClientGone, FileBody, Fixed, RequestBody, Response, Upgrade
+from .http import CHUNKED, EVENTS, RAW, ClientGone, FileBody, Fixed, RequestBody, Response, Upgrade
 
 log = logging.getLogger("farts.http")
 
@@ -53,6 +54,8 @@ SMALL_FILE = 64 * 1024      # a file body up to this is read at once (page cache
 # Fields that mean something only on one HTTP/1.1 connection (RFC 9113 §8.2.2).
 CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection",
                                  b"transfer-encoding", b"upgrade"))
+WS_KEY = b"AAAAAAAAAAAAAAAAAAAAAA=="   # (16 zero bytes: see _on_head, RFC 8441)
+NOT_OVER_H2 = frozenset((b"sec-websocket-accept",))   # an HTTP/1.1 upgrade's own fields
 
 
 class H2Request:
@@ -283,6 +286,8 @@ class HTTP2Connection(asyncio.Protocol):
                 st = self.streams.get(ev.stream_id)
                 if st is not None and st.body is not None:
                     st.body.finish()
+                elif st is not None and st.sink is not None:
+                    st.sink.close()   # the client ended its side of a two-way stream
             elif t is WindowOpened:
                 self._wake(ev.stream_id)
             elif t is Reset:
@@ -301,6 +306,10 @@ class HTTP2Connection(asyncio.Protocol):
 
     def _on_body(self, ev: Body) -> None:
         st = self.streams.get(ev.stream_id)
+        if st is not None and st.sink is not None:   # a two-way stream (RFC 8441)
+            self.machine.consumed(ev.stream_id, len(ev.data))
+            st.sink.received(ev.data)
+            return
         if st is None or st.body is None:
             self.machine.consumed(ev.stream_id, len(ev.data))
             return
@@ -387,8 +396,19 @@ class HTTP2Connection(asyncio.Protocol):
             authority = host_field or b""
         elif host_field is None:
             fields.insert(0, (b"host", authority))
-        if method == b"CONNECT" or path_b is None:
-            self._fail(st, 501, "CONNECT is not supported")
+        if method == b"CONNECT":
+            if protocol is None or path_b is None:   # a tunnel: not served here
+                self._fail(st, 501, "CONNECT is not supported")
+                return
+            # RFC 8441: an extended CONNECT is what a GET with Upgrade is on HTTP/1.1,
+            # and the handler sees it so.  Its handshake has no Sec-WebSocket-Key (the
+            # SETTINGS did that job): a fixed one stands in, and the Accept computed from
+            # it is not sent.
+            method = b"GET"
+            if protocol.lower() == b"websocket" and not any(n == b"sec-websocket-key" for n, _ in fields):
+                fields.append((b"sec-websocket-key", WS_KEY))
+        elif path_b is None:
+            self._fail(st, 400, "no :path")
             return
         target = path_b
         path, _, query = target.partition(b"?")
@@ -646,18 +666,23 @@ class HTTP2Connection(asyncio.Protocol):
             await self._send(st, data, body.count == 0)
 
     def _upgrade(self, st: StreamState, upgrade: Upgrade) -> None:
-        if upgrade.kind != EVENTS:
-            self._answer_fixed(st, Fixed.error(501, "WebSocket over HTTP/2 is not supported yet"),
-                               st.req.method, counted=False)
-            self._record(st, 501)
+        """An Upgrade: EVENTS is a never-ending body; STREAM (an extended CONNECT, RFC
+        8441) is a 200 and then the stream's DATA both ways are the protocol's bytes."""
+        kind = upgrade.kind
+        if kind != EVENTS and (st.req.upgrade is None or self.machine.state(st.id) != "open"):
+            self._fail(st, 400, "a stream upgrade needs an extended CONNECT (RFC 8441)")
+            self._record(st, 400)
             return
-        self.machine.send_head(st.id, upgrade.status, response_fields(upgrade.headers, -1), False)
+        status = 200 if kind != EVENTS else upgrade.status
+        headers = [(n, v) for n, v in upgrade.headers if n.lower() not in NOT_OVER_H2]
+        self.machine.send_head(st.id, status, response_fields(headers, -1), False)
         self._flush()
-        self._record(st, upgrade.status)
-        if st.body is not None:
+        self._record(st, status)
+        if kind == EVENTS and st.body is not None:
             st.body.discard()
             st.body = None
-        sink = st.sink = H2Sink(self, st, upgrade.handler)
+        st.body = None   # (a STREAM's DATA go to the handler, see _on_body)
+        sink = st.sink = H2Sink(self, st, upgrade.handler, CHUNKED if kind == EVENTS else RAW)
         upgrade.handler.opened(sink, b"")
 
     # -- timeouts (called about once a second by the listener) -----------------------------
@@ -683,19 +708,21 @@ class HTTP2Connection(asyncio.Protocol):
 
 
 class H2Sink:
-    """The Sink of an event stream on an HTTP/2 stream: what the handler writes goes out
-    as DATA frames as the stream's window allows; the handler is paused while more
-    than HIGH bytes wait.  The writers of event streams frame their pieces as HTTP/1.1
-    chunks (``framing`` CHUNKED, see http.frame): the chunk framing is taken off here."""
+    """The Sink of an upgraded HTTP/2 stream: what the handler writes goes out as DATA
+    frames as the stream's window allows; the handler is paused while more than HIGH
+    bytes wait.  RAW (a two-way stream, RFC 8441): the bytes as they are, and the
+    client's DATA go to the handler's data_received.  CHUNKED (an event stream): its
+    writers frame their pieces as HTTP/1.1 chunks (see http.frame), taken off here."""
 
-    __slots__ = ("conn", "st", "handler", "queue", "partial", "paused", "closing", "gone")
+    __slots__ = ("conn", "st", "handler", "queue", "partial", "paused", "closing", "gone",
+                 "framing")
 
-    framing = CHUNKED
     fd = -1
     HIGH, LOW = 256 * 1024, 64 * 1024
 
-    def __init__(self, conn: HTTP2Connection, st: StreamState, handler) -> None:
+    def __init__(self, conn: HTTP2Connection, st: StreamState, handler, framing: str) -> None:
         self.conn, self.st, self.handler = conn, st, handler
+        self.framing = framing
         self.queue = bytearray()
         self.partial = b""
         self.paused = False
@@ -725,8 +752,12 @@ class H2Sink:
     def write(self, data: bytes) -> None:
         if self.gone or self.closing:
             return
-        self.queue += self._unchunk(data)
+        self.queue += self._unchunk(data) if self.framing == CHUNKED else data
         self.pump()
+
+    def received(self, data: bytes) -> None:
+        if not self.gone and data:
+            self.handler.data_received(data)
 
     def pump(self) -> None:
         if self.gone:
