@@ -413,6 +413,8 @@ class H2Machine:
         s = self.streams.get(sid)
         if s is None or self.closed:
             return
+        if s.head_sent:
+            raise H2StateError(f"a second response head on stream {sid}")
         s.head_sent = True
         self.conn.send_headers(sid, [(b":status", str(status).encode()), *headers], end_stream=end)
         if end:
