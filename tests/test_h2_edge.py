@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -601,3 +602,23 @@ def test_websocket_over_h2_by_extended_connect(node):
         assert ("status", 3, b"501") in got
     finally:
         sock.close()
+
+
+def test_nodes_http2_client_and_coalesced_cdn_misses_on_one_connection(node, origin):
+    """Node's http2 module: many streams at once on one TLS connection, among them
+    twenty for the same uncached object (one origin fetch), the proxy and a fixed route."""
+    body = bytes(range(256)) * 2000
+    origin.put("/files/co.bin", body, Cache_Control="max-age=60")
+    origin.delay["/files/co.bin"] = 0.3   # the misses arrive while the first is filling
+    script = os.path.join(os.path.dirname(__file__), "node", "h2_client.js")
+    paths = ["/media/co.bin"] * 20 + ["/a", "/app/echo?node=1"]
+    out = subprocess.run(["node", script, https(node, ""), str(node.ca), *paths],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(answers) == len(paths) and {a["version"] for a in answers} == {"h2"}
+    media = [a for a in answers if a["path"] == "/media/co.bin"]
+    assert {(a["status"], a["length"], a["sha256"]) for a in media} == {
+        (200, len(body), hashlib.sha256(body).hexdigest())}
+    assert origin.count("/files/co.bin") == 1
+    assert [a["status"] for a in answers if a["path"] != "/media/co.bin"] == [200, 200]

@@ -532,3 +532,15 @@ def test_the_table_agrees_with_h2s_stream_states(actions):
             h2_stream = p.server.conn.streams.get(s)
             theirs = CLOSED if h2_stream is None else H2_STATE_NAMES[h2_stream.state_machine.state.name]
             assert p.server.state(s) == theirs, (s, p.server.state(s), theirs)
+
+
+def test_many_streams_before_our_settings_are_refused_one_by_one_not_the_connection():
+    """A client may open streams before our SETTINGS reach it: far over the limit, each
+    extra one is refused alone; the connection stays (until the reset budget is spent)."""
+    limits = H2Limits(max_concurrent_streams=2, reset_burst=100)
+    m = H2Machine(limits, 0.0)
+    enc = Encoder()
+    evs = m.receive(PREFACE + SettingsFrame(0).serialize()
+                    + b"".join(get(2 * i + 1, enc=enc) for i in range(30)), 0.0)
+    assert [e.stream_id for e in evs if type(e) is RequestHead] == [1, 3]
+    assert not [e for e in evs if type(e) is Closed] and m.refused == 28

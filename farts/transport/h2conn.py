@@ -16,8 +16,8 @@ library's ``H2Connection``; this module adds what an edge server needs around it
       OPEN, HALF_CLOSED_* ─send/recv RST_STREAM─▶ CLOSED
 
 - limits (``H2Limits``): concurrent streams beyond the advertised limit are refused
-  with REFUSED_STREAM (h2 itself would close the connection, so it enforces a hard
-  limit twice as high); a header list over ``max_header_list_size`` is a request the
+  with REFUSED_STREAM (h2 itself would close the connection, so it is given no
+  limit); a header list over ``max_header_list_size`` is a request the
   adapter answers 431 (one over the hard limit, an HPACK bomb, is a connection error
   from h2); a CONTINUATION sequence holding more than ``max_continuation_bytes`` closes
   the connection; resets (rapid reset, CVE-2023-44487), PINGs, SETTINGS and empty DATA
@@ -229,12 +229,14 @@ class H2Machine:
         conn.local_settings = Settings(client=False, initial_values=advertised)
         conn.initiate_connection()
         # What h2 enforces itself, past the advertised values: a stream over the
-        # advertised limit is refused here (a stream error, RFC 9113 §5.1.2), not
-        # closed with the connection as h2 would; a header list between the advertised
-        # size and four times it is answered 431, over that h2 ends the connection.
+        # advertised limit is refused here (a stream error, RFC 9113 §5.1.2; a client
+        # may open many before our SETTINGS reach it), never by h2, which would close the
+        # connection; refusals count against the reset budget, so a flood of them ends
+        # in GOAWAY ENHANCE_YOUR_CALM.  A header list between the advertised size and
+        # four times it is answered 431, over that h2 ends the connection.
         conn.local_settings = Settings(client=False, initial_values={
             **advertised,
-            SettingCodes.MAX_CONCURRENT_STREAMS: 2 * limits.max_concurrent_streams,
+            SettingCodes.MAX_CONCURRENT_STREAMS: 2**31 - 1,
             SettingCodes.MAX_HEADER_LIST_SIZE: 4 * limits.max_header_list_size,
         })
         conn.decoder.max_header_list_size = 4 * limits.max_header_list_size
