@@ -102,3 +102,36 @@ def test_every_kind_of_answer_on_one_connection():
     assert head["headers"][b"content-length"] == str(len(BIG)).encode() and head["body"] == b""
     # A body that breaks after its head is out: the stream is reset, not left hanging.
     assert broken["headers"][b":status"] == b"200" and broken.get("reset") == 2   # INTERNAL_ERROR
+
+
+def test_a_client_that_never_opens_its_window_is_timed_out_as_stalled():
+    """The answer waits for a WINDOW_UPDATE that never comes: at the listener's tick
+    after idle_timeout (called here with that time, no waiting) the connection goes and
+    the timeout is counted."""
+    async def main():
+        router = Router(None, [(Route(prefix="/", kind="admin"), Handler())], 0)
+        stats = HTTPStats(Metrics(), {})
+        listener = Listener("t", "http", router, Limits(), stats, h2c=True)
+        await listener.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(*listener.address)
+            c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+            c.initiate_connection()
+            c.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"),
+                               (b":path", b"/big")], end_stream=True)
+            writer.write(c.data_to_send())
+            got = 0
+            while got < 65535:   # the whole first window, then nothing more can come
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                assert data
+                got += sum(len(e.data) for e in c.receive_data(data) if isinstance(e, DataReceived))
+            (conn,) = listener.connections
+            conn.check_timeouts(listener.now + Limits().idle_timeout / 2)
+            assert not conn.closed   # not yet
+            conn.check_timeouts(conn.last_activity + Limits().idle_timeout + 1)
+            assert conn.closed and stats.timeouts.get(("t", "stalled")) == 1
+            rest = await asyncio.wait_for(reader.read(), 10)   # GOAWAY, then the end
+            assert rest and rest[3] == 0x7
+        finally:
+            await listener.close()
+    asyncio.run(main())

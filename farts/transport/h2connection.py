@@ -17,7 +17,8 @@ body, a ``FileBody``, trailers; ``Upgrade`` of kind EVENTS as a never-ending bod
   every streamed or file body) by a task that waits for WINDOW_UPDATE and for the
   socket to drain.
 - ``check_timeouts(now)`` (the listener's tick): no request for header_timeout after
-  connecting, nothing open for idle_timeout, or no byte moving while answers wait.
+  connecting, nothing open for idle_timeout, or nothing from the client for
+  idle_timeout while answers wait for it (its socket or its flow-control windows).
 - ``shutdown()``: graceful GOAWAY; the connection closes when its streams are done.
 
 Which machine serves a connection: ``choose_protocol`` (ALPN on TLS, the client
@@ -693,7 +694,12 @@ class HTTP2Connection(asyncio.Protocol):
         quiet = now - self.last_activity
         kind = None
         if self.streams:
-            if self.write_paused and quiet > limits.idle_timeout:
+            # Answers wait for the client (its socket or its windows: a peer that never
+            # sends WINDOW_UPDATE holds our handlers as surely as one that does not read)
+            # and nothing has come from it for idle_timeout.
+            if quiet > limits.idle_timeout and (self.write_paused or any(
+                    st.waiter is not None or (st.sink is not None and st.sink.queue)
+                    for st in self.streams.values())):
                 kind = "stalled"
         elif self.machine.requests == 0:
             if now - self.connected_at > limits.header_timeout:
