@@ -4,10 +4,12 @@ return, as HTTP/1.1 clients get it (test_http_edge, test_http_trailers)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset, TrailersReceived
+from test_http_trailers import Checksummed
 
 from farts.config import Limits, Route
 from farts.metrics import Metrics
@@ -27,6 +29,8 @@ class Handler:
             return Response(204, [(b"x-empty", b"1")])
         if what == b"boom":       # the handler fails before answering
             raise RuntimeError("boom")
+        if what == b"trailers":   # a streamed body whose trailer is known at its end
+            return Checksummed().handle(req)
 
         async def later():
             if what == b"late-boom":
@@ -44,13 +48,22 @@ class Handler:
         return later()
 
 
+@contextlib.asynccontextmanager
+async def h2c_listener(stats: HTTPStats | None = None):
+    """An in-process HTTP listener on loopback with h2c, routing everything to Handler."""
+    router = Router(None, [(Route(prefix="/", kind="admin"), Handler())], 0)
+    listener = Listener("t", "http", router, Limits(), stats or HTTPStats(Metrics(), {}), h2c=True)
+    await listener.start("127.0.0.1", 0)
+    try:
+        yield listener
+    finally:
+        await listener.close()
+
+
 def run(paths: list[tuple[bytes, bytes]]) -> dict:
     """Each (method, path) on its own stream of one connection; what came back, by stream."""
     async def main():
-        router = Router(None, [(Route(prefix="/", kind="admin"), Handler())], 0)
-        listener = Listener("t", "http", router, Limits(), HTTPStats(Metrics(), {}), h2c=True)
-        await listener.start("127.0.0.1", 0)
-        try:
+        async with h2c_listener() as listener:
             reader, writer = await asyncio.open_connection(*listener.address)
             c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
             c.initiate_connection()
@@ -80,15 +93,14 @@ def run(paths: list[tuple[bytes, bytes]]) -> dict:
                 writer.write(c.data_to_send())
             writer.close()
             return out
-        finally:
-            await listener.close()
     return asyncio.run(main())
 
 
 def test_every_kind_of_answer_on_one_connection():
     out = run([(b"GET", b"/big"), (b"GET", b"/empty"), (b"GET", b"/boom"), (b"GET", b"/late-boom"),
-               (b"GET", b"/fixed"), (b"GET", b"/stream"), (b"HEAD", b"/big"), (b"GET", b"/broken")])
-    big, empty, boom, late, fixed, stream, head, broken = (out[2 * i + 1] for i in range(8))
+               (b"GET", b"/fixed"), (b"GET", b"/stream"), (b"HEAD", b"/big"), (b"GET", b"/broken"),
+               (b"GET", b"/trailers")])
+    big, empty, boom, late, fixed, stream, head, broken, trailers = (out[2 * i + 1] for i in range(9))
     assert big["headers"][b":status"] == b"200" and big["body"] == BIG
     assert big["headers"][b"content-length"] == str(len(BIG)).encode()
     assert empty["headers"][b":status"] == b"204" and empty["body"] == b""
@@ -102,6 +114,8 @@ def test_every_kind_of_answer_on_one_connection():
     assert head["headers"][b"content-length"] == str(len(BIG)).encode() and head["body"] == b""
     # A body that breaks after its head is out: the stream is reset, not left hanging.
     assert broken["headers"][b":status"] == b"200" and broken.get("reset") == 2   # INTERNAL_ERROR
+    # Trailer fields known only at the body's end, in a HEADERS frame ending the stream.
+    assert trailers["body"] == b"hello world" and trailers["trailers"] == [(b"x-body-length", b"11")]
 
 
 def test_a_client_that_never_opens_its_window_is_timed_out_as_stalled():
@@ -109,11 +123,8 @@ def test_a_client_that_never_opens_its_window_is_timed_out_as_stalled():
     after idle_timeout (called here with that time, no waiting) the connection goes and
     the timeout is counted."""
     async def main():
-        router = Router(None, [(Route(prefix="/", kind="admin"), Handler())], 0)
         stats = HTTPStats(Metrics(), {})
-        listener = Listener("t", "http", router, Limits(), stats, h2c=True)
-        await listener.start("127.0.0.1", 0)
-        try:
+        async with h2c_listener(stats) as listener:
             reader, writer = await asyncio.open_connection(*listener.address)
             c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
             c.initiate_connection()
@@ -132,6 +143,4 @@ def test_a_client_that_never_opens_its_window_is_timed_out_as_stalled():
             assert conn.closed and stats.timeouts.get(("t", "stalled")) == 1
             rest = await asyncio.wait_for(reader.read(), 10)   # GOAWAY, then the end
             assert rest and rest[3] == 0x7
-        finally:
-            await listener.close()
     asyncio.run(main())

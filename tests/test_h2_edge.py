@@ -20,7 +20,7 @@ import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset, TrailersReceived
+from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
 from h2.settings import SettingCodes, Settings
 from hpack import Encoder
 from hyperframe.frame import (
@@ -262,47 +262,6 @@ def test_event_stream_over_h2(node):
                 if line.startswith("data: "):
                     assert json.loads(line[6:])["data"] == "over h2"
                     break
-
-
-def test_trailers_reach_an_h2_client():
-    """In-process listener with h2c: a streamed body whose trailer is known at its end."""
-    from test_http_trailers import Checksummed
-
-    from farts.config import Limits, Route
-    from farts.metrics import Metrics
-    from farts.transport.listener import HTTPStats, Listener
-    from farts.transport.router import Router
-
-    async def main():
-        router = Router(None, [(Route(prefix="/t", kind="admin"), Checksummed())], 0)
-        listener = Listener("test", "http", router, Limits(), HTTPStats(Metrics(), {}), h2c=True)
-        await listener.start("127.0.0.1", 0)
-        try:
-            reader, writer = await asyncio.open_connection(*listener.address)
-            c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
-            c.initiate_connection()
-            c.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"),
-                               (b":path", b"/t"), (b"te", b"trailers")], end_stream=True)
-            writer.write(c.data_to_send())
-            body, trailers, ended = b"", None, False
-            while not ended:
-                data = await asyncio.wait_for(reader.read(65536), 5)
-                assert data
-                for ev in c.receive_data(data):
-                    if isinstance(ev, DataReceived):
-                        body += ev.data
-                        c.acknowledge_received_data(ev.flow_controlled_length, 1)
-                    elif isinstance(ev, TrailersReceived):
-                        trailers = ev.headers
-                    elif isinstance(ev, StreamEnded):
-                        ended = True
-                writer.write(c.data_to_send())
-            assert body == b"hello world" and trailers == [(b"x-body-length", b"11")]
-            writer.close()
-        finally:
-            await listener.close()
-
-    asyncio.run(main())
 
 
 # -- bad input: raw connections -------------------------------------------------------------
