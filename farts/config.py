@@ -126,6 +126,8 @@ class ListenerConfig:
     host: str = "127.0.0.1"
     port: int = setting(8080, PORT)
     enabled: bool = True
+    # HTTP/2 with prior knowledge (h2c) besides HTTP/1.1: the client preface decides.
+    h2c: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ class TLSListenerConfig:
     cert_dir: str = "certs"
     # Seconds between checks of cert_dir for changed files (hot reload).
     reload_interval: float = setting(2.0, POSITIVE)
+    # Offer HTTP/2 by ALPN ("h2", then "http/1.1").
+    http2: bool = True
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,8 @@ class Limits:
     max_connections: int = setting(10000, POSITIVE)
     max_connections_per_ip: int = setting(1000, POSITIVE)
     slow_request_seconds: float = setting(0.1, POSITIVE)
+    # HTTP/2: streams open at once per connection (more are refused, REFUSED_STREAM).
+    max_concurrent_streams: int = setting(100, POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -378,12 +384,14 @@ data_dir = "./farts-data"   # relative to this file; certs, caches and the DB li
 [listeners.http]
 host = "127.0.0.1"
 port = 8080
+h2c = false                 # also HTTP/2 with prior knowledge (the client preface decides)
 
 [listeners.https]
 host = "127.0.0.1"
 port = 8443
 cert_dir = "certs"          # <name>.crt + <name>.key pairs, relative to data_dir; reloaded when changed
 reload_interval = 2.0
+http2 = true                # ALPN offers h2, then http/1.1
 
 [listeners.admin]           # /metrics, /healthz
 host = "127.0.0.1"
@@ -398,6 +406,7 @@ idle_timeout = 75.0         # keep-alive idle seconds
 max_connections = 10000
 max_connections_per_ip = 1000
 slow_request_seconds = 0.1  # requests slower than this are counted and logged
+max_concurrent_streams = 100  # HTTP/2 streams at once per connection; more get REFUSED_STREAM
 
 [http]
 unknown_host_status = 421   # or 404

@@ -37,7 +37,7 @@ from farts.transport.client import Client
 from farts.transport.http import Fixed
 from farts.transport.listener import AccessLog, HTTPStats, Listener
 from farts.transport.router import Router
-from farts.transport.tls import CertStore
+from farts.transport.tls import ALPN, ALPN_HTTP1, CertStore
 
 log = logging.getLogger("farts.node")
 
@@ -205,19 +205,24 @@ class Node:
         admin = Router(None, admin_routes, 0)
         ls = cfg.listeners
         if ls.http.enabled:
-            await self._listen("http", "http", public, ls.http.host, ls.http.port, None, access)
+            await self._listen("http", "http", public, ls.http.host, ls.http.port, None, access,
+                               h2c=ls.http.h2c)
         if ls.https.enabled:
-            self.certs = CertStore(cfg.path(ls.https.cert_dir), self.clock)
+            self.certs = CertStore(cfg.path(ls.https.cert_dir), self.clock,
+                                   ALPN if ls.https.http2 else ALPN_HTTP1)
             self.metrics.gauge("farts_tls_certificate_reloads", "Times the certificate directory was loaded",
                                lambda: self.certs.reloads)
             self._timers.append(self.certs.watch(ls.https.reload_interval))
             await self._listen("https", "https", public, ls.https.host, ls.https.port,
                                self.certs.listening, access)
         if ls.admin.enabled:
-            await self._listen("admin", "http", admin, ls.admin.host, ls.admin.port, None, None)
+            await self._listen("admin", "http", admin, ls.admin.host, ls.admin.port, None, None,
+                               h2c=ls.admin.h2c)
 
-    async def _listen(self, name, scheme, router, host, port, ssl_context, access) -> None:
-        listener = Listener(name, scheme, router, self.cfg.limits, self.stats, access, self.clock)
+    async def _listen(self, name, scheme, router, host, port, ssl_context, access,
+                      h2c: bool = False) -> None:
+        listener = Listener(name, scheme, router, self.cfg.limits, self.stats, access, self.clock,
+                            h2c=h2c)
         try:
             await listener.start(host, port, ssl_context)
         except OSError as e:

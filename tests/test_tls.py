@@ -25,11 +25,12 @@ def node(node_factory):
     return node_factory(ROUTES)
 
 
-def peer_cert(port: int, server_name: str, ca: str, **ctx_options) -> tuple[x509.Certificate, ssl.SSLSocket]:
+def peer_cert(port: int, server_name: str, ca: str, alpn=("h2", "http/1.1"),
+              **ctx_options) -> tuple[x509.Certificate, ssl.SSLSocket]:
     ctx = ssl.create_default_context(cafile=ca)
     for k, v in ctx_options.items():
         setattr(ctx, k, v)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
     s = ctx.wrap_socket(raw, server_hostname=server_name)
     return x509.load_der_x509_certificate(s.getpeercert(binary_form=True)), s
@@ -63,10 +64,13 @@ def test_sni_picks_the_certificate_for_the_name(node):
     assert out.returncode == 0 and out.stdout == b"over tls\n", out.stderr
 
 
-def test_alpn_offers_http11_and_tls13_is_used(node):
+def test_alpn_prefers_h2_then_http11_and_tls13_is_used(node):
     _, s = peer_cert(node.port("https"), "localhost", str(node.ca))
-    assert s.selected_alpn_protocol() == "http/1.1"
+    assert s.selected_alpn_protocol() == "h2"
     assert s.version() == "TLSv1.3"
+    s.close()
+    _, s = peer_cert(node.port("https"), "localhost", str(node.ca), alpn=["http/1.1"])
+    assert s.selected_alpn_protocol() == "http/1.1"
     s.close()
 
 

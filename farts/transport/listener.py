@@ -1,6 +1,7 @@
 """An HTTP listening socket: the listener kit plus the HTTP request metrics and access log."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -14,6 +15,8 @@ from farts.config import Limits
 from farts.metrics import Metrics
 
 from .connection import HTTP1Connection
+from .h2conn import H2Limits
+from .h2connection import HTTP2Connection, choose_protocol
 from .http import Fixed
 from .kit import ConnectionStats, ListenerKit
 from .router import Router
@@ -44,6 +47,9 @@ class HTTPStats:
         self.parse_errors = metrics.counter(
             "farts_http_parse_errors_total", "Malformed or over-limit requests, by the status answered",
             ("listener", "status"))
+        self.h2_events = metrics.counter(
+            "farts_http2_events_total", "HTTP/2 stream resets and GOAWAYs, by who and why",
+            ("listener", "event"))
         self.connections = ConnectionStats(metrics, "farts_http")
         self.refused, self.timeouts = self.connections.refused, self.connections.timeouts
         def fixed_counts() -> dict[tuple, float]:
@@ -57,6 +63,24 @@ class HTTPStats:
             return out
 
         self.requests.sources.append(fixed_counts)
+        def by_protocol() -> dict[tuple, float]:
+            totals: dict[str, float] = {}
+            for key, n in self.requests.totals().items():
+                totals[key[0]] = totals.get(key[0], 0) + n
+            out: dict[tuple, float] = {}
+            for name, li in listeners.items():
+                out[(name, "2")] = li.h2_requests
+                out[(name, "1.1")] = totals.get(name, 0) - li.h2_requests
+            return out
+
+        metrics.counter("farts_http_requests_by_protocol_total",
+                        "HTTP requests answered, by protocol version (1.1 includes 1.0)",
+                        ("listener", "protocol")).sources.append(by_protocol)
+        metrics.gauge("farts_http_connections_by_protocol", "Open client connections by protocol version",
+                      lambda: {k: v for name, li in listeners.items()
+                               for k, v in (((name, "2"), li.h2_connections),
+                                            ((name, "1.1"), li.open - li.h2_connections))},
+                      ("listener", "protocol"))
         metrics.gauge("farts_http_received_bytes", "Bytes received from clients",
                       lambda: {(n,): li.bytes_in for n, li in listeners.items()}, ("listener",))
         metrics.gauge("farts_http_sent_body_bytes", "Streamed response body bytes sent to clients",
@@ -84,7 +108,8 @@ class Listener(ListenerKit):
     the router, the HTTP request metrics and the access log."""
 
     def __init__(self, name: str, scheme: str, router: Router, limits: Limits, stats: HTTPStats,
-                 access_log: AccessLog | None = None, clock: Clock | None = None) -> None:
+                 access_log: AccessLog | None = None, clock: Clock | None = None,
+                 http2: bool = True, h2c: bool = False) -> None:
         super().__init__(name, clock or LoopClock(), stats.connections,
                          max_connections=limits.max_connections,
                          max_connections_per_ip=limits.max_connections_per_ip)
@@ -95,6 +120,12 @@ class Listener(ListenerKit):
         self.access_log = access_log if access_log is not None and access_log.sample > 0 else None
         self.bytes_in = 0
         self.bytes_out = 0
+        # HTTP/2: by ALPN on TLS when ``http2``, by prior knowledge on plain TCP when ``h2c``.
+        self.http2, self.h2c = http2, h2c
+        self.h2_limits = H2Limits(max_concurrent_streams=limits.max_concurrent_streams,
+                                  max_header_list_size=limits.max_header_bytes)
+        self.h2_connections = 0
+        self.h2_requests = 0
 
     # -- called by connections --------------------------------------------------
     def admit(self, conn: HTTP1Connection) -> Fixed | None:
@@ -127,7 +158,28 @@ class Listener(ListenerKit):
     def timeout(self, kind: str) -> None:
         self.stats.timeouts.inc((self.name, kind))
 
+    def h2_event(self, event: str) -> None:
+        self.stats.h2_events.inc((self.name, event))
+
     # -- lifetime ---------------------------------------------------------------
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
-        await super().start(lambda: HTTP1Connection(self), host, port, ssl_context,
-                            self.limits.header_timeout, backlog=4096)
+        if (ssl_context is not None and self.http2) or (ssl_context is None and self.h2c):
+            factory = choose_protocol(self, self.h2c)
+        else:
+            factory = lambda: HTTP1Connection(self)  # noqa: E731
+        await super().start(factory, host, port, ssl_context, self.limits.header_timeout,
+                            backlog=4096)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stops accepting; HTTP/2 connections get a graceful GOAWAY and up to ``grace``
+        seconds to finish the streams in progress; then every connection is closed."""
+        h2 = [c for c in self.connections if type(c) is HTTP2Connection]
+        if h2:
+            if self.server is not None:
+                self.server.close()
+            for conn in h2:
+                conn.shutdown()
+            gone = [c.gone for c in h2 if c.gone is not None]
+            if gone:
+                await asyncio.wait(gone, timeout=grace)
+        await super().close()

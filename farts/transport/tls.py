@@ -19,13 +19,16 @@ from farts.clock import Clock, LoopClock, Timer
 
 log = logging.getLogger("farts.tls")
 
-ALPN = ["http/1.1"]
+# What ALPN offers, in the server's order of preference (the listener picks the HTTP
+# machine by the protocol chosen: h2conn for "h2", h1 otherwise).
+ALPN = ["h2", "http/1.1"]
+ALPN_HTTP1 = ["http/1.1"]
 
 
-def _context(cert: Path, key: Path) -> ssl.SSLContext:
+def _context(cert: Path, key: Path, alpn: list[str]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(ALPN)
+    ctx.set_alpn_protocols(alpn)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.load_cert_chain(cert, key)
     return ctx
@@ -43,15 +46,16 @@ def names_in(cert_path: Path) -> list[str]:
 
 
 class CertStore:
-    def __init__(self, cert_dir: Path, clock: Clock | None = None) -> None:
+    def __init__(self, cert_dir: Path, clock: Clock | None = None, alpn: list[str] = ALPN) -> None:
         self.cert_dir = cert_dir
+        self.alpn = alpn
         self.clock = clock or LoopClock()
         self.by_name: dict[str, ssl.SSLContext] = {}
         self.default: ssl.SSLContext | None = None
         self._seen: dict[str, float] = {}
         self.listening = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.listening.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.listening.set_alpn_protocols(ALPN)
+        self.listening.set_alpn_protocols(alpn)
         self.listening.sni_callback = self._on_sni
         self.reloads = 0
         self.load()
@@ -75,7 +79,7 @@ class CertStore:
             if not key.exists():
                 continue
             try:
-                ctx = _context(cert, key)
+                ctx = _context(cert, key, self.alpn)
                 names = names_in(cert)
             except (ssl.SSLError, ValueError, OSError) as e:
                 log.error("certificate %s not loaded: %s", cert, e)
