@@ -1,6 +1,6 @@
 """The HTTP/2 adapter's answer paths through an in-process listener on loopback (h2c),
 read by a real client (the h2 library's client side over a socket): what the handlers
-return, as HTTP/1.1 clients get it (test_http_edge, test_http_trailers)."""
+return, as HTTP/1.1 clients get it (test_http_edge, test_http_streamed)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +9,7 @@ import contextlib
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset, TrailersReceived
-from test_http_trailers import Checksummed
+from test_http_streamed import Checksummed
 
 from farts.config import Limits, Route
 from farts.metrics import Metrics
