@@ -160,6 +160,10 @@ class Limits:
     idle_timeout: float = setting(75.0, POSITIVE)
     max_connections: int = setting(10000, POSITIVE)
     max_connections_per_ip: int = setting(1000, POSITIVE)
+    # TLS handshakes in flight on a TLS listener, in all and from one IP: more are refused
+    # at accept (each one also has header_timeout to finish).
+    max_tls_handshakes: int = setting(1024, POSITIVE)
+    max_tls_handshakes_per_ip: int = setting(64, POSITIVE)
     slow_request_seconds: float = setting(0.1, POSITIVE)
     # HTTP/2: streams open at once per connection (more are refused, REFUSED_STREAM).
     max_concurrent_streams: int = setting(100, POSITIVE)
@@ -405,6 +409,8 @@ header_timeout = 10.0       # seconds to send a whole header section, else 408
 idle_timeout = 75.0         # keep-alive idle seconds
 max_connections = 10000
 max_connections_per_ip = 1000
+max_tls_handshakes = 1024    # TLS handshakes in flight per TLS listener; more are refused at accept
+max_tls_handshakes_per_ip = 64
 slow_request_seconds = 0.1  # requests slower than this are counted and logged
 max_concurrent_streams = 100  # HTTP/2 streams at once per connection; more get REFUSED_STREAM
 

@@ -148,3 +148,42 @@ def test_the_certificate_directory_is_checked_on_the_clock(tmp_path):
     assert store.reloads == 2 and store.context_for("b.test") is not None
     timer.cancel()
     assert clock.pending() == 0
+
+
+def test_tls_handshakes_in_flight_are_bounded_per_ip(node_factory):
+    node = node_factory("[limits]\nmax_tls_handshakes_per_ip = 4\n" + ROUTES)
+    port = node.port("https")
+    ctx = ssl.create_default_context(cafile=str(node.ca))
+    # Four connections from 127.0.0.1 that never send a ClientHello hold its four places.
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+    try:
+        deadline = time.monotonic() + 10   # (until the node has accepted those four)
+        while True:
+            try:
+                ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                                server_hostname="localhost").close()
+                refused = False
+            except (ssl.SSLError, OSError):   # closed at accept
+                refused = True
+            if refused or time.monotonic() > deadline:
+                break
+        assert refused
+        # Another address is served meanwhile.
+        other = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0))
+        with ctx.wrap_socket(other, server_hostname="localhost") as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in idle:
+            s.close()
+    # Their places are free again once they are gone.
+    deadline = time.monotonic() + 10
+    while True:
+        r = subprocess.run(["curl", "-sS", "--cacert", str(node.ca), node.url("https", "/")],
+                           capture_output=True, timeout=10)
+        if r.returncode == 0 or time.monotonic() > deadline:
+            break
+    assert r.stdout == b"over tls\n", r.stderr
+    text = httpx.get(node.url("admin", "/metrics")).text
+    assert any("max_handshakes_per_ip" in ln and not ln.rstrip().endswith(" 0.0")
+               for ln in text.splitlines() if ln.startswith("farts_http_connections_refused_total")), text

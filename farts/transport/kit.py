@@ -19,6 +19,7 @@ paused, so a client that does not read its answers cannot make us queue more).
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from typing import Any
 
 from farts.clock import Clock, Timer
 from farts.metrics import Metrics
+
+log = logging.getLogger("farts.transport")
 
 TICK = 0.5  # seconds between deadline sweeps; deadlines are as precise as this
 
@@ -56,7 +59,8 @@ class ConnectionStats:
 
 class ListenerKit:
     def __init__(self, name: str, clock: Clock, stats: ConnectionStats, *, max_connections: int,
-                 max_connections_per_ip: int, tick: float = TICK) -> None:
+                 max_connections_per_ip: int, tick: float = TICK, max_handshakes: int = 1024,
+                 max_handshakes_per_ip: int = 64) -> None:
         self.name = name
         self.clock = clock
         self.stats = stats
@@ -67,6 +71,11 @@ class ListenerKit:
         self.connections: set = set()
         self.taken_over = 0  # connections handed to another protocol, still counted
         self.per_ip: dict[str, int] = {}
+        # TLS handshakes in flight (TLS listeners), in all and by IP: see _accept_tls.
+        self.max_handshakes, self.max_handshakes_per_ip = max_handshakes, max_handshakes_per_ip
+        self.handshakes_per_ip: dict[str, int] = {}
+        self._handshaking: set[asyncio.Task] = set()
+        self._tls_sock: socket.socket | None = None
         self.now = clock.monotonic()  # as of the last sweep: a coarse clock for the hot path
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
@@ -130,20 +139,86 @@ class ListenerKit:
                     ssl_context: ssl.SSLContext | None = None, handshake_timeout: float | None = None,
                     **server_options: Any) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            factory, host, port, ssl=ssl_context, reuse_address=True,
-            ssl_handshake_timeout=handshake_timeout if ssl_context else None, **server_options)
-        sock: socket.socket = self.server.sockets[0]
+        if ssl_context is None:
+            self.server = await loop.create_server(factory, host, port, reuse_address=True, **server_options)
+            sock: socket.socket = self.server.sockets[0]
+        else:
+            sock = self._tls_sock = socket.create_server(
+                (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                backlog=server_options.get("backlog", 100))
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._accept_tls, factory, ssl_context, handshake_timeout)
         self.address = sock.getsockname()[:2]
         self._sweep = self.clock.every(self.tick, self.sweep)
         return self.address
+
+    # -- TLS: accepted here, so that handshakes in flight are counted by IP -------------
+    def _accept_tls(self, factory, ctx: ssl.SSLContext, timeout: float | None) -> None:
+        """The listening socket is readable: each new connection is counted as a handshake
+        in flight (for the listener and for its IP; over either limit it is closed at
+        once, counted) until its handshake ends; then its protocol is made as on any
+        listener. A loop server would start the handshake before the protocol could see
+        the peer's address."""
+        sock = self._tls_sock
+        for _ in range(64):   # (then the loop's other work, then more)
+            try:
+                conn, addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:   # EMFILE and the like: the next readable event retries
+                log.warning("%s: accept failed: %s", self.name, e)
+                return
+            ip = addr[0]
+            reason = self._start_handshake(ip)
+            if reason is not None:
+                self.stats.refused.inc((self.name, reason))
+                conn.close()
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.ensure_future(self._handshake(conn, ip, factory, ctx, timeout))
+            self._handshaking.add(task)
+            task.add_done_callback(self._handshaking.discard)
+
+    def _start_handshake(self, ip: str) -> str | None:
+        n = self.handshakes_per_ip.get(ip, 0)
+        if len(self._handshaking) >= self.max_handshakes:
+            return "max_handshakes"
+        if n >= self.max_handshakes_per_ip:
+            return "max_handshakes_per_ip"
+        self.handshakes_per_ip[ip] = n + 1
+        return None
+
+    async def _handshake(self, conn: socket.socket, ip: str, factory, ctx, timeout) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                factory, conn, ssl=ctx, ssl_handshake_timeout=timeout)
+        except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as e:
+            self.stats.refused.inc((self.name, "tls_handshake"))
+            log.debug("%s: TLS handshake from %s failed: %s", self.name, ip, e)
+            conn.close()
+        finally:
+            n = self.handshakes_per_ip[ip] - 1
+            if n:
+                self.handshakes_per_ip[ip] = n
+            else:
+                del self.handshakes_per_ip[ip]
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self._tls_sock is not None:
+            asyncio.get_running_loop().remove_reader(self._tls_sock.fileno())
+            self._tls_sock.close()
+            self._tls_sock = None
+            for task in list(self._handshaking):
+                task.cancel()
 
     async def close(self) -> None:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        self.stop_accepting()
         if self.server is not None:
-            self.server.close()
             for conn in list(self.connections):
                 if conn.transport is not None:
                     conn.transport.close()

@@ -112,7 +112,9 @@ class Listener(ListenerKit):
                  http2: bool = True, h2c: bool = False) -> None:
         super().__init__(name, clock or LoopClock(), stats.connections,
                          max_connections=limits.max_connections,
-                         max_connections_per_ip=limits.max_connections_per_ip)
+                         max_connections_per_ip=limits.max_connections_per_ip,
+                         max_handshakes=limits.max_tls_handshakes,
+                         max_handshakes_per_ip=limits.max_tls_handshakes_per_ip)
         self.scheme = scheme
         self.router = router
         self.limits = limits
@@ -175,8 +177,7 @@ class Listener(ListenerKit):
         seconds to finish the streams in progress; then every connection is closed."""
         h2 = [c for c in self.connections if type(c) is HTTP2Connection]
         if h2:
-            if self.server is not None:
-                self.server.close()
+            self.stop_accepting()
             for conn in h2:
                 conn.shutdown()
             gone = [c.gone for c in h2 if c.gone is not None]
