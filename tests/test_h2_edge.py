@@ -563,6 +563,49 @@ def test_websocket_over_h2_by_extended_connect(node):
         sock.close()
 
 
+def test_websocket_over_h2_to_the_proxy_passes_through_to_the_application(node, ups):
+    """An extended CONNECT on a proxy route: the application's WebSocket (an HTTP/1.1
+    101 upstream) answers through the tunnel, in DATA frames on the h2 stream."""
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    c.initiate_connection()
+    ctx = tls(node)
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", node.port("https")), timeout=10),
+                           server_hostname="localhost")
+    ws = FrameProtocol(client=True, extensions=[])
+    texts: list[str] = []
+    status: list[bytes] = []
+
+    def pump(until) -> None:
+        sock.sendall(c.data_to_send())
+        while not until():
+            data = sock.recv(65536)
+            assert data, "the server closed"
+            for ev in c.receive_data(data):
+                if isinstance(ev, ResponseReceived):
+                    status.append(dict(ev.headers)[b":status"])
+                elif isinstance(ev, DataReceived):
+                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    ws.receive_bytes(ev.data)
+                    texts.extend(f.payload for f in ws.received_frames() if f.opcode is Opcode.TEXT)
+            sock.sendall(c.data_to_send())
+
+    try:
+        pump(lambda: c.remote_settings.enable_connect_protocol == 1)
+        c.send_headers(1, [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
+                           (b":authority", b"localhost"), (b":path", b"/app/ws"),
+                           (b"sec-websocket-version", b"13")])
+        pump(lambda: status and texts)
+        assert status == [b"200"] and texts[0].startswith("hello from A")
+        c.send_data(1, bytes(ws.send_data("over h2", fin=True)))
+        pump(lambda: len(texts) == 2)
+        assert texts[1] == "echo:over h2"
+    finally:
+        sock.close()
+
+
 def test_nodes_http2_client_and_coalesced_cdn_misses_on_one_connection(node, origin):
     """Node's http2 module: many streams at once on one TLS connection, among them
     twenty for the same uncached object (one origin fetch), the proxy and a fixed route."""

@@ -555,6 +555,10 @@ class HTTP2Connection(asyncio.Protocol):
         try:
             if inspect.isawaitable(result):
                 result = await result
+            if type(result) is Upgrade:   # (decided after an await: the proxy's Tunnel)
+                st.task = None
+                self._upgrade(st, result)
+                return
             if type(result) is Fixed:
                 st.task = None
                 self._answer_fixed(st, result, req.method, counted=False)
