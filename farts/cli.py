@@ -202,6 +202,33 @@ def cmd_drain(args) -> int:
     return 0
 
 
+def cmd_certs(args) -> int:
+    import json
+    import urllib.request
+
+    if args.certs_command == "list":
+        from cryptography import x509
+
+        from farts.transport.tls import names_in
+        cfg = config.load(args.config)
+        cert_dir = cfg.path(cfg.listeners.https.cert_dir)
+        for path in sorted(cert_dir.glob("*.crt")):
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            print(f"{path.name:20} until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC  "
+                  f"issuer {cert.issuer.rfc4514_string()}  names {', '.join(names_in(path))}")
+        return 0
+    renew = args.certs_command == "renew"
+    url = args.admin.rstrip("/") + ("/api/certs/renew" if renew else "/api/certs")
+    try:
+        req = urllib.request.Request(url, data=b"" if renew else None, method="POST" if renew else "GET")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            print(json.dumps(json.load(r), indent=1))
+    except (OSError, ValueError) as e:
+        print(f"farts-edge: cannot read {url}: {e} (is [certs] enabled on that node?)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_serve(args) -> int:
     return _serve(_with_flags(config.load(args.config), args))
 
@@ -286,6 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     drain = sub.add_parser("drain", help="take the node out of every node's DNS answers (it keeps serving)")
     drain.add_argument("--admin", default="http://127.0.0.1:9100/", help="the node's admin listener URL")
     drain.set_defaults(func=cmd_drain)
+
+    certs = sub.add_parser("certs", help="the ACME certificates ([certs])")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    for name, text in (("status", "the ACME certificate's state on a node"),
+                       ("renew", "order a new certificate now")):
+        c = certs_sub.add_parser(name, help=text)
+        c.add_argument("--admin", default="http://127.0.0.1:9100/", help="the node's admin listener URL")
+        c.set_defaults(func=cmd_certs)
+    c = certs_sub.add_parser("list", help="the certificates the HTTPS listener serves, from a config")
+    c.add_argument("--config", default="./farts-data/farts.toml")
+    c.set_defaults(func=cmd_certs)
 
     dns = sub.add_parser("dns", help="geo DNS tools")
     dns_sub = dns.add_subparsers(dest="dns_command", required=True)

@@ -20,6 +20,7 @@ from farts.admin import AdminHandler
 from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
 from farts.cdn import config as cdn_config
 from farts.cdn.peer import PurgePeer
+from farts.certs import config as certs_config
 from farts.clock import LoopClock, Timer
 from farts.config import Config, Route
 from farts.db import config as db_config
@@ -63,6 +64,8 @@ class Service:
     routes: dict[str, Callable[[Node, Any, Route], Any]] = field(default_factory=dict)
     # (node, service) -> [(route, handler)] on the admin listener
     admin_routes: Callable[[Node, Any], list] | None = None
+    # (node, service) -> [(route, handler)] on the public listeners, for every tenant
+    public_routes: Callable[[Node, Any], list] | None = None
     # (node, service, bus) -> the service's peer protocol objects (each subscribes itself)
     peers: Callable[[Node, Any, Any], list] | None = None
 
@@ -82,6 +85,25 @@ def _build_db(node: Node):
     from farts.db.server import DBService  # LMDB and the query engine only when used
     return DBService(cfg.db, cfg.path("db"), cfg.node.id, node.metrics, {t.id for t in cfg.tenants} or None,
                      cfg.source, limits=cfg.limits, clock=node.clock)
+
+
+def _build_certs(node: Node):
+    cfg = node.cfg
+    if not cfg.certs.enabled:
+        return None
+    from farts.certs.service import CertService, default_domains  # acme only when used
+    return CertService(cfg.certs, cfg.certs.domains or default_domains(cfg.tenants),
+                       cfg.path(cfg.listeners.https.cert_dir), cfg.path("acme"), node.metrics, node.clock)
+
+
+def _certs_routes(node: Node, certs) -> list:
+    from farts.certs.service import CHALLENGE_PREFIX
+    return [(Route(prefix=CHALLENGE_PREFIX, kind="admin", max_body_bytes=0), certs.handler)]
+
+
+def _certs_admin(node: Node, certs) -> list:
+    from farts.certs.service import CertsAdminHandler
+    return [(Route(prefix="/api/certs", kind="admin", max_body_bytes=0), CertsAdminHandler(certs))]
 
 
 def _close_upstreams(upstreams: dict) -> None:
@@ -126,6 +148,8 @@ SERVICES: tuple[Service, ...] = (
                                                              r.prefix)},
             admin_routes=_purge_routes,
             peers=lambda n, cdn, bus: [PurgePeer(cdn, bus)]),
+    Service("certs", certs_config.SECTION, build=_build_certs, start_rank=45, stop_rank=5,
+            public_routes=_certs_routes, admin_routes=_certs_admin),
 )
 
 for _service in SERVICES:
@@ -196,7 +220,11 @@ class Node:
         for row, service in self._running(lambda r: r.start_rank):
             await _run(row.start, service)
         access = AccessLog(cfg.http.access_log_sample, cfg.http.access_log)
-        public = Router(cfg.tenants, [(r, self._handler_for(r)) for r in cfg.routes],
+        public_routes = [(r, self._handler_for(r)) for r in cfg.routes]
+        for row, service in self._running(lambda r: r.start_rank):
+            if row.public_routes is not None:
+                public_routes += row.public_routes(self, service)
+        public = Router(cfg.tenants, public_routes,
                         cfg.limits.max_body_bytes, cfg.http.unknown_host_status, cfg.http.encoded_slashes)
         admin_routes = [(Route(prefix="/", kind="admin"), self.admin)]
         for row, service in self._running(lambda r: r.start_rank):

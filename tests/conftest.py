@@ -9,6 +9,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -105,6 +106,15 @@ hosts = ["other.test"]
 api_keys = ["other-key"]
 secret = "other-secret"
 """
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def make_certs(data_dir: Path) -> Path:

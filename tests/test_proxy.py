@@ -15,6 +15,7 @@ import time
 import httpx
 import pytest
 from aiohttp import web
+from conftest import free_port
 
 BLOCK = random.Random(7).randbytes(64 * 1024)
 BIG = 20 * 1024 * 1024
@@ -174,15 +175,6 @@ class Upstreams:
         self.raw.server.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,195 @@
+"""The certificate service: orders from an ACME CA, answers its HTTP-01 challenges, renews.
+
+State machine per node (the decision is ``due``, pure, given ``now``): the certificate
+in the HTTPS listener's cert_dir under ``acme.crt``/``acme.key`` is MISSING, VALID until
+``renew_remaining`` of its lifetime is left, then DUE; an order runs in a worker thread
+(the acme library's blocking HTTP), its HTTP-01 key authorizations published to the loop
+as messages; the result is written key first, then the chain, each by rename (0600), and
+the listener's reload picks it up without dropping a connection. A failed order is
+retried after ``retry_min`` seconds, doubling up to ``retry_max``; the certificate
+served meanwhile stays the old one (a node never serves a certificate whose key does not
+match: the pair is checked before it is written).
+
+Limits of this version: one node orders (every node with [certs] enabled orders for
+itself; the cluster-wide single order over the mesh is not built yet); HTTP-01 only.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from farts.clock import Clock, Timer
+from farts.metrics import Metrics
+from farts.transport.http import Fixed, Request, Response
+
+from .config import CertsConfig
+from .order import OrderFailed, order_certificate
+
+log = logging.getLogger("farts.certs")
+
+CERT_NAME = "acme"
+CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+
+
+def due(not_before: float | None, not_after: float | None, now: float, renew_remaining: float) -> bool:
+    """Whether to order now: no certificate, or less than ``renew_remaining`` of its
+    lifetime left (wall-clock seconds)."""
+    if not_before is None or not_after is None:
+        return True
+    return not_after - now < (not_after - not_before) * renew_remaining
+
+
+def default_domains(tenants) -> list[str]:
+    """Every tenant host that is a DNS name a public CA could validate."""
+    out = []
+    for t in tenants:
+        for host in t.hosts:
+            h = host.lower()
+            if "." in h and not h.replace(".", "").isdigit() and ":" not in h and h not in out:
+                out.append(h)
+    return out
+
+
+class ChallengeHandler:
+    """GET /.well-known/acme-challenge/<token> on every tenant host: the key
+    authorization of an order in progress (RFC 8555 §8.3), else 404."""
+
+    def __init__(self, tokens: dict[bytes, bytes]) -> None:
+        self.tokens = tokens
+        self.not_found = Fixed.error(404, "no such challenge")
+
+    def handle(self, req: Request):
+        answer = self.tokens.get(req.path[len(CHALLENGE_PREFIX):])
+        if answer is None or req.method not in (b"GET", b"HEAD"):
+            return self.not_found
+        return Response(200, [(b"content-type", b"application/octet-stream")], answer)
+
+
+class CertService:
+    def __init__(self, cfg: CertsConfig, domains: list[str], cert_dir: Path, state_dir: Path,
+                 metrics: Metrics, clock: Clock) -> None:
+        self.cfg, self.domains, self.cert_dir, self.state_dir = cfg, domains, cert_dir, state_dir
+        self.clock = clock
+        self.tokens: dict[bytes, bytes] = {}
+        self.handler = ChallengeHandler(self.tokens)
+        self.timer: Timer | None = None
+        self.ordering: asyncio.Future | None = None
+        self.failures_in_a_row = 0
+        self.next_try = 0.0
+        self.last_error = ""
+        self.orders = metrics.counter("farts_certs_orders_total", "ACME orders, by outcome", ("outcome",))
+        metrics.gauge("farts_certs_not_after_timestamp_seconds",
+                      "When the ACME certificate expires (0: none yet)", lambda: self.expiry()[1] or 0.0)
+
+    # -- the certificate on disk --------------------------------------------------------
+    def expiry(self) -> tuple[float | None, float | None]:
+        path = self.cert_dir / f"{CERT_NAME}.crt"
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            return None, None
+        return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+
+    def status(self) -> dict:
+        nb, na = self.expiry()
+        return {"domains": self.domains, "not_before": nb, "not_after": na,
+                "ordering": self.ordering is not None, "failures_in_a_row": self.failures_in_a_row,
+                "last_error": self.last_error}
+
+    # -- lifetime --------------------------------------------------------------------------
+    def start(self) -> None:
+        self.cert_dir.mkdir(parents=True, exist_ok=True)
+        # (The first check a moment after start: the listeners that answer the CA's
+        # challenges start after the services.)
+        self.timer = self.clock.every(min(self.cfg.check_interval, self.cfg.retry_min), self.check, first=0.5)
+
+    async def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.ordering is not None:
+            await asyncio.wait([self.ordering], timeout=5)
+
+    def check(self, _now: float = 0.0) -> None:
+        now = self.clock.wall()
+        if self.ordering is not None or now < self.next_try or not self.domains:
+            return
+        if due(*self.expiry(), now, self.cfg.renew_remaining):
+            self.renew()
+
+    def renew(self) -> asyncio.Future:
+        """Starts an order now (or returns the one in progress)."""
+        if self.ordering is None:
+            self.ordering = asyncio.ensure_future(self._order())
+        return self.ordering
+
+    async def _order(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+
+        def publish(token: str, answer: str) -> None:   # (from the worker thread)
+            loop.call_soon_threadsafe(self.tokens.__setitem__, token.encode(), answer.encode())
+
+        def withdraw(token: str) -> None:
+            loop.call_soon_threadsafe(self.tokens.pop, token.encode(), None)
+
+        log.info("certs: ordering a certificate for %s from %s", ", ".join(self.domains), cfg.directory_url)
+        try:
+            chain, key = await loop.run_in_executor(None, lambda: order_certificate(
+                cfg.directory_url, cfg.ca_bundle or None, self.state_dir, cfg.contact, self.domains,
+                cfg.order_timeout, publish, withdraw))
+            self._install(chain, key)
+        except (OrderFailed, OSError, ValueError) as e:
+            self.failures_in_a_row += 1
+            delay = min(cfg.retry_max, cfg.retry_min * 2 ** (self.failures_in_a_row - 1))
+            self.next_try = self.clock.wall() + delay
+            self.last_error = str(e)
+            self.orders.inc(("failed",))
+            log.warning("certs: order failed (%s); the current certificate stays; retry in %.0f s", e, delay)
+        else:
+            self.failures_in_a_row = 0
+            self.last_error = ""
+            self.orders.inc(("issued",))
+            log.info("certs: installed a certificate for %s", ", ".join(self.domains))
+        finally:
+            self.ordering = None
+
+    def _install(self, chain: bytes, key_pem: bytes) -> None:
+        """Writes the pair (key, then chain; each by rename) once it is known to match."""
+        leaf = x509.load_pem_x509_certificate(chain)
+        key = serialization.load_pem_private_key(key_pem, None)
+        if leaf.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo) != \
+                key.public_key().public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo):
+            raise ValueError("the certificate's key is not the key ordered with")
+        if leaf.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
+            raise ValueError("the certificate has expired")
+        for name, data in ((f"{CERT_NAME}.key", key_pem), (f"{CERT_NAME}.crt", chain)):
+            tmp = self.cert_dir / f".{name}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.cert_dir / name)
+
+
+class CertsAdminHandler:
+    """GET /api/certs: the certificate's state; POST /api/certs/renew: order now."""
+
+    def __init__(self, certs: CertService) -> None:
+        self.certs = certs
+
+    def handle(self, req: Request):
+        import json
+        if req.method == b"POST" and req.path == b"/api/certs/renew":
+            self.certs.renew()
+            return Response(202, [(b"content-type", b"application/json")], b'{"ordering": true}\n')
+        if req.method not in (b"GET", b"HEAD"):
+            return Fixed.error(405)
+        return Response(200, [(b"content-type", b"application/json")],
+                        json.dumps(self.certs.status(), indent=1).encode() + b"\n")

@@ -1,0 +1,163 @@
+"""Certificates from an ACME CA: Debian's pebble (the test CA, in -strict mode, with its
+validation delays and nonce rejections left on) started here on loopback, resolving the
+names through the node's own DNS, validating HTTP-01 against the node's HTTP listener.
+The node orders, installs and serves the certificate (openssl s_client -servername),
+keeps it when the CA is down for a renewal, and counts both outcomes."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import free_port, start_node
+
+from farts import pki
+from farts.certs.service import default_domains, due
+
+pytestmark = pytest.mark.skipif(shutil.which("pebble") is None, reason="pebble is not installed; ci/setup installs it")
+
+
+def test_due_is_two_thirds_into_the_lifetime():
+    assert due(None, None, 100.0, 1 / 3)                     # no certificate yet
+    assert not due(0.0, 90.0, 59.0, 1 / 3)                   # 31 of 90 left
+    assert due(0.0, 90.0, 61.0, 1 / 3)                       # 29 of 90 left
+
+
+def test_default_domains_are_the_tenants_dns_names():
+    class T:
+        def __init__(self, *hosts):
+            self.hosts = hosts
+    assert default_domains([T("localhost", "127.0.0.1", "www.example.com"), T("api.example.com", "WWW.example.com")]) \
+        == ["www.example.com", "api.example.com"]
+
+
+def served_issuer(port: int, name: str) -> str:
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name],
+                         input=b"", capture_output=True, timeout=20)
+    cert = subprocess.run(["openssl", "x509", "-noout", "-issuer", "-ext", "subjectAltName"], input=out.stdout,
+                          capture_output=True, timeout=20)
+    return cert.stdout.decode()
+
+
+def admin_json(node, path: str, method: str = "GET") -> dict:
+    req = urllib.request.Request(node.url("admin", path), method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def metric(node, name: str, label: str) -> float:
+    with urllib.request.urlopen(node.url("admin", "/metrics"), timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + "{") and label in line:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_for(check, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_node_orders_serves_and_keeps_its_certificate(tmp_path):
+    # pebble's own HTTPS certificate, from a CA the node is told to trust.
+    ca_dir = tmp_path / "pebble-ca"
+    pki.make_ca(ca_dir)
+    pki.issue(ca_dir, tmp_path / "pebble.crt", tmp_path / "pebble.key", ["localhost", "127.0.0.1"])
+    acme_port, mgmt_port = free_port(), free_port()
+    node = start_node(tmp_path, f"""
+[dns]
+enabled = true
+port = 0
+zone = "farts.test"
+[[dns.records]]
+name = "www"
+type = "A"
+value = "127.0.0.1"
+[[dns.records]]
+name = "api"
+type = "A"
+value = "127.0.0.1"
+
+[[tenants]]
+id = "site"
+hosts = ["www.farts.test", "api.farts.test"]
+
+[certs]
+enabled = true
+domains = ["www.farts.test", "api.farts.test"]
+directory_url = "https://127.0.0.1:{acme_port}/dir"
+ca_bundle = "{ca_dir / 'ca.crt'}"
+retry_min = 2.0
+retry_max = 4.0
+order_timeout = 90.0
+
+[[routes]]
+prefix = "/"
+kind = "static"
+body = "hello\\n"
+""")
+    pebble = None
+    try:
+        dns_port = int(re.search(rb"dns://127\.0\.0\.1:(\d+)/", b"".join(node.output)).group(1))
+        config = tmp_path / "pebble.json"
+        config.write_text(json.dumps({"pebble": {
+            "listenAddress": f"127.0.0.1:{acme_port}", "managementListenAddress": f"127.0.0.1:{mgmt_port}",
+            "certificate": str(tmp_path / "pebble.crt"), "privateKey": str(tmp_path / "pebble.key"),
+            "httpPort": node.port("http"), "tlsPort": free_port(), "ocspResponderURL": "",
+            "externalAccountBindingRequired": False}}))
+        pebble = subprocess.Popen(["pebble", "-config", str(config), "-dnsserver", f"127.0.0.1:{dns_port}",
+                                   "-strict"], stdout=open(tmp_path / "pebble.log", "wb"),  # noqa: SIM115
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        https = node.port("https")
+        issued = wait_for(lambda: "Pebble" in served_issuer(https, "www.farts.test"), 150)
+        log = (tmp_path / "pebble.log").read_text(errors="replace")
+        assert issued, f"node log:\n{node.log()[-3000:]}\npebble log:\n{log[-3000:]}"
+        both = served_issuer(https, "api.farts.test")
+        assert "Pebble" in both and "DNS:www.farts.test" in both and "DNS:api.farts.test" in both
+        key = next((node.data_dir / "certs").glob("acme.key"))
+        assert oct(key.stat().st_mode & 0o777) == "0o600"
+        status = admin_json(node, "/api/certs")
+        assert status["not_after"] and status["domains"] == ["www.farts.test", "api.farts.test"]
+        assert metric(node, "farts_certs_orders_total", 'outcome="issued"') == 1
+        first = (node.data_dir / "certs" / "acme.crt").read_bytes()
+        listed = subprocess.run([sys.executable, "-m", "farts.cli", "certs", "list", "--config",
+                                 str(node.data_dir / "farts.toml")], capture_output=True, text=True, timeout=30)
+        assert "acme.crt" in listed.stdout and "Pebble" in listed.stdout, listed.stderr
+        status_cli = subprocess.run([sys.executable, "-m", "farts.cli", "certs", "status", "--admin",
+                                     node.url("admin", "/")], capture_output=True, text=True, timeout=30)
+        assert '"www.farts.test"' in status_cli.stdout, status_cli.stderr
+
+        # The CA goes down; a renewal fails; the certificate served stays the one it had.
+        os.killpg(pebble.pid, signal.SIGTERM)
+        pebble.wait(10)
+        admin_json(node, "/api/certs/renew", "POST")
+        assert wait_for(lambda: metric(node, "farts_certs_orders_total", 'outcome="failed"') >= 1, 60)
+        assert (node.data_dir / "certs" / "acme.crt").read_bytes() == first
+        assert "Pebble" in served_issuer(https, "www.farts.test")
+        assert admin_json(node, "/api/certs")["last_error"]
+        assert node.alive()
+    finally:
+        if pebble is not None and pebble.poll() is None:
+            os.killpg(pebble.pid, signal.SIGKILL)
+        node.stop()
+
+
+def test_config_errors_name_the_key():
+    from farts import config
+    with pytest.raises(config.ConfigError, match=r"t.toml: certs.directory_url: required"):
+        config.parse("[certs]\nenabled = true\n", "t.toml")
+    with pytest.raises(config.ConfigError, match=r"certs.directory_url: expected an https:// URL"):
+        config.parse('[certs]\ndirectory_url = "http://x"\n', "t.toml")
