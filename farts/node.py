@@ -25,6 +25,7 @@ from farts.clock import LoopClock, Timer
 from farts.config import Config, Route
 from farts.db import config as db_config
 from farts.dns import config as dns_config
+from farts.dns.peer import TxtPeer
 from farts.members import Member, MemberMap
 from farts.mesh import DrainHandler, MeshService, MeshStatusHandler
 from farts.mesh import config as mesh_config
@@ -87,13 +88,26 @@ def _build_db(node: Node):
                      cfg.source, limits=cfg.limits, clock=node.clock)
 
 
+def _set_txt(node: Node):
+    """What DNS-01 publishes with: a TXT record on every node's DNS (through the DNS
+    service's peer protocol when there is a mesh), or False when this node has no DNS."""
+    def set_txt(name: str, values: list[str]) -> bool:
+        peer = next((p for p in node.peers.get("dns", ()) if isinstance(p, TxtPeer)), None)
+        if peer is not None:
+            return peer.set_everywhere(name, values)
+        dns = node.services.get("dns")
+        return dns.set_txt(name, values) if dns is not None else False
+    return set_txt
+
+
 def _build_certs(node: Node):
     cfg = node.cfg
     if not cfg.certs.enabled:
         return None
     from farts.certs.service import CertService, default_domains  # acme only when used
     return CertService(cfg.certs, cfg.certs.domains or default_domains(cfg.tenants),
-                       cfg.path(cfg.listeners.https.cert_dir), cfg.path("acme"), node.metrics, node.clock)
+                       cfg.path(cfg.listeners.https.cert_dir), cfg.path("acme"), node.metrics, node.clock,
+                       _set_txt(node))
 
 
 def _certs_routes(node: Node, certs) -> list:
@@ -124,7 +138,8 @@ SERVICES: tuple[Service, ...] = (
                              for name, up in n.cfg.upstreams.items()},
             start=None, stop=_close_upstreams, stop_rank=60,
             routes={"proxy": lambda n, ups, r: ups[r.upstream]}),
-    Service("dns", dns_config.SECTION, build=_build_dns, start_rank=10, stop_rank=10),
+    Service("dns", dns_config.SECTION, build=_build_dns, start_rank=10, stop_rank=10,
+            peers=lambda n, dns, bus: [TxtPeer(dns, bus)]),
     Service("db", db_config.SECTION, build=_build_db, start_rank=20, stop_rank=20),
     Service("mesh", mesh_config.SECTION,
             # The mesh writes the member map (this node included) once it runs.

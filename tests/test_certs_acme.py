@@ -69,14 +69,35 @@ def wait_for(check, timeout: float, interval: float = 0.5):
         time.sleep(interval)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_the_node_orders_serves_and_keeps_its_certificate(tmp_path):
-    # pebble's own HTTPS certificate, from a CA the node is told to trust.
+def pebble_ca(tmp_path):
+    """pebble's own HTTPS certificate, from a CA the node is told to trust; its ports."""
     ca_dir = tmp_path / "pebble-ca"
     pki.make_ca(ca_dir)
     pki.issue(ca_dir, tmp_path / "pebble.crt", tmp_path / "pebble.key", ["localhost", "127.0.0.1"])
-    acme_port, mgmt_port = free_port(), free_port()
+    return ca_dir / "ca.crt", free_port()
+
+
+def dns_port(node) -> int:
+    return int(re.search(rb"dns://127\.0\.0\.1:(\d+)/", b"".join(node.output)).group(1))
+
+
+def start_pebble(tmp_path, node, acme_port: int) -> subprocess.Popen:
+    """pebble -strict, its DNS the node's, its HTTP-01 port the node's HTTP listener."""
+    config = tmp_path / "pebble.json"
+    config.write_text(json.dumps({"pebble": {
+        "listenAddress": f"127.0.0.1:{acme_port}", "managementListenAddress": f"127.0.0.1:{free_port()}",
+        "certificate": str(tmp_path / "pebble.crt"), "privateKey": str(tmp_path / "pebble.key"),
+        "httpPort": node.port("http"), "tlsPort": free_port(), "ocspResponderURL": "",
+        "externalAccountBindingRequired": False}}))
+    return subprocess.Popen(["pebble", "-config", str(config), "-dnsserver", f"127.0.0.1:{dns_port(node)}", "-strict"],
+                            stdout=open(tmp_path / "pebble.log", "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_node_orders_serves_and_keeps_its_certificate(tmp_path):
+    ca, acme_port = pebble_ca(tmp_path)
     node = start_node(tmp_path, f"""
 [dns]
 enabled = true
@@ -99,7 +120,7 @@ hosts = ["www.farts.test", "api.farts.test"]
 enabled = true
 domains = ["www.farts.test", "api.farts.test"]
 directory_url = "https://127.0.0.1:{acme_port}/dir"
-ca_bundle = "{ca_dir / 'ca.crt'}"
+ca_bundle = "{ca}"
 retry_min = 2.0
 retry_max = 4.0
 order_timeout = 90.0
@@ -111,16 +132,7 @@ body = "hello\\n"
 """)
     pebble = None
     try:
-        dns_port = int(re.search(rb"dns://127\.0\.0\.1:(\d+)/", b"".join(node.output)).group(1))
-        config = tmp_path / "pebble.json"
-        config.write_text(json.dumps({"pebble": {
-            "listenAddress": f"127.0.0.1:{acme_port}", "managementListenAddress": f"127.0.0.1:{mgmt_port}",
-            "certificate": str(tmp_path / "pebble.crt"), "privateKey": str(tmp_path / "pebble.key"),
-            "httpPort": node.port("http"), "tlsPort": free_port(), "ocspResponderURL": "",
-            "externalAccountBindingRequired": False}}))
-        pebble = subprocess.Popen(["pebble", "-config", str(config), "-dnsserver", f"127.0.0.1:{dns_port}",
-                                   "-strict"], stdout=open(tmp_path / "pebble.log", "wb"),  # noqa: SIM115
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        pebble = start_pebble(tmp_path, node, acme_port)
         https = node.port("https")
         issued = wait_for(lambda: "Pebble" in served_issuer(https, "www.farts.test"), 150)
         log = (tmp_path / "pebble.log").read_text(errors="replace")
@@ -161,3 +173,54 @@ def test_config_errors_name_the_key():
         config.parse("[certs]\nenabled = true\n", "t.toml")
     with pytest.raises(config.ConfigError, match=r"certs.directory_url: expected an https:// URL"):
         config.parse('[certs]\ndirectory_url = "http://x"\n', "t.toml")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_wildcard_certificate_by_dns01_on_the_nodes_own_dns(tmp_path):
+    ca, acme_port = pebble_ca(tmp_path)
+    node = start_node(tmp_path, f"""
+[dns]
+enabled = true
+port = 0
+zone = "farts.test"
+[[dns.records]]
+name = "@"
+type = "A"
+value = "127.0.0.1"
+
+[[tenants]]
+id = "site"
+hosts = ["farts.test", "shop.farts.test"]
+
+[certs]
+enabled = true
+challenge = "dns-01"
+domains = ["farts.test", "*.farts.test"]
+directory_url = "https://127.0.0.1:{acme_port}/dir"
+ca_bundle = "{ca}"
+retry_min = 2.0
+retry_max = 4.0
+
+[[routes]]
+prefix = "/"
+kind = "static"
+body = "hello\\n"
+""")
+    pebble = None
+    try:
+        pebble = start_pebble(tmp_path, node, acme_port)
+        https = node.port("https")
+        issued = wait_for(lambda: "Pebble" in served_issuer(https, "shop.farts.test"), 150)
+        log = (tmp_path / "pebble.log").read_text(errors="replace")
+        assert issued, f"node log:\n{node.log()[-3000:]}\npebble log:\n{log[-3000:]}"
+        names = served_issuer(https, "farts.test")
+        assert "DNS:*.farts.test" in names and "DNS:farts.test" in names
+        # The challenge's TXT records are withdrawn once the order is done.
+        out = subprocess.run(["dig", "+short", "@127.0.0.1", "-p", str(dns_port(node)), "TXT",
+                              "_acme-challenge.farts.test"], capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0 and out.stdout.strip() == ""
+    finally:
+        if pebble is not None and pebble.poll() is None:
+            os.killpg(pebble.pid, signal.SIGKILL)
+        node.stop()

@@ -302,3 +302,28 @@ def test_the_load_figure_is_shared_every_interval_and_peers_loads_land_in_the_me
     assert sent == [Load(0.25), Load(0.5)] and members.get("a").load == 0.5
     mesh.bus.deliver("b", ["mesh.load", "b", 1, 1, 5, 0, 0.75])
     assert members.get("b").load == 0.75
+
+
+# ---- dns.txt: DNS-01 challenge records on every node -----------------------------------------
+def test_txt_records_set_here_go_to_every_peer_and_peers_set_theirs():
+    from farts.dns.peer import Txt, TxtPeer
+
+    class Dns:   # what TxtPeer uses of DNSServer
+        def __init__(self):
+            self.records: dict[str, list[str]] = {}
+
+        def set_txt(self, name, values):
+            self.records[name] = list(values)
+            return name.endswith("farts.test")
+
+    bus, dns = FakeBus(), Dns()
+    peer = TxtPeer(dns, bus)
+    assert peer.set_everywhere("_acme-challenge.farts.test", ["v1", "v2"])
+    assert dns.records == {"_acme-challenge.farts.test": ["v1", "v2"]}
+    assert bus.sent == [(None, Txt("_acme-challenge.farts.test", ("v1", "v2")))]
+    bus.deliver(Txt("_acme-challenge.shop.farts.test", ("w",)))
+    assert dns.records["_acme-challenge.shop.farts.test"] == ["w"]
+    for bad in ({"name": "", "values": []}, {"name": "x", "values": ["y" * 256]}, {"name": "x", "values": "v"},
+                {"values": []}, ["x"]):
+        with pytest.raises(BadMessage):
+            Txt.from_wire(bad)

@@ -15,7 +15,9 @@ class CertsConfig:
     # The names ordered, in one certificate; empty: every tenant host that is a DNS name
     # with a dot (not localhost, not an IP address).
     domains: list[str] = setting([])
-    challenge: str = setting("http-01", one_of("http-01"))
+    # http-01: answered on every tenant host by the HTTP listener; dns-01: a TXT record
+    # on every node's DNS (the names must be inside dns.zone; needed for wildcards).
+    challenge: str = setting("http-01", one_of("http-01", "dns-01"))
     ca_bundle: str = ""                    # a CA file to trust for the directory (a private or test CA)
     # Renew when less than this share of the certificate's lifetime is left (1/3: at two
     # thirds of it), checking every check_interval seconds; after a failure, retry after
@@ -32,6 +34,8 @@ def _cross_check(cfg) -> None:
     c = cfg.certs
     if c.enabled and not c.directory_url:
         raise ConfigError(f"{cfg.source}: certs.directory_url: required when certs.enabled = true")
+    if c.enabled and c.challenge == "dns-01" and not cfg.dns.enabled:
+        raise ConfigError(f"{cfg.source}: certs.challenge: dns-01 needs [dns] enabled (the TXT records are served there)")
     if c.enabled and not cfg.listeners.https.enabled:
         raise ConfigError(f"{cfg.source}: certs.enabled: needs listeners.https (the certificates go to its cert_dir)")
 

@@ -38,13 +38,15 @@ def account_key(path: Path) -> jose.JWKRSA:
 
 def order_certificate(directory_url: str, ca_bundle: str | None, state_dir: Path, contact: str,
                       domains: list[str], timeout: float,
-                      publish: Callable[[str, str], None], withdraw: Callable[[str], None]
-                      ) -> tuple[bytes, bytes]:
-    """Orders a certificate for ``domains`` answering HTTP-01; returns (full chain PEM,
-    private key PEM). Raises OrderFailed."""
+                      publish: Callable[[str, str], None], withdraw: Callable[[str], None],
+                      challenge: str = "http-01") -> tuple[bytes, bytes]:
+    """Orders a certificate for ``domains``; returns (full chain PEM, private key PEM).
+    HTTP-01: ``publish(token, key authorization)``; DNS-01: ``publish(_acme-challenge
+    name, TXT value)`` (wildcard names need DNS-01). Raises OrderFailed."""
+    kind = challenges.DNS01 if challenge == "dns-01" else challenges.HTTP01
     key = account_key(state_dir / "account.json")
     net = client.ClientNetwork(key, user_agent=USER_AGENT, verify_ssl=ca_bundle or True)
-    tokens: list[str] = []
+    published: list[str] = []
     try:
         directory = client.ClientV2.get_directory(directory_url, net)
         acme = client.ClientV2(directory, net=net)
@@ -62,19 +64,25 @@ def order_certificate(directory_url: str, ca_bundle: str | None, state_dir: Path
         for authz in order.authorizations:
             if authz.body.status == messages.STATUS_VALID:
                 continue
-            chall = next((c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)), None)
+            chall = next((c for c in authz.body.challenges if isinstance(c.chall, kind)), None)
             if chall is None:
-                raise OrderFailed(f"{authz.body.identifier.value}: the CA offers no http-01 challenge")
+                raise OrderFailed(f"{authz.body.identifier.value}: the CA offers no {challenge} challenge")
             response, validation = chall.response_and_validation(key)
-            token = chall.chall.encode("token")
-            publish(token, validation)
-            tokens.append(token)
-            acme.answer_challenge(chall, response)
+            if kind is challenges.DNS01:
+                where = chall.chall.validation_domain_name(authz.body.identifier.value)
+            else:
+                where = chall.chall.encode("token")
+            publish(where, validation)
+            published.append(where)
+        for authz in order.authorizations:   # (answered once every record is out)
+            for chall in authz.body.challenges:
+                if isinstance(chall.chall, kind) and authz.body.status != messages.STATUS_VALID:
+                    acme.answer_challenge(chall, chall.response(key))
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
         order = acme.poll_and_finalize(order, deadline=deadline)
         return order.fullchain_pem.encode(), key_pem
     except (errors.Error, messages.Error, OSError, ValueError, json.JSONDecodeError) as e:
         raise OrderFailed(f"{type(e).__name__}: {e}") from None
     finally:
-        for token in tokens:
-            withdraw(token)
+        for where in dict.fromkeys(published):
+            withdraw(where)

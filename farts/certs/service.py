@@ -73,10 +73,13 @@ class ChallengeHandler:
 
 class CertService:
     def __init__(self, cfg: CertsConfig, domains: list[str], cert_dir: Path, state_dir: Path,
-                 metrics: Metrics, clock: Clock) -> None:
+                 metrics: Metrics, clock: Clock, set_txt=None) -> None:
         self.cfg, self.domains, self.cert_dir, self.state_dir = cfg, domains, cert_dir, state_dir
         self.clock = clock
-        self.tokens: dict[bytes, bytes] = {}
+        self.tokens: dict[bytes, bytes] = {}   # HTTP-01: token -> key authorization
+        # DNS-01: the TXT values published per name (a wildcard and its base share one)
+        self.set_txt = set_txt
+        self.txt: dict[str, list[str]] = {}
         self.handler = ChallengeHandler(self.tokens)
         self.timer: Timer | None = None
         self.ordering: asyncio.Future | None = None
@@ -132,17 +135,24 @@ class CertService:
         loop = asyncio.get_running_loop()
         cfg = self.cfg
 
-        def publish(token: str, answer: str) -> None:   # (from the worker thread)
-            loop.call_soon_threadsafe(self.tokens.__setitem__, token.encode(), answer.encode())
+        if cfg.challenge == "dns-01":
+            def publish(name: str, value: str) -> None:   # (from the worker thread)
+                loop.call_soon_threadsafe(self._txt, name, value, True)
 
-        def withdraw(token: str) -> None:
-            loop.call_soon_threadsafe(self.tokens.pop, token.encode(), None)
+            def withdraw(name: str) -> None:
+                loop.call_soon_threadsafe(self._txt, name, None, False)
+        else:
+            def publish(token: str, answer: str) -> None:
+                loop.call_soon_threadsafe(self.tokens.__setitem__, token.encode(), answer.encode())
+
+            def withdraw(token: str) -> None:
+                loop.call_soon_threadsafe(self.tokens.pop, token.encode(), None)
 
         log.info("certs: ordering a certificate for %s from %s", ", ".join(self.domains), cfg.directory_url)
         try:
             chain, key = await loop.run_in_executor(None, lambda: order_certificate(
                 cfg.directory_url, cfg.ca_bundle or None, self.state_dir, cfg.contact, self.domains,
-                cfg.order_timeout, publish, withdraw))
+                cfg.order_timeout, publish, withdraw, cfg.challenge))
             self._install(chain, key)
         except (OrderFailed, OSError, ValueError) as e:
             self.failures_in_a_row += 1
@@ -158,6 +168,17 @@ class CertService:
             log.info("certs: installed a certificate for %s", ", ".join(self.domains))
         finally:
             self.ordering = None
+
+    def _txt(self, name: str, value: str | None, add: bool) -> None:
+        values = self.txt.setdefault(name, [])
+        if add:
+            values.append(value)
+        else:
+            values.clear()
+        if self.set_txt is None or not self.set_txt(name, values):
+            log.warning("certs: cannot publish the TXT record %s (is it inside this node's DNS zone?)", name)
+        if not values:
+            del self.txt[name]
 
     def _install(self, chain: bytes, key_pem: bytes) -> None:
         """Writes the pair (key, then chain; each by rename) once it is known to match."""

@@ -102,6 +102,12 @@ class Responder:
 
     # ---- node choice ----
 
+    def zone_changed(self) -> None:
+        """A record changed at run time (a DNS-01 TXT): cached replies go."""
+        self.nodes_version += 1
+        for fn in list(self.on_nodes_change):
+            fn()
+
     def _member_changed(self, old: Member | None, new: Member) -> None:
         if (old is not None and (old.state in SERVING) == (new.state in SERVING)
                 and (old.lat, old.lon, old.region, old.addresses) == (new.lat, new.lon, new.region, new.addresses)

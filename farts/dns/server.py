@@ -252,6 +252,14 @@ class DNSServer:
         finally:
             self.responder.stats.latency.observe(time.perf_counter() - started)
 
+    def set_txt(self, name: str, values: list[str]) -> bool:
+        """Publishes (no values: withdraws) TXT records of a name inside the zone at run
+        time, on this node (farts.dns.peer sends them to every node)."""
+        if not self.zone.set_txt(name, values):
+            return False
+        self.responder.zone_changed()
+        return True
+
     async def stop(self) -> None:
         self.geo.stop()
         if self._first_build is not None:

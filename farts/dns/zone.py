@@ -96,11 +96,7 @@ class Zone:
         # Longest wildcard base first: the most specific one wins.
         self._geo_wildcards.sort(key=lambda w: -len(w[0]))
         # Empty non-terminals: parents of names that exist, which exist too (NODATA).
-        self._ents = set()
-        for name in list(self._names):
-            while name != self.apex:
-                name = name.split(b".", 1)[1]
-                self._ents.add(name)
+        self._ents = {parent for n in self._names for parent in _parents(n, self.apex)}
 
     def _owner(self, name: str, key: str) -> bytes:
         n = name.strip()
@@ -121,6 +117,24 @@ class Zone:
         if node is None:
             node = self._names[owner] = _Node()
         return node
+
+    def set_txt(self, name: str, values: list[str], ttl: int = 0) -> bool:
+        """Sets (or with no values, removes) the TXT records of ``name``, a name inside
+        the zone, at run time: what a DNS-01 challenge publishes. False if outside."""
+        owner = _norm(name).encode()
+        if not self.contains(owner):
+            return False
+        if values:
+            node = self._node(owner)
+            node.records[fd.TXT] = [fd.Record(owner, fd.TXT, ttl, [v.encode()]) for v in values]
+        else:
+            node = self._names.get(owner)
+            if node is not None:
+                node.records.pop(fd.TXT, None)
+                if not node.records and not node.geo:
+                    del self._names[owner]
+        self._ents = {parent for n in self._names for parent in _parents(n, self.apex)}
+        return True
 
     def contains(self, qname_lower: bytes) -> bool:
         return qname_lower == self.apex or qname_lower.endswith(self._suffix)
@@ -168,6 +182,12 @@ class Zone:
             ans, ttl = node.geo
             return Resolution(GEO, answers=(cname,), geo=GeoName(target, ans, ttl))
         return Resolution(ANSWER, answers=(cname,))
+
+
+def _parents(name: bytes, apex: bytes):
+    while name != apex:
+        name = name.split(b".", 1)[1]
+        yield name
 
 
 def _value(rtype: int, text: str):
