@@ -380,9 +380,15 @@ port = 8443
 cert_dir = "certs"          # <name>.crt + <name>.key pairs, relative to data_dir; reloaded when changed
 reload_interval = 2.0
 
-[listeners.admin]           # /metrics, /healthz
-host = "127.0.0.1"
+[listeners.admin]           # the status page (/), /metrics, /healthz, /api/...
+host = "127.0.0.1"          # anything but loopback needs admin.token
 port = 9100
+
+[admin]
+token = ""                  # when set, admin requests but /healthz need "Authorization: Bearer <token>"
+slow_requests_kept = 100    # the last slow requests kept for /api/slow and the status page
+sample_interval = 1.0       # seconds between the status page's samples of every node ...
+history_seconds = 900.0     # ... kept this long in memory for its charts
 
 [limits]
 max_header_bytes = 16384    # larger header sections get 431
@@ -392,7 +398,7 @@ header_timeout = 10.0       # seconds to send a whole header section, else 408
 idle_timeout = 75.0         # keep-alive idle seconds
 max_connections = 10000
 max_connections_per_ip = 1000
-slow_request_seconds = 0.1  # requests slower than this are counted and logged
+slow_request_seconds = 0.1  # requests slower than this are counted (by route, tenant, region), logged, kept
 
 [http]
 unknown_host_status = 421   # or 404

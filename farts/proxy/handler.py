@@ -192,10 +192,12 @@ class ProxyHandler:
         tried: list[Server] = []
         retry_other = retry_stale = True
         fresh = False
+        connect_s = -1.0   # upstream connect seconds (-1: a pooled connection), for slow requests
         while True:
             conn = None if fresh else server.take()
             reused = conn is not None
             if conn is None:
+                connecting = perf_counter()
                 try:
                     conn = await server.connect(up.connect_timeout)
                 except (TimeoutError, OSError) as e:
@@ -221,6 +223,9 @@ class ProxyHandler:
                                 self.name, server.address, _what(req), why)
                     return Fixed.error(504 if timed_out else 502, f"upstream {why}")
                 server.succeeded()
+                connect_s = perf_counter() - connecting
+            else:
+                connect_s = -1.0
             try:
                 resp = await exchange(conn, data, body, length == -1, is_head, up.read_timeout)
             except ConnectionLost as e:
@@ -253,7 +258,8 @@ class ProxyHandler:
                 self.count(server, "client_gone")
                 raise
             break
-        self.m.seconds.observe(perf_counter() - start, self._key)
+        head_at = perf_counter()
+        self.m.seconds.observe(head_at - start, self._key)
         status = resp.status
         head_only = is_head or status == 204 or status == 304
         content_length = -1 if resp.chunked else resp.content_length
@@ -272,7 +278,8 @@ class ProxyHandler:
                 body_out = EMPTY
             else:
                 body_out = whole
-        return Response(status, response_headers(resp.headers), body_out, content_length, head_only)
+        return Response(status, response_headers(resp.headers), body_out, content_length, head_only,
+                        timings=(start, connect_s, head_at))
 
     def close(self) -> None:
         for s in self.servers:

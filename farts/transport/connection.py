@@ -326,7 +326,8 @@ class HTTP1Connection(asyncio.Protocol):
             self._fail(500, "internal error")
             return
         self.task = None
-        self.listener.record(req.route, status, req.start, head, self.client)
+        self.listener.record(req.route, status, req.start, head, self.client,
+                             result.timings if type(result) is Response else None)
         self._request_done(self.machine.response_done(self.listener.now))
         if not self.closed:
             self._pump()
