@@ -43,15 +43,23 @@ def path(topo: dict) -> str:
         for poly in polys:
             for r in poly:
                 pts = ring(arcs, r)
+                # A ring that crosses the antimeridian (Fiji, Chukotka, Antarctica) is cut
+                # where it jumps from one edge of the map to the other: each piece is drawn
+                # on its own, instead of a line across the whole map.
+                pieces: list[list[str]] = [[]]
                 prev = None
-                cmds = []
                 for lon, lat in pts:
                     p = (round(lon + 180, 1), round(90 - lat, 1))
+                    if prev is not None and abs(p[0] - prev[0]) > 180:
+                        pieces.append([])
                     if p != prev:
-                        cmds.append(f"{p[0]:g},{p[1]:g}")
+                        pieces[-1].append(f"{p[0]:g},{p[1]:g}")
                         prev = p
-                if len(cmds) >= 3:
-                    parts.append("M" + "L".join(cmds) + "Z")
+                if len(pieces) > 1 and pieces[0] and pieces[-1]:
+                    pieces[0] = pieces.pop() + pieces[0]   # the ring's start and end are one piece
+                for cmds in pieces:
+                    if len(cmds) >= 3:
+                        parts.append("M" + "L".join(cmds) + "Z")
     return "".join(parts)
 
 
