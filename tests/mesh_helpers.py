@@ -90,3 +90,21 @@ def wait_for(check, timeout: float, interval: float = 0.1):
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+def start_up_cluster(data: Path, n: int = 3):
+    """`farts-edge up --nodes n --data-dir data` as a subprocess; returns (proc, its output
+    up to the line that says the cluster is up). The caller stops it (SIGINT)."""
+    import os
+    import select
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "farts.cli", "up", "--nodes", str(n), "--data-dir", str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = b""
+    deadline = time.monotonic() + 60
+    while b"Ctrl-C stops the cluster." not in out and time.monotonic() < deadline and proc.poll() is None:
+        if select.select([proc.stdout], [], [], 0.5)[0]:
+            out += os.read(proc.stdout.fileno(), 65536)
+    return proc, out

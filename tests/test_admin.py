@@ -275,3 +275,57 @@ def test_status_json_and_history_are_there(node_factory):
     h = wait_for(has_samples, 10)
     assert h and h["fields"][0] == "t" and h["members"][0]["id"] == "test-node"
     assert json.dumps(h)
+
+
+def test_the_grafana_dashboard_reads_metrics_a_node_exports(tmp_path):
+    """Every metric name in ops/grafana/farts-edge.json is one a node with every service
+    on (mesh, DB, DNS, CDN, pub/sub, proxy) exports at /metrics."""
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parent.parent / "ops/grafana/farts-edge.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs.append(dashboard["templating"]["list"][1]["query"]["query"])
+    used = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in re.findall(r"\bfarts_[a-z_]+", e)}
+    assert len(used) >= 15, used
+
+    ca = make_ca(tmp_path)
+    (tmp_path / "origin").mkdir()
+    node = start_mesh_node(tmp_path, ca, "all", [], extra=f"""
+[db]
+enabled = true
+port = 0
+[dns]
+enabled = true
+port = 0
+zone = "farts.test"
+default_region = "test"
+[[dns.geo]]
+name = "edge"
+[cdn.origins.media]
+kind = "dir"
+path = "{tmp_path / 'origin'}"
+[upstreams.app]
+servers = ["127.0.0.1:9"]
+[[tenants]]
+id = "demo"
+hosts = ["localhost", "127.0.0.1"]
+[[routes]]
+prefix = "/media/"
+kind = "cdn"
+origin = "media"
+[[routes]]
+prefix = "/live"
+kind = "pubsub"
+[[routes]]
+prefix = "/app/"
+kind = "proxy"
+upstream = "app"
+""")
+    try:
+        text = httpx.get(node.url("admin", "/metrics")).text
+    finally:
+        node.stop()
+    exported = set(re.findall(r"^# (?:HELP|TYPE) (farts_[a-z_]+)", text, re.M))
+    exported |= {re.sub(r"_(bucket|sum|count|created)$", "", n) for n in re.findall(r"^(farts_[a-z_]+)", text, re.M)}
+    assert used <= exported, used - exported

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
 import httpx
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from mesh_helpers import wait_for
+from mesh_helpers import start_up_cluster, wait_for
 
 
 def _cmdline(proc_dir: Path) -> bytes:
@@ -46,15 +44,10 @@ def test_ca_init_and_issue_put_the_node_id_in_the_certificate(tmp_path):
 
 def test_up_three_nodes_forms_a_cluster_and_ctrl_c_stops_it(tmp_path):
     data = tmp_path / "cluster"
-    proc = subprocess.Popen([sys.executable, "-m", "farts.cli", "up", "--nodes", "3", "--data-dir", str(data)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = b""
+    proc, out = start_up_cluster(data)
     try:
-        deadline = time.monotonic() + 60
-        while b"Ctrl-C stops the cluster." not in out and time.monotonic() < deadline and proc.poll() is None:
-            if select.select([proc.stdout], [], [], 0.5)[0]:
-                out += os.read(proc.stdout.fileno(), 65536)
         assert b"Ctrl-C stops the cluster." in out, out.decode(errors="replace")
+        assert b"  status page: http://127.0.0.1:9100/" in out
         for i in (1, 2, 3):
             assert f"[node-{i}]   https  https://127.0.0.{i}:8443/".encode() in out
             assert (data / f"node-{i}" / "farts.toml").exists()

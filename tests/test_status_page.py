@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from mesh_helpers import start_up_cluster
 from playwright import sync_api
 from test_admin import DelayedUpstream
 from test_mesh_up import _cmdline
@@ -51,15 +49,9 @@ def test_status_page_shows_the_cluster_live_in_chromium(tmp_path):
     for path in configs:
         path.write_text(path.read_text().replace('servers = ["127.0.0.1:3000"]',
                                                  f'servers = ["127.0.0.1:{upstream.server_address[1]}"]'))
-    proc = subprocess.Popen([sys.executable, "-m", "farts.cli", "up", "--nodes", "3", "--data-dir", str(data)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = b""
+    proc, out = start_up_cluster(data)
     errors: list[str] = []
     try:
-        deadline = time.monotonic() + 60
-        while b"Ctrl-C stops the cluster." not in out and time.monotonic() < deadline and proc.poll() is None:
-            if select.select([proc.stdout], [], [], 0.5)[0]:
-                out += os.read(proc.stdout.fileno(), 65536)
         assert b"Ctrl-C stops the cluster." in out, out.decode(errors="replace")
         url = re.search(rb"status page: (http://\S+)", out).group(1).decode()
         assert url == "http://127.0.0.1:9100/"
