@@ -137,6 +137,16 @@ def test_without_a_token_the_admin_listener_is_loopback_only(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize(("line", "key"), [("lat = 91.5", "node.lat"), ("lon = -181", "node.lon"),
+                                           ('lat = "north"', "node.lat")])
+def test_map_coordinates_are_checked_and_errors_name_key_and_file(tmp_path, line, key):
+    bad = tmp_path / "coords.toml"
+    bad.write_text(f'[node]\nid = "n"\n{line}\n')
+    r = subprocess.run([sys.executable, "-m", "farts.cli", "config", "check", str(bad)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and f"{bad}: {key}: expected a " in r.stderr, r.stderr
+
+
 def test_a_token_guards_every_admin_endpoint_but_healthz(node_factory):
     node = node_factory(f'[admin]\ntoken = "{TOKEN}"\n[[routes]]\nprefix = "/metrics"\nkind = "admin"\n')
     auth = ["-H", f"Authorization: Bearer {TOKEN}"]

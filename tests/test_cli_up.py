@@ -40,6 +40,7 @@ def test_up_writes_its_defaults_serves_and_stops_cleanly(tmp_path):
     try:
         for url in (b"http://127.0.0.1:8080/", b"https://127.0.0.1:8443/", b"http://127.0.0.1:9100/"):
             assert url in out
+        assert b"  status page http://127.0.0.1:9100/\n" in out
         ca = data / "ca" / "ca.crt"
         assert ca.exists() and (data / "certs" / "localhost.crt").exists() and (data / "farts.toml").exists()
         https = subprocess.run(["curl", "-sS", "--cacert", str(ca), "https://localhost:8443/"],
