@@ -20,7 +20,7 @@ from farts import __version__, config
 from farts.admin import AdminHandler
 from farts.admin import config as admin_config
 from farts.admin.health import PROBE_BYTES, Health, kit_state
-from farts.admin.status import Sampler, member_rows
+from farts.admin.status import CertExpiry, Sampler, member_rows
 from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
 from farts.cdn import config as cdn_config
 from farts.cdn.peer import PurgePeer
@@ -229,6 +229,9 @@ class Node:
             self.certs = CertStore(cfg.path(ls.https.cert_dir), self.clock)
             self.metrics.gauge("farts_tls_certificate_reloads", "Times the certificate directory was loaded",
                                lambda: self.certs.reloads)
+            self.metrics.gauge("farts_tls_certificate_expiry_timestamp_seconds",
+                               "When each certificate of the HTTPS listener expires (notAfter)",
+                               CertExpiry(self.certs), ("file",))
             self._timers.append(self.certs.watch(ls.https.reload_interval))
             await self._listen("https", "https", public, ls.https.host, ls.https.port,
                                self.certs.listening, access)

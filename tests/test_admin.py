@@ -289,9 +289,11 @@ def test_status_json_and_history_are_there(node_factory):
 
 def test_the_grafana_dashboard_reads_metrics_a_node_exports(tmp_path):
     """Every metric name in ops/grafana/farts-edge.json is one a node with every service
-    on (mesh, DB, DNS, CDN, pub/sub, proxy) exports at /metrics."""
+    on (mesh, DB, DNS, CDN, pub/sub, proxy; HTTPS on a second node) exports at /metrics."""
     import re
     from pathlib import Path
+
+    from conftest import start_node
 
     dashboard = json.loads((Path(__file__).resolve().parent.parent / "ops/grafana/farts-edge.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
@@ -332,10 +334,12 @@ prefix = "/app/"
 kind = "proxy"
 upstream = "app"
 """)
+    plain = start_node(tmp_path / "plain")   # with HTTPS on (the mesh helper's node has it off)
     try:
-        text = httpx.get(node.url("admin", "/metrics")).text
+        text = httpx.get(node.url("admin", "/metrics")).text + httpx.get(plain.url("admin", "/metrics")).text
     finally:
         node.stop()
+        plain.stop()
     exported = set(re.findall(r"^# (?:HELP|TYPE) (farts_[a-z_]+)", text, re.M))
     exported |= {re.sub(r"_(bucket|sum|count|created)$", "", n) for n in re.findall(r"^(farts_[a-z_]+)", text, re.M)}
     assert used <= exported, used - exported

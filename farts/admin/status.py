@@ -30,6 +30,7 @@ log = logging.getLogger("farts.admin")
 
 WINDOW = 10          # samples the latency quantiles are taken over
 MAX_ROUTES = 200     # (route, status class) rows in one sample
+SLOW_SHARED = 5      # a node's newest slow requests in its sample (the page lists the cluster's)
 MAX_SAMPLE_BYTES = 64 * 1024
 STREAM_MAX_BUFFER = 4 * 1024 * 1024  # a page that does not read is dropped past this
 # One point of a chart, in this order (the page reads the names from the hello event).
@@ -288,6 +289,11 @@ class Sampler:
             sample["dns"] = {"qps": rate("dns"), "answers_ps": {k: round(v / dt, 3) for k, v in answers.items()}}
         if cur["db"] is not None:
             sample["db"] = {"ops_ps": rate("db"), "store_bytes": r.total("farts_db_store_bytes")}
+        expiry = r.totals("farts_tls_certificate_expiry_timestamp_seconds")
+        if expiry is not None:
+            wall = self.clock.wall()
+            sample["certs"] = {k[0]: round((v - wall) / 86400, 1) for k, v in expiry.items() if k}
+        sample["slow_recent"] = self.slow()[:SLOW_SHARED]
         return sample
 
     # ---- every node's ring ------------------------------------------------------------
@@ -394,3 +400,27 @@ def member_rows(me: str, region: str, mesh_status: dict | None, members: list) -
         row["lat"], row["lon"] = (m.lat, m.lon) if m is not None else (None, None)
         row["load"] = m.load if m is not None else None
     return rows
+
+
+class CertExpiry:
+    """{(certificate file stem,): notAfter as a Unix time} of a CertStore's directory, read
+    again only when the store has reloaded (the gauge
+    farts_tls_certificate_expiry_timestamp_seconds; the page shows days left)."""
+
+    def __init__(self, certs) -> None:
+        self.certs = certs
+        self._cache: tuple[int, dict] = (-1, {})
+
+    def __call__(self) -> dict:
+        from cryptography import x509
+
+        if self._cache[0] != self.certs.reloads:
+            out = {}
+            for path in sorted(self.certs.cert_dir.glob("*.crt")):
+                try:
+                    cert = x509.load_pem_x509_certificate(path.read_bytes())
+                except (OSError, ValueError):
+                    continue
+                out[(path.stem,)] = cert.not_valid_after_utc.timestamp()
+            self._cache = (self.certs.reloads, out)
+        return self._cache[1]

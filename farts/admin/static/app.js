@@ -132,7 +132,7 @@
     cards(data);
     charts();
     routes(data.samples);
-    slow(data.slow);
+    slow(data);
   }
 
   function members(rows) {
@@ -203,6 +203,10 @@
         if (per) rows.push(["DNS answers/s", per]);
       }
       if (s.db) rows.push(["DB ops/s", fmt(s.db.ops_ps)], ["DB store", bytes(s.db.store_bytes)]);
+      if (s.certs) {
+        const certs = Object.entries(s.certs).map(([k, d]) => `${k} ${fmt(d, 0)} d`).join(", ");
+        rows.push(["certificates", certs || "–"]);
+      }
       const age = data.t - s.t;
       if (age > 3 * (s.interval || 1)) rows.push(["last sample", fmt(age, 0) + " s ago"]);
       for (const [k, v] of rows) dl.append(el("dt", {}, k), el("dd", { "data-key": k }, v));
@@ -256,13 +260,25 @@
     }
   }
 
-  function slow(rows) {
-    $("slow-note").textContent = "(this node, newest first; timings not measured for a request show –)";
+  function slow(data) {
+    // Every node's newest slow requests (each sample carries its node's last few; this
+    // node's own list is longer), newest first.
+    const seen = new Set(), rows = [];
+    for (const r of data.slow || []) rows.push(Object.assign({ node: data.node }, r));
+    for (const node in data.samples) {
+      if (node === data.node) continue;
+      for (const r of data.samples[node].slow_recent || []) rows.push(Object.assign({ node }, r));
+    }
+    rows.sort((a, b) => b.ts - a.ts);
+    $("slow-note").textContent = "(every node, newest first; over limits.slow_request_seconds; – : not measured for that request)";
     const body = $("slow").tBodies[0];
     body.replaceChildren();
-    for (const r of rows || []) {
+    for (const r of rows.slice(0, 30)) {
+      const key = `${r.node} ${r.ts} ${r.target}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
       const tr = el("tr");
-      tr.append(el("td", {}, new Date(r.ts * 1000).toLocaleTimeString()), el("td", {}, r.listener),
+      tr.append(el("td", {}, new Date(r.ts * 1000).toLocaleTimeString()), el("td", {}, r.node), el("td", {}, r.listener),
                 el("td", {}, r.route), el("td", {}, r.tenant), el("td", { title: r.target }, `${r.method} ${r.target}`),
                 el("td", {}, r.status));
       for (const k of ["total_ms", "queue_ms", "upstream_connect_ms", "upstream_first_byte_ms", "send_ms"]) {
