@@ -141,3 +141,29 @@ def test_status_page_shows_the_cluster_live_in_chromium(tmp_path):
         proc.communicate(timeout=30)
         upstream.shutdown()
         upstream.server_close()
+
+
+def test_status_page_asks_for_the_admin_token_and_then_goes_live(node_factory):
+    assert os.path.exists(CHROMIUM), "no /usr/bin/chromium: ci/setup installs Debian's chromium"
+    token = "a-long-random-admin-token"
+    node = node_factory(f'[admin]\ntoken = "{token}"\n')
+    errors: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(node.url("admin", "/"))
+            page.wait_for_function("() => !document.getElementById('auth').hidden", timeout=30_000)
+            assert page.locator("#conn").inner_text() == "token needed"
+            assert page.locator("#members tbody tr").count() == 0   # nothing without the token
+            page.fill("#token", token)
+            page.click("#auth button")
+            page.wait_for_function("() => document.querySelectorAll('#members tbody tr[data-state=alive]')"
+                                   ".length === 1", timeout=30_000)
+            assert page.locator("#conn").inner_text() == "live" and page.locator("#auth").is_hidden()
+        finally:
+            browser.close()
+    # The browser's 401s are the expected answers, not errors of the page's own.
+    assert [e for e in errors if "401" not in e] == [], errors
