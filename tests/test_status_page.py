@@ -7,7 +7,8 @@ the map; runs a bounded load and sees the request rates move on two nodes (node 
 numbers reach node 1's page through the mesh); a request to an upstream answering in
 150 ms shows in the slow-request table and one at 50 ms does not; kills node 3 by its
 PID and sees it turn dead on the page; no console errors. A screenshot goes to the
-test's tmp_path (and to docs/status.png with FARTS_DOCS_SCREENSHOT=1).
+test's tmp_path (and to docs/status.png with FARTS_DOCS_SCREENSHOT=1; the README's is
+taken by ops/status_screenshot.py, after minutes of a mixed load).
 """
 from __future__ import annotations
 

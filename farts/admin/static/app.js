@@ -273,7 +273,7 @@
     $("slow-note").textContent = "(every node, newest first; over limits.slow_request_seconds; – : not measured for that request)";
     const body = $("slow").tBodies[0];
     body.replaceChildren();
-    for (const r of rows.slice(0, 30)) {
+    for (const r of rows.slice(0, 20)) {
       const key = `${r.node} ${r.ts} ${r.target}`;
       if (seen.has(key)) continue;
       seen.add(key);
