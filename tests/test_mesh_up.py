@@ -65,6 +65,9 @@ def test_up_three_nodes_forms_a_cluster_and_ctrl_c_stops_it(tmp_path):
         https = subprocess.run(["curl", "-sS", "--cacert", str(ca), "https://127.0.0.3:8443/"],
                                capture_output=True, timeout=10)
         assert https.returncode == 0 and https.stdout.startswith(b"farts-edge is up"), https.stderr
+        # Each node's CDN has the built-in origin's file (a cluster once answered 404 here).
+        media = httpx.get("http://127.0.0.2:8080/media/hello.txt")
+        assert media.status_code == 200 and media.text.startswith("hello from the farts-edge CDN")
         mesh = httpx.get("http://127.0.0.1:9100/api/mesh").json()
         assert {m["id"]: m["mesh"] for m in mesh["members"]} == {
             f"node-{i}": f"127.0.0.{i}:7946" for i in (1, 2, 3)}
