@@ -58,10 +58,6 @@ def main() -> int:
     for path in configs:
         path.write_text(path.read_text().replace('servers = ["127.0.0.1:3000"]',
                                                  f'servers = ["127.0.0.1:{upstream.server_address[1]}"]'))
-    for i in (1, 2, 3):   # the built-in CDN origin's file (the single-node `up` writes it)
-        origin = tmp / f"node-{i}" / "origin"
-        origin.mkdir(exist_ok=True)
-        (origin / "hello.txt").write_text("hello from the farts-edge CDN\n")
     key = tomllib.loads(configs[0].read_text())["tenants"][0]["api_keys"][0]
     proc = subprocess.Popen([sys.executable, "-m", "farts.cli", "up", "--nodes", "3", "--data-dir", str(tmp)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
