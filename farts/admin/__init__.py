@@ -111,7 +111,7 @@ class AdminHandler:
             return _json(200, self.status())
         if path == b"/api/slow" and self.slow is not None:
             return _json(200, self.slow())
-        if path == b"/api/events" and self.sampler is not None:
+        if path == b"/api/events" and self.sampler is not None and request.method == b"GET":
             from farts.admin.status import SSE_HEADERS, EventStream
             return Upgrade(200, SSE_HEADERS, EventStream(self.sampler), EVENTS)
         if path == b"/api/history" and self.sampler is not None:
