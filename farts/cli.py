@@ -75,7 +75,7 @@ def cmd_up(args) -> int:
     cfg = config.load(path)
     # (The API key is a secret: its place is printed, not the key, which would end up
     # in terminal scrollback and CI logs on every start.)
-    banner = (f"  config {path}\n  CA     {data_dir / 'ca' / 'ca.crt'} (curl --cacert it for HTTPS)\n"
+    banner = (f"  status page {_admin_url(path)}\n  config {path}\n  CA     {data_dir / 'ca' / 'ca.crt'} (curl --cacert it for HTTPS)\n"
               f"  tenant demo: its API key is tenants[0].api_keys in the config")
     return _serve(cfg, banner)
 
@@ -120,9 +120,12 @@ def _up_cluster(args, configs: list[Path]) -> int:
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
         if ready.is_set():
+            admin = _admin_url(configs[0])
             print(f"farts-edge {__version__}: {len(procs)} nodes up, one CA: "
                   f"{Path(args.data_dir) / 'ca' / 'ca.crt'}\n"
-                  f"  mesh view: farts-edge status --admin http://127.0.0.1:9100/\n"
+                  f"  status page: {admin} (live: every node of the mesh; each node serves it "
+                  f"on its admin listener)\n"
+                  f"  mesh view: farts-edge status --admin {admin}\n"
                   "Ctrl-C stops the cluster.", flush=True)
         await stopping
         print("stopping the cluster...", flush=True)
@@ -138,6 +141,12 @@ def _up_cluster(args, configs: list[Path]) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+def _admin_url(path: Path) -> str:
+    admin = config.load(path).listeners.admin
+    host = f"[{admin.host}]" if ":" in admin.host else admin.host
+    return f"http://{host}:{admin.port}/"
 
 
 def cmd_ca_init(args) -> int:
@@ -166,8 +175,10 @@ def cmd_status(args) -> int:
     import urllib.request
 
     url = args.admin.rstrip("/") + "/api/mesh"
+    token = args.token or os.environ.get("FARTS_ADMIN_TOKEN", "")
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5) as r:
             data = json.load(r)
     except (OSError, ValueError) as e:
         print(f"farts-edge: cannot read {url}: {e}", file=sys.stderr)
@@ -309,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="the mesh as a node sees it (its members table)")
     status.add_argument("--admin", default="http://127.0.0.1:9100/", help="the node's admin listener URL")
+    status.add_argument("--token", default="", help="admin.token of that node, if it has one "
+                        "(default: $FARTS_ADMIN_TOKEN)")
     status.set_defaults(func=cmd_status)
     drain = sub.add_parser("drain", help="take the node out of every node's DNS answers (it keeps serving)")
     drain.add_argument("--admin", default="http://127.0.0.1:9100/", help="the node's admin listener URL")

@@ -397,9 +397,15 @@ cert_dir = "certs"          # <name>.crt + <name>.key pairs, relative to data_di
 reload_interval = 2.0
 http2 = true                # ALPN offers h2, then http/1.1
 
-[listeners.admin]           # /metrics, /healthz
-host = "127.0.0.1"
+[listeners.admin]           # the status page (/), /metrics, /healthz, /api/...
+host = "127.0.0.1"          # anything but loopback needs admin.token
 port = 9100
+
+[admin]
+token = ""                  # when set, admin requests but /healthz need "Authorization: Bearer <token>"
+slow_requests_kept = 100    # the last slow requests kept for /api/slow and the status page
+sample_interval = 1.0       # seconds between the status page's samples of every node ...
+history_seconds = 900.0     # ... kept this long in memory for its charts
 
 [limits]
 max_header_bytes = 16384    # larger header sections get 431
@@ -411,7 +417,7 @@ max_connections = 10000
 max_connections_per_ip = 1000
 max_tls_handshakes = 1024    # TLS handshakes in flight per TLS listener; more are refused at accept
 max_tls_handshakes_per_ip = 64
-slow_request_seconds = 0.1  # requests slower than this are counted and logged
+slow_request_seconds = 0.1  # requests slower than this are counted (by route, tenant, region), logged, kept
 max_concurrent_streams = 100  # HTTP/2 streams at once per connection; more get REFUSED_STREAM
 
 [http]

@@ -112,6 +112,10 @@ class Metrics:
                   buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
         return self._add(Histogram(name, help, labels, buckets))
 
+    def get(self, name: str):
+        """The metric registered under ``name``, or None (read by the status page's sampler)."""
+        return next((m for m in self._metrics if m.name == name), None)
+
     def _add(self, metric):
         if any(m.name == metric.name for m in self._metrics):
             raise ValueError(f"metric {metric.name} registered twice")

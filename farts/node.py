@@ -9,6 +9,7 @@ its peer protocols on the mesh bus. Adding a service is adding a row.
 """
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable
@@ -17,6 +18,9 @@ from typing import Any
 
 from farts import __version__, config
 from farts.admin import AdminHandler
+from farts.admin import config as admin_config
+from farts.admin.health import PROBE_BYTES, Health, kit_state
+from farts.admin.status import CertExpiry, Sampler, member_rows
 from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
 from farts.cdn import config as cdn_config
 from farts.cdn.peer import PurgePeer
@@ -132,6 +136,17 @@ def _purge_routes(node: Node, cdn: CDN) -> list:
              PurgeHandler(cdn, peer.purge_everywhere if peer else None))]
 
 
+def _build_status(n: Node) -> Sampler:
+    """The status page's sampler: this node's metrics each admin.sample_interval, every
+    node's ring buffer (samples travel on the mesh bus)."""
+    a, me = n.cfg.admin, n.cfg.node
+    return Sampler(me.id, me.region, __version__, me.lat, me.lon, n.metrics, n.clock, a.sample_interval,
+                   a.history_seconds,
+                   members=lambda: member_rows(me.id, me.region, n.mesh.status() if n.mesh else None,
+                                               n.members.members()),
+                   slow=lambda: list(reversed(n.stats.slow_log)))
+
+
 SERVICES: tuple[Service, ...] = (
     Service("proxy", proxy_config.SECTION,
             build=lambda n: {name: ProxyHandler(name, up, n.cfg.node.id, n.proxy_stats, n.http_client)
@@ -165,6 +180,8 @@ SERVICES: tuple[Service, ...] = (
             peers=lambda n, cdn, bus: [PurgePeer(cdn, bus)]),
     Service("certs", certs_config.SECTION, build=_build_certs, start_rank=45, stop_rank=5,
             public_routes=_certs_routes, admin_routes=_certs_admin),
+    Service("admin", admin_config.SECTION, build=_build_status, start_rank=90, stop_rank=5,
+            peers=lambda n, sampler, bus: [sampler.peer(bus)]),
 )
 
 for _service in SERVICES:
@@ -186,19 +203,22 @@ class Node:
         self.clock = LoopClock()   # the node's one clock: services that take `clock` get it
         self.http_client = Client(self.clock)  # outbound HTTP(S): proxy upstreams, CDN origins
         self.listeners: dict[str, Listener] = {}
-        self.stats = HTTPStats(self.metrics, self.listeners)
+        self.stats = HTTPStats(self.metrics, self.listeners, cfg.node.region, cfg.admin.slow_requests_kept)
         self.started_at = self.clock.wall()
         self.certs: CertStore | None = None
         self._timers: list[Timer] = []  # periodic entries the node itself set
-        self.admin = AdminHandler(self.metrics.render, self.status)
         self.proxy_stats = ProxyStats(self.metrics)
         # The live node map: the static list from [[dns.nodes]] until the mesh writes it.
         self.members = MemberMap([Member(n.id, n.region, n.lat, n.lon, tuple(n.addresses))
                                   for n in cfg.dns.nodes])
         self.table = services
+        self.health = Health(self._listener_states, self._store_write if cfg.db.enabled else None,
+                             self._mesh_state if cfg.mesh.enabled else None, self.clock.monotonic)
         self.services: dict[str, Any] = {}
         for row in services:
             self.services[row.name] = row.build(self)
+        self.admin = AdminHandler(self.metrics.render, self.status, self.health.check, self.slow_requests,
+                                  self.services.get("admin"), cfg.admin.token)
         self._route_kinds = {kind: (row, make) for row in services for kind, make in row.routes.items()}
         # The services' peer protocols on the mesh bus (none without a mesh).
         self.peers: dict[str, list] = {}
@@ -226,7 +246,7 @@ class Node:
         if route.kind == "static":  # the transport writes a Fixed itself, no handler call
             return Fixed(route.status, route.body.encode(), route.content_type.encode())
         if route.kind == "admin":
-            return self.admin
+            return self.admin.for_public()
         row, make = self._route_kinds[route.kind]  # config.py rejects unknown kinds first
         return make(self, self.services[row.name], route)
 
@@ -255,6 +275,9 @@ class Node:
                                    ALPN if ls.https.http2 else ALPN_HTTP1)
             self.metrics.gauge("farts_tls_certificate_reloads", "Times the certificate directory was loaded",
                                lambda: self.certs.reloads)
+            self.metrics.gauge("farts_tls_certificate_expiry_timestamp_seconds",
+                               "When each certificate of the HTTPS listener expires (notAfter)",
+                               CertExpiry(self.certs), ("file",))
             self._timers.append(self.certs.watch(ls.https.reload_interval))
             await self._listen("https", "https", public, ls.https.host, ls.https.port,
                                self.certs.listening, access)
@@ -297,6 +320,59 @@ class Node:
         return {"node": self.cfg.node.id, "region": self.cfg.node.region, "version": __version__,
                 "uptime_s": round(self.clock.wall() - self.started_at, 1), "listeners": self.urls(),
                 "connections": {n: len(li.connections) for n, li in self.listeners.items()}}
+
+    def slow_requests(self) -> dict:
+        """/api/slow: the last slow requests, newest first, and what their timings mean."""
+        return {"node": self.cfg.node.id, "region": self.cfg.node.region,
+                "threshold_ms": self.cfg.limits.slow_request_seconds * 1000,
+                "kept": self.stats.slow_log.maxlen,
+                "timings": {"total_ms": "measured: request head handled to response written",
+                            "queue_ms": "measured for proxied requests: handler called to its task "
+                                        "running (event loop queue); else null",
+                            "upstream_connect_ms": "measured for proxied requests on a new upstream "
+                                                   "connection (null when pooled)",
+                            "upstream_first_byte_ms": "measured for proxied requests: request sent "
+                                                      "(after connect) to the upstream's response head",
+                            "send_ms": "measured for proxied requests: upstream head to the last "
+                                       "byte written to the client",
+                            "tls_ms": "not measured (the handshake happens before the request)"},
+                "requests": list(reversed(self.stats.slow_log))}
+
+    # -- /healthz ---------------------------------------------------------------------
+    def _listener_states(self) -> dict[str, str]:
+        out = {name: kit_state(li) for name, li in self.listeners.items()}
+        for name in ("http", "https", "admin"):
+            if getattr(self.cfg.listeners, name).enabled and name not in self.listeners:
+                out[name] = "not listening"
+        if self.db is not None:
+            out["db"] = kit_state(self.db.kit) if self.db.kit is not None else "not listening"
+        if self.dns is not None:
+            out["dns_tcp"] = kit_state(self.dns.kit)
+            out["dns_udp"] = "ok" if self.dns.address else "not listening"
+        if self.mesh is not None:
+            links = self.mesh.links
+            out["mesh"] = kit_state(links.kit) if links is not None else "not listening"
+        return out
+
+    async def _store_write(self) -> None:
+        db = self.db
+        if db is None or db.store is None:
+            raise RuntimeError("the store is not open")
+        def probe(w) -> None:  # room for a record of PROBE_BYTES, put and taken back in one commit
+            w.txn.put(b"\0healthz-probe", bytes(PROBE_BYTES), db=w.store.meta)
+            w.txn.delete(b"\0healthz-probe", db=w.store.meta)
+        await asyncio.wrap_future(db.store.submit(probe))
+
+    def _mesh_state(self) -> str:
+        mesh = self.mesh
+        swim = mesh.swim if mesh is not None else None
+        if swim is None:
+            return "not running"
+        if swim.leaving:
+            return "leaving"
+        if mesh.mc.seeds and not swim.peers:
+            return f"not joined: no member reached (seeds {', '.join(mesh.mc.seeds)})"
+        return "ok"
 
     async def stop(self) -> None:
         for t in self._timers:

@@ -104,6 +104,13 @@ body = "farts-edge is up. Try /healthz, /widget/ (proxied to 127.0.0.1:3000), an
 '''
 
 
+def _origin(data_dir: Path) -> None:
+    origin = data_dir / "origin"  # the built-in CDN origin's files
+    if not origin.exists():
+        origin.mkdir()
+        (origin / "hello.txt").write_text("hello from the farts-edge CDN (cached under cache/)\n")
+
+
 def prepare(data_dir: Path) -> Path:
     """Creates what is missing under data_dir and returns the config file's path."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -112,10 +119,7 @@ def prepare(data_dir: Path) -> Path:
     crt, key = data_dir / "certs" / "localhost.crt", data_dir / "certs" / "localhost.key"
     if not (crt.exists() and key.exists()):
         pki.issue(ca_dir, crt, key, ["localhost", "127.0.0.1", "::1"])
-    origin = data_dir / "origin"  # the built-in CDN origin's files
-    if not origin.exists():
-        origin.mkdir()
-        (origin / "hello.txt").write_text("hello from the farts-edge CDN (cached under cache/)\n")
+    _origin(data_dir)
     config = data_dir / CONFIG_NAME
     if not config.exists():
         config.write_text(TEMPLATE.format(api_key=secrets.token_urlsafe(24),
@@ -224,6 +228,7 @@ def prepare_cluster(data_dir: Path, n: int) -> list[Path]:
             pki.issue(ca_dir, crt, key, ["localhost", host])
         if not (d / "mesh" / "node.crt").exists():
             pki.issue(ca_dir, d / "mesh" / "node.crt", d / "mesh" / "node.key", [host], node_id=f"node-{i}")
+        _origin(d)   # each node's /media/ reads DATA_DIR/node-i/origin
         config = d / CONFIG_NAME
         if not config.exists():
             config.write_text(node_config(TEMPLATE.format(api_key=api_key, secret=secret), i, n))

@@ -90,3 +90,24 @@ def wait_for(check, timeout: float, interval: float = 0.1):
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+def start_up_cluster(data: Path, n: int = 3, args: tuple = (), command: list[str] | None = None,
+                     cwd: Path | None = None):
+    """`farts-edge up --nodes n --data-dir data ARGS` as a subprocess (``command``: how to
+    run farts-edge, by default this interpreter's -m farts.cli); returns (proc, its output
+    up to the line that says the cluster is up). The caller stops it (SIGINT)."""
+    import os
+    import select
+    import subprocess
+    import sys
+
+    command = command or [sys.executable, "-m", "farts.cli"]
+    proc = subprocess.Popen([*command, "up", "--nodes", str(n), "--data-dir", str(data), *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = b""
+    deadline = time.monotonic() + 60
+    while b"Ctrl-C stops the cluster." not in out and time.monotonic() < deadline and proc.poll() is None:
+        if select.select([proc.stdout], [], [], 0.5)[0]:
+            out += os.read(proc.stdout.fileno(), 65536)
+    return proc, out

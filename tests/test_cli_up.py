@@ -63,13 +63,14 @@ def test_up_writes_its_defaults_serves_and_stops_cleanly(tmp_path):
     try:
         for url in (b"http://127.0.0.1:8080/", b"https://127.0.0.1:8443/", b"http://127.0.0.1:9100/"):
             assert url in out
+        assert b"  status page http://127.0.0.1:9100/\n" in out
         ca = data / "ca" / "ca.crt"
         assert ca.exists() and (data / "certs" / "localhost.crt").exists() and (data / "farts.toml").exists()
         https = subprocess.run(["curl", "-sS", "--cacert", str(ca), "https://localhost:8443/"],
                                capture_output=True, timeout=10)
         assert https.returncode == 0, https.stderr
         assert https.stdout.startswith(b"farts-edge is up")
-        assert httpx.get("http://127.0.0.1:8080/healthz").json() == {"ok": True}
+        assert httpx.get("http://127.0.0.1:8080/healthz").json()["ok"] is True
         assert "farts_http_requests_total" in httpx.get("http://127.0.0.1:9100/metrics").text
         # The proxy route exists; nothing listens on the app port, so the answer is 502.
         assert httpx.get("http://localhost:8080/widget/x").status_code == 502

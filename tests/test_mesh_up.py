@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
 import httpx
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from mesh_helpers import wait_for
+from mesh_helpers import start_up_cluster, wait_for
 
 
 def _cmdline(proc_dir: Path) -> bytes:
@@ -51,21 +49,15 @@ def test_up_three_nodes_forms_a_cluster_and_ctrl_c_stops_it(tmp_path):
     checkout = tmp_path / "checkout"
     (checkout / "farts").mkdir(parents=True)
     (checkout / "farts" / "__init__.py").write_text('raise ImportError("the checkout\'s farts was imported")\n')
-    command = Path(sys.executable).parent / "farts-edge"
-    proc = subprocess.Popen([str(command), "up", "--nodes", "3", "--data-dir", str(data),
-                             "--cdn-origin", "http://127.0.0.1:9/"], cwd=checkout,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = b""
+    proc, out = start_up_cluster(data, args=("--access-log", "0.5"), cwd=checkout,
+                                 command=[str(Path(sys.executable).parent / "farts-edge")])
     try:
-        deadline = time.monotonic() + 60
-        while b"Ctrl-C stops the cluster." not in out and time.monotonic() < deadline and proc.poll() is None:
-            if select.select([proc.stdout], [], [], 0.5)[0]:
-                out += os.read(proc.stdout.fileno(), 65536)
         assert b"Ctrl-C stops the cluster." in out, out.decode(errors="replace")
+        assert b"  status page: http://127.0.0.1:9100/" in out
         for i in (1, 2, 3):
             assert f"[node-{i}]   https  https://127.0.0.{i}:8443/".encode() in out
             node_cfg = tomllib.loads((data / f"node-{i}" / "farts.toml").read_text())
-            assert node_cfg["cdn"]["origins"]["media"] == {"kind": "http", "url": "http://127.0.0.1:9/"}
+            assert node_cfg["http"]["access_log_sample"] == 0.5   # up's flags are in every node's config
 
         def table():
             r = cli("status", "--admin", "http://127.0.0.2:9100/")
@@ -80,6 +72,9 @@ def test_up_three_nodes_forms_a_cluster_and_ctrl_c_stops_it(tmp_path):
         https = subprocess.run(["curl", "-sS", "--cacert", str(ca), "https://127.0.0.3:8443/"],
                                capture_output=True, timeout=10)
         assert https.returncode == 0 and https.stdout.startswith(b"farts-edge is up"), https.stderr
+        # Each node's CDN has the built-in origin's file (a cluster once answered 404 here).
+        media = httpx.get("http://127.0.0.2:8080/media/hello.txt")
+        assert media.status_code == 200 and media.text.startswith("hello from the farts-edge CDN")
         mesh = httpx.get("http://127.0.0.1:9100/api/mesh").json()
         assert {m["id"]: m["mesh"] for m in mesh["members"]} == {
             f"node-{i}": f"127.0.0.{i}:7946" for i in (1, 2, 3)}

@@ -41,6 +41,9 @@ def test_wheel_installs_into_a_fresh_venv_with_compiled_modules(tmp_path):
     assert any(n.startswith("fast/http1.") and n.endswith(".so") for n in names), names
     assert any(n.startswith("farts/transport/h1.") and n.endswith(".so") for n in names), names
     assert not any(n.endswith((".pyx", ".c")) for n in names)
+    # The status page ships inside the wheel (package data, no build step at install).
+    for page in ("index.html", "app.js", "app.css", "land.js"):
+        assert f"farts/admin/static/{page}" in names, names
 
     # auditwheel turns it into a manylinux wheel (the one to publish); install that one.
     bin_dir = str(Path(sys.executable).parent)
@@ -69,3 +72,9 @@ def test_wheel_installs_into_a_fresh_venv_with_compiled_modules(tmp_path):
     out = subprocess.run([str(py), "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "b'a'"
+    # ... and the installed package serves it (read through importlib.resources).
+    page = subprocess.run([str(py), "-c", "from farts.admin import _static_files as f; "
+                           "print(sorted(k.decode() for k in f()))"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert page.returncode == 0, page.stderr
+    assert "/static/app.js" in page.stdout and "'/'" in page.stdout

@@ -246,10 +246,12 @@ class ProxyHandler:
         tried: list[Server] = []
         retry_other = retry_stale = True
         fresh = False
+        connect_s = -1.0   # upstream connect seconds (-1: a pooled connection), for slow requests
         while True:
             conn = None if fresh else server.take()
             reused = conn is not None
             if conn is None:
+                connecting = perf_counter()
                 try:
                     conn = await server.connect(up.connect_timeout)
                 except (TimeoutError, OSError) as e:
@@ -275,6 +277,9 @@ class ProxyHandler:
                                 self.name, server.address, _what(req), why)
                     return _error(504 if timed_out else 502, f"upstream {why}", rid)
                 server.succeeded()
+                connect_s = perf_counter() - connecting
+            else:
+                connect_s = -1.0
             try:
                 resp = await exchange(conn, data, body, length == -1, is_head, up.read_timeout)
             except ConnectionLost as e:
@@ -307,7 +312,8 @@ class ProxyHandler:
                 self.count(server, "client_gone")
                 raise
             break
-        self.m.seconds.observe(perf_counter() - start, self._key)
+        head_at = perf_counter()
+        self.m.seconds.observe(head_at - start, self._key)
         status = resp.status
         head_only = is_head or status == 204 or status == 304
         content_length = -1 if resp.chunked else resp.content_length
@@ -326,7 +332,8 @@ class ProxyHandler:
                 body_out = EMPTY
             else:
                 body_out = whole
-        return Response(status, response_headers(resp.headers, rid), body_out, content_length, head_only)
+        return Response(status, response_headers(resp.headers, rid), body_out, content_length, head_only,
+                        timings=(start, connect_s, head_at))
 
     async def _tunnel(self, req: Request) -> Response | Upgrade:
         """An Upgrade request (WebSocket) passed through: sent on a connection of its own;

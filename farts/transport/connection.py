@@ -295,11 +295,11 @@ class HTTP1Connection(asyncio.Protocol):
                 self._finished(route, result.status, start, head)
             elif type(result) is Response and type(result.body) is bytes:
                 self.transport.write(self.machine.framed(result, head))
-                self._finished(route, result.status, start, head)
+                self._finished(route, result.status, start, head, result.timings)
             elif type(result) is Upgrade:
                 self._switch(result, route, start, head)
             elif type(result) is Response and type(result.body) is FileBody and self._file_now(result, head):
-                self._finished(route, result.status, start, head)
+                self._finished(route, result.status, start, head, result.timings)
             else:
                 self.task = asyncio.ensure_future(self._stream(req, result))
         except Exception:  # a response that cannot be framed (a bad header from the handler)
@@ -357,7 +357,7 @@ class HTTP1Connection(asyncio.Protocol):
             self._fail(500, "internal error")
             return
         self.task = None
-        self.listener.record(req.route, resp.status, req.start, head, self.client)
+        self.listener.record(req.route, resp.status, req.start, head, self.client, resp.timings)
         self._request_done(self.machine.response_done(self.listener.now))
         if not self.closed:
             self._pump()
@@ -472,8 +472,8 @@ class HTTP1Connection(asyncio.Protocol):
             # The source ended short: the framing is broken, so the connection must go.
             machine.framing_broken()
 
-    def _finished(self, route, status: int, start: float, head: RequestHead) -> None:
-        self.listener.record(route, status, start, head, self.client)
+    def _finished(self, route, status: int, start: float, head: RequestHead, timings=None) -> None:
+        self.listener.record(route, status, start, head, self.client, timings)
         self._request_done(self.machine.respond(self.listener.now))
 
     def _request_done(self, keep: bool) -> None:

@@ -58,6 +58,9 @@ class Response:
     # Trailer fields after a streamed body: a list, or a function called once the body
     # has ended (their values are usually known only then, e.g. a checksum).
     trailers: list | Callable[[], list] | None = None
+    # What the handler measured of this request, for the slow-request log: the proxy's
+    # (started, upstream connect seconds or -1 when pooled, upstream head at), perf_counter.
+    timings: tuple | None = None
 
 
 class FileBody:

@@ -82,6 +82,13 @@ class ListenerKit:
         self._sweep: Timer | None = None
 
     @property
+    def accepting(self) -> bool:
+        """The listening socket is open and taking connections."""
+        if self._tls_sock is not None:
+            return True
+        return self.server is not None and self.server.is_serving()
+
+    @property
     def open(self) -> int:
         return len(self.connections) + self.taken_over
 

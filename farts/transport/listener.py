@@ -7,6 +7,7 @@ import logging
 import random
 import ssl
 import sys
+from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,11 @@ BUSY = Fixed.error(503, "too many connections")
 class HTTPStats:
     """The HTTP metrics of a node, shared by its listeners (labelled by listener)."""
 
-    def __init__(self, metrics: Metrics, listeners: dict[str, Listener]) -> None:
+    def __init__(self, metrics: Metrics, listeners: dict[str, Listener], region: str = "",
+                 slow_kept: int = 100) -> None:
+        self.region = region
+        # The last slow requests, newest last, with their timings (see Listener.slow_request).
+        self.slow_log: deque[dict] = deque(maxlen=slow_kept)
         self.requests = metrics.counter(
             "farts_http_requests_total", "HTTP requests answered", ("listener", "route", "status"))
         self.latency = metrics.histogram(
@@ -42,8 +47,8 @@ class HTTPStats:
             "farts_http_requests_total and not timed)",
             ("listener", "route"))
         self.slow = metrics.counter(
-            "farts_http_slow_requests_total", "Requests slower than limits.slow_request_seconds",
-            ("listener", "route"))
+            "farts_http_slow_requests_total", "Requests slower than limits.slow_request_seconds "
+            "(region: this node's node.region)", ("listener", "route", "tenant", "region"))
         self.parse_errors = metrics.counter(
             "farts_http_parse_errors_total", "Malformed or over-limit requests, by the status answered",
             ("listener", "status"))
@@ -133,19 +138,53 @@ class Listener(ListenerKit):
     def admit(self, conn: HTTP1Connection) -> Fixed | None:
         return None if self.place(conn) is None else BUSY
 
-    def record(self, route, status: int, start: float, head: RequestHead, client: str) -> None:
-        """Counts one answered request; ``start`` 0 means answered at once (not timed)."""
+    def record(self, route, status: int, start: float, head: RequestHead, client: str,
+               timings: tuple | None = None) -> None:
+        """Counts one answered request; ``start`` 0 means answered at once (not timed).
+        ``timings``: what the handler measured of it (``Response.timings``), read only
+        when the request was slow."""
         seconds = perf_counter() - start if start else 0.0
         label = route.prefix if route is not None else "-"
         stats = self.stats
         stats.requests.inc((self.name, label, status))
         stats.latency.observe(seconds, (self.name, label))
         if seconds > self.limits.slow_request_seconds:
-            stats.slow.inc((self.name, label))
-            log.warning("slow request: %s %s %s -> %d in %.0f ms", self.name,
-                        head.method.decode("latin-1"), head.target[:200].decode("latin-1"),
-                        status, seconds * 1000)
+            self.slow_request(label, status, start, seconds, head, client, timings)
         self.log_access(head, status, seconds, client)
+
+    def slow_request(self, label: str, status: int, start: float, seconds: float, head: RequestHead,
+                     client: str, timings: tuple | None) -> None:
+        """Only slow requests get here: counted by route, tenant (resolved again from the
+        head, so fast requests pay nothing for it) and region, logged, and kept with their
+        timings split where they were measured. ``timings`` (the proxy's) is
+        (handler started, upstream connect seconds or -1 for a pooled connection, upstream
+        response head at), all perf_counter; what a handler did not measure is None."""
+        stats = self.stats
+        resolved = self.router.resolve(head.host, head.path)
+        tenant = resolved[0].id if type(resolved) is tuple and resolved[0] is not None else "-"
+        stats.slow.inc((self.name, label, tenant, stats.region))
+        target = head.target[:200].decode("latin-1")
+        method = head.method.decode("latin-1")
+        log.warning("slow request: %s %s %s (tenant %s) -> %d in %.0f ms", self.name, method, target,
+                    tenant, status, seconds * 1000)
+        end = start + seconds
+        queue = connect = first_byte = send = None
+        if timings is not None:
+            began, connect_s, head_at = timings
+            queue = began - start
+            connect = connect_s if connect_s >= 0 else None
+            first_byte = head_at - began - max(connect_s, 0.0)
+            send = end - head_at
+
+        def ms(v: float | None) -> float | None:
+            return None if v is None else round(v * 1000, 3)
+        stats.slow_log.append({
+            "ts": round(self.clock.wall(), 3), "listener": self.name,
+            "route": label, "tenant": tenant, "region": stats.region, "method": method,
+            "target": target, "status": status, "client": client, "total_ms": ms(seconds),
+            "queue_ms": ms(queue), "upstream_connect_ms": ms(connect),
+            "upstream_first_byte_ms": ms(first_byte), "send_ms": ms(send),
+            "pooled": None if timings is None else timings[1] < 0})
 
     def log_access(self, head: RequestHead, status: int, seconds: float, client: str) -> None:
         if self.access_log is not None and random.random() < self.access_log.sample:
