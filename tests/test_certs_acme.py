@@ -224,3 +224,46 @@ body = "hello\\n"
         if pebble is not None and pebble.poll() is None:
             os.killpg(pebble.pid, signal.SIGKILL)
         node.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_refused_order_is_counted_retried_and_installs_nothing(tmp_path):
+    ca, acme_port = pebble_ca(tmp_path)
+    node = start_node(tmp_path, f"""
+[dns]
+enabled = true
+port = 0
+zone = "farts.test"
+[[dns.records]]
+name = "www"
+type = "A"
+value = "127.0.0.1"
+
+[[tenants]]
+id = "site"
+hosts = ["www.farts.test", "gone.farts.test"]
+
+[certs]
+enabled = true
+domains = ["www.farts.test", "gone.farts.test"]
+directory_url = "https://127.0.0.1:{acme_port}/dir"
+ca_bundle = "{ca}"
+retry_min = 1.0
+retry_max = 2.0
+""")
+    pebble = None
+    try:
+        pebble = start_pebble(tmp_path, node, acme_port)
+        # gone.farts.test has no address in the zone: the CA cannot validate it, and the
+        # order fails (then again, after the backoff).
+        assert wait_for(lambda: metric(node, "farts_certs_orders_total", 'outcome="failed"') >= 2, 120), \
+            node.log()[-3000:]
+        status = admin_json(node, "/api/certs")
+        assert status["failures_in_a_row"] >= 2 and status["last_error"] and status["not_after"] is None
+        assert not (node.data_dir / "certs" / "acme.crt").exists()
+        assert "Pebble" not in served_issuer(node.port("https"), "www.farts.test")
+    finally:
+        if pebble is not None and pebble.poll() is None:
+            os.killpg(pebble.pid, signal.SIGKILL)
+        node.stop()
