@@ -109,3 +109,16 @@ def test_samples_go_to_peers_and_come_from_them():
 def test_a_bad_sample_from_a_peer_is_refused(body):
     with pytest.raises(BadMessage):
         StatusSample.from_wire(body)
+
+
+def test_replication_lag_per_origin_is_in_the_sample_when_replication_runs():
+    m, *_ = node_metrics()
+    m.counter("farts_db_commands_total", "", ("command", "outcome")).inc(("find", "ok"), 5)
+    lag = {("n2",): 12.5, ("n3",): 0.0}
+    m.gauge("farts_db_replication_lag_ms", "", lambda: lag, ("origin",))
+    clock = FakeClock()
+    s = Sampler("n1", "eu", "0.1.0", 50.0, 8.0, m, clock, interval=1.0, history=60)
+    s.start()
+    clock.advance(1.0)
+    assert s.latest["n1"]["db"]["lag_ms"] == {"n2": 12.5, "n3": 0.0}
+    s.stop()

@@ -285,6 +285,9 @@ class Sampler:
             sample["dns"] = {"qps": rate("dns"), "answers_ps": {k: round(v / dt, 3) for k, v in answers.items()}}
         if cur["db"] is not None:
             sample["db"] = {"ops_ps": rate("db"), "store_bytes": r.total("farts_db_store_bytes")}
+            lag = r.totals("farts_db_replication_lag_ms")   # (with replication on)
+            if lag:
+                sample["db"]["lag_ms"] = {k[0]: v for k, v in lag.items() if k}
         expiry = r.totals("farts_tls_certificate_expiry_timestamp_seconds")
         if expiry is not None:
             wall = self.clock.wall()

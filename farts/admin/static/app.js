@@ -203,6 +203,8 @@
         if (per) rows.push(["DNS answers/s", per]);
       }
       if (s.db) rows.push(["DB ops/s", fmt(s.db.ops_ps)], ["DB store", bytes(s.db.store_bytes)]);
+      if (s.db && s.db.lag_ms) for (const [origin, ms] of Object.entries(s.db.lag_ms))
+        rows.push(["replication lag from " + origin, fmt(ms) + " ms"]);
       if (s.certs) {
         const certs = Object.entries(s.certs).map(([k, d]) => `${k} ${fmt(d, 0)} d`).join(", ");
         rows.push(["certificates", certs || "–"]);
