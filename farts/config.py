@@ -196,6 +196,10 @@ class Route:
     max_body_bytes: int = setting(-1, Check(lambda v: v >= -1, "a number >= 0, or -1"))
     # kind = "cdn": the name of a [cdn.origins.<name>] entry.
     origin: str = ""
+    # kind = "cdn": the methods answered (empty: every method; GET must be one, HEAD
+    # comes with it); others get a 405 naming these.  GET and HEAD meet the cache, the
+    # rest go through to the origin.
+    methods: list[str] = setting([])
 
 
 @dataclass(frozen=True)

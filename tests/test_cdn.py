@@ -30,10 +30,14 @@ class Origin:
         self.delay: dict[str, float] = {}
         self.trickle: dict[str, float] = {}   # path -> seconds between 64 KiB pieces
         self.counts: dict[str, int] = {}
-        self.seen_headers: dict[str, list] = {}
+        self.seen_headers: dict[str, list] = {}  # (case-insensitive CIMultiDicts)
         self.finished: set[str] = set()       # trickled paths whose body was all sent
         self.down = False
         self.port = 0
+        # Methods other than GET and HEAD: (method, path, body) as the origin read them,
+        # and the answer per path (status, headers; default 200).
+        self.writes: list[tuple[str, str, bytes]] = []
+        self.write_answers: dict[str, tuple[int, dict]] = {}
 
     def put(self, path: str, body: bytes, status: int = 200, **headers: str) -> None:
         self.objects[path] = (status, {k.replace("_", "-"): v for k, v in headers.items()}, body)
@@ -53,9 +57,13 @@ class Origin:
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.counts[path] = self.counts.get(path, 0) + 1
-        self.seen_headers.setdefault(path, []).append(dict(request.headers))
+        self.seen_headers.setdefault(path, []).append(request.headers.copy())
         if self.down:
             return web.Response(status=503, text="down")
+        if request.method not in ("GET", "HEAD"):
+            self.writes.append((request.method, path, await request.read()))
+            status, headers = self.write_answers.get(path, (200, {}))
+            return web.Response(status=status, headers=headers, body=f"{request.method} done".encode())
         if path in self.delay:
             await asyncio.sleep(self.delay[path])
         if path not in self.objects:
@@ -554,8 +562,6 @@ def test_head_on_a_miss_and_methods(origin, node_factory):
     assert h.status_code == 200 and h.headers["content-length"] == "10" and h.content == b""
     assert wait_for(lambda: httpx.get(url).headers["x-cache"] == "HIT")
     assert httpx.get(url).content == b"head first"
-    r = httpx.post(url, content=b"x")
-    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
     assert origin.count("/files/h.txt") == 1
 
 
@@ -578,3 +584,82 @@ def test_concurrent_private_answers_are_not_shared(origin, node_factory):
     assert origin.count("/files/huge-err.txt") == 1  # an error is shared by the waiters, not stored
     assert httpx.get(node.url("http", "/media/huge-err.txt")).status_code == 500
     assert origin.count("/files/huge-err.txt") == 2
+
+
+def _hit(url: str) -> bool:
+    return httpx.get(url).headers["x-cache"] == "HIT"
+
+
+def test_unsafe_methods_go_through_and_invalidate(origin, node_factory):
+    """RFC 9111 §4.4: a cache passes unsafe methods on, and a non-error answer to one
+    invalidates the target URI and the same-origin Location/Content-Location URIs."""
+    origin.put("/files/doc", b"v1", Cache_Control="max-age=600")
+    origin.put("/files/other", b"o1", Cache_Control="max-age=600")
+    origin.put("/files/far", b"f1", Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port))
+    doc, other, far = (node.url("http", f"/media/{p}") for p in ("doc", "other", "far"))
+    for u in (doc, other, far):
+        httpx.get(u)
+        assert wait_for(lambda u=u: _hit(u))
+    # POST with a streamed (chunked) body reaches the origin whole, with its fields.
+    pieces = [b"a" * 70000, b"b" * 70000, b"c"]
+    r = httpx.post(doc, content=iter(pieces), headers={"X-Test": "t1", "Content-Type": "text/x"})
+    assert r.status_code == 200 and r.content == b"POST done" and r.headers["x-cache"] == "PASS"
+    assert origin.writes[-1] == ("POST", "/files/doc", b"".join(pieces))
+    seen = origin.seen_headers["/files/doc"][-1]
+    assert seen["X-Test"] == "t1" and seen["Content-Type"] == "text/x"
+    # §4.4: the target URI is invalidated: the next GET goes to the origin.
+    origin.put("/files/doc", b"v2", Cache_Control="max-age=600")
+    r = httpx.get(doc)
+    assert r.content == b"v2" and r.headers["x-cache"] == "MISS"
+    assert wait_for(lambda: _hit(doc))
+    # §4.4: an error answer (here 500) invalidates nothing.
+    origin.write_answers["/files/doc"] = (500, {})
+    assert httpx.delete(doc).status_code == 500
+    assert _hit(doc)
+    # §4.4: Location and Content-Location of the same origin are invalidated too; one of
+    # another origin is not (and the target itself is, whatever they say).
+    origin.write_answers["/files/doc"] = (201, {"Location": "/media/other",
+                                                "Content-Location": "http://elsewhere.example/media/far"})
+    r = httpx.put(doc, content=b"new")
+    assert r.status_code == 201 and r.headers["location"] == "/media/other"
+    assert origin.writes[-1] == ("PUT", "/files/doc", b"new")
+    assert not _hit(other) and _hit(far)
+    # PATCH and an unknown method go through and invalidate as well.
+    del origin.write_answers["/files/doc"]
+    assert wait_for(lambda: _hit(doc))
+    assert httpx.request("PATCH", doc, content=b"p").status_code == 200
+    assert not _hit(doc)
+    assert wait_for(lambda: _hit(doc))
+    # (MKCOL: a method the cache knows nothing of, that the test origin's parser accepts)
+    out = curl("-X", "MKCOL", "-D", "-", doc).stdout.decode()
+    assert out.startswith("HTTP/1.1 200") and out.endswith("MKCOL done")
+    assert origin.writes[-1][0] == "MKCOL" and not _hit(doc)
+    # OPTIONS (safe, not cached) goes through and invalidates nothing (§4.4: unsafe only).
+    assert wait_for(lambda: _hit(doc))
+    r = httpx.options(doc)
+    assert r.status_code == 200 and r.content == b"OPTIONS done" and _hit(doc)
+
+
+def test_route_methods_restrict_with_405_and_body_limit(origin, node_factory):
+    """RFC 9110 §15.5.6: a 405 carries Allow with the methods the target answers; the
+    route's body limit holds for bodies passed on (RFC 9110 §15.5.14, 413)."""
+    origin.put("/files/x", b"x", Cache_Control="max-age=600")
+    cfg = cdn_config(origin.port) + '''
+[[routes]]
+prefix = "/ro/"
+kind = "cdn"
+origin = "test"
+methods = ["GET", "POST"]
+max_body_bytes = 1000
+'''
+    node = node_factory(cfg)
+    url = node.url("http", "/ro/x")
+    r = httpx.put(url, content=b"no")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST"
+    assert "this route answers GET, HEAD, POST" in r.text
+    assert origin.writes == []
+    assert httpx.head(url).status_code == 200 and httpx.get(url).content == b"x"
+    assert httpx.post(url, content=b"ok").content == b"POST done"
+    r = httpx.post(url, content=b"z" * 5000)
+    assert r.status_code == 413 and len(origin.writes) == 1

@@ -223,3 +223,41 @@ def test_ranges_answer_206_or_416_or_whole():
     assert shape([(b"range", b"bytes=0-9"), (b"if-range", b'"v0"')], e) == decide.WHOLE
     neg = stored(None, status=404, size=100)
     assert shape([(b"range", b"bytes=0-9")], neg) == decide.WHOLE  # ranges of a 200 only
+
+
+# -- other methods (RFC 9111 §3, §4.4) -----------------------------------------------
+def test_on_method_passes_every_other_method_on():
+    """RFC 9111 §3: a cache stores (and so answers) only what it understands; everything
+    else, unsafe or unknown or OPTIONS, is forwarded (RFC 9110 §9.2.1)."""
+    for m in (b"GET", b"HEAD"):
+        assert decide.on_method(m, ()) is decide.CACHE
+    for m in (b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"TRACE", b"MKCOL", b"FROB"):
+        assert decide.on_method(m, ()) is decide.PASS_ON
+
+
+def test_on_method_route_restriction():
+    """RFC 9110 §15.5.6: methods a target does not answer get 405; HEAD comes with GET
+    (RFC 9110 §9.3.2)."""
+    allowed = (b"GET", b"POST")
+    assert decide.on_method(b"POST", allowed) is decide.PASS_ON
+    assert decide.on_method(b"HEAD", allowed) is decide.CACHE
+    assert decide.on_method(b"PUT", allowed) is decide.REFUSE
+    assert decide.on_method(b"OPTIONS", allowed) is decide.REFUSE
+
+
+def test_invalidated_targets():
+    """RFC 9111 §4.4: after a non-error status to an unsafe method, the target URI; the
+    Location and Content-Location URIs only when they share the target's origin."""
+    args = ("http", b"cdn.example:8080", b"/media/a?x=1")
+    assert decide.invalidated(b"POST", 200, [], *args) == [b"/media/a?x=1"]
+    assert decide.invalidated(b"DELETE", 302, [], *args) == [b"/media/a?x=1"]
+    for status in (100, 400, 404, 500, 503):  # errors (and interim answers) invalidate nothing
+        assert decide.invalidated(b"POST", status, [], *args) == []
+    for safe in (b"GET", b"HEAD", b"OPTIONS", b"TRACE"):
+        assert decide.invalidated(safe, 200, [], *args) == []
+    hs = [(b"location", b"b"), (b"content-location", b"http://CDN.example:8080/media/c?q")]
+    assert decide.invalidated(b"PUT", 201, hs, *args) == [b"/media/a?x=1", b"/media/b", b"/media/c?q"]
+    for other in (b"https://cdn.example:8080/media/b", b"http://cdn.example/media/b",
+                  b"http://evil.example:8080/media/b", b"//evil.example/x"):
+        assert decide.invalidated(b"PUT", 201, [(b"location", other)], *args) == [b"/media/a?x=1"]
+    assert decide.invalidated(b"PATCH", 204, [(b"location", b"/media/a?x=1")], *args) == [b"/media/a?x=1"]

@@ -141,3 +141,27 @@ def test_origin_config_errors_name_the_key():
         parse('[cdn.origins.b]\nkind = "s3"\nurl = "http://127.0.0.1:9000"\n', "x.toml")
     with pytest.raises(ConfigError, match=r"cdn\.capacity_bytes: expected a positive number"):
         parse('[cdn]\ncapacity_bytes = 0\n', "x.toml")
+    with pytest.raises(ConfigError, match=r"x.toml: routes\[0\]\.methods: must include \"GET\""):
+        parse('[cdn.origins.a]\nurl = "http://o"\n[[routes]]\nprefix = "/m/"\nkind = "cdn"\n'
+              'origin = "a"\nmethods = ["POST"]\n', "x.toml")
+
+
+def test_forward_headers_end_to_end_only():
+    """RFC 9110 §7.6.1: hop-by-hop fields and those named in Connection are not
+    forwarded; §7.6.3: a proxy appends its Via; X-Forwarded-For gains the client."""
+    hs = [(b"host", b"edge"), (b"connection", b"keep-alive, X-Secret"), (b"keep-alive", b"5"),
+          (b"x-secret", b"s"), (b"te", b"trailers"), (b"transfer-encoding", b"chunked"),
+          (b"content-length", b"3"), (b"upgrade", b"h2c"), (b"x-test", b"t1"),
+          (b"cookie", b"a=1"), (b"via", b"1.0 first"), (b"x-forwarded-for", b"10.0.0.1"),
+          (b"content-type", b"text/x")]
+    out = policy.forward_headers(hs, "127.0.0.9")
+    assert out == [(b"x-test", b"t1"), (b"cookie", b"a=1"), (b"content-type", b"text/x"),
+                   (b"via", b"1.0 first, 1.1 farts-edge"), (b"x-forwarded-for", b"10.0.0.1, 127.0.0.9")]
+    assert policy.forward_headers([], "::1") == [(b"via", b"1.1 farts-edge"), (b"x-forwarded-for", b"::1")]
+
+
+def test_response_headers_drop_connection_fields():
+    """RFC 9110 §7.6.1 for answers passed on."""
+    hs = [(b"connection", b"x-hop"), (b"x-hop", b"1"), (b"transfer-encoding", b"chunked"),
+          (b"location", b"/a"), (b"set-cookie", b"s=1")]
+    assert policy.response_headers(hs) == [(b"location", b"/a"), (b"set-cookie", b"s=1")]

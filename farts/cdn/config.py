@@ -52,6 +52,9 @@ def _cross_check(cfg) -> None:
         if r.kind == "cdn" and r.origin not in cfg.cdn.origins:
             raise ConfigError(f"{src}: routes[{i}].origin: no CDN origin named {r.origin!r} "
                               f"(known: {', '.join(cfg.cdn.origins) or 'none'})")
+        if r.kind == "cdn" and r.methods and "GET" not in r.methods:
+            raise ConfigError(f"{src}: routes[{i}].methods: must include \"GET\" (a CDN route "
+                              f"answers GET from its cache), got {r.methods!r}")
 
 
 SECTION = Section("cdn", CDNConfig, CDNConfig, _cross_check, route_kinds=("cdn",))

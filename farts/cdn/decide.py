@@ -13,8 +13,13 @@ executes the actions.  Three moments ask for a decision:
                serve the stale copy on the fill's error, fetch another Vary variant,
                fetch its own private answer, or pass the fill's answer on.
   shape        how an entry answers this request: whole, 304, 206 (first, last) or 416.
+  on_method    GET/HEAD meet the cache; any other method is passed on to the origin, or
+               refused when the route restricts its methods.
+  invalidated  the targets whose stored answers a passed-on unsafe request invalidates.
 """
 from __future__ import annotations
+
+from urllib.parse import urljoin, urlsplit
 
 from . import policy
 from .key import parse_vary
@@ -167,3 +172,52 @@ def shape(headers: list, entry: Entry) -> str | tuple[int, int]:
             if r is not None:
                 return r
     return WHOLE
+
+
+# -- other methods --------------------------------------------------------------------
+CACHE = "cache"      # GET, HEAD: the cache answers (on_request)
+PASS_ON = "pass-on"  # to the origin as it is, its answer back; nothing stored
+REFUSE = "refuse"    # the route's methods do not include it: 405
+
+
+def on_method(method: bytes, allowed: tuple[bytes, ...]) -> str:
+    """What meets a request's method.  Only GET and HEAD are answered from the cache;
+    unsafe methods (POST, PUT, DELETE, PATCH, unknown ones) and safe ones this cache
+    does not store (OPTIONS, TRACE) go through to the origin (RFC 9111 §3, §4.4), unless
+    ``allowed`` (the route's methods; empty: every method) leaves them out."""
+    if allowed and method not in allowed and not (method == b"HEAD" and b"GET" in allowed):
+        return REFUSE
+    if method == b"GET" or method == b"HEAD":
+        return CACHE
+    return PASS_ON
+
+
+def invalidated(method: bytes, status: int, headers: list, scheme: str, host: bytes,
+                target: bytes) -> list[bytes]:
+    """The targets (origin-form) whose stored answers the origin's answer to a passed-on
+    request invalidates (RFC 9111 §4.4): after a non-error status (2xx, 3xx) to an unsafe
+    method, the target URI, and the URIs of Location and Content-Location when they have
+    the same origin (scheme and authority) as the target."""
+    if method in policy.SAFE_METHODS or not 200 <= status < 400:
+        return []
+    out = [target]
+    for name in (b"location", b"content-location"):
+        t = same_origin_target(policy.header(headers, name), scheme, host, target)
+        if t is not None and t not in out:
+            out.append(t)
+    return out
+
+
+def same_origin_target(ref: bytes | None, scheme: str, host: bytes, target: bytes) -> bytes | None:
+    """A URI reference (resolved against the request's URI) as an origin-form target
+    when it has the request's origin, else None."""
+    if not ref:
+        return None
+    base = f"{scheme}://{host.decode('latin-1')}{target.decode('latin-1')}"
+    try:
+        parts = urlsplit(urljoin(base, ref.strip().decode("latin-1")))
+    except ValueError:
+        return None
+    if parts.scheme.lower() != scheme or parts.netloc.lower() != host.decode("latin-1").lower():
+        return None
+    return ((parts.path or "/") + ("?" + parts.query if parts.query else "")).encode("latin-1")

@@ -194,3 +194,45 @@ def byte_range(value: bytes, size: int) -> tuple[int, int] | None:
     if a >= size:
         return UNSATISFIABLE
     return a, min(b, size - 1)
+
+
+# -- requests passed on to the origin ------------------------------------------------
+# Safe methods (RFC 9110 §9.2.1): they never invalidate what is stored.
+SAFE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
+# Request fields never sent on (RFC 9110 §7.6.1 hop-by-hop; framing is redone by the
+# writer; Host is the origin's own; Expect is answered by the transport).
+REQUEST_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                                b"transfer-encoding", b"upgrade", b"content-length", b"host",
+                                b"expect", b"x-forwarded-for"))
+VIA = b"1.1 farts-edge"
+
+
+def connection_names(headers: Headers) -> frozenset:
+    """The field names a Connection field lists (hop-by-hop too, RFC 9110 §7.6.1)."""
+    return frozenset(t.strip().lower() for k, v in headers if k == b"connection"
+                     for t in v.split(b",") if t.strip())
+
+
+def forward_headers(headers: Headers, client: str, drop: frozenset = frozenset()) -> Headers:
+    """The end-to-end fields of a client's request as the origin gets them (RFC 9110
+    §7.6): hop-by-hop ones and those named in Connection dropped (and ``drop``), Via and
+    X-Forwarded-For extended with this hop."""
+    named = connection_names(headers)
+    out, via, xff = [], None, None
+    for k, v in headers:
+        if k == b"via":
+            via = v if via is None else via + b", " + v
+        elif k == b"x-forwarded-for":
+            xff = v if xff is None else xff + b", " + v
+        elif k not in REQUEST_HOP_BY_HOP and k not in named and k not in drop:
+            out.append((k, v))
+    ip = client.encode()
+    out.append((b"via", via + b", " + VIA if via else VIA))
+    out.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
+    return out
+
+
+def response_headers(headers: Headers) -> Headers:
+    """An origin's answer passed on: the fields describing its connection dropped."""
+    named = connection_names(headers)
+    return [(k, v) for k, v in headers if k not in CONNECTION_FIELDS and k not in named]

@@ -30,16 +30,14 @@ from farts.metrics import Metrics
 from farts.transport.http import ClientGone, FileBody, Fixed, Request, Response
 from fast.lru import LRUIndex
 
-from . import decide
+from . import decide, policy
 from .decide import HIT, JOIN, STALE, STALE_REFRESH, on_request
-from .key import SEP, accept_encoding, variant_key
+from .key import SEP, accept_encoding, base_key, variant_key
 from .origin import CHUNK, OriginError
 from .store import Entry, Store
 
 log = logging.getLogger("farts.cdn")
 
-NOT_ALLOWED = Fixed(405, b"405 Method Not Allowed: the CDN answers GET and HEAD\n",
-                    headers=[(b"allow", b"GET, HEAD")])
 STATE = {HIT: b"HIT", STALE: b"STALE", STALE_REFRESH: b"STALE"}  # X-Cache of an answer
 DISK_THREADS = 4
 LOAD = object()  # whole(): a small object to read into memory first (CDNHandler.load)
@@ -311,6 +309,19 @@ class CDN:
                 files.append(e.file)
         self.store.delete(keys, files)
 
+    def invalidate(self, base: bytes) -> int:
+        """Remove what is stored for one URI (its variants too), and keep fills of it in
+        flight from being stored: an unsafe request changed it (RFC 9111 §4.4)."""
+        keys = [k for k in self.entries if k == base or k.startswith(base + SEP)]
+        for k in keys:
+            self.index.remove(k)
+        self._drop(keys)
+        for k, fill in self.fills.items():
+            if k == base or k.startswith(base + SEP):
+                fill.purged = True
+        self.vary.pop(base, None)
+        return len(keys)
+
     def purge(self, prefix: bytes, exact: bool) -> int:
         """Remove every key starting with ``prefix`` (or equal to it, with its variants,
         when ``exact``); fills in progress for them are not stored."""
@@ -340,11 +351,12 @@ class CDNHandler:
         # The parts of base_key() that do not change per request, built once.
         self.tenant_part: dict[str, bytes] = {}
         self.scheme_part = {s: SEP + s.encode() + SEP for s in ("http", "https")}
+        self.allowed: dict[int, tuple] = {}  # id(route) → (its methods, its 405)
 
     def handle(self, req: Request):
         method = req.method
         if method != b"GET" and method != b"HEAD":
-            return NOT_ALLOWED
+            return self.other_method(req)
         target = req.target
         if target[:1] != b"/":  # absolute-form: keep path and query only
             query = req.query
@@ -383,6 +395,51 @@ class CDNHandler:
             if answer is None:  # its file has gone: as if nothing were stored
                 return self.slow(req, target, key, base, now, e)
         return self.slow(req, target, key, base, now, None)
+
+    # -- methods other than GET and HEAD ----------------------------------------------------
+    def other_method(self, req: Request):
+        """A route's methods restrict; HEAD with GET restricted is answered here too (the
+        hit path never restricts: a route's methods always include GET)."""
+        allowed = self.allowed.get(id(req.route)) if req.route is not None else None
+        if allowed is None:
+            methods = tuple(m.encode() for m in getattr(req.route, "methods", ()))
+            allow = b", ".join(dict.fromkeys((b"GET", b"HEAD", *methods)))
+            allowed = (methods, Fixed(405, b"405 Method Not Allowed: this route answers "
+                                      + allow + b"\n", headers=[(b"allow", allow)]))
+            if req.route is not None:
+                self.allowed[id(req.route)] = allowed
+        action = decide.on_method(req.method, allowed[0])
+        if action is decide.REFUSE:
+            return allowed[1]
+        return self.pass_on(req)
+
+    async def pass_on(self, req: Request):
+        """The request to the origin as it is (its body streamed; the route's body limit is
+        the transport's), the origin's answer back, nothing stored; a non-error answer to
+        an unsafe method invalidates what is stored (RFC 9111 §4.4)."""
+        cdn = self.cdn
+        method = req.method
+        target = req.target
+        if target[:1] != b"/":
+            query = req.query
+            target = req.path + (b"?" + query if query else b"")
+        body = req.body
+        length = req.content_length  # -1: chunked
+        if body is None and length < 0:
+            length = -2
+        headers = policy.forward_headers(req.headers, req.client)
+        cdn.stats.origin_requests.inc()
+        try:
+            resp = await self.origin.send(method, target[self.prefix_len:], headers, body, length)
+        except OriginError as err:
+            cdn.stats.origin_errors.inc((err.status,))
+            return Fixed.error(err.status, err.reason)
+        tenant = req.tenant.id if req.tenant is not None else "-"
+        for t in decide.invalidated(method, resp.status, resp.headers, req.scheme, req.host, target):
+            cdn.invalidate(base_key(tenant, t, req.scheme, req.host))
+        no_body = resp.status in (204, 304) or 100 <= resp.status < 200
+        return Response(resp.status, [*policy.response_headers(resp.headers), (b"x-cache", b"PASS")],
+                        _nothing() if no_body else resp.body, resp.content_length, head_only=no_body)
 
     # -- answers from an entry --------------------------------------------------------------
     def whole(self, e: Entry, now: float, state: bytes):
