@@ -38,6 +38,7 @@ class Origin:
         # and the answer per path (status, headers; default 200).
         self.writes: list[tuple[str, str, bytes]] = []
         self.write_answers: dict[str, tuple[int, dict]] = {}
+        self.echo: dict[str, str] = {}   # path -> a request field whose value ends the body
 
     def put(self, path: str, body: bytes, status: int = 200, **headers: str) -> None:
         self.objects[path] = (status, {k.replace("_", "-"): v for k, v in headers.items()}, body)
@@ -72,6 +73,8 @@ class Origin:
         etag = headers.get("ETag")
         if etag and request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
+        if path in self.echo:
+            body = body + request.headers.get(self.echo[path], "-").encode()
         if path in self.trickle:
             resp = web.StreamResponse(status=status, headers=headers)
             resp.content_length = len(body)
@@ -663,3 +666,51 @@ max_body_bytes = 1000
     assert httpx.post(url, content=b"ok").content == b"POST done"
     r = httpx.post(url, content=b"z" * 5000)
     assert r.status_code == 413 and len(origin.writes) == 1
+
+
+def test_end_to_end_request_fields_reach_the_origin(origin, node_factory):
+    """RFC 9110 §7.6.1: hop-by-hop fields and those the Connection field names are not
+    forwarded, the rest are; §7.6.3: the cache adds its Via."""
+    origin.put("/files/e2e", b"e", Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port))
+    r = httpx.get(node.url("http", "/media/e2e"),
+                  headers={"X-Test-Id": "case-7", "User-Agent": "cache-tests", "Authorization": "Bearer t",
+                           "Connection": "keep-alive, X-Hop", "X-Hop": "secret", "Via": "1.0 client-proxy",
+                           "X-Forwarded-For": "10.9.8.7", "If-None-Match": '"client"', "Range": "bytes=0-0"})
+    assert r.status_code == 200 and r.content == b"e"  # (a miss answers whole: RFC 9110 §14.2 allows it)
+    seen = origin.seen_headers["/files/e2e"][-1]
+    assert seen["X-Test-Id"] == "case-7" and seen["User-Agent"] == "cache-tests"
+    assert seen["Authorization"] == "Bearer t"
+    assert "X-Hop" not in seen and "Keep-Alive" not in seen
+    assert seen["Via"] == "1.0 client-proxy, 1.1 farts-edge"
+    assert seen["X-Forwarded-For"] == "10.9.8.7, 127.0.0.1"
+    # the client's conditionals and Range are the cache's to answer: a fill asks for it all
+    assert "If-None-Match" not in seen and "Range" not in seen
+
+
+def test_vary_on_any_request_field_with_a_bound(origin, node_factory):
+    """RFC 9111 §4.1: a stored answer whose Vary names a field is used only for requests
+    with the same value of it; here at most cdn.max_variants_per_uri variants per URI."""
+    origin.put("/files/lang", b"hello ", Cache_Control="max-age=600", Vary="X-Lang")
+    origin.echo["/files/lang"] = "X-Lang"
+    node = node_factory(cdn_config(origin.port, extra="max_variants_per_uri = 2"))
+    url = node.url("http", "/media/lang")
+
+    def get(lang: str) -> httpx.Response:
+        return httpx.get(url, headers={"X-Lang": lang})
+
+    for lang in ("en", "fr"):
+        r = get(lang)
+        assert r.content == b"hello " + lang.encode() and r.headers["x-cache"] == "MISS"
+        assert wait_for(lambda lang=lang: get(lang).headers["x-cache"] == "HIT")
+    for lang in ("en", "fr"):
+        r = get(lang)
+        assert r.content == b"hello " + lang.encode() and r.headers["x-cache"] == "HIT"
+    assert origin.count("/files/lang") == 2
+    # A third variant: the oldest (en) is dropped, fr stays.
+    assert get("de").content == b"hello de"
+    assert wait_for(lambda: get("de").headers["x-cache"] == "HIT")
+    assert get("fr").headers["x-cache"] == "HIT"
+    r = get("en")
+    assert r.content == b"hello en" and r.headers["x-cache"] == "MISS"
+    assert origin.count("/files/lang") == 4

@@ -110,12 +110,16 @@ def test_too_large_and_authorized_answers_are_not_stored():
     assert take([(b"cache-control", b"public, max-age=60")], req_headers=auth).cacheable
 
 
-def test_vary_accept_encoding_is_stored_by_variant_other_vary_is_not():
+def test_vary_is_stored_by_variant_vary_star_is_not():
+    """RFC 9111 §4.1: any Vary is stored by variant; Vary: * always fails to match."""
     v = take([(b"cache-control", b"max-age=60"), (b"vary", b"Accept-Encoding")])
     assert v.cacheable and v.names == (b"accept-encoding",)
-    for vary in (b"*", b"Cookie", b"accept-encoding, user-agent"):
+    for vary, names in ((b"Cookie", (b"cookie",)),
+                        (b"accept-encoding, user-agent", (b"accept-encoding", b"user-agent"))):
         v = take([(b"cache-control", b"max-age=60"), (b"vary", vary)])
-        assert not v.cacheable and v.names == ()
+        assert v.cacheable and v.names == names
+    v = take([(b"cache-control", b"max-age=60"), (b"vary", b"*")])
+    assert not v.cacheable and v.names == ()
 
 
 def test_304_from_origin_refreshes_the_stale_entry():
@@ -147,10 +151,33 @@ def test_origin_error_stands_in_the_stale_copy_within_stale_if_error():
 
 def test_conditional_headers_of_a_fill():
     e = stored(b"max-age=60", [(b"etag", b'"v1"'), (b"last-modified", format_date(T0 - 10))])
-    assert decide.conditional_headers(b"gzip", e) == [
+    assert decide.conditional_headers([(b"accept-encoding", b"gzip")], e) == [
         (b"accept-encoding", b"gzip"), (b"if-none-match", b'"v1"'),
         (b"if-modified-since", format_date(T0 - 10))]
-    assert decide.conditional_headers(None, None) == []
+    assert decide.conditional_headers([], None) == []
+
+
+def test_a_fill_forwards_the_clients_fields_but_not_its_conditionals():
+    """RFC 9111 §4.3.1: the cache revalidates with its own stored validators; a client's
+    conditionals and Range (RFC 9110 §13.1, §14.2) are answered by the cache from the
+    whole object, so they are not forwarded on a fill.  The client's other end-to-end
+    fields are (RFC 9110 §7.6)."""
+    forwarded = [(b"x-test", b"t"), (b"if-none-match", b'"mine"'), (b"range", b"bytes=0-1"),
+                 (b"if-modified-since", b"x"), (b"if-match", b"*"), (b"if-unmodified-since", b"x"),
+                 (b"if-range", b'"mine"'), (b"cookie", b"c=1")]
+    assert decide.conditional_headers(forwarded, None) == [(b"x-test", b"t"), (b"cookie", b"c=1")]
+    e = stored(b"max-age=60", [(b"etag", b'"v1"')])
+    assert decide.conditional_headers(forwarded, e) == [(b"x-test", b"t"), (b"cookie", b"c=1"),
+                                                        (b"if-none-match", b'"v1"')]
+
+
+def test_variants_to_drop_bounds_a_uri():
+    """RFC 9111 §4.1 lets a cache keep several variants; this one keeps at most a bound."""
+    assert decide.variants_to_drop([], b"a", 2) == []
+    assert decide.variants_to_drop([b"a"], b"b", 2) == []
+    assert decide.variants_to_drop([b"a", b"b"], b"c", 2) == [b"a"]
+    assert decide.variants_to_drop([b"a", b"b"], b"a", 2) == []  # a replacement is no more
+    assert decide.variants_to_drop([b"a", b"b", b"c"], b"d", 1) == [b"a", b"b", b"c"]
 
 
 # -- after_fill ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from farts.cdn import policy
-from farts.cdn.key import accept_encoding, base_key, parse_vary, tenant_prefix, variant_key
+from farts.cdn.key import accept_encoding, base_key, base_of, parse_vary, tenant_prefix, variant_key
 
 NOW = 1_700_000_000.0
 
@@ -123,8 +123,23 @@ def test_keys():
     assert variant_key(k, (b"accept-encoding",), {b"accept-encoding": b"br, gzip"}.get) == k + b"\0ae=br,gzip"
     assert variant_key(k, (), None) == k
     assert parse_vary(b"Accept-Encoding") == (b"accept-encoding",)
-    assert parse_vary(b"Accept-Encoding, Cookie") is None
     assert parse_vary(None) == ()
+
+
+def test_vary_on_any_request_field():
+    """RFC 9111 §4.1: a stored answer is selected by the values of every field its Vary
+    names (whitespace in list values normalized); Vary: * never matches (not stored)."""
+    k = base_key("demo", b"/m/a", "https", b"h")
+    assert parse_vary(b"Accept-Encoding, X-Lang,cookie") == (b"accept-encoding", b"cookie", b"x-lang")
+    assert parse_vary(b"X-Lang, *") is None
+    names = parse_vary(b"X-Lang, Accept-Encoding")
+    fields = {b"x-lang": b"en,  fr", b"accept-encoding": b"gzip"}
+    assert variant_key(k, names, fields.get) == k + b"\0ae=gzip\0x-lang=en,fr"
+    assert variant_key(k, names, {b"x-lang": b"en, fr", b"accept-encoding": b"gzip"}.get) == \
+        variant_key(k, names, fields.get)
+    assert variant_key(k, names, {b"x-lang": b"de"}.get) == k + b"\0ae=\0x-lang=de"
+    assert variant_key(k, names, {}.get) != variant_key(k, names, {b"x-lang": b"de"}.get)
+    assert base_of(variant_key(k, names, fields.get)) == k and base_of(k) == k
 
 
 def test_origin_config_errors_name_the_key():

@@ -36,6 +36,8 @@ class CDNConfig:
     memory_capacity_bytes: int = setting(64 * 1024 * 1024, NON_NEGATIVE)
     # Seconds to keep origin 404/410 answers (0: not cached); 5xx are never cached.
     negative_ttl: float = setting(0.0, NON_NEGATIVE)
+    # Variants kept per URI for answers with Vary; storing one more drops the oldest.
+    max_variants_per_uri: int = setting(16, POSITIVE)
     # Seconds between flushes of the recency order to LMDB (what a restart keeps).
     flush_interval: float = setting(2.0, POSITIVE)
     origins: dict[str, CDNOrigin] = setting({})

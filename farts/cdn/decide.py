@@ -52,15 +52,30 @@ def stale_if_error(entry: Entry | None, now: float) -> bool:
     return entry is not None and entry.sie > 0 and now - entry.fresh_until <= entry.sie
 
 
-def conditional_headers(accept_encoding: bytes | None, stale: Entry | None) -> list:
-    """The request fields a fill sends its origin."""
-    headers = [(b"accept-encoding", accept_encoding)] if accept_encoding else []
+# A client's own validators and ranges are for the cache to answer (shape), not the origin:
+# a fill asks for the whole object, with the stored entry's validators.
+CLIENT_CONDITIONALS = frozenset((b"if-none-match", b"if-modified-since", b"if-match",
+                                 b"if-unmodified-since", b"if-range", b"range"))
+
+
+def conditional_headers(forwarded: list, stale: Entry | None) -> list:
+    """The request fields a fill sends its origin: ``forwarded`` (the client's end-to-end
+    fields, policy.forward_headers) without the client's conditionals, with the stale
+    entry's validators."""
+    headers = [h for h in forwarded if h[0] not in CLIENT_CONDITIONALS]
     if stale is not None:
         if stale.etag is not None:
             headers.append((b"if-none-match", stale.etag))
         if stale.last_modified is not None:
             headers.append((b"if-modified-since", stale.last_modified))
     return headers
+
+
+def variants_to_drop(stored: list[bytes], new: bytes, bound: int) -> list[bytes]:
+    """The variants of one URI (``stored``, oldest first) to drop so that with ``new``
+    there are at most ``bound`` (cdn.max_variants_per_uri)."""
+    rest = [k for k in stored if k != new]
+    return rest[:max(0, len(rest) + 1 - bound)]
 
 
 # -- on_origin ------------------------------------------------------------------------
@@ -133,16 +148,18 @@ PASS = "pass"                    # pass the answer on, its body followed as it i
 
 
 def after_fill(failed: bool, stale: Entry | None, at: float, entry: Entry | None,
-               names: tuple[bytes, ...], fill_ae: bytes, client_ae: bytes, private: bool,
+               names: tuple[bytes, ...], fill_variant: bytes, client_variant: bytes, private: bool,
                started: bool, head_only: bool, status: int) -> str:
     """A client's next step once the fill it waited on answered (or failed) at ``at``.
     ``stale``: the entry this client could fall back on; ``started``: this client's
-    request started the fill (an answer for one client is never handed to another)."""
+    request started the fill (an answer for one client is never handed to another);
+    ``fill_variant``/``client_variant``: the variant keys the fill's request and this
+    client's select (compared when the answer varies, ``names``)."""
     if failed:
         return SERVE_STALE if stale_if_error(stale, at) else ERROR
     if entry is not None:
         return SERVE_ENTRY
-    if names and fill_ae != client_ae:
+    if names and fill_variant != client_variant:
         return OTHER_VARIANT
     if private and not started:
         return OWN_FETCH

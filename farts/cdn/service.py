@@ -32,7 +32,7 @@ from fast.lru import LRUIndex
 
 from . import decide, policy
 from .decide import HIT, JOIN, STALE, STALE_REFRESH, on_request
-from .key import SEP, accept_encoding, base_key, variant_key
+from .key import SEP, base_key, base_of, variant_key
 from .origin import CHUNK, OriginError
 from .store import Entry, Store
 
@@ -46,12 +46,13 @@ LOAD = object()  # whole(): a small object to read into memory first (CDNHandler
 class Fill:
     """One origin fetch and the clients waiting on it."""
 
-    __slots__ = ("key", "base", "ae", "head_ready", "status", "headers", "content_length",
+    __slots__ = ("key", "base", "fields", "head_ready", "status", "headers", "content_length",
                  "fd", "tmp", "written", "done", "failed", "error", "entry", "cacheable",
                  "readers", "waiters", "purged", "names", "private", "at", "pool_ops")
 
-    def __init__(self, key: bytes, base: bytes, ae: bytes) -> None:
-        self.key, self.base, self.ae = key, base, ae
+    def __init__(self, key: bytes, base: bytes, fields: list) -> None:
+        self.key, self.base = key, base
+        self.fields = fields          # the request's fields: the variant it selects
         self.head_ready = asyncio.get_running_loop().create_future()
         self.status = 0
         self.headers: list = []
@@ -71,6 +72,9 @@ class Fill:
         self.private = False          # private or Set-Cookie: for the client that asked only
         self.at = 0.0                 # when the origin answered or the fetch failed (wall)
         self.pool_ops = 0             # reads, writes, fsync of fd running in a thread
+
+    def header(self, name: bytes) -> bytes | None:
+        return policy.header(self.fields, name)
 
     def wake(self) -> None:
         waiters, self.waiters = self.waiters, []
@@ -208,6 +212,8 @@ class CDN:
         self.index = LRUIndex()
         self.entries: dict[bytes, Entry] = {}
         self.vary: dict[bytes, tuple[bytes, ...]] = {}
+        # base key → its stored variant keys, oldest first (cdn.max_variants_per_uri)
+        self.variants: dict[bytes, dict[bytes, None]] = {}
         self.fills: dict[bytes, Fill] = {}
         self.tasks: set[asyncio.Task] = set()
         self.mem_used = 0
@@ -221,6 +227,9 @@ class CDN:
         self.index.load((e.key, e.size) for e in entries)
         for e in entries:
             self.entries[e.key] = e
+            base = base_of(e.key)
+            if base != e.key:
+                self.variants.setdefault(base, {})[e.key] = None
         self._evict()
 
     def start(self) -> None:
@@ -255,6 +264,16 @@ class CDN:
 
     # -- entries ------------------------------------------------------------------------
     def install(self, entry: Entry, vary_base: bytes | None, names: tuple[bytes, ...]) -> None:
+        if vary_base is not None:  # one more variant of a URI: within the bound
+            stored = self.variants.setdefault(vary_base, {})
+            drop = decide.variants_to_drop(list(stored), entry.key, self.cfg.max_variants_per_uri)
+            if drop:
+                for k in drop:
+                    self.index.remove(k)
+                self._drop(drop)
+            stored = self.variants.setdefault(vary_base, {})
+            stored.pop(entry.key, None)
+            stored[entry.key] = None
         old = self.entries.get(entry.key)
         if old is not None:
             self._release(old)
@@ -302,11 +321,19 @@ class CDN:
 
     def _drop(self, keys: list[bytes]) -> None:
         files = []
+        variants = self.variants
         for k in keys:
             e = self.entries.pop(k, None)
             if e is not None:
                 self._release(e)
                 files.append(e.file)
+            if variants:
+                base = base_of(k)
+                stored = variants.get(base)
+                if stored is not None:
+                    stored.pop(k, None)
+                    if not stored:
+                        del variants[base]
         self.store.delete(keys, files)
 
     def invalidate(self, base: bytes) -> int:
@@ -555,10 +582,13 @@ class CDNHandler:
                 fill = cdn.fills[key]
                 cdn.coalesced += 1
             fill = await self.wait(fill)
-            client_ae = accept_encoding(req.header(b"accept-encoding"))
+            fill_variant = client_variant = b""
+            if fill.names:
+                fill_variant = variant_key(base, fill.names, fill.header)
+                client_variant = variant_key(base, fill.names, req.header)
             head_only = req.method == b"HEAD"
             step = decide.after_fill(fill.error is not None, e, fill.at, fill.entry, fill.names,
-                                     fill.ae, client_ae, fill.private, started, head_only,
+                                     fill_variant, client_variant, fill.private, started, head_only,
                                      fill.status)
             if step is decide.OWN_FETCH:
                 # An answer for one client (private, Set-Cookie) is never handed to another:
@@ -567,7 +597,7 @@ class CDNHandler:
                 fill.release()
                 fill = await self.wait(self.start_fill(key, base, target, req, None, register=False))
                 step = decide.after_fill(fill.error is not None, None, fill.at, None, (),
-                                         fill.ae, fill.ae, False, True, head_only, fill.status)
+                                         b"", b"", False, True, head_only, fill.status)
             if step is decide.PASS:
                 return Response(fill.status, [*fill.headers, (b"x-cache", b"MISS")],
                                 FollowBody(fill, cdn.disk), fill.content_length)
@@ -600,11 +630,11 @@ class CDNHandler:
 
     def start_fill(self, key: bytes, base: bytes, target: bytes, req: Request,
                    stale: Entry | None, register: bool = True) -> Fill:
-        ae = req.header(b"accept-encoding")
-        fill = Fill(key, base, accept_encoding(ae))
+        fields = req.headers
+        fill = Fill(key, base, fields)
         if register:
             self.cdn.fills[key] = fill
-        headers = decide.conditional_headers(ae, stale)
+        headers = decide.conditional_headers(policy.forward_headers(fields, req.client), stale)
         self.cdn.spawn(self.run_fill(fill, target[self.prefix_len:], headers, stale))
         return fill
 
@@ -694,7 +724,7 @@ class CDNHandler:
         if fill.purged:
             cdn.store.delete([], [name])
             return
-        store_key = variant_key(fill.base, fill.names, lambda _n: fill.ae) if fill.names else fill.key
+        store_key = variant_key(fill.base, fill.names, fill.header) if fill.names else fill.key
         entry = Entry(store_key, status, fill.headers, fill.written, name, request_time, response_time,
                       verdict.lifetime, verdict.initial_age, *verdict.windows)
         if small is not None and cdn.mem_used + fill.written <= cfg.memory_capacity_bytes:
