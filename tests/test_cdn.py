@@ -714,3 +714,28 @@ def test_vary_on_any_request_field_with_a_bound(origin, node_factory):
     r = get("en")
     assert r.content == b"hello en" and r.headers["x-cache"] == "MISS"
     assert origin.count("/files/lang") == 4
+
+
+def test_cdn_cache_control_decides_for_the_edge(origin, node_factory):
+    """RFC 9213 §3: CDN-Cache-Control directs this cache, Cache-Control (passed on to the
+    client as it is) then does not; RFC 9111 §3: a 302 with explicit freshness is stored."""
+    origin.put("/files/cdn-only", b"edge", Cache_Control="no-store", CDN_Cache_Control="max-age=600")
+    origin.put("/files/browser-only", b"browser", Cache_Control="max-age=600", CDN_Cache_Control="no-store")
+    origin.put("/files/moved", b"", status=302, Location="/media/cdn-only", Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/cdn-only")
+    r = httpx.get(url)
+    assert r.content == b"edge" and r.headers["cache-control"] == "no-store"
+    assert wait_for(lambda: _hit(url))
+    r = httpx.get(url)
+    assert r.headers["cache-control"] == "no-store" and r.headers["cdn-cache-control"] == "max-age=600"
+    assert origin.count("/files/cdn-only") == 1
+    other = node.url("http", "/media/browser-only")
+    for _ in range(3):
+        assert httpx.get(other).headers["x-cache"] == "MISS"
+    assert origin.count("/files/browser-only") == 3
+    moved = node.url("http", "/media/moved")
+    assert wait_for(lambda: httpx.get(moved).headers["x-cache"] == "HIT")
+    r = httpx.get(moved)
+    assert r.status_code == 302 and r.headers["location"] == "/media/cdn-only"
+    assert origin.count("/files/moved") == 1

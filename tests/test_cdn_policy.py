@@ -46,6 +46,44 @@ def test_storable():
     assert not policy.storable(b"GET", 500, [], h(Cache_Control="max-age=60"), 0)
 
 
+def test_cdn_cache_control_takes_precedence():
+    """RFC 9213 §2.1, §3: a CDN uses CDN-Cache-Control when it has a valid non-empty
+    value, ignoring Cache-Control and Expires; else Cache-Control as usual."""
+    date = formatdate(NOW, usegmt=True)
+    both = h(Cdn_Cache_Control="max-age=600", Cache_Control="no-store, max-age=5")
+    assert policy.storable(b"GET", 200, [], both, 0)
+    assert policy.freshness_lifetime(200, both, NOW, 0) == 600
+    veto = h(Cdn_Cache_Control="no-store", Cache_Control="max-age=600")
+    assert not policy.storable(b"GET", 200, [], veto, 0)
+    priv = h(Cdn_Cache_Control="private", Cache_Control="public, max-age=600")
+    assert not policy.storable(b"GET", 200, [], priv, 0)
+    expires = h(Date=date, Expires=formatdate(NOW + 90, usegmt=True), Cdn_Cache_Control="must-revalidate")
+    assert policy.freshness_lifetime(200, expires, NOW, 0) == 0  # Expires ignored
+    assert policy.freshness_lifetime(200, h(Cdn_Cache_Control="", Cache_Control="max-age=7"), NOW, 0) == 7
+    swr = h(Cdn_Cache_Control="max-age=1, stale-while-revalidate=30",
+            Cache_Control="max-age=1, must-revalidate")
+    assert policy.stale_windows(swr) == (30, 0)
+    assert policy.stale_windows(h(Cdn_Cache_Control="max-age=1, proxy-revalidate",
+                                  Cache_Control="stale-if-error=9")) == (0, 0)
+
+
+def test_storable_statuses():
+    """RFC 9111 §3: a response may be stored when its status is heuristically cacheable
+    (RFC 9110 §15.1) or it has explicit freshness (max-age, s-maxage, Expires) or public;
+    §4.2.2: heuristic freshness only for heuristically cacheable statuses."""
+    lm = formatdate(NOW - 1000, usegmt=True)
+    for status in (302, 307, 403):
+        assert not policy.storable(b"GET", status, [], [], 0)
+        assert not policy.storable(b"GET", status, [], h(Last_Modified=lm), 0)
+        assert policy.storable(b"GET", status, [], h(Cache_Control="max-age=60"), 0)
+        assert policy.storable(b"GET", status, [], h(Expires=formatdate(NOW + 9, usegmt=True)), 0)
+        assert policy.freshness_lifetime(status, h(Last_Modified=lm), NOW, 0) == 0
+    assert policy.storable(b"GET", 302, [], h(Cdn_Cache_Control="s-maxage=9"), 0)
+    for status in (206, 304, 401, 500, 503):
+        assert not policy.storable(b"GET", status, [], h(Cache_Control="public, max-age=60"), 0)
+    assert policy.freshness_lifetime(301, h(Last_Modified=lm), NOW, 0) == 100  # heuristic
+
+
 def test_age_and_stale_windows():
     date = formatdate(NOW - 10, usegmt=True)
     assert policy.initial_age(h(Date=date, Age="5"), NOW - 1, NOW) == 10

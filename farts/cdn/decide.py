@@ -128,7 +128,7 @@ def on_origin(key: bytes, status: int, headers: list, content_length: int, stale
                  and policy.storable(b"GET", status, request_headers, headers, negative_ttl)
                  and content_length <= max_object_bytes)
     private = (policy.header(headers, b"set-cookie") is not None
-               or b"private" in policy.cache_control(headers))
+               or b"private" in policy.directives(headers)[0])
     kept = (policy.stored_headers(headers) if cacheable else
             [(k, v) for k, v in headers if k not in policy.CONNECTION_FIELDS])
     return Take(cacheable, names or (), private, kept,

@@ -28,17 +28,28 @@ def header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-def cache_control(headers: Headers) -> dict[bytes, bytes | None]:
-    """Directives of every Cache-Control field: lowercase name → argument (unquoted) or None."""
+def cache_control(headers: Headers, field: bytes = b"cache-control") -> dict[bytes, bytes | None]:
+    """Directives of every Cache-Control field (or ``field``): lowercase name → argument
+    (unquoted) or None."""
     out: dict[bytes, bytes | None] = {}
     for k, v in headers:
-        if k != b"cache-control":
+        if k != field:
             continue
         for part in v.split(b","):
             name, eq, arg = part.strip().partition(b"=")
             if name:
                 out.setdefault(name.lower(), arg.strip().strip(b'"') if eq else None)
     return out
+
+
+def directives(headers: Headers) -> tuple[dict[bytes, bytes | None], bool]:
+    """The response's directives for this cache, and whether they come from
+    CDN-Cache-Control: when that field has a non-empty value, it alone decides (RFC 9213
+    §2.1: Cache-Control and Expires are then ignored); else Cache-Control."""
+    targeted = cache_control(headers, b"cdn-cache-control")
+    if targeted:
+        return targeted, True
+    return cache_control(headers), False
 
 
 def seconds(arg: bytes | None) -> float | None:
@@ -67,7 +78,7 @@ def storable(method: bytes, status: int, request_headers: Headers, headers: Head
     Authorization, with Set-Cookie, private, no-store or Vary: * are not stored."""
     if method not in (b"GET", b"HEAD"):
         return False
-    cc = cache_control(headers)
+    cc, targeted = directives(headers)
     if b"no-store" in cc or b"private" in cc:
         return False
     if header(headers, b"set-cookie") is not None:
@@ -82,27 +93,32 @@ def storable(method: bytes, status: int, request_headers: Headers, headers: Head
     if vary is not None and b"*" in vary:
         return False
     if status in NEGATIVE_STATUSES:
-        return negative_ttl > 0 or _explicit(cc, headers)
+        return negative_ttl > 0 or _explicit(cc, headers, targeted)
     if status in (200, 203, 300, 301, 308):
         return True
-    return False
+    # Any other final status the cache understands, with explicit freshness or public
+    # (RFC 9111 §3); not 204 (no body to store), 206 (no partial content is stored), 304,
+    # 401, nor server errors but 501.
+    return (status in (302, 303, 307, 501) or 400 <= status < 500 and status != 401) \
+        and (_explicit(cc, headers, targeted) or b"public" in cc)
 
 
-def _explicit(cc: dict, headers: Headers) -> bool:
-    return b"s-maxage" in cc or b"max-age" in cc or header(headers, b"expires") is not None
+def _explicit(cc: dict, headers: Headers, targeted: bool = False) -> bool:
+    return (b"s-maxage" in cc or b"max-age" in cc
+            or not targeted and header(headers, b"expires") is not None)
 
 
 def freshness_lifetime(status: int, headers: Headers, response_time: float,
                        negative_ttl: float) -> float:
     """Seconds the response stays fresh after it was generated (RFC 9111 §4.2.1)."""
-    cc = cache_control(headers)
+    cc, targeted = directives(headers)
     if b"no-cache" in cc:
         return 0.0
     for name in (b"s-maxage", b"max-age"):
         if name in cc:
             v = seconds(cc[name])
             return v if v is not None else 0.0
-    expires = header(headers, b"expires")
+    expires = None if targeted else header(headers, b"expires")
     if expires is not None:
         exp = http_date(expires)
         date = http_date(header(headers, b"date")) or response_time
@@ -127,7 +143,7 @@ def initial_age(headers: Headers, request_time: float, response_time: float) -> 
 def stale_windows(headers: Headers) -> tuple[float, float]:
     """(stale-while-revalidate, stale-if-error) seconds (RFC 5861); must-revalidate and
     proxy-revalidate forbid both."""
-    cc = cache_control(headers)
+    cc, _ = directives(headers)
     if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"no-cache" in cc:
         return 0.0, 0.0
     return (seconds(cc.get(b"stale-while-revalidate")) or 0.0,
