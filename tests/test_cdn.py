@@ -739,3 +739,47 @@ def test_cdn_cache_control_decides_for_the_edge(origin, node_factory):
     r = httpx.get(moved)
     assert r.status_code == 302 and r.headers["location"] == "/media/cdn-only"
     assert origin.count("/files/moved") == 1
+
+
+def test_request_cache_control_when_honoured(origin, node_factory):
+    """RFC 9111 §5.2.1 with cdn.request_cache_control = "honor": no-cache (§5.2.1.4) and
+    max-age (§5.2.1.1) make the cache validate with the origin; only-if-cached
+    (§5.2.1.7) answers from the cache or 504; max-stale (§5.2.1.2) takes a stale copy."""
+    origin.put("/files/rcc", b"v1", Cache_Control="max-age=600", ETag='"r1"')
+    origin.put("/files/old", b"o1", Cache_Control="max-age=1", ETag='"o1"')
+    node = node_factory(cdn_config(origin.port, extra='request_cache_control = "honor"'))
+    url = node.url("http", "/media/rcc")
+    only = {"Cache-Control": "only-if-cached"}
+    r = httpx.get(node.url("http", "/media/never"), headers=only)
+    assert r.status_code == 504 and origin.count("/files/never") == 0
+    httpx.get(url)
+    assert wait_for(lambda: _hit(url))
+    assert httpx.get(url, headers=only).headers["x-cache"] == "HIT"
+    n = origin.count("/files/rcc")
+    for cc in ("no-cache", "max-age=0"):
+        r = httpx.get(url, headers={"Cache-Control": cc})
+        assert r.status_code == 200 and r.content == b"v1" and r.headers["x-cache"] == "REVALIDATED"
+        n += 1
+        assert origin.count("/files/rcc") == n
+        assert origin.seen_headers["/files/rcc"][-1]["If-None-Match"] == '"r1"'
+    # Once stale (its max-age=1 passed: polled, bounded), only-if-cached gets 504 and
+    # max-stale the stale copy.
+    old = node.url("http", "/media/old")
+    stale_ok = {"Cache-Control": "max-stale"}
+    assert httpx.get(old).content == b"o1"
+    assert wait_for(lambda: httpx.get(old, headers=stale_ok).headers["x-cache"] != "MISS")  # stored
+    assert wait_for(lambda: httpx.get(old, headers=only).status_code == 504)
+    r = httpx.get(old, headers=stale_ok)
+    assert r.content == b"o1" and r.headers["x-cache"] == "STALE"
+
+
+def test_request_cache_control_ignored_by_default(origin, node_factory):
+    """RFC 9111 §5.2.1: request directives state the client's preferences; by default
+    this cache, like nginx, answers fresh objects from the cache whatever they say."""
+    origin.put("/files/ign", b"v1", Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/ign")
+    httpx.get(url)
+    assert wait_for(lambda: _hit(url))
+    r = httpx.get(url, headers={"Cache-Control": "no-cache"})
+    assert r.headers["x-cache"] == "HIT" and origin.count("/files/ign") == 1

@@ -61,6 +61,52 @@ def test_age_from_the_origin_shortens_freshness():
     assert on_request(e, T0 + 11, False) == REVALIDATE
 
 
+def rcc(value: bytes) -> dict:
+    from farts.cdn.policy import cache_control
+    return cache_control([(b"cache-control", value)])
+
+
+def test_request_max_age_and_min_fresh():
+    """RFC 9111 §5.2.1.1 max-age: not a stored answer older than it; §5.2.1.3 min-fresh:
+    only one still fresh for that long (an invalid argument counts as 0)."""
+    e = stored(b"max-age=60")
+    assert on_request(e, T0 + 10, False, rcc(b"max-age=20")) == HIT
+    assert on_request(e, T0 + 30, False, rcc(b"max-age=20")) == REVALIDATE
+    assert on_request(e, T0 + 30, True, rcc(b"max-age=20")) == JOIN
+    assert on_request(e, T0 + 1, False, rcc(b"max-age=0")) == REVALIDATE
+    assert on_request(e, T0 + 1, False, rcc(b"max-age=x")) == REVALIDATE
+    assert on_request(e, T0 + 30, False, rcc(b"min-fresh=20")) == HIT
+    assert on_request(e, T0 + 45, False, rcc(b"min-fresh=20")) == REVALIDATE
+    assert on_request(e, T0 + 45, False, rcc(b"no-transform")) == HIT  # no bearing on it
+
+
+def test_request_max_stale():
+    """RFC 9111 §5.2.1.2: a stale answer up to max-stale seconds (any, without a value);
+    §4.2.4 and §5.2.2.2/.8/.10: never when must-revalidate, proxy-revalidate or s-maxage."""
+    e = stored(b"max-age=60")
+    assert on_request(e, T0 + 70, False, rcc(b"max-stale=20")) == STALE_REFRESH
+    assert on_request(e, T0 + 70, True, rcc(b"max-stale=20")) == STALE
+    assert on_request(e, T0 + 90, False, rcc(b"max-stale=20")) == REVALIDATE
+    assert on_request(e, T0 + 9999, False, rcc(b"max-stale")) == STALE_REFRESH
+    assert on_request(e, T0 + 70, False, rcc(b"max-stale=20, max-age=65")) == REVALIDATE
+    for cc in (b"max-age=60, must-revalidate", b"max-age=60, proxy-revalidate", b"s-maxage=60"):
+        assert on_request(stored(cc), T0 + 70, False, rcc(b"max-stale")) == REVALIDATE
+
+
+def test_request_no_cache_and_only_if_cached():
+    """RFC 9111 §5.2.1.4 no-cache: not a stored answer without validation; §5.2.1.7
+    only-if-cached: a stored answer or 504."""
+    e = stored(b"max-age=60")
+    assert on_request(e, T0 + 1, False, rcc(b"no-cache")) == REVALIDATE
+    assert on_request(e, T0 + 1, False, rcc(b"only-if-cached")) == HIT
+    assert on_request(None, T0, False, rcc(b"only-if-cached")) == decide.ONLY_CACHED
+    assert on_request(e, T0 + 70, False, rcc(b"only-if-cached")) == decide.ONLY_CACHED
+    assert on_request(e, T0 + 70, False, rcc(b"only-if-cached, max-stale")) == STALE_REFRESH
+    assert on_request(e, T0 + 1, False, rcc(b"only-if-cached, no-cache")) == decide.ONLY_CACHED
+    swr = stored(b"max-age=60, stale-while-revalidate=30")
+    assert on_request(swr, T0 + 70, False, rcc(b"only-if-cached")) == STALE_REFRESH
+
+
 def test_stale_within_stale_while_revalidate_is_served_and_refreshed_once():
     e = stored(b"max-age=60, stale-while-revalidate=30")
     assert on_request(e, T0 + 70, False) == STALE_REFRESH

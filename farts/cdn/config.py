@@ -38,6 +38,10 @@ class CDNConfig:
     negative_ttl: float = setting(0.0, NON_NEGATIVE)
     # Variants kept per URI for answers with Vary; storing one more drops the oldest.
     max_variants_per_uri: int = setting(16, POSITIVE)
+    # A client's own Cache-Control (max-age, min-fresh, max-stale, no-cache, only-if-cached;
+    # RFC 9111 §5.2.1): "ignore" (as nginx does: clients cannot send the edge to the origin,
+    # and the hit path looks at no more fields) or "honor".
+    request_cache_control: str = setting("ignore", one_of("ignore", "honor"))
     # Seconds between flushes of the recency order to LMDB (what a restart keeps).
     flush_interval: float = setting(2.0, POSITIVE)
     origins: dict[str, CDNOrigin] = setting({})

@@ -32,19 +32,58 @@ STALE_REFRESH = "stale+refresh"  # the same, and start the (conditional) refresh
 JOIN = "join"              # a fill of this key is in flight: wait for its answer
 FILL = "fill"              # nothing usable stored: fetch
 REVALIDATE = "revalidate"  # stale beyond stale-while-revalidate: conditional fetch
+ONLY_CACHED = "only-if-cached"  # the client wants only a stored answer, none will do: 504
 
 
-def on_request(entry: Entry | None, now: float, filling: bool) -> str:
+def on_request(entry: Entry | None, now: float, filling: bool, rcc: dict | None = None) -> str:
     """``entry`` is what is stored for the request's key (None when nothing, or when its
-    file has gone); ``filling`` whether a fill of that key is in flight."""
+    file has gone); ``filling`` whether a fill of that key is in flight; ``rcc``: the
+    request's Cache-Control directives when the cache honours them (RFC 9111 §5.2.1)."""
     if entry is not None:
-        if now < entry.fresh_until:
-            return HIT
-        if entry.swr and now - entry.fresh_until <= entry.swr:  # (no window: none at all,
-            return STALE if filling else STALE_REFRESH          # not even at its edge)
+        if not rcc:
+            if now < entry.fresh_until:
+                return HIT
+            if entry.swr and now - entry.fresh_until <= entry.swr:  # (no window: none at all,
+                return STALE if filling else STALE_REFRESH          # not even at its edge)
+        else:
+            use = acceptable(entry, now, rcc)
+            if use is HIT:
+                return HIT
+            if use is STALE:
+                return STALE if filling else STALE_REFRESH
+    if rcc and b"only-if-cached" in rcc:  # §5.2.1.7
+        return ONLY_CACHED
     if filling:
         return JOIN
     return FILL if entry is None else REVALIDATE
+
+
+def acceptable(entry: Entry, now: float, rcc: dict) -> str | None:
+    """May ``entry`` answer a request with these Cache-Control directives (RFC 9111
+    §5.2.1): HIT (fresh enough), STALE (stale, but within stale-while-revalidate or the
+    request's max-stale), or None (go to the origin)."""
+    if b"no-cache" in rcc:  # §5.2.1.4: not without a successful validation
+        return None
+    age = now - entry.response_time + entry.initial_age
+    if b"max-age" in rcc:  # §5.2.1.1 (an invalid argument: as 0)
+        limit = policy.seconds(rcc[b"max-age"])
+        if age > (limit or 0.0):
+            return None
+    if b"min-fresh" in rcc:  # §5.2.1.3
+        want = policy.seconds(rcc[b"min-fresh"])
+        if entry.lifetime - age < (want or 0.0):
+            return None
+    if now < entry.fresh_until:
+        return HIT
+    stale_for = now - entry.fresh_until
+    if entry.swr and stale_for <= entry.swr:
+        return STALE
+    if b"max-stale" in rcc and not policy.must_revalidate(entry.headers):  # §5.2.1.2, §4.2.4
+        arg = rcc[b"max-stale"]
+        limit = policy.seconds(arg) if arg is not None else float("inf")
+        if limit is not None and stale_for <= limit:
+            return STALE
+    return None
 
 
 def stale_if_error(entry: Entry | None, now: float) -> bool:

@@ -150,6 +150,14 @@ def stale_windows(headers: Headers) -> tuple[float, float]:
             seconds(cc.get(b"stale-if-error")) or 0.0)
 
 
+def must_revalidate(headers: Headers) -> bool:
+    """May a stale copy never be served without revalidation (RFC 9111 §4.2.4, §5.2.2.2,
+    §5.2.2.8; s-maxage carries proxy-revalidate's meaning, §5.2.2.10)?"""
+    cc, _ = directives(headers)
+    return (b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc
+            or b"no-cache" in cc)
+
+
 def stored_headers(headers: Headers) -> Headers:
     """The fields kept with the object and sent with every answer from the cache."""
     return [(k, v) for k, v in headers if k not in HOP_BY_HOP]

@@ -31,7 +31,7 @@ from farts.transport.http import ClientGone, FileBody, Fixed, Request, Response
 from fast.lru import LRUIndex
 
 from . import decide, policy
-from .decide import HIT, JOIN, STALE, STALE_REFRESH, on_request
+from .decide import HIT, JOIN, ONLY_CACHED, STALE, STALE_REFRESH, on_request
 from .key import SEP, base_key, base_of, variant_key
 from .origin import CHUNK, OriginError
 from .store import Entry, Store
@@ -379,6 +379,8 @@ class CDNHandler:
         self.tenant_part: dict[str, bytes] = {}
         self.scheme_part = {s: SEP + s.encode() + SEP for s in ("http", "https")}
         self.allowed: dict[int, tuple] = {}  # id(route) → (its methods, its 405)
+        if cdn.cfg.request_cache_control == "honor":
+            self.handle = self.handle_honoring
 
     def handle(self, req: Request):
         method = req.method
@@ -422,6 +424,24 @@ class CDNHandler:
             if answer is None:  # its file has gone: as if nothing were stored
                 return self.slow(req, target, key, base, now, e)
         return self.slow(req, target, key, base, now, None)
+
+    def handle_honoring(self, req: Request):
+        """``handle`` when the cache honours a request's Cache-Control (RFC 9111 §5.2.1): a
+        request with one goes the slow way, whose decision (decide.on_request) weighs it;
+        the others take ``handle`` as they are."""
+        method = req.method
+        if req.header(b"cache-control") is None or (method != b"GET" and method != b"HEAD"):
+            return CDNHandler.handle(self, req)
+        target = req.target
+        if target[:1] != b"/":
+            query = req.query
+            target = req.path + (b"?" + query if query else b"")
+        tenant = req.tenant.id if req.tenant is not None else "-"
+        base = base_key(tenant, target, req.scheme, req.host)
+        names = self.cdn.vary.get(base)
+        key = variant_key(base, names, req.header) if names else base
+        return self.slow(req, target, key, base, self.cdn.clock.wall(), None,
+                         policy.cache_control(req.headers))
 
     # -- methods other than GET and HEAD ----------------------------------------------------
     def other_method(self, req: Request):
@@ -551,16 +571,19 @@ class CDNHandler:
 
     # -- misses, stale entries ------------------------------------------------------------------
     async def slow(self, req: Request, target: bytes, key: bytes, base: bytes, now: float,
-                   gone: Entry | None):
+                   gone: Entry | None, rcc: dict | None = None):
         """Everything but a fresh hit from memory or a kept file; ``gone``: an entry whose
-        file was found missing (treated as not stored)."""
+        file was found missing (treated as not stored); ``rcc``: the request's
+        Cache-Control directives when honoured."""
         cdn = self.cdn
         headers = req.headers
         while True:
             e = cdn.entries.get(key)  # (this task starts later than handle(): look again)
             if e is gone:
                 e = None
-            action = on_request(e, now, key in cdn.fills)
+            action = on_request(e, now, key in cdn.fills, rcc)
+            if action is ONLY_CACHED:
+                return Fixed.error(504, "only-if-cached: nothing stored may answer")
             if action is HIT or action is STALE or action is STALE_REFRESH:
                 answer = await self.answer(e, headers, now, STATE[action])
                 if answer is None:  # its file has gone
