@@ -39,6 +39,7 @@ class Origin:
         self.writes: list[tuple[str, str, bytes]] = []
         self.write_answers: dict[str, tuple[int, dict]] = {}
         self.echo: dict[str, str] = {}   # path -> a request field whose value ends the body
+        self.methods: list[tuple[str, str]] = []  # (method, path) of every request
 
     def put(self, path: str, body: bytes, status: int = 200, **headers: str) -> None:
         self.objects[path] = (status, {k.replace("_", "-"): v for k, v in headers.items()}, body)
@@ -58,6 +59,7 @@ class Origin:
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.counts[path] = self.counts.get(path, 0) + 1
+        self.methods.append((request.method, path))
         self.seen_headers.setdefault(path, []).append(request.headers.copy())
         if self.down:
             return web.Response(status=503, text="down")
@@ -558,14 +560,48 @@ origin = "nowhere"
 
 
 def test_head_on_a_miss_and_methods(origin, node_factory):
-    origin.put("/files/h.txt", b"head first", Cache_Control="max-age=600")
+    """RFC 9110 §9.3.2: HEAD asks for no content, so a HEAD that finds nothing stored is a
+    HEAD to the origin, not a fetch of the whole body; the GET after it fills."""
+    origin.put("/files/h.txt", b"head first", Cache_Control="max-age=600", ETag='"h1"')
     node = node_factory(cdn_config(origin.port))
     url = node.url("http", "/media/h.txt")
     h = httpx.head(url)
     assert h.status_code == 200 and h.headers["content-length"] == "10" and h.content == b""
+    assert h.headers["etag"] == '"h1"' and h.headers["x-cache"] == "MISS"
+    assert origin.methods == [("HEAD", "/files/h.txt")]
     assert wait_for(lambda: httpx.get(url).headers["x-cache"] == "HIT")
     assert httpx.get(url).content == b"head first"
-    assert origin.count("/files/h.txt") == 1
+    h = httpx.head(url)  # stored: answered by the cache
+    assert h.headers["x-cache"] == "HIT" and h.headers["content-length"] == "10"
+    assert [m for m, _ in origin.methods] == ["HEAD", "GET"]
+
+
+def test_head_freshens_a_stored_get(origin, node_factory):
+    """RFC 9111 §4.3.5: a 200 to a HEAD whose validators and Content-Length match a stored
+    GET answer updates its fields (§3.2); one that does not match makes it stale.  (The
+    HEADs carry Cache-Control: no-cache, §5.2.1.4, so they reach the origin.)"""
+    origin.put("/files/hf", b"body", Cache_Control="max-age=600", ETag='"f1"', X_Version="1")
+    node = node_factory(cdn_config(origin.port, extra='request_cache_control = "honor"'))
+    url = node.url("http", "/media/hf")
+    assert httpx.get(url).content == b"body"
+    assert wait_for(lambda: _hit(url))
+    origin.put("/files/hf", b"body", Cache_Control="max-age=600", ETag='"f1"', X_Version="2")
+    h = httpx.head(url, headers={"Cache-Control": "no-cache"})
+    assert h.headers["x-cache"] == "MISS" and h.headers["x-version"] == "2"
+    assert origin.methods[-1] == ("HEAD", "/files/hf")
+    r = httpx.get(url)
+    assert r.headers["x-cache"] == "HIT" and r.headers["x-version"] == "2" and r.content == b"body"
+    assert [m for m, _ in origin.methods] == ["GET", "HEAD"]
+    # The origin's object changed (another ETag): the HEAD makes the stored one stale, so
+    # the next GET revalidates and gets the new body.
+    origin.put("/files/hf", b"new body", Cache_Control="max-age=600", ETag='"f2"', X_Version="3")
+    h = httpx.head(url, headers={"Cache-Control": "no-cache"})
+    assert h.headers["etag"] == '"f2"' and h.headers["content-length"] == "8"
+    r = httpx.get(url)
+    assert r.content == b"new body" and r.headers["x-cache"] == "MISS"
+    assert origin.methods[-1] == ("GET", "/files/hf")
+    assert origin.seen_headers["/files/hf"][-1]["If-None-Match"] == '"f1"'
+
 
 
 def test_concurrent_private_answers_are_not_shared(origin, node_factory):

@@ -334,3 +334,27 @@ def test_invalidated_targets():
                   b"http://evil.example:8080/media/b", b"//evil.example/x"):
         assert decide.invalidated(b"PUT", 201, [(b"location", other)], *args) == [b"/media/a?x=1"]
     assert decide.invalidated(b"PATCH", 204, [(b"location", b"/media/a?x=1")], *args) == [b"/media/a?x=1"]
+
+
+# -- HEAD (RFC 9110 §9.3.2, RFC 9111 §4.3.5) -----------------------------------------
+def test_head_that_would_fetch_asks_with_head():
+    """RFC 9110 §9.3.2: HEAD wants no content: what would fetch the body goes as HEAD."""
+    assert decide.for_head(FILL) == decide.HEAD_THROUGH
+    assert decide.for_head(REVALIDATE) == decide.HEAD_THROUGH
+    for action in (HIT, STALE, STALE_REFRESH, JOIN, decide.ONLY_CACHED):
+        assert decide.for_head(action) == action
+
+
+def test_on_head_freshens_or_makes_stale():
+    """RFC 9111 §4.3.5: matching validators (and Content-Length) update the stored fields
+    and freshness (§3.2); a mismatch makes the stored answer stale."""
+    e = stored(b"max-age=60", [(b"etag", b'"a"'), (b"x-v", b"1")], size=100)
+    fresh = decide.on_head(e, 200, [(b"etag", b'"a"'), (b"x-v", b"2"), (b"cache-control", b"max-age=600")],
+                           100, T0 + 100, T0 + 100, NEG_TTL)
+    assert (b"x-v", b"2") in fresh.headers and (b"x-v", b"1") not in fresh.headers
+    assert fresh.file == e.file and fresh.size == 100 and fresh.fresh_until == T0 + 700
+    for hs, length in (([(b"etag", b'"b"')], 100), ([(b"etag", b'"a"')], 99), ([], -1),
+                       ([(b"last-modified", format_date(T0))], -1)):
+        assert decide.on_head(e, 200, hs, length, T0, T0, NEG_TTL) == decide.MAKE_STALE
+    assert decide.on_head(e, 404, [(b"etag", b'"a"')], 100, T0, T0, NEG_TTL) is None
+    assert decide.on_head(None, 200, [(b"etag", b'"a"')], 100, T0, T0, NEG_TTL) is None

@@ -33,6 +33,14 @@ JOIN = "join"              # a fill of this key is in flight: wait for its answe
 FILL = "fill"              # nothing usable stored: fetch
 REVALIDATE = "revalidate"  # stale beyond stale-while-revalidate: conditional fetch
 ONLY_CACHED = "only-if-cached"  # the client wants only a stored answer, none will do: 504
+HEAD_THROUGH = "head-through"    # HEAD, nothing fresh stored: a HEAD to the origin, no fill
+
+
+def for_head(action: str) -> str:
+    """A HEAD that would fill (or revalidate) asks the origin with HEAD instead: the body
+    is not fetched for a request that wants none (RFC 9110 §9.3.2); the answer may
+    freshen a stored GET answer (on_head)."""
+    return HEAD_THROUGH if action is FILL or action is REVALIDATE else action
 
 
 def on_request(entry: Entry | None, now: float, filling: bool, rcc: dict | None = None) -> str:
@@ -154,12 +162,7 @@ def on_origin(key: bytes, status: int, headers: list, content_length: int, stale
               negative_ttl: float, max_object_bytes: int) -> Revalidated | UseStale | Take:
     """The origin's answer to a fill (``stale``: the entry it revalidates, or None)."""
     if status == 304 and stale is not None:
-        merged = policy.updated_headers(stale.headers, headers)
-        return Revalidated(Entry(
-            key, stale.status, merged, stale.size, stale.file, request_time, response_time,
-            policy.freshness_lifetime(stale.status, merged, response_time, negative_ttl),
-            policy.initial_age(headers, request_time, response_time),
-            *policy.stale_windows(merged)))
+        return Revalidated(refreshed(stale, headers, request_time, response_time, negative_ttl))
     if status >= 500 and stale_if_error(stale, response_time):
         return UseStale(status)
     names = parse_vary(policy.header(headers, b"vary"))
@@ -174,6 +177,39 @@ def on_origin(key: bytes, status: int, headers: list, content_length: int, stale
                 policy.freshness_lifetime(status, headers, response_time, negative_ttl),
                 policy.initial_age(headers, request_time, response_time),
                 policy.stale_windows(headers))
+
+
+def refreshed(stored: Entry, headers: list, request_time: float, response_time: float,
+              negative_ttl: float) -> Entry:
+    """``stored`` with the fields of a 304 or a HEAD answer (RFC 9111 §3.2, §4.3.4): same
+    body and file, new headers and freshness."""
+    merged = policy.updated_headers(stored.headers, headers)
+    return Entry(stored.key, stored.status, merged, stored.size, stored.file, request_time,
+                 response_time, policy.freshness_lifetime(stored.status, merged, response_time, negative_ttl),
+                 policy.initial_age(headers, request_time, response_time),
+                 *policy.stale_windows(merged))
+
+
+MAKE_STALE = "make-stale"  # on_head: the stored answer no longer matches the origin's
+
+
+def on_head(stored: Entry | None, status: int, headers: list, content_length: int,
+            request_time: float, response_time: float, negative_ttl: float) -> Entry | str | None:
+    """What a 200 to a HEAD the cache sent does to the stored GET answer (RFC 9111
+    §4.3.5): the stored entry freshened with its fields when the validators it carries
+    (ETag, Last-Modified) match the stored ones and its Content-Length, if any, the
+    stored size; else MAKE_STALE (nothing to compare counts as no match); None when
+    nothing is stored or the status is not 200."""
+    if stored is None or status != 200:
+        return None
+    etag = policy.header(headers, b"etag")
+    last_modified = policy.header(headers, b"last-modified")
+    if ((etag is None and last_modified is None and content_length < 0)
+            or (etag is not None and etag != stored.etag)
+            or (last_modified is not None and last_modified != stored.last_modified)
+            or (content_length >= 0 and content_length != stored.size)):
+        return MAKE_STALE
+    return refreshed(stored, headers, request_time, response_time, negative_ttl)
 
 
 # -- after_fill -----------------------------------------------------------------------

@@ -164,6 +164,9 @@ class DirOrigin:
             if k == b"if-none-match" and v == etag:
                 os.close(fd)
                 return OriginResponse(304, hs, -1, _once(b""))
+        if head_only:
+            os.close(fd)
+            return OriginResponse(200, hs, st.st_size, _once(b""))
         return OriginResponse(200, hs, st.st_size, _read_file(fd, st.st_size))
 
     async def send(self, method: bytes, rest: bytes, headers: list, body=None,

@@ -584,6 +584,10 @@ class CDNHandler:
             action = on_request(e, now, key in cdn.fills, rcc)
             if action is ONLY_CACHED:
                 return Fixed.error(504, "only-if-cached: nothing stored may answer")
+            if req.method == b"HEAD":
+                action = decide.for_head(action)
+                if action is decide.HEAD_THROUGH:
+                    return await self.head_through(req, target, e)
             if action is HIT or action is STALE or action is STALE_REFRESH:
                 answer = await self.answer(e, headers, now, STATE[action])
                 if answer is None:  # its file has gone
@@ -640,6 +644,34 @@ class CDNHandler:
                     cdn.stale += 1
                     return answer
             return Fixed.error(fill.error.status, fill.error.reason)
+
+    async def head_through(self, req: Request, target: bytes, stored: Entry | None):
+        """A HEAD to the origin for a HEAD that found nothing fresh; a 200 whose validators
+        match freshens the stored GET answer (RFC 9111 §4.3.5)."""
+        cdn, cfg = self.cdn, self.cdn.cfg
+        headers = decide.conditional_headers(policy.forward_headers(req.headers, req.client), None)
+        request_time = cdn.clock.wall()
+        cdn.stats.origin_requests.inc()
+        cdn.misses += 1
+        try:
+            resp = await self.origin.fetch(target[self.prefix_len:], headers, head_only=True)
+        except OriginError as err:
+            cdn.stats.origin_errors.inc((err.status,))
+            return Fixed.error(err.status, err.reason)
+        response_time = cdn.clock.wall()
+        async for _ in resp.body:  # (none: the iterator ends at once)
+            pass
+        fresh = decide.on_head(stored, resp.status, resp.headers, resp.content_length,
+                               request_time, response_time, cfg.negative_ttl)
+        if fresh is not None and cdn.entries.get(stored.key) is stored:
+            if fresh is decide.MAKE_STALE:  # (in memory: a restart keeps its old freshness)
+                stored.fresh_until = min(stored.fresh_until, response_time)
+                cdn.stats.revalidations.inc(("modified",))
+            else:
+                cdn.stats.revalidations.inc(("not_modified",))
+                cdn.install(fresh, None, ())
+        return Response(resp.status, [*policy.response_headers(resp.headers), (b"x-cache", b"MISS")],
+                        _nothing(), resp.content_length, head_only=True)
 
     async def wait(self, fill: Fill) -> Fill:
         """Wait, as one more reader, until the fill has the origin's answer (or failed)."""
