@@ -819,3 +819,20 @@ def test_request_cache_control_ignored_by_default(origin, node_factory):
     assert wait_for(lambda: _hit(url))
     r = httpx.get(url, headers={"Cache-Control": "no-cache"})
     assert r.headers["x-cache"] == "HIT" and origin.count("/files/ign") == 1
+
+
+def test_private_and_no_cache_with_field_names(origin, node_factory):
+    """RFC 9111 §5.2.2.7 private="X-User": stored without X-User; §5.2.2.4
+    no-cache="X-Token": reused while fresh without X-Token.  The client whose request
+    fetched it gets both."""
+    origin.put("/files/q", b"shared", Cache_Control='max-age=600, private="X-User", no-cache="X-Token"',
+               X_User="alice", X_Token="t1", X_Other="kept")
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/q")
+    r = httpx.get(url)
+    assert r.headers["x-user"] == "alice" and r.headers["x-token"] == "t1" and r.content == b"shared"
+    assert wait_for(lambda: _hit(url))
+    r = httpx.get(url)
+    assert r.headers["x-cache"] == "HIT" and r.content == b"shared" and r.headers["x-other"] == "kept"
+    assert "x-user" not in r.headers and "x-token" not in r.headers
+    assert origin.count("/files/q") == 1

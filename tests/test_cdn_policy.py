@@ -218,3 +218,24 @@ def test_response_headers_drop_connection_fields():
     hs = [(b"connection", b"x-hop"), (b"x-hop", b"1"), (b"transfer-encoding", b"chunked"),
           (b"location", b"/a"), (b"set-cookie", b"s=1")]
     assert policy.response_headers(hs) == [(b"location", b"/a"), (b"set-cookie", b"s=1")]
+
+
+def test_private_and_no_cache_with_field_names():
+    """RFC 9111 §5.2.2.7: a qualified private keeps only the named fields out of a shared
+    cache (the rest may be stored); §5.2.2.4: a qualified no-cache forbids sending the
+    named fields from the cache without revalidation (this cache keeps them out too) and
+    leaves the rest reusable while fresh."""
+    hs = h(Cache_Control='max-age=60, private="X-User, x-plan", no-cache="X-Token"',
+           X_User="alice", X_Plan="pro", X_Token="t", Etag='"e"')
+    assert policy.storable(b"GET", 200, [], hs, 0)
+    assert policy.freshness_lifetime(200, hs, NOW, 0) == 60
+    assert not policy.must_revalidate(hs)
+    assert [k for k, _ in policy.stored_headers(hs)] == [b"cache-control", b"etag"]
+    assert not policy.storable(b"GET", 200, [], h(Cache_Control='private=""'), 0)
+    assert not policy.storable(b"GET", 200, [], h(Cache_Control="private, max-age=60"), 0)
+    assert policy.freshness_lifetime(200, h(Cache_Control="no-cache, max-age=60"), NOW, 0) == 0
+    assert policy.stale_windows(h(Cache_Control='no-cache="a", stale-while-revalidate=9')) == (9, 0)
+    # a 304 that names a field keeps it out of the merged fields as well (§4.3.4)
+    merged = policy.updated_headers(h(X_Token="old", Etag='"e"'),
+                                    h(Cache_Control='no-cache="x-token"', X_Token="new"))
+    assert merged == [(b"etag", b'"e"'), (b"cache-control", b'no-cache="x-token"')]

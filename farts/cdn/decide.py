@@ -143,15 +143,21 @@ class UseStale:
 
 
 class Take:
-    """A new answer: stream it to the waiting clients, store it when ``cacheable``."""
-    __slots__ = ("cacheable", "names", "private", "headers", "lifetime", "initial_age", "windows")
+    """A new answer: stream it to the waiting clients, store it when ``cacheable``.
+    ``headers``: what is stored and what the other waiting clients get; ``own``: what the
+    client whose request started the fill gets (with the fields a qualified private or
+    no-cache keeps from the others)."""
+    __slots__ = ("cacheable", "names", "private", "headers", "own", "lifetime", "initial_age",
+                 "windows")
 
     def __init__(self, cacheable: bool, names: tuple[bytes, ...], private: bool, headers: list,
-                 lifetime: float, initial_age: float, windows: tuple[float, float]) -> None:
+                 lifetime: float, initial_age: float, windows: tuple[float, float],
+                 own: list | None = None) -> None:
         self.cacheable = cacheable
         self.names = names
         self.private = private
         self.headers = headers
+        self.own = headers if own is None else own
         self.lifetime = lifetime
         self.initial_age = initial_age
         self.windows = windows
@@ -170,13 +176,16 @@ def on_origin(key: bytes, status: int, headers: list, content_length: int, stale
                  and policy.storable(b"GET", status, request_headers, headers, negative_ttl)
                  and content_length <= max_object_bytes)
     private = (policy.header(headers, b"set-cookie") is not None
-               or b"private" in policy.directives(headers)[0])
-    kept = (policy.stored_headers(headers) if cacheable else
-            [(k, v) for k, v in headers if k not in policy.CONNECTION_FIELDS])
+               or policy.unqualified(policy.directives(headers)[0], b"private"))
+    if cacheable:
+        kept = policy.stored_headers(headers)
+        own = [(k, v) for k, v in headers if k not in policy.HOP_BY_HOP]
+    else:
+        kept = own = [(k, v) for k, v in headers if k not in policy.CONNECTION_FIELDS]
     return Take(cacheable, names or (), private, kept,
                 policy.freshness_lifetime(status, headers, response_time, negative_ttl),
                 policy.initial_age(headers, request_time, response_time),
-                policy.stale_windows(headers))
+                policy.stale_windows(headers), own)
 
 
 def refreshed(stored: Entry, headers: list, request_time: float, response_time: float,

@@ -3,6 +3,7 @@ in), no I/O.  Headers are lists of (lowercase name, value) bytes pairs, as fast.
 gives them."""
 from __future__ import annotations
 
+import re
 from email.utils import formatdate, parsedate_to_datetime
 
 Headers = list[tuple[bytes, bytes]]
@@ -28,6 +29,11 @@ def header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+# One directive: a token, then optionally = and a token or a quoted string, which may hold
+# commas (private="a, b"; RFC 9111 §5.2, RFC 9110 §5.6.4).
+_DIRECTIVE = re.compile(rb'\s*([^\s=,"]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,]*))?\s*(?:,|$)')
+
+
 def cache_control(headers: Headers, field: bytes = b"cache-control") -> dict[bytes, bytes | None]:
     """Directives of every Cache-Control field (or ``field``): lowercase name → argument
     (unquoted) or None."""
@@ -35,10 +41,13 @@ def cache_control(headers: Headers, field: bytes = b"cache-control") -> dict[byt
     for k, v in headers:
         if k != field:
             continue
-        for part in v.split(b","):
-            name, eq, arg = part.strip().partition(b"=")
-            if name:
-                out.setdefault(name.lower(), arg.strip().strip(b'"') if eq else None)
+        for m in _DIRECTIVE.finditer(v):
+            arg = m.group(2)
+            if arg is not None:
+                arg = arg.strip()
+                if arg[:1] == b'"':
+                    arg = re.sub(rb"\\(.)", rb"\1", arg[1:-1])
+            out.setdefault(m.group(1).lower(), arg)
     return out
 
 
@@ -50,6 +59,20 @@ def directives(headers: Headers) -> tuple[dict[bytes, bytes | None], bool]:
     if targeted:
         return targeted, True
     return cache_control(headers), False
+
+
+def unqualified(cc: dict, name: bytes) -> bool:
+    """Is directive ``name`` there without field names (``private``, ``no-cache``: RFC 9111
+    §5.2.2.4, §5.2.2.7)?  An empty list counts as none."""
+    return name in cc and not cc[name]
+
+
+def named_fields(cc: dict) -> frozenset:
+    """The fields a qualified ``private="a, b"`` or ``no-cache="a, b"`` names: never stored
+    (private) or never sent from the cache without revalidation (no-cache), so this cache
+    keeps neither (RFC 9111 §5.2.2.4, §5.2.2.7)."""
+    return frozenset(n.strip().lower() for d in (b"private", b"no-cache") if cc.get(d)
+                     for n in cc[d].split(b",") if n.strip())
 
 
 def seconds(arg: bytes | None) -> float | None:
@@ -79,7 +102,7 @@ def storable(method: bytes, status: int, request_headers: Headers, headers: Head
     if method not in (b"GET", b"HEAD"):
         return False
     cc, targeted = directives(headers)
-    if b"no-store" in cc or b"private" in cc:
+    if b"no-store" in cc or unqualified(cc, b"private"):
         return False
     if header(headers, b"set-cookie") is not None:
         return False
@@ -112,7 +135,7 @@ def freshness_lifetime(status: int, headers: Headers, response_time: float,
                        negative_ttl: float) -> float:
     """Seconds the response stays fresh after it was generated (RFC 9111 §4.2.1)."""
     cc, targeted = directives(headers)
-    if b"no-cache" in cc:
+    if unqualified(cc, b"no-cache"):
         return 0.0
     for name in (b"s-maxage", b"max-age"):
         if name in cc:
@@ -144,7 +167,7 @@ def stale_windows(headers: Headers) -> tuple[float, float]:
     """(stale-while-revalidate, stale-if-error) seconds (RFC 5861); must-revalidate and
     proxy-revalidate forbid both."""
     cc, _ = directives(headers)
-    if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"no-cache" in cc:
+    if b"must-revalidate" in cc or b"proxy-revalidate" in cc or unqualified(cc, b"no-cache"):
         return 0.0, 0.0
     return (seconds(cc.get(b"stale-while-revalidate")) or 0.0,
             seconds(cc.get(b"stale-if-error")) or 0.0)
@@ -155,18 +178,21 @@ def must_revalidate(headers: Headers) -> bool:
     §5.2.2.8; s-maxage carries proxy-revalidate's meaning, §5.2.2.10)?"""
     cc, _ = directives(headers)
     return (b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc
-            or b"no-cache" in cc)
+            or unqualified(cc, b"no-cache"))
 
 
 def stored_headers(headers: Headers) -> Headers:
-    """The fields kept with the object and sent with every answer from the cache."""
-    return [(k, v) for k, v in headers if k not in HOP_BY_HOP]
+    """The fields kept with the object and sent with every answer from the cache: not the
+    hop-by-hop ones, nor those a qualified private or no-cache names."""
+    named = named_fields(directives(headers)[0])
+    return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in named]
 
 
 def updated_headers(stored: Headers, fresh: Headers) -> Headers:
-    """Stored fields with those of a 304 replacing them (RFC 9111 §4.3.4)."""
+    """Stored fields with those of a 304 (or a HEAD's 200) replacing them (RFC 9111 §3.2,
+    §4.3.4); then the fields the merged directives name are left out (stored_headers)."""
     new = {k for k, _ in stored_headers(fresh)}
-    return [(k, v) for k, v in stored if k not in new] + stored_headers(fresh)
+    return stored_headers([(k, v) for k, v in stored if k not in new] + stored_headers(fresh))
 
 
 def _etags(value: bytes) -> list[bytes]:

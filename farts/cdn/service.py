@@ -46,7 +46,7 @@ LOAD = object()  # whole(): a small object to read into memory first (CDNHandler
 class Fill:
     """One origin fetch and the clients waiting on it."""
 
-    __slots__ = ("key", "base", "fields", "head_ready", "status", "headers", "content_length",
+    __slots__ = ("key", "base", "fields", "head_ready", "status", "headers", "own", "content_length",
                  "fd", "tmp", "written", "done", "failed", "error", "entry", "cacheable",
                  "readers", "waiters", "purged", "names", "private", "at", "pool_ops")
 
@@ -56,6 +56,7 @@ class Fill:
         self.head_ready = asyncio.get_running_loop().create_future()
         self.status = 0
         self.headers: list = []
+        self.own: list = []           # the headers for the client whose request started it
         self.content_length = -1
         self.fd = -1
         self.tmp = ""
@@ -623,15 +624,16 @@ class CDNHandler:
                 # large or errors, are shared by the clients that waited for them.)
                 fill.release()
                 fill = await self.wait(self.start_fill(key, base, target, req, None, register=False))
+                started = True
                 step = decide.after_fill(fill.error is not None, None, fill.at, None, (),
                                          b"", b"", False, True, head_only, fill.status)
             if step is decide.PASS:
-                return Response(fill.status, [*fill.headers, (b"x-cache", b"MISS")],
+                return Response(fill.status, [*(fill.own if started else fill.headers), (b"x-cache", b"MISS")],
                                 FollowBody(fill, cdn.disk), fill.content_length)
             fill.release()
             if step is decide.PASS_HEAD:  # a head without a body
-                return Response(fill.status, [*fill.headers, (b"x-cache", b"MISS")], _nothing(),
-                                fill.content_length, head_only=True)
+                return Response(fill.status, [*(fill.own if started else fill.headers), (b"x-cache", b"MISS")],
+                                _nothing(), fill.content_length, head_only=True)
             if step is decide.OTHER_VARIANT:  # the answer varies: this client's variant
                 key, gone = variant_key(base, fill.names, req.header), None
                 continue
@@ -752,6 +754,7 @@ class CDNHandler:
         fill.private = verdict.private
         fill.status = status
         fill.headers = verdict.headers
+        fill.own = verdict.own
         fill.content_length = resp.content_length
         fill.fd, fill.tmp = cdn.store.temp_file()  # (open of a new file: a metadata call)
         fill.answered()
