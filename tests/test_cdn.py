@@ -840,3 +840,25 @@ def test_private_and_no_cache_with_field_names(origin, node_factory):
     assert r.headers["x-cache"] == "HIT" and r.content == b"shared" and r.headers["x-other"] == "kept"
     assert "x-user" not in r.headers and "x-token" not in r.headers
     assert origin.count("/files/q") == 1
+
+
+def test_authorized_answers_are_not_shared(origin, node_factory):
+    """RFC 9111 §3.5: an answer to a request with Authorization (now forwarded to the
+    origin) is not reused for another request, not even one that waited on the same
+    fetch, unless it says public, s-maxage or must-revalidate."""
+    origin.put("/files/acct", b"account of ", Cache_Control="max-age=600")
+    origin.echo["/files/acct"] = "Authorization"
+    origin.delay["/files/acct"] = 0.3
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/acct")
+
+    async def each_user(n: int):
+        async with httpx.AsyncClient(timeout=20) as client:
+            return await asyncio.gather(*[client.get(url, headers={"Authorization": f"Bearer u{i}"})
+                                          for i in range(n)])
+
+    answers = asyncio.run(each_user(6))
+    assert [r.content for r in answers] == [f"account of Bearer u{i}".encode() for i in range(6)]
+    assert origin.count("/files/acct") == 6
+    r = httpx.get(url, headers={"Authorization": "Bearer u9"})
+    assert r.content == b"account of Bearer u9" and r.headers["x-cache"] == "MISS"

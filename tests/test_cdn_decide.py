@@ -140,6 +140,17 @@ def test_private_and_set_cookie_answers_are_not_stored_and_marked_private():
     assert all(k != b"transfer-encoding" for k, _ in v.headers)
 
 
+def test_an_answer_to_an_authorized_request_is_for_that_client_only():
+    """RFC 9111 §3.5: an answer to a request with Authorization is reused (stored, or
+    handed to other waiting clients) only with public, s-maxage or must-revalidate."""
+    auth = [(b"authorization", b"Bearer a")]
+    v = take([(b"cache-control", b"max-age=60")], req_headers=auth)
+    assert not v.cacheable and v.private
+    for cc in (b"public, max-age=60", b"s-maxage=60", b"max-age=60, must-revalidate"):
+        v = take([(b"cache-control", cc)], req_headers=auth)
+        assert v.cacheable and not v.private
+
+
 def test_negative_caching_uses_negative_ttl_unless_told():
     v = take([], status=404)
     assert v.cacheable and v.lifetime == NEG_TTL

@@ -175,8 +175,13 @@ def on_origin(key: bytes, status: int, headers: list, content_length: int, stale
     cacheable = (names is not None and status != 304
                  and policy.storable(b"GET", status, request_headers, headers, negative_ttl)
                  and content_length <= max_object_bytes)
+    cc = policy.directives(headers)[0]
+    # For the client that asked only: private, Set-Cookie, and answers to a request with
+    # Authorization that a shared cache may not reuse (RFC 9111 §3.5).
     private = (policy.header(headers, b"set-cookie") is not None
-               or policy.unqualified(policy.directives(headers)[0], b"private"))
+               or policy.unqualified(cc, b"private")
+               or (policy.header(request_headers, b"authorization") is not None
+                   and not (b"public" in cc or b"s-maxage" in cc or b"must-revalidate" in cc)))
     if cacheable:
         kept = policy.stored_headers(headers)
         own = [(k, v) for k, v in headers if k not in policy.HOP_BY_HOP]
