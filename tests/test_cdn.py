@@ -299,6 +299,28 @@ def test_conditional_requests_get_304(origin, node_factory):
     assert origin.count("/files/c.txt") == 1
 
 
+def test_conditional_request_on_a_miss_or_joining_a_fill_gets_304(origin, node_factory):
+    """RFC 9110 §13.2.1: the cache evaluates a client's conditionals on the representation
+    it selected, the origin's 200 to the fill included (the fill itself asks for the
+    whole object: the cache needs it)."""
+    origin.put("/files/j.txt", b"joined", Cache_Control="max-age=60", ETag='"j1"')
+    origin.delay["/files/j.txt"] = 0.3
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/j.txt")
+
+    async def both():
+        async with httpx.AsyncClient(timeout=20) as client:
+            return await asyncio.gather(client.get(url, headers={"If-None-Match": '"j1"'}),
+                                        client.get(url), client.get(url, headers={"If-None-Match": '"x"'}))
+
+    cond, plain, other = asyncio.run(both())
+    assert cond.status_code == 304 and cond.content == b"" and cond.headers["etag"] == '"j1"'
+    assert plain.status_code == 200 and plain.content == b"joined"
+    assert other.status_code == 200 and other.content == b"joined"
+    assert origin.count("/files/j.txt") == 1
+    assert "If-None-Match" not in origin.seen_headers["/files/j.txt"][-1]
+
+
 def test_stale_while_revalidate_and_revalidation(origin, node_factory):
     origin.put("/files/s.txt", b"version 1", Cache_Control="max-age=1, stale-while-revalidate=30")
     origin.put("/files/v.txt", b"validated", Cache_Control="max-age=1", ETag='"v1"')

@@ -369,3 +369,14 @@ def test_on_head_freshens_or_makes_stale():
         assert decide.on_head(e, 200, hs, length, T0, T0, NEG_TTL) == decide.MAKE_STALE
     assert decide.on_head(e, 404, [(b"etag", b'"a"')], 100, T0, T0, NEG_TTL) is None
     assert decide.on_head(None, 200, [(b"etag", b'"a"')], 100, T0, T0, NEG_TTL) is None
+
+
+def test_a_fills_answer_meets_the_clients_conditionals():
+    """RFC 9110 §13.2.1, §13.1.2 (If-None-Match, weak comparison), §13.1.3."""
+    hs = [(b"etag", b'W/"a"'), (b"last-modified", format_date(T0))]
+    assert decide.fill_not_modified([(b"if-none-match", b'"a"')], 200, hs)
+    assert not decide.fill_not_modified([(b"if-none-match", b'"b"')], 200, hs)
+    assert decide.fill_not_modified([(b"if-modified-since", format_date(T0 + 1))], 200, hs)
+    assert not decide.fill_not_modified([(b"if-modified-since", format_date(T0 - 1))], 200, hs)
+    assert not decide.fill_not_modified([(b"if-none-match", b'"a"')], 404, hs)
+    assert not decide.fill_not_modified([], 200, hs)

@@ -257,6 +257,14 @@ def after_fill(failed: bool, stale: Entry | None, at: float, entry: Entry | None
     return PASS
 
 
+def fill_not_modified(request_headers: list, status: int, headers: list) -> bool:
+    """Does a client's conditional GET/HEAD match the 200 a fill is passing on (its ETag,
+    Last-Modified)?  Then it gets a 304, as from a stored answer (RFC 9110 §13.2.1, the
+    cache evaluating the conditionals on the representation it selected)."""
+    return status == 200 and policy.not_modified(
+        request_headers, policy.header(headers, b"etag"), policy.header(headers, b"last-modified"))
+
+
 # -- shape ----------------------------------------------------------------------------
 WHOLE = "whole"
 NOT_MODIFIED = "not-modified"

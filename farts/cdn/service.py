@@ -176,6 +176,15 @@ def _read_file(path: str) -> bytes | None:
         return None
 
 
+# The fields a 304 carries (RFC 9110 §15.4.5), and the cache's own.
+NOT_MODIFIED_FIELDS = frozenset((b"etag", b"last-modified", b"cache-control", b"expires", b"vary",
+                                 b"content-location", b"date", b"age", b"x-cache"))
+
+
+def not_modified(headers: list) -> Response:
+    return Response(304, [(k, v) for k, v in headers if k in NOT_MODIFIED_FIELDS], b"", head_only=True)
+
+
 async def _nothing():
     return
     yield  # an empty async iterator: a HEAD answer whose length is known
@@ -546,10 +555,7 @@ class CDNHandler:
         if shape is decide.WHOLE:
             return self.whole(e, now, state)
         if shape is decide.NOT_MODIFIED:
-            keep = [(k, v) for k, v in self.headers(e, now, state)
-                    if k in (b"etag", b"last-modified", b"cache-control", b"expires", b"vary",
-                             b"content-location", b"age", b"x-cache")]
-            return Response(304, keep, b"", head_only=True)
+            return not_modified(self.headers(e, now, state))
         if shape is decide.UNSATISFIABLE:
             return Response(416, [(b"content-range", f"bytes */{e.size}".encode()),
                                   (b"content-type", b"text/plain; charset=utf-8")],
@@ -627,6 +633,10 @@ class CDNHandler:
                 started = True
                 step = decide.after_fill(fill.error is not None, None, fill.at, None, (),
                                          b"", b"", False, True, head_only, fill.status)
+            if (step is decide.PASS or step is decide.PASS_HEAD) and decide.fill_not_modified(
+                    headers, fill.status, fill.headers):
+                fill.release()
+                return not_modified([*fill.headers, (b"x-cache", b"MISS")])
             if step is decide.PASS:
                 return Response(fill.status, [*(fill.own if started else fill.headers), (b"x-cache", b"MISS")],
                                 FollowBody(fill, cdn.disk), fill.content_length)
@@ -672,8 +682,10 @@ class CDNHandler:
             else:
                 cdn.stats.revalidations.inc(("not_modified",))
                 cdn.install(fresh, None, ())
-        return Response(resp.status, [*policy.response_headers(resp.headers), (b"x-cache", b"MISS")],
-                        _nothing(), resp.content_length, head_only=True)
+        passed = [*policy.response_headers(resp.headers), (b"x-cache", b"MISS")]
+        if decide.fill_not_modified(req.headers, resp.status, resp.headers):
+            return not_modified(passed)
+        return Response(resp.status, passed, _nothing(), resp.content_length, head_only=True)
 
     async def wait(self, fill: Fill) -> Fill:
         """Wait, as one more reader, until the fill has the origin's answer (or failed)."""
