@@ -40,6 +40,7 @@ class Origin:
         self.write_answers: dict[str, tuple[int, dict]] = {}
         self.echo: dict[str, str] = {}   # path -> a request field whose value ends the body
         self.methods: list[tuple[str, str]] = []  # (method, path) of every request
+        self.wrong_304: set[str] = set()  # paths answering any If-None-Match with a 304 for another ETag
 
     def put(self, path: str, body: bytes, status: int = 200, **headers: str) -> None:
         self.objects[path] = (status, {k.replace("_", "-"): v for k, v in headers.items()}, body)
@@ -73,6 +74,8 @@ class Origin:
             return web.Response(status=404, text="no such object")
         status, headers, body = self.objects[path]
         etag = headers.get("ETag")
+        if path in self.wrong_304 and request.headers.get("If-None-Match"):
+            return web.Response(status=304, headers={**headers, "ETag": '"someone-else"'})
         if etag and request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
         if path in self.echo:
@@ -884,3 +887,22 @@ def test_authorized_answers_are_not_shared(origin, node_factory):
     assert origin.count("/files/acct") == 6
     r = httpx.get(url, headers={"Authorization": "Bearer u9"})
     assert r.content == b"account of Bearer u9" and r.headers["x-cache"] == "MISS"
+
+
+def test_a_304_for_another_etag_is_not_used(origin, node_factory):
+    """RFC 9111 §4.3.4: a 304 whose strong ETag differs from the stored one does not
+    update it; the cache asks again without conditionals."""
+    origin.put("/files/w", b"old", Cache_Control="max-age=1", ETag='"w1"')
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/w")
+    assert httpx.get(url).content == b"old"
+    assert wait_for(lambda: httpx.get(url).headers["x-cache"] != "MISS")  # stored
+    origin.put("/files/w", b"new", Cache_Control="max-age=600", ETag='"w2"')
+    origin.wrong_304.add("/files/w")
+    # Once stale (max-age=1; polled, bounded) the revalidation gets the wrong 304, and the
+    # answer is the new object from an unconditional request, not the old one refreshed.
+    assert wait_for(lambda: httpx.get(url).content == b"new")
+    seen = origin.seen_headers["/files/w"]
+    assert seen[-2]["If-None-Match"] == '"w1"' and "If-None-Match" not in seen[-1]
+    r = httpx.get(url)
+    assert r.content == b"new" and r.headers["etag"] == '"w2"'

@@ -380,3 +380,12 @@ def test_a_fills_answer_meets_the_clients_conditionals():
     assert not decide.fill_not_modified([(b"if-modified-since", format_date(T0 - 1))], 200, hs)
     assert not decide.fill_not_modified([(b"if-none-match", b'"a"')], 404, hs)
     assert not decide.fill_not_modified([], 200, hs)
+
+
+def test_a_304_for_another_representation_does_not_update():
+    """RFC 9111 §4.3.4: a 304 with a strong validator updates only stored responses with
+    the same one; a weak or absent ETag leaves the choice to the request's validators."""
+    e = stored(b"max-age=60", [(b"etag", b'"a"')])
+    assert on_origin(b"k", 304, [(b"etag", b'"b"')], -1, e, [], T0, T0, NEG_TTL, MAX) == decide.REFETCH
+    for hs in ([(b"etag", b'"a"')], [(b"etag", b'W/"b"')], []):
+        assert isinstance(on_origin(b"k", 304, hs, -1, e, [], T0, T0, NEG_TTL, MAX), Revalidated)

@@ -165,9 +165,12 @@ class Take:
 
 def on_origin(key: bytes, status: int, headers: list, content_length: int, stale: Entry | None,
               request_headers: list, request_time: float, response_time: float,
-              negative_ttl: float, max_object_bytes: int) -> Revalidated | UseStale | Take:
-    """The origin's answer to a fill (``stale``: the entry it revalidates, or None)."""
+              negative_ttl: float, max_object_bytes: int) -> Revalidated | UseStale | Take | str:
+    """The origin's answer to a fill (``stale``: the entry it revalidates, or None);
+    REFETCH when a 304 cannot update ``stale``."""
     if status == 304 and stale is not None:
+        if not same_strong_validator(stale, headers):
+            return REFETCH
         return Revalidated(refreshed(stale, headers, request_time, response_time, negative_ttl))
     if status >= 500 and stale_if_error(stale, response_time):
         return UseStale(status)
@@ -191,6 +194,16 @@ def on_origin(key: bytes, status: int, headers: list, content_length: int, stale
                 policy.freshness_lifetime(status, headers, response_time, negative_ttl),
                 policy.initial_age(headers, request_time, response_time),
                 policy.stale_windows(headers), own)
+
+
+REFETCH = "refetch"  # on_origin: a 304 for another representation: ask again, unconditionally
+
+
+def same_strong_validator(stored: Entry, headers: list) -> bool:
+    """May a 304 update ``stored`` (RFC 9111 §4.3.4)?  Not when it carries a strong ETag
+    other than the stored one: it validated another representation."""
+    etag = policy.header(headers, b"etag")
+    return etag is None or etag.startswith(b"W/") or etag == stored.etag
 
 
 def refreshed(stored: Entry, headers: list, request_time: float, response_time: float,

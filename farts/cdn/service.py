@@ -751,6 +751,9 @@ class CDNHandler:
         if not isinstance(verdict, decide.Take):
             async for _ in resp.body:  # (read to the end: that also closes the connection)
                 pass
+            if verdict is decide.REFETCH:  # (without a stale entry: never twice)
+                plain = [h for h in req_headers if h[0] not in decide.CLIENT_CONDITIONALS]
+                return await self._fetch(fill, rest, plain, None)
             if isinstance(verdict, decide.UseStale):  # stale-if-error (RFC 5861)
                 raise OriginError(status, f"origin answered {status}")
             cdn.stats.revalidations.inc(("not_modified",))
