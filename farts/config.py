@@ -196,6 +196,10 @@ class Route:
     max_body_bytes: int = setting(-1, Check(lambda v: v >= -1, "a number >= 0, or -1"))
     # kind = "cdn": the name of a [cdn.origins.<name>] entry.
     origin: str = ""
+    # kind = "cdn": the methods answered (empty: every method; GET must be one, HEAD
+    # comes with it); others get a 405 naming these.  GET and HEAD meet the cache, the
+    # rest go through to the origin.
+    methods: list[str] = setting([])
 
 
 @dataclass(frozen=True)
@@ -471,6 +475,8 @@ max_object_bytes = 268435456  # larger objects are passed through, not stored
 memory_object_bytes = 16384 # objects up to this size are also served from memory ...
 memory_capacity_bytes = 67108864  # ... up to this many bytes in all
 negative_ttl = 0.0          # seconds to cache origin 404/410 (0: never); 5xx never
+max_variants_per_uri = 16   # answers with Vary: variants kept per URI (the oldest goes first)
+request_cache_control = "ignore"  # a client's Cache-Control: "ignore" (as nginx) or "honor" (RFC 9111 §5.2.1)
 flush_interval = 2.0        # seconds between flushes of the recency order (kept by restarts)
 
 [cdn.origins.media]         # routes of kind "cdn" name one of these
@@ -487,6 +493,8 @@ region = "us-east-1"
 access_key_id = ""          # empty: unsigned requests (a public bucket)
 secret_access_key = ""
 # and a route to an origin:  [[routes]]  prefix = "/media/"  kind = "cdn"  origin = "media"
+# (optionally methods = ["GET", "POST"]: others get 405; default every method, GET and HEAD
+# from the cache, the rest passed on to the origin)
 
 [dns]
 enabled = false

@@ -30,10 +30,17 @@ class Origin:
         self.delay: dict[str, float] = {}
         self.trickle: dict[str, float] = {}   # path -> seconds between 64 KiB pieces
         self.counts: dict[str, int] = {}
-        self.seen_headers: dict[str, list] = {}
+        self.seen_headers: dict[str, list] = {}  # (case-insensitive CIMultiDicts)
         self.finished: set[str] = set()       # trickled paths whose body was all sent
         self.down = False
         self.port = 0
+        # Methods other than GET and HEAD: (method, path, body) as the origin read them,
+        # and the answer per path (status, headers; default 200).
+        self.writes: list[tuple[str, str, bytes]] = []
+        self.write_answers: dict[str, tuple[int, dict]] = {}
+        self.echo: dict[str, str] = {}   # path -> a request field whose value ends the body
+        self.methods: list[tuple[str, str]] = []  # (method, path) of every request
+        self.wrong_304: set[str] = set()  # paths answering any If-None-Match with a 304 for another ETag
 
     def put(self, path: str, body: bytes, status: int = 200, **headers: str) -> None:
         self.objects[path] = (status, {k.replace("_", "-"): v for k, v in headers.items()}, body)
@@ -53,17 +60,26 @@ class Origin:
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.counts[path] = self.counts.get(path, 0) + 1
-        self.seen_headers.setdefault(path, []).append(dict(request.headers))
+        self.methods.append((request.method, path))
+        self.seen_headers.setdefault(path, []).append(request.headers.copy())
         if self.down:
             return web.Response(status=503, text="down")
+        if request.method not in ("GET", "HEAD"):
+            self.writes.append((request.method, path, await request.read()))
+            status, headers = self.write_answers.get(path, (200, {}))
+            return web.Response(status=status, headers=headers, body=f"{request.method} done".encode())
         if path in self.delay:
             await asyncio.sleep(self.delay[path])
         if path not in self.objects:
             return web.Response(status=404, text="no such object")
         status, headers, body = self.objects[path]
         etag = headers.get("ETag")
+        if path in self.wrong_304 and request.headers.get("If-None-Match"):
+            return web.Response(status=304, headers={**headers, "ETag": '"someone-else"'})
         if etag and request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
+        if path in self.echo:
+            body = body + request.headers.get(self.echo[path], "-").encode()
         if path in self.trickle:
             resp = web.StreamResponse(status=status, headers=headers)
             resp.content_length = len(body)
@@ -284,6 +300,28 @@ def test_conditional_requests_get_304(origin, node_factory):
     r = httpx.get(url, headers={"If-Modified-Since": formatdate(time.time() - 7200, usegmt=True)})
     assert r.status_code == 200 and r.content == b"conditional"
     assert origin.count("/files/c.txt") == 1
+
+
+def test_conditional_request_on_a_miss_or_joining_a_fill_gets_304(origin, node_factory):
+    """RFC 9110 §13.2.1: the cache evaluates a client's conditionals on the representation
+    it selected, the origin's 200 to the fill included (the fill itself asks for the
+    whole object: the cache needs it)."""
+    origin.put("/files/j.txt", b"joined", Cache_Control="max-age=60", ETag='"j1"')
+    origin.delay["/files/j.txt"] = 0.3
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/j.txt")
+
+    async def both():
+        async with httpx.AsyncClient(timeout=20) as client:
+            return await asyncio.gather(client.get(url, headers={"If-None-Match": '"j1"'}),
+                                        client.get(url), client.get(url, headers={"If-None-Match": '"x"'}))
+
+    cond, plain, other = asyncio.run(both())
+    assert cond.status_code == 304 and cond.content == b"" and cond.headers["etag"] == '"j1"'
+    assert plain.status_code == 200 and plain.content == b"joined"
+    assert other.status_code == 200 and other.content == b"joined"
+    assert origin.count("/files/j.txt") == 1
+    assert "If-None-Match" not in origin.seen_headers["/files/j.txt"][-1]
 
 
 def test_stale_while_revalidate_and_revalidation(origin, node_factory):
@@ -547,16 +585,48 @@ origin = "nowhere"
 
 
 def test_head_on_a_miss_and_methods(origin, node_factory):
-    origin.put("/files/h.txt", b"head first", Cache_Control="max-age=600")
+    """RFC 9110 §9.3.2: HEAD asks for no content, so a HEAD that finds nothing stored is a
+    HEAD to the origin, not a fetch of the whole body; the GET after it fills."""
+    origin.put("/files/h.txt", b"head first", Cache_Control="max-age=600", ETag='"h1"')
     node = node_factory(cdn_config(origin.port))
     url = node.url("http", "/media/h.txt")
     h = httpx.head(url)
     assert h.status_code == 200 and h.headers["content-length"] == "10" and h.content == b""
+    assert h.headers["etag"] == '"h1"' and h.headers["x-cache"] == "MISS"
+    assert origin.methods == [("HEAD", "/files/h.txt")]
     assert wait_for(lambda: httpx.get(url).headers["x-cache"] == "HIT")
     assert httpx.get(url).content == b"head first"
-    r = httpx.post(url, content=b"x")
-    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
-    assert origin.count("/files/h.txt") == 1
+    h = httpx.head(url)  # stored: answered by the cache
+    assert h.headers["x-cache"] == "HIT" and h.headers["content-length"] == "10"
+    assert [m for m, _ in origin.methods] == ["HEAD", "GET"]
+
+
+def test_head_freshens_a_stored_get(origin, node_factory):
+    """RFC 9111 §4.3.5: a 200 to a HEAD whose validators and Content-Length match a stored
+    GET answer updates its fields (§3.2); one that does not match makes it stale.  (The
+    HEADs carry Cache-Control: no-cache, §5.2.1.4, so they reach the origin.)"""
+    origin.put("/files/hf", b"body", Cache_Control="max-age=600", ETag='"f1"', X_Version="1")
+    node = node_factory(cdn_config(origin.port, extra='request_cache_control = "honor"'))
+    url = node.url("http", "/media/hf")
+    assert httpx.get(url).content == b"body"
+    assert wait_for(lambda: _hit(url))
+    origin.put("/files/hf", b"body", Cache_Control="max-age=600", ETag='"f1"', X_Version="2")
+    h = httpx.head(url, headers={"Cache-Control": "no-cache"})
+    assert h.headers["x-cache"] == "MISS" and h.headers["x-version"] == "2"
+    assert origin.methods[-1] == ("HEAD", "/files/hf")
+    r = httpx.get(url)
+    assert r.headers["x-cache"] == "HIT" and r.headers["x-version"] == "2" and r.content == b"body"
+    assert [m for m, _ in origin.methods] == ["GET", "HEAD"]
+    # The origin's object changed (another ETag): the HEAD makes the stored one stale, so
+    # the next GET revalidates and gets the new body.
+    origin.put("/files/hf", b"new body", Cache_Control="max-age=600", ETag='"f2"', X_Version="3")
+    h = httpx.head(url, headers={"Cache-Control": "no-cache"})
+    assert h.headers["etag"] == '"f2"' and h.headers["content-length"] == "8"
+    r = httpx.get(url)
+    assert r.content == b"new body" and r.headers["x-cache"] == "MISS"
+    assert origin.methods[-1] == ("GET", "/files/hf")
+    assert origin.seen_headers["/files/hf"][-1]["If-None-Match"] == '"f1"'
+
 
 
 def test_concurrent_private_answers_are_not_shared(origin, node_factory):
@@ -578,3 +648,261 @@ def test_concurrent_private_answers_are_not_shared(origin, node_factory):
     assert origin.count("/files/huge-err.txt") == 1  # an error is shared by the waiters, not stored
     assert httpx.get(node.url("http", "/media/huge-err.txt")).status_code == 500
     assert origin.count("/files/huge-err.txt") == 2
+
+
+def _hit(url: str) -> bool:
+    return httpx.get(url).headers["x-cache"] == "HIT"
+
+
+def test_unsafe_methods_go_through_and_invalidate(origin, node_factory):
+    """RFC 9111 §4.4: a cache passes unsafe methods on, and a non-error answer to one
+    invalidates the target URI and the same-origin Location/Content-Location URIs."""
+    origin.put("/files/doc", b"v1", Cache_Control="max-age=600")
+    origin.put("/files/other", b"o1", Cache_Control="max-age=600")
+    origin.put("/files/far", b"f1", Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port))
+    doc, other, far = (node.url("http", f"/media/{p}") for p in ("doc", "other", "far"))
+    for u in (doc, other, far):
+        httpx.get(u)
+        assert wait_for(lambda u=u: _hit(u))
+    # POST with a streamed (chunked) body reaches the origin whole, with its fields.
+    pieces = [b"a" * 70000, b"b" * 70000, b"c"]
+    r = httpx.post(doc, content=iter(pieces), headers={"X-Test": "t1", "Content-Type": "text/x"})
+    assert r.status_code == 200 and r.content == b"POST done" and r.headers["x-cache"] == "PASS"
+    assert origin.writes[-1] == ("POST", "/files/doc", b"".join(pieces))
+    seen = origin.seen_headers["/files/doc"][-1]
+    assert seen["X-Test"] == "t1" and seen["Content-Type"] == "text/x"
+    # §4.4: the target URI is invalidated: the next GET goes to the origin.
+    origin.put("/files/doc", b"v2", Cache_Control="max-age=600")
+    r = httpx.get(doc)
+    assert r.content == b"v2" and r.headers["x-cache"] == "MISS"
+    assert wait_for(lambda: _hit(doc))
+    # §4.4: an error answer (here 500) invalidates nothing.
+    origin.write_answers["/files/doc"] = (500, {})
+    assert httpx.delete(doc).status_code == 500
+    assert _hit(doc)
+    # §4.4: Location and Content-Location of the same origin are invalidated too; one of
+    # another origin is not (and the target itself is, whatever they say).
+    origin.write_answers["/files/doc"] = (201, {"Location": "/media/other",
+                                                "Content-Location": "http://elsewhere.example/media/far"})
+    r = httpx.put(doc, content=b"new")
+    assert r.status_code == 201 and r.headers["location"] == "/media/other"
+    assert origin.writes[-1] == ("PUT", "/files/doc", b"new")
+    assert not _hit(other) and _hit(far)
+    # PATCH and an unknown method go through and invalidate as well.
+    del origin.write_answers["/files/doc"]
+    assert wait_for(lambda: _hit(doc))
+    assert httpx.request("PATCH", doc, content=b"p").status_code == 200
+    assert not _hit(doc)
+    assert wait_for(lambda: _hit(doc))
+    # (MKCOL: a method the cache knows nothing of, that the test origin's parser accepts)
+    out = curl("-X", "MKCOL", "-D", "-", doc).stdout.decode()
+    assert out.startswith("HTTP/1.1 200") and out.endswith("MKCOL done")
+    assert origin.writes[-1][0] == "MKCOL" and not _hit(doc)
+    # OPTIONS (safe, not cached) goes through and invalidates nothing (§4.4: unsafe only).
+    assert wait_for(lambda: _hit(doc))
+    r = httpx.options(doc)
+    assert r.status_code == 200 and r.content == b"OPTIONS done" and _hit(doc)
+
+
+def test_route_methods_restrict_with_405_and_body_limit(origin, node_factory):
+    """RFC 9110 §15.5.6: a 405 carries Allow with the methods the target answers; the
+    route's body limit holds for bodies passed on (RFC 9110 §15.5.14, 413)."""
+    origin.put("/files/x", b"x", Cache_Control="max-age=600")
+    cfg = cdn_config(origin.port) + '''
+[[routes]]
+prefix = "/ro/"
+kind = "cdn"
+origin = "test"
+methods = ["GET", "POST"]
+max_body_bytes = 1000
+'''
+    node = node_factory(cfg)
+    url = node.url("http", "/ro/x")
+    r = httpx.put(url, content=b"no")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST"
+    assert "this route answers GET, HEAD, POST" in r.text
+    assert origin.writes == []
+    assert httpx.head(url).status_code == 200 and httpx.get(url).content == b"x"
+    assert httpx.post(url, content=b"ok").content == b"POST done"
+    r = httpx.post(url, content=b"z" * 5000)
+    assert r.status_code == 413 and len(origin.writes) == 1
+    # A chunked body passes the limit while it streams: 413, and the origin never gets a
+    # whole request (its chunked body has no last chunk).
+    r = httpx.post(url, content=iter([b"a" * 600, b"b" * 600]))
+    assert r.status_code == 413 and len(origin.writes) == 1
+
+
+def test_end_to_end_request_fields_reach_the_origin(origin, node_factory):
+    """RFC 9110 §7.6.1: hop-by-hop fields and those the Connection field names are not
+    forwarded, the rest are; §7.6.3: the cache adds its Via."""
+    origin.put("/files/e2e", b"e", Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port))
+    r = httpx.get(node.url("http", "/media/e2e"),
+                  headers={"X-Test-Id": "case-7", "User-Agent": "cache-tests", "Authorization": "Bearer t",
+                           "Connection": "keep-alive, X-Hop", "X-Hop": "secret", "Via": "1.0 client-proxy",
+                           "X-Forwarded-For": "10.9.8.7", "If-None-Match": '"client"', "Range": "bytes=0-0"})
+    assert r.status_code == 200 and r.content == b"e"  # (a miss answers whole: RFC 9110 §14.2 allows it)
+    seen = origin.seen_headers["/files/e2e"][-1]
+    assert seen["X-Test-Id"] == "case-7" and seen["User-Agent"] == "cache-tests"
+    assert seen["Authorization"] == "Bearer t"
+    assert "X-Hop" not in seen and "Keep-Alive" not in seen
+    assert seen["Via"] == "1.0 client-proxy, 1.1 farts-edge"
+    assert seen["X-Forwarded-For"] == "10.9.8.7, 127.0.0.1"
+    # the client's conditionals and Range are the cache's to answer: a fill asks for it all
+    assert "If-None-Match" not in seen and "Range" not in seen
+
+
+def test_vary_on_any_request_field_with_a_bound(origin, node_factory):
+    """RFC 9111 §4.1: a stored answer whose Vary names a field is used only for requests
+    with the same value of it; here at most cdn.max_variants_per_uri variants per URI."""
+    origin.put("/files/lang", b"hello ", Cache_Control="max-age=600", Vary="X-Lang")
+    origin.echo["/files/lang"] = "X-Lang"
+    node = node_factory(cdn_config(origin.port, extra="max_variants_per_uri = 2"))
+    url = node.url("http", "/media/lang")
+
+    def get(lang: str) -> httpx.Response:
+        return httpx.get(url, headers={"X-Lang": lang})
+
+    for lang in ("en", "fr"):
+        r = get(lang)
+        assert r.content == b"hello " + lang.encode() and r.headers["x-cache"] == "MISS"
+        assert wait_for(lambda lang=lang: get(lang).headers["x-cache"] == "HIT")
+    for lang in ("en", "fr"):
+        r = get(lang)
+        assert r.content == b"hello " + lang.encode() and r.headers["x-cache"] == "HIT"
+    assert origin.count("/files/lang") == 2
+    # A third variant: the oldest (en) is dropped, fr stays.
+    assert get("de").content == b"hello de"
+    assert wait_for(lambda: get("de").headers["x-cache"] == "HIT")
+    assert get("fr").headers["x-cache"] == "HIT"
+    r = get("en")
+    assert r.content == b"hello en" and r.headers["x-cache"] == "MISS"
+    assert origin.count("/files/lang") == 4
+
+
+def test_cdn_cache_control_decides_for_the_edge(origin, node_factory):
+    """RFC 9213 §3: CDN-Cache-Control directs this cache, Cache-Control (passed on to the
+    client as it is) then does not; RFC 9111 §3: a 302 with explicit freshness is stored."""
+    origin.put("/files/cdn-only", b"edge", Cache_Control="no-store", CDN_Cache_Control="max-age=600")
+    origin.put("/files/browser-only", b"browser", Cache_Control="max-age=600", CDN_Cache_Control="no-store")
+    origin.put("/files/moved", b"", status=302, Location="/media/cdn-only", Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/cdn-only")
+    r = httpx.get(url)
+    assert r.content == b"edge" and r.headers["cache-control"] == "no-store"
+    assert wait_for(lambda: _hit(url))
+    r = httpx.get(url)
+    assert r.headers["cache-control"] == "no-store" and r.headers["cdn-cache-control"] == "max-age=600"
+    assert origin.count("/files/cdn-only") == 1
+    other = node.url("http", "/media/browser-only")
+    for _ in range(3):
+        assert httpx.get(other).headers["x-cache"] == "MISS"
+    assert origin.count("/files/browser-only") == 3
+    moved = node.url("http", "/media/moved")
+    assert wait_for(lambda: httpx.get(moved).headers["x-cache"] == "HIT")
+    r = httpx.get(moved)
+    assert r.status_code == 302 and r.headers["location"] == "/media/cdn-only"
+    assert origin.count("/files/moved") == 1
+
+
+def test_request_cache_control_when_honoured(origin, node_factory):
+    """RFC 9111 §5.2.1 with cdn.request_cache_control = "honor": no-cache (§5.2.1.4) and
+    max-age (§5.2.1.1) make the cache validate with the origin; only-if-cached
+    (§5.2.1.7) answers from the cache or 504; max-stale (§5.2.1.2) takes a stale copy."""
+    origin.put("/files/rcc", b"v1", Cache_Control="max-age=600", ETag='"r1"')
+    origin.put("/files/old", b"o1", Cache_Control="max-age=1", ETag='"o1"')
+    node = node_factory(cdn_config(origin.port, extra='request_cache_control = "honor"'))
+    url = node.url("http", "/media/rcc")
+    only = {"Cache-Control": "only-if-cached"}
+    r = httpx.get(node.url("http", "/media/never"), headers=only)
+    assert r.status_code == 504 and origin.count("/files/never") == 0
+    httpx.get(url)
+    assert wait_for(lambda: _hit(url))
+    assert httpx.get(url, headers=only).headers["x-cache"] == "HIT"
+    n = origin.count("/files/rcc")
+    for cc in ("no-cache", "max-age=0"):
+        r = httpx.get(url, headers={"Cache-Control": cc})
+        assert r.status_code == 200 and r.content == b"v1" and r.headers["x-cache"] == "REVALIDATED"
+        n += 1
+        assert origin.count("/files/rcc") == n
+        assert origin.seen_headers["/files/rcc"][-1]["If-None-Match"] == '"r1"'
+    # Once stale (its max-age=1 passed: polled, bounded), only-if-cached gets 504 and
+    # max-stale the stale copy.
+    old = node.url("http", "/media/old")
+    stale_ok = {"Cache-Control": "max-stale"}
+    assert httpx.get(old).content == b"o1"
+    assert wait_for(lambda: httpx.get(old, headers=stale_ok).headers["x-cache"] != "MISS")  # stored
+    assert wait_for(lambda: httpx.get(old, headers=only).status_code == 504)
+    r = httpx.get(old, headers=stale_ok)
+    assert r.content == b"o1" and r.headers["x-cache"] == "STALE"
+
+
+def test_request_cache_control_ignored_by_default(origin, node_factory):
+    """RFC 9111 §5.2.1: request directives state the client's preferences; by default
+    this cache, like nginx, answers fresh objects from the cache whatever they say."""
+    origin.put("/files/ign", b"v1", Cache_Control="max-age=600")
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/ign")
+    httpx.get(url)
+    assert wait_for(lambda: _hit(url))
+    r = httpx.get(url, headers={"Cache-Control": "no-cache"})
+    assert r.headers["x-cache"] == "HIT" and origin.count("/files/ign") == 1
+
+
+def test_private_and_no_cache_with_field_names(origin, node_factory):
+    """RFC 9111 §5.2.2.7 private="X-User": stored without X-User; §5.2.2.4
+    no-cache="X-Token": reused while fresh without X-Token.  The client whose request
+    fetched it gets both."""
+    origin.put("/files/q", b"shared", Cache_Control='max-age=600, private="X-User", no-cache="X-Token"',
+               X_User="alice", X_Token="t1", X_Other="kept")
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/q")
+    r = httpx.get(url)
+    assert r.headers["x-user"] == "alice" and r.headers["x-token"] == "t1" and r.content == b"shared"
+    assert wait_for(lambda: _hit(url))
+    r = httpx.get(url)
+    assert r.headers["x-cache"] == "HIT" and r.content == b"shared" and r.headers["x-other"] == "kept"
+    assert "x-user" not in r.headers and "x-token" not in r.headers
+    assert origin.count("/files/q") == 1
+
+
+def test_authorized_answers_are_not_shared(origin, node_factory):
+    """RFC 9111 §3.5: an answer to a request with Authorization (now forwarded to the
+    origin) is not reused for another request, not even one that waited on the same
+    fetch, unless it says public, s-maxage or must-revalidate."""
+    origin.put("/files/acct", b"account of ", Cache_Control="max-age=600")
+    origin.echo["/files/acct"] = "Authorization"
+    origin.delay["/files/acct"] = 0.3
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/acct")
+
+    async def each_user(n: int):
+        async with httpx.AsyncClient(timeout=20) as client:
+            return await asyncio.gather(*[client.get(url, headers={"Authorization": f"Bearer u{i}"})
+                                          for i in range(n)])
+
+    answers = asyncio.run(each_user(6))
+    assert [r.content for r in answers] == [f"account of Bearer u{i}".encode() for i in range(6)]
+    assert origin.count("/files/acct") == 6
+    r = httpx.get(url, headers={"Authorization": "Bearer u9"})
+    assert r.content == b"account of Bearer u9" and r.headers["x-cache"] == "MISS"
+
+
+def test_a_304_for_another_etag_is_not_used(origin, node_factory):
+    """RFC 9111 §4.3.4: a 304 whose strong ETag differs from the stored one does not
+    update it; the cache asks again without conditionals."""
+    origin.put("/files/w", b"old", Cache_Control="max-age=1", ETag='"w1"')
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/w")
+    assert httpx.get(url).content == b"old"
+    assert wait_for(lambda: httpx.get(url).headers["x-cache"] != "MISS")  # stored
+    origin.put("/files/w", b"new", Cache_Control="max-age=600", ETag='"w2"')
+    origin.wrong_304.add("/files/w")
+    # Once stale (max-age=1; polled, bounded) the revalidation gets the wrong 304, and the
+    # answer is the new object from an unconditional request, not the old one refreshed.
+    assert wait_for(lambda: httpx.get(url).content == b"new")
+    seen = origin.seen_headers["/files/w"]
+    assert seen[-2]["If-None-Match"] == '"w1"' and "If-None-Match" not in seen[-1]
+    r = httpx.get(url)
+    assert r.content == b"new" and r.headers["etag"] == '"w2"'

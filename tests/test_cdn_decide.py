@@ -61,6 +61,52 @@ def test_age_from_the_origin_shortens_freshness():
     assert on_request(e, T0 + 11, False) == REVALIDATE
 
 
+def rcc(value: bytes) -> dict:
+    from farts.cdn.policy import cache_control
+    return cache_control([(b"cache-control", value)])
+
+
+def test_request_max_age_and_min_fresh():
+    """RFC 9111 §5.2.1.1 max-age: not a stored answer older than it; §5.2.1.3 min-fresh:
+    only one still fresh for that long (an invalid argument counts as 0)."""
+    e = stored(b"max-age=60")
+    assert on_request(e, T0 + 10, False, rcc(b"max-age=20")) == HIT
+    assert on_request(e, T0 + 30, False, rcc(b"max-age=20")) == REVALIDATE
+    assert on_request(e, T0 + 30, True, rcc(b"max-age=20")) == JOIN
+    assert on_request(e, T0 + 1, False, rcc(b"max-age=0")) == REVALIDATE
+    assert on_request(e, T0 + 1, False, rcc(b"max-age=x")) == REVALIDATE
+    assert on_request(e, T0 + 30, False, rcc(b"min-fresh=20")) == HIT
+    assert on_request(e, T0 + 45, False, rcc(b"min-fresh=20")) == REVALIDATE
+    assert on_request(e, T0 + 45, False, rcc(b"no-transform")) == HIT  # no bearing on it
+
+
+def test_request_max_stale():
+    """RFC 9111 §5.2.1.2: a stale answer up to max-stale seconds (any, without a value);
+    §4.2.4 and §5.2.2.2/.8/.10: never when must-revalidate, proxy-revalidate or s-maxage."""
+    e = stored(b"max-age=60")
+    assert on_request(e, T0 + 70, False, rcc(b"max-stale=20")) == STALE_REFRESH
+    assert on_request(e, T0 + 70, True, rcc(b"max-stale=20")) == STALE
+    assert on_request(e, T0 + 90, False, rcc(b"max-stale=20")) == REVALIDATE
+    assert on_request(e, T0 + 9999, False, rcc(b"max-stale")) == STALE_REFRESH
+    assert on_request(e, T0 + 70, False, rcc(b"max-stale=20, max-age=65")) == REVALIDATE
+    for cc in (b"max-age=60, must-revalidate", b"max-age=60, proxy-revalidate", b"s-maxage=60"):
+        assert on_request(stored(cc), T0 + 70, False, rcc(b"max-stale")) == REVALIDATE
+
+
+def test_request_no_cache_and_only_if_cached():
+    """RFC 9111 §5.2.1.4 no-cache: not a stored answer without validation; §5.2.1.7
+    only-if-cached: a stored answer or 504."""
+    e = stored(b"max-age=60")
+    assert on_request(e, T0 + 1, False, rcc(b"no-cache")) == REVALIDATE
+    assert on_request(e, T0 + 1, False, rcc(b"only-if-cached")) == HIT
+    assert on_request(None, T0, False, rcc(b"only-if-cached")) == decide.ONLY_CACHED
+    assert on_request(e, T0 + 70, False, rcc(b"only-if-cached")) == decide.ONLY_CACHED
+    assert on_request(e, T0 + 70, False, rcc(b"only-if-cached, max-stale")) == STALE_REFRESH
+    assert on_request(e, T0 + 1, False, rcc(b"only-if-cached, no-cache")) == decide.ONLY_CACHED
+    swr = stored(b"max-age=60, stale-while-revalidate=30")
+    assert on_request(swr, T0 + 70, False, rcc(b"only-if-cached")) == STALE_REFRESH
+
+
 def test_stale_within_stale_while_revalidate_is_served_and_refreshed_once():
     e = stored(b"max-age=60, stale-while-revalidate=30")
     assert on_request(e, T0 + 70, False) == STALE_REFRESH
@@ -94,6 +140,17 @@ def test_private_and_set_cookie_answers_are_not_stored_and_marked_private():
     assert all(k != b"transfer-encoding" for k, _ in v.headers)
 
 
+def test_an_answer_to_an_authorized_request_is_for_that_client_only():
+    """RFC 9111 §3.5: an answer to a request with Authorization is reused (stored, or
+    handed to other waiting clients) only with public, s-maxage or must-revalidate."""
+    auth = [(b"authorization", b"Bearer a")]
+    v = take([(b"cache-control", b"max-age=60")], req_headers=auth)
+    assert not v.cacheable and v.private
+    for cc in (b"public, max-age=60", b"s-maxage=60", b"max-age=60, must-revalidate"):
+        v = take([(b"cache-control", cc)], req_headers=auth)
+        assert v.cacheable and not v.private
+
+
 def test_negative_caching_uses_negative_ttl_unless_told():
     v = take([], status=404)
     assert v.cacheable and v.lifetime == NEG_TTL
@@ -110,12 +167,16 @@ def test_too_large_and_authorized_answers_are_not_stored():
     assert take([(b"cache-control", b"public, max-age=60")], req_headers=auth).cacheable
 
 
-def test_vary_accept_encoding_is_stored_by_variant_other_vary_is_not():
+def test_vary_is_stored_by_variant_vary_star_is_not():
+    """RFC 9111 §4.1: any Vary is stored by variant; Vary: * always fails to match."""
     v = take([(b"cache-control", b"max-age=60"), (b"vary", b"Accept-Encoding")])
     assert v.cacheable and v.names == (b"accept-encoding",)
-    for vary in (b"*", b"Cookie", b"accept-encoding, user-agent"):
+    for vary, names in ((b"Cookie", (b"cookie",)),
+                        (b"accept-encoding, user-agent", (b"accept-encoding", b"user-agent"))):
         v = take([(b"cache-control", b"max-age=60"), (b"vary", vary)])
-        assert not v.cacheable and v.names == ()
+        assert v.cacheable and v.names == names
+    v = take([(b"cache-control", b"max-age=60"), (b"vary", b"*")])
+    assert not v.cacheable and v.names == ()
 
 
 def test_304_from_origin_refreshes_the_stale_entry():
@@ -147,10 +208,33 @@ def test_origin_error_stands_in_the_stale_copy_within_stale_if_error():
 
 def test_conditional_headers_of_a_fill():
     e = stored(b"max-age=60", [(b"etag", b'"v1"'), (b"last-modified", format_date(T0 - 10))])
-    assert decide.conditional_headers(b"gzip", e) == [
+    assert decide.conditional_headers([(b"accept-encoding", b"gzip")], e) == [
         (b"accept-encoding", b"gzip"), (b"if-none-match", b'"v1"'),
         (b"if-modified-since", format_date(T0 - 10))]
-    assert decide.conditional_headers(None, None) == []
+    assert decide.conditional_headers([], None) == []
+
+
+def test_a_fill_forwards_the_clients_fields_but_not_its_conditionals():
+    """RFC 9111 §4.3.1: the cache revalidates with its own stored validators; a client's
+    conditionals and Range (RFC 9110 §13.1, §14.2) are answered by the cache from the
+    whole object, so they are not forwarded on a fill.  The client's other end-to-end
+    fields are (RFC 9110 §7.6)."""
+    forwarded = [(b"x-test", b"t"), (b"if-none-match", b'"mine"'), (b"range", b"bytes=0-1"),
+                 (b"if-modified-since", b"x"), (b"if-match", b"*"), (b"if-unmodified-since", b"x"),
+                 (b"if-range", b'"mine"'), (b"cookie", b"c=1")]
+    assert decide.conditional_headers(forwarded, None) == [(b"x-test", b"t"), (b"cookie", b"c=1")]
+    e = stored(b"max-age=60", [(b"etag", b'"v1"')])
+    assert decide.conditional_headers(forwarded, e) == [(b"x-test", b"t"), (b"cookie", b"c=1"),
+                                                        (b"if-none-match", b'"v1"')]
+
+
+def test_variants_to_drop_bounds_a_uri():
+    """RFC 9111 §4.1 lets a cache keep several variants; this one keeps at most a bound."""
+    assert decide.variants_to_drop([], b"a", 2) == []
+    assert decide.variants_to_drop([b"a"], b"b", 2) == []
+    assert decide.variants_to_drop([b"a", b"b"], b"c", 2) == [b"a"]
+    assert decide.variants_to_drop([b"a", b"b"], b"a", 2) == []  # a replacement is no more
+    assert decide.variants_to_drop([b"a", b"b", b"c"], b"d", 1) == [b"a", b"b", b"c"]
 
 
 # -- after_fill ----------------------------------------------------------------------------------
@@ -223,3 +307,85 @@ def test_ranges_answer_206_or_416_or_whole():
     assert shape([(b"range", b"bytes=0-9"), (b"if-range", b'"v0"')], e) == decide.WHOLE
     neg = stored(None, status=404, size=100)
     assert shape([(b"range", b"bytes=0-9")], neg) == decide.WHOLE  # ranges of a 200 only
+
+
+# -- other methods (RFC 9111 §3, §4.4) -----------------------------------------------
+def test_on_method_passes_every_other_method_on():
+    """RFC 9111 §3: a cache stores (and so answers) only what it understands; everything
+    else, unsafe or unknown or OPTIONS, is forwarded (RFC 9110 §9.2.1)."""
+    for m in (b"GET", b"HEAD"):
+        assert decide.on_method(m, ()) is decide.CACHE
+    for m in (b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"TRACE", b"MKCOL", b"FROB"):
+        assert decide.on_method(m, ()) is decide.PASS_ON
+
+
+def test_on_method_route_restriction():
+    """RFC 9110 §15.5.6: methods a target does not answer get 405; HEAD comes with GET
+    (RFC 9110 §9.3.2)."""
+    allowed = (b"GET", b"POST")
+    assert decide.on_method(b"POST", allowed) is decide.PASS_ON
+    assert decide.on_method(b"HEAD", allowed) is decide.CACHE
+    assert decide.on_method(b"PUT", allowed) is decide.REFUSE
+    assert decide.on_method(b"OPTIONS", allowed) is decide.REFUSE
+
+
+def test_invalidated_targets():
+    """RFC 9111 §4.4: after a non-error status to an unsafe method, the target URI; the
+    Location and Content-Location URIs only when they share the target's origin."""
+    args = ("http", b"cdn.example:8080", b"/media/a?x=1")
+    assert decide.invalidated(b"POST", 200, [], *args) == [b"/media/a?x=1"]
+    assert decide.invalidated(b"DELETE", 302, [], *args) == [b"/media/a?x=1"]
+    for status in (100, 400, 404, 500, 503):  # errors (and interim answers) invalidate nothing
+        assert decide.invalidated(b"POST", status, [], *args) == []
+    for safe in (b"GET", b"HEAD", b"OPTIONS", b"TRACE"):
+        assert decide.invalidated(safe, 200, [], *args) == []
+    hs = [(b"location", b"b"), (b"content-location", b"http://CDN.example:8080/media/c?q")]
+    assert decide.invalidated(b"PUT", 201, hs, *args) == [b"/media/a?x=1", b"/media/b", b"/media/c?q"]
+    for other in (b"https://cdn.example:8080/media/b", b"http://cdn.example/media/b",
+                  b"http://evil.example:8080/media/b", b"//evil.example/x"):
+        assert decide.invalidated(b"PUT", 201, [(b"location", other)], *args) == [b"/media/a?x=1"]
+    assert decide.invalidated(b"PATCH", 204, [(b"location", b"/media/a?x=1")], *args) == [b"/media/a?x=1"]
+
+
+# -- HEAD (RFC 9110 §9.3.2, RFC 9111 §4.3.5) -----------------------------------------
+def test_head_that_would_fetch_asks_with_head():
+    """RFC 9110 §9.3.2: HEAD wants no content: what would fetch the body goes as HEAD."""
+    assert decide.for_head(FILL) == decide.HEAD_THROUGH
+    assert decide.for_head(REVALIDATE) == decide.HEAD_THROUGH
+    for action in (HIT, STALE, STALE_REFRESH, JOIN, decide.ONLY_CACHED):
+        assert decide.for_head(action) == action
+
+
+def test_on_head_freshens_or_makes_stale():
+    """RFC 9111 §4.3.5: matching validators (and Content-Length) update the stored fields
+    and freshness (§3.2); a mismatch makes the stored answer stale."""
+    e = stored(b"max-age=60", [(b"etag", b'"a"'), (b"x-v", b"1")], size=100)
+    fresh = decide.on_head(e, 200, [(b"etag", b'"a"'), (b"x-v", b"2"), (b"cache-control", b"max-age=600")],
+                           100, T0 + 100, T0 + 100, NEG_TTL)
+    assert (b"x-v", b"2") in fresh.headers and (b"x-v", b"1") not in fresh.headers
+    assert fresh.file == e.file and fresh.size == 100 and fresh.fresh_until == T0 + 700
+    for hs, length in (([(b"etag", b'"b"')], 100), ([(b"etag", b'"a"')], 99), ([], -1),
+                       ([(b"last-modified", format_date(T0))], -1)):
+        assert decide.on_head(e, 200, hs, length, T0, T0, NEG_TTL) == decide.MAKE_STALE
+    assert decide.on_head(e, 404, [(b"etag", b'"a"')], 100, T0, T0, NEG_TTL) is None
+    assert decide.on_head(None, 200, [(b"etag", b'"a"')], 100, T0, T0, NEG_TTL) is None
+
+
+def test_a_fills_answer_meets_the_clients_conditionals():
+    """RFC 9110 §13.2.1, §13.1.2 (If-None-Match, weak comparison), §13.1.3."""
+    hs = [(b"etag", b'W/"a"'), (b"last-modified", format_date(T0))]
+    assert decide.fill_not_modified([(b"if-none-match", b'"a"')], 200, hs)
+    assert not decide.fill_not_modified([(b"if-none-match", b'"b"')], 200, hs)
+    assert decide.fill_not_modified([(b"if-modified-since", format_date(T0 + 1))], 200, hs)
+    assert not decide.fill_not_modified([(b"if-modified-since", format_date(T0 - 1))], 200, hs)
+    assert not decide.fill_not_modified([(b"if-none-match", b'"a"')], 404, hs)
+    assert not decide.fill_not_modified([], 200, hs)
+
+
+def test_a_304_for_another_representation_does_not_update():
+    """RFC 9111 §4.3.4: a 304 with a strong validator updates only stored responses with
+    the same one; a weak or absent ETag leaves the choice to the request's validators."""
+    e = stored(b"max-age=60", [(b"etag", b'"a"')])
+    assert on_origin(b"k", 304, [(b"etag", b'"b"')], -1, e, [], T0, T0, NEG_TTL, MAX) == decide.REFETCH
+    for hs in ([(b"etag", b'"a"')], [(b"etag", b'W/"b"')], []):
+        assert isinstance(on_origin(b"k", 304, hs, -1, e, [], T0, T0, NEG_TTL, MAX), Revalidated)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from farts.cdn import policy
-from farts.cdn.key import accept_encoding, base_key, parse_vary, tenant_prefix, variant_key
+from farts.cdn.key import accept_encoding, base_key, base_of, parse_vary, tenant_prefix, variant_key
 
 NOW = 1_700_000_000.0
 
@@ -44,6 +44,44 @@ def test_storable():
     assert not policy.storable(b"GET", 404, [], [], 0)
     assert policy.storable(b"GET", 404, [], [], 10)
     assert not policy.storable(b"GET", 500, [], h(Cache_Control="max-age=60"), 0)
+
+
+def test_cdn_cache_control_takes_precedence():
+    """RFC 9213 §2.1, §3: a CDN uses CDN-Cache-Control when it has a valid non-empty
+    value, ignoring Cache-Control and Expires; else Cache-Control as usual."""
+    date = formatdate(NOW, usegmt=True)
+    both = h(Cdn_Cache_Control="max-age=600", Cache_Control="no-store, max-age=5")
+    assert policy.storable(b"GET", 200, [], both, 0)
+    assert policy.freshness_lifetime(200, both, NOW, 0) == 600
+    veto = h(Cdn_Cache_Control="no-store", Cache_Control="max-age=600")
+    assert not policy.storable(b"GET", 200, [], veto, 0)
+    priv = h(Cdn_Cache_Control="private", Cache_Control="public, max-age=600")
+    assert not policy.storable(b"GET", 200, [], priv, 0)
+    expires = h(Date=date, Expires=formatdate(NOW + 90, usegmt=True), Cdn_Cache_Control="must-revalidate")
+    assert policy.freshness_lifetime(200, expires, NOW, 0) == 0  # Expires ignored
+    assert policy.freshness_lifetime(200, h(Cdn_Cache_Control="", Cache_Control="max-age=7"), NOW, 0) == 7
+    swr = h(Cdn_Cache_Control="max-age=1, stale-while-revalidate=30",
+            Cache_Control="max-age=1, must-revalidate")
+    assert policy.stale_windows(swr) == (30, 0)
+    assert policy.stale_windows(h(Cdn_Cache_Control="max-age=1, proxy-revalidate",
+                                  Cache_Control="stale-if-error=9")) == (0, 0)
+
+
+def test_storable_statuses():
+    """RFC 9111 §3: a response may be stored when its status is heuristically cacheable
+    (RFC 9110 §15.1) or it has explicit freshness (max-age, s-maxage, Expires) or public;
+    §4.2.2: heuristic freshness only for heuristically cacheable statuses."""
+    lm = formatdate(NOW - 1000, usegmt=True)
+    for status in (302, 307, 403):
+        assert not policy.storable(b"GET", status, [], [], 0)
+        assert not policy.storable(b"GET", status, [], h(Last_Modified=lm), 0)
+        assert policy.storable(b"GET", status, [], h(Cache_Control="max-age=60"), 0)
+        assert policy.storable(b"GET", status, [], h(Expires=formatdate(NOW + 9, usegmt=True)), 0)
+        assert policy.freshness_lifetime(status, h(Last_Modified=lm), NOW, 0) == 0
+    assert policy.storable(b"GET", 302, [], h(Cdn_Cache_Control="s-maxage=9"), 0)
+    for status in (206, 304, 401, 500, 503):
+        assert not policy.storable(b"GET", status, [], h(Cache_Control="public, max-age=60"), 0)
+    assert policy.freshness_lifetime(301, h(Last_Modified=lm), NOW, 0) == 100  # heuristic
 
 
 def test_age_and_stale_windows():
@@ -123,8 +161,23 @@ def test_keys():
     assert variant_key(k, (b"accept-encoding",), {b"accept-encoding": b"br, gzip"}.get) == k + b"\0ae=br,gzip"
     assert variant_key(k, (), None) == k
     assert parse_vary(b"Accept-Encoding") == (b"accept-encoding",)
-    assert parse_vary(b"Accept-Encoding, Cookie") is None
     assert parse_vary(None) == ()
+
+
+def test_vary_on_any_request_field():
+    """RFC 9111 §4.1: a stored answer is selected by the values of every field its Vary
+    names (whitespace in list values normalized); Vary: * never matches (not stored)."""
+    k = base_key("demo", b"/m/a", "https", b"h")
+    assert parse_vary(b"Accept-Encoding, X-Lang,cookie") == (b"accept-encoding", b"cookie", b"x-lang")
+    assert parse_vary(b"X-Lang, *") is None
+    names = parse_vary(b"X-Lang, Accept-Encoding")
+    fields = {b"x-lang": b"en,  fr", b"accept-encoding": b"gzip"}
+    assert variant_key(k, names, fields.get) == k + b"\0ae=gzip\0x-lang=en,fr"
+    assert variant_key(k, names, {b"x-lang": b"en, fr", b"accept-encoding": b"gzip"}.get) == \
+        variant_key(k, names, fields.get)
+    assert variant_key(k, names, {b"x-lang": b"de"}.get) == k + b"\0ae=\0x-lang=de"
+    assert variant_key(k, names, {}.get) != variant_key(k, names, {b"x-lang": b"de"}.get)
+    assert base_of(variant_key(k, names, fields.get)) == k and base_of(k) == k
 
 
 def test_origin_config_errors_name_the_key():
@@ -141,3 +194,48 @@ def test_origin_config_errors_name_the_key():
         parse('[cdn.origins.b]\nkind = "s3"\nurl = "http://127.0.0.1:9000"\n', "x.toml")
     with pytest.raises(ConfigError, match=r"cdn\.capacity_bytes: expected a positive number"):
         parse('[cdn]\ncapacity_bytes = 0\n', "x.toml")
+    with pytest.raises(ConfigError, match=r"x.toml: routes\[0\]\.methods: must include \"GET\""):
+        parse('[cdn.origins.a]\nurl = "http://o"\n[[routes]]\nprefix = "/m/"\nkind = "cdn"\n'
+              'origin = "a"\nmethods = ["POST"]\n', "x.toml")
+
+
+def test_forward_headers_end_to_end_only():
+    """RFC 9110 §7.6.1: hop-by-hop fields and those named in Connection are not
+    forwarded; §7.6.3: a proxy appends its Via; X-Forwarded-For gains the client."""
+    hs = [(b"host", b"edge"), (b"connection", b"keep-alive, X-Secret"), (b"keep-alive", b"5"),
+          (b"x-secret", b"s"), (b"te", b"trailers"), (b"transfer-encoding", b"chunked"),
+          (b"content-length", b"3"), (b"upgrade", b"h2c"), (b"x-test", b"t1"),
+          (b"cookie", b"a=1"), (b"via", b"1.0 first"), (b"x-forwarded-for", b"10.0.0.1"),
+          (b"content-type", b"text/x")]
+    out = policy.forward_headers(hs, "127.0.0.9")
+    assert out == [(b"x-test", b"t1"), (b"cookie", b"a=1"), (b"content-type", b"text/x"),
+                   (b"via", b"1.0 first, 1.1 farts-edge"), (b"x-forwarded-for", b"10.0.0.1, 127.0.0.9")]
+    assert policy.forward_headers([], "::1") == [(b"via", b"1.1 farts-edge"), (b"x-forwarded-for", b"::1")]
+
+
+def test_response_headers_drop_connection_fields():
+    """RFC 9110 §7.6.1 for answers passed on."""
+    hs = [(b"connection", b"x-hop"), (b"x-hop", b"1"), (b"transfer-encoding", b"chunked"),
+          (b"location", b"/a"), (b"set-cookie", b"s=1")]
+    assert policy.response_headers(hs) == [(b"location", b"/a"), (b"set-cookie", b"s=1")]
+
+
+def test_private_and_no_cache_with_field_names():
+    """RFC 9111 §5.2.2.7: a qualified private keeps only the named fields out of a shared
+    cache (the rest may be stored); §5.2.2.4: a qualified no-cache forbids sending the
+    named fields from the cache without revalidation (this cache keeps them out too) and
+    leaves the rest reusable while fresh."""
+    hs = h(Cache_Control='max-age=60, private="X-User, x-plan", no-cache="X-Token"',
+           X_User="alice", X_Plan="pro", X_Token="t", Etag='"e"')
+    assert policy.storable(b"GET", 200, [], hs, 0)
+    assert policy.freshness_lifetime(200, hs, NOW, 0) == 60
+    assert not policy.must_revalidate(hs)
+    assert [k for k, _ in policy.stored_headers(hs)] == [b"cache-control", b"etag"]
+    assert not policy.storable(b"GET", 200, [], h(Cache_Control='private=""'), 0)
+    assert not policy.storable(b"GET", 200, [], h(Cache_Control="private, max-age=60"), 0)
+    assert policy.freshness_lifetime(200, h(Cache_Control="no-cache, max-age=60"), NOW, 0) == 0
+    assert policy.stale_windows(h(Cache_Control='no-cache="a", stale-while-revalidate=9')) == (9, 0)
+    # a 304 that names a field keeps it out of the merged fields as well (§4.3.4)
+    merged = policy.updated_headers(h(X_Token="old", Etag='"e"'),
+                                    h(Cache_Control='no-cache="x-token"', X_Token="new"))
+    assert merged == [(b"etag", b'"e"'), (b"cache-control", b'no-cache="x-token"')]

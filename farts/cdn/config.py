@@ -36,6 +36,12 @@ class CDNConfig:
     memory_capacity_bytes: int = setting(64 * 1024 * 1024, NON_NEGATIVE)
     # Seconds to keep origin 404/410 answers (0: not cached); 5xx are never cached.
     negative_ttl: float = setting(0.0, NON_NEGATIVE)
+    # Variants kept per URI for answers with Vary; storing one more drops the oldest.
+    max_variants_per_uri: int = setting(16, POSITIVE)
+    # A client's own Cache-Control (max-age, min-fresh, max-stale, no-cache, only-if-cached;
+    # RFC 9111 §5.2.1): "ignore" (as nginx does: clients cannot send the edge to the origin,
+    # and the hit path looks at no more fields) or "honor".
+    request_cache_control: str = setting("ignore", one_of("ignore", "honor"))
     # Seconds between flushes of the recency order to LMDB (what a restart keeps).
     flush_interval: float = setting(2.0, POSITIVE)
     origins: dict[str, CDNOrigin] = setting({})
@@ -52,6 +58,9 @@ def _cross_check(cfg) -> None:
         if r.kind == "cdn" and r.origin not in cfg.cdn.origins:
             raise ConfigError(f"{src}: routes[{i}].origin: no CDN origin named {r.origin!r} "
                               f"(known: {', '.join(cfg.cdn.origins) or 'none'})")
+        if r.kind == "cdn" and r.methods and "GET" not in r.methods:
+            raise ConfigError(f"{src}: routes[{i}].methods: must include \"GET\" (a CDN route "
+                              f"answers GET from its cache), got {r.methods!r}")
 
 
 SECTION = Section("cdn", CDNConfig, CDNConfig, _cross_check, route_kinds=("cdn",))

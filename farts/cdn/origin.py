@@ -64,13 +64,21 @@ class HTTPOrigin:
         return headers
 
     async def fetch(self, rest: bytes, headers: list, head_only: bool = False) -> OriginResponse:
+        return await self.send(b"HEAD" if head_only else b"GET", rest, headers)
+
+    async def send(self, method: bytes, rest: bytes, headers: list, body=None,
+                   length: int = -2) -> OriginResponse:
+        """``method`` to the origin; ``body``: None or an async iterator of ``length``
+        bytes (-1: chunked, -2: no body), streamed as it comes."""
         target = self.target(rest)
-        method = "HEAD" if head_only else "GET"
-        headers = self.sign(method, target, [(b"host", self.authority.encode()), *headers])
+        head_only = method == b"HEAD"
+        headers = self.sign(method.decode("latin-1"), target,
+                            [(b"host", self.authority.encode()), *headers])
         try:
-            resp = await self.client.request(self.pool, method.encode(), target, headers,
+            resp = await self.client.request(self.pool, method, target, headers,
                                              connect_timeout=self.connect_timeout,
-                                             read_timeout=self.read_timeout, head_only=head_only)
+                                             read_timeout=self.read_timeout, head_only=head_only,
+                                             body=body, length=length)
         except ReadTimeout:
             raise OriginError(504, "origin read timeout") from None
         except ConnectionLost as e:
@@ -156,7 +164,20 @@ class DirOrigin:
             if k == b"if-none-match" and v == etag:
                 os.close(fd)
                 return OriginResponse(304, hs, -1, _once(b""))
+        if head_only:
+            os.close(fd)
+            return OriginResponse(200, hs, st.st_size, _once(b""))
         return OriginResponse(200, hs, st.st_size, _read_file(fd, st.st_size))
+
+    async def send(self, method: bytes, rest: bytes, headers: list, body=None,
+                   length: int = -2) -> OriginResponse:
+        """Files are only read: any other method gets the 405 an origin would answer."""
+        if method in (b"GET", b"HEAD"):
+            return await self.fetch(rest, headers, method == b"HEAD")
+        text = b"405 Method Not Allowed: the built-in origin serves files (GET, HEAD)\n"
+        return OriginResponse(405, [(b"allow", b"GET, HEAD"),
+                                    (b"content-type", b"text/plain; charset=utf-8")],
+                              len(text), _once(text))
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

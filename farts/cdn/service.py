@@ -30,16 +30,14 @@ from farts.metrics import Metrics
 from farts.transport.http import ClientGone, FileBody, Fixed, Request, Response
 from fast.lru import LRUIndex
 
-from . import decide
-from .decide import HIT, JOIN, STALE, STALE_REFRESH, on_request
-from .key import SEP, accept_encoding, variant_key
+from . import decide, policy
+from .decide import HIT, JOIN, ONLY_CACHED, STALE, STALE_REFRESH, on_request
+from .key import SEP, base_key, base_of, variant_key
 from .origin import CHUNK, OriginError
 from .store import Entry, Store
 
 log = logging.getLogger("farts.cdn")
 
-NOT_ALLOWED = Fixed(405, b"405 Method Not Allowed: the CDN answers GET and HEAD\n",
-                    headers=[(b"allow", b"GET, HEAD")])
 STATE = {HIT: b"HIT", STALE: b"STALE", STALE_REFRESH: b"STALE"}  # X-Cache of an answer
 DISK_THREADS = 4
 LOAD = object()  # whole(): a small object to read into memory first (CDNHandler.load)
@@ -48,15 +46,17 @@ LOAD = object()  # whole(): a small object to read into memory first (CDNHandler
 class Fill:
     """One origin fetch and the clients waiting on it."""
 
-    __slots__ = ("key", "base", "ae", "head_ready", "status", "headers", "content_length",
+    __slots__ = ("key", "base", "fields", "head_ready", "status", "headers", "own", "content_length",
                  "fd", "tmp", "written", "done", "failed", "error", "entry", "cacheable",
                  "readers", "waiters", "purged", "names", "private", "at", "pool_ops")
 
-    def __init__(self, key: bytes, base: bytes, ae: bytes) -> None:
-        self.key, self.base, self.ae = key, base, ae
+    def __init__(self, key: bytes, base: bytes, fields: list) -> None:
+        self.key, self.base = key, base
+        self.fields = fields          # the request's fields: the variant it selects
         self.head_ready = asyncio.get_running_loop().create_future()
         self.status = 0
         self.headers: list = []
+        self.own: list = []           # the headers for the client whose request started it
         self.content_length = -1
         self.fd = -1
         self.tmp = ""
@@ -73,6 +73,9 @@ class Fill:
         self.private = False          # private or Set-Cookie: for the client that asked only
         self.at = 0.0                 # when the origin answered or the fetch failed (wall)
         self.pool_ops = 0             # reads, writes, fsync of fd running in a thread
+
+    def header(self, name: bytes) -> bytes | None:
+        return policy.header(self.fields, name)
 
     def wake(self) -> None:
         waiters, self.waiters = self.waiters, []
@@ -173,6 +176,15 @@ def _read_file(path: str) -> bytes | None:
         return None
 
 
+# The fields a 304 carries (RFC 9110 §15.4.5), and the cache's own.
+NOT_MODIFIED_FIELDS = frozenset((b"etag", b"last-modified", b"cache-control", b"expires", b"vary",
+                                 b"content-location", b"date", b"age", b"x-cache"))
+
+
+def not_modified(headers: list) -> Response:
+    return Response(304, [(k, v) for k, v in headers if k in NOT_MODIFIED_FIELDS], b"", head_only=True)
+
+
 async def _nothing():
     return
     yield  # an empty async iterator: a HEAD answer whose length is known
@@ -210,6 +222,8 @@ class CDN:
         self.index = LRUIndex()
         self.entries: dict[bytes, Entry] = {}
         self.vary: dict[bytes, tuple[bytes, ...]] = {}
+        # base key → its stored variant keys, oldest first (cdn.max_variants_per_uri)
+        self.variants: dict[bytes, dict[bytes, None]] = {}
         self.fills: dict[bytes, Fill] = {}
         self.tasks: set[asyncio.Task] = set()
         self.mem_used = 0
@@ -223,6 +237,9 @@ class CDN:
         self.index.load((e.key, e.size) for e in entries)
         for e in entries:
             self.entries[e.key] = e
+            base = base_of(e.key)
+            if base != e.key:
+                self.variants.setdefault(base, {})[e.key] = None
         self._evict()
 
     def start(self) -> None:
@@ -257,6 +274,16 @@ class CDN:
 
     # -- entries ------------------------------------------------------------------------
     def install(self, entry: Entry, vary_base: bytes | None, names: tuple[bytes, ...]) -> None:
+        if vary_base is not None:  # one more variant of a URI: within the bound
+            stored = self.variants.setdefault(vary_base, {})
+            drop = decide.variants_to_drop(list(stored), entry.key, self.cfg.max_variants_per_uri)
+            if drop:
+                for k in drop:
+                    self.index.remove(k)
+                self._drop(drop)
+            stored = self.variants.setdefault(vary_base, {})
+            stored.pop(entry.key, None)
+            stored[entry.key] = None
         old = self.entries.get(entry.key)
         if old is not None:
             self._release(old)
@@ -304,12 +331,33 @@ class CDN:
 
     def _drop(self, keys: list[bytes]) -> None:
         files = []
+        variants = self.variants
         for k in keys:
             e = self.entries.pop(k, None)
             if e is not None:
                 self._release(e)
                 files.append(e.file)
+            if variants:
+                base = base_of(k)
+                stored = variants.get(base)
+                if stored is not None:
+                    stored.pop(k, None)
+                    if not stored:
+                        del variants[base]
         self.store.delete(keys, files)
+
+    def invalidate(self, base: bytes) -> int:
+        """Remove what is stored for one URI (its variants too), and keep fills of it in
+        flight from being stored: an unsafe request changed it (RFC 9111 §4.4)."""
+        keys = [k for k in self.entries if k == base or k.startswith(base + SEP)]
+        for k in keys:
+            self.index.remove(k)
+        self._drop(keys)
+        for k, fill in self.fills.items():
+            if k == base or k.startswith(base + SEP):
+                fill.purged = True
+        self.vary.pop(base, None)
+        return len(keys)
 
     def purge(self, prefix: bytes, exact: bool) -> int:
         """Remove every key starting with ``prefix`` (or equal to it, with its variants,
@@ -340,11 +388,14 @@ class CDNHandler:
         # The parts of base_key() that do not change per request, built once.
         self.tenant_part: dict[str, bytes] = {}
         self.scheme_part = {s: SEP + s.encode() + SEP for s in ("http", "https")}
+        self.allowed: dict[int, tuple] = {}  # id(route) → (its methods, its 405)
+        if cdn.cfg.request_cache_control == "honor":
+            self.handle = self.handle_honoring
 
     def handle(self, req: Request):
         method = req.method
         if method != b"GET" and method != b"HEAD":
-            return NOT_ALLOWED
+            return self.other_method(req)
         target = req.target
         if target[:1] != b"/":  # absolute-form: keep path and query only
             query = req.query
@@ -383,6 +434,69 @@ class CDNHandler:
             if answer is None:  # its file has gone: as if nothing were stored
                 return self.slow(req, target, key, base, now, e)
         return self.slow(req, target, key, base, now, None)
+
+    def handle_honoring(self, req: Request):
+        """``handle`` when the cache honours a request's Cache-Control (RFC 9111 §5.2.1): a
+        request with one goes the slow way, whose decision (decide.on_request) weighs it;
+        the others take ``handle`` as they are."""
+        method = req.method
+        if req.header(b"cache-control") is None or (method != b"GET" and method != b"HEAD"):
+            return CDNHandler.handle(self, req)
+        target = req.target
+        if target[:1] != b"/":
+            query = req.query
+            target = req.path + (b"?" + query if query else b"")
+        tenant = req.tenant.id if req.tenant is not None else "-"
+        base = base_key(tenant, target, req.scheme, req.host)
+        names = self.cdn.vary.get(base)
+        key = variant_key(base, names, req.header) if names else base
+        return self.slow(req, target, key, base, self.cdn.clock.wall(), None,
+                         policy.cache_control(req.headers))
+
+    # -- methods other than GET and HEAD ----------------------------------------------------
+    def other_method(self, req: Request):
+        """A route's methods restrict; HEAD with GET restricted is answered here too (the
+        hit path never restricts: a route's methods always include GET)."""
+        allowed = self.allowed.get(id(req.route)) if req.route is not None else None
+        if allowed is None:
+            methods = tuple(m.encode() for m in getattr(req.route, "methods", ()))
+            allow = b", ".join(dict.fromkeys((b"GET", b"HEAD", *methods)))
+            allowed = (methods, Fixed(405, b"405 Method Not Allowed: this route answers "
+                                      + allow + b"\n", headers=[(b"allow", allow)]))
+            if req.route is not None:
+                self.allowed[id(req.route)] = allowed
+        action = decide.on_method(req.method, allowed[0])
+        if action is decide.REFUSE:
+            return allowed[1]
+        return self.pass_on(req)
+
+    async def pass_on(self, req: Request):
+        """The request to the origin as it is (its body streamed; the route's body limit is
+        the transport's), the origin's answer back, nothing stored; a non-error answer to
+        an unsafe method invalidates what is stored (RFC 9111 §4.4)."""
+        cdn = self.cdn
+        method = req.method
+        target = req.target
+        if target[:1] != b"/":
+            query = req.query
+            target = req.path + (b"?" + query if query else b"")
+        body = req.body
+        length = req.content_length  # -1: chunked
+        if body is None and length < 0:
+            length = -2
+        headers = policy.forward_headers(req.headers, req.client)
+        cdn.stats.origin_requests.inc()
+        try:
+            resp = await self.origin.send(method, target[self.prefix_len:], headers, body, length)
+        except OriginError as err:
+            cdn.stats.origin_errors.inc((err.status,))
+            return Fixed.error(err.status, err.reason)
+        tenant = req.tenant.id if req.tenant is not None else "-"
+        for t in decide.invalidated(method, resp.status, resp.headers, req.scheme, req.host, target):
+            cdn.invalidate(base_key(tenant, t, req.scheme, req.host))
+        no_body = resp.status in (204, 304) or 100 <= resp.status < 200
+        return Response(resp.status, [*policy.response_headers(resp.headers), (b"x-cache", b"PASS")],
+                        _nothing() if no_body else resp.body, resp.content_length, head_only=no_body)
 
     # -- answers from an entry --------------------------------------------------------------
     def whole(self, e: Entry, now: float, state: bytes):
@@ -441,10 +555,7 @@ class CDNHandler:
         if shape is decide.WHOLE:
             return self.whole(e, now, state)
         if shape is decide.NOT_MODIFIED:
-            keep = [(k, v) for k, v in self.headers(e, now, state)
-                    if k in (b"etag", b"last-modified", b"cache-control", b"expires", b"vary",
-                             b"content-location", b"age", b"x-cache")]
-            return Response(304, keep, b"", head_only=True)
+            return not_modified(self.headers(e, now, state))
         if shape is decide.UNSATISFIABLE:
             return Response(416, [(b"content-range", f"bytes */{e.size}".encode()),
                                   (b"content-type", b"text/plain; charset=utf-8")],
@@ -467,16 +578,23 @@ class CDNHandler:
 
     # -- misses, stale entries ------------------------------------------------------------------
     async def slow(self, req: Request, target: bytes, key: bytes, base: bytes, now: float,
-                   gone: Entry | None):
+                   gone: Entry | None, rcc: dict | None = None):
         """Everything but a fresh hit from memory or a kept file; ``gone``: an entry whose
-        file was found missing (treated as not stored)."""
+        file was found missing (treated as not stored); ``rcc``: the request's
+        Cache-Control directives when honoured."""
         cdn = self.cdn
         headers = req.headers
         while True:
             e = cdn.entries.get(key)  # (this task starts later than handle(): look again)
             if e is gone:
                 e = None
-            action = on_request(e, now, key in cdn.fills)
+            action = on_request(e, now, key in cdn.fills, rcc)
+            if action is ONLY_CACHED:
+                return Fixed.error(504, "only-if-cached: nothing stored may answer")
+            if req.method == b"HEAD":
+                action = decide.for_head(action)
+                if action is decide.HEAD_THROUGH:
+                    return await self.head_through(req, target, e)
             if action is HIT or action is STALE or action is STALE_REFRESH:
                 answer = await self.answer(e, headers, now, STATE[action])
                 if answer is None:  # its file has gone
@@ -498,10 +616,13 @@ class CDNHandler:
                 fill = cdn.fills[key]
                 cdn.coalesced += 1
             fill = await self.wait(fill)
-            client_ae = accept_encoding(req.header(b"accept-encoding"))
+            fill_variant = client_variant = b""
+            if fill.names:
+                fill_variant = variant_key(base, fill.names, fill.header)
+                client_variant = variant_key(base, fill.names, req.header)
             head_only = req.method == b"HEAD"
             step = decide.after_fill(fill.error is not None, e, fill.at, fill.entry, fill.names,
-                                     fill.ae, client_ae, fill.private, started, head_only,
+                                     fill_variant, client_variant, fill.private, started, head_only,
                                      fill.status)
             if step is decide.OWN_FETCH:
                 # An answer for one client (private, Set-Cookie) is never handed to another:
@@ -509,15 +630,20 @@ class CDNHandler:
                 # large or errors, are shared by the clients that waited for them.)
                 fill.release()
                 fill = await self.wait(self.start_fill(key, base, target, req, None, register=False))
+                started = True
                 step = decide.after_fill(fill.error is not None, None, fill.at, None, (),
-                                         fill.ae, fill.ae, False, True, head_only, fill.status)
+                                         b"", b"", False, True, head_only, fill.status)
+            if (step is decide.PASS or step is decide.PASS_HEAD) and decide.fill_not_modified(
+                    headers, fill.status, fill.headers):
+                fill.release()
+                return not_modified([*fill.headers, (b"x-cache", b"MISS")])
             if step is decide.PASS:
-                return Response(fill.status, [*fill.headers, (b"x-cache", b"MISS")],
+                return Response(fill.status, [*(fill.own if started else fill.headers), (b"x-cache", b"MISS")],
                                 FollowBody(fill, cdn.disk), fill.content_length)
             fill.release()
             if step is decide.PASS_HEAD:  # a head without a body
-                return Response(fill.status, [*fill.headers, (b"x-cache", b"MISS")], _nothing(),
-                                fill.content_length, head_only=True)
+                return Response(fill.status, [*(fill.own if started else fill.headers), (b"x-cache", b"MISS")],
+                                _nothing(), fill.content_length, head_only=True)
             if step is decide.OTHER_VARIANT:  # the answer varies: this client's variant
                 key, gone = variant_key(base, fill.names, req.header), None
                 continue
@@ -531,6 +657,36 @@ class CDNHandler:
                     return answer
             return Fixed.error(fill.error.status, fill.error.reason)
 
+    async def head_through(self, req: Request, target: bytes, stored: Entry | None):
+        """A HEAD to the origin for a HEAD that found nothing fresh; a 200 whose validators
+        match freshens the stored GET answer (RFC 9111 §4.3.5)."""
+        cdn, cfg = self.cdn, self.cdn.cfg
+        headers = decide.conditional_headers(policy.forward_headers(req.headers, req.client), None)
+        request_time = cdn.clock.wall()
+        cdn.stats.origin_requests.inc()
+        cdn.misses += 1
+        try:
+            resp = await self.origin.fetch(target[self.prefix_len:], headers, head_only=True)
+        except OriginError as err:
+            cdn.stats.origin_errors.inc((err.status,))
+            return Fixed.error(err.status, err.reason)
+        response_time = cdn.clock.wall()
+        async for _ in resp.body:  # (none: the iterator ends at once)
+            pass
+        fresh = decide.on_head(stored, resp.status, resp.headers, resp.content_length,
+                               request_time, response_time, cfg.negative_ttl)
+        if fresh is not None and cdn.entries.get(stored.key) is stored:
+            if fresh is decide.MAKE_STALE:  # (in memory: a restart keeps its old freshness)
+                stored.fresh_until = min(stored.fresh_until, response_time)
+                cdn.stats.revalidations.inc(("modified",))
+            else:
+                cdn.stats.revalidations.inc(("not_modified",))
+                cdn.install(fresh, None, ())
+        passed = [*policy.response_headers(resp.headers), (b"x-cache", b"MISS")]
+        if decide.fill_not_modified(req.headers, resp.status, resp.headers):
+            return not_modified(passed)
+        return Response(resp.status, passed, _nothing(), resp.content_length, head_only=True)
+
     async def wait(self, fill: Fill) -> Fill:
         """Wait, as one more reader, until the fill has the origin's answer (or failed)."""
         fill.readers += 1
@@ -543,11 +699,11 @@ class CDNHandler:
 
     def start_fill(self, key: bytes, base: bytes, target: bytes, req: Request,
                    stale: Entry | None, register: bool = True) -> Fill:
-        ae = req.header(b"accept-encoding")
-        fill = Fill(key, base, accept_encoding(ae))
+        fields = req.headers
+        fill = Fill(key, base, fields)
         if register:
             self.cdn.fills[key] = fill
-        headers = decide.conditional_headers(ae, stale)
+        headers = decide.conditional_headers(policy.forward_headers(fields, req.client), stale)
         self.cdn.spawn(self.run_fill(fill, target[self.prefix_len:], headers, stale))
         return fill
 
@@ -595,6 +751,9 @@ class CDNHandler:
         if not isinstance(verdict, decide.Take):
             async for _ in resp.body:  # (read to the end: that also closes the connection)
                 pass
+            if verdict is decide.REFETCH:  # (without a stale entry: never twice)
+                plain = [h for h in req_headers if h[0] not in decide.CLIENT_CONDITIONALS]
+                return await self._fetch(fill, rest, plain, None)
             if isinstance(verdict, decide.UseStale):  # stale-if-error (RFC 5861)
                 raise OriginError(status, f"origin answered {status}")
             cdn.stats.revalidations.inc(("not_modified",))
@@ -610,6 +769,7 @@ class CDNHandler:
         fill.private = verdict.private
         fill.status = status
         fill.headers = verdict.headers
+        fill.own = verdict.own
         fill.content_length = resp.content_length
         fill.fd, fill.tmp = cdn.store.temp_file()  # (open of a new file: a metadata call)
         fill.answered()
@@ -637,7 +797,7 @@ class CDNHandler:
         if fill.purged:
             cdn.store.delete([], [name])
             return
-        store_key = variant_key(fill.base, fill.names, lambda _n: fill.ae) if fill.names else fill.key
+        store_key = variant_key(fill.base, fill.names, fill.header) if fill.names else fill.key
         entry = Entry(store_key, status, fill.headers, fill.written, name, request_time, response_time,
                       verdict.lifetime, verdict.initial_age, *verdict.windows)
         if small is not None and cdn.mem_used + fill.written <= cfg.memory_capacity_bytes:
