@@ -284,8 +284,8 @@ class Replica:
         self._ack_to: set[str] = set()
         self.compacted = 0
         self.stats = {"shipped": 0, "applied": 0, "duplicates": 0, "late": 0, "buffered_dropped": 0,
-                      "snapshots_sent": 0, "snapshots_installed": 0, "snapshot_docs": 0, "catchup_records": 0,
-                      "failed": 0}
+                      "snapshots_sent": 0, "snapshots_installed": 0, "snapshot_docs": 0, "snapshot_bytes": 0,
+                      "catchup_records": 0, "failed": 0, "replayed": 0}
 
     # ---- membership --------------------------------------------------------------
 
@@ -393,6 +393,8 @@ class Replica:
         for outcome in outcomes:
             if outcome == "late":
                 self.stats["late"] += 1
+            elif outcome == "replayed":    # arrived out of HLC order: merged by the rules
+                self.stats["replayed"] += 1
             if isinstance(outcome, str):
                 self.stats["applied"] += 1
             elif isinstance(outcome, Exception):
@@ -487,6 +489,7 @@ class Replica:
                     data = bson.encode({"id": _id, "s": state})
                     docs.append([ns, data])
                     size += len(data)
+                    self.stats["snapshot_bytes"] += len(data)
                     if len(docs) >= SNAPSHOT_DOCS or size >= BATCH_BYTES:
                         break
                 last = len(docs) < SNAPSHOT_DOCS and size < BATCH_BYTES
@@ -539,11 +542,12 @@ class Replica:
                 peer.stable = max(peer.stable, r.stable)
             peer.covered = max(peer.covered, applied.get(node_id, (0, 0))[1])
 
-    def frontier(self, own: int | None = None, applied: dict | None = None) -> int:
-        """An HLC at or below which every operation of every origin is applied here."""
+    def frontier(self, own: int | None = None, applied: dict | None = None, origins=None) -> int:
+        """An HLC at or below which every operation of every origin (of ``origins``, by
+        default every member) is applied here."""
         own = self.store.covered() if own is None else own
         applied = self.store.applied() if applied is None else applied
-        origins = self.members - {self.me}   # a node that left writes no more
+        origins = (self.members if origins is None else set(origins)) - {self.me}   # a node that left writes no more
         return min([own] + [max(self._peer(o).covered, applied.get(o, (0, 0))[1]) for o in origins])
 
     def stable(self, frontier: int | None = None) -> int:
@@ -640,8 +644,12 @@ class ReplicaPeer:
     store's commits, and flushes local records at the end of the loop iteration that
     committed them (one batch for all)."""
 
-    def __init__(self, replica: Replica, bus: PeerBus, clock: Clock, tick: float = 0.05) -> None:
+    def __init__(self, replica: Replica, bus: PeerBus, clock: Clock, tick: float = 0.05,
+                 on_progress: Callable[[], None] | None = None) -> None:
+        """``on_progress``: called after anything that may have moved what this node has
+        applied or knows of its peers (a message, a commit, a tick): waiters look again."""
         self.replica, self.bus, self.clock = replica, bus, clock
+        self.on_progress = on_progress or (lambda: None)
         self._flush_timer = None
         self._watched: set = set()
         self._unsubscribe = [bus.subscribe(cls, self._on_message) for cls in MESSAGES]
@@ -662,6 +670,7 @@ class ReplicaPeer:
     def _on_message(self, msg: PeerMessage, env: Envelope) -> None:
         self._send(self.replica.receive(msg, env.origin, self.clock.monotonic()))
         self._watch()
+        self.on_progress()
 
     def _watch(self) -> None:
         """The store commits in its writer thread: back on the loop when it has."""
@@ -675,6 +684,7 @@ class ReplicaPeer:
         self._watched.discard(fut)
         self._send(self.replica.committed(self.clock.monotonic()))
         self._watch()
+        self.on_progress()
 
     def _on_member(self, old: Member | None, new: Member) -> None:
         self._members()
@@ -693,6 +703,8 @@ class ReplicaPeer:
 
     def _tick(self, now: float) -> None:
         self._send(self.replica.tick(now))
+        self._watch()
+        self.on_progress()
 
     def stop(self) -> None:
         self._ticker.cancel()
