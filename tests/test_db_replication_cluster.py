@@ -10,11 +10,15 @@ to [db] primary. Every wait is bounded polling with generous deadlines.
 """
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pymongo
 import pytest
@@ -22,6 +26,7 @@ from mesh_helpers import make_ca, mesh_address, metric, start_mesh_node, states,
 from pymongo.errors import AutoReconnect, PyMongoError, WriteConcernError
 from pymongo.read_preferences import Nearest, Primary, PrimaryPreferred
 
+ROOT = Path(__file__).resolve().parent.parent
 DB_URL = re.compile(rb"^\s+db\s+mongodb://([\d.]+):(\d+)/", re.M)
 
 
@@ -30,10 +35,14 @@ def db_config(extra: str = "") -> str:
     return "\n[db]\nenabled = true\nport = 0\nsync = false\n" + extra
 
 
-def client(node, **kw) -> pymongo.MongoClient:
+def db_port(node) -> int:
     m = DB_URL.search(b"".join(node.output))
     assert m, node.output
-    return pymongo.MongoClient(m.group(1).decode(), int(m.group(2)), serverSelectionTimeoutMS=10_000, **kw)
+    return int(m.group(2))
+
+
+def client(node, **kw) -> pymongo.MongoClient:
+    return pymongo.MongoClient("127.0.0.1", db_port(node), serverSelectionTimeoutMS=10_000, **kw)
 
 
 def formed(nodes) -> bool:
@@ -186,6 +195,18 @@ def test_causal_reads_write_concern_and_read_preference(tmp_path):
         before = metric(nodes["node-3"], "farts_db_replication_waits", 'kind="forwarded"')
         assert coll3.with_options(read_preference=Nearest()).find_one({"_id": 1}) == {"_id": 1}
         assert metric(nodes["node-3"], "farts_db_replication_waits", 'kind="forwarded"') == before
+
+        # Node's driver with readPreference=nearest in the URI: writes on node 1 read on node 3
+        # (read there, not forwarded), and back.
+        if shutil.which("node") is not None:
+            before = metric(nodes["node-3"], "farts_db_replication_waits", 'kind="forwarded"')
+            env = {**os.environ, "NODE_PATH": str(ROOT / "tests" / "node" / "node_modules")}
+            out = subprocess.run(["node", str(ROOT / "tests" / "node" / "db_replica.js"), str(db_port(nodes["node-1"])),
+                                  str(db_port(nodes["node-3"]))], env=env, capture_output=True, text=True, timeout=90)
+            assert out.returncode == 0, out.stderr
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            assert r == {"seen": {"_id": "n", "hits": 3}, "prefs": ["nearest"], "back": {"_id": "n", "hits": 13}}
+            assert metric(nodes["node-3"], "farts_db_replication_waits", 'kind="forwarded"') == before
 
         # w: majority with one node down succeeds.
         majority = pymongo.WriteConcern(w="majority", wtimeout=10_000)

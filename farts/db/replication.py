@@ -38,7 +38,7 @@ from farts.clock import Clock
 from farts.db.commands import Session
 from farts.db.errors import MongoError, error_document
 from farts.db.replica import Replica, ReplicaPeer
-from farts.members import ALIVE, DRAINING
+from farts.members import ALIVE, DRAINING, SUSPECT
 from farts.peer import Envelope, PeerBus, PeerMessage, need
 
 log = logging.getLogger("farts.db.replication")
@@ -215,7 +215,9 @@ class Replication:
         return fut
 
     def _alive(self) -> set[str]:
-        return {m.id for m in self.bus.members() if m.state in (ALIVE, DRAINING)}
+        """Members that may still be writing: alive, draining, or suspected (a busy node
+        misses probes; its writes are waited for until it is declared dead)."""
+        return {m.id for m in self.bus.members() if m.state in (ALIVE, DRAINING, SUSPECT)}
 
     def causal_frontier(self) -> int:
         """An HLC at or below which this node has applied every write of every alive member
