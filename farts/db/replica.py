@@ -45,15 +45,13 @@ The protocol
   ``retain_seconds`` (a node that is further behind gets a snapshot). A node's own
   records are kept until every member has them: they exist nowhere else.
 
-Left for the integration (issue 12): a row in ``farts/node.py`` that builds
-``Store(replicated=True)`` and a ``ReplicaPeer`` on the mesh bus (the process that owns
-the mesh and the store's writer), with ``committed_locally()`` called after local write
-commits, ``[db]`` settings for retention, and metrics from ``stats``, ``lag_ms()``,
-``Store.unique_conflicts`` and ``Store.oversized``; ``readPreference``/primary forwarding,
-causal reads (wait until ``frontier()`` passes ``afterClusterTime``) and
-``w: "majority"`` (``acked(origin, seq)``). A node must exchange vectors (and observe
-its peers' HLCs) before it takes writes, or a node with a slow clock may write below
-what the others compacted (counted as ``late``). Catalog commands travel as no-ops.
+On a node: ``farts/db/replication.py`` (built through the db row of ``farts/node.py``
+when the mesh is enabled) runs this on the mesh bus with ``Store(replicated=True)``, calls
+``committed_locally()`` after local commits, turns ``stats``/``lag_ms()`` into metrics, and
+serves causal reads (``frontier``), ``w: "majority"`` (``acked``) and read preferences.
+Still open: a node does not exchange vectors (and observe its peers' HLCs) before it
+takes writes, so a node with a slow clock may write below what the others compacted
+(counted as ``late``). Catalog commands travel as no-ops.
 """
 from __future__ import annotations
 
