@@ -380,7 +380,10 @@ class Replication:
                 body.pop("singleBatch", None)
             elif cmd.name == "aggregate":
                 body["cursor"] = {}
-            reply = await self._local(session, cmd)
+            # Through run: a causal read waits here too; read here, never forwarded again
+            # (even when this node's [db] primary names another).
+            cmd.read_preference = {"mode": "nearest"}
+            reply = await self._local(session, cmd, lambda: self.run(session, cmd, lambda: self.commands.run(session, cmd)))
             cursor = reply.get("cursor") if isinstance(reply, dict) else None
             if isinstance(cursor, dict) and cursor.get("id"):
                 docs = list(cursor["firstBatch"])
@@ -404,8 +407,8 @@ class Replication:
             data = bson.encode(error_document(MongoError(1, "InternalError", f"internal error: {type(e).__name__}")))
         self.bus.send(origin, ForwardReply(msg.rid, data))
 
-    async def _local(self, session, cmd):
-        result = self.commands.run(session, cmd)
+    async def _local(self, session, cmd, run=None):
+        result = (run or (lambda: self.commands.run(session, cmd)))()
         if asyncio.isfuture(result) or asyncio.iscoroutine(result):
             result = await result
         return result
