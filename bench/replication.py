@@ -90,6 +90,14 @@ def lag(nodes: list[Node], rate: int, seconds: float, batch: int) -> dict:
     return out
 
 
+def ops(node: Node, kind: str) -> float:
+    """farts_db_replication_ops{kind=...} of a node."""
+    for line in node.get("/metrics").decode().splitlines():
+        if line.startswith("farts_db_replication_ops{") and f'kind="{kind}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def count(node: Node) -> int:
     try:
         return client(node.db_port).bench.bulk.estimated_document_count()
@@ -143,6 +151,8 @@ def main() -> None:
         print(f"catch-up: {args.catchup} records in {done - started:.2f} s from restart (listening), "
               f"{done - t0:.2f} s from the first applied ({(args.catchup - n0) / max(done - t0, 1e-9):,.0f} ops/s)"
               + ("" if ok else f" INCOMPLETE: {count(nodes[2])}"))
+        print(f"  node-3 after catch-up: applied {ops(nodes[2], 'applied'):.0f}, "
+              f"duplicates received {ops(nodes[2], 'duplicates'):.0f}")
 
         # A new node: a snapshot, then the tail.
         before = sum(n.counter_plain("farts_db_replication_snapshot_bytes") for n in nodes)

@@ -79,6 +79,7 @@ BATCH_BYTES = 256 * 1024   # and bytes (mesh frames are at most 1 MiB by default
 SNAPSHOT_DOCS = 256        # documents per snapshot chunk
 SNAPSHOT_CHUNKS_PER_TICK = 16
 MAX_BUFFERED = 10_000      # out-of-order records held per origin
+RELAY_AFTER = 2           # status intervals without progress before others' records are relayed
 RESEND = 2.0               # seconds before shipped-but-unacknowledged records are shipped again
 
 Out = list[tuple[str | None, PeerMessage]]
@@ -249,6 +250,7 @@ class _Peer:
     stable: int = 0           # its stable time, counted once its records up to the report are here
     shipped: dict = field(default_factory=dict)    # origin -> (seq shipped up to, when)
     snapshot_done: float | None = None             # when the last snapshot to it finished
+    stalled: dict = field(default_factory=dict)    # origin -> (its seq there, since when): relaying
 
 
 @dataclass
@@ -330,7 +332,9 @@ class Replica:
         return []
 
     def link_up(self, node_id: str, now: float) -> Out:
-        """A peer is (again) reachable: exchange vectors."""
+        """A peer is (again) reachable: exchange vectors. What was shipped to it before is
+        taken as lost (shipped again on its vector, not after RESEND)."""
+        self._peer(node_id).shipped.clear()
         return [(node_id, self.status())]
 
     def _have(self, origin: str, applied: dict) -> int:
@@ -443,6 +447,17 @@ class Replica:
             theirs = msg.vv.get(origin, 0)
             if theirs >= seq:
                 continue
+            if origin != self.me:
+                # A third origin's records: that origin ships them itself. Relay only when
+                # the peer has made no progress on them for RELAY_AFTER status intervals
+                # (the origin cannot reach it, is dead, or a batch was lost), so a peer
+                # that is behind does not get every record twice.
+                since = peer.stalled.get(origin)
+                if since is None or since[0] != theirs:
+                    peer.stalled[origin] = (theirs, now)
+                    continue
+                if now - since[1] < RELAY_AFTER * self.status_interval:
+                    continue
             start = theirs
             shipped = peer.shipped.get(origin)
             if shipped and shipped[0] > theirs and now - shipped[1] < RESEND:
