@@ -15,6 +15,7 @@ Three `farts-edge serve` processes joined by the mesh (default timing) with [db]
   document, and the snapshot bytes the others sent.
 
     .venv/bin/python bench/replication.py --rate 1000 --seconds 10 --catchup 50000
+    .venv/bin/python bench/replication.py --overhead --seconds 3
 """
 from __future__ import annotations
 
@@ -105,13 +106,64 @@ def count(node: Node) -> int:
         return -1
 
 
+def overhead(seconds: float, peers: int) -> None:
+    """The local cost of replication: the same workloads on a lone node (no mesh: its own
+    database) and on node 1 of 1 + peers replicating nodes, alternating, two rounds."""
+    import db as dbbench  # bench/db.py
+
+    root = Path(tempfile.mkdtemp(prefix="farts-repl-overhead-"))
+    pki.make_ca(root / "ca")
+    plain, plain_port = dbbench.start_server(root / "plain", False)
+    nodes: list[Node] = []
+    try:
+        for i in range(1, peers + 2):
+            nodes.append(Node(root, f"node-{i}", [nodes[-1].mesh()] if nodes else [], DB))
+        docs = 20_000
+        for port in (plain_port, nodes[0].db_port):
+            dbbench.load(port, docs)
+        assert wait(lambda: all(count_items(n) == docs for n in nodes), 120), "not replicated"
+        rows: dict = {}
+        for _ in range(2):
+            for workload in ("insert_one", "find_one"):
+                for clients in (1, 16):
+                    for name, port in (("plain", plain_port), ("replicated", nodes[0].db_port)):
+                        lat = dbbench.run_clients(port, workload, clients, seconds, docs, False)
+                        rows.setdefault((workload, clients, name), []).append(len(lat) / seconds)
+        for workload in ("insert_one", "find_one"):
+            for clients in (1, 16):
+                p, r = rows[(workload, clients, "plain")], rows[(workload, clients, "replicated")]
+                print(f"{workload} x{clients}: lone node {' / '.join(f'{v:,.0f}' for v in p)} ops/s, "
+                      f"replicating node {' / '.join(f'{v:,.0f}' for v in r)} ops/s, "
+                      f"ratio {sum(r) / sum(p):.2f} ({peers} peers)")
+    finally:
+        plain.kill()
+        plain.wait()
+        for n in nodes:
+            n.proc.send_signal(signal.SIGKILL)
+            n.proc.wait()
+
+
+def count_items(node: Node) -> int:
+    try:
+        return client(node.db_port).bench.items.estimated_document_count()
+    except pymongo.errors.PyMongoError:
+        return -1
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--catchup", type=int, default=50_000)
+    ap.add_argument("--overhead", action="store_true",
+                    help="instead: bench/db.py's insert_one and find_one on a node without the mesh and "
+                         "on node 1 of 3 replicating nodes, alternating, --seconds each")
+    ap.add_argument("--peers", type=int, default=2, help="with --overhead: how many other nodes replicate")
     args = ap.parse_args()
+    if args.overhead:
+        overhead(args.seconds, args.peers)
+        return
     root = Path(tempfile.mkdtemp(prefix="farts-repl-bench-"))
     pki.make_ca(root / "ca")
     nodes: list[Node] = []

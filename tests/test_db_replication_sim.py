@@ -569,3 +569,30 @@ def test_a_long_partition_with_writes_on_both_sides_heals():
                 net.deliver(rnd.randrange(len(net.flight)))
     net.settle()
     assert_converged(net)
+
+
+def test_housekeeping_runs_at_most_once_per_interval():
+    """Compaction and retention are write transactions over every document with metadata:
+    a node runs them at most every housekeeping_interval, not on every tick (an idle node
+    on the LMDB store committed 19 times a second before)."""
+    calls = []
+
+    class Counting(MemoryStore):
+        def compact(self, stable):
+            calls.append(stable)
+            super().compact(stable)
+
+    now = [0.0]
+    store = Counting("a", lambda: 1_700_000_000_000 + int(now[0] * 1000))
+    replica = Replica("a", store, housekeeping_interval=1.0)
+    for _ in range(40):           # 2 s of 50 ms ticks; the clock (and so the stable time) moves
+        store.write(NS, "k", {"op": "u", "inc": {"n": 1}})
+        replica.tick(now[0])
+        now[0] += 0.05
+    assert 2 <= len(calls) <= 3, len(calls)
+    every_tick = Replica("a", Counting("a", lambda: 1_700_000_000_000 + int(now[0] * 1000)))
+    calls.clear()
+    for _ in range(10):
+        now[0] += 0.05
+        every_tick.tick(now[0])
+    assert len(calls) == 10

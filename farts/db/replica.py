@@ -264,7 +264,10 @@ class _Outgoing:
 class Replica:
     def __init__(self, me: str, store: ReplicaStore, members: tuple[str, ...] = (), *,
                  status_interval: float = 1.0, retain_records: int = 100_000,
-                 retain_seconds: float = 24 * 3600.0) -> None:
+                 retain_seconds: float = 24 * 3600.0, housekeeping_interval: float = 0.0) -> None:
+        """``housekeeping_interval``: the least time between two compactions (and two
+        retention passes): each is a write transaction of the store, over every document
+        with metadata; 0 runs them on every tick that moves them."""
         self.me, self.store = me, store
         self.status_interval = status_interval
         self.retain_records, self.retain_seconds = retain_records, retain_seconds
@@ -283,6 +286,8 @@ class Replica:
         self._installing = False
         self._ack_to: set[str] = set()
         self.compacted = 0
+        self.housekeeping_interval = housekeeping_interval
+        self._housekept = float("-inf")
         self.stats = {"shipped": 0, "applied": 0, "duplicates": 0, "late": 0, "buffered_dropped": 0,
                       "snapshots_sent": 0, "snapshots_installed": 0, "snapshot_docs": 0, "snapshot_bytes": 0,
                       "catchup_records": 0, "failed": 0, "replayed": 0}
@@ -608,11 +613,13 @@ class Replica:
         if now - self._last_status >= self.status_interval:
             self._last_status = now
             out.append((None, self.status()))
-        point = self.compaction_point()
-        if point > self.compacted:
-            self.store.compact(point)
-            self.compacted = point
-        self._retain()
+        if now - self._housekept >= self.housekeeping_interval:
+            self._housekept = now
+            point = self.compaction_point()
+            if point > self.compacted:
+                self.store.compact(point)
+                self.compacted = point
+            self._retain()
         return out
 
     def _retain(self) -> None:

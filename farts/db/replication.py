@@ -45,6 +45,7 @@ log = logging.getLogger("farts.db.replication")
 
 WRITES = frozenset({"insert", "update", "delete", "findAndModify", "findandmodify"})
 READS = frozenset({"find", "count", "distinct", "aggregate"})
+HOUSEKEEPING = 1.0              # seconds between compactions / oplog truncations (write transactions)
 FORWARD_TIMEOUT = 10.0          # seconds a forwarded read waits without maxTimeMS
 FORWARD_MAX_BYTES = 900_000     # a forwarded reply rides one mesh frame (1 MiB)
 FORWARD_MAX_BATCHES = 10_000    # getMores a primary runs to gather a forwarded cursor
@@ -133,7 +134,8 @@ class Replication:
         self.store, self.commands = store, commands
         self.replica = Replica(self.me, store, status_interval=self.cfg.status_interval,
                                retain_records=self.cfg.oplog_retain_records,
-                               retain_seconds=self.cfg.oplog_retain_seconds)
+                               retain_seconds=self.cfg.oplog_retain_seconds,
+                               housekeeping_interval=HOUSEKEEPING)
         self.peer = ReplicaPeer(self.replica, self.bus, self.clock, on_progress=self._progress)
         commands.on_commit = self.peer.committed_locally
         self._unsubscribe = [self.bus.subscribe(Forward, self._on_forward),
