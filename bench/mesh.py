@@ -73,6 +73,8 @@ class Node:
                 buf += os.read(self.proc.stdout.fileno(), 65536)
         self.admin = re.search(rb"admin\s+(http://\S+)", buf).group(1).decode().rstrip("/")
         self.http_hostport = re.search(rb"http\s+http://(\S+?)/", buf).group(1).decode()
+        db = re.search(rb"db\s+mongodb://[\d.]+:(\d+)/", buf)   # with [db] enabled
+        self.db_port = int(db.group(1)) if db else None
 
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(self.admin + path, timeout=5) as r:
@@ -92,6 +94,13 @@ class Node:
             if line.startswith(name + " "):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+    def counter_plain(self, name: str) -> float:
+        """A metric without labels (0 when the node does not answer)."""
+        try:
+            return self.plain(name)
+        except OSError:
+            return 0.0
 
     def counter(self, name: str) -> float:
         total = 0.0

@@ -194,6 +194,9 @@ def cmd_status(args) -> int:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     print(f"({data['node']} is the node asked, marked *; "
           + ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n) + ")")
+    lag = (data.get("replication") or {}).get("lag_ms")
+    if lag is not None:
+        print("db replication lag: " + (", ".join(f"{o} {ms} ms" for o, ms in sorted(lag.items())) or "-"))
     return 0
 
 

@@ -155,7 +155,10 @@ SERVICES: tuple[Service, ...] = (
             routes={"proxy": lambda n, ups, r: ups[r.upstream]}),
     Service("dns", dns_config.SECTION, build=_build_dns, start_rank=10, stop_rank=10,
             peers=lambda n, dns, bus: [TxtPeer(dns, bus)]),
-    Service("db", db_config.SECTION, build=_build_db, start_rank=20, stop_rank=20),
+    Service("db", db_config.SECTION, build=_build_db, start_rank=20, stop_rank=20,
+            # With a mesh the database is replicated: Store(replicated=True) and a
+            # ReplicaPeer on the bus (farts/db/replication.py), started with the store.
+            peers=lambda n, db, bus: [db.replicate(bus)]),
     Service("mesh", mesh_config.SECTION,
             # The mesh writes the member map (this node included) once it runs.
             build=lambda n: (MeshService(n.cfg, n.members, n.metrics, n.load, clock=n.clock)
@@ -227,6 +230,8 @@ class Node:
             service = self.services[row.name]
             if bus is not None and service is not None and row.peers is not None:
                 self.peers[row.name] = row.peers(self, service, bus)
+        if self.mesh is not None and self.db is not None and self.db.replication is not None:
+            self.mesh.status_extra["replication"] = self.db.replication.status   # /api/mesh
         self.metrics.gauge("farts_node_info", "This node", lambda: {(cfg.node.id, cfg.node.region, __version__): 1},
                            ("node", "region", "version"))
 

@@ -25,6 +25,7 @@ from farts.db.keys import encode as id_key
 from farts.db.replica import (
     BATCH,
     MESSAGES,
+    RELAY_AFTER,
     RESEND,
     MemoryStore,
     Record,
@@ -248,6 +249,43 @@ def test_catch_up_after_a_partition_ships_exactly_what_is_missing():
     assert shipped >= applied - 0 and shipped <= applied * 2   # a catch-up never ships everything again
 
 
+def test_a_third_node_relays_only_what_the_origin_cannot_deliver():
+    """A peer that is behind gets an origin's records from that origin, not from every
+    node that has them too; when the origin cannot reach it (a partial partition), a
+    third node relays them once the peer has made no progress for RELAY_AFTER intervals."""
+    net = seeded(("a", "b", "c"))
+    net.partition({"c"}, {"a", "b"})
+    for i in range(5):
+        net.write("a", f"x{i}", {"op": "i", "doc": {"_id": f"x{i}"}})
+    net.tick("a")
+    while net.flight:
+        net.deliver()
+    assert net.stores["b"].applied()["a"][0] == net.stores["a"].applied()["a"][0]
+    # c comes back: a and b both hear c's vector; only a ships a's records.
+    net.heal()
+    while any(src == "c" for src, _, _, _ in net.flight):     # c's vector reaches a and b
+        net.deliver(next(i for i, f in enumerate(net.flight) if f[0] == "c"))
+    relayed = [(src, m) for src, dst, cls, wire in net.flight if dst == "c" and cls is Records
+               for m in [Records.from_wire(msgpack.unpackb(wire))]]
+    assert relayed and all(src == "a" for src, _ in relayed)
+    while net.flight:
+        net.deliver()
+    assert net.replicas["c"].stats["duplicates"] == 0 and net.converged()
+
+    # Only b reaches c: a's records get there through b, after RELAY_AFTER status intervals.
+    net.cut = {frozenset(("a", "c"))}
+    for i in range(5, 9):
+        net.write("a", f"x{i}", {"op": "i", "doc": {"_id": f"x{i}"}})
+    for _ in range(int(RELAY_AFTER * 4) + 4):
+        net.now += net.replicas["b"].status_interval / 2
+        for n in net.ids:
+            net.tick(n)
+        while net.flight:
+            net.deliver()
+    assert net.stores["c"].applied()["a"][0] == net.stores["a"].applied()["a"][0]
+    assert_converged(net)
+
+
 def test_a_new_node_behind_the_retained_oplog_gets_a_snapshot():
     net = seeded(retain_records=5)
     for i in range(40):
@@ -418,11 +456,16 @@ def test_on_a_bus_local_writes_are_flushed_together_and_a_peer_coming_up_gets_th
     assert [(to, type(m), len(m.records)) for to, m in sent] == [(None, Records, 3)]
     bus.map.update(Member("b", state=ALIVE))
     assert sent[-1][0] == "b" and sent[-1][1].vv == {"a": 3}
-    bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
-    assert not [m for to, m in sent if to == "b" and isinstance(m, Records)]   # in flight: not yet again
-    clock.advance(RESEND)
+    # The broadcast went out while b was down: taken as lost when b comes up, so b's
+    # vector gets the records at once; asked again at once, they are in flight: not again
+    # before RESEND.
     bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
     assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [3]
+    bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
+    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [3]
+    clock.advance(RESEND)
+    bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
+    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [3, 3]
     peer.stop()
 
 
@@ -526,3 +569,30 @@ def test_a_long_partition_with_writes_on_both_sides_heals():
                 net.deliver(rnd.randrange(len(net.flight)))
     net.settle()
     assert_converged(net)
+
+
+def test_housekeeping_runs_at_most_once_per_interval():
+    """Compaction and retention are write transactions over every document with metadata:
+    a node runs them at most every housekeeping_interval, not on every tick (an idle node
+    on the LMDB store committed 19 times a second before)."""
+    calls = []
+
+    class Counting(MemoryStore):
+        def compact(self, stable):
+            calls.append(stable)
+            super().compact(stable)
+
+    now = [0.0]
+    store = Counting("a", lambda: 1_700_000_000_000 + int(now[0] * 1000))
+    replica = Replica("a", store, housekeeping_interval=1.0)
+    for _ in range(40):           # 2 s of 50 ms ticks; the clock (and so the stable time) moves
+        store.write(NS, "k", {"op": "u", "inc": {"n": 1}})
+        replica.tick(now[0])
+        now[0] += 0.05
+    assert 2 <= len(calls) <= 3, len(calls)
+    every_tick = Replica("a", Counting("a", lambda: 1_700_000_000_000 + int(now[0] * 1000)))
+    calls.clear()
+    for _ in range(10):
+        now[0] += 0.05
+        every_tick.tick(now[0])
+    assert len(calls) == 10

@@ -228,3 +228,12 @@ def test_db_config_errors_name_the_key(tmp_path):
     cfg = config.parse('[db]\nauth = true\n[[db.users]]\nname = "a"\npassword = "b"\ntenant = "nope"\n', "f.toml")
     with pytest.raises(config.ConfigError, match=r"f.toml: db.users\[0\].tenant: no tenant named 'nope'"):
         DBService(cfg.db, tmp_path, "n", Metrics(), {"demo"}, "f.toml")
+    # Replication settings (oplog retention, status interval, the primary).
+    with pytest.raises(config.ConfigError, match=r"f.toml: db.oplog_retain_records: expected a positive number"):
+        config.parse("[db]\noplog_retain_records = 0\n", "f.toml")
+    with pytest.raises(config.ConfigError, match=r"f.toml: db.oplog_retain_seconds: expected a positive number"):
+        config.parse("[db]\noplog_retain_seconds = -1\n", "f.toml")
+    with pytest.raises(config.ConfigError, match=r"f.toml: db.status_interval: expected a number of seconds"):
+        config.parse("[db]\nstatus_interval = 100\n", "f.toml")
+    with pytest.raises(config.ConfigError, match=r"f.toml: db.primary: expected a string"):
+        config.parse("[db]\nprimary = 3\n", "f.toml")

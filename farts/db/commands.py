@@ -110,6 +110,7 @@ class Commands:
         # (tenant, user, lsid) → (txnNumber, future of its reply): retryable writes run once.
         self.retryable: collections.OrderedDict = collections.OrderedDict()
         self.retried_writes = 0
+        self.on_commit = lambda: None   # after each local write commit (replication ships it)
         self.connections_current = 0
         self.connections_total = 0
         self.read_preferences = metrics.counter(
@@ -568,7 +569,9 @@ class Commands:
     # ---- writes ----
 
     async def _write(self, fn, exclusive: bool = False):
-        return await asyncio.wrap_future(self.store.submit(fn, exclusive))
+        result = await asyncio.wrap_future(self.store.submit(fn, exclusive))
+        self.on_commit()
+        return result
 
     def _write_once(self, session: Session, cmd: Command, fn):
         """A retryable write (lsid + txnNumber, as drivers send by default) runs once: the

@@ -39,6 +39,18 @@ class DBConfig:
     # Secondary indexes over all collections and tenants (each is an LMDB sub-database,
     # and every read transaction costs more the more of them are allowed).
     max_indexes: int = setting(500, Check(lambda v: 1 <= v <= 30000, "an integer 1-30000"))
+    # Replication (when the mesh is enabled, every node's database is a replica of one
+    # deployment-wide database). The oplog keeps other origins' records for peers that
+    # are behind: at most this many per origin, and none older than this; a peer further
+    # behind gets a snapshot. A node's own records stay until every member has them.
+    oplog_retain_records: int = setting(100_000, POSITIVE)
+    oplog_retain_seconds: float = setting(24 * 3600.0, POSITIVE)
+    # How often a node tells its peers what it has applied (also sent as acks and on
+    # reconnect): bounds how long a causal read or w: "majority" waits for an idle peer.
+    status_interval: float = setting(0.2, Check(lambda v: 0.01 <= v <= 60, "a number of seconds 0.01-60"))
+    # The node id reads with readPreference primary (the driver's default) go to; "":
+    # every node answers them itself.
+    primary: str = ""
 
 
 SECTION = Section("db", DBConfig, DBConfig)

@@ -45,15 +45,13 @@ The protocol
   ``retain_seconds`` (a node that is further behind gets a snapshot). A node's own
   records are kept until every member has them: they exist nowhere else.
 
-Left for the integration (issue 12): a row in ``farts/node.py`` that builds
-``Store(replicated=True)`` and a ``ReplicaPeer`` on the mesh bus (the process that owns
-the mesh and the store's writer), with ``committed_locally()`` called after local write
-commits, ``[db]`` settings for retention, and metrics from ``stats``, ``lag_ms()``,
-``Store.unique_conflicts`` and ``Store.oversized``; ``readPreference``/primary forwarding,
-causal reads (wait until ``frontier()`` passes ``afterClusterTime``) and
-``w: "majority"`` (``acked(origin, seq)``). A node must exchange vectors (and observe
-its peers' HLCs) before it takes writes, or a node with a slow clock may write below
-what the others compacted (counted as ``late``). Catalog commands travel as no-ops.
+On a node: ``farts/db/replication.py`` (built through the db row of ``farts/node.py``
+when the mesh is enabled) runs this on the mesh bus with ``Store(replicated=True)``, calls
+``committed_locally()`` after local commits, turns ``stats``/``lag_ms()`` into metrics, and
+serves causal reads (``frontier``), ``w: "majority"`` (``acked``) and read preferences.
+Still open: a node does not exchange vectors (and observe its peers' HLCs) before it
+takes writes, so a node with a slow clock may write below what the others compacted
+(counted as ``late``). Catalog commands travel as no-ops.
 """
 from __future__ import annotations
 
@@ -81,6 +79,7 @@ BATCH_BYTES = 256 * 1024   # and bytes (mesh frames are at most 1 MiB by default
 SNAPSHOT_DOCS = 256        # documents per snapshot chunk
 SNAPSHOT_CHUNKS_PER_TICK = 16
 MAX_BUFFERED = 10_000      # out-of-order records held per origin
+RELAY_AFTER = 2           # status intervals without progress before others' records are relayed
 RESEND = 2.0               # seconds before shipped-but-unacknowledged records are shipped again
 
 Out = list[tuple[str | None, PeerMessage]]
@@ -251,6 +250,7 @@ class _Peer:
     stable: int = 0           # its stable time, counted once its records up to the report are here
     shipped: dict = field(default_factory=dict)    # origin -> (seq shipped up to, when)
     snapshot_done: float | None = None             # when the last snapshot to it finished
+    stalled: dict = field(default_factory=dict)    # origin -> (its seq there, since when): relaying
 
 
 @dataclass
@@ -264,7 +264,10 @@ class _Outgoing:
 class Replica:
     def __init__(self, me: str, store: ReplicaStore, members: tuple[str, ...] = (), *,
                  status_interval: float = 1.0, retain_records: int = 100_000,
-                 retain_seconds: float = 24 * 3600.0) -> None:
+                 retain_seconds: float = 24 * 3600.0, housekeeping_interval: float = 0.0) -> None:
+        """``housekeeping_interval``: the least time between two compactions (and two
+        retention passes): each is a write transaction of the store, over every document
+        with metadata; 0 runs them on every tick that moves them."""
         self.me, self.store = me, store
         self.status_interval = status_interval
         self.retain_records, self.retain_seconds = retain_records, retain_seconds
@@ -283,9 +286,11 @@ class Replica:
         self._installing = False
         self._ack_to: set[str] = set()
         self.compacted = 0
+        self.housekeeping_interval = housekeeping_interval
+        self._housekept = float("-inf")
         self.stats = {"shipped": 0, "applied": 0, "duplicates": 0, "late": 0, "buffered_dropped": 0,
-                      "snapshots_sent": 0, "snapshots_installed": 0, "snapshot_docs": 0, "catchup_records": 0,
-                      "failed": 0}
+                      "snapshots_sent": 0, "snapshots_installed": 0, "snapshot_docs": 0, "snapshot_bytes": 0,
+                      "catchup_records": 0, "failed": 0, "replayed": 0}
 
     # ---- membership --------------------------------------------------------------
 
@@ -332,7 +337,9 @@ class Replica:
         return []
 
     def link_up(self, node_id: str, now: float) -> Out:
-        """A peer is (again) reachable: exchange vectors."""
+        """A peer is (again) reachable: exchange vectors. What was shipped to it before is
+        taken as lost (shipped again on its vector, not after RESEND)."""
+        self._peer(node_id).shipped.clear()
         return [(node_id, self.status())]
 
     def _have(self, origin: str, applied: dict) -> int:
@@ -393,6 +400,8 @@ class Replica:
         for outcome in outcomes:
             if outcome == "late":
                 self.stats["late"] += 1
+            elif outcome == "replayed":    # arrived out of HLC order: merged by the rules
+                self.stats["replayed"] += 1
             if isinstance(outcome, str):
                 self.stats["applied"] += 1
             elif isinstance(outcome, Exception):
@@ -443,6 +452,17 @@ class Replica:
             theirs = msg.vv.get(origin, 0)
             if theirs >= seq:
                 continue
+            if origin != self.me:
+                # A third origin's records: that origin ships them itself. Relay only when
+                # the peer has made no progress on them for RELAY_AFTER status intervals
+                # (the origin cannot reach it, is dead, or a batch was lost), so a peer
+                # that is behind does not get every record twice.
+                since = peer.stalled.get(origin)
+                if since is None or since[0] != theirs:
+                    peer.stalled[origin] = (theirs, now)
+                    continue
+                if now - since[1] < RELAY_AFTER * self.status_interval:
+                    continue
             start = theirs
             shipped = peer.shipped.get(origin)
             if shipped and shipped[0] > theirs and now - shipped[1] < RESEND:
@@ -487,6 +507,7 @@ class Replica:
                     data = bson.encode({"id": _id, "s": state})
                     docs.append([ns, data])
                     size += len(data)
+                    self.stats["snapshot_bytes"] += len(data)
                     if len(docs) >= SNAPSHOT_DOCS or size >= BATCH_BYTES:
                         break
                 last = len(docs) < SNAPSHOT_DOCS and size < BATCH_BYTES
@@ -539,11 +560,12 @@ class Replica:
                 peer.stable = max(peer.stable, r.stable)
             peer.covered = max(peer.covered, applied.get(node_id, (0, 0))[1])
 
-    def frontier(self, own: int | None = None, applied: dict | None = None) -> int:
-        """An HLC at or below which every operation of every origin is applied here."""
+    def frontier(self, own: int | None = None, applied: dict | None = None, origins=None) -> int:
+        """An HLC at or below which every operation of every origin (of ``origins``, by
+        default every member) is applied here."""
         own = self.store.covered() if own is None else own
         applied = self.store.applied() if applied is None else applied
-        origins = self.members - {self.me}   # a node that left writes no more
+        origins = (self.members if origins is None else set(origins)) - {self.me}   # a node that left writes no more
         return min([own] + [max(self._peer(o).covered, applied.get(o, (0, 0))[1]) for o in origins])
 
     def stable(self, frontier: int | None = None) -> int:
@@ -591,11 +613,13 @@ class Replica:
         if now - self._last_status >= self.status_interval:
             self._last_status = now
             out.append((None, self.status()))
-        point = self.compaction_point()
-        if point > self.compacted:
-            self.store.compact(point)
-            self.compacted = point
-        self._retain()
+        if now - self._housekept >= self.housekeeping_interval:
+            self._housekept = now
+            point = self.compaction_point()
+            if point > self.compacted:
+                self.store.compact(point)
+                self.compacted = point
+            self._retain()
         return out
 
     def _retain(self) -> None:
@@ -640,8 +664,12 @@ class ReplicaPeer:
     store's commits, and flushes local records at the end of the loop iteration that
     committed them (one batch for all)."""
 
-    def __init__(self, replica: Replica, bus: PeerBus, clock: Clock, tick: float = 0.05) -> None:
+    def __init__(self, replica: Replica, bus: PeerBus, clock: Clock, tick: float = 0.05,
+                 on_progress: Callable[[], None] | None = None) -> None:
+        """``on_progress``: called after anything that may have moved what this node has
+        applied or knows of its peers (a message, a commit, a tick): waiters look again."""
         self.replica, self.bus, self.clock = replica, bus, clock
+        self.on_progress = on_progress or (lambda: None)
         self._flush_timer = None
         self._watched: set = set()
         self._unsubscribe = [bus.subscribe(cls, self._on_message) for cls in MESSAGES]
@@ -662,6 +690,7 @@ class ReplicaPeer:
     def _on_message(self, msg: PeerMessage, env: Envelope) -> None:
         self._send(self.replica.receive(msg, env.origin, self.clock.monotonic()))
         self._watch()
+        self.on_progress()
 
     def _watch(self) -> None:
         """The store commits in its writer thread: back on the loop when it has."""
@@ -675,6 +704,7 @@ class ReplicaPeer:
         self._watched.discard(fut)
         self._send(self.replica.committed(self.clock.monotonic()))
         self._watch()
+        self.on_progress()
 
     def _on_member(self, old: Member | None, new: Member) -> None:
         self._members()
@@ -693,6 +723,8 @@ class ReplicaPeer:
 
     def _tick(self, now: float) -> None:
         self._send(self.replica.tick(now))
+        self._watch()
+        self.on_progress()
 
     def stop(self) -> None:
         self._ticker.cancel()

@@ -15,7 +15,9 @@ from farts.db import scram, wire
 from farts.db.commands import Commands, Session
 from farts.db.config import DBConfig
 from farts.db.errors import MongoError, error_document
+from farts.db.replication import Replication
 from farts.db.store import Store
+from farts.peer import PeerBus
 from farts.transport.kit import QUEUE, ConnectionStats, ListenerKit, StreamProtocol
 
 log = logging.getLogger("farts.db")
@@ -145,7 +147,10 @@ class DBProtocol(StreamProtocol):
             if req.op_code == wire.OP_QUERY and name not in LEGACY_HANDSHAKE:
                 raise MongoError(352, "UnsupportedOpQueryCommand", f"Unsupported OP_QUERY command: {name}. "
                                  "OP_QUERY serves only the isMaster handshake; the client driver may require an upgrade.")
-            result = svc.commands.run(self.session, cmd)
+            if svc.replication is not None:
+                result = svc.replication.run(self.session, cmd, lambda: svc.commands.run(self.session, cmd))
+            else:
+                result = svc.commands.run(self.session, cmd)
         except MongoError as e:
             result = e
         except Exception as e:  # noqa: BLE001 - a bug answers an error, never kills the connection
@@ -177,6 +182,8 @@ class DBProtocol(StreamProtocol):
             result = error_document(result)
         else:
             outcome = "write_error" if result.get("writeErrors") else "ok"
+        if self.service.replication is not None and isinstance(result, dict):
+            result = self.service.replication.stamp(result)
         elapsed = time.perf_counter() - started
         stats.commands.inc((label, outcome))
         stats.latency.observe(elapsed, (label,))
@@ -242,6 +249,13 @@ class DBService:
         self.store: Store | None = None
         self.commands: Commands | None = None
         self.stats: DBStats | None = None
+        self.replication: Replication | None = None
+
+    def replicate(self, bus: PeerBus) -> Replication:
+        """The node has a mesh: this database is a replica of the deployment's, replicated
+        over ``bus`` (called before ``start``; the returned object stops with the peers)."""
+        self.replication = Replication(self.node_id, bus, self.clock, self.cfg, self.metrics)
+        return self.replication
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -249,7 +263,8 @@ class DBService:
         creds = await loop.run_in_executor(None, lambda: {
             u.name: scram.make_credential(u.name, u.password, u.tenant) for u in cfg.users})
         self.store = Store(self.data_dir, self.node_id, sync=cfg.sync, map_size=cfg.map_size,
-                           max_indexes=cfg.max_indexes, display_ns=display_ns)
+                           max_indexes=cfg.max_indexes, display_ns=display_ns,
+                           replicated=self.replication is not None)
         self.commands = Commands(self.store, node_id=self.node_id, auth=cfg.auth, credentials=creds,
                                  max_message_bytes=cfg.max_message_bytes, metrics=self.metrics,
                                  clock=self.clock)
@@ -257,6 +272,8 @@ class DBService:
                                max_connections=cfg.max_connections,
                                max_connections_per_ip=self.limits.max_connections_per_ip)
         self.stats = DBStats(self.metrics, self)
+        if self.replication is not None:
+            self.replication.attach(self.store, self.commands)
         try:
             await self.kit.start(lambda: DBProtocol(self), cfg.host, cfg.port)
         except OSError as e:

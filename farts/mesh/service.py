@@ -78,6 +78,9 @@ class MeshService:
         self.bus = Bus(self.me, self.epoch, members, self.hlc,
                        lambda: self.links.links if self.links else {}, metrics)
         self._timer: Timer | None = None
+        # More sections of /api/mesh: name -> a function of nothing returning JSON
+        # (node.py adds the database's replication view).
+        self.status_extra: dict[str, Callable[[], Any]] = {}
         self._timer_at = float("inf")
         self.stats = LinkStats(metrics)
         self.rtt = metrics.histogram("farts_mesh_probe_rtt_seconds", "Direct probe round trips", ("peer",),
@@ -298,7 +301,8 @@ class MeshService:
                          "last_heard_s": None if p.last_heard is None else round(now - p.last_heard, 2),
                          "link": p.id in links, "self": False, "mesh": p.meta.get("mesh")})
         counts = {s: sum(1 for r in rows if r["state"] == s) for s in (ALIVE, SUSPECT, DRAINING, DEAD, LEFT)}
-        return {"node": self.me, "members": rows, "counts": counts}
+        return {"node": self.me, "members": rows, "counts": counts,
+                **{name: fn() for name, fn in self.status_extra.items()}}
 
 
 class DrainHandler:

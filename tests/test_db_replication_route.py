@@ -1,0 +1,83 @@
+"""Where a read goes (farts/db/replication.py's routing), with a real Replica on a memory
+store and a member map standing in for the mesh's view: readPreference modes, a dead
+primary, and maxStalenessSeconds against the measured lag (drivers refuse a
+maxStalenessSeconds under 90 s, and a real lag of 90 s has no place in a fast test)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from bson.timestamp import Timestamp
+
+from farts.clock import FakeClock, pack
+from farts.db.commands import Command
+from farts.db.config import DBConfig
+from farts.db.errors import MongoError
+from farts.db.replica import MemoryStore, Replica, Status
+from farts.db.replication import Replication, from_timestamp, to_timestamp
+from farts.members import ALIVE, DEAD, Member, MemberMap
+
+
+class Bus:
+    """The part of the PeerBus routing reads: who is there, in what state."""
+
+    def __init__(self, members: MemberMap) -> None:
+        self.map = members
+
+    def members(self):
+        return self.map.members()
+
+
+def setup(primary: str):
+    wall = [1_000_000]
+    members = MemberMap([Member("a"), Member("b"), Member("p")])
+    rep = Replication("a", Bus(members), FakeClock(), DBConfig(primary=primary))
+    store = MemoryStore("a", lambda: wall[0])
+    rep.store, rep.replica = store, Replica("a", store, ("b", "p"))
+    return rep, members, wall
+
+
+def read(mode: str | None, **rp) -> Command:
+    pref = None if mode is None else {"mode": mode, **rp}
+    return Command("find", "app", {"find": "c", "$db": "app"}, {}, pref)
+
+
+def test_read_preference_modes_and_a_dead_primary():
+    rep, members, _ = setup("p")
+    assert rep._route(read(None)) == "p"                 # a driver's default is primary
+    assert rep._route(read("primary")) == "p"
+    assert rep._route(read("primaryPreferred")) == "p"
+    for mode in ("nearest", "secondary", "secondaryPreferred"):
+        assert rep._route(read(mode)) is None
+    members.update(dataclasses.replace(members.get("p"), state=DEAD, incarnation=1))
+    with pytest.raises(MongoError) as e:
+        rep._route(read("primary"))
+    assert e.value.code == 13435
+    assert rep._route(read("primaryPreferred")) is None
+    rep2, _, _ = setup("")
+    assert rep2._route(read("primary")) is None          # no primary configured: every node answers
+    rep3, _, _ = setup("a")
+    assert rep3._route(read("primary")) is None          # this node is the primary
+
+
+def test_max_staleness_uses_the_measured_lag():
+    rep, members, wall = setup("")
+    assert rep._route(read("nearest", maxStalenessSeconds=90)) is None
+    # Peer b reports records this node lacks, written at least 120 s after what it has of b
+    # (nothing: the lag counts from HLC 0, more than 120 s).
+    rep.replica.receive(Status({"b": 5}, pack(wall[0] + 120_000, 0), 0, 0), "b", 0.0)
+    assert rep.replica.lag_ms()["b"] >= 120_000
+    with pytest.raises(MongoError) as e:
+        rep._route(read("nearest", maxStalenessSeconds=90))
+    assert e.value.code == 133
+    assert rep._route(read("nearest", maxStalenessSeconds=rep.replica.lag_ms()["b"] // 1000 + 1)) is None
+    rep.cfg = DBConfig(primary="p")                       # a stale node sends it to the primary
+    assert rep._route(read("nearest", maxStalenessSeconds=90)) == "p"
+    assert members.get("p").state == ALIVE
+
+
+def test_cluster_time_is_the_hlc_in_order():
+    for hlc in (0, 1, pack(1_700_000_000_000, 0), pack(1_700_000_000_000, 65535), (1 << 63) - 1):
+        assert from_timestamp(to_timestamp(hlc)) == hlc
+    a, b = pack(1_700_000_000_000, 7), pack(1_700_000_000_001, 0)
+    assert to_timestamp(a) < to_timestamp(b) and isinstance(to_timestamp(a), Timestamp)
