@@ -144,7 +144,9 @@ def _build_status(n: Node) -> Sampler:
                    a.history_seconds,
                    members=lambda: member_rows(me.id, me.region, n.mesh.status() if n.mesh else None,
                                                n.members.members()),
-                   slow=lambda: list(reversed(n.stats.slow_log)))
+                   # (the clients' slow requests: the page's own, on the admin listener, left
+                   # out as from its rates; /api/slow has them all)
+                   slow=lambda: [e for e in reversed(n.stats.slow_log) if e["listener"] != "admin"])
 
 
 SERVICES: tuple[Service, ...] = (
