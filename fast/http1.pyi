@@ -22,6 +22,9 @@ class Request:
     def version(self) -> int:
         """10 or 11."""
     @property
+    def plain_path(self) -> bool:
+        """The path has no "%" and no "/.": a router need not check it for dot segments."""
+    @property
     def headers(self) -> list[Header]:
         """(lowercase name, value without surrounding whitespace), in order."""
     @property

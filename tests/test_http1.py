@@ -1294,3 +1294,12 @@ def test_a_chunked_body_declaring_more_than_max_body_is_refused_at_its_size_line
     assert [e for e in events if type(e) is bytes] == [b"hello", b"world", b"0123456789"]
     assert not any(type(e) is HTTPError for e in events)
     assert RequestParser().max_body == -1   # no limit unless set
+
+
+@given(st.lists(st.sampled_from([b"/", b".", b"..", b"%", b"%2e", b"a", b"b.c", b"-"]), min_size=0, max_size=12),
+       st.sampled_from([b"", b"?q=%20&x=/."]))
+def test_plain_path_is_exactly_no_percent_and_no_slash_dot_in_the_path(parts, query):
+    path = b"/" + b"".join(parts)
+    head = RequestParser().feed(b"GET " + path + query + b" HTTP/1.1\r\nHost: a\r\n\r\n")[0]
+    assert head.path == path
+    assert head.plain_path == (b"%" not in path and b"/." not in path)

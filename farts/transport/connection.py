@@ -234,7 +234,7 @@ class HTTP1Connection(asyncio.Protocol):
             # Other codings (gzip, ...) cannot be forwarded faithfully: RFC 9112 §6.1.
             self._fail(501, "transfer coding not supported")
             return
-        resolved = listener.router.resolve(head.host, head.path)
+        resolved = listener.router.resolve(head.host, head.path, head.plain_path)
         if type(resolved) is Fixed:  # unknown host or no route
             if head.chunked or head.content_length > 0:
                 self.body = self.req_body = RequestBody(self, listener.limits.max_body_bytes)

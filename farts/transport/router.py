@@ -70,8 +70,10 @@ class Router:
         return [("-", self.unknown_host), ("-", self.not_found), *(("-", f) for f in self.bad_path.values()),
                 *rows.values()]
 
-    def resolve(self, host: bytes, path: bytes):
-        if b"/." in path or b"%" in path:   # (the usual path has neither: one scan each)
+    def resolve(self, host: bytes, path: bytes, plain: bool = False):
+        """``plain``: the parser found no "%" and no "/." in the path (HTTP/1.1: the
+        head's ``plain_path``, for free), so the checks below can be skipped."""
+        if not plain and (b"/." in path or b"%" in path):
             problem = path_problem(path, self.reject_encoded_slashes)
             if problem is not None:
                 return self.bad_path[problem]
