@@ -5,6 +5,7 @@ The node orders, installs and serves the certificate (openssl s_client -serverna
 keeps it when the CA is down for a renewal, and counts both outcomes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -94,37 +95,27 @@ def start_pebble(tmp_path, node, acme_port: int) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_the_node_orders_serves_and_keeps_its_certificate(tmp_path):
+@contextlib.contextmanager
+def acme_node(tmp_path, names: dict[str, str], hosts: list[str], certs: str):
+    """A node serving zone farts.test (``names``: A records) for one tenant of ``hosts``,
+    with [certs] ordering from a pebble started for it; yields (node, pebble) and stops both."""
     ca, acme_port = pebble_ca(tmp_path)
+    records = "".join(f'[[dns.records]]\nname = "{n}"\ntype = "A"\nvalue = "{v}"\n' for n, v in names.items())
     node = start_node(tmp_path, f"""
 [dns]
 enabled = true
 port = 0
 zone = "farts.test"
-[[dns.records]]
-name = "www"
-type = "A"
-value = "127.0.0.1"
-[[dns.records]]
-name = "api"
-type = "A"
-value = "127.0.0.1"
-
+{records}
 [[tenants]]
 id = "site"
-hosts = ["www.farts.test", "api.farts.test"]
+hosts = {json.dumps(hosts)}
 
 [certs]
 enabled = true
-domains = ["www.farts.test", "api.farts.test"]
 directory_url = "https://127.0.0.1:{acme_port}/dir"
 ca_bundle = "{ca}"
-retry_min = 2.0
-retry_max = 4.0
-order_timeout = 90.0
-
+{certs}
 [[routes]]
 prefix = "/"
 kind = "static"
@@ -133,6 +124,18 @@ body = "hello\\n"
     pebble = None
     try:
         pebble = start_pebble(tmp_path, node, acme_port)
+        yield node, pebble
+    finally:
+        if pebble is not None and pebble.poll() is None:
+            os.killpg(pebble.pid, signal.SIGKILL)
+        node.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_node_orders_serves_and_keeps_its_certificate(tmp_path):
+    with acme_node(tmp_path, {"www": "127.0.0.1", "api": "127.0.0.1"}, ["www.farts.test", "api.farts.test"],
+                   'domains = ["www.farts.test", "api.farts.test"]\nretry_min = 2.0\nretry_max = 4.0\norder_timeout = 90.0\n') as (node, pebble):
         https = node.port("https")
         issued = wait_for(lambda: "Pebble" in served_issuer(https, "www.farts.test"), 150)
         log = (tmp_path / "pebble.log").read_text(errors="replace")
@@ -161,10 +164,6 @@ body = "hello\\n"
         assert "Pebble" in served_issuer(https, "www.farts.test")
         assert admin_json(node, "/api/certs")["last_error"]
         assert node.alive()
-    finally:
-        if pebble is not None and pebble.poll() is None:
-            os.killpg(pebble.pid, signal.SIGKILL)
-        node.stop()
 
 
 def test_config_errors_name_the_key():
@@ -178,38 +177,8 @@ def test_config_errors_name_the_key():
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_wildcard_certificate_by_dns01_on_the_nodes_own_dns(tmp_path):
-    ca, acme_port = pebble_ca(tmp_path)
-    node = start_node(tmp_path, f"""
-[dns]
-enabled = true
-port = 0
-zone = "farts.test"
-[[dns.records]]
-name = "@"
-type = "A"
-value = "127.0.0.1"
-
-[[tenants]]
-id = "site"
-hosts = ["farts.test", "shop.farts.test"]
-
-[certs]
-enabled = true
-challenge = "dns-01"
-domains = ["farts.test", "*.farts.test"]
-directory_url = "https://127.0.0.1:{acme_port}/dir"
-ca_bundle = "{ca}"
-retry_min = 2.0
-retry_max = 4.0
-
-[[routes]]
-prefix = "/"
-kind = "static"
-body = "hello\\n"
-""")
-    pebble = None
-    try:
-        pebble = start_pebble(tmp_path, node, acme_port)
+    with acme_node(tmp_path, {"@": "127.0.0.1"}, ["farts.test", "shop.farts.test"],
+                   'challenge = "dns-01"\ndomains = ["farts.test", "*.farts.test"]\nretry_min = 2.0\nretry_max = 4.0\n') as (node, pebble):
         https = node.port("https")
         issued = wait_for(lambda: "Pebble" in served_issuer(https, "shop.farts.test"), 150)
         log = (tmp_path / "pebble.log").read_text(errors="replace")
@@ -220,41 +189,13 @@ body = "hello\\n"
         out = subprocess.run(["dig", "+short", "@127.0.0.1", "-p", str(dns_port(node)), "TXT",
                               "_acme-challenge.farts.test"], capture_output=True, text=True, timeout=10)
         assert out.returncode == 0 and out.stdout.strip() == ""
-    finally:
-        if pebble is not None and pebble.poll() is None:
-            os.killpg(pebble.pid, signal.SIGKILL)
-        node.stop()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_refused_order_is_counted_retried_and_installs_nothing(tmp_path):
-    ca, acme_port = pebble_ca(tmp_path)
-    node = start_node(tmp_path, f"""
-[dns]
-enabled = true
-port = 0
-zone = "farts.test"
-[[dns.records]]
-name = "www"
-type = "A"
-value = "127.0.0.1"
-
-[[tenants]]
-id = "site"
-hosts = ["www.farts.test", "gone.farts.test"]
-
-[certs]
-enabled = true
-domains = ["www.farts.test", "gone.farts.test"]
-directory_url = "https://127.0.0.1:{acme_port}/dir"
-ca_bundle = "{ca}"
-retry_min = 1.0
-retry_max = 2.0
-""")
-    pebble = None
-    try:
-        pebble = start_pebble(tmp_path, node, acme_port)
+    with acme_node(tmp_path, {"www": "127.0.0.1"}, ["www.farts.test", "gone.farts.test"],
+                   'domains = ["www.farts.test", "gone.farts.test"]\nretry_min = 1.0\nretry_max = 2.0\n') as (node, pebble):
         # gone.farts.test has no address in the zone: the CA cannot validate it, and the
         # order fails (then again, after the backoff).
         assert wait_for(lambda: metric(node, "farts_certs_orders_total", 'outcome="failed"') >= 2, 120), \
@@ -263,7 +204,5 @@ retry_max = 2.0
         assert status["failures_in_a_row"] >= 2 and status["last_error"] and status["not_after"] is None
         assert not (node.data_dir / "certs" / "acme.crt").exists()
         assert "Pebble" not in served_issuer(node.port("https"), "www.farts.test")
-    finally:
-        if pebble is not None and pebble.poll() is None:
-            os.killpg(pebble.pid, signal.SIGKILL)
-        node.stop()
+
+

@@ -501,18 +501,23 @@ def test_responses_to_a_client_that_does_not_read_stay_within_its_window(node):
         sock.close()
 
 
+def h2_client(node) -> tuple[H2Connection, ssl.SSLSocket]:
+    """An h2-library client connection over TLS (ALPN h2) to the node, preface queued."""
+    c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    c.initiate_connection()
+    ctx = tls(node)
+    ctx.set_alpn_protocols(["h2"])
+    return c, ctx.wrap_socket(socket.create_connection(("127.0.0.1", node.port("https")), timeout=10),
+                              server_hostname="localhost")
+
+
 def test_websocket_over_h2_by_extended_connect(node):
     """RFC 8441 from a client on the h2 library (frames by wsproto): the server's
     SETTINGS allow extended CONNECT, /live answers 200, and the WebSocket commands and
     events of the pub/sub service flow in DATA frames; a plain CONNECT gets 501."""
     from wsproto.frame_protocol import FrameProtocol, Opcode
 
-    c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
-    c.initiate_connection()
-    ctx = tls(node)
-    ctx.set_alpn_protocols(["h2"])
-    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", node.port("https")), timeout=10),
-                           server_hostname="localhost")
+    c, sock = h2_client(node)
     ws = FrameProtocol(client=True, extensions=[])
     got: list = []   # (kind, value) from the server, in order
 
@@ -568,12 +573,7 @@ def test_websocket_over_h2_to_the_proxy_passes_through_to_the_application(node, 
     101 upstream) answers through the tunnel, in DATA frames on the h2 stream."""
     from wsproto.frame_protocol import FrameProtocol, Opcode
 
-    c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
-    c.initiate_connection()
-    ctx = tls(node)
-    ctx.set_alpn_protocols(["h2"])
-    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", node.port("https")), timeout=10),
-                           server_hostname="localhost")
+    c, sock = h2_client(node)
     ws = FrameProtocol(client=True, extensions=[])
     texts: list[str] = []
     status: list[bytes] = []
