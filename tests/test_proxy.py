@@ -479,8 +479,13 @@ def test_head_and_bodiless_responses(node, ups):
 
 # -- the pure parts, without sockets -------------------------------------------------------
 
-def test_header_rewriting():
-    from farts.proxy.headers import origin_form, request_headers, response_headers
+@pytest.mark.parametrize("impl", ["fast.proxyhead", "farts.proxy.headers"])
+def test_header_rewriting(impl):
+    import importlib
+
+    from farts.proxy.headers import origin_form
+    rewriting = importlib.import_module(impl)   # the compiled one and its reference
+    request_headers, response_headers = rewriting.request_headers, rewriting.response_headers
 
     hs = [(b"host", b"example.com"), (b"connection", b"Keep-Alive, X-Secret"),
           (b"x-secret", b"1"), (b"keep-alive", b"300"), (b"te", b"trailers"),
