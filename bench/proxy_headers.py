@@ -14,9 +14,12 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+HERE = os.path.dirname(os.path.abspath(__file__))
+# This folder last (bench/http.py would shadow the stdlib's http package, which farts
+# imports), after the tree's root (PYTHONPATH, when set, picks the tree).
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE] + [os.path.dirname(HERE), HERE]
 
-from microbench import best_rates  # noqa: E402  (bench/ is the script's own folder)
+from microbench import best_rates  # noqa: E402
 
 from farts.proxy import headers as reference  # noqa: E402
 from fast import proxyhead  # noqa: E402

@@ -369,14 +369,19 @@ class ProxyHandler:
         self.m.retries.inc(self._key)
 
     def new_request_id(self) -> bytes:
-        return self.rid_prefix + str(next(_request_ids)).encode()
+        return b"%s%d" % (self.rid_prefix, next(_request_ids))
 
     # -- server choice ---------------------------------------------------------------
     def pick(self, exclude=()) -> Server | None:
         servers = self.servers
         n = len(servers)
-        now = self.clock.monotonic()
         i = self.rr
+        if not exclude:
+            s = servers[i]
+            if s.down_until == 0.0:   # never marked down (the usual case): no clock read
+                self.rr = (i + 1) % n
+                return s
+        now = self.clock.monotonic()
         for k in range(n):
             s = servers[(i + k) % n]
             if s.up(now) and s not in exclude:
@@ -403,9 +408,14 @@ class ProxyHandler:
     def upstream_head(self, req: Request, server: Server, length: int) -> tuple[bytes, bytes]:
         """The upstream request's head and the request id."""
         target = req.target
-        headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
-                                       authority_of(target), server.host_field)
-        return request_head(req.method, origin_form(target), headers, length), rid
+        if target[:1] == b"/":   # origin form (the usual case): no authority, as it is
+            headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
+                                           None, server.host_field)
+        else:
+            headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
+                                           authority_of(target), server.host_field)
+            target = origin_form(target)
+        return request_head(req.method, target, headers, length), rid
 
     def connect_failed(self, server: Server, e: OSError, tried: list[Server], retry: bool,
                        req: Request) -> tuple[str, Server | None]:
