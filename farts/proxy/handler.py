@@ -357,6 +357,7 @@ class ProxyHandler:
         self.in_flight: dict[Exchange, float] = {}
         self.now = 0.0
         self.sweeper: Timer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None   # the node's, from the first request
 
     # -- metrics ---------------------------------------------------------------------
     def count(self, server: Server, outcome: str) -> None:
@@ -491,7 +492,12 @@ class ProxyHandler:
             return self._tunnel(request)
         if request.body is not None:
             return self._proxy(request)
-        return Exchange(self, request, asyncio.get_running_loop())
+        loop = self.loop
+        if loop is None:
+            # Once: asyncio.get_running_loop() checks the process id with a getpid()
+            # syscall on every call (glibc caches none).
+            loop = self.loop = asyncio.get_running_loop()
+        return Exchange(self, request, loop)
 
     async def _proxy(self, req: Request) -> Response:
         """A request with a body: read whole first when it fits request_buffer_bytes."""
