@@ -116,3 +116,23 @@ def test_a_client_that_goes_away_aborts_the_upstream_exchange():
         up.server.close()
 
     asyncio.run(main())
+
+
+def test_a_client_that_goes_away_while_the_upstream_connects_leaves_nothing_behind():
+    async def main():
+        up = Upstream1(answer=True)
+        p, stats = proxy(await up.start(), FakeClock())
+        fut = p.handle(request())   # the pool is empty: a connect is under way
+        assert not fut.done()
+        fut.cancel()
+        await asyncio.sleep(0.2)
+        assert fut.cancelled() and up.received == b""
+        assert outcomes(stats) == {} and not p.in_flight
+        assert sum(len(s.idle) for s in p.servers) == 0
+        # The next request is proxied as usual.
+        resp = await asyncio.wait_for(p.handle(request()), 10)
+        assert resp.status == 200 and resp.body == b"hello"
+        p.close()
+        up.server.close()
+
+    asyncio.run(main())
