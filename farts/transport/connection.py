@@ -50,6 +50,10 @@ from .http import (
 )
 from .kit import close_after_timeout
 
+# What a handler answers with at once. Tested by type first: inspect.isawaitable (three
+# isinstance checks, one through an ABC) was a seventh of a CDN hit's time.
+ANSWERS = frozenset((Fixed, Response, Upgrade))
+
 log = logging.getLogger("farts.http")
 
 FILE_CHUNK = 256 * 1024  # a file body's piece when it goes through the transport
@@ -256,7 +260,7 @@ class HTTP1Connection(asyncio.Protocol):
         except Exception:
             log.exception("handler for %s failed", route.prefix)
             result = Fixed.error(500)
-        if inspect.isawaitable(result):
+        if type(result) not in ANSWERS and inspect.isawaitable(result):
             self.awaited = result
             self.task = asyncio.ensure_future(self._answer_later(req, result))
             return
