@@ -1,0 +1,111 @@
+"""The benchmark harness (python -m bench): its smoke run drives the real bench scripts
+(bench/db.py always, bench/http.py with wrk where wrk is installed) against real
+servers, and the report and projection are made from that run's JSON. The figures of
+a smoke run mean nothing; what is checked is that every part is produced and conforms."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.harness import project
+from bench.harness.run import plan, run_scenario
+from bench.harness.scenarios import SCENARIOS, Scenario, db_rows, fanout_rows, http_rows
+from bench.harness.schema import SCHEMA, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_smoke_run_then_report_and_projection(tmp_path):
+    scenarios = ["db"] + (["http-fixed"] if shutil.which("wrk") else [])
+    done = bench("run", *scenarios, "--smoke", "--out", str(tmp_path), "--calibrate-seconds", "0.3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    [path] = tmp_path.glob("run-*-smoke.json")
+    doc = json.loads(path.read_text())
+    assert validate(doc) == [], validate(doc)
+    assert doc["schema"] == SCHEMA and doc["smoke"] is True
+    assert doc["calibration"]["single_per_s"] > 0 and doc["machine"]["logical_cpus"] >= 1
+    assert [s["name"] for s in doc["scenarios"]] == scenarios
+    assert all(s["status"] == "ok" for s in doc["scenarios"]), doc["scenarios"]
+    db = [r for r in doc["results"] if r["scenario"] == "db"]
+    assert {r["target"] for r in db} == {"farts-db", "embedded-lmdb"}
+    ours = [r for r in db if r["target"] == "farts-db"]
+    assert {r["variant"] for r in ours} == {"ping x1", "find_one x1", "insert_one x1"}
+    for r in ours:  # the server's CPU was measured: per-CPU-second throughput exists
+        assert r["throughput"] > 0 and r["per_cpu_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
+        assert r["latency_cdf"][0][0] == 0.5 and r["latency_cdf"][-1][0] == 0.999
+    if "http-fixed" in scenarios:
+        http = {r["target"]: r for r in doc["results"] if r["scenario"] == "http-fixed"}
+        assert "farts-fixed" in http and http["farts-fixed"]["peer"] is False
+        assert http["farts-fixed"]["throughput"] > 0 and http["farts-fixed"]["server_cpu_s"] > 0
+
+    out = tmp_path / "report"
+    done = bench("report", str(path), "--out", str(out), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = (out / "report.md").read_text()
+    assert "SMOKE" in text and "## db" in text and "PROJECTED" in text
+    for scenario in scenarios:
+        assert (out / f"{scenario}.png").stat().st_size > 1000
+        assert (out / f"{scenario}-cdf.png").stat().st_size > 1000
+    for name in project.load_profiles():
+        assert name in text or project.load_profiles()[name]["title"] in text
+
+    done = bench("project", "--target", "i5-13500", str(path), timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PROJECTED" in done.stdout and "Assumptions:" in done.stdout
+    assert "ASSUMED 0.9" in done.stdout  # no workers dimension yet: the scaling is an assumption
+    assert "MongoDB queries/s (find_one)" in done.stdout
+
+
+def test_unmeasurable_and_uninstalled_are_reported_not_run(tmp_path):
+    entry, rows = run_scenario(SCENARIOS["fanout-100k"], False, str(tmp_path))
+    assert entry["status"] == "skipped" and "15000" in entry["reason"] and rows == []
+    fake = Scenario("x", "x", "http.py", {"farts-x": ("exe:wrk",), "peer-x": ("exe:no-such-tool-here",)},
+                    lambda t, s: [], lambda d, c: [])
+    chosen, skipped = plan(fake, smoke=False)
+    assert "peer-x" not in chosen and "no-such-tool-here" in skipped["peer-x"]
+
+
+def test_normalisers_derive_cpu_seconds_and_per_cpu_throughput():
+    http_doc = {"params": {"size": 1024}, "results": [
+        {"name": "farts-fixed", "ok": True, "rps": 1000.0, "p50_ms": 1.0, "p75_ms": 1.5, "p90_ms": 2.0,
+         "p99_ms": 4.0, "server_cpu_pct": 50.0, "duration_s": 10.0},
+        {"name": "nginx-proxy", "ok": False, "error": "socket errors", "rps": 10.0, "duration_s": 10.0},
+        {"name": "uvicorn", "ok": False, "error": "never answered"}]}
+    fixed, nginx = http_rows("proxy")(http_doc, {})
+    assert fixed["server_cpu_s"] == 5.0 and fixed["per_cpu_s"] == 2000.0 and fixed["peer"] is False
+    assert fixed["latency_cdf"] == [[0.5, 1.0], [0.75, 1.5], [0.9, 2.0], [0.99, 4.0]]
+    assert nginx["peer"] is True and nginx["ok"] is False and nginx["per_cpu_s"] is None
+    fan = fanout_rows({"params": {"seconds": 5}, "results": [
+        {"name": "farts", "subscribers": 1000, "ok": True, "deliveries_per_s": 5e5, "p50_ms": 2.0,
+         "p99_ms": 9.0, "server_cpu_pct": 100.0, "per_server_cpu_s": 5e5, "kib_per_conn": 3.5}]}, {"scenario": "fanout-1k"})
+    assert fan[0]["variant"] == "1000 subscribers" and fan[0]["server_cpu_s"] == 5.0
+    doc = {"schema": SCHEMA, "run_id": "r", "started": "s", "finished": "f", "smoke": True, "argv": [],
+           "machine": {}, "calibration": None, "scenarios": [], "results": [*fan, fixed]}
+    assert validate(doc) == []
+    bad = dict(doc, results=[dict(fixed, throughput="fast", latency_cdf=[[99, 1.0]])])
+    problems = validate(bad)
+    assert any("throughput" in p for p in problems) and any("latency_cdf" in p for p in problems)
+    rows = db_rows({"results": [{"target": "farts", "workload": "find_one", "clients": 16, "ops": 800.0,
+                                 "p50": 1.0, "p99": 3.0, "seconds": 2.0, "server_cpu_pct": 80.0,
+                                 "cdf": [[0.5, 1.0], [0.99, 3.0]]}]}, {})
+    assert rows[0]["target"] == "farts-db" and rows[0]["per_cpu_s"] == 1000.0
+
+
+def test_profiles_cite_their_figures():
+    profiles = project.load_profiles()
+    assert {"i5-13500", "ryzen5-5600x", "xeon-e5-2680v4"} <= set(profiles)
+    for prof in profiles.values():
+        for score in prof.get("scores", []):
+            assert score["source"].startswith("https://") and ("single" in score or "multi" in score)
+        for key in ("per_core_basis", "parallel_basis"):
+            assert prof["projection"][key].startswith(("PUBLISHED", "ASSUMED", "MEASURED"))
