@@ -11,10 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.harness import project
+from bench.harness import project, report
 from bench.harness.run import plan, run_scenario
 from bench.harness.scenarios import SCENARIOS, Scenario, db_rows, fanout_rows, http_rows
-from bench.harness.schema import SCHEMA, validate
+from bench.harness.schema import SCHEMA, row, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,6 +99,27 @@ def test_normalisers_derive_cpu_seconds_and_per_cpu_throughput():
                                  "p50": 1.0, "p99": 3.0, "seconds": 2.0, "server_cpu_pct": 80.0,
                                  "cdf": [[0.5, 1.0], [0.99, 3.0]]}]}, {})
     assert rows[0]["target"] == "farts-db" and rows[0]["per_cpu_s"] == 1000.0
+
+
+def test_worker_scaling_is_measured_when_runs_have_workers(tmp_path):
+    rows = [row("proxy", "farts-proxy", metric="requests/s", throughput=t, variant="1024 B", workers=w,
+                p99_ms=2.0, duration_s=10.0, server_cpu_pct=pct, latency_cdf=[[0.5, 1.0], [0.99, 2.0]])
+            for w, t, pct in ((1, 30000.0, 100.0), (2, 54000.0, 200.0), (4, 96000.0, 400.0))]
+    rows.append(row("proxy", "nginx-proxy", metric="requests/s", throughput=90000.0, variant="1024 B",
+                    p99_ms=1.0, duration_s=10.0, server_cpu_pct=100.0))
+    doc = {"schema": SCHEMA, "run_id": "t", "started": "s", "finished": "f", "smoke": False, "argv": [],
+           "machine": {"cpu_model": "x", "usable_cpus": 2, "logical_cpus": 2, "hypervisor": True,
+                       "mem_gib": 1, "kernel": "k", "python": "3", "loadavg": [0, 0, 0], "git": "g", "tools": {}},
+           "calibration": None, "scenarios": [], "results": rows, "path": "t.json"}
+    assert validate({k: v for k, v in doc.items() if k != "path"}) == []
+    p = project.project([doc], project.load_profiles()["i5-13500"])
+    [proj] = p["rows"]
+    assert proj["scaling"] == 0.8 and proj["scaling_basis"].startswith("MEASURED: 4 workers")
+    assert proj["projected"] == 30000.0 * 1.6 * 11.2 * 0.8
+    folder = report.write([doc], str(tmp_path))
+    assert (tmp_path / "proxy-scaling.png").stat().st_size > 1000
+    text = Path(folder).read_text()
+    assert "proxy-scaling.png" in text and "SMOKE" not in text
 
 
 def test_profiles_cite_their_figures():

@@ -98,6 +98,12 @@ def run_scenario(sc: Scenario, smoke: bool, out_dir: str) -> tuple[dict, list[di
             doc = json.load(f)
         entry["raw_json"] = raw
         rows = sc.rows(doc, {"scenario": sc.name, "seconds": 1.0 if smoke else 10.0, "smoke": smoke})
+        # A script run with several server workers says so in its parameters (or per
+        # result, which the normalisers read): the report's scaling dimension.
+        params = (doc.get("params") or doc.get("args") or {}) if isinstance(doc, dict) else {}
+        if isinstance(params.get("workers"), int) and params["workers"] > 1:
+            for r in rows:
+                r["workers"] = r["workers"] if r["workers"] > 1 else params["workers"]
     except (OSError, ValueError) as e:
         entry["reason"] = entry["reason"] or f"no JSON from the script ({type(e).__name__}: {e}); see {log}"
     except (KeyError, TypeError, IndexError) as e:
