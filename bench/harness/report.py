@@ -74,12 +74,7 @@ def plot_cdf(scenario: str, rows: list[dict], path: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("latency (ms, log)")
     ax.set_ylabel("fraction of requests at or under")
-    ax.set_title(f"{scenario}: latency CDF (the percentiles the load generator reports)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_lines(fig, ax, f"{scenario}: latency CDF (the percentiles the load generator reports)", path)
 
 
 def plot_scaling(scenario: str, items: list[tuple[tuple, dict]], path: str) -> None:
@@ -95,7 +90,13 @@ def plot_scaling(scenario: str, items: list[tuple[tuple, dict]], path: str) -> N
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{target} {variant}")
     ax.set_xlabel("workers")
     ax.set_ylabel(f"{items[0][1]['metric']} per server CPU-second")
-    ax.set_title(f"{scenario}: scaling by workers (flat = linear)")
+    save_lines(fig, ax, f"{scenario}: scaling by workers (flat = linear)", path)
+
+
+def save_lines(fig, ax, title: str, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
