@@ -79,7 +79,7 @@ def h2_rows(doc, ctx) -> list[dict]:
     failed = {r["name"] for r in doc["results"] if not r["ok"]}
     return [row("tls-h2", name, metric="requests/s", throughput=r["rps"], variant="1 KiB, TLS 1.3, h2",
                 p50_ms=r.get("p50_ms"), p99_ms=r.get("p99_ms"), duration_s=doc["args"]["seconds"],
-                server_cpu_pct=r.get("server_cpu_pct"), ok=name not in failed,
+                server_cpu_pct=r.get("server_cpu_pct"), ok=name not in failed, latency_cdf=r.get("latency_cdf"),
                 error="a round had failed requests" if name in failed else None)
             for name, r in doc["best"].items()]
 
@@ -111,7 +111,7 @@ def fanout_rows(doc, ctx) -> list[dict]:
                        variant=f"{r['subscribers']} subscribers", workers=r.get("workers"),
                        p50_ms=r.get("p50_ms"), p99_ms=r.get("p99_ms"), duration_s=doc["params"]["seconds"],
                        server_cpu_pct=r.get("server_cpu_pct"), per_cpu_s=r.get("per_server_cpu_s"),
-                       ok=r["ok"], error=r.get("error"),
+                       ok=r["ok"], error=r.get("error"), latency_cdf=r.get("latency_cdf"),
                        extra={"subscribers": r["subscribers"], "kib_per_conn": r.get("kib_per_conn"),
                               "deliveries_per_send": r.get("deliveries_per_send")}))
     return out
@@ -231,8 +231,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     *[Scenario(f"fanout-{label}", f"pub/sub fanout to {n:,} WebSocket subscribers", "fanout.py",
                {"farts": FANOUT, "socketify": (*FANOUT, "py:socketify"), "websockets": (*FANOUT, "py:websockets")},
                fanout_argv(n), fanout_rows, smoke=label == "1k", smoke_targets=("farts",),
-               unsupported=("bench/fanout.py takes at most 15000 subscribers (one process holds 20000 "
-                            "files, one loopback address pair ~28k ephemeral ports)") if n > 15000 else None)
+               unsupported=("bench/fanout.py takes at most 15000 subscribers (it raises the server's "
+                            "open-file limit to 20000, and one loopback address pair has ~28k ephemeral "
+                            "ports): 100k needs more client addresses and a higher hard limit") if n > 15000 else None)
       for label, n in (("1k", 1000), ("10k", 10000), ("100k", 100000))],
     Scenario("dns", "geo DNS over UDP, the ECS query mix (dnsload, dnsperf)", "dns.py",
              {"farts-dns": ("exe:gcc", "exe:taskset"), "gdnsd": ("exe:gcc", "exe:taskset", "exe:gdnsd"),
