@@ -1,9 +1,11 @@
 """farts-edge's benchmark harness (bench/harness/): `python -m bench COMMAND` from the
 repository root.
 
-  run [SCENARIO...] [--smoke] [--out DIR]   the scenarios (default: all; with --smoke, the
+  run [SCENARIO...] [--smoke] [--out DIR] [--workers 1,2,4]
+                                            the scenarios (default: all; with --smoke, the
                                             quick subset), peers side by side, one JSON
-                                            document per run in bench/results/ (or DIR)
+                                            document per run in bench/results/ (or DIR);
+                                            --workers: once per worker count
   report [RUN.json...] [--out DIR]          Markdown + PNG plots into bench/reports/<run>/
                                             (default: the latest run)
   project --target PROFILE [RUN.json...]    PROJECTED capacity on a hardware class
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="a few seconds per scenario: the plumbing only")
     p.add_argument("--out", help="folder for the run JSON and the scripts' files (default bench/results)")
     p.add_argument("--calibrate-seconds", type=float, help="calibration before the run (0: none)")
+    p.add_argument("--workers", type=lambda v: [int(x) for x in v.split(",")], metavar="N,N,...",
+                   help="run each scenario once per worker count (scripts with a --workers option; "
+                        "the others are reported as not supporting it): the report's scaling dimension")
     p = sub.add_parser("report", help="Markdown + plots from run JSON")
     p.add_argument("runs", nargs="*", metavar="RUN.json")
     p.add_argument("--out", help="report folder (default bench/reports/<run id>)")
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="scenarios and what they need")
     a = ap.parse_args(argv)
     if a.command == "run":
-        return run.main(a.scenarios, a.smoke, a.out, a.calibrate_seconds)
+        return run.main(a.scenarios, a.smoke, a.out, a.calibrate_seconds, a.workers)
     if a.command == "report":
         return report.main(a.runs, a.out)
     if a.command == "project":

@@ -73,6 +73,20 @@ def test_unmeasurable_and_uninstalled_are_reported_not_run(tmp_path):
                     lambda t, s: [], lambda d, c: [])
     chosen, skipped = plan(fake, smoke=False)
     assert "peer-x" not in chosen and "no-such-tool-here" in skipped["peer-x"]
+    entry, rows = run_scenario(SCENARIOS["db"], True, str(tmp_path), workers=2)
+    assert entry["status"] == "skipped" and "--workers" in entry["reason"] and rows == []
+
+
+def test_projection_factors_measured_where_possible():
+    prof = project.load_profiles()["ryzen5-5600x"]
+    here = {"single_per_s": 100_000, "multi_per_s": 190_000, "processes": 2, "parallel_speedup": 1.9}
+    assumed = project.factors(prof, here, "Intel(R) Xeon(R) Processor")
+    assert [f[1] for f in assumed] == [1.4, 7.9] and assumed[0][2].startswith("ASSUMED")
+    on_class = project.factors(prof, here, "AMD Ryzen 5 5600X 6-Core Processor")
+    assert [f[1] for f in on_class] == [1.0, 1.9] and on_class[0][2].startswith("MEASURED")
+    saved = dict(prof, calibration={"single_per_s": 150_000, "multi_per_s": 1_050_000, "processes": 12})
+    measured = project.factors(saved, here, "Intel(R) Xeon(R) Processor")
+    assert [f[1] for f in measured] == [1.5, 7.0] and all(f[2].startswith("MEASURED") for f in measured)
 
 
 def test_normalisers_derive_cpu_seconds_and_per_cpu_throughput():

@@ -75,9 +75,15 @@ def load_runs(paths: list[str]) -> list[dict]:
     return runs
 
 
-def factors(prof: dict, host_cal: dict | None) -> list[tuple[str, float, str]]:
-    """(name, value, basis) of per_core and parallel for one profile."""
+def factors(prof: dict, host_cal: dict | None, host_model: str = "") -> list[tuple[str, float, str]]:
+    """(name, value, basis) of per_core and parallel for one profile: measured on this
+    machine when it is of the profile's class, else from a calibration saved into the
+    profile, else the profile's published or assumed figures."""
     cal, proj = prof.get("calibration"), prof["projection"]
+    if host_cal and any(m in host_model for m in prof.get("match", [])):
+        return [("per_core", 1.0, f"MEASURED: the runs are from this class ({host_model})"),
+                ("parallel", host_cal["parallel_speedup"],
+                 f"MEASURED: calibration on this machine's {host_cal['processes']} processes")]
     if cal and host_cal:
         return [("per_core", cal["single_per_s"] / host_cal["single_per_s"],
                  f"MEASURED: calibration {cal['single_per_s']:,}/s there ({cal.get('measured', '?')}) against "
@@ -103,8 +109,9 @@ def scaling(rows: list[dict]) -> tuple[float, str]:
 
 
 def project(runs: list[dict], prof: dict) -> dict:
-    host_cal = next((r["calibration"] for r in reversed(runs) if r.get("calibration")), None)
-    fac = factors(prof, host_cal)
+    host = next((r for r in reversed(runs) if r.get("calibration")), None)
+    host_cal = host["calibration"] if host else None
+    fac = factors(prof, host_cal, host["machine"].get("cpu_model", "") if host else "")
     per_core, parallel = fac[0][1], fac[1][1]
     groups: dict[tuple, list[dict]] = {}
     for run in runs:

@@ -56,10 +56,16 @@ def stop_group(proc: subprocess.Popen) -> int:
     return proc.wait()
 
 
-def run_scenario(sc: Scenario, smoke: bool, out_dir: str) -> tuple[dict, list[dict]]:
+def takes_workers(script: str) -> bool:
+    """Whether a bench script has a --workers option (servers with N worker processes)."""
+    with open(os.path.join(BENCH, script)) as f:
+        return '"--workers"' in f.read()
+
+
+def run_scenario(sc: Scenario, smoke: bool, out_dir: str, workers: int | None = None) -> tuple[dict, list[dict]]:
     entry = {"name": sc.name, "status": "skipped", "reason": None, "script": f"bench/{sc.script}",
              "argv": [], "exit_status": None, "seconds": 0.0, "log": None, "raw_json": None,
-             "targets": [], "skipped_targets": {}}
+             "targets": [], "skipped_targets": {}, "workers": workers}
     if sc.unsupported:
         entry["reason"] = sc.unsupported
         return entry, []
@@ -69,9 +75,14 @@ def run_scenario(sc: Scenario, smoke: bool, out_dir: str) -> tuple[dict, list[di
     if first not in targets:
         entry["reason"] = f"{first}: {skipped.get(first, 'not selected')}"
         return entry, []
-    raw = os.path.join(out_dir, f"{sc.name}.json")
-    log = os.path.join(out_dir, f"{sc.name}.log")
+    stem = sc.name + (f"-w{workers}" if workers else "")
+    raw, log = os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.log")
     args = sc.argv(targets, smoke)
+    if workers:
+        if not takes_workers(sc.script):
+            entry["reason"] = f"bench/{sc.script} has no --workers option yet: not run per worker count"
+            return entry, []
+        args += ["--workers", str(workers)]
     if sc.script in ("http.py", "fanout.py", "cdn.py", "h2.py"):
         args += ["--python", sys.executable]
     argv = [sys.executable, os.path.join(BENCH, sc.script), *args, sc.json_flag, raw]
@@ -116,7 +127,8 @@ def run_scenario(sc: Scenario, smoke: bool, out_dir: str) -> tuple[dict, list[di
     return entry, rows
 
 
-def main(names: list[str], smoke: bool, out: str | None, calibrate_seconds: float | None) -> int:
+def main(names: list[str], smoke: bool, out: str | None, calibrate_seconds: float | None,
+         workers: list[int] | None = None) -> int:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         print(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
@@ -140,9 +152,11 @@ def main(names: list[str], smoke: bool, out: str | None, calibrate_seconds: floa
         print(f"  calibration: {c['single_per_s']:,} units/s on one core, {c['multi_per_s']:,} on "
               f"{c['processes']} ({c['parallel_speedup']}x)", flush=True)
     try:
-        for sc in selected:
-            print(f"- {sc.name} ...", end=" ", flush=True)
-            entry, rows = run_scenario(sc, smoke, files)
+        for sc, n in [(sc, n) for sc in selected for n in (workers or [None])]:
+            print(f"- {sc.name}{f' with {n} workers' if n else ''} ...", end=" ", flush=True)
+            entry, rows = run_scenario(sc, smoke, files, n)
+            for r in rows:  # the count asked for, unless the script reported its own
+                r["workers"] = r["workers"] if r["workers"] > 1 or not n else n
             doc["scenarios"].append(entry)
             doc["results"] += rows
             extra = "".join(f"; {t} skipped: {why}" for t, why in entry["skipped_targets"].items())
