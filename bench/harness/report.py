@@ -126,7 +126,10 @@ def write(runs: list[dict], out: str | None) -> str:
            f"Python {m['python']}, load {m['loadavg']}; {', '.join(f'{k}: {v}' for k, v in m['tools'].items())}.", ""]
     if cal:
         md += [f"Calibration ({cal['workload']}): {cal['single_per_s']:,} units/s on one core, "
-               f"{cal['multi_per_s']:,} on {cal['processes']} processes ({cal['parallel_speedup']}x).", ""]
+               f"{cal['multi_per_s']:,} on {cal['processes']} processes ({cal['parallel_speedup']}x)"
+               + (f"; load average {cal['loadavg'][0]} then: other work shared the cores, the all-core "
+                  "figure is not this machine's" if cal["loadavg"][0] > 0.5 * cal["processes"] else "")
+               + ".", ""]
     md += ["Each figure: the server under test pinned to one core, the load generator on another; "
            "per server CPU-s = throughput / the server's CPU share (requests per CPU-second of the "
            "server process). Several runs: medians, p99 also its maximum.", ""]
