@@ -154,6 +154,8 @@ def project(runs: list[dict], prof: dict) -> dict:
     assumptions += [
         "throughput per server CPU-second is this machine's (the median over the runs, one worker, "
         "server pinned to one core, load generator on another): the target's load generators are elsewhere",
+        "the server's CPU-seconds are its process's (user + system, loopback TCP): interrupt and softirq work "
+        "a real NIC adds on other cores is not in them, so a real link holds less",
         f"capacity is stated at p99 <= {P99_LIMIT_MS:.0f} ms: every figure's measured p99 is shown; the closed-loop "
         "runs measure p99 at saturation, so a p99 under the limit there holds at the projected rate",
         f"subscribers: each receives {EVENTS_PER_SUBSCRIBER_S:g} event/s (subscribers = deliveries/s / "
