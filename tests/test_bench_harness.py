@@ -13,7 +13,17 @@ from pathlib import Path
 
 from bench.harness import project, report
 from bench.harness.run import plan, run_scenario
-from bench.harness.scenarios import SCENARIOS, Scenario, db_rows, fanout_rows, http_rows
+from bench.harness.scenarios import (
+    SCENARIOS,
+    Scenario,
+    cdn_rows,
+    db_rows,
+    dns_rows,
+    fanout_rows,
+    h2_rows,
+    http_rows,
+    replication_rows,
+)
 from bench.harness.schema import SCHEMA, row, validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +123,34 @@ def test_normalisers_derive_cpu_seconds_and_per_cpu_throughput():
                                  "p50": 1.0, "p99": 3.0, "seconds": 2.0, "server_cpu_pct": 80.0,
                                  "cdf": [[0.5, 1.0], [0.99, 3.0]]}]}, {})
     assert rows[0]["target"] == "farts-db" and rows[0]["per_cpu_s"] == 1000.0
+
+
+def test_normalisers_of_the_scripts_the_ci_smoke_does_not_run():
+    """The --json shapes of bench/cdn.py, h2.py, dns.py and replication.py (as their smoke
+    runs wrote them), into rows that conform."""
+    cdn = cdn_rows([{"name": "farts-cdn", "size": 1024, "rps": r, "ok": True, "p50_ms": 1.0, "p99_ms": 3.0,
+                     "duration_s": 1.0, "server_cpu_pct": 50.0, "cpu_us_per_req": 5.0, "mib_per_s": 1.0}
+                    for r in (900.0, 1000.0)], {"scenario": "cdn-misses"})
+    [best] = cdn
+    assert best["throughput"] == 1000.0 and best["per_cpu_s"] == 200_000.0 and best["variant"] == "1 KiB"
+    h2 = h2_rows({"args": {"seconds": 5}, "results": [{"name": "nginx", "ok": False}], "best": {
+        "farts": {"rps": 100.0, "p50_ms": 1.0, "p99_ms": 2.0, "server_cpu_pct": 25.0,
+                  "latency_cdf": [[0.5, 1.0], [0.99, 2.0]]},
+        "nginx": {"rps": 200.0, "server_cpu_pct": 50.0}}}, {})
+    assert [(r["target"], r["ok"], r["per_cpu_s"]) for r in h2] == [("farts", True, 400.0), ("nginx", False, 400.0)]
+    dns = dns_rows({"results": {"farts/dnsload": {"qps": 1000.0, "sent": 1000, "lost": 50, "server_cpu": 0.5,
+                                                  "p50_ms": 0.2, "p99_ms": 1.0},
+                                "gdnsd/dnsperf": {"qps": 2000.0, "lost": 0, "server_cpu": 0.5, "avg_ms": 0.1}}},
+                   {"seconds": 10.0})
+    assert [(r["target"], r["ok"], r["server_cpu_s"]) for r in dns] == [("farts-dns", False, 5.0), ("gdnsd", True, 5.0)]
+    repl = replication_rows({"params": {"rate": 100, "seconds": 2}, "ok": True,
+                             "lag": {"written": 200, "rate": 99.0, "ack_p50": 0.005, "ack_p99": 0.02,
+                                     "node-2": {"seen": 200, "p50": 0.01, "p99": 0.03, "max": 0.04},
+                                     "node-3": {"seen": 200, "p50": 0.02, "p99": 0.05, "max": 0.06}}}, {})
+    assert repl[0]["p99_ms"] == 50.0 and repl[0]["per_cpu_s"] is None
+    for r in [*cdn, *h2, *dns, *repl]:
+        assert validate({"schema": SCHEMA, "run_id": "r", "started": "s", "finished": "f", "smoke": True,
+                         "argv": [], "machine": {}, "calibration": None, "scenarios": [], "results": [r]}) == []
 
 
 def test_worker_scaling_is_measured_when_runs_have_workers(tmp_path):
