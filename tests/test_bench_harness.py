@@ -83,7 +83,8 @@ def test_unmeasurable_and_uninstalled_are_reported_not_run(tmp_path):
                     lambda t, s: [], lambda d, c: [])
     chosen, skipped = plan(fake, smoke=False)
     assert "peer-x" not in chosen and "no-such-tool-here" in skipped["peer-x"]
-    entry, rows = run_scenario(SCENARIOS["db"], True, str(tmp_path), workers=2)
+    no_workers = Scenario("y", "y", "ws_codec.py", {"farts-y": ()}, lambda t, s: [], lambda d, c: [])
+    entry, rows = run_scenario(no_workers, True, str(tmp_path), workers=2)
     assert entry["status"] == "skipped" and "--workers" in entry["reason"] and rows == []
 
 
