@@ -25,6 +25,7 @@ from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
 from farts.cdn import config as cdn_config
 from farts.cdn.peer import PurgePeer
 from farts.certs import config as certs_config
+from farts.certs.peer import CertsPeer
 from farts.clock import LoopClock, Timer
 from farts.config import Config, Route
 from farts.db import config as db_config
@@ -109,9 +110,17 @@ def _build_certs(node: Node):
     if not cfg.certs.enabled:
         return None
     from farts.certs.service import CertService, default_domains  # acme only when used
-    return CertService(cfg.certs, cfg.certs.domains or default_domains(cfg.tenants),
-                       cfg.path(cfg.listeners.https.cert_dir), cfg.path("acme"), node.metrics, node.clock,
-                       _set_txt(node))
+    certs = CertService(cfg.certs, cfg.certs.domains or default_domains(cfg.tenants),
+                        cfg.path(cfg.listeners.https.cert_dir), cfg.path("acme"), node.metrics, node.clock,
+                        _set_txt(node))
+    if cfg.mesh.enabled:
+        # One order per cluster: the alive node with the lowest id orders, the others get
+        # the pair over the mesh (farts/certs/peer.py).
+        # (Not before the mesh has joined: alone, every node would be the lowest.)
+        me = cfg.node.id
+        certs.may_order = lambda: (node._mesh_state() == "ok"
+                                   and me == min((m.id for m in node.members.alive()), default=me))
+    return certs
 
 
 def _certs_routes(node: Node, certs) -> list:
@@ -184,7 +193,8 @@ SERVICES: tuple[Service, ...] = (
             admin_routes=_purge_routes,
             peers=lambda n, cdn, bus: [PurgePeer(cdn, bus)]),
     Service("certs", certs_config.SECTION, build=_build_certs, start_rank=45, stop_rank=5,
-            public_routes=_certs_routes, admin_routes=_certs_admin),
+            public_routes=_certs_routes, admin_routes=_certs_admin,
+            peers=lambda n, certs, bus: [CertsPeer(n.cfg.node.id, certs, bus, n.clock)]),
     Service("admin", admin_config.SECTION, build=_build_status, start_rank=90, stop_rank=5,
             peers=lambda n, sampler, bus: [sampler.peer(bus)]),
 )
