@@ -717,3 +717,25 @@ def test_an_interim_100_from_the_upstream_is_not_its_answer():
     assert not conn.has_final_head()
     conn.events.extend(ResponseParser().feed(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"))
     assert conn.has_final_head()
+
+
+def test_a_client_gone_while_the_upstream_thinks_is_counted_and_the_node_carries_on(node, ups):
+    before = ups.a.requests
+    s = socket.create_connection(("127.0.0.1", node.port("http")), timeout=10)
+    s.sendall(b"GET /app/slow?delay=1.5 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    deadline = time.monotonic() + 10
+    while ups.a.requests == before:   # the upstream has the request
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    s.close()
+
+    def gone() -> float:
+        try:
+            return metric(node, "farts_proxy_requests_total", upstream="main", outcome="client_gone")
+        except AssertionError:   # (no such series yet)
+            return 0.0
+    while gone() < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    r = httpx.get(node.url("http", "/app/echo"))
+    assert r.status_code == 200 and r.json()["server"] == "A"
