@@ -739,3 +739,17 @@ def test_a_client_gone_while_the_upstream_thinks_is_counted_and_the_node_carries
         time.sleep(0.05)
     r = httpx.get(node.url("http", "/app/echo"))
     assert r.status_code == 200 and r.json()["server"] == "A"
+
+
+def test_pipelined_requests_are_answered_in_order(node, ups):
+    # Three requests in one write: each waits for the one before it to be answered.
+    s = socket.create_connection(("127.0.0.1", node.port("http")), timeout=10)
+    s.sendall(b"".join(b"GET /app/echo?n=%d HTTP/1.1\r\nHost: localhost\r\n%s\r\n"
+                       % (i, b"Connection: close\r\n" if i == 2 else b"") for i in range(3)))
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    assert data.count(b"HTTP/1.1 200 ") == 3
+    assert [json.loads(m.group(1))["query"] for m in re.finditer(rb"\r\n\r\n(\{.*?\})(?=HTTP/|$)", data)] == \
+        ["n=0", "n=1", "n=2"]
