@@ -310,9 +310,10 @@ async def send_body(conn: ClientConnection, body, chunked: bool, timeout: float)
 
 
 async def exchange(conn: ClientConnection, data: bytes, body, chunked: bool, head_only: bool,
-                   timeout: float) -> ResponseHead:
+                   timeout: float, on_interim=None) -> ResponseHead:
     """Sends a request (``data``: its head; ``body``: None or an async iterator) and
-    returns the final response head (1xx answers skipped). Raises ConnectionLost,
+    returns the final response head (1xx answers skipped: each but 100 handed to
+    ``on_interim(status, headers)`` if given, e.g. 103 Early Hints). Raises ConnectionLost,
     ReadTimeout or BadResponse; ``conn.received`` tells afterwards whether any byte came.
     (One coroutine for all of it: this is the proxy's hot path.)"""
     conn.received = 0
@@ -333,6 +334,8 @@ async def exchange(conn: ClientConnection, data: bytes, body, chunked: bool, hea
             if ev.status == 101:
                 raise BadResponse("101 Switching Protocols to a request without Upgrade")
             interim = True  # 1xx: skipped, with the END that follows it
+            if on_interim is not None and ev.status != 100:
+                on_interim(ev.status, ev.headers)
         elif ev is END and interim:
             interim = False
         elif ev is None:
@@ -453,7 +456,7 @@ class Client:
 
     async def request(self, pool: Pool, method: bytes, target: bytes, headers: list, *,
                       connect_timeout: float, read_timeout: float, body=None, length: int = -2,
-                      head_only: bool = False) -> ClientResponse:
+                      head_only: bool = False, on_interim=None) -> ClientResponse:
         """One request through ``pool``. ``length``: the body's length, -1 chunked, -2
         none. Raises TimeoutError/OSError (connect), ConnectionLost, ReadTimeout or
         BadResponse. A pooled connection found stale (closed before any answer) is
@@ -467,7 +470,7 @@ class Client:
             if conn is None:
                 conn = await pool.connect(connect_timeout)
             try:
-                head = await exchange(conn, data, body, length == -1, head_only, read_timeout)
+                head = await exchange(conn, data, body, length == -1, head_only, read_timeout, on_interim)
             except ConnectionLost:
                 conn.abort()
                 if reused and conn.received == 0 and retry_stale:
