@@ -23,7 +23,7 @@ from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 
 from farts.clock import Clock, LoopClock
-from farts.db import scram
+from farts.db import output, scram, validation, views
 from farts.db.aggregate import run_pipeline
 from farts.db.errors import MongoError
 from farts.db.keys import path_values
@@ -47,6 +47,10 @@ HANDSHAKE = frozenset({"hello", "isMaster", "ismaster", "saslStart", "saslContin
 # comment, allowDiskUse and the like only change how, and are ignored).
 _UNSUPPORTED_OPTIONS = ("collation", "min", "max", "returnKey", "showRecordId", "tailable", "awaitData",
                         "let")
+# {aggregate: 1} stages that need a replica set's or a server's internals.
+_DB_LEVEL_STAGES = ("$currentOp", "$listLocalSessions", "$changeStream", "$queryStats", "$listSessions")
+_UNSUPPORTED_COLLMOD = ("index", "expireAfterSeconds", "changeStreamPreAndPostImages", "timeseries",
+                        "cappedSize", "cappedMax", "recordPreImages", "clusteredIndex", "dryRun")
 _BAD_DB_CHARS = set('/\\. "$*<>:|?\0')
 _UNSUPPORTED_INDEX_OPTIONS = ("sparse", "partialFilterExpression", "expireAfterSeconds", "collation",
                               "weights", "default_language", "2dsphereIndexVersion", "wildcardProjection")
@@ -129,7 +133,7 @@ class Commands:
             "aggregate": self.aggregate, "create": self.create, "drop": self.drop,
             "dropDatabase": self.drop_database, "listCollections": self.list_collections,
             "createIndexes": self.create_indexes, "listIndexes": self.list_indexes,
-            "dropIndexes": self.drop_indexes, "explain": self.explain,
+            "dropIndexes": self.drop_indexes, "explain": self.explain, "collMod": self.coll_mod,
         }
 
     # ---- entry ----
@@ -160,6 +164,10 @@ class Commands:
             for statement in cmd.body.get(key) or cmd.sequences.get(key) or ():
                 if isinstance(statement, dict) and statement.get("collation"):
                     raise _err(2, "BadValue", f"{cmd.name} option 'collation' is not supported")
+        if cmd.name in views.WRITES and isinstance(cmd.body.get(cmd.name), str):
+            ns = self.ns(session, cmd.db, cmd.body[cmd.name])
+            if views.is_view(self.store.catalog.get(ns)):
+                raise views.not_on_view(self.store.display_ns(ns))
         if cmd.read_preference is not None and self.read_preferences is not None:
             self.read_preferences.inc((str(cmd.read_preference.get("mode", "")),))
         return handler(session, cmd)
@@ -419,6 +427,8 @@ class Commands:
         self.opcounters["query"] += 1
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
         body = cmd.body
+        if views.is_view(self.store.catalog.get(ns)):
+            return self._find_view(session, ns, body)
         flt = body.get("filter")
         if flt and len(flt) == 1 and type(flt.get("_id")) in _ID_POINT_TYPES and not body.get("skip"):
             return self._find_by_id(session, ns, flt["_id"], body.get("projection"))
@@ -432,6 +442,12 @@ class Commands:
             return _as_stored(docs, raw) if raw else docs
 
         return self._then(self._read(query), lambda docs: self._cursor_reply(session, ns, docs, batch, single))
+
+    def _find_view(self, session: Session, ns: str, body: dict):
+        self._find_args(body)
+        batch = self._batch_size(body.get("batchSize"), DEFAULT_BATCH)
+        docs = self._pipeline_docs(ns, views.find_pipeline(body))
+        return self._then(docs, lambda d: self._cursor_reply(session, ns, d, batch, bool(body.get("singleBatch"))))
 
     def _find_by_id(self, session: Session, ns: str, _id, projection) -> dict:
         """find({_id: value}): one key lookup, the hot path of most applications."""
@@ -449,6 +465,9 @@ class Commands:
         flt = cmd.body.get("query") or {}
         body = {"filter": flt, "skip": cmd.body.get("skip"), "limit": cmd.body.get("limit")}
         flt, _, _, skip, limit = self._find_args(body)
+        if views.is_view(self.store.catalog.get(ns)):
+            docs = self._pipeline_docs(ns, views.find_pipeline({"filter": flt, "skip": skip, "limit": limit}))
+            return self._then(docs, lambda d: {"n": len(d), "ok": 1.0})
 
         def query(txn, budget):
             if not flt:   # estimatedDocumentCount: count keys, decode nothing
@@ -479,31 +498,75 @@ class Commands:
                     seen.setdefault(repr(sort_key(v)), v)
             return {"values": sorted(seen.values(), key=sort_key), "ok": 1.0}
 
+        if views.is_view(self.store.catalog.get(ns)):
+            return self._then(self._pipeline_docs(ns, views.find_pipeline({"filter": flt})), values)
         return self._then(self._read(query), values)
 
     def aggregate(self, session: Session, cmd: Command):
         self.opcounters["command"] += 1
         coll = self._coll_arg(cmd)
-        if not isinstance(coll, str):
-            raise _err(72, "InvalidOptions", "aggregate without a collection ({aggregate: 1}) is not supported")
-        ns = self.ns(session, cmd.db, coll)
         pipeline = cmd.body.get("pipeline")
         if not isinstance(pipeline, list) or not all(isinstance(s, dict) for s in pipeline):
             raise _err(14, "TypeMismatch", "'pipeline' must be an array of objects")
+        names = [output.stage_name(s) for s in pipeline]
+        db_level = coll == 1 and not isinstance(coll, bool)
+        if db_level:
+            ns = f"{self.db_prefix(session, cmd.db)}$cmd.aggregate"
+            if names and names[0] in _DB_LEVEL_STAGES:
+                raise _err(2, "BadValue", f"{names[0]} is not supported by this server")
+            if not names or names[0] != "$documents":
+                raise _err(73, "InvalidNamespace", f"{{aggregate: 1}} is not valid for "
+                                                   f"'{names[0] if names else 'an empty pipeline'}'; a collection "
+                                                   "is required (the stage this server runs without one: $documents)")
+        elif isinstance(coll, str):
+            ns = self.ns(session, cmd.db, coll)
+        else:
+            raise _err(73, "InvalidNamespace", f"Invalid collection name: {coll!r}")
+        for i, name in enumerate(names):
+            if name == "$documents" and (i or not db_level):
+                raise _err(40602, "Location40602", "$documents is only valid as the first stage of {aggregate: 1}")
+            if name in output.WRITING_STAGES and i != len(names) - 1:
+                raise _err(40601, "Location40601", f"{name} can only be the final stage in the pipeline")
         if "cursor" not in cmd.body and not cmd.body.get("explain"):
             raise _err(9, "FailedToParse", "The 'cursor' option is required, except for aggregate with the explain argument")
         cursor_opts = cmd.body.get("cursor") or {}
         batch = self._batch_size(cursor_opts.get("batchSize") if isinstance(cursor_opts, dict) else None,
                                  DEFAULT_BATCH)
+        if not names or names[-1] not in output.WRITING_STAGES:
+            docs = self._pipeline_docs(ns, pipeline, documents=db_level)
+            return self._then(docs, lambda d: self._cursor_reply(session, ns, d, batch))
+        out = output.parse(pipeline[-1], cmd.db)
+        target = self.ns(session, out.db, out.coll)
+        if views.is_view(self.store.catalog.get(target)):
+            raise views.not_on_view(self.store.display_ns(target))
+        docs = self._pipeline_docs(ns, pipeline[:-1], documents=db_level)
+        bypass = bool(cmd.body.get("bypassDocumentValidation"))
+
+        def fn(w, result):
+            w.bypass_validation = bypass
+            output.write(w, target, out, result, self.store.display_ns)
+
+        async def run():
+            result = await docs if asyncio.isfuture(docs) else docs
+            await self._write(lambda w: fn(w, result))
+            return self._cursor_reply(session, ns, [], batch)
+
+        return run()
+
+    def _pipeline_docs(self, ns: str, pipeline: list, documents: bool = False):
+        """What pipeline outputs over ns (a collection or a view; nothing with documents,
+        {aggregate: 1}): a list, or a future of it when the read moved to the pool."""
+        if not documents and (resolved := views.resolve(self.store.catalog, ns)) is not None:
+            ns, pipeline = resolved[0], resolved[1] + pipeline
         first = pipeline[0].get("$match") if pipeline and len(pipeline[0]) == 1 else None
         flt = first if isinstance(first, dict) else {}
         compile_filter(flt)
 
         def query(txn, budget):
-            docs = self._find_docs(txn, budget, ns, flt, None, 0, 0, None)
+            docs = [] if documents else self._find_docs(txn, budget, ns, flt, None, 0, 0, None)
             return run_pipeline(docs, pipeline)
 
-        return self._then(self._read(query), lambda docs: self._cursor_reply(session, ns, docs, batch))
+        return self._read(query)
 
     def explain(self, session: Session, cmd: Command):
         inner = cmd.body.get("explain")
@@ -544,10 +607,14 @@ class Commands:
         prefix = self.db_prefix(session, cmd.db)
         out = []
         for ns in sorted(self.store.catalog):
-            if ns.startswith(prefix):
-                out.append({"name": ns[len(prefix):], "type": "collection",
-                            "options": self.store.catalog[ns].options, "info": {"readOnly": False},
-                            "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}})
+            if not ns.startswith(prefix):
+                continue
+            options = self.store.catalog[ns].options
+            if "viewOn" in options:
+                out.append({"name": ns[len(prefix):], "type": "view", "options": options, "info": {"readOnly": True}})
+            else:
+                out.append({"name": ns[len(prefix):], "type": "collection", "options": options,
+                            "info": {"readOnly": False}, "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}})
         flt = cmd.body.get("filter")
         if flt:
             m = compile_filter(flt)
@@ -577,6 +644,8 @@ class Commands:
         """A retryable write (lsid + txnNumber, as drivers send by default) runs once: the
         retry a driver sends after losing the connection gets the first attempt's answer
         instead of inserting or incrementing again. Kept in memory (not across restarts)."""
+        if cmd.body.get("bypassDocumentValidation"):
+            fn = _bypassing_validation(fn)
         lsid, number = cmd.body.get("lsid"), cmd.body.get("txnNumber")
         if not isinstance(lsid, dict) or not isinstance(number, int) or isinstance(number, bool):
             return self._write(fn)
@@ -707,15 +776,60 @@ class Commands:
 
     def create(self, session: Session, cmd: Command):
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
-        for opt in ("capped", "viewOn", "timeseries", "clusteredIndex", "validator"):
-            if cmd.body.get(opt):
+        b = cmd.body
+        for opt in ("capped", "timeseries", "clusteredIndex"):
+            if b.get(opt):
                 raise _err(72, "InvalidOptions", f"create option '{opt}' is not supported")
+        options = {k: b[k] for k in validation.OPTIONS if k in b}
+        views.check_options({**options, **{k: b[k] for k in ("viewOn", "pipeline") if k in b}})
+        validation.check_options(options)
+
+        def fn(w):
+            opts = options
+            if "viewOn" in b:
+                opts = views.check_definition(w.catalog, ns, b["viewOn"], b.get("pipeline", []),
+                                              self.store.display_ns)
+            w.create_collection(ns, opts)
 
         async def run():
-            await self._write(lambda w: w.create_collection(ns, {}), exclusive=True)
+            await self._write(fn, exclusive=True)
             return {"ok": 1.0}
 
         return run()
+
+    def coll_mod(self, session: Session, cmd: Command):
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        b = cmd.body
+        for opt in _UNSUPPORTED_COLLMOD:
+            if opt in b:
+                raise _err(72, "InvalidOptions", f"collMod option '{opt}' is not supported")
+        changes = {k: b[k] for k in (*validation.OPTIONS, "viewOn", "pipeline") if k in b}
+        display = self.store.display_ns
+
+        def fn(w):
+            coll = w.catalog.get(ns)
+            if coll is None:
+                raise _err(26, "NamespaceNotFound", f"ns does not exist: {display(ns)}")
+            options = dict(coll.options)
+            if views.is_view(coll):
+                if any(k in changes for k in validation.OPTIONS):
+                    raise _err(72, "InvalidOptions", f"option not supported on a view: "
+                                                     f"{next(k for k in changes if k in validation.OPTIONS)}")
+                if changes:
+                    if "viewOn" not in changes or "pipeline" not in changes:
+                        raise _err(72, "InvalidOptions", "must specify both 'viewOn' and 'pipeline' when "
+                                                         "applying collMod to a view")
+                    options = views.check_definition(w.catalog, ns, changes["viewOn"], changes["pipeline"], display)
+            else:
+                if "viewOn" in changes or "pipeline" in changes:
+                    raise _err(72, "InvalidOptions", f"'viewOn' and 'pipeline' are options of views; "
+                                                     f"{display(ns)} is a collection")
+                options.update(changes)
+                validation.check_options(options)
+            w.set_options(ns, options)
+            return {"ok": 1.0}
+
+        return self._write(fn, exclusive=True)
 
     def drop(self, session: Session, cmd: Command):
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
@@ -801,6 +915,13 @@ class Commands:
                 return fn(await value)
             return chain()
         return fn(value)
+
+
+def _bypassing_validation(fn):
+    def run(w):
+        w.bypass_validation = True
+        return fn(w)
+    return run
 
 
 def check_db_name(db) -> None:
