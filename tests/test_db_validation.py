@@ -61,7 +61,8 @@ def test_json_schema_refuses_and_explains(client):
     assert e.value.code == 121 and e.value.details["errInfo"]["failingDocumentId"] == 1
     with pytest.raises(OperationFailure) as e:
         col.find_one_and_update({"_id": 1}, {"$unset": {"name": ""}})
-    assert e.value.code == 121
+    assert e.value.code == 121 and e.value.details["errInfo"]["details"]["schemaRulesNotSatisfied"] == [
+        {"operatorName": "required", "specifiedAs": {"required": ["name", "year"]}, "missingProperties": ["name"]}]
     with pytest.raises(WriteError):
         col.replace_one({"_id": 1}, {"name": "A"})
     assert col.find_one({"_id": 1}) == {"_id": 1, "name": "Alice", "year": 2019, "gpa": 3.5}
