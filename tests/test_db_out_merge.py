@@ -12,6 +12,9 @@ import mongomock
 import pytest
 import test_db_pymongo
 from pymongo.errors import DuplicateKeyError, OperationFailure
+from test_db_replica_store import NS, dump, open_store, ship, update
+
+from farts.db import output
 
 # One node and client for the module (test_db_pymongo's fixtures).
 node, listener, client = test_db_pymongo.node, test_db_pymongo.listener, test_db_pymongo.client
@@ -143,3 +146,27 @@ def test_refusals(db):
             list(run())
         assert e.value.code == code, e.value.details
     assert "x" not in db.list_collection_names()
+
+
+def test_out_and_merge_replicate_as_document_changes(tmp_path):
+    """On replicated stores: $merge's "merge" travels as a $set of its fields (a concurrent
+    write of another field on another node survives), $out as the inserts, replacements and
+    deletes that make the target its output."""
+    a, b = open_store(tmp_path, "a"), open_store(tmp_path, "b")
+    try:
+        a.submit(lambda w: [w.insert(NS, {"_id": i, "v": i}) for i in range(4)]).result()
+        ship(a, b)
+        merge = output.parse({"$merge": {"into": "c"}}, "db")
+        a.submit(lambda w: output.write(w, NS, merge, [{"_id": 1, "v": 10}, {"_id": 7, "v": 7}], str)).result()
+        update(b, 1, {"$set": {"w": 1}})
+        ship(a, b)
+        ship(b, a)
+        assert dump(a) == dump(b)
+        assert {"_id": 1, "v": 10, "w": 1} in dump(a) and {"_id": 7, "v": 7} in dump(a)
+        out = output.parse({"$out": "c"}, "db")
+        b.submit(lambda w: output.write(w, NS, out, [{"_id": 1, "v": 1}, {"_id": 9}], str)).result()
+        ship(b, a)
+        assert dump(a) == dump(b) == [{"_id": 1, "v": 1}, {"_id": 9}]
+    finally:
+        a.close()
+        b.close()
