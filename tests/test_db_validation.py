@@ -125,7 +125,9 @@ def test_levels_actions_and_coll_mod(client):
         col.update_one({"_id": 2}, {"$set": {"m": 2}})
     # warn: the write goes through (mongod logs it).
     db.command("collMod", "c", validationAction="warn")
+    warned = client.admin.command("serverStatus")["farts"]["validationWarnings"]
     col.insert_one({"_id": 3, "n": Int64(5)})
+    assert client.admin.command("serverStatus")["farts"]["validationWarnings"] == warned + 1
     db.command("collMod", "c", validationLevel="off", validationAction="error")
     col.insert_one({"_id": 4, "n": None})
     db.command("collMod", "c", validator={})

@@ -31,7 +31,7 @@ _JSON_TYPES = {"object": {3}, "array": {4}, "number": {1, 16, 18, 19}, "boolean"
                "string": {2}, "null": {10}}
 _UNSUPPORTED_KEYWORDS = ("$ref", "$schema", "default", "definitions", "format", "id",
                          "encrypt", "encryptMetadata")
-warnings = 0   # writes let through by validationAction "warn" (serverStatus shows it)
+warnings = 0   # writes let through by validationAction "warn" (serverStatus farts.validationWarnings)
 
 
 def check_options(options: dict) -> None:
