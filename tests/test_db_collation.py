@@ -20,6 +20,7 @@ import pytest
 import test_db_pymongo
 from pymongo.collation import Collation
 from pymongo.errors import OperationFailure
+from test_db_views import fresh_db
 
 # One node and client for the module (test_db_pymongo's fixtures).
 node, listener, client = test_db_pymongo.node, test_db_pymongo.listener, test_db_pymongo.client
@@ -31,10 +32,7 @@ CI = Collation(locale="en", strength=2)
 
 @pytest.fixture
 def col(client, request):
-    c = client[f"coll_{request.node.name[-20:]}"].words
-    c.drop()
-    c.insert_many(WORDS)
-    return c
+    return fresh_db(client, request, "coll", words=WORDS).words
 
 
 def ids(docs):

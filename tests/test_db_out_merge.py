@@ -13,6 +13,7 @@ import pytest
 import test_db_pymongo
 from pymongo.errors import DuplicateKeyError, OperationFailure
 from test_db_replica_store import NS, dump, open_store, ship, update
+from test_db_views import fresh_db
 
 from farts.db import output
 
@@ -30,10 +31,7 @@ OUT_PIPELINES = [
 
 @pytest.fixture
 def db(client, request):
-    d = client[f"om_{request.node.name[-20:]}"]
-    client.drop_database(d.name)
-    d.sales.insert_many(SALES)
-    return d
+    return fresh_db(client, request, "om", sales=SALES)
 
 
 def _sorted(docs):

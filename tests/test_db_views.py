@@ -19,12 +19,18 @@ PEOPLE = [{"_id": i, "name": f"p{i}", "age": 20 + i, "city": ["oslo", "rome", "l
            "secret": i * 7} for i in range(12)]
 
 
+def fresh_db(client, request, prefix: str, **collections):
+    """A database of one test's own: dropped, then filled with the collections given."""
+    d = client[f"{prefix}_{request.node.name[-20:]}"]
+    client.drop_database(d.name)
+    for name, docs in collections.items():
+        d[name].insert_many(docs)
+    return d
+
+
 @pytest.fixture
 def db(client, request):
-    d = client[f"views_{request.node.name[-20:]}"]
-    client.drop_database(d.name)
-    d.people.insert_many(PEOPLE)
-    return d
+    return fresh_db(client, request, "views", people=PEOPLE)
 
 
 def test_reads_through_a_view(db):
