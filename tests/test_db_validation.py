@@ -144,7 +144,7 @@ def test_refusals(client):
         (lambda: db.create_collection("a", validator={"$jsonSchema": {"type": "integer"}}), 2, "BadValue"),
         (lambda: db.create_collection("a", validator={"$jsonSchema": {"$ref": "#/x"}}), 9, "FailedToParse"),
         (lambda: db.create_collection("a", validator={"x": {"$bogus": 1}}), 2, "BadValue"),
-        (lambda: db.create_collection("a", validator={"$where": "1"}), 2, "BadValue"),
+        (lambda: db.create_collection("a", validator={"$where": "1"}), 224, "QueryFeatureNotAllowed"),
         (lambda: db.command("collMod", "missing", validator={}), 26, "NamespaceNotFound"),
         (lambda: db.command("collMod", "b", index={"name": "x", "hidden": True}), 72, "InvalidOptions"),
     ]

@@ -42,7 +42,7 @@ def check_options(options: dict) -> None:
             raise error(TYPE_MISMATCH, "'validator' must be an object", "TypeMismatch")
         for name in validator:
             if name in ("$where", "$near", "$nearSphere", "$text", "$geoNear"):
-                raise error(BAD_VALUE, f"{name} is not allowed in collection validators")
+                raise error(224, f"{name} is not allowed in this context", "QueryFeatureNotAllowed")
         compiled(validator)
     for key, allowed in (("validationLevel", LEVELS), ("validationAction", ACTIONS)):
         value = options.get(key)
