@@ -174,3 +174,17 @@ def test_json_schema_as_a_query(client):
     assert ids({"not": {"required": ["a"]}}) == [3]
     assert ids({"properties": {"a": {"enum": [1, "s"]}}}) == [1, 2, 3]
     assert ids({"properties": {"b": {"properties": {"c": {"multipleOf": 2}}}}}) == [1, 2, 3, 5]
+
+
+def test_out_and_merge_are_validated_unless_bypassed(client):
+    db = client.v_out
+    db.src.insert_many([{"_id": 1, "n": "x"}])
+    db.create_collection("dst", validator={"n": {"$type": "int"}})
+    with pytest.raises(OperationFailure) as e:
+        db.src.aggregate([{"$merge": {"into": "dst"}}])
+    assert e.value.code == 121 and e.value.details["errInfo"]["failingDocumentId"] == 1
+    db.src.aggregate([{"$out": "dst"}], bypassDocumentValidation=True)
+    assert db.dst.find_one() == {"_id": 1, "n": "x"}
+    # $out keeps the target's options: the validator still guards it.
+    with pytest.raises(WriteError):
+        db.dst.insert_one({"n": "y"})

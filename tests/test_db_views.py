@@ -91,6 +91,9 @@ def test_writes_to_a_view_are_refused(db):
         assert (e.value.code, e.value.details["codeName"]) == (166, "CommandNotSupportedOnView")
         assert "is a view, not a collection" in e.value.details["errmsg"]
     assert db.people.count_documents({}) == len(PEOPLE)
+    with pytest.raises(OperationFailure) as e:   # refused rather than an empty plan
+        v.find().explain()
+    assert e.value.code == 2
 
 
 def test_definitions_mongodb_refuses(db):

@@ -592,6 +592,8 @@ class Commands:
         if name not in ("find", "count", "aggregate"):
             raise _err(72, "InvalidOptions", f"explain is supported for find, count and aggregate, not {name}")
         ns = self.ns(session, cmd.db, inner[name])
+        if views.is_view(self.store.catalog.get(ns)):   # its plan is the view's pipeline's: not described here
+            raise _err(2, "BadValue", f"explain of a view ({self.store.display_ns(ns)}) is not supported")
         if name == "aggregate":
             pipeline = inner.get("pipeline") or []
             first = pipeline[0].get("$match") if pipeline and isinstance(pipeline[0], dict) else None
