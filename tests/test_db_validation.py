@@ -147,6 +147,8 @@ def test_refusals(client):
         (lambda: db.create_collection("a", validator={"$where": "1"}), 224, "QueryFeatureNotAllowed"),
         (lambda: db.command("collMod", "missing", validator={}), 26, "NamespaceNotFound"),
         (lambda: db.command("collMod", "b", index={"name": "x", "hidden": True}), 72, "InvalidOptions"),
+        (lambda: db.command("collMod", "b", validatr={}), 40415, "Location40415"),
+        (lambda: db.command("create", "a", validatr={}), 40415, "Location40415"),
     ]
     db.create_collection("b")
     for run, code, name in cases:

@@ -49,6 +49,14 @@ _UNSUPPORTED_OPTIONS = ("min", "max", "returnKey", "showRecordId", "tailable", "
                         "let")
 # {aggregate: 1} stages that need a replica set's or a server's internals.
 _DB_LEVEL_STAGES = ("$currentOp", "$listLocalSessions", "$changeStream", "$queryStats", "$listSessions")
+# Fields any command may carry (drivers' session, API version and write concern fields).
+_GENERIC_FIELDS = frozenset({"lsid", "txnNumber", "writeConcern", "comment", "maxTimeMS", "apiVersion", "apiStrict",
+                             "apiDeprecationErrors", "readConcern"})
+_CREATE_FIELDS = frozenset({"capped", "size", "max", "timeseries", "clusteredIndex", "expireAfterSeconds",
+                            "validator", "validationLevel", "validationAction", "viewOn", "pipeline", "collation",
+                            "storageEngine", "indexOptionDefaults", "idIndex", "changeStreamPreAndPostImages",
+                            "encryptedFields"})
+_COLLMOD_FIELDS = frozenset({"validator", "validationLevel", "validationAction", "viewOn", "pipeline"})
 _UNSUPPORTED_COLLMOD = ("index", "expireAfterSeconds", "changeStreamPreAndPostImages", "timeseries",
                         "cappedSize", "cappedMax", "recordPreImages", "clusteredIndex", "dryRun")
 _BAD_DB_CHARS = set('/\\. "$*<>:|?\0')
@@ -800,6 +808,7 @@ class Commands:
     def create(self, session: Session, cmd: Command):
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
         b = cmd.body
+        _known_fields(cmd, _CREATE_FIELDS)
         for opt in ("capped", "timeseries", "clusteredIndex"):
             if b.get(opt):
                 raise _err(72, "InvalidOptions", f"create option '{opt}' is not supported")
@@ -828,6 +837,7 @@ class Commands:
         for opt in _UNSUPPORTED_COLLMOD:
             if opt in b:
                 raise _err(72, "InvalidOptions", f"collMod option '{opt}' is not supported")
+        _known_fields(cmd, _COLLMOD_FIELDS)
         changes = {k: b[k] for k in (*validation.OPTIONS, "viewOn", "pipeline") if k in b}
         display = self.store.display_ns
 
@@ -943,6 +953,13 @@ class Commands:
                 return fn(await value)
             return chain()
         return fn(value)
+
+
+def _known_fields(cmd: Command, allowed: frozenset) -> None:
+    """An unknown field is refused as mongod's command parser refuses it (not ignored)."""
+    for key in cmd.body:
+        if key != cmd.name and not key.startswith("$") and key not in allowed and key not in _GENERIC_FIELDS:
+            raise _err(40415, "Location40415", f"BSON field '{cmd.name}.{key}' is an unknown field.")
 
 
 def _bypassing_validation(fn):
