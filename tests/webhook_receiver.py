@@ -56,13 +56,13 @@ class Receiver:
         self.bodies[did] = envelope
         return web.Response(status=self.status)
 
-    async def start(self, port: int = 0) -> int:
+    async def start(self, port: int = 0, ssl_context=None) -> int:
         app = web.Application()
         app.router.add_post("/hook/{tenant}", self.handle)
         app.router.add_post("/hook", self.handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port)
+        site = web.TCPSite(self.runner, "127.0.0.1", port, ssl_context=ssl_context)
         await site.start()
         self.port = self.runner.addresses[0][1]
         return self.port
