@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pymongo
 import pytest
-from mesh_helpers import make_ca
+from mesh_helpers import MESH, make_ca
 from webhook_receiver import Receiver, until
 
 from farts import config, pki
@@ -25,18 +25,8 @@ from farts.node import Node
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = b"tenant-secret"
 
-NODE = """
-[node]
-id = "{node_id}"
-data_dir = "{data_dir}"
-
-[listeners.http]
-port = 0
-[listeners.https]
-enabled = false
-[listeners.admin]
-port = 0
-
+# Each node runs the mesh (the one-node test alone in it), the database and webhooks.
+SERVICES = """
 [db]
 enabled = true
 port = 0
@@ -57,34 +47,14 @@ api_keys = ["demo-key"]
 secret = "tenant-secret"
 """
 
-MESH = """
-[mesh]
-enabled = true
-host = "127.0.0.1"
-port = 0
-seeds = {seeds}
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-probe_interval = 0.5
-probe_timeout = 0.25
-suspicion_timeout = 3.0
-reconnect_min = 0.05
-reconnect_max = 0.5
-"""
 
-
-async def start(tmp_path: Path, node_id: str, window: float = 86400.0, seeds: list[str] | None = None,
-                ca_dir: Path | None = None) -> Node:
+async def start(tmp_path: Path, node_id: str, seeds: list[str], window: float = 86400.0) -> Node:
     data = tmp_path / node_id
-    text = NODE.format(node_id=node_id, data_dir=data, window=window)
-    if seeds is not None:
-        mesh = data / "mesh"
-        pki.issue(ca_dir, mesh / "node.crt", mesh / "node.key", ["127.0.0.1"], node_id=node_id)
-        text += MESH.format(seeds=json.dumps(seeds), ca=ca_dir / "ca.crt", cert=mesh / "node.crt",
-                            key=mesh / "node.key")
-    data.mkdir(parents=True, exist_ok=True)
-    node = Node(config.parse(text, str(data / "farts.toml")))
+    mesh = data / "mesh"
+    pki.issue(tmp_path / "ca", mesh / "node.crt", mesh / "node.key", ["127.0.0.1"], node_id=node_id)
+    text = MESH.format(node_id=node_id, region="test", seeds=json.dumps(seeds), ca=tmp_path / "ca" / "ca.crt",
+                       cert=mesh / "node.crt", key=mesh / "node.key").replace("{data_dir}", str(data))
+    node = Node(config.parse(text + SERVICES.format(window=window), str(data / "farts.toml")))
     await node.start()
     return node
 
@@ -98,7 +68,8 @@ def test_api_mongodb_and_cli_on_a_node(tmp_path):
     async def main():
         rx = Receiver({"demo": SECRET})
         port = await rx.start()
-        node = await start(tmp_path, "n1", window=1.0)
+        make_ca(tmp_path)
+        node = await start(tmp_path, "n1", [], window=1.0)
         hooks = node.services["webhooks"]
         url = f"http://127.0.0.1:{port}/hook"
         try:
@@ -152,8 +123,11 @@ def test_api_mongodb_and_cli_on_a_node(tmp_path):
             await until(lambda: rx.delivered[late] >= 1, what="the retried delivery")
             missing = await asyncio.to_thread(cli, node, "retry", "wh_unknown")
             assert missing.returncode == 1 and "no delivery" in missing.stderr
+            await until(lambda: hooks.status()["pending"]["count"] == 0, what="an empty queue")
             metrics = node.metrics.render().decode()
-            assert "farts_webhooks_delivered_total" in metrics and "farts_webhooks_attempt_seconds_bucket" in metrics
+            assert "farts_webhooks_delivered_total 6.0" in metrics and "farts_webhooks_attempt_seconds_bucket" in metrics
+            assert 'farts_webhooks_queued{state="pending"} 0.0' in metrics
+            assert 'farts_webhooks_queued{state="dead"} 0.0' in metrics
         finally:
             await node.stop()
             await rx.stop()
@@ -165,9 +139,9 @@ def test_10000_deliveries_across_a_master_handover(tmp_path):
     async def main():
         rx = Receiver({"demo": SECRET})
         port = await rx.start()
-        ca_dir = make_ca(tmp_path)
-        a = await start(tmp_path, "a", seeds=[], ca_dir=ca_dir)
-        b = await start(tmp_path, "b", seeds=[a.urls()["mesh"].removeprefix("mesh://").rstrip("/")], ca_dir=ca_dir)
+        make_ca(tmp_path)
+        a = await start(tmp_path, "a", [])
+        b = await start(tmp_path, "b", [a.urls()["mesh"].removeprefix("mesh://").rstrip("/")])
         ha, hb = a.services["webhooks"], b.services["webhooks"]
         url = f"http://127.0.0.1:{port}/hook"
         ids: list[str] = []

@@ -181,22 +181,27 @@ def key_of(ns: str, delivery_id) -> bytes:
     return ns_prefix(ns) + keys.encode(delivery_id)
 
 
+def counts(store: Store) -> dict[str, int]:
+    """Pending deliveries and dead letters (keys counted, nothing decoded)."""
+    with store.read() as txn:
+        return {"pending": store.count_keys(txn, QUEUE_NS), "dead": store.count_keys(txn, DEAD_NS)}
+
+
 def listing(store: Store, limit: int = 100) -> dict:
     """For `farts-edge webhooks list`: counts and the first deliveries of each state."""
     out: dict = {}
-    for state, ns in (("pending", QUEUE_NS), ("dead", DEAD_NS)):
+    for state, n in counts(store).items():
+        ns = QUEUE_NS if state == "pending" else DEAD_NS
         prefix = ns_prefix(ns)
-        rows, n = [], 0
+        rows = []
         with store.read() as txn:
             cur = txn.cursor()
             if cur.set_range(prefix):
                 for k, v in cur:
-                    if not k.startswith(prefix):
+                    if not k.startswith(prefix) or len(rows) >= limit:
                         break
-                    n += 1
-                    if len(rows) < limit:
-                        d = bson.decode(v)
-                        rows.append({f: d.get(f) for f in ("_id", "tenant", "url", "event", "attempts", "due",
-                                                           "created", "since", "error", "status", "epoch")})
+                    d = bson.decode(v)
+                    rows.append({f: d.get(f) for f in ("_id", "tenant", "url", "event", "attempts", "due",
+                                                       "created", "since", "error", "status", "epoch")})
         out[state] = {"count": n, "deliveries": rows}
     return out

@@ -85,8 +85,9 @@ class Webhooks:
         self._metrics(metrics)
 
     def _metrics(self, m) -> None:
-        m.gauge("farts_webhooks_queued", "Deliveries waiting in the queue (on the master node)",
-                lambda: len(self.active.scheduler) if self.active else 0)
+        m.gauge("farts_webhooks_queued", "Deliveries in the queue and dead letters, as this node's replica has them",
+                lambda: {(state,): n for state, n in queue.counts(self.store).items()} if self.store else {},
+                ("state",))
         m.gauge("farts_webhooks_in_flight", "Delivery attempts under way",
                 lambda: len(self.active.scheduler.in_flight) if self.active else 0)
         m.gauge("farts_webhooks_master_epoch", "The lease epoch this node delivers under (0: not master)",
@@ -316,7 +317,7 @@ class Webhooks:
                     doc = a.docs.pop(did, None)
                     if r[0] == "retry" and doc is not None:
                         a.scheduler.remove(did)
-                elif r[0] == "retry":
+                elif r[1] in a.docs:
                     a.docs[r[1]].update(r[2])
         fut.add_done_callback(written)
 
