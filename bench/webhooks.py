@@ -90,9 +90,9 @@ async def deliver(args, port: int) -> dict:
     latencies: list[float] = []
     send = hooks._send
 
-    async def timed(doc, d):
+    async def timed(doc, body, d):
         t = time.perf_counter()
-        result = await send(doc, d)
+        result = await send(doc, body, d)
         latencies.append(time.perf_counter() - t)
         return result
     hooks._send = timed

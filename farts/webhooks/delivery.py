@@ -17,7 +17,8 @@ circuit is open. ``finished(...)`` takes an attempt's outcome and says what foll
 - ``GONE`` (410, or a destination refused for good): dead at once.
 
 A delivery whose next attempt would come after ``window`` seconds from its start is
-dead-lettered. Times are wall seconds: the window and due times live in the replicated
+dead-lettered (one held back by an open circuit meanwhile: when its attempt after the
+cooldown fails). Times are wall seconds: the window and due times live in the replicated
 store and go on from where they were when another node takes over.
 
 ``wakeup(now)`` is when ``take`` may have something new without an attempt finishing

@@ -193,9 +193,7 @@ class Webhooks:
             return
         new, gone = queue.scan(self.store, queue.QUEUE_NS, a.known)
         for k in gone:
-            did = a.known.pop(k)
-            a.docs.pop(did, None)
-            a.scheduler.remove(did)
+            self._forget(a, a.known[k])
         for doc in new:
             self._add(a, queue.key_of(queue.QUEUE_NS, doc["_id"]), doc)
         if not a.claiming:
@@ -207,14 +205,20 @@ class Webhooks:
             return
         did = doc["_id"]
         a.known[key] = did
-        a.docs[did] = doc
+        a.docs[did] = {k: v for k, v in doc.items() if k != "body"}   # (the body is read when sent)
         try:
             dest = self._destination(doc["url"]).key
-        except ssrf.Refused as e:
-            dest = ""
-            doc["error"] = str(e)
+        except ssrf.Refused:
+            dest = ""           # (its attempt finds the URL refused and dead-letters it)
         a.scheduler.add(Delivery(did, dest, float(doc.get("since", 0)), int(doc.get("attempts", 0)),
                                  float(doc.get("due", 0))))
+
+    @staticmethod
+    def _forget(a: _Active, did: str) -> None:
+        """A delivery that left the queue (delivered, dead-lettered, or moved by another node)."""
+        a.known.pop(queue.key_of(queue.QUEUE_NS, did), None)
+        a.docs.pop(did, None)
+        a.scheduler.remove(did)
 
     def _destination(self, url: str) -> ssrf.Destination:
         dest = self._dests.get(url)
@@ -273,10 +277,13 @@ class Webhooks:
 
     async def _attempt(self, a: _Active, d: Delivery) -> None:
         doc = a.docs.get(d.id)
-        if doc is None:   # (gone from the queue while it waited)
+        with self.store.read() as txn:
+            stored = self.store.get(txn, queue.QUEUE_NS, d.id) if doc is not None else None
+        if stored is None:   # delivered or moved by another node while it waited: not sent
+            self._forget(a, d.id)
             outcome, status, error, retry_after = GONE, 0, "not in the queue", None
         else:
-            outcome, status, error, retry_after = await self._send(doc, d)
+            outcome, status, error, retry_after = await self._send(doc, stored["body"], d)
         now = self.clock.wall()
         result, d = a.scheduler.finished(d.id, now, outcome, retry_after)
         fields = {"attempts": d.attempts, "status": status, "error": error}
@@ -312,16 +319,12 @@ class Webhooks:
                 if state == queue.FENCED:
                     self.fenced.inc()
                 if r[0] != "retry" or state != queue.DONE:   # it left the queue: forget it
-                    did = r[1]
-                    a.known.pop(queue.key_of(queue.QUEUE_NS, did), None)
-                    doc = a.docs.pop(did, None)
-                    if r[0] == "retry" and doc is not None:
-                        a.scheduler.remove(did)
+                    self._forget(a, r[1])
                 elif r[1] in a.docs:
                     a.docs[r[1]].update(r[2])
         fut.add_done_callback(written)
 
-    async def _send(self, doc: dict, d: Delivery) -> tuple[str, int, str, float | None]:
+    async def _send(self, doc: dict, body: bytes, d: Delivery) -> tuple[str, int, str, float | None]:
         """One attempt: (outcome, HTTP status or 0, error, Retry-After seconds)."""
         secret = self.secrets.get(doc["tenant"])
         if not secret:
@@ -335,7 +338,6 @@ class Webhooks:
             return FAIL, 0, f"cannot resolve {dest.host}: {e}", None
         proxy = self.proxies[(zlib.crc32(d.id.encode()) + d.attempts) % len(self.proxies)] if self.proxies else None
         pool = self.client.pool(dest.scheme, dest.host, dest.port, address, proxy)
-        body = doc["body"]
         host = f"[{dest.host}]" if ":" in dest.host else dest.host
         default_port = 443 if dest.scheme == "https" else 80
         headers = [(b"host", (host if dest.port == default_port else f"{host}:{dest.port}").encode()),
