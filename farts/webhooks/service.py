@@ -35,6 +35,7 @@ log = logging.getLogger("farts.webhooks")
 JSON = [(b"content-type", b"application/json")]
 MAX_BATCH = 1000              # deliveries per POST /api/webhooks
 MAX_ANSWER_BYTES = 65536      # of a receiver's answer read (the rest is not waited for)
+SCAN_SHARE = 20               # scans take at most 1/20 of the master's loop
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DELAY_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 21600.0, 86400.0)
 
@@ -144,7 +145,7 @@ class Webhooks:
             per_destination=c.per_destination, breaker_failures=c.breaker_failures,
             breaker_cooldown=c.breaker_cooldown))
         log.info("webhooks: master with epoch %d: delivering", epoch)
-        a.scan_timer = self.clock.every(c.scan_interval, lambda now: self.scan(), first=0.0)
+        a.scan_timer = self.clock.call_later(0.0, self._scan_tick, a)
 
     # ---- enqueue (any node) ----
 
@@ -185,6 +186,16 @@ class Webhooks:
             raise ssrf.Refused(f"url: {why}")
 
     # ---- the master's side ----
+
+    def _scan_tick(self, a: _Active) -> None:
+        """A scan reads every key of the queue: with a long backlog the next one waits
+        long enough that scanning stays under 1/SCAN_SHARE of the loop's time."""
+        if self.active is not a:
+            return
+        started = time.perf_counter()
+        self.scan()
+        took = time.perf_counter() - started
+        a.scan_timer = self.clock.call_later(max(self.cfg.scan_interval, SCAN_SHARE * took), self._scan_tick, a)
 
     def scan(self) -> None:
         """Picks up what other nodes enqueued (and forgets what is gone from the queue)."""
