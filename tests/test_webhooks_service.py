@@ -191,6 +191,9 @@ def test_documents_inserted_into_the_collection_are_claimed_and_delivered(tmp_pa
         with s.store.read() as txn:
             assert s.store.count_keys(txn, ns) == 0
         assert s.count("farts_webhooks_enqueued_total", ("mongodb",)) == 2
+        # found through the operation log: one full scan (the first look), then the log's
+        assert s.count("farts_webhooks_queue_looks_total", ("full",)) == 1
+        assert s.count("farts_webhooks_queue_looks_total", ("log",)) > 0
         await s.close()
         await rx.stop()
     asyncio.run(main())
@@ -227,5 +230,24 @@ def test_bad_enqueues_are_refused_with_the_field_named(tmp_path):
         with pytest.raises(queue.BadDelivery, match="secret"):
             await hooks.enqueue("nobody", items(9, 1))
         assert s.states() == (0, 0)
+        await s.close()
+    asyncio.run(main())
+
+
+def test_the_watch_reads_changes_from_the_oplog_and_says_when_it_cannot(tmp_path):
+    async def main():
+        s = Setup(tmp_path)
+        hooks = await s.start()
+        (first,) = await hooks.enqueue("demo", items(9, 1))
+        watch = queue.Watch(s.store, queue.QUEUE_NS)
+        assert watch.changed() == set()
+        second = await hooks.enqueue("demo", items(9, 2))
+        await asyncio.wrap_future(s.store.submit(lambda w: w.insert("demo$app.other", {"_id": 1})))
+        await asyncio.wrap_future(s.store.submit(lambda w: queue.record(w, 1, [("delivered", first)])))
+        assert watch.changed() == {first, *second}     # the other namespace's write is not among them
+        assert watch.changed() == set()
+        await hooks.enqueue("demo", items(9, 1))
+        await asyncio.wrap_future(s.store.truncate("n1", s.store.applied()["n1"][0]))   # dropped unread
+        assert watch.changed() is None
         await s.close()
     asyncio.run(main())

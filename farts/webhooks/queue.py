@@ -177,6 +177,34 @@ def scan(store: Store, ns: str, known: dict[bytes, object]) -> tuple[list[dict],
     return new, [k for k in known if k not in seen]
 
 
+class Watch:
+    """What may have changed in a namespace since the last look, from the store's operation
+    log: the ids of every record on it, of any origin (this node's writes, the records
+    applied from its peers), since the positions of the last look. An id is a hint, its
+    document in the store is the truth (a record may have lost to a later one by the
+    merge rules). ``changed()`` is None when records were dropped before they were read
+    (a snapshot installed, retention): then only a full scan knows."""
+
+    BATCH = 2000
+
+    def __init__(self, store: Store, ns: str) -> None:
+        self.store, self.ns = store, ns
+        self.positions = {origin: seq for origin, (seq, _) in store.applied().items()}
+
+    def changed(self) -> set | None:
+        ids: set = set()
+        for origin, (seq, _) in self.store.applied().items():
+            have = self.positions.get(origin, 0)
+            while have < seq:
+                records = self.store.records_after(origin, have, self.BATCH)
+                if not records:
+                    return None
+                ids.update(r.id for r in records if r.ns == self.ns)
+                have = records[-1].seq
+            self.positions[origin] = have
+        return ids
+
+
 def key_of(ns: str, delivery_id) -> bytes:
     return ns_prefix(ns) + keys.encode(delivery_id)
 

@@ -35,7 +35,8 @@ log = logging.getLogger("farts.webhooks")
 JSON = [(b"content-type", b"application/json")]
 MAX_BATCH = 1000              # deliveries per POST /api/webhooks
 MAX_ANSWER_BYTES = 65536      # of a receiver's answer read (the rest is not waited for)
-SCAN_SHARE = 20               # scans take at most 1/20 of the master's loop
+SCAN_SHARE = 20               # full scans take at most 1/20 of the master's loop ...
+FULL_SCAN_EVERY = 30.0        # ... and come at least this many seconds apart
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DELAY_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 21600.0, 86400.0)
 
@@ -54,6 +55,8 @@ class _Active:
         self.known: dict[bytes, str] = {}
         self.docs: dict[str, dict] = {}
         self.scan_timer: Timer | None = None
+        self.watch: queue.Watch | None = None   # the queue's changes, from the operation log
+        self.next_full_scan = 0.0
         self.wake_timer: Timer | None = None
         self.wake_at: float | None = None
         self.claiming = False
@@ -101,6 +104,9 @@ class Webhooks:
         self.dead = m.counter("farts_webhooks_dead_lettered_total", "Deliveries dead-lettered, by reason",
                               ("reason",))
         self.refused = m.counter("farts_webhooks_refused_total", "Enqueue requests refused, by reason", ("reason",))
+        self.scans = m.counter("farts_webhooks_queue_looks_total", "The master's looks at the queue for "
+                               "changes: in the operation log, or (now and then, or when it cannot say) "
+                               "full scans of every key", ("kind",))
         self.fenced = m.counter("farts_webhooks_fenced_total",
                                 "Outcomes not written: a master with a higher epoch had written the delivery")
         self.attempt_seconds = m.histogram("farts_webhooks_attempt_seconds",
@@ -188,14 +194,37 @@ class Webhooks:
     # ---- the master's side ----
 
     def _scan_tick(self, a: _Active) -> None:
-        """A scan reads every key of the queue: with a long backlog the next one waits
-        long enough that scanning stays under 1/SCAN_SHARE of the loop's time."""
+        """Each scan_interval: what the operation log says changed in the queue. A full scan
+        (every key) when the log cannot say, and now and then as a safety net, never more
+        often than keeps it under 1/SCAN_SHARE of the loop's time (a long backlog)."""
         if self.active is not a:
             return
-        started = time.perf_counter()
-        self.scan()
-        took = time.perf_counter() - started
-        a.scan_timer = self.clock.call_later(max(self.cfg.scan_interval, SCAN_SHARE * took), self._scan_tick, a)
+        ids = a.watch.changed() if a.watch is not None else None
+        now = self.clock.monotonic()
+        if ids is None or now >= a.next_full_scan:
+            if a.watch is None or ids is None:
+                a.watch = queue.Watch(self.store, queue.QUEUE_NS)   # (positions from before the scan)
+            started = time.perf_counter()
+            self.scan()
+            self.scans.inc(("full",))
+            a.next_full_scan = now + max(FULL_SCAN_EVERY, SCAN_SHARE * (time.perf_counter() - started))
+        else:
+            self._looked_at(a, ids)
+            self.scans.inc(("log",))
+        a.scan_timer = self.clock.call_later(self.cfg.scan_interval, self._scan_tick, a)
+
+    def _looked_at(self, a: _Active, ids: set) -> None:
+        with self.store.read() as txn:
+            for did in ids:
+                key = queue.key_of(queue.QUEUE_NS, did)
+                doc = self.store.get(txn, queue.QUEUE_NS, did)
+                if doc is not None and key not in a.known:
+                    self._add(a, key, doc)
+                elif doc is None and key in a.known:
+                    self._forget(a, did)
+        if not a.claiming:
+            self._claim(a)
+        self._pump()
 
     def scan(self) -> None:
         """Picks up what other nodes enqueued (and forgets what is gone from the queue)."""
@@ -262,8 +291,7 @@ class Webhooks:
                 log.error("webhooks: claiming from the MongoDB collection failed: %s", f.exception())
                 return
             self.on_commit()
-            self.enqueued.inc(("mongodb",), f.result())
-            self.scan()
+            self.enqueued.inc(("mongodb",), f.result())   # (the next look finds them in the queue)
         fut.add_done_callback(claimed)
 
     def _pump(self) -> None:
@@ -408,8 +436,6 @@ class Webhooks:
         now = self.clock.wall()
         state = await asyncio.wrap_future(self.store.submit(lambda w: queue.retry(w, delivery_id, now)))
         self.on_commit()
-        if state == "queued" and self.active is not None:
-            self.scan()
         return state
 
     def status(self) -> dict:
