@@ -251,3 +251,20 @@ def test_the_watch_reads_changes_from_the_oplog_and_says_when_it_cannot(tmp_path
         assert watch.changed() is None
         await s.close()
     asyncio.run(main())
+
+
+def test_a_master_does_not_send_what_a_higher_epoch_holds(tmp_path):
+    async def main():
+        rx = Receiver(SECRETS)
+        port = await rx.start()
+        s = Setup(tmp_path)
+        hooks = await s.start()
+        a, b = await hooks.enqueue("demo", items(port, 2))
+        await asyncio.wrap_future(s.store.submit(lambda w: queue.record(
+            w, 5, [("retry", a, {"attempts": 1, "due": 0.0, "error": "x", "status": 500})])))
+        hooks.set_master(3)                     # an older master than the one that wrote a
+        await until(lambda: rx.delivered[b] == 1 and s.states() == (1, 0), what="b delivered")
+        assert rx.attempts[a] == 0
+        await s.close()
+        await rx.stop()
+    asyncio.run(main())

@@ -81,7 +81,8 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
 
-def _fenced(doc: dict, epoch: int) -> bool:
+def fenced(doc: dict, epoch: int) -> bool:
+    """A master with a higher epoch has written this delivery."""
     return doc.get("epoch", 0) > epoch
 
 
@@ -95,7 +96,7 @@ def record(w, epoch: int, results: list[tuple]) -> list[str]:
         if doc is None:
             out.append(GONE)
             continue
-        if _fenced(doc, epoch):
+        if fenced(doc, epoch):
             out.append(FENCED)
             continue
         if kind == "delivered":

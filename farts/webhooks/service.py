@@ -318,7 +318,9 @@ class Webhooks:
         doc = a.docs.get(d.id)
         with self.store.read() as txn:
             stored = self.store.get(txn, queue.QUEUE_NS, d.id) if doc is not None else None
-        if stored is None:   # delivered or moved by another node while it waited: not sent
+        if stored is None or queue.fenced(stored, a.epoch):
+            # delivered or moved by another node while it waited, or in the hands of a
+            # master with a higher epoch: not sent
             self._forget(a, d.id)
             outcome, status, error, retry_after = GONE, 0, "not in the queue", None
         else:
