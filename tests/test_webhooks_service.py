@@ -268,3 +268,20 @@ def test_a_master_does_not_send_what_a_higher_epoch_holds(tmp_path):
         await s.close()
         await rx.stop()
     asyncio.run(main())
+
+
+def test_410_gone_dead_letters_at_once_and_other_4xx_are_retried(tmp_path):
+    async def main():
+        gone, refusing = Receiver(SECRETS, status=410), Receiver(SECRETS, status=422)
+        s = Setup(tmp_path)
+        hooks = await s.start()
+        (g,) = await hooks.enqueue("demo", items(await gone.start(), 1))
+        (r,) = await hooks.enqueue("demo", items(await refusing.start(), 1))
+        hooks.set_master(1)
+        await until(lambda: s.states()[1] == 1 and refusing.attempts[r] >= 3, what="410 dead, 422 retried")
+        assert gone.attempts[g] == 1 and s.count("farts_webhooks_dead_lettered_total", ("gone",)) == 1
+        assert s.count("farts_webhooks_retried_total", ("http_4xx",)) >= 2
+        await s.close()
+        await gone.stop()
+        await refusing.stop()
+    asyncio.run(main())

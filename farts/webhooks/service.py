@@ -324,7 +324,11 @@ class Webhooks:
             self._forget(a, d.id)
             outcome, status, error, retry_after = GONE, 0, "not in the queue", None
         else:
-            outcome, status, error, retry_after = await self._send(doc, stored["body"], d)
+            try:
+                outcome, status, error, retry_after = await self._send(doc, stored["body"], d)
+            except Exception as e:  # noqa: BLE001 - a bug: the attempt failed, its slot must come back
+                log.exception("webhooks: attempt of %s failed", d.id)
+                outcome, status, error, retry_after = FAIL, 0, f"internal error: {type(e).__name__}", None
         now = self.clock.wall()
         result, d = a.scheduler.finished(d.id, now, outcome, retry_after)
         fields = {"attempts": d.attempts, "status": status, "error": error}
@@ -337,7 +341,7 @@ class Webhooks:
             self.retried.inc((_reason(status, error),))
             a.results.append(("retry", d.id, {**fields, "due": d.due}))
         elif result == DEAD:
-            self.dead.inc(("refused" if outcome == GONE else "window",))
+            self.dead.inc(("gone" if status == 410 else "refused" if outcome == GONE else "window",))
             log.warning("webhooks: %s dead-lettered after %d attempts: %s", d.id, d.attempts,
                         error or f"HTTP {status}")
             a.results.append(("dead", d.id, fields))
@@ -500,6 +504,10 @@ class EnqueueHandler:
             hooks.refused.inc(("bad_request",))
             log.info("webhooks: enqueue refused for tenant %s: %s", tenant.id, e)
             return _json(400, {"error": str(e)})
+        except Exception as e:  # noqa: BLE001 - the store failed the commit: nothing was enqueued
+            hooks.refused.inc(("store",))
+            log.error("webhooks: enqueue for tenant %s not committed: %s", tenant.id, e)
+            return _json(503, {"error": "the queue could not commit it; nothing was enqueued, try again"})
         return _json(202, {"ids": ids} if batch else {"id": ids[0]})
 
 
