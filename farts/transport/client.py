@@ -270,15 +270,15 @@ class _ConnectReply(asyncio.Protocol):
 class Pool:
     """Keep-alive connections to one (scheme, host, port): a stack, warmest on top.
 
-    ``address``: connect there instead of resolving ``host`` (a name checked once, as
-    webhooks do against request forgery; TLS still checks the certificate for ``host``).
-    ``proxy``: (host, port) of an HTTP CONNECT proxy the connections are tunnelled through
-    (egress from chosen addresses)."""
+    ``connect_to``: the address to connect to instead of resolving ``host`` (a name
+    checked once, as webhooks do against request forgery; TLS still checks the
+    certificate for ``host``). ``proxy``: (host, port) of an HTTP CONNECT proxy the
+    connections are tunnelled through (egress from chosen addresses)."""
 
-    __slots__ = ("host", "port", "ssl", "idle", "pool_size", "closed", "deadlines", "address", "proxy")
+    __slots__ = ("host", "port", "ssl", "idle", "pool_size", "closed", "deadlines", "connect_to", "proxy")
 
     def __init__(self, host: str, port: int, pool_size: int, deadlines: Deadlines,
-                 ssl_context: ssl.SSLContext | None = None, address: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None, connect_to: str | None = None,
                  proxy: tuple[str, int] | None = None) -> None:
         self.host = host
         self.port = port
@@ -287,7 +287,7 @@ class Pool:
         self.idle: list[ClientConnection] = []
         self.pool_size = pool_size
         self.closed = False
-        self.address = address
+        self.connect_to = connect_to
         self.proxy = proxy
 
     def take(self) -> ClientConnection | None:
@@ -322,14 +322,14 @@ class Pool:
             if self.proxy is not None:
                 return await self._tunnel(loop)
             _, conn = await loop.create_connection(
-                lambda: ClientConnection(self), self.address or self.host, self.port, ssl=self.ssl,
+                lambda: ClientConnection(self), self.connect_to or self.host, self.port, ssl=self.ssl,
                 server_hostname=self.host if self.ssl is not None else None)
         return conn
 
     async def _tunnel(self, loop) -> ClientConnection:
         transport, reply = await loop.create_connection(_ConnectReply, *self.proxy)
         try:
-            host = self.address or self.host
+            host = self.connect_to or self.host
             authority = (f"[{host}]" if ":" in host else host).encode() + b":%d" % self.port
             transport.write(b"CONNECT %s HTTP/1.1\r\nhost: %s\r\n\r\n" % (authority, authority))
             status = await reply.status
@@ -501,13 +501,13 @@ class Client:
                 self._tls.load_verify_locations(cafile=self.ca_file)
         return self._tls
 
-    def pool(self, scheme: str, host: str, port: int, address: str | None = None,
+    def pool(self, scheme: str, host: str, port: int, connect_to: str | None = None,
              proxy: tuple[str, int] | None = None) -> Pool:
-        key = (scheme, host, port) if address is None and proxy is None else (scheme, host, port, address, proxy)
+        key = (scheme, host, port) if connect_to is None and proxy is None else (scheme, host, port, connect_to, proxy)
         pool = self.pools.get(key)
         if pool is None:
             ctx = self.tls_context() if scheme == "https" else None
-            pool = self.pools[key] = Pool(host, port, self.pool_size, self.deadlines, ctx, address, proxy)
+            pool = self.pools[key] = Pool(host, port, self.pool_size, self.deadlines, ctx, connect_to, proxy)
         return pool
 
     def pool_for(self, url: str) -> Pool:
