@@ -187,6 +187,7 @@ class Watch:
     (a snapshot installed, retention): then only a full scan knows."""
 
     BATCH = 2000
+    BUDGET = 20000   # records read per look at most (the rest at the next: the loop goes on)
 
     def __init__(self, store: Store, ns: str) -> None:
         self.store, self.ns = store, ns
@@ -194,14 +195,16 @@ class Watch:
 
     def changed(self) -> set | None:
         ids: set = set()
+        budget = self.BUDGET
         for origin, (seq, _) in self.store.applied().items():
             have = self.positions.get(origin, 0)
-            while have < seq:
-                records = self.store.records_after(origin, have, self.BATCH)
+            while have < seq and budget > 0:
+                records = self.store.records_after(origin, have, min(self.BATCH, budget))
                 if not records:
                     return None
                 ids.update(r.id for r in records if r.ns == self.ns)
                 have = records[-1].seq
+                budget -= len(records)
             self.positions[origin] = have
         return ids
 
