@@ -45,6 +45,7 @@ from farts.transport.http import Fixed
 from farts.transport.listener import AccessLog, HTTPStats, Listener
 from farts.transport.router import Router
 from farts.transport.tls import ALPN, ALPN_HTTP1, CertStore
+from farts.webhooks import config as webhooks_config
 
 log = logging.getLogger("farts.node")
 
@@ -133,6 +134,28 @@ def _certs_admin(node: Node, certs) -> list:
     return [(Route(prefix="/api/certs", kind="admin", max_body_bytes=0), CertsAdminHandler(certs))]
 
 
+def _build_webhooks(node: Node):
+    cfg = node.cfg
+    if not cfg.webhooks.enabled:
+        return None
+    from farts.webhooks.service import Webhooks
+    # The queue is in the DB service's store (open once the db has started: rank 20);
+    # its commits are shipped to the peers as the wire endpoint's are. Delivering waits
+    # for the master lease: Webhooks.master_changed(active, epoch) is its hook.
+    return Webhooks(cfg.webhooks, cfg.tenants, lambda: node.db.store, node.metrics, node.clock,
+                    node.http_client, on_commit=lambda: node.db.commands.on_commit())
+
+
+def _webhooks_public(node: Node, hooks) -> list:
+    from farts.webhooks.service import EnqueueHandler
+    return [(Route(prefix="/api/webhooks", kind="admin"), EnqueueHandler(hooks))]
+
+
+def _webhooks_admin(node: Node, hooks) -> list:
+    from farts.webhooks.service import AdminHandler
+    return [(Route(prefix="/api/webhooks", kind="admin"), AdminHandler(hooks, node.admin.allowed))]
+
+
 def _close_upstreams(upstreams: dict) -> None:
     for up in upstreams.values():
         up.close()
@@ -195,6 +218,8 @@ SERVICES: tuple[Service, ...] = (
     Service("certs", certs_config.SECTION, build=_build_certs, start_rank=45, stop_rank=5,
             public_routes=_certs_routes, admin_routes=_certs_admin,
             peers=lambda n, certs, bus: [CertsPeer(n.cfg.node.id, certs, bus, n.clock)]),
+    Service("webhooks", webhooks_config.SECTION, build=_build_webhooks, start_rank=60, stop_rank=15,
+            public_routes=_webhooks_public, admin_routes=_webhooks_admin),
     Service("admin", admin_config.SECTION, build=_build_status, start_rank=90, stop_rank=5,
             peers=lambda n, sampler, bus: [sampler.peer(bus)]),
 )

@@ -258,7 +258,7 @@ class HTTP1Connection(asyncio.Protocol):
             self._answer_now(handler, head)
             return
         start = perf_counter()
-        req = Request(head, tenant, route, self.client, listener.scheme, body, start)
+        req = Request(head, tenant, route, self.client, listener.scheme, body, start, self)
         try:
             result = handler.handle(req)
         except Exception:
@@ -319,6 +319,13 @@ class HTTP1Connection(asyncio.Protocol):
             self._answer(req, fut.result())
             if not self.closed and self.task is None:
                 self._pump()   # (requests pipelined behind this one)
+
+    def send_interim(self, head: RequestHead, status: int, headers) -> bool:
+        """A handler's 1xx interim answer (Request.send_interim), if the machine allows it."""
+        data = b"" if self.closed else self.machine.interim_bytes(status, headers, head)
+        if data:
+            self.transport.write(data)
+        return bool(data)
 
     def _cancel_task(self) -> None:
         task, self.task = self.task, None
