@@ -414,6 +414,8 @@ def evaluate(expr: Any, doc: dict) -> Any:
             op, args = next(iter(expr.items()))
             if op == "$literal":
                 return args
+            if op in _OWN_ARGUMENTS:
+                return _OWN_ARGUMENTS[op](args, doc)
             if op not in _OPERATORS:
                 raise error(INVALID_PIPELINE_OPERATOR, f"Unrecognized expression '{op}'")
             return _OPERATORS[op](_arguments(op, args, doc))
@@ -436,7 +438,9 @@ def validate_expression(expr: Any) -> None:
             op, args = next(iter(expr.items()))
             if op == "$literal":
                 return
-            if op not in _OPERATORS:
+            if op in _OWN_ARGUMENTS:
+                _check_named_arguments(op, args)
+            elif op not in _OPERATORS:
                 raise error(INVALID_PIPELINE_OPERATOR, f"Unrecognized expression '{op}'")
             validate_expression(args)
         else:
@@ -576,6 +580,93 @@ _OPERATORS: dict[str, Callable[[list], Any]] = {
     "$not": _arity("$not", 1, lambda a: not expression_truthy(a)),
     "$in": _arity("$in", 2, _in),
     "$arrayElemAt": _arity("$arrayElemAt", 2, _array_elem_at),
+}
+
+
+# --- operators that take named arguments (and evaluate them themselves) ----------------------
+
+_NAMED_ARGUMENTS = {"$getField": (("field",), ("input",)), "$setField": (("field", "input", "value"), ()),
+                    "$unsetField": (("field", "input"), ()), "$let": (("vars", "in"), ())}
+
+
+def _check_named_arguments(op: str, args: Any) -> dict:
+    """args as {name: expression}: the required ones present, no unknown one ($getField's
+    shorthand {$getField: "name"} reads the field of $$CURRENT)."""
+    if op == "$getField" and (not isinstance(args, dict) or str(next(iter(args), "")).startswith("$")):
+        args = {"field": args}
+    if not isinstance(args, dict):
+        raise error(BAD_VALUE if op == "$let" else 3041703, f"{op} only supports an object as its argument")
+    required, optional = _NAMED_ARGUMENTS[op]
+    for name in args:
+        if name not in required and name not in optional:
+            raise error(16875 if op == "$let" else 3041701, f"{op} found an unknown argument: {name}")
+    for name in required:
+        if name not in args:
+            raise error(16876 if op == "$let" else 3041702, f"{op} requires '{name}' to be specified")
+    if op == "$let":
+        if not isinstance(args["vars"], dict):
+            raise error(10065, "invalid parameter: expected an object (vars)")
+        validate_expression(args["vars"])
+        validate_expression(args["in"])
+        return args
+    field = args["field"]
+    if isinstance(field, dict) and set(field) == {"$literal"}:
+        field = field["$literal"]
+    elif isinstance(field, str) and field.startswith("$"):
+        raise error(5654602, f"A string that starts with '$' is a field path reference: {op} requires "
+                             "'field' to evaluate to a constant; wrap it in $literal")
+    if not isinstance(field, str):
+        raise error(5654601 if op == "$getField" else 4161107,
+                    f"{op} requires 'field' to evaluate to type String, but got {type(field).__name__}")
+    for name in ("input", "value"):
+        if name in args:
+            validate_expression(args[name])
+    return {**args, "field": field}
+
+
+def _get_field(args: Any, doc: dict) -> Any:
+    args = _check_named_arguments("$getField", args)
+    source = evaluate(args["input"], doc) if "input" in args else doc
+    if _nullish(source):
+        return None if source is None else MISSING
+    if not isinstance(source, dict):
+        return MISSING
+    return source.get(args["field"], MISSING)
+
+
+def _set_field_op(args: Any, doc: dict, op: str = "$setField") -> Any:
+    args = _check_named_arguments(op, args)
+    source = evaluate(args["input"], doc)
+    if _nullish(source):
+        return None
+    if not isinstance(source, dict):
+        raise error(4161105, f"{op} requires 'input' to evaluate to type Object")
+    value = evaluate(args["value"], doc) if op == "$setField" else MISSING
+    out = {k: v for k, v in source.items() if k != args["field"]}
+    if value is not MISSING:
+        out = dict(source)
+        out[args["field"]] = value
+    return out
+
+
+def _let(args: Any, doc: dict) -> Any:
+    from farts.db.variables import bind_expression, check_name  # (it imports this module)
+    args = _check_named_arguments("$let", args)
+    values = {}
+    for name, expr in args["vars"].items():
+        check_name(name)
+        values[name] = evaluate(expr, doc)
+    if not values:
+        return evaluate(args["in"], doc)
+    # Bound like a command's let; $$REMOVE stands for a variable that evaluated to missing.
+    return evaluate(bind_expression(args["in"], values), doc)
+
+
+_OWN_ARGUMENTS: dict[str, Callable[[Any, dict], Any]] = {
+    "$getField": _get_field,
+    "$setField": _set_field_op,
+    "$unsetField": lambda args, doc: _set_field_op(args, doc, "$unsetField"),
+    "$let": _let,
 }
 
 

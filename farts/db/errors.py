@@ -9,6 +9,7 @@ BAD_VALUE = 2
 FAILED_TO_PARSE = 9
 TYPE_MISMATCH = 14
 PATH_NOT_VIABLE = 28
+DOLLAR_PREFIXED_FIELD_NAME = 52
 CONFLICTING_UPDATE_OPERATORS = 40
 NOT_SINGLE_VALUE_FIELD = 54
 EMPTY_FIELD_NAME = 56
@@ -23,6 +24,7 @@ CODE_NAMES = {
     FAILED_TO_PARSE: "FailedToParse",
     TYPE_MISMATCH: "TypeMismatch",
     PATH_NOT_VIABLE: "PathNotViable",
+    DOLLAR_PREFIXED_FIELD_NAME: "DollarPrefixedFieldName",
     CONFLICTING_UPDATE_OPERATORS: "ConflictingUpdateOperators",
     NOT_SINGLE_VALUE_FIELD: "NotSingleValueField",
     EMPTY_FIELD_NAME: "EmptyFieldName",
@@ -53,5 +55,7 @@ def error(code: int, message: str, code_name: str | None = None) -> MongoError:
 
 
 def error_document(e: MongoError) -> dict:
-    """The reply body of a failed command, as mongod sends it."""
-    return {"ok": 0.0, "errmsg": e.message, "code": e.code, "codeName": e.code_name}
+    """The reply body of a failed command, as mongod sends it (with the error's details, e.g. a
+    DuplicateKey's keyPattern and keyValue)."""
+    return {"ok": 0.0, "errmsg": e.message, "code": e.code, "codeName": e.code_name,
+            **(getattr(e, "details", None) or {})}
