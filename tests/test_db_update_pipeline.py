@@ -31,11 +31,14 @@ from pymongo import UpdateMany, UpdateOne
 from pymongo.errors import OperationFailure, WriteError
 from test_db_pymongo import DB_CONFIG, db_address
 
+from farts.db.commands import _write_changed
 from farts.db.errors import MongoError
+from farts.db.store import Store
 from farts.db.update import Update, apply_update, field_changes
 from farts.db.variables import command_variables
 
 ROOT = Path(__file__).resolve().parent.parent
+NS = "t$db.c"
 
 
 def raises(code: int, fn, *args, **kwargs) -> MongoError:
@@ -170,6 +173,42 @@ def test_field_changes_rebuild_the_result():
     # A changed name that cannot be a path: shipped as the whole document instead.
     assert field_changes({"_id": 1}, {"_id": 1, "a.b": 1}) is None
     assert field_changes({"_id": 1, "$x": 1, "k": 1}, {"_id": 1, "$x": 1, "k": 2}) == {"$set": {"k": 2}}
+
+
+def test_a_pipeline_update_merges_with_a_concurrent_increment(tmp_path):
+    """Shipped as a whole document, the pipeline update (later in stamp order) would wipe the
+    other node's concurrent $inc; shipped as its field changes, both survive on both nodes."""
+    a, b = (Store(tmp_path / n, n, sync=False, replicated=True) for n in ("a", "b"))
+    try:
+        a.submit(lambda w: w.insert(NS, {"_id": 1, "n": 0, "a": 1, "s": {"k": 1, "m": 2}})).result()
+        ship(a, b)
+
+        def write(store, update, now=None):
+            def run(w):
+                old = w.get(NS, 1)
+                _write_changed(w, NS, old, update.apply(old, now=now), update, now)
+            store.submit(run).result()
+
+        write(b, Update({"$inc": {"n": 5, "s.m": 1}}))
+        write(a, Update([{"$set": {"a": {"$add": ["$a", 10]}, "t": "x", "s.k": 7}}, {"$unset": "s.gone"}]))
+        ship(a, b)
+        ship(b, a)
+        want = {"_id": 1, "n": 5, "a": 11, "s": {"k": 7, "m": 3}, "t": "x"}
+        for store in (a, b):
+            with store.read() as txn:
+                got = store.get(txn, NS, 1)
+            assert dict(sorted(got.items())) == want and got["s"] == want["s"]
+    finally:
+        a.close()
+        b.close()
+
+
+def ship(src: Store, dst: Store) -> None:
+    have = dst.applied()
+    records = []
+    for origin in src.applied():
+        records += src.records_after(origin, have.get(origin, (0, 0))[0], 10_000) or []
+    dst.apply_remote(records).result()
 
 
 # --- differential: pipeline updates against mongomock ----------------------------------------
