@@ -96,8 +96,14 @@ def filter_reads_variables(filter: Any) -> bool:
     """Whether the filter has an $expr (which may read $$NOW and the like)."""
     if not isinstance(filter, dict):
         return False
-    return any(name == "$expr" or name in ("$and", "$or", "$nor") and isinstance(value, list) and
-               any(filter_reads_variables(v) for v in value) for name, value in filter.items())
+    for name, value in filter.items():
+        if name == "$expr":
+            return True
+        if name in ("$and", "$or", "$nor") and isinstance(value, list):
+            for sub in value:
+                if filter_reads_variables(sub):
+                    return True
+    return False
 
 
 def bind_filter(filter: Any, variables: dict) -> Any:
