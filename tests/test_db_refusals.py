@@ -10,26 +10,12 @@ sends them), through pymongo against a real node:
 """
 from __future__ import annotations
 
-import pymongo
 import pytest
-from conftest import start_node
+import test_db_pymongo
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
-from test_db_pymongo import DB_CONFIG, db_address
 
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    n = start_node(tmp_path_factory.mktemp("dbrefusals"), DB_CONFIG)
-    yield n
-    n.stop()
-
-
-@pytest.fixture(scope="module")
-def client(node):
-    host, port = db_address(node)
-    c = pymongo.MongoClient(host, port, serverSelectionTimeoutMS=5000)
-    yield c
-    c.close()
+# test_db_pymongo's fixtures: a node of this module's own, and a pymongo client of it.
+node, listener, client = test_db_pymongo.node, test_db_pymongo.listener, test_db_pymongo.client
 
 
 def failure(fn, *args, **kwargs) -> OperationFailure:

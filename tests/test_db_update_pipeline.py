@@ -24,28 +24,20 @@ from pathlib import Path
 
 import bson
 import mongomock
-import pymongo
 import pytest
-from conftest import start_node
+import test_db_pymongo
 from pymongo import UpdateMany, UpdateOne
 from pymongo.errors import OperationFailure, WriteError
-from test_db_pymongo import DB_CONFIG, db_address
+from test_db_engine import raises
+from test_db_pymongo import db_address
 
 from farts.db.commands import _write_changed
-from farts.db.errors import MongoError
 from farts.db.store import Store
 from farts.db.update import Update, apply_update, field_changes
 from farts.db.variables import command_variables
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "t$db.c"
-
-
-def raises(code: int, fn, *args, **kwargs) -> MongoError:
-    with pytest.raises(MongoError) as e:
-        fn(*args, **kwargs)
-    assert e.value.code == code, e.value
-    return e.value
 
 
 # --- pipeline updates on the engine ----------------------------------------------------------
@@ -250,19 +242,8 @@ def test_pipeline_updates_match_mongomock(index):
 
 # --- through pymongo, against a node ---------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    n = start_node(tmp_path_factory.mktemp("dbupdates"), DB_CONFIG)
-    yield n
-    n.stop()
-
-
-@pytest.fixture(scope="module")
-def client(node):
-    host, port = db_address(node)
-    c = pymongo.MongoClient(host, port, serverSelectionTimeoutMS=5000)
-    yield c
-    c.close()
+# test_db_pymongo's fixtures: a node of this module's own, and a pymongo client of it.
+node, listener, client = test_db_pymongo.node, test_db_pymongo.listener, test_db_pymongo.client
 
 
 def test_pipeline_updates_through_pymongo(client):
