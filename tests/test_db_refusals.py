@@ -41,6 +41,8 @@ def test_unknown_fields(client):
     unknown_field(db, {"delete": "c", "deletes": [{"q": {}, "limit": 0, "justOne": True}]}, "delete.deletes.justOne")
     unknown_field(db, {"findAndModify": "c", "query": {}, "update": {"$set": {"a": 4}}, "returnNew": True},
                   "findAndModify.returnNew")
+    cursor = db.command({"find": "c", "filter": {}, "batchSize": 0})["cursor"]
+    unknown_field(db, {"getMore": cursor["id"], "collection": "c", "bogus": 1}, "getMore.bogus")
     # Nothing of a refused command was applied.
     assert db.c.find_one({"_id": 1}) == {"_id": 1, "a": 1} and db.c.count_documents({}) == 1
     # The generic arguments every command may carry are accepted.

@@ -32,7 +32,14 @@ from farts.db.projection import project
 from farts.db.query import compile_filter
 from farts.db.store import Collection, Index, ScanStats, Store, TooBig
 from farts.db.update import Update, check_id_field, field_changes, upsert_seed
-from farts.db.variables import bind_filter, bind_pipeline, command_variables, filter_reads_variables
+from farts.db.variables import (
+    bind_filter,
+    bind_pipeline,
+    bind_projection,
+    command_variables,
+    filter_reads_variables,
+    mentions_variables,
+)
 
 log = logging.getLogger("farts.db")
 
@@ -63,6 +70,7 @@ _COMMAND_FIELDS = {
         "let", "collation", "allowDiskUse", "min", "max", "returnKey", "showRecordId", "tailable",
         "oplogReplay", "noCursorTimeout", "awaitData", "allowPartialResults", "readOnce",
         "allowSpeculativeMajorityRead", "$_requestResumeToken", "$_resumeAfter", "term"},
+    "getMore": _GENERIC_FIELDS | {"getMore", "collection", "batchSize", "term", "lastKnownCommittedOpTime"},
     "insert": _GENERIC_FIELDS | _WRITE_FIELDS | {"insert", "documents"},
     "update": _GENERIC_FIELDS | _WRITE_FIELDS | {"update", "updates", "let"},
     "delete": _GENERIC_FIELDS | _WRITE_FIELDS | {"delete", "deletes", "let"},
@@ -373,6 +381,7 @@ class Commands:
 
     def get_more(self, session: Session, cmd: Command) -> dict:
         self.opcounters["getmore"] += 1
+        check_fields("getMore", cmd.body)
         cid = cmd.body["getMore"]
         cursor = self.cursors.get(int(cid)) if isinstance(cid, int) else None
         if cursor is None or cursor.owner[1] != session.user or \
@@ -462,7 +471,10 @@ class Commands:
                 and "let" not in body:
             return self._find_by_id(session, ns, flt["_id"], body.get("projection"))
         flt, sort, projection, skip, limit = self._find_args(body)
-        flt = self._bound_filter(flt, body.get("let"))
+        let = body.get("let")
+        if let is not None or filter_reads_variables(flt) or mentions_variables(projection):
+            variables = self._variables(let)
+            flt, projection = bind_filter(flt, variables), bind_projection(projection, variables)
         batch = self._batch_size(body.get("batchSize"), DEFAULT_BATCH)
         single = bool(body.get("singleBatch"))
 

@@ -120,6 +120,32 @@ def bind_filter(filter: Any, variables: dict) -> Any:
     return out
 
 
+def mentions_variables(value: Any) -> bool:
+    """Whether a "$$..." string appears anywhere in value (a projection, say)."""
+    if isinstance(value, str):
+        return value.startswith("$$")
+    if isinstance(value, dict):
+        return any(mentions_variables(v) for v in value.values())
+    if isinstance(value, list):
+        return any(mentions_variables(v) for v in value)
+    return False
+
+
+def bind_projection(projection: Any, variables: dict) -> Any:
+    """A find projection with the variables bound into its expressions ($elemMatch holds a query)."""
+    if not variables or not isinstance(projection, dict):
+        return projection
+    out = {}
+    for name, value in projection.items():
+        if isinstance(value, dict) and "$elemMatch" in value:
+            out[name] = value
+        elif isinstance(value, dict) and not next(iter(value), "$").startswith("$"):
+            out[name] = bind_projection(value, variables)
+        else:
+            out[name] = bind_expression(value, variables)
+    return out
+
+
 def bind_pipeline(pipeline: Any, variables: dict) -> Any:
     """An aggregation pipeline with the variables bound in each stage that evaluates expressions."""
     if not variables or not isinstance(pipeline, list):
