@@ -5,8 +5,9 @@ is replicated (its field changes, merged like operators).
 Exact cases on the engine, a differential against mongomock for pipeline updates, then the
 same through pymongo against a real node. Known gaps of the oracle (mongomock 4.3):
 1. no arrayFilters, no `let` and no `hint` in updates (it raises NotImplementedError);
-2. no $getField/$setField/$unsetField/$let expressions, no $unset and no $replaceWith stage
-   ($project with 0 and $replaceRoot are compared instead);
+2. no $getField/$setField/$unsetField/$let/$mergeObjects/$reduce/$type expressions, no $unset and
+   no $replaceWith stage ($project with 0 and $replaceRoot are compared instead); expressions
+   inside an array literal are not evaluated ([1, "$a"] stays as written);
 3. a pipeline stage that removes _id is refused (MongoDB keeps the document's _id): the
    compared pipelines keep it.
 So arrayFilters, let and the field operators are checked against MongoDB's documented
@@ -57,6 +58,41 @@ def test_pipeline_stages():
     assert apply_update(doc, [{"$set": {"root": "$$ROOT._id"}}])["root"] == 1
     assert doc == {"_id": 1, "a": 2, "b": {"c": 3}, "l": [1, 2, 3]}   # left untouched
     assert apply_update(doc, []) == doc
+
+
+def test_the_manuals_pipeline_update_examples():
+    """db.collection.updateMany() "Update with Aggregation Pipeline" examples, with their results."""
+    now = datetime.datetime(2026, 12, 5, 20, 0, 0)
+    variables = command_variables(now)
+    doc = {"_id": 1, "quiz1": 8, "test2": 100, "quiz2": 9, "modified": "old"}
+    merged = apply_update(doc, [{"$replaceRoot": {"newRoot": {"$mergeObjects": [
+        {"quiz1": 0, "quiz2": 0, "test1": 0, "test2": 0}, "$$ROOT"]}}}, {"$set": {"modified": "$$NOW"}}],
+        variables=variables)
+    assert list(merged.items()) == [("_id", 1), ("quiz1", 8), ("quiz2", 9), ("test1", 0), ("test2", 100),
+                                    ("modified", now)]
+    graded = apply_update({"_id": 1, "tests": [95, 92, 90]}, [
+        {"$set": {"average": {"$trunc": [{"$avg": "$tests"}, 0]}, "modified": "$$NOW"}},
+        {"$set": {"grade": {"$switch": {"branches": [
+            {"case": {"$gte": ["$average", 90]}, "then": "A"}, {"case": {"$gte": ["$average", 80]}, "then": "B"}],
+            "default": "F"}}}}], variables=variables)
+    assert graded == {"_id": 1, "tests": [95, 92, 90], "average": 92.0, "modified": now, "grade": "A"}
+    assert apply_update({"_id": 1, "quizzes": [4, 6, 7]}, [{"$set": {"quizzes": {"$concatArrays": [
+        "$quizzes", [8, 6]]}}}])["quizzes"] == [4, 6, 7, 8, 6]
+    temps = apply_update({"_id": 1, "temperatures": [4, 12, 3]}, [{"$addFields": {"tempsF": {"$map": {
+        "input": "$temperatures", "as": "celsius", "in": {"$add": [{"$multiply": ["$$celsius", 9 / 5]}, 32]}}}}}])
+    assert temps["tempsF"] == [39.2, 53.6, 37.4]
+    other = apply_update({"_id": 1, "t": [1, 7, 9], "o": {"a": 1}}, [{"$set": {
+        "big": {"$filter": {"input": "$t", "cond": {"$gt": ["$$this", 5]}}},
+        "sum": {"$reduce": {"input": "$t", "initialValue": 0, "in": {"$add": ["$$value", "$$this"]}}},
+        "kinds": [{"$type": "$t"}, {"$type": "$nope"}, {"$isArray": "$o"}],
+        "pairs": {"$objectToArray": "$o"}, "back": {"$arrayToObject": [[["k", 2]]]},
+        "n": [{"$round": [2.5]}, {"$round": [3.5]}, {"$mod": [-7, 3]}, {"$abs": -2}, {"$floor": 2.5},
+              {"$toString": 2.5}]}}])
+    assert (other["big"], other["sum"], other["kinds"]) == ([7, 9], 17, ["array", "missing", False])
+    assert (other["pairs"], other["back"], other["n"]) == ([{"k": "a", "v": 1}], {"k": 2}, [2.0, 4.0, -1, 2, 2.0, "2.5"])
+    raises(40066, apply_update, doc, [{"$set": {"g": {"$switch": {"branches": [{"case": False, "then": 1}]}}}}])
+    raises(16883, apply_update, doc, [{"$set": {"g": {"$map": {"input": 1, "in": 1}}}}])
+    raises(16879, apply_update, doc, [{"$set": {"g": {"$map": {"input": [], "in": 1, "bogus": 1}}}}])
 
 
 def test_pipeline_refusals():
@@ -214,6 +250,11 @@ PIPELINES = [
     [{"$replaceRoot": {"newRoot": {"_id": "$_id", "v": {"$concat": ["x", "$name"]}}}}],
     [{"$set": {"n": {"$cond": [{"$gte": ["$a", 2]}, "high", "low"]}}}, {"$project": {"n": 1, "a": 1}}],
     [{"$project": {"s.t": 0, "name": 0}}],
+    [{"$set": {"m": {"$map": {"input": [1, 2], "as": "x", "in": {"$add": ["$$x", "$a"]}}}}}],
+    [{"$set": {"f": {"$filter": {"input": [1, 2, 3, 4, 5], "as": "x", "cond": {"$gt": ["$$x", "$a"]}}}}}],
+    [{"$set": {"c": {"$concatArrays": [[1], [2, 3]]}}}],
+    [{"$set": {"sw": {"$switch": {"branches": [{"case": {"$gt": ["$a", 3]}, "then": "hi"}], "default": "lo"}}}}],
+    [{"$set": {"abs": {"$abs": "$b"}, "fl": {"$floor": {"$divide": ["$a", 3]}}, "m": {"$mod": ["$a", 3]}}}],
 ]
 
 

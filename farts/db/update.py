@@ -211,11 +211,11 @@ def _pipeline_stages(pipeline: list, variables: dict) -> list:
 def _run_update_pipeline(doc: dict, stages: list) -> dict:
     (new,) = run_pipeline([doc], stages)
     if "_id" in doc:
-        if "_id" not in new:
-            new = {"_id": doc["_id"], **new}   # a pipeline that drops _id keeps the document's
-        elif not _same_value(new["_id"], doc["_id"]):
+        if "_id" in new and not _same_value(new["_id"], doc["_id"]):
             raise error(IMMUTABLE_FIELD,
                         "Performing an update on the path '_id' would modify the immutable field '_id'")
+        # mongod writes the result as a replacement: _id first, the document's if a stage dropped it.
+        new = {"_id": doc["_id"], **{k: v for k, v in new.items() if k != "_id"}}
     return _copy(new)
 
 
