@@ -41,6 +41,11 @@ def test_unknown_fields(client):
     unknown_field(db, {"delete": "c", "deletes": [{"q": {}, "limit": 0, "justOne": True}]}, "delete.deletes.justOne")
     unknown_field(db, {"findAndModify": "c", "query": {}, "update": {"$set": {"a": 4}}, "returnNew": True},
                   "findAndModify.returnNew")
+    # Fields of the wrong type: 14 TypeMismatch, as the IDL answers.
+    e = failure(db.command, {"update": "c", "updates": [{"q": {}, "u": {"$set": {"a": 5}}}], "let": 5})
+    assert (e.code, e.details["errmsg"]) == (14, "BSON field 'update.let' is the wrong type 'int', expected type 'object'")
+    e = failure(db.command, {"update": "c", "updates": [{"q": {}, "u": {"$set": {"a": 5}}, "arrayFilters": {}}]})
+    assert (e.code, e.details["codeName"]) == (14, "TypeMismatch")
     cursor = db.command({"find": "c", "filter": {}, "batchSize": 0})["cursor"]
     unknown_field(db, {"getMore": cursor["id"], "collection": "c", "bogus": 1}, "getMore.bogus")
     # Nothing of a refused command was applied.

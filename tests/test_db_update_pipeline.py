@@ -363,6 +363,11 @@ def test_let_through_pymongo(client):
     with pytest.raises(OperationFailure) as e:
         list(col.find({}, let={"Upper": 1}))
     assert (e.value.code, e.value.details["codeName"]) == (16867, "Location16867")
+    # An update statement's constants (c) with the command's let.
+    r = db.command({"update": "orders", "updates": [{"q": {"$expr": {"$eq": ["$_id", "$$low"]}},
+                                                      "u": [{"$set": {"cv": {"$add": ["$$cv", "$$high"]}}}],
+                                                      "c": {"cv": 7}}], "let": let})
+    assert r["nModified"] == 1 and col.find_one({"_id": 2})["cv"] == 11
     # A "$$x" in a plain filter (outside $expr) is a string, as in MongoDB.
     col.insert_one({"_id": 10, "qty": "$$low"})
     assert [d["_id"] for d in col.find({"qty": "$$low"}, let=let)] == [10]

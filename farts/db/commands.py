@@ -31,7 +31,7 @@ from farts.db.ordering import parse_sort_spec, sort_documents, sort_key
 from farts.db.projection import project
 from farts.db.query import compile_filter
 from farts.db.store import Collection, Index, ScanStats, Store, TooBig
-from farts.db.update import Update, check_id_field, field_changes, upsert_seed
+from farts.db.update import Update, check_id_field, field_changes, type_name, upsert_seed
 from farts.db.variables import (
     bind_filter,
     bind_pipeline,
@@ -82,6 +82,7 @@ _COMMAND_FIELDS = {
                                  "sampleId", "upsertSupplied"}),
     "delete.deletes": frozenset({"q", "limit", "hint", "collation", "sampleId"}),
 }
+_TYPED_FIELDS = (("let", dict, "object"), ("c", dict, "object"), ("arrayFilters", list, "array"))
 _BAD_DB_CHARS = set('/\\. "$*<>:|?\0')
 _UNSUPPORTED_INDEX_OPTIONS = ("sparse", "partialFilterExpression", "expireAfterSeconds", "collation",
                               "weights", "default_language", "2dsphereIndexVersion", "wildcardProjection")
@@ -92,11 +93,16 @@ def _err(code: int, name: str, message: str) -> MongoError:
 
 
 def check_fields(where: str, body: dict) -> None:
-    """Refuses a field the command (or statement) ``where`` does not have, as mongod's parser does."""
+    """Refuses a field the command (or statement) ``where`` does not have, as mongod's parser does,
+    and one of the documents/arrays it reads here that has another type."""
     allowed = _COMMAND_FIELDS[where]
     if not allowed.issuperset(body):
         unknown = next(k for k in body if k not in allowed)
         raise _err(40415, "Location40415", f"BSON field '{where}.{unknown}' is an unknown field.")
+    for name, kind, expected in _TYPED_FIELDS:
+        if name in body and not isinstance(body[name], kind):
+            raise _err(14, "TypeMismatch", f"BSON field '{where}.{name}' is the wrong type "
+                                           f"'{type_name(body[name])}', expected type '{expected}'")
 
 
 @dataclass

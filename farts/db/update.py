@@ -263,7 +263,7 @@ def _parse(update: dict) -> list[tuple[str, str, Any]]:
                                          "modifier or pipeline-style update specified as an array")
         if not isinstance(fields, dict):
             raise error(FAILED_TO_PARSE,
-                        f"Modifiers operate on fields but we found type {_type_name(fields)} "
+                        f"Modifiers operate on fields but we found type {type_name(fields)} "
                         f"instead. For example: {{$mod: {{<field>: ...}}}} not {{{op}: {fields!r}}}")
         for path, arg in fields.items():
             _check_path(path)
@@ -443,7 +443,8 @@ def _element_test(rest: str, condition: Any) -> Callable[[Any], bool]:
     return lambda e: match({"v": e})
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """The BSON type's name, as MongoDB's messages spell it."""
     return _TYPE_NAMES.get(bson_type_number(value), type(value).__name__)
 
 
@@ -578,7 +579,7 @@ def _numeric_op(name: str, verb: str, fn: Callable[[Any, Any], Any], start: Call
             raise error(TYPE_MISMATCH,
                         f"Cannot apply {name} to a value of non-numeric type. "
                         f"{{_id: {doc.get('_id')!r}}} has the field '{last}' of non-numeric type "
-                        f"{_type_name(current)}")
+                        f"{type_name(current)}")
         _put(container, last, _arithmetic(name, current, arg, fn))
     return apply
 
@@ -609,7 +610,7 @@ def _op_current_date(doc: dict, path: str, arg: Any, now: Any) -> None:
                                    f"'timestamp': {{$currentDate: {{field : {{$type: 'date'}}}}}}"
                                    f" (got {arg!r})")
     elif not isinstance(arg, bool):
-        raise error(BAD_VALUE, f"{_type_name(arg)} is not valid type for $currentDate. Please "
+        raise error(BAD_VALUE, f"{type_name(arg)} is not valid type for $currentDate. Please "
                                "use a boolean ('true') or a $type expression ({$type: "
                                "'timestamp/date'}).")
     if now is None:
@@ -674,13 +675,13 @@ def _op_push(doc: dict, path: str, arg: Any, now: Any) -> None:
         values = arg["$each"]
         if not isinstance(values, list):
             raise error(BAD_VALUE, "The argument to $each in $push must be an array but it was "
-                                   f"of type: {_type_name(values)}")
+                                   f"of type: {type_name(values)}")
         position = _integer_clause(arg, "$position")
         slice_ = _integer_clause(arg, "$slice")
         if "$sort" in arg:
             sort_spec = _push_sort_spec(arg["$sort"])
     array = _array_at(doc, path, True, lambda cur: f"The field '{path}' must be an array but is "
-                      f"of type {_type_name(cur)} in document {{_id: {doc.get('_id')!r}}}",
+                      f"of type {type_name(cur)} in document {{_id: {doc.get('_id')!r}}}",
                       BAD_VALUE)
     new = [_copy(v) for v in values]
     if position is None:
@@ -703,7 +704,7 @@ def _integer_clause(arg: dict, clause: str) -> int | None:
     if _is_number(value) and not isinstance(value, Decimal128) and float(value) == int(value):
         return int(value)
     raise error(BAD_VALUE, f"The value for {clause} must be an integer value but was given "
-                           f"type: {_type_name(value)}")
+                           f"type: {type_name(value)}")
 
 
 def _push_sort_spec(spec: Any) -> Any:
@@ -731,10 +732,10 @@ def _op_add_to_set(doc: dict, path: str, arg: Any, now: Any) -> None:
         values = arg["$each"]
         if not isinstance(values, list):
             raise error(TYPE_MISMATCH, "The argument to $each in $addToSet must be an array but "
-                                       f"it was of type {_type_name(values)}")
+                                       f"it was of type {type_name(values)}")
     array = _array_at(doc, path, True, lambda cur: "Cannot apply $addToSet to non-array field. "
                       f"Field named '{path.rsplit('.', 1)[-1]}' has non-array type "
-                      f"{_type_name(cur)}", BAD_VALUE)
+                      f"{type_name(cur)}", BAD_VALUE)
     for value in values:
         if not any(values_equal(existing, value) for existing in array):
             array.append(_copy(value))
@@ -771,7 +772,7 @@ def _pull_condition(arg: Any) -> Callable[[Any], bool]:
 def _op_pull_all(doc: dict, path: str, arg: Any, now: Any) -> None:
     if not isinstance(arg, list):
         raise error(BAD_VALUE, f"$pullAll requires an array argument but was given a "
-                               f"{_type_name(arg)}")
+                               f"{type_name(arg)}")
     array = _array_at(doc, path, False, _non_array_pull("$pullAll"), BAD_VALUE)
     if array is not None:
         array[:] = [e for e in array if not any(values_equal(e, v) for v in arg)]
@@ -781,7 +782,7 @@ def _op_pop(doc: dict, path: str, arg: Any, now: Any) -> None:
     if not _is_number(arg) or arg not in (1, -1):
         raise error(FAILED_TO_PARSE, f"$pop expects 1 or -1, found: {arg!r}")
     array = _array_at(doc, path, False, lambda cur: f"Path '{path}' contains an element of "
-                      f"non-array type '{_type_name(cur)}'", TYPE_MISMATCH)
+                      f"non-array type '{type_name(cur)}'", TYPE_MISMATCH)
     if array:
         array.pop(0 if arg < 0 else -1)
 
