@@ -10,7 +10,7 @@ import datetime
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from bson.decimal128 import Decimal128
@@ -708,11 +708,11 @@ def _filter(args: Any, doc: dict) -> Any:
     if array is None:
         return None
     name = args.get("as", "this")
-    limit = evaluate(args["limit"], doc) if "limit" in args else None
-    if limit is not None and (not _is_number(limit) or limit != int(limit) or limit < 1):
-        raise error(327391, f"$filter: limit must be a positive integer, not {limit!r}")
+    limit = _integral(evaluate(args["limit"], doc)) if "limit" in args else None
+    if "limit" in args and (limit is None or limit < 1):
+        raise error(327391, f"$filter: limit must be a positive integer, not {args['limit']!r}")
     kept = [e for e in array if expression_truthy(_with_variables(args["cond"], doc, {name: e}))]
-    return kept[:int(limit)] if limit is not None else kept
+    return kept[:limit] if limit is not None else kept
 
 
 def _reduce(args: Any, doc: dict) -> Any:
@@ -781,9 +781,14 @@ def _rounding(op: str, mode: str) -> Callable[[list], Any]:
             return None
         if not _is_number(value):
             raise error(51081, f"{op} only supports numeric types, not {type(value).__name__}")
-        if not _is_number(place) or place != int(place) or not -20 < place < 100:
+        place = _integral(place)
+        if place is None or not -20 < place < 100:
             raise error(51083, f"{op} requires an integral place between -20 and 100")
-        exact = _as_decimal(value).quantize(Decimal(1).scaleb(-int(place)), rounding=mode)
+        if not _as_decimal(value).is_finite():
+            return value
+        with localcontext() as ctx:
+            ctx.prec = 1000   # a double's every digit (up to 1e308) before the point
+            exact = _as_decimal(value).quantize(Decimal(1).scaleb(-place), rounding=mode)
         if isinstance(value, Decimal128):
             return Decimal128(exact)
         if isinstance(value, float):
@@ -798,11 +803,21 @@ def _unary_number(op: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
             return None
         if not _is_number(value):
             raise error(28765, f"{op} only supports numeric types, not {type(value).__name__}")
+        if not _as_decimal(value).is_finite():
+            return abs(value) if op == "$abs" and isinstance(value, float) else value
         if isinstance(value, Decimal128):
-            return Decimal128(fn(value.to_decimal()))
+            return Decimal128(Decimal(fn(value.to_decimal())))
         result = fn(value)
         return float(result) if isinstance(value, float) else result
     return apply
+
+
+def _integral(value: Any) -> int | None:
+    """value as an int if it is a number with an integral value, else None."""
+    if not _is_number(value):
+        return None
+    exact = _as_decimal(value)
+    return int(exact) if exact.is_finite() and exact == exact.to_integral_value() else None
 
 
 def _mod(a: Any, b: Any) -> Any:
@@ -812,10 +827,12 @@ def _mod(a: Any, b: Any) -> Any:
         raise error(16611, "$mod only supports numeric types")
     if b == 0:
         raise error(16610, "can't $mod by zero")
-    if isinstance(a, float) or isinstance(b, float):
-        return math.fmod(a, b)
     if isinstance(a, Decimal128) or isinstance(b, Decimal128):
-        return Decimal128(_as_decimal(a) % _as_decimal(b))   # Decimal's % truncates, as C's does
+        with localcontext() as ctx:
+            ctx.traps[InvalidOperation] = False   # inf % x: NaN, as mongod answers
+            return Decimal128(_as_decimal(a) % _as_decimal(b))   # Decimal's % truncates, as C's does
+    if isinstance(a, float) or isinstance(b, float):
+        return math.fmod(a, b) if math.isfinite(a) else math.nan
     rest = abs(a) % abs(b)
     return -rest if a < 0 else rest
 
