@@ -903,7 +903,7 @@ def check_hint(catalog, ns: str, hint) -> None:
     else:
         try:
             fields = tuple((k, int(v)) for k, v in hint.items())
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):   # not a direction: no index has it
             fields = ()
         found = fields == (("_id", 1),) or any(i.fields == fields for i in coll.indexes)
     if not found:
