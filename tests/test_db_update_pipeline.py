@@ -27,12 +27,16 @@ import bson
 import mongomock
 import pytest
 import test_db_pymongo
+from bson.decimal128 import Decimal128
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pymongo import UpdateMany, UpdateOne
 from pymongo.errors import OperationFailure, WriteError
 from test_db_engine import raises
 from test_db_pymongo import db_address
 
 from farts.db.commands import _write_changed
+from farts.db.errors import MongoError
 from farts.db.store import Store
 from farts.db.update import Update, apply_update, field_changes
 from farts.db.variables import command_variables
@@ -144,6 +148,35 @@ def test_variables():
     e = raises(16867, command_variables, now, {"Bad": 1})
     assert e.code_name == "Location16867"
     raises(16868, command_variables, now, {"a-b": 1})
+
+
+_LEAVES = st.one_of(st.integers(-5, 5), st.floats(allow_nan=True), st.sampled_from(
+    ["$a", "$l", "$s", "$s.k", "$$ROOT", "$$REMOVE", "$$this", "x", "$nope"]), st.none(), st.booleans(),
+    st.builds(Decimal128, st.sampled_from(["1.5", "-2", "Infinity", "NaN"])))
+_OPERATOR_NAMES = ["$add", "$round", "$trunc", "$floor", "$abs", "$mod", "$type", "$toString", "$concatArrays",
+                   "$mergeObjects", "$objectToArray", "$arrayToObject", "$isArray", "$cond", "$switch",
+                   "$map", "$filter", "$reduce", "$let", "$getField", "$setField", "$unsetField"]
+EXPRESSIONS = st.recursive(_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.builds(lambda op, args: {op: args}, st.sampled_from(_OPERATOR_NAMES),
+              st.one_of(inner, st.lists(inner, max_size=3), st.fixed_dictionaries({}, optional={
+                  k: inner for k in ("input", "in", "as", "cond", "field", "value", "vars", "initialValue",
+                                     "branches", "default", "limit")})))), max_leaves=8)
+
+
+@settings(max_examples=300, suppress_health_check=list(HealthCheck), deadline=None)
+@given(EXPRESSIONS, st.sampled_from(["$set", "$replaceWith", "$project"]))
+def test_any_pipeline_update_gives_a_document_or_a_mongodb_error(expr, stage):
+    """Bad input gets MongoDB's error, never a Python exception (the server would answer an
+    InternalError)."""
+    doc = {"_id": 1, "a": 2, "l": [1, {"k": 2}], "s": {"k": "v"}}
+    arg = {"out": expr} if stage != "$replaceWith" else expr
+    try:
+        new = apply_update(doc, [{stage: arg}])
+    except MongoError:
+        return
+    assert new["_id"] == 1
+    bson.encode(new)
 
 
 # --- arrayFilters ----------------------------------------------------------------------------
