@@ -383,6 +383,9 @@ def test_let_through_pymongo(client):
     assert [d["x"] for d in col.aggregate([{"$match": {"_id": 1}}, {"$project": {"x": "$$high"}}], let=let)] == [4]
     shown = col.find_one({"_id": 2}, {"v": "$$high", "t": {"$gt": ["$$NOW", "$due"]}, "qty": 1}, let=let)
     assert shown == {"_id": 2, "v": 4, "t": True, "qty": 2}
+    # (pymongo's Cursor.explain() leaves let out of its clone: the command itself, then.)
+    plan = db.command({"explain": {"find": "orders", "filter": {"$expr": {"$lt": ["$qty", "$$low"]}}, "let": let}})
+    assert plan["executionStats"]["nReturned"] == 1
     overdue = col.count_documents({"$expr": {"$lt": ["$due", "$$NOW"]}})
     assert overdue == 5
     r = col.update_many(in_range, [{"$set": {"flag": "$$mark"}}], let={**let, "mark": "mid"})

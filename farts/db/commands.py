@@ -589,6 +589,7 @@ class Commands:
         else:
             args = self._find_args(inner if name == "find" else {"filter": inner.get("query") or {}})
         flt, sort, projection, skip, limit = args
+        flt = self._bound_filter(flt, inner.get("let"))
         stats = ScanStats()
 
         def query(txn, budget):
