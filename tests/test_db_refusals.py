@@ -34,6 +34,7 @@ def test_unknown_fields(client):
     db = client.unknown
     db.c.insert_one({"_id": 1, "a": 1})
     unknown_field(db, {"find": "c", "filter": {}, "bogusField": 1}, "find.bogusField")
+    unknown_field(db, {"explain": {"find": "c", "bogusField": 1}}, "find.bogusField")
     unknown_field(db, {"insert": "c", "documents": [{"_id": 2}], "bogus": True}, "insert.bogus")
     unknown_field(db, {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"a": 2}}, "bogusField": 1}]},
                   "update.updates.bogusField")
@@ -98,6 +99,7 @@ def test_hint_naming_a_missing_index(client):
     assert (e.code, e.details["codeName"]) == (2, "BadValue")
     assert "hint provided does not correspond to an existing index" in e.details["errmsg"]
     assert failure(list, col.find({"a": 1}).hint([("a", -1)])).code == 2
+    assert failure(col.find({"a": 1}).hint("nope").explain).code == 2
     with pytest.raises(WriteError) as w:
         col.update_one({"a": 1}, {"$set": {"b": 1}}, hint="nope")
     assert (w.value.code, w.value.details["codeName"]) == (2, "BadValue")

@@ -582,6 +582,9 @@ class Commands:
         if name not in ("find", "count", "aggregate"):
             raise _err(72, "InvalidOptions", f"explain is supported for find, count and aggregate, not {name}")
         ns = self.ns(session, cmd.db, inner[name])
+        if name == "find":   # the find it explains is refused as it would be on its own
+            check_fields("find", inner)
+            check_hint(self.store.catalog, ns, inner.get("hint"))
         if name == "aggregate":
             pipeline = inner.get("pipeline") or []
             first = pipeline[0].get("$match") if pipeline and isinstance(pipeline[0], dict) else None
