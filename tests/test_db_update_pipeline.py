@@ -421,6 +421,10 @@ def test_node_driver(node):
     assert r["arrayFilters"] == [[80, 96], [100]]
     assert r["fam"]["_id"] == 2 and r["fam"]["dotted"] == "$x"
     assert r["letFind"] == [2]
+    assert r["letAggregate"] == [{"_id": 1, "v": 1}]
+    assert r["bulk"] == {"modified": 3, "grades": [0, 96]}
+    assert r["famDup"] == {"code": 11000, "keyPattern": {"total": 1}, "keyValue": {"total": 21}}
+    assert r["letDelete"] == 1
     assert r["unknown"] == {"code": 40415, "codeName": "Location40415"}
     assert r["sortInUpdate"] == {"code": 40415, "codeName": "Location40415"}
     assert r["badHint"] == {"code": 2, "codeName": "BadValue"}

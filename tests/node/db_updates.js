@@ -24,6 +24,16 @@ async function main() {
     [{ $set: { dotted: { $literal: "$x" } } }], { let: { want: 3 }, returnDocument: "after" });
   out.fam = fam && fam.value !== undefined ? fam.value : fam;
   out.letFind = (await col.find({ $expr: { $gt: ["$total", "$$min"] } }, { let: { min: 15 } }).toArray()).map((d) => d._id);
+  out.letAggregate = (await col.aggregate([{ $match: { $expr: { $eq: ["$_id", "$$one"] } } }, { $project: { v: "$$one" } }],
+    { let: { one: 1 } }).toArray());
+  const bulk = await col.bulkWrite([
+    { updateOne: { filter: { _id: 1 }, update: { $set: { "grades.$[low]": 0 } }, arrayFilters: [{ low: { $lt: 90 } }] } },
+    { updateMany: { filter: {}, update: [{ $set: { seen: true } }] } }]);
+  out.bulk = { modified: bulk.modifiedCount, grades: (await col.findOne({ _id: 1 })).grades };
+  await col.createIndex({ total: 1 }, { unique: true });
+  try { await col.findOneAndUpdate({ _id: 1 }, { $set: { total: 21 } }); out.famDup = null; }
+  catch (e) { out.famDup = { code: e.code, keyPattern: e.keyPattern, keyValue: e.keyValue }; }
+  out.letDelete = (await col.deleteMany({ $expr: { $gt: ["$total", "$$min"] } }, { let: { min: 15 } })).deletedCount;
   out.unknown = await failure(db.command({ find: "items", bogusField: 1 }));
   out.sortInUpdate = await failure(db.command({ update: "items", updates: [{ q: {}, u: { $set: { a: 1 } }, sort: { _id: 1 } }] }));
   out.badHint = await failure(col.find({}).hint("nope").toArray());
