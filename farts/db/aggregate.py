@@ -491,13 +491,17 @@ def _divide(args: list) -> Any:
     return args[0] / args[1]
 
 
-def _concat(args: list) -> Any:
-    if any(_nullish(a) for a in args):
-        return None
-    for a in args:
-        if not isinstance(a, str):
-            raise error(16702, f"$concat only supports strings, not {type(a).__name__}")
-    return "".join(args)
+def _joined(op: str, kind: type, code: int, join: Callable[[list], Any]) -> Callable[[list], Any]:
+    """$concat and $concatArrays: null if an argument is, else the arguments (all of kind) joined."""
+    def apply(args: list) -> Any:
+        if any(_nullish(a) for a in args):
+            return None
+        for a in args:
+            if not isinstance(a, kind):
+                raise error(code, f"{op} only supports {'strings' if kind is str else 'arrays'}, not "
+                                  f"{type(a).__name__}")
+        return join(args)
+    return apply
 
 
 def _size(v: Any) -> int:
@@ -563,7 +567,7 @@ _OPERATORS: dict[str, Callable[[list], Any]] = {
                                                                lambda v: v[0] - v[1])([a, b])),
     "$multiply": _numeric("$multiply", _product),
     "$divide": _arity("$divide", 2, lambda a, b: _numeric("$divide", _divide)([a, b])),
-    "$concat": _concat,
+    "$concat": _joined("$concat", str, 16702, "".join),
     "$toLower": _arity("$toLower", 1, _string_case(str.lower)),
     "$toUpper": _arity("$toUpper", 1, _string_case(str.upper)),
     "$size": _arity("$size", 1, _size),
@@ -762,15 +766,6 @@ def _merge_objects(args: list) -> dict:
     return out
 
 
-def _concat_arrays(args: list) -> Any:
-    if any(_nullish(a) for a in args):
-        return None
-    for a in args:
-        if not isinstance(a, list):
-            raise error(28664, f"$concatArrays only supports arrays, not {type(a).__name__}")
-    return [e for a in args for e in a]
-
-
 def _rounding(op: str, mode: str) -> Callable[[list], Any]:
     """$round (half to even, as mongod) and $trunc to a number of decimal places (default 0)."""
     def apply(args: list) -> Any:
@@ -890,7 +885,7 @@ def _array_to_object(value: Any) -> Any:
 
 _OPERATORS.update({
     "$mergeObjects": _merge_objects,
-    "$concatArrays": _concat_arrays,
+    "$concatArrays": _joined("$concatArrays", list, 28664, lambda arrays: [e for a in arrays for e in a]),
     "$round": _rounding("$round", ROUND_HALF_EVEN),
     "$trunc": _rounding("$trunc", ROUND_DOWN),
     "$abs": _arity("$abs", 1, _unary_number("$abs", abs)),
