@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 import test_db_pymongo
-from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
+from pymongo import DeleteOne, UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, WriteError
 
 # test_db_pymongo's fixtures: a node of this module's own, and a pymongo client of it.
 node, listener, client = test_db_pymongo.node, test_db_pymongo.listener, test_db_pymongo.client
@@ -128,3 +129,20 @@ def test_find_and_modify_duplicate_key_details(client):
     with pytest.raises(DuplicateKeyError) as u:
         col.find_one_and_update({"name": "zz"}, {"$set": {"_id": 1}}, upsert=True)
     assert u.value.details["keyValue"] == {"_id": 1}
+
+
+def test_a_statements_bad_filter_is_its_write_error(client):
+    """mongod parses each statement of a write on its own: a filter it refuses is that
+    statement's writeError, and an ordered bulk write keeps what came before it."""
+    col = client.statements.c
+    col.insert_many([{"_id": 1, "a": 1}, {"_id": 2, "a": 2}])
+    with pytest.raises(WriteError) as e:
+        col.update_one({"a": {"$bogus": 1}}, {"$set": {"b": 1}})
+    assert e.value.code == 2 and "$bogus" in e.value.details["errmsg"]
+    with pytest.raises(BulkWriteError) as b:
+        col.bulk_write([UpdateOne({"_id": 1}, {"$set": {"b": 1}}), DeleteOne({"a": {"$nope": 1}}),
+                        DeleteOne({"_id": 2})])
+    result = b.value.details
+    assert (result["nModified"], result["nRemoved"]) == (1, 0)
+    assert [(w["index"], w["code"]) for w in result["writeErrors"]] == [(1, 2)]
+    assert col.find_one({"_id": 1})["b"] == 1 and col.count_documents({}) == 2

@@ -706,7 +706,6 @@ class Commands:
             check_fields("update.updates", s)
             if not isinstance(s.get("q", {}), dict) or not isinstance(s.get("u"), (dict, list)):
                 raise _err(9, "FailedToParse", "each update needs a 'q' object and a 'u' object")
-            compile_filter(s.get("q") or {})
 
         def fn(w):
             now = self._utc_now().replace(tzinfo=None)
@@ -733,12 +732,13 @@ class Commands:
             q, limit = s.get("q"), s.get("limit", 0)
             if not isinstance(q, dict) or limit not in (0, 1):
                 raise _err(9, "FailedToParse", "each delete needs a 'q' object and a 'limit' of 0 or 1")
-            q = self._bound_filter(q, cmd.body.get("let"))
-            parsed.append((q, compile_filter(q), limit, s.get("hint")))
+            parsed.append((self._bound_filter(q, cmd.body.get("let")), limit, s.get("hint")))
 
         def fn(w):
             def one(statement):
-                q, matcher, limit, hint = statement
+                # A filter's errors are the statement's (a writeError), as mongod reports them.
+                q, limit, hint = statement
+                matcher = compile_filter(q)
                 check_hint(w.catalog, ns, hint)
                 docs = w.find(ns, q, matcher, limit=1 if limit else None)
                 for d in docs:
