@@ -37,6 +37,9 @@ def test_unknown_fields(client):
     unknown_field(db, {"find": "c", "filter": {}, "bogusField": 1}, "find.bogusField")
     unknown_field(db, {"explain": {"find": "c", "bogusField": 1}}, "find.bogusField")
     unknown_field(db, {"insert": "c", "documents": [{"_id": 2}], "bogus": True}, "insert.bogus")
+    unknown_field(db, {"count": "c", "queryy": {}}, "count.queryy")
+    unknown_field(db, {"distinct": "c", "key": "a", "filter": {}}, "distinct.filter")
+    unknown_field(db, {"aggregate": "c", "pipeline": [], "cursor": {}, "batchSize": 5}, "aggregate.batchSize")
     unknown_field(db, {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"a": 2}}, "bogusField": 1}]},
                   "update.updates.bogusField")
     unknown_field(db, {"update": "c", "updates": [{"q": {}, "u": {"$set": {"a": 3}}}], "bogus": 1}, "update.bogus")
@@ -108,6 +111,10 @@ def test_hint_naming_a_missing_index(client):
         col.delete_one({"a": 1}, hint="nope")
     assert w.value.code == 2
     assert failure(col.find_one_and_update, {"a": 1}, {"$set": {"b": 1}}, hint="nope").code == 2
+    assert failure(col.count_documents, {"a": 1}, hint="nope").code == 2
+    assert failure(col.aggregate, [{"$match": {"a": 1}}], hint="nope").code == 2
+    assert failure(client.hints.command, {"distinct": "c", "key": "a", "hint": "nope"}).code == 2
+    assert col.count_documents({"a": 1}, hint="a_idx") == 2
     assert col.update_one({"a": 1}, {"$set": {"b": 1}}, hint="a_idx").modified_count == 1
     assert col.count_documents({"b": 1}) == 1 and col.count_documents({}) == 6
     # No collection: nothing to plan, no error (mongod answers an empty result).

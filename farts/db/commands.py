@@ -90,6 +90,14 @@ _COMMAND_FIELDS = {
     "update.updates": frozenset({"q", "u", "c", "upsert", "multi", "arrayFilters", "hint", "collation",
                                  "sampleId", "upsertSupplied"}),
     "delete.deletes": frozenset({"q", "limit", "hint", "collation", "sampleId"}),
+    "count": _GENERIC_FIELDS | {"count", "query", "limit", "skip", "hint", "collation", "fields", "sampleId",
+                                "mirrored", "encryptionInformation"},
+    "distinct": _GENERIC_FIELDS | {"distinct", "key", "query", "collation", "hint", "sampleId", "mirrored"},
+    "aggregate": _GENERIC_FIELDS | {
+        "aggregate", "pipeline", "explain", "allowDiskUse", "cursor", "bypassDocumentValidation", "collation",
+        "hint", "let", "needsMerge", "fromMongos", "fromRouter", "exchange", "runtimeConstants",
+        "isMapReduceCommand", "collectionUUID", "encryptionInformation", "isClusterQueryWithoutShardKeyCmd",
+        "passthroughToShard", "$_requestReshardingResumeToken"},
     "create": _GENERIC_FIELDS | _CREATE_FIELDS | {"create"},
     "collMod": _GENERIC_FIELDS | _COLLMOD_FIELDS | {"collMod"},
 }
@@ -535,7 +543,9 @@ class Commands:
 
     def count(self, session: Session, cmd: Command):
         self.opcounters["command"] += 1
+        check_fields("count", cmd.body)
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        check_hint(self.store.catalog, ns, cmd.body.get("hint"))
         flt = cmd.body.get("query") or {}
         body = {"filter": flt, "skip": cmd.body.get("skip"), "limit": cmd.body.get("limit")}
         flt, _, _, skip, limit = self._find_args(body)
@@ -554,7 +564,9 @@ class Commands:
 
     def distinct(self, session: Session, cmd: Command):
         self.opcounters["command"] += 1
+        check_fields("distinct", cmd.body)
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        check_hint(self.store.catalog, ns, cmd.body.get("hint"))
         key = cmd.body.get("key")
         if not isinstance(key, str) or not key:
             raise _err(14, "TypeMismatch", "distinct key must be a non-empty string")
@@ -582,6 +594,7 @@ class Commands:
 
     def aggregate(self, session: Session, cmd: Command):
         self.opcounters["command"] += 1
+        check_fields("aggregate", cmd.body)
         coll = self._coll_arg(cmd)
         pipeline = cmd.body.get("pipeline")
         if not isinstance(pipeline, list) or not all(isinstance(s, dict) for s in pipeline):
@@ -598,6 +611,7 @@ class Commands:
                                                    "is required (the stage this server runs without one: $documents)")
         elif isinstance(coll, str):
             ns = self.ns(session, cmd.db, coll)
+            check_hint(self.store.catalog, ns, cmd.body.get("hint"))
         else:
             raise _err(73, "InvalidNamespace", f"Invalid collection name: {coll!r}")
         for i, name in enumerate(names):
