@@ -571,8 +571,8 @@ upstream = "up"
                 wait_ready(srv.proc, srv.port, srv.path, self.body, srv.log, timeout=5)
             if srv.admin_port:
                 self._save_metrics(name, srv.admin_port, result)
-            if name == "farts-fixed" and a.profile and not problems:
-                result["profile"] = self.profile(srv, url)
+            if name in ("farts-fixed", "farts-proxy") and a.profile and not problems:
+                result["profile"] = self.profile(name, srv, url)
             result["ok"] = not problems
             if problems:
                 result["error"] = "; ".join(problems)
@@ -601,7 +601,7 @@ upstream = "up"
 
     # -- py-spy
 
-    def profile(self, srv: Server, url: str) -> dict:
+    def profile(self, name: str, srv: Server, url: str) -> dict:
         """A second wrk run of the same length with py-spy recording the node.
 
         The table keeps the unprofiled number; this run's rate is reported beside the
@@ -612,9 +612,9 @@ upstream = "up"
         if not os.path.exists(pyspy) and not shutil.which(pyspy):
             return {"error": f"py-spy not found (tried {pyspy}); pip install py-spy into the venv"}
         out: dict = {}
-        raw_path = self.path("farts-fixed", "profile.collapsed.txt")
-        svg_path = self.path("farts-fixed", "profile.svg")
-        log = self.path("farts-fixed", "py-spy.log")
+        raw_path = self.path(name, "profile.collapsed.txt")
+        svg_path = self.path(name, "profile.svg")
+        log = self.path(name, "py-spy.log")
 
         def spy_argv(seconds: float, fmt: str, output: str) -> list[str]:
             argv = [pyspy, "record", "--pid", str(srv.proc.pid), "--rate", str(a.profile_rate),
@@ -774,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
     ap.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     ap.add_argument("--profile", action="store_true",
-                    help="after farts-fixed's run, one more run under py-spy record; prints the files")
+                    help="after farts-fixed's and farts-proxy's runs, one more run under py-spy record; prints the files")
     ap.add_argument("--profile-native", action="store_true",
                     help="py-spy --native (shows Cython/C frames; slower sampling)")
     ap.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")

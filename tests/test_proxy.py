@@ -479,8 +479,13 @@ def test_head_and_bodiless_responses(node, ups):
 
 # -- the pure parts, without sockets -------------------------------------------------------
 
-def test_header_rewriting():
-    from farts.proxy.headers import origin_form, request_headers, response_headers
+@pytest.mark.parametrize("impl", ["fast.proxyhead", "farts.proxy.headers"])
+def test_header_rewriting(impl):
+    import importlib
+
+    from farts.proxy.headers import origin_form
+    rewriting = importlib.import_module(impl)   # the compiled one and its reference
+    request_headers, response_headers = rewriting.request_headers, rewriting.response_headers
 
     hs = [(b"host", b"example.com"), (b"connection", b"Keep-Alive, X-Secret"),
           (b"x-secret", b"1"), (b"keep-alive", b"300"), (b"te", b"trailers"),
@@ -712,3 +717,39 @@ def test_an_interim_100_from_the_upstream_is_not_its_answer():
     assert not conn.has_final_head()
     conn.events.extend(ResponseParser().feed(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"))
     assert conn.has_final_head()
+
+
+def test_a_client_gone_while_the_upstream_thinks_is_counted_and_the_node_carries_on(node, ups):
+    before = ups.a.requests
+    s = socket.create_connection(("127.0.0.1", node.port("http")), timeout=10)
+    s.sendall(b"GET /app/slow?delay=1.5 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    deadline = time.monotonic() + 10
+    while ups.a.requests == before:   # the upstream has the request
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    s.close()
+
+    def gone() -> float:
+        try:
+            return metric(node, "farts_proxy_requests_total", upstream="main", outcome="client_gone")
+        except AssertionError:   # (no such series yet)
+            return 0.0
+    while gone() < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    r = httpx.get(node.url("http", "/app/echo"))
+    assert r.status_code == 200 and r.json()["server"] == "A"
+
+
+def test_pipelined_requests_are_answered_in_order(node, ups):
+    # Three requests in one write: each waits for the one before it to be answered.
+    s = socket.create_connection(("127.0.0.1", node.port("http")), timeout=10)
+    s.sendall(b"".join(b"GET /app/echo?n=%d HTTP/1.1\r\nHost: localhost\r\n%s\r\n"
+                       % (i, b"Connection: close\r\n" if i == 2 else b"") for i in range(3)))
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    assert data.count(b"HTTP/1.1 200 ") == 3
+    assert [json.loads(m.group(1))["query"] for m in re.finditer(rb"\r\n\r\n(\{.*?\})(?=HTTP/|$)", data)] == \
+        ["n=0", "n=1", "n=2"]

@@ -1,6 +1,13 @@
 """The reverse proxy: one ``ProxyHandler`` per ``[upstreams.NAME]`` group.
 
-One request, as a coroutine (the transport runs it as a task):
+A request without a body (the usual GET/HEAD) is an ``Exchange``: a callback state
+machine that is itself the future the transport waits on (no task, no coroutine, no
+timer of its own: read timeouts are checked by one sweep per group every TICK). The
+upstream connection's events call ``Exchange.wake``; a small answer that arrived whole
+goes back as bytes, written by the transport with its head in one send.
+
+A request with a body (or an Upgrade) is a coroutine, run by the transport as a task,
+because the body is an async iterator it reads first. Both take the same steps:
 
     pick server (round-robin, skipping servers marked down)
       → idle pooled connection, else connect   (connect failure: count it, maybe mark
@@ -13,12 +20,13 @@ One request, as a coroutine (the transport runs it as a task):
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 from time import perf_counter
 
-from farts.clock import LoopClock
+from farts.clock import LoopClock, Timer
 from farts.metrics import Metrics
 from farts.proxy.config import Upstream
 from farts.transport.client import (
@@ -34,8 +42,9 @@ from farts.transport.client import (
 from farts.transport.http import REASONS, STREAM, Request, Response, Upgrade
 from fast.http1 import END, HTTPError, request_head
 from fast.http1 import Response as ResponseHead
+from fast.proxyhead import request_headers, response_headers
 
-from .headers import authority_of, origin_form, request_headers, response_headers
+from .headers import authority_of, origin_form
 from .tunnel import Tunnel
 from .upstream import Server
 
@@ -76,6 +85,9 @@ class ProxyStats:
 
     def _idle(self) -> dict:
         return {(h.name,): sum(len(s.idle) for s in h.servers) for h in self.handlers}
+
+
+TICK = 0.1   # how often read timeouts of the callback exchanges are checked
 
 
 async def _switch_answer(conn: ClientConnection, timeout: float):
@@ -167,6 +179,161 @@ class UpstreamBody(ResponseBody):
         self.proxy.count(conn.pool, "client_gone")
 
 
+class Exchange(asyncio.Future):
+    """One bodyless request proxied by callbacks, and the future the transport waits on.
+
+    connect (only when the pool has no idle connection: a task for the connect, which a
+    warm pool never needs) → ``send`` the head → the connection calls ``wake`` as
+    events arrive → the final head: ``answered`` (1xx skipped) → the Response as the
+    result. A stale pooled connection is replayed once on a fresh one; a connect failure
+    tries another server once; a timeout (the group's sweep) or a bad answer is a 504 or
+    502. ``cancel`` (the client went away) aborts the upstream connection.
+    """
+
+    __slots__ = ("proxy", "req", "data", "rid", "server", "conn", "reused", "tried",
+                 "retry_other", "retry_stale", "start", "connect_s", "connecting", "interim",
+                 "is_head")
+
+    def __init__(self, proxy: ProxyHandler, req: Request, loop) -> None:
+        super().__init__(loop=loop)
+        self.proxy = proxy
+        self.req = req
+        self.server = server = proxy.pick()
+        self.data, self.rid = proxy.upstream_head(req, server, -2)
+        self.is_head = req.method == b"HEAD"
+        self.conn: ClientConnection | None = None
+        self.connecting: asyncio.Task | None = None
+        self.reused = False
+        self.tried: list[Server] = []
+        self.retry_other = self.retry_stale = True
+        self.interim = False
+        self.connect_s = -1.0
+        self.start = perf_counter()
+        self.go(False)
+
+    def go(self, fresh: bool) -> None:
+        conn = None if fresh else self.server.take()
+        if conn is None:
+            self.connect_s = perf_counter()   # (the start of the connect until it is done)
+            task = self.connecting = asyncio.ensure_future(
+                self.server.connect(self.proxy.up.connect_timeout))
+            task.add_done_callback(self.connected)
+        else:
+            self.connect_s = -1.0
+            self.send(conn, True)
+
+    def connected(self, task: asyncio.Task) -> None:
+        self.connecting = None
+        if task.cancelled():
+            self.cancel()
+            return
+        e = task.exception()
+        if self.done():   # cancelled as the connect ended: the connection is not ours
+            if e is None:
+                task.result().abort()
+            return
+        server, proxy = self.server, self.proxy
+        if e is None:
+            server.succeeded()
+            self.connect_s = perf_counter() - self.connect_s
+            self.send(task.result(), False)
+        elif isinstance(e, (TimeoutError, OSError)):
+            why, nxt = proxy.connect_failed(server, e, self.tried, self.retry_other, self.req)
+            if nxt is not None:
+                self.retry_other = False
+                self.server = nxt
+                self.go(False)
+            else:
+                self.set_result(_error(504 if isinstance(e, TimeoutError) else 502, f"upstream {why}", self.rid))
+        else:
+            self.set_exception(e)
+
+    def send(self, conn: ClientConnection, reused: bool) -> None:
+        self.conn = conn
+        self.reused = reused
+        conn.received = 0
+        if self.is_head:
+            conn.parser.expect_head_response()
+        conn.owner = self
+        self.proxy.watch(self)
+        try:
+            conn.write(self.data)
+        except ConnectionLost as e:
+            self.failed(e)
+
+    def wake(self) -> None:
+        """Events (or the loss) of the upstream connection: the final head answers."""
+        conn = self.conn
+        events = conn.events
+        try:
+            while events:
+                ev = events[0]
+                t = type(ev)
+                if t is ResponseHead:
+                    if ev.status >= 200:
+                        events.popleft()
+                        self.answered(ev)
+                        return
+                    if ev.status == 101:
+                        raise BadResponse("101 Switching Protocols to a request without Upgrade")
+                    self.interim = True   # 1xx: skipped, with the END that follows it
+                elif ev is END and self.interim:
+                    self.interim = False
+                elif t is HTTPError:
+                    raise BadResponse(f"{ev.status} {ev.reason}")
+                else:
+                    raise BadResponse(f"unexpected {ev!r:.40}")
+                events.popleft()
+            if conn.closed:
+                raise ConnectionLost("connection closed")
+        except (BadResponse, ConnectionLost) as e:
+            self.failed(e)
+        except Exception as e:   # a bug: the transport answers 500 and logs it
+            self.unwatch()
+            conn.abort()
+            self.set_exception(e)
+
+    def answered(self, head: ResponseHead) -> None:
+        self.unwatch()
+        self.set_result(self.proxy.respond(self.conn, head, self.req, self.rid, self.is_head,
+                                           self.start, self.connect_s))
+
+    def failed(self, e: Exception) -> None:
+        self.unwatch()
+        conn = self.conn
+        conn.abort()
+        if (type(e) is ConnectionLost and self.reused and conn.received == 0
+                and self.retry_stale and self.req.method in IDEMPOTENT):
+            # The usual race: the upstream closed the idle connection as we sent.
+            self.proxy.stale(self.server)
+            self.retry_stale = False
+            self.go(True)
+            return
+        self.set_result(self.proxy.exchange_failed(self.server, conn, e, self.req, self.rid))
+
+    def timed_out(self) -> None:
+        """The group's sweep: no answer within read_timeout."""
+        self.conn.owner = None
+        self.failed(ReadTimeout())
+
+    def unwatch(self) -> None:
+        self.conn.owner = None
+        self.proxy.in_flight.pop(self, None)
+
+    def cancel(self, msg=None) -> bool:
+        """The client went away (the transport cancels what it waits on)."""
+        if self.done():
+            return False
+        if self.connecting is not None:
+            self.connecting.cancel()
+        conn = self.conn
+        if conn is not None and conn.owner is self:
+            self.unwatch()
+            conn.abort()
+            self.proxy.count(self.server, "client_gone")
+        return super().cancel(msg)
+
+
 class ProxyHandler:
     def __init__(self, name: str, up: Upstream, node_id: str, stats: ProxyStats,
                  client: Client | None = None) -> None:
@@ -183,6 +350,14 @@ class ProxyHandler:
         self.rid_prefix = f"{node_id}-{_BOOT}-".encode()
         self._labels: dict[tuple[str, str], tuple] = {}
         self._key = (name,)
+        # The exchanges waiting for an upstream answer, with their deadlines: one sweep
+        # every TICK instead of a loop timer per request. Deadlines count from the last
+        # sweep's time (no clock read per request), plus one TICK: never early, late by
+        # at most two TICKs.
+        self.in_flight: dict[Exchange, float] = {}
+        self.now = 0.0
+        self.sweeper: Timer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None   # the node's, from the first request
 
     # -- metrics ---------------------------------------------------------------------
     def count(self, server: Server, outcome: str) -> None:
@@ -195,14 +370,19 @@ class ProxyHandler:
         self.m.retries.inc(self._key)
 
     def new_request_id(self) -> bytes:
-        return self.rid_prefix + str(next(_request_ids)).encode()
+        return b"%s%d" % (self.rid_prefix, next(_request_ids))
 
     # -- server choice ---------------------------------------------------------------
     def pick(self, exclude=()) -> Server | None:
         servers = self.servers
         n = len(servers)
-        now = self.clock.monotonic()
         i = self.rr
+        if not exclude:
+            s = servers[i]
+            if s.down_until == 0.0:   # never marked down (the usual case): no clock read
+                self.rr = (i + 1) % n
+                return s
+        now = self.clock.monotonic()
         for k in range(n):
             s = servers[(i + k) % n]
             if s.up(now) and s not in exclude:
@@ -212,128 +392,166 @@ class ProxyHandler:
         rest = [s for s in servers if s not in exclude]
         return min(rest, key=lambda s: s.down_until) if rest else None
 
-    # -- one request -----------------------------------------------------------------
-    def handle(self, request: Request):
-        return self._proxy(request)
+    # -- read timeouts of the exchanges ------------------------------------------------
+    def watch(self, ex: Exchange) -> None:
+        if self.sweeper is None:
+            self.now = self.clock.monotonic()
+            self.sweeper = self.clock.every(TICK, self._sweep)
+        self.in_flight[ex] = self.now + self.up.read_timeout + TICK
 
-    async def _proxy(self, req: Request) -> Response | Upgrade:
-        if req.upgrade is not None:
-            return await self._tunnel(req)
-        method = req.method
-        client_target = req.target
-        target = origin_form(client_target)
-        up = self.up
-        body = req.body
-        length = req.content_length  # -1: chunked
-        buffered = b""
-        if body is None:
-            if length < 0:
-                length = -2  # no body
-        elif up.request_buffering and length <= up.request_buffer_bytes:
-            body, buffered = await _read_up_to(body, up.request_buffer_bytes)
-            if body is None:   # all of it: sent with the head, as a known length
-                length = len(buffered)
-        server = self.pick()
-        headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
-                                     authority_of(client_target),
-                                     server.address.encode())
-        data = request_head(method, target, headers, length)
-        if buffered:
-            data += buffered
-        is_head = method == b"HEAD"
-        replayable = method in IDEMPOTENT
-        start = perf_counter()
-        tried: list[Server] = []
-        retry_other = retry_stale = True
-        fresh = False
-        connect_s = -1.0   # upstream connect seconds (-1: a pooled connection), for slow requests
-        while True:
-            conn = None if fresh else server.take()
-            reused = conn is not None
-            if conn is None:
-                connecting = perf_counter()
-                try:
-                    conn = await server.connect(up.connect_timeout)
-                except (TimeoutError, OSError) as e:
-                    timed_out = isinstance(e, TimeoutError)
-                    why = (f"connect timeout ({up.connect_timeout}s)" if timed_out
-                           else f"connect failed: {e.strerror or e}")
-                    self.count(server, "connect_timeout" if timed_out else "connect_error")
-                    if server.failed():
-                        log.warning("upstream %s server %s marked down for %ss after %d failures",
-                                    self.name, server.address, up.fail_timeout, server.fails)
-                    tried.append(server)
-                    # Nothing reached the upstream, nothing of the body was read: any
-                    # request can go to another server.
-                    nxt = self.pick(tried) if retry_other else None
-                    if nxt is not None:
-                        log.info("upstream %s server %s: %s: %s; retrying on %s",
-                                 self.name, server.address, _what(req), why, nxt.address)
-                        retry_other = False
-                        self._retry()
-                        server, fresh = nxt, False
-                        continue
-                    log.warning("upstream %s server %s: %s: %s",
-                                self.name, server.address, _what(req), why)
-                    return _error(504 if timed_out else 502, f"upstream {why}", rid)
-                server.succeeded()
-                connect_s = perf_counter() - connecting
-            else:
-                connect_s = -1.0
-            try:
-                resp = await exchange(conn, data, body, length == -1, is_head, up.read_timeout)
-            except ConnectionLost as e:
-                conn.abort()
-                if reused and conn.received == 0 and replayable and body is None and retry_stale:
-                    # The usual race: the upstream closed the idle connection as we sent.
-                    self.count(server, "stale")
-                    retry_stale = False
-                    self._retry()
-                    fresh = True
-                    continue
-                self.count(server, "bad_response")
-                log.warning("upstream %s server %s: %s: connection lost before the response (%s)",
-                            self.name, server.address, _what(req), conn.exc or e)
-                return _error(502, "upstream closed the connection", rid)
-            except ReadTimeout:
-                conn.abort()
-                self.count(server, "timeout")
-                log.warning("upstream %s server %s: %s: no response within %ss",
-                            self.name, server.address, _what(req), up.read_timeout)
-                return _error(504, "upstream timeout", rid)
-            except BadResponse as e:
-                conn.abort()
-                self.count(server, "bad_response")
-                log.warning("upstream %s server %s: %s: bad response: %s",
-                            self.name, server.address, _what(req), e)
-                return _error(502, "bad upstream response", rid)
-            except BaseException:  # cancelled (client gone), client body errors
-                conn.abort()
-                self.count(server, "client_gone")
-                raise
-            break
+    def _sweep(self, now: float) -> None:
+        self.now = now
+        for ex in [ex for ex, deadline in self.in_flight.items() if deadline <= now]:
+            del self.in_flight[ex]
+            ex.timed_out()
+
+    # -- the steps both kinds of request share -----------------------------------------
+    def upstream_head(self, req: Request, server: Server, length: int) -> tuple[bytes, bytes]:
+        """The upstream request's head and the request id."""
+        target = req.target
+        if target[:1] == b"/":   # origin form (the usual case): no authority, as it is
+            headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
+                                           None, server.host_field)
+        else:
+            headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
+                                           authority_of(target), server.host_field)
+            target = origin_form(target)
+        return request_head(req.method, target, headers, length), rid
+
+    def connect_failed(self, server: Server, e: OSError, tried: list[Server], retry: bool,
+                       req: Request) -> tuple[str, Server | None]:
+        """Counts and logs a connect failure; returns why, and the server to try next
+        (None: give up). Nothing reached the upstream, nothing of a body was read: any
+        request can go to another server."""
+        timed_out = isinstance(e, TimeoutError)
+        why = (f"connect timeout ({self.up.connect_timeout}s)" if timed_out
+               else f"connect failed: {e.strerror or e}")
+        self.count(server, "connect_timeout" if timed_out else "connect_error")
+        if server.failed():
+            log.warning("upstream %s server %s marked down for %ss after %d failures",
+                        self.name, server.address, self.up.fail_timeout, server.fails)
+        tried.append(server)
+        nxt = self.pick(tried) if retry else None
+        if nxt is not None:
+            log.info("upstream %s server %s: %s: %s; retrying on %s",
+                     self.name, server.address, _what(req), why, nxt.address)
+            self._retry()
+        else:
+            log.warning("upstream %s server %s: %s: %s", self.name, server.address, _what(req), why)
+        return why, nxt
+
+    def stale(self, server: Server) -> None:
+        self.count(server, "stale")
+        self._retry()
+
+    def exchange_failed(self, server: Server, conn: ClientConnection, e: Exception, req: Request,
+                        rid: bytes) -> Response:
+        """The proxy's answer when the upstream did not answer (the connection is aborted)."""
+        if type(e) is ReadTimeout:
+            self.count(server, "timeout")
+            log.warning("upstream %s server %s: %s: no response within %ss",
+                        self.name, server.address, _what(req), self.up.read_timeout)
+            return _error(504, "upstream timeout", rid)
+        self.count(server, "bad_response")
+        if type(e) is ConnectionLost:
+            log.warning("upstream %s server %s: %s: connection lost before the response (%s)",
+                        self.name, server.address, _what(req), conn.exc or e)
+            return _error(502, "upstream closed the connection", rid)
+        log.warning("upstream %s server %s: %s: bad response: %s",
+                    self.name, server.address, _what(req), e)
+        return _error(502, "bad upstream response", rid)
+
+    def respond(self, conn: ClientConnection, resp: ResponseHead, req: Request, rid: bytes,
+                is_head: bool, start: float, connect_s: float) -> Response:
+        """The client's Response to the upstream's final head ``resp`` on ``conn``."""
         head_at = perf_counter()
         self.m.seconds.observe(head_at - start, self._key)
         status = resp.status
         head_only = is_head or status == 204 or status == 304
-        content_length = -1 if resp.chunked else resp.content_length
         whole = conn.take_whole_body()
         if whole is None:
-            body_out = UpstreamBody(self, conn, resp.keep_alive, req)
+            body = UpstreamBody(self, conn, resp.keep_alive, req)
         else:
             # The whole body came with the head (the usual case for small answers): hand
             # it over as bytes, so the transport writes head and body in one send.
+            server = conn.pool
             self.count(server, "ok")
             if resp.keep_alive:
                 server.release(conn)
             else:
                 conn.abort()
-            if head_only:  # no body by definition; the head keeps the upstream's length
-                body_out = EMPTY
-            else:
-                body_out = whole
-        return Response(status, response_headers(resp.headers, rid), body_out, content_length, head_only,
+            # (no body by definition when head_only; the head keeps the upstream's length)
+            body = EMPTY if head_only else whole
+        return Response(status, response_headers(resp.headers, rid), body,
+                        -1 if resp.chunked else resp.content_length, head_only,
                         timings=(start, connect_s, head_at))
+
+    # -- one request -----------------------------------------------------------------
+    def handle(self, request: Request):
+        if request.upgrade is not None:
+            return self._tunnel(request)
+        if request.body is not None:
+            return self._proxy(request)
+        loop = self.loop
+        if loop is None:
+            # Once: asyncio.get_running_loop() checks the process id with a getpid()
+            # syscall on every call (glibc caches none).
+            loop = self.loop = asyncio.get_running_loop()
+        return Exchange(self, request, loop)
+
+    async def _proxy(self, req: Request) -> Response:
+        """A request with a body: read whole first when it fits request_buffer_bytes."""
+        up = self.up
+        body = req.body
+        length = req.content_length  # -1: chunked
+        buffered = b""
+        if up.request_buffering and length <= up.request_buffer_bytes:
+            body, buffered = await _read_up_to(body, up.request_buffer_bytes)
+            if body is None:   # all of it: sent with the head, as a known length
+                length = len(buffered)
+        server = self.pick()
+        data, rid = self.upstream_head(req, server, length)
+        if buffered:
+            data += buffered
+        is_head = req.method == b"HEAD"
+        replayable = req.method in IDEMPOTENT
+        start = perf_counter()
+        tried: list[Server] = []
+        retry_other = retry_stale = True
+        fresh = False
+        while True:
+            conn = None if fresh else server.take()
+            reused = conn is not None
+            connect_s = -1.0   # upstream connect seconds (-1: a pooled connection), for slow requests
+            if conn is None:
+                connecting = perf_counter()
+                try:
+                    conn = await server.connect(up.connect_timeout)
+                except (TimeoutError, OSError) as e:
+                    why, nxt = self.connect_failed(server, e, tried, retry_other, req)
+                    if nxt is not None:
+                        retry_other = False
+                        server, fresh = nxt, False
+                        continue
+                    return _error(504 if isinstance(e, TimeoutError) else 502, f"upstream {why}", rid)
+                server.succeeded()
+                connect_s = perf_counter() - connecting
+            try:
+                resp = await exchange(conn, data, body, length == -1, is_head, up.read_timeout)
+            except (ConnectionLost, ReadTimeout, BadResponse) as e:
+                conn.abort()
+                if (type(e) is ConnectionLost and reused and conn.received == 0 and replayable
+                        and body is None and retry_stale):
+                    self.stale(server)
+                    retry_stale = False
+                    fresh = True
+                    continue
+                return self.exchange_failed(server, conn, e, req, rid)
+            except BaseException:  # cancelled (client gone), client body errors
+                conn.abort()
+                self.count(server, "client_gone")
+                raise
+            return self.respond(conn, resp, req, rid, is_head, start, connect_s)
 
     async def _tunnel(self, req: Request) -> Response | Upgrade:
         """An Upgrade request (WebSocket) passed through: sent on a connection of its own;
@@ -342,7 +560,7 @@ class ProxyHandler:
         up = self.up
         server = self.pick()
         headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
-                                       authority_of(req.target), server.address.encode())
+                                       authority_of(req.target), server.host_field)
         headers += [(b"connection", b"upgrade"), (b"upgrade", req.upgrade)]
         data = request_head(req.method, origin_form(req.target), headers, -2)
         try:
@@ -383,6 +601,9 @@ class ProxyHandler:
         return Upgrade(101, response_headers(head.headers, rid), Tunnel(conn), STREAM)
 
     def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
         for s in self.servers:
             s.close()
         if self.own_client:

@@ -1,14 +1,14 @@
-"""Header rewriting between client and upstream: pure functions, no I/O."""
+"""Header rewriting between client and upstream: pure functions, no I/O.
+
+``connection_tokens``, ``request_headers`` and ``response_headers`` here are the
+reference of the compiled ones in fast/proxyhead.pyx, which the proxy uses: readable,
+and fed the same inputs by the differential test (tests/test_proxy_headers.py). Which
+fields are dropped is defined once, there. ``authority_of`` and ``origin_form`` are used
+as they are.
+"""
 from __future__ import annotations
 
-# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-                        b"transfer-encoding", b"upgrade"})
-# Framing is redone by the writer (request_head / response_head); Expect is answered by
-# the transport; the X-Forwarded-* ones are rebuilt below.
-REQUEST_DROP = HOP_BY_HOP | {b"content-length", b"expect", b"x-forwarded-for",
-                             b"x-forwarded-proto"}
-RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+from fast.proxyhead import REQUEST_DROP, RESPONSE_DROP
 
 
 def connection_tokens(headers) -> frozenset | None:

@@ -8,13 +8,14 @@ from farts.transport.client import Deadlines, Pool
 class Server(Pool):
     """One ``host:port`` of an upstream group (each group keeps its own pool and health)."""
 
-    __slots__ = ("address", "fails", "down_until", "max_fails", "fail_timeout", "clock")
+    __slots__ = ("address", "host_field", "fails", "down_until", "max_fails", "fail_timeout", "clock")
 
     def __init__(self, address: str, pool_size: int, max_fails: int, fail_timeout: float,
                  deadlines: Deadlines, clock: Clock) -> None:
         host, _, port = address.rpartition(":")
         super().__init__(host.strip("[]"), int(port), pool_size, deadlines)
         self.address = address
+        self.host_field = address.encode()   # Host of a request that came without one
         self.clock = clock
         self.max_fails = max_fails
         self.fail_timeout = fail_timeout

@@ -98,7 +98,7 @@ class Deadlines:
 class ClientConnection(asyncio.Protocol):
     __slots__ = ("pool", "parser", "transport", "events", "buffered", "waiter",
                  "write_paused", "read_paused", "closed", "exc", "received", "pooled",
-                 "reusable")
+                 "reusable", "owner")
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -114,6 +114,9 @@ class ClientConnection(asyncio.Protocol):
         self.received = 0            # bytes received since the current request was sent
         self.pooled = False
         self.reusable = True         # cleared when a request was not fully sent
+        # A callback owner instead of a waiting coroutine (the proxy's Exchange): its
+        # wake() is called where the waiter would be woken.
+        self.owner = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -162,6 +165,9 @@ class ClientConnection(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        if self.owner is not None:
+            self.owner.wake()
+            return
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)

@@ -14,7 +14,9 @@ turns what they return into the machine's response events:
   later, and that turn decides what the fanout coalesces (a publish answered after the
   flush instead of before it: 2.0 deliveries per send at 10,000 subscribers instead of
   3.3, 0.55x the deliveries/s). A task cancelled before its first step never awaits
-  the coroutine, so ``_cancel_task`` closes it then (no "never awaited"). A
+  the coroutine, so ``_cancel_task`` closes it then (no "never awaited"). A handler
+  that returns a Future of its own (the proxy's callback exchange) is answered by its
+  done callback (``_answered``), with no task at all. A
   streamed body is written by a task (``_stream``) -> ``machine.response_started`` ...
   ``response_done``; an
   ``Upgrade`` -> ``machine.switch`` and ``_switch`` (the socket then drives a
@@ -62,7 +64,8 @@ PAUSE_PENDING, PAUSE_BODY = 1, 2
 
 class HTTP1Connection(asyncio.Protocol):
     __slots__ = ("listener", "machine", "transport", "client", "body", "paused",
-                 "write_paused", "drain_waiter", "task", "closed", "req_body", "sock_fd", "awaited")
+                 "write_paused", "drain_waiter", "task", "closed", "req_body", "sock_fd", "awaited",
+                 "answering")
 
     def __init__(self, listener) -> None:
         self.listener = listener
@@ -78,6 +81,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.drain_waiter: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
         self.awaited = None   # a handler's coroutine whose task has not yet started
+        self.answering: Request | None = None   # the request a handler's future answers
         self.closed = False
         self.req_body: RequestBody | None = None  # the current request's body, until answered
         self.sock_fd = -1           # for os.sendfile: plain TCP only (never under TLS)
@@ -261,6 +265,13 @@ class HTTP1Connection(asyncio.Protocol):
             log.exception("handler for %s failed", route.prefix)
             result = Fixed.error(500)
         if type(result) not in ANSWERS and inspect.isawaitable(result):
+            if isinstance(result, asyncio.Future):
+                # A handler's own future (the proxy's Exchange, completed by a callback):
+                # answered by its done callback, no task; cancelling it stops the handler.
+                self.task = result
+                self.answering = req
+                result.add_done_callback(self._answered)
+                return
             self.awaited = result
             self.task = asyncio.ensure_future(self._answer_later(req, result))
             return
@@ -289,6 +300,25 @@ class HTTP1Connection(asyncio.Protocol):
         self._answer(req, result)
         if not self.closed and self.task is None:
             self._pump()   # (requests pipelined behind this one)
+
+    def _answered(self, fut: asyncio.Future) -> None:
+        """A handler's future is done: its answer, or the error it raised."""
+        if fut is not self.task:  # the connection failed or closed meanwhile
+            if not fut.cancelled():
+                fut.exception()   # (taken: not logged as "never retrieved")
+            return
+        self.task = None
+        req, self.answering = self.answering, None
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or isinstance(exc, ClientGone):
+            self._close()
+        elif exc is not None:
+            log.error("handler for %s failed", req.route.prefix, exc_info=exc)
+            self._fail(500, "internal error")
+        else:
+            self._answer(req, fut.result())
+            if not self.closed and self.task is None:
+                self._pump()   # (requests pipelined behind this one)
 
     def send_interim(self, head: RequestHead, status: int, headers) -> bool:
         """A handler's 1xx interim answer (Request.send_interim), if the machine allows it."""

@@ -1,0 +1,26 @@
+"""Type stub for fast.proxyhead (the reverse proxy's header rewriting; see fast/proxyhead.pyx)."""
+
+from collections.abc import Callable, Sequence
+from typing import Final
+
+Header = tuple[bytes, bytes]
+
+HOP_BY_HOP: Final[frozenset[bytes]]
+REQUEST_DROP: Final[frozenset[bytes]]
+RESPONSE_DROP: Final[frozenset[bytes]]
+
+def connection_tokens(headers: Sequence[Header]) -> frozenset[bytes] | None:
+    """The header names listed in Connection (lowercase), or None."""
+
+def request_headers(
+    headers: Sequence[Header],
+    client: str,
+    scheme: str,
+    new_request_id: Callable[[], bytes],
+    authority: bytes | None,
+    fallback_host: bytes,
+) -> tuple[list[Header], bytes]:
+    """(headers for the upstream request, its X-Request-Id)."""
+
+def response_headers(headers: Sequence[Header], request_id: bytes) -> list[Header]:
+    """Headers for the client: hop-by-hop dropped, X-Request-Id echoed unless present."""
