@@ -30,6 +30,7 @@ from farts.config import Config, Route
 from farts.db import config as db_config
 from farts.dns import config as dns_config
 from farts.dns.peer import TxtPeer
+from farts.master import config as master_config
 from farts.members import Member, MemberMap
 from farts.mesh import DrainHandler, MeshService, MeshStatusHandler
 from farts.mesh import config as mesh_config
@@ -149,6 +150,24 @@ def _build_status(n: Node) -> Sampler:
                    slow=lambda: [e for e in reversed(n.stats.slow_log) if e["listener"] != "admin"])
 
 
+def _build_master(n: Node):
+    """The master service (every node runs it; the lease holder acts). Its state is in the
+    database's store, handed over as a function (the store opens when the DB starts)."""
+    if not n.cfg.master.enabled:
+        return None
+    from farts.master.service import MasterService
+    master = MasterService(n.cfg, n.metrics, n.clock, lambda: n.db.store if n.db is not None else None,
+                           n.http_client)
+    if n.mesh is not None:
+        n.mesh.status_extra["masters"] = master.view   # /api/mesh: each deployment's master
+    return master
+
+
+def _master_admin(n: Node, master) -> list:
+    from farts.master.service import MasterAdminHandler
+    return [(Route(prefix="/api/master", kind="admin", max_body_bytes=65536), MasterAdminHandler(master))]
+
+
 SERVICES: tuple[Service, ...] = (
     Service("proxy", proxy_config.SECTION,
             build=lambda n: {name: ProxyHandler(name, up, n.cfg.node.id, n.proxy_stats, n.http_client)
@@ -187,6 +206,9 @@ SERVICES: tuple[Service, ...] = (
             public_routes=_certs_routes, admin_routes=_certs_admin),
     Service("admin", admin_config.SECTION, build=_build_status, start_rank=90, stop_rank=5,
             peers=lambda n, sampler, bus: [sampler.peer(bus)]),
+    # After the mesh and the DB (built after them: it reads n.mesh; started after them).
+    Service("master", master_config.SECTION, build=_build_master, start_rank=60, stop_rank=5,
+            admin_routes=_master_admin, peers=lambda n, master, bus: [master.attach(bus)]),
 )
 
 for _service in SERVICES:

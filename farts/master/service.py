@@ -1,0 +1,276 @@
+"""The master service of a node: the asyncio side of the lease, and what the master does.
+
+Every node runs it; the one that holds its deployment's lease acts (crons, alerts, and
+whatever node.py wires to ``on_role``: the webhook deliveries). The lease machine
+(``lease.py``) is driven here: its deadlines are clock timers, its messages ride the
+mesh bus (``LeasePeer``), its promise is a small file under data_dir/master written
+(in the thread pool) before any action that follows it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from farts.clock import Clock, Timer
+from farts.master import lease
+from farts.master.config import MasterConfig, deployment_nodes
+from farts.master.jobs import Crons
+from farts.master.lease import Broadcast, Lease, Persist, Role, Send
+from farts.master.peer import LeaseAsk, LeaseHeld, LeaseRelease, LeaseVote, Masters, unwrap, wrap
+from farts.master.state import Fenced, MasterState
+from farts.metrics import Metrics
+from farts.peer import Envelope, PeerBus
+from farts.transport.http import Request, Response
+
+log = logging.getLogger("farts.master")
+
+
+class MasterService:
+    def __init__(self, cfg, metrics: Metrics, clock: Clock, store: Callable[[], Any], http=None,
+                 tasks: dict[str, Callable[[], Any]] | None = None) -> None:
+        """``store``: a function returning the node's database store once it is open;
+        ``http``: the node's outbound Client (cron requests); ``tasks``: the built-in
+        tasks crons may name."""
+        self.cfg: MasterConfig = cfg.master
+        self.me, self.deployment = cfg.node.id, cfg.node.deployment
+        self.nodes = deployment_nodes(cfg)
+        self.clock, self.metrics = clock, metrics
+        self.path: Path = cfg.path("master") / f"lease-{self.deployment}.json"
+        self.state = MasterState(store, self.deployment, clock.wall)
+        self.masters = Masters(self.cfg.lease_seconds)
+        self.crons = Crons(self.cfg.crons, self.state, clock, metrics, self.epoch, self.cfg.history, http,
+                           {name: up.servers for name, up in cfg.upstreams.items()}, tasks)
+        self.lease: Lease | None = None
+        self.bus: PeerBus | None = None
+        self._role_fns: list[Callable[[bool, int], None]] = []
+        self._timer: Timer | None = None
+        self._persisting = False
+        self._queued: list = []
+        self.active_epoch = 0           # the epoch this node acts with (0: not master)
+        self.changes = metrics.counter("farts_master_changes_total",
+                                       "Times this node became (active) or stopped being master", ("change",))
+        self.fenced = metrics.counter("farts_master_fenced_writes_total",
+                                      "Master writes refused: a higher epoch had written")
+        metrics.gauge("farts_master_active", "1 while this node acts as its deployment's master",
+                      lambda: 1 if self.acting() else 0)
+        metrics.gauge("farts_master_epoch", "The lease epoch of each deployment's master, as this node knows it",
+                      lambda: {(d,): v["epoch"] for d, v in self.view().items()}, ("deployment",))
+
+    # ---- for node.py and the other services ---------------------------------------------
+
+    def on_role(self, fn: Callable[[bool, int], None]) -> None:
+        """fn(active, epoch) when this node becomes master (active) and when it stops."""
+        self._role_fns.append(fn)
+
+    def acting(self) -> bool:
+        return self.lease is not None and self.lease.acting(self.clock.monotonic())
+
+    def epoch(self) -> int | None:
+        """The fencing epoch to stamp a side effect with, or None when not master now."""
+        return self.lease.epoch if self.acting() else None
+
+    def attach(self, bus: PeerBus) -> LeasePeer:
+        self.bus = bus
+        return LeasePeer(self, bus)
+
+    def view(self) -> dict[str, dict]:
+        """deployment -> {"master", "epoch"}: every deployment this node heard of."""
+        now = self.clock.monotonic()
+        out = self.masters.view(now)
+        if self.lease is not None:
+            holder, epoch = self.lease.master(now)
+            out[self.deployment] = {"master": holder, "epoch": epoch}
+        return out
+
+    def status(self) -> dict:
+        lz = self.lease
+        return {"deployment": self.deployment, "node": self.me, "nodes": self.nodes,
+                "state": lz.state if lz else "not started", "acting": self.acting(),
+                "epoch": self.epoch(), "deployments": self.view()}
+
+    # ---- life -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        promised = await asyncio.get_running_loop().run_in_executor(None, self._read_promise)
+        self.lease = Lease(self.me, self.nodes, self.cfg.lease_seconds, self.cfg.clock_drift,
+                           self.clock.monotonic(), random.random, promised)
+        try:
+            self._run(self.lease.observe_epoch(self.state.recorded_epoch(), self.clock.monotonic()))
+        except RuntimeError as e:
+            log.warning("master: %s: the recorded epoch is not read", e)
+        self._schedule()
+
+    def release(self) -> None:
+        """Stops acting and frees the voters (before the mesh goes)."""
+        if self.lease is not None and self.lease.state != lease.STOPPED:
+            self._run(self.lease.stop(self.clock.monotonic()))
+
+    def stop(self) -> None:
+        self.release()
+        self.crons.deactivate()
+        if self._timer is not None:
+            self._timer.cancel()
+
+    # ---- the machine, driven --------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._timer = None
+        self._run(self.lease.tick(self.clock.monotonic()))
+
+    def _schedule(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        at = self.lease.next_deadline()
+        if at != float("inf"):
+            self._timer = self.clock.call_at(at, self._wake)
+
+    def handle(self, message, sender: str) -> None:
+        """One lease message of this deployment from a peer."""
+        if self.lease is None:
+            return
+        now = self.clock.monotonic()
+        on = {lease.Ask: self.lease.on_ask, lease.Vote: self.lease.on_vote, lease.Held: self.lease.on_held,
+              lease.Release: self.lease.on_release}[type(message)]
+        self._run(on(message, sender, now))
+
+    def _run(self, actions: list) -> None:
+        if self._persisting:
+            self._queued += actions
+            return
+        for i, a in enumerate(actions):
+            if isinstance(a, Persist):
+                self._persisting = True
+                self._queued = list(actions[i + 1:])
+                fut = asyncio.get_running_loop().run_in_executor(None, self._write_promise, a.epoch, a.holder)
+                fut.add_done_callback(self._persisted)
+                return
+            self._do(a)
+        if self.lease.state != lease.STOPPED:
+            self._schedule()
+
+    def _persisted(self, fut: asyncio.Future) -> None:
+        self._persisting = False
+        queued, self._queued = self._queued, []
+        if fut.exception() is not None:
+            # Not durable: the votes that depend on it are not sent (the candidate asks again).
+            log.error("master: cannot write %s: %s", self.path, fut.exception())
+            queued = [a for a in queued if not isinstance(a, Send)]
+        self._run(queued)
+
+    def _do(self, a) -> None:
+        if isinstance(a, Send):
+            if self.bus is not None:
+                self.bus.send(a.to, wrap(self.deployment, a.message))
+        elif isinstance(a, Broadcast):
+            if self.bus is not None:
+                self.bus.broadcast(wrap(self.deployment, a.message))
+        elif isinstance(a, Role):
+            self._role(a.active, a.epoch)
+
+    def _role(self, active: bool, epoch: int) -> None:
+        self.active_epoch = epoch if active else 0
+        self.changes.inc(("active" if active else "stopped",))
+        log.warning("master: %s %s master of deployment %s (epoch %d)", self.me,
+                    "is now" if active else "is no longer", self.deployment, epoch)
+        if active:
+            asyncio.ensure_future(self._activate(epoch))
+        else:
+            self.crons.deactivate()
+        for fn in list(self._role_fns):
+            try:
+                fn(active, epoch)
+            except Exception:
+                log.exception("master: a role callback failed")
+
+    async def _activate(self, epoch: int) -> None:
+        """Records the new epoch in the store (from then on a lower one cannot write
+        there), then runs the crons."""
+        try:
+            await self.state.write(epoch, lambda w: None)
+        except Fenced as e:
+            self.fenced.inc()
+            self._run(self.lease.observe_epoch(e.recorded, self.clock.monotonic()))
+            return
+        except RuntimeError as e:
+            log.error("master: epoch %d not recorded: %s", epoch, e)
+            return
+        if self.epoch() == epoch:
+            self.crons.activate()
+
+    # ---- the promise on disk --------------------------------------------------------------
+
+    def _read_promise(self) -> tuple[int, str | None]:
+        try:
+            data = json.loads(self.path.read_text())
+            return int(data["epoch"]), data["holder"]
+        except FileNotFoundError:
+            return 0, None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            # An unreadable promise must not be taken as none: refuse to start.
+            raise RuntimeError(f"master: {self.path}: unreadable lease promise ({e}); "
+                               "remove it only if this node has been down for a lease duration") from None
+
+    def _write_promise(self, epoch: int, holder: str | None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"deployment": self.deployment, "epoch": epoch, "holder": holder}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(self.path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class LeasePeer:
+    """The lease's messages on the bus: this deployment's go to the service, every
+    deployment's announcements to the view of masters."""
+
+    def __init__(self, service: MasterService, bus: PeerBus) -> None:
+        self.service = service
+        self._unsubscribe = [bus.subscribe(cls, self._on) for cls in (LeaseAsk, LeaseVote, LeaseHeld, LeaseRelease)]
+
+    def _on(self, msg, env: Envelope) -> None:
+        s = self.service
+        now = s.clock.monotonic()
+        if isinstance(msg, LeaseHeld) and msg.held.holder == env.origin:
+            s.masters.held(msg.deployment, msg.held, now)
+        elif isinstance(msg, LeaseRelease) and msg.release.holder == env.origin:
+            s.masters.released(msg.deployment, msg.release)
+        if msg.deployment == s.deployment:
+            s.handle(unwrap(msg), env.origin)
+
+    def stop(self) -> None:
+        """Before the mesh stops: the master releases its lease while peers can hear it."""
+        self.service.release()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+
+
+def _json(status: int, data) -> Response:
+    return Response(status, [(b"content-type", b"application/json")],
+                    json.dumps(data, indent=1, default=str).encode() + b"\n")
+
+
+class MasterAdminHandler:
+    """GET /api/master: the lease, the deployments' masters."""
+
+    def __init__(self, master: MasterService) -> None:
+        self.master = master
+
+    async def handle(self, req: Request) -> Response:
+        if req.method in (b"GET", b"HEAD") and req.path == b"/api/master":
+            return _json(200, self.master.status())
+        if req.method in (b"GET", b"HEAD") and req.path == b"/api/master/crons":
+            return _json(200, {"master": self.master.status(), "crons": self.master.crons.listing()})
+        return _json(404, {"error": "no such master API"})
