@@ -3,7 +3,7 @@ next slot, the runs (an HTTP request to an upstream group, or a built-in task), 
 retries and their records in the replicated store, every write fenced by the epoch.
 
 HTTP runs carry ``Idempotency-Key: <name>@<slot>`` and ``X-Farts-Master-Epoch: <epoch>``
-(and ``X-Farts-Cron-Slot``, the slot in ISO 8601 UTC): an app that sees a key again
+(and ``X-Farts-Cron-Slot``, the slot in ISO 8601 UTC, ``X-Farts-Master-Node``, the node): an app that sees a key again
 (a master died mid-run and its successor ran the slot again) can answer it as before,
 and one that sees an epoch lower than one it already saw can refuse it.
 """
@@ -24,6 +24,7 @@ from farts.metrics import Metrics
 log = logging.getLogger("farts.master.cron")
 
 CONNECT_TIMEOUT = 5.0
+RETRY_AFTER_ERROR = 1.0   # seconds before a cron whose bookkeeping failed (the store) is looked at again
 
 
 class NotMaster(Exception):
@@ -74,16 +75,25 @@ class Crons:
             task.add_done_callback(lambda t, name=name: self._done(name, t))
 
     def _done(self, name: str, task: asyncio.Task) -> None:
+        """A cron's due work ended: its timer is set for the next slot (here, once the task
+        is gone, so the timer always finds the cron idle)."""
         if self._running.get(name) is task:
             del self._running[name]
-        if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), NotMaster):
-            log.error("cron %s: %s", name, task.exception())
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, NotMaster) or self.epoch() is None:
+            return
+        if exc is not None:
+            log.error("cron %s: %s (again in %s s)", name, exc, RETRY_AFTER_ERROR)
+        at = task.result() if exc is None else self.clock.wall() + RETRY_AFTER_ERROR
+        self._timers[name] = self.clock.call_later(max(0.0, at - self.clock.wall()), self._start, name)
 
     # ---- one cron ----------------------------------------------------------------------
 
-    async def _due(self, name: str) -> None:
-        """Runs what is due of one cron (unfinished runs of a dead master first), then sets
-        its timer for the next slot."""
+    async def _due(self, name: str) -> float:
+        """Runs what is due of one cron (unfinished runs of a dead master first); returns
+        the next slot."""
         c, schedule = self.crons[name], self.schedules[name]
         doc = self.state.get(CRONS, name)
         for r in cron.unfinished(doc):
@@ -99,11 +109,7 @@ class Crons:
             if not p.run and not p.skipped:
                 if doc is None:
                     await self._write(c, None, p.next)
-                break
-        epoch_now = self.epoch()
-        if epoch_now is not None:
-            delay = max(0.0, p.next - self.clock.wall())
-            self._timers[name] = self.clock.call_later(delay, self._start, name)
+                return p.next
 
     def _epoch(self) -> int:
         epoch = self.epoch()
@@ -166,7 +172,8 @@ class Crons:
         key = cron.slot_key(c.name, slot)
         body = c.body.encode()
         headers = [(b"idempotency-key", key.encode()), (b"x-farts-master-epoch", str(epoch).encode()),
-                   (b"x-farts-cron-slot", key.split("@", 1)[1].encode())]
+                   (b"x-farts-cron-slot", key.split("@", 1)[1].encode()),
+                   (b"x-farts-master-node", self.state.node.encode())]
         if body:
             try:
                 json.loads(body)
@@ -186,7 +193,7 @@ class Crons:
                     if not isinstance(resp.body, bytes):
                         async for _ in resp.body:
                             pass
-            except (TimeoutError, OSError, Exception) as e:  # noqa: BLE001 - recorded, then the next server
+            except Exception as e:  # noqa: BLE001 - recorded, then the next server
                 error = f"{server}: {type(e).__name__}: {e}"
                 continue
             status = resp.head.status

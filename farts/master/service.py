@@ -42,7 +42,7 @@ class MasterService:
         self.nodes = deployment_nodes(cfg)
         self.clock, self.metrics = clock, metrics
         self.path: Path = cfg.path("master") / f"lease-{self.deployment}.json"
-        self.state = MasterState(store, self.deployment, clock.wall)
+        self.state = MasterState(store, self.deployment, self.me, clock.wall)
         self.masters = Masters(self.cfg.lease_seconds)
         self.crons = Crons(self.cfg.crons, self.state, clock, metrics, self.epoch, self.cfg.history, http,
                            {name: up.servers for name, up in cfg.upstreams.items()}, tasks)

@@ -46,8 +46,8 @@ class MasterState:
     """Reads and fenced writes on the node's store (handed over by node.py as a function
     that returns the DB service's store once it runs)."""
 
-    def __init__(self, store: Callable[[], Any], deployment: str, wall: Callable[[], float]) -> None:
-        self._store, self.deployment, self.wall = store, deployment, wall
+    def __init__(self, store: Callable[[], Any], deployment: str, node: str, wall: Callable[[], float]) -> None:
+        self._store, self.deployment, self.node, self.wall = store, deployment, node, wall
 
     @property
     def store(self):
@@ -70,14 +70,14 @@ class MasterState:
 
     async def write(self, epoch: int, fn: Callable[[Any], Any]) -> Any:
         """Runs fn(WriteTxn) after the fence check, in one transaction; raises Fenced."""
-        deployment, wall = self.deployment, self.wall
+        deployment, node, wall = self.deployment, self.node, self.wall
 
         def fenced(w):
             rec = w.get(EPOCHS, deployment)
             if rec is not None and rec["epoch"] > epoch:
                 raise Fenced(epoch, rec["epoch"])
             if rec is None or rec["epoch"] < epoch:
-                put(w, EPOCHS, {"_id": deployment, "epoch": epoch, "since": wall()})
+                put(w, EPOCHS, {"_id": deployment, "epoch": epoch, "node": node, "since": wall()})
             return fn(w)
         return await asyncio.wrap_future(self.store.submit(fenced))
 
