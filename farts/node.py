@@ -157,7 +157,8 @@ def _build_master(n: Node):
         return None
     from farts.master.service import MasterService
     master = MasterService(n.cfg, n.metrics, n.clock, lambda: n.db.store if n.db is not None else None,
-                           n.http_client)
+                           n.http_client, version=__version__,
+                           samples=lambda: n.services["admin"].latest if n.services.get("admin") else {})
     if n.mesh is not None:
         n.mesh.status_extra["masters"] = master.view   # /api/mesh: each deployment's master
     return master

@@ -16,14 +16,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from farts.clock import Clock, Timer
-from farts.master import cron
+from farts.master import cron, outbound
 from farts.master.config import CronConfig
 from farts.master.state import CRONS, Fenced, MasterState
 from farts.metrics import Metrics
 
 log = logging.getLogger("farts.master.cron")
 
-CONNECT_TIMEOUT = 5.0
 RETRY_AFTER_ERROR = 1.0   # seconds before a cron whose bookkeeping failed (the store) is looked at again
 
 
@@ -185,18 +184,11 @@ class Crons:
             host, _, port = server.rpartition(":")
             pool = self.http.pool("http", host, int(port))
             try:
-                async with asyncio.timeout(c.timeout):
-                    resp = await self.http.request(
-                        pool, c.method.encode(), c.path.encode(), [(b"host", server.encode()), *headers],
-                        connect_timeout=min(CONNECT_TIMEOUT, c.timeout), read_timeout=c.timeout,
-                        body=_once(body) if body else None, length=len(body) if body else -2)
-                    if not isinstance(resp.body, bytes):
-                        async for _ in resp.body:
-                            pass
+                status = await outbound.send(self.http, pool, c.method.encode(), c.path.encode(),
+                                             [(b"host", server.encode()), *headers], body, c.timeout)
             except Exception as e:  # noqa: BLE001 - recorded, then the next server
                 error = f"{server}: {type(e).__name__}: {e}"
                 continue
-            status = resp.head.status
             if 200 <= status < 300:
                 return {"ok": True, "status": status, "server": server}
             error = f"{server}: HTTP {status}"
@@ -218,6 +210,3 @@ class Crons:
                         "history": doc.get("history", [])})
         return out
 
-
-async def _once(data: bytes):
-    yield data

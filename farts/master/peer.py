@@ -141,3 +141,23 @@ class Masters:
             if now < until:
                 out[d] = {"master": holder, "epoch": epoch}
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport(PeerMessage):
+    """What every node tells the master of itself for the alert rules, each interval."""
+    TYPE = "master.report"
+    VERSION = 1
+    deployment: str
+    version: str
+    disk_used: float | None
+
+    def to_wire(self) -> dict:
+        return {"d": self.deployment, "version": self.version, "disk_used": self.disk_used}
+
+    @classmethod
+    def from_wire(cls, body: Any) -> NodeReport:
+        _check(cls, body, {"d": _name, "version": _name,
+                           "disk_used": lambda v: v is None or (isinstance(v, (int, float))
+                                                                and not isinstance(v, bool) and 0 <= v <= 1)})
+        return cls(body["d"], body["version"], None if body["disk_used"] is None else float(body["disk_used"]))

@@ -19,10 +19,20 @@ from typing import Any
 
 from farts.clock import Clock, Timer
 from farts.master import lease
+from farts.master.alerting import Alerting
 from farts.master.config import MasterConfig, deployment_nodes
 from farts.master.jobs import Crons
 from farts.master.lease import Broadcast, Lease, Persist, Role, Send
-from farts.master.peer import LeaseAsk, LeaseHeld, LeaseRelease, LeaseVote, Masters, unwrap, wrap
+from farts.master.peer import (
+    LeaseAsk,
+    LeaseHeld,
+    LeaseRelease,
+    LeaseVote,
+    Masters,
+    NodeReport,
+    unwrap,
+    wrap,
+)
 from farts.master.state import Fenced, MasterState
 from farts.metrics import Metrics
 from farts.peer import Envelope, PeerBus
@@ -33,10 +43,12 @@ log = logging.getLogger("farts.master")
 
 class MasterService:
     def __init__(self, cfg, metrics: Metrics, clock: Clock, store: Callable[[], Any], http=None,
-                 tasks: dict[str, Callable[[], Any]] | None = None) -> None:
+                 tasks: dict[str, Callable[[], Any]] | None = None, version: str = "",
+                 samples: Callable[[], dict] = dict) -> None:
         """``store``: a function returning the node's database store once it is open;
-        ``http``: the node's outbound Client (cron requests); ``tasks``: the built-in
-        tasks crons may name."""
+        ``http``: the node's outbound Client (cron requests, notifications); ``tasks``:
+        the built-in tasks crons may name; ``samples()``: node id -> its status sample
+        (the alert rules read lag, certificates, slow requests in them)."""
         self.cfg: MasterConfig = cfg.master
         self.me, self.deployment = cfg.node.id, cfg.node.deployment
         self.nodes = deployment_nodes(cfg)
@@ -46,6 +58,9 @@ class MasterService:
         self.masters = Masters(self.cfg.lease_seconds)
         self.crons = Crons(self.cfg.crons, self.state, clock, metrics, self.epoch, self.cfg.history, http,
                            {name: up.servers for name, up in cfg.upstreams.items()}, tasks)
+        self.alerts = Alerting(self.cfg.alerts, self.state, clock, metrics, self.epoch, self.nodes, version,
+                               cfg.data_dir, lambda: self.bus.members() if self.bus is not None else [],
+                               samples, http)
         self.lease: Lease | None = None
         self.bus: PeerBus | None = None
         self._role_fns: list[Callable[[bool, int], None]] = []
@@ -67,6 +82,10 @@ class MasterService:
     def on_role(self, fn: Callable[[bool, int], None]) -> None:
         """fn(active, epoch) when this node becomes master (active) and when it stops."""
         self._role_fns.append(fn)
+
+    def note_dead_letter(self, count: int = 1) -> None:
+        """For the webhook service: deliveries it dead-lettered (the webhook_dead_letters rule)."""
+        self.alerts.note_dead_letter(count)
 
     def acting(self) -> bool:
         return self.lease is not None and self.lease.acting(self.clock.monotonic())
@@ -105,6 +124,7 @@ class MasterService:
         except RuntimeError as e:
             log.warning("master: %s: the recorded epoch is not read", e)
         self._schedule()
+        self.alerts.start_reporting(self.bus)
 
     def release(self) -> None:
         """Stops acting and frees the voters (before the mesh goes)."""
@@ -114,6 +134,7 @@ class MasterService:
     def stop(self) -> None:
         self.release()
         self.crons.deactivate()
+        self.alerts.stop()
         if self._timer is not None:
             self._timer.cancel()
 
@@ -183,6 +204,7 @@ class MasterService:
             asyncio.ensure_future(self._activate(epoch))
         else:
             self.crons.deactivate()
+            self.alerts.deactivate()
         for fn in list(self._role_fns):
             try:
                 fn(active, epoch)
@@ -203,6 +225,7 @@ class MasterService:
             return
         if self.epoch() == epoch:
             self.crons.activate()
+            self.alerts.activate()
 
     # ---- the promise on disk --------------------------------------------------------------
 
@@ -239,6 +262,7 @@ class LeasePeer:
     def __init__(self, service: MasterService, bus: PeerBus) -> None:
         self.service = service
         self._unsubscribe = [bus.subscribe(cls, self._on) for cls in (LeaseAsk, LeaseVote, LeaseHeld, LeaseRelease)]
+        self._unsubscribe.append(bus.subscribe(NodeReport, lambda m, env: service.alerts.received(m, env.origin)))
 
     def _on(self, msg, env: Envelope) -> None:
         s = self.service
@@ -263,7 +287,9 @@ def _json(status: int, data) -> Response:
 
 
 class MasterAdminHandler:
-    """GET /api/master: the lease, the deployments' masters."""
+    """GET /api/master: the lease and the deployments' masters; /api/master/crons: the
+    crons and their last runs; /api/master/alerts: the alerts; POST
+    /api/master/alerts/ack {"id": ID or dedupe key, "by": who}: stops its escalation."""
 
     def __init__(self, master: MasterService) -> None:
         self.master = master
@@ -273,4 +299,19 @@ class MasterAdminHandler:
             return _json(200, self.master.status())
         if req.method in (b"GET", b"HEAD") and req.path == b"/api/master/crons":
             return _json(200, {"master": self.master.status(), "crons": self.master.crons.listing()})
+        if req.method in (b"GET", b"HEAD") and req.path == b"/api/master/alerts":
+            return _json(200, {"master": self.master.status(), "alerts": self.master.alerts.listing()})
+        if req.method == b"POST" and req.path == b"/api/master/alerts/ack":
+            raw = await req.body.read() if req.body is not None else b""
+            try:
+                body = json.loads(raw)
+                ident, by = body["id"], str(body.get("by") or "operator")
+                if not isinstance(ident, str) or not ident:
+                    raise ValueError
+            except (ValueError, KeyError, TypeError):
+                return _json(400, {"error": 'expected JSON {"id": "<alert id or dedupe key>", "by": "<who>"}'})
+            acked = await self.master.alerts.ack(ident, by[:200])
+            if acked is None:
+                return _json(404, {"error": f"no alert {ident!r}"})
+            return _json(200, {"id": acked, "by": by})
         return _json(404, {"error": "no such master API"})
