@@ -11,6 +11,7 @@ import signal
 import time
 import urllib.request
 
+from master_helpers import Receiver
 from mesh_helpers import mesh_address, mesh_view, metric, start_mesh_node, states, wait_for
 from test_db_replication_cluster import db_config
 
@@ -88,41 +89,12 @@ def test_one_master_and_a_takeover_within_the_bound_after_kill_9(tmp_path):
             n.stop(signal.SIGKILL)
 
 
-class Upstream:
-    """The app: a real HTTP server in this process that records each cron request."""
-
-    def __init__(self) -> None:
-        import http.server
-        import threading
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                length = int(self.headers.get("content-length") or 0)
-                self.rfile.read(length)
-                outer.requests.append({h: self.headers.get(h) for h in (
-                    "idempotency-key", "x-farts-master-epoch", "x-farts-master-node", "x-farts-cron-slot")})
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 def test_a_per_second_cron_runs_every_slot_once_across_a_master_kill(tmp_path):
     from collections import Counter
     from datetime import datetime
 
     from mesh_helpers import make_ca
-    app = Upstream()
+    app = Receiver()
     ca = make_ca(tmp_path)
     ids = ["node-1", "node-2", "node-3"]
     crons = (f'\n[[master.crons]]\nname = "tick"\nschedule = "* * * * * *"\nupstream = "app"\n'
@@ -131,15 +103,15 @@ def test_a_per_second_cron_runs_every_slot_once_across_a_master_kill(tmp_path):
     nodes = start_cluster(tmp_path, ca, ids, crons)
     try:
         master, epoch = wait_for(lambda: agreed(nodes), 60)
-        assert wait_for(lambda: len(app.requests) >= 5, 30), app.requests
+        assert wait_for(lambda: len(app.got) >= 5, 30), app.got
         nodes[master].proc.kill()
         nodes[master].proc.wait()
         rest = {i: n for i, n in nodes.items() if i != master}
         second = wait_for(lambda: agreed(rest), 60, interval=0.05)
         assert second and second[1] > epoch
-        seen = len(app.requests)
-        assert wait_for(lambda: len(app.requests) >= seen + 5, 30)
-        requests = list(app.requests)
+        seen = len(app.got)
+        assert wait_for(lambda: len(app.got) >= seen + 5, 30)
+        requests = [r["headers"] for r in app.got]
         keys = Counter(r["idempotency-key"] for r in requests)
         slots = sorted(datetime.fromisoformat(k.split("@")[1].replace("Z", "+00:00")).timestamp() for k in keys)
         # Every second from the first slot to the last one was run (those that fell with no

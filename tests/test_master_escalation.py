@@ -6,37 +6,17 @@ tier; the other is acknowledged with `farts-edge alerts ack` after the room was 
 and the floor never hears of it."""
 from __future__ import annotations
 
-import http.server
-import json
 import subprocess
 import sys
-import threading
 import time
 
+import master_helpers
 from mesh_helpers import metric, wait_for
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.got: list[dict] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                outer.got.append({"path": self.path, "t": time.monotonic(), **body})
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
+class Receiver(master_helpers.Receiver):
     def of(self, key: str) -> list[tuple[str, str, str]]:
-        return [(g["path"], g["tier"], g["state"]) for g in self.got if g["key"] == key]
+        return [(g["path"], g["tier"], g["state"]) for g in self.got if g.get("key") == key]
 
 
 def test_escalation_walks_the_tiers_and_an_ack_stops_it(node_factory):
@@ -107,4 +87,4 @@ def test_escalation_walks_the_tiers_and_an_ack_stops_it(node_factory):
                               node.url("admin", "/")], capture_output=True, text=True, timeout=30)
         assert bad.returncode == 1 and "404" in bad.stderr
     finally:
-        rx.server.shutdown()
+        rx.close()

@@ -178,6 +178,16 @@ def bound(n: int, duration: float = DURATION) -> float:
     return duration * (1 + n / 10) + 0.1
 
 
+def make_master(sim: Sim, node_id: str) -> None:
+    """Stops (and restarts) whoever else wins until node_id is master."""
+    while sim.master() != node_id:
+        sim.until_master(bound(3))
+        if sim.master() != node_id:
+            other = sim.master()
+            sim.stop(other)
+            sim.start(other)
+
+
 def test_a_single_node_deployment_is_its_own_master_at_once():
     sim = Sim(["solo"])
     sim.advance(0.1 * DURATION + 0.01)   # its campaign waits one step of jitter at most
@@ -230,11 +240,7 @@ def test_a_master_cut_off_in_a_minority_stops_before_the_majority_elects(slow_ma
     # The worst case the drift bound allows: the master's clock slow, the others' fast.
     rates = {"a": 1 - DRIFT, "b": 1 + DRIFT, "c": 1 + DRIFT} if slow_master else None
     sim = Sim(["a", "b", "c"], rates=rates)
-    while sim.master() != "a":   # make "a" the master (the first campaign may pick another)
-        sim.until_master(bound(3))
-        if sim.master() != "a":
-            sim.stop(sim.master())
-            sim.start([r for r in sim.roles if r[2]][-1][1])
+    make_master(sim, "a")
     sim.advance(1.7)
     cut_at, old_epoch = sim.clock.now, sim.nodes["a"].epoch
     sim.partition({"a"}, {"b", "c"})
@@ -266,11 +272,7 @@ def test_an_epoch_is_never_promised_twice_across_a_restart():
     # a holds epoch 1 with b's vote; c is cut off. b restarts (kill -9) while a keeps going:
     # b's persisted promise stops it voting c in at epoch 1.
     sim = Sim(["a", "b", "c"])
-    while sim.master() != "a":
-        sim.until_master(bound(3))
-        if sim.master() != "a":
-            sim.stop(sim.master())
-            sim.start([r for r in sim.roles if r[2]][-1][1])
+    make_master(sim, "a")
     sim.partition({"a", "b"}, {"c"})
     sim.advance(3 * DURATION)
     sim.kill("b")

@@ -53,48 +53,48 @@ def threshold(rule: AlertRule) -> float:
     return RULES[rule.rule][1] if rule.threshold < 0 else rule.threshold
 
 
+LIVE = ("alive", "suspect", "draining")
+
+# The rules about one node: rule -> (fires(node, threshold), summary(node, threshold)).
+PER_NODE = {
+    "node_dead": (lambda n, t: n.state == "dead" and n.dead_for >= t,
+                  lambda n, t: f"node {n.id} is dead (for {n.dead_for:.0f} s)"),
+    "replication_lag": (lambda n, t: n.state in LIVE and n.lag_ms is not None and n.lag_ms > t,
+                        lambda n, t: f"node {n.id} lags {n.lag_ms:.0f} ms behind (over {t:.0f})"),
+    "cert_expiring": (lambda n, t: n.state in LIVE and n.cert_days is not None and n.cert_days < t,
+                      lambda n, t: f"a certificate of {n.id} expires in {n.cert_days:.1f} days"),
+    "slow_requests": (lambda n, t: n.state in LIVE and n.slow_per_min is not None and n.slow_per_min > t,
+                      lambda n, t: f"{n.slow_per_min:.0f} slow requests/min on {n.id} (over {t:.0f})"),
+    "disk_full": (lambda n, t: n.state in LIVE and n.disk_used is not None and n.disk_used >= t,
+                  lambda n, t: f"the data disk of {n.id} is {n.disk_used:.0%} full"),
+}
+
+
 def evaluate(rules: list[AlertRule], facts: Facts, bake_seconds: float) -> dict[str, Firing]:
     """The alerts firing now, by dedupe key."""
     out: dict[str, Firing] = {}
     baking = facts.since_deploy is not None and facts.since_deploy < bake_seconds
-    live = [n for n in facts.nodes if n.state in ("alive", "suspect", "draining")]
     for r in rules:
         if r.after_deploy and not baking:
             continue
         t = threshold(r)
-
-        def fire(key: str, summary: str, r=r) -> None:
-            out[key] = Firing(key, r.rule, r.severity, summary)
-        if r.rule == "node_dead":
+        if r.rule in PER_NODE:
+            fires, summary = PER_NODE[r.rule]
             for n in facts.nodes:
-                if n.state == "dead" and n.dead_for >= t:
-                    fire(f"node_dead:{n.id}", f"node {n.id} is dead (for {n.dead_for:.0f} s)")
-        elif r.rule == "replication_lag":
-            for n in live:
-                if n.lag_ms is not None and n.lag_ms > t:
-                    fire(f"replication_lag:{n.id}", f"node {n.id} lags {n.lag_ms:.0f} ms behind (over {t:.0f})")
-        elif r.rule == "cert_expiring":
-            for n in live:
-                if n.cert_days is not None and n.cert_days < t:
-                    fire(f"cert_expiring:{n.id}", f"a certificate of {n.id} expires in {n.cert_days:.1f} days")
-        elif r.rule == "slow_requests":
-            for n in live:
-                if n.slow_per_min is not None and n.slow_per_min > t:
-                    fire(f"slow_requests:{n.id}", f"{n.slow_per_min:.0f} slow requests/min on {n.id} (over {t:.0f})")
-        elif r.rule == "disk_full":
-            for n in live:
-                if n.disk_used is not None and n.disk_used >= t:
-                    fire(f"disk_full:{n.id}", f"the data disk of {n.id} is {n.disk_used:.0%} full")
-        elif r.rule == "webhook_dead_letters":
-            if facts.dead_letters >= t:
-                fire("webhook_dead_letters", f"{facts.dead_letters} webhook deliveries dead-lettered in 10 min")
+                if fires(n, t):
+                    key = f"{r.rule}:{n.id}"
+                    out[key] = Firing(key, r.rule, r.severity, summary(n, t))
+        elif r.rule == "webhook_dead_letters" and facts.dead_letters >= t:
+            out[r.rule] = Firing(r.rule, r.rule, r.severity,
+                                 f"{facts.dead_letters} webhook deliveries dead-lettered in 10 min")
         elif r.rule == "version_mismatch":
-            versions = Counter(n.version for n in live if n.version)
+            live = [n for n in facts.nodes if n.state in LIVE and n.version]
+            versions = Counter(n.version for n in live)
             if len(versions) > 1:
                 common = versions.most_common(1)[0][0]
-                odd = sorted(f"{n.id} ({n.version})" for n in live if n.version and n.version != common)
+                odd = sorted(f"{n.id} ({n.version})" for n in live if n.version != common)
                 if len(odd) >= t:
-                    fire("version_mismatch", f"{', '.join(odd)} not on {common}")
+                    out[r.rule] = Firing(r.rule, r.rule, r.severity, f"{', '.join(odd)} not on {common}")
     return out
 
 

@@ -8,8 +8,9 @@ a node hands only its own deployment's messages to its ``Lease``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from farts.master import lease
 from farts.peer import PeerMessage, need
@@ -32,88 +33,72 @@ def _check(cls: type[PeerMessage], body: Any, fields: dict[str, Any]) -> None:
         need(cls, ok(body[key]), key)
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseAsk(PeerMessage):
-    TYPE = "master.ask"
-    VERSION = 1
-    deployment: str
-    ask: lease.Ask
+class LeaseMessage(PeerMessage):
+    """A lease machine's message (``INNER``) on the wire: its fields, each checked by
+    ``FIELDS``, and the deployment ``d``. Subclasses are dataclasses (deployment, message)."""
+
+    __slots__ = ()
+    INNER: ClassVar[type]
+    FIELDS: ClassVar[dict[str, Callable[[Any], bool]]]
 
     def to_wire(self) -> dict:
-        a = self.ask
-        return {"d": self.deployment, "epoch": a.epoch, "candidate": a.candidate, "round": a.round}
+        return {"d": self.deployment, **dataclasses.asdict(self.message)}
 
     @classmethod
-    def from_wire(cls, body: Any) -> LeaseAsk:
-        _check(cls, body, {"d": _name, "epoch": _int, "candidate": _name, "round": _int})
-        return cls(body["d"], lease.Ask(body["epoch"], body["candidate"], body["round"]))
+    def from_wire(cls, body: Any) -> LeaseMessage:
+        _check(cls, body, {"d": _name, **cls.FIELDS})
+        return cls(body["d"], cls.INNER(**{k: body[k] for k in cls.FIELDS}))
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseVote(PeerMessage):
-    TYPE = "master.vote"
-    VERSION = 1
-    deployment: str
-    vote: lease.Vote
+def _bool(v: Any) -> bool:
+    return isinstance(v, bool)
 
-    def to_wire(self) -> dict:
-        v = self.vote
-        return {"d": self.deployment, "epoch": v.epoch, "candidate": v.candidate, "round": v.round,
-                "granted": v.granted, "promised_epoch": v.promised_epoch, "promised_to": v.promised_to}
 
-    @classmethod
-    def from_wire(cls, body: Any) -> LeaseVote:
-        _check(cls, body, {"d": _name, "epoch": _int, "candidate": _name, "round": _int,
-                           "granted": lambda v: isinstance(v, bool), "promised_epoch": _int,
-                           "promised_to": lambda v: v is None or _name(v)})
-        return cls(body["d"], lease.Vote(body["epoch"], body["candidate"], body["round"], body["granted"],
-                                         body["promised_epoch"], body["promised_to"]))
+def _holder_or_none(v: Any) -> bool:
+    return v is None or _name(v)
+
+
+HOLDER = {"epoch": _int, "holder": _name}
 
 
 @dataclass(frozen=True, slots=True)
-class LeaseHeld(PeerMessage):
-    TYPE = "master.held"
-    VERSION = 1
+class LeaseAsk(LeaseMessage):
+    TYPE, VERSION, INNER = "master.ask", 1, lease.Ask
+    FIELDS = {"epoch": _int, "candidate": _name, "round": _int}
     deployment: str
-    held: lease.Held
-
-    def to_wire(self) -> dict:
-        return {"d": self.deployment, "epoch": self.held.epoch, "holder": self.held.holder}
-
-    @classmethod
-    def from_wire(cls, body: Any) -> LeaseHeld:
-        _check(cls, body, {"d": _name, "epoch": _int, "holder": _name})
-        return cls(body["d"], lease.Held(body["epoch"], body["holder"]))
+    message: lease.Ask
 
 
 @dataclass(frozen=True, slots=True)
-class LeaseRelease(PeerMessage):
-    TYPE = "master.release"
-    VERSION = 1
+class LeaseVote(LeaseMessage):
+    TYPE, VERSION, INNER = "master.vote", 1, lease.Vote
+    FIELDS = {"epoch": _int, "candidate": _name, "round": _int, "granted": _bool, "promised_epoch": _int,
+              "promised_to": _holder_or_none}
     deployment: str
-    release: lease.Release
-
-    def to_wire(self) -> dict:
-        return {"d": self.deployment, "epoch": self.release.epoch, "holder": self.release.holder}
-
-    @classmethod
-    def from_wire(cls, body: Any) -> LeaseRelease:
-        _check(cls, body, {"d": _name, "epoch": _int, "holder": _name})
-        return cls(body["d"], lease.Release(body["epoch"], body["holder"]))
+    message: lease.Vote
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseHeld(LeaseMessage):
+    TYPE, VERSION, INNER, FIELDS = "master.held", 1, lease.Held, HOLDER
+    deployment: str
+    message: lease.Held
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRelease(LeaseMessage):
+    TYPE, VERSION, INNER, FIELDS = "master.release", 1, lease.Release, HOLDER
+    deployment: str
+    message: lease.Release
+
+
+LEASE_MESSAGES = (LeaseAsk, LeaseVote, LeaseHeld, LeaseRelease)
 # The machine's message type -> its wire class.
-WIRE: dict[type, type[PeerMessage]] = {lease.Ask: LeaseAsk, lease.Vote: LeaseVote, lease.Held: LeaseHeld,
-                                       lease.Release: LeaseRelease}
+WIRE: dict[type, type[LeaseMessage]] = {cls.INNER: cls for cls in LEASE_MESSAGES}
 
 
-def wrap(deployment: str, message) -> PeerMessage:
+def wrap(deployment: str, message) -> LeaseMessage:
     return WIRE[type(message)](deployment, message)
-
-
-def unwrap(msg: PeerMessage):
-    """The lease machine's message a wire message carries."""
-    return getattr(msg, dataclasses.fields(msg)[1].name)
 
 
 class Masters:

@@ -23,16 +23,7 @@ from farts.master.alerting import Alerting
 from farts.master.config import MasterConfig, deployment_nodes
 from farts.master.jobs import Crons
 from farts.master.lease import Broadcast, Lease, Persist, Role, Send
-from farts.master.peer import (
-    LeaseAsk,
-    LeaseHeld,
-    LeaseRelease,
-    LeaseVote,
-    Masters,
-    NodeReport,
-    unwrap,
-    wrap,
-)
+from farts.master.peer import LEASE_MESSAGES, LeaseHeld, LeaseRelease, Masters, NodeReport, wrap
 from farts.master.state import Fenced, MasterState
 from farts.metrics import Metrics
 from farts.peer import Envelope, PeerBus
@@ -261,18 +252,18 @@ class LeasePeer:
 
     def __init__(self, service: MasterService, bus: PeerBus) -> None:
         self.service = service
-        self._unsubscribe = [bus.subscribe(cls, self._on) for cls in (LeaseAsk, LeaseVote, LeaseHeld, LeaseRelease)]
+        self._unsubscribe = [bus.subscribe(cls, self._on) for cls in LEASE_MESSAGES]
         self._unsubscribe.append(bus.subscribe(NodeReport, lambda m, env: service.alerts.received(m, env.origin)))
 
     def _on(self, msg, env: Envelope) -> None:
         s = self.service
         now = s.clock.monotonic()
-        if isinstance(msg, LeaseHeld) and msg.held.holder == env.origin:
-            s.masters.held(msg.deployment, msg.held, now)
-        elif isinstance(msg, LeaseRelease) and msg.release.holder == env.origin:
-            s.masters.released(msg.deployment, msg.release)
+        if isinstance(msg, LeaseHeld) and msg.message.holder == env.origin:
+            s.masters.held(msg.deployment, msg.message, now)
+        elif isinstance(msg, LeaseRelease) and msg.message.holder == env.origin:
+            s.masters.released(msg.deployment, msg.message)
         if msg.deployment == s.deployment:
-            s.handle(unwrap(msg), env.origin)
+            s.handle(msg.message, env.origin)
 
     def stop(self) -> None:
         """Before the mesh stops: the master releases its lease while peers can hear it."""
