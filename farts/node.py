@@ -156,8 +156,11 @@ def _build_master(n: Node):
     if not n.cfg.master.enabled:
         return None
     from farts.master.service import MasterService
+    # Built-in tasks a [[master.crons]] entry may name (action = "task"): run on the master only.
+    tasks = {"certs_check": lambda: n.services["certs"].check() if n.services.get("certs") else None,
+             "noop": lambda: None}
     master = MasterService(n.cfg, n.metrics, n.clock, lambda: n.db.store if n.db is not None else None,
-                           n.http_client, version=__version__,
+                           n.http_client, tasks, version=__version__,
                            samples=lambda: n.services["admin"].latest if n.services.get("admin") else {})
     if n.mesh is not None:
         n.mesh.status_extra["masters"] = master.view   # /api/mesh: each deployment's master
