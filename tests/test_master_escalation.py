@@ -9,8 +9,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import master_helpers
+import pytest
 from mesh_helpers import metric, wait_for
 
 
@@ -86,5 +89,10 @@ def test_escalation_walks_the_tiers_and_an_ack_stops_it(node_factory):
         bad = subprocess.run([sys.executable, "-m", "farts.cli", "alerts", "ack", "nope", "--admin",
                               node.url("admin", "/")], capture_output=True, text=True, timeout=30)
         assert bad.returncode == 1 and "404" in bad.stderr
+        req = urllib.request.Request(node.url("admin", "/api/master/alerts/ack"), data=b"{not json", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 400 and b"expected JSON" in e.value.read()
+        assert metric(node, "farts_master_bad_requests_total") == 1
     finally:
         rx.close()

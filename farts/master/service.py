@@ -284,6 +284,13 @@ class MasterAdminHandler:
 
     def __init__(self, master: MasterService) -> None:
         self.master = master
+        self.bad = master.metrics.counter("farts_master_bad_requests_total",
+                                          "Master admin API requests refused (bad JSON, unknown path)")
+
+    def _refuse(self, status: int, error: str) -> Response:
+        self.bad.inc()
+        log.warning("master admin API: %s", error)
+        return _json(status, {"error": error})
 
     async def handle(self, req: Request) -> Response:
         if req.method in (b"GET", b"HEAD") and req.path == b"/api/master":
@@ -300,9 +307,9 @@ class MasterAdminHandler:
                 if not isinstance(ident, str) or not ident:
                     raise ValueError
             except (ValueError, KeyError, TypeError):
-                return _json(400, {"error": 'expected JSON {"id": "<alert id or dedupe key>", "by": "<who>"}'})
+                return self._refuse(400, 'expected JSON {"id": "<alert id or dedupe key>", "by": "<who>"}')
             acked = await self.master.alerts.ack(ident, by[:200])
             if acked is None:
                 return _json(404, {"error": f"no alert {ident!r}"})
             return _json(200, {"id": acked, "by": by})
-        return _json(404, {"error": "no such master API"})
+        return self._refuse(404, f"no such master API: {req.method.decode()} {req.path.decode(errors='replace')}")
