@@ -150,3 +150,36 @@ def test_a_per_second_cron_runs_every_slot_once_across_a_master_kill(tmp_path):
         for n in nodes.values():
             n.stop(signal.SIGKILL)
         app.close()
+
+
+def test_each_deployment_of_a_mesh_has_its_own_master_and_every_node_knows_them(tmp_path):
+    import mesh_helpers
+    from conftest import start_node
+    from mesh_helpers import make_ca
+
+    from farts import pki
+    ca = make_ca(tmp_path)
+    deployment = {"node-1": "global", "node-2": "global", "node-3": "eu"}
+    members = {"global": ["node-1", "node-2"], "eu": ["node-3"]}
+    nodes = {}
+    try:
+        for i, (node_id, dep) in enumerate(deployment.items()):
+            mesh_dir = tmp_path / node_id / "node" / "mesh"
+            pki.issue(ca, mesh_dir / "node.crt", mesh_dir / "node.key", ["127.0.0.1"], node_id=node_id)
+            seeds = [mesh_address(nodes["node-1"])] if i else []
+            base = mesh_helpers.MESH.replace('region = "{region}"', f'region = "{{region}}"\ndeployment = "{dep}"')
+            base = base.format(node_id=node_id, region="test", seeds=json.dumps(seeds), ca=ca / "ca.crt",
+                               cert=mesh_dir / "node.crt", key=mesh_dir / "node.key")
+            nodes[node_id] = start_node(tmp_path / node_id, master_config(members[dep]), base=base)
+
+        def both() -> dict | None:
+            views = [mesh_view(n).get("masters", {}) for n in nodes.values()]
+            ok = all(set(v) == {"global", "eu"} and all(m["master"] for m in v.values()) for v in views)
+            return views[0] if ok and all(v == views[0] for v in views) else None
+        view = wait_for(both, 60)
+        assert view, [mesh_view(n).get("masters") for n in nodes.values()]
+        assert view["eu"]["master"] == "node-3" and view["global"]["master"] in ("node-1", "node-2")
+        assert sorted(acting(nodes)) == sorted(["node-3", view["global"]["master"]])
+    finally:
+        for n in nodes.values():
+            n.stop(signal.SIGKILL)

@@ -18,7 +18,7 @@ from typing import Any
 from farts.clock import Clock, Timer
 from farts.master import cron, outbound
 from farts.master.config import CronConfig
-from farts.master.state import CRONS, Fenced, MasterState
+from farts.master.state import CRONS, Fenced, MasterState, put
 from farts.metrics import Metrics
 
 log = logging.getLogger("farts.master.cron")
@@ -120,7 +120,6 @@ class Crons:
         epoch, keep, deployment = self._epoch(), self.keep, self.state.deployment
 
         def write(w):
-            from farts.master.state import put
             doc = w.get(CRONS, c.name)
             if run is None:
                 new = dict(doc or {"_id": c.name, "deployment": deployment, "history": []})
