@@ -183,3 +183,34 @@ def test_each_deployment_of_a_mesh_has_its_own_master_and_every_node_knows_them(
     finally:
         for n in nodes.values():
             n.stop(signal.SIGKILL)
+
+
+def test_a_dead_node_is_alerted_and_resolved_when_it_comes_back(tmp_path):
+    from mesh_helpers import make_ca
+    rx = Receiver()
+    ca = make_ca(tmp_path)
+    ids = ["node-1", "node-2", "node-3"]
+    rules = (f'\n[master.alerts]\ninterval = 0.2\n[[master.alerts.rules]]\nrule = "node_dead"\nseverity = "critical"\n'
+             f'[[master.alerts.escalation]]\nname = "room"\ntargets = ["{rx.url}/room"]\n')
+    nodes = start_cluster(tmp_path, ca, ids, rules)
+    try:
+        master, epoch = wait_for(lambda: agreed(nodes), 60)
+        victim = next(i for i in ids if i != master)
+        nodes[victim].proc.kill()
+        nodes[victim].proc.wait()
+        key = f"node_dead:{victim}"
+
+        def told(state):
+            return [g for g in rx.got if g.get("key") == key and g["state"] == state]
+        assert wait_for(lambda: told("firing"), 60), rx.got
+        (fired,) = told("firing")
+        assert fired["severity"] == "critical" and fired["epoch"] == epoch and fired["deployment"] == "global"
+        seed = mesh_address(nodes[master])
+        nodes[victim] = start_mesh_node(tmp_path, ca, victim, [seed], extra=master_config(ids, rules))
+        assert wait_for(lambda: told("resolved"), 60), rx.got
+        assert told("resolved")[0]["alert"] == fired["alert"]
+        assert wait_for(lambda: agreed(nodes), 30) == (master, epoch)   # it came back as a follower
+    finally:
+        for n in nodes.values():
+            n.stop(signal.SIGKILL)
+        rx.close()
