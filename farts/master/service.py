@@ -31,6 +31,8 @@ from farts.transport.http import Request, Response
 
 log = logging.getLogger("farts.master")
 
+PERSIST_RETRY = 1.0   # seconds before a failed write of the lease promise is tried again
+
 
 class MasterService:
     def __init__(self, cfg, metrics: Metrics, clock: Clock, store: Callable[[], Any], http=None,
@@ -61,6 +63,8 @@ class MasterService:
         self.active_epoch = 0           # the epoch this node acts with (0: not master)
         self.changes = metrics.counter("farts_master_changes_total",
                                        "Times this node became (active) or stopped being master", ("change",))
+        self.persist_failures = metrics.counter("farts_master_promise_write_failures_total",
+                                                "Writes of the lease promise that failed (retried; no vote leaves meanwhile)")
         self.fenced = metrics.counter("farts_master_fenced_writes_total",
                                       "Master writes refused: a higher epoch had written")
         metrics.gauge("farts_master_active", "1 while this node acts as its deployment's master",
@@ -160,20 +164,26 @@ class MasterService:
             if isinstance(a, Persist):
                 self._persisting = True
                 self._queued = list(actions[i + 1:])
-                fut = asyncio.get_running_loop().run_in_executor(None, self._write_promise, a.epoch, a.holder)
-                fut.add_done_callback(self._persisted)
+                self._persist(a)
                 return
             self._do(a)
         if self.lease.state != lease.STOPPED:
             self._schedule()
 
-    def _persisted(self, fut: asyncio.Future) -> None:
+    def _persist(self, p: Persist) -> None:
+        fut = asyncio.get_running_loop().run_in_executor(None, self._write_promise, p.epoch, p.holder)
+        fut.add_done_callback(lambda f: self._persisted(f, p))
+
+    def _persisted(self, fut: asyncio.Future, p: Persist) -> None:
+        if fut.exception() is not None:
+            # Not durable: nothing that depends on it happens (no vote leaves) until it is;
+            # the same write is tried again (a node whose disk refuses it never votes).
+            self.persist_failures.inc()
+            log.error("master: cannot write %s (again in %s s): %s", self.path, PERSIST_RETRY, fut.exception())
+            self.clock.call_later(PERSIST_RETRY, self._persist, p)
+            return
         self._persisting = False
         queued, self._queued = self._queued, []
-        if fut.exception() is not None:
-            # Not durable: the votes that depend on it are not sent (the candidate asks again).
-            log.error("master: cannot write %s: %s", self.path, fut.exception())
-            queued = [a for a in queued if not isinstance(a, Send)]
         self._run(queued)
 
     def _do(self, a) -> None:
@@ -187,6 +197,10 @@ class MasterService:
             self._role(a.active, a.epoch)
 
     def _role(self, active: bool, epoch: int) -> None:
+        # A role held back behind a slow promise write may be over by the time it comes
+        # (then the machine's step-down follows): what never started does not start or stop.
+        if active and not self.acting() or not active and self.active_epoch != epoch:
+            return
         self.active_epoch = epoch if active else 0
         self.changes.inc(("active" if active else "stopped",))
         log.warning("master: %s %s master of deployment %s (epoch %d)", self.me,
