@@ -161,10 +161,23 @@ def _build_master(n: Node):
              "noop": lambda: None}
     master = MasterService(n.cfg, n.metrics, n.clock, lambda: n.db.store if n.db is not None else None,
                            n.http_client, tasks, version=__version__,
-                           samples=lambda: n.services["admin"].latest if n.services.get("admin") else {})
+                           samples=lambda: n.services["admin"].latest if n.services.get("admin") else {},
+                           caught_up=lambda: _replica_caught_up(n))
     if n.mesh is not None:
         n.mesh.status_extra["masters"] = master.view   # /api/mesh: each deployment's master
     return master
+
+
+def _replica_caught_up(n: Node) -> bool:
+    """The database has every write the alive members last said they have (a new master
+    waits for it, a bounded while, before it acts on the state it reads)."""
+    replication = n.db.replication if n.db is not None else None
+    if replication is None or replication.replica is None:
+        return True
+    have = n.db.store.applied()
+    alive = {m.id for m in n.members.alive()}
+    return all(have.get(origin, (0, 0))[0] >= seq for peer_id, peer in replication.replica.peers.items()
+               if peer_id in alive and peer.report is not None for origin, seq in peer.report.vv.items())
 
 
 def _master_admin(n: Node, master) -> list:

@@ -31,17 +31,20 @@ from farts.transport.http import Request, Response
 
 log = logging.getLogger("farts.master")
 
+SETTLE_STEP = 0.05    # seconds between looks at whether the database has caught up (taking over)
 PERSIST_RETRY = 1.0   # seconds before a failed write of the lease promise is tried again
 
 
 class MasterService:
     def __init__(self, cfg, metrics: Metrics, clock: Clock, store: Callable[[], Any], http=None,
                  tasks: dict[str, Callable[[], Any]] | None = None, version: str = "",
-                 samples: Callable[[], dict] = dict) -> None:
+                 samples: Callable[[], dict] = dict, caught_up: Callable[[], bool] = lambda: True) -> None:
         """``store``: a function returning the node's database store once it is open;
         ``http``: the node's outbound Client (cron requests, notifications); ``tasks``:
         the built-in tasks crons may name; ``samples()``: node id -> its status sample
-        (the alert rules read lag, certificates, slow requests in them)."""
+        (the alert rules read lag, certificates, slow requests in them); ``caught_up()``:
+        whether the database has what the other nodes have (waited for before acting)."""
+        self.caught_up = caught_up
         self.cfg: MasterConfig = cfg.master
         self.me, self.deployment = cfg.node.id, cfg.node.deployment
         self.nodes = deployment_nodes(cfg)
@@ -218,7 +221,14 @@ class MasterService:
 
     async def _activate(self, epoch: int) -> None:
         """Records the new epoch in the store (from then on a lower one cannot write
-        there), then runs the crons."""
+        there), waits (a lease duration at most) for the database to have what the other
+        nodes have (the last master's records), then runs the crons and the alerts."""
+        waited = 0.0
+        while not self.caught_up() and waited < self.cfg.lease_seconds and self.epoch() == epoch:
+            await asyncio.sleep(SETTLE_STEP)
+            waited += SETTLE_STEP
+        if waited:
+            log.info("master: waited %.1f s for the database to catch up before acting", waited)
         try:
             await self.state.write(epoch, lambda w: None)
         except Fenced as e:
