@@ -12,7 +12,7 @@ import time
 import urllib.request
 
 from master_helpers import Receiver
-from mesh_helpers import mesh_address, mesh_view, metric, start_mesh_node, states, wait_for
+from mesh_helpers import make_ca, mesh_address, mesh_view, metric, start_mesh_node, states, wait_for
 from test_db_replication_cluster import db_config
 
 LEASE = 3.0
@@ -45,21 +45,23 @@ def agreed(nodes: dict) -> tuple[str, int] | None:
     return (view["master"], view["epoch"]) if view and view["master"] == now[0] else None
 
 
-def start_cluster(tmp_path, ca, ids, extra=""):
+IDS = ["node-1", "node-2", "node-3"]
+
+
+def start_cluster(tmp_path, extra="", ids=IDS):
+    """(the CA, the nodes by id) once every node sees the others."""
+    ca = make_ca(tmp_path)
     nodes = {}
     for i, node_id in enumerate(ids):
         seeds = [mesh_address(nodes[ids[i - 1]])] if i else []
         nodes[node_id] = start_mesh_node(tmp_path, ca, node_id, seeds, extra=master_config(ids, extra))
     assert wait_for(lambda: all(sorted(states(n)) == ids for n in nodes.values()), 30), \
         {i: states(n) for i, n in nodes.items()}
-    return nodes
+    return ca, nodes
 
 
 def test_one_master_and_a_takeover_within_the_bound_after_kill_9(tmp_path):
-    from mesh_helpers import make_ca
-    ca = make_ca(tmp_path)
-    ids = ["node-1", "node-2", "node-3"]
-    nodes = start_cluster(tmp_path, ca, ids)
+    _, nodes = start_cluster(tmp_path)
     try:
         first = wait_for(lambda: agreed(nodes), 60)
         assert first, {i: master_status(n) for i, n in nodes.items()}
@@ -79,7 +81,7 @@ def test_one_master_and_a_takeover_within_the_bound_after_kill_9(tmp_path):
         took = time.monotonic() - killed_at
         assert second, {i: master_status(n) for i, n in rest.items()}
         assert second[0] != master and second[1] > epoch
-        bound = LEASE * (1 + len(ids) / 10)
+        bound = LEASE * (1 + len(IDS) / 10)
         print(f"takeover after kill -9: {took:.2f} s (bound {bound:.2f} s + a round trip + polling)")
         # Generous (a loaded machine): the figure above is what the report quotes.
         assert took < bound + 10, took
@@ -93,14 +95,11 @@ def test_a_per_second_cron_runs_every_slot_once_across_a_master_kill(tmp_path):
     from collections import Counter
     from datetime import datetime
 
-    from mesh_helpers import make_ca
     app = Receiver()
-    ca = make_ca(tmp_path)
-    ids = ["node-1", "node-2", "node-3"]
     crons = (f'\n[[master.crons]]\nname = "tick"\nschedule = "* * * * * *"\nupstream = "app"\n'
              f'path = "/cron/tick"\ncatch_up = "all"\ntimeout = 5.0\nretries = 1\nretry_delay = 0.2\n'
              f'\n[upstreams.app]\nservers = ["127.0.0.1:{app.port}"]\n')
-    nodes = start_cluster(tmp_path, ca, ids, crons)
+    _, nodes = start_cluster(tmp_path, crons)
     try:
         master, epoch = wait_for(lambda: agreed(nodes), 60)
         assert wait_for(lambda: len(app.got) >= 5, 30), app.got
@@ -155,7 +154,6 @@ def test_a_per_second_cron_runs_every_slot_once_across_a_master_kill(tmp_path):
 def test_each_deployment_of_a_mesh_has_its_own_master_and_every_node_knows_them(tmp_path):
     import mesh_helpers
     from conftest import start_node
-    from mesh_helpers import make_ca
 
     from farts import pki
     ca = make_ca(tmp_path)
@@ -186,16 +184,13 @@ def test_each_deployment_of_a_mesh_has_its_own_master_and_every_node_knows_them(
 
 
 def test_a_dead_node_is_alerted_and_resolved_when_it_comes_back(tmp_path):
-    from mesh_helpers import make_ca
     rx = Receiver()
-    ca = make_ca(tmp_path)
-    ids = ["node-1", "node-2", "node-3"]
     rules = (f'\n[master.alerts]\ninterval = 0.2\n[[master.alerts.rules]]\nrule = "node_dead"\nseverity = "critical"\n'
              f'[[master.alerts.escalation]]\nname = "room"\ntargets = ["{rx.url}/room"]\n')
-    nodes = start_cluster(tmp_path, ca, ids, rules)
+    ca, nodes = start_cluster(tmp_path, rules)
     try:
         master, epoch = wait_for(lambda: agreed(nodes), 60)
-        victim = next(i for i in ids if i != master)
+        victim = next(i for i in IDS if i != master)
         nodes[victim].proc.kill()
         nodes[victim].proc.wait()
         key = f"node_dead:{victim}"
@@ -206,7 +201,7 @@ def test_a_dead_node_is_alerted_and_resolved_when_it_comes_back(tmp_path):
         (fired,) = told("firing")
         assert fired["severity"] == "critical" and fired["epoch"] == epoch and fired["deployment"] == "global"
         seed = mesh_address(nodes[master])
-        nodes[victim] = start_mesh_node(tmp_path, ca, victim, [seed], extra=master_config(ids, rules))
+        nodes[victim] = start_mesh_node(tmp_path, ca, victim, [seed], extra=master_config(IDS, rules))
         assert wait_for(lambda: told("resolved"), 60), rx.got
         assert told("resolved")[0]["alert"] == fired["alert"]
         assert wait_for(lambda: agreed(nodes), 30) == (master, epoch)   # it came back as a follower
