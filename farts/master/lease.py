@@ -31,6 +31,10 @@ most ``duration`` after its last renewal, then a follower campaigns after its ba
 its place among the n configured nodes by id), one request round trip later it is
 master: at most ``duration * (1 + n / 10)`` plus a round trip. A graceful stop sends ``Release``:
 followers campaign at once.
+
+Known cost: a node cut off alone keeps campaigning, each time one epoch higher (its own
+vote only); back in, it refuses the master's renewals (their epoch is below its promise)
+until the next election, so the master renews on the other nodes' votes alone meanwhile.
 """
 from __future__ import annotations
 

@@ -89,8 +89,9 @@ class MasterService:
         return self.lease is not None and self.lease.acting(self.clock.monotonic())
 
     def epoch(self) -> int | None:
-        """The fencing epoch to stamp a side effect with, or None when not master now."""
-        return self.lease.epoch if self.acting() else None
+        """The fencing epoch to stamp a side effect with, or None when not master now
+        (nor before the role callbacks heard of it)."""
+        return self.active_epoch if self.acting() and self.active_epoch == self.lease.epoch else None
 
     def attach(self, bus: PeerBus) -> LeasePeer:
         self.bus = bus
