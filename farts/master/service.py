@@ -86,12 +86,16 @@ class MasterService:
         self.alerts.note_dead_letter(count)
 
     def acting(self) -> bool:
+        """Master now: the lease holds, and the role callbacks have heard of it (a role
+        waits behind a promise being written)."""
+        return self._lease_holds() and self.active_epoch == self.lease.epoch
+
+    def _lease_holds(self) -> bool:
         return self.lease is not None and self.lease.acting(self.clock.monotonic())
 
     def epoch(self) -> int | None:
-        """The fencing epoch to stamp a side effect with, or None when not master now
-        (nor before the role callbacks heard of it)."""
-        return self.active_epoch if self.acting() and self.active_epoch == self.lease.epoch else None
+        """The fencing epoch to stamp a side effect with, or None when not master now."""
+        return self.active_epoch if self.acting() else None
 
     def attach(self, bus: PeerBus) -> LeasePeer:
         self.bus = bus
@@ -203,7 +207,7 @@ class MasterService:
     def _role(self, active: bool, epoch: int) -> None:
         # A role held back behind a slow promise write may be over by the time it comes
         # (then the machine's step-down follows): what never started does not start or stop.
-        if active and not self.acting() or not active and self.active_epoch != epoch:
+        if active and not self._lease_holds() or not active and self.active_epoch != epoch:
             return
         self.active_epoch = epoch if active else 0
         self.changes.inc(("active" if active else "stopped",))
