@@ -16,6 +16,9 @@ Three `farts-edge serve` processes joined by the mesh (default timing) with [db]
 
     .venv/bin/python bench/replication.py --rate 1000 --seconds 10 --catchup 50000
     .venv/bin/python bench/replication.py --overhead --seconds 3
+
+--json FILE writes the lag, catch-up and snapshot figures (seconds, ops/s, MB/s, and
+whether each completed) for the harness (python -m bench run replication).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ sys.path[0] = str(ROOT)  # the repository, not bench/ (bench/http.py shadows the
 sys.path.append(str(ROOT / "bench"))  # after the standard library: for bench/mesh.py
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import signal  # noqa: E402
 import tempfile  # noqa: E402
@@ -160,6 +164,7 @@ def main() -> None:
                     help="instead: bench/db.py's insert_one and find_one on a node without the mesh and "
                          "on node 1 of 3 replicating nodes, alternating, --seconds each")
     ap.add_argument("--peers", type=int, default=2, help="with --overhead: how many other nodes replicate")
+    ap.add_argument("--json", help="write the figures here (not with --overhead)")
     args = ap.parse_args()
     if args.overhead:
         overhead(args.seconds, args.peers)
@@ -197,12 +202,15 @@ def main() -> None:
             if n > 0 and not first:
                 first.append((time.monotonic(), n))
             return n == args.catchup
-        ok = wait(progress, 300)
+        caught_up = wait(progress, 300)
         done = time.monotonic()
         t0, n0 = first[0] if first else (started, 0)
+        catchup = {"records": args.catchup, "seconds_from_restart": done - started,
+                   "seconds_from_first": done - t0,
+                   "ops_per_s": (args.catchup - n0) / max(done - t0, 1e-9), "complete": caught_up}
         print(f"catch-up: {args.catchup} records in {done - started:.2f} s from restart (listening), "
-              f"{done - t0:.2f} s from the first applied ({(args.catchup - n0) / max(done - t0, 1e-9):,.0f} ops/s)"
-              + ("" if ok else f" INCOMPLETE: {count(nodes[2])}"))
+              f"{done - t0:.2f} s from the first applied ({catchup['ops_per_s']:,.0f} ops/s)"
+              + ("" if caught_up else f" INCOMPLETE: {count(nodes[2])}"))
         print(f"  node-3 after catch-up: applied {ops(nodes[2], 'applied'):.0f}, "
               f"duplicates received {ops(nodes[2], 'duplicates'):.0f}")
 
@@ -216,6 +224,12 @@ def main() -> None:
         print(f"snapshot: {args.catchup} documents to a new node in {took:.2f} s from its start, "
               f"{sent / 1e6:.1f} MB of snapshot sent ({sent / 1e6 / took:.1f} MB/s)"
               + ("" if ok else f" INCOMPLETE: {count(nodes[3])}"))
+        if args.json:
+            snapshot = {"documents": args.catchup, "seconds": took, "mb": sent / 1e6,
+                        "mb_per_s": sent / 1e6 / took, "complete": ok}
+            with open(args.json, "w") as f:
+                json.dump({"params": vars(args), "lag": r, "catchup": catchup, "snapshot": snapshot,
+                           "ok": caught_up and ok}, f, indent=1)
     finally:
         for n in nodes:
             n.proc.send_signal(signal.SIGKILL)
