@@ -191,10 +191,14 @@ def _build_master(n: Node):
     # Built-in tasks a [[master.crons]] entry may name (action = "task"): run on the master only.
     tasks = {"certs_check": lambda: n.services["certs"].check() if n.services.get("certs") else None,
              "noop": lambda: None}
+    hooks = n.services.get("webhooks")   # (built before: its row comes first)
     master = MasterService(n.cfg, n.metrics, n.clock, lambda: n.db.store if n.db is not None else None,
                            n.http_client, tasks, version=__version__,
                            samples=lambda: n.services["admin"].latest if n.services.get("admin") else {},
-                           caught_up=lambda: _replica_caught_up(n))
+                           caught_up=lambda: _replica_caught_up(n),
+                           dead_letters=lambda: sum(hooks.dead.totals().values()) if hooks is not None else 0)
+    if hooks is not None:
+        master.on_role(hooks.master_changed)   # only the master delivers, under its epoch
     if n.mesh is not None:
         n.mesh.status_extra["masters"] = master.view   # /api/mesh: each deployment's master
     return master

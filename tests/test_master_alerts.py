@@ -110,3 +110,24 @@ def test_without_a_policy_alerts_are_recorded_and_nobody_is_told():
     open_alerts: dict[str, Alert] = {}
     changed, sent = step(open_alerts, evaluate(ALL, CASES["node_dead"][0], 1800), {}, [], 0.0)
     assert sent == [] and changed[0].tier == -1
+
+
+def test_dead_letters_are_what_the_webhook_count_grew_by_in_ten_minutes():
+    from farts.clock import FakeClock
+    from farts.master.alerting import Alerting
+    from farts.master.config import AlertsConfig
+    from farts.master.state import MasterState
+    from farts.metrics import Metrics
+    clock, count = FakeClock(), [0]
+    a = Alerting(AlertsConfig(), MasterState(lambda: None, "global", "n1", clock.wall), clock, Metrics(),
+                 lambda: 1, ["n1"], "1.0", ".", list, dict, dead_letters=lambda: count[0])
+    seen = []
+    for minute in range(25):
+        count[0] += 2 if minute in (3, 4) else 0
+        seen.append(a._dead_lately(clock.now))
+        clock.advance(60)
+    # 2 dead letters in the minute before each of the looks at minutes 3 and 4: out of the
+    # window once 10 minutes older
+    assert seen == [0, 0, 0, 2] + [4] * 9 + [2] + [0] * 11
+    count[0] = 1   # the webhook service started again: its count too
+    assert a._dead_lately(clock.now) == 0

@@ -35,14 +35,16 @@ LISTED = 100          # alerts `alerts list` shows (open first, then the latest 
 class Alerting:
     def __init__(self, cfg: AlertsConfig, state: MasterState, clock: Clock, metrics: Metrics,
                  epoch: Callable[[], int | None], nodes: list[str], version: str, data_dir,
-                 members: Callable[[], list], samples: Callable[[], dict], http=None) -> None:
-        """``members()``: the mesh's members; ``samples()``: node id -> its status sample."""
+                 members: Callable[[], list], samples: Callable[[], dict], http=None,
+                 dead_letters: Callable[[], float] = lambda: 0) -> None:
+        """``members()``: the mesh's members; ``samples()``: node id -> its status sample;
+        ``dead_letters()``: the webhook service's count of dead-lettered deliveries."""
         self.cfg, self.state, self.clock, self.epoch = cfg, state, clock, epoch
         self.nodes, self.version, self.data_dir = nodes, version, data_dir
-        self.members, self.samples, self.http = members, samples, http
+        self.members, self.samples, self.http, self.dead_letters = members, samples, http, dead_letters
         self.reports: dict[str, NodeReport] = {}
         self.dead_since: dict[str, float] = {}
-        self.dead_letters: deque[float] = deque()
+        self._dead: deque[tuple[float, float]] = deque()   # (when, the dead-letter count then)
         self.open: dict[str, Alert] = {}
         self._timer: Timer | None = None
         self._report_timer: Timer | None = None
@@ -78,10 +80,16 @@ class Alerting:
         if report.deployment == self.state.deployment:
             self.reports[origin] = report
 
-    def note_dead_letter(self, count: int = 1) -> None:
-        """The webhook service tells of deliveries it dead-lettered."""
-        now = self.clock.monotonic()
-        self.dead_letters.extend([now] * count)
+    def _dead_lately(self, now: float) -> int:
+        """Dead letters over the last DEAD_LETTER_WINDOW (what the count grew by since the
+        look at or just before its start; a count that went down started again)."""
+        total = float(self.dead_letters())
+        if self._dead and total < self._dead[-1][1]:
+            self._dead.clear()
+        self._dead.append((now, total))
+        while len(self._dead) > 1 and self._dead[1][0] <= now - DEAD_LETTER_WINDOW:
+            self._dead.popleft()
+        return int(total - self._dead[0][1])
 
     def stop(self) -> None:
         self.deactivate()
@@ -104,8 +112,6 @@ class Alerting:
         now = self.clock.monotonic()
         states = {m.id: m.state for m in self.members()}
         samples = self.samples()
-        while self.dead_letters and self.dead_letters[0] < now - DEAD_LETTER_WINDOW:
-            self.dead_letters.popleft()
         out = []
         for node in self.nodes:
             state = "alive" if node == self.state.node else states.get(node, "unknown")
@@ -119,7 +125,7 @@ class Alerting:
             out.append(NodeFacts(node, state, now - self.dead_since.get(node, now),
                                  r.version if r else s.get("version"), max(lag, default=None),
                                  min(certs, default=None), s.get("slow_per_min"), r.disk_used if r else None))
-        return Facts(tuple(out), len(self.dead_letters), self._since_deploy(out))
+        return Facts(tuple(out), self._dead_lately(now), self._since_deploy(out))
 
     def _since_deploy(self, nodes: list[NodeFacts]) -> float | None:
         """A deploy is a live node's version changing; the versions and the time of the

@@ -38,12 +38,14 @@ PERSIST_RETRY = 1.0   # seconds before a failed write of the lease promise is tr
 class MasterService:
     def __init__(self, cfg, metrics: Metrics, clock: Clock, store: Callable[[], Any], http=None,
                  tasks: dict[str, Callable[[], Any]] | None = None, version: str = "",
-                 samples: Callable[[], dict] = dict, caught_up: Callable[[], bool] = lambda: True) -> None:
+                 samples: Callable[[], dict] = dict, caught_up: Callable[[], bool] = lambda: True,
+                 dead_letters: Callable[[], float] = lambda: 0) -> None:
         """``store``: a function returning the node's database store once it is open;
         ``http``: the node's outbound Client (cron requests, notifications); ``tasks``:
         the built-in tasks crons may name; ``samples()``: node id -> its status sample
         (the alert rules read lag, certificates, slow requests in them); ``caught_up()``:
-        whether the database has what the other nodes have (waited for before acting)."""
+        whether the database has what the other nodes have (waited for before acting);
+        ``dead_letters()``: the webhook service's dead-letter count (an alert rule)."""
         self.caught_up = caught_up
         self.cfg: MasterConfig = cfg.master
         self.me, self.deployment = cfg.node.id, cfg.node.deployment
@@ -56,7 +58,7 @@ class MasterService:
                            {name: up.servers for name, up in cfg.upstreams.items()}, tasks)
         self.alerts = Alerting(self.cfg.alerts, self.state, clock, metrics, self.epoch, self.nodes, version,
                                cfg.data_dir, lambda: self.bus.members() if self.bus is not None else [],
-                               samples, http)
+                               samples, http, dead_letters)
         self.lease: Lease | None = None
         self.bus: PeerBus | None = None
         self._role_fns: list[Callable[[bool, int], None]] = []
@@ -80,10 +82,6 @@ class MasterService:
     def on_role(self, fn: Callable[[bool, int], None]) -> None:
         """fn(active, epoch) when this node becomes master (active) and when it stops."""
         self._role_fns.append(fn)
-
-    def note_dead_letter(self, count: int = 1) -> None:
-        """For the webhook service: deliveries it dead-lettered (the webhook_dead_letters rule)."""
-        self.alerts.note_dead_letter(count)
 
     def acting(self) -> bool:
         """Master now: the lease holds, and the role callbacks have heard of it (a role
