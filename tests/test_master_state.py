@@ -35,3 +35,28 @@ def test_without_a_store_it_says_so():
     state = MasterState(lambda: None, "global", "node-1", lambda: 0.0)
     with pytest.raises(RuntimeError, match="not open"):
         state.recorded_epoch()
+
+
+def test_resolved_alerts_past_the_kept_number_go_with_their_acks(tmp_path, monkeypatch):
+    from farts.clock import FakeClock
+    from farts.master import alerting
+    from farts.master.config import AlertsConfig
+    from farts.master.state import ACKS, ALERTS
+    from farts.metrics import Metrics
+    monkeypatch.setattr(alerting, "KEEP_RESOLVED", 3)
+    store = Store(tmp_path / "db", "node-1", sync=False, replicated=True)
+    clock = FakeClock()
+    state = MasterState(lambda: store, "global", "node-1", clock.wall)
+    a = alerting.Alerting(AlertsConfig(), state, clock, Metrics(), lambda: 1, ["node-1"], "1.0", ".", list, dict)
+
+    async def main():
+        docs = [{"_id": f"k{i}@1", "key": f"k{i}", "resolved": float(i) if i < 6 else None, "first_seen": 0.0}
+                for i in range(8)]
+        await state.write(1, lambda w: [put(w, ALERTS, d) for d in docs] + [put(w, ACKS, {"_id": "k1@1"})])
+        await a._prune(1)
+        assert sorted(d["_id"] for d in state.all(ALERTS)) == ["k3@1", "k4@1", "k5@1", "k6@1", "k7@1"]
+        assert state.all(ACKS) == []
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()

@@ -30,6 +30,7 @@ DEAD_LETTER_WINDOW = 600.0
 NOTIFY_TIMEOUT = 10.0
 DEPLOYS = "_farts.master_deploys"
 LISTED = 100          # alerts `alerts list` shows (open first, then the latest resolved)
+KEEP_RESOLVED = 500   # resolved alerts kept in the store (the oldest go, with their acks)
 
 
 class Alerting:
@@ -171,8 +172,23 @@ class Alerting:
             docs = [a.doc() for a in changed]
             if not await self._write(epoch, lambda w: [put(w, ALERTS, d) for d in docs]):
                 return
+            if any(a.resolved is not None for a in changed):
+                await self._prune(epoch)
         for n in notes:
             asyncio.ensure_future(self._notify(n, epoch))
+
+    async def _prune(self, epoch: int) -> None:
+        resolved = sorted((d for d in self.state.all(ALERTS) if d.get("resolved") is not None),
+                          key=lambda d: d["resolved"])
+        old = resolved[:max(0, len(resolved) - KEEP_RESOLVED)]
+        if old:
+            def prune(w) -> None:
+                for d in old:
+                    w.delete(ALERTS, d)
+                    ack = w.get(ACKS, d["_id"])
+                    if ack is not None:
+                        w.delete(ACKS, ack)
+            await self._write(epoch, prune)
 
     async def _write(self, epoch: int, fn) -> bool:
         try:
