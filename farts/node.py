@@ -116,9 +116,10 @@ def _build_certs(node: Node):
                         cfg.path(cfg.listeners.https.cert_dir), cfg.path("acme"), node.metrics, node.clock,
                         _set_txt(node))
     if cfg.mesh.enabled:
-        # One order per cluster: the alive node with the lowest id orders, the others get
-        # the pair over the mesh (farts/certs/peer.py).
-        # (Not before the mesh has joined: alone, every node would be the lowest.)
+        # One order per cluster: the master orders when [master] is on (_build_master);
+        # without it the alive node with the lowest id; the others get the pair over the
+        # mesh (farts/certs/peer.py). (Not before the mesh has joined: alone, every node
+        # would be the lowest.)
         me = cfg.node.id
         certs.may_order = lambda: (node._mesh_state() == "ok"
                                    and me == min((m.id for m in node.members.alive()), default=me))
@@ -199,6 +200,9 @@ def _build_master(n: Node):
                            dead_letters=lambda: sum(hooks.dead.totals().values()) if hooks is not None else 0)
     if hooks is not None:
         master.on_role(hooks.master_changed)   # only the master delivers, under its epoch
+    certs = n.services.get("certs")
+    if certs is not None:
+        certs.may_order = master.acting        # one ACME order per cluster: the master's
     if n.mesh is not None:
         n.mesh.status_extra["masters"] = master.view   # /api/mesh: each deployment's master
     return master
