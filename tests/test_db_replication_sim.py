@@ -407,6 +407,39 @@ def test_a_dead_member_holds_compaction_back():
     assert "o" in net.stores["a"].docs[(NS, id_key("d"))][1]
 
 
+def test_a_member_dead_for_longer_than_the_retention_stops_holding_metadata_and_the_oplog_back():
+    net = seeded(retain_records=5)
+    for n in net.ids:
+        net.replicas[n].forget_dead_after = 20.0
+    net.partition({"c"}, {"a", "b"})
+    for n in "ab":
+        net.replicas[n].set_members(net.ids, dead={"c"}, now=net.now)
+
+    def run(seconds):
+        for _ in range(int(seconds)):
+            net.write("ab"[int(net.now) % 2], "c1", {"op": "u", "inc": {"n": 1}})
+            net.now += 1
+            for n in "ab":
+                net.tick(n)
+            while net.flight:
+                net.deliver()
+
+    run(15)                                      # dead, not for long yet: everything is kept
+    assert "c" not in net.replicas["a"].forgotten
+    assert net.stores["a"].retained("a") >= 7 and len(net.stores["a"].docs[(NS, id_key("c1"))][1]["o"]) >= 15
+    run(30)                                      # past forget_dead_after: bounded
+    assert net.replicas["a"].forgotten == {"c"}
+    for n in "ab":
+        assert net.stores[n].retained("a") <= 5 and net.stores[n].retained("b") <= 5
+        assert len(net.stores[n].docs[(NS, id_key("c1"))][1].get("o", [])) <= 5
+    for n in "ab":                               # c comes back: a snapshot, and it converges
+        net.replicas[n].set_members(net.ids, dead=(), now=net.now)
+    assert net.replicas["a"].forgotten == set()
+    net.settle()
+    assert_converged(net)
+    assert net.replicas["c"].stats["snapshots_installed"] >= 1
+
+
 def test_malformed_messages_are_refused():
     good = Record("a", 1, 5, NS, 1, {"op": "d"}).to_wire()
     assert Records.from_wire([good]).records[0].op == {"op": "d"}

@@ -19,7 +19,9 @@ write as its origin computed it (``effect_of`` turns a MongoDB update into one):
                         ``push``), applied after the fields (``upsert_effect``)
 ``{"op": "r", "doc"}``  replacement of the whole document (``_id`` kept)
 ``{"op": "d"}``         delete
-``{"op": "n"}``         no effect on documents (a catalog change: not replicated yet)
+``{"op": "n"}``         no effect (a record from before replication: it only moves its
+                        origin's position)
+``{"op": "c", "c"}``    a catalog operation on the record's namespace (``CATALOG_TABLE``)
 ``{"op": "u", ...}``    field operations: ``set`` {path: value}, ``unset`` [path],
                         ``inc`` {path: number}, ``push`` {path: [values]},
                         ``add`` {path: [values]} ($addToSet), ``pull`` {path: [values]}
@@ -58,6 +60,12 @@ order gives for each rule:
   replacement after the delete (in stamp order) creates the document again, with its
   own fields only. This is last-writer-wins on the document's existence, where only
   inserts and replacements (and deletes) write existence.
+- Catalog operations (``CATALOG_TABLE``): create/drop of a collection, create/drop of an
+  index: last writer wins per collection and per index name. A drop of a collection (or
+  of its database) is a delete of each of its documents at the drop's stamp: a write
+  stamped before the drop is wiped by it, wherever and whenever it arrives (*the drop wins
+  against concurrent writes stamped before it*); one stamped after it lands in the
+  collection again (which then exists), as do indexes created after it.
 
 Metadata
 --------
@@ -91,7 +99,7 @@ from farts.db.errors import MongoError
 from farts.db.ordering import MISSING, values_equal
 from farts.db.update import _arithmetic, _copy, _is_number, _op_unset
 
-OPS = ("i", "r", "u", "d", "n")
+OPS = ("i", "r", "u", "d", "n", "c")
 FIELD_OPS = ("set", "unset", "inc", "push", "add", "pull")
 
 
@@ -120,7 +128,7 @@ class Applied(NamedTuple):
     outcome: str      # one of OUTCOMES
 
 
-OUTCOMES = ("applied", "replayed", "duplicate", "late")
+OUTCOMES = ("applied", "replayed", "duplicate", "late", "dropped")
 
 # ---- what one operation does to a document ------------------------------------------------
 #
@@ -184,6 +192,8 @@ TABLE: dict[tuple[bool, str], tuple[Callable, str]] = {
     (True, "d"): (_delete, "deleted: a tombstone at the delete's stamp; metadata cleared"),
     (False, "n"): (_nothing, "nothing (the record only moves its origin's position)"),
     (True, "n"): (_nothing, "nothing (the record only moves its origin's position)"),
+    (False, "c"): (_nothing, "nothing to the document: a catalog operation (CATALOG_TABLE)"),
+    (True, "c"): (_nothing, "nothing to the document: a catalog operation (CATALOG_TABLE)"),
 }
 
 # ---- field operations -----------------------------------------------------------------------
@@ -469,14 +479,123 @@ def compact(state: dict | None, stable: int) -> dict | None:
     return state
 
 
+# ---- the catalog: collections, indexes, drops ----------------------------------------------
+#
+# A catalog operation is a record {"op": "c", "c": kind, ...} on a namespace (a collection;
+# for dropDatabase the database's prefix "tenant$db."). A namespace's catalog state is a set
+# of last-writer-wins registers, each [stamp, value]:
+#   "x": [stamp, exists, options]      the collection's existence (create, createIndex: yes; drop: no)
+#   "i": {name: [stamp, spec or None]} each index name (createIndex: its spec; dropIndex: None)
+# and every collection and database has a *drop floor*: the stamp of its latest drop. A drop
+# deletes every document at its stamp, so (the document rule for deletes) only what is stamped
+# after it counts: the floor makes that hold in every arrival order.
+
+CATALOG_KINDS = ("create", "drop", "createIndex", "dropIndex", "dropDatabase")
+
+CATALOG_TABLE: dict[str, str] = {
+    "create": "existence := (s, yes, options) if s is later than the register's stamp",
+    "createIndex": "existence := (s, yes) and index[name] := (s, spec), each if s is later (a concurrent "
+                   "createIndex of that name with another spec: the later stamp's spec, rebuilt everywhere)",
+    "dropIndex": "index[name] := (s, none) if s is later",
+    "drop": "existence := (s, no) if later; the collection's floor := max(floor, s); every document keeps "
+            "only its operations stamped after s (replayed from nothing: drop_before)",
+    "dropDatabase": "the database's floor := max(floor, s); each of its collections as by a drop at s",
+    "(document operation)": "stamped below its collection's or database's floor: discarded (below), the drop "
+                            "wipes it in every order; otherwise the document rules (TABLE)",
+    "(the result)": "a collection exists when its existence register says yes with a stamp above the floor, "
+                    "or it holds a document (or tombstone) written after the floor, or it existed and no drop "
+                    "came; its indexes: the registers with a spec stamped above the floor, in stamp order",
+}
+
+
+def _later(register, stamp: Stamp) -> bool:
+    return register is None or Stamp.of(register[0]).key() < stamp.key()
+
+
+def catalog_apply(state: dict | None, stamp: Stamp, op: dict) -> dict:
+    """A namespace's catalog state after one catalog operation (the registers of
+    ``CATALOG_TABLE``; a drop's floor is kept by the caller). Commutative and idempotent."""
+    state = {"x": None, "i": {}} if state is None else _copy(state)
+    kind = op["c"]
+    if kind in ("create", "createIndex", "drop") and _later(state["x"], stamp):
+        state["x"] = [stamp.to_bson(), kind != "drop", _copy(op.get("options") or {})]
+    if kind == "createIndex" and _later(state["i"].get(op["index"]["name"]), stamp):
+        state["i"][op["index"]["name"]] = [stamp.to_bson(), _copy(op["index"])]
+    elif kind == "dropIndex" and _later(state["i"].get(op["name"]), stamp):
+        state["i"][op["name"]] = [stamp.to_bson(), None]
+    return state
+
+
+def below(stamp: Stamp, floor: Stamp | None) -> bool:
+    """Whether an operation is stamped below a drop (and so wiped by it)."""
+    return floor is not None and stamp.key() < floor.key()
+
+
+def catalog_view(state: dict, floor: Stamp | None) -> tuple[bool, dict, list[dict]]:
+    """(exists by its registers, options, index specs in stamp order) under the drop floor."""
+    x = state.get("x")
+    exists = bool(x and x[1] and not below(Stamp.of(x[0]), floor))
+    live = sorted((Stamp.of(s).key(), name) for name, (s, spec) in state["i"].items()
+                  if spec is not None and not below(Stamp.of(s), floor))
+    return exists, (x[2] if x else {}), [state["i"][name][1] for _, name in live]
+
+
+def catalog_compact(state: dict, floor: Stamp | None, stable: int) -> dict | None:
+    """Forgets the registers at or below ``stable`` that say nothing any more (a drop, or a
+    value below the floor): no operation they would win against can still arrive. None when
+    nothing is left."""
+    def dead(register, value) -> bool:
+        s = Stamp.of(register[0])
+        return s.hlc <= stable and (not value or below(s, floor))
+    state = _copy(state)
+    if state.get("x") is not None and dead(state["x"], state["x"][1]):
+        state["x"] = None
+    state["i"] = {n: r for n, r in state["i"].items() if not dead(r, r[1])}
+    return state if state["x"] is not None or state["i"] else None
+
+
+def drop_before(state: dict | None, floor: Stamp) -> dict | None:
+    """A document's state after a drop at ``floor``: a delete of it at that stamp, which
+    leaves nothing of what came before, so its operations stamped after the drop replayed
+    from nothing; None when it has none."""
+    if state is None:
+        return None
+    ops = [o for o in state.get("o", []) if Stamp.of(o[0]).key() > floor.key()]
+    if not ops:
+        return None
+    base = {"v": None, "m": {"w": {}, "e": {}}}
+    doc, meta = _replay(base, ops)
+    return {"v": doc, "m": _encode_meta(meta), "t": state["t"], "b": base, "o": ops}
+
+
+def _check_catalog(op: dict) -> None:
+    kind = op.get("c")
+    if kind not in CATALOG_KINDS:
+        raise ValueError(f"a catalog operation: c in {', '.join(CATALOG_KINDS)}")
+    if kind == "create" and not isinstance(op.get("options", {}), dict):
+        raise ValueError("create: options, an object")
+    if kind == "dropIndex" and not (isinstance(op.get("name"), str) and op["name"]):
+        raise ValueError("dropIndex: a name")
+    if kind == "createIndex":
+        spec = op.get("index")
+        if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and spec["name"]
+                and isinstance(spec.get("unique"), bool) and isinstance(spec.get("key"), list) and spec["key"]
+                and all(isinstance(f, list) and len(f) == 2 and isinstance(f[0], str) and isinstance(f[1], int)
+                        for f in spec["key"])):
+            raise ValueError("createIndex: an index {name, key: [[field, direction]], unique}")
+
+
 # ---- checking what a peer sent, and making operations on the origin ------------------------
 
 
 def check_op(op: Any) -> None:
     """Raises ValueError unless op is a well-formed replicated operation."""
     if not isinstance(op, dict) or op.get("op") not in OPS:
-        raise ValueError("an operation object with op in i, r, u, d, n")
+        raise ValueError("an operation object with op in i, r, u, d, n, c")
     kind = op["op"]
+    if kind == "c":
+        _check_catalog(op)
+        return
     if kind in ("i", "r"):
         if not isinstance(op.get("doc"), dict) or "_id" not in op["doc"]:
             raise ValueError("a document with its _id")

@@ -39,7 +39,10 @@ The protocol
   (what ``merge.compact`` needs for ``$pull``'s observed-remove).
 - **Members** are every node of the deployment that has not left: a dead node holds
   compaction back until it returns or is removed (so its writes, when it comes back,
-  still merge in order).
+  still merge in order), or until it has been dead for ``forget_dead_after`` (by
+  default the oplog's ``retain_seconds``): then metadata and the oplog no longer wait
+  for it, and when it returns it is behind the retained oplog and gets a snapshot (what
+  it wrote and never shipped is re-applied on top, counted as ``late``).
 - **Retention**: a record is dropped once every member has it; records of other origins
   also once there are more than ``retain_records`` of an origin or they are older than
   ``retain_seconds`` (a node that is further behind gets a snapshot). A node's own
@@ -49,9 +52,10 @@ On a node: ``farts/db/replication.py`` (built through the db row of ``farts/node
 when the mesh is enabled) runs this on the mesh bus with ``Store(replicated=True)``, calls
 ``committed_locally()`` after local commits, turns ``stats``/``lag_ms()`` into metrics, and
 serves causal reads (``frontier``), ``w: "majority"`` (``acked``) and read preferences.
-Still open: a node does not exchange vectors (and observe its peers' HLCs) before it
-takes writes, so a node with a slow clock may write below what the others compacted
-(counted as ``late``). Catalog commands travel as no-ops.
+A (re)started node takes writes once every alive peer's ``Status`` came in
+(``exchanged``: its clock is then past theirs, so it cannot write below what they
+compacted) or after ``farts.db.replication.STARTUP_WAIT``. Catalog commands are records too (``merge.CATALOG_TABLE``,
+applied by the store).
 """
 from __future__ import annotations
 
@@ -69,7 +73,7 @@ import bson
 from farts.clock import HLC, Clock, pack, unpack
 from farts.db import merge
 from farts.db.keys import encode as id_key
-from farts.members import ALIVE, LEFT, Member
+from farts.members import ALIVE, DEAD, LEFT, Member
 from farts.peer import Envelope, PeerBus, PeerMessage, need
 
 log = logging.getLogger("farts.db.replica")
@@ -264,14 +268,20 @@ class _Outgoing:
 class Replica:
     def __init__(self, me: str, store: ReplicaStore, members: tuple[str, ...] = (), *,
                  status_interval: float = 1.0, retain_records: int = 100_000,
-                 retain_seconds: float = 24 * 3600.0, housekeeping_interval: float = 0.0) -> None:
+                 retain_seconds: float = 24 * 3600.0, housekeeping_interval: float = 0.0,
+                 forget_dead_after: float | None = None) -> None:
         """``housekeeping_interval``: the least time between two compactions (and two
         retention passes): each is a write transaction of the store, over every document
-        with metadata; 0 runs them on every tick that moves them."""
+        with metadata; 0 runs them on every tick that moves them. ``forget_dead_after``
+        (default ``retain_seconds``): how long a member may be dead before it stops holding
+        compaction and this node's oplog back (it gets a snapshot when it returns)."""
         self.me, self.store = me, store
         self.status_interval = status_interval
         self.retain_records, self.retain_seconds = retain_records, retain_seconds
         self.members: set[str] = {me, *members}
+        self.forget_dead_after = retain_seconds if forget_dead_after is None else forget_dead_after
+        self._dead_since: dict[str, float] = {}   # member -> when it was first seen dead
+        self.forgotten: set[str] = set()          # dead for longer than forget_dead_after
         self.peers: dict[str, _Peer] = {}
         self._own_shipped = store.applied().get(me, (0, 0))[0]   # own records broadcast up to
         # (what a restart did not ship reaches the peers by catch-up)
@@ -294,9 +304,25 @@ class Replica:
 
     # ---- membership --------------------------------------------------------------
 
-    def set_members(self, ids) -> None:
-        """Every node that counts for stability (the deployment's nodes that have not left)."""
+    def set_members(self, ids, dead=(), now: float = 0.0) -> None:
+        """Every node that counts for stability (the deployment's nodes that have not left);
+        ``dead``: those of them the mesh declares dead (since ``now``, when first told)."""
         self.members = {self.me, *ids}
+        self._dead_since = {n: self._dead_since.get(n, now) for n in dead if n in self.members and n != self.me}
+        self.forgotten &= set(self._dead_since)
+
+    def _forget_dead(self, now: float) -> None:
+        """A member dead for longer than forget_dead_after stops counting for stability and
+        retention: metadata and the oplog stay bounded while it is away."""
+        for n, since in self._dead_since.items():
+            if n not in self.forgotten and now - since >= self.forget_dead_after:
+                self.forgotten.add(n)
+                log.warning("db: %s has been dead for %.0f s: it no longer holds compaction and the oplog "
+                            "back (it gets a snapshot when it returns)", n, now - since)
+
+    def _counted(self) -> set[str]:
+        """The other members whose progress compaction and retention wait for."""
+        return self.members - self.forgotten - {self.me}
 
     def _peer(self, node_id: str) -> _Peer:
         p = self.peers.get(node_id)
@@ -565,13 +591,13 @@ class Replica:
         default every member) is applied here."""
         own = self.store.covered() if own is None else own
         applied = self.store.applied() if applied is None else applied
-        origins = (self.members if origins is None else set(origins)) - {self.me}   # a node that left writes no more
+        origins = self._counted() if origins is None else set(origins) - {self.me}   # a node that left writes no more
         return min([own] + [max(self._peer(o).covered, applied.get(o, (0, 0))[1]) for o in origins])
 
     def stable(self, frontier: int | None = None) -> int:
         """Every member has applied every operation at or below this HLC."""
         f = self.frontier() if frontier is None else frontier
-        reports = [self.peers[n].report if n in self.peers else None for n in self.members - {self.me}]
+        reports = [self.peers[n].report if n in self.peers else None for n in self._counted()]
         return min([f] + [r.frontier if r is not None else 0 for r in reports])
 
     def status(self) -> Status:
@@ -583,7 +609,7 @@ class Replica:
     def compaction_point(self) -> int:
         """The least stable time of the members, each counted once its records are here."""
         own = self.stable()
-        return min([own] + [self.peers[n].stable if n in self.peers else 0 for n in self.members - {self.me}])
+        return min([own] + [self.peers[n].stable if n in self.peers else 0 for n in self._counted()])
 
     def lag_ms(self) -> dict[str, int]:
         """Per origin, how far (its HLC's milliseconds) this node is behind what the origin
@@ -600,6 +626,12 @@ class Replica:
             out[node_id] = max(0, unpack(r.hlc)[0] - unpack(max(hlc, peer.covered))[0]) if behind else 0
         return out
 
+    def exchanged(self, alive) -> bool:
+        """Whether every alive peer has told this node its vector and clock since it
+        started (each Status moves this node's clock past the sender's): then a write
+        here is stamped after everything those peers have written or compacted."""
+        return all(n in self.peers and self.peers[n].report is not None for n in set(alive) - {self.me})
+
     def acked(self, origin: str, seq: int) -> int:
         """How many nodes (this one included) have the record (origin, seq): write concern."""
         return sum(1 for n in self.members if (
@@ -608,6 +640,7 @@ class Replica:
 
     def tick(self, now: float) -> Out:
         """Periodic work: flush, status, snapshot streams, compaction, retention."""
+        self._forget_dead(now)
         out = self.flush(now)
         out += self._snapshot_chunks(now)
         if now - self._last_status >= self.status_interval:
@@ -628,7 +661,7 @@ class Replica:
         for origin, (seq, _) in applied.items():
             everyone = min([seq] + [self.peers[n].report.vv.get(origin, 0)
                                     if n in self.peers and self.peers[n].report else 0
-                                    for n in self.members - {self.me}])
+                                    for n in self._counted()])
             upto = everyone
             if origin != self.me:   # own records exist nowhere else until every member has them
                 upto = max(upto, seq - self.retain_records, self.store.first_retained(origin) - 1)
@@ -685,7 +718,9 @@ class ReplicaPeer:
                 self.bus.send(to, msg)
 
     def _members(self) -> None:
-        self.replica.set_members(m.id for m in self.bus.members() if m.state != LEFT)
+        members = [m for m in self.bus.members() if m.state != LEFT]
+        self.replica.set_members([m.id for m in members], [m.id for m in members if m.state == DEAD],
+                                 self.clock.monotonic())
 
     def _on_message(self, msg: PeerMessage, env: Envelope) -> None:
         self._send(self.replica.receive(msg, env.origin, self.clock.monotonic()))
@@ -784,7 +819,7 @@ class MemoryStore:
             self.hlc.observe(r.hlc)
             key = (r.ns, id_key(r.id))
             result = merge.apply(self.docs.get(key, (None, None))[1], r.stamp, r.op)
-            if r.op["op"] == "n":
+            if r.op["op"] in ("n", "c"):   # the catalog is the LMDB store's (merge.CATALOG_TABLE)
                 pass
             elif result.state is None:
                 self.docs.pop(key, None)
