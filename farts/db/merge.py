@@ -401,8 +401,10 @@ def _replay(base: dict, ops: list) -> tuple[dict | None, dict]:
     return doc, meta
 
 
-def apply(state: dict | None, stamp: Stamp, op: dict) -> Applied:
-    """The document's state after one replicated operation (``state`` is left untouched).
+def apply(state: dict | None, stamp: Stamp, op: dict, owned: bool = False) -> Applied:
+    """The document's state after one replicated operation (``state`` is left untouched,
+    unless ``owned``: the caller decoded it for this call; ``op`` is kept by reference in
+    the result and never changed).
 
     Arrival (stored state, incoming stamp) -> what happens:
 
@@ -413,7 +415,7 @@ def apply(state: dict | None, stamp: Stamp, op: dict) -> Applied:
     at or below the compaction horizon  ``late``: applied on top (it can no longer be ordered)
     ==================================  ==========================================================
     """
-    state = _copy(state) if state is not None else empty()
+    state = empty() if state is None else state if owned else _copy(state)
     ops = state.get("o", [])
     key = stamp.key()
     for s, _ in ops:
@@ -434,11 +436,11 @@ def apply(state: dict | None, stamp: Stamp, op: dict) -> Applied:
         if not ops:
             state["b"] = {"v": _copy(state["v"]), "m": state["m"]}
         doc, meta = apply_one(state["v"], _decode_meta(state["m"]), stamp, op)
-        state["o"] = ops + [[stamp.to_bson(), _copy(op)]]
+        state["o"] = ops + [[stamp.to_bson(), op]]
         state["v"], state["m"] = doc, _encode_meta(meta)
         return Applied(state, "applied")
     at = next(i for i, (s, _) in enumerate(ops) if Stamp.of(s).key() > key)
-    ops.insert(at, [stamp.to_bson(), _copy(op)])
+    ops.insert(at, [stamp.to_bson(), op])
     state["o"] = ops
     doc, meta = _replay(state["b"], ops)
     state["v"], state["m"] = doc, _encode_meta(meta)

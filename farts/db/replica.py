@@ -89,21 +89,37 @@ RESEND = 2.0               # seconds before shipped-but-unacknowledged records a
 Out = list[tuple[str | None, PeerMessage]]
 
 
-@dataclass(frozen=True, slots=True)
 class Record:
-    origin: str
-    seq: int
-    hlc: int
-    ns: str
-    id: Any
-    op: dict
+    """One oplog record. ``op`` is decoded from ``body`` (BSON {id, op}, what travels and
+    what the oplog keeps) only when asked for: records shipped on are never decoded."""
+    __slots__ = ("origin", "seq", "hlc", "ns", "id", "_op", "body")
+
+    def __init__(self, origin: str, seq: int, hlc: int, ns: str, id: Any, op: dict | None = None,  # noqa: A002
+                 body: bytes | None = None) -> None:
+        self.origin, self.seq, self.hlc, self.ns, self.id = origin, seq, hlc, ns, id
+        self._op, self.body = op, body
+
+    @property
+    def op(self) -> dict:
+        if self._op is None:
+            self._op = bson.decode(self.body)["op"]
+        return self._op
+
+    def __repr__(self) -> str:
+        return f"Record({self.origin!r}, {self.seq}, {self.hlc}, {self.ns!r}, {self.id!r}, {self.op!r})"
 
     @property
     def stamp(self) -> merge.Stamp:
         return merge.Stamp(self.hlc, self.origin, self.seq)
 
+    def encoded(self) -> bytes:
+        """BSON {id, op}: encoded once, on the origin."""
+        if self.body is None:
+            self.body = bson.encode({"id": self.id, "op": self._op})
+        return self.body
+
     def to_wire(self) -> list:
-        return [self.origin, self.seq, self.hlc, self.ns, bson.encode({"id": self.id, "op": self.op})]
+        return [self.origin, self.seq, self.hlc, self.ns, self.encoded()]
 
     @staticmethod
     def from_wire(item: Any) -> Record:
@@ -119,7 +135,7 @@ class Record:
         if set(body) != {"id", "op"}:
             raise ValueError("BSON {id, op}")
         merge.check_op(body["op"])
-        return Record(item[0], item[1], item[2], item[3], body["id"], body["op"])
+        return Record(item[0], item[1], item[2], item[3], body["id"], body["op"], item[4])
 
 
 def _parse_vv(cls, body: Any) -> dict[str, int]:
@@ -678,7 +694,7 @@ def _batches(records: list[Record]) -> Iterator[list[Record]]:
     batch: list[Record] = []
     size = 0
     for r in records:
-        n = len(r.to_wire()[4]) + len(r.ns) + len(r.origin) + 24
+        n = len(r.encoded()) + len(r.ns) + len(r.origin) + 24
         if batch and (len(batch) >= BATCH or size + n > BATCH_BYTES):
             yield batch
             batch, size = [], 0

@@ -42,7 +42,7 @@ from bson.regex import Regex
 from farts.clock import HLC
 from farts.db import keys, merge
 from farts.db.errors import MongoError
-from farts.db.update import is_replacement
+from farts.db.update import _copy, is_replacement
 
 log = logging.getLogger("farts.db.store")
 
@@ -135,6 +135,9 @@ class Store:
         self.replicated = replicated
         vv: dict[str, tuple[int, int]] = {}
         self._origin = node_id.encode() + b"\0"
+        # Namespaces and databases that have (or had) a drop floor: most have none, and a
+        # replicated write looks its floor up only when its names are here (writer thread).
+        self._floor_names: set[str] = set()
         self._index_dbs: dict[bytes, object] = {}
         catalog = {}
         with self.env.begin() as txn:
@@ -144,6 +147,8 @@ class Store:
                     catalog[c.ns] = c
                 elif k.startswith(b"vv:"):
                     vv[k[3:].decode()] = _POS.unpack(v)
+                elif k.startswith(b"drop:"):
+                    self._floor_names.add(k[5:].decode())
             seq = txn.get(b"seq", db=self.meta)
             hlc = txn.get(b"hlc", db=self.meta)
         live = {index_db_name(c.ns, i.name) for c in catalog.values() for i in c.indexes}
@@ -523,8 +528,15 @@ class Store:
         order): each in its own nested transaction with its origin's applied position, all
         in one commit. Resolves to each record's outcome (a merge outcome, "duplicate" if it
         was applied before, or the exception that undid it: the records of that origin after
-        it are left for later)."""
+        it are left for later). They are tried all in one nested transaction first (the
+        usual case: one transaction's cost, not one per record), then, if one failed, each
+        in its own."""
         def run(w: WriteTxn) -> list:
+            positions = dict(self._wvv)
+            try:
+                return w.atomic(lambda: [w.apply_record(r) for r in records])
+            except Exception:   # noqa: BLE001 - undone: applied one by one below, to keep the others
+                self._wvv = positions
             failed: set[str] = set()
             out: list = []
             for r in records:
@@ -562,10 +574,12 @@ class Store:
                 d = bson.decode(v)
                 if int(d["s"]) != seq + 1 + len(out):
                     break
-                # a record without an effect (a catalog change, a write from before
-                # replication) travels as a no-op: the sequence stays contiguous
-                out.append(Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"),
-                                  d.get("e") or {"op": "n"}))
+                # a record without an effect (a write from before replication) travels
+                # as a no-op: the sequence stays contiguous
+                if "w" in d:
+                    out.append(Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"), body=d["w"]))
+                else:
+                    out.append(Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"), {"op": "n"}))
         return out
 
     def retained(self, origin: str) -> int:
@@ -901,6 +915,8 @@ class WriteTxn:
         if _id is not None:
             rec["id"] = _id
         rec.update(fields)
+        if "e" in fields:   # replicated: the effect as it travels (records_after ships these bytes)
+            rec["w"] = bson.encode({"id": _id, "op": rec.pop("e")})
         self.txn.put(st._origin + _SEQ.pack(stamp.seq), bson.encode(rec), db=st.oplog)
 
     # -- documents --
@@ -1018,7 +1034,10 @@ class WriteTxn:
         if not self.txn.put(ns_prefix(ns) + id_key, data, overwrite=False):
             raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
         self._index_put(ns, coll, doc, id_key, None)
-        self.log(ns, "i", _id, stamp=stamp, doc=doc, **effect)
+        if effect:   # the effect has the document
+            self.log(ns, "i", _id, stamp=stamp, **effect)
+        else:
+            self.log(ns, "i", _id, stamp=stamp, doc=doc)
         return doc
 
     def replace(self, ns: str, old: dict, new: dict, op: dict) -> None:
@@ -1066,12 +1085,12 @@ class WriteTxn:
         st, key = self.store, ns_prefix(ns) + id_key
         raw = self.txn.get(key, db=st.rmeta)
         if raw is not None:
-            state = _rmeta_decode(raw, doc)[1]
+            state = _rmeta_decode(raw, _copy(doc))[1]
         elif doc is not None:
-            state = {"v": doc, "m": {"w": {}, "e": {}}, "t": Int64(0)}
+            state = {"v": _copy(doc), "m": {"w": {}, "e": {}}, "t": Int64(0)}
         else:
             state = None
-        applied = merge.apply(state, stamp, op)
+        applied = merge.apply(state, stamp, op, owned=True)
         if outcome is not None:
             outcome.append(applied.outcome)
         result = applied.state
@@ -1102,7 +1121,7 @@ class WriteTxn:
         if not position:
             return outcome
         rec = {"o": r.origin, "s": Int64(r.seq), "ts": Int64(r.hlc), "ns": r.ns, "op": r.op["op"], "id": r.id,
-               "e": r.op}
+               "w": r.encoded()}
         self.txn.put(r.origin.encode() + b"\0" + _SEQ.pack(r.seq), bson.encode(rec), db=st.oplog)
         self.txn.put(b"vv:" + r.origin.encode(), _POS.pack(r.seq, r.hlc), db=st.meta)
         st.observe(r.hlc)
@@ -1116,7 +1135,8 @@ class WriteTxn:
         coll = self.collection(r.ns)
         id_key = keys.encode(r.id)
         key = ns_prefix(r.ns) + id_key
-        old = self.store.get(self.txn, r.ns, r.id)
+        data = self.txn.get(key)
+        old = bson.decode(data) if data is not None else None
         outcome: list[str] = []
         new = self._merge(r.ns, r.id, id_key, old, r.stamp, r.op, outcome)
         if new is not None:
@@ -1242,8 +1262,11 @@ class WriteTxn:
 
     def drop_floor(self, ns: str) -> merge.Stamp | None:
         """The stamp of the latest drop of ns or of its database (None: never dropped)."""
-        meta = self.store.meta
-        found = [self.txn.get(b"drop:" + name.encode(), db=meta) for name in (ns, _database_of(ns))]
+        st = self.store
+        if not st._floor_names:
+            return None
+        found = [self.txn.get(b"drop:" + name.encode(), db=st.meta) for name in (ns, _database_of(ns))
+                 if name in st._floor_names]
         return max((merge.Stamp.of(bson.decode(f)["s"]) for f in found if f is not None),
                    key=merge.Stamp.key, default=None)
 
@@ -1265,6 +1288,7 @@ class WriteTxn:
             floor = txn.get(key, db=st.meta)
             if floor is None or merge.Stamp.of(bson.decode(floor)["s"]).key() < stamp.key():
                 txn.put(key, bson.encode({"s": stamp.to_bson()}), db=st.meta)
+                st._floor_names.add(ns)
         names = sorted(n for n in st._wcat if n.startswith(ns)) if kind == "dropDatabase" else [ns]
         for name in names:
             state = self._catalog_state(name)
@@ -1333,6 +1357,8 @@ class WriteTxn:
         for prefix, value in ((b"cs:", entry.get("cs")), (b"drop:", entry.get("drop"))):
             if value is not None:
                 txn.put(prefix + name.encode(), value, db=st.meta)
+        if entry.get("drop") is not None:
+            st._floor_names.add(name)
         if entry.get("row") is not None:
             coll = Collection.decode(entry["row"])
             for idx in coll.indexes:
