@@ -26,6 +26,13 @@ Three `farts-edge serve` processes joined by the mesh (default timing) with [db]
     .venv/bin/python bench/replication.py --rate 10000 --batch 100 --seconds 10 --scenarios lag
     .venv/bin/python bench/replication.py --rate 10000 --batch 100 --partition 30 --scenarios partition
     .venv/bin/python bench/replication.py --overhead --seconds 3
+    .venv/bin/python bench/replication.py --in-process 20000
+
+--in-process: no node processes, CPU time rather than throughput (steadier on a shared
+machine): (1) catch-up between two LMDB stores (fsync off) through ``Replica`` with the
+messages in wire form (msgpack), one process: records/s and CPU microseconds per record,
+sender and receiver together; (2) the store's CPU per insert and per update (one write a
+commit) without and with replication: the local cost of the merge metadata and effects.
 """
 from __future__ import annotations
 
@@ -223,6 +230,56 @@ def partition(nodes: list[Node], relays: list[Relay], rate: int, seconds: float,
           f"(counter {incs}); dumps {'identical' if same else 'DIFFER'}")
 
 
+def in_process(n: int) -> None:
+    import msgpack
+
+    from farts.db.replica import Replica
+    from farts.db.store import Store
+
+    root = Path(tempfile.mkdtemp(prefix="farts-repl-inproc-"))
+    a, b = (Store(root / x, x, sync=False, replicated=True) for x in "ab")
+    for k in range(0, n, 1000):
+        a.submit(lambda w, k=k: [w.insert("t$bench.bulk", {"_id": k + j, "pad": "x" * 100})
+                                 for j in range(min(1000, n - k))]).result()
+    replicas = {"a": Replica("a", a, ("b",)), "b": Replica("b", b, ("a",))}
+    wall, cpu = time.perf_counter(), time.process_time()
+    flight = [("b", "a", m) for _, m in replicas["b"].link_up("a", 0.0)]
+    now = 0.0
+    while b.applied().get("a", (0, 0))[0] < n:
+        if not flight:   # a lost window: the periodic status asks again
+            now += 1.0
+            flight = [("b", "a", m) for _, m in replicas["b"].tick(now) if m.TYPE == "db.status"]
+        src, dst, msg = flight.pop(0)
+        msg = type(msg).from_wire(msgpack.unpackb(msgpack.packb(msg.to_wire())))
+        rep = replicas[dst]
+        out = rep.receive(msg, src, now)
+        while rep.waiting:
+            for f in rep.waiting:
+                f.result()
+            out += rep.committed(now)
+        flight += [(dst, to or src, m) for to, m in out]
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"in-process catch-up: {n} records in {wall:.2f} s ({n / wall:,.0f} records/s), "
+          f"{cpu / n * 1e6:.1f} us CPU a record (both sides)")
+    a.close()
+    b.close()
+    writes = n // 4
+    for replicated in (False, True, False, True):
+        s = Store(Path(tempfile.mkdtemp(dir=root)), "a", sync=False, replicated=replicated)
+        c0 = time.process_time()
+        for i in range(writes):
+            s.submit(lambda w, i=i: w.insert("t$b.items", {"_id": i, "name": f"user{i}", "n": i,
+                                                           "pad": "x" * 100})).result()
+        c1 = time.process_time()
+        for i in range(writes):
+            s.submit(lambda w, i=i: w.replace("t$b.items", w.get("t$b.items", i), {**w.get("t$b.items", i), "n": i + 1},
+                                               {"op": "u", "u": {"$inc": {"n": 1}}, "now": None})).result()
+        c2 = time.process_time()
+        s.close()
+        print(f"store {'with' if replicated else 'without'} replication: insert {(c1 - c0) / writes * 1e6:.1f} us CPU, "
+              f"update ($inc) {(c2 - c1) / writes * 1e6:.1f} us CPU")
+
+
 def ops(node: Node, kind: str) -> float:
     """farts_db_replication_ops{kind=...} of a node."""
     for line in node.get("/metrics").decode().splitlines():
@@ -293,12 +350,18 @@ def main() -> None:
                          "on node 1 of 3 replicating nodes, alternating, --seconds each")
     ap.add_argument("--peers", type=int, default=2, help="with --overhead: how many other nodes replicate")
     ap.add_argument("--partition", type=float, default=30.0, help="seconds of the partition scenario")
+    ap.add_argument("--in-process", type=int, default=0, metavar="N",
+                    help="instead: catch-up of N records between two stores in this process, and the "
+                         "store's CPU per write without and with replication")
     ap.add_argument("--scenarios", default="lag,catchup,snapshot",
                     help="comma-separated, of: lag, catchup, partition, snapshot (run in that order)")
     args = ap.parse_args()
     scenarios = args.scenarios.split(",")
     if args.overhead:
         overhead(args.seconds, args.peers)
+        return
+    if args.in_process:
+        in_process(args.in_process)
         return
     root = Path(tempfile.mkdtemp(prefix="farts-repl-bench-"))
     pki.make_ca(root / "ca")
