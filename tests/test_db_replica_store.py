@@ -626,3 +626,20 @@ def test_compaction_goes_on_where_the_last_pass_stopped(pair):
     with a.read() as txn:
         assert txn.stat(a.rmeta)["entries"] == 0
     assert dump(a)[0] == {"_id": 0, "n": 1}
+
+
+def test_an_inserted_documents_metadata_is_kept_short_and_reads_back_whole(pair):
+    from farts.db.store import _rmeta_decode
+    a, b = pair
+    a.submit(lambda w: w.insert(NS, {"_id": 1, "k": "x", "n": 0})).result()
+    ship(a, b)
+    record = a.records_after("a", 0, 1)[0]
+    for s in pair:
+        with s.read() as txn:
+            raw = txn.get(NS.encode() + b"\0" + keys.encode(1), db=s.rmeta)
+        assert set(bson.decode(raw)) == {"id", "i"}
+        assert _rmeta_decode(raw, {"_id": 1, "k": "x", "n": 0})[1] == \
+            merge.apply(None, record.stamp, {"op": "i", "doc": {"_id": 1, "k": "x", "n": 0}}).state
+    update(b, 1, {"$inc": {"n": 1}})
+    ship(b, a)
+    assert dump(a) == dump(b) == [{"_id": 1, "k": "x", "n": 1}]

@@ -766,6 +766,8 @@ def _rmeta_encode(_id, state: dict) -> bytes:
 
 def _rmeta_decode(data: bytes, doc: dict | None) -> tuple[object, dict]:
     d = bson.decode(data)
+    if "i" in d:   # the state an insert of doc made on nothing
+        return d["id"], merge.apply(None, merge.Stamp.of(d["i"]), {"op": "i", "doc": _copy(doc)}).state
     d["s"]["v"] = doc
     return d["id"], d["s"]
 
@@ -1026,6 +1028,8 @@ class WriteTxn:
         id_key = keys.encode(_id)
         stamp, effect = None, {}
         if self.store.replicated:
+            if self.txn.get(ns_prefix(ns) + id_key) is not None:   # before merging into its state
+                raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
             stamp, effect = self._stamp(), {"e": {"op": "i", "doc": doc}}
             if upsert is not None and not is_replacement(upsert[1]):
                 effect["e"] = merge.upsert_effect(doc, upsert[0], upsert[1], self._ctx(stamp))
@@ -1097,7 +1101,12 @@ class WriteTxn:
         if result is None:
             self.txn.delete(key, db=st.rmeta)
             return None
-        self.txn.put(key, _rmeta_encode(_id, result), db=st.rmeta)
+        if state is None and op["op"] == "i" and "u" not in op:
+            # Made by this insert alone (the usual insert): kept as its stamp, the rest
+            # follows from the document (_rmeta_decode).
+            self.txn.put(key, bson.encode({"id": _id, "i": stamp.to_bson()}), db=st.rmeta)
+        else:
+            self.txn.put(key, _rmeta_encode(_id, result), db=st.rmeta)
         return result["v"]
 
     def apply_record(self, r, position: bool = True) -> str:
