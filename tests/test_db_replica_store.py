@@ -4,6 +4,7 @@ own transaction with the applied position, indexes included; restarts keep the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 
@@ -286,6 +287,26 @@ class Cluster:
         for s in self.stores.values():      # retention and compaction run in the writers
             s.submit(lambda w: None).result()
 
+    def chaos(self, rnd, make_write, steps=80):
+        """Random writes on random nodes amid partitions, deliveries in any order,
+        duplicated and dropped messages, ticks."""
+        for i in range(steps):
+            self.write(rnd.choice(self.ids), make_write(rnd, i))
+            event = rnd.random()
+            if event < 0.05:
+                side = {rnd.choice(self.ids)}
+                self.cut = {frozenset((a, b)) for a in side for b in self.ids if b not in side}
+            elif event < 0.1:
+                self.cut = set()
+            elif event < 0.5 and self.flight:
+                self.deliver(rnd.randrange(len(self.flight)), dup=rnd.random() < 0.2)
+            elif event < 0.6 and self.flight:
+                self.flight.pop(rnd.randrange(len(self.flight)))
+            elif event < 0.8:
+                self.now += 0.6
+                n = rnd.choice(self.ids)
+                self.send(n, self.replicas[n].tick(self.now))
+
     def expected(self):
         per_doc = {}
         for r in self.written:
@@ -298,6 +319,20 @@ class Cluster:
             if merge.visible(state) is not None:
                 out.append(merge.visible(state))
         return out
+
+
+@contextlib.contextmanager
+def after_chaos(tmp_path, seed, make_write):
+    """A 3-node Cluster after a random history of make_write's writes (Cluster.chaos),
+    settled; closed after."""
+    c = Cluster(tmp_path, ["a", "b", "c"], seed=seed, retain_records=8)
+    rnd = random.Random(seed)
+    try:
+        c.chaos(rnd, make_write)
+        c.settle()
+        yield c, rnd
+    finally:
+        c.close()
 
 
 def random_write(rnd, i):
@@ -330,26 +365,7 @@ def _update(w, _id, upd):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_replicas_on_lmdb_converge_after_partitions_drops_and_duplicates(tmp_path, seed):
-    c = Cluster(tmp_path, ["a", "b", "c"], seed=seed, retain_records=8)
-    rnd = random.Random(seed)
-    try:
-        for i in range(80):
-            c.write(rnd.choice(c.ids), random_write(rnd, i))
-            event = rnd.random()
-            if event < 0.05:
-                side = {rnd.choice(c.ids)}
-                c.cut = {frozenset((a, b)) for a in side for b in c.ids if b not in side}
-            elif event < 0.1:
-                c.cut = set()
-            elif event < 0.5 and c.flight:
-                c.deliver(rnd.randrange(len(c.flight)), dup=rnd.random() < 0.2)
-            elif event < 0.6 and c.flight:
-                c.flight.pop(rnd.randrange(len(c.flight)))
-            elif event < 0.8:
-                c.now += 0.6
-                n = rnd.choice(c.ids)
-                c.send(n, c.replicas[n].tick(c.now))
-        c.settle()
+    with after_chaos(tmp_path, seed, random_write) as (c, rnd):
         expected = c.expected()
         incs = sum(1 for r in c.written if r.id == "c" and "inc" in r.op.get("u", r.op))
         for n in c.ids:
@@ -368,8 +384,6 @@ def test_replicas_on_lmdb_converge_after_partitions_drops_and_duplicates(tmp_pat
         assert c.replicas["d"].stats["snapshots_installed"] >= 1
         for n in c.ids:
             assert dump(c.stores[n]) == c.expected(), n
-    finally:
-        c.close()
 
 
 def test_covered_stays_below_a_write_not_yet_committed(pair):
@@ -582,26 +596,7 @@ def random_catalog_write(rnd, i):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_catalog_and_documents_converge_after_partitions_drops_and_duplicates(tmp_path, seed):
-    c = Cluster(tmp_path, ["a", "b", "c"], seed=seed, retain_records=8)
-    rnd = random.Random(seed)
-    try:
-        for i in range(80):
-            c.write(rnd.choice(c.ids), random_catalog_write(rnd, i))
-            event = rnd.random()
-            if event < 0.05:
-                side = {rnd.choice(c.ids)}
-                c.cut = {frozenset((x, y)) for x in side for y in c.ids if y not in side}
-            elif event < 0.1:
-                c.cut = set()
-            elif event < 0.5 and c.flight:
-                c.deliver(rnd.randrange(len(c.flight)), dup=rnd.random() < 0.2)
-            elif event < 0.6 and c.flight:
-                c.flight.pop(rnd.randrange(len(c.flight)))
-            elif event < 0.8:
-                c.now += 0.6
-                n = rnd.choice(c.ids)
-                c.send(n, c.replicas[n].tick(c.now))
-        c.settle()
+    with after_chaos(tmp_path, seed, random_catalog_write) as (c, _):
         for n in c.ids:
             assert dump(c.stores[n]) == dump(c.stores["a"]), n
             assert catalog_of(c.stores[n]) == catalog_of(c.stores["a"]), n
@@ -609,8 +604,6 @@ def test_catalog_and_documents_converge_after_partitions_drops_and_duplicates(tm
         c.add("d")                       # a new node gets a snapshot: the catalog with it
         c.settle()
         assert catalog_of(c.stores["d"]) == catalog_of(c.stores["a"]) and dump(c.stores["d"]) == dump(c.stores["a"])
-    finally:
-        c.close()
 
 
 def test_compaction_goes_on_where_the_last_pass_stopped(pair):
