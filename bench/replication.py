@@ -3,10 +3,10 @@
 Three `farts-edge serve` processes joined by the mesh (default timing) with [db] enabled
 (fsync on, as by default).
 
-- lag: a writer inserts --rate documents/s into node 1 (insert_many of --batch, paced),
-  each stamped with its send time; one poller process per other node reads new documents
-  every 2 ms (find _id > the last seen, sorted; so lags are up to ~2 ms late) and records when each first shows
-  up there. Lag = seen there - sent (the same monotonic clock: CLOCK_MONOTONIC is
+- lag: --writers processes insert --rate documents/s in all into node 1 (insert_many of
+  --batch, paced), each stamped with its send time; one poller process per other node
+  reads new documents every 2 ms (per writer, find _id > the last seen, sorted; so lags
+  are up to ~2 ms late) and records when each first shows up there. Lag = seen there - sent (the same monotonic clock: CLOCK_MONOTONIC is
   system-wide). The local acknowledgement latency is the baseline.
 - catch-up: node 3 is killed (-9), --catchup documents are written on node 1, node 3 is
   restarted on its data; the time from its restart (listening) until it has them all.
@@ -23,7 +23,7 @@ Three `farts-edge serve` processes joined by the mesh (default timing) with [db]
   in it); the three dumps are then compared whole.
 
     .venv/bin/python bench/replication.py --rate 1000 --seconds 10 --catchup 50000
-    .venv/bin/python bench/replication.py --rate 10000 --batch 100 --seconds 10 --scenarios lag
+    .venv/bin/python bench/replication.py --rate 10000 --batch 100 --writers 2 --seconds 10 --scenarios lag
     .venv/bin/python bench/replication.py --rate 10000 --batch 100 --partition 30 --scenarios partition
     .venv/bin/python bench/replication.py --overhead --seconds 3
     .venv/bin/python bench/replication.py --in-process 20000
@@ -65,47 +65,65 @@ def client(port: int) -> pymongo.MongoClient:
     return pymongo.MongoClient("127.0.0.1", port, serverSelectionTimeoutMS=10_000)
 
 
-def poller(port: int, until: float, out) -> None:
+SPAN = 1_000_000_000   # writer w's _ids are w * SPAN + 0, 1, ...
+
+
+def poller(port: int, until: float, writers: int, out) -> None:
     """Records (id, first seen) of every new document on one node until `until`."""
     coll = client(port).bench.lag
-    last, seen = -1, []
+    last, seen = [w * SPAN - 1 for w in range(writers)], []
     while time.monotonic() < until:
-        docs = list(coll.find({"_id": {"$gt": last}}, {"_id": 1}).sort("_id", 1))
-        now = time.monotonic()
-        for d in docs:
-            seen.append((d["_id"], now))
-        if docs:
-            last = docs[-1]["_id"]
+        for w in range(writers):
+            docs = list(coll.find({"_id": {"$gt": last[w], "$lt": (w + 1) * SPAN}}, {"_id": 1}).sort("_id", 1))
+            now = time.monotonic()
+            for d in docs:
+                seen.append((d["_id"], now))
+            if docs:
+                last[w] = docs[-1]["_id"]
         time.sleep(0.002)   # polls every ~2 ms (a tight loop would take a core of the 2 from the nodes)
     out.put(seen)
 
 
-def lag(nodes: list[Node], rate: int, seconds: float, batch: int) -> dict:
-    q: mp.Queue = mp.Queue()
-    until = time.monotonic() + seconds + 5
-    procs = [mp.Process(target=poller, args=(n.db_port, until, q)) for n in nodes[1:]]
-    for p in procs:
-        p.start()
-    time.sleep(1.0)
-    coll = client(nodes[0].db_port).bench.lag
+def writer(port: int, w: int, rate: float, seconds: float, batch: int, start: float, out) -> None:
+    """Paced insert_many batches stamped with their send time; reports (sent, ack latencies)."""
+    coll = client(port).bench.lag
     sent: dict[int, float] = {}
     acked: list[float] = []
-    start = time.monotonic()
     k = 0
     while time.monotonic() - start < seconds:
-        due = start + (k // batch) * batch / rate
-        time.sleep(max(0.0, due - time.monotonic()))
+        time.sleep(max(0.0, start + (k // batch) * batch / rate - time.monotonic()))
         t = time.monotonic()
-        coll.insert_many([{"_id": k + j, "t": t} for j in range(batch)])
+        coll.insert_many([{"_id": w * SPAN + k + j, "t": t} for j in range(batch)])
         acked.append(time.monotonic() - t)
         for j in range(batch):
-            sent[k + j] = t
+            sent[w * SPAN + k + j] = t
         k += batch
-    elapsed = time.monotonic() - start
-    results = [q.get() for _ in procs]
+    out.put((sent, acked, time.monotonic() - start))
+
+
+def lag(nodes: list[Node], rate: int, seconds: float, batch: int, writers: int) -> dict:
+    polls, writes = mp.Queue(), mp.Queue()
+    until = time.monotonic() + seconds + 6
+    procs = [mp.Process(target=poller, args=(n.db_port, until, writers, polls)) for n in nodes[1:]]
+    for p in procs:
+        p.start()
+    start = time.monotonic() + 1.0
+    procs += [mp.Process(target=writer, args=(nodes[0].db_port, w, rate / writers, seconds, batch, start, writes))
+              for w in range(writers)]
+    for p in procs[len(nodes) - 1:]:
+        p.start()
+    sent: dict[int, float] = {}
+    acked: list[float] = []
+    elapsed = 0.0
+    for _ in range(writers):
+        s, a, e = writes.get()
+        sent.update(s)
+        acked += a
+        elapsed = max(elapsed, e)
+    results = [polls.get() for _ in nodes[1:]]
     for p in procs:
         p.join()
-    out = {"written": k, "rate": k / elapsed, "ack_p50": pct(acked, 50), "ack_p99": pct(acked, 99)}
+    out = {"written": len(sent), "rate": len(sent) / elapsed, "ack_p50": pct(acked, 50), "ack_p99": pct(acked, 99)}
     for n, seen in zip(nodes[1:], results, strict=True):
         lags = [at - sent[i] for i, at in seen if i in sent]
         out[n.id] = {"seen": len(lags), "p50": pct(lags, 50), "p99": pct(lags, 99), "max": max(lags)}
@@ -343,6 +361,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=10)
+    ap.add_argument("--writers", type=int, default=1, help="writer processes of the lag scenario, each --rate/N")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--catchup", type=int, default=50_000)
     ap.add_argument("--overhead", action="store_true",
@@ -398,8 +417,9 @@ def main() -> None:
 
 
 def lag_scenario(nodes: list[Node], args) -> None:
-    r = lag(nodes, args.rate, args.seconds, args.batch)
-    print(f"lag at {r['rate']:.0f} writes/s ({r['written']} documents, batches of {args.batch}): "
+    r = lag(nodes, args.rate, args.seconds, args.batch, args.writers)
+    print(f"lag at {r['rate']:.0f} writes/s ({r['written']} documents, batches of {args.batch}, "
+          f"{args.writers} writer process(es)): "
           f"local ack p50 {r['ack_p50'] * 1000:.2f} ms p99 {r['ack_p99'] * 1000:.2f} ms")
     for n in nodes[1:]:
         x = r[n.id]
