@@ -46,7 +46,8 @@ The protocol
 - **Retention**: a record is dropped once every member has it; records of other origins
   also once there are more than ``retain_records`` of an origin or they are older than
   ``retain_seconds`` (a node that is further behind gets a snapshot). A node's own
-  records are kept until every member has them: they exist nowhere else.
+  records are kept until every member has them (they exist nowhere else), a member dead
+  for longer than ``forget_dead_after`` excepted.
 
 On a node: ``farts/db/replication.py`` (built through the db row of ``farts/node.py``
 when the mesh is enabled) runs this on the mesh bus with ``Store(replicated=True)``, calls
