@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from farts.clock import FakeClock
-from farts.db import merge
+from farts.db import merge, replica
 from farts.db.keys import encode as id_key
 from farts.db.replica import (
     BATCH,
@@ -284,6 +284,24 @@ def test_a_third_node_relays_only_what_the_origin_cannot_deliver():
             net.deliver()
     assert net.stores["c"].applied()["a"][0] == net.stores["a"].applied()["a"][0]
     assert_converged(net)
+
+
+def test_catch_up_keeps_at_most_a_window_in_flight_and_sends_nothing_twice(monkeypatch):
+    monkeypatch.setattr(replica, "WINDOW", 64)
+    net = Net(["a", "b"])
+    net.partition({"a"}, {"b"})
+    for i in range(1000):
+        net.write("a", f"x{i}", {"op": "i", "doc": {"_id": f"x{i}"}})
+    net.tick("a")                         # flushed while b was cut off: b catches up by its vector
+    net.heal()
+    while net.flight:
+        in_flight = sum(len(Records.from_wire(msgpack.unpackb(w)).records)
+                        for _, dst, cls, w in net.flight if dst == "b" and cls is Records)
+        assert in_flight <= 64 + BATCH    # a window past the acknowledged, and one flush
+        net.now += 0.01
+        net.deliver()
+    net.settle()
+    assert net.converged() and net.replicas["b"].stats["duplicates"] == 0
 
 
 def test_a_new_node_behind_the_retained_oplog_gets_a_snapshot():

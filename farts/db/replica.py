@@ -24,7 +24,9 @@ The protocol
   ``status_interval`` and when a peer comes up. A ``Status`` is the per-peer ack, and
   the catch-up request: the receiver ships, from its retained oplog, the records of
   every origin the peer lacks (not only its own: anti-entropy heals partial partitions),
-  and answers with its own ``Status`` when the peer has records it lacks.
+  and answers with its own ``Status`` when the peer has records it lacks. At most
+  ``WINDOW`` records of an origin are in flight past what the peer acknowledged; they
+  are shipped again only after ``RESEND`` seconds in which the peer made no progress.
 - **Snapshot**: when a peer lacks records this node no longer retains, it streams a
   snapshot (``SnapshotChunk``: the replicated documents, merge states included, then the
   vector they reflect). The peer installs it in one go and re-applies the records it has
@@ -85,7 +87,8 @@ SNAPSHOT_DOCS = 256        # documents per snapshot chunk
 SNAPSHOT_CHUNKS_PER_TICK = 16
 MAX_BUFFERED = 10_000      # out-of-order records held per origin
 RELAY_AFTER = 2           # status intervals without progress before others' records are relayed
-RESEND = 2.0               # seconds before shipped-but-unacknowledged records are shipped again
+RESEND = 2.0               # seconds without progress before shipped-but-unacknowledged records go again
+WINDOW = BATCH * 32        # records of an origin in flight to a peer catching up, past what it acknowledged
 
 Out = list[tuple[str | None, PeerMessage]]
 
@@ -483,6 +486,7 @@ class Replica:
 
     def _on_status(self, msg: Status, sender: str, now: float) -> Out:
         peer = self._peer(sender)
+        before = peer.report.vv if peer.report is not None else {}
         peer.report = msg
         self.store.observe(msg.hlc)
         applied = self.store.applied()
@@ -497,22 +501,27 @@ class Replica:
                 continue
             if origin != self.me:
                 # A third origin's records: that origin ships them itself. Relay only when
-                # the peer has made no progress on them for RELAY_AFTER status intervals
-                # (the origin cannot reach it, is dead, or a batch was lost), so a peer
-                # that is behind does not get every record twice.
+                # the peer has made no progress on them for RELAY_AFTER status intervals,
+                # and at least RESEND (the origin cannot reach it, is dead, or a batch was
+                # lost), so a peer that is behind, or busy applying, does not get every
+                # record twice.
                 since = peer.stalled.get(origin)
                 if since is None or since[0] != theirs:
                     peer.stalled[origin] = (theirs, now)
                     continue
-                if now - since[1] < RELAY_AFTER * self.status_interval:
+                if now - since[1] < max(RELAY_AFTER * self.status_interval, RESEND):
                     continue
             start = theirs
             shipped = peer.shipped.get(origin)
-            if shipped and shipped[0] > theirs and now - shipped[1] < RESEND:
-                start = shipped[0]      # in flight: not again before RESEND
-            if start >= seq:
+            if shipped and shipped[0] > theirs:
+                if theirs > before.get(origin, 0):   # it is applying them: in flight, not lost
+                    shipped = peer.shipped[origin] = (shipped[0], now)
+                if now - shipped[1] < RESEND:
+                    start = shipped[0]      # in flight: not again before RESEND without progress
+            upto = min(seq, theirs + WINDOW)    # no more in flight than it can hold and apply
+            if start >= upto:
                 continue
-            records = self.store.records_after(origin, start, BATCH * 8)
+            records = self.store.records_after(origin, start, min(BATCH * 8, upto - start))
             if records is None:
                 behind = True
                 break
