@@ -521,8 +521,9 @@ def test_a_drop_wins_against_writes_stamped_before_it_and_not_after(tmp_path):
             a.observe(b.covered())
             a.submit(lambda w: w.insert(NS, {"_id": 3, "k": "y", "u": 5})).result()
             exclusive(a, lambda w: w.create_index(NS, Index("u_1", (("u", 1),), unique=True)))
-            for src, dst in [(a, b), (b, a)] if first == "a" else [(b, a), (a, b)]:
-                ship(src, dst)
+            outcomes = [ship(src, dst) for src, dst in ([(a, b), (b, a)] if first == "a" else [(b, a), (a, b)])]
+            if first == "a":     # b had dropped: a's insert of 1 is discarded on arrival
+                assert outcomes[0][0] == "dropped"
             for s in (a, b):
                 assert dump(s) == [{"_id": 3, "k": "y", "u": 5}], (first, s.node_id)
                 assert [i.name for i in s.catalog[NS].indexes] == ["u_1"]

@@ -320,7 +320,7 @@ class Replica:
         self._housekept = float("-inf")
         self.stats = {"shipped": 0, "applied": 0, "duplicates": 0, "late": 0, "buffered_dropped": 0,
                       "snapshots_sent": 0, "snapshots_installed": 0, "snapshot_docs": 0, "snapshot_bytes": 0,
-                      "catchup_records": 0, "failed": 0, "replayed": 0}
+                      "catchup_records": 0, "failed": 0, "replayed": 0, "dropped": 0}
 
     # ---- membership --------------------------------------------------------------
 
@@ -448,6 +448,8 @@ class Replica:
                 self.stats["late"] += 1
             elif outcome == "replayed":    # arrived out of HLC order: merged by the rules
                 self.stats["replayed"] += 1
+            elif outcome == "dropped":     # stamped below a drop of its collection: wiped
+                self.stats["dropped"] += 1
             if isinstance(outcome, str):
                 self.stats["applied"] += 1
             elif isinstance(outcome, Exception):

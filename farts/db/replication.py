@@ -170,9 +170,12 @@ class Replication:
                 "having written (ms of its HLC; 0: it has all of it)",
                 lambda: {(o,): v for o, v in r.lag_ms().items()}, ("origin",))
         m.gauge("farts_db_replication_ops", "Replicated oplog records, by what happened to them "
-                "(shipped, applied, duplicates, catchup_records, failed, late, buffered_dropped)",
+                "(shipped, applied, duplicates, catchup_records, failed, late, buffered_dropped, dropped: "
+                "stamped below a drop of their collection)",
                 lambda: {(k,): r.stats[k] for k in ("shipped", "applied", "duplicates", "catchup_records",
-                                                    "failed", "late", "buffered_dropped")}, ("kind",))
+                                                    "failed", "late", "buffered_dropped", "dropped")}, ("kind",))
+        m.gauge("farts_db_replication_forgotten_members", "Members dead for longer than oplog_retain_seconds: "
+                "compaction and the oplog no longer wait for them", lambda: len(r.forgotten))
         m.gauge("farts_db_replication_conflicts_resolved", "Replicated operations that arrived out of HLC "
                 "order and were merged by the rules (replayed)", lambda: r.stats["replayed"])
         m.gauge("farts_db_replication_unique_conflicts", "Unique index keys two nodes' writes both hold "
@@ -192,7 +195,7 @@ class Replication:
             return {}
         applied = self.store.applied()
         return {"lag_ms": self.replica.lag_ms(), "applied": {o: seq for o, (seq, _) in applied.items()},
-                "stats": dict(self.replica.stats)}
+                "stats": dict(self.replica.stats), "forgotten": sorted(self.replica.forgotten)}
 
     # ---- waiting ----
 
