@@ -316,6 +316,7 @@ def test_a_new_node_behind_the_retained_oplog_gets_a_snapshot():
     net.settle()
     assert_converged(net)
     assert net.replicas["d"].stats["snapshots_installed"] >= 1
+    assert [net.replicas[n].stats["snapshots_sent"] for n in "abc"] == [1, 0, 0]   # one stream, not three
     # d writes and everyone sees it
     net.write("d", "c2", {"op": "u", "inc": {"n": 3}})
     net.settle()

@@ -28,7 +28,8 @@ The protocol
   ``WINDOW`` records of an origin are in flight past what the peer acknowledged; they
   are shipped again only after ``RESEND`` seconds in which the peer made no progress.
 - **Snapshot**: when a peer lacks records this node no longer retains, it streams a
-  snapshot (``SnapshotChunk``: the replicated documents, merge states included, then the
+  snapshot (the member with the smallest id not known dead does; the others only if the
+  peer is still behind ``SNAPSHOT_WAIT`` later) (``SnapshotChunk``: the replicated documents, merge states included, then the
   vector they reflect). The peer installs it in one go and re-applies the records it has
   that the snapshot lacks (its own unshipped writes among them).
 - **Stability and compaction**: each node reports its *frontier* (an HLC below which it
@@ -88,6 +89,7 @@ SNAPSHOT_CHUNKS_PER_TICK = 16
 MAX_BUFFERED = 10_000      # out-of-order records held per origin
 RELAY_AFTER = 2           # status intervals without progress before others' records are relayed
 RESEND = 2.0               # seconds without progress before shipped-but-unacknowledged records go again
+SNAPSHOT_WAIT = 3 * RESEND  # seconds the other members leave a snapshot to the designated one
 WINDOW = BATCH * 32        # records of an origin in flight to a peer catching up, past what it acknowledged
 
 Out = list[tuple[str | None, PeerMessage]]
@@ -275,6 +277,7 @@ class _Peer:
     shipped: dict = field(default_factory=dict)    # origin -> (seq shipped up to, when)
     snapshot_done: float | None = None             # when the last snapshot to it finished
     stalled: dict = field(default_factory=dict)    # origin -> (its seq there, since when): relaying
+    behind_since: float | None = None              # when it was found behind the retained oplog
 
 
 @dataclass
@@ -534,6 +537,8 @@ class Replica:
                 self.stats["catchup_records"] += len(records)
         if behind:
             out = self._start_snapshot(sender, now)
+        else:
+            peer.behind_since = None
         if any(v > applied.get(o, (0, 0))[0] for o, v in msg.vv.items()) and \
                 now - self._asked.get(sender, float("-inf")) >= self.status_interval / 2:
             self._asked[sender] = now
@@ -546,6 +551,13 @@ class Replica:
         peer = self._peer(peer_id)
         if peer_id in self._snapshots_out or (
                 peer.snapshot_done is not None and now - peer.snapshot_done < RESEND):
+            return []
+        if peer.behind_since is None:
+            peer.behind_since = now
+        # One member streams it (the smallest id not known dead), not every member that
+        # finds it behind; the others do only if it is still behind after SNAPSHOT_WAIT.
+        streamer = min(self.members - set(self._dead_since) - {peer_id})
+        if streamer != self.me and now - peer.behind_since < SNAPSHOT_WAIT:
             return []
         vv, docs = self.store.snapshot()
         self._snapshots_out[peer_id] = _Outgoing(next(self._sids), docs, vv)
