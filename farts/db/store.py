@@ -619,7 +619,8 @@ class Store:
 
     def snapshot(self):
         """(version vector, iterator of (ns, _id, merge state)) from one read transaction,
-        kept open while the iterator is (LMDB readers see one point in time). The catalog
+        kept open while the iterator is (LMDB readers see one point in time); a state may
+        be in a short form (``_snapshot_entry``; ``install_snapshot`` reads them). The catalog
         comes first: ("", namespace, {row, cs, drop}) (``WriteTxn.install_catalog``)."""
         txn = self.env.begin()
         vv = {o: seq for o, (seq, _) in self._committed_vv.items()}
@@ -677,7 +678,10 @@ class Store:
                 if doc is not None:
                     txn.put(ns_prefix(ns) + id_key, w._encode_doc(doc))
                     w._index_put(ns, coll, doc, id_key, None, resolve=True)
-                txn.put(ns_prefix(ns) + id_key, _rmeta_encode(_id, state), db=st.rmeta)
+                if "i" in state:
+                    txn.put(ns_prefix(ns) + id_key, bson.encode({"id": _id, "i": state["i"]}), db=st.rmeta)
+                elif "m" in state:
+                    txn.put(ns_prefix(ns) + id_key, _rmeta_encode(_id, state), db=st.rmeta)
             st._wvv = {o: (seq, 0) for o, seq in vv.items() if o != st.node_id}
             for o, (seq, hlc) in st._wvv.items():
                 txn.put(b"vv:" + o.encode(), _POS.pack(seq, hlc), db=st.meta)
@@ -773,12 +777,17 @@ def _rmeta_decode(data: bytes, doc: dict | None) -> tuple[object, dict]:
 
 
 def _snapshot_entry(key: bytes, data: bytes | None, meta: bytes | None) -> tuple[str, object, dict]:
+    """(ns, _id, state): the document alone ({v}) when it has no metadata, with its
+    insert's stamp ({v, i}) when one insert made it, else its whole merge state."""
     ns = key.split(b"\0", 1)[0].decode()
     doc = bson.decode(data) if data is not None else None
     if meta is None:
-        return ns, doc["_id"], {"v": doc, "m": {"w": {}, "e": {}}, "t": Int64(0)}
-    _id, state = _rmeta_decode(meta, doc)
-    return ns, _id, state
+        return ns, doc["_id"], {"v": doc}
+    d = bson.decode(meta)
+    if "i" in d:
+        return ns, d["id"], {"v": doc, "i": d["i"]}
+    d["s"]["v"] = doc
+    return ns, d["id"], d["s"]
 
 
 def _best_plan(coll: Collection, flt: dict) -> keys.Scan | None:
