@@ -2,6 +2,11 @@
 """CDN cache hits: farts-edge against nginx proxy_cache, in front of the same origin, with wrk.
 
     python bench/cdn.py [--rounds 5] [--seconds 5] [--connections 64] [--sizes 1024,102400] [--json FILE]
+                        [--misses]
+
+--misses measures cache misses instead: every request asks for a key never seen before
+(the object's path with a new query, which every cache keys on), so each is filled from
+the origin and stored (wrk -s MISSES_LUA; the prefix is new per measurement).
 
 The origin is an nginx (worker_processes 1, pinned to the wrk core) serving one object per
 size with Cache-Control: max-age=3600.  The caches under test all run at once, pinned to
@@ -37,6 +42,14 @@ sys.modules["bench_http"] = H
 _spec.loader.exec_module(H)
 
 TARGETS = ["farts-cdn", "nginx-cache", "nginx-cache-nosf"]
+MISSES_LUA = """-- bench/cdn.py --misses: every request a new cache key
+local prefix, n = "x", 0
+function init(args) prefix = args[1] or tostring(os.time()) end
+function request()
+  n = n + 1
+  return wrk.format("GET", wrk.path .. "?miss=" .. prefix .. "-" .. n)
+end
+"""
 
 
 class CDNBench:
@@ -130,9 +143,15 @@ origin = "o"
         a = self.args
         waited, busy = H.wait_idle(a.idle_wait)
         watch = H.CPUWatch({"server": srv.proc.pid})
-        r, _ = H.run_wrk(a, f"http://127.0.0.1:{srv.port}/obj-{size}", a.seconds)
+        script: tuple[str, ...] = ()
+        if a.misses:
+            lua = self.hb.path("misses.lua")
+            with open(lua, "w") as f:
+                f.write(MISSES_LUA)
+            script = (lua, f"{name}-{size}-{time.monotonic_ns()}")
+        r, _ = H.run_wrk(a, f"http://127.0.0.1:{srv.port}/obj-{size}", a.seconds, script)
         r.update(watch.result())
-        r.update(name=name, size=size, ok=not r["non_2xx_3xx"] and not any(r["socket_errors"].values()),
+        r.update(name=name, size=size, misses=a.misses, ok=not r["non_2xx_3xx"] and not any(r["socket_errors"].values()),
                  mib_per_s=round(r["rps"] * size / 2 ** 20, 1), idle_wait_s=round(waited, 1),
                  busy_before=busy)
         # CPU time of the server per answer: steadier than req/s on a shared machine.
@@ -164,6 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--misses", action="store_true", help="a new key per request: measure misses, not hits")
     p.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = p.parse_args(argv)
 

@@ -11,13 +11,16 @@ operations/s and p50/p99 latency. The "embedded" rows run the same operations on
 from Python (py-lmdb + bson, same key layout, one sync commit per write, threads for
 concurrency) without the wire protocol: what the protocol and the server cost.
 
-    .venv/bin/python bench/db.py [--seconds 3] [--docs 20000] [--clients 1,16] [--pin]
+    .venv/bin/python bench/db.py [--seconds 3] [--docs 20000] [--clients 1,16] [--pin] [--json FILE]
 
---pin puts the server on cpu 0 and the clients on cpu 1 (2-core machines).
+--pin puts the server on cpu 0 and the clients on cpu 1 (2-core machines). --json writes
+every cell (best round) with its latency percentiles and, for the server, its CPU share
+over the clients' run (utime + stime from /proc, connection set-up and warm-up included).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import random
@@ -294,8 +297,15 @@ def fdatasync_ms(path: Path) -> float:
 
 def summary(lat: list[float], seconds: float) -> dict:
     lat = sorted(lat)
+    cdf = [[q, lat[min(len(lat) - 1, int(len(lat) * q))] * 1e3] for q in (0.5, 0.75, 0.9, 0.99, 0.999)] if lat else []
     return {"ops": len(lat) / seconds, "p50": statistics.median(lat) * 1e3 if lat else 0,
-            "p99": lat[int(len(lat) * 0.99)] * 1e3 if lat else 0}
+            "p99": lat[int(len(lat) * 0.99)] * 1e3 if lat else 0, "cdf": cdf}
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -307,6 +317,7 @@ def main() -> None:
     ap.add_argument("--pin", action="store_true")
     ap.add_argument("--no-embedded", action="store_true")
     ap.add_argument("--repeat", type=int, default=1, help="rounds; each cell keeps its best round")
+    ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     clients = [int(x) for x in args.clients.split(",")]
     workloads = args.workloads.split(",")
@@ -326,8 +337,10 @@ def main() -> None:
         for _ in range(args.repeat):
             for n in clients:
                 for w in workloads:
-                    keep(("farts", w, n), summary(run_clients(port, w, n, args.seconds, args.docs, args.pin),
-                                                  args.seconds))
+                    cpu0 = cpu_seconds(proc.pid)
+                    r = summary(run_clients(port, w, n, args.seconds, args.docs, args.pin), args.seconds)
+                    r["server_cpu_pct"] = 100 * (cpu_seconds(proc.pid) - cpu0) / args.seconds
+                    keep(("farts", w, n), r)
                     if emb is not None and w != "ping":
                         keep(("embedded", w, n), summary(run_embedded(emb, w, n, args.seconds), args.seconds))
     finally:
@@ -348,7 +361,13 @@ def main() -> None:
           + ", ".join(f"{k} {cpu[k]:.1f} us" for k in ("ping", "find_one", "find20")))
     print(f"in-process insert_one, 16 writers, sync: {cpu['insert_16_writers_per_s']:,.0f}/s, "
           f"{cpu['writes_per_commit']:.1f} writes per commit")
-    print(f"fdatasync on this disk: p50 {fdatasync_ms(tmp):.2f} ms (an LMDB sync commit does two)")
+    fsync = fdatasync_ms(tmp)
+    print(f"fdatasync on this disk: p50 {fsync:.2f} ms (an LMDB sync commit does two)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "params": vars(args), "in_process": cpu, "fdatasync_ms": fsync,
+            "results": [dict(r, target=t, workload=w, clients=n, seconds=args.seconds)
+                        for (t, w, n), r in results.items()]}, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -176,6 +176,9 @@ def ask_all(children: list[Child], command: str, timeout: float, answers: int = 
     return [[c.read(timeout) for _ in range(answers)] for c in children]
 
 
+CDF_POINTS = (0.5, 0.75, 0.9, 0.99, 0.999)  # the publish-to-delivery latency CDF in --json
+
+
 def percentile(sorted_values: list[int], q: float) -> float | None:
     if not sorted_values:
         return None
@@ -369,6 +372,7 @@ class Bench:
                    for start, (end, _) in zip(first, second, strict=True))
         lat = sorted(v for _, samples in second for v in samples["latency_us"])
         w = {"deliveries_per_s": rate, "p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99),
+             "latency_cdf": [[q, percentile(lat, q)] for q in CDF_POINTS] if lat else None,
              "latency_samples": sum(s["sampled"] for _, s in second),
              "core_busy_pct": {c: round(100 * (busy1[c][0] - b) / max(1, busy1[c][2] - t), 1)
                                for c, (b, _, t) in busy0.items() if c in busy1}}

@@ -159,6 +159,8 @@ body = {json.dumps(self.hb.body.decode("ascii"))}
         micros.sort()
         r["p99_ms"] = round(micros[int(0.99 * (len(micros) - 1))] / 1000, 2) if micros else None
         r["p50_ms"] = round(micros[len(micros) // 2] / 1000, 2) if micros else None
+        r["latency_cdf"] = [[q, micros[int(q * (len(micros) - 1))] / 1000]
+                            for q in (0.5, 0.75, 0.9, 0.99, 0.999)] if micros else None
         r.update(name=name, ok=r["failed"] == 0 and r["non_2xx"] == 0, idle_wait_s=round(waited, 1))
         r["cpu_us_per_req"] = round(r.get("server_cpu_pct", 0) * 1e4 / r["rps"], 2) if r["rps"] else None
         print(f"  {name:9} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms"

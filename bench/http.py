@@ -298,9 +298,11 @@ def parse_wrk(out: str) -> dict:
     return r
 
 
-def run_wrk(args, url: str, seconds: float) -> tuple[dict, str]:
+def run_wrk(args, url: str, seconds: float, script: tuple[str, ...] = ()) -> tuple[dict, str]:
+    """script: (a wrk Lua file, its arguments...), e.g. bench/cdn.py --misses' new key per request."""
+    lua = ["-s", script[0], url, "--", *script[1:]] if script else [url]
     argv = pinned(args.client_cpu, [args.wrk, "-t1", f"-c{args.connections}",
-                                    f"-d{max(1, round(seconds))}s", "--latency", url])
+                                    f"-d{max(1, round(seconds))}s", "--latency", *lua])
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
     except subprocess.TimeoutExpired:

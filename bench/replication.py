@@ -33,6 +33,10 @@ machine): (1) catch-up between two LMDB stores (fsync off) through ``Replica`` w
 messages in wire form (msgpack), one process: records/s and CPU microseconds per record,
 sender and receiver together; (2) the store's CPU per insert and per update (one write a
 commit) without and with replication: the local cost of the merge metadata and effects.
+
+--json FILE writes the figures of the scenarios run (lag, catch-up, partition, snapshot:
+seconds, ops/s, MB/s, and whether each completed) for the harness (python -m bench run
+replication).
 """
 from __future__ import annotations
 
@@ -205,7 +209,7 @@ def partition_writer(port: int, tag: str, rate: float, seconds: float, batch: in
     out.put((tag, inserted, incs))
 
 
-def partition(nodes: list[Node], relays: list[Relay], rate: int, seconds: float, batch: int) -> None:
+def partition(nodes: list[Node], relays: list[Relay], rate: int, seconds: float, batch: int) -> dict:
     ids = sorted(n.id for n in nodes)
     for r in relays:
         r.set_cut(True)
@@ -246,6 +250,8 @@ def partition(nodes: list[Node], relays: list[Relay], rate: int, seconds: float,
           f"{docs / seconds:,.0f}/s in all), healed: mesh whole again after "
           f"{mesh_back if mesh_back is not None else float('nan'):.2f} s, converged after {took:.2f} s "
           f"(counter {incs}); dumps {'identical' if same else 'DIFFER'}")
+    return {"seconds": seconds, "documents": docs, "writes_per_s": docs / seconds, "mesh_back_s": mesh_back,
+            "converged_s": took, "complete": same}
 
 
 def in_process(n: int) -> None:
@@ -374,6 +380,7 @@ def main() -> None:
                          "store's CPU per write without and with replication")
     ap.add_argument("--scenarios", default="lag,catchup,snapshot",
                     help="comma-separated, of: lag, catchup, partition, snapshot (run in that order)")
+    ap.add_argument("--json", help="write the figures here (not with --overhead or --in-process)")
     args = ap.parse_args()
     scenarios = args.scenarios.split(",")
     if args.overhead:
@@ -402,21 +409,26 @@ def main() -> None:
         ids = sorted(n.id for n in nodes)
         assert wait(lambda: all(sorted(n.states()) == ids and set(n.states().values()) == {"alive"}
                                 for n in nodes), 30), "mesh did not form"
+        figures: dict = {}
         if "lag" in scenarios:
-            lag_scenario(nodes, args)
+            figures["lag"] = lag_scenario(nodes, args)
         if "catchup" in scenarios:
-            catchup(nodes, args, node3)
+            figures["catchup"] = catchup(nodes, args, node3)
         if "partition" in scenarios:   # before node 4 joins: it would link to node 3 directly
-            partition(nodes, relays, args.rate, args.partition, args.batch)
+            figures["partition"] = partition(nodes, relays, args.rate, args.partition, args.batch)
         if "snapshot" in scenarios:
-            snapshot(root, nodes, args)
+            figures["snapshot"] = snapshot(root, nodes, args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"params": vars(args), **figures,
+                           "ok": all(x.get("complete", True) for x in figures.values())}, f, indent=1)
     finally:
         for n in nodes:
             n.proc.send_signal(signal.SIGKILL)
             n.proc.wait()
 
 
-def lag_scenario(nodes: list[Node], args) -> None:
+def lag_scenario(nodes: list[Node], args) -> dict:
     r = lag(nodes, args.rate, args.seconds, args.batch, args.writers)
     print(f"lag at {r['rate']:.0f} writes/s ({r['written']} documents, batches of {args.batch}, "
           f"{args.writers} writer process(es)): "
@@ -425,9 +437,10 @@ def lag_scenario(nodes: list[Node], args) -> None:
         x = r[n.id]
         print(f"  {n.id}: seen {x['seen']}, lag p50 {x['p50'] * 1000:.2f} ms, p99 {x['p99'] * 1000:.2f} ms, "
               f"max {x['max'] * 1000:.1f} ms")
+    return r
 
 
-def catchup(nodes: list[Node], args, restart) -> None:
+def catchup(nodes: list[Node], args, restart) -> dict:
     """Node 3 down while node 1 writes, then back on its data."""
     victim = nodes[2]
     victim.proc.kill()
@@ -447,14 +460,18 @@ def catchup(nodes: list[Node], args, restart) -> None:
     ok = wait(progress, 300)
     done = time.monotonic()
     t0, n0 = first[0] if first else (started, 0)
+    out = {"records": args.catchup, "seconds_from_restart": done - started, "seconds_from_first": done - t0,
+           "ops_per_s": (args.catchup - n0) / max(done - t0, 1e-9), "complete": ok,
+           "duplicates": ops(nodes[2], "duplicates")}
     print(f"catch-up: {args.catchup} records in {done - started:.2f} s from restart (listening), "
-          f"{done - t0:.2f} s from the first applied ({(args.catchup - n0) / max(done - t0, 1e-9):,.0f} ops/s)"
+          f"{done - t0:.2f} s from the first applied ({out['ops_per_s']:,.0f} ops/s)"
           + ("" if ok else f" INCOMPLETE: {count(nodes[2])}"))
     print(f"  node-3 after catch-up: applied {ops(nodes[2], 'applied'):.0f}, "
-          f"duplicates received {ops(nodes[2], 'duplicates'):.0f}")
+          f"duplicates received {out['duplicates']:.0f}")
+    return out
 
 
-def snapshot(root: Path, nodes: list[Node], args) -> None:
+def snapshot(root: Path, nodes: list[Node], args) -> dict:
     """A new node: a snapshot, then the tail."""
     before = sum(n.counter_plain("farts_db_replication_snapshot_bytes") for n in nodes)
     nodes.append(Node(root, "node-4", [nodes[0].mesh()], DB))
@@ -465,6 +482,8 @@ def snapshot(root: Path, nodes: list[Node], args) -> None:
     print(f"snapshot: {args.catchup} documents to a new node in {took:.2f} s from its start, "
           f"{sent / 1e6:.1f} MB of snapshot sent ({sent / 1e6 / took:.1f} MB/s)"
           + ("" if ok else f" INCOMPLETE: {count(nodes[3])}"))
+    return {"documents": args.catchup, "seconds": took, "mb": sent / 1e6, "mb_per_s": sent / 1e6 / took,
+            "complete": ok}
 
 
 if __name__ == "__main__":

@@ -351,7 +351,57 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("--type", default="A", choices=["A", "AAAA"])
     lookup.add_argument("--config", default="./farts-data/farts.toml")
     lookup.set_defaults(func=cmd_dns_lookup)
+
+    hooks = sub.add_parser("webhooks", help="the webhook queue ([webhooks])")
+    hooks_sub = hooks.add_subparsers(dest="webhooks_command", required=True)
+    w = hooks_sub.add_parser("list", help="the queue as a node's replica has it: pending and dead letters")
+    w.add_argument("--limit", type=int, default=100, help="deliveries shown per state")
+    w = hooks_sub.add_parser("retry", help="put a dead letter back into the queue (a new retry window)")
+    w.add_argument("id", help="the delivery id (wh_...)")
+    for w in hooks_sub.choices.values():
+        w.add_argument("--admin", default="http://127.0.0.1:9100/", help="the node's admin listener URL")
+        w.add_argument("--token", default="", help="admin.token of that node (default: $FARTS_ADMIN_TOKEN)")
+        w.set_defaults(func=cmd_webhooks)
     return p
+
+
+def cmd_webhooks(args) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    retry = args.webhooks_command == "retry"
+    url = args.admin.rstrip("/") + (f"/api/webhooks/retry/{args.id}" if retry else "/api/webhooks")
+    token = args.token or os.environ.get("FARTS_ADMIN_TOKEN", "")
+    req = urllib.request.Request(url, data=b"" if retry else None, method="POST" if retry else "GET",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            data = json.load(r)
+    except urllib.error.HTTPError as e:
+        if e.code == 404 and retry:
+            print(f"farts-edge: no delivery {args.id} in the queue or the dead letters", file=sys.stderr)
+            return 1
+        print(f"farts-edge: {url}: HTTP {e.code} (is [webhooks] enabled on that node?)", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"farts-edge: cannot read {url}: {e}", file=sys.stderr)
+        return 1
+    if retry:
+        print(f"{data['id']}: " + {"queued": "back in the queue", "pending": "already in the queue"}[data["state"]])
+        return 0
+    print(f"this node: {'master, epoch ' + str(data['epoch']) if data['master'] else 'not the master'}")
+    for state in ("pending", "dead"):
+        rows = [("ID", "TENANT", "EVENT", "ATTEMPTS", "LAST", "URL")]
+        for d in data[state]["deliveries"][:args.limit]:
+            rows.append((d["_id"], d["tenant"], d["event"], str(d["attempts"]),
+                         d["error"] or (str(d["status"]) if d["status"] else "-"), d["url"]))
+        print(f"\n{state}: {data[state]['count']}")
+        if len(rows) > 1:
+            widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+            for r in rows:
+                print("  ".join(v[:60].ljust(min(w, 60)) for v, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    return 0
 
 
 def cmd_dns_lookup(args) -> int:

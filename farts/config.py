@@ -562,6 +562,29 @@ name = "app"                # required
 password = "change-me"      # required
 tenant = "demo"             # required
 
+[webhooks]                  # outbound webhooks: a queue in the database, delivered by the master node
+enabled = false             # needs [db]
+window = 86400.0            # seconds a delivery is retried, then dead-lettered
+backoff_min = 1.0           # delay after the first failure, doubling (with jitter) ...
+backoff_max = 3600.0        # ... up to this
+connect_timeout = 5.0
+timeout = 10.0              # seconds for the receiver's answer
+max_in_flight = 512         # attempts at once, all destinations
+per_destination = 32        # attempts at once to one scheme://host:port
+breaker_failures = 10       # failures in a row that open a destination's circuit ...
+breaker_cooldown = 30.0     # ... for this long, then one probe
+allow_loopback = false      # request forgery: loopback, private, link-local, multicast and
+allow_private = false       # reserved destinations are refused unless allowed here
+allow_networks = []         # e.g. ["10.20.0.0/16"]
+proxies = []                # HTTP CONNECT proxies ("host:port") deliveries leave through
+max_payload_bytes = 262144
+collection = "farts.webhooks"   # inserting {url, event, payload} here over MongoDB enqueues
+scan_interval = 0.5         # seconds between the master's looks at the queue
+dns_cache_seconds = 30.0
+
+[webhooks.secrets]          # signing secret per tenant id (default: the tenant's secret)
+demo = "change-me-too"
+
 [mesh]
 enabled = false
 host = "127.0.0.1"

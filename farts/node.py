@@ -25,6 +25,7 @@ from farts.cdn import CDN, CDNHandler, PurgeHandler, make_origin
 from farts.cdn import config as cdn_config
 from farts.cdn.peer import PurgePeer
 from farts.certs import config as certs_config
+from farts.certs.peer import CertsPeer
 from farts.clock import LoopClock, Timer
 from farts.config import Config, Route
 from farts.db import config as db_config
@@ -44,6 +45,7 @@ from farts.transport.http import Fixed
 from farts.transport.listener import AccessLog, HTTPStats, Listener
 from farts.transport.router import Router
 from farts.transport.tls import ALPN, ALPN_HTTP1, CertStore
+from farts.webhooks import config as webhooks_config
 
 log = logging.getLogger("farts.node")
 
@@ -109,9 +111,17 @@ def _build_certs(node: Node):
     if not cfg.certs.enabled:
         return None
     from farts.certs.service import CertService, default_domains  # acme only when used
-    return CertService(cfg.certs, cfg.certs.domains or default_domains(cfg.tenants),
-                       cfg.path(cfg.listeners.https.cert_dir), cfg.path("acme"), node.metrics, node.clock,
-                       _set_txt(node))
+    certs = CertService(cfg.certs, cfg.certs.domains or default_domains(cfg.tenants),
+                        cfg.path(cfg.listeners.https.cert_dir), cfg.path("acme"), node.metrics, node.clock,
+                        _set_txt(node))
+    if cfg.mesh.enabled:
+        # One order per cluster: the alive node with the lowest id orders, the others get
+        # the pair over the mesh (farts/certs/peer.py).
+        # (Not before the mesh has joined: alone, every node would be the lowest.)
+        me = cfg.node.id
+        certs.may_order = lambda: (node._mesh_state() == "ok"
+                                   and me == min((m.id for m in node.members.alive()), default=me))
+    return certs
 
 
 def _certs_routes(node: Node, certs) -> list:
@@ -122,6 +132,28 @@ def _certs_routes(node: Node, certs) -> list:
 def _certs_admin(node: Node, certs) -> list:
     from farts.certs.service import CertsAdminHandler
     return [(Route(prefix="/api/certs", kind="admin", max_body_bytes=0), CertsAdminHandler(certs))]
+
+
+def _build_webhooks(node: Node):
+    cfg = node.cfg
+    if not cfg.webhooks.enabled:
+        return None
+    from farts.webhooks.service import Webhooks
+    # The queue is in the DB service's store (open once the db has started: rank 20);
+    # its commits are shipped to the peers as the wire endpoint's are. Delivering waits
+    # for the master lease: Webhooks.master_changed(active, epoch) is its hook.
+    return Webhooks(cfg.webhooks, cfg.tenants, lambda: node.db.store, node.metrics, node.clock,
+                    node.http_client, on_commit=lambda: node.db.commands.on_commit())
+
+
+def _webhooks_public(node: Node, hooks) -> list:
+    from farts.webhooks.service import EnqueueHandler
+    return [(Route(prefix="/api/webhooks", kind="admin"), EnqueueHandler(hooks))]
+
+
+def _webhooks_admin(node: Node, hooks) -> list:
+    from farts.webhooks.service import AdminHandler
+    return [(Route(prefix="/api/webhooks", kind="admin"), AdminHandler(hooks, node.admin.allowed))]
 
 
 def _close_upstreams(upstreams: dict) -> None:
@@ -184,7 +216,10 @@ SERVICES: tuple[Service, ...] = (
             admin_routes=_purge_routes,
             peers=lambda n, cdn, bus: [PurgePeer(cdn, bus)]),
     Service("certs", certs_config.SECTION, build=_build_certs, start_rank=45, stop_rank=5,
-            public_routes=_certs_routes, admin_routes=_certs_admin),
+            public_routes=_certs_routes, admin_routes=_certs_admin,
+            peers=lambda n, certs, bus: [CertsPeer(n.cfg.node.id, certs, bus, n.clock)]),
+    Service("webhooks", webhooks_config.SECTION, build=_build_webhooks, start_rank=60, stop_rank=15,
+            public_routes=_webhooks_public, admin_routes=_webhooks_admin),
     Service("admin", admin_config.SECTION, build=_build_status, start_rank=90, stop_rank=5,
             peers=lambda n, sampler, bus: [sampler.peer(bus)]),
 )

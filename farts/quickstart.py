@@ -58,6 +58,10 @@ enabled = true
 host = "127.0.0.1"
 port = 27017
 
+[webhooks]                  # POST /api/webhooks (Bearer API key), or insert into farts.webhooks over MongoDB
+enabled = true
+allow_loopback = true       # a local playground: receivers on 127.0.0.1 are allowed (a hand-written config must say so)
+
 [[tenants]]
 id = "demo"
 hosts = ["localhost", "127.0.0.1"]

@@ -431,10 +431,12 @@ cdef class HandlerRequest:
     cdef public str scheme
     cdef public object body
     cdef public double start
+    cdef object _conn                # what sends its interim answers (send_interim)
 
     def __cinit__(self, Request head not None, tenant, route, str client, str scheme, body,
-                  double start):
+                  double start, conn=None):
         self._head = head
+        self._conn = conn
         self.tenant = tenant
         self.route = route
         self.client = client
@@ -486,6 +488,12 @@ cdef class HandlerRequest:
     def content_length(self):
         """The body's declared length; -1 when not known in advance (chunked)."""
         return -1 if self._head.chunked else self._head.content_length
+
+    def send_interim(self, int status, headers):
+        """A 1xx interim answer (103 Early Hints) ahead of the final one, written at once;
+        False when it cannot be (an HTTP/1.0 client, RFC 9110 §15.2; the answer already
+        started; the connection gone)."""
+        return self._conn is not None and self._conn.send_interim(self._head, status, headers)
 
 
 @cython.final
@@ -1221,7 +1229,7 @@ cdef class ResponseParser(_Parser):
 # Writers
 
 _REASONS = {
-    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created",
+    100: b"Continue", 101: b"Switching Protocols", 103: b"Early Hints", 200: b"OK", 201: b"Created",
     202: b"Accepted", 204: b"No Content", 206: b"Partial Content",
     301: b"Moved Permanently", 302: b"Found", 303: b"See Other", 304: b"Not Modified",
     307: b"Temporary Redirect", 308: b"Permanent Redirect", 400: b"Bad Request",

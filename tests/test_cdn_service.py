@@ -23,7 +23,7 @@ class Origin:
         self.answers = list(answers)
         self.asked: list[list] = []
 
-    async def fetch(self, rest, headers, head_only=False):
+    async def fetch(self, rest, headers, head_only=False, on_interim=None):
         self.asked.append(headers)
         status, hs, body = self.answers.pop(0)
 

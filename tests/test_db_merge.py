@@ -378,7 +378,9 @@ def idx(name, field="k", unique=False):
 
 CATALOG = st.sampled_from([
     {"op": "c", "c": "create", "options": {}}, {"op": "c", "c": "drop"}, idx("k_1"), idx("k_1", unique=True),
-    idx("u_1", "u"), {"op": "c", "c": "dropIndex", "name": "k_1"}, {"op": "c", "c": "dropIndex", "name": "u_1"}])
+    idx("u_1", "u"), {"op": "c", "c": "dropIndex", "name": "k_1"}, {"op": "c", "c": "dropIndex", "name": "u_1"},
+    {"op": "c", "c": "collMod", "options": {"validator": {"n": {"$gte": 0}}}},
+    {"op": "c", "c": "create", "options": {"validator": {"k": {"$exists": True}}}}])
 
 
 def view_after(ops):
@@ -408,11 +410,15 @@ def test_catalog_rows():
     # concurrent createIndex of one name with two specs: the later stamp's
     assert view_after([(s2, idx("k_1", unique=True)), (s1, idx("k_1"))])[2] == [idx("k_1", unique=True)["index"]]
     # a drop removes the indexes and existence written before it, not what came after
-    assert view_after([(s3, idx("u_1", "u")), (s2, drop), (s1, idx("k_1"))]) == (True, {}, [idx("u_1", "u")["index"]])
+    assert view_after([(s3, idx("u_1", "u")), (s2, drop), (s1, idx("k_1"))]) == (True, None, [idx("u_1", "u")["index"]])
     assert view_after([(s1, create), (s2, drop)]) == (False, {}, [])
     # dropIndex wins over an earlier createIndex, loses to a later one
     assert view_after([(s2, {"op": "c", "c": "dropIndex", "name": "k_1"}), (s1, idx("k_1"))])[2] == []
     assert view_after([(s1, {"op": "c", "c": "dropIndex", "name": "k_1"}), (s2, idx("k_1"))])[2] == [idx("k_1")["index"]]
+    # options: the later create or collMod, as a whole; gone with a drop after it
+    mod = {"op": "c", "c": "collMod", "options": {"validator": {"n": 1}}}
+    assert view_after([(s2, mod), (s1, {"op": "c", "c": "create", "options": {"v": 2}})])[1] == {"validator": {"n": 1}}
+    assert view_after([(s1, mod), (s2, drop)])[1] == {}
     assert set(merge.CATALOG_TABLE) >= set(merge.CATALOG_KINDS)
 
 

@@ -637,3 +637,16 @@ def test_an_inserted_documents_metadata_is_kept_short_and_reads_back_whole(pair)
     update(b, 1, {"$inc": {"n": 1}})
     ship(b, a)
     assert dump(a) == dump(b) == [{"_id": 1, "k": "x", "n": 1}]
+
+
+def test_collection_options_replicate_with_create_and_coll_mod(pair):
+    a, b = pair
+    exclusive(a, lambda w: w.create_collection(NS, {"validator": {"n": {"$gte": 0}}}))
+    ship(a, b)
+    assert b.catalog[NS].options == {"validator": {"n": {"$gte": 0}}}
+    exclusive(b, lambda w: w.set_options(NS, {"validator": {"n": {"$lt": 10}}}))
+    ship(b, a)
+    assert a.catalog[NS].options == b.catalog[NS].options == {"validator": {"n": {"$lt": 10}}}
+    with pytest.raises(MongoError) as e:     # node a enforces node b's validator
+        a.submit(lambda w: w.insert(NS, {"_id": 1, "n": 11})).result()
+    assert e.value.code == 121

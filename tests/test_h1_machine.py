@@ -276,6 +276,35 @@ def test_no_continue_once_an_answer_has_started():
     assert m.continue_bytes() == b""
 
 
+# -- interim answers (103 Early Hints) ----------------------------------------------------------
+HINT = [(b"link", b"</s.css>; rel=preload")]
+
+
+def test_an_interim_answer_only_while_its_request_is_handled_and_nothing_has_started():
+    m = machine()
+    head = m.receive(GET, 0.0)
+    assert m.state == HANDLING
+    assert m.interim_bytes(103, HINT, head) == b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n"
+    for status in (100, 101, 200, 99):   # 100 is continue_bytes', 101 switch's, the rest not interim
+        assert m.interim_bytes(status, HINT, head) == b""
+    m.fixed_bytes(Fixed(200, b"ok"), head)
+    m.respond(0.0)
+    assert m.interim_bytes(103, HINT, head) == b""           # answered: too late
+
+
+def test_no_interim_answer_to_http10_or_for_another_request():
+    m = machine()
+    head = m.receive(b"GET /a HTTP/1.0\r\nHost: x\r\n\r\n", 0.0)
+    assert m.state == HANDLING and m.interim_bytes(103, HINT, head) == b""   # RFC 9110 §15.2
+    m2 = machine()
+    first = m2.receive(GET, 0.0)
+    m2.fixed_bytes(Fixed(200, b"ok"), first)
+    m2.respond(0.0)
+    second = m2.receive(GET, 0.0)
+    assert m2.interim_bytes(103, HINT, first) == b""          # a late hint of the first request
+    assert m2.interim_bytes(103, HINT, second) != b""
+
+
 # -- response bytes ---------------------------------------------------------------------------
 def test_streamed_body_framing_is_decided_once_by_the_machine():
     m = machine()

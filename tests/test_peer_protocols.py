@@ -11,6 +11,7 @@ import pytest
 
 from farts.cdn.key import tenant_prefix
 from farts.cdn.peer import Purge, PurgePeer
+from farts.certs.peer import CertPair
 from farts.clock import HLC, FakeClock
 from farts.members import ALIVE, DEAD, Member, MemberMap
 from farts.mesh.bus import Bus
@@ -186,6 +187,9 @@ def test_coming_alive_again_restarts_the_retries_instead_of_adding_a_second_roun
     (Load, "0.5"),
     (Load, True),
     (Load, float("nan")),
+    (CertPair, {"chain": "x"}),
+    (CertPair, {"chain": "x" * (64 * 1024 + 1), "key": "k"}),
+    (CertPair, {"chain": "caf\u00e9", "key": "k"}),
 ])
 def test_bad_bodies_are_refused(cls, body):
     with pytest.raises(BadMessage) as e:

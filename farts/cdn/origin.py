@@ -63,13 +63,14 @@ class HTTPOrigin:
     def sign(self, method: str, target: bytes, headers: list) -> list:
         return headers
 
-    async def fetch(self, rest: bytes, headers: list, head_only: bool = False) -> OriginResponse:
-        return await self.send(b"HEAD" if head_only else b"GET", rest, headers)
+    async def fetch(self, rest: bytes, headers: list, head_only: bool = False, on_interim=None) -> OriginResponse:
+        return await self.send(b"HEAD" if head_only else b"GET", rest, headers, on_interim=on_interim)
 
     async def send(self, method: bytes, rest: bytes, headers: list, body=None,
-                   length: int = -2) -> OriginResponse:
+                   length: int = -2, on_interim=None) -> OriginResponse:
         """``method`` to the origin; ``body``: None or an async iterator of ``length``
-        bytes (-1: chunked, -2: no body), streamed as it comes."""
+        bytes (-1: chunked, -2: no body), streamed as it comes; the origin's 1xx
+        answers (103 Early Hints) to ``on_interim(status, headers)``, never stored."""
         target = self.target(rest)
         head_only = method == b"HEAD"
         headers = self.sign(method.decode("latin-1"), target,
@@ -78,7 +79,7 @@ class HTTPOrigin:
             resp = await self.client.request(self.pool, method, target, headers,
                                              connect_timeout=self.connect_timeout,
                                              read_timeout=self.read_timeout, head_only=head_only,
-                                             body=body, length=length)
+                                             body=body, length=length, on_interim=on_interim)
         except ReadTimeout:
             raise OriginError(504, "origin read timeout") from None
         except ConnectionLost as e:
@@ -141,7 +142,7 @@ class DirOrigin:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
-    async def fetch(self, rest: bytes, headers: list, head_only: bool = False) -> OriginResponse:
+    async def fetch(self, rest: bytes, headers: list, head_only: bool = False, on_interim=None) -> OriginResponse:
         rel = unquote(rest.partition(b"?")[0].decode("latin-1"))
         path = (self.root / rel).resolve()
         loop = asyncio.get_running_loop()
@@ -170,7 +171,7 @@ class DirOrigin:
         return OriginResponse(200, hs, st.st_size, _read_file(fd, st.st_size))
 
     async def send(self, method: bytes, rest: bytes, headers: list, body=None,
-                   length: int = -2) -> OriginResponse:
+                   length: int = -2, on_interim=None) -> OriginResponse:
         """Files are only read: any other method gets the 405 an origin would answer."""
         if method in (b"GET", b"HEAD"):
             return await self.fetch(rest, headers, method == b"HEAD")

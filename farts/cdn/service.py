@@ -48,7 +48,7 @@ class Fill:
 
     __slots__ = ("key", "base", "fields", "head_ready", "status", "headers", "own", "content_length",
                  "fd", "tmp", "written", "done", "failed", "error", "entry", "cacheable",
-                 "readers", "waiters", "purged", "names", "private", "at", "pool_ops")
+                 "readers", "waiters", "purged", "names", "private", "at", "pool_ops", "interim")
 
     def __init__(self, key: bytes, base: bytes, fields: list) -> None:
         self.key, self.base = key, base
@@ -73,6 +73,7 @@ class Fill:
         self.private = False          # private or Set-Cookie: for the client that asked only
         self.at = 0.0                 # when the origin answered or the fetch failed (wall)
         self.pool_ops = 0             # reads, writes, fsync of fd running in a thread
+        self.interim = None           # fn(status, headers): the origin's 1xx to the first client
 
     def header(self, name: bytes) -> bytes | None:
         return policy.header(self.fields, name)
@@ -487,7 +488,8 @@ class CDNHandler:
         headers = policy.forward_headers(req.headers, req.client)
         cdn.stats.origin_requests.inc()
         try:
-            resp = await self.origin.send(method, target[self.prefix_len:], headers, body, length)
+            resp = await self.origin.send(method, target[self.prefix_len:], headers, body, length,
+                                          on_interim=getattr(req, "send_interim", None))
         except OriginError as err:
             cdn.stats.origin_errors.inc((err.status,))
             return Fixed.error(err.status, err.reason)
@@ -701,6 +703,9 @@ class CDNHandler:
                    stale: Entry | None, register: bool = True) -> Fill:
         fields = req.headers
         fill = Fill(key, base, fields)
+        # The origin's 1xx answers (103 Early Hints) go to the client whose miss started
+        # the fill, if it still waits (the connection checks); never stored.
+        fill.interim = getattr(req, "send_interim", None)
         if register:
             self.cdn.fills[key] = fill
         headers = decide.conditional_headers(policy.forward_headers(fields, req.client), stale)
@@ -742,7 +747,7 @@ class CDNHandler:
         cdn, cfg = self.cdn, self.cdn.cfg
         request_time = cdn.clock.wall()
         cdn.stats.origin_requests.inc()
-        resp = await self.origin.fetch(rest, req_headers)
+        resp = await self.origin.fetch(rest, req_headers, on_interim=fill.interim)
         response_time = fill.at = cdn.clock.wall()
         status = resp.status
         verdict = decide.on_origin(fill.key, status, resp.headers, resp.content_length, stale,

@@ -10,8 +10,12 @@ retried after ``retry_min`` seconds, doubling up to ``retry_max``; the certifica
 served meanwhile stays the old one (a node never serves a certificate whose key does not
 match: the pair is checked before it is written).
 
-Limits of this version: one node orders (every node with [certs] enabled orders for
-itself; the cluster-wide single order over the mesh is not built yet); HTTP-01 only.
+One order per cluster: only the node for which ``may_order()`` is true orders (the node
+wires it: with a mesh, the deployment's master); it hands a new pair to ``share`` (the
+mesh: farts/certs/peer.py), and every other node takes it through ``receive``, which
+installs it only when it is valid for this node (key matches, not expired, covers this
+node's names) and newer than the one it has; a refused pair leaves the old one served
+and counts ``farts_certs_received_total{outcome="refused"}``.
 """
 from __future__ import annotations
 
@@ -86,6 +90,11 @@ class CertService:
         self.failures_in_a_row = 0
         self.next_try = 0.0
         self.last_error = ""
+        self.may_order = lambda: True   # (the node sets who orders; see the module's doc)
+        self.share = None               # fn(chain, key): a new pair to the other nodes
+        self.received = metrics.counter("farts_certs_received_total",
+                                        "Certificates received from another node, by outcome "
+                                        "(installed, not_newer, refused)", ("outcome",))
         self.orders = metrics.counter("farts_certs_orders_total", "ACME orders, by outcome", ("outcome",))
         metrics.gauge("farts_certs_not_after_timestamp_seconds",
                       "When the ACME certificate expires (0: none yet)", lambda: self.expiry()[1] or 0.0)
@@ -120,7 +129,7 @@ class CertService:
 
     def check(self, _now: float = 0.0) -> None:
         now = self.clock.wall()
-        if self.ordering is not None or now < self.next_try or not self.domains:
+        if self.ordering is not None or now < self.next_try or not self.domains or not self.may_order():
             return
         if due(*self.expiry(), now, self.cfg.renew_remaining):
             self.renew()
@@ -153,7 +162,8 @@ class CertService:
             chain, key = await loop.run_in_executor(None, lambda: order_certificate(
                 cfg.directory_url, cfg.ca_bundle or None, self.state_dir, cfg.contact, self.domains,
                 cfg.order_timeout, publish, withdraw, cfg.challenge))
-            self._install(chain, key)
+            self._validate(chain, key)
+            self._write(chain, key)
         except (OrderFailed, OSError, ValueError) as e:
             self.failures_in_a_row += 1
             delay = min(cfg.retry_max, cfg.retry_min * 2 ** (self.failures_in_a_row - 1))
@@ -166,6 +176,8 @@ class CertService:
             self.last_error = ""
             self.orders.inc(("issued",))
             log.info("certs: installed a certificate for %s", ", ".join(self.domains))
+            if self.share is not None:
+                self.share(chain, key)
         finally:
             self.ordering = None
 
@@ -180,17 +192,53 @@ class CertService:
         if not values:
             del self.txt[name]
 
-    def _install(self, chain: bytes, key_pem: bytes) -> None:
-        """Writes the pair (key, then chain; each by rename) once it is known to match."""
+    def receive(self, chain: bytes, key_pem: bytes, origin: str) -> str:
+        """A pair another node ordered: installed when valid here and newer than ours."""
+        try:
+            not_after = self._validate(chain, key_pem)
+        except ValueError as e:
+            outcome = "refused"
+            log.warning("certs: refused the certificate from %s (%s); the current one stays", origin, e)
+        else:
+            current = self.expiry()[1]
+            if current is not None and not_after <= current:
+                outcome = "not_newer"
+            else:
+                self._write(chain, key_pem)
+                outcome = "installed"
+                log.info("certs: installed the certificate ordered by %s", origin)
+        self.received.inc((outcome,))
+        return outcome
+
+    def current_pair(self) -> tuple[bytes, bytes] | None:
+        try:
+            return ((self.cert_dir / f"{CERT_NAME}.crt").read_bytes(),
+                    (self.cert_dir / f"{CERT_NAME}.key").read_bytes())
+        except OSError:
+            return None
+
+    def _validate(self, chain: bytes, key_pem: bytes) -> float:
+        """The leaf's not-after, or ValueError saying why this node must not serve it."""
         leaf = x509.load_pem_x509_certificate(chain)
         key = serialization.load_pem_private_key(key_pem, None)
-        if leaf.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo) != \
-                key.public_key().public_bytes(serialization.Encoding.DER,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo):
-            raise ValueError("the certificate's key is not the key ordered with")
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if leaf.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+            raise ValueError("the certificate's key is not the key it came with")
         if leaf.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
             raise ValueError("the certificate has expired")
+        try:
+            names = set(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                        .value.get_values_for_type(x509.DNSName))
+        except x509.ExtensionNotFound:
+            names = set()
+        missing = [d for d in self.domains if d not in names]
+        if missing:
+            raise ValueError(f"the certificate does not name {', '.join(missing)}")
+        return leaf.not_valid_after_utc.timestamp()
+
+    def _write(self, chain: bytes, key_pem: bytes) -> None:
+        """Key first, then chain, each by rename (0600): the listener's reload picks up the
+        pair without dropping a connection."""
         for name, data in ((f"{CERT_NAME}.key", key_pem), (f"{CERT_NAME}.crt", chain)):
             tmp = self.cert_dir / f".{name}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

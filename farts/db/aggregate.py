@@ -1,8 +1,10 @@
 """Aggregation pipelines over an iterable of documents, and the expressions they use.
 
 Stages: $match $sort $skip $limit $project $addFields/$set $unset $group $count $unwind
-$replaceRoot/$replaceWith $sortByCount $facet. Anything else raises MongoError 40324 (unknown
-stage) or names the stage as unsupported ($lookup, $out, ... need the store, not this engine).
+$replaceRoot/$replaceWith $sortByCount $facet $documents. Anything else raises MongoError
+40324 (unknown stage) or names the stage as unsupported ($lookup, ... need the store, not
+this engine). $out and $merge write, so the command runs them (farts.db.output) after the
+pipeline: here they are refused anywhere but last (the command takes the last one off).
 """
 from __future__ import annotations
 
@@ -20,51 +22,57 @@ from farts.db.ordering import MISSING, compare, sort_documents, sort_key, values
 from farts.db.projection import compile_projection
 from farts.db.query import compile_filter
 
-_UNSUPPORTED_STAGES = ("$lookup", "$graphLookup", "$out", "$merge", "$bucket",
+_UNSUPPORTED_STAGES = ("$lookup", "$graphLookup", "$bucket",
                        "$bucketAuto", "$geoNear", "$sample", "$unionWith", "$densify", "$fill",
                        "$setWindowFields", "$redact", "$collStats", "$indexStats",
                        "$currentOp", "$listSessions", "$planCacheStats", "$search",
-                       "$changeStream", "$documents")
+                       "$changeStream")
 
 
-def run_pipeline(docs: Iterable[dict], pipeline: list[dict]) -> list[dict]:
-    """The documents the pipeline outputs."""
+def run_pipeline(docs: Iterable[dict], pipeline: list[dict], collation: Any = None) -> list[dict]:
+    """The documents the pipeline outputs. collation (farts.db.collation.Collation): how
+    $match, $sort and $group compare strings (None: binary)."""
     if not isinstance(pipeline, list):
         raise error(14, "'pipeline' option must be specified as an array", "TypeMismatch")
     stream: Iterable[dict] = docs
     for stage in pipeline:
-        stream = _compile_stage(stage)(stream)
+        stream = _compile_stage(stage, collation)(stream)
     return list(stream)
 
 
 Stage = Callable[[Iterable[dict]], Iterable[dict]]
 
 
-def _compile_stage(stage: Any) -> Stage:
+def _compile_stage(stage: Any, collation: Any = None) -> Stage:
     if not isinstance(stage, dict) or len(stage) != 1:
         raise error(40323, "A pipeline stage specification object must contain exactly one field.")
     name, arg = next(iter(stage.items()))
+    if collation is not None and name in _COLLATED_STAGES:
+        return _COLLATED_STAGES[name](arg, collation)
     if name in _STAGES:
         return _STAGES[name](arg)
+    if name in ("$out", "$merge"):
+        raise error(40601, f"{name} can only be the final stage in the pipeline")
     if name in _UNSUPPORTED_STAGES:
         raise error(BAD_VALUE, f"pipeline stage {name} is not supported by this server")
     raise error(40324, f"Unrecognized pipeline stage name: '{name}'")
 
 
-def _stage_match(arg: Any) -> Stage:
+def _stage_match(arg: Any, collation: Any = None) -> Stage:
     if not isinstance(arg, dict):
         raise error(15959, "the match filter must be an expression in an object")
-    match = compile_filter(arg)
+    match = collation.matcher(arg) if collation is not None else compile_filter(arg)
     return lambda docs: (d for d in docs if match(d))
 
 
-def _stage_sort(arg: Any) -> Stage:
+def _stage_sort(arg: Any, collation: Any = None) -> Stage:
     if not isinstance(arg, dict):
         raise error(15973, "the $sort key specification must be an object")
     if not arg:
         raise error(15976, "$sort stage must have at least one sort key")
     sort_documents([], arg)  # validates the specification now, not at the first document
-    return lambda docs: sort_documents(docs, arg)
+    collate = collation.value if collation is not None else None
+    return lambda docs: sort_documents(docs, arg, collate)
 
 
 def _non_negative_int(arg: Any, code: int, message: str) -> int:
@@ -226,7 +234,7 @@ def _stage_replace_root(arg: Any, key: str = "newRoot") -> Stage:
     return lambda docs: (replace(d) for d in docs)
 
 
-def _stage_facet(arg: Any) -> Stage:
+def _stage_facet(arg: Any, collation: Any = None) -> Stage:
     if not isinstance(arg, dict) or not arg:
         raise error(40169, "the $facet specification must be a non-empty object")
     facets = {}
@@ -236,7 +244,7 @@ def _stage_facet(arg: Any) -> Stage:
         for stage in stages:
             if isinstance(stage, dict) and set(stage) & {"$facet", "$out", "$merge"}:
                 raise error(40600, f"{next(iter(stage))} is not allowed inside a $facet stage")
-        facets[name] = [_compile_stage(stage) for stage in stages]
+        facets[name] = [_compile_stage(stage, collation) for stage in stages]
 
     def facet(docs: Iterable[dict]) -> Iterator[dict]:
         docs = list(docs)
@@ -250,8 +258,20 @@ def _stage_facet(arg: Any) -> Stage:
     return facet
 
 
-def _stage_sort_by_count(arg: Any) -> Stage:
-    group = _stage_group({"_id": arg, "count": {"$sum": 1}})
+def _stage_documents(arg: Any) -> Stage:
+    """{aggregate: 1} with $documents first: the documents of the expression, not a collection's."""
+    validate_expression(arg)
+
+    def documents(docs: Iterable[dict]) -> Iterator[dict]:
+        value = evaluate(arg, {})
+        if not isinstance(value, list) or not all(isinstance(d, dict) for d in value):
+            raise error(5858203, "error during $documents: an array of objects is expected")
+        return iter(value)
+    return documents
+
+
+def _stage_sort_by_count(arg: Any, collation: Any = None) -> Stage:
+    group = _stage_group({"_id": arg, "count": {"$sum": 1}}, collation)
     sort = _stage_sort({"count": -1})
     return lambda docs: sort(group(docs))
 
@@ -269,7 +289,7 @@ _ACCUMULATORS = ("$sum", "$count", "$min", "$max", "$avg", "$first", "$last", "$
                  "$addToSet")
 
 
-def _stage_group(arg: Any) -> Stage:
+def _stage_group(arg: Any, collation: Any = None) -> Stage:
     if not isinstance(arg, dict):
         raise error(15947, "a group's fields must be specified in an object")
     if "_id" not in arg:
@@ -289,6 +309,7 @@ def _stage_group(arg: Any) -> Stage:
             raise error(BAD_VALUE, "$count takes no arguments, i.e. $count:{}")
         accumulators.append(_Accumulator(name, op, expr))
     id_expr = arg["_id"]
+    collate = collation.value if collation is not None else None
 
     def group(docs: Iterable[dict]) -> Iterator[dict]:
         groups: dict[tuple, tuple[Any, list[list]]] = {}
@@ -296,9 +317,10 @@ def _stage_group(arg: Any) -> Stage:
             key = evaluate(id_expr, doc)
             if key is MISSING:
                 key = None
-            slot = groups.get(sort_key(key))
+            group_key = sort_key(collate(key) if collate else key)
+            slot = groups.get(group_key)
             if slot is None:
-                slot = groups[sort_key(key)] = (key, [[] for _ in accumulators])
+                slot = groups[group_key] = (key, [[] for _ in accumulators])
             for acc, values in zip(accumulators, slot[1], strict=True):
                 values.append(MISSING if acc.op == "$count" else evaluate(acc.expr, doc))
         for key, values_per_acc in groups.values():
@@ -593,6 +615,15 @@ _STAGES: dict[str, Callable[[Any], Stage]] = {
     "$unwind": _stage_unwind,
     "$replaceRoot": _stage_replace_root,
     "$replaceWith": lambda arg: _stage_replace_root(arg, key=""),
+    "$sortByCount": _stage_sort_by_count,
+    "$facet": _stage_facet,
+    "$documents": _stage_documents,
+}
+# The stages that compare strings, built with the command's collation when it has one.
+_COLLATED_STAGES: dict[str, Callable[[Any, Any], Stage]] = {
+    "$match": _stage_match,
+    "$sort": _stage_sort,
+    "$group": _stage_group,
     "$sortByCount": _stage_sort_by_count,
     "$facet": _stage_facet,
 }

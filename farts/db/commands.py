@@ -23,7 +23,7 @@ from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 
 from farts.clock import Clock, LoopClock
-from farts.db import scram
+from farts.db import collation, output, scram, validation, views
 from farts.db.aggregate import run_pipeline
 from farts.db.errors import MongoError
 from farts.db.keys import path_values
@@ -45,8 +45,20 @@ _ID_POINT_TYPES = frozenset({int, str, ObjectId, Int64, float, bool, datetime.da
 HANDSHAKE = frozenset({"hello", "isMaster", "ismaster", "saslStart", "saslContinue"})
 # Options that change what a command answers: refused rather than ignored (hint, maxTimeMS,
 # comment, allowDiskUse and the like only change how, and are ignored).
-_UNSUPPORTED_OPTIONS = ("collation", "min", "max", "returnKey", "showRecordId", "tailable", "awaitData",
+_UNSUPPORTED_OPTIONS = ("min", "max", "returnKey", "showRecordId", "tailable", "awaitData",
                         "let")
+# {aggregate: 1} stages that need a replica set's or a server's internals.
+_DB_LEVEL_STAGES = ("$currentOp", "$listLocalSessions", "$changeStream", "$queryStats", "$listSessions")
+# Fields any command may carry (drivers' session, API version and write concern fields).
+_GENERIC_FIELDS = frozenset({"lsid", "txnNumber", "writeConcern", "comment", "maxTimeMS", "apiVersion", "apiStrict",
+                             "apiDeprecationErrors", "readConcern"})
+_CREATE_FIELDS = frozenset({"capped", "size", "max", "timeseries", "clusteredIndex", "expireAfterSeconds",
+                            "validator", "validationLevel", "validationAction", "viewOn", "pipeline", "collation",
+                            "storageEngine", "indexOptionDefaults", "idIndex", "changeStreamPreAndPostImages",
+                            "encryptedFields"})
+_COLLMOD_FIELDS = frozenset({"validator", "validationLevel", "validationAction", "viewOn", "pipeline"})
+_UNSUPPORTED_COLLMOD = ("index", "expireAfterSeconds", "changeStreamPreAndPostImages", "timeseries",
+                        "cappedSize", "cappedMax", "recordPreImages", "clusteredIndex", "dryRun")
 _BAD_DB_CHARS = set('/\\. "$*<>:|?\0')
 _UNSUPPORTED_INDEX_OPTIONS = ("sparse", "partialFilterExpression", "expireAfterSeconds", "collation",
                               "weights", "default_language", "2dsphereIndexVersion", "wildcardProjection")
@@ -129,7 +141,7 @@ class Commands:
             "aggregate": self.aggregate, "create": self.create, "drop": self.drop,
             "dropDatabase": self.drop_database, "listCollections": self.list_collections,
             "createIndexes": self.create_indexes, "listIndexes": self.list_indexes,
-            "dropIndexes": self.drop_indexes, "explain": self.explain,
+            "dropIndexes": self.drop_indexes, "explain": self.explain, "collMod": self.coll_mod,
         }
 
     # ---- entry ----
@@ -156,10 +168,10 @@ class Commands:
         for option in _UNSUPPORTED_OPTIONS:
             if cmd.body.get(option):
                 raise _err(2, "BadValue", f"{cmd.name} option '{option}' is not supported")
-        for key in ("updates", "deletes"):
-            for statement in cmd.body.get(key) or cmd.sequences.get(key) or ():
-                if isinstance(statement, dict) and statement.get("collation"):
-                    raise _err(2, "BadValue", f"{cmd.name} option 'collation' is not supported")
+        if cmd.name in views.WRITES and isinstance(cmd.body.get(cmd.name), str):
+            ns = self.ns(session, cmd.db, cmd.body[cmd.name])
+            if views.is_view(self.store.catalog.get(ns)):
+                raise views.not_on_view(self.store.display_ns(ns))
         if cmd.read_preference is not None and self.read_preferences is not None:
             self.read_preferences.inc((str(cmd.read_preference.get("mode", "")),))
         return handler(session, cmd)
@@ -292,7 +304,7 @@ class Commands:
                 "farts": {"storeBytes": self.store.size_bytes(), "oplogLength": self.store.oplog_length(),
                           "commits": self.store.commits, "committedWrites": self.store.committed_ops,
                           "poolReads": self.pool_reads, "retriedWrites": self.retried_writes,
-                          "openCursors": len(self.cursors)},
+                          "openCursors": len(self.cursors), "validationWarnings": validation.warnings},
                 "ok": 1.0}
 
     def list_databases(self, session: Session, cmd: Command) -> dict:
@@ -382,18 +394,19 @@ class Commands:
         return asyncio.get_running_loop().run_in_executor(None, in_pool)
 
     def _find_docs(self, txn, budget, ns: str, flt, sort, skip: int, limit: int, projection,
-                   stats: ScanStats | None = None, raw: dict | None = None) -> list:
-        matcher = compile_filter(flt) if flt else None
+                   stats: ScanStats | None = None, raw: dict | None = None,
+                   coll: collation.Collation | None = None) -> list:
+        plan, matcher = collation.plan_and_matcher(flt, coll)
         stats = stats if stats is not None else ScanStats()
         docs = None
-        if sort and limit:
-            docs = self.store.scan_sorted(txn, ns, flt or {}, matcher, parse_sort_spec(sort), skip + limit,
+        if sort and limit and coll is None:
+            docs = self.store.scan_sorted(txn, ns, plan, matcher, parse_sort_spec(sort), skip + limit,
                                           stats, budget, raw)
         if docs is None:
             early = skip + limit if limit and not sort else None
-            docs = self.store.scan(txn, ns, flt or {}, matcher, stats, budget, limit=early, raw=raw)
+            docs = self.store.scan(txn, ns, plan, matcher, stats, budget, limit=early, raw=raw)
             if sort:
-                docs = sort_documents(docs, sort)
+                docs = sort_documents(docs, sort, coll.value if coll is not None else None)
         if skip:
             docs = docs[skip:]
         if limit:
@@ -419,8 +432,12 @@ class Commands:
         self.opcounters["query"] += 1
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
         body = cmd.body
+        coll = self._collation(ns, body.get("collation"))
+        if views.is_view(self.store.catalog.get(ns)):
+            return self._find_view(session, ns, body, coll)
         flt = body.get("filter")
-        if flt and len(flt) == 1 and type(flt.get("_id")) in _ID_POINT_TYPES and not body.get("skip"):
+        if flt and len(flt) == 1 and type(flt.get("_id")) in _ID_POINT_TYPES and not body.get("skip") and \
+                coll is None:
             return self._find_by_id(session, ns, flt["_id"], body.get("projection"))
         flt, sort, projection, skip, limit = self._find_args(body)
         batch = self._batch_size(body.get("batchSize"), DEFAULT_BATCH)
@@ -428,10 +445,16 @@ class Commands:
 
         def query(txn, budget):
             raw = None if projection else {}
-            docs = self._find_docs(txn, budget, ns, flt, sort, skip, limit, projection, raw=raw)
+            docs = self._find_docs(txn, budget, ns, flt, sort, skip, limit, projection, raw=raw, coll=coll)
             return _as_stored(docs, raw) if raw else docs
 
         return self._then(self._read(query), lambda docs: self._cursor_reply(session, ns, docs, batch, single))
+
+    def _find_view(self, session: Session, ns: str, body: dict, coll: collation.Collation | None):
+        self._find_args(body)
+        batch = self._batch_size(body.get("batchSize"), DEFAULT_BATCH)
+        docs = self._pipeline_docs(ns, views.find_pipeline(body), coll=coll)
+        return self._then(docs, lambda d: self._cursor_reply(session, ns, d, batch, bool(body.get("singleBatch"))))
 
     def _find_by_id(self, session: Session, ns: str, _id, projection) -> dict:
         """find({_id: value}): one key lookup, the hot path of most applications."""
@@ -449,12 +472,16 @@ class Commands:
         flt = cmd.body.get("query") or {}
         body = {"filter": flt, "skip": cmd.body.get("skip"), "limit": cmd.body.get("limit")}
         flt, _, _, skip, limit = self._find_args(body)
+        coll = self._collation(ns, cmd.body.get("collation"))
+        if views.is_view(self.store.catalog.get(ns)):
+            docs = self._pipeline_docs(ns, views.find_pipeline({"filter": flt, "skip": skip, "limit": limit}), coll=coll)
+            return self._then(docs, lambda d: {"n": len(d), "ok": 1.0})
 
         def query(txn, budget):
             if not flt:   # estimatedDocumentCount: count keys, decode nothing
                 n = max(0, self.store.count_keys(txn, ns, budget and budget * 16) - skip)
                 return min(n, limit) if limit else n
-            return len(self._find_docs(txn, budget, ns, flt, None, skip, limit, None))
+            return len(self._find_docs(txn, budget, ns, flt, None, skip, limit, None, coll=coll))
 
         return self._then(self._read(query), lambda n: {"n": n, "ok": 1.0})
 
@@ -465,9 +492,11 @@ class Commands:
         if not isinstance(key, str) or not key:
             raise _err(14, "TypeMismatch", "distinct key must be a non-empty string")
         flt, _, _, _, _ = self._find_args({"filter": cmd.body.get("query") or {}})
+        coll = self._collation(ns, cmd.body.get("collation"))
+        collate = coll.value if coll is not None else None
 
         def query(txn, budget):
-            return self._find_docs(txn, budget, ns, flt, None, 0, 0, None)
+            return self._find_docs(txn, budget, ns, flt, None, 0, 0, None, coll=coll)
 
         def values(docs):
             seen = {}
@@ -476,34 +505,92 @@ class Commands:
                 for v in vals:
                     if v is None and not _has_path(d, key):
                         continue
-                    seen.setdefault(repr(sort_key(v)), v)
-            return {"values": sorted(seen.values(), key=sort_key), "ok": 1.0}
+                    k = sort_key(collate(v) if collate else v)
+                    seen.setdefault(repr(k), (k, v))
+            return {"values": [v for _, v in sorted(seen.values(), key=lambda e: e[0])], "ok": 1.0}
 
+        if views.is_view(self.store.catalog.get(ns)):
+            return self._then(self._pipeline_docs(ns, views.find_pipeline({"filter": flt}), coll=coll), values)
         return self._then(self._read(query), values)
 
     def aggregate(self, session: Session, cmd: Command):
         self.opcounters["command"] += 1
         coll = self._coll_arg(cmd)
-        if not isinstance(coll, str):
-            raise _err(72, "InvalidOptions", "aggregate without a collection ({aggregate: 1}) is not supported")
-        ns = self.ns(session, cmd.db, coll)
         pipeline = cmd.body.get("pipeline")
         if not isinstance(pipeline, list) or not all(isinstance(s, dict) for s in pipeline):
             raise _err(14, "TypeMismatch", "'pipeline' must be an array of objects")
+        names = [output.stage_name(s) for s in pipeline]
+        db_level = coll == 1 and not isinstance(coll, bool)
+        if db_level:
+            ns = f"{self.db_prefix(session, cmd.db)}$cmd.aggregate"
+            if names and names[0] in _DB_LEVEL_STAGES:
+                raise _err(2, "BadValue", f"{names[0]} is not supported by this server")
+            if not names or names[0] != "$documents":
+                raise _err(73, "InvalidNamespace", f"{{aggregate: 1}} is not valid for "
+                                                   f"'{names[0] if names else 'an empty pipeline'}'; a collection "
+                                                   "is required (the stage this server runs without one: $documents)")
+        elif isinstance(coll, str):
+            ns = self.ns(session, cmd.db, coll)
+        else:
+            raise _err(73, "InvalidNamespace", f"Invalid collection name: {coll!r}")
+        for i, name in enumerate(names):
+            if name == "$documents" and (i or not db_level):
+                raise _err(40602, "Location40602", "$documents is only valid as the first stage of {aggregate: 1}")
+            if name in output.WRITING_STAGES and i != len(names) - 1:
+                raise _err(40601, "Location40601", f"{name} can only be the final stage in the pipeline")
         if "cursor" not in cmd.body and not cmd.body.get("explain"):
             raise _err(9, "FailedToParse", "The 'cursor' option is required, except for aggregate with the explain argument")
         cursor_opts = cmd.body.get("cursor") or {}
         batch = self._batch_size(cursor_opts.get("batchSize") if isinstance(cursor_opts, dict) else None,
                                  DEFAULT_BATCH)
+        coll = None if db_level else self._collation(ns, cmd.body.get("collation"))
+        if db_level and cmd.body.get("collation") is not None:
+            coll = collation.parse(cmd.body["collation"])
+        if not names or names[-1] not in output.WRITING_STAGES:
+            docs = self._pipeline_docs(ns, pipeline, documents=db_level, coll=coll)
+            return self._then(docs, lambda d: self._cursor_reply(session, ns, d, batch))
+        out = output.parse(pipeline[-1], cmd.db)
+        target = self.ns(session, out.db, out.coll)
+        if views.is_view(self.store.catalog.get(target)):
+            raise views.not_on_view(self.store.display_ns(target))
+        docs = self._pipeline_docs(ns, pipeline[:-1], documents=db_level, coll=coll)
+        bypass = bool(cmd.body.get("bypassDocumentValidation"))
+
+        def fn(w, result):
+            w.bypass_validation = bypass
+            output.write(w, target, out, result, self.store.display_ns)
+
+        async def run():
+            result = await docs if asyncio.isfuture(docs) else docs
+            await self._write(lambda w: fn(w, result))
+            return self._cursor_reply(session, ns, [], batch)
+
+        return run()
+
+    def _collation(self, ns: str, spec=None) -> collation.Collation | None:
+        """The command's collation, else the collection's default (None: binary)."""
+        if spec is None:
+            coll = self.store.catalog.get(ns)
+            if coll is None or "collation" not in coll.options:
+                return None
+            spec = coll.options["collation"]
+        return collation.parse(spec)
+
+    def _pipeline_docs(self, ns: str, pipeline: list, documents: bool = False,
+                       coll: collation.Collation | None = None):
+        """What pipeline outputs over ns (a collection or a view; nothing with documents,
+        {aggregate: 1}): a list, or a future of it when the read moved to the pool."""
+        if not documents and (resolved := views.resolve(self.store.catalog, ns)) is not None:
+            ns, pipeline = resolved[0], resolved[1] + pipeline
         first = pipeline[0].get("$match") if pipeline and len(pipeline[0]) == 1 else None
         flt = first if isinstance(first, dict) else {}
         compile_filter(flt)
 
         def query(txn, budget):
-            docs = self._find_docs(txn, budget, ns, flt, None, 0, 0, None)
-            return run_pipeline(docs, pipeline)
+            docs = [] if documents else self._find_docs(txn, budget, ns, flt, None, 0, 0, None, coll=coll)
+            return run_pipeline(docs, pipeline, coll)
 
-        return self._then(self._read(query), lambda docs: self._cursor_reply(session, ns, docs, batch))
+        return self._read(query)
 
     def explain(self, session: Session, cmd: Command):
         inner = cmd.body.get("explain")
@@ -513,6 +600,8 @@ class Commands:
         if name not in ("find", "count", "aggregate"):
             raise _err(72, "InvalidOptions", f"explain is supported for find, count and aggregate, not {name}")
         ns = self.ns(session, cmd.db, inner[name])
+        if views.is_view(self.store.catalog.get(ns)):   # its plan is the view's pipeline's: not described here
+            raise _err(2, "BadValue", f"explain of a view ({self.store.display_ns(ns)}) is not supported")
         if name == "aggregate":
             pipeline = inner.get("pipeline") or []
             first = pipeline[0].get("$match") if pipeline and isinstance(pipeline[0], dict) else None
@@ -544,10 +633,14 @@ class Commands:
         prefix = self.db_prefix(session, cmd.db)
         out = []
         for ns in sorted(self.store.catalog):
-            if ns.startswith(prefix):
-                out.append({"name": ns[len(prefix):], "type": "collection",
-                            "options": self.store.catalog[ns].options, "info": {"readOnly": False},
-                            "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}})
+            if not ns.startswith(prefix):
+                continue
+            options = self.store.catalog[ns].options
+            if "viewOn" in options:
+                out.append({"name": ns[len(prefix):], "type": "view", "options": options, "info": {"readOnly": True}})
+            else:
+                out.append({"name": ns[len(prefix):], "type": "collection", "options": options,
+                            "info": {"readOnly": False}, "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}})
         flt = cmd.body.get("filter")
         if flt:
             m = compile_filter(flt)
@@ -577,6 +670,8 @@ class Commands:
         """A retryable write (lsid + txnNumber, as drivers send by default) runs once: the
         retry a driver sends after losing the connection gets the first attempt's answer
         instead of inserting or incrementing again. Kept in memory (not across restarts)."""
+        if cmd.body.get("bypassDocumentValidation"):
+            fn = _bypassing_validation(fn)
         lsid, number = cmd.body.get("lsid"), cmd.body.get("txnNumber")
         if not isinstance(lsid, dict) or not isinstance(number, int) or isinstance(number, bool):
             return self._write(fn)
@@ -630,10 +725,12 @@ class Commands:
                 raise _err(2, "BadValue", "arrayFilters are not supported")
             compile_filter(s.get("q") or {})
 
+        default = self._collation(ns)
+
         def fn(w):
             now = self._utc_now().replace(tzinfo=None)
             done, errors = _each_statement(w, statements, ordered,
-                                           lambda s: _update_one_statement(w, ns, s, now))
+                                           lambda s: _update_one_statement(w, ns, s, now, default))
             upserted = [{"index": i, "_id": up} for i, (_, _, up) in done if up is not None]
             reply = _write_reply(sum(m for _, (m, _, _) in done) + len(upserted), errors)
             reply["nModified"] = sum(mod for _, (_, mod, _) in done)
@@ -649,11 +746,13 @@ class Commands:
         ordered = cmd.body.get("ordered", True) is not False
         self.opcounters["delete"] += len(statements)
         parsed = []
+        default = self._collation(ns)
         for s in statements:
             q, limit = s.get("q"), s.get("limit", 0)
             if not isinstance(q, dict) or limit not in (0, 1):
                 raise _err(9, "FailedToParse", "each delete needs a 'q' object and a 'limit' of 0 or 1")
-            parsed.append((q, compile_filter(q), limit))
+            coll = collation.parse(s["collation"]) if s.get("collation") is not None else default
+            parsed.append((*collation.plan_and_matcher(q, coll), limit))
 
         def fn(w):
             def one(statement):
@@ -679,13 +778,14 @@ class Commands:
             raise _err(9, "FailedToParse", "Cannot specify both upsert=true and remove=true")
         if update is not None and not isinstance(update, dict):
             raise _err(2, "BadValue", "pipeline-style updates are not supported")
-        matcher = compile_filter(query)
+        coll = self._collation(ns, b.get("collation"))
+        plan, matcher = collation.plan_and_matcher(query, coll)
         self.opcounters["command"] += 1
 
         def fn(w):
-            docs = w.find(ns, query, matcher)
+            docs = w.find(ns, plan, matcher)
             if sort:
-                docs = sort_documents(docs, sort)
+                docs = sort_documents(docs, sort, coll.value if coll is not None else None)
             doc = docs[0] if docs else None
             if remove:
                 if doc is not None:
@@ -707,15 +807,64 @@ class Commands:
 
     def create(self, session: Session, cmd: Command):
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
-        for opt in ("capped", "viewOn", "timeseries", "clusteredIndex", "validator"):
-            if cmd.body.get(opt):
+        b = cmd.body
+        _known_fields(cmd, _CREATE_FIELDS)
+        for opt in ("capped", "timeseries", "clusteredIndex"):
+            if b.get(opt):
                 raise _err(72, "InvalidOptions", f"create option '{opt}' is not supported")
+        options = {k: b[k] for k in validation.OPTIONS if k in b}
+        if (default := collation.parse(b.get("collation"))) is not None:
+            options["collation"] = default.spec
+        views.check_options({**options, **{k: b[k] for k in ("viewOn", "pipeline") if k in b}})
+        validation.check_options(options)
+
+        def fn(w):
+            opts = options
+            if "viewOn" in b:
+                opts = views.check_definition(w.catalog, ns, b["viewOn"], b.get("pipeline", []),
+                                              self.store.display_ns)
+            w.create_collection(ns, opts)
 
         async def run():
-            await self._write(lambda w: w.create_collection(ns, {}), exclusive=True)
+            await self._write(fn, exclusive=True)
             return {"ok": 1.0}
 
         return run()
+
+    def coll_mod(self, session: Session, cmd: Command):
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        b = cmd.body
+        for opt in _UNSUPPORTED_COLLMOD:
+            if opt in b:
+                raise _err(72, "InvalidOptions", f"collMod option '{opt}' is not supported")
+        _known_fields(cmd, _COLLMOD_FIELDS)
+        changes = {k: b[k] for k in (*validation.OPTIONS, "viewOn", "pipeline") if k in b}
+        display = self.store.display_ns
+
+        def fn(w):
+            coll = w.catalog.get(ns)
+            if coll is None:
+                raise _err(26, "NamespaceNotFound", f"ns does not exist: {display(ns)}")
+            options = dict(coll.options)
+            if views.is_view(coll):
+                if any(k in changes for k in validation.OPTIONS):
+                    raise _err(72, "InvalidOptions", f"option not supported on a view: "
+                                                     f"{next(k for k in changes if k in validation.OPTIONS)}")
+                if changes:
+                    if "viewOn" not in changes or "pipeline" not in changes:
+                        raise _err(72, "InvalidOptions", "must specify both 'viewOn' and 'pipeline' when "
+                                                         "applying collMod to a view")
+                    options = views.check_definition(w.catalog, ns, changes["viewOn"], changes["pipeline"], display)
+            else:
+                if "viewOn" in changes or "pipeline" in changes:
+                    raise _err(72, "InvalidOptions", f"'viewOn' and 'pipeline' are options of views; "
+                                                     f"{display(ns)} is a collection")
+                options.update(changes)
+                validation.check_options(options)
+            w.set_options(ns, options)
+            return {"ok": 1.0}
+
+        return self._write(fn, exclusive=True)
 
     def drop(self, session: Session, cmd: Command):
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
@@ -751,6 +900,9 @@ class Commands:
         def fn(w):
             before = w.catalog.get(ns)
             created_coll = before is None
+            if before is not None and "collation" in before.options and any(i.unique for i in indexes):
+                raise _err(67, "CannotCreateIndex", "a unique index on a collection with a default collation is "
+                                                    "not supported (its keys would compare strings binary)")
             n_before = 1 + (len(before.indexes) if before else 0)
             for idx in indexes:
                 w.create_index(ns, idx)
@@ -797,6 +949,20 @@ class Commands:
                 return fn(await value)
             return chain()
         return fn(value)
+
+
+def _known_fields(cmd: Command, allowed: frozenset) -> None:
+    """An unknown field is refused as mongod's command parser refuses it (not ignored)."""
+    for key in cmd.body:
+        if key != cmd.name and not key.startswith("$") and key not in allowed and key not in _GENERIC_FIELDS:
+            raise _err(40415, "Location40415", f"BSON field '{cmd.name}.{key}' is an unknown field.")
+
+
+def _bypassing_validation(fn):
+    def run(w):
+        w.bypass_validation = True
+        return fn(w)
+    return run
 
 
 def check_db_name(db) -> None:
@@ -899,16 +1065,17 @@ def _write_changed(w, ns: str, old: dict, new: dict, update: dict, now) -> bool:
     return True
 
 
-def _update_one_statement(w, ns: str, s: dict, now) -> tuple[int, int, object]:
+def _update_one_statement(w, ns: str, s: dict, now, default=None) -> tuple[int, int, object]:
     q, u = s.get("q") or {}, s["u"]
     multi, upsert = bool(s.get("multi")), bool(s.get("upsert"))
+    coll = collation.parse(s["collation"]) if s.get("collation") is not None else default
     if isinstance(u, dict) and multi and u and not any(isinstance(k, str) and k.startswith("$") for k in u):
         raise _err(9, "FailedToParse", "multi update is not supported for replacement-style update")
-    if len(q) == 1 and type(q.get("_id")) in _ID_POINT_TYPES:   # by _id: one key lookup
+    if len(q) == 1 and type(q.get("_id")) in _ID_POINT_TYPES and coll is None:   # by _id: one key lookup
         doc = w.get(ns, q["_id"])
         docs = [doc] if doc is not None else []
     else:
-        docs = w.find(ns, q, compile_filter(q), limit=None if multi else 1)
+        docs = w.find(ns, *collation.plan_and_matcher(q, coll), limit=None if multi else 1)
     modified = 0
     for doc in docs:
         new = apply_update(doc, u, now=now, filter=q)

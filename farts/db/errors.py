@@ -53,5 +53,7 @@ def error(code: int, message: str, code_name: str | None = None) -> MongoError:
 
 
 def error_document(e: MongoError) -> dict:
-    """The reply body of a failed command, as mongod sends it."""
-    return {"ok": 0.0, "errmsg": e.message, "code": e.code, "codeName": e.code_name}
+    """The reply body of a failed command, as mongod sends it (with errInfo, keyPattern...
+    where the error has details)."""
+    return {"ok": 0.0, "errmsg": e.message, "code": e.code, "codeName": e.code_name,
+            **(getattr(e, "details", None) or {})}

@@ -486,16 +486,19 @@ def compact(state: dict | None, stable: int) -> dict | None:
 # A catalog operation is a record {"op": "c", "c": kind, ...} on a namespace (a collection;
 # for dropDatabase the database's prefix "tenant$db."). A namespace's catalog state is a set
 # of last-writer-wins registers, each [stamp, value]:
-#   "x": [stamp, exists, options]      the collection's existence (create, createIndex: yes; drop: no)
+#   "x": [stamp, exists]               the collection's existence (create, createIndex: yes; drop: no)
+#   "o": [stamp, options]              its options: validator, view definition (create, collMod)
 #   "i": {name: [stamp, spec or None]} each index name (createIndex: its spec; dropIndex: None)
 # and every collection and database has a *drop floor*: the stamp of its latest drop. A drop
 # deletes every document at its stamp, so (the document rule for deletes) only what is stamped
 # after it counts: the floor makes that hold in every arrival order.
 
-CATALOG_KINDS = ("create", "drop", "createIndex", "dropIndex", "dropDatabase")
+CATALOG_KINDS = ("create", "drop", "createIndex", "dropIndex", "dropDatabase", "collMod")
 
 CATALOG_TABLE: dict[str, str] = {
-    "create": "existence := (s, yes, options) if s is later than the register's stamp",
+    "create": "existence := (s, yes) and options := (s, options), each if s is later than the register's stamp",
+    "collMod": "options := (s, options) if s is later (validator, validation level and action, a view's "
+               "definition: the later collMod or create wins as a whole)",
     "createIndex": "existence := (s, yes) and index[name] := (s, spec), each if s is later (a concurrent "
                    "createIndex of that name with another spec: the later stamp's spec, rebuilt everywhere)",
     "dropIndex": "index[name] := (s, none) if s is later",
@@ -506,7 +509,8 @@ CATALOG_TABLE: dict[str, str] = {
                             "wipes it in every order; otherwise the document rules (TABLE)",
     "(the result)": "a collection exists when its existence register says yes with a stamp above the floor, "
                     "or it holds a document (or tombstone) written after the floor, or it existed and no drop "
-                    "came; its indexes: the registers with a spec stamped above the floor, in stamp order",
+                    "came; its indexes: the registers with a spec stamped above the floor, in stamp order; its "
+                    "options: the options register's if stamped above the floor, else {}",
 }
 
 
@@ -520,7 +524,9 @@ def catalog_apply(state: dict | None, stamp: Stamp, op: dict) -> dict:
     state = {"x": None, "i": {}} if state is None else _copy(state)
     kind = op["c"]
     if kind in ("create", "createIndex", "drop") and _later(state["x"], stamp):
-        state["x"] = [stamp.to_bson(), kind != "drop", _copy(op.get("options") or {})]
+        state["x"] = [stamp.to_bson(), kind != "drop"]
+    if kind in ("create", "collMod") and _later(state.get("o"), stamp):
+        state["o"] = [stamp.to_bson(), _copy(op.get("options") or {})]
     if kind == "createIndex" and _later(state["i"].get(op["index"]["name"]), stamp):
         state["i"][op["index"]["name"]] = [stamp.to_bson(), _copy(op["index"])]
     elif kind == "dropIndex" and _later(state["i"].get(op["name"]), stamp):
@@ -533,13 +539,15 @@ def below(stamp: Stamp, floor: Stamp | None) -> bool:
     return floor is not None and stamp.key() < floor.key()
 
 
-def catalog_view(state: dict, floor: Stamp | None) -> tuple[bool, dict, list[dict]]:
-    """(exists by its registers, options, index specs in stamp order) under the drop floor."""
-    x = state.get("x")
+def catalog_view(state: dict, floor: Stamp | None) -> tuple[bool, dict | None, list[dict]]:
+    """(exists by its registers, options (None: never written), index specs in stamp order)
+    under the drop floor."""
+    x, o = state.get("x"), state.get("o")
     exists = bool(x and x[1] and not below(Stamp.of(x[0]), floor))
+    options = None if o is None else {} if below(Stamp.of(o[0]), floor) else o[1]
     live = sorted((Stamp.of(s).key(), name) for name, (s, spec) in state["i"].items()
                   if spec is not None and not below(Stamp.of(s), floor))
-    return exists, (x[2] if x else {}), [state["i"][name][1] for _, name in live]
+    return exists, options, [state["i"][name][1] for _, name in live]
 
 
 def catalog_compact(state: dict, floor: Stamp | None, stable: int) -> dict | None:
@@ -552,8 +560,10 @@ def catalog_compact(state: dict, floor: Stamp | None, stable: int) -> dict | Non
     state = _copy(state)
     if state.get("x") is not None and dead(state["x"], state["x"][1]):
         state["x"] = None
+    if state.get("o") is not None and dead(state["o"], state["o"][1]):
+        del state["o"]
     state["i"] = {n: r for n, r in state["i"].items() if not dead(r, r[1])}
-    return state if state["x"] is not None or state["i"] else None
+    return state if state["x"] is not None or state["i"] or state.get("o") is not None else None
 
 
 def drop_before(state: dict | None, floor: Stamp) -> dict | None:
@@ -574,8 +584,8 @@ def _check_catalog(op: dict) -> None:
     kind = op.get("c")
     if kind not in CATALOG_KINDS:
         raise ValueError(f"a catalog operation: c in {', '.join(CATALOG_KINDS)}")
-    if kind == "create" and not isinstance(op.get("options", {}), dict):
-        raise ValueError("create: options, an object")
+    if kind in ("create", "collMod") and not isinstance(op.get("options", {}), dict):
+        raise ValueError(f"{kind}: options, an object")
     if kind == "dropIndex" and not (isinstance(op.get("name"), str) and op["name"]):
         raise ValueError("dropIndex: a name")
     if kind == "createIndex":

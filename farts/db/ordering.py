@@ -275,8 +275,9 @@ def parse_sort_spec(spec: Any) -> list[tuple[str, int]]:
     return pairs
 
 
-def sort_documents(docs: Iterable[dict], sort_spec: Any) -> list[dict]:
-    """The documents in MongoDB's order for a (multi-key, dotted) sort; ties keep input order."""
+def sort_documents(docs: Iterable[dict], sort_spec: Any, collate: Any = None) -> list[dict]:
+    """The documents in MongoDB's order for a (multi-key, dotted) sort; ties keep input order.
+    collate: a collation's value function (strings compared by their collation keys)."""
     pairs = parse_sort_spec(sort_spec)
     docs = list(docs)
     if not pairs:
@@ -285,6 +286,11 @@ def sort_documents(docs: Iterable[dict], sort_spec: Any) -> list[dict]:
     if pairs[0][0] == "$natural":
         # Insertion order, the order documents arrive in (reversed for -1); nothing else.
         return docs[::-1] if pairs[0][1] < 0 else docs
+    if collate is not None:
+        keyed = [(collate(doc), doc) for doc in docs]
+        for path, direction in reversed(pairs):
+            keyed.sort(key=lambda e, p=path, d=direction: sort_value_key(e[0], p, d), reverse=direction < 0)
+        return [doc for _, doc in keyed]
     # One stable pass per field, least significant first; reverse=True keeps ties in order.
     for path, direction in reversed(pairs):
         docs.sort(key=lambda doc, p=path, d=direction: sort_value_key(doc, p, d),

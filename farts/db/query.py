@@ -46,7 +46,7 @@ from farts.db.ordering import (
 Predicate = Callable[[Any], bool]
 
 _LOGICAL = ("$and", "$or", "$nor")
-_UNSUPPORTED_TOP = ("$where", "$text", "$jsonSchema", "$sampleRate")
+_UNSUPPORTED_TOP = ("$where", "$text", "$sampleRate")
 _UNSUPPORTED_FIELD = ("$geoWithin", "$geoIntersects", "$near", "$nearSphere", "$bitsAllSet",
                       "$bitsAllClear", "$bitsAnySet", "$bitsAnyClear", "$jsonSchema", "$within")
 _REGEX_OPTION_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE,
@@ -128,6 +128,10 @@ def _compile_top_operator(name: str, value: Any) -> Predicate:
         from farts.db.aggregate import evaluate, expression_truthy, validate_expression
         validate_expression(value)
         return lambda doc: expression_truthy(evaluate(value, doc))
+    if name == "$jsonSchema":
+        # Imported here: validation imports this module for its query-operator clauses.
+        from farts.db.validation import schema_predicate
+        return schema_predicate(value)
     if name in _UNSUPPORTED_TOP:
         raise error(BAD_VALUE, f"{name} is not supported by this server")
     raise error(BAD_VALUE, f"unknown top level operator: {name}")

@@ -40,7 +40,7 @@ from bson.objectid import ObjectId
 from bson.regex import Regex
 
 from farts.clock import HLC
-from farts.db import keys, merge
+from farts.db import keys, merge, validation
 from farts.db.errors import MongoError
 from farts.db.update import _copy, is_replacement
 
@@ -860,6 +860,7 @@ class WriteTxn:
         self.store = store
         self.txn = txn
         self._frames: list[dict] = []
+        self.bypass_validation = False   # a command's bypassDocumentValidation
 
     @property
     def catalog(self) -> dict[str, Collection]:
@@ -1034,6 +1035,8 @@ class WriteTxn:
         if isinstance(_id, (list, Regex)) or type(_id).__name__ == "Pattern":
             raise _err(2, "BadValue", f"can't use {'an array' if isinstance(_id, list) else 'a regex'} for _id")
         coll = self.collection(ns)
+        if coll.options and not self.bypass_validation:
+            validation.check_write(coll.options, None, doc)
         id_key = keys.encode(_id)
         stamp, effect = None, {}
         if self.store.replicated:
@@ -1056,6 +1059,8 @@ class WriteTxn:
     def replace(self, ns: str, old: dict, new: dict, op: dict) -> None:
         """Writes new over old (same _id); op is the oplog record's body."""
         coll = self.collection(ns)
+        if coll.options and not self.bypass_validation:
+            validation.check_write(coll.options, old, new)
         id_key = keys.encode(old["_id"])
         stamp = None
         if self.store.replicated:
@@ -1187,6 +1192,17 @@ class WriteTxn:
             return
         self._set_collection(ns, Collection(ns, (), options))
         self.log(ns, "c", cmd={"create": ns, "options": options})
+
+    def set_options(self, ns: str, options: dict) -> None:
+        """collMod: the collection's options (validator, view definition) replaced."""
+        coll = self.store._wcat.get(ns)
+        if coll is None:
+            raise _err(26, "NamespaceNotFound", f"ns does not exist: {self.store.display_ns(ns)}")
+        if self.store.replicated:
+            self._catalog_write(ns, {"op": "c", "c": "collMod", "options": options})
+            return
+        self._set_collection(ns, replace(coll, options=options))
+        self.log(ns, "c", cmd={"collMod": ns, "options": options})
 
     def drop_collection(self, ns: str) -> bool:
         coll = self.store._wcat.get(ns)
@@ -1363,8 +1379,10 @@ class WriteTxn:
         new = [i for i in wanted if (i.name, i.fields, i.unique) not in have]
         for idx in new:
             self._open_index_db(ns, idx)
+        if options is None:   # no create or collMod of it yet: what it has
+            options = old.options if old is not None else {}
         self._set_collection(ns, Collection(ns, tuple(have.get((i.name, i.fields, i.unique), i) for i in wanted),
-                                            old.options if old is not None else options))
+                                            options))
         if new:
             self._build_indexes(ns, {i.name for i in new}, resolve)
 

@@ -236,13 +236,50 @@ class ClientConnection(asyncio.Protocol):
             t.abort()
 
 
-class Pool:
-    """Keep-alive connections to one (scheme, host, port): a stack, warmest on top."""
+class _ConnectReply(asyncio.Protocol):
+    """An HTTP CONNECT proxy's answer: the status of its reply head (what follows the
+    head is the tunnel's, handed on as ``rest``)."""
 
-    __slots__ = ("host", "port", "ssl", "idle", "pool_size", "closed", "deadlines")
+    def __init__(self) -> None:
+        self.status: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.buffer = b""
+        self.rest = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.status.done():
+            self.rest += data
+            return
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > 16384:
+                self.status.set_exception(BadResponse("CONNECT reply head over 16 KiB"))
+            return
+        line = self.buffer[:self.buffer.find(b"\r\n")].split(b" ", 2)
+        self.rest = self.buffer[end + 4:]
+        if len(line) < 2 or not line[0].startswith(b"HTTP/1.") or not line[1].isdigit():
+            self.status.set_exception(BadResponse(f"bad CONNECT reply {line!r:.60}"))
+        else:
+            self.status.set_result(int(line[1]))
+
+    def connection_lost(self, exc) -> None:
+        if not self.status.done():
+            self.status.set_exception(ConnectionLost("the proxy closed the connection"))
+
+
+class Pool:
+    """Keep-alive connections to one (scheme, host, port): a stack, warmest on top.
+
+    ``connect_to``: the address to connect to instead of resolving ``host`` (a name
+    checked once, as webhooks do against request forgery; TLS still checks the
+    certificate for ``host``). ``proxy``: (host, port) of an HTTP CONNECT proxy the
+    connections are tunnelled through (egress from chosen addresses)."""
+
+    __slots__ = ("host", "port", "ssl", "idle", "pool_size", "closed", "deadlines", "connect_to", "proxy")
 
     def __init__(self, host: str, port: int, pool_size: int, deadlines: Deadlines,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, connect_to: str | None = None,
+                 proxy: tuple[str, int] | None = None) -> None:
         self.host = host
         self.port = port
         self.ssl = ssl_context
@@ -250,6 +287,8 @@ class Pool:
         self.idle: list[ClientConnection] = []
         self.pool_size = pool_size
         self.closed = False
+        self.connect_to = connect_to
+        self.proxy = proxy
 
     def take(self) -> ClientConnection | None:
         idle = self.idle
@@ -280,9 +319,34 @@ class Pool:
         Raises TimeoutError or OSError (ssl.SSLError is one)."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
+            if self.proxy is not None:
+                return await self._tunnel(loop)
             _, conn = await loop.create_connection(
-                lambda: ClientConnection(self), self.host, self.port, ssl=self.ssl,
+                lambda: ClientConnection(self), self.connect_to or self.host, self.port, ssl=self.ssl,
                 server_hostname=self.host if self.ssl is not None else None)
+        return conn
+
+    async def _tunnel(self, loop) -> ClientConnection:
+        transport, reply = await loop.create_connection(_ConnectReply, *self.proxy)
+        try:
+            host = self.connect_to or self.host
+            authority = (f"[{host}]" if ":" in host else host).encode() + b":%d" % self.port
+            transport.write(b"CONNECT %s HTTP/1.1\r\nhost: %s\r\n\r\n" % (authority, authority))
+            status = await reply.status
+            if status != 200:
+                raise ConnectionRefusedError(f"proxy {self.proxy[0]}:{self.proxy[1]} answered {status} "
+                                             f"to CONNECT {authority.decode()}")
+            conn = ClientConnection(self)
+            if self.ssl is not None:
+                transport = await loop.start_tls(transport, conn, self.ssl, server_hostname=self.host)
+            else:
+                transport.set_protocol(conn)
+            conn.connection_made(transport)
+        except BaseException:
+            transport.abort()
+            raise
+        if reply.rest:
+            conn.data_received(reply.rest)
         return conn
 
     def close(self) -> None:
@@ -310,9 +374,10 @@ async def send_body(conn: ClientConnection, body, chunked: bool, timeout: float)
 
 
 async def exchange(conn: ClientConnection, data: bytes, body, chunked: bool, head_only: bool,
-                   timeout: float) -> ResponseHead:
+                   timeout: float, on_interim=None) -> ResponseHead:
     """Sends a request (``data``: its head; ``body``: None or an async iterator) and
-    returns the final response head (1xx answers skipped). Raises ConnectionLost,
+    returns the final response head (1xx answers skipped: each but 100 handed to
+    ``on_interim(status, headers)`` if given, e.g. 103 Early Hints). Raises ConnectionLost,
     ReadTimeout or BadResponse; ``conn.received`` tells afterwards whether any byte came.
     (One coroutine for all of it: this is the proxy's hot path.)"""
     conn.received = 0
@@ -333,6 +398,8 @@ async def exchange(conn: ClientConnection, data: bytes, body, chunked: bool, hea
             if ev.status == 101:
                 raise BadResponse("101 Switching Protocols to a request without Upgrade")
             interim = True  # 1xx: skipped, with the END that follows it
+            if on_interim is not None and ev.status != 100:
+                on_interim(ev.status, ev.headers)
         elif ev is END and interim:
             interim = False
         elif ev is None:
@@ -437,12 +504,13 @@ class Client:
                 self._tls.load_verify_locations(cafile=self.ca_file)
         return self._tls
 
-    def pool(self, scheme: str, host: str, port: int) -> Pool:
-        key = (scheme, host, port)
+    def pool(self, scheme: str, host: str, port: int, connect_to: str | None = None,
+             proxy: tuple[str, int] | None = None) -> Pool:
+        key = (scheme, host, port) if connect_to is None and proxy is None else (scheme, host, port, connect_to, proxy)
         pool = self.pools.get(key)
         if pool is None:
             ctx = self.tls_context() if scheme == "https" else None
-            pool = self.pools[key] = Pool(host, port, self.pool_size, self.deadlines, ctx)
+            pool = self.pools[key] = Pool(host, port, self.pool_size, self.deadlines, ctx, connect_to, proxy)
         return pool
 
     def pool_for(self, url: str) -> Pool:
@@ -453,13 +521,19 @@ class Client:
 
     async def request(self, pool: Pool, method: bytes, target: bytes, headers: list, *,
                       connect_timeout: float, read_timeout: float, body=None, length: int = -2,
-                      head_only: bool = False) -> ClientResponse:
-        """One request through ``pool``. ``length``: the body's length, -1 chunked, -2
-        none. Raises TimeoutError/OSError (connect), ConnectionLost, ReadTimeout or
-        BadResponse. A pooled connection found stale (closed before any answer) is
-        replaced by a fresh one once, when the request can be sent again."""
+                      head_only: bool = False, idempotent: bool = False,
+                      on_interim=None) -> ClientResponse:
+        """One request through ``pool``. ``body``: None, bytes (sent with the head), or an
+        async iterator of bytes; ``length``: the body's length, -1 chunked, -2 none;
+        ``on_interim(status, headers)``: the answer's 1xx but 100 (see ``exchange``).
+        Raises TimeoutError/OSError (connect), ConnectionLost, ReadTimeout or BadResponse.
+        A pooled connection found stale (closed before any answer) is replaced by a fresh
+        one once, when the request can be sent again (its method is idempotent, or the
+        caller says it is: a webhook with its delivery id)."""
         data = request_head(method, target, headers, length)
-        retry_stale = body is None and method in IDEMPOTENT
+        if type(body) is bytes:
+            data, body = data + body, None
+        retry_stale = body is None and (idempotent or method in IDEMPOTENT)
         fresh = False
         while True:
             conn = None if fresh else pool.take()
@@ -467,7 +541,7 @@ class Client:
             if conn is None:
                 conn = await pool.connect(connect_timeout)
             try:
-                head = await exchange(conn, data, body, length == -1, head_only, read_timeout)
+                head = await exchange(conn, data, body, length == -1, head_only, read_timeout, on_interim)
             except ConnectionLost:
                 conn.abort()
                 if reused and conn.received == 0 and retry_stale:

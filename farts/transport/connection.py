@@ -9,9 +9,12 @@ turns what they return into the machine's response events:
   a head -> ``_on_head`` (route, call the handler), body bytes -> ``_on_body``,
   END -> ``_on_end``, an HTTPError -> ``_on_parse_error``.
 - A handler's answer written at once -> ``machine.respond``. A handler that returns
-  a coroutine gets it run as the connection's task (the coroutine itself, no wrapper:
-  a task always runs its coroutine, even one cancelled before its first step, so none
-  is ever left un-awaited); its result is answered by ``_answered`` the same way. A
+  a coroutine gets it awaited by the connection's task (``_answer_later``), which
+  answers in the step where the coroutine ends: a done-callback would run one loop turn
+  later, and that turn decides what the fanout coalesces (a publish answered after the
+  flush instead of before it: 2.0 deliveries per send at 10,000 subscribers instead of
+  3.3, 0.55x the deliveries/s). A task cancelled before its first step never awaits
+  the coroutine, so ``_cancel_task`` closes it then (no "never awaited"). A
   streamed body is written by a task (``_stream``) -> ``machine.response_started`` ...
   ``response_done``; an
   ``Upgrade`` -> ``machine.switch`` and ``_switch`` (the socket then drives a
@@ -47,6 +50,10 @@ from .http import (
 )
 from .kit import close_after_timeout
 
+# What a handler answers with at once. Tested by type first: inspect.isawaitable (three
+# isinstance checks, one through an ABC) was a seventh of a CDN hit's time.
+ANSWERS = frozenset((Fixed, Response, Upgrade))
+
 log = logging.getLogger("farts.http")
 
 FILE_CHUNK = 256 * 1024  # a file body's piece when it goes through the transport
@@ -55,7 +62,7 @@ PAUSE_PENDING, PAUSE_BODY = 1, 2
 
 class HTTP1Connection(asyncio.Protocol):
     __slots__ = ("listener", "machine", "transport", "client", "body", "paused",
-                 "write_paused", "drain_waiter", "task", "closed", "req_body", "sock_fd", "request")
+                 "write_paused", "drain_waiter", "task", "closed", "req_body", "sock_fd", "awaited")
 
     def __init__(self, listener) -> None:
         self.listener = listener
@@ -70,7 +77,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiter: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
-        self.request: Request | None = None   # the request the task answers
+        self.awaited = None   # a handler's coroutine whose task has not yet started
         self.closed = False
         self.req_body: RequestBody | None = None  # the current request's body, until answered
         self.sock_fd = -1           # for os.sendfile: plain TCP only (never under TLS)
@@ -98,8 +105,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.listener.release(self)
         if self.body is not None:
             self.body.fail(ClientGone())
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        self._cancel_task()
         w = self.drain_waiter
         if w is not None and not w.done():
             w.set_exception(ClientGone())
@@ -203,10 +209,7 @@ class HTTP1Connection(asyncio.Protocol):
         """Answer with an error, unless a response has started, and close."""
         if self.closed:
             return
-        task = self.task
-        if task is not None:
-            self.task = None
-            task.cancel()
+        self._cancel_task()
         data = self.machine.error_bytes(status, reason)
         if data:
             self.transport.write(data)
@@ -251,41 +254,56 @@ class HTTP1Connection(asyncio.Protocol):
             self._answer_now(handler, head)
             return
         start = perf_counter()
-        req = Request(head, tenant, route, self.client, listener.scheme, body, start)
+        req = Request(head, tenant, route, self.client, listener.scheme, body, start, self)
         try:
             result = handler.handle(req)
         except Exception:
             log.exception("handler for %s failed", route.prefix)
             result = Fixed.error(500)
-        if inspect.isawaitable(result):
-            task = self.task = asyncio.ensure_future(result)
-            self.request = req
-            task.add_done_callback(self._answered)
+        if type(result) not in ANSWERS and inspect.isawaitable(result):
+            self.awaited = result
+            self.task = asyncio.ensure_future(self._answer_later(req, result))
             return
         self._answer(req, result)
 
-    def _answered(self, task: asyncio.Task) -> None:
-        """The handler's coroutine has ended: its answer, or the error it raised."""
-        if task is not self.task:  # the connection failed or closed meanwhile
-            if not task.cancelled():
-                task.exception()   # (taken: not logged as "never retrieved")
-            return
-        self.task = None
-        req, self.request = self.request, None
-        if task.cancelled():
-            self._close()
-            return
-        exc = task.exception()
-        if exc is not None:
-            if isinstance(exc, ClientGone):
+    async def _answer_later(self, req: Request, awaitable) -> None:
+        """The handler's coroutine awaited, and its answer (or the error it raised)
+        written in the same step."""
+        self.awaited = None
+        try:
+            result = await awaitable
+        except (asyncio.CancelledError, ClientGone):
+            if not self.closed and self.task is asyncio.current_task():
+                self.task = None
                 self._close()
-            else:
-                log.error("handler for %s failed", req.route.prefix, exc_info=exc)
+            return
+        except Exception:
+            log.exception("handler for %s failed", req.route.prefix)
+            if self.task is asyncio.current_task():
+                self.task = None
                 self._fail(500, "internal error")
             return
-        self._answer(req, task.result())
+        if self.task is not asyncio.current_task():  # the connection failed or closed meanwhile
+            return
+        self.task = None
+        self._answer(req, result)
         if not self.closed and self.task is None:
             self._pump()   # (requests pipelined behind this one)
+
+    def send_interim(self, head: RequestHead, status: int, headers) -> bool:
+        """A handler's 1xx interim answer (Request.send_interim), if the machine allows it."""
+        data = b"" if self.closed else self.machine.interim_bytes(status, headers, head)
+        if data:
+            self.transport.write(data)
+        return bool(data)
+
+    def _cancel_task(self) -> None:
+        task, self.task = self.task, None
+        if task is not None and not task.done():
+            task.cancel()
+        awaited, self.awaited = self.awaited, None
+        if awaited is not None and inspect.iscoroutine(awaited):
+            awaited.close()   # its task never started: nothing else will await it
 
     def _answer(self, req: Request, result) -> None:
         head, route, start = req._head, req.route, req.start

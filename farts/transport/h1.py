@@ -119,6 +119,7 @@ class H1Machine:
     header_timeout = cython.declare(cython.double, visibility="public")
     idle_timeout = cython.declare(cython.double, visibility="public")
     switching = cython.declare(cython.bint, visibility="public")
+    handling = cython.declare(object, visibility="public")   # the head of the request in hand
     chunked = cython.declare(cython.bint, visibility="public")
     send_body = cython.declare(cython.bint, visibility="public")
 
@@ -128,6 +129,7 @@ class H1Machine:
         self.state = IDLE
         self.body = NONE
         self.keep_alive = True
+        self.handling = None
         self.expect_continue = False
         self.pending: deque = deque()
         self.requests = 0
@@ -218,6 +220,7 @@ class H1Machine:
         except KeyError:
             raise self._refused(HEAD_IN) from None
         self.requests += 1
+        self.handling = head
         self.head_started = 0.0
         self.keep_alive = head.keep_alive
         self.expect_continue = False
@@ -246,6 +249,15 @@ class H1Machine:
             self.expect_continue = False
             return CONTINUE
         return b""
+
+    def interim_bytes(self, status: int, headers, head: RequestHead) -> bytes:
+        """A 1xx interim answer (103 Early Hints) for ``head``, the request being handled,
+        before its answer has started; b"" otherwise, and to an HTTP/1.0 client, which
+        must not get one (RFC 9110 §15.2). 100 is continue_bytes' and 101 switch's."""
+        if self.state != HANDLING or head is not self.handling or head.version != 11 \
+                or not 102 <= status <= 199:
+            return b""
+        return response_head(status, headers, -2, True)
 
     def _no_continue(self) -> None:
         if self.expect_continue:
