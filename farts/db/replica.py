@@ -28,9 +28,9 @@ The protocol
   ``WINDOW`` records of an origin are in flight past what the peer acknowledged; they
   are shipped again only after ``RESEND`` seconds in which the peer made no progress.
 - **Snapshot**: when a peer lacks records this node no longer retains, it streams a
-  snapshot (the member with the smallest id not known dead does; the others only if the
-  peer is still behind ``SNAPSHOT_WAIT`` later) (``SnapshotChunk``: the replicated documents, merge states included, then the
-  vector they reflect). The peer installs it in one go and re-applies the records it has
+  snapshot (``SnapshotChunk``: the replicated documents, merge states included, then the
+  vector they reflect); the member with the smallest id not known dead does, the others
+  only if the peer is still behind ``SNAPSHOT_WAIT`` later. The peer installs it in one go and re-applies the records it has
   that the snapshot lacks (its own unshipped writes among them).
 - **Stability and compaction**: each node reports its *frontier* (an HLC below which it
   has applied every operation of every origin: its own HLC bounds its own future writes,
@@ -58,8 +58,8 @@ when the mesh is enabled) runs this on the mesh bus with ``Store(replicated=True
 serves causal reads (``frontier``), ``w: "majority"`` (``acked``) and read preferences.
 A (re)started node takes writes once every alive peer's ``Status`` came in
 (``exchanged``: its clock is then past theirs, so it cannot write below what they
-compacted) or after ``farts.db.replication.STARTUP_WAIT``. Catalog commands are records too (``merge.CATALOG_TABLE``,
-applied by the store).
+compacted) or after ``farts.db.replication.STARTUP_WAIT``. Catalog commands are records
+too (``merge.CATALOG_TABLE``, applied by the store).
 """
 from __future__ import annotations
 
