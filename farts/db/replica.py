@@ -30,8 +30,9 @@ The protocol
 - **Snapshot**: when a peer lacks records this node no longer retains, it streams a
   snapshot (``SnapshotChunk``: the replicated documents, merge states included, then the
   vector they reflect); the member with the smallest id not known dead does, the others
-  only if the peer is still behind ``SNAPSHOT_WAIT`` later. The peer installs it in one go and re-applies the records it has
-  that the snapshot lacks (its own unshipped writes among them).
+  only if the peer is still behind ``SNAPSHOT_WAIT`` later. The peer installs it in one
+  go and re-applies the records it has that the snapshot lacks (its own unshipped
+  writes among them).
 - **Stability and compaction**: each node reports its *frontier* (an HLC below which it
   has applied every operation of every origin: its own HLC bounds its own future writes,
   a peer's ``Status`` HLC bounds that peer's once its records up to there are applied)
