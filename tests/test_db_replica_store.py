@@ -650,3 +650,44 @@ def test_collection_options_replicate_with_create_and_coll_mod(pair):
     with pytest.raises(MongoError) as e:     # node a enforces node b's validator
         a.submit(lambda w: w.insert(NS, {"_id": 1, "n": 11})).result()
     assert e.value.code == 121
+
+
+def test_on_lmdb_a_long_dead_member_stops_holding_the_oplog_and_metadata_and_gets_a_snapshot(tmp_path):
+    c = Cluster(tmp_path, ["a", "b", "c"], retain_records=8)
+    try:
+        c.settle(rounds=3)
+        for n in "ab":
+            c.replicas[n].forget_dead_after = 5.0
+            c.replicas[n].set_members(c.ids, dead={"c"}, now=c.now)
+        c.cut = {frozenset(("a", "c")), frozenset(("b", "c"))}
+
+        def run(steps):
+            for i in range(steps):
+                c.write("ab"[i % 2], lambda w: _upsert(w, "ctr", {"$inc": {"n": 1}}))
+                c.now += 0.6
+                for n in "ab":
+                    c.send(n, c.replicas[n].tick(c.now))
+                while c.flight:
+                    c.deliver(0)
+            for s in c.stores.values():      # retention and compaction run in the writers
+                s.submit(lambda w: None).result()
+
+        def pending(n):
+            with c.stores[n].read() as txn:
+                raw = txn.get(NS.encode() + b"\0" + keys.encode("ctr"), db=c.stores[n].rmeta)
+            return len(bson.decode(raw)["s"].get("o", [])) if raw is not None else 0
+
+        run(6)                                   # c dead for under 5 s: everything is kept
+        assert c.stores["a"].retained("a") >= 3 and pending("a") >= 6
+        run(30)                                  # then bounded
+        assert c.replicas["a"].forgotten == {"c"}
+        for n in "ab":
+            assert c.stores[n].retained("a") <= 8 and c.stores[n].retained("b") <= 8 and pending(n) <= 8
+        for n in "ab":                           # c is back: a snapshot, then it converges
+            c.replicas[n].set_members(c.ids, dead=(), now=c.now)
+        c.settle()
+        assert c.replicas["c"].stats["snapshots_installed"] >= 1
+        assert dump(c.stores["a"]) == dump(c.stores["b"]) == dump(c.stores["c"])
+        assert find(c.stores["c"], {"_id": "ctr"})[0][0]["n"] == 36
+    finally:
+        c.close()
