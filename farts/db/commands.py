@@ -981,12 +981,8 @@ class Commands:
     def drop_database(self, session: Session, cmd: Command):
         prefix = self.db_prefix(session, cmd.db)
 
-        def fn(w):
-            for ns in [n for n in w.catalog if n.startswith(prefix)]:
-                w.drop_collection(ns)
-
         async def run():
-            await self._write(fn, exclusive=True)
+            await self._write(lambda w: w.drop_database(prefix), exclusive=True)
             self._kill_ns(lambda n: n.startswith(prefix))
             return {"dropped": cmd.db, "ok": 1.0}
 
