@@ -123,3 +123,31 @@ def test_a_received_pair_is_installed_only_when_valid_here_and_newer(tmp_path):
     assert certs.receive(*other, "a") == "installed"
     assert certs.current_pair() == other
     assert datetime.datetime.now(datetime.UTC).timestamp() < certs.expiry()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_with_a_master_the_master_orders(tmp_path):
+    from test_master_cluster import agreed, master_config
+    ca = make_ca(tmp_path)
+    pebble_ca_file, acme_port = pebble_ca(tmp_path)
+    ids = ["a", "b", "c"]
+    extra = master_config(ids) + certs_config(acme_port, pebble_ca_file)
+    nodes, pebble = {}, None
+    try:
+        # (c first: it likely wins the lease, so the master is not the lowest id, which
+        # is who would order without one.)
+        for i, node_id in enumerate(reversed(ids)):
+            seeds = [mesh_address(nodes["c"])] if i else []
+            nodes[node_id] = start_mesh_node(tmp_path, ca, node_id, seeds, extra=extra, https=True)
+        assert wait_for(lambda: agreed(nodes), 60), {i: n.log()[-1500:] for i, n in nodes.items()}
+        master, _ = agreed(nodes)
+        pebble = start_pebble(tmp_path, nodes["a"], acme_port)
+        assert wait_for(lambda: all(serves_pebble(n) for n in nodes.values()), 200, 1.0), nodes[master].log()[-3000:]
+        issued = {i: metric(n, "farts_certs_orders_total", 'outcome="issued"') for i, n in nodes.items()}
+        assert issued == {i: (1 if i == master else 0) for i in ids}, (master, issued)
+    finally:
+        if pebble is not None and pebble.poll() is None:
+            os.killpg(pebble.pid, signal.SIGKILL)
+        for n in nodes.values():
+            n.stop()
