@@ -52,6 +52,7 @@ from farts.transport.h2conn import (
     H2Limits,
     H2Machine,
     H2StateError,
+    Malformed,
     RequestHead,
     Reset,
     Stream,
@@ -351,6 +352,38 @@ def test_data_after_the_clients_end_stream_is_a_stream_error_and_the_connection_
     assert evs[1].error_code == ErrorCodes.STREAM_CLOSED and m.state(1) == CLOSED
     evs = m.receive(get(3, enc=enc), 0.0)   # the connection goes on
     assert [type(e) for e in evs] == [RequestHead]
+
+
+@pytest.mark.parametrize("fields, trailers", [
+    ([(b"X-Upper", b"1")], None),
+    ([(b"connection", b"close")], None),
+    ([(b"te", b"gzip")], None),
+    ([(b"x", b" padded")], None),
+    ([(b":path", b"/again")], None),
+    ([], [(b":path", b"/")]),          # a pseudo-header in trailers
+])
+def test_a_malformed_request_is_a_stream_error_and_the_connection_stays(fields, trailers):
+    """RFC 9113 §8.1.1: PROTOCOL_ERROR on the stream; the next request is served."""
+    m = H2Machine(H2Limits(), 0.0)
+    enc = Encoder()
+    h = HeadersFrame(1)
+    h.data = enc.encode([(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
+                         (b":path", b"/"), *fields])
+    h.flags = {"END_HEADERS"} if trailers else {"END_HEADERS", "END_STREAM"}
+    data = h.serialize()
+    if trailers:
+        t = HeadersFrame(1)
+        t.data = enc.encode(trailers)
+        t.flags = {"END_HEADERS", "END_STREAM"}
+        data += t.serialize()
+    evs = m.receive(PREFACE + SettingsFrame(0).serialize() + data, 0.0)
+    [bad] = [e for e in evs if type(e) is Malformed]
+    assert bad.stream_id == 1 and bad.reason
+    assert bool([e for e in evs if type(e) is RequestHead]) == bool(trailers)
+    [rst] = [f for f in frames(m.data_to_send()) if type(f) is RstStreamFrame]
+    assert (rst.stream_id, rst.error_code) == (1, ErrorCodes.PROTOCOL_ERROR)
+    assert m.state(1) == CLOSED and not m.closed
+    assert [type(e) for e in m.receive(get(3, enc=enc), 0.0)] == [RequestHead]
 
 
 def frames(data: bytes) -> list:

@@ -27,8 +27,11 @@ module adds what an edge server needs around it:
   ENHANCE_YOUR_CALM; receive windows are fixed sizes (a stream's, the connection's)
   handed back only as the handler consumes the body (``consumed``), so a peer can make
   us hold at most the connection window of request bodies however slowly we read.
+- the request field rules of RFC 9113 §8.2-8.3 (``fast.h2fields``, compiled, in place of
+  h2's inbound validation): a malformed request or trailer section is a stream error
+  PROTOCOL_ERROR (§8.1.1), reported as ``Malformed``;
 - events for the adapter: ``RequestHead``, ``Body``, ``BodyEnd``, ``Reset``,
-  ``WindowOpened``, ``Closed``; nothing else of h2's leaves this module.
+  ``Malformed``, ``WindowOpened``, ``Closed``; nothing else of h2's leaves this module.
 
 The asyncio adapter is ``h2connection.py``.
 """
@@ -54,6 +57,7 @@ from h2.settings import SettingCodes, Settings
 from hpack import HPACKError
 from hyperframe.frame import GoAwayFrame
 
+from fast.h2fields import request_error
 from fast.hpack import Decoder, Encoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -183,6 +187,16 @@ class WindowOpened:
         self.stream_id = stream_id
 
 
+class Malformed:
+    """A request (or its trailers) that breaks RFC 9113 §8.2/§8.3 (``reason``): its
+    stream was reset PROTOCOL_ERROR (a stream error, §8.1.1); the connection goes on."""
+
+    __slots__ = ("stream_id", "reason")
+
+    def __init__(self, stream_id: int, reason: str) -> None:
+        self.stream_id, self.reason = stream_id, reason
+
+
 class Closed:
     """The connection is over: a GOAWAY went out (``error``: its code's name; what to
     write is in data_to_send) or came in.  The adapter closes after writing."""
@@ -219,7 +233,7 @@ class H2Machine:
     def __init__(self, limits: H2Limits, now: float) -> None:
         self.limits = limits
         conn = self.conn = H2Connection(H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True,
+            client_side=False, header_encoding=None, validate_inbound_headers=False,
             normalize_inbound_headers=True, validate_outbound_headers=True))
         # HPACK compiled (fast/hpack.pyx, about 20x hpack's speed): both contexts are
         # replaced before any frame, so each direction has one context from its start.
@@ -306,7 +320,7 @@ class H2Machine:
                 ev_out = self._on_request(ev, now)
                 if ev_out is not None:
                     out.append(ev_out)
-                    if ev.stream_ended is not None:
+                    if ev.stream_ended is not None and type(ev_out) is RequestHead:
                         self._to(ev.stream_id, RECV_END)
             elif t is StreamEnded:
                 s = streams.get(ev.stream_id)
@@ -341,11 +355,21 @@ class H2Machine:
                 out.append(self._ended(_code_name(ev.error_code), True))
                 return out
             elif t is TrailersReceived:
-                pass   # request trailers: not passed on (the body interface has none)
+                # Request trailers: checked, not passed on (the body interface has none).
+                why = request_error(ev.headers, True)
+                if why is not None and ev.stream_id in streams:
+                    self.reset(ev.stream_id, ErrorCodes.PROTOCOL_ERROR)
+                    out.append(Malformed(ev.stream_id, why))
         return out
 
-    def _on_request(self, ev: RequestReceived, now: float) -> RequestHead | None:
+    def _on_request(self, ev: RequestReceived, now: float) -> RequestHead | Malformed | None:
         sid = ev.stream_id
+        # The field rules of RFC 9113 §8.2-8.3, compiled (fast/h2fields.pyx), in place of
+        # h2's: a malformed request is a stream error, the connection goes on.
+        why = request_error(ev.headers)
+        if why is not None:
+            self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            return Malformed(sid, why)
         if self.goaway_sent:
             self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return None

@@ -42,6 +42,7 @@ from .h2conn import (
     BodyEnd,
     Closed,
     H2Machine,
+    Malformed,
     RequestHead,
     Reset,
     WindowOpened,
@@ -295,6 +296,12 @@ class HTTP2Connection(asyncio.Protocol):
                 st = self.streams.pop(ev.stream_id, None)
                 listener.h2_event("reset_by_client")
                 if st is not None:
+                    self._forget(st, ClientGone())
+            elif t is Malformed:
+                listener.h2_event("malformed_request")
+                log.info("http2 request from %s refused (stream %d): %s", self.client, ev.stream_id, ev.reason)
+                st = self.streams.pop(ev.stream_id, None)
+                if st is not None:   # (trailers: the request was under way)
                     self._forget(st, ClientGone())
             elif t is Closed:
                 listener.h2_event("goaway_received" if ev.by_peer else "goaway_" + ev.error.lower())
