@@ -4,3 +4,9 @@ from collections.abc import Iterable
 
 def request_error(headers: Iterable[tuple[bytes, bytes]], trailer: bool = False) -> str | None:
     """None for a valid request header list (``trailer``: a trailer section), else why not."""
+
+def response_head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> list[tuple]:
+    """:status then the fields to send (connection-specific dropped, values trimmed,
+    credentials marked never-indexed); ValueError for a forbidden name or value."""
+
+def trailer_fields(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple]: ...

@@ -119,3 +119,64 @@ def request_error(headers, bint trailer=False):
     if authority is not None and host is not None and authority != host:
         return ":authority and host differ"
     return None
+
+
+# -- what we send ---------------------------------------------------------------------
+# Kept out of the HPACK tables (never indexed), as h2 and nghttp2 do: credentials, and
+# cookies short enough to guess.
+cdef frozenset SECRET = frozenset([b"authorization", b"proxy-authorization"])
+cdef dict STATUS = {}
+
+
+cdef list outbound(list out, headers):
+    cdef bytes name, value
+    cdef const uint8_t* p
+    cdef Py_ssize_t n, a, b
+    cdef str why
+    for h in headers:
+        name, value = h[0], h[1]
+        why = name_error(name)
+        if why is None and (<const uint8_t*>PyBytes_AS_STRING(name))[0] == 0x3a:
+            why = f"the pseudo-header {name!r} from a handler"
+        if why is not None:
+            raise ValueError(why)
+        if name in CONNECTION_SPECIFIC:
+            continue
+        p = <const uint8_t*>PyBytes_AS_STRING(value)
+        n = PyBytes_GET_SIZE(value)
+        a, b = 0, n
+        while a < b and (p[a] == 0x20 or p[a] == 0x09):
+            a += 1
+        while b > a and (p[b - 1] == 0x20 or p[b - 1] == 0x09):
+            b -= 1
+        if a or b != n:
+            value = value[a:b]
+        why = value_error(value)
+        if why is not None:
+            raise ValueError(f"{why} ({name!r})")
+        if name == b"te" and value.lower() != b"trailers":
+            raise ValueError("te other than trailers")
+        if name in SECRET or (name == b"cookie" and b - a < 20):
+            out.append((name, value, True))
+        else:
+            out.append((name, value))
+    return out
+
+
+def response_head(int status, headers):
+    """The field list of a response head: ``:status`` then ``headers`` ((name, value)
+    bytes pairs, names lowercase): connection-specific fields dropped, values trimmed
+    of surrounding white space, credentials and short cookies marked never-indexed
+    (a third item, True).  ValueError for a name or value RFC 9113 §8.2.1 forbids, a
+    pseudo-header, or a te other than trailers."""
+    cdef bytes code = STATUS.get(status)
+    if code is None:
+        if not 100 <= status <= 999:
+            raise ValueError(f"status {status}")
+        code = STATUS[status] = str(status).encode()
+    return outbound([(b":status", code)], headers)
+
+
+def trailer_fields(headers):
+    """A trailer section's fields, by response_head's rules (no :status)."""
+    return outbound([], headers)

@@ -3,10 +3,10 @@
 No socket, no loop, no clock: bytes go in (``receive(data, now)`` returns events), the
 adapter says what it answers (``send_head``, ``send_data``, ``send_trailers``,
 ``reset``, ``goaway``) and takes the bytes to write (``data_to_send``).  The frames,
-HPACK and the RFC 9113 validity checks (pseudo-headers, connection-specific fields,
-frame sizes, flow-control arithmetic, frames on closed streams) are the ``h2``
-library's ``H2Connection`` (with HPACK swapped for the compiled ``fast.hpack``); this
-module adds what an edge server needs around it:
+the connection's RFC 9113 checks (frame sizes, flow-control arithmetic, frames on
+closed streams, CONTINUATION order) are the ``h2`` library's ``H2Connection``, its
+HPACK swapped for the compiled ``fast.hpack``; this module adds what an edge server
+needs around it:
 
 - the stream states of RFC 9113 §5.1 as ONE table, ``STREAM_TRANSITIONS`` (state,
   event) -> next state; any other pair raises ``H2StateError``.  Drawn (a server that
@@ -27,9 +27,10 @@ module adds what an edge server needs around it:
   ENHANCE_YOUR_CALM; receive windows are fixed sizes (a stream's, the connection's)
   handed back only as the handler consumes the body (``consumed``), so a peer can make
   us hold at most the connection window of request bodies however slowly we read.
-- the request field rules of RFC 9113 §8.2-8.3 (``fast.h2fields``, compiled, in place of
-  h2's inbound validation): a malformed request or trailer section is a stream error
-  PROTOCOL_ERROR (§8.1.1), reported as ``Malformed``;
+- the field rules of RFC 9113 §8.2-8.3 (``fast.h2fields``, compiled, in place of h2's
+  header validation and normalization both ways): a malformed request or trailer
+  section is a stream error PROTOCOL_ERROR (§8.1.1), reported as ``Malformed``; a
+  response field the rules forbid raises ValueError in ``send_head``;
 - events for the adapter: ``RequestHead``, ``Body``, ``BodyEnd``, ``Reset``,
   ``Malformed``, ``WindowOpened``, ``Closed``; nothing else of h2's leaves this module.
 
@@ -57,7 +58,7 @@ from h2.settings import SettingCodes, Settings
 from hpack import HPACKError
 from hyperframe.frame import GoAwayFrame
 
-from fast.h2fields import request_error
+from fast.h2fields import request_error, response_head, trailer_fields
 from fast.hpack import Decoder, Encoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -234,7 +235,8 @@ class H2Machine:
         self.limits = limits
         conn = self.conn = H2Connection(H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False,
-            normalize_inbound_headers=True, validate_outbound_headers=True))
+            normalize_inbound_headers=True, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
         # HPACK compiled (fast/hpack.pyx, about 20x hpack's speed): both contexts are
         # replaced before any frame, so each direction has one context from its start.
         conn.encoder, conn.decoder = Encoder(), Decoder()
@@ -447,8 +449,9 @@ class H2Machine:
             return
         if s.head_sent:
             raise H2StateError(f"a second response head on stream {sid}")
+        fields = response_head(status, headers)   # (ValueError: nothing was sent)
         s.head_sent = True
-        self.conn.send_headers(sid, [(b":status", str(status).encode()), *headers], end_stream=end)
+        self.conn.send_headers(sid, fields, end_stream=end)
         if end:
             self._sent_end(sid)
 
@@ -482,7 +485,7 @@ class H2Machine:
 
     def send_trailers(self, sid: int, trailers: list) -> None:
         if self.is_open(sid):
-            self.conn.send_headers(sid, trailers, end_stream=True)
+            self.conn.send_headers(sid, trailer_fields(trailers), end_stream=True)
             self._sent_end(sid)
 
     def end(self, sid: int) -> None:
