@@ -386,6 +386,64 @@ def test_a_malformed_request_is_a_stream_error_and_the_connection_stays(fields, 
     assert [type(e) for e in m.receive(get(3, enc=enc), 0.0)] == [RequestHead]
 
 
+def test_a_body_that_is_not_its_content_length_is_malformed():
+    m = H2Machine(H2Limits(), 0.0)
+    enc = Encoder()
+    h = HeadersFrame(1)
+    h.data = enc.encode([(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
+                         (b":path", b"/"), (b"content-length", b"3")])
+    h.flags = {"END_HEADERS"}
+    d = DataFrame(1)
+    d.data = b"four"
+    evs = m.receive(PREFACE + SettingsFrame(0).serialize() + h.serialize() + d.serialize(), 0.0)
+    assert [type(e) for e in evs if type(e) is not WindowOpened] == [RequestHead, Malformed]
+    assert m.state(1) == CLOSED and not m.closed
+    assert [type(e) for e in m.receive(get(3, enc=enc), 0.0)] == [RequestHead]
+
+
+def test_a_self_dependent_stream_is_refused_and_the_hpack_context_goes_on():
+    m = H2Machine(H2Limits(), 0.0)
+    enc = Encoder()
+    h = HeadersFrame(1)
+    h.data = enc.encode([(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
+                         (b":path", b"/"), (b"x-indexed", b"once")])
+    h.flags = {"END_HEADERS", "END_STREAM", "PRIORITY"}
+    h.depends_on = 1
+    evs = m.receive(PREFACE + SettingsFrame(0).serialize() + h.serialize(), 0.0)
+    assert not [e for e in evs if type(e) is RequestHead]
+    [rst] = [f for f in frames(m.data_to_send()) if type(f) is RstStreamFrame]
+    assert (rst.stream_id, rst.error_code) == (1, ErrorCodes.PROTOCOL_ERROR)
+    h = HeadersFrame(3)   # (its x-indexed field is an index into the dynamic table now)
+    h.data = enc.encode([(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
+                         (b":path", b"/"), (b"x-indexed", b"once")])
+    h.flags = {"END_HEADERS", "END_STREAM"}
+    [head] = [e for e in m.receive(h.serialize(), 0.0) if type(e) is RequestHead]
+    assert (b"x-indexed", b"once") in head.headers
+
+
+def test_empty_continuation_flood_closes():
+    m = H2Machine(H2Limits(), 0.0)
+    h = HeadersFrame(1)
+    h.data = Encoder().encode([(b":method", b"GET")])
+    h.flags = {"END_STREAM"}
+    data = PREFACE + SettingsFrame(0).serialize() + h.serialize() + ContinuationFrame(1).serialize() * 100
+    evs = m.receive(data, 0.0)
+    assert [e.error for e in evs if type(e) is Closed] == ["ENHANCE_YOUR_CALM"]
+
+
+def test_provoked_stream_errors_count_like_resets():
+    """MadeYouReset (CVE-2025-8671): stream errors on purpose instead of RST_STREAM
+    frames (here WINDOW_UPDATE 0 on open streams) spend the same budget."""
+    m = H2Machine(H2Limits(reset_burst=20, reset_rate=1.0), 0.0)
+    enc = Encoder()
+    data = PREFACE + SettingsFrame(0).serialize()
+    for sid in range(1, 200, 2):
+        data += get(sid, end=False, enc=enc) + b"\x00\x00\x04\x08\x00" + sid.to_bytes(4, "big") + b"\x00" * 4
+    evs = m.receive(data, 0.0)
+    assert [e.error for e in evs if type(e) is Closed] == ["ENHANCE_YOUR_CALM"]
+    assert len([e for e in evs if type(e) is Reset]) == 21
+
+
 def frames(data: bytes) -> list:
     out = []
     while data:
@@ -511,8 +569,10 @@ def test_a_head_and_its_reset_in_one_read_leave_nothing_to_answer():
 
 
 # -- the table against h2's own stream states ------------------------------------------
-H2_STATE_NAMES = {"IDLE": IDLE, "OPEN": OPEN, "HALF_CLOSED_REMOTE": HALF_CLOSED_REMOTE,
-                  "HALF_CLOSED_LOCAL": HALF_CLOSED_LOCAL, "CLOSED": CLOSED}
+# The client's view of a stream, seen from the server: its half-closed (local), having
+# sent END_STREAM, is the server's half-closed (remote), and the reverse.
+H2_STATE_NAMES = {"IDLE": IDLE, "OPEN": OPEN, "HALF_CLOSED_REMOTE": HALF_CLOSED_LOCAL,
+                  "HALF_CLOSED_LOCAL": HALF_CLOSED_REMOTE, "CLOSED": CLOSED}
 
 ACTIONS = st.lists(st.tuples(st.sampled_from(["open", "data", "end", "reset", "answer", "body",
                                               "server_reset"]),
@@ -522,8 +582,8 @@ ACTIONS = st.lists(st.tuples(st.sampled_from(["open", "data", "end", "reset", "a
 @given(ACTIONS)
 def test_the_table_agrees_with_h2s_stream_states(actions):
     """Random client and server actions on a few streams: after each, every stream's
-    state in our table is the state h2's own state machine has for it (differential:
-    h2 is the reference), and no valid sequence ends the connection."""
+    state in our table is the state h2's client has for it, mirrored (differential: h2's
+    stream state machine is the reference), and no valid sequence ends the connection."""
     p = Pair()
     opened: list[int] = []
     for kind, i, flag in actions:
@@ -562,7 +622,7 @@ def test_the_table_agrees_with_h2s_stream_states(actions):
         p.exchange()
         assert not p.of(Closed)
         for s in opened:
-            h2_stream = p.server.conn.streams.get(s)
+            h2_stream = p.client.streams.get(s)
             theirs = CLOSED if h2_stream is None else H2_STATE_NAMES[h2_stream.state_machine.state.name]
             assert p.server.state(s) == theirs, (s, p.server.state(s), theirs)
 

@@ -34,13 +34,12 @@ import logging
 import os
 from time import perf_counter
 
-from h2.errors import ErrorCodes
-
 from .h2conn import (
     PREFACE,
     Body,
     BodyEnd,
     Closed,
+    ErrorCodes,
     H2Machine,
     Malformed,
     RequestHead,
