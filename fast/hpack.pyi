@@ -13,6 +13,8 @@ class Decoder:
     max_header_list_size: int
     """A block whose list passes this (RFC 7541 sizes) raises OversizedHeaderListError."""
     header_table_size: int
+    list_size: int
+    """The RFC 7541 size of the list the last decode returned."""
     def __init__(self, max_header_list_size: int = 65536) -> None: ...
     def decode(self, data: bytes | bytearray | memoryview, raw: bool = True) -> list[tuple[bytes, bytes]]:
         """The fields of one complete header block (only raw=True is supported)."""

@@ -150,6 +150,7 @@ cdef class Decoder:
     cdef Py_ssize_t maxsize
     cdef public Py_ssize_t max_allowed_table_size
     cdef public Py_ssize_t max_header_list_size
+    cdef readonly Py_ssize_t list_size   # the last decoded list's RFC 7541 size
 
     def __init__(self, max_header_list_size=65536):
         self.entries = []
@@ -262,6 +263,7 @@ cdef class Decoder:
                     f"A header list larger than {self.max_header_list_size} has been received")
         if self.maxsize > self.max_allowed_table_size:
             raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
+        self.list_size = listed
         return headers
 
 

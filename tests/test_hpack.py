@@ -48,6 +48,7 @@ def test_hpack_encoded_decodes_the_same_with_ours(blocks, table):
             ref.header_table_size = table
         block = ref.encode(headers)
         assert ours.decode(block) == headers
+        assert ours.list_size == sum(32 + len(n) + len(v) for n, v in headers)
 
 
 @FEW

@@ -261,11 +261,6 @@ class Stream:
         return self.state
 
 
-def header_list_size(headers) -> int:
-    """RFC 9113 §6.5.2: the uncompressed size, 32 bytes of overhead per field."""
-    return sum(len(n) + len(v) + 32 for n, v in headers)
-
-
 def _content_length(headers) -> int:
     """The content-length of a request's fields (-1: none; -2: not a number, or two
     that differ: malformed, RFC 9110 §8.6)."""
@@ -524,7 +519,8 @@ class H2Machine:
         s = self.streams[sid] = Stream(sid, self.initial_send, self.initial_recv, expected)
         s.to(RECV_HEADERS)
         self.requests += 1
-        too_large = header_list_size(headers) > self.limits.max_header_list_size
+        # (the list's size as RFC 9113 §6.5.2 counts it, 32 bytes a field, from the decoder)
+        too_large = self.decoder.list_size > self.limits.max_header_list_size
         out.append(RequestHead(sid, headers, bool(end), too_large))
         if end:
             self._to(sid, RECV_END)
