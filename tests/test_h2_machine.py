@@ -444,6 +444,48 @@ def test_provoked_stream_errors_count_like_resets():
     assert len([e for e in evs if type(e) is Reset]) == 21
 
 
+@st.composite
+def hostile_frames(draw) -> bytes:
+    """A frame a hostile or broken client might send: any type, flags and stream (odd,
+    even, 0, already used), payloads of every size around the fixed ones, sometimes a
+    valid request header block."""
+    t = draw(st.sampled_from([*range(10), 0x20]))
+    sid = draw(st.sampled_from([0, 1, 2, 3, 5, 7, 2**31 - 1]))
+    if t == 1 and draw(st.booleans()):
+        payload = Encoder().encode([(b":method", b"POST"), (b":scheme", b"https"),
+                                    (b":authority", b"a"), (b":path", b"/")])
+    else:
+        payload = draw(st.one_of(st.binary(max_size=12), st.binary(min_size=4, max_size=4),
+                                 st.binary(min_size=8, max_size=8)))
+    flags = draw(st.integers(0, 255))
+    return len(payload).to_bytes(3, "big") + bytes([t, flags]) + sid.to_bytes(4, "big") + payload
+
+
+@given(st.lists(hostile_frames(), max_size=12), st.lists(st.sampled_from(["head", "data", "end", "consume"]),
+                                                         max_size=6))
+def test_any_frames_are_answered_never_a_crash(data, answers):
+    """Whatever comes, the machine returns events (a Closed with an error code at
+    worst) and bytes to write; the adapter's calls on the streams it was given work."""
+    m = H2Machine(H2Limits(), 0.0)
+    evs = m.receive(PREFACE + SettingsFrame(0).serialize(), 0.0)
+    for frame in data:
+        evs += m.receive(frame, 0.0)
+        heads = [e.stream_id for e in evs if type(e) is RequestHead]
+        for sid, what in zip(heads, answers, strict=False):
+            if what == "head" and not m.head_sent(sid):
+                m.send_head(sid, 200, [(b"x", b"1")], False)
+            elif what == "data" and m.head_sent(sid):
+                m.send_data(sid, b"d" * 10)
+            elif what == "end" and m.head_sent(sid):
+                m.end(sid)
+            elif what == "consume":
+                m.consumed(sid, 5)
+        m.data_to_send()
+    closed = [e for e in evs if type(e) is Closed]
+    assert len(closed) <= 1 and m.closed == bool(closed)
+    assert all(hasattr(ErrorCodes, c.error) for c in closed if not c.by_peer)
+
+
 def frames(data: bytes) -> list:
     out = []
     while data:

@@ -396,7 +396,7 @@ class HTTP2Connection(asyncio.Protocol):
                     protocol = value
                 continue
             if name == b"content-length":
-                content_length = int(value)   # (h2 has checked it is a number)
+                content_length = int(value)   # (the machine has checked it is a number)
             fields.append((name, value))
         if ev.too_large:
             listener.parse_error(431)
