@@ -5,7 +5,7 @@ asyncio; no TLS), driven by h2load, and where it goes (cProfile shares by librar
     python bench/h2listener.py [--requests 50000] [--clients 16] [--streams 10] [--profile]
 
 The listener (uvloop, as `farts-edge up` runs) answers every request with a Fixed 1 KiB
-answer; `h2load -c --clients -m --streams -n --requests` (prior knowledge) runs in a
+answer, from a handler or (--fixed-route) as the route itself, as a `static` route is; `h2load -c --clients -m --streams -n --requests` (prior knowledge) runs in a
 subprocess.  Prints the server's CPU time per request (process CPU minus h2load's, which
 is a child: it is not counted); --profile adds cProfile's shares by area (h2 library,
 fast.*, farts, asyncio) and the top functions.  On a loaded machine compare figures of
@@ -43,7 +43,8 @@ class Handler:
 
 
 async def serve(a) -> float:
-    router = Router(None, [(Route(prefix="/", kind="admin"), Handler())], 0)
+    handler = ANSWER if a.fixed_route else Handler()
+    router = Router(None, [(Route(prefix="/", kind="admin"), handler)], 0)
     listener = Listener("bench", "http", router, Limits(), HTTPStats(Metrics(), {}), h2c=True)
     await listener.start("127.0.0.1", 0)
     host, port = listener.address[:2]
@@ -83,6 +84,8 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--streams", type=int, default=10)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--fixed-route", action="store_true",
+                   help="the route's handler is the Fixed answer itself (a static route), not a handler returning it")
     p.add_argument("--h2load", default=shutil.which("h2load") or "h2load")
     a = p.parse_args()
     prof = cProfile.Profile() if a.profile else None
