@@ -333,12 +333,18 @@ def test_header_list_over_the_limit_is_a_431_and_over_four_times_it_a_connection
     assert term.error_code == ErrorCodes.COMPRESSION_ERROR
 
 
-def get(sid: int, end: bool = True, enc: Encoder | None = None) -> bytes:
+def request_frame(sid: int, enc: Encoder, method: bytes = b"GET", extra=(),
+                  flags=("END_HEADERS", "END_STREAM")) -> HeadersFrame:
     h = HeadersFrame(sid)
-    h.data = (enc or Encoder()).encode([(b":method", b"GET"), (b":scheme", b"https"),
-                                        (b":authority", b"localhost"), (b":path", b"/")])
-    h.flags = {"END_HEADERS", "END_STREAM"} if end else {"END_HEADERS"}
-    return h.serialize()
+    h.data = enc.encode([(b":method", method), (b":scheme", b"https"), (b":authority", b"localhost"),
+                         (b":path", b"/"), *extra])
+    h.flags = set(flags)
+    return h
+
+
+def get(sid: int, end: bool = True, enc: Encoder | None = None) -> bytes:
+    flags = ("END_HEADERS", "END_STREAM") if end else ("END_HEADERS",)
+    return request_frame(sid, enc or Encoder(), flags=flags).serialize()
 
 
 def test_data_after_the_clients_end_stream_is_a_stream_error_and_the_connection_stays():
@@ -366,10 +372,8 @@ def test_a_malformed_request_is_a_stream_error_and_the_connection_stays(fields, 
     """RFC 9113 §8.1.1: PROTOCOL_ERROR on the stream; the next request is served."""
     m = H2Machine(H2Limits(), 0.0)
     enc = Encoder()
-    h = HeadersFrame(1)
-    h.data = enc.encode([(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
-                         (b":path", b"/"), *fields])
-    h.flags = {"END_HEADERS"} if trailers else {"END_HEADERS", "END_STREAM"}
+    h = request_frame(1, enc, b"POST", fields,
+                      flags=["END_HEADERS"] if trailers else ["END_HEADERS", "END_STREAM"])
     data = h.serialize()
     if trailers:
         t = HeadersFrame(1)
@@ -389,10 +393,7 @@ def test_a_malformed_request_is_a_stream_error_and_the_connection_stays(fields, 
 def test_a_body_that_is_not_its_content_length_is_malformed():
     m = H2Machine(H2Limits(), 0.0)
     enc = Encoder()
-    h = HeadersFrame(1)
-    h.data = enc.encode([(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
-                         (b":path", b"/"), (b"content-length", b"3")])
-    h.flags = {"END_HEADERS"}
+    h = request_frame(1, enc, b"POST", [(b"content-length", b"3")], flags=["END_HEADERS"])
     d = DataFrame(1)
     d.data = b"four"
     evs = m.receive(PREFACE + SettingsFrame(0).serialize() + h.serialize() + d.serialize(), 0.0)
@@ -404,19 +405,15 @@ def test_a_body_that_is_not_its_content_length_is_malformed():
 def test_a_self_dependent_stream_is_refused_and_the_hpack_context_goes_on():
     m = H2Machine(H2Limits(), 0.0)
     enc = Encoder()
-    h = HeadersFrame(1)
-    h.data = enc.encode([(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
-                         (b":path", b"/"), (b"x-indexed", b"once")])
-    h.flags = {"END_HEADERS", "END_STREAM", "PRIORITY"}
+    h = request_frame(1, enc, extra=[(b"x-indexed", b"once")],
+                      flags=["END_HEADERS", "END_STREAM", "PRIORITY"])
     h.depends_on = 1
     evs = m.receive(PREFACE + SettingsFrame(0).serialize() + h.serialize(), 0.0)
     assert not [e for e in evs if type(e) is RequestHead]
     [rst] = [f for f in frames(m.data_to_send()) if type(f) is RstStreamFrame]
     assert (rst.stream_id, rst.error_code) == (1, ErrorCodes.PROTOCOL_ERROR)
-    h = HeadersFrame(3)   # (its x-indexed field is an index into the dynamic table now)
-    h.data = enc.encode([(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
-                         (b":path", b"/"), (b"x-indexed", b"once")])
-    h.flags = {"END_HEADERS", "END_STREAM"}
+    # (its x-indexed field is an index into the dynamic table now)
+    h = request_frame(3, enc, extra=[(b"x-indexed", b"once")])
     [head] = [e for e in m.receive(h.serialize(), 0.0) if type(e) is RequestHead]
     assert (b"x-indexed", b"once") in head.headers
 
