@@ -65,8 +65,12 @@ class Policy:
     def problem(self, address: str) -> str | None:
         """Why a delivery may not go to this address, or None."""
         ip: Address = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.is_site_local:     # fec0::/10: deprecated, still routed inside some sites
+                return f"{ip} is a site-local address (webhooks.allow_networks)"
+            # An IPv4 address inside an IPv6 one (::ffff:a.b.c.d, and 6to4's 2002:AABB:CCDD::,
+            # which a host with a 6to4 route sends to a.b.c.d) is judged as that IPv4 address.
+            ip = ip.ipv4_mapped or ip.sixtofour or ip
         if any(ip in n for n in self.networks):
             return None
         if ip.is_loopback:
