@@ -490,7 +490,7 @@ class EnqueueHandler:
             return _json(401, {"error": "missing or unknown API key (Authorization: Bearer KEY)"})
         try:
             body = json.loads(await req.body.read() if req.body is not None else b"")
-        except ValueError:
+        except (ValueError, RecursionError):   # (RecursionError: nested deeper than the parser goes)
             hooks.refused.inc(("bad_json",))
             return _json(400, {"error": "body is not JSON"})
         batch = isinstance(body, dict) and "deliveries" in body
