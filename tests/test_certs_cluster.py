@@ -119,6 +119,11 @@ def test_a_received_pair_is_installed_only_when_valid_here_and_newer(tmp_path):
     assert certs.receive(other[0], first[1], "a") == "refused"            # key of another cert
     assert certs.receive(*pair("narrow", names=["www.farts.test"], days=90), "a") == "refused"  # api missing
     assert certs.receive(b"not pem", first[1], "a") == "refused"
+    from cryptography.hazmat.primitives import serialization
+    locked = serialization.load_pem_private_key(other[1], None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pw"))
+    assert certs.receive(other[0], locked, "a") == "refused"             # an encrypted key: not usable
     assert certs.current_pair() == first                                  # all of those left it alone
     assert certs.receive(*other, "a") == "installed"
     assert certs.current_pair() == other

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from farts.clock import Clock, Timer
@@ -196,7 +197,7 @@ class CertService:
         """A pair another node ordered: installed when valid here and newer than ours."""
         try:
             not_after = self._validate(chain, key_pem)
-        except ValueError as e:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:   # (TypeError: an encrypted key)
             outcome = "refused"
             log.warning("certs: refused the certificate from %s (%s); the current one stays", origin, e)
         else:
