@@ -143,6 +143,8 @@ def test_refusals(client):
         (lambda: db.create_collection("a", validator={"$jsonSchema": {"bogus": 1}}), 9, "FailedToParse"),
         (lambda: db.create_collection("a", validator={"$jsonSchema": {"type": "integer"}}), 2, "BadValue"),
         (lambda: db.create_collection("a", validator={"$jsonSchema": {"$ref": "#/x"}}), 9, "FailedToParse"),
+        (lambda: db.create_collection("a", validator={"$jsonSchema": {"maxLength": float("inf")}}), 9, "FailedToParse"),
+        (lambda: db.create_collection("a", validator={"$jsonSchema": {"minItems": float("nan")}}), 9, "FailedToParse"),
         (lambda: db.create_collection("a", validator={"x": {"$bogus": 1}}), 2, "BadValue"),
         (lambda: db.create_collection("a", validator={"$where": "1"}), 224, "QueryFeatureNotAllowed"),
         (lambda: db.command("collMod", "missing", validator={}), 26, "NamespaceNotFound"),

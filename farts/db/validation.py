@@ -285,7 +285,8 @@ def _multiple_of(arg: Any, spec: dict) -> Check:
 def _count_limit(keyword: str, kind: type, measure: Callable[[Any], int], reason: str,
                  field: str = "consideredValue") -> Callable[[Any, dict], Check]:
     def build(arg: Any, spec: dict) -> Check:
-        if isinstance(arg, bool) or not isinstance(arg, (int, float)) or arg < 0 or arg != int(arg):
+        if isinstance(arg, bool) or not isinstance(arg, (int, float)) or not math.isfinite(arg) or arg < 0 \
+                or arg != int(arg):   # (int() of NaN or an infinity raises: refused first)
             raise error(FAILED_TO_PARSE, f"$jsonSchema keyword '{keyword}' must be a non-negative integer")
         limit, at_least = int(arg), keyword.startswith("min")
 
