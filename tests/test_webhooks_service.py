@@ -166,7 +166,7 @@ def test_documents_inserted_into_the_collection_are_claimed_and_delivered(tmp_pa
 
         def insert(w):
             w.insert(ns, {"_id": 1, "url": f"http://127.0.0.1:{port}/hook/demo", "event": "a", "payload": {"x": 1}})
-            w.insert(ns, {"_id": 2, "url": "gopher://nowhere", "event": "b", "payload": {}})
+            w.insert(ns, {"_id": 2, "url": "gopher://nowhere\x1b[2J", "event": "b\x1b]0;pwned\x07", "payload": {}})
         await asyncio.wrap_future(s.store.submit(insert))
         hooks.set_master(1)
         good, bad = queue.claimed_id("demo", 1), queue.claimed_id("demo", 2)
@@ -175,6 +175,8 @@ def test_documents_inserted_into_the_collection_are_claimed_and_delivered(tmp_pa
         assert rx.bodies[good]["data"] == {"x": 1}
         (dead,) = queue.listing(s.store)["dead"]["deliveries"]
         assert dead["_id"] == bad and "not enqueued" in dead["error"]
+        # (shown on an operator's terminal by `webhooks list`: no control characters kept)
+        assert dead["url"] == "gopher://nowhere?[2J" and dead["event"] == "b?]0;pwned?"
         with s.store.read() as txn:
             assert s.store.count_keys(txn, ns) == 0
         assert s.count("farts_webhooks_enqueued_total", ("mongodb",)) == 2

@@ -147,7 +147,7 @@ def claim(w, source_ns: str, tenant: str, source_ids: list, now: float, max_payl
             doc = make(tenant, src.get("url"), src.get("event"), src.get("payload"), now, max_payload_bytes, did)
             ns = QUEUE_NS
         except BadDelivery as e:
-            doc = {"_id": did, "tenant": tenant, "url": str(src.get("url"))[:2048], "event": str(src.get("event"))[:200],
+            doc = {"_id": did, "tenant": tenant, "url": _shown(src.get("url"), 2048), "event": _shown(src.get("event"), 200),
                    "body": b"", "created": now, "since": now, "due": now, "attempts": 0,
                    "error": f"not enqueued: {e}", "status": 0, "epoch": 0}
             ns = DEAD_NS
@@ -156,6 +156,12 @@ def claim(w, source_ns: str, tenant: str, source_ids: list, now: float, max_payl
             w.insert(ns, doc)
         out.append(did)
     return out
+
+
+def _shown(value, limit: int) -> str:
+    """A field of a refused document as the dead letter keeps it: printable only (listings
+    and `farts-edge webhooks list` show it on an operator's terminal; an ESC would not be)."""
+    return "".join(c if c.isprintable() else "?" for c in str(value)[:limit])
 
 
 # ---- reads ----
