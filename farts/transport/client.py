@@ -495,7 +495,8 @@ MAX_ROUTED_POOLS = 1024
 
 
 class Client:
-    """Pools by (scheme, host, port), shared by every user of one node."""
+    """Pools by (scheme, host, port), shared by every user of one node; and pools to a
+    checked address or through a proxy (``routed``, at most MAX_ROUTED_POOLS)."""
 
     def __init__(self, clock: Clock, pool_size: int = 32, ca_file: str | None = None) -> None:
         self.deadlines = Deadlines(clock)
