@@ -15,8 +15,6 @@ from test_certs_acme import metric, pebble_ca, served_issuer, start_pebble
 
 from farts import pki
 
-pytestmark = pytest.mark.skipif(shutil.which("pebble") is None, reason="pebble is not installed; ci/setup installs it")
-
 NAMES = ["www.farts.test", "api.farts.test"]
 
 
@@ -59,6 +57,7 @@ def serves_pebble(node) -> bool:
     return "Pebble" in served_issuer(node.port("https"), "www.farts.test")
 
 
+@pytest.mark.skipif(shutil.which("pebble") is None, reason="pebble is not installed; ci/setup installs it")
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_one_order_for_the_cluster_and_every_node_serves_it(tmp_path):
