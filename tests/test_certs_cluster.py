@@ -127,3 +127,7 @@ def test_a_received_pair_is_installed_only_when_valid_here_and_newer(tmp_path):
     assert certs.receive(*other, "a") == "installed"
     assert certs.current_pair() == other
     assert datetime.datetime.now(datetime.UTC).timestamp() < certs.expiry()[1]
+    # A pair that cannot be written (here: cert_dir is not a directory) is counted, not raised.
+    (tmp_path / "not-a-dir").write_text("")
+    stuck = CertService(CertsConfig(), NAMES, tmp_path / "not-a-dir", tmp_path / "acme", Metrics(), FakeClock())
+    assert stuck.receive(*other, "a") == "failed"

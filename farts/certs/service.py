@@ -95,7 +95,7 @@ class CertService:
         self.share = None               # fn(chain, key): a new pair to the other nodes
         self.received = metrics.counter("farts_certs_received_total",
                                         "Certificates received from another node, by outcome "
-                                        "(installed, not_newer, refused)", ("outcome",))
+                                        "(installed, not_newer, refused, failed: not written)", ("outcome",))
         self.orders = metrics.counter("farts_certs_orders_total", "ACME orders, by outcome", ("outcome",))
         metrics.gauge("farts_certs_not_after_timestamp_seconds",
                       "When the ACME certificate expires (0: none yet)", lambda: self.expiry()[1] or 0.0)
@@ -205,9 +205,14 @@ class CertService:
             if current is not None and not_after <= current:
                 outcome = "not_newer"
             else:
-                self._write(chain, key_pem)
-                outcome = "installed"
-                log.info("certs: installed the certificate ordered by %s", origin)
+                try:
+                    self._write(chain, key_pem)
+                except OSError as e:   # (disk full, permissions: the pair in use stays)
+                    outcome = "failed"
+                    log.error("certs: could not write the certificate from %s: %s", origin, e)
+                else:
+                    outcome = "installed"
+                    log.info("certs: installed the certificate ordered by %s", origin)
         self.received.inc((outcome,))
         return outcome
 
