@@ -4,8 +4,9 @@ Every node takes enqueues (``POST /api/webhooks`` with a tenant API key, or a do
 inserted into the MongoDB collection ``webhooks.collection``) into the replicated
 queue. Only the node the master lease names delivers: ``set_master(epoch)`` makes this
 node active (``epoch``: the lease's fencing token, carried on every write it makes to
-the queue), ``set_master(None)`` stops it. While active it looks at the queue every
-``scan_interval`` for what other nodes enqueued (reading keys only), hands each
+the queue), ``set_master(None)`` stops it. While active it looks every ``scan_interval``
+at what changed in the queue (the store's operation log; a full scan of its keys at the
+start, when the log cannot say, and every FULL_SCAN_EVERY seconds at most), hands each
 delivery to the ``Scheduler`` and runs the attempts it hands out, each a POST through
 the node's pooled client, to the address checked against request forgery, signed with
 the tenant's webhook secret. Outcomes are written back in batches (one write for all
