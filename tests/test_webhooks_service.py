@@ -254,3 +254,20 @@ def test_410_gone_dead_letters_at_once_and_other_4xx_are_retried(tmp_path):
         assert gone.attempts[g] == 1 and s.count("farts_webhooks_dead_lettered_total", ("gone",)) == 1
         assert s.count("farts_webhooks_retried_total", ("http_4xx",)) >= 2
     run(tmp_path, body, [gone, refusing])
+
+
+def test_a_large_insert_into_the_collection_is_claimed_a_batch_per_look(tmp_path, monkeypatch):
+    # (an app inserting a million documents must not make one look decode and move them all)
+    from farts.webhooks import service
+    monkeypatch.setattr(service, "CLAIM_BATCH", 5)
+    rx = Receiver(SECRETS)
+    async def body(s, hooks, port):
+        ns = "demo$farts.webhooks"
+        await asyncio.wrap_future(s.store.submit(lambda w: [
+            w.insert(ns, {"_id": i, "url": f"http://127.0.0.1:{port}/hook/demo", "event": "a", "payload": i})
+            for i in range(12)]))
+        hooks.set_master(1)          # one look now, the next one scan_interval (an hour) later
+        await until(lambda: s.count("farts_webhooks_enqueued_total", ("mongodb",)) == 5, what="one batch claimed")
+        with s.store.read() as txn:
+            assert s.store.count_keys(txn, ns) == 7
+    run(tmp_path, body, [rx], scan_interval=3600.0)

@@ -184,6 +184,20 @@ def scan(store: Store, ns: str, known: dict[bytes, object]) -> tuple[list[dict],
     return new, [k for k in known if k not in seen]
 
 
+def first_ids(store: Store, ns: str, limit: int) -> list:
+    """The _ids of the first ``limit`` documents of ns (nothing else decoded)."""
+    prefix = ns_prefix(ns)
+    out: list = []
+    with store.read() as txn:
+        cur = txn.cursor()
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix) or len(out) >= limit:
+                    break
+                out.append(bson.decode(v)["_id"])
+    return out
+
+
 class Watch:
     """What may have changed in a namespace since the last look, from the store's operation
     log: the ids of every record on it, of any origin (this node's writes, the records

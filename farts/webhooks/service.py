@@ -38,6 +38,7 @@ MAX_BATCH = 1000              # deliveries per POST /api/webhooks
 MAX_ANSWER_BYTES = 65536      # of a receiver's answer read (the rest is not waited for)
 SCAN_SHARE = 20               # full scans take at most 1/20 of the master's loop ...
 FULL_SCAN_EVERY = 30.0        # ... and come at least this many seconds apart
+CLAIM_BATCH = 5000            # documents claimed from one MongoDB collection per look (the rest next time)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DELAY_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 21600.0, 86400.0)
 
@@ -273,9 +274,9 @@ class Webhooks:
     def _claim(self, a: _Active) -> None:
         work = []
         for ns, tenant in self.sources.items():
-            docs, _ = queue.scan(self.store, ns, {})
-            if docs:
-                work.append((ns, tenant, [d["_id"] for d in docs]))
+            ids = queue.first_ids(self.store, ns, CLAIM_BATCH)
+            if ids:
+                work.append((ns, tenant, ids))
         if not work:
             return
         a.claiming = True
