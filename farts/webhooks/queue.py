@@ -184,17 +184,17 @@ def scan(store: Store, ns: str, known: dict[bytes, object]) -> tuple[list[dict],
     return new, [k for k in known if k not in seen]
 
 
-def first_ids(store: Store, ns: str, limit: int) -> list:
-    """The _ids of the first ``limit`` documents of ns (nothing else decoded)."""
+def first_docs(store: Store, ns: str, limit: int) -> list[dict]:
+    """The first ``limit`` documents of ns (in key order)."""
     prefix = ns_prefix(ns)
-    out: list = []
+    out: list[dict] = []
     with store.read() as txn:
         cur = txn.cursor()
         if cur.set_range(prefix):
             for k, v in cur:
                 if not k.startswith(prefix) or len(out) >= limit:
                     break
-                out.append(bson.decode(v)["_id"])
+                out.append(bson.decode(v))
     return out
 
 
@@ -243,17 +243,8 @@ def listing(store: Store, limit: int = 100) -> dict:
     """For `farts-edge webhooks list`: counts and the first deliveries of each state."""
     out: dict = {}
     for state, n in counts(store).items():
-        ns = QUEUE_NS if state == "pending" else DEAD_NS
-        prefix = ns_prefix(ns)
-        rows = []
-        with store.read() as txn:
-            cur = txn.cursor()
-            if cur.set_range(prefix):
-                for k, v in cur:
-                    if not k.startswith(prefix) or len(rows) >= limit:
-                        break
-                    d = bson.decode(v)
-                    rows.append({f: d.get(f) for f in ("_id", "tenant", "url", "event", "attempts", "due",
-                                                       "created", "since", "error", "status", "epoch")})
+        rows = [{f: d.get(f) for f in ("_id", "tenant", "url", "event", "attempts", "due", "created", "since",
+                                       "error", "status", "epoch")}
+                for d in first_docs(store, QUEUE_NS if state == "pending" else DEAD_NS, limit)]
         out[state] = {"count": n, "deliveries": rows}
     return out

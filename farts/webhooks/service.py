@@ -274,7 +274,7 @@ class Webhooks:
     def _claim(self, a: _Active) -> None:
         work = []
         for ns, tenant in self.sources.items():
-            ids = queue.first_ids(self.store, ns, CLAIM_BATCH)
+            ids = [d["_id"] for d in queue.first_docs(self.store, ns, CLAIM_BATCH)]
             if ids:
                 work.append((ns, tenant, ids))
         if not work:
