@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from farts.clock import Clock, Timer
@@ -94,7 +95,7 @@ class CertService:
         self.share = None               # fn(chain, key): a new pair to the other nodes
         self.received = metrics.counter("farts_certs_received_total",
                                         "Certificates received from another node, by outcome "
-                                        "(installed, not_newer, refused)", ("outcome",))
+                                        "(installed, not_newer, refused, failed: not written)", ("outcome",))
         self.orders = metrics.counter("farts_certs_orders_total", "ACME orders, by outcome", ("outcome",))
         metrics.gauge("farts_certs_not_after_timestamp_seconds",
                       "When the ACME certificate expires (0: none yet)", lambda: self.expiry()[1] or 0.0)
@@ -196,7 +197,7 @@ class CertService:
         """A pair another node ordered: installed when valid here and newer than ours."""
         try:
             not_after = self._validate(chain, key_pem)
-        except ValueError as e:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:   # (TypeError: an encrypted key)
             outcome = "refused"
             log.warning("certs: refused the certificate from %s (%s); the current one stays", origin, e)
         else:
@@ -204,9 +205,14 @@ class CertService:
             if current is not None and not_after <= current:
                 outcome = "not_newer"
             else:
-                self._write(chain, key_pem)
-                outcome = "installed"
-                log.info("certs: installed the certificate ordered by %s", origin)
+                try:
+                    self._write(chain, key_pem)
+                except OSError as e:   # (disk full, permissions: the pair in use stays)
+                    outcome = "failed"
+                    log.error("certs: could not write the certificate from %s: %s", origin, e)
+                else:
+                    outcome = "installed"
+                    log.info("certs: installed the certificate ordered by %s", origin)
         self.received.inc((outcome,))
         return outcome
 

@@ -360,7 +360,7 @@ class Commands:
                 "farts": {"storeBytes": self.store.size_bytes(), "oplogLength": self.store.oplog_length(),
                           "commits": self.store.commits, "committedWrites": self.store.committed_ops,
                           "poolReads": self.pool_reads, "retriedWrites": self.retried_writes,
-                          "openCursors": len(self.cursors), "validationWarnings": validation.warnings},
+                          "openCursors": len(self.cursors), "validationWarnings": self.store.validation_warnings},
                 "ok": 1.0}
 
     def list_databases(self, session: Session, cmd: Command) -> dict:

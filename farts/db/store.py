@@ -131,6 +131,7 @@ class Store:
         self.rmeta = self.env.open_db(b"rmeta")
         self.conflicts = self.env.open_db(b"conflicts")
         self.unique_conflicts = 0     # resolved since start (a metric)
+        self.validation_warnings = 0  # writes let through by validationAction "warn" (serverStatus)
         self.oversized = 0            # replicated documents merged past MAX_DOCUMENT_BYTES (a metric)
         self.replicated = replicated
         vv: dict[str, tuple[int, int]] = {}
@@ -1035,8 +1036,8 @@ class WriteTxn:
         if isinstance(_id, (list, Regex)) or type(_id).__name__ == "Pattern":
             raise _err(2, "BadValue", f"can't use {'an array' if isinstance(_id, list) else 'a regex'} for _id")
         coll = self.collection(ns)
-        if coll.options and not self.bypass_validation:
-            validation.check_write(coll.options, None, doc)
+        if coll.options and not self.bypass_validation and validation.check_write(coll.options, None, doc):
+            self.store.validation_warnings += 1
         id_key = keys.encode(_id)
         stamp, effect = None, {}
         if self.store.replicated:
@@ -1059,8 +1060,8 @@ class WriteTxn:
     def replace(self, ns: str, old: dict, new: dict, op: dict) -> None:
         """Writes new over old (same _id); op is the oplog record's body."""
         coll = self.collection(ns)
-        if coll.options and not self.bypass_validation:
-            validation.check_write(coll.options, old, new)
+        if coll.options and not self.bypass_validation and validation.check_write(coll.options, old, new):
+            self.store.validation_warnings += 1
         id_key = keys.encode(old["_id"])
         stamp = None
         if self.store.replicated:
