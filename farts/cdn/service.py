@@ -785,7 +785,12 @@ class CDNHandler:
                             resp.content_length, head_only=no_body)
         first, last, length = span
         name = stored.file if verdict is partial.COMBINE else cdn.store.new_name(key)
-        fd = await asyncio.get_running_loop().run_in_executor(cdn.disk, _open_partial, cdn.store.path(name), length)
+        opening = cdn.disk.submit(_open_partial, cdn.store.path(name), length)
+        try:
+            fd = await asyncio.wrap_future(opening)
+        except asyncio.CancelledError:   # (the client went: the file it opens is closed)
+            opening.add_done_callback(lambda f: f.exception() is None and os.close(f.result()))
+            raise
         writing = None   # the last write in the disk pool: fd stays open until it is done
 
         def in_disk(fn, *args) -> asyncio.Future:
@@ -816,14 +821,19 @@ class CDNHandler:
         headers_kept = partial.kept_headers(resp.headers)
         lifetime = policy.freshness_lifetime(200, resp.headers, response_time, cfg.negative_ttl)
         age = policy.initial_age(resp.headers, request_time, response_time)
+        r = policy.byte_range(rng, length)
+        if r is None or r == policy.UNSATISFIABLE or not first <= r[0] <= r[1] <= last:
+            r = (first, last)   # (the origin chose another range: that one, as it said)
         current = cdn.partials.get(key)
         if cdn.purges != purges or (verdict is partial.COMBINE and current is not stored) or key in cdn.entries:
-            # Purged or replaced meanwhile: this answer is for its client only.
-            if verdict is partial.NEW:
+            # Purged or replaced meanwhile: this answer is for its client only (and its
+            # file goes, unless what is stored now is in it).
+            entry = cdn.entries.get(key)
+            if (current is None or current.file != name) and (entry is None or entry.file != name):
                 cdn.store.delete([], [name])
             p = partial.Partial(key, headers_kept, length, b"", [(first, last)], name, response_time,
                                 lifetime, age)
-            return self.partial_answer(p, fd, first, last, response_time, b"MISS")
+            return self.partial_answer(p, fd, *r, response_time, b"MISS")
         spans = partial.merged(stored.spans if verdict is partial.COMBINE else [], first, last)
         p = partial.Partial(key, headers_kept, length, policy.header(resp.headers, b"etag"), spans, name,
                             response_time, lifetime, age)
@@ -841,9 +851,6 @@ class CDNHandler:
             cdn.partials[key] = p
             cdn.index.insert(PARTIAL + key, p.held)
             cdn._evict()
-        r = policy.byte_range(rng, length)
-        if r is None or r == policy.UNSATISFIABLE or not first <= r[0] <= r[1] <= last:
-            r = (first, last)   # (the origin chose another range: that one, as it said)
         return self.partial_answer(p, fd, *r, response_time, b"MISS")
 
     async def head_through(self, req: Request, target: bytes, stored: Entry | None):
