@@ -10,9 +10,12 @@ import datetime
 import json
 import random
 import ssl
+import threading
 import time
+import urllib.request
 
 from aiohttp import web
+from conftest import start_node
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -222,3 +225,50 @@ def test_a_ca_without_renewal_information_keeps_todays_rule(tmp_path):
         await asyncio.sleep(0.3)
         assert ca.asked == ["/dir"] and certs.ari_renew_at is None and not ordered(ca)
     run_with_ca(tmp_path, scenario)
+
+
+def test_a_node_shows_the_window_and_the_chosen_time_in_api_certs(tmp_path):
+    """End to end: a node holding a certificate asks the stand-in CA, and /api/certs and
+    /metrics say what it was told and chose."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    ca = StandInCA(tmp_path)
+    asyncio.run_coroutine_threadsafe(ca.start(), loop).result(10)
+    now = time.time()
+    ca.window(now + 86400, now + 2 * 86400, retry_after="3600")
+    issuer = tmp_path / "issuer"
+    pki.make_ca(issuer)
+    certs = tmp_path / "node" / "certs"
+    pki.issue(issuer, certs / "acme.crt", certs / "acme.key", ["www.farts.test"])
+    node = start_node(tmp_path, f"""
+[[tenants]]
+id = "site"
+hosts = ["www.farts.test"]
+
+[certs]
+enabled = true
+directory_url = "{ca.url}/dir"
+ca_bundle = "{ca.ca_dir / 'ca.crt'}"
+domains = ["www.farts.test"]
+""")
+    try:
+        def status() -> dict:
+            with urllib.request.urlopen(node.url("admin", "/api/certs"), timeout=10) as r:
+                return json.load(r)["ari"]
+        deadline = time.monotonic() + 60
+        while status()["renew_at"] is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+        shown = status()
+        assert shown["window_start"] == int(now + 86400) and shown["window_end"] == int(now + 2 * 86400)
+        assert shown["window_start"] <= shown["renew_at"] <= shown["window_end"]
+        assert 3000 < shown["next_poll"] - time.time() <= 3600 and not shown["last_error"]
+        with urllib.request.urlopen(node.url("admin", "/metrics"), timeout=10) as r:
+            metrics = r.read().decode()
+        assert 'farts_certs_ari_fetches_total{outcome="window"} 1.0' in metrics
+        assert not ordered(ca) and node.alive()
+    finally:
+        node.stop()
+        asyncio.run_coroutine_threadsafe(ca.runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
