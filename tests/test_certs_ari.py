@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.request
 
+import pytest
 from aiohttp import web
 from conftest import start_node
 from cryptography import x509
@@ -78,6 +79,14 @@ def test_renewal_information_is_parsed_strictly_and_retry_after_bounded():
     assert ari.parse_retry_after("300", 0.0) == 300.0
     assert ari.parse_retry_after("Thu, 01 Jan 1970 00:10:00 GMT", 0.0) == 600.0
     assert ari.parse_retry_after("soon", 0.0) is None
+
+
+def test_the_poll_bounds_are_checked_in_the_config():
+    from farts import config
+    with pytest.raises(config.ConfigError, match=r"t.toml: certs.ari_poll_min: 600.0 is more than certs.ari_poll_max"):
+        config.parse("[certs]\nari_poll_min = 600.0\nari_poll_max = 60.0\n", "t.toml")
+    with pytest.raises(config.ConfigError, match=r"t.toml: certs.ari_poll_max"):
+        config.parse("[certs]\nari_poll_max = -1.0\n", "t.toml")
 
 
 def iso(t: float) -> str:

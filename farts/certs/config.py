@@ -38,6 +38,8 @@ class CertsConfig:
 
 def _cross_check(cfg) -> None:
     c = cfg.certs
+    if c.ari_poll_min > c.ari_poll_max:
+        raise ConfigError(f"{cfg.source}: certs.ari_poll_min: {c.ari_poll_min} is more than certs.ari_poll_max ({c.ari_poll_max})")
     if c.enabled and not c.directory_url:
         raise ConfigError(f"{cfg.source}: certs.directory_url: required when certs.enabled = true")
     if c.enabled and c.challenge == "dns-01" and not cfg.dns.enabled:
