@@ -480,6 +480,7 @@ memory_capacity_bytes = 67108864  # ... up to this many bytes in all
 negative_ttl = 0.0          # seconds to cache origin 404/410 (0: never); 5xx never
 max_variants_per_uri = 16   # answers with Vary: variants kept per URI (the oldest goes first)
 request_cache_control = "ignore"  # a client's Cache-Control: "ignore" (as nginx) or "honor" (RFC 9111 §5.2.1)
+range_fill_min_bytes = 0     # >0: a Range miss asks the origin for that range (at least this many bytes) and stores the 206
 flush_interval = 2.0        # seconds between flushes of the recency order (kept by restarts)
 
 [cdn.origins.media]         # routes of kind "cdn" name one of these
