@@ -351,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("--type", default="A", choices=["A", "AAAA"])
     lookup.add_argument("--config", default="./farts-data/farts.toml")
     lookup.set_defaults(func=cmd_dns_lookup)
+
+    from farts.release.cli import add_parsers as add_release_parsers
+    add_release_parsers(sub)   # release keygen|build|verify, deploy
     return p
 
 

@@ -39,6 +39,7 @@ from farts.proxy import config as proxy_config
 from farts.pubsub import PubSub
 from farts.pubsub import config as pubsub_config
 from farts.pubsub.peer import PubSubPeer
+from farts.release import config as release_config
 from farts.transport.client import Client
 from farts.transport.http import Fixed
 from farts.transport.listener import AccessLog, HTTPStats, Listener
@@ -187,6 +188,8 @@ SERVICES: tuple[Service, ...] = (
             public_routes=_certs_routes, admin_routes=_certs_admin),
     Service("admin", admin_config.SECTION, build=_build_status, start_rank=90, stop_rank=5,
             peers=lambda n, sampler, bus: [sampler.peer(bus)]),
+    # [release]: the keys this node trusts for release bundles (farts/release/).
+    Service("release", release_config.SECTION, build=lambda n: None),
 )
 
 for _service in SERVICES:
