@@ -31,14 +31,20 @@ def _up_flags_into(path: Path, args) -> None:
                                   if getattr(args, f"{name}_port") is not None})
 
 
-def _serve(cfg: config.Config, banner: str = "") -> int:
+def _serve(cfg: config.Config, banner: str = "", takeover: bool = False) -> int:
     import uvloop
 
     from farts.node import Node
 
     async def main() -> None:
         node = Node(cfg)
+        successor = None
+        if takeover:   # the running node of this config hands its sockets and work over
+            from farts.release.handover import take_over
+            successor = await take_over(node)
         await node.start()
+        if successor is not None:
+            successor.ready(node.pubsub)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -244,7 +250,7 @@ def cmd_certs(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    return _serve(_with_flags(config.load(args.config), args))
+    return _serve(_with_flags(config.load(args.config), args), takeover=args.takeover)
 
 
 def cmd_config_check(args) -> int:
@@ -294,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run one node from a config file")
     serve.add_argument("--config", required=True)
+    serve.add_argument("--takeover", action="store_true",
+                       help="take over the node running this config (its sockets, subscribers and "
+                            "history) without dropping work: a restart, e.g. onto a new release")
     serve.set_defaults(func=cmd_serve)
 
     for command in (up, serve):

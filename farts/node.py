@@ -40,6 +40,7 @@ from farts.pubsub import PubSub
 from farts.pubsub import config as pubsub_config
 from farts.pubsub.peer import PubSubPeer
 from farts.release import config as release_config
+from farts.release.handover import Handover
 from farts.transport.client import Client
 from farts.transport.http import Fixed
 from farts.transport.listener import AccessLog, HTTPStats, Listener
@@ -188,8 +189,10 @@ SERVICES: tuple[Service, ...] = (
             public_routes=_certs_routes, admin_routes=_certs_admin),
     Service("admin", admin_config.SECTION, build=_build_status, start_rank=90, stop_rank=5,
             peers=lambda n, sampler, bus: [sampler.peer(bus)]),
-    # [release]: the keys this node trusts for release bundles (farts/release/).
-    Service("release", release_config.SECTION, build=lambda n: None),
+    # [release]: the keys this node trusts for release bundles; the restart handover
+    # (data_dir/handover.sock: `serve --takeover` takes this node over, farts/release/).
+    Service("release", release_config.SECTION, start_rank=95, stop_rank=0,
+            build=lambda n: Handover(n, n.cfg.release.reconnect_spread)),
 )
 
 for _service in SERVICES:
