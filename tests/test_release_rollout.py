@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from farts.clock import FakeClock
 from farts.release import rollout
+from farts.release.deploy import mesh_admin_urls
 from farts.release.rollout import CheckHealth, Finished, Install, Restart, Rollback, Rollout, Verify
 
 NODES = ["n1", "n2", "n3"]
@@ -118,3 +119,15 @@ def test_late_answers_after_the_deploy_stopped_change_nothing():
     m, c = deploy(bad={(Verify, "n1")})
     assert m.done("n1", True, "", 5000.0) == [] and m.tick(5000.0) == []
     assert m.status()["state"] == "stopped"
+
+
+def test_a_deploy_goes_by_default_to_the_live_members_of_the_mesh():
+    status = {"members": [
+        {"id": "n1", "self": True, "state": "alive", "mesh": "127.0.0.1:7946"},
+        {"id": "n2", "self": False, "state": "alive", "mesh": "127.0.0.2:7946"},
+        {"id": "n3", "self": False, "state": "draining", "mesh": "[::1]:7946"},
+        {"id": "n4", "self": False, "state": "dead", "mesh": "127.0.0.4:7946"}]}
+    assert mesh_admin_urls(status, "n1", ("127.0.0.1", 9100)) == {
+        "n1": "http://127.0.0.1:9100/", "n2": "http://127.0.0.2:9100/", "n3": "http://[::1]:9100/"}
+    assert mesh_admin_urls(None, "n1", ("127.0.0.1", 9100)) == {"n1": "http://127.0.0.1:9100/"}
+    assert mesh_admin_urls(status, "n1", None) == {}

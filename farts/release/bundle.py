@@ -163,7 +163,7 @@ def _git(checkout: Path, *args: str) -> str:
     return r.stdout.strip() if r.returncode == 0 else ""
 
 
-def _copy_checkout(checkout: Path, dest: Path) -> None:
+def copy_checkout(checkout: Path, dest: Path) -> None:
     """The files git knows (tracked or new, not ignored): what a clean clone holds, without
     build leftovers or in-place compiled modules."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=checkout,
@@ -182,7 +182,7 @@ def build(key_path: Path, out: Path, checkout: Path, isolated: bool = False, log
     with tempfile.TemporaryDirectory(prefix="farts-release-") as tmp:
         src, dist = Path(tmp) / "src", Path(tmp) / "dist"
         log(f"copying the checkout {checkout} (files git knows)")
-        _copy_checkout(checkout, src)
+        copy_checkout(checkout, src)
         # Without isolation the build uses this environment's setuptools and Cython (no
         # download); --isolated builds in a fresh one, as a release pipeline would.
         cmd = [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(src)]

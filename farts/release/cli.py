@@ -79,3 +79,67 @@ def add_parsers(sub) -> None:
                         help=f"the version it would replace, for the downgrade check (default {__version__})")
     verify.add_argument("--allow-downgrade", action="store_true")
     verify.set_defaults(func=cmd_verify)
+
+    deploy = sub.add_parser("deploy", help="roll a release bundle across the deployment, one node at a "
+                            "time (`deploy status`: its progress)")
+    deploy.add_argument("bundle", help="the bundle file, or `status`")
+    deploy.add_argument("--admin", default="http://127.0.0.1:9100/",
+                        help="the admin listener of the node that runs the rollout")
+    deploy.add_argument("--deployment", default="", metavar="NAME")
+    deploy.add_argument("--canary", type=int, default=1, metavar="N", help="nodes deployed and baked first")
+    deploy.add_argument("--node", action="append", default=[], metavar="ID=URL",
+                        help="a node and its admin URL (repeatable; default: the mesh members of --admin's node)")
+    deploy.add_argument("--allow-downgrade", action="store_true")
+    deploy.add_argument("--wait", action="store_true", help="follow the progress until it ends")
+    deploy.set_defaults(func=cmd_deploy)
+
+
+def _admin_call(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def _show(status: dict) -> str:
+    nodes = ", ".join(f"{n['node']}{'*' if n['canary'] else ''} {n['state']}" for n in status.get("nodes", []))
+    return f"deploy {status.get('version', '-')}: {status['state']} [{nodes}] {status.get('reason', '')}".rstrip()
+
+
+def cmd_deploy(args) -> int:
+    import json
+    import time
+    from urllib.parse import urlencode
+
+    admin = args.admin.rstrip("/")
+    try:
+        if args.bundle == "status":
+            print(_show(_admin_call(admin + "/api/deploy")[1]))
+            return 0
+        nodes = dict(n.split("=", 1) for n in args.node)
+        q = urlencode({"canary": args.canary, "deployment": args.deployment,
+                       "allow_downgrade": "1" if args.allow_downgrade else "0"})
+        code, body = _admin_call(f"{admin}/api/deploy?{q}", Path(args.bundle).read_bytes(),
+                                 {"x-deploy-nodes": json.dumps(nodes)})
+        if code != 202:
+            print(f"farts-edge: deploy refused: {body.get('refused') or body.get('error') or body}", file=sys.stderr)
+            return 1
+        print(_show(body), flush=True)
+        last = ""
+        while args.wait:
+            time.sleep(1)
+            status = _admin_call(admin + "/api/deploy")[1]
+            if _show(status) != last:
+                last = _show(status)
+                print(last, flush=True)
+            if status["state"] != "running":
+                return 0 if status["state"] == "done" else 1
+    except (OSError, ValueError) as e:
+        print(f"farts-edge: deploy through {admin}: {e}", file=sys.stderr)
+        return 1
+    return 0

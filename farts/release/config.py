@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from farts.config import POSITIVE, ConfigError, Section, setting
+from farts.config import NON_NEGATIVE, POSITIVE, ConfigError, Section, setting
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,12 @@ class ReleaseConfig:
     # A restart spreads its subscribers' reconnects (WebSocket close 1012, SSE retry)
     # over this many seconds, so the new process does not get them all at once.
     reconnect_spread: float = setting(2.0, POSITIVE)
+    # A deploy run from this node (`farts-edge deploy`): after a node restarts it must
+    # answer healthy within health_timeout seconds, then stay healthy for bake seconds
+    # (canary_bake for the canaries) before the next node's turn.
+    health_timeout: float = setting(60.0, POSITIVE)
+    bake: float = setting(30.0, NON_NEGATIVE)
+    canary_bake: float = setting(60.0, NON_NEGATIVE)
 
 
 def _cross_check(cfg) -> None:

@@ -39,8 +39,10 @@ import os
 import random
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from farts import __version__
 from farts.transport import kit
@@ -82,6 +84,11 @@ class Handover:
         self.spread, self.grace = spread, grace
         self.server: asyncio.AbstractServer | None = None
         self.handed_over = False
+        # Work that goes on in the next process: name -> (export, resume); export() is
+        # called at the release (and stops that work here), the next process finds what
+        # it returned in its ``carried`` (e.g. a deploy this node runs, deploy.py).
+        self.carry: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {}
+        self.carried: dict[str, Any] = {}
 
     async def start(self) -> None:
         try:
@@ -140,7 +147,8 @@ class Handover:
                 if not writer.is_closing():
                     writer.write(_line({"op": "event", "event": event}))
             pubsub.on_local_event = forward
-        writer.write(_line({"op": "released", "pubsub": snapshot}))
+        carry = {name: export() for name, (export, _) in self.carry.items()}
+        writer.write(_line({"op": "released", "pubsub": snapshot, "carry": carry}))
         try:
             ready = json.loads(await asyncio.wait_for(reader.readline(), 120) or b"{}")
         except (TimeoutError, ValueError, OSError):
@@ -254,7 +262,7 @@ def _receive(path: Path) -> tuple[socket.socket, dict, list[int], bytes]:
         line, _, buf = buf.partition(b"\n")
         msg = json.loads(line)
         if msg.get("op") == "released":
-            return sock, {"names": sockets["names"], "pubsub": msg.get("pubsub")}, fds, buf
+            return sock, {"names": sockets["names"], "pubsub": msg.get("pubsub"), "carry": msg.get("carry")}, fds, buf
 
 
 async def take_over(node) -> Successor:
@@ -266,5 +274,6 @@ async def take_over(node) -> Successor:
         kit.inherited_sockets[name] = socket.socket(fileno=fd)
     if got["pubsub"] is not None and node.pubsub is not None:
         node.pubsub.restore(got["pubsub"])
+    node.services["release"].carried = got["carry"] or {}
     log.info("took over %s from the running node", ", ".join(got["names"]) or "no sockets")
     return Successor(sock, rest)

@@ -26,28 +26,28 @@ FAILED, ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED = "failed", "rolling_back", "
 
 
 @dataclass(frozen=True)
-class Verify:
+class NodeAction:
     node: str
 
 
-@dataclass(frozen=True)
-class Install:
-    node: str
+class Verify(NodeAction):
+    """Have the node verify the bundle (and keep it for the install)."""
 
 
-@dataclass(frozen=True)
-class Restart:
-    node: str
+class Install(NodeAction):
+    """Install the verified release into a new environment beside the running one."""
 
 
-@dataclass(frozen=True)
-class CheckHealth:
-    node: str
+class Restart(NodeAction):
+    """Restart the node onto the new environment (a takeover: nothing dropped)."""
 
 
-@dataclass(frozen=True)
-class Rollback:
-    node: str
+class CheckHealth(NodeAction):
+    """Is the node healthy, on the new version?"""
+
+
+class Rollback(NodeAction):
+    """Restart the node onto the environment it ran before."""
 
 
 @dataclass(frozen=True)
