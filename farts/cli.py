@@ -135,15 +135,19 @@ def _up_cluster(args, configs: list[Path]) -> int:
                   "Ctrl-C stops the cluster.", flush=True)
         await stopping
         print("stopping the cluster...", flush=True)
-        for p in procs:
-            if p.returncode is None:
-                p.send_signal(signal.SIGTERM)
+        for p in procs:   # (the group: a node restarted by a deploy is a new process in it)
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         try:
             await asyncio.wait_for(asyncio.gather(*tasks), 20)
         except TimeoutError:
             for p in procs:
-                if p.returncode is None:
-                    p.kill()
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         return 0
 
     return asyncio.run(main())

@@ -48,14 +48,14 @@ def make_ca(root: Path) -> Path:
 
 
 def start_mesh_node(root: Path, ca_dir: Path, node_id: str, seeds: list[str], region: str = "test",
-                    sub: str | None = None, extra: str = "") -> RunningNode:
-    """extra: more lines for the [mesh] table (the last one of the config)."""
+                    sub: str | None = None, extra: str = "", **kw) -> RunningNode:
+    """extra: more lines for the [mesh] table (the last one of the config); kw: start_node's."""
     mesh_dir = root / (sub or node_id) / "node" / "mesh"
     if not (mesh_dir / "node.crt").exists():
         pki.issue(ca_dir, mesh_dir / "node.crt", mesh_dir / "node.key", ["127.0.0.1"], node_id=node_id)
     base = MESH.format(node_id=node_id, region=region, seeds=json.dumps(seeds), ca=ca_dir / "ca.crt",
                        cert=mesh_dir / "node.crt", key=mesh_dir / "node.key")
-    return start_node(root / (sub or node_id), extra, base=base)
+    return start_node(root / (sub or node_id), extra, base=base, **kw)
 
 
 def mesh_view(node: RunningNode) -> dict:

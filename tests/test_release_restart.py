@@ -17,7 +17,7 @@ import httpx
 import pymongo
 import pytest
 import websockets
-from conftest import start_node
+from conftest import BASE_CONFIG, start_node
 from pymongo.errors import AutoReconnect, DuplicateKeyError
 from test_pubsub import PUBSUB_ROUTES, ws_url
 
@@ -208,3 +208,49 @@ def test_restart_under_load_drops_nothing(tmp_path):
         assert "took over http, https, admin, db" in new.log()
     finally:
         new.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_mesh_node_taken_over_rejoins_and_its_subscribers_miss_nothing_of_the_peers(tmp_path):
+    from mesh_helpers import make_ca, mesh_address, start_mesh_node, states, wait_for
+
+    ca = make_ca(tmp_path)
+    tenants = BASE_CONFIG[BASE_CONFIG.index("[[tenants]]"):]
+    extra = "\n" + tenants + PUBSUB_ROUTES + "[release]\nreconnect_spread = 0.5\n"
+    a = start_mesh_node(tmp_path, ca, "a", [], extra=extra)
+    b = start_mesh_node(tmp_path, ca, "b", [mesh_address(a)], extra=extra)
+    alive = lambda n, other: states(n).get(other, ("",))[0] == "alive"  # noqa: E731
+    assert wait_for(lambda: alive(a, "b") and alive(b, "a"), 30)
+    publish = lambda data: httpx.post(b.url("http", "/api/publish"), json={"channel": "c", "data": data},  # noqa: E731
+                                      headers={"authorization": "Bearer demo-key"}).raise_for_status()
+
+    async def main():
+        sub = Subscriber(ws_url(a))
+        subscribed = asyncio.Event()
+        task = asyncio.ensure_future(sub.run(subscribed))
+        await asyncio.wait_for(subscribed.wait(), 30)
+        await asyncio.to_thread(publish, "before")
+        new = await asyncio.to_thread(start_mesh_node, tmp_path, ca, "a", [], extra=extra,
+                                      serve_args=("--takeover",))
+        try:
+            await asyncio.to_thread(publish, "during")   # (a may be rejoining the mesh now)
+            assert await asyncio.to_thread(a.proc.wait, 60) == 0
+            assert await asyncio.to_thread(wait_for, lambda: alive(b, "a") and alive(new, "b"), 30), \
+                (states(b), states(new))
+            await asyncio.to_thread(publish, "after")
+            for _ in range(300):
+                if len(sub.got) >= 3 or task.done():
+                    break
+                await asyncio.sleep(0.1)
+            task.cancel()
+            return sub, new
+        except BaseException:
+            new.stop()
+            raise
+
+    sub, new = asyncio.run(main())
+    try:
+        assert sub.got == ["before", "during", "after"] and sub.restarts == 1
+    finally:
+        new.stop()
+        b.stop()

@@ -128,13 +128,13 @@ class ReleaseNode:
         if env != BASE and not (self.envs / env).is_dir():
             raise bundle.Refused(f"no environment {env} installed here")
         path = base if env == BASE else os.pathsep.join(filter(None, [str(self.envs / env), base]))
-        out = open(self.cfg.path(f"serve-{env}.log"), "ab")   # noqa: SIM115 (the child's)
+        # The new process keeps this one's output and process group: whoever started the
+        # node (`up --nodes N`, a service manager) still reads its output and can stop it.
         proc = subprocess.Popen(
             [sys.executable, "-m", "farts.cli", "serve", "--config", str(Path(self.cfg.source).resolve()),
-             "--takeover"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+             "--takeover"],
             env={**os.environ, "PYTHONPATH": path, "FARTS_RELEASE_ENV": env, "FARTS_BASE_PYTHONPATH": base,
                  "PYTHONSAFEPATH": "1"})
-        out.close()
         log.info("restarting onto %s: process %d takes over", env, proc.pid)
         return proc.pid
 

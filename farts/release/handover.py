@@ -32,6 +32,7 @@ Messages are JSON lines; the only other thing on the socket is the one SCM_RIGHT
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import logging
@@ -120,6 +121,11 @@ class Handover:
         if node.mesh is not None:
             node.mesh.drain()
         self._send_sockets(writer)
+        # The members this node knows: the next process dials them as seeds (its own seeds
+        # may be none, or gone), and rejoins under the same id (refuting the "left").
+        seeds = [m["mesh"] for m in node.mesh.status()["members"]
+                 if not m["self"] and m.get("mesh") and m["state"] in ("alive", "suspect", "draining")] \
+            if node.mesh is not None else []
         if node.db is not None and node.db.kit is not None:
             await _drain_stream_kit(node.db.kit, self.grace)
         # Their stores and ports are the next process's now (and the status sampler's figures:
@@ -148,7 +154,7 @@ class Handover:
                     writer.write(_line({"op": "event", "event": event}))
             pubsub.on_local_event = forward
         carry = {name: export() for name, (export, _) in self.carry.items()}
-        writer.write(_line({"op": "released", "pubsub": snapshot, "carry": carry}))
+        writer.write(_line({"op": "released", "pubsub": snapshot, "carry": carry, "mesh_seeds": seeds}))
         try:
             ready = json.loads(await asyncio.wait_for(reader.readline(), 120) or b"{}")
         except (TimeoutError, ValueError, OSError):
@@ -262,7 +268,7 @@ def _receive(path: Path) -> tuple[socket.socket, dict, list[int], bytes]:
         line, _, buf = buf.partition(b"\n")
         msg = json.loads(line)
         if msg.get("op") == "released":
-            return sock, {"names": sockets["names"], "pubsub": msg.get("pubsub"), "carry": msg.get("carry")}, fds, buf
+            return sock, {"names": sockets["names"], **msg}, fds, buf
 
 
 async def take_over(node) -> Successor:
@@ -275,5 +281,8 @@ async def take_over(node) -> Successor:
     if got["pubsub"] is not None and node.pubsub is not None:
         node.pubsub.restore(got["pubsub"])
     node.services["release"].carried = got["carry"] or {}
+    if node.mesh is not None and got["mesh_seeds"]:   # (read when the mesh starts)
+        mc = node.mesh.mc
+        node.mesh.mc = dataclasses.replace(mc, seeds=[*mc.seeds, *(s for s in got["mesh_seeds"] if s not in mc.seeds)])
     log.info("took over %s from the running node", ", ".join(got["names"]) or "no sockets")
     return Successor(sock, rest)
