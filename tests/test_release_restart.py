@@ -162,7 +162,7 @@ def test_restart_under_load_drops_nothing(tmp_path):
         # A client whose keep-alive connection to the old process stays quiet until the
         # subscribers are moving: its publish is answered by the old process, and must reach
         # those already on the new one too.
-        late = httpx.AsyncClient(timeout=60)
+        late = httpx.AsyncClient(timeout=60, limits=httpx.Limits(keepalive_expiry=300))   # (kept while quiet)
         assert (await late.get(old.url("http", "/ping"))).status_code == 200
         await asyncio.sleep(1.5)
         new = await asyncio.to_thread(start_node, tmp_path, CONFIG, serve_args=("--takeover",))
