@@ -31,14 +31,20 @@ def _up_flags_into(path: Path, args) -> None:
                                   if getattr(args, f"{name}_port") is not None})
 
 
-def _serve(cfg: config.Config, banner: str = "") -> int:
+def _serve(cfg: config.Config, banner: str = "", takeover: bool = False) -> int:
     import uvloop
 
     from farts.node import Node
 
     async def main() -> None:
         node = Node(cfg)
+        successor = None
+        if takeover:   # the running node of this config hands its sockets and work over
+            from farts.release.handover import take_over
+            successor = await take_over(node)
         await node.start()
+        if successor is not None:
+            successor.ready(node.pubsub)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -129,15 +135,19 @@ def _up_cluster(args, configs: list[Path]) -> int:
                   "Ctrl-C stops the cluster.", flush=True)
         await stopping
         print("stopping the cluster...", flush=True)
-        for p in procs:
-            if p.returncode is None:
-                p.send_signal(signal.SIGTERM)
+        for p in procs:   # (the group: a node restarted by a deploy is a new process in it)
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         try:
             await asyncio.wait_for(asyncio.gather(*tasks), 20)
         except TimeoutError:
             for p in procs:
-                if p.returncode is None:
-                    p.kill()
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         return 0
 
     return asyncio.run(main())
@@ -307,7 +317,7 @@ def cmd_certs(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    return _serve(_with_flags(config.load(args.config), args))
+    return _serve(_with_flags(config.load(args.config), args), takeover=args.takeover)
 
 
 def cmd_config_check(args) -> int:
@@ -357,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run one node from a config file")
     serve.add_argument("--config", required=True)
+    serve.add_argument("--takeover", action="store_true",
+                       help="take over the node running this config (its sockets, subscribers and "
+                            "history) without dropping work: a restart, e.g. onto a new release")
     serve.set_defaults(func=cmd_serve)
 
     for command in (up, serve):
@@ -441,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
         w.add_argument("--admin", default="http://127.0.0.1:9100/", help="the node's admin listener URL")
         w.add_argument("--token", default="", help="admin.token of that node (default: $FARTS_ADMIN_TOKEN)")
         w.set_defaults(func=cmd_webhooks)
+    from farts.release.cli import add_parsers as add_release_parsers
+    add_release_parsers(sub)   # release keygen|build|verify, deploy
     return p
 
 

@@ -41,6 +41,10 @@ from farts.proxy import config as proxy_config
 from farts.pubsub import PubSub
 from farts.pubsub import config as pubsub_config
 from farts.pubsub.peer import PubSubPeer
+from farts.release import config as release_config
+from farts.release.deploy import admin_routes as deploy_routes
+from farts.release.deploy import mesh_admin_urls
+from farts.release.handover import Handover
 from farts.transport.client import Client
 from farts.transport.http import Fixed
 from farts.transport.listener import AccessLog, HTTPStats, Listener
@@ -269,6 +273,13 @@ SERVICES: tuple[Service, ...] = (
     # After the mesh and the DB (built after them: it reads n.mesh; started after them).
     Service("master", master_config.SECTION, build=_build_master, start_rank=60, stop_rank=5,
             admin_routes=_master_admin, peers=lambda n, master, bus: [master.attach(bus)]),
+    # [release]: the keys this node trusts for release bundles; the restart handover
+    # (data_dir/handover.sock: `serve --takeover` takes this node over, farts/release/).
+    Service("release", release_config.SECTION, start_rank=95, stop_rank=0,
+            build=lambda n: Handover(n, n.cfg.release.reconnect_spread),
+            admin_routes=lambda n, h: deploy_routes(n.cfg, n.metrics, n.clock, lambda: mesh_admin_urls(
+                n.mesh.status() if n.mesh else None, n.cfg.node.id,
+                n.listeners["admin"].address if "admin" in n.listeners else None), h)),
 )
 
 for _service in SERVICES:

@@ -48,9 +48,9 @@ def make_ca(root: Path) -> Path:
 
 
 def start_mesh_node(root: Path, ca_dir: Path, node_id: str, seeds: list[str], region: str = "test",
-                    sub: str | None = None, extra: str = "", https: bool = False) -> RunningNode:
+                    sub: str | None = None, extra: str = "", https: bool = False, **kw) -> RunningNode:
     """extra: more lines for the [mesh] table (the last one of the config); https: the
-    HTTPS listener on (a free port, certificates reloaded every 0.2 s)."""
+    HTTPS listener on (a free port, certificates reloaded every 0.2 s); kw: start_node's."""
     mesh_dir = root / (sub or node_id) / "node" / "mesh"
     if not (mesh_dir / "node.crt").exists():
         pki.issue(ca_dir, mesh_dir / "node.crt", mesh_dir / "node.key", ["127.0.0.1"], node_id=node_id)
@@ -58,7 +58,7 @@ def start_mesh_node(root: Path, ca_dir: Path, node_id: str, seeds: list[str], re
                        cert=mesh_dir / "node.crt", key=mesh_dir / "node.key")
     if https:
         base = base.replace("[listeners.https]\nenabled = false\n", "[listeners.https]\nport = 0\nreload_interval = 0.2\n")
-    return start_node(root / (sub or node_id), extra, base=base)
+    return start_node(root / (sub or node_id), extra, base=base, **kw)
 
 
 def mesh_view(node: RunningNode) -> dict:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import venv
@@ -11,6 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from farts.release.bundle import copy_checkout
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,13 +24,7 @@ def test_wheel_installs_into_a_fresh_venv_with_compiled_modules(tmp_path):
     # Build from a copy of the files git knows (tracked or new, not ignored): what a
     # clean clone holds, without this tree's build/ leftovers or in-place .so files.
     src = tmp_path / "src"
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.split(b"\0")
-    for name in filter(None, listed):
-        path = ROOT / name.decode()
-        if path.is_file():
-            (src / name.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, src / name.decode())
+    copy_checkout(ROOT, src)
     dist = tmp_path / "dist"
     # --no-isolation: the test venv already has the build requirements; isolation would
     # download them again for every run.

@@ -40,7 +40,7 @@ from . import sse
 from .auth import Denied, check_token
 from .channels import Channels, channel_key
 from .commands import Refuse, Reply, Subscribe, Unsubscribe, channel_problem, decide
-from .history import BadCursor, History, decode_cursor
+from .history import BadCursor, Event, History, decode_cursor
 from .websocket import WebSocketSubscriber, accept_headers, event_frame, handshake_problem
 
 log = logging.getLogger("farts.pubsub")
@@ -107,6 +107,46 @@ class PubSub:
             sub.close(1001, "node shutting down")
         for sub in list(self.channels.streams):
             sub.close()
+
+    # -- a restart: handing over to the node's next process (farts/release/handover.py) -----
+    def ask_to_reconnect(self, sub) -> None:
+        """Tells one subscriber to come back (to the next process, on the same socket):
+        WebSocket close 1012, SSE a reconnect event and the end of the stream. Either
+        resumes with its last event id as cursor."""
+        if sub.closing or sub.transport is None:
+            return
+        if sub.sse:
+            self.send(sub, sse.RECONNECT)
+            sub.close()
+        else:
+            sub.close(1012, "service restart: reconnect with your cursor")
+
+    def snapshot(self) -> dict:
+        """The history as the next process takes it over: events keep their ids, so a
+        cursor issued here resumes there exactly."""
+        h = self.history
+        return {"last_seq": h.last_seq, "channels": [
+            {"key": key, "born": ch.born, "evicted": ch.evicted,
+             "events": [(ev.origin, ev.seq, ev.id, ev.message.decode()) for ev in ch.events]}
+            for key, ch in h.channels.items()]}
+
+    def restore(self, snap: dict) -> None:
+        """Takes over the history of the process before this one (before any subscriber)."""
+        h = self.history
+        now = self.clock.monotonic()
+        for origin, seq in snap["last_seq"].items():
+            h.last_seq[origin] = max(seq, h.last_seq.get(origin, 0))
+        for c in snap["channels"]:
+            ch = h.channel(c["key"])
+            ch.born, ch.evicted = min(ch.born, c["born"]), dict(c["evicted"])
+            for origin, seq, event_id, message in c["events"]:
+                ch.events.append(Event(origin, seq, now, event_id, message.encode()))
+                h.retained[origin] = h.retained.get(origin, 0) + 1
+
+    def rename_origin(self, origin: str) -> None:
+        """From now on this process stamps its events ``origin``: while it drains, the next
+        process publishes as the node, and one origin's sequence must come from one place."""
+        self.node_id = self.history.node_id = origin
 
     def _tick(self, now: float) -> None:
         """Server pings, SSE heartbeats, dead-peer checks and history expiry."""

@@ -19,6 +19,10 @@ HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cach
 # once, for all subscribers (a sink of another framing would need its own encoding).
 FRAMING = CHUNKED
 HEARTBEAT = frame(FRAMING, b": heartbeat\n\n")
+# A restart: the client is asked to reconnect (an EventSource does so by itself when the
+# stream ends, after `retry` ms, sending Last-Event-ID); this event has no id, so the
+# cursor the client resumes with stays its last event's.
+RECONNECT = frame(FRAMING, b"event: reconnect\ndata: {}\nretry: 200\n\n")
 
 
 def event_chunk(ev) -> bytes:

@@ -235,6 +235,8 @@ class HTTP1Connection(asyncio.Protocol):
     # -- one request --------------------------------------------------------------
     def _on_head(self, head: RequestHead) -> None:
         listener = self.listener
+        if listener.draining:   # a restart: answer, then close (the client reconnects to the next process)
+            self.machine.keep_alive = False
         if self.machine.switching:
             self._pause(PAUSE_PENDING)  # read nothing after it (see H1Machine._on_head)
         if head.chunked and head.header(b"transfer-encoding").lower() != b"chunked":

@@ -32,6 +32,12 @@ log = logging.getLogger("farts.transport")
 
 TICK = 0.5  # seconds between deadline sweeps; deadlines are as precise as this
 
+# Listening sockets a restarted node took over from the process before it (by listener
+# name, filled by farts/release/handover.py before the node starts): a kit of that name
+# serves the socket it is given instead of binding a new one, so no connection is refused
+# while one process hands over to the next.
+inherited_sockets: dict[str, socket.socket] = {}
+
 
 def close_after_timeout(transport) -> None:
     """Closes a connection its deadline ended. With bytes still unsent it is aborted: the
@@ -146,11 +152,16 @@ class ListenerKit:
                     ssl_context: ssl.SSLContext | None = None, handshake_timeout: float | None = None,
                     **server_options: Any) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        if ssl_context is None:
-            self.server = await loop.create_server(factory, host, port, reuse_address=True, **server_options)
+        inherited = inherited_sockets.pop(self.name, None)
+        if ssl_context is None and inherited is not None:
+            server_options.pop("family", None)
+            self.server = await loop.create_server(factory, sock=inherited, **server_options)
             sock: socket.socket = self.server.sockets[0]
+        elif ssl_context is None:
+            self.server = await loop.create_server(factory, host, port, reuse_address=True, **server_options)
+            sock = self.server.sockets[0]
         else:
-            sock = self._tls_sock = socket.create_server(
+            sock = self._tls_sock = inherited or socket.create_server(
                 (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                 backlog=server_options.get("backlog", 100))
             sock.setblocking(False)
@@ -209,6 +220,12 @@ class ListenerKit:
                 self.handshakes_per_ip[ip] = n
             else:
                 del self.handshakes_per_ip[ip]
+
+    def listening_socket(self) -> socket.socket | None:
+        """The listening socket (to hand to the next process), or None when closed."""
+        if self._tls_sock is not None:
+            return self._tls_sock
+        return self.server.sockets[0] if self.server is not None and self.server.sockets else None
 
     def stop_accepting(self) -> None:
         if self.server is not None:

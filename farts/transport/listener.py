@@ -133,6 +133,9 @@ class Listener(ListenerKit):
                                   max_header_list_size=limits.max_header_bytes)
         self.h2_connections = 0
         self.h2_requests = 0
+        # Set while the node hands over to its next process: each connection closes after
+        # its next response (see drain).
+        self.draining = False
 
     # -- called by connections --------------------------------------------------
     def admit(self, conn: HTTP1Connection) -> Fixed | None:
@@ -210,6 +213,15 @@ class Listener(ListenerKit):
             factory = lambda: HTTP1Connection(self)  # noqa: E731
         await super().start(factory, host, port, ssl_context, self.limits.header_timeout,
                             backlog=4096)
+
+    def drain(self) -> None:
+        """Stops accepting (the next process accepts on the same socket); HTTP/1.1
+        connections close after their next response, HTTP/2 ones get a graceful GOAWAY."""
+        self.draining = True
+        self.stop_accepting()
+        for conn in list(self.connections):
+            if type(conn) is HTTP2Connection:
+                conn.shutdown()
 
     async def close(self, grace: float = 5.0) -> None:
         """Stops accepting; HTTP/2 connections get a graceful GOAWAY and up to ``grace``

@@ -1,0 +1,288 @@
+"""Restart without dropping work: the node's next process takes over from the running one.
+
+Why a socket handover (SCM_RIGHTS over a Unix socket) and not SO_REUSEPORT: with
+SO_REUSEPORT the two processes hold two listening sockets, and the kernel spreads new
+connections over both queues; when the old process closes its socket, the connections
+waiting in its queue are reset: failed requests under load. Handing over the very same
+listening socket keeps one queue: a connection waits in it until some process accepts
+it, so none is refused or reset, whatever the timing.
+
+The running process (``Handover``, the [release] row of the node's table) listens on
+``data_dir/handover.sock``. The next one (``farts-edge serve --takeover``, ``take_over``)
+builds its node, connects and says ``takeover``; then:
+
+ 1. old: the mesh says DRAINING (peers' DNS stop giving the node out while it changes);
+    every HTTP listener and the DB listener stop accepting; their listening sockets go to
+    the new process (SCM_RIGHTS). Connections arriving now wait in the kernel's queue.
+ 2. old: the DB connections close as soon as each is between operations (an operation in
+    flight is answered: committed, or refused with its error), then the store closes;
+    the mesh leaves and the DNS server stops (their ports are bound again by the new one).
+ 3. old: its pub/sub history goes over (events keep their ids, so every cursor resumes
+    exactly), and from now on it stamps the events still published on it with an origin
+    of its own (``<node>~<pid>``) and forwards them, so the new process has them too.
+    It says ``released``.
+ 4. new: takes the history, starts its node on the inherited sockets, says ``ready``.
+ 5. old: each subscriber is told to reconnect (WebSocket close 1012, an SSE reconnect
+    event), spread over ``release.reconnect_spread`` seconds; each HTTP/1.1 connection
+    closes after its next response, HTTP/2 ones get a GOAWAY; after the spread and at
+    most ``GRACE`` seconds for the last requests, it stops as on SIGTERM.
+
+Messages are JSON lines; the only other thing on the socket is the one SCM_RIGHTS message.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import json
+import logging
+import os
+import random
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farts import __version__
+from farts.transport import kit
+
+log = logging.getLogger("farts.release")
+
+SOCKET = "handover.sock"
+GRACE = 10.0          # seconds the old process waits for in-flight requests, at each step
+MAX_LINE = 256 << 20  # a history snapshot is one line
+
+
+class TakeoverFailed(OSError):
+    pass
+
+
+def _line(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+async def _drain_stream_kit(k, grace: float) -> None:
+    """Closes each connection of a byte-stream kit (DB wire) once it is between messages;
+    after ``grace`` seconds the rest go too."""
+    k.stop_accepting()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while k.connections and loop.time() < deadline:
+        for conn in list(k.connections):
+            if not conn.busy() and not conn.partial():
+                conn.close()
+        await asyncio.sleep(0.02)
+
+
+class Handover:
+    """The running process's side: waits for a takeover and hands everything over."""
+
+    def __init__(self, node, spread: float, grace: float = GRACE) -> None:
+        self.node = node
+        self.path = node.cfg.path(SOCKET)
+        self.spread, self.grace = spread, grace
+        self.server: asyncio.AbstractServer | None = None
+        self.handed_over = False
+        # Work that goes on in the next process: name -> (export, resume); export() is
+        # called at the release (and stops that work here), the next process finds what
+        # it returned in its ``carried`` (e.g. a deploy this node runs, deploy.py).
+        self.carry: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {}
+        self.carried: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        try:
+            self.server = await asyncio.start_unix_server(self._takeover, path=str(self.path))
+        except OSError as e:   # (a data_dir path too long for a Unix socket, a read-only disk)
+            log.warning("restart handover unavailable: cannot listen on %s: %s", self.path, e)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+            if not self.handed_over:   # (after a handover the path is the next process's)
+                self.path.unlink(missing_ok=True)
+
+    async def _takeover(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hello = json.loads(await reader.readline() or b"{}")
+        except ValueError:
+            hello = {}
+        if hello.get("op") != "takeover" or self.handed_over:
+            writer.close()
+            return
+        self.handed_over = True
+        self.server.close()   # the next process listens on the path once it starts
+        self.server = None
+        self.path.unlink(missing_ok=True)
+        node = self.node
+        log.info("handing over to process %s (farts-edge %s)", hello.get("pid"), hello.get("version"))
+        if node.mesh is not None:
+            node.mesh.drain()
+        self._send_sockets(writer)
+        # The members this node knows: the next process dials them as seeds (its own seeds
+        # may be none, or gone), and rejoins under the same id (refuting the "left").
+        seeds = [m["mesh"] for m in node.mesh.status()["members"]
+                 if not m["self"] and m.get("mesh") and m["state"] in ("alive", "suspect", "draining")] \
+            if node.mesh is not None else []
+        if node.db is not None and node.db.kit is not None:
+            await _drain_stream_kit(node.db.kit, self.grace)
+        # Their stores and ports are the next process's now (and the status sampler's figures:
+        # it would read the closed store).
+        for row in node.table:
+            service = node.services.get(row.name)
+            if row.name in ("admin", "db", "mesh", "dns") and service is not None:
+                try:
+                    result = row.stop(service) if row.stop is not None else None
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:   # (the next process must get its turn whatever happens here)
+                    log.exception("handover: stopping %s failed", row.name)
+                node.services[row.name] = None
+        pubsub = node.pubsub
+        snapshot = None
+        if pubsub is not None:
+            snapshot = pubsub.snapshot()
+            pubsub.rename_origin(f"{node.cfg.node.id}~{os.getpid()}")
+            before = pubsub.on_local_event
+
+            def forward(event: dict) -> None:
+                if before is not None:
+                    before(event)
+                if not writer.is_closing():
+                    writer.write(_line({"op": "event", "event": event}))
+            pubsub.on_local_event = forward
+        carry = {name: export() for name, (export, _) in self.carry.items()}
+        writer.write(_line({"op": "released", "pubsub": snapshot, "carry": carry, "mesh_seeds": seeds}))
+        try:
+            ready = json.loads(await asyncio.wait_for(reader.readline(), 120) or b"{}")
+        except (TimeoutError, ValueError, OSError):
+            ready = {}
+        if ready.get("op") != "ready":
+            log.error("the next process did not start (%s): this one stops anyway", ready or "no answer")
+        else:
+            log.info("the next process serves: telling subscribers to reconnect over %.1f s", self.spread)
+        await self._drain(pubsub)
+        writer.close()
+        os.kill(os.getpid(), signal.SIGTERM)   # the rest stops as on any SIGTERM
+
+    def _send_sockets(self, writer: asyncio.StreamWriter) -> None:
+        node = self.node
+        kits = dict(node.listeners)
+        if node.db is not None and node.db.kit is not None:
+            kits["db"] = node.db.kit
+        names, fds = [], []
+        for name, k in kits.items():
+            sock = k.listening_socket()
+            if sock is not None:
+                names.append(name)
+                fds.append(os.dup(sock.fileno()))
+        for name, k in kits.items():   # (after the dup: closing ours leaves theirs open)
+            if name in node.listeners:
+                k.drain()
+            else:
+                k.stop_accepting()
+        # The transport has written nothing yet, so this message goes first on the socket.
+        raw = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+        try:
+            raw.setblocking(True)
+            socket.send_fds(raw, [_line({"op": "sockets", "names": names})], fds)
+        finally:
+            raw.close()
+            for fd in fds:
+                os.close(fd)
+
+    async def _drain(self, pubsub) -> None:
+        loop = asyncio.get_running_loop()
+        if pubsub is not None:
+            for sub in [*pubsub.channels.websockets, *pubsub.channels.streams]:
+                loop.call_later(random.random() * self.spread, pubsub.ask_to_reconnect, sub)
+        await asyncio.sleep(self.spread)
+        deadline = loop.time() + self.grace
+        while loop.time() < deadline and (
+                any(li.connections for li in self.node.listeners.values())
+                or (pubsub is not None and (pubsub.channels.websockets or pubsub.channels.streams))):
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Successor:
+    """The new process's side after ``take_over``: what it got, and the line back."""
+    sock: socket.socket
+    pending: bytes = b""
+    reader: asyncio.Task | None = None
+
+    def ready(self, pubsub) -> None:
+        """The node serves: the old process may send its subscribers over; its events
+        published meanwhile are applied here."""
+        self.reader = asyncio.ensure_future(self._events(pubsub))
+
+    async def _events(self, pubsub) -> None:
+        self.sock.setblocking(False)
+        reader, writer = await asyncio.open_unix_connection(sock=self.sock, limit=MAX_LINE)
+        writer.write(_line({"op": "ready", "pid": os.getpid()}))
+        lines = self.pending.split(b"\n")
+        buffered, self.pending = lines[:-1], b""
+        try:
+            while True:
+                line = buffered.pop(0) if buffered else await reader.readline()
+                if not line:
+                    break
+                msg = json.loads(line)
+                if msg.get("op") == "event" and pubsub is not None:
+                    pubsub.apply_remote(msg["event"])
+        except (OSError, ValueError) as e:
+            log.warning("handover: the old process's event stream failed: %s", e)
+        finally:
+            writer.close()
+        log.info("handover done: the old process has stopped")
+
+
+def _receive(path: Path) -> tuple[socket.socket, dict, list[int], bytes]:
+    """Blocking (run in a thread): connect, ask, take the sockets, wait for ``released``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError as e:
+        sock.close()
+        raise TakeoverFailed(f"no running node to take over at {path}: {e.strerror or e}") from None
+    sock.sendall(_line({"op": "takeover", "pid": os.getpid(), "version": __version__}))
+    data, fds, _, _ = socket.recv_fds(sock, 65536, 64)
+    buf = data
+    while b"\n" not in buf:
+        more = sock.recv(65536)
+        if not more:
+            raise TakeoverFailed("the running node closed the handover before sending its sockets")
+        buf += more
+    head, _, buf = buf.partition(b"\n")
+    sockets = json.loads(head)
+    if sockets.get("op") != "sockets" or len(sockets["names"]) != len(fds):
+        raise TakeoverFailed(f"unexpected handover message {head[:200]!r}")
+    while True:
+        while b"\n" not in buf:
+            more = sock.recv(1 << 20)
+            if not more:
+                raise TakeoverFailed("the running node closed the handover before releasing")
+            buf += more
+        line, _, buf = buf.partition(b"\n")
+        msg = json.loads(line)
+        if msg.get("op") == "released":
+            return sock, {"names": sockets["names"], **msg}, fds, buf
+
+
+async def take_over(node) -> Successor:
+    """The new process's side, before its node starts: takes the running node's
+    listening sockets (its kits then serve them) and its pub/sub history."""
+    path = node.cfg.path(SOCKET)
+    sock, got, fds, rest = await asyncio.get_running_loop().run_in_executor(None, _receive, path)
+    for name, fd in zip(got["names"], fds, strict=True):
+        kit.inherited_sockets[name] = socket.socket(fileno=fd)
+    if got["pubsub"] is not None and node.pubsub is not None:
+        node.pubsub.restore(got["pubsub"])
+    node.services["release"].carried = got["carry"] or {}
+    if node.mesh is not None and got["mesh_seeds"]:   # (read when the mesh starts)
+        mc = node.mesh.mc
+        node.mesh.mc = dataclasses.replace(mc, seeds=[*mc.seeds, *(s for s in got["mesh_seeds"] if s not in mc.seeds)])
+    log.info("took over %s from the running node", ", ".join(got["names"]) or "no sockets")
+    return Successor(sock, rest)
