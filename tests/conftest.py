@@ -174,3 +174,18 @@ def node_factory(tmp_path):
     yield factory
     for node in started:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def release_build(tmp_path_factory):
+    """One real `farts-edge release build` of this checkout for the session (compiling every
+    module is minutes): (the keys dir, the bundle, its process). The wheel test checks and
+    installs it; the deploy test re-versions its wheel (tests/release_helpers.py)."""
+    d = tmp_path_factory.mktemp("release-build")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "farts.cli", "release", *a],  # noqa: E731
+                                    cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                                    timeout=800)
+    keygen = run("keygen", "--out", str(d / "keys"))
+    assert keygen.returncode == 0, keygen.stderr
+    build = run("build", "--key", str(d / "keys" / "release.key"), "--out", str(d / "release.tar"))
+    return d / "keys", d / "release.tar", build

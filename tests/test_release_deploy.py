@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -88,20 +89,44 @@ def broken_wheel(out: Path, version: str) -> Path:
     return path
 
 
+def reversioned(wheel: Path, version: str, out: Path) -> Path:
+    """The same wheel as another version: its dist-info renamed, METADATA's Version and the
+    RECORD rewritten (what a build of the checkout at that version would differ in)."""
+    name, old, rest = wheel.name.split("-", 2)
+    old_info, new_info = f"{name}-{old}.dist-info/", f"{name}-{version}.dist-info/"
+    files = {}
+    with zipfile.ZipFile(wheel) as z:
+        for n in z.namelist():
+            data = z.read(n)
+            if n == old_info + "METADATA":
+                data = data.replace(f"\nVersion: {old}\n".encode(), f"\nVersion: {version}\n".encode(), 1)
+            files[new_info + n[len(old_info):] if n.startswith(old_info) else n] = data
+    record = new_info + "RECORD"
+    files[record] = ("".join(f"{n},{_record_hash(d)},{len(d)}\n" for n, d in files.items() if n != record)
+                     + f"{record},,\n").encode()
+    path = out / f"{name}-{version}-{rest}"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for n, d in files.items():
+            z.writestr(n, d)
+    return path
+
+
 @pytest.fixture(scope="module")
-def releases(tmp_path_factory):
-    """A real bundle of this checkout as version 0.2.0 (built once: minutes), and a broken 0.3.0."""
+def releases(tmp_path_factory, release_build):
+    """This checkout's real wheel (conftest's one build of the session) as version 0.2.0,
+    and a broken 0.3.0."""
     d = tmp_path_factory.mktemp("releases")
-    key_path, _ = bundle.keygen(d / "keys")
-    src = d / "src"
-    bundle.copy_checkout(ROOT, src)
-    pyproject = src / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', 'version = "0.2.0"', 1))
-    subprocess.run(["git", "init", "-q", str(src)], check=True)
-    good = bundle.build(key_path, d / "good-0.2.0.tar", src, log=lambda line: None)
-    bad = bundle.make_bundle(bundle.load_private_key(key_path), [broken_wheel(d, "0.3.0")], "0.3.0",
-                             {"commit": "broken on purpose"}, d / "bad-0.3.0.tar")
-    return d / "keys", good, bad
+    keys, built, build = release_build
+    assert build.returncode == 0, build.stderr[-3000:]
+    with tarfile.open(built) as tar:
+        (wheel,) = [m for m in tar.getnames() if m.endswith(".whl")]
+        tar.extract(wheel, d, filter="data")
+    key = bundle.load_private_key(keys / "release.key")
+    good = bundle.make_bundle(key, [reversioned(d / wheel, "0.2.0", d)], "0.2.0", {"commit": "this checkout"},
+                              d / "good-0.2.0.tar")
+    bad = bundle.make_bundle(key, [broken_wheel(d, "0.3.0")], "0.3.0", {"commit": "broken on purpose"},
+                             d / "bad-0.3.0.tar")
+    return keys, good, bad
 
 
 @pytest.mark.slow
