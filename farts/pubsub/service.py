@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from urllib.parse import parse_qs
 
@@ -72,6 +72,12 @@ class PubSub:
         self._ticker: Timer | None = None
         # Called with every event published on this node (the mesh forwards it).
         self.on_local_event: Callable[[dict], None] | None = None
+        # With worker processes (farts/workers/): in the node process, called with every
+        # event applied here, in order (relayed to the workers); in a worker, what
+        # POST /api/publish hands its messages to ((tenant id, [(channel, data JSON)]) ->
+        # their ids), so that the node process numbers them.
+        self.on_delivered: Callable[[dict], None] | None = None
+        self.forward_publish: Callable[[str, list], Awaitable[list[str]]] | None = None
         self._metrics(metrics)
 
     def _metrics(self, m: Metrics) -> None:
@@ -223,10 +229,12 @@ class PubSub:
     # -- publishing ------------------------------------------------------------------------
     def publish(self, tenant_id: str, channel: str, data) -> str:
         """Publishes one event from this node; returns its cursor."""
+        return self.publish_json(tenant_id, channel, json.dumps(data, separators=(",", ":")))
+
+    def publish_json(self, tenant_id: str, channel: str, data_json: str) -> str:
         problem = channel_problem(channel)
         if problem:
             raise PublishError(problem)
-        data_json = json.dumps(data, separators=(",", ":"))
         seq = self.history.next_seq()
         event_id = self._deliver(tenant_id, channel, self.node_id, seq, data_json)
         self.published.inc(("local",))
@@ -268,10 +276,18 @@ class PubSub:
             out.append({"tenant": tenant, "channel": channel, "origin": ev.origin, "seq": ev.seq, "data": data})
         return out
 
+    def apply_relayed(self, event: dict) -> None:
+        """In a worker: an event the node process applied (it checked, deduplicated and
+        counted it), in the node's order."""
+        self._deliver(event["tenant"], event["channel"], event["origin"], event["seq"], event["data"])
+
     def _deliver(self, tenant_id: str, channel: str, origin: str, seq: int, data_json: str) -> str:
         start = perf_counter()
         event_id = self.channels.deliver(channel_key(tenant_id, channel), channel, origin, seq, data_json)
         self.fanout_time.observe(perf_counter() - start)
+        if self.on_delivered is not None:
+            self.on_delivered({"tenant": tenant_id, "channel": channel, "origin": origin, "seq": seq,
+                               "data": data_json})
         return event_id
 
     def _tenant_by_key(self, req: Request) -> Tenant | None:
@@ -302,7 +318,11 @@ class PubSub:
             problem = channel_problem(m.get("channel"))
             if problem:
                 return _json_response(400, {"error": f"{where}.channel: {problem}"})
-        ids = [self.publish(tenant.id, m["channel"], m["data"]) for m in messages]
+        if self.forward_publish is not None:
+            ids = await self.forward_publish(tenant.id, [(m["channel"], json.dumps(m["data"], separators=(",", ":")))
+                                                         for m in messages])
+        else:
+            ids = [self.publish(tenant.id, m["channel"], m["data"]) for m in messages]
         return _json_response(200, {"ids": ids} if batch else {"id": ids[0]})
 
     def _presence(self, req: Request) -> Response:

@@ -144,13 +144,16 @@ class ListenerKit:
     # -- lifetime -----------------------------------------------------------------
     async def start(self, factory: Callable[[], asyncio.BaseProtocol], host: str, port: int,
                     ssl_context: ssl.SSLContext | None = None, handshake_timeout: float | None = None,
-                    **server_options: Any) -> tuple[str, int]:
+                    sock: socket.socket | None = None, **server_options: Any) -> tuple[str, int]:
+        """Listens on host:port, or on ``sock`` when given (a listening socket made by
+        another process: a worker's, see farts/workers/)."""
         loop = asyncio.get_running_loop()
         if ssl_context is None:
-            self.server = await loop.create_server(factory, host, port, reuse_address=True, **server_options)
-            sock: socket.socket = self.server.sockets[0]
+            where = {"sock": sock} if sock is not None else {"host": host, "port": port, "reuse_address": True}
+            self.server = await loop.create_server(factory, **where, **server_options)
+            sock = self.server.sockets[0]
         else:
-            sock = self._tls_sock = socket.create_server(
+            sock = self._tls_sock = sock or socket.create_server(
                 (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                 backlog=server_options.get("backlog", 100))
             sock.setblocking(False)

@@ -1,0 +1,19 @@
+"""Worker processes: a node on every core (``[node] workers = N | "auto"``).
+
+The node process keeps the mesh, the DB store writer and its replication, DNS, certs,
+the CDN cache, the webhooks queue and the admin listener; N worker processes serve the
+public HTTP/HTTPS listeners (supervisor.py makes their sockets and runs them, worker.py
+is one). They talk over one Unix socket pair per worker, length-prefixed msgpack
+frames (ipc.py), with these messages:
+
+node -> worker
+    hello      {index, config (pickled Config), forward_to "host:port", forwarded_routes}
+    event      {ev: {tenant, channel, origin, seq, data}}: a pub/sub event, in the
+               node's order (the history of the node first, to a new worker)
+    published  {ref, ids}: the answer to a publish, after its events
+    stop       drain and exit
+worker -> node
+    ready      {pid}: listening
+    publish    {ref, tenant, messages: [[channel, data JSON], ...]}
+    metrics    {snapshot, open}: every metrics.PUSH_INTERVAL, and on exit
+"""
