@@ -1,0 +1,59 @@
+"""The workers' IPC framing (sans-IO) and the sum of the processes' metrics."""
+from __future__ import annotations
+
+import pytest
+
+from farts.metrics import Metrics
+from farts.workers.ipc import HEADER, FrameError, Framer, encode
+from farts.workers.metrics import Sum, snapshot
+
+
+def test_frames_split_anywhere_come_out_whole_and_in_order():
+    msgs = [{"t": "event", "ev": {"seq": i, "data": "x" * i}} for i in range(50)]
+    wire = b"".join(encode(m) for m in msgs)
+    for step in (1, 7, 4096):
+        framer, out = Framer(), []
+        for i in range(0, len(wire), step):
+            out += framer.feed(wire[i:i + step])
+        assert out == msgs
+        assert not framer.buf
+
+
+@pytest.mark.parametrize("frame", [
+    HEADER.pack(10**9) + b"x",                 # over the limit: refused before it is read
+    HEADER.pack(1) + b"\xc1",                  # not msgpack
+    encode({"no": "type"}),                    # not a message
+    HEADER.pack(2) + b"\x92\x01",              # truncated inside (a list of 2 with 1)
+])
+def test_bad_frames_are_refused(frame):
+    with pytest.raises(FrameError):
+        Framer(max_frame=1 << 20).feed(frame)
+
+
+def families(text: bytes) -> dict[str, float]:
+    out = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_sum_adds_workers_and_keeps_the_counters_of_those_gone():
+    node, worker = Metrics(), Metrics()
+    for m, n in ((node, 1), (worker, 10)):
+        m.counter("reqs_total", "requests", ("route",)).inc(("/a",), n)
+        m.gauge("open", "open connections", lambda n=n: n)
+        m.histogram("lat_seconds", "latency").observe(0.001 * n)
+    total = Sum(node)
+    total.update(0, snapshot(worker))
+    total.update(1, snapshot(worker))
+    got = families(total.render())
+    assert got['reqs_total{route="/a"}'] == 21
+    assert got["open"] == 21
+    assert got["lat_seconds_count"] == 3
+    total.retire(1)   # counters and histograms stay in the sum, the gauge goes
+    got = families(total.render())
+    assert got['reqs_total{route="/a"}'] == 21
+    assert got["lat_seconds_count"] == 3
+    assert got["open"] == 11
