@@ -39,6 +39,9 @@ kind = "pubsub"
 [[routes]]
 prefix = "/api/publish"
 kind = "pubsub"
+[[routes]]
+prefix = "/api/presence"
+kind = "pubsub"
 
 [upstreams.app]
 servers = ["{upstream}"]
@@ -138,6 +141,12 @@ async def _pubsub_everywhere(node, channel: str) -> None:
     for ws in subs:
         await ws.send(json.dumps({"op": "subscribe", "channel": channel}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["op"] == "subscribed"
+    # Presence, asked of any worker, counts the subscribers of all.
+    for _ in range(CONNECTIONS // 2):
+        async with httpx.AsyncClient(timeout=30) as c:
+            r = await c.get(node.url("http", f"/api/presence?channel={channel}"),
+                            headers={"authorization": "Bearer demo-key"})
+            assert r.json() == {"channel": channel, "subscribers": CONNECTIONS}
     # Publishes through new connections (so through every worker), one event each.
     ids = []
     for i in range(6):

@@ -78,6 +78,8 @@ class PubSub:
         # their ids), so that the node process numbers them.
         self.on_delivered: Callable[[dict], None] | None = None
         self.forward_publish: Callable[[str, list], Awaitable[list[str]]] | None = None
+        # ... and what /api/presence asks for the subscriber counts of every worker.
+        self.count_everywhere: Callable[[list[str]], Awaitable[list[int]]] | None = None
         self._metrics(metrics)
 
     def _metrics(self, m: Metrics) -> None:
@@ -333,6 +335,15 @@ class PubSub:
         names = parse_qs(req.query.decode("latin-1")).get("channel", [])
         if not names:
             return _json_response(400, {"error": "add ?channel=NAME"})
-        counts = {n: self.fanout.count(channel_key(tenant.id, n)) for n in names}
-        return _json_response(200, {"channel": names[0], "subscribers": counts[names[0]]}
-                              if len(names) == 1 else {"channels": counts})
+        keys = [channel_key(tenant.id, n) for n in names]
+        if self.count_everywhere is not None:
+            return self._presence_everywhere(names, keys)
+        return _presence_answer(names, [self.fanout.count(k) for k in keys])
+
+    async def _presence_everywhere(self, names: list[str], keys: list[str]) -> Response:
+        return _presence_answer(names, await self.count_everywhere(keys))
+
+
+def _presence_answer(names: list[str], counts: list[int]) -> Response:
+    return _json_response(200, {"channel": names[0], "subscribers": counts[0]}
+                          if len(names) == 1 else {"channels": dict(zip(names, counts, strict=True))})

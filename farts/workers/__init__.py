@@ -11,9 +11,13 @@ node -> worker
     event      {ev: {tenant, channel, origin, seq, data}}: a pub/sub event, in the
                node's order (the history of the node first, to a new worker)
     published  {ref, ids}: the answer to a publish, after its events
+    count      {ref, keys}: "your subscribers on these channels?" (for /api/presence)
+    counted    {ref, counts}: the answer to a worker's count, summed over all workers
     stop       drain and exit
 worker -> node
     ready      {pid}: listening
     publish    {ref, tenant, messages: [[channel, data JSON], ...]}
+    count      {ref, keys}: the subscribers on these channels on every worker
+    counted    {ref, counts}: this worker's answer to the node's count
     metrics    {snapshot, open}: every metrics.PUSH_INTERVAL, and on exit
 """

@@ -88,7 +88,10 @@ class Channel(asyncio.Protocol):
             self.close()
             return
         for msg in messages:
-            self.on_message(msg)
+            try:
+                self.on_message(msg)
+            except Exception:   # (a bug of one message's handler: the channel goes on)
+                log.exception("IPC message %r failed", msg.get("t"))
 
     def connection_lost(self, exc) -> None:
         if not self.closed:

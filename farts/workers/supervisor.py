@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import os
 import pickle
@@ -39,6 +40,7 @@ START_TIMEOUT = 60.0    # seconds for a worker to say "ready" (imports on a load
 DRAIN_TIMEOUT = 8.0     # seconds for a worker to finish after "stop", then it is killed
 RESTART_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)   # by crashes in a row (a worker that served
 STABLE = 10.0           # for STABLE seconds resets the count)
+COUNT_TIMEOUT = 2.0     # seconds a worker has to count its subscribers for /api/presence
 
 
 def reuseport_group(name: str, host: str, port: int, n: int) -> list[socket.socket]:
@@ -89,6 +91,8 @@ class Supervisor:
         self.forwarded_routes: list[dict] = []
         self.forward_to = ""
         self._watchers: set[asyncio.Task] = set()
+        self.refs = itertools.count(1)
+        self.counting: dict[int, asyncio.Future] = {}   # ref -> one worker's subscriber counts
         m = node.metrics
         self.restarts = m.counter("farts_worker_restarts_total", "Worker processes started again after "
                                   "they exited", ("reason",))
@@ -156,6 +160,14 @@ class Supervisor:
         t = msg["t"]
         if t == "publish":
             self.publish(slot, msg)
+        elif t == "count":
+            task = asyncio.ensure_future(self.count_subscribers(slot, msg))
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
+        elif t == "counted":
+            fut = self.counting.pop(msg["ref"], None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg["counts"])
         elif t == "metrics":
             self.sum.update(slot.index, msg["snapshot"])
             slot.open = msg["open"]
@@ -173,6 +185,24 @@ class Supervisor:
         ps = self.node.pubsub
         ids = [ps.publish_json(msg["tenant"], channel, data) for channel, data in msg["messages"]]
         slot.channel.send({"t": "published", "ref": msg["ref"], "ids": ids})
+
+    async def count_subscribers(self, slot: WorkerSlot, msg: dict) -> None:
+        """/api/presence on a worker: the subscribers of every worker, summed (a worker
+        that does not answer in COUNT_TIMEOUT counts 0)."""
+        keys, loop = msg["keys"], asyncio.get_running_loop()
+        asked = []
+        for other in self.slots:
+            if other.channel is not None:
+                ref = next(self.refs)
+                asked.append(ref)
+                self.counting[ref] = loop.create_future()
+                other.channel.send({"t": "count", "ref": ref, "keys": keys})
+        done, _ = await asyncio.wait([self.counting[ref] for ref in asked], timeout=COUNT_TIMEOUT)
+        for ref in asked:
+            self.counting.pop(ref, None)
+        totals = [sum(col) for col in zip(*(f.result() for f in done), strict=True)] if done else [0] * len(keys)
+        if slot.channel is not None:
+            slot.channel.send({"t": "counted", "ref": msg["ref"], "counts": totals})
 
     def relay(self, event: dict) -> None:
         """Every event the node's pub/sub applies (published here or from the mesh), to

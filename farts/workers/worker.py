@@ -65,10 +65,13 @@ class Worker:
                 self.pubsub.apply_relayed(msg["ev"])
             else:
                 self.backlog.append(msg["ev"])
-        elif t == "published":
+        elif t in ("published", "counted"):   # the answer to one of our requests
             fut = self.pending.pop(msg["ref"], None)
             if fut is not None and not fut.done():
-                fut.set_result(msg["ids"])
+                fut.set_result(msg["ids"] if t == "published" else msg["counts"])
+        elif t == "count":   # the node process sums the subscribers of every worker
+            fanout = self.pubsub.fanout
+            self.channel.send({"t": "counted", "ref": msg["ref"], "counts": [fanout.count(k) for k in msg["keys"]]})
         elif t == "hello":
             if not self.hello.done():
                 self.hello.set_result(msg)
@@ -82,11 +85,18 @@ class Worker:
         log.error("worker %d: the node process is gone, exiting", os.getpid())
         os._exit(1)
 
-    async def publish(self, tenant_id: str, messages: list) -> list[str]:
-        ref = next(self.refs)
+    def ask(self, msg: dict) -> asyncio.Future:
+        """Sends a request to the node process; the future gets its answer."""
+        ref = msg["ref"] = next(self.refs)
         fut = self.pending[ref] = asyncio.get_running_loop().create_future()
-        self.channel.send({"t": "publish", "ref": ref, "tenant": tenant_id, "messages": messages})
-        return await fut
+        self.channel.send(msg)
+        return fut
+
+    async def publish(self, tenant_id: str, messages: list) -> list[str]:
+        return await self.ask({"t": "publish", "tenant": tenant_id, "messages": messages})
+
+    async def count(self, keys: list[str]) -> list[int]:
+        return await self.ask({"t": "count", "keys": keys})
 
     # -- lifetime -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -101,7 +111,7 @@ class Worker:
         proxy_stats = ProxyStats(metrics)
         self.pubsub = ps = PubSub(cfg.node.id, cfg.pubsub, cfg.tenants, metrics, clock)
         await ps.start()
-        ps.forward_publish = self.publish
+        ps.forward_publish, ps.count_everywhere = self.publish, self.count
         for ev in self.backlog:
             ps.apply_relayed(ev)
         self.backlog = []
