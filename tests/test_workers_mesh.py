@@ -11,22 +11,9 @@ import pytest
 import websockets
 from conftest import start_node
 from mesh_helpers import MESH, make_ca, mesh_address, mesh_view, wait_for
+from test_pubsub_mesh import TENANT_AND_ROUTES
 
 from farts import pki
-
-ROUTES = """
-[[tenants]]
-id = "demo"
-hosts = ["localhost", "127.0.0.1"]
-api_keys = ["demo-key"]
-
-[[routes]]
-prefix = "/live"
-kind = "pubsub"
-[[routes]]
-prefix = "/api/publish"
-kind = "pubsub"
-"""
 
 SUBSCRIBERS = 9   # on n2: by the kernel's hash, some on each of its 3 workers
 
@@ -37,7 +24,7 @@ def start(root, ca_dir, node_id, seeds, workers):
     base = MESH.format(node_id=node_id, region="test", seeds=json.dumps(seeds), ca=ca_dir / "ca.crt",
                        cert=mesh_dir / "node.crt", key=mesh_dir / "node.key")
     base = base.replace('data_dir = "{data_dir}"', f'data_dir = "{{data_dir}}"\nworkers = {workers}')
-    return start_node(root / node_id, ROUTES, base=base)
+    return start_node(root / node_id, TENANT_AND_ROUTES, base=base)
 
 
 async def subscribers(node, n: int, channel: str) -> list:

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import websockets
 from conftest import BASE_CONFIG
+from test_pubsub import PUBSUB_ROUTES
 
 ROUTES = """
 [[routes]]
@@ -33,19 +34,10 @@ body = "hello from a worker"
 prefix = "/app"
 kind = "proxy"
 upstream = "app"
-[[routes]]
-prefix = "/live"
-kind = "pubsub"
-[[routes]]
-prefix = "/api/publish"
-kind = "pubsub"
-[[routes]]
-prefix = "/api/presence"
-kind = "pubsub"
 
 [upstreams.app]
 servers = ["{upstream}"]
-"""
+""" + PUBSUB_ROUTES
 
 CONNECTIONS = 12
 
