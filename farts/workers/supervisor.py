@@ -124,7 +124,10 @@ class Supervisor:
             await self.spawn(slot)
         try:
             await asyncio.wait_for(asyncio.gather(*(s.ready for s in self.slots)), START_TIMEOUT)
-        except TimeoutError:
+        except (TimeoutError, OSError) as e:
+            await self.stop()
+            if isinstance(e, OSError):
+                raise
             raise OSError(0, f"node.workers: not every worker was ready in {START_TIMEOUT:.0f} s") from None
 
     async def spawn(self, slot: WorkerSlot) -> None:
@@ -220,6 +223,10 @@ class Supervisor:
         slot.channel = None
         self.sum.retire(slot.index)
         if self.stopping:
+            return
+        if not slot.ready.done():   # never served: a worker that cannot start fails the node's start
+            slot.ready.set_exception(OSError(0, f"node.workers: worker {slot.index} exited before it was "
+                                                f"ready (status {code}; its log is above)"))
             return
         reason = "killed" if code < 0 else "exited"
         log.error("worker %d (pid %d) %s (%s); starting another", slot.index, proc.pid, reason,
