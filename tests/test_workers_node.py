@@ -207,3 +207,16 @@ async def _resume_everywhere(node) -> None:
             await ws.send(json.dumps({"op": "subscribe", "channel": "kept", "since": "test-node:1"}))
             assert json.loads(await asyncio.wait_for(ws.recv(), 10))["op"] == "subscribed"
             assert json.loads(await asyncio.wait_for(ws.recv(), 10))["data"] == "before"
+
+
+def test_workers_flag_and_a_worker_stopped_alone_is_replaced(node_factory, upstream):
+    node = node_factory(ROUTES.replace("{upstream}", upstream), serve_args=("--workers", "2"))
+    assert b"(2 worker processes)" in node.output[0]
+    before = worker_pids(node)
+    assert len(before) == 2
+    os.kill(before[0], signal.SIGTERM)   # drains alone; not a crash: no connection counted lost
+    assert eventually(lambda: metric(node, "farts_worker_restarts_total", reason="exited") == 1)
+    assert eventually(lambda: len(set(worker_pids(node)) - set(before)) == 1)
+    for r in get_new_connections(node.url("http", "/hello"), CONNECTIONS):
+        assert r.status_code == 200
+    assert metric(node, "farts_worker_lost_connections_total") == 0
