@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -446,9 +446,9 @@ class Node:
             await self._close_listeners()
         self.http_client.close()
 
-    def render_metrics(self) -> bytes:
-        """/metrics: this process's metrics, plus the workers' when there are some."""
-        return self.supervisor.sum.render() if self.supervisor is not None else self.metrics.render()
+    def render_metrics(self) -> bytes | Awaitable[bytes]:
+        """/metrics: this process's metrics, plus (asked at once) the workers' when there are some."""
+        return self.supervisor.render_metrics() if self.supervisor is not None else self.metrics.render()
 
     async def _close_listeners(self) -> None:
         if self.supervisor is not None:

@@ -1,8 +1,8 @@
 """Metrics summed across the processes of a node.
 
 Each worker sends a snapshot of its registry (``snapshot``: the samples of every family,
-as plain data) every ``PUSH_INTERVAL``; at scrape the node adds them to its own samples
-(``Sum``). Samples with the same name and labels are added: counters and gauges (open
+as plain data) when the node asks at scrape, and every ``PUSH_INTERVAL`` (what is left
+of a worker that dies); the node adds them to its own samples (``Sum``). Samples with the same name and labels are added: counters and gauges (open
 connections, subscriptions...) and histogram buckets, sums and counts all add up. The
 counters of a worker that exited are kept (``retire``), so a restart never makes a
 node's counter go back.
@@ -14,7 +14,7 @@ from prometheus_client.metrics_core import Metric
 
 from farts.metrics import Metrics
 
-PUSH_INTERVAL = 0.5   # seconds: how stale a scrape may be about the workers
+PUSH_INTERVAL = 1.0   # seconds: what a worker that dies may take with it of its counters
 CUMULATIVE = ("counter", "histogram")
 
 

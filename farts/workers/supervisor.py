@@ -40,7 +40,7 @@ START_TIMEOUT = 60.0    # seconds for a worker to say "ready" (imports on a load
 DRAIN_TIMEOUT = 8.0     # seconds for a worker to finish after "stop", then it is killed
 RESTART_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)   # by crashes in a row (a worker that served
 STABLE = 10.0           # for STABLE seconds resets the count)
-COUNT_TIMEOUT = 2.0     # seconds a worker has to count its subscribers for /api/presence
+ASK_TIMEOUT = 2.0       # seconds a worker has to answer (/api/presence counts, /metrics)
 
 
 def reuseport_group(name: str, host: str, port: int, n: int) -> list[socket.socket]:
@@ -92,7 +92,7 @@ class Supervisor:
         self.forward_to = ""
         self._watchers: set[asyncio.Task] = set()
         self.refs = itertools.count(1)
-        self.counting: dict[int, asyncio.Future] = {}   # ref -> one worker's subscriber counts
+        self.asking: dict[int, asyncio.Future] = {}   # ref -> a worker's answer (ask_all)
         m = node.metrics
         self.restarts = m.counter("farts_worker_restarts_total", "Worker processes started again after "
                                   "they exited", ("reason",))
@@ -168,12 +168,12 @@ class Supervisor:
             self._watchers.add(task)
             task.add_done_callback(self._watchers.discard)
         elif t == "counted":
-            fut = self.counting.pop(msg["ref"], None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg["counts"])
+            self.answered(msg)
         elif t == "metrics":
             self.sum.update(slot.index, msg["snapshot"])
             slot.open = msg["open"]
+            if "ref" in msg:
+                self.answered(msg)
         elif t == "ready":
             log.info("worker %d (pid %d) ready", slot.index, msg["pid"])
             if not slot.ready.done():
@@ -189,23 +189,42 @@ class Supervisor:
         ids = [ps.publish_json(msg["tenant"], channel, data) for channel, data in msg["messages"]]
         slot.channel.send({"t": "published", "ref": msg["ref"], "ids": ids})
 
+    async def ask_all(self, msg: dict) -> list[dict]:
+        """Sends ``msg`` to every running worker; their answers (those in ASK_TIMEOUT)."""
+        loop, asked = asyncio.get_running_loop(), []
+        for slot in self.slots:
+            if slot.channel is not None and slot.ready.done():
+                ref = next(self.refs)
+                self.asking[ref] = loop.create_future()
+                asked.append(ref)
+                slot.channel.send({**msg, "ref": ref})
+        if not asked:
+            return []
+        done, _ = await asyncio.wait([self.asking[ref] for ref in asked], timeout=ASK_TIMEOUT)
+        for ref in asked:
+            self.asking.pop(ref, None)
+        return [f.result() for f in done]
+
+    def answered(self, msg: dict) -> None:
+        fut = self.asking.pop(msg["ref"], None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
     async def count_subscribers(self, slot: WorkerSlot, msg: dict) -> None:
         """/api/presence on a worker: the subscribers of every worker, summed (a worker
-        that does not answer in COUNT_TIMEOUT counts 0)."""
-        keys, loop = msg["keys"], asyncio.get_running_loop()
-        asked = []
-        for other in self.slots:
-            if other.channel is not None:
-                ref = next(self.refs)
-                asked.append(ref)
-                self.counting[ref] = loop.create_future()
-                other.channel.send({"t": "count", "ref": ref, "keys": keys})
-        done, _ = await asyncio.wait([self.counting[ref] for ref in asked], timeout=COUNT_TIMEOUT)
-        for ref in asked:
-            self.counting.pop(ref, None)
-        totals = [sum(col) for col in zip(*(f.result() for f in done), strict=True)] if done else [0] * len(keys)
+        that does not answer in time counts 0)."""
+        keys = msg["keys"]
+        totals = [0] * len(keys)
+        for answer in await self.ask_all({"t": "count", "keys": keys}):
+            totals = [a + b for a, b in zip(totals, answer["counts"], strict=True)]
         if slot.channel is not None:
             slot.channel.send({"t": "counted", "ref": msg["ref"], "counts": totals})
+
+    async def render_metrics(self) -> bytes:
+        """/metrics: every worker's metrics as of now (each answers with a snapshot), summed
+        with this process's."""
+        await self.ask_all({"t": "scrape"})
+        return self.sum.render()
 
     def relay(self, event: dict) -> None:
         """Every event the node's pub/sub applies (published here or from the mesh), to

@@ -69,6 +69,8 @@ class Worker:
             fut = self.pending.pop(msg["ref"], None)
             if fut is not None and not fut.done():
                 fut.set_result(msg["ids"] if t == "published" else msg["counts"])
+        elif t == "scrape":
+            self.push(msg["ref"])
         elif t == "count":   # the node process sums the subscribers of every worker
             fanout = self.pubsub.fanout
             self.channel.send({"t": "counted", "ref": msg["ref"], "counts": [fanout.count(k) for k in msg["keys"]]})
@@ -146,7 +148,8 @@ class Worker:
                 watch = certs.watch(https.reload_interval)
             await li.start("", 0, context, sock=sock)
             self.listeners[name] = li
-        push = clock.every(PUSH_INTERVAL, lambda now: self.push(metrics))
+        self.metrics = metrics
+        push = clock.every(PUSH_INTERVAL, lambda now: self.push())
         self.channel.send({"t": "ready", "pid": os.getpid()})
         await self.done.wait()
         # Drain: stop accepting (the node keeps the listening sockets, whose queued
@@ -160,12 +163,17 @@ class Worker:
         for up in (*upstreams.values(), to_node):
             up.close()
         client.close()
-        self.push(metrics)
+        self.push()
         self.channel.close()
 
-    def push(self, metrics: Metrics) -> None:
+    def push(self, ref: int | None = None) -> None:
+        """This worker's metrics to the node: every PUSH_INTERVAL (so that a worker that
+        dies leaves its counters), and as the answer to a scrape (``ref``)."""
         open_ = sum(len(li.connections) for li in self.listeners.values())
-        self.channel.send({"t": "metrics", "snapshot": snapshot(metrics), "open": open_})
+        msg = {"t": "metrics", "snapshot": snapshot(self.metrics), "open": open_}
+        if ref is not None:
+            msg["ref"] = ref
+        self.channel.send(msg)
 
 
 def main(argv: list[str] | None = None) -> int:
