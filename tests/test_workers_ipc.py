@@ -57,3 +57,14 @@ def test_sum_adds_workers_and_keeps_the_counters_of_those_gone():
     assert got['reqs_total{route="/a"}'] == 21
     assert got["lat_seconds_count"] == 3
     assert got["open"] == 11
+
+
+def test_an_upstream_is_up_when_every_worker_sees_it_up():
+    node, a, b = Metrics(), Metrics(), Metrics()
+    for m, up in ((node, 1), (a, 1), (b, 0)):
+        m.gauge("farts_proxy_upstream_up", "up", lambda up=up: {("app", "s1"): up}, ("upstream", "server"))
+    total = Sum(node)
+    total.update(0, snapshot(a))
+    assert families(total.render())['farts_proxy_upstream_up{server="s1",upstream="app"}'] == 1
+    total.update(1, snapshot(b))
+    assert families(total.render())['farts_proxy_upstream_up{server="s1",upstream="app"}'] == 0

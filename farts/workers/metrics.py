@@ -16,6 +16,9 @@ from farts.metrics import Metrics
 
 PUSH_INTERVAL = 1.0   # seconds: what a worker that dies may take with it of its counters
 CUMULATIVE = ("counter", "histogram")
+# Gauges of a state, not a quantity: the lowest of the workers' (an upstream server is
+# up when every worker sees it up; the node process's own, idle, is left out).
+STATES = ("farts_proxy_upstream_up",)
 
 
 def snapshot(metrics: Metrics) -> list:
@@ -55,9 +58,17 @@ class Sum:
             key = (name, sample, labels)
             values[key] = values.get(key, 0) + value
 
-        for name, kind, doc, samples in [*snapshot(self.own), *(s for snap in self.latest.values() for s in snap)]:
+        states: dict[tuple, float] = {}
+        workers = [s for snap in self.latest.values() for s in snap]
+        for name, kind, doc, samples in [*(s for s in snapshot(self.own) if s[0] not in STATES), *workers]:
             for sample, labels, value in samples:
-                add(name, kind, doc, sample, tuple(sorted(labels.items())), value)
+                key = (name, sample, tuple(sorted(labels.items())))
+                if name in STATES:
+                    fams.setdefault(name, Metric(name, doc, kind))
+                    states[key] = min(states.get(key, value), value)
+                else:
+                    add(name, kind, doc, *key[1:], value)
+        values.update(states)
         for (name, sample, labels), value in self.retired.items():
             add(name, *self.families[name], sample, labels, value)
         for (name, sample, labels), value in values.items():
