@@ -330,7 +330,7 @@ class Node:
         if workers:
             from farts.workers.supervisor import Supervisor
             self.supervisor = Supervisor(self, cfg.node.worker_count)
-            await self.supervisor.start(public, public_routes[len(cfg.routes):], access)
+            await self.supervisor.start(public, public_routes[len(cfg.routes):])
         if ls.admin.enabled:
             await self._listen("admin", "http", admin, ls.admin.host, ls.admin.port, None, None,
                                h2c=ls.admin.h2c)

@@ -52,25 +52,26 @@ class Sum:
         fams: dict[str, Metric] = {}
         values: dict[tuple, float] = {}
 
-        def add(name, kind, doc, sample, labels, value) -> None:
-            if name not in fams:
-                fams[name] = Metric(name, doc, kind)
+        def add(name, sample, labels, value) -> None:
             key = (name, sample, labels)
             values[key] = values.get(key, 0) + value
 
         states: dict[tuple, float] = {}
         workers = [s for snap in self.latest.values() for s in snap]
         for name, kind, doc, samples in [*(s for s in snapshot(self.own) if s[0] not in STATES), *workers]:
+            if name not in fams:   # (listed even with no samples yet, as by one process)
+                fams[name] = Metric(name, doc, kind)
             for sample, labels, value in samples:
                 key = (name, sample, tuple(sorted(labels.items())))
                 if name in STATES:
-                    fams.setdefault(name, Metric(name, doc, kind))
                     states[key] = min(states.get(key, value), value)
                 else:
-                    add(name, kind, doc, *key[1:], value)
+                    add(*key, value)
         values.update(states)
         for (name, sample, labels), value in self.retired.items():
-            add(name, *self.families[name], sample, labels, value)
+            if name not in fams:
+                fams[name] = Metric(name, self.families[name][1], self.families[name][0])
+            add(name, sample, labels, value)
         for (name, sample, labels), value in values.items():
             fams[name].add_sample(sample, dict(labels), value)
         return list(fams.values())

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import farts
-from farts.transport.listener import AccessLog, Listener
+from farts.metrics import Metrics
+from farts.transport.listener import HTTPStats, Listener
 from farts.transport.router import Router
 
 from .ipc import Channel
@@ -105,7 +106,7 @@ class Supervisor:
             ps.on_delivered = self.relay
 
     # -- starting ------------------------------------------------------------------------
-    async def start(self, public: Router, service_routes: list, access: AccessLog) -> None:
+    async def start(self, public: Router, service_routes: list) -> None:
         """Listens (the workers' sockets, and the loopback listener where the workers
         forward the routes served by the node process), then starts the workers."""
         node, cfg = self.node, self.node.cfg
@@ -114,8 +115,12 @@ class Supervisor:
             if lc.enabled:
                 self.sockets[name] = reuseport_group(name, lc.host, lc.port, self.count)
         # All forwarded requests come from this host's loopback: no per-IP limit there.
+        # They were counted (and logged) by the worker that took them: the hop has its own,
+        # unexported, metrics.
         limits = dataclasses.replace(cfg.limits, max_connections_per_ip=cfg.limits.max_connections)
-        forwarded = Listener("forwarded", "http", public, limits, node.stats, access, node.clock)
+        hop: dict[str, Listener] = {}
+        forwarded = Listener("forwarded", "http", public, limits, HTTPStats(Metrics(), hop), None, node.clock)
+        hop["forwarded"] = forwarded
         await forwarded.start("127.0.0.1", 0)
         node.listeners["forwarded"] = forwarded
         self.forward_to = "{}:{}".format(*forwarded.address)
