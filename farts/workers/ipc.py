@@ -102,6 +102,10 @@ class Channel(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(encode(msg))
 
+    def unsent(self) -> int:
+        """Bytes written and not yet taken by the other end."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
     def close(self) -> None:
         """Closes this end (``on_lost`` is for the other end going away, not for this)."""
         self.closed = True

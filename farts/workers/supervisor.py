@@ -41,6 +41,7 @@ START_TIMEOUT = 60.0    # seconds for a worker to say "ready" (imports on a load
 DRAIN_TIMEOUT = 8.0     # seconds for a worker to finish after "stop", then it is killed
 RESTART_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)   # by crashes in a row (a worker that served
 STABLE = 10.0           # for STABLE seconds resets the count)
+MAX_UNSENT = 256 * 1024 * 1024   # bytes queued to a worker that does not read them
 ASK_TIMEOUT = 2.0       # seconds a worker has to answer (/api/presence counts, /metrics)
 
 
@@ -99,6 +100,8 @@ class Supervisor:
                                   "they exited", ("reason",))
         self.lost = m.counter("farts_worker_lost_connections_total", "Client connections open on a worker "
                               "when it died (as of its last report)")
+        self.behind = m.counter("farts_worker_too_far_behind_total", "Workers killed for not reading "
+                                "what the node process sends them (pub/sub events)")
         m.gauge("farts_workers", "Worker processes serving the public listeners",
                 lambda: sum(1 for s in self.slots if s.ready is not None and s.ready.done()))
         ps = node.pubsub
@@ -238,6 +241,13 @@ class Supervisor:
         for slot in self.slots:
             if slot.channel is not None:
                 slot.channel.send(msg)
+                if slot.channel.unsent() > MAX_UNSENT and slot.proc.returncode is None:
+                    # A worker that does not read its channel (stuck, or far behind a
+                    # burst) is replaced: the next one starts from the history.
+                    log.error("worker %d (pid %d) is %d bytes behind on its channel: killed", slot.index,
+                              slot.proc.pid, slot.channel.unsent())
+                    self.behind.inc()
+                    slot.proc.kill()
 
     # -- exits and restarts ----------------------------------------------------------------
     async def watch(self, slot: WorkerSlot, proc) -> None:
