@@ -331,6 +331,8 @@ class Node:
             from farts.workers.supervisor import Supervisor
             self.supervisor = Supervisor(self, cfg.node.worker_count)
             await self.supervisor.start(public, public_routes[len(cfg.routes):])
+            if self.services.get("admin") is not None:   # the status page sees the workers too
+                self.services["admin"].read.metrics = self.supervisor.view
         if ls.admin.enabled:
             await self._listen("admin", "http", admin, ls.admin.host, ls.admin.port, None, None,
                                h2c=ls.admin.h2c)

@@ -68,3 +68,24 @@ def test_an_upstream_is_up_when_every_worker_sees_it_up():
     assert families(total.render())['farts_proxy_upstream_up{server="s1",upstream="app"}'] == 1
     total.update(1, snapshot(b))
     assert families(total.render())['farts_proxy_upstream_up{server="s1",upstream="app"}'] == 0
+
+
+def test_the_status_page_reads_the_workers_through_the_view():
+    from farts.admin.status import Reader
+    from farts.workers.metrics import View
+
+    node, worker = Metrics(), Metrics()
+    for m, n in ((node, 1), (worker, 10)):
+        m.counter("farts_http_requests_total", "requests", ("listener", "route", "status")).inc(("http", "/", 200), n)
+        m.gauge("farts_http_connections_open", "open", lambda n=n: {("http",): n}, ("listener",))
+        h = m.histogram("farts_http_request_duration_seconds", "latency", ("listener", "route"))
+        for _ in range(n):
+            h.observe(0.002, ("http", "/"))
+    total = Sum(node)
+    total.update(0, snapshot(worker))
+    read = Reader(View(total))
+    assert read.totals("farts_http_requests_total") == {("http", "/", "200"): 11}
+    assert read.totals("farts_http_connections_open") == {("http",): 11}
+    bounds, counts = read.histogram("farts_http_request_duration_seconds", lambda k: True)
+    assert sum(counts) == 11 and counts[bounds.index(0.0025)] == 11
+    assert read.get("not_registered") is None

@@ -125,6 +125,11 @@ def test_fixed_and_proxy_from_every_worker(node_factory, upstream, workers):
                       == CONNECTIONS + 3), node.log()
     assert eventually(lambda: metric(node, "farts_proxy_requests_total", upstream="app", outcome="ok")
                       == CONNECTIONS)
+    # The status page's samples count the workers' requests too.
+    def status_rps():
+        history = httpx.get(node.url("admin", "/api/history"), timeout=10).json()["history"]
+        return sum(row[1] or 0 for row in history.get("test-node", []))
+    assert eventually(lambda: status_rps() > 0)
 
 
 async def _pubsub_everywhere(node, channel: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
-from farts.metrics import Metrics
+from farts.metrics import Counter, Gauge, Histogram, Metrics
 
 PUSH_INTERVAL = 1.0   # seconds: what a worker that dies may take with it of its counters
 CUMULATIVE = ("counter", "histogram")
@@ -88,3 +88,54 @@ class _Families:
 
     def collect(self):
         return self.fams
+
+
+class View:
+    """The node's metrics with the workers' last reports added, read by name as the status
+    page's sampler reads a ``Metrics`` (``get(name)``: a Counter, Gauge or Histogram).
+    Label values come back as text (as in the exposition)."""
+
+    def __init__(self, total: Sum) -> None:
+        self.total = total
+
+    def get(self, name: str):
+        own = self.total.own.get(name)
+        if own is None:
+            return None
+        fam = own.collect()
+        samples = [(s.name, s.labels, s.value) for s in fam.samples]
+        for snap in self.total.latest.values():
+            samples += [tuple(s) for f in snap if f[0] == fam.name for s in f[3]]
+        samples += [(sample, dict(labels), v) for (f, sample, labels), v in self.total.retired.items()
+                    if f == fam.name]
+
+        def key(labels: dict) -> tuple:
+            return tuple(labels.get(label, "") for label in own.labels)
+        if isinstance(own, Counter):
+            out = Counter(own.name, own.help, own.labels)
+            for _, labels, v in samples:
+                out.inc(key(labels), v)
+            return out
+        if isinstance(own, Gauge):
+            values: dict[tuple, float] = {}
+            for _, labels, v in samples:
+                values[key(labels)] = values.get(key(labels), 0) + v
+            return Gauge(own.name, own.help, lambda: values, own.labels)
+        return self._histogram(own, samples, key)
+
+    @staticmethod
+    def _histogram(own: Histogram, samples: list, key) -> Histogram:
+        out = Histogram(own.name, own.help, own.labels, own.buckets)
+        bounds = [repr(b) for b in own.buckets] + ["+Inf"]
+        cumulative: dict[tuple, list[float]] = {}
+        for sample, labels, v in samples:
+            k = key({n: x for n, x in labels.items() if n != "le"})
+            row = cumulative.setdefault(k, [0.0] * (len(bounds) + 1))
+            if sample.endswith("_bucket") and labels.get("le") in bounds:
+                row[bounds.index(labels["le"])] += v
+            elif sample.endswith("_sum"):
+                row[-1] += v
+        for k, row in cumulative.items():
+            counts = [row[0]] + [row[i] - row[i - 1] for i in range(1, len(bounds))]
+            out.series[k] = [*counts, row[-1]]
+        return out

@@ -30,7 +30,7 @@ from farts.transport.listener import HTTPStats, Listener
 from farts.transport.router import Router
 
 from .ipc import Channel
-from .metrics import Sum
+from .metrics import Sum, View
 
 if TYPE_CHECKING:
     from farts.node import Node
@@ -89,6 +89,7 @@ class Supervisor:
         self.sockets: dict[str, list[socket.socket]] = {}
         self.slots = [WorkerSlot(i) for i in range(count)]
         self.sum = Sum(node.metrics)
+        self.view = View(self.sum)   # what the status page reads with workers
         self.stopping = False
         self.forwarded_routes: list[dict] = []
         self.forward_to = ""
