@@ -46,6 +46,8 @@ class Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        if self.path == "/app/slow":
+            time.sleep(0.3)
         body = json.dumps({"path": self.path, "rid": self.headers.get("x-request-id", "")}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -125,6 +127,10 @@ def test_fixed_and_proxy_from_every_worker(node_factory, upstream, workers):
                       == CONNECTIONS + 3), node.log()
     assert eventually(lambda: metric(node, "farts_proxy_requests_total", upstream="app", outcome="ok")
                       == CONNECTIONS)
+    # A slow request on a worker is in the node's /api/slow.
+    assert httpx.get(node.url("http", "/app/slow"), timeout=30).status_code == 200
+    assert eventually(lambda: "/app/slow" in [r["target"] for r in httpx.get(node.url("admin", "/api/slow"),
+                                                                               timeout=10).json()["requests"]])
     # The status page's samples count the workers' requests too.
     def status_rps():
         history = httpx.get(node.url("admin", "/api/history"), timeout=10).json()["history"]

@@ -13,11 +13,13 @@ node -> worker
     published  {ref, ids}: the answer to a publish, after its events
     count      {ref, keys}: "your subscribers on these channels?" (for /api/presence)
     counted    {ref, counts}: the answer to a worker's count, summed over all workers
+    scrape     {ref}: "your metrics now" (for /metrics)
     stop       drain and exit
 worker -> node
     ready      {pid}: listening
     publish    {ref, tenant, messages: [[channel, data JSON], ...]}
     count      {ref, keys}: the subscribers on these channels on every worker
     counted    {ref, counts}: this worker's answer to the node's count
-    metrics    {snapshot, open}: every metrics.PUSH_INTERVAL, and on exit
+    metrics    {snapshot, open, slow, ref?}: every metrics.PUSH_INTERVAL, on exit, and as
+               the answer to a scrape; slow: the slow requests logged since the last one
 """

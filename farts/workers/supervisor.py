@@ -181,6 +181,7 @@ class Supervisor:
         elif t == "metrics":
             self.sum.update(slot.index, msg["snapshot"])
             slot.open = msg["open"]
+            self.node.stats.slow_log.extend(msg["slow"])   # /api/slow and the status page
             if "ref" in msg:
                 self.answered(msg)
         elif t == "ready":

@@ -148,7 +148,7 @@ class Worker:
                 watch = certs.watch(https.reload_interval)
             await li.start("", 0, context, sock=sock)
             self.listeners[name] = li
-        self.metrics = metrics
+        self.metrics, self.slow_log, self.slow_sent = metrics, stats.slow_log, None
         push = clock.every(PUSH_INTERVAL, lambda now: self.push())
         self.channel.send({"t": "ready", "pid": os.getpid()})
         await self.done.wait()
@@ -166,11 +166,22 @@ class Worker:
         self.push()
         self.channel.close()
 
+    def new_slow(self) -> list[dict]:
+        """The slow requests logged since the last push (for the node's /api/slow)."""
+        entries = list(self.slow_log)
+        for i in range(len(entries) - 1, -1, -1):
+            if entries[i] is self.slow_sent:
+                entries = entries[i + 1:]
+                break
+        if entries:
+            self.slow_sent = entries[-1]
+        return entries
+
     def push(self, ref: int | None = None) -> None:
         """This worker's metrics to the node: every PUSH_INTERVAL (so that a worker that
         dies leaves its counters), and as the answer to a scrape (``ref``)."""
         open_ = sum(len(li.connections) for li in self.listeners.values())
-        msg = {"t": "metrics", "snapshot": snapshot(self.metrics), "open": open_}
+        msg = {"t": "metrics", "snapshot": snapshot(self.metrics), "open": open_, "slow": self.new_slow()}
         if ref is not None:
             msg["ref"] = ref
         self.channel.send(msg)
