@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Requests per server CPU-second of a fixed route, by number of workers.
+"""Requests per server CPU-second of a fixed or a proxy route, by number of workers.
 
     python bench/workers.py [--workers 1,2] [--seconds 5] [--connections 64] [--route fixed|proxy]
 
@@ -9,8 +9,10 @@ one-second warm-up, wrk runs --seconds while the CPU time (user + system, from
 /proc/PID/stat) of the node process and all its children is read before and after.
 The figure is requests answered / server CPU seconds used: on a machine with fewer
 cores than workers + wrk, req/s is bounded by the sharing, but the per-CPU-second
-figure still says what a core of serving yields (1.0x = linear scaling). Only
-127.0.0.1, free ports, a temp directory; the node is stopped by its PID.
+figure still says what a core of serving yields (1.0x = linear scaling). The proxy
+route's upstream is an nginx (one process, the body from memory) on wrk's core; its CPU
+is not the server's. Only 127.0.0.1, free ports, a temp directory; what it starts is
+stopped by its PID.
 """
 from __future__ import annotations
 
@@ -48,10 +50,41 @@ id = "bench"
 hosts = ["127.0.0.1"]
 api_keys = ["k"]
 
+"""
+FIXED = """
 [[routes]]
 prefix = "/"
 kind = "static"
 body = "{body}"
+"""
+PROXY = """
+[upstreams.app]
+servers = ["127.0.0.1:{port}"]
+
+[[routes]]
+prefix = "/"
+kind = "proxy"
+upstream = "app"
+"""
+NGINX = """daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        location / {{ return 200 "{body}"; }}
+    }}
+}}
 """
 
 
@@ -79,11 +112,34 @@ def cpu_seconds(pid: int) -> float:
     return total / TICK
 
 
-def start(workers: int, cpus: str, tmp: Path) -> tuple[subprocess.Popen, str]:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_upstream(tmp: Path, cpu: str, body: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX.format(dir=tmp, port=port, body=body))
+    proc = subprocess.Popen(["taskset", "-c", cpu, "nginx", "-c", str(conf), "-p", f"{tmp}/", "-e",
+                             f"{tmp}/error.log"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the nginx upstream did not start")
+
+
+def start(workers: int, cpus: str, tmp: Path, routes: str) -> tuple[subprocess.Popen, str]:
     data = tmp / f"w{workers}"
     data.mkdir()
     cfg = data / "farts.toml"
-    cfg.write_text(CONFIG.format(data_dir=data, workers=workers, body="x" * 1024))
+    cfg.write_text(CONFIG.format(data_dir=data, workers=workers) + routes)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-m", "farts.cli", "--log-level", "WARNING",
                              "serve", "--config", str(cfg)], stdout=subprocess.PIPE, env=env)
@@ -113,27 +169,48 @@ def main() -> int:
     p.add_argument("--workers", default="1,2")
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--route", choices=("fixed", "proxy"), default="fixed")
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0))
     results = []
+    body = "x" * 1024
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
-        for workers in [int(w) for w in args.workers.split(",")]:
-            cpus = f"0-{min(workers, cores) - 1}"
-            proc, url = start(workers, cpus, Path(tmp))
-            try:
-                wrk(url, 1, args.connections, str(cores - 1))   # warm-up
-                before = cpu_seconds(proc.pid)
-                n, rps, p99 = wrk(url, args.seconds, args.connections, str(cores - 1))
-                used = cpu_seconds(proc.pid) - before
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
-            row = {"workers": workers, "server_cpus": cpus, "requests": n, "req_per_s": round(rps),
-                   "server_cpu_s": round(used, 2), "req_per_cpu_s": round(n / used) if used else None,
-                   "p99": p99}
-            results.append(row)
-            print(json.dumps(row), flush=True)
+        upstream = None
+        routes = FIXED.format(body=body)
+        if args.route == "proxy":
+            upstream, port = start_upstream(Path(tmp), str(cores - 1), body)
+            routes = PROXY.format(port=port)
+        try:
+            run_all(args, cores, Path(tmp), routes, results)
+        finally:
+            if upstream is not None:
+                upstream.terminate()
+                upstream.wait(10)
+    report(args, results)
+    return 0
+
+
+def run_all(args, cores: int, tmp: Path, routes: str, results: list) -> None:
+    for workers in [int(w) for w in args.workers.split(",")]:
+        cpus = f"0-{min(workers, cores) - 1}"
+        proc, url = start(workers, cpus, tmp, routes)
+        try:
+            wrk(url, 1, args.connections, str(cores - 1))   # warm-up
+            before = cpu_seconds(proc.pid)
+            n, rps, p99 = wrk(url, args.seconds, args.connections, str(cores - 1))
+            used = cpu_seconds(proc.pid) - before
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        row = {"route": args.route, "workers": workers, "server_cpus": cpus, "requests": n,
+               "req_per_s": round(rps), "server_cpu_s": round(used, 2),
+               "req_per_cpu_s": round(n / used) if used else None, "p99": p99}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+
+def report(args, results: list) -> None:
     base = results[0]["req_per_cpu_s"]
     for row in results:
         row["efficiency_vs_first"] = round(row["req_per_cpu_s"] / base, 2) if base else None
@@ -141,7 +218,6 @@ def main() -> int:
               f"CPU-second ({row['efficiency_vs_first']}x the first), p99 {row['p99']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"host": socket.gethostname(), "results": results}, indent=1))
-    return 0
 
 
 if __name__ == "__main__":
