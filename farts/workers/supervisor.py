@@ -90,10 +90,10 @@ class Supervisor:
         self.slots = [WorkerSlot(i) for i in range(count)]
         self.sum = Sum(node.metrics)
         self.view = View(self.sum)   # what the status page reads with workers
-        self.stopping = False
+        self.started = self.stopping = False
         self.forwarded_routes: list[dict] = []
         self.forward_to = ""
-        self._watchers: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()   # exit watchers, presence counts
         self.refs = itertools.count(1)
         self.asking: dict[int, asyncio.Future] = {}   # ref -> a worker's answer (ask_all)
         m = node.metrics
@@ -138,6 +138,7 @@ class Supervisor:
             if isinstance(e, OSError):
                 raise
             raise OSError(0, f"node.workers: not every worker was ready in {START_TIMEOUT:.0f} s") from None
+        self.started = True
 
     async def spawn(self, slot: WorkerSlot) -> None:
         loop = asyncio.get_running_loop()
@@ -163,9 +164,12 @@ class Supervisor:
                            "forward_to": self.forward_to, "forwarded_routes": self.forwarded_routes})
         for ev in history:   # (the same event stream as the other workers, from its start)
             slot.channel.send({"t": "event", "ev": ev})
-        task = asyncio.ensure_future(self.watch(slot, slot.proc))
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
+        self._run(self.watch(slot, slot.proc))
+
+    def _run(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- messages from the workers ---------------------------------------------------------
     def on_message(self, slot: WorkerSlot, msg: dict) -> None:
@@ -173,9 +177,7 @@ class Supervisor:
         if t == "publish":
             self.publish(slot, msg)
         elif t == "count":
-            task = asyncio.ensure_future(self.count_subscribers(slot, msg))
-            self._watchers.add(task)
-            task.add_done_callback(self._watchers.discard)
+            self._run(self.count_subscribers(slot, msg))
         elif t == "counted":
             self.answered(msg)
         elif t == "metrics":
@@ -260,7 +262,7 @@ class Supervisor:
         self.sum.retire(slot.index)
         if self.stopping:
             return
-        if not slot.ready.done():   # never served: a worker that cannot start fails the node's start
+        if not self.started and not slot.ready.done():   # one that cannot start fails the start
             slot.ready.set_exception(OSError(0, f"node.workers: worker {slot.index} exited before it was "
                                                 f"ready (status {code}; its log is above)"))
             return
@@ -310,7 +312,7 @@ class Supervisor:
                     p.send_signal(signal.SIGKILL)
             if pending:
                 await asyncio.wait(pending)
-        for t in list(self._watchers):
+        for t in list(self._tasks):
             t.cancel()
         for group in self.sockets.values():
             for s in group:
