@@ -42,9 +42,6 @@ from .metrics import PUSH_INTERVAL, snapshot
 
 log = logging.getLogger("farts.workers")
 
-LOCAL_KINDS = ("static", "proxy", "pubsub")
-
-
 class Worker:
     def __init__(self, ipc: socket.socket, sockets: dict[str, socket.socket]) -> None:
         self.ipc_sock, self.sockets = ipc, sockets
@@ -105,7 +102,6 @@ class Worker:
         self.channel = await Channel.open(self.ipc_sock, self.on_message, self.on_lost)
         hello = await self.hello
         cfg: Config = pickle.loads(hello["config"])
-        self.index = hello["index"]
         clock = LoopClock()
         metrics = Metrics()
         client = Client(clock)
@@ -119,8 +115,9 @@ class Worker:
         self.backlog = []
         upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats, client)
                      for name, up in cfg.upstreams.items()}
-        to_node = ProxyHandler("node-process", Upstream(servers=[hello["forward_to"]]), cfg.node.id,
-                               proxy_stats, client)
+        # (Never marked down after failed connects: there is no other node process to try.)
+        to_node = ProxyHandler("node-process", Upstream(servers=[hello["forward_to"]], max_fails=1 << 30),
+                               cfg.node.id, proxy_stats, client)
 
         def handler(route: Route):
             if route.kind == "static":
