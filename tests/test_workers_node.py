@@ -173,6 +173,22 @@ async def _pubsub_everywhere(node, channel: str) -> None:
             assert answer["op"] == "subscribed" and answer["recovered"] is True
             got = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(4)]
             assert [e["id"] for e in got] == ids[2:]
+    # The same with event streams (Last-Event-ID), on new connections.
+    for _ in range(CONNECTIONS // 2):
+        assert await _sse_ids(node, channel, ids[1], 4) == ids[2:]
+
+
+async def _sse_ids(node, channel: str, last_id: str, n: int) -> list[str]:
+    got: list[str] = []
+    async with httpx.AsyncClient(timeout=30) as c, c.stream(
+            "GET", node.url("http", f"/live/sse?channel={channel}"), headers={"last-event-id": last_id}) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("id: "):
+                got.append(line[4:])
+                if len(got) == n:
+                    return got
+    return got
 
 
 @pytest.mark.parametrize("workers", [1, 3])
