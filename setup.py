@@ -12,7 +12,8 @@ from setuptools import Extension, setup
 
 # The HTTP/1.1 connection machine runs a few calls per request: compiled, its fields are
 # C fields and its calls C calls (about 0.2 us less per request, measured in bench/RESULTS.md).
-COMPILED = ["farts/transport/h1.py"]
+# The HTTP/2 connection machine likewise (plain Python compiled; bench/h2machine.py).
+COMPILED = ["farts/transport/h1.py", "farts/transport/h2conn.py"]
 
 extensions = [
     Extension(

@@ -200,6 +200,69 @@ def cmd_status(args) -> int:
     lag = (data.get("replication") or {}).get("lag_ms")
     if lag is not None:
         print("db replication lag: " + (", ".join(f"{o} {ms} ms" for o, ms in sorted(lag.items())) or "-"))
+    for deployment, m in sorted((data.get("masters") or {}).items()):
+        print(f"master of {deployment}: {m['master'] or 'none (being elected)'}, epoch {m['epoch']}")
+    return 0
+
+
+def _admin_json(args, path: str, body: dict | None = None):
+    """GET (or POST body) a node's admin API; None after printing why it failed."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = args.admin.rstrip("/") + path
+    token = getattr(args, "token", "") or os.environ.get("FARTS_ADMIN_TOKEN", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = None
+    if body is not None:
+        data, headers["content-type"] = json.dumps(body).encode(), "application/json"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=10) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        print(f"farts-edge: {url}: {e.code} {e.read().decode(errors='replace').strip()}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        print(f"farts-edge: cannot read {url}: {e} (is [master] enabled on that node?)", file=sys.stderr)
+    return None
+
+
+def _when(t) -> str:
+    import datetime
+    return "-" if t is None else datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def cmd_crons(args) -> int:
+    data = _admin_json(args, "/api/master/crons")
+    if data is None:
+        return 1
+    m = data["master"]
+    print(f"deployment {m['deployment']}: master {m['deployments'].get(m['deployment'], {}).get('master') or 'none'}")
+    for c in data["crons"]:
+        print(f"{c['name']}  {c['schedule']} ({c['timezone']})  {c['action']} {c['target']}  "
+              f"catch_up {c['catch_up']}  next {_when(c['next'])}")
+        for r in c["history"][:args.last]:
+            detail = r.get("error") or (f"HTTP {r['status']}" if r.get("status") else "")
+            print(f"    {r['key']}  {r['state']:8} epoch {r['epoch']}  attempts {r.get('attempts', 0)}  {detail}")
+    return 0
+
+
+def cmd_alerts(args) -> int:
+    if args.alerts_command == "ack":
+        data = _admin_json(args, "/api/master/alerts/ack", {"id": args.id, "by": args.by})
+        if data is None:
+            return 1
+        print(f"acknowledged {data['id']}: escalation stops")
+        return 0
+    data = _admin_json(args, "/api/master/alerts")
+    if data is None:
+        return 1
+    for a in data["alerts"]:
+        state = "resolved" if a.get("resolved") else "acked" if a.get("acked") else "firing"
+        print(f"{a['id']}  {a['severity']:8} {state:8} tier {a.get('tier') or '-'}  since {_when(a['first_seen'])}  "
+              f"{a['summary']}")
+    if not data["alerts"]:
+        print("no alerts")
     return 0
 
 
@@ -339,6 +402,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--token", default="", help="admin.token of that node, if it has one "
                         "(default: $FARTS_ADMIN_TOKEN)")
     status.set_defaults(func=cmd_status)
+    crons = sub.add_parser("crons", help="the master's crons ([master]): schedules and last runs")
+    crons_sub = crons.add_subparsers(dest="crons_command", required=True)
+    c = crons_sub.add_parser("list", help="each cron's schedule, next slot and last runs")
+    c.add_argument("--admin", default="http://127.0.0.1:9100/", help="any node's admin listener URL")
+    c.add_argument("--last", type=int, default=5, help="runs shown per cron")
+    c.set_defaults(func=cmd_crons)
+    alerts = sub.add_parser("alerts", help="the master's alerts ([master.alerts])")
+    alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
+    c = alerts_sub.add_parser("list", help="open and recent alerts")
+    c.add_argument("--admin", default="http://127.0.0.1:9100/", help="any node's admin listener URL")
+    c.set_defaults(func=cmd_alerts)
+    c = alerts_sub.add_parser("ack", help="acknowledge an alert: its escalation stops")
+    c.add_argument("id", help="the alert's id (alerts list) or its dedupe key")
+    c.add_argument("--by", default=os.environ.get("USER", "operator"), help="who acknowledges")
+    c.add_argument("--admin", default="http://127.0.0.1:9100/", help="any node's admin listener URL")
+    c.set_defaults(func=cmd_alerts)
     drain = sub.add_parser("drain", help="take the node out of every node's DNS answers (it keeps serving)")
     drain.add_argument("--admin", default="http://127.0.0.1:9100/", help="the node's admin listener URL")
     drain.set_defaults(func=cmd_drain)

@@ -121,6 +121,8 @@ class NodeConfig:
     lat: float = setting(0.0, Check(lambda v: -90 <= v <= 90, "a latitude -90..90"))
     lon: float = setting(0.0, Check(lambda v: -180 <= v <= 180, "a longitude -180..180"))
     data_dir: str = "./farts-data"
+    # The deployment this node belongs to (one master per deployment: [master]).
+    deployment: str = setting("global", Check(lambda v: bool(v) and len(v) <= 128, "a name"))
     # Processes serving the public HTTP/HTTPS listeners: 1 serves them in the node
     # process itself; N > 1 starts N worker processes beside it (farts/workers/);
     # "auto": one per core this process may run on.
@@ -408,6 +410,7 @@ region = "eu-central"
 lat = 50.11                 # coordinates, used by the geo DNS
 lon = 8.68
 data_dir = "./farts-data"   # relative to this file; certs, caches and the DB live here
+deployment = "global"       # one master per deployment ([master])
 workers = 1                 # processes serving HTTP/HTTPS: N, or "auto" (one per core); see README
 
 [listeners.http]
@@ -498,6 +501,7 @@ memory_capacity_bytes = 67108864  # ... up to this many bytes in all
 negative_ttl = 0.0          # seconds to cache origin 404/410 (0: never); 5xx never
 max_variants_per_uri = 16   # answers with Vary: variants kept per URI (the oldest goes first)
 request_cache_control = "ignore"  # a client's Cache-Control: "ignore" (as nginx) or "honor" (RFC 9111 §5.2.1)
+range_fill_min_bytes = 0     # >0: a Range miss asks the origin for that range (at least this many bytes) and stores the 206
 flush_interval = 2.0        # seconds between flushes of the recency order (kept by restarts)
 
 [cdn.origins.media]         # routes of kind "cdn" name one of these
@@ -628,4 +632,40 @@ reconnect_max = 5.0         # ... up to here, with jitter
 handshake_timeout = 5.0     # TLS + HELLO must finish within this
 max_frame_bytes = 1048576   # a larger frame closes the link
 queue_max_bytes = 8388608   # a peer with more unsent bytes is disconnected
+
+[master]                    # one node of the deployment runs the crons and raises the alerts
+enabled = false             # needs [db] (its state is replicated there)
+nodes = []                  # ids of this deployment's nodes; a majority elects (required with a mesh)
+lease_seconds = 6.0         # a dead master is replaced within lease_seconds * (1 + nodes/10)
+clock_drift = 0.05          # bound on how much a node's clock rate may be off (the master stops early)
+history = 20                # runs kept per cron
+
+[[master.crons]]
+name = "nightly-report"     # required; the idempotency key is name@slot
+schedule = "0 3 * * *"      # required: minute hour day month weekday
+timezone = "Europe/Berlin"
+action = "http"             # "http" (to an upstream group) or "task" (built in)
+upstream = "app"
+method = "POST"
+path = "/cron/nightly-report"
+body = ""
+timeout = 30.0
+retries = 2
+retry_delay = 5.0
+catch_up = "once"           # slots missed with no master: "once", "all" or "skip"
+
+[master.alerts]
+interval = 10.0             # seconds between evaluations
+bake_seconds = 1800         # after a deploy, rules with after_deploy = true apply this long
+
+[[master.alerts.rules]]     # default: every rule with its default threshold
+rule = "replication_lag"    # node_dead, replication_lag, cert_expiring, slow_requests,
+threshold = 30000           # webhook_dead_letters, disk_full, version_mismatch
+severity = "warning"        # info, warning, critical
+after_deploy = false
+
+[[master.alerts.escalation]]   # first the room, then the floor, then the building
+name = "room"
+targets = ["https://chat.example.com/hooks/room"]
+delay = 300                 # unacknowledged this long: the next tier is told
 '''

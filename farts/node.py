@@ -31,6 +31,7 @@ from farts.config import Config, Route
 from farts.db import config as db_config
 from farts.dns import config as dns_config
 from farts.dns.peer import TxtPeer
+from farts.master import config as master_config
 from farts.members import Member, MemberMap
 from farts.mesh import DrainHandler, MeshService, MeshStatusHandler
 from farts.mesh import config as mesh_config
@@ -115,9 +116,10 @@ def _build_certs(node: Node):
                         cfg.path(cfg.listeners.https.cert_dir), cfg.path("acme"), node.metrics, node.clock,
                         _set_txt(node))
     if cfg.mesh.enabled:
-        # One order per cluster: the alive node with the lowest id orders, the others get
-        # the pair over the mesh (farts/certs/peer.py).
-        # (Not before the mesh has joined: alone, every node would be the lowest.)
+        # One order per cluster: the master orders when [master] is on (_build_master);
+        # without it the alive node with the lowest id; the others get the pair over the
+        # mesh (farts/certs/peer.py). (Not before the mesh has joined: alone, every node
+        # would be the lowest.)
         me = cfg.node.id
         certs.may_order = lambda: (node._mesh_state() == "ok"
                                    and me == min((m.id for m in node.members.alive()), default=me))
@@ -181,6 +183,48 @@ def _build_status(n: Node) -> Sampler:
                    slow=lambda: [e for e in reversed(n.stats.slow_log) if e["listener"] != "admin"])
 
 
+def _build_master(n: Node):
+    """The master service (every node runs it; the lease holder acts). Its state is in the
+    database's store, handed over as a function (the store opens when the DB starts)."""
+    if not n.cfg.master.enabled:
+        return None
+    from farts.master.service import MasterService
+    # Built-in tasks a [[master.crons]] entry may name (action = "task"): run on the master only.
+    tasks = {"certs_check": lambda: n.services["certs"].check() if n.services.get("certs") else None,
+             "noop": lambda: None}
+    hooks = n.services.get("webhooks")   # (built before: its row comes first)
+    master = MasterService(n.cfg, n.metrics, n.clock, lambda: n.db.store if n.db is not None else None,
+                           n.http_client, tasks, version=__version__,
+                           samples=lambda: n.services["admin"].latest if n.services.get("admin") else {},
+                           caught_up=lambda: _replica_caught_up(n),
+                           dead_letters=lambda: sum(hooks.dead.totals().values()) if hooks is not None else 0)
+    if hooks is not None:
+        master.on_role(hooks.master_changed)   # only the master delivers, under its epoch
+    certs = n.services.get("certs")
+    if certs is not None:
+        certs.may_order = master.acting        # one ACME order per cluster: the master's
+    if n.mesh is not None:
+        n.mesh.status_extra["masters"] = master.view   # /api/mesh: each deployment's master
+    return master
+
+
+def _replica_caught_up(n: Node) -> bool:
+    """The database has every write the alive members last said they have (a new master
+    waits for it, a bounded while, before it acts on the state it reads)."""
+    replication = n.db.replication if n.db is not None else None
+    if replication is None or replication.replica is None:
+        return True
+    have = n.db.store.applied()
+    alive = {m.id for m in n.members.alive()}
+    return all(have.get(origin, (0, 0))[0] >= seq for peer_id, peer in replication.replica.peers.items()
+               if peer_id in alive and peer.report is not None for origin, seq in peer.report.vv.items())
+
+
+def _master_admin(n: Node, master) -> list:
+    from farts.master.service import MasterAdminHandler
+    return [(Route(prefix="/api/master", kind="admin", max_body_bytes=65536), MasterAdminHandler(master))]
+
+
 SERVICES: tuple[Service, ...] = (
     Service("proxy", proxy_config.SECTION,
             build=lambda n: {name: ProxyHandler(name, up, n.cfg.node.id, n.proxy_stats, n.http_client)
@@ -222,6 +266,9 @@ SERVICES: tuple[Service, ...] = (
             public_routes=_webhooks_public, admin_routes=_webhooks_admin),
     Service("admin", admin_config.SECTION, build=_build_status, start_rank=90, stop_rank=5,
             peers=lambda n, sampler, bus: [sampler.peer(bus)]),
+    # After the mesh and the DB (built after them: it reads n.mesh; started after them).
+    Service("master", master_config.SECTION, build=_build_master, start_rank=60, stop_rank=5,
+            admin_routes=_master_admin, peers=lambda n, master, bus: [master.attach(bus)]),
 )
 
 for _service in SERVICES:

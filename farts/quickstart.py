@@ -62,6 +62,9 @@ port = 27017
 enabled = true
 allow_loopback = true       # a local playground: receivers on 127.0.0.1 are allowed (a hand-written config must say so)
 
+[master]                    # one node runs the crons and raises the alerts (farts-edge crons/alerts)
+enabled = true
+
 [[tenants]]
 id = "demo"
 hosts = ["localhost", "127.0.0.1"]
@@ -199,6 +202,8 @@ def node_config(text: str, i: int, n: int) -> str:
     if i != 1:
         text = re.sub(r'(?m)^(hosts = \[.*)\]', rf'\1, "{host}"]', text, count=1)
     seeds = ", ".join(f'"127.0.0.{j}:{MESH_PORT}"' for j in range(1, n + 1) if j != i)
+    nodes = ", ".join(f'"node-{j}"' for j in range(1, n + 1))   # the deployment: a majority elects its master
+    text = re.sub(r'(?m)^(\[master\].*\n)', rf'\g<1>nodes = [{nodes}]\n', text, count=1)
     return text + f'''
 [mesh]                      # written by `farts-edge up --nodes {n}`
 enabled = true

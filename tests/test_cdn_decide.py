@@ -389,3 +389,57 @@ def test_a_304_for_another_representation_does_not_update():
     assert on_origin(b"k", 304, [(b"etag", b'"b"')], -1, e, [], T0, T0, NEG_TTL, MAX) == decide.REFETCH
     for hs in ([(b"etag", b'"a"')], [(b"etag", b'W/"b"')], []):
         assert isinstance(on_origin(b"k", 304, hs, -1, e, [], T0, T0, NEG_TTL, MAX), Revalidated)
+
+
+# -- partial content (farts/cdn/partial.py) ---------------------------------------------
+def test_content_range_parses_one_known_length_span():
+    from farts.cdn.partial import content_range
+    assert content_range(b"bytes 0-99/1000") == (0, 99, 1000)
+    # RFC 9110 §14.4: an unknown complete length, a span past it, or another unit: not
+    # one storable span.
+    for bad in (b"bytes 0-99/*", b"bytes 0-1000/1000", b"bytes 99-0/1000", b"items 0-1/2", b"bytes */1000", None):
+        assert content_range(bad) is None
+
+
+def test_origin_range_widens_the_clients_range():
+    from farts.cdn.partial import origin_range
+    assert origin_range(b"bytes=0-99", None, 65536) == b"bytes=0-65535"
+    assert origin_range(b"bytes=100-200000", None, 65536) == b"bytes=100-200000"
+    assert origin_range(b"bytes=1000-1099", 5000, 65536) == b"bytes=1000-4999"   # (the length known)
+    assert origin_range(b"bytes=500-", None, 65536) == b"bytes=500-"
+    assert origin_range(b"bytes=-10", None, 65536) == b"bytes=-65536"
+    # Several ranges, other units, malformed: the whole object instead (RFC 9110 §14.2).
+    for other in (b"bytes=0-1,5-6", b"items=0-1", b"bytes=5-1", b"bytes=x-", b"bytes=-"):
+        assert origin_range(other, None, 65536) is None
+
+
+def test_spans_merge_and_cover():
+    from farts.cdn.partial import complete, covers, merged
+    spans = merged([], 100, 199)
+    spans = merged(spans, 300, 399)
+    assert spans == [(100, 199), (300, 399)]
+    assert covers(spans, 120, 180) and not covers(spans, 150, 350)
+    spans = merged(spans, 200, 299)   # adjacent on both sides: one span
+    assert spans == [(100, 399)] and covers(spans, 150, 350)
+    assert not complete(spans, 400) and complete(merged(spans, 0, 150), 400)
+
+
+def test_a_206_is_stored_combined_or_passed():
+    from farts.cdn.partial import COMBINE, NEW, PASS, Partial, on_partial
+    part = [(b"content-range", b"bytes 0-99/1000"), (b"etag", b'"v1"'), (b"cache-control", b"max-age=60")]
+    assert on_partial(None, 206, part, 100, [], 0.0) == (NEW, (0, 99, 1000))   # RFC 9111 §3.3
+    stored = Partial(b"k", [], 1000, b'"v1"', [(0, 99)], "f", T0, 60.0, 0.0)
+    second = [(b"content-range", b"bytes 100-199/1000"), (b"etag", b'"v1"'), (b"cache-control", b"max-age=60")]
+    assert on_partial(stored, 206, second, 100, [], 0.0) == (COMBINE, (100, 199, 1000))   # §3.4
+    # §3.4: combined only with the same strong validator; another one starts anew.
+    other = [(k, b'"v2"' if k == b"etag" else v) for k, v in second]
+    assert on_partial(stored, 206, other, 100, [], 0.0)[0] == NEW
+    weak = [(k, b'W/"v1"' if k == b"etag" else v) for k, v in second]
+    assert on_partial(stored, 206, weak, 100, [], 0.0)[0] == PASS
+    assert on_partial(None, 206, [h for h in part if h[0] != b"etag"], 100, [], 0.0)[0] == PASS
+    # Not storable as a whole would not be (§3.3), several parts, a short length, a 200.
+    assert on_partial(None, 206, [*part[:2], (b"cache-control", b"no-store")], 100, [], 0.0)[0] == PASS
+    assert on_partial(None, 206, part, 50, [], 0.0)[0] == PASS
+    assert on_partial(None, 206, [(b"content-type", b"multipart/byteranges; boundary=x"), *part[1:]],
+                      100, [], 0.0)[0] == PASS
+    assert on_partial(None, 200, part, 100, [], 0.0)[0] == PASS

@@ -15,8 +15,6 @@ from test_certs_acme import metric, pebble_ca, served_issuer, start_pebble
 
 from farts import pki
 
-pytestmark = pytest.mark.skipif(shutil.which("pebble") is None, reason="pebble is not installed; ci/setup installs it")
-
 NAMES = ["www.farts.test", "api.farts.test"]
 
 
@@ -59,6 +57,7 @@ def serves_pebble(node) -> bool:
     return "Pebble" in served_issuer(node.port("https"), "www.farts.test")
 
 
+@pytest.mark.skipif(shutil.which("pebble") is None, reason="pebble is not installed; ci/setup installs it")
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_one_order_for_the_cluster_and_every_node_serves_it(tmp_path):
@@ -119,7 +118,45 @@ def test_a_received_pair_is_installed_only_when_valid_here_and_newer(tmp_path):
     assert certs.receive(other[0], first[1], "a") == "refused"            # key of another cert
     assert certs.receive(*pair("narrow", names=["www.farts.test"], days=90), "a") == "refused"  # api missing
     assert certs.receive(b"not pem", first[1], "a") == "refused"
+    from cryptography.hazmat.primitives import serialization
+    locked = serialization.load_pem_private_key(other[1], None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pw"))
+    assert certs.receive(other[0], locked, "a") == "refused"             # an encrypted key: not usable
     assert certs.current_pair() == first                                  # all of those left it alone
     assert certs.receive(*other, "a") == "installed"
     assert certs.current_pair() == other
     assert datetime.datetime.now(datetime.UTC).timestamp() < certs.expiry()[1]
+    # A pair that cannot be written (here: cert_dir is not a directory) is counted, not raised.
+    (tmp_path / "not-a-dir").write_text("")
+    stuck = CertService(CertsConfig(), NAMES, tmp_path / "not-a-dir", tmp_path / "acme", Metrics(), FakeClock())
+    assert stuck.receive(*other, "a") == "failed"
+
+
+@pytest.mark.skipif(shutil.which("pebble") is None, reason="pebble is not installed; ci/setup installs it")
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_with_a_master_the_master_orders(tmp_path):
+    from test_master_cluster import agreed, master_config
+    ca = make_ca(tmp_path)
+    pebble_ca_file, acme_port = pebble_ca(tmp_path)
+    ids = ["a", "b", "c"]
+    extra = master_config(ids) + certs_config(acme_port, pebble_ca_file)
+    nodes, pebble = {}, None
+    try:
+        # (c first: it likely wins the lease, so the master is not the lowest id, which
+        # is who would order without one.)
+        for i, node_id in enumerate(reversed(ids)):
+            seeds = [mesh_address(nodes["c"])] if i else []
+            nodes[node_id] = start_mesh_node(tmp_path, ca, node_id, seeds, extra=extra, https=True)
+        assert wait_for(lambda: agreed(nodes), 60), {i: n.log()[-1500:] for i, n in nodes.items()}
+        master, _ = agreed(nodes)
+        pebble = start_pebble(tmp_path, nodes["a"], acme_port)
+        assert wait_for(lambda: all(serves_pebble(n) for n in nodes.values()), 200, 1.0), nodes[master].log()[-3000:]
+        issued = {i: metric(n, "farts_certs_orders_total", 'outcome="issued"') for i, n in nodes.items()}
+        assert issued == {i: (1 if i == master else 0) for i in ids}, (master, issued)
+    finally:
+        if pebble is not None and pebble.poll() is None:
+            os.killpg(pebble.pid, signal.SIGKILL)
+        for n in nodes.values():
+            n.stop()

@@ -171,3 +171,20 @@ def test_a_read_timeout_never_fires_early():
         assert fut.done()
     finally:
         loop.close()
+
+
+def test_pools_to_checked_addresses_are_bounded_least_recently_used_first():
+    # (webhooks: the destinations are what tenants choose; each would otherwise stay for ever)
+    from farts.transport.client import MAX_ROUTED_POOLS
+    client = Client(FakeClock())
+    first = client.pool("https", "h0.example", 443, "203.0.113.1")
+    kept = client.pool("https", "kept.example", 443, "203.0.113.2", ("10.0.0.1", 3128))
+    for i in range(1, MAX_ROUTED_POOLS + 10):
+        client.pool("https", f"h{i}.example", 443, "203.0.113.1")
+        assert client.pool("https", "kept.example", 443, "203.0.113.2", ("10.0.0.1", 3128)) is kept
+    assert len(client.routed) == MAX_ROUTED_POOLS
+    assert first.closed and not kept.closed
+    assert client.pool("https", "h0.example", 443, "203.0.113.1") is not first
+    fixed = client.pool("http", "origin.example", 80)          # a configured origin: never evicted
+    assert client.pool("http", "origin.example", 80) is fixed and len(client.pools) == 1
+    client.close()

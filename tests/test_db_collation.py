@@ -114,7 +114,8 @@ def test_refusals(col):
     cases = [
         ({"locale": "xx_bogus"}, 2), ({"strength": 2}, 40414), ({"locale": "en", "bogus": 1}, 40415),
         ({"locale": "en", "strength": 7}, 2), ({"locale": "en", "caseFirst": "sideways"}, 2),
-        ({"locale": "en", "strength": "2"}, 14),
+        ({"locale": "en", "strength": "2"}, 14), ({"locale": "en", "strength": float("inf")}, 14),
+        ({"locale": "en", "strength": float("nan")}, 14),
     ]
     for spec, code in cases:
         for run in (lambda c: col.find_one({}, collation=c), lambda c: col.count_documents({}, collation=c),

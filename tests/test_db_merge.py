@@ -367,3 +367,93 @@ def test_any_order_with_duplicates_and_compaction_gives_the_replay(history, rnd)
             assert apply(state, stamp, op).outcome in ("duplicate", "late")   # never applied twice
     assert visible(state) == expected
     assert visible(compact(state, 10**6)) == expected
+
+
+# ---- the catalog: registers and drops (CATALOG_TABLE) ------------------------------------------
+
+
+def idx(name, field="k", unique=False):
+    return {"op": "c", "c": "createIndex", "index": {"name": name, "key": [[field, 1]], "unique": unique}}
+
+
+CATALOG = st.sampled_from([
+    {"op": "c", "c": "create", "options": {}}, {"op": "c", "c": "drop"}, idx("k_1"), idx("k_1", unique=True),
+    idx("u_1", "u"), {"op": "c", "c": "dropIndex", "name": "k_1"}, {"op": "c", "c": "dropIndex", "name": "u_1"},
+    {"op": "c", "c": "collMod", "options": {"validator": {"n": {"$gte": 0}}}},
+    {"op": "c", "c": "create", "options": {"validator": {"k": {"$exists": True}}}}])
+
+
+def view_after(ops):
+    """Registers and floor after ops in the order given, as the store keeps them."""
+    state, floor = None, None
+    for stamp, op in ops:
+        state = merge.catalog_apply(state, stamp, op)
+        if op["c"] == "drop" and (floor is None or floor.key() < stamp.key()):
+            floor = stamp
+    return merge.catalog_view(state, floor)
+
+
+@settings(max_examples=150)
+@given(st.lists(st.tuples(st.sampled_from(ORIGINS), CATALOG), min_size=1, max_size=6), st.randoms(use_true_random=False))
+def test_catalog_operations_in_any_order_and_repeated_give_one_catalog(ops, rnd):
+    stamped = [(Stamp(rnd.randrange(1, 4), origin, i + 1), op) for i, (origin, op) in enumerate(ops)]
+    stamped = list({s.key(): (s, op) for s, op in stamped}.values())    # an origin's HLC never repeats
+    expected = view_after(sorted(stamped, key=lambda so: so[0].key()))
+    shuffled = stamped + [rnd.choice(stamped)]
+    rnd.shuffle(shuffled)
+    assert view_after(shuffled) == expected
+
+
+def test_catalog_rows():
+    create, drop = {"op": "c", "c": "create", "options": {}}, {"op": "c", "c": "drop"}
+    s1, s2, s3 = Stamp(10, "a", 1), Stamp(20, "b", 1), Stamp(30, "a", 2)
+    # concurrent createIndex of one name with two specs: the later stamp's
+    assert view_after([(s2, idx("k_1", unique=True)), (s1, idx("k_1"))])[2] == [idx("k_1", unique=True)["index"]]
+    # a drop removes the indexes and existence written before it, not what came after
+    assert view_after([(s3, idx("u_1", "u")), (s2, drop), (s1, idx("k_1"))]) == (True, None, [idx("u_1", "u")["index"]])
+    assert view_after([(s1, create), (s2, drop)]) == (False, {}, [])
+    # dropIndex wins over an earlier createIndex, loses to a later one
+    assert view_after([(s2, {"op": "c", "c": "dropIndex", "name": "k_1"}), (s1, idx("k_1"))])[2] == []
+    assert view_after([(s1, {"op": "c", "c": "dropIndex", "name": "k_1"}), (s2, idx("k_1"))])[2] == [idx("k_1")["index"]]
+    # options: the later create or collMod, as a whole; gone with a drop after it
+    mod = {"op": "c", "c": "collMod", "options": {"validator": {"n": 1}}}
+    assert view_after([(s2, mod), (s1, {"op": "c", "c": "create", "options": {"v": 2}})])[1] == {"validator": {"n": 1}}
+    assert view_after([(s1, mod), (s2, drop)])[1] == {}
+    assert set(merge.CATALOG_TABLE) >= set(merge.CATALOG_KINDS)
+
+
+def test_stable_catalog_registers_that_say_nothing_are_forgotten():
+    s1, s2, s3 = Stamp(10, "a", 1), Stamp(20, "b", 1), Stamp(30, "a", 2)
+    state = merge.catalog_apply(merge.catalog_apply(merge.catalog_apply(
+        None, s1, idx("k_1")), s2, {"op": "c", "c": "dropIndex", "name": "k_1"}), s3, idx("u_1", "u"))
+    assert merge.catalog_compact(state, None, 15) == state                    # the dropIndex is not stable yet
+    compacted = merge.catalog_compact(state, None, 25)
+    assert set(compacted["i"]) == {"u_1"} and merge.catalog_view(compacted, None) == merge.catalog_view(state, None)
+    assert merge.catalog_compact(state, Stamp(40, "b", 2), 40) is None   # all of it below a stable drop
+
+
+@settings(max_examples=150)
+@given(histories(), st.integers(1, 11), st.randoms(use_true_random=False))
+def test_a_drop_is_a_delete_at_its_stamp_whatever_arrived_before_it(history, at, rnd):
+    """drop_before on what a node had when the drop came, then the rest with what is
+    stamped below the drop discarded, gives the replay with a delete at the drop's stamp."""
+    drop = Stamp(at, "z", 1)
+    expected = visible(run(*sorted(history + [(drop, {"op": "d"})], key=lambda so: so[0].key())))
+    arrived = list(history)
+    rnd.shuffle(arrived)
+    cut = rnd.randrange(len(arrived) + 1)
+    state = merge.drop_before(run(*arrived[:cut]), drop)
+    for stamp, op in arrived[cut:]:
+        if not merge.below(stamp, drop):
+            state = apply(state, stamp, op).state
+    assert visible(state) == expected
+
+
+@pytest.mark.parametrize("op", [
+    {"op": "c"}, {"op": "c", "c": "rename"}, {"op": "c", "c": "dropIndex"}, {"op": "c", "c": "create", "options": 1},
+    {"op": "c", "c": "createIndex", "index": {"name": "a", "key": [], "unique": False}},
+    {"op": "c", "c": "createIndex", "index": {"name": "a", "key": [["a", "x"]], "unique": False}},
+])
+def test_malformed_catalog_operations_are_refused(op):
+    with pytest.raises(ValueError):
+        merge.check_op(op)

@@ -168,3 +168,14 @@ def test_out_and_merge_replicate_as_document_changes(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_merge_on_a_field_whose_value_is_a_document_matches_it_as_a_value(db):
+    # An "on" value is compared for equality, never read as a query operator: a source
+    # document whose k is {"$gte": 0} matches no target document with k 5.
+    db.target.create_index("k", unique=True)
+    db.target.insert_one({"_id": 1, "k": 5, "v": "old"})
+    db.sales.aggregate([{"$match": {"_id": 0}}, {"$project": {"_id": 0, "k": {"$literal": {"$gte": 0}}, "v": "new"}},
+                        {"$merge": {"into": "target", "on": "k"}}])
+    assert db.target.find_one({"_id": 1}) == {"_id": 1, "k": 5, "v": "old"}
+    assert db.target.count_documents({}) == 2

@@ -4,6 +4,7 @@ own transaction with the applied position, indexes included; restarts keep the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 
@@ -286,6 +287,26 @@ class Cluster:
         for s in self.stores.values():      # retention and compaction run in the writers
             s.submit(lambda w: None).result()
 
+    def chaos(self, rnd, make_write, steps=80):
+        """Random writes on random nodes amid partitions, deliveries in any order,
+        duplicated and dropped messages, ticks."""
+        for i in range(steps):
+            self.write(rnd.choice(self.ids), make_write(rnd, i))
+            event = rnd.random()
+            if event < 0.05:
+                side = {rnd.choice(self.ids)}
+                self.cut = {frozenset((a, b)) for a in side for b in self.ids if b not in side}
+            elif event < 0.1:
+                self.cut = set()
+            elif event < 0.5 and self.flight:
+                self.deliver(rnd.randrange(len(self.flight)), dup=rnd.random() < 0.2)
+            elif event < 0.6 and self.flight:
+                self.flight.pop(rnd.randrange(len(self.flight)))
+            elif event < 0.8:
+                self.now += 0.6
+                n = rnd.choice(self.ids)
+                self.send(n, self.replicas[n].tick(self.now))
+
     def expected(self):
         per_doc = {}
         for r in self.written:
@@ -298,6 +319,20 @@ class Cluster:
             if merge.visible(state) is not None:
                 out.append(merge.visible(state))
         return out
+
+
+@contextlib.contextmanager
+def after_chaos(tmp_path, seed, make_write):
+    """A 3-node Cluster after a random history of make_write's writes (Cluster.chaos),
+    settled; closed after."""
+    c = Cluster(tmp_path, ["a", "b", "c"], seed=seed, retain_records=8)
+    rnd = random.Random(seed)
+    try:
+        c.chaos(rnd, make_write)
+        c.settle()
+        yield c, rnd
+    finally:
+        c.close()
 
 
 def random_write(rnd, i):
@@ -330,26 +365,7 @@ def _update(w, _id, upd):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_replicas_on_lmdb_converge_after_partitions_drops_and_duplicates(tmp_path, seed):
-    c = Cluster(tmp_path, ["a", "b", "c"], seed=seed, retain_records=8)
-    rnd = random.Random(seed)
-    try:
-        for i in range(80):
-            c.write(rnd.choice(c.ids), random_write(rnd, i))
-            event = rnd.random()
-            if event < 0.05:
-                side = {rnd.choice(c.ids)}
-                c.cut = {frozenset((a, b)) for a in side for b in c.ids if b not in side}
-            elif event < 0.1:
-                c.cut = set()
-            elif event < 0.5 and c.flight:
-                c.deliver(rnd.randrange(len(c.flight)), dup=rnd.random() < 0.2)
-            elif event < 0.6 and c.flight:
-                c.flight.pop(rnd.randrange(len(c.flight)))
-            elif event < 0.8:
-                c.now += 0.6
-                n = rnd.choice(c.ids)
-                c.send(n, c.replicas[n].tick(c.now))
-        c.settle()
+    with after_chaos(tmp_path, seed, random_write) as (c, rnd):
         expected = c.expected()
         incs = sum(1 for r in c.written if r.id == "c" and "inc" in r.op.get("u", r.op))
         for n in c.ids:
@@ -368,8 +384,6 @@ def test_replicas_on_lmdb_converge_after_partitions_drops_and_duplicates(tmp_pat
         assert c.replicas["d"].stats["snapshots_installed"] >= 1
         for n in c.ids:
             assert dump(c.stores[n]) == c.expected(), n
-    finally:
-        c.close()
 
 
 def test_covered_stays_below_a_write_not_yet_committed(pair):
@@ -452,3 +466,228 @@ def test_replica_peers_on_an_event_loop_with_lmdb_stores(tmp_path):
                 stores[n].close()
 
     asyncio.run(main())
+
+
+# ---- the catalog: create/drop of collections and indexes, dropDatabase ----------------------
+
+
+def catalog_of(store):
+    """Collections, their indexes and every index's entries: what must be equal everywhere."""
+    with store.read() as txn:
+        return {ns: [(i.name, i.fields, i.unique, list(txn.cursor(store.index_db(txn, ns, i.name))))
+                     for i in coll.indexes] for ns, coll in sorted(store.catalog.items())}
+
+
+def exclusive(store, fn):
+    return store.submit(fn, exclusive=True).result()
+
+
+def test_catalog_commands_reach_every_node(pair):
+    a, b = pair
+    other = "t$db.other"
+    exclusive(a, lambda w: w.create_collection(other, {}))
+    exclusive(a, lambda w: w.create_index(NS, Index("k_1", (("k", 1),))))
+    exclusive(a, lambda w: w.create_index(NS, Index("u_1", (("u", 1),), unique=True)))
+    a.submit(lambda w: w.insert(NS, {"_id": 1, "k": "x", "u": 1})).result()
+    assert all(o == "applied" for o in ship(a, b))
+    assert set(b.catalog) == {NS, other} and catalog_of(a) == catalog_of(b)
+    docs, stats = find(b, {"k": "x"})
+    assert docs == [{"_id": 1, "k": "x", "u": 1}] and stats.index == "k_1"
+    with pytest.raises(MongoError) as e:              # the replicated unique index refuses locally
+        b.submit(lambda w: w.insert(NS, {"_id": 2, "u": 1})).result()
+    assert e.value.code == 11000
+    exclusive(b, lambda w: w.drop_index(NS, "k_1"))
+    exclusive(b, lambda w: w.drop_collection(other))
+    ship(b, a)
+    assert [i.name for i in a.catalog[NS].indexes] == ["u_1"] and other not in a.catalog
+    assert catalog_of(a) == catalog_of(b)
+    exclusive(a, lambda w: w.drop_database("t$db."))
+    ship(a, b)
+    for s in pair:
+        assert s.catalog == {} and dump(s) == []
+
+
+def test_a_drop_wins_against_writes_stamped_before_it_and_not_after(tmp_path):
+    """a: insert 1 and index k_1; b (after them by its clock, without them): insert 2 and
+    drop; a (after the drop by its clock): insert 3 and index u_1. Both delivery orders."""
+    for first in ("a", "b"):
+        a, b = open_store(tmp_path / first, "a"), open_store(tmp_path / first, "b")
+        try:
+            a.submit(lambda w: w.insert(NS, {"_id": 1, "k": "x"})).result()
+            exclusive(a, lambda w: w.create_index(NS, Index("k_1", (("k", 1),))))
+            b.observe(a.covered())
+            b.submit(lambda w: w.insert(NS, {"_id": 2, "k": "x"})).result()
+            exclusive(b, lambda w: w.drop_collection(NS))
+            a.observe(b.covered())
+            a.submit(lambda w: w.insert(NS, {"_id": 3, "k": "y", "u": 5})).result()
+            exclusive(a, lambda w: w.create_index(NS, Index("u_1", (("u", 1),), unique=True)))
+            outcomes = [ship(src, dst) for src, dst in ([(a, b), (b, a)] if first == "a" else [(b, a), (a, b)])]
+            if first == "a":     # b had dropped: a's insert of 1 is discarded on arrival
+                assert outcomes[0][0] == "dropped"
+            for s in (a, b):
+                assert dump(s) == [{"_id": 3, "k": "y", "u": 5}], (first, s.node_id)
+                assert [i.name for i in s.catalog[NS].indexes] == ["u_1"]
+                docs, stats = find(s, {"u": 5})
+                assert docs == [{"_id": 3, "k": "y", "u": 5}] and stats.index == "u_1"
+            assert catalog_of(a) == catalog_of(b)
+        finally:
+            a.close()
+            b.close()
+
+
+def test_drop_database_wipes_writes_before_it_in_every_collection_of_the_database(pair):
+    a, b = pair
+    later = "t$db.later"
+    a.submit(lambda w: w.insert(NS, {"_id": 1})).result()
+    b.observe(a.covered())
+    b.submit(lambda w: w.insert("t$db.c2", {"_id": 1})).result()
+    b.submit(lambda w: w.insert("t$other.c", {"_id": 1})).result()    # another database: untouched
+    exclusive(b, lambda w: w.drop_database("t$db."))
+    a.observe(b.covered())
+    a.submit(lambda w: w.insert(later, {"_id": 9})).result()
+    ship(a, b)
+    ship(b, a)
+    for s in pair:
+        assert sorted(s.catalog) == ["t$db.later", "t$other.c"]
+        assert dump(s) == [{"_id": 9}, {"_id": 1}]
+
+
+def test_a_snapshot_carries_the_catalog(pair, tmp_path):
+    a, _ = pair
+    exclusive(a, lambda w: w.create_index(NS, Index("k_1", (("k", 1),))))
+    exclusive(a, lambda w: w.create_collection("t$db.empty", {}))
+    a.submit(lambda w: w.insert(NS, {"_id": 1, "k": "x"})).result()
+    c = open_store(tmp_path, "c")
+    try:
+        exclusive(c, lambda w: w.create_index(NS, Index("mine", (("m", 1),))))   # not shipped yet
+        vv, docs = a.snapshot()
+        c.install_snapshot(vv, list(docs)).result()
+        assert sorted(c.catalog) == ["t$db.c", "t$db.empty"] and dump(c) == dump(a)
+        assert [i.name for i in c.catalog[NS].indexes] == ["k_1", "mine"]   # its own write, re-applied
+        assert find(c, {"k": "x"})[1].index == "k_1"
+        ship(c, a)
+        assert catalog_of(c) == catalog_of(a)
+    finally:
+        c.close()
+
+
+def random_catalog_write(rnd, i):
+    ns = rnd.choice([NS, "t$db.d", "t$e.c"])
+    kind = rnd.random()
+    if kind < 0.08:
+        return lambda w: w.drop_collection(ns)
+    if kind < 0.1:
+        return lambda w: w.drop_database(rnd.choice(["t$db.", "t$e."]))
+    if kind < 0.2:
+        index = rnd.choice([Index("k_1", (("k", 1),)), Index("k_1", (("k", 1),), unique=True),
+                            Index("u_1", (("u", 1),), unique=True), Index("k_u", (("k", 1), ("u", 1)))])
+        return lambda w: w.create_index(ns, index)
+    if kind < 0.25:
+        return lambda w: w.drop_index(ns, rnd.choice(["k_1", "u_1", "k_u"]))
+    if kind < 0.28:
+        return lambda w: w.create_collection(ns, {})
+    _id = rnd.randrange(4)
+    if kind < 0.6:
+        return lambda w: w.get(ns, _id) is None and w.insert(ns, {"_id": _id, "k": rnd.choice("xy"), "u": i % 3})
+    if kind < 0.7:
+        return lambda w: w.get(ns, _id) and w.delete(ns, w.get(ns, _id))
+    return lambda w: w.get(ns, _id) and w.replace(ns, w.get(ns, _id), {**w.get(ns, _id), "k": "z"},
+                                                  {"op": "u", "u": {"$set": {"k": "z"}}})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_catalog_and_documents_converge_after_partitions_drops_and_duplicates(tmp_path, seed):
+    with after_chaos(tmp_path, seed, random_catalog_write) as (c, _):
+        for n in c.ids:
+            assert dump(c.stores[n]) == dump(c.stores["a"]), n
+            assert catalog_of(c.stores[n]) == catalog_of(c.stores["a"]), n
+            assert c.replicas[n].stats["failed"] == 0
+        c.add("d")                       # a new node gets a snapshot: the catalog with it
+        c.settle()
+        assert catalog_of(c.stores["d"]) == catalog_of(c.stores["a"]) and dump(c.stores["d"]) == dump(c.stores["a"])
+
+
+def test_compaction_goes_on_where_the_last_pass_stopped(pair):
+    a, _ = pair
+    for i in range(10):
+        a.submit(lambda w, i=i: w.insert(NS, {"_id": i, "n": 0})).result()
+    update(a, 0, {"$inc": {"n": 1}})
+    with a.read() as txn:
+        assert txn.stat(a.rmeta)["entries"] == 10
+    stable = a.covered()
+    for _ in range(4):                 # 3 a pass: every document's metadata is reached
+        a.compact(stable, limit=3).result()
+    with a.read() as txn:
+        assert txn.stat(a.rmeta)["entries"] == 0
+    assert dump(a)[0] == {"_id": 0, "n": 1}
+
+
+def test_an_inserted_documents_metadata_is_kept_short_and_reads_back_whole(pair):
+    from farts.db.store import _rmeta_decode
+    a, b = pair
+    a.submit(lambda w: w.insert(NS, {"_id": 1, "k": "x", "n": 0})).result()
+    ship(a, b)
+    record = a.records_after("a", 0, 1)[0]
+    for s in pair:
+        with s.read() as txn:
+            raw = txn.get(NS.encode() + b"\0" + keys.encode(1), db=s.rmeta)
+        assert set(bson.decode(raw)) == {"id", "i"}
+        assert _rmeta_decode(raw, {"_id": 1, "k": "x", "n": 0})[1] == \
+            merge.apply(None, record.stamp, {"op": "i", "doc": {"_id": 1, "k": "x", "n": 0}}).state
+    update(b, 1, {"$inc": {"n": 1}})
+    ship(b, a)
+    assert dump(a) == dump(b) == [{"_id": 1, "k": "x", "n": 1}]
+
+
+def test_collection_options_replicate_with_create_and_coll_mod(pair):
+    a, b = pair
+    exclusive(a, lambda w: w.create_collection(NS, {"validator": {"n": {"$gte": 0}}}))
+    ship(a, b)
+    assert b.catalog[NS].options == {"validator": {"n": {"$gte": 0}}}
+    exclusive(b, lambda w: w.set_options(NS, {"validator": {"n": {"$lt": 10}}}))
+    ship(b, a)
+    assert a.catalog[NS].options == b.catalog[NS].options == {"validator": {"n": {"$lt": 10}}}
+    with pytest.raises(MongoError) as e:     # node a enforces node b's validator
+        a.submit(lambda w: w.insert(NS, {"_id": 1, "n": 11})).result()
+    assert e.value.code == 121
+
+
+def test_on_lmdb_a_long_dead_member_stops_holding_the_oplog_and_metadata_and_gets_a_snapshot(tmp_path):
+    c = Cluster(tmp_path, ["a", "b", "c"], retain_records=8)
+    try:
+        c.settle(rounds=3)
+        for n in "ab":
+            c.replicas[n].forget_dead_after = 5.0
+            c.replicas[n].set_members(c.ids, dead={"c"}, now=c.now)
+        c.cut = {frozenset(("a", "c")), frozenset(("b", "c"))}
+
+        def run(steps):
+            for i in range(steps):
+                c.write("ab"[i % 2], lambda w: _upsert(w, "ctr", {"$inc": {"n": 1}}))
+                c.now += 0.6
+                for n in "ab":
+                    c.send(n, c.replicas[n].tick(c.now))
+                while c.flight:
+                    c.deliver(0)
+            for s in c.stores.values():      # retention and compaction run in the writers
+                s.submit(lambda w: None).result()
+
+        def pending(n):
+            with c.stores[n].read() as txn:
+                raw = txn.get(NS.encode() + b"\0" + keys.encode("ctr"), db=c.stores[n].rmeta)
+            return len(bson.decode(raw)["s"].get("o", [])) if raw is not None else 0
+
+        run(6)                                   # c dead for under 5 s: everything is kept
+        assert c.stores["a"].retained("a") >= 3 and pending("a") >= 6
+        run(30)                                  # then bounded
+        assert c.replicas["a"].forgotten == {"c"}
+        for n in "ab":
+            assert c.stores[n].retained("a") <= 8 and c.stores[n].retained("b") <= 8 and pending(n) <= 8
+        for n in "ab":                           # c is back: a snapshot, then it converges
+            c.replicas[n].set_members(c.ids, dead=(), now=c.now)
+        c.settle()
+        assert c.replicas["c"].stats["snapshots_installed"] >= 1
+        assert dump(c.stores["a"]) == dump(c.stores["b"]) == dump(c.stores["c"])
+        assert find(c.stores["c"], {"_id": "ctr"})[0][0]["n"] == 36
+    finally:
+        c.close()

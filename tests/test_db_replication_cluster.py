@@ -23,7 +23,7 @@ from pathlib import Path
 import pymongo
 import pytest
 from mesh_helpers import make_ca, mesh_address, metric, start_mesh_node, states, wait_for
-from pymongo.errors import AutoReconnect, PyMongoError, WriteConcernError
+from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError, WriteConcernError
 from pymongo.read_preferences import Nearest, Primary, PrimaryPreferred
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,6 +207,21 @@ def test_causal_reads_write_concern_and_read_preference(tmp_path):
             r = json.loads(out.stdout.strip().splitlines()[-1])
             assert r == {"seen": {"_id": "n", "hits": 3}, "prefs": ["nearest"], "back": {"_id": "n", "hits": 13}}
             assert metric(nodes["node-3"], "farts_db_replication_waits", 'kind="forwarded"') == before
+
+        # Catalog commands reach every node: an index created on node 1 is there (and
+        # refuses a duplicate) on node 3; a collection dropped on node 3 and a database
+        # dropped on node 2 are gone everywhere.
+        clients["node-1"].app.catalog.insert_one({"_id": 1, "k": "x"})
+        clients["node-1"].app.catalog.create_index("k", unique=True)
+        assert everywhere(clients, lambda c: "k_1" in c.app.catalog.index_information()) is True
+        with pytest.raises(DuplicateKeyError):
+            clients["node-3"].app.catalog.insert_one({"_id": 2, "k": "x"})
+        clients["node-3"].app.catalog.drop()
+        assert everywhere(clients, lambda c: "catalog" not in c.app.list_collection_names()) is True
+        clients["node-2"].other.c.insert_one({"_id": 1})
+        assert everywhere(clients, lambda c: c.other.list_collection_names() == ["c"]) is True
+        clients["node-2"].drop_database("other")
+        assert everywhere(clients, lambda c: c.other.list_collection_names() == []) is True
 
         # w: majority with one node down succeeds.
         majority = pymongo.WriteConcern(w="majority", wtimeout=10_000)

@@ -4,6 +4,7 @@ primary, and maxStalenessSeconds against the measured lag (drivers refuse a
 maxStalenessSeconds under 90 s, and a real lag of 90 s has no place in a fast test)."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -14,7 +15,7 @@ from farts.db.commands import Command
 from farts.db.config import DBConfig
 from farts.db.errors import MongoError
 from farts.db.replica import MemoryStore, Replica, Status
-from farts.db.replication import Replication, from_timestamp, to_timestamp
+from farts.db.replication import STARTUP_WAIT, Replication, from_timestamp, to_timestamp
 from farts.members import ALIVE, DEAD, Member, MemberMap
 
 
@@ -34,6 +35,7 @@ def setup(primary: str):
     rep = Replication("a", Bus(members), FakeClock(), DBConfig(primary=primary))
     store = MemoryStore("a", lambda: wall[0])
     rep.store, rep.replica = store, Replica("a", store, ("b", "p"))
+    rep._started = rep.clock.monotonic()
     return rep, members, wall
 
 
@@ -81,3 +83,44 @@ def test_cluster_time_is_the_hlc_in_order():
         assert from_timestamp(to_timestamp(hlc)) == hlc
     a, b = pack(1_700_000_000_000, 7), pack(1_700_000_000_001, 0)
     assert to_timestamp(a) < to_timestamp(b) and isinstance(to_timestamp(a), Timestamp)
+
+
+def test_writes_wait_once_after_the_start_for_every_alive_peers_vector():
+    async def main():
+        rep, members, wall = setup("")
+        insert = Command("insert", "app", {"insert": "c", "$db": "app"}, {}, None)
+        ran = []
+        first = asyncio.ensure_future(rep.run(None, insert, lambda: ran.append("first") or {"ok": 1.0}))
+        await asyncio.sleep(0)
+        assert ran == [] and rep.counts["startup_waits"] == 1
+        ahead = pack(wall[0] + 60_000, 0)            # b's clock is a minute ahead of this node's
+        rep.replica.receive(Status({}, ahead, 0, 0), "b", 0.0)
+        rep._progress()
+        await asyncio.sleep(0)
+        assert ran == []                              # p has not reported yet
+        rep.replica.receive(Status({}, pack(wall[0], 0), 0, 0), "p", 0.0)
+        rep._progress()
+        assert await first == {"ok": 1.0}
+        assert rep.store.covered() > ahead            # a write here is stamped after b's clock
+        assert rep.run(None, insert, lambda: "at once") == "at once"   # once: never again
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_does_not_answer_holds_writes_back_only_for_the_startup_wait():
+    async def main():
+        rep, _, _ = setup("")
+        drop = Command("drop", "app", {"drop": "c", "$db": "app"}, {}, None)
+        pending = asyncio.ensure_future(rep.run(None, drop, lambda: "dropped"))
+        await asyncio.sleep(0)
+        rep.clock.advance(STARTUP_WAIT - 0.1)
+        await asyncio.sleep(0)
+        assert not pending.done()
+        rep.clock.advance(0.2)
+        assert await pending == "dropped"
+        rep2, members2, _ = setup("")               # dead peers are not waited for
+        for n in ("b", "p"):
+            members2.update(dataclasses.replace(members2.get(n), state=DEAD, incarnation=1))
+        assert rep2.run(None, drop, lambda: "at once") == "at once"
+
+    asyncio.run(main())

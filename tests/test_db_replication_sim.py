@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from farts.clock import FakeClock
-from farts.db import merge
+from farts.db import merge, replica
 from farts.db.keys import encode as id_key
 from farts.db.replica import (
     BATCH,
@@ -286,6 +286,24 @@ def test_a_third_node_relays_only_what_the_origin_cannot_deliver():
     assert_converged(net)
 
 
+def test_catch_up_keeps_at_most_a_window_in_flight_and_sends_nothing_twice(monkeypatch):
+    monkeypatch.setattr(replica, "WINDOW", 64)
+    net = Net(["a", "b"])
+    net.partition({"a"}, {"b"})
+    for i in range(1000):
+        net.write("a", f"x{i}", {"op": "i", "doc": {"_id": f"x{i}"}})
+    net.tick("a")                         # flushed while b was cut off: b catches up by its vector
+    net.heal()
+    while net.flight:
+        in_flight = sum(len(Records.from_wire(msgpack.unpackb(w)).records)
+                        for _, dst, cls, w in net.flight if dst == "b" and cls is Records)
+        assert in_flight <= 64 + BATCH    # a window past the acknowledged, and one flush
+        net.now += 0.01
+        net.deliver()
+    net.settle()
+    assert net.converged() and net.replicas["b"].stats["duplicates"] == 0
+
+
 def test_a_new_node_behind_the_retained_oplog_gets_a_snapshot():
     net = seeded(retain_records=5)
     for i in range(40):
@@ -298,6 +316,7 @@ def test_a_new_node_behind_the_retained_oplog_gets_a_snapshot():
     net.settle()
     assert_converged(net)
     assert net.replicas["d"].stats["snapshots_installed"] >= 1
+    assert [net.replicas[n].stats["snapshots_sent"] for n in "abc"] == [1, 0, 0]   # one stream, not three
     # d writes and everyone sees it
     net.write("d", "c2", {"op": "u", "inc": {"n": 3}})
     net.settle()
@@ -405,6 +424,39 @@ def test_a_dead_member_holds_compaction_back():
             net.deliver()
     assert all(net.replicas[n].compaction_point() == point[n] for n in "ab")
     assert "o" in net.stores["a"].docs[(NS, id_key("d"))][1]
+
+
+def test_a_member_dead_for_longer_than_the_retention_stops_holding_metadata_and_the_oplog_back():
+    net = seeded(retain_records=5)
+    for n in net.ids:
+        net.replicas[n].forget_dead_after = 20.0
+    net.partition({"c"}, {"a", "b"})
+    for n in "ab":
+        net.replicas[n].set_members(net.ids, dead={"c"}, now=net.now)
+
+    def run(seconds):
+        for _ in range(int(seconds)):
+            net.write("ab"[int(net.now) % 2], "c1", {"op": "u", "inc": {"n": 1}})
+            net.now += 1
+            for n in "ab":
+                net.tick(n)
+            while net.flight:
+                net.deliver()
+
+    run(15)                                      # dead, not for long yet: everything is kept
+    assert "c" not in net.replicas["a"].forgotten
+    assert net.stores["a"].retained("a") >= 7 and len(net.stores["a"].docs[(NS, id_key("c1"))][1]["o"]) >= 15
+    run(30)                                      # past forget_dead_after: bounded
+    assert net.replicas["a"].forgotten == {"c"}
+    for n in "ab":
+        assert net.stores[n].retained("a") <= 5 and net.stores[n].retained("b") <= 5
+        assert len(net.stores[n].docs[(NS, id_key("c1"))][1].get("o", [])) <= 5
+    for n in "ab":                               # c comes back: a snapshot, and it converges
+        net.replicas[n].set_members(net.ids, dead=(), now=net.now)
+    assert net.replicas["a"].forgotten == set()
+    net.settle()
+    assert_converged(net)
+    assert net.replicas["c"].stats["snapshots_installed"] >= 1
 
 
 def test_malformed_messages_are_refused():

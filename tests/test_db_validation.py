@@ -143,6 +143,8 @@ def test_refusals(client):
         (lambda: db.create_collection("a", validator={"$jsonSchema": {"bogus": 1}}), 9, "FailedToParse"),
         (lambda: db.create_collection("a", validator={"$jsonSchema": {"type": "integer"}}), 2, "BadValue"),
         (lambda: db.create_collection("a", validator={"$jsonSchema": {"$ref": "#/x"}}), 9, "FailedToParse"),
+        (lambda: db.create_collection("a", validator={"$jsonSchema": {"maxLength": float("inf")}}), 9, "FailedToParse"),
+        (lambda: db.create_collection("a", validator={"$jsonSchema": {"minItems": float("nan")}}), 9, "FailedToParse"),
         (lambda: db.create_collection("a", validator={"x": {"$bogus": 1}}), 2, "BadValue"),
         (lambda: db.create_collection("a", validator={"$where": "1"}), 224, "QueryFeatureNotAllowed"),
         (lambda: db.command("collMod", "missing", validator={}), 26, "NamespaceNotFound"),
@@ -190,3 +192,21 @@ def test_out_and_merge_are_validated_unless_bypassed(client):
     # $out keeps the target's options: the validator still guards it.
     with pytest.raises(WriteError):
         db.dst.insert_one({"n": "y"})
+
+
+def test_validation_warnings_are_counted_per_store(tmp_path):
+    # (serverStatus farts.validationWarnings is this node's: two stores in one process, as
+    # in-process test clusters run, count apart)
+    from farts.db.store import Store
+    a, b = Store(tmp_path / "a", "a", sync=False), Store(tmp_path / "b", "b", sync=False)
+    try:
+        ns = "t$db.c"
+        opts = {"validator": {"n": {"$type": "int"}}, "validationAction": "warn"}
+        for s in (a, b):
+            s.submit(lambda w: w.create_collection(ns, opts)).result()
+        a.submit(lambda w: w.insert(ns, {"_id": 1, "n": "not an int"})).result()
+        b.submit(lambda w: w.insert(ns, {"_id": 1, "n": 1})).result()
+        assert (a.validation_warnings, b.validation_warnings) == (1, 0)
+    finally:
+        a.close()
+        b.close()

@@ -8,9 +8,14 @@ results are computed here from the documents with the same pipeline run by hand.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import test_db_pymongo
 from pymongo.errors import OperationFailure
+
+from farts.db import views
+from farts.db.errors import MongoError
 
 # One node and client for the module (test_db_pymongo's fixtures).
 node, listener, client = test_db_pymongo.node, test_db_pymongo.listener, test_db_pymongo.client
@@ -117,3 +122,13 @@ def test_definitions_mongodb_refuses(db):
     with pytest.raises(OperationFailure) as e:
         db.command("collMod", "v1", viewOn="v2", pipeline=[])
     assert (e.value.code, e.value.details["codeName"]) == (160, "GraphContainsCycle")
+
+
+def test_a_view_of_a_tenant_whose_id_holds_a_dot_reads_its_own_database():
+    catalog = {"acme.eu$shop.items": SimpleNamespace(options={}),
+               "acme.eu$shop.cheap": SimpleNamespace(options={"viewOn": "items", "pipeline": [{"$match": {"p": 1}}]}),
+               "acme.eu$shop.cheapest": SimpleNamespace(options={"viewOn": "cheap", "pipeline": []})}
+    assert views.db_of("acme.eu$shop.items") == "acme.eu$shop."
+    assert views.resolve(catalog, "acme.eu$shop.cheapest") == ("acme.eu$shop.items", [{"$match": {"p": 1}}])
+    with pytest.raises(MongoError, match="cycle"):
+        views.check_definition(catalog, "acme.eu$shop.items", "cheapest", [], lambda ns: ns)

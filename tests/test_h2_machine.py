@@ -52,6 +52,7 @@ from farts.transport.h2conn import (
     H2Limits,
     H2Machine,
     H2StateError,
+    Malformed,
     RequestHead,
     Reset,
     Stream,
@@ -332,12 +333,18 @@ def test_header_list_over_the_limit_is_a_431_and_over_four_times_it_a_connection
     assert term.error_code == ErrorCodes.COMPRESSION_ERROR
 
 
-def get(sid: int, end: bool = True, enc: Encoder | None = None) -> bytes:
+def request_frame(sid: int, enc: Encoder, method: bytes = b"GET", extra=(),
+                  flags=("END_HEADERS", "END_STREAM")) -> HeadersFrame:
     h = HeadersFrame(sid)
-    h.data = (enc or Encoder()).encode([(b":method", b"GET"), (b":scheme", b"https"),
-                                        (b":authority", b"localhost"), (b":path", b"/")])
-    h.flags = {"END_HEADERS", "END_STREAM"} if end else {"END_HEADERS"}
-    return h.serialize()
+    h.data = enc.encode([(b":method", method), (b":scheme", b"https"), (b":authority", b"localhost"),
+                         (b":path", b"/"), *extra])
+    h.flags = set(flags)
+    return h
+
+
+def get(sid: int, end: bool = True, enc: Encoder | None = None) -> bytes:
+    flags = ("END_HEADERS", "END_STREAM") if end else ("END_HEADERS",)
+    return request_frame(sid, enc or Encoder(), flags=flags).serialize()
 
 
 def test_data_after_the_clients_end_stream_is_a_stream_error_and_the_connection_stays():
@@ -351,6 +358,129 @@ def test_data_after_the_clients_end_stream_is_a_stream_error_and_the_connection_
     assert evs[1].error_code == ErrorCodes.STREAM_CLOSED and m.state(1) == CLOSED
     evs = m.receive(get(3, enc=enc), 0.0)   # the connection goes on
     assert [type(e) for e in evs] == [RequestHead]
+
+
+@pytest.mark.parametrize("fields, trailers", [
+    ([(b"X-Upper", b"1")], None),
+    ([(b"connection", b"close")], None),
+    ([(b"te", b"gzip")], None),
+    ([(b"x", b" padded")], None),
+    ([(b":path", b"/again")], None),
+    ([], [(b":path", b"/")]),          # a pseudo-header in trailers
+])
+def test_a_malformed_request_is_a_stream_error_and_the_connection_stays(fields, trailers):
+    """RFC 9113 §8.1.1: PROTOCOL_ERROR on the stream; the next request is served."""
+    m = H2Machine(H2Limits(), 0.0)
+    enc = Encoder()
+    h = request_frame(1, enc, b"POST", fields,
+                      flags=["END_HEADERS"] if trailers else ["END_HEADERS", "END_STREAM"])
+    data = h.serialize()
+    if trailers:
+        t = HeadersFrame(1)
+        t.data = enc.encode(trailers)
+        t.flags = {"END_HEADERS", "END_STREAM"}
+        data += t.serialize()
+    evs = m.receive(PREFACE + SettingsFrame(0).serialize() + data, 0.0)
+    [bad] = [e for e in evs if type(e) is Malformed]
+    assert bad.stream_id == 1 and bad.reason
+    assert bool([e for e in evs if type(e) is RequestHead]) == bool(trailers)
+    [rst] = [f for f in frames(m.data_to_send()) if type(f) is RstStreamFrame]
+    assert (rst.stream_id, rst.error_code) == (1, ErrorCodes.PROTOCOL_ERROR)
+    assert m.state(1) == CLOSED and not m.closed
+    assert [type(e) for e in m.receive(get(3, enc=enc), 0.0)] == [RequestHead]
+
+
+def test_a_body_that_is_not_its_content_length_is_malformed():
+    m = H2Machine(H2Limits(), 0.0)
+    enc = Encoder()
+    h = request_frame(1, enc, b"POST", [(b"content-length", b"3")], flags=["END_HEADERS"])
+    d = DataFrame(1)
+    d.data = b"four"
+    evs = m.receive(PREFACE + SettingsFrame(0).serialize() + h.serialize() + d.serialize(), 0.0)
+    assert [type(e) for e in evs if type(e) is not WindowOpened] == [RequestHead, Malformed]
+    assert m.state(1) == CLOSED and not m.closed
+    assert [type(e) for e in m.receive(get(3, enc=enc), 0.0)] == [RequestHead]
+
+
+def test_a_self_dependent_stream_is_refused_and_the_hpack_context_goes_on():
+    m = H2Machine(H2Limits(), 0.0)
+    enc = Encoder()
+    h = request_frame(1, enc, extra=[(b"x-indexed", b"once")],
+                      flags=["END_HEADERS", "END_STREAM", "PRIORITY"])
+    h.depends_on = 1
+    evs = m.receive(PREFACE + SettingsFrame(0).serialize() + h.serialize(), 0.0)
+    assert not [e for e in evs if type(e) is RequestHead]
+    [rst] = [f for f in frames(m.data_to_send()) if type(f) is RstStreamFrame]
+    assert (rst.stream_id, rst.error_code) == (1, ErrorCodes.PROTOCOL_ERROR)
+    # (its x-indexed field is an index into the dynamic table now)
+    h = request_frame(3, enc, extra=[(b"x-indexed", b"once")])
+    [head] = [e for e in m.receive(h.serialize(), 0.0) if type(e) is RequestHead]
+    assert (b"x-indexed", b"once") in head.headers
+
+
+def test_empty_continuation_flood_closes():
+    m = H2Machine(H2Limits(), 0.0)
+    h = HeadersFrame(1)
+    h.data = Encoder().encode([(b":method", b"GET")])
+    h.flags = {"END_STREAM"}
+    data = PREFACE + SettingsFrame(0).serialize() + h.serialize() + ContinuationFrame(1).serialize() * 100
+    evs = m.receive(data, 0.0)
+    assert [e.error for e in evs if type(e) is Closed] == ["ENHANCE_YOUR_CALM"]
+
+
+def test_provoked_stream_errors_count_like_resets():
+    """MadeYouReset (CVE-2025-8671): stream errors on purpose instead of RST_STREAM
+    frames (here WINDOW_UPDATE 0 on open streams) spend the same budget."""
+    m = H2Machine(H2Limits(reset_burst=20, reset_rate=1.0), 0.0)
+    enc = Encoder()
+    data = PREFACE + SettingsFrame(0).serialize()
+    for sid in range(1, 200, 2):
+        data += get(sid, end=False, enc=enc) + b"\x00\x00\x04\x08\x00" + sid.to_bytes(4, "big") + b"\x00" * 4
+    evs = m.receive(data, 0.0)
+    assert [e.error for e in evs if type(e) is Closed] == ["ENHANCE_YOUR_CALM"]
+    assert len([e for e in evs if type(e) is Reset]) == 21
+
+
+@st.composite
+def hostile_frames(draw) -> bytes:
+    """A frame a hostile or broken client might send: any type, flags and stream (odd,
+    even, 0, already used), payloads of every size around the fixed ones, sometimes a
+    valid request header block."""
+    t = draw(st.sampled_from([*range(10), 0x20]))
+    sid = draw(st.sampled_from([0, 1, 2, 3, 5, 7, 2**31 - 1]))
+    if t == 1 and draw(st.booleans()):
+        payload = Encoder().encode([(b":method", b"POST"), (b":scheme", b"https"),
+                                    (b":authority", b"a"), (b":path", b"/")])
+    else:
+        payload = draw(st.one_of(st.binary(max_size=12), st.binary(min_size=4, max_size=4),
+                                 st.binary(min_size=8, max_size=8)))
+    flags = draw(st.integers(0, 255))
+    return len(payload).to_bytes(3, "big") + bytes([t, flags]) + sid.to_bytes(4, "big") + payload
+
+
+@given(st.lists(hostile_frames(), max_size=12), st.lists(st.sampled_from(["head", "data", "end", "consume"]),
+                                                         max_size=6))
+def test_any_frames_are_answered_never_a_crash(data, answers):
+    """Whatever comes, the machine returns events (a Closed with an error code at
+    worst) and bytes to write; the adapter's calls on the streams it was given work."""
+    m = H2Machine(H2Limits(), 0.0)
+    evs = m.receive(PREFACE + SettingsFrame(0).serialize(), 0.0)
+    for frame in data:
+        evs += m.receive(frame, 0.0)
+        heads = [e.stream_id for e in evs if type(e) is RequestHead]
+        for sid, what in zip(heads, answers, strict=False):
+            if what == "head" and not m.head_sent(sid):
+                m.send_head(sid, 200, [(b"x", b"1")], False)
+            elif what == "data" and m.head_sent(sid):
+                m.send_data(sid, b"d" * 10)
+            elif what == "end" and m.head_sent(sid):
+                m.end(sid)
+            elif what == "consume":
+                m.consumed(sid, 5)
+        m.data_to_send()
+    closed = [e for e in evs if type(e) is Closed]
+    assert len(closed) <= 1 and m.closed == bool(closed)
+    assert all(hasattr(ErrorCodes, c.error) for c in closed if not c.by_peer)
 
 
 def frames(data: bytes) -> list:
@@ -478,8 +608,10 @@ def test_a_head_and_its_reset_in_one_read_leave_nothing_to_answer():
 
 
 # -- the table against h2's own stream states ------------------------------------------
-H2_STATE_NAMES = {"IDLE": IDLE, "OPEN": OPEN, "HALF_CLOSED_REMOTE": HALF_CLOSED_REMOTE,
-                  "HALF_CLOSED_LOCAL": HALF_CLOSED_LOCAL, "CLOSED": CLOSED}
+# The client's view of a stream, seen from the server: its half-closed (local), having
+# sent END_STREAM, is the server's half-closed (remote), and the reverse.
+H2_STATE_NAMES = {"IDLE": IDLE, "OPEN": OPEN, "HALF_CLOSED_REMOTE": HALF_CLOSED_LOCAL,
+                  "HALF_CLOSED_LOCAL": HALF_CLOSED_REMOTE, "CLOSED": CLOSED}
 
 ACTIONS = st.lists(st.tuples(st.sampled_from(["open", "data", "end", "reset", "answer", "body",
                                               "server_reset"]),
@@ -489,8 +621,8 @@ ACTIONS = st.lists(st.tuples(st.sampled_from(["open", "data", "end", "reset", "a
 @given(ACTIONS)
 def test_the_table_agrees_with_h2s_stream_states(actions):
     """Random client and server actions on a few streams: after each, every stream's
-    state in our table is the state h2's own state machine has for it (differential:
-    h2 is the reference), and no valid sequence ends the connection."""
+    state in our table is the state h2's client has for it, mirrored (differential: h2's
+    stream state machine is the reference), and no valid sequence ends the connection."""
     p = Pair()
     opened: list[int] = []
     for kind, i, flag in actions:
@@ -529,7 +661,7 @@ def test_the_table_agrees_with_h2s_stream_states(actions):
         p.exchange()
         assert not p.of(Closed)
         for s in opened:
-            h2_stream = p.server.conn.streams.get(s)
+            h2_stream = p.client.streams.get(s)
             theirs = CLOSED if h2_stream is None else H2_STATE_NAMES[h2_stream.state_machine.state.name]
             assert p.server.state(s) == theirs, (s, p.server.state(s), theirs)
 

@@ -181,7 +181,8 @@ def test_envelope_refuses_what_is_not_json():
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "::1", "10.1.2.3", "192.168.1.1", "172.16.0.9", "169.254.169.254",
                                      "fe80::1", "224.0.0.1", "ff02::1", "0.0.0.0", "::", "100.64.0.1", "fd00::1",
-                                     "::ffff:127.0.0.1", "240.0.0.1"])
+                                     "::ffff:127.0.0.1", "240.0.0.1", "2002:7f00:1::1", "2002:a00:1::1",
+                                     "2002:a9fe:a9fe::", "fec0::1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe"])
 def test_internal_addresses_are_refused_by_default(address):
     policy = ssrf.Policy()
     assert policy.problem(address) is not None
@@ -199,6 +200,9 @@ def test_public_addresses_pass_and_allowances_open_what_they_name():
     assert private.problem("10.0.0.1") is None and private.problem("127.0.0.1") is not None
     nets = ssrf.Policy(allow_networks=["169.254.10.0/24"])
     assert nets.problem("169.254.10.5") is None and nets.problem("169.254.169.254") is not None
+    assert ssrf.Policy().problem("2002:5db8:d70e::1") is None                 # 6to4 of a public address
+    assert ssrf.Policy().problem("64:ff9b::5db8:d70e") is None               # NAT64 of a public address
+    assert private.problem("2002:a00:1::1") is None                           # 6to4 of 10.0.0.1
     with pytest.raises(ssrf.Refused):
         ssrf.Policy().check("nothing.example", [])
 

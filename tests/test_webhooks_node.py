@@ -88,6 +88,8 @@ def test_api_mongodb_and_cli_on_a_node(tmp_path):
                                         headers={"authorization": "Bearer nope"})).status_code == 401
                 r = await http.post("/api/webhooks", content=b"{", headers={"authorization": "Bearer demo-key"})
                 assert r.status_code == 400 and "JSON" in r.json()["error"]
+                r = await http.post("/api/webhooks", content=b"[" * 50000, headers={"authorization": "Bearer demo-key"})
+                assert r.status_code == 400 and "JSON" in r.json()["error"]
                 r = await http.post("/api/webhooks", json={"url": "http://169.254.169.254/", "event": "e",
                                                            "payload": 1}, headers={"authorization": "Bearer demo-key"})
                 assert r.status_code == 400 and "link-local" in r.json()["error"]

@@ -166,7 +166,7 @@ def test_documents_inserted_into_the_collection_are_claimed_and_delivered(tmp_pa
 
         def insert(w):
             w.insert(ns, {"_id": 1, "url": f"http://127.0.0.1:{port}/hook/demo", "event": "a", "payload": {"x": 1}})
-            w.insert(ns, {"_id": 2, "url": "gopher://nowhere", "event": "b", "payload": {}})
+            w.insert(ns, {"_id": 2, "url": "gopher://nowhere\x1b[2J", "event": "b\x1b]0;pwned\x07", "payload": {}})
         await asyncio.wrap_future(s.store.submit(insert))
         hooks.set_master(1)
         good, bad = queue.claimed_id("demo", 1), queue.claimed_id("demo", 2)
@@ -175,6 +175,8 @@ def test_documents_inserted_into_the_collection_are_claimed_and_delivered(tmp_pa
         assert rx.bodies[good]["data"] == {"x": 1}
         (dead,) = queue.listing(s.store)["dead"]["deliveries"]
         assert dead["_id"] == bad and "not enqueued" in dead["error"]
+        # (shown on an operator's terminal by `webhooks list`: no control characters kept)
+        assert dead["url"] == "gopher://nowhere?[2J" and dead["event"] == "b?]0;pwned?"
         with s.store.read() as txn:
             assert s.store.count_keys(txn, ns) == 0
         assert s.count("farts_webhooks_enqueued_total", ("mongodb",)) == 2
@@ -252,3 +254,20 @@ def test_410_gone_dead_letters_at_once_and_other_4xx_are_retried(tmp_path):
         assert gone.attempts[g] == 1 and s.count("farts_webhooks_dead_lettered_total", ("gone",)) == 1
         assert s.count("farts_webhooks_retried_total", ("http_4xx",)) >= 2
     run(tmp_path, body, [gone, refusing])
+
+
+def test_a_large_insert_into_the_collection_is_claimed_a_batch_per_look(tmp_path, monkeypatch):
+    # (an app inserting a million documents must not make one look decode and move them all)
+    from farts.webhooks import service
+    monkeypatch.setattr(service, "CLAIM_BATCH", 5)
+    rx = Receiver(SECRETS)
+    async def body(s, hooks, port):
+        ns = "demo$farts.webhooks"
+        await asyncio.wrap_future(s.store.submit(lambda w: [
+            w.insert(ns, {"_id": i, "url": f"http://127.0.0.1:{port}/hook/demo", "event": "a", "payload": i})
+            for i in range(12)]))
+        hooks.set_master(1)          # one look now, the next one scan_interval (an hour) later
+        await until(lambda: s.count("farts_webhooks_enqueued_total", ("mongodb",)) == 5, what="one batch claimed")
+        with s.store.read() as txn:
+            assert s.store.count_keys(txn, ns) == 7
+    run(tmp_path, body, [rx], scan_interval=3600.0)

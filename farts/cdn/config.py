@@ -42,6 +42,11 @@ class CDNConfig:
     # RFC 9111 §5.2.1): "ignore" (as nginx does: clients cannot send the edge to the origin,
     # and the hit path looks at no more fields) or "honor".
     request_cache_control: str = setting("ignore", one_of("ignore", "honor"))
+    # Partial content (RFC 9111 §3.3, §3.4): when set, a Range request that finds nothing
+    # stored asks the origin for that range, widened to at least this many bytes, instead
+    # of the whole object; the origin's 206 is stored and combined with other parts of the
+    # same strong ETag, a whole object once they cover it (0: off, the whole is fetched).
+    range_fill_min_bytes: int = setting(0, NON_NEGATIVE)
     # Seconds between flushes of the recency order to LMDB (what a restart keeps).
     flush_interval: float = setting(2.0, POSITIVE)
     origins: dict[str, CDNOrigin] = setting({})

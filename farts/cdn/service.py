@@ -30,7 +30,7 @@ from farts.metrics import Metrics
 from farts.transport.http import ClientGone, FileBody, Fixed, Request, Response
 from fast.lru import LRUIndex
 
-from . import decide, policy
+from . import decide, partial, policy
 from .decide import HIT, JOIN, ONLY_CACHED, STALE, STALE_REFRESH, on_request
 from .key import SEP, base_key, base_of, variant_key
 from .origin import CHUNK, OriginError
@@ -40,6 +40,7 @@ log = logging.getLogger("farts.cdn")
 
 STATE = {HIT: b"HIT", STALE: b"STALE", STALE_REFRESH: b"STALE"}  # X-Cache of an answer
 DISK_THREADS = 4
+PARTIAL = b"\x01"  # + key: a partial object's key in the LRU index (CDN.partials)
 LOAD = object()  # whole(): a small object to read into memory first (CDNHandler.load)
 
 
@@ -169,6 +170,21 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _open_partial(path: str, length: int) -> int:
+    """A partial object's file (a new one: ``length`` bytes of holes), opened for pwrite."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    os.ftruncate(fd, length)
+    return fd
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 def _read_file(path: str) -> bytes | None:
     try:
         with open(path, "rb") as f:
@@ -186,6 +202,22 @@ def not_modified(headers: list) -> Response:
     return Response(304, [(k, v) for k, v in headers if k in NOT_MODIFIED_FIELDS], b"", head_only=True)
 
 
+def unsatisfiable(size: int) -> Response:
+    return Response(416, [(b"content-range", f"bytes */{size}".encode()),
+                          (b"content-type", b"text/plain; charset=utf-8")], b"416 Range Not Satisfiable\n")
+
+
+async def _slice(body, start: int, stop: int):
+    """Bytes start..stop (exclusive) of a streamed body; the rest is read and dropped
+    (that also ends the origin's answer)."""
+    at = 0
+    async for chunk in body:
+        lo, hi = max(start - at, 0), min(stop - at, len(chunk))
+        if lo < hi:
+            yield chunk[lo:hi]
+        at += len(chunk)
+
+
 async def _nothing():
     return
     yield  # an empty async iterator: a HEAD answer whose length is known
@@ -200,6 +232,10 @@ class CDNStats:
         self.origin_requests = metrics.counter("farts_cdn_origin_requests_total", "Requests sent to origins")
         self.origin_bytes = metrics.counter("farts_cdn_origin_bytes_total", "Body bytes received from origins")
         self.purged = metrics.counter("farts_cdn_purged_total", "Objects removed by the purge API")
+        self.partial = metrics.counter("farts_cdn_partial_total",
+                                       "Partial content (206) from origins, by what became of it: "
+                                       "stored, combined, completed, passed (not stored), served "
+                                       "(a range answered from it)", ("outcome",))
         for name, help_, attr in (
                 ("farts_cdn_hits_total", "Answers from a fresh cached object", "hits"),
                 ("farts_cdn_misses_total", "Answers that needed the origin", "misses"),
@@ -226,6 +262,11 @@ class CDN:
         # base key → its stored variant keys, oldest first (cdn.max_variants_per_uri)
         self.variants: dict[bytes, dict[bytes, None]] = {}
         self.fills: dict[bytes, Fill] = {}
+        # Partial objects by key (farts/cdn/partial.py; in memory only: a restart forgets
+        # them and sweeps their files); ``purges`` counts purges and invalidations, so a
+        # range fill that saw one meanwhile does not store what it fetched.
+        self.partials: dict[bytes, partial.Partial] = {}
+        self.purges = 0
         self.tasks: set[asyncio.Task] = set()
         self.mem_used = 0
         self.open_fds = 0
@@ -285,6 +326,9 @@ class CDN:
             stored = self.variants.setdefault(vary_base, {})
             stored.pop(entry.key, None)
             stored[entry.key] = None
+        if entry.key in self.partials:  # (a whole object supersedes its parts)
+            self.index.remove(PARTIAL + entry.key)
+            self._drop([PARTIAL + entry.key])
         old = self.entries.get(entry.key)
         if old is not None:
             self._release(old)
@@ -334,6 +378,11 @@ class CDN:
         files = []
         variants = self.variants
         for k in keys:
+            if k[:1] == PARTIAL:
+                p = self.partials.pop(k[1:], None)
+                if p is not None:
+                    files.append(p.file)
+                continue
             e = self.entries.pop(k, None)
             if e is not None:
                 self._release(e)
@@ -351,6 +400,9 @@ class CDN:
         """Remove what is stored for one URI (its variants too), and keep fills of it in
         flight from being stored: an unsafe request changed it (RFC 9111 §4.4)."""
         keys = [k for k in self.entries if k == base or k.startswith(base + SEP)]
+        if base in self.partials:
+            keys.append(PARTIAL + base)
+        self.purges += 1
         for k in keys:
             self.index.remove(k)
         self._drop(keys)
@@ -367,7 +419,8 @@ class CDN:
             if exact:
                 return k == prefix or k.startswith(prefix + b"\0")
             return k.startswith(prefix)
-        keys = [k for k in self.entries if match(k)]
+        keys = [k for k in self.entries if match(k)] + [PARTIAL + k for k in self.partials if match(k)]
+        self.purges += 1
         for k in keys:
             self.index.remove(k)
         self._drop(keys)
@@ -559,9 +612,7 @@ class CDNHandler:
         if shape is decide.NOT_MODIFIED:
             return not_modified(self.headers(e, now, state))
         if shape is decide.UNSATISFIABLE:
-            return Response(416, [(b"content-range", f"bytes */{e.size}".encode()),
-                                  (b"content-type", b"text/plain; charset=utf-8")],
-                            b"416 Range Not Satisfiable\n")
+            return unsatisfiable(e.size)
         first, last = shape
         body = self.cdn.file_of(e)
         if body is None:
@@ -610,6 +661,12 @@ class CDNHandler:
                     if key not in cdn.fills:
                         self.start_fill(key, base, target, req, e)
                 return answer
+            if (action is decide.FILL and key == base and cdn.cfg.range_fill_min_bytes
+                    and req.method == b"GET" and req.header(b"range") is not None
+                    and req.header(b"if-range") is None):
+                answer = await self.range_fill(req, target, key, now)
+                if answer is not None:
+                    return answer
             started = action is not JOIN
             if started:
                 fill = self.start_fill(key, base, target, req, e)
@@ -658,6 +715,143 @@ class CDNHandler:
                     cdn.stale += 1
                     return answer
             return Fixed.error(fill.error.status, fill.error.reason)
+
+    # -- partial content (RFC 9111 §3.3, §3.4) ----------------------------------------------
+    def partial_answer(self, p: partial.Partial, fd: int, first: int, last: int, now: float,
+                       state: bytes) -> Response:
+        """Bytes first..last of a partial object's file (``fd``, closed by the transport)."""
+        n = last - first + 1
+        headers = [*p.headers, (b"age", str(int(now - p.response_time + p.initial_age)).encode()),
+                   (b"x-cache", state), (b"content-range", f"bytes {first}-{last}/{p.length}".encode())]
+        return Response(206, headers, FileBody(fd, first, n), n)
+
+    async def range_fill(self, req: Request, target: bytes, key: bytes, now: float):
+        """A Range request that found no whole object (cdn.range_fill_min_bytes set):
+        answered from the stored partial object when it is fresh and holds the range,
+        else the range (widened) is asked of the origin and its 206 stored, combined
+        with the stored one when their strong validators match; None: fetch the whole
+        object instead (the Range is not one byte range)."""
+        cdn, cfg = self.cdn, self.cdn.cfg
+        rng = req.header(b"range")
+        p = cdn.partials.get(key)
+        if p is not None and now < p.fresh_until:
+            r = policy.byte_range(rng, p.length)
+            if r == policy.UNSATISFIABLE:
+                return unsatisfiable(p.length)
+            if r is not None and partial.covers(p.spans, *r):
+                try:
+                    fd = os.open(cdn.store.path(p.file), os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    fd = -1
+                if fd >= 0:
+                    cdn.hits += 1
+                    cdn.bytes_hit += r[1] - r[0] + 1
+                    cdn.index.touch(PARTIAL + key)
+                    cdn.stats.partial.inc(("served",))
+                    return self.partial_answer(p, fd, *r, now, b"HIT")
+        ask = partial.origin_range(rng, p.length if p is not None else None, cfg.range_fill_min_bytes)
+        if ask is None:
+            return None
+        headers = [*decide.conditional_headers(policy.forward_headers(req.headers, req.client), None),
+                   (b"range", ask)]
+        purges = cdn.purges
+        request_time = cdn.clock.wall()
+        cdn.stats.origin_requests.inc()
+        cdn.misses += 1
+        try:
+            resp = await self.origin.fetch(target[self.prefix_len:], headers,
+                                           on_interim=getattr(req, "send_interim", None))
+        except OriginError as err:
+            cdn.stats.origin_errors.inc((err.status,))
+            return Fixed.error(err.status, err.reason)
+        response_time = cdn.clock.wall()
+        stored = cdn.partials.get(key)
+        verdict, span = partial.on_partial(stored, resp.status, resp.headers, resp.content_length,
+                                           headers, cfg.negative_ttl)
+        if verdict is partial.PASS:
+            cdn.stats.partial.inc(("passed",))
+            passed = [*policy.response_headers(resp.headers), (b"x-cache", b"MISS")]
+            no_body = resp.status in (204, 304)
+            got = partial.content_range(policy.header(resp.headers, b"content-range")) \
+                if resp.status == 206 else None
+            r = policy.byte_range(rng, got[2]) if got is not None else None
+            if r is not None and r != policy.UNSATISFIABLE and got[0] <= r[0] <= r[1] <= got[1]:
+                # (the client gets the range it asked for, not the widened one)
+                passed = [h for h in passed if h[0] != b"content-range"]
+                passed.append((b"content-range", f"bytes {r[0]}-{r[1]}/{got[2]}".encode()))
+                return Response(206, passed, _slice(resp.body, r[0] - got[0], r[1] - got[0] + 1),
+                                r[1] - r[0] + 1)
+            return Response(resp.status, passed, _nothing() if no_body else resp.body,
+                            resp.content_length, head_only=no_body)
+        first, last, length = span
+        name = stored.file if verdict is partial.COMBINE else cdn.store.new_name(key)
+        opening = cdn.disk.submit(_open_partial, cdn.store.path(name), length)
+        try:
+            fd = await asyncio.wrap_future(opening)
+        except asyncio.CancelledError:   # (the client went: the file it opens is closed)
+            opening.add_done_callback(lambda f: f.exception() is None and os.close(f.result()))
+            raise
+        writing = None   # the last write in the disk pool: fd stays open until it is done
+
+        def in_disk(fn, *args) -> asyncio.Future:
+            nonlocal writing
+            writing = cdn.disk.submit(fn, fd, *args)
+            return asyncio.wrap_future(writing)
+        try:
+            offset = first
+            async for chunk in resp.body:
+                await in_disk(_write_at, chunk, offset)
+                offset += len(chunk)
+                cdn.stats.origin_bytes.inc((), len(chunk))
+            if offset != last + 1:
+                raise OriginError(502, "origin body shorter than its Content-Range")
+            await in_disk(os.fsync)
+        except BaseException as err:
+            # (What it wrote of a combined part is not in its spans: never served.)
+            if writing is not None:
+                writing.add_done_callback(lambda _f: os.close(fd))
+            else:
+                os.close(fd)
+            if verdict is partial.NEW:
+                cdn.store.delete([], [name])
+            if not isinstance(err, OriginError):
+                raise
+            cdn.stats.origin_errors.inc((err.status,))
+            return Fixed.error(err.status, err.reason)
+        headers_kept = partial.kept_headers(resp.headers)
+        lifetime = policy.freshness_lifetime(200, resp.headers, response_time, cfg.negative_ttl)
+        age = policy.initial_age(resp.headers, request_time, response_time)
+        r = policy.byte_range(rng, length)
+        if r is None or r == policy.UNSATISFIABLE or not first <= r[0] <= r[1] <= last:
+            r = (first, last)   # (the origin chose another range: that one, as it said)
+        current = cdn.partials.get(key)
+        if cdn.purges != purges or (verdict is partial.COMBINE and current is not stored) or key in cdn.entries:
+            # Purged or replaced meanwhile: this answer is for its client only (and its
+            # file goes, unless what is stored now is in it).
+            entry = cdn.entries.get(key)
+            if (current is None or current.file != name) and (entry is None or entry.file != name):
+                cdn.store.delete([], [name])
+            p = partial.Partial(key, headers_kept, length, b"", [(first, last)], name, response_time,
+                                lifetime, age)
+            return self.partial_answer(p, fd, *r, response_time, b"MISS")
+        spans = partial.merged(stored.spans if verdict is partial.COMBINE else [], first, last)
+        p = partial.Partial(key, headers_kept, length, policy.header(resp.headers, b"etag"), spans, name,
+                            response_time, lifetime, age)
+        if current is not None and verdict is partial.NEW:   # another validator: the old goes
+            cdn.index.remove(PARTIAL + key)
+            cdn._drop([PARTIAL + key])
+        cdn.stats.partial.inc(("combined" if verdict is partial.COMBINE else "stored",))
+        if partial.complete(spans, length):   # every byte: a whole object (§3.4)
+            cdn.partials.pop(key, None)
+            cdn.index.remove(PARTIAL + key)
+            cdn.stats.partial.inc(("completed",))
+            cdn.install(Entry(key, 200, headers_kept, length, name, request_time, response_time,
+                              lifetime, age, *policy.stale_windows(resp.headers)), None, ())
+        else:
+            cdn.partials[key] = p
+            cdn.index.insert(PARTIAL + key, p.held)
+            cdn._evict()
+        return self.partial_answer(p, fd, *r, response_time, b"MISS")
 
     async def head_through(self, req: Request, target: bytes, stored: Entry | None):
         """A HEAD to the origin for a HEAD that found nothing fresh; a 200 whose validators

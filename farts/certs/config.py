@@ -26,12 +26,20 @@ class CertsConfig:
     check_interval: float = setting(3600.0, POSITIVE)
     retry_min: float = setting(60.0, POSITIVE)
     retry_max: float = setting(6 * 3600.0, POSITIVE)
+    # ACME Renewal Information (RFC 9773): when the CA's directory offers it, renew at a
+    # time chosen inside the window it suggests (or at two thirds, whichever comes
+    # first); ask again when its Retry-After says, bounded to [ari_poll_min, ari_poll_max].
+    ari: bool = True
+    ari_poll_min: float = setting(60.0, POSITIVE)
+    ari_poll_max: float = setting(24 * 3600.0, POSITIVE)
     # Seconds an order may take (validation, finalization) before it counts as failed.
     order_timeout: float = setting(120.0, POSITIVE)
 
 
 def _cross_check(cfg) -> None:
     c = cfg.certs
+    if c.ari_poll_min > c.ari_poll_max:
+        raise ConfigError(f"{cfg.source}: certs.ari_poll_min: {c.ari_poll_min} is more than certs.ari_poll_max ({c.ari_poll_max})")
     if c.enabled and not c.directory_url:
         raise ConfigError(f"{cfg.source}: certs.directory_url: required when certs.enabled = true")
     if c.enabled and c.challenge == "dns-01" and not cfg.dns.enabled:

@@ -26,12 +26,14 @@ import os
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from farts.clock import Clock, Timer
 from farts.metrics import Metrics
 from farts.transport.http import Fixed, Request, Response
 
+from . import ari
 from .config import CertsConfig
 from .order import OrderFailed, order_certificate
 
@@ -41,10 +43,14 @@ CERT_NAME = "acme"
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 
 
-def due(not_before: float | None, not_after: float | None, now: float, renew_remaining: float) -> bool:
-    """Whether to order now: no certificate, or less than ``renew_remaining`` of its
-    lifetime left (wall-clock seconds)."""
+def due(not_before: float | None, not_after: float | None, now: float, renew_remaining: float,
+        renew_at: float | None = None) -> bool:
+    """Whether to order now: no certificate, less than ``renew_remaining`` of its
+    lifetime left (wall-clock seconds), or past the time chosen inside the CA's renewal
+    window (ACME ARI; None: the CA gave none)."""
     if not_before is None or not_after is None:
+        return True
+    if renew_at is not None and now >= renew_at:
         return True
     return not_after - now < (not_after - not_before) * renew_remaining
 
@@ -94,25 +100,49 @@ class CertService:
         self.share = None               # fn(chain, key): a new pair to the other nodes
         self.received = metrics.counter("farts_certs_received_total",
                                         "Certificates received from another node, by outcome "
-                                        "(installed, not_newer, refused)", ("outcome",))
+                                        "(installed, not_newer, refused, failed: not written)", ("outcome",))
         self.orders = metrics.counter("farts_certs_orders_total", "ACME orders, by outcome", ("outcome",))
+        # ACME ARI (RFC 9773): the CA's window for the current certificate (ari_for: its
+        # identifier), the time chosen in it, when to ask again.
+        self.ari_window: ari.Window | None = None
+        self.ari_renew_at: float | None = None
+        self.ari_for = ""
+        self.ari_next_poll = 0.0
+        self.ari_failures = 0
+        self.ari_error = ""
+        self.ari_polling: asyncio.Future | None = None
+        self.ari_fetches = metrics.counter("farts_certs_ari_fetches_total",
+                                           "Renewal information fetches (RFC 9773), by outcome "
+                                           "(window, not_offered, failed)", ("outcome",))
+        metrics.gauge("farts_certs_ari_renew_at_timestamp_seconds",
+                      "When the CA's renewal window says to renew (0: no window)",
+                      lambda: self.ari_renew_at or 0.0)
         metrics.gauge("farts_certs_not_after_timestamp_seconds",
                       "When the ACME certificate expires (0: none yet)", lambda: self.expiry()[1] or 0.0)
 
     # -- the certificate on disk --------------------------------------------------------
-    def expiry(self) -> tuple[float | None, float | None]:
-        path = self.cert_dir / f"{CERT_NAME}.crt"
+    def certificate(self) -> x509.Certificate | None:
         try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            return x509.load_pem_x509_certificate((self.cert_dir / f"{CERT_NAME}.crt").read_bytes())
         except (OSError, ValueError):
+            return None
+
+    def expiry(self, cert: x509.Certificate | None = None) -> tuple[float | None, float | None]:
+        cert = cert or self.certificate()
+        if cert is None:
             return None, None
         return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
 
     def status(self) -> dict:
         nb, na = self.expiry()
+        window = self.ari_window
         return {"domains": self.domains, "not_before": nb, "not_after": na,
                 "ordering": self.ordering is not None, "failures_in_a_row": self.failures_in_a_row,
-                "last_error": self.last_error}
+                "last_error": self.last_error,
+                "ari": {"cert_id": self.ari_for, "window_start": window and window.start,
+                        "window_end": window and window.end, "explanation": window and window.explanation,
+                        "renew_at": self.ari_renew_at, "next_poll": self.ari_next_poll or None,
+                        "last_error": self.ari_error}}
 
     # -- lifetime --------------------------------------------------------------------------
     def start(self) -> None:
@@ -124,15 +154,67 @@ class CertService:
     async def stop(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        if self.ordering is not None:
-            await asyncio.wait([self.ordering], timeout=5)
+        for task in (self.ordering, self.ari_polling):
+            if task is not None:
+                await asyncio.wait([task], timeout=5)
 
     def check(self, _now: float = 0.0) -> None:
         now = self.clock.wall()
         if self.ordering is not None or now < self.next_try or not self.domains or not self.may_order():
             return
-        if due(*self.expiry(), now, self.cfg.renew_remaining):
+        cert = self.certificate()
+        renew_at = None
+        if cert is not None and self.cfg.ari:
+            try:
+                ident = ari.cert_id(cert)
+            except ValueError:
+                ident = ""   # (no AKI: no renewal information to ask for)
+            if ident and ident == self.ari_for:
+                renew_at = self.ari_renew_at
+            # (Not for an expired certificate: RFC 9773 §4.2.)
+            if ident and (ident != self.ari_for or now >= self.ari_next_poll) \
+                    and self.ari_polling is None and now < cert.not_valid_after_utc.timestamp():
+                self.ari_polling = asyncio.ensure_future(self._poll_ari(cert, ident))
+        if due(*self.expiry(cert), now, self.cfg.renew_remaining, renew_at):
+            if renew_at is not None and now >= renew_at:
+                log.info("certs: renewing now, inside the CA's renewal window (RFC 9773)")
             self.renew()
+
+    async def _poll_ari(self, cert: x509.Certificate, ident: str) -> None:
+        """Asks the CA's renewalInfo (in a worker thread), keeps the window and a time
+        chosen in it, then checks again: a window already open orders at once."""
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        try:
+            info = await loop.run_in_executor(None, ari.fetch, cfg.directory_url, cfg.ca_bundle or None,
+                                              cert, 30.0, self.clock.wall())
+        except ari.AriError as e:
+            # (Today's rule decides meanwhile; asked again after a growing delay.)
+            self.ari_failures += 1
+            self.ari_fetches.inc(("failed",))
+            self.ari_window, self.ari_renew_at, self.ari_error = None, None, str(e)
+            delay = ari.poll_delay(cfg.ari_poll_min * 2 ** (self.ari_failures - 1), cfg.ari_poll_min, cfg.ari_poll_max)
+            log.warning("certs: no renewal information from the CA (%s); renewing by the lifetime rule; "
+                        "asking again in %.0f s", e, delay)
+        else:
+            now = self.clock.wall()
+            self.ari_failures, self.ari_error = 0, ""
+            if info.window is None:
+                self.ari_fetches.inc(("not_offered",))
+                self.ari_window = self.ari_renew_at = None
+            else:
+                self.ari_fetches.inc(("window",))
+                if info.window != self.ari_window or ident != self.ari_for:
+                    self.ari_renew_at = ari.renewal_time(info.window, now)
+                    log.info("certs: the CA's renewal window for %s is %s .. %s; renewing at %s", ident,
+                             _utc(info.window.start), _utc(info.window.end), _utc(self.ari_renew_at))
+                self.ari_window = info.window
+            delay = ari.poll_delay(info.retry_after, cfg.ari_poll_min, cfg.ari_poll_max)
+        finally:
+            self.ari_polling = None
+        self.ari_for = ident
+        self.ari_next_poll = self.clock.wall() + delay
+        self.check()
 
     def renew(self) -> asyncio.Future:
         """Starts an order now (or returns the one in progress)."""
@@ -196,7 +278,7 @@ class CertService:
         """A pair another node ordered: installed when valid here and newer than ours."""
         try:
             not_after = self._validate(chain, key_pem)
-        except ValueError as e:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:   # (TypeError: an encrypted key)
             outcome = "refused"
             log.warning("certs: refused the certificate from %s (%s); the current one stays", origin, e)
         else:
@@ -204,9 +286,14 @@ class CertService:
             if current is not None and not_after <= current:
                 outcome = "not_newer"
             else:
-                self._write(chain, key_pem)
-                outcome = "installed"
-                log.info("certs: installed the certificate ordered by %s", origin)
+                try:
+                    self._write(chain, key_pem)
+                except OSError as e:   # (disk full, permissions: the pair in use stays)
+                    outcome = "failed"
+                    log.error("certs: could not write the certificate from %s: %s", origin, e)
+                else:
+                    outcome = "installed"
+                    log.info("certs: installed the certificate ordered by %s", origin)
         self.received.inc((outcome,))
         return outcome
 
@@ -245,6 +332,10 @@ class CertService:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, self.cert_dir / name)
+
+
+def _utc(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="seconds")
 
 
 class CertsAdminHandler:

@@ -8,19 +8,21 @@ pipeline: here they are refused anywhere but last (the command takes the last on
 """
 from __future__ import annotations
 
+import datetime
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
-from decimal import Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
+from bson.objectid import ObjectId
 
 from farts.db.errors import BAD_VALUE, INVALID_PIPELINE_OPERATOR, error
 from farts.db.ordering import MISSING, compare, sort_documents, sort_key, values_equal
 from farts.db.projection import compile_projection
-from farts.db.query import compile_filter
+from farts.db.query import bson_type_number, compile_filter
 
 _UNSUPPORTED_STAGES = ("$lookup", "$graphLookup", "$bucket",
                        "$bucketAuto", "$geoNear", "$sample", "$unionWith", "$densify", "$fill",
@@ -436,6 +438,8 @@ def evaluate(expr: Any, doc: dict) -> Any:
             op, args = next(iter(expr.items()))
             if op == "$literal":
                 return args
+            if op in _OWN_ARGUMENTS:
+                return _OWN_ARGUMENTS[op](args, doc)
             if op not in _OPERATORS:
                 raise error(INVALID_PIPELINE_OPERATOR, f"Unrecognized expression '{op}'")
             return _OPERATORS[op](_arguments(op, args, doc))
@@ -458,7 +462,9 @@ def validate_expression(expr: Any) -> None:
             op, args = next(iter(expr.items()))
             if op == "$literal":
                 return
-            if op not in _OPERATORS:
+            if op in _OWN_ARGUMENTS:
+                _check_named_arguments(op, args)
+            elif op not in _OPERATORS:
                 raise error(INVALID_PIPELINE_OPERATOR, f"Unrecognized expression '{op}'")
             validate_expression(args)
         else:
@@ -507,13 +513,17 @@ def _divide(args: list) -> Any:
     return args[0] / args[1]
 
 
-def _concat(args: list) -> Any:
-    if any(_nullish(a) for a in args):
-        return None
-    for a in args:
-        if not isinstance(a, str):
-            raise error(16702, f"$concat only supports strings, not {type(a).__name__}")
-    return "".join(args)
+def _joined(op: str, kind: type, code: int, join: Callable[[list], Any]) -> Callable[[list], Any]:
+    """$concat and $concatArrays: null if an argument is, else the arguments (all of kind) joined."""
+    def apply(args: list) -> Any:
+        if any(_nullish(a) for a in args):
+            return None
+        for a in args:
+            if not isinstance(a, kind):
+                raise error(code, f"{op} only supports {'strings' if kind is str else 'arrays'}, not "
+                                  f"{type(a).__name__}")
+        return join(args)
+    return apply
 
 
 def _size(v: Any) -> int:
@@ -579,7 +589,7 @@ _OPERATORS: dict[str, Callable[[list], Any]] = {
                                                                lambda v: v[0] - v[1])([a, b])),
     "$multiply": _numeric("$multiply", _product),
     "$divide": _arity("$divide", 2, lambda a, b: _numeric("$divide", _divide)([a, b])),
-    "$concat": _concat,
+    "$concat": _joined("$concat", str, 16702, "".join),
     "$toLower": _arity("$toLower", 1, _string_case(str.lower)),
     "$toUpper": _arity("$toUpper", 1, _string_case(str.upper)),
     "$size": _arity("$size", 1, _size),
@@ -599,6 +609,317 @@ _OPERATORS: dict[str, Callable[[list], Any]] = {
     "$in": _arity("$in", 2, _in),
     "$arrayElemAt": _arity("$arrayElemAt", 2, _array_elem_at),
 }
+
+
+# --- operators that take named arguments (and evaluate them themselves) ----------------------
+
+# Operator → (required, optional) argument names; each error code is mongod's for that operator.
+_NAMED_ARGUMENTS = {"$getField": (("field",), ("input",)), "$setField": (("field", "input", "value"), ()),
+                    "$unsetField": (("field", "input"), ()), "$let": (("vars", "in"), ()),
+                    "$map": (("input", "in"), ("as",)), "$filter": (("input", "cond"), ("as", "limit")),
+                    "$reduce": (("input", "initialValue", "in"), ()), "$switch": (("branches",), ("default",))}
+_ARGUMENT_CODES = {"$let": (16875, 16876), "$map": (16879, 16882), "$filter": (28647, 28648),
+                   "$reduce": (40076, 40077), "$switch": (40067, 40068)}
+
+
+def _check_named_arguments(op: str, args: Any) -> dict:
+    """args as {name: expression}: the required ones present, no unknown one, each checked
+    ($getField's shorthand {$getField: "name"} reads the field of $$CURRENT)."""
+    if op == "$getField" and (not isinstance(args, dict) or str(next(iter(args), "")).startswith("$")):
+        args = {"field": args}
+    if not isinstance(args, dict):
+        raise error(3041703 if op.endswith("Field") else 16874, f"{op} only supports an object as its argument")
+    unknown, missing = _ARGUMENT_CODES.get(op, (3041701, 3041702))
+    required, optional = _NAMED_ARGUMENTS[op]
+    for name in args:
+        if name not in required and name not in optional:
+            raise error(unknown, f"{op} found an unknown argument: {name}")
+    for name in required:
+        if name not in args:
+            raise error(missing, f"Missing '{name}' parameter to {op}")
+    if op == "$let" and not isinstance(args["vars"], dict):
+        raise error(10065, "invalid parameter: expected an object (vars)")
+    if op == "$switch":
+        branches = args["branches"]
+        if not isinstance(branches, list) or not all(isinstance(b, dict) and set(b) == {"case", "then"}
+                                                     for b in branches):
+            raise error(40061, "$switch expects each branch to be an object with 'case' and 'then'")
+    if "as" in args:
+        from farts.db.variables import check_name  # (it imports this module)
+        check_name(args["as"])
+    if op in ("$getField", "$setField", "$unsetField"):
+        args = {**args, "field": _constant_field(op, args["field"])}
+    for name, value in args.items():
+        if name not in ("field", "as", "branches"):
+            validate_expression(value)
+    for branch in args.get("branches") or ():
+        validate_expression(branch)
+    return args
+
+
+def _constant_field(op: str, field: Any) -> str:
+    if isinstance(field, dict) and set(field) == {"$literal"}:
+        field = field["$literal"]
+    elif isinstance(field, str) and field.startswith("$"):
+        raise error(5654602, f"A string that starts with '$' is a field path reference: {op} requires "
+                             "'field' to evaluate to a constant; wrap it in $literal")
+    if not isinstance(field, str):
+        raise error(5654601 if op == "$getField" else 4161107,
+                    f"{op} requires 'field' to evaluate to type String, but got {type(field).__name__}")
+    return field
+
+
+def _get_field(args: Any, doc: dict) -> Any:
+    args = _check_named_arguments("$getField", args)
+    source = evaluate(args["input"], doc) if "input" in args else doc
+    if _nullish(source):
+        return None if source is None else MISSING
+    if not isinstance(source, dict):
+        return MISSING
+    return source.get(args["field"], MISSING)
+
+
+def _set_field_op(args: Any, doc: dict, op: str = "$setField") -> Any:
+    args = _check_named_arguments(op, args)
+    source = evaluate(args["input"], doc)
+    if _nullish(source):
+        return None
+    if not isinstance(source, dict):
+        raise error(4161105, f"{op} requires 'input' to evaluate to type Object")
+    value = evaluate(args["value"], doc) if op == "$setField" else MISSING
+    out = {k: v for k, v in source.items() if k != args["field"]}
+    if value is not MISSING:
+        out = dict(source)
+        out[args["field"]] = value
+    return out
+
+
+def _with_variables(expr: Any, doc: dict, values: dict) -> Any:
+    """expr evaluated with values as variables (bound like a command's let: a variable that
+    evaluated to missing reads as $$REMOVE)."""
+    from farts.db.variables import bind_expression  # (it imports this module)
+    return evaluate(bind_expression(expr, values), doc)
+
+
+def _let(args: Any, doc: dict) -> Any:
+    from farts.db.variables import check_name  # (it imports this module)
+    args = _check_named_arguments("$let", args)
+    values = {}
+    for name, expr in args["vars"].items():
+        check_name(name)
+        values[name] = evaluate(expr, doc)
+    return _with_variables(args["in"], doc, values)
+
+
+def _iterated(op: str, args: Any, doc: dict, code: int) -> tuple[dict, list | None]:
+    args = _check_named_arguments(op, args)
+    array = evaluate(args["input"], doc)
+    if _nullish(array):
+        return args, None
+    if not isinstance(array, list):
+        raise error(code, f"input to {op} must be an array not {type(array).__name__}")
+    return args, array
+
+
+def _map(args: Any, doc: dict) -> Any:
+    args, array = _iterated("$map", args, doc, 16883)
+    if array is None:
+        return None
+    name = args.get("as", "this")
+    return [None if v is MISSING else v for v in (_with_variables(args["in"], doc, {name: e}) for e in array)]
+
+
+def _filter(args: Any, doc: dict) -> Any:
+    args, array = _iterated("$filter", args, doc, 28651)
+    if array is None:
+        return None
+    name = args.get("as", "this")
+    limit = _integral(evaluate(args["limit"], doc)) if "limit" in args else None
+    if "limit" in args and (limit is None or limit < 1):
+        raise error(327391, f"$filter: limit must be a positive integer, not {args['limit']!r}")
+    kept = [e for e in array if expression_truthy(_with_variables(args["cond"], doc, {name: e}))]
+    return kept[:limit] if limit is not None else kept
+
+
+def _reduce(args: Any, doc: dict) -> Any:
+    args, array = _iterated("$reduce", args, doc, 40080)
+    if array is None:
+        return None
+    value = evaluate(args["initialValue"], doc)
+    for element in array:
+        value = _with_variables(args["in"], doc, {"this": element, "value": value})
+    return value
+
+
+def _switch(args: Any, doc: dict) -> Any:
+    args = _check_named_arguments("$switch", args)
+    for branch in args["branches"]:
+        if expression_truthy(evaluate(branch["case"], doc)):
+            return evaluate(branch["then"], doc)
+    if "default" not in args:
+        raise error(40066, "$switch could not find a matching branch for an input, and no default was "
+                           "specified.")
+    return evaluate(args["default"], doc)
+
+
+_OWN_ARGUMENTS: dict[str, Callable[[Any, dict], Any]] = {
+    "$getField": _get_field,
+    "$setField": _set_field_op,
+    "$unsetField": lambda args, doc: _set_field_op(args, doc, "$unsetField"),
+    "$let": _let,
+    "$map": _map,
+    "$filter": _filter,
+    "$reduce": _reduce,
+    "$switch": _switch,
+}
+
+
+# --- operators on evaluated arguments: documents, arrays, numbers, types ----------------------
+
+def _merge_objects(args: list) -> dict:
+    out: dict = {}
+    for value in args:
+        if _nullish(value):
+            continue
+        if not isinstance(value, dict):
+            raise error(40400, f"$mergeObjects requires object inputs, but input {value!r} is of type "
+                               f"{type(value).__name__}")
+        out.update(value)
+    return out
+
+
+def _rounding(op: str, mode: str) -> Callable[[list], Any]:
+    """$round (half to even, as mongod) and $trunc to a number of decimal places (default 0)."""
+    def apply(args: list) -> Any:
+        if not 1 <= len(args) <= 2:
+            raise error(28667, f"Expression {op} takes at least 1 argument, and at most 2")
+        value, place = args[0], args[1] if len(args) == 2 else 0
+        if _nullish(value) or _nullish(place):
+            return None
+        if not _is_number(value):
+            raise error(51081, f"{op} only supports numeric types, not {type(value).__name__}")
+        place = _integral(place)
+        if place is None or not -20 < place < 100:
+            raise error(51083, f"{op} requires an integral place between -20 and 100")
+        if not _as_decimal(value).is_finite():
+            return value
+        with localcontext() as ctx:
+            ctx.prec = 1000   # a double's every digit (up to 1e308) before the point
+            exact = _as_decimal(value).quantize(Decimal(1).scaleb(-place), rounding=mode)
+        if isinstance(value, Decimal128):
+            return Decimal128(exact)
+        if isinstance(value, float):
+            return float(exact)
+        return type(value)(int(exact)) if isinstance(value, Int64) else int(exact)
+    return apply
+
+
+def _unary_number(op: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def apply(value: Any) -> Any:
+        if _nullish(value):
+            return None
+        if not _is_number(value):
+            raise error(28765, f"{op} only supports numeric types, not {type(value).__name__}")
+        if not _as_decimal(value).is_finite():
+            return abs(value) if op == "$abs" and isinstance(value, float) else value
+        if isinstance(value, Decimal128):
+            return Decimal128(Decimal(fn(value.to_decimal())))
+        result = fn(value)
+        return float(result) if isinstance(value, float) else result
+    return apply
+
+
+def _integral(value: Any) -> int | None:
+    """value as an int if it is a number with an integral value, else None."""
+    if not _is_number(value):
+        return None
+    exact = _as_decimal(value)
+    return int(exact) if exact.is_finite() and exact == exact.to_integral_value() else None
+
+
+def _mod(a: Any, b: Any) -> Any:
+    if _nullish(a) or _nullish(b):
+        return None
+    if not _is_number(a) or not _is_number(b):
+        raise error(16611, "$mod only supports numeric types")
+    if b == 0:
+        raise error(16610, "can't $mod by zero")
+    if isinstance(a, Decimal128) or isinstance(b, Decimal128):
+        with localcontext() as ctx:
+            ctx.traps[InvalidOperation] = False   # inf % x: NaN, as mongod answers
+            return Decimal128(_as_decimal(a) % _as_decimal(b))   # Decimal's % truncates, as C's does
+    if isinstance(a, float) or isinstance(b, float):
+        return math.fmod(a, b) if math.isfinite(a) else math.nan
+    rest = abs(a) % abs(b)
+    return -rest if a < 0 else rest
+
+
+def _type_of(value: Any) -> str:
+    if value is MISSING:
+        return "missing"
+    return _TYPE_ALIASES_BY_NUMBER.get(bson_type_number(value), "object")
+
+
+_TYPE_ALIASES_BY_NUMBER = {1: "double", 2: "string", 3: "object", 4: "array", 5: "binData", 7: "objectId",
+                           8: "bool", 9: "date", 10: "null", 11: "regex", 13: "javascript",
+                           15: "javascriptWithScope", 16: "int", 17: "timestamp", 18: "long", 19: "decimal",
+                           -1: "minKey", 127: "maxKey"}
+
+
+def _to_string(value: Any) -> Any:
+    if _nullish(value):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if isinstance(value, (str, int, Decimal128, ObjectId)):
+        return str(value)
+    raise error(241, f"Unsupported conversion from {_type_of(value)} to string in $convert with no "
+                     "onError value")
+
+
+def _object_to_array(value: Any) -> Any:
+    if _nullish(value):
+        return None
+    if not isinstance(value, dict):
+        raise error(40390, f"$objectToArray requires a document input, found: {type(value).__name__}")
+    return [{"k": k, "v": v} for k, v in value.items()]
+
+
+def _array_to_object(value: Any) -> Any:
+    if _nullish(value):
+        return None
+    if not isinstance(value, list):
+        raise error(40386, f"$arrayToObject requires an array input, found: {type(value).__name__}")
+    out: dict = {}
+    for pair in value:
+        if isinstance(pair, dict) and set(pair) == {"k", "v"} and isinstance(pair["k"], str):
+            out[pair["k"]] = pair["v"]
+        elif isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str):
+            out[pair[0]] = pair[1]
+        else:
+            raise error(40398, "$arrayToObject requires [k, v] pairs or {k, v} documents with a string k")
+    return out
+
+
+_OPERATORS.update({
+    "$mergeObjects": _merge_objects,
+    "$concatArrays": _joined("$concatArrays", list, 28664, lambda arrays: [e for a in arrays for e in a]),
+    "$round": _rounding("$round", ROUND_HALF_EVEN),
+    "$trunc": _rounding("$trunc", ROUND_DOWN),
+    "$abs": _arity("$abs", 1, _unary_number("$abs", abs)),
+    "$floor": _arity("$floor", 1, _unary_number("$floor", math.floor)),
+    "$ceil": _arity("$ceil", 1, _unary_number("$ceil", math.ceil)),
+    "$mod": _arity("$mod", 2, _mod),
+    "$type": _arity("$type", 1, _type_of),
+    "$isArray": _arity("$isArray", 1, lambda v: isinstance(v, list)),
+    "$toString": _arity("$toString", 1, _to_string),
+    "$objectToArray": _arity("$objectToArray", 1, _object_to_array),
+    "$arrayToObject": _arity("$arrayToObject", 1, _array_to_object),
+})
 
 
 _STAGES: dict[str, Callable[[Any], Stage]] = {

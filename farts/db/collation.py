@@ -12,6 +12,7 @@ never collated.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -116,7 +117,9 @@ def parse(spec: Any) -> Collation | None:
             raise error(40415, f"BSON field 'collation.{name}' is an unknown field.")
         kind = _FIELDS[name][0]
         if kind is int:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            # (a double may be NaN or infinite: int() of those raises, so they are refused first)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value != int(value):
                 raise error(TYPE_MISMATCH, f"BSON field 'collation.{name}' is the wrong type, expected a number",
                             "TypeMismatch")
         elif not isinstance(value, kind):

@@ -31,7 +31,15 @@ from farts.db.ordering import parse_sort_spec, sort_documents, sort_key
 from farts.db.projection import project
 from farts.db.query import compile_filter
 from farts.db.store import Collection, Index, ScanStats, Store, TooBig
-from farts.db.update import apply_update, upsert_seed
+from farts.db.update import Update, check_id_field, field_changes, type_name, upsert_seed
+from farts.db.variables import (
+    bind_filter,
+    bind_pipeline,
+    bind_projection,
+    command_variables,
+    filter_reads_variables,
+    mentions_variables,
+)
 
 log = logging.getLogger("farts.db")
 
@@ -45,13 +53,17 @@ _ID_POINT_TYPES = frozenset({int, str, ObjectId, Int64, float, bool, datetime.da
 HANDSHAKE = frozenset({"hello", "isMaster", "ismaster", "saslStart", "saslContinue"})
 # Options that change what a command answers: refused rather than ignored (hint, maxTimeMS,
 # comment, allowDiskUse and the like only change how, and are ignored).
-_UNSUPPORTED_OPTIONS = ("min", "max", "returnKey", "showRecordId", "tailable", "awaitData",
-                        "let")
+_UNSUPPORTED_OPTIONS = ("min", "max", "returnKey", "showRecordId", "tailable", "awaitData")
 # {aggregate: 1} stages that need a replica set's or a server's internals.
 _DB_LEVEL_STAGES = ("$currentOp", "$listLocalSessions", "$changeStream", "$queryStats", "$listSessions")
-# Fields any command may carry (drivers' session, API version and write concern fields).
-_GENERIC_FIELDS = frozenset({"lsid", "txnNumber", "writeConcern", "comment", "maxTimeMS", "apiVersion", "apiStrict",
-                             "apiDeprecationErrors", "readConcern"})
+# MongoDB's generic arguments: any command may carry them besides its own fields.
+_GENERIC_FIELDS = frozenset({
+    "$db", "lsid", "txnNumber", "$clusterTime", "$readPreference", "readConcern", "writeConcern",
+    "maxTimeMS", "comment", "apiVersion", "apiStrict", "apiDeprecationErrors", "$audit", "$client",
+    "autocommit", "startTransaction", "stmtId", "clientOperationKey", "txnRetryCounter",
+    "mayBypassWriteBlocking", "$configTime", "$topologyTime", "$configServerState", "$queryOptions"})
+_WRITE_FIELDS = frozenset({"ordered", "bypassDocumentValidation", "stmtIds", "isTimeseriesNamespace",
+                           "collectionUUID"})
 _CREATE_FIELDS = frozenset({"capped", "size", "max", "timeseries", "clusteredIndex", "expireAfterSeconds",
                             "validator", "validationLevel", "validationAction", "viewOn", "pipeline", "collation",
                             "storageEngine", "indexOptionDefaults", "idIndex", "changeStreamPreAndPostImages",
@@ -59,6 +71,37 @@ _CREATE_FIELDS = frozenset({"capped", "size", "max", "timeseries", "clusteredInd
 _COLLMOD_FIELDS = frozenset({"validator", "validationLevel", "validationAction", "viewOn", "pipeline"})
 _UNSUPPORTED_COLLMOD = ("index", "expireAfterSeconds", "changeStreamPreAndPostImages", "timeseries",
                         "cappedSize", "cappedMax", "recordPreImages", "clusteredIndex", "dryRun")
+# The fields of each command and statement a 7.0 server parses (its IDL is strict: any other
+# field is refused with 40415, so a misspelt option never silently does nothing).
+_COMMAND_FIELDS = {
+    "find": _GENERIC_FIELDS | {
+        "find", "filter", "projection", "sort", "hint", "skip", "limit", "batchSize", "singleBatch",
+        "let", "collation", "allowDiskUse", "min", "max", "returnKey", "showRecordId", "tailable",
+        "oplogReplay", "noCursorTimeout", "awaitData", "allowPartialResults", "readOnce",
+        "allowSpeculativeMajorityRead", "$_requestResumeToken", "$_resumeAfter", "term"},
+    "getMore": _GENERIC_FIELDS | {"getMore", "collection", "batchSize", "term", "lastKnownCommittedOpTime"},
+    "insert": _GENERIC_FIELDS | _WRITE_FIELDS | {"insert", "documents"},
+    "update": _GENERIC_FIELDS | _WRITE_FIELDS | {"update", "updates", "let"},
+    "delete": _GENERIC_FIELDS | _WRITE_FIELDS | {"delete", "deletes", "let"},
+    "findAndModify": _GENERIC_FIELDS | {
+        "findAndModify", "findandmodify", "query", "fields", "sort", "remove", "update", "new",
+        "upsert", "bypassDocumentValidation", "collation", "arrayFilters", "hint", "let", "batchSize"},
+    # One statement of update/delete ('sort' in an update statement is 8.0's, refused by 7.0).
+    "update.updates": frozenset({"q", "u", "c", "upsert", "multi", "arrayFilters", "hint", "collation",
+                                 "sampleId", "upsertSupplied"}),
+    "delete.deletes": frozenset({"q", "limit", "hint", "collation", "sampleId"}),
+    "count": _GENERIC_FIELDS | {"count", "query", "limit", "skip", "hint", "collation", "fields", "sampleId",
+                                "mirrored", "encryptionInformation"},
+    "distinct": _GENERIC_FIELDS | {"distinct", "key", "query", "collation", "hint", "sampleId", "mirrored"},
+    "aggregate": _GENERIC_FIELDS | {
+        "aggregate", "pipeline", "explain", "allowDiskUse", "cursor", "bypassDocumentValidation", "collation",
+        "hint", "let", "needsMerge", "fromMongos", "fromRouter", "exchange", "runtimeConstants",
+        "isMapReduceCommand", "collectionUUID", "encryptionInformation", "isClusterQueryWithoutShardKeyCmd",
+        "passthroughToShard", "$_requestReshardingResumeToken"},
+    "create": _GENERIC_FIELDS | _CREATE_FIELDS | {"create"},
+    "collMod": _GENERIC_FIELDS | _COLLMOD_FIELDS | {"collMod"},
+}
+_TYPED_FIELDS = (("let", dict, "object"), ("c", dict, "object"), ("arrayFilters", list, "array"))
 _BAD_DB_CHARS = set('/\\. "$*<>:|?\0')
 _UNSUPPORTED_INDEX_OPTIONS = ("sparse", "partialFilterExpression", "expireAfterSeconds", "collation",
                               "weights", "default_language", "2dsphereIndexVersion", "wildcardProjection")
@@ -66,6 +109,19 @@ _UNSUPPORTED_INDEX_OPTIONS = ("sparse", "partialFilterExpression", "expireAfterS
 
 def _err(code: int, name: str, message: str) -> MongoError:
     return MongoError(code, name, message)
+
+
+def check_fields(where: str, body: dict) -> None:
+    """Refuses a field the command (or statement) ``where`` does not have, as mongod's parser does,
+    and one of the documents/arrays it reads here that has another type."""
+    allowed = _COMMAND_FIELDS[where]
+    if not allowed.issuperset(body):
+        unknown = next(k for k in body if k not in allowed)
+        raise _err(40415, "Location40415", f"BSON field '{where}.{unknown}' is an unknown field.")
+    for name, kind, expected in _TYPED_FIELDS:
+        if name in body and not isinstance(body[name], kind):
+            raise _err(14, "TypeMismatch", f"BSON field '{where}.{name}' is the wrong type "
+                                           f"'{type_name(body[name])}', expected type '{expected}'")
 
 
 @dataclass
@@ -304,7 +360,7 @@ class Commands:
                 "farts": {"storeBytes": self.store.size_bytes(), "oplogLength": self.store.oplog_length(),
                           "commits": self.store.commits, "committedWrites": self.store.committed_ops,
                           "poolReads": self.pool_reads, "retriedWrites": self.retried_writes,
-                          "openCursors": len(self.cursors), "validationWarnings": validation.warnings},
+                          "openCursors": len(self.cursors), "validationWarnings": self.store.validation_warnings},
                 "ok": 1.0}
 
     def list_databases(self, session: Session, cmd: Command) -> dict:
@@ -350,6 +406,7 @@ class Commands:
 
     def get_more(self, session: Session, cmd: Command) -> dict:
         self.opcounters["getmore"] += 1
+        check_fields("getMore", cmd.body)
         cid = cmd.body["getMore"]
         cursor = self.cursors.get(int(cid)) if isinstance(cid, int) else None
         if cursor is None or cursor.owner[1] != session.user or \
@@ -430,16 +487,23 @@ class Commands:
 
     def find(self, session: Session, cmd: Command):
         self.opcounters["query"] += 1
-        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
         body = cmd.body
+        check_fields("find", body)
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        if "hint" in body:
+            check_hint(self.store.catalog, ns, body["hint"])
         coll = self._collation(ns, body.get("collation"))
         if views.is_view(self.store.catalog.get(ns)):
             return self._find_view(session, ns, body, coll)
         flt = body.get("filter")
         if flt and len(flt) == 1 and type(flt.get("_id")) in _ID_POINT_TYPES and not body.get("skip") and \
-                coll is None:
+                coll is None and "let" not in body:
             return self._find_by_id(session, ns, flt["_id"], body.get("projection"))
         flt, sort, projection, skip, limit = self._find_args(body)
+        let = body.get("let")
+        if let is not None or filter_reads_variables(flt) or mentions_variables(projection):
+            variables = self._variables(let)
+            flt, projection = bind_filter(flt, variables), bind_projection(projection, variables)
         batch = self._batch_size(body.get("batchSize"), DEFAULT_BATCH)
         single = bool(body.get("singleBatch"))
 
@@ -453,7 +517,8 @@ class Commands:
     def _find_view(self, session: Session, ns: str, body: dict, coll: collation.Collation | None):
         self._find_args(body)
         batch = self._batch_size(body.get("batchSize"), DEFAULT_BATCH)
-        docs = self._pipeline_docs(ns, views.find_pipeline(body), coll=coll)
+        pipeline = bind_pipeline(views.find_pipeline(body), self._variables(body.get("let")))
+        docs = self._pipeline_docs(ns, pipeline, coll=coll)
         return self._then(docs, lambda d: self._cursor_reply(session, ns, d, batch, bool(body.get("singleBatch"))))
 
     def _find_by_id(self, session: Session, ns: str, _id, projection) -> dict:
@@ -466,9 +531,21 @@ class Commands:
             docs = [project(bson.decode(data), projection) if projection else RawBSONDocument(data)]
         return {"cursor": {"firstBatch": docs, "id": Int64(0), "ns": self.store.display_ns(ns)}, "ok": 1.0}
 
+    def _variables(self, *scopes) -> dict:
+        """$$NOW, $$CLUSTER_TIME and the user variables of a command (let, a statement's c)."""
+        return command_variables(self._utc_now().replace(tzinfo=None), *scopes)
+
+    def _bound_filter(self, flt, let):
+        """The filter with the command's variables bound into its $expr parts (when it has any)."""
+        if let is None and not filter_reads_variables(flt):
+            return flt
+        return bind_filter(flt, self._variables(let))
+
     def count(self, session: Session, cmd: Command):
         self.opcounters["command"] += 1
+        check_fields("count", cmd.body)
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        check_hint(self.store.catalog, ns, cmd.body.get("hint"))
         flt = cmd.body.get("query") or {}
         body = {"filter": flt, "skip": cmd.body.get("skip"), "limit": cmd.body.get("limit")}
         flt, _, _, skip, limit = self._find_args(body)
@@ -487,7 +564,9 @@ class Commands:
 
     def distinct(self, session: Session, cmd: Command):
         self.opcounters["command"] += 1
+        check_fields("distinct", cmd.body)
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
+        check_hint(self.store.catalog, ns, cmd.body.get("hint"))
         key = cmd.body.get("key")
         if not isinstance(key, str) or not key:
             raise _err(14, "TypeMismatch", "distinct key must be a non-empty string")
@@ -515,6 +594,7 @@ class Commands:
 
     def aggregate(self, session: Session, cmd: Command):
         self.opcounters["command"] += 1
+        check_fields("aggregate", cmd.body)
         coll = self._coll_arg(cmd)
         pipeline = cmd.body.get("pipeline")
         if not isinstance(pipeline, list) or not all(isinstance(s, dict) for s in pipeline):
@@ -531,6 +611,7 @@ class Commands:
                                                    "is required (the stage this server runs without one: $documents)")
         elif isinstance(coll, str):
             ns = self.ns(session, cmd.db, coll)
+            check_hint(self.store.catalog, ns, cmd.body.get("hint"))
         else:
             raise _err(73, "InvalidNamespace", f"Invalid collection name: {coll!r}")
         for i, name in enumerate(names):
@@ -543,6 +624,7 @@ class Commands:
         cursor_opts = cmd.body.get("cursor") or {}
         batch = self._batch_size(cursor_opts.get("batchSize") if isinstance(cursor_opts, dict) else None,
                                  DEFAULT_BATCH)
+        pipeline = bind_pipeline(pipeline, self._variables(cmd.body.get("let")))
         coll = None if db_level else self._collation(ns, cmd.body.get("collation"))
         if db_level and cmd.body.get("collation") is not None:
             coll = collation.parse(cmd.body["collation"])
@@ -600,6 +682,9 @@ class Commands:
         if name not in ("find", "count", "aggregate"):
             raise _err(72, "InvalidOptions", f"explain is supported for find, count and aggregate, not {name}")
         ns = self.ns(session, cmd.db, inner[name])
+        if name == "find":   # the find it explains is refused as it would be on its own
+            check_fields("find", inner)
+            check_hint(self.store.catalog, ns, inner.get("hint"))
         if views.is_view(self.store.catalog.get(ns)):   # its plan is the view's pipeline's: not described here
             raise _err(2, "BadValue", f"explain of a view ({self.store.display_ns(ns)}) is not supported")
         if name == "aggregate":
@@ -609,6 +694,7 @@ class Commands:
         else:
             args = self._find_args(inner if name == "find" else {"filter": inner.get("query") or {}})
         flt, sort, projection, skip, limit = args
+        flt = self._bound_filter(flt, inner.get("let"))
         stats = ScanStats()
 
         def query(txn, budget):
@@ -702,35 +788,39 @@ class Commands:
         return docs
 
     def insert(self, session: Session, cmd: Command):
+        check_fields("insert", cmd.body)
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
         docs = self._docs_arg(cmd, "documents")
         ordered = cmd.body.get("ordered", True) is not False
         self.opcounters["insert"] += len(docs)
 
         def fn(w):
-            done, errors = _each_statement(w, docs, ordered, lambda doc: w.insert(ns, doc))
+            def one(doc):
+                check_id_field(doc)
+                return w.insert(ns, doc)
+            done, errors = _each_statement(w, docs, ordered, one)
             return _write_reply(len(done), errors)
 
         return self._write_once(session, cmd, fn)
 
     def update(self, session: Session, cmd: Command):
+        check_fields("update", cmd.body)
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
         statements = self._docs_arg(cmd, "updates")
         ordered = cmd.body.get("ordered", True) is not False
+        let = cmd.body.get("let")
         self.opcounters["update"] += len(statements)
         for s in statements:
+            check_fields("update.updates", s)
             if not isinstance(s.get("q", {}), dict) or not isinstance(s.get("u"), (dict, list)):
                 raise _err(9, "FailedToParse", "each update needs a 'q' object and a 'u' object")
-            if s.get("arrayFilters"):
-                raise _err(2, "BadValue", "arrayFilters are not supported")
-            compile_filter(s.get("q") or {})
 
         default = self._collation(ns)
 
         def fn(w):
             now = self._utc_now().replace(tzinfo=None)
             done, errors = _each_statement(w, statements, ordered,
-                                           lambda s: _update_one_statement(w, ns, s, now, default))
+                                           lambda s: _update_one_statement(w, ns, s, now, let, default))
             upserted = [{"index": i, "_id": up} for i, (_, _, up) in done if up is not None]
             reply = _write_reply(sum(m for _, (m, _, _) in done) + len(upserted), errors)
             reply["nModified"] = sum(mod for _, (_, mod, _) in done)
@@ -741,6 +831,7 @@ class Commands:
         return self._write_once(session, cmd, fn)
 
     def delete(self, session: Session, cmd: Command):
+        check_fields("delete", cmd.body)
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
         statements = self._docs_arg(cmd, "deletes")
         ordered = cmd.body.get("ordered", True) is not False
@@ -748,16 +839,20 @@ class Commands:
         parsed = []
         default = self._collation(ns)
         for s in statements:
+            check_fields("delete.deletes", s)
             q, limit = s.get("q"), s.get("limit", 0)
             if not isinstance(q, dict) or limit not in (0, 1):
                 raise _err(9, "FailedToParse", "each delete needs a 'q' object and a 'limit' of 0 or 1")
             coll = collation.parse(s["collation"]) if s.get("collation") is not None else default
-            parsed.append((*collation.plan_and_matcher(q, coll), limit))
+            parsed.append((self._bound_filter(q, cmd.body.get("let")), coll, limit, s.get("hint")))
 
         def fn(w):
             def one(statement):
-                q, matcher, limit = statement
-                docs = w.find(ns, q, matcher, limit=1 if limit else None)
+                # A filter's errors are the statement's (a writeError), as mongod reports them.
+                q, coll, limit, hint = statement
+                plan, matcher = collation.plan_and_matcher(q, coll)
+                check_hint(w.catalog, ns, hint)
+                docs = w.find(ns, plan, matcher, limit=1 if limit else None)
                 for d in docs:
                     w.delete(ns, d)
                 return len(docs)
@@ -767,8 +862,9 @@ class Commands:
         return self._write_once(session, cmd, fn)
 
     def find_and_modify(self, session: Session, cmd: Command):
-        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
         b = cmd.body
+        check_fields("findAndModify", b)
+        ns = self.ns(session, cmd.db, self._coll_arg(cmd))
         query = b.get("query") or {}
         sort, fields = b.get("sort") or None, b.get("fields") or None
         remove, update = bool(b.get("remove")), b.get("update")
@@ -776,10 +872,17 @@ class Commands:
             raise _err(9, "FailedToParse", "Either an update or remove=true must be specified")
         if remove and b.get("upsert"):
             raise _err(9, "FailedToParse", "Cannot specify both upsert=true and remove=true")
-        if update is not None and not isinstance(update, dict):
-            raise _err(2, "BadValue", "pipeline-style updates are not supported")
+        if update is not None and not isinstance(update, (dict, list)):
+            raise _err(9, "FailedToParse", "Update argument must be either an object or an array")
+        let = b.get("let")
+        variables = self._variables(let) if let is not None or isinstance(update, list) or \
+            filter_reads_variables(query) else {}
+        query = bind_filter(query, variables)
         coll = self._collation(ns, b.get("collation"))
         plan, matcher = collation.plan_and_matcher(query, coll)
+        if update is not None:
+            update = Update(update, b.get("arrayFilters"), variables)
+        check_hint(self.store.catalog, ns, b.get("hint"))
         self.opcounters["command"] += 1
 
         def fn(w):
@@ -795,11 +898,10 @@ class Commands:
             if doc is None:
                 if not b.get("upsert"):
                     return _fam_reply(None, {"n": 0, "updatedExisting": False}, fields)
-                seed = upsert_seed(query)
-                new = w.insert(ns, apply_update(seed, update, is_upsert_insert=True, now=now), upsert=(seed, update))
+                new = _upsert(w, ns, query, update, now)
                 return _fam_reply(new if b.get("new") else None,
                                   {"n": 1, "updatedExisting": False, "upserted": new["_id"]}, fields)
-            new = apply_update(doc, update, now=now, filter=query)
+            new = update.apply(doc, now=now, filter=query)
             _write_changed(w, ns, doc, new, update, now)
             return _fam_reply(new if b.get("new") else doc, {"n": 1, "updatedExisting": True}, fields)
 
@@ -808,7 +910,7 @@ class Commands:
     def create(self, session: Session, cmd: Command):
         ns = self.ns(session, cmd.db, self._coll_arg(cmd))
         b = cmd.body
-        _known_fields(cmd, _CREATE_FIELDS)
+        check_fields("create", b)
         for opt in ("capped", "timeseries", "clusteredIndex"):
             if b.get(opt):
                 raise _err(72, "InvalidOptions", f"create option '{opt}' is not supported")
@@ -837,7 +939,7 @@ class Commands:
         for opt in _UNSUPPORTED_COLLMOD:
             if opt in b:
                 raise _err(72, "InvalidOptions", f"collMod option '{opt}' is not supported")
-        _known_fields(cmd, _COLLMOD_FIELDS)
+        check_fields("collMod", b)
         changes = {k: b[k] for k in (*validation.OPTIONS, "viewOn", "pipeline") if k in b}
         display = self.store.display_ns
 
@@ -879,12 +981,8 @@ class Commands:
     def drop_database(self, session: Session, cmd: Command):
         prefix = self.db_prefix(session, cmd.db)
 
-        def fn(w):
-            for ns in [n for n in w.catalog if n.startswith(prefix)]:
-                w.drop_collection(ns)
-
         async def run():
-            await self._write(fn, exclusive=True)
+            await self._write(lambda w: w.drop_database(prefix), exclusive=True)
             self._kill_ns(lambda n: n.startswith(prefix))
             return {"dropped": cmd.db, "ok": 1.0}
 
@@ -955,11 +1053,27 @@ class Commands:
         return fn(value)
 
 
-def _known_fields(cmd: Command, allowed: frozenset) -> None:
-    """An unknown field is refused as mongod's command parser refuses it (not ignored)."""
-    for key in cmd.body:
-        if key != cmd.name and not key.startswith("$") and key not in allowed and key not in _GENERIC_FIELDS:
-            raise _err(40415, "Location40415", f"BSON field '{cmd.name}.{key}' is an unknown field.")
+def check_hint(catalog, ns: str, hint) -> None:
+    """A hint only picks a plan here, but one that names no index of the collection is refused as
+    mongod refuses it (a misspelt hint would otherwise go unnoticed)."""
+    if hint is None or hint == "" or hint == {}:
+        return
+    if not isinstance(hint, (str, dict)):
+        raise _err(9, "FailedToParse", "hint must be a string or an object")
+    coll = catalog.get(ns)
+    if coll is None or (isinstance(hint, dict) and set(hint) == {"$natural"}):
+        return   # no collection: nothing to plan (mongod answers an empty result too)
+    if isinstance(hint, str):
+        found = hint == "_id_" or coll.index(hint) is not None
+    else:
+        try:
+            fields = tuple((k, int(v)) for k, v in hint.items())
+        except (TypeError, ValueError, OverflowError):   # not a direction: no index has it
+            fields = ()
+        found = fields == (("_id", 1),) or any(i.fields == fields for i in coll.indexes)
+    if not found:
+        raise _err(2, "BadValue", "error processing query: planner returned error :: caused by :: "
+                                  "hint provided does not correspond to an existing index")
 
 
 def _bypassing_validation(fn):
@@ -1058,22 +1172,40 @@ def _write_reply(n: int, errors: list) -> dict:
     return reply
 
 
-def _write_changed(w, ns: str, old: dict, new: dict, update: dict, now) -> bool:
-    """Writes new over old if it differs; the oplog gets the operators or the replacement."""
+def _write_changed(w, ns: str, old: dict, new: dict, update: Update, now) -> bool:
+    """Writes new over old if it differs; the oplog gets the operators, the field changes a
+    pipeline made (so replication merges them field by field, as operators) or the replacement."""
     if bson.encode(new) == bson.encode(old):
         return False
-    if any(isinstance(k, str) and k.startswith("$") for k in update):
-        w.replace(ns, old, new, {"op": "u", "u": update, "now": now})
+    operators = update.update if update.kind == "operators" else \
+        field_changes(old, new) if update.kind == "pipeline" else None
+    if operators is not None:
+        w.replace(ns, old, new, {"op": "u", "u": operators, "now": now})
     else:
         w.replace(ns, old, new, {"op": "r", "doc": new})
     return True
 
 
-def _update_one_statement(w, ns: str, s: dict, now, default=None) -> tuple[int, int, object]:
+def _upsert(w, ns: str, q: dict, update: Update, now) -> dict:
+    """Inserts what an upsert that matched nothing makes of the filter's equality fields."""
+    seed = upsert_seed(q)
+    # Operators replicate as an upsert (their commuting parts merge); a pipeline as its result.
+    return w.insert(ns, update.apply(seed, is_upsert_insert=True, now=now),
+                    upsert=(seed, update.update) if update.kind != "pipeline" else None)
+
+
+def _update_one_statement(w, ns: str, s: dict, now, let, default=None) -> tuple[int, int, object]:
     q, u = s.get("q") or {}, s["u"]
+    if let is not None or "c" in s or isinstance(u, list) or filter_reads_variables(q):
+        variables = command_variables(now, let, s.get("c"))
+        q = bind_filter(q, variables)
+    else:
+        variables = {}
+    update = Update(u, s.get("arrayFilters"), variables)
+    check_hint(w.catalog, ns, s.get("hint"))
     multi, upsert = bool(s.get("multi")), bool(s.get("upsert"))
     coll = collation.parse(s["collation"]) if s.get("collation") is not None else default
-    if isinstance(u, dict) and multi and u and not any(isinstance(k, str) and k.startswith("$") for k in u):
+    if update.kind == "replacement" and multi and u:
         raise _err(9, "FailedToParse", "multi update is not supported for replacement-style update")
     if len(q) == 1 and type(q.get("_id")) in _ID_POINT_TYPES and coll is None:   # by _id: one key lookup
         doc = w.get(ns, q["_id"])
@@ -1082,13 +1214,11 @@ def _update_one_statement(w, ns: str, s: dict, now, default=None) -> tuple[int, 
         docs = w.find(ns, *collation.plan_and_matcher(q, coll), limit=None if multi else 1)
     modified = 0
     for doc in docs:
-        new = apply_update(doc, u, now=now, filter=q)
-        modified += _write_changed(w, ns, doc, new, u, now)
+        new = update.apply(doc, now=now, filter=q)
+        modified += _write_changed(w, ns, doc, new, update, now)
     if docs or not upsert:
         return len(docs), modified, None
-    seed = upsert_seed(q)
-    new = w.insert(ns, apply_update(seed, u, is_upsert_insert=True, now=now), upsert=(seed, u))
-    return 0, 0, new["_id"]
+    return 0, 0, _upsert(w, ns, q, update, now)["_id"]
 
 
 def _fam_reply(doc, last_error: dict, fields) -> dict:

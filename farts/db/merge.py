@@ -19,7 +19,9 @@ write as its origin computed it (``effect_of`` turns a MongoDB update into one):
                         ``push``), applied after the fields (``upsert_effect``)
 ``{"op": "r", "doc"}``  replacement of the whole document (``_id`` kept)
 ``{"op": "d"}``         delete
-``{"op": "n"}``         no effect on documents (a catalog change: not replicated yet)
+``{"op": "n"}``         no effect (a record from before replication: it only moves its
+                        origin's position)
+``{"op": "c", "c"}``    a catalog operation on the record's namespace (``CATALOG_TABLE``)
 ``{"op": "u", ...}``    field operations: ``set`` {path: value}, ``unset`` [path],
                         ``inc`` {path: number}, ``push`` {path: [values]},
                         ``add`` {path: [values]} ($addToSet), ``pull`` {path: [values]}
@@ -58,6 +60,12 @@ order gives for each rule:
   replacement after the delete (in stamp order) creates the document again, with its
   own fields only. This is last-writer-wins on the document's existence, where only
   inserts and replacements (and deletes) write existence.
+- Catalog operations (``CATALOG_TABLE``): create/drop of a collection, create/drop of an
+  index: last writer wins per collection and per index name. A drop of a collection (or
+  of its database) is a delete of each of its documents at the drop's stamp: a write
+  stamped before the drop is wiped by it, wherever and whenever it arrives (*the drop wins
+  against concurrent writes stamped before it*); one stamped after it lands in the
+  collection again (which then exists), as do indexes created after it.
 
 Metadata
 --------
@@ -91,7 +99,7 @@ from farts.db.errors import MongoError
 from farts.db.ordering import MISSING, values_equal
 from farts.db.update import _arithmetic, _copy, _is_number, _op_unset
 
-OPS = ("i", "r", "u", "d", "n")
+OPS = ("i", "r", "u", "d", "n", "c")
 FIELD_OPS = ("set", "unset", "inc", "push", "add", "pull")
 
 
@@ -120,7 +128,7 @@ class Applied(NamedTuple):
     outcome: str      # one of OUTCOMES
 
 
-OUTCOMES = ("applied", "replayed", "duplicate", "late")
+OUTCOMES = ("applied", "replayed", "duplicate", "late", "dropped")
 
 # ---- what one operation does to a document ------------------------------------------------
 #
@@ -184,6 +192,8 @@ TABLE: dict[tuple[bool, str], tuple[Callable, str]] = {
     (True, "d"): (_delete, "deleted: a tombstone at the delete's stamp; metadata cleared"),
     (False, "n"): (_nothing, "nothing (the record only moves its origin's position)"),
     (True, "n"): (_nothing, "nothing (the record only moves its origin's position)"),
+    (False, "c"): (_nothing, "nothing to the document: a catalog operation (CATALOG_TABLE)"),
+    (True, "c"): (_nothing, "nothing to the document: a catalog operation (CATALOG_TABLE)"),
 }
 
 # ---- field operations -----------------------------------------------------------------------
@@ -391,8 +401,10 @@ def _replay(base: dict, ops: list) -> tuple[dict | None, dict]:
     return doc, meta
 
 
-def apply(state: dict | None, stamp: Stamp, op: dict) -> Applied:
-    """The document's state after one replicated operation (``state`` is left untouched).
+def apply(state: dict | None, stamp: Stamp, op: dict, owned: bool = False) -> Applied:
+    """The document's state after one replicated operation (``state`` is left untouched,
+    unless ``owned``: the caller decoded it for this call; ``op`` is kept by reference in
+    the result and never changed).
 
     Arrival (stored state, incoming stamp) -> what happens:
 
@@ -403,7 +415,7 @@ def apply(state: dict | None, stamp: Stamp, op: dict) -> Applied:
     at or below the compaction horizon  ``late``: applied on top (it can no longer be ordered)
     ==================================  ==========================================================
     """
-    state = _copy(state) if state is not None else empty()
+    state = empty() if state is None else state if owned else _copy(state)
     ops = state.get("o", [])
     key = stamp.key()
     for s, _ in ops:
@@ -424,11 +436,11 @@ def apply(state: dict | None, stamp: Stamp, op: dict) -> Applied:
         if not ops:
             state["b"] = {"v": _copy(state["v"]), "m": state["m"]}
         doc, meta = apply_one(state["v"], _decode_meta(state["m"]), stamp, op)
-        state["o"] = ops + [[stamp.to_bson(), _copy(op)]]
+        state["o"] = ops + [[stamp.to_bson(), op]]
         state["v"], state["m"] = doc, _encode_meta(meta)
         return Applied(state, "applied")
     at = next(i for i, (s, _) in enumerate(ops) if Stamp.of(s).key() > key)
-    ops.insert(at, [stamp.to_bson(), _copy(op)])
+    ops.insert(at, [stamp.to_bson(), op])
     state["o"] = ops
     doc, meta = _replay(state["b"], ops)
     state["v"], state["m"] = doc, _encode_meta(meta)
@@ -469,14 +481,133 @@ def compact(state: dict | None, stable: int) -> dict | None:
     return state
 
 
+# ---- the catalog: collections, indexes, drops ----------------------------------------------
+#
+# A catalog operation is a record {"op": "c", "c": kind, ...} on a namespace (a collection;
+# for dropDatabase the database's prefix "tenant$db."). A namespace's catalog state is a set
+# of last-writer-wins registers, each [stamp, value]:
+#   "x": [stamp, exists]               the collection's existence (create, createIndex: yes; drop: no)
+#   "o": [stamp, options]              its options: validator, view definition (create, collMod)
+#   "i": {name: [stamp, spec or None]} each index name (createIndex: its spec; dropIndex: None)
+# and every collection and database has a *drop floor*: the stamp of its latest drop. A drop
+# deletes every document at its stamp, so (the document rule for deletes) only what is stamped
+# after it counts: the floor makes that hold in every arrival order.
+
+CATALOG_KINDS = ("create", "drop", "createIndex", "dropIndex", "dropDatabase", "collMod")
+
+CATALOG_TABLE: dict[str, str] = {
+    "create": "existence := (s, yes) and options := (s, options), each if s is later than the register's stamp",
+    "collMod": "options := (s, options) if s is later (validator, validation level and action, a view's "
+               "definition: the later collMod or create wins as a whole)",
+    "createIndex": "existence := (s, yes) and index[name] := (s, spec), each if s is later (a concurrent "
+                   "createIndex of that name with another spec: the later stamp's spec, rebuilt everywhere)",
+    "dropIndex": "index[name] := (s, none) if s is later",
+    "drop": "existence := (s, no) if later; the collection's floor := max(floor, s); every document keeps "
+            "only its operations stamped after s (replayed from nothing: drop_before)",
+    "dropDatabase": "the database's floor := max(floor, s); each of its collections as by a drop at s",
+    "(document operation)": "stamped below its collection's or database's floor: discarded (below), the drop "
+                            "wipes it in every order; otherwise the document rules (TABLE)",
+    "(the result)": "a collection exists when its existence register says yes with a stamp above the floor, "
+                    "or it holds a document (or tombstone) written after the floor, or it existed and no drop "
+                    "came; its indexes: the registers with a spec stamped above the floor, in stamp order; its "
+                    "options: the options register's if stamped above the floor, else {}",
+}
+
+
+def _later(register, stamp: Stamp) -> bool:
+    return register is None or Stamp.of(register[0]).key() < stamp.key()
+
+
+def catalog_apply(state: dict | None, stamp: Stamp, op: dict) -> dict:
+    """A namespace's catalog state after one catalog operation (the registers of
+    ``CATALOG_TABLE``; a drop's floor is kept by the caller). Commutative and idempotent."""
+    state = {"x": None, "i": {}} if state is None else _copy(state)
+    kind = op["c"]
+    if kind in ("create", "createIndex", "drop") and _later(state["x"], stamp):
+        state["x"] = [stamp.to_bson(), kind != "drop"]
+    if kind in ("create", "collMod") and _later(state.get("o"), stamp):
+        state["o"] = [stamp.to_bson(), _copy(op.get("options") or {})]
+    if kind == "createIndex" and _later(state["i"].get(op["index"]["name"]), stamp):
+        state["i"][op["index"]["name"]] = [stamp.to_bson(), _copy(op["index"])]
+    elif kind == "dropIndex" and _later(state["i"].get(op["name"]), stamp):
+        state["i"][op["name"]] = [stamp.to_bson(), None]
+    return state
+
+
+def below(stamp: Stamp, floor: Stamp | None) -> bool:
+    """Whether an operation is stamped below a drop (and so wiped by it)."""
+    return floor is not None and stamp.key() < floor.key()
+
+
+def catalog_view(state: dict, floor: Stamp | None) -> tuple[bool, dict | None, list[dict]]:
+    """(exists by its registers, options (None: never written), index specs in stamp order)
+    under the drop floor."""
+    x, o = state.get("x"), state.get("o")
+    exists = bool(x and x[1] and not below(Stamp.of(x[0]), floor))
+    options = None if o is None else {} if below(Stamp.of(o[0]), floor) else o[1]
+    live = sorted((Stamp.of(s).key(), name) for name, (s, spec) in state["i"].items()
+                  if spec is not None and not below(Stamp.of(s), floor))
+    return exists, options, [state["i"][name][1] for _, name in live]
+
+
+def catalog_compact(state: dict, floor: Stamp | None, stable: int) -> dict | None:
+    """Forgets the registers at or below ``stable`` that say nothing any more (a drop, or a
+    value below the floor): no operation they would win against can still arrive. None when
+    nothing is left."""
+    def dead(register, value) -> bool:
+        s = Stamp.of(register[0])
+        return s.hlc <= stable and (not value or below(s, floor))
+    state = _copy(state)
+    if state.get("x") is not None and dead(state["x"], state["x"][1]):
+        state["x"] = None
+    if state.get("o") is not None and dead(state["o"], state["o"][1]):
+        del state["o"]
+    state["i"] = {n: r for n, r in state["i"].items() if not dead(r, r[1])}
+    return state if state["x"] is not None or state["i"] or state.get("o") is not None else None
+
+
+def drop_before(state: dict | None, floor: Stamp) -> dict | None:
+    """A document's state after a drop at ``floor``: a delete of it at that stamp, which
+    leaves nothing of what came before, so its operations stamped after the drop replayed
+    from nothing; None when it has none."""
+    if state is None:
+        return None
+    ops = [o for o in state.get("o", []) if Stamp.of(o[0]).key() > floor.key()]
+    if not ops:
+        return None
+    base = {"v": None, "m": {"w": {}, "e": {}}}
+    doc, meta = _replay(base, ops)
+    return {"v": doc, "m": _encode_meta(meta), "t": state["t"], "b": base, "o": ops}
+
+
+def _check_catalog(op: dict) -> None:
+    kind = op.get("c")
+    if kind not in CATALOG_KINDS:
+        raise ValueError(f"a catalog operation: c in {', '.join(CATALOG_KINDS)}")
+    if kind in ("create", "collMod") and not isinstance(op.get("options", {}), dict):
+        raise ValueError(f"{kind}: options, an object")
+    if kind == "dropIndex" and not (isinstance(op.get("name"), str) and op["name"]):
+        raise ValueError("dropIndex: a name")
+    if kind == "createIndex":
+        spec = op.get("index")
+        if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and spec["name"]
+                and isinstance(spec.get("unique"), bool) and isinstance(spec.get("key"), list) and spec["key"]
+                and all(isinstance(f, list) and len(f) == 2 and isinstance(f[0], str) and isinstance(f[1], int)
+                        for f in spec["key"])):
+            raise ValueError("createIndex: an index {name, key: [[field, direction]], unique}")
+
+
 # ---- checking what a peer sent, and making operations on the origin ------------------------
 
 
 def check_op(op: Any) -> None:
     """Raises ValueError unless op is a well-formed replicated operation."""
     if not isinstance(op, dict) or op.get("op") not in OPS:
-        raise ValueError("an operation object with op in i, r, u, d, n")
+        raise ValueError("an operation object with op in i, r, u, d, n, c")
     kind = op["op"]
+    if kind == "c":
+        _check_catalog(op)
+        return
     if kind in ("i", "r"):
         if not isinstance(op.get("doc"), dict) or "_id" not in op["doc"]:
             raise ValueError("a document with its _id")

@@ -163,7 +163,9 @@ def _write_merge(w, ns: str, out: Output, docs: list, display) -> None:
         if by_id:
             match = w.get(ns, doc["_id"])
         else:
-            found = w.find(ns, values, compile_filter(values), limit=1)
+            # ($eq: a value that is a document, {"$gte": 0} say, is compared, not run as a query)
+            eq = {f: {"$eq": v} for f, v in values.items()}
+            found = w.find(ns, eq, compile_filter(eq), limit=1)
             match = found[0] if found else None
         if match is None:
             if out.when_not_matched == "insert":

@@ -24,11 +24,15 @@ The protocol
   ``status_interval`` and when a peer comes up. A ``Status`` is the per-peer ack, and
   the catch-up request: the receiver ships, from its retained oplog, the records of
   every origin the peer lacks (not only its own: anti-entropy heals partial partitions),
-  and answers with its own ``Status`` when the peer has records it lacks.
+  and answers with its own ``Status`` when the peer has records it lacks. At most
+  ``WINDOW`` records of an origin are in flight past what the peer acknowledged; they
+  are shipped again only after ``RESEND`` seconds in which the peer made no progress.
 - **Snapshot**: when a peer lacks records this node no longer retains, it streams a
   snapshot (``SnapshotChunk``: the replicated documents, merge states included, then the
-  vector they reflect). The peer installs it in one go and re-applies the records it has
-  that the snapshot lacks (its own unshipped writes among them).
+  vector they reflect); the member with the smallest id not known dead does, the others
+  only if the peer is still behind ``SNAPSHOT_WAIT`` later. The peer installs it in one
+  go and re-applies the records it has that the snapshot lacks (its own unshipped
+  writes among them).
 - **Stability and compaction**: each node reports its *frontier* (an HLC below which it
   has applied every operation of every origin: its own HLC bounds its own future writes,
   a peer's ``Status`` HLC bounds that peer's once its records up to there are applied)
@@ -39,19 +43,24 @@ The protocol
   (what ``merge.compact`` needs for ``$pull``'s observed-remove).
 - **Members** are every node of the deployment that has not left: a dead node holds
   compaction back until it returns or is removed (so its writes, when it comes back,
-  still merge in order).
+  still merge in order), or until it has been dead for ``forget_dead_after`` (by
+  default the oplog's ``retain_seconds``): then metadata and the oplog no longer wait
+  for it, and when it returns it is behind the retained oplog and gets a snapshot (what
+  it wrote and never shipped is re-applied on top, counted as ``late``).
 - **Retention**: a record is dropped once every member has it; records of other origins
   also once there are more than ``retain_records`` of an origin or they are older than
   ``retain_seconds`` (a node that is further behind gets a snapshot). A node's own
-  records are kept until every member has them: they exist nowhere else.
+  records are kept until every member has them (they exist nowhere else), a member dead
+  for longer than ``forget_dead_after`` excepted.
 
 On a node: ``farts/db/replication.py`` (built through the db row of ``farts/node.py``
 when the mesh is enabled) runs this on the mesh bus with ``Store(replicated=True)``, calls
 ``committed_locally()`` after local commits, turns ``stats``/``lag_ms()`` into metrics, and
 serves causal reads (``frontier``), ``w: "majority"`` (``acked``) and read preferences.
-Still open: a node does not exchange vectors (and observe its peers' HLCs) before it
-takes writes, so a node with a slow clock may write below what the others compacted
-(counted as ``late``). Catalog commands travel as no-ops.
+A (re)started node takes writes once every alive peer's ``Status`` came in
+(``exchanged``: its clock is then past theirs, so it cannot write below what they
+compacted) or after ``farts.db.replication.STARTUP_WAIT``. Catalog commands are records
+too (``merge.CATALOG_TABLE``, applied by the store).
 """
 from __future__ import annotations
 
@@ -69,7 +78,7 @@ import bson
 from farts.clock import HLC, Clock, pack, unpack
 from farts.db import merge
 from farts.db.keys import encode as id_key
-from farts.members import ALIVE, LEFT, Member
+from farts.members import ALIVE, DEAD, LEFT, Member
 from farts.peer import Envelope, PeerBus, PeerMessage, need
 
 log = logging.getLogger("farts.db.replica")
@@ -80,26 +89,44 @@ SNAPSHOT_DOCS = 256        # documents per snapshot chunk
 SNAPSHOT_CHUNKS_PER_TICK = 16
 MAX_BUFFERED = 10_000      # out-of-order records held per origin
 RELAY_AFTER = 2           # status intervals without progress before others' records are relayed
-RESEND = 2.0               # seconds before shipped-but-unacknowledged records are shipped again
+RESEND = 2.0               # seconds without progress before shipped-but-unacknowledged records go again
+SNAPSHOT_WAIT = 3 * RESEND  # seconds the other members leave a snapshot to the designated one
+WINDOW = BATCH * 32        # records of an origin in flight to a peer catching up, past what it acknowledged
 
 Out = list[tuple[str | None, PeerMessage]]
 
 
-@dataclass(frozen=True, slots=True)
 class Record:
-    origin: str
-    seq: int
-    hlc: int
-    ns: str
-    id: Any
-    op: dict
+    """One oplog record. ``op`` is decoded from ``body`` (BSON {id, op}, what travels and
+    what the oplog keeps) only when asked for: records shipped on are never decoded."""
+    __slots__ = ("origin", "seq", "hlc", "ns", "id", "_op", "body")
+
+    def __init__(self, origin: str, seq: int, hlc: int, ns: str, id: Any, op: dict | None = None,  # noqa: A002
+                 body: bytes | None = None) -> None:
+        self.origin, self.seq, self.hlc, self.ns, self.id = origin, seq, hlc, ns, id
+        self._op, self.body = op, body
+
+    @property
+    def op(self) -> dict:
+        if self._op is None:
+            self._op = bson.decode(self.body)["op"]
+        return self._op
+
+    def __repr__(self) -> str:
+        return f"Record({self.origin!r}, {self.seq}, {self.hlc}, {self.ns!r}, {self.id!r}, {self.op!r})"
 
     @property
     def stamp(self) -> merge.Stamp:
         return merge.Stamp(self.hlc, self.origin, self.seq)
 
+    def encoded(self) -> bytes:
+        """BSON {id, op}: encoded once, on the origin."""
+        if self.body is None:
+            self.body = bson.encode({"id": self.id, "op": self._op})
+        return self.body
+
     def to_wire(self) -> list:
-        return [self.origin, self.seq, self.hlc, self.ns, bson.encode({"id": self.id, "op": self.op})]
+        return [self.origin, self.seq, self.hlc, self.ns, self.encoded()]
 
     @staticmethod
     def from_wire(item: Any) -> Record:
@@ -115,7 +142,7 @@ class Record:
         if set(body) != {"id", "op"}:
             raise ValueError("BSON {id, op}")
         merge.check_op(body["op"])
-        return Record(item[0], item[1], item[2], item[3], body["id"], body["op"])
+        return Record(item[0], item[1], item[2], item[3], body["id"], body["op"], item[4])
 
 
 def _parse_vv(cls, body: Any) -> dict[str, int]:
@@ -251,6 +278,7 @@ class _Peer:
     shipped: dict = field(default_factory=dict)    # origin -> (seq shipped up to, when)
     snapshot_done: float | None = None             # when the last snapshot to it finished
     stalled: dict = field(default_factory=dict)    # origin -> (its seq there, since when): relaying
+    behind_since: float | None = None              # when it was found behind the retained oplog
 
 
 @dataclass
@@ -264,14 +292,20 @@ class _Outgoing:
 class Replica:
     def __init__(self, me: str, store: ReplicaStore, members: tuple[str, ...] = (), *,
                  status_interval: float = 1.0, retain_records: int = 100_000,
-                 retain_seconds: float = 24 * 3600.0, housekeeping_interval: float = 0.0) -> None:
+                 retain_seconds: float = 24 * 3600.0, housekeeping_interval: float = 0.0,
+                 forget_dead_after: float | None = None) -> None:
         """``housekeeping_interval``: the least time between two compactions (and two
         retention passes): each is a write transaction of the store, over every document
-        with metadata; 0 runs them on every tick that moves them."""
+        with metadata; 0 runs them on every tick that moves them. ``forget_dead_after``
+        (default ``retain_seconds``): how long a member may be dead before it stops holding
+        compaction and this node's oplog back (it gets a snapshot when it returns)."""
         self.me, self.store = me, store
         self.status_interval = status_interval
         self.retain_records, self.retain_seconds = retain_records, retain_seconds
         self.members: set[str] = {me, *members}
+        self.forget_dead_after = retain_seconds if forget_dead_after is None else forget_dead_after
+        self._dead_since: dict[str, float] = {}   # member -> when it was first seen dead
+        self.forgotten: set[str] = set()          # dead for longer than forget_dead_after
         self.peers: dict[str, _Peer] = {}
         self._own_shipped = store.applied().get(me, (0, 0))[0]   # own records broadcast up to
         # (what a restart did not ship reaches the peers by catch-up)
@@ -290,13 +324,29 @@ class Replica:
         self._housekept = float("-inf")
         self.stats = {"shipped": 0, "applied": 0, "duplicates": 0, "late": 0, "buffered_dropped": 0,
                       "snapshots_sent": 0, "snapshots_installed": 0, "snapshot_docs": 0, "snapshot_bytes": 0,
-                      "catchup_records": 0, "failed": 0, "replayed": 0}
+                      "catchup_records": 0, "failed": 0, "replayed": 0, "dropped": 0}
 
     # ---- membership --------------------------------------------------------------
 
-    def set_members(self, ids) -> None:
-        """Every node that counts for stability (the deployment's nodes that have not left)."""
+    def set_members(self, ids, dead=(), now: float = 0.0) -> None:
+        """Every node that counts for stability (the deployment's nodes that have not left);
+        ``dead``: those of them the mesh declares dead (since ``now``, when first told)."""
         self.members = {self.me, *ids}
+        self._dead_since = {n: self._dead_since.get(n, now) for n in dead if n in self.members and n != self.me}
+        self.forgotten &= set(self._dead_since)
+
+    def _forget_dead(self, now: float) -> None:
+        """A member dead for longer than forget_dead_after stops counting for stability and
+        retention: metadata and the oplog stay bounded while it is away."""
+        for n, since in self._dead_since.items():
+            if n not in self.forgotten and now - since >= self.forget_dead_after:
+                self.forgotten.add(n)
+                log.warning("db: %s has been dead for %.0f s: it no longer holds compaction and the oplog "
+                            "back (it gets a snapshot when it returns)", n, now - since)
+
+    def _counted(self) -> set[str]:
+        """The other members whose progress compaction and retention wait for."""
+        return self.members - self.forgotten - {self.me}
 
     def _peer(self, node_id: str) -> _Peer:
         p = self.peers.get(node_id)
@@ -402,6 +452,8 @@ class Replica:
                 self.stats["late"] += 1
             elif outcome == "replayed":    # arrived out of HLC order: merged by the rules
                 self.stats["replayed"] += 1
+            elif outcome == "dropped":     # stamped below a drop of its collection: wiped
+                self.stats["dropped"] += 1
             if isinstance(outcome, str):
                 self.stats["applied"] += 1
             elif isinstance(outcome, Exception):
@@ -440,6 +492,7 @@ class Replica:
 
     def _on_status(self, msg: Status, sender: str, now: float) -> Out:
         peer = self._peer(sender)
+        before = peer.report.vv if peer.report is not None else {}
         peer.report = msg
         self.store.observe(msg.hlc)
         applied = self.store.applied()
@@ -454,22 +507,27 @@ class Replica:
                 continue
             if origin != self.me:
                 # A third origin's records: that origin ships them itself. Relay only when
-                # the peer has made no progress on them for RELAY_AFTER status intervals
-                # (the origin cannot reach it, is dead, or a batch was lost), so a peer
-                # that is behind does not get every record twice.
+                # the peer has made no progress on them for RELAY_AFTER status intervals,
+                # and at least RESEND (the origin cannot reach it, is dead, or a batch was
+                # lost), so a peer that is behind, or busy applying, does not get every
+                # record twice.
                 since = peer.stalled.get(origin)
                 if since is None or since[0] != theirs:
                     peer.stalled[origin] = (theirs, now)
                     continue
-                if now - since[1] < RELAY_AFTER * self.status_interval:
+                if now - since[1] < max(RELAY_AFTER * self.status_interval, RESEND):
                     continue
             start = theirs
             shipped = peer.shipped.get(origin)
-            if shipped and shipped[0] > theirs and now - shipped[1] < RESEND:
-                start = shipped[0]      # in flight: not again before RESEND
-            if start >= seq:
+            if shipped and shipped[0] > theirs:
+                if theirs > before.get(origin, 0):   # it is applying them: in flight, not lost
+                    shipped = peer.shipped[origin] = (shipped[0], now)
+                if now - shipped[1] < RESEND:
+                    start = shipped[0]      # in flight: not again before RESEND without progress
+            upto = min(seq, theirs + WINDOW)    # no more in flight than it can hold and apply
+            if start >= upto:
                 continue
-            records = self.store.records_after(origin, start, BATCH * 8)
+            records = self.store.records_after(origin, start, min(BATCH * 8, upto - start))
             if records is None:
                 behind = True
                 break
@@ -480,6 +538,8 @@ class Replica:
                 self.stats["catchup_records"] += len(records)
         if behind:
             out = self._start_snapshot(sender, now)
+        else:
+            peer.behind_since = None
         if any(v > applied.get(o, (0, 0))[0] for o, v in msg.vv.items()) and \
                 now - self._asked.get(sender, float("-inf")) >= self.status_interval / 2:
             self._asked[sender] = now
@@ -492,6 +552,13 @@ class Replica:
         peer = self._peer(peer_id)
         if peer_id in self._snapshots_out or (
                 peer.snapshot_done is not None and now - peer.snapshot_done < RESEND):
+            return []
+        if peer.behind_since is None:
+            peer.behind_since = now
+        # One member streams it (the smallest id not known dead), not every member that
+        # finds it behind; the others do only if it is still behind after SNAPSHOT_WAIT.
+        streamer = min(self.members - set(self._dead_since) - {peer_id})
+        if streamer != self.me and now - peer.behind_since < SNAPSHOT_WAIT:
             return []
         vv, docs = self.store.snapshot()
         self._snapshots_out[peer_id] = _Outgoing(next(self._sids), docs, vv)
@@ -565,13 +632,13 @@ class Replica:
         default every member) is applied here."""
         own = self.store.covered() if own is None else own
         applied = self.store.applied() if applied is None else applied
-        origins = (self.members if origins is None else set(origins)) - {self.me}   # a node that left writes no more
+        origins = self._counted() if origins is None else set(origins) - {self.me}   # a node that left writes no more
         return min([own] + [max(self._peer(o).covered, applied.get(o, (0, 0))[1]) for o in origins])
 
     def stable(self, frontier: int | None = None) -> int:
         """Every member has applied every operation at or below this HLC."""
         f = self.frontier() if frontier is None else frontier
-        reports = [self.peers[n].report if n in self.peers else None for n in self.members - {self.me}]
+        reports = [self.peers[n].report if n in self.peers else None for n in self._counted()]
         return min([f] + [r.frontier if r is not None else 0 for r in reports])
 
     def status(self) -> Status:
@@ -583,7 +650,7 @@ class Replica:
     def compaction_point(self) -> int:
         """The least stable time of the members, each counted once its records are here."""
         own = self.stable()
-        return min([own] + [self.peers[n].stable if n in self.peers else 0 for n in self.members - {self.me}])
+        return min([own] + [self.peers[n].stable if n in self.peers else 0 for n in self._counted()])
 
     def lag_ms(self) -> dict[str, int]:
         """Per origin, how far (its HLC's milliseconds) this node is behind what the origin
@@ -600,6 +667,12 @@ class Replica:
             out[node_id] = max(0, unpack(r.hlc)[0] - unpack(max(hlc, peer.covered))[0]) if behind else 0
         return out
 
+    def exchanged(self, alive) -> bool:
+        """Whether every alive peer has told this node its vector and clock since it
+        started (each Status moves this node's clock past the sender's): then a write
+        here is stamped after everything those peers have written or compacted."""
+        return all(n in self.peers and self.peers[n].report is not None for n in set(alive) - {self.me})
+
     def acked(self, origin: str, seq: int) -> int:
         """How many nodes (this one included) have the record (origin, seq): write concern."""
         return sum(1 for n in self.members if (
@@ -608,6 +681,7 @@ class Replica:
 
     def tick(self, now: float) -> Out:
         """Periodic work: flush, status, snapshot streams, compaction, retention."""
+        self._forget_dead(now)
         out = self.flush(now)
         out += self._snapshot_chunks(now)
         if now - self._last_status >= self.status_interval:
@@ -628,7 +702,7 @@ class Replica:
         for origin, (seq, _) in applied.items():
             everyone = min([seq] + [self.peers[n].report.vv.get(origin, 0)
                                     if n in self.peers and self.peers[n].report else 0
-                                    for n in self.members - {self.me}])
+                                    for n in self._counted()])
             upto = everyone
             if origin != self.me:   # own records exist nowhere else until every member has them
                 upto = max(upto, seq - self.retain_records, self.store.first_retained(origin) - 1)
@@ -645,7 +719,7 @@ def _batches(records: list[Record]) -> Iterator[list[Record]]:
     batch: list[Record] = []
     size = 0
     for r in records:
-        n = len(r.to_wire()[4]) + len(r.ns) + len(r.origin) + 24
+        n = len(r.encoded()) + len(r.ns) + len(r.origin) + 24
         if batch and (len(batch) >= BATCH or size + n > BATCH_BYTES):
             yield batch
             batch, size = [], 0
@@ -685,7 +759,9 @@ class ReplicaPeer:
                 self.bus.send(to, msg)
 
     def _members(self) -> None:
-        self.replica.set_members(m.id for m in self.bus.members() if m.state != LEFT)
+        members = [m for m in self.bus.members() if m.state != LEFT]
+        self.replica.set_members([m.id for m in members], [m.id for m in members if m.state == DEAD],
+                                 self.clock.monotonic())
 
     def _on_message(self, msg: PeerMessage, env: Envelope) -> None:
         self._send(self.replica.receive(msg, env.origin, self.clock.monotonic()))
@@ -784,7 +860,7 @@ class MemoryStore:
             self.hlc.observe(r.hlc)
             key = (r.ns, id_key(r.id))
             result = merge.apply(self.docs.get(key, (None, None))[1], r.stamp, r.op)
-            if r.op["op"] == "n":
+            if r.op["op"] in ("n", "c"):   # the catalog is the LMDB store's (merge.CATALOG_TABLE)
                 pass
             elif result.state is None:
                 self.docs.pop(key, None)

@@ -13,6 +13,10 @@ around each command of the wire endpoint:
 - ``writeConcern`` ``w: "majority"`` (or a number) answers once that many members have
   applied the write (``Replica.acked``); past ``wtimeout`` the write's reply carries a
   ``writeConcernError`` (the write itself stays: it is committed here and replicates);
+- writes (and catalog commands) wait, once, after the node starts, until every alive peer
+  has sent its vector and clock (``Replica.exchanged``) or ``STARTUP_WAIT`` passed: a
+  restarted node with a slow clock would otherwise stamp writes below what its peers
+  compacted;
 - ``$readPreference``: ``primary`` (also what a driver sends by omitting it) and
   ``primaryPreferred`` reads go to ``[db] primary`` over the mesh (``Forward``) when it is
   another node; ``nearest`` and ``secondary*`` read here, unless this node lags by more
@@ -44,6 +48,8 @@ from farts.peer import Envelope, PeerBus, PeerMessage, need
 log = logging.getLogger("farts.db.replication")
 
 WRITES = frozenset({"insert", "update", "delete", "findAndModify", "findandmodify"})
+CATALOG_WRITES = frozenset({"create", "drop", "dropDatabase", "createIndexes", "dropIndexes"})
+STARTUP_WAIT = 5.0              # seconds a started node holds writes back for its peers' vectors
 READS = frozenset({"find", "count", "distinct", "aggregate"})
 HOUSEKEEPING = 1.0              # seconds between compactions / oplog truncations (write transactions)
 FORWARD_TIMEOUT = 10.0          # seconds a forwarded read waits without maxTimeMS
@@ -124,7 +130,9 @@ class Replication:
         self._rids = itertools.count(1)
         self._forwarded: dict[int, tuple[str, asyncio.Future]] = {}   # rid -> (primary, its reply)
         self.counts = {"causal_waits": 0, "causal_timeouts": 0, "write_concern_waits": 0,
-                       "write_concern_timeouts": 0, "forwarded": 0, "forwards_served": 0}
+                       "write_concern_timeouts": 0, "forwarded": 0, "forwards_served": 0, "startup_waits": 0}
+        self._exchanged: asyncio.Future | None = None   # writes wait on it after the start
+        self._started = 0.0
         self._unsubscribe: list = []
 
     # ---- life ----
@@ -137,6 +145,7 @@ class Replication:
                                retain_seconds=self.cfg.oplog_retain_seconds,
                                housekeeping_interval=HOUSEKEEPING)
         self.peer = ReplicaPeer(self.replica, self.bus, self.clock, on_progress=self._progress)
+        self._started = self.clock.monotonic()
         commands.on_commit = self.peer.committed_locally
         self._unsubscribe = [self.bus.subscribe(Forward, self._on_forward),
                              self.bus.subscribe(ForwardReply, self._on_forward_reply)]
@@ -161,9 +170,12 @@ class Replication:
                 "having written (ms of its HLC; 0: it has all of it)",
                 lambda: {(o,): v for o, v in r.lag_ms().items()}, ("origin",))
         m.gauge("farts_db_replication_ops", "Replicated oplog records, by what happened to them "
-                "(shipped, applied, duplicates, catchup_records, failed, late, buffered_dropped)",
+                "(shipped, applied, duplicates, catchup_records, failed, late, buffered_dropped, dropped: "
+                "stamped below a drop of their collection)",
                 lambda: {(k,): r.stats[k] for k in ("shipped", "applied", "duplicates", "catchup_records",
-                                                    "failed", "late", "buffered_dropped")}, ("kind",))
+                                                    "failed", "late", "buffered_dropped", "dropped")}, ("kind",))
+        m.gauge("farts_db_replication_forgotten_members", "Members dead for longer than oplog_retain_seconds: "
+                "compaction and the oplog no longer wait for them", lambda: len(r.forgotten))
         m.gauge("farts_db_replication_conflicts_resolved", "Replicated operations that arrived out of HLC "
                 "order and were merged by the rules (replayed)", lambda: r.stats["replayed"])
         m.gauge("farts_db_replication_unique_conflicts", "Unique index keys two nodes' writes both hold "
@@ -183,7 +195,7 @@ class Replication:
             return {}
         applied = self.store.applied()
         return {"lag_ms": self.replica.lag_ms(), "applied": {o: seq for o, (seq, _) in applied.items()},
-                "stats": dict(self.replica.stats)}
+                "stats": dict(self.replica.stats), "forgotten": sorted(self.replica.forgotten)}
 
     # ---- waiting ----
 
@@ -240,6 +252,8 @@ class Replication:
         waiting for a causal read, maybe forwarded, maybe followed by a write concern."""
         body = cmd.body
         name = cmd.name
+        if (name in WRITES or name in CATALOG_WRITES) and not self._ready():
+            return self._after_exchange(lambda: self.run(session, cmd, local))
         if name in WRITES:
             wc = body.get("writeConcern")
             result = local()
@@ -290,6 +304,30 @@ class Replication:
                                      f"this node lags {lag:.1f} s behind, more than maxStalenessSeconds "
                                      f"{staleness}, and no primary is reachable")
         return None
+
+    def _ready(self) -> bool:
+        """Whether writes go ahead: the vectors were exchanged (or waited for) since the start."""
+        if self._exchanged is not None:
+            return self._exchanged.done()
+        if self.replica.exchanged(self._alive()):
+            self._exchanged = asyncio.get_running_loop().create_future()
+            self._exchanged.set_result(True)
+            return True
+        return False
+
+    async def _after_exchange(self, run):
+        if self._exchanged is None:
+            self.counts["startup_waits"] += 1
+            wait = max(0.0, self._started + STARTUP_WAIT - self.clock.monotonic())
+            self._exchanged = self._wait(lambda: self.replica.exchanged(self._alive()), wait)
+            self._exchanged.add_done_callback(lambda f: log.info(
+                "db: taking writes, %s", "vectors exchanged with every alive peer" if f.result() else
+                f"after {STARTUP_WAIT:.0f} s without every alive peer's vector"))
+        await asyncio.shield(self._exchanged)
+        result = run()
+        if asyncio.isfuture(result) or asyncio.iscoroutine(result):
+            result = await result
+        return result
 
     async def _after(self, after: int, timeout: float | None, local):
         self.counts["causal_waits"] += 1

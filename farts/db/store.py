@@ -42,7 +42,7 @@ from bson.regex import Regex
 from farts.clock import HLC
 from farts.db import keys, merge, validation
 from farts.db.errors import MongoError
-from farts.db.update import is_replacement
+from farts.db.update import _copy, is_replacement
 
 log = logging.getLogger("farts.db.store")
 
@@ -131,10 +131,14 @@ class Store:
         self.rmeta = self.env.open_db(b"rmeta")
         self.conflicts = self.env.open_db(b"conflicts")
         self.unique_conflicts = 0     # resolved since start (a metric)
+        self.validation_warnings = 0  # writes let through by validationAction "warn" (serverStatus)
         self.oversized = 0            # replicated documents merged past MAX_DOCUMENT_BYTES (a metric)
         self.replicated = replicated
         vv: dict[str, tuple[int, int]] = {}
         self._origin = node_id.encode() + b"\0"
+        # Namespaces and databases that have (or had) a drop floor: most have none, and a
+        # replicated write looks its floor up only when its names are here (writer thread).
+        self._floor_names: set[str] = set()
         self._index_dbs: dict[bytes, object] = {}
         catalog = {}
         with self.env.begin() as txn:
@@ -144,6 +148,8 @@ class Store:
                     catalog[c.ns] = c
                 elif k.startswith(b"vv:"):
                     vv[k[3:].decode()] = _POS.unpack(v)
+                elif k.startswith(b"drop:"):
+                    self._floor_names.add(k[5:].decode())
             seq = txn.get(b"seq", db=self.meta)
             hlc = txn.get(b"hlc", db=self.meta)
         live = {index_db_name(c.ns, i.name) for c in catalog.values() for i in c.indexes}
@@ -170,6 +176,7 @@ class Store:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._last_group = 1          # writes in the last commit
         self._commit_seconds = 0.0    # moving average of a commit's duration (its fsyncs)
+        self._compact_from = b""      # where the next compaction pass starts (writer thread)
         self._thread = threading.Thread(target=self._writer, name="farts-db-writer", daemon=True)
         self._thread.start()
 
@@ -522,8 +529,15 @@ class Store:
         order): each in its own nested transaction with its origin's applied position, all
         in one commit. Resolves to each record's outcome (a merge outcome, "duplicate" if it
         was applied before, or the exception that undid it: the records of that origin after
-        it are left for later)."""
+        it are left for later). They are tried all in one nested transaction first (the
+        usual case: one transaction's cost, not one per record), then, if one failed, each
+        in its own."""
         def run(w: WriteTxn) -> list:
+            positions = dict(self._wvv)
+            try:
+                return w.atomic(lambda: [w.apply_record(r) for r in records])
+            except Exception:   # noqa: BLE001 - undone: applied one by one below, to keep the others
+                self._wvv = positions
             failed: set[str] = set()
             out: list = []
             for r in records:
@@ -561,10 +575,12 @@ class Store:
                 d = bson.decode(v)
                 if int(d["s"]) != seq + 1 + len(out):
                     break
-                # a record without an effect (a catalog change, a write from before
-                # replication) travels as a no-op: the sequence stays contiguous
-                out.append(Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"),
-                                  d.get("e") or {"op": "n"}))
+                # a record without an effect (a write from before replication) travels
+                # as a no-op: the sequence stays contiguous
+                if "w" in d:
+                    out.append(Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"), body=d["w"]))
+                else:
+                    out.append(Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"), {"op": "n"}))
         return out
 
     def retained(self, origin: str) -> int:
@@ -604,7 +620,9 @@ class Store:
 
     def snapshot(self):
         """(version vector, iterator of (ns, _id, merge state)) from one read transaction,
-        kept open while the iterator is (LMDB readers see one point in time)."""
+        kept open while the iterator is (LMDB readers see one point in time); a state may
+        be in a short form (``_snapshot_entry``; ``install_snapshot`` reads them). The catalog
+        comes first: ("", namespace, {row, cs, drop}) (``WriteTxn.install_catalog``)."""
         txn = self.env.begin()
         vv = {o: seq for o, (seq, _) in self._committed_vv.items()}
         for k, v in txn.cursor(self.meta).iternext():
@@ -615,6 +633,8 @@ class Store:
 
         def docs():
             try:
+                for name, entry in _catalog_entries(txn, self.meta):
+                    yield "", name, entry
                 meta = txn.cursor(self.rmeta)
                 has_meta = meta.first()
                 for k, v in txn.cursor(self.docs).iternext():
@@ -636,26 +656,33 @@ class Store:
     def install_snapshot(self, vv: dict[str, int], docs) -> concurrent.futures.Future:
         """Replaces every document with a peer's snapshot (``docs``: (ns, _id, merge state)),
         sets the applied positions to its vector, then re-applies the retained records it
-        lacks (this node's own later writes among them). The local catalog (collections,
-        index definitions) stays; index entries are rebuilt."""
+        lacks (this node's own later writes among them). The catalog (collections, index
+        definitions, drops) becomes the peer's too; index entries are rebuilt."""
         def run(w: WriteTxn) -> None:
             txn, st = w.txn, self
-            for coll in st._wcat.values():
+            for coll in list(st._wcat.values()):
                 for idx in coll.indexes:
                     txn.drop(st.index_db(txn, coll.ns, idx.name), delete=False)
+                w._set_collection(coll.ns, None)
             txn.drop(st.docs, delete=False)
             txn.drop(st.rmeta, delete=False)
             txn.drop(st.conflicts, delete=False)
-            for k in [k for k, _ in txn.cursor(st.meta) if k.startswith(b"vv:")]:
+            for k in [k for k, _ in txn.cursor(st.meta) if k.startswith((b"vv:", b"cs:", b"drop:"))]:
                 txn.delete(k, db=st.meta)
             for ns, _id, state in docs:
+                if ns == "":
+                    w.install_catalog(_id, state)
+                    continue
                 coll = w.collection(ns)
                 id_key = keys.encode(_id)
                 doc = state.get("v")
                 if doc is not None:
                     txn.put(ns_prefix(ns) + id_key, w._encode_doc(doc))
                     w._index_put(ns, coll, doc, id_key, None, resolve=True)
-                txn.put(ns_prefix(ns) + id_key, _rmeta_encode(_id, state), db=st.rmeta)
+                if "i" in state:
+                    txn.put(ns_prefix(ns) + id_key, bson.encode({"id": _id, "i": state["i"]}), db=st.rmeta)
+                elif "m" in state:
+                    txn.put(ns_prefix(ns) + id_key, _rmeta_encode(_id, state), db=st.rmeta)
             st._wvv = {o: (seq, 0) for o, seq in vv.items() if o != st.node_id}
             for o, (seq, hlc) in st._wvv.items():
                 txn.put(b"vv:" + o.encode(), _POS.pack(seq, hlc), db=st.meta)
@@ -667,12 +694,21 @@ class Store:
         return self.submit(run, exclusive=True)
 
     def compact(self, stable: int, limit: int = 10_000) -> concurrent.futures.Future:
-        """merge.compact on the documents with metadata (at most limit of them a call): what
-        every node has passed is folded, metadata with nothing left in it is dropped (the
-        document then counts as older than anything to come), stable tombstones go."""
+        """merge.compact on the documents with metadata (at most limit of them a call, each
+        call going on where the last one stopped): what every node has passed is folded,
+        metadata with nothing left in it is dropped (the document then counts as older than
+        anything to come), stable tombstones go."""
         def run(w: WriteTxn) -> int:
             txn, n = w.txn, 0
-            for k, v in list(txn.cursor(self.rmeta).iternext())[:limit]:
+            batch = []
+            cur = txn.cursor(self.rmeta)
+            if cur.set_range(self._compact_from):
+                for item in cur:
+                    batch.append(item)
+                    if len(batch) >= limit:
+                        break
+            self._compact_from = batch[-1][0] + b"\0" if len(batch) >= limit else b""
+            for k, v in batch:
                 data = txn.get(k, db=self.docs)
                 _id, state = _rmeta_decode(v, bson.decode(data) if data is not None else None)
                 new = merge.compact(state, stable)
@@ -682,8 +718,45 @@ class Store:
                 else:
                     txn.put(k, _rmeta_encode(_id, new), db=self.rmeta)
                 n += 1
+            self._compact_catalog(txn, stable)
             return n
         return self.submit(run)
+
+    def _compact_catalog(self, txn, stable: int) -> None:
+        """merge.catalog_compact on every catalog state, then drops the drop floors at or
+        below stable (no write stamped below them can arrive any more)."""
+        floors = {name: merge.Stamp.of(bson.decode(v)["s"]) for name, v in _meta_items(txn, self.meta, b"drop:")}
+        for name, v in _meta_items(txn, self.meta, b"cs:"):
+            floor = max((floors[n] for n in (name, _database_of(name)) if n in floors),
+                        key=merge.Stamp.key, default=None)
+            state = merge.catalog_compact(bson.decode(v)["s"], floor, stable)
+            if state is None:
+                txn.delete(b"cs:" + name.encode(), db=self.meta)
+            else:
+                txn.put(b"cs:" + name.encode(), bson.encode({"s": state}), db=self.meta)
+        for name, floor in floors.items():
+            if floor.hlc <= stable:
+                txn.delete(b"drop:" + name.encode(), db=self.meta)
+
+
+def _meta_items(txn, meta, prefix: bytes) -> list[tuple[str, bytes]]:
+    out = []
+    cur = txn.cursor(meta)
+    if cur.set_range(prefix):
+        for k, v in cur:
+            if not k.startswith(prefix):
+                break
+            out.append((k[len(prefix):].decode(), v))
+    return out
+
+
+def _catalog_entries(txn, meta) -> list[tuple[str, dict]]:
+    """(namespace, {row, cs, drop}): what the catalog holds of each, as stored."""
+    entries: dict[str, dict] = {}
+    for prefix, name in ((b"c:", "row"), (b"cs:", "cs"), (b"drop:", "drop")):
+        for ns, v in _meta_items(txn, meta, prefix):
+            entries.setdefault(ns, {})[name] = v
+    return sorted(entries.items())
 
 
 def _conflict_prefix(ns: str, idx: Index, k: bytes) -> bytes:
@@ -698,17 +771,24 @@ def _rmeta_encode(_id, state: dict) -> bytes:
 
 def _rmeta_decode(data: bytes, doc: dict | None) -> tuple[object, dict]:
     d = bson.decode(data)
+    if "i" in d:   # the state an insert of doc made on nothing
+        return d["id"], merge.apply(None, merge.Stamp.of(d["i"]), {"op": "i", "doc": _copy(doc)}).state
     d["s"]["v"] = doc
     return d["id"], d["s"]
 
 
 def _snapshot_entry(key: bytes, data: bytes | None, meta: bytes | None) -> tuple[str, object, dict]:
+    """(ns, _id, state): the document alone ({v}) when it has no metadata, with its
+    insert's stamp ({v, i}) when one insert made it, else its whole merge state."""
     ns = key.split(b"\0", 1)[0].decode()
     doc = bson.decode(data) if data is not None else None
     if meta is None:
-        return ns, doc["_id"], {"v": doc, "m": {"w": {}, "e": {}}, "t": Int64(0)}
-    _id, state = _rmeta_decode(meta, doc)
-    return ns, _id, state
+        return ns, doc["_id"], {"v": doc}
+    d = bson.decode(meta)
+    if "i" in d:
+        return ns, d["id"], {"v": doc, "i": d["i"]}
+    d["s"]["v"] = doc
+    return ns, d["id"], d["s"]
 
 
 def _best_plan(coll: Collection, flt: dict) -> keys.Scan | None:
@@ -848,6 +928,8 @@ class WriteTxn:
         if _id is not None:
             rec["id"] = _id
         rec.update(fields)
+        if "e" in fields:   # replicated: the effect as it travels (records_after ships these bytes)
+            rec["w"] = bson.encode({"id": _id, "op": rec.pop("e")})
         self.txn.put(st._origin + _SEQ.pack(stamp.seq), bson.encode(rec), db=st.oplog)
 
     # -- documents --
@@ -875,12 +957,15 @@ class WriteTxn:
         return e
 
     def _index_put(self, ns: str, coll: Collection, doc: dict, id_key: bytes, old: dict | None,
-                   resolve: bool = False) -> None:
+                   resolve: bool = False, only: set[str] | None = None) -> None:
         """Adds doc's index keys (and removes old's that it no longer has). A unique key held
         by another document is a DuplicateKey error, or with ``resolve`` (a replicated write:
-        it happened elsewhere and cannot be refused) a conflict resolved by ``_unique_put``."""
+        it happened elsewhere and cannot be refused) a conflict resolved by ``_unique_put``.
+        ``only``: the names of the indexes to fill (an index being built)."""
         txn = self.txn
         for pos, idx in enumerate(coll.indexes):
+            if only is not None and idx.name not in only:
+                continue
             if old is not None and all(_same_scalar(old.get(top), doc.get(top)) for top in _tops(idx)):
                 continue   # the update left every indexed field alone
             db = self.store.index_db(txn, ns, idx.name)
@@ -951,11 +1036,13 @@ class WriteTxn:
         if isinstance(_id, (list, Regex)) or type(_id).__name__ == "Pattern":
             raise _err(2, "BadValue", f"can't use {'an array' if isinstance(_id, list) else 'a regex'} for _id")
         coll = self.collection(ns)
-        if coll.options and not self.bypass_validation:
-            validation.check_write(coll.options, None, doc)
+        if coll.options and not self.bypass_validation and validation.check_write(coll.options, None, doc):
+            self.store.validation_warnings += 1
         id_key = keys.encode(_id)
         stamp, effect = None, {}
         if self.store.replicated:
+            if self.txn.get(ns_prefix(ns) + id_key) is not None:   # before merging into its state
+                raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
             stamp, effect = self._stamp(), {"e": {"op": "i", "doc": doc}}
             if upsert is not None and not is_replacement(upsert[1]):
                 effect["e"] = merge.upsert_effect(doc, upsert[0], upsert[1], self._ctx(stamp))
@@ -964,14 +1051,17 @@ class WriteTxn:
         if not self.txn.put(ns_prefix(ns) + id_key, data, overwrite=False):
             raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
         self._index_put(ns, coll, doc, id_key, None)
-        self.log(ns, "i", _id, stamp=stamp, doc=doc, **effect)
+        if effect:   # the effect has the document
+            self.log(ns, "i", _id, stamp=stamp, **effect)
+        else:
+            self.log(ns, "i", _id, stamp=stamp, doc=doc)
         return doc
 
     def replace(self, ns: str, old: dict, new: dict, op: dict) -> None:
         """Writes new over old (same _id); op is the oplog record's body."""
         coll = self.collection(ns)
-        if coll.options and not self.bypass_validation:
-            validation.check_write(coll.options, old, new)
+        if coll.options and not self.bypass_validation and validation.check_write(coll.options, old, new):
+            self.store.validation_warnings += 1
         id_key = keys.encode(old["_id"])
         stamp = None
         if self.store.replicated:
@@ -1014,19 +1104,24 @@ class WriteTxn:
         st, key = self.store, ns_prefix(ns) + id_key
         raw = self.txn.get(key, db=st.rmeta)
         if raw is not None:
-            state = _rmeta_decode(raw, doc)[1]
+            state = _rmeta_decode(raw, _copy(doc))[1]
         elif doc is not None:
-            state = {"v": doc, "m": {"w": {}, "e": {}}, "t": Int64(0)}
+            state = {"v": _copy(doc), "m": {"w": {}, "e": {}}, "t": Int64(0)}
         else:
             state = None
-        applied = merge.apply(state, stamp, op)
+        applied = merge.apply(state, stamp, op, owned=True)
         if outcome is not None:
             outcome.append(applied.outcome)
         result = applied.state
         if result is None:
             self.txn.delete(key, db=st.rmeta)
             return None
-        self.txn.put(key, _rmeta_encode(_id, result), db=st.rmeta)
+        if state is None and op["op"] == "i" and "u" not in op:
+            # Made by this insert alone (the usual insert): kept as its stamp, the rest
+            # follows from the document (_rmeta_decode).
+            self.txn.put(key, bson.encode({"id": _id, "i": stamp.to_bson()}), db=st.rmeta)
+        else:
+            self.txn.put(key, _rmeta_encode(_id, result), db=st.rmeta)
         return result["v"]
 
     def apply_record(self, r, position: bool = True) -> str:
@@ -1040,14 +1135,17 @@ class WriteTxn:
             return "duplicate"
         if position and r.seq != have + 1:
             raise _err(1, "InternalError", f"record {r.origin}:{r.seq} is not the next of its origin ({have})")
-        if r.op["op"] != "n":
+        if r.op["op"] == "c":
+            self.apply_catalog(r.ns, r.stamp, r.op)
+            outcome = "applied"
+        elif r.op["op"] != "n":
             outcome = self._apply_effect(r)
         else:
             outcome = "applied"
         if not position:
             return outcome
         rec = {"o": r.origin, "s": Int64(r.seq), "ts": Int64(r.hlc), "ns": r.ns, "op": r.op["op"], "id": r.id,
-               "e": r.op}
+               "w": r.encoded()}
         self.txn.put(r.origin.encode() + b"\0" + _SEQ.pack(r.seq), bson.encode(rec), db=st.oplog)
         self.txn.put(b"vv:" + r.origin.encode(), _POS.pack(r.seq, r.hlc), db=st.meta)
         st.observe(r.hlc)
@@ -1056,10 +1154,13 @@ class WriteTxn:
 
     def _apply_effect(self, r) -> str:
         st = self.store
+        if merge.below(r.stamp, self.drop_floor(r.ns)):
+            return "dropped"   # its collection (or database) was dropped after it: wiped in every order
         coll = self.collection(r.ns)
         id_key = keys.encode(r.id)
         key = ns_prefix(r.ns) + id_key
-        old = self.store.get(self.txn, r.ns, r.id)
+        data = self.txn.get(key)
+        old = bson.decode(data) if data is not None else None
         outcome: list[str] = []
         new = self._merge(r.ns, r.id, id_key, old, r.stamp, r.op, outcome)
         if new is not None:
@@ -1081,10 +1182,15 @@ class WriteTxn:
         return outcome[0]
 
     # -- catalog (run with submit(..., exclusive=True): they open sub-databases) --
+    # With replication, each is a record of merge's CATALOG_TABLE, applied here as on
+    # every other node (``apply_catalog``) once this node's own checks passed.
 
     def create_collection(self, ns: str, options: dict) -> None:
         if ns in self.store._wcat:
             raise _err(48, "NamespaceExists", f"Collection {self.store.display_ns(ns)} already exists.")
+        if self.store.replicated:
+            self._catalog_write(ns, {"op": "c", "c": "create", "options": options})
+            return
         self._set_collection(ns, Collection(ns, (), options))
         self.log(ns, "c", cmd={"create": ns, "options": options})
 
@@ -1093,6 +1199,9 @@ class WriteTxn:
         coll = self.store._wcat.get(ns)
         if coll is None:
             raise _err(26, "NamespaceNotFound", f"ns does not exist: {self.store.display_ns(ns)}")
+        if self.store.replicated:
+            self._catalog_write(ns, {"op": "c", "c": "collMod", "options": options})
+            return
         self._set_collection(ns, replace(coll, options=options))
         self.log(ns, "c", cmd={"collMod": ns, "options": options})
 
@@ -1100,18 +1209,23 @@ class WriteTxn:
         coll = self.store._wcat.get(ns)
         if coll is None:
             return False
-        prefix = ns_prefix(ns)
-        cur = self.txn.cursor(self.store.docs)
-        if cur.set_range(prefix):
-            while cur.key().startswith(prefix):
-                if not cur.delete():
-                    break
+        if self.store.replicated:
+            self._catalog_write(ns, {"op": "c", "c": "drop"})
+            return True
+        self._delete_documents(ns)
         for idx in coll.indexes:
-            self.txn.drop(self.store.index_db(self.txn, ns, idx.name), delete=False)
-            self._forget_conflicts(ns, idx)
+            self._drop_index_db(ns, idx)
         self._set_collection(ns, None)
         self.log(ns, "c", cmd={"drop": ns})
         return True
+
+    def drop_database(self, prefix: str) -> None:
+        """Drops every collection whose namespace starts with prefix ("tenant$db.")."""
+        if self.store.replicated:
+            self._catalog_write(prefix, {"op": "c", "c": "dropDatabase"})
+            return
+        for ns in [n for n in self.store._wcat if n.startswith(prefix)]:
+            self.drop_collection(ns)
 
     def create_index(self, ns: str, index: Index) -> bool:
         """False if an identical index exists; raises on a conflicting one or a duplicate."""
@@ -1126,17 +1240,12 @@ class WriteTxn:
             if same_key:
                 raise _err(85, "IndexOptionsConflict",
                            f"Index with name: {index.name} already exists with a different name or options")
-        db = self.store.index_db(self.txn, ns, index.name, create=True)
-        self.txn.drop(db, delete=False)  # left over from an earlier index of the same name
-        coll = replace(coll, indexes=coll.indexes + (index,))
-        self._set_collection(ns, coll)
-        prefix = ns_prefix(ns)
-        cur = self.txn.cursor(self.store.docs)
-        if cur.set_range(prefix):
-            for k, v in cur:
-                if not k.startswith(prefix):
-                    break
-                self._index_put(ns, self.store._wcat[ns], bson.decode(v), k[len(prefix):], None)
+        if self.store.replicated:
+            self._catalog_write(ns, {"op": "c", "c": "createIndex", "index": _index_spec(index)})
+            return True
+        self._open_index_db(ns, index)
+        self._set_collection(ns, replace(coll, indexes=coll.indexes + (index,)))
+        self._build_indexes(ns, {index.name}, resolve=False)
         self.log(ns, "c", cmd={"createIndexes": ns, "index": index.spec()})
         return True
 
@@ -1146,10 +1255,164 @@ class WriteTxn:
             raise _err(72, "InvalidOptions", "cannot drop _id index")
         if coll is None or coll.index(name) is None:
             raise _err(27, "IndexNotFound", f"index not found with name [{name}]")
-        self.txn.drop(self.store.index_db(self.txn, ns, name), delete=False)
-        self._forget_conflicts(ns, coll.index(name))
+        if self.store.replicated:
+            self._catalog_write(ns, {"op": "c", "c": "dropIndex", "name": name})
+            return
+        self._drop_index_db(ns, coll.index(name))
         self._set_collection(ns, replace(coll, indexes=tuple(i for i in coll.indexes if i.name != name)))
         self.log(ns, "c", cmd={"dropIndexes": ns, "index": name})
+
+    def _open_index_db(self, ns: str, index: Index) -> None:
+        db = self.store.index_db(self.txn, ns, index.name, create=True)
+        self.txn.drop(db, delete=False)  # left over from an earlier index of the same name
+
+    def _drop_index_db(self, ns: str, index: Index) -> None:
+        self.txn.drop(self.store.index_db(self.txn, ns, index.name), delete=False)
+        self._forget_conflicts(ns, index)
+
+    def _build_indexes(self, ns: str, names: set[str], resolve: bool) -> None:
+        """Puts every document of ns into the collection's indexes of these names (new ones)."""
+        prefix = ns_prefix(ns)
+        cur = self.txn.cursor(self.store.docs)
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                self._index_put(ns, self.store._wcat[ns], bson.decode(v), k[len(prefix):], None, resolve, names)
+
+    def _delete_documents(self, ns: str) -> None:
+        prefix = ns_prefix(ns)
+        cur = self.txn.cursor(self.store.docs)
+        if cur.set_range(prefix):
+            while cur.key().startswith(prefix):
+                if not cur.delete():
+                    break
+
+    # -- the replicated catalog --
+
+    def _catalog_write(self, ns: str, op: dict) -> None:
+        stamp = self._stamp()
+        self.apply_catalog(ns, stamp, op, local=True)
+        self.log(ns, "c", stamp=stamp, e=op)
+
+    def drop_floor(self, ns: str) -> merge.Stamp | None:
+        """The stamp of the latest drop of ns or of its database (None: never dropped)."""
+        st = self.store
+        if not st._floor_names:
+            return None
+        found = [self.txn.get(b"drop:" + name.encode(), db=st.meta) for name in (ns, _database_of(ns))
+                 if name in st._floor_names]
+        return max((merge.Stamp.of(bson.decode(f)["s"]) for f in found if f is not None),
+                   key=merge.Stamp.key, default=None)
+
+    def _catalog_state(self, ns: str) -> dict:
+        raw = self.txn.get(b"cs:" + ns.encode(), db=self.store.meta)
+        if raw is not None:
+            return bson.decode(raw)["s"]
+        coll = self.store._wcat.get(ns)   # made before replication, or implicitly: older than any stamp
+        return {"x": None, "i": {i.name: [merge.COMPACTED.to_bson(), _index_spec(i)]
+                                 for i in (coll.indexes if coll else ())}}
+
+    def apply_catalog(self, ns: str, stamp: merge.Stamp, op: dict, local: bool = False) -> None:
+        """One catalog operation (merge.CATALOG_TABLE), from this node (``local``: a unique
+        index refuses duplicates) or another (a duplicate key is a reported conflict)."""
+        st, txn = self.store, self.txn
+        kind = op["c"]
+        if kind in ("drop", "dropDatabase"):
+            key = b"drop:" + ns.encode()
+            floor = txn.get(key, db=st.meta)
+            if floor is None or merge.Stamp.of(bson.decode(floor)["s"]).key() < stamp.key():
+                txn.put(key, bson.encode({"s": stamp.to_bson()}), db=st.meta)
+                st._floor_names.add(ns)
+        names = sorted(n for n in st._wcat if n.startswith(ns)) if kind == "dropDatabase" else [ns]
+        for name in names:
+            state = self._catalog_state(name)
+            if kind != "dropDatabase":
+                state = merge.catalog_apply(state, stamp, op)
+                txn.put(b"cs:" + name.encode(), bson.encode({"s": state}), db=st.meta)
+            survivors = self._drop_before(name, stamp) if kind in ("drop", "dropDatabase") else None
+            self._catalog_sync(name, state, survivors, resolve=not local)
+
+    def _drop_before(self, ns: str, floor: merge.Stamp) -> bool:
+        """Every document of ns as after a delete at floor (merge.drop_before); whether any
+        operation stamped after it is left (the collection then stays)."""
+        st, txn, prefix = self.store, self.txn, ns_prefix(ns)
+        kept = []
+        cur = txn.cursor(st.rmeta)
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                data = txn.get(k, db=st.docs)
+                _id, state = _rmeta_decode(v, bson.decode(data) if data is not None else None)
+                kept.append((k, _id, merge.drop_before(state, floor)))
+        self._delete_documents(ns)   # the rest: compacted, so below the stable time and the drop
+        for k, _id, state in kept:
+            if state is None:
+                txn.delete(k, db=st.rmeta)
+                continue
+            txn.put(k, _rmeta_encode(_id, state), db=st.rmeta)
+            if state["v"] is not None:
+                txn.put(k, bson.encode(state["v"]))
+        coll = st._wcat.get(ns)
+        for idx in coll.indexes if coll else ():
+            self._drop_index_db(ns, idx)
+        if coll is not None:
+            self._set_collection(ns, replace(coll, indexes=()))   # rebuilt by _catalog_sync
+        return any(state is not None for _, _, state in kept)
+
+    def _catalog_sync(self, ns: str, state: dict, survivors: bool | None, resolve: bool) -> None:
+        """The collection's row and index sub-databases as the catalog state says
+        (``survivors``: after a drop, whether documents written after it are left)."""
+        exists, options, specs = merge.catalog_view(state, self.drop_floor(ns))
+        old = self.store._wcat.get(ns)
+        if not (exists or survivors or (survivors is None and old is not None)):
+            for idx in old.indexes if old else ():
+                self._drop_index_db(ns, idx)
+            if old is not None:
+                self._set_collection(ns, None)
+            return
+        wanted = [_index_of(spec) for spec in specs]
+        have = {(i.name, i.fields, i.unique): i for i in (old.indexes if old else ())}
+        for idx in have.values():
+            if (idx.name, idx.fields, idx.unique) not in {(i.name, i.fields, i.unique) for i in wanted}:
+                self._drop_index_db(ns, idx)
+        new = [i for i in wanted if (i.name, i.fields, i.unique) not in have]
+        for idx in new:
+            self._open_index_db(ns, idx)
+        if options is None:   # no create or collMod of it yet: what it has
+            options = old.options if old is not None else {}
+        self._set_collection(ns, Collection(ns, tuple(have.get((i.name, i.fields, i.unique), i) for i in wanted),
+                                            options))
+        if new:
+            self._build_indexes(ns, {i.name for i in new}, resolve)
+
+    def install_catalog(self, name: str, entry: dict) -> None:
+        """A catalog entry of a peer's snapshot (``Store.snapshot``): its row, catalog state
+        and drop floor as they are there; the row's index sub-databases start empty."""
+        st, txn = self.store, self.txn
+        for prefix, value in ((b"cs:", entry.get("cs")), (b"drop:", entry.get("drop"))):
+            if value is not None:
+                txn.put(prefix + name.encode(), value, db=st.meta)
+        if entry.get("drop") is not None:
+            st._floor_names.add(name)
+        if entry.get("row") is not None:
+            coll = Collection.decode(entry["row"])
+            for idx in coll.indexes:
+                self._open_index_db(name, idx)
+            self._set_collection(name, coll)
+
+
+def _database_of(ns: str) -> str:
+    return ns[:ns.index(".") + 1] if "." in ns else ns
+
+
+def _index_spec(index: Index) -> dict:
+    return {"name": index.name, "key": [[f, d] for f, d in index.fields], "unique": index.unique}
+
+
+def _index_of(spec: dict) -> Index:
+    return Index(spec["name"], tuple((f, int(d)) for f, d in spec["key"]), spec["unique"])
 
 
 _SCALARS = (int, float, str, bool, type(None), ObjectId)

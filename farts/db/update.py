@@ -11,16 +11,20 @@ from collections.abc import Callable
 from decimal import Decimal, localcontext
 from typing import Any
 
+import bson
 from bson.decimal128 import Decimal128, create_decimal128_context
 from bson.int64 import Int64
 from bson.timestamp import Timestamp
 
+from farts.db.aggregate import run_pipeline
 from farts.db.errors import (
     BAD_VALUE,
     CONFLICTING_UPDATE_OPERATORS,
+    DOLLAR_PREFIXED_FIELD_NAME,
     EMPTY_FIELD_NAME,
     FAILED_TO_PARSE,
     IMMUTABLE_FIELD,
+    INVALID_OPTIONS,
     NOT_SINGLE_VALUE_FIELD,
     PATH_NOT_VIABLE,
     TYPE_MISMATCH,
@@ -34,6 +38,7 @@ from farts.db.query import (
     equality_pairs,
     is_operator_document,
 )
+from farts.db.variables import bind_pipeline
 
 _INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
 _TYPE_NAMES = {1: "double", 2: "string", 3: "object", 4: "array", 5: "binData", 7: "objectId",
@@ -48,32 +53,170 @@ def is_replacement(update: Any) -> bool:
         isinstance(k, str) and k.startswith("$") for k in update)
 
 
-def apply_update(doc: dict, update: dict | list, *, is_upsert_insert: bool = False,
-                 now: datetime.datetime | None = None, filter: dict | None = None) -> dict:
-    """The document after the update; `doc` itself is left untouched.
+class Update:
+    """An update parsed once (errors before any document is looked at), applied to each document
+    it selects: operators, a replacement or a pipeline (a list of stages, with the command's
+    variables bound in), with its arrayFilters."""
 
-    `filter` is the query that selected the document: the positional "a.$" path needs it to
-    find the array element the query matched. "a.$[]" means every element of a.
-    Compare old and new with bson.encode() to decide "modified": Python's == says 1 == 1.0
-    == True and ignores field order, MongoDB does not.
-    """
-    if isinstance(update, list):
-        raise error(BAD_VALUE, "pipeline-style updates (an array of stages) are not supported")
-    if not isinstance(update, dict):
-        raise error(FAILED_TO_PARSE, "Update document must be an object")
-    if is_replacement(update):
-        return _replace(doc, update)
-    operations = _parse(update)
-    new = _copy(doc)
-    for path, op, arg in sorted(operations, key=lambda o: _path_order(o[0])):
-        if op == "$setOnInsert" and not is_upsert_insert:
-            continue
-        for concrete in _positional_paths(new, path, filter):
-            _APPLIERS[op](new, concrete, arg, now)
-    if "_id" in doc and not _same_value(new.get("_id", MISSING), doc["_id"]):
-        raise error(IMMUTABLE_FIELD,
-                    "Performing an update on the path '_id' would modify the immutable field '_id'")
-    return new
+    __slots__ = ("update", "kind", "operations", "array_filters", "stages")
+
+    def __init__(self, update: dict | list, array_filters: list | None = None,
+                 variables: dict | None = None):
+        self.update, self.array_filters, self.operations, self.stages = update, {}, [], []
+        if isinstance(update, list):
+            self.kind = "pipeline"
+            if array_filters is not None:
+                raise error(FAILED_TO_PARSE, "arrayFilters may not be specified for pipeline-style updates")
+            self.stages = _pipeline_stages(update, variables or {})
+        elif not isinstance(update, dict):
+            raise error(FAILED_TO_PARSE, "Update document must be an object")
+        elif is_replacement(update):
+            self.kind = "replacement"
+            if array_filters is not None:
+                raise error(FAILED_TO_PARSE, "arrayFilters may not be specified for replacement-style updates")
+        else:
+            self.kind = "operators"
+            self.operations = sorted(_parse(update), key=lambda o: _path_order(o[0]))
+            self.array_filters = _parse_array_filters(array_filters, update, self.operations)
+
+    def apply(self, doc: dict, *, is_upsert_insert: bool = False, now: datetime.datetime | None = None,
+              filter: dict | None = None) -> dict:
+        """The document after the update; `doc` itself is left untouched.
+
+        `filter` is the query that selected the document: the positional "a.$" path needs it to
+        find the array element the query matched. "a.$[]" means every element of a, "a.$[x]"
+        those the array filter named x matches.
+        Compare old and new with bson.encode() to decide "modified": Python's == says 1 == 1.0
+        == True and ignores field order, MongoDB does not.
+        """
+        if self.kind == "replacement":
+            new = _replace(doc, self.update)
+        elif self.kind == "pipeline":
+            new = _run_update_pipeline(doc, self.stages)
+        else:
+            new = _copy(doc)
+            for path, op, arg in self.operations:
+                if op == "$setOnInsert" and not is_upsert_insert:
+                    continue
+                for concrete in _positional_paths(new, path, filter, self.array_filters):
+                    _APPLIERS[op](new, concrete, arg, now)
+            if "_id" in doc and not _same_value(new.get("_id", MISSING), doc["_id"]):
+                raise error(IMMUTABLE_FIELD,
+                            "Performing an update on the path '_id' would modify the immutable field '_id'")
+        check_id_field(new)
+        return new
+
+
+def apply_update(doc: dict, update: dict | list, *, is_upsert_insert: bool = False,
+                 now: datetime.datetime | None = None, filter: dict | None = None,
+                 array_filters: list | None = None, variables: dict | None = None) -> dict:
+    """The document after the update (see Update.apply)."""
+    return Update(update, array_filters, variables).apply(doc, is_upsert_insert=is_upsert_insert, now=now,
+                                                          filter=filter)
+
+
+def check_id_field(doc: dict) -> None:
+    """An _id that is a document may not hold '$'-prefixed fields (it would read as an operator)."""
+    _id = doc.get("_id")
+    if isinstance(_id, dict):
+        name = _dollar_field(_id)
+        if name is not None:
+            raise error(DOLLAR_PREFIXED_FIELD_NAME, "_id fields may not contain '$'-prefixed fields: "
+                                                    f"{name} is not valid for storage.")
+
+
+def _dollar_field(value: Any) -> str | None:
+    """The first '$'-prefixed field name in value, at any depth (a DBRef's $ref/$id/$db excepted)."""
+    if isinstance(value, dict):
+        if list(value)[:2] == ["$ref", "$id"] and set(value) <= {"$ref", "$id", "$db"}:
+            return None
+        for name, sub in value.items():
+            if isinstance(name, str) and name.startswith("$"):
+                return name
+            found = _dollar_field(sub)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for sub in value:
+            found = _dollar_field(sub)
+            if found is not None:
+                return found
+    return None
+
+
+# --- pipeline updates ------------------------------------------------------------------------
+
+def field_changes(old: dict, new: dict) -> dict | None:
+    """An operator update ($set/$unset of paths) that turns old into new (field order aside): how
+    a pipeline update is replicated, so it merges field by field like operators do. None when a
+    changed top-level field's name cannot be written as a path (a '.' or a leading '$' in it)."""
+    sets: dict = {}
+    unsets: dict = {}
+
+    def diff(before: dict, after: dict, prefix: str) -> bool:
+        for name in before:
+            if name not in after:
+                if not _plain(name):
+                    return False
+                unsets[prefix + name] = ""
+        for name, value in after.items():
+            old_value = before.get(name, MISSING)
+            if old_value is not MISSING and _identical(old_value, value):
+                continue
+            if not _plain(name):
+                return False
+            if type(old_value) is dict and type(value) is dict and all(map(_plain, old_value)) \
+                    and all(map(_plain, value)):
+                diff(old_value, value, f"{prefix}{name}.")
+            else:
+                sets[prefix + name] = _copy(value)
+        return True
+
+    if not diff(old, new, ""):
+        return None
+    changes: dict = {}
+    if sets:
+        changes["$set"] = sets
+    if unsets:
+        changes["$unset"] = unsets
+    return changes
+
+
+def _plain(name: Any) -> bool:
+    return isinstance(name, str) and bool(name) and "." not in name and not name.startswith("$")
+
+
+def _identical(a: Any, b: Any) -> bool:
+    return bson.encode({"v": a}) == bson.encode({"v": b})
+
+
+_PIPELINE_STAGES = ("$addFields", "$set", "$project", "$unset", "$replaceRoot", "$replaceWith")
+
+
+def _pipeline_stages(pipeline: list, variables: dict) -> list:
+    """The update pipeline, checked and with its variables bound: only the stages that make one
+    document of one are allowed (InvalidOptions for the others, as mongod answers)."""
+    for stage in pipeline:
+        if not isinstance(stage, dict):
+            raise error(FAILED_TO_PARSE, "Each element of the 'pipeline' array must be an object")
+        name = next(iter(stage), None)
+        if name not in _PIPELINE_STAGES:
+            run_pipeline([], [stage])   # an unknown or malformed stage raises its own error first
+            raise error(INVALID_OPTIONS, f"{name} is not allowed to be used within an update")
+    stages = bind_pipeline(pipeline, variables)
+    run_pipeline([], stages)   # every stage's specification checked before any document
+    return stages
+
+
+def _run_update_pipeline(doc: dict, stages: list) -> dict:
+    (new,) = run_pipeline([doc], stages)
+    if "_id" in doc:
+        if "_id" in new and not _same_value(new["_id"], doc["_id"]):
+            raise error(IMMUTABLE_FIELD,
+                        "Performing an update on the path '_id' would modify the immutable field '_id'")
+        # mongod writes the result as a replacement: _id first, the document's if a stage dropped it.
+        new = {"_id": doc["_id"], **{k: v for k, v in new.items() if k != "_id"}}
+    return _copy(new)
 
 
 def _same_value(a: Any, b: Any) -> bool:
@@ -120,7 +263,7 @@ def _parse(update: dict) -> list[tuple[str, str, Any]]:
                                          "modifier or pipeline-style update specified as an array")
         if not isinstance(fields, dict):
             raise error(FAILED_TO_PARSE,
-                        f"Modifiers operate on fields but we found type {_type_name(fields)} "
+                        f"Modifiers operate on fields but we found type {type_name(fields)} "
                         f"instead. For example: {{$mod: {{<field>: ...}}}} not {{{op}: {fields!r}}}")
         for path, arg in fields.items():
             _check_path(path)
@@ -158,18 +301,16 @@ def _check_path(path: Any) -> None:
                                        "which is not allowed.")
     if parts[0].startswith("$"):
         raise error(BAD_VALUE, f"The update path '{path}' may not start with a '$' field name")
-    for part in parts:
-        if part.startswith("$[") and part != "$[]":
-            raise error(BAD_VALUE, f"array filters ('{part}' in '{path}') are not supported by "
-                                   "this server")
     if parts.count("$") > 1:
         raise error(BAD_VALUE, f"Too many positional (i.e. '$') elements found in path '{path}'")
 
 
 # --- positional paths ------------------------------------------------------------------------
 
-def _positional_paths(doc: dict, path: str, filter: dict | None) -> list[str]:
-    """The concrete paths of "a.$.b" (the matched element) and "a.$[].b" (every element)."""
+def _positional_paths(doc: dict, path: str, filter: dict | None,
+                      array_filters: dict[str, Callable[[Any], bool]]) -> list[str]:
+    """The concrete paths of "a.$.b" (the matched element), "a.$[].b" (every element) and
+    "a.$[x].b" (the elements the array filter x matches)."""
     if "$" not in path:
         return [path]
     parts = path.split(".")
@@ -180,19 +321,81 @@ def _positional_paths(doc: dict, path: str, filter: dict | None) -> list[str]:
             raise error(BAD_VALUE, "The positional operator did not find the match needed from "
                                    "the query.")
         parts[at] = str(position)
-    if "$[]" not in parts:
+    at = next((i for i, part in enumerate(parts) if part.startswith("$[")), None)
+    if at is None:
         return [".".join(parts)]
-    at = parts.index("$[]")
     prefix = ".".join(parts[:at])
     array = _get(doc, prefix)
     if not isinstance(array, list):
         raise error(BAD_VALUE, f"The path '{prefix}' must exist in the document in order to "
                                "apply array updates.")
+    test = array_filters.get(parts[at][2:-1]) if parts[at] != "$[]" else None
     paths: list[str] = []
-    for index in range(len(array)):
-        paths.extend(_positional_paths(doc, ".".join(parts[:at] + [str(index)] + parts[at + 1:]),
-                                       filter))
+    for index, element in enumerate(array):
+        if test is None or test(element):
+            paths.extend(_positional_paths(doc, ".".join(parts[:at] + [str(index)] + parts[at + 1:]),
+                                           filter, array_filters))
     return paths
+
+
+def _parse_array_filters(array_filters: list | None, update: dict,
+                         operations: list) -> dict[str, Callable[[Any], bool]]:
+    """identifier → test of an array element, for the "$[identifier]" paths of the update.
+    Each filter names one identifier; each identifier is used by a path and has a filter."""
+    if array_filters is None:
+        if not any("$[" in path for path, _, _ in operations):
+            return {}
+        array_filters = []
+    if not isinstance(array_filters, list):
+        raise error(TYPE_MISMATCH, "arrayFilters must be an array")
+    tests: dict[str, Callable[[Any], bool]] = {}
+    for spec in array_filters:
+        if not isinstance(spec, dict):
+            raise error(TYPE_MISMATCH, "each array filter must be an object")
+        names = _filter_identifiers(spec)
+        if not names:
+            raise error(FAILED_TO_PARSE, "Cannot use an expression without a top-level field name in "
+                                         "arrayFilters")
+        if len(names) > 1:
+            raise error(FAILED_TO_PARSE, "Error parsing array filter :: caused by :: Expected a single "
+                                         f"top-level field name, found '{names[0]}' and '{names[1]}'")
+        name = names[0]
+        if not (name[:1].isascii() and name[:1].islower() and name.isalnum() and name.isascii()):
+            raise error(BAD_VALUE, "Error parsing array filter :: caused by :: The top-level field name "
+                                   "must be an alphanumeric string beginning with a lowercase letter, "
+                                   f"found '{name}'")
+        if name in tests:
+            raise error(FAILED_TO_PARSE, "Found multiple array filters with the same top-level field "
+                                         f"name {name}")
+        match = compile_filter(spec)
+        tests[name] = lambda element, name=name, match=match: match({name: element})
+    used = set()
+    for path, _, _ in operations:
+        for part in path.split("."):
+            if part.startswith("$[") and part != "$[]":
+                if part[2:-1] not in tests:
+                    raise error(BAD_VALUE, f"No array filter found for identifier '{part[2:-1]}' in "
+                                           f"path '{path}'")
+                used.add(part[2:-1])
+    for name in tests:
+        if name not in used:
+            raise error(FAILED_TO_PARSE, f"The array filter for identifier '{name}' was not used in the "
+                                         f"update {update!r}")
+    return tests
+
+
+def _filter_identifiers(spec: dict) -> list[str]:
+    """The top-level names an array filter tests ("x" of "x.a", through $and/$or/$nor)."""
+    names: list[str] = []
+    for key, value in spec.items():
+        if key in ("$and", "$or", "$nor") and isinstance(value, list):
+            found = [n for sub in value if isinstance(sub, dict) for n in _filter_identifiers(sub)]
+        elif isinstance(key, str) and not key.startswith("$"):
+            found = [key.split(".", 1)[0]]
+        else:
+            found = []
+        names.extend(n for n in found if n not in names)
+    return names
 
 
 def _matched_position(doc: dict, prefix: str, filter: dict | None) -> int | None:
@@ -240,7 +443,8 @@ def _element_test(rest: str, condition: Any) -> Callable[[Any], bool]:
     return lambda e: match({"v": e})
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """The BSON type's name, as MongoDB's messages spell it."""
     return _TYPE_NAMES.get(bson_type_number(value), type(value).__name__)
 
 
@@ -375,7 +579,7 @@ def _numeric_op(name: str, verb: str, fn: Callable[[Any, Any], Any], start: Call
             raise error(TYPE_MISMATCH,
                         f"Cannot apply {name} to a value of non-numeric type. "
                         f"{{_id: {doc.get('_id')!r}}} has the field '{last}' of non-numeric type "
-                        f"{_type_name(current)}")
+                        f"{type_name(current)}")
         _put(container, last, _arithmetic(name, current, arg, fn))
     return apply
 
@@ -406,7 +610,7 @@ def _op_current_date(doc: dict, path: str, arg: Any, now: Any) -> None:
                                    f"'timestamp': {{$currentDate: {{field : {{$type: 'date'}}}}}}"
                                    f" (got {arg!r})")
     elif not isinstance(arg, bool):
-        raise error(BAD_VALUE, f"{_type_name(arg)} is not valid type for $currentDate. Please "
+        raise error(BAD_VALUE, f"{type_name(arg)} is not valid type for $currentDate. Please "
                                "use a boolean ('true') or a $type expression ({$type: "
                                "'timestamp/date'}).")
     if now is None:
@@ -471,13 +675,13 @@ def _op_push(doc: dict, path: str, arg: Any, now: Any) -> None:
         values = arg["$each"]
         if not isinstance(values, list):
             raise error(BAD_VALUE, "The argument to $each in $push must be an array but it was "
-                                   f"of type: {_type_name(values)}")
+                                   f"of type: {type_name(values)}")
         position = _integer_clause(arg, "$position")
         slice_ = _integer_clause(arg, "$slice")
         if "$sort" in arg:
             sort_spec = _push_sort_spec(arg["$sort"])
     array = _array_at(doc, path, True, lambda cur: f"The field '{path}' must be an array but is "
-                      f"of type {_type_name(cur)} in document {{_id: {doc.get('_id')!r}}}",
+                      f"of type {type_name(cur)} in document {{_id: {doc.get('_id')!r}}}",
                       BAD_VALUE)
     new = [_copy(v) for v in values]
     if position is None:
@@ -500,7 +704,7 @@ def _integer_clause(arg: dict, clause: str) -> int | None:
     if _is_number(value) and not isinstance(value, Decimal128) and float(value) == int(value):
         return int(value)
     raise error(BAD_VALUE, f"The value for {clause} must be an integer value but was given "
-                           f"type: {_type_name(value)}")
+                           f"type: {type_name(value)}")
 
 
 def _push_sort_spec(spec: Any) -> Any:
@@ -528,10 +732,10 @@ def _op_add_to_set(doc: dict, path: str, arg: Any, now: Any) -> None:
         values = arg["$each"]
         if not isinstance(values, list):
             raise error(TYPE_MISMATCH, "The argument to $each in $addToSet must be an array but "
-                                       f"it was of type {_type_name(values)}")
+                                       f"it was of type {type_name(values)}")
     array = _array_at(doc, path, True, lambda cur: "Cannot apply $addToSet to non-array field. "
                       f"Field named '{path.rsplit('.', 1)[-1]}' has non-array type "
-                      f"{_type_name(cur)}", BAD_VALUE)
+                      f"{type_name(cur)}", BAD_VALUE)
     for value in values:
         if not any(values_equal(existing, value) for existing in array):
             array.append(_copy(value))
@@ -568,7 +772,7 @@ def _pull_condition(arg: Any) -> Callable[[Any], bool]:
 def _op_pull_all(doc: dict, path: str, arg: Any, now: Any) -> None:
     if not isinstance(arg, list):
         raise error(BAD_VALUE, f"$pullAll requires an array argument but was given a "
-                               f"{_type_name(arg)}")
+                               f"{type_name(arg)}")
     array = _array_at(doc, path, False, _non_array_pull("$pullAll"), BAD_VALUE)
     if array is not None:
         array[:] = [e for e in array if not any(values_equal(e, v) for v in arg)]
@@ -578,7 +782,7 @@ def _op_pop(doc: dict, path: str, arg: Any, now: Any) -> None:
     if not _is_number(arg) or arg not in (1, -1):
         raise error(FAILED_TO_PARSE, f"$pop expects 1 or -1, found: {arg!r}")
     array = _array_at(doc, path, False, lambda cur: f"Path '{path}' contains an element of "
-                      f"non-array type '{_type_name(cur)}'", TYPE_MISMATCH)
+                      f"non-array type '{type_name(cur)}'", TYPE_MISMATCH)
     if array:
         array.pop(0 if arg < 0 else -1)
 

@@ -31,7 +31,6 @@ _JSON_TYPES = {"object": {3}, "array": {4}, "number": {1, 16, 18, 19}, "boolean"
                "string": {2}, "null": {10}}
 _UNSUPPORTED_KEYWORDS = ("$ref", "$schema", "default", "definitions", "format", "id",
                          "encrypt", "encryptMetadata")
-warnings = 0   # writes let through by validationAction "warn" (serverStatus farts.validationWarnings)
 
 
 def check_options(options: dict) -> None:
@@ -50,24 +49,23 @@ def check_options(options: dict) -> None:
             raise error(BAD_VALUE, f"Enumeration value '{value}' for field '{key}' is not a valid value.")
 
 
-def check_write(options: dict, old: dict | None, new: dict) -> None:
-    """Raises DocumentValidationFailure (or logs, for action "warn") when new does not pass
-    the collection's validator. old: the document replaced (None for an insert)."""
+def check_write(options: dict, old: dict | None, new: dict) -> bool:
+    """Raises DocumentValidationFailure when new does not pass the collection's validator;
+    for action "warn" logs it and returns True instead (the store counts it: serverStatus
+    farts.validationWarnings). old: the document replaced (None for an insert)."""
     validator = options.get("validator")
     level = options.get("validationLevel", "strict")
     if not validator or level == "off":
-        return
+        return False
     v = compiled(validator)
     if v.matches(new):
-        return
+        return False
     if level == "moderate" and old is not None and not v.matches(old):
-        return   # moderate: a document that already failed may stay as it is
+        return False   # moderate: a document that already failed may stay as it is
     info = {"failingDocumentId": new.get("_id"), "details": v.explain(new)}
     if options.get("validationAction") == "warn":
-        global warnings
-        warnings += 1
         log.warning("Document would fail validation: %s", info)
-        return
+        return True
     e = MongoError(DOCUMENT_VALIDATION_FAILURE, "DocumentValidationFailure", "Document failed validation")
     e.details = {"errInfo": info}
     raise e
@@ -285,7 +283,8 @@ def _multiple_of(arg: Any, spec: dict) -> Check:
 def _count_limit(keyword: str, kind: type, measure: Callable[[Any], int], reason: str,
                  field: str = "consideredValue") -> Callable[[Any, dict], Check]:
     def build(arg: Any, spec: dict) -> Check:
-        if isinstance(arg, bool) or not isinstance(arg, (int, float)) or arg < 0 or arg != int(arg):
+        if isinstance(arg, bool) or not isinstance(arg, (int, float)) or not math.isfinite(arg) or arg < 0 \
+                or arg != int(arg):   # (int() of NaN or an infinity raises: refused first)
             raise error(FAILED_TO_PARSE, f"$jsonSchema keyword '{keyword}' must be a non-negative integer")
         limit, at_least = int(arg), keyword.startswith("min")
 

@@ -20,8 +20,10 @@ def is_view(coll) -> bool:
 
 
 def db_of(ns: str) -> str:
-    """The internal database prefix of a namespace ("tenant$db.")."""
-    return ns.split(".", 1)[0] + "."
+    """The internal database prefix of a namespace ("tenant$db."): the database name
+    follows the last "$" and ends at the first "." after it (a database name holds
+    neither), whatever the tenant id holds (a "." too: "acme.eu$shop.items")."""
+    return ns[:ns.index(".", ns.rfind("$") + 1) + 1]
 
 
 def resolve(catalog: dict, ns: str) -> tuple[str, list] | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import deque
+from collections import OrderedDict, deque
 from urllib.parse import urlsplit
 
 from farts.clock import Clock, Timer
@@ -491,14 +491,22 @@ class ClientResponse:
         self.body = body  # bytes when the whole body came with the head
 
 
+MAX_ROUTED_POOLS = 1024
+
+
 class Client:
-    """Pools by (scheme, host, port), shared by every user of one node."""
+    """Pools by (scheme, host, port), shared by every user of one node; and pools to a
+    checked address or through a proxy (``routed``, at most MAX_ROUTED_POOLS)."""
 
     def __init__(self, clock: Clock, pool_size: int = 32, ca_file: str | None = None) -> None:
         self.deadlines = Deadlines(clock)
         self.pool_size = pool_size
         self.ca_file = ca_file
         self.pools: dict[tuple[str, str, int], Pool] = {}
+        # Pools to a checked address or through a proxy (webhooks): keyed by what tenants
+        # choose (any URL, any DNS answer), so the least recently used are closed past
+        # MAX_ROUTED_POOLS instead of kept for ever.
+        self.routed: OrderedDict[tuple, Pool] = OrderedDict()
         self._tls: ssl.SSLContext | None = None
 
     def tls_context(self) -> ssl.SSLContext:
@@ -512,11 +520,22 @@ class Client:
 
     def pool(self, scheme: str, host: str, port: int, connect_to: str | None = None,
              proxy: tuple[str, int] | None = None) -> Pool:
-        key = (scheme, host, port) if connect_to is None and proxy is None else (scheme, host, port, connect_to, proxy)
-        pool = self.pools.get(key)
-        if pool is None:
-            ctx = self.tls_context() if scheme == "https" else None
-            pool = self.pools[key] = Pool(host, port, self.pool_size, self.deadlines, ctx, connect_to, proxy)
+        if connect_to is None and proxy is None:
+            key = (scheme, host, port)
+            pool = self.pools.get(key)
+            if pool is None:
+                ctx = self.tls_context() if scheme == "https" else None
+                pool = self.pools[key] = Pool(host, port, self.pool_size, self.deadlines, ctx)
+            return pool
+        key = (scheme, host, port, connect_to, proxy)
+        pool = self.routed.get(key)
+        if pool is not None:
+            self.routed.move_to_end(key)
+            return pool
+        if len(self.routed) >= MAX_ROUTED_POOLS:
+            self.routed.popitem(last=False)[1].close()   # (its requests under way finish, unpooled)
+        ctx = self.tls_context() if scheme == "https" else None
+        pool = self.routed[key] = Pool(host, port, self.pool_size, self.deadlines, ctx, connect_to, proxy)
         return pool
 
     def pool_for(self, url: str) -> Pool:
@@ -568,5 +587,5 @@ class Client:
 
     def close(self) -> None:
         self.deadlines.close()
-        for pool in self.pools.values():
+        for pool in (*self.pools.values(), *self.routed.values()):
             pool.close()

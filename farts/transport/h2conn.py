@@ -2,11 +2,15 @@
 
 No socket, no loop, no clock: bytes go in (``receive(data, now)`` returns events), the
 adapter says what it answers (``send_head``, ``send_data``, ``send_trailers``,
-``reset``, ``goaway``) and takes the bytes to write (``data_to_send``).  The frames,
-HPACK and the RFC 9113 validity checks (pseudo-headers, connection-specific fields,
-frame sizes, flow-control arithmetic, frames on closed streams) are the ``h2``
-library's ``H2Connection``; this module adds what an edge server needs around it:
+``reset``, ``goaway``) and takes the bytes to write (``data_to_send``).  The byte
+work is compiled: frames ``fast.h2frames``, HPACK ``fast.hpack``, the field rules
+``fast.h2fields``; the ``h2``/``hpack``/``hyperframe`` libraries are the tests'
+references only (differential tests, and h2's client as the peer in
+tests/test_h2_machine.py).  This module is the connection (RFC 9113):
 
+- the preface, then a SETTINGS frame first (§3.4); our SETTINGS and connection
+  window at the start; the peer's SETTINGS applied and acknowledged, ours taking
+  effect on its ACK; PING answered; GOAWAY in and out;
 - the stream states of RFC 9113 §5.1 as ONE table, ``STREAM_TRANSITIONS`` (state,
   event) -> next state; any other pair raises ``H2StateError``.  Drawn (a server that
   never pushes, so the reserved states are never entered)::
@@ -15,43 +19,53 @@ library's ``H2Connection``; this module adds what an edge server needs around it
                            OPEN ─send END_STREAM─▶ HALF_CLOSED_LOCAL  ─recv END_STREAM─▶ CLOSED
       OPEN, HALF_CLOSED_* ─send/recv RST_STREAM─▶ CLOSED
 
-- limits (``H2Limits``): concurrent streams beyond the advertised limit are refused
-  with REFUSED_STREAM (h2 itself would close the connection, so it is given no
-  limit); a header list over ``max_header_list_size`` is a request the
-  adapter answers 431 (one over the hard limit, an HPACK bomb, is a connection error
-  from h2); a CONTINUATION sequence holding more than ``max_continuation_bytes`` closes
-  the connection; resets (rapid reset, CVE-2023-44487), PINGs, SETTINGS and empty DATA
-  frames are counted
-  against token buckets (``Budget``) and a peer over one gets GOAWAY
-  ENHANCE_YOUR_CALM; receive windows are fixed sizes (a stream's, the connection's)
+- the errors: connection errors end in GOAWAY with their code (PROTOCOL_ERROR for a
+  frame on an idle stream, an even or reused stream id, a frame between HEADERS and
+  its CONTINUATION; FRAME_SIZE_ERROR and the frame rules from fast.h2frames;
+  FLOW_CONTROL_ERROR for a window overflow or a peer sending past the connection
+  window; COMPRESSION_ERROR for a block that does not decode); stream errors are
+  RST_STREAM (STREAM_CLOSED for a frame on a half-closed or closed stream,
+  FLOW_CONTROL_ERROR past the stream window, PROTOCOL_ERROR for a malformed request:
+  the field rules of §8.2-8.3, a content-length that is not the body's, §8.1.1,
+  reported as ``Malformed``); late frames of a stream we reset are ignored (§5.4.2);
+- flow control both ways: we send within the peer's windows (``window``,
+  ``WindowOpened``); receive windows are fixed sizes (a stream's, the connection's)
   handed back only as the handler consumes the body (``consumed``), so a peer can make
-  us hold at most the connection window of request bodies however slowly we read.
+  us hold at most the connection window of request bodies however slowly we read;
+- limits (``H2Limits``): concurrent streams beyond the advertised limit are refused
+  with REFUSED_STREAM; a header list over ``max_header_list_size`` is a request the
+  adapter answers 431 (over four times it, an HPACK bomb, the decoder stops:
+  COMPRESSION_ERROR); a header block of more than ``max_continuation_bytes`` or 64
+  CONTINUATION frames closes the connection; resets (rapid reset, CVE-2023-44487),
+  resets the peer provokes with stream errors (CVE-2025-8671), PINGs, SETTINGS and
+  empty DATA frames are counted against token buckets (``Budget``) and a peer over one
+  gets GOAWAY ENHANCE_YOUR_CALM; a response field the rules forbid raises ValueError
+  in ``send_head``;
 - events for the adapter: ``RequestHead``, ``Body``, ``BodyEnd``, ``Reset``,
-  ``WindowOpened``, ``Closed``; nothing else of h2's leaves this module.
+  ``Malformed``, ``WindowOpened``, ``Closed``.
 
 The asyncio adapter is ``h2connection.py``.
 """
 from __future__ import annotations
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    PingReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    SettingsAcknowledged,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
+from collections import OrderedDict
+from enum import IntEnum
+
+from hpack.exceptions import HPACKError
+
+from fast.h2fields import request_error, response_head, trailer_fields
+from fast.h2frames import (
+    FrameError,
+    FrameReader,
+    data_frame,
+    goaway_frame,
+    headers_frames,
+    ping_frame,
+    rst_stream_frame,
+    settings_frame,
+    window_update_frame,
 )
-from h2.exceptions import ProtocolError
-from h2.settings import SettingCodes, Settings
-from hpack import HPACKError
-from hyperframe.frame import GoAwayFrame
+from fast.hpack import Decoder, Encoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -180,6 +194,16 @@ class WindowOpened:
         self.stream_id = stream_id
 
 
+class Malformed:
+    """A request (or its trailers) that breaks RFC 9113 §8.2/§8.3 (``reason``): its
+    stream was reset PROTOCOL_ERROR (a stream error, §8.1.1); the connection goes on."""
+
+    __slots__ = ("stream_id", "reason")
+
+    def __init__(self, stream_id: int, reason: str) -> None:
+        self.stream_id, self.reason = stream_id, reason
+
+
 class Closed:
     """The connection is over: a GOAWAY went out (``error``: its code's name; what to
     write is in data_to_send) or came in.  The adapter closes after writing."""
@@ -190,59 +214,85 @@ class Closed:
         self.error, self.by_peer = error, by_peer
 
 
-class Stream:
-    __slots__ = ("id", "state", "unacked", "head_sent")
+class ErrorCodes(IntEnum):
+    """RFC 9113 §7."""
+    NO_ERROR = 0x0
+    PROTOCOL_ERROR = 0x1
+    INTERNAL_ERROR = 0x2
+    FLOW_CONTROL_ERROR = 0x3
+    SETTINGS_TIMEOUT = 0x4
+    STREAM_CLOSED = 0x5
+    FRAME_SIZE_ERROR = 0x6
+    REFUSED_STREAM = 0x7
+    CANCEL = 0x8
+    COMPRESSION_ERROR = 0x9
+    CONNECT_ERROR = 0xA
+    ENHANCE_YOUR_CALM = 0xB
+    INADEQUATE_SECURITY = 0xC
+    HTTP_1_1_REQUIRED = 0xD
 
-    def __init__(self, stream_id: int) -> None:
+
+# SETTINGS identifiers (RFC 9113 §6.5.2, RFC 8441)
+HEADER_TABLE_SIZE, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, \
+    MAX_HEADER_LIST_SIZE, ENABLE_CONNECT_PROTOCOL = 0x1, 0x3, 0x4, 0x5, 0x6, 0x8
+DEFAULT_WINDOW = 65535
+MAX_WINDOW = 2**31 - 1
+REMEMBERED_RESETS = 256   # streams we reset whose late frames are ignored (§5.4.2)
+MAX_CONTINUATIONS = 64    # CONTINUATION frames in one header block
+
+
+class Stream:
+    __slots__ = ("id", "state", "unacked", "head_sent", "send_window", "recv_window",
+                 "expected", "received")
+
+    def __init__(self, stream_id: int, send_window: int = DEFAULT_WINDOW,
+                 recv_window: int = DEFAULT_WINDOW, expected: int = -1) -> None:
         self.id = stream_id
         self.state = IDLE
         self.unacked = 0    # flow-controlled bytes received, not yet handed back
         self.head_sent = False
+        self.send_window = send_window   # what the peer lets us send
+        self.recv_window = recv_window   # what we let the peer send
+        self.expected = expected         # the request's content-length (-1: none)
+        self.received = 0                # body bytes received
 
     def to(self, event: str) -> str:
         self.state = next_state(self.state, event)
         return self.state
 
 
-def header_list_size(headers) -> int:
-    """RFC 9113 §6.5.2: the uncompressed size, 32 bytes of overhead per field."""
-    return sum(len(n) + len(v) + 32 for n, v in headers)
+def _content_length(headers) -> int:
+    """The content-length of a request's fields (-1: none; -2: not a number, or two
+    that differ: malformed, RFC 9110 §8.6)."""
+    found = -1
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit():
+                return -2
+            n = int(value)
+            if found >= 0 and n != found:
+                return -2
+            found = n
+    return found
+
+
+def _join_cookies(headers: list) -> list:
+    """RFC 9113 §8.2.3: a cookie split over fields is one field again, "; " between."""
+    cookies = [v for n, v in headers if n == b"cookie"]
+    if len(cookies) < 2:
+        return headers
+    return [f for f in headers if f[0] != b"cookie"] + [(b"cookie", b"; ".join(cookies))]
 
 
 class H2Machine:
-    __slots__ = ("conn", "limits", "streams", "resets", "controls", "closed", "error",
-                 "requests", "refused", "goaway_sent", "out")
+    __slots__ = ("limits", "streams", "resets", "controls", "closed", "error", "requests",
+                 "refused", "goaway_sent", "out", "reader", "decoder", "encoder", "prefaced",
+                 "pre", "settled", "highest", "reset_by_us", "pending", "send_window",
+                 "recv_window", "initial_send", "initial_recv", "max_send_frame",
+                 "settings_acked", "now")
 
     def __init__(self, limits: H2Limits, now: float) -> None:
         self.limits = limits
-        conn = self.conn = H2Connection(H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True,
-            normalize_inbound_headers=True, validate_outbound_headers=True))
-        advertised = {
-            SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-            SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-            SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,
-            SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
-            # RFC 8441: WebSocket (and other protocols) over a stream, by extended CONNECT.
-            SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
-        }
-        conn.local_settings = Settings(client=False, initial_values=advertised)
-        conn.initiate_connection()
-        # What h2 enforces itself, past the advertised values: a stream over the
-        # advertised limit is refused here (a stream error, RFC 9113 §5.1.2; a client
-        # may open many before our SETTINGS reach it), never by h2, which would close the
-        # connection; refusals count against the reset budget, so a flood of them ends
-        # in GOAWAY ENHANCE_YOUR_CALM.  A header list between the advertised size and
-        # four times it is answered 431, over that h2 ends the connection.
-        conn.local_settings = Settings(client=False, initial_values={
-            **advertised,
-            SettingCodes.MAX_CONCURRENT_STREAMS: 2**31 - 1,
-            SettingCodes.MAX_HEADER_LIST_SIZE: 4 * limits.max_header_list_size,
-        })
-        conn.decoder.max_header_list_size = 4 * limits.max_header_list_size
-        grow = limits.connection_window - conn.inbound_flow_control_window
-        if grow > 0:
-            conn.increment_flow_control_window(grow)
         self.streams: dict[int, Stream] = {}
         self.resets = Budget(limits.reset_rate, limits.reset_burst, now)
         self.controls = Budget(limits.control_rate, limits.control_burst, now)
@@ -251,109 +301,319 @@ class H2Machine:
         self.requests = 0
         self.refused = 0
         self.goaway_sent = False
-        self.out = b""           # bytes to write before h2's (a graceful GOAWAY)
+        self.reader = FrameReader(limits.max_frame_size)
+        # A header list between the advertised size and four times it is answered 431;
+        # over that (an HPACK bomb) the decoder stops and the connection ends.
+        self.decoder = Decoder(4 * limits.max_header_list_size)
+        self.encoder = Encoder()
+        self.prefaced = False
+        self.pre = b""           # the client preface, while it is incomplete
+        self.settled = False     # the client's first SETTINGS came (§3.4)
+        self.highest = 0         # the highest stream id the client opened
+        self.reset_by_us: OrderedDict[int, None] = OrderedDict()
+        self.pending: list | None = None   # a header block awaiting CONTINUATION
+        self.send_window = DEFAULT_WINDOW  # the connection's, the peer's grant
+        self.recv_window = limits.connection_window
+        self.initial_send = DEFAULT_WINDOW
+        self.initial_recv = DEFAULT_WINDOW  # our stream window once our SETTINGS are acked
+        self.max_send_frame = 16384
+        self.settings_acked = False
+        self.now = now           # (of the read being handled)
+        self.out = [settings_frame([
+            (MAX_CONCURRENT_STREAMS, limits.max_concurrent_streams),
+            (MAX_HEADER_LIST_SIZE, limits.max_header_list_size),
+            (INITIAL_WINDOW_SIZE, limits.stream_window),
+            (MAX_FRAME_SIZE, limits.max_frame_size),
+            # RFC 8441: WebSocket (and other protocols) over a stream, by extended CONNECT.
+            (ENABLE_CONNECT_PROTOCOL, 1),
+        ])]
+        if limits.connection_window > DEFAULT_WINDOW:
+            self.out.append(window_update_frame(0, limits.connection_window - DEFAULT_WINDOW))
 
     # -- bytes in, events out ---------------------------------------------------------
     def receive(self, data: bytes, now: float) -> list:
         if self.closed:
             return []
-        conn = self.conn
-        try:
-            h2_events = conn.receive_data(data)
-        except ProtocolError as e:   # h2 has queued the GOAWAY with the error's code
-            code = e.error_code
-            if isinstance(e.__cause__, HPACKError):
-                # A header block that does not decode, or decodes past the hard limit
-                # (an HPACK bomb): COMPRESSION_ERROR (RFC 9113 §4.3), where h2 says
-                # PROTOCOL_ERROR or ENHANCE_YOUR_CALM.  Its GOAWAY is the last frame out.
-                code = ErrorCodes.COMPRESSION_ERROR
-                out = conn.data_to_send()
-                if len(out) >= 17 and out[-14] == 0x7:   # (frame type GOAWAY, 8-byte payload)
-                    out = out[:-17]
-                self.out += out + _goaway(conn.highest_inbound_stream_id, code)
-            return [self._ended(_code_name(code), False)]
-        pending = getattr(conn.incoming_buffer, "_headers_buffer", None)
-        if pending and sum(len(f.data) for f in pending) > self.limits.max_continuation_bytes:
-            # A header block that never ends (CONTINUATION flood): h2 would hold up to
-            # 64 frames of it; we hold no more than the limit.
-            return [self._fail(ErrorCodes.ENHANCE_YOUR_CALM)]
+        self.now = now
+        if not self.prefaced:
+            pre = self.pre + data
+            if len(pre) < len(PREFACE):
+                if not PREFACE.startswith(pre):
+                    return [self._fail(ErrorCodes.PROTOCOL_ERROR)]
+                self.pre = pre
+                return []
+            if not pre.startswith(PREFACE):
+                return [self._fail(ErrorCodes.PROTOCOL_ERROR)]
+            self.prefaced, self.pre = True, b""
+            data = pre[len(PREFACE):]
         out: list = []
-        streams = self.streams
-        for ev in h2_events:
-            t = type(ev)
-            if t is DataReceived:
-                if not ev.data and ev.stream_ended is None and not self.controls.spend(now):
-                    # Empty DATA frames cost us work and the peer nothing (CVE-2019-9518).
-                    out.append(self._fail(ErrorCodes.ENHANCE_YOUR_CALM))
-                    return out
-                s = streams.get(ev.stream_id)
-                if s is None:  # (a stream we reset meanwhile): hand its window back
-                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        for f in self.reader.feed(data):
+            if type(f) is FrameError:
+                if f.stream_id:
+                    self._stream_error(f.stream_id, f.code, out)
                     continue
-                s.unacked += ev.flow_controlled_length
-                padding = ev.flow_controlled_length - len(ev.data)
-                if padding:
-                    self.consumed(s.id, padding)
-                if ev.data:
-                    out.append(Body(ev.stream_id, ev.data))
-            elif t is RequestReceived:
-                ev_out = self._on_request(ev, now)
-                if ev_out is not None:
-                    out.append(ev_out)
-                    if ev.stream_ended is not None:
-                        self._to(ev.stream_id, RECV_END)
-            elif t is StreamEnded:
-                s = streams.get(ev.stream_id)
-                if s is not None and s.state in (OPEN, HALF_CLOSED_LOCAL):
-                    out.append(BodyEnd(ev.stream_id))
-                    self._to(ev.stream_id, RECV_END)
-            elif t is StreamReset:
-                # By the peer, or by h2 for a stream error of the peer's (a frame the
-                # stream's state does not allow: RST_STREAM STREAM_CLOSED...).
-                s = streams.pop(ev.stream_id, None)
-                if s is not None:
-                    s.to(RECV_RST if ev.remote_reset else SEND_RST)
-                    self._release(s)
-                    out.append(Reset(ev.stream_id, int(ev.error_code)))
-                if ev.remote_reset and not self.resets.spend(now):
-                    out.append(self._fail(ErrorCodes.ENHANCE_YOUR_CALM))
-                    return out
-            elif t is WindowUpdated:
-                out.append(WindowOpened(ev.stream_id))
-            elif t is RemoteSettingsChanged:
-                out.append(WindowOpened(0))   # the initial window may have grown
-                if not self.controls.spend(now):
-                    out.append(self._fail(ErrorCodes.ENHANCE_YOUR_CALM))
-                    return out
-            elif t is PingReceived:
-                if not self.controls.spend(now):
-                    out.append(self._fail(ErrorCodes.ENHANCE_YOUR_CALM))
-                    return out
-            elif t is SettingsAcknowledged:
-                conn.decoder.max_header_list_size = 4 * self.limits.max_header_list_size
-            elif t is ConnectionTerminated:
-                out.append(self._ended(_code_name(ev.error_code), True))
+                out.append(self._fail(f.code))
                 return out
-            elif t is TrailersReceived:
-                pass   # request trailers: not passed on (the body interface has none)
+            t = f.type
+            if self.pending is not None:
+                if t != 9 or f.stream_id != self.pending[0]:   # (§6.10: nothing in between)
+                    out.append(self._fail(ErrorCodes.PROTOCOL_ERROR))
+                    return out
+            elif not self.settled:
+                if t != 4 or f.flags & 1:   # §3.4: the preface ends with a SETTINGS frame
+                    out.append(self._fail(ErrorCodes.PROTOCOL_ERROR))
+                    return out
+                self.settled = True
+            if t == 0:
+                self._on_data(f, out, now)
+            elif t == 1:
+                # (a stream depending on itself, §5.3.1, is refused once the block is
+                # decoded: the HPACK context goes on whatever becomes of the stream)
+                self_dependent = f.flags & 0x20 and f.depends_on == f.stream_id
+                if f.flags & 0x4:
+                    self._on_headers(f.stream_id, f.flags, f.data, self_dependent, out, now)
+                else:
+                    self.pending = [f.stream_id, f.flags, [f.data], len(f.data), self_dependent]
+                    self._check_pending(out)
+            elif t == 9:
+                if self.pending is None:
+                    out.append(self._fail(ErrorCodes.PROTOCOL_ERROR))
+                    return out
+                p = self.pending
+                p[2].append(f.data)
+                p[3] += len(f.data)
+                if f.flags & 0x4:
+                    self.pending = None
+                    self._on_headers(p[0], p[1], b"".join(p[2]), p[4], out, now)
+                else:
+                    self._check_pending(out)
+            elif t == 3:
+                self._on_rst(f.stream_id, f.value, out, now)
+            elif t == 8:
+                self._on_window_update(f.stream_id, f.value, out)
+            elif t == 4:
+                self._on_settings(f, out, now)
+            elif t == 6:
+                if not f.flags & 1:
+                    if not self.controls.spend(now):
+                        out.append(self._fail(ErrorCodes.ENHANCE_YOUR_CALM))
+                    else:
+                        self.out.append(ping_frame(f.data, ack=True))
+            elif t == 7:
+                out.append(self._ended(_code_name(f.value), True))
+            elif t == 2 and f.depends_on == f.stream_id:   # (§5.3.1: on itself)
+                self._stream_error(f.stream_id, ErrorCodes.PROTOCOL_ERROR, out)
+            if self.closed:
+                return out
         return out
 
-    def _on_request(self, ev: RequestReceived, now: float) -> RequestHead | None:
-        sid = ev.stream_id
+    def _check_pending(self, out: list) -> None:
+        p = self.pending
+        if p[3] > self.limits.max_continuation_bytes or len(p[2]) > MAX_CONTINUATIONS:
+            # A header block that never ends (CONTINUATION flood, of full or of empty
+            # frames): we hold no more than the limit.
+            out.append(self._fail(ErrorCodes.ENHANCE_YOUR_CALM))
+
+    def _is_idle(self, sid: int) -> bool:
+        return sid > self.highest
+
+    def _on_data(self, f, out: list, now: float) -> None:
+        sid, n = f.stream_id, f.length
+        if n > self.recv_window:
+            out.append(self._fail(ErrorCodes.FLOW_CONTROL_ERROR))
+            return
+        self.recv_window -= n
+        s = self.streams.get(sid)
+        if s is None or s.state not in (OPEN, HALF_CLOSED_LOCAL):
+            if s is None and self._is_idle(sid):
+                out.append(self._fail(ErrorCodes.PROTOCOL_ERROR))
+                return
+            self._window_back(n)   # (the bytes of a stream that is gone)
+            if sid not in self.reset_by_us:
+                self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out)
+            return
+        if n > s.recv_window:
+            self._window_back(n)
+            self._stream_error(sid, ErrorCodes.FLOW_CONTROL_ERROR, out)
+            return
+        s.recv_window -= n
+        data = f.data
+        end = f.flags & 1
+        if not n and not end and not self.controls.spend(now):
+            # Empty DATA frames cost us work and the peer nothing (CVE-2019-9518).
+            out.append(self._fail(ErrorCodes.ENHANCE_YOUR_CALM))
+            return
+        s.received += len(data)
+        if s.expected >= 0 and (s.received > s.expected or (end and s.received != s.expected)):
+            self._window_back(n)
+            self._malformed(s.id, "a body that is not its content-length", out)
+            return
+        s.unacked += n
+        if n > len(data):
+            self.consumed(sid, n - len(data))   # (padding)
+        if data:
+            out.append(Body(sid, data))
+        if end:
+            out.append(BodyEnd(sid))
+            self._to(sid, RECV_END)
+
+    def _on_headers(self, sid: int, flags: int, block: bytes, self_dependent: bool, out: list,
+                    now: float) -> None:
+        try:   # (decoded whatever becomes of the stream: the HPACK context goes on)
+            headers = self.decoder.decode(block)
+        except HPACKError:
+            # A header block that does not decode, or decodes past the hard limit (an
+            # HPACK bomb): COMPRESSION_ERROR (RFC 9113 §4.3).
+            out.append(self._fail(ErrorCodes.COMPRESSION_ERROR))
+            return
+        end = flags & 1
+        if self_dependent:
+            self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, out)
+            return
+        s = self.streams.get(sid)
+        if s is not None:   # trailers
+            if s.state != OPEN:
+                self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out)
+            elif not end:
+                self._malformed(sid, "trailers without END_STREAM", out)
+            else:
+                why = request_error(headers, True)
+                if why is None and s.expected >= 0 and s.received != s.expected:
+                    why = "a body that is not its content-length"
+                if why is not None:
+                    self._malformed(sid, why, out)
+                else:   # (not passed on: the body interface has none)
+                    out.append(BodyEnd(sid))
+                    self._to(sid, RECV_END)
+            return
+        if not sid & 1:
+            out.append(self._fail(ErrorCodes.PROTOCOL_ERROR))
+            return
+        if not self._is_idle(sid):   # a stream that was and is closed
+            if sid not in self.reset_by_us:
+                self._stream_error(sid, ErrorCodes.STREAM_CLOSED, out)
+            return
+        self.highest = sid
+        headers = _join_cookies(headers)
+        # The field rules of RFC 9113 §8.2-8.3, compiled (fast/h2fields.pyx): a
+        # malformed request is a stream error, the connection goes on.
+        why = request_error(headers)
+        expected = _content_length(headers)
+        if why is None and (expected == -2 or (end and expected > 0)):
+            why = "a content-length that is not a number, or not the body's"
+        if why is not None:
+            self._malformed(sid, why, out)
+            return
         if self.goaway_sent:
-            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
-            return None
+            self._send_rst(sid, ErrorCodes.REFUSED_STREAM)
+            return
         if len(self.streams) >= self.limits.max_concurrent_streams:
-            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            # A stream over the advertised limit is refused (a stream error, §5.1.2: a
+            # client may open many before our SETTINGS reach it); refusals count like
+            # resets, so a flood of them ends in GOAWAY ENHANCE_YOUR_CALM.
+            self._send_rst(sid, ErrorCodes.REFUSED_STREAM)
             self.refused += 1
-            if not self.resets.spend(now):   # refused streams count like resets
-                self._fail(ErrorCodes.ENHANCE_YOUR_CALM)
-            return None
-        s = self.streams[sid] = Stream(sid)
+            if not self.resets.spend(now):
+                out.append(self._fail(ErrorCodes.ENHANCE_YOUR_CALM))
+            return
+        s = self.streams[sid] = Stream(sid, self.initial_send, self.initial_recv, expected)
         s.to(RECV_HEADERS)
         self.requests += 1
-        too_large = header_list_size(ev.headers) > self.limits.max_header_list_size
-        return RequestHead(sid, ev.headers, ev.stream_ended is not None, too_large)
+        # (the list's size as RFC 9113 §6.5.2 counts it, 32 bytes a field, from the decoder)
+        too_large = self.decoder.list_size > self.limits.max_header_list_size
+        out.append(RequestHead(sid, headers, bool(end), too_large))
+        if end:
+            self._to(sid, RECV_END)
+
+    def _on_rst(self, sid: int, code: int, out: list, now: float) -> None:
+        s = self.streams.pop(sid, None)
+        if s is not None:
+            s.to(RECV_RST)
+            self._release(s)
+            out.append(Reset(sid, code))
+        elif self._is_idle(sid):
+            out.append(self._fail(ErrorCodes.PROTOCOL_ERROR))   # (§6.4: on an idle stream)
+            return
+        if not self.resets.spend(now):   # rapid reset (CVE-2023-44487)
+            out.append(self._fail(ErrorCodes.ENHANCE_YOUR_CALM))
+
+    def _on_window_update(self, sid: int, n: int, out: list) -> None:
+        if not sid:
+            self.send_window += n
+            if self.send_window > MAX_WINDOW:
+                out.append(self._fail(ErrorCodes.FLOW_CONTROL_ERROR))
+            else:
+                out.append(WindowOpened(0))
+            return
+        s = self.streams.get(sid)
+        if s is None:
+            if self._is_idle(sid):
+                out.append(self._fail(ErrorCodes.PROTOCOL_ERROR))
+            return
+        s.send_window += n
+        if s.send_window > MAX_WINDOW:
+            self._stream_error(sid, ErrorCodes.FLOW_CONTROL_ERROR, out)
+        else:
+            out.append(WindowOpened(sid))
+
+    def _on_settings(self, f, out: list, now: float) -> None:
+        if f.flags & 1:   # our SETTINGS took effect: the stream window we advertised
+            if not self.settings_acked:
+                self.settings_acked = True
+                delta = self.limits.stream_window - self.initial_recv
+                self.initial_recv = self.limits.stream_window
+                for s in self.streams.values():
+                    s.recv_window += delta
+            return
+        for ident, value in f.settings:
+            if ident == HEADER_TABLE_SIZE:
+                self.encoder.header_table_size = value
+            elif ident == INITIAL_WINDOW_SIZE:
+                delta = value - self.initial_send
+                self.initial_send = value
+                for s in self.streams.values():
+                    s.send_window += delta
+                    if s.send_window > MAX_WINDOW:
+                        out.append(self._fail(ErrorCodes.FLOW_CONTROL_ERROR))
+                        return
+            elif ident == MAX_FRAME_SIZE:
+                self.max_send_frame = value
+        self.out.append(settings_frame(ack=True))
+        out.append(WindowOpened(0))   # the initial window may have grown
+        if not self.controls.spend(now):
+            out.append(self._fail(ErrorCodes.ENHANCE_YOUR_CALM))
+
+    def _stream_error(self, sid: int, code: int, out: list) -> None:
+        """RST_STREAM ``code``; the adapter forgets the stream if it had it."""
+        s = self.streams.pop(sid, None)
+        self._send_rst(sid, code)
+        if s is not None:
+            s.to(SEND_RST)
+            self._release(s)
+            out.append(Reset(sid, int(code)))
+        self._provoked(out)
+
+    def _malformed(self, sid: int, why: str, out: list) -> None:
+        s = self.streams.pop(sid, None)
+        self._send_rst(sid, ErrorCodes.PROTOCOL_ERROR)
+        if s is not None:
+            s.to(SEND_RST)
+            self._release(s)
+        out.append(Malformed(sid, why))
+        self._provoked(out)
+
+    def _provoked(self, out: list) -> None:
+        """Resets the peer makes us send count like its own (MadeYouReset,
+        CVE-2025-8671: stream errors on purpose instead of RST_STREAM frames)."""
+        if not self.resets.spend(self.now):
+            out.append(self._fail(ErrorCodes.ENHANCE_YOUR_CALM))
+
+    def _send_rst(self, sid: int, code: int) -> None:
+        self.out.append(rst_stream_frame(sid, code))
+        resets = self.reset_by_us
+        resets[sid] = None
+        if len(resets) > REMEMBERED_RESETS:
+            resets.popitem(last=False)
 
     def _to(self, sid: int, event: str) -> None:
         s = self.streams[sid]
@@ -365,11 +625,16 @@ class H2Machine:
         """A closed stream's unread body bytes go back to the connection window."""
         if s.unacked:
             n, s.unacked = s.unacked, 0
-            self.conn.acknowledge_received_data(n, s.id)
+            self._window_back(n)
 
-    def _fail(self, code: ErrorCodes) -> Closed:
+    def _window_back(self, n: int) -> None:
+        if n and not self.closed:
+            self.recv_window += n
+            self.out.append(window_update_frame(0, n))
+
+    def _fail(self, code: int) -> Closed:
         if not self.closed:
-            self.conn.close_connection(code)
+            self.out.append(goaway_frame(self.highest, code))
         return self._ended(_code_name(code), False)
 
     def _ended(self, error: str, by_peer: bool) -> Closed:
@@ -380,10 +645,12 @@ class H2Machine:
 
     # -- what the adapter does ----------------------------------------------------------
     def data_to_send(self) -> bytes:
-        if self.out:
-            data, self.out = self.out + self.conn.data_to_send(), b""
-            return data
-        return self.conn.data_to_send()
+        out = self.out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
 
     def state(self, sid: int) -> str:
         s = self.streams.get(sid)
@@ -399,9 +666,12 @@ class H2Machine:
         if s is None or self.closed:
             return
         n = min(n, s.unacked)
-        s.unacked -= n
         if n:
-            self.conn.acknowledge_received_data(n, sid)
+            s.unacked -= n
+            self._window_back(n)
+            if s.state == OPEN or s.state == HALF_CLOSED_LOCAL:   # (it may send more)
+                s.recv_window += n
+                self.out.append(window_update_frame(sid, n))
 
     def head_sent(self, sid: int) -> bool:
         """The response head is out (an error can no longer be answered, only reset)."""
@@ -417,85 +687,82 @@ class H2Machine:
             return
         if s.head_sent:
             raise H2StateError(f"a second response head on stream {sid}")
+        fields = response_head(status, headers)   # (ValueError: nothing was sent)
         s.head_sent = True
-        self.conn.send_headers(sid, [(b":status", str(status).encode()), *headers], end_stream=end)
+        self.out.append(headers_frames(sid, self.encoder.encode(fields), end, self.max_send_frame))
         if end:
-            self._sent_end(sid)
+            self._sent_end(s)
 
     def window(self, sid: int) -> int:
         """How many body bytes may go on the stream now (0: wait for WindowOpened)."""
-        if not self.is_open(sid):
+        s = self.streams.get(sid)
+        if s is None or self.closed:
             return 0
-        return max(0, self.conn.local_flow_control_window(sid))
+        return max(0, min(s.send_window, self.send_window))
 
     def send_data(self, sid: int, data: bytes, end: bool = False) -> int:
         """Sends what the windows allow of ``data`` (in frames of the peer's size); returns
         how much went.  ``end`` ends the stream when all of it went."""
-        if not self.is_open(sid):
+        s = self.streams.get(sid)
+        if s is None or self.closed:
             return 0
-        conn = self.conn
         total = len(data)
-        n = min(total, max(0, conn.local_flow_control_window(sid)))
+        n = min(total, max(0, min(s.send_window, self.send_window)))
         ends = end and n == total
-        size = conn.max_outbound_frame_size
-        if n == total and n <= size:   # the usual case: one frame, no copy
+        size = self.max_send_frame
+        if n == total and n <= size:   # the usual case: one frame
             if n or ends:
-                conn.send_data(sid, data, end_stream=ends)
+                self.out.append(data_frame(sid, data if type(data) is bytes else bytes(data), ends))
         else:
             mv = memoryview(data)
             for i in range(0, n, size):
                 j = min(i + size, n)
-                conn.send_data(sid, mv[i:j].tobytes(), end_stream=ends and j == n)
+                self.out.append(data_frame(sid, mv[i:j].tobytes(), ends and j == n))
+        s.send_window -= n
+        self.send_window -= n
         if ends:
-            self._sent_end(sid)
+            self._sent_end(s)
         return n
 
     def send_trailers(self, sid: int, trailers: list) -> None:
-        if self.is_open(sid):
-            self.conn.send_headers(sid, trailers, end_stream=True)
-            self._sent_end(sid)
+        s = self.streams.get(sid)
+        if s is not None and not self.closed:
+            block = self.encoder.encode(trailer_fields(trailers))
+            self.out.append(headers_frames(sid, block, True, self.max_send_frame))
+            self._sent_end(s)
 
     def end(self, sid: int) -> None:
-        if self.is_open(sid):
-            self.conn.end_stream(sid)
-            self._sent_end(sid)
+        s = self.streams.get(sid)
+        if s is not None and not self.closed:
+            self.out.append(data_frame(sid, b"", True))
+            self._sent_end(s)
 
-    def _sent_end(self, sid: int) -> None:
-        s = self.streams[sid]
+    def _sent_end(self, s: Stream) -> None:
         if s.state == OPEN:
             # Answered before the whole request came: ask the client to stop sending it
             # (RFC 9113 §8.1: RST_STREAM NO_ERROR after a complete response).
-            self.reset(sid, ErrorCodes.NO_ERROR)
+            self.reset(s.id, ErrorCodes.NO_ERROR)
         else:
-            self._to(sid, SEND_END)
+            self._to(s.id, SEND_END)
 
     def reset(self, sid: int, code: int = ErrorCodes.INTERNAL_ERROR) -> None:
         s = self.streams.pop(sid, None)
         if s is None or self.closed:
             return
         s.to(SEND_RST)
-        self.conn.reset_stream(sid, code)
+        self._send_rst(sid, code)
         self._release(s)
 
     def goaway(self) -> None:
         """Graceful shutdown: a GOAWAY NO_ERROR naming the last stream taken; no new
-        streams, those open finish (the adapter closes when none is left).  (h2's own
-        close_connection would end the open streams too, so the frame is written here.)"""
+        streams, those open finish (the adapter closes when none is left)."""
         if not self.closed and not self.goaway_sent:
             self.goaway_sent = True
-            self.out += self.conn.data_to_send() + _goaway(self.conn.highest_inbound_stream_id,
-                                                            ErrorCodes.NO_ERROR)
+            self.out.append(goaway_frame(self.highest, ErrorCodes.NO_ERROR))
 
     @property
     def active(self) -> int:
         return len(self.streams)
-
-
-def _goaway(last_stream_id: int, code: int) -> bytes:
-    f = GoAwayFrame(0)
-    f.last_stream_id = last_stream_id
-    f.error_code = code
-    return f.serialize()
 
 
 def _code_name(code) -> str:

@@ -34,14 +34,14 @@ import logging
 import os
 from time import perf_counter
 
-from h2.errors import ErrorCodes
-
 from .h2conn import (
     PREFACE,
     Body,
     BodyEnd,
     Closed,
+    ErrorCodes,
     H2Machine,
+    Malformed,
     RequestHead,
     Reset,
     WindowOpened,
@@ -296,6 +296,12 @@ class HTTP2Connection(asyncio.Protocol):
                 listener.h2_event("reset_by_client")
                 if st is not None:
                     self._forget(st, ClientGone())
+            elif t is Malformed:
+                listener.h2_event("malformed_request")
+                log.info("http2 request from %s refused (stream %d): %s", self.client, ev.stream_id, ev.reason)
+                st = self.streams.pop(ev.stream_id, None)
+                if st is not None:   # (trailers: the request was under way)
+                    self._forget(st, ClientGone())
             elif t is Closed:
                 listener.h2_event("goaway_received" if ev.by_peer else "goaway_" + ev.error.lower())
                 if not ev.by_peer:
@@ -374,7 +380,6 @@ class HTTP2Connection(asyncio.Protocol):
         sid = ev.stream_id
         if not self.machine.is_open(sid):   # reset (or the connection ended) in the same read
             return
-        st = self.streams[sid] = StreamState(sid)
         method = path_b = authority = protocol = None
         fields = []
         content_length = -1
@@ -390,11 +395,11 @@ class HTTP2Connection(asyncio.Protocol):
                     protocol = value
                 continue
             if name == b"content-length":
-                content_length = int(value)   # (h2 has checked it is a number)
+                content_length = int(value)   # (the machine has checked it is a number)
             fields.append((name, value))
         if ev.too_large:
             listener.parse_error(431)
-            self._fail(st, 431, "request header fields too large")
+            self._fail(self._stream(sid), 431, "request header fields too large")
             return
         host_field = next((v for n, v in fields if n == b"host"), None)
         if authority is None:
@@ -403,7 +408,7 @@ class HTTP2Connection(asyncio.Protocol):
             fields.insert(0, (b"host", authority))
         if method == b"CONNECT":
             if protocol is None or path_b is None:   # a tunnel: not served here
-                self._fail(st, 501, "CONNECT is not supported")
+                self._fail(self._stream(sid), 501, "CONNECT is not supported")
                 return
             # RFC 8441: an extended CONNECT is what a GET with Upgrade is on HTTP/1.1,
             # and the handler sees it so.  Its handshake has no Sec-WebSocket-Key (the
@@ -413,17 +418,22 @@ class HTTP2Connection(asyncio.Protocol):
             if protocol.lower() == b"websocket" and not any(n == b"sec-websocket-key" for n, _ in fields):
                 fields.append((b"sec-websocket-key", WS_KEY))
         elif path_b is None:
-            self._fail(st, 400, "no :path")
+            self._fail(self._stream(sid), 400, "no :path")
             return
         target = path_b
         path, _, query = target.partition(b"?")
         host = split_host(authority)
         resolved = listener.router.resolve(host, path)
         if type(resolved) is Fixed:   # unknown host or no route
-            self._open_body(st, ev, listener.limits.max_body_bytes)
-            self._answer_fixed(st, resolved, method)
+            if not self._fixed_at_once(ev, resolved, method):
+                st = self._stream(sid)
+                self._open_body(st, ev, listener.limits.max_body_bytes)
+                self._answer_fixed(st, resolved, method)
             return
         tenant, route, handler, body_limit = resolved
+        if type(handler) is Fixed and listener.access_log is None and self._fixed_at_once(ev, handler, method):
+            return   # (a static route: no Request object, no call, no stream state)
+        st = self._stream(sid)
         st.route = route
         if content_length > body_limit:
             self._fail(st, 413, "request body too large")
@@ -458,6 +468,10 @@ class HTTP2Connection(asyncio.Protocol):
             self._upgrade(st, result)
         else:
             st.task = asyncio.ensure_future(self._respond_later(st, result))
+
+    def _stream(self, sid: int) -> StreamState:
+        st = self.streams[sid] = StreamState(sid)
+        return st
 
     def _open_body(self, st: StreamState, ev: RequestHead, limit: int) -> H2Body | None:
         if ev.ended:
@@ -497,13 +511,36 @@ class HTTP2Connection(asyncio.Protocol):
         else:
             self._finish(st)
         if counted:
-            listener = self.listener
-            served = fixed.served
-            served[listener.name] = served.get(listener.name, 0) + 1
-            listener.h2_requests += 1
-            if listener.access_log is not None and st.req is not None:
-                listener.log_access(st.req, status, 0.0, self.client)
+            self._count_fixed(fixed, status, st.req)
         self._flush()
+
+    def _fixed_at_once(self, ev: RequestHead, fixed: Fixed, method: bytes | None) -> bool:
+        """A Fixed answer to a request without a body, when the window takes all of it:
+        written at once, and no stream state kept here (the answer ends the machine's
+        stream).  False: not such a case, nothing done."""
+        status, fields, body = fixed_parts(fixed)
+        head_only = method == b"HEAD" or not body
+        machine = self.machine
+        sid = ev.stream_id
+        if not ev.ended or (not head_only and len(body) > machine.window(sid)):
+            return False
+        machine.send_head(sid, status, fields, head_only)
+        if not head_only:
+            machine.send_data(sid, body, True)
+        self._count_fixed(fixed, status, None)
+        self._flush()
+        self._stream_done()
+        return True
+
+    def _count_fixed(self, fixed: Fixed, status: int, req: H2Request | None) -> None:
+        """Counted by the Fixed itself (the listener sums them), as HTTP/1.1 counts its
+        fixed answers."""
+        listener = self.listener
+        served = fixed.served
+        served[listener.name] = served.get(listener.name, 0) + 1
+        listener.h2_requests += 1
+        if listener.access_log is not None and req is not None:
+            listener.log_access(req, status, 0.0, self.client)
 
     async def _rest_of_fixed(self, st: StreamState, rest: bytes) -> None:
         try:

@@ -51,7 +51,8 @@ class WebhooksConfig:
     collection: str = setting("farts.webhooks", Check(lambda v: "." in v.strip(".") and "$" not in v,
                                                        "\"database.collection\""))
     # Seconds between the active node's looks at the queue for what other nodes enqueued
-    # (more with a long backlog: a look reads every key, and takes at most 1/20 of the loop).
+    # (in the operation log; the full scans of every key now and then are spaced out with a
+    # long backlog, so that they take at most 1/20 of the loop).
     scan_interval: float = setting(0.5, POSITIVE)
     dns_cache_seconds: float = setting(30.0, NON_NEGATIVE)
 

@@ -147,7 +147,7 @@ def claim(w, source_ns: str, tenant: str, source_ids: list, now: float, max_payl
             doc = make(tenant, src.get("url"), src.get("event"), src.get("payload"), now, max_payload_bytes, did)
             ns = QUEUE_NS
         except BadDelivery as e:
-            doc = {"_id": did, "tenant": tenant, "url": str(src.get("url"))[:2048], "event": str(src.get("event"))[:200],
+            doc = {"_id": did, "tenant": tenant, "url": _shown(src.get("url"), 2048), "event": _shown(src.get("event"), 200),
                    "body": b"", "created": now, "since": now, "due": now, "attempts": 0,
                    "error": f"not enqueued: {e}", "status": 0, "epoch": 0}
             ns = DEAD_NS
@@ -156,6 +156,12 @@ def claim(w, source_ns: str, tenant: str, source_ids: list, now: float, max_payl
             w.insert(ns, doc)
         out.append(did)
     return out
+
+
+def _shown(value, limit: int) -> str:
+    """A field of a refused document as the dead letter keeps it: printable only (listings
+    and `farts-edge webhooks list` show it on an operator's terminal; an ESC would not be)."""
+    return "".join(c if c.isprintable() else "?" for c in str(value)[:limit])
 
 
 # ---- reads ----
@@ -176,6 +182,20 @@ def scan(store: Store, ns: str, known: dict[bytes, object]) -> tuple[list[dict],
                 if k not in known:
                     new.append(bson.decode(txn.get(k)))
     return new, [k for k in known if k not in seen]
+
+
+def first_docs(store: Store, ns: str, limit: int) -> list[dict]:
+    """The first ``limit`` documents of ns (in key order)."""
+    prefix = ns_prefix(ns)
+    out: list[dict] = []
+    with store.read() as txn:
+        cur = txn.cursor()
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix) or len(out) >= limit:
+                    break
+                out.append(bson.decode(v))
+    return out
 
 
 class Watch:
@@ -223,17 +243,8 @@ def listing(store: Store, limit: int = 100) -> dict:
     """For `farts-edge webhooks list`: counts and the first deliveries of each state."""
     out: dict = {}
     for state, n in counts(store).items():
-        ns = QUEUE_NS if state == "pending" else DEAD_NS
-        prefix = ns_prefix(ns)
-        rows = []
-        with store.read() as txn:
-            cur = txn.cursor()
-            if cur.set_range(prefix):
-                for k, v in cur:
-                    if not k.startswith(prefix) or len(rows) >= limit:
-                        break
-                    d = bson.decode(v)
-                    rows.append({f: d.get(f) for f in ("_id", "tenant", "url", "event", "attempts", "due",
-                                                       "created", "since", "error", "status", "epoch")})
+        rows = [{f: d.get(f) for f in ("_id", "tenant", "url", "event", "attempts", "due", "created", "since",
+                                       "error", "status", "epoch")}
+                for d in first_docs(store, QUEUE_NS if state == "pending" else DEAD_NS, limit)]
         out[state] = {"count": n, "deliveries": rows}
     return out

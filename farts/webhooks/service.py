@@ -4,8 +4,9 @@ Every node takes enqueues (``POST /api/webhooks`` with a tenant API key, or a do
 inserted into the MongoDB collection ``webhooks.collection``) into the replicated
 queue. Only the node the master lease names delivers: ``set_master(epoch)`` makes this
 node active (``epoch``: the lease's fencing token, carried on every write it makes to
-the queue), ``set_master(None)`` stops it. While active it looks at the queue every
-``scan_interval`` for what other nodes enqueued (reading keys only), hands each
+the queue), ``set_master(None)`` stops it. While active it looks every ``scan_interval``
+at what changed in the queue (the store's operation log; a full scan of its keys at the
+start, when the log cannot say, and every FULL_SCAN_EVERY seconds at most), hands each
 delivery to the ``Scheduler`` and runs the attempts it hands out, each a POST through
 the node's pooled client, to the address checked against request forgery, signed with
 the tenant's webhook secret. Outcomes are written back in batches (one write for all
@@ -37,6 +38,7 @@ MAX_BATCH = 1000              # deliveries per POST /api/webhooks
 MAX_ANSWER_BYTES = 65536      # of a receiver's answer read (the rest is not waited for)
 SCAN_SHARE = 20               # full scans take at most 1/20 of the master's loop ...
 FULL_SCAN_EVERY = 30.0        # ... and come at least this many seconds apart
+CLAIM_BATCH = 5000            # documents claimed from one MongoDB collection per look (the rest next time)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DELAY_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 21600.0, 86400.0)
 
@@ -272,9 +274,9 @@ class Webhooks:
     def _claim(self, a: _Active) -> None:
         work = []
         for ns, tenant in self.sources.items():
-            docs, _ = queue.scan(self.store, ns, {})
-            if docs:
-                work.append((ns, tenant, [d["_id"] for d in docs]))
+            ids = [d["_id"] for d in queue.first_docs(self.store, ns, CLAIM_BATCH)]
+            if ids:
+                work.append((ns, tenant, ids))
         if not work:
             return
         a.claiming = True
@@ -490,7 +492,7 @@ class EnqueueHandler:
             return _json(401, {"error": "missing or unknown API key (Authorization: Bearer KEY)"})
         try:
             body = json.loads(await req.body.read() if req.body is not None else b"")
-        except ValueError:
+        except (ValueError, RecursionError):   # (RecursionError: nested deeper than the parser goes)
             hooks.refused.inc(("bad_json",))
             return _json(400, {"error": "body is not JSON"})
         batch = isinstance(body, dict) and "deliveries" in body

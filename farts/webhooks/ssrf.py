@@ -14,6 +14,10 @@ from urllib.parse import urlsplit
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _SHARED = ipaddress.ip_network("100.64.0.0/10")   # carrier-grade NAT: private in all but name
+# NAT64's well-known prefix (RFC 6052): a NAT64 gateway sends 64:ff9b::AABB:CCDD to
+# A.B.C.D. Python's ipaddress calls it not global up to 3.11 and global from 3.12 on:
+# judged here as its IPv4 address, whatever the version says.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class Refused(ValueError):
@@ -65,8 +69,16 @@ class Policy:
     def problem(self, address: str) -> str | None:
         """Why a delivery may not go to this address, or None."""
         ip: Address = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.is_site_local:     # fec0::/10: deprecated, still routed inside some sites
+                return f"{ip} is a site-local address (webhooks.allow_networks)"
+            # An IPv4 address inside an IPv6 one (::ffff:a.b.c.d; NAT64's 64:ff9b::AABB:CCDD and
+            # 6to4's 2002:AABB:CCDD::, which a host with such a route sends to A.B.C.D) is
+            # judged as that IPv4 address.
+            if ip in _NAT64:
+                ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+            else:
+                ip = ip.ipv4_mapped or ip.sixtofour or ip
         if any(ip in n for n in self.networks):
             return None
         if ip.is_loopback:
