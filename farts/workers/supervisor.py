@@ -103,8 +103,7 @@ class Supervisor:
                               "when it died (as of its last report)")
         self.behind = m.counter("farts_worker_too_far_behind_total", "Workers killed for not reading "
                                 "what the node process sends them (pub/sub events)")
-        m.gauge("farts_workers", "Worker processes serving the public listeners",
-                lambda: sum(1 for s in self.slots if s.ready is not None and s.ready.done()))
+        m.gauge("farts_workers", "Worker processes serving the public listeners", self.serving)
         ps = node.pubsub
         if ps is not None:
             ps.on_delivered = self.relay
@@ -286,8 +285,11 @@ class Supervisor:
             out[name] = f"{name}://{f'[{host}]' if ':' in host else host}:{port}/"
         return out
 
+    def serving(self) -> int:
+        return sum(1 for s in self.slots if s.ready is not None and s.ready.done() and s.proc.returncode is None)
+
     def states(self) -> dict[str, str]:
-        up = sum(1 for s in self.slots if s.ready is not None and s.ready.done() and s.proc.returncode is None)
+        up = self.serving()
         state = "ok" if up == self.count else f"{up} of {self.count} workers up"
         return {name: state for name in self.sockets}
 
