@@ -16,6 +16,8 @@ from farts import __version__, config
 def _with_flags(cfg: config.Config, args) -> config.Config:
     if args.access_log is not None:
         cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, access_log_sample=args.access_log))
+    if getattr(args, "workers", None) is not None:
+        cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, workers=args.workers))
     return cfg
 
 
@@ -49,7 +51,8 @@ def _serve(cfg: config.Config, banner: str = "", takeover: bool = False) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        print(f"farts-edge {__version__}: node {cfg.node.id} is up", flush=True)
+        workers = f" ({node.supervisor.count} worker processes)" if node.supervisor is not None else ""
+        print(f"farts-edge {__version__}: node {cfg.node.id} is up{workers}", flush=True)
         for name, url in node.urls().items():
             print(f"  {name:6} {url}", flush=True)
         if banner:
@@ -345,6 +348,14 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError('expected a number of processes 1-256, or "auto"')
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farts-edge", description="An edge node: TLS, HTTP, proxy, and more.")
     p.add_argument("--version", action="version", version=f"farts-edge {__version__}")
@@ -370,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--takeover", action="store_true",
                        help="take over the node running this config (its sockets, subscribers and "
                             "history) without dropping work: a restart, e.g. onto a new release")
+    serve.add_argument("--workers", type=_workers, metavar="N|auto",
+                       help="processes serving HTTP/HTTPS (overrides node.workers; auto: one per core)")
     serve.set_defaults(func=cmd_serve)
 
     for command in (up, serve):

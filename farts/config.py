@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import tomllib
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,6 +123,17 @@ class NodeConfig:
     data_dir: str = "./farts-data"
     # The deployment this node belongs to (one master per deployment: [master]).
     deployment: str = setting("global", Check(lambda v: bool(v) and len(v) <= 128, "a name"))
+    # Processes serving the public HTTP/HTTPS listeners: 1 serves them in the node
+    # process itself; N > 1 starts N worker processes beside it (farts/workers/);
+    # "auto": one per core this process may run on.
+    workers: int | str = setting(1, Check(lambda v: v == "auto" or (isinstance(v, int) and 1 <= v <= 256),
+                                          'a number of processes 1-256, or "auto"'))
+
+    @property
+    def worker_count(self) -> int:
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0))
+        return self.workers
 
 
 @dataclass(frozen=True)
@@ -275,6 +288,13 @@ def _convert(value: Any, tp: Any, path: str, source: str, check: Check | None = 
         raise ConfigError(f"{source}: {path}: expected {expected}, got {_show(value)}")
 
     origin = typing.get_origin(tp)
+    if origin is types.UnionType:   # the first of the types the value is
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, path, source)
+            except ConfigError:
+                pass
+        fail(" or ".join(t.__name__ for t in typing.get_args(tp)))
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             fail("a table")
@@ -391,6 +411,7 @@ lat = 50.11                 # coordinates, used by the geo DNS
 lon = 8.68
 data_dir = "./farts-data"   # relative to this file; certs, caches and the DB live here
 deployment = "global"       # one master per deployment ([master])
+workers = 1                 # processes serving HTTP/HTTPS: N, or "auto" (one per core); see README
 
 [listeners.http]
 host = "127.0.0.1"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -315,7 +315,9 @@ class Node:
         self.services: dict[str, Any] = {}
         for row in services:
             self.services[row.name] = row.build(self)
-        self.admin = AdminHandler(self.metrics.render, self.status, self.health.check, self.slow_requests,
+        # With [node] workers > 1, the worker processes serve the public listeners (start).
+        self.supervisor = None
+        self.admin = AdminHandler(self.render_metrics, self.status, self.health.check, self.slow_requests,
                                   self.services.get("admin"), cfg.admin.token)
         self._route_kinds = {kind: (row, make) for row in services for kind, make in row.routes.items()}
         # The services' peer protocols on the mesh bus (none without a mesh).
@@ -367,7 +369,8 @@ class Node:
                 admin_routes += row.admin_routes(self, service)
         admin = Router(None, admin_routes, 0)
         ls = cfg.listeners
-        if ls.http.enabled:
+        workers = cfg.node.worker_count > 1 and (ls.http.enabled or ls.https.enabled)
+        if ls.http.enabled and not workers:
             await self._listen("http", "http", public, ls.http.host, ls.http.port, None, access,
                                h2c=ls.http.h2c)
         if ls.https.enabled:
@@ -379,8 +382,15 @@ class Node:
                                "When each certificate of the HTTPS listener expires (notAfter)",
                                CertExpiry(self.certs), ("file",))
             self._timers.append(self.certs.watch(ls.https.reload_interval))
+        if ls.https.enabled and not workers:
             await self._listen("https", "https", public, ls.https.host, ls.https.port,
                                self.certs.listening, access)
+        if workers:
+            from farts.workers.supervisor import Supervisor
+            self.supervisor = Supervisor(self, cfg.node.worker_count)
+            await self.supervisor.start(public, public_routes[len(cfg.routes):])
+            if self.services.get("admin") is not None:   # the status page sees the workers too
+                self.services["admin"].read.metrics = self.supervisor.view
         if ls.admin.enabled:
             await self._listen("admin", "http", admin, ls.admin.host, ls.admin.port, None, None,
                                h2c=ls.admin.h2c)
@@ -401,6 +411,8 @@ class Node:
             host, port = li.address
             host = f"[{host}]" if ":" in host else host
             out[name] = f"{li.scheme}://{host}:{port}/"
+        if self.supervisor is not None:
+            out.update(self.supervisor.urls())
         if self.dns is not None and self.dns.address:   # UDP and TCP on the same port
             host, port = self.dns.address
             out["dns"] = f"dns://{f'[{host}]' if ':' in host else host}:{port}/"
@@ -414,6 +426,8 @@ class Node:
     def load(self) -> float:
         """The load figure peers (and their DNS) see: open client connections over the limit."""
         open_ = sum(len(li.connections) for name, li in self.listeners.items() if name != "admin")
+        if self.supervisor is not None:
+            open_ += self.supervisor.open_connections()
         return min(1.0, open_ / self.cfg.limits.max_connections)
 
     def status(self) -> dict:
@@ -444,6 +458,8 @@ class Node:
         for name in ("http", "https", "admin"):
             if getattr(self.cfg.listeners, name).enabled and name not in self.listeners:
                 out[name] = "not listening"
+        if self.supervisor is not None:
+            out.update(self.supervisor.states())
         if self.db is not None:
             out["db"] = kit_state(self.db.kit) if self.db.kit is not None else "not listening"
         if self.dns is not None:
@@ -490,6 +506,12 @@ class Node:
             await self._close_listeners()
         self.http_client.close()
 
+    def render_metrics(self) -> bytes | Awaitable[bytes]:
+        """/metrics: this process's metrics, plus (asked at once) the workers' when there are some."""
+        return self.supervisor.render_metrics() if self.supervisor is not None else self.metrics.render()
+
     async def _close_listeners(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         for li in self.listeners.values():
             await li.close()

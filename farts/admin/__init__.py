@@ -19,6 +19,7 @@ configured.
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -106,7 +107,10 @@ class AdminHandler:
         if path == b"/healthz":
             return self._health() if self.health is not None else _json(200, {"ok": True})
         if path == b"/metrics":
-            return Response(200, [(b"content-type", CONTENT_TYPE)], self.render_metrics())
+            body = self.render_metrics()
+            if inspect.isawaitable(body):   # a node with worker processes asks them first
+                return self._metrics_later(body)
+            return Response(200, [(b"content-type", CONTENT_TYPE)], body)
         if path == b"/api/status":
             return _json(200, self.status())
         if path == b"/api/slow" and self.slow is not None:
@@ -120,6 +124,9 @@ class AdminHandler:
         if page is not None and not self.public:
             return Response(200, [(b"content-type", page[0]), *PAGE_HEADERS], page[1])
         return self.not_found
+
+    async def _metrics_later(self, body: Awaitable[bytes]) -> Response:
+        return Response(200, [(b"content-type", CONTENT_TYPE)], await body)
 
     async def _health(self) -> Response:
         ok, parts = await self.health()

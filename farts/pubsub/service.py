@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from urllib.parse import parse_qs
 
@@ -72,6 +72,14 @@ class PubSub:
         self._ticker: Timer | None = None
         # Called with every event published on this node (the mesh forwards it).
         self.on_local_event: Callable[[dict], None] | None = None
+        # With worker processes (farts/workers/): in the node process, called with every
+        # event applied here, in order (relayed to the workers); in a worker, what
+        # POST /api/publish hands its messages to ((tenant id, [(channel, data JSON)]) ->
+        # their ids), so that the node process numbers them.
+        self.on_delivered: Callable[[dict], None] | None = None
+        self.forward_publish: Callable[[str, list], Awaitable[list[str]]] | None = None
+        # ... and what /api/presence asks for the subscriber counts of every worker.
+        self.count_everywhere: Callable[[list[str]], Awaitable[list[int]]] | None = None
         self._metrics(metrics)
 
     def _metrics(self, m: Metrics) -> None:
@@ -263,10 +271,12 @@ class PubSub:
     # -- publishing ------------------------------------------------------------------------
     def publish(self, tenant_id: str, channel: str, data) -> str:
         """Publishes one event from this node; returns its cursor."""
+        return self.publish_json(tenant_id, channel, json.dumps(data, separators=(",", ":")))
+
+    def publish_json(self, tenant_id: str, channel: str, data_json: str) -> str:
         problem = channel_problem(channel)
         if problem:
             raise PublishError(problem)
-        data_json = json.dumps(data, separators=(",", ":"))
         seq = self.history.next_seq()
         event_id = self._deliver(tenant_id, channel, self.node_id, seq, data_json)
         self.published.inc(("local",))
@@ -308,10 +318,18 @@ class PubSub:
             out.append({"tenant": tenant, "channel": channel, "origin": ev.origin, "seq": ev.seq, "data": data})
         return out
 
+    def apply_relayed(self, event: dict) -> None:
+        """In a worker: an event the node process applied (it checked, deduplicated and
+        counted it), in the node's order."""
+        self._deliver(event["tenant"], event["channel"], event["origin"], event["seq"], event["data"])
+
     def _deliver(self, tenant_id: str, channel: str, origin: str, seq: int, data_json: str) -> str:
         start = perf_counter()
         event_id = self.channels.deliver(channel_key(tenant_id, channel), channel, origin, seq, data_json)
         self.fanout_time.observe(perf_counter() - start)
+        if self.on_delivered is not None:
+            self.on_delivered({"tenant": tenant_id, "channel": channel, "origin": origin, "seq": seq,
+                               "data": data_json})
         return event_id
 
     def _tenant_by_key(self, req: Request) -> Tenant | None:
@@ -342,7 +360,11 @@ class PubSub:
             problem = channel_problem(m.get("channel"))
             if problem:
                 return _json_response(400, {"error": f"{where}.channel: {problem}"})
-        ids = [self.publish(tenant.id, m["channel"], m["data"]) for m in messages]
+        if self.forward_publish is not None:
+            ids = await self.forward_publish(tenant.id, [(m["channel"], json.dumps(m["data"], separators=(",", ":")))
+                                                         for m in messages])
+        else:
+            ids = [self.publish(tenant.id, m["channel"], m["data"]) for m in messages]
         return _json_response(200, {"ids": ids} if batch else {"id": ids[0]})
 
     def _presence(self, req: Request) -> Response:
@@ -353,6 +375,15 @@ class PubSub:
         names = parse_qs(req.query.decode("latin-1")).get("channel", [])
         if not names:
             return _json_response(400, {"error": "add ?channel=NAME"})
-        counts = {n: self.fanout.count(channel_key(tenant.id, n)) for n in names}
-        return _json_response(200, {"channel": names[0], "subscribers": counts[names[0]]}
-                              if len(names) == 1 else {"channels": counts})
+        keys = [channel_key(tenant.id, n) for n in names]
+        if self.count_everywhere is not None:
+            return self._presence_everywhere(names, keys)
+        return _presence_answer(names, [self.fanout.count(k) for k in keys])
+
+    async def _presence_everywhere(self, names: list[str], keys: list[str]) -> Response:
+        return _presence_answer(names, await self.count_everywhere(keys))
+
+
+def _presence_answer(names: list[str], counts: list[int]) -> Response:
+    return _json_response(200, {"channel": names[0], "subscribers": counts[0]}
+                          if len(names) == 1 else {"channels": dict(zip(names, counts, strict=True))})

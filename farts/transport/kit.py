@@ -150,18 +150,22 @@ class ListenerKit:
     # -- lifetime -----------------------------------------------------------------
     async def start(self, factory: Callable[[], asyncio.BaseProtocol], host: str, port: int,
                     ssl_context: ssl.SSLContext | None = None, handshake_timeout: float | None = None,
-                    **server_options: Any) -> tuple[str, int]:
+                    sock: socket.socket | None = None, **server_options: Any) -> tuple[str, int]:
+        """Listens on host:port, or on ``sock`` when given (a listening socket made by
+        another process: a worker's, see farts/workers/)."""
         loop = asyncio.get_running_loop()
-        inherited = inherited_sockets.pop(self.name, None)
-        if ssl_context is None and inherited is not None:
-            server_options.pop("family", None)
-            self.server = await loop.create_server(factory, sock=inherited, **server_options)
-            sock: socket.socket = self.server.sockets[0]
-        elif ssl_context is None:
-            self.server = await loop.create_server(factory, host, port, reuse_address=True, **server_options)
+        # A listening socket made elsewhere: a worker's (farts/workers/), or the one the
+        # process this one takes over handed over (farts/release/handover.py).
+        sock = sock or inherited_sockets.pop(self.name, None)
+        if ssl_context is None:
+            if sock is not None:
+                server_options.pop("family", None)
+                self.server = await loop.create_server(factory, sock=sock, **server_options)
+            else:
+                self.server = await loop.create_server(factory, host, port, reuse_address=True, **server_options)
             sock = self.server.sockets[0]
         else:
-            sock = self._tls_sock = inherited or socket.create_server(
+            sock = self._tls_sock = sock or socket.create_server(
                 (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                 backlog=server_options.get("backlog", 100))
             sock.setblocking(False)

@@ -206,13 +206,14 @@ class Listener(ListenerKit):
         self.stats.h2_events.inc((self.name, event))
 
     # -- lifetime ---------------------------------------------------------------
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                    sock=None) -> None:
         if (ssl_context is not None and self.http2) or (ssl_context is None and self.h2c):
             factory = choose_protocol(self, self.h2c)
         else:
             factory = lambda: HTTP1Connection(self)  # noqa: E731
         await super().start(factory, host, port, ssl_context, self.limits.header_timeout,
-                            backlog=4096)
+                            sock=sock, backlog=4096)
 
     def drain(self) -> None:
         """Stops accepting (the next process accepts on the same socket); HTTP/1.1

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Requests per server CPU-second of a fixed or a proxy route, by number of workers.
+
+    python bench/workers.py [--workers 1,2] [--seconds 5] [--connections 64] [--route fixed|proxy]
+
+For each count, a node (`farts-edge serve`, ``[node] workers = N``) is started pinned
+with taskset to cores 0..min(N, cores)-1, wrk (`-t1`) pinned to the last core; after a
+one-second warm-up, wrk runs --seconds while the CPU time (user + system, from
+/proc/PID/stat) of the node process and all its children is read before and after.
+The figure is requests answered / server CPU seconds used: on a machine with fewer
+cores than workers + wrk, req/s is bounded by the sharing, but the per-CPU-second
+figure still says what a core of serving yields (1.0x = linear scaling). The proxy
+route's upstream is an nginx (one process, the body from memory) on wrk's core; its CPU
+is not the server's. Only 127.0.0.1, free ports, a temp directory; what it starts is
+stopped by its PID.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+CONFIG = """
+[node]
+id = "bench"
+data_dir = "{data_dir}"
+workers = {workers}
+
+[listeners.http]
+port = 0
+[listeners.https]
+enabled = false
+[listeners.admin]
+port = 0
+
+[[tenants]]
+id = "bench"
+hosts = ["127.0.0.1"]
+api_keys = ["k"]
+
+"""
+FIXED = """
+[[routes]]
+prefix = "/"
+kind = "static"
+body = "{body}"
+"""
+PROXY = """
+[upstreams.app]
+servers = ["127.0.0.1:{port}"]
+
+[[routes]]
+prefix = "/"
+kind = "proxy"
+upstream = "app"
+"""
+NGINX = """daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        location / {{ return 200 "{body}"; }}
+    }}
+}}
+"""
+
+
+def tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])   # utime, stime
+    return total / TICK
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_upstream(tmp: Path, cpu: str, body: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX.format(dir=tmp, port=port, body=body))
+    proc = subprocess.Popen(["taskset", "-c", cpu, "nginx", "-c", str(conf), "-p", f"{tmp}/", "-e",
+                             f"{tmp}/error.log"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the nginx upstream did not start")
+
+
+def start(workers: int, cpus: str, tmp: Path, routes: str) -> tuple[subprocess.Popen, str]:
+    data = tmp / f"w{workers}"
+    data.mkdir()
+    cfg = data / "farts.toml"
+    cfg.write_text(CONFIG.format(data_dir=data, workers=workers) + routes)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-m", "farts.cli", "--log-level", "WARNING",
+                             "serve", "--config", str(cfg)], stdout=subprocess.PIPE, env=env)
+    buf, deadline = b"", time.monotonic() + 60
+    while time.monotonic() < deadline and b"Ctrl-C stops the node." not in buf:
+        if select.select([proc.stdout], [], [], 0.5)[0]:
+            buf += os.read(proc.stdout.fileno(), 65536)
+    m = re.search(rb"http\s+(http://\S+)", buf)
+    if m is None:
+        proc.kill()
+        raise SystemExit(f"node with {workers} workers did not start: {buf!r}")
+    return proc, m.group(1).decode()
+
+
+def wrk(url: str, seconds: float, connections: int, cpu: str) -> tuple[int, float, str]:
+    out = subprocess.run(["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency",
+                          url], capture_output=True, text=True, timeout=seconds + 30).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"wrk saw errors:\n{out}")
+    n = int(re.search(r"(\d+) requests in", out).group(1))
+    p99 = re.search(r"99%\s+(\S+)", out).group(1)
+    return n, float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), p99
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--workers", default="1,2")
+    p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--route", choices=("fixed", "proxy"), default="fixed")
+    p.add_argument("--json", help="write the results here too")
+    args = p.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    results = []
+    body = "x" * 1024
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+        upstream = None
+        routes = FIXED.format(body=body)
+        if args.route == "proxy":
+            upstream, port = start_upstream(Path(tmp), str(cores - 1), body)
+            routes = PROXY.format(port=port)
+        try:
+            run_all(args, cores, Path(tmp), routes, results)
+        finally:
+            if upstream is not None:
+                upstream.terminate()
+                upstream.wait(10)
+    report(args, results)
+    return 0
+
+
+def run_all(args, cores: int, tmp: Path, routes: str, results: list) -> None:
+    for workers in [int(w) for w in args.workers.split(",")]:
+        cpus = f"0-{min(workers, cores) - 1}"
+        proc, url = start(workers, cpus, tmp, routes)
+        try:
+            wrk(url, 1, args.connections, str(cores - 1))   # warm-up
+            before = cpu_seconds(proc.pid)
+            n, rps, p99 = wrk(url, args.seconds, args.connections, str(cores - 1))
+            used = cpu_seconds(proc.pid) - before
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        row = {"route": args.route, "workers": workers, "server_cpus": cpus, "requests": n,
+               "req_per_s": round(rps), "server_cpu_s": round(used, 2),
+               "req_per_cpu_s": round(n / used) if used else None, "p99": p99}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+
+def report(args, results: list) -> None:
+    base = results[0]["req_per_cpu_s"]
+    for row in results:
+        row["efficiency_vs_first"] = round(row["req_per_cpu_s"] / base, 2) if base else None
+        print(f"workers={row['workers']}: {row['req_per_s']} req/s, {row['req_per_cpu_s']} req per server "
+              f"CPU-second ({row['efficiency_vs_first']}x the first), p99 {row['p99']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"host": socket.gethostname(), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The node process's side of the workers: makes the public listening sockets, starts
+the worker processes, relays pub/sub to them, sums their metrics, restarts the ones
+that exit, and drains them on shutdown.
+
+Listening sockets: for each public listener, one SO_REUSEPORT socket per worker, all
+made here (so port 0 works: the first picks the port, the others bind it) and each
+inherited by its worker. The kernel spreads new connections over the group by hash,
+as nginx's ``reuseport`` does, without a shared accept queue's wake-ups. The node
+process keeps its copy of every socket and never accepts on it: when a worker dies,
+the connections queued on its socket wait there for the worker started in its place
+instead of being reset with it (what a socket owned by the worker alone would do).
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import farts
+from farts.metrics import Metrics
+from farts.transport.listener import HTTPStats, Listener
+from farts.transport.router import Router
+
+from .ipc import Channel
+from .metrics import Sum, View
+
+if TYPE_CHECKING:
+    from farts.node import Node
+
+log = logging.getLogger("farts.workers")
+
+START_TIMEOUT = 60.0    # seconds for a worker to say "ready" (imports on a loaded machine)
+DRAIN_TIMEOUT = 8.0     # seconds for a worker to finish after "stop", then it is killed
+RESTART_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)   # by crashes in a row (a worker that served
+STABLE = 10.0           # for STABLE seconds resets the count)
+MAX_UNSENT = 256 * 1024 * 1024   # bytes queued to a worker that does not read them
+ASK_TIMEOUT = 2.0       # seconds a worker has to answer (/api/presence counts, /metrics)
+
+
+def reuseport_group(name: str, host: str, port: int, n: int) -> list[socket.socket]:
+    """n listening sockets on one address. Refuses an address some other socket holds
+    (with SO_REUSEPORT on both, another process of this user could otherwise share it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks: list[socket.socket] = []
+    try:
+        if port:
+            with socket.socket(family) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+        for _ in range(n):
+            s = socket.socket(family)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((host, port))
+            port = s.getsockname()[1]
+            s.listen(4096)
+    except OSError as e:
+        for s in socks:
+            s.close()
+        raise OSError(e.errno, f"listeners.{name}: cannot listen on {host}:{port}: {e.strerror}") from None
+    return socks
+
+
+class WorkerSlot:
+    """One worker's place: the process in it now and what the node knows of it."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.channel: Channel | None = None
+        self.ready: asyncio.Future | None = None
+        self.open = 0            # its open client connections, as of its last metrics
+        self.crashes = 0         # in a row
+        self.started = 0.0
+
+
+class Supervisor:
+    def __init__(self, node: Node, count: int) -> None:
+        self.node, self.count = node, count
+        self.sockets: dict[str, list[socket.socket]] = {}
+        self.slots = [WorkerSlot(i) for i in range(count)]
+        self.sum = Sum(node.metrics)
+        self.view = View(self.sum)   # what the status page reads with workers
+        self.started = self.stopping = False
+        self.forwarded_routes: list[dict] = []
+        self.forward_to = ""
+        self._tasks: set[asyncio.Task] = set()   # exit watchers, presence counts
+        self.refs = itertools.count(1)
+        self.asking: dict[int, asyncio.Future] = {}   # ref -> a worker's answer (ask_all)
+        m = node.metrics
+        self.restarts = m.counter("farts_worker_restarts_total", "Worker processes started again after "
+                                  "they exited", ("reason",))
+        self.lost = m.counter("farts_worker_lost_connections_total", "Client connections open on a worker "
+                              "when it died (as of its last report)")
+        self.behind = m.counter("farts_worker_too_far_behind_total", "Workers killed for not reading "
+                                "what the node process sends them (pub/sub events)")
+        m.gauge("farts_workers", "Worker processes serving the public listeners", self.serving)
+        ps = node.pubsub
+        if ps is not None:
+            ps.on_delivered = self.relay
+
+    # -- starting ------------------------------------------------------------------------
+    async def start(self, public: Router, service_routes: list) -> None:
+        """Listens (the workers' sockets, and the loopback listener where the workers
+        forward the routes served by the node process), then starts the workers."""
+        node, cfg = self.node, self.node.cfg
+        for name in ("http", "https"):
+            lc = getattr(cfg.listeners, name)
+            if lc.enabled:
+                self.sockets[name] = reuseport_group(name, lc.host, lc.port, self.count)
+        # All forwarded requests come from this host's loopback: no per-IP limit there.
+        # They were counted (and logged) by the worker that took them: the hop has its own,
+        # unexported, metrics.
+        limits = dataclasses.replace(cfg.limits, max_connections_per_ip=cfg.limits.max_connections)
+        hop: dict[str, Listener] = {}
+        forwarded = Listener("forwarded", "http", public, limits, HTTPStats(Metrics(), hop), None, node.clock)
+        hop["forwarded"] = forwarded
+        await forwarded.start("127.0.0.1", 0)
+        node.listeners["forwarded"] = forwarded
+        self.forward_to = "{}:{}".format(*forwarded.address)
+        self.forwarded_routes = [dataclasses.asdict(route) for route, _ in service_routes]
+        for slot in self.slots:
+            await self.spawn(slot)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(s.ready for s in self.slots)), START_TIMEOUT)
+        except (TimeoutError, OSError) as e:
+            await self.stop()
+            if isinstance(e, OSError):
+                raise
+            raise OSError(0, f"node.workers: not every worker was ready in {START_TIMEOUT:.0f} s") from None
+        self.started = True
+
+    async def spawn(self, slot: WorkerSlot) -> None:
+        loop = asyncio.get_running_loop()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = {name: group[slot.index].fileno() for name, group in self.sockets.items()}
+        args = [sys.executable, "-m", "farts.workers.worker", "--ipc", str(theirs.fileno()),
+                "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel())]
+        for name, fd in fds.items():
+            args += [f"--{name}", str(fd)]
+        # The same interpreter and the same farts (not one found in the working folder).
+        root = str(Path(farts.__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONSAFEPATH": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        slot.ready = loop.create_future()
+        slot.proc = await asyncio.create_subprocess_exec(
+            *args, pass_fds=(theirs.fileno(), *fds.values()), env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=sys.stderr.fileno())   # stdout is the node's banner
+        theirs.close()
+        slot.started = loop.time()
+        slot.channel = await Channel.open(mine, lambda msg: self.on_message(slot, msg), lambda: None)
+        history = self.node.pubsub.events_after({}, limit=1 << 30) if self.node.pubsub is not None else []
+        slot.channel.send({"t": "hello", "index": slot.index, "config": pickle.dumps(self.node.cfg),
+                           "forward_to": self.forward_to, "forwarded_routes": self.forwarded_routes})
+        for ev in history:   # (the same event stream as the other workers, from its start)
+            slot.channel.send({"t": "event", "ev": ev})
+        self._run(self.watch(slot, slot.proc))
+
+    def _run(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- messages from the workers ---------------------------------------------------------
+    def on_message(self, slot: WorkerSlot, msg: dict) -> None:
+        t = msg["t"]
+        if t == "publish":
+            self.publish(slot, msg)
+        elif t == "count":
+            self._run(self.count_subscribers(slot, msg))
+        elif t == "counted":
+            self.answered(msg)
+        elif t == "metrics":
+            self.sum.update(slot.index, msg["snapshot"])
+            slot.open = msg["open"]
+            self.node.stats.slow_log.extend(msg["slow"])   # /api/slow and the status page
+            if "ref" in msg:
+                self.answered(msg)
+        elif t == "ready":
+            log.info("worker %d (pid %d) ready", slot.index, msg["pid"])
+            if not slot.ready.done():
+                slot.ready.set_result(None)
+        else:
+            log.warning("unknown IPC message %r from worker %d", t, slot.index)
+
+    def publish(self, slot: WorkerSlot, msg: dict) -> None:
+        """Numbers the events here (relayed to every worker as they are delivered), then
+        answers with their ids: after the events on the same channel, so the worker has
+        applied them when it answers its client."""
+        ps = self.node.pubsub
+        ids = [ps.publish_json(msg["tenant"], channel, data) for channel, data in msg["messages"]]
+        slot.channel.send({"t": "published", "ref": msg["ref"], "ids": ids})
+
+    async def ask_all(self, msg: dict) -> list[dict]:
+        """Sends ``msg`` to every running worker; their answers (those in ASK_TIMEOUT)."""
+        loop, asked = asyncio.get_running_loop(), []
+        for slot in self.slots:
+            if slot.channel is not None and slot.ready.done():
+                ref = next(self.refs)
+                self.asking[ref] = loop.create_future()
+                asked.append(ref)
+                slot.channel.send({**msg, "ref": ref})
+        if not asked:
+            return []
+        done, _ = await asyncio.wait([self.asking[ref] for ref in asked], timeout=ASK_TIMEOUT)
+        for ref in asked:
+            self.asking.pop(ref, None)
+        return [f.result() for f in done]
+
+    def answered(self, msg: dict) -> None:
+        fut = self.asking.pop(msg["ref"], None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def count_subscribers(self, slot: WorkerSlot, msg: dict) -> None:
+        """/api/presence on a worker: the subscribers of every worker, summed (a worker
+        that does not answer in time counts 0)."""
+        keys = msg["keys"]
+        totals = [0] * len(keys)
+        for answer in await self.ask_all({"t": "count", "keys": keys}):
+            totals = [a + b for a, b in zip(totals, answer["counts"], strict=True)]
+        if slot.channel is not None:
+            slot.channel.send({"t": "counted", "ref": msg["ref"], "counts": totals})
+
+    async def render_metrics(self) -> bytes:
+        """/metrics: every worker's metrics as of now (each answers with a snapshot), summed
+        with this process's."""
+        await self.ask_all({"t": "scrape"})
+        return self.sum.render()
+
+    def relay(self, event: dict) -> None:
+        """Every event the node's pub/sub applies (published here or from the mesh), to
+        every worker, in the one order."""
+        msg = {"t": "event", "ev": event}
+        for slot in self.slots:
+            if slot.channel is not None:
+                slot.channel.send(msg)
+                if slot.channel.unsent() > MAX_UNSENT and slot.proc.returncode is None:
+                    # A worker that does not read its channel (stuck, or far behind a
+                    # burst) is replaced: the next one starts from the history.
+                    log.error("worker %d (pid %d) is %d bytes behind on its channel: killed", slot.index,
+                              slot.proc.pid, slot.channel.unsent())
+                    self.behind.inc()
+                    slot.proc.kill()
+
+    # -- exits and restarts ----------------------------------------------------------------
+    async def watch(self, slot: WorkerSlot, proc) -> None:
+        code = await proc.wait()
+        loop = asyncio.get_running_loop()
+        slot.channel.close()
+        slot.channel = None
+        self.sum.retire(slot.index)
+        if self.stopping:
+            return
+        if not self.started and not slot.ready.done():   # one that cannot start fails the start
+            slot.ready.set_exception(OSError(0, f"node.workers: worker {slot.index} exited before it was "
+                                                f"ready (status {code}; its log is above)"))
+            return
+        reason = "killed" if code < 0 else "exited"
+        log.error("worker %d (pid %d) %s (%s); starting another", slot.index, proc.pid, reason,
+                  f"signal {-code}" if code < 0 else f"status {code}")
+        self.restarts.inc((reason,))
+        if code != 0:
+            self.lost.inc(amount=slot.open)
+        slot.open = 0
+        slot.crashes = 0 if loop.time() - slot.started > STABLE else slot.crashes + 1
+        await asyncio.sleep(RESTART_DELAYS[min(slot.crashes, len(RESTART_DELAYS) - 1)])
+        if not self.stopping:
+            await self.spawn(slot)
+
+    # -- what the node reads -----------------------------------------------------------------
+    def urls(self) -> dict[str, str]:
+        out = {}
+        for name, group in self.sockets.items():
+            host, port = group[0].getsockname()[:2]
+            out[name] = f"{name}://{f'[{host}]' if ':' in host else host}:{port}/"
+        return out
+
+    def serving(self) -> int:
+        return sum(1 for s in self.slots if s.ready is not None and s.ready.done() and s.proc.returncode is None)
+
+    def states(self) -> dict[str, str]:
+        up = self.serving()
+        state = "ok" if up == self.count else f"{up} of {self.count} workers up"
+        return {name: state for name in self.sockets}
+
+    def open_connections(self) -> int:
+        return sum(s.open for s in self.slots)
+
+    # -- stopping ----------------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Drains the workers (each stops accepting and closes its connections), then
+        closes the listening sockets."""
+        self.stopping = True
+        procs = [s.proc for s in self.slots if s.proc is not None and s.proc.returncode is None]
+        for slot in self.slots:
+            if slot.channel is not None:
+                slot.channel.send({"t": "stop"})
+        if procs:
+            done, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs],
+                                               timeout=DRAIN_TIMEOUT)
+            for p in procs:
+                if p.returncode is None:
+                    log.warning("worker pid %d did not drain in %.0f s: killed", p.pid, DRAIN_TIMEOUT)
+                    p.send_signal(signal.SIGKILL)
+            if pending:
+                await asyncio.wait(pending)
+        for t in list(self._tasks):
+            t.cancel()
+        for group in self.sockets.values():
+            for s in group:
+                s.close()

@@ -1,0 +1,213 @@
+"""A worker process: serves the node's public HTTP/HTTPS listeners on the listening
+sockets the node process made, and talks to the node process over its IPC channel.
+
+What it serves itself, holding no state another process needs: fixed routes, the
+reverse proxy (its own upstream pools) and pub/sub subscribers (its own copy of the
+history, fed by the node process in the node's order). A publish (POST /api/publish)
+goes to the node process, which numbers it, sends it to the mesh and relays it to every
+worker, this one included. Every other route (CDN, the admin API on public hosts, ACME
+challenges, webhooks...) is forwarded with the reverse proxy to the node process's
+"forwarded" loopback listener, where the one cache / queue / store of the node is.
+
+    python -m farts.workers.worker --ipc FD [--http FD] [--https FD] [--log-level L]
+
+The configuration and the rest come in the node's "hello" message.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+
+from farts.clock import LoopClock
+from farts.config import Config, Route
+from farts.metrics import Metrics
+from farts.proxy import ProxyHandler, ProxyStats
+from farts.proxy.config import Upstream
+from farts.pubsub import PubSub
+from farts.transport.client import Client
+from farts.transport.http import Fixed
+from farts.transport.listener import AccessLog, HTTPStats, Listener
+from farts.transport.router import Router
+from farts.transport.tls import ALPN, ALPN_HTTP1, CertStore
+
+from .ipc import Channel
+from .metrics import PUSH_INTERVAL, snapshot
+
+log = logging.getLogger("farts.workers")
+
+class Worker:
+    def __init__(self, ipc: socket.socket, sockets: dict[str, socket.socket]) -> None:
+        self.ipc_sock, self.sockets = ipc, sockets
+        self.channel: Channel | None = None
+        self.hello: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.done = asyncio.Event()
+        self.refs = itertools.count(1)
+        self.pending: dict[int, asyncio.Future] = {}
+        self.listeners: dict[str, Listener] = {}
+        self.pubsub: PubSub | None = None
+        self.backlog: list[dict] = []   # events relayed before the pub/sub was built
+
+    # -- messages from the node process -------------------------------------------------
+    def on_message(self, msg: dict) -> None:
+        t = msg["t"]
+        if t == "event":
+            if self.pubsub is not None:
+                self.pubsub.apply_relayed(msg["ev"])
+            else:
+                self.backlog.append(msg["ev"])
+        elif t in ("published", "counted"):   # the answer to one of our requests
+            fut = self.pending.pop(msg["ref"], None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg["ids"] if t == "published" else msg["counts"])
+        elif t == "scrape":
+            self.push(msg["ref"])
+        elif t == "count":   # the node process sums the subscribers of every worker
+            fanout = self.pubsub.fanout
+            self.channel.send({"t": "counted", "ref": msg["ref"], "counts": [fanout.count(k) for k in msg["keys"]]})
+        elif t == "hello":
+            if not self.hello.done():
+                self.hello.set_result(msg)
+        elif t == "stop":
+            self.done.set()
+        else:
+            log.warning("worker: unknown IPC message %r", t)
+
+    def on_lost(self) -> None:
+        # The node process is gone: nothing to serve for (its listening sockets go with us).
+        log.error("worker %d: the node process is gone, exiting", os.getpid())
+        os._exit(1)
+
+    def ask(self, msg: dict) -> asyncio.Future:
+        """Sends a request to the node process; the future gets its answer."""
+        ref = msg["ref"] = next(self.refs)
+        fut = self.pending[ref] = asyncio.get_running_loop().create_future()
+        self.channel.send(msg)
+        return fut
+
+    async def publish(self, tenant_id: str, messages: list) -> list[str]:
+        return await self.ask({"t": "publish", "tenant": tenant_id, "messages": messages})
+
+    async def count(self, keys: list[str]) -> list[int]:
+        return await self.ask({"t": "count", "keys": keys})
+
+    # -- lifetime -----------------------------------------------------------------------
+    async def run(self) -> None:
+        self.channel = await Channel.open(self.ipc_sock, self.on_message, self.on_lost)
+        hello = await self.hello
+        cfg: Config = pickle.loads(hello["config"])
+        clock = LoopClock()
+        metrics = Metrics()
+        client = Client(clock)
+        stats = HTTPStats(metrics, self.listeners, cfg.node.region, cfg.admin.slow_requests_kept)
+        proxy_stats = ProxyStats(metrics)
+        self.pubsub = ps = PubSub(cfg.node.id, cfg.pubsub, cfg.tenants, metrics, clock)
+        await ps.start()
+        ps.forward_publish, ps.count_everywhere = self.publish, self.count
+        for ev in self.backlog:
+            ps.apply_relayed(ev)
+        self.backlog = []
+        upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats, client)
+                     for name, up in cfg.upstreams.items()}
+        # (Never marked down after failed connects: there is no other node process to try.)
+        to_node = ProxyHandler("node-process", Upstream(servers=[hello["forward_to"]], max_fails=1 << 30),
+                               cfg.node.id, proxy_stats, client)
+
+        def handler(route: Route):
+            if route.kind == "static":
+                return Fixed(route.status, route.body.encode(), route.content_type.encode())
+            if route.kind == "proxy":
+                return upstreams[route.upstream]
+            if route.kind == "pubsub":
+                return ps
+            return to_node
+
+        routes = [(r, handler(r)) for r in cfg.routes]
+        routes += [(Route(**fields), to_node) for fields in hello["forwarded_routes"]]
+        router = Router(cfg.tenants, routes, cfg.limits.max_body_bytes, cfg.http.unknown_host_status,
+                        cfg.http.encoded_slashes)
+        access = AccessLog(cfg.http.access_log_sample, cfg.http.access_log)
+        certs = None
+        for name, sock in self.sockets.items():
+            li = Listener(name, name, router, cfg.limits, stats, access, clock,
+                          h2c=name == "http" and cfg.listeners.http.h2c)
+            context = None
+            if name == "https":
+                https = cfg.listeners.https
+                certs = CertStore(cfg.path(https.cert_dir), clock, ALPN if https.http2 else ALPN_HTTP1)
+                context = certs.listening
+                watch = certs.watch(https.reload_interval)
+            await li.start("", 0, context, sock=sock)
+            self.listeners[name] = li
+        self.metrics, self.slow_log, self.slow_sent = metrics, stats.slow_log, None
+        push = clock.every(PUSH_INTERVAL, lambda now: self.push())
+        self.channel.send({"t": "ready", "pid": os.getpid()})
+        await self.done.wait()
+        # Drain: stop accepting (the node keeps the listening sockets, whose queued
+        # connections the next worker takes), finish or close what is open.
+        push.cancel()
+        if certs is not None:
+            watch.cancel()
+        for li in self.listeners.values():
+            await li.close()
+        await ps.stop()
+        for up in (*upstreams.values(), to_node):
+            up.close()
+        client.close()
+        self.push()
+        self.channel.close()
+
+    def new_slow(self) -> list[dict]:
+        """The slow requests logged since the last push (for the node's /api/slow)."""
+        entries = list(self.slow_log)
+        for i in range(len(entries) - 1, -1, -1):
+            if entries[i] is self.slow_sent:
+                entries = entries[i + 1:]
+                break
+        if entries:
+            self.slow_sent = entries[-1]
+        return entries
+
+    def push(self, ref: int | None = None) -> None:
+        """This worker's metrics to the node: every PUSH_INTERVAL (so that a worker that
+        dies leaves its counters), and as the answer to a scrape (``ref``)."""
+        open_ = sum(len(li.connections) for li in self.listeners.values())
+        msg = {"t": "metrics", "snapshot": snapshot(self.metrics), "open": open_, "slow": self.new_slow()}
+        if ref is not None:
+            msg["ref"] = ref
+        self.channel.send(msg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="farts.workers.worker")
+    p.add_argument("--ipc", type=int, required=True)
+    p.add_argument("--http", type=int)
+    p.add_argument("--https", type=int)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}]: %(message)s")
+    # A terminal's Ctrl-C reaches the whole process group: the node process drains the
+    # workers in order. SIGTERM to a worker alone drains it (and the node starts another).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sockets = {name: socket.socket(fileno=fd) for name, fd in (("http", args.http), ("https", args.https))
+               if fd is not None}
+
+    async def run() -> None:
+        worker = Worker(socket.socket(fileno=args.ipc), sockets)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.done.set)
+        await worker.run()
+
+    import uvloop
+    uvloop.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
