@@ -925,8 +925,10 @@ def test_early_hints_are_relayed_and_never_stored(origin, node_factory):
     """RFC 9111 §3 and RFC 8297: the origin's 103 Early Hints reach the client on a miss and
     on a request passed through, and are not stored (a hit has none); an HTTP/1.0 client
     gets none (RFC 9110 §15.2)."""
-    node = node_factory(cdn_config(origin.port))
-    for path in ("page", "old", "form"):
+    from conftest import BASE_CONFIG
+    node = node_factory(cdn_config(origin.port),
+                        base=BASE_CONFIG.replace("[listeners.http]\nport = 0\n", "[listeners.http]\nport = 0\nh2c = true\n"))
+    for path in ("page", "old", "form", "h2"):
         origin.put(f"/files/{path}", b"the page", Cache_Control="max-age=60")
         origin.early_hints[f"/files/{path}"] = "</style.css>; rel=preload"
     url = node.url("http", "/media/page")
@@ -940,6 +942,10 @@ def test_early_hints_are_relayed_and_never_stored(origin, node_factory):
     assert old.startswith(b"HTTP/1.1 200 OK\r\n") and b"103" not in old, old
     post = curl("-si", "-X", "POST", "-d", "x=1", node.url("http", "/media/form")).stdout
     assert post.startswith(b"HTTP/1.1 103 Early Hints\r\n") and b"\r\n\r\nHTTP/1.1 200 OK\r\n" in post, post
+    # Over HTTP/2 (h2c here): a HEADERS frame with :status 103 before the answer's.
+    h2 = curl("-si", "--http2-prior-knowledge", node.url("http", "/media/h2")).stdout
+    assert h2.startswith(b"HTTP/2 103"), h2
+    assert b"link: </style.css>; rel=preload" in h2.split(b"\r\n\r\n")[0] and b"\r\n\r\nHTTP/2 200" in h2, h2
 
 
 # -- partial content (RFC 9111 §3.3, §3.4), with cdn.range_fill_min_bytes -----------------

@@ -13,6 +13,7 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    InformationalResponseReceived,
     RemoteSettingsChanged,
     ResponseReceived,
     StreamEnded,
@@ -172,6 +173,21 @@ def test_a_request_and_its_answer_walk_the_table():
     assert dict(resp.headers)[b":status"] == b"200"
     assert b"".join(e.data for e in p.of(DataReceived, p.client_events)) == b"ok"
     assert p.of(StreamEnded, p.client_events)
+
+
+def test_an_interim_head_goes_before_the_answer_and_never_after_it():
+    p = Pair()
+    sid = p.request(b"/")
+    assert p.server.send_interim(sid, 103, [(b"link", b"</s.css>; rel=preload")])
+    assert not p.server.send_interim(sid, 200, [])           # not a 1xx
+    p.server.send_head(sid, 200, [], True)
+    assert not p.server.send_interim(sid, 103, [])           # the answer has gone
+    p.exchange()
+    [hint] = p.of(InformationalResponseReceived, p.client_events)
+    assert dict(hint.headers)[b":status"] == b"103" and dict(hint.headers)[b"link"] == b"</s.css>; rel=preload"
+    [resp] = p.of(ResponseReceived, p.client_events)
+    assert dict(resp.headers)[b":status"] == b"200"
+    assert p.client_events.index(hint) < p.client_events.index(resp)
 
 
 def test_trailers_end_the_stream():

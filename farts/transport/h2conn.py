@@ -693,6 +693,16 @@ class H2Machine:
         if end:
             self._sent_end(s)
 
+    def send_interim(self, sid: int, status: int, headers: list) -> bool:
+        """A 1xx interim head (103 Early Hints) before the response's: a HEADERS frame
+        without END_STREAM (RFC 9113 §8.1); False once the head has gone, or the stream."""
+        s = self.streams.get(sid)
+        if s is None or self.closed or s.head_sent or not 102 <= status <= 199:
+            return False
+        fields = response_head(status, headers)   # (ValueError: nothing was sent)
+        self.out.append(headers_frames(sid, self.encoder.encode(fields), False, self.max_send_frame))
+        return True
+
     def window(self, sid: int) -> int:
         """How many body bytes may go on the stream now (0: wait for WindowOpened)."""
         s = self.streams.get(sid)

@@ -66,9 +66,14 @@ class H2Request:
 
     __slots__ = ("method", "target", "path", "query", "host", "headers", "upgrade",
                  "content_length", "tenant", "route", "client", "scheme", "body", "start",
-                 "stream_id")
+                 "stream_id", "_conn")
 
     version = "2"
+
+    def send_interim(self, status: int, headers: list) -> bool:
+        """A 1xx interim answer (103 Early Hints) ahead of the final one, written at once;
+        False when it cannot be (the answer has started; the stream or connection gone)."""
+        return self._conn.send_interim(self.stream_id, status, headers)
 
     def header(self, name: bytes) -> bytes | None:
         for n, v in self.headers:
@@ -236,6 +241,12 @@ class HTTP2Connection(asyncio.Protocol):
             w = asyncio.get_running_loop().create_future()
             self.drain_waiters.append(w)
             await w
+
+    def send_interim(self, sid: int, status: int, headers: list) -> bool:
+        if self.closed or not self.machine.send_interim(sid, status, headers):
+            return False
+        self._flush()
+        return True
 
     def _flush(self) -> None:
         """Writes what the machine has to send; while input is being handled this waits
@@ -448,7 +459,7 @@ class HTTP2Connection(asyncio.Protocol):
         req.upgrade = protocol.lower() if protocol is not None else None
         req.content_length = content_length
         req.tenant, req.route, req.client, req.scheme = tenant, route, self.client, listener.scheme
-        req.body, req.stream_id = body, sid
+        req.body, req.stream_id, req._conn = body, sid, self
         if type(handler) is Fixed:
             self._answer_fixed(st, handler, method)
             return
