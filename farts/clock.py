@@ -126,6 +126,16 @@ class Clock:
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
         return self.call_at(self.monotonic() + max(0.0, delay), fn, *args)
 
+    async def sleep(self, delay: float) -> None:
+        """A coroutine's wait on this clock (a FakeClock's ``advance`` ends it), instead of
+        asyncio.sleep, which only the loop's own clock ends."""
+        done = asyncio.get_running_loop().create_future()
+        timer = self.call_later(delay, lambda: done.done() or done.set_result(None))
+        try:
+            await done
+        finally:
+            timer.cancel()
+
     def every(self, interval: float, fn: Callable[[float], Any], *, jitter: float = 0.0,
               first: float | None = None) -> Timer:
         """A periodic entry; the returned handle cancels all future ticks."""

@@ -86,3 +86,32 @@ def test_loop_clock_runs_entries_on_a_real_loop():
         assert ticks == sorted(ticks) and len(ticks) == 3
 
     asyncio.run(main())
+
+
+def test_sleep_on_a_fake_clock_ends_when_the_clock_is_advanced_past_it():
+    import asyncio
+
+    async def main():
+        clock = FakeClock()
+        woke = []
+
+        async def sleeper():
+            await clock.sleep(5.0)
+            woke.append(clock.monotonic())
+
+        task = asyncio.ensure_future(sleeper())
+        await asyncio.sleep(0)
+        clock.advance(4.9)
+        await asyncio.sleep(0)
+        assert woke == []
+        clock.advance(0.2)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert woke and task.done()
+        cancelled = asyncio.ensure_future(clock.sleep(1.0))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        assert all(t.cancelled for _, _, t in clock._heap)   # its timer went with it
+
+    asyncio.run(main())

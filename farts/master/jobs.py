@@ -146,7 +146,7 @@ class Crons:
             result = await self._attempt(c, slot, self._epoch())
             if result.get("ok") or attempt > len(delays):
                 break
-            await asyncio.sleep(delays[attempt - 1])
+            await self.clock.sleep(delays[attempt - 1])
         state = cron.DONE if result.pop("ok") else cron.FAILED
         await self._write(c, cron.record(c.name, slot, state, self._epoch(), started=started,
                                          finished=self.clock.wall(), attempts=attempt, **result), None)

@@ -226,11 +226,12 @@ class MasterService:
         """Records the new epoch in the store (from then on a lower one cannot write
         there), waits (a lease duration at most) for the database to have what the other
         nodes have (the last master's records), then runs the crons and the alerts."""
-        waited = 0.0
-        while not self.caught_up() and waited < self.cfg.lease_seconds and self.epoch() == epoch:
-            await asyncio.sleep(SETTLE_STEP)
-            waited += SETTLE_STEP
-        if waited:
+        began = self.clock.monotonic()
+        while (not self.caught_up() and self.clock.monotonic() < began + self.cfg.lease_seconds
+               and self.epoch() == epoch):
+            await self.clock.sleep(SETTLE_STEP)
+        waited = self.clock.monotonic() - began
+        if waited >= SETTLE_STEP:
             log.info("master: waited %.1f s for the database to catch up before acting", waited)
         try:
             await self.state.write(epoch, lambda w: None)

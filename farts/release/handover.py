@@ -63,17 +63,16 @@ def _line(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-async def _drain_stream_kit(k, grace: float) -> None:
+async def _drain_stream_kit(k, grace: float, clock) -> None:
     """Closes each connection of a byte-stream kit (DB wire) once it is between messages;
     after ``grace`` seconds the rest go too."""
     k.stop_accepting()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while k.connections and loop.time() < deadline:
+    deadline = clock.monotonic() + grace
+    while k.connections and clock.monotonic() < deadline:
         for conn in list(k.connections):
             if not conn.busy() and not conn.partial():
                 conn.close()
-        await asyncio.sleep(0.02)
+        await clock.sleep(0.02)
 
 
 class Handover:
@@ -127,7 +126,7 @@ class Handover:
                  if not m["self"] and m.get("mesh") and m["state"] in ("alive", "suspect", "draining")] \
             if node.mesh is not None else []
         if node.db is not None and node.db.kit is not None:
-            await _drain_stream_kit(node.db.kit, self.grace)
+            await _drain_stream_kit(node.db.kit, self.grace, node.clock)
         # Their stores and ports are the next process's now (and the status sampler's figures:
         # it would read the closed store).
         for row in node.table:
@@ -194,16 +193,16 @@ class Handover:
                 os.close(fd)
 
     async def _drain(self, pubsub) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self.node.clock
         if pubsub is not None:
             for sub in [*pubsub.channels.websockets, *pubsub.channels.streams]:
-                loop.call_later(random.random() * self.spread, pubsub.ask_to_reconnect, sub)
-        await asyncio.sleep(self.spread)
-        deadline = loop.time() + self.grace
-        while loop.time() < deadline and (
+                clock.call_later(random.random() * self.spread, pubsub.ask_to_reconnect, sub)
+        await clock.sleep(self.spread)
+        deadline = clock.monotonic() + self.grace
+        while clock.monotonic() < deadline and (
                 any(li.connections for li in self.node.listeners.values())
                 or (pubsub is not None and (pubsub.channels.websockets or pubsub.channels.streams))):
-            await asyncio.sleep(0.05)
+            await clock.sleep(0.05)
 
 
 @dataclass
