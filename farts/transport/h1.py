@@ -44,8 +44,10 @@ from collections import deque
 
 import cython
 
+# cimported: compiled, the head's fields are read as C struct members (fast/http1.pxd)
+from cython.cimports.fast.http1 import Request as RequestHead
+
 from fast.http1 import END, LAST_CHUNK, RequestParser, encode_chunk, response_head
-from fast.http1 import Request as RequestHead
 
 from .http import Fixed, Response
 
