@@ -28,6 +28,18 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 settings.register_profile("explore", deadline=None, max_examples=2000)
 settings.load_profile(os.environ.get("FARTS_HYPOTHESIS", "ci"))
 
+# Under pytest-xdist (ci/test runs two processes), tests that share a machine-wide thing run
+# in one process, one after the other: the network namespaces of the netns tests have fixed
+# names, and the release build (a wheel compiled from scratch) is made once per process.
+XDIST_GROUPS = {"namespaces": "netns", "release_build": "release-build"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, group in XDIST_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
 
 
 def pytest_sessionstart(session):
@@ -38,7 +50,8 @@ def pytest_sessionstart(session):
     stale = []
     for built in [*root.glob("fast/*.so"), *root.glob("farts/**/*.so")]:
         stem = built.name.split(".")[0]
-        for source in (built.with_name(stem + ".pyx"), built.with_name(stem + ".py")):
+        for source in (built.with_name(stem + ".pyx"), built.with_name(stem + ".pxd"),
+                       built.with_name(stem + ".py")):
             if source.exists() and built.stat().st_mtime < source.stat().st_mtime:
                 stale.append(str(source.relative_to(root)))
     if stale:

@@ -311,7 +311,7 @@ def read_close_code(s: socket.socket) -> int:
     (masked(1, b"x" * 3000), 1009),                        # over max_command_bytes
     (masked(2, b"binary"), 1003),                          # binary is not a command
     (masked(9, b"x" * 126), 1002),                         # control frame over 125 bytes
-])
+], ids=["unmasked", "bad-utf8", "too-long", "binary", "long-control"])
 def test_bad_frames_close_with_the_rfc_code_and_others_carry_on(node_factory, frame, code):
     node = pubsub_node(node_factory, "[pubsub]\nmax_command_bytes = 2048\n")
 
