@@ -79,6 +79,13 @@ class GeoOffer(PeerMessage):
         return cls(Published(body["sha256"], size, float(body["published"]), kind))
 
 
+def _chunk_of(cls: type[PeerMessage], body: Any) -> tuple[str, int]:
+    """(sha256, index) of an ask's or a chunk's body."""
+    need(cls, isinstance(body, dict) and _sha_ok(body.get("sha256")), '"sha256" (64 hex digits)')
+    need(cls, type(body.get("index")) is int and body["index"] >= 0, '"index" (a chunk number)')
+    return body["sha256"], body["index"]
+
+
 @dataclass(frozen=True, slots=True)
 class GeoAsk(PeerMessage):
     TYPE = "master.geoip.ask"
@@ -91,9 +98,7 @@ class GeoAsk(PeerMessage):
 
     @classmethod
     def from_wire(cls, body: Any) -> GeoAsk:
-        need(cls, isinstance(body, dict) and _sha_ok(body.get("sha256")), '"sha256" (64 hex digits)')
-        need(cls, type(body.get("index")) is int and body["index"] >= 0, '"index" (a chunk number)')
-        return cls(body["sha256"], body["index"])
+        return cls(*_chunk_of(cls, body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +114,10 @@ class GeoChunk(PeerMessage):
 
     @classmethod
     def from_wire(cls, body: Any) -> GeoChunk:
-        need(cls, isinstance(body, dict) and _sha_ok(body.get("sha256")), '"sha256" (64 hex digits)')
-        need(cls, type(body.get("index")) is int and body["index"] >= 0, '"index" (a chunk number)')
+        sha256, index = _chunk_of(cls, body)
         need(cls, isinstance(body.get("data"), bytes) and 0 < len(body["data"]) <= CHUNK,
              f'"data" (1..{CHUNK} bytes)')
-        return cls(body["sha256"], body["index"], body["data"])
+        return cls(sha256, index, body["data"])
 
 
 def published_database(directory: Path) -> str | None:
