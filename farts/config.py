@@ -654,13 +654,22 @@ retries = 2
 retry_delay = 5.0
 catch_up = "once"           # slots missed with no master: "once", "all" or "skip"
 
+[master.geoip]              # the built-in task geoip_rebuild (a cron with action = "task"); off while url is ""
+url = ""                    # e.g. MaxMind's permalink ...&license_key={license_key}&suffix=tar.gz
+sha256_url = ""             # default: the url with suffix=tar.gz.sha256 (or + ".sha256")
+license_key = ""            # or, better, in the environment:
+license_key_env = "MAXMIND_LICENSE_KEY"
+account_id = ""             # basic auth (MaxMind's newer URLs)
+database_type = "GeoLite2-City"   # what the mmdb's metadata must say ("": any)
+max_bytes = 536870912       # of the download and of the database
+
 [master.alerts]
 interval = 10.0             # seconds between evaluations
 bake_seconds = 1800         # after a deploy, rules with after_deploy = true apply this long
 
 [[master.alerts.rules]]     # default: every rule with its default threshold
 rule = "replication_lag"    # node_dead, replication_lag, cert_expiring, slow_requests,
-threshold = 30000           # webhook_dead_letters, disk_full, version_mismatch
+threshold = 30000           # webhook_dead_letters, disk_full, version_mismatch, cron_failed
 severity = "warning"        # info, warning, critical
 after_deploy = false
 

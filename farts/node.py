@@ -32,6 +32,7 @@ from farts.db import config as db_config
 from farts.dns import config as dns_config
 from farts.dns.peer import TxtPeer
 from farts.master import config as master_config
+from farts.master.geoshare import GeoShare, published_database
 from farts.members import Member, MemberMap
 from farts.mesh import DrainHandler, MeshService, MeshStatusHandler
 from farts.mesh import config as mesh_config
@@ -86,7 +87,12 @@ def _build_dns(node: Node):
     if not node.cfg.dns.enabled:
         return None
     from farts.dns import DNSServer  # loads the geo index builder only when used
-    return DNSServer(node.cfg.dns, node.members, node.metrics, node.cfg.source,
+    from farts.dns.geoindex import GeoSource
+    # The GeoIP database the master published last (farts/master/geoshare.py), if any,
+    # rather than the configured one.
+    published = published_database(node.cfg.path("geoip")) if node.cfg.master.enabled else None
+    geo = GeoSource(published, node.cfg.dns.rebuild_interval, clock=node.clock) if published else None
+    return DNSServer(node.cfg.dns, node.members, node.metrics, node.cfg.source, geo=geo,
                      limits=node.cfg.limits, clock=node.clock)
 
 
@@ -196,9 +202,16 @@ def _build_master(n: Node):
     # Built-in tasks a [[master.crons]] entry may name (action = "task"): run on the master only.
     tasks = {"certs_check": lambda: n.services["certs"].check() if n.services.get("certs") else None,
              "noop": lambda: None}
+    # The GeoIP database the master publishes, on every node: handed to this node's DNS
+    # (which builds its index and swaps it in, or refuses it).
+    geo = GeoShare(n.cfg.node.id, n.cfg.path("geoip"), n.clock, n.metrics,
+                   (lambda path: n.dns.geo.load(path)) if n.cfg.dns.enabled else None)
+    if n.cfg.master.geoip.url:   # (off unless configured: nothing is downloaded by default)
+        from farts.master.geoip import GeoIPRebuild
+        tasks["geoip_rebuild"] = GeoIPRebuild(n.cfg.master.geoip, n.http_client, geo, n.clock).run
     hooks = n.services.get("webhooks")   # (built before: its row comes first)
     master = MasterService(n.cfg, n.metrics, n.clock, lambda: n.db.store if n.db is not None else None,
-                           n.http_client, tasks, version=__version__,
+                           n.http_client, tasks, geo, version=__version__,
                            samples=lambda: n.services["admin"].latest if n.services.get("admin") else {},
                            caught_up=lambda: _replica_caught_up(n),
                            dead_letters=lambda: sum(hooks.dead.totals().values()) if hooks is not None else 0)
@@ -272,7 +285,7 @@ SERVICES: tuple[Service, ...] = (
             peers=lambda n, sampler, bus: [sampler.peer(bus)]),
     # After the mesh and the DB (built after them: it reads n.mesh; started after them).
     Service("master", master_config.SECTION, build=_build_master, start_rank=60, stop_rank=5,
-            admin_routes=_master_admin, peers=lambda n, master, bus: [master.attach(bus)]),
+            admin_routes=_master_admin, peers=lambda n, master, bus: [master.attach(bus), master.geo.attach(bus)]),
     # [release]: the keys this node trusts for release bundles; the restart handover
     # (data_dir/handover.sock: `serve --takeover` takes this node over, farts/release/).
     Service("release", release_config.SECTION, start_rank=95, stop_rank=0,

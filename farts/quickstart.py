@@ -65,6 +65,43 @@ allow_loopback = true       # a local playground: receivers on 127.0.0.1 are all
 [master]                    # one node runs the crons and raises the alerts (farts-edge crons/alerts)
 enabled = true
 
+[[master.crons]]            # an example that only shows up: `farts-edge crons list` lists its runs
+name = "heartbeat"
+schedule = "* * * * *"      # every minute (5 fields, read in `timezone`, UTC by default)
+action = "task"
+task = "noop"               # built-in tasks: noop, certs_check, geoip_rebuild (with [master.geoip])
+
+# [[master.crons]]          # a request to your app, once per slot, with Idempotency-Key: nightly@<slot>
+# name = "nightly"
+# schedule = "0 3 * * *"
+# timezone = "Europe/Paris"
+# upstream = "app"
+# path = "/cron/nightly"
+#
+# [master.geoip]            # the weekly GeoIP rebuild (nothing is downloaded unless this is set), and its cron:
+# url = "https://download.maxmind.com/app/geoip_download?edition_id=GeoLite2-City&license_key={{license_key}}&suffix=tar.gz"
+# license_key_env = "MAXMIND_LICENSE_KEY"
+# [[master.crons]]
+# name = "geoip"
+# schedule = "0 4 * * 3"
+# action = "task"
+# task = "geoip_rebuild"
+# timeout = 600
+
+[[master.alerts.escalation]] # alerts: first the room, then the floor, then the building (JSON POSTs)
+name = "room"
+targets = ["http://127.0.0.1:3000/alerts/room"]
+delay = 300                 # seconds unacknowledged (farts-edge alerts ack ID) before the next tier
+
+[[master.alerts.escalation]]
+name = "floor"
+targets = ["http://127.0.0.1:3000/alerts/floor"]
+delay = 900
+
+[[master.alerts.escalation]]
+name = "building"
+targets = ["http://127.0.0.1:3000/alerts/building"]
+
 [[tenants]]
 id = "demo"
 hosts = ["localhost", "127.0.0.1"]

@@ -27,6 +27,7 @@ CASES = {
     "disk_full": (facts(disk_used=0.95), "disk_full:n1"),
     "version_mismatch": (facts(version="1.1"), "version_mismatch"),
     "webhook_dead_letters": (dataclasses.replace(facts(), dead_letters=3), "webhook_dead_letters"),
+    "cron_failed": (dataclasses.replace(facts(), failed_crons={"geoip": 1}), "cron_failed:geoip"),
 }
 
 

@@ -50,6 +50,9 @@ targets = ["https://chat.example/hook"]
      r"master.crons\[0\].name: expected a name without '@'"),
     (DB + '[master]\nclock_drift = 0.7\n', "master.clock_drift: expected a number 0 <= drift < 0.5"),
     (DB + '[master]\n[[master.alerts.rules]]\nrule = "coffee"\n', r'master.alerts.rules\[0\].rule: expected one of'),
+    (DB + '[master]\nenabled = true\n[[master.crons]]\nname = "geo"\nschedule = "0 4 * * 3"\naction = "task"\n'
+     'task = "geoip_rebuild"\n', r"master.crons\[0\].task: geoip_rebuild needs master.geoip.url"),
+    (DB + '[master.geoip]\nurl = "ftp://example.com/db.tar.gz"\n', r"master.geoip.url: expected an http:// or https:// URL"),
 ])
 def test_bad_master_settings_are_refused_naming_the_key_and_the_file(text, message):
     with pytest.raises(ConfigError, match="^/srv/farts.toml: " + message):

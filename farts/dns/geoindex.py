@@ -158,8 +158,12 @@ class GeoSource:
         self._ticker: Timer | None = None
         self._checking: asyncio.Task | None = None
 
-    async def load(self) -> GeoData:
-        data = await _in_daemon_thread(build, self.path, self.clock.wall())
+    async def load(self, path: str | None = None) -> GeoData:
+        """Builds the index of ``path`` (another database: the master's published one;
+        default: this source's file) and swaps it in; raises, keeping the current index,
+        when it does not build."""
+        data = await _in_daemon_thread(build, path or self.path, self.clock.wall())
+        self.path = data.path
         self.current = data   # the swap: one assignment on the loop thread
         self.version += 1
         log.info("geo index: %s (%s), %d records, %d+%d ranges, %d locations, built in %.2fs",

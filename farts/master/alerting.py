@@ -37,12 +37,14 @@ class Alerting:
     def __init__(self, cfg: AlertsConfig, state: MasterState, clock: Clock, metrics: Metrics,
                  epoch: Callable[[], int | None], nodes: list[str], version: str, data_dir,
                  members: Callable[[], list], samples: Callable[[], dict], http=None,
-                 dead_letters: Callable[[], float] = lambda: 0) -> None:
+                 dead_letters: Callable[[], float] = lambda: 0, failed_crons: Callable[[], dict] = dict) -> None:
         """``members()``: the mesh's members; ``samples()``: node id -> its status sample;
-        ``dead_letters()``: the webhook service's count of dead-lettered deliveries."""
+        ``dead_letters()``: the webhook service's count of dead-lettered deliveries;
+        ``failed_crons()``: cron name -> its latest runs that failed in a row."""
         self.cfg, self.state, self.clock, self.epoch = cfg, state, clock, epoch
         self.nodes, self.version, self.data_dir = nodes, version, data_dir
         self.members, self.samples, self.http, self.dead_letters = members, samples, http, dead_letters
+        self.failed_crons = failed_crons
         self.reports: dict[str, NodeReport] = {}
         self.dead_since: dict[str, float] = {}
         self._dead: deque[tuple[float, float]] = deque()   # (when, the dead-letter count then)
@@ -126,7 +128,7 @@ class Alerting:
             out.append(NodeFacts(node, state, now - self.dead_since.get(node, now),
                                  r.version if r else s.get("version"), max(lag, default=None),
                                  min(certs, default=None), s.get("slow_per_min"), r.disk_used if r else None))
-        return Facts(tuple(out), self._dead_lately(now), self._since_deploy(out))
+        return Facts(tuple(out), self._dead_lately(now), self._since_deploy(out), self.failed_crons())
 
     def _since_deploy(self, nodes: list[NodeFacts]) -> float | None:
         """A deploy is a live node's version changing; the versions and the time of the

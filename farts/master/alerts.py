@@ -39,6 +39,7 @@ class Facts:
     nodes: tuple[NodeFacts, ...]
     dead_letters: int = 0                # webhook deliveries dead-lettered in the last 10 minutes
     since_deploy: float | None = None    # seconds since the last deploy (a version changed)
+    failed_crons: dict = field(default_factory=dict)   # cron name -> its latest runs that failed in a row
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,11 @@ def evaluate(rules: list[AlertRule], facts: Facts, bake_seconds: float) -> dict[
         elif r.rule == "webhook_dead_letters" and facts.dead_letters >= t:
             out[r.rule] = Firing(r.rule, r.rule, r.severity,
                                  f"{facts.dead_letters} webhook deliveries dead-lettered in 10 min")
+        elif r.rule == "cron_failed":
+            for name, failed in facts.failed_crons.items():
+                if failed >= t:
+                    key = f"{r.rule}:{name}"
+                    out[key] = Firing(key, r.rule, r.severity, f"cron {name}: its last {failed} run(s) failed")
         elif r.rule == "version_mismatch":
             live = [n for n in facts.nodes if n.state in LIVE and n.version]
             versions = Counter(n.version for n in live)

@@ -16,6 +16,7 @@ RULES = {
     "webhook_dead_letters": ("webhook deliveries dead-lettered in the last 10 minutes", 1.0),
     "disk_full": ("share of the data disk used, 0-1", 0.9),
     "version_mismatch": ("nodes running another version than the most common one", 1.0),
+    "cron_failed": ("runs of a cron that failed in a row (a built-in task too: a bad GeoIP download)", 1.0),
 }
 
 
@@ -92,6 +93,31 @@ class AlertsConfig:
     escalation: list[Tier] = setting([])
 
 
+def _url_ok(v: str) -> bool:
+    return v == "" or v.startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
+class GeoIPConfig:
+    """The built-in task ``geoip_rebuild``: off until ``url`` is set (nothing is
+    downloaded by default)."""
+    # The tar.gz of the database, e.g. MaxMind's permalink
+    # https://download.maxmind.com/app/geoip_download?edition_id=GeoLite2-City&license_key={license_key}&suffix=tar.gz
+    # ("{license_key}" is replaced by the key).
+    url: str = setting("", Check(_url_ok, "an http:// or https:// URL"))
+    # Its SHA-256 companion; empty: the url with suffix=tar.gz.sha256 (MaxMind's form),
+    # else the url + ".sha256".
+    sha256_url: str = setting("", Check(_url_ok, "an http:// or https:// URL"))
+    # The licence key, here or (better) in the environment variable named by license_key_env.
+    license_key: str = ""
+    license_key_env: str = "MAXMIND_LICENSE_KEY"
+    # With MaxMind's newer download URLs: HTTP basic auth, account id and licence key.
+    account_id: str = ""
+    # The mmdb's metadata database_type a download must have (empty: any).
+    database_type: str = "GeoLite2-City"
+    max_bytes: int = setting(512 * 1024 * 1024, POSITIVE)   # of the download and of the mmdb
+
+
 @dataclass(frozen=True)
 class MasterConfig:
     enabled: bool = False
@@ -107,6 +133,7 @@ class MasterConfig:
     crons: list[CronConfig] = setting([])
     history: int = setting(20, POSITIVE)        # runs kept per cron
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    geoip: GeoIPConfig = field(default_factory=GeoIPConfig)
 
 
 def deployment_nodes(cfg) -> list[str]:
@@ -139,6 +166,8 @@ def _cross_check(cfg) -> None:
                               f"(known: {', '.join(sorted(cfg.upstreams)) or 'none'})")
         if c.action == "task" and not c.task:
             raise ConfigError(f"{src}: {key}.task: required with action = \"task\"")
+        if c.action == "task" and c.task == "geoip_rebuild" and not m.geoip.url:
+            raise ConfigError(f"{src}: {key}.task: geoip_rebuild needs master.geoip.url (the database to download)")
     for i, t in enumerate(m.alerts.escalation):
         if not t.targets:
             raise ConfigError(f"{src}: master.alerts.escalation[{i}].targets: at least one URL")

@@ -193,6 +193,20 @@ class Crons:
             error = f"{server}: HTTP {status}"
         return {"ok": False, "error": error}
 
+    def failing(self) -> dict[str, int]:
+        """cron name -> its latest finished runs that failed in a row (the cron_failed
+        alert; a run that succeeds resolves it)."""
+        out = {}
+        for name in self.crons:
+            failed = 0
+            for r in (self.state.get(CRONS, name) or {}).get("history", ()):   # newest first
+                if r["state"] == cron.DONE:
+                    break
+                failed += r["state"] == cron.FAILED
+            if failed:
+                out[name] = failed
+        return out
+
     # ---- for `farts-edge crons list` ----------------------------------------------------
 
     def listing(self) -> list[dict]:

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from farts.clock import Clock, Timer
 from farts.master import lease
 from farts.master.alerting import Alerting
 from farts.master.config import MasterConfig, deployment_nodes
+from farts.master.geoshare import GeoShare
 from farts.master.jobs import Crons
 from farts.master.lease import Broadcast, Lease, Persist, Role, Send
 from farts.master.peer import LEASE_MESSAGES, LeaseHeld, LeaseRelease, Masters, NodeReport, wrap
@@ -37,16 +39,18 @@ PERSIST_RETRY = 1.0   # seconds before a failed write of the lease promise is tr
 
 class MasterService:
     def __init__(self, cfg, metrics: Metrics, clock: Clock, store: Callable[[], Any], http=None,
-                 tasks: dict[str, Callable[[], Any]] | None = None, version: str = "",
+                 tasks: dict[str, Callable[[], Any]] | None = None, geo: GeoShare | None = None, version: str = "",
                  samples: Callable[[], dict] = dict, caught_up: Callable[[], bool] = lambda: True,
                  dead_letters: Callable[[], float] = lambda: 0) -> None:
         """``store``: a function returning the node's database store once it is open;
         ``http``: the node's outbound Client (cron requests, notifications); ``tasks``:
-        the built-in tasks crons may name; ``samples()``: node id -> its status sample
+        the built-in tasks crons may name; ``geo``: the GeoIP database published to
+        this node (shown in the status); ``samples()``: node id -> its status sample
         (the alert rules read lag, certificates, slow requests in them); ``caught_up()``:
         whether the database has what the other nodes have (waited for before acting);
         ``dead_letters()``: the webhook service's dead-letter count (an alert rule)."""
         self.caught_up = caught_up
+        self.geo = geo
         self.cfg: MasterConfig = cfg.master
         self.me, self.deployment = cfg.node.id, cfg.node.deployment
         self.nodes = deployment_nodes(cfg)
@@ -58,7 +62,7 @@ class MasterService:
                            {name: up.servers for name, up in cfg.upstreams.items()}, tasks)
         self.alerts = Alerting(self.cfg.alerts, self.state, clock, metrics, self.epoch, self.nodes, version,
                                cfg.data_dir, lambda: self.bus.members() if self.bus is not None else [],
-                               samples, http, dead_letters)
+                               samples, http, dead_letters, self.crons.failing)
         self.lease: Lease | None = None
         self.bus: PeerBus | None = None
         self._role_fns: list[Callable[[bool, int], None]] = []
@@ -112,7 +116,8 @@ class MasterService:
         lz = self.lease
         return {"deployment": self.deployment, "node": self.me, "nodes": self.nodes,
                 "state": lz.state if lz else "not started", "acting": self.acting(),
-                "epoch": self.epoch(), "deployments": self.view()}
+                "epoch": self.epoch(), "deployments": self.view(),
+                "geoip": asdict(self.geo.current) if self.geo is not None and self.geo.current else None}
 
     # ---- life -----------------------------------------------------------------------------
 
