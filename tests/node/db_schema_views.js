@@ -1,5 +1,5 @@
 // The Node.js mongodb driver against a farts-edge node: document validation, views,
-// $out/$merge, {aggregate: 1} with $documents, and collation (issue 17, part B).
+// $out/$merge, {aggregate: 1} with $documents, and collation on queries and indexes (issue 17, part B).
 // usage: NODE_PATH=tests/node/node_modules node tests/node/db_schema_views.js PORT
 // Prints one JSON line of observations; tests/test_db_out_merge.py checks them.
 const { MongoClient } = require("mongodb");
@@ -47,6 +47,17 @@ async function main() {
   out.collationCount = await words.countDocuments({ w: "A" }, { collation: ci });
   out.collationDelete = (await words.deleteMany({ w: "B" }, { collation: ci })).deletedCount;
   out.badLocale = await error(() => words.find({}, { collation: { locale: "xx_bogus" } }).toArray());
+  // An index with a collation: unique case-insensitively, listed with it, read by queries in it
+  const tags = db.collection("tags");
+  await tags.insertOne({ _id: 1, t: "red" });
+  await tags.createIndex({ t: 1 }, { unique: true, collation: ci });
+  try { await tags.insertOne({ _id: 2, t: "RED" }); out.indexDup = null; }
+  catch (e) { out.indexDup = { code: e.code, keyValue: e.keyValue, keyPattern: e.keyPattern }; }
+  out.indexCollation = (await tags.listIndexes().toArray()).find((i) => i.name === "t_1").collation;
+  const plan = await tags.find({ t: "RED" }, { collation: ci }).explain("executionStats");
+  out.indexUsed = plan.queryPlanner.winningPlan.inputStage && plan.queryPlanner.winningPlan.inputStage.indexName;
+  out.indexFound = (await tags.find({ t: "RED" }, { collation: ci }).toArray()).map((d) => d._id);
+  out.indexBinaryScan = (await tags.find({ t: "RED" }).explain("executionStats")).queryPlanner.winningPlan.stage;
   await client.close();
   console.log(JSON.stringify(out));
 }
