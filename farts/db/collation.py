@@ -233,14 +233,20 @@ def index_bounds(plan: dict) -> Callable[[tuple], dict[str, keys.Bounds]]:
     given = keys.field_bounds(plan) if plan else {}
     query = plan_collation(plan)
     same = keys.field_bounds(plan.collated) if query else given
-    if not given:
-        return lambda index_collation: given
-    stringless = {}
-    for path, b in given.items():
-        if not (any(type(v) is str for v in b.points or ()) or
-                any(bound is not None and bound[0][0] == keys.R_STRING for bound in (b.low, b.high))):
-            stringless[path] = b
-    return lambda index_collation: same if index_collation == query else stringless
+    other: list[dict] = []   # made when an index of another collation asks (most queries never do)
+
+    def bounds(index_collation: tuple) -> dict[str, keys.Bounds]:
+        if index_collation == query or not given:
+            return same
+        if not other:
+            other.append({path: b for path, b in given.items() if not _has_string(b)})
+        return other[0]
+    return bounds
+
+
+def _has_string(b: keys.Bounds) -> bool:
+    return any(type(v) is str for v in b.points or ()) or \
+        any(bound is not None and bound[0][0] == keys.R_STRING for bound in (b.low, b.high))
 
 
 _of_index: dict[tuple, Collation] = {}
