@@ -61,6 +61,12 @@ def test_the_catastrophic_pattern_answers_at_once():
     ("A.B", "i", "a\nb", False),
     ("(a)\\1", "", "aa", True),     # a backreference: Python's re (no nested repeat)
     ("a b # comment", "x", "ab", True),
+    ("^ab|c", "", "c", True),       # the literal prefix of ^ab is not required by |c
+    ("^abc?", "", "ab", True),
+    ("^abc", "i", "ABC", True),
+    ("^b", "m", "a\nbc", True),
+    ("^\\w+$", "", "døden", False),   # \w is ASCII in MongoDB's PCRE (SERVER-23881)
+    ("^\\w+$", "", "den_1", True),
 ])
 def test_pcre_meaning(pattern, options, text, found):
     assert (regex.compile(pattern, options).search(text) is not None) is found

@@ -21,8 +21,6 @@ from farts.db.errors import error
 
 INVALID = 51091   # MongoDB's "Regular expression is invalid"
 _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE, "u": 0}
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False   # a pattern RE2 cannot serve goes to Python's re, not to stderr
 _END = "(?:\\n?\\z)"   # PCRE's $ without m, and \Z: the end, or before a final newline
 _REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT)
 
@@ -34,7 +32,8 @@ def compile(pattern: str, options: str):
             raise error(51108, f"invalid flag in regex options: {letter}")
     if "x" not in options:   # RE2 has no extended (verbose) syntax
         try:
-            return re2.compile(_pcre_to_re2(pattern, "m" in options), _re2_options(options))
+            return _Linear(re2.compile(_pcre_to_re2(pattern, "m" in options), _re2_options(options)),
+                           _literal_prefix(pattern) if "i" not in options and "m" not in options else "")
         except re2.error:
             pass   # a feature RE2 lacks (or a bad pattern): Python's re says which
     flags = 0
@@ -52,13 +51,46 @@ def compile(pattern: str, options: str):
     return compiled
 
 
+class _Linear:
+    """An RE2 program whose search(text) only tells whether it matches (all $regex needs):
+    RE2's own Match on the UTF-8 text, without the wrapper's span decoding (8x slower)."""
+    __slots__ = ("_match", "_prefix")
+
+    def __init__(self, compiled, prefix: str) -> None:
+        self._match = compiled._regexp.Match
+        self._prefix = prefix   # what every match starts with (^abc...): most texts are refused by it
+
+    def search(self, text: str) -> bool | None:
+        if not text.startswith(self._prefix):
+            return None
+        data = text.encode("utf-8", "surrogatepass")
+        return True if self._match(_UNANCHORED, data, 0, len(data))[0] != _NO_MATCH else None
+
+
+_UNANCHORED, _NO_MATCH = re2._Anchor.UNANCHORED, re2._NULL_SPAN
+_re2_choices: dict[tuple[bool, bool], object] = {}
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The plain characters after a leading ^ (without i or m): a match starts with them."""
+    if not pattern.startswith("^") or "|" in pattern:   # ^a|b: b need not start with a
+        return ""
+    end = 1
+    while end < len(pattern) and pattern[end] not in "\\.[]()*+?{}|^$":
+        end += 1
+    if end < len(pattern) and pattern[end] in "*+?{":
+        end -= 1   # the last character is repeated (or optional): not part of every match
+    return pattern[1:max(end, 1)]
+
+
 def _re2_options(options: str):
-    if "i" not in options and "s" not in options:
-        return _RE2_OPTIONS
-    o = re2.Options()
-    o.log_errors = False
-    o.case_sensitive = "i" not in options
-    o.dot_nl = "s" in options
+    key = ("i" in options, "s" in options)
+    o = _re2_choices.get(key)
+    if o is None:
+        o = _re2_choices[key] = re2.Options()
+        o.log_errors = False   # a pattern RE2 cannot serve goes to Python's re, not to stderr
+        o.never_capture = True
+        o.case_sensitive, o.dot_nl = not key[0], key[1]
     return o
 
 
