@@ -135,6 +135,7 @@ def test_node_driver_validation_views_out_merge_collation(node):
     assert r["invalid"]["code"] == 121 and r["invalid"]["codeName"] == "DocumentValidationFailure"
     assert r["invalid"]["errInfo"]["failingDocumentId"] == 2
     assert r["bypass"] is True and r["warned"] is True
+    assert r["evil"]["code"] == 121 and r["evilOk"] is True and r["nestedBackref"]["code"] == 51091
     assert r["view"] == [{"_id": 1, "name": "ada"}] and r["viewCount"] == 1 and r["viewType"] == "view"
     assert r["viewWrite"]["code"] == 166
     assert r["copy"] == [{"_id": 1, "name": "ada"}, {"_id": 3}]

@@ -23,6 +23,12 @@ async function main() {
   out.bypass = (await people.insertOne({ _id: 3 }, { bypassDocumentValidation: true })).acknowledged;
   await db.command({ collMod: "people", validationAction: "warn" });
   out.warned = (await people.insertOne({ _id: 4, age: -5 })).acknowledged;
+  // A catastrophic pattern (^(a+)+$ on "a"*40 + "b") in a validator answers at once (RE2)
+  const evil = await db.createCollection("evil", { validator: { $jsonSchema: { properties: {
+    s: { pattern: "^(a+)+$" } } } } });
+  out.evil = await error(() => evil.insertOne({ _id: 1, s: "a".repeat(40) + "b" }));
+  out.evilOk = (await evil.insertOne({ _id: 2, s: "aaaa" })).acknowledged;
+  out.nestedBackref = await error(() => db.createCollection("refused", { validator: { s: { $regex: "^(a+)+\\1$" } } }));
   // Views
   await db.createCollection("named", { viewOn: "people", pipeline: [{ $match: { name: { $exists: true } } },
     { $project: { name: 1 } }] });
