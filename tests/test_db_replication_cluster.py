@@ -23,6 +23,7 @@ from pathlib import Path
 import pymongo
 import pytest
 from mesh_helpers import make_ca, mesh_address, metric, start_mesh_node, states, wait_for
+from pymongo.collation import Collation
 from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError, WriteConcernError
 from pymongo.read_preferences import Nearest, Primary, PrimaryPreferred
 
@@ -216,6 +217,13 @@ def test_causal_reads_write_concern_and_read_preference(tmp_path):
         assert everywhere(clients, lambda c: "k_1" in c.app.catalog.index_information()) is True
         with pytest.raises(DuplicateKeyError):
             clients["node-3"].app.catalog.insert_one({"_id": 2, "k": "x"})
+        # ...with its collation: a case-insensitive unique index refuses "X" on node 3 too.
+        clients["node-1"].app.catalog.create_index("k", name="k_ci", unique=True,
+                                                   collation=Collation(locale="en", strength=2))
+        assert everywhere(clients, lambda c: "k_ci" in c.app.catalog.index_information()) is True
+        assert clients["node-3"].app.catalog.index_information()["k_ci"]["collation"]["strength"] == 2
+        with pytest.raises(DuplicateKeyError):
+            clients["node-3"].app.catalog.insert_one({"_id": 3, "k": "X"})
         clients["node-3"].app.catalog.drop()
         assert everywhere(clients, lambda c: "catalog" not in c.app.list_collection_names()) is True
         clients["node-2"].other.c.insert_one({"_id": 1})

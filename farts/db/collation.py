@@ -8,6 +8,10 @@ document (the caller gets the stored one back) and sorts by collated values; $re
 $expr and $where clauses still see the stored strings, as MongoDB's do. Field names are
 never collated.
 
+An index with a collation holds its strings' sort keys too (``index_keys``); a query
+reads it when its collation is the index's (``Plan``, ``index_bounds``), and any index
+for bounds that have no strings in them.
+
 {locale: "simple"} (or no collation) is binary comparison: no ICU involved.
 """
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from bson.regex import Regex
 
+from farts.db import keys
 from farts.db.errors import BAD_VALUE, TYPE_MISMATCH, error
 from farts.db.query import compile_filter
 
@@ -41,6 +46,7 @@ _RAW_OPERATORS = ("$regex", "$options", "$type", "$expr", "$where", "$jsonSchema
 class Collation:
     def __init__(self, spec: dict, collator) -> None:
         self.spec = spec   # the full document, as MongoDB reports it (listIndexes, listCollections)
+        self.identity = tuple(spec.items())   # an index's collation (hashable; () is binary)
         self._key = collator.getSortKey
         self._cache: dict[str, str] = {}
 
@@ -199,9 +205,59 @@ def _effective(collator) -> dict:
             "backwards": get(a.FRENCH_COLLATION) == v.ON}
 
 
+class Plan(dict):
+    """The filter a collated query picks an index by: the filter as given, with the
+    collation's identity and the filter collated (the bounds of its strings in an index
+    of the same collation)."""
+    __slots__ = ("collation", "collated")
+
+
 def plan_and_matcher(flt: dict | None, collation: Collation | None) -> tuple[dict, Callable[[Any], bool] | None]:
-    """(the filter the store picks an index by, the predicate) of flt under a collation.
-    No index holds collation keys, so a collated filter is a scan of the collection."""
+    """(the filter the store picks an index by, the predicate) of flt under a collation."""
     if collation is None:
         return flt or {}, compile_filter(flt) if flt else None
-    return {}, collation.matcher(flt)
+    plan = Plan(flt or {})
+    plan.collation, plan.collated = collation.identity, collation.filter_value(flt or {})
+    return plan, collation.matcher(flt)
+
+
+def plan_collation(plan: dict) -> tuple:
+    """The identity of the collation a plan was made under (() for binary)."""
+    return plan.collation if type(plan) is Plan else ()
+
+
+def index_bounds(plan: dict) -> Callable[[tuple], dict[str, keys.Bounds]]:
+    """The bounds of plan that an index of a given collation (its identity) can serve: all
+    of them (strings collated) in an index of the plan's collation, else those without a
+    string (numbers, dates, ... have the same key under every collation)."""
+    given = keys.field_bounds(plan) if plan else {}
+    query = plan_collation(plan)
+    same = keys.field_bounds(plan.collated) if query else given
+    other: list[dict] = []   # made when an index of another collation asks (most queries never do)
+
+    def bounds(index_collation: tuple) -> dict[str, keys.Bounds]:
+        if index_collation == query or not given:
+            return same
+        if not other:
+            other.append({path: b for path, b in given.items() if not _has_string(b)})
+        return other[0]
+    return bounds
+
+
+def _has_string(b: keys.Bounds) -> bool:
+    return any(type(v) is str for v in b.points or ()) or \
+        any(bound is not None and bound[0][0] == keys.R_STRING for bound in (b.low, b.high))
+
+
+_of_index: dict[tuple, Collation] = {}
+
+
+def index_keys(doc: dict, index) -> tuple[dict[bytes, tuple], bool]:
+    """keys.index_keys of doc in index (a farts.db.store.Index), its strings as their sort
+    keys when the index has a collation (the values, for a DuplicateKey error, as stored)."""
+    if not index.collation:
+        return keys.index_keys(doc, index.fields)
+    c = _of_index.get(index.collation)
+    if c is None:
+        c = _of_index[index.collation] = parse(dict(index.collation))
+    return keys.index_keys(doc, index.fields, lambda v: keys.encode(c.value(v)))

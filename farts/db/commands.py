@@ -14,7 +14,7 @@ import datetime
 import itertools
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import bson
 from bson.binary import Binary
@@ -103,7 +103,7 @@ _COMMAND_FIELDS = {
 }
 _TYPED_FIELDS = (("let", dict, "object"), ("c", dict, "object"), ("arrayFilters", list, "array"))
 _BAD_DB_CHARS = set('/\\. "$*<>:|?\0')
-_UNSUPPORTED_INDEX_OPTIONS = ("sparse", "partialFilterExpression", "expireAfterSeconds", "collation",
+_UNSUPPORTED_INDEX_OPTIONS = ("sparse", "partialFilterExpression", "expireAfterSeconds",
                               "weights", "default_language", "2dsphereIndexVersion", "wildcardProjection")
 
 
@@ -456,7 +456,7 @@ class Commands:
         plan, matcher = collation.plan_and_matcher(flt, coll)
         stats = stats if stats is not None else ScanStats()
         docs = None
-        if sort and limit and coll is None:
+        if sort and limit:
             docs = self.store.scan_sorted(txn, ns, plan, matcher, parse_sort_spec(sort), skip + limit,
                                           stats, budget, raw)
         if docs is None:
@@ -695,11 +695,12 @@ class Commands:
             args = self._find_args(inner if name == "find" else {"filter": inner.get("query") or {}})
         flt, sort, projection, skip, limit = args
         flt = self._bound_filter(flt, inner.get("let"))
+        coll = self._collation(ns, inner.get("collation"))
         stats = ScanStats()
 
         def query(txn, budget):
             stats.keys = stats.docs = 0
-            return self._find_docs(txn, budget, ns, flt, sort, skip, limit, projection, stats)
+            return self._find_docs(txn, budget, ns, flt, sort, skip, limit, projection, stats, coll=coll)
 
         def reply(docs):
             scan = {"stage": stats.plan}
@@ -997,17 +998,16 @@ class Commands:
         specs = cmd.body.get("indexes")
         if not isinstance(specs, list) or not specs:
             raise _err(2, "BadValue", "'indexes' must be a non-empty array")
-        indexes = [parse_index_spec(s) for s in specs]
+        indexes = [(parse_index_spec(s), "collation" in s) for s in specs]
 
         def fn(w):
             before = w.catalog.get(ns)
             created_coll = before is None
-            if before is not None and "collation" in before.options and any(i.unique for i in indexes):
-                raise _err(67, "CannotCreateIndex", "a unique index on a collection with a default collation is "
-                                                    "not supported (its keys would compare strings binary)")
+            # An index without a collation of its own has the collection's default one (as in MongoDB).
+            default = collation.parse(before.options.get("collation")) if before is not None else None
             n_before = 1 + (len(before.indexes) if before else 0)
-            for idx in indexes:
-                w.create_index(ns, idx)
+            for idx, own in indexes:
+                w.create_index(ns, idx if own or default is None else replace(idx, collation=default.identity))
             return {"numIndexesBefore": n_before, "numIndexesAfter": 1 + len(w.catalog[ns].indexes),
                     "createdCollectionAutomatically": created_coll, "ok": 1.0}
 
@@ -1030,10 +1030,12 @@ class Commands:
                 names = list(which)
             elif isinstance(which, dict):
                 fields = tuple((k, int(v)) for k, v in which.items())
-                match = [i.name for i in coll.indexes if i.fields == fields]
-                if not match:
+                names = [i.name for i in coll.indexes if i.fields == fields]
+                if not names:
                     raise _err(27, "IndexNotFound", f"can't find index with key: {which}")
-                names = match
+                if len(names) > 1:   # the same key pattern in several collations
+                    raise _err(119, "AmbiguousIndexKeyPattern", f"{len(names)} indexes found for key: {which}, "
+                                                                f"identify by name instead: {', '.join(names)}")
             else:
                 raise _err(14, "TypeMismatch", "'index' must be a name, a key pattern or '*'")
             for name in names:
@@ -1104,7 +1106,8 @@ def parse_index_spec(spec) -> Index:
     name = spec.get("name") or "_".join(f"{p}_{d}" for p, d in fields)
     if not isinstance(name, str):
         raise _err(14, "TypeMismatch", "index name must be a string")
-    return Index(name, tuple(fields), bool(spec.get("unique")))
+    coll = collation.parse(spec.get("collation"))   # {locale: "simple"}: binary, as without one
+    return Index(name, tuple(fields), bool(spec.get("unique")), collation=coll.identity if coll else ())
 
 
 def _as_stored(docs: list, raw: dict) -> list:

@@ -156,16 +156,17 @@ def path_values(doc, path: str) -> tuple[list, bool]:
     return out, arrays[0]
 
 
-def index_keys(doc: dict, fields) -> tuple[dict[bytes, tuple], bool]:
+def index_keys(doc: dict, fields, key=encode) -> tuple[dict[bytes, tuple], bool]:
     """Every key of doc in a (compound) index → the field values it stands for, and
-    whether the index becomes multikey (an array on an indexed path)."""
+    whether the index becomes multikey (an array on an indexed path). ``key``: a
+    value's key (a collated index's: farts.db.collation.index_keys)."""
     parts, multikey = [], False
     for path, direction in fields:
         values, crossed = path_values(doc, path)
         multikey |= crossed
         encoded = {}
         for v in values:
-            k = encode(v)
+            k = key(v)
             encoded.setdefault(invert(k) if direction < 0 else k, v)
         parts.append(list(encoded.items()))
     out = {}

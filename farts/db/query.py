@@ -31,6 +31,7 @@ from bson.objectid import ObjectId
 from bson.regex import Regex
 from bson.timestamp import Timestamp
 
+from farts.db import regex
 from farts.db.errors import BAD_VALUE, error
 from farts.db.ordering import (
     MISSING,
@@ -49,8 +50,6 @@ _LOGICAL = ("$and", "$or", "$nor")
 _UNSUPPORTED_TOP = ("$where", "$text", "$sampleRate")
 _UNSUPPORTED_FIELD = ("$geoWithin", "$geoIntersects", "$near", "$nearSphere", "$bitsAllSet",
                       "$bitsAllClear", "$bitsAnySet", "$bitsAnyClear", "$jsonSchema", "$within")
-_REGEX_OPTION_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE,
-                       "u": 0}
 
 
 def compile_filter(filter: dict | None) -> Predicate:
@@ -273,38 +272,6 @@ def _comparison_test(op: str, target: Any) -> Predicate:
     return test
 
 
-def _pcre_to_python(pattern: str) -> str:
-    """The few PCRE spellings Python's re lacks: (?<name>...), \\z and PCRE's \\Z."""
-    out = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            pair = pattern[i:i + 2]
-            out.append({"\\z": "\\Z", "\\Z": "(?=\\n?\\Z)"}.get(pair, pair))
-            i += 2
-            continue
-        if pattern.startswith("(?<", i) and pattern[i + 3:i + 4] not in ("=", "!"):
-            out.append("(?P<")
-            i += 3
-            continue
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
-def _regex_compile(pattern: str, options: str) -> re.Pattern:
-    flags = 0
-    for letter in options:
-        if letter not in _REGEX_OPTION_FLAGS:
-            raise error(51108, f"invalid flag in regex options: {letter}")
-        flags |= _REGEX_OPTION_FLAGS[letter]
-    try:
-        return re.compile(_pcre_to_python(pattern), flags)
-    except re.error as e:
-        raise error(51091, f"Regular expression is invalid: {e}") from None
-
-
 def _regex_test(value: Any, options: str | None = None) -> Predicate:
     if isinstance(value, str):
         pattern, flags = value, ""
@@ -318,7 +285,7 @@ def _regex_test(value: Any, options: str | None = None) -> Predicate:
         if not isinstance(options, str):
             raise error(BAD_VALUE, "$options has to be a string")
         flags = "".join(sorted(set(flags) | set(options)))
-    compiled = _regex_compile(pattern, flags)
+    compiled = regex.compile(pattern, flags)   # linear time, or refused (farts/db/regex.py)
 
     def test(v: Any) -> bool:
         if isinstance(v, str) and not isinstance(v, Code):

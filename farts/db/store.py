@@ -40,7 +40,7 @@ from bson.objectid import ObjectId
 from bson.regex import Regex
 
 from farts.clock import HLC
-from farts.db import keys, merge, validation
+from farts.db import collation, keys, merge, validation
 from farts.db.errors import MongoError
 from farts.db.update import _copy, is_replacement
 
@@ -62,11 +62,14 @@ class Index:
     fields: tuple[tuple[str, int], ...]
     unique: bool = False
     multikey: bool = False
+    collation: tuple = ()   # its collation document's items (farts.db.collation); () is binary
 
     def spec(self) -> dict:
         out = {"v": 2, "key": dict(self.fields), "name": self.name}
         if self.unique:
             out["unique"] = True
+        if self.collation:
+            out["collation"] = dict(self.collation)
         return out
 
 
@@ -81,14 +84,15 @@ class Collection:
 
     def encode(self) -> bytes:
         return bson.encode({"ns": self.ns, "options": self.options, "indexes": [
-            {"name": i.name, "fields": [list(f) for f in i.fields], "unique": i.unique, "multikey": i.multikey}
-            for i in self.indexes]})
+            {"name": i.name, "fields": [list(f) for f in i.fields], "unique": i.unique, "multikey": i.multikey,
+             "collation": dict(i.collation)} for i in self.indexes]})
 
     @staticmethod
     def decode(data: bytes) -> Collection:
         d = bson.decode(data)
         return Collection(d["ns"], tuple(Index(i["name"], tuple((f, int(x)) for f, x in i["fields"]),
-                                               i["unique"], i["multikey"]) for i in d["indexes"]),
+                                               i["unique"], i["multikey"], tuple(i.get("collation", {}).items()))
+                                         for i in d["indexes"]),
                           d["options"])
 
 
@@ -420,8 +424,10 @@ class Store:
         coll = self.catalog.get(ns)
         if coll is None:
             return []
-        candidates = [Index("_id_", (("_id", 1),), True)] + [i for i in coll.indexes if not i.multikey]
-        bounds = keys.field_bounds(flt) if flt else {}
+        query = collation.plan_collation(flt)   # an index in another collation's order is no use
+        candidates = [Index("_id_", (("_id", 1),), True)] * (not query) + \
+            [i for i in coll.indexes if not i.multikey and i.collation == query]
+        bounds = collation.index_bounds(flt)(query)
         found = None
         for idx in candidates:
             # Leading fields the filter pins to one value keep the order of the fields after them
@@ -793,12 +799,12 @@ def _snapshot_entry(key: bytes, data: bytes | None, meta: bytes | None) -> tuple
 
 def _best_plan(coll: Collection, flt: dict) -> keys.Scan | None:
     """The index (or the _id key range) that narrows flt the most, if any does."""
-    bounds = keys.field_bounds(flt) if flt else {}
-    if not bounds:
+    if not flt:
         return None
-    best = keys.plan_index("_id_", [("_id", 1)], False, bounds)
+    bounds = collation.index_bounds(flt)
+    best = keys.plan_index("_id_", [("_id", 1)], False, bounds(()))
     for idx in coll.indexes:
-        s = keys.plan_index(idx.name, idx.fields, idx.multikey, bounds)
+        s = keys.plan_index(idx.name, idx.fields, idx.multikey, bounds(idx.collation))
         if s and (best is None or (s.point_fields, s.ranged) > (best.point_fields, best.ranged)):
             best = s
     return best
@@ -969,8 +975,8 @@ class WriteTxn:
             if old is not None and all(_same_scalar(old.get(top), doc.get(top)) for top in _tops(idx)):
                 continue   # the update left every indexed field alone
             db = self.store.index_db(txn, ns, idx.name)
-            new_keys, multikey = keys.index_keys(doc, idx.fields)
-            old_keys = keys.index_keys(old, idx.fields)[0] if old is not None else {}
+            new_keys, multikey = collation.index_keys(doc, idx)
+            old_keys = collation.index_keys(old, idx)[0] if old is not None else {}
             for k in old_keys.keys() - new_keys.keys():
                 self._index_delete(ns, idx, db, k, id_key)
             for k, values in new_keys.items():
@@ -1080,7 +1086,7 @@ class WriteTxn:
         txn = self.txn
         for idx in coll.indexes:
             db = self.store.index_db(txn, ns, idx.name)
-            for k in keys.index_keys(doc, idx.fields)[0]:
+            for k in collation.index_keys(doc, idx)[0]:
                 self._index_delete(ns, idx, db, k, id_key)
         txn.delete(ns_prefix(ns) + id_key)
         stamp, effect = None, {}
@@ -1176,7 +1182,7 @@ class WriteTxn:
         elif old is not None:
             for idx in coll.indexes:
                 db = st.index_db(self.txn, r.ns, idx.name)
-                for k in keys.index_keys(old, idx.fields)[0]:
+                for k in collation.index_keys(old, idx)[0]:
                     self._index_delete(r.ns, idx, db, k, id_key)
             self.txn.delete(key)
         return outcome[0]
@@ -1231,7 +1237,8 @@ class WriteTxn:
         """False if an identical index exists; raises on a conflicting one or a duplicate."""
         coll = self.collection(ns)
         for existing in ((Index("_id_", (("_id", 1),), True),) + coll.indexes):
-            same_name, same_key = existing.name == index.name, existing.fields == index.fields
+            same_name = existing.name == index.name
+            same_key = existing.fields == index.fields and existing.collation == index.collation
             if same_name and same_key and (existing.unique == index.unique or existing.name == "_id_"):
                 return False
             if same_name:
@@ -1373,16 +1380,16 @@ class WriteTxn:
                 self._set_collection(ns, None)
             return
         wanted = [_index_of(spec) for spec in specs]
-        have = {(i.name, i.fields, i.unique): i for i in (old.indexes if old else ())}
+        have = {_definition(i): i for i in (old.indexes if old else ())}
         for idx in have.values():
-            if (idx.name, idx.fields, idx.unique) not in {(i.name, i.fields, i.unique) for i in wanted}:
+            if _definition(idx) not in {_definition(i) for i in wanted}:
                 self._drop_index_db(ns, idx)
-        new = [i for i in wanted if (i.name, i.fields, i.unique) not in have]
+        new = [i for i in wanted if _definition(i) not in have]
         for idx in new:
             self._open_index_db(ns, idx)
         if options is None:   # no create or collMod of it yet: what it has
             options = old.options if old is not None else {}
-        self._set_collection(ns, Collection(ns, tuple(have.get((i.name, i.fields, i.unique), i) for i in wanted),
+        self._set_collection(ns, Collection(ns, tuple(have.get(_definition(i), i) for i in wanted),
                                             options))
         if new:
             self._build_indexes(ns, {i.name for i in new}, resolve)
@@ -1408,11 +1415,20 @@ def _database_of(ns: str) -> str:
 
 
 def _index_spec(index: Index) -> dict:
-    return {"name": index.name, "key": [[f, d] for f, d in index.fields], "unique": index.unique}
+    spec = {"name": index.name, "key": [[f, d] for f, d in index.fields], "unique": index.unique}
+    if index.collation:   # travels with the definition (a replicated catalog record)
+        spec["collation"] = dict(index.collation)
+    return spec
 
 
 def _index_of(spec: dict) -> Index:
-    return Index(spec["name"], tuple((f, int(d)) for f, d in spec["key"]), spec["unique"])
+    return Index(spec["name"], tuple((f, int(d)) for f, d in spec["key"]), spec["unique"],
+                 collation=tuple(spec.get("collation", {}).items()))
+
+
+def _definition(index: Index) -> tuple:
+    """What makes two indexes the same one (multikey is what its documents made it)."""
+    return index.name, index.fields, index.unique, index.collation
 
 
 _SCALARS = (int, float, str, bool, type(None), ObjectId)

@@ -1,5 +1,5 @@
 // The Node.js mongodb driver against a farts-edge node: document validation, views,
-// $out/$merge, {aggregate: 1} with $documents, and collation (issue 17, part B).
+// $out/$merge, {aggregate: 1} with $documents, and collation on queries and indexes (issue 17, part B).
 // usage: NODE_PATH=tests/node/node_modules node tests/node/db_schema_views.js PORT
 // Prints one JSON line of observations; tests/test_db_out_merge.py checks them.
 const { MongoClient } = require("mongodb");
@@ -23,6 +23,12 @@ async function main() {
   out.bypass = (await people.insertOne({ _id: 3 }, { bypassDocumentValidation: true })).acknowledged;
   await db.command({ collMod: "people", validationAction: "warn" });
   out.warned = (await people.insertOne({ _id: 4, age: -5 })).acknowledged;
+  // A catastrophic pattern (^(a+)+$ on "a"*40 + "b") in a validator answers at once (RE2)
+  const evil = await db.createCollection("evil", { validator: { $jsonSchema: { properties: {
+    s: { pattern: "^(a+)+$" } } } } });
+  out.evil = await error(() => evil.insertOne({ _id: 1, s: "a".repeat(40) + "b" }));
+  out.evilOk = (await evil.insertOne({ _id: 2, s: "aaaa" })).acknowledged;
+  out.nestedBackref = await error(() => db.createCollection("refused", { validator: { s: { $regex: "^(a+)+\\1$" } } }));
   // Views
   await db.createCollection("named", { viewOn: "people", pipeline: [{ $match: { name: { $exists: true } } },
     { $project: { name: 1 } }] });
@@ -47,6 +53,17 @@ async function main() {
   out.collationCount = await words.countDocuments({ w: "A" }, { collation: ci });
   out.collationDelete = (await words.deleteMany({ w: "B" }, { collation: ci })).deletedCount;
   out.badLocale = await error(() => words.find({}, { collation: { locale: "xx_bogus" } }).toArray());
+  // An index with a collation: unique case-insensitively, listed with it, read by queries in it
+  const tags = db.collection("tags");
+  await tags.insertOne({ _id: 1, t: "red" });
+  await tags.createIndex({ t: 1 }, { unique: true, collation: ci });
+  try { await tags.insertOne({ _id: 2, t: "RED" }); out.indexDup = null; }
+  catch (e) { out.indexDup = { code: e.code, keyValue: e.keyValue, keyPattern: e.keyPattern }; }
+  out.indexCollation = (await tags.listIndexes().toArray()).find((i) => i.name === "t_1").collation;
+  const plan = await tags.find({ t: "RED" }, { collation: ci }).explain("executionStats");
+  out.indexUsed = plan.queryPlanner.winningPlan.inputStage && plan.queryPlanner.winningPlan.inputStage.indexName;
+  out.indexFound = (await tags.find({ t: "RED" }, { collation: ci }).toArray()).map((d) => d._id);
+  out.indexBinaryScan = (await tags.find({ t: "RED" }).explain("executionStats")).queryPlanner.winningPlan.stage;
   await client.close();
   console.log(JSON.stringify(out));
 }
