@@ -5,6 +5,8 @@ the fixture reads them, so parallel or repeated runs never fight over ports.
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import select
@@ -27,19 +29,6 @@ from farts import pki
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("explore", deadline=None, max_examples=2000)
 settings.load_profile(os.environ.get("FARTS_HYPOTHESIS", "ci"))
-
-# Under pytest-xdist (ci/test runs two processes), tests that share a machine-wide thing run
-# in one process, one after the other: the network namespaces of the netns tests have fixed
-# names, and the release build (a wheel compiled from scratch) is made once per process.
-XDIST_GROUPS = {"namespaces": "netns", "release_build": "release-build"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        for fixture, group in XDIST_GROUPS.items():
-            if fixture in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(group))
-                break
 
 
 def pytest_sessionstart(session):
@@ -191,14 +180,25 @@ def node_factory(tmp_path):
 
 @pytest.fixture(scope="session")
 def release_build(tmp_path_factory):
-    """One real `farts-edge release build` of this checkout for the session (compiling every
-    module is minutes): (the keys dir, the bundle, its process). The wheel test checks and
-    installs it; the deploy test re-versions its wheel (tests/release_helpers.py)."""
-    d = tmp_path_factory.mktemp("release-build")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "farts.cli", "release", *a],  # noqa: E731
-                                    cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
-                                    timeout=800)
-    keygen = run("keygen", "--out", str(d / "keys"))
-    assert keygen.returncode == 0, keygen.stderr
-    build = run("build", "--key", str(d / "keys" / "release.key"), "--out", str(d / "release.tar"))
+    """One real `farts-edge release build` of this checkout for the test run (compiling every
+    module is a minute): (the keys dir, the bundle, its process). The wheel test checks and
+    installs it; the deploy test re-versions its wheel (tests/release_helpers.py).
+
+    Under pytest-xdist (ci/test) each process has its own session: the first to get here
+    builds into the run's shared temp folder under a lock, the others wait and reuse it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    d = shared / "release-build"
+    with open(shared / "release-build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (d / "build.json").exists():
+            d.mkdir(exist_ok=True)
+            run = lambda *a: subprocess.run(  # noqa: E731
+                [sys.executable, "-m", "farts.cli", "release", *a], cwd=Path(__file__).resolve().parent.parent,
+                capture_output=True, text=True, timeout=800)
+            keygen = run("keygen", "--out", str(d / "keys"))
+            assert keygen.returncode == 0, keygen.stderr
+            build = run("build", "--key", str(d / "keys" / "release.key"), "--out", str(d / "release.tar"))
+            (d / "build.json").write_text(json.dumps([build.args, build.returncode, build.stdout, build.stderr]))
+    build = subprocess.CompletedProcess(*json.loads((d / "build.json").read_text()))
     return d / "keys", d / "release.tar", build
