@@ -32,6 +32,7 @@ from farts.transport.listener import HTTPStats, Listener
 from farts.transport.router import Router
 
 from .ipc import Channel, member_to_wire
+from .limits import worker_config
 from .metrics import Sum, View
 from .sockets import Adopter, dns_groups, handover_pair, reuseport_group
 
@@ -72,6 +73,8 @@ class Supervisor:
         self.started = self.stopping = False
         self.forwarded_routes: list[dict] = []
         self.forward_to = ""
+        # (the node's budgets divided among the workers: limits.py)
+        self.worker_config = pickle.dumps(worker_config(node.cfg, count))
         self._tasks: set[asyncio.Task] = set()   # exit watchers, presence counts
         self.refs = itertools.count(1)
         self.asking: dict[int, asyncio.Future] = {}   # ref -> a worker's answer (ask_all)
@@ -154,7 +157,7 @@ class Supervisor:
         slot.started = loop.time()
         slot.channel = await Channel.open(mine, lambda msg: self.on_message(slot, msg), lambda: None)
         history = self.node.pubsub.events_after({}, limit=1 << 30) if self.node.pubsub is not None else []
-        slot.channel.send({"t": "hello", "index": slot.index, "config": pickle.dumps(self.node.cfg),
+        slot.channel.send({"t": "hello", "index": slot.index, "config": self.worker_config,
                            "forward_to": self.forward_to, "forwarded_routes": self.forwarded_routes,
                            "members": [member_to_wire(m) for m in self.node.members.members()],
                            "txt": self.txt})
