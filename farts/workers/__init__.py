@@ -24,6 +24,7 @@ worker -> node
     publish    {ref, tenant, messages: [[channel, data JSON], ...]}
     count      {ref, keys}: the subscribers on these channels on every worker
     counted    {ref, counts}: this worker's answer to the node's count
+    open       {n}: its open client connections, when they changed (every OPEN_INTERVAL)
     metrics    {snapshot, open, slow, ref?}: every metrics.PUSH_INTERVAL, on exit, and as
                the answer to a scrape; slow: the slow requests logged since the last one
 """

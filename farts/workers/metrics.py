@@ -15,6 +15,9 @@ from prometheus_client.metrics_core import Metric
 from farts.metrics import Counter, Gauge, Histogram, Metrics
 
 PUSH_INTERVAL = 1.0   # seconds: what a worker that dies may take with it of its counters
+# Seconds between a worker's reports of its open connections, when they changed (those a
+# crash loses: farts_worker_lost_connections_total is as of the last one).
+OPEN_INTERVAL = 0.1
 CUMULATIVE = ("counter", "histogram")
 # Gauges of a state, not a quantity: combined over the workers, the node process's own
 # (idle: its listeners are the workers') left out. An upstream server is up when every

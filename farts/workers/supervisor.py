@@ -57,7 +57,7 @@ class WorkerSlot:
         self.proc: asyncio.subprocess.Process | None = None
         self.channel: Channel | None = None
         self.ready: asyncio.Future | None = None
-        self.open = 0            # its open client connections, as of its last metrics
+        self.open = 0            # its open client connections, as of its last report
         self.crashes = 0         # in a row
         self.started = 0.0
         self.adopter: Adopter | None = None   # the MongoDB connections it hands over
@@ -82,7 +82,7 @@ class Supervisor:
         self.restarts = m.counter("farts_worker_restarts_total", "Worker processes started again after "
                                   "they exited", ("reason",))
         self.lost = m.counter("farts_worker_lost_connections_total", "Client connections open on a worker "
-                              "when it died (as of its last report)")
+                              "when it died (as of its last report, at most 0.1 s before)")
         self.behind = m.counter("farts_worker_too_far_behind_total", "Workers killed for not reading "
                                 "what the node process sends them (pub/sub events)")
         m.gauge("farts_workers", "Worker processes serving the public listeners", self.serving)
@@ -185,6 +185,8 @@ class Supervisor:
             self.node.stats.slow_log.extend(msg["slow"])   # /api/slow and the status page
             if "ref" in msg:
                 self.answered(msg)
+        elif t == "open":
+            slot.open = msg["n"]
         elif t == "ready":
             log.info("worker %d (pid %d) ready", slot.index, msg["pid"])
             if not slot.ready.done():

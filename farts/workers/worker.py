@@ -43,7 +43,7 @@ from farts.transport.router import Router
 from farts.transport.tls import ALPN, ALPN_HTTP1, CertStore
 
 from .ipc import Channel, member_from_wire
-from .metrics import PUSH_INTERVAL, snapshot
+from .metrics import OPEN_INTERVAL, PUSH_INTERVAL, snapshot
 from .sockets import HandOver
 
 log = logging.getLogger("farts.workers")
@@ -177,11 +177,14 @@ class Worker:
             self.listeners[name] = li
         self.metrics, self.slow_log, self.slow_sent = metrics, stats.slow_log, None
         push = clock.every(PUSH_INTERVAL, lambda now: self.push())
+        self.open_sent = 0
+        report = clock.every(OPEN_INTERVAL, lambda now: self.report_open())
         self.channel.send({"t": "ready", "pid": os.getpid()})
         await self.done.wait()
         # Drain: stop accepting (the node keeps the listening sockets, whose queued
         # connections the next worker takes), finish or close what is open.
         push.cancel()
+        report.cancel()
         if certs is not None:
             watch.cancel()
         if handover is not None:
@@ -208,11 +211,24 @@ class Worker:
             self.slow_sent = entries[-1]
         return entries
 
+    def open_connections(self) -> int:
+        """Client connections open now: HTTP (WebSocket and SSE subscribers included) and
+        DNS over TCP."""
+        return (sum(li.open for li in self.listeners.values())
+                + (self.dns.kit.open if self.dns is not None else 0))
+
+    def report_open(self) -> None:
+        """The open connections to the node when they changed (what a crash would lose)."""
+        n = self.open_connections()
+        if n != self.open_sent:
+            self.open_sent = n
+            self.channel.send({"t": "open", "n": n})
+
     def push(self, ref: int | None = None) -> None:
         """This worker's metrics to the node: every PUSH_INTERVAL (so that a worker that
         dies leaves its counters), and as the answer to a scrape (``ref``)."""
-        open_ = sum(len(li.connections) for li in self.listeners.values())
-        msg = {"t": "metrics", "snapshot": snapshot(self.metrics), "open": open_, "slow": self.new_slow()}
+        msg = {"t": "metrics", "snapshot": snapshot(self.metrics), "open": self.open_connections(),
+               "slow": self.new_slow()}
         if ref is not None:
             msg["ref"] = ref
         self.channel.send(msg)
