@@ -9,8 +9,11 @@ member map's changes to the workers).
 """
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import signal
+import time
 
 import dns.query
 import pytest
@@ -18,6 +21,9 @@ from conftest import BASE_CONFIG
 from mesh_helpers import make_ca, mesh_address, mesh_view, wait_for
 from test_dns_server import EXACT, NODES, ZONE, addresses, query, write_mmdb
 from test_workers_mesh import start
+
+from farts import config
+from farts.node import Node
 
 QUERIES = 60
 NAMES = [("edge.farts.test", "A", "10.1.0.0/24"), ("edge.farts.test", "A", "10.2.0.0/24"),
@@ -85,3 +91,47 @@ def test_a_member_that_dies_is_gone_from_every_worker(tmp_path, exact_db):
         for node in (n2, n1):
             if node is not None:
                 node.stop()
+
+
+def txt_answers(port: int, name: str, n: int) -> list[list[str]]:
+    out = []
+    for _ in range(n):   # (each from a new socket: any worker)
+        resp = dns.query.udp(query(name, "TXT"), "127.0.0.1", port=port, timeout=5)
+        out.append(sorted(s.decode() for rrset in resp.answer for rd in rrset for s in rd.strings))
+    return out
+
+
+async def until(check, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def test_run_time_txt_records_reach_every_worker_and_a_new_one(tmp_path, exact_db):
+    """A TXT record set at run time on the node (as ACME DNS-01 does) is answered by every
+    worker, by one started after it too, and withdrawn from all."""
+    cfg = config.parse(f'[node]\ndata_dir = "{tmp_path}"\nworkers = 3\n[listeners.http]\nenabled = false\n'
+                       '[listeners.https]\nenabled = false\n[listeners.admin]\nenabled = false\n' + zone(exact_db),
+                       str(tmp_path / "farts.toml"))
+    name = "_acme-challenge.www.farts.test"
+
+    async def main():
+        node = Node(cfg)
+        await node.start()
+        try:
+            port, sup = node.dns.address[1], node.supervisor
+            assert node.dns.set_txt(name, ["token-1"])
+            assert await asyncio.to_thread(txt_answers, port, name, QUERIES) == [["token-1"]] * QUERIES
+            killed = sup.slots[0].proc
+            os.kill(killed.pid, signal.SIGKILL)
+            assert await until(lambda: sup.slots[0].proc is not killed and sup.serving() == 3)
+            assert await asyncio.to_thread(txt_answers, port, name, QUERIES) == [["token-1"]] * QUERIES
+            assert node.dns.set_txt(name, [])
+            assert await asyncio.to_thread(txt_answers, port, name, QUERIES) == [[]] * QUERIES
+        finally:
+            await node.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 180))
