@@ -13,12 +13,12 @@ import asyncio
 import os
 import re
 import signal
-import time
 
 import dns.query
 import pytest
 from conftest import BASE_CONFIG
 from mesh_helpers import make_ca, mesh_address, mesh_view, wait_for
+from test_certs_ari import wait_until
 from test_dns_server import EXACT, NODES, ZONE, addresses, query, write_mmdb
 from test_workers_mesh import start
 
@@ -101,15 +101,6 @@ def txt_answers(port: int, name: str, n: int) -> list[list[str]]:
     return out
 
 
-async def until(check, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 def test_run_time_txt_records_reach_every_worker_and_a_new_one(tmp_path, exact_db):
     """A TXT record set at run time on the node (as ACME DNS-01 does) is answered by every
     worker, by one started after it too, and withdrawn from all."""
@@ -127,7 +118,7 @@ def test_run_time_txt_records_reach_every_worker_and_a_new_one(tmp_path, exact_d
             assert await asyncio.to_thread(txt_answers, port, name, QUERIES) == [["token-1"]] * QUERIES
             killed = sup.slots[0].proc
             os.kill(killed.pid, signal.SIGKILL)
-            assert await until(lambda: sup.slots[0].proc is not killed and sup.serving() == 3)
+            assert await wait_until(lambda: sup.slots[0].proc is not killed and sup.serving() == 3, 60)
             assert await asyncio.to_thread(txt_answers, port, name, QUERIES) == [["token-1"]] * QUERIES
             assert node.dns.set_txt(name, [])
             assert await asyncio.to_thread(txt_answers, port, name, QUERIES) == [[]] * QUERIES
