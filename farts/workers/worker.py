@@ -1,15 +1,17 @@
-"""A worker process: serves the node's public HTTP/HTTPS listeners on the listening
-sockets the node process made, and talks to the node process over its IPC channel.
+"""A worker process: serves the node's public listeners (HTTP/HTTPS, DNS, MongoDB's
+accepts) on the listening sockets the node process made, and talks to the node process
+over its IPC channel.
 
 What it serves itself, holding no state another process needs: fixed routes, the
 reverse proxy (its own upstream pools), pub/sub subscribers (its own copy of the
 history, fed by the node process in the node's order) and DNS (its own zone, geo index
 and copy of the member map, whose changes and run-time TXT records the node process
-sends). MongoDB connections it accepts are handed to the node process (sockets.py). A publish (POST /api/publish)
-goes to the node process, which numbers it, sends it to the mesh and relays it to every
-worker, this one included. Every other route (CDN, the admin API on public hosts, ACME
-challenges, webhooks...) is forwarded with the reverse proxy to the node process's
-"forwarded" loopback listener, where the one cache / queue / store of the node is.
+sends). MongoDB connections it accepts are handed to the node process (sockets.py). A
+publish (POST /api/publish) goes to the node process, which numbers it, sends it to the
+mesh and relays it to every worker, this one included. Every other route (CDN, the
+admin API on public hosts, ACME challenges, webhooks...) is forwarded with the reverse
+proxy to the node process's "forwarded" loopback listener, where the one cache / queue /
+store of the node is.
 
     python -m farts.workers.worker --ipc FD [--socket NAME=FD ...] [--log-level L]
 
