@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Requests per server CPU-second of a fixed or a proxy route, by number of workers.
+"""Requests (or DNS queries) per server CPU-second of a fixed or a proxy route, or of the
+geo DNS, by number of workers.
 
-    python bench/workers.py [--workers 1,2] [--seconds 5] [--connections 64] [--route fixed|proxy]
+    python bench/workers.py [--workers 1,2] [--seconds 5] [--connections 64] [--route fixed|proxy|dns]
 
 For each count, a node (`farts-edge serve`, ``[node] workers = N``) is started pinned
 with taskset to cores 0..min(N, cores)-1, wrk (`-t1`) pinned to the last core; after a
@@ -13,6 +14,12 @@ figure still says what a core of serving yields (1.0x = linear scaling). The pro
 route's upstream is an nginx (one process, the body from memory) on wrk's core; its CPU
 is not the server's. Only 127.0.0.1, free ports, a temp directory; what it starts is
 stopped by its PID.
+
+--route dns: the node answers DNS on every worker (the query mix, zone and GeoLite2
+database of bench/dns.py), loaded by --dns-clients dnsload processes (bench/dnsload.c,
+one UDP socket each, 100 queries in flight between them) on the last core: the kernel
+places each client's socket on one worker by the hash of its address, so several
+clients reach every worker. The run starts once every worker has built its geo index.
 """
 from __future__ import annotations
 
@@ -135,7 +142,7 @@ def start_upstream(tmp: Path, cpu: str, body: str) -> tuple[subprocess.Popen, in
     raise SystemExit("the nginx upstream did not start")
 
 
-def start(workers: int, cpus: str, tmp: Path, routes: str) -> tuple[subprocess.Popen, str]:
+def start(workers: int, cpus: str, tmp: Path, routes: str, listener: str = "http") -> tuple[subprocess.Popen, str]:
     data = tmp / f"w{workers}"
     data.mkdir()
     cfg = data / "farts.toml"
@@ -147,11 +154,46 @@ def start(workers: int, cpus: str, tmp: Path, routes: str) -> tuple[subprocess.P
     while time.monotonic() < deadline and b"Ctrl-C stops the node." not in buf:
         if select.select([proc.stdout], [], [], 0.5)[0]:
             buf += os.read(proc.stdout.fileno(), 65536)
-    m = re.search(rb"http\s+(http://\S+)", buf)
+    m = re.search(rb"%s\s+(\w+://\S+)" % listener.encode(), buf)
     if m is None:
         proc.kill()
         raise SystemExit(f"node with {workers} workers did not start: {buf!r}")
     return proc, m.group(1).decode()
+
+
+def dns_routes(tmp: Path) -> tuple[str, Path, Path]:
+    """The [dns] config (a free port), the dnsload binary and its query file."""
+    sys.path.insert(0, str(ROOT))
+    import bench.dns as dnsbench  # (it drops bench/ from sys.path: "dns" is dnspython)
+    from farts.dns.geoindex import default_database
+    db = default_database()
+    binary, qfile = tmp / "dnsload", tmp / "queries.bin"
+    if not binary.exists():
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(ROOT / "bench" / "dnsload.c")], check=True)
+        qfile.write_bytes(b"".join(len(w).to_bytes(2, "big") + w for w in dnsbench.queries(db)))
+    nodes = "".join(f'\n[[dns.nodes]]\nid = "{n[0]}"\nregion = "{n[1]}"\nlat = {n[2]}\nlon = {n[3]}\n'
+                    f'addresses = ["{n[4]}"]\n' for n in dnsbench.NODES)
+    return dnsbench.FARTS_CONFIG.format(port=dnsbench.free_port(), db=db) + nodes, binary, qfile
+
+
+def indexes_built(admin: str) -> float:
+    """Geo index builds summed over the node's workers (from its /metrics)."""
+    import urllib.request
+    text = urllib.request.urlopen(admin + "metrics", timeout=30).read().decode()
+    m = re.search(r'^farts_dns_index_builds\{result="ok"\} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def dnsload(binary: Path, port: int, qfile: Path, seconds: float, clients: int, cpu: str) -> tuple[int, float, str]:
+    """``clients`` dnsload processes at once: (answered, queries/s, the worst client's p99)."""
+    procs = [subprocess.Popen(["taskset", "-c", cpu, str(binary), "127.0.0.1", str(port), str(qfile), str(seconds),
+                               str(max(1, 100 // clients))], stdout=subprocess.PIPE, text=True)
+             for _ in range(clients)]
+    runs = [json.loads(p.communicate(timeout=seconds + 30)[0]) for p in procs]
+    if any(r["other_rcode"] for r in runs):
+        raise SystemExit(f"dnsload saw errors: {runs}")
+    n = sum(r["answered"] for r in runs)
+    return n, n / max(r["seconds"] for r in runs), f"{max(r['p99_ms'] for r in runs):.2f}ms"
 
 
 def wrk(url: str, seconds: float, connections: int, cpu: str) -> tuple[int, float, str]:
@@ -169,7 +211,8 @@ def main() -> int:
     p.add_argument("--workers", default="1,2")
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--route", choices=("fixed", "proxy"), default="fixed")
+    p.add_argument("--route", choices=("fixed", "proxy", "dns"), default="fixed")
+    p.add_argument("--dns-clients", type=int, default=8, help="dnsload processes (--route dns)")
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0))
@@ -182,7 +225,10 @@ def main() -> int:
             upstream, port = start_upstream(Path(tmp), str(cores - 1), body)
             routes = PROXY.format(port=port)
         try:
-            run_all(args, cores, Path(tmp), routes, results)
+            if args.route == "dns":
+                run_dns(args, cores, Path(tmp), results)
+            else:
+                run_all(args, cores, Path(tmp), routes, results)
         finally:
             if upstream is not None:
                 upstream.terminate()
@@ -206,6 +252,31 @@ def run_all(args, cores: int, tmp: Path, routes: str, results: list) -> None:
         row = {"route": args.route, "workers": workers, "server_cpus": cpus, "requests": n,
                "req_per_s": round(rps), "server_cpu_s": round(used, 2),
                "req_per_cpu_s": round(n / used) if used else None, "p99": p99}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+
+def run_dns(args, cores: int, tmp: Path, results: list) -> None:
+    load = str(cores - 1)
+    for workers in [int(w) for w in args.workers.split(",")]:
+        cpus = f"0-{min(workers, cores) - 1}"
+        routes, binary, qfile = dns_routes(tmp)
+        proc, admin = start(workers, cpus, tmp, routes, "admin")
+        port = int(re.search(r"^port = (\d+)$", routes, re.M).group(1))
+        try:
+            deadline = time.monotonic() + 300
+            while indexes_built(admin) < workers and time.monotonic() < deadline:
+                time.sleep(0.5)
+            dnsload(binary, port, qfile, 1, args.dns_clients, load)   # warm-up
+            before = cpu_seconds(proc.pid)
+            n, qps, p99 = dnsload(binary, port, qfile, args.seconds, args.dns_clients, load)
+            used = cpu_seconds(proc.pid) - before
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        row = {"route": "dns", "workers": workers, "server_cpus": cpus, "requests": n, "req_per_s": round(qps),
+               "server_cpu_s": round(used, 2), "req_per_cpu_s": round(n / used) if used else None, "p99": p99,
+               "clients": args.dns_clients}
         results.append(row)
         print(json.dumps(row), flush=True)
 

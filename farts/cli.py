@@ -382,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="take over the node running this config (its sockets, subscribers and "
                             "history) without dropping work: a restart, e.g. onto a new release")
     serve.add_argument("--workers", type=_workers, metavar="N|auto",
-                       help="processes serving HTTP/HTTPS (overrides node.workers; auto: one per core)")
+                       help="processes serving the public listeners: HTTP/HTTPS, DNS, MongoDB (overrides node.workers; "
+                            "auto: one per core)")
     serve.set_defaults(func=cmd_serve)
 
     for command in (up, serve):

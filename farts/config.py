@@ -123,7 +123,7 @@ class NodeConfig:
     data_dir: str = "./farts-data"
     # The deployment this node belongs to (one master per deployment: [master]).
     deployment: str = setting("global", Check(lambda v: bool(v) and len(v) <= 128, "a name"))
-    # Processes serving the public HTTP/HTTPS listeners: 1 serves them in the node
+    # Processes serving the public listeners (HTTP/HTTPS, DNS, MongoDB): 1 serves them in the node
     # process itself; N > 1 starts N worker processes beside it (farts/workers/);
     # "auto": one per core this process may run on.
     workers: int | str = setting(1, Check(lambda v: v == "auto" or (isinstance(v, int) and 1 <= v <= 256),
@@ -411,7 +411,7 @@ lat = 50.11                 # coordinates, used by the geo DNS
 lon = 8.68
 data_dir = "./farts-data"   # relative to this file; certs, caches and the DB live here
 deployment = "global"       # one master per deployment ([master])
-workers = 1                 # processes serving HTTP/HTTPS: N, or "auto" (one per core); see README
+workers = 1                 # processes serving HTTP/HTTPS, DNS, MongoDB: N, or "auto" (one per core); see README
 
 [listeners.http]
 host = "127.0.0.1"

@@ -92,8 +92,9 @@ def _build_dns(node: Node):
     # rather than the configured one.
     published = published_database(node.cfg.path("geoip")) if node.cfg.master.enabled else None
     geo = GeoSource(published, node.cfg.dns.rebuild_interval, clock=node.clock) if published else None
+    # With workers, they answer (farts/workers/): this one keeps the run-time TXT records.
     return DNSServer(node.cfg.dns, node.members, node.metrics, node.cfg.source, geo=geo,
-                     limits=node.cfg.limits, clock=node.clock)
+                     limits=node.cfg.limits, clock=node.clock, listen=node.workers == 1)
 
 
 def _build_db(node: Node):
@@ -102,7 +103,7 @@ def _build_db(node: Node):
         return None
     from farts.db.server import DBService  # LMDB and the query engine only when used
     return DBService(cfg.db, cfg.path("db"), cfg.node.id, node.metrics, {t.id for t in cfg.tenants} or None,
-                     cfg.source, limits=cfg.limits, clock=node.clock)
+                     cfg.source, limits=cfg.limits, clock=node.clock, listen=node.workers == 1)
 
 
 def _set_txt(node: Node):
@@ -323,6 +324,10 @@ class Node:
         self.members = MemberMap([Member(n.id, n.region, n.lat, n.lon, tuple(n.addresses))
                                   for n in cfg.dns.nodes])
         self.table = services
+        # Worker processes serving the public listeners (1: this process serves them).
+        ls = cfg.listeners
+        self.workers = cfg.node.worker_count if (ls.http.enabled or ls.https.enabled or cfg.dns.enabled
+                                                 or cfg.db.enabled) else 1
         self.health = Health(self._listener_states, self._store_write if cfg.db.enabled else None,
                              self._mesh_state if cfg.mesh.enabled else None, self.clock.monotonic)
         self.services: dict[str, Any] = {}
@@ -382,7 +387,7 @@ class Node:
                 admin_routes += row.admin_routes(self, service)
         admin = Router(None, admin_routes, 0)
         ls = cfg.listeners
-        workers = cfg.node.worker_count > 1 and (ls.http.enabled or ls.https.enabled)
+        workers = self.workers > 1
         if ls.http.enabled and not workers:
             await self._listen("http", "http", public, ls.http.host, ls.http.port, None, access,
                                h2c=ls.http.h2c)
@@ -400,7 +405,7 @@ class Node:
                                self.certs.listening, access)
         if workers:
             from farts.workers.supervisor import Supervisor
-            self.supervisor = Supervisor(self, cfg.node.worker_count)
+            self.supervisor = Supervisor(self, self.workers)
             await self.supervisor.start(public, public_routes[len(cfg.routes):])
             if self.services.get("admin") is not None:   # the status page sees the workers too
                 self.services["admin"].read.metrics = self.supervisor.view
@@ -471,13 +476,13 @@ class Node:
         for name in ("http", "https", "admin"):
             if getattr(self.cfg.listeners, name).enabled and name not in self.listeners:
                 out[name] = "not listening"
-        if self.supervisor is not None:
-            out.update(self.supervisor.states())
         if self.db is not None:
             out["db"] = kit_state(self.db.kit) if self.db.kit is not None else "not listening"
         if self.dns is not None:
             out["dns_tcp"] = kit_state(self.dns.kit)
             out["dns_udp"] = "ok" if self.dns.address else "not listening"
+        if self.supervisor is not None:   # (its listeners, DNS and MongoDB's included)
+            out.update(self.supervisor.states())
         if self.mesh is not None:
             links = self.mesh.links
             out["mesh"] = kit_state(links.kit) if links is not None else "not listening"

@@ -128,11 +128,19 @@ def make_certs(data_dir: Path) -> Path:
     return ca_dir / "ca.crt"
 
 
+def with_workers(base: str, workers: int) -> str:
+    """``base`` with ``[node] workers`` (unless it says it itself)."""
+    if workers == 1 or re.search(r"^workers\s*=", base, re.M):
+        return base
+    return base.replace('data_dir = "{data_dir}"', f'data_dir = "{{data_dir}}"\nworkers = {workers}', 1)
+
+
 def start_node(tmp_path: Path, extra_config: str = "", base: str = BASE_CONFIG,
-               env: dict | None = None, args: tuple = (), serve_args: tuple = ()) -> RunningNode:
+               env: dict | None = None, args: tuple = (), serve_args: tuple = (), workers: int = 1) -> RunningNode:
     data_dir = tmp_path / "node"
     data_dir.mkdir(parents=True, exist_ok=True)
     ca = make_certs(data_dir)
+    base = with_workers(base, workers)
     config = data_dir / "farts.toml"
     config.write_text(base.format(data_dir=data_dir) + textwrap.dedent(extra_config))
     log_path = data_dir / "node.log"
@@ -164,11 +172,22 @@ def start_node(tmp_path: Path, extra_config: str = "", base: str = BASE_CONFIG,
     raise RuntimeError(f"node did not start; output {buf!r}; log:\n{log_path.read_text()}")
 
 
+# A test of a service in a node, run with the node in one process and with three worker
+# processes (farts/workers/): its node_factory's nodes get ``[node] workers`` from it.
+WORKERS_1_AND_3 = pytest.mark.parametrize("workers", [1, 3], indirect=True, ids=["workers1", "workers3"])
+
+
 @pytest.fixture
-def node_factory(tmp_path):
+def workers(request) -> int:
+    return getattr(request, "param", 1)
+
+
+@pytest.fixture
+def node_factory(tmp_path, workers):
     started: list[RunningNode] = []
 
     def factory(extra_config: str = "", **kw) -> RunningNode:
+        kw.setdefault("workers", workers)
         node = start_node(tmp_path / f"n{len(started)}", extra_config, **kw)
         started.append(node)
         return node

@@ -17,6 +17,7 @@ from email.utils import formatdate
 import httpx
 import pytest
 from aiohttp import web
+from conftest import WORKERS_1_AND_3
 
 BIG = 8 * 1024 * 1024
 BIG_BODY = random.Random(4).randbytes(BIG)
@@ -170,6 +171,7 @@ def wait_for(cond, seconds: float = 10.0) -> bool:
     return cond()
 
 
+@WORKERS_1_AND_3
 def test_miss_then_hit_and_head(origin, node_factory):
     origin.put("/files/a.txt", b"hello cdn\n" * 100, Cache_Control="max-age=60", Content_Type="text/plain",
                ETag='"a1"')
@@ -209,6 +211,7 @@ def test_miss_then_hit_and_head(origin, node_factory):
     assert "farts_cdn_hits_total 4.0" in metrics
 
 
+@WORKERS_1_AND_3
 def test_concurrent_cold_misses_make_one_origin_request(origin, node_factory):
     body = random.Random(1).randbytes(200_000)
     origin.put("/files/cold.bin", body, Cache_Control="max-age=60")
@@ -277,6 +280,7 @@ def test_kill_during_fill_is_not_served_truncated(origin, node_factory):
     assert httpx.get(node2.url("http", "/media/huge.bin"), timeout=20).headers["x-cache"] == "HIT"
 
 
+@WORKERS_1_AND_3
 def test_range_with_curl(origin, node_factory):
     body = bytes(range(256)) * 400  # 102400 bytes
     origin.put("/files/r.bin", body, Cache_Control="max-age=60", ETag='"r1"')
@@ -297,6 +301,7 @@ def test_range_with_curl(origin, node_factory):
     assert origin.count("/files/r.bin") == 1
 
 
+@WORKERS_1_AND_3
 def test_conditional_requests_get_304(origin, node_factory):
     lm = formatdate(time.time() - 3600, usegmt=True)
     origin.put("/files/c.txt", b"conditional", Cache_Control="max-age=60", ETag='"c1"', Last_Modified=lm)
@@ -407,6 +412,7 @@ def test_eviction_order_under_small_capacity(origin, node_factory):
     assert get(0).headers["x-cache"] == "MISS"
 
 
+@WORKERS_1_AND_3
 def test_purge_by_key_prefix_and_tenant(origin, node_factory):
     for p in ("a/1", "a/2", "b/1"):
         origin.put(f"/files/{p}", p.encode(), Cache_Control="max-age=600")
@@ -431,6 +437,7 @@ def test_purge_by_key_prefix_and_tenant(origin, node_factory):
     assert r.status_code == 400 and "tenant" in r.json()["error"]
 
 
+@WORKERS_1_AND_3
 def test_tenant_isolation(origin, node_factory):
     origin.put("/files/t.txt", b"tenant A's version", Cache_Control="max-age=600")
     node = node_factory(cdn_config(origin.port))

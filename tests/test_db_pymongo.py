@@ -48,9 +48,11 @@ class Commands(monitoring.CommandListener):
         pass
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    n = start_node(tmp_path_factory.mktemp("dbnode"), DB_CONFIG)
+@pytest.fixture(scope="module", params=[1, 3], ids=["workers1", "workers3"])
+def node(tmp_path_factory, request):
+    """The node in one process, then with three workers (farts/workers/: they accept and
+    hand the connections to the node process)."""
+    n = start_node(tmp_path_factory.mktemp("dbnode"), DB_CONFIG, workers=request.param)
     yield n
     n.stop()
 

@@ -26,6 +26,7 @@ import dns.rcode
 import dns.rdatatype
 import maxminddb
 import pytest
+from conftest import WORKERS_1_AND_3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mmdb_writer import MmdbF64, MMDBWriter
@@ -817,6 +818,7 @@ def test_bad_packets_over_the_wire_then_a_good_answer(server):
 # In a node
 
 
+@WORKERS_1_AND_3
 def test_node_serves_dns_with_metrics(node_factory, exact_db):
     extra = ZONE.format(db=exact_db, rrl_rate=0, rrl_burst=1) + "".join(
         f'\n[[dns.nodes]]\nid = "{m.id}"\nregion = "{m.region}"\nlat = {m.lat}\nlon = {m.lon}\n'

@@ -3,7 +3,8 @@
 against a loopback server. A bad download (checksum mismatch) is a failed run: the
 cron_failed alert fires and every node's DNS keeps answering from the old database;
 once the server has a good one, every node's DNS answers from it (dnspython, with an
-ECS client subnet) and the alert resolves."""
+ECS client subnet) and the alert resolves. node-3 runs two workers, whose DNS answers too:
+the published database reaches them through the node process."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,9 @@ from mesh_helpers import make_ca, mesh_address, metric, start_mesh_node, states,
 from test_certs_acme import dns_port
 from test_master_cluster import IDS, master_config
 from test_master_geoip import ASIA, EU, Files, mmdb, targz
+
+# The node whose DNS answers from its workers' sockets ([node] workers = 2)
+WORKERS = {"node-3": 2}
 
 # node id -> (lat, lon, the address its DNS gives out)
 PLACES = {"node-1": (*EU, "127.0.0.11"), "node-2": (*ASIA, "127.0.0.12"), "node-3": (45.52, -122.68, "127.0.0.13")}
@@ -82,7 +86,8 @@ answers = 1
                 'region = "{region}"\n', f'region = "{{region}}"\nlat = {lat}\nlon = {lon}\n'))
             seeds = [mesh_address(nodes[IDS[i - 1]])] if i else []
             nodes[node_id] = start_mesh_node(tmp_path, ca, node_id, seeds,
-                                             extra=f'public_addresses = ["{addr}"]\n' + master_config(IDS, extra))
+                                             extra=f'public_addresses = ["{addr}"]\n' + master_config(IDS, extra),
+                                             workers=WORKERS.get(node_id, 1))
         assert wait_for(lambda: all(sorted(states(n)) == IDS for n in nodes.values()), 60)
         # Every node: the configured database (10/8 in Europe: node-1's address).
         assert wait_for(lambda: all(answer(n) == ["127.0.0.11"] for n in nodes.values()), 60), \
@@ -101,6 +106,8 @@ answers = 1
         files.serve(targz({"GeoLite2-City_20261205/GeoLite2-City.mmdb": mmdb(ASIA)}))
         assert wait_for(lambda: all(answer(n) == ["127.0.0.12"] for n in nodes.values()), 90), \
             {i: answer(n) for i, n in nodes.items()}
+        # (every worker: each query comes from another port, so the kernel spreads them)
+        assert all(answer(nodes["node-3"]) == ["127.0.0.12"] for _ in range(20))
         published = {json.dumps(get(n, "/api/master")["geoip"], sort_keys=True) for n in nodes.values()}
         assert len(published) == 1 and json.loads(published.pop())["database_type"] == "GeoLite2-City"
         assert wait_for(lambda: "cron_failed:geoip" not in open_alerts(nodes[master]), 60)
@@ -114,7 +121,8 @@ answers = 1
         monkeypatch.setattr(mesh_helpers, "MESH", template.replace(
             'region = "{region}"\n', f'region = "{{region}}"\nlat = {lat}\nlon = {lon}\n'))
         nodes[other] = start_mesh_node(tmp_path, ca, other, [mesh_address(nodes[master])],
-                                       extra=f'public_addresses = ["{addr}"]\n' + master_config(IDS, extra))
+                                       extra=f'public_addresses = ["{addr}"]\n' + master_config(IDS, extra),
+                                       workers=WORKERS.get(other, 1))
         assert wait_for(lambda: sorted(states(nodes[other])) == IDS
                         and {s for s, _ in states(nodes[other]).values()} == {"alive"}, 60)
         assert wait_for(lambda: answer(nodes[other]) == ["127.0.0.12"], 30), answer(nodes[other])

@@ -16,6 +16,7 @@ import httpx
 import jwt
 import pytest
 import websockets
+from conftest import WORKERS_1_AND_3
 
 # The base config's tenant secrets are short test strings; PyJWT warns about that.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -79,6 +80,7 @@ def run(coro):
 
 # -- subscribe, publish, deliver ---------------------------------------------------------
 
+@WORKERS_1_AND_3
 def test_websocket_subscriber_gets_published_events_in_order(node_factory):
     node = pubsub_node(node_factory)
 
@@ -121,6 +123,7 @@ def test_one_connection_many_channels_and_unsubscribe(node_factory):
     run(main())
 
 
+@WORKERS_1_AND_3
 def test_sse_subscriber_gets_events_heartbeats_and_resumes(node_factory):
     node = pubsub_node(node_factory, "[pubsub]\nping_interval = 0.3\n")
     url = node.url("http", "/live/sse")
@@ -164,6 +167,7 @@ def test_sse_subscriber_gets_events_heartbeats_and_resumes(node_factory):
 
 # -- resume ------------------------------------------------------------------------------
 
+@WORKERS_1_AND_3
 def test_resume_after_disconnect_gets_exactly_the_missed_events_then_live(node_factory):
     node = pubsub_node(node_factory)
 
@@ -204,6 +208,7 @@ def test_resume_from_a_cursor_outside_the_window_says_not_recovered(node_factory
 
 # -- tenants and tokens ----------------------------------------------------------------
 
+@WORKERS_1_AND_3
 def test_tenants_never_see_each_others_channels(node_factory):
     node = pubsub_node(node_factory)
     port = node.port("http")
@@ -229,6 +234,7 @@ def token(secret, channels, exp_in=60):
     return jwt.encode({"channels": channels, "exp": int(time.time()) + exp_in}, secret, algorithm="HS256")
 
 
+@WORKERS_1_AND_3
 def test_private_channels_need_a_valid_token_of_the_same_tenant(node_factory):
     node = pubsub_node(node_factory)
 
@@ -372,6 +378,7 @@ def test_http_errors_of_the_endpoints(node_factory):
 
 # -- presence, slow consumers, many subscribers -----------------------------------------
 
+@WORKERS_1_AND_3
 def test_presence_counts_subscribers_of_the_tenant(node_factory):
     node = pubsub_node(node_factory)
 

@@ -18,13 +18,15 @@ from farts import pki
 SUBSCRIBERS = 9   # on n2: by the kernel's hash, some on each of its 3 workers
 
 
-def start(root, ca_dir, node_id, seeds, workers):
+def start(root, ca_dir, node_id, seeds, workers, extra: str = TENANT_AND_ROUTES, node: str = ""):
+    """A mesh node with ``workers``; ``extra``: the config after the [mesh] table; ``node``:
+    more lines for its [node] table."""
     mesh_dir = root / node_id / "node" / "mesh"
     pki.issue(ca_dir, mesh_dir / "node.crt", mesh_dir / "node.key", ["127.0.0.1"], node_id=node_id)
     base = MESH.format(node_id=node_id, region="test", seeds=json.dumps(seeds), ca=ca_dir / "ca.crt",
                        cert=mesh_dir / "node.crt", key=mesh_dir / "node.key")
-    base = base.replace('data_dir = "{data_dir}"', f'data_dir = "{{data_dir}}"\nworkers = {workers}')
-    return start_node(root / node_id, TENANT_AND_ROUTES, base=base)
+    base = base.replace('data_dir = "{data_dir}"', f'data_dir = "{{data_dir}}"\nworkers = {workers}\n{node}')
+    return start_node(root / node_id, extra, base=base)
 
 
 async def subscribers(node, n: int, channel: str) -> list:

@@ -207,7 +207,11 @@ def test_a_killed_worker_is_replaced_while_the_others_serve(node_factory, upstre
     node = node_with(node_factory, upstream, 3)
     asyncio.run(asyncio.wait_for(_publish_one(node), 60))   # history the new worker must get
     before = worker_pids(node)
-    os.kill(before[0], signal.SIGKILL)
+    # Its subscribers are lost with it, and counted: those closed under the clients.
+    lost = asyncio.run(asyncio.wait_for(_subscribers_across_a_kill(node, before[0]), 120))
+    assert lost >= 1   # (30 subscribers all on the two others: (2/3)^30)
+    assert eventually(lambda: metric(node, "farts_worker_lost_connections_total") == lost), (
+        lost, metric(node, "farts_worker_lost_connections_total"))
     # New connections keep being answered: those the kernel places on the dead worker's
     # socket wait in its queue (the node process holds it) for the worker started after it.
     for r in get_new_connections(node.url("http", "/hello"), CONNECTIONS):
@@ -218,6 +222,31 @@ def test_a_killed_worker_is_replaced_while_the_others_serve(node_factory, upstre
     # The new worker has the history too: resume works on every worker.
     asyncio.run(asyncio.wait_for(_resume_everywhere(node), 120))
     assert node.stop() == 0   # and the node drains the three on SIGTERM
+
+
+async def _subscribers_across_a_kill(node, pid: int) -> int:
+    """30 subscribers; SIGKILL to worker ``pid``; an event: how many connections died."""
+    url = f"ws://127.0.0.1:{node.port('http')}/live"
+    subs = [await websockets.connect(url) for _ in range(30)]
+    for ws in subs:
+        await ws.send(json.dumps({"op": "subscribe", "channel": "crash"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["op"] == "subscribed"
+    # (a scrape asks every worker: then the node knows each one's open connections)
+    assert await asyncio.to_thread(eventually, lambda: metric(node, "farts_http_connections_open",
+                                                                listener="http") >= 30)
+    os.kill(pid, signal.SIGKILL)
+    async with httpx.AsyncClient(timeout=30) as c:
+        r = await c.post(node.url("http", "/api/publish"), json={"channel": "crash", "data": "after"},
+                         headers={"authorization": "Bearer demo-key"})
+        assert r.status_code == 200, r.text
+    lost = 0
+    for ws in subs:
+        try:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 15))["data"] == "after"
+        except websockets.ConnectionClosed:
+            lost += 1
+        await ws.close()
+    return lost
 
 
 async def _publish_one(node) -> None:

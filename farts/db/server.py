@@ -6,10 +6,11 @@ import asyncio
 import collections
 import itertools
 import logging
+import socket
 import time
 from pathlib import Path
 
-from farts.clock import Clock, LoopClock
+from farts.clock import Clock, LoopClock, Timer
 from farts.config import ConfigError, Limits
 from farts.db import scram, wire
 from farts.db.commands import Commands, Session
@@ -225,9 +226,12 @@ class DBService:
     """The MongoDB wire endpoint of one node (start/stop/address, as node.py expects)."""
 
     def __init__(self, cfg: DBConfig, data_dir: Path, node_id: str, metrics, tenants: set[str] | None = None,
-                 source: str = "<config>", *, limits: Limits | None = None, clock: Clock | None = None) -> None:
+                 source: str = "<config>", *, limits: Limits | None = None, clock: Clock | None = None,
+                 listen: bool = True) -> None:
         """``limits``: the node's [limits] (per-IP cap, header_timeout as the read
-        deadline of a message, idle_timeout); ``db.max_connections`` caps the total."""
+        deadline of a message, idle_timeout); ``db.max_connections`` caps the total.
+        ``listen`` false: the workers accept and hand the connections over (``adopt``,
+        farts/workers/sockets.py)."""
         self.cfg = cfg
         self.data_dir = data_dir
         self.node_id = node_id
@@ -235,6 +239,8 @@ class DBService:
         self.limits = limits or Limits()
         self.clock = clock or LoopClock()
         self.kit: ListenerKit | None = None
+        self.listen = listen
+        self._sweep: Timer | None = None   # the kit's deadlines, when it does not listen
         self._ids = itertools.count(1)
         seen = set()
         for i, u in enumerate(cfg.users):
@@ -274,6 +280,9 @@ class DBService:
         self.stats = DBStats(self.metrics, self)
         if self.replication is not None:
             self.replication.attach(self.store, self.commands)
+        if not self.listen:
+            self._sweep = self.clock.every(self.kit.tick, self.kit.sweep)
+            return
         try:
             await self.kit.start(lambda: DBProtocol(self), cfg.host, cfg.port)
         except OSError as e:
@@ -292,7 +301,21 @@ class DBService:
         host, port = self.address
         return f"mongodb://{'[' + host + ']' if ':' in host else host}:{port}/"
 
+    def adopt(self, sock: socket.socket) -> None:
+        """Serves a connection a worker accepted, as one accepted here (admission and the
+        per-IP cap by the client's address included)."""
+        def adopted(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("db: a connection handed over by a worker failed: %s", task.exception())
+                sock.close()
+        asyncio.ensure_future(asyncio.get_running_loop().connect_accepted_socket(
+            lambda: DBProtocol(self), sock)).add_done_callback(adopted)
+
     async def stop(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            for conn in list(self.kit.connections):   # (a listening kit closes its own)
+                conn.transport.close()
         if self.kit is not None:
             await self.kit.close()
         if self.store is not None:

@@ -12,6 +12,7 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 from farts.clock import Clock, LoopClock
 from farts.config import Limits
@@ -137,7 +138,7 @@ class DNSServer:
 
     def __init__(self, cfg: DNSConfig, members: MemberMap, metrics: Metrics | None = None,
                  source: str = "<config>", geo: GeoSource | None = None, fast_udp: bool = True, *,
-                 limits: Limits | None = None, clock: Clock | None = None) -> None:
+                 limits: Limits | None = None, clock: Clock | None = None, listen: bool = True) -> None:
         """``fast_udp``: UDP through fast.dnsloop (recvmmsg batches, replies cached in C);
         False: a plain asyncio datagram endpoint (same answers, a fraction of the rate).
         ``limits``: the node's [limits] (the per-IP cap of TCP connections)."""
@@ -161,6 +162,9 @@ class DNSServer:
         self._udp = None
         self._first_build = None
         self.address: tuple[str, int] | None = None
+        self.listen = listen
+        # fn(name, values) after each run-time TXT change (the workers' copies follow it)
+        self.on_txt: list[Callable[[str, list[str]], None]] = []
         m = self.metrics
         m.gauge("farts_dns_index_age_seconds", "Seconds since the geo index was built",
                 lambda: clock.wall() - self.geo.current.built_at if self.geo.current else -1)
@@ -176,12 +180,22 @@ class DNSServer:
         n4, n6 = self.geo.current.index.ranges
         return {("ipv4",): n4, ("ipv6",): n6}
 
-    async def start(self, wait_for_index: bool = False) -> None:
-        """Binds UDP and TCP on the same port (the UDP port when cfg.port is 0)."""
+    async def start(self, wait_for_index: bool = False,
+                    sockets: tuple[socket.socket, socket.socket] | None = None) -> None:
+        """Binds UDP and TCP on the same port (the UDP port when cfg.port is 0), or serves
+        on ``sockets`` (UDP, TCP listening), made by another process: a worker's
+        (farts/workers/). With ``listen`` false (the node process of a node whose workers
+        answer) it serves nothing and builds no index: it keeps the zone's run-time TXT
+        records, which ``on_txt`` hands on."""
+        if not self.listen:
+            return
         host = self.cfg.host
+        if sockets is not None:
+            host, port = sockets[0].getsockname()[:2]
+            await self._serve(*sockets)
         # Port 0: the UDP socket picks a free port, TCP takes the same one; when TCP
         # finds it taken, try another.
-        for attempt in range(20 if self.cfg.port == 0 else 1):
+        for attempt in range(0 if sockets is not None else 20 if self.cfg.port == 0 else 1):
             try:
                 port = await self._bind(host, self.cfg.port)
                 break
@@ -198,32 +212,34 @@ class DNSServer:
         log.info("dns: zone %s on %s:%d (udp, tcp)", self.zone.apex.decode(), host, port)
 
     async def _bind(self, host: str, port: int) -> int:
-        loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        if self.fast_udp:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-                sock.bind((host, port))
-            except OSError:
-                sock.close()
-                raise
-            sock.setblocking(False)
-            udp = None
-            port = sock.getsockname()[1]
-        else:
-            udp, _ = await loop.create_datagram_endpoint(lambda: _UDP(self.responder, self.clock),
-                                                         local_addr=(host, port), family=family)
-            sock = None
-            port = udp.get_extra_info("sockname")[1]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            await self.kit.start(lambda: _TCP(self), host, port, family=family)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return await self._serve(sock, None, host)
+
+    async def _serve(self, sock: socket.socket, tcp: socket.socket | None, host: str = "") -> int:
+        """Answers on the bound UDP socket ``sock`` and on TCP: the listening socket
+        ``tcp``, or a new one on host and the UDP socket's port."""
+        loop = asyncio.get_running_loop()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.setblocking(False)
+        port = sock.getsockname()[1]
+        udp = None
+        if not self.fast_udp:
+            udp, _ = await loop.create_datagram_endpoint(lambda: _UDP(self.responder, self.clock), sock=sock)
+        try:
+            await self.kit.start(lambda: _TCP(self), host, port, family=sock.family, sock=tcp)
         except OSError:
             udp.close() if udp is not None else sock.close()
             raise
-        self._udp, self._udp_sock = udp, sock
-        if sock is not None:
+        if udp is None:
+            self._udp_sock = sock
             self._start_fast(loop, sock)
+        self._udp = udp
         return port
 
     def _start_fast(self, loop, sock: socket.socket) -> None:
@@ -258,6 +274,8 @@ class DNSServer:
         if not self.zone.set_txt(name, values):
             return False
         self.responder.zone_changed()
+        for fn in self.on_txt:
+            fn(name, values)
         return True
 
     async def stop(self) -> None:

@@ -17,10 +17,22 @@ from collections.abc import Callable
 
 import msgpack
 
+from farts.members import Member
+
 log = logging.getLogger("farts.workers")
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024   # a metrics snapshot or a history replay, never more
+
+
+def member_to_wire(m: Member) -> dict:
+    """A member of the node map as the DNS reads it (its mesh metadata left out)."""
+    return {"id": m.id, "region": m.region, "lat": m.lat, "lon": m.lon, "addresses": list(m.addresses),
+            "state": m.state, "incarnation": m.incarnation, "load": m.load}
+
+
+def member_from_wire(w: dict) -> Member:
+    return Member(**{**w, "addresses": tuple(w["addresses"])})
 
 
 class FrameError(ValueError):

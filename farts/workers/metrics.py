@@ -15,10 +15,15 @@ from prometheus_client.metrics_core import Metric
 from farts.metrics import Counter, Gauge, Histogram, Metrics
 
 PUSH_INTERVAL = 1.0   # seconds: what a worker that dies may take with it of its counters
+# Seconds between a worker's reports of its open connections, when they changed (those a
+# crash loses: farts_worker_lost_connections_total is as of the last one).
+OPEN_INTERVAL = 0.1
 CUMULATIVE = ("counter", "histogram")
-# Gauges of a state, not a quantity: the lowest of the workers' (an upstream server is
-# up when every worker sees it up; the node process's own, idle, is left out).
-STATES = ("farts_proxy_upstream_up",)
+# Gauges of a state, not a quantity: combined over the workers, the node process's own
+# (idle: its listeners are the workers') left out. An upstream server is up when every
+# worker sees it up (the lowest); a geo index is as old and as large as the workers' (each
+# builds its own copy of the same file: the oldest, the most ranges).
+STATES = {"farts_proxy_upstream_up": min, "farts_dns_index_age_seconds": max, "farts_dns_index_ranges": max}
 
 
 def snapshot(metrics: Metrics) -> list:
@@ -64,7 +69,7 @@ class Sum:
             for sample, labels, value in samples:
                 key = (name, sample, tuple(sorted(labels.items())))
                 if name in STATES:
-                    states[key] = min(states.get(key, value), value)
+                    states[key] = STATES[name](states.get(key, value), value)
                 else:
                     add(*key, value)
         values.update(states)

@@ -2,13 +2,15 @@
 the worker processes, relays pub/sub to them, sums their metrics, restarts the ones
 that exit, and drains them on shutdown.
 
-Listening sockets: for each public listener, one SO_REUSEPORT socket per worker, all
-made here (so port 0 works: the first picks the port, the others bind it) and each
-inherited by its worker. The kernel spreads new connections over the group by hash,
-as nginx's ``reuseport`` does, without a shared accept queue's wake-ups. The node
-process keeps its copy of every socket and never accepts on it: when a worker dies,
-the connections queued on its socket wait there for the worker started in its place
-instead of being reset with it (what a socket owned by the worker alone would do).
+Listening sockets (sockets.py): for each public listener (HTTP, HTTPS, DNS over UDP and
+TCP, the MongoDB endpoint), one SO_REUSEPORT socket per worker, each inherited by its
+worker. The node process keeps its copy of every socket and never reads it: when a
+worker dies, the connections queued on its socket wait there for the worker started in
+its place instead of being reset with it (what a socket owned by the worker alone would
+do). DNS: each worker answers from its own copy of the zone, the member map and the geo
+index; the node process sends it the member map's changes (mesh) and the zone's run-time
+TXT records as they change. MongoDB: the workers hand each accepted connection to the
+node process (sockets.py says why), which serves it with its one store.
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ from farts.metrics import Metrics
 from farts.transport.listener import HTTPStats, Listener
 from farts.transport.router import Router
 
-from .ipc import Channel
+from .ipc import Channel, member_to_wire
+from .limits import worker_config
 from .metrics import Sum, View
+from .sockets import Adopter, dns_groups, handover_pair, reuseport_group
 
 if TYPE_CHECKING:
     from farts.node import Node
@@ -45,31 +49,6 @@ MAX_UNSENT = 256 * 1024 * 1024   # bytes queued to a worker that does not read t
 ASK_TIMEOUT = 2.0       # seconds a worker has to answer (/api/presence counts, /metrics)
 
 
-def reuseport_group(name: str, host: str, port: int, n: int) -> list[socket.socket]:
-    """n listening sockets on one address. Refuses an address some other socket holds
-    (with SO_REUSEPORT on both, another process of this user could otherwise share it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    socks: list[socket.socket] = []
-    try:
-        if port:
-            with socket.socket(family) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind((host, port))
-        for _ in range(n):
-            s = socket.socket(family)
-            socks.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind((host, port))
-            port = s.getsockname()[1]
-            s.listen(4096)
-    except OSError as e:
-        for s in socks:
-            s.close()
-        raise OSError(e.errno, f"listeners.{name}: cannot listen on {host}:{port}: {e.strerror}") from None
-    return socks
-
-
 class WorkerSlot:
     """One worker's place: the process in it now and what the node knows of it."""
 
@@ -78,9 +57,10 @@ class WorkerSlot:
         self.proc: asyncio.subprocess.Process | None = None
         self.channel: Channel | None = None
         self.ready: asyncio.Future | None = None
-        self.open = 0            # its open client connections, as of its last metrics
+        self.open = 0            # its open client connections, as of its last report
         self.crashes = 0         # in a row
         self.started = 0.0
+        self.adopter: Adopter | None = None   # the MongoDB connections it hands over
 
 
 class Supervisor:
@@ -93,6 +73,8 @@ class Supervisor:
         self.started = self.stopping = False
         self.forwarded_routes: list[dict] = []
         self.forward_to = ""
+        # (the node's budgets divided among the workers: limits.py)
+        self.worker_config = pickle.dumps(worker_config(node.cfg, count))
         self._tasks: set[asyncio.Task] = set()   # exit watchers, presence counts
         self.refs = itertools.count(1)
         self.asking: dict[int, asyncio.Future] = {}   # ref -> a worker's answer (ask_all)
@@ -100,13 +82,18 @@ class Supervisor:
         self.restarts = m.counter("farts_worker_restarts_total", "Worker processes started again after "
                                   "they exited", ("reason",))
         self.lost = m.counter("farts_worker_lost_connections_total", "Client connections open on a worker "
-                              "when it died (as of its last report)")
+                              "when it died (as of its last report, at most 0.1 s before)")
         self.behind = m.counter("farts_worker_too_far_behind_total", "Workers killed for not reading "
                                 "what the node process sends them (pub/sub events)")
         m.gauge("farts_workers", "Worker processes serving the public listeners", self.serving)
         ps = node.pubsub
         if ps is not None:
             ps.on_delivered = self.relay
+        self.txt: dict[str, list[str]] = {}   # the zone's run-time TXT records, for new workers
+        if node.dns is not None:
+            node.dns.on_txt.append(self.txt_changed)
+            node.members.on_change(self.member_changed)
+            node.dns.geo.on_swap.append(self.geo_changed)
 
     # -- starting ------------------------------------------------------------------------
     async def start(self, public: Router, service_routes: list) -> None:
@@ -116,7 +103,13 @@ class Supervisor:
         for name in ("http", "https"):
             lc = getattr(cfg.listeners, name)
             if lc.enabled:
-                self.sockets[name] = reuseport_group(name, lc.host, lc.port, self.count)
+                self.sockets[name] = reuseport_group(f"listeners.{name}", lc.host, lc.port, self.count)
+        if node.dns is not None:
+            self.sockets["dns_udp"], self.sockets["dns_tcp"] = dns_groups(cfg.dns.host, cfg.dns.port, self.count)
+            node.dns.address = self.sockets["dns_udp"][0].getsockname()[:2]
+        if node.db is not None:
+            self.sockets["db"] = reuseport_group("db", cfg.db.host, cfg.db.port, self.count)
+            node.db.kit.address = self.sockets["db"][0].getsockname()[:2]
         # All forwarded requests come from this host's loopback: no per-IP limit there.
         # They were counted (and logged) by the worker that took them: the hop has its own,
         # unexported, metrics.
@@ -143,10 +136,14 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = {name: group[slot.index].fileno() for name, group in self.sockets.items()}
+        if "db" in self.sockets:
+            pair, handover = handover_pair()
+            slot.adopter = Adopter(pair, self.node.db.adopt)
+            fds["handover"] = handover.fileno()
         args = [sys.executable, "-m", "farts.workers.worker", "--ipc", str(theirs.fileno()),
                 "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel())]
         for name, fd in fds.items():
-            args += [f"--{name}", str(fd)]
+            args += ["--socket", f"{name}={fd}"]
         # The same interpreter and the same farts (not one found in the working folder).
         root = str(Path(farts.__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONSAFEPATH": "1",
@@ -156,11 +153,15 @@ class Supervisor:
             *args, pass_fds=(theirs.fileno(), *fds.values()), env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=sys.stderr.fileno())   # stdout is the node's banner
         theirs.close()
+        if "db" in self.sockets:
+            handover.close()
         slot.started = loop.time()
         slot.channel = await Channel.open(mine, lambda msg: self.on_message(slot, msg), lambda: None)
         history = self.node.pubsub.events_after({}, limit=1 << 30) if self.node.pubsub is not None else []
-        slot.channel.send({"t": "hello", "index": slot.index, "config": pickle.dumps(self.node.cfg),
-                           "forward_to": self.forward_to, "forwarded_routes": self.forwarded_routes})
+        slot.channel.send({"t": "hello", "index": slot.index, "config": self.worker_config,
+                           "forward_to": self.forward_to, "forwarded_routes": self.forwarded_routes,
+                           "members": [member_to_wire(m) for m in self.node.members.members()],
+                           "txt": self.txt, "geo": self._geo_path()})
         for ev in history:   # (the same event stream as the other workers, from its start)
             slot.channel.send({"t": "event", "ev": ev})
         self._run(self.watch(slot, slot.proc))
@@ -185,6 +186,8 @@ class Supervisor:
             self.node.stats.slow_log.extend(msg["slow"])   # /api/slow and the status page
             if "ref" in msg:
                 self.answered(msg)
+        elif t == "open":
+            slot.open = msg["n"]
         elif t == "ready":
             log.info("worker %d (pid %d) ready", slot.index, msg["pid"])
             if not slot.ready.done():
@@ -252,6 +255,31 @@ class Supervisor:
                     self.behind.inc()
                     slot.proc.kill()
 
+    def member_changed(self, old, new) -> None:
+        """The member map changed (the mesh): every worker's DNS follows."""
+        self.send_all({"t": "member", "m": member_to_wire(new)})
+
+    def _geo_path(self) -> str | None:
+        return self.node.dns.geo.path if self.node.dns is not None else None
+
+    def geo_changed(self, data) -> None:
+        """The node's DNS swapped its geo index: to another database (the one the master
+        published), every worker builds that one too; a rebuild of the same file each
+        worker does on its own timer."""
+        self.send_all({"t": "geo", "path": data.path})
+
+    def txt_changed(self, name: str, values: list[str]) -> None:
+        if values:
+            self.txt[name] = values
+        else:
+            self.txt.pop(name, None)
+        self.send_all({"t": "txt", "name": name, "values": values})
+
+    def send_all(self, msg: dict) -> None:
+        for slot in self.slots:
+            if slot.channel is not None:
+                slot.channel.send(msg)
+
     # -- exits and restarts ----------------------------------------------------------------
     async def watch(self, slot: WorkerSlot, proc) -> None:
         code = await proc.wait()
@@ -281,6 +309,8 @@ class Supervisor:
     def urls(self) -> dict[str, str]:
         out = {}
         for name, group in self.sockets.items():
+            if name not in ("http", "https"):   # (DNS and MongoDB: the node reads their services)
+                continue
             host, port = group[0].getsockname()[:2]
             out[name] = f"{name}://{f'[{host}]' if ':' in host else host}:{port}/"
         return out
@@ -316,6 +346,9 @@ class Supervisor:
                 await asyncio.wait(pending)
         for t in list(self._tasks):
             t.cancel()
+        for slot in self.slots:
+            if slot.adopter is not None:
+                slot.adopter.close()
         for group in self.sockets.values():
             for s in group:
                 s.close()

@@ -1,15 +1,21 @@
-"""A worker process: serves the node's public HTTP/HTTPS listeners on the listening
-sockets the node process made, and talks to the node process over its IPC channel.
+"""A worker process: serves the node's public listeners (HTTP/HTTPS, DNS, MongoDB's
+accepts) on the listening sockets the node process made, and talks to the node process
+over its IPC channel.
 
 What it serves itself, holding no state another process needs: fixed routes, the
-reverse proxy (its own upstream pools) and pub/sub subscribers (its own copy of the
-history, fed by the node process in the node's order). A publish (POST /api/publish)
-goes to the node process, which numbers it, sends it to the mesh and relays it to every
-worker, this one included. Every other route (CDN, the admin API on public hosts, ACME
-challenges, webhooks...) is forwarded with the reverse proxy to the node process's
-"forwarded" loopback listener, where the one cache / queue / store of the node is.
+reverse proxy (its own upstream pools), pub/sub subscribers (its own copy of the
+history, fed by the node process in the node's order) and DNS (its own zone, geo index
+and copy of the member map, whose changes and run-time TXT records the node process
+sends). MongoDB connections it accepts are handed to the node process (sockets.py). A
+publish (POST /api/publish) goes to the node process, which numbers it, sends it to the
+mesh and relays it to every worker, this one included. Every other route (CDN, the
+admin API on public hosts, ACME challenges, webhooks...) is forwarded with the reverse
+proxy to the node process's "forwarded" loopback listener, where the one cache / queue /
+store of the node is.
 
-    python -m farts.workers.worker --ipc FD [--http FD] [--https FD] [--log-level L]
+    python -m farts.workers.worker --ipc FD [--socket NAME=FD ...] [--log-level L]
+
+(NAME: http, https, dns_udp, dns_tcp, db, handover; see supervisor.py)
 
 The configuration and the rest come in the node's "hello" message.
 """
@@ -27,6 +33,7 @@ import sys
 
 from farts.clock import LoopClock
 from farts.config import Config, Route
+from farts.members import MemberMap
 from farts.metrics import Metrics
 from farts.proxy import ProxyHandler, ProxyStats
 from farts.proxy.config import Upstream
@@ -37,8 +44,9 @@ from farts.transport.listener import AccessLog, HTTPStats, Listener
 from farts.transport.router import Router
 from farts.transport.tls import ALPN, ALPN_HTTP1, CertStore
 
-from .ipc import Channel
-from .metrics import PUSH_INTERVAL, snapshot
+from .ipc import Channel, member_from_wire
+from .metrics import OPEN_INTERVAL, PUSH_INTERVAL, snapshot
+from .sockets import HandOver
 
 log = logging.getLogger("farts.workers")
 
@@ -53,6 +61,18 @@ class Worker:
         self.listeners: dict[str, Listener] = {}
         self.pubsub: PubSub | None = None
         self.backlog: list[dict] = []   # events relayed before the pub/sub was built
+        self.members = MemberMap()      # the node's member map, as the node process sends it
+        self.txt: dict[str, list[str]] = {}
+        self.dns = None
+        self.geo_loading: asyncio.Task | None = None   # (kept: tasks are weak)
+
+    def _reload_geo(self, path: str) -> None:
+        async def load():
+            try:
+                await self.dns.geo.load(path)
+            except Exception as e:   # (the node process built it; a failure here keeps the old one)
+                log.error("worker: the geo database %s did not build here (%s): the old one stays", path, e)
+        self.geo_loading = asyncio.ensure_future(load())
 
     # -- messages from the node process -------------------------------------------------
     def on_message(self, msg: dict) -> None:
@@ -71,7 +91,19 @@ class Worker:
         elif t == "count":   # the node process sums the subscribers of every worker
             fanout = self.pubsub.fanout
             self.channel.send({"t": "counted", "ref": msg["ref"], "counts": [fanout.count(k) for k in msg["keys"]]})
+        elif t == "member":
+            self.members.update(member_from_wire(msg["m"]))
+        elif t == "txt":
+            self.txt[msg["name"]] = msg["values"]
+            if self.dns is not None:
+                self.dns.set_txt(msg["name"], msg["values"])
+        elif t == "geo":
+            if self.dns is not None and msg["path"] != self.dns.geo.path:
+                self._reload_geo(msg["path"])
         elif t == "hello":
+            for m in msg["members"]:
+                self.members.update(member_from_wire(m))
+            self.txt.update(msg["txt"])
             if not self.hello.done():
                 self.hello.set_result(msg)
         elif t == "stop":
@@ -134,6 +166,22 @@ class Worker:
                         cfg.http.encoded_slashes)
         access = AccessLog(cfg.http.access_log_sample, cfg.http.access_log)
         certs = None
+        if "dns_udp" in self.sockets:
+            from farts.dns.geoindex import GeoSource  # (the geo index builder only when used)
+            from farts.dns.server import DNSServer
+            # The database the node process serves (the master's published one, or the configured one)
+            geo = GeoSource(hello["geo"], cfg.dns.rebuild_interval, clock=clock) if hello.get("geo") else None
+            self.dns = DNSServer(cfg.dns, self.members, metrics, cfg.source, geo=geo, limits=cfg.limits,
+                                 clock=clock)
+            for name, values in self.txt.items():
+                self.dns.set_txt(name, values)
+            await self.dns.start(sockets=(self.sockets.pop("dns_udp"), self.sockets.pop("dns_tcp")))
+        handover = None
+        if "db" in self.sockets:
+            failed = metrics.counter("farts_worker_handover_failed_total", "MongoDB connections a worker "
+                                     "accepted and could not hand to the node process (closed)")
+            handover = HandOver(self.sockets.pop("db"), self.sockets.pop("handover"), failed.inc)
+            handover.start()
         for name, sock in self.sockets.items():
             li = Listener(name, name, router, cfg.limits, stats, access, clock,
                           h2c=name == "http" and cfg.listeners.http.h2c)
@@ -147,13 +195,20 @@ class Worker:
             self.listeners[name] = li
         self.metrics, self.slow_log, self.slow_sent = metrics, stats.slow_log, None
         push = clock.every(PUSH_INTERVAL, lambda now: self.push())
+        self.open_sent = 0
+        report = clock.every(OPEN_INTERVAL, lambda now: self.report_open())
         self.channel.send({"t": "ready", "pid": os.getpid()})
         await self.done.wait()
         # Drain: stop accepting (the node keeps the listening sockets, whose queued
         # connections the next worker takes), finish or close what is open.
         push.cancel()
+        report.cancel()
         if certs is not None:
             watch.cancel()
+        if handover is not None:
+            handover.stop()
+        if self.dns is not None:
+            await self.dns.stop()
         for li in self.listeners.values():
             await li.close()
         await ps.stop()
@@ -174,11 +229,24 @@ class Worker:
             self.slow_sent = entries[-1]
         return entries
 
+    def open_connections(self) -> int:
+        """Client connections open now: HTTP (WebSocket and SSE subscribers included) and
+        DNS over TCP."""
+        return (sum(li.open for li in self.listeners.values())
+                + (self.dns.kit.open if self.dns is not None else 0))
+
+    def report_open(self) -> None:
+        """The open connections to the node when they changed (what a crash would lose)."""
+        n = self.open_connections()
+        if n != self.open_sent:
+            self.open_sent = n
+            self.channel.send({"t": "open", "n": n})
+
     def push(self, ref: int | None = None) -> None:
         """This worker's metrics to the node: every PUSH_INTERVAL (so that a worker that
         dies leaves its counters), and as the answer to a scrape (``ref``)."""
-        open_ = sum(len(li.connections) for li in self.listeners.values())
-        msg = {"t": "metrics", "snapshot": snapshot(self.metrics), "open": open_, "slow": self.new_slow()}
+        msg = {"t": "metrics", "snapshot": snapshot(self.metrics), "open": self.open_connections(),
+               "slow": self.new_slow()}
         if ref is not None:
             msg["ref"] = ref
         self.channel.send(msg)
@@ -187,8 +255,7 @@ class Worker:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="farts.workers.worker")
     p.add_argument("--ipc", type=int, required=True)
-    p.add_argument("--http", type=int)
-    p.add_argument("--https", type=int)
+    p.add_argument("--socket", action="append", default=[], metavar="NAME=FD")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -196,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     # A terminal's Ctrl-C reaches the whole process group: the node process drains the
     # workers in order. SIGTERM to a worker alone drains it (and the node starts another).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sockets = {name: socket.socket(fileno=fd) for name, fd in (("http", args.http), ("https", args.https))
-               if fd is not None}
+    sockets = {name: socket.socket(fileno=int(fd)) for name, fd in (a.split("=", 1) for a in args.socket)}
 
     async def run() -> None:
         worker = Worker(socket.socket(fileno=args.ipc), sockets)
