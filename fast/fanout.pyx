@@ -22,6 +22,11 @@ steps.  So the flush takes two hops (``call_soon`` of a callback that does
 that one iteration of latency (microseconds when idle) and, under load, joins the events
 of every request that arrived during the previous flush into one write per subscriber.
 
+With a ``ring`` (fast/uring.pyx, where io_uring is allowed), the direct sends of one
+flush are not made one syscall each: they are prepared as one IORING_OP_SEND per socket
+and submitted together in one ``io_uring_enter``; each result is then handled exactly as
+send()'s would be (a partial send or EAGAIN leaves the rest to the transport).
+
 Slow consumers: after its write, a subscriber whose transport has more than
 ``max_buffer`` bytes unsent (checked only once the transport has paused writing, so the
 fast path reads no buffer size) is handed to ``on_slow``, which disconnects it.
@@ -81,8 +86,12 @@ cdef class Fanout:
     cdef bint flush_scheduled
     cdef public unsigned long long deliveries   # pieces queued by publish
     cdef public unsigned long long writes       # transport writes made by flush
+    # A fast.uring.SendRing, or None: the direct sends of a flush then go in one
+    # io_uring submission instead of one send() each (see _send_ring).
+    cdef public object ring
+    cdef public unsigned long long ring_failures   # rings given up after failing mid-flush
 
-    def __init__(self, call_soon, on_slow, Py_ssize_t max_buffer=1024 * 1024):
+    def __init__(self, call_soon, on_slow, Py_ssize_t max_buffer=1024 * 1024, ring=None):
         self.channels = {}
         self.dirty = []
         self.call_soon = call_soon
@@ -91,6 +100,8 @@ cdef class Fanout:
         self.flush_scheduled = False
         self.deliveries = 0
         self.writes = 0
+        self.ring = ring
+        self.ring_failures = 0
 
     # -- the registry ---------------------------------------------------------------
     def subscribe(self, key, Subscriber sub not None):
@@ -181,7 +192,8 @@ cdef class Fanout:
         """One write per subscriber with queued pieces."""
         cdef Subscriber sub
         cdef list dirty = self.dirty
-        cdef list slow = None
+        cdef list slow = []
+        cdef list ring_subs = None, ring_fds = None, ring_data = None
         cdef Py_ssize_t size, sent
         self.dirty = []
         self.flush_scheduled = False
@@ -202,8 +214,17 @@ cdef class Fanout:
             self.writes += 1
             # is_closing() first: once a transport is closing its fd may be closed and its
             # number reused by another connection, which must never get these bytes.
+            # (Nothing between this check and the ring's submission below closes a
+            # socket: a transport's close and connection_lost run in a later callback.)
             if sub.fd >= 0 and not sub.paused and not sub.closing and not transport.is_closing() \
                     and transport.get_write_buffer_size() == 0:
+                if self.ring is not None:
+                    if ring_subs is None:
+                        ring_subs, ring_fds, ring_data = [], [], []
+                    ring_subs.append(sub)
+                    ring_fds.append(sub.fd)
+                    ring_data.append(data)
+                    continue
                 size = PyBytes_GET_SIZE(data)
                 sent = send(sub.fd, PyBytes_AS_STRING(data), size, MSG_DONTWAIT | MSG_NOSIGNAL)
                 if sent == size:
@@ -211,12 +232,44 @@ cdef class Fanout:
                 if sent > 0:
                     data = data[sent:]
                 # else EAGAIN or an error: the transport takes it all and finds out itself
-            transport.write(data)
-            if sub.paused and transport.get_write_buffer_size() > self.max_buffer:
-                if slow is None:
-                    slow = []
-                slow.append(sub)
-        if slow is not None:
-            for sub in slow:
-                sub.dropped = True
-                self.on_slow(sub)
+            self._rest(sub, data, slow)
+        if ring_subs is not None:
+            self._send_ring(ring_subs, ring_fds, ring_data, slow)
+        for sub in slow:
+            sub.dropped = True
+            self.on_slow(sub)
+
+    cdef void _send_ring(self, list subs, list fds, list buffers, list slow):
+        """The direct sends of one flush in one io_uring submission; each result is
+        handled as the send() path handles send's."""
+        cdef Subscriber sub
+        cdef Py_ssize_t k, sent
+        results = self.ring.send_all(fds, buffers)
+        for k in range(len(subs)):
+            sub = <Subscriber>subs[k]
+            data = buffers[k]
+            result = results[k]
+            if result is None:
+                # The ring failed mid-flush: what reached this socket is unknown, so its
+                # stream cannot go on (the client reconnects and resumes with its
+                # cursor); the ring is given up, the send() path serves from now on.
+                if self.ring is not None:
+                    self.ring = None
+                    self.ring_failures += 1
+                sub.dropped = sub.closing = True
+                sub.transport.abort()
+                continue
+            sent = result
+            if sent == PyBytes_GET_SIZE(data):
+                continue
+            if sent > 0:
+                data = data[sent:]
+            self._rest(sub, data, slow)
+
+    cdef inline void _rest(self, Subscriber sub, object data, list slow):
+        """What the socket did not take goes to the transport (which sends it once the
+        socket is writable); a paused transport over ``max_buffer`` is a slow consumer."""
+        transport = sub.transport
+        transport.write(data)
+        if sub.paused and transport.get_write_buffer_size() > self.max_buffer:
+            slow.append(sub)
