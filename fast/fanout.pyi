@@ -23,6 +23,7 @@ class Fanout:
     writes: int
     ring: SendRing | None   # the direct sends of a flush in one io_uring submission
     ring_failures: int
+    short_sends: int        # direct sends the socket took only part of, or none (EAGAIN)
     def __init__(self, call_soon: Callable[[Callable[[], Any]], Any],
                  on_slow: Callable[[Subscriber], Any], max_buffer: int = 1048576,
                  ring: SendRing | None = None) -> None: ...

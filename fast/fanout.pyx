@@ -90,6 +90,7 @@ cdef class Fanout:
     # io_uring submission instead of one send() each (see _send_ring).
     cdef public object ring
     cdef public unsigned long long ring_failures   # rings given up after failing mid-flush
+    cdef public unsigned long long short_sends     # direct sends the socket took only part of (or none)
 
     def __init__(self, call_soon, on_slow, Py_ssize_t max_buffer=1024 * 1024, ring=None):
         self.channels = {}
@@ -102,6 +103,7 @@ cdef class Fanout:
         self.writes = 0
         self.ring = ring
         self.ring_failures = 0
+        self.short_sends = 0
 
     # -- the registry ---------------------------------------------------------------
     def subscribe(self, key, Subscriber sub not None):
@@ -229,6 +231,7 @@ cdef class Fanout:
                 sent = send(sub.fd, PyBytes_AS_STRING(data), size, MSG_DONTWAIT | MSG_NOSIGNAL)
                 if sent == size:
                     continue
+                self.short_sends += 1
                 if sent > 0:
                     data = data[sent:]
                 # else EAGAIN or an error: the transport takes it all and finds out itself
@@ -262,6 +265,7 @@ cdef class Fanout:
             sent = result
             if sent == PyBytes_GET_SIZE(data):
                 continue
+            self.short_sends += 1
             if sent > 0:
                 data = data[sent:]
             self._rest(sub, data, slow)
