@@ -21,6 +21,7 @@ class Fanout:
     max_buffer: int
     deliveries: int
     writes: int
+    flushes: int
     ring: SendRing | None   # the direct sends of a flush in one io_uring submission
     ring_failures: int
     short_sends: int        # direct sends the socket took only part of, or none (EAGAIN)

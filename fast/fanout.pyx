@@ -86,6 +86,7 @@ cdef class Fanout:
     cdef bint flush_scheduled
     cdef public unsigned long long deliveries   # pieces queued by publish
     cdef public unsigned long long writes       # transport writes made by flush
+    cdef public unsigned long long flushes      # flushes that wrote (syscalls per flush = sends / flushes)
     # A fast.uring.SendRing, or None: the direct sends of a flush then go in one
     # io_uring submission instead of one send() each (see _send_ring).
     cdef public object ring
@@ -101,6 +102,7 @@ cdef class Fanout:
         self.flush_scheduled = False
         self.deliveries = 0
         self.writes = 0
+        self.flushes = 0
         self.ring = ring
         self.ring_failures = 0
         self.short_sends = 0
@@ -199,6 +201,8 @@ cdef class Fanout:
         cdef Py_ssize_t size, sent
         self.dirty = []
         self.flush_scheduled = False
+        if dirty:
+            self.flushes += 1
         for obj in dirty:
             sub = <Subscriber>obj
             sub.queued = False

@@ -99,6 +99,8 @@ class PubSub:
                                     "Subscribers disconnected for not reading", ("transport",))
         self.errors = m.counter("farts_pubsub_errors_total",
                                 "Commands and frames refused, by reason", ("reason",))
+        m.counter("farts_pubsub_flushes_total", "Fanout flushes (one write per queued subscriber)").sources.append(
+            lambda: {(): self.fanout.flushes} if self.fanout else {})
         m.gauge("farts_pubsub_io_uring", "1 while the fanout sends through io_uring, 0 on send()",
                 lambda: int(self.fanout is not None and self.fanout.ring is not None))
         m.counter("farts_pubsub_io_uring_failures_total",
