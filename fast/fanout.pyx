@@ -247,15 +247,12 @@ cdef class Fanout:
             self.on_slow(sub)
 
     cdef void _send_ring(self, list subs, list fds, list buffers, list slow):
-        """The direct sends of one flush in one io_uring submission; each result is
-        handled as the send() path handles send's."""
+        """The direct sends of one flush in one io_uring submission; a send that did not
+        send everything is handled as the send() path handles send's."""
         cdef Subscriber sub
-        cdef Py_ssize_t k, sent
-        results = self.ring.send_all(fds, buffers)
-        for k in range(len(subs)):
+        cdef Py_ssize_t sent
+        for k, result in self.ring.send_all(fds, buffers):
             sub = <Subscriber>subs[k]
-            data = buffers[k]
-            result = results[k]
             if result is None:
                 # The ring failed mid-flush: what reached this socket is unknown, so its
                 # stream cannot go on (the client reconnects and resumes with its
@@ -266,13 +263,10 @@ cdef class Fanout:
                 sub.dropped = sub.closing = True
                 sub.transport.abort()
                 continue
-            sent = result
-            if sent == PyBytes_GET_SIZE(data):
-                continue
             self.short_sends += 1
-            if sent > 0:
-                data = data[sent:]
-            self._rest(sub, data, slow)
+            sent = result
+            data = buffers[k]
+            self._rest(sub, data[sent:] if sent > 0 else data, slow)
 
     cdef inline void _rest(self, Subscriber sub, object data, list slow):
         """What the socket did not take goes to the transport (which sends it once the

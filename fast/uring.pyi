@@ -7,5 +7,6 @@ class SendRing:
     def __init__(self, entries: int = 4096) -> None:
         """OSError where io_uring is unavailable (disabled, seccomp, old kernel)."""
     def close(self) -> None: ...
-    def send_all(self, fds: list[int], buffers: list[bytes]) -> list[int | None]:
-        """Per buffer: bytes sent or -errno; None where the ring failed (then closed)."""
+    def send_all(self, fds: list[int], buffers: list[bytes]) -> list[tuple[int, int | None]]:
+        """The sends that did not send all: (index, bytes sent or -errno, or None where
+        the ring failed, after which it is closed)."""

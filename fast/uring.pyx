@@ -23,9 +23,12 @@ import os
 from libc.errno cimport EAGAIN, EBUSY, EINTR, EINVAL
 from libc.stdint cimport uint64_t
 
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+
 cdef extern from "Python.h":
     char *PyBytes_AS_STRING(object o)
     Py_ssize_t PyBytes_GET_SIZE(object o)
+    void *PyList_GET_ITEM(object l, Py_ssize_t i)
 
 cdef extern from "<sys/socket.h>" nogil:
     enum:
@@ -91,43 +94,58 @@ cdef class SendRing:
             io_uring_queue_exit(&self.ring)
 
     cpdef list send_all(self, list fds, list buffers):
-        """Sends ``buffers[i]`` to ``fds[i]`` for every i, each one non-blocking send;
-        returns, in order, the bytes each sent or -errno (-EAGAIN: the socket's buffer
-        is full).  None where the outcome is unknown: the ring failed (``OSError`` from
-        io_uring_enter other than EINTR/EAGAIN/EBUSY), it is closed and must not be used
-        again, and those sockets' streams may have lost or sent bytes."""
-        cdef Py_ssize_t n = len(buffers), prepared = 0, done = 0
+        """Sends ``buffers[i]`` to ``fds[i]`` for every i, each one non-blocking send.
+        Returns the sends that did not send their whole buffer, as (i, result) pairs in
+        no particular order: result is the bytes sent or -errno (-EAGAIN: the socket's
+        buffer is full), or None where the outcome is unknown because the ring failed
+        (io_uring_enter failing other than EINTR/EAGAIN/EBUSY): the ring is then closed,
+        must not be used again, and those sockets' streams may have lost bytes.  (Most
+        sends send everything: the caller walks only the exceptions.)"""
+        cdef Py_ssize_t n = len(buffers), prepared = 0, done = 0, i
         cdef io_uring_sqe *sqe
         cdef io_uring_cqe *cqes[REAP]
         cdef unsigned got, k
         cdef int ret
-        cdef list results = [None] * n
+        cdef list short = []
+        cdef char *completed
+        if n == 0:
+            return short
         if not self.open:
-            return results
-        while done < n:
-            while prepared < n:
-                sqe = io_uring_get_sqe(&self.ring)
-                if sqe == NULL:      # the submission queue is full: submit this part first
-                    break
-                buf = buffers[prepared]
-                io_uring_prep_send(sqe, fds[prepared], PyBytes_AS_STRING(buf),
-                                   PyBytes_GET_SIZE(buf), MSG_DONTWAIT | MSG_NOSIGNAL)
-                io_uring_sqe_set_data64(sqe, prepared)
-                prepared += 1
-            # Submits what is prepared and waits for one completion: the sends run inline,
-            # so all of them have usually completed when this returns.
-            ret = io_uring_submit_and_wait(&self.ring, 1)
-            self.submissions += 1
-            if ret >= 0:
-                self.sends += ret
-            elif ret != -EINTR and ret != -EAGAIN and ret != -EBUSY:   # those: reap, retry
-                self.close()
-                return results
-            got = io_uring_peek_batch_cqe(&self.ring, cqes, REAP)
-            while got:
-                for k in range(got):
-                    results[<Py_ssize_t>cqes[k].user_data] = cqes[k].res
-                io_uring_cq_advance(&self.ring, got)
-                done += got
+            return [(i, None) for i in range(n)]
+        completed = <char *>PyMem_Calloc(n, 1)
+        if completed == NULL:
+            raise MemoryError()
+        try:
+            while done < n:
+                while prepared < n:
+                    sqe = io_uring_get_sqe(&self.ring)
+                    if sqe == NULL:      # the submission queue is full: submit this part first
+                        break
+                    buf = buffers[prepared]
+                    io_uring_prep_send(sqe, fds[prepared], PyBytes_AS_STRING(buf),
+                                       PyBytes_GET_SIZE(buf), MSG_DONTWAIT | MSG_NOSIGNAL)
+                    io_uring_sqe_set_data64(sqe, prepared)
+                    prepared += 1
+                # Submits what is prepared and waits for one completion: the sends run
+                # inline, so all of them have usually completed when this returns.
+                ret = io_uring_submit_and_wait(&self.ring, 1)
+                self.submissions += 1
+                if ret >= 0:
+                    self.sends += ret
+                elif ret != -EINTR and ret != -EAGAIN and ret != -EBUSY:   # those: reap, retry
+                    self.close()
+                    short.extend([(i, None) for i in range(n) if not completed[i]])
+                    return short
                 got = io_uring_peek_batch_cqe(&self.ring, cqes, REAP)
-        return results
+                while got:
+                    for k in range(got):
+                        i = <Py_ssize_t>cqes[k].user_data
+                        completed[i] = 1
+                        if cqes[k].res != PyBytes_GET_SIZE(<object>PyList_GET_ITEM(buffers, i)):
+                            short.append((i, cqes[k].res))
+                    io_uring_cq_advance(&self.ring, got)
+                    done += got
+                    got = io_uring_peek_batch_cqe(&self.ring, cqes, REAP)
+        finally:
+            PyMem_Free(completed)
+        return short
