@@ -14,6 +14,7 @@ import socket
 import httpx
 import pytest
 import websockets
+from test_pubsub import metric, pubsub_node
 
 from farts.pubsub.fanout import IoUringUnavailable, send_ring
 from fast.fanout import Fanout, Subscriber
@@ -174,20 +175,10 @@ def test_a_closed_ring_gives_up_and_aborts_only_the_subscribers_it_had():
 def test_a_node_sends_through_the_path_its_config_names(node_factory, mode, expected):
     """``[pubsub] io_uring`` in a real node: a WebSocket subscriber gets what is
     published, and the metric says which path carried it."""
-    node = node_factory(f"""
-[[routes]]
-prefix = "/live"
-kind = "pubsub"
-[[routes]]
-prefix = "/api/publish"
-kind = "pubsub"
+    node = pubsub_node(node_factory, f"""
 [pubsub]
 io_uring = "{mode}"
 """)
-
-    def metric(name: str) -> float:
-        text = httpx.get(node.url("admin", "/metrics")).text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
 
     async def main():
         async with websockets.connect(f"ws://127.0.0.1:{node.port('http')}/live") as ws:
@@ -199,5 +190,5 @@ io_uring = "{mode}"
             assert r.status_code == 200, r.text
             assert '"' + "x" * 5000 + '"' in await asyncio.wait_for(ws.recv(), 30)
     asyncio.run(main())
-    assert metric("farts_pubsub_io_uring") == expected
-    assert metric("farts_pubsub_flushes_total") >= 2   # the subscribed reply, the event
+    assert metric(node, "farts_pubsub_io_uring") == expected
+    assert metric(node, "farts_pubsub_flushes_total") >= 2   # the subscribed reply, the event
