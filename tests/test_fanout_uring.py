@@ -48,15 +48,18 @@ class Conn(Subscriber, asyncio.Protocol):
         self.transport = None
 
 
-async def read_slowly(sock: socket.socket, want: int, pace: int) -> bytes:
-    """Reads until ``want`` bytes, at most 1,500 at a time, yielding ``pace`` loop turns
-    between reads so that the server's socket buffer fills."""
+async def read_slowly(sock: socket.socket, want: bytes, pace: int) -> bytes:
+    """Reads until ``len(want)`` bytes, at most 1,500 at a time, yielding ``pace`` loop
+    turns between reads so that the server's socket buffer fills; stops at the first
+    byte that differs from ``want`` (the caller's comparison then says where)."""
     loop = asyncio.get_running_loop()
     got = bytearray()
-    while len(got) < want:
+    while len(got) < len(want):
         chunk = await loop.sock_recv(sock, 1500)
-        assert chunk, f"connection closed after {len(got)} of {want} bytes"
+        assert chunk, f"connection closed after {len(got)} of {len(want)} bytes"
         got += chunk
+        if want[len(got) - len(chunk):len(got)] != chunk:
+            break
         for _ in range(pace):
             await asyncio.sleep(0)
     return bytes(got)
@@ -104,7 +107,7 @@ async def run(ring) -> tuple[list[bytes], list[bytes], Fanout]:
         for _ in range(rnd.choice((0, 0, 1, 3))):   # two turns run a flush
             await asyncio.sleep(0)
     received = await asyncio.wait_for(
-        asyncio.gather(*(read_slowly(c, len(expected[i]), i % 4) for i, c in enumerate(clients))), 120)
+        asyncio.gather(*(read_slowly(c, bytes(expected[i]), i % 4) for i, c in enumerate(clients))), 120)
     for c in clients:
         c.close()
     server.close()
