@@ -15,13 +15,22 @@ from setuptools import Extension, setup
 # The HTTP/2 connection machine likewise (plain Python compiled; bench/h2machine.py).
 COMPILED = ["farts/transport/h1.py", "farts/transport/h2conn.py"]
 
+# fast/uring.pyx links liburing (Debian: liburing-dev); without its header the module is
+# not built and the pub/sub fanout uses its send() path (farts/pubsub/fanout.py).
+URING = "fast/uring.pyx"
+HAS_LIBURING = os.path.exists("/usr/include/liburing.h")
+if not HAS_LIBURING:
+    print("setup.py: no liburing.h (apt-get install liburing-dev): fast.uring not built")
+
 extensions = [
     Extension(
         "fast." + os.path.splitext(os.path.basename(path))[0],
         [path],
         extra_compile_args=["-O3"],
+        libraries=["uring"] if path == URING else [],
     )
     for path in sorted(glob.glob("fast/*.pyx"))
+    if path != URING or HAS_LIBURING
 ] + [
     Extension(os.path.splitext(path)[0].replace("/", "."), [path], extra_compile_args=["-O3"])
     for path in COMPILED

@@ -28,7 +28,9 @@ N and each target, one after another:
    divided by its own window length; publish-to-delivery latency comes from every
    --sample-every'th connection reading the timestamp out of every event it gets; with
    --perf (default where perf exists) `perf stat` counts the server's write/writev/
-   sendto/sendmsg syscalls, giving deliveries per send; the best window (by
+   sendto/sendmsg/io_uring_enter syscalls, giving deliveries per send syscall, and for
+   farts the fanout's flushes (farts_pubsub_flushes_total on the admin port) give send
+   syscalls per flush; the best window (by
    deliveries/s; with --rate, by p99) is reported;
 5. the publisher stops; the clients' totals must reach published × N (every event to
    every subscriber: `complete` column) within --drain seconds, and no subscriber may
@@ -36,7 +38,11 @@ N and each target, one after another:
 
 Targets (--only takes a comma-separated subset):
   farts       `farts-edge serve`, routes of kind "pubsub" at /live and /api/ (tenant from
-              Host; the publisher sends the tenant's API key)
+              Host; the publisher sends the tenant's API key), as deployed: `[pubsub]
+              io_uring = "auto"`, the sends of one flush in one io_uring submission
+              (fast/uring.pyx) where the kernel allows it (the `io_uring` field of the
+              result says whether it did, from the node's farts_pubsub_io_uring)
+  farts-send  the same with `io_uring = "off"`: one send() per subscriber per flush
   websockets  bench/peers/websockets_pubsub.py: websockets' asyncio server on uvloop,
               `broadcast()`; publish by POST to a second port (minimal HTTP/1.1 on the
               same loop: websockets serves GETs only)
@@ -81,8 +87,9 @@ Procs, BenchError, free_port, tail, pinned = (bench_http.Procs, bench_http.Bench
 proc_cpu_seconds, cpu_busy, own_time, wait_idle = (bench_http.proc_cpu_seconds, bench_http.cpu_busy,
                                                    bench_http.own_time, bench_http.wait_idle)
 
-TARGETS = ["farts", "websockets", "socketify"]
-RATIOS = [("farts", "websockets"), ("farts", "socketify")]
+TARGETS = ["farts", "farts-send", "websockets", "socketify"]
+FARTS = {"farts": "auto", "farts-send": "off"}   # target -> [pubsub] io_uring
+RATIOS = [("farts", "websockets"), ("farts", "socketify"), ("farts", "farts-send")]
 API_KEY = "bench-key"
 NOFILE = 20000
 
@@ -190,6 +197,7 @@ class Bench:
         self.args = args
         self.dir = tempfile.mkdtemp(prefix="farts-fanout-")
         self.procs = Procs()
+        self.admin: int | None = None   # the farts target's admin port (its metrics)
         self.c_subscriber = None
         if args.client == "c":
             self.c_subscriber = self.path("fanout_sub")
@@ -203,17 +211,17 @@ class Bench:
 
     # -- servers: (proc, subscribe port, publish port, log)
 
-    def start(self, name: str, tag: str) -> tuple[subprocess.Popen, int, int, str]:
+    def start(self, name: str, tag: str) -> tuple[subprocess.Popen, int, int, str, int | None]:
         a = self.args
         d = self.path(tag)
         os.makedirs(d, exist_ok=True)
         log = os.path.join(d, "server.log")
-        port = free_port()
-        if name == "farts":
+        port, admin = free_port(), None
+        if name in FARTS:
             admin = free_port()
             cfg = os.path.join(d, "farts.toml")
             with open(cfg, "w") as f:
-                f.write(farts_config(os.path.join(d, "data"), port, admin))
+                f.write(farts_config(os.path.join(d, "data"), port, admin, FARTS[name]))
             script = os.path.join(os.path.dirname(a.python), "farts-edge")
             cmd = [script] if os.path.exists(script) else [a.python, "-m", "farts.cli"]
             argv, pub_port = [*cmd, "serve", "--config", cfg], port
@@ -234,7 +242,7 @@ class Bench:
             errlog.close()
         self.procs.running[proc.pid] = (name, proc)
         wait_listening(proc, sorted({port, pub_port}), log)
-        return proc, port, pub_port, log
+        return proc, port, pub_port, log, admin
 
     def subscriber_argv(self, port: int, connections: int) -> list[str]:
         a = self.args
@@ -258,9 +266,9 @@ class Bench:
         r: dict = {"name": name, "subscribers": n, "ok": False, "notes": []}
         subs: list[Child] = []
         pub: Child | None = None
-        proc = None
+        proc, self.admin = None, None
         try:
-            proc, port, pub_port, log = self.start(name, tag)
+            proc, port, pub_port, log, self.admin = self.start(name, tag)
             r["log"] = log
             time.sleep(0.5)
             rss0 = vm_rss_kib(proc.pid)
@@ -290,7 +298,7 @@ class Bench:
                     r["notes"].append("machine busy before publishing: " + "/".join(
                         f"{v:.0f}" for _, v in sorted(busy.items())) + "% per core")
             pub_extra = ["--window", str(a.window), "--rate", str(a.rate), "--size", str(a.size)]
-            if name == "farts":
+            if name in FARTS:
                 pub_extra += ["--api-key", API_KEY]
             pub = Child(self.procs, "publisher", self.client_argv("publish", pub_port, pub_extra),
                         self.path(tag, "pub.log"), nice=a.publisher_nice)
@@ -308,7 +316,7 @@ class Bench:
             r.update(best)
             if a.repeat > 1:
                 r["windows"] = [round(w["deliveries_per_s"]) for w in windows]
-            if a.profile and name == "farts":
+            if a.profile and name in FARTS:
                 r["profile"] = self.profile(proc.pid, subs, pub, tag)
             pub.send("stop")
             done = pub.read(a.timeout + 5)
@@ -362,10 +370,13 @@ class Bench:
         cpu0, busy0, t0 = proc_cpu_seconds(server_pid), cpu_busy(), time.monotonic()
         client_cpu0 = sum(proc_cpu_seconds(c.proc.pid) or 0 for c in subs)
         perf = self.count_sends(server_pid) if a.perf else None
+        flushes0 = self.farts_metric("farts_pubsub_flushes_total")
         first = [x[0] for x in ask_all(subs, "mark", a.timeout)]
         time.sleep(a.seconds)
         second = ask_all(subs, "mark", a.timeout, answers=2)
         wall = time.monotonic() - t0
+        flushes1 = self.farts_metric("farts_pubsub_flushes_total")
+        io_uring = self.farts_metric("farts_pubsub_io_uring")
         cpu1, busy1 = proc_cpu_seconds(server_pid), cpu_busy()
         client_cpu1 = sum(proc_cpu_seconds(c.proc.pid) or 0 for c in subs)
         rate = sum((end["frames"] - start["frames"]) / (end["t"] - start["t"])
@@ -376,6 +387,8 @@ class Bench:
              "latency_samples": sum(s["sampled"] for _, s in second),
              "core_busy_pct": {c: round(100 * (busy1[c][0] - b) / max(1, busy1[c][2] - t), 1)
                                for c, (b, _, t) in busy0.items() if c in busy1}}
+        if io_uring is not None:
+            w["io_uring"] = bool(io_uring)
         if cpu0 is not None and cpu1 is not None:
             w["server_cpu_pct"] = round(100 * (cpu1 - cpu0) / wall, 1)
             if w["server_cpu_pct"] > 0:
@@ -389,10 +402,27 @@ class Bench:
                 # enough to the window to say how many deliveries one send carries.
                 w["sends_per_s"] = sends / a.seconds
                 w["deliveries_per_send"] = rate / w["sends_per_s"] if sends else None
+                if flushes0 is not None and flushes1 is not None and flushes1 > flushes0:
+                    # the same caveat: perf's --seconds against this window's flushes
+                    w["sends_per_flush"] = w["sends_per_s"] / ((flushes1 - flushes0) / wall)
         return w
 
+    def farts_metric(self, name: str) -> int | None:
+        """A metric without labels from the farts node's admin /metrics (None elsewhere)."""
+        if self.admin is None:
+            return None
+        try:
+            _, _, body = bench_http.get("127.0.0.1", self.admin, "/metrics", self.args.timeout)
+        except OSError:
+            return None
+        for line in body.decode().splitlines():
+            if line.startswith(name + " "):
+                return int(float(line.split()[1]))
+        return None
+
     SEND_EVENTS = ("syscalls:sys_enter_write", "syscalls:sys_enter_writev",
-                   "syscalls:sys_enter_sendto", "syscalls:sys_enter_sendmsg")
+                   "syscalls:sys_enter_sendto", "syscalls:sys_enter_sendmsg",
+                   "syscalls:sys_enter_io_uring_enter")
 
     def count_sends(self, pid: int) -> tuple[subprocess.Popen, str]:
         """`perf stat` of the server's write-like syscalls for the next --seconds."""
@@ -449,7 +479,7 @@ class Bench:
         return out
 
 
-def farts_config(data_dir: str, port: int, admin: int) -> str:
+def farts_config(data_dir: str, port: int, admin: int, io_uring: str) -> str:
     return f"""# written by bench/fanout.py
 [node]
 id = "bench"
@@ -469,6 +499,9 @@ port = {admin}
 [limits]
 max_connections = {NOFILE}
 max_connections_per_ip = {NOFILE}
+
+[pubsub]
+io_uring = "{io_uring}"
 
 [[tenants]]
 id = "bench"
@@ -495,22 +528,25 @@ def fmt(v, spec: str = ",.0f", unit: str = "") -> str:
 
 def report(results: list[dict]) -> str:
     lines = ["| target | subscribers | deliveries/s | per server CPU-s | p50 | p99 | server CPU "
-             "| subscribers / publisher CPU | cores busy | deliveries / send | KiB RSS / idle conn | complete |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| subscribers / publisher CPU | cores busy | deliveries / send syscall | send syscalls / flush "
+             "| KiB RSS / idle conn | complete |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         if not r["ok"] and "deliveries_per_s" not in r:
             lines.append(f"| {r['name']} | {r['subscribers']:,} | FAILED: "
-                         f"{r.get('error', '?').splitlines()[0][:150]} | | | | | | | | | |")
+                         f"{r.get('error', '?').splitlines()[0][:150]} | | | | | | | | | | |")
             continue
         flag = "" if r["ok"] else " (FAILED: " + r.get("error", "?").splitlines()[0][:100] + ")"
         flag += "".join(f" ({n})" for n in r.get("notes", []))
+        flag += {True: " (io_uring)", False: " (send())"}.get(r.get("io_uring"), "")
         lines.append(
             f"| {r['name']}{flag} | {r['subscribers']:,} | {fmt(r.get('deliveries_per_s'))} "
             f"| {fmt(r.get('per_server_cpu_s'))} | {fmt(r.get('p50_ms'), '.1f', ' ms')} "
             f"| {fmt(r.get('p99_ms'), '.1f', ' ms')} | {fmt(r.get('server_cpu_pct'), '.0f', '%')} "
             f"| {fmt(r.get('subscriber_procs_cpu_pct'), '.0f', '%')} / {fmt(r.get('publisher_cpu_pct'), '.0f', '%')} "
             f"| {'/'.join(f'{v:.0f}' for _, v in sorted(r.get('core_busy_pct', {}).items())) or '-'} "
-            f"| {fmt(r.get('deliveries_per_send'), '.2f')} | {fmt(r.get('kib_per_conn'), '.2f')} | {fmt(r.get('complete_pct'), '.2f', '%')} |")
+            f"| {fmt(r.get('deliveries_per_send'), '.2f')} | {fmt(r.get('sends_per_flush'), '.2f')} "
+            f"| {fmt(r.get('kib_per_conn'), '.2f')} | {fmt(r.get('complete_pct'), '.2f', '%')} |")
     lines.append("")
     for n in sorted({r["subscribers"] for r in results}):
         by = {r["name"]: r for r in results if r["subscribers"] == n and r["ok"]}

@@ -3,6 +3,8 @@
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from fast.uring import SendRing
+
 class Subscriber:
     """Subclassed by the stream handlers (farts/pubsub): one object per connection."""
 
@@ -19,8 +21,13 @@ class Fanout:
     max_buffer: int
     deliveries: int
     writes: int
+    flushes: int
+    ring: SendRing | None   # the direct sends of a flush in one io_uring submission
+    ring_failures: int
+    short_sends: int        # direct sends the socket took only part of, or none (EAGAIN)
     def __init__(self, call_soon: Callable[[Callable[[], Any]], Any],
-                 on_slow: Callable[[Subscriber], Any], max_buffer: int = 1048576) -> None: ...
+                 on_slow: Callable[[Subscriber], Any], max_buffer: int = 1048576,
+                 ring: SendRing | None = None) -> None: ...
     def subscribe(self, key: Hashable, sub: Subscriber) -> bool: ...
     def unsubscribe(self, key: Hashable, sub: Subscriber) -> bool: ...
     def count(self, key: Hashable) -> int: ...

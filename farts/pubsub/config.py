@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from farts.config import POSITIVE, Check, Section, setting
+from farts.config import POSITIVE, Check, Section, one_of, setting
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,10 @@ class PubSubConfig:
     # Seconds between server pings (WebSocket) and heartbeats (SSE); a WebSocket client
     # silent for two intervals is closed.
     ping_interval: float = setting(20.0, POSITIVE)
+    # The fanout's sends to plain-TCP subscribers: one io_uring submission per flush
+    # ("on": required, the node does not start without it; "auto": where the kernel
+    # allows, else one send() per subscriber; "off": send() always).
+    io_uring: str = setting("auto", one_of("auto", "on", "off"))
 
 
 SECTION = Section("pubsub", PubSubConfig, PubSubConfig, route_kinds=("pubsub",))

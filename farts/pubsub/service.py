@@ -40,6 +40,7 @@ from . import sse
 from .auth import Denied, check_token
 from .channels import Channels, channel_key
 from .commands import Refuse, Reply, Subscribe, Unsubscribe, channel_problem, decide
+from .fanout import send_ring
 from .history import BadCursor, Event, History, decode_cursor
 from .websocket import WebSocketSubscriber, accept_headers, event_frame, handshake_problem
 
@@ -98,13 +99,21 @@ class PubSub:
                                     "Subscribers disconnected for not reading", ("transport",))
         self.errors = m.counter("farts_pubsub_errors_total",
                                 "Commands and frames refused, by reason", ("reason",))
+        m.counter("farts_pubsub_flushes_total", "Fanout flushes (one write per queued subscriber)").sources.append(
+            lambda: {(): self.fanout.flushes} if self.fanout else {})
+        m.gauge("farts_pubsub_io_uring", "1 while the fanout sends through io_uring, 0 on send()",
+                lambda: int(self.fanout is not None and self.fanout.ring is not None))
+        m.counter("farts_pubsub_io_uring_failures_total",
+                  "io_uring rings given up mid-flush (their subscribers reconnected)").sources.append(
+            lambda: {(): self.fanout.ring_failures} if self.fanout else {})
         self.fanout_time = m.histogram("farts_pubsub_fanout_seconds",
                                        "Time to hand one event to all its local subscribers")
 
     # -- lifetime ------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.fanout = self.channels.fanout = Fanout(loop.call_soon, self._slow, self.cfg.max_buffer_bytes)
+        self.fanout = self.channels.fanout = Fanout(loop.call_soon, self._slow, self.cfg.max_buffer_bytes,
+                                                    send_ring(self.cfg.io_uring))
         self.send, self.flush = self.fanout.send, self.fanout.flush
         self._ticker = self.clock.every(self.cfg.ping_interval, self._tick)
 
@@ -115,6 +124,10 @@ class PubSub:
             sub.close(1001, "node shutting down")
         for sub in list(self.channels.streams):
             sub.close()
+        if self.fanout is not None and self.fanout.ring is not None:
+            # The closes above flush later: through send() once the ring is gone.
+            ring, self.fanout.ring = self.fanout.ring, None
+            ring.close()
 
     # -- a restart: handing over to the node's next process (farts/release/handover.py) -----
     def ask_to_reconnect(self, sub) -> None:
