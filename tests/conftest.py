@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -195,6 +196,15 @@ def node_factory(tmp_path, workers):
     yield factory
     for node in started:
         node.stop()
+
+
+@pytest.fixture
+def default_ports():
+    """For a test of `farts-edge up` on its fixed default ports (8080, 8443, 5353, 27017,
+    9100...): one such test at a time on this machine (ci/test runs two processes)."""
+    with open(Path(tempfile.gettempdir()) / "farts-tests-default-ports.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")

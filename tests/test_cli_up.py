@@ -12,6 +12,7 @@ import time
 import tomllib
 
 import httpx
+import pytest
 
 
 def started(*args: str) -> tuple[subprocess.Popen, bytes]:
@@ -57,6 +58,7 @@ def test_up_flags_go_into_the_config_and_serve_runs_the_same_node(tmp_path):
     assert b":8080/" not in out, out.decode(errors="replace")
 
 
+@pytest.mark.usefixtures("default_ports")
 def test_up_writes_its_defaults_serves_and_stops_cleanly(tmp_path):
     data = tmp_path / "farts-data"
     proc, out = start_up(data)

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import httpx
+import pytest
 from master_helpers import Receiver
 from mesh_helpers import start_up_cluster, wait_for
 
@@ -64,6 +65,7 @@ def acting(alive) -> list[int]:
     return out
 
 
+@pytest.mark.usefixtures("default_ports")
 def test_up_cluster_master_crons_webhooks_alerts_and_failover(tmp_path):
     data = tmp_path / "cluster"
     receiver = Receiver()

@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 import httpx
+import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from mesh_helpers import start_up_cluster, wait_for
@@ -42,6 +43,7 @@ def test_ca_init_and_issue_put_the_node_id_in_the_certificate(tmp_path):
     assert r.returncode == 2 and "ca init" in r.stderr
 
 
+@pytest.mark.usefixtures("default_ports")
 def test_up_three_nodes_forms_a_cluster_and_ctrl_c_stops_it(tmp_path):
     data = tmp_path / "cluster"
     # Run as an installed user would (the console script), from a folder that holds

@@ -152,3 +152,50 @@ def _chunks(data: bytes) -> list[bytes]:
         out.append(data[:n])
         data = data[n + 2:]
     return out
+
+
+def test_a_resume_ahead_of_the_history_waits_for_its_events():
+    """A cursor from another worker (or node) that names events not here yet: the
+    subscription waits for them, then replays exactly what follows the cursor, recovered;
+    one whose events never come is answered after RESUME_WAIT, not recovered; a subscriber
+    gone meanwhile is forgotten."""
+    from farts.pubsub.history import encode_cursor
+    from farts.pubsub.service import RESUME_WAIT
+
+    async def main():
+        ps, clock = await service()
+        base = int(clock.wall() * 1_000_000)   # (seqs are wall-clock microseconds)
+
+        def remote(n: int, data: str) -> dict:
+            return {"tenant": "t1", "channel": "c", "origin": "n2", "seq": base + n, "data": json.dumps(data)}
+        ps.apply_remote(remote(1, "a"))
+        cursor = encode_cursor({"n2": base + 3}).encode()   # the client saw 2 and 3 elsewhere
+        sink, _ = websocket(ps, b'{"op":"subscribe","channel":"c","since":"' + cursor + b'"}')
+        assert sink.data == b""                          # not answered yet
+        ps.apply_remote(remote(2, "b"))
+        ps.flush()
+        assert sink.data == b""
+        ps.apply_remote(remote(3, "c"))                  # caught up: answered now
+        ps.apply_remote(remote(4, "d"))
+        ps.flush()
+        text = sink.data.decode("latin-1")
+        assert '"recovered":true' in text
+        assert '"data":"d"' in text and '"data":"c"' not in text and '"data":"b"' not in text
+        assert text.count('"data":"d"') == 1             # live after the replay, once
+        assert ps.waiting == [] and ps._waiting_timer is None
+        # Events that never come: answered at the deadline, not recovered.
+        late = encode_cursor({"n2": base + 99}).encode()
+        sink2, _ = websocket(ps, b'{"op":"subscribe","channel":"c","since":"' + late + b'"}')
+        clock.advance(RESUME_WAIT / 2)
+        ps.flush()
+        assert sink2.data == b""
+        clock.advance(RESUME_WAIT)
+        ps.flush()
+        assert b'"recovered":false' in sink2.data
+        # A subscriber that leaves while it waits is never registered.
+        sink3, sub3 = websocket(ps, b'{"op":"subscribe","channel":"c","since":"' + late + b'"}')
+        sub3.closed(None)
+        clock.advance(RESUME_WAIT * 2)
+        ps.flush()
+        assert sink3.data == b"" and ps.channels.count("t1\0c") == 2
+    asyncio.run(main())

@@ -136,12 +136,18 @@ class History:
             else:
                 del self.retained[ev.origin]
 
+    def behind(self, cursor: dict[str, int]) -> bool:
+        """Whether ``cursor`` names an event not received here yet (seen elsewhere first)."""
+        last = self.last_seq
+        return any(seq > last.get(origin, 0) for origin, seq in cursor.items())
+
     def since(self, key: str, cursor: dict[str, int]) -> tuple[list[Event], bool]:
         """Events after ``cursor`` on the channel, and whether that list is complete."""
         ch = self.channel(key)
         self._trim(ch, self.clock.monotonic())
         newest = max(cursor.values())
-        recovered = newest >= ch.born and all(
+        # (a cursor ahead of this history: what lies between is not here to replay)
+        recovered = newest >= ch.born and not self.behind(cursor) and all(
             seq <= cursor.get(origin, newest) for origin, seq in ch.evicted.items())
         out = [ev for ev in ch.events if ev.seq > cursor.get(ev.origin, newest)]
         return out, recovered

@@ -47,6 +47,10 @@ from .websocket import WebSocketSubscriber, accept_headers, event_frame, handsha
 log = logging.getLogger("farts.pubsub")
 
 JSON = [(b"content-type", b"application/json")]
+# How long a resume whose cursor is ahead of this node's history waits for the events it
+# names (relayed from the node process to a worker, or over the mesh) before it is
+# answered with what is here ("not recovered").
+RESUME_WAIT = 2.0
 
 
 class PublishError(ValueError):
@@ -78,6 +82,10 @@ class PubSub:
         # POST /api/publish hands its messages to ((tenant id, [(channel, data JSON)]) ->
         # their ids), so that the node process numbers them.
         self.on_delivered: Callable[[dict], None] | None = None
+        # Resumes ahead of the history: (subscriber, cursor, deadline, subscribe), and the
+        # timer of the first deadline
+        self.waiting: list[tuple[Subscriber, dict, float, Callable[[], None]]] = []
+        self._waiting_timer: Timer | None = None
         self.forward_publish: Callable[[str, list], Awaitable[list[str]]] | None = None
         # ... and what /api/presence asks for the subscriber counts of every worker.
         self.count_everywhere: Callable[[list[str]], Awaitable[list[int]]] | None = None
@@ -120,6 +128,8 @@ class PubSub:
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._waiting_timer is not None:
+            self._waiting_timer.cancel()
         for sub in list(self.channels.websockets):
             sub.close(1001, "node shutting down")
         for sub in list(self.channels.streams):
@@ -244,6 +254,9 @@ class PubSub:
     # -- subscribers (called by the transports) -------------------------------------------
     def stream_opened(self, sub: sse.SSESubscriber, names: list[str], cursor: dict | None) -> None:
         self.channels.opened(sub)
+        self._when_caught_up(sub, cursor, lambda: self._stream_subscribe(sub, names, cursor))
+
+    def _stream_subscribe(self, sub: sse.SSESubscriber, names: list[str], cursor: dict | None) -> None:
         for name in names:
             events, recovered = self.channels.subscribe(sub, channel_key(sub.tenant.id, name), cursor)
             if cursor is not None and not recovered:
@@ -266,11 +279,7 @@ class PubSub:
         action = decide(text, sub.tenant.secret, len(sub.channels), self.cfg.max_subscriptions)
         t = type(action)
         if t is Subscribe:
-            events, recovered = self.channels.subscribe(
-                sub, channel_key(sub.tenant.id, action.channel), action.cursor)
-            sub.send_message({"op": "subscribed", "channel": action.channel, "recovered": recovered})
-            for ev in events:
-                self.send(sub, event_frame(ev))
+            self._when_caught_up(sub, action.cursor, lambda: self._ws_subscribe(sub, action))
         elif t is Unsubscribe:
             if isinstance(action.channel, str):
                 self.channels.unsubscribe(sub, channel_key(sub.tenant.id, action.channel))
@@ -280,6 +289,47 @@ class PubSub:
         elif t is Refuse:
             self.errors.inc((action.metric,))
             sub.send_message(action.message())
+
+    def _ws_subscribe(self, sub: WebSocketSubscriber, action: Subscribe) -> None:
+        events, recovered = self.channels.subscribe(
+            sub, channel_key(sub.tenant.id, action.channel), action.cursor)
+        sub.send_message({"op": "subscribed", "channel": action.channel, "recovered": recovered})
+        for ev in events:
+            self.send(sub, event_frame(ev))
+
+    # -- resumes ahead of the history ------------------------------------------------------
+    # A cursor may name events this history has not received yet: the client saw them on
+    # another worker (relayed here a moment later) or another node (the mesh). Subscribed
+    # now, it would hear "not recovered" and then get the events it already has again, live;
+    # so its subscription waits until they are here (or RESUME_WAIT), then replays what follows.
+    def _when_caught_up(self, sub, cursor: dict | None, subscribe: Callable[[], None]) -> None:
+        if not cursor or not self.history.behind(cursor):
+            subscribe()
+            return
+        self.waiting.append((sub, cursor, self.clock.monotonic() + RESUME_WAIT, subscribe))
+        self._resume_waiting()
+
+    def _resume_waiting(self, timer: Timer | None = None) -> None:
+        """Subscribes the waiting resumes whose events are here, or whose wait is over (one
+        whose subscriber went away meanwhile is forgotten); after each delivered event, and
+        at the first deadline."""
+        if timer is not None and timer is self._waiting_timer:
+            self._waiting_timer = None
+        now = self.clock.monotonic()
+        waiting, self.waiting = self.waiting, []
+        for sub, cursor, deadline, subscribe in waiting:
+            if sub.transport is None:
+                continue
+            if deadline <= now or not self.history.behind(cursor):
+                subscribe()
+            else:
+                self.waiting.append((sub, cursor, deadline, subscribe))
+        if self.waiting and self._waiting_timer is None:
+            first = min(d for _, _, d, _ in self.waiting)
+            self._waiting_timer = t = self.clock.call_at(first, lambda: self._resume_waiting(t))
+        elif not self.waiting and self._waiting_timer is not None:
+            self._waiting_timer.cancel()
+            self._waiting_timer = None
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, tenant_id: str, channel: str, data) -> str:
@@ -343,6 +393,8 @@ class PubSub:
         if self.on_delivered is not None:
             self.on_delivered({"tenant": tenant_id, "channel": channel, "origin": origin, "seq": seq,
                                "data": data_json})
+        if self.waiting:
+            self._resume_waiting()
         return event_id
 
     def _tenant_by_key(self, req: Request) -> Tenant | None:
