@@ -4,7 +4,8 @@ A request without a body (the usual GET/HEAD) is an ``Exchange``: a callback sta
 machine that is itself the future the transport waits on (no task, no coroutine, no
 timer of its own: read timeouts are checked by one sweep per group every TICK). The
 upstream connection's events call ``Exchange.wake``; a small answer that arrived whole
-goes back as bytes, written by the transport with its head in one send.
+goes back to an HTTP/1 client as a ``Fixed``, its bytes written by fast.proxyhead in one
+call (rewritten head and body, one send).
 
 A request with a body (or an Upgrade) is a coroutine, run by the transport as a task,
 because the body is an async iterator it reads first. Both take the same steps:
@@ -39,10 +40,10 @@ from farts.transport.client import (
     ResponseBody,
     exchange,
 )
-from farts.transport.http import REASONS, STREAM, Request, Response, Upgrade
+from farts.transport.http import REASONS, STREAM, Fixed, Request, Response, Upgrade
 from fast.http1 import END, HTTPError, request_head
 from fast.http1 import Response as ResponseHead
-from fast.proxyhead import request_headers, response_headers
+from fast.proxyhead import client_answer, request_headers, response_headers, upstream_request
 
 from .headers import authority_of, origin_form
 from .tunnel import Tunnel
@@ -148,6 +149,21 @@ def _error(status: int, reason: str, request_id: bytes) -> Response:
     """The proxy's own error answer, with the request's X-Request-Id (a client can quote it)."""
     return Response(status, [(b"content-type", b"text/plain; charset=utf-8"), (b"x-request-id", request_id)],
                     f"{status} {REASONS.get(status, 'Error')}: {reason}\n".encode())
+
+
+def _whole_answer(status: int, headers, rid: bytes, body: bytes) -> Fixed:
+    """An upstream answer that came whole, as the transport's Fixed: both framings
+    written at once by fast.proxyhead, which the transport writes as they are (no
+    Response, no header list, no second serialisation)."""
+    fixed = _new(Fixed)
+    fixed.status = status
+    fixed.keep, fixed.close = client_answer(status, headers, rid, body, len(body))
+    fixed.body_len = len(body)
+    fixed.served = {}
+    return fixed
+
+
+_new = object.__new__
 
 
 def _what(req: Request) -> str:
@@ -336,9 +352,12 @@ class Exchange(asyncio.Future):
 
 class ProxyHandler:
     def __init__(self, name: str, up: Upstream, node_id: str, stats: ProxyStats,
-                 client: Client | None = None) -> None:
+                 client: Client | None = None, slow_request_seconds: float = 0.1) -> None:
         self.name = name
         self.up = up
+        # (limits.slow_request_seconds: an answer slower than this goes back as a Response
+        # carrying its timings, which the slow-request log splits; see respond)
+        self.slow_request_seconds = slow_request_seconds
         self.own_client = client is None
         self.client = client = client or Client(LoopClock())
         self.clock = clock = client.deadlines.clock
@@ -410,13 +429,10 @@ class ProxyHandler:
         """The upstream request's head and the request id."""
         target = req.target
         if target[:1] == b"/":   # origin form (the usual case): no authority, as it is
-            headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
-                                           None, server.host_field)
-        else:
-            headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
-                                           authority_of(target), server.host_field)
-            target = origin_form(target)
-        return request_head(req.method, target, headers, length), rid
+            return upstream_request(req.method, target, req.headers, req.client, req.scheme,
+                                    self.new_request_id, None, server.host_field, length)
+        return upstream_request(req.method, origin_form(target), req.headers, req.client, req.scheme,
+                                self.new_request_id, authority_of(target), server.host_field, length)
 
     def connect_failed(self, server: Server, e: OSError, tried: list[Server], retry: bool,
                        req: Request) -> tuple[str, Server | None]:
@@ -462,8 +478,8 @@ class ProxyHandler:
         return _error(502, "bad upstream response", rid)
 
     def respond(self, conn: ClientConnection, resp: ResponseHead, req: Request, rid: bytes,
-                is_head: bool, start: float, connect_s: float) -> Response:
-        """The client's Response to the upstream's final head ``resp`` on ``conn``."""
+                is_head: bool, start: float, connect_s: float) -> Response | Fixed:
+        """The client's answer to the upstream's final head ``resp`` on ``conn``."""
         head_at = perf_counter()
         self.m.seconds.observe(head_at - start, self._key)
         status = resp.status
@@ -480,6 +496,10 @@ class ProxyHandler:
                 server.release(conn)
             else:
                 conn.abort()
+            if not head_only and type(req) is Request and head_at - req.start < self.slow_request_seconds:
+                # The usual case: one Fixed, written by the transport as it is (HTTP/1;
+                # HTTP/2 takes the Response). A slow one keeps its timings (below).
+                return _whole_answer(status, resp.headers, rid, whole)
             # (no body by definition when head_only; the head keeps the upstream's length)
             body = EMPTY if head_only else whole
         return Response(status, response_headers(resp.headers, rid), body,
