@@ -224,7 +224,7 @@ class Exchange(asyncio.Future):
         self.retry_other = self.retry_stale = True
         self.interim = False
         self.connect_s = -1.0
-        self.start = perf_counter()
+        self.start = req.start   # (the transport's clock read, just before this call)
         self.go(False)
 
     def go(self, fresh: bool) -> None:
@@ -309,10 +309,26 @@ class Exchange(asyncio.Future):
             conn.abort()
             self.set_exception(e)
 
+    def received(self, events: list) -> None:
+        """The events of one upstream read, none queued before: the usual answer, whole in
+        one read (final head, its body in one piece or none, END), is answered from the
+        list; anything else is queued for ``wake``."""
+        head = events[0]
+        if type(head) is ResponseHead and head.status >= 200 and events[-1] is END:
+            n = len(events)
+            if n == 2 or (n == 3 and type(events[1]) is bytes):
+                self.unwatch()
+                self.set_result(self.proxy.respond(self.conn, head, self.req, self.rid, self.is_head,
+                                                   self.start, self.connect_s, events[1] if n == 3 else b""))
+                return
+        self.conn.queue(events)
+        self.wake()
+
     def answered(self, head: ResponseHead) -> None:
         self.unwatch()
-        self.set_result(self.proxy.respond(self.conn, head, self.req, self.rid, self.is_head,
-                                           self.start, self.connect_s))
+        conn = self.conn
+        self.set_result(self.proxy.respond(conn, head, self.req, self.rid, self.is_head,
+                                           self.start, self.connect_s, conn.take_whole_body()))
 
     def failed(self, e: Exception) -> None:
         self.unwatch()
@@ -478,13 +494,13 @@ class ProxyHandler:
         return _error(502, "bad upstream response", rid)
 
     def respond(self, conn: ClientConnection, resp: ResponseHead, req: Request, rid: bytes,
-                is_head: bool, start: float, connect_s: float) -> Response | Fixed:
-        """The client's answer to the upstream's final head ``resp`` on ``conn``."""
+                is_head: bool, start: float, connect_s: float, whole: bytes | None) -> Response | Fixed:
+        """The client's answer to the upstream's final head ``resp`` on ``conn``; ``whole``:
+        its body when all of it has come (``conn.take_whole_body()``), else None."""
         head_at = perf_counter()
         self.m.seconds.observe(head_at - start, self._key)
         status = resp.status
         head_only = is_head or status == 204 or status == 304
-        whole = conn.take_whole_body()
         if whole is None:
             body = UpstreamBody(self, conn, resp.keep_alive, req)
         else:
@@ -571,7 +587,7 @@ class ProxyHandler:
                 conn.abort()
                 self.count(server, "client_gone")
                 raise
-            return self.respond(conn, resp, req, rid, is_head, start, connect_s)
+            return self.respond(conn, resp, req, rid, is_head, start, connect_s, conn.take_whole_body())
 
     async def _tunnel(self, req: Request) -> Response | Upgrade:
         """An Upgrade request (WebSocket) passed through: sent on a connection of its own;
