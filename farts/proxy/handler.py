@@ -195,6 +195,9 @@ class UpstreamBody(ResponseBody):
         self.proxy.count(conn.pool, "client_gone")
 
 
+_future_init = asyncio.Future.__init__
+
+
 class Exchange(asyncio.Future):
     """One bodyless request proxied by callbacks, and the future the transport waits on.
 
@@ -211,7 +214,7 @@ class Exchange(asyncio.Future):
                  "is_head")
 
     def __init__(self, proxy: ProxyHandler, req: Request, loop) -> None:
-        super().__init__(loop=loop)
+        _future_init(self, loop=loop)
         self.proxy = proxy
         self.req = req
         self.server = server = proxy.pick()
@@ -219,13 +222,16 @@ class Exchange(asyncio.Future):
         self.is_head = req.method == b"HEAD"
         self.conn: ClientConnection | None = None
         self.connecting: asyncio.Task | None = None
-        self.reused = False
-        self.tried: list[Server] = []
+        self.tried: list[Server] | None = None   # (made by the first connect failure)
         self.retry_other = self.retry_stale = True
         self.interim = False
         self.connect_s = -1.0
         self.start = req.start   # (the transport's clock read, just before this call)
-        self.go(False)
+        conn = server.take()
+        if conn is None:
+            self.go(True)
+        else:
+            self.send(conn, True)
 
     def go(self, fresh: bool) -> None:
         conn = None if fresh else self.server.take()
@@ -254,6 +260,8 @@ class Exchange(asyncio.Future):
             self.connect_s = perf_counter() - self.connect_s
             self.send(task.result(), False)
         elif isinstance(e, (TimeoutError, OSError)):
+            if self.tried is None:
+                self.tried = []
             why, nxt = proxy.connect_failed(server, e, self.tried, self.retry_other, self.req)
             if nxt is not None:
                 self.retry_other = False
@@ -271,7 +279,10 @@ class Exchange(asyncio.Future):
         if self.is_head:
             conn.parser.expect_head_response()
         conn.owner = self
-        self.proxy.watch(self)
+        proxy = self.proxy
+        if proxy.sweeper is None:
+            proxy.start_sweep()
+        proxy.in_flight[self] = proxy.now + proxy.read_timeout   # (see ProxyHandler.in_flight)
         try:
             conn.write(self.data)
         except ConnectionLost as e:
@@ -390,6 +401,7 @@ class ProxyHandler:
         # sweep's time (no clock read per request), plus one TICK: never early, late by
         # at most two TICKs.
         self.in_flight: dict[Exchange, float] = {}
+        self.read_timeout = up.read_timeout + TICK
         self.now = 0.0
         self.sweeper: Timer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None   # the node's, from the first request
@@ -428,11 +440,9 @@ class ProxyHandler:
         return min(rest, key=lambda s: s.down_until) if rest else None
 
     # -- read timeouts of the exchanges ------------------------------------------------
-    def watch(self, ex: Exchange) -> None:
-        if self.sweeper is None:
-            self.now = self.clock.monotonic()
-            self.sweeper = self.clock.every(TICK, self._sweep)
-        self.in_flight[ex] = self.now + self.up.read_timeout + TICK
+    def start_sweep(self) -> None:
+        self.now = self.clock.monotonic()
+        self.sweeper = self.clock.every(TICK, self._sweep)
 
     def _sweep(self, now: float) -> None:
         self.now = now
