@@ -44,7 +44,19 @@ cdef tuple _XFP_HTTPS = (_XFP, b"https")
 cdef object _tokens(object headers):
     """The header names listed in Connection (lowercase), or None."""
     cdef set tokens = None
+    cdef object one = None   # the value of the only Connection field (the usual case)
+    cdef int seen = 0
     cdef bytes t
+    for pair in headers:
+        if pair[0] == _CONNECTION:
+            seen += 1
+            one = pair[1]
+    if seen == 0:
+        return None
+    if seen == 1:
+        found = _tokens_of.get(one, _MISSING)
+        if found is not _MISSING:
+            return found
     for pair in headers:
         if pair[0] == _CONNECTION:
             for t in (<bytes>pair[1]).split(b","):
@@ -53,7 +65,18 @@ cdef object _tokens(object headers):
                     if tokens is None:
                         tokens = set()
                     tokens.add(t)
-    return frozenset(tokens) if tokens else None
+    found = frozenset(tokens) if tokens else None
+    if seen == 1 and len(_tokens_of) < _TOKENS_KEPT:
+        _tokens_of[one] = found
+    return found
+
+
+# The tokens of Connection values seen before: the same few ("keep-alive", "close",
+# "upgrade") come with nearly every message, and splitting them was a fifth of
+# client_answer. Bounded: the values come from clients and upstreams.
+cdef dict _tokens_of = {}
+cdef int _TOKENS_KEPT = 256
+cdef object _MISSING = object()
 
 
 def connection_tokens(headers):

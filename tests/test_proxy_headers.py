@@ -109,3 +109,14 @@ def test_the_writers_frame_as_fast_http1_does():
     many = [(b"x-%d" % i, b"v" * 100) for i in range(100)]
     keep, _ = proxyhead.client_answer(200, many, b"r", b"", 0)
     assert keep == response_head(200, [*many, (b"x-request-id", b"r")], 0, True)
+
+
+def test_connection_tokens_are_remembered_by_value_and_stay_right():
+    """The compiled one keeps the tokens of the Connection values it has seen (bounded):
+    a value seen again, and values past the bound, answer as the reference does."""
+    for i in range(600):
+        hs = [(b"connection", b"Keep-Alive, x-%d" % (i % 300))]
+        assert proxyhead.connection_tokens(hs) == reference.connection_tokens(hs)
+    two = [(b"connection", b"close"), (b"connection", b"x-a")]
+    assert proxyhead.connection_tokens(two) == frozenset({b"close", b"x-a"})
+    assert proxyhead.connection_tokens([(b"connection", b" , ")]) is None
