@@ -208,6 +208,42 @@ cdef int _put_framing(_Buf *b, long long length) except -1:
     return 0
 
 
+cdef unsigned long long _last_id = 0   # (one counter for the process: ids stay unique across groups)
+
+
+cdef class RequestIds:
+    """New X-Request-Id values: ``prefix`` (the node and a per-process boot tag) and a
+    counter (unique, cheap); called like any ``new_request_id``."""
+
+    cdef bytes prefix
+
+    def __init__(self, bytes prefix not None):
+        self.prefix = prefix
+
+    cdef bytes next(self):
+        global _last_id
+        cdef char digits[24]
+        cdef int i = 24
+        cdef unsigned long long v
+        cdef Py_ssize_t k = PyBytes_GET_SIZE(self.prefix)
+        cdef bytes out
+        _last_id += 1
+        v = _last_id
+        while True:
+            i -= 1
+            digits[i] = <char>(48 + v % 10)
+            v //= 10
+            if v == 0:
+                break
+        out = PyBytes_FromStringAndSize(NULL, k + 24 - i)
+        memcpy(PyBytes_AS_STRING(out), PyBytes_AS_STRING(self.prefix), k)
+        memcpy(PyBytes_AS_STRING(out) + k, digits + i, 24 - i)
+        return out
+
+    def __call__(self):
+        return self.next()
+
+
 def upstream_request(bytes method, bytes target, headers, str client, str scheme, new_request_id,
                      authority, bytes fallback_host, long long length):
     """``request_head(method, target, *request_headers(...), length)`` in one step:
@@ -257,7 +293,7 @@ def upstream_request(bytes method, bytes target, headers, str client, str scheme
         _put_bytes(&b, scheme.encode())
         _put(&b, b"\r\n", 2)
         if rid is None:
-            rid = new_request_id()
+            rid = (<RequestIds>new_request_id).next() if type(new_request_id) is RequestIds else new_request_id()
             _put_field(&b, _XRID, rid)
         _put_framing(&b, length)
         _put(&b, b"\r\n", 2)

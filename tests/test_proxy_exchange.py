@@ -65,7 +65,7 @@ async def proxied(answer: bool, clock=None, **cfg):
 
 
 def outcomes(stats: ProxyStats) -> dict[str, float]:
-    return {key[2]: n for key, n in stats.requests.values.items()}
+    return {key[2]: n for key, n in stats.requests.totals().items()}
 
 
 def test_answers_come_whole_and_the_connection_is_pooled():

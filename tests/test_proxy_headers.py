@@ -120,3 +120,13 @@ def test_connection_tokens_are_remembered_by_value_and_stay_right():
     two = [(b"connection", b"close"), (b"connection", b"x-a")]
     assert proxyhead.connection_tokens(two) == frozenset({b"close", b"x-a"})
     assert proxyhead.connection_tokens([(b"connection", b" , ")]) is None
+
+
+def test_request_ids_count_up_behind_their_prefix_and_are_used_in_place():
+    ids = proxyhead.RequestIds(b"n1-abc-")
+    first = ids()
+    n = int(first.removeprefix(b"n1-abc-"))
+    other = proxyhead.RequestIds(b"n1-abc-")   # (another upstream group: the same counter)
+    assert (other(), ids()) == (b"n1-abc-%d" % (n + 1), b"n1-abc-%d" % (n + 2))
+    head, rid = proxyhead.upstream_request(b"GET", b"/", [], "1.2.3.4", "http", ids, None, b"up:80", -2)
+    assert rid == b"n1-abc-%d" % (n + 3) and head.endswith(b"x-request-id: " + rid + b"\r\n\r\n")

@@ -22,7 +22,6 @@ because the body is an async iterator it reads first. Both take the same steps:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 from time import perf_counter
@@ -43,7 +42,13 @@ from farts.transport.client import (
 from farts.transport.http import REASONS, STREAM, Fixed, Request, Response, Upgrade
 from fast.http1 import END, HTTPError, request_head
 from fast.http1 import Response as ResponseHead
-from fast.proxyhead import client_answer, request_headers, response_headers, upstream_request
+from fast.proxyhead import (
+    RequestIds,
+    client_answer,
+    request_headers,
+    response_headers,
+    upstream_request,
+)
 
 from .headers import authority_of, origin_form
 from .tunnel import Tunnel
@@ -51,9 +56,8 @@ from .upstream import Server
 
 log = logging.getLogger("farts.proxy")
 
-# X-Request-Id: node id, a per-process boot tag and a counter (unique, cheap).
+# X-Request-Id: node id, a per-process boot tag and a counter (fast.proxyhead.RequestIds).
 _BOOT = os.urandom(3).hex()
-_request_ids = itertools.count(1)
 
 
 class UpstreamBodyError(Exception):
@@ -74,6 +78,7 @@ class ProxyStats:
         self.seconds = metrics.histogram(
             "farts_proxy_upstream_seconds", "Time from request to upstream response head",
             ("upstream",))
+        self.requests.sources.append(self._answered)
         metrics.gauge("farts_proxy_upstream_up", "Upstream server usable (1) or marked down (0)",
                       self._up, ("upstream", "server"))
         metrics.gauge("farts_proxy_pool_idle", "Idle keep-alive connections to the upstream group",
@@ -83,6 +88,9 @@ class ProxyStats:
         now = self.handlers[0].clock.monotonic() if self.handlers else 0.0
         return {(h.name, s.address): 1.0 if s.up(now) else 0.0
                 for h in self.handlers for s in h.servers}
+
+    def _answered(self) -> dict:
+        return {(h.name, s.address, "ok"): s.answered for h in self.handlers for s in h.servers if s.answered}
 
     def _idle(self) -> dict:
         return {(h.name,): sum(len(s.idle) for s in h.servers) for h in self.handlers}
@@ -393,7 +401,7 @@ class ProxyHandler:
         self.rr = 0
         self.m = stats
         stats.handlers.append(self)
-        self.rid_prefix = f"{node_id}-{_BOOT}-".encode()
+        self.new_request_id = RequestIds(f"{node_id}-{_BOOT}-".encode())
         self._labels: dict[tuple[str, str], tuple] = {}
         self._key = (name,)
         # The exchanges waiting for an upstream answer, with their deadlines: one sweep
@@ -415,9 +423,6 @@ class ProxyHandler:
 
     def _retry(self) -> None:
         self.m.retries.inc(self._key)
-
-    def new_request_id(self) -> bytes:
-        return b"%s%d" % (self.rid_prefix, next(_request_ids))
 
     # -- server choice ---------------------------------------------------------------
     def pick(self, exclude=()) -> Server | None:
@@ -517,7 +522,7 @@ class ProxyHandler:
             # The whole body came with the head (the usual case for small answers): hand
             # it over as bytes, so the transport writes head and body in one send.
             server = conn.pool
-            self.count(server, "ok")
+            server.answered += 1
             if resp.keep_alive:
                 server.release(conn)
             else:
