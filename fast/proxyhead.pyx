@@ -17,7 +17,7 @@ differential test holds them to ``request_head(*request_headers(...))`` and
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from fast.http1 import response_head
 
@@ -40,6 +40,26 @@ cdef bytes _XRID = b"x-request-id"
 cdef tuple _XFP_HTTP = (_XFP, b"http")
 cdef tuple _XFP_HTTPS = (_XFP, b"https")
 
+# A quick "is not dropped" before the set lookup (most fields are kept): the lengths and
+# first bytes of the names REQUEST_DROP holds (RESPONSE_DROP's too), taken from the set.
+assert RESPONSE_DROP <= REQUEST_DROP
+cdef unsigned long long _drop_lengths = 0
+cdef bint _drop_first[256]
+for _name in REQUEST_DROP:
+    _drop_lengths |= 1ULL << len(_name)
+    _drop_first[_name[0]] = True
+
+
+cdef inline bint _maybe_dropped(bytes name):
+    cdef Py_ssize_t k = PyBytes_GET_SIZE(name)
+    return 0 < k < 64 and (_drop_lengths >> k) & 1 and _drop_first[<unsigned char>PyBytes_AS_STRING(name)[0]]
+
+
+cdef inline bint _same(bytes a, bytes b):
+    """a == b, without the generic comparison's calls."""
+    return PyBytes_GET_SIZE(a) == PyBytes_GET_SIZE(b) and \
+        memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), PyBytes_GET_SIZE(a)) == 0
+
 
 cdef object _tokens(object headers):
     """The header names listed in Connection (lowercase), or None."""
@@ -48,7 +68,8 @@ cdef object _tokens(object headers):
     cdef int seen = 0
     cdef bytes t
     for pair in headers:
-        if pair[0] == _CONNECTION:
+        name = pair[0]
+        if type(name) is bytes and _same(<bytes>name, _CONNECTION):
             seen += 1
             one = pair[1]
     if seen == 0:
@@ -266,7 +287,7 @@ def upstream_request(bytes method, bytes target, headers, str client, str scheme
         # the kept fields written after it, and the value filled in at the end.
         for pair in headers:
             name = pair[0]
-            if name == _HOST:
+            if _same(name, _HOST):
                 if host is None:
                     host = pair[1]
                 break
@@ -274,13 +295,13 @@ def upstream_request(bytes method, bytes target, headers, str client, str scheme
         _put(&b, b"\r\n", 2)
         for pair in headers:
             name = pair[0]
-            if name in _REQUEST_DROP:
-                if name == _XFF:
+            if _maybe_dropped(name) and name in _REQUEST_DROP:
+                if _same(name, _XFF):
                     xff = pair[1] if xff is None else xff + b", " + pair[1]
                 continue
-            if name == _HOST or (extra is not None and name in <frozenset>extra):
+            if _same(name, _HOST) or (extra is not None and name in <frozenset>extra):
                 continue
-            if name == _XRID:
+            if _same(name, _XRID):
                 rid = pair[1]
             _put_field(&b, name, pair[1])
         ip = client.encode()
@@ -332,9 +353,10 @@ def client_answer(int status, headers, bytes request_id, bytes body, long long l
         _put_bytes(&b, _status_line(status))
         for pair in headers:
             name = pair[0]
-            if name in _RESPONSE_DROP or (extra is not None and name in <frozenset>extra):
+            if (_maybe_dropped(name) and name in _RESPONSE_DROP) or \
+                    (extra is not None and name in <frozenset>extra):
                 continue
-            if name == _XRID:
+            if _same(name, _XRID):
                 has_rid = True
             _put_field(&b, name, pair[1])
         if not has_rid:
