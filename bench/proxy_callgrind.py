@@ -15,7 +15,7 @@ as in bench/http.py) runs natively beside it.
 Prints Ir per request and the top functions (self cost) of the LARGE run, from
 callgrind_annotate; the output files stay in the printed temp directory. User-space
 instructions only: the kernel's share (the syscalls) is not counted, so compare the
-syscalls per request separately (``--strace`` counts them, natively, for LARGE).
+syscalls per request separately (``--strace``: natively, strace attached for LARGE requests).
 """
 from __future__ import annotations
 
@@ -187,23 +187,28 @@ def main() -> None:
             wait_ready(f"http://127.0.0.1:{up_port}/x", body, procs[0], 30)
             argv = farts(d, port, up_port, a.python) if a.target == "farts" else nginx_proxy(d, port, up_port)
         out = f"{d}/callgrind.out"
-        if a.strace:
-            wrap = ["strace", "-c", "-f", "-o", f"{d}/strace.txt"]
-        else:
-            wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+        wrap = [] if a.strace else ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                    f"--callgrind-out-file={out}"]
         env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", ROOT))
         proc = subprocess.Popen([*wrap, *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                 stderr=open(f"{d}/server.log", "w"))
         procs.append(proc)
         url = f"http://127.0.0.1:{port}/proxy/x"
         wait_ready(url, body, proc, 600)
-        if a.strace:
+        if a.strace:   # attached for the measured requests only
             h2load(url, a.warmup, a.connections)
+            tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(proc.pid), "-o", f"{d}/strace.txt"],
+                                      stderr=subprocess.DEVNULL)
+            time.sleep(2)
             h2load(url, a.large, a.connections)
-            proc.send_signal(signal.SIGINT if a.target == "farts" else signal.SIGQUIT)
-            proc.wait(60)
-            print(open(f"{d}/strace.txt").read())
-            print(f"(syscalls of warm-up {a.warmup} + {a.large} requests and the startup; {d})")
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(60)
+            text = open(f"{d}/strace.txt").read()
+            print(text)
+            total = [line.split()[3] for line in text.splitlines() if line.endswith(" total")]
+            if total:
+                print(f"{a.target}: {int(total[0]) / a.large:.2f} syscalls per request "
+                      f"(strace attached for {a.large} requests; {d})")
             return
         control(proc.pid, "-i", "on")
         h2load(url, a.warmup, a.connections)
