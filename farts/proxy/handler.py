@@ -344,9 +344,12 @@ class Exchange(asyncio.Future):
         if type(head) is ResponseHead and head.status >= 200 and events[-1] is END:
             n = len(events)
             if n == 2 or (n == 3 and type(events[1]) is bytes):
-                self.unwatch()
-                self.answer(self.proxy.respond(self.conn, head, self.req, self.rid, self.is_head,
-                                               self.start, self.connect_s, events[1] if n == 3 else b""))
+                conn, proxy = self.conn, self.proxy
+                conn.owner = None                   # (unwatch and answer, inline: the hot path)
+                proxy.in_flight.pop(self, None)
+                self.set_result(proxy.respond(conn, head, self.req, self.rid, self.is_head,
+                                              self.start, self.connect_s, events[1] if n == 3 else b""))
+                self.call_back()
                 return
         self.conn.queue(events)
         self.wake()
