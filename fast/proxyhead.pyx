@@ -16,7 +16,6 @@ differential test holds them to ``request_head(*request_headers(...))`` and
 ``response_head(response_headers(...))``.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
 from fast.http1 import response_head
@@ -167,66 +166,67 @@ def response_headers(headers, bytes request_id):
 
 
 # -- the hot path: straight to wire bytes ---------------------------------------------
+# Each writer filters once (the kept fields in a list, their size summed), then fills a
+# bytes object of the exact size: one allocation, no growing buffer.
 
-cdef struct _Buf:
-    char *p
-    Py_ssize_t n
-    Py_ssize_t cap
-    bint heap
-
-DEF _STACK = 2048
+cdef inline char *_put(char *p, const char *s, Py_ssize_t k):
+    memcpy(p, s, k)
+    return p + k
 
 
-cdef int _put(_Buf *b, const char *s, Py_ssize_t k) except -1:
-    cdef Py_ssize_t cap
-    cdef char *q
-    if b.n + k > b.cap:
-        cap = max(b.cap * 2, b.n + k)
-        if b.heap:
-            q = <char *>realloc(b.p, cap)
-        else:
-            q = <char *>malloc(cap)
-            if q != NULL:
-                memcpy(q, b.p, b.n)
-        if q == NULL:
-            raise MemoryError()
-        b.p, b.cap, b.heap = q, cap, True
-    memcpy(b.p + b.n, s, k)
-    b.n += k
-    return 0
+cdef inline char *_put_bytes(char *p, bytes s):
+    return _put(p, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
 
 
-cdef inline int _put_bytes(_Buf *b, bytes s) except -1:
-    return _put(b, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
+cdef inline Py_ssize_t _field_size(bytes name, bytes value):
+    return PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
 
 
-cdef int _put_field(_Buf *b, bytes name, bytes value) except -1:
-    _put_bytes(b, name)
-    _put(b, b": ", 2)
-    _put_bytes(b, value)
-    _put(b, b"\r\n", 2)
-    return 0
+cdef inline char *_put_field(char *p, bytes name, bytes value):
+    p = _put_bytes(p, name)
+    p = _put(p, b": ", 2)
+    p = _put_bytes(p, value)
+    return _put(p, b"\r\n", 2)
 
 
-cdef int _put_framing(_Buf *b, long long length) except -1:
-    """As fast.http1's writers frame: >= 0 a length, -1 chunked, -2 no field."""
-    cdef char digits[24]
+cdef char *_put_fields(char *p, list fields):
+    for pair in fields:
+        p = _put_field(p, pair[0], pair[1])
+    return p
+
+
+cdef int _digits(unsigned long long v, char *out):
+    """``v`` in decimal at the end of ``out`` (24 bytes); returns where it starts."""
     cdef int i = 24
+    while True:
+        i -= 1
+        out[i] = <char>(48 + v % 10)
+        v //= 10
+        if v == 0:
+            return i
+
+
+cdef Py_ssize_t _framing_size(long long length, char *digits, int *start) except -1:
+    """The size of the framing field as fast.http1's writers write it: >= 0 a length,
+    -1 chunked, -2 none; the length's digits go into ``digits`` from ``start``."""
     if length >= 0:
-        _put(b, b"content-length: ", 16)
-        while True:
-            i -= 1
-            digits[i] = <char>(48 + length % 10)
-            length //= 10
-            if length == 0:
-                break
-        _put(b, digits + i, 24 - i)
-        _put(b, b"\r\n", 2)
-    elif length == -1:
-        _put(b, b"transfer-encoding: chunked\r\n", 28)
-    elif length != -2:
-        raise ValueError("length must be >= 0, -1 (chunked) or -2 (no framing field)")
-    return 0
+        start[0] = _digits(length, digits)
+        return 16 + 24 - start[0] + 2
+    if length == -1:
+        return 28
+    if length == -2:
+        return 0
+    raise ValueError("length must be >= 0, -1 (chunked) or -2 (no framing field)")
+
+
+cdef char *_put_framing(char *p, long long length, char *digits, int start):
+    if length >= 0:
+        p = _put(p, b"content-length: ", 16)
+        p = _put(p, digits + start, 24 - start)
+        return _put(p, b"\r\n", 2)
+    if length == -1:
+        return _put(p, b"transfer-encoding: chunked\r\n", 28)
+    return p
 
 
 cdef unsigned long long _last_id = 0   # (one counter for the process: ids stay unique across groups)
@@ -244,21 +244,12 @@ cdef class RequestIds:
     cdef bytes next(self):
         global _last_id
         cdef char digits[24]
-        cdef int i = 24
-        cdef unsigned long long v
-        cdef Py_ssize_t k = PyBytes_GET_SIZE(self.prefix)
+        cdef int start
         cdef bytes out
         _last_id += 1
-        v = _last_id
-        while True:
-            i -= 1
-            digits[i] = <char>(48 + v % 10)
-            v //= 10
-            if v == 0:
-                break
-        out = PyBytes_FromStringAndSize(NULL, k + 24 - i)
-        memcpy(PyBytes_AS_STRING(out), PyBytes_AS_STRING(self.prefix), k)
-        memcpy(PyBytes_AS_STRING(out) + k, digits + i, 24 - i)
+        start = _digits(_last_id, digits)
+        out = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(self.prefix) + 24 - start)
+        _put(_put_bytes(PyBytes_AS_STRING(out), self.prefix), digits + start, 24 - start)
         return out
 
     def __call__(self):
@@ -273,55 +264,62 @@ def upstream_request(bytes method, bytes target, headers, str client, str scheme
     cdef object xff = None
     cdef object rid = None
     cdef object host = authority
-    cdef bytes name, ip
+    cdef bytes name, forwarded, proto, out
     cdef object pair
-    cdef _Buf b
-    cdef char stack[_STACK]
-    b.p, b.n, b.cap, b.heap = stack, 0, _STACK, False
-    try:
-        _put_bytes(&b, method)
-        _put(&b, b" ", 1)
-        _put_bytes(&b, target)
-        _put(&b, b" HTTP/1.1\r\nhost: ", 17)
-        # Host goes first, but the client's Host may come anywhere: its place is kept,
-        # the kept fields written after it, and the value filled in at the end.
-        for pair in headers:
-            name = pair[0]
-            if _same(name, _HOST):
-                if host is None:
-                    host = pair[1]
-                break
-        _put_bytes(&b, host if host is not None else fallback_host)
-        _put(&b, b"\r\n", 2)
-        for pair in headers:
-            name = pair[0]
-            if _maybe_dropped(name) and name in _REQUEST_DROP:
-                if _same(name, _XFF):
-                    xff = pair[1] if xff is None else xff + b", " + pair[1]
-                continue
-            if _same(name, _HOST) or (extra is not None and name in <frozenset>extra):
-                continue
-            if _same(name, _XRID):
-                rid = pair[1]
-            _put_field(&b, name, pair[1])
-        ip = client.encode()
-        _put(&b, b"x-forwarded-for: ", 17)
-        if xff:
-            _put_bytes(&b, xff)
-            _put(&b, b", ", 2)
-        _put_bytes(&b, ip)
-        _put(&b, b"\r\nx-forwarded-proto: ", 21)
-        _put_bytes(&b, scheme.encode())
-        _put(&b, b"\r\n", 2)
-        if rid is None:
-            rid = (<RequestIds>new_request_id).next() if type(new_request_id) is RequestIds else new_request_id()
-            _put_field(&b, _XRID, rid)
-        _put_framing(&b, length)
-        _put(&b, b"\r\n", 2)
-        return PyBytes_FromStringAndSize(b.p, b.n), rid
-    finally:
-        if b.heap:
-            free(b.p)
+    cdef list kept = []
+    cdef Py_ssize_t size = 0
+    cdef bint new_rid = False
+    cdef char digits[24]
+    cdef int start = 24
+    cdef char *p
+    for pair in headers:
+        name = pair[0]
+        if _maybe_dropped(name) and name in _REQUEST_DROP:
+            if _same(name, _XFF):
+                xff = pair[1] if xff is None else xff + b", " + pair[1]
+            continue
+        if _same(name, _HOST):
+            # Always written by us, first, even if Connection lists it.
+            if host is None:
+                host = pair[1]
+            continue
+        if extra is not None and name in <frozenset>extra:
+            continue
+        if _same(name, _XRID):
+            rid = pair[1]
+        kept.append(pair)
+        size += _field_size(name, pair[1])
+    if host is None:
+        host = fallback_host
+    forwarded = client.encode()
+    if xff:
+        forwarded = xff + b", " + forwarded
+    proto = b"http" if scheme == "http" else b"https" if scheme == "https" else scheme.encode()
+    if rid is None:
+        rid = (<RequestIds>new_request_id).next() if type(new_request_id) is RequestIds else new_request_id()
+        new_rid = True
+        size += _field_size(_XRID, rid)
+    size += (PyBytes_GET_SIZE(method) + 1 + PyBytes_GET_SIZE(target) + 17 + PyBytes_GET_SIZE(host) + 2
+             + 17 + PyBytes_GET_SIZE(forwarded) + 21 + PyBytes_GET_SIZE(proto) + 2
+             + _framing_size(length, digits, &start) + 2)
+    out = PyBytes_FromStringAndSize(NULL, size)
+    p = _put_bytes(PyBytes_AS_STRING(out), method)
+    p = _put(p, b" ", 1)
+    p = _put_bytes(p, target)
+    p = _put(p, b" HTTP/1.1\r\nhost: ", 17)
+    p = _put_bytes(p, host)
+    p = _put(p, b"\r\n", 2)
+    p = _put_fields(p, kept)
+    p = _put(p, b"x-forwarded-for: ", 17)
+    p = _put_bytes(p, forwarded)
+    p = _put(p, b"\r\nx-forwarded-proto: ", 21)
+    p = _put_bytes(p, proto)
+    p = _put(p, b"\r\n", 2)
+    if new_rid:
+        p = _put_field(p, _XRID, rid)
+    p = _put_framing(p, length, digits, start)
+    _put(p, b"\r\n", 2)
+    return out, rid
 
 
 cdef dict _status_lines = {}
@@ -342,37 +340,34 @@ def client_answer(int status, headers, bytes request_id, bytes body, long long l
     + body`` (``close`` with its ``connection: close`` field)."""
     cdef object extra = _tokens(headers)
     cdef bint has_rid = False
-    cdef bytes name, keep, close
+    cdef bytes name, line, keep, close
     cdef object pair
-    cdef _Buf b
-    cdef char stack[_STACK]
+    cdef list kept = []
+    cdef Py_ssize_t head = 0
     cdef Py_ssize_t nb = PyBytes_GET_SIZE(body)
-    cdef char *out
-    b.p, b.n, b.cap, b.heap = stack, 0, _STACK, False
-    try:
-        _put_bytes(&b, _status_line(status))
-        for pair in headers:
-            name = pair[0]
-            if (_maybe_dropped(name) and name in _RESPONSE_DROP) or \
-                    (extra is not None and name in <frozenset>extra):
-                continue
-            if _same(name, _XRID):
-                has_rid = True
-            _put_field(&b, name, pair[1])
-        if not has_rid:
-            _put_field(&b, _XRID, request_id)
-        _put_framing(&b, length)
-        keep = PyBytes_FromStringAndSize(NULL, b.n + 2 + nb)
-        out = PyBytes_AS_STRING(keep)
-        memcpy(out, b.p, b.n)
-        memcpy(out + b.n, b"\r\n", 2)
-        memcpy(out + b.n + 2, PyBytes_AS_STRING(body), nb)
-        close = PyBytes_FromStringAndSize(NULL, b.n + 21 + nb)
-        out = PyBytes_AS_STRING(close)
-        memcpy(out, b.p, b.n)
-        memcpy(out + b.n, b"connection: close\r\n\r\n", 21)
-        memcpy(out + b.n + 21, PyBytes_AS_STRING(body), nb)
-        return keep, close
-    finally:
-        if b.heap:
-            free(b.p)
+    cdef char digits[24]
+    cdef int start = 24
+    cdef char *p
+    for pair in headers:
+        name = pair[0]
+        if (_maybe_dropped(name) and name in _RESPONSE_DROP) or \
+                (extra is not None and name in <frozenset>extra):
+            continue
+        if _same(name, _XRID):
+            has_rid = True
+        kept.append(pair)
+        head += _field_size(name, pair[1])
+    line = _status_line(status)
+    if not has_rid:
+        head += _field_size(_XRID, request_id)
+    head += PyBytes_GET_SIZE(line) + _framing_size(length, digits, &start)
+    keep = PyBytes_FromStringAndSize(NULL, head + 2 + nb)
+    p = _put_fields(_put_bytes(PyBytes_AS_STRING(keep), line), kept)
+    if not has_rid:
+        p = _put_field(p, _XRID, request_id)
+    p = _put_framing(p, length, digits, start)
+    _put(_put(p, b"\r\n", 2), PyBytes_AS_STRING(body), nb)
+    close = PyBytes_FromStringAndSize(NULL, head + 21 + nb)
+    p = _put(PyBytes_AS_STRING(close), PyBytes_AS_STRING(keep), head)
+    _put(_put(p, b"connection: close\r\n\r\n", 21), PyBytes_AS_STRING(body), nb)
+    return keep, close
