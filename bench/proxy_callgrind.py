@@ -36,10 +36,11 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
 
-sys.path.insert(0, os.path.join(HERE, "peers"))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [os.path.join(HERE, "peers"), ROOT]
 from body import make_body  # noqa: E402
 
-ROOT = os.path.dirname(HERE)
+from bench.proxy_inprocess import node_config  # noqa: E402
 
 
 def free_port() -> int:
@@ -101,27 +102,7 @@ def farts(d: str, port: int, up_port: int, python: str) -> list[str]:
     os.makedirs(os.path.join(d, "farts"), exist_ok=True)
     path = os.path.join(d, "farts", "farts.toml")
     with open(path, "w") as f:
-        f.write(f"""[node]
-id = "bench"
-data_dir = "{d}/farts/data"
-[listeners.http]
-host = "127.0.0.1"
-port = {port}
-[listeners.https]
-enabled = false
-[listeners.admin]
-host = "127.0.0.1"
-port = {free_port()}
-[[tenants]]
-id = "bench"
-hosts = ["127.0.0.1", "localhost"]
-[upstreams.up]
-servers = ["127.0.0.1:{up_port}"]
-[[routes]]
-prefix = "/proxy"
-kind = "proxy"
-upstream = "up"
-""")
+        f.write(node_config(f"{d}/farts/data", port, free_port(), f"127.0.0.1:{up_port}"))
     return [python, "-m", "farts.cli", "serve", "--config", path]
 
 
