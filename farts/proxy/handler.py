@@ -298,10 +298,10 @@ class Exchange(asyncio.Future):
         if proxy.sweeper is None:
             proxy.start_sweep()
         proxy.in_flight[self] = proxy.now + proxy.read_timeout   # (see ProxyHandler.in_flight)
-        try:
-            conn.write(self.data)
-        except ConnectionLost as e:
-            self.failed(e)
+        if conn.closed:   # (conn.write's check, inline)
+            self.failed(ConnectionLost("the server closed the connection"))
+        else:
+            conn.transport.write(self.data)
 
     def wake(self) -> None:
         """Events (or the loss) of the upstream connection: the final head answers."""
