@@ -10,7 +10,7 @@ idle-loop ticks and per-run constants cancel out. The upstream (nginx, body from
 as in bench/http.py) runs natively beside it.
 
     PYTHONPATH=$PWD .venv/bin/python bench/proxy_callgrind.py [--target farts|nginx|upstream]
-        [--small 5000] [--large 20000] [--connections 10] [--top 25]
+        [--small 5000] [--large 20000] [--connections 10] [--top 25] [--tree DIR]
 
 Prints Ir per request and the top functions (self cost) of the LARGE run, from
 callgrind_annotate; the output files stay in the printed temp directory. User-space
@@ -151,6 +151,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--strace", action="store_true", help="count syscalls per request instead (no valgrind)")
     ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--tree", default=ROOT, help="the farts-edge tree the node runs (default: this one)")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="farts-callgrind-")
     os.makedirs(f"{d}/www")
@@ -170,8 +171,8 @@ def main() -> None:
         out = f"{d}/callgrind.out"
         wrap = [] if a.strace else ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                                     f"--callgrind-out-file={out}"]
-        env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", ROOT))
-        proc = subprocess.Popen([*wrap, *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        env = dict(os.environ, PYTHONPATH=a.tree)
+        proc = subprocess.Popen([*wrap, *argv], cwd=a.tree, env=env, stdout=subprocess.DEVNULL,
                                 stderr=open(f"{d}/server.log", "w"))
         procs.append(proc)
         url = f"http://127.0.0.1:{port}/proxy/x"
