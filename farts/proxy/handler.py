@@ -218,7 +218,7 @@ class Exchange(asyncio.Future):
 
     The transport's done callback (added without a context) is called at once, in the
     step that completes the exchange, not scheduled for a later loop turn as asyncio
-    does (a Handle and a loop pass per request, 3 % of a proxied request's instructions);
+    does (a Handle and a loop pass per request, 2 % of a proxied request's instructions);
     any other callback (a Task awaiting it, over HTTP/2) is asyncio's.
     """
 
