@@ -118,30 +118,36 @@ async def drive(listener, server, requests: int, connections: int) -> float:
     return seconds
 
 
-async def main(args) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        cfg = config.parse(f"""
+def node_config(data_dir: str, http_port: int, admin_port: int, upstream: str) -> str:
+    """A node with one route, ``/proxy`` to ``[upstreams.up]`` at ``upstream`` (host:port);
+    bench/proxy_callgrind.py runs the same node."""
+    return f"""
 [node]
 id = "bench"
-data_dir = "{d}"
+data_dir = "{data_dir}"
 [listeners.http]
 host = "127.0.0.1"
-port = {free_port()}
+port = {http_port}
 [listeners.https]
 enabled = false
 [listeners.admin]
 host = "127.0.0.1"
-port = {free_port()}
+port = {admin_port}
 [[tenants]]
 id = "bench"
 hosts = ["127.0.0.1"]
 [upstreams.up]
-servers = ["127.0.0.1:9"]
+servers = ["{upstream}"]
 [[routes]]
 prefix = "/proxy"
 kind = "proxy"
 upstream = "up"
-""")
+"""
+
+
+async def main(args) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        cfg = config.parse(node_config(d, free_port(), free_port(), "127.0.0.1:9"))
         node = Node(cfg)
         await node.start()
         try:

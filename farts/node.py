@@ -245,7 +245,8 @@ def _master_admin(n: Node, master) -> list:
 
 SERVICES: tuple[Service, ...] = (
     Service("proxy", proxy_config.SECTION,
-            build=lambda n: {name: ProxyHandler(name, up, n.cfg.node.id, n.proxy_stats, n.http_client)
+            build=lambda n: {name: ProxyHandler(name, up, n.cfg.node.id, n.proxy_stats, n.http_client,
+                                                n.cfg.limits.slow_request_seconds)
                              for name, up in n.cfg.upstreams.items()},
             start=None, stop=_close_upstreams, stop_rank=60,
             routes={"proxy": lambda n, ups, r: ups[r.upstream]}),

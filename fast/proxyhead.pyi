@@ -24,3 +24,25 @@ def request_headers(
 
 def response_headers(headers: Sequence[Header], request_id: bytes) -> list[Header]:
     """Headers for the client: hop-by-hop dropped, X-Request-Id echoed unless present."""
+
+class RequestIds:
+    """New X-Request-Id values: a prefix and a counter shared by the process."""
+    def __init__(self, prefix: bytes) -> None: ...
+    def __call__(self) -> bytes: ...
+
+def upstream_request(
+    method: bytes,
+    target: bytes,
+    headers: Sequence[Header],
+    client: str,
+    scheme: str,
+    new_request_id: Callable[[], bytes],
+    authority: bytes | None,
+    fallback_host: bytes,
+    length: int,
+) -> tuple[bytes, bytes]:
+    """(the upstream request's head, its X-Request-Id): request_head of request_headers."""
+
+def client_answer(status: int, headers: Sequence[Header], request_id: bytes, body: bytes,
+                  length: int) -> tuple[bytes, bytes]:
+    """(keep, close): a whole answer for the client, both framings."""

@@ -6,7 +6,19 @@ The same functions in pure Python are farts/proxy/headers.py: the reference this
 is tested against (tests/test_proxy_headers.py feeds both the same random header lists).
 Header lists are (lowercase name, value) pairs as the parsers give them; a pair that is
 kept goes out as the same tuple object (no copy).
+
+``upstream_request`` and ``client_answer`` are the hot path's: the rewrite and the
+serialisation in one call, straight into the bytes that go on the wire (no list of
+pairs, no second pass). They trust their input to be what fast.http1's parsers let
+through (field names are tokens, values have no CR/LF/NUL: the parsers reject the
+rest), so they do not check every character again as fast.http1's writers do; the
+differential test holds them to ``request_head(*request_headers(...))`` and
+``response_head(response_headers(...))``.
 """
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memcmp, memcpy
+
+from fast.http1 import response_head
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -27,11 +39,44 @@ cdef bytes _XRID = b"x-request-id"
 cdef tuple _XFP_HTTP = (_XFP, b"http")
 cdef tuple _XFP_HTTPS = (_XFP, b"https")
 
+# A quick "is not dropped" before the set lookup (most fields are kept): the lengths and
+# first bytes of the names REQUEST_DROP holds (RESPONSE_DROP's too), taken from the set.
+assert RESPONSE_DROP <= REQUEST_DROP
+cdef unsigned long long _drop_lengths = 0
+cdef bint _drop_first[256]
+for _name in REQUEST_DROP:
+    _drop_lengths |= 1ULL << len(_name)
+    _drop_first[_name[0]] = True
+
+
+cdef inline bint _maybe_dropped(bytes name):
+    cdef Py_ssize_t k = PyBytes_GET_SIZE(name)
+    return 0 < k < 64 and (_drop_lengths >> k) & 1 and _drop_first[<unsigned char>PyBytes_AS_STRING(name)[0]]
+
+
+cdef inline bint _same(bytes a, bytes b):
+    """a == b, without the generic comparison's calls."""
+    return PyBytes_GET_SIZE(a) == PyBytes_GET_SIZE(b) and \
+        memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), PyBytes_GET_SIZE(a)) == 0
+
 
 cdef object _tokens(object headers):
     """The header names listed in Connection (lowercase), or None."""
     cdef set tokens = None
+    cdef object one = None   # the value of the only Connection field (the usual case)
+    cdef int seen = 0
     cdef bytes t
+    for pair in headers:
+        name = pair[0]
+        if type(name) is bytes and _same(<bytes>name, _CONNECTION):
+            seen += 1
+            one = pair[1]
+    if seen == 0:
+        return None
+    if seen == 1:
+        found = _tokens_of.get(one, _MISSING)
+        if found is not _MISSING:
+            return found
     for pair in headers:
         if pair[0] == _CONNECTION:
             for t in (<bytes>pair[1]).split(b","):
@@ -40,7 +85,18 @@ cdef object _tokens(object headers):
                     if tokens is None:
                         tokens = set()
                     tokens.add(t)
-    return frozenset(tokens) if tokens else None
+    found = frozenset(tokens) if tokens else None
+    if seen == 1 and len(_tokens_of) < _TOKENS_KEPT:
+        _tokens_of[one] = found
+    return found
+
+
+# The tokens of Connection values seen before: the same few ("keep-alive", "close",
+# "upgrade") come with nearly every message, and splitting them was a fifth of
+# client_answer. Bounded: the values come from clients and upstreams.
+cdef dict _tokens_of = {}
+cdef int _TOKENS_KEPT = 256
+cdef object _MISSING = object()
 
 
 def connection_tokens(headers):
@@ -107,3 +163,211 @@ def response_headers(headers, bytes request_id):
     if not has_rid:
         out.append((_XRID, request_id))
     return out
+
+
+# -- the hot path: straight to wire bytes ---------------------------------------------
+# Each writer filters once (the kept fields in a list, their size summed), then fills a
+# bytes object of the exact size: one allocation, no growing buffer.
+
+cdef inline char *_put(char *p, const char *s, Py_ssize_t k):
+    memcpy(p, s, k)
+    return p + k
+
+
+cdef inline char *_put_bytes(char *p, bytes s):
+    return _put(p, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
+
+
+cdef inline Py_ssize_t _field_size(bytes name, bytes value):
+    return PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+
+
+cdef inline char *_put_field(char *p, bytes name, bytes value):
+    p = _put_bytes(p, name)
+    p = _put(p, b": ", 2)
+    p = _put_bytes(p, value)
+    return _put(p, b"\r\n", 2)
+
+
+cdef char *_put_fields(char *p, list fields):
+    for pair in fields:
+        p = _put_field(p, pair[0], pair[1])
+    return p
+
+
+cdef int _digits(unsigned long long v, char *out):
+    """``v`` in decimal at the end of ``out`` (24 bytes); returns where it starts."""
+    cdef int i = 24
+    while True:
+        i -= 1
+        out[i] = <char>(48 + v % 10)
+        v //= 10
+        if v == 0:
+            return i
+
+
+cdef Py_ssize_t _framing_size(long long length, char *digits, int *start) except -1:
+    """The size of the framing field as fast.http1's writers write it: >= 0 a length,
+    -1 chunked, -2 none; the length's digits go into ``digits`` from ``start``."""
+    if length >= 0:
+        start[0] = _digits(length, digits)
+        return 16 + 24 - start[0] + 2
+    if length == -1:
+        return 28
+    if length == -2:
+        return 0
+    raise ValueError("length must be >= 0, -1 (chunked) or -2 (no framing field)")
+
+
+cdef char *_put_framing(char *p, long long length, char *digits, int start):
+    if length >= 0:
+        p = _put(p, b"content-length: ", 16)
+        p = _put(p, digits + start, 24 - start)
+        return _put(p, b"\r\n", 2)
+    if length == -1:
+        return _put(p, b"transfer-encoding: chunked\r\n", 28)
+    return p
+
+
+cdef unsigned long long _last_id = 0   # (one counter for the process: ids stay unique across groups)
+
+
+cdef class RequestIds:
+    """New X-Request-Id values: ``prefix`` (the node and a per-process boot tag) and a
+    counter (unique, cheap); called like any ``new_request_id``."""
+
+    cdef bytes prefix
+
+    def __init__(self, bytes prefix not None):
+        self.prefix = prefix
+
+    cdef bytes next(self):
+        global _last_id
+        cdef char digits[24]
+        cdef int start
+        cdef bytes out
+        _last_id += 1
+        start = _digits(_last_id, digits)
+        out = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(self.prefix) + 24 - start)
+        _put(_put_bytes(PyBytes_AS_STRING(out), self.prefix), digits + start, 24 - start)
+        return out
+
+    def __call__(self):
+        return self.next()
+
+
+def upstream_request(bytes method, bytes target, headers, str client, str scheme, new_request_id,
+                     authority, bytes fallback_host, long long length):
+    """``request_head(method, target, *request_headers(...), length)`` in one step:
+    ``(the upstream request's head bytes, its X-Request-Id)``."""
+    cdef object extra = _tokens(headers)
+    cdef object xff = None
+    cdef object rid = None
+    cdef object host = authority
+    cdef bytes name, forwarded, proto, out
+    cdef object pair
+    cdef list kept = []
+    cdef Py_ssize_t size = 0
+    cdef bint new_rid = False
+    cdef char digits[24]
+    cdef int start = 24
+    cdef char *p
+    for pair in headers:
+        name = pair[0]
+        if _maybe_dropped(name) and name in _REQUEST_DROP:
+            if _same(name, _XFF):
+                xff = pair[1] if xff is None else xff + b", " + pair[1]
+            continue
+        if _same(name, _HOST):
+            # Always written by us, first, even if Connection lists it.
+            if host is None:
+                host = pair[1]
+            continue
+        if extra is not None and name in <frozenset>extra:
+            continue
+        if _same(name, _XRID):
+            rid = pair[1]
+        kept.append(pair)
+        size += _field_size(name, pair[1])
+    if host is None:
+        host = fallback_host
+    forwarded = client.encode()
+    if xff:
+        forwarded = xff + b", " + forwarded
+    proto = b"http" if scheme == "http" else b"https" if scheme == "https" else scheme.encode()
+    if rid is None:
+        rid = (<RequestIds>new_request_id).next() if type(new_request_id) is RequestIds else new_request_id()
+        new_rid = True
+        size += _field_size(_XRID, rid)
+    size += (PyBytes_GET_SIZE(method) + 1 + PyBytes_GET_SIZE(target) + 17 + PyBytes_GET_SIZE(host) + 2
+             + 17 + PyBytes_GET_SIZE(forwarded) + 21 + PyBytes_GET_SIZE(proto) + 2
+             + _framing_size(length, digits, &start) + 2)
+    out = PyBytes_FromStringAndSize(NULL, size)
+    p = _put_bytes(PyBytes_AS_STRING(out), method)
+    p = _put(p, b" ", 1)
+    p = _put_bytes(p, target)
+    p = _put(p, b" HTTP/1.1\r\nhost: ", 17)
+    p = _put_bytes(p, host)
+    p = _put(p, b"\r\n", 2)
+    p = _put_fields(p, kept)
+    p = _put(p, b"x-forwarded-for: ", 17)
+    p = _put_bytes(p, forwarded)
+    p = _put(p, b"\r\nx-forwarded-proto: ", 21)
+    p = _put_bytes(p, proto)
+    p = _put(p, b"\r\n", 2)
+    if new_rid:
+        p = _put_field(p, _XRID, rid)
+    p = _put_framing(p, length, digits, start)
+    _put(p, b"\r\n", 2)
+    return out, rid
+
+
+cdef dict _status_lines = {}
+
+
+cdef bytes _status_line(int status):
+    """``HTTP/1.1 200 OK\\r\\n``, as fast.http1 writes it (made by it once per status)."""
+    line = _status_lines.get(status)
+    if line is None:
+        head = response_head(status, (), -2, True)
+        line = _status_lines[status] = head[:len(head) - 2]
+    return line
+
+
+def client_answer(int status, headers, bytes request_id, bytes body, long long length):
+    """A whole answer for the client, both ways a connection can go on: ``(keep, close)``,
+    each ``response_head(status, response_headers(headers, request_id), length, keep_alive)
+    + body`` (``close`` with its ``connection: close`` field)."""
+    cdef object extra = _tokens(headers)
+    cdef bint has_rid = False
+    cdef bytes name, line, keep, close
+    cdef object pair
+    cdef list kept = []
+    cdef Py_ssize_t head = 0
+    cdef Py_ssize_t nb = PyBytes_GET_SIZE(body)
+    cdef char digits[24]
+    cdef int start = 24
+    cdef char *p
+    for pair in headers:
+        name = pair[0]
+        if (_maybe_dropped(name) and name in _RESPONSE_DROP) or \
+                (extra is not None and name in <frozenset>extra):
+            continue
+        if _same(name, _XRID):
+            has_rid = True
+        kept.append(pair)
+        head += _field_size(name, pair[1])
+    line = _status_line(status)
+    if not has_rid:
+        head += _field_size(_XRID, request_id)
+    head += PyBytes_GET_SIZE(line) + _framing_size(length, digits, &start)
+    keep = PyBytes_FromStringAndSize(NULL, head + 2 + nb)
+    p = _put_fields(_put_bytes(PyBytes_AS_STRING(keep), line), kept)
+    if not has_rid:
+        p = _put_field(p, _XRID, request_id)
+    p = _put_framing(p, length, digits, start)
+    _put(_put(p, b"\r\n", 2), PyBytes_AS_STRING(body), nb)
+    close = PyBytes_FromStringAndSize(NULL, head + 21 + nb)
+    p = _put(PyBytes_AS_STRING(close), PyBytes_AS_STRING(keep), head)
+    _put(_put(p, b"connection: close\r\n\r\n", 21), PyBytes_AS_STRING(body), nb)
+    return keep, close

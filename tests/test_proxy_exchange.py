@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+import traceback
 
 from farts.clock import FakeClock
 from farts.metrics import Metrics
@@ -12,6 +14,7 @@ from farts.proxy import ProxyHandler, ProxyStats
 from farts.proxy.config import Upstream
 from farts.proxy.handler import Exchange
 from farts.transport.client import Client
+from farts.transport.http import Fixed, Response
 from fast.http1 import HandlerRequest, RequestParser
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-App: 1\r\n\r\nhello"
@@ -65,7 +68,7 @@ async def proxied(answer: bool, clock=None, **cfg):
 
 
 def outcomes(stats: ProxyStats) -> dict[str, float]:
-    return {key[2]: n for key, n in stats.requests.values.items()}
+    return {key[2]: n for key, n in stats.requests.totals().items()}
 
 
 def test_answers_come_whole_and_the_connection_is_pooled():
@@ -132,5 +135,44 @@ def test_a_client_that_goes_away_while_the_upstream_connects_leaves_nothing_behi
             # The next request is proxied as usual.
             resp = await asyncio.wait_for(p.handle(request()), 10)
             assert resp.status == 200 and resp.body == b"hello"
+
+    asyncio.run(main())
+
+
+def test_a_whole_answer_to_an_http1_request_is_one_fixed_and_a_slow_one_keeps_its_timings():
+    """Within limits.slow_request_seconds the answer is the transport's Fixed, framed both
+    ways (keep-alive or close) by fast.proxyhead; past it, a Response with the proxy's
+    timings for the slow-request log."""
+    async def main():
+        async with proxied(answer=True) as (up, p, stats):
+            req = request()
+            req.start = time.perf_counter()
+            fixed = await asyncio.wait_for(p.handle(req), 10)
+            assert type(fixed) is Fixed and fixed.status == 200 and fixed.body_len == 5
+            head, body = fixed.keep.split(b"\r\n\r\n")
+            assert body == b"hello" and fixed.close == head + b"\r\nconnection: close\r\n\r\nhello"
+            lines = head.split(b"\r\n")
+            assert lines[0] == b"HTTP/1.1 200 OK" and b"x-app: 1" in lines and b"content-length: 5" in lines
+            assert not any(line.startswith(b"connection") for line in lines)
+            slow = await asyncio.wait_for(p.handle(request()), 10)   # (started at 0.0: long ago)
+            assert type(slow) is Response and slow.body == b"hello" and len(slow.timings) == 3
+            assert outcomes(stats) == {"ok": 2} and up.connections == 1
+
+    asyncio.run(main())
+
+
+def test_the_transports_callback_runs_in_the_upstream_read_that_answers():
+    """Not a loop turn later: the HTTP/1 connection's done callback (added without a
+    context) is called from the upstream connection's data_received; a Task awaiting
+    the exchange is woken as asyncio does."""
+    async def main():
+        async with proxied(answer=True) as (up, p, stats):
+            seen = []
+            fut = p.handle(request())
+            fut.add_done_callback(lambda f: seen.append(
+                (f.done(), any(fr.name == "data_received" for fr in traceback.extract_stack()))))
+            waiter = asyncio.ensure_future(asyncio.shield(fut))
+            resp = await asyncio.wait_for(waiter, 10)
+            assert resp.status == 200 and seen == [(True, True)]
 
     asyncio.run(main())

@@ -70,3 +70,63 @@ def test_kept_fields_are_the_same_objects(impl):
     assert out[1] == accept
     if impl is proxyhead:   # (the compiled one does not copy what it keeps)
         assert out[1] is accept
+
+
+methods_targets = st.tuples(st.sampled_from([b"GET", b"HEAD", b"DELETE"]),
+                            st.sampled_from([b"/", b"/x?y=1", b"/a/b"]))
+
+
+@FEW
+@given(header_lists, methods_targets, st.sampled_from(["9.9.9.9", "::1"]),
+       st.sampled_from(["http", "https", "ws"]), authorities, st.sampled_from([-2, -1, 0, 12345]))
+def test_upstream_request_is_the_reference_head(hs, mt, client, scheme, authority, length):
+    """The hot path's one call writes what request_head writes of request_headers."""
+    method, target = mt
+    got = proxyhead.upstream_request(method, target, hs, client, scheme, rid_source(), authority,
+                                     b"up:80", length)
+    out, rid = reference.request_headers(hs, client, scheme, rid_source(), authority, b"up:80")
+    assert got == (request_head(method, target, out, length), rid)
+
+
+@FEW
+@given(header_lists, st.sampled_from([b"r-1", b"node-abc-7"]), st.sampled_from([200, 404, 502, 599]),
+       st.sampled_from([b"", b"x", b"body\r\n" * 300]))
+def test_client_answer_is_the_reference_response(hs, rid, status, body):
+    """Both framings of a whole answer are what response_head writes of response_headers."""
+    keep, close = proxyhead.client_answer(status, hs, rid, body, len(body))
+    fields = reference.response_headers(hs, rid)
+    assert keep == response_head(status, fields, len(body), True) + body
+    assert close == response_head(status, fields, len(body), False) + body
+
+
+def test_the_writers_frame_as_fast_http1_does():
+    hs = [(b"accept", b"*/*")]
+    assert proxyhead.upstream_request(b"GET", b"/", hs, "1.2.3.4", "http", lambda: b"r", None,
+                                      b"up:80", -1)[0].endswith(b"transfer-encoding: chunked\r\n\r\n")
+    with pytest.raises(ValueError):
+        proxyhead.upstream_request(b"GET", b"/", hs, "1.2.3.4", "http", lambda: b"r", None, b"up:80", -3)
+    # A head longer than the writers' stack buffer (many fields) grows onto the heap.
+    many = [(b"x-%d" % i, b"v" * 100) for i in range(100)]
+    keep, _ = proxyhead.client_answer(200, many, b"r", b"", 0)
+    assert keep == response_head(200, [*many, (b"x-request-id", b"r")], 0, True)
+
+
+def test_connection_tokens_are_remembered_by_value_and_stay_right():
+    """The compiled one keeps the tokens of the Connection values it has seen (bounded):
+    a value seen again, and values past the bound, answer as the reference does."""
+    for i in range(600):
+        hs = [(b"connection", b"Keep-Alive, x-%d" % (i % 300))]
+        assert proxyhead.connection_tokens(hs) == reference.connection_tokens(hs)
+    two = [(b"connection", b"close"), (b"connection", b"x-a")]
+    assert proxyhead.connection_tokens(two) == frozenset({b"close", b"x-a"})
+    assert proxyhead.connection_tokens([(b"connection", b" , ")]) is None
+
+
+def test_request_ids_count_up_behind_their_prefix_and_are_used_in_place():
+    ids = proxyhead.RequestIds(b"n1-abc-")
+    first = ids()
+    n = int(first.removeprefix(b"n1-abc-"))
+    other = proxyhead.RequestIds(b"n1-abc-")   # (another upstream group: the same counter)
+    assert (other(), ids()) == (b"n1-abc-%d" % (n + 1), b"n1-abc-%d" % (n + 2))
+    head, rid = proxyhead.upstream_request(b"GET", b"/", [], "1.2.3.4", "http", ids, None, b"up:80", -2)
+    assert rid == b"n1-abc-%d" % (n + 3) and head.endswith(b"x-request-id: " + rid + b"\r\n\r\n")

@@ -4,7 +4,8 @@ A request without a body (the usual GET/HEAD) is an ``Exchange``: a callback sta
 machine that is itself the future the transport waits on (no task, no coroutine, no
 timer of its own: read timeouts are checked by one sweep per group every TICK). The
 upstream connection's events call ``Exchange.wake``; a small answer that arrived whole
-goes back as bytes, written by the transport with its head in one send.
+goes back to an HTTP/1 client as a ``Fixed``, its bytes written by fast.proxyhead in one
+call (rewritten head and body, one send).
 
 A request with a body (or an Upgrade) is a coroutine, run by the transport as a task,
 because the body is an async iterator it reads first. Both take the same steps:
@@ -21,7 +22,6 @@ because the body is an async iterator it reads first. Both take the same steps:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 from time import perf_counter
@@ -39,10 +39,16 @@ from farts.transport.client import (
     ResponseBody,
     exchange,
 )
-from farts.transport.http import REASONS, STREAM, Request, Response, Upgrade
+from farts.transport.http import REASONS, STREAM, Fixed, Request, Response, Upgrade
 from fast.http1 import END, HTTPError, request_head
 from fast.http1 import Response as ResponseHead
-from fast.proxyhead import request_headers, response_headers
+from fast.proxyhead import (
+    RequestIds,
+    client_answer,
+    request_headers,
+    response_headers,
+    upstream_request,
+)
 
 from .headers import authority_of, origin_form
 from .tunnel import Tunnel
@@ -50,9 +56,8 @@ from .upstream import Server
 
 log = logging.getLogger("farts.proxy")
 
-# X-Request-Id: node id, a per-process boot tag and a counter (unique, cheap).
+# X-Request-Id: node id, a per-process boot tag and a counter (fast.proxyhead.RequestIds).
 _BOOT = os.urandom(3).hex()
-_request_ids = itertools.count(1)
 
 
 class UpstreamBodyError(Exception):
@@ -73,6 +78,7 @@ class ProxyStats:
         self.seconds = metrics.histogram(
             "farts_proxy_upstream_seconds", "Time from request to upstream response head",
             ("upstream",))
+        self.requests.sources.append(self._answered)
         metrics.gauge("farts_proxy_upstream_up", "Upstream server usable (1) or marked down (0)",
                       self._up, ("upstream", "server"))
         metrics.gauge("farts_proxy_pool_idle", "Idle keep-alive connections to the upstream group",
@@ -82,6 +88,9 @@ class ProxyStats:
         now = self.handlers[0].clock.monotonic() if self.handlers else 0.0
         return {(h.name, s.address): 1.0 if s.up(now) else 0.0
                 for h in self.handlers for s in h.servers}
+
+    def _answered(self) -> dict:
+        return {(h.name, s.address, "ok"): s.answered for h in self.handlers for s in h.servers if s.answered}
 
     def _idle(self) -> dict:
         return {(h.name,): sum(len(s.idle) for s in h.servers) for h in self.handlers}
@@ -150,6 +159,21 @@ def _error(status: int, reason: str, request_id: bytes) -> Response:
                     f"{status} {REASONS.get(status, 'Error')}: {reason}\n".encode())
 
 
+def _whole_answer(status: int, headers, rid: bytes, body: bytes) -> Fixed:
+    """An upstream answer that came whole, as the transport's Fixed: both framings
+    written at once by fast.proxyhead, which the transport writes as they are (no
+    Response, no header list, no second serialisation)."""
+    fixed = _new(Fixed)
+    fixed.status = status
+    fixed.keep, fixed.close = client_answer(status, headers, rid, body, len(body))
+    fixed.body_len = len(body)
+    fixed.served = {}
+    return fixed
+
+
+_new = object.__new__
+
+
 def _what(req: Request) -> str:
     """The request as log lines show it (built only when something is logged)."""
     return f"{req.method.decode('latin-1')} {req.target[:200].decode('latin-1')}"
@@ -179,6 +203,9 @@ class UpstreamBody(ResponseBody):
         self.proxy.count(conn.pool, "client_gone")
 
 
+_future_init = asyncio.Future.__init__
+
+
 class Exchange(asyncio.Future):
     """One bodyless request proxied by callbacks, and the future the transport waits on.
 
@@ -188,14 +215,19 @@ class Exchange(asyncio.Future):
     result. A stale pooled connection is replayed once on a fresh one; a connect failure
     tries another server once; a timeout (the group's sweep) or a bad answer is a 504 or
     502. ``cancel`` (the client went away) aborts the upstream connection.
+
+    The transport's done callback (added without a context) is called at once, in the
+    step that completes the exchange, not scheduled for a later loop turn as asyncio
+    does (a Handle and a loop pass per request, 2 % of a proxied request's instructions);
+    any other callback (a Task awaiting it, over HTTP/2) is asyncio's.
     """
 
     __slots__ = ("proxy", "req", "data", "rid", "server", "conn", "reused", "tried",
                  "retry_other", "retry_stale", "start", "connect_s", "connecting", "interim",
-                 "is_head")
+                 "is_head", "answer_to")
 
     def __init__(self, proxy: ProxyHandler, req: Request, loop) -> None:
-        super().__init__(loop=loop)
+        _future_init(self, loop=loop)
         self.proxy = proxy
         self.req = req
         self.server = server = proxy.pick()
@@ -203,13 +235,17 @@ class Exchange(asyncio.Future):
         self.is_head = req.method == b"HEAD"
         self.conn: ClientConnection | None = None
         self.connecting: asyncio.Task | None = None
-        self.reused = False
-        self.tried: list[Server] = []
+        self.tried: list[Server] | None = None   # (made by the first connect failure)
         self.retry_other = self.retry_stale = True
         self.interim = False
         self.connect_s = -1.0
-        self.start = perf_counter()
-        self.go(False)
+        self.start = req.start   # (the transport's clock read, just before this call)
+        self.answer_to = None
+        conn = server.take()
+        if conn is None:
+            self.go(True)
+        else:
+            self.send(conn, True)
 
     def go(self, fresh: bool) -> None:
         conn = None if fresh else self.server.take()
@@ -238,15 +274,18 @@ class Exchange(asyncio.Future):
             self.connect_s = perf_counter() - self.connect_s
             self.send(task.result(), False)
         elif isinstance(e, (TimeoutError, OSError)):
+            if self.tried is None:
+                self.tried = []
             why, nxt = proxy.connect_failed(server, e, self.tried, self.retry_other, self.req)
             if nxt is not None:
                 self.retry_other = False
                 self.server = nxt
                 self.go(False)
             else:
-                self.set_result(_error(504 if isinstance(e, TimeoutError) else 502, f"upstream {why}", self.rid))
+                self.answer(_error(504 if isinstance(e, TimeoutError) else 502, f"upstream {why}", self.rid))
         else:
             self.set_exception(e)
+            self.call_back()
 
     def send(self, conn: ClientConnection, reused: bool) -> None:
         self.conn = conn
@@ -255,11 +294,14 @@ class Exchange(asyncio.Future):
         if self.is_head:
             conn.parser.expect_head_response()
         conn.owner = self
-        self.proxy.watch(self)
-        try:
-            conn.write(self.data)
-        except ConnectionLost as e:
-            self.failed(e)
+        proxy = self.proxy
+        if proxy.sweeper is None:
+            proxy.start_sweep()
+        proxy.in_flight[self] = proxy.now + proxy.read_timeout   # (see ProxyHandler.in_flight)
+        if conn.closed:   # (conn.write's check, inline)
+            self.failed(ConnectionLost("the server closed the connection"))
+        else:
+            conn.transport.write(self.data)
 
     def wake(self) -> None:
         """Events (or the loss) of the upstream connection: the final head answers."""
@@ -292,11 +334,31 @@ class Exchange(asyncio.Future):
             self.unwatch()
             conn.abort()
             self.set_exception(e)
+            self.call_back()
+
+    def received(self, events: list) -> None:
+        """The events of one upstream read, none queued before: the usual answer, whole in
+        one read (final head, its body in one piece or none, END), is answered from the
+        list; anything else is queued for ``wake``."""
+        head = events[0]
+        if type(head) is ResponseHead and head.status >= 200 and events[-1] is END:
+            n = len(events)
+            if n == 2 or (n == 3 and type(events[1]) is bytes):
+                conn, proxy = self.conn, self.proxy
+                conn.owner = None                   # (unwatch and answer, inline: the hot path)
+                proxy.in_flight.pop(self, None)
+                self.set_result(proxy.respond(conn, head, self.req, self.rid, self.is_head,
+                                              self.start, self.connect_s, events[1] if n == 3 else b""))
+                self.call_back()
+                return
+        self.conn.queue(events)
+        self.wake()
 
     def answered(self, head: ResponseHead) -> None:
         self.unwatch()
-        self.set_result(self.proxy.respond(self.conn, head, self.req, self.rid, self.is_head,
-                                           self.start, self.connect_s))
+        conn = self.conn
+        self.answer(self.proxy.respond(conn, head, self.req, self.rid, self.is_head,
+                                       self.start, self.connect_s, conn.take_whole_body()))
 
     def failed(self, e: Exception) -> None:
         self.unwatch()
@@ -309,7 +371,7 @@ class Exchange(asyncio.Future):
             self.retry_stale = False
             self.go(True)
             return
-        self.set_result(self.proxy.exchange_failed(self.server, conn, e, self.req, self.rid))
+        self.answer(self.proxy.exchange_failed(self.server, conn, e, self.req, self.rid))
 
     def timed_out(self) -> None:
         """The group's sweep: no answer within read_timeout."""
@@ -331,14 +393,45 @@ class Exchange(asyncio.Future):
             self.unwatch()
             conn.abort()
             self.proxy.count(self.server, "client_gone")
-        return super().cancel(msg)
+        cancelled = super().cancel(msg)
+        self.call_back()
+        return cancelled
+
+    # -- the transport's callback, called at once ----------------------------------------
+    def add_done_callback(self, fn, *, context=None) -> None:
+        if context is None and self.answer_to is None and not self.done():
+            self.answer_to = fn
+        else:
+            super().add_done_callback(fn, context=context)
+
+    def remove_done_callback(self, fn) -> int:
+        if self.answer_to is not None and self.answer_to == fn:
+            self.answer_to = None
+            return 1 + super().remove_done_callback(fn)
+        return super().remove_done_callback(fn)
+
+    def answer(self, result) -> None:
+        self.set_result(result)
+        self.call_back()
+
+    def call_back(self) -> None:
+        fn = self.answer_to
+        if fn is not None:
+            self.answer_to = None
+            try:
+                fn(self)
+            except Exception:   # (as the loop would report it: this step must go on)
+                log.exception("the done callback of a proxied request failed")
 
 
 class ProxyHandler:
     def __init__(self, name: str, up: Upstream, node_id: str, stats: ProxyStats,
-                 client: Client | None = None) -> None:
+                 client: Client | None = None, slow_request_seconds: float = 0.1) -> None:
         self.name = name
         self.up = up
+        # (limits.slow_request_seconds: an answer slower than this goes back as a Response
+        # carrying its timings, which the slow-request log splits; see respond)
+        self.slow_request_seconds = slow_request_seconds
         self.own_client = client is None
         self.client = client = client or Client(LoopClock())
         self.clock = clock = client.deadlines.clock
@@ -347,7 +440,7 @@ class ProxyHandler:
         self.rr = 0
         self.m = stats
         stats.handlers.append(self)
-        self.rid_prefix = f"{node_id}-{_BOOT}-".encode()
+        self.new_request_id = RequestIds(f"{node_id}-{_BOOT}-".encode())
         self._labels: dict[tuple[str, str], tuple] = {}
         self._key = (name,)
         # The exchanges waiting for an upstream answer, with their deadlines: one sweep
@@ -355,6 +448,7 @@ class ProxyHandler:
         # sweep's time (no clock read per request), plus one TICK: never early, late by
         # at most two TICKs.
         self.in_flight: dict[Exchange, float] = {}
+        self.read_timeout = up.read_timeout + TICK
         self.now = 0.0
         self.sweeper: Timer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None   # the node's, from the first request
@@ -368,9 +462,6 @@ class ProxyHandler:
 
     def _retry(self) -> None:
         self.m.retries.inc(self._key)
-
-    def new_request_id(self) -> bytes:
-        return b"%s%d" % (self.rid_prefix, next(_request_ids))
 
     # -- server choice ---------------------------------------------------------------
     def pick(self, exclude=()) -> Server | None:
@@ -393,11 +484,9 @@ class ProxyHandler:
         return min(rest, key=lambda s: s.down_until) if rest else None
 
     # -- read timeouts of the exchanges ------------------------------------------------
-    def watch(self, ex: Exchange) -> None:
-        if self.sweeper is None:
-            self.now = self.clock.monotonic()
-            self.sweeper = self.clock.every(TICK, self._sweep)
-        self.in_flight[ex] = self.now + self.up.read_timeout + TICK
+    def start_sweep(self) -> None:
+        self.now = self.clock.monotonic()
+        self.sweeper = self.clock.every(TICK, self._sweep)
 
     def _sweep(self, now: float) -> None:
         self.now = now
@@ -410,13 +499,10 @@ class ProxyHandler:
         """The upstream request's head and the request id."""
         target = req.target
         if target[:1] == b"/":   # origin form (the usual case): no authority, as it is
-            headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
-                                           None, server.host_field)
-        else:
-            headers, rid = request_headers(req.headers, req.client, req.scheme, self.new_request_id,
-                                           authority_of(target), server.host_field)
-            target = origin_form(target)
-        return request_head(req.method, target, headers, length), rid
+            return upstream_request(req.method, target, req.headers, req.client, req.scheme,
+                                    self.new_request_id, None, server.host_field, length)
+        return upstream_request(req.method, origin_form(target), req.headers, req.client, req.scheme,
+                                self.new_request_id, authority_of(target), server.host_field, length)
 
     def connect_failed(self, server: Server, e: OSError, tried: list[Server], retry: bool,
                        req: Request) -> tuple[str, Server | None]:
@@ -462,24 +548,28 @@ class ProxyHandler:
         return _error(502, "bad upstream response", rid)
 
     def respond(self, conn: ClientConnection, resp: ResponseHead, req: Request, rid: bytes,
-                is_head: bool, start: float, connect_s: float) -> Response:
-        """The client's Response to the upstream's final head ``resp`` on ``conn``."""
+                is_head: bool, start: float, connect_s: float, whole: bytes | None) -> Response | Fixed:
+        """The client's answer to the upstream's final head ``resp`` on ``conn``; ``whole``:
+        its body when all of it has come (``conn.take_whole_body()``), else None."""
         head_at = perf_counter()
         self.m.seconds.observe(head_at - start, self._key)
         status = resp.status
         head_only = is_head or status == 204 or status == 304
-        whole = conn.take_whole_body()
         if whole is None:
             body = UpstreamBody(self, conn, resp.keep_alive, req)
         else:
             # The whole body came with the head (the usual case for small answers): hand
             # it over as bytes, so the transport writes head and body in one send.
             server = conn.pool
-            self.count(server, "ok")
+            server.answered += 1
             if resp.keep_alive:
                 server.release(conn)
             else:
                 conn.abort()
+            if not head_only and type(req) is Request and head_at - req.start < self.slow_request_seconds:
+                # The usual case: one Fixed, written by the transport as it is (HTTP/1;
+                # HTTP/2 takes the Response). A slow one keeps its timings (below).
+                return _whole_answer(status, resp.headers, rid, whole)
             # (no body by definition when head_only; the head keeps the upstream's length)
             body = EMPTY if head_only else whole
         return Response(status, response_headers(resp.headers, rid), body,
@@ -551,7 +641,7 @@ class ProxyHandler:
                 conn.abort()
                 self.count(server, "client_gone")
                 raise
-            return self.respond(conn, resp, req, rid, is_head, start, connect_s)
+            return self.respond(conn, resp, req, rid, is_head, start, connect_s, conn.take_whole_body())
 
     async def _tunnel(self, req: Request) -> Response | Upgrade:
         """An Upgrade request (WebSocket) passed through: sent on a connection of its own;

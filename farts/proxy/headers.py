@@ -3,8 +3,10 @@
 ``connection_tokens``, ``request_headers`` and ``response_headers`` here are the
 reference of the compiled ones in fast/proxyhead.pyx, which the proxy uses: readable,
 and fed the same inputs by the differential test (tests/test_proxy_headers.py). Which
-fields are dropped is defined once, there. ``authority_of`` and ``origin_form`` are used
-as they are.
+fields are dropped is defined once, there. The proxy's hot path uses the compiled
+``upstream_request`` and ``client_answer`` (rewrite and wire bytes in one call), which the
+same test holds to fast.http1's writers applied to these. ``authority_of`` and
+``origin_form`` are used as they are.
 """
 from __future__ import annotations
 

@@ -115,7 +115,8 @@ class ClientConnection(asyncio.Protocol):
         self.pooled = False
         self.reusable = True         # cleared when a request was not fully sent
         # A callback owner instead of a waiting coroutine (the proxy's Exchange): its
-        # wake() is called where the waiter would be woken.
+        # wake() is called where the waiter would be woken, and received(events) with
+        # a read's events when none are queued.
         self.owner = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -130,14 +131,24 @@ class ClientConnection(asyncio.Protocol):
         self.received += len(data)
         events = self.parser.feed(data)
         if events:
-            for ev in events:
-                if type(ev) is bytes:
-                    self.buffered += len(ev)
-            self.events.extend(events)
-            if self.buffered > HIGH_WATER and not self.read_paused:
-                self.read_paused = True
-                self.transport.pause_reading()
+            owner = self.owner
+            if owner is not None and not self.events:
+                # A callback owner takes a read's events as they are (the usual read is a
+                # whole answer: nothing to queue); what it does not take it queues.
+                owner.received(events)
+                return
+            self.queue(events)
             self._wake()
+
+    def queue(self, events: list) -> None:
+        """Queues parser events for the owner, pausing reading past HIGH_WATER body bytes."""
+        for ev in events:
+            if type(ev) is bytes:
+                self.buffered += len(ev)
+        self.events.extend(events)
+        if self.buffered > HIGH_WATER and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def eof_received(self):
         return False  # close the transport: we never half-close towards the server

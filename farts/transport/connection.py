@@ -266,7 +266,7 @@ class HTTP1Connection(asyncio.Protocol):
         except Exception:
             log.exception("handler for %s failed", route.prefix)
             result = Fixed.error(500)
-        if type(result) not in ANSWERS and inspect.isawaitable(result):
+        if type(result) not in ANSWERS and (isinstance(result, asyncio.Future) or inspect.isawaitable(result)):
             if isinstance(result, asyncio.Future):
                 # A handler's own future (the proxy's Exchange, completed by a callback):
                 # answered by its done callback, no task; cancelling it stops the handler.

@@ -145,11 +145,12 @@ class Worker:
         for ev in self.backlog:
             ps.apply_relayed(ev)
         self.backlog = []
-        upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats, client)
+        upstreams = {name: ProxyHandler(name, up, cfg.node.id, proxy_stats, client,
+                                        cfg.limits.slow_request_seconds)
                      for name, up in cfg.upstreams.items()}
         # (Never marked down after failed connects: there is no other node process to try.)
         to_node = ProxyHandler("node-process", Upstream(servers=[hello["forward_to"]], max_fails=1 << 30),
-                               cfg.node.id, proxy_stats, client)
+                               cfg.node.id, proxy_stats, client, cfg.limits.slow_request_seconds)
 
         def handler(route: Route):
             if route.kind == "static":
