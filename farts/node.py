@@ -10,6 +10,7 @@ its peer protocols on the mesh bus. Adding a service is adding a row.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -413,6 +414,10 @@ class Node:
         if ls.admin.enabled:
             await self._listen("admin", "http", admin, ls.admin.host, ls.admin.port, None, None,
                                h2c=ls.admin.h2c)
+        # What is built by now lives as long as the node: out of the collector's reach, so that
+        # a full collection walks only what requests make (one took 7-10 ms on a node of 40k
+        # objects, 0 after the freeze: a pause every request in flight waits out).
+        gc.freeze()
 
     async def _listen(self, name, scheme, router, host, port, ssl_context, access,
                       h2c: bool = False) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import logging
 import os
@@ -198,6 +199,7 @@ class Worker:
         push = clock.every(PUSH_INTERVAL, lambda now: self.push())
         self.open_sent = 0
         report = clock.every(OPEN_INTERVAL, lambda now: self.report_open())
+        gc.freeze()   # (what is built lives as long as the worker: farts/node.py says why)
         self.channel.send({"t": "ready", "pid": os.getpid()})
         await self.done.wait()
         # Drain: stop accepting (the node keeps the listening sockets, whose queued
