@@ -622,6 +622,51 @@ def test_compaction_goes_on_where_the_last_pass_stopped(pair):
     assert dump(a)[0] == {"_id": 0, "n": 1}
 
 
+def test_own_records_ship_from_memory_as_the_oplog_has_them(pair):
+    a, _ = pair
+    a.submit(lambda w: w.insert(NS, {"_id": 1})).result()
+
+    def partly(w):
+        w.insert(NS, {"_id": 2})
+        with contextlib.suppress(ZeroDivisionError):
+            w.atomic(lambda: (w.insert(NS, {"_id": 3}), 1 / 0))   # undone, its seq with it
+        w.insert(NS, {"_id": 4})
+    a.submit(partly).result()
+    with pytest.raises(ZeroDivisionError):
+        a.submit(lambda w: (w.insert(NS, {"_id": 5}), 1 / 0)).result()
+    a.submit(lambda w: w.insert(NS, {"_id": 6})).result()
+
+    def fields(records):
+        return [(r.origin, r.seq, r.hlc, r.ns, r.id, r.body) for r in records]
+    shipped = a.records_after("a", 0, 10)
+    assert shipped[0] is a.records_after("a", 0, 1)[0]        # the writer's own objects, not read back
+    with a.read() as txn:
+        assert fields(shipped) == fields(a.records_after_in(txn, "a", 0, 10))
+    assert [r.id for r in shipped] == [1, 2, 4, 6] and [r.seq for r in shipped] == [1, 2, 3, 4]
+    assert a.records_after("a", 2, 1)[0].id == 4 and a.records_after("a", 4, 10) == []
+    a.truncate("a", 2).result()
+    assert a.records_after("a", 0, 10) is None                 # gone from the oplog: a snapshot's case
+
+
+def test_compaction_leaves_an_inserts_metadata_alone_until_stable_then_drops_it(pair):
+    a, _ = pair
+    for i in range(3):
+        a.submit(lambda w, i=i: w.insert(NS, {"_id": i, "n": i})).result()
+    stamps = [r.hlc for r in a.records_after("a", 0, 3)]
+
+    def rmeta():
+        with a.read() as txn:
+            return dict(txn.cursor(a.rmeta).iternext())
+    before = rmeta()
+    a.compact(stamps[0] - 1).result()
+    assert rmeta() == before                    # nothing at or below: not rewritten
+    a.compact(stamps[1]).result()               # the first two are stable, the third is not
+    assert list(rmeta().values()) == [before[k] for k in sorted(before)][2:]
+    update(a, 2, {"$inc": {"n": 1}})            # its metadata merges on from the short form
+    a.compact(a.covered()).result()
+    assert rmeta() == {} and dump(a) == [{"_id": 0, "n": 0}, {"_id": 1, "n": 1}, {"_id": 2, "n": 3}]
+
+
 def test_an_inserted_documents_metadata_is_kept_short_and_reads_back_whole(pair):
     from farts.db.store import _rmeta_decode
     a, b = pair
