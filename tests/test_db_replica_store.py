@@ -682,6 +682,11 @@ def test_an_inserted_documents_metadata_is_kept_short_and_reads_back_whole(pair)
     update(b, 1, {"$inc": {"n": 1}})
     ship(b, a)
     assert dump(a) == dump(b) == [{"_id": 1, "k": "x", "n": 1}]
+    a.submit(lambda w: w.insert(NS, {"k": {"deep": [1]}, "_id": 2})).result()   # _id first, as merge makes it
+    ship(a, b)
+    record = a.records_after("a", 1, 1)[0]
+    assert dump(a)[1] == dump(b)[1] == merge.apply(None, record.stamp, record.op).state["v"]
+    assert list(dump(b)[1]) == ["_id", "k"]
 
 
 def test_collection_options_replicate_with_create_and_coll_mod(pair):

@@ -1139,6 +1139,14 @@ class WriteTxn:
         in it comes before what is to come."""
         st, key = self.store, ns_prefix(ns) + id_key
         raw = self.txn.get(key, db=st.rmeta)
+        if raw is None and doc is None and op["op"] == "i" and "u" not in op:
+            # The usual insert, on nothing: the document is the insert's (its _id first, as
+            # merge's _create makes it), its state is kept as the stamp alone (_rmeta_decode).
+            if outcome is not None:
+                outcome.append("applied")
+            self.txn.put(key, bson.encode({"id": _id, "i": stamp.to_bson()}), db=st.rmeta)
+            new = op["doc"]
+            return new if next(iter(new)) == "_id" else {"_id": new["_id"], **new}
         if raw is not None:
             state = _rmeta_decode(raw, _copy(doc))[1]
         elif doc is not None:
@@ -1152,12 +1160,7 @@ class WriteTxn:
         if result is None:
             self.txn.delete(key, db=st.rmeta)
             return None
-        if state is None and op["op"] == "i" and "u" not in op:
-            # Made by this insert alone (the usual insert): kept as its stamp, the rest
-            # follows from the document (_rmeta_decode).
-            self.txn.put(key, bson.encode({"id": _id, "i": stamp.to_bson()}), db=st.rmeta)
-        else:
-            self.txn.put(key, _rmeta_encode(_id, result), db=st.rmeta)
+        self.txn.put(key, _rmeta_encode(_id, result), db=st.rmeta)
         return result["v"]
 
     def apply_record(self, r, position: bool = True) -> str:
