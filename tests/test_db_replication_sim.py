@@ -24,6 +24,7 @@ from farts.db import merge, replica
 from farts.db.keys import encode as id_key
 from farts.db.replica import (
     BATCH,
+    FLUSH_INTERVAL,
     MESSAGES,
     RELAY_AFTER,
     RESEND,
@@ -506,18 +507,33 @@ def test_on_a_bus_local_writes_are_flushed_together_and_a_peer_coming_up_gets_th
         peer.committed_locally()
     clock.advance(0)
     assert [(to, type(m), len(m.records)) for to, m in sent] == [(None, Records, 3)]
+    # Right after a flush, the next writes wait for FLUSH_INTERVAL and go together;
+    # after a quiet spell a write goes at once.
+    for i in range(3, 5):
+        store.write(NS, i, {"op": "i", "doc": {"_id": i}})
+        peer.committed_locally()
+        clock.advance(FLUSH_INTERVAL / 4)
+    assert len(sent) == 1
+    clock.advance(FLUSH_INTERVAL / 2)
+    assert [(to, type(m), len(m.records)) for to, m in sent][1:] == [(None, Records, 2)]
+    clock.advance(FLUSH_INTERVAL)
+    store.write(NS, 5, {"op": "i", "doc": {"_id": 5}})
+    peer.committed_locally()
+    clock.advance(0)
+    assert [(to, type(m), len(m.records)) for to, m in sent][2:] == [(None, Records, 1)]
+    del sent[:]
     bus.map.update(Member("b", state=ALIVE))
-    assert sent[-1][0] == "b" and sent[-1][1].vv == {"a": 3}
+    assert sent[-1][0] == "b" and sent[-1][1].vv == {"a": 6}
     # The broadcast went out while b was down: taken as lost when b comes up, so b's
     # vector gets the records at once; asked again at once, they are in flight: not again
     # before RESEND.
     bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
-    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [3]
+    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [6]
     bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
-    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [3]
+    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [6]
     clock.advance(RESEND)
     bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
-    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [3, 3]
+    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [6, 6]
     peer.stop()
 
 

@@ -13,7 +13,8 @@ The protocol
 - **Shipping**: ``flush`` reads this node's records committed since the last flush from
   the store and broadcasts them in ``Records`` batches (at most ``BATCH`` records,
   ``BATCH_BYTES`` bytes); ``tick`` flushes, and ``ReplicaPeer.committed_locally`` makes
-  a flush happen at the end of the loop iteration (one batch for every write in it).
+  a flush happen at the end of the loop iteration (one batch for every write in it), or
+  ``FLUSH_INTERVAL`` after the last flush if that was more recent.
 - **Applying, exactly once**: a node applies an origin's records in sequence order; its
   *version vector* (origin -> highest contiguous seq applied) says what it has. A record
   at or below the vector is a duplicate and dropped; one after a gap waits in a bounded
@@ -83,7 +84,7 @@ from farts.peer import Envelope, PeerBus, PeerMessage, need
 
 log = logging.getLogger("farts.db.replica")
 
-BATCH = 256                # records per Records message
+BATCH = 512                # records per Records message
 BATCH_BYTES = 256 * 1024   # and bytes (mesh frames are at most 1 MiB by default)
 SNAPSHOT_DOCS = 256        # documents per snapshot chunk
 SNAPSHOT_CHUNKS_PER_TICK = 16
@@ -91,7 +92,15 @@ MAX_BUFFERED = 10_000      # out-of-order records held per origin
 RELAY_AFTER = 2           # status intervals without progress before others' records are relayed
 RESEND = 2.0               # seconds without progress before shipped-but-unacknowledged records go again
 SNAPSHOT_WAIT = 3 * RESEND  # seconds the other members leave a snapshot to the designated one
-WINDOW = BATCH * 32        # records of an origin in flight to a peer catching up, past what it acknowledged
+# Records of an origin in flight to a peer catching up, past what it acknowledged: all of
+# it goes out on each Status, so the peer parses the next frames while it applies the
+# last ones (a round trip per few thousand records would leave both waiting).
+WINDOW = 4096
+# Local writes are flushed at the end of the loop iteration that committed them, unless the
+# last flush was less than this ago: then when it is this old. A write after a quiet spell
+# ships at once; under load every peer gets at most 1 / FLUSH_INTERVAL Records frames a
+# second (each one an encryption per link there, a commit and a Status back from each peer).
+FLUSH_INTERVAL = 0.005
 
 Out = list[tuple[str | None, PeerMessage]]
 
@@ -388,8 +397,11 @@ class Replica:
 
     def link_up(self, node_id: str, now: float) -> Out:
         """A peer is (again) reachable: exchange vectors. What was shipped to it before is
-        taken as lost (shipped again on its vector, not after RESEND)."""
-        self._peer(node_id).shipped.clear()
+        taken as lost (shipped again on its vector, not after RESEND); what it lacked of
+        third origins before is not held against them (they ship it now: no relay yet)."""
+        peer = self._peer(node_id)
+        peer.shipped.clear()
+        peer.stalled.clear()
         return [(node_id, self.status())]
 
     def _have(self, origin: str, applied: dict) -> int:
@@ -527,7 +539,7 @@ class Replica:
             upto = min(seq, theirs + WINDOW)    # no more in flight than it can hold and apply
             if start >= upto:
                 continue
-            records = self.store.records_after(origin, start, min(BATCH * 8, upto - start))
+            records = self.store.records_after(origin, start, upto - start)
             if records is None:
                 behind = True
                 break
@@ -736,7 +748,7 @@ class ReplicaPeer:
     """Runs a Replica on a PeerBus and a clock: subscribes its messages, sends what it
     returns, ticks it, exchanges vectors with every peer that comes up, waits for the
     store's commits, and flushes local records at the end of the loop iteration that
-    committed them (one batch for all)."""
+    committed them (one batch for all), at most once every ``FLUSH_INTERVAL``."""
 
     def __init__(self, replica: Replica, bus: PeerBus, clock: Clock, tick: float = 0.05,
                  on_progress: Callable[[], None] | None = None) -> None:
@@ -745,6 +757,7 @@ class ReplicaPeer:
         self.replica, self.bus, self.clock = replica, bus, clock
         self.on_progress = on_progress or (lambda: None)
         self._flush_timer = None
+        self._flushed = float("-inf")   # when the last flush ran
         self._watched: set = set()
         self._unsubscribe = [bus.subscribe(cls, self._on_message) for cls in MESSAGES]
         self._unsubscribe.append(bus.on_member_change(self._on_member))
@@ -789,13 +802,15 @@ class ReplicaPeer:
 
     def committed_locally(self) -> None:
         """The store committed writes of this node: they go out with the flush at the end of
-        this loop iteration."""
+        this loop iteration, or FLUSH_INTERVAL after the last one."""
         if self._flush_timer is None:
-            self._flush_timer = self.clock.call_later(0, self._flush)
+            wait = self._flushed + FLUSH_INTERVAL - self.clock.monotonic()
+            self._flush_timer = self.clock.call_later(max(0.0, wait), self._flush)
 
     def _flush(self) -> None:
         self._flush_timer = None
-        self._send(self.replica.flush(self.clock.monotonic()))
+        self._flushed = self.clock.monotonic()
+        self._send(self.replica.flush(self._flushed))
 
     def _tick(self, now: float) -> None:
         self._send(self.replica.tick(now))
