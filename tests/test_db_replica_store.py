@@ -643,6 +643,7 @@ def test_own_records_ship_from_memory_as_the_oplog_has_them(pair):
     with a.read() as txn:
         assert fields(shipped) == fields(a.records_after_in(txn, "a", 0, 10))
     assert [r.id for r in shipped] == [1, 2, 4, 6] and [r.seq for r in shipped] == [1, 2, 3, 4]
+    assert shipped[0].body == bson.encode({"id": 1, "op": {"op": "i", "doc": {"_id": 1}}})
     assert a.records_after("a", 2, 1)[0].id == 4 and a.records_after("a", 4, 10) == []
     a.truncate("a", 2).result()
     assert a.records_after("a", 0, 10) is None                 # gone from the oplog: a snapshot's case

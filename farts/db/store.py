@@ -37,6 +37,7 @@ import bson
 import lmdb
 from bson.int64 import Int64
 from bson.objectid import ObjectId
+from bson.raw_bson import RawBSONDocument
 from bson.regex import Regex
 
 from farts.clock import HLC
@@ -1088,6 +1089,8 @@ class WriteTxn:
             raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
         self._index_put(ns, coll, doc, id_key, None)
         if effect:   # the effect has the document
+            if effect["e"].get("doc") is doc and len(effect["e"]) == 2:   # the usual insert: not encoded again
+                effect["e"] = {"op": "i", "doc": RawBSONDocument(data)}
             self.log(ns, "i", _id, stamp=stamp, **effect)
         else:
             self.log(ns, "i", _id, stamp=stamp, doc=doc)
