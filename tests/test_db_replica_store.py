@@ -13,10 +13,10 @@ import msgpack
 import pytest
 
 from farts.clock import LoopClock
-from farts.db import keys, merge
+from farts.db import keys, merge, replica
 from farts.db.errors import MongoError
 from farts.db.query import compile_filter
-from farts.db.replica import Record, Replica, ReplicaPeer
+from farts.db.replica import Record, Records, Replica, ReplicaPeer
 from farts.db.store import Index, ScanStats, Store
 from farts.db.update import apply_update
 from farts.members import Member, MemberMap
@@ -620,6 +620,23 @@ def test_compaction_goes_on_where_the_last_pass_stopped(pair):
     with a.read() as txn:
         assert txn.stat(a.rmeta)["entries"] == 0
     assert dump(a)[0] == {"_id": 0, "n": 1}
+
+
+def test_a_long_catch_up_goes_to_the_store_in_chunks_and_each_commit_is_acknowledged(pair, monkeypatch):
+    monkeypatch.setattr(replica, "STORE_CHUNK", 4)
+    a, b = pair
+    for i in range(30):
+        a.submit(lambda w, i=i: w.insert(NS, {"_id": i})).result()
+    rb = Replica("b", b, ("a",))
+    assert rb.receive(Records(tuple(a.records_after("a", 0, 100))), "a", 0.0) == []
+    assert len(rb.waiting) == replica.STORE_QUEUE           # the rest waits in the buffer
+    acks = []
+    while rb.waiting:
+        rb.waiting[0].result(timeout=30)
+        acks += [m.vv["a"] for to, m in rb.committed(0.0) if to == "a"]
+        assert len(rb.waiting) <= replica.STORE_QUEUE
+    assert acks == sorted(set(acks)) and acks[-1] == 30 and len(acks) >= 30 // (4 * replica.STORE_QUEUE)
+    assert dump(b) == dump(a) and rb.stats["applied"] == 30
 
 
 def test_own_records_ship_from_memory_as_the_oplog_has_them(pair):

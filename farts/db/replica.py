@@ -95,7 +95,9 @@ SNAPSHOT_WAIT = 3 * RESEND  # seconds the other members leave a snapshot to the 
 # Records of an origin in flight to a peer catching up, past what it acknowledged: all of
 # it goes out on each Status, so the peer parses the next frames while it applies the
 # last ones (a round trip per few thousand records would leave both waiting).
-WINDOW = 4096
+WINDOW = 8192
+STORE_CHUNK = 1024         # records handed to the store in one call (one nested transaction)
+STORE_QUEUE = 2            # such calls waiting for the store at once: it has the next while it commits
 # Local writes are flushed at the end of the loop iteration that committed them, unless the
 # last flush was less than this ago: then when it is this old. A write after a quiet spell
 # ships at once; under load every peer gets at most 1 / FLUSH_INTERVAL Records frames a
@@ -434,29 +436,32 @@ class Replica:
         return out
 
     def _drain(self) -> int:
-        """Applies what the buffer holds that is next in line; returns how many (0 when the
-        store commits later: ``committed`` goes on from there)."""
-        if self._installing:
-            return 0
-        applied = self.store.applied()
-        ready: list[Record] = []
-        for origin, buf in self._buffer.items():
-            seq = self._have(origin, applied)
-            for s in [s for s in buf if s <= seq]:
-                del buf[s]
-            while seq + 1 in buf:
-                seq += 1
-                ready.append(buf.pop(seq))
-        if not ready:
-            return 0
-        result = self.store.apply_remote(ready)
-        if isinstance(result, concurrent.futures.Future):
-            upto = {r.origin: r.seq for r in ready}
-            self._inflight.update(upto)
-            self._waiting.append((result, upto))
-            return 0
-        self._count(result)
-        return len(ready)
+        """Applies what the buffer holds that is next in line, STORE_CHUNK records a call and
+        at most STORE_QUEUE calls waiting for the store (a commit is progress the senders
+        hear of, and a commit of a whole window would keep them waiting); returns how many
+        (0 when the store commits later: ``committed`` goes on from there)."""
+        applied_now = 0
+        while not self._installing and len(self._waiting) < STORE_QUEUE:
+            applied = self.store.applied()
+            ready: list[Record] = []
+            for origin, buf in self._buffer.items():
+                seq = self._have(origin, applied)
+                for s in [s for s in buf if s <= seq]:
+                    del buf[s]
+                while seq + 1 in buf and len(ready) < STORE_CHUNK:
+                    seq += 1
+                    ready.append(buf.pop(seq))
+            if not ready:
+                break
+            result = self.store.apply_remote(ready)
+            if isinstance(result, concurrent.futures.Future):
+                upto = {r.origin: r.seq for r in ready}
+                self._inflight.update(upto)
+                self._waiting.append((result, upto))
+                continue
+            self._count(result)
+            applied_now += len(ready)
+        return applied_now
 
     def _count(self, outcomes) -> None:
         for outcome in outcomes:
@@ -496,10 +501,14 @@ class Replica:
                     if self._inflight.get(origin) == seq:
                         del self._inflight[origin]
         self._drain()
-        if self._waiting:
+        if self._installing:
             return []
+        # Every commit is acknowledged (the senders refill their windows); a sender is
+        # forgotten once nothing of it is waiting any more.
         self._refresh(self.store.applied())
-        ack, self._ack_to = self._ack_to, set()
+        ack = self._ack_to
+        if not self._waiting:
+            self._ack_to = set()
         return [(peer, self.status()) for peer in sorted(ack)]
 
     def _on_status(self, msg: Status, sender: str, now: float) -> Out:
