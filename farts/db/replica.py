@@ -18,8 +18,10 @@ The protocol
 - **Applying, exactly once**: a node applies an origin's records in sequence order; its
   *version vector* (origin -> highest contiguous seq applied) says what it has. A record
   at or below the vector is a duplicate and dropped; one after a gap waits in a bounded
-  buffer until the gap is filled. What becomes contiguous is handed to the store in one
-  call (one transaction with the applied position).
+  buffer until the gap is filled. What becomes contiguous is handed to the store,
+  ``STORE_CHUNK`` records a call (one transaction with the applied positions), at most
+  ``STORE_QUEUE`` calls waiting for it: the store has the next chunk while it commits one,
+  and each commit is acknowledged, so a sender catching a peer up refills its window.
 - **Acks, vectors, catch-up**: a node answers a batch that applied something with its
   ``Status`` (its vector, HLC, frontier, stable time) and sends it to every peer every
   ``status_interval`` and when a peer comes up. A ``Status`` is the per-peer ack, and
