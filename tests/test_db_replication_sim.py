@@ -507,8 +507,8 @@ def test_on_a_bus_local_writes_are_flushed_together_and_a_peer_coming_up_gets_th
         peer.committed_locally()
     clock.advance(0)
     assert [(to, type(m), len(m.records)) for to, m in sent] == [(None, Records, 3)]
-    # Right after a flush, the next writes wait for FLUSH_INTERVAL and go together;
-    # after a quiet spell a write goes at once.
+    # That flush carried several commits: the next ones wait for FLUSH_INTERVAL after it
+    # and go together; commits that come one at a time go at once, however close.
     for i in range(3, 5):
         store.write(NS, i, {"op": "i", "doc": {"_id": i}})
         peer.committed_locally()
@@ -516,24 +516,29 @@ def test_on_a_bus_local_writes_are_flushed_together_and_a_peer_coming_up_gets_th
     assert len(sent) == 1
     clock.advance(FLUSH_INTERVAL / 2)
     assert [(to, type(m), len(m.records)) for to, m in sent][1:] == [(None, Records, 2)]
-    clock.advance(FLUSH_INTERVAL)
-    store.write(NS, 5, {"op": "i", "doc": {"_id": 5}})
+    for i in range(5, 7):
+        clock.advance(FLUSH_INTERVAL * 2)   # the flush above carried 2: this one waits for none
+        store.write(NS, i, {"op": "i", "doc": {"_id": i}})
+        peer.committed_locally()
+        clock.advance(0)
+        clock.advance(FLUSH_INTERVAL / 10)
+    store.write(NS, 7, {"op": "i", "doc": {"_id": 7}})   # right after a flush of one commit
     peer.committed_locally()
     clock.advance(0)
-    assert [(to, type(m), len(m.records)) for to, m in sent][2:] == [(None, Records, 1)]
+    assert [(to, type(m), len(m.records)) for to, m in sent][2:] == [(None, Records, 1)] * 3
     del sent[:]
     bus.map.update(Member("b", state=ALIVE))
-    assert sent[-1][0] == "b" and sent[-1][1].vv == {"a": 6}
+    assert sent[-1][0] == "b" and sent[-1][1].vv == {"a": 8}
     # The broadcast went out while b was down: taken as lost when b comes up, so b's
     # vector gets the records at once; asked again at once, they are in flight: not again
     # before RESEND.
     bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
-    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [6]
+    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [8]
     bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
-    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [6]
+    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [8]
     clock.advance(RESEND)
     bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
-    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [6, 6]
+    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [8, 8]
     peer.stop()
 
 

@@ -13,8 +13,8 @@ The protocol
 - **Shipping**: ``flush`` reads this node's records committed since the last flush from
   the store and broadcasts them in ``Records`` batches (at most ``BATCH`` records,
   ``BATCH_BYTES`` bytes); ``tick`` flushes, and ``ReplicaPeer.committed_locally`` makes
-  a flush happen at the end of the loop iteration (one batch for every write in it), or
-  ``FLUSH_INTERVAL`` after the last flush if that was more recent.
+  a flush happen at the end of the loop iteration (one batch for every write in it), or,
+  when the last flush carried several commits, ``FLUSH_INTERVAL`` after it.
 - **Applying, exactly once**: a node applies an origin's records in sequence order; its
   *version vector* (origin -> highest contiguous seq applied) says what it has. A record
   at or below the vector is a duplicate and dropped; one after a gap waits in a bounded
@@ -101,10 +101,11 @@ WINDOW = 8192
 STORE_CHUNK = 1024         # records handed to the store in one call (one nested transaction)
 STORE_QUEUE = 2            # such calls waiting for the store at once: it has the next while it commits
 # Local writes are flushed at the end of the loop iteration that committed them, unless the
-# last flush was less than this ago: then when it is this old. A write after a quiet spell
-# ships at once; under load every peer gets at most 1 / FLUSH_INTERVAL Records frames a
-# second (each one an encryption per link there, a commit and a Status back from each peer).
-FLUSH_INTERVAL = 0.005
+# last flush carried several commits and was less than this ago: then when it is this old.
+# Commits that come one at a time (a steady low rate) ship at once; under load every peer
+# gets at most 1 / FLUSH_INTERVAL Records frames a second (each one an encryption per link,
+# a commit there and a Status back from each peer).
+FLUSH_INTERVAL = 0.01
 
 Out = list[tuple[str | None, PeerMessage]]
 
@@ -759,7 +760,7 @@ class ReplicaPeer:
     """Runs a Replica on a PeerBus and a clock: subscribes its messages, sends what it
     returns, ticks it, exchanges vectors with every peer that comes up, waits for the
     store's commits, and flushes local records at the end of the loop iteration that
-    committed them (one batch for all), at most once every ``FLUSH_INTERVAL``."""
+    committed them (one batch for all); under load at most once every ``FLUSH_INTERVAL``."""
 
     def __init__(self, replica: Replica, bus: PeerBus, clock: Clock, tick: float = 0.05,
                  on_progress: Callable[[], None] | None = None) -> None:
@@ -769,6 +770,8 @@ class ReplicaPeer:
         self.on_progress = on_progress or (lambda: None)
         self._flush_timer = None
         self._flushed = float("-inf")   # when the last flush ran
+        self._commits = 0               # local commits since then
+        self._burst = False             # the last flush carried several commits
         self._watched: set = set()
         self._unsubscribe = [bus.subscribe(cls, self._on_message) for cls in MESSAGES]
         self._unsubscribe.append(bus.on_member_change(self._on_member))
@@ -813,14 +816,16 @@ class ReplicaPeer:
 
     def committed_locally(self) -> None:
         """The store committed writes of this node: they go out with the flush at the end of
-        this loop iteration, or FLUSH_INTERVAL after the last one."""
+        this loop iteration, or FLUSH_INTERVAL after the last one if that carried several."""
+        self._commits += 1
         if self._flush_timer is None:
-            wait = self._flushed + FLUSH_INTERVAL - self.clock.monotonic()
+            wait = self._flushed + FLUSH_INTERVAL - self.clock.monotonic() if self._burst else 0.0
             self._flush_timer = self.clock.call_later(max(0.0, wait), self._flush)
 
     def _flush(self) -> None:
         self._flush_timer = None
         self._flushed = self.clock.monotonic()
+        self._burst, self._commits = self._commits > 1, 0
         self._send(self.replica.flush(self._flushed))
 
     def _tick(self, now: float) -> None:
