@@ -664,6 +664,9 @@ def test_own_records_ship_from_memory_as_the_oplog_has_them(pair):
     assert a.records_after("a", 2, 1)[0].id == 4 and a.records_after("a", 4, 10) == []
     a.truncate("a", 2).result()
     assert a.records_after("a", 0, 10) is None                 # gone from the oplog: a snapshot's case
+    a.submit(lambda w: setattr(a, "seq", 10), exclusive=True).result()   # as a snapshot's vector can
+    a.submit(lambda w: w.insert(NS, {"_id": 7})).result()
+    assert a.records_after("a", 4, 10) is None and [r.id for r in a.records_after("a", 10, 10)] == [7]
 
 
 def test_compaction_leaves_an_inserts_metadata_alone_until_stable_then_drops_it(pair):

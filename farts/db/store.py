@@ -280,7 +280,9 @@ class Store:
         self._committed_vv = {**self._wvv, self.node_id: (self.seq, self.hlc.last)}
         self.operation_hlc = max(h for _, h in self._committed_vv.values())
         if self._group_records:
-            if len(self._recent) + len(self._group_records) > 2 * _RECENT:
+            if self._recent and self._group_records[0].seq != self._recent[-1].seq + 1:
+                self._recent = []   # the sequence jumped (a snapshot's vector): contiguous runs only
+            elif len(self._recent) + len(self._group_records) > 2 * _RECENT:
                 self._recent = self._recent[-_RECENT:]   # a new list: a reader keeps the one it has
             self._recent.extend(self._group_records)
             self._group_records = []
