@@ -43,6 +43,7 @@ from bson.regex import Regex
 from farts.clock import HLC
 from farts.db import keys, merge, validation
 from farts.db.errors import MongoError
+from farts.db.replica import Record
 from farts.db.update import _copy, is_replacement
 
 log = logging.getLogger("farts.db.store")
@@ -793,7 +794,6 @@ def _conflict_prefix(ns: str, idx: Index, k: bytes) -> bytes:
 def _record(origin: str, seq: int, hlc: int, ns: str, _id, body: bytes | None):
     """A ``farts.db.replica.Record`` of the oplog; one without an effect (a write from
     before replication) travels as a no-op, so the sequence stays contiguous."""
-    from farts.db.replica import Record
     if body is None:
         return Record(origin, seq, hlc, ns, _id, {"op": "n"})
     return Record(origin, seq, hlc, ns, _id, body=body)
