@@ -287,6 +287,22 @@ def test_a_third_node_relays_only_what_the_origin_cannot_deliver():
     assert_converged(net)
 
 
+def test_a_full_buffer_still_takes_the_records_that_fill_its_gap(monkeypatch):
+    """Broadcasts that came while a peer was not linked yet leave a gap; what comes after
+    fills the buffer; the catch-up's records that fill the gap must still get in."""
+    monkeypatch.setattr(replica, "MAX_BUFFERED", 5)
+    clock = [1_000_000]
+    a, b = MemoryStore("a", lambda: clock[0]), MemoryStore("b", lambda: clock[0])
+    records = [a.write(NS, i, {"op": "i", "doc": {"_id": i}}) for i in range(20)]
+    rb = Replica("b", b, ("a",))
+    rb.receive(Records(tuple(records[2:])), "a", 0.0)
+    assert b.applied() == {} and rb.stats["buffered_dropped"] == 15    # 3..5 held, 6..20 dropped
+    rb.receive(Records(tuple(records[:2])), "a", 0.0)
+    assert b.applied()["a"][0] == 5
+    rb.receive(Records(tuple(records[5:])), "a", 0.0)
+    assert b.applied()["a"][0] == 20 and b.dump() == a.dump()
+
+
 def test_catch_up_keeps_at_most_a_window_in_flight_and_sends_nothing_twice(monkeypatch):
     monkeypatch.setattr(replica, "WINDOW", 64)
     net = Net(["a", "b"])

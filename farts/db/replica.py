@@ -18,7 +18,7 @@ The protocol
 - **Applying, exactly once**: a node applies an origin's records in sequence order; its
   *version vector* (origin -> highest contiguous seq applied) says what it has. A record
   at or below the vector is a duplicate and dropped; one after a gap waits in a bounded
-  buffer until the gap is filled. What becomes contiguous is handed to the store,
+  buffer (``MAX_BUFFERED`` past the vector) until the gap is filled. What becomes contiguous is handed to the store,
   ``STORE_CHUNK`` records a call (one transaction with the applied positions), at most
   ``STORE_QUEUE`` calls waiting for it: the store has the next chunk while it commits one,
   and each commit is acknowledged, so a sender catching a peer up refills its window.
@@ -90,7 +90,9 @@ BATCH = 512                # records per Records message
 BATCH_BYTES = 256 * 1024   # and bytes (mesh frames are at most 1 MiB by default)
 SNAPSHOT_DOCS = 256        # documents per snapshot chunk
 SNAPSHOT_CHUNKS_PER_TICK = 16
-MAX_BUFFERED = 10_000      # out-of-order records held per origin
+# Out-of-order records held per origin: those at most this far past what is applied or in
+# line to be (the ones that fill a gap always fit; later ones come again by catch-up).
+MAX_BUFFERED = 10_000
 RELAY_AFTER = 2           # status intervals without progress before others' records are relayed
 RESEND = 2.0               # seconds without progress before shipped-but-unacknowledged records go again
 SNAPSHOT_WAIT = 3 * RESEND  # seconds the other members leave a snapshot to the designated one
@@ -415,15 +417,23 @@ class Replica:
 
     def _on_records(self, records, sender: str, now: float) -> Out:
         applied = self.store.applied()
+        heads: dict[str, int] = {}   # origin -> the last seq it has with the buffer's contiguous run
         for r in records:
-            have = self._have(r.origin, applied)
             buf = self._buffer.setdefault(r.origin, {})
-            if r.seq <= have or r.seq in buf:
+            head = heads.get(r.origin)
+            if head is None:
+                head = self._have(r.origin, applied)
+                while head + 1 in buf:
+                    head += 1
+            if r.seq <= head or r.seq in buf:
                 self.stats["duplicates"] += 1
-            elif len(buf) < MAX_BUFFERED:
+            elif r.seq <= head + MAX_BUFFERED:
                 buf[r.seq] = r
+                while head + 1 in buf:
+                    head += 1
             else:
                 self.stats["buffered_dropped"] += 1
+            heads[r.origin] = head
         n = self._drain()
         applied = self.store.applied()
         gap = any(buf for buf in self._buffer.values())
