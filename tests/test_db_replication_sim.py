@@ -524,7 +524,7 @@ def test_on_a_bus_local_writes_are_flushed_together_and_a_peer_coming_up_gets_th
     clock.advance(0)
     assert [(to, type(m), len(m.records)) for to, m in sent] == [(None, Records, 3)]
     # That flush carried several commits: the next ones wait for FLUSH_INTERVAL after it
-    # and go together; commits that come one at a time go at once, however close.
+    # and go together; after a flush of one commit, half of it.
     for i in range(3, 5):
         store.write(NS, i, {"op": "i", "doc": {"_id": i}})
         peer.committed_locally()
@@ -532,16 +532,19 @@ def test_on_a_bus_local_writes_are_flushed_together_and_a_peer_coming_up_gets_th
     assert len(sent) == 1
     clock.advance(FLUSH_INTERVAL / 2)
     assert [(to, type(m), len(m.records)) for to, m in sent][1:] == [(None, Records, 2)]
-    for i in range(5, 7):
-        clock.advance(FLUSH_INTERVAL * 2)   # the flush above carried 2: this one waits for none
+    for i, apart in ((5, 1.0), (6, 0.6)):   # past the spacing: at once (then flushes of one commit)
+        clock.advance(FLUSH_INTERVAL * apart)
         store.write(NS, i, {"op": "i", "doc": {"_id": i}})
         peer.committed_locally()
         clock.advance(0)
-        clock.advance(FLUSH_INTERVAL / 10)
-    store.write(NS, 7, {"op": "i", "doc": {"_id": 7}})   # right after a flush of one commit
+    assert [(to, type(m), len(m.records)) for to, m in sent][2:] == [(None, Records, 1)] * 2
+    clock.advance(FLUSH_INTERVAL / 10)
+    store.write(NS, 7, {"op": "i", "doc": {"_id": 7}})   # soon after a flush of one commit
     peer.committed_locally()
-    clock.advance(0)
-    assert [(to, type(m), len(m.records)) for to, m in sent][2:] == [(None, Records, 1)] * 3
+    clock.advance(FLUSH_INTERVAL * 0.3)
+    assert len(sent) == 4
+    clock.advance(FLUSH_INTERVAL * 0.1)
+    assert [(to, type(m), len(m.records)) for to, m in sent][4:] == [(None, Records, 1)]
     del sent[:]
     bus.map.update(Member("b", state=ALIVE))
     assert sent[-1][0] == "b" and sent[-1][1].vv == {"a": 8}

@@ -13,8 +13,8 @@ The protocol
 - **Shipping**: ``flush`` reads this node's records committed since the last flush from
   the store and broadcasts them in ``Records`` batches (at most ``BATCH`` records,
   ``BATCH_BYTES`` bytes); ``tick`` flushes, and ``ReplicaPeer.committed_locally`` makes
-  a flush happen at the end of the loop iteration (one batch for every write in it), or,
-  when the last flush carried several commits, ``FLUSH_INTERVAL`` after it.
+  a flush happen at the end of the loop iteration (one batch for every write in it), or
+  half ``FLUSH_INTERVAL`` after the last flush (all of it if that carried several commits).
 - **Applying, exactly once**: a node applies an origin's records in sequence order; its
   *version vector* (origin -> highest contiguous seq applied) says what it has. A record
   at or below the vector is a duplicate and dropped; one after a gap waits in a bounded
@@ -103,10 +103,10 @@ WINDOW = 8192
 STORE_CHUNK = 1024         # records handed to the store in one call (one nested transaction)
 STORE_QUEUE = 2            # such calls waiting for the store at once: it has the next while it commits
 # Local writes are flushed at the end of the loop iteration that committed them, unless the
-# last flush carried several commits and was less than this ago: then when it is this old.
-# Commits that come one at a time (a steady low rate) ship at once; under load every peer
-# gets at most 1 / FLUSH_INTERVAL Records frames a second (each one an encryption per link,
-# a commit there and a Status back from each peer).
+# last flush was less than half this ago (this, if it carried several commits): then when
+# it is that old. Commits further apart (a steady rate up to ~200 a second) ship at once;
+# under load every peer gets at most 1 / FLUSH_INTERVAL Records frames a second (each one
+# an encryption per link, a commit there and a Status back from each peer).
 FLUSH_INTERVAL = 0.01
 
 Out = list[tuple[str | None, PeerMessage]]
@@ -826,10 +826,12 @@ class ReplicaPeer:
 
     def committed_locally(self) -> None:
         """The store committed writes of this node: they go out with the flush at the end of
-        this loop iteration, or FLUSH_INTERVAL after the last one if that carried several."""
+        this loop iteration, or half FLUSH_INTERVAL after the last one (all of it if that
+        carried several commits)."""
         self._commits += 1
         if self._flush_timer is None:
-            wait = self._flushed + FLUSH_INTERVAL - self.clock.monotonic() if self._burst else 0.0
+            spacing = FLUSH_INTERVAL if self._burst else FLUSH_INTERVAL / 2
+            wait = self._flushed + spacing - self.clock.monotonic()
             self._flush_timer = self.clock.call_later(max(0.0, wait), self._flush)
 
     def _flush(self) -> None:
