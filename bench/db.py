@@ -28,6 +28,7 @@ import re
 import select
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -205,11 +206,16 @@ def run_embedded(emb: Embedded, workload, clients, seconds) -> list[float]:
     return [x for lat in lats for x in lat]
 
 
+def op_msg(body: dict) -> bytes:
+    """An OP_MSG request carrying body."""
+    payload = b"\0\0\0\0\0" + bson.encode(body)
+    return struct.pack("<iiii", 16 + len(payload), 1, 0, 2013) + payload
+
+
 def server_cpu(docs: int) -> dict[str, float]:
     """µs of server work per request, without sockets: OP_MSG bytes fed to the connection
     protocol with a transport that drops the reply (codec, dispatch, store, reply encoding)."""
     import asyncio
-    import struct
     import uuid
 
     from bson.binary import Binary
@@ -229,10 +235,6 @@ def server_cpu(docs: int) -> dict[str, float]:
         def close(self):
             pass
 
-    def msg(body):
-        payload = b"\0\0\0\0\0" + bson.encode(body)
-        return struct.pack("<iiii", 16 + len(payload), 1, 0, 2013) + payload
-
     async def run() -> dict[str, float]:
         svc = DBService(DBConfig(enabled=True, port=0), Path(tempfile.mkdtemp()) / "db", "bench", Metrics())
         await svc.start()
@@ -243,10 +245,10 @@ def server_cpu(docs: int) -> dict[str, float]:
         proto = DBProtocol(svc)
         proto.connection_made(Sink())
         lsid = {"id": Binary(uuid.uuid4().bytes, 4)}
-        requests = {"ping": msg({"ping": 1, "lsid": lsid, "$db": "admin"}),
-                    "find_one": msg({"find": "items", "filter": {"_id": 5}, "limit": 1, "singleBatch": True,
+        requests = {"ping": op_msg({"ping": 1, "lsid": lsid, "$db": "admin"}),
+                    "find_one": op_msg({"find": "items", "filter": {"_id": 5}, "limit": 1, "singleBatch": True,
                                      "lsid": lsid, "$db": "bench"}),
-                    "find20": msg({"find": "items", "filter": {"g": 7}, "lsid": lsid, "$db": "bench"})}
+                    "find20": op_msg({"find": "items", "filter": {"g": 7}, "lsid": lsid, "$db": "bench"})}
         best: dict[str, float] = {}
         for _ in range(5):
             for name, data in requests.items():
@@ -268,7 +270,7 @@ def server_cpu(docs: int) -> dict[str, float]:
             conn.connection_made(sink)
             for i in range(n):
                 sink.event.clear()
-                conn.data_received(msg({"insert": "w", "documents": [{"_id": k * 1_000_000 + i, "body": "x" * 200}],
+                conn.data_received(op_msg({"insert": "w", "documents": [{"_id": k * 1_000_000 + i, "body": "x" * 200}],
                                         "lsid": lsid, "$db": "bench"}))
                 await sink.event.wait()
 

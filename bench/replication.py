@@ -304,6 +304,129 @@ def in_process(n: int) -> None:
               f"update ($inc) {(c2 - c1) / writes * 1e6:.1f} us CPU")
 
 
+def command_cpu(writes: int, clients: int = 16, modes=(False, True), rounds: int = 3) -> None:
+    """The CPU of an insert through the whole command path (OP_MSG bytes in, reply out,
+    bench/db.py's way) on a node alone and on a replicating node whose two peers are
+    stand-ins on an in-process bus: they unpack each Records frame (msgpack, as the mesh
+    does) and acknowledge its last record with a Status, like a peer that applied it;
+    their time is taken out. LMDB without fsync (its cost is the disk's), no TLS (each
+    frame is two encryptions on a real mesh: frames per insert are counted). Under
+    callgrind (instruction counts do not depend on the machine's load), one mode a run:
+
+        valgrind --tool=callgrind --callgrind-out-file=/dev/null python -c \
+          'import bench.replication as r; r.command_cpu(1600, modes=(True,), rounds=1)'
+    """
+    import msgpack
+
+    from farts.clock import LoopClock
+    from farts.db.config import DBConfig
+    from farts.db.replica import Records, Status
+    from farts.db.server import DBProtocol, DBService
+    from farts.members import Member, MemberMap
+    from farts.metrics import Metrics
+    from farts.peer import Envelope
+
+    sys.path.append(str(ROOT / "bench"))
+    import db as dbbench
+
+    class Bus:
+        """Node a and two stand-in peers that acknowledge what they receive."""
+
+        def __init__(self) -> None:
+            self.map = MemberMap([Member("a"), Member("b"), Member("c")])
+            self.subs: dict = {}
+            self.frames = 0
+            self.peer_cpu = 0.0
+
+        def members(self):
+            return self.map.members()
+
+        def on_member_change(self, fn):
+            return self.map.on_change(fn)
+
+        def subscribe(self, cls, fn):
+            self.subs[cls] = fn
+            return lambda: None
+
+        def broadcast(self, msg) -> int:
+            return sum(self.send(n, msg) for n in ("b", "c"))
+
+        def send(self, node_id, msg) -> bool:
+            wire = msgpack.packb(msg.to_wire())
+            self.frames += 1
+            if isinstance(msg, Records):
+                asyncio.get_running_loop().call_soon(self._ack, node_id, wire)
+            return True
+
+        def _ack(self, node_id: str, wire: bytes) -> None:
+            t = time.thread_time()
+            _, seq, hlc, _, _ = msgpack.unpackb(wire)[-1]
+            status = msgpack.packb(Status({"a": seq}, hlc, hlc, 0).to_wire())
+            self.peer_cpu += time.thread_time() - t
+            self.subs[Status](Status.from_wire(msgpack.unpackb(status)), Envelope(node_id))
+
+    async def run(replicated: bool) -> dict:
+        import uuid
+
+        from bson.binary import Binary
+        svc = DBService(DBConfig(enabled=True, port=0, sync=False), Path(tempfile.mkdtemp()) / "db", "a", Metrics(),
+                        clock=LoopClock())
+        bus = Bus()
+        if replicated:
+            svc.replicate(bus)
+        await svc.start()
+        lsid = {"id": Binary(uuid.uuid4().bytes, 4)}
+
+        class Waiter:
+            def __init__(self) -> None:
+                self.event = asyncio.Event()
+
+            def write(self, data) -> None:
+                self.event.set()
+
+            def get_extra_info(self, key):
+                return ("127.0.0.1", 1)
+
+            def close(self) -> None:
+                pass
+
+        async def writer(k: int, n: int) -> None:
+            conn, sink = DBProtocol(svc), Waiter()
+            conn.connection_made(sink)
+            for i in range(n):
+                sink.event.clear()
+                conn.data_received(dbbench.op_msg({"insert": "w", "documents": [
+                    {"_id": k * 1_000_000 + i, "name": f"user{i}", "n": i, "body": "x" * 200}],
+                    "lsid": lsid, "$db": "bench"}))
+                await sink.event.wait()
+
+        if replicated:   # the stand-ins' vectors: writes need them after the start
+            for n in ("b", "c"):
+                bus.subs[Status](Status({}, 1, 1, 0), Envelope(n))
+        await asyncio.gather(*(writer(k, 20) for k in range(clients)))   # warm-up
+        commits, ops, frames = svc.store.commits, svc.store.committed_ops, bus.frames
+        await asyncio.sleep(0.1)
+        cpu, bus.peer_cpu = time.process_time(), 0.0
+        await asyncio.gather(*(writer(k, writes // clients) for k in range(100, 100 + clients)))
+        cpu = time.process_time() - cpu - bus.peer_cpu
+        n = writes // clients * clients
+        out = {"us": cpu / n * 1e6, "per_commit": (svc.store.committed_ops - ops) / (svc.store.commits - commits),
+               "frames": (bus.frames - frames) / n}
+        await svc.stop()
+        return out
+
+    rows: dict[bool, list] = {m: [] for m in modes}
+    for _ in range(rounds):
+        for replicated in modes:
+            rows[replicated].append(asyncio.run(run(replicated)))
+    for replicated, rs in rows.items():
+        us = " / ".join(f"{r['us']:.0f}" for r in rs)
+        print(f"{'replicating' if replicated else 'lone':11} node, insert x{clients} in process: {us} us CPU an insert, "
+              f"{rs[-1]['per_commit']:.1f} writes a commit, {rs[-1]['frames']:.3f} frames an insert")
+    if len(modes) == 2:
+        print(f"CPU ratio (best of each): {min(r['us'] for r in rows[True]) / min(r['us'] for r in rows[False]):.2f}")
+
+
 def ops(node: Node, kind: str) -> float:
     """farts_db_replication_ops{kind=...} of a node."""
     for line in node.get("/metrics").decode().splitlines():
@@ -339,15 +462,29 @@ def overhead(seconds: float, peers: int) -> None:
         for _ in range(2):
             for workload in ("insert_one", "find_one"):
                 for clients in (1, 16):
-                    for name, port in (("plain", plain_port), ("replicated", nodes[0].db_port)):
+                    for name, port, pid in (("plain", plain_port, plain.pid),
+                                            ("replicated", nodes[0].db_port, nodes[0].proc.pid)):
+                        others = [n.proc.pid for n in nodes[1:]] if name == "replicated" else []
+                        cpu0 = [dbbench.cpu_seconds(p) for p in [pid, *others]]
                         lat = dbbench.run_clients(port, workload, clients, seconds, docs, False)
-                        rows.setdefault((workload, clients, name), []).append(len(lat) / seconds)
+                        cpu = [dbbench.cpu_seconds(p) - c for p, c in zip([pid, *others], cpu0, strict=True)]
+                        row = rows.setdefault((workload, clients, name), {"ops": [], "us": [], "peers_us": []})
+                        row["ops"].append(len(lat) / seconds)
+                        # CPU per operation (the client's warm-up included: a few % more)
+                        row["us"].append(cpu[0] / len(lat) * 1e6)
+                        row["peers_us"].append(sum(cpu[1:]) / len(lat) * 1e6 / max(1, len(others)))
+        # CPU per operation is what the shared machine cannot skew much: the ops/s of a
+        # replicating node also lose the cores its peers take on the same host.
         for workload in ("insert_one", "find_one"):
             for clients in (1, 16):
                 p, r = rows[(workload, clients, "plain")], rows[(workload, clients, "replicated")]
-                print(f"{workload} x{clients}: lone node {' / '.join(f'{v:,.0f}' for v in p)} ops/s, "
-                      f"replicating node {' / '.join(f'{v:,.0f}' for v in r)} ops/s, "
-                      f"ratio {sum(r) / sum(p):.2f} ({peers} peers)")
+                print(f"{workload} x{clients}: lone node {' / '.join(f'{v:,.0f}' for v in p['ops'])} ops/s "
+                      f"{' / '.join(f'{v:.0f}' for v in p['us'])} us CPU/op, "
+                      f"replicating node {' / '.join(f'{v:,.0f}' for v in r['ops'])} ops/s "
+                      f"{' / '.join(f'{v:.0f}' for v in r['us'])} us CPU/op "
+                      f"(each peer {' / '.join(f'{v:.0f}' for v in r['peers_us'])} us), "
+                      f"ops ratio {sum(r['ops']) / sum(p['ops']):.2f}, "
+                      f"CPU ratio {min(r['us']) / min(p['us']):.2f} ({peers} peers)")
     finally:
         plain.kill()
         plain.wait()
@@ -378,6 +515,9 @@ def main() -> None:
     ap.add_argument("--in-process", type=int, default=0, metavar="N",
                     help="instead: catch-up of N records between two stores in this process, and the "
                          "store's CPU per write without and with replication")
+    ap.add_argument("--command-cpu", type=int, default=0, metavar="N",
+                    help="instead: CPU of N inserts through the command path, alone and replicating "
+                         "(stand-in peers on an in-process bus)")
     ap.add_argument("--scenarios", default="lag,catchup,snapshot",
                     help="comma-separated, of: lag, catchup, partition, snapshot (run in that order)")
     ap.add_argument("--json", help="write the figures here (not with --overhead or --in-process)")
@@ -388,6 +528,9 @@ def main() -> None:
         return
     if args.in_process:
         in_process(args.in_process)
+        return
+    if args.command_cpu:
+        command_cpu(args.command_cpu)
         return
     root = Path(tempfile.mkdtemp(prefix="farts-repl-bench-"))
     pki.make_ca(root / "ca")

@@ -13,10 +13,10 @@ import msgpack
 import pytest
 
 from farts.clock import LoopClock
-from farts.db import keys, merge
+from farts.db import keys, merge, replica
 from farts.db.errors import MongoError
 from farts.db.query import compile_filter
-from farts.db.replica import Record, Replica, ReplicaPeer
+from farts.db.replica import Record, Records, Replica, ReplicaPeer
 from farts.db.store import Index, ScanStats, Store
 from farts.db.update import apply_update
 from farts.members import Member, MemberMap
@@ -622,6 +622,72 @@ def test_compaction_goes_on_where_the_last_pass_stopped(pair):
     assert dump(a)[0] == {"_id": 0, "n": 1}
 
 
+def test_a_long_catch_up_goes_to_the_store_in_chunks_and_each_commit_is_acknowledged(pair, monkeypatch):
+    monkeypatch.setattr(replica, "STORE_CHUNK", 4)
+    a, b = pair
+    for i in range(30):
+        a.submit(lambda w, i=i: w.insert(NS, {"_id": i})).result()
+    rb = Replica("b", b, ("a",))
+    assert rb.receive(Records(tuple(a.records_after("a", 0, 100))), "a", 0.0) == []
+    assert len(rb.waiting) == replica.STORE_QUEUE           # the rest waits in the buffer
+    acks = []
+    while rb.waiting:
+        rb.waiting[0].result(timeout=30)
+        acks += [m.vv["a"] for to, m in rb.committed(0.0) if to == "a"]
+        assert len(rb.waiting) <= replica.STORE_QUEUE
+    assert acks == sorted(set(acks)) and acks[-1] == 30 and len(acks) >= 30 // (4 * replica.STORE_QUEUE)
+    assert dump(b) == dump(a) and rb.stats["applied"] == 30
+
+
+def test_own_records_ship_from_memory_as_the_oplog_has_them(pair):
+    a, _ = pair
+    a.submit(lambda w: w.insert(NS, {"_id": 1})).result()
+
+    def partly(w):
+        w.insert(NS, {"_id": 2})
+        with contextlib.suppress(ZeroDivisionError):
+            w.atomic(lambda: (w.insert(NS, {"_id": 3}), 1 / 0))   # undone, its seq with it
+        w.insert(NS, {"_id": 4})
+    a.submit(partly).result()
+    with pytest.raises(ZeroDivisionError):
+        a.submit(lambda w: (w.insert(NS, {"_id": 5}), 1 / 0)).result()
+    a.submit(lambda w: w.insert(NS, {"_id": 6})).result()
+
+    def fields(records):
+        return [(r.origin, r.seq, r.hlc, r.ns, r.id, r.body) for r in records]
+    shipped = a.records_after("a", 0, 10)
+    assert shipped[0] is a.records_after("a", 0, 1)[0]        # the writer's own objects, not read back
+    with a.read() as txn:
+        assert fields(shipped) == fields(a.records_after_in(txn, "a", 0, 10))
+    assert [r.id for r in shipped] == [1, 2, 4, 6] and [r.seq for r in shipped] == [1, 2, 3, 4]
+    assert shipped[0].body == bson.encode({"id": 1, "op": {"op": "i", "doc": {"_id": 1}}})
+    assert a.records_after("a", 2, 1)[0].id == 4 and a.records_after("a", 4, 10) == []
+    a.truncate("a", 2).result()
+    assert a.records_after("a", 0, 10) is None                 # gone from the oplog: a snapshot's case
+    a.submit(lambda w: setattr(a, "seq", 10), exclusive=True).result()   # as a snapshot's vector can
+    a.submit(lambda w: w.insert(NS, {"_id": 7})).result()
+    assert a.records_after("a", 4, 10) is None and [r.id for r in a.records_after("a", 10, 10)] == [7]
+
+
+def test_compaction_leaves_an_inserts_metadata_alone_until_stable_then_drops_it(pair):
+    a, _ = pair
+    for i in range(3):
+        a.submit(lambda w, i=i: w.insert(NS, {"_id": i, "n": i})).result()
+    stamps = [r.hlc for r in a.records_after("a", 0, 3)]
+
+    def rmeta():
+        with a.read() as txn:
+            return dict(txn.cursor(a.rmeta).iternext())
+    before = rmeta()
+    a.compact(stamps[0] - 1).result()
+    assert rmeta() == before                    # nothing at or below: not rewritten
+    a.compact(stamps[1]).result()               # the first two are stable, the third is not
+    assert list(rmeta().values()) == [before[k] for k in sorted(before)][2:]
+    update(a, 2, {"$inc": {"n": 1}})            # its metadata merges on from the short form
+    a.compact(a.covered()).result()
+    assert rmeta() == {} and dump(a) == [{"_id": 0, "n": 0}, {"_id": 1, "n": 1}, {"_id": 2, "n": 3}]
+
+
 def test_an_inserted_documents_metadata_is_kept_short_and_reads_back_whole(pair):
     from farts.db.store import _rmeta_decode
     a, b = pair
@@ -637,6 +703,11 @@ def test_an_inserted_documents_metadata_is_kept_short_and_reads_back_whole(pair)
     update(b, 1, {"$inc": {"n": 1}})
     ship(b, a)
     assert dump(a) == dump(b) == [{"_id": 1, "k": "x", "n": 1}]
+    a.submit(lambda w: w.insert(NS, {"k": {"deep": [1]}, "_id": 2})).result()   # _id first, as merge makes it
+    ship(a, b)
+    record = a.records_after("a", 1, 1)[0]
+    assert dump(a)[1] == dump(b)[1] == merge.apply(None, record.stamp, record.op).state["v"]
+    assert list(dump(b)[1]) == ["_id", "k"]
 
 
 def test_collection_options_replicate_with_create_and_coll_mod(pair):

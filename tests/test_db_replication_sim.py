@@ -24,6 +24,7 @@ from farts.db import merge, replica
 from farts.db.keys import encode as id_key
 from farts.db.replica import (
     BATCH,
+    FLUSH_INTERVAL,
     MESSAGES,
     RELAY_AFTER,
     RESEND,
@@ -286,6 +287,22 @@ def test_a_third_node_relays_only_what_the_origin_cannot_deliver():
     assert_converged(net)
 
 
+def test_a_full_buffer_still_takes_the_records_that_fill_its_gap(monkeypatch):
+    """Broadcasts that came while a peer was not linked yet leave a gap; what comes after
+    fills the buffer; the catch-up's records that fill the gap must still get in."""
+    monkeypatch.setattr(replica, "MAX_BUFFERED", 5)
+    clock = [1_000_000]
+    a, b = MemoryStore("a", lambda: clock[0]), MemoryStore("b", lambda: clock[0])
+    records = [a.write(NS, i, {"op": "i", "doc": {"_id": i}}) for i in range(20)]
+    rb = Replica("b", b, ("a",))
+    rb.receive(Records(tuple(records[2:])), "a", 0.0)
+    assert b.applied() == {} and rb.stats["buffered_dropped"] == 15    # 3..5 held, 6..20 dropped
+    rb.receive(Records(tuple(records[:2])), "a", 0.0)
+    assert b.applied()["a"][0] == 5
+    rb.receive(Records(tuple(records[5:])), "a", 0.0)
+    assert b.applied()["a"][0] == 20 and b.dump() == a.dump()
+
+
 def test_catch_up_keeps_at_most_a_window_in_flight_and_sends_nothing_twice(monkeypatch):
     monkeypatch.setattr(replica, "WINDOW", 64)
     net = Net(["a", "b"])
@@ -506,18 +523,41 @@ def test_on_a_bus_local_writes_are_flushed_together_and_a_peer_coming_up_gets_th
         peer.committed_locally()
     clock.advance(0)
     assert [(to, type(m), len(m.records)) for to, m in sent] == [(None, Records, 3)]
+    # That flush carried several commits: the next ones wait for FLUSH_INTERVAL after it
+    # and go together; after a flush of one commit, half of it.
+    for i in range(3, 5):
+        store.write(NS, i, {"op": "i", "doc": {"_id": i}})
+        peer.committed_locally()
+        clock.advance(FLUSH_INTERVAL / 4)
+    assert len(sent) == 1
+    clock.advance(FLUSH_INTERVAL / 2)
+    assert [(to, type(m), len(m.records)) for to, m in sent][1:] == [(None, Records, 2)]
+    for i, apart in ((5, 1.0), (6, 0.6)):   # past the spacing: at once (then flushes of one commit)
+        clock.advance(FLUSH_INTERVAL * apart)
+        store.write(NS, i, {"op": "i", "doc": {"_id": i}})
+        peer.committed_locally()
+        clock.advance(0)
+    assert [(to, type(m), len(m.records)) for to, m in sent][2:] == [(None, Records, 1)] * 2
+    clock.advance(FLUSH_INTERVAL / 10)
+    store.write(NS, 7, {"op": "i", "doc": {"_id": 7}})   # soon after a flush of one commit
+    peer.committed_locally()
+    clock.advance(FLUSH_INTERVAL * 0.3)
+    assert len(sent) == 4
+    clock.advance(FLUSH_INTERVAL * 0.1)
+    assert [(to, type(m), len(m.records)) for to, m in sent][4:] == [(None, Records, 1)]
+    del sent[:]
     bus.map.update(Member("b", state=ALIVE))
-    assert sent[-1][0] == "b" and sent[-1][1].vv == {"a": 3}
+    assert sent[-1][0] == "b" and sent[-1][1].vv == {"a": 8}
     # The broadcast went out while b was down: taken as lost when b comes up, so b's
     # vector gets the records at once; asked again at once, they are in flight: not again
     # before RESEND.
     bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
-    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [3]
+    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [8]
     bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
-    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [3]
+    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [8]
     clock.advance(RESEND)
     bus.subs[Status](Status({"a": 0}, 1, 0, 0), Envelope("b"))
-    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [3, 3]
+    assert [len(m.records) for to, m in sent if to == "b" and isinstance(m, Records)] == [8, 8]
     peer.stop()
 
 

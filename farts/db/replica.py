@@ -13,12 +13,15 @@ The protocol
 - **Shipping**: ``flush`` reads this node's records committed since the last flush from
   the store and broadcasts them in ``Records`` batches (at most ``BATCH`` records,
   ``BATCH_BYTES`` bytes); ``tick`` flushes, and ``ReplicaPeer.committed_locally`` makes
-  a flush happen at the end of the loop iteration (one batch for every write in it).
+  a flush happen at the end of the loop iteration (one batch for every write in it), or
+  half ``FLUSH_INTERVAL`` after the last flush (all of it if that carried several commits).
 - **Applying, exactly once**: a node applies an origin's records in sequence order; its
   *version vector* (origin -> highest contiguous seq applied) says what it has. A record
   at or below the vector is a duplicate and dropped; one after a gap waits in a bounded
-  buffer until the gap is filled. What becomes contiguous is handed to the store in one
-  call (one transaction with the applied position).
+  buffer (``MAX_BUFFERED`` past the vector) until the gap is filled. What becomes contiguous is handed to the store,
+  ``STORE_CHUNK`` records a call (one transaction with the applied positions), at most
+  ``STORE_QUEUE`` calls waiting for it: the store has the next chunk while it commits one,
+  and each commit is acknowledged, so a sender catching a peer up refills its window.
 - **Acks, vectors, catch-up**: a node answers a batch that applied something with its
   ``Status`` (its vector, HLC, frontier, stable time) and sends it to every peer every
   ``status_interval`` and when a peer comes up. A ``Status`` is the per-peer ack, and
@@ -83,15 +86,28 @@ from farts.peer import Envelope, PeerBus, PeerMessage, need
 
 log = logging.getLogger("farts.db.replica")
 
-BATCH = 256                # records per Records message
+BATCH = 512                # records per Records message
 BATCH_BYTES = 256 * 1024   # and bytes (mesh frames are at most 1 MiB by default)
 SNAPSHOT_DOCS = 256        # documents per snapshot chunk
 SNAPSHOT_CHUNKS_PER_TICK = 16
-MAX_BUFFERED = 10_000      # out-of-order records held per origin
+# Out-of-order records held per origin: those at most this far past what is applied or in
+# line to be (the ones that fill a gap always fit; later ones come again by catch-up).
+MAX_BUFFERED = 10_000
 RELAY_AFTER = 2           # status intervals without progress before others' records are relayed
 RESEND = 2.0               # seconds without progress before shipped-but-unacknowledged records go again
 SNAPSHOT_WAIT = 3 * RESEND  # seconds the other members leave a snapshot to the designated one
-WINDOW = BATCH * 32        # records of an origin in flight to a peer catching up, past what it acknowledged
+# Records of an origin in flight to a peer catching up, past what it acknowledged: all of
+# it goes out on each Status, so the peer parses the next frames while it applies the
+# last ones (a round trip per few thousand records would leave both waiting).
+WINDOW = 8192
+STORE_CHUNK = 1024         # records handed to the store in one call (one nested transaction)
+STORE_QUEUE = 2            # such calls waiting for the store at once: it has the next while it commits
+# Local writes are flushed at the end of the loop iteration that committed them, unless the
+# last flush was less than half this ago (this, if it carried several commits): then when
+# it is that old. Commits further apart (a steady rate up to ~200 a second) ship at once;
+# under load every peer gets at most 1 / FLUSH_INTERVAL Records frames a second (each one
+# an encryption per link, a commit there and a Status back from each peer).
+FLUSH_INTERVAL = 0.01
 
 Out = list[tuple[str | None, PeerMessage]]
 
@@ -388,8 +404,11 @@ class Replica:
 
     def link_up(self, node_id: str, now: float) -> Out:
         """A peer is (again) reachable: exchange vectors. What was shipped to it before is
-        taken as lost (shipped again on its vector, not after RESEND)."""
-        self._peer(node_id).shipped.clear()
+        taken as lost (shipped again on its vector, not after RESEND); what it lacked of
+        third origins before is not held against them (they ship it now: no relay yet)."""
+        peer = self._peer(node_id)
+        peer.shipped.clear()
+        peer.stalled.clear()
         return [(node_id, self.status())]
 
     def _have(self, origin: str, applied: dict) -> int:
@@ -398,15 +417,23 @@ class Replica:
 
     def _on_records(self, records, sender: str, now: float) -> Out:
         applied = self.store.applied()
+        heads: dict[str, int] = {}   # origin -> the last seq it has with the buffer's contiguous run
         for r in records:
-            have = self._have(r.origin, applied)
             buf = self._buffer.setdefault(r.origin, {})
-            if r.seq <= have or r.seq in buf:
+            head = heads.get(r.origin)
+            if head is None:
+                head = self._have(r.origin, applied)
+                while head + 1 in buf:
+                    head += 1
+            if r.seq <= head or r.seq in buf:
                 self.stats["duplicates"] += 1
-            elif len(buf) < MAX_BUFFERED:
+            elif r.seq <= head + MAX_BUFFERED:
                 buf[r.seq] = r
+                while head + 1 in buf:
+                    head += 1
             else:
                 self.stats["buffered_dropped"] += 1
+            heads[r.origin] = head
         n = self._drain()
         applied = self.store.applied()
         gap = any(buf for buf in self._buffer.values())
@@ -422,29 +449,32 @@ class Replica:
         return out
 
     def _drain(self) -> int:
-        """Applies what the buffer holds that is next in line; returns how many (0 when the
-        store commits later: ``committed`` goes on from there)."""
-        if self._installing:
-            return 0
-        applied = self.store.applied()
-        ready: list[Record] = []
-        for origin, buf in self._buffer.items():
-            seq = self._have(origin, applied)
-            for s in [s for s in buf if s <= seq]:
-                del buf[s]
-            while seq + 1 in buf:
-                seq += 1
-                ready.append(buf.pop(seq))
-        if not ready:
-            return 0
-        result = self.store.apply_remote(ready)
-        if isinstance(result, concurrent.futures.Future):
-            upto = {r.origin: r.seq for r in ready}
-            self._inflight.update(upto)
-            self._waiting.append((result, upto))
-            return 0
-        self._count(result)
-        return len(ready)
+        """Applies what the buffer holds that is next in line, STORE_CHUNK records a call and
+        at most STORE_QUEUE calls waiting for the store (a commit is progress the senders
+        hear of, and a commit of a whole window would keep them waiting); returns how many
+        (0 when the store commits later: ``committed`` goes on from there)."""
+        applied_now = 0
+        while not self._installing and len(self._waiting) < STORE_QUEUE:
+            applied = self.store.applied()
+            ready: list[Record] = []
+            for origin, buf in self._buffer.items():
+                seq = self._have(origin, applied)
+                for s in [s for s in buf if s <= seq]:
+                    del buf[s]
+                while seq + 1 in buf and len(ready) < STORE_CHUNK:
+                    seq += 1
+                    ready.append(buf.pop(seq))
+            if not ready:
+                break
+            result = self.store.apply_remote(ready)
+            if isinstance(result, concurrent.futures.Future):
+                upto = {r.origin: r.seq for r in ready}
+                self._inflight.update(upto)
+                self._waiting.append((result, upto))
+                continue
+            self._count(result)
+            applied_now += len(ready)
+        return applied_now
 
     def _count(self, outcomes) -> None:
         for outcome in outcomes:
@@ -484,10 +514,14 @@ class Replica:
                     if self._inflight.get(origin) == seq:
                         del self._inflight[origin]
         self._drain()
-        if self._waiting:
+        if self._installing:
             return []
+        # Every commit is acknowledged (the senders refill their windows); a sender is
+        # forgotten once nothing of it is waiting any more.
         self._refresh(self.store.applied())
-        ack, self._ack_to = self._ack_to, set()
+        ack = self._ack_to
+        if not self._waiting:
+            self._ack_to = set()
         return [(peer, self.status()) for peer in sorted(ack)]
 
     def _on_status(self, msg: Status, sender: str, now: float) -> Out:
@@ -527,7 +561,7 @@ class Replica:
             upto = min(seq, theirs + WINDOW)    # no more in flight than it can hold and apply
             if start >= upto:
                 continue
-            records = self.store.records_after(origin, start, min(BATCH * 8, upto - start))
+            records = self.store.records_after(origin, start, upto - start)
             if records is None:
                 behind = True
                 break
@@ -736,7 +770,7 @@ class ReplicaPeer:
     """Runs a Replica on a PeerBus and a clock: subscribes its messages, sends what it
     returns, ticks it, exchanges vectors with every peer that comes up, waits for the
     store's commits, and flushes local records at the end of the loop iteration that
-    committed them (one batch for all)."""
+    committed them (one batch for all); under load at most once every ``FLUSH_INTERVAL``."""
 
     def __init__(self, replica: Replica, bus: PeerBus, clock: Clock, tick: float = 0.05,
                  on_progress: Callable[[], None] | None = None) -> None:
@@ -745,6 +779,9 @@ class ReplicaPeer:
         self.replica, self.bus, self.clock = replica, bus, clock
         self.on_progress = on_progress or (lambda: None)
         self._flush_timer = None
+        self._flushed = float("-inf")   # when the last flush ran
+        self._commits = 0               # local commits since then
+        self._burst = False             # the last flush carried several commits
         self._watched: set = set()
         self._unsubscribe = [bus.subscribe(cls, self._on_message) for cls in MESSAGES]
         self._unsubscribe.append(bus.on_member_change(self._on_member))
@@ -789,13 +826,19 @@ class ReplicaPeer:
 
     def committed_locally(self) -> None:
         """The store committed writes of this node: they go out with the flush at the end of
-        this loop iteration."""
+        this loop iteration, or half FLUSH_INTERVAL after the last one (all of it if that
+        carried several commits)."""
+        self._commits += 1
         if self._flush_timer is None:
-            self._flush_timer = self.clock.call_later(0, self._flush)
+            spacing = FLUSH_INTERVAL if self._burst else FLUSH_INTERVAL / 2
+            wait = self._flushed + spacing - self.clock.monotonic()
+            self._flush_timer = self.clock.call_later(max(0.0, wait), self._flush)
 
     def _flush(self) -> None:
         self._flush_timer = None
-        self._send(self.replica.flush(self.clock.monotonic()))
+        self._flushed = self.clock.monotonic()
+        self._burst, self._commits = self._commits > 1, 0
+        self._send(self.replica.flush(self._flushed))
 
     def _tick(self, now: float) -> None:
         self._send(self.replica.tick(now))

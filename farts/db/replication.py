@@ -132,6 +132,7 @@ class Replication:
         self.counts = {"causal_waits": 0, "causal_timeouts": 0, "write_concern_waits": 0,
                        "write_concern_timeouts": 0, "forwarded": 0, "forwards_served": 0, "startup_waits": 0}
         self._exchanged: asyncio.Future | None = None   # writes wait on it after the start
+        self._stamped = (-1, to_timestamp(0))           # the last operationTime as a Timestamp
         self._started = 0.0
         self._unsubscribe: list = []
 
@@ -240,7 +241,7 @@ class Replication:
 
     def operation_time(self) -> int:
         """The highest HLC of any write visible here (replies' operationTime)."""
-        return max((h for _, h in self.store.applied().values()), default=0)
+        return self.store.operation_hlc
 
     def majority(self) -> int:
         return len(self.replica.members) // 2 + 1
@@ -367,7 +368,10 @@ class Replication:
 
     def stamp(self, reply: dict) -> dict:
         """operationTime and $clusterTime on a reply."""
-        t = to_timestamp(self.operation_time())
+        hlc = self.operation_time()
+        if hlc != self._stamped[0]:   # the same Timestamp for every reply until a commit moves it
+            self._stamped = (hlc, to_timestamp(hlc))
+        t = self._stamped[1]
         reply["operationTime"] = t
         reply["$clusterTime"] = {"clusterTime": t, "signature": _SIGNATURE}
         return reply

@@ -37,11 +37,13 @@ import bson
 import lmdb
 from bson.int64 import Int64
 from bson.objectid import ObjectId
+from bson.raw_bson import RawBSONDocument
 from bson.regex import Regex
 
 from farts.clock import HLC
 from farts.db import collation, keys, merge, validation
 from farts.db.errors import MongoError
+from farts.db.replica import Record
 from farts.db.update import _copy, is_replacement
 
 log = logging.getLogger("farts.db.store")
@@ -50,6 +52,7 @@ MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 _SEQ = struct.Struct(">Q")
 _POS = struct.Struct(">QQ")   # applied position: seq, HLC
 _GROUP_MAX = 512   # write functions per commit
+_RECENT = 4096     # this node's last committed records kept in memory for shipping
 
 
 def _err(code: int, name: str, message: str) -> MongoError:
@@ -173,6 +176,13 @@ class Store:
         self._hlc_lock = threading.Lock()
         self._group_stamp: int | None = None   # the first stamp of the group being written
         self._committed_vv = {**vv, node_id: (self.seq, self.hlc.last)}
+        self.operation_hlc = max(h for _, h in self._committed_vv.values())   # replies' operationTime
+        # This node's records as the writer logs them (cut back when a nested transaction
+        # aborts), and the last _RECENT committed ones: shipping reads them here rather
+        # than back from the oplog. The writer only appends to _recent (or replaces it).
+        self._group_records: list = []
+        self._recent: list = []
+        self._own_truncated = 0   # this node's records up to here are gone from the oplog
         self.doc_reads = 0      # documents fetched by queries (evidence for index use)
         self.commits = 0
         self.committed_ops = 0
@@ -263,6 +273,7 @@ class Store:
                 pass
             # the clock is not put back: stamps handed out stay handed out
             self.seq, self._wvv = seq_before, vv_before
+            self._group_records = []
             self._group_done()
             self._wcat = dict(self.catalog)
             self._forget_fresh(0)
@@ -272,6 +283,14 @@ class Store:
             return
         self.catalog = dict(self._wcat)
         self._committed_vv = {**self._wvv, self.node_id: (self.seq, self.hlc.last)}
+        self.operation_hlc = max(h for _, h in self._committed_vv.values())
+        if self._group_records:
+            if self._recent and self._group_records[0].seq != self._recent[-1].seq + 1:
+                self._recent = []   # the sequence jumped (a snapshot's vector): contiguous runs only
+            elif len(self._recent) + len(self._group_records) > 2 * _RECENT:
+                self._recent = self._recent[-_RECENT:]   # a new list: a reader keeps the one it has
+            self._recent.extend(self._group_records)
+            self._group_records = []
         self._group_done()
         self._fresh.clear()
         self.commits += 1
@@ -563,6 +582,11 @@ class Store:
     def records_after(self, origin: str, seq: int, limit: int) -> list | None:
         """Retained records of origin after seq, as ``farts.db.replica.Record``; None when
         seq + 1 is no longer retained."""
+        recent = self._recent
+        if origin == self.node_id and recent and recent[0].seq <= seq + 1 <= recent[-1].seq + 1 \
+                and seq >= self._own_truncated:
+            start = seq + 1 - recent[0].seq
+            return recent[start:start + limit]
         with self.env.begin() as txn:
             out = self.records_after_in(txn, origin, seq, limit)
         if not out and seq < self._committed_vv.get(origin, (0, 0))[0]:
@@ -570,7 +594,6 @@ class Store:
         return out
 
     def records_after_in(self, txn, origin: str, seq: int, limit: int) -> list:
-        from farts.db.replica import Record
         prefix = origin.encode() + b"\0"
         out: list = []
         cur = txn.cursor(self.oplog)
@@ -581,12 +604,7 @@ class Store:
                 d = bson.decode(v)
                 if int(d["s"]) != seq + 1 + len(out):
                     break
-                # a record without an effect (a write from before replication) travels
-                # as a no-op: the sequence stays contiguous
-                if "w" in d:
-                    out.append(Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"), body=d["w"]))
-                else:
-                    out.append(Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"), {"op": "n"}))
+                out.append(_record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"), d.get("w")))
         return out
 
     def retained(self, origin: str) -> int:
@@ -614,6 +632,8 @@ class Store:
         prefix = origin.encode() + b"\0"
 
         def run(w: WriteTxn) -> int:
+            if origin == self.node_id:   # set before the commit: records_after reads the oplog early, never late
+                self._own_truncated = max(self._own_truncated, upto)
             cur = w.txn.cursor(self.oplog)
             n = 0
             if cur.set_range(prefix):
@@ -715,15 +735,23 @@ class Store:
                         break
             self._compact_from = batch[-1][0] + b"\0" if len(batch) >= limit else b""
             for k, v in batch:
+                n += 1
+                d = bson.decode(v)
+                if "i" in d:
+                    # Made by one insert: compacted to nothing once stable, and until then
+                    # there is nothing to fold (a later pass gets it): neither the document
+                    # nor the state is decoded, and nothing is written.
+                    if merge.Stamp.of(d["i"]).hlc <= stable:
+                        txn.delete(k, db=self.rmeta)
+                    continue
                 data = txn.get(k, db=self.docs)
-                _id, state = _rmeta_decode(v, bson.decode(data) if data is not None else None)
+                _id, state = _rmeta_decode(v, bson.decode(data) if data is not None else None, d)
                 new = merge.compact(state, stable)
                 if new is None or (new["v"] is not None and "o" not in new and not new["m"]["w"]
                                    and not new["m"]["e"]):
                     txn.delete(k, db=self.rmeta)
                 else:
                     txn.put(k, _rmeta_encode(_id, new), db=self.rmeta)
-                n += 1
             self._compact_catalog(txn, stable)
             return n
         return self.submit(run)
@@ -769,14 +797,22 @@ def _conflict_prefix(ns: str, idx: Index, k: bytes) -> bytes:
     return index_db_name(ns, idx.name) + b"\0" + struct.pack(">I", len(k)) + k
 
 
+def _record(origin: str, seq: int, hlc: int, ns: str, _id, body: bytes | None):
+    """A ``farts.db.replica.Record`` of the oplog; one without an effect (a write from
+    before replication) travels as a no-op, so the sequence stays contiguous."""
+    if body is None:
+        return Record(origin, seq, hlc, ns, _id, {"op": "n"})
+    return Record(origin, seq, hlc, ns, _id, body=body)
+
+
 def _rmeta_encode(_id, state: dict) -> bytes:
     """A document's merge state without its value (that is in docs), with its _id (for a
     deleted document's tombstone)."""
     return bson.encode({"id": _id, "s": {k: v for k, v in state.items() if k != "v"}})
 
 
-def _rmeta_decode(data: bytes, doc: dict | None) -> tuple[object, dict]:
-    d = bson.decode(data)
+def _rmeta_decode(data: bytes, doc: dict | None, decoded: dict | None = None) -> tuple[object, dict]:
+    d = bson.decode(data) if decoded is None else decoded
     if "i" in d:   # the state an insert of doc made on nothing
         return d["id"], merge.apply(None, merge.Stamp.of(d["i"]), {"op": "i", "doc": _copy(doc)}).state
     d["s"]["v"] = doc
@@ -891,6 +927,8 @@ class WriteTxn:
                 else:
                     st._wcat[ns] = old
             st.seq = frame["seq"]
+            while st._group_records and st._group_records[-1].seq > st.seq:
+                st._group_records.pop()
             st._forget_fresh(frame["fresh"])
             raise
         else:
@@ -936,6 +974,7 @@ class WriteTxn:
         rec.update(fields)
         if "e" in fields:   # replicated: the effect as it travels (records_after ships these bytes)
             rec["w"] = bson.encode({"id": _id, "op": rec.pop("e")})
+            st._group_records.append(_record(st.node_id, stamp.seq, stamp.hlc, ns, _id, rec["w"]))
         self.txn.put(st._origin + _SEQ.pack(stamp.seq), bson.encode(rec), db=st.oplog)
 
     # -- documents --
@@ -1058,6 +1097,8 @@ class WriteTxn:
             raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
         self._index_put(ns, coll, doc, id_key, None)
         if effect:   # the effect has the document
+            if effect["e"].get("doc") is doc and len(effect["e"]) == 2:   # the usual insert: not encoded again
+                effect["e"] = {"op": "i", "doc": RawBSONDocument(data)}
             self.log(ns, "i", _id, stamp=stamp, **effect)
         else:
             self.log(ns, "i", _id, stamp=stamp, doc=doc)
@@ -1109,6 +1150,14 @@ class WriteTxn:
         in it comes before what is to come."""
         st, key = self.store, ns_prefix(ns) + id_key
         raw = self.txn.get(key, db=st.rmeta)
+        if raw is None and doc is None and op["op"] == "i" and "u" not in op:
+            # The usual insert, on nothing: the document is the insert's (its _id first, as
+            # merge's _create makes it), its state is kept as the stamp alone (_rmeta_decode).
+            if outcome is not None:
+                outcome.append("applied")
+            self.txn.put(key, bson.encode({"id": _id, "i": stamp.to_bson()}), db=st.rmeta)
+            new = op["doc"]
+            return new if next(iter(new)) == "_id" else {"_id": new["_id"], **new}
         if raw is not None:
             state = _rmeta_decode(raw, _copy(doc))[1]
         elif doc is not None:
@@ -1122,12 +1171,7 @@ class WriteTxn:
         if result is None:
             self.txn.delete(key, db=st.rmeta)
             return None
-        if state is None and op["op"] == "i" and "u" not in op:
-            # Made by this insert alone (the usual insert): kept as its stamp, the rest
-            # follows from the document (_rmeta_decode).
-            self.txn.put(key, bson.encode({"id": _id, "i": stamp.to_bson()}), db=st.rmeta)
-        else:
-            self.txn.put(key, _rmeta_encode(_id, result), db=st.rmeta)
+        self.txn.put(key, _rmeta_encode(_id, result), db=st.rmeta)
         return result["v"]
 
     def apply_record(self, r, position: bool = True) -> str:
