@@ -26,6 +26,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
@@ -43,6 +44,7 @@ from .rollout import (
     Rollback,
     Rollout,
     Verify,
+    health_problem,
 )
 
 log = logging.getLogger("farts.release")
@@ -72,8 +74,8 @@ def _check_of(reason: str) -> str:
 class ReleaseNode:
     """This node's side of a deploy: stage, install, restart, and what it runs."""
 
-    def __init__(self, cfg, metrics) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg, metrics, caught_up: Callable[[], bool] = lambda: True) -> None:
+        self.cfg, self.caught_up = cfg, caught_up
         self.trusted = [bundle.load_public_key(cfg.path(k)) for k in cfg.release.trusted_keys]
         self.envs = cfg.path(cfg.release.envs_dir)
         self.env = os.environ.get("FARTS_RELEASE_ENV", BASE)
@@ -84,7 +86,7 @@ class ReleaseNode:
     def info(self) -> dict:
         installed = sorted(p.name for p in self.envs.iterdir() if p.is_dir()) if self.envs.is_dir() else []
         return {"node": self.cfg.node.id, "version": __version__, "env": self.env, "pid": os.getpid(),
-                "installed": installed}
+                "installed": installed, "caught_up": self.caught_up()}
 
     def stage(self, data: bytes, allow_downgrade: bool) -> bundle.Release:
         """Blocking (thread pool): verify the bundle; keep it for install. Raises Refused."""
@@ -197,16 +199,27 @@ def _call(method: str, url: str, data: bytes | None = None, timeout: float = 600
         return 0, {"error": str(e)}
 
 
+@dataclass(frozen=True)
+class ClusterView:
+    """What the runner reads of the cluster on its own node for the health gate (node.py
+    hands it over): the state its mesh sees a member in (None without a mesh), and the
+    master's alerts (from the replicated store every node reads)."""
+    member_state: Callable[[str], str | None] = lambda node: None
+    alerts: Callable[[], list[dict]] = lambda: []
+
+
 class Deployer:
     """Runs one rollout at a time from this node over the nodes' admin APIs."""
 
-    def __init__(self, me: str, clock, peers: Callable[[], dict[str, str]], settings: dict | None = None) -> None:
-        self.me, self.clock, self.peers = me, clock, peers
+    def __init__(self, me: str, clock, peers: Callable[[], dict[str, str]], settings: dict | None = None,
+                 cluster: ClusterView = ClusterView()) -> None:
+        self.me, self.clock, self.peers, self.cluster = me, clock, peers, cluster
         self.settings = settings or {}   # Rollout's timings (tests shorten them)
         self.rollout: Rollout | None = None
         self.deployment = ""
         self.urls: dict[str, str] = {}
         self.previous: dict[str, str] = {}   # node -> the env it ran before its restart
+        self.restarted_at: dict[str, float] = {}   # node -> wall time of its restart (new alerts: after)
         self.bundle = b""
         self.allow_downgrade = False
         self._timer = None
@@ -221,6 +234,7 @@ class Deployer:
         self._timer.cancel()
         return {"rollout": dataclasses.asdict(self.rollout), "now": self.clock.monotonic(),
                 "deployment": self.deployment, "urls": self.urls, "previous": self.previous,
+                "restarted_at": self.restarted_at,
                 "bundle": base64.b64encode(self.bundle).decode(), "allow_downgrade": self.allow_downgrade}
 
     def resume(self, state: dict | None) -> None:
@@ -240,6 +254,7 @@ class Deployer:
         if self.rollout._next_check != float("inf"):
             self.rollout._next_check += shift
         self.deployment, self.urls, self.previous = state["deployment"], state["urls"], state["previous"]
+        self.restarted_at = state.get("restarted_at", {})   # (a runner of an older release has none)
         self.bundle, self.allow_downgrade = base64.b64decode(state["bundle"]), state["allow_downgrade"]
         log.info("deploy %s: going on after this node's restart", self.rollout.version)
         self._timer = self.clock.every(0.5, lambda now: self._run(self.rollout.tick(now)))
@@ -260,7 +275,7 @@ class Deployer:
             raise ValueError("no nodes to deploy to")
         # This node last: its own restart hands the rollout over (export/resume).
         order = sorted(urls, key=lambda n: (n == self.me, n))
-        self.urls, self.bundle, self.previous = urls, data, {}
+        self.urls, self.bundle, self.previous, self.restarted_at = urls, data, {}, {}
         self.deployment = q.get("deployment", "")
         self.allow_downgrade = q.get("allow_downgrade") == "1"
         version = json.loads(_manifest_of(data))["version"]
@@ -294,13 +309,17 @@ class Deployer:
             status, body = await call("GET", "/api/release")
             if status == 200:
                 self.previous[a.node] = body["env"]
+                self.restarted_at[a.node] = self.clock.wall()
                 status, body = await call("POST", "/api/release/restart?" + urlencode({"env": version}))
         elif isinstance(a, CheckHealth):
-            status, body = await call("GET", "/healthz")
-            if status == 200:
+            healthz, _ = await call("GET", "/healthz")
+            info = None
+            if healthz == 200:
                 status, body = await call("GET", "/api/release")
-                if status == 200 and body.get("version") != version:
-                    status, body = 0, {"error": f"runs {body.get('version')}, not yet {version}"}
+                info = body if status == 200 else None
+            problem = health_problem(version, healthz, info, self.cluster.member_state(a.node),
+                                     self.cluster.alerts(), self.restarted_at.get(a.node, 0.0))
+            status, body = (200, {}) if not problem else (0, {"error": problem})
         elif isinstance(a, Rollback):
             env = self.previous.get(a.node, BASE)
             status, body = await call("POST", "/api/release/restart?" + urlencode({"env": env}))
@@ -333,16 +352,17 @@ def mesh_admin_urls(mesh_status: dict | None, me: str, admin: tuple[str, int] | 
     return urls
 
 
-def admin_routes(cfg, metrics, clock, peers: Callable[[], dict[str, str]], handover) -> list:
+def admin_routes(cfg, metrics, clock, peers: Callable[[], dict[str, str]], handover,
+                 cluster: ClusterView = ClusterView(), caught_up: Callable[[], bool] = lambda: True) -> list:
     """The routes, and the deploy's place in the handover: a rollout this node runs goes
     on in its next process."""
     from farts.config import Route
     r = cfg.release
     timings = {"bake": r.bake, "canary_bake": r.canary_bake, "health_timeout": r.health_timeout}
-    deployer = Deployer(cfg.node.id, clock, peers, timings)
+    deployer = Deployer(cfg.node.id, clock, peers, timings, cluster)
     handover.carry["deploy"] = (deployer.export, deployer.resume)
     deployer.resume(handover.carried.get("deploy"))
-    handler = ReleaseAdminHandler(ReleaseNode(cfg, metrics), deployer)
+    handler = ReleaseAdminHandler(ReleaseNode(cfg, metrics, caught_up), deployer)
     big = 1 << 30   # a bundle is a wheel or a few: tens of MB
     return [(Route(prefix="/api/release", kind="admin", max_body_bytes=big), handler),
             (Route(prefix="/api/deploy", kind="admin", max_body_bytes=big), handler)]

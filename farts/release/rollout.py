@@ -182,3 +182,32 @@ class Rollout:
     def _finish(self, ok: bool, reason: str) -> list:
         self.result = Finished(ok, reason)
         return [self.result]
+
+
+# A rolling deploy runs two versions side by side by design: that alert is no sign of a
+# bad release.
+EXPECTED_DURING_A_ROLLOUT = frozenset({"version_mismatch"})
+
+
+def health_problem(version: str, healthz: int, info: dict | None, member_state: str | None,
+                   alerts: list[dict], restarted_at: float) -> str:
+    """Why a node is not (yet) healthy on ``version``, or "" when it is: ``healthz`` is
+    its /healthz status, ``info`` its /api/release (version, replication caught up),
+    ``member_state`` what this node's mesh sees of it (None without a mesh), ``alerts``
+    the master's alerts (first_seen: wall time), ``restarted_at`` the wall time of its
+    restart (an alert opened since then, anywhere, fails it)."""
+    if healthz != 200:
+        return f"/healthz answered {healthz or 'nothing'}"
+    if info is None:
+        return "no answer from /api/release"
+    if info.get("version") != version:
+        return f"runs {info.get('version')}, not yet {version}"
+    if not info.get("caught_up", True):
+        return "database replication not caught up"
+    if member_state is not None and member_state != "alive":
+        return f"the mesh sees it {member_state}"
+    new = sorted(a.get("key", "?") for a in alerts
+                 if a.get("first_seen", 0) >= restarted_at and a.get("rule") not in EXPECTED_DURING_A_ROLLOUT)
+    if new:
+        return "new alert since its restart: " + ", ".join(new)
+    return ""
