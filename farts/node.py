@@ -296,7 +296,7 @@ SERVICES: tuple[Service, ...] = (
             admin_routes=lambda n, h: deploy_routes(n.cfg, n.metrics, n.clock, lambda: mesh_admin_urls(
                 n.mesh.status() if n.mesh else None, n.cfg.node.id,
                 n.listeners["admin"].address if "admin" in n.listeners else None), h,
-                _deploy_view(n), lambda: _replica_caught_up(n))),
+                _deploy_view(n), lambda: _replica_caught_up(n), n.mesh.bus if n.mesh else None)),
 )
 
 for _service in SERVICES:

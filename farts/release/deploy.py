@@ -8,7 +8,12 @@ downgrade; refused with 422, a log line and ``farts_release_refused_total``),
 (a new process on that environment takes this one over: handover.py).
 
 The node that receives ``POST /api/deploy`` (``farts-edge deploy``) runs the rollout
-(rollout.py) over the nodes' admin APIs; ``GET /api/deploy`` is its progress. (The
+(rollout.py) over the nodes' admin APIs; ``GET /api/deploy`` is its progress. With a
+mesh, the bundle goes to each member over it (peer.py: chunked, acknowledged, verified
+there as over HTTP); a node outside the mesh (``--node ID=URL``) gets it on its
+``/api/release/stage``. Each node's health gate (rollout.health_problem) is its /healthz
+and /api/release (version, replication caught up) and what the runner's node sees of it
+(its mesh state, the master's alerts: a ``ClusterView`` node.py hands over). (The
 master of the deployment, issue 14, is where the rollout belongs; this node runs it
 until then, and deploys itself last: its own restart hands the rollout to its next
 process, which goes on with it.)
@@ -34,6 +39,7 @@ from farts import __version__
 from farts.transport.http import Fixed, Request, Response
 
 from . import bundle
+from .peer import BundlePeer
 from .rollout import (
     RESTARTING,
     CheckHealth,
@@ -214,6 +220,7 @@ class Deployer:
     def __init__(self, me: str, clock, peers: Callable[[], dict[str, str]], settings: dict | None = None,
                  cluster: ClusterView = ClusterView()) -> None:
         self.me, self.clock, self.peers, self.cluster = me, clock, peers, cluster
+        self.bundles: BundlePeer | None = None   # (with a mesh: bundles go to its members over it)
         self.settings = settings or {}   # Rollout's timings (tests shorten them)
         self.rollout: Rollout | None = None
         self.deployment = ""
@@ -300,7 +307,10 @@ class Deployer:
 
         def call(method, path, data=None):
             return asyncio.get_running_loop().run_in_executor(None, _call, method, url + path, data)
-        if isinstance(a, Verify):
+        if isinstance(a, Verify) and self.bundles is not None and self.bundles.linked(a.node):
+            ok, why = await self.bundles.send(a.node, version, self.bundle, self.allow_downgrade)
+            status, body = (200, {}) if ok else (422, {"refused": why})
+        elif isinstance(a, Verify):   # (this node itself, or a node outside the mesh: --node ID=URL)
             q = "?allow_downgrade=1" if self.allow_downgrade else ""
             status, body = await call("POST", "/api/release/stage" + q, self.bundle)
         elif isinstance(a, Install):
@@ -353,7 +363,8 @@ def mesh_admin_urls(mesh_status: dict | None, me: str, admin: tuple[str, int] | 
 
 
 def admin_routes(cfg, metrics, clock, peers: Callable[[], dict[str, str]], handover,
-                 cluster: ClusterView = ClusterView(), caught_up: Callable[[], bool] = lambda: True) -> list:
+                 cluster: ClusterView = ClusterView(), caught_up: Callable[[], bool] = lambda: True,
+                 bus=None) -> list:
     """The routes, and the deploy's place in the handover: a rollout this node runs goes
     on in its next process."""
     from farts.config import Route
@@ -362,7 +373,10 @@ def admin_routes(cfg, metrics, clock, peers: Callable[[], dict[str, str]], hando
     deployer = Deployer(cfg.node.id, clock, peers, timings, cluster)
     handover.carry["deploy"] = (deployer.export, deployer.resume)
     deployer.resume(handover.carried.get("deploy"))
-    handler = ReleaseAdminHandler(ReleaseNode(cfg, metrics, caught_up), deployer)
+    node = ReleaseNode(cfg, metrics, caught_up)
+    if bus is not None:   # bundles come and go over the mesh (peer.py)
+        deployer.bundles = BundlePeer(cfg.node.id, bus, clock, node.stage, bundle.Refused)
+    handler = ReleaseAdminHandler(node, deployer)
     big = 1 << 30   # a bundle is a wheel or a few: tens of MB
     return [(Route(prefix="/api/release", kind="admin", max_body_bytes=big), handler),
             (Route(prefix="/api/deploy", kind="admin", max_body_bytes=big), handler)]
