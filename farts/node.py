@@ -228,8 +228,9 @@ def _replica_caught_up(n: Node) -> bool:
 
 
 def _deploy_view(n: Node) -> ClusterView:
-    """What a deploy this node runs reads of the cluster for its health gate: the state
-    this node's mesh sees a member in, and the master's alerts (read from the store)."""
+    """What a deploy reads of the cluster on this node: for its health gate the state this
+    node's mesh sees a member in and the master's alerts (read from the store); and who
+    the master is, which runs the deploys."""
     def member_state(node_id: str) -> str | None:
         m = n.members.get(node_id) if n.mesh is not None else None
         return None if n.mesh is None else (m.state if m is not None else "unknown")
@@ -237,7 +238,11 @@ def _deploy_view(n: Node) -> ClusterView:
     def alerts() -> list[dict]:
         master = n.services.get("master")
         return master.alerts.listing() if master is not None and n.db is not None else []
-    return ClusterView(member_state, alerts)
+
+    def master() -> str | None:
+        service = n.services.get("master")
+        return (service.view().get(service.deployment) or {}).get("master") if service is not None else None
+    return ClusterView(member_state, alerts, master)
 
 
 def _master_admin(n: Node, master) -> list:

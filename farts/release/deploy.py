@@ -158,6 +158,8 @@ class ReleaseAdminHandler:
         if path == b"/api/release" and req.method in (b"GET", b"HEAD"):
             return _json(200, self.node.info())
         if path == b"/api/deploy" and req.method in (b"GET", b"HEAD"):
+            if self.deployer.rollout is None and self.deployer.runner_url:   # handed to the master
+                return self._forward("GET", self.deployer.runner_url, "/api/deploy")
             return _json(200, self.deployer.status())
         if req.method != b"POST":
             return Fixed.error(405)
@@ -180,6 +182,16 @@ class ReleaseAdminHandler:
             if req.path == b"/api/deploy":
                 data = await req.body.read() if req.body is not None else b""
                 nodes = json.loads(req.header(b"x-deploy-nodes") or b"{}")
+                # The deployment's master runs a deploy (it outlives any one node's restart
+                # but its own, which hands the rollout to its next process); asked here, this
+                # node hands it over, once ("from" says it was).
+                master, me = self.deployer.cluster.master(), node.cfg.node.id
+                url = (nodes or self.deployer.peers()).get(master) if master not in (None, me) \
+                    and "from" not in q else None
+                if url:
+                    self.deployer.runner_url = url
+                    return await self._forward("POST", url, "/api/deploy?" + urlencode({**q, "from": me}), data,
+                                               {"x-deploy-nodes": json.dumps(nodes)})
                 started = await self.deployer.start(data, nodes, q)
                 return _json(202, started)
         except bundle.Refused as e:
@@ -189,10 +201,17 @@ class ReleaseAdminHandler:
             return _json(500, {"node": node.cfg.node.id, "error": str(e)})
         return Fixed.error(404)
 
+    async def _forward(self, method: str, url: str, path: str, data: bytes | None = None,
+                       headers: dict | None = None) -> Response:
+        status, body = await asyncio.get_running_loop().run_in_executor(
+            None, _call, method, url.rstrip("/") + path, data, 600, headers)
+        return _json(status or 502, body)
 
-def _call(method: str, url: str, data: bytes | None = None, timeout: float = 600) -> tuple[int, dict]:
+
+def _call(method: str, url: str, data: bytes | None = None, timeout: float = 600,
+          headers: dict | None = None) -> tuple[int, dict]:
     """Blocking (thread pool): one admin API call to a node."""
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.load(r)
@@ -212,6 +231,7 @@ class ClusterView:
     master's alerts (from the replicated store every node reads)."""
     member_state: Callable[[str], str | None] = lambda node: None
     alerts: Callable[[], list[dict]] = lambda: []
+    master: Callable[[], str | None] = lambda: None   # this deployment's master (None: none known)
 
 
 class Deployer:
@@ -221,6 +241,7 @@ class Deployer:
                  cluster: ClusterView = ClusterView()) -> None:
         self.me, self.clock, self.peers, self.cluster = me, clock, peers, cluster
         self.bundles: BundlePeer | None = None   # (with a mesh: bundles go to its members over it)
+        self.runner_url = ""   # the admin API of the master this node handed its last deploy to
         self.settings = settings or {}   # Rollout's timings (tests shorten them)
         self.rollout: Rollout | None = None
         self.deployment = ""
@@ -277,6 +298,7 @@ class Deployer:
     async def start(self, data: bytes, nodes: dict[str, str], q: dict) -> dict:
         if self.rollout is not None and self.rollout.result is None:
             raise ValueError("a deploy is running already (GET /api/deploy)")
+        self.runner_url = ""
         urls = nodes or self.peers()
         if not urls:
             raise ValueError("no nodes to deploy to")
@@ -373,6 +395,11 @@ def admin_routes(cfg, metrics, clock, peers: Callable[[], dict[str, str]], hando
     deployer = Deployer(cfg.node.id, clock, peers, timings, cluster)
     handover.carry["deploy"] = (deployer.export, deployer.resume)
     deployer.resume(handover.carried.get("deploy"))
+    # (a key of its own: a process of a release before it ignores it)
+    def resume_runner(url: str | None) -> None:
+        deployer.runner_url = url or ""
+    handover.carry["deploy_runner"] = (lambda: deployer.runner_url, resume_runner)
+    resume_runner(handover.carried.get("deploy_runner"))
     node = ReleaseNode(cfg, metrics, caught_up)
     if bus is not None:   # bundles come and go over the mesh (peer.py)
         deployer.bundles = BundlePeer(cfg.node.id, bus, clock, node.stage, bundle.Refused)
