@@ -28,6 +28,8 @@ def test_each_check_says_why_the_node_is_not_healthy():
         ((0, INFO, "alive", []), "/healthz answered nothing"),
         ((200, None, "alive", []), "no answer from /api/release"),
         ((200, {**INFO, "version": "0.1.0"}, "alive", []), "runs 0.1.0, not yet 0.2.0"),
+        ((200, {**INFO, "version": "0.1.0", "successor_exit": 1}, "alive", []),
+         "its new process exited with status 1"),
         ((200, {**INFO, "caught_up": False}, "alive", []), "database replication not caught up"),
         ((200, INFO, "suspect", []), "the mesh sees it suspect"),
         ((200, INFO, "draining", []), "the mesh sees it draining"),

@@ -88,11 +88,14 @@ class ReleaseNode:
         self.refused = metrics.counter("farts_release_refused_total",
                                        "Release bundles this node refused, by the check that failed", ("check",))
         self.staged: dict[str, bundle.Release] = {}
+        self.successor: subprocess.Popen | None = None   # the process restart() started
 
     def info(self) -> dict:
         installed = sorted(p.name for p in self.envs.iterdir() if p.is_dir()) if self.envs.is_dir() else []
         return {"node": self.cfg.node.id, "version": __version__, "env": self.env, "pid": os.getpid(),
-                "installed": installed, "caught_up": self.caught_up()}
+                "installed": installed, "caught_up": self.caught_up(),
+                # (it took over and this process ends; or it died, and this one goes on)
+                "successor_exit": self.successor.poll() if self.successor is not None else None}
 
     def stage(self, data: bytes, allow_downgrade: bool) -> bundle.Release:
         """Blocking (thread pool): verify the bundle; keep it for install. Raises Refused."""
@@ -144,6 +147,7 @@ class ReleaseNode:
             env={**os.environ, "PYTHONPATH": path, "FARTS_RELEASE_ENV": env, "FARTS_BASE_PYTHONPATH": base,
                  "PYTHONSAFEPATH": "1"})
         log.info("restarting onto %s: process %d takes over", env, proc.pid)
+        self.successor = proc
         return proc.pid
 
 
@@ -351,6 +355,9 @@ class Deployer:
                 info = body if status == 200 else None
             problem = health_problem(version, healthz, info, self.cluster.member_state(a.node),
                                      self.cluster.alerts(), self.restarted_at.get(a.node, 0.0))
+            if info is not None and info.get("successor_exit") is not None:
+                self._run(self.rollout.done(a.node, False, problem, self.clock.monotonic(), final=True))
+                return
             status, body = (200, {}) if not problem else (0, {"error": problem})
         elif isinstance(a, Rollback):
             env = self.previous.get(a.node, BASE)

@@ -94,8 +94,9 @@ class Rollout:
     def start(self, now: float) -> list:
         return self._advance(now)
 
-    def done(self, node: str, ok: bool, detail: str, now: float) -> list:
-        """The answer to the last action sent for ``node``."""
+    def done(self, node: str, ok: bool, detail: str, now: float, final: bool = False) -> list:
+        """The answer to the last action sent for ``node``; ``final``: a health check that
+        will not get better (the node's new process died): no waiting for the timeout."""
         p = self._node()
         if p is None or p.node != node or not self._waiting or self.result is not None:
             return []   # (a late answer to an action of a node the deploy has left)
@@ -112,6 +113,8 @@ class Rollout:
                 return []
             return self._send(action(p.node))
         if p.state in (CHECKING, BAKING):
+            if not ok and final:
+                return self._fail(p, now, rollback=True)
             return self._health(p, ok, now)
         if p.state == ROLLING_BACK:
             self._enter(p, ROLLED_BACK if ok else ROLLBACK_FAILED, now)
@@ -200,6 +203,8 @@ def health_problem(version: str, healthz: int, info: dict | None, member_state: 
         return f"/healthz answered {healthz or 'nothing'}"
     if info is None:
         return "no answer from /api/release"
+    if info.get("successor_exit") is not None:
+        return f"its new process exited with status {info['successor_exit']}"
     if info.get("version") != version:
         return f"runs {info.get('version')}, not yet {version}"
     if not info.get("caught_up", True):
