@@ -86,6 +86,7 @@ class PubSubPeer:
     def __init__(self, me: str, pubsub: PubSubAPI, bus: PeerBus, clock: Clock) -> None:
         self.me, self.pubsub, self.bus, self.clock = me, pubsub, bus, clock
         self._retries: dict[str, Timer] = {}   # member -> its pending catch-up retry
+        self._away: dict[str, dict[str, int]] = {}   # member not alive -> have() when it went
         pubsub.on_local_event = self.local_event
         bus.subscribe(Event, self.on_event)
         bus.subscribe(CatchupRequest, self.on_catchup)
@@ -110,15 +111,26 @@ class PubSubPeer:
             self.pubsub.apply_remote(ev)
 
     def on_member(self, old: Member | None, new: Member) -> None:
-        if new.id != self.me and new.state == ALIVE and (old is None or old.state != ALIVE):
-            self._ask_catchup(new.id, CATCHUP_TRIES)
+        if new.id == self.me:
+            return
+        if new.state == ALIVE and (old is None or old.state != ALIVE):
+            self._ask_catchup(new.id, CATCHUP_TRIES, self._away.pop(new.id, None) or self.pubsub.have())
+        elif new.state != ALIVE and old is not None and old.state == ALIVE:
+            # The catch-up starts from what this node had when the member stopped being
+            # alive: a restarted member's new process may send events before it is seen
+            # alive again, and they would hide the ones published in between.
+            self._away[new.id] = self.pubsub.have()
 
-    def _ask_catchup(self, node_id: str, tries: int) -> None:
+    def _ask_catchup(self, node_id: str, tries: int, have: dict[str, int]) -> None:
+        # ``have`` is what this node had when the member came alive, kept for the retries:
+        # events of it that arrive meanwhile (once its link is up, before the retry) would
+        # move the newest seq past the ones this node missed while it was away.
         pending = self._retries.pop(node_id, None)
         if pending is not None:  # alive again before the last round of retries ended
             pending.cancel()
-        if not self.bus.send(node_id, CatchupRequest(self.pubsub.have())) and tries > 1:
-            self._retries[node_id] = self.clock.call_later(CATCHUP_RETRY, self._ask_catchup, node_id, tries - 1)
+        if not self.bus.send(node_id, CatchupRequest(have)) and tries > 1:
+            self._retries[node_id] = self.clock.call_later(CATCHUP_RETRY, self._ask_catchup, node_id, tries - 1,
+                                                           have)
 
     def stop(self) -> None:
         for t in self._retries.values():

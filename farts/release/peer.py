@@ -220,6 +220,8 @@ class BundlePeer:
         self.bus.send(env.origin, BundleAck(c.version, len(r.buf)))
         if data is not None:
             del self.incoming[env.origin]
+            log.info("release %s: received over the mesh from %s (%d bytes); verifying it", c.version,
+                     env.origin, len(data))
             asyncio.ensure_future(self._verify(env.origin, c.version, data, c.allow_downgrade))
 
     async def _verify(self, origin: str, version: str, data: bytes, allow_downgrade: bool) -> None:
