@@ -25,7 +25,7 @@ from conftest import BASE_CONFIG, start_node
 from mesh_helpers import make_ca, mesh_address, start_mesh_node, states, wait_for
 from test_pubsub import PUBSUB_ROUTES, ws_url
 from test_release_bundle import flip_byte, make, wheel_name
-from test_release_restart import Subscriber, mongo_writer
+from test_release_restart import Load, Subscriber, delivered, mongo_writer
 
 from farts.release import bundle
 
@@ -180,46 +180,15 @@ def test_a_cluster_under_load_rolls_to_a_new_release_and_back_from_a_broken_one(
         targets = [a for i in IDS for a in ("--node", f"{i}={admin[i]}")]
         db = {i: re.search(r"db\s+mongodb://([\d.]+):(\d+)/", b"".join(n.output).decode()).groups()
               for i, n in nodes.items()}
-        http_failures: list = []
-        published: list = []
 
         async def main():
             subs = [Subscriber(ws_url(nodes[IDS[k % 3]])) for k in range(SUBSCRIBERS)]
             ready = [asyncio.Event() for _ in subs]
             tasks = [asyncio.ensure_future(s.run(r)) for s, r in zip(subs, ready, strict=True)]
             await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 120)
-            stop_load = asyncio.Event()
-
-            async def publisher():
-                async with httpx.AsyncClient(timeout=60) as client:
-                    n = 0
-                    while not stop_load.is_set():
-                        node = nodes["n1"]   # (restarted in its turn too)
-                        try:
-                            r = await client.post(node.url("http", "/api/publish"), json={"channel": "c", "data": n},
-                                                  headers={"authorization": "Bearer demo-key"})
-                            if r.status_code != 200:
-                                http_failures.append(("publish", r.status_code, r.text))
-                                continue
-                        except httpx.HTTPError as e:
-                            http_failures.append(("publish", repr(e)))
-                            continue
-                        published.append(n)
-                        n += 1
-                        await asyncio.sleep(0.1)
-
-            async def getter(node):
-                async with httpx.AsyncClient(timeout=60) as client:
-                    while not stop_load.is_set():
-                        try:
-                            r = await client.get(node.url("http", "/ping"))
-                            if r.status_code != 200 or r.text != "pong":
-                                http_failures.append(("get", r.status_code))
-                        except httpx.HTTPError as e:
-                            http_failures.append(("get", repr(e)))
-                        await asyncio.sleep(0.02)
-
-            load = [asyncio.ensure_future(publisher()), *(asyncio.ensure_future(getter(n)) for n in nodes.values())]
+            # (the publisher's node, n1, is restarted in its turn too)
+            load = Load(nodes["n1"].url("http", "/api/publish"), [n.url("http", "/ping") for n in nodes.values()],
+                        pause=0.1, ping_pause=0.02)
             stop_db, acked, db_errors = threading.Event(), [], []
             writer = threading.Thread(target=mongo_writer, args=(*db["n3"][:1], int(db["n3"][1]), stop_db, acked,
                                                                   db_errors))
@@ -254,25 +223,17 @@ def test_a_cluster_under_load_rolls_to_a_new_release_and_back_from_a_broken_one(
                 assert "0.3.0" in info(order[0])["installed"] and "0.3.0" not in info(order[1])["installed"]
                 await asyncio.sleep(1.0)
             finally:
-                stop_load.set()
-                await asyncio.gather(*load)
+                await load.finish()
                 stop_db.set()
                 await asyncio.to_thread(writer.join, 60)
-            for _ in range(600):   # every subscriber has had time for every event (or a failure)
-                if all(len(s.got) >= len(published) for s in subs) or any(t.done() for t in tasks):
-                    break
-                await asyncio.sleep(0.1)
-            for t in tasks:
-                if t.done():
-                    t.result()   # a subscriber that failed: its error
-                t.cancel()
-            return subs, acked
+            await delivered(subs, tasks, load.published)
+            return subs, load, acked
 
-        subs, acked = asyncio.run(main())
-        assert http_failures == []
-        assert len(published) > 50
+        subs, load, acked = asyncio.run(main())
+        assert load.failures == []
+        assert len(load.published) > 50
         for s in subs:   # every event once: resumed after each restart of its node, no gap, no repeat
-            assert sorted(map(str, s.got)) == sorted(map(str, published)), (len(s.got), len(published))
+            assert sorted(map(str, s.got)) == sorted(map(str, load.published)), (len(s.got), len(load.published))
             assert s.restarts >= 1
         assert len(acked) > 20
         client = pymongo.MongoClient(db["n3"][0], int(db["n3"][1]), serverSelectionTimeoutMS=10000)
