@@ -139,6 +139,8 @@ class Handover:
                 except Exception:   # (the next process must get its turn whatever happens here)
                     log.exception("handover: stopping %s failed", row.name)
                 node.services[row.name] = None
+                for peer in node.peers.pop(row.name, ()):   # (the replica's ticks read the closed store)
+                    getattr(peer, "stop", lambda: None)()
         pubsub = node.pubsub
         snapshot = None
         if pubsub is not None:
