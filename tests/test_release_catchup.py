@@ -1,8 +1,9 @@
 """The pub/sub catch-up across a member's restart, without sockets: a restarted member's new
-process may send events before this node sees it alive again; the catch-up it then asks
-for starts from what this node had when the member went away, so the events published in
-between (by the old process as it left, or the new one before its links were up) are not
-hidden behind the newer ones. Found by the rolling deploy under load (test_release_deploy)."""
+process may send events before this node sees it alive again, or before its link to this
+node is up on its side; the catch-up this node then asks for starts from what it had
+before (when the member went away; before the event that showed the gap), so the events
+published in between are not hidden behind the newer ones. Found by the rolling deploy
+under load (test_release_deploy)."""
 from __future__ import annotations
 
 from farts.clock import FakeClock
@@ -86,4 +87,11 @@ def test_a_retried_catch_up_keeps_what_this_node_had_when_the_member_came_alive(
     bus.linked.add("n2")
     bus.handlers[Event](event("n2", 9), Envelope("n2"))   # the link is up: its events come first
     clock.advance(CATCHUP_RETRY)
+    assert bus.sent == [("n2", CatchupRequest({"n2": 5}))]
+
+
+def test_after_a_gap_the_catch_up_starts_before_the_event_that_showed_it():
+    history, bus = setup()
+    bus.handlers[Event](event("n2", 5), Envelope("n2"))
+    bus.handlers[Event](event("n2", 9), Envelope("n2", gap=2))   # 6 to 8 went to no link of this node
     assert bus.sent == [("n2", CatchupRequest({"n2": 5}))]

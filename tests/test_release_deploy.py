@@ -186,9 +186,9 @@ def test_a_cluster_under_load_rolls_to_a_new_release_and_back_from_a_broken_one(
             ready = [asyncio.Event() for _ in subs]
             tasks = [asyncio.ensure_future(s.run(r)) for s, r in zip(subs, ready, strict=True)]
             await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 120)
-            # (the publisher's node, n1, is restarted in its turn too)
-            load = Load(nodes["n1"].url("http", "/api/publish"), [n.url("http", "/ping") for n in nodes.values()],
-                        pause=0.1, ping_pause=0.02)
+            # (events published on each node in turn: they cross the mesh while its nodes restart)
+            load = Load([n.url("http", "/api/publish") for n in nodes.values()],
+                        [n.url("http", "/ping") for n in nodes.values()], pause=0.1, ping_pause=0.02)
             stop_db, acked, db_errors = threading.Event(), [], []
             writer = threading.Thread(target=mongo_writer, args=(*db["n3"][:1], int(db["n3"][1]), stop_db, acked,
                                                                   db_errors))

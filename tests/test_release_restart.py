@@ -95,12 +95,12 @@ class SSESubscriber(Subscriber):
 
 
 class Load:
-    """HTTP load on nodes until ``finish``: a publisher (``publish_url``, each event's data
-    in ``published`` once answered 200) and a getter per URL of ``ping_urls`` (a static
-    "pong"), every failed request in ``failures``."""
+    """HTTP load on nodes until ``finish``: a publisher (to each of ``publish_urls`` in turn,
+    each event's data in ``published`` once answered 200) and a getter per URL of
+    ``ping_urls`` (a static "pong"), every failed request in ``failures``."""
 
-    def __init__(self, publish_url: str, ping_urls: list[str], pause: float, ping_pause: float = 0.0) -> None:
-        self.publish_url, self.ping_urls, self.pause, self.ping_pause = publish_url, ping_urls, pause, ping_pause
+    def __init__(self, publish_urls: list[str], ping_urls: list[str], pause: float, ping_pause: float = 0.0) -> None:
+        self.publish_urls, self.ping_urls, self.pause, self.ping_pause = publish_urls, ping_urls, pause, ping_pause
         self.failures: list = []
         self.published: list = []
         self.stop = asyncio.Event()
@@ -112,7 +112,7 @@ class Load:
             n = 0
             while not self.stop.is_set():
                 try:
-                    r = await client.post(self.publish_url, json={"channel": "c", "data": n},
+                    r = await client.post(self.publish_urls[n % len(self.publish_urls)], json={"channel": "c", "data": n},
                                           headers={"authorization": "Bearer demo-key"})
                     if r.status_code != 200:
                         self.failures.append(("publish", r.status_code, r.text))
@@ -182,7 +182,7 @@ def test_restart_under_load_drops_nothing(tmp_path):
         tasks = [asyncio.ensure_future(s.run(r)) for s, r in zip(subs, ready, strict=True)]
         await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 60)
 
-        load = Load(old.url("http", "/api/publish"), [old.url("http", "/ping")] * 4, pause=0.005)
+        load = Load([old.url("http", "/api/publish")], [old.url("http", "/ping")] * 4, pause=0.005)
         stop_db, acked, db_errors = threading.Event(), [], []
         writer = threading.Thread(target=mongo_writer, args=(db_host, int(db_port), stop_db, acked, db_errors))
         writer.start()
