@@ -196,12 +196,13 @@ def cmd_status(args) -> int:
     except (OSError, ValueError) as e:
         print(f"farts-edge: cannot read {url}: {e}", file=sys.stderr)
         return 1
-    rows = [("ID", "REGION", "STATE", "INC", "RTT", "LAST HEARD", "LINK")]
+    versions = data.get("versions") or {}   # (each member's own word, in its status sample)
+    rows = [("ID", "REGION", "STATE", "INC", "RTT", "LAST HEARD", "LINK", "VERSION")]
     for m in data["members"]:
         rows.append((m["id"] + (" *" if m["self"] else ""), m["region"] or "-", m["state"], str(m["incarnation"]),
                      "-" if m["rtt_ms"] is None else f"{m['rtt_ms']:.2f} ms",
                      "-" if m["self"] or m["last_heard_s"] is None else f"{m['last_heard_s']:.1f} s ago",
-                     "-" if m["link"] is None else ("up" if m["link"] else "down")))
+                     "-" if m["link"] is None else ("up" if m["link"] else "down"), versions.get(m["id"]) or "-"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())

@@ -44,8 +44,8 @@ from farts.pubsub import PubSub
 from farts.pubsub import config as pubsub_config
 from farts.pubsub.peer import PubSubPeer
 from farts.release import config as release_config
+from farts.release.deploy import ClusterView, mesh_admin_urls
 from farts.release.deploy import admin_routes as deploy_routes
-from farts.release.deploy import mesh_admin_urls
 from farts.release.handover import Handover
 from farts.transport.client import Client
 from farts.transport.http import Fixed
@@ -186,13 +186,16 @@ def _build_status(n: Node) -> Sampler:
     """The status page's sampler: this node's metrics each admin.sample_interval, every
     node's ring buffer (samples travel on the mesh bus)."""
     a, me = n.cfg.admin, n.cfg.node
-    return Sampler(me.id, me.region, __version__, me.lat, me.lon, n.metrics, n.clock, a.sample_interval,
-                   a.history_seconds,
-                   members=lambda: member_rows(me.id, me.region, n.mesh.status() if n.mesh else None,
-                                               n.members.members()),
-                   # (the clients' slow requests: the page's own, on the admin listener, left
-                   # out as from its rates; /api/slow has them all)
-                   slow=lambda: [e for e in reversed(n.stats.slow_log) if e["listener"] != "admin"])
+    sampler = Sampler(me.id, me.region, __version__, me.lat, me.lon, n.metrics, n.clock, a.sample_interval,
+                      a.history_seconds,
+                      members=lambda: member_rows(me.id, me.region, n.mesh.status() if n.mesh else None,
+                                                  n.members.members()),
+                      # (the clients' slow requests: the page's own, on the admin listener, left
+                      # out as from its rates; /api/slow has them all)
+                      slow=lambda: [e for e in reversed(n.stats.slow_log) if e["listener"] != "admin"])
+    if n.mesh is not None:
+        n.mesh.status_extra["versions"] = sampler.versions   # /api/mesh: what each member runs
+    return sampler
 
 
 def _build_master(n: Node):
@@ -237,6 +240,24 @@ def _replica_caught_up(n: Node) -> bool:
     alive = {m.id for m in n.members.alive()}
     return all(have.get(origin, (0, 0))[0] >= seq for peer_id, peer in replication.replica.peers.items()
                if peer_id in alive and peer.report is not None for origin, seq in peer.report.vv.items())
+
+
+def _deploy_view(n: Node) -> ClusterView:
+    """What a deploy reads of the cluster on this node: for its health gate the state this
+    node's mesh sees a member in and the master's alerts (read from the store); and who
+    the master is, which runs the deploys."""
+    def member_state(node_id: str) -> str | None:
+        m = n.members.get(node_id) if n.mesh is not None else None
+        return None if n.mesh is None else (m.state if m is not None else "unknown")
+
+    def alerts() -> list[dict]:
+        master = n.services.get("master")
+        return master.alerts.listing() if master is not None and n.db is not None else []
+
+    def master() -> str | None:
+        service = n.services.get("master")
+        return (service.view().get(service.deployment) or {}).get("master") if service is not None else None
+    return ClusterView(member_state, alerts, master)
 
 
 def _master_admin(n: Node, master) -> list:
@@ -295,7 +316,8 @@ SERVICES: tuple[Service, ...] = (
             build=lambda n: Handover(n, n.cfg.release.reconnect_spread),
             admin_routes=lambda n, h: deploy_routes(n.cfg, n.metrics, n.clock, lambda: mesh_admin_urls(
                 n.mesh.status() if n.mesh else None, n.cfg.node.id,
-                n.listeners["admin"].address if "admin" in n.listeners else None), h)),
+                n.listeners["admin"].address if "admin" in n.listeners else None), h,
+                _deploy_view(n), lambda: _replica_caught_up(n), n.mesh.bus if n.mesh else None)),
 )
 
 for _service in SERVICES:

@@ -251,6 +251,9 @@ public_addresses = ["{host}"]
 ca = "../ca/ca.crt"
 cert = "mesh/node.crt"
 key = "mesh/node.key"
+
+[release]                   # `farts-edge deploy` takes bundles signed with ../release/release.key
+trusted_keys = ["../release/release.pub"]
 '''
 
 
@@ -259,6 +262,9 @@ def prepare_cluster(data_dir: Path, n: int) -> list[Path]:
     data_dir.mkdir(parents=True, exist_ok=True)
     ca_dir = data_dir / "ca"
     pki.make_ca(ca_dir)
+    if not (data_dir / "release" / "release.pub").exists():   # a local cluster's own release key
+        from farts.release import bundle
+        bundle.keygen(data_dir / "release")
     first = data_dir / "node-1" / CONFIG_NAME
     if first.exists():  # one deployment: the nodes share the tenant's key and secret
         tenant = tomllib.loads(first.read_text())["tenants"][0]

@@ -23,6 +23,7 @@ from farts.pubsub.peer import (
     BATCH,
     CATCHUP_RETRY,
     CATCHUP_TRIES,
+    SETTLE,
     CatchupEvents,
     CatchupRequest,
     Event,
@@ -139,7 +140,9 @@ def test_a_member_coming_alive_is_asked_once_it_has_a_link(pubsub_peer):
     assert bus.sent == [] and clock.pending() == 1
     bus.linked.add("b")
     clock.advance(CATCHUP_RETRY)
-    assert bus.sent == [("b", CatchupRequest({"a": 7}))] and clock.pending() == 0
+    assert bus.sent == [("b", CatchupRequest({"a": 7}))] and clock.pending() == 1
+    clock.advance(SETTLE)   # once more: what it sent while its links formed
+    assert bus.sent[1:] == [("b", CatchupRequest({"a": 7}))] and clock.pending() == 0
 
 
 def test_catchup_retries_give_up_after_a_while(pubsub_peer):

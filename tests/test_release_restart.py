@@ -94,6 +94,65 @@ class SSESubscriber(Subscriber):
                 self.restarts += 1
 
 
+class Load:
+    """HTTP load on nodes until ``finish``: a publisher (to each of ``publish_urls`` in turn,
+    each event's data in ``published`` once answered 200) and a getter per URL of
+    ``ping_urls`` (a static "pong"), every failed request in ``failures``."""
+
+    def __init__(self, publish_urls: list[str], ping_urls: list[str], pause: float, ping_pause: float = 0.0) -> None:
+        self.publish_urls, self.ping_urls, self.pause, self.ping_pause = publish_urls, ping_urls, pause, ping_pause
+        self.failures: list = []
+        self.published: list = []
+        self.stop = asyncio.Event()
+        self.tasks = [asyncio.ensure_future(self._publisher()), *(asyncio.ensure_future(self._getter(u))
+                                                                  for u in ping_urls)]
+
+    async def _publisher(self) -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            n = 0
+            while not self.stop.is_set():
+                try:
+                    r = await client.post(self.publish_urls[n % len(self.publish_urls)], json={"channel": "c", "data": n},
+                                          headers={"authorization": "Bearer demo-key"})
+                    if r.status_code != 200:
+                        self.failures.append(("publish", r.status_code, r.text))
+                        continue
+                except httpx.HTTPError as e:
+                    self.failures.append(("publish", repr(e)))
+                    continue
+                self.published.append(n)
+                n += 1
+                await asyncio.sleep(self.pause)
+
+    async def _getter(self, url: str) -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            while not self.stop.is_set():
+                try:
+                    r = await client.get(url)
+                    if r.status_code != 200 or r.text != "pong":
+                        self.failures.append(("get", r.status_code))
+                except httpx.HTTPError as e:
+                    self.failures.append(("get", repr(e)))
+                await asyncio.sleep(self.ping_pause)
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+
+
+async def delivered(subs: list, tasks: list, published: list) -> None:
+    """Waits until every subscriber has had time for every event (or one failed: its
+    error is raised), then stops them."""
+    for _ in range(600):
+        if all(len(s.got) >= len(published) for s in subs) or any(t.done() for t in tasks):
+            break
+        await asyncio.sleep(0.1)
+    for t in tasks:
+        if t.done():
+            t.result()
+        t.cancel()
+
+
 def mongo_writer(host: str, port: int, stop: threading.Event, acked: list, errors: list) -> None:
     client = pymongo.MongoClient(host, port, serverSelectionTimeoutMS=30000, retryWrites=False)
     coll = client.restart.writes
@@ -116,9 +175,6 @@ def mongo_writer(host: str, port: int, stop: threading.Event, acked: list, error
 def test_restart_under_load_drops_nothing(tmp_path):
     old = start_node(tmp_path, CONFIG)
     db_host, db_port = re.search(r"db\s+mongodb://([\d.]+):(\d+)/", b"".join(old.output).decode()).groups()
-    http_failures: list = []
-    published: list = []
-
     async def main():
         subs = [Subscriber(ws_url(old)) for _ in range(SUBSCRIBERS)]
         subs += [SSESubscriber(old.url("http", "/live/sse?channel=c")) for _ in range(SSE_SUBSCRIBERS)]
@@ -126,36 +182,7 @@ def test_restart_under_load_drops_nothing(tmp_path):
         tasks = [asyncio.ensure_future(s.run(r)) for s, r in zip(subs, ready, strict=True)]
         await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 60)
 
-        stop_load = asyncio.Event()
-
-        async def publisher():
-            async with httpx.AsyncClient(timeout=60) as client:
-                n = 0
-                while not stop_load.is_set():
-                    try:
-                        r = await client.post(old.url("http", "/api/publish"), json={"channel": "c", "data": n},
-                                              headers={"authorization": "Bearer demo-key"})
-                        if r.status_code != 200:
-                            http_failures.append(("publish", r.status_code, r.text))
-                            continue
-                    except httpx.HTTPError as e:
-                        http_failures.append(("publish", repr(e)))
-                        continue
-                    published.append(n)
-                    n += 1
-                    await asyncio.sleep(0.005)
-
-        async def getter():
-            async with httpx.AsyncClient(timeout=60) as client:
-                while not stop_load.is_set():
-                    try:
-                        r = await client.get(old.url("http", "/ping"))
-                        if r.status_code != 200 or r.text != "pong":
-                            http_failures.append(("get", r.status_code))
-                    except httpx.HTTPError as e:
-                        http_failures.append(("get", repr(e)))
-
-        load = [asyncio.ensure_future(publisher()), *(asyncio.ensure_future(getter()) for _ in range(4))]
+        load = Load([old.url("http", "/api/publish")], [old.url("http", "/ping")] * 4, pause=0.005)
         stop_db, acked, db_errors = threading.Event(), [], []
         writer = threading.Thread(target=mongo_writer, args=(db_host, int(db_port), stop_db, acked, db_errors))
         writer.start()
@@ -172,33 +199,25 @@ def test_restart_under_load_drops_nothing(tmp_path):
             r = await late.post(old.url("http", "/api/publish"), json={"channel": "c", "data": "late"},
                                 headers={"authorization": "Bearer demo-key"})
             assert r.status_code == 200 and "~" in r.json()["id"], r.text   # the old process's origin
-            published.append("late")
+            load.published.append("late")
             await late.aclose()
             assert await asyncio.to_thread(old.proc.wait, 60) == 0, old.log()
             await asyncio.sleep(1.0)   # load on the new process alone for a while
-            stop_load.set()
-            await asyncio.gather(*load)
+            await load.finish()
             stop_db.set()
             await asyncio.to_thread(writer.join, 60)
-            for _ in range(600):   # every subscriber has had time for every event (or a failure)
-                if all(len(s.got) >= len(published) for s in subs) or any(t.done() for t in tasks):
-                    break
-                await asyncio.sleep(0.1)
-            for t in tasks:
-                if t.done():
-                    t.result()   # a subscriber that failed: its error
-                t.cancel()
-            return subs, acked, db_errors, new
+            await delivered(subs, tasks, load.published)
+            return subs, load, acked, db_errors, new
         except BaseException:
             new.stop()
             raise
 
-    subs, acked, db_errors, new = asyncio.run(main())
+    subs, load, acked, db_errors, new = asyncio.run(main())
     try:
-        assert http_failures == []
-        assert len(published) > 50
+        assert load.failures == []
+        assert len(load.published) > 50
         for s in subs:   # every event, once (the late one may come before or after others)
-            assert sorted(map(str, s.got)) == sorted(map(str, published))
+            assert sorted(map(str, s.got)) == sorted(map(str, load.published))
         assert [s.restarts for s in subs] == [1] * len(subs)   # each resumed once, on the new process
         assert len(acked) > 20
         client = pymongo.MongoClient(db_host, int(db_port), serverSelectionTimeoutMS=10000)

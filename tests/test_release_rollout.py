@@ -131,3 +131,16 @@ def test_a_deploy_goes_by_default_to_the_live_members_of_the_mesh():
         "n1": "http://127.0.0.1:9100/", "n2": "http://127.0.0.2:9100/", "n3": "http://[::1]:9100/"}
     assert mesh_admin_urls(None, "n1", ("127.0.0.1", 9100)) == {"n1": "http://127.0.0.1:9100/"}
     assert mesh_admin_urls(status, "n1", None) == {}
+
+
+def test_a_node_whose_new_process_died_is_rolled_back_at_once_not_at_the_timeout():
+    clock = FakeClock()
+    m = Rollout("0.2.0", list(NODES), canary=1, bake=10, canary_bake=20, health_timeout=15, poll=1)
+    assert m.start(clock.monotonic()) == [Verify("n1")]
+    m.done("n1", True, "", 1.0)
+    m.done("n1", True, "", 2.0)   # installed; restart sent
+    assert m.done("n1", True, "", 3.0) == []   # restarted: checking
+    (check,) = m.tick(4.5)
+    assert isinstance(check, CheckHealth)
+    assert m.done("n1", False, "its new process exited with status 1", 4.6, final=True) == [Rollback("n1")]
+    assert m.progress[0].state == rollout.ROLLING_BACK

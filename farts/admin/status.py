@@ -323,6 +323,13 @@ class Sampler:
         return {"node": self.node_id, "t": round(self.clock.wall(), 3), "members": rows,
                 "samples": self.latest, "slow": self.slow()[:20]}
 
+    def versions(self) -> dict[str, str | None]:
+        """node -> the release it runs, as its own latest sample says (each node's sample
+        travels on the mesh bus every interval; a restarted node's new version shows with
+        its first sample): /api/mesh's "versions", `farts-edge status`'s VERSION column."""
+        return {self.node_id: self.version, **{n: s.get("version") for n, s in self.latest.items()
+                                               if n != self.node_id}}
+
     def hello(self) -> dict:
         return {"node": self.node_id, "interval": self.interval, "fields": HISTORY_FIELDS,
                 "history": {n: list(r) for n, r in self.rings.items()}, **self.live()}

@@ -22,6 +22,7 @@ from farts.peer import Envelope, PeerBus, PeerMessage, need
 BATCH = 200
 CATCHUP_TRIES = 20        # a member heard through gossip may have no link yet: retry ...
 CATCHUP_RETRY = 0.5       # ... every half second, for ten seconds
+SETTLE = 2.0              # the catch-up after a member came alive, once more this much later
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ class PubSubPeer:
     def __init__(self, me: str, pubsub: PubSubAPI, bus: PeerBus, clock: Clock) -> None:
         self.me, self.pubsub, self.bus, self.clock = me, pubsub, bus, clock
         self._retries: dict[str, Timer] = {}   # member -> its pending catch-up retry
+        self._away: dict[str, dict[str, int]] = {}   # member not alive -> have() when it went
         pubsub.on_local_event = self.local_event
         bus.subscribe(Event, self.on_event)
         bus.subscribe(CatchupRequest, self.on_catchup)
@@ -96,9 +98,12 @@ class PubSubPeer:
         self.bus.broadcast(Event(event))
 
     def on_event(self, msg: Event, env: Envelope) -> None:
+        # After a gap the catch-up starts from what this node had before this event: once
+        # applied, its seq would be past the missed ones.
+        have = self.pubsub.have() if env.gap else None
         self.pubsub.apply_remote(msg.event)
-        if env.gap:
-            self.bus.send(env.origin, CatchupRequest(self.pubsub.have()))
+        if have is not None:
+            self.bus.send(env.origin, CatchupRequest(have))
 
     def on_catchup(self, msg: CatchupRequest, env: Envelope) -> None:
         events = self.pubsub.events_after(msg.have)
@@ -110,15 +115,32 @@ class PubSubPeer:
             self.pubsub.apply_remote(ev)
 
     def on_member(self, old: Member | None, new: Member) -> None:
-        if new.id != self.me and new.state == ALIVE and (old is None or old.state != ALIVE):
-            self._ask_catchup(new.id, CATCHUP_TRIES)
+        if new.id == self.me:
+            return
+        if new.state == ALIVE and (old is None or old.state != ALIVE):
+            self._ask_catchup(new.id, CATCHUP_TRIES, self._away.pop(new.id, None) or self.pubsub.have())
+        elif new.state != ALIVE and old is not None and old.state == ALIVE:
+            # The catch-up starts from what this node had when the member stopped being
+            # alive: a restarted member's new process may send events before it is seen
+            # alive again, and they would hide the ones published in between.
+            self._away[new.id] = self.pubsub.have()
 
-    def _ask_catchup(self, node_id: str, tries: int) -> None:
+    def _ask_catchup(self, node_id: str, tries: int, have: dict[str, int], again: bool = True) -> None:
+        # ``have`` is what this node had when the member came alive, kept for the retries:
+        # events of it that arrive meanwhile (once its link is up, before the retry) would
+        # move the newest seq past the ones this node missed while it was away. Once sent,
+        # it is sent ``again`` SETTLE seconds later: the member's broadcasts while its links
+        # to this node formed (one per side, the duplicate closed) may have reached no link.
         pending = self._retries.pop(node_id, None)
         if pending is not None:  # alive again before the last round of retries ended
             pending.cancel()
-        if not self.bus.send(node_id, CatchupRequest(self.pubsub.have())) and tries > 1:
-            self._retries[node_id] = self.clock.call_later(CATCHUP_RETRY, self._ask_catchup, node_id, tries - 1)
+        if self.bus.send(node_id, CatchupRequest(have)):
+            if again:
+                self._retries[node_id] = self.clock.call_later(SETTLE, self._ask_catchup, node_id, CATCHUP_TRIES,
+                                                               have, False)
+        elif tries > 1:
+            self._retries[node_id] = self.clock.call_later(CATCHUP_RETRY, self._ask_catchup, node_id, tries - 1,
+                                                           have, again)
 
     def stop(self) -> None:
         for t in self._retries.values():

@@ -8,7 +8,12 @@ downgrade; refused with 422, a log line and ``farts_release_refused_total``),
 (a new process on that environment takes this one over: handover.py).
 
 The node that receives ``POST /api/deploy`` (``farts-edge deploy``) runs the rollout
-(rollout.py) over the nodes' admin APIs; ``GET /api/deploy`` is its progress. (The
+(rollout.py) over the nodes' admin APIs; ``GET /api/deploy`` is its progress. With a
+mesh, the bundle goes to each member over it (peer.py: chunked, acknowledged, verified
+there as over HTTP); a node outside the mesh (``--node ID=URL``) gets it on its
+``/api/release/stage``. Each node's health gate (rollout.health_problem) is its /healthz
+and /api/release (version, replication caught up) and what the runner's node sees of it
+(its mesh state, the master's alerts: a ``ClusterView`` node.py hands over). (The
 master of the deployment, issue 14, is where the rollout belongs; this node runs it
 until then, and deploys itself last: its own restart hands the rollout to its next
 process, which goes on with it.)
@@ -26,6 +31,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
@@ -33,6 +39,7 @@ from farts import __version__
 from farts.transport.http import Fixed, Request, Response
 
 from . import bundle
+from .peer import BundlePeer
 from .rollout import (
     RESTARTING,
     CheckHealth,
@@ -43,6 +50,7 @@ from .rollout import (
     Rollback,
     Rollout,
     Verify,
+    health_problem,
 )
 
 log = logging.getLogger("farts.release")
@@ -72,19 +80,22 @@ def _check_of(reason: str) -> str:
 class ReleaseNode:
     """This node's side of a deploy: stage, install, restart, and what it runs."""
 
-    def __init__(self, cfg, metrics) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg, metrics, caught_up: Callable[[], bool] = lambda: True) -> None:
+        self.cfg, self.caught_up = cfg, caught_up
         self.trusted = [bundle.load_public_key(cfg.path(k)) for k in cfg.release.trusted_keys]
         self.envs = cfg.path(cfg.release.envs_dir)
         self.env = os.environ.get("FARTS_RELEASE_ENV", BASE)
         self.refused = metrics.counter("farts_release_refused_total",
                                        "Release bundles this node refused, by the check that failed", ("check",))
         self.staged: dict[str, bundle.Release] = {}
+        self.successor: subprocess.Popen | None = None   # the process restart() started
 
     def info(self) -> dict:
         installed = sorted(p.name for p in self.envs.iterdir() if p.is_dir()) if self.envs.is_dir() else []
         return {"node": self.cfg.node.id, "version": __version__, "env": self.env, "pid": os.getpid(),
-                "installed": installed}
+                "installed": installed, "caught_up": self.caught_up(),
+                # (it took over and this process ends; or it died, and this one goes on)
+                "successor_exit": self.successor.poll() if self.successor is not None else None}
 
     def stage(self, data: bytes, allow_downgrade: bool) -> bundle.Release:
         """Blocking (thread pool): verify the bundle; keep it for install. Raises Refused."""
@@ -136,6 +147,7 @@ class ReleaseNode:
             env={**os.environ, "PYTHONPATH": path, "FARTS_RELEASE_ENV": env, "FARTS_BASE_PYTHONPATH": base,
                  "PYTHONSAFEPATH": "1"})
         log.info("restarting onto %s: process %d takes over", env, proc.pid)
+        self.successor = proc
         return proc.pid
 
 
@@ -150,6 +162,8 @@ class ReleaseAdminHandler:
         if path == b"/api/release" and req.method in (b"GET", b"HEAD"):
             return _json(200, self.node.info())
         if path == b"/api/deploy" and req.method in (b"GET", b"HEAD"):
+            if self.deployer.rollout is None and self.deployer.runner_url:   # handed to the master
+                return self._forward("GET", self.deployer.runner_url, "/api/deploy")
             return _json(200, self.deployer.status())
         if req.method != b"POST":
             return Fixed.error(405)
@@ -172,6 +186,16 @@ class ReleaseAdminHandler:
             if req.path == b"/api/deploy":
                 data = await req.body.read() if req.body is not None else b""
                 nodes = json.loads(req.header(b"x-deploy-nodes") or b"{}")
+                # The deployment's master runs a deploy (it outlives any one node's restart
+                # but its own, which hands the rollout to its next process); asked here, this
+                # node hands it over, once ("from" says it was).
+                master, me = self.deployer.cluster.master(), node.cfg.node.id
+                url = (nodes or self.deployer.peers()).get(master) if master not in (None, me) \
+                    and "from" not in q else None
+                if url:
+                    self.deployer.runner_url = url
+                    return await self._forward("POST", url, "/api/deploy?" + urlencode({**q, "from": me}), data,
+                                               {"x-deploy-nodes": json.dumps(nodes)})
                 started = await self.deployer.start(data, nodes, q)
                 return _json(202, started)
         except bundle.Refused as e:
@@ -181,10 +205,17 @@ class ReleaseAdminHandler:
             return _json(500, {"node": node.cfg.node.id, "error": str(e)})
         return Fixed.error(404)
 
+    async def _forward(self, method: str, url: str, path: str, data: bytes | None = None,
+                       headers: dict | None = None) -> Response:
+        status, body = await asyncio.get_running_loop().run_in_executor(
+            None, _call, method, url.rstrip("/") + path, data, 600, headers)
+        return _json(status or 502, body)
 
-def _call(method: str, url: str, data: bytes | None = None, timeout: float = 600) -> tuple[int, dict]:
+
+def _call(method: str, url: str, data: bytes | None = None, timeout: float = 600,
+          headers: dict | None = None) -> tuple[int, dict]:
     """Blocking (thread pool): one admin API call to a node."""
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.load(r)
@@ -197,16 +228,30 @@ def _call(method: str, url: str, data: bytes | None = None, timeout: float = 600
         return 0, {"error": str(e)}
 
 
+@dataclass(frozen=True)
+class ClusterView:
+    """What the runner reads of the cluster on its own node for the health gate (node.py
+    hands it over): the state its mesh sees a member in (None without a mesh), and the
+    master's alerts (from the replicated store every node reads)."""
+    member_state: Callable[[str], str | None] = lambda node: None
+    alerts: Callable[[], list[dict]] = lambda: []
+    master: Callable[[], str | None] = lambda: None   # this deployment's master (None: none known)
+
+
 class Deployer:
     """Runs one rollout at a time from this node over the nodes' admin APIs."""
 
-    def __init__(self, me: str, clock, peers: Callable[[], dict[str, str]], settings: dict | None = None) -> None:
-        self.me, self.clock, self.peers = me, clock, peers
+    def __init__(self, me: str, clock, peers: Callable[[], dict[str, str]], settings: dict | None = None,
+                 cluster: ClusterView = ClusterView()) -> None:
+        self.me, self.clock, self.peers, self.cluster = me, clock, peers, cluster
+        self.bundles: BundlePeer | None = None   # (with a mesh: bundles go to its members over it)
+        self.runner_url = ""   # the admin API of the master this node handed its last deploy to
         self.settings = settings or {}   # Rollout's timings (tests shorten them)
         self.rollout: Rollout | None = None
         self.deployment = ""
         self.urls: dict[str, str] = {}
         self.previous: dict[str, str] = {}   # node -> the env it ran before its restart
+        self.restarted_at: dict[str, float] = {}   # node -> wall time of its restart (new alerts: after)
         self.bundle = b""
         self.allow_downgrade = False
         self._timer = None
@@ -221,6 +266,7 @@ class Deployer:
         self._timer.cancel()
         return {"rollout": dataclasses.asdict(self.rollout), "now": self.clock.monotonic(),
                 "deployment": self.deployment, "urls": self.urls, "previous": self.previous,
+                "restarted_at": self.restarted_at,
                 "bundle": base64.b64encode(self.bundle).decode(), "allow_downgrade": self.allow_downgrade}
 
     def resume(self, state: dict | None) -> None:
@@ -240,6 +286,7 @@ class Deployer:
         if self.rollout._next_check != float("inf"):
             self.rollout._next_check += shift
         self.deployment, self.urls, self.previous = state["deployment"], state["urls"], state["previous"]
+        self.restarted_at = state.get("restarted_at", {})   # (a runner of an older release has none)
         self.bundle, self.allow_downgrade = base64.b64decode(state["bundle"]), state["allow_downgrade"]
         log.info("deploy %s: going on after this node's restart", self.rollout.version)
         self._timer = self.clock.every(0.5, lambda now: self._run(self.rollout.tick(now)))
@@ -255,12 +302,13 @@ class Deployer:
     async def start(self, data: bytes, nodes: dict[str, str], q: dict) -> dict:
         if self.rollout is not None and self.rollout.result is None:
             raise ValueError("a deploy is running already (GET /api/deploy)")
+        self.runner_url = ""
         urls = nodes or self.peers()
         if not urls:
             raise ValueError("no nodes to deploy to")
         # This node last: its own restart hands the rollout over (export/resume).
         order = sorted(urls, key=lambda n: (n == self.me, n))
-        self.urls, self.bundle, self.previous = urls, data, {}
+        self.urls, self.bundle, self.previous, self.restarted_at = urls, data, {}, {}
         self.deployment = q.get("deployment", "")
         self.allow_downgrade = q.get("allow_downgrade") == "1"
         version = json.loads(_manifest_of(data))["version"]
@@ -285,7 +333,10 @@ class Deployer:
 
         def call(method, path, data=None):
             return asyncio.get_running_loop().run_in_executor(None, _call, method, url + path, data)
-        if isinstance(a, Verify):
+        if isinstance(a, Verify) and self.bundles is not None and self.bundles.linked(a.node):
+            ok, why = await self.bundles.send(a.node, version, self.bundle, self.allow_downgrade)
+            status, body = (200, {}) if ok else (422, {"refused": why})
+        elif isinstance(a, Verify):   # (this node itself, or a node outside the mesh: --node ID=URL)
             q = "?allow_downgrade=1" if self.allow_downgrade else ""
             status, body = await call("POST", "/api/release/stage" + q, self.bundle)
         elif isinstance(a, Install):
@@ -294,13 +345,20 @@ class Deployer:
             status, body = await call("GET", "/api/release")
             if status == 200:
                 self.previous[a.node] = body["env"]
+                self.restarted_at[a.node] = self.clock.wall()
                 status, body = await call("POST", "/api/release/restart?" + urlencode({"env": version}))
         elif isinstance(a, CheckHealth):
-            status, body = await call("GET", "/healthz")
-            if status == 200:
+            healthz, _ = await call("GET", "/healthz")
+            info = None
+            if healthz == 200:
                 status, body = await call("GET", "/api/release")
-                if status == 200 and body.get("version") != version:
-                    status, body = 0, {"error": f"runs {body.get('version')}, not yet {version}"}
+                info = body if status == 200 else None
+            problem = health_problem(version, healthz, info, self.cluster.member_state(a.node),
+                                     self.cluster.alerts(), self.restarted_at.get(a.node, 0.0))
+            if info is not None and info.get("successor_exit") is not None:
+                self._run(self.rollout.done(a.node, False, problem, self.clock.monotonic(), final=True))
+                return
+            status, body = (200, {}) if not problem else (0, {"error": problem})
         elif isinstance(a, Rollback):
             env = self.previous.get(a.node, BASE)
             status, body = await call("POST", "/api/release/restart?" + urlencode({"env": env}))
@@ -333,16 +391,26 @@ def mesh_admin_urls(mesh_status: dict | None, me: str, admin: tuple[str, int] | 
     return urls
 
 
-def admin_routes(cfg, metrics, clock, peers: Callable[[], dict[str, str]], handover) -> list:
+def admin_routes(cfg, metrics, clock, peers: Callable[[], dict[str, str]], handover,
+                 cluster: ClusterView = ClusterView(), caught_up: Callable[[], bool] = lambda: True,
+                 bus=None) -> list:
     """The routes, and the deploy's place in the handover: a rollout this node runs goes
     on in its next process."""
     from farts.config import Route
     r = cfg.release
     timings = {"bake": r.bake, "canary_bake": r.canary_bake, "health_timeout": r.health_timeout}
-    deployer = Deployer(cfg.node.id, clock, peers, timings)
+    deployer = Deployer(cfg.node.id, clock, peers, timings, cluster)
     handover.carry["deploy"] = (deployer.export, deployer.resume)
     deployer.resume(handover.carried.get("deploy"))
-    handler = ReleaseAdminHandler(ReleaseNode(cfg, metrics), deployer)
+    # (a key of its own: a process of a release before it ignores it)
+    def resume_runner(url: str | None) -> None:
+        deployer.runner_url = url or ""
+    handover.carry["deploy_runner"] = (lambda: deployer.runner_url, resume_runner)
+    resume_runner(handover.carried.get("deploy_runner"))
+    node = ReleaseNode(cfg, metrics, caught_up)
+    if bus is not None:   # bundles come and go over the mesh (peer.py)
+        deployer.bundles = BundlePeer(cfg.node.id, bus, clock, node.stage, bundle.Refused)
+    handler = ReleaseAdminHandler(node, deployer)
     big = 1 << 30   # a bundle is a wheel or a few: tens of MB
     return [(Route(prefix="/api/release", kind="admin", max_body_bytes=big), handler),
             (Route(prefix="/api/deploy", kind="admin", max_body_bytes=big), handler)]

@@ -19,8 +19,8 @@ builds its node, connects and says ``takeover``; then:
     the mesh leaves and the DNS server stops (their ports are bound again by the new one).
  3. old: its pub/sub history goes over (events keep their ids, so every cursor resumes
     exactly), and from now on it stamps the events still published on it with an origin
-    of its own (``<node>~<pid>``) and forwards them, so the new process has them too.
-    It says ``released``.
+    of its own (``<node>~<pid>``) and forwards them, so the new process has them too (and
+    broadcasts them to the mesh's peers: the old process has left it). It says ``released``.
  4. new: takes the history, starts its node on the inherited sockets, says ``ready``.
  5. old: each subscriber is told to reconnect (WebSocket close 1012, an SSE reconnect
     event), spread over ``release.reconnect_spread`` seconds; each HTTP/1.1 connection
@@ -139,6 +139,8 @@ class Handover:
                 except Exception:   # (the next process must get its turn whatever happens here)
                     log.exception("handover: stopping %s failed", row.name)
                 node.services[row.name] = None
+                for peer in node.peers.pop(row.name, ()):   # (the replica's ticks read the closed store)
+                    getattr(peer, "stop", lambda: None)()
         pubsub = node.pubsub
         snapshot = None
         if pubsub is not None:
@@ -229,8 +231,12 @@ class Successor:
                 if not line:
                     break
                 msg = json.loads(line)
-                if msg.get("op") == "event" and pubsub is not None:
-                    pubsub.apply_remote(msg["event"])
+                # The old process left the mesh: its peers hear its last events from here
+                # (those applied before this process's links were up reach them by the
+                # catch-up they ask for when it comes alive).
+                if msg.get("op") == "event" and pubsub is not None and pubsub.apply_remote(msg["event"]) \
+                        and pubsub.on_local_event is not None:
+                    pubsub.on_local_event(msg["event"])
         except (OSError, ValueError) as e:
             log.warning("handover: the old process's event stream failed: %s", e)
         finally:

@@ -94,8 +94,9 @@ class Rollout:
     def start(self, now: float) -> list:
         return self._advance(now)
 
-    def done(self, node: str, ok: bool, detail: str, now: float) -> list:
-        """The answer to the last action sent for ``node``."""
+    def done(self, node: str, ok: bool, detail: str, now: float, final: bool = False) -> list:
+        """The answer to the last action sent for ``node``; ``final``: a health check that
+        will not get better (the node's new process died): no waiting for the timeout."""
         p = self._node()
         if p is None or p.node != node or not self._waiting or self.result is not None:
             return []   # (a late answer to an action of a node the deploy has left)
@@ -112,6 +113,8 @@ class Rollout:
                 return []
             return self._send(action(p.node))
         if p.state in (CHECKING, BAKING):
+            if not ok and final:
+                return self._fail(p, now, rollback=True)
             return self._health(p, ok, now)
         if p.state == ROLLING_BACK:
             self._enter(p, ROLLED_BACK if ok else ROLLBACK_FAILED, now)
@@ -182,3 +185,34 @@ class Rollout:
     def _finish(self, ok: bool, reason: str) -> list:
         self.result = Finished(ok, reason)
         return [self.result]
+
+
+# A rolling deploy runs two versions side by side by design: that alert is no sign of a
+# bad release.
+EXPECTED_DURING_A_ROLLOUT = frozenset({"version_mismatch"})
+
+
+def health_problem(version: str, healthz: int, info: dict | None, member_state: str | None,
+                   alerts: list[dict], restarted_at: float) -> str:
+    """Why a node is not (yet) healthy on ``version``, or "" when it is: ``healthz`` is
+    its /healthz status, ``info`` its /api/release (version, replication caught up),
+    ``member_state`` what this node's mesh sees of it (None without a mesh), ``alerts``
+    the master's alerts (first_seen: wall time), ``restarted_at`` the wall time of its
+    restart (an alert opened since then, anywhere, fails it)."""
+    if healthz != 200:
+        return f"/healthz answered {healthz or 'nothing'}"
+    if info is None:
+        return "no answer from /api/release"
+    if info.get("successor_exit") is not None:
+        return f"its new process exited with status {info['successor_exit']}"
+    if info.get("version") != version:
+        return f"runs {info.get('version')}, not yet {version}"
+    if not info.get("caught_up", True):
+        return "database replication not caught up"
+    if member_state is not None and member_state != "alive":
+        return f"the mesh sees it {member_state}"
+    new = sorted(a.get("key", "?") for a in alerts
+                 if a.get("first_seen", 0) >= restarted_at and a.get("rule") not in EXPECTED_DURING_A_ROLLOUT)
+    if new:
+        return "new alert since its restart: " + ", ".join(new)
+    return ""
