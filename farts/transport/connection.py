@@ -523,8 +523,11 @@ class HTTP1Connection(asyncio.Protocol):
             machine.framing_broken()
 
     def _finished(self, route, status: int, start: float, head: RequestHead, timings=None) -> None:
-        self.listener.record(route, status, start, head, self.client, timings)
-        self._request_done(self.machine.respond(self.listener.now))
+        listener = self.listener
+        listener.record(route, status, start, head, self.client, timings)
+        keep = self.machine.respond(listener.now)
+        if not keep or self.req_body is not None:   # (else _request_done has nothing to do)
+            self._request_done(keep)
 
     def _request_done(self, keep: bool) -> None:
         body = self.req_body

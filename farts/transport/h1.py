@@ -91,6 +91,11 @@ _BODY_NEXT: dict[str, dict[str, str]] = {}
 for (_state, _event), _to_state in BODY_TRANSITIONS.items():
     _BODY_NEXT.setdefault(_state, {})[_event] = _to_state
 del _state, _event, _to_state
+# The keep-alive request's three transitions, taken from the tables once: the hot path
+# tests for its usual states and skips the two dict lookups each would cost.
+_IDLE_HEAD_IN = _NEXT[IDLE][HEAD_IN]
+_HANDLING_RESPOND = _NEXT[HANDLING][RESPOND]
+_DONE_NEXT = _NEXT[DONE][NEXT]
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_PENDING_EVENTS = 256
@@ -217,10 +222,13 @@ class H1Machine:
 
     @cython.ccall
     def _on_head(self, head: RequestHead) -> None:
-        try:
-            self.state = _NEXT[self.state][HEAD_IN]
-        except KeyError:
-            raise self._refused(HEAD_IN) from None
+        if self.state is IDLE:
+            self.state = _IDLE_HEAD_IN
+        else:
+            try:
+                self.state = _NEXT[self.state][HEAD_IN]
+            except KeyError:
+                raise self._refused(HEAD_IN) from None
         self.requests += 1
         self.handling = head
         self.head_started = 0.0
@@ -346,14 +354,17 @@ class H1Machine:
     @cython.ccall
     def respond(self, now: float) -> bool:
         """The whole answer is written; returns True when the connection stays open."""
-        try:
-            self.state = done = _NEXT[self.state][RESPOND]
-        except KeyError:
-            raise self._refused(RESPOND) from None
-        if self.keep_alive and self.body == NONE and not self.parser.in_head:
+        if self.state is HANDLING:
+            self.state = _HANDLING_RESPOND
+        else:
+            try:
+                self.state = _NEXT[self.state][RESPOND]
+            except KeyError:
+                raise self._refused(RESPOND) from None
+        if self.keep_alive and self.body is NONE and not self.parser.in_head:
             # The usual case of _done, inline: back to IDLE, nothing else to do.
             self.idle_since = now
-            self.state = _NEXT[done][NEXT]
+            self.state = _DONE_NEXT
             return True
         return self._done(now)
 
