@@ -96,10 +96,10 @@ def test_event_stream_gets_chunks_heartbeats_and_replay():
         assert b'data: {"channel":"a"' in sink.data and b'"two"' in sink.data
         assert b'"one"' not in sink.data       # replayed after the cursor only
         pieces = _chunks(sink.data)
-        # (the channel's record starts after its first event, so that cursor is not
-        # known to be complete: said in a comment, existing behaviour)
-        assert pieces[0] == b": not recovered: a\n\n"
-        assert pieces[1].startswith(b"id: ") and b'"data":"two"' in pieces[1]
+        # (the channel's record starts at its first event: a cursor there is complete,
+        # so no "not recovered" comment)
+        assert pieces[0].startswith(b"id: ") and b'"data":"two"' in pieces[0]
+        assert not any(p.startswith(b": not recovered") for p in pieces)
         clock.advance(10.0)
         ps.flush()
         assert _chunks(sink.data)[-1] == b": heartbeat\n\n"
@@ -198,4 +198,21 @@ def test_a_resume_ahead_of_the_history_waits_for_its_events():
         clock.advance(RESUME_WAIT * 2)
         ps.flush()
         assert sink3.data == b"" and ps.channels.count("t1\0c") == 2
+    asyncio.run(main())
+
+
+def test_a_channel_first_seen_through_a_remote_event_resumes_from_it():
+    """A worker (or node) whose first event of a channel came from elsewhere: a cursor at
+    that event resumes, recovered (the record starts at that event, not later)."""
+    from farts.pubsub.history import encode_cursor
+
+    async def main():
+        ps, clock = await service()
+        seq = int(clock.wall() * 1_000_000) - 5_000     # published 5 ms before it got here
+        ps.apply_remote({"tenant": "t1", "channel": "c", "origin": "n2", "seq": seq, "data": '"a"'})
+        ps.apply_remote({"tenant": "t1", "channel": "c", "origin": "n2", "seq": seq + 1, "data": '"b"'})
+        cursor = encode_cursor({"n2": seq}).encode()
+        sink, _ = websocket(ps, b'{"op":"subscribe","channel":"c","since":"' + cursor + b'"}')
+        text = sink.data.decode("latin-1")
+        assert '"recovered":true' in text and '"data":"b"' in text and '"data":"a"' not in text
     asyncio.run(main())

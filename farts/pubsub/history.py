@@ -115,7 +115,12 @@ class History:
         if seq > self.last_seq.get(origin, 0):
             self.last_seq[origin] = seq
         self.retained[origin] = self.retained.get(origin, 0) + 1
-        ch = self.channel(key)
+        ch = self.channels.get(key)
+        if ch is None:
+            # Started by this event (one published elsewhere: another node, or the node
+            # process of this worker), the record holds it: it starts at its seq, not at
+            # this clock's later reading, or a cursor at this very event would not resume.
+            ch = self.channels[key] = Channel(min(seq, self.next_seq()))
         vector = {o: self.last_seq[o] for o, n in self.retained.items() if n > 0}
         event_id = encode_cursor(vector)
         ev = Event(origin, seq, now, event_id, make_message(event_id))
