@@ -5,6 +5,7 @@ the fixture reads them, so parallel or repeated runs never fight over ports.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -198,12 +199,19 @@ def node_factory(tmp_path, workers):
         node.stop()
 
 
+@contextlib.contextmanager
+def locked(path: Path):
+    """Held by one process at a time (the xdist processes of ci/test, or other runs)."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture
 def default_ports():
     """For a test of `farts-edge up` on its fixed default ports (8080, 8443, 5353, 27017,
     9100...): one such test at a time on this machine (ci/test runs two processes)."""
-    with open(Path(tempfile.gettempdir()) / "farts-tests-default-ports.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(Path(tempfile.gettempdir()) / "farts-tests-default-ports.lock"):
         yield
 
 
@@ -218,8 +226,7 @@ def release_build(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     d = shared / "release-build"
-    with open(shared / "release-build.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(shared / "release-build.lock"):
         if not (d / "build.json").exists():
             d.mkdir(exist_ok=True)
             run = lambda *a: subprocess.run(  # noqa: E731

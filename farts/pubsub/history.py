@@ -78,10 +78,14 @@ class History:
         seq = max(self.last_seq.get(self.node_id, 0) + 1, int(self.clock.wall() * 1_000_000))
         return seq
 
-    def channel(self, key: str, create: bool = True) -> Channel | None:
+    def channel(self, key: str, create: bool = True, first_seq: int | None = None) -> Channel | None:
+        """The channel's record; a new one starts now, or at ``first_seq`` when an event
+        starts it (one published elsewhere: another node, or this worker's node process),
+        since the record holds that event: a cursor at it must resume."""
         ch = self.channels.get(key)
         if ch is None and create:
-            ch = self.channels[key] = Channel(self.next_seq())
+            now = self.next_seq()
+            ch = self.channels[key] = Channel(now if first_seq is None else min(first_seq, now))
         return ch
 
     def is_new(self, key: str, origin: str, seq: int) -> bool:
@@ -115,12 +119,7 @@ class History:
         if seq > self.last_seq.get(origin, 0):
             self.last_seq[origin] = seq
         self.retained[origin] = self.retained.get(origin, 0) + 1
-        ch = self.channels.get(key)
-        if ch is None:
-            # Started by this event (one published elsewhere: another node, or the node
-            # process of this worker), the record holds it: it starts at its seq, not at
-            # this clock's later reading, or a cursor at this very event would not resume.
-            ch = self.channels[key] = Channel(min(seq, self.next_seq()))
+        ch = self.channel(key, first_seq=seq)
         vector = {o: self.last_seq[o] for o, n in self.retained.items() if n > 0}
         event_id = encode_cursor(vector)
         ev = Event(origin, seq, now, event_id, make_message(event_id))
