@@ -41,7 +41,7 @@ from .auth import Denied, check_token
 from .channels import Channels, channel_key
 from .commands import Refuse, Reply, Subscribe, Unsubscribe, channel_problem, decide
 from .fanout import send_ring
-from .history import BadCursor, Event, History, decode_cursor
+from .history import BadCursor, History, decode_cursor
 from .websocket import WebSocketSubscriber, accept_headers, event_frame, handshake_problem
 
 log = logging.getLogger("farts.pubsub")
@@ -153,26 +153,12 @@ class PubSub:
             sub.close(1012, "service restart: reconnect with your cursor")
 
     def snapshot(self) -> dict:
-        """The history as the next process takes it over: events keep their ids, so a
-        cursor issued here resumes there exactly."""
-        h = self.history
-        return {"last_seq": h.last_seq, "channels": [
-            {"key": key, "born": ch.born, "evicted": ch.evicted,
-             "events": [(ev.origin, ev.seq, ev.id, ev.message.decode()) for ev in ch.events]}
-            for key, ch in h.channels.items()]}
+        """The history as the next process takes it over (History.snapshot)."""
+        return self.history.snapshot()
 
     def restore(self, snap: dict) -> None:
         """Takes over the history of the process before this one (before any subscriber)."""
-        h = self.history
-        now = self.clock.monotonic()
-        for origin, seq in snap["last_seq"].items():
-            h.last_seq[origin] = max(seq, h.last_seq.get(origin, 0))
-        for c in snap["channels"]:
-            ch = h.channel(c["key"])
-            ch.born, ch.evicted = min(ch.born, c["born"]), dict(c["evicted"])
-            for origin, seq, event_id, message in c["events"]:
-                ch.events.append(Event(origin, seq, now, event_id, message.encode()))
-                h.retained[origin] = h.retained.get(origin, 0) + 1
+        self.history.restore(snap)
 
     def rename_origin(self, origin: str) -> None:
         """From now on this process stamps its events ``origin``: while it drains, the next
