@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.harness import project, report
+from bench.harness import goals, project, report
 from bench.harness.run import plan, run_scenario
 from bench.harness.scenarios import (
     SCENARIOS,
@@ -68,12 +68,33 @@ def test_smoke_run_then_report_and_projection(tmp_path):
         assert (out / f"{scenario}-cdf.png").stat().st_size > 1000
     for name in project.load_profiles():
         assert name in text or project.load_profiles()[name]["title"] in text
+    if "http-fixed" in scenarios:  # both sides of the fixed-route goal ran: its verdict is there
+        assert "## Issue 19's targets in this run" in text and "| http-fixed | 1024 B | nginx-static-tuned |" in text
 
     done = bench("project", "--target", "i5-13500", str(path), timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PROJECTED" in done.stdout and "Assumptions:" in done.stdout
     assert "ASSUMED 0.9" in done.stdout  # no workers dimension yet: the scaling is an assumption
     assert "MongoDB queries/s (find_one)" in done.stdout
+
+
+def test_goal_verdicts_need_the_ratio_and_the_tail():
+    def side(rps, p99):
+        return {"throughput": rps, "p99_ms": p99}
+    summaries = {("proxy", "1024 B", "farts-proxy", 1): side(100.0, 2.0),
+                 ("proxy", "1024 B", "nginx-proxy", 1): side(95.0, 1.5),
+                 ("http-fixed", "1024 B", "farts-fixed", 1): side(90.0, 1.0),
+                 ("http-fixed", "1024 B", "nginx-static-tuned", 1): side(100.0, 9.0),
+                 ("cdn-hits", "1 KiB", "farts-cdn", 2): side(500.0, 1.0),  # workers=2: not a verdict
+                 ("cdn-hits", "1 KiB", "nginx-cache", 1): side(100.0, 1.0)}
+    got = {v["goal"].scenario: v for v in goals.verdicts(summaries)}
+    assert set(got) == {"proxy", "http-fixed"}
+    assert got["proxy"]["met"] and round(got["proxy"]["p99_ratio"], 3) == 1.333
+    assert not got["http-fixed"]["met"] and round(got["http-fixed"]["ratio"], 2) == 0.9
+    summaries[("proxy", "1024 B", "farts-proxy", 1)] = side(100.0, 3.1)  # throughput met, tail not
+    assert not {v["goal"].scenario: v for v in goals.verdicts(summaries)}["proxy"]["met"]
+    text = "\n".join(goals.markdown(summaries))
+    assert "| proxy | 1024 B | nginx-proxy | 1.05 | >= 1.0 | 2.07 | <= 2.0 | **no** | callgrind" in text
 
 
 def test_unmeasurable_and_uninstalled_are_reported_not_run(tmp_path):

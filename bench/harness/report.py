@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import statistics
 
-from . import project
+from . import goals, project
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(HERE, "reports")
@@ -140,6 +140,7 @@ def write(runs: list[dict], out: str | None) -> str:
             md.append(f"| {sc['name']} | {sc['status']}{': ' + sc['reason'] if sc['reason'] else ''} | "
                       f"{sc['seconds']:.0f} | {', '.join(sc['targets'])} | {skipped} |")
     md.append("")
+    md += goals.markdown({k: summary(v) for k, v in groups.items()})
     for scenario in scenarios:
         items = [(k, summary(v)) for k, v in groups.items() if k[0] == scenario]
         md += [f"## {scenario}", "", f"| target | variant | workers | {items[0][1]['metric']} | p50 | p99 "
