@@ -211,6 +211,8 @@ def main() -> int:
     p.add_argument("--workers", default="1,2")
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--server-cpus", help="pin the node (all its workers) to these CPUs, e.g. 0 (default: "
+                   "0..N-1 for N workers): every worker on wrk-free cores measures a worker's own cost")
     p.add_argument("--route", choices=("fixed", "proxy", "dns"), default="fixed")
     p.add_argument("--dns-clients", type=int, default=8, help="dnsload processes (--route dns)")
     p.add_argument("--json", help="write the results here too")
@@ -239,7 +241,7 @@ def main() -> int:
 
 def run_all(args, cores: int, tmp: Path, routes: str, results: list) -> None:
     for workers in [int(w) for w in args.workers.split(",")]:
-        cpus = f"0-{min(workers, cores) - 1}"
+        cpus = args.server_cpus or f"0-{min(workers, cores) - 1}"
         proc, url = start(workers, cpus, tmp, routes)
         try:
             wrk(url, 1, args.connections, str(cores - 1))   # warm-up
