@@ -101,9 +101,10 @@ def pubsub_peer():
 
 
 def test_a_local_publish_is_broadcast(pubsub_peer):
-    bus, ps, _, _ = pubsub_peer
+    bus, ps, _, peer = pubsub_peer
     ps.on_local_event(ev(1, "a"))
-    assert bus.sent == [(None, Event(ev(1, "a")))]
+    ps.on_local_event(ev(2, "a"))   # (numbered by this process: a peer tells a lost one)
+    assert bus.sent == [(None, Event({**ev(n, "a"), "bp": peer.process, "bn": n})) for n in (1, 2)]
 
 
 def test_a_remote_event_is_applied_and_a_gap_asks_its_origin_for_a_catchup(pubsub_peer):
