@@ -67,7 +67,7 @@ class FakeBus:
 
 
 class FakePubSub:
-    """The four things the pub/sub protocol uses of PubSub."""
+    """What the pub/sub protocol uses of PubSub."""
 
     def __init__(self, events=()) -> None:
         self.on_local_event = None
@@ -85,6 +85,9 @@ class FakePubSub:
     def events_after(self, have, limit=2000):
         self.asked.append(have)
         return self.events
+
+    def gone_after(self, have):
+        return {}
 
 
 def ev(seq, origin="b"):

@@ -29,6 +29,9 @@ class History:
     def events_after(self, have: dict, limit: int = 2000) -> list:
         return []
 
+    def gone_after(self, have: dict) -> dict:
+        return {}
+
 
 class Bus:
     def __init__(self) -> None:

@@ -5,12 +5,15 @@ PubSub object deduplicates by origin and seq). A gap in a process's numbers (or 
 bus's), or a peer that comes back alive, triggers a catch-up: this node sends what it has
 (``CatchupRequest``: origin -> newest seq) and the peer answers with the events it lacks
 (``CatchupEvents``, in batches of ``BATCH`` so frames stay well under
-mesh.max_frame_bytes). A catch-up asked while another is pending starts where that one
-did, if earlier: what it was for may not have arrived.
+mesh.max_frame_bytes), then what it can no longer send (``CatchupGone``: evicted from its
+history, or missing there too; the asking node answers resumes from before that "not
+recovered"). A catch-up asked while another is pending starts where that one did, if
+earlier: what it was for may not have arrived.
 
 The protocol talks to the PubSub object only through ``publish``'s hook
-``on_local_event``, ``apply_remote(event)``, ``have()`` and ``events_after(have)``; it
-reads no clock: a retry is a timer on the injected clock.
+``on_local_event``, ``apply_remote(event)``, ``have()``, ``events_after(have)``,
+``gone_after(have)`` and ``mark_missing(gone)``; it reads no clock: a retry is a timer on
+the injected clock.
 """
 from __future__ import annotations
 
@@ -71,7 +74,25 @@ class CatchupEvents(PeerMessage):
         return tuple(body)
 
 
-MESSAGES = (Event, CatchupRequest, CatchupEvents)
+@dataclass(frozen=True, slots=True)
+class CatchupGone(PeerMessage):
+    """After a catch-up's events: per channel key, origin -> newest seq of the events asked
+    for that the sender no longer has (up to ``GONE_BATCH`` channels a message)."""
+    TYPE = "pubsub.gone"
+    VERSION = 1
+    gone: dict
+
+    @classmethod
+    def parse(cls, body: Any) -> dict:
+        need(cls, isinstance(body, dict), "an object channel -> {origin: seq}")
+        need(cls, all(isinstance(k, str) and isinstance(v, dict) and all(
+            isinstance(o, str) and isinstance(s, int) and not isinstance(s, bool) for o, s in v.items())
+            for k, v in body.items()), "channel -> {origin: integer seq}")
+        return body
+
+
+MESSAGES = (Event, CatchupRequest, CatchupEvents, CatchupGone)
+GONE_BATCH = 500
 
 
 class PubSubAPI(Protocol):
@@ -82,6 +103,10 @@ class PubSubAPI(Protocol):
     def have(self) -> dict[str, int]: ...
 
     def events_after(self, have: dict, limit: int = ...) -> list[dict]: ...
+
+    def gone_after(self, have: dict) -> dict[str, dict[str, int]]: ...
+
+    def mark_missing(self, gone: dict[str, dict[str, int]]) -> None: ...
 
 
 class PubSubPeer:
@@ -100,6 +125,7 @@ class PubSubPeer:
         bus.subscribe(Event, self.on_event)
         bus.subscribe(CatchupRequest, self.on_catchup)
         bus.subscribe(CatchupEvents, self.on_events)
+        bus.subscribe(CatchupGone, self.on_gone)
         bus.on_member_change(self.on_member)
 
     def local_event(self, event: dict) -> None:
@@ -129,10 +155,16 @@ class PubSubPeer:
         events = self.pubsub.events_after(msg.have)
         for i in range(0, len(events), BATCH):
             self.bus.send(env.origin, CatchupEvents(tuple(events[i:i + BATCH])))
+        gone = list(self.pubsub.gone_after(msg.have).items())
+        for i in range(0, len(gone), GONE_BATCH):
+            self.bus.send(env.origin, CatchupGone(dict(gone[i:i + GONE_BATCH])))
 
     def on_events(self, msg: CatchupEvents, env: Envelope) -> None:
         for ev in msg.events:
             self.pubsub.apply_remote(ev)
+
+    def on_gone(self, msg: CatchupGone, env: Envelope) -> None:
+        self.pubsub.mark_missing(msg.gone)
 
     def on_member(self, old: Member | None, new: Member) -> None:
         if new.id == self.me:
