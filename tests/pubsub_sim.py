@@ -19,6 +19,8 @@ import json
 import random
 from collections import Counter
 
+from test_pubsub_service import RecordingSink
+
 from farts.clock import HLC, FakeClock
 from farts.config import Tenant
 from farts.members import ALIVE, DRAINING, LEFT, SUSPECT, Member, MemberMap
@@ -35,48 +37,25 @@ TENANT = Tenant("demo", ["demo.example"], api_keys=["key"])
 STEP = 0.002          # the simulation advances the clock by this much between flushes
 
 
-class Sink:
-    """A Sink that keeps what is written (no socket: fd -1, never buffers)."""
-
-    def __init__(self) -> None:
-        self.framing, self.fd = RAW, -1
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
-def server_frames(buf: bytearray) -> list[tuple[int, bytes]]:
-    """(opcode, payload) of each whole unmasked frame at the start of ``buf`` (consumed)."""
+def server_frames(data: bytes, at: int) -> tuple[list[tuple[int, bytes]], int]:
+    """(opcode, payload) of each whole unmasked frame in ``data`` from ``at``, and where the
+    next one starts."""
     out = []
-    while len(buf) >= 2:
-        n, at = buf[1] & 0x7F, 2
+    while len(data) - at >= 2:
+        n, head = data[at + 1] & 0x7F, 2
         if n == 126:
-            if len(buf) < 4:
+            if len(data) - at < 4:
                 break
-            n, at = int.from_bytes(buf[2:4], "big"), 4
+            n, head = int.from_bytes(data[at + 2:at + 4], "big"), 4
         elif n == 127:
-            if len(buf) < 10:
+            if len(data) - at < 10:
                 break
-            n, at = int.from_bytes(buf[2:10], "big"), 10
-        if len(buf) < at + n:
+            n, head = int.from_bytes(data[at + 2:at + 10], "big"), 10
+        if len(data) - at < head + n:
             break
-        out.append((buf[0] & 0x0F, bytes(buf[at:at + n])))
-        del buf[:at + n]
-    return out
+        out.append((data[at] & 0x0F, data[at + head:at + head + n]))
+        at += head + n
+    return out, at
 
 
 class Wire:
@@ -136,12 +115,13 @@ class Client:
         self.got: list = []
         self.last: str | None = None
         self.not_recovered = 0
-        self.sink: Sink | None = None
+        self.sink: RecordingSink | None = None
+        self.read_up_to = 0
         self.sub: WebSocketSubscriber | None = None
         self.proc: Proc | None = None
 
     def connect(self, proc: Proc) -> None:
-        self.proc, self.sink = proc, Sink()
+        self.proc, self.sink, self.read_up_to = proc, RecordingSink(RAW), 0
         self.sub = WebSocketSubscriber(proc.pubsub, TENANT)
         self.sub.opened(self.sink, b"")
         cmd = {"op": "subscribe", "channel": "c"}
@@ -152,7 +132,8 @@ class Client:
     def read(self) -> None:
         if self.sink is None:
             return
-        for opcode, payload in server_frames(self.sink.data):
+        frames, self.read_up_to = server_frames(self.sink.data, self.read_up_to)
+        for opcode, payload in frames:
             if opcode == 8:   # close 1012: come back to the node's next process
                 assert int.from_bytes(payload[:2], "big") == 1012, payload
                 self.sub.closed(None)

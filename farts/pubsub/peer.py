@@ -55,8 +55,7 @@ class CatchupRequest(PeerMessage):
     @classmethod
     def parse(cls, body: Any) -> dict[str, int]:
         need(cls, isinstance(body, dict), "an object origin -> seq")
-        need(cls, all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                      for k, v in body.items()), "origin -> integer seq")
+        need(cls, _seqs(body), "origin -> integer seq")
         return body
 
 
@@ -85,10 +84,14 @@ class CatchupGone(PeerMessage):
     @classmethod
     def parse(cls, body: Any) -> dict:
         need(cls, isinstance(body, dict), "an object channel -> {origin: seq}")
-        need(cls, all(isinstance(k, str) and isinstance(v, dict) and all(
-            isinstance(o, str) and isinstance(s, int) and not isinstance(s, bool) for o, s in v.items())
-            for k, v in body.items()), "channel -> {origin: integer seq}")
+        need(cls, all(isinstance(k, str) and isinstance(v, dict) and _seqs(v) for k, v in body.items()),
+             "channel -> {origin: integer seq}")
         return body
+
+
+def _seqs(value: dict) -> bool:
+    """origin -> integer seq."""
+    return all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in value.items())
 
 
 MESSAGES = (Event, CatchupRequest, CatchupEvents, CatchupGone)
