@@ -152,8 +152,7 @@ class Client:
 
 class Sim:
     def __init__(self, seed: int, history_size: int = 100, subscribers: int = 4, ids=("n1", "n2", "n3"),
-                 rounds: int = 1, duplicates: bool = True, flaps: bool = True, noise: bool = True,
-                 churn: bool = False) -> None:
+                 duplicates: bool = True, flaps: bool = True, noise: bool = True, churn: bool = False) -> None:
         """``duplicates``: a restarted process's link to a peer may be replaced by a second
         one moments later (both sides dialed; the mesh keeps one and aborts the other, with
         what was in flight on it); ``flaps``: a peer may suspect the restarted process for a
@@ -166,7 +165,8 @@ class Sim:
         self.rng = random.Random(seed)
         self.clock = FakeClock()
         self.cfg = PubSubConfig(history_size=history_size, ping_interval=1000.0)
-        self.ids, self.rounds = list(ids), rounds
+        self.ids = list(ids)
+        self.stop = False                    # the publisher stops
         self._epochs = 0
         self.procs: dict[str, Proc] = {}     # node id -> its serving (newest) process
         self.every: list[Proc] = []          # every process, for the flushes
@@ -352,9 +352,8 @@ class Sim:
                     c = Client(self, f"{node_id}/{k}")
                     c.connect(self.procs[node_id])
                     self.clients.append(c)
-            self.stop = False
             self.clock.call_later(0.05, self._publish, 0, set())
-            order = [self.ids[1], self.ids[2], self.ids[0]] * self.rounds
+            order = [*self.ids[1:], self.ids[0]]   # (the first node, the deploy's runner, last)
             t = self.rng.uniform(3.0, 14.0)
             for node_id in order:
                 self.clock.call_later(t, self.restart, node_id)
