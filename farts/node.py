@@ -260,6 +260,16 @@ def _deploy_view(n: Node) -> ClusterView:
     return ClusterView(member_state, alerts, master)
 
 
+def _refused_bundle_alert(n: Node) -> Callable[[str], None]:
+    """A release bundle this node refused, for the master's bundle_refused alert (recorded
+    in the replicated store by this node's master service; nothing without one)."""
+    def alert(reason: str) -> None:
+        master = n.services.get("master")
+        if master is not None:
+            master.alerts.refused(reason)
+    return alert
+
+
 def _master_admin(n: Node, master) -> list:
     from farts.master.service import MasterAdminHandler
     return [(Route(prefix="/api/master", kind="admin", max_body_bytes=65536), MasterAdminHandler(master))]
@@ -317,7 +327,8 @@ SERVICES: tuple[Service, ...] = (
             admin_routes=lambda n, h: deploy_routes(n.cfg, n.metrics, n.clock, lambda: mesh_admin_urls(
                 n.mesh.status() if n.mesh else None, n.cfg.node.id,
                 n.listeners["admin"].address if "admin" in n.listeners else None), h,
-                _deploy_view(n), lambda: _replica_caught_up(n), n.mesh.bus if n.mesh else None)),
+                _deploy_view(n), lambda: _replica_caught_up(n), n.mesh.bus if n.mesh else None,
+                _refused_bundle_alert(n))),
 )
 
 for _service in SERVICES:

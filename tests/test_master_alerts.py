@@ -28,6 +28,7 @@ CASES = {
     "version_mismatch": (facts(version="1.1"), "version_mismatch"),
     "webhook_dead_letters": (dataclasses.replace(facts(), dead_letters=3), "webhook_dead_letters"),
     "cron_failed": (dataclasses.replace(facts(), failed_crons={"geoip": 1}), "cron_failed:geoip"),
+    "bundle_refused": (facts(refused=1, refused_reason="SHA-256 differs"), "bundle_refused:n1"),
 }
 
 

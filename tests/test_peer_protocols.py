@@ -67,7 +67,7 @@ class FakeBus:
 
 
 class FakePubSub:
-    """The four things the pub/sub protocol uses of PubSub."""
+    """What the pub/sub protocol uses of PubSub."""
 
     def __init__(self, events=()) -> None:
         self.on_local_event = None
@@ -86,6 +86,9 @@ class FakePubSub:
         self.asked.append(have)
         return self.events
 
+    def gone_after(self, have):
+        return {}
+
 
 def ev(seq, origin="b"):
     return {"tenant": "t", "channel": "c", "origin": origin, "seq": seq, "data": "{}"}
@@ -101,9 +104,10 @@ def pubsub_peer():
 
 
 def test_a_local_publish_is_broadcast(pubsub_peer):
-    bus, ps, _, _ = pubsub_peer
+    bus, ps, _, peer = pubsub_peer
     ps.on_local_event(ev(1, "a"))
-    assert bus.sent == [(None, Event(ev(1, "a")))]
+    ps.on_local_event(ev(2, "a"))   # (numbered by this process: a peer tells a lost one)
+    assert bus.sent == [(None, Event({**ev(n, "a"), "bp": peer.process, "bn": n})) for n in (1, 2)]
 
 
 def test_a_remote_event_is_applied_and_a_gap_asks_its_origin_for_a_catchup(pubsub_peer):

@@ -216,3 +216,57 @@ def test_a_channel_first_seen_through_a_remote_event_resumes_from_it():
         text = sink.data.decode("latin-1")
         assert '"recovered":true' in text and '"data":"b"' in text and '"data":"a"' not in text
     asyncio.run(main())
+
+
+def test_a_catch_up_that_cannot_reach_back_far_enough_makes_resumes_from_before_not_recovered():
+    """A node away for longer than a peer's history (3 events here): the peer sends what it
+    still holds and says what it no longer has; a resume from before that, on the node
+    that was away, is answered "not recovered" (it was "recovered" with events missing)."""
+    from farts.peer import Envelope
+    from farts.pubsub.peer import CatchupRequest, PubSubPeer
+
+    class Bus:   # one node's side of the link between the two: a send reaches the other at once
+        def __init__(self, me: str) -> None:
+            self.me, self.handlers, self.other = me, {}, None
+
+        def subscribe(self, cls, fn):
+            self.handlers[cls] = fn
+
+        def on_member_change(self, fn):
+            pass
+
+        def broadcast(self, msg) -> int:
+            return 0
+
+        def send(self, node: str, msg) -> bool:
+            self.other.handlers[type(msg)](msg, Envelope(self.me))
+            return True
+
+    async def main():
+        clock = FakeClock()
+        cfg = PubSubConfig(history_size=3, ping_interval=10.0)
+        n1, n2 = (PubSub(i, cfg, [TENANT], Metrics(), clock) for i in ("n1", "n2"))
+        await n1.start()
+        await n2.start()
+        bus1, bus2 = Bus("n1"), Bus("n2")
+        bus1.other, bus2.other = bus2, bus1
+        PubSubPeer("n1", n1, bus1, clock)
+        PubSubPeer("n2", n2, bus2, clock)
+        cursor = n2.publish("t1", "c", 0)
+        bus1.send("n2", CatchupRequest(n1.have()))      # n1 gets event 0
+        away = n1.have()
+        for i in range(1, 7):                            # n1 is away: n2 keeps 4-6, evicts 0-3
+            n2.publish("t1", "c", i)
+        bus1.send("n2", CatchupRequest(away))            # back: 4-6, and what n2 no longer has
+        evicted = n2.history.channels["t1\0c"].evicted
+        assert n1.history.channels["t1\0c"].missing == evicted == {"n2": evicted["n2"]}
+        sink, _ = websocket(n1, b'{"op":"subscribe","channel":"c","since":"' + cursor.encode() + b'"}')
+        text = sink.data.decode("latin-1")
+        assert '"recovered":false' in text                     # 1-3 are nowhere to be had
+        assert [f'"data":{i}' in text for i in range(7)] == [False] * 4 + [True] * 3
+        late = n2.history.channels["t1\0c"].events[0].id       # a cursor at 4: all after it is here
+        sink, _ = websocket(n1, b'{"op":"subscribe","channel":"c","since":"' + late.encode() + b'"}')
+        assert '"recovered":true' in sink.data.decode("latin-1")
+        await n1.stop()
+        await n2.stop()
+    asyncio.run(main())

@@ -42,6 +42,7 @@ class Subscriber:
         self.got: list = []
         self.last: str | None = None
         self.restarts = 0
+        self.not_recovered = 0   # resumes answered "recovered": false
 
     async def run(self, subscribed: asyncio.Event) -> None:
         while True:
@@ -53,6 +54,7 @@ class Subscriber:
                     await ws.send(json.dumps(cmd))
                     reply = json.loads(await ws.recv())
                     assert reply["op"] == "subscribed", reply
+                    self.not_recovered += "since" in cmd and not reply["recovered"]
                     subscribed.set()
                     while True:
                         m = json.loads(await ws.recv())

@@ -4,7 +4,9 @@ sample), the rules evaluated, the alerts' records written (fenced by the epoch) 
 notifications POSTed (JSON) to the escalation tiers' targets.
 
 Every node reports itself (version, disk use) each interval, master or not. Acks are
-written by any node (``_farts.master_acks``) and read by the master at each evaluation.
+written by any node (``_farts.master_acks``) and read by the master at each evaluation;
+so are the release bundles a node refused (``_farts.master_refusals``, written by that
+node: the replicated store carries them to whichever node is master).
 """
 from __future__ import annotations
 
@@ -21,12 +23,13 @@ from farts.master import alerts, outbound
 from farts.master.alerts import Alert, Facts, NodeFacts
 from farts.master.config import AlertsConfig
 from farts.master.peer import NodeReport
-from farts.master.state import ACKS, ALERTS, Fenced, MasterState, put
+from farts.master.state import ACKS, ALERTS, REFUSALS, Fenced, MasterState, put
 from farts.metrics import Metrics
 
 log = logging.getLogger("farts.master.alerts")
 
 DEAD_LETTER_WINDOW = 600.0
+REFUSAL_WINDOW = 3600.0   # a refused release bundle counts this long (the bundle_refused alert)
 NOTIFY_TIMEOUT = 10.0
 DEPLOYS = "_farts.master_deploys"
 LISTED = 100          # alerts `alerts list` shows (open first, then the latest resolved)
@@ -79,6 +82,23 @@ class Alerting:
         if self.bus is not None:
             self.bus.broadcast(report)
 
+    def refused(self, reason: str) -> None:
+        """This node refused a release bundle: recorded in the replicated store for the
+        master's ``bundle_refused`` alert. Callable from any thread (the bundle is verified
+        in the thread pool); a store that is not open is logged, not raised."""
+        at = self.clock.wall()
+        doc = {"_id": f"{self.state.node}@{at:.6f}", "node": self.state.node, "reason": reason[:500], "at": at}
+        try:
+            done = self.state.store.submit(lambda w: put(w, REFUSALS, doc))
+        except RuntimeError as e:
+            log.warning("alerts: cannot record the refused bundle: %s", e)
+            return
+
+        def written(f) -> None:
+            if f.exception() is not None:
+                log.warning("alerts: recording the refused bundle failed: %s", f.exception())
+        done.add_done_callback(written)
+
     def received(self, report: NodeReport, origin: str) -> None:
         if report.deployment == self.state.deployment:
             self.reports[origin] = report
@@ -115,6 +135,9 @@ class Alerting:
         now = self.clock.monotonic()
         states = {m.id: m.state for m in self.members()}
         samples = self.samples()
+        refusals: dict[str, list[dict]] = {}
+        for d in sorted(self._refusals(), key=lambda d: d["at"]):
+            refusals.setdefault(d["node"], []).append(d)
         out = []
         for node in self.nodes:
             state = "alive" if node == self.state.node else states.get(node, "unknown")
@@ -125,10 +148,17 @@ class Alerting:
             s, r = samples.get(node) or {}, self.reports.get(node)
             lag = ((s.get("db") or {}).get("lag_ms") or {}).values()
             certs = (s.get("certs") or {}).values()
+            refused = refusals.get(node, [])
             out.append(NodeFacts(node, state, now - self.dead_since.get(node, now),
                                  r.version if r else s.get("version"), max(lag, default=None),
-                                 min(certs, default=None), s.get("slow_per_min"), r.disk_used if r else None))
+                                 min(certs, default=None), s.get("slow_per_min"), r.disk_used if r else None,
+                                 len(refused), refused[-1]["reason"] if refused else ""))
         return Facts(tuple(out), self._dead_lately(now), self._since_deploy(out), self.failed_crons())
+
+    def _refusals(self, expired: bool = False) -> list[dict]:
+        """The refused bundles of the last REFUSAL_WINDOW (or, ``expired``, the older ones)."""
+        since = self.clock.wall() - REFUSAL_WINDOW
+        return [d for d in self.state.all(REFUSALS) if (d["at"] < since) == expired]
 
     def _since_deploy(self, nodes: list[NodeFacts]) -> float | None:
         """A deploy is a live node's version changing; the versions and the time of the
@@ -176,6 +206,9 @@ class Alerting:
                 return
             if any(a.resolved is not None for a in changed):
                 await self._prune(epoch)
+        expired = self._refusals(expired=True)
+        if expired:
+            await self._write(epoch, lambda w: [w.delete(REFUSALS, d) for d in expired])
         for n in notes:
             asyncio.ensure_future(self._notify(n, epoch))
 

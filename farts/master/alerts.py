@@ -2,7 +2,8 @@
 escalated tier by tier unless acknowledged, resolved), ``now`` passed in.
 
 Facts are what the master knows of each node of its deployment (mesh state, version,
-replication lag, certificate days left, slow requests per minute, disk use) and of the
+replication lag, certificate days left, slow requests per minute, disk use, release
+bundles it refused lately) and of the
 deployment (webhook dead letters lately, when the last deploy was). ``evaluate`` turns
 them into the alerts firing now, each under a *dedupe key* (``rule:node``, or ``rule``
 for a deployment-wide one): an alert is one key's episode, from its first evaluation
@@ -32,6 +33,8 @@ class NodeFacts:
     cert_days: float | None = None       # the fewest days left on its certificates
     slow_per_min: float | None = None
     disk_used: float | None = None       # 0..1 of its data disk
+    refused: int = 0                     # release bundles it refused in the last hour
+    refused_reason: str = ""             # why it refused the latest
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ PER_NODE = {
                       lambda n, t: f"{n.slow_per_min:.0f} slow requests/min on {n.id} (over {t:.0f})"),
     "disk_full": (lambda n, t: n.state in LIVE and n.disk_used is not None and n.disk_used >= t,
                   lambda n, t: f"the data disk of {n.id} is {n.disk_used:.0%} full"),
+    "bundle_refused": (lambda n, t: n.refused >= t,
+                       lambda n, t: f"node {n.id} refused {n.refused} release bundle(s) in the last hour, "
+                                    f"the latest: {n.refused_reason}"),
 }
 
 

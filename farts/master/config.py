@@ -17,6 +17,8 @@ RULES = {
     "disk_full": ("share of the data disk used, 0-1", 0.9),
     "version_mismatch": ("nodes running another version than the most common one", 1.0),
     "cron_failed": ("runs of a cron that failed in a row (a built-in task too: a bad GeoIP download)", 1.0),
+    "bundle_refused": ("release bundles a node refused in the last hour (tampered, untrusted, wrong platform, "
+                       "a downgrade)", 1.0),
 }
 
 
@@ -80,7 +82,8 @@ class Tier:
 
 
 def _default_rules() -> list[AlertRule]:
-    return [AlertRule(name, severity="critical" if name in ("node_dead", "disk_full") else "warning")
+    return [AlertRule(name, severity="critical" if name in ("node_dead", "disk_full", "bundle_refused")
+                      else "warning")
             for name in RULES]
 
 

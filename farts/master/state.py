@@ -5,7 +5,8 @@ them): ``_farts.master_epochs`` (per deployment: the highest epoch that wrote),
 ``_farts.master_crons`` (per cron: the next slot to handle and the last runs),
 ``_farts.master_runs`` (per slot ``name@slot``: the run), ``_farts.master_alerts``
 and ``_farts.master_acks`` (acks are their own documents: a user's ack never races
-the master's rewrite of the alert).
+the master's rewrite of the alert), ``_farts.master_refusals`` (a release bundle a node
+refused, written by that node: the ``bundle_refused`` alert).
 
 Fencing: every master write runs in the store's writer thread, in one transaction
 with a check of the deployment's epoch record: a write of a lower epoch than the
@@ -23,6 +24,7 @@ CRONS = "_farts.master_crons"
 RUNS = "_farts.master_runs"
 ALERTS = "_farts.master_alerts"
 ACKS = "_farts.master_acks"
+REFUSALS = "_farts.master_refusals"
 
 
 class Fenced(Exception):

@@ -15,7 +15,9 @@ cursor does not list, events newer than the cursor's newest seq are replayed; th
 comparison is across clocks, as precise as the nodes' clocks agree.
 
 ``recovered`` is false when the node may lack events the client has not seen: some were
-evicted past the cursor, or the channel's record on this node starts after it.
+evicted past the cursor, the channel's record on this node starts after it, or a peer's
+catch-up said it could no longer send some past the cursor (``missing``: this node was
+away longer than the peer's history reaches).
 """
 from __future__ import annotations
 
@@ -54,11 +56,12 @@ class Event:
 class Channel:
     """One channel's recent events, oldest first."""
 
-    __slots__ = ("events", "evicted", "born")
+    __slots__ = ("events", "evicted", "missing", "born")
 
     def __init__(self, born: int) -> None:
         self.events: deque[Event] = deque()
         self.evicted: dict[str, int] = {}   # origin -> newest seq dropped from here
+        self.missing: dict[str, int] = {}   # origin -> newest seq never had, gone from the peers asked
         self.born = born                    # seq clock reading when this record started
 
 
@@ -92,7 +95,7 @@ class History:
         """What the node's next process takes over (a restart): events keep their ids, so
         a cursor issued here resumes there exactly."""
         return {"last_seq": self.last_seq, "channels": [
-            {"key": key, "born": ch.born, "evicted": ch.evicted,
+            {"key": key, "born": ch.born, "evicted": ch.evicted, "missing": ch.missing,
              "events": [(ev.origin, ev.seq, ev.id, ev.message.decode()) for ev in ch.events]}
             for key, ch in self.channels.items()]}
 
@@ -104,6 +107,7 @@ class History:
         for c in snap["channels"]:
             ch = self.channel(c["key"])
             ch.born, ch.evicted = min(ch.born, c["born"]), dict(c["evicted"])
+            ch.missing = dict(c.get("missing", {}))   # (a process of a release before it has none)
             for origin, seq, event_id, message in c["events"]:
                 ch.events.append(Event(origin, seq, now, event_id, message.encode()))
                 self.retained[origin] = self.retained.get(origin, 0) + 1
@@ -132,6 +136,28 @@ class History:
                     if len(out) >= limit:
                         return out
         return out
+
+    def gone_after(self, have: dict[str, int]) -> dict[str, dict[str, int]]:
+        """Per channel, origin -> newest seq of the events after ``have`` (a peer's, asking
+        for a catch-up) that this node can no longer send: evicted, or missing here too."""
+        out = {}
+        for key, ch in self.channels.items():
+            gone = {}
+            for origin, seq in (*ch.evicted.items(), *ch.missing.items()):
+                if seq > max(have.get(origin, 0), gone.get(origin, 0)):
+                    gone[origin] = seq
+            if gone:
+                out[key] = gone
+        return out
+
+    def mark_missing(self, gone: dict[str, dict[str, int]]) -> None:
+        """What a peer's catch-up could no longer send (its ``gone_after``): resumes from
+        before it are not recovered here (the events may still come from another peer)."""
+        for key, origins in gone.items():
+            ch = self.channel(key)
+            for origin, seq in origins.items():
+                if seq > ch.missing.get(origin, 0):
+                    ch.missing[origin] = seq
 
     def append(self, key: str, origin: str, seq: int, make_message) -> Event:
         """Records the event and returns it; ``make_message(id)`` builds its JSON text."""
@@ -172,7 +198,7 @@ class History:
         newest = max(cursor.values())
         # (a cursor ahead of this history: what lies between is not here to replay)
         recovered = newest >= ch.born and not self.behind(cursor) and all(
-            seq <= cursor.get(origin, newest) for origin, seq in ch.evicted.items())
+            seq <= cursor.get(origin, newest) for gone in (ch.evicted, ch.missing) for origin, seq in gone.items())
         out = [ev for ev in ch.events if ev.seq > cursor.get(ev.origin, newest)]
         return out, recovered
 

@@ -1,17 +1,23 @@
 """Cross-node pub/sub over the mesh bus, sans-IO.
 
-Every local publish is broadcast (``Event``); peers apply it (the PubSub object
-deduplicates by origin and seq). A gap in an origin's broadcasts, or a peer that
-comes back alive, triggers a catch-up: this node sends what it has (``CatchupRequest``:
-origin -> newest seq) and the peer answers with the events it lacks (``CatchupEvents``,
-in batches of ``BATCH`` so frames stay well under mesh.max_frame_bytes).
+Every local publish is broadcast (``Event``, numbered per process); peers apply it (the
+PubSub object deduplicates by origin and seq). A gap in a process's numbers (or in the
+bus's), or a peer that comes back alive, triggers a catch-up: this node sends what it has
+(``CatchupRequest``: origin -> newest seq) and the peer answers with the events it lacks
+(``CatchupEvents``, in batches of ``BATCH`` so frames stay well under
+mesh.max_frame_bytes), then what it can no longer send (``CatchupGone``: evicted from its
+history, or missing there too; the asking node answers resumes from before that "not
+recovered"). A catch-up asked while another is pending starts where that one did, if
+earlier: what it was for may not have arrived.
 
 The protocol talks to the PubSub object only through ``publish``'s hook
-``on_local_event``, ``apply_remote(event)``, ``have()`` and ``events_after(have)``; it
-reads no clock: a retry is a timer on the injected clock.
+``on_local_event``, ``apply_remote(event)``, ``have()``, ``events_after(have)``,
+``gone_after(have)`` and ``mark_missing(gone)``; it reads no clock: a retry is a timer on
+the injected clock.
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,8 +55,7 @@ class CatchupRequest(PeerMessage):
     @classmethod
     def parse(cls, body: Any) -> dict[str, int]:
         need(cls, isinstance(body, dict), "an object origin -> seq")
-        need(cls, all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                      for k, v in body.items()), "origin -> integer seq")
+        need(cls, _seqs(body), "origin -> integer seq")
         return body
 
 
@@ -68,7 +73,29 @@ class CatchupEvents(PeerMessage):
         return tuple(body)
 
 
-MESSAGES = (Event, CatchupRequest, CatchupEvents)
+@dataclass(frozen=True, slots=True)
+class CatchupGone(PeerMessage):
+    """After a catch-up's events: per channel key, origin -> newest seq of the events asked
+    for that the sender no longer has (up to ``GONE_BATCH`` channels a message)."""
+    TYPE = "pubsub.gone"
+    VERSION = 1
+    gone: dict
+
+    @classmethod
+    def parse(cls, body: Any) -> dict:
+        need(cls, isinstance(body, dict), "an object channel -> {origin: seq}")
+        need(cls, all(isinstance(k, str) and isinstance(v, dict) and _seqs(v) for k, v in body.items()),
+             "channel -> {origin: integer seq}")
+        return body
+
+
+def _seqs(value: dict) -> bool:
+    """origin -> integer seq."""
+    return all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in value.items())
+
+
+MESSAGES = (Event, CatchupRequest, CatchupEvents, CatchupGone)
+GONE_BATCH = 500
 
 
 class PubSubAPI(Protocol):
@@ -80,39 +107,67 @@ class PubSubAPI(Protocol):
 
     def events_after(self, have: dict, limit: int = ...) -> list[dict]: ...
 
+    def gone_after(self, have: dict) -> dict[str, dict[str, int]]: ...
+
+    def mark_missing(self, gone: dict[str, dict[str, int]]) -> None: ...
+
 
 class PubSubPeer:
     """Subscribes to the bus and hooks the PubSub's local events when built."""
 
     def __init__(self, me: str, pubsub: PubSubAPI, bus: PeerBus, clock: Clock) -> None:
         self.me, self.pubsub, self.bus, self.clock = me, pubsub, bus, clock
-        self._retries: dict[str, Timer] = {}   # member -> its pending catch-up retry
+        # member -> its pending catch-up ask (a retry, or the SETTLE one) and where it starts
+        self._pending: dict[str, tuple[Timer, dict[str, int]]] = {}
+        # This process's broadcasts of events are numbered ("bn", 1, 2, ...; "bp" names the
+        # process): a member tells a lost one by the next one's number.
+        self.process, self._sent = secrets.token_hex(6), 0
+        self._heard: dict[str, tuple[str, int]] = {}   # member -> (its process, last number heard)
         self._away: dict[str, dict[str, int]] = {}   # member not alive -> have() when it went
         pubsub.on_local_event = self.local_event
         bus.subscribe(Event, self.on_event)
         bus.subscribe(CatchupRequest, self.on_catchup)
         bus.subscribe(CatchupEvents, self.on_events)
+        bus.subscribe(CatchupGone, self.on_gone)
         bus.on_member_change(self.on_member)
 
     def local_event(self, event: dict) -> None:
-        self.bus.broadcast(Event(event))
+        self._sent += 1
+        self.bus.broadcast(Event({**event, "bp": self.process, "bn": self._sent}))
 
     def on_event(self, msg: Event, env: Envelope) -> None:
         # After a gap the catch-up starts from what this node had before this event: once
         # applied, its seq would be past the missed ones.
-        have = self.pubsub.have() if env.gap else None
+        have = self.pubsub.have() if env.gap or self._missed(env.origin, msg.event) else None
         self.pubsub.apply_remote(msg.event)
         if have is not None:
-            self.bus.send(env.origin, CatchupRequest(have))
+            self._ask_catchup(env.origin, CATCHUP_TRIES, have, again=False)
+
+    def _missed(self, origin: str, event: dict) -> bool:
+        """Whether events of that member's process were broadcast before this one and not
+        heard here. (The bus's ``gap`` counts every type of broadcast: a lost event may
+        first show as a gap in another service's message, and never in an event's.)"""
+        process, n = event.get("bp"), event.get("bn")
+        if not isinstance(process, str) or not isinstance(n, int):
+            return False   # (a node of a release before the numbering)
+        last_process, last = self._heard.get(origin, (None, 0))
+        self._heard[origin] = (process, n)
+        return n > (last if process == last_process else 0) + 1
 
     def on_catchup(self, msg: CatchupRequest, env: Envelope) -> None:
         events = self.pubsub.events_after(msg.have)
         for i in range(0, len(events), BATCH):
             self.bus.send(env.origin, CatchupEvents(tuple(events[i:i + BATCH])))
+        gone = list(self.pubsub.gone_after(msg.have).items())
+        for i in range(0, len(gone), GONE_BATCH):
+            self.bus.send(env.origin, CatchupGone(dict(gone[i:i + GONE_BATCH])))
 
     def on_events(self, msg: CatchupEvents, env: Envelope) -> None:
         for ev in msg.events:
             self.pubsub.apply_remote(ev)
+
+    def on_gone(self, msg: CatchupGone, env: Envelope) -> None:
+        self.pubsub.mark_missing(msg.gone)
 
     def on_member(self, old: Member | None, new: Member) -> None:
         if new.id == self.me:
@@ -130,19 +185,36 @@ class PubSubPeer:
         # events of it that arrive meanwhile (once its link is up, before the retry) would
         # move the newest seq past the ones this node missed while it was away. Once sent,
         # it is sent ``again`` SETTLE seconds later: the member's broadcasts while its links
-        # to this node formed (one per side, the duplicate closed) may have reached no link.
-        pending = self._retries.pop(node_id, None)
-        if pending is not None:  # alive again before the last round of retries ended
-            pending.cancel()
+        # to this node formed (one per side, the duplicate closed) may have reached no link,
+        # and an answer sent on the closed duplicate is lost.
+        pending = self._pending.pop(node_id, None)
+        if pending is not None:
+            # Asked again before the last ask's round ended (the member was suspected for a
+            # moment, or a gap showed): the new one starts where the pending one did if that
+            # is earlier, since what that round was for may not have arrived yet.
+            timer, started = pending
+            timer.cancel()
+            have = earliest(have, started)
+            again = True
         if self.bus.send(node_id, CatchupRequest(have)):
             if again:
-                self._retries[node_id] = self.clock.call_later(SETTLE, self._ask_catchup, node_id, CATCHUP_TRIES,
-                                                               have, False)
+                self._pending[node_id] = (self.clock.call_later(SETTLE, self._due, node_id, CATCHUP_TRIES, have,
+                                                                False), have)
         elif tries > 1:
-            self._retries[node_id] = self.clock.call_later(CATCHUP_RETRY, self._ask_catchup, node_id, tries - 1,
-                                                           have, again)
+            self._pending[node_id] = (self.clock.call_later(CATCHUP_RETRY, self._due, node_id, tries - 1, have,
+                                                            again), have)
+
+    def _due(self, node_id: str, tries: int, have: dict[str, int], again: bool) -> None:
+        self._pending.pop(node_id, None)   # (this very ask)
+        self._ask_catchup(node_id, tries, have, again)
 
     def stop(self) -> None:
-        for t in self._retries.values():
-            t.cancel()
-        self._retries.clear()
+        for timer, _ in self._pending.values():
+            timer.cancel()
+        self._pending.clear()
+
+
+def earliest(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    """The catch-up start that covers both: per origin the lower seq (an origin one of them
+    lacks: everything of it)."""
+    return {origin: min(seq, b[origin]) for origin, seq in a.items() if origin in b}

@@ -367,6 +367,17 @@ class PubSub:
             out.append({"tenant": tenant, "channel": channel, "origin": ev.origin, "seq": ev.seq, "data": data})
         return out
 
+    def gone_after(self, have: dict) -> dict[str, dict[str, int]]:
+        """Per channel key, origin -> newest seq of the events a peer with ``have`` lacks
+        and this node can no longer send (evicted, or missing here too)."""
+        return self.history.gone_after(have)
+
+    def mark_missing(self, gone: dict[str, dict[str, int]]) -> None:
+        """What a peer's catch-up could no longer send: a resume from before it is answered
+        "not recovered" here (a channel of a tenant this node does not have is skipped)."""
+        self.history.mark_missing({key: origins for key, origins in gone.items()
+                                   if key.partition("\0")[0] in self.tenants})
+
     def apply_relayed(self, event: dict) -> None:
         """In a worker: an event the node process applied (it checked, deduplicated and
         counted it), in the node's order."""

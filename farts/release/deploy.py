@@ -2,7 +2,8 @@
 
 Every node: ``/api/release`` (what it runs), ``/api/release/stage`` (a bundle in, verified
 here against this node's ``release.trusted_keys``: signature, hashes, platform,
-downgrade; refused with 422, a log line and ``farts_release_refused_total``),
+downgrade; refused with 422, a log line, ``farts_release_refused_total`` and the master's
+``bundle_refused`` alert),
 ``/api/release/install?version=V`` (the staged wheel, its hash checked again, into
 ``envs_dir/V``, beside the running environment), ``/api/release/restart?env=V|base``
 (a new process on that environment takes this one over: handover.py).
@@ -80,8 +81,11 @@ def _check_of(reason: str) -> str:
 class ReleaseNode:
     """This node's side of a deploy: stage, install, restart, and what it runs."""
 
-    def __init__(self, cfg, metrics, caught_up: Callable[[], bool] = lambda: True) -> None:
-        self.cfg, self.caught_up = cfg, caught_up
+    def __init__(self, cfg, metrics, caught_up: Callable[[], bool] = lambda: True,
+                 alert: Callable[[str], None] = lambda reason: None) -> None:
+        """``alert(reason)``: a refused bundle, for the master's alert (node.py hands it
+        over; called in the thread pool)."""
+        self.cfg, self.caught_up, self.alert = cfg, caught_up, alert
         self.trusted = [bundle.load_public_key(cfg.path(k)) for k in cfg.release.trusted_keys]
         self.envs = cfg.path(cfg.release.envs_dir)
         self.env = os.environ.get("FARTS_RELEASE_ENV", BASE)
@@ -108,6 +112,7 @@ class ReleaseNode:
             tmp.unlink()
             self.refused.inc((_check_of(str(e)),))
             log.warning("release bundle refused: %s", e)
+            self.alert(str(e))
             raise
         path = self.envs / f"{release.version}.tar"
         os.replace(tmp, path)
@@ -393,9 +398,9 @@ def mesh_admin_urls(mesh_status: dict | None, me: str, admin: tuple[str, int] | 
 
 def admin_routes(cfg, metrics, clock, peers: Callable[[], dict[str, str]], handover,
                  cluster: ClusterView = ClusterView(), caught_up: Callable[[], bool] = lambda: True,
-                 bus=None) -> list:
+                 bus=None, alert: Callable[[str], None] = lambda reason: None) -> list:
     """The routes, and the deploy's place in the handover: a rollout this node runs goes
-    on in its next process."""
+    on in its next process. ``alert(reason)``: a bundle this node refused (ReleaseNode)."""
     from farts.config import Route
     r = cfg.release
     timings = {"bake": r.bake, "canary_bake": r.canary_bake, "health_timeout": r.health_timeout}
@@ -407,7 +412,7 @@ def admin_routes(cfg, metrics, clock, peers: Callable[[], dict[str, str]], hando
         deployer.runner_url = url or ""
     handover.carry["deploy_runner"] = (lambda: deployer.runner_url, resume_runner)
     resume_runner(handover.carried.get("deploy_runner"))
-    node = ReleaseNode(cfg, metrics, caught_up)
+    node = ReleaseNode(cfg, metrics, caught_up, alert)
     if bus is not None:   # bundles come and go over the mesh (peer.py)
         deployer.bundles = BundlePeer(cfg.node.id, bus, clock, node.stage, bundle.Refused)
     handler = ReleaseAdminHandler(node, deployer)
