@@ -26,6 +26,7 @@ Three `farts-edge serve` processes joined by the mesh (default timing) with [db]
     .venv/bin/python bench/replication.py --rate 10000 --batch 100 --writers 2 --seconds 10 --scenarios lag
     .venv/bin/python bench/replication.py --rate 10000 --batch 100 --partition 30 --scenarios partition
     .venv/bin/python bench/replication.py --overhead --seconds 3
+    .venv/bin/python bench/replication.py --overhead --seconds 3 --workloads insert_one --clients 16 --paced 800
     .venv/bin/python bench/replication.py --in-process 20000
 
 --in-process: no node processes, CPU time rather than throughput (steadier on a shared
@@ -456,11 +457,13 @@ def frames_sent(node: Node) -> float:
 
 
 def overhead(seconds: float, peers: int, workloads=("insert_one", "find_one"), clients_list=(1, 16),
-             rounds: int = 2) -> None:
+             rounds: int = 2, rate: float = 0.0) -> None:
     """The local cost of replication: the same workloads on a lone node (no mesh: its own
     database) and on node 1 of 1 + peers replicating nodes, alternating, ``rounds`` rounds.
     Also each node's CPU while idle (ms a second, over 2 s), and per operation the store's
-    commits and (replicating) the mesh messages it sent."""
+    commits and (replicating) the mesh messages it sent. ``rate``: the clients' operations
+    a second, paced, so that both nodes do the same work a second (CPU per operation falls
+    as the rate rises: more writes a commit, more requests a loop iteration)."""
     import db as dbbench  # bench/db.py
 
     root = Path(tempfile.mkdtemp(prefix="farts-repl-overhead-"))
@@ -491,7 +494,7 @@ def overhead(seconds: float, peers: int, workloads=("insert_one", "find_one"), c
                         counts0 = server_counts(port)
                         frames0 = frames_sent(nodes[0]) if name == "replicated" else 0.0
                         cpu0 = [dbbench.cpu_seconds(p) for p in [pid, *others]]
-                        lat = dbbench.run_clients(port, workload, clients, seconds, docs, False)
+                        lat = dbbench.run_clients(port, workload, clients, seconds, docs, False, rate)
                         cpu = [dbbench.cpu_seconds(p) - c for p, c in zip([pid, *others], cpu0, strict=True)]
                         counts = [b - a for a, b in zip(counts0, server_counts(port), strict=True)]
                         frames = frames_sent(nodes[0]) - frames0 if name == "replicated" else 0.0
@@ -546,6 +549,8 @@ def main() -> None:
     ap.add_argument("--workloads", default="insert_one,find_one", help="with --overhead: bench/db.py workloads")
     ap.add_argument("--clients", default="1,16", help="with --overhead: client counts")
     ap.add_argument("--rounds", type=int, default=2, help="with --overhead: rounds (lone and replicating alternate)")
+    ap.add_argument("--paced", type=float, default=0.0, metavar="OPS",
+                    help="with --overhead: the clients' operations a second in all, paced (default: unpaced)")
     ap.add_argument("--partition", type=float, default=30.0, help="seconds of the partition scenario")
     ap.add_argument("--in-process", type=int, default=0, metavar="N",
                     help="instead: catch-up of N records between two stores in this process, and the "
@@ -560,7 +565,7 @@ def main() -> None:
     scenarios = args.scenarios.split(",")
     if args.overhead:
         overhead(args.seconds, args.peers, args.workloads.split(","), [int(c) for c in args.clients.split(",")],
-                 args.rounds)
+                 args.rounds, args.paced)
         return
     if args.in_process:
         in_process(args.in_process)
