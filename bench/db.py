@@ -89,7 +89,8 @@ def load(port: int, docs: int) -> None:
         col.create_index("g")
 
 
-def client_proc(port, workload, seconds, docs, seed, start_at, out, pin):
+def client_proc(port, workload, seconds, docs, seed, start_at, out, pin, rate=0.0):
+    """``rate``: this client's operations a second, paced (0: back to back)."""
     if pin:
         os.sched_setaffinity(0, {1})
     rng = random.Random(seed)
@@ -112,6 +113,8 @@ def client_proc(port, workload, seconds, docs, seed, start_at, out, pin):
     end = start_at + seconds
     now = time.perf_counter
     while time.time() < end:
+        if rate:
+            time.sleep(max(0.0, start_at + len(lat) / rate - time.time()))
         t = now()
         op()
         lat.append(now() - t)
@@ -119,11 +122,12 @@ def client_proc(port, workload, seconds, docs, seed, start_at, out, pin):
     c.close()
 
 
-def run_clients(port, workload, clients, seconds, docs, pin) -> list[float]:
+def run_clients(port, workload, clients, seconds, docs, pin, rate: float = 0.0) -> list[float]:
+    """``rate``: operations a second of all the clients together, paced (0: as fast as they go)."""
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     start_at = time.time() + 1.0 + 0.05 * clients
-    procs = [ctx.Process(target=client_proc, args=(port, workload, seconds, docs, i, start_at, q, pin))
+    procs = [ctx.Process(target=client_proc, args=(port, workload, seconds, docs, i, start_at, q, pin, rate / clients))
              for i in range(clients)]
     for p in procs:
         p.start()

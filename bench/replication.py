@@ -26,6 +26,7 @@ Three `farts-edge serve` processes joined by the mesh (default timing) with [db]
     .venv/bin/python bench/replication.py --rate 10000 --batch 100 --writers 2 --seconds 10 --scenarios lag
     .venv/bin/python bench/replication.py --rate 10000 --batch 100 --partition 30 --scenarios partition
     .venv/bin/python bench/replication.py --overhead --seconds 3
+    .venv/bin/python bench/replication.py --overhead --seconds 3 --workloads insert_one --clients 16 --paced 800
     .venv/bin/python bench/replication.py --in-process 20000
 
 --in-process: no node processes, CPU time rather than throughput (steadier on a shared
@@ -442,9 +443,27 @@ def count(node: Node) -> int:
         return -1
 
 
-def overhead(seconds: float, peers: int) -> None:
+def server_counts(port: int) -> tuple[int, int]:
+    """(commits, committed writes) of a node's store (serverStatus)."""
+    with pymongo.MongoClient("127.0.0.1", port) as c:
+        f = c.admin.command("serverStatus")["farts"]
+    return f["commits"], f["committedWrites"]
+
+
+def frames_sent(node: Node) -> float:
+    """Mesh bus messages this node queued to its peers (every type)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in node.get("/metrics").decode().splitlines()
+               if line.startswith("farts_mesh_bus_sent_total{"))
+
+
+def overhead(seconds: float, peers: int, workloads=("insert_one", "find_one"), clients_list=(1, 16),
+             rounds: int = 2, rate: float = 0.0) -> None:
     """The local cost of replication: the same workloads on a lone node (no mesh: its own
-    database) and on node 1 of 1 + peers replicating nodes, alternating, two rounds."""
+    database) and on node 1 of 1 + peers replicating nodes, alternating, ``rounds`` rounds.
+    Also each node's CPU while idle (ms a second, over 2 s), and per operation the store's
+    commits and (replicating) the mesh messages it sent. ``rate``: the clients' operations
+    a second, paced, so that both nodes do the same work a second (CPU per operation falls
+    as the rate rises: more writes a commit, more requests a loop iteration)."""
     import db as dbbench  # bench/db.py
 
     root = Path(tempfile.mkdtemp(prefix="farts-repl-overhead-"))
@@ -458,33 +477,49 @@ def overhead(seconds: float, peers: int) -> None:
         for port in (plain_port, nodes[0].db_port):
             dbbench.load(port, docs)
         assert wait(lambda: all(count_items(n) == docs for n in nodes), 120), "not replicated"
+        pids = [plain.pid] + [n.proc.pid for n in nodes]
+        time.sleep(1.0)   # the load's compaction and retention settle
+        idle0 = [dbbench.cpu_seconds(p) for p in pids]
+        time.sleep(2.0)
+        idle = [(dbbench.cpu_seconds(p) - c) / 2.0 * 1000 for p, c in zip(pids, idle0, strict=True)]
+        print(f"idle CPU: lone node {idle[0]:.1f} ms/s, replicating node {idle[1]:.1f} ms/s, "
+              f"peers {' / '.join(f'{v:.1f}' for v in idle[2:])} ms/s")
         rows: dict = {}
-        for _ in range(2):
-            for workload in ("insert_one", "find_one"):
-                for clients in (1, 16):
+        for _ in range(rounds):
+            for workload in workloads:
+                for clients in clients_list:
                     for name, port, pid in (("plain", plain_port, plain.pid),
                                             ("replicated", nodes[0].db_port, nodes[0].proc.pid)):
                         others = [n.proc.pid for n in nodes[1:]] if name == "replicated" else []
+                        counts0 = server_counts(port)
+                        frames0 = frames_sent(nodes[0]) if name == "replicated" else 0.0
                         cpu0 = [dbbench.cpu_seconds(p) for p in [pid, *others]]
-                        lat = dbbench.run_clients(port, workload, clients, seconds, docs, False)
+                        lat = dbbench.run_clients(port, workload, clients, seconds, docs, False, rate)
                         cpu = [dbbench.cpu_seconds(p) - c for p, c in zip([pid, *others], cpu0, strict=True)]
-                        row = rows.setdefault((workload, clients, name), {"ops": [], "us": [], "peers_us": []})
+                        counts = [b - a for a, b in zip(counts0, server_counts(port), strict=True)]
+                        frames = frames_sent(nodes[0]) - frames0 if name == "replicated" else 0.0
+                        row = rows.setdefault((workload, clients, name),
+                                              {"ops": [], "us": [], "peers_us": [], "per_commit": [], "frames": []})
                         row["ops"].append(len(lat) / seconds)
                         # CPU per operation (the client's warm-up included: a few % more)
                         row["us"].append(cpu[0] / len(lat) * 1e6)
                         row["peers_us"].append(sum(cpu[1:]) / len(lat) * 1e6 / max(1, len(others)))
+                        row["per_commit"].append(counts[1] / max(1, counts[0]))
+                        row["frames"].append(frames / len(lat))
         # CPU per operation is what the shared machine cannot skew much: the ops/s of a
         # replicating node also lose the cores its peers take on the same host.
-        for workload in ("insert_one", "find_one"):
-            for clients in (1, 16):
+        for workload in workloads:
+            for clients in clients_list:
                 p, r = rows[(workload, clients, "plain")], rows[(workload, clients, "replicated")]
+                writes = f", writes a commit {p['per_commit'][-1]:.1f} / {r['per_commit'][-1]:.1f}, " \
+                         f"mesh messages an op {r['frames'][-1]:.3f}" if workload != "find_one" else ""
                 print(f"{workload} x{clients}: lone node {' / '.join(f'{v:,.0f}' for v in p['ops'])} ops/s "
                       f"{' / '.join(f'{v:.0f}' for v in p['us'])} us CPU/op, "
                       f"replicating node {' / '.join(f'{v:,.0f}' for v in r['ops'])} ops/s "
                       f"{' / '.join(f'{v:.0f}' for v in r['us'])} us CPU/op "
                       f"(each peer {' / '.join(f'{v:.0f}' for v in r['peers_us'])} us), "
                       f"ops ratio {sum(r['ops']) / sum(p['ops']):.2f}, "
-                      f"CPU ratio {min(r['us']) / min(p['us']):.2f} ({peers} peers)")
+                      f"CPU ratio {min(r['us']) / min(p['us']):.2f} ({peers} peers){writes}")
     finally:
         plain.kill()
         plain.wait()
@@ -511,6 +546,11 @@ def main() -> None:
                     help="instead: bench/db.py's insert_one and find_one on a node without the mesh and "
                          "on node 1 of 3 replicating nodes, alternating, --seconds each")
     ap.add_argument("--peers", type=int, default=2, help="with --overhead: how many other nodes replicate")
+    ap.add_argument("--workloads", default="insert_one,find_one", help="with --overhead: bench/db.py workloads")
+    ap.add_argument("--clients", default="1,16", help="with --overhead: client counts")
+    ap.add_argument("--rounds", type=int, default=2, help="with --overhead: rounds (lone and replicating alternate)")
+    ap.add_argument("--paced", type=float, default=0.0, metavar="OPS",
+                    help="with --overhead: the clients' operations a second in all, paced (default: unpaced)")
     ap.add_argument("--partition", type=float, default=30.0, help="seconds of the partition scenario")
     ap.add_argument("--in-process", type=int, default=0, metavar="N",
                     help="instead: catch-up of N records between two stores in this process, and the "
@@ -524,7 +564,8 @@ def main() -> None:
     args = ap.parse_args()
     scenarios = args.scenarios.split(",")
     if args.overhead:
-        overhead(args.seconds, args.peers)
+        overhead(args.seconds, args.peers, args.workloads.split(","), [int(c) for c in args.clients.split(",")],
+                 args.rounds, args.paced)
         return
     if args.in_process:
         in_process(args.in_process)

@@ -686,20 +686,27 @@ def test_compaction_leaves_an_inserts_metadata_alone_until_stable_then_drops_it(
     update(a, 2, {"$inc": {"n": 1}})            # its metadata merges on from the short form
     a.compact(a.covered()).result()
     assert rmeta() == {} and dump(a) == [{"_id": 0, "n": 0}, {"_id": 1, "n": 1}, {"_id": 2, "n": 3}]
+    old = bson.encode({"id": 0, "i": merge.Stamp(stamps[0], "a", 1).to_bson()})   # an earlier version's form
+    a.submit(lambda w: w.txn.put(NS.encode() + b"\0" + keys.encode(0), old, db=a.rmeta)).result()
+    a.compact(a.covered()).result()
+    assert rmeta() == {}
 
 
 def test_an_inserted_documents_metadata_is_kept_short_and_reads_back_whole(pair):
-    from farts.db.store import _rmeta_decode
+    from farts.db.store import _insert_stamp, _rmeta_decode
     a, b = pair
     a.submit(lambda w: w.insert(NS, {"_id": 1, "k": "x", "n": 0})).result()
     ship(a, b)
     record = a.records_after("a", 0, 1)[0]
+    whole = merge.apply(None, record.stamp, {"op": "i", "doc": {"_id": 1, "k": "x", "n": 0}}).state
     for s in pair:
         with s.read() as txn:
             raw = txn.get(NS.encode() + b"\0" + keys.encode(1), db=s.rmeta)
-        assert set(bson.decode(raw)) == {"id", "i"}
-        assert _rmeta_decode(raw, {"_id": 1, "k": "x", "n": 0})[1] == \
-            merge.apply(None, record.stamp, {"op": "i", "doc": {"_id": 1, "k": "x", "n": 0}}).state
+        assert len(raw) == 4 + 16 + len("a") and _insert_stamp(raw) == record.stamp   # the stamp alone
+        assert _rmeta_decode(raw, {"_id": 1, "k": "x", "n": 0}) == (1, whole)
+    # The BSON form earlier versions wrote reads back the same.
+    old = bson.encode({"id": 1, "i": record.stamp.to_bson()})
+    assert _insert_stamp(old) is None and _rmeta_decode(old, {"_id": 1, "k": "x", "n": 0}) == (1, whole)
     update(b, 1, {"$inc": {"n": 1}})
     ship(b, a)
     assert dump(a) == dump(b) == [{"_id": 1, "k": "x", "n": 1}]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import bson
 import pytest
 from bson.timestamp import Timestamp
 
@@ -83,6 +84,15 @@ def test_cluster_time_is_the_hlc_in_order():
         assert from_timestamp(to_timestamp(hlc)) == hlc
     a, b = pack(1_700_000_000_000, 7), pack(1_700_000_000_001, 0)
     assert to_timestamp(a) < to_timestamp(b) and isinstance(to_timestamp(a), Timestamp)
+
+
+def test_replies_carry_the_operation_time_and_cluster_time_of_the_last_commit():
+    rep, _, _ = setup("")
+    for hlc in (pack(5000, 3), pack(5000, 3), pack(5001, 0)):
+        rep.store.operation_hlc = hlc      # what the LMDB store moves at each commit
+        reply = bson.decode(bson.encode(rep.stamp({"ok": 1.0})))
+        assert reply["operationTime"] == reply["$clusterTime"]["clusterTime"] == to_timestamp(hlc)
+        assert set(reply["$clusterTime"]["signature"]) == {"hash", "keyId"} and reply["ok"] == 1.0
 
 
 def test_writes_wait_once_after_the_start_for_every_alive_peers_vector():

@@ -36,6 +36,7 @@ from typing import Any
 import bson
 from bson.binary import Binary
 from bson.int64 import Int64
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
 from farts.clock import Clock
@@ -132,7 +133,7 @@ class Replication:
         self.counts = {"causal_waits": 0, "causal_timeouts": 0, "write_concern_waits": 0,
                        "write_concern_timeouts": 0, "forwarded": 0, "forwards_served": 0, "startup_waits": 0}
         self._exchanged: asyncio.Future | None = None   # writes wait on it after the start
-        self._stamped = (-1, to_timestamp(0))           # the last operationTime as a Timestamp
+        self._stamped: tuple = (-1, None, None)          # the last operationTime: HLC, Timestamp, $clusterTime
         self._started = 0.0
         self._unsubscribe: list = []
 
@@ -369,11 +370,10 @@ class Replication:
     def stamp(self, reply: dict) -> dict:
         """operationTime and $clusterTime on a reply."""
         hlc = self.operation_time()
-        if hlc != self._stamped[0]:   # the same Timestamp for every reply until a commit moves it
-            self._stamped = (hlc, to_timestamp(hlc))
-        t = self._stamped[1]
-        reply["operationTime"] = t
-        reply["$clusterTime"] = {"clusterTime": t, "signature": _SIGNATURE}
+        if hlc != self._stamped[0]:   # the same for every reply until a commit moves it
+            t = to_timestamp(hlc)     # $clusterTime encoded once, copied into each reply as it is
+            self._stamped = (hlc, t, RawBSONDocument(bson.encode({"clusterTime": t, "signature": _SIGNATURE})))
+        _, reply["operationTime"], reply["$clusterTime"] = self._stamped
         return reply
 
     # ---- forwarding to the primary ----

@@ -5,8 +5,9 @@ the BSON document; so it is also the _id index), ``meta`` (the collection catalo
 oplog sequence and the clock, and ``vv:<origin>``: the last record of each other origin
 applied here), ``oplog`` (key: origin node, NUL, 8-byte sequence), ``rmeta`` (same key
 as ``docs``: the document's replication metadata, ``farts.db.merge``'s state without the
-value), ``conflicts`` (documents of two nodes that share a unique index key: the smaller
-_id key holds the index entry, the others are listed here, see ``_unique_put``), and one
+value, or for a document one insert made, that insert's stamp alone: ``_insert_meta``),
+``conflicts`` (documents of two nodes that share a unique index key: the smaller _id key
+holds the index entry, the others are listed here, see ``_unique_put``), and one
 ``i:<ns>:<index>`` per secondary index (key: the index key, then the _id key for
 non-unique indexes; unique ones map the index key to the _id key).
 
@@ -706,7 +707,7 @@ class Store:
                     txn.put(ns_prefix(ns) + id_key, w._encode_doc(doc))
                     w._index_put(ns, coll, doc, id_key, None, resolve=True)
                 if "i" in state:
-                    txn.put(ns_prefix(ns) + id_key, bson.encode({"id": _id, "i": state["i"]}), db=st.rmeta)
+                    txn.put(ns_prefix(ns) + id_key, _insert_meta(merge.Stamp.of(state["i"])), db=st.rmeta)
                 elif "m" in state:
                     txn.put(ns_prefix(ns) + id_key, _rmeta_encode(_id, state), db=st.rmeta)
             st._wvv = {o: (seq, 0) for o, seq in vv.items() if o != st.node_id}
@@ -734,13 +735,18 @@ class Store:
                     if len(batch) >= limit:
                         break
             self._compact_from = batch[-1][0] + b"\0" if len(batch) >= limit else b""
+            stable_bytes = _SEQ.pack(stable)
             for k, v in batch:
                 n += 1
-                d = bson.decode(v)
-                if "i" in d:
+                if v[:4] == _INSERT_MARK:
                     # Made by one insert: compacted to nothing once stable, and until then
-                    # there is nothing to fold (a later pass gets it): neither the document
-                    # nor the state is decoded, and nothing is written.
+                    # there is nothing to fold (a later pass gets it): nothing is decoded
+                    # (its HLC compares as bytes) and nothing is written.
+                    if v[4:12] <= stable_bytes:
+                        txn.delete(k, db=self.rmeta)
+                    continue
+                d = bson.decode(v)
+                if "i" in d:   # the same, in the BSON form of earlier versions
                     if merge.Stamp.of(d["i"]).hlc <= stable:
                         txn.delete(k, db=self.rmeta)
                     continue
@@ -805,6 +811,26 @@ def _record(origin: str, seq: int, hlc: int, ns: str, _id, body: bytes | None):
     return Record(origin, seq, hlc, ns, _id, body=body)
 
 
+# A document made by one insert keeps only that insert's stamp as its metadata, in a fixed
+# binary form (no BSON document starts with a length of 0xffffffff): written, compacted
+# and snapshotted without a BSON encode or decode. Its _id is the document's (a document
+# with this form exists: any later operation on it writes the whole state).
+_INSERT_MARK = b"\xff\xff\xff\xff"
+_INSERT_STAMP = struct.Struct(">QQ")   # after the mark: HLC (first: compaction compares its bytes), seq
+
+
+def _insert_meta(stamp: merge.Stamp) -> bytes:
+    return _INSERT_MARK + _INSERT_STAMP.pack(stamp.hlc, stamp.seq) + stamp.origin.encode()
+
+
+def _insert_stamp(data: bytes) -> merge.Stamp | None:
+    """The stamp of an insert's short metadata, None for a whole state."""
+    if data[:4] != _INSERT_MARK:
+        return None
+    hlc, seq = _INSERT_STAMP.unpack_from(data, 4)
+    return merge.Stamp(hlc, data[20:].decode(), seq)
+
+
 def _rmeta_encode(_id, state: dict) -> bytes:
     """A document's merge state without its value (that is in docs), with its _id (for a
     deleted document's tombstone)."""
@@ -812,8 +838,11 @@ def _rmeta_encode(_id, state: dict) -> bytes:
 
 
 def _rmeta_decode(data: bytes, doc: dict | None, decoded: dict | None = None) -> tuple[object, dict]:
+    stamp = _insert_stamp(data) if decoded is None else None
+    if stamp is not None:   # the state an insert of doc made on nothing
+        return doc["_id"], merge.apply(None, stamp, {"op": "i", "doc": _copy(doc)}).state
     d = bson.decode(data) if decoded is None else decoded
-    if "i" in d:   # the state an insert of doc made on nothing
+    if "i" in d:   # the same, in the BSON form of earlier versions
         return d["id"], merge.apply(None, merge.Stamp.of(d["i"]), {"op": "i", "doc": _copy(doc)}).state
     d["s"]["v"] = doc
     return d["id"], d["s"]
@@ -826,6 +855,9 @@ def _snapshot_entry(key: bytes, data: bytes | None, meta: bytes | None) -> tuple
     doc = bson.decode(data) if data is not None else None
     if meta is None:
         return ns, doc["_id"], {"v": doc}
+    stamp = _insert_stamp(meta)
+    if stamp is not None:
+        return ns, doc["_id"], {"v": doc, "i": stamp.to_bson()}
     d = bson.decode(meta)
     if "i" in d:
         return ns, d["id"], {"v": doc, "i": d["i"]}
@@ -1155,7 +1187,7 @@ class WriteTxn:
             # merge's _create makes it), its state is kept as the stamp alone (_rmeta_decode).
             if outcome is not None:
                 outcome.append("applied")
-            self.txn.put(key, bson.encode({"id": _id, "i": stamp.to_bson()}), db=st.rmeta)
+            self.txn.put(key, _insert_meta(stamp), db=st.rmeta)
             new = op["doc"]
             return new if next(iter(new)) == "_id" else {"_id": new["_id"], **new}
         if raw is not None:
