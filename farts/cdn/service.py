@@ -568,7 +568,8 @@ class CDNHandler:
         if body is None:
             return None
         cdn.bytes_hit += e.size
-        return Response(e.status, self.headers(e, now, state), body, e.size)
+        headers = self.hit_headers(e, now) if state == b"HIT" else self.headers(e, now, state)
+        return Response(e.status, headers, body, e.size)
 
     def fixed(self, e: Entry, body: bytes, now: float, state: bytes) -> Fixed:
         ctype = b"application/octet-stream"
@@ -598,6 +599,18 @@ class CDNHandler:
             e.body = body
             cdn.mem_used += len(body)
         return self.fixed(e, body, now, state)
+
+    @staticmethod
+    def hit_headers(e: Entry, now: float) -> tuple:
+        """A hit's headers for the file tier, ready: a tuple (immutable, so the transport
+        frames its head once per connection and reuses it), kept until the Age it carries
+        changes, as the memory tier keeps its Fixed."""
+        if now < e.hit_headers_until:
+            return e.hit_headers
+        age = now - e.response_time + e.initial_age
+        hs = e.hit_headers = (*e.headers, (b"age", str(int(age)).encode()), (b"x-cache", b"HIT"))
+        e.hit_headers_until = now + 1 - age % 1
+        return hs
 
     def headers(self, e: Entry, now: float, state: bytes) -> list:
         return [*e.headers, (b"age", str(int(now - e.response_time + e.initial_age)).encode()),

@@ -247,7 +247,7 @@ class HTTP1Connection(asyncio.Protocol):
         if type(resolved) is Fixed:  # unknown host or no route
             if head.chunked or head.content_length > 0:
                 self.body = self.req_body = RequestBody(self, listener.limits.max_body_bytes)
-            self._answer_now(resolved, head)
+            self._answer_now(resolved, head, resolved.served, listener.name)
             return
         tenant, route, handler, body_limit = resolved
         body = None
@@ -257,7 +257,7 @@ class HTTP1Connection(asyncio.Protocol):
                 return
             body = self.body = self.req_body = RequestBody(self, body_limit)
         if type(handler) is Fixed:  # a fixed answer needs no Request object, no call
-            self._answer_now(handler, head)
+            self._answer_now(handler, head, handler.served, listener.name)
             return
         start = perf_counter()
         req = Request(head, tenant, route, self.client, listener.scheme, body, start, self)
@@ -266,6 +266,11 @@ class HTTP1Connection(asyncio.Protocol):
         except Exception:
             log.exception("handler for %s failed", route.prefix)
             result = Fixed.error(500)
+        if type(result) is Fixed:
+            # A ready answer (a CDN hit from memory), written in this call: counted in
+            # place by route and status like a static route's, and not timed.
+            self._answer_now(result, head, listener.ready, (route.prefix, result.status))
+            return
         if type(result) not in ANSWERS and (isinstance(result, asyncio.Future) or inspect.isawaitable(result)):
             if isinstance(result, asyncio.Future):
                 # A handler's own future (the proxy's Exchange, completed by a callback):
@@ -379,15 +384,16 @@ class HTTP1Connection(asyncio.Protocol):
         if self.paused:
             transport.resume_reading()
 
-    def _answer_now(self, fixed: Fixed, head: RequestHead) -> None:
-        """One of the router's fixed answers, written at once: the hottest path, so it
-        counts in place (``fixed.served``) and is not timed (from head to write is a few
-        microseconds of this function; the latency histogram leaves these out)."""
+    def _answer_now(self, fixed: Fixed, head: RequestHead, counts: dict, key) -> None:
+        """A Fixed written at once (a router's fixed answer, or a handler's ready one):
+        the hottest paths, so it is counted in place (``counts[key]``: the Fixed's own
+        ``served`` by listener, or the listener's ``ready`` by route and status; summed
+        at scrape) and not timed (from head to write is a few microseconds; the latency
+        histogram leaves these out)."""
         machine = self.machine
         listener = self.listener
         self.transport.write(machine.answer_fixed(fixed, head, listener.now))
-        served = fixed.served
-        served[listener.name] = served.get(listener.name, 0) + 1
+        counts[key] = counts.get(key, 0) + 1
         if listener.access_log is not None:
             listener.log_access(head, fixed.status, 0.0, self.client)
         if machine.state is CLOSED or self.req_body is not None:  # (else _request_done has nothing to do)

@@ -129,6 +129,12 @@ class H1Machine:
     handling = cython.declare(object, visibility="public")   # the head of the request in hand
     chunked = cython.declare(cython.bint, visibility="public")
     send_body = cython.declare(cython.bint, visibility="public")
+    # The last head framed from a tuple of headers (immutable: a handler's ready headers,
+    # e.g. a CDN hit's, reused while its Age holds), and what else it was framed from.
+    framed_from = cython.declare(object)
+    framed_status = cython.declare(cython.int)
+    framed_length = cython.declare(cython.longlong)
+    framed_head = cython.declare(bytes)
 
     def __init__(self, max_header_bytes: int, max_headers: int, header_timeout: float,
                  idle_timeout: float, now: float) -> None:
@@ -148,6 +154,10 @@ class H1Machine:
         # goes as chunks, and whether it has a body on the wire at all.
         self.chunked = False
         self.send_body = True
+        self.framed_from = None
+        self.framed_status = 0
+        self.framed_length = 0
+        self.framed_head = b""
 
     # -- the tables ---------------------------------------------------------------------
     # (The hot path, a bodyless keep-alive request, inlines the lookup of ``_to`` in
@@ -307,7 +317,14 @@ class H1Machine:
             length, self.keep_alive = -2, False
         self.chunked = length == -1 and send
         self.send_body = send
-        data = response_head(status, resp.headers, length, self.keep_alive)
+        headers = resp.headers
+        if type(headers) is not tuple or not self.keep_alive:
+            data = response_head(status, headers, length, self.keep_alive)
+        elif headers is self.framed_from and status == self.framed_status and length == self.framed_length:
+            data = self.framed_head   # the same ready headers again: framed already
+        else:
+            data = self.framed_head = response_head(status, headers, length, True)
+            self.framed_from, self.framed_status, self.framed_length = headers, status, length
         if send and type(body) is bytes:
             data += body
         return data

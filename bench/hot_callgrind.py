@@ -1,0 +1,163 @@
+"""Instructions per request on the hot routes, counted by callgrind: the fixed route and
+CDN hits (1 KiB from memory, 100 KiB by sendfile), or bare uvloop+httptools' fixed answer
+for comparison. A figure a loaded machine does not move (requests/s on a shared one do).
+
+One node (or the bare server) runs under ``valgrind --tool=callgrind --instr-atstart=no``
+with a static route (/bench, 1 KiB, as bench/http.py's farts-fixed) and a CDN route (/,
+in front of an nginx origin with Cache-Control: max-age=3600, as bench/cdn.py). For each
+target in turn: a warm-up (the CDN object becomes a hit), the counters zeroed, then
+``h2load --h1 -c C -n SMALL`` and ``-n LARGE``, each followed by a dump; instructions
+per request = (Ir(LARGE) - Ir(SMALL)) / (LARGE - SMALL), so startup, idle ticks and
+per-run constants cancel out (bench/proxy_callgrind.py's method).
+
+    PYTHONPATH=$PWD .venv/bin/python bench/hot_callgrind.py [--only fixed,cdn-1k,cdn-100k|bare]
+        [--small 2000] [--large 8000] [--connections 8] [--top 25]
+
+User-space instructions only (the kernel's share, the syscalls, is not counted).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
+
+import argparse  # noqa: E402
+import glob  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [os.path.join(HERE, "peers"), ROOT]
+from body import make_body  # noqa: E402
+
+from bench.proxy_callgrind import control, free_port, h2load, nginx_conf, total_ir, wait_ready  # noqa: E402
+
+SIZES = {"cdn-1k": 1024, "cdn-100k": 102400}
+
+
+def origin(d: str, port: int) -> list[str]:
+    return nginx_conf(d, "origin", f"""    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {d}/www;
+        location / {{ add_header Cache-Control "max-age=3600"; }}
+    }}""")
+
+
+def node_config(d: str, port: int, origin_port: int) -> str:
+    body = make_body(1024).decode("ascii")
+    return f"""[node]
+id = "bench"
+data_dir = {json.dumps(d + "/farts/data")}
+[listeners.http]
+host = "127.0.0.1"
+port = {port}
+[listeners.https]
+enabled = false
+[listeners.admin]
+host = "127.0.0.1"
+port = {free_port()}
+[[tenants]]
+id = "bench"
+hosts = ["127.0.0.1", "localhost"]
+[cdn.origins.o]
+url = "http://127.0.0.1:{origin_port}/"
+[[routes]]
+prefix = "/bench"
+kind = "static"
+body = {json.dumps(body)}
+[[routes]]
+prefix = "/"
+kind = "cdn"
+origin = "o"
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="fixed,cdn-1k,cdn-100k",
+                    help="comma-separated: fixed, cdn-1k, cdn-100k (one node), or bare")
+    ap.add_argument("--small", type=int, default=2000)
+    ap.add_argument("--large", type=int, default=8000)
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=1000)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--tree", default=ROOT, help="the farts-edge tree the node runs (default: this one)")
+    a = ap.parse_args()
+    targets = a.only.split(",")
+    d = tempfile.mkdtemp(prefix="farts-hot-callgrind-")
+    os.makedirs(f"{d}/www")
+    os.makedirs(f"{d}/farts")
+    bodies = {"fixed": make_body(1024), "bare": make_body(1024)}
+    for name, size in SIZES.items():
+        bodies[name] = os.urandom(size)
+        with open(f"{d}/www/obj-{size}", "wb") as f:
+            f.write(bodies[name])
+    port = free_port()
+    paths = {"fixed": "/bench", "bare": "/bench", **{n: f"/obj-{s}" for n, s in SIZES.items()}}
+    procs: list[subprocess.Popen] = []
+    try:
+        if targets == ["bare"]:
+            argv = [a.python, os.path.join(HERE, "peers", "bare_httptools.py"), "--port", str(port)]
+        else:
+            origin_port = free_port()
+            procs.append(subprocess.Popen(origin(d, origin_port), stdout=subprocess.DEVNULL,
+                                          stderr=open(f"{d}/origin.log", "w")))
+            with open(f"{d}/farts/farts.toml", "w") as f:
+                f.write(node_config(d, port, origin_port))
+            argv = [a.python, "-m", "farts.cli", "serve", "--config", f"{d}/farts/farts.toml"]
+        out = f"{d}/callgrind.out"
+        env = dict(os.environ, PYTHONPATH=a.tree)
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                 f"--callgrind-out-file={out}", *argv],
+                                cwd=a.tree, env=env, stdout=subprocess.DEVNULL,
+                                stderr=open(f"{d}/server.log", "w"))
+        procs.append(proc)
+        for i, name in enumerate(targets):
+            url = f"http://127.0.0.1:{port}{paths[name]}"
+            wait_ready(url, bodies[name], proc, 600)
+            if i == 0:   # (callgrind answers its control only once the program runs)
+                control(proc.pid, "-i", "on")
+            h2load(url, a.warmup, a.connections)
+            control(proc.pid, "-z")
+            runs = []
+            for n in (a.small, a.large):
+                h2load(url, n, a.connections)
+                before = set(glob.glob(out + "*"))
+                control(proc.pid, "-d")
+                time.sleep(1)
+                (dump,) = set(glob.glob(out + "*")) - before
+                runs.append((n, dump, total_ir(dump)))
+                control(proc.pid, "-z")
+            (n1, _, ir1), (n2, dump2, ir2) = runs
+            per = (ir2 - ir1) / (n2 - n1)
+            print(f"{name}: {per:,.0f} instructions per request "
+                  f"(Ir {ir1:,} for {n1} requests, {ir2:,} for {n2}; -c {a.connections}; {dump2})", flush=True)
+            if a.top:
+                ann = subprocess.run(["callgrind_annotate", "--threshold=99", dump2], capture_output=True,
+                                     text=True, timeout=600).stdout
+                rows = [line for line in ann.splitlines() if re.match(r"\s*[\d,]+ \(", line)]
+                print(f"  top functions of the {n2}-request run (self Ir per request, share):")
+                for line in rows[:a.top]:
+                    ir, rest = line.split(" (", 1)
+                    share, fn = rest.split(")", 1)
+                    print(f"  {int(ir.replace(',', '')) / n2:9,.0f}  {share:>6}  {fn.strip()[:110]}")
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+if __name__ == "__main__":
+    main()
