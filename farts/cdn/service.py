@@ -357,7 +357,7 @@ class CDN:
         max_open_fds entries), or one of its own; None if the file has gone."""
         fd = e.fd
         if fd >= 0:
-            return FileBody(fd, 0, e.size, owned=False)
+            return FileBody(fd, 0, e.size, False)   # (owned: no, positional: a hit makes one)
         try:  # (an open is a metadata call: on the loop, like sendfile's setup)
             fd = os.open(self.store.path(e.file), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -454,7 +454,8 @@ class CDNHandler:
         if target[:1] != b"/":  # absolute-form: keep path and query only
             query = req.query
             target = req.path + (b"?" + query if query else b"")
-        tenant = req.tenant.id if req.tenant is not None else "-"
+        tenant = req.tenant
+        tenant = tenant.id if tenant is not None else "-"
         part = self.tenant_part.get(tenant)
         if part is None:
             part = self.tenant_part[tenant] = tenant.encode() + SEP

@@ -37,7 +37,7 @@ from time import perf_counter
 from fast.http1 import END, LAST_CHUNK
 from fast.http1 import Request as RequestHead
 
-from .h1 import CLOSED, HEADER_TIMEOUT, H1Machine, H1StateError
+from .h1 import CLOSED, HEADER_TIMEOUT, NONE, H1Machine, H1StateError
 from .http import (
     CHUNKED,
     EVENTS,
@@ -160,8 +160,9 @@ class HTTP1Connection(asyncio.Protocol):
 
     # -- input ------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        self.listener.bytes_in += len(data)
-        head = self.machine.receive(data, self.listener.now)
+        listener = self.listener
+        listener.bytes_in += len(data)
+        head = self.machine.receive(data, listener.now)
         if head is not None:
             self._on_head(head)
         else:
@@ -237,21 +238,25 @@ class HTTP1Connection(asyncio.Protocol):
         listener = self.listener
         if listener.draining:   # a restart: answer, then close (the client reconnects to the next process)
             self.machine.keep_alive = False
-        if self.machine.switching:
+        machine = self.machine
+        if machine.switching:
             self._pause(PAUSE_PENDING)  # read nothing after it (see H1Machine._on_head)
-        if head.chunked and head.header(b"transfer-encoding").lower() != b"chunked":
+        # The machine has just taken this head: its body state says whether one follows
+        # (one read instead of the head's chunked and content_length on the usual request).
+        has_body = machine.body is not NONE
+        if has_body and head.chunked and head.header(b"transfer-encoding").lower() != b"chunked":
             # Other codings (gzip, ...) cannot be forwarded faithfully: RFC 9112 §6.1.
             self._fail(501, "transfer coding not supported")
             return
         resolved = listener.router.resolve(head.host, head.path, head.plain_path)
         if type(resolved) is Fixed:  # unknown host or no route
-            if head.chunked or head.content_length > 0:
+            if has_body:
                 self.body = self.req_body = RequestBody(self, listener.limits.max_body_bytes)
             self._answer_now(resolved, head, resolved.served, listener.name)
             return
         tenant, route, handler, body_limit = resolved
         body = None
-        if head.chunked or head.content_length > 0:
+        if has_body:
             if head.content_length > body_limit:
                 self._fail(413, "request body too large")
                 return
