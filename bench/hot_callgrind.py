@@ -14,7 +14,7 @@ count more), so the read path's own figure (libuv's stream read callback, inclus
 parse, route, answer, write) is printed beside the total; compare that one.
 
     PYTHONPATH=$PWD .venv/bin/python bench/hot_callgrind.py [--only fixed,cdn-1k,cdn-100k|bare]
-        [--small 2000] [--large 8000] [--connections 8] [--top 25]
+        [--small 2000] [--large 8000] [--connections 8]
 
 User-space instructions only (the kernel's share, the syscalls, is not counted).
 """
@@ -30,7 +30,6 @@ import argparse  # noqa: E402
 import glob  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
-import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -39,7 +38,8 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [os.path.join(HERE, "peers"), ROOT]
 from body import make_body  # noqa: E402
 
-from bench.proxy_callgrind import control, free_port, h2load, nginx_conf, total_ir, wait_ready  # noqa: E402
+from bench.cdn import H, node_config  # noqa: E402
+from bench.proxy_callgrind import control, h2load, nginx_conf, total_ir, wait_ready  # noqa: E402
 
 SIZES = {"cdn-1k": 1024, "cdn-100k": 102400}
 
@@ -53,32 +53,12 @@ def origin(d: str, port: int) -> list[str]:
     }}""")
 
 
-def node_config(d: str, port: int, origin_port: int) -> str:
-    body = make_body(1024).decode("ascii")
-    return f"""[node]
-id = "bench"
-data_dir = {json.dumps(d + "/farts/data")}
-[listeners.http]
-host = "127.0.0.1"
-port = {port}
-[listeners.https]
-enabled = false
-[listeners.admin]
-host = "127.0.0.1"
-port = {free_port()}
-[[tenants]]
-id = "bench"
-hosts = ["127.0.0.1", "localhost"]
-[cdn.origins.o]
-url = "http://127.0.0.1:{origin_port}/"
-[[routes]]
+def static_route() -> str:
+    """bench/http.py's farts-fixed route (1 KiB), beside the CDN route."""
+    return f"""[[routes]]
 prefix = "/bench"
 kind = "static"
-body = {json.dumps(body)}
-[[routes]]
-prefix = "/"
-kind = "cdn"
-origin = "o"
+body = {json.dumps(make_body(1024).decode("ascii"))}
 """
 
 
@@ -102,7 +82,6 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=8000)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=1000)
-    ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--tree", default=ROOT, help="the farts-edge tree the node runs (default: this one)")
     a = ap.parse_args()
@@ -115,26 +94,22 @@ def main() -> None:
         bodies[name] = os.urandom(size)
         with open(f"{d}/www/obj-{size}", "wb") as f:
             f.write(bodies[name])
-    port = free_port()
+    port = H.free_port()
     paths = {"fixed": "/bench", "bare": "/bench", **{n: f"/obj-{s}" for n, s in SIZES.items()}}
-    procs: list[subprocess.Popen] = []
+    procs = H.Procs()
     try:
         if targets == ["bare"]:
             argv = [a.python, os.path.join(HERE, "peers", "bare_httptools.py"), "--port", str(port)]
         else:
-            origin_port = free_port()
-            procs.append(subprocess.Popen(origin(d, origin_port), stdout=subprocess.DEVNULL,
-                                          stderr=open(f"{d}/origin.log", "w")))
+            origin_port = H.free_port()
+            procs.start("origin", origin(d, origin_port), f"{d}/origin.log")
             with open(f"{d}/farts/farts.toml", "w") as f:
-                f.write(node_config(d, port, origin_port))
+                f.write(node_config(f"{d}/farts/data", port, H.free_port(), origin_port) + static_route())
             argv = [a.python, "-m", "farts.cli", "serve", "--config", f"{d}/farts/farts.toml"]
         out = f"{d}/callgrind.out"
-        env = dict(os.environ, PYTHONPATH=a.tree)
-        proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                                 f"--callgrind-out-file={out}", *argv],
-                                cwd=a.tree, env=env, stdout=subprocess.DEVNULL,
-                                stderr=open(f"{d}/server.log", "w"))
-        procs.append(proc)
+        proc = procs.start("server", ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                      f"--callgrind-out-file={out}", *argv], f"{d}/server.log",
+                           cwd=a.tree, env=dict(os.environ, PYTHONPATH=a.tree))
         for i, name in enumerate(targets):
             url = f"http://127.0.0.1:{port}{paths[name]}"
             wait_ready(url, bodies[name], proc, 600)
@@ -156,23 +131,9 @@ def main() -> None:
             print(f"{name}: {per:,.0f} instructions per request, {(rp2 - rp1) / (n2 - n1):,.0f} of them "
                   f"in the read path (Ir {ir1:,} for {n1} requests, {ir2:,} for {n2}; -c {a.connections}; "
                   f"{dump2})", flush=True)
-            if a.top:
-                ann = subprocess.run(["callgrind_annotate", "--threshold=99", dump2], capture_output=True,
-                                     text=True, timeout=600).stdout
-                rows = [line for line in ann.splitlines() if re.match(r"\s*[\d,]+ \(", line)]
-                print(f"  top functions of the {n2}-request run (self Ir per request, share):")
-                for line in rows[:a.top]:
-                    ir, rest = line.split(" (", 1)
-                    share, fn = rest.split(")", 1)
-                    print(f"  {int(ir.replace(',', '')) / n2:9,.0f}  {share:>6}  {fn.strip()[:110]}")
+        print(f"(where the instructions go: callgrind_annotate --inclusive=yes {d}/callgrind.out.N)")
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        procs.stop_all()
 
 
 if __name__ == "__main__":
