@@ -27,19 +27,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 import argparse  # noqa: E402
-import glob  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [os.path.join(HERE, "peers"), ROOT]
 from body import make_body  # noqa: E402
 
 from bench.cdn import H, node_config  # noqa: E402
-from bench.proxy_callgrind import control, h2load, nginx_conf, total_ir, wait_ready  # noqa: E402
+from bench.proxy_callgrind import control, h2load, ir_runs, nginx_conf, wait_ready  # noqa: E402
 
 SIZES = {"cdn-1k": 1024, "cdn-100k": 102400}
 
@@ -117,16 +115,8 @@ def main() -> None:
                 control(proc.pid, "-i", "on")
             h2load(url, a.warmup, a.connections)
             control(proc.pid, "-z")
-            runs = []
-            for n in (a.small, a.large):
-                h2load(url, n, a.connections)
-                before = set(glob.glob(out + "*"))
-                control(proc.pid, "-d")
-                time.sleep(1)
-                (dump,) = set(glob.glob(out + "*")) - before
-                runs.append((n, dump, total_ir(dump), read_path_ir(dump)))
-                control(proc.pid, "-z")
-            (n1, _, ir1, rp1), (n2, dump2, ir2, rp2) = runs
+            (n1, dump1, ir1), (n2, dump2, ir2) = ir_runs(proc.pid, url, out, (a.small, a.large), a.connections)
+            rp1, rp2 = read_path_ir(dump1), read_path_ir(dump2)
             per = (ir2 - ir1) / (n2 - n1)
             print(f"{name}: {per:,.0f} instructions per request, {(rp2 - rp1) / (n2 - n1):,.0f} of them "
                   f"in the read path (Ir {ir1:,} for {n1} requests, {ir2:,} for {n2}; -c {a.connections}; "
