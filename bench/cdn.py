@@ -52,6 +52,31 @@ end
 """
 
 
+def node_config(data_dir: str, port: int, admin_port: int, origin_port: int) -> str:
+    """farts-cdn's node: one tenant, a `kind = "cdn"` route on / in front of the origin."""
+    return f"""[node]
+id = "bench"
+data_dir = {json.dumps(data_dir)}
+[listeners.http]
+host = "127.0.0.1"
+port = {port}
+[listeners.https]
+enabled = false
+[listeners.admin]
+host = "127.0.0.1"
+port = {admin_port}
+[[tenants]]
+id = "bench"
+hosts = ["127.0.0.1", "localhost"]
+[cdn.origins.o]
+url = "http://127.0.0.1:{origin_port}/"
+[[routes]]
+prefix = "/"
+kind = "cdn"
+origin = "o"
+"""
+
+
 class CDNBench:
     def __init__(self, args) -> None:
         self.args = args
@@ -87,27 +112,7 @@ class CDNBench:
             port, admin = H.free_port(), H.free_port()
             cfg = os.path.join(d, "farts.toml")
             with open(cfg, "w") as f:
-                f.write(f"""[node]
-id = "bench"
-data_dir = {json.dumps(os.path.join(d, "data"))}
-[listeners.http]
-host = "127.0.0.1"
-port = {port}
-[listeners.https]
-enabled = false
-[listeners.admin]
-host = "127.0.0.1"
-port = {admin}
-[[tenants]]
-id = "bench"
-hosts = ["127.0.0.1", "localhost"]
-[cdn.origins.o]
-url = "http://127.0.0.1:{self.origin.port}/"
-[[routes]]
-prefix = "/"
-kind = "cdn"
-origin = "o"
-""")
+                f.write(node_config(os.path.join(d, "data"), port, admin, self.origin.port))
             log = os.path.join(d, "node.log")
             proc = self.hb.procs.start(name, H.pinned(a.server_cpu, [*self.hb.farts_command(), "serve",
                                                                      "--config", cfg]), log, cwd=H.ROOT)

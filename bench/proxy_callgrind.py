@@ -141,6 +141,20 @@ def total_ir(path: str) -> int:
     raise SystemExit(f"no totals in {path}")
 
 
+def ir_runs(pid: int, url: str, out: str, counts, connections: int) -> list[tuple[int, str, int]]:
+    """``h2load`` with each count of requests in turn, each followed by a callgrind dump
+    (which zeroes the counters): (count, dump file, Ir) per run."""
+    runs = []
+    for n in counts:
+        h2load(url, n, connections)
+        before = set(glob.glob(out + "*"))
+        control(pid, "-d")
+        time.sleep(1)
+        (dump,) = set(glob.glob(out + "*")) - before
+        runs.append((n, dump, total_ir(dump)))
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", choices=("farts", "nginx", "upstream"), default="farts")
@@ -195,15 +209,7 @@ def main() -> None:
         control(proc.pid, "-i", "on")
         h2load(url, a.warmup, a.connections)
         control(proc.pid, "-z")
-        runs = []
-        for n in (a.small, a.large):
-            h2load(url, n, a.connections)
-            before = set(glob.glob(out + "*"))
-            control(proc.pid, "-d")
-            time.sleep(1)
-            (dump,) = set(glob.glob(out + "*")) - before
-            runs.append((n, dump, total_ir(dump)))
-        (n1, _, ir1), (n2, dump2, ir2) = runs
+        (n1, _, ir1), (n2, dump2, ir2) = ir_runs(proc.pid, url, out, (a.small, a.large), a.connections)
         per = (ir2 - ir1) / (n2 - n1)
         print(f"{a.target}: {per:,.0f} instructions per request "
               f"(Ir {ir1:,} for {n1} requests, {ir2:,} for {n2}; -c {a.connections}; {d})")

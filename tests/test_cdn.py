@@ -162,6 +162,15 @@ def metric_values(node) -> dict[str, float]:
     return out
 
 
+def labelled(node, name: str, **labels) -> float:
+    """The sum of the node's samples of ``name`` that carry ``labels``."""
+    total = 0.0
+    for line in httpx.get(node.url("admin", "/metrics")).text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def wait_for(cond, seconds: float = 10.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -209,6 +218,22 @@ def test_miss_then_hit_and_head(origin, node_factory):
     assert origin.count("/files/big.bin") == 1
     metrics = httpx.get(node.url("admin", "/metrics")).text
     assert "farts_cdn_hits_total 4.0" in metrics
+
+
+def test_a_hit_from_memory_is_counted_in_place_and_not_timed(origin, node_factory):
+    """A hit from memory is the handler's ready Fixed: the connection writes it and counts
+    it by route and status in place, as a static route's answer, and does not time it."""
+    origin.put("/files/c.txt", b"counted\n", Cache_Control="max-age=60")
+    node = node_factory(cdn_config(origin.port))
+    url = node.url("http", "/media/c.txt")
+    assert wait_for(lambda: httpx.get(url).headers["x-cache"] == "HIT")
+    counted = labelled(node, "farts_http_requests_total", listener="http", route="/media/", status="200")
+    timed = labelled(node, "farts_http_request_duration_seconds_count", listener="http", route="/media/")
+    for _ in range(3):
+        assert httpx.get(url).headers["x-cache"] == "HIT"
+    assert labelled(node, "farts_http_requests_total", listener="http", route="/media/",
+                    status="200") == counted + 3
+    assert labelled(node, "farts_http_request_duration_seconds_count", listener="http", route="/media/") == timed
 
 
 @WORKERS_1_AND_3

@@ -158,3 +158,23 @@ def test_the_recency_flush_is_a_clock_entry(tmp_path):
         clock.advance(2.0)  # flush_interval: the ticker takes what was touched
         assert cdn.index.take_touched() == []
     run(tmp_path, origin, test, flush_interval=2.0)
+
+
+def test_a_large_hit_reuses_its_headers_until_its_age_changes(tmp_path):
+    """The file tier's hit headers are kept (a tuple the transport frames once per
+    connection) while the Age they carry is right, like the memory tier's Fixed."""
+    big = os.urandom(50_000)
+    origin = Origin((200, [(b"cache-control", b"max-age=60")], big))
+
+    async def test(cdn, h, clock):
+        await answer(h, request())
+        await settled(cdn)
+        first = h.handle(request()).headers
+        assert type(first) is tuple and (b"age", b"0") in first and (b"x-cache", b"HIT") in first
+        clock.advance(0.5)
+        assert h.handle(request()).headers is first
+        clock.advance(0.6)
+        again = h.handle(request()).headers
+        assert again is not first and (b"age", b"1") in again
+        assert await answer(h, request()) == (200, b"HIT", big)
+    run(tmp_path, origin, test, memory_object_bytes=1024)

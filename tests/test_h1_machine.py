@@ -494,3 +494,31 @@ def test_an_empty_chunked_body_in_one_read_ends_its_body_and_the_next_request_pa
     assert m.respond(0.0) is True and m.state == IDLE
     m.receive(b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz", 0.0)
     assert type(m.next_event()) is RequestHead and m.body == OPEN
+
+
+def test_a_head_from_ready_headers_is_framed_once_per_connection():
+    """A tuple of headers (a handler's ready ones, e.g. a CDN hit's) is framed once and the
+    head reused while status and length are the same; anything else is framed anew."""
+    m = machine()
+    ready = ((b"etag", b'"e1"'), (b"age", b"3"))
+    head = m.receive(GET, 0.0)
+    first = m.framed(Response(200, ready, None, content_length=10), head)
+    assert first == b'HTTP/1.1 200 OK\r\netag: "e1"\r\nage: 3\r\ncontent-length: 10\r\n\r\n'
+    m.respond(0.0)
+    head = m.receive(GET, 0.0)
+    assert m.framed(Response(200, ready, None, content_length=10), head) is first
+    m.respond(0.0)
+    head = m.receive(GET, 0.0)
+    other = m.framed(Response(200, ready, None, content_length=11), head)   # another length
+    assert other.endswith(b"content-length: 11\r\n\r\n")
+    m.respond(0.0)
+    head = m.receive(GET, 0.0)
+    assert m.framed(Response(206, ready, None, content_length=11), head).startswith(b"HTTP/1.1 206")
+    m.respond(0.0)
+    head = m.receive(GET, 0.0)
+    assert m.framed(Response(200, ((b"age", b"4"),), None, content_length=11), head).endswith(
+        b"age: 4\r\ncontent-length: 11\r\n\r\n")   # other headers: framed anew
+    m.respond(0.0)
+    head = m.receive(CLOSE_GET, 0.0)   # a closing answer is never the kept one
+    assert m.framed(Response(200, ready, None, content_length=10), head).endswith(
+        b"content-length: 10\r\nconnection: close\r\n\r\n")

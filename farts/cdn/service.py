@@ -42,6 +42,7 @@ STATE = {HIT: b"HIT", STALE: b"STALE", STALE_REFRESH: b"STALE"}  # X-Cache of an
 DISK_THREADS = 4
 PARTIAL = b"\x01"  # + key: a partial object's key in the LRU index (CDN.partials)
 LOAD = object()  # whole(): a small object to read into memory first (CDNHandler.load)
+_join = b"".join  # (one allocation for a key of four parts, where + makes three)
 
 
 class Fill:
@@ -357,7 +358,7 @@ class CDN:
         max_open_fds entries), or one of its own; None if the file has gone."""
         fd = e.fd
         if fd >= 0:
-            return FileBody(fd, 0, e.size, owned=False)
+            return FileBody(fd, 0, e.size, False)   # (owned: no, positional: a hit makes one)
         try:  # (an open is a metadata call: on the loop, like sendfile's setup)
             fd = os.open(self.store.path(e.file), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -454,11 +455,12 @@ class CDNHandler:
         if target[:1] != b"/":  # absolute-form: keep path and query only
             query = req.query
             target = req.path + (b"?" + query if query else b"")
-        tenant = req.tenant.id if req.tenant is not None else "-"
+        tenant = req.tenant
+        tenant = tenant.id if tenant is not None else "-"
         part = self.tenant_part.get(tenant)
         if part is None:
             part = self.tenant_part[tenant] = tenant.encode() + SEP
-        base = part + target + self.scheme_part[req.scheme] + req.host  # = base_key(...)
+        base = _join((part, target, self.scheme_part[req.scheme], req.host))  # = base_key(...)
         cdn = self.cdn
         header = req.header
         names = cdn.vary.get(base)
@@ -568,7 +570,8 @@ class CDNHandler:
         if body is None:
             return None
         cdn.bytes_hit += e.size
-        return Response(e.status, self.headers(e, now, state), body, e.size)
+        headers = self.hit_headers(e, now) if state == b"HIT" else self.headers(e, now, state)
+        return Response(e.status, headers, body, e.size)
 
     def fixed(self, e: Entry, body: bytes, now: float, state: bytes) -> Fixed:
         ctype = b"application/octet-stream"
@@ -598,6 +601,18 @@ class CDNHandler:
             e.body = body
             cdn.mem_used += len(body)
         return self.fixed(e, body, now, state)
+
+    @staticmethod
+    def hit_headers(e: Entry, now: float) -> tuple:
+        """A hit's headers for the file tier, ready: a tuple (immutable, so the transport
+        frames its head once per connection and reuses it), kept until the Age it carries
+        changes, as the memory tier keeps its Fixed."""
+        if now < e.hit_headers_until:
+            return e.hit_headers
+        age = now - e.response_time + e.initial_age
+        hs = e.hit_headers = (*e.headers, (b"age", str(int(age)).encode()), (b"x-cache", b"HIT"))
+        e.hit_headers_until = now + 1 - age % 1
+        return hs
 
     def headers(self, e: Entry, now: float, state: bytes) -> list:
         return [*e.headers, (b"age", str(int(now - e.response_time + e.initial_age)).encode()),

@@ -32,7 +32,8 @@ class Entry:
 
     __slots__ = ("key", "status", "headers", "size", "file", "response_time", "request_time",
                  "lifetime", "initial_age", "swr", "sie", "etag", "last_modified",
-                 "fresh_until", "fixed", "fixed_until", "body", "fd")
+                 "fresh_until", "fixed", "fixed_until", "hit_headers", "hit_headers_until",
+                 "body", "fd")
 
     def __init__(self, key: bytes, status: int, headers: list, size: int, file: str,
                  request_time: float, response_time: float, lifetime: float,
@@ -58,6 +59,8 @@ class Entry:
         self.fresh_until = response_time + lifetime - initial_age
         self.fixed = None        # the whole answer, ready (memory tier), and ...
         self.fixed_until = 0.0   # ... until when the Age it carries is right
+        self.hit_headers: tuple | None = None  # a hit's headers (file tier), ready, and ...
+        self.hit_headers_until = 0.0           # ... until when the Age they carry is right
         self.body: bytes | None = None
         self.fd = -1             # the file, kept open for hits (CDN.file_of)
 

@@ -37,7 +37,7 @@ from time import perf_counter
 from fast.http1 import END, LAST_CHUNK
 from fast.http1 import Request as RequestHead
 
-from .h1 import CLOSED, HEADER_TIMEOUT, H1Machine, H1StateError
+from .h1 import CLOSED, HEADER_TIMEOUT, NONE, H1Machine, H1StateError
 from .http import (
     CHUNKED,
     EVENTS,
@@ -160,8 +160,9 @@ class HTTP1Connection(asyncio.Protocol):
 
     # -- input ------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        self.listener.bytes_in += len(data)
-        head = self.machine.receive(data, self.listener.now)
+        listener = self.listener
+        listener.bytes_in += len(data)
+        head = self.machine.receive(data, listener.now)
         if head is not None:
             self._on_head(head)
         else:
@@ -237,27 +238,31 @@ class HTTP1Connection(asyncio.Protocol):
         listener = self.listener
         if listener.draining:   # a restart: answer, then close (the client reconnects to the next process)
             self.machine.keep_alive = False
-        if self.machine.switching:
+        machine = self.machine
+        if machine.switching:
             self._pause(PAUSE_PENDING)  # read nothing after it (see H1Machine._on_head)
-        if head.chunked and head.header(b"transfer-encoding").lower() != b"chunked":
+        # The machine has just taken this head: its body state says whether one follows
+        # (one read instead of the head's chunked and content_length on the usual request).
+        has_body = machine.body is not NONE
+        if has_body and head.chunked and head.header(b"transfer-encoding").lower() != b"chunked":
             # Other codings (gzip, ...) cannot be forwarded faithfully: RFC 9112 §6.1.
             self._fail(501, "transfer coding not supported")
             return
         resolved = listener.router.resolve(head.host, head.path, head.plain_path)
         if type(resolved) is Fixed:  # unknown host or no route
-            if head.chunked or head.content_length > 0:
+            if has_body:
                 self.body = self.req_body = RequestBody(self, listener.limits.max_body_bytes)
-            self._answer_now(resolved, head)
+            self._answer_now(resolved, head, resolved.served, listener.name)
             return
         tenant, route, handler, body_limit = resolved
         body = None
-        if head.chunked or head.content_length > 0:
+        if has_body:
             if head.content_length > body_limit:
                 self._fail(413, "request body too large")
                 return
             body = self.body = self.req_body = RequestBody(self, body_limit)
         if type(handler) is Fixed:  # a fixed answer needs no Request object, no call
-            self._answer_now(handler, head)
+            self._answer_now(handler, head, handler.served, listener.name)
             return
         start = perf_counter()
         req = Request(head, tenant, route, self.client, listener.scheme, body, start, self)
@@ -266,6 +271,11 @@ class HTTP1Connection(asyncio.Protocol):
         except Exception:
             log.exception("handler for %s failed", route.prefix)
             result = Fixed.error(500)
+        if type(result) is Fixed:
+            # A ready answer (a CDN hit from memory), written in this call: counted in
+            # place by route and status like a static route's, and not timed.
+            self._answer_now(result, head, listener.ready, (route.prefix, result.status))
+            return
         if type(result) not in ANSWERS and (isinstance(result, asyncio.Future) or inspect.isawaitable(result)):
             if isinstance(result, asyncio.Future):
                 # A handler's own future (the proxy's Exchange, completed by a callback):
@@ -379,15 +389,16 @@ class HTTP1Connection(asyncio.Protocol):
         if self.paused:
             transport.resume_reading()
 
-    def _answer_now(self, fixed: Fixed, head: RequestHead) -> None:
-        """One of the router's fixed answers, written at once: the hottest path, so it
-        counts in place (``fixed.served``) and is not timed (from head to write is a few
-        microseconds of this function; the latency histogram leaves these out)."""
+    def _answer_now(self, fixed: Fixed, head: RequestHead, counts: dict, key) -> None:
+        """A Fixed written at once (a router's fixed answer, or a handler's ready one):
+        the hottest paths, so it is counted in place (``counts[key]``: the Fixed's own
+        ``served`` by listener, or the listener's ``ready`` by route and status; summed
+        at scrape) and not timed (from head to write is a few microseconds; the latency
+        histogram leaves these out)."""
         machine = self.machine
         listener = self.listener
         self.transport.write(machine.answer_fixed(fixed, head, listener.now))
-        served = fixed.served
-        served[listener.name] = served.get(listener.name, 0) + 1
+        counts[key] = counts.get(key, 0) + 1
         if listener.access_log is not None:
             listener.log_access(head, fixed.status, 0.0, self.client)
         if machine.state is CLOSED or self.req_body is not None:  # (else _request_done has nothing to do)

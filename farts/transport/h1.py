@@ -114,6 +114,7 @@ class H1Machine:
     # (Compiled by setup.py: its attributes are then C fields and its methods C calls,
     # about 0.2 us less per request than the interpreted class, which runs otherwise.)
     parser = cython.declare(object, visibility="public")
+    feed = cython.declare(object)   # parser.feed, bound once (no method lookup per request)
     state = cython.declare(str, visibility="public")
     body = cython.declare(str, visibility="public")
     keep_alive = cython.declare(cython.bint, visibility="public")
@@ -129,10 +130,17 @@ class H1Machine:
     handling = cython.declare(object, visibility="public")   # the head of the request in hand
     chunked = cython.declare(cython.bint, visibility="public")
     send_body = cython.declare(cython.bint, visibility="public")
+    # The last head framed from a tuple of headers (immutable: a handler's ready headers,
+    # e.g. a CDN hit's, reused while its Age holds), and what else it was framed from.
+    framed_from = cython.declare(object)
+    framed_status = cython.declare(cython.int)
+    framed_length = cython.declare(cython.longlong)
+    framed_head = cython.declare(bytes)
 
     def __init__(self, max_header_bytes: int, max_headers: int, header_timeout: float,
                  idle_timeout: float, now: float) -> None:
         self.parser = RequestParser(max_header_bytes, max_headers)
+        self.feed = self.parser.feed
         self.state = IDLE
         self.body = NONE
         self.keep_alive = True
@@ -148,6 +156,10 @@ class H1Machine:
         # goes as chunks, and whether it has a body on the wire at all.
         self.chunked = False
         self.send_body = True
+        self.framed_from = None
+        self.framed_status = 0
+        self.framed_length = 0
+        self.framed_head = b""
 
     # -- the tables ---------------------------------------------------------------------
     # (The hot path, a bodyless keep-alive request, inlines the lookup of ``_to`` in
@@ -176,7 +188,7 @@ class H1Machine:
         keep-alive request without a body ([head, END] with nothing before it): that
         head is returned at once, already taken (the hot path: no queueing)."""
         self.last_progress = now
-        events = self.parser.feed(data)
+        events = self.feed(data)
         state = self.state
         if (len(events) == 2 and events[1] is END and not self.pending and not self.switching
                 and (state is IDLE or state is HEAD) and type(events[0]) is RequestHead
@@ -307,7 +319,14 @@ class H1Machine:
             length, self.keep_alive = -2, False
         self.chunked = length == -1 and send
         self.send_body = send
-        data = response_head(status, resp.headers, length, self.keep_alive)
+        headers = resp.headers
+        if type(headers) is not tuple or not self.keep_alive:
+            data = response_head(status, headers, length, self.keep_alive)
+        elif headers is self.framed_from and status == self.framed_status and length == self.framed_length:
+            data = self.framed_head   # the same ready headers again: framed already
+        else:
+            data = self.framed_head = response_head(status, headers, length, True)
+            self.framed_from, self.framed_status, self.framed_length = headers, status, length
         if send and type(body) is bytes:
             data += body
         return data

@@ -43,8 +43,8 @@ class HTTPStats:
         self.latency = metrics.histogram(
             "farts_http_request_duration_seconds",
             "Time from request head to response written, for requests a handler answered (the "
-            "router's fixed answers, written by the connection in microseconds, are counted in "
-            "farts_http_requests_total and not timed)",
+            "router's fixed answers and a handler's ready Fixed answer, written by the connection "
+            "in microseconds, are counted in farts_http_requests_total and not timed)",
             ("listener", "route"))
         self.slow = metrics.counter(
             "farts_http_slow_requests_total", "Requests slower than limits.slow_request_seconds "
@@ -65,6 +65,11 @@ class HTTPStats:
                     if n:
                         key = (name, label, fixed.status)
                         out[key] = out.get(key, 0) + n
+                if li.stats is not self:
+                    continue   # (a listener counted elsewhere: the workers' forwarding hop)
+                for (label, status), n in li.ready.items():
+                    key = (name, label, status)
+                    out[key] = out.get(key, 0) + n
             return out
 
         self.requests.sources.append(fixed_counts)
@@ -127,6 +132,9 @@ class Listener(ListenerKit):
         self.access_log = access_log if access_log is not None and access_log.sample > 0 else None
         self.bytes_in = 0
         self.bytes_out = 0
+        # (route label, status) -> answers a handler gave as a ready Fixed, written at once:
+        # counted in place by the connection (no timing, no metric call), summed at scrape.
+        self.ready: dict[tuple[str, int], int] = {}
         # HTTP/2: by ALPN on TLS when ``http2``, by prior knowledge on plain TCP when ``h2c``.
         self.http2, self.h2c = http2, h2c
         self.h2_limits = H2Limits(max_concurrent_streams=limits.max_concurrent_streams,
