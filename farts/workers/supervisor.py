@@ -31,6 +31,7 @@ from farts.metrics import Metrics
 from farts.transport.listener import HTTPStats, Listener
 from farts.transport.router import Router
 
+from .hop import ForwardedRouter
 from .ipc import Channel, member_to_wire
 from .limits import worker_config
 from .metrics import Sum, View
@@ -115,7 +116,9 @@ class Supervisor:
         # unexported, metrics.
         limits = dataclasses.replace(cfg.limits, max_connections_per_ip=cfg.limits.max_connections)
         hop: dict[str, Listener] = {}
-        forwarded = Listener("forwarded", "http", public, limits, HTTPStats(Metrics(), hop), None, node.clock)
+        # Its handlers see the client's address and scheme, not the worker's (hop.py).
+        forwarded = Listener("forwarded", "http", ForwardedRouter(public), limits, HTTPStats(Metrics(), hop), None,
+                             node.clock)
         hop["forwarded"] = forwarded
         await forwarded.start("127.0.0.1", 0)
         node.listeners["forwarded"] = forwarded
