@@ -3,6 +3,7 @@ handed_over), fitted to its number of workers: real sockets on loopback, no proc
 The restart itself, under load: tests/test_release_restart.py (with 1 and 2 workers)."""
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -71,3 +72,37 @@ def test_nothing_taken_over(inherited):
     inherited["admin"] = socket.create_server(("127.0.0.1", 0))
     assert handed_over("http", 2) is None and handed_over("db", 2) is None
     assert list(inherited) == ["admin"]
+
+
+def test_hundreds_of_sockets_go_over_in_several_messages(tmp_path):
+    """A node of many workers hands over more descriptors than one SCM_RIGHTS message
+    carries (farts/release/handover.py send_sockets, _receive)."""
+    import json
+    import threading
+
+    from farts.release.handover import MAX_FDS, _receive, send_sockets
+
+    path = tmp_path / "handover.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    sent = [socket.socket() for _ in range(MAX_FDS + 47)]
+    names = [f"workers.http.{i}" for i in range(len(sent))]
+
+    def old_process():
+        conn, _ = server.accept()
+        assert json.loads(conn.makefile("rb").readline())["op"] == "takeover"
+        send_sockets(conn, names, [s.fileno() for s in sent])
+        conn.sendall(b'{"op": "released", "pubsub": null}\n')
+        conn.close()
+
+    t = threading.Thread(target=old_process)
+    t.start()
+    sock, got, fds, _ = _receive(path)
+    t.join(10)
+    assert got["names"] == names and len(fds) == len(sent)
+    assert [os.fstat(fd).st_ino for fd in fds] == [os.fstat(s.fileno()).st_ino for s in sent]
+    for fd in fds:
+        os.close(fd)
+    for s in [sock, server, *sent]:
+        s.close()

@@ -193,9 +193,7 @@ class Handover:
         raw = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
         try:
             raw.setblocking(True)
-            # (in messages of at most MAX_FDS descriptors; the next ones carry a space)
-            for i in range(0, max(len(fds), 1), MAX_FDS):
-                socket.send_fds(raw, [b" " if i else _line({"op": "sockets", "names": names})], fds[i:i + MAX_FDS])
+            send_sockets(raw, names, fds)
         finally:
             raw.close()
             for fd in fds:
@@ -253,6 +251,13 @@ class Successor:
         finally:
             writer.close()
         log.info("handover done: the old process has stopped")
+
+
+def send_sockets(raw: socket.socket, names: list[str], fds: list[int]) -> None:
+    """The "sockets" message: the names, then the descriptors in messages of at most
+    MAX_FDS (the ones after the first carry a space)."""
+    for i in range(0, max(len(fds), 1), MAX_FDS):
+        socket.send_fds(raw, [b" " if i else _line({"op": "sockets", "names": names})], fds[i:i + MAX_FDS])
 
 
 def _receive(path: Path) -> tuple[socket.socket, dict, list[int], bytes]:
