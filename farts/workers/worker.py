@@ -185,6 +185,10 @@ class Worker:
                                  clock=clock)
             for name, values in self.txt.items():
                 self.dns.set_txt(name, values)
+            # Its geo index first: a worker answering before its index is built would answer
+            # otherwise than the others (the default region), which one depending on the
+            # query's source port. (Queries wait meanwhile in the socket, read once it serves.)
+            await self.dns.geo.check()
             await self.dns.start(sockets=(self.sockets.pop("dns_udp"), self.sockets.pop("dns_tcp")))
         if "db" in self.sockets:
             failed = metrics.counter("farts_worker_handover_failed_total", "MongoDB connections a worker "
