@@ -41,6 +41,7 @@ CONFIG = """
 [node]
 id = "{id}"
 data_dir = "{dir}"
+workers = 1
 [listeners.http]
 port = 0
 [listeners.https]

@@ -125,6 +125,7 @@ def node_config(data_dir: str, http_port: int, admin_port: int, upstream: str) -
 [node]
 id = "bench"
 data_dir = "{data_dir}"
+workers = 1          # the listener in this process, where it is driven
 [listeners.http]
 host = "127.0.0.1"
 port = {http_port}

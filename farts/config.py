@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import os
 import tomllib
 import types
 import typing
@@ -25,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from farts.cores import usable_cores
 
 
 class ConfigError(ValueError):
@@ -125,14 +126,14 @@ class NodeConfig:
     deployment: str = setting("global", Check(lambda v: bool(v) and len(v) <= 128, "a name"))
     # Processes serving the public listeners (HTTP/HTTPS, DNS, MongoDB): 1 serves them in the node
     # process itself; N > 1 starts N worker processes beside it (farts/workers/);
-    # "auto": one per core this process may run on.
-    workers: int | str = setting(1, Check(lambda v: v == "auto" or (isinstance(v, int) and 1 <= v <= 256),
-                                          'a number of processes 1-256, or "auto"'))
+    # "auto" (the default): one per core this process may use (farts/cores.py).
+    workers: int | str = setting("auto", Check(lambda v: v == "auto" or (isinstance(v, int) and 1 <= v <= 256),
+                                               'a number of processes 1-256, or "auto"'))
 
     @property
     def worker_count(self) -> int:
         if self.workers == "auto":
-            return len(os.sched_getaffinity(0))
+            return usable_cores()
         return self.workers
 
 
@@ -411,7 +412,7 @@ lat = 50.11                 # coordinates, used by the geo DNS
 lon = 8.68
 data_dir = "./farts-data"   # relative to this file; certs, caches and the DB live here
 deployment = "global"       # one master per deployment ([master])
-workers = 1                 # processes serving HTTP/HTTPS, DNS, MongoDB: N, or "auto" (one per core); see README
+workers = "auto"            # processes serving HTTP/HTTPS, DNS, MongoDB: "auto" (one per core), or N; see README
 
 [listeners.http]
 host = "127.0.0.1"

@@ -131,10 +131,15 @@ def make_certs(data_dir: Path) -> Path:
 
 
 def with_workers(base: str, workers: int) -> str:
-    """``base`` with ``[node] workers`` (unless it says it itself)."""
-    if workers == 1 or re.search(r"^workers\s*=", base, re.M):
+    """``base`` with ``[node] workers`` (unless it says it itself), 1 unless a test asks for
+    more: a test that starts a node for another reason runs one process, not the default's
+    one per core (the tests of worker processes ask for 3; those of `farts-edge up` run the
+    default)."""
+    if re.search(r"^workers\s*=", base, re.M):
         return base
-    return base.replace('data_dir = "{data_dir}"', f'data_dir = "{{data_dir}}"\nworkers = {workers}', 1)
+    line = f"workers = {workers}\n"
+    out, found = re.subn(r"^\[node\]\n", lambda m: m.group(0) + line, base, count=1, flags=re.M)
+    return out if found else "[node]\n" + line + base
 
 
 def start_node(tmp_path: Path, extra_config: str = "", base: str = BASE_CONFIG,

@@ -32,6 +32,7 @@ CONFIG = """
 [node]
 id = "{id}"
 data_dir = "{data_dir}"
+workers = 1
 [listeners.http]
 host = "127.0.0.1"
 port = 8080

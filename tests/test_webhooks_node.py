@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pymongo
 import pytest
+from conftest import with_workers
 from mesh_helpers import MESH, make_ca
 from webhook_receiver import Receiver, until
 
@@ -54,7 +55,7 @@ async def start(tmp_path: Path, node_id: str, seeds: list[str], window: float = 
     pki.issue(tmp_path / "ca", mesh / "node.crt", mesh / "node.key", ["127.0.0.1"], node_id=node_id)
     text = MESH.format(node_id=node_id, region="test", seeds=json.dumps(seeds), ca=tmp_path / "ca" / "ca.crt",
                        cert=mesh / "node.crt", key=mesh / "node.key").replace("{data_dir}", str(data))
-    node = Node(config.parse(text + SERVICES.format(window=window), str(data / "farts.toml")))
+    node = Node(config.parse(with_workers(text, 1) + SERVICES.format(window=window), str(data / "farts.toml")))
     await node.start()
     return node
 

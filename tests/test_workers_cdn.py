@@ -3,6 +3,8 @@ the node keeps one cache (one fill per object whichever worker a client lands on
 LRU budget) and a purge applies to every worker's clients."""
 from __future__ import annotations
 
+import ssl
+
 import httpx
 from conftest import BASE_CONFIG
 from test_workers_node import CONNECTIONS, eventually, get_new_connections, metric
@@ -39,3 +41,9 @@ def test_one_cache_for_every_worker(node_factory):
     purged = httpx.post(node.url("admin", "/api/cache/purge"), json={"tenant": "demo"}, timeout=10)
     assert purged.status_code == 200 and purged.json()["purged"] >= 1
     assert httpx.get(url, timeout=30).headers["x-cache"] == "MISS"
+    # The node process sees the client's scheme, not the worker's hop (farts/workers/hop.py):
+    # an HTTPS client's answer is cached apart from an HTTP client's, as without workers.
+    secure, tls = node.url("https", "/media/a.txt"), ssl.create_default_context(cafile=node.ca)
+    first = httpx.get(secure, timeout=30, verify=tls)
+    assert first.content == body and first.headers["x-cache"] == "MISS"
+    assert eventually(lambda: httpx.get(secure, timeout=30, verify=tls).headers["x-cache"] == "HIT")

@@ -14,7 +14,7 @@ because the body is an async iterator it reads first. Both take the same steps:
       → idle pooled connection, else connect   (connect failure: count it, maybe mark
         the server down, retry once on another server)
       → write head, stream the body             (write flow control)
-      → read the response head (1xx skipped)    (stale pooled connection: retry once on
+      → read the response head (1xx passed on)  (stale pooled connection: retry once on
         a fresh one when the request can be replayed)
       → Response whose body streams the upstream's body; at its clean end the
         connection goes back to the pool, on aclose/cancel it is closed.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from functools import partial
 from time import perf_counter
 
 from farts.clock import LoopClock, Timer
@@ -51,6 +52,7 @@ from fast.proxyhead import (
 )
 
 from .headers import authority_of, origin_form
+from .interim import relay
 from .tunnel import Tunnel
 from .upstream import Server
 
@@ -211,7 +213,7 @@ class Exchange(asyncio.Future):
 
     connect (only when the pool has no idle connection: a task for the connect, which a
     warm pool never needs) → ``send`` the head → the connection calls ``wake`` as
-    events arrive → the final head: ``answered`` (1xx skipped) → the Response as the
+    events arrive → the final head: ``answered`` (1xx passed on) → the Response as the
     result. A stale pooled connection is replayed once on a fresh one; a connect failure
     tries another server once; a timeout (the group's sweep) or a bad answer is a 504 or
     502. ``cancel`` (the client went away) aborts the upstream connection.
@@ -318,7 +320,8 @@ class Exchange(asyncio.Future):
                         return
                     if ev.status == 101:
                         raise BadResponse("101 Switching Protocols to a request without Upgrade")
-                    self.interim = True   # 1xx: skipped, with the END that follows it
+                    self.interim = True   # 1xx: passed on (interim.py); the END that follows it skipped
+                    relay(self.req, ev.status, ev.headers)
                 elif ev is END and self.interim:
                     self.interim = False
                 elif t is HTTPError:
@@ -627,7 +630,8 @@ class ProxyHandler:
                 server.succeeded()
                 connect_s = perf_counter() - connecting
             try:
-                resp = await exchange(conn, data, body, length == -1, is_head, up.read_timeout)
+                resp = await exchange(conn, data, body, length == -1, is_head, up.read_timeout,
+                                      partial(relay, req))
             except (ConnectionLost, ReadTimeout, BadResponse) as e:
                 conn.abort()
                 if (type(e) is ConnectionLost and reused and conn.received == 0 and replayable

@@ -53,6 +53,7 @@ log = logging.getLogger("farts.release")
 SOCKET = "handover.sock"
 GRACE = 10.0          # seconds the old process waits for in-flight requests, at each step
 MAX_LINE = 256 << 20  # a history snapshot is one line
+MAX_FDS = 253         # descriptors in one SCM_RIGHTS message (Linux's SCM_MAX_FD)
 
 
 class TakeoverFailed(OSError):
@@ -179,6 +180,10 @@ class Handover:
             if sock is not None:
                 names.append(name)
                 fds.append(os.dup(sock.fileno()))
+        if node.supervisor is not None:   # the workers' (which drain: farts/workers/)
+            for name, sock in node.supervisor.hand_over():
+                names.append(name)
+                fds.append(os.dup(sock.fileno()))
         for name, k in kits.items():   # (after the dup: closing ours leaves theirs open)
             if name in node.listeners:
                 k.drain()
@@ -188,7 +193,7 @@ class Handover:
         raw = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
         try:
             raw.setblocking(True)
-            socket.send_fds(raw, [_line({"op": "sockets", "names": names})], fds)
+            send_sockets(raw, names, fds)
         finally:
             raw.close()
             for fd in fds:
@@ -199,11 +204,15 @@ class Handover:
         if pubsub is not None:
             for sub in [*pubsub.channels.websockets, *pubsub.channels.streams]:
                 clock.call_later(random.random() * self.spread, pubsub.ask_to_reconnect, sub)
+        workers = self.node.supervisor
+        if workers is not None:
+            workers.send_subscribers_over(self.spread)
         await clock.sleep(self.spread)
         deadline = clock.monotonic() + self.grace
         while clock.monotonic() < deadline and (
                 any(li.connections for li in self.node.listeners.values())
-                or (pubsub is not None and (pubsub.channels.websockets or pubsub.channels.streams))):
+                or (pubsub is not None and (pubsub.channels.websockets or pubsub.channels.streams))
+                or (workers is not None and workers.open_connections())):
             await clock.sleep(0.05)
 
 
@@ -244,6 +253,13 @@ class Successor:
         log.info("handover done: the old process has stopped")
 
 
+def send_sockets(raw: socket.socket, names: list[str], fds: list[int]) -> None:
+    """The "sockets" message: the names, then the descriptors in messages of at most
+    MAX_FDS (the ones after the first carry a space)."""
+    for i in range(0, max(len(fds), 1), MAX_FDS):
+        socket.send_fds(raw, [b" " if i else _line({"op": "sockets", "names": names})], fds[i:i + MAX_FDS])
+
+
 def _receive(path: Path) -> tuple[socket.socket, dict, list[int], bytes]:
     """Blocking (run in a thread): connect, ask, take the sockets, wait for ``released``."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -253,7 +269,7 @@ def _receive(path: Path) -> tuple[socket.socket, dict, list[int], bytes]:
         sock.close()
         raise TakeoverFailed(f"no running node to take over at {path}: {e.strerror or e}") from None
     sock.sendall(_line({"op": "takeover", "pid": os.getpid(), "version": __version__}))
-    data, fds, _, _ = socket.recv_fds(sock, 65536, 64)
+    data, fds, _, _ = socket.recv_fds(sock, 65536, MAX_FDS)
     buf = data
     while b"\n" not in buf:
         more = sock.recv(65536)
@@ -262,6 +278,11 @@ def _receive(path: Path) -> tuple[socket.socket, dict, list[int], bytes]:
         buf += more
     head, _, buf = buf.partition(b"\n")
     sockets = json.loads(head)
+    while sockets.get("op") == "sockets" and len(fds) < len(sockets["names"]):   # (MAX_FDS a message)
+        more, got, _, _ = socket.recv_fds(sock, 1, MAX_FDS)
+        if not got:
+            break
+        buf, fds = buf + more, fds + got
     if sockets.get("op") != "sockets" or len(sockets["names"]) != len(fds):
         raise TakeoverFailed(f"unexpected handover message {head[:200]!r}")
     while True:

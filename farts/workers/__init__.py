@@ -18,6 +18,9 @@ node -> worker
     count      {ref, keys}: "your subscribers on these channels?" (for /api/presence)
     counted    {ref, counts}: the answer to a worker's count, summed over all workers
     scrape     {ref}: "your metrics now" (for /metrics)
+    drain      a restart: the next process's workers serve the listening sockets now
+               (farts/release/handover.py); stop accepting, finish what is open
+    reconnect  {spread}: the next process serves: ask every subscriber to reconnect
     stop       drain and exit
 worker -> node
     ready      {pid}: listening

@@ -25,6 +25,8 @@ import logging
 import socket
 from collections.abc import Callable
 
+from farts.transport import kit
+
 log = logging.getLogger("farts.workers")
 
 BACKLOG = 4096
@@ -33,14 +35,14 @@ BATCH = 64             # accepts (or hand-overs) per readable event, then the lo
 
 
 def reuseport_group(name: str, host: str, port: int, n: int,
-                    kind: socket.SocketKind = socket.SOCK_STREAM) -> list[socket.socket]:
+                    kind: socket.SocketKind = socket.SOCK_STREAM, joining: bool = False) -> list[socket.socket]:
     """n sockets on one address (listening, for TCP). Refuses an address some other socket
     holds (with SO_REUSEPORT on both, another process of this user could otherwise share
-    it)."""
+    it), unless ``joining`` a group this process holds."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     socks: list[socket.socket] = []
     try:
-        if port:
+        if port and not joining:
             with socket.socket(family, kind) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((host, port))
@@ -75,6 +77,28 @@ def dns_groups(host: str, port: int, n: int) -> tuple[list[socket.socket], list[
             if attempt == 19 or port != 0 or e.errno != errno.EADDRINUSE:
                 raise
     raise AssertionError("unreachable")
+
+
+def handed_over(key: str, n: int) -> list[socket.socket] | None:
+    """The listening sockets of ``key`` (http, https, dns_udp, dns_tcp, db) this process
+    took over from the one it restarts (farts/release/handover.py), for n workers; None
+    when there are none. From a node with workers, its group ("workers.KEY.I"): a group
+    of another size is fitted, the missing sockets joined to the same address, the extra
+    ones closed (what waited in them is reset). From a node without workers, its one
+    listening socket (named KEY), which the n workers then share: one accept queue."""
+    got = []
+    while (sock := kit.inherited_sockets.pop(f"workers.{key}.{len(got)}", None)) is not None:
+        got.append(sock)
+    if not got:
+        sock = kit.inherited_sockets.pop(key, None)
+        return None if sock is None else [sock] * n
+    if len(got) != n:
+        log.warning("%s: %d listening sockets taken over for %d workers", key, len(got), n)
+    for sock in got[n:]:
+        sock.close()
+    host, port = got[0].getsockname()[:2]
+    return got[:n] + (reuseport_group(key, host, port, n - len(got), got[0].type, joining=True)
+                      if len(got) < n else [])
 
 
 def handover_pair() -> tuple[socket.socket, socket.socket]:

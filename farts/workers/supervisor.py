@@ -31,10 +31,11 @@ from farts.metrics import Metrics
 from farts.transport.listener import HTTPStats, Listener
 from farts.transport.router import Router
 
+from .hop import ForwardedRouter
 from .ipc import Channel, member_to_wire
 from .limits import worker_config
 from .metrics import Sum, View
-from .sockets import Adopter, dns_groups, handover_pair, reuseport_group
+from .sockets import Adopter, dns_groups, handed_over, handover_pair, reuseport_group
 
 if TYPE_CHECKING:
     from farts.node import Node
@@ -100,22 +101,28 @@ class Supervisor:
         """Listens (the workers' sockets, and the loopback listener where the workers
         forward the routes served by the node process), then starts the workers."""
         node, cfg = self.node, self.node.cfg
-        for name in ("http", "https"):
+        n = self.count
+        for name in ("http", "https"):   # (those of the process this one restarts, or new ones)
             lc = getattr(cfg.listeners, name)
             if lc.enabled:
-                self.sockets[name] = reuseport_group(f"listeners.{name}", lc.host, lc.port, self.count)
+                self.sockets[name] = handed_over(name, n) or reuseport_group(f"listeners.{name}", lc.host,
+                                                                              lc.port, n)
         if node.dns is not None:
-            self.sockets["dns_udp"], self.sockets["dns_tcp"] = dns_groups(cfg.dns.host, cfg.dns.port, self.count)
+            udp, tcp = handed_over("dns_udp", n), handed_over("dns_tcp", n)
+            self.sockets["dns_udp"], self.sockets["dns_tcp"] = (udp, tcp) if udp and tcp else \
+                dns_groups(cfg.dns.host, cfg.dns.port, n)
             node.dns.address = self.sockets["dns_udp"][0].getsockname()[:2]
         if node.db is not None:
-            self.sockets["db"] = reuseport_group("db", cfg.db.host, cfg.db.port, self.count)
+            self.sockets["db"] = handed_over("db", n) or reuseport_group("db", cfg.db.host, cfg.db.port, n)
             node.db.kit.address = self.sockets["db"][0].getsockname()[:2]
         # All forwarded requests come from this host's loopback: no per-IP limit there.
         # They were counted (and logged) by the worker that took them: the hop has its own,
         # unexported, metrics.
         limits = dataclasses.replace(cfg.limits, max_connections_per_ip=cfg.limits.max_connections)
         hop: dict[str, Listener] = {}
-        forwarded = Listener("forwarded", "http", public, limits, HTTPStats(Metrics(), hop), None, node.clock)
+        # Its handlers see the client's address and scheme, not the worker's (hop.py).
+        forwarded = Listener("forwarded", "http", ForwardedRouter(public), limits, HTTPStats(Metrics(), hop), None,
+                             node.clock)
         hop["forwarded"] = forwarded
         await forwarded.start("127.0.0.1", 0)
         node.listeners["forwarded"] = forwarded
@@ -325,6 +332,19 @@ class Supervisor:
 
     def open_connections(self) -> int:
         return sum(s.open for s in self.slots)
+
+    # -- a restart (farts/release/handover.py) --------------------------------------------------
+    def hand_over(self) -> list[tuple[str, socket.socket]]:
+        """The workers' listening sockets, for the process that takes this one over (its
+        workers serve them: sockets.handed_over), named "workers.KEY.INDEX"; the workers
+        are told to drain, and are not replaced when they exit."""
+        self.stopping = True
+        self.send_all({"t": "drain"})
+        return [(f"workers.{key}.{i}", sock) for key, group in self.sockets.items() for i, sock in enumerate(group)]
+
+    def send_subscribers_over(self, spread: float) -> None:
+        """The next process serves: the workers ask their subscribers to reconnect."""
+        self.send_all({"t": "reconnect", "spread": spread})
 
     # -- stopping ----------------------------------------------------------------------------
     async def stop(self) -> None:

@@ -28,6 +28,7 @@ import itertools
 import logging
 import os
 import pickle
+import random
 import signal
 import socket
 import sys
@@ -66,6 +67,9 @@ class Worker:
         self.txt: dict[str, list[str]] = {}
         self.dns = None
         self.geo_loading: asyncio.Task | None = None   # (kept: tasks are weak)
+        self.db_handover: HandOver | None = None
+        self.clock: LoopClock | None = None
+        self.stopping_dns: asyncio.Task | None = None
 
     def _reload_geo(self, path: str) -> None:
         async def load():
@@ -107,6 +111,10 @@ class Worker:
             self.txt.update(msg["txt"])
             if not self.hello.done():
                 self.hello.set_result(msg)
+        elif t == "drain":
+            self.drain()
+        elif t == "reconnect":
+            self.send_subscribers_over(msg["spread"])
         elif t == "stop":
             self.done.set()
         else:
@@ -135,7 +143,7 @@ class Worker:
         self.channel = await Channel.open(self.ipc_sock, self.on_message, self.on_lost)
         hello = await self.hello
         cfg: Config = pickle.loads(hello["config"])
-        clock = LoopClock()
+        clock = self.clock = LoopClock()
         metrics = Metrics()
         client = Client(clock)
         stats = HTTPStats(metrics, self.listeners, cfg.node.region, cfg.admin.slow_requests_kept)
@@ -177,13 +185,16 @@ class Worker:
                                  clock=clock)
             for name, values in self.txt.items():
                 self.dns.set_txt(name, values)
+            # Its geo index first: a worker answering before its index is built would answer
+            # otherwise than the others (the default region), which one depending on the
+            # query's source port. (Queries wait meanwhile in the socket, read once it serves.)
+            await self.dns.geo.check()
             await self.dns.start(sockets=(self.sockets.pop("dns_udp"), self.sockets.pop("dns_tcp")))
-        handover = None
         if "db" in self.sockets:
             failed = metrics.counter("farts_worker_handover_failed_total", "MongoDB connections a worker "
                                      "accepted and could not hand to the node process (closed)")
-            handover = HandOver(self.sockets.pop("db"), self.sockets.pop("handover"), failed.inc)
-            handover.start()
+            self.db_handover = HandOver(self.sockets.pop("db"), self.sockets.pop("handover"), failed.inc)
+            self.db_handover.start()
         for name, sock in self.sockets.items():
             li = Listener(name, name, router, cfg.limits, stats, access, clock,
                           h2c=name == "http" and cfg.listeners.http.h2c)
@@ -208,10 +219,12 @@ class Worker:
         report.cancel()
         if certs is not None:
             watch.cancel()
-        if handover is not None:
-            handover.stop()
+        if self.db_handover is not None:
+            self.db_handover.stop()
         if self.dns is not None:
             await self.dns.stop()
+        if self.stopping_dns is not None:
+            await self.stopping_dns
         for li in self.listeners.values():
             await li.close()
         await ps.stop()
@@ -220,6 +233,28 @@ class Worker:
         client.close()
         self.push()
         self.channel.close()
+
+    # -- a restart (farts/release/handover.py) ----------------------------------------------
+    def drain(self) -> None:
+        """The next process's workers serve this worker's listening sockets from now on (the
+        node process handed them over): it stops accepting, as the node process's own
+        listeners do (each HTTP/1.1 connection closes after its next answer, HTTP/2 ones get
+        a GOAWAY), stops answering DNS and handing MongoDB connections over, and finishes
+        what is open until told to stop."""
+        for li in self.listeners.values():
+            li.drain()
+        if self.db_handover is not None:
+            self.db_handover.stop()
+            self.db_handover = None
+        if self.dns is not None:
+            self.stopping_dns, self.dns = asyncio.ensure_future(self.dns.stop()), None
+
+    def send_subscribers_over(self, spread: float) -> None:
+        """The next process serves: each subscriber is asked to reconnect (with its cursor),
+        spread over ``spread`` seconds, as the node process asks its own."""
+        ps = self.pubsub
+        for sub in [*ps.channels.websockets, *ps.channels.streams]:
+            self.clock.call_later(random.random() * spread, ps.ask_to_reconnect, sub)
 
     def new_slow(self) -> list[dict]:
         """The slow requests logged since the last push (for the node's /api/slow)."""
