@@ -6,15 +6,6 @@ from typing import final
 from fast.geo import GeoIndex
 
 @final
-class Entry:
-    @property
-    def reply(self) -> bytes: ...
-    @property
-    def label(self) -> object: ...
-    @property
-    def hits(self) -> int: ...
-
-@final
 class UDPFastPath:
     def __init__(self, fd: int, miss: Callable[[bytes, bytes], tuple[bytes | None, object]],
                  rrl_rate: float = 0, rrl_burst: float = 1, rrl_slip: int = 0,
@@ -42,3 +33,9 @@ class UDPFastPath:
     def dropped(self) -> int: ...
     @property
     def send_errors(self) -> int: ...
+    @property
+    def reads(self) -> int:
+        """recvmmsg calls that returned datagrams (queries / reads: the batch size reached)."""
+    @property
+    def sends(self) -> int:
+        """sendmmsg calls."""

@@ -1,0 +1,161 @@
+"""Instructions per DNS query, counted by callgrind: a figure a loaded machine does not
+move (queries/s on a shared machine do). The method of bench/proxy_callgrind.py.
+
+The server under test (farts-edge's DNSServer as bench/dns.py runs it, or gdnsd with
+its geoip plugin, same zone, database and query mix) runs under ``valgrind
+--tool=callgrind --instr-atstart=no``; once it answers, instrumentation is switched on,
+a warm-up runs (every distinct query once: the reply cache is full), the counters are
+zeroed, then ``dnsload`` sends exactly --small and then --large queries (100 in
+flight), each followed by a dump. Instructions per query = (Ir(LARGE) - Ir(SMALL)) /
+(LARGE - SMALL): startup, idle ticks and per-run constants cancel out.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/dns_callgrind.py [--target farts|gdnsd]
+        [--small 20000] [--large 60000] [--top 25] [--strace]
+
+User-space instructions only: the kernel's share (recvmmsg, sendmmsg, epoll_wait) is
+not counted; ``--strace`` runs the server natively with strace -c attached for the
+LARGE run and prints syscalls per query (strace slows the server, so its batches are
+larger than in an unobserved run: farts' own batch counters, printed for farts, are the
+figure for that).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# bench/dns.py would shadow dnspython's "dns" package: this folder off sys.path.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
+
+import argparse  # noqa: E402
+import glob  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = os.path.dirname(HERE)
+_spec = importlib.util.spec_from_file_location("bench_dns", os.path.join(HERE, "dns.py"))
+bench_dns = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_dns)
+
+
+def dnsload(binary: Path, port: int, qfile: Path, count: int) -> dict:
+    out = subprocess.run([str(binary), "127.0.0.1", str(port), str(qfile), "3600", "100", str(count)],
+                         capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise SystemExit(f"dnsload: {out.stderr}")
+    r = json.loads(out.stdout)
+    if r["answered"] != count:
+        raise SystemExit(f"dnsload: {r['answered']} of {count} queries answered: {r}")
+    return r
+
+
+def control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=600)
+
+
+def total_ir(path: str) -> int:
+    with open(path) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                return int(line.split()[1])
+    raise SystemExit(f"no totals in {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", choices=("farts", "gdnsd"), default="farts")
+    ap.add_argument("--small", type=int, default=20000)
+    ap.add_argument("--large", type=int, default=60000)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--strace", action="store_true", help="count syscalls per query instead (no valgrind)")
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--tree", default=ROOT, help="the farts-edge tree the server runs (default: this one)")
+    ap.add_argument("--db", help="GeoLite2 City file (default: the one the node uses)")
+    a = ap.parse_args()
+    from farts.dns.geoindex import default_database
+    db = a.db or default_database()
+    tmp = Path(tempfile.mkdtemp(prefix="farts-dns-callgrind-"))
+    proc = None
+    try:
+        binary = tmp / "dnsload"
+        subprocess.run(["gcc", "-O2", "-o", str(binary), os.path.join(HERE, "dnsload.c")], check=True)
+        wires = bench_dns.queries(db)
+        qfile = tmp / "queries.bin"
+        qfile.write_bytes(b"".join(len(w).to_bytes(2, "big") + w for w in wires))
+        port = bench_dns.free_port()
+        if a.target == "farts":
+            argv = [a.python, os.path.join(a.tree, "bench", "dns.py"), "--serve-farts", str(port), "--db", db]
+        else:
+            argv = bench_dns.gdnsd_files(tmp / "gdnsd", port, db)
+        out = str(tmp / "callgrind.out")
+        wrap = [] if a.strace else ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                    f"--callgrind-out-file={out}"]
+        proc = subprocess.Popen([*wrap, *argv], cwd=a.tree, env=dict(os.environ, PYTHONPATH=a.tree),
+                                stdout=subprocess.PIPE, stderr=open(tmp / "server.log", "w"), text=True)
+        if a.target == "farts":   # (it answers before its geo index is built: wait for the index)
+            line = proc.stdout.readline()
+            if line.strip() != "ready":
+                raise SystemExit(f"farts: {line!r}, see {tmp / 'server.log'}")
+        bench_dns.wait_answering(port, timeout=1200)
+        if a.strace:
+            dnsload(binary, port, qfile, len(wires))
+            tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(proc.pid), "-o", str(tmp / "strace.txt")],
+                                      stderr=subprocess.DEVNULL)
+            time.sleep(2)
+            dnsload(binary, port, qfile, a.large)
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(60)
+            text = (tmp / "strace.txt").read_text()
+            print(text)
+            for line in text.splitlines():
+                f = line.split()
+                if len(f) >= 5 and f[-1] in ("recvmmsg", "sendmmsg", "epoll_wait", "epoll_pwait", "total"):
+                    print(f"  {f[-1]:11} {int(f[3]) / a.large:.4f} per query ({a.large / int(f[3]):.1f} queries per call)")
+        else:
+            control(proc.pid, "-i", "on")
+            dnsload(binary, port, qfile, len(wires))   # every distinct query once: the cache is warm
+            control(proc.pid, "-z")
+            runs = []
+            for n in (a.small, a.large):
+                dnsload(binary, port, qfile, n)
+                before = set(glob.glob(out + "*"))
+                control(proc.pid, "-d")
+                time.sleep(1)
+                (dump,) = set(glob.glob(out + "*")) - before
+                runs.append((n, dump, total_ir(dump)))
+            (n1, _, ir1), (n2, dump2, ir2) = runs
+            print(f"{a.target}: {(ir2 - ir1) / (n2 - n1):,.0f} instructions per query "
+                  f"(Ir {ir1:,} for {n1} queries, {ir2:,} for {n2}; 100 in flight)")
+            ann = subprocess.run(["callgrind_annotate", "--threshold=99", dump2], capture_output=True,
+                                 text=True, timeout=600).stdout
+            rows = [line for line in ann.splitlines() if re.match(r"\s*[\d,]+ \(", line)]
+            print(f"top functions of the {n2}-query run (self Ir per query, share):")
+            for line in rows[:a.top]:
+                ir, rest = line.split(" (", 1)
+                share, fn = rest.split(")", 1)
+                print(f"  {int(ir.replace(',', '')) / n2:9,.1f}  {share:>6}  {fn.strip()[:110]}")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                tail, _ = proc.communicate(timeout=120)
+                if a.target == "farts" and tail.strip():
+                    print("farts reply cache:", tail.strip().splitlines()[-1])
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if a.strace:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"callgrind files in {tmp}")
+
+
+if __name__ == "__main__":
+    main()
