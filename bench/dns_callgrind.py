@@ -10,13 +10,15 @@ flight), each followed by a dump. Instructions per query = (Ir(LARGE) - Ir(SMALL
 (LARGE - SMALL): startup, idle ticks and per-run constants cancel out.
 
     PYTHONPATH=$PWD .venv/bin/python bench/dns_callgrind.py [--target farts|gdnsd]
-        [--small 20000] [--large 60000] [--top 25] [--strace]
+        [--small 20000] [--large 60000] [--top 25] [--strace | --perf]
 
 User-space instructions only: the kernel's share (recvmmsg, sendmmsg, epoll_wait) is
 not counted; ``--strace`` runs the server natively with strace -c attached for the
 LARGE run and prints syscalls per query (strace slows the server, so its batches are
 larger than in an unobserved run: farts' own batch counters, printed for farts, are the
-figure for that).
+figure for that). ``--perf`` samples the native server with ``perf record -e cpu-clock``
+(a timer, no hardware counters needed) during the LARGE run and prints the top symbols,
+the kernel's included: where the time goes, not the instructions.
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=60000)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--strace", action="store_true", help="count syscalls per query instead (no valgrind)")
+    ap.add_argument("--perf", action="store_true", help="sample where the time goes instead (no valgrind)")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--tree", default=ROOT, help="the farts-edge tree the server runs (default: this one)")
     ap.add_argument("--db", help="GeoLite2 City file (default: the one the node uses)")
@@ -95,7 +98,8 @@ def main() -> None:
         else:
             argv = bench_dns.gdnsd_files(tmp / "gdnsd", port, db)
         out = str(tmp / "callgrind.out")
-        wrap = [] if a.strace else ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+        native = a.strace or a.perf
+        wrap = [] if native else ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                                     f"--callgrind-out-file={out}"]
         proc = subprocess.Popen([*wrap, *argv], cwd=a.tree, env=dict(os.environ, PYTHONPATH=a.tree),
                                 stdout=subprocess.PIPE, stderr=open(tmp / "server.log", "w"), text=True)
@@ -104,7 +108,21 @@ def main() -> None:
             if line.strip() != "ready":
                 raise SystemExit(f"farts: {line!r}, see {tmp / 'server.log'}")
         bench_dns.wait_answering(port, timeout=1200)
-        if a.strace:
+        if a.perf:
+            dnsload(binary, port, qfile, len(wires))
+            data = tmp / "perf.data"
+            sampler = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-o", str(data), "-p", str(proc.pid)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+            r = dnsload(binary, port, qfile, a.large)
+            sampler.send_signal(signal.SIGINT)
+            sampler.wait(60)
+            report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--sort", "dso,sym"],
+                                    capture_output=True, text=True, timeout=600).stdout
+            rows = [line for line in report.splitlines() if line.strip() and not line.startswith("#")]
+            print(f"{a.target}: {r['qps']:,.0f} queries/s under perf; top symbols by share of samples:")
+            print("\n".join(rows[:a.top]))
+        elif a.strace:
             dnsload(binary, port, qfile, len(wires))
             tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(proc.pid), "-o", str(tmp / "strace.txt")],
                                       stderr=subprocess.DEVNULL)
@@ -133,7 +151,7 @@ def main() -> None:
             (n1, _, ir1), (n2, dump2, ir2) = runs
             print(f"{a.target}: {(ir2 - ir1) / (n2 - n1):,.0f} instructions per query "
                   f"(Ir {ir1:,} for {n1} queries, {ir2:,} for {n2}; 100 in flight)")
-            ann = subprocess.run(["callgrind_annotate", "--threshold=99", dump2], capture_output=True,
+            ann = subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=99", dump2], capture_output=True,
                                  text=True, timeout=600).stdout
             rows = [line for line in ann.splitlines() if re.match(r"\s*[\d,]+ \(", line)]
             print(f"top functions of the {n2}-query run (self Ir per query, share):")
@@ -151,7 +169,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if a.strace:
+        if native:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"callgrind files in {tmp}")

@@ -82,9 +82,11 @@ cdef extern from "<netinet/in.h>" nogil:
 
 DEF BATCH = 64
 DEF BUF = 4096
+DEF RSTRIDE = BUF + 64     # receive buffers a line apart from a 4 KiB multiple: no cache-set aliasing
 DEF KEY_MAX = 600          # queries longer than this are not cached (cookies, padding...)
 DEF RRL_SLOTS = 65536      # power of two
 DEF PROBES = 32            # slots a lookup or an insert looks at: bounds the cost of collisions
+DEF MIN_SLOTS = 1024       # the table starts this small and doubles (a small table stays in cache)
 DEF LOC_SLOTS = 4096       # senders whose location is remembered (direct mapped, power of two)
 
 cdef uint64_t _GOLDEN = 0x9E3779B97F4A7C15   # Fibonacci hashing
@@ -154,7 +156,7 @@ cdef class UDPFastPath:
     cdef GeoIndex geo
     # the reply cache
     cdef _Entry **slots
-    cdef size_t mask
+    cdef size_t mask, max_slots
     cdef uint64_t seed
     cdef Py_ssize_t count, max_entries
     cdef _Sender *senders
@@ -178,11 +180,12 @@ cdef class UDPFastPath:
                   Py_ssize_t max_entries=100000):
         """``miss(query: bytes, client: bytes) -> (reply or None, label or None)``:
         label None means do not cache."""
-        cdef size_t size = 1024
+        cdef size_t size = MIN_SLOTS
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
-        while size < <size_t>max_entries * 2:   # at most half full: short probe sequences
-            size *= 2
+        self.max_slots = MIN_SLOTS
+        while self.max_slots < <size_t>max_entries * 2:   # at most half full: short probe sequences
+            self.max_slots *= 2
         self.fd = fd
         self.miss = miss
         self.geo = None
@@ -195,7 +198,7 @@ cdef class UDPFastPath:
         self.evicted_labels = {}
         self.slots = <_Entry **>calloc(size, sizeof(_Entry *))
         self.senders = <_Sender *>calloc(LOC_SLOTS, sizeof(_Sender))
-        self.rbuf = <unsigned char *>malloc(BATCH * BUF)
+        self.rbuf = <unsigned char *>malloc(BATCH * RSTRIDE)
         self.sbuf = <unsigned char *>malloc(BATCH * BUF)
         self.buckets = <_Bucket *>calloc(RRL_SLOTS, sizeof(_Bucket))
         if (self.rbuf == NULL or self.sbuf == NULL or self.buckets == NULL or self.slots == NULL
@@ -205,7 +208,7 @@ cdef class UDPFastPath:
         memset(self.rmsg, 0, sizeof(self.rmsg))
         memset(self.smsg, 0, sizeof(self.smsg))
         for i in range(BATCH):
-            self.riov[i].iov_base = self.rbuf + i * BUF
+            self.riov[i].iov_base = self.rbuf + i * RSTRIDE
             self.riov[i].iov_len = BUF
             self.rmsg[i].msg_hdr.msg_iov = &self.riov[i]
             self.rmsg[i].msg_hdr.msg_iovlen = 1
@@ -297,6 +300,8 @@ cdef class UDPFastPath:
             return
         if self.count >= self.max_entries:
             self.clear()
+        elif <size_t>(self.count + 1) * 2 > self.mask + 1 and self.mask + 1 < self.max_slots:
+            self._grow()
         for p in range(PROBES):
             if self.slots[i & self.mask] == NULL:
                 break
@@ -320,6 +325,36 @@ cdef class UDPFastPath:
         data[klen + 1] = 0
         self.slots[i & self.mask] = e
         self.count += 1
+
+    cdef void _grow(self):
+        """Twice the slots, the entries placed again by their hash (one that finds no free
+        slot within PROBES is dropped, its replays counted as if cleared)."""
+        cdef size_t size = (self.mask + 1) * 2, i, j
+        cdef int p
+        cdef _Entry *e
+        cdef _Entry **slots = <_Entry **>calloc(size, sizeof(_Entry *))
+        if slots == NULL:
+            return
+        for i in range(self.mask + 1):
+            e = self.slots[i]
+            if e == NULL:
+                continue
+            j = <size_t>e.hash
+            for p in range(PROBES):
+                if slots[j & (size - 1)] == NULL:
+                    slots[j & (size - 1)] = e
+                    break
+                j += 1
+            else:
+                if e.hits:
+                    label = <object>e.label
+                    self.evicted_labels[label] = self.evicted_labels.get(label, 0) + e.hits
+                Py_DECREF(<object>e.label)
+                free(e)
+                self.count -= 1
+        free(self.slots)
+        self.slots = slots
+        self.mask = size - 1
 
     # ---- rate limiting ----
 
@@ -430,6 +465,7 @@ cdef class UDPFastPath:
         """Answers what is queued on the socket (up to max_batches batches); returns the
         number of messages read."""
         cdef int got, i, nsend, sent, action, k, total = 0
+        cdef size_t used
         cdef int32_t loc
         cdef Py_ssize_t n, rlen
         cdef uint64_t h
@@ -446,15 +482,16 @@ cdef class UDPFastPath:
             total += got
             now = _now() if self.rate > 0 else 0
             nsend = 0
+            used = 0       # replies are packed in sbuf (64-byte aligned): few lines and pages touched
             keep = None
             for i in range(got):
                 n = self.rmsg[i].msg_len
-                q = self.rbuf + i * BUF
+                q = self.rbuf + i * RSTRIDE
                 if n < 12 or (self.rmsg[i].msg_hdr.msg_flags & MSG_TRUNC) or (q[2] & 0x80):
                     self.dropped += 1      # no header, too big, or a response: never answered
                     continue
                 action = self._limit(&self.addrs[i], now)
-                out = self.sbuf + nsend * BUF
+                out = self.sbuf + used
                 if action == 1:
                     self.rrl_dropped += 1
                     continue
@@ -465,6 +502,7 @@ cdef class UDPFastPath:
                         continue
                     self.siov[nsend].iov_base = out
                     self.siov[nsend].iov_len = rlen
+                    used += (rlen + 63) & ~(<size_t>63)
                 else:
                     loc = self._loc(&self.addrs[i])
                     e = NULL
@@ -480,6 +518,7 @@ cdef class UDPFastPath:
                         out[1] = q[1]
                         self.siov[nsend].iov_base = out
                         self.siov[nsend].iov_len = e.rlen
+                        used += (e.rlen + 63) & ~(<size_t>63)
                     else:
                         self.misses += 1
                         reply, label = self.miss(PyBytes_FromStringAndSize(<char *>q, n),
