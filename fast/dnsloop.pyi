@@ -12,6 +12,8 @@ class UDPFastPath:
                  max_entries: int = 100000) -> None:
         """``fd``: a bound non-blocking UDP socket. ``miss(query, packed client address)``
         returns (reply or None, label or None); a label makes the reply cacheable."""
+    def fileno(self) -> int:
+        """What to watch for readability (an epoll set holding the socket), then call on_readable."""
     def set_geo(self, geo: GeoIndex | None) -> None:
         """Index used to place senders (cache keys); clears the cache."""
     def clear(self) -> None: ...

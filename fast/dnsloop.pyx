@@ -18,7 +18,7 @@ The caller owns the socket (non-blocking UDP, bound) and the event loop: it call
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
-from libc.errno cimport EAGAIN, EINTR, errno
+from libc.errno cimport EAGAIN, EEXIST, EINTR, errno
 from libc.stdint cimport int32_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
@@ -65,6 +65,25 @@ cdef extern from "<sys/socket.h>" nogil:
     enum: AF_INET6
 
 
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        int fd
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    enum: EPOLL_CLOEXEC
+    enum: EPOLL_CTL_ADD
+    enum: EPOLL_CTL_DEL
+    enum: EPOLLIN
+
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+
+
 cdef extern from "<netinet/in.h>" nogil:
     struct in_addr:
         uint32_t s_addr
@@ -88,6 +107,7 @@ DEF RRL_SLOTS = 65536      # power of two
 DEF PROBES = 32            # slots a lookup or an insert looks at: bounds the cost of collisions
 DEF MIN_SLOTS = 1024       # the table starts this small and doubles (a small table stays in cache)
 DEF LOC_SLOTS = 4096       # senders whose location is remembered (direct mapped, power of two)
+DEF UNWATCH_AT = 8         # a batch this large: the socket leaves the epoll set while answering
 
 cdef uint64_t _GOLDEN = 0x9E3779B97F4A7C15   # Fibonacci hashing
 cdef uint64_t _MIX = 0xD6E8FEB86659FD93      # the final multiply of the key hash
@@ -151,7 +171,8 @@ cdef inline uint64_t _hash(uint64_t seed, const unsigned char *p, Py_ssize_t n, 
 
 @cython.final
 cdef class UDPFastPath:
-    cdef int fd
+    cdef int fd, epfd
+    cdef bint watched          # the socket is in epfd's set
     cdef object miss
     cdef GeoIndex geo
     # the reply cache
@@ -187,6 +208,7 @@ cdef class UDPFastPath:
         while self.max_slots < <size_t>max_entries * 2:   # at most half full: short probe sequences
             self.max_slots *= 2
         self.fd = fd
+        self.epfd = -1
         self.miss = miss
         self.geo = None
         self.mask = size - 1
@@ -204,6 +226,10 @@ cdef class UDPFastPath:
         if (self.rbuf == NULL or self.sbuf == NULL or self.buckets == NULL or self.slots == NULL
                 or self.senders == NULL):
             raise MemoryError()
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError(errno, "dns: epoll_create1 failed")
+        self._watch()
         cdef int i
         memset(self.rmsg, 0, sizeof(self.rmsg))
         memset(self.smsg, 0, sizeof(self.smsg))
@@ -224,11 +250,32 @@ cdef class UDPFastPath:
                 if self.slots[i] != NULL:
                     Py_DECREF(<object>self.slots[i].label)
                     free(self.slots[i])
+        if self.epfd >= 0:
+            close(self.epfd)
         free(self.slots)
         free(self.senders)
         free(self.rbuf)
         free(self.sbuf)
         free(self.buckets)
+
+    def fileno(self):
+        """The descriptor to watch for readability (then call ``on_readable``): an epoll
+        set holding the socket. While a busy socket is answered it leaves that set: a
+        socket with a waiter in its wait queue (any epoll set watching it) wakes it on
+        every datagram sent, as each one's buffer space is freed; a socket no one waits
+        on skips that (perf: 3.7% of the server's time under dnsperf, absent from gdnsd,
+        whose thread blocks in recvmmsg instead)."""
+        return self.epfd
+
+    cdef int _watch(self) except -1:
+        cdef epoll_event ev
+        memset(&ev, 0, sizeof(ev))
+        ev.events = EPOLLIN
+        ev.data.fd = self.fd
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.fd, &ev) < 0 and errno != EEXIST:
+            raise OSError(errno, "dns: epoll_ctl(ADD) of the UDP socket failed")
+        self.watched = True
+        return 0
 
     def set_geo(self, GeoIndex geo):
         """The index used to place senders (None: every sender at "unknown"); clears."""
@@ -464,6 +511,13 @@ cdef class UDPFastPath:
     def on_readable(self, int max_batches=8):
         """Answers what is queued on the socket (up to max_batches batches); returns the
         number of messages read."""
+        try:
+            return self._answer(max_batches)
+        finally:
+            if not self.watched:   # (queued datagrams make the set readable again at once)
+                self._watch()
+
+    cdef int _answer(self, int max_batches) except -1:
         cdef int got, i, nsend, sent, action, k, total = 0
         cdef size_t used
         cdef int32_t loc
@@ -480,6 +534,8 @@ cdef class UDPFastPath:
                 break
             self.reads += 1
             total += got
+            if self.watched and got >= UNWATCH_AT and epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.fd, NULL) == 0:
+                self.watched = False
             now = _now() if self.rate > 0 else 0
             nsend = 0
             used = 0       # replies are packed in sbuf (64-byte aligned): few lines and pages touched

@@ -192,3 +192,25 @@ def test_a_run_time_txt_record_replaces_the_cached_negative_answer(exact):
         assert [s.decode() for rrset in r.answer for rd in rrset for s in rd.strings] == ["token-1"]
     finally:
         srv.close()
+
+
+def test_the_server_answers_bursts_then_single_queries(exact):
+    """A burst (batches of 64: the socket leaves the epoll set while they are answered),
+    then queries one at a time: each is answered, so the socket was watched again."""
+    srv = Running(dns_config(exact), MemberMap(list(NODES)))
+    try:
+        wires = [with_id(w, i) for i, w in enumerate(query_set())]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            c.settimeout(10)
+            for _ in range(2):   # misses, then hits
+                for w in wires:
+                    c.sendto(w, ("127.0.0.1", srv.port))
+                ids = sorted(int.from_bytes(c.recv(65535)[:2], "big") for _ in wires)
+                assert ids == list(range(len(wires)))
+                for i in range(20):
+                    c.sendto(with_id(wires[i], 5000 + i), ("127.0.0.1", srv.port))
+                    assert c.recv(65535)[:2] == (5000 + i).to_bytes(2, "big")
+        assert srv.server.fast.reads < srv.server.fast.hits + srv.server.fast.misses   # (batches were read)
+    finally:
+        srv.close()
