@@ -607,6 +607,6 @@ cdef class UDPFastPath:
                 else:   # this destination failed (unreachable...): skip it, send the rest
                     self.send_errors += 1
                     i += 1
-            if got < BATCH:
-                break
+            if got < BATCH and self.watched:
+                break   # (unwatched, busy: read until the socket is empty, not through epoll again)
         return total
