@@ -33,10 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 import argparse  # noqa: E402
-import glob  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
-import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -47,7 +45,8 @@ from pathlib import Path  # noqa: E402
 ROOT = os.path.dirname(HERE)
 _spec = importlib.util.spec_from_file_location("bench_dns", os.path.join(HERE, "dns.py"))
 bench_dns = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_dns)
+_spec.loader.exec_module(bench_dns)   # (it puts the tree's root on sys.path)
+from bench.callgrind import control, per_unit, top_functions  # noqa: E402
 
 
 def dnsload(binary: Path, port: int, qfile: Path, count: int) -> dict:
@@ -81,18 +80,6 @@ def attached(observer: list[str], work) -> int:
     obs.send_signal(signal.SIGINT)
     obs.wait(120)
     return n
-
-
-def control(pid: int, *args: str) -> None:
-    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=600)
-
-
-def total_ir(path: str) -> int:
-    with open(path) as f:
-        for line in f:
-            if line.startswith("summary:") or line.startswith("totals:"):
-                return int(line.split()[1])
-    raise SystemExit(f"no totals in {path}")
 
 
 def main() -> None:
@@ -175,25 +162,9 @@ def main() -> None:
             control(proc.pid, "-i", "on")
             dnsload(binary, port, qfile, len(wires))   # every distinct query once: the cache is warm
             control(proc.pid, "-z")
-            runs = []
-            for n in (a.small, a.large):
-                dnsload(binary, port, qfile, n)
-                before = set(glob.glob(out + "*"))
-                control(proc.pid, "-d")
-                time.sleep(1)
-                (dump,) = set(glob.glob(out + "*")) - before
-                runs.append((n, dump, total_ir(dump)))
-            (n1, _, ir1), (n2, dump2, ir2) = runs
-            print(f"{a.target}: {(ir2 - ir1) / (n2 - n1):,.0f} instructions per query "
-                  f"(Ir {ir1:,} for {n1} queries, {ir2:,} for {n2}; 100 in flight)")
-            ann = subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=99", dump2], capture_output=True,
-                                 text=True, timeout=600).stdout
-            rows = [line for line in ann.splitlines() if re.match(r"\s*[\d,]+ \(", line)]
-            print(f"top functions of the {n2}-query run (self Ir per query, share):")
-            for line in rows[:a.top]:
-                ir, rest = line.split(" (", 1)
-                share, fn = rest.split(")", 1)
-                print(f"  {int(ir.replace(',', '')) / n2:9,.1f}  {share:>6}  {fn.strip()[:110]}")
+            per, counted, dump = per_unit(proc.pid, out, lambda n: dnsload(binary, port, qfile, n), a.small, a.large)
+            print(f"{a.target}: {per:,.0f} instructions per query ({counted} queries; 100 in flight)")
+            top_functions(dump, a.large, "query", a.top)
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
