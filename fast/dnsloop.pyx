@@ -12,7 +12,8 @@ Response rate limiting per /24 (IPv4) or /56 (IPv6) runs here, before the cache,
 the same token-bucket rules as farts/dns/rrl.py.
 
 The caller owns the socket (non-blocking UDP, bound) and the event loop: it calls
-``on_readable()`` when the socket is readable. Nothing here blocks.
+``on_readable()`` when ``fileno()`` (an epoll set holding the socket, which a busy
+socket leaves while it is answered: see fileno) is readable. Nothing here blocks.
 """
 
 cimport cython
