@@ -14,6 +14,8 @@ class UDPFastPath:
         returns (reply or None, label or None); a label makes the reply cacheable."""
     def fileno(self) -> int:
         """What to watch for readability (an epoll set holding the socket), then call on_readable."""
+    def close(self) -> None:
+        """Closes the epoll set (not the socket)."""
     def set_geo(self, geo: GeoIndex | None) -> None:
         """Index used to place senders (cache keys); clears the cache."""
     def clear(self) -> None: ...

@@ -268,6 +268,12 @@ cdef class UDPFastPath:
         whose thread blocks in recvmmsg instead)."""
         return self.epfd
 
+    def close(self):
+        """Closes the epoll set (the socket is the caller's to close)."""
+        if self.epfd >= 0:
+            close(self.epfd)
+            self.epfd = -1
+
     cdef int _watch(self) except -1:
         cdef epoll_event ev
         memset(&ev, 0, sizeof(ev))

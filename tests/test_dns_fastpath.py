@@ -74,6 +74,7 @@ class Loop:
     def close(self) -> None:
         for c in self.clients.values():
             c.close()
+        self.fast.close()
         self.sock.close()
 
 

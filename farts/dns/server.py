@@ -285,6 +285,7 @@ class DNSServer:
         self.responder.close()
         if self._udp_sock is not None:
             asyncio.get_running_loop().remove_reader(self.fast.fileno())
+            self.fast.close()
             self._udp_sock.close()
         if self._udp is not None:
             self._udp.close()
