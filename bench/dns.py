@@ -140,7 +140,9 @@ def farts_serve(port: int, db: str) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
         f = srv.fast
-        print(json.dumps({"hits": f.hits, "misses": f.misses} if f else {}), flush=True)
+        print(json.dumps({"hits": f.hits, "misses": f.misses, "recvmmsg": f.reads, "sendmmsg": f.sends,
+                          "queries_per_recvmmsg": round((f.hits + f.misses) / max(f.reads, 1), 1)}
+                         if f else {}), flush=True)
         await srv.stop()
 
     uvloop.run(main())

@@ -1,7 +1,9 @@
 /* A small UDP DNS load generator: keeps N queries in flight against one server.
  *
- *   dnsload HOST PORT QUERYFILE SECONDS INFLIGHT
+ *   dnsload HOST PORT QUERYFILE SECONDS INFLIGHT [COUNT]
  *
+ * COUNT: stop once COUNT queries are answered, sending no more than that (a fixed
+ * number of queries, for instruction counts: bench/dns_callgrind.py); SECONDS still bounds the run.
  * QUERYFILE: wire-format queries, each preceded by a 2-byte big-endian length (IDs are
  * overwritten).  Each in-flight slot owns an ID; a reply frees its slot, which sends the
  * next query of the file (round robin).  A slot unanswered for 1 s counts as lost and
@@ -37,12 +39,13 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: dnsload HOST PORT QUERYFILE SECONDS INFLIGHT\n");
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: dnsload HOST PORT QUERYFILE SECONDS INFLIGHT [COUNT]\n");
         return 2;
     }
     double seconds = atof(argv[4]);
     int inflight = atoi(argv[5]);
+    unsigned long long count = argc == 7 ? strtoull(argv[6], NULL, 10) : 0;   /* 0: no limit */
     if (inflight < 1 || inflight > 60000) { fprintf(stderr, "inflight 1..60000\n"); return 2; }
 
     FILE *f = fopen(argv[3], "rb");
@@ -98,10 +101,11 @@ int main(int argc, char **argv) {
     double start = now(), end = start + seconds, last_sweep = start;
     while (1) {
         double t = now();
-        if (t >= end) break;
+        if (t >= end || (count && answered >= count)) break;
         /* send what is pending, in batches */
-        while (npending > 0) {
+        while (npending > 0 && (!count || sent - lost < count)) {   /* (a lost query is sent again) */
             int n = npending < BATCH ? npending : BATCH;
+            if (count && n > count - (sent - lost)) n = count - (sent - lost);
             for (int i = 0; i < n; i++) {
                 int slot = pending[npending - 1 - i];
                 size_t q = next++ % nq;

@@ -36,8 +36,9 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [os.path.join(HERE, "peers"), ROOT]
 from body import make_body  # noqa: E402
 
+from bench.callgrind import control, dumps  # noqa: E402
 from bench.cdn import H, node_config  # noqa: E402
-from bench.proxy_callgrind import control, h2load, ir_runs, nginx_conf, wait_ready  # noqa: E402
+from bench.proxy_callgrind import h2load, nginx_conf, wait_ready  # noqa: E402
 
 SIZES = {"cdn-1k": 1024, "cdn-100k": 102400}
 
@@ -115,7 +116,8 @@ def main() -> None:
                 control(proc.pid, "-i", "on")
             h2load(url, a.warmup, a.connections)
             control(proc.pid, "-z")
-            (n1, dump1, ir1), (n2, dump2, ir2) = ir_runs(proc.pid, url, out, (a.small, a.large), a.connections)
+            (n1, dump1, ir1), (n2, dump2, ir2) = dumps(proc.pid, out, lambda n, url=url: h2load(url, n, a.connections),
+                                                      (a.small, a.large))
             rp1, rp2 = read_path_ir(dump1), read_path_ir(dump2)
             per = (ir2 - ir1) / (n2 - n1)
             print(f"{name}: {per:,.0f} instructions per request, {(rp2 - rp1) / (n2 - n1):,.0f} of them "

@@ -27,7 +27,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 import argparse  # noqa: E402
-import glob  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -40,6 +39,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [os.path.join(HERE, "peers"), ROOT]
 from body import make_body  # noqa: E402
 
+from bench.callgrind import control, per_unit, top_functions  # noqa: E402
 from bench.proxy_inprocess import node_config  # noqa: E402
 
 
@@ -129,32 +129,6 @@ def h2load(url: str, n: int, c: int) -> None:
         raise SystemExit(f"h2load: not all {n} requests succeeded:\n{out}")
 
 
-def control(pid: int, *args: str) -> None:
-    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=600)
-
-
-def total_ir(path: str) -> int:
-    with open(path) as f:
-        for line in f:
-            if line.startswith("summary:") or line.startswith("totals:"):
-                return int(line.split()[1])
-    raise SystemExit(f"no totals in {path}")
-
-
-def ir_runs(pid: int, url: str, out: str, counts, connections: int) -> list[tuple[int, str, int]]:
-    """``h2load`` with each count of requests in turn, each followed by a callgrind dump
-    (which zeroes the counters): (count, dump file, Ir) per run."""
-    runs = []
-    for n in counts:
-        h2load(url, n, connections)
-        before = set(glob.glob(out + "*"))
-        control(pid, "-d")
-        time.sleep(1)
-        (dump,) = set(glob.glob(out + "*")) - before
-        runs.append((n, dump, total_ir(dump)))
-    return runs
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", choices=("farts", "nginx", "upstream"), default="farts")
@@ -209,18 +183,9 @@ def main() -> None:
         control(proc.pid, "-i", "on")
         h2load(url, a.warmup, a.connections)
         control(proc.pid, "-z")
-        (n1, _, ir1), (n2, dump2, ir2) = ir_runs(proc.pid, url, out, (a.small, a.large), a.connections)
-        per = (ir2 - ir1) / (n2 - n1)
-        print(f"{a.target}: {per:,.0f} instructions per request "
-              f"(Ir {ir1:,} for {n1} requests, {ir2:,} for {n2}; -c {a.connections}; {d})")
-        ann = subprocess.run(["callgrind_annotate", "--threshold=99", dump2], capture_output=True,
-                             text=True, timeout=600).stdout
-        rows = [line for line in ann.splitlines() if re.match(r"\s*[\d,]+ \(", line)]
-        print(f"top functions of the {n2}-request run (self Ir per request, share):")
-        for line in rows[:a.top]:
-            ir, rest = line.split(" (", 1)
-            share, fn = rest.split(")", 1)
-            print(f"  {int(ir.replace(',', '')) / n2:9,.0f}  {share:>6}  {fn.strip()[:110]}")
+        per, counted, dump = per_unit(proc.pid, out, lambda n: h2load(url, n, a.connections), a.small, a.large)
+        print(f"{a.target}: {per:,.0f} instructions per request ({counted} requests; -c {a.connections}; {d})")
+        top_functions(dump, a.large, "request", a.top)
     finally:
         for p in reversed(procs):
             if p.poll() is None:

@@ -6,21 +6,16 @@ from typing import final
 from fast.geo import GeoIndex
 
 @final
-class Entry:
-    @property
-    def reply(self) -> bytes: ...
-    @property
-    def label(self) -> object: ...
-    @property
-    def hits(self) -> int: ...
-
-@final
 class UDPFastPath:
     def __init__(self, fd: int, miss: Callable[[bytes, bytes], tuple[bytes | None, object]],
                  rrl_rate: float = 0, rrl_burst: float = 1, rrl_slip: int = 0,
                  max_entries: int = 100000) -> None:
         """``fd``: a bound non-blocking UDP socket. ``miss(query, packed client address)``
         returns (reply or None, label or None); a label makes the reply cacheable."""
+    def fileno(self) -> int:
+        """What to watch for readability (an epoll set holding the socket), then call on_readable."""
+    def close(self) -> None:
+        """Closes the epoll set (not the socket)."""
     def set_geo(self, geo: GeoIndex | None) -> None:
         """Index used to place senders (cache keys); clears the cache."""
     def clear(self) -> None: ...
@@ -42,3 +37,9 @@ class UDPFastPath:
     def dropped(self) -> int: ...
     @property
     def send_errors(self) -> int: ...
+    @property
+    def reads(self) -> int:
+        """recvmmsg calls that returned datagrams (queries / reads: the batch size reached)."""
+    @property
+    def sends(self) -> int:
+        """sendmmsg calls."""

@@ -256,7 +256,7 @@ class DNSServer:
         stats.rrl.sources.append(lambda: {("drop",): fast.rrl_dropped, ("slip",): fast.rrl_slipped})
         stats.dropped.sources.append(lambda: {("unparseable",): fast.dropped, ("send_failed",): fast.send_errors})
         stats.cached.sources.append(lambda: {(): fast.hits})
-        loop.add_reader(sock.fileno(), fast.on_readable)
+        loop.add_reader(fast.fileno(), fast.on_readable)   # (an epoll set of the socket: fast.dnsloop)
 
     def _miss(self, data: bytes, client: bytes):
         started = time.perf_counter()
@@ -284,7 +284,8 @@ class DNSServer:
             self._first_build.cancel()
         self.responder.close()
         if self._udp_sock is not None:
-            asyncio.get_running_loop().remove_reader(self._udp_sock.fileno())
+            asyncio.get_running_loop().remove_reader(self.fast.fileno())
+            self.fast.close()
             self._udp_sock.close()
         if self._udp is not None:
             self._udp.close()
