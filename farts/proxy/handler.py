@@ -51,6 +51,7 @@ from fast.proxyhead import (
 )
 
 from .headers import authority_of, origin_form
+from .pipeline import Pipeline
 from .tunnel import Tunnel
 from .upstream import Server
 
@@ -74,6 +75,10 @@ class ProxyStats:
             ("upstream", "server", "outcome"))
         self.retries = metrics.counter(
             "farts_proxy_retries_total", "Requests retried (another server or a fresh connection)",
+            ("upstream",))
+        self.pipelined = metrics.counter(
+            "farts_proxy_pipelined_total",
+            "Requests written with others in one write on one upstream connection (pipeline > 1)",
             ("upstream",))
         self.seconds = metrics.histogram(
             "farts_proxy_upstream_seconds", "Time from request to upstream response head",
@@ -182,25 +187,36 @@ def _what(req: Request) -> str:
 class UpstreamBody(ResponseBody):
     """Streams one upstream response body, counting how it ended."""
 
-    __slots__ = ("proxy", "req")
+    __slots__ = ("proxy", "req", "pipeline")
 
     def __init__(self, proxy: ProxyHandler, conn: ClientConnection, keep_alive: bool,
-                 req: Request) -> None:
+                 req: Request, pipeline: Pipeline | None) -> None:
         super().__init__(conn, keep_alive, proxy.up.read_timeout)
         self.proxy = proxy
         self.req = req
+        self.pipeline = pipeline   # the answers due after this one on the connection
 
     def ended(self, conn: ClientConnection) -> None:
         self.proxy.count(conn.pool, "ok")
+
+    def release(self, conn: ClientConnection) -> None:
+        if self.pipeline is None:
+            super().release(conn)
+        else:
+            self.pipeline.resume(self.keep_alive)
 
     def failed(self, conn: ClientConnection, outcome: str, why: str, error) -> Exception:
         self.proxy.count(conn.pool, outcome)
         log.warning("upstream %s server %s: %s: %s; closing the client connection",
                     self.proxy.name, conn.pool.address, _what(self.req), why)
+        if self.pipeline is not None:
+            self.pipeline.end()
         return UpstreamBodyError(why)
 
     def gone(self, conn: ClientConnection) -> None:
         self.proxy.count(conn.pool, "client_gone")
+        if self.pipeline is not None:
+            self.pipeline.end()
 
 
 _future_init = asyncio.Future.__init__
@@ -216,6 +232,11 @@ class Exchange(asyncio.Future):
     tries another server once; a timeout (the group's sweep) or a bad answer is a 504 or
     502. ``cancel`` (the client went away) aborts the upstream connection.
 
+    A GET of a group with ``pipeline`` > 1 is queued instead, and sent at the end of the
+    loop turn with the others queued for its server (farts/proxy/pipeline.py); its
+    ``pipeline`` then answers it (``pipelined_answer``), or sends it again alone
+    (``unanswered``), or times it out.
+
     The transport's done callback (added without a context) is called at once, in the
     step that completes the exchange, not scheduled for a later loop turn as asyncio
     does (a Handle and a loop pass per request, 2 % of a proxied request's instructions);
@@ -224,7 +245,7 @@ class Exchange(asyncio.Future):
 
     __slots__ = ("proxy", "req", "data", "rid", "server", "conn", "reused", "tried",
                  "retry_other", "retry_stale", "start", "connect_s", "connecting", "interim",
-                 "is_head", "answer_to")
+                 "is_head", "answer_to", "pipeline")
 
     def __init__(self, proxy: ProxyHandler, req: Request, loop) -> None:
         _future_init(self, loop=loop)
@@ -241,6 +262,10 @@ class Exchange(asyncio.Future):
         self.connect_s = -1.0
         self.start = req.start   # (the transport's clock read, just before this call)
         self.answer_to = None
+        self.pipeline: Pipeline | None = None
+        if proxy.depth > 1 and req.method == b"GET":
+            proxy.queue(self)
+            return
         conn = server.take()
         if conn is None:
             self.go(True)
@@ -354,6 +379,30 @@ class Exchange(asyncio.Future):
         self.conn.queue(events)
         self.wake()
 
+    def pipelined_answer(self, head: ResponseHead, body: bytes | None) -> None:
+        """Its answer, from its pipeline (``body`` None: it streams, the connection's)."""
+        proxy = self.proxy
+        proxy.in_flight.pop(self, None)
+        self.set_result(proxy.respond(self.conn, head, self.req, self.rid, False, self.start,
+                                      self.connect_s, body, self.pipeline))
+        self.call_back()
+
+    def unanswered(self) -> None:
+        """Its pipeline ended before its answer: sent again, once, on a fresh connection."""
+        proxy = self.proxy
+        proxy.in_flight.pop(self, None)
+        self.pipeline = None
+        self.interim = False
+        if self.done():
+            return
+        if self.retry_stale:
+            self.retry_stale = False
+            proxy.retrying(self.server, "unanswered")
+            self.go(True)
+        else:
+            self.answer(proxy.exchange_failed(self.server, self.conn, ConnectionLost("connection closed"),
+                                              self.req, self.rid))
+
     def answered(self, head: ResponseHead) -> None:
         self.unwatch()
         conn = self.conn
@@ -367,7 +416,7 @@ class Exchange(asyncio.Future):
         if (type(e) is ConnectionLost and self.reused and conn.received == 0
                 and self.retry_stale and self.req.method in IDEMPOTENT):
             # The usual race: the upstream closed the idle connection as we sent.
-            self.proxy.stale(self.server)
+            self.proxy.retrying(self.server, "stale")
             self.retry_stale = False
             self.go(True)
             return
@@ -375,6 +424,9 @@ class Exchange(asyncio.Future):
 
     def timed_out(self) -> None:
         """The group's sweep: no answer within read_timeout."""
+        if self.pipeline is not None:
+            self.pipeline.timed_out()
+            return
         self.conn.owner = None
         self.failed(ReadTimeout())
 
@@ -392,6 +444,9 @@ class Exchange(asyncio.Future):
         if conn is not None and conn.owner is self:
             self.unwatch()
             conn.abort()
+            self.proxy.count(self.server, "client_gone")
+        elif self.pipeline is not None:   # (its answer, when it comes, is dropped)
+            self.proxy.in_flight.pop(self, None)
             self.proxy.count(self.server, "client_gone")
         cancelled = super().cancel(msg)
         self.call_back()
@@ -452,6 +507,7 @@ class ProxyHandler:
         self.now = 0.0
         self.sweeper: Timer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None   # the node's, from the first request
+        self.depth = up.pipeline
 
     # -- metrics ---------------------------------------------------------------------
     def count(self, server: Server, outcome: str) -> None:
@@ -483,6 +539,32 @@ class ProxyHandler:
         rest = [s for s in servers if s not in exclude]
         return min(rest, key=lambda s: s.down_until) if rest else None
 
+    # -- pipelining (farts/proxy/pipeline.py) ---------------------------------------------
+    def queue(self, ex: Exchange) -> None:
+        """A GET for the flush at the end of this loop turn."""
+        queued = ex.server.queued
+        queued.append(ex)
+        if len(queued) == 1:
+            self.loop.call_soon(self.flush, ex.server)
+
+    def flush(self, server: Server) -> None:
+        """The GETs queued for ``server`` in this loop turn: up to ``depth`` in one write
+        per idle connection; without an idle connection each connects as it would alone."""
+        queued, server.queued = server.queued, []
+        exchanges = [ex for ex in queued if not ex.done()]   # (a client gone meanwhile)
+        depth = self.depth
+        for i in range(0, len(exchanges), depth):
+            conn = server.take()
+            if conn is None:
+                for ex in exchanges[i:]:
+                    ex.go(True)
+                return
+            batch = exchanges[i:i + depth]
+            if len(batch) == 1:
+                batch[0].send(conn, True)
+            else:
+                Pipeline(self, conn, batch)
+
     # -- read timeouts of the exchanges ------------------------------------------------
     def start_sweep(self) -> None:
         self.now = self.clock.monotonic()
@@ -490,9 +572,10 @@ class ProxyHandler:
 
     def _sweep(self, now: float) -> None:
         self.now = now
-        for ex in [ex for ex, deadline in self.in_flight.items() if deadline <= now]:
-            del self.in_flight[ex]
-            ex.timed_out()
+        in_flight = self.in_flight
+        for ex in [ex for ex, deadline in in_flight.items() if deadline <= now]:
+            if in_flight.pop(ex, None) is not None:   # (not answered by an earlier one's pipeline)
+                ex.timed_out()
 
     # -- the steps both kinds of request share -----------------------------------------
     def upstream_head(self, req: Request, server: Server, length: int) -> tuple[bytes, bytes]:
@@ -526,8 +609,10 @@ class ProxyHandler:
             log.warning("upstream %s server %s: %s: %s", self.name, server.address, _what(req), why)
         return why, nxt
 
-    def stale(self, server: Server) -> None:
-        self.count(server, "stale")
+    def retrying(self, server: Server, outcome: str) -> None:
+        """An attempt that got no answer ("stale": a pooled connection closed as it was
+        used; "unanswered": behind others on a connection that closed), sent again."""
+        self.count(server, outcome)
         self._retry()
 
     def exchange_failed(self, server: Server, conn: ClientConnection, e: Exception, req: Request,
@@ -548,24 +633,27 @@ class ProxyHandler:
         return _error(502, "bad upstream response", rid)
 
     def respond(self, conn: ClientConnection, resp: ResponseHead, req: Request, rid: bytes,
-                is_head: bool, start: float, connect_s: float, whole: bytes | None) -> Response | Fixed:
+                is_head: bool, start: float, connect_s: float, whole: bytes | None,
+                pipeline: Pipeline | None = None) -> Response | Fixed:
         """The client's answer to the upstream's final head ``resp`` on ``conn``; ``whole``:
-        its body when all of it has come (``conn.take_whole_body()``), else None."""
+        its body when all of it has come (``conn.take_whole_body()``), else None.
+        ``pipeline``: the connection's, which keeps it after a whole answer."""
         head_at = perf_counter()
         self.m.seconds.observe(head_at - start, self._key)
         status = resp.status
         head_only = is_head or status == 204 or status == 304
         if whole is None:
-            body = UpstreamBody(self, conn, resp.keep_alive, req)
+            body = UpstreamBody(self, conn, resp.keep_alive, req, pipeline)
         else:
             # The whole body came with the head (the usual case for small answers): hand
             # it over as bytes, so the transport writes head and body in one send.
             server = conn.pool
             server.answered += 1
-            if resp.keep_alive:
-                server.release(conn)
-            else:
-                conn.abort()
+            if pipeline is None:   # (a pipeline keeps its connection for the answers after it)
+                if resp.keep_alive:
+                    server.release(conn)
+                else:
+                    conn.abort()
             if not head_only and type(req) is Request and head_at - req.start < self.slow_request_seconds:
                 # The usual case: one Fixed, written by the transport as it is (HTTP/1;
                 # HTTP/2 takes the Response). A slow one keeps its timings (below).
@@ -632,7 +720,7 @@ class ProxyHandler:
                 conn.abort()
                 if (type(e) is ConnectionLost and reused and conn.received == 0 and replayable
                         and body is None and retry_stale):
-                    self.stale(server)
+                    self.retrying(server, "stale")
                     retry_stale = False
                     fresh = True
                     continue
@@ -681,7 +769,7 @@ class ProxyHandler:
             raise
         if head.status != 101:   # refused: its answer, then both connections close
             whole = conn.take_whole_body()
-            body = whole if whole is not None else UpstreamBody(self, conn, False, req)
+            body = whole if whole is not None else UpstreamBody(self, conn, False, req, None)
             if whole is not None:
                 self.count(server, "ok")
                 conn.abort()

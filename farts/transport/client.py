@@ -460,10 +460,7 @@ class ResponseBody:
         if ev is END:
             self.conn = None
             self.ended(conn)
-            if self.keep_alive:
-                conn.pool.release(conn)
-            else:
-                conn.abort()
+            self.release(conn)
             raise StopAsyncIteration
         if ev is None or conn.closed:
             self._fail("body_error", f"connection lost mid-body ({conn.exc or 'closed'})", ConnectionLost)
@@ -485,6 +482,13 @@ class ResponseBody:
     # -- hooks ---------------------------------------------------------------------
     def ended(self, conn: ClientConnection) -> None:
         """The body ended cleanly."""
+
+    def release(self, conn: ClientConnection) -> None:
+        """After the clean end: the connection back to its pool (or closed)."""
+        if self.keep_alive:
+            conn.pool.release(conn)
+        else:
+            conn.abort()
 
     def failed(self, conn: ClientConnection, outcome: str, why: str, error: type[Exception]) -> Exception:
         """The body broke off; returns the exception to raise."""
