@@ -30,7 +30,8 @@ class PipeUpstream:
     """Takes pipelined requests: ``reads`` has, per connection, the number of requests
     each read completed; answers each in turn, its body its path, unless the path says:
     /slow: after 0.3 s; /hang: never; /close: with Connection: close, then closes;
-    /drop: closes without answering it (nor what follows); /bad: not HTTP; /big: 1 MiB."""
+    /drop: closes without answering it (nor what follows); /bad: not HTTP; /big: 1 MiB;
+    /interim: a 103 first."""
 
     def __init__(self) -> None:
         self.reads: list[list[int]] = []
@@ -58,6 +59,8 @@ class PipeUpstream:
                         await asyncio.sleep(3600)
                     if path == "/slow":
                         await asyncio.sleep(0.3)
+                    if path == "/interim":
+                        writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n")
                     if path == "/bad":
                         writer.write(b"NOT HTTP AT ALL\r\n\r\n")
                         continue
@@ -189,6 +192,18 @@ def test_a_connection_close_answer_ends_the_pipeline_cleanly():
                 [(200, path.encode()) for path in paths]
             assert up.reads[0] == [1, 4] and up.connections() == 3   # /b and /c: alone, fresh
             assert outcomes(stats) == {"ok": 5, "unanswered": 2}
+
+    asyncio.run(main())
+
+
+def test_an_interim_answer_mid_pipeline_is_skipped():
+    async def main():
+        async with proxied() as (up, p, stats):
+            await warm(p, 1)
+            paths = ["/a", "/interim", "/b"]
+            assert await answers([p.handle(request(path)) for path in paths]) == \
+                [(200, path.encode()) for path in paths]
+            assert up.reads == [[1, 3]] and outcomes(stats) == {"ok": 4}
 
     asyncio.run(main())
 
