@@ -4,17 +4,14 @@ them in order; read timeouts from the group's sweep on a FakeClock."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
+from test_proxy_exchange import outcomes, proxy_to
 
 from farts.clock import FakeClock
 from farts.config import ConfigError, parse
-from farts.metrics import Metrics
-from farts.proxy import ProxyHandler, ProxyStats
-from farts.proxy.config import Upstream
+from farts.proxy import ProxyHandler
 from farts.proxy.handler import Exchange
-from farts.transport.client import Client
 from farts.transport.http import Response
 from fast.http1 import HandlerRequest, RequestParser
 
@@ -80,22 +77,8 @@ class PipeUpstream:
         return len(self.reads)
 
 
-@contextlib.asynccontextmanager
-async def proxied(depth: int = 8, clock=None, **cfg):
-    up = PipeUpstream()
-    address = await up.start()
-    stats = ProxyStats(Metrics())
-    p = ProxyHandler("g", Upstream(servers=[address], pipeline=depth, **cfg), "n1", stats,
-                     Client(clock or FakeClock()))
-    try:
-        yield up, p, stats
-    finally:
-        p.close()
-        up.server.close()
-
-
-def outcomes(stats: ProxyStats) -> dict[str, float]:
-    return {key[2]: n for key, n in stats.requests.totals().items()}
+def proxied(depth: int = 8, clock=None, **cfg):
+    return proxy_to(PipeUpstream(), clock, pipeline=depth, **cfg)
 
 
 async def body_of(resp: Response) -> bytes:

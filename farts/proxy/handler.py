@@ -333,24 +333,9 @@ class Exchange(asyncio.Future):
         conn = self.conn
         events = conn.events
         try:
-            while events:
-                ev = events[0]
-                t = type(ev)
-                if t is ResponseHead:
-                    if ev.status >= 200:
-                        events.popleft()
-                        self.answered(ev)
-                        return
-                    if ev.status == 101:
-                        raise BadResponse("101 Switching Protocols to a request without Upgrade")
-                    self.interim = True   # 1xx: skipped, with the END that follows it
-                elif ev is END and self.interim:
-                    self.interim = False
-                elif t is HTTPError:
-                    raise BadResponse(f"{ev.status} {ev.reason}")
-                else:
-                    raise BadResponse(f"unexpected {ev!r:.40}")
-                events.popleft()
+            if self.final_head(events):
+                self.answered(events.popleft())
+                return
             if conn.closed:
                 raise ConnectionLost("connection closed")
         except (BadResponse, ConnectionLost) as e:
@@ -360,6 +345,28 @@ class Exchange(asyncio.Future):
             conn.abort()
             self.set_exception(e)
             self.call_back()
+
+    def final_head(self, events) -> bool:
+        """True when the final head of its answer is first in ``events``: the 1xx before
+        it are taken off, each with the END that follows it; False when the events ran
+        out first. Raises BadResponse for anything else."""
+        while events:
+            ev = events[0]
+            t = type(ev)
+            if t is ResponseHead:
+                if ev.status >= 200:
+                    return True
+                if ev.status == 101:
+                    raise BadResponse("101 Switching Protocols to a request without Upgrade")
+                self.interim = True
+            elif ev is END and self.interim:
+                self.interim = False
+            elif t is HTTPError:
+                raise BadResponse(f"{ev.status} {ev.reason}")
+            else:
+                raise BadResponse(f"unexpected {ev!r:.40}")
+            events.popleft()
+        return False
 
     def received(self, events: list) -> None:
         """The events of one upstream read, none queued before: the usual answer, whole in

@@ -26,7 +26,7 @@ import logging
 from collections import deque
 
 from farts.transport.client import BadResponse, ClientConnection, ConnectionLost, ReadTimeout
-from fast.http1 import END, HTTPError
+from fast.http1 import END
 from fast.http1 import Response as ResponseHead
 
 log = logging.getLogger("farts.proxy")
@@ -41,7 +41,7 @@ class Pipeline:
         self.proxy = proxy
         self.conn = conn
         self.waiting = deque(exchanges)
-        self.began = False       # a 1xx of the first waiting one's answer was taken
+        self.began = False       # events of the first waiting one's answer were taken (a 1xx)
         self.streaming = False   # an answer's body streams: its UpstreamBody reads the connection
         self.broken = False      # answers are due that nobody waits for: never pooled again
         conn.received = 0
@@ -91,23 +91,9 @@ class Pipeline:
         try:
             while waiting:
                 ex = waiting[0]
-                while events:   # 1xx answers skipped, each with the END that follows it
-                    ev = events[0]
-                    t = type(ev)
-                    if t is ResponseHead:
-                        if ev.status >= 200:
-                            break
-                        if ev.status == 101:
-                            raise BadResponse("101 Switching Protocols to a request without Upgrade")
-                        ex.interim = self.began = True
-                    elif ev is END and ex.interim:
-                        ex.interim = False
-                    elif t is HTTPError:
-                        raise BadResponse(f"{ev.status} {ev.reason}")
-                    else:
-                        raise BadResponse(f"unexpected {ev!r:.40}")
-                    events.popleft()
-                if not events:
+                if events:
+                    self.began = True   # (reset when its answer is handed out)
+                if not ex.final_head(events):
                     if conn.closed:
                         raise ConnectionLost("connection closed")
                     return
