@@ -134,6 +134,21 @@ def test_a_lone_get_goes_at_the_end_of_the_loop_turn():
     asyncio.run(main())
 
 
+def test_pipelined_exchanges_awaited_by_tasks_as_http2_streams_do():
+    async def main():
+        async with proxied() as (up, p, stats):
+            await warm(p, 1)
+
+            async def stream(path: str) -> bytes:
+                return (await p.handle(request(path))).body
+            paths = ["/a", "/b", "/c"]
+            tasks = [asyncio.ensure_future(stream(path)) for path in paths]
+            assert await asyncio.wait_for(asyncio.gather(*tasks), 10) == [path.encode() for path in paths]
+            assert up.reads == [[1, 3]]
+
+    asyncio.run(main())
+
+
 def test_a_slow_answer_holds_the_others_which_still_come_in_order():
     async def main():
         async with proxied() as (up, p, stats):
