@@ -27,8 +27,9 @@ class Upstream:
     request_buffer_bytes: int = setting(1024 * 1024, NON_NEGATIVE)
     # Bodyless GETs that arrive in one event-loop turn for a server go out pipelined
     # (RFC 9112 §9.3.2), up to this many in one write on one pooled connection; their
-    # answers then come back in one read: two socket syscalls saved per request at full
-    # load. 1 (the default): off, one request per connection at a time, as nginx does.
+    # answers then come back in one read: at full load most of the upstream side's two
+    # socket syscalls per request go. 1 (the default): off, one request per connection
+    # at a time, as nginx does.
     # Off by default because the answers come back in order: a slow answer holds up the
     # others of its write (head-of-line blocking, across unrelated clients), and not every
     # application server handles pipelined requests correctly (why browsers never turned
