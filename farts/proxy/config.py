@@ -32,8 +32,8 @@ class Upstream:
     # at a time, as nginx does.
     # Off by default because the answers come back in order: a slow answer holds up the
     # others of its write (head-of-line blocking, across unrelated clients), and not every
-    # application server handles pipelined requests correctly (why browsers never turned
-    # it on). Turn it on for app servers known to handle it, with answers of even speed.
+    # application server handles pipelined requests correctly (why browsers left it off).
+    # Turn it on for app servers known to handle it, with answers of even speed.
     pipeline: int = setting(1, Check(lambda v: isinstance(v, int) and 1 <= v <= 64, "a number 1-64"))
 
 
