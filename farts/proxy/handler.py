@@ -45,6 +45,7 @@ from fast.http1 import Response as ResponseHead
 from fast.proxyhead import (
     RequestIds,
     client_answer,
+    raw_answer,
     request_headers,
     response_headers,
     upstream_request,
@@ -164,14 +165,15 @@ def _error(status: int, reason: str, request_id: bytes) -> Response:
                     f"{status} {REASONS.get(status, 'Error')}: {reason}\n".encode())
 
 
-def _whole_answer(status: int, headers, rid: bytes, body: bytes) -> Fixed:
+def _fixed(status: int, body_len: int, keep: bytes, close: bytes) -> Fixed:
     """An upstream answer that came whole, as the transport's Fixed: both framings
-    written at once by fast.proxyhead, which the transport writes as they are (no
-    Response, no header list, no second serialisation)."""
+    (``keep``, ``close``) written at once by fast.proxyhead, which the transport writes
+    as they are (no Response, no header list, no second serialisation)."""
     fixed = _new(Fixed)
     fixed.status = status
-    fixed.keep, fixed.close = client_answer(status, headers, rid, body, len(body))
-    fixed.body_len = len(body)
+    fixed.body_len = body_len
+    fixed.keep = keep
+    fixed.close = close
     fixed.served = {}
     return fixed
 
@@ -368,13 +370,36 @@ class Exchange(asyncio.Future):
             events.popleft()
         return False
 
-    def received(self, events: list) -> None:
-        """The events of one upstream read, none queued before: the usual answer, whole in
-        one read (final head, its body in one piece or none, END), is answered from the
-        list; anything else is queued for ``wake``."""
+    def received(self, data: bytes) -> None:
+        """One upstream read, no events queued before: the usual answer, whole in the
+        read, rewritten for an HTTP/1 client from its bytes (ProxyHandler.raw_answer),
+        else read by the parser (``answer_events``)."""
+        conn = self.conn
+        if conn.between_answers(data):
+            proxy = self.proxy
+            raw = proxy.raw_answer(self, data, 0, True)
+            if raw is not None:
+                conn.owner = None                   # (unwatch and answer, inline: the hot path)
+                proxy.in_flight.pop(self, None)
+                if raw[1]:
+                    self.server.release(conn)
+                else:
+                    conn.abort()
+                self.set_result(_fixed(raw[0], raw[3], raw[4], raw[5]))
+                self.call_back()
+                return
+        self.answer_events(conn.parser.feed(data))
+
+    def answer_events(self, events: list) -> None:
+        """The parser's events of one read: the usual whole answer (final head, its body
+        in one piece or none, END) is answered from the list; anything else is queued for
+        ``wake``."""
+        if not events:
+            return
         head = events[0]
-        if type(head) is ResponseHead and head.status >= 200 and events[-1] is END:
-            n = len(events)
+        n = len(events)
+        # (events[n - 1], not events[-1]: compiled with wraparound=False, -1 reads before the list)
+        if type(head) is ResponseHead and head.status >= 200 and events[n - 1] is END:
             if n == 2 or (n == 3 and type(events[1]) is bytes):
                 conn, proxy = self.conn, self.proxy
                 conn.owner = None                   # (unwatch and answer, inline: the hot path)
@@ -392,6 +417,12 @@ class Exchange(asyncio.Future):
         proxy.in_flight.pop(self, None)
         self.set_result(proxy.respond(self.conn, head, self.req, self.rid, False, self.start,
                                       self.connect_s, body, self.pipeline))
+        self.call_back()
+
+    def raw_answered(self, raw: tuple) -> None:
+        """Its whole answer from its pipeline's read, rewritten (ProxyHandler.raw_answer)."""
+        self.proxy.in_flight.pop(self, None)
+        self.set_result(_fixed(raw[0], raw[3], raw[4], raw[5]))
         self.call_back()
 
     def unanswered(self) -> None:
@@ -664,12 +695,32 @@ class ProxyHandler:
             if not head_only and type(req) is Request and head_at - req.start < self.slow_request_seconds:
                 # The usual case: one Fixed, written by the transport as it is (HTTP/1;
                 # HTTP/2 takes the Response). A slow one keeps its timings (below).
-                return _whole_answer(status, resp.headers, rid, whole)
+                keep, close = client_answer(status, resp.headers, rid, whole, len(whole))
+                return _fixed(status, len(whole), keep, close)
             # (no body by definition when head_only; the head keeps the upstream's length)
             body = EMPTY if head_only else whole
         return Response(status, response_headers(resp.headers, rid), body,
                         -1 if resp.chunked else resp.content_length, head_only,
                         timings=(start, connect_s, head_at))
+
+    def raw_answer(self, ex: Exchange, data: bytes, at: int, to_end: bool) -> tuple | None:
+        """``ex``'s answer at ``data[at:]`` (``to_end``: all the rest of ``data``) when it
+        is whole and the usual kind for an HTTP/1 client (fast.proxyhead.raw_answer:
+        status, keep-alive, its end, body length, both framings for the client), counted
+        as answered; None: the parser's (HTTP/2 and a slow request's timings need the
+        Response, a HEAD the parser's expectation)."""
+        req = ex.req
+        if type(req) is not Request or ex.is_head:
+            return None
+        head_at = perf_counter()
+        if head_at - req.start >= self.slow_request_seconds:
+            return None
+        raw = raw_answer(data, at, ex.rid)
+        if raw is None or (to_end and raw[2] != len(data)):
+            return None
+        self.m.seconds.observe(head_at - ex.start, self._key)
+        ex.server.answered += 1
+        return raw
 
     # -- one request -----------------------------------------------------------------
     def handle(self, request: Request):

@@ -59,10 +59,37 @@ class Pipeline:
         proxy.m.pipelined.inc(proxy._key, len(exchanges))
 
     # -- the connection's callbacks (ClientConnection.owner) ---------------------------
-    def received(self, events: list) -> None:
-        """One read's events, none queued before: the whole answers at its start (head,
-        body in one piece or none, END: the usual read) are answered from the list, the
-        rest is queued for ``wake``."""
+    def received(self, data: bytes) -> None:
+        """One read, no events queued before: the whole answers of the usual kind at its
+        start are rewritten for their clients from its bytes (ProxyHandler.raw_answer),
+        the rest goes to the parser (``answer_events``)."""
+        conn = self.conn
+        at, n = 0, len(data)
+        waiting = self.waiting
+        if conn.between_answers(data):
+            proxy = self.proxy
+            while waiting and at < n:
+                ex = waiting[0]
+                raw = proxy.raw_answer(ex, data, at, False)
+                if raw is None:
+                    break
+                waiting.popleft()
+                at = raw[2]
+                self.began = False
+                if not ex.done():   # (else cancelled: the client went away, the answer is dropped)
+                    ex.raw_answered(raw)
+                if not raw[1]:
+                    self.end()
+                    return
+        if at == n:
+            self.wake()   # (every answer of the read taken: finish when none is due)
+        else:
+            self.answer_events(conn.parser.feed(data[at:] if at else data))
+
+    def answer_events(self, events: list) -> None:
+        """The parser's events of one read, none queued before: the whole answers at its
+        start (head, body in one piece or none, END: the usual read) are answered from
+        the list, the rest is queued for ``wake``."""
         i, n = 0, len(events)
         waiting = self.waiting
         while waiting and i < n:

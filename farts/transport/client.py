@@ -115,8 +115,8 @@ class ClientConnection(asyncio.Protocol):
         self.pooled = False
         self.reusable = True         # cleared when a request was not fully sent
         # A callback owner instead of a waiting coroutine (the proxy's Exchange): its
-        # wake() is called where the waiter would be woken, and received(events) with
-        # a read's events when none are queued.
+        # wake() is called where the waiter would be woken, and received(data) with a
+        # read's bytes when no events are queued (it feeds the parser what it leaves).
         self.owner = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -129,16 +129,27 @@ class ClientConnection(asyncio.Protocol):
             self.abort()
             return
         self.received += len(data)
+        owner = self.owner
+        if owner is not None and not self.events:
+            # A callback owner takes a read as it is (the usual read is a whole answer,
+            # which the proxy rewrites from its bytes): what it does not take it feeds.
+            owner.received(data)
+            return
+        if self.feed(data):
+            self._wake()
+
+    def feed(self, data: bytes) -> bool:
+        """The parser's events of ``data`` queued for the owner; True when there were any."""
         events = self.parser.feed(data)
         if events:
-            owner = self.owner
-            if owner is not None and not self.events:
-                # A callback owner takes a read's events as they are (the usual read is a
-                # whole answer: nothing to queue); what it does not take it queues.
-                owner.received(events)
-                return
             self.queue(events)
-            self._wake()
+            return True
+        return False
+
+    def between_answers(self, data: bytes) -> bool:
+        """``data`` (just received, nothing queued) starts at an answer's first byte: it
+        is the first read since the request went out, or the parser holds nothing."""
+        return self.received == len(data) or self.parser.idle
 
     def queue(self, events: list) -> None:
         """Queues parser events for the owner, pausing reading past HIGH_WATER body bytes."""
