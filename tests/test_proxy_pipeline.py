@@ -4,6 +4,7 @@ them in order; read timeouts from the group's sweep on a FakeClock."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from test_proxy_exchange import outcomes, proxy_to
@@ -12,15 +13,17 @@ from farts.clock import FakeClock
 from farts.config import ConfigError, parse
 from farts.proxy import ProxyHandler
 from farts.proxy.handler import Exchange
-from farts.transport.http import Response
+from farts.transport.http import Fixed, Response
 from fast.http1 import HandlerRequest, RequestParser
 
 BIG = bytes(range(256)) * 4096   # 1 MiB: more than one read
 
 
-def request(path: str, method: str = "GET") -> HandlerRequest:
+def request(path: str, method: str = "GET", start: float = 0.0) -> HandlerRequest:
+    """(``start`` 0.0, long ago: a slow request, answered by a Response with timings;
+    perf_counter(): the usual one, answered by a Fixed.)"""
     head = f"{method} {path} HTTP/1.1\r\nHost: a.test\r\n\r\n".encode()
-    return HandlerRequest(RequestParser().feed(head)[0], None, None, "10.0.0.7", "http", None, 0.0)
+    return HandlerRequest(RequestParser().feed(head)[0], None, None, "10.0.0.7", "http", None, start)
 
 
 class PipeUpstream:
@@ -28,7 +31,7 @@ class PipeUpstream:
     each read completed; answers each in turn, its body its path, unless the path says:
     /slow: after 0.3 s; /hang: never; /close: with Connection: close, then closes;
     /drop: closes without answering it (nor what follows); /bad: not HTTP; /big: 1 MiB;
-    /interim: a 103 first."""
+    /interim: a 103 first; /split: 20 bytes of its answer, then the rest."""
 
     def __init__(self) -> None:
         self.reads: list[list[int]] = []
@@ -63,8 +66,14 @@ class PipeUpstream:
                         continue
                     body = BIG if path == "/big" else path.encode()
                     close = b"connection: close\r\n" if path == "/close" else b""
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s"
-                                 % (len(body), close, b"" if method == "HEAD" else body))
+                    answer = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Up: 1\r\n%s\r\n%s"
+                              % (len(body), close, b"" if method == "HEAD" else body))
+                    if path == "/split":   # its head in one read, the rest in another
+                        writer.write(answer[:20])
+                        await writer.drain()
+                        await asyncio.sleep(0.05)
+                        answer = answer[20:]
+                    writer.write(answer)
                     if close:
                         await writer.drain()
                         return
@@ -81,7 +90,9 @@ def proxied(depth: int = 8, clock=None, **cfg):
     return proxy_to(PipeUpstream(), clock, pipeline=depth, **cfg)
 
 
-async def body_of(resp: Response) -> bytes:
+async def body_of(resp: Response | Fixed) -> bytes:
+    if type(resp) is Fixed:
+        return resp.keep.split(b"\r\n\r\n", 1)[1]
     if type(resp.body) is bytes:
         return resp.body
     return b"".join([piece async for piece in resp.body])
@@ -115,6 +126,26 @@ def test_the_gets_of_one_turn_go_in_one_write_per_connection_up_to_the_depth():
             assert outcomes(stats) == {"ok": 13} and not p.in_flight
             assert stats.pipelined.get(("g",)) == 10
             assert len(p.servers[0].idle) == 3   # all back in the pool
+
+    asyncio.run(main())
+
+
+def test_answers_of_one_read_are_rewritten_from_its_bytes_and_a_split_one_is_parsed():
+    """HTTP/1 requests within the slow-request bound: each whole answer of a read is the
+    client's Fixed, written from the upstream's bytes (names lowercased, framing redone);
+    an answer split over reads goes through the parser and still comes in its turn."""
+    async def main():
+        async with proxied(depth=8) as (up, p, stats):
+            await warm(p, 1)
+            paths = ["/a", "/b", "/split", "/c", "/d"]
+            futs = [p.handle(request(path, start=time.perf_counter())) for path in paths]
+            got = [await asyncio.wait_for(fut, 10) for fut in futs]
+            assert [(type(r), await body_of(r)) for r in got] == [(Fixed, path.encode()) for path in paths]
+            head = got[0].keep.split(b"\r\n\r\n")[0].split(b"\r\n")
+            assert head[:2] == [b"HTTP/1.1 200 OK", b"x-up: 1"] and b"content-length: 2" in head
+            assert got[0].close.endswith(b"connection: close\r\n\r\n/a")
+            assert up.reads[0][1:] == [5] and outcomes(stats) == {"ok": 6} and not p.in_flight
+            assert len(p.servers[0].idle) == 1   # back in the pool after the last answer
 
     asyncio.run(main())
 
