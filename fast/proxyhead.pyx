@@ -16,6 +16,7 @@ differential test holds them to ``request_head(*request_headers(...))`` and
 ``response_head(response_headers(...))``.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
 from fast.http1 import response_head
@@ -400,6 +401,27 @@ cdef enum:
     _F_OTHER = 5     # (transfer-encoding: the parser's)
 
 
+cdef bint _plain(const char *s, Py_ssize_t n) noexcept:
+    """Every byte of ``s[:n]`` is HTAB, SP or VCHAR. Eight bytes at a time: a word is
+    looked at byte by byte only when it holds a byte below 0x20, a DEL or one above 0x7f
+    (HTAB is such a byte, and is plain)."""
+    cdef uint64_t x, y
+    cdef Py_ssize_t i = 0, k
+    while i + 8 <= n:
+        memcpy(&x, s + i, 8)
+        y = x ^ 0x7F7F7F7F7F7F7F7FULL
+        if (((x - 0x2020202020202020ULL) & ~x) | ((y - 0x0101010101010101ULL) & ~y) | x) & 0x8080808080808080ULL:
+            for k in range(i, i + 8):
+                if not _PLAIN[<unsigned char>s[k]]:
+                    return False
+        i += 8
+    while i < n:
+        if not _PLAIN[<unsigned char>s[i]]:
+            return False
+        i += 1
+    return True
+
+
 cdef int _kind(const unsigned char *low, Py_ssize_t n) noexcept:
     """What a (lowercased) field name means to the proxy's answer."""
     if n == 5 and memcmp(low, b"close", 5) == 0:
@@ -479,9 +501,8 @@ def raw_answer(bytes data, Py_ssize_t at, bytes request_id):
     nl = <const char *>memchr(s, b'\n', n - at)
     if nl == NULL or nl - s < 13 or (nl - 1)[0] != b'\r' or (nl - s > 13 and s[12] != b' '):
         return None
-    for i in range(13, nl - s - 1):
-        if not _PLAIN[<unsigned char>s[i]]:
-            return None
+    if not _plain(s + 13, nl - s - 14):
+        return None
     p = nl + 1 - b
     while True:
         nl = <const char *>memchr(b + p, b'\n', n - p)
@@ -508,9 +529,8 @@ def raw_answer(bytes data, Py_ssize_t at, bytes request_id):
         k = line
         while k > j and (b[p + k - 1] == b' ' or b[p + k - 1] == b'\t'):
             k -= 1
-        for m in range(j, k):
-            if not _PLAIN[<unsigned char>b[p + m]]:
-                return None
+        if not _plain(b + p + j, k - j):
+            return None
         kind = _kind(low, i) if i <= 24 else _F_KEEP
         if kind == _F_LENGTH:
             if k == j or k - j > 18:
