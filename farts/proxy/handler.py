@@ -245,9 +245,17 @@ class Exchange(asyncio.Future):
     any other callback (a Task awaiting it, over HTTP/2) is asyncio's.
     """
 
-    __slots__ = ("proxy", "req", "data", "rid", "server", "conn", "reused", "tried",
-                 "retry_other", "retry_stale", "start", "connect_s", "connecting", "interim",
-                 "is_head", "answer_to", "pipeline")
+    # Slots for what every request sets; what only a connect, a failure or a 1xx sets
+    # goes in the instance __dict__ (asyncio.Future has one), its default below: an
+    # attribute set costs about 90 instructions, and these were six per request.
+    __slots__ = ("proxy", "req", "data", "rid", "server", "conn", "reused", "start", "is_head",
+                 "answer_to", "pipeline")
+    connecting: asyncio.Task | None = None
+    tried: list[Server] | None = None   # (made by the first connect failure)
+    retry_other = True
+    retry_stale = True
+    interim = False
+    connect_s = -1.0   # upstream connect seconds (-1: a pooled connection), for slow requests
 
     def __init__(self, proxy: ProxyHandler, req: Request, loop) -> None:
         _future_init(self, loop=loop)
@@ -257,11 +265,6 @@ class Exchange(asyncio.Future):
         self.data, self.rid = proxy.upstream_head(req, server, -2)
         self.is_head = req.method == b"HEAD"
         self.conn: ClientConnection | None = None
-        self.connecting: asyncio.Task | None = None
-        self.tried: list[Server] | None = None   # (made by the first connect failure)
-        self.retry_other = self.retry_stale = True
-        self.interim = False
-        self.connect_s = -1.0
         self.start = req.start   # (the transport's clock read, just before this call)
         self.answer_to = None
         self.pipeline: Pipeline | None = None
