@@ -3,9 +3,10 @@
 A request without a body (the usual GET/HEAD) is an ``Exchange``: a callback state
 machine that is itself the future the transport waits on (no task, no coroutine, no
 timer of its own: read timeouts are checked by one sweep per group every TICK). The
-upstream connection's events call ``Exchange.wake``; a small answer that arrived whole
-goes back to an HTTP/1 client as a ``Fixed``, its bytes written by fast.proxyhead in one
-call (rewritten head and body, one send).
+upstream connection hands it each read (``Exchange.received``): the usual answer, whole
+in the read, goes back to an HTTP/1 client as a ``Fixed`` rewritten from the read's
+bytes by fast.proxyhead.raw_answer in one call (no parser events, no header tuples);
+anything else is read by the parser, whose events call ``Exchange.wake``.
 
 A request with a body (or an Upgrade) is a coroutine, run by the transport as a task,
 because the body is an async iterator it reads first. Both take the same steps:
@@ -25,6 +26,8 @@ import asyncio
 import logging
 import os
 from time import perf_counter
+
+import cython
 
 from farts.clock import LoopClock, Timer
 from farts.metrics import Metrics
@@ -165,7 +168,8 @@ def _error(status: int, reason: str, request_id: bytes) -> Response:
                     f"{status} {REASONS.get(status, 'Error')}: {reason}\n".encode())
 
 
-def _fixed(status: int, body_len: int, keep: bytes, close: bytes) -> Fixed:
+@cython.cfunc   # (compiled: a C call, no argument parsing; interpreted: a plain function)
+def _fixed(status, body_len, keep: bytes, close: bytes) -> Fixed:   # (ints as they come: no C round trip)
     """An upstream answer that came whole, as the transport's Fixed: both framings
     (``keep``, ``close``) written at once by fast.proxyhead, which the transport writes
     as they are (no Response, no header list, no second serialisation)."""

@@ -3,7 +3,8 @@ and webhooks): keep-alive pools per (scheme, host, port), TLS with SNI, connect 
 read timeouts, streaming bodies both ways, ``fast.http1.ResponseParser`` for answers.
 
 ``ClientConnection`` is a thin asyncio Protocol: bytes in → parser events queued for
-the one coroutine that owns the connection, with read flow control (reading pauses
+the one coroutine that owns the connection (or each read handed as it is to a callback
+owner, the proxy's exchange, which feeds the parser what it does not take), with read flow control (reading pauses
 while too many body bytes wait) and write flow control (``drain`` waits for
 ``resume_writing``). No locks: one loop, one owner.
 
