@@ -265,11 +265,17 @@ def test_a_read_timeout_answers_504_for_each_request_still_waiting():
     asyncio.run(main())
 
 
-def test_a_client_gone_mid_pipeline_drops_its_answer_and_the_others_come():
+@pytest.mark.parametrize("raw", [False, True])
+def test_a_client_gone_mid_pipeline_drops_its_answer_and_the_others_come(raw):
+    """(raw: the answers rewritten from the read's bytes, as for HTTP/1 requests within
+    the slow-request bound; else through the parser, as for slow ones)"""
     async def main():
         async with proxied() as (up, p, stats):
             await warm(p, 1)
-            futs = [p.handle(request(path)) for path in ["/slow", "/a", "/b"]]
+            if raw:
+                p.slow_request_seconds = 60.0
+            start = time.perf_counter() if raw else 0.0
+            futs = [p.handle(request(path, start=start)) for path in ["/slow", "/a", "/b"]]
             await asyncio.sleep(0.1)   # (sent; /slow is being answered)
             assert futs[1].cancel()
             assert await answers([futs[0], futs[2]]) == [(200, b"/slow"), (200, b"/b")]

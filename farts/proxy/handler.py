@@ -714,8 +714,8 @@ class ProxyHandler:
         """``ex``'s answer at ``data[at:]`` (``to_end``: all the rest of ``data``) when it
         is whole and the usual kind for an HTTP/1 client (fast.proxyhead.raw_answer:
         status, keep-alive, its end, body length, both framings for the client), counted
-        as answered; None: the parser's (HTTP/2 and a slow request's timings need the
-        Response, a HEAD the parser's expectation)."""
+        as answered unless ``ex`` is done; None: the parser's (HTTP/2 and a slow request's
+        timings need the Response, a HEAD the parser's expectation)."""
         req = ex.req
         if type(req) is not Request or ex.is_head:
             return None
@@ -725,8 +725,9 @@ class ProxyHandler:
         raw = raw_answer(data, at, ex.rid)
         if raw is None or (to_end and raw[2] != len(data)):
             return None
-        self.m.seconds.observe(head_at - ex.start, self._key)
-        ex.server.answered += 1
+        if not ex.done():   # (else its client went away: counted so by its cancel)
+            self.m.seconds.observe(head_at - ex.start, self._key)
+            ex.server.answered += 1
         return raw
 
     # -- one request -----------------------------------------------------------------
