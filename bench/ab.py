@@ -28,6 +28,7 @@ once per tree, about 70 s per tree.
 
 Scenarios (--only):
   http    bench/http.py --only farts-fixed,farts-proxy,nginx-proxy,nginx-static-tuned
+          --proxy-pipeline 1
           (the nginx targets are the same binary on both sides: anchors whose
           after/before ratio shows the run's noise)
   fanout  bench/fanout.py --only farts --subscribers 1000,10000 --no-perf
@@ -265,7 +266,10 @@ def scenario_argv(name: str, a, json_path: str) -> list[str]:
     if name == "http":
         return [py, os.path.join(HERE, "http.py"), "--only", ",".join(HTTP_FARTS + HTTP_ANCHORS),
                 "--seconds", f"{a.seconds:g}", "--warmup", f"{a.warmup:g}", "--repeat", "1",
-                "--wait-idle", f"{a.wait_idle:g}", "--python", py, "--json", json_path]
+                "--wait-idle", f"{a.wait_idle:g}", "--python", py, "--json", json_path,
+                # Like with like: a before-tree without the upstream's pipeline key refuses
+                # the config, so both sides run the proxy unpipelined.
+                "--proxy-pipeline", "1"]
     if name == "fanout":
         return [py, os.path.join(HERE, "fanout.py"), "--only", "farts", "--subscribers", a.subscribers,
                 "--seconds", f"{a.seconds:g}", "--warmup", f"{max(1.0, a.warmup):g}", "--repeat", "1",

@@ -10,7 +10,8 @@ body), warmed up for --warmup seconds, then measured by
 
 Targets (--only takes a comma-separated subset, in any order; they run in this order):
   farts-fixed            farts-edge, a `kind = "static"` route (fixed response)
-  farts-proxy            farts-edge, a `kind = "proxy"` route to the shared upstream
+  farts-proxy            farts-edge, a `kind = "proxy"` route to the shared upstream, GETs pipelined
+                         8 deep to it (--proxy-pipeline; 1: one request per connection, as nginx)
   nginx-static           nginx, worker_processes 1, Debian-default-like (sendfile on, access log on)
   nginx-static-tuned     the same with sendfile off, open_file_cache max=100, access_log off
   nginx-proxy            nginx proxy_pass to the shared upstream, upstream keepalive 128 (farts-edge: pool_size 128, its default)
@@ -443,10 +444,14 @@ kind = "static"
 body = {json.dumps(text)}
 """
         if upstream_port is not None:
+            # (written only when on: a tree from before the key, bench/ab.py's "before"
+            # side, then runs with --proxy-pipeline 1)
+            pipeline = self.args.proxy_pipeline
+            depth = f"pipeline = {pipeline}\n" if pipeline > 1 else ""
             cfg += f"""
 [upstreams.up]
 servers = ["127.0.0.1:{upstream_port}"]
-
+{depth}
 [[routes]]
 prefix = "/proxy"
 kind = "proxy"
@@ -765,6 +770,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated targets to run (repeatable); default all")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--size", type=int, default=1024, help="response body bytes (default 1024)")
+    ap.add_argument("--proxy-pipeline", type=int, default=8,
+                    help="farts-proxy: [upstreams.up] pipeline, GETs per upstream write (default 8; 1: off)")
     ap.add_argument("--server-cpu", default="0", help="taskset -c for the server under test (default 0)")
     ap.add_argument("--client-cpu", default="1", help="taskset -c for wrk (and py-spy) (default 1)")
     ap.add_argument("--upstream-cpu", default="1",

@@ -10,7 +10,7 @@ idle-loop ticks and per-run constants cancel out. The upstream (nginx, body from
 as in bench/http.py) runs natively beside it.
 
     PYTHONPATH=$PWD .venv/bin/python bench/proxy_callgrind.py [--target farts|nginx|upstream]
-        [--small 5000] [--large 20000] [--connections 10] [--top 25] [--tree DIR]
+        [--small 5000] [--large 20000] [--connections 10] [--top 25] [--tree DIR] [--pipeline N]
 
 Prints Ir per request and the top functions (self cost) of the LARGE run, from
 callgrind_annotate; the output files stay in the printed temp directory. User-space
@@ -98,11 +98,11 @@ def nginx_proxy(d: str, port: int, up_port: int) -> list[str]:
     }}""")
 
 
-def farts(d: str, port: int, up_port: int, python: str) -> list[str]:
+def farts(d: str, port: int, up_port: int, python: str, pipeline: int) -> list[str]:
     os.makedirs(os.path.join(d, "farts"), exist_ok=True)
     path = os.path.join(d, "farts", "farts.toml")
     with open(path, "w") as f:
-        f.write(node_config(f"{d}/farts/data", port, free_port(), f"127.0.0.1:{up_port}"))
+        f.write(node_config(f"{d}/farts/data", port, free_port(), f"127.0.0.1:{up_port}", pipeline))
     return [python, "-m", "farts.cli", "serve", "--config", path]
 
 
@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--strace", action="store_true", help="count syscalls per request instead (no valgrind)")
     ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--pipeline", type=int, default=1, help="farts: [upstreams.up] pipeline (1: off)")
     ap.add_argument("--tree", default=ROOT, help="the farts-edge tree the node runs (default: this one)")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="farts-callgrind-")
@@ -155,7 +156,8 @@ def main() -> None:
             procs.append(subprocess.Popen(upstream(d, up_port), stdout=subprocess.DEVNULL,
                                           stderr=open(f"{d}/upstream.log", "w")))
             wait_ready(f"http://127.0.0.1:{up_port}/x", body, procs[0], 30)
-            argv = farts(d, port, up_port, a.python) if a.target == "farts" else nginx_proxy(d, port, up_port)
+            argv = (farts(d, port, up_port, a.python, a.pipeline) if a.target == "farts"
+                    else nginx_proxy(d, port, up_port))
         out = f"{d}/callgrind.out"
         wrap = [] if a.strace else ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                                     f"--callgrind-out-file={out}"]

@@ -89,7 +89,9 @@ async def drive(listener, server, requests: int, connections: int) -> float:
     left = [requests]
     for _ in range(connections):   # one upstream connection per client, pooled
         up = ClientConnection(server)
-        up.connection_made(FakeTransport(lambda data, up=up: call_soon(up.data_received, ANSWER)))
+        # (one answer per request in the write: several when they go pipelined)
+        up.connection_made(FakeTransport(
+            lambda data, up=up: call_soon(up.data_received, ANSWER * data.count(b"\r\n\r\n"))))
         server.release(up)
     clients = []
     for _ in range(connections):
@@ -118,9 +120,11 @@ async def drive(listener, server, requests: int, connections: int) -> float:
     return seconds
 
 
-def node_config(data_dir: str, http_port: int, admin_port: int, upstream: str) -> str:
+def node_config(data_dir: str, http_port: int, admin_port: int, upstream: str, pipeline: int = 1) -> str:
     """A node with one route, ``/proxy`` to ``[upstreams.up]`` at ``upstream`` (host:port);
-    bench/proxy_callgrind.py runs the same node."""
+    bench/proxy_callgrind.py runs the same node. ``pipeline`` is written only when it is
+    over 1, so a tree from before the key runs the default."""
+    depth = f"pipeline = {pipeline}\n" if pipeline > 1 else ""
     return f"""
 [node]
 id = "bench"
@@ -139,7 +143,7 @@ id = "bench"
 hosts = ["127.0.0.1"]
 [upstreams.up]
 servers = ["{upstream}"]
-[[routes]]
+{depth}[[routes]]
 prefix = "/proxy"
 kind = "proxy"
 upstream = "up"
@@ -148,7 +152,7 @@ upstream = "up"
 
 async def main(args) -> None:
     with tempfile.TemporaryDirectory() as d:
-        cfg = config.parse(node_config(d, free_port(), free_port(), "127.0.0.1:9"))
+        cfg = config.parse(node_config(d, free_port(), free_port(), "127.0.0.1:9", args.pipeline))
         node = Node(cfg)
         await node.start()
         try:
@@ -161,7 +165,8 @@ async def main(args) -> None:
             await node.stop()
     tree = os.path.dirname(os.path.dirname(os.path.abspath(config.__file__)))
     print(f"proxy route in-process: {best / args.requests * 1e6:.2f} CPU-us per request "
-          f"(best of {args.rounds} x {args.requests:,} requests, {args.connections} connections; {tree})")
+          f"(best of {args.rounds} x {args.requests:,} requests, {args.connections} connections, "
+          f"pipeline {args.pipeline}; {tree})")
 
 
 if __name__ == "__main__":
@@ -169,4 +174,5 @@ if __name__ == "__main__":
     ap.add_argument("--requests", type=int, default=50_000)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pipeline", type=int, default=1, help="[upstreams.up] pipeline (1: off)")
     uvloop.run(main(ap.parse_args()))

@@ -470,6 +470,7 @@ fail_timeout = 10.0         # for this many seconds
 pool_size = 128             # idle keep-alive connections per server
 request_buffering = true    # bodies up to request_buffer_bytes are read whole before forwarding
 request_buffer_bytes = 1048576   # larger ones stream from the first byte once it is full
+pipeline = 1                # GETs of one loop turn sent pipelined, this many per upstream write (1: off)
 
 [[routes]]
 prefix = "/widget/"         # required

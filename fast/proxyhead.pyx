@@ -16,7 +16,8 @@ differential test holds them to ``request_head(*request_headers(...))`` and
 ``response_head(response_headers(...))``.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memcmp, memcpy
+from libc.stdint cimport uint64_t
+from libc.string cimport memchr, memcmp, memcpy
 
 from fast.http1 import response_head
 
@@ -371,3 +372,214 @@ def client_answer(int status, headers, bytes request_id, bytes body, long long l
     p = _put(PyBytes_AS_STRING(close), PyBytes_AS_STRING(keep), head)
     _put(_put(p, b"connection: close\r\n\r\n", 21), PyBytes_AS_STRING(body), nb)
     return keep, close
+
+
+# -- raw answers: the upstream's head bytes rewritten, no parser events ----------------------
+# The usual upstream answer (HTTP/1.1, final status, Content-Length, the whole body in the
+# read) is read and rewritten here in one pass over its bytes: no Response object, no
+# header tuples. Anything else (a 1xx, chunked or close-delimited framing, HTTP/1.0, a
+# Connection field naming other fields, a byte outside the plain ranges, a head split
+# over reads) is None, and fast.http1's ResponseParser reads it as before: it alone says
+# what is invalid, so this is only ever a shortcut through input it would accept.
+
+cdef unsigned char _NAME_LOWER[256]   # lowercased tchar (RFC 9110 §5.6.2), 0 otherwise
+cdef unsigned char _PLAIN[256]        # HTAB, SP and VCHAR (no obs-text: left to the parser)
+for _c in range(256):
+    _PLAIN[_c] = _c == 9 or 32 <= _c <= 126
+    _NAME_LOWER[_c] = (_c + 32 if 65 <= _c <= 90 else _c) if (
+        48 <= _c <= 57 or 65 <= _c <= 90 or 97 <= _c <= 122 or chr(_c) in "!#$%&'*+-.^_`|~") else 0
+
+DEF _RAW_MAX_HEAD = 65536   # ResponseParser's defaults: a longer head is the parser's to refuse
+DEF _RAW_MAX_FIELDS = 200
+
+cdef enum:
+    _F_KEEP = 0
+    _F_DROP = 1
+    _F_LENGTH = 2
+    _F_CONNECTION = 3
+    _F_RID = 4
+    _F_OTHER = 5     # (transfer-encoding: the parser's)
+
+
+cdef bint _plain(const char *s, Py_ssize_t n) noexcept:
+    """Every byte of ``s[:n]`` is HTAB, SP or VCHAR. Eight bytes at a time: a word is
+    looked at byte by byte only when it holds a byte below 0x20, a DEL or one above 0x7f
+    (HTAB is such a byte, and is plain)."""
+    cdef uint64_t x, y
+    cdef Py_ssize_t i = 0, k
+    while i + 8 <= n:
+        memcpy(&x, s + i, 8)
+        y = x ^ 0x7F7F7F7F7F7F7F7FULL
+        if (((x - 0x2020202020202020ULL) & ~x) | ((y - 0x0101010101010101ULL) & ~y) | x) & 0x8080808080808080ULL:
+            for k in range(i, i + 8):
+                if not _PLAIN[<unsigned char>s[k]]:
+                    return False
+        i += 8
+    while i < n:
+        if not _PLAIN[<unsigned char>s[i]]:
+            return False
+        i += 1
+    return True
+
+
+cdef int _kind(const unsigned char *low, Py_ssize_t n) noexcept:
+    """What a (lowercased) field name means to the proxy's answer."""
+    if n == 5 and memcmp(low, b"close", 5) == 0:
+        return _F_OTHER   # (a field Connection: close would name: client_answer drops it)
+    if n == 14 and memcmp(low, b"content-length", 14) == 0:
+        return _F_LENGTH
+    if n == 10:
+        if memcmp(low, b"connection", 10) == 0:
+            return _F_CONNECTION
+        if memcmp(low, b"keep-alive", 10) == 0:
+            return _F_DROP
+    if n == 12 and memcmp(low, b"x-request-id", 12) == 0:
+        return _F_RID
+    if n == 17 and memcmp(low, b"transfer-encoding", 17) == 0:
+        return _F_OTHER
+    if (n == 16 and memcmp(low, b"proxy-connection", 16) == 0) or (n == 2 and memcmp(low, b"te", 2) == 0) \
+            or (n == 7 and (memcmp(low, b"trailer", 7) == 0 or memcmp(low, b"upgrade", 7) == 0)):
+        return _F_DROP
+    return _F_KEEP
+
+
+cdef bint _connection_close(const char *s, Py_ssize_t n, bint *other) noexcept:
+    """The Connection value lists "close"; ``other``: it lists a name but close/keep-alive."""
+    cdef Py_ssize_t i = 0, a, e, k
+    cdef bint close = False
+    cdef unsigned char low[10]
+    while i < n:
+        while i < n and (s[i] == b' ' or s[i] == b'\t' or s[i] == b','):
+            i += 1
+        a = i
+        while i < n and s[i] != b',':
+            i += 1
+        e = i
+        while e > a and (s[e - 1] == b' ' or s[e - 1] == b'\t'):
+            e -= 1
+        if e == a:
+            continue
+        if e - a == 5 or e - a == 10:
+            for k in range(e - a):
+                low[k] = _NAME_LOWER[<unsigned char>s[a + k]]
+            if e - a == 5 and memcmp(low, b"close", 5) == 0:
+                close = True
+                continue
+            if e - a == 10 and memcmp(low, b"keep-alive", 10) == 0:
+                continue
+        other[0] = True
+    return close
+
+
+def raw_answer(bytes data, Py_ssize_t at, bytes request_id):
+    """The whole answer at ``data[at:]`` for the client, when it is the usual kind (see
+    above): ``(status, keep_alive, end, body_len, keep, close)``: the upstream keeps the
+    connection, the answer's end in ``data``, and the client's bytes both ways as
+    ``client_answer`` writes them from the parser's fields. None: not that kind, or not
+    whole in ``data``; the parser is to read it."""
+    cdef const char *b = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef const char *s = b + at
+    cdef const char *nl
+    cdef Py_ssize_t p, line, i, j, k, m, head = 0, body_at, nb
+    cdef Py_ssize_t nkept = 0
+    cdef Py_ssize_t kept[_RAW_MAX_FIELDS * 4]   # name start, name length, value start, value length
+    cdef unsigned char low[24]
+    cdef int status, kind
+    cdef long long length = -1, v
+    cdef bint close = False, other = False, has_rid = False
+    cdef char digits[24]
+    cdef int start = 24
+    cdef bytes status_line, keep, closing
+    cdef char *o
+    if at < 0 or n - at < 17 or memcmp(s, b"HTTP/1.1 ", 9) != 0 or not (b'2' <= s[9] <= b'5') \
+            or not (b'0' <= s[10] <= b'9') or not (b'0' <= s[11] <= b'9'):
+        return None
+    status = (s[9] - 48) * 100 + (s[10] - 48) * 10 + (s[11] - 48)
+    if status == 204 or status == 304:
+        return None   # (no body whatever the fields say: the Response path's)
+    nl = <const char *>memchr(s, b'\n', n - at)
+    if nl == NULL or nl - s < 13 or (nl - 1)[0] != b'\r' or (nl - s > 13 and s[12] != b' '):
+        return None
+    if not _plain(s + 13, nl - s - 14):
+        return None
+    p = nl + 1 - b
+    while True:
+        nl = <const char *>memchr(b + p, b'\n', n - p)
+        if nl == NULL or nl - (b + at) >= _RAW_MAX_HEAD:
+            return None
+        line = nl - (b + p) - 1          # without CRLF
+        if line < 0 or (nl - 1)[0] != b'\r':
+            return None
+        if line == 0:
+            p = nl + 1 - b
+            break
+        if nkept == _RAW_MAX_FIELDS:
+            return None
+        i = 0
+        while i < line and _NAME_LOWER[<unsigned char>b[p + i]]:
+            if i < 24:
+                low[i] = _NAME_LOWER[<unsigned char>b[p + i]]
+            i += 1
+        if i == 0 or i == line or b[p + i] != b':':
+            return None
+        j = i + 1
+        while j < line and (b[p + j] == b' ' or b[p + j] == b'\t'):
+            j += 1
+        k = line
+        while k > j and (b[p + k - 1] == b' ' or b[p + k - 1] == b'\t'):
+            k -= 1
+        if not _plain(b + p + j, k - j):
+            return None
+        kind = _kind(low, i) if i <= 24 else _F_KEEP
+        if kind == _F_LENGTH:
+            if k == j or k - j > 18:
+                return None
+            v = 0
+            for m in range(j, k):
+                if not (b'0' <= b[p + m] <= b'9'):
+                    return None
+                v = v * 10 + (b[p + m] - 48)
+            if length >= 0 and length != v:
+                return None
+            length = v
+        elif kind == _F_CONNECTION:
+            close = _connection_close(b + p + j, k - j, &other) or close
+            if other:
+                return None
+        elif kind == _F_OTHER:
+            return None
+        elif kind != _F_DROP:
+            if kind == _F_RID:
+                has_rid = True
+            kept[nkept * 4] = p
+            kept[nkept * 4 + 1] = i
+            kept[nkept * 4 + 2] = p + j
+            kept[nkept * 4 + 3] = k - j
+            nkept += 1
+            head += i + (k - j) + 4
+        p = nl + 1 - b
+    if length < 0 or length > n - p:
+        return None
+    body_at = p
+    nb = <Py_ssize_t>length
+    status_line = _status_line(status)
+    if not has_rid:
+        head += _field_size(_XRID, request_id)
+    head += PyBytes_GET_SIZE(status_line) + _framing_size(length, digits, &start)
+    keep = PyBytes_FromStringAndSize(NULL, head + 2 + nb)
+    o = _put_bytes(PyBytes_AS_STRING(keep), status_line)
+    for i in range(nkept):
+        for j in range(kept[i * 4 + 1]):
+            o[j] = <char>_NAME_LOWER[<unsigned char>b[kept[i * 4] + j]]
+        o = _put(o + kept[i * 4 + 1], b": ", 2)
+        o = _put(o, b + kept[i * 4 + 2], kept[i * 4 + 3])
+        o = _put(o, b"\r\n", 2)
+    if not has_rid:
+        o = _put_field(o, _XRID, request_id)
+    o = _put_framing(o, length, digits, start)
+    _put(_put(o, b"\r\n", 2), b + body_at, nb)
+    closing = PyBytes_FromStringAndSize(NULL, head + 21 + nb)
+    o = _put(PyBytes_AS_STRING(closing), PyBytes_AS_STRING(keep), head)
+    _put(_put(o, b"connection: close\r\n\r\n", 21), b + body_at, nb)
+    return status, not close, body_at + nb, nb, keep, closing

@@ -54,9 +54,9 @@ class Upstream1:
 
 
 @contextlib.asynccontextmanager
-async def proxied(answer: bool, clock=None, **cfg):
-    """(upstream, proxy handler to it, its stats); both closed after."""
-    up = Upstream1(answer)
+async def proxy_to(up, clock=None, **cfg):
+    """(up, a proxy handler to it, its stats), ``up`` an upstream with ``start()`` and
+    ``server`` (also tests/test_proxy_pipeline.py's); both closed after."""
     address = await up.start()
     stats = ProxyStats(Metrics())
     p = ProxyHandler("g", Upstream(servers=[address], **cfg), "n1", stats, Client(clock or FakeClock()))
@@ -65,6 +65,10 @@ async def proxied(answer: bool, clock=None, **cfg):
     finally:
         p.close()
         up.server.close()
+
+
+def proxied(answer: bool, clock=None, **cfg):
+    return proxy_to(Upstream1(answer), clock, **cfg)
 
 
 def outcomes(stats: ProxyStats) -> dict[str, float]:

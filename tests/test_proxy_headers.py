@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from farts.proxy import headers as reference
 from fast import proxyhead
-from fast.http1 import request_head, response_head
+from fast.http1 import END, Response, ResponseParser, request_head, response_head
 
 FEW = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -130,3 +130,69 @@ def test_request_ids_count_up_behind_their_prefix_and_are_used_in_place():
     assert (other(), ids()) == (b"n1-abc-%d" % (n + 1), b"n1-abc-%d" % (n + 2))
     head, rid = proxyhead.upstream_request(b"GET", b"/", [], "1.2.3.4", "http", ids, None, b"up:80", -2)
     assert rid == b"n1-abc-%d" % (n + 3) and head.endswith(b"x-request-id: " + rid + b"\r\n\r\n")
+
+
+# -- raw_answer: the upstream's bytes rewritten directly ---------------------------------
+# Answers as upstreams write them: any case, optional whitespace, the framing and hop-by-hop
+# fields, now and then a byte or a line the parser refuses or leaves to its own paths.
+def mostly(good, rare):
+    """``good`` nine times in ten, else ``rare``: most answers are ones raw_answer takes,
+    so that the comparison, not the refusal, is what is tested."""
+    return st.tuples(st.integers(0, 9), good, rare).map(lambda t: t[2] if t[0] == 0 else t[1])
+
+
+raw_names = mostly(st.from_regex(rb"\A[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,30}\Z"),
+                   st.sampled_from([b"Content-Type", b"content-length", b"Content-Length", b"Connection",
+                                    b"Keep-Alive", b"X-Request-Id", b"Upgrade", b"TE", b"Trailer",
+                                    b"Proxy-Connection", b"X-A", b"Set-Cookie", b"Transfer-Encoding",
+                                    b"Close", b"Bad Name", b"", b"X\x80"]))
+raw_values = mostly(st.from_regex(rb"\A[ \t]{0,2}([!-~]([ \t!-~]{0,20}[!-~])?)?[ \t]{0,2}\Z"),
+                    st.sampled_from([b"close", b"keep-alive", b"Keep-Alive, Close", b"x-a", b"5", b"0",
+                                     b"5, 5", b"+5", b"chunked", b"\xe9t\xe9", b"a\x00b", b"1" * 20]))
+raw_lines = st.lists(st.tuples(raw_names, raw_values).map(lambda f: f[0] + b":" + f[1] + b"\r\n"), max_size=8)
+status_lines = mostly(
+    st.from_regex(rb"\AHTTP/1\.1 [2-5][0-9]{2}( [ -~]{0,12})?\r\n\Z"),
+    st.sampled_from([b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 \r\n", b"HTTP/1.0 200 OK\r\n",
+                     b"HTTP/1.1 204 No Content\r\n", b"HTTP/1.1 103 Early Hints\r\n", b"HTTP/1.1 200 OK\n",
+                     b"HTTP/1.1 20 OK\r\n", b"HTTP/1.1 200 O\x01K\r\n", b"\r\nHTTP/1.1 200 OK\r\n",
+                     b"HTTP/1.1 999 Nine\r\n"]))
+
+
+@FEW
+@given(status_lines, raw_lines, mostly(st.sampled_from([0, 3, 5, 40]), st.none()), st.binary(min_size=40, max_size=60),
+       st.sampled_from([b"", b"junk"]), st.sampled_from([b"r-1", b"node-abc-7"]),
+       mostly(st.just(False), st.just(True)))
+def test_raw_answer_is_what_the_parser_and_client_answer_make(status, lines, length, tail, before, rid, cut):
+    """raw_answer accepts only what ResponseParser reads as one whole answer, and writes
+    what client_answer writes from the parser's fields: its status, its keep-alive, its end."""
+    head = status + b"".join(lines) + (b"content-length: %d\r\n" % length if length is not None else b"") + b"\r\n"
+    data = before + head + tail
+    if cut and tail:
+        data = data[:len(before) + len(head) // 2]
+    got = proxyhead.raw_answer(data, len(before), rid)
+    if got is None:
+        return
+    status_code, keep_alive, end, body_len, keep, close = got
+    answer = ResponseParser().feed(data[len(before):end])
+    resp = answer[0]
+    assert isinstance(resp, Response) and answer[-1] is END and len(answer) == (3 if body_len else 2)
+    body = answer[1] if body_len else b""
+    assert (resp.status, resp.keep_alive, len(body)) == (status_code, keep_alive, body_len)
+    assert data[end - body_len:end] == body
+    assert (keep, close) == proxyhead.client_answer(resp.status, resp.headers, rid, body, len(body))
+
+
+def test_raw_answer_reads_answers_one_after_another():
+    one = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Request-Id: up-1\r\n\r\nhi"
+    two = b"HTTP/1.1 503 Busy\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n"
+    data = one + two
+    first = proxyhead.raw_answer(data, 0, b"r")
+    assert first[:4] == (200, True, len(one), 2)
+    assert first[4] == b"HTTP/1.1 200 OK\r\nx-request-id: up-1\r\ncontent-length: 2\r\n\r\nhi"
+    second = proxyhead.raw_answer(data, first[2], b"r2")
+    assert second[:4] == (503, False, len(data), 0)
+    assert second[5] == (b"HTTP/1.1 503 Service Unavailable\r\nx-request-id: r2\r\ncontent-length: 0\r\n"
+                         b"connection: close\r\n\r\n")
+    # Not whole in the data: the parser's to read when the rest comes.
+    assert proxyhead.raw_answer(data[:-3], first[2], b"r2") is None
+    assert proxyhead.raw_answer(one[:-1], 0, b"r") is None

@@ -3,9 +3,10 @@
 A request without a body (the usual GET/HEAD) is an ``Exchange``: a callback state
 machine that is itself the future the transport waits on (no task, no coroutine, no
 timer of its own: read timeouts are checked by one sweep per group every TICK). The
-upstream connection's events call ``Exchange.wake``; a small answer that arrived whole
-goes back to an HTTP/1 client as a ``Fixed``, its bytes written by fast.proxyhead in one
-call (rewritten head and body, one send).
+upstream connection hands it each read (``Exchange.received``): the usual answer, whole
+in the read, goes back to an HTTP/1 client as a ``Fixed`` rewritten from the read's
+bytes by fast.proxyhead.raw_answer in one call (no parser events, no header tuples);
+anything else is read by the parser, whose events call ``Exchange.wake``.
 
 A request with a body (or an Upgrade) is a coroutine, run by the transport as a task,
 because the body is an async iterator it reads first. Both take the same steps:
@@ -27,6 +28,8 @@ import os
 from functools import partial
 from time import perf_counter
 
+import cython
+
 from farts.clock import LoopClock, Timer
 from farts.metrics import Metrics
 from farts.proxy.config import Upstream
@@ -46,6 +49,7 @@ from fast.http1 import Response as ResponseHead
 from fast.proxyhead import (
     RequestIds,
     client_answer,
+    raw_answer,
     request_headers,
     response_headers,
     upstream_request,
@@ -53,6 +57,7 @@ from fast.proxyhead import (
 
 from .headers import authority_of, origin_form
 from .interim import relay
+from .pipeline import Pipeline
 from .tunnel import Tunnel
 from .upstream import Server
 
@@ -76,6 +81,10 @@ class ProxyStats:
             ("upstream", "server", "outcome"))
         self.retries = metrics.counter(
             "farts_proxy_retries_total", "Requests retried (another server or a fresh connection)",
+            ("upstream",))
+        self.pipelined = metrics.counter(
+            "farts_proxy_pipelined_total",
+            "Requests written with others in one write on one upstream connection (pipeline > 1)",
             ("upstream",))
         self.seconds = metrics.histogram(
             "farts_proxy_upstream_seconds", "Time from request to upstream response head",
@@ -161,14 +170,16 @@ def _error(status: int, reason: str, request_id: bytes) -> Response:
                     f"{status} {REASONS.get(status, 'Error')}: {reason}\n".encode())
 
 
-def _whole_answer(status: int, headers, rid: bytes, body: bytes) -> Fixed:
+@cython.cfunc   # (compiled: a C call, no argument parsing; interpreted: a plain function)
+def _fixed(status, body_len, keep: bytes, close: bytes) -> Fixed:   # (ints as they come: no C round trip)
     """An upstream answer that came whole, as the transport's Fixed: both framings
-    written at once by fast.proxyhead, which the transport writes as they are (no
-    Response, no header list, no second serialisation)."""
+    (``keep``, ``close``) written at once by fast.proxyhead, which the transport writes
+    as they are (no Response, no header list, no second serialisation)."""
     fixed = _new(Fixed)
     fixed.status = status
-    fixed.keep, fixed.close = client_answer(status, headers, rid, body, len(body))
-    fixed.body_len = len(body)
+    fixed.body_len = body_len
+    fixed.keep = keep
+    fixed.close = close
     fixed.served = {}
     return fixed
 
@@ -184,25 +195,36 @@ def _what(req: Request) -> str:
 class UpstreamBody(ResponseBody):
     """Streams one upstream response body, counting how it ended."""
 
-    __slots__ = ("proxy", "req")
+    __slots__ = ("proxy", "req", "pipeline")
 
     def __init__(self, proxy: ProxyHandler, conn: ClientConnection, keep_alive: bool,
-                 req: Request) -> None:
+                 req: Request, pipeline: Pipeline | None) -> None:
         super().__init__(conn, keep_alive, proxy.up.read_timeout)
         self.proxy = proxy
         self.req = req
+        self.pipeline = pipeline   # the answers due after this one on the connection
 
     def ended(self, conn: ClientConnection) -> None:
         self.proxy.count(conn.pool, "ok")
+
+    def release(self, conn: ClientConnection) -> None:
+        if self.pipeline is None:
+            super().release(conn)
+        else:
+            self.pipeline.resume(self.keep_alive)
 
     def failed(self, conn: ClientConnection, outcome: str, why: str, error) -> Exception:
         self.proxy.count(conn.pool, outcome)
         log.warning("upstream %s server %s: %s: %s; closing the client connection",
                     self.proxy.name, conn.pool.address, _what(self.req), why)
+        if self.pipeline is not None:
+            self.pipeline.end()
         return UpstreamBodyError(why)
 
     def gone(self, conn: ClientConnection) -> None:
         self.proxy.count(conn.pool, "client_gone")
+        if self.pipeline is not None:
+            self.pipeline.end()
 
 
 _future_init = asyncio.Future.__init__
@@ -218,15 +240,28 @@ class Exchange(asyncio.Future):
     tries another server once; a timeout (the group's sweep) or a bad answer is a 504 or
     502. ``cancel`` (the client went away) aborts the upstream connection.
 
+    A GET of a group with ``pipeline`` > 1 is queued instead, and sent at the end of the
+    loop turn with the others queued for its server (farts/proxy/pipeline.py); its
+    ``pipeline`` then answers it (``pipelined_answer``), or sends it again alone
+    (``unanswered``), or times it out.
+
     The transport's done callback (added without a context) is called at once, in the
     step that completes the exchange, not scheduled for a later loop turn as asyncio
     does (a Handle and a loop pass per request, 2 % of a proxied request's instructions);
     any other callback (a Task awaiting it, over HTTP/2) is asyncio's.
     """
 
-    __slots__ = ("proxy", "req", "data", "rid", "server", "conn", "reused", "tried",
-                 "retry_other", "retry_stale", "start", "connect_s", "connecting", "interim",
-                 "is_head", "answer_to")
+    # Slots for what every request sets; what only a connect, a failure or a 1xx sets
+    # goes in the instance __dict__ (asyncio.Future has one), its default below: an
+    # attribute set costs about 90 instructions, and these were six per request.
+    __slots__ = ("proxy", "req", "data", "rid", "server", "conn", "reused", "start", "is_head",
+                 "answer_to", "pipeline")
+    connecting: asyncio.Task | None = None
+    tried: list[Server] | None = None   # (made by the first connect failure)
+    retry_other = True
+    retry_stale = True
+    interim = False
+    connect_s = -1.0   # upstream connect seconds (-1: a pooled connection), for slow requests
 
     def __init__(self, proxy: ProxyHandler, req: Request, loop) -> None:
         _future_init(self, loop=loop)
@@ -236,13 +271,12 @@ class Exchange(asyncio.Future):
         self.data, self.rid = proxy.upstream_head(req, server, -2)
         self.is_head = req.method == b"HEAD"
         self.conn: ClientConnection | None = None
-        self.connecting: asyncio.Task | None = None
-        self.tried: list[Server] | None = None   # (made by the first connect failure)
-        self.retry_other = self.retry_stale = True
-        self.interim = False
-        self.connect_s = -1.0
         self.start = req.start   # (the transport's clock read, just before this call)
         self.answer_to = None
+        self.pipeline: Pipeline | None = None
+        if proxy.depth > 1 and req.method == b"GET":
+            proxy.queue(self)
+            return
         conn = server.take()
         if conn is None:
             self.go(True)
@@ -310,25 +344,9 @@ class Exchange(asyncio.Future):
         conn = self.conn
         events = conn.events
         try:
-            while events:
-                ev = events[0]
-                t = type(ev)
-                if t is ResponseHead:
-                    if ev.status >= 200:
-                        events.popleft()
-                        self.answered(ev)
-                        return
-                    if ev.status == 101:
-                        raise BadResponse("101 Switching Protocols to a request without Upgrade")
-                    self.interim = True   # 1xx: passed on (interim.py); the END that follows it skipped
-                    relay(self.req, ev.status, ev.headers)
-                elif ev is END and self.interim:
-                    self.interim = False
-                elif t is HTTPError:
-                    raise BadResponse(f"{ev.status} {ev.reason}")
-                else:
-                    raise BadResponse(f"unexpected {ev!r:.40}")
-                events.popleft()
+            if self.final_head(events):
+                self.answered(events.popleft())
+                return
             if conn.closed:
                 raise ConnectionLost("connection closed")
         except (BadResponse, ConnectionLost) as e:
@@ -339,13 +357,60 @@ class Exchange(asyncio.Future):
             self.set_exception(e)
             self.call_back()
 
-    def received(self, events: list) -> None:
-        """The events of one upstream read, none queued before: the usual answer, whole in
-        one read (final head, its body in one piece or none, END), is answered from the
-        list; anything else is queued for ``wake``."""
+    def final_head(self, events) -> bool:
+        """True when the final head of its answer is first in ``events``: the 1xx before
+        it are passed on to the client (interim.relay) and taken off, each with the END
+        that follows it; False when the events ran out first. Raises BadResponse for
+        anything else."""
+        while events:
+            ev = events[0]
+            t = type(ev)
+            if t is ResponseHead:
+                if ev.status >= 200:
+                    return True
+                if ev.status == 101:
+                    raise BadResponse("101 Switching Protocols to a request without Upgrade")
+                self.interim = True
+                relay(self.req, ev.status, ev.headers)
+            elif ev is END and self.interim:
+                self.interim = False
+            elif t is HTTPError:
+                raise BadResponse(f"{ev.status} {ev.reason}")
+            else:
+                raise BadResponse(f"unexpected {ev!r:.40}")
+            events.popleft()
+        return False
+
+    def received(self, data: bytes) -> None:
+        """One upstream read, no events queued before: the usual answer, whole in the
+        read, rewritten for an HTTP/1 client from its bytes (ProxyHandler.raw_answer),
+        else read by the parser (``answer_events``)."""
+        conn = self.conn
+        if conn.between_answers(data):
+            proxy = self.proxy
+            raw = proxy.raw_answer(self, data, 0, True)
+            if raw is not None:
+                conn.owner = None                   # (unwatch and answer, inline: the hot path)
+                proxy.in_flight.pop(self, None)
+                if raw[1]:
+                    self.server.release(conn)
+                else:
+                    conn.abort()
+                self.set_result(_fixed(raw[0], raw[3], raw[4], raw[5]))
+                self.call_back()
+                return
+        self.answer_events(conn.parser.feed(data))
+
+    def answer_events(self, events: list) -> None:
+        """The parser's events of one read: the usual whole answer (final head, its body
+        in one piece or none, END) is answered from the list; anything else is queued for
+        ``wake``."""
+        if not events:
+            return
         head = events[0]
-        if type(head) is ResponseHead and head.status >= 200 and events[-1] is END:
-            n = len(events)
+        n = len(events)
+        # (events[n - 1], not events[-1]: compiled with wraparound=False, -1 reads before the list)
+        if type(head) is ResponseHead and head.status >= 200 and events[n - 1] is END:
             if n == 2 or (n == 3 and type(events[1]) is bytes):
                 conn, proxy = self.conn, self.proxy
                 conn.owner = None                   # (unwatch and answer, inline: the hot path)
@@ -356,6 +421,36 @@ class Exchange(asyncio.Future):
                 return
         self.conn.queue(events)
         self.wake()
+
+    def pipelined_answer(self, head: ResponseHead, body: bytes | None) -> None:
+        """Its answer, from its pipeline (``body`` None: it streams, the connection's)."""
+        proxy = self.proxy
+        proxy.in_flight.pop(self, None)
+        self.set_result(proxy.respond(self.conn, head, self.req, self.rid, False, self.start,
+                                      self.connect_s, body, self.pipeline))
+        self.call_back()
+
+    def raw_answered(self, raw: tuple) -> None:
+        """Its whole answer from its pipeline's read, rewritten (ProxyHandler.raw_answer)."""
+        self.proxy.in_flight.pop(self, None)
+        self.set_result(_fixed(raw[0], raw[3], raw[4], raw[5]))
+        self.call_back()
+
+    def unanswered(self) -> None:
+        """Its pipeline ended before its answer: sent again, once, on a fresh connection."""
+        proxy = self.proxy
+        proxy.in_flight.pop(self, None)
+        self.pipeline = None
+        self.interim = False
+        if self.done():
+            return
+        if self.retry_stale:
+            self.retry_stale = False
+            proxy.retrying(self.server, "unanswered")
+            self.go(True)
+        else:
+            self.answer(proxy.exchange_failed(self.server, self.conn, ConnectionLost("connection closed"),
+                                              self.req, self.rid))
 
     def answered(self, head: ResponseHead) -> None:
         self.unwatch()
@@ -370,7 +465,7 @@ class Exchange(asyncio.Future):
         if (type(e) is ConnectionLost and self.reused and conn.received == 0
                 and self.retry_stale and self.req.method in IDEMPOTENT):
             # The usual race: the upstream closed the idle connection as we sent.
-            self.proxy.stale(self.server)
+            self.proxy.retrying(self.server, "stale")
             self.retry_stale = False
             self.go(True)
             return
@@ -378,6 +473,9 @@ class Exchange(asyncio.Future):
 
     def timed_out(self) -> None:
         """The group's sweep: no answer within read_timeout."""
+        if self.pipeline is not None:
+            self.pipeline.timed_out()
+            return
         self.conn.owner = None
         self.failed(ReadTimeout())
 
@@ -395,6 +493,9 @@ class Exchange(asyncio.Future):
         if conn is not None and conn.owner is self:
             self.unwatch()
             conn.abort()
+            self.proxy.count(self.server, "client_gone")
+        elif self.pipeline is not None:   # (its answer, when it comes, is dropped)
+            self.proxy.in_flight.pop(self, None)
             self.proxy.count(self.server, "client_gone")
         cancelled = super().cancel(msg)
         self.call_back()
@@ -455,6 +556,7 @@ class ProxyHandler:
         self.now = 0.0
         self.sweeper: Timer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None   # the node's, from the first request
+        self.depth = up.pipeline
 
     # -- metrics ---------------------------------------------------------------------
     def count(self, server: Server, outcome: str) -> None:
@@ -486,6 +588,32 @@ class ProxyHandler:
         rest = [s for s in servers if s not in exclude]
         return min(rest, key=lambda s: s.down_until) if rest else None
 
+    # -- pipelining (farts/proxy/pipeline.py) ---------------------------------------------
+    def queue(self, ex: Exchange) -> None:
+        """A GET for the flush at the end of this loop turn."""
+        queued = ex.server.queued
+        queued.append(ex)
+        if len(queued) == 1:
+            self.loop.call_soon(self.flush, ex.server)
+
+    def flush(self, server: Server) -> None:
+        """The GETs queued for ``server`` in this loop turn: up to ``depth`` in one write
+        per idle connection; without an idle connection each connects as it would alone."""
+        queued, server.queued = server.queued, []
+        exchanges = [ex for ex in queued if not ex.done()]   # (a client gone meanwhile)
+        depth = self.depth
+        for i in range(0, len(exchanges), depth):
+            conn = server.take()
+            if conn is None:
+                for ex in exchanges[i:]:
+                    ex.go(True)
+                return
+            batch = exchanges[i:i + depth]
+            if len(batch) == 1:
+                batch[0].send(conn, True)
+            else:
+                Pipeline(self, conn, batch)
+
     # -- read timeouts of the exchanges ------------------------------------------------
     def start_sweep(self) -> None:
         self.now = self.clock.monotonic()
@@ -493,9 +621,10 @@ class ProxyHandler:
 
     def _sweep(self, now: float) -> None:
         self.now = now
-        for ex in [ex for ex, deadline in self.in_flight.items() if deadline <= now]:
-            del self.in_flight[ex]
-            ex.timed_out()
+        in_flight = self.in_flight
+        for ex in [ex for ex, deadline in in_flight.items() if deadline <= now]:
+            if in_flight.pop(ex, None) is not None:   # (not answered by an earlier one's pipeline)
+                ex.timed_out()
 
     # -- the steps both kinds of request share -----------------------------------------
     def upstream_head(self, req: Request, server: Server, length: int) -> tuple[bytes, bytes]:
@@ -529,8 +658,10 @@ class ProxyHandler:
             log.warning("upstream %s server %s: %s: %s", self.name, server.address, _what(req), why)
         return why, nxt
 
-    def stale(self, server: Server) -> None:
-        self.count(server, "stale")
+    def retrying(self, server: Server, outcome: str) -> None:
+        """An attempt that got no answer ("stale": a pooled connection closed as it was
+        used; "unanswered": behind others on a connection that closed), sent again."""
+        self.count(server, outcome)
         self._retry()
 
     def exchange_failed(self, server: Server, conn: ClientConnection, e: Exception, req: Request,
@@ -551,33 +682,57 @@ class ProxyHandler:
         return _error(502, "bad upstream response", rid)
 
     def respond(self, conn: ClientConnection, resp: ResponseHead, req: Request, rid: bytes,
-                is_head: bool, start: float, connect_s: float, whole: bytes | None) -> Response | Fixed:
+                is_head: bool, start: float, connect_s: float, whole: bytes | None,
+                pipeline: Pipeline | None = None) -> Response | Fixed:
         """The client's answer to the upstream's final head ``resp`` on ``conn``; ``whole``:
-        its body when all of it has come (``conn.take_whole_body()``), else None."""
+        its body when all of it has come (``conn.take_whole_body()``), else None.
+        ``pipeline``: the connection's, which keeps it after a whole answer."""
         head_at = perf_counter()
         self.m.seconds.observe(head_at - start, self._key)
         status = resp.status
         head_only = is_head or status == 204 or status == 304
         if whole is None:
-            body = UpstreamBody(self, conn, resp.keep_alive, req)
+            body = UpstreamBody(self, conn, resp.keep_alive, req, pipeline)
         else:
             # The whole body came with the head (the usual case for small answers): hand
             # it over as bytes, so the transport writes head and body in one send.
             server = conn.pool
             server.answered += 1
-            if resp.keep_alive:
-                server.release(conn)
-            else:
-                conn.abort()
+            if pipeline is None:   # (a pipeline keeps its connection for the answers after it)
+                if resp.keep_alive:
+                    server.release(conn)
+                else:
+                    conn.abort()
             if not head_only and type(req) is Request and head_at - req.start < self.slow_request_seconds:
                 # The usual case: one Fixed, written by the transport as it is (HTTP/1;
                 # HTTP/2 takes the Response). A slow one keeps its timings (below).
-                return _whole_answer(status, resp.headers, rid, whole)
+                keep, close = client_answer(status, resp.headers, rid, whole, len(whole))
+                return _fixed(status, len(whole), keep, close)
             # (no body by definition when head_only; the head keeps the upstream's length)
             body = EMPTY if head_only else whole
         return Response(status, response_headers(resp.headers, rid), body,
                         -1 if resp.chunked else resp.content_length, head_only,
                         timings=(start, connect_s, head_at))
+
+    def raw_answer(self, ex: Exchange, data: bytes, at: int, to_end: bool) -> tuple | None:
+        """``ex``'s answer at ``data[at:]`` (``to_end``: all the rest of ``data``) when it
+        is whole and the usual kind for an HTTP/1 client (fast.proxyhead.raw_answer:
+        status, keep-alive, its end, body length, both framings for the client), counted
+        as answered unless ``ex`` is done; None: the parser's (HTTP/2 and a slow request's
+        timings need the Response, a HEAD the parser's expectation)."""
+        req = ex.req
+        if type(req) is not Request or ex.is_head:
+            return None
+        head_at = perf_counter()
+        if head_at - req.start >= self.slow_request_seconds:
+            return None
+        raw = raw_answer(data, at, ex.rid)
+        if raw is None or (to_end and raw[2] != len(data)):
+            return None
+        if not ex.done():   # (else its client went away: counted so by its cancel)
+            self.m.seconds.observe(head_at - ex.start, self._key)
+            ex.server.answered += 1
+        return raw
 
     # -- one request -----------------------------------------------------------------
     def handle(self, request: Request):
@@ -636,7 +791,7 @@ class ProxyHandler:
                 conn.abort()
                 if (type(e) is ConnectionLost and reused and conn.received == 0 and replayable
                         and body is None and retry_stale):
-                    self.stale(server)
+                    self.retrying(server, "stale")
                     retry_stale = False
                     fresh = True
                     continue
@@ -685,7 +840,7 @@ class ProxyHandler:
             raise
         if head.status != 101:   # refused: its answer, then both connections close
             whole = conn.take_whole_body()
-            body = whole if whole is not None else UpstreamBody(self, conn, False, req)
+            body = whole if whole is not None else UpstreamBody(self, conn, False, req, None)
             if whole is not None:
                 self.count(server, "ok")
                 conn.abort()

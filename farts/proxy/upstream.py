@@ -9,7 +9,7 @@ class Server(Pool):
     """One ``host:port`` of an upstream group (each group keeps its own pool and health)."""
 
     __slots__ = ("address", "host_field", "fails", "down_until", "max_fails", "fail_timeout", "clock",
-                 "answered")
+                 "answered", "queued")
 
     def __init__(self, address: str, pool_size: int, max_fails: int, fail_timeout: float,
                  deadlines: Deadlines, clock: Clock) -> None:
@@ -25,6 +25,7 @@ class Server(Pool):
         # Answers that came whole ("ok" in farts_proxy_requests_total): counted in place,
         # the hottest path, and summed into the counter when scraped (ProxyStats).
         self.answered = 0
+        self.queued: list = []   # GETs for the end of this loop turn (ProxyHandler.flush)
 
     def up(self, now: float) -> bool:
         return now >= self.down_until

@@ -3,7 +3,8 @@ and webhooks): keep-alive pools per (scheme, host, port), TLS with SNI, connect 
 read timeouts, streaming bodies both ways, ``fast.http1.ResponseParser`` for answers.
 
 ``ClientConnection`` is a thin asyncio Protocol: bytes in → parser events queued for
-the one coroutine that owns the connection, with read flow control (reading pauses
+the one coroutine that owns the connection (or each read handed as it is to a callback
+owner, the proxy's exchange, which feeds the parser what it does not take), with read flow control (reading pauses
 while too many body bytes wait) and write flow control (``drain`` waits for
 ``resume_writing``). No locks: one loop, one owner.
 
@@ -115,8 +116,8 @@ class ClientConnection(asyncio.Protocol):
         self.pooled = False
         self.reusable = True         # cleared when a request was not fully sent
         # A callback owner instead of a waiting coroutine (the proxy's Exchange): its
-        # wake() is called where the waiter would be woken, and received(events) with
-        # a read's events when none are queued.
+        # wake() is called where the waiter would be woken, and received(data) with a
+        # read's bytes when no events are queued (it feeds the parser what it leaves).
         self.owner = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -129,16 +130,27 @@ class ClientConnection(asyncio.Protocol):
             self.abort()
             return
         self.received += len(data)
+        owner = self.owner
+        if owner is not None and not self.events:
+            # A callback owner takes a read as it is (the usual read is a whole answer,
+            # which the proxy rewrites from its bytes): what it does not take it feeds.
+            owner.received(data)
+            return
+        if self.feed(data):
+            self._wake()
+
+    def feed(self, data: bytes) -> bool:
+        """The parser's events of ``data`` queued for the owner; True when there were any."""
         events = self.parser.feed(data)
         if events:
-            owner = self.owner
-            if owner is not None and not self.events:
-                # A callback owner takes a read's events as they are (the usual read is a
-                # whole answer: nothing to queue); what it does not take it queues.
-                owner.received(events)
-                return
             self.queue(events)
-            self._wake()
+            return True
+        return False
+
+    def between_answers(self, data: bytes) -> bool:
+        """``data`` (just received, nothing queued) starts at an answer's first byte: it
+        is the first read since the request went out, or the parser holds nothing."""
+        return self.received == len(data) or self.parser.idle
 
     def queue(self, events: list) -> None:
         """Queues parser events for the owner, pausing reading past HIGH_WATER body bytes."""
@@ -460,10 +472,7 @@ class ResponseBody:
         if ev is END:
             self.conn = None
             self.ended(conn)
-            if self.keep_alive:
-                conn.pool.release(conn)
-            else:
-                conn.abort()
+            self.release(conn)
             raise StopAsyncIteration
         if ev is None or conn.closed:
             self._fail("body_error", f"connection lost mid-body ({conn.exc or 'closed'})", ConnectionLost)
@@ -485,6 +494,13 @@ class ResponseBody:
     # -- hooks ---------------------------------------------------------------------
     def ended(self, conn: ClientConnection) -> None:
         """The body ended cleanly."""
+
+    def release(self, conn: ClientConnection) -> None:
+        """After the clean end: the connection back to its pool (or closed)."""
+        if self.keep_alive:
+            conn.pool.release(conn)
+        else:
+            conn.abort()
 
     def failed(self, conn: ClientConnection, outcome: str, why: str, error: type[Exception]) -> Exception:
         """The body broke off; returns the exception to raise."""

@@ -344,7 +344,9 @@ class HTTP1Connection(asyncio.Protocol):
         if task is not None and not task.done():
             task.cancel()
         awaited, self.awaited = self.awaited, None
-        if awaited is not None and inspect.iscoroutine(awaited):
+        # (asyncio's test: a compiled handler's coroutine, e.g. the proxy's, is not a
+        # types.CoroutineType, which is all inspect.iscoroutine knows)
+        if awaited is not None and asyncio.iscoroutine(awaited):
             awaited.close()   # its task never started: nothing else will await it
 
     def _answer(self, req: Request, result) -> None:
