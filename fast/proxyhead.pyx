@@ -16,8 +16,9 @@ differential test holds them to ``request_head(*request_headers(...))`` and
 ``response_head(response_headers(...))``.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
+
+from fast.bytescan cimport all_in
 
 from fast.http1 import response_head
 
@@ -401,25 +402,9 @@ cdef enum:
     _F_OTHER = 5     # (transfer-encoding: the parser's)
 
 
-cdef bint _plain(const char *s, Py_ssize_t n) noexcept:
-    """Every byte of ``s[:n]`` is HTAB, SP or VCHAR. Eight bytes at a time: a word is
-    looked at byte by byte only when it holds a byte below 0x20, a DEL or one above 0x7f
-    (HTAB is such a byte, and is plain)."""
-    cdef uint64_t x, y
-    cdef Py_ssize_t i = 0, k
-    while i + 8 <= n:
-        memcpy(&x, s + i, 8)
-        y = x ^ 0x7F7F7F7F7F7F7F7FULL
-        if (((x - 0x2020202020202020ULL) & ~x) | ((y - 0x0101010101010101ULL) & ~y) | x) & 0x8080808080808080ULL:
-            for k in range(i, i + 8):
-                if not _PLAIN[<unsigned char>s[k]]:
-                    return False
-        i += 8
-    while i < n:
-        if not _PLAIN[<unsigned char>s[i]]:
-            return False
-        i += 1
-    return True
+cdef inline bint _plain(const char *s, Py_ssize_t n) noexcept:
+    """Every byte of ``s[:n]`` is HTAB, SP or VCHAR (no obs-text: left to the parser)."""
+    return all_in(s, n, _PLAIN, 0xFFFFFFFFFFFFFFFFULL)
 
 
 cdef int _kind(const unsigned char *low, Py_ssize_t n) noexcept:

@@ -48,6 +48,7 @@ def test_wheel_installs_into_a_fresh_venv_with_compiled_modules(tmp_path, releas
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("fast/http1.") and n.endswith(".so") for n in names), names
     assert any(n.startswith("farts/transport/h1.") and n.endswith(".so") for n in names), names
+    assert any(n.startswith("farts/proxy/handler.") and n.endswith(".so") for n in names), names
     assert not any(n.endswith((".pyx", ".c")) for n in names)
     # The status page ships inside the wheel (package data, no build step at install).
     for page in ("index.html", "app.js", "app.css", "land.js"):
