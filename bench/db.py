@@ -48,6 +48,7 @@ WORKLOADS = ("ping", "find_one", "find20", "insert_one", "update_inc")
 CONFIG = """
 [node]
 id = "bench"
+workers = 1   # (the default "auto" would add worker processes the figures do not count on)
 data_dir = "{data}"
 [listeners.http]
 enabled = false
