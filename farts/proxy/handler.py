@@ -41,6 +41,7 @@ from farts.transport.client import (
     ConnectionLost,
     ReadTimeout,
     ResponseBody,
+    before_final,
     exchange,
 )
 from farts.transport.http import REASONS, STREAM, Fixed, Request, Response, Upgrade
@@ -364,22 +365,14 @@ class Exchange(asyncio.Future):
         anything else."""
         while events:
             ev = events[0]
-            t = type(ev)
-            if t is ResponseHead:
-                if ev.status >= 200:
-                    return True
-                if ev.status == 101:
-                    raise BadResponse("101 Switching Protocols to a request without Upgrade")
-                self.interim = True
-                relay(self.req, ev.status, ev.headers)
-            elif ev is END and self.interim:
-                self.interim = False
-            elif t is HTTPError:
-                raise BadResponse(f"{ev.status} {ev.reason}")
-            else:
-                raise BadResponse(f"unexpected {ev!r:.40}")
+            if type(ev) is ResponseHead and ev.status >= 200:
+                return True
+            self.interim = before_final(ev, self.interim, self.pass_interim)
             events.popleft()
         return False
+
+    def pass_interim(self, status: int, headers: list) -> None:
+        relay(self.req, status, headers)
 
     def received(self, data: bytes) -> None:
         """One upstream read, no events queued before: the usual answer, whole in the

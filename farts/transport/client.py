@@ -420,23 +420,29 @@ async def exchange(conn: ClientConnection, data: bytes, body, chunked: bool, hea
     interim = False
     while True:
         ev = await conn.next_event(max(deadline - deadlines.now, 0.001))
-        t = type(ev)
-        if t is ResponseHead:
-            if ev.status >= 200:
-                return ev
-            if ev.status == 101:
-                raise BadResponse("101 Switching Protocols to a request without Upgrade")
-            interim = True  # 1xx: skipped, with the END that follows it
-            if on_interim is not None and ev.status != 100:
-                on_interim(ev.status, ev.headers)
-        elif ev is END and interim:
-            interim = False
-        elif ev is None:
+        if type(ev) is ResponseHead and ev.status >= 200:
+            return ev
+        if ev is None:
             raise ConnectionLost("connection closed")
-        elif t is HTTPError:
-            raise BadResponse(f"{ev.status} {ev.reason}")
-        else:
-            raise BadResponse(f"unexpected {ev!r:.40}")
+        interim = before_final(ev, interim, on_interim)
+
+
+def before_final(ev, interim: bool, on_interim) -> bool:
+    """An upstream event before the answer's final head (the proxy's coroutine and callback
+    exchanges both read them this way): a 1xx, handed to ``on_interim(status, headers)`` but
+    a 100, or the END that follows one (``interim``: one is due). Returns whether an END is
+    due next; raises BadResponse for anything else."""
+    if type(ev) is ResponseHead:
+        if ev.status == 101:
+            raise BadResponse("101 Switching Protocols to a request without Upgrade")
+        if on_interim is not None and ev.status != 100:
+            on_interim(ev.status, ev.headers)
+        return True   # 1xx: skipped here, with the END that follows it
+    if ev is END and interim:
+        return False
+    if type(ev) is HTTPError:
+        raise BadResponse(f"{ev.status} {ev.reason}")
+    raise BadResponse(f"unexpected {ev!r:.40}")
 
 
 class ResponseBody:
