@@ -247,6 +247,7 @@ def test_metrics_split_by_protocol_and_h2_slow_requests_counted(node):
         assert 'farts_http_connections_by_protocol{listener="https",protocol="2"} 1.0' in out.stdout.decode()
     assert metric(node, "farts_http_slow_requests_total", listener="https", route="/app/") == before_slow + 1
     assert metric(node, "farts_http_requests_by_protocol_total", listener="https", protocol="2") == before_h2 + 2
+    assert curl(node.url("http", "/a")).returncode == 0   # (one of its own: the test stands alone)
     assert metric(node, "farts_http_requests_by_protocol_total", listener="http", protocol="1.1") >= 1
 
 
