@@ -40,6 +40,7 @@ _spec = importlib.util.spec_from_file_location("bench_http", os.path.join(HERE, 
 H = importlib.util.module_from_spec(_spec)
 sys.modules["bench_http"] = H
 _spec.loader.exec_module(H)
+from bench.nodeconf import local_node, node_toml  # noqa: E402  (bench/http.py put the repository on sys.path)
 
 TARGETS = ["farts-cdn", "nginx-cache", "nginx-cache-nosf"]
 MISSES_LUA = """-- bench/cdn.py --misses: every request a new cache key
@@ -52,29 +53,12 @@ end
 """
 
 
-def node_config(data_dir: str, port: int, admin_port: int, origin_port: int) -> str:
-    """farts-cdn's node: one tenant, a `kind = "cdn"` route on / in front of the origin."""
-    return f"""[node]
-id = "bench"
-data_dir = {json.dumps(data_dir)}
-[listeners.http]
-host = "127.0.0.1"
-port = {port}
-[listeners.https]
-enabled = false
-[listeners.admin]
-host = "127.0.0.1"
-port = {admin_port}
-[[tenants]]
-id = "bench"
-hosts = ["127.0.0.1", "localhost"]
-[cdn.origins.o]
-url = "http://127.0.0.1:{origin_port}/"
-[[routes]]
-prefix = "/"
-kind = "cdn"
-origin = "o"
-"""
+def node_sections(data_dir: str, port: int, admin_port: int, origin_port: int) -> dict:
+    """farts-cdn's node: one tenant, a `kind = "cdn"` route on / in front of the origin
+    (bench/nodeconf.py's sections: bench/hot_callgrind.py adds a route)."""
+    return {**local_node(data_dir, port, admin_port),
+            "cdn": {"origins": {"o": {"url": f"http://127.0.0.1:{origin_port}/"}}},
+            "routes": [{"prefix": "/", "kind": "cdn", "origin": "o"}]}
 
 
 class CDNBench:
@@ -112,7 +96,7 @@ class CDNBench:
             port, admin = H.free_port(), H.free_port()
             cfg = os.path.join(d, "farts.toml")
             with open(cfg, "w") as f:
-                f.write(node_config(os.path.join(d, "data"), port, admin, self.origin.port))
+                f.write(node_toml(node_sections(os.path.join(d, "data"), port, admin, self.origin.port)))
             log = os.path.join(d, "node.log")
             proc = self.hb.procs.start(name, H.pinned(a.server_cpu, [*self.hb.farts_command(), "serve",
                                                                      "--config", cfg]), log, cwd=H.ROOT)

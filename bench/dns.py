@@ -40,6 +40,8 @@ import dns.rdatatype
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.nodeconf import node_toml
+
 NODES = [("oregon", "us-west", 45.52, -122.68, "127.0.0.1", "127.0.0.11"),
          ("frankfurt", "eu-central", 50.11, 8.68, "127.0.0.2", "127.0.0.12"),
          ("singapore", "ap-southeast", 1.35, 103.82, "127.0.0.3", "127.0.0.13")]
@@ -94,31 +96,13 @@ def queries(db: str) -> list[bytes]:
 # Servers
 
 
-FARTS_CONFIG = """
-[dns]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-zone = "farts.test"
-default_region = "eu-central"
-rrl_rate = 0
-geoip_database = "{db}"
-
-[[dns.geo]]
-name = "edge"
-answers = 2
-ttl = 30
-
-[[dns.records]]
-name = "www"
-type = "A"
-value = "192.0.2.80"
-
-[[dns.records]]
-name = "@"
-type = "MX"
-value = "10 mail.farts.test."
-"""
+def dns_sections(port: int, db: str) -> dict:
+    """The node's [dns] under test (bench/workers.py --route dns runs it too)."""
+    return {"dns": {"enabled": True, "host": "127.0.0.1", "port": port, "zone": "farts.test",
+                    "default_region": "eu-central", "rrl_rate": 0, "geoip_database": db,
+                    "geo": [{"name": "edge", "answers": 2, "ttl": 30}],
+                    "records": [{"name": "www", "type": "A", "value": "192.0.2.80"},
+                                {"name": "@", "type": "MX", "value": "10 mail.farts.test."}]}}
 
 
 def farts_serve(port: int, db: str) -> None:
@@ -129,7 +113,7 @@ def farts_serve(port: int, db: str) -> None:
     from farts.dns import DNSServer
     from farts.members import Member, MemberMap
 
-    cfg = config.parse(FARTS_CONFIG.format(port=port, db=db), "bench.toml").dns
+    cfg = config.parse(node_toml(dns_sections(port, db)), "bench.toml").dns
     members = MemberMap([Member(n[0], n[1], n[2], n[3], (n[4],)) for n in NODES])
 
     async def main():
@@ -319,7 +303,7 @@ def miss_path_rate(db: str, wires: list[bytes]) -> float:
     from farts.dns.zone import Zone
     from farts.members import Member, MemberMap
 
-    cfg = config.parse(FARTS_CONFIG.format(port=0, db=db), "bench.toml").dns
+    cfg = config.parse(node_toml(dns_sections(0, db)), "bench.toml").dns
     geo = GeoSource(db, 1e9, initial=build(db))
     r = Responder(Zone(cfg), MemberMap([Member(n[0], n[1], n[2], n[3], (n[4],)) for n in NODES]), geo)
     client = bytes([127, 0, 0, 1])

@@ -82,6 +82,8 @@ C_SUBSCRIBER = os.path.join(PEERS, "fanout_sub.c")
 _spec = importlib.util.spec_from_file_location("bench_http", os.path.join(HERE, "http.py"))
 bench_http = sys.modules["bench_http"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_http)
+from bench.nodeconf import local_node, node_toml  # noqa: E402  (bench/http.py put the repository on sys.path)
+
 Procs, BenchError, free_port, tail, pinned = (bench_http.Procs, bench_http.BenchError,
                                               bench_http.free_port, bench_http.tail, bench_http.pinned)
 proc_cpu_seconds, cpu_busy, own_time, wait_idle = (bench_http.proc_cpu_seconds, bench_http.cpu_busy,
@@ -482,43 +484,12 @@ class Bench:
 
 
 def farts_config(data_dir: str, port: int, admin: int, io_uring: str | None) -> str:
-    return f"""# written by bench/fanout.py
-[node]
-id = "bench"
-data_dir = {json.dumps(data_dir)}
-
-[listeners.http]
-host = "127.0.0.1"
-port = {port}
-
-[listeners.https]
-enabled = false
-
-[listeners.admin]
-host = "127.0.0.1"
-port = {admin}
-
-[limits]
-max_connections = {NOFILE}
-max_connections_per_ip = {NOFILE}
-
-[pubsub]
-{f'io_uring = "{io_uring}"' if io_uring else ""}
-
-[[tenants]]
-id = "bench"
-hosts = ["127.0.0.1", "localhost"]
-api_keys = ["{API_KEY}"]
-secret = "bench-secret"
-
-[[routes]]
-prefix = "/live"
-kind = "pubsub"
-
-[[routes]]
-prefix = "/api/"
-kind = "pubsub"
-"""
+    node = local_node(data_dir, port, admin)
+    node["tenants"][0].update(api_keys=[API_KEY], secret="bench-secret")
+    return node_toml({**node, "limits": {"max_connections": NOFILE, "max_connections_per_ip": NOFILE},
+                      "pubsub": {"io_uring": io_uring} if io_uring else {},
+                      "routes": [{"prefix": "/live", "kind": "pubsub"}, {"prefix": "/api/", "kind": "pubsub"}]},
+                     "written by bench/fanout.py")
 
 
 # ---------------------------------------------------------------- report

@@ -52,6 +52,7 @@ import bson  # noqa: E402
 import dns.edns  # noqa: E402
 import dns.message  # noqa: E402
 
+from bench.nodeconf import local_node, node_toml  # noqa: E402
 from farts import pki  # noqa: E402
 from farts.db import scram  # noqa: E402
 from farts.mesh.frames import BUS, SWIM, Hello, encode  # noqa: E402
@@ -60,76 +61,28 @@ from fast.ws import encode_masked_frame  # noqa: E402
 LISTENERS = ("http", "https", "ws", "dns-udp", "dns-tcp", "db-preauth", "db-auth", "mesh")
 URL_LINE = re.compile(rb"^\s+(\w+)\s+(\S+://\S+)")
 
-CONFIG = """
-[node]
-id = "fuzz-node"
-data_dir = "{data}"
 
-[listeners.http]
-port = 0
-[listeners.https]
-port = 0
-cert_dir = "certs"
-[listeners.admin]
-port = 0
 
-[limits]
-header_timeout = 2.0
-idle_timeout = 5.0
+def node_config(data: Path) -> str:
+    """The node under fuzzing: every listener on (https with the certificate in certs/),
+    pub/sub, DNS, the database with auth, the mesh."""
+    node = local_node(data, node_id="fuzz-node", hosts=())
+    node["listeners"]["https"] = {"host": "127.0.0.1", "port": 0, "cert_dir": "certs"}
+    return node_toml({
+        **node,
+        "limits": {"header_timeout": 2.0, "idle_timeout": 5.0},
+        "tenants": [{"id": "demo", "hosts": ["localhost", "127.0.0.1"], "api_keys": ["fuzz-key"],
+                     "secret": "fuzz-secret"}],
+        "routes": [{"prefix": "/live", "kind": "pubsub"}, {"prefix": "/api/publish", "kind": "pubsub"},
+                   {"prefix": "/healthz", "kind": "admin"}, {"prefix": "/", "kind": "static", "body": "fuzz target\n"}],
+        "dns": {"enabled": True, "port": 0, "zone": "fuzz.test", "geo": [{"name": "edge"}],
+                "records": [{"name": "txt", "type": "TXT", "value": "hello"}],
+                "nodes": [{"id": "fuzz-node", "lat": 50.1, "lon": 8.7, "addresses": ["127.0.0.1", "::1"]}]},
+        "db": {"enabled": True, "port": 0, "auth": True, "sync": False,
+               "users": [{"name": "fuzz", "password": "fuzz-secret", "tenant": "demo"}]},
+        "mesh": {"enabled": True, "port": 0, "ca": "mesh/ca.crt", "cert": "mesh/node.crt", "key": "mesh/node.key"},
+    })
 
-[[tenants]]
-id = "demo"
-hosts = ["localhost", "127.0.0.1"]
-api_keys = ["fuzz-key"]
-secret = "fuzz-secret"
-
-[[routes]]
-prefix = "/live"
-kind = "pubsub"
-[[routes]]
-prefix = "/api/publish"
-kind = "pubsub"
-[[routes]]
-prefix = "/healthz"
-kind = "admin"
-[[routes]]
-prefix = "/"
-kind = "static"
-body = "fuzz target\\n"
-
-[dns]
-enabled = true
-port = 0
-zone = "fuzz.test"
-[[dns.geo]]
-name = "edge"
-[[dns.records]]
-name = "txt"
-type = "TXT"
-value = "hello"
-[[dns.nodes]]
-id = "fuzz-node"
-lat = 50.1
-lon = 8.7
-addresses = ["127.0.0.1", "::1"]
-
-[db]
-enabled = true
-port = 0
-auth = true
-sync = false
-[[db.users]]
-name = "fuzz"
-password = "fuzz-secret"
-tenant = "demo"
-
-[mesh]
-enabled = true
-port = 0
-ca = "mesh/ca.crt"
-cert = "mesh/node.crt"
-key = "mesh/node.key"
-"""
 
 INTERESTING = [b"\x00", b"\xff", b"\r\n", b"\r\n\r\n", b"\n", b":", b"%", b"..", b"/", b"\x7f",
                b"\x80", b"-1", b"0", b"4294967296", b"18446744073709551616", b"ffffffffffffffff",
@@ -274,7 +227,7 @@ class Node:
         pki.issue(ca, root / "fuzzer.crt", root / "fuzzer.key", ["127.0.0.1"], node_id="fuzzer")
         self.ca, self.root = ca / "ca.crt", root
         config = data / "farts.toml"
-        config.write_text(CONFIG.format(data=data))
+        config.write_text(node_config(data))
         self.log_path = data / "node.log"
         self.proc = subprocess.Popen([sys.executable, "-m", "farts.cli", "serve", "--config", str(config)],
                                      stdout=subprocess.PIPE, stderr=open(self.log_path, "wb"),  # noqa: SIM115

@@ -29,6 +29,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 
 from bench.mesh import Node, wait  # noqa: E402
+from bench.nodeconf import node_toml  # noqa: E402
 from farts import pki  # noqa: E402
 
 
@@ -73,25 +74,12 @@ def main() -> None:
         tar.add(path, arcname="GeoLite2-City_bench/GeoLite2-City.mmdb")
     url = serve(out.getvalue())
     ids = [f"node-{i}" for i in range(1, args.nodes + 1)]
-    extra = f"""
-[db]
-enabled = true
-port = 0
-sync = false
-[master]
-enabled = true
-nodes = {json.dumps(ids)}
-lease_seconds = 3.0
-[master.geoip]
-url = "{url}"
-database_type = ""
-[[master.crons]]
-name = "geoip"
-schedule = "* * * * * */2"
-action = "task"
-task = "geoip_rebuild"
-timeout = 600
-""" + ('\n[dns]\nenabled = true\nport = 0\n[[dns.geo]]\nname = "edge"\n' if args.dns else "")
+    extra = node_toml({"db": {"enabled": True, "port": 0, "sync": False},
+             "master": {"enabled": True, "nodes": ids, "lease_seconds": 3.0,
+                        "geoip": {"url": url, "database_type": ""},
+                        "crons": [{"name": "geoip", "schedule": "* * * * * */2", "action": "task",
+                                   "task": "geoip_rebuild", "timeout": 600}]},
+             **({"dns": {"enabled": True, "port": 0, "geo": [{"name": "edge"}]}} if args.dns else {})})
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         pki.make_ca(root / "ca")

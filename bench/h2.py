@@ -40,6 +40,7 @@ _spec = importlib.util.spec_from_file_location("bench_http", os.path.join(HERE, 
 H = importlib.util.module_from_spec(_spec)
 sys.modules["bench_http"] = H
 _spec.loader.exec_module(H)
+from bench.nodeconf import local_node, node_toml  # noqa: E402  (bench/http.py put the repository on sys.path)
 
 TARGETS = ["farts", "nginx"]
 
@@ -65,25 +66,10 @@ class H2Bench:
             port, admin = H.free_port(), H.free_port()
             cfg = os.path.join(d, "farts.toml")
             with open(cfg, "w") as f:
-                f.write(f"""[node]
-id = "bench"
-data_dir = {json.dumps(os.path.join(d, "data"))}
-[listeners.http]
-enabled = false
-[listeners.https]
-host = "127.0.0.1"
-port = {port}
-[listeners.admin]
-host = "127.0.0.1"
-port = {admin}
-[[tenants]]
-id = "bench"
-hosts = ["127.0.0.1", "localhost"]
-[[routes]]
-prefix = "/bench"
-kind = "static"
-body = {json.dumps(self.hb.body.decode("ascii"))}
-""")
+                node = local_node(os.path.join(d, "data"), admin_port=admin)
+                node["listeners"].update(http={"enabled": False}, https={"host": "127.0.0.1", "port": port})
+                f.write(node_toml({**node, "routes": [{"prefix": "/bench", "kind": "static",
+                                                       "body": self.hb.body.decode("ascii")}]}))
             log = os.path.join(d, "node.log")
             proc = self.hb.procs.start(name, H.pinned(a.server_cpu, [*self.hb.farts_command(), "serve",
                                                                      "--config", cfg]), log, cwd=H.ROOT)

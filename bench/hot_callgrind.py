@@ -27,7 +27,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -37,7 +36,8 @@ sys.path[:0] = [os.path.join(HERE, "peers"), ROOT]
 from body import make_body  # noqa: E402
 
 from bench.callgrind import control, dumps  # noqa: E402
-from bench.cdn import H, node_config  # noqa: E402
+from bench.cdn import H, node_sections  # noqa: E402
+from bench.nodeconf import node_toml  # noqa: E402
 from bench.proxy_callgrind import h2load, nginx_conf, wait_ready  # noqa: E402
 
 SIZES = {"cdn-1k": 1024, "cdn-100k": 102400}
@@ -52,13 +52,9 @@ def origin(d: str, port: int) -> list[str]:
     }}""")
 
 
-def static_route() -> str:
+def static_route() -> dict:
     """bench/http.py's farts-fixed route (1 KiB), beside the CDN route."""
-    return f"""[[routes]]
-prefix = "/bench"
-kind = "static"
-body = {json.dumps(make_body(1024).decode("ascii"))}
-"""
+    return {"prefix": "/bench", "kind": "static", "body": make_body(1024).decode("ascii")}
 
 
 def read_path_ir(dump: str) -> int:
@@ -103,7 +99,12 @@ def main() -> None:
             origin_port = H.free_port()
             procs.start("origin", origin(d, origin_port), f"{d}/origin.log")
             with open(f"{d}/farts/farts.toml", "w") as f:
-                f.write(node_config(f"{d}/farts/data", port, H.free_port(), origin_port) + static_route())
+                # workers = 1: the listeners in the process valgrind counts (the default,
+                # "auto", would serve them from worker processes it does not see).
+                node = node_sections(f"{d}/farts/data", port, H.free_port(), origin_port)
+                node["node"]["workers"] = 1
+                node["routes"].append(static_route())
+                f.write(node_toml(node))
             argv = [a.python, "-m", "farts.cli", "serve", "--config", f"{d}/farts/farts.toml"]
         out = f"{d}/callgrind.out"
         proc = procs.start("server", ["valgrind", "--tool=callgrind", "--instr-atstart=no",

@@ -58,7 +58,10 @@ import time  # noqa: E402
 ROOT = os.path.dirname(HERE)
 PEERS = os.path.join(HERE, "peers")
 sys.path.insert(0, PEERS)
+sys.path.append(ROOT)   # (last: for bench/nodeconf.py, not to shadow anything)
 from body import make_body  # noqa: E402
+
+from bench.nodeconf import local_node, node_toml, proxy_to  # noqa: E402
 
 TARGETS = [
     "farts-fixed",
@@ -417,47 +420,12 @@ http {{
         return [self.args.python, "-m", "farts.cli"]
 
     def farts_config(self, name: str, http_port: int, admin_port: int, upstream_port: int | None) -> str:
-        text = self.body.decode("ascii")
-        cfg = f"""# {name}: written by bench/http.py
-[node]
-id = "bench"
-data_dir = {json.dumps(self.path(name, "data"))}
-
-[listeners.http]
-host = "127.0.0.1"
-port = {http_port}
-
-[listeners.https]
-enabled = false
-
-[listeners.admin]
-host = "127.0.0.1"
-port = {admin_port}
-
-[[tenants]]
-id = "bench"
-hosts = ["127.0.0.1", "localhost"]
-
-[[routes]]
-prefix = "/bench"
-kind = "static"
-body = {json.dumps(text)}
-"""
+        sections = local_node(self.path(name, "data"), http_port, admin_port)
+        routes = [{"prefix": "/bench", "kind": "static", "body": self.body.decode("ascii")}]
         if upstream_port is not None:
-            # (written only when on: a tree from before the key, bench/ab.py's "before"
-            # side, then runs with --proxy-pipeline 1)
-            pipeline = self.args.proxy_pipeline
-            depth = f"pipeline = {pipeline}\n" if pipeline > 1 else ""
-            cfg += f"""
-[upstreams.up]
-servers = ["127.0.0.1:{upstream_port}"]
-{depth}
-[[routes]]
-prefix = "/proxy"
-kind = "proxy"
-upstream = "up"
-"""
-        return cfg
+            proxy = proxy_to(f"127.0.0.1:{upstream_port}", self.args.proxy_pipeline)
+            sections["upstreams"], routes = proxy["upstreams"], routes + proxy["routes"]
+        return node_toml({**sections, "routes": routes}, f"{name}: written by bench/http.py")
 
     def _farts(self, name: str, proxy: bool) -> Server:
         d = self.path(name)

@@ -35,36 +35,21 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
 
+from bench.nodeconf import local_node, node_toml  # noqa: E402
 from farts import pki  # noqa: E402
-
-CONFIG = """
-[node]
-id = "{id}"
-data_dir = "{dir}"
-workers = 1
-[listeners.http]
-port = 0
-[listeners.https]
-enabled = false
-[listeners.admin]
-port = 0
-[mesh]
-enabled = true
-port = 0
-seeds = {seeds}
-ca = "{ca}"
-cert = "node.crt"
-key = "node.key"
-"""
 
 
 class Node:
     def __init__(self, root: Path, node_id: str, seeds: list[str], extra: str = "") -> None:
+        """``extra``: TOML text after the config's last table, [mesh] (keys of [mesh], then
+        other tables: ``bench.nodeconf.node_toml``)."""
         self.id, d = node_id, root / node_id
         if not (d / "node.crt").exists():
             pki.issue(root / "ca", d / "node.crt", d / "node.key", ["127.0.0.1"], node_id=node_id)
-        (d / "farts.toml").write_text(CONFIG.format(id=node_id, dir=d, ca=root / "ca" / "ca.crt",
-                                                    seeds=json.dumps(seeds)) + extra)
+        mesh = {"enabled": True, "port": 0, "seeds": seeds, "ca": str(root / "ca" / "ca.crt"), "cert": "node.crt",
+                "key": "node.key"}
+        (d / "farts.toml").write_text(node_toml({**local_node(d, node_id=node_id, hosts=(), workers=1),
+                                                 "mesh": mesh}) + extra)
         self.proc = subprocess.Popen([sys.executable, "-m", "farts.cli", "--log-level", "WARNING", "serve",
                                       "--config", str(d / "farts.toml")], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=open(d / "node.log", "ab"))  # noqa: SIM115

@@ -28,20 +28,11 @@ import httpx  # noqa: E402
 import websockets  # noqa: E402
 from mesh import Node, pct, wait  # noqa: E402
 
+from bench.nodeconf import node_toml  # noqa: E402
 from farts import pki  # noqa: E402
 
-PUBSUB = """
-[[tenants]]
-id = "demo"
-hosts = ["127.0.0.1"]
-api_keys = ["demo-key"]
-[[routes]]
-prefix = "/live"
-kind = "pubsub"
-[[routes]]
-prefix = "/api/publish"
-kind = "pubsub"
-"""
+PUBSUB = node_toml({"tenants": [{"id": "demo", "hosts": ["127.0.0.1"], "api_keys": ["demo-key"]}],
+          "routes": [{"prefix": "/live", "kind": "pubsub"}, {"prefix": "/api/publish", "kind": "pubsub"}]})
 
 
 

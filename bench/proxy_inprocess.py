@@ -31,6 +31,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE] +
 
 import uvloop  # noqa: E402
 
+from bench.nodeconf import local_node, node_toml, proxy_to  # noqa: E402
 from farts import config  # noqa: E402
 from farts.node import Node  # noqa: E402
 from farts.transport.client import ClientConnection  # noqa: E402
@@ -122,32 +123,10 @@ async def drive(listener, server, requests: int, connections: int) -> float:
 
 def node_config(data_dir: str, http_port: int, admin_port: int, upstream: str, pipeline: int = 1) -> str:
     """A node with one route, ``/proxy`` to ``[upstreams.up]`` at ``upstream`` (host:port);
-    bench/proxy_callgrind.py runs the same node. ``pipeline`` is written only when it is
-    over 1, so a tree from before the key runs the default."""
-    depth = f"pipeline = {pipeline}\n" if pipeline > 1 else ""
-    return f"""
-[node]
-id = "bench"
-data_dir = "{data_dir}"
-workers = 1          # the listener in this process, where it is driven
-[listeners.http]
-host = "127.0.0.1"
-port = {http_port}
-[listeners.https]
-enabled = false
-[listeners.admin]
-host = "127.0.0.1"
-port = {admin_port}
-[[tenants]]
-id = "bench"
-hosts = ["127.0.0.1"]
-[upstreams.up]
-servers = ["{upstream}"]
-{depth}[[routes]]
-prefix = "/proxy"
-kind = "proxy"
-upstream = "up"
-"""
+    bench/proxy_callgrind.py runs the same node. One worker: the listener in this
+    process, where it is driven."""
+    return node_toml({**local_node(data_dir, http_port, admin_port, hosts=("127.0.0.1",), workers=1),
+                      **proxy_to(upstream, pipeline)})
 
 
 async def main(args) -> None:

@@ -27,6 +27,7 @@ Three `farts-edge serve` processes joined by the mesh (default timing) with [db]
     .venv/bin/python bench/replication.py --rate 10000 --batch 100 --partition 30 --scenarios partition
     .venv/bin/python bench/replication.py --overhead --seconds 3
     .venv/bin/python bench/replication.py --overhead --seconds 3 --workloads insert_one --clients 16 --paced 800
+    .venv/bin/python bench/replication.py --overhead --seconds 3 --clients 16 --peers 2 --pin --paced 2500
     .venv/bin/python bench/replication.py --in-process 20000
 
 --in-process: no node processes, CPU time rather than throughput (steadier on a shared
@@ -52,8 +53,10 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -305,13 +308,15 @@ def in_process(n: int) -> None:
               f"update ($inc) {(c2 - c1) / writes * 1e6:.1f} us CPU")
 
 
-def command_cpu(writes: int, clients: int = 16, modes=(False, True), rounds: int = 3) -> None:
+def command_cpu(writes: int, clients: int = 16, modes=(False, True), rounds: int = 3, peers: int = 2) -> None:
     """The CPU of an insert through the whole command path (OP_MSG bytes in, reply out,
     bench/db.py's way) on a node alone and on a replicating node whose two peers are
     stand-ins on an in-process bus: they unpack each Records frame (msgpack, as the mesh
     does) and acknowledge its last record with a Status, like a peer that applied it;
     their time is taken out. LMDB without fsync (its cost is the disk's), no TLS (each
-    frame is two encryptions on a real mesh: frames per insert are counted). Under
+    frame is two encryptions on a real mesh: frames per insert are counted). ``peers``:
+    how many stand-ins (0: a replicating node alone in its deployment). The writer
+    thread's share of the CPU (the store's transactions) is shown apart. Under
     callgrind (instruction counts do not depend on the machine's load), one mode a run:
 
         valgrind --tool=callgrind --callgrind-out-file=/dev/null python -c \
@@ -334,7 +339,8 @@ def command_cpu(writes: int, clients: int = 16, modes=(False, True), rounds: int
         """Node a and two stand-in peers that acknowledge what they receive."""
 
         def __init__(self) -> None:
-            self.map = MemberMap([Member("a"), Member("b"), Member("c")])
+            self.others = ("b", "c")[:peers]
+            self.map = MemberMap([Member(n) for n in ("a", *self.others)])
             self.subs: dict = {}
             self.frames = 0
             self.peer_cpu = 0.0
@@ -350,7 +356,7 @@ def command_cpu(writes: int, clients: int = 16, modes=(False, True), rounds: int
             return lambda: None
 
         def broadcast(self, msg) -> int:
-            return sum(self.send(n, msg) for n in ("b", "c"))
+            return sum(self.send(n, msg) for n in self.others)
 
         def send(self, node_id, msg) -> bool:
             wire = msgpack.packb(msg.to_wire())
@@ -373,8 +379,8 @@ def command_cpu(writes: int, clients: int = 16, modes=(False, True), rounds: int
         svc = DBService(DBConfig(enabled=True, port=0, sync=False), Path(tempfile.mkdtemp()) / "db", "a", Metrics(),
                         clock=LoopClock())
         bus = Bus()
-        if replicated:
-            svc.replicate(bus)
+        if replicated:   # (no peer: the deployment's first node, its mesh without seeds)
+            svc.replicate(bus, seeded=bool(bus.others))
         await svc.start()
         lsid = {"id": Binary(uuid.uuid4().bytes, 4)}
 
@@ -402,16 +408,18 @@ def command_cpu(writes: int, clients: int = 16, modes=(False, True), rounds: int
                 await sink.event.wait()
 
         if replicated:   # the stand-ins' vectors: writes need them after the start
-            for n in ("b", "c"):
+            for n in bus.others:
                 bus.subs[Status](Status({}, 1, 1, 0), Envelope(n))
         await asyncio.gather(*(writer(k, 20) for k in range(clients)))   # warm-up
         commits, ops, frames = svc.store.commits, svc.store.committed_ops, bus.frames
         await asyncio.sleep(0.1)
-        cpu, bus.peer_cpu = time.process_time(), 0.0
+        tid = svc.store._thread.native_id
+        cpu, store_cpu, bus.peer_cpu = time.process_time(), thread_cpu(tid), 0.0
         await asyncio.gather(*(writer(k, writes // clients) for k in range(100, 100 + clients)))
-        cpu = time.process_time() - cpu - bus.peer_cpu
+        cpu, store_cpu = time.process_time() - cpu - bus.peer_cpu, thread_cpu(tid) - store_cpu
         n = writes // clients * clients
-        out = {"us": cpu / n * 1e6, "per_commit": (svc.store.committed_ops - ops) / (svc.store.commits - commits),
+        out = {"us": cpu / n * 1e6, "store_us": store_cpu / n * 1e6,
+               "per_commit": (svc.store.committed_ops - ops) / (svc.store.commits - commits),
                "frames": (bus.frames - frames) / n}
         await svc.stop()
         return out
@@ -422,10 +430,19 @@ def command_cpu(writes: int, clients: int = 16, modes=(False, True), rounds: int
             rows[replicated].append(asyncio.run(run(replicated)))
     for replicated, rs in rows.items():
         us = " / ".join(f"{r['us']:.0f}" for r in rs)
-        print(f"{'replicating' if replicated else 'lone':11} node, insert x{clients} in process: {us} us CPU an insert, "
+        store_us = " / ".join(f"{r['store_us']:.0f}" for r in rs)
+        print(f"{'replicating' if replicated else 'lone':11} node ({peers} peers), insert x{clients} in process: "
+              f"{us} us CPU an insert ({store_us} in the writer thread), "
               f"{rs[-1]['per_commit']:.1f} writes a commit, {rs[-1]['frames']:.3f} frames an insert")
     if len(modes) == 2:
         print(f"CPU ratio (best of each): {min(r['us'] for r in rows[True]) / min(r['us'] for r in rows[False]):.2f}")
+
+
+def thread_cpu(tid: int) -> float:
+    """CPU seconds of one thread of this process (/proc: user and system)."""
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ops(node: Node, kind: str) -> float:
@@ -450,20 +467,25 @@ def server_counts(port: int) -> tuple[int, int]:
     return f["commits"], f["committedWrites"]
 
 
-def frames_sent(node: Node) -> float:
-    """Mesh bus messages this node queued to its peers (every type)."""
+def frames_sent(node: Node, metric: str = "farts_mesh_bus_sent_total") -> float:
+    """Mesh bus messages this node queued to its peers (every type; or ``metric``: the
+    ones it received, farts_mesh_bus_received_total)."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in node.get("/metrics").decode().splitlines()
-               if line.startswith("farts_mesh_bus_sent_total{"))
+               if line.startswith(metric + "{"))
 
 
 def overhead(seconds: float, peers: int, workloads=("insert_one", "find_one"), clients_list=(1, 16),
-             rounds: int = 2, rate: float = 0.0) -> None:
+             rounds: int = 2, rate: float = 0.0, pin: bool = False) -> None:
     """The local cost of replication: the same workloads on a lone node (no mesh: its own
     database) and on node 1 of 1 + peers replicating nodes, alternating, ``rounds`` rounds.
     Also each node's CPU while idle (ms a second, over 2 s), and per operation the store's
     commits and (replicating) the mesh messages it sent. ``rate``: the clients' operations
     a second, paced, so that both nodes do the same work a second (CPU per operation falls
-    as the rate rises: more writes a commit, more requests a loop iteration)."""
+    as the rate rises: more writes a commit, more requests a loop iteration). ``pin``: the
+    measured node (lone or node 1) on core 0, its peers and the clients on core 1, as if
+    the peers were other machines (on two shared cores their CPU is taken from the node's,
+    and its per-operation CPU grows with the switching: a figure of the machine, not of
+    replication)."""
     import db as dbbench  # bench/db.py
 
     root = Path(tempfile.mkdtemp(prefix="farts-repl-overhead-"))
@@ -478,6 +500,10 @@ def overhead(seconds: float, peers: int, workloads=("insert_one", "find_one"), c
             dbbench.load(port, docs)
         assert wait(lambda: all(count_items(n) == docs for n in nodes), 120), "not replicated"
         pids = [plain.pid] + [n.proc.pid for n in nodes]
+        if pin:   # (every thread: taskset -a)
+            for pid, core in [(plain.pid, 0), (nodes[0].proc.pid, 0)] + [(n.proc.pid, 1) for n in nodes[1:]]:
+                subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)], stdout=subprocess.DEVNULL,
+                               check=True)
         time.sleep(1.0)   # the load's compaction and retention settle
         idle0 = [dbbench.cpu_seconds(p) for p in pids]
         time.sleep(2.0)
@@ -493,14 +519,19 @@ def overhead(seconds: float, peers: int, workloads=("insert_one", "find_one"), c
                         others = [n.proc.pid for n in nodes[1:]] if name == "replicated" else []
                         counts0 = server_counts(port)
                         frames0 = frames_sent(nodes[0]) if name == "replicated" else 0.0
+                        got0 = frames_sent(nodes[0], "farts_mesh_bus_received_total") if name == "replicated" else 0.0
                         cpu0 = [dbbench.cpu_seconds(p) for p in [pid, *others]]
-                        lat = dbbench.run_clients(port, workload, clients, seconds, docs, False, rate)
+                        lat = dbbench.run_clients(port, workload, clients, seconds, docs, pin, rate)
                         cpu = [dbbench.cpu_seconds(p) - c for p, c in zip([pid, *others], cpu0, strict=True)]
                         counts = [b - a for a, b in zip(counts0, server_counts(port), strict=True)]
                         frames = frames_sent(nodes[0]) - frames0 if name == "replicated" else 0.0
+                        got = frames_sent(nodes[0], "farts_mesh_bus_received_total") - got0 if name == "replicated" else 0.0
                         row = rows.setdefault((workload, clients, name),
-                                              {"ops": [], "us": [], "peers_us": [], "per_commit": [], "frames": []})
+                                              {"ops": [], "us": [], "peers_us": [], "per_commit": [], "frames": [],
+                                               "got": [], "p99": []})
                         row["ops"].append(len(lat) / seconds)
+                        row["p99"].append(pct(lat, 99) * 1000)
+                        row["got"].append(got / len(lat))
                         # CPU per operation (the client's warm-up included: a few % more)
                         row["us"].append(cpu[0] / len(lat) * 1e6)
                         row["peers_us"].append(sum(cpu[1:]) / len(lat) * 1e6 / max(1, len(others)))
@@ -512,10 +543,13 @@ def overhead(seconds: float, peers: int, workloads=("insert_one", "find_one"), c
             for clients in clients_list:
                 p, r = rows[(workload, clients, "plain")], rows[(workload, clients, "replicated")]
                 writes = f", writes a commit {p['per_commit'][-1]:.1f} / {r['per_commit'][-1]:.1f}, " \
-                         f"mesh messages an op {r['frames'][-1]:.3f}" if workload != "find_one" else ""
+                         f"mesh messages an op sent {r['frames'][-1]:.3f} received {r['got'][-1]:.3f}" \
+                    if workload != "find_one" else ""
                 print(f"{workload} x{clients}: lone node {' / '.join(f'{v:,.0f}' for v in p['ops'])} ops/s "
+                      f"(p99 {' / '.join(f'{v:.2f}' for v in p['p99'])} ms) "
                       f"{' / '.join(f'{v:.0f}' for v in p['us'])} us CPU/op, "
                       f"replicating node {' / '.join(f'{v:,.0f}' for v in r['ops'])} ops/s "
+                      f"(p99 {' / '.join(f'{v:.2f}' for v in r['p99'])} ms) "
                       f"{' / '.join(f'{v:.0f}' for v in r['us'])} us CPU/op "
                       f"(each peer {' / '.join(f'{v:.0f}' for v in r['peers_us'])} us), "
                       f"ops ratio {sum(r['ops']) / sum(p['ops']):.2f}, "
@@ -545,10 +579,13 @@ def main() -> None:
     ap.add_argument("--overhead", action="store_true",
                     help="instead: bench/db.py's insert_one and find_one on a node without the mesh and "
                          "on node 1 of 3 replicating nodes, alternating, --seconds each")
-    ap.add_argument("--peers", type=int, default=2, help="with --overhead: how many other nodes replicate")
+    ap.add_argument("--peers", type=int, default=2, help="with --overhead or --command-cpu (at most 2 there): "
+                                                         "how many other nodes replicate")
     ap.add_argument("--workloads", default="insert_one,find_one", help="with --overhead: bench/db.py workloads")
-    ap.add_argument("--clients", default="1,16", help="with --overhead: client counts")
+    ap.add_argument("--clients", default="1,16", help="with --overhead or --command-cpu: client counts")
     ap.add_argument("--rounds", type=int, default=2, help="with --overhead: rounds (lone and replicating alternate)")
+    ap.add_argument("--pin", action="store_true",
+                    help="with --overhead: the measured node on core 0; its peers and the clients on core 1")
     ap.add_argument("--paced", type=float, default=0.0, metavar="OPS",
                     help="with --overhead: the clients' operations a second in all, paced (default: unpaced)")
     ap.add_argument("--partition", type=float, default=30.0, help="seconds of the partition scenario")
@@ -565,13 +602,14 @@ def main() -> None:
     scenarios = args.scenarios.split(",")
     if args.overhead:
         overhead(args.seconds, args.peers, args.workloads.split(","), [int(c) for c in args.clients.split(",")],
-                 args.rounds, args.paced)
+                 args.rounds, args.paced, args.pin)
         return
     if args.in_process:
         in_process(args.in_process)
         return
     if args.command_cpu:
-        command_cpu(args.command_cpu)
+        for clients in [int(c) for c in args.clients.split(",")]:
+            command_cpu(args.command_cpu, clients, peers=args.peers)
         return
     root = Path(tempfile.mkdtemp(prefix="farts-repl-bench-"))
     pki.make_ca(root / "ca")

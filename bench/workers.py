@@ -37,42 +37,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))   # (for bench.nodeconf and bench.dns)
 TICK = os.sysconf("SC_CLK_TCK")
 
-CONFIG = """
-[node]
-id = "bench"
-data_dir = "{data_dir}"
-workers = {workers}
+from bench.nodeconf import local_node, node_toml  # noqa: E402
 
-[listeners.http]
-port = 0
-[listeners.https]
-enabled = false
-[listeners.admin]
-port = 0
-
-[[tenants]]
-id = "bench"
-hosts = ["127.0.0.1"]
-api_keys = ["k"]
-
-"""
-FIXED = """
-[[routes]]
-prefix = "/"
-kind = "static"
-body = "{body}"
-"""
-PROXY = """
-[upstreams.app]
-servers = ["127.0.0.1:{port}"]
-
-[[routes]]
-prefix = "/"
-kind = "proxy"
-upstream = "app"
-"""
 NGINX = """daemon off;
 master_process off;
 worker_processes 1;
@@ -142,11 +111,14 @@ def start_upstream(tmp: Path, cpu: str, body: str) -> tuple[subprocess.Popen, in
     raise SystemExit("the nginx upstream did not start")
 
 
-def start(workers: int, cpus: str, tmp: Path, routes: str, listener: str = "http") -> tuple[subprocess.Popen, str]:
+def start(workers: int, cpus: str, tmp: Path, routes: dict, listener: str = "http") -> tuple[subprocess.Popen, str]:
+    """A node of ``workers`` with ``routes`` (its config's other sections: bench/nodeconf.py)."""
     data = tmp / f"w{workers}"
     data.mkdir()
+    node = local_node(data, workers=workers, hosts=("127.0.0.1",))
+    node["tenants"][0]["api_keys"] = ["k"]
     cfg = data / "farts.toml"
-    cfg.write_text(CONFIG.format(data_dir=data, workers=workers) + routes)
+    cfg.write_text(node_toml({**node, **routes}))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-m", "farts.cli", "--log-level", "WARNING",
                              "serve", "--config", str(cfg)], stdout=subprocess.PIPE, env=env)
@@ -161,9 +133,8 @@ def start(workers: int, cpus: str, tmp: Path, routes: str, listener: str = "http
     return proc, m.group(1).decode()
 
 
-def dns_routes(tmp: Path) -> tuple[str, Path, Path]:
+def dns_routes(tmp: Path) -> tuple[dict, Path, Path]:
     """The [dns] config (a free port), the dnsload binary and its query file."""
-    sys.path.insert(0, str(ROOT))
     import bench.dns as dnsbench  # (it drops bench/ from sys.path: "dns" is dnspython)
     from farts.dns.geoindex import default_database
     db = default_database()
@@ -171,9 +142,10 @@ def dns_routes(tmp: Path) -> tuple[str, Path, Path]:
     if not binary.exists():
         subprocess.run(["gcc", "-O2", "-o", str(binary), str(ROOT / "bench" / "dnsload.c")], check=True)
         qfile.write_bytes(b"".join(len(w).to_bytes(2, "big") + w for w in dnsbench.queries(db)))
-    nodes = "".join(f'\n[[dns.nodes]]\nid = "{n[0]}"\nregion = "{n[1]}"\nlat = {n[2]}\nlon = {n[3]}\n'
-                    f'addresses = ["{n[4]}"]\n' for n in dnsbench.NODES)
-    return dnsbench.FARTS_CONFIG.format(port=dnsbench.free_port(), db=db) + nodes, binary, qfile
+    sections = dnsbench.dns_sections(dnsbench.free_port(), db)
+    sections["dns"]["nodes"] = [{"id": n[0], "region": n[1], "lat": n[2], "lon": n[3], "addresses": [n[4]]}
+                                for n in dnsbench.NODES]
+    return sections, binary, qfile
 
 
 def indexes_built(admin: str) -> float:
@@ -222,10 +194,11 @@ def main() -> int:
     body = "x" * 1024
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         upstream = None
-        routes = FIXED.format(body=body)
+        routes: dict = {"routes": [{"prefix": "/", "kind": "static", "body": body}]}
         if args.route == "proxy":
             upstream, port = start_upstream(Path(tmp), str(cores - 1), body)
-            routes = PROXY.format(port=port)
+            routes = {"upstreams": {"app": {"servers": [f"127.0.0.1:{port}"]}},
+                      "routes": [{"prefix": "/", "kind": "proxy", "upstream": "app"}]}
         try:
             if args.route == "dns":
                 run_dns(args, cores, Path(tmp), results)
@@ -239,7 +212,7 @@ def main() -> int:
     return 0
 
 
-def run_all(args, cores: int, tmp: Path, routes: str, results: list) -> None:
+def run_all(args, cores: int, tmp: Path, routes: dict, results: list) -> None:
     for workers in [int(w) for w in args.workers.split(",")]:
         cpus = args.server_cpus or f"0-{min(workers, cores) - 1}"
         proc, url = start(workers, cpus, tmp, routes)
@@ -264,7 +237,7 @@ def run_dns(args, cores: int, tmp: Path, results: list) -> None:
         cpus = f"0-{min(workers, cores) - 1}"
         routes, binary, qfile = dns_routes(tmp)
         proc, admin = start(workers, cpus, tmp, routes, "admin")
-        port = int(re.search(r"^port = (\d+)$", routes, re.M).group(1))
+        port = routes["dns"]["port"]
         try:
             deadline = time.monotonic() + 300
             while indexes_built(admin) < workers and time.monotonic() < deadline:

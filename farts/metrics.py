@@ -1,17 +1,22 @@
-"""Metrics that cost a dict update on the hot path, exported through prometheus-client.
+"""Metrics that cost a dict lookup and a C call on the hot path, or the C call alone,
+exported through prometheus-client.
 
 prometheus-client's own Counter takes a lock and walks label objects on every
 ``inc()``; at 100k requests/s per core that is a visible share of the budget. Here a
-counter is a plain dict from a label tuple to a number (one event loop, so no lock),
-and a collector turns the dicts into Prometheus families only when /metrics is read.
+metric is a plain dict from a label tuple to its series, a count or a histogram's
+buckets in C (fast/counting.pyx; one event loop, so no lock), and a collector turns the
+dicts into Prometheus families only when /metrics is read. The hottest paths (every
+request's count and latency) take their series once (``series_for``) and count into it
+with one C call: no label tuple, no lookup, no bisect per request.
 """
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from fast.counting import Count, Series
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -24,20 +29,30 @@ class Counter:
 
     def __init__(self, name: str, help: str, labels: Iterable[str] = ()) -> None:
         self.name, self.help, self.labels = name, help, tuple(labels)
-        self.values: dict[tuple, float] = {}
+        # label tuple -> its count, in C
+        self.values: dict[tuple, Count] = {}
         # Functions returning more {labels: count} kept elsewhere (by the hottest paths,
         # which count in place and are summed here only when scraped).
         self.sources: list[Callable[[], dict[tuple, float]]] = []
 
     def inc(self, key: tuple = (), amount: float = 1) -> None:
-        v = self.values
-        v[key] = v.get(key, 0) + amount
+        c = self.values.get(key)
+        (c if c is not None else self.series_for(key)).add(amount)
+
+    def series_for(self, key: tuple = ()) -> Count:
+        """The series of ``key``, whose ``inc()`` counts one: for a hot path to keep. It is
+        exported once something was added to it (as a key ``inc`` never reached is not)."""
+        c = self.values.get(key)
+        if c is None:
+            c = self.values[key] = Count()
+        return c
 
     def get(self, key: tuple = ()) -> float:
-        return self.values.get(key, 0)
+        c = self.values.get(key)
+        return c.value if c is not None else 0
 
     def totals(self) -> dict[tuple, float]:
-        out = dict(self.values)
+        out = {key: c.value for key, c in self.values.items() if c.counted}
         for source in self.sources:
             for key, value in source().items():
                 out[key] = out.get(key, 0) + value
@@ -73,24 +88,34 @@ class Histogram:
     def __init__(self, name: str, help: str, labels: Iterable[str] = (),
                  buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.name, self.help, self.labels, self.buckets = name, help, tuple(labels), buckets
-        # label tuple -> [count per bucket (+Inf last)..., sum]
-        self.series: dict[tuple, list[float]] = {}
+        # label tuple -> its counts per bucket (+Inf last) and sum, in C
+        self.series: dict[tuple, Series] = {}
 
     def observe(self, value: float, key: tuple = ()) -> None:
         s = self.series.get(key)
+        (s if s is not None else self.series_for(key)).observe(value)
+
+    def series_for(self, key: tuple = ()) -> Series:
+        """The series of ``key``, whose ``observe(value)`` counts one value: for a hot path
+        to keep. It is exported once it counted a value (as a key ``observe`` never reached
+        is not)."""
+        s = self.series.get(key)
         if s is None:
-            s = self.series[key] = [0] * (len(self.buckets) + 2)
-        s[bisect_left(self.buckets, value)] += 1
-        s[-1] += value
+            s = self.series[key] = Series(self.buckets)
+        return s
 
     def collect(self):
         fam = HistogramMetricFamily(self.name, self.help, labels=self.labels)
+        bounds = [repr(b) for b in self.buckets] + ["+Inf"]
         for key, s in self.series.items():
+            counts = s.bucket_counts()
+            if not any(counts):
+                continue
             cumulative, running = [], 0
-            for bound, n in zip((*self.buckets, float("inf")), s[:-1], strict=True):
+            for bound, n in zip(bounds, counts, strict=True):
                 running += n
-                cumulative.append((repr(bound) if bound != float("inf") else "+Inf", running))
-            fam.add_metric([str(k) for k in key], cumulative, s[-1])
+                cumulative.append((bound, running))
+            fam.add_metric([str(k) for k in key], cumulative, s.sum)
         return fam
 
 

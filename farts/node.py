@@ -218,7 +218,7 @@ def _build_master(n: Node):
     master = MasterService(n.cfg, n.metrics, n.clock, lambda: n.db.store if n.db is not None else None,
                            n.http_client, tasks, geo, version=__version__,
                            samples=lambda: n.services["admin"].latest if n.services.get("admin") else {},
-                           caught_up=lambda: _replica_caught_up(n),
+                           caught_up=lambda: not _replica_behind(n),
                            dead_letters=lambda: sum(hooks.dead.totals().values()) if hooks is not None else 0)
     if hooks is not None:
         master.on_role(hooks.master_changed)   # only the master delivers, under its epoch
@@ -230,16 +230,14 @@ def _build_master(n: Node):
     return master
 
 
-def _replica_caught_up(n: Node) -> bool:
-    """The database has every write the alive members last said they have (a new master
-    waits for it, a bounded while, before it acts on the state it reads)."""
+def _replica_behind(n: Node) -> str:
+    """Why the database is not caught up with the alive members (a new master waits for
+    it, a bounded while, before it acts on the state it reads; a deploy's health gate
+    waits for it), or "" when it is."""
     replication = n.db.replication if n.db is not None else None
-    if replication is None or replication.replica is None:
-        return True
-    have = n.db.store.applied()
-    alive = {m.id for m in n.members.alive()}
-    return all(have.get(origin, (0, 0))[0] >= seq for peer_id, peer in replication.replica.peers.items()
-               if peer_id in alive and peer.report is not None for origin, seq in peer.report.vv.items())
+    if replication is None:
+        return ""
+    return replication.behind({m.id for m in n.members.alive()})
 
 
 def _deploy_view(n: Node) -> ClusterView:
@@ -287,7 +285,7 @@ SERVICES: tuple[Service, ...] = (
     Service("db", db_config.SECTION, build=_build_db, start_rank=20, stop_rank=20,
             # With a mesh the database is replicated: Store(replicated=True) and a
             # ReplicaPeer on the bus (farts/db/replication.py), started with the store.
-            peers=lambda n, db, bus: [db.replicate(bus)]),
+            peers=lambda n, db, bus: [db.replicate(bus, seeded=bool(n.cfg.mesh.seeds))]),
     Service("mesh", mesh_config.SECTION,
             # The mesh writes the member map (this node included) once it runs.
             build=lambda n: (MeshService(n.cfg, n.members, n.metrics, n.load, clock=n.clock)
@@ -327,7 +325,7 @@ SERVICES: tuple[Service, ...] = (
             admin_routes=lambda n, h: deploy_routes(n.cfg, n.metrics, n.clock, lambda: mesh_admin_urls(
                 n.mesh.status() if n.mesh else None, n.cfg.node.id,
                 n.listeners["admin"].address if "admin" in n.listeners else None), h,
-                _deploy_view(n), lambda: _replica_caught_up(n), n.mesh.bus if n.mesh else None,
+                _deploy_view(n), lambda: _replica_behind(n), n.mesh.bus if n.mesh else None,
                 _refused_bundle_alert(n))),
 )
 

@@ -102,6 +102,10 @@ class PeerBus(Protocol):
     def subscribe(self, cls: type[M], fn: Callable[[M, Envelope], None]) -> Callable[[], None]:
         """``fn(message, envelope)`` for each valid message of that class from a peer."""
 
+    def on_gap(self, fn: Callable[[str], None]) -> Callable[[], None]:
+        """``fn(origin)`` when a broadcast of any type from origin shows earlier ones were
+        missed (before that broadcast is handed on)."""
+
 
 # ---- small validators the message classes share -------------------------------------------
 

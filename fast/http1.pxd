@@ -44,3 +44,11 @@ cdef class Response:
     cdef readonly bint keep_alive
     cdef readonly bint chunked
     cdef readonly long long content_length
+
+
+cdef class Fixed:
+    cdef public int status
+    cdef public bytes keep           # the answer framed to keep the connection
+    cdef public object close         # framed to close it: bytes, or None (made when wanted: closing)
+    cdef public Py_ssize_t body_len  # HEAD requests get the head only
+    cdef public object served        # the connection's own count of it per listener (a dict), or None

@@ -152,6 +152,7 @@ class ResponseParser(_Parser):
 
 LAST_CHUNK: Final[bytes]
 
+def closing(keep: bytes, body_len: int) -> bytes: ...
 def response_head(
     status: int,
     headers: Iterable[tuple[bytes | str, bytes | str]],
@@ -176,3 +177,18 @@ def simple_response(
     content_type: bytes = b"text/plain; charset=utf-8",
     keep_alive: bool = True,
 ) -> bytes: ...
+
+REASONS: dict[int, str]
+
+class Fixed:
+    """A whole response, framed once: one variant keeps the connection, one closes it."""
+
+    status: int
+    keep: bytes
+    close: bytes | None
+    body_len: int
+    served: dict[str, int] | None
+    def __init__(self, status: int, body: bytes, content_type: bytes = ...,
+                 headers: list[tuple[bytes, bytes]] | tuple = ...) -> None: ...
+    @classmethod
+    def error(cls, status: int, reason: str = "") -> Fixed: ...

@@ -1306,6 +1306,55 @@ cdef int _put_status_line(_Out *o, int status) except -1:
     return 0
 
 
+# The reason phrases of the node's own error answers (Fixed.error).
+REASONS = {426: "Upgrade Required", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           408: "Request Timeout", 413: "Content Too Large", 421: "Misdirected Request",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+           505: "HTTP Version Not Supported"}
+
+
+cdef class Fixed:
+    """A whole response, framed once: one variant keeps the connection, one closes it
+    (farts/transport/http.py's Fixed). Compiled: the transport reads its fields in C on
+    every answer it writes, and the proxy makes one per whole upstream answer. (Fields
+    in http1.pxd.)"""
+
+    def __init__(self, int status, bytes body, bytes content_type=b"text/plain; charset=utf-8",
+                 headers=()):
+        self.status = status
+        hs = [(b"content-type", content_type), *headers]
+        self.keep = response_head(status, hs, len(body), True) + body
+        self.close = response_head(status, hs, len(body), False) + body
+        self.body_len = len(body)
+        # Times written by the connection itself, per listener name: counted here, in
+        # place, because this is the hottest path (the listener's metrics sum it).
+        self.served = {}
+
+    @classmethod
+    def error(cls, int status, str reason=""):
+        text = f"{status} {REASONS.get(status, 'Error')}"
+        return cls(status, (f"{text}: {reason}" if reason else text).encode() + b"\n")
+
+
+def closing(bytes keep, Py_ssize_t body_len):
+    """The close framing of a whole response framed to keep the connection (``keep``:
+    head then ``body_len`` bytes of body): ``connection: close`` as the head's last field,
+    as ``response_head(..., keep_alive=False)`` writes it. For answers whose close framing
+    is rarely wanted (the proxy's), made only when a connection closes after one."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(keep)
+    cdef Py_ssize_t head = n - body_len - 2    # up to the blank line
+    cdef const char *k = PyBytes_AS_STRING(keep)
+    if body_len < 0 or head < 2 or memcmp(k + head - 2, b"\r\n\r\n", 4) != 0:
+        raise ValueError("not a framed response")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n + 19)
+    cdef char *o = PyBytes_AS_STRING(out)
+    memcpy(o, k, head)
+    memcpy(o + head, b"connection: close\r\n", 19)
+    memcpy(o + head + 19, k + head, n - head)
+    return out
+
+
 def response_head(int status, headers, long long content_length, bint keep_alive):
     """``HTTP/1.1`` status line, ``headers``, framing field, ``connection: close`` if not
     ``keep_alive``, blank line.  ``content_length``: >= 0 length, -1 chunked, -2 none."""

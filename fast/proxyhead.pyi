@@ -47,6 +47,6 @@ def client_answer(status: int, headers: Sequence[Header], request_id: bytes, bod
                   length: int) -> tuple[bytes, bytes]:
     """(keep, close): a whole answer for the client, both framings."""
 
-def raw_answer(data: bytes, at: int, request_id: bytes) -> tuple[int, bool, int, int, bytes, bytes] | None:
+def raw_answer(data: bytes, at: int, request_id: bytes) -> tuple[int, bool, int, int, bytes] | None:
     """(status, keep_alive, end, body_len, keep, close) of the usual whole answer at data[at:],
     rewritten for the client from its bytes; None: the parser's to read."""

@@ -458,9 +458,10 @@ cdef bint _connection_close(const char *s, Py_ssize_t n, bint *other) noexcept:
 
 def raw_answer(bytes data, Py_ssize_t at, bytes request_id):
     """The whole answer at ``data[at:]`` for the client, when it is the usual kind (see
-    above): ``(status, keep_alive, end, body_len, keep, close)``: the upstream keeps the
-    connection, the answer's end in ``data``, and the client's bytes both ways as
-    ``client_answer`` writes them from the parser's fields. None: not that kind, or not
+    above): ``(status, keep_alive, end, body_len, keep)``: the upstream keeps the
+    connection, the answer's end in ``data``, and the client's bytes that keep its
+    connection as ``client_answer`` writes them from the parser's fields (its close
+    framing, rarely wanted, is fast.http1.closing of them). None: not that kind, or not
     whole in ``data``; the parser is to read it."""
     cdef const char *b = PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
@@ -475,7 +476,7 @@ def raw_answer(bytes data, Py_ssize_t at, bytes request_id):
     cdef bint close = False, other = False, has_rid = False
     cdef char digits[24]
     cdef int start = 24
-    cdef bytes status_line, keep, closing
+    cdef bytes status_line, keep
     cdef char *o
     if at < 0 or n - at < 17 or memcmp(s, b"HTTP/1.1 ", 9) != 0 or not (b'2' <= s[9] <= b'5') \
             or not (b'0' <= s[10] <= b'9') or not (b'0' <= s[11] <= b'9'):
@@ -564,7 +565,4 @@ def raw_answer(bytes data, Py_ssize_t at, bytes request_id):
         o = _put_field(o, _XRID, request_id)
     o = _put_framing(o, length, digits, start)
     _put(_put(o, b"\r\n", 2), b + body_at, nb)
-    closing = PyBytes_FromStringAndSize(NULL, head + 21 + nb)
-    o = _put(PyBytes_AS_STRING(closing), PyBytes_AS_STRING(keep), head)
-    _put(_put(o, b"connection: close\r\n\r\n", 21), b + body_at, nb)
-    return status, not close, body_at + nb, nb, keep, closing
+    return status, not close, body_at + nb, nb, keep

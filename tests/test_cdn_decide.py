@@ -239,9 +239,9 @@ def test_variants_to_drop_bounds_a_uri():
 
 # -- after_fill ----------------------------------------------------------------------------------
 def after(failed=False, stale=None, at=T0, entry=None, names=(), fill_ae=b"", client_ae=b"",
-          private=False, started=True, head_only=False, status=200):
+          private=False, started=True, head_only=False, status=200, storing=False):
     return after_fill(failed, stale, at, entry, names, fill_ae, client_ae, private, started,
-                      head_only, status)
+                      head_only, status, storing)
 
 
 def test_after_a_failed_fill_stale_if_error_or_the_error():
@@ -268,6 +268,16 @@ def test_a_private_answer_goes_only_to_the_client_that_asked():
     assert after(private=True, started=True) == decide.PASS
     assert after(private=True, started=False) == decide.OWN_FETCH
     assert after(private=False, started=False) == decide.PASS
+
+
+def test_a_client_joining_a_fill_that_is_being_stored_waits_for_the_entry():
+    assert after(storing=True, started=False) == decide.AWAIT_ENTRY
+    assert after(storing=True, started=False, head_only=True) == decide.AWAIT_ENTRY
+    assert after(storing=True, started=True) == decide.PASS   # (its own fill: it had the bytes)
+    names = (b"accept-encoding",)
+    assert after(storing=True, started=False, names=names, fill_ae=b"gzip",
+                 client_ae=b"") == decide.OTHER_VARIANT
+    assert after(storing=True, started=False, private=True) == decide.OWN_FETCH
 
 
 def test_heads_without_a_body():

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 
 from farts.cdn.config import CDNConfig
+from farts.cdn.key import tenant_prefix
 from farts.cdn.origin import OriginResponse
 from farts.cdn.service import CDN, CDNHandler
 from farts.clock import FakeClock
@@ -125,6 +127,58 @@ def test_large_objects_are_answered_from_the_file(tmp_path):
         assert isinstance(resp.body, FileBody)  # at once, no task: sendfile
         assert await answer(h, request(b"/m/a", (b"range", b"bytes=10-19"))) == (206, b"HIT", big[10:20])
     run(tmp_path, origin, test, memory_object_bytes=1024)
+
+
+async def whole_body_not_stored(cdn, h, gate: threading.Event, body: bytes):
+    """A miss whose client has read every byte while the store's thread, held on
+    ``gate``, has not stored it yet; returns the rest of the client's body iterator."""
+    settle = cdn.store.settle
+    cdn.store.settle = lambda *a: gate.wait(10) and settle(*a)
+    first = await h.handle(request())
+    got, chunks = b"", first.body.__aiter__()
+    while len(got) < first.content_length:
+        got += await chunks.__anext__()
+    assert got == body and (b"x-cache", b"MISS") in first.headers
+    return chunks
+
+
+def test_a_client_that_had_the_last_byte_of_a_miss_asks_again_and_gets_a_hit(tmp_path):
+    """Between a fill's last byte and its entry (fsync, rename in the store's thread) a
+    request waits for the entry rather than join the fill: whoever had a whole miss and
+    asks again gets a HIT, and the origin is asked once.  Here the store's thread is held
+    so that the request surely comes in that window."""
+    body = os.urandom(5_000)
+    origin = Origin((200, [(b"cache-control", b"max-age=60")], body))
+    gate = threading.Event()
+
+    async def test(cdn, h, clock):
+        chunks = await whole_body_not_stored(cdn, h, gate, body)
+        again = asyncio.ensure_future(answer(h, request()))
+        await asyncio.sleep(0.05)
+        assert not again.done()      # (the entry is not there yet)
+        gate.set()
+        assert await again == (200, b"HIT", body)
+        assert [c async for c in chunks] == []
+        assert len(origin.asked) == 1
+        assert (cdn.misses, cdn.coalesced, cdn.hits) == (1, 0, 1)   # (counted once, as a HIT)
+    run(tmp_path, origin, test)
+
+
+def test_a_purge_while_a_whole_body_is_stored_counts_it_and_it_is_not_stored(tmp_path):
+    body = os.urandom(5_000)
+    origin = Origin(*[(200, [(b"cache-control", b"max-age=60")], body)] * 2)
+    gate = threading.Event()
+
+    async def test(cdn, h, clock):
+        chunks = await whole_body_not_stored(cdn, h, gate, body)
+        assert cdn.purge(tenant_prefix("-", "/m/"), False) == 1   # its client had it whole
+        gate.set()
+        assert [c async for c in chunks] == []
+        await settled(cdn)
+        assert cdn.entries == {}
+        assert await answer(h, request()) == (200, b"MISS", body)
+        assert len(origin.asked) == 2
+    run(tmp_path, origin, test)
 
 
 def test_a_small_object_after_a_restart_is_read_into_memory_off_the_loop(tmp_path):

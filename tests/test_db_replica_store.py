@@ -11,6 +11,7 @@ import threading
 import bson
 import msgpack
 import pytest
+from bson.int64 import Int64
 
 from farts.clock import LoopClock
 from farts.db import keys, merge, replica
@@ -125,8 +126,8 @@ def test_a_record_that_fails_leaves_no_trace_and_holds_its_origin_back(tmp_path)
         assert isinstance(outcomes[0], Exception) and outcomes[1] is None and outcomes[2] == "applied"
         assert b.applied().get("a", (0, 0))[0] == 0 and b.applied()["c"][0] == 1
         assert dump(b) == [{"_id": "other"}]
+        assert [r["o"] for r in b.oplog_records()] == ["c"]
         with b.read() as txn:
-            assert [bson.decode(v)["o"] for _, v in txn.cursor(b.oplog)] == ["c"]
             assert txn.stat(b.rmeta)["entries"] == 1
     finally:
         b.close()
@@ -190,6 +191,38 @@ def test_a_store_without_replication_writes_as_before(tmp_path):
             assert txn.stat(s.rmeta)["entries"] == 0
     finally:
         s.close()
+
+
+def test_a_duplicate_insert_leaves_no_trace_and_the_oplog_holds_what_travels(pair):
+    a, b = pair
+    a.submit(lambda w: w.insert(NS, {"k": 1, "_id": 7})).result()     # _id not first: put first, as merge does
+    seq = a.applied()["a"][0]
+    with pytest.raises(MongoError) as e:
+        a.submit(lambda w: w.insert(NS, {"_id": 7, "k": 2})).result()
+    assert e.value.code == 11000
+    assert a.applied()["a"][0] == seq and len(a.oplog_records()) == seq   # no record, no sequence used
+    with a.read() as txn:
+        assert list(bson.decode(a.get_raw(txn, NS, 7))) == ["_id", "k"] and txn.stat(a.rmeta)["entries"] == 1
+    (rec,) = a.records_after("a", seq - 1, 10)
+    assert (rec.id, rec.op) == (7, {"op": "i", "doc": {"_id": 7, "k": 1}})
+    assert a.oplog_records()[-1] == {"o": "a", "s": seq, "ts": rec.hlc, "ns": NS, "op": "i", "id": 7,
+                                     "w": rec.body}
+    a._recent = []                                     # read back from the oplog, not from memory
+    (back,) = a.records_after("a", seq - 1, 10)
+    assert (back.origin, back.seq, back.hlc, back.ns, back.body) == ("a", seq, rec.hlc, NS, rec.body)
+    assert ship(a, b) == ["applied"] and dump(b) == [{"_id": 7, "k": 1}]
+    assert b.oplog_records()[-1]["w"] == rec.body   # kept there as it came
+
+
+def test_oplog_records_of_earlier_versions_in_bson_are_still_read(pair):
+    a, _ = pair
+    body = bson.encode({"id": 1, "op": {"op": "i", "doc": {"_id": 1}}})
+    old = {"o": "c", "s": Int64(1), "ts": Int64(77), "ns": NS, "op": "i", "id": 1, "w": body}
+    a.submit(lambda w: w.txn.put(b"c\0" + (1).to_bytes(8, "big"), bson.encode(old), db=a.oplog)).result()
+    with a.read() as txn:
+        (rec,) = a.records_after_in(txn, "c", 0, 10)
+    assert (rec.origin, rec.seq, rec.hlc, rec.ns, rec.id, rec.body) == ("c", 1, 77, NS, 1, body)
+    assert a.oplog_records() == [old]
 
 
 def test_effects_in_the_oplog_are_replicated_operations(pair):
@@ -464,6 +497,126 @@ def test_replica_peers_on_an_event_loop_with_lmdb_stores(tmp_path):
             for n in ("a", "b"):
                 peers[n].stop()
                 stores[n].close()
+
+    asyncio.run(main())
+
+
+def rmeta_entries(store) -> int:
+    with store.read() as txn:
+        return txn.stat(store.rmeta)["entries"]
+
+
+def test_a_node_alone_keeps_no_insert_metadata_and_converges_all_the_same(pair):
+    """While no other node has its clock, every write to come is later than this node's:
+    an insert keeps no stamp (the document counts as older than anything to come, as it
+    does once compaction has passed it); a delete's state is still merged with."""
+    a, b = pair
+    assert a.set_alone(True) is None
+    a.submit(lambda w: [w.insert(NS, {"_id": i, "k": i}) for i in range(5)]).result()
+    assert rmeta_entries(a) == 0
+    a.submit(lambda w: w.delete(NS, w.get(NS, 1))).result()
+    a.submit(lambda w: w.insert(NS, {"_id": 1, "k": "again"})).result()   # merged with the tombstone
+    update(a, 2, {"$inc": {"k": 10}})
+    assert [d["k"] for d in dump(a)] == [0, "again", 12, 3, 4]
+    committed = a.set_alone(False)          # another node is there: its writes are stamped again
+    assert committed.result(timeout=30) is None
+    before = rmeta_entries(a)
+    a.submit(lambda w: w.insert(NS, {"_id": 10, "k": 10})).result()
+    assert rmeta_entries(a) == before + 1
+    ship(a, b)
+    assert dump(a) == dump(b)
+    # b writes over a document a inserted alone: the same on both
+    update(b, 3, {"$set": {"k": "b"}})
+    ship(b, a)
+    assert dump(a) == dump(b) and [d["k"] for d in dump(a)][3] == "b"
+
+
+def test_a_restarted_member_of_a_larger_deployment_is_never_alone(pair):
+    """Its peers may write while it waits for them to dial it: its inserts keep their stamps."""
+    a, b = pair
+    b.submit(lambda w: w.insert(NS, {"_id": "from-b"})).result()
+    ship(b, a)                                   # a has applied another node's records
+
+    class Bus:
+        map = MemberMap([Member("a")])
+
+        def members(self):
+            return self.map.members()
+
+        def on_member_change(self, fn):
+            return self.map.on_change(fn)
+
+        def subscribe(self, cls, fn):
+            return lambda: None
+
+    async def main():
+        peer = ReplicaPeer(Replica("a", a), Bus(), LoopClock(), may_be_alone=True)
+        try:
+            before = rmeta_entries(a)
+            await asyncio.wrap_future(a.submit(lambda w: w.insert(NS, {"_id": "from-a"})))
+            assert rmeta_entries(a) == before + 1
+        finally:
+            peer.stop()
+
+    asyncio.run(main())
+
+
+def test_a_node_alone_tells_no_clock_before_its_alone_writes_are_committed(tmp_path):
+    """The first Status a node alone sends when a peer appears carries an HLC at or above
+    every write it stamped alone, the one in flight at that moment included (else the
+    peer could stamp a concurrent write below it: the node's own copy, without metadata,
+    would take it as newer and the peer's would not)."""
+    sent: list = []
+
+    class Bus:
+        def __init__(self):
+            self.map = MemberMap([Member("a")])
+
+        def members(self):
+            return self.map.members()
+
+        def on_member_change(self, fn):
+            return self.map.on_change(fn)
+
+        def send(self, node_id, msg):
+            sent.append(msg)
+            return True
+
+        def broadcast(self, msg):
+            sent.append(msg)
+            return 1
+
+        def subscribe(self, cls, fn):
+            return lambda: None
+
+    async def main():
+        store, bus = open_store(tmp_path, "a"), Bus()
+        peer = ReplicaPeer(Replica("a", store), bus, LoopClock(), tick=0.05, may_be_alone=True)
+        try:
+            started, go_on = threading.Event(), threading.Event()
+
+            def slow(w):   # a write stamped alone, its commit in flight when the peer comes
+                w.insert(NS, {"_id": 99})
+                started.set()
+                go_on.wait(30)
+            in_flight = asyncio.wrap_future(store.submit(slow))
+            await asyncio.to_thread(started.wait, 30)
+            bus.map.update(Member("b"))
+            await asyncio.sleep(0.1)
+            assert sent == []                 # held: the write is not committed yet
+            go_on.set()
+            await in_flight
+            for _ in range(500):
+                if sent:
+                    break
+                await asyncio.sleep(0.02)
+            stamped = store.records_after("a", 0, 10)[-1].hlc
+            statuses = [m for m in sent if isinstance(m, replica.Status)]
+            assert statuses and all(m.hlc >= stamped for m in statuses)
+            assert rmeta_entries(store) == 0  # (it was stamped alone)
+        finally:
+            peer.stop()
+            store.close()
 
     asyncio.run(main())
 
@@ -769,3 +922,27 @@ def test_on_lmdb_a_long_dead_member_stops_holding_the_oplog_and_metadata_and_get
         assert find(c.stores["c"], {"_id": "ctr"})[0][0]["n"] == 36
     finally:
         c.close()
+
+
+def test_a_snapshot_older_than_the_nodes_own_retained_oplog_is_refused(pair, tmp_path):
+    """b's snapshot was taken when it had a's writes up to 1; a has since dropped its own
+    records up to 2 from its oplog (every peer had them).  Installed, it would lose a's
+    write 2 (not in the snapshot, no longer in a's oplog to re-apply): refused, and a's
+    documents stay.  (Seen on real nodes: a node restarting in a deploy lost a second of
+    its own acknowledged writes that its peers kept.)"""
+    from farts.db.replica import StaleSnapshot
+
+    a, b = pair
+    for i in (1, 2, 3):
+        a.submit(lambda w, i=i: w.insert(NS, {"_id": i})).result()
+    ship(a, b)
+    vv, docs = b.snapshot()
+    docs = [d for d in docs if d[1] != 2]   # (as b had it before a's write 2 came)
+    vv = {**vv, "a": 1}
+    a.truncate("a", 2).result()
+    with pytest.raises(StaleSnapshot):
+        a.install_snapshot(vv, docs).result()
+    assert dump(a) == [{"_id": 1}, {"_id": 2}, {"_id": 3}]
+    vv, docs = b.snapshot()                 # a current one: installed, nothing lost
+    a.install_snapshot(vv, list(docs)).result()
+    assert dump(a) == [{"_id": 1}, {"_id": 2}, {"_id": 3}]

@@ -12,6 +12,7 @@ import pytest
 from bson.timestamp import Timestamp
 
 from farts.clock import FakeClock, pack
+from farts.db import wire
 from farts.db.commands import Command
 from farts.db.config import DBConfig
 from farts.db.errors import MongoError
@@ -88,9 +89,12 @@ def test_cluster_time_is_the_hlc_in_order():
 
 def test_replies_carry_the_operation_time_and_cluster_time_of_the_last_commit():
     rep, _, _ = setup("")
-    for hlc in (pack(5000, 3), pack(5000, 3), pack(5001, 0)):
+    for hlc in (pack(5000, 3), pack(5000, 3), pack(5001, 0), (1 << 63) - 1):
         rep.store.operation_hlc = hlc      # what the LMDB store moves at each commit
-        reply = bson.decode(bson.encode(rep.stamp({"ok": 1.0})))
+        forwarded = {"ok": 1.0, "operationTime": Timestamp(1, 1)}   # (a primary's: this node's goes instead)
+        elements = rep.stamp(forwarded)
+        reply = bson.decode(wire.encode_msg(0, forwarded, None, elements)[16 + 5:])
+        assert list(reply) == ["ok", "operationTime", "$clusterTime"]
         assert reply["operationTime"] == reply["$clusterTime"]["clusterTime"] == to_timestamp(hlc)
         assert set(reply["$clusterTime"]["signature"]) == {"hash", "keyId"} and reply["ok"] == 1.0
 
@@ -134,3 +138,21 @@ def test_a_peer_that_does_not_answer_holds_writes_back_only_for_the_startup_wait
         assert rep2.run(None, drop, lambda: "at once") == "at once"
 
     asyncio.run(main())
+
+
+def test_caught_up_is_every_reported_write_or_a_moment_behind_a_live_origin():
+    rep, _, wall = setup("")
+    alive = {"a", "b", "p"}
+    assert rep.behind(alive) == ""                       # no report yet: nothing known to miss
+    rep.replica.receive(Status({"b": 0}, pack(wall[0], 0), 0, 0), "b", 0.0)
+    assert rep.behind(alive) == ""
+    # Under a steady stream the latest report runs a little ahead of what is applied here:
+    # 200 ms behind b's clock is caught up; 5 s is not, and the reason says by how much.
+    rep.replica.receive(Status({"b": 5}, pack(wall[0] + 200, 0), 0, 0), "b", 1.0)
+    assert rep.behind(alive) == ""
+    rep.replica.receive(Status({"b": 7}, pack(wall[0] + 5_000, 0), 0, 0), "b", 2.0)
+    assert rep.behind(alive) == "7 records of b, 5,000 ms behind"
+    assert rep.behind({"a", "p"}) == ""                  # b is not alive: its report does not count
+    # A third origin's records b has: no lag measured for p here, so every record counts.
+    rep.replica.receive(Status({"b": 0, "p": 3}, pack(wall[0] + 5_000, 0), 0, 0), "b", 3.0)
+    assert rep.behind(alive) == "3 records of p"

@@ -175,6 +175,17 @@ def test_a_write_is_shipped_applied_and_acknowledged():
     assert net.replicas["a"].acked("a", rec.seq) == 2
 
 
+def test_a_node_alone_sends_nothing_and_a_member_that_comes_gets_its_writes_by_catch_up():
+    net = Net(["a"])
+    net.write("a", 1, {"op": "i", "doc": {"_id": 1, "x": 1}})
+    net.now += 1.0
+    assert net.replicas["a"].flush(net.now) == [] and net.replicas["a"].tick(net.now) == []   # no frame, no status
+    net.write("a", 2, {"op": "i", "doc": {"_id": 2}})
+    net.add_node("b")
+    net.settle()
+    assert net.stores["b"].dump() == net.stores["a"].dump() and len(net.stores["b"].dump()) == 2
+
+
 def test_lag_per_origin_is_what_its_last_report_says_it_wrote_and_this_node_lacks():
     net = Net(["a", "b"])
     net.write("a", 1, {"op": "i", "doc": {"_id": 1}})

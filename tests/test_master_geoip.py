@@ -18,6 +18,7 @@ import pytest
 from mmdb_writer import MmdbF64, MMDBWriter
 from netaddr import IPSet
 
+from farts import transfer
 from farts.clock import FakeClock, LoopClock
 from farts.master import geoshare
 from farts.master.config import GeoIPConfig
@@ -230,9 +231,9 @@ async def until(check, seconds: float = 20) -> bool:
 
 
 def test_a_published_database_reaches_every_node_in_chunks_and_a_newer_one_replaces_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(geoshare, "CHUNK", 4096)
+    monkeypatch.setattr(transfer, "CHUNK", 4096)
     big = mmdb(EU, padding=500)
-    assert len(big) > 2 * geoshare.WINDOW * geoshare.CHUNK      # chunks for more than two windows
+    assert len(big) > 2 * transfer.WINDOW * transfer.CHUNK      # chunks for more than two windows
     newer = mmdb(ASIA)
 
     async def main():
@@ -243,7 +244,7 @@ def test_a_published_database_reaches_every_node_in_chunks_and_a_newer_one_repla
             assert Path(dns[i].paths[-1]).read_bytes() == big
             assert geoshare.published_database(tmp_path / i / "geoip") == dns[i].paths[-1]
         asks = [m for _, _, m in mesh.sent if isinstance(m, GeoAsk)]
-        assert sorted(m.index for m in asks) == sorted(list(range(d.chunks())) * 2)   # each chunk once per node
+        assert sorted(m.index for m in asks) == sorted(list(range(d.blob().chunks())) * 2)   # each chunk once per node
         assert s["b"].events.get(("installed",)) == 1
         # An older offer (or the same again) changes nothing; a newer one replaces it, the old file goes.
         s["c"].on_offer(GeoOffer(Published("f" * 64, 10, 50.0, "x")), Envelope("a"))
@@ -283,7 +284,7 @@ def test_a_corrupted_transfer_and_a_database_the_node_refuses_leave_the_old_one(
         mesh.tamper = lambda to, m: (GeoChunk(m.sha256, m.index, bytes([m.data[0] ^ 1]) + m.data[1:])
                                      if isinstance(m, GeoChunk) and to == "b" else m)
         await publish(s["a"], mmdb(ASIA), 100.0)
-        assert await until(lambda: s["b"].events.get(("refused",)) == 1 and s["c"].events.get(("refused",)) == 1)
+        assert await until(lambda: s["b"].events.get(("digest",)) == 1 and s["c"].events.get(("refused",)) == 1)
         for i in "bc":
             assert s[i].current == d and geoshare.published_database(s[i].directory) == str(s[i].path(d))
             assert [p.name for p in s[i].directory.glob("*.mmdb")] == [f"{d.sha256}.mmdb"]
@@ -295,13 +296,13 @@ def test_a_stalled_transfer_is_asked_again_then_dropped():
     async def main():
         clock = FakeClock()
         mesh, s, _ = shares(Path("/nonexistent"), ["b"], clock)
-        s["b"].on_offer(GeoOffer(Published("a" * 64, 3 * geoshare.CHUNK, 100.0, "x")), Envelope("gone"))
+        s["b"].on_offer(GeoOffer(Published("a" * 64, 3 * transfer.CHUNK, 100.0, "x")), Envelope("gone"))
         t = s["b"].transfer
         assert t is not None and t.asked == {0, 1, 2}
-        for _ in range(geoshare.STALL_TRIES):
-            clock.advance(geoshare.STALL)
+        for _ in range(transfer.STALL_TRIES):
+            clock.advance(transfer.STALL)
             assert s["b"].transfer is t
-        clock.advance(geoshare.STALL)
+        clock.advance(transfer.STALL)
         assert s["b"].transfer is None and s["b"].events.get(("stalled",)) == 1
 
     asyncio.run(main())
@@ -311,7 +312,7 @@ def test_bad_messages_are_refused():
     for cls, body in ((GeoOffer, {"sha256": "x", "size": 1, "published": 1.0, "database_type": "t"}),
                       (GeoOffer, {"sha256": "a" * 64, "size": -1, "published": 1.0, "database_type": "t"}),
                       (GeoAsk, {"sha256": "a" * 64, "index": -1}),
-                      (GeoChunk, {"sha256": "a" * 64, "index": 0, "data": b"x" * (geoshare.CHUNK + 1)}),
+                      (GeoChunk, {"sha256": "a" * 64, "index": 0, "data": b"x" * (transfer.CHUNK + 1)}),
                       (GeoChunk, {"sha256": "a" * 64, "index": 0, "data": "text"}), (GeoAsk, [])):
         with pytest.raises(BadMessage):
             cls.from_wire(body)

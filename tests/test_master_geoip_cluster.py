@@ -107,7 +107,7 @@ answers = 1
         assert wait_for(lambda: all(answer(n) == ["127.0.0.12"] for n in nodes.values()), 90), \
             {i: answer(n) for i, n in nodes.items()}
         # (every worker: each query comes from another port, so the kernel spreads them)
-        assert all(answer(nodes["node-3"]) == ["127.0.0.12"] for _ in range(20))
+        assert wait_for(lambda: all(answer(nodes["node-3"]) == ["127.0.0.12"] for _ in range(20)), 30)
         published = {json.dumps(get(n, "/api/master")["geoip"], sort_keys=True) for n in nodes.values()}
         assert len(published) == 1 and json.loads(published.pop())["database_type"] == "GeoLite2-City"
         assert wait_for(lambda: "cron_failed:geoip" not in open_alerts(nodes[master]), 60)

@@ -60,3 +60,32 @@ def test_resolved_alerts_past_the_kept_number_go_with_their_acks(tmp_path, monke
         asyncio.run(main())
     finally:
         store.close()
+
+
+def test_one_evaluation_reads_the_refused_bundles_once_alerts_on_the_recent_and_deletes_the_old(tmp_path):
+    from farts.clock import FakeClock
+    from farts.master import alerting
+    from farts.master.config import AlertsConfig
+    from farts.master.state import REFUSALS
+    from farts.metrics import Metrics
+    store = Store(tmp_path / "db", "node-1", sync=False, replicated=True)
+    clock = FakeClock()
+    state = MasterState(lambda: store, "global", "node-1", clock.wall)
+    a = alerting.Alerting(AlertsConfig(), state, clock, Metrics(), lambda: 1, ["node-1"], "1.0", ".", list, dict)
+    reads = []
+    read_all = state.all
+    state.all = lambda ns: reads.append(ns) or read_all(ns)
+    now = clock.wall()
+    old = {"_id": "node-1@old", "node": "node-1", "reason": "tampered, long ago", "at": now - 2 * alerting.REFUSAL_WINDOW}
+    new = {"_id": "node-1@new", "node": "node-1", "reason": "tampered", "at": now - 10}
+
+    async def main():
+        await state.write(1, lambda w: [put(w, REFUSALS, old), put(w, REFUSALS, new)])
+        await a._evaluate()
+        assert reads.count(REFUSALS) == 1
+        assert "node node-1 refused 1 release bundle(s)" in a.open["bundle_refused:node-1"].summary
+        assert read_all(REFUSALS) == [new]
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()

@@ -122,8 +122,10 @@ def test_up_cluster_master_crons_webhooks_alerts_and_failover(tmp_path):
         alert_id = told("/room")[0]["alert"]
         acked = cli("alerts", "ack", alert_id, "--by", "test", "--admin", f"http://127.0.0.{rest[1]}:9100/")
         assert acked.returncode == 0, acked
-        listed = cli("alerts", "list", "--admin", f"http://127.0.0.{rest[0]}:9100/")
-        assert alert_id in listed.stdout and "acked" in listed.stdout, listed
+        # (listed by another node: once the ack has replicated there)
+        listed = wait_for(lambda: (lambda out: out if alert_id in out.stdout and "acked" in out.stdout else None)(
+            cli("alerts", "list", "--admin", f"http://127.0.0.{rest[0]}:9100/")), 30)
+        assert listed, cli("alerts", "list", "--admin", f"http://127.0.0.{rest[0]}:9100/")
 
         # Nothing lost: every slot of the cron recorded once, across the failover, with
         # the new master's higher epoch after it.

@@ -171,3 +171,54 @@ def test_incoming_connections_over_the_per_ip_cap_are_refused(tmp_path):
             await mgr.close()
 
     asyncio.run(main())
+
+
+def test_a_closed_link_manager_dials_nobody(tmp_path):
+    """Once a node's mesh is closing (it left), a message heard after that which would
+    dial a member again does nothing: a link from the going process would take the
+    member's place in its peer's link table (in a handover, the peers' events would go
+    to the old process).  In process: node-b listens, node-a dials it, closes, dials again."""
+    import asyncio
+
+    from farts.mesh.link import LinkManager, LinkStats, tls_contexts
+    from farts.metrics import Metrics
+
+    ca_dir = tmp_path / "ca"
+    pki.make_ca(ca_dir)
+    ctx = {}
+    for me in ("node-a", "node-b"):
+        crt, key = pki.issue_node(ca_dir, tmp_path / me, me, ["127.0.0.1"])
+        ctx[me] = tls_contexts(ca_dir / "ca.crt", crt, key)
+
+    def manager(me: str, stats: LinkStats) -> LinkManager:
+        hello = Hello(me, "r", 0.0, 0.0, (), "127.0.0.1:1", (0, 0), 1)
+        return LinkManager(me, *ctx[me], lambda: hello, stats, max_frame_bytes=1 << 20,
+                           queue_max_bytes=1 << 20, handshake_timeout=30, reconnect_min=0.01,
+                           reconnect_max=0.02, on_up=lambda link: None, on_down=lambda link: None,
+                           on_frame=lambda link, kind, payload: None)
+
+    async def main() -> None:
+        b_stats = LinkStats(Metrics())
+        b, a = manager("node-b", b_stats), manager("node-a", LinkStats(Metrics()))
+        host, port = await b.listen("127.0.0.1", 0)
+        try:
+            a.dial("node-b", f"{host}:{port}", "node-b")
+            for _ in range(500):
+                if "node-a" in b.links:
+                    break
+                await asyncio.sleep(0.01)
+            assert "node-a" in b.links
+            await a.close()
+            for _ in range(500):
+                if "node-a" not in b.links:
+                    break
+                await asyncio.sleep(0.01)
+            assert "node-a" not in b.links
+            a.dial("node-b", f"{host}:{port}", "node-b")   # (a message heard while it stopped)
+            await asyncio.sleep(0.3)
+            assert "node-a" not in b.links and not a.links and b.kit.open == 0
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())

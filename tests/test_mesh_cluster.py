@@ -16,9 +16,9 @@ from mesh_helpers import make_ca, mesh_address, metric, start_mesh_node, states,
 
 # From the test config (tests/mesh_helpers.py): probe_interval 0.5 s, suspicion 1.5 s up to
 # 2x while unconfirmed. A kill is declared dead within interval + suspicion x 2 + a
-# protocol period of gossip; the test allows that bound and one more second of slack
-# for a shared, busy machine.
-DEATH_BOUND = 0.5 + 1.5 * 2 + 0.5 + 1.0
+# protocol period of gossip; the test allows that bound and three more seconds of slack
+# for a shared, busy machine (its figure is the protocol's; bench/ measures the real one).
+DEATH_BOUND = 0.5 + 1.5 * 2 + 0.5 + 3.0
 
 
 def others_see(nodes, subject, want_state, min_incarnation=0):

@@ -19,7 +19,7 @@ def test_drain_command_and_stop_mark_the_node_draining_everywhere(tmp_path):
         seed = mesh_address(a)
         b = start_mesh_node(tmp_path, ca, "b", [seed])
         nodes.append(b)
-        c = start_mesh_node(tmp_path, ca, "c", [seed], extra="drain_seconds = 3.0")
+        c = start_mesh_node(tmp_path, ca, "c", [seed], extra="drain_seconds = 6.0")
         nodes.append(c)
         assert wait_for(lambda: all(len(states(n)) == 3 and all(s == "alive" for s, _ in states(n).values())
                                     for n in nodes), 15), [states(n) for n in nodes]
@@ -38,10 +38,10 @@ def test_drain_command_and_stop_mark_the_node_draining_everywhere(tmp_path):
         assert "draining" in status.stdout and "1 draining" in status.stdout, status.stdout
 
         # A stop with drain_seconds: c drains first (the others see it) and keeps its
-        # place for 3 s, then leaves.
+        # place for 6 s, then leaves.
         c.proc.terminate()
-        assert wait_for(lambda: states(a)["c"][0] == "draining", 2.5), states(a)
-        assert wait_for(lambda: states(a)["c"][0] == "left", 10), states(a)
+        assert wait_for(lambda: states(a)["c"][0] == "draining", 5), states(a)
+        assert wait_for(lambda: states(a)["c"][0] == "left", 20), states(a)
         c.proc.wait(timeout=30)
     finally:
         for n in nodes:

@@ -20,11 +20,14 @@ from farts.mesh.service import Load
 from farts.metrics import Metrics
 from farts.peer import BadMessage, Envelope, PeerMessage
 from farts.pubsub.peer import (
+    ANSWER_TRIES,
+    ANSWER_WAIT,
     BATCH,
     CATCHUP_RETRY,
     CATCHUP_TRIES,
     SETTLE,
     CatchupEvents,
+    CatchupGone,
     CatchupRequest,
     Event,
     PubSubPeer,
@@ -39,12 +42,16 @@ class FakeBus:
         self.subs: dict[type, list] = {}
         self.sent: list[tuple[str | None, PeerMessage]] = []   # (None: broadcast, msg)
         self.linked: set[str] = set()
+        self.gap_listeners: list = []
 
     def members(self):
         return self.members_.members()
 
     def on_member_change(self, fn):
         return self.members_.on_change(fn)
+
+    def on_gap(self, fn):
+        self.gap_listeners.append(fn)
 
     def broadcast(self, msg):
         self.sent.append((None, type(msg).from_wire(msgpack.unpackb(msgpack.packb(msg.to_wire())))))
@@ -89,6 +96,9 @@ class FakePubSub:
     def gone_after(self, have):
         return {}
 
+    def mark_missing(self, gone):
+        self.missing = gone
+
 
 def ev(seq, origin="b"):
     return {"tenant": "t", "channel": "c", "origin": origin, "seq": seq, "data": "{}"}
@@ -120,14 +130,26 @@ def test_a_remote_event_is_applied_and_a_gap_asks_its_origin_for_a_catchup(pubsu
     assert bus.sent == [("b", CatchupRequest({"a": 7}))]
 
 
+def test_a_gap_in_another_service_s_broadcast_asks_for_a_catchup_at_once(pubsub_peer):
+    """A node's last event, lost on a closed link, shows in no later event of it: the bus's
+    next broadcast of that node, of whatever service, tells of the gap."""
+    bus, _, _, _ = pubsub_peer
+    bus.linked.add("b")
+    assert len(bus.gap_listeners) == 1
+    bus.gap_listeners[0]("b")
+    assert bus.sent == [("b", CatchupRequest({"a": 7}))]
+
+
 def test_a_catchup_is_answered_in_batches():
     bus, ps = FakeBus(), FakePubSub([ev(i) for i in range(2 * BATCH + 50)])
     PubSubPeer("a", ps, bus, FakeClock())
     bus.linked.add("b")
     bus.deliver(CatchupRequest({"a": 3, "b": 0}))
     assert ps.asked == [{"a": 3, "b": 0}]
-    assert [(dest, len(m.events)) for dest, m in bus.sent] == [("b", BATCH), ("b", BATCH), ("b", 50)]
-    assert [e for _, m in bus.sent for e in m.events] == ps.events
+    *batches, end = bus.sent
+    assert [(dest, len(m.events)) for dest, m in batches] == [("b", BATCH), ("b", BATCH), ("b", 50)]
+    assert [e for _, m in batches for e in m.events] == ps.events
+    assert end == ("b", CatchupGone({}))   # the answer's end, whatever is gone (here: nothing)
 
 
 def test_catchup_events_are_applied(pubsub_peer):
@@ -144,9 +166,31 @@ def test_a_member_coming_alive_is_asked_once_it_has_a_link(pubsub_peer):
     assert bus.sent == [] and clock.pending() == 1
     bus.linked.add("b")
     clock.advance(CATCHUP_RETRY)
-    assert bus.sent == [("b", CatchupRequest({"a": 7}))] and clock.pending() == 1
+    assert bus.sent == [("b", CatchupRequest({"a": 7}))] and clock.pending() == 2   # the SETTLE ask, the answer's check
+    bus.deliver(CatchupGone({}))   # its answer ended
     clock.advance(SETTLE)   # once more: what it sent while its links formed
-    assert bus.sent[1:] == [("b", CatchupRequest({"a": 7}))] and clock.pending() == 0
+    assert bus.sent[1:] == [("b", CatchupRequest({"a": 7}))] and clock.pending() == 1
+    bus.deliver(CatchupGone({}))
+    clock.advance(ANSWER_WAIT)
+    assert len(bus.sent) == 2 and clock.pending() == 0
+
+
+def test_an_ask_whose_answer_does_not_end_is_sent_again_a_few_times(pubsub_peer):
+    """An answer sent on a link that closed under it is lost with everything after it on
+    that link: its end (a CatchupGone, always sent) never comes."""
+    bus, _, clock, _ = pubsub_peer
+    bus.linked.add("b")
+    bus.deliver(Event(ev(1)))
+    bus.deliver(Event(ev(5)), gap=3)
+    clock.advance(ANSWER_WAIT * 10)
+    assert bus.sent == [("b", CatchupRequest({"a": 7}))] * ANSWER_TRIES
+    bus.deliver(Event(ev(9)), gap=1)
+    bus.deliver(CatchupGone({}))   # (one of the earlier asks' answers, late: counted all the same)
+    bus.deliver(CatchupGone({}))
+    bus.deliver(CatchupGone({}))
+    bus.deliver(CatchupGone({}))   # this one's
+    clock.advance(ANSWER_WAIT * 10)
+    assert len(bus.sent) == ANSWER_TRIES + 1
 
 
 def test_catchup_retries_give_up_after_a_while(pubsub_peer):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from farts.proxy import headers as reference
 from fast import proxyhead
-from fast.http1 import END, Response, ResponseParser, request_head, response_head
+from fast.http1 import END, Response, ResponseParser, closing, request_head, response_head
 
 FEW = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -172,14 +172,14 @@ def test_raw_answer_is_what_the_parser_and_client_answer_make(status, lines, len
     got = proxyhead.raw_answer(data, len(before), rid)
     if got is None:
         return
-    status_code, keep_alive, end, body_len, keep, close = got
+    status_code, keep_alive, end, body_len, keep = got
     answer = ResponseParser().feed(data[len(before):end])
     resp = answer[0]
     assert isinstance(resp, Response) and answer[-1] is END and len(answer) == (3 if body_len else 2)
     body = answer[1] if body_len else b""
     assert (resp.status, resp.keep_alive, len(body)) == (status_code, keep_alive, body_len)
     assert data[end - body_len:end] == body
-    assert (keep, close) == proxyhead.client_answer(resp.status, resp.headers, rid, body, len(body))
+    assert (keep, closing(keep, body_len)) == proxyhead.client_answer(resp.status, resp.headers, rid, body, len(body))
 
 
 def test_raw_answer_reads_answers_one_after_another():
@@ -191,8 +191,25 @@ def test_raw_answer_reads_answers_one_after_another():
     assert first[4] == b"HTTP/1.1 200 OK\r\nx-request-id: up-1\r\ncontent-length: 2\r\n\r\nhi"
     second = proxyhead.raw_answer(data, first[2], b"r2")
     assert second[:4] == (503, False, len(data), 0)
-    assert second[5] == (b"HTTP/1.1 503 Service Unavailable\r\nx-request-id: r2\r\ncontent-length: 0\r\n"
-                         b"connection: close\r\n\r\n")
+    assert closing(second[4], 0) == (b"HTTP/1.1 503 Service Unavailable\r\nx-request-id: r2\r\n"
+                                     b"content-length: 0\r\nconnection: close\r\n\r\n")
     # Not whole in the data: the parser's to read when the rest comes.
     assert proxyhead.raw_answer(data[:-3], first[2], b"r2") is None
     assert proxyhead.raw_answer(one[:-1], 0, b"r") is None
+
+
+@FEW
+@given(st.sampled_from([200, 404, 503]), st.lists(st.tuples(st.sampled_from([b"etag", b"x-a", b"server"]),
+                                                         st.text("abcXYZ 019-/", max_size=20).map(str.encode)),
+                                               max_size=4),
+       st.binary(max_size=50))
+def test_closing_is_the_close_framing_response_head_writes(status, headers, body):
+    keep = response_head(status, headers, len(body), True) + body
+    assert closing(keep, len(body)) == response_head(status, headers, len(body), False) + body
+
+
+def test_closing_refuses_what_is_not_a_framed_response():
+    with pytest.raises(ValueError):
+        closing(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nhi", 2)
+    with pytest.raises(ValueError):
+        closing(b"hi", 5)

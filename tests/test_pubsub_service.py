@@ -235,6 +235,9 @@ def test_a_catch_up_that_cannot_reach_back_far_enough_makes_resumes_from_before_
         def on_member_change(self, fn):
             pass
 
+        def on_gap(self, fn):
+            pass
+
         def broadcast(self, msg) -> int:
             return 0
 

@@ -31,6 +31,8 @@ def test_each_check_says_why_the_node_is_not_healthy():
         ((200, {**INFO, "version": "0.1.0", "successor_exit": 1}, "alive", []),
          "its new process exited with status 1"),
         ((200, {**INFO, "caught_up": False}, "alive", []), "database replication not caught up"),
+        ((200, {**INFO, "caught_up": False, "behind": "7 records of n3, 5,000 ms behind"}, "alive", []),
+         "database replication not caught up (7 records of n3, 5,000 ms behind)"),
         ((200, INFO, "suspect", []), "the mesh sees it suspect"),
         ((200, INFO, "draining", []), "the mesh sees it draining"),
         ((200, INFO, "alive", [alert("slow_requests", RESTART + 5)]),

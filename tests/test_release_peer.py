@@ -1,64 +1,29 @@
-"""A bundle over the mesh, without sockets: the chunked transfer (window, acks, the whole
-bundle's hash), two nodes' BundlePeers on an in-memory bus with the real verification
-(bundle.verify through ReleaseNode.stage's contract), and bad messages refused."""
+"""A bundle over the mesh, without sockets: two nodes' BundlePeers on an in-memory bus
+with the real verification (bundle.verify through ReleaseNode.stage's contract), a
+transfer that fails answered with a verdict, and bad messages refused. (The chunked
+transfer itself: test_transfer.py.)"""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 
 import pytest
 from test_release_bundle import wheel_name
 
+from farts import transfer
 from farts.clock import FakeClock
 from farts.members import Member
 from farts.peer import BadMessage, Envelope
 from farts.release import bundle
-from farts.release.peer import (
-    CHUNK,
-    WINDOW,
-    BundleAck,
-    BundleChunk,
-    BundlePeer,
-    BundleVerdict,
-    Receiving,
-    Sending,
-)
-
-
-def test_the_transfer_keeps_a_window_and_the_receiver_gets_the_bundle_whole():
-    data = os.urandom(CHUNK * 9 + 123)
-    s = Sending("0.2.0", data, False)
-    out = s.start()
-    assert len(out) == WINDOW
-    r = Receiving(out[0])
-    got, acks = None, 0
-    while out:
-        c = out.pop(0)
-        got = r.chunk(c)
-        out += s.ack(len(r.buf))
-        acks += 1
-        assert s.next - s.acked <= CHUNK * WINDOW
-    assert got == data and acks == 10
-    assert s.ack(5) == [] and s.ack(len(data) + 1) == []   # stale and impossible acks change nothing
-
-
-def test_a_bundle_that_does_not_match_its_hash_is_refused_by_the_receiver():
-    data = os.urandom(CHUNK + 10)
-    s = Sending("0.2.0", data, False)
-    first, second = s.start()
-    r = Receiving(first)
-    assert r.chunk(first) is None
-    with pytest.raises(ValueError, match="SHA-256"):
-        r.chunk(BundleChunk("0.2.0", second.offset, second.total, second.sha256, False,
-                            b"x" + second.data[1:]))
+from farts.release.peer import STALL, BundleAsk, BundleChunk, BundleOffer, BundlePeer, BundleVerdict
+from farts.transfer import CHUNK
 
 
 class Bus:
     """Two nodes' buses in one loop: a send is delivered at the loop's next turn."""
 
-    def __init__(self, me: str, net: dict) -> None:
-        self.me, self.net, self.handlers, self.sent = me, net, {}, []
+    def __init__(self, me: str, net: dict, lose=lambda msg: False) -> None:
+        self.me, self.net, self.handlers, self.sent, self.lose = me, net, {}, [], lose
         net[me] = self
 
     def members(self):
@@ -73,6 +38,8 @@ class Bus:
         if other is None:
             return False
         self.sent.append(msg)
+        if self.lose(msg):
+            return True
         wire = type(msg).from_wire(msg.to_wire())   # what the other side parses
         asyncio.get_running_loop().call_soon(other.handlers[type(msg)], wire, Envelope(self.me))
         return True
@@ -111,24 +78,42 @@ def test_two_nodes_a_good_bundle_is_verified_there_a_bad_one_refused_with_the_re
     assert max(len(c.data) for c in chunks) == CHUNK and len(good) > 3 * CHUNK
 
 
+def test_a_transfer_that_stalls_is_answered_a_failure_and_a_silent_node_times_out():
+    async def main():
+        net, clock = {}, FakeClock()
+        runner = BundlePeer("n1", Bus("n1", net, lose=lambda m: isinstance(m, BundleChunk)), clock,
+                            lambda data, allow_downgrade: "0.2.0", bundle.Refused)
+        BundlePeer("n2", Bus("n2", net), clock, lambda data, allow_downgrade: "0.2.0", bundle.Refused)
+        sending = asyncio.ensure_future(runner.send("n2", "0.2.0", os.urandom(CHUNK * 2), False))
+        while not any(isinstance(m, BundleAsk) for m in net["n2"].sent):
+            await asyncio.sleep(0)
+        while not sending.done():   # (the node asks again, then gives up and says so)
+            clock.advance(transfer.STALL)
+            await asyncio.sleep(0.01)
+        ok, why = sending.result()
+        assert not ok and why.startswith("the transfer failed: no chunk from n1")
+        assert sum(isinstance(m, BundleAsk) for m in net["n2"].sent) == 2 * (1 + transfer.STALL_TRIES)
+
+        net["n3"] = Bus("n3", {})          # linked, but nothing there answers
+        net["n3"].handlers = {BundleOffer: lambda m, e: None}
+        sending = asyncio.ensure_future(runner.send("n3", "0.2.0", b"x", False))
+        while not net["n1"].sent or not isinstance(net["n1"].sent[-1], BundleOffer):
+            await asyncio.sleep(0)
+        clock.advance(STALL)
+        assert await sending == (False, f"no answer over the mesh from n3 for {STALL:g} s")
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("cls,body", [
-    (BundleChunk, {"version": "1", "offset": 0, "total": 10, "sha256": "0" * 64, "allow_downgrade": False,
-                   "data": b"x" * 11}),
-    (BundleChunk, {"version": "1", "offset": 10, "total": 10, "sha256": "0" * 64, "allow_downgrade": False,
-                   "data": b"x"}),
-    (BundleChunk, {"version": "1", "offset": 0, "total": 10, "sha256": "short", "allow_downgrade": False,
-                   "data": b"x"}),
-    (BundleChunk, {"version": "1", "offset": 0, "total": 2 << 30, "sha256": "0" * 64, "allow_downgrade": False,
-                   "data": b"x"}),
+    (BundleOffer, {"version": "1", "sha256": "0" * 64, "size": 2 << 30, "allow_downgrade": False}),
+    (BundleOffer, {"version": "1", "sha256": "short", "size": 10, "allow_downgrade": False}),
+    (BundleOffer, {"version": "", "sha256": "0" * 64, "size": 10, "allow_downgrade": False}),
+    (BundleOffer, {"version": "1", "sha256": "0" * 64, "size": 10, "allow_downgrade": "no"}),
+    (BundleChunk, {"sha256": "0" * 64, "index": 0, "data": b"x" * (CHUNK + 1)}),
     (BundleChunk, ["not", "a", "table"]),
-    (BundleAck, ["1", -1]), (BundleAck, {"version": "1"}),
+    (BundleAsk, {"sha256": "0" * 64, "index": -1}),
     (BundleVerdict, ["1", "yes", ""]), (BundleVerdict, ["1", False, "x" * 5000]),
 ])
 def test_bad_transfer_messages_are_refused(cls, body):
     with pytest.raises(BadMessage):
         cls.from_wire(body)
-
-
-def test_the_chunk_hash_is_the_whole_bundles():
-    data = b"y" * (CHUNK + 1)
-    assert Sending("1", data, False).start()[0].sha256 == hashlib.sha256(data).hexdigest()

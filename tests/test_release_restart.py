@@ -279,7 +279,10 @@ def test_a_mesh_node_taken_over_rejoins_and_its_subscribers_miss_nothing_of_the_
 
     sub, new = asyncio.run(main())
     try:
-        assert sub.got == ["before", "during", "after"] and sub.restarts == 1
+        # Each once; "during" may come after "after": published while the new process
+        # joins the mesh, it can reach it by the catch-up, after the live "after".
+        assert sorted(sub.got) == ["after", "before", "during"] and sub.got[0] == "before"
+        assert sub.restarts == 1
     finally:
         new.stop()
         b.stop()

@@ -97,12 +97,12 @@ def test_status_page_shows_the_cluster_live_in_chromium(tmp_path):
 
                 with httpx.Client(timeout=10) as c:
                     assert c.get("http://127.0.0.1:8080/widget/wait/150").status_code == 200
-                    assert c.get("http://127.0.0.1:8080/widget/wait/50").status_code == 200
+                    assert c.get("http://127.0.0.1:8080/widget/wait/5").status_code == 200
                     assert c.get("http://127.0.0.2:8080/widget/wait/151").status_code == 200  # node 2's
                 page.wait_for_function(
                     "() => ['/widget/wait/150', '/widget/wait/151'].every("
                     "t => document.querySelector('#slow tbody').textContent.includes(t))", timeout=30_000)
-                assert "/widget/wait/50" not in page.locator("#slow tbody").inner_text()
+                assert "/widget/wait/5" not in page.locator("#slow tbody").inner_text()
                 rows = {r.locator("td:nth-child(6)").inner_text(): r.locator("td:nth-child(2)").inner_text()
                         for r in page.locator("#slow tbody tr").all()}
                 assert rows == {"GET /widget/wait/150": "node-1", "GET /widget/wait/151": "node-2"}, rows

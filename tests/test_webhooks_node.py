@@ -106,10 +106,11 @@ def test_api_mongodb_and_cli_on_a_node(tmp_path):
             assert "not the master" in listed.stdout and "pending: 4" in listed.stdout and api_id in listed.stdout
 
             hooks.set_master(1)
+            from farts.db.store import Store
             from farts.webhooks.queue import claimed_id
-            want = {api_id, *batch, claimed_id("demo", "m1")}
+            want = {api_id, *batch, claimed_id(Store, "demo", "m1")}
             await until(lambda: set(rx.delivered) == want, what="the API and MongoDB deliveries")
-            assert rx.bad_signatures == 0 and rx.bodies[claimed_id("demo", "m1")]["data"] == {"x": 1}
+            assert rx.bad_signatures == 0 and rx.bodies[claimed_id(Store, "demo", "m1")]["data"] == {"x": 1}
 
             # a receiver that refuses everything: dead letters after the 1 s window, then retry by hand
             rx.status = 500

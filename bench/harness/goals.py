@@ -21,22 +21,21 @@ class Goal:
 
 GOALS = (
     Goal("http-fixed", "1024 B", "farts-fixed", ("nginx-static-tuned",), 1.0, None,
-         "callgrind (bench/hot_callgrind.py): 16.4k user instructions per request against bare "
-         "uvloop+httptools' 6.2k, with the same one read and one write: the parser and machine about "
-         "4.3k (bare 2k), the Python chain data_received -> _on_head -> Router.resolve -> _answer_now "
-         "about 8k (a Python read of a compiled object's field about 160 each, startswith in the router "
-         "about 470 a prefix) (RESULTS.md, Hot paths per request)"),
+         "callgrind (bench/hot_callgrind.py): 11.5k user instructions per request (16.4k before "
+         "session 8) against bare uvloop+httptools' 6.2k, with the same one read and one write: the "
+         "parser and machine about 4.3k (bare 2k), the connection, router and counting compiled "
+         "(RESULTS.md, Hot paths per request; Reverse proxy, Session 8)"),
     Goal("proxy", "1024 B", "farts-proxy", ("nginx-proxy",), 1.0, 2.0,
-         "callgrind per proxied request (bench/proxy_callgrind.py, pipeline 8): 71.5k user "
-         "instructions against nginx's 23.1k, with 2.4 socket syscalls a request against nginx's 4-5: "
-         "14.6k in the interpreted transport, router and metrics (Histogram.observe 3.3k), 6.2k "
-         "attribute lookups on the Exchange (an asyncio.Future), 2.6k the raw answer's rewrite "
-         "(RESULTS.md, Session 7: GETs pipelined to the upstream)"),
+         "callgrind per proxied request (bench/proxy_callgrind.py, pipeline 8): 34.4k user "
+         "instructions (71.1k before session 8) against nginx's 23.1k, with 2.4 socket syscalls a "
+         "request against nginx's 4-5: the raw answer's rewrite 4.5k, the two parsers' reads 2.8k, "
+         "the upstream head 2.2k, the loop's read and write calls (RESULTS.md, Reverse proxy, "
+         "Session 8)"),
     Goal("cdn-hits", "1 KiB", "farts-cdn", ("nginx-cache", "nginx-cache-nosf"), 1.3, None,
-         "callgrind: 28.3k user instructions per 1 KiB hit (36.4k before session 7), of them "
-         "CDNHandler.handle about 9k spread evenly and the transport's Python chain as for the fixed "
-         "route; py-spy: most samples in the one write of the answer (the kernel's loopback send and "
-         "the receiver's softirq, charged to the sender) (RESULTS.md, CDN cache hits; Hot paths per request)"),
+         "callgrind: 21.5k user instructions per 1 KiB hit (28.3k before session 8, 36.4k before "
+         "session 7), of them CDNHandler.handle (compiled) about 8k spread evenly; py-spy: most samples in the "
+         "one write of the answer (the kernel's loopback send and the receiver's softirq, charged to "
+         "the sender) (RESULTS.md, CDN cache hits; Hot paths per request)"),
     Goal("cdn-hits", "100 KiB", "farts-cdn", ("nginx-cache", "nginx-cache-nosf"), 1.0, None,
          "callgrind: 48.8k user instructions per 100 KiB hit (58.3k before session 7): a Response "
          "and a FileBody built per hit about 2.2k, the head's framing 1.5k, the timed record 2k; the "

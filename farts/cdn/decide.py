@@ -245,18 +245,21 @@ SERVE_STALE = "serve-stale"      # the fill failed and the stale copy may stand 
 ERROR = "error"                  # the fill failed: answer its error
 OTHER_VARIANT = "other-variant"  # the answer varies and this client selects another variant
 OWN_FETCH = "own-fetch"          # a private answer was for the client that asked: fetch again
+AWAIT_ENTRY = "await-entry"      # every byte is in and being stored: answer from the entry
 PASS_HEAD = "pass-head"          # pass the answer's head on (HEAD, 204, 304)
 PASS = "pass"                    # pass the answer on, its body followed as it is written
 
 
 def after_fill(failed: bool, stale: Entry | None, at: float, entry: Entry | None,
                names: tuple[bytes, ...], fill_variant: bytes, client_variant: bytes, private: bool,
-               started: bool, head_only: bool, status: int) -> str:
+               started: bool, head_only: bool, status: int, storing: bool = False) -> str:
     """A client's next step once the fill it waited on answered (or failed) at ``at``.
     ``stale``: the entry this client could fall back on; ``started``: this client's
     request started the fill (an answer for one client is never handed to another);
     ``fill_variant``/``client_variant``: the variant keys the fill's request and this
-    client's select (compared when the answer varies, ``names``)."""
+    client's select (compared when the answer varies, ``names``); ``storing``: the fill
+    has its whole body and is storing it (fsync, rename).  A client that joins then waits
+    for the entry: whoever had the last byte of a miss and asks again gets a HIT."""
     if failed:
         return SERVE_STALE if stale_if_error(stale, at) else ERROR
     if entry is not None:
@@ -265,6 +268,8 @@ def after_fill(failed: bool, stale: Entry | None, at: float, entry: Entry | None
         return OTHER_VARIANT
     if private and not started:
         return OWN_FETCH
+    if storing and not started:
+        return AWAIT_ENTRY
     if head_only or status in (204, 304):
         return PASS_HEAD
     return PASS

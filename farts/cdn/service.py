@@ -86,6 +86,17 @@ class Fill:
             if not w.done():
                 w.set_result(None)
 
+    def storing(self) -> bool:
+        """Every byte of a cacheable answer is in: it is being stored (fsync, rename)."""
+        return (self.cacheable and not self.purged and not self.failed and not self.done
+                and self.content_length >= 0 and self.written == self.content_length)
+
+    async def ended(self) -> None:
+        while not self.done:
+            w = asyncio.get_running_loop().create_future()
+            self.waiters.append(w)
+            await w
+
     def answered(self) -> None:
         if not self.head_ready.done():
             self.head_ready.set_result(None)
@@ -425,11 +436,13 @@ class CDN:
         for k in keys:
             self.index.remove(k)
         self._drop(keys)
+        n = len(keys)
         for k, fill in self.fills.items():
             if match(k):
+                n += fill.storing()   # (whole, being stored: its client had it as stored)
                 fill.purged = True
-        self.stats.purged.inc((), len(keys))
-        return len(keys)
+        self.stats.purged.inc((), n)
+        return n
 
 
 class CDNHandler:
@@ -697,7 +710,13 @@ class CDNHandler:
             head_only = req.method == b"HEAD"
             step = decide.after_fill(fill.error is not None, e, fill.at, fill.entry, fill.names,
                                      fill_variant, client_variant, fill.private, started, head_only,
-                                     fill.status)
+                                     fill.status, fill.storing())
+            if step is decide.AWAIT_ENTRY:  # stored in a moment: a HIT (or, purged, a fill)
+                cdn.coalesced -= 1            # (counted as what it gets)
+                fill.release()
+                await fill.ended()
+                key, gone, now = client_variant or key, None, cdn.clock.wall()
+                continue
             if step is decide.OWN_FETCH:
                 # An answer for one client (private, Set-Cookie) is never handed to another:
                 # this one asks the origin itself.  (Other answers that are not stored, too

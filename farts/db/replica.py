@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import copy
 import itertools
 import logging
@@ -95,6 +96,7 @@ SNAPSHOT_CHUNKS_PER_TICK = 16
 MAX_BUFFERED = 10_000
 RELAY_AFTER = 2           # status intervals without progress before others' records are relayed
 RESEND = 2.0               # seconds without progress before shipped-but-unacknowledged records go again
+SNAPSHOT_HOLD = 60.0       # seconds a snapshot being received keeps this node's own records
 SNAPSHOT_WAIT = 3 * RESEND  # seconds the other members leave a snapshot to the designated one
 # Records of an origin in flight to a peer catching up, past what it acknowledged: all of
 # it goes out on each Status, so the peer parses the next frames while it applies the
@@ -114,20 +116,34 @@ FLUSH_INTERVAL = 0.01
 Out = list[tuple[str | None, PeerMessage]]
 
 
-class Record:
-    """One oplog record. ``op`` is decoded from ``body`` (BSON {id, op}, what travels and
-    what the oplog keeps) only when asked for: records shipped on are never decoded."""
-    __slots__ = ("origin", "seq", "hlc", "ns", "id", "_op", "body")
+_UNREAD = object()   # a Record's _id not decoded from its body yet
 
-    def __init__(self, origin: str, seq: int, hlc: int, ns: str, id: Any, op: dict | None = None,  # noqa: A002
-                 body: bytes | None = None) -> None:
-        self.origin, self.seq, self.hlc, self.ns, self.id = origin, seq, hlc, ns, id
+
+class Record:
+    """One oplog record. ``op`` (and ``id`` when not given) is decoded from ``body`` (BSON
+    {id, op}, what travels and what the oplog keeps) only when asked for: records shipped
+    on are never decoded."""
+    __slots__ = ("origin", "seq", "hlc", "ns", "_id", "_op", "body")
+
+    def __init__(self, origin: str, seq: int, hlc: int, ns: str, id: Any = _UNREAD,  # noqa: A002
+                 op: dict | None = None, body: bytes | None = None) -> None:
+        self.origin, self.seq, self.hlc, self.ns, self._id = origin, seq, hlc, ns, id
         self._op, self.body = op, body
+
+    def _decode(self) -> None:
+        d = bson.decode(self.body)
+        self._id, self._op = d["id"], d["op"]
+
+    @property
+    def id(self) -> Any:
+        if self._id is _UNREAD:
+            self._decode()
+        return self._id
 
     @property
     def op(self) -> dict:
         if self._op is None:
-            self._op = bson.decode(self.body)["op"]
+            self._decode()
         return self._op
 
     def __repr__(self) -> str:
@@ -244,6 +260,11 @@ class SnapshotChunk(PeerMessage):
 MESSAGES = (Records, Status, SnapshotChunk)
 
 
+class StaleSnapshot(Exception):
+    """A peer's snapshot older than this node's own retained oplog: refused by
+    ``install_snapshot`` (installed, this node's writes between would be lost)."""
+
+
 class ReplicaStore(Protocol):
     """What replication needs of the node's store."""
 
@@ -253,6 +274,12 @@ class ReplicaStore(Protocol):
 
     def observe(self, hlc: int) -> None:
         """Moves this node's clock past a peer's timestamp."""
+
+    def set_alone(self, alone: bool) -> concurrent.futures.Future | None:
+        """Whether no other node is a member or has heard from this one: while alone, this
+        node's writes need no metadata, as every write another node makes once it has this
+        node's clock comes later. On the way out, a future that resolves once every write
+        stamped while alone is committed (None when there is nothing to wait for)."""
 
     def applied(self) -> dict[str, tuple[int, int]]:
         """origin -> (highest contiguous seq applied, that record's HLC)."""
@@ -375,8 +402,12 @@ class Replica:
     # ---- local writes ---------------------------------------------------------------
 
     def flush(self, now: float) -> Out:
-        """Broadcasts this node's records committed since the last flush."""
+        """Broadcasts this node's records committed since the last flush (with no other
+        member, nothing: a member that comes gets them by catch-up, on its Status)."""
         out: Out = []
+        if not self.members - {self.me}:
+            self._own_shipped = self.store.applied().get(self.me, (0, 0))[0]
+            return out
         records = self.store.records_after(self.me, self._own_shipped, BATCH * 8)
         if records is None:    # every peer had them (retention dropped them): go on after them
             self._own_shipped = max(self._own_shipped, self.store.first_retained(self.me) - 1)
@@ -503,6 +534,9 @@ class Replica:
             fut, upto = self._waiting.pop(0)
             try:
                 result = fut.result()
+            except StaleSnapshot as e:   # (the peer sends a newer one: this node is still behind)
+                log.warning("db: a peer's snapshot refused: %s", e)
+                result = None
             except Exception:   # noqa: BLE001 - the store failed the whole commit: asked again later
                 log.exception("applying replicated records failed")
                 result = None
@@ -510,6 +544,7 @@ class Replica:
                 self._installing = False
                 if fut.exception() is None:
                     self.stats["snapshots_installed"] += 1
+                    log.info("db: a peer's snapshot installed")
             else:
                 self._count(result or [])
                 for origin, seq in upto.items():
@@ -599,6 +634,7 @@ class Replica:
         vv, docs = self.store.snapshot()
         self._snapshots_out[peer_id] = _Outgoing(next(self._sids), docs, vv)
         self.stats["snapshots_sent"] += 1
+        log.info("db: %s is behind the retained oplog: sending it a snapshot (%s)", peer_id, vv)
         return self._snapshot_chunks(now)
 
     def _snapshot_chunks(self, now: float) -> Out:
@@ -626,7 +662,7 @@ class Replica:
     def _on_chunk(self, msg: SnapshotChunk, sender: str, now: float) -> Out:
         cur = self._snapshot_in
         if msg.index == 0 and (cur is None or cur["sender"] == sender):
-            cur = self._snapshot_in = {"sender": sender, "sid": msg.sid, "index": 0, "docs": []}
+            cur = self._snapshot_in = {"sender": sender, "sid": msg.sid, "index": 0, "docs": [], "at": now}
         if cur is None or cur["sender"] != sender or cur["sid"] != msg.sid:
             return []
         if msg.index != cur["index"]:       # a chunk was lost: start over when asked again
@@ -720,7 +756,7 @@ class Replica:
         self._forget_dead(now)
         out = self.flush(now)
         out += self._snapshot_chunks(now)
-        if now - self._last_status >= self.status_interval:
+        if now - self._last_status >= self.status_interval and self.members - {self.me}:
             self._last_status = now
             out.append((None, self.status()))
         if now - self._housekept >= self.housekeeping_interval:
@@ -729,10 +765,10 @@ class Replica:
             if point > self.compacted:
                 self.store.compact(point)
                 self.compacted = point
-            self._retain()
+            self._retain(now)
         return out
 
-    def _retain(self) -> None:
+    def _retain(self, now: float) -> None:
         applied = self.store.applied()
         cutoff = pack(unpack(self.store.covered())[0] - int(self.retain_seconds * 1000), 0)
         for origin, (seq, _) in applied.items():
@@ -740,6 +776,12 @@ class Replica:
                                     if n in self.peers and self.peers[n].report else 0
                                     for n in self._counted()])
             upto = everyone
+            if origin == self.me and (self._installing or self._snapshot_in is not None
+                                      and now - self._snapshot_in["at"] < SNAPSHOT_HOLD):
+                # A snapshot on its way re-applies this node's records after its vector's
+                # entry for this node: they must still be here when it is installed (one
+                # that stalls holds them SNAPSHOT_HOLD at most: StaleSnapshot then).
+                continue
             if origin != self.me:   # own records exist nowhere else until every member has them
                 upto = max(upto, seq - self.retain_records, self.store.first_retained(origin) - 1)
                 while upto < seq:
@@ -775,11 +817,19 @@ class ReplicaPeer:
     committed them (one batch for all); under load at most once every ``FLUSH_INTERVAL``."""
 
     def __init__(self, replica: Replica, bus: PeerBus, clock: Clock, tick: float = 0.05,
-                 on_progress: Callable[[], None] | None = None) -> None:
+                 on_progress: Callable[[], None] | None = None, may_be_alone: bool = False) -> None:
         """``on_progress``: called after anything that may have moved what this node has
-        applied or knows of its peers (a message, a commit, a tick): waiters look again."""
+        applied or knows of its peers (a message, a commit, a tick): waiters look again.
+        ``may_be_alone``: this node is its deployment's first (its mesh dials no seed): until
+        another node is a member or has heard from it, nothing writes concurrently with it,
+        so its writes need no metadata (ReplicaStore.set_alone). A node with seeds may not
+        know yet of a peer that writes, nor may one that has applied another node's records
+        (restarted): neither counts as alone."""
         self.replica, self.bus, self.clock = replica, bus, clock
         self.on_progress = on_progress or (lambda: None)
+        self._shared = not may_be_alone  # another node is a member or has heard from this one
+        self._held: list | None = None  # what goes out once the writes stamped alone are committed
+        self._stopped = False
         self._flush_timer = None
         self._flushed = float("-inf")   # when the last flush ran
         self._commits = 0               # local commits since then
@@ -791,6 +841,11 @@ class ReplicaPeer:
         self._ticker = clock.every(tick, self._tick)
 
     def _send(self, out: Out) -> None:
+        if out and not self._shared:
+            self._share()
+        if self._held is not None:
+            self._held.extend(out)
+            return
         for to, msg in out:
             if to is None:
                 self.bus.broadcast(msg)
@@ -801,6 +856,38 @@ class ReplicaPeer:
         members = [m for m in self.bus.members() if m.state != LEFT]
         self.replica.set_members([m.id for m in members], [m.id for m in members if m.state == DEAD],
                                  self.clock.monotonic())
+        if self._shared:
+            return
+        if self.replica.members != {self.replica.me}:
+            self._share()
+        elif set(self.replica.store.applied()) <= {self.replica.me}:
+            # (a node that has applied another's records is a restarted member of a larger
+            # deployment, alone only until its peers dial it: they may be writing meanwhile)
+            self.replica.store.set_alone(True)
+
+    def _share(self) -> None:
+        """Another node is here: this node's writes carry their metadata from now on, and
+        nothing goes out until those stamped while it was alone are committed. A Status
+        tells the committed writes' HLC as this node's clock, which the peer's next writes
+        are stamped after: so every write stamped alone is older than anything it sends."""
+        self._shared = True
+        committed = self.replica.store.set_alone(False)
+        if committed is None:
+            return
+        self._held = []
+        loop = asyncio.get_running_loop()
+
+        def back_on_the_loop(_) -> None:   # (writer thread; the loop is gone if the node stopped)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._release)
+        committed.add_done_callback(back_on_the_loop)
+
+    def _release(self) -> None:
+        if self._stopped:
+            return
+        held, self._held = self._held or [], None
+        # (a Status held told a clock from before those commits: one made now goes instead)
+        self._send([(to, msg) for to, msg in held if not isinstance(msg, Status)] + [(None, self.replica.status())])
 
     def _on_message(self, msg: PeerMessage, env: Envelope) -> None:
         self._send(self.replica.receive(msg, env.origin, self.clock.monotonic()))
@@ -848,6 +935,7 @@ class ReplicaPeer:
         self.on_progress()
 
     def stop(self) -> None:
+        self._stopped = True
         self._ticker.cancel()
         if self._flush_timer is not None:
             self._flush_timer.cancel()
@@ -884,6 +972,9 @@ class MemoryStore:
 
     def observe(self, hlc: int) -> None:
         self.hlc.observe(hlc)
+
+    def set_alone(self, alone: bool) -> None:
+        """(every write here keeps its metadata)"""
 
     def get(self, ns: str, _id: Any) -> dict | None:
         entry = self.docs.get((ns, id_key(_id)))

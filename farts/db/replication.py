@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,6 @@ from typing import Any
 import bson
 from bson.binary import Binary
 from bson.int64 import Int64
-from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
 from farts.clock import Clock
@@ -48,15 +48,26 @@ from farts.peer import Envelope, PeerBus, PeerMessage, need
 
 log = logging.getLogger("farts.db.replication")
 
+# How far behind an origin's last report (its clock) still counts as caught up with it.
+CAUGHT_UP_LAG_MS = 1000
 WRITES = frozenset({"insert", "update", "delete", "findAndModify", "findandmodify"})
 CATALOG_WRITES = frozenset({"create", "drop", "dropDatabase", "createIndexes", "dropIndexes"})
 STARTUP_WAIT = 5.0              # seconds a started node holds writes back for its peers' vectors
 READS = frozenset({"find", "count", "distinct", "aggregate"})
+PLAIN_READS = READS - {"aggregate"}   # (an aggregate may write: $out, $merge)
 HOUSEKEEPING = 1.0              # seconds between compactions / oplog truncations (write transactions)
 FORWARD_TIMEOUT = 10.0          # seconds a forwarded read waits without maxTimeMS
 FORWARD_MAX_BYTES = 900_000     # a forwarded reply rides one mesh frame (1 MiB)
 FORWARD_MAX_BATCHES = 10_000    # getMores a primary runs to gather a forwarded cursor
 _SIGNATURE = {"hash": Binary(b"\0" * 20), "keyId": Int64(0)}
+# The two elements every reply ends with, as BSON: operationTime, then $clusterTime (its
+# signature all zeros: drivers gossip it back unchecked); a timestamp's 8 bytes are the HLC
+# little-endian (increment, then seconds: to_timestamp).
+_STAMP = (b"\x11operationTime\x00" + b"\0" * 8
+          + b"\x03$clusterTime\x00" + bson.encode({"clusterTime": Timestamp(0, 0), "signature": _SIGNATURE}))
+_STAMP_AT = (len(b"\x11operationTime\x00"),
+             len(b"\x11operationTime\x00") + 8 + len(b"\x03$clusterTime\x00") + 4 + len(b"\x11clusterTime\x00"))
+_HLC = struct.Struct("<Q")
 
 
 def to_timestamp(hlc: int) -> Timestamp:
@@ -120,8 +131,11 @@ class _Waiter:
 class Replication:
     """Built when the node has a mesh (``DBService.replicate``), started with the store."""
 
-    def __init__(self, me: str, bus: PeerBus, clock: Clock, cfg, metrics=None) -> None:
+    def __init__(self, me: str, bus: PeerBus, clock: Clock, cfg, metrics=None, seeded: bool = True) -> None:
+        """``seeded``: the mesh dials seeds (False: this node is its deployment's first, and
+        alone until another joins it: ReplicaPeer)."""
         self.me, self.bus, self.clock, self.cfg = me, bus, clock, cfg
+        self.seeded = seeded
         self.metrics = metrics
         self.replica: Replica | None = None
         self.peer: ReplicaPeer | None = None
@@ -133,7 +147,7 @@ class Replication:
         self.counts = {"causal_waits": 0, "causal_timeouts": 0, "write_concern_waits": 0,
                        "write_concern_timeouts": 0, "forwarded": 0, "forwards_served": 0, "startup_waits": 0}
         self._exchanged: asyncio.Future | None = None   # writes wait on it after the start
-        self._stamped: tuple = (-1, None, None)          # the last operationTime: HLC, Timestamp, $clusterTime
+        self._stamped: tuple = (-1, b"")                  # the last operationTime's HLC, and the elements
         self._started = 0.0
         self._unsubscribe: list = []
 
@@ -146,7 +160,8 @@ class Replication:
                                retain_records=self.cfg.oplog_retain_records,
                                retain_seconds=self.cfg.oplog_retain_seconds,
                                housekeeping_interval=HOUSEKEEPING)
-        self.peer = ReplicaPeer(self.replica, self.bus, self.clock, on_progress=self._progress)
+        self.peer = ReplicaPeer(self.replica, self.bus, self.clock, on_progress=self._progress,
+                                may_be_alone=not self.seeded)
         self._started = self.clock.monotonic()
         commands.on_commit = self.peer.committed_locally
         self._unsubscribe = [self.bus.subscribe(Forward, self._on_forward),
@@ -198,6 +213,28 @@ class Replication:
         applied = self.store.applied()
         return {"lag_ms": self.replica.lag_ms(), "applied": {o: seq for o, (seq, _) in applied.items()},
                 "stats": dict(self.replica.stats), "forgotten": sorted(self.replica.forgotten)}
+
+    def behind(self, alive: set[str]) -> str:
+        """Why this node is not caught up with its alive peers, or "" when it is: it has
+        every write their last reports said they have, or is at most CAUGHT_UP_LAG_MS behind
+        each (under a steady write load the latest report always runs a few records ahead
+        of what is applied here at that moment: a deploy's health gate and a new master's
+        wait would otherwise depend on when they look)."""
+        if self.replica is None:
+            return ""
+        have, lag = self.store.applied(), self.replica.lag_ms()
+        reported: dict[str, int] = {}
+        for peer_id, peer in self.replica.peers.items():
+            if peer_id in alive and peer.report is not None:
+                for origin, seq in peer.report.vv.items():
+                    reported[origin] = max(reported.get(origin, 0), seq)
+        out = []
+        for origin, seq in sorted(reported.items()):
+            missing, ms = seq - have.get(origin, (0, 0))[0], lag.get(origin)
+            if missing <= 0 or (origin in alive and ms is not None and ms <= CAUGHT_UP_LAG_MS):
+                continue
+            out.append(f"{missing:,} records of {origin}" + (f", {ms:,} ms behind" if ms is not None else ""))
+        return "; ".join(out)
 
     # ---- waiting ----
 
@@ -254,6 +291,10 @@ class Replication:
         waiting for a causal read, maybe forwarded, maybe followed by a write concern."""
         body = cmd.body
         name = cmd.name
+        if name in PLAIN_READS and cmd.read_preference is None and "readConcern" not in body:
+            primary = self.cfg.primary   # (a driver's default: primary)
+            if not primary or primary == self.me:
+                return local()   # the usual read, in one test: nothing to route or wait for
         if (name in WRITES or name in CATALOG_WRITES) and not self._ready():
             return self._after_exchange(lambda: self.run(session, cmd, local))
         if name in WRITES:
@@ -367,14 +408,18 @@ class Replication:
                               f"{need} nodes have the write", "errInfo": {"wtimeout": True}}
         return result
 
-    def stamp(self, reply: dict) -> dict:
-        """operationTime and $clusterTime on a reply."""
-        hlc = self.operation_time()
+    def stamp(self, reply: dict) -> bytes:
+        """operationTime and $clusterTime for a reply: BSON elements to end it with
+        (``wire.encode_answer``'s ``extra``; those of a forwarded reply go)."""
+        hlc = self.store.operation_hlc
         if hlc != self._stamped[0]:   # the same for every reply until a commit moves it
-            t = to_timestamp(hlc)     # $clusterTime encoded once, copied into each reply as it is
-            self._stamped = (hlc, t, RawBSONDocument(bson.encode({"clusterTime": t, "signature": _SIGNATURE})))
-        _, reply["operationTime"], reply["$clusterTime"] = self._stamped
-        return reply
+            ts = _HLC.pack(hlc)
+            at, ct = _STAMP_AT
+            self._stamped = (hlc, _STAMP[:at] + ts + _STAMP[at + 8:ct] + ts + _STAMP[ct + 8:])
+        if "operationTime" in reply or "$clusterTime" in reply:
+            reply.pop("operationTime", None)
+            reply.pop("$clusterTime", None)
+        return self._stamped[1]
 
     # ---- forwarding to the primary ----
 

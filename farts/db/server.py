@@ -183,8 +183,9 @@ class DBProtocol(StreamProtocol):
             result = error_document(result)
         else:
             outcome = "write_error" if result.get("writeErrors") else "ok"
+        stamp = b""
         if self.service.replication is not None and isinstance(result, dict):
-            result = self.service.replication.stamp(result)
+            stamp = self.service.replication.stamp(result)
         elapsed = time.perf_counter() - started
         stats.commands.inc((label, outcome))
         stats.latency.observe(elapsed, (label,))
@@ -197,7 +198,7 @@ class DBProtocol(StreamProtocol):
             return
         compressor = req.compressor if req.compressor in self.session.compression else None
         try:
-            data = wire.encode_answer(req.op_code, req.request_id, result, compressor)
+            data = wire.encode_answer(req.op_code, req.request_id, result, compressor, stamp)
         except Exception as e:  # noqa: BLE001 - e.g. a document too deep to encode
             log.warning("db reply to %s not encodable: %s", label, e)
             data = wire.encode_answer(req.op_code, req.request_id, error_document(
@@ -257,10 +258,11 @@ class DBService:
         self.stats: DBStats | None = None
         self.replication: Replication | None = None
 
-    def replicate(self, bus: PeerBus) -> Replication:
+    def replicate(self, bus: PeerBus, seeded: bool = True) -> Replication:
         """The node has a mesh: this database is a replica of the deployment's, replicated
-        over ``bus`` (called before ``start``; the returned object stops with the peers)."""
-        self.replication = Replication(self.node_id, bus, self.clock, self.cfg, self.metrics)
+        over ``bus`` (called before ``start``; the returned object stops with the peers).
+        ``seeded``: the mesh has seeds to dial (else this node starts alone)."""
+        self.replication = Replication(self.node_id, bus, self.clock, self.cfg, self.metrics, seeded)
         return self.replication
 
     async def start(self) -> None:

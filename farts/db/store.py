@@ -3,7 +3,8 @@
 Sub-databases: ``docs`` (key: namespace, NUL, the _id's order-preserving key; value:
 the BSON document; so it is also the _id index), ``meta`` (the collection catalog, the
 oplog sequence and the clock, and ``vv:<origin>``: the last record of each other origin
-applied here), ``oplog`` (key: origin node, NUL, 8-byte sequence), ``rmeta`` (same key
+applied here), ``oplog`` (key: origin node, NUL, 8-byte sequence; value: with replication
+the record as it travels behind a binary header, ``_oplog_value``, else BSON), ``rmeta`` (same key
 as ``docs``: the document's replication metadata, ``farts.db.merge``'s state without the
 value, or for a document one insert made, that insert's stamp alone: ``_insert_meta``),
 ``conflicts`` (documents of two nodes that share a unique index key: the smaller _id key
@@ -38,13 +39,12 @@ import bson
 import lmdb
 from bson.int64 import Int64
 from bson.objectid import ObjectId
-from bson.raw_bson import RawBSONDocument
 from bson.regex import Regex
 
 from farts.clock import HLC
 from farts.db import collation, keys, merge, validation
 from farts.db.errors import MongoError
-from farts.db.replica import Record
+from farts.db.replica import Record, StaleSnapshot
 from farts.db.update import _copy, is_replacement
 
 log = logging.getLogger("farts.db.store")
@@ -106,6 +106,9 @@ def index_db_name(ns: str, index: str) -> bytes:
 
 def ns_prefix(ns: str) -> bytes:
     return ns.encode() + b"\0"
+
+
+_NO_ID = object()   # (Store.key: the namespace's prefix)
 
 
 @dataclass
@@ -176,6 +179,8 @@ class Store:
         # observe): the one piece of state the two threads share, so it has a lock.
         self._hlc_lock = threading.Lock()
         self._group_stamp: int | None = None   # the first stamp of the group being written
+        self._alone = False          # no other node has this node's clock (set_alone)
+        self._stamped_alone = False  # the last stamp was handed out alone (writer thread)
         self._committed_vv = {**vv, node_id: (self.seq, self.hlc.last)}
         self.operation_hlc = max(h for _, h in self._committed_vv.values())   # replies' operationTime
         # This node's records as the writer logs them (cut back when a nested transaction
@@ -312,7 +317,17 @@ class Store:
             ts = self.hlc.now()
             if self._group_stamp is None:
                 self._group_stamp = ts
+            self._stamped_alone = self._alone
             return ts
+
+    def set_alone(self, alone: bool) -> concurrent.futures.Future | None:
+        """(ReplicaStore; the loop) While alone, an insert keeps no stamp as its metadata:
+        the document counts as older than anything to come, as it does once compaction
+        has passed it. On the way out, the writes stamped alone are committed when the
+        future returned resolves (a no-op write queued behind them)."""
+        with self._hlc_lock:
+            was, self._alone = self._alone, alone
+        return self.submit(lambda w: None) if was and not alone else None
 
     def covered(self) -> int:
         """An HLC at or below which every write of this node is committed and above which
@@ -516,6 +531,15 @@ class Store:
                     break
         return out
 
+    # The key layout, for the services that keep their own documents here and read them
+    # by key (the webhook queue): an _id's bytes (type and value, in order), and a
+    # document's key in ``docs`` (without ``_id``: the prefix of every key of ns).
+    id_key = staticmethod(keys.encode)
+
+    @staticmethod
+    def key(ns: str, _id=_NO_ID) -> bytes:
+        return ns_prefix(ns) if _id is _NO_ID else ns_prefix(ns) + keys.encode(_id)
+
     def count_keys(self, txn, ns: str, budget: int | None = None) -> int:
         """The number of documents in ns, from the keys alone."""
         prefix = ns_prefix(ns)
@@ -541,8 +565,9 @@ class Store:
             return txn.stat(self.oplog)["entries"]
 
     def oplog_records(self, txn=None) -> list[dict]:
+        """Every oplog record as a dict: a replicated one as {o, s, ts, ns, op, id, w}."""
         with (txn or self.env.begin()) as t:
-            return [bson.decode(v) for _, v in t.cursor(self.oplog)]
+            return [_oplog_dict(k, v) for k, v in t.cursor(self.oplog)]
 
     # ---- replication (farts.db.replica.ReplicaStore) ----
 
@@ -602,10 +627,10 @@ class Store:
             for k, v in cur:
                 if not k.startswith(prefix) or len(out) >= limit:
                     break
-                d = bson.decode(v)
-                if int(d["s"]) != seq + 1 + len(out):
+                r = _oplog_record(k, v)
+                if r.seq != seq + 1 + len(out):
                     break
-                out.append(_record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"), d.get("w")))
+                out.append(r)
         return out
 
     def retained(self, origin: str) -> int:
@@ -687,6 +712,11 @@ class Store:
         definitions, drops) becomes the peer's too; index entries are rebuilt."""
         def run(w: WriteTxn) -> None:
             txn, st = w.txn, self
+            if vv.get(st.node_id, 0) < st._own_truncated:
+                # Its vector predates records of this node already dropped here: installed,
+                # the writes between would be lost. Refused; the peer sends a newer one.
+                raise StaleSnapshot(f"snapshot has this node's records up to {vv.get(st.node_id, 0)}, "
+                                    f"its oplog starts after {st._own_truncated}")
             for coll in list(st._wcat.values()):
                 for idx in coll.indexes:
                     txn.drop(st.index_db(txn, coll.ns, idx.name), delete=False)
@@ -803,12 +833,50 @@ def _conflict_prefix(ns: str, idx: Index, k: bytes) -> bytes:
     return index_db_name(ns, idx.name) + b"\0" + struct.pack(">I", len(k)) + k
 
 
-def _record(origin: str, seq: int, hlc: int, ns: str, _id, body: bytes | None):
+# A replicated operation's oplog record, written and read without BSON (the key holds its
+# origin and seq): _INSERT_MARK (below), its HLC, the operation's letter, the namespace's
+# length, the namespace, then the BSON {id, op} that travels (``Record.body``).
+_OPLOG_HEAD = struct.Struct(">4sQcI")
+
+
+def _oplog_value(hlc: int, op: str, ns: str, body: bytes) -> bytes:
+    name = ns.encode()
+    return _OPLOG_HEAD.pack(_INSERT_MARK, hlc, op.encode(), len(name)) + name + body
+
+
+def _oplog_record(key: bytes, value: bytes) -> Record:
     """A ``farts.db.replica.Record`` of the oplog; one without an effect (a write from
     before replication) travels as a no-op, so the sequence stays contiguous."""
-    if body is None:
-        return Record(origin, seq, hlc, ns, _id, {"op": "n"})
-    return Record(origin, seq, hlc, ns, _id, body=body)
+    if value[:4] == _INSERT_MARK:
+        _, hlc, _, n = _OPLOG_HEAD.unpack_from(value)
+        at = _OPLOG_HEAD.size
+        return Record(key[:-9].decode(), _SEQ.unpack(key[-8:])[0], hlc, value[at:at + n].decode(),
+                      body=value[at + n:])
+    d = bson.decode(value)
+    if d.get("w") is None:
+        return Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"), {"op": "n"})
+    return Record(d["o"], int(d["s"]), int(d["ts"]), d["ns"], d.get("id"), body=d["w"])
+
+
+def _oplog_dict(key: bytes, value: bytes) -> dict:
+    if value[:4] != _INSERT_MARK:
+        return bson.decode(value)
+    r = _oplog_record(key, value)
+    op = _OPLOG_HEAD.unpack_from(value)[2].decode()
+    return {"o": r.origin, "s": r.seq, "ts": r.hlc, "ns": r.ns, "op": op, "id": r.id, "w": r.body}
+
+
+_I32 = struct.Struct("<i")
+_INSERT_OP = b"\x02op\x00\x02\x00\x00\x00i\x00\x03doc\x00"
+
+
+def _insert_body(_id, data: bytes) -> bytes:
+    """BSON {id: _id, op: {op: "i", doc: data}}: an insert's effect as it travels, put
+    together around the document's bytes (``bson.encode`` of the same, without encoding
+    the document again)."""
+    head = bson.encode({"id": _id})[4:-1]
+    op = _I32.pack(len(_INSERT_OP) + len(data) + 5) + _INSERT_OP + data + b"\x00"
+    return _I32.pack(len(head) + len(op) + 9) + head + b"\x03op\x00" + op + b"\x00"
 
 
 # A document made by one insert keeps only that insert's stamp as its metadata, in a fixed
@@ -997,17 +1065,25 @@ class WriteTxn:
         st.seq += 1
         return merge.Stamp(st.stamp_hlc(), st.node_id, st.seq)
 
-    def log(self, ns: str, op: str, _id=None, stamp: merge.Stamp | None = None, **fields) -> None:
+    def log(self, ns: str, op: str, _id=None, stamp: merge.Stamp | None = None, body: bytes | None = None,
+            **fields) -> None:
+        """The oplog record of a write. Replicated (``e``: the effect, or ``body``: the BSON
+        {id, op} of it, made by the caller): the record as it travels, in the oplog's binary
+        form (``_oplog_value``); else the command's fields, in BSON."""
         st = self.store
         stamp = stamp or self._stamp()
+        key = st._origin + _SEQ.pack(stamp.seq)
+        if body is None and "e" in fields:
+            body = bson.encode({"id": _id, "op": fields["e"]})
+        if body is not None:   # records_after ships these bytes
+            st._group_records.append(Record(st.node_id, stamp.seq, stamp.hlc, ns, _id, body=body))
+            self.txn.put(key, _oplog_value(stamp.hlc, op, ns, body), db=st.oplog)
+            return
         rec = {"o": st.node_id, "s": Int64(stamp.seq), "ts": Int64(stamp.hlc), "ns": ns, "op": op}
         if _id is not None:
             rec["id"] = _id
         rec.update(fields)
-        if "e" in fields:   # replicated: the effect as it travels (records_after ships these bytes)
-            rec["w"] = bson.encode({"id": _id, "op": rec.pop("e")})
-            st._group_records.append(_record(st.node_id, stamp.seq, stamp.hlc, ns, _id, rec["w"]))
-        self.txn.put(st._origin + _SEQ.pack(stamp.seq), bson.encode(rec), db=st.oplog)
+        self.txn.put(key, bson.encode(rec), db=st.oplog)
 
     # -- documents --
 
@@ -1116,24 +1192,44 @@ class WriteTxn:
         if coll.options and not self.bypass_validation and validation.check_write(coll.options, None, doc):
             self.store.validation_warnings += 1
         id_key = keys.encode(_id)
-        stamp, effect = None, {}
-        if self.store.replicated:
-            if self.txn.get(ns_prefix(ns) + id_key) is not None:   # before merging into its state
+        key = ns_prefix(ns) + id_key
+        if not self.store.replicated:
+            data = self._encode_doc(doc)
+            if not self.txn.put(key, data, overwrite=False):
                 raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
-            stamp, effect = self._stamp(), {"e": {"op": "i", "doc": doc}}
-            if upsert is not None and not is_replacement(upsert[1]):
-                effect["e"] = merge.upsert_effect(doc, upsert[0], upsert[1], self._ctx(stamp))
-            doc = self._merge(ns, _id, id_key, None, stamp, effect["e"])   # what every node will have
-        data = self._encode_doc(doc)
-        if not self.txn.put(ns_prefix(ns) + id_key, data, overwrite=False):
-            raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
-        self._index_put(ns, coll, doc, id_key, None)
-        if effect:   # the effect has the document
-            if effect["e"].get("doc") is doc and len(effect["e"]) == 2:   # the usual insert: not encoded again
-                effect["e"] = {"op": "i", "doc": RawBSONDocument(data)}
-            self.log(ns, "i", _id, stamp=stamp, **effect)
+            self._index_put(ns, coll, doc, id_key, None)
+            self.log(ns, "i", _id, doc=doc)
+            return doc
+        stamp = self._stamp()
+        if upsert is not None and not is_replacement(upsert[1]):
+            effect = merge.upsert_effect(doc, upsert[0], upsert[1], self._ctx(stamp))
+            if self.txn.get(key) is not None:   # before merging into its state
+                raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
+            doc = self._merge(ns, _id, id_key, None, stamp, effect)   # what every node will have
+            data = self._encode_doc(doc)
+            self.txn.put(key, data)
+            body = None
         else:
-            self.log(ns, "i", _id, stamp=stamp, doc=doc)
+            # The usual insert: the document as every node will have it (its _id first, as
+            # merge's _create makes it) is put first (a duplicate fails there, before any other
+            # write); the stamp alone is its metadata (_insert_meta; none while this node is
+            # alone: set_alone) unless a deleted document's state is there, which it is
+            # merged with.
+            if next(iter(doc)) != "_id":
+                doc = {"_id": _id, **doc}
+            data = self._encode_doc(doc)
+            if not self.txn.put(key, data, overwrite=False):
+                raise self._dup(ns, Index("_id_", (("_id", 1),), True), (_id,))
+            effect = {"op": "i", "doc": doc}
+            body = _insert_body(_id, data)
+            rmeta = self.store.rmeta
+            if (self.txn.get(key, db=rmeta) is not None if self.store._stamped_alone else
+                    not self.txn.put(key, _insert_meta(stamp), db=rmeta, overwrite=False)):
+                doc = self._merge(ns, _id, id_key, None, stamp, effect)
+                data = self._encode_doc(doc)
+                self.txn.put(key, data)
+        self._index_put(ns, coll, doc, id_key, None)
+        self.log(ns, "i", _id, stamp=stamp, body=body, e=effect)
         return doc
 
     def replace(self, ns: str, old: dict, new: dict, op: dict) -> None:
@@ -1226,11 +1322,11 @@ class WriteTxn:
             outcome = "applied"
         if not position:
             return outcome
-        rec = {"o": r.origin, "s": Int64(r.seq), "ts": Int64(r.hlc), "ns": r.ns, "op": r.op["op"], "id": r.id,
-               "w": r.encoded()}
-        self.txn.put(r.origin.encode() + b"\0" + _SEQ.pack(r.seq), bson.encode(rec), db=st.oplog)
+        self.txn.put(r.origin.encode() + b"\0" + _SEQ.pack(r.seq), _oplog_value(r.hlc, r.op["op"], r.ns, r.encoded()),
+                     db=st.oplog)
         self.txn.put(b"vv:" + r.origin.encode(), _POS.pack(r.seq, r.hlc), db=st.meta)
-        st.observe(r.hlc)
+        if r.hlc > st.hlc.last:   # (a clock already past it stays as it is: no lock taken)
+            st.observe(r.hlc)
         st._wvv[r.origin] = (r.seq, r.hlc)
         return outcome
 

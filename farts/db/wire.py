@@ -26,6 +26,7 @@ CHECKSUM_PRESENT, MORE_TO_COME, EXHAUST_ALLOWED = 1 << 0, 1 << 1, 1 << 16
 KNOWN_FLAGS = CHECKSUM_PRESENT | MORE_TO_COME | EXHAUST_ALLOWED
 DEFAULT_MAX_MESSAGE_BYTES = 48_000_000
 HEADER = struct.Struct("<iiii")
+_I32 = struct.Struct("<i")
 COMPRESSED_HEADER = struct.Struct("<iiB")
 QUERY_REPLY_HEADER = struct.Struct("<iqii")
 COMPRESSORS = {"zlib": 2, "zstd": 3}  # the ids OP_COMPRESSED carries (1 is snappy: no library here)
@@ -268,18 +269,27 @@ def _frame_out(response_to: int, op_code: int, payload: bytes, compressor: str |
     return HEADER.pack(16 + len(payload), next(_request_ids), response_to, op_code) + payload
 
 
-def encode_msg(response_to: int, doc: dict, compressor: str | None = None) -> bytes:
-    """An OP_MSG reply with one body section."""
-    return _frame_out(response_to, OP_MSG, b"\0\0\0\0\0" + bson.encode(doc), compressor)
+def encode_msg(response_to: int, doc: dict, compressor: str | None = None, extra: bytes = b"") -> bytes:
+    """An OP_MSG reply with one body section (``extra``: BSON elements it ends with)."""
+    return _frame_out(response_to, OP_MSG, b"\0\0\0\0\0" + _encode(doc, extra), compressor)
 
 
-def encode_reply(response_to: int, doc: dict, compressor: str | None = None) -> bytes:
+def encode_reply(response_to: int, doc: dict, compressor: str | None = None, extra: bytes = b"") -> bytes:
     """An OP_REPLY with one document: the answer to a legacy OP_QUERY command."""
-    return _frame_out(response_to, OP_REPLY, QUERY_REPLY_HEADER.pack(0, 0, 0, 1) + bson.encode(doc),
+    return _frame_out(response_to, OP_REPLY, QUERY_REPLY_HEADER.pack(0, 0, 0, 1) + _encode(doc, extra),
                       compressor)
 
 
-def encode_answer(request_op_code: int, response_to: int, doc: dict, compressor: str | None = None) -> bytes:
+def encode_answer(request_op_code: int, response_to: int, doc: dict, compressor: str | None = None,
+                  extra: bytes = b"") -> bytes:
     if request_op_code == OP_QUERY:
-        return encode_reply(response_to, doc, compressor)
-    return encode_msg(response_to, doc, compressor)
+        return encode_reply(response_to, doc, compressor, extra)
+    return encode_msg(response_to, doc, compressor, extra)
+
+
+def _encode(doc: dict, extra: bytes) -> bytes:
+    """doc as BSON, then the elements ``extra`` (made once, not encoded again each time)."""
+    data = bson.encode(doc)
+    if not extra:
+        return data
+    return _I32.pack(len(data) + len(extra)) + data[4:-1] + extra + b"\0"

@@ -131,12 +131,13 @@ class Alerting:
             self._timer = None
         self.open = {}
 
-    def facts(self) -> Facts:
+    def facts(self, refused_lately: list[dict]) -> Facts:
+        """``refused_lately``: the refused bundles of the last REFUSAL_WINDOW (``_refusals``)."""
         now = self.clock.monotonic()
         states = {m.id: m.state for m in self.members()}
         samples = self.samples()
         refusals: dict[str, list[dict]] = {}
-        for d in sorted(self._refusals(), key=lambda d: d["at"]):
+        for d in sorted(refused_lately, key=lambda d: d["at"]):
             refusals.setdefault(d["node"], []).append(d)
         out = []
         for node in self.nodes:
@@ -155,10 +156,15 @@ class Alerting:
                                  len(refused), refused[-1]["reason"] if refused else ""))
         return Facts(tuple(out), self._dead_lately(now), self._since_deploy(out), self.failed_crons())
 
-    def _refusals(self, expired: bool = False) -> list[dict]:
-        """The refused bundles of the last REFUSAL_WINDOW (or, ``expired``, the older ones)."""
+    def _refusals(self) -> tuple[list[dict], list[dict]]:
+        """The refused bundles in the store, read once: those of the last REFUSAL_WINDOW,
+        and the older ones (to delete)."""
         since = self.clock.wall() - REFUSAL_WINDOW
-        return [d for d in self.state.all(REFUSALS) if (d["at"] < since) == expired]
+        lately: list[dict] = []
+        expired: list[dict] = []
+        for d in self.state.all(REFUSALS):
+            (expired if d["at"] < since else lately).append(d)
+        return lately, expired
 
     def _since_deploy(self, nodes: list[NodeFacts]) -> float | None:
         """A deploy is a live node's version changing; the versions and the time of the
@@ -192,7 +198,8 @@ class Alerting:
         epoch = self.epoch()
         if epoch is None:
             return
-        firing = alerts.evaluate(self.cfg.rules, self.facts(), self.cfg.bake_seconds)
+        refused_lately, expired = self._refusals()
+        firing = alerts.evaluate(self.cfg.rules, self.facts(refused_lately), self.cfg.bake_seconds)
         acks = {d["_id"]: {"by": d.get("by"), "at": d.get("at")} for d in self.state.all(ACKS)}
         new_keys = set(firing) - set(self.open)
         changed, notes = alerts.step(self.open, firing, acks, self.cfg.escalation, self.clock.wall())
@@ -206,7 +213,6 @@ class Alerting:
                 return
             if any(a.resolved is not None for a in changed):
                 await self._prune(epoch)
-        expired = self._refusals(expired=True)
         if expired:
             await self._write(epoch, lambda w: [w.delete(REFUSALS, d) for d in expired])
         for n in notes:

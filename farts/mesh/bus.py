@@ -53,6 +53,7 @@ class Bus:
         self.me, self.epoch, self._members, self.hlc = me, epoch, members, hlc
         self._links = links  # node id -> an object with send(bytes) -> bool
         self._subs: dict[str, list[Callable[[BusMessage], None]]] = {}
+        self._gap_listeners: list[Callable[[str], None]] = []
         self._seq = 0
         self._last: dict[str, tuple[int, int]] = {}   # origin -> (epoch, seq)
         self.sent = metrics.counter("farts_mesh_bus_sent_total", "Bus messages queued to peers", ("type",))
@@ -71,6 +72,13 @@ class Bus:
 
     def on_member_change(self, fn: Callable[[Member | None, Member], None]) -> Callable[[], None]:
         return self._members.on_change(fn)
+
+    def on_gap(self, fn: Callable[[str], None]) -> Callable[[], None]:
+        """``fn(origin)`` when a broadcast of that origin shows others missed before it
+        (whatever its type: a service whose own message was lost hears of it here first,
+        before the message is handed on). Returns an unsubscribe."""
+        self._gap_listeners.append(fn)
+        return lambda: self._gap_listeners.remove(fn)
 
     def subscribe(self, msg_type, fn) -> Callable[[], None]:
         """A PeerMessage class: ``fn(msg, Envelope)`` for each valid one; a type name:
@@ -154,6 +162,11 @@ class Bus:
             self._last[origin] = (epoch, seq)
             if gap:
                 self.gaps.inc((origin,), gap)
+                for listener in list(self._gap_listeners):
+                    try:
+                        listener(origin)
+                    except Exception:  # noqa: BLE001 - as a subscriber's (below)
+                        log.exception("bus gap listener failed")
         self.received.inc((msg_type,))
         msg = BusMessage(msg_type, origin, epoch, seq, hlc, body, gap)
         for fn in list(self._subs.get(split_wire_type(msg_type)[0], ())):

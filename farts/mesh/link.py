@@ -133,6 +133,8 @@ class Link:
                 self.mgr.on_frame(self, kind, payload)
             while not self.closed:
                 data = await self.reader.read(65536)
+                if self.closed:   # (closed while this read waited: what came is not heard)
+                    return
                 if not data:
                     self.close("eof")
                     return
@@ -173,6 +175,7 @@ class LinkManager:
         self._dialers: dict[str, asyncio.Task] = {}   # key: node id or "seed:host:port"
         self._dial_address: dict[str, str] = {}
         self._accepting: set[asyncio.Task] = set()
+        self.closing = False   # close() began: nothing is dialed or accepted any more
         self.address: tuple[str, int] | None = None
         self.own_addresses: set[str] = set()
         self._last_was_self = False
@@ -226,6 +229,8 @@ class LinkManager:
 
     def dial(self, key: str, address: str, expected: str | None) -> None:
         """Keeps a link to address (the member `expected`, or a seed when None) until undial(key)."""
+        if self.closing:
+            return
         if key in self._dialers and self._dial_address.get(key) == address:
             return
         self.undial(key)  # a member that came back on a new address
@@ -291,7 +296,11 @@ class LinkManager:
         except (TimeoutError, ConnectionError, OSError):
             return None
         _nodelay(writer)
-        link = await self._handshake(reader, writer, outgoing=True, expected=expected)
+        try:
+            link = await self._handshake(reader, writer, outgoing=True, expected=expected)
+        except asyncio.CancelledError:   # stopping: the connection goes too
+            writer.transport.abort()
+            raise
         if link is None and self._last_was_self:
             self.own_addresses.add(f"{host}:{port}")
         return link
@@ -337,6 +346,9 @@ class LinkManager:
         if self._last_was_self:
             writer.transport.abort()  # a seed list that names this node: harmless
             return None
+        if self.closing:
+            writer.transport.abort()
+            return None
         link = Link(self, reader, writer, hello, frames, outgoing, got[1:])
         old = self.links.get(hello.id)
         if old is not None and not old.closed:
@@ -360,6 +372,11 @@ class LinkManager:
             self.on_down(link)
 
     async def close(self) -> None:
+        # A stopped node must not come back: a frame read after its "left" (a message of
+        # a peer that changes a member) would dial again, and that link, from a process
+        # that is going, would take the member's place in its peers' link tables (a node
+        # handing over to its next process: the peers' events would go to the old one).
+        self.closing = True
         for task in self._dialers.values():
             task.cancel()
         self._dialers.clear()

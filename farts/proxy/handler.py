@@ -26,9 +26,12 @@ import asyncio
 import logging
 import os
 from functools import partial
+from operator import attrgetter
 from time import perf_counter
 
 import cython
+from cython.cimports.fast.http1 import Fixed, HandlerRequest
+from cython.cimports.fast.http1 import Request as RequestHead
 
 from farts.clock import LoopClock, Timer
 from farts.metrics import Metrics
@@ -44,7 +47,14 @@ from farts.transport.client import (
     before_final,
     exchange,
 )
-from farts.transport.http import REASONS, STREAM, Fixed, Request, Response, Upgrade
+from farts.transport.http import (
+    REASONS,
+    STREAM,
+    Request,
+    Response,
+    Upgrade,
+    answers_by_callback,
+)
 from fast.http1 import END, HTTPError, request_head
 from fast.http1 import Response as ResponseHead
 from fast.proxyhead import (
@@ -172,20 +182,22 @@ def _error(status: int, reason: str, request_id: bytes) -> Response:
 
 
 @cython.cfunc   # (compiled: a C call, no argument parsing; interpreted: a plain function)
-def _fixed(status, body_len, keep: bytes, close: bytes) -> Fixed:   # (ints as they come: no C round trip)
-    """An upstream answer that came whole, as the transport's Fixed: both framings
-    (``keep``, ``close``) written at once by fast.proxyhead, which the transport writes
-    as they are (no Response, no header list, no second serialisation)."""
-    fixed = _new(Fixed)
+def _fixed(status, body_len, keep: bytes, close: bytes | None) -> Fixed:   # (ints as they come: no C round trip)
+    """An upstream answer that came whole, as the transport's Fixed: its framings written
+    by fast.proxyhead, which the transport writes as they are (no Response, no header
+    list, no second serialisation). ``close`` None: made by the transport if it is
+    wanted (fast.http1.closing), rarely. Never counted by ``served`` (the transport
+    counts a handler's answers by route): None."""
+    fixed: Fixed = Fixed.__new__(Fixed)   # (its fields set in C; no __init__: framed already)
     fixed.status = status
     fixed.body_len = body_len
     fixed.keep = keep
     fixed.close = close
-    fixed.served = {}
+    fixed.served = None
     return fixed
 
 
-_new = object.__new__
+_down_until = attrgetter("down_until")
 
 
 def _what(req: Request) -> str:
@@ -228,10 +240,12 @@ class UpstreamBody(ResponseBody):
             self.pipeline.end()
 
 
-_future_init = asyncio.Future.__init__
+# An Exchange's outcome
+PENDING, RESULT, ERROR, CANCELLED = 0, 1, 2, 3
 
 
-class Exchange(asyncio.Future):
+@cython.cclass
+class Exchange:
     """One bodyless request proxied by callbacks, and the future the transport waits on.
 
     connect (only when the pool has no idle connection: a task for the connect, which a
@@ -246,36 +260,50 @@ class Exchange(asyncio.Future):
     ``pipeline`` then answers it (``pipelined_answer``), or sends it again alone
     (``unanswered``), or times it out.
 
-    The transport's done callback (added without a context) is called at once, in the
+    It is a future by its methods (done, result, exception, cancelled, cancel,
+    add_done_callback, and awaitable), not an asyncio.Future: compiled, its fields are C
+    fields, where a Future subclass paid about 90 instructions for each attribute set
+    and a loop lookup in its constructor, a tenth of a proxied request. The transport's
+    done callback (the first one, added without a context) is called at once, in the
     step that completes the exchange, not scheduled for a later loop turn as asyncio
-    does (a Handle and a loop pass per request, 2 % of a proxied request's instructions);
-    any other callback (a Task awaiting it, over HTTP/2) is asyncio's.
+    does (a Handle and a loop pass per request); any other callback, and an ``await``
+    (HTTP/2's task), go through the loop as with a Future.
     """
 
-    # Slots for what every request sets; what only a connect, a failure or a 1xx sets
-    # goes in the instance __dict__ (asyncio.Future has one), its default below: an
-    # attribute set costs about 90 instructions, and these were six per request.
-    __slots__ = ("proxy", "req", "data", "rid", "server", "conn", "reused", "start", "is_head",
-                 "answer_to", "pipeline")
-    connecting: asyncio.Task | None = None
-    tried: list[Server] | None = None   # (made by the first connect failure)
-    retry_other = True
-    retry_stale = True
-    interim = False
-    connect_s = -1.0   # upstream connect seconds (-1: a pooled connection), for slow requests
+    proxy: ProxyHandler   # (a C field, typed: defined below, so by annotation)
+    req = cython.declare(object, visibility="public")
+    data = cython.declare(bytes, visibility="public")
+    rid = cython.declare(bytes, visibility="public")
+    server = cython.declare(object, visibility="public")
+    conn = cython.declare(object, visibility="public")
+    reused = cython.declare(cython.bint, visibility="public")
+    start = cython.declare(cython.double, visibility="public")
+    is_head = cython.declare(cython.bint, visibility="public")
+    pipeline = cython.declare(object, visibility="public")
+    connecting = cython.declare(object, visibility="public")   # the connect's task, while it runs
+    tried = cython.declare(object, visibility="public")        # servers tried (made by the first connect failure)
+    retry_other = cython.declare(cython.bint, visibility="public")
+    retry_stale = cython.declare(cython.bint, visibility="public")
+    interim = cython.declare(cython.bint, visibility="public")
+    connect_s = cython.declare(cython.double, visibility="public")  # upstream connect seconds (-1: pooled)
+    # the future's side
+    loop = cython.declare(object)
+    outcome = cython.declare(cython.int)
+    value = cython.declare(object)
+    answer_to = cython.declare(object)   # the transport's callback, called at once
+    callbacks = cython.declare(list)     # any other, scheduled on the loop
 
     def __init__(self, proxy: ProxyHandler, req: Request, loop) -> None:
-        _future_init(self, loop=loop)
+        self.loop = loop
         self.proxy = proxy
         self.req = req
         self.server = server = proxy.pick()
         self.data, self.rid = proxy.upstream_head(req, server, -2)
         self.is_head = req.method == b"HEAD"
-        self.conn: ClientConnection | None = None
         self.start = req.start   # (the transport's clock read, just before this call)
-        self.answer_to = None
-        self.pipeline: Pipeline | None = None
-        if proxy.depth > 1 and req.method == b"GET":
+        self.retry_other = self.retry_stale = True
+        self.connect_s = -1.0
+        if proxy.depth > 1 and not self.is_head and req.method == b"GET":
             proxy.queue(self)
             return
         conn = server.take()
@@ -319,10 +347,9 @@ class Exchange(asyncio.Future):
                 self.server = nxt
                 self.go(False)
             else:
-                self.answer(_error(504 if isinstance(e, TimeoutError) else 502, f"upstream {why}", self.rid))
+                self.set_result(_error(504 if isinstance(e, TimeoutError) else 502, f"upstream {why}", self.rid))
         else:
             self.set_exception(e)
-            self.call_back()
 
     def send(self, conn: ClientConnection, reused: bool) -> None:
         self.conn = conn
@@ -356,7 +383,6 @@ class Exchange(asyncio.Future):
             self.unwatch()
             conn.abort()
             self.set_exception(e)
-            self.call_back()
 
     def final_head(self, events) -> bool:
         """True when the final head of its answer is first in ``events``: the 1xx before
@@ -389,8 +415,7 @@ class Exchange(asyncio.Future):
                     self.server.release(conn)
                 else:
                     conn.abort()
-                self.set_result(_fixed(raw[0], raw[3], raw[4], raw[5]))
-                self.call_back()
+                self.set_result(_fixed(raw[0], raw[3], raw[4], None))
                 return
         self.answer_events(conn.parser.feed(data))
 
@@ -410,7 +435,6 @@ class Exchange(asyncio.Future):
                 proxy.in_flight.pop(self, None)
                 self.set_result(proxy.respond(conn, head, self.req, self.rid, self.is_head,
                                               self.start, self.connect_s, events[1] if n == 3 else b""))
-                self.call_back()
                 return
         self.conn.queue(events)
         self.wake()
@@ -421,13 +445,6 @@ class Exchange(asyncio.Future):
         proxy.in_flight.pop(self, None)
         self.set_result(proxy.respond(self.conn, head, self.req, self.rid, False, self.start,
                                       self.connect_s, body, self.pipeline))
-        self.call_back()
-
-    def raw_answered(self, raw: tuple) -> None:
-        """Its whole answer from its pipeline's read, rewritten (ProxyHandler.raw_answer)."""
-        self.proxy.in_flight.pop(self, None)
-        self.set_result(_fixed(raw[0], raw[3], raw[4], raw[5]))
-        self.call_back()
 
     def unanswered(self) -> None:
         """Its pipeline ended before its answer: sent again, once, on a fresh connection."""
@@ -442,13 +459,13 @@ class Exchange(asyncio.Future):
             proxy.retrying(self.server, "unanswered")
             self.go(True)
         else:
-            self.answer(proxy.exchange_failed(self.server, self.conn, ConnectionLost("connection closed"),
+            self.set_result(proxy.exchange_failed(self.server, self.conn, ConnectionLost("connection closed"),
                                               self.req, self.rid))
 
     def answered(self, head: ResponseHead) -> None:
         self.unwatch()
         conn = self.conn
-        self.answer(self.proxy.respond(conn, head, self.req, self.rid, self.is_head,
+        self.set_result(self.proxy.respond(conn, head, self.req, self.rid, self.is_head,
                                        self.start, self.connect_s, conn.take_whole_body()))
 
     def failed(self, e: Exception) -> None:
@@ -462,7 +479,7 @@ class Exchange(asyncio.Future):
             self.retry_stale = False
             self.go(True)
             return
-        self.answer(self.proxy.exchange_failed(self.server, conn, e, self.req, self.rid))
+        self.set_result(self.proxy.exchange_failed(self.server, conn, e, self.req, self.rid))
 
     def timed_out(self) -> None:
         """The group's sweep: no answer within read_timeout."""
@@ -478,7 +495,7 @@ class Exchange(asyncio.Future):
 
     def cancel(self, msg=None) -> bool:
         """The client went away (the transport cancels what it waits on)."""
-        if self.done():
+        if self.outcome != PENDING:
             return False
         if self.connecting is not None:
             self.connecting.cancel()
@@ -490,28 +507,80 @@ class Exchange(asyncio.Future):
         elif self.pipeline is not None:   # (its answer, when it comes, is dropped)
             self.proxy.in_flight.pop(self, None)
             self.proxy.count(self.server, "client_gone")
-        cancelled = super().cancel(msg)
-        self.call_back()
-        return cancelled
+        self.value = msg
+        self.finish(CANCELLED)
+        return True
 
-    # -- the transport's callback, called at once ----------------------------------------
+    # -- the future's side ---------------------------------------------------------------
+    def done(self) -> bool:
+        return self.outcome != PENDING
+
+    def cancelled(self) -> bool:
+        return self.outcome == CANCELLED
+
+    def result(self):
+        if self.outcome == RESULT:
+            return self.value
+        if self.outcome == ERROR:
+            raise self.value
+        if self.outcome == CANCELLED:
+            raise asyncio.CancelledError(self.value)
+        raise asyncio.InvalidStateError("the answer is not in yet")
+
+    def exception(self):
+        if self.outcome == CANCELLED:
+            raise asyncio.CancelledError(self.value)
+        if self.outcome == PENDING:
+            raise asyncio.InvalidStateError("the answer is not in yet")
+        return self.value if self.outcome == ERROR else None
+
     def add_done_callback(self, fn, *, context=None) -> None:
-        if context is None and self.answer_to is None and not self.done():
+        if context is None and self.answer_to is None and self.outcome == PENDING:
             self.answer_to = fn
+        elif self.outcome != PENDING:
+            self.loop.call_soon(fn, self, context=context)
         else:
-            super().add_done_callback(fn, context=context)
+            if self.callbacks is None:
+                self.callbacks = []
+            self.callbacks.append((fn, context))
 
     def remove_done_callback(self, fn) -> int:
+        n = 0
         if self.answer_to is not None and self.answer_to == fn:
             self.answer_to = None
-            return 1 + super().remove_done_callback(fn)
-        return super().remove_done_callback(fn)
+            n = 1
+        if self.callbacks:
+            kept = [c for c in self.callbacks if c[0] != fn]
+            n += len(self.callbacks) - len(kept)
+            self.callbacks = kept
+        return n
 
-    def answer(self, result) -> None:
-        self.set_result(result)
-        self.call_back()
+    def __await__(self):
+        # (HTTP/2's task and tests await it: a loop future that follows it, and whose
+        # cancellation, the awaiting task's, cancels the exchange)
+        fut = self.loop.create_future()
+        if self.outcome == PENDING:
+            self.add_done_callback(partial(_settle, fut))
+            fut.add_done_callback(partial(_cancel_with, self))
+        else:
+            _settle(fut, self)
+        return fut.__await__()
 
-    def call_back(self) -> None:
+    @cython.ccall
+    def set_result(self, result) -> None:
+        self.value = result
+        self.finish(RESULT)
+
+    @cython.ccall
+    def set_exception(self, e) -> None:
+        self.value = e
+        self.finish(ERROR)
+
+    @cython.cfunc
+    def finish(self, outcome: cython.int) -> None:
+        if self.outcome != PENDING:
+            raise asyncio.InvalidStateError("answered twice")
+        self.outcome = outcome
         fn = self.answer_to
         if fn is not None:
             self.answer_to = None
@@ -519,9 +588,56 @@ class Exchange(asyncio.Future):
                 fn(self)
             except Exception:   # (as the loop would report it: this step must go on)
                 log.exception("the done callback of a proxied request failed")
+        callbacks = self.callbacks
+        if callbacks:
+            self.callbacks = None
+            for fn, context in callbacks:
+                self.loop.call_soon(fn, self, context=context)
 
 
+answers_by_callback(Exchange)
+
+
+def _settle(fut: asyncio.Future, ex: Exchange) -> None:
+    if fut.done():
+        return
+    if ex.cancelled():
+        fut.cancel()
+    elif (e := ex.exception()) is not None:
+        fut.set_exception(e)
+    else:
+        fut.set_result(ex.result())
+
+
+def _cancel_with(ex: Exchange, fut: asyncio.Future) -> None:
+    if fut.cancelled():
+        ex.cancel()
+
+
+@cython.cclass
 class ProxyHandler:
+    # (Compiled, a cclass: the fields below are C fields, read by the Exchange's steps
+    # without the attribute lookup a Python object costs, seven of them a request.)
+    name = cython.declare(str, visibility="public")
+    up = cython.declare(object, visibility="public")
+    slow_request_seconds = cython.declare(cython.double, visibility="public")
+    own_client = cython.declare(cython.bint, visibility="public")
+    client = cython.declare(object, visibility="public")
+    clock = cython.declare(object, visibility="public")
+    servers = cython.declare(list, visibility="public")
+    rr = cython.declare(cython.Py_ssize_t, visibility="public")
+    m = cython.declare(object, visibility="public")
+    new_request_id = cython.declare(object, visibility="public")
+    _labels = cython.declare(dict)
+    _key = cython.declare(tuple, visibility="public")
+    _seconds = cython.declare(object)   # the upstream's farts_proxy_upstream_seconds series
+    in_flight = cython.declare(dict, visibility="public")
+    read_timeout = cython.declare(cython.double, visibility="public")
+    now = cython.declare(cython.double, visibility="public")
+    sweeper = cython.declare(object, visibility="public")
+    loop = cython.declare(object, visibility="public")
+    depth = cython.declare(cython.Py_ssize_t, visibility="public")
+
     def __init__(self, name: str, up: Upstream, node_id: str, stats: ProxyStats,
                  client: Client | None = None, slow_request_seconds: float = 0.1) -> None:
         self.name = name
@@ -540,6 +656,7 @@ class ProxyHandler:
         self.new_request_id = RequestIds(f"{node_id}-{_BOOT}-".encode())
         self._labels: dict[tuple[str, str], tuple] = {}
         self._key = (name,)
+        self._seconds = stats.seconds.series_for(self._key)
         # The exchanges waiting for an upstream answer, with their deadlines: one sweep
         # every TICK instead of a loop timer per request. Deadlines count from the last
         # sweep's time (no clock read per request), plus one TICK: never early, late by
@@ -552,6 +669,7 @@ class ProxyHandler:
         self.depth = up.pipeline
 
     # -- metrics ---------------------------------------------------------------------
+    @cython.ccall
     def count(self, server: Server, outcome: str) -> None:
         key = self._labels.get((server.address, outcome))
         if key is None:
@@ -562,6 +680,7 @@ class ProxyHandler:
         self.m.retries.inc(self._key)
 
     # -- server choice ---------------------------------------------------------------
+    @cython.ccall
     def pick(self, exclude=()) -> Server | None:
         servers = self.servers
         n = len(servers)
@@ -579,9 +698,10 @@ class ProxyHandler:
                 return s
         # Every (remaining) server is down: try the one that comes back first.
         rest = [s for s in servers if s not in exclude]
-        return min(rest, key=lambda s: s.down_until) if rest else None
+        return min(rest, key=_down_until) if rest else None
 
     # -- pipelining (farts/proxy/pipeline.py) ---------------------------------------------
+    @cython.ccall
     def queue(self, ex: Exchange) -> None:
         """A GET for the flush at the end of this loop turn."""
         queued = ex.server.queued
@@ -605,7 +725,27 @@ class ProxyHandler:
             if len(batch) == 1:
                 batch[0].send(conn, True)
             else:
-                Pipeline(self, conn, batch)
+                self.send_pipelined(Pipeline(self, conn, batch), conn, batch)
+
+    @cython.cfunc
+    def send_pipelined(self, pipeline: Pipeline, conn: ClientConnection, batch: list) -> None:
+        """``batch`` handed to ``pipeline``, which owns ``conn`` now: each exchange waits on
+        it (its read timeout from the group's sweep), and their heads go in ONE write.
+        (Here, not in the pipeline: the exchanges' fields are C ones in this module.)"""
+        if self.sweeper is None:
+            self.start_sweep()
+        deadline = self.now + self.read_timeout   # (see ProxyHandler.in_flight)
+        in_flight = self.in_flight
+        heads = []
+        ex: Exchange
+        for ex in batch:
+            ex.conn = conn
+            ex.reused = True
+            ex.pipeline = pipeline
+            in_flight[ex] = deadline
+            heads.append(ex.data)
+        conn.transport.write(b"".join(heads))
+        self.m.pipelined.inc(self._key, len(batch))
 
     # -- read timeouts of the exchanges ------------------------------------------------
     def start_sweep(self) -> None:
@@ -620,13 +760,19 @@ class ProxyHandler:
                 ex.timed_out()
 
     # -- the steps both kinds of request share -----------------------------------------
+    @cython.ccall
     def upstream_head(self, req: Request, server: Server, length: int) -> tuple[bytes, bytes]:
         """The upstream request's head and the request id."""
-        target = req.target
+        if type(req) is Request:   # HTTP/1: the head's and the request's C fields
+            h1: HandlerRequest = req
+            head: RequestHead = h1._head
+            method, target, headers, client, scheme = head.method, head.target, head.headers, h1.client, h1.scheme
+        else:
+            method, target, headers, client, scheme = req.method, req.target, req.headers, req.client, req.scheme
         if target[:1] == b"/":   # origin form (the usual case): no authority, as it is
-            return upstream_request(req.method, target, req.headers, req.client, req.scheme,
+            return upstream_request(method, target, headers, client, scheme,
                                     self.new_request_id, None, server.host_field, length)
-        return upstream_request(req.method, origin_form(target), req.headers, req.client, req.scheme,
+        return upstream_request(method, origin_form(target), headers, client, scheme,
                                 self.new_request_id, authority_of(target), server.host_field, length)
 
     def connect_failed(self, server: Server, e: OSError, tried: list[Server], retry: bool,
@@ -674,6 +820,7 @@ class ProxyHandler:
                     self.name, server.address, _what(req), e)
         return _error(502, "bad upstream response", rid)
 
+    @cython.ccall
     def respond(self, conn: ClientConnection, resp: ResponseHead, req: Request, rid: bytes,
                 is_head: bool, start: float, connect_s: float, whole: bytes | None,
                 pipeline: Pipeline | None = None) -> Response | Fixed:
@@ -681,7 +828,7 @@ class ProxyHandler:
         its body when all of it has come (``conn.take_whole_body()``), else None.
         ``pipeline``: the connection's, which keeps it after a whole answer."""
         head_at = perf_counter()
-        self.m.seconds.observe(head_at - start, self._key)
+        self._seconds.observe(head_at - start)
         status = resp.status
         head_only = is_head or status == 204 or status == 304
         if whole is None:
@@ -707,6 +854,7 @@ class ProxyHandler:
                         -1 if resp.chunked else resp.content_length, head_only,
                         timings=(start, connect_s, head_at))
 
+    @cython.ccall
     def raw_answer(self, ex: Exchange, data: bytes, at: int, to_end: bool) -> tuple | None:
         """``ex``'s answer at ``data[at:]`` (``to_end``: all the rest of ``data``) when it
         is whole and the usual kind for an HTTP/1 client (fast.proxyhead.raw_answer:
@@ -723,8 +871,17 @@ class ProxyHandler:
         if raw is None or (to_end and raw[2] != len(data)):
             return None
         if not ex.done():   # (else its client went away: counted so by its cancel)
-            self.m.seconds.observe(head_at - ex.start, self._key)
+            self._seconds.observe(head_at - ex.start)
             ex.server.answered += 1
+        return raw
+
+    def answer_raw(self, ex: Exchange, data: bytes, at: int) -> tuple | None:
+        """``raw_answer`` for a pipeline's read, and ``ex`` answered with it unless its
+        client went away (one call from the pipeline for the three steps)."""
+        raw = self.raw_answer(ex, data, at, False)
+        if raw is not None and ex.outcome == PENDING:
+            self.in_flight.pop(ex, None)
+            ex.set_result(_fixed(raw[0], raw[3], raw[4], None))
         return raw
 
     # -- one request -----------------------------------------------------------------

@@ -45,23 +45,12 @@ class Pipeline:
         self.streaming = False   # an answer's body streams: its UpstreamBody reads the connection
         self.broken = False      # answers are due that nobody waits for: never pooled again
         conn.received = 0
-        conn.owner = self
-        if proxy.sweeper is None:
-            proxy.start_sweep()
-        deadline = proxy.now + proxy.read_timeout   # (see ProxyHandler.in_flight)
-        in_flight = proxy.in_flight
-        for ex in exchanges:
-            ex.conn = conn
-            ex.reused = True
-            ex.pipeline = self
-            in_flight[ex] = deadline
-        conn.transport.write(b"".join([ex.data for ex in exchanges]))
-        proxy.m.pipelined.inc(proxy._key, len(exchanges))
+        conn.owner = self   # (the proxy then sends the exchanges' heads: send_pipelined)
 
     # -- the connection's callbacks (ClientConnection.owner) ---------------------------
     def received(self, data: bytes) -> None:
         """One read, no events queued before: the whole answers of the usual kind at its
-        start are rewritten for their clients from its bytes (ProxyHandler.raw_answer),
+        start are rewritten for their clients from its bytes (ProxyHandler.answer_raw),
         the rest goes to the parser (``answer_events``)."""
         conn = self.conn
         at, n = 0, len(data)
@@ -69,15 +58,14 @@ class Pipeline:
         if conn.between_answers(data):
             proxy = self.proxy
             while waiting and at < n:
-                ex = waiting[0]
-                raw = proxy.raw_answer(ex, data, at, False)
+                ex = waiting.popleft()
+                # (answered unless cancelled: the client went away, the answer is dropped)
+                raw = proxy.answer_raw(ex, data, at)
                 if raw is None:
+                    waiting.appendleft(ex)
                     break
-                waiting.popleft()
                 at = raw[2]
                 self.began = False
-                if not ex.done():   # (else cancelled: the client went away, the answer is dropped)
-                    ex.raw_answered(raw)
                 if not raw[1]:
                     self.end()
                     return
@@ -200,7 +188,7 @@ class Pipeline:
             proxy = self.proxy
             proxy.in_flight.pop(ex, None)
             if not ex.done():
-                ex.answer(proxy.exchange_failed(ex.server, self.conn, e, ex.req, ex.rid))
+                ex.set_result(proxy.exchange_failed(ex.server, self.conn, e, ex.req, ex.rid))
         self.end()
 
     def crashed(self, e: Exception) -> None:
@@ -212,7 +200,6 @@ class Pipeline:
             self.proxy.in_flight.pop(ex, None)
             if not ex.done():
                 ex.set_exception(e)
-                ex.call_back()
 
     def timed_out(self) -> None:
         """A read timeout of one of them (the group's sweep): a 504 for every one still
@@ -228,4 +215,4 @@ class Pipeline:
         for ex in waiting:
             proxy.in_flight.pop(ex, None)
             if not ex.done():
-                ex.answer(proxy.exchange_failed(ex.server, conn, ReadTimeout(), ex.req, ex.rid))
+                ex.set_result(proxy.exchange_failed(ex.server, conn, ReadTimeout(), ex.req, ex.rid))

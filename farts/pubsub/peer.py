@@ -8,7 +8,10 @@ bus's), or a peer that comes back alive, triggers a catch-up: this node sends wh
 mesh.max_frame_bytes), then what it can no longer send (``CatchupGone``: evicted from its
 history, or missing there too; the asking node answers resumes from before that "not
 recovered"). A catch-up asked while another is pending starts where that one did, if
-earlier: what it was for may not have arrived.
+earlier: what it was for may not have arrived. The answer always ends with a
+``CatchupGone`` (empty when nothing is gone): an ask whose end has not come within
+``ANSWER_WAIT`` is sent again (an answer sent on a link that closed under it is lost with
+everything after it on that link, and nothing else would tell).
 
 The protocol talks to the PubSub object only through ``publish``'s hook
 ``on_local_event``, ``apply_remote(event)``, ``have()``, ``events_after(have)``,
@@ -29,6 +32,8 @@ BATCH = 200
 CATCHUP_TRIES = 20        # a member heard through gossip may have no link yet: retry ...
 CATCHUP_RETRY = 0.5       # ... every half second, for ten seconds
 SETTLE = 2.0              # the catch-up after a member came alive, once more this much later
+ANSWER_WAIT = 2.0         # an ask whose answer has not ended by then is sent again ...
+ANSWER_TRIES = 3          # ... this many times at most (a release before the end marker sends none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +129,16 @@ class PubSubPeer:
         self.process, self._sent = secrets.token_hex(6), 0
         self._heard: dict[str, tuple[str, int]] = {}   # member -> (its process, last number heard)
         self._away: dict[str, dict[str, int]] = {}   # member not alive -> have() when it went
+        self._asks: dict[str, int] = {}      # member -> catch-up asks sent to it
+        self._answers: dict[str, int] = {}   # member -> answers' ends (CatchupGone) heard from it
+        self._checks: dict[tuple[str, int], Timer] = {}   # (member, ask number) -> its answer's check
         pubsub.on_local_event = self.local_event
         bus.subscribe(Event, self.on_event)
         bus.subscribe(CatchupRequest, self.on_catchup)
         bus.subscribe(CatchupEvents, self.on_events)
         bus.subscribe(CatchupGone, self.on_gone)
         bus.on_member_change(self.on_member)
+        bus.on_gap(self.on_gap)
 
     def local_event(self, event: dict) -> None:
         self._sent += 1
@@ -142,6 +151,13 @@ class PubSubPeer:
         self.pubsub.apply_remote(msg.event)
         if have is not None:
             self._ask_catchup(env.origin, CATCHUP_TRIES, have, again=False)
+
+    def on_gap(self, origin: str) -> None:
+        """A broadcast of that member was missed, of whatever service: the next of its
+        events may be long in coming (the publishing stopped), or never (its process is
+        going), so the catch-up is asked now, from what this node has (nothing of that
+        member's after the lost one has arrived yet)."""
+        self._ask_catchup(origin, CATCHUP_TRIES, self.pubsub.have(), again=False)
 
     def _missed(self, origin: str, event: dict) -> bool:
         """Whether events of that member's process were broadcast before this one and not
@@ -159,7 +175,7 @@ class PubSubPeer:
         for i in range(0, len(events), BATCH):
             self.bus.send(env.origin, CatchupEvents(tuple(events[i:i + BATCH])))
         gone = list(self.pubsub.gone_after(msg.have).items())
-        for i in range(0, len(gone), GONE_BATCH):
+        for i in range(0, max(1, len(gone)), GONE_BATCH):   # (at least one: the answer's end)
             self.bus.send(env.origin, CatchupGone(dict(gone[i:i + GONE_BATCH])))
 
     def on_events(self, msg: CatchupEvents, env: Envelope) -> None:
@@ -167,6 +183,7 @@ class PubSubPeer:
             self.pubsub.apply_remote(ev)
 
     def on_gone(self, msg: CatchupGone, env: Envelope) -> None:
+        self._answers[env.origin] = self._answers.get(env.origin, 0) + 1
         self.pubsub.mark_missing(msg.gone)
 
     def on_member(self, old: Member | None, new: Member) -> None:
@@ -196,7 +213,7 @@ class PubSubPeer:
             timer.cancel()
             have = earliest(have, started)
             again = True
-        if self.bus.send(node_id, CatchupRequest(have)):
+        if self._send_ask(node_id, have):
             if again:
                 self._pending[node_id] = (self.clock.call_later(SETTLE, self._due, node_id, CATCHUP_TRIES, have,
                                                                 False), have)
@@ -208,10 +225,30 @@ class PubSubPeer:
         self._pending.pop(node_id, None)   # (this very ask)
         self._ask_catchup(node_id, tries, have, again)
 
+    def _send_ask(self, node_id: str, have: dict[str, int], answer_tries: int = ANSWER_TRIES) -> bool:
+        """Sends the ask (False without a link) and checks ANSWER_WAIT later that its answer
+        ended."""
+        if not self.bus.send(node_id, CatchupRequest(have)):
+            return False
+        n = self._asks[node_id] = self._asks.get(node_id, 0) + 1
+        self._checks[(node_id, n)] = self.clock.call_later(ANSWER_WAIT, self._check_answer, node_id, n, have,
+                                                           answer_tries)
+        return True
+
+    def _check_answer(self, node_id: str, n: int, have: dict[str, int], answer_tries: int) -> None:
+        """The n-th ask to that member: sent again if fewer than n answers have ended (as
+        it was: the round's retries and SETTLE ask go on as they were scheduled)."""
+        self._checks.pop((node_id, n), None)
+        if self._answers.get(node_id, 0) < n and answer_tries > 1:
+            self._send_ask(node_id, have, answer_tries - 1)
+
     def stop(self) -> None:
         for timer, _ in self._pending.values():
             timer.cancel()
         self._pending.clear()
+        for timer in self._checks.values():
+            timer.cancel()
+        self._checks.clear()
 
 
 def earliest(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:

@@ -111,6 +111,9 @@ def _show(status: dict) -> str:
     return f"deploy {status.get('version', '-')}: {status['state']} [{nodes}] {status.get('reason', '')}".rstrip()
 
 
+WAIT_UNHEARD = 120.0   # deploy --wait: seconds without word of the deploy before it gives up
+
+
 def cmd_deploy(args) -> int:
     import json
     import time
@@ -130,10 +133,18 @@ def cmd_deploy(args) -> int:
             print(f"farts-edge: deploy refused: {body.get('refused') or body.get('error') or body}", file=sys.stderr)
             return 1
         print(_show(body), flush=True)
-        last = ""
+        last, heard = "", time.monotonic()
         while args.wait:
             time.sleep(1)
             status = _admin_call(admin + "/api/deploy")[1]
+            if status.get("version") != body.get("version") or "state" not in status:
+                # (no answer, or another deploy's: a node restarting, a master changing)
+                if time.monotonic() - heard > WAIT_UNHEARD:
+                    print(f"farts-edge: no word of deploy {body.get('version')} for {WAIT_UNHEARD:.0f} s: "
+                          f"{status.get('error') or json.dumps(status)[:300]}", file=sys.stderr)
+                    return 1
+                continue
+            heard = time.monotonic()
             if _show(status) != last:
                 last = _show(status)
                 print(last, flush=True)

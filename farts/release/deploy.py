@@ -10,7 +10,7 @@ downgrade; refused with 422, a log line, ``farts_release_refused_total`` and the
 
 The node that receives ``POST /api/deploy`` (``farts-edge deploy``) runs the rollout
 (rollout.py) over the nodes' admin APIs; ``GET /api/deploy`` is its progress. With a
-mesh, the bundle goes to each member over it (peer.py: chunked, acknowledged, verified
+mesh, the bundle goes to each member over it (peer.py: pulled in chunks, verified
 there as over HTTP); a node outside the mesh (``--node ID=URL``) gets it on its
 ``/api/release/stage``. Each node's health gate (rollout.health_problem) is its /healthz
 and /api/release (version, replication caught up) and what the runner's node sees of it
@@ -81,11 +81,12 @@ def _check_of(reason: str) -> str:
 class ReleaseNode:
     """This node's side of a deploy: stage, install, restart, and what it runs."""
 
-    def __init__(self, cfg, metrics, caught_up: Callable[[], bool] = lambda: True,
+    def __init__(self, cfg, metrics, behind: Callable[[], str] = str,
                  alert: Callable[[str], None] = lambda reason: None) -> None:
-        """``alert(reason)``: a refused bundle, for the master's alert (node.py hands it
+        """``behind()``: why the database is not caught up with the other nodes ("" when it
+        is); ``alert(reason)``: a refused bundle, for the master's alert (node.py hands it
         over; called in the thread pool)."""
-        self.cfg, self.caught_up, self.alert = cfg, caught_up, alert
+        self.cfg, self.behind, self.alert = cfg, behind, alert
         self.trusted = [bundle.load_public_key(cfg.path(k)) for k in cfg.release.trusted_keys]
         self.envs = cfg.path(cfg.release.envs_dir)
         self.env = os.environ.get("FARTS_RELEASE_ENV", BASE)
@@ -95,9 +96,10 @@ class ReleaseNode:
         self.successor: subprocess.Popen | None = None   # the process restart() started
 
     def info(self) -> dict:
+        behind = self.behind()
         installed = sorted(p.name for p in self.envs.iterdir() if p.is_dir()) if self.envs.is_dir() else []
         return {"node": self.cfg.node.id, "version": __version__, "env": self.env, "pid": os.getpid(),
-                "installed": installed, "caught_up": self.caught_up(),
+                "installed": installed, "caught_up": not behind, "behind": behind,
                 # (it took over and this process ends; or it died, and this one goes on)
                 "successor_exit": self.successor.poll() if self.successor is not None else None}
 
@@ -167,7 +169,9 @@ class ReleaseAdminHandler:
         if path == b"/api/release" and req.method in (b"GET", b"HEAD"):
             return _json(200, self.node.info())
         if path == b"/api/deploy" and req.method in (b"GET", b"HEAD"):
-            if self.deployer.rollout is None and self.deployer.runner_url:   # handed to the master
+            # The last deploy asked here went to the master (a rollout this node ran
+            # before, finished, is not the one its asker follows).
+            if self.deployer.runner_url:
                 return self._forward("GET", self.deployer.runner_url, "/api/deploy")
             return _json(200, self.deployer.status())
         if req.method != b"POST":
@@ -397,7 +401,7 @@ def mesh_admin_urls(mesh_status: dict | None, me: str, admin: tuple[str, int] | 
 
 
 def admin_routes(cfg, metrics, clock, peers: Callable[[], dict[str, str]], handover,
-                 cluster: ClusterView = ClusterView(), caught_up: Callable[[], bool] = lambda: True,
+                 cluster: ClusterView = ClusterView(), behind: Callable[[], str] = str,
                  bus=None, alert: Callable[[str], None] = lambda reason: None) -> list:
     """The routes, and the deploy's place in the handover: a rollout this node runs goes
     on in its next process. ``alert(reason)``: a bundle this node refused (ReleaseNode)."""
@@ -412,7 +416,7 @@ def admin_routes(cfg, metrics, clock, peers: Callable[[], dict[str, str]], hando
         deployer.runner_url = url or ""
     handover.carry["deploy_runner"] = (lambda: deployer.runner_url, resume_runner)
     resume_runner(handover.carried.get("deploy_runner"))
-    node = ReleaseNode(cfg, metrics, caught_up, alert)
+    node = ReleaseNode(cfg, metrics, behind, alert)
     if bus is not None:   # bundles come and go over the mesh (peer.py)
         deployer.bundles = BundlePeer(cfg.node.id, bus, clock, node.stage, bundle.Refused)
     handler = ReleaseAdminHandler(node, deployer)

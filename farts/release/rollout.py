@@ -208,7 +208,7 @@ def health_problem(version: str, healthz: int, info: dict | None, member_state: 
     if info.get("version") != version:
         return f"runs {info.get('version')}, not yet {version}"
     if not info.get("caught_up", True):
-        return "database replication not caught up"
+        return "database replication not caught up" + (f" ({info['behind']})" if info.get("behind") else "")
     if member_state is not None and member_state != "alive":
         return f"the mesh sees it {member_state}"
     new = sorted(a.get("key", "?") for a in alerts

@@ -34,17 +34,25 @@ import logging
 import os
 from time import perf_counter
 
-from fast.http1 import END, LAST_CHUNK
-from fast.http1 import Request as RequestHead
+import cython
 
-from .h1 import CLOSED, HEADER_TIMEOUT, NONE, H1Machine, H1StateError
+# cimported: compiled, the head's fields are read as C struct members (fast/http1.pxd),
+# and the machine's fields and methods are C ones (h1.pxd)
+from cython.cimports.farts.transport.counts import Counts
+from cython.cimports.farts.transport.h1 import H1Machine
+from cython.cimports.fast.http1 import Fixed
+from cython.cimports.fast.http1 import Request as RequestHead
+
+from fast.http1 import END, LAST_CHUNK
+
+from .h1 import CLOSED, HEADER_TIMEOUT, NONE, H1StateError
 from .http import (
+    BY_CALLBACK,
     CHUNKED,
     EVENTS,
     RAW,
     ClientGone,
     FileBody,
-    Fixed,
     Request,
     RequestBody,
     Response,
@@ -62,29 +70,49 @@ FILE_CHUNK = 256 * 1024  # a file body's piece when it goes through the transpor
 PAUSE_PENDING, PAUSE_BODY = 1, 2
 
 
-class HTTP1Connection(asyncio.Protocol):
-    __slots__ = ("listener", "machine", "transport", "client", "body", "paused",
-                 "write_paused", "drain_waiter", "task", "closed", "req_body", "sock_fd", "awaited",
-                 "answering")
+@cython.final
+@cython.cclass
+class HTTP1Connection:
+    # (Compiled by setup.py, like h1.py: its fields are C fields and the calls between its
+    # methods C calls; the request path runs half a dozen of them. An asyncio protocol by
+    # its methods: the loop needs no base class, and a cclass cannot have a Python one.)
+    listener = cython.declare(object, visibility="public")
+    router = cython.declare(object)   # the listener's, and its scheme: read per request
+    scheme = cython.declare(str)
+    counts = cython.declare(Counts)   # the listener's per-request counts and byte counters
+    machine = cython.declare(H1Machine, visibility="public")
+    transport = cython.declare(object, visibility="public")
+    client = cython.declare(object, visibility="public")
+    body = cython.declare(object, visibility="public")        # the body being received, if any
+    paused = cython.declare(cython.int, visibility="public")  # PAUSE_* reasons for which reading is paused
+    write_paused = cython.declare(cython.bint, visibility="public")
+    drain_waiter = cython.declare(object, visibility="public")
+    task = cython.declare(object, visibility="public")
+    awaited = cython.declare(object, visibility="public")     # a handler's coroutine whose task has not yet started
+    answering = cython.declare(object, visibility="public")   # the request a handler's future answers
+    closed = cython.declare(cython.bint, visibility="public")
+    req_body = cython.declare(object, visibility="public")    # the current request's body, until answered
+    sock_fd = cython.declare(cython.int, visibility="public")  # for os.sendfile: plain TCP only (never under TLS)
 
     def __init__(self, listener) -> None:
         self.listener = listener
+        self.router, self.scheme, self.counts = listener.router, listener.scheme, listener.counts
         limits = listener.limits
         self.machine = H1Machine(limits.max_header_bytes, limits.max_headers,
                                  limits.header_timeout, limits.idle_timeout, listener.now)
         self.machine.parser.max_body = listener.router.max_body
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self.client = ""
-        self.body: RequestBody | None = None   # the body being received, if any
-        self.paused = 0             # PAUSE_* reasons for which reading is paused
+        self.body = None
+        self.paused = 0
         self.write_paused = False
-        self.drain_waiter: asyncio.Future | None = None
-        self.task: asyncio.Task | None = None
-        self.awaited = None   # a handler's coroutine whose task has not yet started
-        self.answering: Request | None = None   # the request a handler's future answers
+        self.drain_waiter = None
+        self.task = None
+        self.awaited = None
+        self.answering = None
         self.closed = False
-        self.req_body: RequestBody | None = None  # the current request's body, until answered
-        self.sock_fd = -1           # for os.sendfile: plain TCP only (never under TLS)
+        self.req_body = None
+        self.sock_fd = -1
 
     # -- connection lifetime ----------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -115,6 +143,9 @@ class HTTP1Connection(asyncio.Protocol):
             w.set_exception(ClientGone())
         self.transport = None
 
+    def eof_received(self) -> None:
+        return None   # (asyncio.Protocol's: the transport closes)
+
     def pause_writing(self) -> None:
         self.write_paused = True
 
@@ -135,11 +166,13 @@ class HTTP1Connection(asyncio.Protocol):
             finally:
                 self.drain_waiter = None
 
+    @cython.ccall
     def _pause(self, reason: int) -> None:
         if not self.paused and self.transport is not None:
             self.transport.pause_reading()
         self.paused |= reason
 
+    @cython.ccall
     def _resume(self, reason: int) -> None:
         was = self.paused
         self.paused &= ~reason
@@ -161,18 +194,18 @@ class HTTP1Connection(asyncio.Protocol):
     # -- input ------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         listener = self.listener
-        listener.bytes_in += len(data)
+        self.counts.bytes_in += len(data)
         head = self.machine.receive(data, listener.now)
         if head is not None:
             self._on_head(head)
         else:
             self._pump()
 
+    @cython.ccall
     def _pump(self) -> None:
         machine = self.machine
-        next_event = machine.next_event
         while not self.closed:
-            ev = next_event()
+            ev = machine.next_event()
             if ev is None:
                 break
             t = type(ev)
@@ -189,6 +222,7 @@ class HTTP1Connection(asyncio.Protocol):
         elif machine.little_pending and not machine.switching:
             self._resume(PAUSE_PENDING)
 
+    @cython.ccall
     def _on_body(self, data: bytes) -> None:
         body = self.body
         if body is not None and not body.feed(data):
@@ -197,12 +231,14 @@ class HTTP1Connection(asyncio.Protocol):
             else:
                 self._fail(413, "request body too large")
 
+    @cython.ccall
     def _on_end(self) -> None:
         body = self.body
         if body is not None:
             body.finish()
             self.body = None
 
+    @cython.ccall
     def _on_parse_error(self, err) -> None:
         self.listener.parse_error(err.status)
         # (The machine writes nothing when the bad bytes are in the body of a request
@@ -210,6 +246,7 @@ class HTTP1Connection(asyncio.Protocol):
         # that was never sent.)
         self._fail(err.status, err.reason)
 
+    @cython.ccall
     def _fail(self, status: int, reason: str) -> None:
         """Answer with an error, unless a response has started, and close."""
         if self.closed:
@@ -221,6 +258,7 @@ class HTTP1Connection(asyncio.Protocol):
             self.listener.count_error(status)
         self._close()
 
+    @cython.ccall
     def _close(self, timed_out: bool = False) -> None:
         if self.closed:
             return
@@ -234,6 +272,7 @@ class HTTP1Connection(asyncio.Protocol):
             self.transport.close()
 
     # -- one request --------------------------------------------------------------
+    @cython.ccall
     def _on_head(self, head: RequestHead) -> None:
         listener = self.listener
         if listener.draining:   # a restart: answer, then close (the client reconnects to the next process)
@@ -248,7 +287,7 @@ class HTTP1Connection(asyncio.Protocol):
             # Other codings (gzip, ...) cannot be forwarded faithfully: RFC 9112 §6.1.
             self._fail(501, "transfer coding not supported")
             return
-        resolved = listener.router.resolve(head.host, head.path, head.plain_path)
+        resolved = self.router.resolve(head.host, head.path, head.plain_path)
         if type(resolved) is Fixed:  # unknown host or no route
             if has_body:
                 self.body = self.req_body = RequestBody(self, listener.limits.max_body_bytes)
@@ -265,25 +304,26 @@ class HTTP1Connection(asyncio.Protocol):
             self._answer_now(handler, head, handler.served, listener.name)
             return
         start = perf_counter()
-        req = Request(head, tenant, route, self.client, listener.scheme, body, start, self)
+        req = Request(head, tenant, route, self.client, self.scheme, body, start, self)
         try:
             result = handler.handle(req)
         except Exception:
             log.exception("handler for %s failed", route.prefix)
             result = Fixed.error(500)
-        if type(result) is Fixed:
+        t = type(result)
+        if t is Fixed:
             # A ready answer (a CDN hit from memory), written in this call: counted in
             # place by route and status like a static route's, and not timed.
             self._answer_now(result, head, listener.ready, (route.prefix, result.status))
             return
-        if type(result) not in ANSWERS and (isinstance(result, asyncio.Future) or inspect.isawaitable(result)):
-            if isinstance(result, asyncio.Future):
-                # A handler's own future (the proxy's Exchange, completed by a callback):
-                # answered by its done callback, no task; cancelling it stops the handler.
-                self.task = result
-                self.answering = req
-                result.add_done_callback(self._answered)
-                return
+        if t in BY_CALLBACK or (t not in ANSWERS and isinstance(result, asyncio.Future)):
+            # A handler's own future (the proxy's Exchange, completed by a callback):
+            # answered by its done callback, no task; cancelling it stops the handler.
+            self.task = result
+            self.answering = req
+            result.add_done_callback(self._answered)
+            return
+        if t not in ANSWERS and inspect.isawaitable(result):
             self.awaited = result
             self.task = asyncio.ensure_future(self._answer_later(req, result))
             return
@@ -321,16 +361,18 @@ class HTTP1Connection(asyncio.Protocol):
             return
         self.task = None
         req, self.answering = self.answering, None
-        exc = None if fut.cancelled() else fut.exception()
-        if fut.cancelled() or isinstance(exc, ClientGone):
+        try:
+            result = fut.result()   # (one call: the answer, or what the handler raised, or cancelled)
+        except (asyncio.CancelledError, ClientGone):
             self._close()
-        elif exc is not None:
+            return
+        except Exception as exc:
             log.error("handler for %s failed", req.route.prefix, exc_info=exc)
             self._fail(500, "internal error")
-        else:
-            self._answer(req, fut.result())
-            if not self.closed and self.task is None:
-                self._pump()   # (requests pipelined behind this one)
+            return
+        self._answer(req, result)
+        if not self.closed and self.task is None and (self.paused or self.machine.pending):
+            self._pump()   # (requests pipelined behind this one, or reading paused for them)
 
     def send_interim(self, head: RequestHead, status: int, headers) -> bool:
         """A handler's 1xx interim answer (Request.send_interim), if the machine allows it."""
@@ -339,6 +381,7 @@ class HTTP1Connection(asyncio.Protocol):
             self.transport.write(data)
         return bool(data)
 
+    @cython.ccall
     def _cancel_task(self) -> None:
         task, self.task = self.task, None
         if task is not None and not task.done():
@@ -349,6 +392,7 @@ class HTTP1Connection(asyncio.Protocol):
         if awaited is not None and asyncio.iscoroutine(awaited):
             awaited.close()   # its task never started: nothing else will await it
 
+    @cython.ccall
     def _answer(self, req: Request, result) -> None:
         head, route, start = req._head, req.route, req.start
         try:
@@ -368,6 +412,7 @@ class HTTP1Connection(asyncio.Protocol):
             log.exception("handler for %s answered badly", route.prefix)
             self._fail(500, "internal error")
 
+    @cython.ccall
     def _switch(self, upgrade: Upgrade, route, start: float, head: RequestHead) -> None:
         """Writes the stream's head and hands the socket to a StreamProtocol around the
         handler; this object is then dropped (a long-lived stream keeps no HTTP state)."""
@@ -381,7 +426,7 @@ class HTTP1Connection(asyncio.Protocol):
             return
         transport = self.transport
         transport.write(self.machine.upgrade_head(upgrade.status, upgrade.headers, head.upgrade))
-        self.listener.record(route, upgrade.status, start, head, self.client)
+        self.counts.record(route, upgrade.status, start, head, self.client)
         self.closed = True
         self.transport = None
         stream = StreamProtocol(upgrade, transport, self.listener.hand_over(self),
@@ -391,6 +436,7 @@ class HTTP1Connection(asyncio.Protocol):
         if self.paused:
             transport.resume_reading()
 
+    @cython.ccall
     def _answer_now(self, fixed: Fixed, head: RequestHead, counts: dict, key) -> None:
         """A Fixed written at once (a router's fixed answer, or a handler's ready one):
         the hottest paths, so it is counted in place (``counts[key]``: the Fixed's own
@@ -420,11 +466,12 @@ class HTTP1Connection(asyncio.Protocol):
             self._fail(500, "internal error")
             return
         self.task = None
-        self.listener.record(req.route, resp.status, req.start, head, self.client, resp.timings)
+        self.counts.record(req.route, resp.status, req.start, head, self.client, resp.timings)
         self._request_done(self.machine.response_done(self.listener.now))
         if not self.closed:
             self._pump()
 
+    @cython.ccall
     def _file_now(self, resp: Response, head: RequestHead) -> bool:
         """Head and file body written at once when the socket takes all of it (a cache
         hit, usually); False leaves the rest to _write_response, in a task."""
@@ -446,6 +493,7 @@ class HTTP1Connection(asyncio.Protocol):
             body.fd, body.owned = os.dup(body.fd), True
         return False
 
+    @cython.ccall
     def _sendfile(self, body: FileBody) -> bool:
         """Sends what the socket takes straight from the file; True when all is sent (or
         the connection failed: it is closed then)."""
@@ -460,7 +508,7 @@ class HTTP1Connection(asyncio.Protocol):
                     break
                 body.offset += n
                 body.count -= n
-                self.listener.bytes_out += n
+                self.counts.bytes_out += n
         except BlockingIOError:
             return False
         except OSError:
@@ -483,7 +531,7 @@ class HTTP1Connection(asyncio.Protocol):
                 break
             body.offset += len(data)
             body.count -= len(data)
-            self.listener.bytes_out += len(data)
+            self.counts.bytes_out += len(data)
             self.transport.write(data)
             self.machine.progress(self.listener.now)
             if self.write_paused:
@@ -527,7 +575,7 @@ class HTTP1Connection(asyncio.Protocol):
             close = getattr(body, "aclose", None)
             if close is not None:
                 await close()
-        self.listener.bytes_out += sent
+        self.counts.bytes_out += sent
         if chunked:
             trailers = resp.trailers() if callable(resp.trailers) else resp.trailers
             write(machine.end_bytes(chunked, trailers))
@@ -535,13 +583,14 @@ class HTTP1Connection(asyncio.Protocol):
             # The source ended short: the framing is broken, so the connection must go.
             machine.framing_broken()
 
+    @cython.ccall
     def _finished(self, route, status: int, start: float, head: RequestHead, timings=None) -> None:
-        listener = self.listener
-        listener.record(route, status, start, head, self.client, timings)
-        keep = self.machine.respond(listener.now)
+        self.counts.record(route, status, start, head, self.client, timings)
+        keep = self.machine.respond(self.listener.now)
         if not keep or self.req_body is not None:   # (else _request_done has nothing to do)
             self._request_done(keep)
 
+    @cython.ccall
     def _request_done(self, keep: bool) -> None:
         body = self.req_body
         if body is not None:

@@ -45,11 +45,12 @@ from collections import deque
 import cython
 
 # cimported: compiled, the head's fields are read as C struct members (fast/http1.pxd)
+from cython.cimports.fast.http1 import Fixed
 from cython.cimports.fast.http1 import Request as RequestHead
 
-from fast.http1 import END, LAST_CHUNK, RequestParser, encode_chunk, response_head
+from fast.http1 import END, LAST_CHUNK, RequestParser, closing, encode_chunk, response_head
 
-from .http import Fixed, Response
+from .http import Response
 
 # Connection states
 IDLE, HEAD, HANDLING, RESPONDING, DONE, SWITCHED, CLOSED = (
@@ -108,35 +109,9 @@ class H1StateError(Exception):
     """An event the current state does not allow (a bug in the caller)."""
 
 
-@cython.final
-@cython.cclass
 class H1Machine:
-    # (Compiled by setup.py: its attributes are then C fields and its methods C calls,
-    # about 0.2 us less per request than the interpreted class, which runs otherwise.)
-    parser = cython.declare(object, visibility="public")
-    feed = cython.declare(object)   # parser.feed, bound once (no method lookup per request)
-    state = cython.declare(str, visibility="public")
-    body = cython.declare(str, visibility="public")
-    keep_alive = cython.declare(cython.bint, visibility="public")
-    expect_continue = cython.declare(cython.bint, visibility="public")
-    pending = cython.declare(object, visibility="public")
-    requests = cython.declare(cython.longlong, visibility="public")
-    head_started = cython.declare(cython.double, visibility="public")
-    idle_since = cython.declare(cython.double, visibility="public")
-    last_progress = cython.declare(cython.double, visibility="public")
-    header_timeout = cython.declare(cython.double, visibility="public")
-    idle_timeout = cython.declare(cython.double, visibility="public")
-    switching = cython.declare(cython.bint, visibility="public")
-    handling = cython.declare(object, visibility="public")   # the head of the request in hand
-    chunked = cython.declare(cython.bint, visibility="public")
-    send_body = cython.declare(cython.bint, visibility="public")
-    # The last head framed from a tuple of headers (immutable: a handler's ready headers,
-    # e.g. a CDN hit's, reused while its Age holds), and what else it was framed from.
-    framed_from = cython.declare(object)
-    framed_status = cython.declare(cython.int)
-    framed_length = cython.declare(cython.longlong)
-    framed_head = cython.declare(bytes)
-
+    # (Compiled by setup.py, a cclass declared in h1.pxd: its attributes are C fields and
+    # its methods C calls, also from the connection, which cimports it.)
     def __init__(self, max_header_bytes: int, max_headers: int, header_timeout: float,
                  idle_timeout: float, now: float) -> None:
         self.parser = RequestParser(max_header_bytes, max_headers)
@@ -165,8 +140,7 @@ class H1Machine:
     # (The hot path, a bodyless keep-alive request, inlines the lookup of ``_to`` in
     # ``_on_head`` and ``respond``; the methods it calls within are ``ccall``: compiled,
     # C calls.)
-    @cython.ccall
-    def _to(self, event: str) -> None:
+    def _to(self, event: str):
         try:
             self.state = _NEXT[self.state][event]
         except KeyError:
@@ -175,15 +149,14 @@ class H1Machine:
     def _refused(self, event: str) -> H1StateError:
         return H1StateError(f"{event!r} in state {self.state}")
 
-    @cython.ccall
-    def _body_to(self, event: str) -> None:
+    def _body_to(self, event: str):
         try:
             self.body = _BODY_NEXT[self.body][event]
         except KeyError:
             raise H1StateError(f"body {event!r} in body state {self.body}") from None
 
     # -- bytes in, events out -----------------------------------------------------------
-    def receive(self, data: bytes, now: float) -> RequestHead | None:
+    def receive(self, data: bytes, now: float):   # -> RequestHead | None
         """Feeds bytes; the events wait for ``next_event``, except on the usual
         keep-alive request without a body ([head, END] with nothing before it): that
         head is returned at once, already taken (the hot path: no queueing)."""
@@ -232,8 +205,7 @@ class H1Machine:
             pending.popleft()
         return ev
 
-    @cython.ccall
-    def _on_head(self, head: RequestHead) -> None:
+    def _on_head(self, head: RequestHead):
         if self.state is IDLE:
             self.state = _IDLE_HEAD_IN
         else:
@@ -288,11 +260,11 @@ class H1Machine:
             self.keep_alive = False
             self.expect_continue = False
 
-    @cython.ccall
     def fixed_bytes(self, fixed: Fixed, head: RequestHead) -> bytes:
         if self.expect_continue:   # (_no_continue, inline: the hottest path)
             self.keep_alive = self.expect_continue = False
-        data = fixed.keep if self.keep_alive else fixed.close
+        # (a Fixed with no close framing made, the proxy's: made here when it is wanted)
+        data = fixed.keep if self.keep_alive else (fixed.close or closing(fixed.keep, fixed.body_len))
         if head.method == b"HEAD":
             data = data[:len(data) - fixed.body_len]
         return data
@@ -370,8 +342,7 @@ class H1Machine:
         return Fixed.error(status, reason).close
 
     # -- what the adapter did ---------------------------------------------------------------
-    @cython.ccall
-    def respond(self, now: float) -> bool:
+    def respond(self, now: float) -> cython.bint:
         """The whole answer is written; returns True when the connection stays open."""
         if self.state is HANDLING:
             self.state = _HANDLING_RESPOND
@@ -394,8 +365,7 @@ class H1Machine:
         self._to(FINISHED)
         return self._done(now)
 
-    @cython.ccall
-    def _done(self, now: float) -> bool:
+    def _done(self, now: float) -> cython.bint:
         if self.body == OPEN:
             self._body_to(B_DISCARD)
         self.idle_since = now

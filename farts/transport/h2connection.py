@@ -277,7 +277,7 @@ class HTTP2Connection(asyncio.Protocol):
     # -- input ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         listener = self.listener
-        listener.bytes_in += len(data)
+        listener.counts.bytes_in += len(data)
         self.last_activity = listener.now
         self.receiving = True
         try:
@@ -575,7 +575,7 @@ class HTTP2Connection(asyncio.Protocol):
                                skip or not body)
         if not skip and body:
             self.machine.send_data(st.id, body, True)
-            self.listener.bytes_out += len(body)
+            self.listener.counts.bytes_out += len(body)
         self._finish(st)
         self._flush()
         return True
@@ -596,7 +596,7 @@ class HTTP2Connection(asyncio.Protocol):
     def _record(self, st: StreamState, status: int) -> None:
         listener = self.listener
         listener.h2_requests += 1
-        listener.record(st.route, status, st.start, st.req, self.client)
+        listener.counts.record(st.route, status, st.start, st.req, self.client)
 
     async def _respond_later(self, st: StreamState, result) -> None:
         req = st.req
@@ -641,7 +641,7 @@ class HTTP2Connection(asyncio.Protocol):
                 raise ClientGone()
             n = machine.send_data(sid, data, end)
             self._flush()
-            self.listener.bytes_out += n
+            self.listener.counts.bytes_out += n
             if n == len(data):
                 break
             data = data[n:]

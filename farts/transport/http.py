@@ -29,12 +29,21 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from fast.http1 import HandlerRequest, encode_chunk, response_head
+from fast.http1 import REASONS, Fixed, HandlerRequest, encode_chunk  # noqa: F401 (REASONS: re-exported)
 
-if TYPE_CHECKING:
-    pass
+# The types of the future-like answers a handler may return that the transport waits for
+# by their done callback, with no task (asyncio.Future and its subclasses are tested for
+# by isinstance): the proxy's compiled Exchange, which is a future by its methods only.
+BY_CALLBACK: set[type] = set()
+
+
+def answers_by_callback(cls: type) -> type:
+    """Class decorator: the transport waits for this type's objects by their
+    ``add_done_callback`` (and cancels them with ``cancel``), as for a Future."""
+    BY_CALLBACK.add(cls)
+    return cls
 
 
 class BodyTooLarge(Exception):
@@ -82,29 +91,6 @@ class FileBody:
         self.count = count
         self.owned = owned
         self.started = False  # the head is on the wire (the connection continues it)
-
-
-class Fixed:
-    """A whole response, framed once: one variant keeps the connection, one closes it."""
-
-    __slots__ = ("status", "keep", "close", "body_len", "served")
-
-    def __init__(self, status: int, body: bytes,
-                 content_type: bytes = b"text/plain; charset=utf-8",
-                 headers: list[tuple[bytes, bytes]] = ()) -> None:
-        self.status = status
-        hs = [(b"content-type", content_type), *headers]
-        self.keep = response_head(status, hs, len(body), True) + body
-        self.close = response_head(status, hs, len(body), False) + body
-        self.body_len = len(body)  # HEAD requests get the head only
-        # Times written by the connection itself, per listener name: counted here, in
-        # place, because this is the hottest path (the listener's metrics sum it).
-        self.served: dict[str, int] = {}
-
-    @classmethod
-    def error(cls, status: int, reason: str = "") -> Fixed:
-        text = f"{status} {REASONS.get(status, 'Error')}"
-        return cls(status, (f"{text}: {reason}" if reason else text).encode() + b"\n")
 
 
 class Upgrade:
@@ -171,11 +157,6 @@ class StreamHandler(Protocol):
     def closed(self, exc: BaseException | None) -> None:
         """The stream is gone (either side); the sink must not be used any more."""
 
-
-REASONS = {426: "Upgrade Required", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
-           421: "Misdirected Request", 431: "Request Header Fields Too Large",
-           500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
-           503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
 
 
 class Handler(Protocol):

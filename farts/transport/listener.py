@@ -8,7 +8,6 @@ import random
 import ssl
 import sys
 from collections import deque
-from time import perf_counter
 from typing import TYPE_CHECKING
 
 from farts.clock import Clock, LoopClock
@@ -16,6 +15,7 @@ from farts.config import Limits
 from farts.metrics import Metrics
 
 from .connection import HTTP1Connection
+from .counts import Counts
 from .h2conn import H2Limits
 from .h2connection import HTTP2Connection, choose_protocol
 from .http import Fixed
@@ -23,6 +23,7 @@ from .kit import ConnectionStats, ListenerKit
 from .router import Router
 
 if TYPE_CHECKING:
+    from fast.counting import Count, Series
     from fast.http1 import Request as RequestHead
 
 log = logging.getLogger("farts.http")
@@ -92,9 +93,9 @@ class HTTPStats:
                                             ((name, "1.1"), li.open - li.h2_connections))},
                       ("listener", "protocol"))
         metrics.gauge("farts_http_received_bytes", "Bytes received from clients",
-                      lambda: {(n,): li.bytes_in for n, li in listeners.items()}, ("listener",))
+                      lambda: {(n,): li.counts.bytes_in for n, li in listeners.items()}, ("listener",))
         metrics.gauge("farts_http_sent_body_bytes", "Streamed response body bytes sent to clients",
-                      lambda: {(n,): li.bytes_out for n, li in listeners.items()}, ("listener",))
+                      lambda: {(n,): li.counts.bytes_out for n, li in listeners.items()}, ("listener",))
 
 
 class AccessLog:
@@ -130,8 +131,8 @@ class Listener(ListenerKit):
         self.limits = limits
         self.stats = stats
         self.access_log = access_log if access_log is not None and access_log.sample > 0 else None
-        self.bytes_in = 0
-        self.bytes_out = 0
+        # The per-request counts and the byte counters (Counts: what its connections call)
+        self.counts = Counts(self, limits.slow_request_seconds, self.access_log)
         # (route label, status) -> answers a handler gave as a ready Fixed, written at once:
         # counted in place by the connection (no timing, no metric call), summed at scrape.
         self.ready: dict[tuple[str, int], int] = {}
@@ -149,20 +150,14 @@ class Listener(ListenerKit):
     def admit(self, conn: HTTP1Connection) -> Fixed | None:
         return None if self.place(conn) is None else BUSY
 
-    def record(self, route, status: int, start: float, head: RequestHead, client: str,
-               timings: tuple | None = None) -> None:
-        """Counts one answered request; ``start`` 0 means answered at once (not timed).
-        ``timings``: what the handler measured of it (``Response.timings``), read only
-        when the request was slow."""
-        seconds = perf_counter() - start if start else 0.0
-        label = route.prefix if route is not None else "-"
+    def series_for(self, label: str, status: int) -> tuple[Count, Series]:
+        """The request counter's and the latency histogram's series of this listener's
+        answers on the route ``label`` with ``status``, kept (``counted``) for the next."""
         stats = self.stats
-        stats.requests.inc((self.name, label, status))
-        stats.latency.observe(seconds, (self.name, label))
-        if seconds > self.limits.slow_request_seconds:
-            self.slow_request(label, status, start, seconds, head, client, timings)
-        if self.access_log is not None:   # (tested here: a call per request saved when there is none)
-            self.log_access(head, status, seconds, client)
+        series = (stats.requests.series_for((self.name, label, status)),
+                  stats.latency.series_for((self.name, label)))
+        self.counts.counted.setdefault(label, {})[status] = series
+        return series
 
     def slow_request(self, label: str, status: int, start: float, seconds: float, head: RequestHead,
                      client: str, timings: tuple | None) -> None:

@@ -1,4 +1,5 @@
-"""The webhook queue in the node's replicated store (``farts.db.store.Store``).
+"""The webhook queue in the node's replicated store (the DB service's, handed over by
+node.py: its writes, its reads and ``key``, the layout of its keys).
 
 Two reserved namespaces (no client can name them: a client's namespace is always
 ``tenant$db.coll``, these have no ``$``): ``farts:webhooks`` holds the deliveries still to
@@ -23,14 +24,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import secrets
+from typing import Any
 
 import bson
 
-from farts.db import keys
-from farts.db.errors import MongoError
-from farts.db.store import Store, ns_prefix
-
 from . import signing, ssrf
+
+Store = Any   # the DB service's store (farts/db/store.py), duck-typed as the master's state is
 
 QUEUE_NS = "farts:webhooks"
 DEAD_NS = "farts:webhooks.dead"
@@ -46,10 +46,11 @@ def new_id() -> str:
     return "wh_" + secrets.token_hex(12)
 
 
-def claimed_id(tenant: str, source_id) -> str:
+def claimed_id(store: Store, tenant: str, source_id) -> str:
     """The delivery id of a document inserted into the MongoDB collection: the same
-    whichever node claims it (two claims make one delivery, not two)."""
-    return "wh_" + hashlib.sha256(tenant.encode() + b"\0" + keys.encode(source_id)).hexdigest()[:24]
+    whichever node claims it (two claims make one delivery, not two): from the bytes of
+    its _id's key (type and value)."""
+    return "wh_" + hashlib.sha256(tenant.encode() + b"\0" + store.id_key(source_id)).hexdigest()[:24]
 
 
 def make(tenant: str, url, event, data, now: float, max_payload_bytes: int,
@@ -114,10 +115,10 @@ def record(w, epoch: int, results: list[tuple]) -> list[str]:
 
 
 def _put_dead(w, doc: dict) -> None:
-    try:
-        w.atomic(lambda: w.insert(DEAD_NS, doc))
-    except MongoError:   # dead-lettered before (a retry ran into its window again)
-        old = w.get(DEAD_NS, doc["_id"])
+    old = w.get(DEAD_NS, doc["_id"])
+    if old is None:
+        w.insert(DEAD_NS, doc)
+    else:   # dead-lettered before (a retry ran into its window again)
         w.replace(DEAD_NS, old, doc, {"op": "r", "doc": doc})
 
 
@@ -142,7 +143,7 @@ def claim(w, source_ns: str, tenant: str, source_ids: list, now: float, max_payl
         src = w.get(source_ns, sid)
         if src is None:
             continue   # claimed already
-        did = claimed_id(tenant, sid)
+        did = claimed_id(w.store, tenant, sid)
         try:
             doc = make(tenant, src.get("url"), src.get("event"), src.get("payload"), now, max_payload_bytes, did)
             ns = QUEUE_NS
@@ -169,7 +170,7 @@ def _shown(value, limit: int) -> str:
 def scan(store: Store, ns: str, known: dict[bytes, object]) -> tuple[list[dict], list[bytes]]:
     """(documents of ns whose key is not in ``known``, keys in ``known`` no longer there):
     keys only are read for what is known (a look every scan_interval stays cheap)."""
-    prefix = ns_prefix(ns)
+    prefix = store.key(ns)
     new: list[dict] = []
     seen: set[bytes] = set()
     with store.read() as txn:
@@ -186,7 +187,7 @@ def scan(store: Store, ns: str, known: dict[bytes, object]) -> tuple[list[dict],
 
 def first_docs(store: Store, ns: str, limit: int) -> list[dict]:
     """The first ``limit`` documents of ns (in key order)."""
-    prefix = ns_prefix(ns)
+    prefix = store.key(ns)
     out: list[dict] = []
     with store.read() as txn:
         cur = txn.cursor()
@@ -227,10 +228,6 @@ class Watch:
                 budget -= len(records)
             self.positions[origin] = have
         return ids
-
-
-def key_of(ns: str, delivery_id) -> bytes:
-    return ns_prefix(ns) + keys.encode(delivery_id)
 
 
 def counts(store: Store) -> dict[str, int]:

@@ -179,7 +179,7 @@ class Webhooks:
         self.enqueued.inc((source,), len(docs))
         if self.active is not None:
             for doc in docs:
-                self._add(self.active, queue.key_of(queue.QUEUE_NS, doc["_id"]), doc)
+                self._add(self.active, self.store.key(queue.QUEUE_NS, doc["_id"]), doc)
             self._pump()
         return [d["_id"] for d in docs]
 
@@ -218,7 +218,7 @@ class Webhooks:
     def _looked_at(self, a: _Active, ids: set) -> None:
         with self.store.read() as txn:
             for did in ids:
-                key = queue.key_of(queue.QUEUE_NS, did)
+                key = self.store.key(queue.QUEUE_NS, did)
                 doc = self.store.get(txn, queue.QUEUE_NS, did)
                 if doc is not None and key not in a.known:
                     self._add(a, key, doc)
@@ -237,7 +237,7 @@ class Webhooks:
         for k in gone:
             self._forget(a, a.known[k])
         for doc in new:
-            self._add(a, queue.key_of(queue.QUEUE_NS, doc["_id"]), doc)
+            self._add(a, self.store.key(queue.QUEUE_NS, doc["_id"]), doc)
         if not a.claiming:
             self._claim(a)
         self._pump()
@@ -255,10 +255,9 @@ class Webhooks:
         a.scheduler.add(Delivery(did, dest, float(doc.get("since", 0)), int(doc.get("attempts", 0)),
                                  float(doc.get("due", 0))))
 
-    @staticmethod
-    def _forget(a: _Active, did: str) -> None:
+    def _forget(self, a: _Active, did: str) -> None:
         """A delivery that left the queue (delivered, dead-lettered, or moved by another node)."""
-        a.known.pop(queue.key_of(queue.QUEUE_NS, did), None)
+        a.known.pop(self.store.key(queue.QUEUE_NS, did), None)
         a.docs.pop(did, None)
         a.scheduler.remove(did)
 

@@ -142,5 +142,5 @@ class View:
                 row[-1] += v
         for k, row in cumulative.items():
             counts = [row[0]] + [row[i] - row[i - 1] for i in range(1, len(bounds))]
-            out.series[k] = [*counts, row[-1]]
+            out.series_for(k).add(counts, row[-1])
         return out
