@@ -332,6 +332,29 @@ def test_catch_up_keeps_at_most_a_window_in_flight_and_sends_nothing_twice(monke
     assert net.converged() and net.replicas["b"].stats["duplicates"] == 0
 
 
+def test_a_restarted_node_ships_what_its_last_process_left_unshipped_while_it_keeps_writing():
+    # A restart (farts/release/handover.py) stops the old process's replica between two
+    # flushes: its last commits were never shipped. The next process's broadcasts then
+    # start past a gap at every peer; the gap must be filled by catch-up, not wait until
+    # the writes stop (they did not, in a rolling deploy under load: 60 s of lag).
+    net = seeded(("a", "b"))
+    for i in range(3):
+        net.write("a", f"unshipped{i}", {"op": "i", "doc": {"_id": f"unshipped{i}"}})
+    net.replicas["a"] = Replica("a", net.stores["a"], tuple(net.ids))    # the next process
+    net.send("a", net.replicas["a"].link_up("b", net.now))
+    net.send("b", net.replicas["b"].link_up("a", net.now))
+    for i in range(100):                       # 10 s of a write every 100 ms
+        net.now += 0.1
+        net.write("a", f"later{i}", {"op": "i", "doc": {"_id": f"later{i}"}})
+        for n in ("a", "b"):
+            net.tick(n)
+        while net.flight:
+            net.deliver()
+        if i == 50:
+            assert net.stores["b"].get(NS, "unshipped0") == {"_id": "unshipped0"}, "still a gap after 5 s"
+    assert net.stores["b"].applied()["a"][0] >= net.stores["a"].applied()["a"][0] - 1
+
+
 def test_a_new_node_behind_the_retained_oplog_gets_a_snapshot():
     net = seeded(retain_records=5)
     for i in range(40):

@@ -420,8 +420,19 @@ class Replica:
             out.append((None, Records(tuple(batch))))
             self.stats["shipped"] += len(batch)
         if records:
+            first, last = records[0].seq, records[-1].seq
             for node_id in self.members - {self.me}:
-                self._peer(node_id).shipped[self.me] = (records[-1].seq, now)
+                peer = self._peer(node_id)
+                theirs = peer.report.vv.get(self.me, 0) if peer.report is not None else 0
+                prev = peer.shipped.get(self.me)
+                # In flight to it only if they follow what it has or was sent: after a gap
+                # (a restart's unshipped records, a lost batch) its catch-up on the next
+                # Status fills the gap first. And "since" is the oldest shipment it has not
+                # acknowledged: a flush on every tick must not keep RESEND from coming.
+                if prev is not None and prev[0] >= first - 1:
+                    peer.shipped[self.me] = (last, prev[1] if prev[0] > theirs else now)
+                elif prev is None and theirs >= first - 1:
+                    peer.shipped[self.me] = (last, now)
         return out
 
     # ---- what peers send -------------------------------------------------------------
