@@ -232,11 +232,16 @@ class Successor:
         self.sock.setblocking(False)
         reader, writer = await asyncio.open_unix_connection(sock=self.sock, limit=MAX_LINE)
         writer.write(_line({"op": "ready", "pid": os.getpid()}))
-        lines = self.pending.split(b"\n")
-        buffered, self.pending = lines[:-1], b""
+        # What _receive read past "released": whole lines, then maybe the start of one
+        # (the rest of which comes first on the socket).
+        *buffered, partial = self.pending.split(b"\n")
+        self.pending = b""
         try:
             while True:
-                line = buffered.pop(0) if buffered else await reader.readline()
+                if buffered:
+                    line = buffered.pop(0)
+                else:
+                    line, partial = partial + await reader.readline(), b""
                 if not line:
                     break
                 msg = json.loads(line)
