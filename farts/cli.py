@@ -46,7 +46,7 @@ def _serve(cfg: config.Config, banner: str = "", takeover: bool = False) -> int:
             successor = await take_over(node)
         await node.start()
         if successor is not None:
-            successor.ready(node.pubsub)
+            successor.ready()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

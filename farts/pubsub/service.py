@@ -77,11 +77,12 @@ class PubSub:
         self._ticker: Timer | None = None
         # Called with every event published on this node (the mesh forwards it).
         self.on_local_event: Callable[[dict], None] | None = None
-        # With worker processes (farts/workers/): in the node process, called with every
-        # event applied here, in order (relayed to the workers); in a worker, what
-        # POST /api/publish hands its messages to ((tenant id, [(channel, data JSON)]) ->
-        # their ids), so that the node process numbers them.
-        self.on_delivered: Callable[[dict], None] | None = None
+        # Called with every event delivered here, in order: with worker processes
+        # (farts/workers/), the node process relays them to its workers; in a restart
+        # (farts/release/handover.py), the next process forwards them to the old one.
+        self.on_delivered: list[Callable[[dict], None]] = []
+        # In a worker: what POST /api/publish hands its messages to ((tenant id,
+        # [(channel, data JSON)]) -> their ids), so that the node process numbers them.
         # Resumes ahead of the history: (subscriber, cursor, deadline, subscribe), and the
         # timer of the first deadline
         self.waiting: list[tuple[Subscriber, dict, float, Callable[[], None]]] = []
@@ -387,9 +388,10 @@ class PubSub:
         start = perf_counter()
         event_id = self.channels.deliver(channel_key(tenant_id, channel), channel, origin, seq, data_json)
         self.fanout_time.observe(perf_counter() - start)
-        if self.on_delivered is not None:
-            self.on_delivered({"tenant": tenant_id, "channel": channel, "origin": origin, "seq": seq,
-                               "data": data_json})
+        if self.on_delivered:
+            event = {"tenant": tenant_id, "channel": channel, "origin": origin, "seq": seq, "data": data_json}
+            for listener in self.on_delivered:
+                listener(event)
         if self.waiting:
             self._resume_waiting()
         return event_id

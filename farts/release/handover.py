@@ -21,7 +21,11 @@ builds its node, connects and says ``takeover``; then:
     exactly), and from now on it stamps the events still published on it with an origin
     of its own (``<node>~<pid>``) and forwards them, so the new process has them too (and
     broadcasts them to the mesh's peers: the old process has left it). It says ``released``.
- 4. new: takes the history, starts its node on the inherited sockets, says ``ready``.
+ 4. new: takes the history, starts its node on the inherited sockets, says ``ready``,
+    and from now on forwards every event it delivers (but the old process's own) to the
+    old process: its subscribers stay live until they move (a resume after the spread
+    would otherwise need every event the new process took meanwhile, more than a busy
+    channel's history holds).
  5. old: each subscriber is told to reconnect (WebSocket close 1012, an SSE reconnect
     event), spread over ``release.reconnect_spread`` seconds; each HTTP/1.1 connection
     closes after its next response, HTTP/2 ones get a GOAWAY; after the spread and at
@@ -41,7 +45,6 @@ import random
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +96,7 @@ class Handover:
 
     async def start(self) -> None:
         try:
-            self.server = await asyncio.start_unix_server(self._takeover, path=str(self.path))
+            self.server = await asyncio.start_unix_server(self._takeover, path=str(self.path), limit=MAX_LINE)
         except OSError as e:   # (a data_dir path too long for a Unix socket, a read-only disk)
             log.warning("restart handover unavailable: cannot listen on %s: %s", self.path, e)
 
@@ -165,8 +168,11 @@ class Handover:
             log.error("the next process did not start (%s): this one stops anyway", ready or "no answer")
         else:
             log.info("the next process serves: telling subscribers to reconnect over %.1f s", self.spread)
+        back = asyncio.ensure_future(_apply_events(reader, pubsub)) if pubsub is not None else None
         await self._drain(pubsub)
         writer.close()
+        if back is not None:
+            back.cancel()
         os.kill(os.getpid(), signal.SIGTERM)   # the rest stops as on any SIGTERM
 
     def _send_sockets(self, writer: asyncio.StreamWriter) -> None:
@@ -216,22 +222,45 @@ class Handover:
             await clock.sleep(0.05)
 
 
-@dataclass
 class Successor:
-    """The new process's side after ``take_over``: what it got, and the line back."""
-    sock: socket.socket
-    pending: bytes = b""
-    reader: asyncio.Task | None = None
+    """The new process's side after ``take_over``: the line to the old process.
 
-    def ready(self, pubsub) -> None:
+    Every event this process delivers but the old process's own goes to the old one, in
+    order and from the first, so its subscribers stay live until they move: an event id
+    there covers every earlier event of its origin (history.py), so a gap would be
+    skipped by the resume here, and no history would hold what a busy channel carried
+    during the whole spread. Until ``ready`` opens the line they wait in ``backlog``."""
+
+    def __init__(self, sock: socket.socket, pending: bytes, pubsub) -> None:
+        self.sock, self.pending, self.pubsub = sock, pending, pubsub
+        self.reader: asyncio.Task | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.backlog: list[bytes] = []
+        self.from_old = False   # applying one of the old process's events
+        if pubsub is not None:
+            pubsub.on_delivered.append(self.forward_back)
+
+    def forward_back(self, event: dict) -> None:
+        if self.from_old:
+            return
+        line = _line({"op": "event", "event": event})
+        if self.writer is None:
+            self.backlog.append(line)
+        elif not self.writer.is_closing():
+            self.writer.write(line)
+
+    def ready(self) -> None:
         """The node serves: the old process may send its subscribers over; its events
         published meanwhile are applied here."""
-        self.reader = asyncio.ensure_future(self._events(pubsub))
+        self.reader = asyncio.ensure_future(self._events())
 
-    async def _events(self, pubsub) -> None:
+    async def _events(self) -> None:
+        pubsub = self.pubsub
         self.sock.setblocking(False)
         reader, writer = await asyncio.open_unix_connection(sock=self.sock, limit=MAX_LINE)
         writer.write(_line({"op": "ready", "pid": os.getpid()}))
+        writer.write(b"".join(self.backlog))
+        self.writer, self.backlog = writer, []
         # What _receive read past "released": whole lines, then maybe the start of one
         # (the rest of which comes first on the socket).
         *buffered, partial = self.pending.split(b"\n")
@@ -248,14 +277,32 @@ class Successor:
                 # The old process left the mesh: its peers hear its last events from here
                 # (those applied before this process's links were up reach them by the
                 # catch-up they ask for when it comes alive).
-                if msg.get("op") == "event" and pubsub is not None and pubsub.apply_remote(msg["event"]) \
-                        and pubsub.on_local_event is not None:
-                    pubsub.on_local_event(msg["event"])
+                if msg.get("op") == "event" and pubsub is not None:
+                    self.from_old = True
+                    try:
+                        if pubsub.apply_remote(msg["event"]) and pubsub.on_local_event is not None:
+                            pubsub.on_local_event(msg["event"])
+                    finally:
+                        self.from_old = False
         except (OSError, ValueError) as e:
             log.warning("handover: the old process's event stream failed: %s", e)
         finally:
             writer.close()
+            if pubsub is not None:
+                pubsub.on_delivered.remove(self.forward_back)
         log.info("handover done: the old process has stopped")
+
+
+async def _apply_events(reader: asyncio.StreamReader, pubsub) -> None:
+    """In the old process while it drains: the events the next process forwards (those it
+    has already are skipped by apply_remote)."""
+    try:
+        while line := await reader.readline():
+            msg = json.loads(line)
+            if msg.get("op") == "event":
+                pubsub.apply_remote(msg["event"])
+    except (OSError, ValueError) as e:
+        log.warning("handover: the next process's event stream failed: %s", e)
 
 
 def send_sockets(raw: socket.socket, names: list[str], fds: list[int]) -> None:
@@ -316,4 +363,4 @@ async def take_over(node) -> Successor:
         mc = node.mesh.mc
         node.mesh.mc = dataclasses.replace(mc, seeds=[*mc.seeds, *(s for s in got["mesh_seeds"] if s not in mc.seeds)])
     log.info("took over %s from the running node", ", ".join(got["names"]) or "no sockets")
-    return Successor(sock, rest)
+    return Successor(sock, rest, node.pubsub)   # (before the node serves: see forward_back)

@@ -89,7 +89,7 @@ class Supervisor:
         m.gauge("farts_workers", "Worker processes serving the public listeners", self.serving)
         ps = node.pubsub
         if ps is not None:
-            ps.on_delivered = self.relay
+            ps.on_delivered.append(self.relay)
         self.txt: dict[str, list[str]] = {}   # the zone's run-time TXT records, for new workers
         if node.dns is not None:
             node.dns.on_txt.append(self.txt_changed)
