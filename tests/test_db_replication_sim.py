@@ -25,6 +25,7 @@ from farts.db.keys import encode as id_key
 from farts.db.replica import (
     BATCH,
     FLUSH_INTERVAL,
+    LEFT_GRACE,
     MESSAGES,
     RELAY_AFTER,
     RESEND,
@@ -389,8 +390,9 @@ def test_a_node_keeps_its_own_unshipped_writes_through_a_snapshot():
             net.tick(n)
         while net.flight:
             net.deliver()
-    net.replicas["a"].set_members(["a", "b"])    # c counts as gone for a while: a drops b's records
-    net.replicas["b"].set_members(["a", "b"])
+    net.replicas["a"].set_members(["a", "b"], now=net.now)    # c left long ago: a drops b's records
+    net.replicas["b"].set_members(["a", "b"], now=net.now)
+    net.now += LEFT_GRACE
     for n in "ab":
         net.now += 1
         net.tick(n)
@@ -403,6 +405,29 @@ def test_a_node_keeps_its_own_unshipped_writes_through_a_snapshot():
     assert net.replicas["c"].stats["snapshots_installed"] >= 1
     assert net.stores["a"].get(NS, "mine") == {"_id": "mine"}
 
+
+def test_a_member_that_left_for_a_restart_catches_up_from_the_oplog_without_a_snapshot():
+    # A restart leaves the mesh and joins again seconds later: the peers keep their own
+    # records it lacks for LEFT_GRACE, so it needs no snapshot (a whole copy of the
+    # database, for every node of a rolling deploy).
+    net = seeded(retain_records=3)
+    net.partition({"c"}, {"a", "b"})
+    for n in "ab":
+        net.replicas[n].set_members(["a", "b"], now=net.now)
+    for i in range(20):
+        net.now += 0.5
+        net.write("a", f"x{i}", {"op": "i", "doc": {"_id": f"x{i}"}})
+        net.write("b", f"y{i}", {"op": "i", "doc": {"_id": f"y{i}"}})
+        for n in "ab":
+            net.tick(n)
+        while net.flight:
+            net.deliver()
+    assert net.stores["a"].retained("a") >= 20 and net.stores["b"].retained("b") >= 20
+    for n in "ab":
+        net.replicas[n].set_members(["a", "b", "c"], now=net.now)
+    net.settle()
+    assert_converged(net)
+    assert sum(r.stats["snapshots_sent"] for r in net.replicas.values()) == 0
 
 def test_compaction_runs_once_every_member_has_reported_and_forgets_metadata():
     net = seeded()

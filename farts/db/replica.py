@@ -54,7 +54,9 @@ The protocol
   also once there are more than ``retain_records`` of an origin or they are older than
   ``retain_seconds`` (a node that is further behind gets a snapshot). A node's own
   records are kept until every member has them (they exist nowhere else), a member dead
-  for longer than ``forget_dead_after`` excepted.
+  for longer than ``forget_dead_after`` excepted. A member that left is still waited for
+  ``LEFT_GRACE`` seconds: a restart (farts/release/handover.py) leaves the mesh and joins
+  again a moment later, and should catch up from the oplog, not need a snapshot.
 
 On a node: ``farts/db/replication.py`` (built through the db row of ``farts/node.py``
 when the mesh is enabled) runs this on the mesh bus with ``Store(replicated=True)``, calls
@@ -97,6 +99,7 @@ MAX_BUFFERED = 10_000
 RELAY_AFTER = 2           # status intervals without progress before others' records are relayed
 RESEND = 2.0               # seconds without progress before shipped-but-unacknowledged records go again
 SNAPSHOT_HOLD = 60.0       # seconds a snapshot being received keeps this node's own records
+LEFT_GRACE = 120.0          # seconds a member that left still holds this node's own records
 SNAPSHOT_WAIT = 3 * RESEND  # seconds the other members leave a snapshot to the designated one
 # Records of an origin in flight to a peer catching up, past what it acknowledged: all of
 # it goes out on each Status, so the peer parses the next frames while it applies the
@@ -350,6 +353,7 @@ class Replica:
         self.members: set[str] = {me, *members}
         self.forget_dead_after = retain_seconds if forget_dead_after is None else forget_dead_after
         self._dead_since: dict[str, float] = {}   # member -> when it was first seen dead
+        self._left_at: dict[str, float] = {}      # former member -> when it left
         self.forgotten: set[str] = set()          # dead for longer than forget_dead_after
         self.peers: dict[str, _Peer] = {}
         self._own_shipped = store.applied().get(me, (0, 0))[0]   # own records broadcast up to
@@ -376,7 +380,12 @@ class Replica:
     def set_members(self, ids, dead=(), now: float = 0.0) -> None:
         """Every node that counts for stability (the deployment's nodes that have not left);
         ``dead``: those of them the mesh declares dead (since ``now``, when first told)."""
-        self.members = {self.me, *ids}
+        members = {self.me, *ids}
+        for n in self.members - members:
+            self._left_at[n] = now
+        for n in members:
+            self._left_at.pop(n, None)
+        self.members = members
         self._dead_since = {n: self._dead_since.get(n, now) for n in dead if n in self.members and n != self.me}
         self.forgotten &= set(self._dead_since)
 
@@ -782,10 +791,13 @@ class Replica:
     def _retain(self, now: float) -> None:
         applied = self.store.applied()
         cutoff = pack(unpack(self.store.covered())[0] - int(self.retain_seconds * 1000), 0)
+        for n in [n for n, at in self._left_at.items() if now - at >= LEFT_GRACE]:
+            del self._left_at[n]
+        holders = self._counted() | set(self._left_at)
         for origin, (seq, _) in applied.items():
             everyone = min([seq] + [self.peers[n].report.vv.get(origin, 0)
                                     if n in self.peers and self.peers[n].report else 0
-                                    for n in self._counted()])
+                                    for n in holders])
             upto = everyone
             if origin == self.me and (self._installing or self._snapshot_in is not None
                                       and now - self._snapshot_in["at"] < SNAPSHOT_HOLD):
