@@ -215,7 +215,8 @@ def test_a_closed_link_manager_dials_nobody(tmp_path):
                 await asyncio.sleep(0.01)
             assert "node-a" not in b.links
             a.dial("node-b", f"{host}:{port}", "node-b")   # (a message heard while it stopped)
-            await asyncio.sleep(0.3)
+            assert not a._dialers                          # nothing started...
+            await asyncio.sleep(0.3)                       # ...and nothing came of it
             assert "node-a" not in b.links and not a.links and b.kit.open == 0
         finally:
             await a.close()
