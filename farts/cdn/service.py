@@ -91,11 +91,15 @@ class Fill:
         return (self.cacheable and not self.purged and not self.failed and not self.done
                 and self.content_length >= 0 and self.written == self.content_length)
 
+    async def changed(self) -> None:
+        """Until the next wake: more of the body written, the head, or the end."""
+        w = asyncio.get_running_loop().create_future()
+        self.waiters.append(w)
+        await w
+
     async def ended(self) -> None:
         while not self.done:
-            w = asyncio.get_running_loop().create_future()
-            self.waiters.append(w)
-            await w
+            await self.changed()
 
     def answered(self) -> None:
         if not self.head_ready.done():
@@ -156,9 +160,7 @@ class FollowBody:
                 if fill.failed:  # the client must see a broken answer, not a short one
                     raise ClientGone()
                 raise StopAsyncIteration
-            w = asyncio.get_running_loop().create_future()
-            fill.waiters.append(w)
-            await w
+            await fill.changed()
 
     async def aclose(self) -> None:
         if not self.closed:
