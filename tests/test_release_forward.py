@@ -67,8 +67,7 @@ def test_a_node_that_handed_its_last_deploy_to_the_master_answers_the_masters_st
 
 class Admin(BaseHTTPRequestHandler):
     """A node's admin API as `deploy --wait` meets it: the POST starts 0.3.0; the GETs
-    answer first the deploy before it (0.2.0, done), then 0.3.0 running, then stopped."""
-    answers: list = []
+    answer in turn what the server's ``answers`` holds (the last one again and again)."""
 
     def _send(self, status: int, obj: dict) -> None:
         body = json.dumps(obj).encode()
@@ -83,7 +82,8 @@ class Admin(BaseHTTPRequestHandler):
         self._send(202, {"version": "0.3.0", "state": "running", "nodes": []})
 
     def do_GET(self) -> None:
-        self._send(200, self.answers.pop(0) if len(self.answers) > 1 else self.answers[0])
+        answers = self.server.answers
+        self._send(200, answers.pop(0) if len(answers) > 1 else answers[0])
 
     def log_message(self, *args) -> None:
         pass
@@ -93,13 +93,13 @@ def test_deploy_wait_follows_its_own_deploy_not_the_one_before(tmp_path):
     import subprocess
     import sys
 
-    Admin.answers = [{"version": "0.2.0", "state": "done", "nodes": []},
-                     {"error": "connection refused"},
-                     {"version": "0.3.0", "state": "running", "nodes": [{"node": "n1", "canary": True,
-                                                                         "state": "verifying"}]},
-                     {"version": "0.3.0", "state": "stopped", "reason": "n1: its new process exited",
-                      "nodes": [{"node": "n1", "canary": True, "state": "rolled_back"}]}]
     server = ThreadingHTTPServer(("127.0.0.1", 0), Admin)
+    server.answers = [{"version": "0.2.0", "state": "done", "nodes": []},   # the deploy before
+                      {"error": "connection refused"},
+                      {"version": "0.3.0", "state": "running", "nodes": [{"node": "n1", "canary": True,
+                                                                          "state": "verifying"}]},
+                      {"version": "0.3.0", "state": "stopped", "reason": "n1: its new process exited",
+                       "nodes": [{"node": "n1", "canary": True, "state": "rolled_back"}]}]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         bundle = tmp_path / "b.tar"
