@@ -73,3 +73,19 @@ def test_the_old_process_applies_the_next_ones_events_once():
         assert received(sink) == ["x", "y"]
         await ps.stop()
     asyncio.run(main())
+
+
+def test_a_line_that_cannot_be_opened_stops_the_forwarding_and_its_backlog():
+    async def main():
+        ps, _ = await service()
+        ours, theirs = socket.socketpair()
+        successor = Successor(ours, b"", ps)
+        ps.publish("t1", "c", "early")
+        assert len(successor.backlog) == 1
+        ours.close()                                 # (gone before the node said ready)
+        successor.ready()
+        await asyncio.wait_for(successor.reader, 10)
+        assert ps.on_delivered == [] and successor.backlog == []
+        theirs.close()
+        await ps.stop()
+    asyncio.run(main())

@@ -256,8 +256,13 @@ class Successor:
 
     async def _events(self) -> None:
         pubsub = self.pubsub
-        self.sock.setblocking(False)
-        reader, writer = await asyncio.open_unix_connection(sock=self.sock, limit=MAX_LINE)
+        try:
+            self.sock.setblocking(False)
+            reader, writer = await asyncio.open_unix_connection(sock=self.sock, limit=MAX_LINE)
+        except OSError as e:   # (the old process is gone: nothing to forward, nothing to hold)
+            log.warning("handover: the line to the old process failed: %s", e)
+            self._forget()
+            return
         writer.write(_line({"op": "ready", "pid": os.getpid()}))
         writer.write(b"".join(self.backlog))
         self.writer, self.backlog = writer, []
@@ -288,9 +293,13 @@ class Successor:
             log.warning("handover: the old process's event stream failed: %s", e)
         finally:
             writer.close()
-            if pubsub is not None:
-                pubsub.on_delivered.remove(self.forward_back)
+            self._forget()
         log.info("handover done: the old process has stopped")
+
+    def _forget(self) -> None:
+        self.backlog = []
+        if self.pubsub is not None and self.forward_back in self.pubsub.on_delivered:
+            self.pubsub.on_delivered.remove(self.forward_back)
 
 
 async def _apply_events(reader: asyncio.StreamReader, pubsub) -> None:
