@@ -49,11 +49,13 @@ def test_the_old_processs_events_reach_the_subscribers_however_the_released_read
             await asyncio.sleep(0.01)
         assert received(sink) == ["early", "a", "b"]
         ps.publish("t1", "c", "here")                # published on the new process: goes back
+        assert ps.apply_remote({"tenant": "t1", "channel": "c", "origin": "n2", "seq": 5,
+                                "data": '"peer"'})   # a peer's (maybe out of its order): does not
         theirs.shutdown(socket.SHUT_WR)              # (the old process stops)
         await asyncio.wait_for(successor.reader, 10)
         back = await asyncio.to_thread(read_lines, theirs)
         assert [m["op"] for m in back] == ["ready", "event", "event"]
-        assert [json.loads(m["event"]["data"]) for m in back[1:]] == ["early", "here"]   # (not "a", "b")
+        assert [json.loads(m["event"]["data"]) for m in back[1:]] == ["early", "here"]   # (not "a", "b", "peer")
         assert {m["event"]["origin"] for m in back[1:]} == {"n1"}
         assert ps.on_delivered == []                 # the old process is gone
         theirs.close()

@@ -22,10 +22,9 @@ builds its node, connects and says ``takeover``; then:
     of its own (``<node>~<pid>``) and forwards them, so the new process has them too (and
     broadcasts them to the mesh's peers: the old process has left it). It says ``released``.
  4. new: takes the history, starts its node on the inherited sockets, says ``ready``,
-    and from now on forwards every event it delivers (but the old process's own) to the
-    old process: its subscribers stay live until they move (a resume after the spread
-    would otherwise need every event the new process took meanwhile, more than a busy
-    channel's history holds).
+    and from now on forwards every event published on it to the old process: its
+    subscribers stay live until they move (a resume after the spread would otherwise need
+    every event the new process took meanwhile, more than a busy channel's history holds).
  5. old: each subscriber is told to reconnect (WebSocket close 1012, an SSE reconnect
     event), spread over ``release.reconnect_spread`` seconds; each HTTP/1.1 connection
     closes after its next response, HTTP/2 ones get a GOAWAY; after the spread and at
@@ -225,23 +224,24 @@ class Handover:
 class Successor:
     """The new process's side after ``take_over``: the line to the old process.
 
-    Every event this process delivers but the old process's own goes to the old one, in
-    order and from the first, so its subscribers stay live until they move: an event id
-    there covers every earlier event of its origin (history.py), so a gap would be
-    skipped by the resume here, and no history would hold what a busy channel carried
-    during the whole spread. Until ``ready`` opens the line they wait in ``backlog``."""
+    Every event published here goes to the old one, in order and from the first, so its
+    subscribers stay live until they move (no history would hold what a busy channel
+    carried during the whole spread). Only this node's own: an event id there covers every
+    earlier event of its origin (history.py), so an event the old process got before an
+    earlier one of the same origin would be skipped by the resume here, and the peers'
+    events may come here out of order (a catch-up). Theirs reach the moving subscribers by
+    that resume. Until ``ready`` opens the line they wait in ``backlog``."""
 
     def __init__(self, sock: socket.socket, pending: bytes, pubsub) -> None:
         self.sock, self.pending, self.pubsub = sock, pending, pubsub
         self.reader: asyncio.Task | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.backlog: list[bytes] = []
-        self.from_old = False   # applying one of the old process's events
         if pubsub is not None:
             pubsub.on_delivered.append(self.forward_back)
 
     def forward_back(self, event: dict) -> None:
-        if self.from_old:
+        if event["origin"] != self.pubsub.node_id:
             return
         line = _line({"op": "event", "event": event})
         if self.writer is None:
@@ -282,13 +282,9 @@ class Successor:
                 # The old process left the mesh: its peers hear its last events from here
                 # (those applied before this process's links were up reach them by the
                 # catch-up they ask for when it comes alive).
-                if msg.get("op") == "event" and pubsub is not None:
-                    self.from_old = True
-                    try:
-                        if pubsub.apply_remote(msg["event"]) and pubsub.on_local_event is not None:
-                            pubsub.on_local_event(msg["event"])
-                    finally:
-                        self.from_old = False
+                if msg.get("op") == "event" and pubsub is not None and pubsub.apply_remote(msg["event"]) \
+                        and pubsub.on_local_event is not None:
+                    pubsub.on_local_event(msg["event"])
         except (OSError, ValueError) as e:
             log.warning("handover: the old process's event stream failed: %s", e)
         finally:
